@@ -1,0 +1,139 @@
+//! What every image layer offers to the layer above it: guest-visible reads
+//! and a description of where each guest range lives.
+//!
+//! A qcow2 image's backing file is a `dyn BlockRead`, so chains mix qcow2
+//! and raw layers freely. [`RawImage`] is the raw layer.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// Where a guest range of one layer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Data stored at `host_offset` of this layer's file, or of its
+    /// external data file when `in_data_file`.
+    Data {
+        /// Byte offset in the file.
+        host_offset: u64,
+        /// Whether the bytes are in the external data file.
+        in_data_file: bool,
+    },
+    /// Compressed data: the whole guest cluster decompresses from
+    /// `compressed_len` bytes at `host_offset`.
+    Compressed {
+        /// Byte offset of the compressed data.
+        host_offset: u64,
+        /// Bytes to read.
+        compressed_len: u64,
+    },
+    /// Reads as zero at this layer (a zero cluster or a hole of a raw
+    /// file); `host_offset` is a preallocated cluster, if any.
+    Zero {
+        /// Preallocated host offset of this range, if any.
+        host_offset: Option<u64>,
+    },
+    /// Not allocated at this layer: the backing file shows through.
+    Unallocated,
+}
+
+/// A guest range of one layer and where it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First guest byte.
+    pub guest_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Where it lives.
+    pub kind: ExtentKind,
+}
+
+/// Guest-visible read access to one image layer.
+pub trait BlockRead: Send + Sync {
+    /// Virtual disk size in bytes.
+    fn virtual_size(&self) -> u64;
+    /// Reads guest bytes; the range must lie within the virtual size.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Describes `[offset, offset+len)` at this layer, in order, covering
+    /// the whole range (at least the first extent; callers loop).
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+    /// The layer below, if any.
+    fn backing(&self) -> Option<&dyn BlockRead>;
+    /// The format name ("qcow2", "raw").
+    fn format_name(&self) -> &'static str;
+}
+
+/// Checks that a guest request lies within the disk.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange { offset, len, size }),
+    }
+}
+
+/// A raw image: guest offset equals file offset.
+pub struct RawImage {
+    storage: Arc<dyn Storage>,
+    size: u64,
+}
+
+impl RawImage {
+    /// A raw image over `storage`, sized as the storage is.
+    pub fn new(storage: Arc<dyn Storage>) -> Result<RawImage> {
+        let size = storage.len()?;
+        Ok(RawImage { storage, size })
+    }
+
+    /// The storage beneath.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Writes guest bytes.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.storage.write_at(buf, offset)
+    }
+}
+
+impl BlockRead for RawImage {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.storage.read_at(buf, offset)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let len = len.min(self.size.saturating_sub(offset));
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (data, n) = self.storage.data_extent(offset, len)?;
+        let n = n.clamp(1, len);
+        let kind = if data {
+            ExtentKind::Data {
+                host_offset: offset,
+                in_data_file: false,
+            }
+        } else {
+            ExtentKind::Zero { host_offset: None }
+        };
+        Ok(vec![Extent {
+            guest_offset: offset,
+            len: n,
+            kind,
+        }])
+    }
+
+    fn backing(&self) -> Option<&dyn BlockRead> {
+        None
+    }
+
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+}

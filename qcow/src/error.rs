@@ -1,0 +1,178 @@
+//! The one error type of the `qcow` crate.
+//!
+//! Every variant names the offending field and value, so that a caller can
+//! print it as a single line that tells the user what is wrong.
+
+use std::io;
+
+/// Errors from parsing, opening, reading, writing and checking qcow2 images.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error from the underlying storage, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the library was doing when the error happened.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file does not start with the qcow2 magic.
+    #[error("image is not in qcow2 format (magic {magic:#010x})")]
+    BadMagic {
+        /// The four bytes found where the magic belongs.
+        magic: u32,
+    },
+    /// The file is shorter than a qcow2 header.
+    #[error("file too short for a qcow2 header ({len} bytes)")]
+    TooShort {
+        /// The file length.
+        len: u64,
+    },
+    /// A header version other than 2 or 3.
+    #[error("unsupported qcow2 version {version}")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u32,
+    },
+    /// A header field whose value is out of its allowed range.
+    #[error("invalid {field}: {value} ({reason})")]
+    InvalidField {
+        /// The field's name as the qcow2 specification spells it.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A table that does not fit into the file or exceeds a sane bound.
+    #[error("{table} at offset {offset:#x} with {entries} entries is invalid: {reason}")]
+    InvalidTable {
+        /// Which table ("L1 table", "refcount table", "snapshot table").
+        table: &'static str,
+        /// The table's offset in the file.
+        offset: u64,
+        /// Number of entries the header claims.
+        entries: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Incompatible feature bits this implementation does not know.
+    #[error("unsupported incompatible feature bits {bits:#x}{}", names_suffix(.names))]
+    UnknownIncompatibleFeatures {
+        /// The unknown bits.
+        bits: u64,
+        /// Their names from the image's feature name table, if any.
+        names: Vec<String>,
+    },
+    /// Encrypted images are not supported at all.
+    #[error("encryption is not supported (crypt_method {method})")]
+    EncryptionNotSupported {
+        /// The crypt_method header field.
+        method: u32,
+    },
+    /// The corrupt bit is set and the image was opened for writing.
+    #[error("image is marked corrupt and cannot be opened for writing; run 'img check -r all'")]
+    CorruptImage,
+    /// A write was attempted on an image opened read-only.
+    #[error("image is opened read-only")]
+    ReadOnly,
+    /// A header extension is malformed.
+    #[error("invalid header extension {ext_type:#010x} at offset {offset}: {reason}")]
+    InvalidExtension {
+        /// The extension's type.
+        ext_type: u32,
+        /// Its offset in the file.
+        offset: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A metadata entry points at a place it must not.
+    #[error("{what} entry {index} has invalid offset {offset:#x}: {reason}")]
+    InvalidEntry {
+        /// Which kind of entry ("L1", "L2", "refcount table").
+        what: &'static str,
+        /// The entry's index in its table.
+        index: u64,
+        /// The offset stored in it.
+        offset: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A guest request outside the virtual disk.
+    #[error("request at offset {offset} length {len} is beyond the end of the {size}-byte disk")]
+    OutOfRange {
+        /// Guest offset of the request.
+        offset: u64,
+        /// Length of the request.
+        len: u64,
+        /// Virtual disk size.
+        size: u64,
+    },
+    /// A compressed cluster that does not decompress into a full cluster.
+    #[error("compressed cluster at host offset {host_offset:#x} is corrupt: {reason}")]
+    BadCompressedCluster {
+        /// Host offset of the compressed data.
+        host_offset: u64,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A backing chain problem (cycle, too deep, missing file).
+    #[error("backing file {name:?}: {reason}")]
+    Backing {
+        /// The backing file name as recorded in the image.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An option given to create or resize is invalid.
+    #[error("invalid option {option}={value}: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A feature this implementation does not provide for this operation.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A refcount would leave its range.
+    #[error("refcount of host cluster {cluster} would {direction} (current value {value})")]
+    RefcountRange {
+        /// Host cluster index.
+        cluster: u64,
+        /// "overflow" or "drop below zero".
+        direction: &'static str,
+        /// The refcount before the change.
+        value: u64,
+    },
+    /// Metadata contradicts itself in a way that makes the operation unsafe.
+    #[error("image is corrupt: {0}")]
+    Corrupt(String),
+    /// The image ran out of the host offsets its format can address.
+    #[error("no space left in the image's address space ({0})")]
+    NoSpace(&'static str),
+}
+
+fn names_suffix(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,221 @@
+//! Opening images on the file system: format probing, backing chains with
+//! names resolved against the image's folder, cycle and depth limits, and
+//! external data files.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::device::{BlockRead, Extent, RawImage};
+use crate::error::{Error, Result};
+use crate::header::QCOW_MAGIC;
+use crate::image::{Opener, Qcow2};
+use crate::storage::{FileStorage, Storage};
+
+/// Deepest backing chain accepted.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// Image formats this crate opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// QCOW2.
+    Qcow2,
+    /// Raw.
+    Raw,
+}
+
+impl Format {
+    /// Parses a format name as qemu-img spells it.
+    pub fn parse(name: &str) -> Result<Format> {
+        match name {
+            "qcow2" => Ok(Format::Qcow2),
+            "raw" => Ok(Format::Raw),
+            other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
+        }
+    }
+
+    /// The format's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// Guesses the format from the first bytes, as qemu-img does for the
+/// formats we know.
+pub fn probe(storage: &dyn Storage) -> Result<Format> {
+    let mut magic = [0u8; 4];
+    storage.read_at(&mut magic, 0)?;
+    if u32::from_be_bytes(magic) == QCOW_MAGIC {
+        Ok(Format::Qcow2)
+    } else {
+        Ok(Format::Raw)
+    }
+}
+
+/// Opens a file as storage.
+pub fn open_storage(path: &Path, writable: bool) -> Result<Arc<dyn Storage>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    Ok(Arc::new(FileStorage::new(file)))
+}
+
+/// Resolves a name recorded in an image against the image's folder.
+pub fn resolve(dir: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// Opens backing files and data files next to an image on disk.
+pub struct FileOpener {
+    dir: PathBuf,
+    chain: Vec<PathBuf>,
+}
+
+impl FileOpener {
+    /// An opener for the image at `path`.
+    pub fn for_image(path: &Path) -> FileOpener {
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        FileOpener {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            chain: vec![canonical],
+        }
+    }
+}
+
+impl Opener for FileOpener {
+    fn open_backing(&self, name: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
+        let err = |reason: String| Error::Backing {
+            name: name.to_string(),
+            reason,
+        };
+        if self.chain.len() >= MAX_CHAIN_DEPTH {
+            return Err(err(format!(
+                "backing chain is deeper than {MAX_CHAIN_DEPTH}"
+            )));
+        }
+        let path = resolve(&self.dir, name);
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| err(format!("Could not open '{}': {e}", path.display())))?;
+        if self.chain.contains(&canonical) {
+            return Err(err("backing chain contains a cycle".into()));
+        }
+        let storage = open_storage(&path, false).map_err(|e| err(e.to_string()))?;
+        let format = match format {
+            Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
+            None => probe(&*storage)?,
+        };
+        match format {
+            Format::Raw => Ok(Box::new(RawImage::new(storage)?)),
+            Format::Qcow2 => {
+                let mut chain = self.chain.clone();
+                chain.push(canonical);
+                let opener = FileOpener {
+                    dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    chain,
+                };
+                let image = Qcow2::open(storage, false, &opener).map_err(|e| match e {
+                    e @ Error::Backing { .. } => e,
+                    e => err(e.to_string()),
+                })?;
+                Ok(Box::new(image))
+            }
+        }
+    }
+
+    fn open_data_file(&self, name: &str, writable: bool) -> Result<Arc<dyn Storage>> {
+        let path = resolve(&self.dir, name);
+        open_storage(&path, writable)
+    }
+}
+
+/// An open image of either format.
+pub enum AnyImage {
+    /// A qcow2 image.
+    Qcow2(Qcow2),
+    /// A raw image.
+    Raw(RawImage),
+}
+
+impl AnyImage {
+    /// The format.
+    pub fn format(&self) -> Format {
+        match self {
+            AnyImage::Qcow2(_) => Format::Qcow2,
+            AnyImage::Raw(_) => Format::Raw,
+        }
+    }
+
+    /// Writes guest bytes.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        match self {
+            AnyImage::Qcow2(q) => q.write_at(buf, offset),
+            AnyImage::Raw(r) => r.write_at(buf, offset),
+        }
+    }
+
+    /// Flushes.
+    pub fn flush(&self) -> Result<()> {
+        match self {
+            AnyImage::Qcow2(q) => q.flush(),
+            AnyImage::Raw(r) => r.storage().flush(),
+        }
+    }
+}
+
+impl BlockRead for AnyImage {
+    fn virtual_size(&self) -> u64 {
+        match self {
+            AnyImage::Qcow2(q) => q.size(),
+            AnyImage::Raw(r) => r.virtual_size(),
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            AnyImage::Qcow2(q) => q.read_at(buf, offset),
+            AnyImage::Raw(r) => r.read_at(buf, offset),
+        }
+    }
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        match self {
+            AnyImage::Qcow2(q) => q.extents(offset, len),
+            AnyImage::Raw(r) => r.extents(offset, len),
+        }
+    }
+    fn backing(&self) -> Option<&dyn BlockRead> {
+        match self {
+            AnyImage::Qcow2(q) => q.backing_image(),
+            AnyImage::Raw(_) => None,
+        }
+    }
+    fn format_name(&self) -> &'static str {
+        self.format().name()
+    }
+}
+
+/// Opens the image at `path` with the given format (probed if `None`).
+pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result<AnyImage> {
+    let storage = open_storage(path, writable)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe(&*storage)?,
+    };
+    match format {
+        Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
+        Format::Qcow2 => Ok(AnyImage::Qcow2(Qcow2::open(
+            storage,
+            writable,
+            &FileOpener::for_image(path),
+        )?)),
+    }
+}

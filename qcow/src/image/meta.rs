@@ -1,0 +1,305 @@
+//! The mutable metadata of an open image: header, L1 table, L2 cache and
+//! refcounts, and the order in which they reach the disk.
+//!
+//! Flush order (see [`Meta::flush`]): refcount blocks, refcount table, L2
+//! tables, L1 entries, header; each step synced before the next, so a
+//! crash between steps leaves at worst leaked clusters. References dropped
+//! by an L2/L1 update are only decremented afterwards.
+
+use std::collections::{BTreeSet, HashSet};
+
+use byteorder::{BigEndian, ByteOrder};
+
+use crate::cache::TableCache;
+use crate::entries::{table_get, Geometry, RawL2, FLAG_COPIED, L1_RESERVED, OFFSET_MASK};
+use crate::error::{Error, Result};
+use crate::extensions::HeaderCluster;
+use crate::refcount::{Refcounts, MAX_HOST_OFFSET};
+use crate::storage::Storage;
+
+/// L2 tables kept in memory, in bytes.
+pub const L2_CACHE_BYTES: usize = 4 << 20;
+
+/// Decrements queued before an internal flush makes room.
+pub const MAX_PENDING_FREES: usize = 65536;
+
+/// Metadata state guarded by the image's lock.
+pub struct Meta {
+    pub hc: HeaderCluster,
+    pub geo: Geometry,
+    pub l1: Vec<u64>,
+    pub l1_dirty: BTreeSet<usize>,
+    pub l2: TableCache,
+    pub rc: Refcounts,
+    /// Guest clusters with an allocation or entry change in flight.
+    pub inflight: HashSet<u64>,
+    /// The header cluster must be rewritten at the next flush.
+    pub header_dirty: bool,
+    /// File length when opened, to refuse offsets past the end.
+    pub file_len_at_open: u64,
+}
+
+impl Meta {
+    /// Highest host offset that can hold valid data right now.
+    pub fn host_limit(&self) -> u64 {
+        self.file_len_at_open
+            .max(self.rc.alloc_end() << self.geo.cluster_bits)
+    }
+
+    fn cluster_size(&self) -> u64 {
+        self.geo.cluster_size()
+    }
+
+    /// Validated L2 table offset of L1 entry `l1_index`, 0 if none.
+    pub fn l2_offset(&self, l1_index: usize) -> Result<u64> {
+        let Some(&entry) = self.l1.get(l1_index) else {
+            return Ok(0);
+        };
+        let offset = entry & OFFSET_MASK;
+        if offset == 0 {
+            return Ok(0);
+        }
+        if offset % self.cluster_size() != 0 {
+            return Err(Error::InvalidEntry {
+                what: "L1",
+                index: l1_index as u64,
+                offset,
+                reason: "L2 table is not aligned to a cluster",
+            });
+        }
+        if offset + self.cluster_size() > self.host_limit() {
+            return Err(Error::InvalidEntry {
+                what: "L1",
+                index: l1_index as u64,
+                offset,
+                reason: "L2 table lies beyond the end of the file",
+            });
+        }
+        Ok(offset)
+    }
+
+    /// Makes room in the L2 cache, writing a dirty victim after the
+    /// refcounts it depends on.
+    fn make_l2_room(&mut self, file: &dyn Storage) -> Result<()> {
+        if !self.l2.is_full() {
+            return Ok(());
+        }
+        if let Some((victim, dirty)) = self.l2.victim() {
+            if dirty {
+                self.rc.flush(file)?;
+                self.l2.write_back(file, victim)?;
+            }
+            self.l2.remove(victim);
+        }
+        Ok(())
+    }
+
+    /// Loads an L2 table into the cache.
+    pub fn load_l2(&mut self, file: &dyn Storage, l2_offset: u64) -> Result<()> {
+        if self.l2.contains(l2_offset) {
+            return Ok(());
+        }
+        self.make_l2_room(file)?;
+        let mut data = vec![0u8; self.cluster_size() as usize];
+        file.read_at(&mut data, l2_offset)?;
+        self.l2.insert(l2_offset, data, false);
+        Ok(())
+    }
+
+    /// The raw L2 entry of guest cluster `guest_cluster`.
+    pub fn l2_entry(&mut self, file: &dyn Storage, guest_cluster: u64) -> Result<RawL2> {
+        let l2_entries = self.geo.l2_entries();
+        let l1_index = (guest_cluster / l2_entries) as usize;
+        let l2_offset = self.l2_offset(l1_index)?;
+        if l2_offset == 0 {
+            return Ok(RawL2::default());
+        }
+        self.load_l2(file, l2_offset)?;
+        let table = self.l2.get(l2_offset).expect("table was just loaded");
+        Ok(RawL2::get(
+            table,
+            (guest_cluster % l2_entries) as usize,
+            self.geo.extended_l2,
+        ))
+    }
+
+    /// Allocates `count` contiguous host clusters; returns the first offset.
+    pub fn alloc_clusters(&mut self, file: &dyn Storage, count: u64) -> Result<u64> {
+        let first = self.rc.alloc(file, count)?;
+        let offset = first << self.geo.cluster_bits;
+        if offset + (count << self.geo.cluster_bits) > MAX_HOST_OFFSET {
+            return Err(Error::NoSpace("host offsets beyond 2^56"));
+        }
+        Ok(offset)
+    }
+
+    /// Makes the L2 table for `l1_index` writable (allocating it, or copying
+    /// it if shared with a snapshot) and returns its offset.
+    fn writable_l2(&mut self, file: &dyn Storage, l1_index: usize) -> Result<u64> {
+        let entry = self.l1[l1_index];
+        let old = self.l2_offset(l1_index)?;
+        if old != 0 && entry & FLAG_COPIED != 0 {
+            self.load_l2(file, old)?;
+            return Ok(old);
+        }
+        let data = if old != 0 {
+            self.load_l2(file, old)?;
+            self.l2.get(old).expect("loaded").to_vec()
+        } else {
+            vec![0u8; self.cluster_size() as usize]
+        };
+        let new = self.alloc_clusters(file, 1)?;
+        self.make_l2_room(file)?;
+        self.l2.insert(new, data, true);
+        self.l1[l1_index] = new | FLAG_COPIED;
+        self.l1_dirty.insert(l1_index);
+        if old != 0 {
+            self.rc.defer_free(old >> self.geo.cluster_bits);
+        }
+        Ok(new)
+    }
+
+    /// Replaces the L2 entry of `guest_cluster`.
+    pub fn set_l2_entry(
+        &mut self,
+        file: &dyn Storage,
+        guest_cluster: u64,
+        value: RawL2,
+    ) -> Result<()> {
+        let l2_entries = self.geo.l2_entries();
+        let l1_index = (guest_cluster / l2_entries) as usize;
+        if l1_index >= self.l1.len() {
+            return Err(Error::Corrupt(format!(
+                "guest cluster {guest_cluster} is beyond the L1 table"
+            )));
+        }
+        let l2_offset = self.writable_l2(file, l1_index)?;
+        let table = self.l2.get_mut(l2_offset).expect("table is cached");
+        value.set(
+            table,
+            (guest_cluster % l2_entries) as usize,
+            self.geo.extended_l2,
+        );
+        Ok(())
+    }
+
+    /// Writes all metadata in dependency order, syncing between steps, and
+    /// then applies deferred frees. Returns host ranges that became free.
+    pub fn flush(&mut self, file: &dyn Storage) -> Result<Vec<u64>> {
+        self.rc.flush(file)?;
+        if self.l2.write_back_all(file)? {
+            file.flush()?;
+        }
+        if !self.l1_dirty.is_empty() {
+            let l1_offset = self.hc.header.l1_table_offset;
+            let dirty = std::mem::take(&mut self.l1_dirty);
+            // Write runs of adjacent entries in one piece.
+            let dirty: Vec<usize> = dirty.into_iter().collect();
+            let mut i = 0;
+            while i < dirty.len() {
+                let mut j = i;
+                while j + 1 < dirty.len() && dirty[j + 1] == dirty[j] + 1 {
+                    j += 1;
+                }
+                let mut buf = vec![0u8; (j - i + 1) * 8];
+                for (k, index) in (dirty[i]..=dirty[j]).enumerate() {
+                    BigEndian::write_u64(&mut buf[k * 8..], self.l1[index]);
+                }
+                file.write_at(&buf, l1_offset + dirty[i] as u64 * 8)?;
+                i = j + 1;
+            }
+            file.flush()?;
+        }
+        if self.header_dirty {
+            self.write_header(file)?;
+        }
+        let mut freed = Vec::new();
+        if self.rc.pending_frees() > 0 {
+            freed = self.rc.apply_pending_frees(file)?;
+            self.rc.flush(file)?;
+        }
+        Ok(freed)
+    }
+
+    /// Rewrites the header cluster and syncs.
+    pub fn write_header(&mut self, file: &dyn Storage) -> Result<()> {
+        let (rt_offset, rt_clusters) = self.rc.table_location();
+        self.hc.header.refcount_table_offset = rt_offset;
+        self.hc.header.refcount_table_clusters = rt_clusters as u32;
+        let buf = self.hc.write()?;
+        let len = self.hc.header.cluster_size().min(buf.len() as u64) as usize;
+        file.write_at(&buf[..len], 0)?;
+        file.flush()?;
+        self.header_dirty = false;
+        Ok(())
+    }
+
+    /// Reads and validates the active L1 table.
+    pub fn read_l1(
+        file: &dyn Storage,
+        offset: u64,
+        entries: u32,
+        cluster_size: u64,
+    ) -> Result<Vec<u64>> {
+        let mut raw = vec![0u8; entries as usize * 8];
+        file.read_at(&mut raw, offset)?;
+        let l1: Vec<u64> = (0..entries as usize).map(|i| table_get(&raw, i)).collect();
+        for (i, &e) in l1.iter().enumerate() {
+            let off = e & OFFSET_MASK;
+            if e & L1_RESERVED != 0 && off == 0 {
+                continue;
+            }
+            if off % cluster_size != 0 {
+                return Err(Error::InvalidEntry {
+                    what: "L1",
+                    index: i as u64,
+                    offset: off,
+                    reason: "L2 table is not aligned to a cluster",
+                });
+            }
+        }
+        Ok(l1)
+    }
+
+    /// Moves the active L1 table to a larger one of `entries` entries.
+    pub fn grow_l1(&mut self, file: &dyn Storage, entries: u64) -> Result<()> {
+        if entries <= self.l1.len() as u64 {
+            return Ok(());
+        }
+        if entries * 8 > crate::header::MAX_L1_BYTES {
+            return Err(Error::InvalidTable {
+                table: "L1 table",
+                offset: self.hc.header.l1_table_offset,
+                entries,
+                reason: "larger than 32 MiB",
+            });
+        }
+        // Everything the new table refers to must be on disk first.
+        self.flush(file)?;
+        let cs = self.cluster_size();
+        let clusters = (entries * 8).div_ceil(cs);
+        let new_offset = self.alloc_clusters(file, clusters)?;
+        self.rc.flush(file)?;
+        let mut l1 = self.l1.clone();
+        l1.resize(entries as usize, 0);
+        let mut raw = vec![0u8; (clusters * cs) as usize];
+        for (i, &e) in l1.iter().enumerate() {
+            BigEndian::write_u64(&mut raw[i * 8..], e);
+        }
+        file.write_at(&raw, new_offset)?;
+        file.flush()?;
+        let old_offset = self.hc.header.l1_table_offset;
+        let old_clusters = (self.l1.len() as u64 * 8).div_ceil(cs);
+        self.hc.header.l1_table_offset = new_offset;
+        self.hc.header.l1_size = entries as u32;
+        self.l1 = l1;
+        self.write_header(file)?;
+        if old_offset != 0 {
+            for c in 0..old_clusters {
+                self.rc.add(file, (old_offset / cs) + c, -1)?;
+            }
+        }
+        self.rc.flush(file)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! The read side: mapping guest ranges to extents, and reading guest bytes.
+
+use super::meta::Meta;
+use super::Qcow2;
+use crate::compress;
+use crate::device::{check_range, Extent, ExtentKind};
+use crate::entries::{alloc_bits, zero_bits, L2Entry, RawL2, SUBCLUSTERS};
+use crate::error::{Error, Result};
+
+/// Most guest bytes one call of [`Qcow2::extents`] describes.
+const MAX_EXTENTS_SPAN: u64 = 1 << 30;
+
+fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    if let Some(last) = out.last_mut() {
+        let contiguous = match (last.kind, e.kind) {
+            (
+                ExtentKind::Data {
+                    host_offset: a,
+                    in_data_file: fa,
+                },
+                ExtentKind::Data {
+                    host_offset: b,
+                    in_data_file: fb,
+                },
+            ) => fa == fb && a + last.len == b,
+            (ExtentKind::Zero { host_offset: None }, ExtentKind::Zero { host_offset: None }) => {
+                true
+            }
+            (
+                ExtentKind::Zero {
+                    host_offset: Some(a),
+                },
+                ExtentKind::Zero {
+                    host_offset: Some(b),
+                },
+            ) => a + last.len == b,
+            (ExtentKind::Unallocated, ExtentKind::Unallocated) => true,
+            _ => false,
+        };
+        if contiguous && last.guest_offset + last.len == e.guest_offset {
+            last.len += e.len;
+            return;
+        }
+    }
+    out.push(e);
+}
+
+impl Qcow2 {
+    /// Checks a data cluster offset taken from an L2 entry.
+    fn check_data_offset(&self, meta: &Meta, guest_cluster: u64, host_offset: u64) -> Result<()> {
+        if self.data_file.is_some() {
+            return Ok(());
+        }
+        let cs = self.cluster_size();
+        if host_offset % cs != 0 {
+            return Err(Error::InvalidEntry {
+                what: "L2",
+                index: guest_cluster,
+                offset: host_offset,
+                reason: "data cluster is not aligned to a cluster",
+            });
+        }
+        if host_offset + cs > meta.host_limit() {
+            return Err(Error::InvalidEntry {
+                what: "L2",
+                index: guest_cluster,
+                offset: host_offset,
+                reason: "data cluster lies beyond the end of the file",
+            });
+        }
+        Ok(())
+    }
+
+    /// Describes the guest range `[offset, offset+len)` of this layer as
+    /// extents (merged where contiguous). Describes at most 1 GiB per call.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let size = self.size();
+        let len = len.min(size.saturating_sub(offset)).min(MAX_EXTENTS_SPAN);
+        let mut out = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let cs = self.cluster_size();
+        let mut meta = self.lock();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let guest_cluster = pos / cs;
+            let in_cluster = pos % cs;
+            let chunk = (cs - in_cluster).min(end - pos);
+            let raw = meta.l2_entry(&*self.file, guest_cluster)?;
+            self.describe_cluster(&meta, guest_cluster, raw, in_cluster, chunk, &mut out)?;
+            pos += chunk;
+        }
+        Ok(out)
+    }
+
+    fn describe_cluster(
+        &self,
+        meta: &Meta,
+        guest_cluster: u64,
+        raw: RawL2,
+        in_cluster: u64,
+        len: u64,
+        out: &mut Vec<Extent>,
+    ) -> Result<()> {
+        let cs = self.cluster_size();
+        let guest_offset = guest_cluster * cs + in_cluster;
+        let in_data_file = self.data_file.is_some();
+        let entry = self.geo.decode_l2(raw.entry);
+        if let L2Entry::Compressed {
+            host_offset,
+            compressed_len,
+        } = entry
+        {
+            if in_data_file {
+                return Err(Error::InvalidEntry {
+                    what: "L2",
+                    index: guest_cluster,
+                    offset: host_offset,
+                    reason: "compressed cluster in an image with an external data file",
+                });
+            }
+            if host_offset + compressed_len > meta.host_limit() {
+                return Err(Error::InvalidEntry {
+                    what: "L2",
+                    index: guest_cluster,
+                    offset: host_offset,
+                    reason: "compressed data lies beyond the end of the file",
+                });
+            }
+            push_extent(
+                out,
+                Extent {
+                    guest_offset,
+                    len,
+                    kind: ExtentKind::Compressed {
+                        host_offset,
+                        compressed_len,
+                    },
+                },
+            );
+            return Ok(());
+        }
+        if !self.geo.extended_l2 {
+            let kind = match entry {
+                L2Entry::Unallocated => ExtentKind::Unallocated,
+                L2Entry::Zero { host_offset, .. } => ExtentKind::Zero {
+                    host_offset: (host_offset != 0).then_some(host_offset + in_cluster),
+                },
+                L2Entry::Normal { host_offset, .. } => {
+                    self.check_data_offset(meta, guest_cluster, host_offset)?;
+                    ExtentKind::Data {
+                        host_offset: host_offset + in_cluster,
+                        in_data_file,
+                    }
+                }
+                L2Entry::Compressed { .. } => unreachable!("handled above"),
+            };
+            push_extent(
+                out,
+                Extent {
+                    guest_offset,
+                    len,
+                    kind,
+                },
+            );
+            return Ok(());
+        }
+        // Extended L2: each subcluster has its own state.
+        let host_offset = match entry {
+            L2Entry::Normal { host_offset, .. } | L2Entry::Zero { host_offset, .. } => host_offset,
+            _ => 0,
+        };
+        let alloc = alloc_bits(raw.bitmap);
+        let zero = zero_bits(raw.bitmap);
+        if alloc & zero != 0 {
+            return Err(Error::InvalidEntry {
+                what: "L2",
+                index: guest_cluster,
+                offset: raw.bitmap,
+                reason: "subcluster both allocated and zero",
+            });
+        }
+        if alloc != 0 {
+            if host_offset == 0 && !(in_data_file && raw.entry & crate::entries::FLAG_COPIED != 0) {
+                return Err(Error::InvalidEntry {
+                    what: "L2",
+                    index: guest_cluster,
+                    offset: 0,
+                    reason: "allocated subclusters without a host cluster",
+                });
+            }
+            self.check_data_offset(meta, guest_cluster, host_offset)?;
+        }
+        let sc = self.geo.subcluster_size();
+        let mut pos = in_cluster;
+        let end = in_cluster + len;
+        while pos < end {
+            let index = (pos / sc) as u32;
+            debug_assert!(index < SUBCLUSTERS);
+            let sc_end = (u64::from(index) + 1) * sc;
+            let chunk = sc_end.min(end) - pos;
+            let kind = if alloc & (1 << index) != 0 {
+                ExtentKind::Data {
+                    host_offset: host_offset + pos,
+                    in_data_file,
+                }
+            } else if zero & (1 << index) != 0 {
+                ExtentKind::Zero { host_offset: None }
+            } else {
+                ExtentKind::Unallocated
+            };
+            push_extent(
+                out,
+                Extent {
+                    guest_offset: guest_cluster * self.cluster_size() + pos,
+                    len: chunk,
+                    kind,
+                },
+            );
+            pos += chunk;
+        }
+        Ok(())
+    }
+
+    /// Decompresses the cluster at `host_offset` (cached: the last one).
+    pub(crate) fn with_decompressed<R>(
+        &self,
+        host_offset: u64,
+        compressed_len: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let mut cache = self.decompressed.lock().expect("lock poisoned");
+        if let Some((off, data)) = cache.as_ref() {
+            if *off == host_offset {
+                return Ok(f(data));
+            }
+        }
+        let cs = self.cluster_size() as usize;
+        // The sector count field cannot describe more than two clusters.
+        let clen = (compressed_len as usize).min(2 * cs + 512);
+        let mut input = vec![0u8; clen];
+        self.file.read_at(&mut input, host_offset)?;
+        let mut out = vec![0u8; cs];
+        compress::decompress(self.compression, &input, &mut out, host_offset)?;
+        let r = f(&out);
+        *cache = Some((host_offset, out));
+        Ok(r)
+    }
+
+    /// Reads guest bytes of one extent (any kind) into `buf`.
+    pub fn read_extent(&self, e: &Extent, buf: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(buf.len() as u64, e.len);
+        match e.kind {
+            ExtentKind::Data {
+                host_offset,
+                in_data_file,
+            } => {
+                let storage = if in_data_file {
+                    self.data_file
+                        .as_ref()
+                        .expect("data file extents need a data file")
+                } else {
+                    &self.file
+                };
+                storage.read_at(buf, host_offset)
+            }
+            ExtentKind::Zero { .. } => {
+                buf.fill(0);
+                Ok(())
+            }
+            ExtentKind::Unallocated => self.read_backing(buf, e.guest_offset),
+            ExtentKind::Compressed {
+                host_offset,
+                compressed_len,
+            } => {
+                let start = (e.guest_offset % self.cluster_size()) as usize;
+                self.with_decompressed(host_offset, compressed_len, |data| {
+                    buf.copy_from_slice(&data[start..start + buf.len()]);
+                })
+            }
+        }
+    }
+
+    /// Reads what the backing file shows at `offset` (zero past its end or
+    /// without one).
+    pub fn read_backing(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.backing {
+            Some(b) => {
+                let bsize = b.virtual_size();
+                if offset >= bsize {
+                    buf.fill(0);
+                    return Ok(());
+                }
+                let n = ((bsize - offset) as usize).min(buf.len());
+                b.read_at(&mut buf[..n], offset)?;
+                buf[n..].fill(0);
+                Ok(())
+            }
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads guest bytes.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let extents = self.extents(pos, (buf.len() - done) as u64)?;
+            if extents.is_empty() {
+                return Err(Error::OutOfRange {
+                    offset: pos,
+                    len: (buf.len() - done) as u64,
+                    size: self.size(),
+                });
+            }
+            for e in &extents {
+                let start = (e.guest_offset - offset) as usize;
+                self.read_extent(e, &mut buf[start..start + e.len as usize])?;
+                done = start + e.len as usize;
+            }
+        }
+        Ok(())
+    }
+}

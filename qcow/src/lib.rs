@@ -1,0 +1,21 @@
+//! QCOW2 image format library.
+//!
+//! The format logic does no I/O of its own: it works through
+//! [`storage::Storage`], so it runs on files, on memory and under io_uring.
+
+pub mod cache;
+pub mod entries;
+pub mod error;
+pub mod extensions;
+pub mod header;
+pub mod refcount;
+pub mod storage;
+mod sys;
+
+pub use error::{Error, Result};
+pub use storage::{FileStorage, MemStorage, Storage};
+pub mod compress;
+pub mod create;
+pub mod device;
+pub mod fs;
+pub mod image;

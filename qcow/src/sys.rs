@@ -1,0 +1,82 @@
+//! The few Linux system calls `std` does not wrap: hole punching and
+//! fallocate. This is the crate's only unsafe code.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+
+/// Deallocates a byte range of a file, keeping its size. Best effort: file
+/// systems without hole punching leave the data in place.
+pub fn punch_hole(file: &File, offset: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: fallocate only reads its integer arguments; the fd is valid for
+    // the lifetime of `file`.
+    unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        );
+    }
+}
+
+/// Allocates a byte range of a file (posix_fallocate semantics), growing it.
+pub fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate only reads its integer arguments; the fd is valid for
+    // the lifetime of `file`.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        // Fall back to extending the file; the blocks stay sparse.
+        let end = offset + len;
+        if file.metadata()?.len() < end {
+            file.set_len(end)?;
+        }
+        return Ok(());
+    }
+    Err(err)
+}
+
+/// Finds whether `offset` lies in data or in a hole, and how far that
+/// lasts (capped at `len`), with SEEK_DATA/SEEK_HOLE. Falls back to "data".
+pub fn data_extent(file: &File, offset: u64, len: u64) -> (bool, u64) {
+    let fd = file.as_raw_fd();
+    // SAFETY: lseek only reads its integer arguments; the fd is valid for the
+    // lifetime of `file`. The file position it changes is not used by pread.
+    let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            // No data after offset: a hole to the end.
+            return (false, len);
+        }
+        return (true, len);
+    }
+    let data = data as u64;
+    if data > offset {
+        return (false, (data - offset).min(len));
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_HOLE) };
+    if hole < 0 {
+        return (true, len);
+    }
+    let hole = hole as u64;
+    (true, hole.saturating_sub(offset).clamp(1, len))
+}

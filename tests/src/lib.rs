@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests (qemu-img wrappers, file generators).
