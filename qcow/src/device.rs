@@ -120,7 +120,9 @@ impl BlockRead for RawImage {
                 in_data_file: false,
             }
         } else {
-            ExtentKind::Zero { host_offset: None }
+            ExtentKind::Zero {
+                host_offset: Some(offset),
+            }
         };
         Ok(vec![Extent {
             guest_offset: offset,
@@ -136,4 +138,75 @@ impl BlockRead for RawImage {
     fn format_name(&self) -> &'static str {
         "raw"
     }
+}
+
+/// A guest range resolved through a whole backing chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainExtent {
+    /// First guest byte.
+    pub guest_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Layer that decides the contents: 0 is the top.
+    pub depth: u32,
+    /// Whether some layer allocates the range (a zero or data cluster, a
+    /// raw file); false where the chain ends or a backing file is shorter.
+    pub allocated: bool,
+    /// What that layer has there; `Unallocated` only when no layer has it
+    /// (it reads as zero).
+    pub kind: ExtentKind,
+}
+
+/// Describes `[offset, offset+len)` of `top` through its backing chain (at
+/// least the first extent; callers loop).
+pub fn chain_extents(top: &dyn BlockRead, offset: u64, len: u64) -> Result<Vec<ChainExtent>> {
+    let mut out = Vec::new();
+    chain_extents_at(top, offset, len, 0, &mut out)?;
+    Ok(out)
+}
+
+fn chain_extents_at(
+    layer: &dyn BlockRead,
+    offset: u64,
+    len: u64,
+    depth: u32,
+    out: &mut Vec<ChainExtent>,
+) -> Result<()> {
+    for e in layer.extents(offset, len)? {
+        match (e.kind, layer.backing()) {
+            (ExtentKind::Unallocated, Some(backing)) => {
+                let bsize = backing.virtual_size();
+                let mut pos = e.guest_offset;
+                let end = e.guest_offset + e.len;
+                while pos < end.min(bsize) {
+                    let before = out.len();
+                    chain_extents_at(backing, pos, end.min(bsize) - pos, depth + 1, out)?;
+                    let Some(last) = out.last() else { break };
+                    if out.len() == before {
+                        break;
+                    }
+                    pos = last.guest_offset + last.len;
+                }
+                if end > bsize && pos < end {
+                    // Past the end of the backing file: zeros, decided here.
+                    let start = pos.max(bsize);
+                    out.push(ChainExtent {
+                        guest_offset: start,
+                        len: end - start,
+                        depth,
+                        allocated: false,
+                        kind: ExtentKind::Zero { host_offset: None },
+                    });
+                }
+            }
+            (kind, _) => out.push(ChainExtent {
+                guest_offset: e.guest_offset,
+                len: e.len,
+                depth,
+                allocated: kind != ExtentKind::Unallocated,
+                kind,
+            }),
+        }
+    }
+    Ok(())
 }

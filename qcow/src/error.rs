@@ -154,6 +154,18 @@ pub enum Error {
     /// The image ran out of the host offsets its format can address.
     #[error("no space left in the image's address space ({0})")]
     NoSpace(&'static str),
+    /// A snapshot table entry that is malformed or out of bounds.
+    #[error("snapshot table entry {index}: invalid {field}: {value} ({reason})")]
+    InvalidSnapshot {
+        /// The entry's index in the table.
+        index: u64,
+        /// The field as the qcow2 specification spells it.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {

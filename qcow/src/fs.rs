@@ -134,8 +134,9 @@ impl Opener for FileOpener {
     }
 
     fn open_data_file(&self, name: &str, writable: bool) -> Result<Arc<dyn Storage>> {
-        let path = resolve(&self.dir, name);
-        open_storage(&path, writable)
+        // QEMU opens the data file by its name as recorded, relative to the
+        // working directory (not to the image's folder), and so do we.
+        open_storage(Path::new(name), writable)
     }
 }
 

@@ -14,8 +14,10 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use storage::{FileStorage, MemStorage, Storage};
+pub mod check;
 pub mod compress;
 pub mod create;
 pub mod device;
 pub mod fs;
 pub mod image;
+pub mod snapshot_table;

@@ -259,40 +259,122 @@ impl Refcounts {
     /// Allocates `count` contiguous free clusters with refcount 1; returns
     /// the first cluster index.
     pub fn alloc(&mut self, storage: &dyn Storage, count: u64) -> Result<u64> {
-        let mut start = self.free_hint;
-        'search: loop {
-            let mut i = 0;
-            while i < count {
-                let c = start + i;
-                if (c + 1) << self.cluster_bits > MAX_HOST_OFFSET {
-                    return Err(Error::NoSpace("host offsets beyond 2^56"));
-                }
-                if c >= self.alloc_end && self.block_present(c) {
-                    // Past everything in use and covered: free.
-                    i += 1;
-                    continue;
-                }
-                if !self.block_present(c) {
-                    // Creating the block takes a cluster; search again.
-                    self.ensure_block(storage, c)?;
-                    continue 'search;
-                }
-                if self.get(storage, c)? != 0 {
-                    start = c + 1;
-                    i = 0;
-                    continue;
-                }
-                i += 1;
-            }
-            break;
+        if count <= 1 {
+            let (start, _) = self.alloc_some(storage, 1)?;
+            return Ok(start);
         }
-        for c in start..start + count {
+        // A free run below the end of the used area, within present blocks.
+        let mut start = self.free_hint;
+        let mut i = 0;
+        while start + i < self.alloc_end && i < count {
+            let c = start + i;
+            if !self.block_present(c) || self.get(storage, c)? != 0 {
+                start = c + 1;
+                i = 0;
+                continue;
+            }
+            i += 1;
+        }
+        if i == count {
+            for c in start..start + count {
+                self.set(storage, c, 1)?;
+            }
+            return Ok(start);
+        }
+        self.alloc_area(storage, count)
+    }
+
+    /// Allocates between 1 and `max` contiguous free clusters with refcount
+    /// 1; returns the first cluster index and the count.
+    pub fn alloc_some(&mut self, storage: &dyn Storage, max: u64) -> Result<(u64, u64)> {
+        let mut c = self.free_hint;
+        // The first free cluster, creating the block that covers it.
+        loop {
+            if (c + 1) << self.cluster_bits > MAX_HOST_OFFSET {
+                return Err(Error::NoSpace("host offsets beyond 2^56"));
+            }
+            if !self.block_present(c) {
+                // Every cluster of a missing block's range is free; the block
+                // takes the first of them.
+                self.ensure_block(storage, c)?;
+                continue;
+            }
+            if c >= self.alloc_end || self.get(storage, c)? == 0 {
+                break;
+            }
+            c += 1;
+        }
+        let start = c;
+        let mut n = 1;
+        while n < max {
+            let next = start + n;
+            if (next + 1) << self.cluster_bits > MAX_HOST_OFFSET || !self.block_present(next) {
+                break;
+            }
+            if next < self.alloc_end && self.get(storage, next)? != 0 {
+                break;
+            }
+            n += 1;
+        }
+        for c in start..start + n {
             self.set(storage, c, 1)?;
         }
-        if start == self.free_hint {
-            self.free_hint = start + count;
+        if start == self.free_hint || self.free_hint > start {
+            self.free_hint = start + n;
         }
-        Ok(start)
+        Ok((start, n))
+    }
+
+    /// Allocates `count` contiguous clusters at the end of the used area,
+    /// preceded by whatever new refcount blocks are needed to cover them
+    /// and themselves.
+    fn alloc_area(&mut self, storage: &dyn Storage, count: u64) -> Result<u64> {
+        let cluster_size = self.cluster_size();
+        loop {
+            let area_start = self.alloc_end.max(storage.len()?.div_ceil(cluster_size));
+            let mut n = 0u64;
+            let needed = loop {
+                let end = area_start + n + count;
+                let needed: Vec<u64> = (area_start / self.entries_per_block
+                    ..=(end - 1) / self.entries_per_block)
+                    .filter(|&b| self.table.get(b as usize).is_none_or(|&o| o == 0))
+                    .collect();
+                if needed.len() as u64 == n {
+                    break needed;
+                }
+                n = needed.len() as u64;
+            };
+            let end = area_start + n + count;
+            if end << self.cluster_bits > MAX_HOST_OFFSET {
+                return Err(Error::NoSpace("host offsets beyond 2^56"));
+            }
+            if let Some(&max_block) = needed.last() {
+                if max_block as usize >= self.table.len() {
+                    self.grow_table(storage, max_block + 1)?;
+                    continue;
+                }
+            }
+            for (i, &b) in needed.iter().enumerate() {
+                let offset = (area_start + i as u64) << self.cluster_bits;
+                if self.blocks.is_full() {
+                    if let Some((victim, dirty)) = self.blocks.victim() {
+                        if dirty {
+                            self.blocks.write_back(storage, victim)?;
+                        }
+                        self.blocks.remove(victim);
+                    }
+                }
+                self.blocks
+                    .insert(offset, vec![0u8; cluster_size as usize], true);
+                self.table[b as usize] = offset;
+                self.table_dirty.insert(b as usize);
+            }
+            for c in area_start..end {
+                self.set(storage, c, 1)?;
+            }
+            self.alloc_end = self.alloc_end.max(end);
+            return Ok(area_start + n);
+        }
     }
 
     fn block_present(&self, cluster: u64) -> bool {

@@ -1,1 +1,166 @@
-//! Helpers shared by the integration tests (qemu-img wrappers, file generators).
+//! Helpers shared by the integration tests: locating the `img` binary,
+//! running it and qemu-img, and making test files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `img` binary built with the tests (or `$IMG_BIN`).
+pub fn img_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("IMG_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/img
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let img = dir.join("img");
+    assert!(
+        img.exists(),
+        "{} is missing: build it with `cargo build -p tools` (cargo test --workspace does)",
+        img.display()
+    );
+    img
+}
+
+/// Whether qemu-img is installed (the cross-checks need it).
+pub fn have_qemu() -> bool {
+    Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Skips the calling test (returns) when qemu-img is missing, unless
+/// `REQUIRE_QEMU` is set, where it fails instead.
+#[macro_export]
+macro_rules! require_qemu {
+    () => {
+        if !$crate::have_qemu() {
+            if std::env::var_os("REQUIRE_QEMU").is_some() {
+                panic!("qemu-img is required (REQUIRE_QEMU is set) but not installed");
+            }
+            eprintln!("qemu-img not installed: skipping");
+            return;
+        }
+    };
+}
+
+/// Runs a command and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `img ARGS...`
+pub fn img(args: &[&str]) -> Command {
+    let mut c = Command::new(img_bin());
+    c.args(args);
+    c
+}
+
+/// `qemu-img ARGS...`
+pub fn qemu_img(args: &[&str]) -> Command {
+    let mut c = Command::new("qemu-img");
+    c.args(args);
+    c
+}
+
+/// `qemu-io -c CMD ... FILE` with a format.
+pub fn qemu_io(fmt: &str, file: &Path, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", fmt]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(file);
+    ok(&mut c);
+}
+
+/// `qemu-img check` finds nothing wrong (no corruption, no leak).
+pub fn assert_qemu_clean(path: &Path) {
+    let out = run(qemu_img(&["check", "--output=json"]).arg(path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qemu-img check {} is not clean ({}):\n{}{}",
+        path.display(),
+        out.status,
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A deterministic pseudo-random byte stream (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Fills a buffer.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// Writes a raw file of `size` bytes: alternating 64 KiB runs of random
+/// data, zeros, text-like data and holes.
+pub fn make_raw(path: &Path, size: u64, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 65536];
+    let mut pos = 0u64;
+    let mut i = 0u64;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        match i % 4 {
+            0 => {
+                rng.fill(&mut buf[..n]);
+                f.write_all_at(&buf[..n], pos).unwrap();
+            }
+            1 => {
+                buf[..n].fill(0);
+                f.write_all_at(&buf[..n], pos).unwrap();
+            }
+            2 => {
+                for (k, b) in buf[..n].iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog\n"[(k + i as usize) % 44];
+                }
+                f.write_all_at(&buf[..n], pos).unwrap();
+            }
+            _ => {}
+        }
+        pos += n as u64;
+        i += 1;
+    }
+}
+
+/// Reads a whole file.
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}

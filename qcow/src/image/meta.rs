@@ -37,6 +37,8 @@ pub struct Meta {
     pub header_dirty: bool,
     /// File length when opened, to refuse offsets past the end.
     pub file_len_at_open: u64,
+    /// Next free byte for compressed data (0: start a new cluster).
+    pub compressed_cursor: u64,
 }
 
 impl Meta {
@@ -131,6 +133,17 @@ impl Meta {
             return Err(Error::NoSpace("host offsets beyond 2^56"));
         }
         Ok(offset)
+    }
+
+    /// Allocates between 1 and `max` contiguous host clusters; returns the
+    /// first offset and the count.
+    pub fn alloc_some(&mut self, file: &dyn Storage, max: u64) -> Result<(u64, u64)> {
+        let (first, count) = self.rc.alloc_some(file, max)?;
+        let offset = first << self.geo.cluster_bits;
+        if offset + (count << self.geo.cluster_bits) > MAX_HOST_OFFSET {
+            return Err(Error::NoSpace("host offsets beyond 2^56"));
+        }
+        Ok((offset, count))
     }
 
     /// Makes the L2 table for `l1_index` writable (allocating it, or copying

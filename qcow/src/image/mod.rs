@@ -8,6 +8,7 @@
 //! caller can move data itself, with several requests in flight: metadata
 //! is guarded by one lock that is never held across data I/O.
 
+mod compressed;
 mod meta;
 mod read;
 mod resize;
@@ -183,6 +184,7 @@ impl Qcow2 {
             inflight: HashSet::new(),
             header_dirty: false,
             file_len_at_open: file_len,
+            compressed_cursor: 0,
         };
         if header_dirty {
             meta.write_header(&*file)?;
@@ -298,10 +300,21 @@ impl Qcow2 {
     }
 }
 
-/// Rebuilds the refcounts of an image left dirty by lazy refcounts.
-fn repair_dirty(_file: &dyn Storage, _data_file: Option<&dyn Storage>) -> Result<()> {
-    // REPAIR-HOOK: replaced by crate::check once it lands.
-    Err(Error::Unsupported("repairing a dirty image".into()))
+/// Rebuilds the refcounts of an image left dirty by lazy refcounts, as
+/// QEMU does on open for writing.
+fn repair_dirty(file: &dyn Storage, data_file: Option<&dyn Storage>) -> Result<()> {
+    let report = crate::check::check(file, data_file, crate::check::Repair::All)?;
+    if let Some(reason) = report.aborted {
+        return Err(Error::Corrupt(format!(
+            "repairing the dirty image failed: {reason}"
+        )));
+    }
+    if report.corruptions > report.corruptions_fixed {
+        return Err(Error::Corrupt(
+            "the dirty image has corruptions that repair could not fix".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Qcow2 {

@@ -80,7 +80,7 @@ struct CowOp {
 }
 
 impl Qcow2 {
-    fn wait_not_inflight<'a>(
+    pub(super) fn wait_not_inflight<'a>(
         &'a self,
         mut meta: std::sync::MutexGuard<'a, Meta>,
         first: u64,
@@ -263,15 +263,21 @@ impl Qcow2 {
                 in_data_file,
             });
         }
-        // Allocate runs of consecutive guest clusters contiguously.
+        // Allocate runs of consecutive guest clusters, contiguously where
+        // the allocator can.
         let mut i = 0;
         while i < to_alloc.len() {
             let mut j = i;
             while j + 1 < to_alloc.len() && to_alloc[j + 1].0 == to_alloc[j].0 + 1 {
                 j += 1;
             }
-            let count = (j - i + 1) as u64;
-            let base = meta.alloc_clusters(&*self.file, count)?;
+            let wanted = (j - i + 1) as u64;
+            let (base, got) = if in_data_file {
+                (to_alloc[i].0 * cs, wanted)
+            } else {
+                meta.alloc_some(&*self.file, wanted)?
+            };
+            let j = i + got as usize - 1;
             for (k, &(gc, raw)) in to_alloc[i..=j].iter().enumerate() {
                 let host = base + k as u64 * cs;
                 let start = if gc == first { offset % cs } else { 0 };
@@ -668,7 +674,9 @@ impl Qcow2 {
                     L2Entry::Normal {
                         host_offset,
                         copied: true,
-                    } if !may_unmap && !self.geo.extended_l2 => Some(host_offset),
+                    } if !may_unmap && !self.geo.extended_l2 && self.geo.version >= 3 => {
+                        Some(host_offset)
+                    }
                     _ => None,
                 };
                 let new = if self.geo.version < 3 {

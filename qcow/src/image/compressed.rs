@@ -1,0 +1,65 @@
+//! Writing compressed clusters: compressed data is packed byte by byte into
+//! host clusters, each host cluster counting one reference per compressed
+//! cluster that touches it.
+
+use super::Qcow2;
+use crate::compress;
+use crate::entries::RawL2;
+use crate::error::{Error, Result};
+
+impl Qcow2 {
+    /// Writes one whole guest cluster, compressed when that makes it smaller
+    /// and stored normally otherwise. Returns whether it was compressed.
+    pub fn write_compressed(&self, guest_cluster: u64, data: &[u8]) -> Result<bool> {
+        self.check_writable()?;
+        let cs = self.cluster_size();
+        if data.len() as u64 != cs {
+            return Err(Error::Unsupported(format!(
+                "compressed writes need whole clusters ({} bytes, got {})",
+                cs,
+                data.len()
+            )));
+        }
+        if self.data_file.is_some() {
+            return Err(Error::Unsupported(
+                "compressed clusters in an image with an external data file".into(),
+            ));
+        }
+        let guest_offset = guest_cluster * cs;
+        crate::device::check_range(guest_offset, cs, self.size())?;
+        // Leave room so that the sector count never exceeds one cluster.
+        let Some(compressed) = compress::compress(self.compression, data, cs as usize - 512)?
+        else {
+            self.write_at(data, guest_offset)?;
+            return Ok(false);
+        };
+        let len = compressed.len() as u64;
+        let (host_offset, old) = {
+            let meta = self.lock();
+            let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
+            let old = meta.l2_entry(&*self.file, guest_cluster)?;
+            let cursor = meta.compressed_cursor;
+            let host_offset = if cursor != 0 && cursor % cs != 0 && cursor % cs + len <= cs {
+                // Fits into the cluster already in use for compressed data.
+                meta.rc.add(&*self.file, cursor / cs, 1)?;
+                cursor
+            } else {
+                meta.alloc_clusters(&*self.file, 1)?
+            };
+            meta.compressed_cursor = host_offset + len;
+            meta.inflight.insert(guest_cluster);
+            (host_offset, old)
+        };
+        let result = self.file.write_at(&compressed, host_offset);
+        let mut meta = self.lock();
+        meta.inflight.remove(&guest_cluster);
+        self.inflight_done.notify_all();
+        result?;
+        let entry = self.geo.encode_compressed(host_offset, len);
+        meta.set_l2_entry(&*self.file, guest_cluster, RawL2 { entry, bitmap: 0 })?;
+        for c in self.entry_refs(old) {
+            meta.rc.defer_free(c);
+        }
+        Ok(true)
+    }
+}

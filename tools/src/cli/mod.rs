@@ -1,0 +1,98 @@
+//! The `img` command line: clap definitions of the subcommands with
+//! qemu-img's option spellings, and [`parse_args`], which turns clap's
+//! errors into qemu-img's messages and exit codes.
+//!
+//! ```
+//! use tools::cli::{parse_args, Command};
+//! let cli = parse_args(["img", "resize", "disk.qcow2", "-1G"]).unwrap();
+//! assert!(matches!(cli.command, Command::Resize(_)));
+//! ```
+
+mod args;
+mod usage;
+pub mod values;
+
+use clap::{Parser, Subcommand};
+
+pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
+pub use usage::CliError;
+pub use values::{CacheMode, OutputFormat, RepairMode, SnapshotParam, UsageError};
+
+/// `img COMMAND [command options]`: a re-implementation of qemu-img.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = crate::PROGRAM,
+    version,
+    about = "Disk image utility (qemu-img compatible)",
+    subcommand_required = true,
+    infer_long_args = true
+)]
+pub struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Create and format a new image file
+    #[command(infer_long_args = true)]
+    Create(CreateArgs),
+    /// Display information about an image
+    #[command(infer_long_args = true)]
+    Info(InfoArgs),
+    /// Check basic image integrity
+    #[command(infer_long_args = true)]
+    Check(CheckArgs),
+    /// Copy one image to another with optional format conversion
+    #[command(infer_long_args = true)]
+    Convert(ConvertArgs),
+    /// Resize an image
+    #[command(infer_long_args = true)]
+    Resize(ResizeArgs),
+    /// Check if two images have the same contents
+    #[command(infer_long_args = true)]
+    Compare(CompareArgs),
+    /// Dump image metadata (allocation map)
+    #[command(infer_long_args = true)]
+    Map(MapArgs),
+}
+
+impl Command {
+    /// The subcommand's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create(_) => "create",
+            Self::Info(_) => "info",
+            Self::Check(_) => "check",
+            Self::Convert(_) => "convert",
+            Self::Resize(_) => "resize",
+            Self::Compare(_) => "compare",
+            Self::Map(_) => "map",
+        }
+    }
+}
+
+/// Parses the command line (program name first). Help and version
+/// requests come back as a [`CliError`] with exit code 0 and stdout text.
+pub fn parse_args<I, T>(args: I) -> Result<Cli, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = Cli::try_parse_from(&args).map_err(|err| usage::from_clap(&err, &args))?;
+    usage::check_positionals(&cli)?;
+    Ok(cli)
+}
+
+/// [`parse_args`] on the process arguments; on error prints the message
+/// and exits as qemu-img would.
+pub fn parse_or_exit() -> Cli {
+    parse_args(std::env::args_os()).unwrap_or_else(|err| err.exit())
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

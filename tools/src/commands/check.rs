@@ -1,0 +1,81 @@
+//! `img check`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use qcow::check::{check as check_image, Repair};
+use qcow::fs::{open_storage, probe, Format};
+
+use super::{io_reason, parse_format};
+use crate::cli::{CheckArgs, RepairMode};
+use crate::report::check::CheckReport;
+use crate::report::OutputFormat;
+
+fn to_report(filename: &str, r: &qcow::check::CheckReport) -> CheckReport {
+    CheckReport {
+        filename: filename.to_string(),
+        format: "qcow2".to_string(),
+        check_errors: r.check_errors,
+        image_end_offset: r.image_end_offset,
+        corruptions: r.corruptions,
+        leaks: r.leaks,
+        corruptions_fixed: r.corruptions_fixed,
+        leaks_fixed: r.leaks_fixed,
+        total_clusters: r.total_clusters,
+        allocated_clusters: r.allocated_clusters,
+        fragmented_clusters: r.fragmented_clusters,
+        compressed_clusters: r.compressed_clusters,
+    }
+}
+
+/// Runs `img check`.
+pub fn run(args: &CheckArgs) -> Result<i32> {
+    let filename = &args.filename;
+    let repair = match args.repair {
+        None => Repair::None,
+        Some(RepairMode::Leaks) => Repair::Leaks,
+        Some(RepairMode::All) => Repair::All,
+    };
+    let storage = open_storage(Path::new(filename), repair != Repair::None)
+        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+    let format = match &args.format {
+        Some(f) => parse_format(f)?,
+        None => probe(&*storage)?,
+    };
+    if format == Format::Raw {
+        eprintln!("img: This image format does not support checks");
+        return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
+    }
+    let first = check_image(&*storage, None, repair)
+        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+    for m in &first.messages {
+        eprintln!("{m}");
+    }
+    if let Some(reason) = &first.aborted {
+        eprintln!("Check failed: {reason}");
+        return Ok(1);
+    }
+    let mut report = to_report(filename, &first);
+    if repair != Repair::None && (first.corruptions_fixed > 0 || first.leaks_fixed > 0) {
+        // Double check the repaired image, as qemu-img does.
+        let second = check_image(&*storage, None, Repair::None)?;
+        for m in &second.messages {
+            eprintln!("{m}");
+        }
+        let mut again = to_report(filename, &second);
+        again.corruptions_fixed = first.corruptions_fixed;
+        again.leaks_fixed = first.leaks_fixed;
+        report = again;
+    }
+    if !args.quiet || args.output == OutputFormat::Json {
+        let text = match args.output {
+            OutputFormat::Human => report.render_human(),
+            OutputFormat::Json => report.render_json(),
+        };
+        print!("{text}");
+    }
+    if let Some(msg) = report.failure_message() {
+        eprintln!("{msg}");
+    }
+    Ok(report.exit_code())
+}

@@ -1,0 +1,151 @@
+//! `img compare`.
+
+use anyhow::Result;
+use qcow::device::{chain_extents, BlockRead, ChainExtent};
+
+use super::open;
+use crate::cli::CompareArgs;
+use crate::report::compare::{CompareError, CompareReport, CompareResult};
+
+const CHUNK: u64 = 1 << 20;
+
+fn allocated_prefix(image: &dyn BlockRead, offset: u64, len: u64) -> Result<(bool, u64)> {
+    let extents: Vec<ChainExtent> = chain_extents(image, offset, len)?;
+    let Some(first) = extents.first() else {
+        return Ok((false, len));
+    };
+    let mut n = first.len;
+    for e in &extents[1..] {
+        if e.allocated != first.allocated {
+            break;
+        }
+        n += e.len;
+    }
+    Ok((first.allocated, n.min(len)))
+}
+
+fn first_nonzero(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b != 0)
+}
+
+/// Compares `[start, end)`; returns the offset of the first difference.
+fn compare_range(
+    a: &dyn BlockRead,
+    b: &dyn BlockRead,
+    start: u64,
+    end: u64,
+    strict: bool,
+) -> Result<Option<CompareResult>> {
+    let mut buf_a = vec![0u8; CHUNK as usize];
+    let mut buf_b = vec![0u8; CHUNK as usize];
+    let mut pos = start;
+    while pos < end {
+        let want = (end - pos).min(CHUNK);
+        let (alloc_a, na) = allocated_prefix(a, pos, want)?;
+        let (alloc_b, nb) = allocated_prefix(b, pos, want)?;
+        let n = na.min(nb).max(1).min(want);
+        if alloc_a != alloc_b && strict {
+            return Ok(Some(CompareResult::StrictBlockStatusMismatch {
+                offset: pos,
+            }));
+        }
+        if alloc_a && alloc_b {
+            a.read_at(&mut buf_a[..n as usize], pos)?;
+            b.read_at(&mut buf_b[..n as usize], pos)?;
+            if buf_a[..n as usize] != buf_b[..n as usize] {
+                let at = buf_a
+                    .iter()
+                    .zip(&buf_b)
+                    .position(|(x, y)| x != y)
+                    .expect("buffers differ");
+                return Ok(Some(CompareResult::ContentMismatch {
+                    offset: pos + (at as u64 / 512) * 512,
+                }));
+            }
+        } else if alloc_a || alloc_b {
+            let (img, buf) = if alloc_a {
+                (a, &mut buf_a)
+            } else {
+                (b, &mut buf_b)
+            };
+            img.read_at(&mut buf[..n as usize], pos)?;
+            if let Some(at) = first_nonzero(&buf[..n as usize]) {
+                return Ok(Some(CompareResult::ContentMismatch {
+                    offset: pos + at as u64,
+                }));
+            }
+        }
+        pos += n;
+    }
+    Ok(None)
+}
+
+/// Checks that `[start, end)` of one image reads as zero.
+fn check_zero(img: &dyn BlockRead, start: u64, end: u64) -> Result<Option<u64>> {
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = start;
+    while pos < end {
+        let want = (end - pos).min(CHUNK);
+        let (alloc, n) = allocated_prefix(img, pos, want)?;
+        let n = n.max(1).min(want);
+        if alloc {
+            img.read_at(&mut buf[..n as usize], pos)?;
+            if let Some(at) = first_nonzero(&buf[..n as usize]) {
+                return Ok(Some(pos + at as u64));
+            }
+        }
+        pos += n;
+    }
+    Ok(None)
+}
+
+/// Runs `img compare`.
+pub fn run(args: &CompareArgs) -> Result<i32> {
+    let a = match open(&args.filename1, args.a_format.as_deref(), false) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("img: {e}");
+            return Ok(CompareError::Open(e.to_string()).exit_code());
+        }
+    };
+    let b = match open(&args.filename2, args.b_format.as_deref(), false) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("img: {e}");
+            return Ok(CompareError::Open(e.to_string()).exit_code());
+        }
+    };
+    let (size_a, size_b) = (a.virtual_size(), b.virtual_size());
+    let mut report = CompareReport {
+        size_mismatch: size_a != size_b,
+        result: CompareResult::Identical,
+        mismatch_in_excess: false,
+    };
+    let outcome: Result<()> = (|| {
+        if args.strict && size_a != size_b {
+            report.result = CompareResult::StrictSizeMismatch;
+            return Ok(());
+        }
+        let common = size_a.min(size_b);
+        if let Some(r) = compare_range(&a, &b, 0, common, args.strict)? {
+            report.result = r;
+            return Ok(());
+        }
+        if size_a != size_b {
+            let larger: &dyn BlockRead = if size_a > size_b { &a } else { &b };
+            if let Some(offset) = check_zero(larger, common, size_a.max(size_b))? {
+                report.result = CompareResult::ContentMismatch { offset };
+                report.mismatch_in_excess = true;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        eprintln!("img: {e}");
+        return Ok(4);
+    }
+    if !args.quiet {
+        print!("{}", report.render());
+    }
+    Ok(report.exit_code())
+}

@@ -1,0 +1,129 @@
+//! `img convert`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use qcow::device::BlockRead;
+use qcow::fs::{open_image, AnyImage, Format};
+
+use super::create::create_image;
+use super::{io_reason, open, parse_format};
+use crate::cli::ConvertArgs;
+use crate::engine::convert::{run as run_convert, ConvertJob};
+use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
+
+/// Default `-S`: zero runs of at least 4 KiB stay sparse.
+const DEFAULT_SPARSE: u64 = 4096;
+/// Worker threads when `-m` is not given.
+const DEFAULT_WORKERS: usize = 4;
+
+fn prefixed(filename: &str, e: OptsError) -> anyhow::Error {
+    if e.has_filename_prefix() {
+        anyhow!("{filename}: {e}")
+    } else {
+        anyhow!("{e}")
+    }
+}
+
+/// Runs `img convert`.
+pub fn run(args: &ConvertArgs) -> Result<i32> {
+    if args.snapshot.is_some() || args.snapshot_id_or_name.is_some() {
+        return Err(anyhow!("Reading snapshots with -l/-s is not supported yet"));
+    }
+    let target = args
+        .target()
+        .ok_or_else(|| anyhow!("Expecting image file name"))?
+        .to_string();
+    let sources: Vec<AnyImage> = args
+        .sources()
+        .iter()
+        .map(|s| open(s, args.source_format.as_deref(), false))
+        .collect::<Result<_>>()?;
+    let total: u64 = sources.iter().map(|s| s.virtual_size()).sum();
+    let target_format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
+    let (target_image, target_is_zero, target_has_backing) = if args.no_create {
+        let image = open_image(
+            Path::new(&target),
+            Some(parse_format(&args.target_format)?),
+            true,
+        )
+        .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+        if image.virtual_size() < total {
+            return Err(anyhow!(
+                "Target image size ({}) is smaller than the source size ({total})",
+                image.virtual_size()
+            ));
+        }
+        let has_backing = image.backing().is_some();
+        (image, args.target_is_zero, has_backing)
+    } else {
+        let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
+        let mut parsed =
+            ParsedOptions::parse(target_format, &list).map_err(|e| prefixed(&target, e))?;
+        parsed
+            .set_default_size(total)
+            .map_err(|e| prefixed(&target, e))?;
+        parsed
+            .set_backing(args.backing.as_deref(), args.backing_format.as_deref())
+            .map_err(|e| prefixed(&target, e))?;
+        let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(&target, e))?;
+        if opts.backing_file.is_some() && opts.backing_fmt.is_none() {
+            return Err(prefixed(
+                &target,
+                OptsError::BackingFormatMissing { detected: None },
+            ));
+        }
+        opts.validate(target_format)
+            .map_err(|e| prefixed(&target, e))?;
+        let size = opts.size.unwrap_or(total);
+        if args.compress && target_format != ImageFormat::Qcow2 {
+            return Err(anyhow!("Compression not supported for this file format"));
+        }
+        create_image(&target, target_format, &opts, size)?;
+        let format = match target_format {
+            ImageFormat::Qcow2 => Format::Qcow2,
+            ImageFormat::Raw => Format::Raw,
+        };
+        let image = open_image(Path::new(&target), Some(format), true)
+            .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+        let has_backing = opts.backing_file.is_some();
+        (image, !has_backing, has_backing)
+    };
+    let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
+    let bar = if args.progress && !args.quiet {
+        let bar = indicatif::ProgressBar::new(total.max(1));
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("    ({percent}.00/100%) {wide_bar}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |n: u64| {
+        if let Some(b) = &bar {
+            b.inc(n);
+        }
+    };
+    let job = ConvertJob {
+        sources: &source_refs,
+        target: &target_image,
+        target_is_zero,
+        target_has_backing,
+        sparse_size: args.sparse_size.unwrap_or(DEFAULT_SPARSE),
+        compress: args.compress,
+        workers: args
+            .parallel
+            .map(|m| m as usize)
+            .unwrap_or(DEFAULT_WORKERS)
+            .min(DEFAULT_WORKERS * 2),
+        progress: &progress,
+    };
+    run_convert(&job)?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    drop(target_image);
+    Ok(0)
+}

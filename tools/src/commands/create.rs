@@ -1,0 +1,197 @@
+//! `img create`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
+use qcow::device::BlockRead;
+use qcow::fs::{open_storage, probe, resolve, FileOpener};
+use qcow::image::Opener;
+use qcow::{FileStorage, Storage};
+
+use super::io_reason;
+use crate::cli::CreateArgs;
+use crate::opts::{
+    option_help, Compat, CompressionType, CreateOptions, ImageFormat, OptsError, ParsedOptions,
+    Preallocation,
+};
+
+fn prefixed(filename: &str, e: OptsError) -> anyhow::Error {
+    if e.has_filename_prefix() {
+        anyhow!("{filename}: {e}")
+    } else {
+        anyhow!("{e}")
+    }
+}
+
+/// Converts the tool's preallocation mode to the library's.
+pub fn prealloc(p: Preallocation) -> QPre {
+    match p {
+        Preallocation::Off => QPre::Off,
+        Preallocation::Metadata => QPre::Metadata,
+        Preallocation::Falloc => QPre::Falloc,
+        Preallocation::Full => QPre::Full,
+    }
+}
+
+/// Library options from validated tool options.
+pub fn qcow_options(opts: &CreateOptions, size: u64) -> QcowOptions {
+    QcowOptions {
+        size,
+        version: match opts.compat_or_default() {
+            Compat::V0_10 => 2,
+            Compat::V1_1 => 3,
+        },
+        cluster_size: opts.cluster_size_or_default(),
+        refcount_bits: opts.refcount_bits_or_default() as u32,
+        lazy_refcounts: opts.lazy_refcounts.unwrap_or(false),
+        extended_l2: opts.extended_l2.unwrap_or(false),
+        compression_type: match opts.compression_type_or_default() {
+            CompressionType::Zlib => qcow::header::CompressionType::Zlib,
+            CompressionType::Zstd => qcow::header::CompressionType::Zstd,
+        },
+        preallocation: prealloc(opts.preallocation_or_default()),
+        backing_file: opts.backing_file.clone(),
+        backing_format: opts.backing_fmt.clone(),
+        data_file: opts.data_file.clone(),
+        data_file_raw: opts.data_file_raw.unwrap_or(false),
+    }
+}
+
+/// Creates (truncates) a file for a new image.
+pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| anyhow!("Could not create '{}': {}", path.display(), os_text(&e)))?;
+    Ok(Arc::new(FileStorage::new(file)))
+}
+
+/// An io::Error's text without Rust's "(os error N)" suffix.
+pub fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Creates an image of `format` at `filename` with validated options.
+pub fn create_image(
+    filename: &str,
+    format: ImageFormat,
+    opts: &CreateOptions,
+    size: u64,
+) -> Result<()> {
+    let path = Path::new(filename);
+    match format {
+        ImageFormat::Raw => {
+            let storage = create_file(path)?;
+            storage.set_len(size)?;
+            match opts.preallocation_or_default() {
+                Preallocation::Falloc => storage.allocate(0, size)?,
+                Preallocation::Full => {
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut pos = 0;
+                    while pos < size {
+                        let n = (size - pos).min(zeros.len() as u64);
+                        storage.write_at(&zeros[..n as usize], pos)?;
+                        pos += n;
+                    }
+                }
+                _ => {}
+            }
+            storage.flush()?;
+            Ok(())
+        }
+        ImageFormat::Qcow2 => {
+            let qopts = qcow_options(opts, size);
+            // Like qemu-img, the data file name is taken relative to the
+            // working directory.
+            let data_file = match &qopts.data_file {
+                Some(name) => Some(create_file(Path::new(name))?),
+                None => None,
+            };
+            let storage = create_file(path)?;
+            let image = create_qcow2(storage, data_file, None, &qopts)
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
+            image.close()?;
+            Ok(())
+        }
+    }
+}
+
+/// Opens the backing file named for a new image, as the image will.
+fn open_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
+    FileOpener::for_image(Path::new(filename))
+        .open_backing(backing, format)
+        .map_err(|e| anyhow!("Could not open backing image: {}", io_reason(&e)))
+}
+
+/// Runs `img create`.
+pub fn run(args: &CreateArgs) -> Result<i32> {
+    let format: ImageFormat = args.format.parse().map_err(|e| anyhow!("{e}"))?;
+    let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
+    if list.has_help() {
+        print!("{}", option_help(format, args.filename.as_deref()));
+        return Ok(0);
+    }
+    let filename = args
+        .filename
+        .as_deref()
+        .ok_or_else(|| anyhow!("Expecting image file name"))?;
+    let mut parsed = ParsedOptions::parse(format, &list).map_err(|e| prefixed(filename, e))?;
+    if let Some(size) = args.size {
+        parsed
+            .set_size_argument(size)
+            .map_err(|e| prefixed(filename, e))?;
+    }
+    parsed
+        .set_backing(args.backing.as_deref(), args.backing_format.as_deref())
+        .map_err(|e| prefixed(filename, e))?;
+    let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(filename, e))?;
+    if let Some(backing) = opts.backing_file.clone() {
+        let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
+        let backing_path = resolve(dir, &backing);
+        if same_file(Path::new(filename), &backing_path) {
+            return Err(anyhow!("{}", OptsError::BackingSameAsImage));
+        }
+        if opts.backing_fmt.is_none() {
+            let detected = open_storage(&backing_path, false)
+                .ok()
+                .and_then(|s| probe(&*s).ok())
+                .map(|f| f.name().to_string());
+            return Err(prefixed(
+                filename,
+                OptsError::BackingFormatMissing { detected },
+            ));
+        }
+        if !args.backing_unsafe {
+            let b = open_backing(filename, &backing, opts.backing_fmt.as_deref())?;
+            if opts.size.is_none() {
+                parsed
+                    .set_default_size(b.virtual_size())
+                    .map_err(|e| prefixed(filename, e))?;
+                opts.size = Some(b.virtual_size());
+            }
+        }
+    }
+    if !args.quiet {
+        println!("{}", parsed.formatting_line(filename));
+    }
+    opts.validate(format).map_err(|e| prefixed(filename, e))?;
+    let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
+    create_image(filename, format, &opts, size)?;
+    Ok(0)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,69 @@
+//! The subcommands: each takes its parsed arguments, does the work through
+//! the qcow library and prints qemu-img's output. Each returns the process
+//! exit code; errors become one `img: ...` line and exit code 1.
+
+pub mod check;
+pub mod compare;
+pub mod convert;
+pub mod create;
+pub mod info;
+pub mod map;
+pub mod resize;
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use qcow::fs::{open_image, open_storage, probe, AnyImage, Format};
+
+/// Parses a `-f`/`-O`/`-F` format name.
+pub fn parse_format(name: &str) -> Result<Format> {
+    match name {
+        "qcow2" => Ok(Format::Qcow2),
+        "raw" => Ok(Format::Raw),
+        other => Err(anyhow!("Unknown driver '{other}'")),
+    }
+}
+
+/// The probe warning qemu-img prints when it guesses raw for an image
+/// opened for writing.
+pub fn raw_probe_warning(filename: &str) -> String {
+    format!(
+        "WARNING: Image format was not specified for '{filename}' and probing guessed raw.\n\
+         \x20        Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n\
+         \x20        Specify the 'raw' format explicitly to remove the restrictions."
+    )
+}
+
+/// Opens an image by name with an optional format, as qemu-img does
+/// (probing when no format is given), with qemu-img's error wording.
+pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyImage> {
+    let path = Path::new(filename);
+    let format = match format {
+        Some(f) => Some(parse_format(f)?),
+        None => None,
+    };
+    if format.is_none() && writable {
+        let storage = open_storage(path, false)
+            .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        if probe(&*storage)? == Format::Raw {
+            eprintln!("{}", raw_probe_warning(filename));
+        }
+    }
+    open_image(path, format, writable)
+        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))
+}
+
+/// The message of an error, with I/O errors reduced to their OS text.
+pub fn io_reason(e: &qcow::Error) -> String {
+    match e {
+        qcow::Error::Io { source, .. } => {
+            let s = source.to_string();
+            // "No such file or directory (os error 2)" -> qemu's wording.
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            }
+        }
+        other => other.to_string(),
+    }
+}

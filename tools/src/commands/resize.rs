@@ -1,0 +1,56 @@
+//! `img resize`.
+
+use anyhow::{anyhow, Result};
+use qcow::device::BlockRead;
+use qcow::fs::AnyImage;
+
+use super::{create::prealloc, io_reason, open};
+use crate::cli::ResizeArgs;
+use crate::opts::Preallocation;
+
+/// Runs `img resize`.
+pub fn run(args: &ResizeArgs) -> Result<i32> {
+    let image = open(&args.filename, args.format.as_deref(), true)?;
+    let current = image.virtual_size();
+    let new_size = args
+        .size
+        .resolve(current, args.shrink)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mode = args.preallocation.unwrap_or(Preallocation::Off);
+    match &image {
+        AnyImage::Qcow2(q) => {
+            if new_size % 512 != 0 {
+                return Err(anyhow!("The new size must be a multiple of 512"));
+            }
+            q.resize(new_size, prealloc(mode))
+                .map_err(|e| anyhow!("{}", io_reason(&e)))?;
+        }
+        AnyImage::Raw(r) => {
+            let storage = r.storage();
+            storage.set_len(new_size)?;
+            if new_size > current {
+                match mode {
+                    Preallocation::Falloc => storage.allocate(current, new_size - current)?,
+                    Preallocation::Full => {
+                        let zeros = vec![0u8; 1 << 20];
+                        let mut pos = current;
+                        while pos < new_size {
+                            let n = (new_size - pos).min(zeros.len() as u64);
+                            storage.write_at(&zeros[..n as usize], pos)?;
+                            pos += n;
+                        }
+                    }
+                    Preallocation::Metadata => {
+                        return Err(anyhow!("Unsupported preallocation mode: metadata"))
+                    }
+                    Preallocation::Off => {}
+                }
+            }
+            storage.flush()?;
+        }
+    }
+    if !args.quiet {
+        println!("{}", crate::size::RESIZED_MESSAGE);
+    }
+    Ok(0)
+}

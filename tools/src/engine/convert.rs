@@ -1,0 +1,332 @@
+//! The copy engine of `img convert`: several sources, concatenated, copied
+//! into one target by a few worker threads that each take the next chunk,
+//! read it, find its zeros and write the rest out of order (like
+//! `qemu-img convert -W`). Reads of one worker overlap writes of another.
+//!
+//! Memory stays bounded: each worker holds one chunk buffer, and the qcow2
+//! metadata caches are bounded by the library.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use qcow::device::{chain_extents, BlockRead, ExtentKind};
+use qcow::fs::AnyImage;
+
+/// Bytes a worker copies at a time (at least one target cluster).
+pub const CHUNK: u64 = 1 << 20;
+
+fn chunk_size(target: &AnyImage) -> u64 {
+    match target {
+        AnyImage::Qcow2(q) => CHUNK.max(q.cluster_size()),
+        AnyImage::Raw(_) => CHUNK,
+    }
+}
+
+/// What `img convert` copies and how.
+pub struct ConvertJob<'a> {
+    /// Sources, concatenated in order.
+    pub sources: &'a [&'a dyn BlockRead],
+    /// The target image.
+    pub target: &'a AnyImage,
+    /// The target reads as zero everywhere already (newly created, no
+    /// backing file): zero ranges need no write.
+    pub target_is_zero: bool,
+    /// The target has a backing file (`-B`): ranges the source's top layer
+    /// does not allocate are left unallocated.
+    pub target_has_backing: bool,
+    /// Smallest run of zero bytes to leave sparse (`-S`); 0 writes
+    /// everything.
+    pub sparse_size: u64,
+    /// Write compressed clusters (`-c`).
+    pub compress: bool,
+    /// Worker threads.
+    pub workers: usize,
+    /// Called with the number of bytes finished, from any worker.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    /// Read from the source and write.
+    Data,
+    /// Reads as zero.
+    Zero,
+    /// Leave to the target's backing file.
+    Skip,
+}
+
+struct Chunk {
+    source: usize,
+    offset: u64,
+    len: u64,
+    target_offset: u64,
+}
+
+/// Runs a conversion.
+pub fn run(job: &ConvertJob<'_>) -> Result<()> {
+    let chunk_len = chunk_size(job.target);
+    let mut chunks = Vec::new();
+    let mut target_offset = 0u64;
+    for (i, s) in job.sources.iter().enumerate() {
+        let size = s.virtual_size();
+        let mut pos = 0;
+        while pos < size {
+            let len = chunk_len.min(size - pos);
+            chunks.push(Chunk {
+                source: i,
+                offset: pos,
+                len,
+                target_offset: target_offset + pos,
+            });
+            pos += len;
+        }
+        target_offset += size;
+    }
+    let next = AtomicU64::new(0);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let workers = job.workers.clamp(1, 16);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; chunk_len as usize];
+                loop {
+                    if first_error.lock().expect("lock").is_some() {
+                        return;
+                    }
+                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(chunk) = chunks.get(index) else {
+                        return;
+                    };
+                    if let Err(e) = copy_chunk(job, chunk, &mut buf) {
+                        let mut slot = first_error.lock().expect("lock");
+                        if slot.is_none() {
+                            *slot = Some(e);
+                        }
+                        return;
+                    }
+                    (job.progress)(chunk.len);
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    job.target.flush().context("flush")?;
+    Ok(())
+}
+
+/// Splits a chunk into regions by where the source has data.
+fn regions(job: &ConvertJob<'_>, chunk: &Chunk) -> Result<Vec<(u64, u64, Region)>> {
+    let source = job.sources[chunk.source];
+    let mut out: Vec<(u64, u64, Region)> = Vec::new();
+    let mut pos = chunk.offset;
+    let end = chunk.offset + chunk.len;
+    while pos < end {
+        let extents = if job.target_has_backing {
+            // Only the top layer counts: what it lacks, the backing has.
+            source
+                .extents(pos, end - pos)?
+                .into_iter()
+                .map(|e| (e.guest_offset, e.len, e.kind))
+                .collect::<Vec<_>>()
+        } else {
+            chain_extents(source, pos, end - pos)?
+                .into_iter()
+                .map(|e| (e.guest_offset, e.len, e.kind))
+                .collect()
+        };
+        if extents.is_empty() {
+            break;
+        }
+        for (offset, len, kind) in extents {
+            let region = match kind {
+                ExtentKind::Zero { .. } => Region::Zero,
+                ExtentKind::Unallocated if job.target_has_backing => Region::Skip,
+                ExtentKind::Unallocated => Region::Zero,
+                _ => Region::Data,
+            };
+            match out.last_mut() {
+                Some(last) if last.2 == region && last.0 + last.1 == offset => last.1 += len,
+                _ => out.push((offset, len, region)),
+            }
+            pos = offset + len;
+        }
+    }
+    Ok(out)
+}
+
+fn copy_chunk(job: &ConvertJob<'_>, chunk: &Chunk, buf: &mut [u8]) -> Result<()> {
+    let source = job.sources[chunk.source];
+    let delta = chunk.target_offset - chunk.offset;
+    for (offset, len, region) in regions(job, chunk)? {
+        let target_offset = offset + delta;
+        match region {
+            Region::Skip => {}
+            Region::Zero => {
+                if !job.target_is_zero {
+                    write_zeroes(job.target, target_offset, len)?;
+                }
+            }
+            Region::Data => {
+                let data = &mut buf[..len as usize];
+                source
+                    .read_at(data, offset)
+                    .with_context(|| format!("error while reading at byte {offset}"))?;
+                write_data(job, target_offset, data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
+    match target {
+        AnyImage::Qcow2(q) => q.write_zeroes(offset, len, true),
+        AnyImage::Raw(r) => {
+            let zeros = vec![0u8; len.min(CHUNK) as usize];
+            let mut pos = offset;
+            while pos < offset + len {
+                let n = (offset + len - pos).min(CHUNK);
+                r.write_at(&zeros[..n as usize], pos)?;
+                pos += n;
+            }
+            Ok(())
+        }
+    }
+    .with_context(|| format!("error while writing zeroes at byte {offset}"))
+}
+
+/// Granularity of zero detection in the target.
+fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
+    match job.target {
+        AnyImage::Qcow2(q) => job.sparse_size.max(q.geometry().subcluster_size()),
+        AnyImage::Raw(_) => job.sparse_size,
+    }
+}
+
+/// Writes a data range, leaving aligned zero blocks sparse.
+fn write_data(job: &ConvertJob<'_>, offset: u64, data: &[u8]) -> Result<()> {
+    if job.compress {
+        if let AnyImage::Qcow2(q) = job.target {
+            return write_compressed(q, offset, data);
+        }
+    }
+    let gran = zero_granularity(job);
+    if gran == 0 {
+        return write_plain(job.target, offset, data);
+    }
+    // Walk aligned blocks; runs of data are written whole, zero blocks are
+    // skipped (or zeroed when the target does not read as zero).
+    let end = offset + data.len() as u64;
+    let mut pos = offset;
+    let mut run_start: Option<u64> = None;
+    while pos < end {
+        let block_end = ((pos / gran + 1) * gran).min(end);
+        let block = &data[(pos - offset) as usize..(block_end - offset) as usize];
+        let zero = is_zero(block);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(start)) => {
+                write_plain(
+                    job.target,
+                    start,
+                    &data[(start - offset) as usize..(pos - offset) as usize],
+                )?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        if zero && !job.target_is_zero {
+            write_zeroes(job.target, pos, block_end - pos)?;
+        }
+        pos = block_end;
+    }
+    if let Some(start) = run_start {
+        write_plain(job.target, start, &data[(start - offset) as usize..])?;
+    }
+    Ok(())
+}
+
+fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
+    match target {
+        AnyImage::Qcow2(q) => {
+            let plan = q.begin_write(offset, data.len() as u64)?;
+            let mut result = Ok(());
+            for p in &plan.pieces {
+                let start = (p.guest_offset - offset) as usize;
+                let storage = if p.in_data_file {
+                    q.data_file().expect("data file pieces need a data file")
+                } else {
+                    q.file()
+                };
+                result = storage.write_at(&data[start..start + p.len as usize], p.host_offset);
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => q.finish_write(plan),
+                Err(e) => {
+                    q.abort_write(plan);
+                    Err(e)
+                }
+            }
+        }
+        AnyImage::Raw(r) => r.write_at(data, offset),
+    }
+    .with_context(|| format!("error while writing at byte {offset}"))
+}
+
+fn write_compressed(q: &qcow::image::Qcow2, offset: u64, data: &[u8]) -> Result<()> {
+    let cs = q.cluster_size();
+    let end = offset + data.len() as u64;
+    let mut pos = offset;
+    while pos < end {
+        let cluster_end = ((pos / cs + 1) * cs).min(end);
+        let part = &data[(pos - offset) as usize..(cluster_end - offset) as usize];
+        if is_zero(part) {
+            // Left unallocated: the new target reads zero there.
+        } else if pos % cs == 0 && part.len() as u64 == cs {
+            q.write_compressed(pos / cs, part)
+                .with_context(|| format!("error while writing at byte {pos}"))?;
+        } else {
+            // A partial cluster (the disk's last, or a source boundary):
+            // stored plainly, completing the cluster by copy-on-write.
+            write_plain_qcow2(q, pos, part)?;
+        }
+        pos = cluster_end;
+    }
+    Ok(())
+}
+
+fn write_plain_qcow2(q: &qcow::image::Qcow2, offset: u64, data: &[u8]) -> Result<()> {
+    q.write_at(data, offset)
+        .with_context(|| format!("error while writing at byte {offset}"))
+}
+
+/// Whether a buffer is all zero (16 bytes at a time).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (body, tail) = buf.split_at(buf.len() / 16 * 16);
+    body.chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 100]));
+        let mut b = vec![0u8; 100];
+        b[99] = 1;
+        assert!(!is_zero(&b));
+        b[99] = 0;
+        b[3] = 1;
+        assert!(!is_zero(&b));
+        assert!(is_zero(&[]));
+    }
+}

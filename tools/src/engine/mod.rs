@@ -1,0 +1,3 @@
+//! Data movers behind the subcommands.
+
+pub mod convert;
