@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the test suite: unit tests, model-based property tests, and the
+# integration tests that hold img and the qcow library against qemu-img.
+# REQUIRE_QEMU makes the cross-checks fail, not skip, if qemu-img is
+# missing. Longer runs: QCOW_MODEL_OPS=100000 (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export REQUIRE_QEMU=1
+cargo test --workspace
