@@ -35,7 +35,12 @@ pub enum ExtentKind {
         host_offset: Option<u64>,
     },
     /// Not allocated at this layer: the backing file shows through.
-    Unallocated,
+    /// `host_offset` is set for an unallocated subcluster of an allocated
+    /// cluster (extended L2), as QEMU reports it.
+    Unallocated {
+        /// Host offset reserved for this range, if any.
+        host_offset: Option<u64>,
+    },
 }
 
 /// A guest range of one layer and where it lives.
@@ -174,7 +179,7 @@ fn chain_extents_at(
 ) -> Result<()> {
     for e in layer.extents(offset, len)? {
         match (e.kind, layer.backing()) {
-            (ExtentKind::Unallocated, Some(backing)) => {
+            (ExtentKind::Unallocated { .. }, Some(backing)) => {
                 let bsize = backing.virtual_size();
                 let mut pos = e.guest_offset;
                 let end = e.guest_offset + e.len;
@@ -203,7 +208,7 @@ fn chain_extents_at(
                 guest_offset: e.guest_offset,
                 len: e.len,
                 depth,
-                allocated: kind != ExtentKind::Unallocated,
+                allocated: !matches!(kind, ExtentKind::Unallocated { .. }),
                 kind,
             }),
         }

@@ -220,3 +220,22 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
         )?)),
     }
 }
+
+/// Opens an image for writing with qemu's `cache=unsafe`: its flushes
+/// skip waiting for the disk (the default for `qemu-img convert` targets).
+pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::unsafe_cache(file));
+    match format {
+        Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
+        Format::Qcow2 => Ok(AnyImage::Qcow2(Qcow2::open(
+            storage,
+            true,
+            &FileOpener::for_image(path),
+        )?)),
+    }
+}

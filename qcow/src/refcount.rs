@@ -319,9 +319,9 @@ impl Refcounts {
         for c in start..start + n {
             self.set(storage, c, 1)?;
         }
-        if start == self.free_hint || self.free_hint > start {
-            self.free_hint = start + n;
-        }
+        // `start` is the first free cluster at or after the hint: all
+        // before it are in use.
+        self.free_hint = start + n;
         Ok((start, n))
     }
 
@@ -543,7 +543,7 @@ mod tests {
         for order in 0..=6u32 {
             let mut block = vec![0u8; 512];
             let max = max_refcount(order);
-            let entries = 512 * 8 >> order;
+            let entries = (512 * 8) >> order;
             for i in 0..entries {
                 block_set(&mut block, i, order, i % (max.min(1000) + 1));
             }

@@ -39,13 +39,14 @@ impl Qcow2 {
             let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
             let old = meta.l2_entry(&*self.file, guest_cluster)?;
             let cursor = meta.compressed_cursor;
-            let host_offset = if cursor != 0 && cursor % cs != 0 && cursor % cs + len <= cs {
-                // Fits into the cluster already in use for compressed data.
-                meta.rc.add(&*self.file, cursor / cs, 1)?;
-                cursor
-            } else {
-                meta.alloc_clusters(&*self.file, 1)?
-            };
+            let host_offset =
+                if cursor != 0 && !cursor.is_multiple_of(cs) && cursor % cs + len <= cs {
+                    // Fits into the cluster already in use for compressed data.
+                    meta.rc.add(&*self.file, cursor / cs, 1)?;
+                    cursor
+                } else {
+                    meta.alloc_clusters(&*self.file, 1)?
+                };
             meta.compressed_cursor = host_offset + len;
             meta.inflight.insert(guest_cluster);
             (host_offset, old)

@@ -61,7 +61,7 @@ impl Meta {
         if offset == 0 {
             return Ok(0);
         }
-        if offset % self.cluster_size() != 0 {
+        if !offset.is_multiple_of(self.cluster_size()) {
             return Err(Error::InvalidEntry {
                 what: "L1",
                 index: l1_index as u64,
@@ -262,7 +262,7 @@ impl Meta {
             if e & L1_RESERVED != 0 && off == 0 {
                 continue;
             }
-            if off % cluster_size != 0 {
+            if !off.is_multiple_of(cluster_size) {
                 return Err(Error::InvalidEntry {
                     what: "L1",
                     index: i as u64,

@@ -101,7 +101,7 @@ impl Qcow2 {
     pub fn open(file: Arc<dyn Storage>, writable: bool, opener: &dyn Opener) -> Result<Qcow2> {
         let hc = read_header_cluster(&*file)?;
         let data_file = if hc.header.has_data_file() {
-            let name = hc.data_file().ok_or_else(|| Error::InvalidField {
+            let name = hc.data_file().ok_or(Error::InvalidField {
                 field: "incompatible_features",
                 value: hc.header.incompatible_features,
                 reason: "external data file bit set without a data file name",

@@ -34,7 +34,18 @@ fn push_extent(out: &mut Vec<Extent>, e: Extent) {
                     host_offset: Some(b),
                 },
             ) => a + last.len == b,
-            (ExtentKind::Unallocated, ExtentKind::Unallocated) => true,
+            (
+                ExtentKind::Unallocated { host_offset: None },
+                ExtentKind::Unallocated { host_offset: None },
+            ) => true,
+            (
+                ExtentKind::Unallocated {
+                    host_offset: Some(a),
+                },
+                ExtentKind::Unallocated {
+                    host_offset: Some(b),
+                },
+            ) => a + last.len == b,
             _ => false,
         };
         if contiguous && last.guest_offset + last.len == e.guest_offset {
@@ -52,7 +63,7 @@ impl Qcow2 {
             return Ok(());
         }
         let cs = self.cluster_size();
-        if host_offset % cs != 0 {
+        if !host_offset.is_multiple_of(cs) {
             return Err(Error::InvalidEntry {
                 what: "L2",
                 index: guest_cluster,
@@ -144,7 +155,7 @@ impl Qcow2 {
         }
         if !self.geo.extended_l2 {
             let kind = match entry {
-                L2Entry::Unallocated => ExtentKind::Unallocated,
+                L2Entry::Unallocated => ExtentKind::Unallocated { host_offset: None },
                 L2Entry::Zero { host_offset, .. } => ExtentKind::Zero {
                     host_offset: (host_offset != 0).then_some(host_offset + in_cluster),
                 },
@@ -209,7 +220,9 @@ impl Qcow2 {
             } else if zero & (1 << index) != 0 {
                 ExtentKind::Zero { host_offset: None }
             } else {
-                ExtentKind::Unallocated
+                ExtentKind::Unallocated {
+                    host_offset: (host_offset != 0).then_some(host_offset + pos),
+                }
             };
             push_extent(
                 out,
@@ -270,7 +283,7 @@ impl Qcow2 {
                 buf.fill(0);
                 Ok(())
             }
-            ExtentKind::Unallocated => self.read_backing(buf, e.guest_offset),
+            ExtentKind::Unallocated { .. } => self.read_backing(buf, e.guest_offset),
             ExtentKind::Compressed {
                 host_offset,
                 compressed_len,

@@ -79,6 +79,25 @@ struct CowOp {
     source: CowSource,
 }
 
+/// Joins pieces that continue each other in both guest and host space, so
+/// that callers issue one write per contiguous run.
+fn merge_pieces(pieces: &mut Vec<HostPiece>) {
+    let mut out: Vec<HostPiece> = Vec::with_capacity(pieces.len());
+    for p in pieces.drain(..) {
+        match out.last_mut() {
+            Some(last)
+                if last.in_data_file == p.in_data_file
+                    && last.guest_offset + last.len == p.guest_offset
+                    && last.host_offset + last.len == p.host_offset =>
+            {
+                last.len += p.len;
+            }
+            _ => out.push(p),
+        }
+    }
+    *pieces = out;
+}
+
 impl Qcow2 {
     pub(super) fn wait_not_inflight<'a>(
         &'a self,
@@ -146,6 +165,7 @@ impl Qcow2 {
             meta.inflight.insert(c);
         }
         drop(meta);
+        merge_pieces(&mut plan.pieces);
         if let Err(e) = result.and_then(|()| self.run_cows(&cows)) {
             self.abort_write(plan);
             return Err(e);
@@ -315,7 +335,7 @@ impl Qcow2 {
 
     fn check_in_place(&self, meta: &Meta, gc: u64, host: u64) -> Result<()> {
         let cs = self.cluster_size();
-        if host % cs != 0 || host == 0 {
+        if !host.is_multiple_of(cs) || host == 0 {
             return Err(Error::InvalidEntry {
                 what: "L2",
                 index: gc,

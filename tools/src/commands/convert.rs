@@ -4,11 +4,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use qcow::device::BlockRead;
-use qcow::fs::{open_image, AnyImage, Format};
+use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image;
 use super::{io_reason, open, parse_format};
-use crate::cli::ConvertArgs;
+use crate::cli::{CacheMode, ConvertArgs};
 use crate::engine::convert::{run as run_convert, ConvertJob};
 use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
 
@@ -23,6 +23,17 @@ fn prefixed(filename: &str, e: OptsError) -> anyhow::Error {
     } else {
         anyhow!("{e}")
     }
+}
+
+/// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
+/// waits for the disk until the end of the process).
+fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result<AnyImage> {
+    let path = Path::new(target);
+    let result = match cache.unwrap_or(CacheMode::Unsafe) {
+        CacheMode::Unsafe => open_image_unsafe_cache(path, format),
+        _ => open_image(path, Some(format), true),
+    };
+    result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))
 }
 
 /// Runs `img convert`.
@@ -84,8 +95,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             ImageFormat::Qcow2 => Format::Qcow2,
             ImageFormat::Raw => Format::Raw,
         };
-        let image = open_image(Path::new(&target), Some(format), true)
-            .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+        let image = open_target(&target, format, args.target_cache)?;
         let has_backing = opts.backing_file.is_some();
         (image, !has_backing, has_backing)
     };

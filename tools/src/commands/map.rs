@@ -105,7 +105,13 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                     entry.filename = filename;
                 }
                 // Nothing in the chain allocates it: reads as zero.
-                ExtentKind::Unallocated => entry.zero = true,
+                ExtentKind::Unallocated { host_offset } => {
+                    entry.zero = true;
+                    entry.offset = host_offset;
+                    if host_offset.is_some() {
+                        entry.filename = filename;
+                    }
+                }
             }
             pos = e.guest_offset + e.len;
             if let Err(err) = printer.push(entry) {

@@ -143,8 +143,8 @@ fn regions(job: &ConvertJob<'_>, chunk: &Chunk) -> Result<Vec<(u64, u64, Region)
         for (offset, len, kind) in extents {
             let region = match kind {
                 ExtentKind::Zero { .. } => Region::Zero,
-                ExtentKind::Unallocated if job.target_has_backing => Region::Skip,
-                ExtentKind::Unallocated => Region::Zero,
+                ExtentKind::Unallocated { .. } if job.target_has_backing => Region::Skip,
+                ExtentKind::Unallocated { .. } => Region::Zero,
                 _ => Region::Data,
             };
             match out.last_mut() {
