@@ -142,8 +142,8 @@ impl Opener for FileOpener {
 
 /// An open image of either format.
 pub enum AnyImage {
-    /// A qcow2 image.
-    Qcow2(Qcow2),
+    /// A qcow2 image (boxed: it is much larger than a raw one).
+    Qcow2(Box<Qcow2>),
     /// A raw image.
     Raw(RawImage),
 }
@@ -213,11 +213,11 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
     };
     match format {
         Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
-        Format::Qcow2 => Ok(AnyImage::Qcow2(Qcow2::open(
+        Format::Qcow2 => Ok(AnyImage::Qcow2(Box::new(Qcow2::open(
             storage,
             writable,
             &FileOpener::for_image(path),
-        )?)),
+        )?))),
     }
 }
 
@@ -232,10 +232,10 @@ pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> 
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::unsafe_cache(file));
     match format {
         Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
-        Format::Qcow2 => Ok(AnyImage::Qcow2(Qcow2::open(
+        Format::Qcow2 => Ok(AnyImage::Qcow2(Box::new(Qcow2::open(
             storage,
             true,
             &FileOpener::for_image(path),
-        )?)),
+        )?))),
     }
 }

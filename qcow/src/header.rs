@@ -221,7 +221,7 @@ impl Header {
                     reason: "must be at least 104 for version 3",
                 });
             }
-            if h.header_length % 8 != 0 {
+            if !h.header_length.is_multiple_of(8) {
                 return Err(Error::InvalidField {
                     field: "header_length",
                     value: h.header_length.into(),
@@ -460,7 +460,7 @@ fn check_table(
     if entries == 0 {
         return Ok(());
     }
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Error::InvalidTable {
             table,
             offset,

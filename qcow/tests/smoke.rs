@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use qcow::create::{create, CreateOptions};
-use qcow::device::BlockRead;
 use qcow::{FileStorage, Storage};
 
 #[test]

@@ -137,3 +137,53 @@ fn qcow2_to_qcow2_and_back_round_trips() {
     );
     assert_qemu_clean(&cat);
 }
+
+#[test]
+fn convert_with_backing_copies_only_the_top_layer() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("base.raw"), 4 << 20, 12);
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+    ])
+    .current_dir(d));
+    integration_tests::qemu_io(
+        "qcow2",
+        &d.join("top.qcow2"),
+        &["write -P 0x42 1M 128k", "write -z 2M 64k"],
+    );
+    ok(img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+        "new.qcow2",
+    ])
+    .current_dir(d));
+    assert_qemu_clean(&d.join("new.qcow2"));
+    compare_equal(&d.join("top.qcow2"), &d.join("new.qcow2"));
+    // Only the top layer's clusters were copied.
+    let map = ok(qemu_img(&["map", "--output=json", "new.qcow2"]).current_dir(d));
+    let data_bytes: u64 = map
+        .lines()
+        .filter(|l| l.contains("\"depth\": 0") && l.contains("\"data\": true"))
+        .map(|l| {
+            let s = l.split("\"length\": ").nth(1).unwrap();
+            s[..s.find(',').unwrap()].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(data_bytes, 128 << 10, "{map}");
+}

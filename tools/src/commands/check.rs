@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use qcow::check::{check as check_image, Repair};
-use qcow::fs::{open_storage, probe, Format};
+use qcow::fs::{open_storage, probe, FileOpener, Format};
+use qcow::image::{read_header_cluster, Opener};
 
 use super::{io_reason, parse_format};
 use crate::cli::{CheckArgs, RepairMode};
@@ -45,6 +46,16 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     if format == Format::Raw {
         eprintln!("img: This image format does not support checks");
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
+    }
+    // qemu-img check opens the backing chain first and fails when it
+    // cannot (a missing file, a cycle, too deep); so do we. A header that
+    // does not parse is left to the check, which reports it.
+    if let Ok(hc) = read_header_cluster(&*storage) {
+        if let Some(name) = &hc.backing_file {
+            FileOpener::for_image(Path::new(filename))
+                .open_backing(name, hc.backing_format())
+                .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        }
     }
     let first = check_image(&*storage, None, repair)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;

@@ -288,7 +288,7 @@ fn write_compressed(q: &qcow::image::Qcow2, offset: u64, data: &[u8]) -> Result<
         let part = &data[(pos - offset) as usize..(cluster_end - offset) as usize];
         if is_zero(part) {
             // Left unallocated: the new target reads zero there.
-        } else if pos % cs == 0 && part.len() as u64 == cs {
+        } else if pos.is_multiple_of(cs) && part.len() as u64 == cs {
             q.write_compressed(pos / cs, part)
                 .with_context(|| format!("error while writing at byte {pos}"))?;
         } else {
