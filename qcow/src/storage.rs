@@ -45,6 +45,11 @@ pub trait Storage: Send + Sync {
     fn allocated_bytes(&self) -> Option<u64> {
         None
     }
+    /// Starts writing dirty cached data to the device without waiting for
+    /// it (a hint; durability still needs [`Storage::flush`]).
+    fn start_writeback(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether `offset` is in data (`true`) or a hole, and for how many
     /// bytes (at most `len`, at least 1 when `len > 0`). Storage that cannot
     /// tell reports data.
@@ -81,6 +86,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn data_extent(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
         (**self).data_extent(offset, len)
     }
+    fn start_writeback(&self) -> Result<()> {
+        (**self).start_writeback()
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
@@ -110,6 +118,9 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn data_extent(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
         (**self).data_extent(offset, len)
+    }
+    fn start_writeback(&self) -> Result<()> {
+        (**self).start_writeback()
     }
 }
 
@@ -205,6 +216,11 @@ impl Storage for FileStorage {
 
     fn data_extent(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
         Ok(crate::sys::data_extent(&self.file, offset, len))
+    }
+
+    fn start_writeback(&self) -> Result<()> {
+        crate::sys::start_writeback(&self.file);
+        Ok(())
     }
 }
 

@@ -80,3 +80,13 @@ pub fn data_extent(file: &File, offset: u64, len: u64) -> (bool, u64) {
     let hole = hole as u64;
     (true, hole.saturating_sub(offset).clamp(1, len))
 }
+
+/// Starts writeback of the file's dirty pages without waiting
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE). Best effort.
+pub fn start_writeback(file: &File) {
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // valid for the lifetime of `file`.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use qcow::device::BlockRead;
 use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
 
-use super::create::create_image;
+use super::create::create_image_with;
 use super::{io_reason, open, parse_format};
 use crate::cli::{CacheMode, ConvertArgs};
 use crate::engine::convert::{run as run_convert, ConvertJob};
@@ -90,7 +90,8 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         if args.compress && target_format != ImageFormat::Qcow2 {
             return Err(anyhow!("Compression not supported for this file format"));
         }
-        create_image(&target, target_format, &opts, size)?;
+        let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
+        create_image_with(&target, target_format, &opts, size, unsafe_cache)?;
         let format = match target_format {
             ImageFormat::Qcow2 => Format::Qcow2,
             ImageFormat::Raw => Format::Raw,

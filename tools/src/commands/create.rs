@@ -61,6 +61,12 @@ pub fn qcow_options(opts: &CreateOptions, size: u64) -> QcowOptions {
 
 /// Creates (truncates) a file for a new image.
 pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
+    create_file_with(path, false)
+}
+
+/// Creates (truncates) a file; with `unsafe_cache` its flushes do not wait
+/// for the disk (qemu's cache=unsafe).
+pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Storage>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -68,7 +74,11 @@ pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
         .truncate(true)
         .open(path)
         .map_err(|e| anyhow!("Could not create '{}': {}", path.display(), os_text(&e)))?;
-    Ok(Arc::new(FileStorage::new(file)))
+    Ok(Arc::new(if unsafe_cache {
+        FileStorage::unsafe_cache(file)
+    } else {
+        FileStorage::new(file)
+    }))
 }
 
 /// An io::Error's text without Rust's "(os error N)" suffix.
@@ -87,10 +97,21 @@ pub fn create_image(
     opts: &CreateOptions,
     size: u64,
 ) -> Result<()> {
+    create_image_with(filename, format, opts, size, false)
+}
+
+/// [`create_image`], optionally with qemu's cache=unsafe (for convert).
+pub fn create_image_with(
+    filename: &str,
+    format: ImageFormat,
+    opts: &CreateOptions,
+    size: u64,
+    unsafe_cache: bool,
+) -> Result<()> {
     let path = Path::new(filename);
     match format {
         ImageFormat::Raw => {
-            let storage = create_file(path)?;
+            let storage = create_file_with(path, unsafe_cache)?;
             storage.set_len(size)?;
             match opts.preallocation_or_default() {
                 Preallocation::Falloc => storage.allocate(0, size)?,
@@ -113,10 +134,10 @@ pub fn create_image(
             // Like qemu-img, the data file name is taken relative to the
             // working directory.
             let data_file = match &qopts.data_file {
-                Some(name) => Some(create_file(Path::new(name))?),
+                Some(name) => Some(create_file_with(Path::new(name), unsafe_cache)?),
                 None => None,
             };
-            let storage = create_file(path)?;
+            let storage = create_file_with(path, unsafe_cache)?;
             let image = create_qcow2(storage, data_file, None, &qopts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
             image.close()?;

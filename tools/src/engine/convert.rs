@@ -63,26 +63,76 @@ struct Chunk {
     target_offset: u64,
 }
 
+/// Dirty bytes after which workers ask the target to start writeback, so
+/// the disk works while the copy goes on instead of all at the end.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Whether a chunk of a source needs any work: when the target already
+/// reads as zero, ranges that read as zero in the source need none.
+fn chunk_ranges(
+    job: &ConvertJob<'_>,
+    source: &dyn BlockRead,
+    chunk_len: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let size = source.virtual_size();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let add = |start: u64, end: u64, out: &mut Vec<(u64, u64)>| {
+        let mut c = start / chunk_len * chunk_len;
+        while c < end {
+            let len = chunk_len.min(size - c);
+            if out.last().is_none_or(|&(s, _)| s < c) {
+                out.push((c, len));
+            }
+            c += chunk_len;
+        }
+    };
+    if !job.target_is_zero || job.target_has_backing {
+        add(0, size, &mut out);
+        return Ok(out);
+    }
+    let mut pos = 0;
+    while pos < size {
+        let extents = chain_extents(source, pos, size - pos)?;
+        if extents.is_empty() {
+            break;
+        }
+        for e in extents {
+            let zero = matches!(
+                e.kind,
+                ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. }
+            );
+            if !zero {
+                add(e.guest_offset, e.guest_offset + e.len, &mut out);
+            }
+            pos = e.guest_offset + e.len;
+        }
+    }
+    Ok(out)
+}
+
 /// Runs a conversion.
 pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let chunk_len = chunk_size(job.target);
     let mut chunks = Vec::new();
     let mut target_offset = 0u64;
+    let mut skipped = 0u64;
     for (i, s) in job.sources.iter().enumerate() {
         let size = s.virtual_size();
-        let mut pos = 0;
-        while pos < size {
-            let len = chunk_len.min(size - pos);
+        let mut covered = 0;
+        for (offset, len) in chunk_ranges(job, *s, chunk_len)? {
+            covered += len;
             chunks.push(Chunk {
                 source: i,
-                offset: pos,
+                offset,
                 len,
-                target_offset: target_offset + pos,
+                target_offset: target_offset + offset,
             });
-            pos += len;
         }
+        skipped += size - covered;
         target_offset += size;
     }
+    (job.progress)(skipped);
+    let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let workers = job.workers.clamp(1, 16);
@@ -98,6 +148,10 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
+                    let before = written.fetch_add(chunk.len, Ordering::Relaxed);
+                    if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
+                        start_writeback(job.target);
+                    }
                     if let Err(e) = copy_chunk(job, chunk, &mut buf) {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
@@ -179,6 +233,21 @@ fn copy_chunk(job: &ConvertJob<'_>, chunk: &Chunk, buf: &mut [u8]) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Asks the target's files to start writing back (best effort).
+fn start_writeback(target: &AnyImage) {
+    match target {
+        AnyImage::Qcow2(q) => {
+            let _ = q.file().start_writeback();
+            if let Some(d) = q.data_file() {
+                let _ = d.start_writeback();
+            }
+        }
+        AnyImage::Raw(r) => {
+            let _ = r.storage().start_writeback();
+        }
+    }
 }
 
 fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
