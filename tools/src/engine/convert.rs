@@ -136,9 +136,20 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let workers = job.workers.clamp(1, 16);
+    // Writeback is started by a thread of its own, so that a congested
+    // device never stalls the copy.
+    let (kick, kicks) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while kicks.recv().is_ok() {
+                while kicks.try_recv().is_ok() {}
+                start_writeback(job.target);
+            }
+        });
         for _ in 0..workers {
+            let kick = kick.clone();
             scope.spawn(|| {
+                let kick = kick;
                 let mut buf = vec![0u8; chunk_len as usize];
                 loop {
                     if first_error.lock().expect("lock").is_some() {
@@ -148,10 +159,6 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    let before = written.fetch_add(chunk.len, Ordering::Relaxed);
-                    if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
-                        start_writeback(job.target);
-                    }
                     if let Err(e) = copy_chunk(job, chunk, &mut buf) {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
@@ -159,10 +166,15 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                         }
                         return;
                     }
+                    let before = written.fetch_add(chunk.len, Ordering::Relaxed);
+                    if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
+                        let _ = kick.send(());
+                    }
                     (job.progress)(chunk.len);
                 }
             });
         }
+        drop(kick);
     });
     if let Some(e) = first_error.into_inner().expect("lock") {
         return Err(e);
