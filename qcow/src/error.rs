@@ -135,6 +135,18 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// No snapshot has this ID or name.
+    #[error("Can't find snapshot '{name}'")]
+    SnapshotNotFound {
+        /// The ID or name asked for.
+        name: String,
+    },
+    /// A snapshot with this name exists already.
+    #[error("Snapshot with name '{name}' already exists")]
+    SnapshotExists {
+        /// The name asked for.
+        name: String,
+    },
     /// A feature this implementation does not provide for this operation.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -13,6 +13,7 @@ fn main() {
         Command::Resize(a) => commands::resize::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Map(a) => commands::map::run(a),
+        Command::Snapshot(a) => commands::snapshot::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -229,9 +229,18 @@ impl Meta {
         let mut freed = Vec::new();
         if self.rc.pending_frees() > 0 {
             freed = self.rc.apply_pending_frees(file)?;
+            self.forget_freed_tables(&freed);
             self.rc.flush(file)?;
         }
         Ok(freed)
+    }
+
+    /// Drops cached L2 tables whose clusters were freed, so that a cluster
+    /// reused for something else is never read or written as a stale table.
+    pub fn forget_freed_tables(&mut self, freed: &[u64]) {
+        for &c in freed {
+            self.l2.remove(c << self.geo.cluster_bits);
+        }
     }
 
     /// Rewrites the header cluster and syncs.

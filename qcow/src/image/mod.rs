@@ -12,6 +12,7 @@ mod compressed;
 mod meta;
 mod read;
 mod resize;
+mod snapshot;
 mod write;
 
 use std::collections::{BTreeSet, HashSet};
@@ -28,6 +29,7 @@ use crate::header::{
 use crate::refcount::Refcounts;
 use crate::storage::Storage;
 
+pub use snapshot::MAX_SNAPSHOT_NAME;
 pub use write::{HostPiece, WritePlan};
 
 use meta::{Meta, L2_CACHE_BYTES};

@@ -9,12 +9,14 @@
 //! ```
 
 mod args;
+mod snapshot_args;
 mod usage;
 pub mod values;
 
 use clap::{Parser, Subcommand};
 
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
+pub use snapshot_args::{SnapshotAction, SnapshotArgs};
 pub use usage::CliError;
 pub use values::{CacheMode, OutputFormat, RepairMode, SnapshotParam, UsageError};
 
@@ -57,6 +59,9 @@ pub enum Command {
     /// Dump image metadata (allocation map)
     #[command(infer_long_args = true)]
     Map(MapArgs),
+    /// List, apply, create or delete internal snapshots
+    #[command(infer_long_args = true)]
+    Snapshot(SnapshotArgs),
 }
 
 impl Command {
@@ -70,6 +75,7 @@ impl Command {
             Self::Resize(_) => "resize",
             Self::Compare(_) => "compare",
             Self::Map(_) => "map",
+            Self::Snapshot(_) => "snapshot",
         }
     }
 }

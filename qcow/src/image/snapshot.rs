@@ -1,0 +1,404 @@
+//! Internal snapshots: create, list, apply (revert) and delete.
+//!
+//! Every operation keeps the image consistent at each step on disk:
+//! refcounts go up and reach the disk before any table that relies on them
+//! is referenced (a new snapshot table, a new active L1 table); references
+//! are dropped from the header first and refcounts go down afterwards, so
+//! a crash leaks clusters at worst.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use byteorder::{BigEndian, ByteOrder};
+
+use super::meta::Meta;
+use super::Qcow2;
+use crate::entries::{table_get, L2Entry, RawL2, FLAG_COPIED, OFFSET_MASK};
+use crate::error::{Error, Result};
+use crate::header::l1_entries_for;
+use crate::snapshot_table::{Snapshot, SnapshotTable, KNOWN_EXTRA_DATA};
+
+/// Longest snapshot name accepted (the on-disk length field is 16 bits).
+pub const MAX_SNAPSHOT_NAME: usize = 65535;
+
+impl Qcow2 {
+    /// The snapshots in the image's snapshot table.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let meta = self.lock();
+        self.read_snapshot_table(&meta)
+    }
+
+    fn read_snapshot_table(&self, meta: &Meta) -> Result<Vec<Snapshot>> {
+        let h = &meta.hc.header;
+        if h.nb_snapshots == 0 {
+            return Ok(Vec::new());
+        }
+        SnapshotTable::parse(
+            &*self.file,
+            h.snapshots_offset,
+            h.nb_snapshots,
+            h.cluster_size(),
+            self.file.len()?,
+        )
+    }
+
+    fn snapshot_preconditions(&self) -> Result<()> {
+        self.check_writable()?;
+        if self.data_file.is_some() {
+            return Err(Error::Unsupported(
+                "internal snapshots in an image with an external data file".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for writes in flight and writes out all metadata.
+    fn quiesce<'a>(
+        &'a self,
+        mut meta: std::sync::MutexGuard<'a, Meta>,
+    ) -> Result<std::sync::MutexGuard<'a, Meta>> {
+        while !meta.inflight.is_empty() {
+            meta = self
+                .inflight_done
+                .wait(meta)
+                .expect("metadata lock poisoned");
+        }
+        let freed = meta.flush(&*self.file)?;
+        meta.forget_freed_tables(&freed);
+        Ok(meta)
+    }
+
+    fn read_l1_table(&self, offset: u64, entries: u32) -> Result<Vec<u64>> {
+        let mut raw = vec![0u8; entries as usize * 8];
+        self.file.read_at(&mut raw, offset)?;
+        Ok((0..entries as usize).map(|i| table_get(&raw, i)).collect())
+    }
+
+    /// Adds `addend` to the refcount of every cluster reachable from `l1`:
+    /// its L2 tables and the data clusters they point at.
+    fn tree_refcounts(&self, meta: &mut Meta, l1: &[u64], addend: i64) -> Result<()> {
+        if addend > 0 {
+            // Refuse before changing anything if a refcount would overflow
+            // (narrow refcount widths), so a failed snapshot leaves no trace.
+            let mut wanted: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+            self.visit_tree(meta, l1, &mut |c| *wanted.entry(c).or_insert(0) += 1)?;
+            let max = crate::refcount::max_refcount(meta.rc.order());
+            for (&c, &n) in &wanted {
+                let current = meta.rc.get(&*self.file, c)?;
+                if current.saturating_add(n * addend as u64) > max {
+                    return Err(Error::RefcountRange {
+                        cluster: c,
+                        direction: "overflow",
+                        value: current,
+                    });
+                }
+            }
+        }
+        self.apply_tree_refcounts(meta, l1, addend)
+    }
+
+    /// Calls `f` with every host cluster a tree references, once per
+    /// reference.
+    fn visit_tree(&self, meta: &mut Meta, l1: &[u64], f: &mut dyn FnMut(u64)) -> Result<()> {
+        let cs = self.cluster_size();
+        let entries = self.geo.l2_entries() as usize;
+        for (index, &e) in l1.iter().enumerate() {
+            let l2_offset = e & OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
+                return Err(Error::InvalidEntry {
+                    what: "L1",
+                    index: index as u64,
+                    offset: l2_offset,
+                    reason: "L2 table is not aligned or lies beyond the end of the file",
+                });
+            }
+            meta.load_l2(&*self.file, l2_offset)?;
+            let table = meta.l2.get(l2_offset).expect("table was just loaded");
+            for i in 0..entries {
+                let raw = RawL2::get(table, i, self.geo.extended_l2);
+                for c in self.entry_refs(raw) {
+                    f(c);
+                }
+            }
+            f(l2_offset / cs);
+        }
+        Ok(())
+    }
+
+    fn apply_tree_refcounts(&self, meta: &mut Meta, l1: &[u64], addend: i64) -> Result<()> {
+        let file = &*self.file;
+        let cs = self.cluster_size();
+        let entries = self.geo.l2_entries() as usize;
+        for (index, &e) in l1.iter().enumerate() {
+            let l2_offset = e & OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
+                return Err(Error::InvalidEntry {
+                    what: "L1",
+                    index: index as u64,
+                    offset: l2_offset,
+                    reason: "L2 table is not aligned or lies beyond the end of the file",
+                });
+            }
+            meta.load_l2(file, l2_offset)?;
+            let table = meta
+                .l2
+                .get(l2_offset)
+                .expect("table was just loaded")
+                .to_vec();
+            for i in 0..entries {
+                let raw = RawL2::get(&table, i, self.geo.extended_l2);
+                for c in self.entry_refs(raw) {
+                    if meta.rc.add(file, c, addend)? == 0 {
+                        meta.forget_freed_tables(&[c]);
+                    }
+                }
+            }
+            if meta.rc.add(file, l2_offset / cs, addend)? == 0 {
+                meta.forget_freed_tables(&[l2_offset / cs]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the COPIED flag of every active L1 and L2 entry exactly where
+    /// the refcount is one.
+    fn fix_copied_flags(&self, meta: &mut Meta) -> Result<()> {
+        let file = &*self.file;
+        let cs = self.cluster_size();
+        let entries = self.geo.l2_entries() as usize;
+        for l1_index in 0..meta.l1.len() {
+            let e = meta.l1[l1_index];
+            let l2_offset = e & OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            let want = if meta.rc.get(file, l2_offset / cs)? == 1 {
+                l2_offset | FLAG_COPIED
+            } else {
+                l2_offset
+            };
+            if want != e {
+                meta.l1[l1_index] = want;
+                meta.l1_dirty.insert(l1_index);
+            }
+            meta.load_l2(file, l2_offset)?;
+            let table = meta
+                .l2
+                .get(l2_offset)
+                .expect("table was just loaded")
+                .to_vec();
+            let mut changed = Vec::new();
+            for i in 0..entries {
+                let raw = RawL2::get(&table, i, self.geo.extended_l2);
+                let host = match self.geo.decode_l2(raw.entry) {
+                    L2Entry::Normal { host_offset, .. } | L2Entry::Zero { host_offset, .. }
+                        if host_offset != 0 =>
+                    {
+                        host_offset
+                    }
+                    _ => continue,
+                };
+                let entry = if meta.rc.get(file, host / cs)? == 1 {
+                    raw.entry | FLAG_COPIED
+                } else {
+                    raw.entry & !FLAG_COPIED
+                };
+                if entry != raw.entry {
+                    changed.push((i, RawL2 { entry, ..raw }));
+                }
+            }
+            if !changed.is_empty() {
+                let t = meta.l2.get_mut(l2_offset).expect("table is cached");
+                for (i, raw) in changed {
+                    raw.set(t, i, self.geo.extended_l2);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `l1` into newly allocated clusters; returns their offset.
+    fn write_new_l1(&self, meta: &mut Meta, l1: &[u64]) -> Result<u64> {
+        if l1.is_empty() {
+            return Ok(0);
+        }
+        let cs = self.cluster_size();
+        let clusters = (l1.len() as u64 * 8).div_ceil(cs);
+        let offset = meta.alloc_clusters(&*self.file, clusters)?;
+        let mut raw = vec![0u8; (clusters * cs) as usize];
+        for (i, &e) in l1.iter().enumerate() {
+            BigEndian::write_u64(&mut raw[i * 8..], e);
+        }
+        self.file.write_at(&raw, offset)?;
+        Ok(offset)
+    }
+
+    fn free_range(&self, meta: &mut Meta, offset: u64, len: u64) -> Result<()> {
+        if offset == 0 || len == 0 {
+            return Ok(());
+        }
+        let cs = self.cluster_size();
+        for c in offset / cs..(offset + len).div_ceil(cs) {
+            meta.rc.add(&*self.file, c, -1)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the snapshot table: the new one is written and everything
+    /// it relies on made durable before the header points at it; the old
+    /// one is freed afterwards.
+    fn replace_snapshot_table(&self, meta: &mut Meta, snapshots: &[Snapshot]) -> Result<()> {
+        let file = &*self.file;
+        let cs = self.cluster_size();
+        let (old_offset, old_count) =
+            (meta.hc.header.snapshots_offset, meta.hc.header.nb_snapshots);
+        let old_size = if old_count > 0 {
+            SnapshotTable::read_for_check(file, old_offset, old_count, false)?.table_size
+        } else {
+            0
+        };
+        let bytes = SnapshotTable::write(snapshots);
+        let new_offset = if snapshots.is_empty() {
+            0
+        } else {
+            let clusters = (bytes.len() as u64).div_ceil(cs);
+            let offset = meta.alloc_clusters(file, clusters)?;
+            file.write_at(&bytes, offset)?;
+            offset
+        };
+        meta.flush(file)?;
+        meta.hc.header.nb_snapshots = snapshots.len() as u32;
+        meta.hc.header.snapshots_offset = new_offset;
+        meta.write_header(file)?;
+        self.free_range(meta, old_offset, old_size)
+    }
+
+    fn find_snapshot(snapshots: &[Snapshot], id_or_name: &str) -> Result<usize> {
+        snapshots
+            .iter()
+            .position(|s| s.id == id_or_name)
+            .or_else(|| snapshots.iter().position(|s| s.name == id_or_name))
+            .ok_or_else(|| Error::SnapshotNotFound {
+                name: id_or_name.to_string(),
+            })
+    }
+
+    /// Creates a disk-only snapshot of the current contents named `name`.
+    pub fn create_snapshot(&self, name: &str) -> Result<Snapshot> {
+        self.snapshot_preconditions()?;
+        if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME {
+            return Err(Error::InvalidOption {
+                option: "snapshot name",
+                value: name.chars().take(64).collect(),
+                reason: "must be 1 to 65535 bytes long",
+            });
+        }
+        let meta = self.lock();
+        let mut meta = self.quiesce(meta)?;
+        let mut snapshots = self.read_snapshot_table(&meta)?;
+        if snapshots.iter().any(|s| s.name == name) {
+            return Err(Error::SnapshotExists {
+                name: name.to_string(),
+            });
+        }
+        if snapshots.len() >= crate::header::MAX_SNAPSHOTS as usize {
+            return Err(Error::NoSpace(
+                "the snapshot table is full (65536 snapshots)",
+            ));
+        }
+        let id = snapshots
+            .iter()
+            .filter_map(|s| s.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let l1 = meta.l1.clone();
+        self.tree_refcounts(&mut meta, &l1, 1)?;
+        self.fix_copied_flags(&mut meta)?;
+        let l1 = meta.l1.clone();
+        let l1_table_offset = self.write_new_l1(&mut meta, &l1)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let snapshot = Snapshot {
+            l1_table_offset,
+            l1_size: l1.len() as u32,
+            id: id.to_string(),
+            name: name.to_string(),
+            date_sec: now.as_secs() as u32,
+            date_nsec: now.subsec_nanos(),
+            vm_clock_nsec: 0,
+            vm_state_size: 0,
+            extra_data_size: KNOWN_EXTRA_DATA,
+            disk_size: Some(self.size()),
+            icount: None,
+            unknown_extra_data: Vec::new(),
+        };
+        snapshots.push(snapshot.clone());
+        self.replace_snapshot_table(&mut meta, &snapshots)?;
+        meta.flush(&*self.file)?;
+        Ok(snapshot)
+    }
+
+    /// Reverts the disk to snapshot `id_or_name` (its size included).
+    pub fn apply_snapshot(&self, id_or_name: &str) -> Result<()> {
+        self.snapshot_preconditions()?;
+        let meta = self.lock();
+        let mut meta = self.quiesce(meta)?;
+        let snapshots = self.read_snapshot_table(&meta)?;
+        let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
+        let new_size = s.disk_size.unwrap_or(self.size());
+        let needed = l1_entries_for(new_size, self.geo.cluster_bits, self.geo.extended_l2);
+        if needed * 8 > crate::header::MAX_L1_BYTES {
+            return Err(Error::InvalidTable {
+                table: "L1 table",
+                offset: s.l1_table_offset,
+                entries: needed,
+                reason: "larger than 32 MiB",
+            });
+        }
+        let mut new_l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
+        new_l1.resize(new_l1.len().max(needed as usize), 0);
+        // The snapshot's tree gains the active table's references first.
+        self.tree_refcounts(&mut meta, &new_l1, 1)?;
+        let new_offset = self.write_new_l1(&mut meta, &new_l1)?;
+        meta.flush(&*self.file)?;
+        let old_l1 = std::mem::replace(&mut meta.l1, new_l1);
+        let old_offset = meta.hc.header.l1_table_offset;
+        meta.l1_dirty.clear();
+        meta.hc.header.l1_table_offset = new_offset;
+        meta.hc.header.l1_size = meta.l1.len() as u32;
+        meta.hc.header.size = new_size;
+        meta.write_header(&*self.file)?;
+        self.size
+            .store(new_size, std::sync::atomic::Ordering::Release);
+        // The old active tree is unreferenced now.
+        self.tree_refcounts(&mut meta, &old_l1, -1)?;
+        self.free_range(&mut meta, old_offset, old_l1.len() as u64 * 8)?;
+        self.fix_copied_flags(&mut meta)?;
+        meta.flush(&*self.file)?;
+        Ok(())
+    }
+
+    /// Deletes snapshot `id_or_name`, freeing what only it held.
+    pub fn delete_snapshot(&self, id_or_name: &str) -> Result<()> {
+        self.snapshot_preconditions()?;
+        let meta = self.lock();
+        let mut meta = self.quiesce(meta)?;
+        let mut snapshots = self.read_snapshot_table(&meta)?;
+        let index = Self::find_snapshot(&snapshots, id_or_name)?;
+        let s = snapshots.remove(index);
+        self.replace_snapshot_table(&mut meta, &snapshots)?;
+        let l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
+        self.tree_refcounts(&mut meta, &l1, -1)?;
+        self.free_range(&mut meta, s.l1_table_offset, u64::from(s.l1_size) * 8)?;
+        self.fix_copied_flags(&mut meta)?;
+        meta.flush(&*self.file)?;
+        Ok(())
+    }
+}

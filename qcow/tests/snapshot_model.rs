@@ -1,0 +1,185 @@
+//! Model-based test of internal snapshots: random writes, discards,
+//! write-zeroes and snapshot create/apply/delete against a plain model;
+//! after every batch the image reads as the model, each snapshot read by
+//! qemu-img (`convert -l snapshot.name=`) equals the model's copy, and
+//! `qemu-img check` is clean. `QCOW_SNAPSHOT_OPS` sets the operations per
+//! configuration (default 2,000).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use qcow::create::{create, CreateOptions};
+use qcow::image::Qcow2;
+use qcow::{FileStorage, Storage};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn qemu() -> bool {
+    Command::new("qemu-img").arg("--version").output().is_ok()
+}
+
+fn qemu_check(path: &Path) {
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_read_snapshot(path: &Path, name: &str, size: u64) -> Vec<u8> {
+    let out_path = path.with_extension(format!("snap-{name}.raw"));
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw", "-l"])
+        .arg(format!("snapshot.name={name}"))
+        .arg(path)
+        .arg(&out_path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img could not read snapshot {name}");
+    let mut data = std::fs::read(&out_path).unwrap();
+    std::fs::remove_file(&out_path).unwrap();
+    data.resize(size as usize, 0);
+    data
+}
+
+fn run(cluster_size: u64, refcount_bits: u32, version: u32, seed: u64) {
+    let ops: u64 = std::env::var("QCOW_SNAPSHOT_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let size: u64 = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.qcow2");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+    let opts = CreateOptions {
+        size,
+        cluster_size,
+        refcount_bits,
+        version,
+        ..Default::default()
+    };
+    let image: Qcow2 = create(storage, None, None, &opts).unwrap();
+    let mut model = vec![0u8; size as usize];
+    let mut snapshots: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut rng = Rng(seed);
+    let mut next_name = 0;
+    let batch = 250;
+    let mut done = 0;
+    while done < ops {
+        for _ in 0..batch.min(ops - done) {
+            let offset = rng.below(size);
+            let len = (1 + rng.below(3 * cluster_size)).min(size - offset);
+            match rng.below(20) {
+                0..=9 => {
+                    let v = rng.next() as u8;
+                    let data = vec![v; len as usize];
+                    image.write_at(&data, offset).unwrap();
+                    model[offset as usize..(offset + len) as usize].fill(v);
+                }
+                10 | 11 => {
+                    image.discard(offset, len).unwrap();
+                    let first = offset.div_ceil(cluster_size) * cluster_size;
+                    let end = (offset + len) / cluster_size * cluster_size;
+                    if first < end {
+                        model[first as usize..end as usize].fill(0);
+                    }
+                }
+                12 | 13 => {
+                    image.write_zeroes(offset, len, rng.below(2) == 0).unwrap();
+                    model[offset as usize..(offset + len) as usize].fill(0);
+                }
+                14 | 15 if snapshots.len() < 5 => {
+                    next_name += 1;
+                    let name = format!("snap{next_name}");
+                    image.create_snapshot(&name).unwrap();
+                    snapshots.insert(name, model.clone());
+                }
+                16 | 17 if !snapshots.is_empty() => {
+                    let k = rng.below(snapshots.len() as u64) as usize;
+                    let name = snapshots.keys().nth(k).unwrap().clone();
+                    image.apply_snapshot(&name).unwrap();
+                    model = snapshots[&name].clone();
+                }
+                18 | 19 if !snapshots.is_empty() => {
+                    let k = rng.below(snapshots.len() as u64) as usize;
+                    let name = snapshots.keys().nth(k).unwrap().clone();
+                    image.delete_snapshot(&name).unwrap();
+                    snapshots.remove(&name);
+                }
+                _ => {}
+            }
+        }
+        done += batch.min(ops - done);
+        let mut buf = vec![0u8; size as usize];
+        image.read_at(&mut buf, 0).unwrap();
+        if buf != model {
+            let at = buf.iter().zip(&model).position(|(a, b)| a != b).unwrap();
+            panic!("cs {cluster_size} rc {refcount_bits}: after {done} ops byte {at} differs");
+        }
+        image.flush().unwrap();
+        let report = qcow::check::check(&**image.file(), None, qcow::check::Repair::None).unwrap();
+        assert_eq!(
+            (report.corruptions, report.leaks),
+            (0, 0),
+            "our check after {done} ops: {:?}",
+            report.messages
+        );
+        if qemu() {
+            qemu_check(&path);
+            for (name, want) in &snapshots {
+                let got = qemu_read_snapshot(&path, name, size);
+                assert!(
+                    &got == want,
+                    "snapshot {name} reads differently after {done} ops"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn snapshots_64k_rc16() {
+    run(65536, 16, 3, 0x1234_5678_9abc_def1);
+}
+
+#[test]
+fn snapshots_4k_rc64() {
+    run(4096, 64, 3, 0x0fed_cba9_8765_4321);
+}
+
+#[test]
+fn snapshots_512_rc4() {
+    run(512, 4, 3, 0x5555_aaaa_3333_cccc);
+}
+
+#[test]
+fn snapshots_v2_16k() {
+    run(16384, 16, 2, 0x7777_1111_2222_9999);
+}
