@@ -34,6 +34,21 @@ fn snapshots_cross_both_ways() {
     };
     let ours = snap("ours");
     let theirs = snap("theirs");
+    // img convert -l / -s reads the same snapshot contents.
+    for (args, want) in [
+        (vec!["-l", "snapshot.name=ours"], &ours),
+        (vec!["-l", "theirs"], &theirs),
+        (vec!["-s", "1"], &ours),
+        (vec!["-l", "snapshot.id=2"], &theirs),
+    ] {
+        let out = d.join("via-img.raw");
+        let _ = std::fs::remove_file(&out);
+        ok(img(&["convert", "-O", "raw"]).args(&args).arg(&p).arg(&out));
+        assert!(
+            &read(&out) == want,
+            "img convert {args:?} differs from qemu-img"
+        );
+    }
     assert!(ours[..2 << 20].iter().all(|&b| b == 1));
     assert!(theirs[1 << 20..3 << 20].iter().all(|&b| b == 2));
     let now = || {

@@ -288,6 +288,28 @@ impl Qcow2 {
             })
     }
 
+    /// Makes a read-only image show snapshot `id_or_name` instead of the
+    /// active disk (for `convert -l`); nothing is written.
+    pub fn view_snapshot(&self, id_or_name: &str) -> Result<()> {
+        if self.writable {
+            return Err(Error::Unsupported(
+                "viewing a snapshot needs an image opened read-only".into(),
+            ));
+        }
+        let mut meta = self.lock();
+        let snapshots = self.read_snapshot_table(&meta)?;
+        let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
+        let size = s.disk_size.unwrap_or(self.size());
+        let needed = l1_entries_for(size, self.geo.cluster_bits, self.geo.extended_l2);
+        let mut l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
+        if (l1.len() as u64) < needed {
+            l1.resize(needed as usize, 0);
+        }
+        meta.l1 = l1;
+        self.size.store(size, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// Creates a disk-only snapshot of the current contents named `name`.
     pub fn create_snapshot(&self, name: &str) -> Result<Snapshot> {
         self.snapshot_preconditions()?;

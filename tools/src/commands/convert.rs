@@ -8,7 +8,7 @@ use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_with;
 use super::{io_reason, open, parse_format};
-use crate::cli::{CacheMode, ConvertArgs};
+use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
 use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
 
@@ -36,11 +36,23 @@ fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result
     result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))
 }
 
+/// The snapshot `-l snapshot.name=NAME`, `-l snapshot.id=ID`, `-l NAME`
+/// or `-s NAME` asks for, as an ID or name.
+fn snapshot_to_read(args: &ConvertArgs) -> Option<String> {
+    if let Some(p) = &args.snapshot {
+        return Some(match p {
+            SnapshotParam::IdOrName(n) => n.clone(),
+            SnapshotParam::Spec { id, name } => {
+                id.clone().or_else(|| name.clone()).unwrap_or_default()
+            }
+        });
+    }
+    args.snapshot_id_or_name.clone()
+}
+
 /// Runs `img convert`.
 pub fn run(args: &ConvertArgs) -> Result<i32> {
-    if args.snapshot.is_some() || args.snapshot_id_or_name.is_some() {
-        return Err(anyhow!("Reading snapshots with -l/-s is not supported yet"));
-    }
+    let snapshot = snapshot_to_read(args);
     let target = args
         .target()
         .ok_or_else(|| anyhow!("Expecting image file name"))?
@@ -50,6 +62,21 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         .iter()
         .map(|s| open(s, args.source_format.as_deref(), false))
         .collect::<Result<_>>()?;
+    if let Some(name) = &snapshot {
+        if sources.len() != 1 {
+            return Err(anyhow!("No support for concatenating multiple snapshot"));
+        }
+        match &sources[0] {
+            AnyImage::Qcow2(q) => q
+                .view_snapshot(name)
+                .map_err(|e| anyhow!("Failed to load snapshot: {}", io_reason(&e)))?,
+            AnyImage::Raw(_) => {
+                return Err(anyhow!(
+                    "Failed to load snapshot: raw images have no snapshots"
+                ))
+            }
+        }
+    }
     let total: u64 = sources.iter().map(|s| s.virtual_size()).sum();
     let target_format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
     let (target_image, target_is_zero, target_has_backing) = if args.no_create {
