@@ -10,12 +10,12 @@ use qcow::image::{NoFiles, Qcow2};
 use qcow::{MemStorage, Storage};
 
 fuzz_target!(|data: &[u8]| {
-    let storage: Arc<dyn Storage> = Arc::new(MemStorage::from_bytes(data.to_vec()));
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::with_limit(data.to_vec(), 64 << 20));
     let _ = check(&*storage, None, Repair::None);
     let Ok(image) = Qcow2::open(storage.clone(), true, &NoFiles) else {
         return;
     };
-    let size = image.size().min(64 << 20);
+    let size = image.size().min(4 << 20);
     let mut buf = vec![0u8; 1 << 16];
     let mut pos = 0;
     while pos < size {

@@ -197,6 +197,14 @@ impl Refcounts {
         // first of them is free; the block describes itself there.
         let first = block_index * self.entries_per_block;
         let block_offset = first << self.cluster_bits;
+        if block_index == 0 || self.is_reserved(first) {
+            // The first range holds the header, which is in use: a missing
+            // block there means the refcounts cannot be trusted.
+            return Err(Error::Corrupt(format!(
+                "refcount block {block_index} is missing but its clusters are in use; \
+                 run 'img check -r all'"
+            )));
+        }
         if block_offset >= MAX_HOST_OFFSET {
             return Err(Error::NoSpace("host offsets beyond 2^56"));
         }
@@ -268,7 +276,7 @@ impl Refcounts {
         let mut i = 0;
         while start + i < self.alloc_end && i < count {
             let c = start + i;
-            if !self.block_present(c) || self.get(storage, c)? != 0 {
+            if !self.block_present(c) || self.is_reserved(c) || self.get(storage, c)? != 0 {
                 start = c + 1;
                 i = 0;
                 continue;
@@ -299,7 +307,7 @@ impl Refcounts {
                 self.ensure_block(storage, c)?;
                 continue;
             }
-            if c >= self.alloc_end || self.get(storage, c)? == 0 {
+            if !self.is_reserved(c) && (c >= self.alloc_end || self.get(storage, c)? == 0) {
                 break;
             }
             c += 1;
@@ -311,7 +319,7 @@ impl Refcounts {
             if (next + 1) << self.cluster_bits > MAX_HOST_OFFSET || !self.block_present(next) {
                 break;
             }
-            if next < self.alloc_end && self.get(storage, next)? != 0 {
+            if self.is_reserved(next) || (next < self.alloc_end && self.get(storage, next)? != 0) {
                 break;
             }
             n += 1;
@@ -375,6 +383,13 @@ impl Refcounts {
             self.alloc_end = self.alloc_end.max(end);
             return Ok(area_start + n);
         }
+    }
+
+    /// Clusters the allocator must never hand out whatever their refcount
+    /// says: the header and the refcount table itself.
+    fn is_reserved(&self, cluster: u64) -> bool {
+        let first = self.table_offset >> self.cluster_bits;
+        cluster == 0 || (first..first + self.table_clusters).contains(&cluster)
     }
 
     fn block_present(&self, cluster: u64) -> bool {

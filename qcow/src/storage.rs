@@ -225,9 +225,19 @@ impl Storage for FileStorage {
 }
 
 /// Storage held in memory, for tests and fuzzing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
+    limit: u64,
+}
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        MemStorage {
+            data: RwLock::new(Vec::new()),
+            limit: MEM_STORAGE_MAX,
+        }
+    }
 }
 
 impl MemStorage {
@@ -240,6 +250,16 @@ impl MemStorage {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         MemStorage {
             data: RwLock::new(bytes),
+            limit: MEM_STORAGE_MAX,
+        }
+    }
+
+    /// Storage holding `bytes` that refuses to grow past `limit` bytes
+    /// (hostile images in fuzzing would otherwise make it huge).
+    pub fn with_limit(bytes: Vec<u8>, limit: u64) -> Self {
+        MemStorage {
+            data: RwLock::new(bytes),
+            limit,
         }
     }
 
@@ -270,7 +290,7 @@ impl Storage for MemStorage {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|&e| e <= MEM_STORAGE_MAX)
+            .filter(|&e| e <= self.limit)
             .ok_or(Error::NoSpace("memory storage limit"))?;
         let mut data = self.data.write().expect("lock poisoned");
         if (data.len() as u64) < end {
@@ -289,7 +309,7 @@ impl Storage for MemStorage {
     }
 
     fn set_len(&self, len: u64) -> Result<()> {
-        if len > MEM_STORAGE_MAX {
+        if len > self.limit {
             return Err(Error::NoSpace("memory storage limit"));
         }
         self.data

@@ -87,8 +87,8 @@ fn merge_pieces(pieces: &mut Vec<HostPiece>) {
         match out.last_mut() {
             Some(last)
                 if last.in_data_file == p.in_data_file
-                    && last.guest_offset + last.len == p.guest_offset
-                    && last.host_offset + last.len == p.host_offset =>
+                    && last.guest_offset.checked_add(last.len) == Some(p.guest_offset)
+                    && last.host_offset.checked_add(last.len) == Some(p.host_offset) =>
             {
                 last.len += p.len;
             }
@@ -165,11 +165,11 @@ impl Qcow2 {
             meta.inflight.insert(c);
         }
         drop(meta);
-        merge_pieces(&mut plan.pieces);
         if let Err(e) = result.and_then(|()| self.run_cows(&cows)) {
             self.abort_write(plan);
             return Err(e);
         }
+        merge_pieces(&mut plan.pieces);
         Ok(plan)
     }
 
