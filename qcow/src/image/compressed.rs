@@ -39,18 +39,27 @@ impl Qcow2 {
             let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
             let old = meta.l2_entry(&*self.file, guest_cluster)?;
             let cursor = meta.compressed_cursor;
-            let host_offset =
-                if cursor != 0 && !cursor.is_multiple_of(cs) && cursor % cs + len <= cs {
-                    // Fits into the cluster already in use for compressed data.
-                    meta.rc.add(&*self.file, cursor / cs, 1)?;
-                    cursor
-                } else {
-                    meta.alloc_clusters(&*self.file, 1)?
-                };
+            // Pack into the current cluster when the data fits and its
+            // refcount can count one more user (1-bit refcounts cannot).
+            let shareable = cursor != 0
+                && !cursor.is_multiple_of(cs)
+                && cursor % cs + len <= cs
+                && meta.rc.get(&*self.file, cursor / cs)?
+                    < crate::refcount::max_refcount(meta.rc.order());
+            let host_offset = if shareable {
+                // Fits into the cluster already in use for compressed data.
+                meta.rc.add(&*self.file, cursor / cs, 1)?;
+                cursor
+            } else {
+                meta.alloc_clusters(&*self.file, 1)?
+            };
             meta.compressed_cursor = host_offset + len;
             meta.inflight.insert(guest_cluster);
             (host_offset, old)
         };
+        // A cached decompression of whatever used this offset before is
+        // stale from now on.
+        *self.decompressed.lock().expect("lock poisoned") = None;
         let result = self.file.write_at(&compressed, host_offset);
         let mut meta = self.lock();
         meta.inflight.remove(&guest_cluster);

@@ -39,6 +39,8 @@ pub struct Meta {
     pub file_len_at_open: u64,
     /// Next free byte for compressed data (0: start a new cluster).
     pub compressed_cursor: u64,
+    /// The external data file, synced before tables that point into it.
+    pub data_file: Option<std::sync::Arc<dyn Storage>>,
 }
 
 impl Meta {
@@ -88,7 +90,13 @@ impl Meta {
         }
         if let Some((victim, dirty)) = self.l2.victim() {
             if dirty {
-                self.rc.flush(file)?;
+                // Data the table points at (copied-in parts of clusters
+                // included) must be durable before the table.
+                if !self.rc.flush(file)? {
+                    self.sync_data(file)?;
+                } else if let Some(df) = &self.data_file {
+                    df.flush()?;
+                }
                 self.l2.write_back(file, victim)?;
             }
             self.l2.remove(victim);
@@ -199,8 +207,16 @@ impl Meta {
     /// Writes all metadata in dependency order, syncing between steps, and
     /// then applies deferred frees. Returns host ranges that became free.
     pub fn flush(&mut self, file: &dyn Storage) -> Result<Vec<u64>> {
-        self.rc.flush(file)?;
-        if self.l2.write_back_all(file)? {
+        let synced = self.rc.flush(file)?;
+        if self.l2.has_dirty() {
+            // Everything the tables point at (copy-on-write fills that
+            // changed no refcount included) reaches the disk first.
+            if !synced {
+                self.sync_data(file)?;
+            } else if let Some(df) = &self.data_file {
+                df.flush()?;
+            }
+            self.l2.write_back_all(file)?;
             file.flush()?;
         }
         if !self.l1_dirty.is_empty() {
@@ -238,9 +254,22 @@ impl Meta {
     /// Drops cached L2 tables whose clusters were freed, so that a cluster
     /// reused for something else is never read or written as a stale table.
     pub fn forget_freed_tables(&mut self, freed: &[u64]) {
+        let cursor_cluster = self.compressed_cursor >> self.geo.cluster_bits;
         for &c in freed {
             self.l2.remove(c << self.geo.cluster_bits);
+            if self.compressed_cursor != 0 && c == cursor_cluster {
+                // Never pack compressed data into a cluster that was freed.
+                self.compressed_cursor = 0;
+            }
         }
+    }
+
+    /// Makes data writes durable: the image file and the data file.
+    fn sync_data(&self, file: &dyn Storage) -> Result<()> {
+        if let Some(df) = &self.data_file {
+            df.flush()?;
+        }
+        file.flush()
     }
 
     /// Rewrites the header cluster and syncs.

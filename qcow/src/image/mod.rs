@@ -187,6 +187,7 @@ impl Qcow2 {
             header_dirty: false,
             file_len_at_open: file_len,
             compressed_cursor: 0,
+            data_file: data_file.clone(),
         };
         if header_dirty {
             meta.write_header(&*file)?;

@@ -64,6 +64,9 @@ impl Qcow2 {
         }
         let freed = meta.flush(&*self.file)?;
         meta.forget_freed_tables(&freed);
+        // Snapshot operations free clusters outside the deferred frees.
+        meta.compressed_cursor = 0;
+        *self.decompressed.lock().expect("lock poisoned") = None;
         Ok(meta)
     }
 
