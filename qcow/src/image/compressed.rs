@@ -39,17 +39,25 @@ impl Qcow2 {
             let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
             let old = meta.l2_entry(&*self.file, guest_cluster)?;
             let cursor = meta.compressed_cursor;
-            // Pack into the current cluster when the data fits and its
-            // refcount can count one more user (1-bit refcounts cannot).
+            // Pack after the previous compressed cluster when its host
+            // cluster's refcount can count one more user (1-bit refcounts
+            // cannot); spill into the next host cluster when that one is
+            // free and comes next, as QEMU packs them.
             let shareable = cursor != 0
                 && !cursor.is_multiple_of(cs)
-                && cursor % cs + len <= cs
                 && meta.rc.get(&*self.file, cursor / cs)?
                     < crate::refcount::max_refcount(meta.rc.order());
-            let host_offset = if shareable {
-                // Fits into the cluster already in use for compressed data.
+            let host_offset = if shareable && cursor % cs + len <= cs {
                 meta.rc.add(&*self.file, cursor / cs, 1)?;
                 cursor
+            } else if shareable {
+                let (next, _) = meta.alloc_some(&*self.file, 1)?;
+                if next == (cursor / cs + 1) * cs {
+                    meta.rc.add(&*self.file, cursor / cs, 1)?;
+                    cursor
+                } else {
+                    next
+                }
             } else {
                 meta.alloc_clusters(&*self.file, 1)?
             };
