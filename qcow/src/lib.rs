@@ -20,4 +20,5 @@ pub mod create;
 pub mod device;
 pub mod fs;
 pub mod image;
+pub mod measure;
 pub mod snapshot_table;

@@ -314,3 +314,46 @@ fn writes_clear_bitmap_autoclear_bit() {
     // qemu still opens and checks it (the bitmap is now stale).
     ok(qemu_img(&["info"]).arg(&p));
 }
+
+#[test]
+fn measure_prints_what_qemu_img_prints() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let names = make_images(d);
+    for args in [
+        vec!["measure", "-O", "qcow2", "--size", "1G"],
+        vec!["measure", "-O", "qcow2", "--size", "1000", "--output=json"],
+        vec![
+            "measure",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "--size",
+            "10G",
+        ],
+        vec![
+            "measure",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=512,refcount_bits=64",
+            "--size",
+            "3G",
+        ],
+        vec!["measure", "--size", "5M"],
+    ] {
+        same_output(d, &args);
+    }
+    for name in &names {
+        for opts in [
+            "cluster_size=64k",
+            "cluster_size=4k,refcount_bits=1",
+            "cluster_size=2M",
+        ] {
+            same_output(d, &["measure", "-O", "qcow2", "-o", opts, name]);
+        }
+        same_output(d, &["measure", "-O", "raw", "--output=json", name]);
+    }
+}

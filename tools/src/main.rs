@@ -14,6 +14,7 @@ fn main() {
         Command::Compare(a) => commands::compare::run(a),
         Command::Map(a) => commands::map::run(a),
         Command::Snapshot(a) => commands::snapshot::run(a),
+        Command::Measure(a) => commands::measure::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

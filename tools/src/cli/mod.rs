@@ -9,6 +9,7 @@
 //! ```
 
 mod args;
+mod measure_args;
 mod snapshot_args;
 mod usage;
 pub mod values;
@@ -16,6 +17,7 @@ pub mod values;
 use clap::{Parser, Subcommand};
 
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
+pub use measure_args::MeasureArgs;
 pub use snapshot_args::{SnapshotAction, SnapshotArgs};
 pub use usage::CliError;
 pub use values::{CacheMode, OutputFormat, RepairMode, SnapshotParam, UsageError};
@@ -59,6 +61,9 @@ pub enum Command {
     /// Dump image metadata (allocation map)
     #[command(infer_long_args = true)]
     Map(MapArgs),
+    /// Measure the size of a new image, or of an image converted
+    #[command(infer_long_args = true)]
+    Measure(MeasureArgs),
     /// List, apply, create or delete internal snapshots
     #[command(infer_long_args = true)]
     Snapshot(SnapshotArgs),
@@ -76,6 +81,7 @@ impl Command {
             Self::Compare(_) => "compare",
             Self::Map(_) => "map",
             Self::Snapshot(_) => "snapshot",
+            Self::Measure(_) => "measure",
         }
     }
 }

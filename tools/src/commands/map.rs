@@ -49,8 +49,8 @@ pub fn run(args: &MapArgs) -> Result<i32> {
     };
     let (names, data_file) = layer_names(&args.filename, &image);
     let file_storage = match &image {
-        AnyImage::Qcow2(q) => Some(q.file().clone()),
-        AnyImage::Raw(_) => None,
+        AnyImage::Qcow2(q) if super::looks_preallocated(&image) => Some(q.file().clone()),
+        _ => None,
     };
     let stdout = std::io::stdout().lock();
     let mut printer = MapPrinter::new(stdout, args.output, start).map_err(|e| anyhow!("{e}"))?;

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod create;
 pub mod info;
 pub mod map;
+pub mod measure;
 pub mod resize;
 pub mod snapshot;
 
@@ -67,4 +68,21 @@ pub fn io_reason(e: &qcow::Error) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// Whether an image looks metadata-preallocated the way qemu's qcow2
+/// driver decides it (many more clusters in the file than blocks actually
+/// stored): only then does qemu look into the file for holes under data
+/// clusters and report them as zero.
+pub fn looks_preallocated(image: &AnyImage) -> bool {
+    let AnyImage::Qcow2(q) = image else {
+        return false;
+    };
+    let cs = q.cluster_size();
+    let (Ok(len), Some(real)) = (q.file().len(), q.file().allocated_bytes()) else {
+        return false;
+    };
+    let file_clusters = len.div_ceil(cs);
+    let real_clusters = real / cs;
+    file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
 }
