@@ -15,6 +15,7 @@ fn main() {
         Command::Map(a) => commands::map::run(a),
         Command::Snapshot(a) => commands::snapshot::run(a),
         Command::Measure(a) => commands::measure::run(a),
+        Command::Rebase(a) => commands::rebase::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -10,6 +10,7 @@
 
 mod args;
 mod measure_args;
+mod rebase_args;
 mod snapshot_args;
 mod usage;
 pub mod values;
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
 pub use measure_args::MeasureArgs;
+pub use rebase_args::RebaseArgs;
 pub use snapshot_args::{SnapshotAction, SnapshotArgs};
 pub use usage::CliError;
 pub use values::{CacheMode, OutputFormat, RepairMode, SnapshotParam, UsageError};
@@ -61,6 +63,9 @@ pub enum Command {
     /// Dump image metadata (allocation map)
     #[command(infer_long_args = true)]
     Map(MapArgs),
+    /// Change the backing file of an image
+    #[command(infer_long_args = true)]
+    Rebase(RebaseArgs),
     /// Measure the size of a new image, or of an image converted
     #[command(infer_long_args = true)]
     Measure(MeasureArgs),
@@ -82,6 +87,7 @@ impl Command {
             Self::Map(_) => "map",
             Self::Snapshot(_) => "snapshot",
             Self::Measure(_) => "measure",
+            Self::Rebase(_) => "rebase",
         }
     }
 }

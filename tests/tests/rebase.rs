@@ -1,0 +1,99 @@
+//! `img rebase` against qemu-img rebase on copies of the same image: the
+//! guest sees the same disk before and after, both tools agree, both
+//! images check clean; `-u` only rewrites the name.
+
+use integration_tests::{
+    assert_qemu_clean, img, make_raw, ok, qemu_img, qemu_io, read, require_qemu,
+};
+
+#[test]
+fn rebase_keeps_the_guest_view_like_qemu_img() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("base1.raw"), 4 << 20, 31);
+    // base2 shares the first half with base1 and differs in the rest.
+    let mut b2 = read(&d.join("base1.raw"));
+    for (i, b) in b2[2 << 20..].iter_mut().enumerate() {
+        *b = b.wrapping_add(i as u8 | 1);
+    }
+    b2.truncate(3 << 20);
+    std::fs::write(d.join("base2.raw"), &b2).unwrap();
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base1.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+    ])
+    .current_dir(d));
+    qemu_io(
+        "qcow2",
+        &d.join("top.qcow2"),
+        &["write -P 7 100k 200k", "write -z 3M 64k"],
+    );
+    let view = |name: &str| {
+        let out = d.join(format!("{name}.view"));
+        ok(qemu_img(&["convert", "-O", "raw", name, out.to_str().unwrap()]).current_dir(d));
+        read(&out)
+    };
+    let before = view("top.qcow2");
+    for target in ["base2.raw", ""] {
+        std::fs::copy(d.join("top.qcow2"), d.join("ours.qcow2")).unwrap();
+        std::fs::copy(d.join("top.qcow2"), d.join("theirs.qcow2")).unwrap();
+        let mut a = img(&["rebase", "-b", target]);
+        let mut b = qemu_img(&["rebase", "-b", target]);
+        if !target.is_empty() {
+            a.args(["-F", "raw"]);
+            b.args(["-F", "raw"]);
+        }
+        ok(a.arg("ours.qcow2").current_dir(d));
+        ok(b.arg("theirs.qcow2").current_dir(d));
+        assert_qemu_clean(&d.join("ours.qcow2"));
+        assert!(
+            view("ours.qcow2") == before,
+            "rebase onto {target:?} changed the guest view"
+        );
+        assert!(view("theirs.qcow2") == before);
+        let ia = ok(qemu_img(&["info", "--output=json", "ours.qcow2"]).current_dir(d));
+        let ib = ok(qemu_img(&["info", "--output=json", "theirs.qcow2"]).current_dir(d));
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| {
+                    !l.contains("actual-size")
+                        && !l.contains("\"filename\"")
+                        && !l.contains("file length")
+                        && !l.contains("virtual-size\": 2")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&ia).contains("base2.raw"), !target.is_empty(), "{ia}");
+        assert_eq!(
+            strip(&ia).contains("backing-filename"),
+            strip(&ib).contains("backing-filename")
+        );
+    }
+    // -u rewrites only the name: the view now comes from the new file.
+    std::fs::copy(d.join("top.qcow2"), d.join("unsafe.qcow2")).unwrap();
+    ok(img(&[
+        "rebase",
+        "-u",
+        "-b",
+        "base2.raw",
+        "-F",
+        "raw",
+        "unsafe.qcow2",
+    ])
+    .current_dir(d));
+    let info = ok(qemu_img(&["info", "--output=json", "unsafe.qcow2"]).current_dir(d));
+    assert!(
+        info.contains("\"backing-filename\": \"base2.raw\""),
+        "{info}"
+    );
+    assert_qemu_clean(&d.join("unsafe.qcow2"));
+}

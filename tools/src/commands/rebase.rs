@@ -1,0 +1,104 @@
+//! `img rebase`: change an image's backing file. The safe mode first
+//! copies into the image every cluster it does not allocate and whose
+//! contents differ between the old and the new backing file, so the guest
+//! sees the same disk afterwards; `-u` only rewrites the name.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use qcow::device::{BlockRead, ExtentKind};
+use qcow::fs::{probe, resolve, AnyImage, FileOpener};
+use qcow::image::Opener;
+
+use super::{io_reason, open};
+use crate::cli::RebaseArgs;
+
+/// Bytes compared at a time.
+const CHUNK: u64 = 1 << 20;
+
+fn read_or_zero(backing: Option<&dyn BlockRead>, buf: &mut [u8], offset: u64) -> Result<()> {
+    buf.fill(0);
+    if let Some(b) = backing {
+        let size = b.virtual_size();
+        if offset < size {
+            let n = ((size - offset) as usize).min(buf.len());
+            b.read_at(&mut buf[..n], offset)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `img rebase`.
+pub fn run(args: &RebaseArgs) -> Result<i32> {
+    let image = open(&args.filename, args.format.as_deref(), true)?;
+    let AnyImage::Qcow2(q) = &image else {
+        return Err(anyhow!(
+            "Could not change the backing file to '{}': Operation not supported",
+            args.backing.as_deref().unwrap_or("")
+        ));
+    };
+    let new_name = args.backing.as_deref().filter(|b| !b.is_empty());
+    let dir = Path::new(&args.filename).parent().unwrap_or(Path::new(""));
+    let new_format = match (new_name, &args.backing_format) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(f.clone()),
+        (Some(name), None) => {
+            // qemu-img probes the new backing file's format.
+            let s = qcow::fs::open_storage(&resolve(dir, name), false).map_err(|e| {
+                anyhow!(
+                    "Could not open new backing file '{name}': {}",
+                    io_reason(&e)
+                )
+            })?;
+            Some(probe(&*s)?.name().to_string())
+        }
+    };
+    if !args.unsafe_mode {
+        let new_backing: Option<Box<dyn BlockRead>> = match new_name {
+            Some(name) => Some(
+                FileOpener::for_image(Path::new(&args.filename))
+                    .open_backing(name, new_format.as_deref())
+                    .map_err(|e| {
+                        anyhow!(
+                            "Could not open new backing file '{name}': {}",
+                            io_reason(&e)
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let size = q.size();
+        let mut old = vec![0u8; CHUNK as usize];
+        let mut new = vec![0u8; CHUNK as usize];
+        let mut pos = 0;
+        while pos < size {
+            for e in q.extents(pos, (size - pos).min(CHUNK))? {
+                if !matches!(e.kind, ExtentKind::Unallocated { .. }) {
+                    continue;
+                }
+                let n = e.len as usize;
+                q.read_backing(&mut old[..n], e.guest_offset)?;
+                read_or_zero(new_backing.as_deref(), &mut new[..n], e.guest_offset)?;
+                if old[..n] != new[..n] {
+                    // Copy what differs at cluster granularity.
+                    let cs = q.cluster_size() as usize;
+                    let mut i = 0;
+                    while i < n {
+                        let start = e.guest_offset as usize + i;
+                        let end = ((start / cs + 1) * cs).min(e.guest_offset as usize + n);
+                        let (a, b) = (i, i + (end - start));
+                        if old[a..b] != new[a..b] {
+                            q.write_at(&old[a..b], start as u64)?;
+                        }
+                        i = b;
+                    }
+                }
+            }
+            pos += (size - pos).min(CHUNK);
+        }
+    }
+    q.set_backing_name(new_name, new_format.as_deref())
+        .map_err(|e| anyhow!("Could not change the backing file: {}", io_reason(&e)))?;
+    image.flush()?;
+    Ok(0)
+}
