@@ -97,3 +97,74 @@ fn rebase_keeps_the_guest_view_like_qemu_img() {
     );
     assert_qemu_clean(&d.join("unsafe.qcow2"));
 }
+
+#[test]
+fn commit_matches_qemu_img_commit() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for base_fmt in ["raw", "qcow2"] {
+        for keep in [false, true] {
+            for side in ["ours", "theirs"] {
+                let base = format!("{side}-base.{base_fmt}");
+                make_raw(&d.join("seed.raw"), 3 << 20, 41);
+                ok(qemu_img(&["convert", "-q", "-O", base_fmt, "seed.raw", &base]).current_dir(d));
+                let top = format!("{side}-top.qcow2");
+                ok(qemu_img(&[
+                    "create", "-q", "-f", "qcow2", "-b", &base, "-F", base_fmt, &top, "4M",
+                ])
+                .current_dir(d));
+                qemu_io(
+                    "qcow2",
+                    &d.join(&top),
+                    &[
+                        "write -P 5 64k 300k",
+                        "write -z 1M 128k",
+                        "write -P 6 3584k 64k",
+                    ],
+                );
+            }
+            let view = |name: &str| {
+                let out = d.join(format!("{name}.view"));
+                let _ = std::fs::remove_file(&out);
+                ok(qemu_img(&["convert", "-O", "raw", name, out.to_str().unwrap()]).current_dir(d));
+                read(&out)
+            };
+            let before = view("ours-top.qcow2");
+            let mut a = img(&["commit"]);
+            let mut b = qemu_img(&["commit"]);
+            if keep {
+                a.arg("-d");
+                b.arg("-d");
+            }
+            let out = ok(a.arg("ours-top.qcow2").current_dir(d));
+            assert_eq!(out, "Image committed.\n");
+            ok(b.arg("theirs-top.qcow2").current_dir(d));
+            assert!(
+                view("ours-top.qcow2") == before,
+                "commit changed the overlay's view"
+            );
+            let ours_base = view(&format!("ours-base.{base_fmt}"));
+            let theirs_base = view(&format!("theirs-base.{base_fmt}"));
+            assert!(
+                ours_base == theirs_base,
+                "{base_fmt} keep={keep}: bases differ after commit"
+            );
+            assert_qemu_clean(&d.join("ours-top.qcow2"));
+            if base_fmt == "qcow2" {
+                assert_qemu_clean(&d.join("ours-base.qcow2"));
+            }
+            let map_a = ok(qemu_img(&["map", "--output=json", "ours-top.qcow2"]).current_dir(d));
+            let map_b = ok(qemu_img(&["map", "--output=json", "theirs-top.qcow2"]).current_dir(d));
+            let top_data = |m: &str| {
+                m.contains("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true")
+            };
+            assert_eq!(
+                top_data(&map_a),
+                top_data(&map_b),
+                "emptied overlay differs:\n{map_a}\n{map_b}"
+            );
+            assert_eq!(top_data(&map_a), keep);
+        }
+    }
+}

@@ -16,6 +16,7 @@ fn main() {
         Command::Snapshot(a) => commands::snapshot::run(a),
         Command::Measure(a) => commands::measure::run(a),
         Command::Rebase(a) => commands::rebase::run(a),
+        Command::Commit(a) => commands::commit::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -9,6 +9,7 @@
 //! ```
 
 mod args;
+mod commit_args;
 mod measure_args;
 mod rebase_args;
 mod snapshot_args;
@@ -18,6 +19,7 @@ pub mod values;
 use clap::{Parser, Subcommand};
 
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
+pub use commit_args::CommitArgs;
 pub use measure_args::MeasureArgs;
 pub use rebase_args::RebaseArgs;
 pub use snapshot_args::{SnapshotAction, SnapshotArgs};
@@ -63,6 +65,9 @@ pub enum Command {
     /// Dump image metadata (allocation map)
     #[command(infer_long_args = true)]
     Map(MapArgs),
+    /// Commit the changes of an image into its backing file
+    #[command(infer_long_args = true)]
+    Commit(CommitArgs),
     /// Change the backing file of an image
     #[command(infer_long_args = true)]
     Rebase(RebaseArgs),
@@ -88,6 +93,7 @@ impl Command {
             Self::Snapshot(_) => "snapshot",
             Self::Measure(_) => "measure",
             Self::Rebase(_) => "rebase",
+            Self::Commit(_) => "commit",
         }
     }
 }

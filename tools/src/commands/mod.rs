@@ -3,6 +3,7 @@
 //! exit code; errors become one `img: ...` line and exit code 1.
 
 pub mod check;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
