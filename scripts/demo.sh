@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
-    echo "== installing qemu-utils"
-    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq qemu-utils
-fi
+bash scripts/ensure-qemu.sh
 
 echo "== building img (release)"
 cargo build --release -q -p tools

@@ -5,6 +5,7 @@
 # missing. Longer runs: QCOW_MODEL_OPS=100000 (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/ensure-qemu.sh
 export REQUIRE_QEMU=1
 # The integration tests run the img binary; cargo test alone does not
 # build binaries of packages without integration tests of their own.
