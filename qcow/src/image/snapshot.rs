@@ -99,70 +99,50 @@ impl Qcow2 {
         self.apply_tree_refcounts(meta, l1, addend)
     }
 
+    /// The host clusters one L1 entry references: its L2 table's cluster
+    /// (last) and every data cluster the table points at, once per
+    /// reference. `None` for an empty entry.
+    fn table_refs(&self, meta: &mut Meta, index: usize, e: u64) -> Result<Option<Vec<u64>>> {
+        let cs = self.cluster_size();
+        let l2_offset = e & OFFSET_MASK;
+        if l2_offset == 0 {
+            return Ok(None);
+        }
+        if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
+            return Err(Error::InvalidEntry {
+                what: "L1",
+                index: index as u64,
+                offset: l2_offset,
+                reason: "L2 table is not aligned or lies beyond the end of the file",
+            });
+        }
+        meta.load_l2(&*self.file, l2_offset)?;
+        let table = meta.l2.get(l2_offset).expect("table was just loaded");
+        let mut refs = Vec::new();
+        for i in 0..self.geo.l2_entries() as usize {
+            refs.extend(self.entry_refs(RawL2::get(table, i, self.geo.extended_l2)));
+        }
+        refs.push(l2_offset / cs);
+        Ok(Some(refs))
+    }
+
     /// Calls `f` with every host cluster a tree references, once per
     /// reference.
     fn visit_tree(&self, meta: &mut Meta, l1: &[u64], f: &mut dyn FnMut(u64)) -> Result<()> {
-        let cs = self.cluster_size();
-        let entries = self.geo.l2_entries() as usize;
         for (index, &e) in l1.iter().enumerate() {
-            let l2_offset = e & OFFSET_MASK;
-            if l2_offset == 0 {
-                continue;
+            for c in self.table_refs(meta, index, e)?.unwrap_or_default() {
+                f(c);
             }
-            if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
-                return Err(Error::InvalidEntry {
-                    what: "L1",
-                    index: index as u64,
-                    offset: l2_offset,
-                    reason: "L2 table is not aligned or lies beyond the end of the file",
-                });
-            }
-            meta.load_l2(&*self.file, l2_offset)?;
-            let table = meta.l2.get(l2_offset).expect("table was just loaded");
-            for i in 0..entries {
-                let raw = RawL2::get(table, i, self.geo.extended_l2);
-                for c in self.entry_refs(raw) {
-                    f(c);
-                }
-            }
-            f(l2_offset / cs);
         }
         Ok(())
     }
 
     fn apply_tree_refcounts(&self, meta: &mut Meta, l1: &[u64], addend: i64) -> Result<()> {
-        let file = &*self.file;
-        let cs = self.cluster_size();
-        let entries = self.geo.l2_entries() as usize;
         for (index, &e) in l1.iter().enumerate() {
-            let l2_offset = e & OFFSET_MASK;
-            if l2_offset == 0 {
-                continue;
-            }
-            if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
-                return Err(Error::InvalidEntry {
-                    what: "L1",
-                    index: index as u64,
-                    offset: l2_offset,
-                    reason: "L2 table is not aligned or lies beyond the end of the file",
-                });
-            }
-            meta.load_l2(file, l2_offset)?;
-            let table = meta
-                .l2
-                .get(l2_offset)
-                .expect("table was just loaded")
-                .to_vec();
-            for i in 0..entries {
-                let raw = RawL2::get(&table, i, self.geo.extended_l2);
-                for c in self.entry_refs(raw) {
-                    if meta.rc.add(file, c, addend)? == 0 {
-                        meta.forget_freed_tables(&[c]);
-                    }
+            for c in self.table_refs(meta, index, e)?.unwrap_or_default() {
+                if meta.rc.add(&*self.file, c, addend)? == 0 {
+                    meta.forget_freed_tables(&[c]);
                 }
-            }
-            if meta.rc.add(file, l2_offset / cs, addend)? == 0 {
-                meta.forget_freed_tables(&[l2_offset / cs]);
             }
         }
         Ok(())

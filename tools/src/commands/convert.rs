@@ -7,7 +7,7 @@ use qcow::device::BlockRead;
 use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_with;
-use super::{io_reason, open, parse_format};
+use super::{io_reason, open, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
 use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
@@ -16,14 +16,6 @@ use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
 const DEFAULT_SPARSE: u64 = 4096;
 /// Worker threads when `-m` is not given.
 const DEFAULT_WORKERS: usize = 4;
-
-fn prefixed(filename: &str, e: OptsError) -> anyhow::Error {
-    if e.has_filename_prefix() {
-        anyhow!("{filename}: {e}")
-    } else {
-        anyhow!("{e}")
-    }
-}
 
 /// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
 /// waits for the disk until the end of the process).

@@ -10,20 +10,12 @@ use qcow::fs::{open_storage, probe, resolve, FileOpener};
 use qcow::image::Opener;
 use qcow::{FileStorage, Storage};
 
-use super::io_reason;
+use super::{io_reason, os_text, prefixed};
 use crate::cli::CreateArgs;
 use crate::opts::{
     option_help, Compat, CompressionType, CreateOptions, ImageFormat, OptsError, ParsedOptions,
     Preallocation,
 };
-
-fn prefixed(filename: &str, e: OptsError) -> anyhow::Error {
-    if e.has_filename_prefix() {
-        anyhow!("{filename}: {e}")
-    } else {
-        anyhow!("{e}")
-    }
-}
 
 /// Converts the tool's preallocation mode to the library's.
 pub fn prealloc(p: Preallocation) -> QPre {
@@ -79,15 +71,6 @@ pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Stora
     } else {
         FileStorage::new(file)
     }))
-}
-
-/// An io::Error's text without Rust's "(os error N)" suffix.
-pub fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 /// Creates an image of `format` at `filename` with validated options.

@@ -23,39 +23,45 @@ fn allocated_data(source: &AnyImage, cluster_size: u64) -> Result<u64> {
     let mut required = 0;
     let mut offset = 0;
     while offset < size {
-        let Some(e) = chain_extents(source, offset, size - offset)?
-            .into_iter()
-            .next()
-        else {
+        let extents = chain_extents(source, offset, size - offset)?;
+        if extents.is_empty() {
             break;
-        };
-        let mut pnum = e.len.max(1);
-        let mut data = matches!(
-            e.kind,
-            ExtentKind::Data { .. } | ExtentKind::Compressed { .. }
-        );
-        if let (
-            ExtentKind::Data {
-                host_offset,
-                in_data_file: false,
-            },
-            0,
-            Some(file),
-        ) = (e.kind, e.depth, &top_file)
-        {
-            // Data clusters in a hole of the image file read as zero, and
-            // qemu-img counts them so.
-            let (is_data, n) = file.data_extent(host_offset, pnum)?;
-            if !is_data {
-                data = false;
+        }
+        // One batch serves every piece it covers; a piece may start inside
+        // an extent when the previous one was rounded up to a cluster.
+        for e in extents {
+            let end = e.guest_offset + e.len;
+            while offset < end {
+                let skip = offset.saturating_sub(e.guest_offset);
+                let mut pnum = end - offset;
+                let mut data = matches!(
+                    e.kind,
+                    ExtentKind::Data { .. } | ExtentKind::Compressed { .. }
+                );
+                if let (
+                    ExtentKind::Data {
+                        host_offset,
+                        in_data_file: false,
+                    },
+                    0,
+                    Some(file),
+                ) = (e.kind, e.depth, &top_file)
+                {
+                    // Data clusters in a hole of the image file read as
+                    // zero, and qemu-img counts them so.
+                    let (is_data, n) = file.data_extent(host_offset + skip, pnum)?;
+                    if !is_data {
+                        data = false;
+                    }
+                    pnum = n.clamp(1, pnum);
+                }
+                if data {
+                    pnum = (offset + pnum).div_ceil(cluster_size) * cluster_size - offset;
+                    required += offset % cluster_size + pnum;
+                }
+                offset += pnum;
             }
-            pnum = n.clamp(1, pnum);
         }
-        if data {
-            pnum = (offset + pnum).div_ceil(cluster_size) * cluster_size - offset;
-            required += offset % cluster_size + pnum;
-        }
-        offset += pnum;
     }
     Ok(required)
 }

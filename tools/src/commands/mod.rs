@@ -60,15 +60,28 @@ pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyI
 /// The message of an error, with I/O errors reduced to their OS text.
 pub fn io_reason(e: &qcow::Error) -> String {
     match e {
-        qcow::Error::Io { source, .. } => {
-            let s = source.to_string();
-            // "No such file or directory (os error 2)" -> qemu's wording.
-            match s.find(" (os error") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            }
-        }
+        qcow::Error::Io { source, .. } => os_text(source),
         other => other.to_string(),
+    }
+}
+
+/// An io::Error's text without Rust's "(os error N)" suffix: "No such file
+/// or directory", as qemu-img words it.
+pub fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// An option error as qemu-img prints it: most are prefixed with the
+/// image's file name, a malformed `-o` list is not.
+pub fn prefixed(filename: &str, e: crate::opts::OptsError) -> anyhow::Error {
+    if e.has_filename_prefix() {
+        anyhow!("{filename}: {e}")
+    } else {
+        anyhow!("{e}")
     }
 }
 
