@@ -1,6 +1,15 @@
-//! Block backends (raw and qcow2) and a transport-free virtio-blk device
-//! model.
+//! Block backends (raw and qcow2) with an io_uring data path, and a
+//! transport-free virtio-blk device model.
 //!
-//! Nothing lives here yet: the io_uring data path and the device model are
-//! built by the blockdev issue, on top of the `qcow` crate's low-level
-//! mapping API.
+//! - [`disk`] is the contract between the two halves: a [`disk::BlockBackend`]
+//!   opens per-queue [`disk::BlockQueue`]s that take requests whose buffers
+//!   live in guest memory and report completions asynchronously.
+//! - [`backend`] implements it for raw files and qcow2 images over io_uring.
+//! - [`virtio`] turns virtio-blk descriptor chains into requests on a queue.
+
+pub mod backend;
+pub mod disk;
+pub mod error;
+pub mod virtio;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Backends: raw files and qcow2 images over io_uring.

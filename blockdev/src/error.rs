@@ -1,0 +1,41 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in a block backend or the device model.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The qcow2 library refused or failed.
+    #[error("{0}")]
+    Qcow(#[from] qcow::Error),
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A request reaches past the end of the disk.
+    #[error("request at byte {offset} of {len} bytes is past the end of the {size}-byte disk")]
+    OutOfRange {
+        /// First byte of the request.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The disk's size.
+        size: u64,
+    },
+    /// A write, discard or write-zeroes on a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// The queue has no room for another request until completions are reaped.
+    #[error("the queue is full ({depth} requests in flight)")]
+    QueueFull {
+        /// The queue's depth.
+        depth: u32,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
