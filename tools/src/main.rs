@@ -17,6 +17,8 @@ fn main() {
         Command::Measure(a) => commands::measure::run(a),
         Command::Rebase(a) => commands::rebase::run(a),
         Command::Commit(a) => commands::commit::run(a),
+        Command::Amend(a) => commands::amend::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -8,7 +8,9 @@
 //! assert!(matches!(cli.command, Command::Resize(_)));
 //! ```
 
+mod amend_args;
 mod args;
+mod bench_args;
 mod commit_args;
 mod measure_args;
 mod rebase_args;
@@ -18,7 +20,9 @@ pub mod values;
 
 use clap::{Parser, Subcommand};
 
+pub use amend_args::AmendArgs;
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
+pub use bench_args::BenchArgs;
 pub use commit_args::CommitArgs;
 pub use measure_args::MeasureArgs;
 pub use rebase_args::RebaseArgs;
@@ -77,6 +81,12 @@ pub enum Command {
     /// List, apply, create or delete internal snapshots
     #[command(infer_long_args = true)]
     Snapshot(SnapshotArgs),
+    /// Update format-specific options of the image
+    #[command(infer_long_args = true)]
+    Amend(AmendArgs),
+    /// Run simple image benchmark
+    #[command(infer_long_args = true)]
+    Bench(BenchArgs),
 }
 
 impl Command {
@@ -94,6 +104,8 @@ impl Command {
             Self::Measure(_) => "measure",
             Self::Rebase(_) => "rebase",
             Self::Commit(_) => "commit",
+            Self::Amend(_) => "amend",
+            Self::Bench(_) => "bench",
         }
     }
 }

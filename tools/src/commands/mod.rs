@@ -2,6 +2,8 @@
 //! the qcow library and prints qemu-img's output. Each returns the process
 //! exit code; errors become one `img: ...` line and exit code 1.
 
+pub mod amend;
+pub mod bench;
 pub mod check;
 pub mod commit;
 pub mod compare;
