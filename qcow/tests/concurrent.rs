@@ -108,3 +108,29 @@ fn interleaved_sector_writes_from_many_threads() {
         );
     }
 }
+
+#[test]
+fn try_begin_write_refuses_clusters_held_by_an_unfinished_write() {
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let opts = CreateOptions {
+        size: 1 << 20,
+        cluster_size: 65536,
+        ..Default::default()
+    };
+    let image = create(storage, None, None, &opts).unwrap();
+    let held = image.begin_write(4096, 4096).unwrap();
+    // Same cluster, other bytes: it would allocate the cluster twice.
+    assert!(image.try_begin_write(8192, 512).unwrap().is_none());
+    // Another cluster is free to go.
+    let other = image.try_begin_write(65536, 4096).unwrap().unwrap();
+    image.finish_write(other).unwrap();
+    image.finish_write(held).unwrap();
+    let again = image.try_begin_write(8192, 512).unwrap().unwrap();
+    // The cluster is allocated now: an in-place write holds nothing.
+    assert!(image.try_begin_write(0, 512).unwrap().is_some_and(|p| {
+        let ok = p.pieces.len() == 1;
+        image.finish_write(p).unwrap();
+        ok
+    }));
+    image.finish_write(again).unwrap();
+}

@@ -144,6 +144,18 @@ impl Qcow2 {
     /// `offset`. Partially written clusters are completed from their old
     /// contents before this returns.
     pub fn begin_write(&self, offset: u64, len: u64) -> Result<WritePlan> {
+        let plan = self.plan_write(offset, len, true)?;
+        Ok(plan.expect("a waiting plan_write always returns a plan"))
+    }
+
+    /// Like [`Qcow2::begin_write`], but returns `Ok(None)` at once instead
+    /// of waiting when an unfinished write holds one of the guest clusters
+    /// (for callers that must not block while they hold plans themselves).
+    pub fn try_begin_write(&self, offset: u64, len: u64) -> Result<Option<WritePlan>> {
+        self.plan_write(offset, len, false)
+    }
+
+    fn plan_write(&self, offset: u64, len: u64, wait: bool) -> Result<Option<WritePlan>> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         let mut plan = WritePlan {
@@ -152,12 +164,16 @@ impl Qcow2 {
             inflight: Vec::new(),
         };
         if len == 0 {
-            return Ok(plan);
+            return Ok(Some(plan));
         }
         let cs = self.cluster_size();
         let first = offset / cs;
         let last = (offset + len - 1) / cs;
         let meta = self.lock();
+        if !wait && !meta.inflight.is_empty() && (first..=last).any(|c| meta.inflight.contains(&c))
+        {
+            return Ok(None);
+        }
         let mut meta = self.wait_not_inflight(meta, first, last);
         let mut cows = Vec::new();
         let result = self.plan_clusters(&mut meta, offset, len, &mut plan, &mut cows);
@@ -170,7 +186,7 @@ impl Qcow2 {
             return Err(e);
         }
         merge_pieces(&mut plan.pieces);
-        Ok(plan)
+        Ok(Some(plan))
     }
 
     fn plan_clusters(
