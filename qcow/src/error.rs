@@ -148,6 +148,9 @@ pub enum Error {
         name: String,
     },
     /// A feature this implementation does not provide for this operation.
+    /// `amend` refused a change, with qemu-img's message.
+    #[error("{0}")]
+    AmendRefused(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// A refcount would leave its range.

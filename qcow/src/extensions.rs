@@ -56,7 +56,8 @@ pub enum Extension {
 }
 
 impl Extension {
-    fn ext_type(&self) -> u32 {
+    /// The extension's type code.
+    pub fn ext_type(&self) -> u32 {
         match self {
             Extension::BackingFormat(_) => EXT_BACKING_FORMAT,
             Extension::FeatureNames(_) => EXT_FEATURE_TABLE,

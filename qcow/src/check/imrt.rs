@@ -39,6 +39,11 @@ impl Imrt {
         Ok(t)
     }
 
+    /// Bits per count, as a power of two.
+    pub(super) fn order(&self) -> u32 {
+        self.order
+    }
+
     /// Number of clusters covered.
     pub(super) fn entries(&self) -> u64 {
         self.entries

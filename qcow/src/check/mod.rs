@@ -29,6 +29,7 @@ mod compare;
 pub mod imrt;
 mod overlap;
 mod rebuild;
+mod reorder;
 mod snapshots;
 mod stored;
 mod walk;
@@ -47,6 +48,8 @@ use crate::storage::Storage;
 use imrt::Imrt;
 use overlap::ol;
 use stored::Stored;
+
+pub use reorder::change_refcount_order;
 
 /// What [`check`] may repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -57,7 +57,9 @@ impl Ctx<'_> {
     /// offsets. Returns whether `reftable` grew.
     fn write_refblocks(&mut self, first: u64, end: u64, reftable: &mut Vec<u64>) -> Flow<bool> {
         let cs = self.cluster_size;
-        let block_bits = self.stored.block_bits();
+        // The blocks get the computed table's width, which a refcount
+        // width change makes differ from the stored one.
+        let block_bits = self.cluster_bits + 3 - self.imrt().order();
         let mut end = end;
         let mut first_free = 0u64;
         let mut grown = false;
@@ -103,8 +105,11 @@ impl Ctx<'_> {
         Ok(grown)
     }
 
-    /// QEMU's rebuild_refcount_structure.
-    pub(super) fn rebuild_refcount_structure(&mut self) -> Flow<()> {
+    /// Writes new refcount blocks and a new refcount table from the
+    /// computed counts into clusters they mark used, and makes them
+    /// durable; the header still points at the old structure. Returns the
+    /// table's offset, its size in clusters and its entries.
+    pub(super) fn write_new_structure(&mut self) -> Flow<(u64, u64, Vec<u64>)> {
         let cs = self.cluster_size;
         self.flush_refcounts()?;
         let mut reftable: Vec<u64> = Vec::new();
@@ -132,6 +137,12 @@ impl Ctx<'_> {
         self.storage.write_at(&raw, reftable_offset)?;
         // Blocks and table are durable before the header points at them.
         self.storage.flush()?;
+        Ok((reftable_offset, reftable_clusters, reftable))
+    }
+
+    /// QEMU's rebuild_refcount_structure.
+    pub(super) fn rebuild_refcount_structure(&mut self) -> Flow<()> {
+        let (reftable_offset, reftable_clusters, reftable) = self.write_new_structure()?;
         let mut hdr = [0u8; 12];
         BigEndian::write_u64(&mut hdr[0..8], reftable_offset);
         BigEndian::write_u32(&mut hdr[8..12], reftable_clusters as u32);

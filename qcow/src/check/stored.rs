@@ -58,6 +58,7 @@ impl Stored {
     }
 
     /// log2 of the refcounts per block.
+    #[cfg(test)]
     pub(super) fn block_bits(&self) -> u32 {
         self.block_bits
     }

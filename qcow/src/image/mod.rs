@@ -8,6 +8,7 @@
 //! caller can move data itself, with several requests in flight: metadata
 //! is guarded by one lock that is never held across data I/O.
 
+mod amend;
 mod compressed;
 mod meta;
 mod read;
@@ -28,6 +29,8 @@ use crate::header::{
 };
 use crate::refcount::Refcounts;
 use crate::storage::Storage;
+
+pub use amend::{amend, AmendOptions};
 
 pub use snapshot::MAX_SNAPSHOT_NAME;
 pub use write::{HostPiece, WritePlan};

@@ -27,7 +27,7 @@ impl Qcow2 {
         self.read_snapshot_table(&meta)
     }
 
-    fn read_snapshot_table(&self, meta: &Meta) -> Result<Vec<Snapshot>> {
+    pub(super) fn read_snapshot_table(&self, meta: &Meta) -> Result<Vec<Snapshot>> {
         let h = &meta.hc.header;
         if h.nb_snapshots == 0 {
             return Ok(Vec::new());
@@ -52,7 +52,7 @@ impl Qcow2 {
     }
 
     /// Waits for writes in flight and writes out all metadata.
-    fn quiesce<'a>(
+    pub(super) fn quiesce<'a>(
         &'a self,
         mut meta: std::sync::MutexGuard<'a, Meta>,
     ) -> Result<std::sync::MutexGuard<'a, Meta>> {
@@ -70,7 +70,7 @@ impl Qcow2 {
         Ok(meta)
     }
 
-    fn read_l1_table(&self, offset: u64, entries: u32) -> Result<Vec<u64>> {
+    pub(super) fn read_l1_table(&self, offset: u64, entries: u32) -> Result<Vec<u64>> {
         let mut raw = vec![0u8; entries as usize * 8];
         self.file.read_at(&mut raw, offset)?;
         Ok((0..entries as usize).map(|i| table_get(&raw, i)).collect())
@@ -150,7 +150,7 @@ impl Qcow2 {
 
     /// Sets the COPIED flag of every active L1 and L2 entry exactly where
     /// the refcount is one.
-    fn fix_copied_flags(&self, meta: &mut Meta) -> Result<()> {
+    pub(super) fn fix_copied_flags(&self, meta: &mut Meta) -> Result<()> {
         let file = &*self.file;
         let cs = self.cluster_size();
         let entries = self.geo.l2_entries() as usize;
@@ -235,7 +235,11 @@ impl Qcow2 {
     /// Replaces the snapshot table: the new one is written and everything
     /// it relies on made durable before the header points at it; the old
     /// one is freed afterwards.
-    fn replace_snapshot_table(&self, meta: &mut Meta, snapshots: &[Snapshot]) -> Result<()> {
+    pub(super) fn replace_snapshot_table(
+        &self,
+        meta: &mut Meta,
+        snapshots: &[Snapshot],
+    ) -> Result<()> {
         let file = &*self.file;
         let cs = self.cluster_size();
         let (old_offset, old_count) =
