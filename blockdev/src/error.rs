@@ -16,6 +16,20 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A file of the disk could not be opened.
+    #[error("Could not open '{path}': {source}")]
+    Open {
+        /// The file's path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The disk or the options ask for something the backends do not do.
+    #[error("{what}")]
+    Unsupported {
+        /// What, in words.
+        what: String,
+    },
     /// A request reaches past the end of the disk.
     #[error("request at byte {offset} of {len} bytes is past the end of the {size}-byte disk")]
     OutOfRange {

@@ -1,0 +1,151 @@
+//! Opening a disk: format probing, the qcow2 image with its backing chain
+//! and external data file, and the host files data I/O goes through.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use qcow::device::BlockRead;
+use qcow::fs::{probe, FileOpener, Format};
+use qcow::image::{Opener, Qcow2};
+use qcow::{FileStorage, Storage};
+
+use super::host::HostFile;
+use super::{Backend, Disk, Layout};
+use crate::disk::{BlockBackend, CacheMode};
+use crate::error::{Error, Result};
+
+/// How to open a disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// The image format; probed from the first bytes when `None`.
+    pub format: Option<Format>,
+    /// Refuse writes, discards and write-zeroes (and open files read-only).
+    pub read_only: bool,
+    /// Host page cache use for data I/O.
+    pub cache: CacheMode,
+    /// Show this internal snapshot (id or name) of a qcow2 image instead
+    /// of its active disk; needs `read_only`.
+    pub snapshot: Option<String>,
+}
+
+/// Opens the disk at `path`.
+///
+/// ```no_run
+/// use blockdev::backend::{open, OpenOptions};
+/// use blockdev::disk::CacheMode;
+///
+/// let disk = open(
+///     std::path::Path::new("disk.qcow2"),
+///     &OpenOptions { cache: CacheMode::None, ..Default::default() },
+/// )?;
+/// let mut queue = disk.open_queue(32)?;
+/// # Ok::<(), blockdev::Error>(())
+/// ```
+pub fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn BlockBackend>> {
+    let writable = !options.read_only;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let format = match options.format {
+        Some(f) => f,
+        None => probe(&FileStorage::new(clone(&file, path)?))?,
+    };
+    let disk = match format {
+        Format::Raw => {
+            if options.snapshot.is_some() {
+                return Err(Error::Unsupported {
+                    what: "raw images have no internal snapshots".into(),
+                });
+            }
+            let image = HostFile::from_buffered(file, path, writable, options.cache)?;
+            let size = image.size()?;
+            Disk {
+                layout: Layout::Raw,
+                image,
+                data_file: None,
+                size,
+                read_only: options.read_only,
+            }
+        }
+        Format::Qcow2 => open_qcow2(file, path, options)?,
+    };
+    Ok(Arc::new(Backend {
+        disk: Arc::new(disk),
+    }))
+}
+
+fn clone(file: &File, path: &Path) -> Result<File> {
+    file.try_clone().map_err(|source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Disk> {
+    let writable = !options.read_only;
+    if options.snapshot.is_some() && writable {
+        return Err(Error::Unsupported {
+            what: "a snapshot can only be opened read-only".into(),
+        });
+    }
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(clone(&file, path)?));
+    let opener = DiskOpener {
+        files: FileOpener::for_image(path),
+        data_file: Mutex::new(None),
+    };
+    let image = Qcow2::open(storage, writable, &opener)?;
+    if let Some(name) = &options.snapshot {
+        image.view_snapshot(name)?;
+    }
+    let data_file = match opener.data_file.into_inner() {
+        Ok(Some((data_path, data))) => Some(HostFile::from_buffered(
+            data,
+            &data_path,
+            writable,
+            options.cache,
+        )?),
+        _ => None,
+    };
+    let size = image.size();
+    Ok(Disk {
+        layout: Layout::Qcow2(Box::new(image)),
+        image: HostFile::from_buffered(file, path, writable, options.cache)?,
+        data_file,
+        size,
+        read_only: options.read_only,
+    })
+}
+
+/// Opens backing files as the qcow2 library does, and the external data
+/// file itself so that data I/O can go to its descriptor.
+struct DiskOpener {
+    files: FileOpener,
+    data_file: Mutex<Option<(PathBuf, File)>>,
+}
+
+impl Opener for DiskOpener {
+    fn open_backing(&self, name: &str, format: Option<&str>) -> qcow::Result<Box<dyn BlockRead>> {
+        self.files.open_backing(name, format)
+    }
+
+    fn open_data_file(&self, name: &str, writable: bool) -> qcow::Result<Arc<dyn Storage>> {
+        // As QEMU (and qcow's FileOpener): relative to the working folder.
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .map_err(|e| qcow::Error::io(format!("Could not open '{name}'"), e))?;
+        let copy = file
+            .try_clone()
+            .map_err(|e| qcow::Error::io(format!("Could not open '{name}'"), e))?;
+        *self.data_file.lock().expect("opener lock poisoned") = Some((path, copy));
+        Ok(Arc::new(FileStorage::new(file)))
+    }
+}

@@ -1,0 +1,861 @@
+//! The request engine of one queue: turns requests into io_uring
+//! operations (several per request when a qcow2 request maps to several
+//! host ranges), completes a request once all its operations have, and
+//! orders flushes after the writes pushed before them.
+//!
+//! Requests live in slots (one per request in flight, `depth` of them).
+//! Each kernel operation's user data is `slot << 32 | operation index`.
+//! Operations wait in a backlog when the ring is full.
+//!
+//! qcow2 writes that would block on clusters held by another unfinished
+//! write (see [`qcow::image::Qcow2::try_begin_write`]) are parked and retried as
+//! completions come in; a queue only ever blocks inside the qcow2 library
+//! when it holds no write plans itself, so queues cannot deadlock on each
+//! other.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use qcow::device::ExtentKind;
+use qcow::image::WritePlan;
+
+use super::bufs::{AlignedBuf, GuestBufs, IoVecs};
+use super::host::{PUNCH_HOLE, ZERO_RANGE};
+use super::uring::{Op, Ring};
+use super::{Disk, Layout};
+use crate::disk::{BlockQueue, Completion, Request};
+use crate::error::{Error, Result};
+
+/// Most iovecs one operation takes (the kernel's UIO_MAXIOV).
+const MAX_IOVECS: u32 = 1024;
+
+/// What a slot's request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes { may_unmap: bool },
+}
+
+/// What one kernel operation does.
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Read,
+    Write,
+    Fdatasync,
+    Fallocate { mode: i32 },
+}
+
+/// One kernel operation of a request.
+#[derive(Debug, Clone, Copy)]
+struct OpState {
+    kind: OpKind,
+    /// 0: image file, 1: data file.
+    file: u32,
+    /// Host offset of the next byte.
+    host_offset: u64,
+    /// Request byte the operation started at.
+    rel: u64,
+    /// Bytes the operation covers.
+    len: u64,
+    /// Bytes not yet transferred.
+    remaining: u64,
+    iov_start: usize,
+    iov_count: u32,
+}
+
+/// One request in flight.
+#[derive(Debug, Default)]
+struct Slot {
+    busy: bool,
+    user_data: u64,
+    kind: Option<Kind>,
+    offset: u64,
+    len: u64,
+    bufs: GuestBufs,
+    use_bounce: bool,
+    bounce: AlignedBuf,
+    iovs: IoVecs,
+    ops: Vec<OpState>,
+    pending: u32,
+    error: Option<Error>,
+    plan: Option<WritePlan>,
+    write_seq: Option<u64>,
+    /// For a flush: it waits for the writes numbered below this.
+    flush_before: u64,
+}
+
+/// Outcome of trying to start a request.
+enum Start {
+    /// Operations queued (or completed at once).
+    Started,
+    /// Must wait for this queue's own writes to finish.
+    Parked,
+}
+
+/// A [`BlockQueue`] over one io_uring.
+pub struct UringQueue {
+    disk: Arc<Disk>,
+    ring: Ring,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    ready: VecDeque<Completion>,
+    backlog: VecDeque<u64>,
+    parked: VecDeque<u32>,
+    flushes: VecDeque<u32>,
+    outstanding_writes: BTreeSet<u64>,
+    next_write_seq: u64,
+    own_plans: u32,
+    scratch: Vec<u8>,
+    reaped: Vec<(u64, i32)>,
+    notify_pending: bool,
+    /// An error met while reaping in `pop_completion`, for the next call
+    /// that can return one.
+    deferred_error: Option<Error>,
+}
+
+fn io_err(op: &'static str, errno: i32) -> Error {
+    Error::Io {
+        op,
+        source: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+impl UringQueue {
+    /// A queue of `depth` slots over `disk`.
+    pub fn new(disk: Arc<Disk>, depth: u32) -> Result<UringQueue> {
+        let mut fds: Vec<RawFd> = vec![disk.image.data_fd()];
+        if let Some(d) = &disk.data_file {
+            fds.push(d.data_fd());
+        }
+        let ring = Ring::new(depth.saturating_mul(2).max(8), &fds)?;
+        let slots = (0..depth).map(|_| Slot::default()).collect();
+        Ok(UringQueue {
+            disk,
+            ring,
+            slots,
+            free: (0..depth).rev().collect(),
+            ready: VecDeque::new(),
+            backlog: VecDeque::new(),
+            parked: VecDeque::new(),
+            flushes: VecDeque::new(),
+            outstanding_writes: BTreeSet::new(),
+            next_write_seq: 0,
+            own_plans: 0,
+            scratch: Vec::new(),
+            reaped: Vec::new(),
+            notify_pending: false,
+            deferred_error: None,
+        })
+    }
+
+    /// Finishes a request: its completion becomes poppable, its slot free.
+    fn complete(&mut self, slot: u32, result: Result<u64>) {
+        let s = &mut self.slots[slot as usize];
+        if let Some(seq) = s.write_seq.take() {
+            self.outstanding_writes.remove(&seq);
+        }
+        self.ready.push_back(Completion {
+            user_data: s.user_data,
+            result,
+        });
+        s.busy = false;
+        s.kind = None;
+        s.bufs = GuestBufs::default();
+        s.iovs.clear();
+        s.ops.clear();
+        s.error = None;
+        self.free.push(slot);
+    }
+
+    /// Queues a kernel operation on the request bytes `rel..rel + len`.
+    /// Misaligned direct I/O and over-long iovec lists are done at once
+    /// through the page cache instead.
+    fn add_io(&mut self, slot: u32, kind: OpKind, file: u32, host_offset: u64, rel: u64, len: u64) {
+        let align = self
+            .disk
+            .host(file)
+            .dio()
+            .map_or(1, |d| u64::from(d.offset));
+        let s = &mut self.slots[slot as usize];
+        let sync = !(host_offset.is_multiple_of(align) && len.is_multiple_of(align))
+            || (!s.use_bounce && s.bufs.iovecs_needed(rel, len) > MAX_IOVECS);
+        if sync {
+            let result = self.sync_io(slot, kind, file, host_offset, rel, len);
+            if let Err(e) = result {
+                let s = &mut self.slots[slot as usize];
+                s.error.get_or_insert(e);
+            }
+            return;
+        }
+        let iov_start = s.iovs.len();
+        let iov_count = if s.use_bounce {
+            let iov = s.bounce.iovec(rel, len);
+            s.iovs.push(iov);
+            1
+        } else {
+            s.bufs.iovecs(rel, len, &mut s.iovs)
+        };
+        let index = s.ops.len() as u64;
+        s.ops.push(OpState {
+            kind,
+            file,
+            host_offset,
+            rel,
+            len,
+            remaining: len,
+            iov_start,
+            iov_count,
+        });
+        s.pending += 1;
+        self.backlog.push_back(u64::from(slot) << 32 | index);
+    }
+
+    /// Reads or writes request bytes synchronously through the page cache.
+    fn sync_io(
+        &mut self,
+        slot: u32,
+        kind: OpKind,
+        file: u32,
+        host_offset: u64,
+        rel: u64,
+        len: u64,
+    ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(len as usize, 0);
+        let host = self.disk.host(file);
+        let s = &mut self.slots[slot as usize];
+        let r = match kind {
+            OpKind::Read => host.read_buffered(&mut scratch, host_offset).map(|()| {
+                write_target(s, rel, &scratch);
+            }),
+            OpKind::Write => {
+                read_source(s, rel, &mut scratch);
+                host.write_buffered(&scratch, host_offset)
+            }
+            OpKind::Fdatasync | OpKind::Fallocate { .. } => Ok(()),
+        };
+        self.scratch = scratch;
+        r
+    }
+
+    /// Starts a read: one operation for raw, one per host extent for qcow2.
+    fn start_read(&mut self, slot: u32) -> Result<()> {
+        let (offset, len) = {
+            let s = &self.slots[slot as usize];
+            (s.offset, s.len)
+        };
+        let disk = self.disk.clone();
+        match &disk.layout {
+            Layout::Raw => self.add_io(slot, OpKind::Read, 0, offset, 0, len),
+            Layout::Qcow2(q) => {
+                let mut pos = offset;
+                while pos < offset + len {
+                    let extents = q.extents(pos, offset + len - pos)?;
+                    if extents.is_empty() {
+                        return Err(Error::OutOfRange {
+                            offset: pos,
+                            len: offset + len - pos,
+                            size: disk.size,
+                        });
+                    }
+                    for e in &extents {
+                        let rel = e.guest_offset - offset;
+                        match e.kind {
+                            ExtentKind::Data {
+                                host_offset,
+                                in_data_file,
+                            } => self.add_io(
+                                slot,
+                                OpKind::Read,
+                                u32::from(in_data_file),
+                                host_offset,
+                                rel,
+                                e.len,
+                            ),
+                            ExtentKind::Zero { .. } => {
+                                zero_target(&mut self.slots[slot as usize], rel, e.len)
+                            }
+                            ExtentKind::Unallocated { .. } if q.backing_image().is_none() => {
+                                zero_target(&mut self.slots[slot as usize], rel, e.len)
+                            }
+                            ExtentKind::Unallocated { .. } | ExtentKind::Compressed { .. } => {
+                                let mut scratch = std::mem::take(&mut self.scratch);
+                                scratch.resize(e.len as usize, 0);
+                                let r = q.read_extent(e, &mut scratch);
+                                if r.is_ok() {
+                                    write_target(&mut self.slots[slot as usize], rel, &scratch);
+                                }
+                                self.scratch = scratch;
+                                r?;
+                            }
+                        }
+                        pos = e.guest_offset + e.len;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a write. qcow2 writes plan their clusters first, and park
+    /// when another unfinished write holds them.
+    fn start_write(&mut self, slot: u32) -> Result<Start> {
+        let (offset, len) = {
+            let s = &self.slots[slot as usize];
+            (s.offset, s.len)
+        };
+        let disk = self.disk.clone();
+        match &disk.layout {
+            Layout::Raw => {
+                fill_bounce(&mut self.slots[slot as usize]);
+                self.add_io(slot, OpKind::Write, 0, offset, 0, len);
+            }
+            Layout::Qcow2(q) => {
+                let plan = match q.try_begin_write(offset, len)? {
+                    Some(plan) => plan,
+                    None if self.own_plans > 0 => return Ok(Start::Parked),
+                    // We hold nothing anyone could wait for: block.
+                    None => q.begin_write(offset, len)?,
+                };
+                self.own_plans += 1;
+                fill_bounce(&mut self.slots[slot as usize]);
+                for p in &plan.pieces {
+                    self.add_io(
+                        slot,
+                        OpKind::Write,
+                        u32::from(p.in_data_file),
+                        p.host_offset,
+                        p.guest_offset - offset,
+                        p.len,
+                    );
+                }
+                self.slots[slot as usize].plan = Some(plan);
+            }
+        }
+        Ok(Start::Started)
+    }
+
+    /// Starts a discard or write-zeroes.
+    fn start_zeroes(&mut self, slot: u32, kind: Kind) -> Result<Start> {
+        let (offset, len) = {
+            let s = &self.slots[slot as usize];
+            (s.offset, s.len)
+        };
+        let disk = self.disk.clone();
+        match &disk.layout {
+            Layout::Raw => {
+                let mode = match kind {
+                    Kind::WriteZeroes { may_unmap: false } => ZERO_RANGE,
+                    _ => PUNCH_HOLE,
+                };
+                let s = &mut self.slots[slot as usize];
+                let index = s.ops.len() as u64;
+                s.ops.push(OpState {
+                    kind: OpKind::Fallocate { mode },
+                    file: 0,
+                    host_offset: offset,
+                    rel: 0,
+                    len,
+                    remaining: len,
+                    iov_start: 0,
+                    iov_count: 0,
+                });
+                s.pending += 1;
+                self.backlog.push_back(u64::from(slot) << 32 | index);
+            }
+            Layout::Qcow2(q) => {
+                // These wait for in-flight clusters: only without plans.
+                if self.own_plans > 0 {
+                    return Ok(Start::Parked);
+                }
+                match kind {
+                    Kind::Discard => q.discard(offset, len)?,
+                    Kind::WriteZeroes { may_unmap } => q.write_zeroes(offset, len, may_unmap)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Start::Started)
+    }
+
+    /// Starts the request in `slot`; completes it at once when it needs no
+    /// kernel operation or fails.
+    fn start(&mut self, slot: u32) -> Start {
+        let s = &mut self.slots[slot as usize];
+        let kind = s.kind.expect("a started slot has a request");
+        let direct_align = self.disk.dio_offset_align();
+        let mem_align = self.disk.dio_mem_align();
+        s.use_bounce = false;
+        if matches!(kind, Kind::Read | Kind::Write)
+            && direct_align > 1
+            && !s.bufs.is_aligned(mem_align, direct_align)
+        {
+            s.use_bounce = true;
+            s.bounce.resize(s.len as usize, mem_align as usize);
+        }
+        let result = match kind {
+            Kind::Read => self.start_read(slot).map(|()| Start::Started),
+            Kind::Write => self.start_write(slot),
+            Kind::Discard | Kind::WriteZeroes { .. } => self.start_zeroes(slot, kind),
+            Kind::Flush => unreachable!("flushes start in run_flushes"),
+        };
+        match result {
+            Ok(Start::Parked) => Start::Parked,
+            Ok(Start::Started) => {
+                if self.slots[slot as usize].pending == 0 {
+                    self.finish_slot(slot);
+                }
+                Start::Started
+            }
+            Err(e) => {
+                let s = &mut self.slots[slot as usize];
+                s.error.get_or_insert(e);
+                if s.pending == 0 {
+                    self.finish_slot(slot);
+                }
+                Start::Started
+            }
+        }
+    }
+
+    /// All operations of `slot` are done: commit and complete it.
+    fn finish_slot(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        let mut error = s.error.take();
+        if let Some(plan) = s.plan.take() {
+            self.own_plans -= 1;
+            if let Layout::Qcow2(q) = &self.disk.layout {
+                if error.is_some() {
+                    q.abort_write(plan);
+                } else if let Err(e) = q.finish_write(plan) {
+                    error = Some(e.into());
+                }
+            }
+        }
+        let s = &mut self.slots[slot as usize];
+        if error.is_none() && s.kind == Some(Kind::Read) && s.use_bounce {
+            s.bufs.copy_from(0, &s.bounce.as_slice()[..s.len as usize]);
+        }
+        let bytes = match s.kind {
+            Some(Kind::Read | Kind::Write) => s.len,
+            _ => 0,
+        };
+        self.complete(slot, error.map_or(Ok(bytes), Err));
+    }
+
+    /// Handles one kernel completion.
+    fn on_completion(&mut self, user_data: u64, result: i32) {
+        let slot = (user_data >> 32) as u32;
+        let index = (user_data & 0xffff_ffff) as usize;
+        let s = &mut self.slots[slot as usize];
+        let op = s.ops[index];
+        let mut done = true;
+        match op.kind {
+            OpKind::Read | OpKind::Write => {
+                let name = if matches!(op.kind, OpKind::Read) {
+                    "read"
+                } else {
+                    "write"
+                };
+                if result < 0 {
+                    s.error.get_or_insert(io_err(name, -result));
+                } else if (result as u64) < op.remaining {
+                    let n = result as u64;
+                    if n == 0 && matches!(op.kind, OpKind::Read) {
+                        // End of file: the rest reads as zero.
+                        let at = op.rel + op.len - op.remaining;
+                        zero_target(s, at, op.remaining);
+                    } else if n == 0 {
+                        s.error.get_or_insert(io_err(name, libc::EIO));
+                    } else {
+                        let (iov_start, iov_count) = s.iovs.advance(op.iov_start, op.iov_count, n);
+                        let o = &mut s.ops[index];
+                        o.host_offset += n;
+                        o.remaining -= n;
+                        o.iov_start = iov_start;
+                        o.iov_count = iov_count;
+                        self.backlog.push_back(user_data);
+                        done = false;
+                    }
+                }
+            }
+            OpKind::Fdatasync => {
+                if result < 0 {
+                    s.error.get_or_insert(io_err("fdatasync", -result));
+                }
+            }
+            OpKind::Fallocate { mode } => {
+                if result < 0 {
+                    let errno = -result;
+                    let unsupported =
+                        matches!(errno, libc::EOPNOTSUPP | libc::EINVAL | libc::ENODEV);
+                    if !unsupported {
+                        s.error.get_or_insert(io_err("fallocate", errno));
+                    } else if s.kind != Some(Kind::Discard) || mode == ZERO_RANGE {
+                        // Write-zeroes must read as zero: write them.
+                        if let Err(e) = self.disk.image.write_zero_bytes(op.host_offset, op.len) {
+                            s.error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        if done {
+            s.pending -= 1;
+            if s.pending == 0 {
+                self.finish_slot(slot);
+            }
+        }
+    }
+
+    /// Starts flushes whose earlier writes have all completed.
+    fn run_flushes(&mut self) {
+        while let Some(&slot) = self.flushes.front() {
+            let before = self.slots[slot as usize].flush_before;
+            if self
+                .outstanding_writes
+                .first()
+                .is_some_and(|&oldest| oldest < before)
+            {
+                break;
+            }
+            self.flushes.pop_front();
+            if self.disk.read_only {
+                self.complete(slot, Ok(0));
+                continue;
+            }
+            match &self.disk.layout {
+                Layout::Qcow2(q) => {
+                    let r = q.flush().map(|()| 0).map_err(Error::from);
+                    self.complete(slot, r);
+                }
+                Layout::Raw => {
+                    let s = &mut self.slots[slot as usize];
+                    s.ops.push(OpState {
+                        kind: OpKind::Fdatasync,
+                        file: 0,
+                        host_offset: 0,
+                        rel: 0,
+                        len: 0,
+                        remaining: 0,
+                        iov_start: 0,
+                        iov_count: 0,
+                    });
+                    s.pending = 1;
+                    self.backlog.push_back(u64::from(slot) << 32);
+                }
+            }
+        }
+    }
+
+    /// Retries parked requests in order.
+    fn run_parked(&mut self) {
+        let mut n = self.parked.len();
+        while n > 0 {
+            n -= 1;
+            let Some(slot) = self.parked.pop_front() else {
+                break;
+            };
+            if let Start::Parked = self.start(slot) {
+                self.parked.push_back(slot);
+            }
+        }
+    }
+
+    /// Moves backlog operations into the ring while it has room.
+    fn fill_ring(&mut self) {
+        while let Some(&user_data) = self.backlog.front() {
+            let slot = (user_data >> 32) as usize;
+            let index = (user_data & 0xffff_ffff) as usize;
+            let s = &self.slots[slot];
+            let o = s.ops[index];
+            let op = match o.kind {
+                OpKind::Read => Op::Read {
+                    file: o.file,
+                    offset: o.host_offset,
+                    iov: s.iovs.ptr_at(o.iov_start),
+                    iov_count: o.iov_count,
+                },
+                OpKind::Write => Op::Write {
+                    file: o.file,
+                    offset: o.host_offset,
+                    iov: s.iovs.ptr_at(o.iov_start),
+                    iov_count: o.iov_count,
+                },
+                OpKind::Fdatasync => Op::Fdatasync { file: o.file },
+                OpKind::Fallocate { mode } => Op::Fallocate {
+                    file: o.file,
+                    mode,
+                    offset: o.host_offset,
+                    len: o.len,
+                },
+            };
+            // SAFETY: the iovecs live in the slot, which is not reused and
+            // gets no new iovecs until all its operations have completed;
+            // they point into the slot's bounce buffer or into caller
+            // buffers valid until the request's completion is popped (the
+            // push contract), which happens after this operation's
+            // completion is reaped.
+            if !unsafe { self.ring.push(&op, user_data) } {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Pushes what fits and submits it (one system call per ring-full).
+    fn submit_all(&mut self) -> Result<()> {
+        loop {
+            self.fill_ring();
+            if !self.ring.has_unsubmitted() {
+                return Ok(());
+            }
+            self.ring.submit(0)?;
+            if self.backlog.is_empty() || !self.ring.has_room() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reaps kernel completions and moves everything forward that can.
+    fn progress(&mut self) -> Result<()> {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.ring.reap(|ud, res| reaped.push((ud, res)));
+        for &(ud, res) in &reaped {
+            self.on_completion(ud, res);
+        }
+        reaped.clear();
+        self.reaped = reaped;
+        if !self.parked.is_empty() {
+            self.run_parked();
+        }
+        if !self.flushes.is_empty() {
+            self.run_flushes();
+        }
+        if !self.backlog.is_empty() {
+            self.submit_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Zero-fills request bytes `rel..rel + len` of a read.
+fn zero_target(s: &mut Slot, rel: u64, len: u64) {
+    if s.use_bounce {
+        s.bounce.as_mut_slice()[rel as usize..(rel + len) as usize].fill(0);
+    } else {
+        s.bufs.fill_zero(rel, len);
+    }
+}
+
+/// Stores `data` at request byte `rel` of a read.
+fn write_target(s: &mut Slot, rel: u64, data: &[u8]) {
+    if s.use_bounce {
+        s.bounce.as_mut_slice()[rel as usize..rel as usize + data.len()].copy_from_slice(data);
+    } else {
+        s.bufs.copy_from(rel, data);
+    }
+}
+
+/// Loads request bytes `rel..rel + out.len()` of a write.
+fn read_source(s: &Slot, rel: u64, out: &mut [u8]) {
+    if s.use_bounce {
+        out.copy_from_slice(&s.bounce.as_slice()[rel as usize..rel as usize + out.len()]);
+    } else {
+        s.bufs.copy_to(rel, out);
+    }
+}
+
+/// Copies a write's data into its bounce buffer, if it uses one.
+fn fill_bounce(s: &mut Slot) {
+    if s.use_bounce {
+        let len = s.len as usize;
+        let mut bounce = std::mem::take(&mut s.bounce);
+        s.bufs.copy_to(0, &mut bounce.as_mut_slice()[..len]);
+        s.bounce = bounce;
+    }
+}
+
+impl BlockQueue for UringQueue {
+    unsafe fn push(&mut self, request: Request, user_data: u64) -> Result<()> {
+        let (kind, offset, len, bufs) = match request {
+            Request::Read { offset, bufs } => (Kind::Read, offset, 0, bufs),
+            Request::Write { offset, bufs } => (Kind::Write, offset, 0, bufs),
+            Request::Flush => (Kind::Flush, 0, 0, Vec::new()),
+            Request::Discard { offset, len } => (Kind::Discard, offset, len, Vec::new()),
+            Request::WriteZeroes {
+                offset,
+                len,
+                may_unmap,
+            } => (Kind::WriteZeroes { may_unmap }, offset, len, Vec::new()),
+        };
+        // SAFETY: the caller promises (push contract) that the buffers are
+        // valid and ours until this request's completion is popped; the
+        // slot keeps them exactly that long.
+        let bufs = unsafe { GuestBufs::new(bufs) };
+        let len = if matches!(kind, Kind::Read | Kind::Write) {
+            bufs.len()
+        } else {
+            len
+        };
+        if kind != Kind::Flush {
+            if kind != Kind::Read && self.disk.read_only {
+                return Err(Error::ReadOnly);
+            }
+            match offset.checked_add(len) {
+                Some(end) if end <= self.disk.size => {}
+                _ => {
+                    return Err(Error::OutOfRange {
+                        offset,
+                        len,
+                        size: self.disk.size,
+                    })
+                }
+            }
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(Error::QueueFull {
+                depth: self.slots.len() as u32,
+            });
+        };
+        let write_seq = if matches!(kind, Kind::Read | Kind::Flush) {
+            None
+        } else {
+            let seq = self.next_write_seq;
+            self.next_write_seq += 1;
+            self.outstanding_writes.insert(seq);
+            Some(seq)
+        };
+        let s = &mut self.slots[slot as usize];
+        s.busy = true;
+        s.user_data = user_data;
+        s.kind = Some(kind);
+        s.offset = offset;
+        s.len = len;
+        s.bufs = bufs;
+        s.pending = 0;
+        s.error = None;
+        s.write_seq = write_seq;
+        s.flush_before = self.next_write_seq;
+        self.notify_pending = true;
+        if kind == Kind::Flush {
+            self.flushes.push_back(slot);
+            self.run_flushes();
+            return Ok(());
+        }
+        if len == 0 {
+            self.complete(slot, Ok(0));
+            return Ok(());
+        }
+        // A write may not overtake a parked one it overlaps.
+        let overlaps_parked = kind != Kind::Read
+            && self.parked.iter().any(|&p| {
+                let o = &self.slots[p as usize];
+                o.offset < offset + len && offset < o.offset + o.len
+            });
+        if overlaps_parked {
+            self.parked.push_back(slot);
+            return Ok(());
+        }
+        if let Start::Parked = self.start(slot) {
+            self.parked.push_back(slot);
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        self.submit_all()?;
+        if self.notify_pending {
+            self.notify_pending = false;
+            if !self.ready.is_empty() {
+                self.ring.notify();
+            }
+        }
+        Ok(())
+    }
+
+    fn pop_completion(&mut self) -> Option<Completion> {
+        if self.ready.is_empty() {
+            if let Err(e) = self.progress() {
+                // Reported by the next submit or wait.
+                self.deferred_error.get_or_insert(e);
+            }
+        }
+        self.ready.pop_front()
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        loop {
+            self.progress()?;
+            if !self.ready.is_empty() {
+                return Ok(());
+            }
+            if self.ring.in_kernel() == 0 && self.backlog.is_empty() {
+                if self.parked.is_empty() && self.flushes.is_empty() {
+                    return Ok(());
+                }
+                // Nothing of ours is in the kernel: parked requests can
+                // now block in the qcow2 library if they must.
+                self.run_parked();
+                self.run_flushes();
+                self.submit_all()?;
+                if !self.ready.is_empty() || self.ring.in_kernel() > 0 {
+                    continue;
+                }
+                if self.parked.is_empty() && self.flushes.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.ring.submit(1)?;
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        (self.slots.len() - self.free.len()) as u32
+    }
+
+    fn completion_fd(&self) -> RawFd {
+        self.ring.completion_fd()
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        // The kernel may still write into slot memory: wait for every
+        // operation it holds before anything is freed.
+        self.backlog.clear();
+        self.parked.clear();
+        self.flushes.clear();
+        while self.ring.in_kernel() > 0 {
+            if self.ring.submit(1).is_err() {
+                // Cannot wait: leak the memory rather than free it under
+                // the kernel's feet.
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            let mut reaped = Vec::new();
+            self.ring.reap(|ud, res| reaped.push((ud, res)));
+            for (ud, res) in reaped {
+                self.on_completion(ud, res);
+            }
+            self.backlog.clear();
+        }
+        if let Layout::Qcow2(q) = &self.disk.layout {
+            for s in &mut self.slots {
+                if let Some(plan) = s.plan.take() {
+                    q.abort_write(plan);
+                }
+            }
+        }
+    }
+}
