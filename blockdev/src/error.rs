@@ -49,6 +49,44 @@ pub enum Error {
         /// The queue's depth.
         depth: u32,
     },
+    /// A virtqueue operation failed (guest memory unreachable, bad ring).
+    #[error("virtqueue: {op}: {source}")]
+    Virtqueue {
+        /// What was being done.
+        op: &'static str,
+        /// What virtio-queue reported.
+        source: virtio_queue::Error,
+    },
+    /// A queue's setup cannot be used.
+    #[error("queue {index}: {reason}")]
+    InvalidQueue {
+        /// The queue's index.
+        index: u16,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A device call came at the wrong point of the device's life.
+    #[error("virtio device: {reason}")]
+    DeviceState {
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// A device option is out of range.
+    #[error("invalid device option {name} = {value}")]
+    InvalidDeviceOption {
+        /// The option.
+        name: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// Guest memory could not be accessed at an address.
+    #[error("guest memory: {op} at {addr:#x}")]
+    GuestMemory {
+        /// What was being done.
+        op: &'static str,
+        /// The guest address.
+        addr: u64,
+    },
 }
 
 /// The crate's result type.

@@ -1,0 +1,430 @@
+//! Processing of one request virtqueue: pop chains, validate them, push
+//! them to the queue's [`BlockQueue`], and return them to the guest when
+//! the backend completes them, signalling the guest only when it asked to
+//! be signalled (event-idx suppression).
+//!
+//! An event loop drives a [`QueueHandler`] with
+//! [`QueueHandler::handle_queue_notify`] when the queue's notify eventfd
+//! (the ioeventfd the transport or KVM writes) is readable, and with
+//! [`QueueHandler::handle_completion_event`] when the backend's
+//! [`QueueHandler::completion_fd`] is. [`QueueHandler::run_until_idle`] is
+//! the blocking form for tests and benchmarks.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::defs::{STATUS_IOERR, STATUS_OK};
+use super::request::{parse_chain, Action, DiskInfo, ParsedChain};
+use crate::disk::{BlockQueue, Request};
+use crate::{Error, Result};
+
+/// The two eventfds of a queue: the guest's kicks and our interrupts.
+#[derive(Debug)]
+pub struct QueueEvents {
+    /// Written by the transport (or KVM, as an ioeventfd) when the driver
+    /// notifies the queue.
+    pub notify: EventFd,
+    /// Written by the device when the guest must be interrupted (an irqfd
+    /// for KVM, or polled by a test driver).
+    pub interrupt: EventFd,
+}
+
+/// A chain handed to the backend and not yet returned to the guest.
+struct InFlight<G> {
+    head: u16,
+    status_addr: GuestAddress,
+    used_len: u32,
+    status: u8,
+    /// Bytes a read or write must transfer; `None` for other requests.
+    transfer: Option<u64>,
+    /// Requests not yet accepted by the backend (it was full).
+    pending: VecDeque<Request>,
+    /// Requests accepted and not yet completed.
+    outstanding: u32,
+    /// Keeps guest memory mapped while the backend uses its buffers.
+    _mem: G,
+}
+
+/// One virtqueue of the device with its own backend queue.
+pub struct QueueHandler<A: GuestAddressSpace> {
+    index: u16,
+    // Declared before `chains` so that it is dropped (its requests reaped,
+    // see Drop) before the memory guards the chains hold.
+    disk: Box<dyn BlockQueue>,
+    chains: Vec<Option<InFlight<A::T>>>,
+    free_slots: Vec<usize>,
+    mem: A,
+    queue: Queue,
+    info: Arc<DiskInfo>,
+    events: QueueEvents,
+    /// A chain whose requests the backend could not all take yet.
+    stalled: Option<usize>,
+    /// Popping stopped for lack of room; resume when completions free some.
+    blocked: bool,
+    unsubmitted: u32,
+    used_added: bool,
+}
+
+impl<A: GuestAddressSpace> QueueHandler<A> {
+    /// A handler for the activated queue `queue` (index `index`), with a
+    /// backend queue `disk` able to hold `queue.size()` requests.
+    pub(crate) fn new(
+        index: u16,
+        mem: A,
+        queue: Queue,
+        disk: Box<dyn BlockQueue>,
+        info: Arc<DiskInfo>,
+        events: QueueEvents,
+    ) -> Self {
+        let slots = usize::from(queue.size());
+        QueueHandler {
+            index,
+            disk,
+            chains: (0..slots).map(|_| None).collect(),
+            free_slots: (0..slots).rev().collect(),
+            mem,
+            queue,
+            info,
+            events,
+            stalled: None,
+            blocked: false,
+            unsubmitted: 0,
+            used_added: false,
+        }
+    }
+
+    /// The queue's index in the device.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The virtqueue's state (for tests, or saving the device).
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The eventfd the transport writes when the driver notifies this queue.
+    pub fn notify_fd(&self) -> RawFd {
+        self.events.notify.as_raw_fd()
+    }
+
+    /// The eventfd the device writes to interrupt the guest.
+    pub fn interrupt_fd(&self) -> RawFd {
+        self.events.interrupt.as_raw_fd()
+    }
+
+    /// The backend's completion eventfd.
+    pub fn completion_fd(&self) -> RawFd {
+        self.disk.completion_fd()
+    }
+
+    /// Chains taken from the guest and not yet returned.
+    pub fn in_flight(&self) -> usize {
+        self.chains.len() - self.free_slots.len()
+    }
+
+    /// The driver notified the queue: reset the notify eventfd and process
+    /// what the guest made available.
+    pub fn handle_queue_notify(&mut self) -> Result<()> {
+        match self.events.notify.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "read queue notify eventfd",
+                    source,
+                })
+            }
+        }
+        self.process_queue()
+    }
+
+    /// The backend's completion eventfd is readable: reset it and return
+    /// finished chains to the guest.
+    pub fn handle_completion_event(&mut self) -> Result<()> {
+        super::eventfd::drain(self.disk.completion_fd())?;
+        self.handle_completions()
+    }
+
+    /// Pop every available chain (until the backend or our slots are full),
+    /// hand the valid ones to the backend in one submission, complete the
+    /// rest at once, and interrupt the guest if it needs to know.
+    pub fn process_queue(&mut self) -> Result<()> {
+        if self.stalled.is_some() {
+            // Resumed from handle_completions once the backend has room.
+            self.blocked = true;
+            return self.submit_and_signal();
+        }
+        let mem = self.mem.memory();
+        loop {
+            self.queue
+                .disable_notification(&*mem)
+                .map_err(|source| queue_error("disable notifications", source))?;
+            let mut popped = 0usize;
+            while self.stalled.is_none() {
+                if self.free_slots.is_empty() {
+                    self.blocked = true;
+                    break;
+                }
+                let chain = match self.queue.iter(&*mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(source) => return Err(queue_error("read the available ring", source)),
+                };
+                let Some(chain) = chain else { break };
+                popped += 1;
+                let head = chain.head_index();
+                let parsed = parse_chain(&*mem, head, chain, &self.info);
+                self.start(parsed)?;
+            }
+            if self.stalled.is_some() || self.blocked {
+                // Notifications stay off: completions resume popping.
+                self.blocked = true;
+                break;
+            }
+            let more = self
+                .queue
+                .enable_notification(&*mem)
+                .map_err(|source| queue_error("enable notifications", source))?;
+            // `popped == 0` with more reported means the ring cannot be
+            // read; do not spin on it.
+            if !more || popped == 0 {
+                break;
+            }
+        }
+        self.submit_and_signal()
+    }
+
+    /// Return every chain the backend finished to the guest, push what was
+    /// waiting for room, and resume popping if that had stopped.
+    pub fn handle_completions(&mut self) -> Result<()> {
+        while let Some(completion) = self.disk.pop_completion() {
+            let Ok(slot) = usize::try_from(completion.user_data) else {
+                continue;
+            };
+            let Some(chain) = self.chains.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            chain.outstanding = chain.outstanding.saturating_sub(1);
+            let ok = match (&completion.result, chain.transfer) {
+                (Ok(done), Some(expected)) => *done == expected,
+                (Ok(_), None) => true,
+                (Err(_), _) => false,
+            };
+            if !ok {
+                chain.status = STATUS_IOERR;
+            }
+            if chain.outstanding == 0 && chain.pending.is_empty() {
+                self.complete_slot(slot)?;
+            }
+        }
+        if let Some(slot) = self.stalled {
+            self.push_pending(slot)?;
+        }
+        if self.blocked && self.stalled.is_none() && !self.free_slots.is_empty() {
+            self.blocked = false;
+            return self.process_queue();
+        }
+        self.submit_and_signal()
+    }
+
+    /// Process the queue and wait for the backend until nothing is in
+    /// flight (the blocking helper for tests and benchmarks).
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        self.process_queue()?;
+        while self.disk.in_flight() > 0 {
+            self.disk.wait()?;
+            self.handle_completions()?;
+        }
+        Ok(())
+    }
+
+    /// Block until the backend finishes at least one request, then return
+    /// finished chains (for a driver polling the used ring in the same
+    /// thread).
+    pub fn wait_and_complete(&mut self) -> Result<()> {
+        self.disk.wait()?;
+        self.handle_completions()
+    }
+
+    fn start(&mut self, parsed: ParsedChain) -> Result<()> {
+        let ParsedChain {
+            head,
+            status,
+            action,
+        } = parsed;
+        let Some(status_addr) = status else {
+            return self.add_used(head, 0);
+        };
+        match action {
+            Action::Complete { status, used_len } => {
+                self.finish(head, status_addr, status, used_len)
+            }
+            Action::Submit { requests, used_len } => {
+                let transfer = match requests.as_slice() {
+                    [Request::Read { bufs, .. }] | [Request::Write { bufs, .. }] => {
+                        Some(bufs.iter().map(|b| b.len as u64).sum())
+                    }
+                    _ => None,
+                };
+                let Some(slot) = self.free_slots.pop() else {
+                    // Checked before popping; cannot happen.
+                    return self.finish(head, status_addr, STATUS_IOERR, 1);
+                };
+                self.chains[slot] = Some(InFlight {
+                    head,
+                    status_addr,
+                    used_len,
+                    status: STATUS_OK,
+                    transfer,
+                    pending: requests.into(),
+                    outstanding: 0,
+                    _mem: self.mem.memory(),
+                });
+                self.push_pending(slot)
+            }
+        }
+    }
+
+    /// Push a chain's pending requests until the backend is full.
+    fn push_pending(&mut self, slot: usize) -> Result<()> {
+        self.stalled = None;
+        let Some(chain) = self.chains[slot].as_mut() else {
+            return Ok(());
+        };
+        while let Some(request) = chain.pending.pop_front() {
+            let retry = request.clone();
+            // SAFETY: the buffers of `request` were built by the parser from
+            // VolatileSlices that vm-memory returned for ranges it checked
+            // against guest memory, with the access the request needs. The
+            // mapping stays alive until the completion is popped: the chain
+            // holds a guard of that memory (`_mem`) and the handler reaps
+            // every request before its chains are dropped. The device never
+            // touches those buffers itself while the request is in flight;
+            // the guest may, as it may with any DMA, which concerns only
+            // the guest's data.
+            match unsafe { self.disk.push(request, slot as u64) } {
+                Ok(()) => {
+                    chain.outstanding += 1;
+                    self.unsubmitted += 1;
+                }
+                Err(Error::QueueFull { .. }) if self.disk.in_flight() > 0 => {
+                    chain.pending.push_front(retry);
+                    self.stalled = Some(slot);
+                    return Ok(());
+                }
+                Err(_) => chain.status = STATUS_IOERR,
+            }
+        }
+        if chain.outstanding == 0 {
+            self.complete_slot(slot)?;
+        }
+        Ok(())
+    }
+
+    fn complete_slot(&mut self, slot: usize) -> Result<()> {
+        if let Some(chain) = self.chains[slot].take() {
+            self.free_slots.push(slot);
+            self.finish(chain.head, chain.status_addr, chain.status, chain.used_len)?;
+        }
+        Ok(())
+    }
+
+    /// Write the status byte and return the chain.
+    fn finish(
+        &mut self,
+        head: u16,
+        status_addr: GuestAddress,
+        status: u8,
+        used_len: u32,
+    ) -> Result<()> {
+        let mem = self.mem.memory();
+        // The parser checked the status byte is writable guest memory.
+        let used_len = match mem.write_obj(status, status_addr) {
+            Ok(()) if status == STATUS_OK => used_len,
+            Ok(()) => 1,
+            Err(_) => 0,
+        };
+        self.add_used(head, used_len)
+    }
+
+    fn add_used(&mut self, head: u16, used_len: u32) -> Result<()> {
+        let mem = self.mem.memory();
+        match self.queue.add_used(&*mem, head, used_len) {
+            Ok(()) => {
+                self.used_added = true;
+                Ok(())
+            }
+            // A head index past the queue came from the guest: nothing to return.
+            Err(virtio_queue::Error::InvalidDescriptorIndex) => Ok(()),
+            Err(source) => Err(queue_error("add to the used ring", source)),
+        }
+    }
+
+    fn submit_and_signal(&mut self) -> Result<()> {
+        if self.unsubmitted > 0 {
+            self.unsubmitted = 0;
+            self.disk.submit()?;
+        }
+        if self.used_added {
+            self.used_added = false;
+            let mem = self.mem.memory();
+            let needed = self
+                .queue
+                .needs_notification(&*mem)
+                .map_err(|source| queue_error("read used_event", source))?;
+            if needed {
+                self.events.interrupt.write(1).map_err(|source| Error::Io {
+                    op: "signal the interrupt eventfd",
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<A: GuestAddressSpace> Drop for QueueHandler<A> {
+    fn drop(&mut self) {
+        // The backend must be done with guest buffers before the memory
+        // guards go; nothing is returned to the guest (this is a reset).
+        let _ = self.disk.submit();
+        while self.disk.in_flight() > 0 {
+            if self.disk.wait().is_err() {
+                break;
+            }
+            while self.disk.pop_completion().is_some() {}
+        }
+    }
+}
+
+fn queue_error(op: &'static str, source: virtio_queue::Error) -> Error {
+    Error::Virtqueue { op, source }
+}
+
+impl<A: GuestAddressSpace> std::fmt::Debug for QueueHandler<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandler")
+            .field("index", &self.index)
+            .field("in_flight", &self.in_flight())
+            .field("stalled", &self.stalled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: GuestAddressSpace> QueueHandler<A> {
+    /// Guest memory of this queue (for a test driver sharing the thread).
+    pub fn memory(&self) -> A::T {
+        self.mem.memory()
+    }
+
+    /// Read the interrupt eventfd: whether the device signalled the guest
+    /// since the last call (for drivers that poll instead of taking irqs).
+    pub fn take_interrupt(&self) -> Result<bool> {
+        super::eventfd::drain(self.events.interrupt.as_raw_fd())
+    }
+}

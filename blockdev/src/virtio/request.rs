@@ -1,0 +1,416 @@
+//! Validation of one virtio-blk descriptor chain into backend requests.
+//!
+//! Everything the guest controls is checked here, once: the chain's shape
+//! (a complete chain, device-readable descriptors before device-writable
+//! ones, a writable status byte at the very end), every descriptor's range
+//! against guest memory, the header, sector ranges against the disk size
+//! (with overflow checks), and the advertised limits. Only then are guest
+//! buffers turned into [`IoBuf`]s, from the host pointers of the
+//! `VolatileSlice`s vm-memory hands out for those checked ranges.
+//!
+//! The device makes no assumption about how the request is framed into
+//! descriptors (virtio 1.x, "message framing"): the readable descriptors
+//! form one byte stream (header, then write data or discard segments) and
+//! the writable ones another (read data or ID, then the status byte).
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+
+use super::defs::{
+    DISCARD_SEGMENT_SIZE, MAX_CHAIN_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+    MAX_REQUEST_BYTES, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, REQUEST_HEADER_SIZE,
+    REQ_DISCARD, REQ_FLUSH, REQ_GET_ID, REQ_IN, REQ_OUT, REQ_WRITE_ZEROES, SECTOR_SIZE,
+    SEGMENT_FLAG_UNMAP, SERIAL_LEN, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP,
+};
+use crate::disk::{IoBuf, Request};
+
+/// What the request parser needs to know about the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Disk size in bytes, a multiple of 512.
+    pub size: u64,
+    /// Whether writes, discards and write-zeroes are refused.
+    pub read_only: bool,
+    /// The ID string GET_ID returns (zero-padded).
+    pub serial: [u8; SERIAL_LEN],
+}
+
+/// A chain after validation: where its status goes and what to do.
+#[derive(Debug)]
+pub(crate) struct ParsedChain {
+    /// Head descriptor index, for the used ring.
+    pub head: u16,
+    /// Guest address of the status byte; `None` when the chain has no
+    /// usable status descriptor and is only returned with length 0.
+    pub status: Option<GuestAddress>,
+    /// The work the chain asks for.
+    pub action: Action,
+}
+
+/// The work a valid (or refused) chain asks for.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Nothing for the backend: complete at once.
+    Complete {
+        /// Status byte to write.
+        status: u8,
+        /// Used-ring length (bytes written into writable buffers, status included).
+        used_len: u32,
+    },
+    /// Hand these requests to the backend; the chain completes when all of
+    /// them have.
+    Submit {
+        /// One request, or one per discard/write-zeroes segment.
+        requests: Vec<Request>,
+        /// Used-ring length when every request succeeds.
+        used_len: u32,
+    },
+}
+
+impl Action {
+    fn fail(status: u8) -> Self {
+        Action::Complete {
+            status,
+            used_len: 1,
+        }
+    }
+}
+
+/// One stretch of a byte stream: `len` bytes of guest memory at `addr`.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    addr: GuestAddress,
+    len: u64,
+}
+
+/// The device-readable or device-writable part of a chain as one stream.
+#[derive(Debug, Default)]
+struct Stream {
+    pieces: Vec<Piece>,
+    len: u64,
+}
+
+impl Stream {
+    fn push(&mut self, addr: GuestAddress, len: u64) {
+        if len > 0 {
+            self.pieces.push(Piece { addr, len });
+            self.len += len;
+        }
+    }
+
+    /// The pieces covering `len` bytes from stream offset `offset`.
+    fn range(&self, offset: u64, len: u64) -> impl Iterator<Item = Piece> + '_ {
+        let end = offset.saturating_add(len);
+        let mut start_of_piece = 0u64;
+        self.pieces.iter().filter_map(move |piece| {
+            let piece_start = start_of_piece;
+            start_of_piece += piece.len;
+            let from = offset.max(piece_start);
+            let to = end.min(piece_start + piece.len);
+            (from < to).then(|| Piece {
+                addr: GuestAddress(piece.addr.raw_value() + (from - piece_start)),
+                len: to - from,
+            })
+        })
+    }
+
+    /// Copy `out.len()` bytes from stream offset `offset`.
+    fn read<M: GuestMemory + ?Sized>(&self, mem: &M, offset: u64, out: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        for piece in self.range(offset, out.len() as u64) {
+            let end = done + piece.len as usize;
+            if mem.read_slice(&mut out[done..end], piece.addr).is_err() {
+                return false;
+            }
+            done = end;
+        }
+        done == out.len()
+    }
+
+    /// Copy `data` to stream offset `offset`.
+    fn write<M: GuestMemory + ?Sized>(&self, mem: &M, offset: u64, data: &[u8]) -> bool {
+        let mut done = 0usize;
+        for piece in self.range(offset, data.len() as u64) {
+            let end = done + piece.len as usize;
+            if mem.write_slice(&data[done..end], piece.addr).is_err() {
+                return false;
+            }
+            done = end;
+        }
+        done == data.len()
+    }
+
+    /// Host buffers for `len` bytes from stream offset `offset`, taken from
+    /// the slices vm-memory validated. Marks them dirty when the device
+    /// will write them.
+    fn io_bufs<M>(&self, mem: &M, offset: u64, len: u64, device_writes: bool) -> Option<Vec<IoBuf>>
+    where
+        M: GuestMemory + ?Sized,
+    {
+        let access = if device_writes {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        let mut bufs = Vec::new();
+        let mut total = 0u64;
+        for piece in self.range(offset, len) {
+            let count = usize::try_from(piece.len).ok()?;
+            let slices = mem.get_slices(piece.addr, count, access).ok()?;
+            for slice in slices {
+                let slice = slice.ok()?;
+                if device_writes {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                }
+                let addr = slice.ptr_guard_mut().as_ptr();
+                bufs.push(IoBuf {
+                    addr,
+                    len: slice.len(),
+                });
+                total += slice.len() as u64;
+            }
+        }
+        (total == len).then_some(bufs)
+    }
+}
+
+/// Validate the chain whose descriptors `descriptors` yields (as
+/// virtio-queue's `DescriptorChain` does: it ends early on a loop, a bad
+/// index, an unreadable or nested indirect table) and decide what to do.
+/// GET_ID is answered here (the ID is written into the chain).
+pub(crate) fn parse_chain<M, I>(mem: &M, head: u16, descriptors: I, info: &DiskInfo) -> ParsedChain
+where
+    M: GuestMemory + ?Sized,
+    I: Iterator<Item = Descriptor>,
+{
+    let mut descs: Vec<Descriptor> = Vec::new();
+    let mut count = 0usize;
+    let mut last: Option<Descriptor> = None;
+    for desc in descriptors {
+        count += 1;
+        if descs.len() <= MAX_CHAIN_DESCRIPTORS {
+            descs.push(desc);
+        }
+        last = Some(desc);
+    }
+    let drop = |head| ParsedChain {
+        head,
+        status: None,
+        action: Action::fail(STATUS_IOERR),
+    };
+    // A chain that stopped on a descriptor still pointing onwards was cut
+    // short (loop, index out of range, bad indirect table): its true end,
+    // and so its status byte, is unknown.
+    let Some(last) = last else { return drop(head) };
+    if last.has_next() || !last.is_write_only() || last.len() == 0 {
+        return drop(head);
+    }
+    let Some(status) = last.addr().checked_add(u64::from(last.len()) - 1) else {
+        return drop(head);
+    };
+    if !mem.check_range(status, 1, Permissions::Write) {
+        return drop(head);
+    }
+    let action = if count > MAX_CHAIN_DESCRIPTORS {
+        Action::fail(STATUS_IOERR)
+    } else {
+        parse_valid_shape(mem, &descs, info)
+    };
+    ParsedChain {
+        head,
+        status: Some(status),
+        action,
+    }
+}
+
+/// The rest of validation, once the status byte is known to be writable.
+fn parse_valid_shape<M>(mem: &M, descs: &[Descriptor], info: &DiskInfo) -> Action
+where
+    M: GuestMemory + ?Sized,
+{
+    let mut readable = Stream::default();
+    let mut writable = Stream::default();
+    for desc in descs {
+        let len = u64::from(desc.len());
+        let access = if desc.is_write_only() {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if desc.addr().checked_add(len).is_none()
+            || (len > 0 && !mem.check_range(desc.addr(), len as usize, access))
+        {
+            return Action::fail(STATUS_IOERR);
+        }
+        if desc.is_write_only() {
+            writable.push(desc.addr(), len);
+        } else if writable.len > 0 {
+            // Device-readable after device-writable breaks the layout.
+            return Action::fail(STATUS_IOERR);
+        } else {
+            readable.push(desc.addr(), len);
+        }
+    }
+    // The last byte of the writable stream is the status.
+    let in_len = writable.len - 1;
+    if readable.len > REQUEST_HEADER_SIZE as u64 + MAX_REQUEST_BYTES || in_len > MAX_REQUEST_BYTES {
+        return Action::fail(STATUS_IOERR);
+    }
+    let mut header = [0u8; REQUEST_HEADER_SIZE];
+    if readable.len < header.len() as u64 || !readable.read(mem, 0, &mut header) {
+        return Action::fail(STATUS_IOERR);
+    }
+    let request_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector_bytes = [0u8; 8];
+    sector_bytes.copy_from_slice(&header[8..16]);
+    let sector = u64::from_le_bytes(sector_bytes);
+    let out_len = readable.len - REQUEST_HEADER_SIZE as u64;
+    let header_len = REQUEST_HEADER_SIZE as u64;
+
+    match request_type {
+        REQ_IN => {
+            if out_len != 0 {
+                return Action::fail(STATUS_IOERR);
+            }
+            let Some(offset) = checked_range(sector, in_len, info.size) else {
+                return Action::fail(STATUS_IOERR);
+            };
+            if in_len == 0 {
+                return Action::Complete {
+                    status: STATUS_OK,
+                    used_len: 1,
+                };
+            }
+            match writable.io_bufs(mem, 0, in_len, true) {
+                Some(bufs) => Action::Submit {
+                    requests: vec![Request::Read { offset, bufs }],
+                    used_len: (in_len + 1) as u32,
+                },
+                None => Action::fail(STATUS_IOERR),
+            }
+        }
+        REQ_OUT => {
+            if info.read_only || in_len != 0 {
+                return Action::fail(STATUS_IOERR);
+            }
+            let Some(offset) = checked_range(sector, out_len, info.size) else {
+                return Action::fail(STATUS_IOERR);
+            };
+            if out_len == 0 {
+                return Action::Complete {
+                    status: STATUS_OK,
+                    used_len: 1,
+                };
+            }
+            match readable.io_bufs(mem, header_len, out_len, false) {
+                Some(bufs) => Action::Submit {
+                    requests: vec![Request::Write { offset, bufs }],
+                    used_len: 1,
+                },
+                None => Action::fail(STATUS_IOERR),
+            }
+        }
+        REQ_FLUSH => Action::Submit {
+            requests: vec![Request::Flush],
+            used_len: 1,
+        },
+        REQ_GET_ID => {
+            let n = in_len.min(SERIAL_LEN as u64) as usize;
+            if writable.write(mem, 0, &info.serial[..n]) {
+                Action::Complete {
+                    status: STATUS_OK,
+                    used_len: n as u32 + 1,
+                }
+            } else {
+                Action::fail(STATUS_IOERR)
+            }
+        }
+        REQ_DISCARD | REQ_WRITE_ZEROES => {
+            parse_segments(mem, &readable, request_type == REQ_DISCARD, info)
+        }
+        _ => Action::fail(STATUS_UNSUPP),
+    }
+}
+
+/// Byte offset of `len` bytes at `sector`, if they are whole sectors that
+/// fit on a disk of `size` bytes.
+fn checked_range(sector: u64, len: u64, size: u64) -> Option<u64> {
+    if !len.is_multiple_of(SECTOR_SIZE) {
+        return None;
+    }
+    let offset = sector.checked_mul(SECTOR_SIZE)?;
+    let end = offset.checked_add(len)?;
+    (end <= size).then_some(offset)
+}
+
+/// Discard and write-zeroes: one backend request per segment.
+fn parse_segments<M: GuestMemory + ?Sized>(
+    mem: &M,
+    readable: &Stream,
+    discard: bool,
+    info: &DiskInfo,
+) -> Action {
+    let (max_seg, max_sectors) = if discard {
+        (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS)
+    } else {
+        (MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SECTORS)
+    };
+    let segments_len = readable.len - REQUEST_HEADER_SIZE as u64;
+    let segment_size = DISCARD_SEGMENT_SIZE as u64;
+    if segments_len == 0
+        || !segments_len.is_multiple_of(segment_size)
+        || segments_len / segment_size > u64::from(max_seg)
+    {
+        return Action::fail(STATUS_IOERR);
+    }
+    if info.read_only {
+        return Action::fail(STATUS_IOERR);
+    }
+    let mut requests = Vec::new();
+    for index in 0..segments_len / segment_size {
+        let mut raw = [0u8; DISCARD_SEGMENT_SIZE];
+        let at = REQUEST_HEADER_SIZE as u64 + index * segment_size;
+        if !readable.read(mem, at, &mut raw) {
+            return Action::fail(STATUS_IOERR);
+        }
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&raw[0..8]);
+        let sector = u64::from_le_bytes(sector_bytes);
+        let num_sectors = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let flags = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+        // Unknown flags, and UNMAP on a discard, are unsupported (5.2.6.2).
+        if flags & !SEGMENT_FLAG_UNMAP != 0 || (discard && flags != 0) {
+            return Action::fail(STATUS_UNSUPP);
+        }
+        if num_sectors > max_sectors {
+            return Action::fail(STATUS_IOERR);
+        }
+        let len = u64::from(num_sectors) * SECTOR_SIZE;
+        let Some(offset) = checked_range(sector, len, info.size) else {
+            return Action::fail(STATUS_IOERR);
+        };
+        if len == 0 {
+            continue;
+        }
+        requests.push(if discard {
+            Request::Discard { offset, len }
+        } else {
+            Request::WriteZeroes {
+                offset,
+                len,
+                may_unmap: flags & SEGMENT_FLAG_UNMAP != 0,
+            }
+        });
+    }
+    if requests.is_empty() {
+        return Action::Complete {
+            status: STATUS_OK,
+            used_len: 1,
+        };
+    }
+    Action::Submit {
+        requests,
+        used_len: 1,
+    }
+}
