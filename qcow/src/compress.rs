@@ -130,8 +130,9 @@ pub fn byte_entropy(input: &[u8]) -> f64 {
     }
     let total = input.len() as f64;
     let mut entropy = 0.0;
-    for v in 0..256 {
-        let n = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
+    let [c0, c1, c2, c3] = &counts;
+    for (((a, b), c), d) in c0.iter().zip(c1).zip(c2).zip(c3) {
+        let n = a + b + c + d;
         if n > 0 {
             let p = f64::from(n) / total;
             entropy -= p * p.log2();
