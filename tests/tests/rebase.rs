@@ -3,7 +3,7 @@
 //! images check clean; `-u` only rewrites the name.
 
 use integration_tests::{
-    assert_qemu_clean, img, make_raw, ok, qemu_img, qemu_io, read, require_qemu,
+    assert_qemu_clean, img, make_raw, ok, qemu_img, qemu_io, read, require_qemu, run,
 };
 
 #[test]
@@ -166,5 +166,79 @@ fn commit_matches_qemu_img_commit() {
             );
             assert_eq!(top_data(&map_a), keep);
         }
+    }
+}
+
+#[test]
+fn commit_into_a_deeper_base_matches_qemu_img() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // base (raw or qcow2) <- mid1 <- mid2 <- top, each writing its own
+    // overlapping range, the top larger than the rest.
+    for base_fmt in ["raw", "qcow2"] {
+        for side in ["ours", "theirs"] {
+            let base = format!("{side}-b0.{base_fmt}");
+            make_raw(&d.join("seed.raw"), 4 << 20, 43);
+            ok(qemu_img(&["convert", "-q", "-O", base_fmt, "seed.raw", &base]).current_dir(d));
+            let mut below = (base.clone(), base_fmt.to_string());
+            for (level, cmds) in [
+                (1, vec!["write -P 2 1M 1M"]),
+                (2, vec!["write -P 3 1536k 1M", "write -z 3M 64k"]),
+                (3, vec!["write -P 4 0 100k", "write -P 5 5M 64k"]),
+            ] {
+                let name = format!("{side}-l{level}.qcow2");
+                let mut c = qemu_img(&["create", "-q", "-f", "qcow2", "-b", &below.0, "-F"]);
+                c.args([below.1.as_str(), name.as_str()]);
+                if level == 3 {
+                    c.arg("6M");
+                }
+                ok(c.current_dir(d));
+                qemu_io("qcow2", &d.join(&name), &cmds);
+                below = (name, "qcow2".to_string());
+            }
+        }
+        let view = |name: &str| {
+            let out = d.join(format!("{name}.view"));
+            let _ = std::fs::remove_file(&out);
+            ok(qemu_img(&["convert", "-O", "raw", name, out.to_str().unwrap()]).current_dir(d));
+            read(&out)
+        };
+        let before = view("ours-l3.qcow2");
+        let out = ok(img(&[
+            "commit",
+            "-b",
+            &format!("ours-b0.{base_fmt}"),
+            "ours-l3.qcow2",
+        ])
+        .current_dir(d));
+        assert_eq!(out, "Image committed.\n");
+        ok(qemu_img(&[
+            "commit",
+            "-b",
+            &format!("theirs-b0.{base_fmt}"),
+            "theirs-l3.qcow2",
+        ])
+        .current_dir(d));
+        // -b keeps the top's contents, and the base now holds the view.
+        assert!(view("ours-l3.qcow2") == before, "commit -b changed the top");
+        let ours_base = view(&format!("ours-b0.{base_fmt}"));
+        assert!(
+            ours_base == view(&format!("theirs-b0.{base_fmt}")),
+            "{base_fmt}: bases differ"
+        );
+        assert!(
+            ours_base == before,
+            "{base_fmt}: the base does not hold the top's view"
+        );
+        for name in ["l1", "l2", "l3"] {
+            assert_qemu_clean(&d.join(format!("ours-{name}.qcow2")));
+        }
+        let out = run(img(&["commit", "-b", "elsewhere.raw", "ours-l3.qcow2"]).current_dir(d));
+        assert!(!out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "img: Did not find 'elsewhere.raw' in the backing chain of 'ours-l3.qcow2'\n"
+        );
     }
 }

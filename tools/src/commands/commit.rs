@@ -1,14 +1,58 @@
 //! `img commit`: write what an image allocates into its backing file,
 //! then (unless `-d`) empty the image so the backing file shows through.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use qcow::device::{BlockRead, ExtentKind};
+use qcow::device::{chain_extents, BlockRead};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
 use super::{io_reason, open, parse_format};
 use crate::cli::CommitArgs;
+
+/// One image below the top: where it is and its format.
+struct Layer {
+    path: PathBuf,
+    format: Format,
+}
+
+/// The backing chain below `top` (at `top_path`), nearest first, by the
+/// names recorded in each header (relative names resolve against the
+/// directory of the image that records them).
+fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    let mut hc = top.header_cluster();
+    let mut dir = top_path.parent().unwrap_or(Path::new("")).to_path_buf();
+    while let Some(name) = hc.backing_file.clone() {
+        let path = resolve(&dir, &name);
+        let format = match hc.backing_format() {
+            Some(f) => parse_format(f)?,
+            None => {
+                let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
+                probe(&*s)?
+            }
+        };
+        if layers.len() >= 64 {
+            return Err(anyhow!(
+                "backing chain of '{}' is too deep",
+                top_path.display()
+            ));
+        }
+        let next = if format == Format::Qcow2 {
+            let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
+            Some(qcow::image::read_header_cluster(&*s)?)
+        } else {
+            None
+        };
+        dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        layers.push(Layer { path, format });
+        match next {
+            Some(h) => hc = h,
+            None => break,
+        }
+    }
+    Ok(layers)
+}
 
 /// Runs `img commit`.
 pub fn run(args: &CommitArgs) -> Result<i32> {
@@ -16,27 +60,35 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     let AnyImage::Qcow2(q) = &image else {
         return Err(anyhow!("Image does not have a backing file"));
     };
-    let hc = q.header_cluster();
-    let Some(backing) = hc.backing_file.clone() else {
+    let top_path = Path::new(&args.filename);
+    let layers = backing_layers(top_path, q)?;
+    if layers.is_empty() {
         return Err(anyhow!("Image does not have a backing file"));
-    };
-    let dir = Path::new(&args.filename).parent().unwrap_or(Path::new(""));
-    let base_path = resolve(dir, &backing);
-    if let Some(b) = &args.base {
-        let same = Path::new(b).canonicalize().ok() == base_path.canonicalize().ok();
-        if !same {
-            return Err(anyhow!(
-                "Committing into a backing file other than the image's own ('{backing}') is not supported yet"
-            ));
-        }
     }
-    let format = match hc.backing_format() {
-        Some(f) => parse_format(f)?,
-        None => {
-            let s = open_storage(&base_path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
-            probe(&*s)?
+    // The base is the immediate backing file unless -b names a deeper one;
+    // committing into it touches every layer above it, so -b keeps the
+    // top's contents (qemu-img: "-b implies -d").
+    let (base_depth, keep) = match &args.base {
+        None => (1, args.keep),
+        Some(b) => {
+            let wanted = Path::new(b).canonicalize().ok();
+            let found = layers
+                .iter()
+                .position(|l| wanted.is_some() && l.path.canonicalize().ok() == wanted);
+            let Some(index) = found else {
+                return Err(anyhow!(
+                    "Did not find '{b}' in the backing chain of '{}'",
+                    args.filename
+                ));
+            };
+            (index as u32 + 1, true)
         }
     };
+    let Layer {
+        path: base_path,
+        format,
+    } = &layers[base_depth as usize - 1];
+    let (base_path, format) = (base_path.clone(), *format);
     let base = open_image(&base_path, Some(format), true).map_err(|e| {
         anyhow!(
             "Could not open '{}': {}",
@@ -56,16 +108,19 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     } else {
         base
     };
+    // Everything a layer above the base allocates goes into the base,
+    // read through the top so that the nearest layer wins.
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
+    progress(args, 0, size);
     while pos < size {
-        let extents = q.extents(pos, (size - pos).min(1 << 30))?;
+        let extents = chain_extents(&**q, pos, (size - pos).min(1 << 30))?;
         if extents.is_empty() {
             break;
         }
         for e in &extents {
             pos = e.guest_offset + e.len;
-            if matches!(e.kind, ExtentKind::Unallocated { .. }) {
+            if !e.allocated || e.depth >= base_depth {
                 continue;
             }
             let mut off = e.guest_offset;
@@ -75,17 +130,29 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
                 base.write_at(&buf[..n], off)
                     .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
                 off += n as u64;
+                progress(args, off, size);
             }
         }
     }
     base.flush()?;
     drop(base);
-    if !args.keep {
+    progress(args, size, size);
+    if !keep {
         q.make_empty()?;
     }
     image.flush()?;
+    if args.progress && !args.quiet {
+        eprintln!();
+    }
     if !args.quiet {
         println!("Image committed.");
     }
     Ok(0)
+}
+
+/// qemu-img's progress line with `-p`: "    (NN.NN/100%)" rewritten in place.
+fn progress(args: &CommitArgs, done: u64, total: u64) {
+    if args.progress && !args.quiet && total > 0 {
+        eprint!("\r    ({:.2}/100%)", done as f64 * 100.0 / total as f64);
+    }
 }
