@@ -8,6 +8,7 @@
 //! - [`virtio`] turns virtio-blk descriptor chains into requests on a queue.
 
 pub mod backend;
+pub mod bench;
 pub mod disk;
 pub mod error;
 pub mod virtio;

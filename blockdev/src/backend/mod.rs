@@ -21,7 +21,7 @@
 //! to caller memory, `host` the host files, `queue` the request engine,
 //! `open` the opening of files and images.
 
-mod bufs;
+pub(crate) mod bufs;
 mod host;
 mod open;
 mod queue;
@@ -57,6 +57,10 @@ pub(crate) struct Disk {
     pub data_file: Option<HostFile>,
     pub size: u64,
     pub read_only: bool,
+    /// Sync after every write before completing it.
+    pub write_through: bool,
+    /// Complete flushes without syncing.
+    pub ignore_flush: bool,
 }
 
 impl Disk {

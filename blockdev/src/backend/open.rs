@@ -27,6 +27,11 @@ pub struct OpenOptions {
     /// Show this internal snapshot (id or name) of a qcow2 image instead
     /// of its active disk; needs `read_only`.
     pub snapshot: Option<String>,
+    /// Make every write durable before completing it (qemu's
+    /// `cache=writethrough` and `cache=directsync`).
+    pub write_through: bool,
+    /// Complete flushes without syncing anything (qemu's `cache=unsafe`).
+    pub ignore_flush: bool,
 }
 
 /// Opens the disk at `path`.
@@ -71,6 +76,8 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn BlockBackend>>
                 data_file: None,
                 size,
                 read_only: options.read_only,
+                write_through: options.write_through,
+                ignore_flush: options.ignore_flush,
             }
         }
         Format::Qcow2 => open_qcow2(file, path, options)?,
@@ -119,6 +126,8 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Disk> {
         data_file,
         size,
         read_only: options.read_only,
+        write_through: options.write_through,
+        ignore_flush: options.ignore_flush,
     })
 }
 

@@ -86,6 +86,8 @@ struct Slot {
     write_seq: Option<u64>,
     /// For a flush: it waits for the writes numbered below this.
     flush_before: u64,
+    /// For a write-through write: its data has been synced.
+    synced: bool,
 }
 
 /// Outcome of trying to start a request.
@@ -437,6 +439,29 @@ impl UringQueue {
             }
         }
         let s = &mut self.slots[slot as usize];
+        if error.is_none() && s.kind == Some(Kind::Write) && self.disk.write_through && !s.synced {
+            s.synced = true;
+            match &self.disk.layout {
+                Layout::Qcow2(q) => error = q.flush().err().map(Error::from),
+                Layout::Raw => {
+                    s.ops.push(OpState {
+                        kind: OpKind::Fdatasync,
+                        file: 0,
+                        host_offset: 0,
+                        rel: 0,
+                        len: 0,
+                        remaining: 0,
+                        iov_start: 0,
+                        iov_count: 0,
+                    });
+                    s.pending = 1;
+                    let index = (s.ops.len() - 1) as u64;
+                    self.backlog.push_back(u64::from(slot) << 32 | index);
+                    return;
+                }
+            }
+        }
+        let s = &mut self.slots[slot as usize];
         if error.is_none() && s.kind == Some(Kind::Read) && s.use_bounce {
             s.bufs.copy_from(0, &s.bounce.as_slice()[..s.len as usize]);
         }
@@ -524,7 +549,7 @@ impl UringQueue {
                 break;
             }
             self.flushes.pop_front();
-            if self.disk.read_only {
+            if self.disk.read_only || self.disk.ignore_flush {
                 self.complete(slot, Ok(0));
                 continue;
             }
@@ -741,6 +766,7 @@ impl BlockQueue for UringQueue {
         s.error = None;
         s.write_seq = write_seq;
         s.flush_before = self.next_write_seq;
+        s.synced = false;
         self.notify_pending = true;
         if kind == Kind::Flush {
             self.flushes.push_back(slot);
