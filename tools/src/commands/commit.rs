@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use qcow::device::{chain_extents, BlockRead};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
-use super::{io_reason, open, parse_format};
+use super::{io_reason, open, parse_format, print_progress};
 use crate::cli::CommitArgs;
 
 /// One image below the top: where it is and its format.
@@ -112,7 +112,8 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     // read through the top so that the nearest layer wins.
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    progress(args, 0, size);
+    let progress = |done: u64| print_progress(args.progress && !args.quiet, done, size);
+    progress(0);
     while pos < size {
         let extents = chain_extents(&**q, pos, (size - pos).min(1 << 30))?;
         if extents.is_empty() {
@@ -130,29 +131,19 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
                 base.write_at(&buf[..n], off)
                     .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
                 off += n as u64;
-                progress(args, off, size);
+                progress(off);
             }
         }
     }
     base.flush()?;
     drop(base);
-    progress(args, size, size);
+    progress(size);
     if !keep {
         q.make_empty()?;
     }
     image.flush()?;
-    if args.progress && !args.quiet {
-        eprintln!();
-    }
     if !args.quiet {
         println!("Image committed.");
     }
     Ok(0)
-}
-
-/// qemu-img's progress line with `-p`: "    (NN.NN/100%)" rewritten in place.
-fn progress(args: &CommitArgs, done: u64, total: u64) {
-    if args.progress && !args.quiet && total > 0 {
-        eprint!("\r    ({:.2}/100%)", done as f64 * 100.0 / total as f64);
-    }
 }

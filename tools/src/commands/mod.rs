@@ -103,3 +103,20 @@ pub fn looks_preallocated(image: &AnyImage) -> bool {
     let real_clusters = real / cs;
     file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
 }
+
+/// qemu-img's `-p` progress, "    (NN.NN/100%)" rewritten in place on
+/// stderr, ending the line at 100%.
+pub fn print_progress(enabled: bool, done: u64, total: u64) {
+    if !enabled {
+        return;
+    }
+    let percent = if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    eprint!("\r    ({percent:.2}/100%)");
+    if done >= total {
+        eprintln!();
+    }
+}

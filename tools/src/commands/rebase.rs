@@ -10,7 +10,7 @@ use qcow::device::{BlockRead, ExtentKind};
 use qcow::fs::{probe, resolve, AnyImage, FileOpener};
 use qcow::image::Opener;
 
-use super::{io_reason, open};
+use super::{io_reason, open, print_progress};
 use crate::cli::RebaseArgs;
 
 /// Bytes compared at a time.
@@ -71,6 +71,8 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         let mut old = vec![0u8; CHUNK as usize];
         let mut new = vec![0u8; CHUNK as usize];
         let mut pos = 0;
+        let progress = |done: u64| print_progress(args.progress && !args.quiet, done, size);
+        progress(0);
         while pos < size {
             for e in q.extents(pos, (size - pos).min(CHUNK))? {
                 if !matches!(e.kind, ExtentKind::Unallocated { .. }) {
@@ -95,6 +97,7 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
                 }
             }
             pos += (size - pos).min(CHUNK);
+            progress(pos);
         }
     }
     q.set_backing_name(new_name, new_format.as_deref())
