@@ -20,6 +20,14 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
         ));
     };
     let fail = |what: &str, e: qcow::Error| anyhow!("Could not {what}: {}", io_reason(&e));
+    // A name is echoed whole unless it would swamp the line.
+    let shown = |name: &str| -> String {
+        if name.chars().count() > 64 {
+            format!("{}...", name.chars().take(64).collect::<String>())
+        } else {
+            name.to_string()
+        }
+    };
     match action {
         SnapshotAction::List => {
             let snapshots = q.snapshots().map_err(|e| fail("list snapshots", e))?;
@@ -51,15 +59,15 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
         }
         SnapshotAction::Create(name) => {
             q.create_snapshot(&name)
-                .map_err(|e| fail(&format!("create snapshot '{name}'"), e))?;
+                .map_err(|e| fail(&format!("create snapshot '{}'", shown(&name)), e))?;
         }
         SnapshotAction::Apply(name) => {
             q.apply_snapshot(&name)
-                .map_err(|e| fail(&format!("apply snapshot '{name}'"), e))?;
+                .map_err(|e| fail(&format!("apply snapshot '{}'", shown(&name)), e))?;
         }
         SnapshotAction::Delete(name) => {
             q.delete_snapshot(&name)
-                .map_err(|e| fail(&format!("delete snapshot '{name}'"), e))?;
+                .map_err(|e| fail(&format!("delete snapshot '{}'", shown(&name)), e))?;
         }
     }
     image.flush()?;
