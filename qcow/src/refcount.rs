@@ -460,6 +460,11 @@ impl Refcounts {
             min_entries.max(old_len + old_len / 2).div_ceil(per_cluster) * per_cluster;
         let mut new_blocks: Vec<u64>;
         loop {
+            // Refuse before sizing anything by `entries`: a hostile L2 entry
+            // can name a cluster near 2^56 (found by fuzzing).
+            if entries.saturating_mul(8) > MAX_REFCOUNT_TABLE_BYTES {
+                return Err(Error::NoSpace("refcount table would exceed 8 MiB"));
+            }
             let table_clusters = entries / per_cluster;
             // Blocks needed to cover the area itself.
             let mut n = 0u64;

@@ -199,7 +199,13 @@ impl Ctx<'_> {
                 match refcounts.add(self.storage, cluster, -1) {
                     Ok(0) => self.discards.push(cluster),
                     Ok(_) => {}
-                    Err(e) => self.msg(format!("qcow2_free_clusters failed: {e}")),
+                    Err(e) => {
+                        // QEMU frees the range in one call that stops at the
+                        // first error: one message, not one per cluster (a
+                        // hostile table spans up to 64 MiB; found by fuzzing).
+                        self.msg(format!("qcow2_free_clusters failed: {e}"));
+                        break;
+                    }
                 }
             }
             refcounts.flush(self.storage)?;
