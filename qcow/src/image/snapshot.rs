@@ -265,6 +265,23 @@ impl Qcow2 {
         self.free_range(meta, old_offset, old_size)
     }
 
+    /// The snapshot's virtual size and the L1 entries it needs, refused
+    /// over 32 MiB: the disk size comes from the file (viewing a snapshot
+    /// sized 2^49 bytes wanted a 2^52-byte table; found by fuzzing).
+    fn snapshot_l1_entries(&self, s: &Snapshot) -> Result<(u64, u64)> {
+        let size = s.disk_size.unwrap_or(self.size());
+        let needed = l1_entries_for(size, self.geo.cluster_bits, self.geo.extended_l2);
+        if needed.saturating_mul(8) > crate::header::MAX_L1_BYTES {
+            return Err(Error::InvalidTable {
+                table: "L1 table",
+                offset: s.l1_table_offset,
+                entries: needed,
+                reason: "larger than 32 MiB",
+            });
+        }
+        Ok((size, needed))
+    }
+
     fn find_snapshot(snapshots: &[Snapshot], id_or_name: &str) -> Result<usize> {
         snapshots
             .iter()
@@ -286,8 +303,7 @@ impl Qcow2 {
         let mut meta = self.lock();
         let snapshots = self.read_snapshot_table(&meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
-        let size = s.disk_size.unwrap_or(self.size());
-        let needed = l1_entries_for(size, self.geo.cluster_bits, self.geo.extended_l2);
+        let (size, needed) = self.snapshot_l1_entries(s)?;
         let mut l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         if (l1.len() as u64) < needed {
             l1.resize(needed as usize, 0);
@@ -361,16 +377,7 @@ impl Qcow2 {
         let mut meta = self.quiesce(meta)?;
         let snapshots = self.read_snapshot_table(&meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
-        let new_size = s.disk_size.unwrap_or(self.size());
-        let needed = l1_entries_for(new_size, self.geo.cluster_bits, self.geo.extended_l2);
-        if needed * 8 > crate::header::MAX_L1_BYTES {
-            return Err(Error::InvalidTable {
-                table: "L1 table",
-                offset: s.l1_table_offset,
-                entries: needed,
-                reason: "larger than 32 MiB",
-            });
-        }
+        let (new_size, needed) = self.snapshot_l1_entries(s)?;
         let mut new_l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         new_l1.resize(new_l1.len().max(needed as usize), 0);
         // The snapshot's tree gains the active table's references first.
