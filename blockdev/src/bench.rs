@@ -242,8 +242,8 @@ fn drive(run: &mut Run<'_>) -> Result<()> {
                 run.owed_flushes.pop_front();
             }
         }
-        run.queue.submit()?;
-        if !progressed && run.n > 0 {
+        if run.n > 0 && !progressed {
+            // Submits what was issued and waits, in one system call.
             run.queue.wait()?;
         }
     }

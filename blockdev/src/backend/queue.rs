@@ -113,6 +113,8 @@ pub struct UringQueue {
     own_plans: u32,
     scratch: Vec<u8>,
     reaped: Vec<(u64, i32)>,
+    /// The last submit left operations in the backlog (ring full).
+    stalled: bool,
     notify_pending: bool,
     /// An error met while reaping in `pop_completion`, for the next call
     /// that can return one.
@@ -149,6 +151,7 @@ impl UringQueue {
             own_plans: 0,
             scratch: Vec::new(),
             reaped: Vec::new(),
+            stalled: false,
             notify_pending: false,
             deferred_error: None,
         })
@@ -636,6 +639,7 @@ impl UringQueue {
     fn submit_all(&mut self) -> Result<()> {
         loop {
             self.fill_ring();
+            self.stalled = !self.backlog.is_empty();
             if !self.ring.has_unsubmitted() {
                 return Ok(());
             }
@@ -647,7 +651,12 @@ impl UringQueue {
     }
 
     /// Reaps kernel completions and moves everything forward that can.
-    fn progress(&mut self) -> Result<()> {
+    /// With `submit`, new operations are submitted at once; without, they
+    /// are only put into the ring (the caller submits them with its wait).
+    fn progress(&mut self, submit: bool) -> Result<()> {
+        // Operations pushed by the caller wait for its submit (or wait);
+        // only those this call creates are submitted here.
+        let before = self.backlog.len();
         let mut reaped = std::mem::take(&mut self.reaped);
         self.ring.reap(|ud, res| reaped.push((ud, res)));
         for &(ud, res) in &reaped {
@@ -661,8 +670,13 @@ impl UringQueue {
         if !self.flushes.is_empty() {
             self.run_flushes();
         }
-        if !self.backlog.is_empty() {
-            self.submit_all()?;
+        // A backlog left by a full ring must not wait for the caller.
+        if self.backlog.len() > before || (self.stalled && !self.backlog.is_empty()) {
+            if submit {
+                self.submit_all()?;
+            } else {
+                self.fill_ring();
+            }
         }
         Ok(())
     }
@@ -809,7 +823,7 @@ impl BlockQueue for UringQueue {
 
     fn pop_completion(&mut self) -> Option<Completion> {
         if self.ready.is_empty() {
-            if let Err(e) = self.progress() {
+            if let Err(e) = self.progress(true) {
                 // Reported by the next submit or wait.
                 self.deferred_error.get_or_insert(e);
             }
@@ -822,8 +836,14 @@ impl BlockQueue for UringQueue {
             return Err(e);
         }
         loop {
-            self.progress()?;
+            // Pushed requests are submitted by the same system call that
+            // waits (a caller need not call submit first).
+            self.fill_ring();
+            self.progress(false)?;
             if !self.ready.is_empty() {
+                if self.ring.has_unsubmitted() {
+                    self.ring.submit(0)?;
+                }
                 return Ok(());
             }
             if self.ring.in_kernel() == 0 && self.backlog.is_empty() {

@@ -12,13 +12,22 @@ use blockdev::disk::{BlockQueue, Completion, IoBuf, Request};
 
 /// Runs qemu-img and panics with its output when it fails.
 pub fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img")
+    run_tool("qemu-img", args)
+}
+
+/// Runs qemu-io on an image (`-c COMMAND`) and panics when it fails.
+pub fn qemu_io(image: &Path, command: &str) -> String {
+    run_tool("qemu-io", &["-c", command, image.to_str().unwrap()])
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
         .args(args)
         .output()
-        .expect("qemu-img runs");
+        .expect("the tool runs");
     assert!(
         out.status.success(),
-        "qemu-img {args:?}: {}{}",
+        "{tool} {args:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
