@@ -1,4 +1,23 @@
-//! A minimal KVM virtual machine monitor.
+//! A minimal KVM VMM that boots Linux guests (and the project's tiny test
+//! guest) through the Linux 64-bit boot protocol, with virtio-blk disks
+//! served by `blockdev`.
 //!
-//! Nothing lives here yet: the vmm issue builds it on blockdev's virtio-blk
-//! device model.
+//! - [`config`]: what the user asked for (`--kernel`, `--memory`, `--disk`, ...).
+//! - [`layout`]: the guest-physical memory map.
+//! - [`boot`]: loading the kernel, initrd, command line, boot_params, GDT
+//!   and page tables.
+//! - [`cpu`]: vCPU state at entry (CPUID, MSRs, registers, LAPIC).
+//! - [`devices`]: the legacy devices (8250 serial, i8042) and the port/MMIO bus.
+//! - [`vm`]: putting it together and running until the guest resets or
+//!   powers off.
+
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod error;
+pub mod layout;
+mod sys;
+pub mod vm;
+
+pub use error::{Error, Result};

@@ -1,0 +1,80 @@
+//! The process-level plumbing that needs raw system calls: SIGINT and
+//! SIGTERM taken through a signalfd (blocked in every thread, read by the
+//! main loop), and the signal that kicks vCPU threads out of KVM_RUN.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::error::{Error, Result};
+
+/// The signal sent to vCPU threads to make KVM_RUN return.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler of the kick signal: its only effect is to
+/// interrupt KVM_RUN with EINTR.
+pub fn install_kick_handler() -> Result<()> {
+    register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Io {
+        what: "installing the vCPU kick signal handler".into(),
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })
+}
+
+/// SIGINT and SIGTERM, readable from a file descriptor.
+pub struct ExitSignals {
+    file: File,
+}
+
+impl ExitSignals {
+    /// Blocks SIGINT and SIGTERM in the calling thread (threads spawned
+    /// later inherit that) and opens a signalfd for them.
+    pub fn new() -> Result<ExitSignals> {
+        let io = |what: &str| Error::Io {
+            what: what.to_string(),
+            source: std::io::Error::last_os_error(),
+        };
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t owned by this frame; the calls
+        // only write into it and into this thread's signal mask.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io("blocking SIGINT and SIGTERM"));
+            }
+        }
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io("signalfd"));
+        }
+        // SAFETY: `fd` was just returned by signalfd and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(ExitSignals { file })
+    }
+
+    /// The signal received, if any.
+    pub fn take(&mut self) -> Option<i32> {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        match self.file.read(&mut info) {
+            Ok(n) if n == info.len() => Some(i32::from_ne_bytes(
+                info[0..4].try_into().expect("four bytes"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl AsRawFd for ExitSignals {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
