@@ -236,11 +236,20 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// flight (the blocking helper for tests and benchmarks).
     pub fn run_until_idle(&mut self) -> Result<()> {
         self.process_queue()?;
-        while self.disk.in_flight() > 0 {
-            self.disk.wait()?;
+        loop {
+            // Reap before looking at counts: a backend may already hold
+            // finished requests it no longer counts as in flight.
             self.handle_completions()?;
+            if self.in_flight() == 0 {
+                return Ok(());
+            }
+            if self.disk.in_flight() == 0 {
+                return Err(Error::DeviceState {
+                    reason: "chains in flight but the backend holds no request",
+                });
+            }
+            self.disk.wait()?;
         }
-        Ok(())
     }
 
     /// Block until the backend finishes at least one request, then return
