@@ -340,9 +340,15 @@ pub fn sti_hlt() {
     unsafe { asm!("sti", "hlt", options(nostack)) }
 }
 
-/// Resets the machine through the i8042 (the VMM exits), or halts forever.
+/// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`), for
+/// QEMU machines without an i8042 (microvm).
+const QEMU_DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Resets the machine through the i8042 (our VMM exits there), else tries
+/// QEMU's debug-exit port, else halts forever.
 pub fn reset() -> ! {
     outb(0x64, 0xfe);
+    outb(QEMU_DEBUG_EXIT_PORT, 0);
     loop {
         // SAFETY: stops the CPU for good.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) }

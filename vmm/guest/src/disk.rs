@@ -239,7 +239,6 @@ pub fn run_disk(device: &MmioDevice, check_sector: u64, write_sector: u64) -> Re
             .map_err(|error| Failure::Driver("flush", error))?;
     }
     let readback = alloc_buffer(WRITE_BYTES).ok_or(Failure::Other("out of memory for", 200))?;
-    readback.fill(0xa5);
     read(&mut blk, write_sector, readback).map_err(|(failure, _)| failure)?;
     if let Some(offset) = pattern::GUEST.first_mismatch(readback) {
         return Err(Failure::Mismatch {

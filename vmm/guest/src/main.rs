@@ -15,6 +15,7 @@ mod disk;
 mod hal;
 mod mem;
 mod pattern;
+mod pvh;
 mod rawq;
 
 use core::arch::global_asm;
@@ -24,7 +25,7 @@ use cmdline::MmioDevice;
 use console::{line, put_bytes, put_dec, put_hex, put_str};
 
 /// Size of the guest's own stack.
-const STACK_SIZE: usize = 64 * 1024;
+pub(crate) const STACK_SIZE: usize = 64 * 1024;
 /// Lowest address the bump allocator hands out (clear of the VMM's boot
 /// structures and of our image).
 const BUMP_FLOOR: usize = 4 << 20;

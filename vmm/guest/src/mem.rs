@@ -5,15 +5,19 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Copies `len` bytes from `src` to `dst` (non-overlapping).
+/// Copies `len` bytes from `src` to `dst` (non-overlapping): 8 bytes per
+/// `rep movsq` step, then the tail with `rep movsb` (the ring-0 emulator
+/// pays per step, so wide steps matter).
 ///
 /// # Safety
 /// The ranges must be valid for `len` bytes and not overlap.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, len: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges; rep movsb copies forward.
+    // SAFETY: the caller guarantees both ranges; both copies go forward.
     unsafe {
-        asm!("rep movsb", inout("rcx") len => _, inout("rdi") dst => _, inout("rsi") src => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb",
+             tail = in(reg) len % 8,
+             inout("rcx") len / 8 => _, inout("rdi") dst => _, inout("rsi") src => _,
              options(nostack, preserves_flags));
     }
     dst
@@ -40,18 +44,61 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, len: usize) -> *m
     dst
 }
 
-/// Fills `len` bytes at `dst` with the low byte of `value`.
+/// Fills `len` bytes at `dst` with the low byte of `value` (`rep stosq`,
+/// then `rep stosb` for the tail).
 ///
 /// # Safety
 /// The range must be valid for `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn memset(dst: *mut u8, value: i32, len: usize) -> *mut u8 {
+    let word = u64::from(value as u8) * 0x0101_0101_0101_0101;
     // SAFETY: the caller guarantees the range.
     unsafe {
-        asm!("rep stosb", inout("rcx") len => _, inout("rdi") dst => _, in("al") value as u8,
+        asm!("rep stosq", "mov rcx, {tail}", "rep stosb",
+             tail = in(reg) len % 8,
+             inout("rcx") len / 8 => _, inout("rdi") dst => _, in("rax") word,
              options(nostack, preserves_flags));
     }
     dst
+}
+
+/// Copies `words` u64s from `src` to `dst` strictly forward, one `rep movsq`:
+/// with `dst` = `src` + n (overlapping) it repeats the first n bytes.
+///
+/// # Safety
+/// Both ranges must be valid for `words * 8` bytes.
+pub unsafe fn copy_words_forward(dst: *mut u8, src: *const u8, words: usize) {
+    // SAFETY: the caller guarantees the ranges; DF is clear (cld at entry).
+    unsafe {
+        asm!("rep movsq", inout("rcx") words => _, inout("rdi") dst => _, inout("rsi") src => _,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// Compares `words` u64s with one `repe cmpsq`; the index of the first
+/// differing word, or None.
+///
+/// # Safety
+/// Both ranges must be valid for `words * 8` bytes.
+pub unsafe fn first_different_word(a: *const u8, b: *const u8, words: usize) -> Option<usize> {
+    if words == 0 {
+        return None;
+    }
+    let remaining: usize;
+    let equal: u8;
+    // SAFETY: the caller guarantees the ranges; DF is clear.
+    unsafe {
+        asm!("repe cmpsq", "sete {equal}",
+             equal = out(reg_byte) equal,
+             inout("rcx") words => remaining, inout("rsi") a => _, inout("rdi") b => _,
+             options(nostack, readonly));
+    }
+    if equal != 0 {
+        None
+    } else {
+        // rcx counts down past the differing word too.
+        Some(words - remaining - 1)
+    }
 }
 
 /// Compares `len` bytes; the sign of the first difference, or 0.
@@ -101,9 +148,9 @@ pub const fn align_up(value: usize, align: usize) -> usize {
     (value + align - 1) & !(align - 1)
 }
 
-/// Allocates `pages` zeroed, page-aligned pages; None when RAM is exhausted.
-/// Nothing is ever freed: the guest runs one test and resets.
-pub fn alloc_pages(pages: usize) -> Option<*mut u8> {
+/// Takes `pages` page-aligned pages; None when RAM is exhausted. Nothing is
+/// ever freed: the guest runs one test and resets.
+fn bump(pages: usize) -> Option<*mut u8> {
     let bytes = pages.checked_mul(PAGE_SIZE)?;
     let start = BUMP_NEXT.load(Ordering::SeqCst);
     let end = start.checked_add(bytes)?;
@@ -111,16 +158,23 @@ pub fn alloc_pages(pages: usize) -> Option<*mut u8> {
         return None;
     }
     BUMP_NEXT.store(end, Ordering::SeqCst);
-    let ptr = start as *mut u8;
-    // SAFETY: [start, end) is unused RAM from the e820 map, identity-mapped,
-    // and handed out once.
-    unsafe { memset(ptr, 0, bytes) };
+    Some(start as *mut u8)
+}
+
+/// Allocates `pages` zeroed, page-aligned pages (for virtqueues).
+pub fn alloc_pages(pages: usize) -> Option<*mut u8> {
+    let ptr = bump(pages)?;
+    // SAFETY: [ptr, ptr + pages * PAGE_SIZE) is unused RAM from the e820 map,
+    // identity-mapped, handed out once.
+    unsafe { memset(ptr, 0, pages * PAGE_SIZE) };
     Some(ptr)
 }
 
-/// Allocates a zeroed byte buffer of `len` bytes (rounded up to pages).
+/// Allocates a byte buffer of `len` bytes (rounded up to pages) without
+/// zeroing it (every caller overwrites it; zeroing costs emulated cycles).
 pub fn alloc_buffer(len: usize) -> Option<&'static mut [u8]> {
-    let ptr = alloc_pages(align_up(len, PAGE_SIZE) / PAGE_SIZE)?;
+    let pages = align_up(len, PAGE_SIZE) / PAGE_SIZE;
+    let ptr = bump(pages)?;
     // SAFETY: freshly allocated, exclusively owned, valid for len bytes forever.
     Some(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
 }

@@ -2,6 +2,11 @@
 //! checked a u64 at a time (every ring-0 instruction is emulated, so byte
 //! loops over hundreds of KiB would be slow).
 
+use crate::mem;
+
+/// Bytes after which the pattern repeats.
+const PERIOD: usize = 256;
+
 /// A pattern `byte[i] = (i * multiplier + addend) & 0xff`, which repeats
 /// every 256 bytes (32 words).
 pub struct Pattern {
@@ -36,24 +41,39 @@ impl Pattern {
         (self.words[(index / 8) % 32] >> ((index % 8) * 8)) as u8
     }
 
-    /// Fills `buffer` (8-byte aligned, length a multiple of 8) with the pattern.
+    /// Fills `buffer` (length a multiple of 8) with the pattern: the first
+    /// period by hand, the rest by one overlapping forward word copy.
     pub fn fill(&self, buffer: &mut [u8]) {
-        for (index, chunk) in buffer.chunks_exact_mut(8).enumerate() {
-            chunk.copy_from_slice(&self.words[index % 32].to_le_bytes());
+        let head = buffer.len().min(PERIOD);
+        for (index, chunk) in buffer[..head].chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&self.words[index].to_le_bytes());
+        }
+        if buffer.len() > PERIOD {
+            let words = (buffer.len() - PERIOD) / 8;
+            let base = buffer.as_mut_ptr();
+            // SAFETY: both ranges lie inside `buffer`; the copy runs forward,
+            // so each word is read after it was written, repeating the period.
+            unsafe { mem::copy_words_forward(base.add(PERIOD), base, words) };
         }
     }
 
-    /// The offset of the first byte of `buffer` that differs from the pattern.
+    /// The offset of the first byte of `buffer` (length a multiple of 8) that
+    /// differs from the pattern: the first period is compared with the
+    /// pattern, then the rest with itself one period earlier.
     pub fn first_mismatch(&self, buffer: &[u8]) -> Option<usize> {
-        for (index, chunk) in buffer.chunks_exact(8).enumerate() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if u64::from_le_bytes(word) != self.words[index % 32] {
-                let base = index * 8;
-                return (base..base + 8).find(|&offset| buffer[offset] != self.byte(offset));
+        let head = buffer.len().min(PERIOD);
+        let expected = self.words.as_ptr().cast::<u8>();
+        // SAFETY: `head` bytes of both the buffer and the 256-byte table.
+        let mut word = unsafe { mem::first_different_word(buffer.as_ptr(), expected, head / 8) };
+        if word.is_none() && buffer.len() > PERIOD {
+            let base = buffer.as_ptr();
+            // SAFETY: both ranges lie inside `buffer`.
+            word = unsafe {
+                mem::first_different_word(base.add(PERIOD), base, (buffer.len() - PERIOD) / 8)
             }
+            .map(|index| index + PERIOD / 8);
         }
-        let tail = buffer.len() - buffer.len() % 8;
-        (tail..buffer.len()).find(|&offset| buffer[offset] != self.byte(offset))
+        let start = word? * 8;
+        (start..start + 8).find(|&offset| buffer[offset] != self.byte(offset))
     }
 }
