@@ -344,11 +344,13 @@ pub fn sti_hlt() {
 /// QEMU machines without an i8042 (microvm).
 const QEMU_DEBUG_EXIT_PORT: u16 = 0xf4;
 
-/// Resets the machine through the i8042 (our VMM exits there), else tries
-/// QEMU's debug-exit port, else halts forever.
+/// Resets the machine through the i8042 (our VMM exits there); when booted
+/// by QEMU through PVH, then tries QEMU's debug-exit port; then halts forever.
 pub fn reset() -> ! {
     outb(0x64, 0xfe);
-    outb(QEMU_DEBUG_EXIT_PORT, 0);
+    if crate::pvh::booted_via_pvh() {
+        outb(QEMU_DEBUG_EXIT_PORT, 0);
+    }
     loop {
         // SAFETY: stops the CPU for good.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) }

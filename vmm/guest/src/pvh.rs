@@ -8,6 +8,7 @@
 //! and never runs this code.
 
 use core::arch::global_asm;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// `hvm_start_info.magic`.
 const HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -24,6 +25,18 @@ struct PvhPages([u8; 7 * 4096]);
 #[no_mangle]
 #[link_section = ".bss.guest_pvh"]
 static mut GUEST_PVH_PAGES: PvhPages = PvhPages([0; 7 * 4096]);
+
+/// How the guest was entered: `ENTERED_AT_ELF_ENTRY` (the value in the
+/// image, so in .data, which `_start` does not clear) or `ENTERED_VIA_PVH`.
+static ENTRY_KIND: AtomicU32 = AtomicU32::new(ENTERED_AT_ELF_ENTRY);
+const ENTERED_AT_ELF_ENTRY: u32 = 1;
+const ENTERED_VIA_PVH: u32 = 2;
+
+/// Whether QEMU entered us through the PVH note (so QEMU's debug-exit port
+/// is the way out).
+pub fn booted_via_pvh() -> bool {
+    ENTRY_KIND.load(Ordering::SeqCst) == ENTERED_VIA_PVH
+}
 
 /// Offset of the zero page inside `GUEST_PVH_PAGES`.
 const ZERO_PAGE_OFFSET: usize = 6 * 4096;
@@ -147,6 +160,7 @@ extern "C" fn guest_pvh_zero_page(start_info: u64) -> u64 {
         // SAFETY: as above.
         unsafe { ((zero_page + offset) as *mut u64).write_unaligned(value) }
     };
+    ENTRY_KIND.store(ENTERED_VIA_PVH, Ordering::SeqCst);
     let info = start_info as usize;
     if info == 0 || read_u32(info) != HVM_START_MAGIC {
         return zero_page as u64;
