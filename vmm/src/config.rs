@@ -59,6 +59,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Whether VMM threads run under their seccomp filters.
     pub seccomp: bool,
+    /// Whether terminal input goes to the guest's serial port.
+    pub serial_input: bool,
 }
 
 fn invalid(option: &'static str, value: &str, reason: impl Into<String>) -> Error {

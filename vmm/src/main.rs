@@ -60,6 +60,7 @@ fn config(args: &Args) -> anyhow::Result<VmConfig> {
         memory: parse_memory(&args.memory)?,
         disks,
         seccomp,
+        serial_input: true,
     })
 }
 

@@ -17,12 +17,17 @@ use vmm_sys_util::signal::Killable;
 
 use crate::boot;
 use crate::config::{check_counts, VmConfig};
+use crate::config::{DiskCache, DiskConfig, DiskFormat};
 use crate::cpu;
+use crate::devices::event_loop::{self, LoopMessage};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{SerialPort, SERIAL_PORT, SERIAL_PORT_LEN};
+use crate::devices::virtio_mmio::{Interrupt, VirtioMmio, REG_QUEUE_NOTIFY};
 use crate::devices::Bus;
 use crate::error::{kvm, Error, Result};
-use crate::layout::{ram_ranges, KVM_TSS_ADDRESS, SERIAL_GSI};
+use crate::layout::{
+    ram_ranges, virtio_mmio_base, KVM_TSS_ADDRESS, SERIAL_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+};
 use crate::sys::{install_kick_handler, kick_signal, ExitSignals};
 
 /// Why the VM stopped.
@@ -179,6 +184,13 @@ fn vcpu_loop(
 pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     let started = Instant::now();
     check_counts(config.cpus, config.disks.len())?;
+    // Disks first: a disk that is missing, locked or corrupt stops us
+    // before anything else is set up.
+    let backends = config
+        .disks
+        .iter()
+        .map(open_disk)
+        .collect::<Result<Vec<_>>>()?;
     let mut signals = ExitSignals::new()?;
     install_kick_handler()?;
 
@@ -193,11 +205,21 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     };
     vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
     let mem = guest_memory(&vm, config.memory)?;
+    // Each disk is also described on the command line, for kernels built
+    // with virtio_mmio's command-line option (and the test guest).
+    let mut cmdline = config.cmdline.clone();
+    for i in 0..backends.len() {
+        cmdline.push_str(&format!(
+            " virtio_mmio.device=4K@{:#x}:{}",
+            virtio_mmio_base(i),
+            VIRTIO_FIRST_GSI + i as u32
+        ));
+    }
     let loaded = boot::load(
         &mem,
         &config.kernel,
         config.initrd.as_deref(),
-        &config.cmdline,
+        cmdline.trim_start(),
         config.memory,
     )?;
 
@@ -224,7 +246,67 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         ))),
     );
     let io = Arc::new(io);
-    let mmio = Arc::new(Bus::new("MMIO"));
+
+    // The disks' transports, and the device thread that serves them.
+    let (loop_tx, loop_rx) = std::sync::mpsc::channel::<LoopMessage>();
+    let wake_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| io_err("eventfd", e))?;
+    let shared_mem = Arc::new(mem.clone());
+    let mut mmio = Bus::new("MMIO");
+    let queues = config.cpus.clamp(1, 4) as u16;
+    for (i, backend) in backends.iter().enumerate() {
+        let device = blockdev::virtio::VirtioBlock::new(
+            backend.clone(),
+            blockdev::virtio::DeviceOptions {
+                num_queues: queues,
+                serial: format!("vmm-disk-{i}").into_bytes(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| disk_err(&config.disks[i], e.to_string()))?;
+        let base = virtio_mmio_base(i);
+        let mut notify = Vec::new();
+        for q in 0..queues {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| io_err("eventfd", e))?;
+            vm.register_ioevent(
+                &evt,
+                &kvm_ioctls::IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+                u32::from(q),
+            )
+            .map_err(kvm("KVM_IOEVENTFD"))?;
+            notify.push(evt);
+        }
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| io_err("eventfd", e))?;
+        vm.register_irqfd(&irqfd, VIRTIO_FIRST_GSI + i as u32)
+            .map_err(kvm("KVM_IRQFD (virtio)"))?;
+        let interrupt = Arc::new(Interrupt {
+            status: std::sync::atomic::AtomicU32::new(0),
+            irqfd,
+        });
+        let transport = VirtioMmio::new(
+            i,
+            device,
+            shared_mem.clone(),
+            notify,
+            interrupt,
+            loop_tx.clone(),
+            wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?,
+        );
+        mmio.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)));
+    }
+    let mmio = Arc::new(mmio);
+    let stdin = if config.serial_input {
+        Some(std::io::stdin().as_raw_fd())
+    } else {
+        None
+    };
+    let device_thread = {
+        let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
+        let serial = serial.clone();
+        std::thread::Builder::new()
+            .name("devices".into())
+            .spawn(move || event_loop::run(loop_rx, wake, serial, stdin))
+            .map_err(|e| io_err("starting the device thread", e))?
+    };
 
     let mut vcpus = Vec::new();
     for id in 0..config.cpus {
@@ -295,6 +377,19 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     for handle in threads {
         let _ = handle.join();
     }
+    // Then the device thread (its handlers wait for their requests), then
+    // every disk is flushed and marked clean.
+    if loop_tx.send(LoopMessage::Stop).is_ok() {
+        let _ = wake_loop.write(1);
+    }
+    let _ = device_thread.join();
+    drop(mmio);
+    let mut close_errors = Vec::new();
+    for (backend, disk) in backends.iter().zip(&config.disks) {
+        if let Err(e) = backend.close() {
+            close_errors.push(format!("{}: {e}", disk.path.display()));
+        }
+    }
     let first = serial
         .lock()
         .expect("serial lock")
@@ -305,7 +400,37 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         exit: started.elapsed(),
     };
     drop(vm);
+    if !close_errors.is_empty() {
+        return Err(Error::Disk {
+            path: close_errors.join("; "),
+            reason: "closing failed".into(),
+        });
+    }
     Ok((reason, times))
+}
+
+fn disk_err(disk: &DiskConfig, reason: String) -> Error {
+    Error::Disk {
+        path: disk.path.display().to_string(),
+        reason,
+    }
+}
+
+/// Opens one disk through blockdev, before any vCPU exists.
+fn open_disk(disk: &DiskConfig) -> Result<Arc<dyn blockdev::disk::BlockBackend>> {
+    let options = blockdev::backend::OpenOptions {
+        format: disk.format.map(|f| match f {
+            DiskFormat::Qcow2 => qcow::fs::Format::Qcow2,
+            DiskFormat::Raw => qcow::fs::Format::Raw,
+        }),
+        read_only: disk.readonly,
+        cache: match disk.cache {
+            DiskCache::None => blockdev::disk::CacheMode::None,
+            DiskCache::Writeback => blockdev::disk::CacheMode::Writeback,
+        },
+        ..Default::default()
+    };
+    blockdev::backend::open(&disk.path, &options).map_err(|e| disk_err(disk, e.to_string()))
 }
 
 fn io_err(what: &str, source: std::io::Error) -> Error {

@@ -1,14 +1,20 @@
 //! Devices and the buses that route port I/O and MMIO exits to them.
 //!
 //! - [`serial`]: the 8250 UART at 0x3f8, IRQ 4 (vm-superio), on the terminal.
+//! - [`virtio_mmio`]: the virtio-mmio transport of each disk, in front of
+//!   blockdev's virtio-blk device model.
+//! - [`event_loop`]: the device thread serving virtio queues and terminal
+//!   input.
 //! - [`i8042`]: just enough of the keyboard controller to turn the guest's
 //!   reset (0xfe to port 0x64) into a clean exit.
 //!
 //! Accesses that hit no device read as all ones and are logged (the first
 //! few per address), and the guest keeps running.
 
+pub mod event_loop;
 pub mod i8042;
 pub mod serial;
+pub mod virtio_mmio;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

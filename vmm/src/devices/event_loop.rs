@@ -1,0 +1,197 @@
+//! The device thread: waits on every active virtio queue's notify eventfd
+//! (written by KVM through ioeventfds) and its backend's completion
+//! eventfd, runs the queue handlers, raises interrupts, and feeds terminal
+//! input to the serial port. A bad request costs the guest an IOERR or a
+//! dropped chain, never this thread: handler errors are logged and the
+//! loop goes on.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use blockdev::virtio::QueueHandler;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::serial::SerialPort;
+use super::virtio_mmio::Interrupt;
+
+/// A queue handler over the VM's memory.
+pub type Handler = QueueHandler<Arc<GuestMemoryMmap>>;
+
+/// What the transports and the VM tell the loop.
+pub enum LoopMessage {
+    /// A device was activated: serve its queues.
+    Add {
+        /// The device's slot.
+        device: usize,
+        /// One handler per ready queue.
+        handlers: Vec<Handler>,
+        /// Its interrupt.
+        interrupt: Arc<Interrupt>,
+    },
+    /// The driver reset a device: drop its handlers (waiting for their
+    /// backend requests).
+    Remove {
+        /// The device's slot.
+        device: usize,
+    },
+    /// The VM is stopping: drop everything and return.
+    Stop,
+}
+
+const TOKEN_WAKE: u64 = u64::MAX;
+const TOKEN_STDIN: u64 = u64::MAX - 1;
+
+struct Served {
+    device: usize,
+    handler: Handler,
+    interrupt: Arc<Interrupt>,
+}
+
+/// Runs the loop until [`LoopMessage::Stop`].
+pub fn run(
+    messages: Receiver<LoopMessage>,
+    wake: EventFd,
+    serial: Arc<Mutex<SerialPort>>,
+    stdin: Option<RawFd>,
+) {
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("vmm: device loop: epoll: {e}");
+            return;
+        }
+    };
+    let add = |fd: RawFd, token: u64| {
+        if let Err(e) = epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        ) {
+            eprintln!("vmm: device loop: epoll_ctl: {e}");
+        }
+    };
+    add(wake.as_raw_fd(), TOKEN_WAKE);
+    // A regular file or /dev/null cannot be polled: no input then.
+    let stdin = stdin.filter(|&fd| {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+            )
+            .is_ok()
+    });
+    // Slot -> handler; tokens are slot * 2 (notify) and slot * 2 + 1
+    // (completion).
+    let mut served: HashMap<u64, Served> = HashMap::new();
+    let mut next_slot = 0u64;
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("vmm: device loop: epoll_wait: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_WAKE => {
+                    let _ = wake.read();
+                    while let Ok(msg) = messages.try_recv() {
+                        match msg {
+                            LoopMessage::Add {
+                                device,
+                                handlers,
+                                interrupt,
+                            } => {
+                                for handler in handlers {
+                                    let slot = next_slot;
+                                    next_slot += 1;
+                                    add(handler.notify_fd(), slot * 2);
+                                    add(handler.completion_fd(), slot * 2 + 1);
+                                    served.insert(
+                                        slot,
+                                        Served {
+                                            device,
+                                            handler,
+                                            interrupt: interrupt.clone(),
+                                        },
+                                    );
+                                    // The driver may have queued requests
+                                    // before DRIVER_OK took effect here.
+                                    if let Some(s) = served.get_mut(&slot) {
+                                        serve(s, false);
+                                    }
+                                }
+                            }
+                            LoopMessage::Remove { device } => {
+                                let slots: Vec<u64> = served
+                                    .iter()
+                                    .filter(|(_, s)| s.device == device)
+                                    .map(|(&k, _)| k)
+                                    .collect();
+                                for slot in slots {
+                                    if let Some(s) = served.remove(&slot) {
+                                        for fd in [s.handler.notify_fd(), s.handler.completion_fd()]
+                                        {
+                                            let _ = epoll.ctl(
+                                                ControlOperation::Delete,
+                                                fd,
+                                                EpollEvent::default(),
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            LoopMessage::Stop => return,
+                        }
+                    }
+                }
+                TOKEN_STDIN => {
+                    let mut buf = [0u8; 64];
+                    let fd = stdin.expect("stdin token only with stdin");
+                    match std::io::stdin().read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        }
+                        Ok(n) => serial.lock().expect("serial lock").input(&buf[..n]),
+                    }
+                }
+                token => {
+                    if let Some(s) = served.get_mut(&(token / 2)) {
+                        serve(s, token % 2 == 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one handler after its notify (or completion) eventfd fired, then
+/// interrupts the guest if the handler asked to.
+fn serve(s: &mut Served, completion: bool) {
+    let outcome = if completion {
+        s.handler.handle_completion_event()
+    } else {
+        s.handler.handle_queue_notify()
+    };
+    if let Err(e) = outcome {
+        eprintln!(
+            "vmm: virtio-blk {} queue {}: {e}",
+            s.device,
+            s.handler.index()
+        );
+    }
+    match s.handler.take_interrupt() {
+        Ok(true) => s.interrupt.used_buffers(),
+        Ok(false) => {}
+        Err(e) => eprintln!("vmm: virtio-blk {}: {e}", s.device),
+    }
+}

@@ -1,0 +1,296 @@
+//! The virtio-mmio transport (virtio 1.2, version 2 register layout) in
+//! front of blockdev's virtio-blk device model.
+//!
+//! Queue notifications bypass this code: each queue's QueueNotify write is
+//! an ioeventfd (with the queue index as datamatch) that the device event
+//! loop waits on. When the driver sets DRIVER_OK the device is activated
+//! and its queue handlers move to the event loop; a status write of zero
+//! takes them back. Interrupts go out through an irqfd after the event
+//! loop sets InterruptStatus.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use blockdev::virtio::{QueueEvents, VirtioBlock};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::event_loop::LoopMessage;
+use super::BusDevice;
+
+const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4d4d_5652; // "RVMM"
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// QueueNotify: the offset the ioeventfds listen on.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_DEVICE_NEEDS_RESET: u8 = 0x40;
+
+/// What the transport and the event loop share about one device's
+/// interrupt.
+pub struct Interrupt {
+    /// InterruptStatus: bit 0 used buffers, bit 1 configuration change.
+    pub status: AtomicU32,
+    /// The irqfd of the device's GSI.
+    pub irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// Raises a used-buffer interrupt.
+    pub fn used_buffers(&self) {
+        self.status.fetch_or(1, Ordering::AcqRel);
+        if let Err(e) = self.irqfd.write(1) {
+            eprintln!("vmm: cannot raise a virtio interrupt: {e}");
+        }
+    }
+}
+
+/// One virtio-mmio device slot.
+pub struct VirtioMmio {
+    index: usize,
+    device: VirtioBlock,
+    mem: Arc<GuestMemoryMmap>,
+    notify: Vec<EventFd>,
+    interrupt: Arc<Interrupt>,
+    event_loop: Sender<LoopMessage>,
+    wake_loop: EventFd,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    queue_sel: u32,
+    /// Queues the driver disabled (QueueReady = 0) while the device was
+    /// active: the handlers keep them until a reset, but the register
+    /// reads back 0 as the driver waits for (virtio 1.2, 4.2.2.2).
+    disabled: Vec<bool>,
+}
+
+impl VirtioMmio {
+    /// Slot `index` serving `device`; `notify` holds one eventfd per queue
+    /// (already registered as ioeventfds), `interrupt` the device's irqfd.
+    pub fn new(
+        index: usize,
+        device: VirtioBlock,
+        mem: Arc<GuestMemoryMmap>,
+        notify: Vec<EventFd>,
+        interrupt: Arc<Interrupt>,
+        event_loop: Sender<LoopMessage>,
+        wake_loop: EventFd,
+    ) -> Self {
+        VirtioMmio {
+            index,
+            device,
+            mem,
+            notify,
+            interrupt,
+            event_loop,
+            wake_loop,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            queue_sel: 0,
+            disabled: Vec::new(),
+        }
+    }
+
+    fn send(&self, msg: LoopMessage) {
+        if self.event_loop.send(msg).is_ok() {
+            let _ = self.wake_loop.write(1);
+        }
+    }
+
+    fn queue_mut(&mut self) -> Option<&mut virtio_queue::Queue> {
+        let sel = u16::try_from(self.queue_sel).ok()?;
+        self.device.queue_mut(sel)
+    }
+
+    fn set_status(&mut self, value: u8) {
+        if value == 0 {
+            if self.device.is_activated() {
+                self.send(LoopMessage::Remove { device: self.index });
+            }
+            self.device.reset();
+            self.disabled.clear();
+            self.interrupt.status.store(0, Ordering::Release);
+            return;
+        }
+        let was_ok = self.device.driver_ok();
+        self.device.set_status(value);
+        if !was_ok && self.device.driver_ok() && !self.device.is_activated() {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let events: std::io::Result<Vec<QueueEvents>> = self
+            .notify
+            .iter()
+            .map(|n| {
+                Ok(QueueEvents {
+                    notify: n.try_clone()?,
+                    interrupt: EventFd::new(libc::EFD_NONBLOCK)?,
+                })
+            })
+            .collect();
+        let outcome = events.map_err(|e| e.to_string()).and_then(|ev| {
+            self.device
+                .activate(self.mem.clone(), ev)
+                .map_err(|e| e.to_string())
+        });
+        match outcome {
+            Ok(handlers) => self.send(LoopMessage::Add {
+                device: self.index,
+                handlers,
+                interrupt: self.interrupt.clone(),
+            }),
+            Err(e) => {
+                eprintln!("vmm: virtio-blk {}: activation refused: {e}", self.index);
+                let status = self.device.status() | STATUS_DEVICE_NEEDS_RESET;
+                self.device.set_status(status & !STATUS_DRIVER_OK);
+            }
+        }
+    }
+
+    fn read_u32(&self, offset: u64) -> u32 {
+        let queue = u16::try_from(self.queue_sel)
+            .ok()
+            .and_then(|s| self.device.queue(s));
+        match offset {
+            REG_MAGIC => MAGIC_VALUE,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => self.device.device_features_page(self.device_features_sel),
+            REG_QUEUE_NUM_MAX => queue.map_or(0, |_| u32::from(self.device.queue_max_size())),
+            REG_QUEUE_READY => {
+                let disabled = self.disabled.get(self.queue_sel as usize) == Some(&true);
+                queue.map_or(0, |q| u32::from(q.ready() && !disabled))
+            }
+            REG_INTERRUPT_STATUS => self.interrupt.status.load(Ordering::Acquire),
+            REG_STATUS => u32::from(self.device.status()),
+            REG_CONFIG_GENERATION => self.device.config_generation(),
+            _ => 0,
+        }
+    }
+
+    fn write_u32(&mut self, offset: u64, value: u32) {
+        let low = |v: u32| Some(v);
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            REG_DRIVER_FEATURES => self
+                .device
+                .set_driver_features_page(self.driver_features_sel, value),
+            REG_QUEUE_SEL => self.queue_sel = value,
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.queue_mut() {
+                    q.set_size(value as u16);
+                }
+            }
+            REG_QUEUE_READY => {
+                let sel = self.queue_sel as usize;
+                if self.device.is_activated() {
+                    if sel < usize::from(self.device.num_queues()) {
+                        if self.disabled.len() <= sel {
+                            self.disabled.resize(sel + 1, false);
+                        }
+                        self.disabled[sel] = value == 0;
+                    }
+                } else if let Some(q) = self.queue_mut() {
+                    q.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH => {
+                let high = offset == REG_QUEUE_DESC_HIGH;
+                if let Some(q) = self.queue_mut() {
+                    if high {
+                        q.set_desc_table_address(None, low(value));
+                    } else {
+                        q.set_desc_table_address(low(value), None);
+                    }
+                }
+            }
+            REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH => {
+                let high = offset == REG_QUEUE_DRIVER_HIGH;
+                if let Some(q) = self.queue_mut() {
+                    if high {
+                        q.set_avail_ring_address(None, low(value));
+                    } else {
+                        q.set_avail_ring_address(low(value), None);
+                    }
+                }
+            }
+            REG_QUEUE_DEVICE_LOW | REG_QUEUE_DEVICE_HIGH => {
+                let high = offset == REG_QUEUE_DEVICE_HIGH;
+                if let Some(q) = self.queue_mut() {
+                    if high {
+                        q.set_used_ring_address(None, low(value));
+                    } else {
+                        q.set_used_ring_address(low(value), None);
+                    }
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                // Only reached for indexes without an ioeventfd.
+                if let Some(evt) = self.notify.get(value as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => {
+                self.interrupt.status.fetch_and(!value, Ordering::AcqRel);
+            }
+            REG_STATUS => self.set_status(value as u8),
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for VirtioMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            return;
+        }
+        let value = u32::from_le_bytes(data.try_into().expect("four bytes"));
+        self.write_u32(offset, value);
+    }
+}
