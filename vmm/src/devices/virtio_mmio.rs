@@ -275,7 +275,7 @@ impl BusDevice for VirtioMmio {
             self.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -287,7 +287,7 @@ impl BusDevice for VirtioMmio {
             self.device.write_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let value = u32::from_le_bytes(data.try_into().expect("four bytes"));
