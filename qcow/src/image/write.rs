@@ -569,7 +569,11 @@ impl Qcow2 {
         for c in &plan.inflight {
             meta.inflight.remove(c);
         }
-        self.inflight_done.notify_all();
+        // Waiters only wait for in-flight clusters: a plan that held none
+        // (an in-place write) has no one to wake, and skips the syscall.
+        if !plan.inflight.is_empty() {
+            self.inflight_done.notify_all();
+        }
         result?;
         if meta.rc.pending_frees() > MAX_PENDING_FREES {
             self.flush_locked(&mut meta)?;
@@ -614,7 +618,9 @@ impl Qcow2 {
         for c in &plan.inflight {
             meta.inflight.remove(c);
         }
-        self.inflight_done.notify_all();
+        if !plan.inflight.is_empty() {
+            self.inflight_done.notify_all();
+        }
     }
 
     fn flush_locked(&self, meta: &mut Meta) -> Result<()> {
