@@ -1,0 +1,3 @@
+//! Shared by the VMM integration tests.
+
+pub mod guest;
