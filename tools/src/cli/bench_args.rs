@@ -14,19 +14,44 @@ pub struct BenchArgs {
     #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
     /// Number of I/O requests to perform (default 75000)
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(
+        short = 'c',
+        long = "count",
+        allow_hyphen_values = true,
+        value_name = "COUNT"
+    )]
     pub count: Option<String>,
     /// Size of each request (default 4K)
-    #[arg(short = 's', long = "buffer-size", value_name = "BUFFER_SIZE")]
+    #[arg(
+        short = 's',
+        long = "buffer-size",
+        allow_hyphen_values = true,
+        value_name = "BUFFER_SIZE"
+    )]
     pub buffer_size: Option<String>,
     /// Requests in flight at once (default 64)
-    #[arg(short = 'd', long = "depth", value_name = "DEPTH")]
+    #[arg(
+        short = 'd',
+        long = "depth",
+        allow_hyphen_values = true,
+        value_name = "DEPTH"
+    )]
     pub depth: Option<String>,
     /// Offset of the first request (default 0)
-    #[arg(short = 'o', long = "offset", value_name = "OFFSET")]
+    #[arg(
+        short = 'o',
+        long = "offset",
+        allow_hyphen_values = true,
+        value_name = "OFFSET"
+    )]
     pub offset: Option<String>,
     /// Increment between request offsets (default: the buffer size)
-    #[arg(short = 'S', long = "step-size", value_name = "STEP_SIZE")]
+    #[arg(
+        short = 'S',
+        long = "step-size",
+        allow_hyphen_values = true,
+        value_name = "STEP_SIZE"
+    )]
     pub step_size: Option<String>,
     /// Async I/O backend (io_uring; threads and native are accepted)
     #[arg(short = 'i', long = "aio", value_name = "AIO")]
@@ -38,10 +63,14 @@ pub struct BenchArgs {
     #[arg(short = 'w', long = "write")]
     pub write: bool,
     /// Byte to write (default 0)
-    #[arg(long = "pattern", value_name = "PATTERN")]
+    #[arg(long = "pattern", allow_hyphen_values = true, value_name = "PATTERN")]
     pub pattern: Option<String>,
     /// Flush after this many requests
-    #[arg(long = "flush-interval", value_name = "FLUSH_INTERVAL")]
+    #[arg(
+        long = "flush-interval",
+        allow_hyphen_values = true,
+        value_name = "FLUSH_INTERVAL"
+    )]
     pub flush_interval: Option<String>,
     /// Do not wait for requests in flight before a flush
     #[arg(long = "no-drain")]
