@@ -25,6 +25,7 @@ const LAPIC_TIMER_INITIAL: usize = LAPIC_BASE + 0x380;
 const LAPIC_TIMER_DIVIDE: usize = LAPIC_BASE + 0x3e0;
 const LAPIC_SVR_ENABLE: u32 = 1 << 8;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+const LVT_MASKED: u32 = 1 << 16;
 const LAPIC_DIVIDE_BY_1: u32 = 0xb;
 
 const IOAPIC_BASE: usize = 0xfec0_0000;
@@ -297,6 +298,16 @@ pub fn init_lapic() {
     }
 }
 
+/// Stops the local APIC timer (masked, count 0), so nothing wakes a halted
+/// CPU after the reset request.
+fn stop_lapic_timer() {
+    // SAFETY: LAPIC MMIO.
+    unsafe {
+        mmio_write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+        mmio_write32(LAPIC_TIMER_INITIAL, 0);
+    }
+}
+
 /// Routes IOAPIC input `gsi` to `vector` on APIC 0: fixed delivery, physical
 /// destination, edge-triggered, active high, unmasked.
 pub fn route_gsi(gsi: u32, vector: u8) {
@@ -347,6 +358,8 @@ const QEMU_DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Resets the machine through the i8042 (our VMM exits there); when booted
 /// by QEMU through PVH, then tries QEMU's debug-exit port; then halts forever.
 pub fn reset() -> ! {
+    cli();
+    stop_lapic_timer();
     outb(0x64, 0xfe);
     if crate::pvh::booted_via_pvh() {
         outb(QEMU_DEBUG_EXIT_PORT, 0);

@@ -3,6 +3,7 @@
 //! completion in `sti; hlt` (woken by the device's interrupt or the LAPIC
 //! timer, which bounds the wait).
 
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
@@ -102,8 +103,11 @@ pub fn print_failure(prefix: &str, failure: &Failure) {
     put_str("\n");
 }
 
-/// Routes the device's interrupt and initialises the driver on it.
-pub fn open(device: &MmioDevice) -> Result<Blk, Failure> {
+/// Routes the device's interrupt and initialises the driver on it. The
+/// driver is never dropped: virtio-drivers' `Drop` writes 0 to QueueReady
+/// and spins until it reads back 0, forever on a device that ignores it; the
+/// guest resets with the device live instead (see `stop_queue`).
+pub fn open(device: &MmioDevice) -> Result<ManuallyDrop<Blk>, Failure> {
     if device.size < 0x200 || device.base == 0 || device.base >= 1 << 32 {
         return Err(Failure::Other(
             "bad virtio_mmio.device window at",
@@ -126,7 +130,7 @@ pub fn open(device: &MmioDevice) -> Result<Blk, Failure> {
     }
     let mut blk = Blk::new(transport).map_err(|error| Failure::Driver("init", error))?;
     blk.enable_interrupts();
-    Ok(blk)
+    Ok(ManuallyDrop::new(blk))
 }
 
 /// Waits for the next used-ring entry: `sti; hlt` until the device's
@@ -261,6 +265,7 @@ pub fn run_disk(device: &MmioDevice, check_sector: u64, write_sector: u64) -> Re
     put_str(" written=");
     put_dec(WRITE_BYTES as u64);
     put_str("\n");
+    stop_queue(device);
     Ok(())
 }
 
@@ -282,5 +287,31 @@ pub fn run_past_end(device: &MmioDevice) -> Result<(), Failure> {
         read(&mut blk, capacity - 1, buffer).map_err(|(failure, _)| failure)?;
         put_str("guest: after past-end read ok\n");
     }
+    stop_queue(device);
     Ok(())
+}
+
+/// QueueReady (virtio-mmio register) and QueueSel.
+const QUEUE_READY: usize = 0x44;
+const QUEUE_SEL: usize = 0x30;
+/// How often to read QueueReady back after writing 0.
+const QUEUE_STOP_POLLS: u32 = 1000;
+
+/// Stops queue 0 as virtio-drivers' `Drop` would (write 0 to QueueReady and
+/// read it back, virtio 1.x 4.2.2.2), but with a bounded wait instead of its
+/// endless one, and says how the device answered:
+/// `guest: queue stop ok` or `guest: queue stop ignored (QueueReady reads 1)`.
+fn stop_queue(device: &MmioDevice) {
+    let base = device.base as usize;
+    // SAFETY: the device's register window (identity-mapped MMIO).
+    let stopped = unsafe {
+        arch::mmio_write32(base + QUEUE_SEL, 0);
+        arch::mmio_write32(base + QUEUE_READY, 0);
+        (0..QUEUE_STOP_POLLS).any(|_| arch::mmio_read32(base + QUEUE_READY) == 0)
+    };
+    if stopped {
+        put_str("guest: queue stop ok\n");
+    } else {
+        put_str("guest: queue stop ignored (QueueReady reads 1)\n");
+    }
 }
