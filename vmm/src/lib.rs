@@ -8,6 +8,7 @@
 //!   and page tables.
 //! - [`cpu`]: vCPU state at entry (CPUID, MSRs, registers, LAPIC).
 //! - [`devices`]: the legacy devices (8250 serial, i8042) and the port/MMIO bus.
+//! - [`seccomp`]: the system calls each VMM thread may make.
 //! - [`vm`]: putting it together and running until the guest resets or
 //!   powers off.
 
@@ -17,6 +18,7 @@ pub mod cpu;
 pub mod devices;
 pub mod error;
 pub mod layout;
+pub mod seccomp;
 mod sys;
 pub mod vm;
 

@@ -132,7 +132,14 @@ fn vcpu_loop(
     mmio: Arc<Bus>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitState>,
+    seccomp: bool,
 ) {
+    if seccomp {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+            exit.finish(VmExit::Fault(e.to_string()));
+            return;
+        }
+    }
     while !exit.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -299,12 +306,13 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     } else {
         None
     };
+    let config_seccomp = config.seccomp;
     let device_thread = {
         let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
         let serial = serial.clone();
         std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || event_loop::run(loop_rx, wake, serial, stdin))
+            .spawn(move || event_loop::run(loop_rx, wake, serial, stdin, config_seccomp))
             .map_err(|e| io_err("starting the device thread", e))?
     };
 
@@ -317,12 +325,13 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         vcpus.push(vcpu);
     }
 
+    let seccomp = config.seccomp;
     let mut threads = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let (io, mmio, mem, exit) = (io.clone(), mmio.clone(), mem.clone(), exit.clone());
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_loop(vcpu, io, mmio, mem, exit))
+            .spawn(move || vcpu_loop(vcpu, io, mmio, mem, exit, seccomp))
             .map_err(|e| io_err("starting a vCPU thread", e))?;
         threads.push(handle);
     }
@@ -341,6 +350,9 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
                 EpollEvent::new(EventSet::IN, token),
             )
             .map_err(|e| io_err("epoll_ctl", e))?;
+    }
+    if config.seccomp {
+        crate::seccomp::apply(crate::seccomp::ThreadKind::Main)?;
     }
     let mut events = vec![EpollEvent::default(); 4];
     let reason = loop {

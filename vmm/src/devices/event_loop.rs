@@ -58,6 +58,7 @@ pub fn run(
     wake: EventFd,
     serial: Arc<Mutex<SerialPort>>,
     stdin: Option<RawFd>,
+    seccomp: bool,
 ) {
     let epoll = match Epoll::new() {
         Ok(e) => e,
@@ -66,6 +67,12 @@ pub fn run(
             return;
         }
     };
+    if seccomp {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Devices) {
+            eprintln!("vmm: device loop: {e}");
+            return;
+        }
+    }
     let add = |fd: RawFd, token: u64| {
         if let Err(e) = epoll.ctl(
             ControlOperation::Add,

@@ -1,0 +1,155 @@
+//! The system calls each VMM thread may make once the VM is running, in
+//! one place. Each thread applies its filter before it first touches
+//! anything the guest controls; a call outside its list kills the whole
+//! process (SIGSYS), as Firecracker does. `--seccomp=off` skips this for
+//! debugging.
+//!
+//! No thread may open files, create sockets, spawn processes or map
+//! executable memory after setup. The lists:
+//! - every thread: memory allocation, futexes, eventfd and epoll use,
+//!   reads and writes, the I/O that serving a disk needs (positioned reads
+//!   and writes, syncs, hole punching, io_uring, `lseek` for data
+//!   extents), signal return, thread exit;
+//! - vCPU threads: `ioctl` for KVM_RUN and the register reads of a fault
+//!   report only (activating a disk from a vCPU thread sets up io_uring
+//!   and eventfds, which are in the common list);
+//! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::{Error, Result};
+
+/// Which thread a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: waits for the end, stops the vCPUs, closes disks.
+    Main,
+    /// A vCPU thread.
+    Vcpu,
+    /// The device thread.
+    Devices,
+}
+
+/// System calls every thread may make.
+const COMMON: &[libc::c_long] = &[
+    // memory
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    // synchronisation, time, identity
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    // descriptors the VMM already has, and new eventfds
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_poll,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    // disk I/O
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_sync_file_range,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    // signals and exit
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// `_IOR(KVMIO, nr, size)`.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+/// The ioctls a vCPU thread makes after setup.
+fn vcpu_ioctls() -> [u64; 3] {
+    [
+        0xae80, // KVM_RUN
+        kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()), // KVM_GET_REGS
+        kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
+    ]
+}
+
+fn build(kind: ThreadKind) -> Result<BpfProgram> {
+    let err = |e: seccompiler::BackendError| Error::GuestFault(format!("seccomp filter: {e}"));
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
+    match kind {
+        ThreadKind::Main => {
+            rules.insert(libc::SYS_tgkill, Vec::new());
+        }
+        ThreadKind::Vcpu => {
+            let ioctl_rules = vcpu_ioctls()
+                .iter()
+                .map(|&request| {
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                        .and_then(|c| SeccompRule::new(vec![c]))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(err)?;
+            rules.insert(libc::SYS_ioctl, ioctl_rules);
+        }
+        ThreadKind::Devices => {}
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    BpfProgram::try_from(filter).map_err(err)
+}
+
+/// Applies the filter of `kind` to the calling thread (for good).
+pub fn apply(kind: ThreadKind) -> Result<()> {
+    let program = build(kind)?;
+    seccompiler::apply_filter(&program)
+        .map_err(|e| Error::GuestFault(format!("applying the {kind:?} seccomp filter: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_build() {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Devices] {
+            assert!(build(kind).unwrap().len() > COMMON.len());
+        }
+        assert_eq!(vcpu_ioctls()[1], 0x8090_ae81);
+        assert_eq!(vcpu_ioctls()[2], 0x8138_ae83);
+    }
+}
