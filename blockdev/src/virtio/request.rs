@@ -92,6 +92,11 @@ struct Stream {
 }
 
 impl Stream {
+    fn clear(&mut self) {
+        self.pieces.clear();
+        self.len = 0;
+    }
+
     fn push(&mut self, addr: GuestAddress, len: u64) {
         if len > 0 {
             self.pieces.push(Piece { addr, len });
@@ -175,16 +180,32 @@ impl Stream {
     }
 }
 
+/// Buffers reused from one chain to the next, so that parsing a chain
+/// allocates only what it hands to the backend.
+#[derive(Debug, Default)]
+pub(crate) struct ParseScratch {
+    descs: Vec<Descriptor>,
+    readable: Stream,
+    writable: Stream,
+}
+
 /// Validate the chain whose descriptors `descriptors` yields (as
 /// virtio-queue's `DescriptorChain` does: it ends early on a loop, a bad
 /// index, an unreadable or nested indirect table) and decide what to do.
 /// GET_ID is answered here (the ID is written into the chain).
-pub(crate) fn parse_chain<M, I>(mem: &M, head: u16, descriptors: I, info: &DiskInfo) -> ParsedChain
+pub(crate) fn parse_chain<M, I>(
+    mem: &M,
+    head: u16,
+    descriptors: I,
+    info: &DiskInfo,
+    scratch: &mut ParseScratch,
+) -> ParsedChain
 where
     M: GuestMemory + ?Sized,
     I: Iterator<Item = Descriptor>,
 {
-    let mut descs: Vec<Descriptor> = Vec::new();
+    let descs = &mut scratch.descs;
+    descs.clear();
     let mut count = 0usize;
     let mut last: Option<Descriptor> = None;
     for desc in descriptors {
@@ -215,7 +236,15 @@ where
     let action = if count > MAX_CHAIN_DESCRIPTORS {
         Action::fail(STATUS_IOERR)
     } else {
-        parse_valid_shape(mem, &descs, info)
+        scratch.readable.clear();
+        scratch.writable.clear();
+        parse_valid_shape(
+            mem,
+            &scratch.descs,
+            &mut scratch.readable,
+            &mut scratch.writable,
+            info,
+        )
     };
     ParsedChain {
         head,
@@ -225,12 +254,16 @@ where
 }
 
 /// The rest of validation, once the status byte is known to be writable.
-fn parse_valid_shape<M>(mem: &M, descs: &[Descriptor], info: &DiskInfo) -> Action
+fn parse_valid_shape<M>(
+    mem: &M,
+    descs: &[Descriptor],
+    readable: &mut Stream,
+    writable: &mut Stream,
+    info: &DiskInfo,
+) -> Action
 where
     M: GuestMemory + ?Sized,
 {
-    let mut readable = Stream::default();
-    let mut writable = Stream::default();
     for desc in descs {
         let len = u64::from(desc.len());
         let access = if desc.is_write_only() {
@@ -327,7 +360,7 @@ where
             }
         }
         REQ_DISCARD | REQ_WRITE_ZEROES => {
-            parse_segments(mem, &readable, request_type == REQ_DISCARD, info)
+            parse_segments(mem, readable, request_type == REQ_DISCARD, info)
         }
         _ => Action::fail(STATUS_UNSUPP),
     }

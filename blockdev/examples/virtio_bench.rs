@@ -1,0 +1,120 @@
+//! IOPS through the virtio-blk device model against the same backend
+//! driven directly (the engine of `img bench`), alternating the two and
+//! printing each run and the median ratio.
+//!
+//! ```text
+//! cargo run --release -p blockdev --example virtio_bench -- IMAGE \
+//!     [--depth 32] [--count 200000] [--write] [--random] [--cache none] [--pairs 3] [--model-only]
+//! cargo run --release -p blockdev --example virtio_bench -- --mem 256M [...]
+//! ```
+//!
+//! With `--mem SIZE` the backend is the in-memory test disk (no direct
+//! comparison: it has no io_uring engine of its own worth comparing).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blockdev::backend::{open, OpenOptions};
+use blockdev::bench::BenchConfig;
+use blockdev::disk::{BlockBackend, CacheMode};
+use blockdev::virtio::bench::{run, BenchOptions};
+use blockdev::virtio::testing::{MemDisk, MemDiskOptions};
+
+fn parse_size(text: &str) -> Option<usize> {
+    let (digits, shift) = match text.chars().last()? {
+        'K' | 'k' => (&text[..text.len() - 1], 10),
+        'M' | 'm' => (&text[..text.len() - 1], 20),
+        'G' | 'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<usize>().ok().map(|n| n << shift)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mut path: Option<PathBuf> = None;
+    let mut mem: Option<usize> = None;
+    let mut options = BenchOptions {
+        requests: 200_000,
+        depth: 32,
+        random: false,
+        ..Default::default()
+    };
+    let mut cache = CacheMode::Writeback;
+    let mut pairs = 3;
+    let mut model_only = false;
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--depth" => options.depth = value()?.parse()?,
+            "--count" => options.requests = value()?.parse()?,
+            "--write" => options.write = true,
+            "--model-only" => model_only = true,
+            "--random" => options.random = true,
+            "--pairs" => pairs = value()?.parse()?,
+            "--cache" => {
+                cache = match value()?.as_str() {
+                    "none" => CacheMode::None,
+                    _ => CacheMode::Writeback,
+                }
+            }
+            "--mem" => mem = Some(parse_size(&value()?).ok_or("bad --mem size")?),
+            _ => path = Some(PathBuf::from(arg)),
+        }
+    }
+    let backend: Arc<dyn BlockBackend> = match (&path, mem) {
+        (_, Some(size)) => Arc::new(MemDisk::new(size, MemDiskOptions::default())),
+        (Some(path), None) => open(
+            path,
+            &OpenOptions {
+                cache,
+                ..Default::default()
+            },
+        )?,
+        (None, None) => return Err("give an image path or --mem SIZE".into()),
+    };
+    let direct = BenchConfig {
+        count: u32::try_from(options.requests)?,
+        depth: u32::from(options.depth),
+        buffer_size: options.request_size,
+        offset: 0,
+        step: u64::from(options.request_size),
+        write: options.write,
+        ..Default::default()
+    };
+    let mut ratios = Vec::new();
+    if mem.is_none() {
+        // Untimed: bring the image into the page cache (and its metadata
+        // into the backend's caches) before either side is measured.
+        blockdev::bench::run(&*backend, &direct)?;
+    }
+    for pair in 0..pairs {
+        let virtio = run(backend.clone(), &options)?;
+        if mem.is_some() || model_only {
+            println!("run {pair}: device model {:.0} IOPS", virtio.iops);
+            continue;
+        }
+        if options.write {
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+        }
+        let elapsed = blockdev::bench::run(&*backend, &direct)?;
+        let direct_iops = options.requests as f64 / elapsed.as_secs_f64();
+        if options.write {
+            // SAFETY: as above.
+            unsafe { libc::sync() };
+        }
+        let ratio = virtio.iops / direct_iops;
+        println!(
+            "run {pair}: device model {:.0} IOPS, direct {:.0} IOPS, ratio {:.2}",
+            virtio.iops, direct_iops, ratio
+        );
+        ratios.push(ratio);
+    }
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        println!("median ratio {:.2}", ratios[ratios.len() / 2]);
+    }
+    backend.close()?;
+    Ok(())
+}
