@@ -2,6 +2,7 @@
 //! guest) through the Linux 64-bit boot protocol, with virtio-blk disks
 //! served by `blockdev`.
 //!
+//! - [`acpi`]: the ACPI tables a stock kernel finds its devices in.
 //! - [`config`]: what the user asked for (`--kernel`, `--memory`, `--disk`, ...).
 //! - [`layout`]: the guest-physical memory map.
 //! - [`boot`]: loading the kernel, initrd, command line, boot_params, GDT
@@ -12,6 +13,7 @@
 //! - [`vm`]: putting it together and running until the guest resets or
 //!   powers off.
 
+pub mod acpi;
 pub mod boot;
 pub mod config;
 pub mod cpu;

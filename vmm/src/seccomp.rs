@@ -96,8 +96,8 @@ const fn kvm_ior(nr: u64, size: usize) -> u64 {
 /// The ioctls a vCPU thread makes after setup.
 fn vcpu_ioctls() -> [u64; 3] {
     [
-        0xae80, // KVM_RUN
-        kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()), // KVM_GET_REGS
+        0xae80,                                                        // KVM_RUN
+        kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),  // KVM_GET_REGS
         kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
     ]
 }

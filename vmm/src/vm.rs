@@ -30,6 +30,9 @@ use crate::layout::{
 };
 use crate::sys::{install_kick_handler, kick_signal, ExitSignals};
 
+/// Offset of `acpi_rsdp_addr` in boot_params.
+const ACPI_RSDP_ADDR_OFFSET: u64 = 0x70;
+
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -229,6 +232,15 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         cmdline.trim_start(),
         config.memory,
     )?;
+
+    // ACPI tables, and their address in boot_params (acpi_rsdp_addr).
+    let rsdp = crate::acpi::write_tables(&mem, config.cpus, backends.len())?;
+    vm_memory::Bytes::write_obj(
+        &mem,
+        rsdp,
+        GuestAddress(crate::layout::ZERO_PAGE_START + ACPI_RSDP_ADDR_OFFSET),
+    )
+    .map_err(|e| Error::Memory(format!("writing acpi_rsdp_addr: {e}")))?;
 
     let exit = Arc::new(ExitState {
         reason: Mutex::new(None),

@@ -1,0 +1,191 @@
+//! ACPI tables, so that a stock distribution kernel (whose virtio drivers
+//! are modules and which lacks virtio_mmio's command-line option) finds
+//! its CPUs, its interrupt controllers, the serial port and every disk:
+//! RSDP (in the BIOS area, where Linux also scans), XSDT, FADT for
+//! hardware-reduced ACPI, MADT with every vCPU's LAPIC, the IOAPIC and the
+//! timer's interrupt override, and a DSDT describing COM1 and each
+//! virtio-mmio device (`LNRO0005`, as Linux's virtio_mmio driver matches).
+//!
+//! The DSDT's AML comes from the acpi_tables crate; the fixed-layout tables
+//! are written here.
+
+use acpi_tables::aml;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::error::{Error, Result};
+use crate::layout::{
+    virtio_mmio_base, IOAPIC_START, LAPIC_START, SERIAL_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+};
+
+/// Where the RSDP goes (the tables follow it), in the BIOS area that the
+/// e820 map leaves out of RAM.
+pub const RSDP_START: u64 = 0x000e_0000;
+/// End of the area the tables may use.
+const ACPI_END: u64 = 0x0010_0000;
+
+const OEM_ID: [u8; 6] = *b"RVMM  ";
+const OEM_TABLE_ID: [u8; 8] = *b"VMMTABLE";
+const CREATOR_ID: [u8; 4] = *b"RVMM";
+
+/// The sum of `bytes` as ACPI checksums use it.
+fn sum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b))
+}
+
+/// A table: the 36-byte header, then `body`, checksum set.
+fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(36 + body.len());
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
+    t.push(revision);
+    t.push(0);
+    t.extend_from_slice(&OEM_ID);
+    t.extend_from_slice(&OEM_TABLE_ID);
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(&CREATOR_ID);
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(body);
+    t[9] = 0u8.wrapping_sub(sum(&t));
+    t
+}
+
+/// The DSDT: COM1 and the virtio-mmio devices under `\_SB`.
+pub fn dsdt(disks: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let com1_io = aml::IO::new(0x3f8, 0x3f8, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, SERIAL_GSI);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::EISAName::new("PNP0501");
+    let hid = aml::Name::new("_HID".into(), &com1_hid);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &com1_crs);
+    aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]).to_aml_bytes(&mut body);
+    for i in 0..disks {
+        let base = virtio_mmio_base(i) as u32;
+        let memory = aml::Memory32Fixed::new(true, base, VIRTIO_MMIO_SIZE as u32);
+        let irq = aml::Interrupt::new(true, true, false, false, VIRTIO_FIRST_GSI + i as u32);
+        let resources = aml::ResourceTemplate::new(vec![&memory, &irq]);
+        let uid_value = i as u8;
+        let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+        let uid = aml::Name::new("_UID".into(), &uid_value);
+        let cca = aml::Name::new("_CCA".into(), &aml::ONE);
+        let crs = aml::Name::new("_CRS".into(), &resources);
+        let path = format!("_SB_.V{i:03}");
+        aml::Device::new(path.as_str().into(), vec![&hid, &uid, &cca, &crs])
+            .to_aml_bytes(&mut body);
+    }
+    table(b"DSDT", 2, &body)
+}
+
+/// The FADT (revision 6) of a hardware-reduced platform.
+pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut body = vec![0u8; 276 - 36];
+    let at = |offset: usize| offset - 36;
+    body[at(40)..at(44)].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
+    // IAPC_BOOT_ARCH: no VGA, no CMOS RTC to probe.
+    body[at(109)..at(111)].copy_from_slice(&((1u16 << 2) | (1 << 5)).to_le_bytes());
+    // Flags: HW_REDUCED_ACPI.
+    body[at(112)..at(116)].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    body[at(131)] = 0; // FADT minor version
+    body[at(140)..at(148)].copy_from_slice(&dsdt_addr.to_le_bytes());
+    body[at(268)..at(276)].copy_from_slice(b"RVMM_KVM");
+    table(b"FACP", 6, &body)
+}
+
+/// The MADT: a LAPIC per vCPU, the IOAPIC, and IRQ 0 on GSI 2.
+pub fn madt(cpus: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(LAPIC_START as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes()); // no 8259s to use
+    for id in 0..cpus {
+        body.extend_from_slice(&[0, 8, id as u8, id as u8]);
+        body.extend_from_slice(&1u32.to_le_bytes()); // enabled
+    }
+    body.extend_from_slice(&[1, 12, cpus as u8, 0]);
+    body.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes()); // GSI base
+    body.extend_from_slice(&[2, 10, 0, 0]); // ISA IRQ 0 ->
+    body.extend_from_slice(&2u32.to_le_bytes()); // GSI 2
+    body.extend_from_slice(&0u16.to_le_bytes());
+    body.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]); // NMI on every LAPIC's LINT1
+    table(b"APIC", 5, &body)
+}
+
+/// The XSDT listing `tables`.
+pub fn xsdt(tables: &[u64]) -> Vec<u8> {
+    let body: Vec<u8> = tables.iter().flat_map(|a| a.to_le_bytes()).collect();
+    table(b"XSDT", 1, &body)
+}
+
+/// The RSDP (revision 2) pointing at the XSDT.
+pub fn rsdp(xsdt_addr: u64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(36);
+    r.extend_from_slice(b"RSD PTR ");
+    r.push(0);
+    r.extend_from_slice(&OEM_ID);
+    r.push(2);
+    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    r.extend_from_slice(&36u32.to_le_bytes());
+    r.extend_from_slice(&xsdt_addr.to_le_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r[8] = 0u8.wrapping_sub(sum(&r[..20]));
+    r[32] = 0u8.wrapping_sub(sum(&r));
+    r
+}
+
+/// Writes every table into guest memory; returns the RSDP's address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u32, disks: usize) -> Result<u64> {
+    let mut next = RSDP_START + 64;
+    let mut place = |bytes: &[u8]| -> Result<u64> {
+        let at = next;
+        if at + bytes.len() as u64 > ACPI_END {
+            return Err(Error::Memory("ACPI tables do not fit below 1 MiB".into()));
+        }
+        mem.write_slice(bytes, GuestAddress(at))
+            .map_err(|e| Error::Memory(format!("writing ACPI tables: {e}")))?;
+        next = (at + bytes.len() as u64).next_multiple_of(16);
+        Ok(at)
+    };
+    let dsdt_addr = place(&dsdt(disks))?;
+    let fadt_addr = place(&fadt(dsdt_addr))?;
+    let madt_addr = place(&madt(cpus))?;
+    let xsdt_addr = place(&xsdt(&[fadt_addr, madt_addr]))?;
+    mem.write_slice(&rsdp(xsdt_addr), GuestAddress(RSDP_START))
+        .map_err(|e| Error::Memory(format!("writing the RSDP: {e}")))?;
+    Ok(RSDP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        for t in [dsdt(3), fadt(0xe0040), madt(4), xsdt(&[1, 2])] {
+            assert_eq!(sum(&t), 0, "{}", String::from_utf8_lossy(&t[..4]));
+            assert_eq!(
+                u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
+                t.len()
+            );
+        }
+        assert_eq!(fadt(0).len(), 276);
+        let r = rsdp(0x1234);
+        assert_eq!((sum(&r[..20]), sum(&r), r.len()), (0, 0, 36));
+        // One 8-byte LAPIC entry per vCPU.
+        assert_eq!(madt(4).len(), 36 + 8 + 4 * 8 + 12 + 10 + 6);
+        // The DSDT names each device and its _HID.
+        let d = dsdt(2);
+        let text = String::from_utf8_lossy(&d);
+        assert!(text.contains("V000") && text.contains("V001") && text.contains("LNRO0005"));
+    }
+
+    #[test]
+    fn tables_land_in_guest_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let at = write_tables(&mem, 2, 19).unwrap();
+        let mut sig = [0u8; 8];
+        mem.read_slice(&mut sig, GuestAddress(at)).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
+    }
+}
