@@ -447,3 +447,55 @@ fn parse_segments<M: GuestMemory + ?Sized>(
         used_len: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+    #[test]
+    fn checked_range_refuses_partial_sectors_overflow_and_the_end() {
+        assert_eq!(checked_range(2, 1024, 4096), Some(1024));
+        assert_eq!(checked_range(6, 1024, 4096), Some(3072));
+        assert_eq!(checked_range(7, 1024, 4096), None);
+        assert_eq!(checked_range(0, 100, 4096), None);
+        assert_eq!(checked_range(u64::MAX / 256, 512, u64::MAX), None);
+        assert_eq!(checked_range(u64::MAX / 512, 512, u64::MAX), None);
+        assert_eq!(checked_range(8, 0, 4096), Some(4096));
+    }
+
+    #[test]
+    fn a_stream_range_cuts_across_pieces() {
+        let mut stream = Stream::default();
+        stream.push(GuestAddress(0x1000), 16);
+        stream.push(GuestAddress(0x2000), 0);
+        stream.push(GuestAddress(0x3000), 100);
+        stream.push(GuestAddress(0x5000), 50);
+        assert_eq!(stream.len, 166);
+        let pieces: Vec<(u64, u64)> = stream
+            .range(10, 120)
+            .map(|p| (p.addr.raw_value(), p.len))
+            .collect();
+        assert_eq!(pieces, vec![(0x100a, 6), (0x3000, 100), (0x5000, 14)]);
+        assert_eq!(stream.range(166, 10).count(), 0);
+    }
+
+    #[test]
+    fn io_bufs_split_at_region_boundaries_and_point_into_guest_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .expect("memory");
+        let mut stream = Stream::default();
+        stream.push(GuestAddress(0xf00), 0x200);
+        let bufs = stream.io_bufs(&mem, 0, 0x200, true).expect("bufs");
+        assert_eq!(bufs.len(), 2);
+        assert_eq!(bufs[0].len + bufs[1].len, 0x200);
+        let host = mem.get_host_address(GuestAddress(0xf00)).expect("host");
+        assert_eq!(bufs[0].addr, host);
+        // Past the end of memory: no buffers at all.
+        stream.push(GuestAddress(0x1f00), 0x200);
+        assert!(stream.io_bufs(&mem, 0x200, 0x200, false).is_none());
+    }
+}
