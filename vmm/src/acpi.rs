@@ -189,3 +189,40 @@ mod tests {
         assert_eq!(&sig, b"RSD PTR ");
     }
 }
+
+#[cfg(test)]
+mod iasl {
+    /// With acpica-tools installed (`apt-get install acpica-tools`), the
+    /// tables disassemble without errors; skipped otherwise.
+    #[test]
+    fn iasl_accepts_the_tables() {
+        if std::process::Command::new("iasl").arg("-v").output().is_err() {
+            eprintln!("iasl not installed: skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("dsdt.dat", super::dsdt(2)),
+            ("facp.dat", super::fadt(0xe0040)),
+            ("apic.dat", super::madt(2)),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let out = std::process::Command::new("iasl")
+                .arg("-d")
+                .arg(&path)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{name}: {text}");
+            let dsl = std::fs::read_to_string(path.with_extension("dsl")).unwrap();
+            assert!(!dsl.contains("Error"), "{name}:\n{dsl}");
+            if name == "dsdt.dat" {
+                assert!(dsl.contains("LNRO0005") && dsl.contains("PNP0501"), "{dsl}");
+                assert!(dsl.contains("0xD0001000"), "{dsl}");
+            }
+        }
+    }
+}
