@@ -433,7 +433,8 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 }
 
 #[test]
-fn without_event_idx_every_batch_interrupts() {
+fn without_event_idx_every_batch_interrupts_unless_the_driver_says_no() {
+    use vm_memory::Bytes;
     let disk = MemDisk::new(DISK_SIZE, MemDiskOptions::default());
     let mut rig = Rig::with(Arc::new(disk), 1, 64, !F_RING_EVENT_IDX);
     assert!(!rig.handlers[0].queue().event_idx_enabled());
@@ -441,4 +442,12 @@ fn without_event_idx_every_batch_interrupts() {
         assert_eq!(rig.simple(REQ_FLUSH, 0).0, STATUS_OK);
         assert!(rig.handlers[0].take_interrupt().expect("irq"));
     }
+    // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags.
+    let flags = rig.drivers[0].avail_ring();
+    rig.mem.write_obj(1u16.to_le(), flags).expect("flags");
+    assert_eq!(rig.simple(REQ_FLUSH, 0).0, STATUS_OK);
+    assert!(!rig.handlers[0].take_interrupt().expect("irq"));
+    rig.mem.write_obj(0u16, flags).expect("flags");
+    assert_eq!(rig.simple(REQ_FLUSH, 0).0, STATUS_OK);
+    assert!(rig.handlers[0].take_interrupt().expect("irq"));
 }

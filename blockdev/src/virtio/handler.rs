@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -19,6 +20,9 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::defs::{STATUS_IOERR, STATUS_OK};
+
+/// Available ring flag: the driver does not want interrupts.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
 use super::request::{parse_chain, Action, DiskInfo, ParseScratch, ParsedChain};
 use crate::disk::{BlockQueue, Request};
 use crate::{Error, Result};
@@ -415,10 +419,24 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         if self.used_added {
             self.used_added = false;
             let mem = self.mem.memory();
-            let needed = self
+            let mut needed = self
                 .queue
                 .needs_notification(&*mem)
                 .map_err(|source| queue_error("read used_event", source))?;
+            if needed && !self.queue.event_idx_enabled() {
+                // Without event idx the driver suppresses interrupts with
+                // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags
+                // (read after needs_notification's fence).
+                let flags_addr = GuestAddress(self.queue.avail_ring());
+                let flags: u16 = mem
+                    .load(flags_addr, Ordering::Acquire)
+                    .map(u16::from_le)
+                    .map_err(|_| Error::GuestMemory {
+                        op: "read the available ring flags",
+                        addr: flags_addr.0,
+                    })?;
+                needed = flags & AVAIL_F_NO_INTERRUPT == 0;
+            }
             if needed {
                 self.events.interrupt.write(1).map_err(|source| Error::Io {
                     op: "signal the interrupt eventfd",
