@@ -22,18 +22,24 @@
 # (1, 32). Both tools run with the same flags:
 #   IMG      bench -f FMT -t CACHE -d DEPTH -c COUNT -s 4k [-w] FILE
 #   qemu-img bench -f FMT -t CACHE -d DEPTH -c COUNT -s 4k [-w] -i io_uring FILE
-# COUNT is --count at depth 32 and --count1 at depth 1.
+# COUNT is --count at depth 32 and --count1 at depth 1; cache=writeback
+# reads (served from the page cache, they would otherwise finish within a
+# few timer ticks) get ten times --count at depth 32 and five times --count1
+# at depth 1 (qemu-img 10.0 bench overflows its stack, by recursing through
+# inline completions, somewhere between 70000 and 100000 such requests).
 #
-# Method, per cell: one untimed warm-up run of each tool, then PAIRS pairs;
-# pair i runs ours then theirs for even i, theirs then ours for odd i. Every
+# Method, per cache/op/depth: one untimed warm-up run of each tool on each
+# format, then PAIRS rounds; each round measures ours and qemu-img on the
+# qcow2 image and on the raw file, back to back (the virtual disk's speed
+# drifts over minutes, so the figures compared come from the same moment).
+# The format order and the tool order alternate from round to round. Every
 # run is followed by `sync` (outside the timing, which is the tool's own
 # "Run completed in" figure) so that one run's page-cache writeback does
 # not land in the next. IOPS = COUNT / seconds.
 #
 # Reported per cell: median IOPS of ours and of qemu-img, the median of the
-# per-pair ratios ours/qemu-img (target >= 1.2), and for our qcow2 cells the
-# ratio of our qcow2 median IOPS to our raw median IOPS in the same
-# cache/op/depth (target >= 0.9).
+# per-round ratios ours/qemu-img (target >= 1.2), and for qcow2 the median
+# of the per-round ratios of our qcow2 IOPS to our raw IOPS (target >= 0.9).
 #
 # Check the script with qemu-img against itself (ratios near 1.0):
 #   bench/block.sh --img "$(command -v qemu-img)" --size 256M --pairs 2
@@ -161,39 +167,53 @@ run_one() { # tool fmt cache depth count rw
     sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$out"
 }
 
-declare -A med_ours med_theirs med_ratio
+iops() { # count seconds -> IOPS; a run under the timer's 1 ms counts as 1 ms
+    awk -v n="$1" -v s="$2" 'BEGIN { if (s < 0.001) s = 0.001; printf "%.1f", n / s }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", a / b }'; }
+
+declare -A med_ours med_theirs med_ratio med_qr
 cells=()
-for fmt in qcow2 raw; do
-    for cache in none writeback; do
-        for rw in read write; do
-            for depth in 1 32; do
-                n=$count
-                ((depth == 1)) && n=$count1
-                key="$fmt $cache $rw $depth"
-                cells+=("$key")
-                log "cell: $key ($n requests, $pairs pairs)"
+for cache in none writeback; do
+    for rw in read write; do
+        for depth in 1 32; do
+            n=$count
+            ((depth == 1)) && n=$count1
+            if [[ $cache == writeback && $rw == read ]]; then
+                n=$((depth == 1 ? n * 5 : n * 10))
+            fi
+            group="$cache $rw $depth"
+            log "cells: $group ($n requests, $pairs pairs)"
+            for fmt in qcow2 raw; do
                 run_one ours "$fmt" "$cache" "$depth" "$n" "$rw" >/dev/null
                 run_one theirs "$fmt" "$cache" "$depth" "$n" "$rw" >/dev/null
-                ours=() theirs=() ratios=()
-                for ((i = 0; i < pairs; i++)); do
-                    if ((i % 2 == 0)); then
-                        a=$(run_one ours "$fmt" "$cache" "$depth" "$n" "$rw")
-                        b=$(run_one theirs "$fmt" "$cache" "$depth" "$n" "$rw")
-                    else
-                        b=$(run_one theirs "$fmt" "$cache" "$depth" "$n" "$rw")
-                        a=$(run_one ours "$fmt" "$cache" "$depth" "$n" "$rw")
-                    fi
-                    # A run faster than the timer's resolution counts as 1 ms.
-                    ia=$(awk -v n="$n" -v s="$a" 'BEGIN { if (s < 0.001) s = 0.001; printf "%.1f", n / s }')
-                    ib=$(awk -v n="$n" -v s="$b" 'BEGIN { if (s < 0.001) s = 0.001; printf "%.1f", n / s }')
-                    ours+=("$ia") theirs+=("$ib")
-                    ratios+=("$(awk -v a="$ia" -v b="$ib" 'BEGIN { printf "%.4f", a / b }')")
-                    log "  pair $i: ours ${ia} IOPS, qemu-img ${ib} IOPS"
-                done
-                med_ours[$key]=$(printf '%s\n' "${ours[@]}" | median)
-                med_theirs[$key]=$(printf '%s\n' "${theirs[@]}" | median)
-                med_ratio[$key]=$(printf '%s\n' "${ratios[@]}" | median)
             done
+            declare -A o=() t=() r=()
+            qr=()
+            for ((i = 0; i < pairs; i++)); do
+                # Rotate who goes first, and which format, pair by pair.
+                if ((i % 2 == 0)); then fmts=(qcow2 raw); else fmts=(raw qcow2); fi
+                declare -A got=()
+                for fmt in "${fmts[@]}"; do
+                    if (((i / 2) % 2 == 0)); then order=(ours theirs); else order=(theirs ours); fi
+                    for tool in "${order[@]}"; do
+                        got[$tool $fmt]=$(iops "$n" "$(run_one "$tool" "$fmt" "$cache" "$depth" "$n" "$rw")")
+                    done
+                    o[$fmt]+="${got[ours $fmt]} "
+                    t[$fmt]+="${got[theirs $fmt]} "
+                    r[$fmt]+="$(ratio "${got[ours $fmt]}" "${got[theirs $fmt]}") "
+                    log "  pair $i $fmt: ours ${got[ours $fmt]} IOPS, qemu-img ${got[theirs $fmt]} IOPS"
+                done
+                qr+=("$(ratio "${got[ours qcow2]}" "${got[ours raw]}")")
+            done
+            for fmt in qcow2 raw; do
+                key="$fmt $group"
+                cells+=("$key")
+                med_ours[$key]=$(tr ' ' '\n' <<<"${o[$fmt]}" | grep . | median)
+                med_theirs[$key]=$(tr ' ' '\n' <<<"${t[$fmt]}" | grep . | median)
+                med_ratio[$key]=$(tr ' ' '\n' <<<"${r[$fmt]}" | grep . | median)
+            done
+            med_qr["qcow2 $group"]=$(printf '%s\n' "${qr[@]}" | median)
         done
     done
 done
@@ -213,8 +233,7 @@ for key in "${cells[@]}"; do
     awk -v r="$ratio" -v t="$RATIO_TARGET" 'BEGIN { exit !(r >= t) }' || { mark="*"; missed=1; }
     qr="-"
     if [[ $fmt == qcow2 ]]; then
-        raw_key="raw $cache $rw $depth"
-        qr=$(awk -v a="${med_ours[$key]}" -v b="${med_ours[$raw_key]}" 'BEGIN { printf "%.2f", a / b }')
+        qr=$(printf '%.2f' "${med_qr[$key]}")
         awk -v r="$qr" -v t="$QCOW2_RAW_TARGET" 'BEGIN { exit !(r >= t) }' || { qr="$qr*"; missed=1; }
     fi
     printf '%-6s %-9s %-5s %5s %12.0f %12.0f %10.2f%1s %12s\n' \

@@ -345,3 +345,52 @@ fn writes_into_one_new_cluster_on_one_queue() {
     let info = qemu_img(&["check", path.to_str().unwrap()]);
     assert!(info.contains("2/16 = 12.50% allocated"), "{info}");
 }
+
+/// A flush completes only after every write pushed before it, on raw
+/// files (an io_uring fdatasync) and qcow2 images (a metadata flush).
+#[test]
+fn flush_completes_after_the_writes_before_it() {
+    let dir = test_dir();
+    let raw = dir.path().join("d.raw");
+    std::fs::write(&raw, vec![0u8; 8 << 20]).unwrap();
+    let qcow2 = dir.path().join("d.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow2.to_str().unwrap(), "8M"]);
+    for path in [&raw, &qcow2] {
+        for cache in [CacheMode::Writeback, CacheMode::None] {
+            let disk = open(
+                path,
+                &OpenOptions {
+                    cache,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut q = disk.open_queue(32).unwrap();
+            let mut bufs: Vec<Buf> = (0..16).map(|_| Buf::new(256 << 10, 0)).collect();
+            for (i, b) in bufs.iter_mut().enumerate() {
+                b.bytes_mut().fill(i as u8);
+                let req = Request::Write {
+                    offset: i as u64 * (512 << 10),
+                    bufs: b.iobufs(&[]),
+                };
+                // SAFETY: `bufs` outlives the requests (all popped below).
+                unsafe { q.push(req, i as u64) }.unwrap();
+            }
+            // SAFETY: no buffers.
+            unsafe { q.push(Request::Flush, 100) }.unwrap();
+            q.submit().unwrap();
+            let mut order = Vec::new();
+            while order.len() < 17 {
+                q.wait().unwrap();
+                while let Some(c) = q.pop_completion() {
+                    c.result.unwrap();
+                    order.push(c.user_data);
+                }
+            }
+            assert_eq!(order.last(), Some(&100), "{order:?}");
+            drop(q);
+            disk.close().unwrap();
+        }
+    }
+    assert_clean(&qcow2);
+}
