@@ -231,7 +231,7 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
                 next: 0,
             },
         )?;
-        driver.publish(&*mem, head, owned)?;
+        driver.stage(&*mem, head, owned)?;
         Ok(head)
     };
     let mut head_slot = vec![0u64; usize::from(queue_size)];
@@ -244,9 +244,11 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
         head_slot[usize::from(head)] = slot;
         issued += 1;
     }
+    driver.set_used_event_on_pop(false);
     while completed < options.requests {
-        // The kick: the device pops what the driver published, and the
-        // backend submits it and waits in one call.
+        // The kick: the driver exposes what it staged, the device pops it,
+        // and the backend submits it and waits in one call.
+        driver.expose(&*mem)?;
         handler.process_queue_and_wait()?;
         while let Some(used) = driver.pop_used(&*mem)? {
             let slot = head_slot[used.id as usize % usize::from(queue_size)];
@@ -266,6 +268,8 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
                 issued += 1;
             }
         }
+        // Interrupt on the next completion, as a guest driver asks.
+        driver.set_used_event(&*mem, driver.last_used())?;
     }
     let elapsed = start.elapsed();
     let _ = handler.take_interrupt()?;

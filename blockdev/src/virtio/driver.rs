@@ -77,6 +77,8 @@ pub struct SplitQueueDriver {
     free: Vec<u16>,
     /// Descriptors each published head owns, freed when it comes back.
     owned: Vec<Vec<u16>>,
+    /// Whether `pop_used` moves used_event along.
+    used_event_on_pop: bool,
 }
 
 fn mem_error(op: &'static str, addr: GuestAddress) -> Error {
@@ -114,6 +116,7 @@ impl SplitQueueDriver {
             last_used: 0,
             free: (0..size).rev().collect(),
             owned: vec![Vec::new(); usize::from(size)],
+            used_event_on_pop: true,
         })
     }
 
@@ -206,15 +209,52 @@ impl SplitQueueDriver {
     /// Put `head` on the available ring as is (it may be any value, for
     /// tests of a misbehaving driver) and make it visible to the device.
     pub fn publish_raw<M: GuestMemory + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
+        self.stage_raw(mem, head)?;
+        self.expose(mem)
+    }
+
+    /// Put a chain starting at `head` that owns `owned` on the available
+    /// ring without moving the available index yet (see
+    /// [`SplitQueueDriver::expose`]), as a driver batching kicks does.
+    pub fn stage<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        owned: Vec<u16>,
+    ) -> Result<()> {
+        if let Some(slot) = self.owned.get_mut(usize::from(head)) {
+            slot.extend(owned);
+        }
+        self.stage_raw(mem, head)
+    }
+
+    fn stage_raw<M: GuestMemory + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
         let slot = u64::from(self.next_avail % self.size);
         let entry = self.avail_ring.unchecked_add(4 + 2 * slot);
         mem.write_obj(head.to_le(), entry)
             .map_err(|_| mem_error("write the available ring", entry))?;
         self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Make every staged chain visible to the device (one store of the
+    /// available index).
+    pub fn expose<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<()> {
         fence(Ordering::Release);
         let idx = self.avail_ring.unchecked_add(2);
         mem.store(self.next_avail.to_le(), idx, Ordering::Release)
             .map_err(|_| mem_error("write the available index", idx))
+    }
+
+    /// Whether [`SplitQueueDriver::pop_used`] asks for an interrupt on the
+    /// next completion (the default) or leaves used_event to the caller.
+    pub fn set_used_event_on_pop(&mut self, on: bool) {
+        self.used_event_on_pop = on;
+    }
+
+    /// The used index the driver has reaped up to.
+    pub fn last_used(&self) -> u16 {
+        self.last_used
     }
 
     /// Build and publish a direct chain over `segments`; returns its head.
@@ -314,7 +354,9 @@ impl SplitQueueDriver {
         if let Some(owned) = self.owned.get_mut(id as usize) {
             self.free.append(owned);
         }
-        self.set_used_event(mem, self.last_used)?;
+        if self.used_event_on_pop {
+            self.set_used_event(mem, self.last_used)?;
+        }
         Ok(Some(UsedElem { id, len }))
     }
 
