@@ -42,7 +42,11 @@ fn guest_target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("guest")
 }
 
@@ -54,7 +58,14 @@ fn build() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(option_env!("CARGO").unwrap_or("cargo")));
     let output = Command::new(cargo)
         .current_dir(&guest_dir)
-        .args(["build", "--release", "--offline", "--quiet", "--target", GUEST_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--quiet",
+            "--target",
+            GUEST_TARGET,
+        ])
         .arg("--manifest-path")
         .arg(guest_dir.join("Cargo.toml"))
         .arg("--target-dir")
@@ -73,7 +84,14 @@ fn build() -> PathBuf {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let elf = target_dir.join(GUEST_TARGET).join("release").join(GUEST_BINARY);
-    assert!(elf.is_file(), "the guest build produced no {}", elf.display());
+    let elf = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(GUEST_BINARY);
+    assert!(
+        elf.is_file(),
+        "the guest build produced no {}",
+        elf.display()
+    );
     elf
 }
