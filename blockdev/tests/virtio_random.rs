@@ -451,3 +451,42 @@ fn without_event_idx_every_batch_interrupts_unless_the_driver_says_no() {
     assert_eq!(rig.simple(REQ_FLUSH, 0).0, STATUS_OK);
     assert!(rig.handlers[0].take_interrupt().expect("irq"));
 }
+
+#[test]
+fn notifications_come_back_on_once_a_full_queue_drains() {
+    use vm_memory::Bytes;
+    for feature_mask in [u64::MAX, !F_RING_EVENT_IDX] {
+        let disk = MemDisk::new(DISK_SIZE, MemDiskOptions::default());
+        // Four slots, filled by four chains at once.
+        let mut rig = Rig::with(Arc::new(disk), 1, 4, feature_mask);
+        for round in 0..3 {
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                let header = rig.header(REQ_FLUSH, 0);
+                let status = rig.status_byte();
+                let table = rig.alloc(32);
+                let segments = [readable(header, 16), writable(status, 1)];
+                rig.drivers[0]
+                    .add_indirect_chain(&*rig.mem, &segments, table)
+                    .expect("chain");
+                statuses.push(status);
+            }
+            rig.kick(0);
+            assert_eq!(rig.used(0).len(), 4, "round {round}");
+            for status in statuses {
+                assert_eq!(rig.byte(status), STATUS_OK);
+            }
+            // The device is idle: the driver must be allowed to kick again
+            // (no VRING_USED_F_NO_NOTIFY; with event idx, avail_event is
+            // where the next chain will go).
+            let used_flags: u16 = rig.mem.read_obj(rig.drivers[0].used_ring()).expect("flags");
+            assert_eq!(used_flags & 1, 0, "NO_NOTIFY left set, round {round}");
+            if feature_mask == u64::MAX {
+                assert_eq!(
+                    rig.drivers[0].avail_event(&*rig.mem).expect("avail_event"),
+                    rig.drivers[0].published()
+                );
+            }
+        }
+    }
+}

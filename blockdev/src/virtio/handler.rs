@@ -173,6 +173,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             self.blocked = true;
             return self.submit_and_signal();
         }
+        self.blocked = false;
         let mem = self.mem.memory();
         loop {
             self.queue
