@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p blockdev --example virtio_bench -- IMAGE \
-//!     [--depth 32] [--count 200000] [--write] [--random] [--cache none] [--pairs 3] [--model-only]
+//!     [--depth 32] [--count 200000] [--write] [--random] [--cache none] [--pairs 3]
+//!     [--model-only | --direct-only] [--no-warmup]
 //! cargo run --release -p blockdev --example virtio_bench -- --mem 256M [...]
 //! ```
 //!
@@ -43,6 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cache = CacheMode::Writeback;
     let mut pairs = 3;
     let mut model_only = false;
+    let mut direct_only = false;
+    let mut warmup = true;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -50,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--count" => options.requests = value()?.parse()?,
             "--write" => options.write = true,
             "--model-only" => model_only = true,
+            "--direct-only" => direct_only = true,
+            "--no-warmup" => warmup = false,
             "--random" => options.random = true,
             "--pairs" => pairs = value()?.parse()?,
             "--cache" => {
@@ -83,12 +88,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let mut ratios = Vec::new();
-    if mem.is_none() {
+    if mem.is_none() && warmup {
         // Untimed: bring the image into the page cache (and its metadata
         // into the backend's caches) before either side is measured.
         blockdev::bench::run(&*backend, &direct)?;
     }
     for pair in 0..pairs {
+        if direct_only && mem.is_none() {
+            let elapsed = blockdev::bench::run(&*backend, &direct)?;
+            let iops = options.requests as f64 / elapsed.as_secs_f64();
+            println!("run {pair}: direct {iops:.0} IOPS");
+            continue;
+        }
         let virtio = run(backend.clone(), &options)?;
         if mem.is_some() || model_only {
             println!("run {pair}: device model {:.0} IOPS", virtio.iops);
