@@ -196,7 +196,11 @@ mod iasl {
     /// tables disassemble without errors; skipped otherwise.
     #[test]
     fn iasl_accepts_the_tables() {
-        if std::process::Command::new("iasl").arg("-v").output().is_err() {
+        if std::process::Command::new("iasl")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
             eprintln!("iasl not installed: skipping");
             return;
         }

@@ -1,6 +1,7 @@
 //! The process-level plumbing that needs raw system calls: SIGINT and
 //! SIGTERM taken through a signalfd (blocked in every thread, read by the
-//! main loop), and the signal that kicks vCPU threads out of KVM_RUN.
+//! main loop), the signal that kicks vCPU threads out of KVM_RUN, and
+//! QEMU-compatible image locks.
 
 use std::fs::File;
 use std::io::Read;
@@ -77,4 +78,90 @@ impl AsRawFd for ExitSignals {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+}
+
+/// Byte offsets QEMU locks to say "I use permission N" (base + N) and "I do
+/// not let others use permission N" (shared base + N), with OFD locks on
+/// the image file.
+const QEMU_PERM_LOCK_BASE: i64 = 100;
+const QEMU_SHARED_LOCK_BASE: i64 = 200;
+/// QEMU's BLK_PERM_CONSISTENT_READ and BLK_PERM_WRITE bit numbers.
+const PERM_CONSISTENT_READ: i64 = 0;
+const PERM_WRITE: i64 = 1;
+
+fn ofd_lock(
+    file: &File,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    byte: i64,
+) -> std::io::Result<libc::c_short> {
+    let mut fl = libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: byte,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: `fl` is a valid flock owned by this frame and the descriptor
+    // is open for the call's duration; F_OFD_* take a pointer to a flock.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fl.l_type)
+    }
+}
+
+/// Takes QEMU-compatible image locks on `file` for the VM's lifetime: we
+/// read consistently, write if `writable`, and then let no one else write.
+/// Fails with a message naming the conflict when another process (QEMU,
+/// qemu-img, another vmm) holds a lock that forbids ours.
+pub fn lock_image(file: &File, writable: bool) -> std::result::Result<(), String> {
+    let mut held = vec![PERM_CONSISTENT_READ];
+    let mut unshared = Vec::new();
+    if writable {
+        held.push(PERM_WRITE);
+        unshared.push(PERM_WRITE);
+    }
+    let conflict = |byte: i64| -> std::result::Result<bool, String> {
+        ofd_lock(
+            file,
+            libc::F_OFD_GETLK,
+            libc::F_WRLCK as libc::c_short,
+            byte,
+        )
+        .map(|t| t != libc::F_UNLCK as libc::c_short)
+        .map_err(|e| format!("cannot test its locks: {e}"))
+    };
+    for &p in &held {
+        if conflict(QEMU_SHARED_LOCK_BASE + p)? {
+            return Err(format!(
+                "another process does not share the \"{}\" permission (is the image in use?)",
+                if p == PERM_WRITE {
+                    "write"
+                } else {
+                    "consistent read"
+                }
+            ));
+        }
+    }
+    for &p in &unshared {
+        if conflict(QEMU_PERM_LOCK_BASE + p)? {
+            return Err("another process is using the image (it holds the \"write\" lock)".into());
+        }
+    }
+    for byte in held
+        .iter()
+        .map(|p| QEMU_PERM_LOCK_BASE + p)
+        .chain(unshared.iter().map(|p| QEMU_SHARED_LOCK_BASE + p))
+    {
+        ofd_lock(
+            file,
+            libc::F_OFD_SETLK,
+            libc::F_RDLCK as libc::c_short,
+            byte,
+        )
+        .map_err(|e| format!("cannot lock it: {e}"))?;
+    }
+    Ok(())
 }

@@ -196,11 +196,12 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     check_counts(config.cpus, config.disks.len())?;
     // Disks first: a disk that is missing, locked or corrupt stops us
     // before anything else is set up.
-    let backends = config
-        .disks
-        .iter()
-        .map(open_disk)
-        .collect::<Result<Vec<_>>>()?;
+    let mut locks = Vec::new();
+    let mut backends = Vec::new();
+    for disk in &config.disks {
+        locks.push(lock_disk(disk)?);
+        backends.push(open_disk(disk)?);
+    }
     let mut signals = ExitSignals::new()?;
     install_kick_handler()?;
 
@@ -424,6 +425,7 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         exit: started.elapsed(),
     };
     drop(vm);
+    drop(locks);
     if !close_errors.is_empty() {
         return Err(Error::Disk {
             path: close_errors.join("; "),
@@ -438,6 +440,19 @@ fn disk_err(disk: &DiskConfig, reason: String) -> Error {
         path: disk.path.display().to_string(),
         reason,
     }
+}
+
+/// Locks an image the way QEMU does, so that neither QEMU nor another vmm
+/// writes it while the guest runs (and we refuse one they hold). The file
+/// returned holds the locks until it is closed.
+fn lock_disk(disk: &DiskConfig) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.readonly)
+        .open(&disk.path)
+        .map_err(|e| disk_err(disk, format!("Could not open: {e}")))?;
+    crate::sys::lock_image(&file, !disk.readonly).map_err(|reason| disk_err(disk, reason))?;
+    Ok(file)
 }
 
 /// Opens one disk through blockdev, before any vCPU exists.

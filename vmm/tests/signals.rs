@@ -1,4 +1,5 @@
-//! SIGTERM and SIGINT stop a running guest: the vCPUs are stopped, every
+//! SIGTERM and SIGINT stop a running guest, whose disks are locked the way
+//! QEMU locks images while it runs: the vCPUs are stopped, every
 //! disk is flushed and closed clean (qemu-img check finds nothing), and the
 //! VMM exits 0. The guest is a hand-made ELF that prints a line and halts
 //! with interrupts off, so it never ends by itself.
@@ -49,7 +50,12 @@ fn waiting_guest() -> Vec<u8> {
 
 #[test]
 fn termination_signals_close_disks_clean() {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         assert!(std::env::var_os("REQUIRE_KVM").is_none(), "no /dev/kvm");
         return;
     }
@@ -57,7 +63,16 @@ fn termination_signals_close_disks_clean() {
     let d = dir.path();
     std::fs::write(d.join("guest.elf"), waiting_guest()).unwrap();
     let made = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "disk.qcow2", "16M"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            "disk.qcow2",
+            "16M",
+        ])
         .current_dir(d)
         .status();
     if !made.is_ok_and(|s| s.success()) {
@@ -66,7 +81,14 @@ fn termination_signals_close_disks_clean() {
     }
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(["--kernel", "guest.elf", "--memory", "64M", "--disk", "path=disk.qcow2"])
+            .args([
+                "--kernel",
+                "guest.elf",
+                "--memory",
+                "64M",
+                "--disk",
+                "path=disk.qcow2",
+            ])
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -78,6 +100,33 @@ fn termination_signals_close_disks_clean() {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line, "waiting\n");
+        // While it runs the disk is locked as QEMU locks images: another
+        // vmm and qemu-img both refuse it, and it is left alone.
+        let before = std::fs::read(d.join("disk.qcow2")).unwrap();
+        let second = Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args([
+                "--kernel",
+                "guest.elf",
+                "--memory",
+                "64M",
+                "--disk",
+                "path=disk.qcow2",
+            ])
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{err}");
+        assert!(second.stdout.is_empty() && err.contains("in use"), "{err}");
+        let info = Command::new("qemu-img")
+            .args(["info", "disk.qcow2"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!info.status.success(), "qemu-img info opened a disk in use");
+        assert!(String::from_utf8_lossy(&info.stderr).contains("lock"));
+        assert!(std::fs::read(d.join("disk.qcow2")).unwrap() == before);
         let pid = child.id() as i32;
         // SAFETY: kill(2) on our own, still unreaped child: no memory is
         // involved.
@@ -85,13 +134,20 @@ fn termination_signals_close_disks_clean() {
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert!(stderr.contains(&format!("stopped by signal {signal}")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("stopped by signal {signal}")),
+            "{stderr}"
+        );
         let check = Command::new("qemu-img")
             .args(["check", "disk.qcow2"])
             .current_dir(d)
             .output()
             .unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
         let info = Command::new("qemu-img")
             .args(["info", "--output=json", "disk.qcow2"])
             .current_dir(d)
