@@ -44,15 +44,21 @@ if ((install_qemu)) && ! command -v qemu-system-x86_64 >/dev/null; then
     apt-get install -y -q -t bookworm-backports qemu-system-x86
 fi
 
-# Runs a command N times; prints median first-byte ms, exit ms, peak RSS KiB.
+# Runs a command N times (after one untimed run); prints median first-byte
+# ms, exit ms and peak RSS KiB. RSS comes from GNU time around the command,
+# not from this Python parent (a forked child inherits the parent's
+# high-water mark until exec).
 measure() {
     python3 - "$runs" "$@" <<'EOF'
-import os, resource, statistics, subprocess, sys, time
+import os, statistics, subprocess, sys, tempfile, time
 runs = int(sys.argv[1]); cmd = sys.argv[2:]
 firsts, exits, rss = [], [], []
+report = tempfile.NamedTemporaryFile(delete=False).name
+subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
 for _ in range(runs):
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    p = subprocess.Popen(['/usr/bin/time', '-f', '%M', '-o', report] + cmd,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
     first = None
     fd = p.stdout.fileno()
@@ -62,21 +68,26 @@ for _ in range(runs):
             first = time.monotonic() - t0
         if not b:
             break
-    _, status, usage = os.wait4(p.pid, 0)
+    p.wait()
     exits.append((time.monotonic() - t0) * 1e3)
     firsts.append((first or float('nan')) * 1e3)
-    rss.append(usage.ru_maxrss)
+    rss.append(int(open(report).read().split()[-1]))
 print('%.1f %.1f %d' % (statistics.median(firsts), statistics.median(exits), statistics.median(rss)))
 EOF
 }
 
 read -r ours_first ours_exit ours_rss < <(measure "$vmm" --kernel "$guest" --memory "$memory" \
     --cmdline "guest.mode=hello")
+for _ in 1 2 3; do
+    "$vmm" --kernel "$guest" --memory "$memory" --cmdline guest.mode=hello --timings \
+        </dev/null 2>&1 >/dev/null | grep -F 'vmm: setup'
+done
 printf 'vmm:        first serial byte %6.1f ms   exit %6.1f ms   peak RSS %6d KiB\n' \
     "$ours_first" "$ours_exit" "$ours_rss"
 if command -v qemu-system-x86_64 >/dev/null; then
     read -r q_first q_exit q_rss < <(measure qemu-system-x86_64 \
-        -M microvm,pit=off,pic=off,rtc=off,ioapic2=off -enable-kvm -cpu host \
+        -M microvm,pit=off,pic=off,rtc=off,ioapic2=off -accel kvm \
+        -bios /usr/share/qemu/qboot.rom \
         -nodefaults -no-user-config -nographic -serial stdio -m "$memory" -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$guest" -append "guest.mode=hello")
     printf 'qemu microvm: first serial byte %6.1f ms   exit %6.1f ms   peak RSS %6d KiB\n' \

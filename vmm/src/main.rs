@@ -73,8 +73,11 @@ fn main() {
                 let first = times.first_serial_byte.map_or("none".to_string(), |d| {
                     format!("{:.3} ms", d.as_secs_f64() * 1e3)
                 });
+                let setup = times.setup.map_or("none".to_string(), |d| {
+                    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+                });
                 eprintln!(
-                    "vmm: first serial byte {first}, exit {:.3} ms",
+                    "vmm: setup (start to first KVM_RUN) {setup}, first serial byte {first}, exit {:.3} ms",
                     times.exit.as_secs_f64() * 1e3
                 );
             }

@@ -51,12 +51,17 @@ pub enum VmExit {
 pub struct RunTimes {
     /// From the VMM's start to the guest's first serial byte.
     pub first_serial_byte: Option<Duration>,
+    /// From the VMM's start to the boot vCPU's first KVM_RUN: host time
+    /// spent before the guest runs at all.
+    pub setup: Option<Duration>,
     /// From the VMM's start to the guest's exit.
     pub exit: Duration,
 }
 
 /// How the vCPU threads tell the main loop the guest is done.
 struct ExitState {
+    /// When the boot vCPU first entered the guest.
+    entered: Mutex<Option<Instant>>,
     reason: Mutex<Option<VmExit>>,
     event: EventFd,
     stop: AtomicBool,
@@ -143,6 +148,10 @@ fn vcpu_loop(
             return;
         }
     }
+    exit.entered
+        .lock()
+        .expect("exit lock")
+        .get_or_insert_with(Instant::now);
     while !exit.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -244,6 +253,7 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     .map_err(|e| Error::Memory(format!("writing acpi_rsdp_addr: {e}")))?;
 
     let exit = Arc::new(ExitState {
+        entered: Mutex::new(None),
         reason: Mutex::new(None),
         event: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| io_err("eventfd", e))?,
         stop: AtomicBool::new(false),
@@ -420,8 +430,14 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         .expect("serial lock")
         .first_byte
         .map(|t| t.duration_since(started));
+    let setup = exit
+        .entered
+        .lock()
+        .expect("exit lock")
+        .map(|t| t.duration_since(started));
     let times = RunTimes {
         first_serial_byte: first,
+        setup,
         exit: started.elapsed(),
     };
     drop(vm);
