@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 /// A static x86-64 ELF loaded at 2 MiB whose code writes "waiting\n" to
 /// the serial port and then halts forever.
 fn waiting_guest() -> Vec<u8> {
-    const BASE: u64 = 0x20_0000;
-    let code: &[u8] = &[
+    elf(&[
         0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
         0x48, 0x8d, 0x35, 0x10, 0x00, 0x00, 0x00, // lea rsi, [rip + 16] (msg)
         0x8a, 0x06, // loop: mov al, [rsi]
@@ -24,7 +23,12 @@ fn waiting_guest() -> Vec<u8> {
         0xf4, // hlt
         0xeb, 0xfc, // jmp done
         b'w', b'a', b'i', b't', b'i', b'n', b'g', b'\n', 0,
-    ];
+    ])
+}
+
+/// A static x86-64 ELF loaded at 2 MiB running `code` from its entry.
+fn elf(code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x20_0000;
     let header_len = 64 + 56;
     let total = (header_len + code.len()) as u64;
     let mut elf = Vec::new();
@@ -155,4 +159,72 @@ fn termination_signals_close_disks_clean() {
             .unwrap();
         assert!(!String::from_utf8_lossy(&info.stdout).contains("\"dirty-flag\": true"));
     }
+}
+
+/// A guest running an instruction this machine's emulated ring 0 cannot
+/// (popcnt), then resetting: on a host that runs it, a clean reset (exit
+/// 0); here, an emulation failure reported with the instruction bytes and
+/// exit 1. Either way the disk is closed clean.
+#[test]
+fn emulation_failures_are_reported_and_disks_closed() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let code = [
+        0xf3, 0x48, 0x0f, 0xb8, 0xc3, // popcnt rax, rbx
+        0xb0, 0xfe, // mov al, 0xfe
+        0xe6, 0x64, // out 0x64, al (i8042 reset)
+        0xf4, // hlt
+    ];
+    std::fs::write(d.join("popcnt.elf"), elf(&code)).unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "disk.qcow2", "16M"])
+        .current_dir(d)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            "popcnt.elf",
+            "--memory",
+            "64M",
+            "--disk",
+            "path=disk.qcow2",
+        ])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => {
+            assert!(stderr.contains("emulation failure"), "{stderr}");
+            assert!(
+                stderr.contains("instruction bytes f3 48 0f b8 c3"),
+                "{stderr}"
+            );
+            assert!(stderr.contains("rip 0x200078"), "{stderr}");
+        }
+        other => panic!("exit {other:?}: {stderr}"),
+    }
+    let check = Command::new("qemu-img")
+        .args(["check", "disk.qcow2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
