@@ -220,6 +220,12 @@ fn misbehaving_guests_are_logged_and_survived() {
         assert_eq!(out.status.code(), Some(0), "{mode}: {stdout}{stderr}");
         assert!(stdout.contains(expect), "{mode}: {stdout}{stderr}");
         assert!(!stdout.contains("FAIL"), "{mode}: {stdout}");
+        if mode != "bad-io" {
+            assert!(
+                stderr.contains("refused 1 malformed request"),
+                "{mode}: {stderr}"
+            );
+        }
         if mode == "bad-io" {
             assert!(stderr.contains("unknown port address 0x510"), "{stderr}");
             assert!(stderr.contains("unknown MMIO address"), "{stderr}");

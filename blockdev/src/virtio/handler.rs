@@ -77,6 +77,9 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     /// Requests the backend queue was opened to hold.
     depth: u32,
     scratch: ParseScratch,
+    /// Chains refused since the last [`QueueHandler::take_refused`]
+    /// (dropped, or answered IOERR/UNSUPP without reaching the backend).
+    refused: u64,
 }
 
 impl<A: GuestAddressSpace> QueueHandler<A> {
@@ -105,6 +108,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             blocked: false,
             unsubmitted: 0,
             used_added: false,
+            refused: 0,
             defer_submit: false,
             depth: u32::from(queue_size),
             scratch: ParseScratch::default(),
@@ -301,10 +305,14 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             action,
         } = parsed;
         let Some(status_addr) = status else {
+            self.refused += 1;
             return self.add_used(head, 0);
         };
         match action {
             Action::Complete { status, used_len } => {
+                if status != STATUS_OK {
+                    self.refused += 1;
+                }
                 self.finish(head, status_addr, status, used_len)
             }
             Action::Submit { requests, used_len } => {
@@ -481,6 +489,13 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// Guest memory of this queue (for a test driver sharing the thread).
     pub fn memory(&self) -> A::T {
         self.mem.memory()
+    }
+
+    /// How many chains were refused (malformed: dropped or answered
+    /// IOERR/UNSUPP before reaching the backend) since the last call, so
+    /// that a VMM can log a misbehaving guest.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     /// Read the interrupt eventfd: whether the device signalled the guest

@@ -46,7 +46,11 @@ pub enum LoopMessage {
 const TOKEN_WAKE: u64 = u64::MAX;
 const TOKEN_STDIN: u64 = u64::MAX - 1;
 
+/// Lines logged per queue about refused requests before going quiet.
+const REFUSED_LOG_LIMIT: u32 = 8;
+
 struct Served {
+    refused_logged: u32,
     device: usize,
     handler: Handler,
     interrupt: Arc<Interrupt>,
@@ -126,6 +130,7 @@ pub fn run(
                                     served.insert(
                                         slot,
                                         Served {
+                                            refused_logged: 0,
                                             device,
                                             handler,
                                             interrupt: interrupt.clone(),
@@ -194,6 +199,20 @@ fn serve(s: &mut Served, completion: bool) {
             "vmm: virtio-blk {} queue {}: {e}",
             s.device,
             s.handler.index()
+        );
+    }
+    let refused = s.handler.take_refused();
+    if refused > 0 && s.refused_logged < REFUSED_LOG_LIMIT {
+        s.refused_logged += 1;
+        eprintln!(
+            "vmm: virtio-blk {} queue {}: refused {refused} malformed request(s) from the guest{}",
+            s.device,
+            s.handler.index(),
+            if s.refused_logged == REFUSED_LOG_LIMIT {
+                " (not logged again)"
+            } else {
+                ""
+            }
         );
     }
     match s.handler.take_interrupt() {
