@@ -46,12 +46,20 @@ fn forbidden_calls_kill_the_process_allowed_ones_pass() {
     for (name, _) in KINDS {
         for action in ["open", "none"] {
             let out = Command::new(&exe)
-                .args(["--exact", "child_under_filter", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "child_under_filter",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("VMM_SECCOMP_CHILD", format!("{name}:{action}"))
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(stderr.contains("filtered thread writes"), "{name}: {stderr}");
+            assert!(
+                stderr.contains("filtered thread writes"),
+                "{name}: {stderr}"
+            );
             if action == "open" {
                 assert_eq!(
                     out.status.signal(),
