@@ -61,6 +61,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Whether terminal input goes to the guest's serial port.
     pub serial_input: bool,
+    /// CPUID features hidden from the guest (`--cpuid-mask`).
+    pub cpuid_mask: Vec<String>,
 }
 
 fn invalid(option: &'static str, value: &str, reason: impl Into<String>) -> Error {

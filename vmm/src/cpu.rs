@@ -40,6 +40,107 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
+/// Register of a CPUID leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reg {
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// Features `--cpuid-mask` can hide: name, leaf, subleaf, register, bit.
+const MASKABLE: &[(&str, u32, u32, Reg, u32)] = &[
+    ("sse3", 1, 0, Reg::Ecx, 0),
+    ("pclmulqdq", 1, 0, Reg::Ecx, 1),
+    ("ssse3", 1, 0, Reg::Ecx, 9),
+    ("fma", 1, 0, Reg::Ecx, 12),
+    ("cx16", 1, 0, Reg::Ecx, 13),
+    ("sse4_1", 1, 0, Reg::Ecx, 19),
+    ("sse4_2", 1, 0, Reg::Ecx, 20),
+    ("movbe", 1, 0, Reg::Ecx, 22),
+    ("popcnt", 1, 0, Reg::Ecx, 23),
+    ("aes", 1, 0, Reg::Ecx, 25),
+    ("xsave", 1, 0, Reg::Ecx, 26),
+    ("osxsave", 1, 0, Reg::Ecx, 27),
+    ("avx", 1, 0, Reg::Ecx, 28),
+    ("f16c", 1, 0, Reg::Ecx, 29),
+    ("rdrand", 1, 0, Reg::Ecx, 30),
+    ("bmi1", 7, 0, Reg::Ebx, 3),
+    ("avx2", 7, 0, Reg::Ebx, 5),
+    ("bmi2", 7, 0, Reg::Ebx, 8),
+    ("avx512f", 7, 0, Reg::Ebx, 16),
+    ("rdseed", 7, 0, Reg::Ebx, 18),
+    ("adx", 7, 0, Reg::Ebx, 19),
+    ("rdtscp", 0x8000_0001, 0, Reg::Edx, 27),
+    ("lzcnt", 0x8000_0001, 0, Reg::Ecx, 5),
+];
+
+/// `--cpuid-mask emulated`: what an instruction-emulating nested
+/// hypervisor cannot run in guest ring 0 (see the README).
+pub const EMULATED_PRESET: &[&str] = &[
+    "sse3",
+    "pclmulqdq",
+    "ssse3",
+    "fma",
+    "cx16",
+    "sse4_1",
+    "sse4_2",
+    "movbe",
+    "popcnt",
+    "aes",
+    "xsave",
+    "osxsave",
+    "avx",
+    "f16c",
+    "rdrand",
+    "bmi1",
+    "avx2",
+    "bmi2",
+    "avx512f",
+    "rdseed",
+    "adx",
+    "rdtscp",
+    "lzcnt",
+];
+
+/// Expands and checks a `--cpuid-mask` list (feature names, or the preset
+/// `emulated`).
+pub fn parse_cpuid_mask(list: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "emulated" {
+            names.extend(EMULATED_PRESET.iter().map(|n| n.to_string()));
+        } else if MASKABLE.iter().any(|m| m.0 == name) {
+            names.push(name.to_string());
+        } else {
+            return Err(Error::InvalidOption {
+                option: "--cpuid-mask",
+                value: name.to_string(),
+                reason: format!(
+                    "unknown feature; known: emulated, {}",
+                    MASKABLE.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// Clears the CPUID bits of the named features.
+pub fn mask_features(cpuid: &mut CpuId, names: &[String]) {
+    for e in cpuid.as_mut_slice() {
+        for &(name, leaf, subleaf, reg, bit) in MASKABLE {
+            if e.function == leaf && e.index == subleaf && names.iter().any(|n| n == name) {
+                match reg {
+                    Reg::Ebx => e.ebx &= !(1 << bit),
+                    Reg::Ecx => e.ecx &= !(1 << bit),
+                    Reg::Edx => e.edx &= !(1 << bit),
+                }
+            }
+        }
+    }
+}
+
 /// CPUID as KVM supports it, with the APIC id, the vCPU count and the
 /// hypervisor bit filled in for vCPU `id` of `count`.
 pub fn cpuid(kvm_fd: &Kvm, id: u32, count: u32) -> Result<CpuId> {
@@ -87,11 +188,19 @@ pub fn cpuid(kvm_fd: &Kvm, id: u32, count: u32) -> Result<CpuId> {
     Ok(cpuid)
 }
 
-/// Sets CPUID, MSRs and the LAPIC of a vCPU; for the boot vCPU also the
-/// registers of the 64-bit entry at `entry`.
-pub fn configure(kvm_fd: &Kvm, vcpu: &VcpuFd, id: u32, count: u32, entry: u64) -> Result<()> {
-    vcpu.set_cpuid2(&cpuid(kvm_fd, id, count)?)
-        .map_err(kvm("KVM_SET_CPUID2"))?;
+/// Sets CPUID (without the `hidden` features), MSRs and the LAPIC of vCPU
+/// `id` of `count`; for the boot vCPU also the registers of the 64-bit
+/// entry at `entry`.
+pub fn configure(
+    kvm_fd: &Kvm,
+    vcpu: &VcpuFd,
+    (id, count): (u32, u32),
+    entry: u64,
+    hidden: &[String],
+) -> Result<()> {
+    let mut table = cpuid(kvm_fd, id, count)?;
+    mask_features(&mut table, hidden);
+    vcpu.set_cpuid2(&table).map_err(kvm("KVM_SET_CPUID2"))?;
     set_msrs(vcpu)?;
     set_lint(vcpu)?;
     let fpu = kvm_fpu {
@@ -188,4 +297,35 @@ fn set_long_mode(vcpu: &VcpuFd, entry: u64) -> Result<()> {
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_clear_exactly_their_bits() {
+        let names = parse_cpuid_mask("popcnt,rdtscp").unwrap();
+        let mut table = CpuId::from_entries(&[
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 1,
+                ecx: u32::MAX,
+                edx: u32::MAX,
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                edx: u32::MAX,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        mask_features(&mut table, &names);
+        let e = table.as_slice();
+        assert_eq!(e[0].ecx, !(1 << 23));
+        assert_eq!(e[0].edx, u32::MAX);
+        assert_eq!(e[1].edx, !(1 << 27));
+        assert!(parse_cpuid_mask("emulated").unwrap().len() > 20);
+        assert!(parse_cpuid_mask("popcnt,frobnicate").is_err());
+    }
 }

@@ -39,6 +39,10 @@ struct Args {
     /// Print the time to the guest's first serial byte and to its exit
     #[arg(long)]
     timings: bool,
+    /// Hide CPUID features from the guest: names (popcnt,xsave,...) or the
+    /// preset "emulated" (what an instruction-emulating host cannot run)
+    #[arg(long, value_name = "LIST", default_value = "")]
+    cpuid_mask: String,
 }
 
 fn config(args: &Args) -> anyhow::Result<VmConfig> {
@@ -61,6 +65,7 @@ fn config(args: &Args) -> anyhow::Result<VmConfig> {
         disks,
         seccomp,
         serial_input: true,
+        cpuid_mask: vmm::cpu::parse_cpuid_mask(&args.cpuid_mask)?,
     })
 }
 

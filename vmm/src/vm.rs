@@ -344,7 +344,13 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         let vcpu = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm("KVM_CREATE_VCPU"))?;
-        cpu::configure(&kvm_fd, &vcpu, id, config.cpus, loaded.entry)?;
+        cpu::configure(
+            &kvm_fd,
+            &vcpu,
+            (id, config.cpus),
+            loaded.entry,
+            &config.cpuid_mask,
+        )?;
         vcpus.push(vcpu);
     }
 
