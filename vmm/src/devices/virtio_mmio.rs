@@ -198,7 +198,6 @@ impl VirtioMmio {
     }
 
     fn write_u32(&mut self, offset: u64, value: u32) {
-        let low = |v: u32| Some(v);
         match offset {
             REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
@@ -224,33 +223,23 @@ impl VirtioMmio {
                     q.set_ready(value == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH => {
-                let high = offset == REG_QUEUE_DESC_HIGH;
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH => {
+                // Each address is a low register and the high one 4 bytes on.
+                let (low, high) = if offset.is_multiple_of(16) {
+                    (Some(value), None)
+                } else {
+                    (None, Some(value))
+                };
                 if let Some(q) = self.queue_mut() {
-                    if high {
-                        q.set_desc_table_address(None, low(value));
-                    } else {
-                        q.set_desc_table_address(low(value), None);
-                    }
-                }
-            }
-            REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH => {
-                let high = offset == REG_QUEUE_DRIVER_HIGH;
-                if let Some(q) = self.queue_mut() {
-                    if high {
-                        q.set_avail_ring_address(None, low(value));
-                    } else {
-                        q.set_avail_ring_address(low(value), None);
-                    }
-                }
-            }
-            REG_QUEUE_DEVICE_LOW | REG_QUEUE_DEVICE_HIGH => {
-                let high = offset == REG_QUEUE_DEVICE_HIGH;
-                if let Some(q) = self.queue_mut() {
-                    if high {
-                        q.set_used_ring_address(None, low(value));
-                    } else {
-                        q.set_used_ring_address(low(value), None);
+                    match offset & !4 {
+                        REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
                     }
                 }
             }
