@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests: locating the `img` binary,
-//! running it and qemu-img, and making test files.
+//! running it and qemu-img, and making test files; the kill -9 harnesses'
+//! operations ([`workload`]) and checks ([`crash`]).
+
+pub mod crash;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

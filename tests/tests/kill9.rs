@@ -45,20 +45,17 @@
 //! start from another seed (a failure prints the trial's seed; rerun it
 //! with `QCOW_KILL9_SEED=<seed> QCOW_KILL9_TRIALS=1`).
 
-#[path = "../src/bin/crash_writer/workload.rs"]
-#[allow(dead_code)]
-mod workload;
-
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::{img, qemu_img, require_qemu, run};
-use qcow::fs::{open_image, AnyImage, Format};
-use qcow::image::Qcow2;
-
-use workload::{data_byte, mix, Op, Params, Workload};
+use integration_tests::crash::{
+    check_active, check_and_repair, env_u64, exit_code, qemu_errors, read_all, read_qcow2,
+    run_and_kill, scratch_dir, RoundOps,
+};
+use integration_tests::workload::{mix, Op, Params, Workload};
+use integration_tests::{qemu_img, require_qemu, run};
 
 /// The trial's image configuration.
 #[derive(Debug, Clone)]
@@ -135,8 +132,7 @@ struct Progress {
     done: bool,
 }
 
-fn read_log(path: &Path) -> Progress {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn read_log(text: &str) -> Progress {
     let mut p = Progress::default();
     for line in text.lines() {
         let (what, arg) = line.split_once(' ').unwrap_or((line, ""));
@@ -156,138 +152,6 @@ fn read_log(path: &Path) -> Progress {
         }
     }
     p
-}
-
-/// Applies `op` (operation `index` of `round`) to a model of the disk.
-fn apply(seed: u64, round: u32, index: u64, op: &Op, cs: u64, disk: &mut [u8]) {
-    let range = |offset: u64, len: u64| offset as usize..(offset + len) as usize;
-    match op {
-        Op::Write { offset, len } => {
-            workload::fill(
-                seed,
-                round,
-                index,
-                *offset,
-                false,
-                &mut disk[range(*offset, *len)],
-            );
-        }
-        Op::Compressed { cluster } => {
-            workload::fill(
-                seed,
-                round,
-                index,
-                cluster * cs,
-                true,
-                &mut disk[range(cluster * cs, cs)],
-            );
-        }
-        Op::Zero { offset, len, .. } => disk[range(*offset, *len)].fill(0),
-        Op::Discard { offset, len } => {
-            let start = offset.div_ceil(cs) * cs;
-            let end = (offset + len) / cs * cs;
-            if start < end {
-                disk[range(start, end - start)].fill(0);
-            }
-        }
-        Op::Fill { offset, len, byte } => disk[range(*offset, *len)].fill(*byte),
-        Op::Flush | Op::SnapshotCreate { .. } | Op::SnapshotDelete { .. } => {}
-    }
-}
-
-/// The value `op` gives byte `b`, if it touches it.
-fn value_at(seed: u64, round: u32, index: u64, op: &Op, cs: u64, b: u64) -> Option<u8> {
-    let within = |offset: u64, len: u64| b >= offset && b < offset + len;
-    match op {
-        Op::Write { offset, len } if within(*offset, *len) => {
-            Some(data_byte(seed, round, index, b, false))
-        }
-        Op::Compressed { cluster } if within(cluster * cs, cs) => {
-            Some(data_byte(seed, round, index, b, true))
-        }
-        Op::Zero { offset, len, .. } if within(*offset, *len) => Some(0),
-        Op::Discard { offset, len } => {
-            let start = offset.div_ceil(cs) * cs;
-            let end = (offset + len) / cs * cs;
-            (b >= start && b < end).then_some(0)
-        }
-        Op::Fill { offset, len, byte } if within(*offset, *len) => Some(*byte),
-        _ => None,
-    }
-}
-
-/// The round's operations, as the parent reconstructs them.
-struct RoundOps {
-    seed: u64,
-    round: u32,
-    ops: Vec<(u64, Op)>,
-}
-
-fn read_qcow2(path: &Path) -> Result<Qcow2, String> {
-    match open_image(path, Some(Format::Qcow2), false) {
-        Ok(AnyImage::Qcow2(q)) => Ok(*q),
-        Ok(AnyImage::Raw(_)) => Err("opened as raw".into()),
-        Err(e) => Err(format!("our library cannot open the image: {e}")),
-    }
-}
-
-fn read_all(image: &Qcow2) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; image.size() as usize];
-    image
-        .read_at(&mut buf, 0)
-        .map_err(|e| format!("reading the image: {e}"))?;
-    Ok(buf)
-}
-
-/// Checks the active contents against rule 2.
-fn check_active(
-    actual: &[u8],
-    model: &[u8],
-    after_flush: &RoundOps,
-    cs: u64,
-) -> Result<(), String> {
-    if actual.len() != model.len() {
-        return Err(format!("size {} instead of {}", actual.len(), model.len()));
-    }
-    let mut bad = Vec::new();
-    for (b, (&a, &m)) in actual.iter().zip(model).enumerate() {
-        if a == m {
-            continue;
-        }
-        let ok = after_flush.ops.iter().any(|(index, op)| {
-            value_at(
-                after_flush.seed,
-                after_flush.round,
-                *index,
-                op,
-                cs,
-                b as u64,
-            ) == Some(a)
-        });
-        if !ok {
-            bad.push(b);
-        }
-    }
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let b = bad[0];
-    let touching: Vec<String> = after_flush
-        .ops
-        .iter()
-        .filter_map(|(i, op)| {
-            value_at(after_flush.seed, after_flush.round, *i, op, cs, b as u64)
-                .map(|v| format!("op {i} {op:?} -> {v:#x}"))
-        })
-        .collect();
-    Err(format!(
-        "{} bytes read neither the flushed value nor a later write's; first at guest offset {b} \
-         (cluster {}): read {:#x}, flushed model {:#x}; later operations touching it: {touching:?}",
-        bad.len(),
-        b as u64 / cs,
-        actual[b],
-        model[b],
-    ))
 }
 
 /// The outcome of one verified round.
@@ -324,7 +188,7 @@ fn verify_contents(
             Op::SnapshotDelete { name } => {
                 deleted.insert(name.clone(), *index);
             }
-            _ => apply(round.seed, round.round, *index, op, cs, &mut disk),
+            _ => op.apply(round.seed, round.round, *index, cs, &mut disk),
         }
         if *index == flushed {
             model_at_flush = Some(disk.clone());
@@ -398,16 +262,6 @@ fn verify_contents(
     Ok(Verified { active, snapshots })
 }
 
-fn exit_code(cmd: &mut Command) -> (i32, String) {
-    let out = run(cmd);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// How many of `qemu-img check`'s complaints are COPIED flags that
 /// disagree with the stored refcount in the directions a kill inside a
 /// snapshot operation leaves whatever the write order (QEMU's too: it also
@@ -445,14 +299,6 @@ fn harmless_copied_mismatches(text: &str, cluster_size: u64) -> u64 {
         .count() as u64
 }
 
-/// The error count of `qemu-img check`'s human output.
-fn qemu_errors(text: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_suffix(" errors were found on the image."))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Rules 4 and 5. `in_snapshot_op`: the kill landed inside a snapshot
 /// create or delete.
 fn verify_checks(
@@ -461,63 +307,14 @@ fn verify_checks(
     active: &[u8],
     in_snapshot_op: bool,
 ) -> Result<(), String> {
-    let p = path.to_str().ok_or("path is not UTF-8")?;
-    if cfg.lazy {
-        // Opening for writing repairs an image left dirty.
-        match open_image(path, Some(Format::Qcow2), true) {
-            Ok(image) => drop(image),
-            Err(e) => return Err(format!("opening for writing (repair): {e}")),
-        }
-    }
-    let (code, text) = exit_code(&mut qemu_img(&["check", p]));
-    let excused = in_snapshot_op
-        && code == 2
-        && qemu_errors(&text) == harmless_copied_mismatches(&text, cfg.cluster_size);
-    if code != 0 && code != 3 && !excused {
-        return Err(format!("qemu-img check exit {code}:\n{text}"));
-    }
-    // Leaks are all a kill may leave, but for the flags above, which need
-    // `-r all`.
-    let mode = if excused { "all" } else { "leaks" };
-    let (code, text) = exit_code(&mut img(&["check", "-r", mode, p]));
-    if code != 0 {
-        return Err(format!("img check -r {mode} exit {code}:\n{text}"));
-    }
-    let (code, text) = exit_code(&mut img(&["check", p]));
-    if code != 0 {
-        return Err(format!("img check after repair exit {code}:\n{text}"));
-    }
-    let (code, text) = exit_code(&mut qemu_img(&["check", p]));
-    if code != 0 {
-        return Err(format!(
-            "qemu-img check after img's repair exit {code}:\n{text}"
-        ));
-    }
-    let raw = path.with_extension("raw");
-    let (code, text) = exit_code(&mut qemu_img(&[
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        p,
-        raw.to_str().ok_or("path is not UTF-8")?,
-    ]));
-    if code != 0 {
-        return Err(format!("qemu-img convert exit {code}:\n{text}"));
-    }
-    let theirs = std::fs::read(&raw).map_err(|e| format!("reading {}: {e}", raw.display()))?;
-    if theirs != active {
-        let b = theirs.iter().zip(active).position(|(a, b)| a != b);
-        return Err(format!(
-            "qemu reads other contents (first difference at {b:?})"
-        ));
-    }
-    let again = read_all(&read_qcow2(path)?)?;
-    if again != active {
-        return Err("the repair changed the guest contents".into());
-    }
-    Ok(())
+    // Leaks are all a kill may leave, but for the flags of
+    // `harmless_copied_mismatches`, which need `-r all`.
+    let excused = |code: i32, text: &str| {
+        in_snapshot_op
+            && code == 2
+            && qemu_errors(text) == harmless_copied_mismatches(text, cfg.cluster_size)
+    };
+    check_and_repair(path, cfg.lazy, active, &excused)
 }
 
 /// Starts from an image qemu-io wrote with lazy refcounts and left dirty
@@ -581,39 +378,6 @@ fn spawn_writer(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn crash_writer")
-}
-
-/// Runs the child until it has flushed once, waits a random while more,
-/// kills it; returns the log's account.
-fn run_and_kill(mut child: Child, log: &Path, delay: Duration) -> Result<Progress, String> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            let p = read_log(log);
-            if p.done {
-                return Ok(p);
-            }
-            return Err(format!("the writer ended by itself ({status}): {err}"));
-        }
-        if read_log(log).last_flushed.is_some() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            return Err("the writer did not flush within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(delay);
-    // Child::kill sends SIGKILL.
-    child.kill().map_err(|e| format!("kill: {e}"))?;
-    let _ = child.wait();
-    Ok(read_log(log))
 }
 
 /// Statistics over all trials.
@@ -691,8 +455,10 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
             &cfg,
             create_by_child && round == 1,
         );
-        let progress =
-            run_and_kill(child, &log, delay).map_err(|e| format!("round {round}: {e}"))?;
+        let progress = read_log(
+            &run_and_kill(child, &log, delay, "done ")
+                .map_err(|e| format!("round {round}: {e}"))?,
+        );
         let existing = progress
             .snapshots
             .clone()
@@ -745,27 +511,12 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
     Ok(())
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn kill9_leaves_a_consistent_image() {
     require_qemu!();
     let trials = env_u64("QCOW_KILL9_TRIALS", 50);
     let base = env_u64("QCOW_KILL9_SEED", 0x6b69_6c6c);
-    // A RAM disk when there is one: nothing here needs the disk, and fsync
-    // on it is free (a kill -9 loses nothing the kernel has).
-    let shm = PathBuf::from("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::tempdir_in(&shm)
-    } else {
-        tempfile::tempdir()
-    }
-    .expect("temporary directory");
+    let dir = scratch_dir();
     let mut stats = Stats::default();
     let started = Instant::now();
     for t in 0..trials {

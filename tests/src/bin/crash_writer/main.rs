@@ -16,22 +16,17 @@
 //!
 //! Any error is printed and ends the child with status 2.
 
-// Shared with the parent test, which alone uses `Op::Fill`.
-#[allow(dead_code)]
-mod workload;
-
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use integration_tests::workload::{fill, Op, Params, Workload};
 use qcow::create::CreateOptions;
 use qcow::fs::{open_image, AnyImage, Format};
 use qcow::image::Qcow2;
 use qcow::{FileStorage, Storage};
-
-use workload::{fill, Op, Params, Workload};
 
 struct Log(std::fs::File);
 

@@ -1,7 +1,10 @@
-//! The operation stream of the kill -9 harness, shared by the writer child
-//! (`crash_writer`) and the parent test (`tests/tests/kill9.rs`): both
-//! derive the same operations and the same data from a seed, so the parent
-//! can recompute what the child wrote without being told.
+//! The operations of the kill -9 harnesses and their effect on a model of
+//! the guest disk. The qcow-level stream ([`Workload`]) is shared by the
+//! writer child (`crash_writer`) and the parent test (`tests/kill9.rs`);
+//! the virtio-blk harness (`virtio_writer`, `tests/kill9_virtio.rs`) builds
+//! its requests from the same [`Op`]s and data ([`data_byte`]). Writer and
+//! parent derive the same operations and the same data from a seed, so the
+//! parent can recompute what the child wrote without being told.
 
 /// One operation of the child.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,84 @@ pub enum Op {
     /// Bytes of one value (only in the parent's record of what qemu-io
     /// wrote; the child never does this).
     Fill { offset: u64, len: u64, byte: u8 },
+}
+
+impl Op {
+    /// Applies the operation (operation `index` of `round`) to `disk`, a
+    /// model of the guest disk of an image with clusters of `cluster_size`.
+    pub fn apply(&self, seed: u64, round: u32, index: u64, cluster_size: u64, disk: &mut [u8]) {
+        let range = |offset: u64, len: u64| offset as usize..(offset + len) as usize;
+        let cs = cluster_size;
+        match self {
+            Op::Write { offset, len } => {
+                fill(
+                    seed,
+                    round,
+                    index,
+                    *offset,
+                    false,
+                    &mut disk[range(*offset, *len)],
+                );
+            }
+            Op::Compressed { cluster } => {
+                fill(
+                    seed,
+                    round,
+                    index,
+                    cluster * cs,
+                    true,
+                    &mut disk[range(cluster * cs, cs)],
+                );
+            }
+            Op::Zero { offset, len, .. } => disk[range(*offset, *len)].fill(0),
+            Op::Discard { offset, len } => {
+                let (start, end) = discarded(*offset, *len, cs);
+                if start < end {
+                    disk[range(start, end - start)].fill(0);
+                }
+            }
+            Op::Fill { offset, len, byte } => disk[range(*offset, *len)].fill(*byte),
+            Op::Flush | Op::SnapshotCreate { .. } | Op::SnapshotDelete { .. } => {}
+        }
+    }
+
+    /// The value the operation (operation `index` of `round`) gives guest
+    /// byte `guest_offset`, if it touches it.
+    pub fn value_at(
+        &self,
+        seed: u64,
+        round: u32,
+        index: u64,
+        cluster_size: u64,
+        guest_offset: u64,
+    ) -> Option<u8> {
+        let b = guest_offset;
+        let cs = cluster_size;
+        let within = |offset: u64, len: u64| b >= offset && b < offset + len;
+        match self {
+            Op::Write { offset, len } if within(*offset, *len) => {
+                Some(data_byte(seed, round, index, b, false))
+            }
+            Op::Compressed { cluster } if within(cluster * cs, cs) => {
+                Some(data_byte(seed, round, index, b, true))
+            }
+            Op::Zero { offset, len, .. } if within(*offset, *len) => Some(0),
+            Op::Discard { offset, len } => {
+                let (start, end) = discarded(*offset, *len, cs);
+                (b >= start && b < end).then_some(0)
+            }
+            Op::Fill { offset, len, byte } if within(*offset, *len) => Some(*byte),
+            _ => None,
+        }
+    }
+}
+
+/// The guest bytes a discard of `len` bytes at `offset` zeroes: the whole
+/// clusters inside the range (partial clusters keep their data).
+fn discarded(offset: u64, len: u64, cluster_size: u64) -> (u64, u64) {
+    let start = offset.div_ceil(cluster_size) * cluster_size;
+    let end = (offset + len) / cluster_size * cluster_size;
+    (start, end)
 }
 
 /// Most snapshots the workload keeps at once.

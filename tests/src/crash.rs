@@ -1,0 +1,249 @@
+//! What the parents of the kill -9 harnesses (`tests/kill9.rs` over the
+//! qcow library, `tests/kill9_virtio.rs` through the virtio-blk device)
+//! share: running a writer child until it has flushed and killing it,
+//! reading the image it left, holding its contents to the model, and the
+//! `qemu-img check` / `img check -r` / `qemu-img convert` sequence.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use qcow::fs::{open_image, AnyImage, Format};
+use qcow::image::Qcow2;
+
+use crate::workload::Op;
+use crate::{img, qemu_img, run};
+
+/// A directory for the trials' images: a RAM disk when there is one.
+/// Nothing here needs the disk, and fsync on it is free (a kill -9 loses
+/// nothing the kernel has).
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temporary directory")
+}
+
+/// The value of environment variable `name` as a number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Opens `path` read-only as qcow2 with our library.
+pub fn read_qcow2(path: &Path) -> Result<Qcow2, String> {
+    match open_image(path, Some(Format::Qcow2), false) {
+        Ok(AnyImage::Qcow2(q)) => Ok(*q),
+        Ok(AnyImage::Raw(_)) => Err("opened as raw".into()),
+        Err(e) => Err(format!("our library cannot open the image: {e}")),
+    }
+}
+
+/// The whole guest disk of `image`.
+pub fn read_all(image: &Qcow2) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; image.size() as usize];
+    image
+        .read_at(&mut buf, 0)
+        .map_err(|e| format!("reading the image: {e}"))?;
+    Ok(buf)
+}
+
+/// Operations of one round (each with its index in the round's stream)
+/// whose effects may or may not have reached the image.
+pub struct RoundOps {
+    pub seed: u64,
+    pub round: u32,
+    pub ops: Vec<(u64, Op)>,
+}
+
+/// Every byte of `actual` must equal `model`, or the value one of the
+/// `uncertain` operations gives that byte.
+pub fn check_active(
+    actual: &[u8],
+    model: &[u8],
+    uncertain: &RoundOps,
+    cluster_size: u64,
+) -> Result<(), String> {
+    if actual.len() != model.len() {
+        return Err(format!("size {} instead of {}", actual.len(), model.len()));
+    }
+    let value = |index: u64, op: &Op, b: usize| {
+        op.value_at(
+            uncertain.seed,
+            uncertain.round,
+            index,
+            cluster_size,
+            b as u64,
+        )
+    };
+    let mut bad = Vec::new();
+    for (b, (&a, &m)) in actual.iter().zip(model).enumerate() {
+        if a != m
+            && !uncertain
+                .ops
+                .iter()
+                .any(|(i, op)| value(*i, op, b) == Some(a))
+        {
+            bad.push(b);
+        }
+    }
+    let Some(&b) = bad.first() else {
+        return Ok(());
+    };
+    let touching: Vec<String> = uncertain
+        .ops
+        .iter()
+        .filter_map(|(i, op)| value(*i, op, b).map(|v| format!("op {i} {op:?} -> {v:#x}")))
+        .collect();
+    Err(format!(
+        "{} bytes read neither the flushed value nor a later write's; first at guest offset {b} \
+         (cluster {}): read {:#x}, flushed model {:#x}; later operations touching it: {touching:?}",
+        bad.len(),
+        b as u64 / cluster_size,
+        actual[b],
+        model[b],
+    ))
+}
+
+/// Runs `cmd`; its exit code and its stdout and stderr together.
+pub fn exit_code(cmd: &mut Command) -> (i32, String) {
+    let out = run(cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The error count of `qemu-img check`'s human output.
+pub fn qemu_errors(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_suffix(" errors were found on the image."))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The checks after a kill, on the image at `path` whose guest contents
+/// our library read as `active`:
+/// - with `lazy` refcounts, it is first opened for writing (which repairs
+///   an image left dirty);
+/// - `qemu-img check` finds no corruption: exit 0, or 3 (leaks only), or
+///   one `excused` accepts (given exit code and output; the repair is
+///   then `-r all`);
+/// - `img check -r leaks` (or `all`) succeeds, after which `img check`
+///   and `qemu-img check` are both clean;
+/// - `qemu-img convert -O raw` reads `active`, and so do we after the
+///   repair.
+pub fn check_and_repair(
+    path: &Path,
+    lazy: bool,
+    active: &[u8],
+    excused: &dyn Fn(i32, &str) -> bool,
+) -> Result<(), String> {
+    let p = path.to_str().ok_or("path is not UTF-8")?;
+    if lazy {
+        match open_image(path, Some(Format::Qcow2), true) {
+            Ok(image) => drop(image),
+            Err(e) => return Err(format!("opening for writing (repair): {e}")),
+        }
+    }
+    let (code, text) = exit_code(&mut qemu_img(&["check", p]));
+    let excused = excused(code, &text);
+    if code != 0 && code != 3 && !excused {
+        return Err(format!("qemu-img check exit {code}:\n{text}"));
+    }
+    let mode = if excused { "all" } else { "leaks" };
+    let (code, text) = exit_code(&mut img(&["check", "-r", mode, p]));
+    if code != 0 {
+        return Err(format!("img check -r {mode} exit {code}:\n{text}"));
+    }
+    let (code, text) = exit_code(&mut img(&["check", p]));
+    if code != 0 {
+        return Err(format!("img check after repair exit {code}:\n{text}"));
+    }
+    let (code, text) = exit_code(&mut qemu_img(&["check", p]));
+    if code != 0 {
+        return Err(format!(
+            "qemu-img check after img's repair exit {code}:\n{text}"
+        ));
+    }
+    let raw = path.with_extension("raw");
+    let (code, text) = exit_code(&mut qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        p,
+        raw.to_str().ok_or("path is not UTF-8")?,
+    ]));
+    if code != 0 {
+        return Err(format!("qemu-img convert exit {code}:\n{text}"));
+    }
+    let theirs = std::fs::read(&raw).map_err(|e| format!("reading {}: {e}", raw.display()))?;
+    let _ = std::fs::remove_file(&raw);
+    if theirs != active {
+        let b = theirs.iter().zip(active).position(|(a, b)| a != b);
+        return Err(format!(
+            "qemu reads other contents (first difference at {b:?})"
+        ));
+    }
+    let again = read_all(&read_qcow2(path)?)?;
+    if again != active {
+        return Err("the repair changed the guest contents".into());
+    }
+    Ok(())
+}
+
+/// Whether a log line of a writer child says a flush completed.
+fn is_flushed_line(line: &str) -> bool {
+    line.starts_with("flushed ")
+}
+
+/// Waits until the writer child logs its first `flushed N` line to `log`,
+/// then `delay` more, and kills it with SIGKILL; returns the log. A child
+/// that ends by itself is fine only if its log has a line starting with
+/// `end_marker` (it ran its whole stream).
+pub fn run_and_kill(
+    mut child: Child,
+    log: &Path,
+    delay: Duration,
+    end_marker: &str,
+) -> Result<String, String> {
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let text = read();
+            if text.lines().any(|l| l.starts_with(end_marker)) {
+                return Ok(text);
+            }
+            return Err(format!("the writer ended by itself ({status}): {err}"));
+        }
+        if read().lines().any(is_flushed_line) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the writer did not flush within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(delay);
+    // Child::kill sends SIGKILL.
+    child.kill().map_err(|e| format!("kill: {e}"))?;
+    let _ = child.wait();
+    Ok(read())
+}
