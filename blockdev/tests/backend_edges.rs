@@ -394,3 +394,60 @@ fn flush_completes_after_the_writes_before_it() {
     }
     assert_clean(&qcow2);
 }
+
+#[test]
+fn open_with_files_names_the_backing_chain_and_the_data_file() {
+    let dir = test_dir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let path = |name: &str| d.join(name).to_str().unwrap().to_string();
+    qemu_img(&["create", "-q", "-f", "raw", &path("sub/base.raw"), "1M"]);
+    // A name relative to the folder of the image that records it.
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        &path("sub/mid.qcow2"),
+    ]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "sub/mid.qcow2",
+        "-F",
+        "qcow2",
+        &path("top.qcow2"),
+    ]);
+    let opened = blockdev::backend::open_with_files(&d.join("top.qcow2"), &opts(true)).unwrap();
+    assert_eq!(
+        opened.backing_files,
+        vec![d.join("sub/mid.qcow2"), d.join("sub/base.raw")]
+    );
+    assert_eq!(opened.data_file, None);
+    assert_eq!(opened.backend.size(), 1 << 20);
+
+    let ext = path("ext.qcow2");
+    let data = path("ext.raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={data}"),
+        &ext,
+        "1M",
+    ]);
+    let opened = blockdev::backend::open_with_files(ext.as_ref(), &opts(false)).unwrap();
+    assert!(opened.backing_files.is_empty());
+    assert_eq!(opened.data_file, Some(std::path::PathBuf::from(data)));
+    let raw = blockdev::backend::open_with_files(&d.join("sub/base.raw"), &opts(true)).unwrap();
+    assert!(raw.backing_files.is_empty() && raw.data_file.is_none());
+}

@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::device::{BlockRead, Extent, RawImage};
 use crate::error::{Error, Result};
@@ -79,6 +79,9 @@ pub fn resolve(dir: &Path, name: &str) -> PathBuf {
 pub struct FileOpener {
     dir: PathBuf,
     chain: Vec<PathBuf>,
+    /// Every backing file opened through this opener or the openers it
+    /// made for deeper layers, top first.
+    opened: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl FileOpener {
@@ -88,7 +91,19 @@ impl FileOpener {
         FileOpener {
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             chain: vec![canonical],
+            opened: Arc::default(),
         }
+    }
+
+    /// The backing files opened so far (the whole chain below the image,
+    /// nearest first), as their names resolved against the folders of the
+    /// images that name them. Callers that must lock every file a disk
+    /// reads (as QEMU does) take the list from here.
+    pub fn opened_backing_files(&self) -> Vec<PathBuf> {
+        self.opened
+            .lock()
+            .expect("opener list lock poisoned")
+            .clone()
     }
 }
 
@@ -111,6 +126,10 @@ impl Opener for FileOpener {
             return Err(err("backing chain contains a cycle".into()));
         }
         let storage = open_storage(&path, false).map_err(|e| err(e.to_string()))?;
+        self.opened
+            .lock()
+            .expect("opener list lock poisoned")
+            .push(path.clone());
         let format = match format {
             Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
             None => probe(&*storage)?,
@@ -123,6 +142,7 @@ impl Opener for FileOpener {
                 let opener = FileOpener {
                     dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
                     chain,
+                    opened: self.opened.clone(),
                 };
                 let image = Qcow2::open(storage, false, &opener).map_err(|e| match e {
                     e @ Error::Backing { .. } => e,

@@ -85,9 +85,58 @@ impl AsRawFd for ExitSignals {
 /// the image file.
 const QEMU_PERM_LOCK_BASE: i64 = 100;
 const QEMU_SHARED_LOCK_BASE: i64 = 200;
-/// QEMU's BLK_PERM_CONSISTENT_READ and BLK_PERM_WRITE bit numbers.
+/// QEMU's BLK_PERM_CONSISTENT_READ, BLK_PERM_WRITE and BLK_PERM_RESIZE bit
+/// numbers.
 const PERM_CONSISTENT_READ: i64 = 0;
 const PERM_WRITE: i64 = 1;
+const PERM_RESIZE: i64 = 3;
+
+/// What a file is to a running guest's disk, which decides the locks QEMU
+/// takes on it (as QEMU 10 was seen to lock them):
+///
+/// | role | held | not shared |
+/// | --- | --- | --- |
+/// | writable image | read, write, resize | write, resize |
+/// | read-only image, or a backing file | read | write, resize |
+/// | writable data file | read, write, resize | resize |
+/// | read-only data file | read | resize |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRole {
+    /// The image the guest's disk is, opened for writing.
+    WritableImage,
+    /// The image opened read-only, or a file of its backing chain.
+    ReadOnlyImage,
+    /// An external data file the guest's writes go to.
+    WritableDataFile,
+    /// An external data file of a read-only disk.
+    ReadOnlyDataFile,
+}
+
+impl LockRole {
+    fn held(self) -> &'static [i64] {
+        match self {
+            LockRole::WritableImage | LockRole::WritableDataFile => {
+                &[PERM_CONSISTENT_READ, PERM_WRITE, PERM_RESIZE]
+            }
+            LockRole::ReadOnlyImage | LockRole::ReadOnlyDataFile => &[PERM_CONSISTENT_READ],
+        }
+    }
+
+    fn unshared(self) -> &'static [i64] {
+        match self {
+            LockRole::WritableImage | LockRole::ReadOnlyImage => &[PERM_WRITE, PERM_RESIZE],
+            LockRole::WritableDataFile | LockRole::ReadOnlyDataFile => &[PERM_RESIZE],
+        }
+    }
+}
+
+fn perm_name(perm: i64) -> &'static str {
+    match perm {
+        PERM_CONSISTENT_READ => "consistent read",
+        PERM_WRITE => "write",
+        _ => "resize",
+    }
+}
 
 fn ofd_lock(
     file: &File,
@@ -112,17 +161,11 @@ fn ofd_lock(
     }
 }
 
-/// Takes QEMU-compatible image locks on `file` for the VM's lifetime: we
-/// read consistently, write if `writable`, and then let no one else write.
-/// Fails with a message naming the conflict when another process (QEMU,
-/// qemu-img, another vmm) holds a lock that forbids ours.
-pub fn lock_image(file: &File, writable: bool) -> std::result::Result<(), String> {
-    let mut held = vec![PERM_CONSISTENT_READ];
-    let mut unshared = Vec::new();
-    if writable {
-        held.push(PERM_WRITE);
-        unshared.push(PERM_WRITE);
-    }
+/// Takes QEMU-compatible locks on `file` for the VM's lifetime, as QEMU
+/// takes them for a file in `role`. Fails with a message naming the
+/// conflict when another process (QEMU, qemu-img, another vmm) holds a lock
+/// that forbids ours.
+pub fn lock_image(file: &File, role: LockRole) -> std::result::Result<(), String> {
     let conflict = |byte: i64| -> std::result::Result<bool, String> {
         ofd_lock(
             file,
@@ -133,27 +176,27 @@ pub fn lock_image(file: &File, writable: bool) -> std::result::Result<(), String
         .map(|t| t != libc::F_UNLCK as libc::c_short)
         .map_err(|e| format!("cannot test its locks: {e}"))
     };
-    for &p in &held {
+    for &p in role.held() {
         if conflict(QEMU_SHARED_LOCK_BASE + p)? {
             return Err(format!(
                 "another process does not share the \"{}\" permission (is the image in use?)",
-                if p == PERM_WRITE {
-                    "write"
-                } else {
-                    "consistent read"
-                }
+                perm_name(p)
             ));
         }
     }
-    for &p in &unshared {
+    for &p in role.unshared() {
         if conflict(QEMU_PERM_LOCK_BASE + p)? {
-            return Err("another process is using the image (it holds the \"write\" lock)".into());
+            return Err(format!(
+                "another process is using the image (it holds the \"{}\" lock)",
+                perm_name(p)
+            ));
         }
     }
-    for byte in held
+    for byte in role
+        .held()
         .iter()
         .map(|p| QEMU_PERM_LOCK_BASE + p)
-        .chain(unshared.iter().map(|p| QEMU_SHARED_LOCK_BASE + p))
+        .chain(role.unshared().iter().map(|p| QEMU_SHARED_LOCK_BASE + p))
     {
         ofd_lock(
             file,

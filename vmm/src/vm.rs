@@ -28,7 +28,7 @@ use crate::error::{kvm, Error, Result};
 use crate::layout::{
     ram_ranges, virtio_mmio_base, KVM_TSS_ADDRESS, SERIAL_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
 };
-use crate::sys::{install_kick_handler, kick_signal, ExitSignals};
+use crate::sys::{install_kick_handler, kick_signal, ExitSignals, LockRole};
 
 /// Offset of `acpi_rsdp_addr` in boot_params.
 const ACPI_RSDP_ADDR_OFFSET: u64 = 0x70;
@@ -209,7 +209,9 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
     let mut backends = Vec::new();
     for disk in &config.disks {
         locks.push(lock_disk(disk)?);
-        backends.push(open_disk(disk)?);
+        let opened = open_disk(disk)?;
+        locks.extend(lock_disk_files(disk, &opened)?);
+        backends.push(opened.backend);
     }
     let mut signals = ExitSignals::new()?;
     install_kick_handler()?;
@@ -466,19 +468,61 @@ fn disk_err(disk: &DiskConfig, reason: String) -> Error {
 
 /// Locks an image the way QEMU does, so that neither QEMU nor another vmm
 /// writes it while the guest runs (and we refuse one they hold). The file
-/// returned holds the locks until it is closed.
+/// returned holds the locks until it is closed. Taken before the image is
+/// opened: opening it for writing may repair it.
 fn lock_disk(disk: &DiskConfig) -> Result<std::fs::File> {
+    let role = if disk.readonly {
+        LockRole::ReadOnlyImage
+    } else {
+        LockRole::WritableImage
+    };
+    lock_file(disk, &disk.path, !disk.readonly, role)
+}
+
+/// Locks the other files an open disk reads (its backing chain, which no
+/// one may then write or resize) and writes (its data file), as QEMU does.
+fn lock_disk_files(
+    disk: &DiskConfig,
+    opened: &blockdev::backend::OpenedDisk,
+) -> Result<Vec<std::fs::File>> {
+    let mut files = Vec::new();
+    for backing in &opened.backing_files {
+        files.push(lock_file(disk, backing, false, LockRole::ReadOnlyImage)?);
+    }
+    if let Some(data_file) = &opened.data_file {
+        let role = if disk.readonly {
+            LockRole::ReadOnlyDataFile
+        } else {
+            LockRole::WritableDataFile
+        };
+        files.push(lock_file(disk, data_file, !disk.readonly, role)?);
+    }
+    Ok(files)
+}
+
+fn lock_file(
+    disk: &DiskConfig,
+    path: &std::path::Path,
+    writable: bool,
+    role: LockRole,
+) -> Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(!disk.readonly)
-        .open(&disk.path)
-        .map_err(|e| disk_err(disk, format!("Could not open: {e}")))?;
-    crate::sys::lock_image(&file, !disk.readonly).map_err(|reason| disk_err(disk, reason))?;
+        .write(writable)
+        .open(path)
+        .map_err(|e| disk_err(disk, format!("Could not open '{}': {e}", path.display())))?;
+    crate::sys::lock_image(&file, role).map_err(|reason| {
+        if path == disk.path {
+            disk_err(disk, reason)
+        } else {
+            disk_err(disk, format!("'{}': {reason}", path.display()))
+        }
+    })?;
     Ok(file)
 }
 
 /// Opens one disk through blockdev, before any vCPU exists.
-fn open_disk(disk: &DiskConfig) -> Result<Arc<dyn blockdev::disk::BlockBackend>> {
+fn open_disk(disk: &DiskConfig) -> Result<blockdev::backend::OpenedDisk> {
     let options = blockdev::backend::OpenOptions {
         format: disk.format.map(|f| match f {
             DiskFormat::Qcow2 => qcow::fs::Format::Qcow2,
@@ -491,7 +535,8 @@ fn open_disk(disk: &DiskConfig) -> Result<Arc<dyn blockdev::disk::BlockBackend>>
         },
         ..Default::default()
     };
-    blockdev::backend::open(&disk.path, &options).map_err(|e| disk_err(disk, e.to_string()))
+    blockdev::backend::open_with_files(&disk.path, &options)
+        .map_err(|e| disk_err(disk, e.to_string()))
 }
 
 fn io_err(what: &str, source: std::io::Error) -> Error {

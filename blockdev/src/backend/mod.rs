@@ -36,7 +36,7 @@ use crate::error::Result;
 
 use host::HostFile;
 
-pub use open::{open, OpenOptions};
+pub use open::{open, open_with_files, OpenOptions, OpenedDisk};
 
 /// Most requests one queue may hold in flight.
 pub const MAX_QUEUE_DEPTH: u32 = 1024;

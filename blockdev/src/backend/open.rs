@@ -48,6 +48,35 @@ pub struct OpenOptions {
 /// # Ok::<(), blockdev::Error>(())
 /// ```
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn BlockBackend>> {
+    open_with_files(path, options).map(|opened| opened.backend)
+}
+
+/// A disk opened by [`open_with_files`], with the other files it reads.
+pub struct OpenedDisk {
+    /// The disk.
+    pub backend: Arc<dyn BlockBackend>,
+    /// The backing files of a qcow2 image, nearest first, as their names
+    /// resolved against the folders of the images that name them.
+    pub backing_files: Vec<PathBuf>,
+    /// The external data file of a qcow2 image, as its name resolves
+    /// (against the working folder, as QEMU resolves it).
+    pub data_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for OpenedDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedDisk")
+            .field("size", &self.backend.size())
+            .field("backing_files", &self.backing_files)
+            .field("data_file", &self.data_file)
+            .finish()
+    }
+}
+
+/// Opens the disk at `path` as [`open`] does, and names every other file
+/// it reads or writes (backing chain, data file) so that a caller can lock
+/// them as QEMU does while a guest uses the disk.
+pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk> {
     let writable = !options.read_only;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -61,6 +90,8 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn BlockBackend>>
         Some(f) => f,
         None => probe(&FileStorage::new(clone(&file, path)?))?,
     };
+    let mut backing_files = Vec::new();
+    let mut data_file = None;
     let disk = match format {
         Format::Raw => {
             if options.snapshot.is_some() {
@@ -80,11 +111,20 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn BlockBackend>>
                 ignore_flush: options.ignore_flush,
             }
         }
-        Format::Qcow2 => open_qcow2(file, path, options)?,
+        Format::Qcow2 => {
+            let (disk, backing, data) = open_qcow2(file, path, options)?;
+            backing_files = backing;
+            data_file = data;
+            disk
+        }
     };
-    Ok(Arc::new(Backend {
-        disk: Arc::new(disk),
-    }))
+    Ok(OpenedDisk {
+        backend: Arc::new(Backend {
+            disk: Arc::new(disk),
+        }),
+        backing_files,
+        data_file,
+    })
 }
 
 fn clone(file: &File, path: &Path) -> Result<File> {
@@ -94,7 +134,10 @@ fn clone(file: &File, path: &Path) -> Result<File> {
     })
 }
 
-fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Disk> {
+/// The qcow2 disk, its backing files and its data file's path.
+type OpenedQcow2 = (Disk, Vec<PathBuf>, Option<PathBuf>);
+
+fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQcow2> {
     let writable = !options.read_only;
     if options.snapshot.is_some() && writable {
         return Err(Error::Unsupported {
@@ -110,17 +153,21 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Disk> {
     if let Some(name) = &options.snapshot {
         image.view_snapshot(name)?;
     }
-    let data_file = match opener.data_file.into_inner() {
-        Ok(Some((data_path, data))) => Some(HostFile::from_buffered(
-            data,
-            &data_path,
-            writable,
-            options.cache,
-        )?),
-        _ => None,
+    let backing_files = opener.files.opened_backing_files();
+    let (data_file, data_path) = match opener.data_file.into_inner() {
+        Ok(Some((data_path, data))) => (
+            Some(HostFile::from_buffered(
+                data,
+                &data_path,
+                writable,
+                options.cache,
+            )?),
+            Some(data_path),
+        ),
+        _ => (None, None),
     };
     let size = image.size();
-    Ok(Disk {
+    let disk = Disk {
         layout: Layout::Qcow2(Box::new(image)),
         image: HostFile::from_buffered(file, path, writable, options.cache)?,
         data_file,
@@ -128,7 +175,8 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Disk> {
         read_only: options.read_only,
         write_through: options.write_through,
         ignore_flush: options.ignore_flush,
-    })
+    };
+    Ok((disk, backing_files, data_path))
 }
 
 /// Opens backing files as the qcow2 library does, and the external data

@@ -1,3 +1,6 @@
 //! Shared by the VMM integration tests.
 
+// Not every test binary uses every guest.
+#[allow(dead_code)]
+pub mod elf;
 pub mod guest;
