@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: locating the `img` binary,
 //! running it and qemu-img, and making test files; the kill -9 harnesses'
-//! operations ([`workload`]) and checks ([`crash`]).
+//! operations ([`workload`], [`virtio_workload`]) and checks ([`crash`]).
 
 pub mod crash;
+pub mod virtio_workload;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
