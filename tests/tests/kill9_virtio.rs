@@ -1,6 +1,7 @@
 //! kill -9 harness through the virtio-blk device: a child process
 //! (`virtio_writer`) opens a qcow2 image with blockdev's io_uring backend
-//! (`cache=none` and `writeback` in turn), puts the virtio-blk device model
+//! (`cache=none`, `writeback`, `writethrough` and `directsync` in turn),
+//! puts the virtio-blk device model
 //! in front of it and drives it as a guest does, through a split ring in
 //! guest memory: seeded OUT requests (one to eight data descriptors of any
 //! length and alignment, within a cluster or across several), WRITE_ZEROES
@@ -25,6 +26,10 @@
 //!   at a discard's ends keep their data, as the qcow library discards
 //!   whole clusters only), or
 //! - the value some request of U gives that byte.
+//!
+//! With `writethrough` and `directsync` a write completes only once it is
+//! durable, so every OUT request logged `completed`, wherever its line
+//! is, belongs to D too.
 //!
 //! Nothing older than the model and nothing never written there is
 //! accepted. (Our backend's flush also waits for the writes pushed before
@@ -60,11 +65,19 @@ use integration_tests::crash::{
     check_active, check_and_repair, env_u64, exit_code, read_all, read_qcow2, run_and_kill,
     scratch_dir, RoundOps,
 };
-use integration_tests::virtio_workload::VirtioWorkload;
+use integration_tests::virtio_workload::{RequestKind, VirtioWorkload};
 use integration_tests::workload::mix;
 use integration_tests::{qemu_img, require_qemu};
 use qcow::create::CreateOptions;
 use qcow::{FileStorage, Storage};
+
+/// The writer's cache modes, as QEMU spells them.
+const CACHE_MODES: [&str; 4] = ["none", "writeback", "writethrough", "directsync"];
+
+/// Whether a cache mode completes a write only once it is durable.
+fn write_through(cache: &str) -> bool {
+    matches!(cache, "writethrough" | "directsync")
+}
 
 /// The trial's image and writer configuration.
 #[derive(Debug, Clone)]
@@ -80,9 +93,9 @@ struct Config {
     rounds: u32,
     /// Requests the writer keeps in flight.
     depth: u32,
-    /// Whether the first round runs with `cache=none` (the next ones
-    /// alternate).
-    first_direct: bool,
+    /// The cache mode of the first round (an index into [`CACHE_MODES`];
+    /// the next rounds take the next ones).
+    first_cache: usize,
 }
 
 impl Config {
@@ -114,7 +127,7 @@ impl Config {
             by_qemu: r(6) % 3 == 0,
             rounds: 1 + (r(7) % 3) as u32,
             depth: [4, 16, 32][(r(8) % 3) as usize],
-            first_direct: r(9) % 2 == 0,
+            first_cache: (r(9) % CACHE_MODES.len() as u64) as usize,
         }
     }
 
@@ -130,11 +143,7 @@ impl Config {
     }
 
     fn cache(&self, round: u32) -> &'static str {
-        if self.first_direct == (round % 2 == 1) {
-            "none"
-        } else {
-            "writeback"
-        }
+        CACHE_MODES[(self.first_cache + round as usize - 1) % CACHE_MODES.len()]
     }
 
     fn create(&self, path: &Path) -> Result<(), String> {
@@ -222,13 +231,14 @@ impl Progress {
 struct Stats {
     trials: u64,
     rounds: u64,
-    /// Rounds with `cache=none`.
-    direct_rounds: u64,
+    /// Rounds with each of [`CACHE_MODES`].
+    cache_rounds: [u64; CACHE_MODES.len()],
     requests_started: u64,
     requests_completed: u64,
-    /// Requests in D (completed before the last flush was submitted).
+    /// Requests in D (completed before the last flush was submitted, or
+    /// write-through OUT requests completed).
     covered: u64,
-    /// Requests of U (not covered by the last flush).
+    /// Requests of U (not covered).
     uncertain: u64,
     /// Requests of U started before the last flush (in flight when it was
     /// submitted).
@@ -237,6 +247,9 @@ struct Stats {
     in_flight_at_kill: u64,
     /// Guest bytes that read as a value of U rather than the model.
     bytes_from_uncertain: u64,
+    /// Rounds whose contents also pass the stricter rule of our backend's
+    /// contract (a flush covers every request pushed before it).
+    strict_rounds: u64,
 }
 
 /// Rule for the contents (see the file's comment), then the checks.
@@ -256,15 +269,33 @@ fn verify_round(
         .get(&flushed)
         .ok_or("the last flush has no start line")?;
     let last_started = *progress.started.keys().last().ok_or("nothing started")?;
-    let covered: BTreeSet<u64> = progress
+    let mut covered: BTreeSet<u64> = progress
         .completed
         .iter()
         .filter(|&(_, &line)| line < flush_line)
         .map(|(&n, _)| n)
         .collect();
     let mut workload = VirtioWorkload::new(seed, round, cs, cfg.size);
+    if write_through(cfg.cache(round)) {
+        let mut stream = VirtioWorkload::new(seed, round, cs, cfg.size);
+        for index in 0..=last_started {
+            let request = stream.next_request();
+            if matches!(request.kind, RequestKind::Out { .. })
+                && progress.completed.contains_key(&index)
+            {
+                covered.insert(index);
+            }
+        }
+    }
     let mut model = known.to_vec();
     let mut uncertain = RoundOps {
+        seed,
+        round,
+        ops: Vec::new(),
+    };
+    // The stricter rule: everything started before F is covered.
+    let mut strict_model = known.to_vec();
+    let mut strict_uncertain = RoundOps {
         seed,
         round,
         ops: Vec::new(),
@@ -273,6 +304,15 @@ fn verify_round(
         let request = workload.next_request();
         if request.index != index || !progress.started.contains_key(&index) {
             return Err(format!("request {index} was not logged as started"));
+        }
+        if index < flushed {
+            for op in request.effects() {
+                op.apply(seed, round, index, cs, &mut strict_model);
+            }
+        } else {
+            strict_uncertain
+                .ops
+                .extend(request.effects().into_iter().map(|op| (index, op)));
         }
         if covered.contains(&index) {
             for op in request.effects() {
@@ -295,6 +335,8 @@ fn verify_round(
     let active = read_all(&read_qcow2(path)?)?;
     check_active(&active, &model, &uncertain, cs).map_err(|e| format!("active disk: {e}"))?;
     stats.bytes_from_uncertain += active.iter().zip(&model).filter(|(a, m)| a != m).count() as u64;
+    stats.strict_rounds +=
+        u64::from(check_active(&active, &strict_model, &strict_uncertain, cs).is_ok());
     check_and_repair(path, cfg.lazy, &active, &|_, _| false)?;
     Ok(active)
 }
@@ -327,7 +369,7 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
             .map_err(|e| format!("round {round} ({}): {e}", cfg.cache(round)))?;
         let progress = Progress::read(&text);
         stats.rounds += 1;
-        stats.direct_rounds += u64::from(cfg.cache(round) == "none");
+        stats.cache_rounds[(cfg.first_cache + round as usize - 1) % CACHE_MODES.len()] += 1;
         known = verify_round(&path, &cfg, seed, round, &known, &progress, stats).map_err(|e| {
             format!(
                 "round {round} ({}, F={:?}, L={:?}, ended: {}): {e}",
@@ -363,13 +405,15 @@ fn kill9_through_virtio_blk_leaves_a_consistent_image() {
         }
     }
     eprintln!(
-        "virtio kill -9: {} trials, {} rounds ({} with cache=none), {} requests started, {} \
-         completed, {} covered by the last flush, {} not ({} of them in flight when it was \
-         submitted), {} in flight at the kill, {} bytes read a value of an uncovered request, \
-         {:.1} s",
+        "virtio kill -9: {} trials, {} rounds (cache {:?}: {:?}), {} requests started, {} \
+         completed, {} covered (by the last flush, or completed write-through writes), {} \
+         not ({} of them in flight when the flush was submitted), {} in flight at the kill, {} bytes read a value of an uncovered request, \
+         {} rounds also passed the stricter rule (a flush covers every request started before \
+         it), {:.1} s",
         stats.trials,
         stats.rounds,
-        stats.direct_rounds,
+        CACHE_MODES,
+        stats.cache_rounds,
         stats.requests_started,
         stats.requests_completed,
         stats.covered,
@@ -377,6 +421,7 @@ fn kill9_through_virtio_blk_leaves_a_consistent_image() {
         stats.in_flight_at_flush,
         stats.in_flight_at_kill,
         stats.bytes_from_uncertain,
+        stats.strict_rounds,
         started.elapsed().as_secs_f64()
     );
     assert_eq!(stats.trials, trials);

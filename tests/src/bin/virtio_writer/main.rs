@@ -6,7 +6,9 @@
 //! until it is killed.
 //!
 //! Usage: `virtio_writer IMAGE LOG SEED ROUND CACHE DEPTH MAX_REQUESTS`,
-//! CACHE being `none` or `writeback`.
+//! CACHE being `none`, `writeback`, `writethrough` or `directsync` (as
+//! QEMU spells them: the last two complete a write only once it is
+//! durable).
 //!
 //! Requests go out in stream order, several per kick; one that would
 //! change a byte a request in flight changes waits until that one has
@@ -71,9 +73,11 @@ fn run(args: &[String]) -> Result<()> {
     let log_path = Path::new(args.get(2).context("missing LOG")?);
     let seed: u64 = parse(args, 3, "SEED")?;
     let round: u32 = parse(args, 4, "ROUND")?;
-    let cache = match args.get(5).map(String::as_str) {
-        Some("none") => CacheMode::None,
-        Some("writeback") => CacheMode::Writeback,
+    let (cache, write_through) = match args.get(5).map(String::as_str) {
+        Some("none") => (CacheMode::None, false),
+        Some("writeback") => (CacheMode::Writeback, false),
+        Some("writethrough") => (CacheMode::Writeback, true),
+        Some("directsync") => (CacheMode::None, true),
         other => bail!("bad CACHE {other:?}"),
     };
     let depth: usize = parse(args, 6, "DEPTH")?;
@@ -87,6 +91,7 @@ fn run(args: &[String]) -> Result<()> {
         &DiskOptions {
             format: Some(Format::Qcow2),
             cache,
+            write_through,
             ..Default::default()
         },
     )
