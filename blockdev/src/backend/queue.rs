@@ -44,7 +44,7 @@ enum Kind {
 }
 
 /// What one kernel operation does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
     Read,
     Write,
