@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds every fuzz target (nightly, AddressSanitizer) and runs each for
 # SECONDS with its seed corpus (made by scripts/fuzz-seeds.sh if missing)
-# and the qcow2 dictionary, under a 512 MiB RSS limit (and the same limit
-# on any single allocation) and a per-input timeout. Fails (exit 1) if any
+# and its dictionary (fuzz/<target>.dict if there is one, else the qcow2
+# one), under a 512 MiB RSS limit (and the same limit on any single
+# allocation) and a per-input timeout. Fails (exit 1) if any
 # target hits a crash, panic, leak, out-of-memory or timeout; the input is
 # then in fuzz/artifacts/<target>/ and the log in
 # fuzz/artifacts/<target>/run.log. Prints executions and executions per
@@ -15,7 +16,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(header open_image snapshot_table)
+    targets=(header open_image snapshot_table virtio_blk)
 fi
 for t in "${targets[@]}"; do
     if [ -z "$(ls -A "corpus/$t" 2>/dev/null)" ]; then
@@ -42,13 +43,15 @@ summary=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     log=artifacts/$t/run.log
+    dict=qcow2.dict
+    if [ -f "$t.dict" ]; then dict=$t.dict; fi
     echo "== $t: ${secs}s"
     cargo +nightly fuzz run "$t" "corpus/$t" -- \
         -max_total_time="$secs" \
         -rss_limit_mb=512 \
         -malloc_limit_mb=512 \
         -timeout=20 \
-        -dict=qcow2.dict \
+        -dict="$dict" \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?
     execs=$(awk '/stat::number_of_executed_units/ { print $2 }' "$log")

@@ -13,6 +13,11 @@
 #   snapshot_table  snapshot tables cut out of the images that have one,
 #                   and patch inputs for the target's own templates (see
 #                   fuzz/fuzz_targets/snapshot_table_body.rs)
+#   virtio_blk      guest memory and queue layouts with well-formed chains
+#                   of every request type (direct and indirect, one or two
+#                   queues, resets, read-only, failing backend) and a few
+#                   nasty layouts, built by fuzz/fuzz_targets/virtio_blk_seeds.rs
+#                   through blockdev's stable replay test
 #
 # Usage: scripts/fuzz-seeds.sh   (needs qemu-img and qemu-io; builds img)
 set -euo pipefail
@@ -21,7 +26,11 @@ root=$PWD
 cargo build -q -p tools
 img="${CARGO_TARGET_DIR:-$root/target}/debug/img"
 corpus=$root/fuzz/corpus
-mkdir -p "$corpus/open_image" "$corpus/header" "$corpus/snapshot_table"
+mkdir -p "$corpus/open_image" "$corpus/header" "$corpus/snapshot_table" "$corpus/virtio_blk"
+# virtio_blk needs neither qemu nor img: its seeds come from the target's
+# own seed builder, run (and checked) by the stable test that replays it.
+VIRTIO_FUZZ_SEEDS=$corpus/virtio_blk cargo test -q -p blockdev --test virtio_fuzz_regressions \
+    seeds_reach_every_request_type >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -225,5 +234,5 @@ printf '\011\000\000\000\000\200' >"$corpus/snapshot_table/patch-cut.bin"
 printf '\111\000\001\000\000\000' >"$corpus/snapshot_table/patch-count.bin"
 t=$((t + 3))
 
-echo "wrote $n images (open_image, header) and $t snapshot_table inputs under $corpus"
-du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table
+echo "wrote $n images (open_image, header), $t snapshot_table inputs and $(ls "$corpus/virtio_blk" | wc -l) virtio_blk inputs under $corpus"
+du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table "$corpus"/virtio_blk
