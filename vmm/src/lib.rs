@@ -16,6 +16,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod config;
+pub mod console;
 pub mod cpu;
 pub mod devices;
 pub mod error;

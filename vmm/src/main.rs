@@ -71,7 +71,10 @@ fn config(args: &Args) -> anyhow::Result<VmConfig> {
 
 fn main() {
     let args = Args::parse();
+    let console = vmm::console::RawConsole::enter();
     let outcome = config(&args).and_then(|c| Ok(run(&c)?));
+    // Put the terminal back before any message (process::exit skips drops).
+    drop(console);
     match outcome {
         Ok((exit, times)) => {
             if args.timings {

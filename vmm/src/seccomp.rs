@@ -13,7 +13,9 @@
 //! - vCPU threads: `ioctl` for KVM_RUN and the register reads of a fault
 //!   report only (activating a disk from a vCPU thread sets up io_uring
 //!   and eventfds, which are in the common list);
-//! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN.
+//! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN, and
+//!   `ioctl(0, TCSETS)` (and glibc's checking `TCGETS`) to put the
+//!   terminal's settings back at the end.
 
 use std::collections::BTreeMap;
 
@@ -109,6 +111,20 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
     match kind {
         ThreadKind::Main => {
             rules.insert(libc::SYS_tgkill, Vec::new());
+            // Putting the terminal's settings back at the end: TCSETS on
+            // standard input, and the TCGETS with which glibc's tcsetattr
+            // checks what it set; nothing else.
+            let on_stdin = |request: libc::c_ulong| {
+                SeccompRule::new(vec![
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?,
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)?,
+                ])
+            };
+            let rules_for_stdin = vec![
+                on_stdin(libc::TCSETS).map_err(err)?,
+                on_stdin(libc::TCGETS).map_err(err)?,
+            ];
+            rules.insert(libc::SYS_ioctl, rules_for_stdin);
         }
         ThreadKind::Vcpu => {
             let ioctl_rules = vcpu_ioctls()
