@@ -340,6 +340,13 @@ fn nasty() -> Vec<Seed> {
     b.round(0, R_REAP);
     out.push(b.finish("nasty-used-ring-on-descriptors", false));
 
+    // The used index lands on the available index: the device's own
+    // completions move the ring it is reading.
+    let mut b = base(ALL);
+    b.params.used = b.params.avail;
+    b.round(0, R_REAP);
+    out.push(b.finish("nasty-used-ring-on-avail-ring", false));
+
     let mut b = base(ALL);
     (b.params.desc, b.params.avail, b.params.used) = (0x8000_0100, 0x8000_0080, 0x8000_0040);
     b.round(0, R_REAP);

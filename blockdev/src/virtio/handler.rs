@@ -171,11 +171,25 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// Pop every available chain (until the backend or our slots are full),
     /// hand the valid ones to the backend in one submission, complete the
     /// rest at once, and interrupt the guest if it needs to know.
+    ///
+    /// When the rings cannot be read partway (the driver, or the device's
+    /// own writes into rings that overlap them, moved the available index
+    /// out of range), the chains taken before that are still submitted and
+    /// signalled before the error is returned: left pushed but unsubmitted,
+    /// they would wait for a kick that a broken ring may never make good.
     pub fn process_queue(&mut self) -> Result<()> {
+        let popped = self.pop_available();
+        let signalled = self.submit_and_signal();
+        popped.and(signalled)
+    }
+
+    /// The popping half of [`QueueHandler::process_queue`]: start every
+    /// available chain until none is left or there is no room.
+    fn pop_available(&mut self) -> Result<()> {
         if self.stalled.is_some() {
             // Resumed from handle_completions once the backend has room.
             self.blocked = true;
-            return self.submit_and_signal();
+            return Ok(());
         }
         self.blocked = false;
         let mem = self.mem.memory();
@@ -202,7 +216,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             if self.stalled.is_some() || self.blocked {
                 // Notifications stay off: completions resume popping.
                 self.blocked = true;
-                break;
+                return Ok(());
             }
             let more = self
                 .queue
@@ -211,10 +225,9 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             // `popped == 0` with more reported means the ring cannot be
             // read; do not spin on it.
             if !more || popped == 0 {
-                break;
+                return Ok(());
             }
         }
-        self.submit_and_signal()
     }
 
     /// Return every chain the backend finished to the guest, push what was
