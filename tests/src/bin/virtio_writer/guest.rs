@@ -19,8 +19,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Most requests the writer keeps in flight.
 pub const MAX_DEPTH: usize = 32;
 
-/// Where the rings start.
+/// Where the rings of queue 0 start; the next queues' follow.
 const RINGS: u64 = 0;
+/// Bytes reserved for one queue's rings.
+const RINGS_STRIDE: u64 = 8 << 10;
+/// Most queues the writer drives.
+pub const MAX_QUEUES: u16 = 4;
 /// Where the first slot starts.
 const SLOTS: u64 = 64 << 10;
 /// Offsets inside a slot.
@@ -40,9 +44,10 @@ pub fn memory() -> Result<GuestMemoryMmap<()>> {
         .context("mapping guest memory")
 }
 
-/// The rings' address.
-pub fn rings() -> GuestAddress {
-    GuestAddress(RINGS)
+/// The address of queue `queue`'s rings.
+pub fn rings(queue: u16) -> GuestAddress {
+    const _: () = assert!(RINGS + RINGS_STRIDE * MAX_QUEUES as u64 <= SLOTS);
+    GuestAddress(RINGS + RINGS_STRIDE * u64::from(queue))
 }
 
 fn slot_base(slot: usize) -> GuestAddress {

@@ -5,10 +5,19 @@
 //! of `integration_tests::virtio_workload`, up to DEPTH of them in flight,
 //! until it is killed.
 //!
-//! Usage: `virtio_writer IMAGE LOG SEED ROUND CACHE DEPTH MAX_REQUESTS`,
-//! CACHE being `none`, `writeback`, `writethrough` or `directsync` (as
+//! Usage: `virtio_writer IMAGE LOG SEED ROUND CACHE DEPTH MAX_REQUESTS
+//! [QUEUES]`, CACHE being `none`, `writeback`, `writethrough` or `directsync` (as
 //! QEMU spells them: the last two complete a write only once it is
 //! durable).
+//!
+//! With one queue the writer kicks and waits in one call
+//! (`process_queue_and_wait`, as the benchmark does); with several (the
+//! device's MQ), each request goes to a random queue and the writer runs
+//! them all from one thread as the VMM's device loop does: a kick is
+//! `process_queue`, completions come from epoll on the backend queues'
+//! eventfds. A watchdog ends the child with status 3 when no request has
+//! completed for 5 s (a hang would otherwise only show as a round that
+//! stopped early).
 //!
 //! Requests go out in stream order, several per kick; one that would
 //! change a byte a request in flight changes waits until that one has
@@ -32,7 +41,9 @@ mod guest;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use blockdev::backend::{open, OpenOptions as DiskOptions};
@@ -43,6 +54,7 @@ use blockdev::virtio::{DeviceOptions, QueueEvents, VirtioBlock};
 use integration_tests::virtio_workload::{RequestKind, VirtioRequest, VirtioWorkload};
 use integration_tests::workload::mix;
 use qcow::fs::Format;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 struct Log(std::fs::File);
@@ -85,6 +97,13 @@ fn run(args: &[String]) -> Result<()> {
         bail!("DEPTH must be 1 to {}", guest::MAX_DEPTH);
     }
     let max_requests: u64 = parse(args, 7, "MAX_REQUESTS")?;
+    let queues: u16 = match args.get(8) {
+        Some(_) => parse(args, 8, "QUEUES")?,
+        None => 1,
+    };
+    if queues == 0 || queues > guest::MAX_QUEUES {
+        bail!("QUEUES must be 1 to {}", guest::MAX_QUEUES);
+    }
 
     let backend = open(
         image_path,
@@ -112,7 +131,7 @@ fn run(args: &[String]) -> Result<()> {
     let mut device = VirtioBlock::new(
         backend,
         DeviceOptions {
-            num_queues: 1,
+            num_queues: queues,
             queue_size: guest::QUEUE_SIZE,
             serial: b"kill9".to_vec(),
         },
@@ -131,78 +150,152 @@ fn run(args: &[String]) -> Result<()> {
     device.set_driver_features_page(0, features as u32);
     device.set_driver_features_page(1, (features >> 32) as u32);
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    let mut driver = SplitQueueDriver::new(&*mem, guest::rings(), guest::QUEUE_SIZE)?;
-    driver.configure(device.queue_mut(0).context("queue 0")?);
+    let mut drivers = Vec::new();
+    for queue in 0..queues {
+        let driver = SplitQueueDriver::new(&*mem, guest::rings(queue), guest::QUEUE_SIZE)?;
+        driver.configure(device.queue_mut(queue).context("a device queue")?);
+        drivers.push(driver);
+    }
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-    let events = QueueEvents {
-        notify: event()?,
-        interrupt: event()?,
-    };
-    let mut handler = device
-        .activate(mem.clone(), vec![events])?
-        .pop()
-        .context("no queue activated")?;
+    let events = (0..queues)
+        .map(|_| {
+            Ok(QueueEvents {
+                notify: event()?,
+                interrupt: event()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut handlers = device.activate(mem.clone(), events)?;
+    if handlers.len() != usize::from(queues) {
+        bail!("{} of {queues} queues activated", handlers.len());
+    }
+    let epoll = Epoll::new().context("epoll")?;
+    for (queue, handler) in handlers.iter().enumerate() {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                handler.completion_fd(),
+                EpollEvent::new(EventSet::IN, queue as u64),
+            )
+            .context("epoll_ctl")?;
+    }
+    let progress = watchdog();
 
     let mut workload = VirtioWorkload::new(seed, round, cluster_size, size);
     let mut waiting: Option<VirtioRequest> = None;
-    // By head index: the request and its slot.
-    let mut in_flight: Vec<Option<(VirtioRequest, usize)>> =
-        (0..guest::QUEUE_SIZE).map(|_| None).collect();
+    // By queue and head index: the request and its slot.
+    let mut in_flight: Vec<Vec<Option<(VirtioRequest, usize)>>> = (0..queues)
+        .map(|_| (0..guest::QUEUE_SIZE).map(|_| None).collect())
+        .collect();
     let mut free_slots: Vec<usize> = (0..depth).rev().collect();
     let mut started = 0u64;
-    let mut kicks = mix(seed ^ u64::from(round) ^ 0x6b69_636b);
+    let mut rng = mix(seed ^ u64::from(round) ^ 0x6b69_636b);
     let mut data = Vec::new();
+    let mut ready = vec![EpollEvent::default(); usize::from(queues)];
     loop {
-        // Stage a random number of requests, then kick once.
-        kicks = mix(kicks);
-        let batch = 1 + kicks % depth as u64;
+        // Stage a random number of requests, then kick the queues that got
+        // some.
+        rng = mix(rng);
+        let batch = 1 + rng % depth as u64;
         let mut staged = 0;
+        let mut kicked = vec![false; usize::from(queues)];
         while staged < batch && started < max_requests && !free_slots.is_empty() {
             let request = waiting.take().unwrap_or_else(|| workload.next_request());
             if in_flight
                 .iter()
+                .flatten()
                 .flatten()
                 .any(|(r, _)| r.overlaps(&request))
             {
                 waiting = Some(request);
                 break;
             }
+            rng = mix(rng);
+            let queue = (rng % u64::from(queues)) as usize;
             let slot = free_slots.pop().context("a free slot")?;
             log.line(format_args!("start {}", request.index))?;
-            let head = guest::submit(&mem, &mut driver, slot, &request, seed, round, &mut data)?;
-            in_flight[usize::from(head)] = Some((request, slot));
+            let head = guest::submit(
+                &mem,
+                &mut drivers[queue],
+                slot,
+                &request,
+                seed,
+                round,
+                &mut data,
+            )?;
+            in_flight[queue][usize::from(head)] = Some((request, slot));
+            kicked[queue] = true;
             started += 1;
             staged += 1;
         }
-        if in_flight.iter().all(Option::is_none) {
+        if in_flight.iter().flatten().all(Option::is_none) {
             break;
         }
-        handler.process_queue_and_wait()?;
-        while let Some(used) = driver.pop_used(&*mem)? {
-            let (request, slot) = in_flight
-                .get_mut(used.id as usize)
-                .and_then(Option::take)
-                .with_context(|| format!("the device returned head {} twice", used.id))?;
-            let status = guest::status(&mem, slot)?;
-            if status != STATUS_OK {
-                bail!(
-                    "request {} ({request:?}) failed: status {status}",
-                    request.index
-                );
+        if queues == 1 {
+            handlers[0].process_queue_and_wait()?;
+        } else {
+            for (queue, handler) in handlers.iter_mut().enumerate() {
+                if kicked[queue] {
+                    handler.process_queue()?;
+                }
             }
-            let what = if request.kind == RequestKind::Flush {
-                "flushed"
-            } else {
-                "completed"
+            let n = match epoll.wait(1000, &mut ready) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e).context("epoll_wait"),
             };
-            log.line(format_args!("{what} {}", request.index))?;
-            free_slots.push(slot);
+            for event in &ready[..n] {
+                handlers[event.data() as usize].handle_completion_event()?;
+            }
+        }
+        for (queue, driver) in drivers.iter_mut().enumerate() {
+            while let Some(used) = driver.pop_used(&*mem)? {
+                let (request, slot) = in_flight[queue]
+                    .get_mut(used.id as usize)
+                    .and_then(Option::take)
+                    .with_context(|| format!("queue {queue} returned head {} twice", used.id))?;
+                let status = guest::status(&mem, slot)?;
+                if status != STATUS_OK {
+                    bail!(
+                        "request {} ({request:?}) failed: status {status}",
+                        request.index
+                    );
+                }
+                let what = if request.kind == RequestKind::Flush {
+                    "flushed"
+                } else {
+                    "completed"
+                };
+                log.line(format_args!("{what} {}", request.index))?;
+                progress.fetch_add(1, Ordering::Relaxed);
+                free_slots.push(slot);
+            }
         }
     }
-    drop(handler);
+    drop(handlers);
     device.backend().close()?;
     log.line(format_args!("end"))?;
     Ok(())
+}
+
+/// Starts the watchdog: it ends the process with status 3 when the
+/// returned counter (of completed requests) has not moved for 5 s.
+fn watchdog() -> Arc<AtomicU64> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = progress.clone();
+    std::thread::spawn(move || {
+        let mut last = u64::MAX;
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let now = seen.load(Ordering::Relaxed);
+            if now == last {
+                eprintln!("virtio_writer: no request completed for 5 s after {now}: stuck");
+                std::process::exit(3);
+            }
+            last = now;
+        }
+    });
+    progress
 }
 
 fn main() {
