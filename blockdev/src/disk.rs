@@ -81,6 +81,10 @@ pub struct Completion {
 }
 
 /// One submission/completion queue of a disk, used from one thread.
+///
+/// Dropping a queue waits until nothing (the kernel included) uses the
+/// buffers of its requests any more; requests not yet finished are dropped
+/// without a completion (finished writes stay written).
 pub trait BlockQueue: Send {
     /// Accept a request. It may start at once or when [`BlockQueue::submit`]
     /// is called; either way its completion comes from

@@ -19,13 +19,15 @@
 //!
 //! Module map: `uring` holds all io_uring unsafe code, `bufs` all access
 //! to caller memory, `host` the host files, `queue` the request engine,
-//! `open` the opening of files and images.
+//! `wakers` the waking of queues whose requests wait for another queue's
+//! writes, `open` the opening of files and images.
 
 pub(crate) mod bufs;
 mod host;
 mod open;
 mod queue;
 mod uring;
+mod wakers;
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ use crate::disk::{BlockBackend, BlockQueue};
 use crate::error::Result;
 
 use host::HostFile;
+use wakers::ParkedWakers;
 
 pub use open::{open, open_with_files, OpenOptions, OpenedDisk};
 
@@ -61,6 +64,9 @@ pub(crate) struct Disk {
     pub write_through: bool,
     /// Complete flushes without syncing.
     pub ignore_flush: bool,
+    /// The queues, for waking those whose requests wait for another
+    /// queue's writes.
+    pub wakers: ParkedWakers,
 }
 
 impl Disk {

@@ -109,6 +109,7 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
                 read_only: options.read_only,
                 write_through: options.write_through,
                 ignore_flush: options.ignore_flush,
+                wakers: Default::default(),
             }
         }
         Format::Qcow2 => {
@@ -175,6 +176,7 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQc
         read_only: options.read_only,
         write_through: options.write_through,
         ignore_flush: options.ignore_flush,
+        wakers: Default::default(),
     };
     Ok((disk, backing_files, data_path))
 }

@@ -7,11 +7,15 @@
 //! Each kernel operation's user data is `slot << 32 | operation index`.
 //! Operations wait in a backlog when the ring is full.
 //!
-//! qcow2 writes that would block on clusters held by another unfinished
-//! write (see [`qcow::image::Qcow2::try_begin_write`]) are parked and retried as
-//! completions come in; a queue only ever blocks inside the qcow2 library
-//! when it holds no write plans itself, so queues cannot deadlock on each
-//! other.
+//! qcow2 writes, write-zeroes and discards that would block on clusters
+//! held by another unfinished write (see
+//! [`qcow::image::Qcow2::try_begin_write`]) are parked and retried as
+//! completions come in, or when another queue lets go of its clusters
+//! (`wakers`): the queues of a disk may share one thread, which must never
+//! block on what only it can finish. Only [`BlockQueue::wait`], for a
+//! caller that blocks anyway, may wait inside the qcow2 library, and only
+//! while the queue holds no write plans itself, so queues on separate
+//! threads cannot deadlock on each other.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::RawFd;
@@ -22,6 +26,7 @@ use qcow::image::WritePlan;
 use super::bufs::{AlignedBuf, GuestBufs, IoVecs};
 use super::host::ZERO_RANGE;
 use super::uring::{Op, Ring};
+use super::wakers::QueueWaker;
 use super::{Disk, Layout};
 use crate::disk::{BlockQueue, Completion, Request};
 use crate::error::{Error, Result};
@@ -97,7 +102,7 @@ struct Slot {
 enum Start {
     /// Operations queued (or completed at once).
     Started,
-    /// Must wait for this queue's own writes to finish.
+    /// Must wait for an unfinished write (this queue's or another's).
     Parked,
 }
 
@@ -122,6 +127,11 @@ pub struct UringQueue {
     /// An error met while reaping in `pop_completion`, for the next call
     /// that can return one.
     deferred_error: Option<Error>,
+    /// This queue's entry among the disk's queues.
+    waker: Arc<QueueWaker>,
+    /// Starting a request may wait inside the qcow2 library for another
+    /// queue's write (only within `wait`, while we hold no plans).
+    may_block: bool,
 }
 
 fn io_err(op: &'static str, errno: i32) -> Error {
@@ -140,6 +150,7 @@ impl UringQueue {
         }
         let ring = Ring::new(depth.saturating_mul(2).max(8), &fds)?;
         let slots = (0..depth).map(|_| Slot::default()).collect();
+        let waker = disk.wakers.register(ring.completion_eventfd()?);
         Ok(UringQueue {
             disk,
             ring,
@@ -157,7 +168,24 @@ impl UringQueue {
             stalled: false,
             notify_pending: false,
             deferred_error: None,
+            waker,
+            may_block: false,
         })
+    }
+
+    /// Tries to start `slot`, parking it if it must wait for an unfinished
+    /// write; a queue with parked requests is woken when any queue of the
+    /// disk lets go of a write plan.
+    fn start_or_park(&mut self, slot: u32) {
+        let epoch = self.disk.wakers.epoch();
+        if let Start::Parked = self.start(slot) {
+            self.parked.push_back(slot);
+            self.disk.wakers.set_parked(&self.waker, true);
+            if self.disk.wakers.released_since(epoch) {
+                // The holder may have let go before we were marked parked.
+                self.waker.wake();
+            }
+        }
     }
 
     /// Finishes a request: its completion becomes poppable, its slot free.
@@ -191,6 +219,7 @@ impl UringQueue {
                 } else if let Err(e) = q.finish_write(plan) {
                     error = Some(e.into());
                 }
+                self.disk.wakers.plan_released(&self.waker);
             }
         }
         let s = &mut self.slots[slot as usize];
@@ -334,6 +363,7 @@ impl UringQueue {
 
     /// Retries parked requests in order.
     fn run_parked(&mut self) {
+        let epoch = self.disk.wakers.epoch();
         let mut n = self.parked.len();
         while n > 0 {
             n -= 1;
@@ -343,6 +373,12 @@ impl UringQueue {
             if let Start::Parked = self.start(slot) {
                 self.parked.push_back(slot);
             }
+        }
+        let parked = !self.parked.is_empty();
+        self.disk.wakers.set_parked(&self.waker, parked);
+        if parked && self.disk.wakers.released_since(epoch) {
+            // A plan let go meanwhile (perhaps our own): look again.
+            self.waker.wake();
         }
     }
 
@@ -516,9 +552,7 @@ impl BlockQueue for UringQueue {
             self.parked.push_back(slot);
             return Ok(());
         }
-        if let Start::Parked = self.start(slot) {
-            self.parked.push_back(slot);
-        }
+        self.start_or_park(slot);
         Ok(())
     }
 
@@ -566,8 +600,11 @@ impl BlockQueue for UringQueue {
                     return Ok(());
                 }
                 // Nothing of ours is in the kernel: parked requests can
-                // now block in the qcow2 library if they must.
+                // now block in the qcow2 library if they must (for a plan
+                // another thread's queue holds).
+                self.may_block = true;
                 self.run_parked();
+                self.may_block = false;
                 self.run_flushes();
                 self.submit_all()?;
                 if !self.ready.is_empty() || self.ring.in_kernel() > 0 {
@@ -615,8 +652,10 @@ impl Drop for UringQueue {
             for s in &mut self.slots {
                 if let Some(plan) = s.plan.take() {
                     q.abort_write(plan);
+                    self.disk.wakers.plan_released(&self.waker);
                 }
             }
         }
+        self.disk.wakers.unregister(&self.waker);
     }
 }

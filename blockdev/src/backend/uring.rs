@@ -240,6 +240,15 @@ impl Ring {
         n
     }
 
+    /// Another handle on the completion eventfd, for waking the queue from
+    /// elsewhere.
+    pub fn completion_eventfd(&self) -> Result<EventFd> {
+        self.eventfd.try_clone().map_err(|source| Error::Io {
+            op: "dup eventfd",
+            source,
+        })
+    }
+
     /// The eventfd the kernel signals on completions.
     pub fn completion_fd(&self) -> RawFd {
         self.eventfd.as_raw_fd()

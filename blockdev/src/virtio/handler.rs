@@ -57,8 +57,9 @@ struct InFlight<G> {
 /// One virtqueue of the device with its own backend queue.
 pub struct QueueHandler<A: GuestAddressSpace> {
     index: u16,
-    // Declared before `chains` so that it is dropped (its requests reaped,
-    // see Drop) before the memory guards the chains hold.
+    // Declared before `chains` so that it is dropped (which waits for the
+    // kernel to be done with guest buffers) before the memory guards the
+    // chains hold.
     disk: Box<dyn BlockQueue>,
     chains: Vec<Option<InFlight<A::T>>>,
     free_slots: Vec<usize>,
@@ -472,15 +473,13 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
 
 impl<A: GuestAddressSpace> Drop for QueueHandler<A> {
     fn drop(&mut self) {
-        // The backend must be done with guest buffers before the memory
-        // guards go; nothing is returned to the guest (this is a reset).
+        // Nothing is returned to the guest (this is a reset). The backend
+        // queue, dropped before the memory guards the chains hold, waits
+        // for whatever the kernel still does with guest buffers and drops
+        // the rest. Waiting for every request here instead could hang: a
+        // request parked on another queue's write needs that queue, served
+        // by this same thread, to move first.
         let _ = self.disk.submit();
-        while self.disk.in_flight() > 0 {
-            if self.disk.wait().is_err() {
-                break;
-            }
-            while self.disk.pop_completion().is_some() {}
-        }
     }
 }
 

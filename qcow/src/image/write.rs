@@ -148,6 +148,28 @@ impl Qcow2 {
         Ok(plan.expect("a waiting plan_write always returns a plan"))
     }
 
+    /// Whether an unfinished write (planned, not yet finished or aborted)
+    /// holds a guest cluster that `len` bytes at `offset` touch: then
+    /// [`Qcow2::begin_write`], [`Qcow2::write_zeroes`] and
+    /// [`Qcow2::discard`] on that range would wait for it. A caller that
+    /// must not block (one thread serving several queues of a disk) asks
+    /// this first and retries once the holder is done.
+    pub fn range_in_flight(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let cs = self.cluster_size();
+        let first = offset / cs;
+        let last = offset.saturating_add(len - 1) / cs;
+        let meta = self.lock();
+        // Walk whichever is smaller: the range or the set.
+        if last - first < meta.inflight.len() as u64 {
+            (first..=last).any(|c| meta.inflight.contains(&c))
+        } else {
+            meta.inflight.iter().any(|c| (first..=last).contains(c))
+        }
+    }
+
     /// Like [`Qcow2::begin_write`], but returns `Ok(None)` at once instead
     /// of waiting when an unfinished write holds one of the guest clusters
     /// (for callers that must not block while they hold plans themselves).

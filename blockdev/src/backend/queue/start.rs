@@ -173,8 +173,9 @@ impl UringQueue {
             Layout::Qcow2(q) => {
                 let plan = match q.try_begin_write(offset, len)? {
                     Some(plan) => plan,
-                    None if self.own_plans > 0 => return Ok(Start::Parked),
-                    // We hold nothing anyone could wait for: block.
+                    None if self.own_plans > 0 || !self.may_block => return Ok(Start::Parked),
+                    // Within `wait`, holding nothing anyone could wait for:
+                    // block until the other thread's queue lets go.
                     None => q.begin_write(offset, len)?,
                 };
                 self.own_plans += 1;
@@ -224,8 +225,9 @@ impl UringQueue {
                 self.backlog.push_back(u64::from(slot) << 32 | index);
             }
             Layout::Qcow2(q) => {
-                // These wait for in-flight clusters: only without plans.
-                if self.own_plans > 0 {
+                // These wait for in-flight clusters: only without plans of
+                // our own, and only within `wait` (see start_write).
+                if self.own_plans > 0 || (!self.may_block && q.range_in_flight(offset, len)) {
                     return Ok(Start::Parked);
                 }
                 match kind {
