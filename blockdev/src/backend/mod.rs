@@ -7,9 +7,12 @@
 //!   io_uring operation each, discard and write-zeroes are `fallocate`
 //!   (punch hole / zero range), flush is `fdatasync`.
 //! - qcow2 (with backing chains and external data files): reads are mapped
-//!   with [`Qcow2::extents`]; host data becomes io_uring reads, zero and
-//!   unallocated ranges are zero-filled, backing and compressed ranges are
-//!   read synchronously through the qcow2 library. Writes are planned with
+//!   with [`Qcow2::extents`] (through the whole backing chain with
+//!   [`qcow::device::chain_extents`] when there is one); host data, in the
+//!   image or in any backing file, becomes io_uring reads, zero and
+//!   unallocated ranges are zero-filled, compressed clusters (and backing
+//!   data kept in a backing image's own data file) are read synchronously
+//!   through the qcow2 library. Writes are planned with
 //!   [`Qcow2::try_begin_write`] (allocation and copy-on-write, synchronous),
 //!   their data goes through io_uring, and [`Qcow2::finish_write`] commits
 //!   the metadata once the data is written. Flush waits for earlier writes,
@@ -58,6 +61,10 @@ pub(crate) struct Disk {
     pub layout: Layout,
     pub image: HostFile,
     pub data_file: Option<HostFile>,
+    /// The backing chain's files, nearest first: data reads of backing
+    /// layer `n` (1 = the image's backing file) go to `backing[n - 1]`,
+    /// file index `n + 1` of the rings.
+    pub backing: Vec<HostFile>,
     pub size: u64,
     pub read_only: bool,
     /// Sync after every write before completing it.
@@ -70,24 +77,35 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// The host file of an operation: 0 = the image, 1 = its data file.
+    /// The host file of an operation: 0 = the image, 1 = its data file
+    /// (the image when it has none), 2 and up = the backing files.
     pub fn host(&self, file: u32) -> &HostFile {
-        match (file, &self.data_file) {
-            (1, Some(d)) => d,
-            _ => &self.image,
+        match file {
+            0 => &self.image,
+            1 => self.data_file.as_ref().unwrap_or(&self.image),
+            n => &self.backing[n as usize - 2],
         }
+    }
+
+    /// Every host file, in ring file index order.
+    pub fn hosts(&self) -> impl Iterator<Item = &HostFile> {
+        (0..2 + self.backing.len() as u32).map(|i| self.host(i))
     }
 
     /// The O_DIRECT offset alignment of data I/O, 1 when buffered.
     pub fn dio_offset_align(&self) -> u64 {
-        let a = |h: &HostFile| h.dio().map_or(1, |d| u64::from(d.offset));
-        a(&self.image).max(self.data_file.as_ref().map_or(1, a))
+        self.hosts()
+            .map(|h| h.dio().map_or(1, |d| u64::from(d.offset)))
+            .max()
+            .unwrap_or(1)
     }
 
     /// The O_DIRECT memory alignment of data I/O, 1 when buffered.
     pub fn dio_mem_align(&self) -> u64 {
-        let a = |h: &HostFile| h.dio().map_or(1, |d| u64::from(d.mem));
-        a(&self.image).max(self.data_file.as_ref().map_or(1, a))
+        self.hosts()
+            .map(|h| h.dio().map_or(1, |d| u64::from(d.mem)))
+            .max()
+            .unwrap_or(1)
     }
 }
 

@@ -105,6 +105,7 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
                 layout: Layout::Raw,
                 image,
                 data_file: None,
+                backing: Vec::new(),
                 size,
                 read_only: options.read_only,
                 write_through: options.write_through,
@@ -155,6 +156,18 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQc
         image.view_snapshot(name)?;
     }
     let backing_files = opener.files.opened_backing_files();
+    // Our own descriptors on the backing chain, for data reads through the
+    // rings (the library keeps its own for metadata).
+    let backing = backing_files
+        .iter()
+        .map(|backing_path| {
+            let file = File::open(backing_path).map_err(|source| Error::Open {
+                path: backing_path.display().to_string(),
+                source,
+            })?;
+            HostFile::from_buffered(file, backing_path, false, options.cache)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (data_file, data_path) = match opener.data_file.into_inner() {
         Ok(Some((data_path, data))) => (
             Some(HostFile::from_buffered(
@@ -172,6 +185,7 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQc
         layout: Layout::Qcow2(Box::new(image)),
         image: HostFile::from_buffered(file, path, writable, options.cache)?,
         data_file,
+        backing,
         size,
         read_only: options.read_only,
         write_through: options.write_through,

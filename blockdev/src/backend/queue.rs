@@ -144,10 +144,8 @@ fn io_err(op: &'static str, errno: i32) -> Error {
 impl UringQueue {
     /// A queue of `depth` slots over `disk`.
     pub fn new(disk: Arc<Disk>, depth: u32) -> Result<UringQueue> {
-        let mut fds: Vec<RawFd> = vec![disk.image.data_fd()];
-        if let Some(d) = &disk.data_file {
-            fds.push(d.data_fd());
-        }
+        // Registered in file index order (see Disk::host).
+        let fds: Vec<RawFd> = disk.hosts().map(|h| h.data_fd()).collect();
         let ring = Ring::new(depth.saturating_mul(2).max(8), &fds)?;
         let slots = (0..depth).map(|_| Slot::default()).collect();
         let waker = disk.wakers.register(ring.completion_eventfd()?);

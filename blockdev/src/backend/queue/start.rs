@@ -3,7 +3,8 @@
 //! piece), zero-filling and synchronous reads where no kernel operation is
 //! needed, and the page-cache fallback for I/O O_DIRECT cannot take.
 
-use qcow::device::ExtentKind;
+use qcow::device::{chain_extents, Extent, ExtentKind};
+use qcow::image::Qcow2;
 
 use super::{Kind, OpKind, OpState, Slot, Start, UringQueue, MAX_IOVECS};
 use crate::backend::host::{PUNCH_HOLE, ZERO_RANGE};
@@ -107,6 +108,9 @@ impl UringQueue {
         let disk = self.disk.clone();
         match &disk.layout {
             Layout::Raw => self.add_io(slot, OpKind::Read, 0, offset, 0, len),
+            Layout::Qcow2(q) if q.backing_image().is_some() => {
+                self.start_chain_read(slot, q, offset, len)?
+            }
             Layout::Qcow2(q) => {
                 let mut pos = offset;
                 while pos < offset + len {
@@ -152,6 +156,71 @@ impl UringQueue {
                         pos = e.guest_offset + e.len;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a read of a qcow2 image with a backing chain: data in the
+    /// image or in any backing file goes through the ring, zeros are
+    /// filled in, and compressed clusters (or backing data kept in a
+    /// backing image's own data file) are read through the library.
+    fn start_chain_read(&mut self, slot: u32, q: &Qcow2, offset: u64, len: u64) -> Result<()> {
+        let layers = self.disk.backing.len() as u32;
+        let mut pos = offset;
+        while pos < offset + len {
+            let extents = chain_extents(q, pos, offset + len - pos)?;
+            if extents.is_empty() {
+                return Err(Error::OutOfRange {
+                    offset: pos,
+                    len: offset + len - pos,
+                    size: self.disk.size,
+                });
+            }
+            for e in &extents {
+                let rel = e.guest_offset - offset;
+                match e.kind {
+                    ExtentKind::Data {
+                        host_offset,
+                        in_data_file,
+                    } if e.depth == 0 => self.add_io(
+                        slot,
+                        OpKind::Read,
+                        u32::from(in_data_file),
+                        host_offset,
+                        rel,
+                        e.len,
+                    ),
+                    ExtentKind::Data {
+                        host_offset,
+                        in_data_file: false,
+                    } if e.depth <= layers => {
+                        self.add_io(slot, OpKind::Read, e.depth + 1, host_offset, rel, e.len)
+                    }
+                    ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. } => {
+                        zero_target(&mut self.slots[slot as usize], rel, e.len)
+                    }
+                    _ => {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        scratch.resize(e.len as usize, 0);
+                        let r = if e.depth == 0 {
+                            let top = Extent {
+                                guest_offset: e.guest_offset,
+                                len: e.len,
+                                kind: e.kind,
+                            };
+                            q.read_extent(&top, &mut scratch)
+                        } else {
+                            q.read_at(&mut scratch, e.guest_offset)
+                        };
+                        if r.is_ok() {
+                            write_target(&mut self.slots[slot as usize], rel, &scratch);
+                        }
+                        self.scratch = scratch;
+                        r?;
+                    }
+                }
+                pos = e.guest_offset + e.len;
             }
         }
         Ok(())
