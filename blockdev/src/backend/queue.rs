@@ -223,24 +223,11 @@ impl UringQueue {
         let s = &mut self.slots[slot as usize];
         if error.is_none() && s.kind == Some(Kind::Write) && self.disk.write_through && !s.synced {
             s.synced = true;
-            match &self.disk.layout {
-                Layout::Qcow2(q) => error = q.flush().err().map(Error::from),
-                Layout::Raw => {
-                    s.ops.push(OpState {
-                        kind: OpKind::Fdatasync,
-                        file: 0,
-                        host_offset: 0,
-                        rel: 0,
-                        len: 0,
-                        remaining: 0,
-                        iov_start: 0,
-                        iov_count: 0,
-                    });
-                    s.pending = 1;
-                    let index = (s.ops.len() - 1) as u64;
-                    self.backlog.push_back(u64::from(slot) << 32 | index);
-                    return;
-                }
+            match self.sync_or_queue_syncs(slot) {
+                Ok(true) => {}
+                // The data syncs finish the slot when they complete.
+                Ok(false) => return,
+                Err(e) => error = Some(e),
             }
         }
         let s = &mut self.slots[slot as usize];
@@ -319,6 +306,37 @@ impl UringQueue {
         }
     }
 
+    /// Makes what `slot` covers durable: a qcow2 image with metadata to
+    /// write back is flushed at once by the library (`Ok(true)`); otherwise
+    /// only data needs syncing, and fdatasync operations on the image file
+    /// (and the data file) are queued for the ring (`Ok(false)`: the slot
+    /// finishes when they complete), so the queue's thread does not wait.
+    fn sync_or_queue_syncs(&mut self, slot: u32) -> Result<bool> {
+        if let Layout::Qcow2(q) = &self.disk.layout {
+            if q.flush_metadata()? {
+                return Ok(true);
+            }
+        }
+        let files = if self.disk.data_file.is_some() { 2 } else { 1 };
+        let s = &mut self.slots[slot as usize];
+        for file in 0..files {
+            s.ops.push(OpState {
+                kind: OpKind::Fdatasync,
+                file,
+                host_offset: 0,
+                rel: 0,
+                len: 0,
+                remaining: 0,
+                iov_start: 0,
+                iov_count: 0,
+            });
+            let index = (s.ops.len() - 1) as u64;
+            self.backlog.push_back(u64::from(slot) << 32 | index);
+        }
+        s.pending = files;
+        Ok(false)
+    }
+
     /// Starts flushes whose earlier writes have all completed.
     fn run_flushes(&mut self) {
         while let Some(&slot) = self.flushes.front() {
@@ -335,26 +353,10 @@ impl UringQueue {
                 self.complete(slot, Ok(0));
                 continue;
             }
-            match &self.disk.layout {
-                Layout::Qcow2(q) => {
-                    let r = q.flush().map(|()| 0).map_err(Error::from);
-                    self.complete(slot, r);
-                }
-                Layout::Raw => {
-                    let s = &mut self.slots[slot as usize];
-                    s.ops.push(OpState {
-                        kind: OpKind::Fdatasync,
-                        file: 0,
-                        host_offset: 0,
-                        rel: 0,
-                        len: 0,
-                        remaining: 0,
-                        iov_start: 0,
-                        iov_count: 0,
-                    });
-                    s.pending = 1;
-                    self.backlog.push_back(u64::from(slot) << 32);
-                }
+            match self.sync_or_queue_syncs(slot) {
+                Ok(true) => self.complete(slot, Ok(0)),
+                Ok(false) => {}
+                Err(e) => self.complete(slot, Err(e)),
             }
         }
     }

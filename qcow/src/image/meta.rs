@@ -44,6 +44,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Whether nothing awaits writing back: no dirty refcount block, table
+    /// entry, L2 table, L1 entry or header, and no deferred decrement.
+    pub fn is_clean(&self) -> bool {
+        !self.rc.is_dirty()
+            && self.rc.pending_frees() == 0
+            && !self.l2.has_dirty()
+            && self.l1_dirty.is_empty()
+            && !self.header_dirty
+    }
+
     /// Highest host offset that can hold valid data right now.
     pub fn host_limit(&self) -> u64 {
         self.file_len_at_open

@@ -287,6 +287,23 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// A flush that leaves the data to the caller when that is all there
+    /// is: with no metadata to write back it does no I/O and returns
+    /// `Ok(false)`, and the caller makes the data durable itself (syncing
+    /// the image file and the data file, for example asynchronously);
+    /// otherwise it flushes as [`Qcow2::flush`] does, data included, and
+    /// returns `Ok(true)`. Read-only images have nothing to flush
+    /// (`Ok(true)`).
+    pub fn flush_metadata(&self) -> Result<bool> {
+        if !self.writable {
+            return Ok(true);
+        }
+        if self.lock().is_clean() {
+            return Ok(false);
+        }
+        self.flush().map(|()| true)
+    }
+
     /// Flushes and consumes the image.
     pub fn close(self) -> Result<()> {
         self.flush()
