@@ -111,6 +111,14 @@ pub trait BlockQueue: Send {
     /// Requests accepted and not yet popped.
     fn in_flight(&self) -> u32;
 
+    /// Whether a completion can be popped now or is waiting to be reaped,
+    /// found without a system call (for a caller that spins a little
+    /// before it sleeps on [`BlockQueue::completion_fd`]). The default says
+    /// no, for queues that cannot tell cheaply.
+    fn completions_ready(&mut self) -> bool {
+        false
+    }
+
     /// An eventfd that becomes readable when completions are waiting, for
     /// an event loop; read it to reset it.
     fn completion_fd(&self) -> RawFd;

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bench;
 pub mod disk;
 pub mod error;
+pub mod poll;
 pub mod virtio;
 
 pub use error::{Error, Result};

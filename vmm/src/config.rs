@@ -63,6 +63,9 @@ pub struct VmConfig {
     pub serial_input: bool,
     /// CPUID features hidden from the guest (`--cpuid-mask`).
     pub cpuid_mask: Vec<String>,
+    /// The longest the device thread spins on disk completions before it
+    /// sleeps (`--poll-us`; zero never spins).
+    pub poll_max: std::time::Duration,
 }
 
 fn invalid(option: &'static str, value: &str, reason: impl Into<String>) -> Error {

@@ -43,6 +43,11 @@ struct Args {
     /// preset "emulated" (what an instruction-emulating host cannot run)
     #[arg(long, value_name = "LIST", default_value = "")]
     cpuid_mask: String,
+    /// Longest spin (microseconds, 0 to 1000) of the device thread on disk
+    /// completions before it sleeps, adapted to how soon they come (as
+    /// QEMU's iothread poll-max-ns); 0 never spins
+    #[arg(long, value_name = "US", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    poll_us: u64,
 }
 
 fn config(args: &Args) -> anyhow::Result<VmConfig> {
@@ -66,6 +71,7 @@ fn config(args: &Args) -> anyhow::Result<VmConfig> {
         seccomp,
         serial_input: true,
         cpuid_mask: vmm::cpu::parse_cpuid_mask(&args.cpuid_mask)?,
+        poll_max: std::time::Duration::from_micros(args.poll_us),
     })
 }
 

@@ -332,12 +332,13 @@ pub fn run(config: &VmConfig) -> Result<(VmExit, RunTimes)> {
         None
     };
     let config_seccomp = config.seccomp;
+    let poll_max = config.poll_max;
     let device_thread = {
         let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
         let serial = serial.clone();
         std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || event_loop::run(loop_rx, wake, serial, stdin, config_seccomp))
+            .spawn(move || event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max))
             .map_err(|e| io_err("starting the device thread", e))?
     };
 

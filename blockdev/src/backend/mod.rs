@@ -74,6 +74,8 @@ pub(crate) struct Disk {
     /// The queues, for waking those whose requests wait for another
     /// queue's writes.
     pub wakers: ParkedWakers,
+    /// The longest spin of a queue's `wait` before it sleeps.
+    pub poll_max: std::time::Duration,
 }
 
 impl Disk {

@@ -32,6 +32,10 @@ pub struct OpenOptions {
     pub write_through: bool,
     /// Complete flushes without syncing anything (qemu's `cache=unsafe`).
     pub ignore_flush: bool,
+    /// The longest a queue's `wait` spins on its completion ring before it
+    /// sleeps (see [`crate::poll`]); `None` is the default,
+    /// [`crate::poll::DEFAULT_POLL_MAX`], and zero never spins.
+    pub poll_max: Option<std::time::Duration>,
 }
 
 /// Opens the disk at `path`.
@@ -111,6 +115,7 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
                 write_through: options.write_through,
                 ignore_flush: options.ignore_flush,
                 wakers: Default::default(),
+                poll_max: poll_max(options),
             }
         }
         Format::Qcow2 => {
@@ -127,6 +132,10 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
         backing_files,
         data_file,
     })
+}
+
+fn poll_max(options: &OpenOptions) -> std::time::Duration {
+    options.poll_max.unwrap_or(crate::poll::DEFAULT_POLL_MAX)
 }
 
 fn clone(file: &File, path: &Path) -> Result<File> {
@@ -191,6 +200,7 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQc
         write_through: options.write_through,
         ignore_flush: options.ignore_flush,
         wakers: Default::default(),
+        poll_max: poll_max(options),
     };
     Ok((disk, backing_files, data_path))
 }

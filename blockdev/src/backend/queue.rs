@@ -30,6 +30,7 @@ use super::wakers::QueueWaker;
 use super::{Disk, Layout};
 use crate::disk::{BlockQueue, Completion, Request};
 use crate::error::{Error, Result};
+use crate::poll::AdaptivePoll;
 
 mod start;
 
@@ -132,6 +133,8 @@ pub struct UringQueue {
     /// Starting a request may wait inside the qcow2 library for another
     /// queue's write (only within `wait`, while we hold no plans).
     may_block: bool,
+    /// How long `wait` spins on the completion ring before sleeping.
+    poll: AdaptivePoll,
 }
 
 fn io_err(op: &'static str, errno: i32) -> Error {
@@ -149,6 +152,7 @@ impl UringQueue {
         let ring = Ring::new(depth.saturating_mul(2).max(8), &fds)?;
         let slots = (0..depth).map(|_| Slot::default()).collect();
         let waker = disk.wakers.register(ring.completion_eventfd()?);
+        let poll = AdaptivePoll::new(disk.poll_max);
         Ok(UringQueue {
             disk,
             ring,
@@ -166,6 +170,7 @@ impl UringQueue {
             stalled: false,
             notify_pending: false,
             deferred_error: None,
+            poll,
             waker,
             may_block: false,
         })
@@ -614,12 +619,29 @@ impl BlockQueue for UringQueue {
                     return Ok(());
                 }
             }
+            if !self.poll.spin().is_zero() && self.ring.in_kernel() > 0 {
+                // Spin on the ring first: a completion that comes soon
+                // saves the sleep and the wake-up.
+                if self.ring.has_unsubmitted() {
+                    self.ring.submit(0)?;
+                }
+                let ring = &mut self.ring;
+                if self.poll.run(|| ring.completions_ready()) {
+                    continue;
+                }
+            }
+            let sleep = std::time::Instant::now();
             self.ring.submit(1)?;
+            self.poll.slept(sleep.elapsed());
         }
     }
 
     fn in_flight(&self) -> u32 {
         (self.slots.len() - self.free.len()) as u32
+    }
+
+    fn completions_ready(&mut self) -> bool {
+        !self.ready.is_empty() || self.ring.completions_ready()
     }
 
     fn completion_fd(&self) -> RawFd {

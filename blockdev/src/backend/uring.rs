@@ -222,6 +222,14 @@ impl Ring {
         }
     }
 
+    /// Whether the kernel has posted completions not yet reaped (no
+    /// system call).
+    pub fn completions_ready(&mut self) -> bool {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        !cq.is_empty()
+    }
+
     /// Whether operations sit in the submission ring, not yet submitted.
     pub fn has_unsubmitted(&mut self) -> bool {
         !self.ring.submission().is_empty()

@@ -144,6 +144,7 @@ fn open_options(format: Option<Format>, write: bool, cache: CacheMode) -> OpenOp
         snapshot: None,
         write_through: cache.writethrough(),
         ignore_flush: cache.ignores_flush(),
+        poll_max: None,
     }
 }
 
