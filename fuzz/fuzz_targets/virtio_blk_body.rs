@@ -36,8 +36,8 @@
 //! transport would; each round the driver stores, kicks the queue
 //! (`handle_queue_notify`) and the event loop handles completions whenever
 //! the backend's completion eventfd is readable (with [`R_REAP`], at once;
-//! otherwise at the next round); [`R_RESET`] resets and reactivates the
-//! device with the same layout. Nothing may panic or hang, and:
+//! otherwise in a later round that reaps, or after the last round);
+//! [`R_RESET`] resets and reactivates the device with the same layout. Nothing may panic or hang, and:
 //!
 //! - the device writes guest memory only inside descriptors marked
 //!   device-writable (in the queue's table, or in an indirect table one of
