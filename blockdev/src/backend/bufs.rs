@@ -158,6 +158,11 @@ impl IoVecs {
         self.0[index..].as_ptr()
     }
 
+    /// Appends copies of the `count` iovecs from `start` to `out`.
+    pub fn copy_to(&self, start: usize, count: u32, out: &mut Vec<libc::iovec>) {
+        out.extend_from_slice(&self.0[start..start + count as usize]);
+    }
+
     /// Drops the first `n` bytes of the `count` iovecs starting at
     /// `start` (after a short transfer); returns the new start and count.
     pub fn advance(&mut self, start: usize, count: u32, mut n: u64) -> (usize, u32) {

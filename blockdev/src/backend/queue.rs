@@ -32,8 +32,10 @@ use crate::disk::{BlockQueue, Completion, Request};
 use crate::error::{Error, Result};
 use crate::poll::AdaptivePoll;
 
+mod merge;
 mod start;
 
+use merge::{MergePool, MERGED};
 use start::zero_target;
 
 /// Most iovecs one operation takes (the kernel's UIO_MAXIOV).
@@ -74,6 +76,8 @@ struct OpState {
     remaining: u64,
     iov_start: usize,
     iov_count: u32,
+    /// Run alone: a merged operation holding it failed or came up short.
+    unmerged: bool,
 }
 
 /// One request in flight.
@@ -135,6 +139,8 @@ pub struct UringQueue {
     may_block: bool,
     /// How long `wait` spins on the completion ring before sleeping.
     poll: AdaptivePoll,
+    /// Operations of several requests merged into one (see `merge`).
+    merges: MergePool,
 }
 
 fn io_err(op: &'static str, errno: i32) -> Error {
@@ -171,6 +177,7 @@ impl UringQueue {
             notify_pending: false,
             deferred_error: None,
             poll,
+            merges: MergePool::default(),
             waker,
             may_block: false,
         })
@@ -248,6 +255,10 @@ impl UringQueue {
 
     /// Handles one kernel completion.
     fn on_completion(&mut self, user_data: u64, result: i32) {
+        if user_data & MERGED != 0 {
+            self.on_merged_completion((user_data & 0xffff_ffff) as u32, result);
+            return;
+        }
         let slot = (user_data >> 32) as u32;
         let index = (user_data & 0xffff_ffff) as usize;
         let s = &mut self.slots[slot as usize];
@@ -334,6 +345,7 @@ impl UringQueue {
                 remaining: 0,
                 iov_start: 0,
                 iov_count: 0,
+                unmerged: false,
             });
             let index = (s.ops.len() - 1) as u64;
             self.backlog.push_back(u64::from(slot) << 32 | index);
@@ -390,6 +402,11 @@ impl UringQueue {
     /// Moves backlog operations into the ring while it has room.
     fn fill_ring(&mut self) {
         while let Some(&user_data) = self.backlog.front() {
+            match self.push_merged() {
+                Some(true) => continue,
+                Some(false) => break,
+                None => {}
+            }
             let slot = (user_data >> 32) as usize;
             let index = (user_data & 0xffff_ffff) as usize;
             let s = &self.slots[slot];

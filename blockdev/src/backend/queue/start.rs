@@ -66,6 +66,7 @@ impl UringQueue {
             remaining: len,
             iov_start,
             iov_count,
+            unmerged: false,
         });
         s.pending += 1;
         self.backlog.push_back(u64::from(slot) << 32 | index);
@@ -289,6 +290,7 @@ impl UringQueue {
                     remaining: len,
                     iov_start: 0,
                     iov_count: 0,
+                    unmerged: false,
                 });
                 s.pending += 1;
                 self.backlog.push_back(u64::from(slot) << 32 | index);
