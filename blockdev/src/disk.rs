@@ -119,6 +119,13 @@ pub trait BlockQueue: Send {
         false
     }
 
+    /// Whether spinning on [`BlockQueue::completions_ready`] is likely to
+    /// pay now: something is in flight and all of it is of a kind whose
+    /// completion comes soon (reads). The default says no.
+    fn worth_polling(&self) -> bool {
+        false
+    }
+
     /// An eventfd that becomes readable when completions are waiting, for
     /// an event loop; read it to reset it.
     fn completion_fd(&self) -> RawFd;

@@ -141,6 +141,10 @@ pub struct UringQueue {
     poll: AdaptivePoll,
     /// Operations of several requests merged into one (see `merge`).
     merges: MergePool,
+    /// Reads among the operations in the kernel: `wait` spins only while
+    /// nothing else is there (spinning while writes were in flight made
+    /// 4 KiB O_DIRECT writes at depth 1 slower and far less steady here).
+    reads_in_kernel: u32,
 }
 
 fn io_err(op: &'static str, errno: i32) -> Error {
@@ -178,6 +182,7 @@ impl UringQueue {
             deferred_error: None,
             poll,
             merges: MergePool::default(),
+            reads_in_kernel: 0,
             waker,
             may_block: false,
         })
@@ -254,6 +259,14 @@ impl UringQueue {
     }
 
     /// Handles one kernel completion.
+    /// A completion the kernel posted.
+    fn on_kernel_completion(&mut self, user_data: u64, result: i32) {
+        if self.kernel_op_kind(user_data) == OpKind::Read {
+            self.reads_in_kernel -= 1;
+        }
+        self.on_completion(user_data, result);
+    }
+
     fn on_completion(&mut self, user_data: u64, result: i32) {
         if user_data & MERGED != 0 {
             self.on_merged_completion((user_data & 0xffff_ffff) as u32, result);
@@ -441,6 +454,9 @@ impl UringQueue {
             if !unsafe { self.ring.push(&op, user_data) } {
                 break;
             }
+            if o.kind == OpKind::Read {
+                self.reads_in_kernel += 1;
+            }
             self.backlog.pop_front();
         }
     }
@@ -470,7 +486,7 @@ impl UringQueue {
         let mut reaped = std::mem::take(&mut self.reaped);
         self.ring.reap(|ud, res| reaped.push((ud, res)));
         for &(ud, res) in &reaped {
-            self.on_completion(ud, res);
+            self.on_kernel_completion(ud, res);
         }
         reaped.clear();
         self.reaped = reaped;
@@ -636,7 +652,8 @@ impl BlockQueue for UringQueue {
                     return Ok(());
                 }
             }
-            if !self.poll.spin().is_zero() && self.ring.in_kernel() > 0 {
+            let spin = !self.poll.spin().is_zero() && self.worth_polling();
+            if spin {
                 // Spin on the ring first: a completion that comes soon
                 // saves the sleep and the wake-up.
                 if self.ring.has_unsubmitted() {
@@ -647,9 +664,12 @@ impl BlockQueue for UringQueue {
                     continue;
                 }
             }
+            let reads_only = self.worth_polling();
             let sleep = std::time::Instant::now();
             self.ring.submit(1)?;
-            self.poll.slept(sleep.elapsed());
+            if reads_only {
+                self.poll.slept(sleep.elapsed());
+            }
         }
     }
 
@@ -659,6 +679,10 @@ impl BlockQueue for UringQueue {
 
     fn completions_ready(&mut self) -> bool {
         !self.ready.is_empty() || self.ring.completions_ready()
+    }
+
+    fn worth_polling(&self) -> bool {
+        self.ring.in_kernel() > 0 && self.reads_in_kernel == self.ring.in_kernel()
     }
 
     fn completion_fd(&self) -> RawFd {
@@ -683,7 +707,7 @@ impl Drop for UringQueue {
             let mut reaped = Vec::new();
             self.ring.reap(|ud, res| reaped.push((ud, res)));
             for (ud, res) in reaped {
-                self.on_completion(ud, res);
+                self.on_kernel_completion(ud, res);
             }
             self.backlog.clear();
         }

@@ -152,6 +152,12 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         self.disk.completions_ready()
     }
 
+    /// Whether spinning for completions is likely to pay now (the backend
+    /// holds only reads; see [`BlockQueue::worth_polling`]).
+    pub fn worth_polling(&self) -> bool {
+        self.disk.worth_polling()
+    }
+
     /// The driver notified the queue: reset the notify eventfd and process
     /// what the guest made available.
     pub fn handle_queue_notify(&mut self) -> Result<()> {

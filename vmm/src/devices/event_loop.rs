@@ -108,7 +108,7 @@ pub fn run(
     let mut events = vec![EpollEvent::default(); 64];
     let mut poll = AdaptivePoll::new(poll_max);
     loop {
-        let busy = served.values().any(|s| s.handler.in_flight() > 0);
+        let busy = served.values().any(|s| s.handler.worth_polling());
         if busy && poll.run(|| served.values_mut().any(|s| s.handler.completions_ready())) {
             for s in served.values_mut() {
                 if s.handler.completions_ready() {

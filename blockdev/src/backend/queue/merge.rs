@@ -140,7 +140,20 @@ impl UringQueue {
             return Some(false);
         }
         self.backlog.drain(..parts);
+        if first.kind == OpKind::Read {
+            self.reads_in_kernel += 1;
+        }
         Some(true)
+    }
+
+    /// The kind of the kernel operation `user_data` names (merged or not).
+    pub(super) fn kernel_op_kind(&self, user_data: u64) -> OpKind {
+        let user_data = if user_data & MERGED != 0 {
+            self.merges.ops[(user_data & 0xffff_ffff) as usize].parts[0]
+        } else {
+            user_data
+        };
+        self.op_at(user_data).kind
     }
 
     /// The merged operation `id` completed with `result`.
