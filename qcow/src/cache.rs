@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
+use crate::offset_hash::OffsetHashBuilder;
 use crate::storage::Storage;
 
 struct Slot {
@@ -20,7 +21,7 @@ struct Slot {
 pub struct TableCache {
     table_size: usize,
     capacity: usize,
-    slots: HashMap<u64, Slot>,
+    slots: HashMap<u64, Slot, OffsetHashBuilder>,
     clock: u64,
 }
 
@@ -30,7 +31,7 @@ impl TableCache {
         TableCache {
             table_size,
             capacity: capacity.max(2),
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             clock: 0,
         }
     }

@@ -21,4 +21,5 @@ pub mod device;
 pub mod fs;
 pub mod image;
 pub mod measure;
+mod offset_hash;
 pub mod snapshot_table;

@@ -145,6 +145,8 @@ pub struct UringQueue {
     /// nothing else is there (spinning while writes were in flight made
     /// 4 KiB O_DIRECT writes at depth 1 slower and far less steady here).
     reads_in_kernel: u32,
+    /// Extents of the qcow2 read being started, kept between requests.
+    extents: Vec<qcow::device::Extent>,
 }
 
 fn io_err(op: &'static str, errno: i32) -> Error {
@@ -183,6 +185,7 @@ impl UringQueue {
             poll,
             merges: MergePool::default(),
             reads_in_kernel: 0,
+            extents: Vec::new(),
             waker,
             may_block: false,
         })

@@ -85,11 +85,19 @@ impl Qcow2 {
     /// Describes the guest range `[offset, offset+len)` of this layer as
     /// extents (merged where contiguous). Describes at most 1 GiB per call.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        self.extents_into(offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Qcow2::extents`] into `out` (cleared first), for a caller that
+    /// maps many ranges and keeps one vector for all of them.
+    pub fn extents_into(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> Result<()> {
+        out.clear();
         let size = self.size();
         let len = len.min(size.saturating_sub(offset)).min(MAX_EXTENTS_SPAN);
-        let mut out = Vec::new();
         if len == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let cs = self.cluster_size();
         let mut meta = self.lock();
@@ -100,10 +108,10 @@ impl Qcow2 {
             let in_cluster = pos % cs;
             let chunk = (cs - in_cluster).min(end - pos);
             let raw = meta.l2_entry(&*self.file, guest_cluster)?;
-            self.describe_cluster(&meta, guest_cluster, raw, in_cluster, chunk, &mut out)?;
+            self.describe_cluster(&meta, guest_cluster, raw, in_cluster, chunk, out)?;
             pos += chunk;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn describe_cluster(

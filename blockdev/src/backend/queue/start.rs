@@ -114,9 +114,15 @@ impl UringQueue {
             }
             Layout::Qcow2(q) => {
                 let mut pos = offset;
+                // One vector for every request of the queue.
+                let mut extents = std::mem::take(&mut self.extents);
                 while pos < offset + len {
-                    let extents = q.extents(pos, offset + len - pos)?;
+                    if let Err(e) = q.extents_into(pos, offset + len - pos, &mut extents) {
+                        self.extents = extents;
+                        return Err(e.into());
+                    }
                     if extents.is_empty() {
+                        self.extents = extents;
                         return Err(Error::OutOfRange {
                             offset: pos,
                             len: offset + len - pos,
@@ -151,12 +157,16 @@ impl UringQueue {
                                     write_target(&mut self.slots[slot as usize], rel, &scratch);
                                 }
                                 self.scratch = scratch;
-                                r?;
+                                if let Err(e) = r {
+                                    self.extents = extents;
+                                    return Err(e.into());
+                                }
                             }
                         }
                         pos = e.guest_offset + e.len;
                     }
                 }
+                self.extents = extents;
             }
         }
         Ok(())
