@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use qcow::fs::{open_image, AnyImage, Format};
 use qcow::image::Qcow2;
 
-use crate::workload::Op;
+use crate::workload::{mix, Op};
 use crate::{img, qemu_img, run};
 
 /// A directory for the trials' images: a RAM disk when there is one.
@@ -246,4 +246,67 @@ pub fn run_and_kill(
     child.kill().map_err(|e| format!("kill: {e}"))?;
     let _ = child.wait();
     Ok(read())
+}
+
+/// The image a kill -9 trial runs on, picked from its seed: cluster size
+/// (512, 4k, 64k), compat (one trial in six 0.10), refcount width (1, 8,
+/// 16, 64), lazy refcounts, extended L2 (64k clusters), and whether
+/// qemu-img or our library creates it.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Refcount width in bits.
+    pub refcount_bits: u32,
+    /// lazy_refcounts.
+    pub lazy: bool,
+    /// extended_l2.
+    pub extended_l2: bool,
+    /// 2 (compat=0.10) or 3.
+    pub version: u32,
+    /// Disk size: several L2 tables with small clusters, a few dozen
+    /// clusters with large ones (`sizes` of [`ImageConfig::pick`]).
+    pub size: u64,
+    /// Created by qemu-img instead of by our library.
+    pub by_qemu: bool,
+}
+
+impl ImageConfig {
+    /// The configuration of trial `seed`, from the values `mix(seed ^ (i
+    /// << 32))` for i in 1..=6 (a harness picks the rest of its trial from
+    /// i = 7 on); `sizes` are the disk sizes for 512-byte, 4 KiB and
+    /// 64 KiB clusters.
+    pub fn pick(seed: u64, sizes: [u64; 3]) -> ImageConfig {
+        let r = |i: u64| mix(seed ^ (i << 32));
+        let which = (r(1) % 3) as usize;
+        let cluster_size = [512u64, 4096, 65536][which];
+        let version = if r(2) % 6 == 0 { 2 } else { 3 };
+        let refcount_bits = if version == 2 {
+            16
+        } else {
+            [1u32, 8, 16, 64][(r(3) % 4) as usize]
+        };
+        let lazy = version == 3 && r(4) % 2 == 0;
+        ImageConfig {
+            cluster_size,
+            refcount_bits,
+            lazy,
+            extended_l2: version == 3 && cluster_size == 65536 && r(5) % 2 == 0,
+            version,
+            size: sizes[which],
+            by_qemu: r(6) % 3 == 0,
+        }
+    }
+
+    /// The configuration as `qemu-img create -o` options.
+    pub fn qemu_options(&self) -> String {
+        format!(
+            "compat={},cluster_size={},refcount_bits={},lazy_refcounts={},extended_l2={}",
+            if self.version == 2 { "0.10" } else { "1.1" },
+            self.cluster_size,
+            self.refcount_bits,
+            if self.lazy { "on" } else { "off" },
+            if self.extended_l2 { "on" } else { "off" },
+        )
+    }
 }

@@ -52,22 +52,15 @@ use std::time::{Duration, Instant};
 
 use integration_tests::crash::{
     check_active, check_and_repair, env_u64, exit_code, qemu_errors, read_all, read_qcow2,
-    run_and_kill, scratch_dir, RoundOps,
+    run_and_kill, scratch_dir, ImageConfig, RoundOps,
 };
 use integration_tests::workload::{mix, Op, Params, Workload};
 use integration_tests::{qemu_img, require_qemu, run};
 
-/// The trial's image configuration.
+/// The trial's configuration.
 #[derive(Debug, Clone)]
 struct Config {
-    cluster_size: u64,
-    refcount_bits: u32,
-    lazy: bool,
-    extended_l2: bool,
-    version: u32,
-    size: u64,
-    /// Created by qemu-img instead of by the child.
-    by_qemu: bool,
+    image: ImageConfig,
     /// Start from an image qemu-io left dirty (lazy refcounts only).
     qemu_dirty_start: bool,
     rounds: u32,
@@ -76,44 +69,12 @@ struct Config {
 impl Config {
     fn pick(seed: u64) -> Config {
         let r = |i: u64| mix(seed ^ (i << 32));
-        let cluster_size = [512u64, 4096, 65536][(r(1) % 3) as usize];
-        let version = if r(2) % 6 == 0 { 2 } else { 3 };
-        let refcount_bits = if version == 2 {
-            16
-        } else {
-            [1u32, 8, 16, 64][(r(3) % 4) as usize]
-        };
-        let lazy = version == 3 && r(4) % 2 == 0;
-        let extended_l2 = version == 3 && cluster_size == 65536 && r(5) % 2 == 0;
-        // Several L2 tables with small clusters; a few dozen clusters with
-        // large ones.
-        let size = match cluster_size {
-            512 => 192 << 10,
-            4096 => 3 << 20,
-            _ => 6 << 20,
-        };
+        let image = ImageConfig::pick(seed, [192 << 10, 3 << 20, 6 << 20]);
         Config {
-            cluster_size,
-            refcount_bits,
-            lazy,
-            extended_l2,
-            version,
-            size,
-            by_qemu: r(6) % 3 == 0,
-            qemu_dirty_start: lazy && r(7) % 2 == 0,
+            qemu_dirty_start: image.lazy && r(7) % 2 == 0,
             rounds: 1 + (r(8) % 3) as u32,
+            image,
         }
-    }
-
-    fn qemu_options(&self) -> String {
-        format!(
-            "compat={},cluster_size={},refcount_bits={},lazy_refcounts={},extended_l2={}",
-            if self.version == 2 { "0.10" } else { "1.1" },
-            self.cluster_size,
-            self.refcount_bits,
-            if self.lazy { "on" } else { "off" },
-            if self.extended_l2 { "on" } else { "off" },
-        )
     }
 }
 
@@ -168,7 +129,7 @@ fn verify_contents(
     round: &RoundOps,
     progress: &Progress,
 ) -> Result<Verified, String> {
-    let cs = cfg.cluster_size;
+    let cs = cfg.image.cluster_size;
     let flushed = progress.last_flushed.ok_or("no flush logged")?;
     let started = progress.last_started.unwrap_or(flushed);
     // The model up to F, and the exact contents of every snapshot created
@@ -312,9 +273,9 @@ fn verify_checks(
     let excused = |code: i32, text: &str| {
         in_snapshot_op
             && code == 2
-            && qemu_errors(text) == harmless_copied_mismatches(text, cfg.cluster_size)
+            && qemu_errors(text) == harmless_copied_mismatches(text, cfg.image.cluster_size)
     };
-    check_and_repair(path, cfg.lazy, active, &excused)
+    check_and_repair(path, cfg.image.lazy, active, &excused)
 }
 
 /// Starts from an image qemu-io wrote with lazy refcounts and left dirty
@@ -322,7 +283,7 @@ fn verify_checks(
 /// before qemu-io's flush exactly, the rest either way) and F.
 fn qemu_dirty_start(path: &Path, cfg: &Config, seed: u64) -> Result<(Vec<(u64, Op)>, u64), String> {
     let p = path.to_str().ok_or("path is not UTF-8")?;
-    let cs = cfg.cluster_size;
+    let cs = cfg.image.cluster_size;
     let mut ops = Vec::new();
     let mut cmds = Vec::new();
     for i in 0..6u64 {
@@ -331,8 +292,8 @@ fn qemu_dirty_start(path: &Path, cfg: &Config, seed: u64) -> Result<(Vec<(u64, O
             ops.push((i, Op::Flush));
             continue;
         }
-        let offset = mix(seed ^ i) % (cfg.size / cs) * cs + mix(seed ^ i ^ 77) % cs;
-        let len = (1 + mix(seed ^ i ^ 99) % (3 * cs)).min(cfg.size - offset);
+        let offset = mix(seed ^ i) % (cfg.image.size / cs) * cs + mix(seed ^ i ^ 77) % cs;
+        let len = (1 + mix(seed ^ i ^ 99) % (3 * cs)).min(cfg.image.size - offset);
         let byte = (mix(seed ^ i ^ 5) as u8) | 1;
         cmds.push(format!("write -P {byte} {offset} {len}"));
         ops.push((i, Op::Fill { offset, len, byte }));
@@ -367,12 +328,12 @@ fn spawn_writer(
         .arg("1000000");
     if create {
         c.arg("create")
-            .arg(cfg.size.to_string())
-            .arg(cfg.cluster_size.to_string())
-            .arg(cfg.refcount_bits.to_string())
-            .arg(u8::from(cfg.lazy).to_string())
-            .arg(u8::from(cfg.extended_l2).to_string())
-            .arg(cfg.version.to_string());
+            .arg(cfg.image.size.to_string())
+            .arg(cfg.image.cluster_size.to_string())
+            .arg(cfg.image.refcount_bits.to_string())
+            .arg(u8::from(cfg.image.lazy).to_string())
+            .arg(u8::from(cfg.image.extended_l2).to_string())
+            .arg(cfg.image.version.to_string());
     }
     c.stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -399,20 +360,20 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
     let path = dir.join(format!("t{seed:016x}.qcow2"));
     let p = path.to_str().ok_or("path is not UTF-8")?.to_owned();
     let mut known = Known {
-        active: vec![0u8; cfg.size as usize],
+        active: vec![0u8; cfg.image.size as usize],
         snapshots: BTreeMap::new(),
     };
     let mut create_by_child = true;
-    if cfg.by_qemu || cfg.qemu_dirty_start {
+    if cfg.image.by_qemu || cfg.qemu_dirty_start {
         let (code, text) = exit_code(&mut qemu_img(&[
             "create",
             "-q",
             "-f",
             "qcow2",
             "-o",
-            &cfg.qemu_options(),
+            &cfg.image.qemu_options(),
             &p,
-            &cfg.size.to_string(),
+            &cfg.image.size.to_string(),
         ]));
         if code != 0 {
             return Err(format!("qemu-img create: {text}"));
@@ -473,9 +434,9 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
         }
         let last_started = progress.last_started.unwrap_or(0);
         let params = Params {
-            cluster_size: cfg.cluster_size,
-            size: cfg.size,
-            snapshots: cfg.refcount_bits > 1,
+            cluster_size: cfg.image.cluster_size,
+            size: cfg.image.size,
+            snapshots: cfg.image.refcount_bits > 1,
             round,
         };
         let mut w = Workload::new(seed, params, existing);

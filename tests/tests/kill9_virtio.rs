@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::crash::{
     check_active, check_and_repair, env_u64, exit_code, read_all, read_qcow2, run_and_kill,
-    scratch_dir, RoundOps,
+    scratch_dir, ImageConfig, RoundOps,
 };
 use integration_tests::virtio_workload::{RequestKind, VirtioWorkload};
 use integration_tests::workload::mix;
@@ -87,14 +87,7 @@ fn write_through(cache: &str) -> bool {
 /// The trial's image and writer configuration.
 #[derive(Debug, Clone)]
 struct Config {
-    cluster_size: u64,
-    refcount_bits: u32,
-    lazy: bool,
-    extended_l2: bool,
-    version: u32,
-    size: u64,
-    /// Created by qemu-img instead of by our library.
-    by_qemu: bool,
+    image: ImageConfig,
     rounds: u32,
     /// Requests the writer keeps in flight.
     depth: u32,
@@ -108,46 +101,13 @@ struct Config {
 impl Config {
     fn pick(seed: u64) -> Config {
         let r = |i: u64| mix(seed ^ (i << 32));
-        let cluster_size = [512u64, 4096, 65536][(r(1) % 3) as usize];
-        let version = if r(2) % 6 == 0 { 2 } else { 3 };
-        let refcount_bits = if version == 2 {
-            16
-        } else {
-            [1u32, 8, 16, 64][(r(3) % 4) as usize]
-        };
-        let lazy = version == 3 && r(4) % 2 == 0;
-        let extended_l2 = version == 3 && cluster_size == 65536 && r(5) % 2 == 0;
-        // Several L2 tables with small clusters; a few dozen clusters with
-        // large ones.
-        let size = match cluster_size {
-            512 => 256 << 10,
-            4096 => 3 << 20,
-            _ => 6 << 20,
-        };
         Config {
-            cluster_size,
-            refcount_bits,
-            lazy,
-            extended_l2,
-            version,
-            size,
-            by_qemu: r(6) % 3 == 0,
+            image: ImageConfig::pick(seed, [256 << 10, 3 << 20, 6 << 20]),
             rounds: 1 + (r(7) % 3) as u32,
             depth: [4, 16, 32][(r(8) % 3) as usize],
             queues: env_u64("QCOW_KILL9_VIRTIO_QUEUES", 1 + r(10) % 2),
             first_cache: (r(9) % CACHE_MODES.len() as u64) as usize,
         }
-    }
-
-    fn qemu_options(&self) -> String {
-        format!(
-            "compat={},cluster_size={},refcount_bits={},lazy_refcounts={},extended_l2={}",
-            if self.version == 2 { "0.10" } else { "1.1" },
-            self.cluster_size,
-            self.refcount_bits,
-            if self.lazy { "on" } else { "off" },
-            if self.extended_l2 { "on" } else { "off" },
-        )
     }
 
     fn cache(&self, round: u32) -> &'static str {
@@ -156,16 +116,16 @@ impl Config {
 
     fn create(&self, path: &Path) -> Result<(), String> {
         let p = path.to_str().ok_or("path is not UTF-8")?;
-        if self.by_qemu {
+        if self.image.by_qemu {
             let (code, text) = exit_code(&mut qemu_img(&[
                 "create",
                 "-q",
                 "-f",
                 "qcow2",
                 "-o",
-                &self.qemu_options(),
+                &self.image.qemu_options(),
                 p,
-                &self.size.to_string(),
+                &self.image.size.to_string(),
             ]));
             return if code == 0 {
                 Ok(())
@@ -174,12 +134,12 @@ impl Config {
             };
         }
         let opts = CreateOptions {
-            size: self.size,
-            cluster_size: self.cluster_size,
-            refcount_bits: self.refcount_bits,
-            lazy_refcounts: self.lazy,
-            extended_l2: self.extended_l2,
-            version: self.version,
+            size: self.image.size,
+            cluster_size: self.image.cluster_size,
+            refcount_bits: self.image.refcount_bits,
+            lazy_refcounts: self.image.lazy,
+            extended_l2: self.image.extended_l2,
+            version: self.image.version,
             ..CreateOptions::default()
         };
         let file = OpenOptions::new()
@@ -270,7 +230,7 @@ fn verify_round(
     progress: &Progress,
     stats: &mut Stats,
 ) -> Result<Vec<u8>, String> {
-    let cs = cfg.cluster_size;
+    let cs = cfg.image.cluster_size;
     let flushed = progress.last_flushed.ok_or("no flush logged")?;
     let flush_line = *progress
         .started
@@ -283,9 +243,9 @@ fn verify_round(
         .filter(|&(_, &line)| line < flush_line)
         .map(|(&n, _)| n)
         .collect();
-    let mut workload = VirtioWorkload::new(seed, round, cs, cfg.size);
+    let mut workload = VirtioWorkload::new(seed, round, cs, cfg.image.size);
     if write_through(cfg.cache(round)) {
-        let mut stream = VirtioWorkload::new(seed, round, cs, cfg.size);
+        let mut stream = VirtioWorkload::new(seed, round, cs, cfg.image.size);
         for index in 0..=last_started {
             let request = stream.next_request();
             if matches!(request.kind, RequestKind::Out { .. })
@@ -345,7 +305,7 @@ fn verify_round(
     stats.bytes_from_uncertain += active.iter().zip(&model).filter(|(a, m)| a != m).count() as u64;
     stats.strict_rounds +=
         u64::from(check_active(&active, &strict_model, &strict_uncertain, cs).is_ok());
-    check_and_repair(path, cfg.lazy, &active, &|_, _| false)?;
+    check_and_repair(path, cfg.image.lazy, &active, &|_, _| false)?;
     Ok(active)
 }
 
@@ -369,7 +329,7 @@ fn trial(dir: &Path, seed: u64, stats: &mut Stats) -> Result<(), String> {
     let cfg = Config::pick(seed);
     let path = dir.join(format!("v{seed:016x}.qcow2"));
     cfg.create(&path)?;
-    let mut known = vec![0u8; cfg.size as usize];
+    let mut known = vec![0u8; cfg.image.size as usize];
     for round in 1..=cfg.rounds {
         let log = dir.join(format!("v{seed:016x}-r{round}.log"));
         let delay = Duration::from_micros(mix(seed ^ u64::from(round) << 8) % 60_000);
