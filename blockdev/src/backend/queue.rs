@@ -261,8 +261,8 @@ impl UringQueue {
         self.complete(slot, error.map_or(Ok(bytes), Err));
     }
 
-    /// Handles one kernel completion.
-    /// A completion the kernel posted.
+    /// Handles a completion the kernel posted (of a merged operation or
+    /// not).
     fn on_kernel_completion(&mut self, user_data: u64, result: i32) {
         if self.kernel_op_kind(user_data) == OpKind::Read {
             self.reads_in_kernel -= 1;
@@ -270,6 +270,7 @@ impl UringQueue {
         self.on_completion(user_data, result);
     }
 
+    /// Handles the completion of one operation (or of a merged one).
     fn on_completion(&mut self, user_data: u64, result: i32) {
         if user_data & MERGED != 0 {
             self.on_merged_completion((user_data & 0xffff_ffff) as u32, result);

@@ -44,6 +44,18 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Whether an unfinished write holds a guest cluster in
+    /// `first..=last` (walking whichever is smaller, the range or the set).
+    pub fn any_inflight(&self, first: u64, last: u64) -> bool {
+        if self.inflight.is_empty() {
+            false
+        } else if last - first < self.inflight.len() as u64 {
+            (first..=last).any(|c| self.inflight.contains(&c))
+        } else {
+            self.inflight.iter().any(|c| (first..=last).contains(c))
+        }
+    }
+
     /// Whether nothing awaits writing back: no dirty refcount block, table
     /// entry, L2 table, L1 entry or header, and no deferred decrement.
     pub fn is_clean(&self) -> bool {

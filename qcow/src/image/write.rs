@@ -105,7 +105,7 @@ impl Qcow2 {
         first: u64,
         last: u64,
     ) -> std::sync::MutexGuard<'a, Meta> {
-        while !meta.inflight.is_empty() && (first..=last).any(|c| meta.inflight.contains(&c)) {
+        while meta.any_inflight(first, last) {
             meta = self
                 .inflight_done
                 .wait(meta)
@@ -161,13 +161,7 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let first = offset / cs;
         let last = offset.saturating_add(len - 1) / cs;
-        let meta = self.lock();
-        // Walk whichever is smaller: the range or the set.
-        if last - first < meta.inflight.len() as u64 {
-            (first..=last).any(|c| meta.inflight.contains(&c))
-        } else {
-            meta.inflight.iter().any(|c| (first..=last).contains(c))
-        }
+        self.lock().any_inflight(first, last)
     }
 
     /// Like [`Qcow2::begin_write`], but returns `Ok(None)` at once instead
@@ -192,8 +186,7 @@ impl Qcow2 {
         let first = offset / cs;
         let last = (offset + len - 1) / cs;
         let meta = self.lock();
-        if !wait && !meta.inflight.is_empty() && (first..=last).any(|c| meta.inflight.contains(&c))
-        {
+        if !wait && meta.any_inflight(first, last) {
             return Ok(None);
         }
         let mut meta = self.wait_not_inflight(meta, first, last);

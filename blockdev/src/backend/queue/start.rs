@@ -113,128 +113,124 @@ impl UringQueue {
                 self.start_chain_read(slot, q, offset, len)?
             }
             Layout::Qcow2(q) => {
-                let mut pos = offset;
                 // One vector for every request of the queue.
                 let mut extents = std::mem::take(&mut self.extents);
-                while pos < offset + len {
-                    if let Err(e) = q.extents_into(pos, offset + len - pos, &mut extents) {
-                        self.extents = extents;
-                        return Err(e.into());
-                    }
-                    if extents.is_empty() {
-                        self.extents = extents;
-                        return Err(Error::OutOfRange {
-                            offset: pos,
-                            len: offset + len - pos,
-                            size: disk.size,
-                        });
-                    }
-                    for e in &extents {
-                        let rel = e.guest_offset - offset;
-                        match e.kind {
-                            ExtentKind::Data {
-                                host_offset,
-                                in_data_file,
-                            } => self.add_io(
-                                slot,
-                                OpKind::Read,
-                                u32::from(in_data_file),
-                                host_offset,
-                                rel,
-                                e.len,
-                            ),
-                            ExtentKind::Zero { .. } => {
-                                zero_target(&mut self.slots[slot as usize], rel, e.len)
-                            }
-                            ExtentKind::Unallocated { .. } if q.backing_image().is_none() => {
-                                zero_target(&mut self.slots[slot as usize], rel, e.len)
-                            }
-                            ExtentKind::Unallocated { .. } | ExtentKind::Compressed { .. } => {
-                                let mut scratch = std::mem::take(&mut self.scratch);
-                                scratch.resize(e.len as usize, 0);
-                                let r = q.read_extent(e, &mut scratch);
-                                if r.is_ok() {
-                                    write_target(&mut self.slots[slot as usize], rel, &scratch);
-                                }
-                                self.scratch = scratch;
-                                if let Err(e) = r {
-                                    self.extents = extents;
-                                    return Err(e.into());
-                                }
-                            }
-                        }
-                        pos = e.guest_offset + e.len;
-                    }
-                }
+                let started = self.start_image_read(slot, q, offset, len, &mut extents);
                 self.extents = extents;
+                started?;
             }
         }
         Ok(())
     }
 
-    /// Starts a read of a qcow2 image with a backing chain: data in the
-    /// image or in any backing file goes through the ring, zeros are
-    /// filled in, and compressed clusters (or backing data kept in a
-    /// backing image's own data file) are read through the library.
-    fn start_chain_read(&mut self, slot: u32, q: &Qcow2, offset: u64, len: u64) -> Result<()> {
-        let layers = self.disk.backing.len() as u32;
+    /// Starts a read of a qcow2 image without a backing file, mapping it
+    /// into `extents`.
+    fn start_image_read(
+        &mut self,
+        slot: u32,
+        q: &Qcow2,
+        offset: u64,
+        len: u64,
+        extents: &mut Vec<Extent>,
+    ) -> Result<()> {
         let mut pos = offset;
         while pos < offset + len {
-            let extents = chain_extents(q, pos, offset + len - pos)?;
+            q.extents_into(pos, offset + len - pos, extents)?;
             if extents.is_empty() {
-                return Err(Error::OutOfRange {
-                    offset: pos,
-                    len: offset + len - pos,
-                    size: self.disk.size,
-                });
+                return Err(self.out_of_range(pos, offset + len));
             }
-            for e in &extents {
-                let rel = e.guest_offset - offset;
-                match e.kind {
-                    ExtentKind::Data {
-                        host_offset,
-                        in_data_file,
-                    } if e.depth == 0 => self.add_io(
-                        slot,
-                        OpKind::Read,
-                        u32::from(in_data_file),
-                        host_offset,
-                        rel,
-                        e.len,
-                    ),
-                    ExtentKind::Data {
-                        host_offset,
-                        in_data_file: false,
-                    } if e.depth <= layers => {
-                        self.add_io(slot, OpKind::Read, e.depth + 1, host_offset, rel, e.len)
-                    }
-                    ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. } => {
-                        zero_target(&mut self.slots[slot as usize], rel, e.len)
-                    }
-                    _ => {
-                        let mut scratch = std::mem::take(&mut self.scratch);
-                        scratch.resize(e.len as usize, 0);
-                        let r = if e.depth == 0 {
-                            let top = Extent {
-                                guest_offset: e.guest_offset,
-                                len: e.len,
-                                kind: e.kind,
-                            };
-                            q.read_extent(&top, &mut scratch)
-                        } else {
-                            q.read_at(&mut scratch, e.guest_offset)
-                        };
-                        if r.is_ok() {
-                            write_target(&mut self.slots[slot as usize], rel, &scratch);
-                        }
-                        self.scratch = scratch;
-                        r?;
-                    }
-                }
+            for e in extents.iter() {
+                self.start_extent_read(slot, q, offset, 0, e)?;
                 pos = e.guest_offset + e.len;
             }
         }
         Ok(())
+    }
+
+    /// Starts a read of a qcow2 image with a backing chain, mapped through
+    /// the whole chain.
+    fn start_chain_read(&mut self, slot: u32, q: &Qcow2, offset: u64, len: u64) -> Result<()> {
+        let mut pos = offset;
+        while pos < offset + len {
+            let extents = chain_extents(q, pos, offset + len - pos)?;
+            if extents.is_empty() {
+                return Err(self.out_of_range(pos, offset + len));
+            }
+            for e in &extents {
+                let extent = Extent {
+                    guest_offset: e.guest_offset,
+                    len: e.len,
+                    kind: e.kind,
+                };
+                self.start_extent_read(slot, q, offset, e.depth, &extent)?;
+                pos = e.guest_offset + e.len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the part of a qcow2 read (of the request starting at guest
+    /// `offset`) that extent `e` of chain layer `depth` (0: the image)
+    /// covers: data in the image or in any backing file goes through the
+    /// ring, zeros are filled in, and compressed clusters (or backing data
+    /// kept in a backing image's own data file) are read through the
+    /// library. An unallocated extent reads as zero: with a backing chain
+    /// it means that no layer has the range.
+    fn start_extent_read(
+        &mut self,
+        slot: u32,
+        q: &Qcow2,
+        offset: u64,
+        depth: u32,
+        e: &Extent,
+    ) -> Result<()> {
+        let rel = e.guest_offset - offset;
+        let layers = self.disk.backing.len() as u32;
+        match e.kind {
+            ExtentKind::Data {
+                host_offset,
+                in_data_file,
+            } if depth == 0 => self.add_io(
+                slot,
+                OpKind::Read,
+                u32::from(in_data_file),
+                host_offset,
+                rel,
+                e.len,
+            ),
+            ExtentKind::Data {
+                host_offset,
+                in_data_file: false,
+            } if depth <= layers => {
+                self.add_io(slot, OpKind::Read, depth + 1, host_offset, rel, e.len)
+            }
+            ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. } => {
+                zero_target(&mut self.slots[slot as usize], rel, e.len)
+            }
+            _ => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.resize(e.len as usize, 0);
+                let r = if depth == 0 {
+                    q.read_extent(e, &mut scratch)
+                } else {
+                    q.read_at(&mut scratch, e.guest_offset)
+                };
+                if r.is_ok() {
+                    write_target(&mut self.slots[slot as usize], rel, &scratch);
+                }
+                self.scratch = scratch;
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    fn out_of_range(&self, pos: u64, end: u64) -> Error {
+        Error::OutOfRange {
+            offset: pos,
+            len: end - pos,
+            size: self.disk.size,
+        }
     }
 
     /// Starts a write. qcow2 writes plan their clusters first, and park
