@@ -325,7 +325,7 @@ impl VirtioBlock {
                 disk,
                 self.info.clone(),
                 queue_events,
-            ));
+            )?);
         }
         self.activated = true;
         Ok(handlers)

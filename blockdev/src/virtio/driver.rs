@@ -2,7 +2,8 @@
 //! tests and the benchmark: it lays out a descriptor table and the two
 //! rings, builds descriptor chains (direct or through an indirect table,
 //! well-formed or deliberately not), publishes them and reaps the used
-//! ring. Every access goes through vm-memory's checked `Bytes` calls.
+//! ring. Every access goes through a [`GuestRam`]: vm-memory's checked
+//! `Bytes` calls for any `GuestMemory`.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -10,6 +11,41 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 use crate::{Error, Result};
+
+/// What the driver needs of guest memory: byte copies and atomic 16-bit
+/// accesses, each failing on an address that is not guest memory.
+///
+/// Every vm-memory `GuestMemory` is one. Inside this crate the device's
+/// own region view is one too, so that the benchmark's guest side costs
+/// about what a guest's plain loads and stores do.
+pub trait GuestRam {
+    /// Copy `data` to `addr`.
+    fn write_bytes(&self, addr: GuestAddress, data: &[u8]) -> bool;
+    /// Copy `out.len()` bytes from `addr`.
+    fn read_bytes(&self, addr: GuestAddress, out: &mut [u8]) -> bool;
+    /// Atomically load the little-endian `u16` at `addr`.
+    fn load_u16(&self, addr: GuestAddress, order: Ordering) -> Option<u16>;
+    /// Atomically store `value` little-endian at `addr`.
+    fn store_u16(&self, addr: GuestAddress, value: u16, order: Ordering) -> bool;
+}
+
+impl<M: GuestMemory + ?Sized> GuestRam for M {
+    fn write_bytes(&self, addr: GuestAddress, data: &[u8]) -> bool {
+        self.write_slice(data, addr).is_ok()
+    }
+
+    fn read_bytes(&self, addr: GuestAddress, out: &mut [u8]) -> bool {
+        self.read_slice(out, addr).is_ok()
+    }
+
+    fn load_u16(&self, addr: GuestAddress, order: Ordering) -> Option<u16> {
+        self.load(addr, order).ok().map(u16::from_le)
+    }
+
+    fn store_u16(&self, addr: GuestAddress, value: u16, order: Ordering) -> bool {
+        self.store(value.to_le(), addr, order).is_ok()
+    }
+}
 
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
@@ -99,14 +135,15 @@ impl SplitQueueDriver {
 
     /// Rings for a queue of `size` entries (a power of two) at `base`
     /// (16-byte aligned), zeroed.
-    pub fn new<M: GuestMemory + ?Sized>(mem: &M, base: GuestAddress, size: u16) -> Result<Self> {
+    pub fn new<M: GuestRam + ?Sized>(mem: &M, base: GuestAddress, size: u16) -> Result<Self> {
         let desc_table = base;
         let avail_ring = base.unchecked_add(DESCRIPTOR_SIZE * u64::from(size));
         let avail_len = (6 + 2 * u64::from(size)).next_multiple_of(4);
         let used_ring = avail_ring.unchecked_add(avail_len);
         let zeros = vec![0u8; Self::footprint(size) as usize];
-        mem.write_slice(&zeros, base)
-            .map_err(|_| mem_error("zero the rings", base))?;
+        if !mem.write_bytes(base, &zeros) {
+            return Err(mem_error("zero the rings", base));
+        }
         Ok(SplitQueueDriver {
             size,
             desc_table,
@@ -170,7 +207,7 @@ impl SplitQueueDriver {
     }
 
     /// Write descriptor `index` of the queue's table.
-    pub fn write_descriptor<M: GuestMemory + ?Sized>(
+    pub fn write_descriptor<M: GuestRam + ?Sized>(
         &self,
         mem: &M,
         index: u16,
@@ -183,18 +220,21 @@ impl SplitQueueDriver {
     }
 
     /// Write a descriptor anywhere (an entry of an indirect table).
-    pub fn write_descriptor_at<M: GuestMemory + ?Sized>(
+    pub fn write_descriptor_at<M: GuestRam + ?Sized>(
         mem: &M,
         addr: GuestAddress,
         desc: RawDescriptor,
     ) -> Result<()> {
-        mem.write_slice(&desc.to_bytes(), addr)
-            .map_err(|_| mem_error("write a descriptor", addr))
+        if mem.write_bytes(addr, &desc.to_bytes()) {
+            Ok(())
+        } else {
+            Err(mem_error("write a descriptor", addr))
+        }
     }
 
     /// Publish a chain starting at `head` that owns descriptors `owned`
     /// (freed when the device returns `head`).
-    pub fn publish<M: GuestMemory + ?Sized>(
+    pub fn publish<M: GuestRam + ?Sized>(
         &mut self,
         mem: &M,
         head: u16,
@@ -208,7 +248,7 @@ impl SplitQueueDriver {
 
     /// Put `head` on the available ring as is (it may be any value, for
     /// tests of a misbehaving driver) and make it visible to the device.
-    pub fn publish_raw<M: GuestMemory + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
+    pub fn publish_raw<M: GuestRam + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
         self.stage_raw(mem, head)?;
         self.expose(mem)
     }
@@ -216,7 +256,7 @@ impl SplitQueueDriver {
     /// Put a chain starting at `head` that owns `owned` on the available
     /// ring without moving the available index yet (see
     /// [`SplitQueueDriver::expose`]), as a driver batching kicks does.
-    pub fn stage<M: GuestMemory + ?Sized>(
+    pub fn stage<M: GuestRam + ?Sized>(
         &mut self,
         mem: &M,
         head: u16,
@@ -228,22 +268,26 @@ impl SplitQueueDriver {
         self.stage_raw(mem, head)
     }
 
-    fn stage_raw<M: GuestMemory + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
+    fn stage_raw<M: GuestRam + ?Sized>(&mut self, mem: &M, head: u16) -> Result<()> {
         let slot = u64::from(self.next_avail % self.size);
         let entry = self.avail_ring.unchecked_add(4 + 2 * slot);
-        mem.write_obj(head.to_le(), entry)
-            .map_err(|_| mem_error("write the available ring", entry))?;
+        if !mem.write_bytes(entry, &head.to_le_bytes()) {
+            return Err(mem_error("write the available ring", entry));
+        }
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(())
     }
 
     /// Make every staged chain visible to the device (one store of the
     /// available index).
-    pub fn expose<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<()> {
+    pub fn expose<M: GuestRam + ?Sized>(&mut self, mem: &M) -> Result<()> {
         fence(Ordering::Release);
         let idx = self.avail_ring.unchecked_add(2);
-        mem.store(self.next_avail.to_le(), idx, Ordering::Release)
-            .map_err(|_| mem_error("write the available index", idx))
+        if mem.store_u16(idx, self.next_avail, Ordering::Release) {
+            Ok(())
+        } else {
+            Err(mem_error("write the available index", idx))
+        }
     }
 
     /// Whether [`SplitQueueDriver::pop_used`] asks for an interrupt on the
@@ -258,7 +302,7 @@ impl SplitQueueDriver {
     }
 
     /// Build and publish a direct chain over `segments`; returns its head.
-    pub fn add_chain<M: GuestMemory + ?Sized>(
+    pub fn add_chain<M: GuestRam + ?Sized>(
         &mut self,
         mem: &M,
         segments: &[Segment],
@@ -293,7 +337,7 @@ impl SplitQueueDriver {
 
     /// Build and publish a chain over `segments` through an indirect table
     /// written at `table` (16 bytes per segment); returns its head.
-    pub fn add_indirect_chain<M: GuestMemory + ?Sized>(
+    pub fn add_indirect_chain<M: GuestRam + ?Sized>(
         &mut self,
         mem: &M,
         segments: &[Segment],
@@ -334,20 +378,20 @@ impl SplitQueueDriver {
 
     /// The next chain the device returned, if any; frees its descriptors
     /// and asks to be interrupted on the next one (used_event).
-    pub fn pop_used<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<UsedElem>> {
+    pub fn pop_used<M: GuestRam + ?Sized>(&mut self, mem: &M) -> Result<Option<UsedElem>> {
         let idx_addr = self.used_ring.unchecked_add(2);
-        let used_idx: u16 = mem
-            .load(idx_addr, Ordering::Acquire)
-            .map(u16::from_le)
-            .map_err(|_| mem_error("read the used index", idx_addr))?;
+        let used_idx = mem
+            .load_u16(idx_addr, Ordering::Acquire)
+            .ok_or(mem_error("read the used index", idx_addr))?;
         if used_idx == self.last_used {
             return Ok(None);
         }
         let slot = u64::from(self.last_used % self.size);
         let elem_addr = self.used_ring.unchecked_add(4 + 8 * slot);
         let mut elem = [0u8; 8];
-        mem.read_slice(&mut elem, elem_addr)
-            .map_err(|_| mem_error("read the used ring", elem_addr))?;
+        if !mem.read_bytes(elem_addr, &mut elem) {
+            return Err(mem_error("read the used ring", elem_addr));
+        }
         self.last_used = self.last_used.wrapping_add(1);
         let id = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
         let len = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
@@ -361,18 +405,20 @@ impl SplitQueueDriver {
     }
 
     /// Ask the device to interrupt once the used index passes `value`.
-    pub fn set_used_event<M: GuestMemory + ?Sized>(&self, mem: &M, value: u16) -> Result<()> {
+    pub fn set_used_event<M: GuestRam + ?Sized>(&self, mem: &M, value: u16) -> Result<()> {
         let addr = self.avail_ring.unchecked_add(4 + 2 * u64::from(self.size));
-        mem.store(value.to_le(), addr, Ordering::Release)
-            .map_err(|_| mem_error("write used_event", addr))
+        if mem.store_u16(addr, value, Ordering::Release) {
+            Ok(())
+        } else {
+            Err(mem_error("write used_event", addr))
+        }
     }
 
     /// The avail_event the device published (event-idx kick suppression).
-    pub fn avail_event<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<u16> {
+    pub fn avail_event<M: GuestRam + ?Sized>(&self, mem: &M) -> Result<u16> {
         let addr = self.used_ring.unchecked_add(4 + 8 * u64::from(self.size));
-        mem.load(addr, Ordering::Acquire)
-            .map(u16::from_le)
-            .map_err(|_| mem_error("read avail_event", addr))
+        mem.load_u16(addr, Ordering::Acquire)
+            .ok_or(mem_error("read avail_event", addr))
     }
 
     /// Chains published so far (the available index).

@@ -12,18 +12,19 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use virtio_queue::Queue;
+use vm_memory::{GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::defs::{STATUS_IOERR, STATUS_OK};
+use super::memory::GuestView;
+use super::request::{parse_chain, Action, DiskInfo, ParseScratch, ParsedChain};
+use super::ring::{RingSetupError, SplitRing};
 
 /// Available ring flag: the driver does not want interrupts.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
-use super::request::{parse_chain, Action, DiskInfo, ParseScratch, ParsedChain};
 use crate::disk::{BlockQueue, Request};
 use crate::{Error, Result};
 
@@ -39,7 +40,7 @@ pub struct QueueEvents {
 }
 
 /// A chain handed to the backend and not yet returned to the guest.
-struct InFlight<G> {
+struct InFlight {
     head: u16,
     status_addr: GuestAddress,
     used_len: u32,
@@ -50,21 +51,24 @@ struct InFlight<G> {
     pending: VecDeque<Request>,
     /// Requests accepted and not yet completed.
     outstanding: u32,
-    /// Keeps guest memory mapped while the backend uses its buffers.
-    _mem: G,
 }
 
 /// One virtqueue of the device with its own backend queue.
 pub struct QueueHandler<A: GuestAddressSpace> {
     index: u16,
-    // Declared before `chains` so that it is dropped (which waits for the
-    // kernel to be done with guest buffers) before the memory guards the
-    // chains hold.
+    // Declared before `view` so that it is dropped (which waits for the
+    // kernel to be done with guest buffers) before the memory guard the
+    // view holds.
     disk: Box<dyn BlockQueue>,
-    chains: Vec<Option<InFlight<A::T>>>,
+    chains: Vec<Option<InFlight>>,
     free_slots: Vec<usize>,
     mem: A,
+    /// The queue's setup as the driver left it at activation.
     queue: Queue,
+    /// The rings, with the positions since activation.
+    ring: SplitRing,
+    /// Guest memory as of activation; keeps it mapped while requests use it.
+    view: GuestView<A::T>,
     info: Arc<DiskInfo>,
     events: QueueEvents,
     /// A chain whose requests the backend could not all take yet.
@@ -85,7 +89,9 @@ pub struct QueueHandler<A: GuestAddressSpace> {
 
 impl<A: GuestAddressSpace> QueueHandler<A> {
     /// A handler for the activated queue `queue` (index `index`), with a
-    /// backend queue `disk` able to hold `queue.size()` requests.
+    /// backend queue `disk` able to hold `queue.size()` requests. Fails
+    /// when a ring is not wholly inside one guest memory region or the
+    /// memory is behind an IOMMU.
     pub(crate) fn new(
         index: u16,
         mem: A,
@@ -93,16 +99,27 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         disk: Box<dyn BlockQueue>,
         info: Arc<DiskInfo>,
         events: QueueEvents,
-    ) -> Self {
-        let queue_size = queue.size();
+    ) -> Result<Self> {
+        let invalid = |reason| Error::InvalidQueue { index, reason };
+        let view = GuestView::new(mem.memory())
+            .ok_or(invalid("guest memory behind an IOMMU is not supported"))?;
+        let ring = SplitRing::new(&queue, &view).map_err(|e| {
+            invalid(match e {
+                RingSetupError::OutsideMemory => "a ring is not inside one guest memory region",
+                RingSetupError::Misaligned => "a ring is misaligned",
+            })
+        })?;
+        let queue_size = ring.size();
         let slots = usize::from(queue_size);
-        QueueHandler {
+        Ok(QueueHandler {
             index,
             disk,
             chains: (0..slots).map(|_| None).collect(),
             free_slots: (0..slots).rev().collect(),
             mem,
             queue,
+            ring,
+            view,
             info,
             events,
             stalled: None,
@@ -113,7 +130,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             defer_submit: false,
             depth: u32::from(queue_size),
             scratch: ParseScratch::default(),
-        }
+        })
     }
 
     /// The queue's index in the device.
@@ -121,9 +138,21 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         self.index
     }
 
-    /// The virtqueue's state (for tests, or saving the device).
+    /// The virtqueue's setup as the driver left it at activation (size,
+    /// ring addresses, event idx). Ring positions since then are the
+    /// handler's: [`QueueHandler::next_avail`], [`QueueHandler::next_used`].
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// Index of the next available-ring entry the device will read.
+    pub fn next_avail(&self) -> u16 {
+        self.ring.next_avail()
+    }
+
+    /// Index of the next used-ring entry the device will write.
+    pub fn next_used(&self) -> u16 {
+        self.ring.next_used()
     }
 
     /// The eventfd the transport writes when the driver notifies this queue.
@@ -205,10 +234,9 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             return Ok(());
         }
         self.blocked = false;
-        let mem = self.mem.memory();
         loop {
-            self.queue
-                .disable_notification(&*mem)
+            self.ring
+                .disable_notification(&self.view)
                 .map_err(|source| queue_error("disable notifications", source))?;
             let mut popped = 0usize;
             while self.stalled.is_none() {
@@ -216,14 +244,14 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                     self.blocked = true;
                     break;
                 }
-                let chain = match self.queue.iter(&*mem) {
-                    Ok(mut iter) => iter.next(),
+                let head = match self.ring.pop_head(&self.view) {
+                    Ok(head) => head,
                     Err(source) => return Err(queue_error("read the available ring", source)),
                 };
-                let Some(chain) = chain else { break };
+                let Some(head) = head else { break };
                 popped += 1;
-                let head = chain.head_index();
-                let parsed = parse_chain(&*mem, head, chain, &self.info, &mut self.scratch);
+                let chain = self.ring.chain(&self.view, head);
+                let parsed = parse_chain(&self.view, head, chain, &self.info, &mut self.scratch);
                 self.start(parsed)?;
             }
             if self.stalled.is_some() || self.blocked {
@@ -232,8 +260,8 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 return Ok(());
             }
             let more = self
-                .queue
-                .enable_notification(&*mem)
+                .ring
+                .enable_notification(&self.view)
                 .map_err(|source| queue_error("enable notifications", source))?;
             // `popped == 0` with more reported means the ring cannot be
             // read; do not spin on it.
@@ -360,7 +388,6 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                     transfer,
                     pending: requests.into(),
                     outstanding: 0,
-                    _mem: self.mem.memory(),
                 });
                 self.push_pending(slot)
             }
@@ -384,10 +411,10 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             };
             // SAFETY: the buffers of `request` were built by the parser from
             // VolatileSlices that vm-memory returned for ranges it checked
-            // against guest memory, with the access the request needs. The
-            // mapping stays alive until the completion is popped: the chain
-            // holds a guard of that memory (`_mem`) and the handler reaps
-            // every request before its chains are dropped. The device never
+            // against guest memory (through `self.view`). The mapping stays
+            // alive until the kernel is done with the buffers: the view holds
+            // a guard of that memory and is dropped after `disk`, whose drop
+            // waits for the kernel. The device never
             // touches those buffers itself while the request is in flight;
             // the guest may, as it may with any DMA, which concerns only
             // the guest's data.
@@ -423,19 +450,17 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         status: u8,
         used_len: u32,
     ) -> Result<()> {
-        let mem = self.mem.memory();
-        // The parser checked the status byte is writable guest memory.
-        let used_len = match mem.write_obj(status, status_addr) {
-            Ok(()) if status == STATUS_OK => used_len,
-            Ok(()) => 1,
-            Err(_) => 0,
+        // The parser checked the status byte is guest memory.
+        let used_len = match self.view.write_u8(status_addr, status) {
+            true if status == STATUS_OK => used_len,
+            true => 1,
+            false => 0,
         };
         self.add_used(head, used_len)
     }
 
     fn add_used(&mut self, head: u16, used_len: u32) -> Result<()> {
-        let mem = self.mem.memory();
-        match self.queue.add_used(&*mem, head, used_len) {
+        match self.ring.add_used(&self.view, head, used_len) {
             Ok(()) => {
                 self.used_added = true;
                 Ok(())
@@ -453,23 +478,18 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         }
         if self.used_added {
             self.used_added = false;
-            let mem = self.mem.memory();
             let mut needed = self
-                .queue
-                .needs_notification(&*mem)
+                .ring
+                .needs_notification(&self.view)
                 .map_err(|source| queue_error("read used_event", source))?;
-            if needed && !self.queue.event_idx_enabled() {
+            if needed && !self.ring.event_idx_enabled() {
                 // Without event idx the driver suppresses interrupts with
                 // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags
                 // (read after needs_notification's fence).
-                let flags_addr = GuestAddress(self.queue.avail_ring());
-                let flags: u16 = mem
-                    .load(flags_addr, Ordering::Acquire)
-                    .map(u16::from_le)
-                    .map_err(|_| Error::GuestMemory {
-                        op: "read the available ring flags",
-                        addr: flags_addr.0,
-                    })?;
+                let flags = self
+                    .ring
+                    .avail_flags(&self.view)
+                    .map_err(|source| queue_error("read the available ring flags", source))?;
                 needed = flags & AVAIL_F_NO_INTERRUPT == 0;
             }
             if needed {

@@ -64,7 +64,9 @@ pub mod device;
 pub mod driver;
 mod eventfd;
 pub mod handler;
+mod memory;
 pub mod request;
+mod ring;
 pub mod testing;
 
 pub use config::BlockConfig;

@@ -13,9 +13,10 @@
 //! form one byte stream (header, then write data or discard segments) and
 //! the writable ones another (read data or ID, then the status byte).
 
+use std::ops::Deref;
+
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, GuestAddress, GuestMemory};
 
 use super::defs::{
     DISCARD_SEGMENT_SIZE, MAX_CHAIN_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
@@ -23,6 +24,7 @@ use super::defs::{
     REQ_DISCARD, REQ_FLUSH, REQ_GET_ID, REQ_IN, REQ_OUT, REQ_WRITE_ZEROES, SECTOR_SIZE,
     SEGMENT_FLAG_UNMAP, SERIAL_LEN, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP,
 };
+use super::memory::GuestView;
 use crate::disk::{IoBuf, Request};
 
 /// What the request parser needs to know about the disk.
@@ -121,11 +123,15 @@ impl Stream {
     }
 
     /// Copy `out.len()` bytes from stream offset `offset`.
-    fn read<M: GuestMemory + ?Sized>(&self, mem: &M, offset: u64, out: &mut [u8]) -> bool {
+    fn read<G, M>(&self, view: &GuestView<G>, offset: u64, out: &mut [u8]) -> bool
+    where
+        G: Deref<Target = M>,
+        M: GuestMemory + ?Sized,
+    {
         let mut done = 0usize;
         for piece in self.range(offset, out.len() as u64) {
             let end = done + piece.len as usize;
-            if mem.read_slice(&mut out[done..end], piece.addr).is_err() {
+            if !view.read(piece.addr.raw_value(), &mut out[done..end]) {
                 return false;
             }
             done = end;
@@ -134,11 +140,15 @@ impl Stream {
     }
 
     /// Copy `data` to stream offset `offset`.
-    fn write<M: GuestMemory + ?Sized>(&self, mem: &M, offset: u64, data: &[u8]) -> bool {
+    fn write<G, M>(&self, view: &GuestView<G>, offset: u64, data: &[u8]) -> bool
+    where
+        G: Deref<Target = M>,
+        M: GuestMemory + ?Sized,
+    {
         let mut done = 0usize;
         for piece in self.range(offset, data.len() as u64) {
             let end = done + piece.len as usize;
-            if mem.write_slice(&data[done..end], piece.addr).is_err() {
+            if !view.write(piece.addr.raw_value(), &data[done..end]) {
                 return false;
             }
             done = end;
@@ -147,34 +157,26 @@ impl Stream {
     }
 
     /// Host buffers for `len` bytes from stream offset `offset`, taken from
-    /// the slices vm-memory validated. Marks them dirty when the device
-    /// will write them.
-    fn io_bufs<M>(&self, mem: &M, offset: u64, len: u64, device_writes: bool) -> Option<Vec<IoBuf>>
+    /// the regions of guest memory they lie in. Marks them dirty when the
+    /// device will write them.
+    fn io_bufs<G, M>(
+        &self,
+        view: &GuestView<G>,
+        offset: u64,
+        len: u64,
+        device_writes: bool,
+    ) -> Option<Vec<IoBuf>>
     where
+        G: Deref<Target = M>,
         M: GuestMemory + ?Sized,
     {
-        let access = if device_writes {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
         let mut bufs = Vec::new();
         let mut total = 0u64;
         for piece in self.range(offset, len) {
-            let count = usize::try_from(piece.len).ok()?;
-            let slices = mem.get_slices(piece.addr, count, access).ok()?;
-            for slice in slices {
-                let slice = slice.ok()?;
-                if device_writes {
-                    slice.bitmap().mark_dirty(0, slice.len());
-                }
-                let addr = slice.ptr_guard_mut().as_ptr();
-                bufs.push(IoBuf {
-                    addr,
-                    len: slice.len(),
-                });
-                total += slice.len() as u64;
+            if !view.host_bufs(piece.addr.raw_value(), piece.len, device_writes, &mut bufs) {
+                return None;
             }
+            total += piece.len;
         }
         (total == len).then_some(bufs)
     }
@@ -193,14 +195,15 @@ pub(crate) struct ParseScratch {
 /// virtio-queue's `DescriptorChain` does: it ends early on a loop, a bad
 /// index, an unreadable or nested indirect table) and decide what to do.
 /// GET_ID is answered here (the ID is written into the chain).
-pub(crate) fn parse_chain<M, I>(
-    mem: &M,
+pub(crate) fn parse_chain<G, M, I>(
+    view: &GuestView<G>,
     head: u16,
     descriptors: I,
     info: &DiskInfo,
     scratch: &mut ParseScratch,
 ) -> ParsedChain
 where
+    G: Deref<Target = M>,
     M: GuestMemory + ?Sized,
     I: Iterator<Item = Descriptor>,
 {
@@ -230,7 +233,7 @@ where
     let Some(status) = last.addr().checked_add(u64::from(last.len()) - 1) else {
         return drop(head);
     };
-    if !mem.check_range(status, 1, Permissions::Write) {
+    if !view.contains(status.raw_value(), 1) {
         return drop(head);
     }
     let action = if count > MAX_CHAIN_DESCRIPTORS {
@@ -239,7 +242,7 @@ where
         scratch.readable.clear();
         scratch.writable.clear();
         parse_valid_shape(
-            mem,
+            view,
             &scratch.descs,
             &mut scratch.readable,
             &mut scratch.writable,
@@ -254,26 +257,20 @@ where
 }
 
 /// The rest of validation, once the status byte is known to be writable.
-fn parse_valid_shape<M>(
-    mem: &M,
+fn parse_valid_shape<G, M>(
+    view: &GuestView<G>,
     descs: &[Descriptor],
     readable: &mut Stream,
     writable: &mut Stream,
     info: &DiskInfo,
 ) -> Action
 where
+    G: Deref<Target = M>,
     M: GuestMemory + ?Sized,
 {
     for desc in descs {
         let len = u64::from(desc.len());
-        let access = if desc.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if desc.addr().checked_add(len).is_none()
-            || (len > 0 && !mem.check_range(desc.addr(), len as usize, access))
-        {
+        if !view.contains(desc.addr().raw_value(), len) {
             return Action::fail(STATUS_IOERR);
         }
         if desc.is_write_only() {
@@ -291,7 +288,7 @@ where
         return Action::fail(STATUS_IOERR);
     }
     let mut header = [0u8; REQUEST_HEADER_SIZE];
-    if readable.len < header.len() as u64 || !readable.read(mem, 0, &mut header) {
+    if readable.len < header.len() as u64 || !readable.read(view, 0, &mut header) {
         return Action::fail(STATUS_IOERR);
     }
     let request_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -315,7 +312,7 @@ where
                     used_len: 1,
                 };
             }
-            match writable.io_bufs(mem, 0, in_len, true) {
+            match writable.io_bufs(view, 0, in_len, true) {
                 Some(bufs) => Action::Submit {
                     requests: vec![Request::Read { offset, bufs }],
                     used_len: (in_len + 1) as u32,
@@ -336,7 +333,7 @@ where
                     used_len: 1,
                 };
             }
-            match readable.io_bufs(mem, header_len, out_len, false) {
+            match readable.io_bufs(view, header_len, out_len, false) {
                 Some(bufs) => Action::Submit {
                     requests: vec![Request::Write { offset, bufs }],
                     used_len: 1,
@@ -350,7 +347,7 @@ where
         },
         REQ_GET_ID => {
             let n = in_len.min(SERIAL_LEN as u64) as usize;
-            if writable.write(mem, 0, &info.serial[..n]) {
+            if writable.write(view, 0, &info.serial[..n]) {
                 Action::Complete {
                     status: STATUS_OK,
                     used_len: n as u32 + 1,
@@ -360,7 +357,7 @@ where
             }
         }
         REQ_DISCARD | REQ_WRITE_ZEROES => {
-            parse_segments(mem, readable, request_type == REQ_DISCARD, info)
+            parse_segments(view, readable, request_type == REQ_DISCARD, info)
         }
         _ => Action::fail(STATUS_UNSUPP),
     }
@@ -378,12 +375,16 @@ fn checked_range(sector: u64, len: u64, size: u64) -> Option<u64> {
 }
 
 /// Discard and write-zeroes: one backend request per segment.
-fn parse_segments<M: GuestMemory + ?Sized>(
-    mem: &M,
+fn parse_segments<G, M>(
+    view: &GuestView<G>,
     readable: &Stream,
     discard: bool,
     info: &DiskInfo,
-) -> Action {
+) -> Action
+where
+    G: Deref<Target = M>,
+    M: GuestMemory + ?Sized,
+{
     let (max_seg, max_sectors) = if discard {
         (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS)
     } else {
@@ -404,7 +405,7 @@ fn parse_segments<M: GuestMemory + ?Sized>(
     for index in 0..segments_len / segment_size {
         let mut raw = [0u8; DISCARD_SEGMENT_SIZE];
         let at = REQUEST_HEADER_SIZE as u64 + index * segment_size;
-        if !readable.read(mem, at, &mut raw) {
+        if !readable.read(view, at, &mut raw) {
             return Action::fail(STATUS_IOERR);
         }
         let mut sector_bytes = [0u8; 8];
@@ -489,13 +490,14 @@ mod tests {
         .expect("memory");
         let mut stream = Stream::default();
         stream.push(GuestAddress(0xf00), 0x200);
-        let bufs = stream.io_bufs(&mem, 0, 0x200, true).expect("bufs");
+        let view = GuestView::new(&mem).expect("plain memory");
+        let bufs = stream.io_bufs(&view, 0, 0x200, true).expect("bufs");
         assert_eq!(bufs.len(), 2);
         assert_eq!(bufs[0].len + bufs[1].len, 0x200);
         let host = mem.get_host_address(GuestAddress(0xf00)).expect("host");
         assert_eq!(bufs[0].addr, host);
         // Past the end of memory: no buffers at all.
         stream.push(GuestAddress(0x1f00), 0x200);
-        assert!(stream.io_bufs(&mem, 0x200, 0x200, false).is_none());
+        assert!(stream.io_bufs(&view, 0x200, 0x200, false).is_none());
     }
 }
