@@ -210,7 +210,7 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
 
     let mut rng = options.seed | 1;
     let mut next_block = 0u64;
-    let mut issue = |driver: &mut SplitQueueDriver, slot: u64| -> Result<u16> {
+    let mut issue = |driver: &mut SplitQueueDriver, slot: u64| -> Result<()> {
         let block = if options.random {
             // xorshift64
             rng ^= rng << 13;
@@ -234,31 +234,30 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
         if !guest.write_bytes(status_addr, &[0xff]) {
             return Err(guest_error("reset a status", status_addr));
         }
-        let owned = driver.alloc(1).ok_or(Error::DeviceState {
-            reason: "bench driver out of descriptors",
-        })?;
-        let head = owned[0];
+        // Slot `slot` always uses head descriptor `slot`, written once
+        // below (a driver keeps a free list; reusing the same head is the
+        // cheapest way to have one).
+        driver.stage(&guest, slot as u16, Vec::new())
+    };
+    for slot in 0..depth {
+        let base = SLOTS_BASE + u64::from(slot) * slot_stride;
         driver.write_descriptor(
             &guest,
-            head,
+            slot,
             RawDescriptor {
-                addr: base.raw_value(),
+                addr: base,
                 len: 48,
                 flags: DESC_F_INDIRECT,
                 next: 0,
             },
         )?;
-        driver.stage(&guest, head, owned)?;
-        Ok(head)
-    };
-    let mut head_slot = vec![0u64; usize::from(queue_size)];
+    }
 
     let start = Instant::now();
     let mut issued = 0u64;
     let mut completed = 0u64;
     for slot in 0..u64::from(depth).min(options.requests) {
-        let head = issue(&mut driver, slot)?;
-        head_slot[usize::from(head)] = slot;
+        issue(&mut driver, slot)?;
         issued += 1;
     }
     driver.set_used_event_on_pop(false);
@@ -268,7 +267,7 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
         driver.expose(&guest)?;
         handler.process_queue_and_wait()?;
         while let Some(used) = driver.pop_used(&guest)? {
-            let slot = head_slot[used.id as usize % usize::from(queue_size)];
+            let slot = u64::from(used.id) % u64::from(depth);
             let status_addr = GuestAddress(SLOTS_BASE + slot * slot_stride + SLOT_STATUS);
             let mut status = [0u8];
             if !guest.read_bytes(status_addr, &mut status) {
@@ -281,8 +280,7 @@ pub fn run(backend: Arc<dyn BlockBackend>, options: &BenchOptions) -> Result<Ben
             }
             completed += 1;
             if issued < options.requests {
-                let head = issue(&mut driver, slot)?;
-                head_slot[usize::from(head)] = slot;
+                issue(&mut driver, slot)?;
                 issued += 1;
             }
         }

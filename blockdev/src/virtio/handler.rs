@@ -39,8 +39,13 @@ pub struct QueueEvents {
     pub interrupt: EventFd,
 }
 
-/// A chain handed to the backend and not yet returned to the guest.
+/// A chain handed to the backend and not yet returned to the guest. The
+/// handler keeps one per slot for good, so that `pending` keeps its room
+/// from one chain to the next.
+#[derive(Default)]
 struct InFlight {
+    /// The slot holds a chain.
+    active: bool,
     head: u16,
     status_addr: GuestAddress,
     used_len: u32,
@@ -60,7 +65,7 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     // kernel to be done with guest buffers) before the memory guard the
     // view holds.
     disk: Box<dyn BlockQueue>,
-    chains: Vec<Option<InFlight>>,
+    chains: Vec<InFlight>,
     free_slots: Vec<usize>,
     mem: A,
     /// The queue's setup as the driver left it at activation.
@@ -114,7 +119,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         Ok(QueueHandler {
             index,
             disk,
-            chains: (0..slots).map(|_| None).collect(),
+            chains: (0..slots).map(|_| InFlight::default()).collect(),
             free_slots: (0..slots).rev().collect(),
             mem,
             queue,
@@ -278,7 +283,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             let Ok(slot) = usize::try_from(completion.user_data) else {
                 continue;
             };
-            let Some(chain) = self.chains.get_mut(slot).and_then(Option::as_mut) else {
+            let Some(chain) = self.chains.get_mut(slot).filter(|c| c.active) else {
                 continue;
             };
             chain.outstanding = chain.outstanding.saturating_sub(1);
@@ -369,7 +374,8 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 }
                 self.finish(head, status_addr, status, used_len)
             }
-            Action::Submit { requests, used_len } => {
+            Action::Submit { used_len } => {
+                let requests = &mut self.scratch.requests;
                 let transfer = match requests.as_slice() {
                     [Request::Read { bufs, .. }] | [Request::Write { bufs, .. }] => {
                         Some(bufs.iter().map(|b| b.len as u64).sum())
@@ -378,17 +384,18 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 };
                 let Some(slot) = self.free_slots.pop() else {
                     // Checked before popping; cannot happen.
+                    requests.clear();
                     return self.finish(head, status_addr, STATUS_IOERR, 1);
                 };
-                self.chains[slot] = Some(InFlight {
-                    head,
-                    status_addr,
-                    used_len,
-                    status: STATUS_OK,
-                    transfer,
-                    pending: requests.into(),
-                    outstanding: 0,
-                });
+                let chain = &mut self.chains[slot];
+                chain.active = true;
+                chain.head = head;
+                chain.status_addr = status_addr;
+                chain.used_len = used_len;
+                chain.status = STATUS_OK;
+                chain.transfer = transfer;
+                chain.pending.extend(requests.drain(..));
+                chain.outstanding = 0;
                 self.push_pending(slot)
             }
         }
@@ -397,7 +404,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// Push a chain's pending requests until the backend is full.
     fn push_pending(&mut self, slot: usize) -> Result<()> {
         self.stalled = None;
-        let Some(chain) = self.chains[slot].as_mut() else {
+        let Some(chain) = self.chains.get_mut(slot).filter(|c| c.active) else {
             return Ok(());
         };
         while !chain.pending.is_empty() {
@@ -410,12 +417,12 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 break;
             };
             // SAFETY: the buffers of `request` were built by the parser from
-            // VolatileSlices that vm-memory returned for ranges it checked
-            // against guest memory (through `self.view`). The mapping stays
-            // alive until the kernel is done with the buffers: the view holds
-            // a guard of that memory and is dropped after `disk`, whose drop
-            // waits for the kernel. The device never
-            // touches those buffers itself while the request is in flight;
+            // the host mappings of ranges `self.view` checked lie in guest
+            // memory. The mappings stay alive until the kernel is done with
+            // the buffers: the view holds a guard of that memory and is
+            // dropped after `disk`, whose drop waits for the kernel. The
+            // device never touches those buffers itself while the request is
+            // in flight;
             // the guest may, as it may with any DMA, which concerns only
             // the guest's data.
             match unsafe { self.disk.push(request, slot as u64) } {
@@ -435,9 +442,14 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     }
 
     fn complete_slot(&mut self, slot: usize) -> Result<()> {
-        if let Some(chain) = self.chains[slot].take() {
+        let chain = &mut self.chains[slot];
+        if chain.active {
+            chain.active = false;
+            chain.pending.clear();
+            let (head, status_addr, status, used_len) =
+                (chain.head, chain.status_addr, chain.status, chain.used_len);
             self.free_slots.push(slot);
-            self.finish(chain.head, chain.status_addr, chain.status, chain.used_len)?;
+            self.finish(head, status_addr, status, used_len)?;
         }
         Ok(())
     }

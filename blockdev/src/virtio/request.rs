@@ -60,11 +60,10 @@ pub(crate) enum Action {
         /// Used-ring length (bytes written into writable buffers, status included).
         used_len: u32,
     },
-    /// Hand these requests to the backend; the chain completes when all of
-    /// them have.
+    /// Hand the requests the parser left in [`ParseScratch::requests`] to
+    /// the backend (one, or one per discard/write-zeroes segment); the
+    /// chain completes when all of them have.
     Submit {
-        /// One request, or one per discard/write-zeroes segment.
-        requests: Vec<Request>,
         /// Used-ring length when every request succeeds.
         used_len: u32,
     },
@@ -189,6 +188,9 @@ pub(crate) struct ParseScratch {
     descs: Vec<Descriptor>,
     readable: Stream,
     writable: Stream,
+    /// The requests of the last chain parsed when it is to be submitted
+    /// ([`Action::Submit`]); empty otherwise.
+    pub requests: Vec<Request>,
 }
 
 /// Validate the chain whose descriptors `descriptors` yields (as
@@ -241,13 +243,19 @@ where
     } else {
         scratch.readable.clear();
         scratch.writable.clear();
-        parse_valid_shape(
+        scratch.requests.clear();
+        let action = parse_valid_shape(
             view,
             &scratch.descs,
             &mut scratch.readable,
             &mut scratch.writable,
             info,
-        )
+            &mut scratch.requests,
+        );
+        if !matches!(action, Action::Submit { .. }) {
+            scratch.requests.clear();
+        }
+        action
     };
     ParsedChain {
         head,
@@ -263,6 +271,7 @@ fn parse_valid_shape<G, M>(
     readable: &mut Stream,
     writable: &mut Stream,
     info: &DiskInfo,
+    requests: &mut Vec<Request>,
 ) -> Action
 where
     G: Deref<Target = M>,
@@ -313,10 +322,12 @@ where
                 };
             }
             match writable.io_bufs(view, 0, in_len, true) {
-                Some(bufs) => Action::Submit {
-                    requests: vec![Request::Read { offset, bufs }],
-                    used_len: (in_len + 1) as u32,
-                },
+                Some(bufs) => {
+                    requests.push(Request::Read { offset, bufs });
+                    Action::Submit {
+                        used_len: (in_len + 1) as u32,
+                    }
+                }
                 None => Action::fail(STATUS_IOERR),
             }
         }
@@ -334,17 +345,17 @@ where
                 };
             }
             match readable.io_bufs(view, header_len, out_len, false) {
-                Some(bufs) => Action::Submit {
-                    requests: vec![Request::Write { offset, bufs }],
-                    used_len: 1,
-                },
+                Some(bufs) => {
+                    requests.push(Request::Write { offset, bufs });
+                    Action::Submit { used_len: 1 }
+                }
                 None => Action::fail(STATUS_IOERR),
             }
         }
-        REQ_FLUSH => Action::Submit {
-            requests: vec![Request::Flush],
-            used_len: 1,
-        },
+        REQ_FLUSH => {
+            requests.push(Request::Flush);
+            Action::Submit { used_len: 1 }
+        }
         REQ_GET_ID => {
             let n = in_len.min(SERIAL_LEN as u64) as usize;
             if writable.write(view, 0, &info.serial[..n]) {
@@ -357,7 +368,7 @@ where
             }
         }
         REQ_DISCARD | REQ_WRITE_ZEROES => {
-            parse_segments(view, readable, request_type == REQ_DISCARD, info)
+            parse_segments(view, readable, request_type == REQ_DISCARD, info, requests)
         }
         _ => Action::fail(STATUS_UNSUPP),
     }
@@ -380,6 +391,7 @@ fn parse_segments<G, M>(
     readable: &Stream,
     discard: bool,
     info: &DiskInfo,
+    requests: &mut Vec<Request>,
 ) -> Action
 where
     G: Deref<Target = M>,
@@ -401,7 +413,6 @@ where
     if info.read_only {
         return Action::fail(STATUS_IOERR);
     }
-    let mut requests = Vec::new();
     for index in 0..segments_len / segment_size {
         let mut raw = [0u8; DISCARD_SEGMENT_SIZE];
         let at = REQUEST_HEADER_SIZE as u64 + index * segment_size;
@@ -443,10 +454,7 @@ where
             used_len: 1,
         };
     }
-    Action::Submit {
-        requests,
-        used_len: 1,
-    }
+    Action::Submit { used_len: 1 }
 }
 
 #[cfg(test)]
