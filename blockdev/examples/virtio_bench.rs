@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p blockdev --example virtio_bench -- IMAGE \
 //!     [--depth 32] [--count 200000] [--write] [--random] [--cache none] [--pairs 3]
-//!     [--model-only | --direct-only] [--no-warmup]
+//!     [--model-only | --direct-only] [--no-warmup] [--guest-thread]
 //! cargo run --release -p blockdev --example virtio_bench -- --mem 256M [...]
 //! ```
 //!
@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--direct-only" => direct_only = true,
             "--no-warmup" => warmup = false,
             "--random" => options.random = true,
+            "--guest-thread" => options.guest_thread = true,
             "--pairs" => pairs = value()?.parse()?,
             "--cache" => {
                 cache = match value()?.as_str() {

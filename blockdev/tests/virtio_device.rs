@@ -201,14 +201,21 @@ fn bad_options_are_refused() {
 #[test]
 fn bench_runs_over_the_in_memory_backend() {
     use blockdev::virtio::bench::{run, BenchOptions};
-    for write in [false, true] {
+    for (write, guest_thread, depth) in [
+        (false, false, 32),
+        (true, false, 32),
+        (false, true, 32),
+        (true, true, 7),
+        (false, true, 1),
+    ] {
         let disk = Arc::new(MemDisk::new(16 << 20, MemDiskOptions::default()));
         let report = run(
             disk,
             &BenchOptions {
                 requests: 5000,
-                depth: 32,
+                depth,
                 write,
+                guest_thread,
                 ..Default::default()
             },
         )

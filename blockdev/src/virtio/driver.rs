@@ -379,11 +379,7 @@ impl SplitQueueDriver {
     /// The next chain the device returned, if any; frees its descriptors
     /// and asks to be interrupted on the next one (used_event).
     pub fn pop_used<M: GuestRam + ?Sized>(&mut self, mem: &M) -> Result<Option<UsedElem>> {
-        let idx_addr = self.used_ring.unchecked_add(2);
-        let used_idx = mem
-            .load_u16(idx_addr, Ordering::Acquire)
-            .ok_or(mem_error("read the used index", idx_addr))?;
-        if used_idx == self.last_used {
+        if self.used_index(mem)? == self.last_used {
             return Ok(None);
         }
         let slot = u64::from(self.last_used % self.size);
@@ -419,6 +415,13 @@ impl SplitQueueDriver {
         let addr = self.used_ring.unchecked_add(4 + 8 * u64::from(self.size));
         mem.load_u16(addr, Ordering::Acquire)
             .ok_or(mem_error("read avail_event", addr))
+    }
+
+    /// The used index the device published.
+    pub fn used_index<M: GuestRam + ?Sized>(&self, mem: &M) -> Result<u16> {
+        let addr = self.used_ring.unchecked_add(2);
+        mem.load_u16(addr, Ordering::Acquire)
+            .ok_or(mem_error("read the used index", addr))
     }
 
     /// Chains published so far (the available index).

@@ -186,6 +186,14 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         self.disk.completions_ready()
     }
 
+    /// Whether the guest made chains available that the handler has not
+    /// taken yet (one load of the available index, no system call), for
+    /// an event loop that polls the ring a little before it sleeps, as
+    /// QEMU's iothreads do.
+    pub fn has_available(&self) -> bool {
+        self.ring.has_available(&self.view)
+    }
+
     /// Whether spinning for completions is likely to pay now (the backend
     /// holds only reads; see [`BlockQueue::worth_polling`]).
     pub fn worth_polling(&self) -> bool {
@@ -345,16 +353,17 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         let processed = self.process_queue();
         self.defer_submit = false;
         processed?;
-        if self.unsubmitted > 0 {
-            // The backend's wait submits what was pushed; submit() after it
-            // covers a backend that does not.
-            self.unsubmitted = 0;
-            self.disk.wait()?;
+        let deferred = std::mem::take(&mut self.unsubmitted) > 0;
+        self.disk.wait()?;
+        self.handle_completions()?;
+        if deferred {
+            // The backend's wait submits what was pushed; this covers a
+            // backend that does not. It comes after the completions are
+            // taken, so that the backend has none left to announce on its
+            // eventfd (a write nobody reads here).
             self.disk.submit()?;
-        } else {
-            self.disk.wait()?;
         }
-        self.handle_completions()
+        Ok(())
     }
 
     fn start(&mut self, parsed: ParsedChain) -> Result<()> {

@@ -322,47 +322,53 @@ where
 }
 
 /// Copy guest bytes at `src` into `out` with volatile loads (the guest may
-/// change them meanwhile; the copy is then torn, never undefined).
+/// change them meanwhile; the copy is then torn, never undefined): whole
+/// aligned words where the address allows (descriptors and headers are
+/// aligned), single bytes elsewhere.
 ///
 /// # Safety
 /// `src..src + out.len()` must be mapped guest memory that stays mapped
 /// for the call.
 unsafe fn copy_from_guest(src: *const u8, out: &mut [u8]) {
-    let mut chunks = out.chunks_exact_mut(8);
-    let mut at = src;
-    for chunk in &mut chunks {
-        // SAFETY: the caller's range covers these 8 bytes; [u8; 8] needs no
-        // alignment.
-        let word = unsafe { at.cast::<[u8; 8]>().read_volatile() };
-        chunk.copy_from_slice(&word);
-        at = at.wrapping_add(8);
+    let mut done = 0;
+    if (src as usize).is_multiple_of(8) {
+        while out.len() - done >= 8 {
+            // SAFETY: in the caller's range, and 8-aligned (src is, and
+            // `done` is a multiple of 8).
+            let word = unsafe { src.add(done).cast::<u64>().read_volatile() };
+            out[done..done + 8].copy_from_slice(&word.to_ne_bytes());
+            done += 8;
+        }
     }
-    for byte in chunks.into_remainder() {
-        // SAFETY: the caller's range covers this byte.
-        *byte = unsafe { at.read_volatile() };
-        at = at.wrapping_add(1);
+    for (i, byte) in out.iter_mut().enumerate().skip(done) {
+        // SAFETY: in the caller's range.
+        *byte = unsafe { src.add(i).read_volatile() };
     }
 }
 
-/// Copy `data` to guest bytes at `dst` with volatile stores.
+/// Copy `data` to guest bytes at `dst` with volatile stores, as
+/// [`copy_from_guest`] reads.
 ///
 /// # Safety
 /// As [`copy_from_guest`].
 unsafe fn copy_to_guest(data: &[u8], dst: *mut u8) {
-    let mut chunks = data.chunks_exact(8);
-    let mut at = dst;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        // SAFETY: the caller's range covers these 8 bytes; [u8; 8] needs no
-        // alignment.
-        unsafe { at.cast::<[u8; 8]>().write_volatile(word) };
-        at = at.wrapping_add(8);
+    let mut done = 0;
+    if (dst as usize).is_multiple_of(8) {
+        while data.len() - done >= 8 {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&data[done..done + 8]);
+            // SAFETY: in the caller's range, and 8-aligned.
+            unsafe {
+                dst.add(done)
+                    .cast::<u64>()
+                    .write_volatile(u64::from_ne_bytes(word))
+            };
+            done += 8;
+        }
     }
-    for byte in chunks.remainder() {
-        // SAFETY: the caller's range covers this byte.
-        unsafe { at.write_volatile(*byte) };
-        at = at.wrapping_add(1);
+    for (i, byte) in data.iter().enumerate().skip(done) {
+        // SAFETY: in the caller's range.
+        unsafe { dst.add(i).write_volatile(*byte) };
     }
 }
 

@@ -113,6 +113,17 @@ impl SplitRing {
             .ok_or(QueueError::AddressOverflow)
     }
 
+    /// Whether the driver made chains available that were not popped yet
+    /// (one atomic load; for a device that polls before it sleeps).
+    pub(crate) fn has_available<G, M>(&self, view: &GuestView<G>) -> bool
+    where
+        G: Deref<Target = M>,
+        M: GuestMemory + ?Sized,
+    {
+        self.avail_idx(view, Ordering::Acquire)
+            .is_ok_and(|idx| idx != self.next_avail.0)
+    }
+
     /// The head of the next available chain, if the driver made one
     /// available. An available index more than a queue's worth ahead of
     /// ours is an error (a broken or hostile driver), as in virtio-queue.
