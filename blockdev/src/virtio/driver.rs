@@ -110,6 +110,9 @@ pub struct SplitQueueDriver {
     used_ring: GuestAddress,
     next_avail: u16,
     last_used: u16,
+    /// The used index as last read: entries up to it need no new read of
+    /// the index (as Linux's driver reads it only once it has caught up).
+    seen_used: u16,
     free: Vec<u16>,
     /// Descriptors each published head owns, freed when it comes back.
     owned: Vec<Vec<u16>>,
@@ -151,6 +154,7 @@ impl SplitQueueDriver {
             used_ring,
             next_avail: 0,
             last_used: 0,
+            seen_used: 0,
             free: (0..size).rev().collect(),
             owned: vec![Vec::new(); usize::from(size)],
             used_event_on_pop: true,
@@ -379,7 +383,10 @@ impl SplitQueueDriver {
     /// The next chain the device returned, if any; frees its descriptors
     /// and asks to be interrupted on the next one (used_event).
     pub fn pop_used<M: GuestRam + ?Sized>(&mut self, mem: &M) -> Result<Option<UsedElem>> {
-        if self.used_index(mem)? == self.last_used {
+        if self.seen_used == self.last_used {
+            self.seen_used = self.used_index(mem)?;
+        }
+        if self.seen_used == self.last_used {
             return Ok(None);
         }
         let slot = u64::from(self.last_used % self.size);
