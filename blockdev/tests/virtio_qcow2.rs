@@ -1,6 +1,7 @@
 //! The device model over the real io_uring backend on qcow2 images:
-//! virtio-drivers' driver and random chains of our own driver, checked
-//! against a model; afterwards `qemu-img check` finds the image clean and
+//! virtio-drivers' driver and random chains of our own driver (runs of
+//! them sequential, so that the device merges them), checked against a
+//! model; afterwards `qemu-img check` finds the image clean and
 //! its contents (converted to raw by qemu-img) match the model.
 
 mod virtio_support;
@@ -155,9 +156,16 @@ fn random_chains(cache: CacheMode, cluster: u32, seed: u64) {
         let mut taken: Vec<(u64, u64)> = Vec::new();
         let mut reads = Vec::new();
         let mut statuses = Vec::new();
+        // Half the requests start where the previous one ended, so that
+        // the device merges runs of them.
+        let mut prev_end: Option<u64> = None;
         for _ in 0..1 + next(16) {
             let count = 1 + next(256);
-            let sector = next(SECTORS - count);
+            let sector = match prev_end {
+                Some(end) if next(2) == 0 && end + count <= SECTORS => end,
+                _ => next(SECTORS - count),
+            };
+            prev_end = Some(sector + count);
             if taken
                 .iter()
                 .any(|(s, c)| sector < s + c && *s < sector + count)

@@ -18,6 +18,7 @@ use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::chain_merge::{ChainMerger, Ready, MERGED_CHAINS};
 use super::defs::{STATUS_IOERR, STATUS_OK};
 use super::memory::GuestView;
 use super::request::{parse_chain, Action, DiskInfo, ParseScratch, ParsedChain};
@@ -76,8 +77,9 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     view: GuestView<A::T>,
     info: Arc<DiskInfo>,
     events: QueueEvents,
-    /// A chain whose requests the backend could not all take yet.
-    stalled: Option<usize>,
+    /// Chains whose requests the backend could not all take yet, oldest
+    /// first.
+    waiting: VecDeque<usize>,
     /// Popping stopped for lack of room; resume when completions free some.
     blocked: bool,
     unsubmitted: u32,
@@ -87,6 +89,8 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     /// Requests the backend queue was opened to hold.
     depth: u32,
     scratch: ParseScratch,
+    /// Sequential reads or writes of a batch, merged into one request.
+    merger: ChainMerger,
     /// Chains refused since the last [`QueueHandler::take_refused`]
     /// (dropped, or answered IOERR/UNSUPP without reaching the backend).
     refused: u64,
@@ -127,7 +131,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             view,
             info,
             events,
-            stalled: None,
+            waiting: VecDeque::new(),
             blocked: false,
             unsubmitted: 0,
             used_added: false,
@@ -135,6 +139,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             defer_submit: false,
             depth: u32::from(queue_size),
             scratch: ParseScratch::default(),
+            merger: ChainMerger::default(),
         })
     }
 
@@ -234,14 +239,15 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// they would wait for a kick that a broken ring may never make good.
     pub fn process_queue(&mut self) -> Result<()> {
         let popped = self.pop_available();
+        let pushed = self.push_open_group();
         let signalled = self.submit_and_signal();
-        popped.and(signalled)
+        popped.and(pushed).and(signalled)
     }
 
     /// The popping half of [`QueueHandler::process_queue`]: start every
     /// available chain until none is left or there is no room.
     fn pop_available(&mut self) -> Result<()> {
-        if self.stalled.is_some() {
+        if !self.waiting.is_empty() {
             // Resumed from handle_completions once the backend has room.
             self.blocked = true;
             return Ok(());
@@ -252,7 +258,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 .disable_notification(&self.view)
                 .map_err(|source| queue_error("disable notifications", source))?;
             let mut popped = 0usize;
-            while self.stalled.is_none() {
+            while self.waiting.is_empty() {
                 if self.free_slots.is_empty() {
                     self.blocked = true;
                     break;
@@ -267,7 +273,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 let parsed = parse_chain(&self.view, head, chain, &self.info, &mut self.scratch);
                 self.start(parsed)?;
             }
-            if self.stalled.is_some() || self.blocked {
+            if !self.waiting.is_empty() || self.blocked {
                 // Notifications stay off: completions resume popping.
                 self.blocked = true;
                 return Ok(());
@@ -288,6 +294,11 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// waiting for room, and resume popping if that had stopped.
     pub fn handle_completions(&mut self) -> Result<()> {
         while let Some(completion) = self.disk.pop_completion() {
+            if completion.user_data & MERGED_CHAINS != 0 {
+                let group = (completion.user_data & !MERGED_CHAINS) as usize;
+                self.complete_group(group, completion.result.ok())?;
+                continue;
+            }
             let Ok(slot) = usize::try_from(completion.user_data) else {
                 continue;
             };
@@ -307,10 +318,13 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 self.complete_slot(slot)?;
             }
         }
-        if let Some(slot) = self.stalled {
-            self.push_pending(slot)?;
+        while let Some(&slot) = self.waiting.front() {
+            if !self.push_pending(slot)? {
+                break;
+            }
+            self.waiting.pop_front();
         }
-        if self.blocked && self.stalled.is_none() && !self.free_slots.is_empty() {
+        if self.blocked && self.waiting.is_empty() && !self.free_slots.is_empty() {
             self.blocked = false;
             return self.process_queue();
         }
@@ -396,6 +410,12 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                     requests.clear();
                     return self.finish(head, status_addr, STATUS_IOERR, 1);
                 };
+                // A lone read or write may join the batch's merge group
+                // (while the backend has room for the group's request).
+                let mergeable = requests.len() == 1
+                    && transfer.is_some()
+                    && self.waiting.is_empty()
+                    && self.disk.in_flight() < self.depth;
                 let chain = &mut self.chains[slot];
                 chain.active = true;
                 chain.head = head;
@@ -403,24 +423,50 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 chain.used_len = used_len;
                 chain.status = STATUS_OK;
                 chain.transfer = transfer;
-                chain.pending.extend(requests.drain(..));
                 chain.outstanding = 0;
-                self.push_pending(slot)
+                if mergeable {
+                    if let Some(request) = requests.pop() {
+                        chain.outstanding = 1;
+                        let Some(request) = self.merger.offer(slot, request) else {
+                            return Ok(());
+                        };
+                        self.push_open_group()?;
+                        let Some(request) = self.merger.open(slot, request) else {
+                            return Ok(());
+                        };
+                        let chain = &mut self.chains[slot];
+                        chain.outstanding = 0;
+                        chain.pending.push_back(request);
+                        return self.push_or_wait(slot);
+                    }
+                }
+                chain.pending.extend(requests.drain(..));
+                // Whatever the batch merged so far goes first.
+                self.push_open_group()?;
+                self.push_or_wait(slot)
             }
         }
     }
 
-    /// Push a chain's pending requests until the backend is full.
-    fn push_pending(&mut self, slot: usize) -> Result<()> {
-        self.stalled = None;
+    /// Push a chain's pending requests, or queue it to wait for room
+    /// behind the chains already waiting.
+    fn push_or_wait(&mut self, slot: usize) -> Result<()> {
+        if !self.waiting.is_empty() || !self.push_pending(slot)? {
+            self.waiting.push_back(slot);
+        }
+        Ok(())
+    }
+
+    /// Push a chain's pending requests until the backend is full; whether
+    /// none is left waiting.
+    fn push_pending(&mut self, slot: usize) -> Result<bool> {
         let Some(chain) = self.chains.get_mut(slot).filter(|c| c.active) else {
-            return Ok(());
+            return Ok(true);
         };
         while !chain.pending.is_empty() {
             if self.disk.in_flight() >= self.depth {
-                // Full: resume from handle_completions once some finish.
-                self.stalled = Some(slot);
-                return Ok(());
+                // Full: resumed from handle_completions once some finish.
+                return Ok(false);
             }
             let Some(request) = chain.pending.pop_front() else {
                 break;
@@ -447,7 +493,81 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         if chain.outstanding == 0 {
             self.complete_slot(slot)?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Push the batch's merge group, if one is open: a group of one as the
+    /// chain's own request, a larger one as one merged request.
+    fn push_open_group(&mut self) -> Result<()> {
+        let Some(ready) = self.merger.take_open() else {
+            return Ok(());
+        };
+        let (user_data, request, group) = match ready {
+            Ready::Single { slot, request } => (slot as u64, request, None),
+            Ready::Merged { group, request } => {
+                (MERGED_CHAINS | group as u64, request, Some(group))
+            }
+        };
+        // SAFETY: as in `push_pending`: the buffers are the group's chains'
+        // buffers, built by the parser from ranges `self.view` checked.
+        match unsafe { self.disk.push(request, user_data) } {
+            Ok(()) => {
+                self.unsubmitted += 1;
+                Ok(())
+            }
+            // Refused at once: each chain runs alone (and fails alone).
+            Err(_) => match group {
+                Some(group) => self.complete_group(group, None),
+                None => {
+                    let slot = user_data as usize;
+                    if let Some(chain) = self.chains.get_mut(slot) {
+                        chain.status = STATUS_IOERR;
+                        chain.outstanding = 0;
+                    }
+                    self.complete_slot(slot)
+                }
+            },
+        }
+    }
+
+    /// The merged request of `group` finished having moved `transferred`
+    /// bytes (`None`: it failed or was refused). If it moved them all, its
+    /// chains complete; otherwise each runs again alone, so that only the
+    /// requests that meet the error fail.
+    fn complete_group(&mut self, group: usize, transferred: Option<u64>) -> Result<()> {
+        let Some((bytes, members)) = self.merger.finish(group) else {
+            return Ok(());
+        };
+        let ok = transferred == Some(bytes);
+        let mut result = Ok(());
+        for member in &members {
+            let slot = member.slot;
+            let alone = if ok {
+                None
+            } else {
+                self.merger.member_request(group, member)
+            };
+            let Some(chain) = self.chains.get_mut(slot).filter(|c| c.active) else {
+                continue;
+            };
+            chain.outstanding = chain.outstanding.saturating_sub(1);
+            match alone {
+                Some(request) => {
+                    chain.pending.push_back(request);
+                    result = result.and(self.push_or_wait(slot));
+                }
+                None => {
+                    if !ok {
+                        chain.status = STATUS_IOERR;
+                    }
+                    if chain.outstanding == 0 && chain.pending.is_empty() {
+                        result = result.and(self.complete_slot(slot));
+                    }
+                }
+            }
+        }
+        self.merger.release(group, members);
+        result
     }
 
     fn complete_slot(&mut self, slot: usize) -> Result<()> {
@@ -545,7 +665,7 @@ impl<A: GuestAddressSpace> std::fmt::Debug for QueueHandler<A> {
         f.debug_struct("QueueHandler")
             .field("index", &self.index)
             .field("in_flight", &self.in_flight())
-            .field("stalled", &self.stalled)
+            .field("waiting", &self.waiting.len())
             .finish_non_exhaustive()
     }
 }

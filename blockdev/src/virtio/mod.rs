@@ -58,6 +58,7 @@
 //! ```
 
 pub mod bench;
+mod chain_merge;
 pub mod config;
 pub mod defs;
 pub mod device;

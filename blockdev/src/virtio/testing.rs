@@ -33,6 +33,8 @@ pub struct MemDisk {
     data: Arc<Mutex<Vec<u8>>>,
     options: MemDiskOptions,
     flushes: Arc<Mutex<u64>>,
+    /// Reads and writes executed (a merged one counts once).
+    transfers: Arc<Mutex<u64>>,
 }
 
 impl MemDisk {
@@ -42,6 +44,7 @@ impl MemDisk {
             data: Arc::new(Mutex::new(vec![0; size])),
             options,
             flushes: Arc::new(Mutex::new(0)),
+            transfers: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -53,6 +56,12 @@ impl MemDisk {
     /// Overwrite the disk's contents from `offset`.
     pub fn fill(&self, offset: usize, bytes: &[u8]) {
         lock(&self.data)[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// How many reads and writes the disk executed (requests the device
+    /// merged count once).
+    pub fn transfer_count(&self) -> u64 {
+        *lock(&self.transfers)
     }
 
     /// How many flushes completed.
@@ -129,6 +138,9 @@ impl MemQueue {
             Ok(offset as usize..end as usize)
         };
         let total = |bufs: &[IoBuf]| bufs.iter().map(|b| b.len as u64).sum::<u64>();
+        if matches!(request, Request::Read { .. } | Request::Write { .. }) {
+            *lock(&self.disk.transfers) += 1;
+        }
         match request {
             Request::Read { offset, bufs } => {
                 let range = check(*offset, total(bufs))?;
