@@ -120,6 +120,9 @@ pub struct VirtioWorkload {
     cluster_size: u64,
     size: u64,
     index: u64,
+    /// Where the last write ended: a third of writes start there, so that
+    /// the device merges runs of them.
+    last_out_end: Option<u64>,
 }
 
 impl VirtioWorkload {
@@ -130,6 +133,7 @@ impl VirtioWorkload {
             cluster_size,
             size,
             index: 0,
+            last_out_end: None,
         }
     }
 
@@ -212,7 +216,14 @@ impl VirtioWorkload {
         self.index += 1;
         let kind = match self.below(100) {
             0..=54 => {
-                let (offset, len) = self.range(3, MAX_OUT_BYTES);
+                let (mut offset, mut len) = self.range(3, MAX_OUT_BYTES);
+                if let Some(end) = self.last_out_end.filter(|_| self.below(3) == 0) {
+                    if end < self.size {
+                        offset = end;
+                        len = len.min(self.size - end);
+                    }
+                }
+                self.last_out_end = Some(offset + len);
                 let segments = self.segments(len);
                 RequestKind::Out {
                     offset,
