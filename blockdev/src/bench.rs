@@ -191,9 +191,24 @@ pub fn run(disk: &dyn BlockBackend, cfg: &BenchConfig) -> Result<Duration> {
             b
         })
         .collect();
+    let mut queue = disk.open_queue(depth + FLUSH_SLOTS)?;
+    let mut bufs = bufs;
+    let ranges: Vec<IoBuf> = bufs
+        .iter_mut()
+        .map(|b| {
+            let bytes = b.as_mut_slice();
+            IoBuf {
+                addr: bytes.as_mut_ptr(),
+                len: bytes.len(),
+            }
+        })
+        .collect();
+    // SAFETY: the buffers live in `run.bufs`, declared after `run.queue`,
+    // so they are dropped after the queue; they are never reallocated.
+    unsafe { queue.register_memory(&ranges) };
     let mut run = Run {
         cfg,
-        queue: disk.open_queue(depth + FLUSH_SLOTS)?,
+        queue,
         size: disk.size(),
         n: cfg.count,
         in_flight: 0,

@@ -129,6 +129,21 @@ pub trait BlockQueue: Send {
     /// An eventfd that becomes readable when completions are waiting, for
     /// an event loop; read it to reset it.
     fn completion_fd(&self) -> RawFd;
+
+    /// Tell the queue that request buffers will lie in `ranges`, so that it
+    /// can register them with the kernel once instead of having each
+    /// request's pages pinned anew (io_uring fixed buffers; it pays with
+    /// O_DIRECT). Best effort: whether the queue registered them; a queue
+    /// that cannot (or a kernel that refuses) works as before. The default
+    /// registers nothing.
+    ///
+    /// # Safety
+    /// Every range must stay valid memory (mapped and not freed) until the
+    /// queue is dropped.
+    unsafe fn register_memory(&mut self, ranges: &[IoBuf]) -> bool {
+        let _ = ranges;
+        false
+    }
 }
 
 /// How the backend treats the host page cache.

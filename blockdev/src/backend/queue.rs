@@ -28,7 +28,7 @@ use super::host::ZERO_RANGE;
 use super::uring::{Op, Ring};
 use super::wakers::QueueWaker;
 use super::{Disk, Layout};
-use crate::disk::{BlockQueue, Completion, Request};
+use crate::disk::{BlockQueue, Completion, IoBuf, Request};
 use crate::error::{Error, Result};
 use crate::poll::AdaptivePoll;
 
@@ -687,6 +687,12 @@ impl BlockQueue for UringQueue {
 
     fn worth_polling(&self) -> bool {
         self.ring.in_kernel() > 0 && self.reads_in_kernel == self.ring.in_kernel()
+    }
+
+    unsafe fn register_memory(&mut self, ranges: &[IoBuf]) -> bool {
+        // SAFETY: the caller keeps the ranges valid until the queue, and
+        // so the ring, is dropped.
+        unsafe { self.ring.register_buffers(ranges) }
     }
 
     fn completion_fd(&self) -> RawFd {

@@ -13,10 +13,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, squeue, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::disk::IoBuf;
 use crate::error::{Error, Result};
 
 /// Largest submission ring we build (the kernel's limit is 32768).
 pub const MAX_RING_ENTRIES: u32 = 4096;
+
+/// Longest buffer the kernel registers as one fixed buffer.
+const MAX_FIXED_BUFFER: usize = 1 << 30;
 
 /// One operation for the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +74,9 @@ pub struct Ring {
     /// Most operations the kernel may hold at once (the completion ring's
     /// size).
     max_in_kernel: u32,
+    /// Memory registered as fixed buffers: (first byte, one past the
+    /// last, buffer index), sorted by first byte.
+    fixed: Vec<(usize, usize, u16)>,
 }
 
 impl Ring {
@@ -110,7 +117,57 @@ impl Ring {
             eventfd,
             in_kernel: 0,
             max_in_kernel,
+            fixed: Vec::new(),
         })
+    }
+
+    /// Register `ranges` as the ring's fixed buffers (once per ring), so
+    /// that single-buffer reads and writes inside them skip pinning their
+    /// pages on every operation. Best effort: false when the kernel refuses
+    /// (a locked-memory limit, a range over 1 GiB, too many ranges) or
+    /// buffers are already registered.
+    ///
+    /// # Safety
+    /// Every range must stay valid memory until the ring is dropped.
+    pub unsafe fn register_buffers(&mut self, ranges: &[IoBuf]) -> bool {
+        if !self.fixed.is_empty()
+            || ranges.is_empty()
+            || ranges.len() > usize::from(u16::MAX)
+            || ranges
+                .iter()
+                .any(|r| r.len == 0 || r.len > MAX_FIXED_BUFFER)
+        {
+            return false;
+        }
+        let iovecs: Vec<libc::iovec> = ranges
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r.addr.cast(),
+                iov_len: r.len,
+            })
+            .collect();
+        // SAFETY: the caller keeps every range valid until the ring (which
+        // unregisters them as it closes) is dropped.
+        if unsafe { self.ring.submitter().register_buffers(&iovecs) }.is_err() {
+            return false;
+        }
+        self.fixed = ranges
+            .iter()
+            .enumerate()
+            .map(|(index, r)| (r.addr as usize, r.addr as usize + r.len, index as u16))
+            .collect();
+        self.fixed.sort_unstable();
+        true
+    }
+
+    /// The fixed buffer holding `len` bytes at `addr`, if any.
+    fn fixed_index(&self, addr: usize, len: usize) -> Option<u16> {
+        if self.fixed.is_empty() {
+            return None;
+        }
+        let after = self.fixed.partition_point(|&(start, _, _)| start <= addr);
+        let &(_, end, index) = self.fixed.get(after.checked_sub(1)?)?;
+        (addr.checked_add(len)? <= end).then_some(index)
     }
 
     /// Whether another operation fits now (room in the submission ring and
@@ -148,9 +205,15 @@ impl Ring {
                     // SAFETY: the caller guarantees `iov` points to one
                     // valid iovec.
                     let one = unsafe { *iov };
-                    opcode::Read::new(types::Fixed(file), one.iov_base.cast(), one.iov_len as u32)
-                        .offset(offset)
-                        .build()
+                    let (ptr, len) = (one.iov_base.cast::<u8>(), one.iov_len as u32);
+                    match self.fixed_index(ptr as usize, one.iov_len) {
+                        Some(index) => opcode::ReadFixed::new(types::Fixed(file), ptr, len, index)
+                            .offset(offset)
+                            .build(),
+                        None => opcode::Read::new(types::Fixed(file), ptr, len)
+                            .offset(offset)
+                            .build(),
+                    }
                 } else {
                     opcode::Readv::new(types::Fixed(file), iov, iov_count)
                         .offset(offset)
@@ -166,13 +229,15 @@ impl Ring {
                 if iov_count == 1 {
                     // SAFETY: as for Read.
                     let one = unsafe { *iov };
-                    opcode::Write::new(
-                        types::Fixed(file),
-                        one.iov_base.cast_const().cast(),
-                        one.iov_len as u32,
-                    )
-                    .offset(offset)
-                    .build()
+                    let (ptr, len) = (one.iov_base.cast_const().cast::<u8>(), one.iov_len as u32);
+                    match self.fixed_index(ptr as usize, one.iov_len) {
+                        Some(index) => opcode::WriteFixed::new(types::Fixed(file), ptr, len, index)
+                            .offset(offset)
+                            .build(),
+                        None => opcode::Write::new(types::Fixed(file), ptr, len)
+                            .offset(offset)
+                            .build(),
+                    }
                 } else {
                     opcode::Writev::new(types::Fixed(file), iov, iov_count)
                         .offset(offset)
@@ -314,6 +379,83 @@ mod tests {
         let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
         assert_eq!(n, 8);
         assert!(v >= 1);
+    }
+
+    #[test]
+    fn fixed_buffers_carry_reads_and_writes_inside_them_only() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[3u8; 16384]).unwrap();
+        let mut ring = Ring::new(4, &[f.as_raw_fd()]).unwrap();
+        let mut pool = vec![0u8; 8192];
+        let range = IoBuf {
+            addr: pool.as_mut_ptr(),
+            len: pool.len(),
+        };
+        // SAFETY: `pool` outlives the ring, which is dropped explicitly
+        // before it below.
+        assert!(unsafe { ring.register_buffers(&[range]) });
+        assert!(!unsafe { ring.register_buffers(&[range]) }, "once per ring");
+        let base = pool.as_ptr() as usize;
+        assert_eq!(ring.fixed_index(base, 8192), Some(0));
+        assert_eq!(ring.fixed_index(base + 4096, 4096), Some(0));
+        assert_eq!(ring.fixed_index(base + 4096, 4097), None);
+        assert_eq!(ring.fixed_index(base - 1, 2), None);
+        // A write from inside the pool, then a read into it.
+        pool[..4096].fill(9);
+        let out = [libc::iovec {
+            iov_base: pool.as_mut_ptr().cast(),
+            iov_len: 4096,
+        }];
+        let write = Op::Write {
+            file: 0,
+            offset: 4096,
+            iov: out.as_ptr(),
+            iov_count: 1,
+        };
+        // SAFETY: `out` and `pool` outlive the reap below.
+        assert!(unsafe { ring.push(&write, 1) });
+        ring.submit(1).unwrap();
+        let mut seen = Vec::new();
+        ring.reap(|ud, res| seen.push((ud, res)));
+        let back = [libc::iovec {
+            // SAFETY: 4096 bytes into an 8192-byte vector.
+            iov_base: unsafe { pool.as_mut_ptr().add(4096) }.cast(),
+            iov_len: 4096,
+        }];
+        let read = Op::Read {
+            file: 0,
+            offset: 4096,
+            iov: back.as_ptr(),
+            iov_count: 1,
+        };
+        // SAFETY: as above.
+        assert!(unsafe { ring.push(&read, 2) });
+        ring.submit(1).unwrap();
+        ring.reap(|ud, res| seen.push((ud, res)));
+        assert_eq!(seen, vec![(1, 4096), (2, 4096)]);
+        assert!(pool[4096..].iter().all(|&x| x == 9));
+        drop(ring);
+        let mut file = vec![0u8; 16384];
+        use std::io::{Read, Seek};
+        f.rewind().unwrap();
+        f.read_exact(&mut file).unwrap();
+        assert!(file[4096..8192].iter().all(|&x| x == 9));
+        assert!(file[..4096].iter().all(|&x| x == 3));
+    }
+
+    #[test]
+    fn fixed_buffers_are_best_effort() {
+        let f = tempfile::tempfile().unwrap();
+        let mut ring = Ring::new(4, &[f.as_raw_fd()]).unwrap();
+        let mut byte = 0u8;
+        let empty = IoBuf {
+            addr: &mut byte,
+            len: 0,
+        };
+        // SAFETY: refused before the kernel sees it.
+        assert!(!unsafe { ring.register_buffers(&[empty]) });
+        assert!(!unsafe { ring.register_buffers(&[]) });
+        assert_eq!(ring.fixed_index(&byte as *const u8 as usize, 1), None);
     }
 
     #[test]
