@@ -63,6 +63,25 @@ impl GuestBufs {
         }
     }
 
+    /// The address of the request bytes `start..start + len` when they lie
+    /// in one buffer.
+    pub fn single_part(&self, start: u64, len: u64) -> Option<*const u8> {
+        let mut found = None;
+        let mut parts = 0;
+        self.for_parts(start, len, |i, off, part| {
+            parts += 1;
+            if part as u64 == len {
+                // Inside buffer i: off + part <= its len.
+                found = Some(self.bufs[i].addr.wrapping_add(off).cast_const());
+            }
+        });
+        if parts == 1 {
+            found
+        } else {
+            None
+        }
+    }
+
     /// How many iovecs describe the request bytes `start..start + len`.
     pub fn iovecs_needed(&self, start: u64, len: u64) -> u32 {
         let mut n = 0;

@@ -135,6 +135,51 @@ impl HostFile {
             })
     }
 
+    /// Writes the `len` bytes at `data` to `offset` through the page cache,
+    /// straight from where they are (no copy into a buffer of ours).
+    ///
+    /// # Safety
+    /// `data..data + len` must be valid for reads for the whole call.
+    pub unsafe fn write_buffered_from(
+        &self,
+        data: *const u8,
+        len: usize,
+        offset: u64,
+    ) -> Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            // SAFETY: the caller keeps `data..data + len` readable; the
+            // kernel reads `len - done` bytes from `data + done`.
+            let n = unsafe {
+                libc::pwrite(
+                    self.buffered.as_raw_fd(),
+                    data.add(done).cast(),
+                    len - done,
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => {
+                    return Err(Error::Io {
+                        op: "write",
+                        source: io::Error::from(io::ErrorKind::WriteZero),
+                    })
+                }
+                _ => {
+                    let source = io::Error::last_os_error();
+                    if source.kind() != io::ErrorKind::Interrupted {
+                        return Err(Error::Io {
+                            op: "write",
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `len` zero bytes at `offset` through the page cache.
     pub fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
         const CHUNK: u64 = 1 << 20;

@@ -232,12 +232,16 @@ impl UringQueue {
         if let Some(plan) = s.plan.take() {
             self.own_plans -= 1;
             if let Layout::Qcow2(q) = &self.disk.layout {
+                let held = plan.holds_clusters();
                 if error.is_some() {
                     q.abort_write(plan);
                 } else if let Err(e) = q.finish_write(plan) {
                     error = Some(e.into());
                 }
-                self.disk.wakers.plan_released(&self.waker);
+                // Only a plan holding clusters can have parked anyone.
+                if held {
+                    self.disk.wakers.plan_released(&self.waker);
+                }
             }
         }
         let s = &mut self.slots[slot as usize];

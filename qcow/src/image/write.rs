@@ -55,6 +55,15 @@ pub struct WritePlan {
     inflight: Vec<u64>,
 }
 
+impl WritePlan {
+    /// Whether the plan holds clusters in flight (a new allocation or an
+    /// L2 change), which other writes to them wait for. A write in place
+    /// holds none: finishing it can wake no one.
+    pub fn holds_clusters(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum CowSource {
     Zero,
@@ -82,20 +91,22 @@ struct CowOp {
 /// Joins pieces that continue each other in both guest and host space, so
 /// that callers issue one write per contiguous run.
 fn merge_pieces(pieces: &mut Vec<HostPiece>) {
-    let mut out: Vec<HostPiece> = Vec::with_capacity(pieces.len());
-    for p in pieces.drain(..) {
-        match out.last_mut() {
-            Some(last)
-                if last.in_data_file == p.in_data_file
-                    && last.guest_offset.checked_add(last.len) == Some(p.guest_offset)
-                    && last.host_offset.checked_add(last.len) == Some(p.host_offset) =>
-            {
-                last.len += p.len;
-            }
-            _ => out.push(p),
+    // In place: a write's plan is made for every request.
+    let mut kept = 0;
+    for i in 1..pieces.len() {
+        let p = pieces[i];
+        let last = &mut pieces[kept];
+        if last.in_data_file == p.in_data_file
+            && last.guest_offset.checked_add(last.len) == Some(p.guest_offset)
+            && last.host_offset.checked_add(last.len) == Some(p.host_offset)
+        {
+            last.len += p.len;
+        } else {
+            kept += 1;
+            pieces[kept] = p;
         }
     }
-    *pieces = out;
+    pieces.truncate(kept + 1);
 }
 
 impl Qcow2 {
@@ -579,6 +590,10 @@ impl Qcow2 {
 
     /// Commits the metadata of a write whose data has been written.
     pub fn finish_write(&self, plan: WritePlan) -> Result<()> {
+        if plan.updates.is_empty() && plan.inflight.is_empty() {
+            // A write in place: no metadata to change, no one to wake.
+            return Ok(());
+        }
         let mut meta = self.lock();
         let result = self.commit_updates(&mut meta, &plan.updates);
         for c in &plan.inflight {
@@ -827,5 +842,51 @@ impl Qcow2 {
             self.flush_locked(&mut meta)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(guest_offset: u64, len: u64, host_offset: u64, in_data_file: bool) -> HostPiece {
+        HostPiece {
+            guest_offset,
+            len,
+            host_offset,
+            in_data_file,
+        }
+    }
+
+    #[test]
+    fn pieces_merge_only_when_they_continue_in_guest_and_host_space() {
+        let mut none: Vec<HostPiece> = Vec::new();
+        merge_pieces(&mut none);
+        assert!(none.is_empty());
+        let mut one = vec![piece(0, 512, 4096, false)];
+        merge_pieces(&mut one);
+        assert_eq!(one, vec![piece(0, 512, 4096, false)]);
+        let mut pieces = vec![
+            piece(0, 512, 4096, false),
+            piece(512, 512, 4608, false),
+            // Host gap.
+            piece(1024, 512, 8192, false),
+            piece(1536, 512, 8704, false),
+            // Same host offset but in the data file.
+            piece(2048, 512, 9216, true),
+            // Guest gap.
+            piece(4096, 512, 9728, true),
+            piece(4608, 1024, 10240, true),
+        ];
+        merge_pieces(&mut pieces);
+        assert_eq!(
+            pieces,
+            vec![
+                piece(0, 1024, 4096, false),
+                piece(1024, 1024, 8192, false),
+                piece(2048, 512, 9216, true),
+                piece(4096, 1536, 9728, true),
+            ]
+        );
     }
 }

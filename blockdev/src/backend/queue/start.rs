@@ -82,10 +82,17 @@ impl UringQueue {
         rel: u64,
         len: u64,
     ) -> Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(len as usize, 0);
         let host = self.disk.host(file);
         let s = &mut self.slots[slot as usize];
+        if kind == OpKind::Write && !s.use_bounce {
+            if let Some(data) = s.bufs.single_part(rel, len) {
+                // SAFETY: the request's buffers stay valid until its
+                // completion is popped (push contract), so for this call.
+                return unsafe { host.write_buffered_from(data, len as usize, host_offset) };
+            }
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(len as usize, 0);
         let r = match kind {
             OpKind::Read => host.read_buffered(&mut scratch, host_offset).map(|()| {
                 write_target(s, rel, &scratch);
