@@ -372,6 +372,53 @@ unsafe fn copy_to_guest(data: &[u8], dst: *mut u8) {
     }
 }
 
+/// What the split-ring code needs of guest memory ([`GuestView`] is it),
+/// so that the ring code carries no memory type parameters of its own.
+pub(crate) trait RingMemory {
+    /// See [`GuestView::area`].
+    fn area(&self, addr: u64, len: u64) -> Option<Area>;
+    /// See [`GuestView::load_u16`].
+    fn load_u16(&self, area: &Area, offset: u64, order: Ordering) -> Option<u16>;
+    /// See [`GuestView::store_u16`].
+    fn store_u16(&self, area: &Area, offset: u64, value: u16, order: Ordering) -> bool;
+    /// See [`GuestView::write_used_elem`].
+    fn write_used_elem(&self, area: &Area, offset: u64, id: u32, len: u32) -> bool;
+    /// See [`GuestView::table_descriptor`].
+    fn table_descriptor(&self, table: &Area, index: u16) -> Option<Descriptor>;
+    /// See [`GuestView::read_descriptor`].
+    fn read_descriptor(&self, addr: u64) -> Option<Descriptor>;
+}
+
+impl<G, M> RingMemory for GuestView<G>
+where
+    G: Deref<Target = M>,
+    M: GuestMemory + ?Sized,
+{
+    fn area(&self, addr: u64, len: u64) -> Option<Area> {
+        GuestView::area(self, addr, len)
+    }
+
+    fn load_u16(&self, area: &Area, offset: u64, order: Ordering) -> Option<u16> {
+        GuestView::load_u16(self, area, offset, order)
+    }
+
+    fn store_u16(&self, area: &Area, offset: u64, value: u16, order: Ordering) -> bool {
+        GuestView::store_u16(self, area, offset, value, order)
+    }
+
+    fn write_used_elem(&self, area: &Area, offset: u64, id: u32, len: u32) -> bool {
+        GuestView::write_used_elem(self, area, offset, id, len)
+    }
+
+    fn table_descriptor(&self, table: &Area, index: u16) -> Option<Descriptor> {
+        GuestView::table_descriptor(self, table, index)
+    }
+
+    fn read_descriptor(&self, addr: u64) -> Option<Descriptor> {
+        GuestView::read_descriptor(self, addr)
+    }
+}
+
 impl<G, M> GuestRam for GuestView<G>
 where
     G: Deref<Target = M>,

@@ -7,7 +7,7 @@
 //! - [`request`]: validation of descriptor chains into backend requests.
 //! - [`driver::SplitQueueDriver`]: a minimal driver building split-ring
 //!   descriptor chains in guest memory, for tests and the benchmark.
-//! - [`bench`]: IOPS of 4 KiB requests through the device model (the
+//! - [`bench`](mod@bench): IOPS of 4 KiB requests through the device model (the
 //!   `virtio_bench` example compares it with the backend driven directly).
 //! - [`testing::MemDisk`]: an in-memory backend for tests.
 //!

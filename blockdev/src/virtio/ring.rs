@@ -1,5 +1,6 @@
-//! The device side of one split virtqueue (virtio 1.2, 2.7), on a
-//! [`GuestView`]: popping available heads, walking their descriptor chains
+//! The device side of one split virtqueue (virtio 1.2, 2.7), on guest
+//! memory seen through [`RingMemory`] (the device's region view):
+//! popping available heads, walking their descriptor chains
 //! (direct or through one indirect table), returning used elements, and
 //! event-idx notification suppression.
 //!
@@ -12,14 +13,12 @@
 //! a walk through vm-memory's generic accessors.
 
 use std::num::Wrapping;
-use std::ops::Deref;
 use std::sync::atomic::{fence, Ordering};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Error as QueueError, Queue, QueueT};
-use vm_memory::GuestMemory;
 
-use super::memory::{Area, GuestView, DESCRIPTOR_BYTES};
+use super::memory::{Area, RingMemory, DESCRIPTOR_BYTES};
 
 /// Used ring flag: the device does not want notifications.
 const USED_F_NO_NOTIFY: u16 = 1;
@@ -57,11 +56,7 @@ pub(crate) struct SplitRing {
 
 impl SplitRing {
     /// Take over `queue` (as the driver set it up) on `view`.
-    pub(crate) fn new<G, M>(queue: &Queue, view: &GuestView<G>) -> Result<Self, RingSetupError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    pub(crate) fn new<V: RingMemory>(queue: &Queue, view: &V) -> Result<Self, RingSetupError> {
         let size = queue.size();
         let entries = u64::from(size);
         let (desc, avail, used) = (queue.desc_table(), queue.avail_ring(), queue.used_ring());
@@ -104,22 +99,14 @@ impl SplitRing {
     }
 
     /// The driver's available index.
-    fn avail_idx<G, M>(&self, view: &GuestView<G>, order: Ordering) -> Result<u16, QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    fn avail_idx<V: RingMemory>(&self, view: &V, order: Ordering) -> Result<u16, QueueError> {
         view.load_u16(&self.avail, 2, order)
             .ok_or(QueueError::AddressOverflow)
     }
 
     /// Whether the driver made chains available that were not popped yet
     /// (one atomic load; for a device that polls before it sleeps).
-    pub(crate) fn has_available<G, M>(&self, view: &GuestView<G>) -> bool
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    pub(crate) fn has_available<V: RingMemory>(&self, view: &V) -> bool {
         self.avail_idx(view, Ordering::Acquire)
             .is_ok_and(|idx| idx != self.next_avail.0)
     }
@@ -127,11 +114,7 @@ impl SplitRing {
     /// The head of the next available chain, if the driver made one
     /// available. An available index more than a queue's worth ahead of
     /// ours is an error (a broken or hostile driver), as in virtio-queue.
-    pub(crate) fn pop_head<G, M>(&mut self, view: &GuestView<G>) -> Result<Option<u16>, QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    pub(crate) fn pop_head<V: RingMemory>(&mut self, view: &V) -> Result<Option<u16>, QueueError> {
         let avail_idx = Wrapping(self.avail_idx(view, Ordering::Acquire)?);
         if (avail_idx - self.next_avail).0 > self.size {
             return Err(QueueError::InvalidAvailRingIndex);
@@ -152,11 +135,7 @@ impl SplitRing {
     }
 
     /// The descriptors of the chain starting at `head`.
-    pub(crate) fn chain<'a, G, M>(&'a self, view: &'a GuestView<G>, head: u16) -> Chain<'a, G>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    pub(crate) fn chain<'a, V: RingMemory>(&'a self, view: &'a V, head: u16) -> Chain<'a, V> {
         Chain {
             view,
             ring: self,
@@ -169,16 +148,12 @@ impl SplitRing {
     }
 
     /// Return chain `head` with `len` bytes written into it.
-    pub(crate) fn add_used<G, M>(
+    pub(crate) fn add_used<V: RingMemory>(
         &mut self,
-        view: &GuestView<G>,
+        view: &V,
         head: u16,
         len: u32,
-    ) -> Result<(), QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    ) -> Result<(), QueueError> {
         if head >= self.size {
             return Err(QueueError::InvalidDescriptorIndex);
         }
@@ -203,14 +178,10 @@ impl SplitRing {
     /// Ask the driver not to notify (without event idx: the used ring's
     /// NO_NOTIFY flag; with it, nothing: the driver notifies once until we
     /// move avail_event on).
-    pub(crate) fn disable_notification<G, M>(
+    pub(crate) fn disable_notification<V: RingMemory>(
         &mut self,
-        view: &GuestView<G>,
-    ) -> Result<(), QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+        view: &V,
+    ) -> Result<(), QueueError> {
         if self.event_idx {
             return Ok(());
         }
@@ -220,14 +191,10 @@ impl SplitRing {
     /// Ask the driver to notify again, and say whether chains became
     /// available meanwhile (so that none waits for a notification that
     /// was suppressed).
-    pub(crate) fn enable_notification<G, M>(
+    pub(crate) fn enable_notification<V: RingMemory>(
         &mut self,
-        view: &GuestView<G>,
-    ) -> Result<bool, QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+        view: &V,
+    ) -> Result<bool, QueueError> {
         if self.event_idx {
             let avail_event = RING_HEADER + USED_ELEM * u64::from(self.size);
             self.store_used_u16(view, avail_event, self.next_avail.0)?;
@@ -241,14 +208,10 @@ impl SplitRing {
 
     /// Whether the driver wants an interrupt for the elements added since
     /// the last call (event idx: whether used_event lies among them).
-    pub(crate) fn needs_notification<G, M>(
+    pub(crate) fn needs_notification<V: RingMemory>(
         &mut self,
-        view: &GuestView<G>,
-    ) -> Result<bool, QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+        view: &V,
+    ) -> Result<bool, QueueError> {
         // The used ring writes above must be visible before the read below.
         fence(Ordering::SeqCst);
         if !self.event_idx {
@@ -267,25 +230,17 @@ impl SplitRing {
 
     /// The available ring's flags (VRING_AVAIL_F_NO_INTERRUPT), read after
     /// `needs_notification`'s fence.
-    pub(crate) fn avail_flags<G, M>(&self, view: &GuestView<G>) -> Result<u16, QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    pub(crate) fn avail_flags<V: RingMemory>(&self, view: &V) -> Result<u16, QueueError> {
         view.load_u16(&self.avail, 0, Ordering::Acquire)
             .ok_or(QueueError::AddressOverflow)
     }
 
-    fn store_used_u16<G, M>(
+    fn store_used_u16<V: RingMemory>(
         &self,
-        view: &GuestView<G>,
+        view: &V,
         offset: u64,
         value: u16,
-    ) -> Result<(), QueueError>
-    where
-        G: Deref<Target = M>,
-        M: GuestMemory + ?Sized,
-    {
+    ) -> Result<(), QueueError> {
         if view.store_u16(&self.used, offset, value, Ordering::Relaxed) {
             Ok(())
         } else {
@@ -300,8 +255,8 @@ impl SplitRing {
 /// that is not whole descriptors, more descriptors than the table holds (a
 /// loop), or lengths adding past 4 GiB. The last descriptor yielded then
 /// still has NEXT set, which is how the caller tells a cut chain.
-pub(crate) struct Chain<'a, G> {
-    view: &'a GuestView<G>,
+pub(crate) struct Chain<'a, V> {
+    view: &'a V,
     ring: &'a SplitRing,
     /// Guest address of the indirect table being walked, if any.
     indirect: Option<u64>,
@@ -311,11 +266,7 @@ pub(crate) struct Chain<'a, G> {
     yielded_bytes: u32,
 }
 
-impl<G, M> Iterator for Chain<'_, G>
-where
-    G: Deref<Target = M>,
-    M: GuestMemory + ?Sized,
-{
+impl<V: RingMemory> Iterator for Chain<'_, V> {
     type Item = Descriptor;
 
     fn next(&mut self) -> Option<Descriptor> {
@@ -364,6 +315,7 @@ mod tests {
     //! memory: random descriptor tables (direct and indirect, loops, bad
     //! indices, tables across region ends and in the hole), random
     //! available rings and indices, used elements and event-idx values.
+    use super::super::memory::GuestView;
     use super::*;
     use proptest::prelude::*;
     use virtio_queue::QueueOwnedT;

@@ -1,7 +1,7 @@
 //! IOPS of the device model: N requests of a fixed size (4 KiB by
 //! default) kept D deep through a virtio-blk queue over any backend.
 //!
-//! The guest ([`guest`]) publishes chains through indirect tables, as
+//! The guest (`guest.rs`) publishes chains through indirect tables, as
 //! Linux does. By default it shares the device's thread: it calls the
 //! queue handler directly (the kick), the backend submits and waits in one
 //! system call, and the guest reaps the used ring right after, asking for
