@@ -48,6 +48,8 @@ pub(super) struct BenchGuest<'m> {
     request_size: u64,
     blocks: u64,
     random: bool,
+    /// Blocks from one request to the next when not random.
+    stride: u64,
     rng: u64,
     next_block: u64,
     requests: u64,
@@ -78,6 +80,7 @@ impl<'m> BenchGuest<'m> {
             request_size,
             blocks,
             random: options.random,
+            stride: options.stride.max(1) % blocks.max(1),
             rng: options.seed | 1,
             next_block: 0,
             requests: options.requests,
@@ -162,7 +165,7 @@ impl<'m> BenchGuest<'m> {
             self.rng % self.blocks
         } else {
             let block = self.next_block;
-            self.next_block = (self.next_block + 1) % self.blocks;
+            self.next_block = (self.next_block + self.stride) % self.blocks;
             block
         };
         let base = self.slot_base(slot);

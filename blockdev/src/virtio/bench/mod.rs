@@ -60,6 +60,10 @@ pub struct BenchOptions {
     pub write: bool,
     /// Random offsets (aligned to the request size) instead of sequential.
     pub random: bool,
+    /// Without `random`: requests apart from one another by this many
+    /// requests' worth of bytes, wrapping at the end of the disk (1:
+    /// sequential; larger strides never merge, as `img bench -S`).
+    pub stride: u64,
     /// Seed of the offset generator.
     pub seed: u64,
     /// Run the guest on a thread of its own (see the module doc).
@@ -74,6 +78,7 @@ impl Default for BenchOptions {
             request_size: 4096,
             write: false,
             random: true,
+            stride: 1,
             seed: 1,
             guest_thread: false,
         }
