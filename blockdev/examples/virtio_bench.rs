@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--step" => {
                 let step: u64 = value()?.parse()?;
                 let size = u64::from(options.request_size);
-                if step == 0 || step % size != 0 {
+                if step == 0 || !step.is_multiple_of(size) {
                     return Err(format!("--step must be a multiple of {size}").into());
                 }
                 options.stride = step / size;
