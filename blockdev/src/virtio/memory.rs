@@ -46,6 +46,9 @@ struct HostRegion {
     /// Host address of the region's first byte; the region's bytes are
     /// contiguous from there (vm-memory handed out one slice for all).
     host: *mut u8,
+    /// The region's position in the memory's own iteration order (for its
+    /// dirty bitmap).
+    source: usize,
 }
 
 /// A guest range that lies inside one region, resolved once.
@@ -88,7 +91,7 @@ where
     /// region without a host mapping.
     pub(crate) fn new(guard: G) -> Option<Self> {
         let mut regions = Vec::new();
-        for region in guard.physical_memory()?.iter() {
+        for (source, region) in guard.physical_memory()?.iter().enumerate() {
             let len = usize::try_from(region.len()).ok()?;
             let slice = region.get_slice(MemoryRegionAddress(0), len).ok()?;
             let start = region.start_addr().0;
@@ -96,18 +99,22 @@ where
                 start,
                 end: start.checked_add(region.len())?,
                 host: slice.ptr_guard_mut().as_ptr(),
+                source,
             });
         }
         regions.sort_by_key(|span| span.start);
         Some(GuestView { guard, regions })
     }
 
-    /// Mark `len` bytes at `offset` of region `index` dirty.
+    /// Mark `len` bytes at `offset` of region `index` (of our table) dirty.
     fn mark_dirty(&self, index: usize, offset: u64, len: usize) {
+        let Some(source) = self.regions.get(index).map(|r| r.source) else {
+            return;
+        };
         if let Some(region) = self
             .guard
             .physical_memory()
-            .and_then(|memory| memory.iter().nth(index))
+            .and_then(|memory| memory.iter().nth(source))
         {
             region.bitmap().mark_dirty(offset as usize, len);
         }
@@ -538,6 +545,30 @@ mod tests {
         let desc = view.table_descriptor(&table, 2).expect("descriptor 2");
         assert_eq!(desc.next(), 9);
         assert!(view.table_descriptor(&table, 4).is_none());
+    }
+
+    #[test]
+    fn writes_through_the_view_mark_the_regions_dirty_bitmap() {
+        use vm_memory::bitmap::AtomicBitmap;
+        use vm_memory::GuestMemoryRegion;
+        let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x10000), 0x4000),
+        ])
+        .expect("memory");
+        let view = GuestView::new(&mem).expect("plain memory");
+        let second = mem.iter().nth(1).expect("region two");
+        assert!(!second.bitmap().dirty_at(0x2000));
+        assert!(view.write(0x12000, &[1, 2, 3]));
+        assert!(second.bitmap().dirty_at(0x2000));
+        let used = view.area(0x13000, 16).expect("area");
+        assert!(view.store_u16(&used, 2, 5, Ordering::Release));
+        assert!(second.bitmap().dirty_at(0x3000));
+        let first = mem.iter().next().expect("region one");
+        let mut bufs = Vec::new();
+        assert!(view.host_bufs(0x1000, 0x100, true, &mut bufs));
+        assert!(first.bitmap().dirty_at(0x1000));
+        assert!(!first.bitmap().dirty_at(0x3000), "only what was written");
     }
 
     #[test]
