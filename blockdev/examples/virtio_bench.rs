@@ -122,7 +122,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if mem.is_some() || model_only {
             let virtio = run(backend.clone(), &options)?;
-            println!("run {pair}: device model {:.0} IOPS", virtio.iops);
+            let kicks = if options.guest_thread {
+                format!(
+                    ", {:.3} kicks a request",
+                    virtio.kicks as f64 / virtio.requests as f64
+                )
+            } else {
+                String::new()
+            };
+            println!("run {pair}: device model {:.0} IOPS{kicks}", virtio.iops);
             continue;
         }
         // Alternate which side goes first; sync after writes so that one

@@ -4,8 +4,11 @@
 //! input to the serial port. A bad request costs the guest an IOERR or a
 //! dropped chain, never this thread: handler errors are logged and the
 //! loop goes on. While requests are in flight it spins on the backends'
-//! completion rings for a moment before it sleeps (adaptive polling, as
-//! QEMU's iothreads do; see `blockdev::poll`).
+//! completion rings and the queues' available rings for a moment before
+//! it sleeps (adaptive polling, as QEMU's iothreads do; see
+//! `blockdev::poll`). The guest's kicks (VM exits) stay off while the loop
+//! runs; they are turned back on just before it sleeps, and what the guest
+//! made available meanwhile is taken instead of sleeping.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -109,12 +112,39 @@ pub fn run(
     let mut poll = AdaptivePoll::new(poll_max);
     loop {
         let busy = served.values().any(|s| s.handler.worth_polling());
-        if busy && poll.run(|| served.values_mut().any(|s| s.handler.completions_ready())) {
+        let ready = |s: &mut Served| s.handler.completions_ready() || s.handler.has_available();
+        if busy && poll.run(|| served.values_mut().any(ready)) {
             for s in served.values_mut() {
                 if s.handler.completions_ready() {
-                    serve(s, true);
+                    serve(s, Event::Completion);
+                }
+                if s.handler.has_available() {
+                    serve(s, Event::Available);
                 }
             }
+            continue;
+        }
+        // The queues run with the guest's kicks off (the loop polls their
+        // rings); turn them on, and take what came meanwhile instead of
+        // sleeping. A queue that takes nothing (a broken ring) does not
+        // keep the loop awake: its next kick will.
+        let mut took = false;
+        for s in served.values_mut() {
+            match s.handler.prepare_to_sleep() {
+                Ok(true) => {
+                    let before = s.handler.next_avail();
+                    serve(s, Event::Available);
+                    took |= s.handler.next_avail() != before;
+                }
+                Ok(false) => {}
+                Err(e) => eprintln!(
+                    "vmm: virtio-blk {} queue {}: {e}",
+                    s.device,
+                    s.handler.index()
+                ),
+            }
+        }
+        if took {
             continue;
         }
         let sleep = std::time::Instant::now();
@@ -141,7 +171,8 @@ pub fn run(
                                 handlers,
                                 interrupt,
                             } => {
-                                for handler in handlers {
+                                for mut handler in handlers {
+                                    handler.set_polling(true);
                                     let slot = next_slot;
                                     next_slot += 1;
                                     add(handler.notify_fd(), slot * 2);
@@ -158,7 +189,7 @@ pub fn run(
                                     // The driver may have queued requests
                                     // before DRIVER_OK took effect here.
                                     if let Some(s) = served.get_mut(&slot) {
-                                        serve(s, false);
+                                        serve(s, Event::Notify);
                                     }
                                 }
                             }
@@ -197,7 +228,12 @@ pub fn run(
                 }
                 token => {
                     if let Some(s) = served.get_mut(&(token / 2)) {
-                        serve(s, token % 2 == 1);
+                        let event = if token % 2 == 1 {
+                            Event::Completion
+                        } else {
+                            Event::Notify
+                        };
+                        serve(s, event);
                     }
                 }
             }
@@ -207,11 +243,22 @@ pub fn run(
 
 /// Runs one handler after its notify (or completion) eventfd fired, then
 /// interrupts the guest if the handler asked to.
-fn serve(s: &mut Served, completion: bool) {
-    let outcome = if completion {
-        s.handler.handle_completion_event()
-    } else {
-        s.handler.handle_queue_notify()
+/// Why a queue is served.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    /// Its notify eventfd (the guest's kick) is readable.
+    Notify,
+    /// Its backend's completion eventfd is readable, or completions wait.
+    Completion,
+    /// Polling found chains on its available ring.
+    Available,
+}
+
+fn serve(s: &mut Served, event: Event) {
+    let outcome = match event {
+        Event::Completion => s.handler.handle_completion_event(),
+        Event::Notify => s.handler.handle_queue_notify(),
+        Event::Available => s.handler.process_queue(),
     };
     if let Err(e) = outcome {
         eprintln!(

@@ -91,6 +91,9 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     used_added: bool,
     /// Leave pushed requests for the caller's `wait` to submit.
     defer_submit: bool,
+    /// The event loop polls the available ring: leave the guest's
+    /// notifications off until [`QueueHandler::prepare_to_sleep`].
+    polling: bool,
     /// Requests the backend queue was opened to hold.
     depth: u32,
     scratch: ParseScratch,
@@ -142,6 +145,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             used_added: false,
             refused: 0,
             defer_submit: false,
+            polling: false,
             depth: u32::from(queue_size),
             scratch: ParseScratch::default(),
             merger: ChainMerger::default(),
@@ -283,6 +287,10 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 self.blocked = true;
                 return Ok(());
             }
+            if self.polling {
+                // The loop looks at the ring again before it sleeps.
+                return Ok(());
+            }
             let more = self
                 .ring
                 .enable_notification(&self.view)
@@ -293,6 +301,28 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 return Ok(());
             }
         }
+    }
+
+    /// For an event loop that polls the available ring
+    /// ([`QueueHandler::has_available`]) while it runs, as QEMU's iothreads
+    /// do: with `on`, processing the queue leaves the guest's notifications
+    /// off (a kick costs the guest a VM exit), and the loop must call
+    /// [`QueueHandler::prepare_to_sleep`] before it sleeps.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+    }
+
+    /// Turn the guest's notifications back on before the event loop
+    /// sleeps; whether chains became available meanwhile (then process
+    /// the queue instead of sleeping: no kick will come for them).
+    pub fn prepare_to_sleep(&mut self) -> Result<bool> {
+        if !self.waiting.is_empty() || self.blocked {
+            // Completions resume popping; notifications stay off.
+            return Ok(false);
+        }
+        self.ring
+            .enable_notification(&self.view)
+            .map_err(|source| queue_error("enable notifications", source))
     }
 
     /// Return every chain the backend finished to the guest, push what was
