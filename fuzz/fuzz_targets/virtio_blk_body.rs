@@ -27,7 +27,7 @@
 //!   (0: both queues share the rings);
 //! - each round record ([`ROUND_LEN`] bytes): the available index the
 //!   driver stores before the kick (u16), flags ([`R_KEEP_AVAIL_IDX`],
-//!   [`R_QUEUE_1`], [`R_REAP`], [`R_PATCH`], [`R_RESET`], [`R_NO_KICK`]), a
+//!   [`R_QUEUE_1`], [`R_REAP`], [`R_PATCH`], [`R_RESET`], [`R_NO_KICK`], [`R_POLL`]), a
 //!   patch byte and the patch address (u32, see [`address`]): a guest store
 //!   between rounds, even under requests in flight;
 //! - the rest: region A's bytes, then region B's.
@@ -117,6 +117,14 @@ pub const R_PATCH: u8 = 8;
 pub const R_RESET: u8 = 16;
 /// Round flag: no kick (only completions, if any are signalled).
 pub const R_NO_KICK: u8 = 32;
+/// Round flag: the queue runs as the VMM's polling loop runs it (kicks
+/// left off), and the loop prepares to sleep after the round, taking what
+/// that finds.
+pub const R_POLL: u8 = 64;
+
+/// Most times a polling round takes chains found while preparing to sleep
+/// (the VMM's loop stops once a pass takes nothing).
+const MAX_POLL_PASSES: usize = 4;
 
 /// Disk sector of the health check's write and read (past every
 /// failure range).
@@ -572,11 +580,29 @@ impl Rig {
         let Some(slot) = self.handlers.iter().position(|h| h.index() == queue_index) else {
             return;
         };
+        let polling = round.flags & R_POLL != 0;
+        self.handlers[slot].set_polling(polling);
         if round.flags & R_NO_KICK == 0 && self.handlers[slot].handle_queue_notify().is_err() {
             self.errors += 1;
         }
         if round.flags & R_REAP != 0 {
             self.settle(slot);
+        }
+        if polling {
+            for _ in 0..MAX_POLL_PASSES {
+                match self.handlers[slot].prepare_to_sleep() {
+                    Ok(true) => {
+                        if self.handlers[slot].process_queue().is_err() {
+                            self.errors += 1;
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(_) => {
+                        self.errors += 1;
+                        break;
+                    }
+                }
+            }
         }
     }
 

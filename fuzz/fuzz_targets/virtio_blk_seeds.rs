@@ -20,7 +20,7 @@ use blockdev::virtio::driver::{
 use super::virtio_blk_body::{
     encode, guest_memory, memory_image, Params, Round, FEAT_DISCARD, FEAT_EVENT_IDX, FEAT_FLUSH,
     FEAT_INDIRECT, FEAT_MQ, FEAT_RO, FEAT_WRITE_ZEROES, OPT_REVERSE, REGION_B, REGION_SIZE,
-    R_KEEP_AVAIL_IDX, R_PATCH, R_QUEUE_1, R_REAP, R_RESET,
+    R_KEEP_AVAIL_IDX, R_NO_KICK, R_PATCH, R_POLL, R_QUEUE_1, R_REAP, R_RESET,
 };
 
 /// One seed input.
@@ -253,6 +253,26 @@ pub fn seeds() -> Vec<Seed> {
     b.every_type(1, 64, 3);
     b.round(1, R_REAP);
     out.push(b.finish("ok-mq", true));
+
+    // The VMM's polling loop: kicks left off, chains taken before sleeping,
+    // with and without event idx.
+    for (name, features) in [
+        ("ok-polling", ALL),
+        ("ok-polling-no-event-idx", ALL & !FEAT_EVENT_IDX),
+    ] {
+        let mut b = Builder::new(features, 0, 32);
+        b.every_type(0, 20, 5);
+        // No kick: preparing to sleep finds these chains (the idle rounds
+        // that pad every input kick afterwards).
+        b.round(0, R_POLL | R_NO_KICK | R_REAP);
+        out.push(b.finish(name, true));
+        let mut b = Builder::new(features, 0, 32);
+        b.every_type(0, 20, 5);
+        b.round(0, R_POLL);
+        b.every_type(0, 40, 6);
+        b.round(0, R_POLL | R_REAP);
+        out.push(b.finish(&format!("{name}-kicked"), true));
+    }
 
     // A reset between rounds: the device starts the ring over.
     let mut b = Builder::new(ALL, 0, 16);
