@@ -104,12 +104,8 @@ impl ChainMerger {
             return Some(request);
         };
         let group = &mut self.groups[index];
-        let group_bufs = group.bufs.len()
-            + group
-                .first
-                .as_ref()
-                .and_then(rw_range)
-                .map_or(0, |(_, _, _, n)| n);
+        // The last member's buffers end where the group's do.
+        let group_bufs = group.members.last().map_or(0, |m| m.bufs.end);
         let continues = group.write == write
             && group.offset.checked_add(group.bytes) == Some(offset)
             && group.members.len() < MAX_MERGE_CHAINS
