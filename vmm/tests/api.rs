@@ -381,3 +381,89 @@ fn the_vmapi_client_speaks_what_the_server_parses() {
         .unwrap();
     assert_eq!(response.status, 200);
 }
+
+#[test]
+fn a_command_line_vm_serves_the_api_too() {
+    require_kvm!();
+    let guest = build_guest();
+    let guest_arg = guest.display().to_string();
+    let mut vmm = ApiVmm::start(&[
+        "--kernel",
+        &guest_arg,
+        "--cmdline",
+        "guest.mode=idle",
+        "--memory",
+        "32M",
+    ]);
+    let client = vmm.client();
+    // The serial is the terminal (here vmm.log).
+    let start = Instant::now();
+    while !vmm.log().contains("guest: idle") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", vmm.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let info = client.info().unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(info.config.payload.kernel.as_deref(), Some(guest.as_path()));
+    assert_eq!(info.config.memory.size, 32 << 20);
+    client.power_button().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0), "{}", vmm.log());
+    assert!(!vmm.socket.exists());
+}
+
+#[test]
+fn a_guest_reset_reboots_in_place() {
+    require_kvm!();
+    let guest = build_guest();
+    let mut vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    // hello mode prints and resets through the i8042 at once.
+    let config = guest_config(&guest, "guest.mode=hello", vmm.dir.path(), Vec::new());
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    vmm.wait_console("guest: hello", 3);
+    assert_eq!(client.info().unwrap().state, VmState::Running);
+    client.vmm_shutdown().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_socket_left_by_a_killed_vmm_is_taken_over() {
+    let mut first = ApiVmm::start(&[]);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(first.socket.exists(), "kill -9 leaves the socket");
+    assert!(first.client().ping().is_err());
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let ping = loop {
+        if let Ok(ping) = first.client().ping() {
+            break ping;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new vmm does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(ping.pid, Some(i64::from(second.id())));
+    // A third one on the live socket is refused with one line.
+    let third = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .output()
+        .unwrap();
+    assert_eq!(third.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        stderr.contains("another process is serving it") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    first.client().vmm_shutdown().unwrap();
+    assert!(second.wait().unwrap().success());
+}
