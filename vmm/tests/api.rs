@@ -170,11 +170,20 @@ fn lifecycle_pause_reboot_and_power_button() {
     console
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    // One client at a time: a second one is closed at once.
+    let mut second = UnixStream::connect(vmm.path("console.sock")).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(second.read(&mut [0u8; 16]).unwrap(), 0);
 
     client.pause().unwrap();
     assert_eq!(client.info().unwrap().state, VmState::Paused);
     assert_eq!(client.pause().unwrap_err().status(), Some(405));
     assert_eq!(client.power_button().unwrap_err().status(), Some(405));
+    client.resume().unwrap();
+    assert_eq!(client.info().unwrap().state, VmState::Running);
+    assert_eq!(client.resume().unwrap_err().status(), Some(405));
     // Malformed input while the guest runs stops nothing.
     for bytes in [
         &b"\x00\x01\x02\r\n\r\n"[..],
@@ -182,9 +191,7 @@ fn lifecycle_pause_reboot_and_power_button() {
     ] {
         assert!(status_line(&raw(&vmm.socket, bytes)).contains("400"));
     }
-    client.resume().unwrap();
     assert_eq!(client.info().unwrap().state, VmState::Running);
-    assert_eq!(client.resume().unwrap_err().status(), Some(405));
 
     // Reboot in place: the guest starts again in the same process.
     client.reboot().unwrap();
