@@ -19,8 +19,12 @@ fn seeds_parse_and_decode() {
     for (name, data) in api_request_seeds() {
         api_request_body(&data);
         if name != "config-only" {
-            let parsed = vmapi::http::parse_request(&data, &vmapi::http::Limits::default()).unwrap();
-            assert!(matches!(parsed, vmapi::http::Parsed::Complete { .. }), "{name}");
+            let parsed =
+                vmapi::http::parse_request(&data, &vmapi::http::Limits::default()).unwrap();
+            assert!(
+                matches!(parsed, vmapi::http::Parsed::Complete { .. }),
+                "{name}"
+            );
         }
         if let Some(dir) = &out_dir {
             std::fs::write(dir.join(format!("{name}.bin")), &data).unwrap();

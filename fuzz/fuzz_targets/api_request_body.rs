@@ -46,7 +46,13 @@ pub fn api_request_body(data: &[u8]) {
         let cut = usize::from(first) * data.len() / 256;
         match (parse_request(&data[..cut], &limits), &whole) {
             (Ok(Parsed::Incomplete { .. }), _) => {}
-            (Ok(Parsed::Complete { message, consumed }), Ok(Parsed::Complete { message: m, consumed: c })) => {
+            (
+                Ok(Parsed::Complete { message, consumed }),
+                Ok(Parsed::Complete {
+                    message: m,
+                    consumed: c,
+                }),
+            ) => {
                 assert_eq!((&message, consumed), (m, *c), "a prefix parsed differently");
             }
             (Err(prefix), Err(full)) => assert_eq!(&prefix, full, "a prefix failed differently"),
@@ -65,7 +71,10 @@ pub fn api_request_body(data: &[u8]) {
         decode_config(&message.body);
         if let Ok(boot) = serde_json::from_slice::<VmBootConfig>(&message.body) {
             let again = serde_json::to_vec(&boot).expect("encodes");
-            assert_eq!(serde_json::from_slice::<VmBootConfig>(&again).expect("decodes"), boot);
+            assert_eq!(
+                serde_json::from_slice::<VmBootConfig>(&again).expect("decodes"),
+                boot
+            );
         }
     }
     decode_config(data);
