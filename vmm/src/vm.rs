@@ -71,7 +71,8 @@ pub struct Vm {
     device_thread: Option<std::thread::JoinHandle<()>>,
     loop_tx: std::sync::mpsc::Sender<LoopMessage>,
     wake_loop: EventFd,
-    mmio: Arc<Bus>,
+    /// The transports (held until the VM is dropped).
+    _mmio: Arc<Bus>,
     backends: Vec<Arc<dyn blockdev::disk::BlockBackend>>,
     disks: Vec<DiskConfig>,
     stats: Vec<(String, Arc<DiskStats>)>,
@@ -287,7 +288,7 @@ impl Vm {
             device_thread: Some(device_thread),
             loop_tx,
             wake_loop,
-            mmio,
+            _mmio: mmio,
             backends,
             disks: config.disks.clone(),
             stats,
@@ -407,7 +408,6 @@ impl Drop for Vm {
                 let _ = thread.join();
             }
         }
-        let _ = &self.mmio;
     }
 }
 
