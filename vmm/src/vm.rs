@@ -248,19 +248,8 @@ impl Vm {
         let mmio = Arc::new(mmio);
         let stdin = (config.serial_input && config.serial == crate::config::SerialSpec::Tty)
             .then(|| std::io::stdin().as_raw_fd());
-        let config_seccomp = config.seccomp;
-        let poll_max = config.poll_max;
-        let device_thread = {
-            let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
-            let serial = serial.clone();
-            std::thread::Builder::new()
-                .name("devices".into())
-                .spawn(move || {
-                    event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max)
-                })
-                .map_err(|e| io_err("starting the device thread", e))?
-        };
-
+        // The vCPUs first: what can still fail does so before any thread
+        // of this VM exists.
         let mut vcpus = Vec::new();
         for id in 0..config.cpus {
             let vcpu = vm
@@ -275,6 +264,19 @@ impl Vm {
             )?;
             vcpus.push(vcpu);
         }
+        let config_seccomp = config.seccomp;
+        let poll_max = config.poll_max;
+        let device_thread = {
+            let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
+            let serial = serial.clone();
+            std::thread::Builder::new()
+                .name("devices".into())
+                .spawn(move || {
+                    event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max)
+                })
+                .map_err(|e| io_err("starting the device thread", e))?
+        };
+
         let context = VcpuContext {
             io,
             mmio: mmio.clone(),

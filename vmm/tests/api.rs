@@ -474,3 +474,27 @@ fn a_socket_left_by_a_killed_vmm_is_taken_over() {
     first.client().vmm_shutdown().unwrap();
     assert!(second.wait().unwrap().success());
 }
+
+#[test]
+fn a_boot_that_fails_says_why_and_leaves_the_vm_created() {
+    let vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    // Any file will do as the kernel: the missing disk stops the boot first.
+    let kernel = vmm.path("kernel");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let missing = vmapi::DiskConfig {
+        path: vmm.path("missing.qcow2"),
+        readonly: false,
+        direct: false,
+        id: Some("vda".into()),
+        image_type: None,
+    };
+    client
+        .create(&guest_config(&kernel, "", vmm.dir.path(), vec![missing]))
+        .unwrap();
+    let err = client.boot(false).unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    assert!(err.to_string().contains("missing.qcow2"), "{err}");
+    assert_eq!(client.info().unwrap().state, VmState::Created);
+    client.ping().unwrap();
+}
