@@ -498,3 +498,31 @@ fn a_boot_that_fails_says_why_and_leaves_the_vm_created() {
     assert_eq!(client.info().unwrap().state, VmState::Created);
     client.ping().unwrap();
 }
+
+#[test]
+fn serial_in_file_mode_goes_to_the_file() {
+    require_kvm!();
+    let guest = build_guest();
+    let mut vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    let mut config = guest_config(&guest, "guest.mode=idle", vmm.dir.path(), Vec::new());
+    let file = vmm.path("serial.txt");
+    config.serial = Some(vmapi::ConsoleConfig {
+        file: Some(file.clone()),
+        socket: None,
+        mode: vmapi::ConsoleMode::File,
+    });
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .contains("guest: idle")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", vmm.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!vmm.path("console.sock").exists());
+    client.vmm_shutdown().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0));
+}
