@@ -121,6 +121,14 @@ fn without_a_vm_the_api_answers_as_cloud_hypervisor() {
     assert_eq!(err.status(), Some(400));
     assert!(err.to_string().contains("payload.kernel"), "{err}");
     client.ping().unwrap();
+    // The API thread runs under its own seccomp filter.
+    let api_thread = std::fs::read_dir(format!("/proc/{}/task", vmm.child.id()))
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .find(|task| std::fs::read_to_string(task.join("comm")).unwrap_or_default() == "api\n")
+        .expect("an api thread");
+    let status = std::fs::read_to_string(api_thread.join("status")).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
     client.vmm_shutdown().unwrap();
     assert_eq!(vmm.wait_exit(), Some(0));
     assert!(!vmm.socket.exists());
