@@ -66,6 +66,7 @@ pub mod driver;
 mod eventfd;
 pub mod handler;
 mod memory;
+pub mod net;
 pub mod request;
 mod ring;
 pub mod testing;
