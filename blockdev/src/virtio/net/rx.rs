@@ -48,6 +48,9 @@ pub struct RxQueue<A: GuestAddressSpace> {
     /// Bytes the stashed chains hold.
     stashed_bytes: usize,
     iov: Vec<IoBuf>,
+    /// One byte after the guest's buffers in every read: a frame that
+    /// reaches it did not fit (the tap cuts frames silently).
+    overflow: Box<[u8; 1]>,
     /// The guest has no buffers: wait for its kick, not for the tap.
     starved: bool,
 }
@@ -68,6 +71,7 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             spare: Vec::new(),
             stashed_bytes: 0,
             iov: Vec::new(),
+            overflow: Box::new([0]),
             starved: false,
         }
     }
@@ -185,10 +189,20 @@ impl<A: GuestAddressSpace> RxQueue<A> {
                 break;
             }
         }
+        if self.iov.len() == MAX_IOVECS {
+            // Make room for the overflow byte.
+            if let Some(last) = self.iov.pop() {
+                room -= last.len;
+            }
+        }
+        self.iov.push(IoBuf {
+            addr: self.overflow.as_mut_ptr(),
+            len: 1,
+        });
         // SAFETY: the buffers are host mappings of guest ranges the walk
         // checked (device-writable, marked dirty), kept mapped by the
-        // queue's memory view for the call; the chains are the device's
-        // until returned.
+        // queue's memory view for the call (the chains are the device's
+        // until returned), and the overflow byte, which we own.
         let read = match unsafe { self.tap.read_frame(&self.iov) } {
             Ok(read) => read,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),

@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::disk::IoBuf;
 use crate::{Error, Result};
@@ -61,6 +62,9 @@ impl TapOffloads {
 pub struct Tap {
     file: File,
     name: String,
+    /// Whether the queue is attached (TUNSETQUEUE refuses to attach an
+    /// attached queue or detach a detached one).
+    attached: AtomicBool,
 }
 
 /// An `ifreq` for the tun ioctls: the name and the flags word.
@@ -183,7 +187,11 @@ impl Tap {
                 source: io::Error::last_os_error(),
             });
         }
-        let tap = Tap { file, name };
+        let tap = Tap {
+            file,
+            name,
+            attached: AtomicBool::new(true),
+        };
         tap.set_offloads(TapOffloads::default())?;
         Ok(tap)
     }
@@ -210,6 +218,9 @@ impl Tap {
     /// Attach this queue to its multiqueue interface or detach it
     /// (`TUNSETQUEUE`): the kernel only steers frames to attached queues.
     pub fn set_queue_attached(&self, attached: bool) -> Result<()> {
+        if self.attached.load(Ordering::Relaxed) == attached {
+            return Ok(());
+        }
         let flags = if attached {
             libc::IFF_ATTACH_QUEUE
         } else {
@@ -224,12 +235,14 @@ impl Tap {
                 source: io::Error::last_os_error(),
             });
         }
+        self.attached.store(attached, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Read one frame (vnet header first) into `bufs`; the frame's full
-    /// length, which is more than the buffers hold when it did not fit
-    /// (the rest is lost). `WouldBlock` when no frame is waiting.
+    /// Read one frame (vnet header first) into `bufs`; the bytes read. A
+    /// frame that does not fit is cut to the buffers' length (the rest is
+    /// lost), so a caller that must tell adds a spare byte at the end.
+    /// `WouldBlock` when no frame is waiting.
     ///
     /// # Safety
     /// Each buffer must be writable memory that stays mapped for the call
@@ -263,6 +276,7 @@ impl Tap {
         Ok(Tap {
             file,
             name: self.name.clone(),
+            attached: AtomicBool::new(self.attached.load(Ordering::Relaxed)),
         })
     }
 }
