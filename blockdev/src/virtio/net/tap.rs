@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::disk::IoBuf;
 use crate::{Error, Result};
@@ -63,8 +64,9 @@ pub struct Tap {
     file: File,
     name: String,
     /// Whether the queue is attached (TUNSETQUEUE refuses to attach an
-    /// attached queue or detach a detached one).
-    attached: AtomicBool,
+    /// attached queue or detach a detached one); shared with the clones,
+    /// which are the same kernel queue.
+    attached: Arc<AtomicBool>,
 }
 
 /// An `ifreq` for the tun ioctls: the name and the flags word.
@@ -190,7 +192,7 @@ impl Tap {
         let tap = Tap {
             file,
             name,
-            attached: AtomicBool::new(true),
+            attached: Arc::new(AtomicBool::new(true)),
         };
         tap.set_offloads(TapOffloads::default())?;
         Ok(tap)
@@ -276,7 +278,7 @@ impl Tap {
         Ok(Tap {
             file,
             name: self.name.clone(),
-            attached: AtomicBool::new(self.attached.load(Ordering::Relaxed)),
+            attached: self.attached.clone(),
         })
     }
 }
