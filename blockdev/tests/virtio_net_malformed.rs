@@ -437,3 +437,65 @@ fn the_mq_command_sets_the_pairs_in_use_and_refuses_the_rest() {
         assert_eq!(socket.recv(WAIT).expect("frame from pair 1"), frame);
     });
 }
+
+#[test]
+fn an_event_loop_serves_net_queues_through_the_shared_trait() {
+    fn assert_send<T: Send>(_: &T) {}
+    in_netns(|| {
+        let mut rig = NetRig::new("srv0", 1, NetRig::all_features());
+        let socket = PacketSocket::bind("srv0", TEST_ETHERTYPE);
+        let handlers = std::mem::replace(
+            &mut rig.handlers,
+            blockdev::virtio::net::NetHandlers {
+                rx: Vec::new(),
+                tx: Vec::new(),
+                ctrl: None,
+            },
+        );
+        let mut served = handlers.into_served();
+        assert_send(&served);
+        assert_eq!(
+            served.iter().map(|q| q.index()).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "rx, tx, control"
+        );
+        // Transmit through the trait, as the loop does on a kick.
+        let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(70, 12));
+        let mut bytes = plain().to_vec();
+        bytes.extend_from_slice(&frame);
+        let segments = net_support::split_readable(&mut rig, &bytes, &[]);
+        rig.add(1, &segments);
+        served[1].handle_queue_notify().expect("tx");
+        assert_eq!(socket.recv(WAIT).expect("frame"), frame);
+        assert!(served[1].take_interrupt().expect("irq"));
+        assert_eq!(served[1].next_avail(), 1);
+        // A receive queue without buffers stops waiting on the tap; one
+        // with buffers waits on it and takes the frame when it is readable.
+        let tap_fd = served[0].event_fd();
+        assert!(tap_fd.is_some());
+        served[0].handle_event().expect("rx");
+        assert_eq!(served[0].event_fd(), None, "no buffers: no tap");
+        rig.post_rx(&[2048]);
+        rig.post_rx(&[2048]);
+        served[0].handle_queue_notify().expect("rx");
+        assert_eq!(served[0].event_fd(), tap_fd);
+        socket.send(&test_frame(GUEST_MAC, PEER_MAC, &pattern(30, 13)));
+        std::thread::sleep(QUIET);
+        served[0].handle_event().expect("rx");
+        assert_eq!(rig.used(0).len(), 1);
+        assert!(served[0].take_interrupt().expect("irq"));
+        // A malformed tx chain is reported as refused.
+        let short = rig.buffer(&[0u8; 4]);
+        rig.add(
+            1,
+            &[Segment {
+                addr: short,
+                len: 4,
+                device_writes: false,
+            }],
+        );
+        served[1].handle_queue_notify().expect("tx");
+        assert_eq!(served[1].take_refused(), 1);
+        assert_eq!(served[1].take_refused(), 0);
+    });
+}

@@ -69,6 +69,7 @@ mod memory;
 pub mod net;
 pub mod request;
 mod ring;
+pub mod served;
 pub mod testing;
 
 pub use config::BlockConfig;

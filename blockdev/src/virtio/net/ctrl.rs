@@ -49,6 +49,11 @@ impl<A: GuestAddressSpace> CtrlQueue<A> {
         self.queue.notify_fd()
     }
 
+    /// Index of the next available-ring entry the queue will read.
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
     /// Queue pairs the guest uses (1 until it sets more).
     pub fn active_pairs(&self) -> u16 {
         self.active_pairs

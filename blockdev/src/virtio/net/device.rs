@@ -23,6 +23,7 @@ use super::tap::{Tap, TapOffloads};
 use super::tx::TxQueue;
 use crate::virtio::defs::{STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK};
 use crate::virtio::handler::QueueEvents;
+use crate::virtio::served::ServedQueue;
 use crate::{Error, Result};
 
 /// Bytes of the configuration space: mac[6], status (le16),
@@ -57,6 +58,28 @@ pub struct NetHandlers<A: GuestAddressSpace> {
     pub tx: Vec<TxQueue<A>>,
     /// The control queue, if CTRL_VQ was negotiated and the queue enabled.
     pub ctrl: Option<CtrlQueue<A>>,
+}
+
+impl<A> NetHandlers<A>
+where
+    A: GuestAddressSpace + Send + 'static,
+    A::T: Send,
+{
+    /// Every handler as an event loop serves it (receive queues, transmit
+    /// queues, the control queue).
+    pub fn into_served(self) -> Vec<Box<dyn ServedQueue>> {
+        let mut served: Vec<Box<dyn ServedQueue>> = Vec::new();
+        for rx in self.rx {
+            served.push(Box::new(rx));
+        }
+        for tx in self.tx {
+            served.push(Box::new(tx));
+        }
+        if let Some(ctrl) = self.ctrl {
+            served.push(Box::new(ctrl));
+        }
+        served
+    }
 }
 
 /// A virtio-net device over one tap queue per queue pair.
@@ -317,6 +340,7 @@ impl VirtioNet {
         set_active_pairs(&self.taps, 1)?;
         let event_idx = features & F_RING_EVENT_IDX != 0;
         let mergeable = features & F_NET_MRG_RXBUF != 0;
+        let guest_csum = features & F_NET_GUEST_CSUM != 0;
         let ctrl_index = self.queues.len() - 1;
         let mut handlers = NetHandlers {
             rx: Vec::new(),
@@ -340,9 +364,13 @@ impl VirtioNet {
                 handlers.ctrl = Some(CtrlQueue::new(active, self.taps.clone()));
             } else if index.is_multiple_of(2) {
                 let tap = self.taps[index / 2].clone();
-                handlers
-                    .rx
-                    .push(RxQueue::new(active, tap, mergeable, self.counters.clone()));
+                handlers.rx.push(RxQueue::new(
+                    active,
+                    tap,
+                    mergeable,
+                    guest_csum,
+                    self.counters.clone(),
+                ));
             } else {
                 let tap = self.taps[index / 2].clone();
                 handlers

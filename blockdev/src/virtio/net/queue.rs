@@ -81,6 +81,11 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
         })
     }
 
+    /// Index of the next available-ring entry to read.
+    pub fn next_avail(&self) -> u16 {
+        self.ring.next_avail()
+    }
+
     /// The queue's notify eventfd.
     pub fn notify_fd(&self) -> RawFd {
         self.events.notify.as_raw_fd()

@@ -40,6 +40,8 @@ pub struct RxQueue<A: GuestAddressSpace> {
     queue: ActiveQueue<A>,
     tap: Arc<Tap>,
     mergeable: bool,
+    /// GUEST_CSUM was not negotiated: the header's flags must read zero.
+    clear_flags: bool,
     counters: Arc<NetCounters>,
     /// Chains taken from the ring and not yet filled, oldest first.
     stash: VecDeque<ChainBufs>,
@@ -53,6 +55,8 @@ pub struct RxQueue<A: GuestAddressSpace> {
     overflow: Box<[u8; 1]>,
     /// The guest has no buffers: wait for its kick, not for the tap.
     starved: bool,
+    /// Chains refused since the last [`RxQueue::take_refused`].
+    refused: u64,
 }
 
 impl<A: GuestAddressSpace> RxQueue<A> {
@@ -60,12 +64,14 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         queue: ActiveQueue<A>,
         tap: Arc<Tap>,
         mergeable: bool,
+        guest_csum: bool,
         counters: Arc<NetCounters>,
     ) -> Self {
         RxQueue {
             queue,
             tap,
             mergeable,
+            clear_flags: !guest_csum,
             counters,
             stash: VecDeque::new(),
             spare: Vec::new(),
@@ -73,12 +79,24 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             iov: Vec::new(),
             overflow: Box::new([0]),
             starved: false,
+            refused: 0,
         }
     }
 
     /// The queue's index in the device (2N for pair N).
     pub fn index(&self) -> u16 {
         self.queue.index
+    }
+
+    /// Index of the next available-ring entry the queue will read.
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
+    /// Chains refused as malformed since the last call (they are also in
+    /// the device's `rx_errors`).
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     /// The eventfd the transport writes when the driver notifies.
@@ -165,6 +183,7 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             let walked = self.queue.walk(head, true, &mut chain);
             if walked.is_err() || chain.len < NET_HDR_SIZE || chain.host.len() > MAX_IOVECS {
                 self.counters.rx_error();
+                self.refused += 1;
                 self.queue.add_used(head, 0)?;
                 self.spare.push(chain);
                 continue;
@@ -245,6 +264,11 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         // The walk checked these bytes are in guest memory.
         self.queue
             .write_at(&first.guest, NET_HDR_NUM_BUFFERS as usize, &num_buffers);
+        if self.clear_flags {
+            // Without GUEST_CSUM the flags must be zero (virtio 1.2,
+            // 5.1.6.4.1); the tap may set DATA_VALID.
+            self.queue.write_at(&first.guest, 0, &[0]);
+        }
         let mut left = read;
         for _ in 0..chains {
             let Some(chain) = self.stash.pop_front() else {
@@ -259,7 +283,7 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         Ok(())
     }
 
-    /// Whether the device signalled since the last call (tests).
+    /// Whether the device signalled since the last call (resetting it).
     pub fn take_interrupt(&self) -> Result<bool> {
         self.queue.take_interrupt()
     }

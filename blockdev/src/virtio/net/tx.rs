@@ -29,6 +29,8 @@ pub struct TxQueue<A: GuestAddressSpace> {
     /// The frame's buffers after the header, for `writev`.
     iov: Vec<IoBuf>,
     polling: bool,
+    /// Chains refused since the last [`TxQueue::take_refused`].
+    refused: u64,
 }
 
 impl<A: GuestAddressSpace> TxQueue<A> {
@@ -46,12 +48,25 @@ impl<A: GuestAddressSpace> TxQueue<A> {
             chain: ChainBufs::default(),
             iov: Vec::new(),
             polling: false,
+            refused: 0,
         }
     }
 
     /// The queue's index in the device (2N+1 for pair N).
     pub fn index(&self) -> u16 {
         self.queue.index
+    }
+
+    /// Index of the next available-ring entry the queue will read.
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
+    /// Frames refused as malformed since the last call (they are also
+    /// in the device's `tx_errors`), so that a VMM can log a misbehaving
+    /// guest.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     /// The eventfd the transport writes when the driver notifies.
@@ -113,17 +128,17 @@ impl<A: GuestAddressSpace> TxQueue<A> {
     /// outcome.
     fn send_chain(&mut self, head: u16) {
         if self.queue.walk(head, false, &mut self.chain).is_err() || self.chain.len < NET_HDR_SIZE {
-            self.counters.tx_error();
+            self.refuse();
             return;
         }
         let frame = self.chain.len - NET_HDR_SIZE;
         let mut raw = [0u8; NET_HDR_SIZE];
         if !self.queue.read_at(&self.chain.guest, 0, &mut raw) {
-            self.counters.tx_error();
+            self.refuse();
             return;
         }
         let Ok(header) = NetHeader::from_bytes(&raw).validate_tx(frame, self.features) else {
-            self.counters.tx_error();
+            self.refuse();
             return;
         };
         let mut checked = header.to_bytes();
@@ -134,7 +149,7 @@ impl<A: GuestAddressSpace> TxQueue<A> {
         });
         skip_bytes(&self.chain.host, NET_HDR_SIZE, &mut self.iov);
         if self.iov.len() > super::tap::MAX_IOVECS {
-            self.counters.tx_error();
+            self.refuse();
             return;
         }
         // SAFETY: the first buffer is `checked`, alive until the call
@@ -146,7 +161,12 @@ impl<A: GuestAddressSpace> TxQueue<A> {
         }
     }
 
-    /// Whether the device signalled since the last call (tests).
+    fn refuse(&mut self) {
+        self.refused += 1;
+        self.counters.tx_error();
+    }
+
+    /// Whether the device signalled since the last call (resetting it).
     pub fn take_interrupt(&self) -> Result<bool> {
         self.queue.take_interrupt()
     }
