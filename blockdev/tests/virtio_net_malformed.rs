@@ -417,8 +417,11 @@ fn the_mq_command_sets_the_pairs_in_use_and_refuses_the_rest() {
             c.extend_from_slice(&pairs.to_le_bytes());
             c
         };
+        assert!(rig.handlers.rx[0].tap_wanted());
+        assert!(!rig.handlers.rx[1].tap_wanted(), "pair 1 unused: detached");
         assert_eq!(control(&mut rig, &set(2), true), (1, CTRL_OK));
         assert_eq!(rig.handlers.ctrl.as_ref().unwrap().active_pairs(), 2);
+        assert!(rig.handlers.rx[1].tap_wanted(), "pair 1 attached");
         assert_eq!(control(&mut rig, &set(3), true), (1, CTRL_ERR));
         assert_eq!(control(&mut rig, &set(0), true), (1, CTRL_ERR));
         assert_eq!(control(&mut rig, &[0, 0, 1], true), (1, CTRL_ERR));
@@ -426,6 +429,7 @@ fn the_mq_command_sets_the_pairs_in_use_and_refuses_the_rest() {
         assert_eq!(control(&mut rig, &set(1), false).0, 0, "no ack byte");
         assert_eq!(control(&mut rig, &set(1), true), (1, CTRL_OK));
         assert_eq!(rig.handlers.ctrl.as_ref().unwrap().active_pairs(), 1);
+        assert!(!rig.handlers.rx[1].tap_wanted());
         // Frames sent on pair 1's tx queue reach the tap too.
         let socket = PacketSocket::bind("mq0", TEST_ETHERTYPE);
         let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(80, 11));
@@ -497,5 +501,23 @@ fn an_event_loop_serves_net_queues_through_the_shared_trait() {
         served[1].handle_queue_notify().expect("tx");
         assert_eq!(served[1].take_refused(), 1);
         assert_eq!(served[1].take_refused(), 0);
+    });
+}
+
+#[test]
+fn a_tap_fd_handed_over_is_taken_and_a_multicast_mac_refused() {
+    use blockdev::virtio::net::{NetOptions, Tap, VirtioNet};
+    use std::os::fd::OwnedFd;
+    in_netns(|| {
+        let mut taps = Tap::open("fd0", 1).expect("tap");
+        let fd: OwnedFd = taps.remove(0).into();
+        let tap = Tap::from_fd(fd).expect("a tap fd");
+        assert_eq!(tap.name(), "fd0");
+        let options = NetOptions {
+            mac: [0x01, 0, 0x5e, 0, 0, 1],
+            ..NetOptions::default()
+        };
+        let err = VirtioNet::new(vec![tap], options).expect_err("multicast");
+        assert!(err.to_string().contains("01:00:5e:00:00:01"), "{err}");
     });
 }

@@ -117,6 +117,19 @@ impl VirtioNet {
                 value: pairs as u64,
             });
         }
+        if options.mac[0] & 1 != 0 {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "MAC address {} is a multicast address",
+                    options
+                        .mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+            });
+        }
         let queue_size = options.queue_size;
         if queue_size == 0 || queue_size > QUEUE_MAX_SIZE || !queue_size.is_power_of_two() {
             return Err(Error::InvalidDeviceOption {

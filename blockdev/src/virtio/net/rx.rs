@@ -15,7 +15,9 @@
 //!
 //! When the guest has no buffers left the queue asks for its
 //! notifications and [`RxQueue::tap_wanted`] turns false: the event loop
-//! stops waiting on the tap until the guest kicks the queue again.
+//! stops waiting on the tap until the guest kicks the queue again. It is
+//! false too while the pair's tap queue is detached (a pair the guest
+//! does not use under MQ).
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -113,7 +115,7 @@ impl<A: GuestAddressSpace> RxQueue<A> {
     /// while the guest has given no buffers (the tap stays readable, and
     /// a level-triggered loop would spin on it).
     pub fn tap_wanted(&self) -> bool {
-        !self.starved
+        !self.starved && self.tap.is_attached()
     }
 
     /// The driver gave buffers: read what the tap holds into them.
@@ -141,6 +143,11 @@ impl<A: GuestAddressSpace> RxQueue<A> {
     }
 
     fn deliver(&mut self) -> Result<()> {
+        if !self.tap.is_attached() {
+            // A pair the guest does not use (MQ): its queue is detached
+            // and has no frames; keep the buffers for when it is used.
+            return Ok(());
+        }
         self.starved = false;
         self.queue.disable_notification()?;
         for _ in 0..RX_BATCH {

@@ -217,6 +217,12 @@ impl Tap {
         Ok(())
     }
 
+    /// Whether the kernel steers frames to this queue (false once the MQ
+    /// command detached it; its fd then reads and writes nothing).
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+    }
+
     /// Attach this queue to its multiqueue interface or detach it
     /// (`TUNSETQUEUE`): the kernel only steers frames to attached queues.
     pub fn set_queue_attached(&self, attached: bool) -> Result<()> {
@@ -329,4 +335,25 @@ fn with_iovecs(
         return Err(io::Error::last_os_error());
     }
     Ok(ret as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_fd_that_is_not_a_tap_is_refused() {
+        let null = File::open("/dev/null").expect("/dev/null");
+        let err = Tap::from_fd(null.into()).expect_err("not a tap");
+        assert!(err.to_string().contains("TUNGETIFF"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_any_system_call() {
+        for name in ["", "a-name-longer-than-15", "nul\0inside"] {
+            let err = Tap::open(name, 1).expect_err("bad name");
+            assert!(err.to_string().contains("tap name"), "{err}");
+        }
+        assert!(Tap::open("tap0", 0).is_err());
+    }
 }
