@@ -46,7 +46,7 @@ fn malformed_tx_chains_and_headers_are_dropped_and_counted() {
             num_buffers: 0,
         };
         bad_headers.push(tso(0, 34, 16, GSO_TCPV4)); // gso_size 0
-        bad_headers.push(tso(u16::MAX, 34, 16, GSO_TCPV4)); // gso_size past the frame
+        bad_headers.push(tso(u16::MAX, 34, 16, GSO_TCPV4)); // GSO_BY_FRAGS
         bad_headers.push(tso(1000, 300, 16, GSO_TCPV4)); // checksum past the frame
         bad_headers.push(tso(1000, u16::MAX, u16::MAX, GSO_TCPV6));
         bad_headers.push(tso(100, 34, 16, 2)); // unknown GSO type
@@ -519,5 +519,46 @@ fn a_tap_fd_handed_over_is_taken_and_a_multicast_mac_refused() {
         };
         let err = VirtioNet::new(vec![tap], options).expect_err("multicast");
         assert!(err.to_string().contains("01:00:5e:00:00:01"), "{err}");
+    });
+}
+
+#[test]
+fn a_tso_frame_with_a_sound_header_is_taken_by_the_tap() {
+    in_netns(|| {
+        let mut rig = NetRig::new("tso0", 1, NetRig::all_features());
+        let socket = PacketSocket::bind("tso0", 0x0800);
+        let payload = pattern(3000, 14);
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&GUEST_MAC);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + 20 + payload.len()) as u16;
+        frame.extend_from_slice(&[0x45, 0]);
+        frame.extend_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+        // TCP: ports, seq, ack, data offset 5, ACK|PSH, window, csum, urg.
+        frame.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0]);
+        frame.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        frame.extend_from_slice(&payload);
+        let header = NetHeader {
+            flags: HDR_F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        rig.send(&header.to_bytes(), &frame, &[54, 1000]);
+        let stats = rig.device.counters().snapshot();
+        assert_eq!(
+            (stats.tx_frames, stats.tx_dropped, stats.tx_errors),
+            (1, 0, 0)
+        );
+        assert_eq!(stats.tx_bytes, frame.len() as u64);
+        // The stack sees it (whole or segmented): its headers arrive.
+        let got = socket.recv(WAIT).expect("the TSO frame reached the stack");
+        assert_eq!(&got[..12], &frame[..12]);
+        assert_eq!(got[23], 6, "TCP");
     });
 }

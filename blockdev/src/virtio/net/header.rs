@@ -43,7 +43,8 @@ pub enum HeaderError {
     /// A GSO frame without NEEDS_CSUM (the kernel needs the checksum
     /// position to segment).
     GsoWithoutChecksum,
-    /// `gso_size` zero or larger than the frame's payload.
+    /// `gso_size` zero, or 0xffff (the kernel's GSO_BY_FRAGS, never a
+    /// segment size).
     GsoSize {
         /// The header's gso_size.
         gso_size: u16,
@@ -61,6 +62,9 @@ pub enum HeaderError {
     /// [`MAX_FRAME`] (or a non-GSO frame longer than one packet can be).
     FrameLength(usize),
 }
+
+/// The kernel's marker gso_size (GSO_BY_FRAGS): not a size.
+const GSO_BY_FRAGS: u16 = 0xffff;
 
 /// Longest frame that is not GSO: a 64 KiB IP packet in an Ethernet
 /// frame with a VLAN tag (the tap may have a large MTU).
@@ -137,7 +141,9 @@ impl NetHeader {
                 if !needs_csum {
                     return Err(HeaderError::GsoWithoutChecksum);
                 }
-                if self.gso_size == 0 || usize::from(self.gso_size) + ETH_HEADER > frame {
+                // A gso_size at least the payload is allowed: the kernel
+                // sends such a frame as it is (a single segment).
+                if self.gso_size == 0 || self.gso_size == GSO_BY_FRAGS {
                     return Err(HeaderError::GsoSize {
                         gso_size: self.gso_size,
                         frame,
@@ -204,6 +210,8 @@ mod tests {
             tso4(u16::MAX).validate_tx(1000, ALL),
             Err(HeaderError::GsoSize { .. })
         ));
+        // One segment's worth or less: sent as it is.
+        assert!(tso4(1448).validate_tx(200, ALL).is_ok());
         let mut past = tso4(1448);
         past.csum_start = 9990;
         assert!(matches!(
