@@ -26,7 +26,7 @@ use crate::virtio::handler::QueueEvents;
 use crate::virtio::served::ServedQueue;
 use crate::{Error, Result};
 
-/// Bytes of the configuration space: mac[6], status (le16),
+/// Bytes of the configuration space: `mac[6]`, `status` (le16),
 /// max_virtqueue_pairs (le16).
 pub const NET_CONFIG_SIZE: usize = 10;
 
