@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-qemu.sh
 bash scripts/ensure-curl.sh
+bash scripts/ensure-net.sh
 export REQUIRE_QEMU=1
 export REQUIRE_KVM=1
 # The integration tests run the img binary; cargo test alone does not

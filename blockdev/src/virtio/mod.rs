@@ -66,9 +66,11 @@ pub mod driver;
 mod eventfd;
 pub mod handler;
 mod memory;
+pub mod net;
 pub mod request;
 mod ring;
 pub mod stats;
+pub mod served;
 pub mod testing;
 
 pub use config::BlockConfig;

@@ -1,0 +1,282 @@
+//! The virtio-net device's features driven by our own low-level driver
+//! over a tap in a fresh network namespace: checksum and TSO offload
+//! headers reach the tap's stack, event-idx interrupt suppression, the
+//! configuration space and the MQ command, tap fds handed over, and the
+//! queues served through the event loop's `ServedQueue` trait. Needs root
+//! and iproute2.
+
+mod net_support;
+
+use blockdev::virtio::defs::{F_RING_EVENT_IDX, F_VERSION_1};
+use blockdev::virtio::driver::Segment;
+use blockdev::virtio::net::defs::*;
+use blockdev::virtio::net::header::NetHeader;
+use net_support::packet::{PacketSocket, QUIET, WAIT};
+use net_support::{in_netns, pattern, test_frame, NetRig, GUEST_MAC, TEST_ETHERTYPE};
+
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
+
+fn plain() -> [u8; NET_HDR_SIZE] {
+    NetHeader::default().to_bytes()
+}
+
+/// An IPv4/UDP frame to the broadcast address whose UDP checksum is left
+/// to the device (NEEDS_CSUM at csum_start 34, csum_offset 6).
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + payload.len()) as u16;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + udp_len;
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&total.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 255]);
+    frame.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+    frame.extend_from_slice(&udp_len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn a_checksum_offload_header_is_passed_to_the_tap() {
+    in_netns(|| {
+        let mut rig = NetRig::new("csum0", 1, NetRig::all_features());
+        let socket = PacketSocket::bind("csum0", 0x0800);
+        let frame = udp_frame(&pattern(200, 3));
+        let header = NetHeader {
+            flags: HDR_F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..NetHeader::default()
+        };
+        rig.send(&header.to_bytes(), &frame, &[20]);
+        let stats = rig.device.counters().snapshot();
+        let got = socket
+            .recv(WAIT)
+            .unwrap_or_else(|| panic!("no frame; {stats:?}"));
+        // All but the checksum, which the stack fills later or never.
+        assert_eq!(got.len(), frame.len());
+        assert_eq!(&got[..40], &frame[..40]);
+        assert_eq!(&got[42..], &frame[42..]);
+        assert_eq!(stats.tx_frames, 1);
+    });
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    in_netns(|| {
+        let mut rig = NetRig::new("evt0", 1, F_VERSION_1 | F_RING_EVENT_IDX | F_NET_MAC);
+        rig.drivers[1].set_used_event_on_pop(false);
+        let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(50, 10));
+        // used_event 0: the first used element interrupts.
+        rig.send(&plain(), &frame, &[]);
+        assert!(rig.handlers.tx[0].take_interrupt().expect("irq"));
+        // used_event 5: the next ones (used idx 2..5) do not, the sixth does.
+        rig.drivers[1]
+            .set_used_event(&*rig.mem, 5)
+            .expect("used_event");
+        for n in 0..4 {
+            rig.send(&plain(), &frame, &[]);
+            assert!(
+                !rig.handlers.tx[0].take_interrupt().expect("irq"),
+                "element {} interrupted",
+                n + 2
+            );
+        }
+        rig.send(&plain(), &frame, &[]);
+        assert!(rig.handlers.tx[0].take_interrupt().expect("irq"));
+    });
+}
+
+/// Run one control command; (used len, ack byte).
+fn control(rig: &mut NetRig, command: &[u8], with_ack: bool) -> (u32, u8) {
+    let data = rig.buffer(command);
+    let ack = rig.buffer(&[0xee]);
+    let mut segments = vec![Segment {
+        addr: data,
+        len: command.len() as u32,
+        device_writes: false,
+    }];
+    if with_ack {
+        segments.push(Segment {
+            addr: ack,
+            len: 1,
+            device_writes: true,
+        });
+    }
+    let ctrl = rig.drivers.len() - 1;
+    rig.add(ctrl, &segments);
+    rig.handlers
+        .ctrl
+        .as_mut()
+        .expect("control queue")
+        .handle_queue_notify()
+        .expect("ctrl");
+    let used = rig.used(ctrl);
+    assert_eq!(used.len(), 1);
+    (used[0].len, rig.read(ack, 1)[0])
+}
+
+#[test]
+fn the_mq_command_sets_the_pairs_in_use_and_refuses_the_rest() {
+    in_netns(|| {
+        let mut rig = NetRig::new("mq0", 2, NetRig::all_features());
+        assert_eq!(rig.handlers.rx.len(), 2);
+        assert_eq!(rig.handlers.tx.len(), 2);
+        let mut config = [0u8; 10];
+        rig.device.read_config(0, &mut config);
+        assert_eq!(&config[..6], &GUEST_MAC);
+        assert_eq!(u16::from_le_bytes([config[6], config[7]]), NET_S_LINK_UP);
+        assert_eq!(u16::from_le_bytes([config[8], config[9]]), 2);
+        let set = |pairs: u16| {
+            let mut c = vec![CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET];
+            c.extend_from_slice(&pairs.to_le_bytes());
+            c
+        };
+        assert!(rig.handlers.rx[0].tap_wanted());
+        assert!(!rig.handlers.rx[1].tap_wanted(), "pair 1 unused: detached");
+        assert_eq!(control(&mut rig, &set(2), true), (1, CTRL_OK));
+        assert_eq!(rig.handlers.ctrl.as_ref().unwrap().active_pairs(), 2);
+        assert!(rig.handlers.rx[1].tap_wanted(), "pair 1 attached");
+        assert_eq!(control(&mut rig, &set(3), true), (1, CTRL_ERR));
+        assert_eq!(control(&mut rig, &set(0), true), (1, CTRL_ERR));
+        assert_eq!(control(&mut rig, &[0, 0, 1], true), (1, CTRL_ERR));
+        assert_eq!(control(&mut rig, &[CTRL_CLASS_MQ], true), (1, CTRL_ERR));
+        assert_eq!(control(&mut rig, &set(1), false).0, 0, "no ack byte");
+        assert_eq!(control(&mut rig, &set(1), true), (1, CTRL_OK));
+        assert_eq!(rig.handlers.ctrl.as_ref().unwrap().active_pairs(), 1);
+        assert!(!rig.handlers.rx[1].tap_wanted());
+        // Frames sent on pair 1's tx queue reach the tap too.
+        let socket = PacketSocket::bind("mq0", TEST_ETHERTYPE);
+        let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(80, 11));
+        let mut bytes = plain().to_vec();
+        bytes.extend_from_slice(&frame);
+        let segments = net_support::split_readable(&mut rig, &bytes, &[]);
+        rig.add(3, &segments);
+        rig.handlers.tx[1].handle_queue_notify().expect("tx");
+        assert_eq!(socket.recv(WAIT).expect("frame from pair 1"), frame);
+    });
+}
+
+#[test]
+fn an_event_loop_serves_net_queues_through_the_shared_trait() {
+    fn assert_send<T: Send>(_: &T) {}
+    in_netns(|| {
+        let mut rig = NetRig::new("srv0", 1, NetRig::all_features());
+        let socket = PacketSocket::bind("srv0", TEST_ETHERTYPE);
+        let handlers = std::mem::replace(
+            &mut rig.handlers,
+            blockdev::virtio::net::NetHandlers {
+                rx: Vec::new(),
+                tx: Vec::new(),
+                ctrl: None,
+            },
+        );
+        let mut served = handlers.into_served();
+        assert_send(&served);
+        assert_eq!(
+            served.iter().map(|q| q.index()).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "rx, tx, control"
+        );
+        // Transmit through the trait, as the loop does on a kick.
+        let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(70, 12));
+        let mut bytes = plain().to_vec();
+        bytes.extend_from_slice(&frame);
+        let segments = net_support::split_readable(&mut rig, &bytes, &[]);
+        rig.add(1, &segments);
+        served[1].handle_queue_notify().expect("tx");
+        assert_eq!(socket.recv(WAIT).expect("frame"), frame);
+        assert!(served[1].take_interrupt().expect("irq"));
+        assert_eq!(served[1].next_avail(), 1);
+        // A receive queue without buffers stops waiting on the tap; one
+        // with buffers waits on it and takes the frame when it is readable.
+        let tap_fd = served[0].event_fd();
+        assert!(tap_fd.is_some());
+        served[0].handle_event().expect("rx");
+        assert_eq!(served[0].event_fd(), None, "no buffers: no tap");
+        rig.post_rx(&[2048]);
+        rig.post_rx(&[2048]);
+        served[0].handle_queue_notify().expect("rx");
+        assert_eq!(served[0].event_fd(), tap_fd);
+        socket.send(&test_frame(GUEST_MAC, PEER_MAC, &pattern(30, 13)));
+        std::thread::sleep(QUIET);
+        served[0].handle_event().expect("rx");
+        assert_eq!(rig.used(0).len(), 1);
+        assert!(served[0].take_interrupt().expect("irq"));
+        // A malformed tx chain is reported as refused.
+        let short = rig.buffer(&[0u8; 4]);
+        rig.add(
+            1,
+            &[Segment {
+                addr: short,
+                len: 4,
+                device_writes: false,
+            }],
+        );
+        served[1].handle_queue_notify().expect("tx");
+        assert_eq!(served[1].take_refused(), 1);
+        assert_eq!(served[1].take_refused(), 0);
+    });
+}
+
+#[test]
+fn a_tap_fd_handed_over_is_taken_and_a_multicast_mac_refused() {
+    use blockdev::virtio::net::{NetOptions, Tap, VirtioNet};
+    use std::os::fd::OwnedFd;
+    in_netns(|| {
+        let mut taps = Tap::open("fd0", 1).expect("tap");
+        let fd: OwnedFd = taps.remove(0).into();
+        let tap = Tap::from_fd(fd).expect("a tap fd");
+        assert_eq!(tap.name(), "fd0");
+        let options = NetOptions {
+            mac: [0x01, 0, 0x5e, 0, 0, 1],
+            ..NetOptions::default()
+        };
+        let err = VirtioNet::new(vec![tap], options).expect_err("multicast");
+        assert!(err.to_string().contains("01:00:5e:00:00:01"), "{err}");
+    });
+}
+
+#[test]
+fn a_tso_frame_with_a_sound_header_is_taken_by_the_tap() {
+    in_netns(|| {
+        let mut rig = NetRig::new("tso0", 1, NetRig::all_features());
+        let socket = PacketSocket::bind("tso0", 0x0800);
+        let payload = pattern(3000, 14);
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&GUEST_MAC);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + 20 + payload.len()) as u16;
+        frame.extend_from_slice(&[0x45, 0]);
+        frame.extend_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+        // TCP: ports, seq, ack, data offset 5, ACK|PSH, window, csum, urg.
+        frame.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0]);
+        frame.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        frame.extend_from_slice(&payload);
+        let header = NetHeader {
+            flags: HDR_F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        rig.send(&header.to_bytes(), &frame, &[54, 1000]);
+        let stats = rig.device.counters().snapshot();
+        assert_eq!(
+            (stats.tx_frames, stats.tx_dropped, stats.tx_errors),
+            (1, 0, 0)
+        );
+        assert_eq!(stats.tx_bytes, frame.len() as u64);
+        // The stack sees it (whole or segmented): its headers arrive.
+        let got = socket.recv(WAIT).expect("the TSO frame reached the stack");
+        assert_eq!(&got[..12], &frame[..12]);
+        assert_eq!(got[23], 6, "TCP");
+    });
+}
