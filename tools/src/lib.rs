@@ -13,3 +13,4 @@ pub mod size;
 /// Program name used in messages (`img: ...`, `Try 'img --help' ...`),
 /// where qemu-img says `qemu-img`.
 pub const PROGRAM: &str = "img";
+pub mod vm;
