@@ -77,19 +77,48 @@ pub fn active_id(store: &Store, def: &DomainDef) -> Option<u32> {
 
 /// Finds a domain by id, uuid or name, in virsh's order.
 pub fn lookup(ctx: &Ctx, key: &str) -> Result<DomainDef, VmError> {
+    lookup_by(ctx, key, By::ALL)
+}
+
+/// Which keys a lookup accepts (virsh's VIRSH_BYID, BYUUID, BYNAME).
+#[derive(Debug, Clone, Copy)]
+pub struct By {
+    /// A running domain's id.
+    pub id: bool,
+    /// The uuid.
+    pub uuid: bool,
+    /// The name.
+    pub name: bool,
+}
+
+impl By {
+    /// Any of the three.
+    pub const ALL: By = By {
+        id: true,
+        uuid: true,
+        name: true,
+    };
+}
+
+/// Finds a domain by the keys `by` allows, in virsh's order.
+pub fn lookup_by(ctx: &Ctx, key: &str, by: By) -> Result<DomainDef, VmError> {
     let defs = ctx.store.definitions()?;
-    if let Ok(id) = key.parse::<u32>() {
-        if let Some(def) = defs.iter().find(|d| active_id(&ctx.store, d) == Some(id)) {
-            return Ok(def.clone());
+    if by.id {
+        if let Ok(id) = key.parse::<u32>() {
+            if let Some(def) = defs.iter().find(|d| active_id(&ctx.store, d) == Some(id)) {
+                return Ok(def.clone());
+            }
         }
     }
-    if let Ok(uuid) = Uuid::parse(key) {
-        if let Some(def) = defs.iter().find(|d| d.uuid == uuid) {
-            return Ok(def.clone());
+    if by.uuid {
+        if let Ok(uuid) = Uuid::parse(key) {
+            if let Some(def) = defs.iter().find(|d| d.uuid == uuid) {
+                return Ok(def.clone());
+            }
         }
     }
     defs.into_iter()
-        .find(|d| d.name.as_str() == key)
+        .find(|d| by.name && d.name.as_str() == key)
         .ok_or_else(|| VmError::NoDomain(key.to_string()))
 }
 

@@ -215,19 +215,24 @@ pub fn domid(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
 
 /// `domname DOMAIN` (by id or uuid).
 pub fn domname(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
-    let key = inv.required("domain");
     // virsh looks the domain up by id or uuid only here.
-    let def = lookup(ctx, key)?;
-    if def.name.as_str() == key && key.parse::<u32>().is_err() {
-        return Err(VmError::NoDomain(key.to_string()));
-    }
+    let by = super::By {
+        name: false,
+        ..super::By::ALL
+    };
+    let def = super::lookup_by(ctx, inv.required("domain"), by)?;
     out.push_str(&format!("{}\n", def.name));
     Ok(())
 }
 
 /// `domuuid DOMAIN`.
 pub fn domuuid(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
-    let def = lookup(ctx, inv.required("domain"))?;
+    // virsh looks the domain up by id or name only here.
+    let by = super::By {
+        uuid: false,
+        ..super::By::ALL
+    };
+    let def = super::lookup_by(ctx, inv.required("domain"), by)?;
     out.push_str(&format!("{}\n", def.uuid));
     Ok(())
 }
