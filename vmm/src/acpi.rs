@@ -3,8 +3,12 @@
 //! its CPUs, its interrupt controllers, the serial port and every disk:
 //! RSDP (in the BIOS area, where Linux also scans), XSDT, FADT for
 //! hardware-reduced ACPI, MADT with every vCPU's LAPIC, the IOAPIC and the
-//! timer's interrupt override, and a DSDT describing COM1 and each
-//! virtio-mmio device (`LNRO0005`, as Linux's virtio_mmio driver matches).
+//! timer's interrupt override, and a DSDT describing COM1, each
+//! virtio-mmio device (`LNRO0005`, as Linux's virtio_mmio driver matches),
+//! the power button (`PNP0C0C`) and the Generic Event Device (`ACPI0013`)
+//! whose `_EVT` notifies it, and `\_S5_`. The FADT points at the
+//! hardware-reduced sleep control and status registers (see
+//! `devices::ged`), through which the guest powers off.
 //!
 //! The DSDT's AML comes from the acpi_tables crate; the fixed-layout tables
 //! are written here.
@@ -13,9 +17,11 @@ use acpi_tables::aml;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::devices::ged::{GED_EVENT_POWER_BUTTON, SLEEP_TYPE_S5};
 use crate::error::{Error, Result};
 use crate::layout::{
-    virtio_mmio_base, IOAPIC_START, LAPIC_START, SERIAL_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+    virtio_mmio_base, GED_GSI, GED_SIZE, GED_START, IOAPIC_START, LAPIC_START, SERIAL_GSI,
+    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
 };
 
 /// Where the RSDP goes (the tables follow it), in the BIOS area that the
@@ -75,7 +81,68 @@ pub fn dsdt(disks: usize) -> Vec<u8> {
         aml::Device::new(path.as_str().into(), vec![&hid, &uid, &cca, &crs])
             .to_aml_bytes(&mut body);
     }
+    power_button_and_ged(&mut body);
     table(b"DSDT", 2, &body)
+}
+
+/// The power button, the GED that notifies it, and `\_S5_`.
+fn power_button_and_ged(body: &mut Vec<u8>) {
+    let button_hid = aml::EISAName::new("PNP0C0C");
+    let hid = aml::Name::new("_HID".into(), &button_hid);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    aml::Device::new("_SB_.PWRB".into(), vec![&hid, &uid]).to_aml_bytes(body);
+
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let resources = aml::ResourceTemplate::new(vec![&irq]);
+    let crs = aml::Name::new("_CRS".into(), &resources);
+    let base = GED_START as u32;
+    let size = GED_SIZE as u32;
+    let region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemMemory,
+        &base,
+        &size,
+    );
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::DWord,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 32)],
+    );
+    // _EVT: Local0 = GDAT (reading clears it); if the power-button bit is
+    // set, Notify(\_SB.PWRB, 0x80).
+    let gdat = aml::Path::new("GDAT");
+    let store = aml::Store::new(&aml::Local(0), &gdat);
+    let bit = GED_EVENT_POWER_BUTTON;
+    let and = aml::And::new(&aml::Local(1), &aml::Local(0), &bit);
+    let pressed = aml::Equal::new(&aml::Local(1), &bit);
+    let button = aml::Path::new("\\_SB_.PWRB");
+    let notify_value = 0x80u8;
+    let notify = aml::Notify::new(&button, &notify_value);
+    let when_pressed = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&store, &and, &when_pressed]);
+    aml::Device::new(
+        "_SB_.GED_".into(),
+        vec![&hid, &uid, &crs, &region, &field, &evt],
+    )
+    .to_aml_bytes(body);
+
+    let s5_type = SLEEP_TYPE_S5;
+    let s5 = aml::Package::new(vec![&s5_type, &aml::ZERO]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(body);
+}
+
+/// A Generic Address Structure for one byte-wide I/O port.
+fn io_port_gas(port: u64) -> [u8; 12] {
+    let mut gas = [0u8; 12];
+    gas[0] = 1; // SystemIO
+    gas[1] = 8; // bit width
+    gas[3] = 1; // byte access
+    gas[4..12].copy_from_slice(&port.to_le_bytes());
+    gas
 }
 
 /// The FADT (revision 6) of a hardware-reduced platform.
@@ -89,6 +156,9 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     body[at(112)..at(116)].copy_from_slice(&(1u32 << 20).to_le_bytes());
     body[at(131)] = 0; // FADT minor version
     body[at(140)..at(148)].copy_from_slice(&dsdt_addr.to_le_bytes());
+    // SLEEP_CONTROL_REG and SLEEP_STATUS_REG.
+    body[at(244)..at(256)].copy_from_slice(&io_port_gas(SLEEP_CONTROL_PORT));
+    body[at(256)..at(268)].copy_from_slice(&io_port_gas(SLEEP_STATUS_PORT));
     body[at(268)..at(276)].copy_from_slice(b"RVMM_KVM");
     table(b"FACP", 6, &body)
 }
@@ -178,6 +248,14 @@ mod tests {
         let d = dsdt(2);
         let text = String::from_utf8_lossy(&d);
         assert!(text.contains("V000") && text.contains("V001") && text.contains("LNRO0005"));
+        assert!(text.contains("ACPI0013") && text.contains("PWRB") && text.contains("_S5_"));
+        // The sleep registers are I/O ports in the FADT.
+        let f = fadt(0);
+        assert_eq!(&f[244..248], &[1, 8, 0, 1]);
+        assert_eq!(
+            u64::from_le_bytes(f[248..256].try_into().unwrap()),
+            SLEEP_CONTROL_PORT
+        );
     }
 
     #[test]
@@ -226,6 +304,10 @@ mod iasl {
             if name == "dsdt.dat" {
                 assert!(dsl.contains("LNRO0005") && dsl.contains("PNP0501"), "{dsl}");
                 assert!(dsl.contains("0xD0001000"), "{dsl}");
+                assert!(
+                    dsl.contains("ACPI0013") && dsl.contains("Notify (\\_SB.PWRB, 0x80)"),
+                    "{dsl}"
+                );
             }
         }
     }

@@ -1,5 +1,6 @@
 //! What the user asked for, validated: `vmm --kernel PATH [--initrd PATH]
-//! [--cmdline STR] [--cpus N] [--memory SIZE] [--disk SPEC]...`.
+//! [--cmdline STR] [--cpus N] [--memory SIZE] [--disk SPEC]...`, or a
+//! Cloud Hypervisor `VmConfig` from the API's vm.create ([`from_api`]).
 
 use std::path::PathBuf;
 
@@ -40,6 +41,28 @@ pub struct DiskConfig {
     pub readonly: bool,
     /// Page cache use.
     pub cache: DiskCache,
+    /// The device id its counters are reported under (`_disk<N>` unless
+    /// vm.create names it).
+    pub id: String,
+}
+
+/// Where the guest's serial port goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSpec {
+    /// The VMM's terminal: output to stdout, input from stdin.
+    Tty,
+    /// Nowhere.
+    Null,
+    /// Appended to a file.
+    File(PathBuf),
+    /// A Unix socket serving one client at a time (raw bytes both ways),
+    /// and appended to `log` when given.
+    Socket {
+        /// The listening socket.
+        socket: PathBuf,
+        /// The log of everything the guest prints.
+        log: Option<PathBuf>,
+    },
 }
 
 /// Everything needed to build and run a VM.
@@ -59,8 +82,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Whether VMM threads run under their seccomp filters.
     pub seccomp: bool,
-    /// Whether terminal input goes to the guest's serial port.
+    /// Whether terminal input goes to the guest's serial port (Tty mode).
     pub serial_input: bool,
+    /// Where the serial port goes.
+    pub serial: SerialSpec,
     /// CPUID features hidden from the guest (`--cpuid-mask`).
     pub cpuid_mask: Vec<String>,
     /// The longest the device thread spins on disk completions before it
@@ -171,6 +196,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig> {
         format,
         readonly,
         cache,
+        id: String::new(),
     })
 }
 
@@ -191,6 +217,275 @@ pub fn check_counts(cpus: u32, disks: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The VMM-wide settings that come from `vmm`'s command line, not from
+/// a VM's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmOptions {
+    /// Whether VMM threads run under their seccomp filters.
+    pub seccomp: bool,
+    /// Whether terminal input goes to the serial port in Tty mode.
+    pub serial_input: bool,
+    /// CPUID features hidden from the guest.
+    pub cpuid_mask: Vec<String>,
+    /// The device thread's longest spin.
+    pub poll_max: std::time::Duration,
+}
+
+/// Longest device id accepted from vm.create.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest kernel command line accepted (the guest's limit, NUL excluded).
+pub const MAX_CMDLINE_LEN: usize = crate::layout::CMDLINE_MAX_SIZE - 1;
+
+fn bad_field(
+    field: &'static str,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> Error {
+    Error::InvalidOption {
+        option: field,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Validates a Cloud Hypervisor `VmConfig` (vm.create's body) into what
+/// `vmm` runs: bounded counts and sizes, a kernel that exists, formats we
+/// serve, unique disk ids.
+pub fn from_api(api: &vmapi::VmConfig, options: &VmmOptions) -> Result<VmConfig> {
+    let cpus = &api.cpus;
+    if cpus.boot_vcpus == 0 || cpus.boot_vcpus > MAX_CPUS {
+        return Err(bad_field(
+            "cpus.boot_vcpus",
+            cpus.boot_vcpus,
+            format!("must be 1 to {MAX_CPUS}"),
+        ));
+    }
+    if cpus.max_vcpus < cpus.boot_vcpus || cpus.max_vcpus > MAX_CPUS {
+        return Err(bad_field(
+            "cpus.max_vcpus",
+            cpus.max_vcpus,
+            format!("must be boot_vcpus ({}) to {MAX_CPUS}", cpus.boot_vcpus),
+        ));
+    }
+    let memory = api.memory.size;
+    if memory < MIN_MEMORY || !memory.is_multiple_of(4 << 10) {
+        return Err(bad_field(
+            "memory.size",
+            memory,
+            "must be a multiple of 4 KiB and at least 16 MiB",
+        ));
+    }
+    let host = host_memory();
+    if memory > host {
+        return Err(bad_field(
+            "memory.size",
+            memory,
+            format!("more than the host's {} MiB", host >> 20),
+        ));
+    }
+    let payload = &api.payload;
+    if let Some(firmware) = &payload.firmware {
+        return Err(bad_field(
+            "payload.firmware",
+            firmware.display(),
+            "firmware boot is not supported; give payload.kernel",
+        ));
+    }
+    let kernel = payload
+        .kernel
+        .clone()
+        .ok_or_else(|| bad_field("payload.kernel", "(none)", "a kernel is required"))?;
+    if !kernel.is_file() {
+        return Err(bad_field(
+            "payload.kernel",
+            kernel.display(),
+            "no such file",
+        ));
+    }
+    if let Some(initrd) = &payload.initramfs {
+        if !initrd.is_file() {
+            return Err(bad_field(
+                "payload.initramfs",
+                initrd.display(),
+                "no such file",
+            ));
+        }
+    }
+    let cmdline = payload.cmdline.clone().unwrap_or_default();
+    if cmdline.len() > MAX_CMDLINE_LEN || cmdline.contains('\0') {
+        return Err(bad_field(
+            "payload.cmdline",
+            format!("{} bytes", cmdline.len()),
+            format!("at most {MAX_CMDLINE_LEN} bytes, no NUL"),
+        ));
+    }
+    let api_disks = api.disks.as_deref().unwrap_or_default();
+    if api_disks.len() > MAX_DISKS {
+        return Err(bad_field(
+            "disks",
+            api_disks.len(),
+            format!("at most {MAX_DISKS} disks"),
+        ));
+    }
+    let mut disks: Vec<DiskConfig> = Vec::new();
+    for (index, disk) in api_disks.iter().enumerate() {
+        let id = disk.id.clone().unwrap_or_else(|| format!("_disk{index}"));
+        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control()) {
+            return Err(bad_field(
+                "disks[].id",
+                vmapi_excerpt(&id),
+                format!("1 to {MAX_ID_LEN} printable characters"),
+            ));
+        }
+        if disks.iter().any(|d| d.id == id) {
+            return Err(bad_field("disks[].id", id, "used twice"));
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(bad_field("disks[].path", "(empty)", "a path is required"));
+        }
+        let format = match disk.image_type {
+            None | Some(vmapi::ImageType::Unknown) => None,
+            Some(vmapi::ImageType::Qcow2) => Some(DiskFormat::Qcow2),
+            Some(vmapi::ImageType::Raw) => Some(DiskFormat::Raw),
+            Some(other) => {
+                return Err(bad_field(
+                    "disks[].image_type",
+                    format!("{other:?}"),
+                    "only Qcow2 and Raw are served",
+                ))
+            }
+        };
+        disks.push(DiskConfig {
+            path: disk.path.clone(),
+            format,
+            readonly: disk.readonly,
+            cache: if disk.direct {
+                DiskCache::None
+            } else {
+                DiskCache::Writeback
+            },
+            id,
+        });
+    }
+    let serial = match &api.serial {
+        None => SerialSpec::Null,
+        Some(console) => serial_spec(console)?,
+    };
+    Ok(VmConfig {
+        kernel,
+        initrd: payload.initramfs.clone(),
+        cmdline,
+        cpus: cpus.boot_vcpus,
+        memory,
+        disks,
+        seccomp: options.seccomp,
+        serial_input: options.serial_input,
+        serial,
+        cpuid_mask: options.cpuid_mask.clone(),
+        poll_max: options.poll_max,
+    })
+}
+
+fn vmapi_excerpt(text: &str) -> String {
+    text.chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect()
+}
+
+fn serial_spec(console: &vmapi::ConsoleConfig) -> Result<SerialSpec> {
+    use vmapi::ConsoleMode;
+    Ok(match console.mode {
+        ConsoleMode::Off | ConsoleMode::Null => SerialSpec::Null,
+        ConsoleMode::Tty => SerialSpec::Tty,
+        ConsoleMode::File => SerialSpec::File(
+            console
+                .file
+                .clone()
+                .ok_or_else(|| bad_field("serial.file", "(none)", "File mode needs a file"))?,
+        ),
+        ConsoleMode::Socket => SerialSpec::Socket {
+            socket: console.socket.clone().ok_or_else(|| {
+                bad_field("serial.socket", "(none)", "Socket mode needs a socket")
+            })?,
+            log: console.file.clone(),
+        },
+        ConsoleMode::Pty => {
+            return Err(bad_field(
+                "serial.mode",
+                "Pty",
+                "not supported; use Socket, File, Tty or Null",
+            ))
+        }
+    })
+}
+
+/// The Cloud Hypervisor `VmConfig` describing a VM given on `vmm`'s
+/// command line (for vm.info), with CH's default disk ids.
+pub fn to_api(config: &VmConfig) -> vmapi::VmConfig {
+    vmapi::VmConfig {
+        cpus: vmapi::CpusConfig {
+            boot_vcpus: config.cpus,
+            max_vcpus: config.cpus,
+        },
+        memory: vmapi::MemoryConfig {
+            size: config.memory,
+        },
+        payload: vmapi::PayloadConfig {
+            firmware: None,
+            kernel: Some(config.kernel.clone()),
+            cmdline: Some(config.cmdline.clone()),
+            initramfs: config.initrd.clone(),
+        },
+        disks: Some(
+            config
+                .disks
+                .iter()
+                .map(|d| vmapi::DiskConfig {
+                    path: d.path.clone(),
+                    readonly: d.readonly,
+                    direct: d.cache == DiskCache::None,
+                    id: Some(d.id.clone()),
+                    image_type: d.format.map(|f| match f {
+                        DiskFormat::Qcow2 => vmapi::ImageType::Qcow2,
+                        DiskFormat::Raw => vmapi::ImageType::Raw,
+                    }),
+                })
+                .collect(),
+        ),
+        serial: Some(match &config.serial {
+            SerialSpec::Tty => vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty),
+            SerialSpec::Null => vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Null),
+            SerialSpec::File(file) => vmapi::ConsoleConfig {
+                file: Some(file.clone()),
+                socket: None,
+                mode: vmapi::ConsoleMode::File,
+            },
+            SerialSpec::Socket { socket, log } => vmapi::ConsoleConfig {
+                file: log.clone(),
+                socket: Some(socket.clone()),
+                mode: vmapi::ConsoleMode::Socket,
+            },
+        }),
+        console: None,
+    }
+}
+
+/// The configuration as vm.info reports it: as given, with defaults
+/// filled (disk ids, serial mode, max_vcpus).
+pub fn with_defaults(api: &vmapi::VmConfig) -> vmapi::VmConfig {
+    let mut filled = api.clone();
+    if let Some(disks) = &mut filled.disks {
+        for (index, disk) in disks.iter_mut().enumerate() {
+            disk.id.get_or_insert_with(|| format!("_disk{index}"));
+        }
+    }
+    filled
+        .serial
+        .get_or_insert_with(|| vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Null));
+    filled
 }
 
 #[cfg(test)]
@@ -240,5 +535,68 @@ mod tests {
         assert!(check_counts(0, 0).is_err());
         assert!(check_counts(1, 20).is_err());
         assert!(check_counts(2, 1).is_ok());
+    }
+
+    fn options() -> VmmOptions {
+        VmmOptions {
+            seccomp: true,
+            serial_input: false,
+            cpuid_mask: Vec::new(),
+            poll_max: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn api_configs_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, b"x").unwrap();
+        let json = |extra: &str| {
+            format!(
+                r#"{{"payload": {{"kernel": "{}"}}, "memory": {{"size": 33554432}}{extra}}}"#,
+                kernel.display()
+            )
+        };
+        let good: vmapi::VmConfig = serde_json::from_str(&json(
+            r#", "disks": [{"path": "/a", "image_type": "Qcow2", "direct": true}, {"path": "/b", "id": "vdb"}], "serial": {"mode": "Socket", "socket": "/s", "file": "/l"}"#,
+        ))
+        .unwrap();
+        let config = from_api(&good, &options()).unwrap();
+        assert_eq!(config.memory, 32 << 20);
+        assert_eq!(
+            (config.disks[0].id.as_str(), config.disks[1].id.as_str()),
+            ("_disk0", "vdb")
+        );
+        assert_eq!(config.disks[0].format, Some(DiskFormat::Qcow2));
+        assert_eq!(config.disks[0].cache, DiskCache::None);
+        assert!(matches!(config.serial, SerialSpec::Socket { .. }));
+        assert_eq!(
+            with_defaults(&good).disks.unwrap()[0].id.as_deref(),
+            Some("_disk0")
+        );
+        let round = to_api(&config);
+        assert_eq!(round.disks.as_ref().unwrap()[1].id.as_deref(), Some("vdb"));
+        for bad in [
+            r#", "cpus": {"boot_vcpus": 0, "max_vcpus": 1}"#,
+            r#", "cpus": {"boot_vcpus": 2, "max_vcpus": 1}"#,
+            r#", "cpus": {"boot_vcpus": 1000, "max_vcpus": 1000}"#,
+            r#", "disks": [{"path": "/a", "id": "x"}, {"path": "/b", "id": "x"}]"#,
+            r#", "disks": [{"path": "/a", "image_type": "Vhdx"}]"#,
+            r#", "serial": {"mode": "Socket"}"#,
+            r#", "serial": {"mode": "Pty"}"#,
+        ] {
+            let config: vmapi::VmConfig = serde_json::from_str(&json(bad)).unwrap();
+            let err = from_api(&config, &options()).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+        let mut no_kernel = good.clone();
+        no_kernel.payload.kernel = Some(dir.path().join("missing"));
+        assert!(from_api(&no_kernel, &options())
+            .unwrap_err()
+            .to_string()
+            .contains("no such file"));
+        let mut small = good;
+        small.memory.size = 1 << 20;
+        assert!(from_api(&small, &options()).is_err());
     }
 }

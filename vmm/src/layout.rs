@@ -10,7 +10,8 @@
 //! 0x0010_0000  kernel (bzImage protected-mode part; ELF at its own address)
 //! ...          RAM up to min(memory, 3 GiB); the initrd at its top
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio devices at 0xd000_0000,
-//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//!              the ACPI GED at 0xfeb0_0000, IOAPIC 0xfec0_0000,
+//!              LAPIC 0xfee0_0000
 //! 0x1_0000_0000  the rest of RAM, if any
 //! ```
 
@@ -46,8 +47,19 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// GSI of the first virtio-mmio device (the next ones follow).
 pub const VIRTIO_FIRST_GSI: u32 = 5;
-/// Most virtio-mmio disks (GSIs 5..=23 of the IOAPIC).
-pub const MAX_DISKS: usize = 19;
+/// Most virtio-mmio disks (GSIs 5..=22 of the IOAPIC; 23 is the GED's).
+pub const MAX_DISKS: usize = 18;
+/// The ACPI Generic Event Device's event register (one 32-bit word).
+pub const GED_START: u64 = 0xfeb0_0000;
+/// Bytes of the GED's register window.
+pub const GED_SIZE: u64 = 4;
+/// GSI of the GED's interrupt.
+pub const GED_GSI: u32 = 23;
+/// The hardware-reduced ACPI sleep control register (FADT's
+/// SLEEP_CONTROL_REG), an I/O port.
+pub const SLEEP_CONTROL_PORT: u64 = 0x600;
+/// The sleep status register (FADT's SLEEP_STATUS_REG), the next port.
+pub const SLEEP_STATUS_PORT: u64 = 0x601;
 /// GSI of the 8250 serial port.
 pub const SERIAL_GSI: u32 = 4;
 /// The IOAPIC's MMIO base.
@@ -79,6 +91,7 @@ mod tests {
     fn ram_skips_the_mmio_gap() {
         assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
         assert_eq!(ram_ranges(4 << 30), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
-        assert!(virtio_mmio_base(MAX_DISKS) < IOAPIC_START);
+        assert!(virtio_mmio_base(MAX_DISKS) < GED_START && GED_START + GED_SIZE <= IOAPIC_START);
+        assert!(VIRTIO_FIRST_GSI + MAX_DISKS as u32 <= GED_GSI);
     }
 }

@@ -10,19 +10,27 @@
 //! - [`cpu`]: vCPU state at entry (CPUID, MSRs, registers, LAPIC).
 //! - [`devices`]: the legacy devices (8250 serial, i8042) and the port/MMIO bus.
 //! - [`seccomp`]: the system calls each VMM thread may make.
-//! - [`vm`]: putting it together and running until the guest resets or
-//!   powers off.
+//! - [`vm`]: putting a VM together; [`vcpu`]: its vCPU threads, paused and
+//!   resumed.
+//! - [`control`]: the one place that acts on the VM (API requests, guest
+//!   events); [`api_server`]: the API thread on `--api-socket`.
+//! - [`serial_sink`]: where the serial port goes (terminal, file, socket).
 
 pub mod acpi;
+pub mod api_server;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod error;
 pub mod layout;
 pub mod seccomp;
+pub mod serial_sink;
+mod sock;
 mod sys;
+pub mod vcpu;
 pub mod vm;
 
 pub use error::{Error, Result};

@@ -1,19 +1,30 @@
 //! `vmm`: boot a Linux kernel (or the project's test guest) with
-//! virtio-blk disks served from qcow2 or raw images.
+//! virtio-blk disks served from qcow2 or raw images, and serve Cloud
+//! Hypervisor's control API on `--api-socket`.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::Parser;
-use vmm::config::{parse_disk, parse_memory, VmConfig};
-use vmm::vm::{run, VmExit};
+use vmm::config::{parse_disk, parse_memory, SerialSpec, VmConfig, VmmOptions};
+use vmm::control::{Controller, Ending};
+use vmm::vm::{RunTimes, VmExit};
 
 /// A minimal KVM VMM.
 #[derive(Debug, Parser)]
-#[command(name = "vmm", version)]
+#[command(name = "vmm", disable_version_flag = true)]
 struct Args {
-    /// Linux bzImage or ELF vmlinux
+    /// Print `vmm vX.Y.Z` and exit
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// Serve the control API (Cloud Hypervisor's REST API) on this Unix
+    /// socket: PATH or path=PATH. Without --kernel, wait for vm.create and
+    /// vm.boot
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    api_socket: Option<String>,
+    /// Linux bzImage or ELF vmlinux (required without --api-socket)
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -50,24 +61,13 @@ struct Args {
     poll_us: u64,
 }
 
-fn config(args: &Args) -> anyhow::Result<VmConfig> {
-    let disks = args
-        .disks
-        .iter()
-        .map(|d| parse_disk(d))
-        .collect::<Result<Vec<_>, _>>()?;
+fn options(args: &Args) -> anyhow::Result<VmmOptions> {
     let seccomp = match args.seccomp.as_str() {
         "on" => true,
         "off" => false,
         other => anyhow::bail!("invalid --seccomp '{other}': expected on or off"),
     };
-    Ok(VmConfig {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-        cpus: args.cpus,
-        memory: parse_memory(&args.memory)?,
-        disks,
+    Ok(VmmOptions {
         seccomp,
         serial_input: true,
         cpuid_mask: vmm::cpu::parse_cpuid_mask(&args.cpuid_mask)?,
@@ -75,33 +75,119 @@ fn config(args: &Args) -> anyhow::Result<VmConfig> {
     })
 }
 
+/// The VM of the command line, if `--kernel` is given.
+fn config(args: &Args, options: &VmmOptions) -> anyhow::Result<Option<VmConfig>> {
+    let Some(kernel) = &args.kernel else {
+        if args.api_socket.is_none() {
+            anyhow::bail!("--kernel is required (or --api-socket to wait for vm.create)");
+        }
+        return Ok(None);
+    };
+    let disks = args
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(index, d)| {
+            parse_disk(d).map(|mut disk| {
+                disk.id = format!("_disk{index}");
+                disk
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(VmConfig {
+        kernel: kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        cpus: args.cpus,
+        memory: parse_memory(&args.memory)?,
+        disks,
+        seccomp: options.seccomp,
+        serial_input: options.serial_input,
+        serial: SerialSpec::Tty,
+        cpuid_mask: options.cpuid_mask.clone(),
+        poll_max: options.poll_max,
+    }))
+}
+
+/// `PATH` or Cloud Hypervisor's `path=PATH`.
+fn api_socket_path(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = match spec.split_once('=') {
+        Some(("path", path)) => path,
+        Some((key, _)) if !spec.starts_with('/') && !spec.starts_with('.') => {
+            anyhow::bail!(
+                "invalid --api-socket '{spec}': unknown key '{key}' (expected PATH or path=PATH)"
+            )
+        }
+        _ => spec,
+    };
+    if path.is_empty() {
+        anyhow::bail!("invalid --api-socket '{spec}': empty path");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn run(args: &Args, started: Instant) -> anyhow::Result<(Ending, Option<RunTimes>)> {
+    let options = options(args)?;
+    let config = config(args, &options)?;
+    let mut controller = Controller::new(options.clone(), started)?;
+    if let Some(spec) = &args.api_socket {
+        let path = api_socket_path(spec)?;
+        controller.attach_api(vmm::api_server::start(&path, options.seccomp)?);
+    }
+    if let Some(config) = config {
+        if let Err(e) = controller.boot_now(config) {
+            controller.remove_sockets_now();
+            return Err(e.into());
+        }
+    }
+    Ok(controller.run()?)
+}
+
+fn print_timings(times: &RunTimes) {
+    let ms = |d: Option<std::time::Duration>| {
+        d.map_or("none".to_string(), |d| {
+            format!("{:.3} ms", d.as_secs_f64() * 1e3)
+        })
+    };
+    eprintln!(
+        "vmm: setup (start to first KVM_RUN) {}, first serial byte {}, exit {:.3} ms",
+        ms(times.setup),
+        ms(times.first_serial_byte),
+        times.exit.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
+    let started = Instant::now();
     let args = Args::parse();
-    let console = vmm::console::RawConsole::enter();
-    let outcome = config(&args).and_then(|c| Ok(run(&c)?));
+    if args.version {
+        println!("vmm v{}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let console = if args.kernel.is_some() {
+        vmm::console::RawConsole::enter()
+    } else {
+        None
+    };
+    let outcome = run(&args, started);
     // Put the terminal back before any message (process::exit skips drops).
     drop(console);
     match outcome {
-        Ok((exit, times)) => {
+        Ok((ending, times)) => {
             if args.timings {
-                let first = times.first_serial_byte.map_or("none".to_string(), |d| {
-                    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-                });
-                let setup = times.setup.map_or("none".to_string(), |d| {
-                    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-                });
-                eprintln!(
-                    "vmm: setup (start to first KVM_RUN) {setup}, first serial byte {first}, exit {:.3} ms",
-                    times.exit.as_secs_f64() * 1e3
-                );
+                if let Some(times) = &times {
+                    print_timings(times);
+                }
             }
-            match exit {
-                VmExit::Reset | VmExit::PowerOff => std::process::exit(0),
-                VmExit::Signal(sig) => {
+            match ending {
+                Ending::VmmShutdown | Ending::Guest(VmExit::Reset | VmExit::PowerOff) => {
+                    std::process::exit(0)
+                }
+                Ending::Guest(VmExit::Signal(sig)) => {
                     eprintln!("vmm: stopped by signal {sig}");
                     std::process::exit(0)
                 }
-                VmExit::Fault(msg) => {
+                Ending::Guest(VmExit::Fault(msg)) => {
                     eprintln!("vmm: {msg}");
                     std::process::exit(1)
                 }

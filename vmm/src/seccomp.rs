@@ -15,7 +15,12 @@
 //!   and eventfds, which are in the common list);
 //! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN, and
 //!   `ioctl(0, TCSETS)` (and glibc's checking `TCGETS`) to put the
-//!   terminal's settings back at the end.
+//!   terminal's settings back at the end. Only without `--api-socket`:
+//!   under the API the main thread is the controller, which builds VMs
+//!   (vm.boot, reboots) and so runs without a filter, as the VMM thread
+//!   of Cloud Hypervisor runs with a wide one;
+//! - the API thread and the console thread: accepting on their socket,
+//!   reading the peer's credentials, socket timeouts, reads and writes.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +40,11 @@ pub enum ThreadKind {
     Vcpu,
     /// The device thread.
     Devices,
+    /// The API thread: accepts on its socket, checks the peer, reads and
+    /// writes.
+    Api,
+    /// The serial console's socket thread.
+    Console,
 }
 
 /// System calls every thread may make.
@@ -138,6 +148,19 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
             rules.insert(libc::SYS_ioctl, ioctl_rules);
         }
         ThreadKind::Devices => {}
+        ThreadKind::Api | ThreadKind::Console => {
+            for nr in [
+                libc::SYS_accept4,
+                libc::SYS_accept,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
+                libc::SYS_getsockopt,
+                libc::SYS_setsockopt,
+            ] {
+                rules.insert(nr, Vec::new());
+            }
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -162,7 +185,13 @@ mod tests {
 
     #[test]
     fn filters_build() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Devices] {
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Devices,
+            ThreadKind::Api,
+            ThreadKind::Console,
+        ] {
             assert!(build(kind).unwrap().len() > COMMON.len());
         }
         assert_eq!(vcpu_ioctls()[1], 0x8090_ae81);

@@ -24,6 +24,7 @@ use super::config::BlockConfig;
 use super::defs::*;
 use super::handler::{QueueEvents, QueueHandler};
 use super::request::DiskInfo;
+use super::stats::DiskStats;
 use crate::disk::BlockBackend;
 use crate::{Error, Result};
 
@@ -58,6 +59,7 @@ pub struct VirtioBlock {
     status: u8,
     queues: Vec<Queue>,
     activated: bool,
+    stats: Arc<DiskStats>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -132,6 +134,7 @@ impl VirtioBlock {
             status: 0,
             queues,
             activated: false,
+            stats: Arc::new(DiskStats::default()),
         })
     }
 
@@ -267,6 +270,12 @@ impl VirtioBlock {
         self.activated
     }
 
+    /// The device's request counters (shared with its queue handlers,
+    /// kept across resets).
+    pub fn stats(&self) -> Arc<DiskStats> {
+        self.stats.clone()
+    }
+
     /// The backend the device serves.
     pub fn backend(&self) -> &Arc<dyn BlockBackend> {
         &self.backend
@@ -325,6 +334,7 @@ impl VirtioBlock {
                 disk,
                 self.info.clone(),
                 queue_events,
+                self.stats.clone(),
             )?);
         }
         self.activated = true;

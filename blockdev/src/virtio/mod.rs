@@ -68,6 +68,7 @@ pub mod handler;
 mod memory;
 pub mod request;
 mod ring;
+pub mod stats;
 pub mod testing;
 
 pub use config::BlockConfig;

@@ -45,6 +45,11 @@ pub enum LoopMessage {
         /// The device's slot.
         device: usize,
     },
+    /// The VM is pausing: stop taking requests from the queues, wait for
+    /// those in flight to complete, then answer on the channel.
+    Pause(std::sync::mpsc::Sender<()>),
+    /// The VM resumes: take requests again.
+    Resume,
     /// The VM is stopping: drop everything and return.
     Stop,
 }
@@ -110,8 +115,9 @@ pub fn run(
     let mut next_slot = 0u64;
     let mut events = vec![EpollEvent::default(); 64];
     let mut poll = AdaptivePoll::new(poll_max);
+    let mut paused = false;
     loop {
-        let busy = served.values().any(|s| s.handler.worth_polling());
+        let busy = !paused && served.values().any(|s| s.handler.worth_polling());
         let ready = |s: &mut Served| s.handler.completions_ready() || s.handler.has_available();
         if busy && poll.run(|| served.values_mut().any(ready)) {
             for s in served.values_mut() {
@@ -129,7 +135,7 @@ pub fn run(
         // sleeping. A queue that takes nothing (a broken ring) does not
         // keep the loop awake: its next kick will.
         let mut took = false;
-        for s in served.values_mut() {
+        for s in served.values_mut().filter(|_| !paused) {
             match s.handler.prepare_to_sleep() {
                 Ok(true) => {
                     let before = s.handler.next_avail();
@@ -161,6 +167,9 @@ pub fn run(
             }
         };
         for ev in &events[..n] {
+            if paused && ev.data() < TOKEN_STDIN && ev.data() % 2 == 0 {
+                continue; // a kick that raced the pause: taken at resume
+            }
             match ev.data() {
                 TOKEN_WAKE => {
                     let _ = wake.read();
@@ -212,6 +221,25 @@ pub fn run(
                                     }
                                 }
                             }
+                            LoopMessage::Pause(done) => {
+                                paused = true;
+                                for s in served.values_mut() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        s.handler.notify_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                    drain(s);
+                                }
+                                let _ = done.send(());
+                            }
+                            LoopMessage::Resume => {
+                                paused = false;
+                                for (&slot, s) in served.iter_mut() {
+                                    add(s.handler.notify_fd(), slot * 2);
+                                    serve(s, Event::Notify);
+                                }
+                            }
                             LoopMessage::Stop => return,
                         }
                     }
@@ -241,8 +269,26 @@ pub fn run(
     }
 }
 
-/// Runs one handler after its notify (or completion) eventfd fired, then
-/// interrupts the guest if the handler asked to.
+/// Waits until none of the queue's requests is in flight, returning each
+/// to the guest as it completes.
+fn drain(s: &mut Served) {
+    while s.handler.in_flight() > 0 {
+        if let Err(e) = s.handler.wait_and_complete() {
+            eprintln!(
+                "vmm: virtio-blk {} queue {}: draining: {e}",
+                s.device,
+                s.handler.index()
+            );
+            break;
+        }
+    }
+    match s.handler.take_interrupt() {
+        Ok(true) => s.interrupt.used_buffers(),
+        Ok(false) => {}
+        Err(e) => eprintln!("vmm: virtio-blk {}: {e}", s.device),
+    }
+}
+
 /// Why a queue is served.
 #[derive(Debug, Clone, Copy)]
 enum Event {

@@ -5,6 +5,8 @@
 //!   blockdev's virtio-blk device model.
 //! - [`event_loop`]: the device thread serving virtio queues and terminal
 //!   input.
+//! - [`ged`]: the ACPI Generic Event Device (power button) and the
+//!   hardware-reduced sleep registers (power off).
 //! - [`i8042`]: just enough of the keyboard controller to turn the guest's
 //!   reset (0xfe to port 0x64) into a clean exit.
 //!
@@ -12,6 +14,7 @@
 //! few per address), and the guest keeps running.
 
 pub mod event_loop;
+pub mod ged;
 pub mod i8042;
 pub mod serial;
 pub mod virtio_mmio;

@@ -6,9 +6,11 @@
 use super::super::chain_merge::{Ready, MERGED_CHAINS};
 use super::super::defs::{STATUS_IOERR, STATUS_OK};
 use super::super::request::{Action, ParsedChain};
+use super::super::stats::StatKind;
 use super::{queue_error, QueueHandler};
 use crate::disk::Request;
 use crate::Result;
+use std::time::Instant;
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
 impl<A: GuestAddressSpace> QueueHandler<A> {
@@ -37,6 +39,12 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                     }
                     _ => None,
                 };
+                let counted = match requests.as_slice() {
+                    [Request::Read { .. }] => Some(StatKind::Read),
+                    [Request::Write { .. }] => Some(StatKind::Write),
+                    [Request::Flush] => Some(StatKind::Flush),
+                    _ => None,
+                };
                 let Some(slot) = self.free_slots.pop() else {
                     // Checked before popping; cannot happen.
                     requests.clear();
@@ -56,6 +64,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 chain.status = STATUS_OK;
                 chain.transfer = transfer;
                 chain.outstanding = 0;
+                chain.counted = counted.map(|kind| (kind, Instant::now()));
                 if mergeable {
                     if let Some(request) = requests.pop() {
                         chain.outstanding = 1;
@@ -209,6 +218,10 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             chain.pending.clear();
             let (head, status_addr, status, used_len) =
                 (chain.head, chain.status_addr, chain.status, chain.used_len);
+            if let Some((kind, started)) = chain.counted.take() {
+                let bytes = chain.transfer.unwrap_or(0);
+                self.stats.record(kind, bytes, started.elapsed());
+            }
             self.free_slots.push(slot);
             self.finish(head, status_addr, status, used_len)?;
         }

@@ -28,8 +28,10 @@ use super::defs::STATUS_IOERR;
 use super::memory::GuestView;
 use super::request::{parse_chain, DiskInfo, ParseScratch};
 use super::ring::{RingSetupError, SplitRing};
+use super::stats::{DiskStats, StatKind};
 use crate::disk::{BlockQueue, Request};
 use crate::{Error, Result};
+use std::time::Instant;
 
 /// Available ring flag: the driver does not want interrupts.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -62,6 +64,9 @@ struct InFlight {
     pending: VecDeque<Request>,
     /// Requests accepted and not yet completed.
     outstanding: u32,
+    /// What the counters count it as (reads, writes, flushes), with
+    /// when it was taken off the ring.
+    counted: Option<(StatKind, Instant)>,
 }
 
 /// One virtqueue of the device with its own backend queue.
@@ -102,6 +107,8 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     /// Chains refused since the last [`QueueHandler::take_refused`]
     /// (dropped, or answered IOERR/UNSUPP without reaching the backend).
     refused: u64,
+    /// The device's counters.
+    stats: Arc<DiskStats>,
 }
 
 impl<A: GuestAddressSpace> QueueHandler<A> {
@@ -116,6 +123,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         disk: Box<dyn BlockQueue>,
         info: Arc<DiskInfo>,
         events: QueueEvents,
+        stats: Arc<DiskStats>,
     ) -> Result<Self> {
         let invalid = |reason| Error::InvalidQueue { index, reason };
         let view = GuestView::new(mem.memory())
@@ -149,6 +157,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             depth: u32::from(queue_size),
             scratch: ParseScratch::default(),
             merger: ChainMerger::default(),
+            stats,
         })
     }
 

@@ -1,0 +1,221 @@
+//! The API thread: serves `--api-socket` (mode 0600), refuses peers of
+//! another uid (SO_PEERCRED: they get nothing, the connection is closed),
+//! reads one bounded request per connection ([`vmapi::http`]), turns it
+//! into an [`ApiRequest`] (400 for malformed HTTP or JSON, 404 for an
+//! unknown path, 400 for a wrong method, as Cloud Hypervisor answers) and
+//! hands it to the controller on the main thread, then writes the answer.
+//! It holds no VM logic, and nothing a peer sends can stop the VM.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::mpsc::{channel, Sender};
+
+use vmapi::http::{self, Limits};
+use vmapi::{Endpoint, Response};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::control::{ApiCall, ApiLink, ApiRequest};
+use crate::error::{Error, Result};
+
+/// Binds `path` and starts the `api` thread.
+pub fn start(path: &Path, seccomp: bool) -> Result<ApiLink> {
+    let listener = crate::sock::bind_private(path)?;
+    let (calls_tx, calls) = channel();
+    let (written_tx, written) = channel();
+    let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+        what: "eventfd".into(),
+        source,
+    })?;
+    let thread_wake = wake.try_clone().map_err(|source| Error::Io {
+        what: "eventfd".into(),
+        source,
+    })?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || serve(listener, calls_tx, thread_wake, written_tx, seccomp))
+        .map_err(|source| Error::Io {
+            what: "starting the API thread".into(),
+            source,
+        })?;
+    Ok(ApiLink {
+        calls,
+        wake,
+        written,
+        socket: path.to_path_buf(),
+    })
+}
+
+fn serve(
+    listener: UnixListener,
+    calls: Sender<ApiCall>,
+    wake: EventFd,
+    written: Sender<()>,
+    seccomp: bool,
+) {
+    if seccomp {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
+            eprintln!("vmm: API thread: {e}");
+            return;
+        }
+    }
+    let own = crate::sock::own_uid();
+    let limits = Limits::default();
+    loop {
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        if crate::sock::peer_uid(&stream).ok() != Some(own) {
+            continue; // another user: closed unanswered
+        }
+        let response = answer(&mut stream, &limits, &calls, &wake);
+        let _ = stream.set_write_timeout(Some(limits.deadline));
+        let _ = response.write_to(&mut stream);
+        let _ = written.send(());
+    }
+}
+
+/// Reads the request and gets the controller's answer.
+fn answer(
+    stream: &mut UnixStream,
+    limits: &Limits,
+    calls: &Sender<ApiCall>,
+    wake: &EventFd,
+) -> Response {
+    let request = match http::read_request(stream, limits) {
+        Ok(request) => request,
+        Err(e) => return Response::error(400, &[e.to_string()]),
+    };
+    let request = match parse(&request) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let (reply_tx, reply) = channel();
+    let call = ApiCall {
+        request,
+        reply: reply_tx,
+    };
+    if calls.send(call).is_err() || wake.write(1).is_err() {
+        return Response::error(500, &["the VMM is shutting down".to_string()]);
+    }
+    reply
+        .recv()
+        .unwrap_or_else(|_| Response::error(500, &["the VMM is shutting down".to_string()]))
+}
+
+/// The typed request of an HTTP request, or the error response.
+pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Response> {
+    let endpoint = Endpoint::from_path(&request.path).ok_or_else(|| {
+        Response::error(404, &[format!("no endpoint {}", excerpt(&request.path))])
+    })?;
+    if request.method != endpoint.method() {
+        return Err(Response::error(
+            400,
+            &[format!(
+                "{} is not allowed on {}; use {}",
+                request.method.as_str(),
+                endpoint.name(),
+                endpoint.method().as_str()
+            )],
+        ));
+    }
+    let bad_json = |e: serde_json::Error| {
+        Response::error(400, &[format!("invalid {} body: {e}", endpoint.name())])
+    };
+    Ok(match endpoint {
+        Endpoint::VmmPing => ApiRequest::VmmPing,
+        Endpoint::VmmShutdown => ApiRequest::VmmShutdown,
+        Endpoint::VmCreate => ApiRequest::VmCreate(Box::new(
+            serde_json::from_slice(&request.body).map_err(bad_json)?,
+        )),
+        Endpoint::VmBoot => {
+            let body: vmapi::VmBootConfig = if request.body.iter().all(u8::is_ascii_whitespace) {
+                vmapi::VmBootConfig::default()
+            } else {
+                serde_json::from_slice(&request.body).map_err(bad_json)?
+            };
+            ApiRequest::VmBoot {
+                paused: body.paused,
+            }
+        }
+        Endpoint::VmInfo => ApiRequest::VmInfo,
+        Endpoint::VmCounters => ApiRequest::VmCounters,
+        Endpoint::VmPause => ApiRequest::VmPause,
+        Endpoint::VmResume => ApiRequest::VmResume,
+        Endpoint::VmShutdown => ApiRequest::VmShutdown,
+        Endpoint::VmReboot => ApiRequest::VmReboot,
+        Endpoint::VmPowerButton => ApiRequest::VmPowerButton,
+        Endpoint::VmDelete => ApiRequest::VmDelete,
+    })
+}
+
+fn excerpt(text: &str) -> String {
+    text.chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmapi::Method;
+
+    fn request(method: Method, path: &str, body: &[u8]) -> vmapi::Request {
+        vmapi::Request {
+            method,
+            path: path.into(),
+            body: body.to_vec(),
+            expects_continue: false,
+        }
+    }
+
+    #[test]
+    fn requests_map_to_typed_ones_or_ch_errors() {
+        assert!(matches!(
+            parse(&request(Method::Get, "/api/v1/vmm.ping", b"")),
+            Ok(ApiRequest::VmmPing)
+        ));
+        assert!(matches!(
+            parse(&request(
+                Method::Put,
+                "/api/v1/vm.boot",
+                br#"{"paused": true}"#
+            )),
+            Ok(ApiRequest::VmBoot { paused: true })
+        ));
+        assert!(matches!(
+            parse(&request(Method::Put, "/api/v1/vm.boot", b"")),
+            Ok(ApiRequest::VmBoot { paused: false })
+        ));
+        let status = |r: std::result::Result<ApiRequest, Response>| r.err().map(|e| e.status);
+        assert_eq!(
+            status(parse(&request(Method::Get, "/api/v1/vm.nope", b""))),
+            Some(404)
+        );
+        assert_eq!(
+            status(parse(&request(Method::Put, "/api/v1/vm.info", b""))),
+            Some(400)
+        );
+        assert_eq!(
+            status(parse(&request(Method::Put, "/api/v1/vm.create", b"{"))),
+            Some(400)
+        );
+        assert_eq!(
+            status(parse(&request(Method::Put, "/api/v1/vm.create", b"{}"))),
+            Some(400)
+        );
+        let err = parse(&request(
+            Method::Put,
+            "/api/v1/vm.create",
+            b"{\"payload\": 5}",
+        ))
+        .err()
+        .unwrap();
+        let messages = err.error_messages();
+        assert_eq!(messages.len(), 1);
+        assert!(
+            messages[0].starts_with("invalid vm.create body"),
+            "{messages:?}"
+        );
+    }
+}

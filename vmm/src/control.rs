@@ -1,0 +1,500 @@
+//! The one place that acts on the VM: the controller owns the VM's
+//! configuration, state and (when built) the [`Vm`], and turns API
+//! requests and the guest's events (power off, reset, fault) and
+//! SIGINT/SIGTERM into state changes, on the main thread.
+//!
+//! States, as Cloud Hypervisor's: no VM; Created (vm.create); Running;
+//! Paused; Shutdown (vm.shutdown, or a guest fault under the API). A guest
+//! reset reboots the VM in place when the API is served (as CH does) and
+//! ends `vmm` otherwise; a guest power-off ends `vmm` (exit 0) after its
+//! sockets are removed.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockdev::virtio::stats::{DiskStats, StatKind};
+use vmapi::{Response, VmState};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{self, SerialSpec, VmConfig, VmmOptions};
+use crate::error::{Error, Result};
+use crate::serial_sink::ConsoleHub;
+use crate::sys::ExitSignals;
+use crate::vm::{ExitState, RunTimes, Vm, VmExit, VmHooks};
+
+/// A request of the API, parsed and validated by the API thread.
+#[derive(Debug)]
+pub enum ApiRequest {
+    /// GET vmm.ping.
+    VmmPing,
+    /// PUT vmm.shutdown.
+    VmmShutdown,
+    /// PUT vm.create.
+    VmCreate(Box<vmapi::VmConfig>),
+    /// PUT vm.boot.
+    VmBoot {
+        /// Build the VM but leave its vCPUs parked.
+        paused: bool,
+    },
+    /// GET vm.info.
+    VmInfo,
+    /// GET vm.counters.
+    VmCounters,
+    /// PUT vm.pause.
+    VmPause,
+    /// PUT vm.resume.
+    VmResume,
+    /// PUT vm.shutdown.
+    VmShutdown,
+    /// PUT vm.reboot.
+    VmReboot,
+    /// PUT vm.power-button.
+    VmPowerButton,
+    /// PUT vm.delete.
+    VmDelete,
+}
+
+/// A request with the channel its response goes back on.
+pub struct ApiCall {
+    /// The request.
+    pub request: ApiRequest,
+    /// Where the response goes.
+    pub reply: Sender<Response>,
+}
+
+/// The controller's side of the API thread.
+pub struct ApiLink {
+    /// Requests.
+    pub calls: Receiver<ApiCall>,
+    /// Written with each request.
+    pub wake: EventFd,
+    /// One message per response the API thread has written.
+    pub written: Receiver<()>,
+    /// The socket, removed when `vmm` ends.
+    pub socket: PathBuf,
+}
+
+/// Why `vmm` ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest's end (or a signal) without the API, or a power-off.
+    Guest(VmExit),
+    /// vmm.shutdown.
+    VmmShutdown,
+}
+
+/// The controller.
+pub struct Controller {
+    options: VmmOptions,
+    started: Instant,
+    exit: Arc<ExitState>,
+    reset: EventFd,
+    given: Option<vmapi::VmConfig>,
+    config: Option<VmConfig>,
+    state: VmState,
+    vm: Option<Vm>,
+    stats: Vec<(String, Arc<DiskStats>)>,
+    console: Option<Arc<ConsoleHub>>,
+    api: Option<ApiLink>,
+    times: Option<RunTimes>,
+    signals: ExitSignals,
+}
+
+const TOKEN_EXIT: u64 = 0;
+const TOKEN_RESET: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_API: u64 = 3;
+
+fn error_response(status: u16, error: &dyn std::error::Error) -> Response {
+    let mut messages = vec![error.to_string().replace('\n', " ")];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        messages.push(cause.to_string().replace('\n', " "));
+        source = cause.source();
+    }
+    Response::error(status, &messages)
+}
+
+fn message(status: u16, text: &str) -> Response {
+    Response::error(status, &[text.to_string()])
+}
+
+fn state_error(action: &str, state: VmState) -> Response {
+    message(405, &format!("cannot {action} a VM in state {state:?}"))
+}
+
+impl Controller {
+    /// A controller with no VM. Call it before any other thread starts:
+    /// it blocks SIGINT and SIGTERM (threads started later inherit that)
+    /// and takes them through a signalfd.
+    pub fn new(options: VmmOptions, started: Instant) -> Result<Self> {
+        let signals = ExitSignals::new()?;
+        Ok(Controller {
+            signals,
+            options,
+            started,
+            exit: Arc::new(ExitState::new()?),
+            reset: EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+                what: "eventfd".into(),
+                source,
+            })?,
+            given: None,
+            config: None,
+            state: VmState::Created,
+            vm: None,
+            stats: Vec::new(),
+            console: None,
+            api: None,
+            times: None,
+        })
+    }
+
+    /// Serves the API through `api` (the API thread's link).
+    pub fn attach_api(&mut self, api: ApiLink) {
+        self.api = Some(api);
+    }
+
+    /// Removes the sockets (on a failed start).
+    pub fn remove_sockets_now(&mut self) {
+        self.remove_sockets();
+    }
+
+    /// Creates and boots `config` at once (the command-line VM).
+    pub fn boot_now(&mut self, config: VmConfig) -> Result<()> {
+        self.given = Some(config::to_api(&config));
+        self.config = Some(config);
+        self.boot(false)
+    }
+
+    /// Serves until `vmm` ends; returns why, with the last VM's times.
+    pub fn run(mut self) -> Result<(Ending, Option<RunTimes>)> {
+        let epoll = Epoll::new().map_err(|source| Error::Io {
+            what: "epoll".into(),
+            source,
+        })?;
+        let mut fds = vec![
+            (self.exit.event.as_raw_fd(), TOKEN_EXIT),
+            (self.reset.as_raw_fd(), TOKEN_RESET),
+            (self.signals.as_raw_fd(), TOKEN_SIGNAL),
+        ];
+        if let Some(api) = &self.api {
+            fds.push((api.wake.as_raw_fd(), TOKEN_API));
+        }
+        for (fd, token) in fds {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|source| Error::Io {
+                    what: "epoll_ctl".into(),
+                    source,
+                })?;
+        }
+        if self.api.is_none() && self.options.seccomp {
+            // Without the API nothing is built after the boot: the main
+            // thread only waits, stops and closes.
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Main)?;
+        }
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "epoll_wait".into(),
+                        source,
+                    })
+                }
+            };
+            for event in &events[..n] {
+                let ending = match event.data() {
+                    TOKEN_EXIT => match self.exit.reason() {
+                        Some(reason) => self.guest_ended(reason)?,
+                        None => None,
+                    },
+                    TOKEN_RESET => {
+                        let _ = self.reset.read();
+                        self.guest_ended(VmExit::Reset)?
+                    }
+                    TOKEN_SIGNAL => self
+                        .signals
+                        .take()
+                        .map(|sig| Ending::Guest(VmExit::Signal(sig))),
+                    _ => self.serve_api(),
+                };
+                if let Some(ending) = ending {
+                    self.stop_vm();
+                    self.remove_sockets();
+                    return Ok((ending, self.times));
+                }
+            }
+        }
+    }
+
+    /// The guest powered off, reset or faulted.
+    fn guest_ended(&mut self, reason: VmExit) -> Result<Option<Ending>> {
+        if self.vm.is_none() {
+            self.exit.clear();
+            return Ok(None);
+        }
+        if self.api.is_none() {
+            return Ok(Some(Ending::Guest(reason)));
+        }
+        match reason {
+            VmExit::Reset => {
+                if let Err(e) = self.reboot() {
+                    eprintln!("vmm: reboot failed: {e}");
+                }
+                Ok(None)
+            }
+            VmExit::Fault(text) => {
+                eprintln!("vmm: guest stopped: {text}");
+                self.stop_vm();
+                self.state = VmState::Shutdown;
+                Ok(None)
+            }
+            other => Ok(Some(Ending::Guest(other))),
+        }
+    }
+
+    fn serve_api(&mut self) -> Option<Ending> {
+        let api = self.api.as_ref()?;
+        let _ = api.wake.read();
+        let calls: Vec<ApiCall> = api.calls.try_iter().collect();
+        let mut ending = None;
+        for call in calls {
+            let shutdown = matches!(call.request, ApiRequest::VmmShutdown);
+            let response = self.handle(call.request);
+            let _ = call.reply.send(response);
+            if shutdown {
+                // Let the API thread write the 204 before the process ends.
+                if let Some(api) = &self.api {
+                    let _ = api.written.recv_timeout(Duration::from_secs(1));
+                }
+                ending = Some(Ending::VmmShutdown);
+            }
+        }
+        ending
+    }
+
+    /// Acts on one request; every state change happens here.
+    pub fn handle(&mut self, request: ApiRequest) -> Response {
+        match request {
+            ApiRequest::VmmPing => {
+                let ping = vmapi::VmmPingResponse {
+                    build_version: Some(format!("vmm v{}", env!("CARGO_PKG_VERSION"))),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    pid: Some(i64::from(std::process::id())),
+                    features: Vec::new(),
+                };
+                json(&ping)
+            }
+            ApiRequest::VmmShutdown => Response::no_content(),
+            ApiRequest::VmCreate(given) => {
+                if self.given.is_some() {
+                    return message(405, "a VM is already created; vm.delete it first");
+                }
+                match config::from_api(&given, &self.options) {
+                    Ok(config) => {
+                        self.given = Some(config::with_defaults(&given));
+                        self.config = Some(config);
+                        self.state = VmState::Created;
+                        self.stats.clear();
+                        Response::no_content()
+                    }
+                    Err(e) => error_response(400, &e),
+                }
+            }
+            ApiRequest::VmDelete => {
+                self.stop_vm();
+                self.given = None;
+                self.config = None;
+                self.stats.clear();
+                if let Some(console) = self.console.take() {
+                    let _ = std::fs::remove_file(console.socket());
+                }
+                Response::no_content()
+            }
+            _ if self.given.is_none() => message(404, "VM is not created"),
+            ApiRequest::VmInfo => {
+                let config = self.given.clone().expect("checked above");
+                json(&vmapi::VmInfo {
+                    memory_actual_size: Some(config.memory.size),
+                    config,
+                    state: self.state,
+                })
+            }
+            ApiRequest::VmCounters => json(&self.counters()),
+            ApiRequest::VmBoot { paused } => match self.state {
+                VmState::Created | VmState::Shutdown => match self.boot(paused) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => error_response(500, &e),
+                },
+                state => state_error("boot", state),
+            },
+            ApiRequest::VmPause => match (self.state, &self.vm) {
+                (VmState::Running, Some(vm)) => match vm.pause() {
+                    Ok(()) => {
+                        self.state = VmState::Paused;
+                        Response::no_content()
+                    }
+                    Err(e) => error_response(500, &e),
+                },
+                (state, _) => state_error("pause", state),
+            },
+            ApiRequest::VmResume => match (self.state, &self.vm) {
+                (VmState::Paused, Some(vm)) => {
+                    vm.resume();
+                    self.state = VmState::Running;
+                    Response::no_content()
+                }
+                (state, _) => state_error("resume", state),
+            },
+            ApiRequest::VmShutdown => match self.state {
+                VmState::Running | VmState::Paused => {
+                    self.stop_vm();
+                    self.state = VmState::Shutdown;
+                    Response::no_content()
+                }
+                state => state_error("shut down", state),
+            },
+            ApiRequest::VmReboot => match self.state {
+                VmState::Running | VmState::Paused => match self.reboot() {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => error_response(500, &e),
+                },
+                state => state_error("reboot", state),
+            },
+            ApiRequest::VmPowerButton => match (self.state, &self.vm) {
+                (VmState::Running, Some(vm)) => match vm.power_button() {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => error_response(500, &e),
+                },
+                (state, _) => state_error("press the power button of", state),
+            },
+        }
+    }
+
+    /// Builds and starts the configured VM.
+    fn boot(&mut self, paused: bool) -> Result<()> {
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| Error::GuestFault("no VM configuration".into()))?;
+        self.exit.clear();
+        let serial_out = match &config.serial {
+            SerialSpec::Socket { socket, log } => {
+                let hub = match &self.console {
+                    Some(hub) => hub.clone(),
+                    None => {
+                        let hub = ConsoleHub::start(socket, log.as_deref(), config.seccomp)?;
+                        self.console = Some(hub.clone());
+                        hub
+                    }
+                };
+                hub.writer()
+            }
+            other => crate::serial_sink::plain_writer(other)?,
+        };
+        let hooks = VmHooks {
+            exit: self.exit.clone(),
+            reset: self.reset.try_clone().map_err(|source| Error::Io {
+                what: "eventfd".into(),
+                source,
+            })?,
+            serial_out,
+            started: self.started,
+        };
+        let vm = Vm::build(&config, hooks, paused)?;
+        if let Some(hub) = &self.console {
+            hub.attach_serial(vm.serial());
+        }
+        self.stats = vm.stats().to_vec();
+        self.vm = Some(vm);
+        self.state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        Ok(())
+    }
+
+    /// Stops the VM in place and boots it again.
+    fn reboot(&mut self) -> Result<()> {
+        self.stop_vm();
+        self.state = VmState::Shutdown;
+        self.boot(false)
+    }
+
+    /// Stops the VM, if built, closing its disks.
+    fn stop_vm(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            match vm.stop() {
+                Ok(times) => self.times = Some(times),
+                Err(e) => eprintln!("vmm: {e}"),
+            }
+        }
+        let _ = self.reset.read();
+    }
+
+    fn counters(&self) -> vmapi::VmCounters {
+        let mut counters = BTreeMap::new();
+        let ids: Vec<String> = self
+            .config
+            .iter()
+            .flat_map(|c| c.disks.iter().map(|d| d.id.clone()))
+            .collect();
+        for id in ids {
+            let stats = self.stats.iter().find(|(sid, _)| *sid == id);
+            let disk = stats.map_or_else(vmapi::DiskCounters::default, |(_, s)| disk_counters(s));
+            counters.insert(id, disk.to_map());
+        }
+        counters
+    }
+
+    fn remove_sockets(&mut self) {
+        if let Some(api) = &self.api {
+            let _ = std::fs::remove_file(&api.socket);
+        }
+        if let Some(console) = self.console.take() {
+            let _ = std::fs::remove_file(console.socket());
+        }
+    }
+}
+
+fn disk_counters(stats: &DiskStats) -> vmapi::DiskCounters {
+    let read = stats.get(StatKind::Read);
+    let write = stats.get(StatKind::Write);
+    let flush = stats.get(StatKind::Flush);
+    vmapi::DiskCounters {
+        read_bytes: read.bytes,
+        write_bytes: write.bytes,
+        read_ops: read.ops,
+        write_ops: write.ops,
+        read_latency_min: read.min_us,
+        read_latency_max: read.max_us,
+        read_latency_avg: read.avg_us(),
+        write_latency_min: write.min_us,
+        write_latency_max: write.max_us,
+        write_latency_avg: write.avg_us(),
+        flush_ops: flush.ops,
+        read_time_ns: read.time_ns,
+        write_time_ns: write.time_ns,
+        flush_time_ns: flush.time_ns,
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::ok_json(body),
+        Err(e) => error_response(500, &e),
+    }
+}

@@ -1,0 +1,341 @@
+//! The vCPU threads and how the VMM stops them: one thread per vCPU runs
+//! KVM_RUN and routes port and MMIO exits to the buses; a [`VcpuGate`]
+//! shared with the controller parks them (pause), lets them run (resume)
+//! or ends them (stop).
+//!
+//! Taking a vCPU out of KVM_RUN: the controller sets what it wants on the
+//! gate, then re-sends the kick signal to every thread until each has
+//! parked or ended (a signal that lands just before KVM_RUN would
+//! otherwise be lost, and the thread would stay in the guest until its
+//! next exit). A thread that leaves KVM_RUN to park first runs KVM_RUN once
+//! more with `immediate_exit` set: KVM finishes the port or MMIO access
+//! whose data the thread just supplied and returns at once, so a paused
+//! vCPU holds no half-done instruction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot;
+use crate::devices::Bus;
+use crate::error::{Error, Result};
+use crate::sys::kick_signal;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset the machine (i8042, triple fault, or a reset event).
+    Reset,
+    /// The guest powered off.
+    PowerOff,
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// The guest did something the VMM cannot continue from.
+    Fault(String),
+}
+
+/// How the vCPU threads (and devices) tell the controller the guest is done.
+pub struct ExitState {
+    /// When the boot vCPU first entered the guest.
+    pub entered: Mutex<Option<Instant>>,
+    reason: Mutex<Option<VmExit>>,
+    /// Written when a reason is set.
+    pub event: EventFd,
+}
+
+impl ExitState {
+    /// A state with no reason yet.
+    pub fn new() -> Result<Self> {
+        Ok(ExitState {
+            entered: Mutex::new(None),
+            reason: Mutex::new(None),
+            event: EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+                what: "eventfd".into(),
+                source,
+            })?,
+        })
+    }
+
+    /// Records why the guest stopped (the first reason wins) and wakes the
+    /// controller.
+    pub fn finish(&self, exit: VmExit) {
+        let mut reason = self.reason.lock().expect("exit lock");
+        if reason.is_none() {
+            *reason = Some(exit);
+        }
+        let _ = self.event.write(1);
+    }
+
+    /// The reason recorded, if any.
+    pub fn reason(&self) -> Option<VmExit> {
+        self.reason.lock().expect("exit lock").clone()
+    }
+
+    /// Forgets the last VM's end, for the next VM built with this state.
+    pub fn clear(&self) {
+        *self.reason.lock().expect("exit lock") = None;
+        *self.entered.lock().expect("exit lock") = None;
+        let _ = self.event.read();
+    }
+}
+
+/// What the controller wants of the vCPU threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Run,
+    Pause,
+    Stop,
+}
+
+struct GateState {
+    want: Want,
+    parked: usize,
+}
+
+/// The vCPU threads' shared switch.
+pub struct VcpuGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+    /// Mirrors `want != Run`, read by the threads between exits without
+    /// taking the lock.
+    leave: AtomicBool,
+}
+
+impl VcpuGate {
+    fn new(paused: bool) -> Self {
+        VcpuGate {
+            state: Mutex::new(GateState {
+                want: if paused { Want::Pause } else { Want::Run },
+                parked: 0,
+            }),
+            changed: Condvar::new(),
+            leave: AtomicBool::new(paused),
+        }
+    }
+
+    fn set(&self, want: Want) {
+        let mut state = self.state.lock().expect("gate lock");
+        state.want = want;
+        self.leave.store(want != Want::Run, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Parks the calling vCPU thread while the controller wants a pause;
+    /// whether it should run on (false: stop).
+    fn wait_to_run(&self) -> bool {
+        let mut state = self.state.lock().expect("gate lock");
+        if state.want == Want::Pause {
+            state.parked += 1;
+            self.changed.notify_all();
+            while state.want == Want::Pause {
+                state = self.changed.wait(state).expect("gate lock");
+            }
+            state.parked -= 1;
+        }
+        state.want == Want::Run
+    }
+
+    fn parked(&self) -> usize {
+        self.state.lock().expect("gate lock").parked
+    }
+}
+
+/// What a vCPU thread needs besides its vCPU.
+pub struct VcpuContext {
+    /// Port I/O devices.
+    pub io: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// Guest memory (for fault reports).
+    pub mem: GuestMemoryMmap,
+    /// Where the guest's end is reported.
+    pub exit: Arc<ExitState>,
+    /// Whether to apply the vCPU seccomp filter.
+    pub seccomp: bool,
+}
+
+/// The running vCPU threads.
+pub struct VcpuSet {
+    gate: Arc<VcpuGate>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How long pausing waits for the vCPUs before it reports failure.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VcpuSet {
+    /// Starts one thread per vCPU (`vcpu0`, `vcpu1`, ...), parked from the
+    /// start when `paused`.
+    pub fn start(vcpus: Vec<VcpuFd>, context: &VcpuContext, paused: bool) -> Result<Self> {
+        let gate = Arc::new(VcpuGate::new(paused));
+        let mut threads = Vec::new();
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                io: context.io.clone(),
+                mmio: context.mmio.clone(),
+                mem: context.mem.clone(),
+                exit: context.exit.clone(),
+                seccomp: context.seccomp,
+            };
+            let gate = gate.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu_loop(vcpu, ctx, gate))
+                .map_err(|source| Error::Io {
+                    what: "starting a vCPU thread".into(),
+                    source,
+                })?;
+            threads.push(handle);
+        }
+        Ok(VcpuSet { gate, threads })
+    }
+
+    /// Takes every vCPU out of KVM_RUN and parks it.
+    pub fn pause(&self) -> Result<()> {
+        self.gate.set(Want::Pause);
+        let start = Instant::now();
+        loop {
+            let finished = self.threads.iter().filter(|t| t.is_finished()).count();
+            if self.gate.parked() + finished >= self.threads.len() {
+                return Ok(());
+            }
+            if start.elapsed() > PAUSE_TIMEOUT {
+                return Err(Error::GuestFault(format!(
+                    "vCPUs did not pause within {} s",
+                    PAUSE_TIMEOUT.as_secs()
+                )));
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.set(Want::Run);
+    }
+
+    fn kick(&self) {
+        for handle in &self.threads {
+            if !handle.is_finished() {
+                let _ = handle.kill(kick_signal());
+            }
+        }
+    }
+
+    /// Ends every vCPU thread and waits for them.
+    pub fn stop(self) {
+        self.gate.set(Want::Stop);
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            self.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for handle in self.threads {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Describes where the guest stopped: registers and the instruction bytes
+/// at RIP (through the guest's own page tables).
+fn describe_fault(vcpu: &VcpuFd, mem: &GuestMemoryMmap, what: &str) -> String {
+    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        return what.to_string();
+    };
+    let phys = if sregs.cr0 & 0x8000_0000 != 0 {
+        boot::paging::translate(mem, sregs.cr3, regs.rip)
+    } else {
+        Some(regs.rip)
+    };
+    let bytes = phys
+        .and_then(|p| {
+            let mut b = [0u8; 16];
+            vm_memory::Bytes::read_slice(mem, &mut b, GuestAddress(p)).ok()?;
+            Some(
+                b.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })
+        .unwrap_or_else(|| "unreadable".into());
+    format!(
+        "{what} at rip {:#x} (instruction bytes {bytes}), rsp {:#x}, cr0 {:#x}, cr3 {:#x}, cr4 {:#x}, efer {:#x}",
+        regs.rip, regs.rsp, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+    )
+}
+
+/// Runs one vCPU until the guest stops or the controller stops it.
+fn vcpu_loop(mut vcpu: VcpuFd, ctx: VcpuContext, gate: Arc<VcpuGate>) {
+    if ctx.seccomp {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+            ctx.exit.finish(VmExit::Fault(e.to_string()));
+            return;
+        }
+    }
+    loop {
+        if gate.leave.load(Ordering::Acquire) && !gate.wait_to_run() {
+            return;
+        }
+        ctx.exit
+            .entered
+            .lock()
+            .expect("exit lock")
+            .get_or_insert_with(Instant::now);
+        let outcome = match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctx.io.read(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                ctx.io.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                ctx.mmio.read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ctx.mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Hlt) => Some(VmExit::PowerOff),
+            Ok(VcpuExit::Shutdown) => Some(VmExit::Reset),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
+                _ => VmExit::PowerOff,
+            }),
+            Ok(VcpuExit::InternalError) => Some(VmExit::Fault(describe_fault(
+                &vcpu,
+                &ctx.mem,
+                "KVM internal error (emulation failure)",
+            ))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::Fault(format!(
+                "VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(other) => {
+                let what = format!("unexpected exit {other:?}");
+                Some(VmExit::Fault(describe_fault(&vcpu, &ctx.mem, &what)))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VmExit::Fault(format!("KVM_RUN: {e}"))),
+        };
+        if let Some(reason) = outcome {
+            ctx.exit.finish(reason);
+            return;
+        }
+        if gate.leave.load(Ordering::Acquire) {
+            // Finish the access just handled (KVM completes it, then
+            // returns at once with EINTR) before parking.
+            vcpu.set_kvm_immediate_exit(1);
+            let _ = vcpu.run();
+            vcpu.set_kvm_immediate_exit(0);
+        }
+    }
+}
