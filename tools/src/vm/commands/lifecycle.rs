@@ -4,7 +4,7 @@
 //! (two racing `start`s start one VMM; the second finds it active).
 
 use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -226,8 +226,12 @@ fn wait_for_api(child: &mut Child, run: &RunFolder) -> Result<Client, VmError> {
         .with_io_timeout(CALL_TIMEOUT);
     let start = Instant::now();
     loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Err(VmError::OperationFailed(log_tail(run)));
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = log_tail(run);
+            return Err(VmError::OperationFailed(match status.signal() {
+                Some(signal) => format!("the VMM was killed by signal {signal} ({tail})"),
+                None => tail,
+            }));
         }
         if run.api_socket().exists() && client.ping().is_ok() {
             return Ok(client);
