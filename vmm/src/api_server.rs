@@ -52,13 +52,13 @@ fn serve(
     written: Sender<()>,
     seccomp: bool,
 ) {
+    let own = crate::sock::own_uid();
     if seccomp {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
             eprintln!("vmm: API thread: {e}");
             return;
         }
     }
-    let own = crate::sock::own_uid();
     let limits = Limits::default();
     loop {
         let Ok((mut stream, _)) = listener.accept() else {

@@ -272,6 +272,12 @@ impl Controller {
         let mut ending = None;
         for call in calls {
             let shutdown = matches!(call.request, ApiRequest::VmmShutdown);
+            if shutdown {
+                // Forget the acknowledgements of earlier responses.
+                if let Some(api) = &self.api {
+                    while api.written.try_recv().is_ok() {}
+                }
+            }
             let response = self.handle(call.request);
             let _ = call.reply.send(response);
             if shutdown {

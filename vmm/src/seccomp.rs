@@ -12,7 +12,8 @@
 //!   extents), signal return, thread exit;
 //! - vCPU threads: `ioctl` for KVM_RUN and the register reads of a fault
 //!   report only (activating a disk from a vCPU thread sets up io_uring
-//!   and eventfds, which are in the common list);
+//!   and eventfds, which are in the common list), and `sendto` for the
+//!   serial port's output to a console socket client;
 //! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN, and
 //!   `ioctl(0, TCSETS)` (and glibc's checking `TCGETS`) to put the
 //!   terminal's settings back at the end. Only without `--api-socket`:
@@ -20,7 +21,8 @@
 //!   (vm.boot, reboots) and so runs without a filter, as the VMM thread
 //!   of Cloud Hypervisor runs with a wide one;
 //! - the API thread and the console thread: accepting on their socket,
-//!   reading the peer's credentials, socket timeouts, reads and writes.
+//!   reading the peer's credentials, socket timeouts, reads and writes,
+//!   `ioctl(FIONBIO)` to make a console client non-blocking.
 
 use std::collections::BTreeMap;
 
@@ -146,6 +148,8 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(err)?;
             rules.insert(libc::SYS_ioctl, ioctl_rules);
+            // The serial port's output to a console socket client.
+            rules.insert(libc::SYS_sendto, Vec::new());
         }
         ThreadKind::Devices => {}
         ThreadKind::Api | ThreadKind::Console => {
@@ -160,6 +164,12 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
             ] {
                 rules.insert(nr, Vec::new());
             }
+            // set_nonblocking on an accepted console client.
+            let fionbio =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::FIONBIO)
+                    .and_then(|c| SeccompRule::new(vec![c]))
+                    .map_err(err)?;
+            rules.insert(libc::SYS_ioctl, vec![fionbio]);
         }
     }
     let filter = SeccompFilter::new(

@@ -82,6 +82,7 @@ impl ConsoleHub {
     }
 
     fn serve(&self, listener: UnixListener, epoll: Epoll, seccomp: bool) {
+        let own = crate::sock::own_uid();
         if seccomp {
             if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {
                 eprintln!("vmm: console: {e}");
@@ -114,7 +115,7 @@ impl ConsoleHub {
                     let Ok((stream, _)) = listener.accept() else {
                         continue;
                     };
-                    let owner = crate::sock::peer_uid(&stream).ok() == Some(crate::sock::own_uid());
+                    let owner = crate::sock::peer_uid(&stream).ok() == Some(own);
                     if reader.is_some() || !owner {
                         continue; // dropped: one client at a time, ours only
                     }

@@ -11,6 +11,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub const VIRTIO_VECTOR: u8 = 0x30;
 /// Vector of the local APIC timer.
 pub const TIMER_VECTOR: u8 = 0x31;
+/// Vector of the ACPI GED's interrupt (the power button).
+pub const GED_VECTOR: u8 = 0x32;
 /// Vector for spurious local APIC interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Timer period in APIC bus ticks (KVM's bus runs at 1 GHz: 10 ms).
@@ -39,6 +41,10 @@ pub static GUEST_VIRTIO_IRQS: AtomicU64 = AtomicU64::new(0);
 /// Local APIC timer interrupts taken (counted by the stub).
 #[no_mangle]
 pub static GUEST_TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// GED interrupts taken (incremented by the GED stub).
+#[no_mangle]
+pub static GUEST_GED_IRQS: AtomicU64 = AtomicU64::new(0);
 
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -156,6 +162,7 @@ extern "C" {
     static GUEST_EXCEPTION_STUBS: [u64; 32];
     fn guest_irq_virtio();
     fn guest_irq_timer();
+    fn guest_irq_ged();
     fn guest_irq_spurious();
     fn guest_irq_other();
 }
@@ -194,6 +201,15 @@ global_asm!(
     guest_irq_timer:
         push rax
         inc qword ptr [rip + GUEST_TIMER_TICKS]
+        mov rax, 0xfee000b0
+        mov dword ptr [rax], 0
+        pop rax
+        iretq
+
+    .global guest_irq_ged
+    guest_irq_ged:
+        push rax
+        inc qword ptr [rip + GUEST_GED_IRQS]
         mov rax, 0xfee000b0
         mov dword ptr [rax], 0
         pop rax
@@ -264,6 +280,7 @@ pub fn init_idt() {
     }
     set_gate(idt, VIRTIO_VECTOR, guest_irq_virtio as *const () as usize);
     set_gate(idt, TIMER_VECTOR, guest_irq_timer as *const () as usize);
+    set_gate(idt, GED_VECTOR, guest_irq_ged as *const () as usize);
     set_gate(
         idt,
         SPURIOUS_VECTOR,
@@ -299,8 +316,8 @@ pub fn init_lapic() {
 }
 
 /// Stops the local APIC timer (masked, count 0), so nothing wakes a halted
-/// CPU after the reset request.
-fn stop_lapic_timer() {
+/// CPU after the reset request (or in idle mode, but an interrupt).
+pub fn stop_lapic_timer() {
     // SAFETY: LAPIC MMIO.
     unsafe {
         mmio_write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
@@ -330,6 +347,11 @@ pub fn ticks() -> u64 {
 /// Virtio interrupts taken so far.
 pub fn virtio_irqs() -> u64 {
     GUEST_VIRTIO_IRQS.load(Ordering::SeqCst)
+}
+
+/// GED interrupts taken so far.
+pub fn ged_irqs() -> u64 {
+    GUEST_GED_IRQS.load(Ordering::SeqCst)
 }
 
 /// Disables interrupts.

@@ -1,8 +1,8 @@
 //! A tiny ring-0 test guest for the vmm: entered in 64-bit long mode through
 //! the Linux boot protocol's 64-bit entry (RSI = boot_params), it prints on
 //! the serial port, runs the test its command line selects
-//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io`), and resets through the
-//! i8042. See README.md for the contract with the VMM.
+//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io`), and resets
+//! through the i8042 (idle and io power off on the ACPI power button). See README.md for the contract with the VMM.
 
 #![no_std]
 #![no_main]
@@ -13,6 +13,7 @@ mod cmdline;
 mod console;
 mod disk;
 mod hal;
+mod idle;
 mod mem;
 mod pattern;
 mod pvh;
@@ -79,6 +80,8 @@ enum Mode {
     BadDesc,
     PastEnd,
     BadIo,
+    Idle,
+    Io,
 }
 
 fn parse_mode(text: &[u8]) -> Option<Mode> {
@@ -88,6 +91,8 @@ fn parse_mode(text: &[u8]) -> Option<Mode> {
         b"bad-desc" => Some(Mode::BadDesc),
         b"past-end" => Some(Mode::PastEnd),
         b"bad-io" => Some(Mode::BadIo),
+        b"idle" => Some(Mode::Idle),
+        b"io" => Some(Mode::Io),
         _ => None,
     }
 }
@@ -116,6 +121,10 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         hello(&boot, cmdline);
         arch::reset();
     }
+    if mode == Mode::Idle || mode == Mode::Io {
+        // The first byte as soon as we run (what start-to-first-byte times).
+        line("start");
+    }
 
     arch::mask_pic();
     arch::init_idt();
@@ -125,6 +134,8 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
 
     match mode {
         Mode::Hello => {}
+        Mode::Idle => idle::idle(),
+        Mode::Io => idle::io(cmdline, device),
         Mode::BadIo => bad_io(),
         Mode::Disk | Mode::BadDesc | Mode::PastEnd => disk_mode(mode, cmdline, device),
     }

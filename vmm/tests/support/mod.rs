@@ -4,3 +4,5 @@
 #[allow(dead_code)]
 pub mod elf;
 pub mod guest;
+#[allow(dead_code)]
+pub mod vmm_api;
