@@ -34,7 +34,12 @@ fn stderr(out: &Output) -> String {
 /// Runs a command that must succeed; returns its stdout.
 fn ok(store: &Path, args: &[&str]) -> String {
     let out = vm(store, args);
-    assert!(out.status.success(), "vm {args:?} failed: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "vm {args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -70,7 +75,11 @@ impl Bed {
             .arg("16M")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let xml = format!(
             "<domain type='kvm'>\n  <name>{name}</name>\n  <memory unit='MiB'>{mib}</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
             self.guest.display(),
@@ -83,7 +92,8 @@ impl Bed {
     }
 
     fn console_log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.store.join("run").join(name).join("console.log")).unwrap_or_default()
+        std::fs::read_to_string(self.store.join("run").join(name).join("console.log"))
+            .unwrap_or_default()
     }
 
     fn pid(&self, name: &str) -> i32 {
@@ -99,7 +109,11 @@ impl Bed {
             if now.trim() == state {
                 return;
             }
-            assert!(start.elapsed() < timeout, "{name} stayed '{}' (waited for '{state}')", now.trim());
+            assert!(
+                start.elapsed() < timeout,
+                "{name} stayed '{}' (waited for '{state}')",
+                now.trim()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -108,14 +122,22 @@ impl Bed {
     fn wait_console(&self, name: &str, text: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.console_log(name).contains(text) {
-            assert!(start.elapsed() < timeout, "{name} never printed {text:?}: {}", self.console_log(name));
+            assert!(
+                start.elapsed() < timeout,
+                "{name} never printed {text:?}: {}",
+                self.console_log(name)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 fn img_check_clean(image: &Path) {
-    let out = Command::new(img()).arg("check").arg(image).output().unwrap();
+    let out = Command::new(img())
+        .arg("check")
+        .arg(image)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "img check {}: {}{}",
@@ -139,56 +161,122 @@ fn stat(record: &str, key: &str) -> u64 {
 fn every_command_on_a_running_guest() {
     let Some(bed) = bed() else { return };
     let image = bed.define("one", "guest.mode=idle", 32);
-    assert_eq!(ok(&bed.store, &["start", "one"]), "Domain 'one' started\n\n");
+    assert_eq!(
+        ok(&bed.store, &["start", "one"]),
+        "Domain 'one' started\n\n"
+    );
     let listing = ok(&bed.store, &["list", "--all"]);
     let id = ok(&bed.store, &["-q", "domid", "one"]).trim().to_string();
     assert_eq!(
         listing,
-        format!(" Id   Name   State\n{}\n {id:<4} one    running\n\n", "-".repeat(22))
+        format!(
+            " Id   Name   State\n{}\n {id:<4} one    running\n\n",
+            "-".repeat(22)
+        )
     );
-    assert_eq!(ok(&bed.store, &["domstate", "one", "--reason"]), "running (booted)\n\n");
+    assert_eq!(
+        ok(&bed.store, &["domstate", "one", "--reason"]),
+        "running (booted)\n\n"
+    );
     let info = ok(&bed.store, &["dominfo", "one"]);
-    assert!(info.starts_with(&format!("Id:             {id}\nName:           one\n")), "{info}");
+    assert!(
+        info.starts_with(&format!("Id:             {id}\nName:           one\n")),
+        "{info}"
+    );
     assert!(info.contains("State:          running\n"), "{info}");
-    assert!(info.contains("Max memory:     32768 KiB\nUsed memory:    32768 KiB\n"), "{info}");
-    assert!(ok(&bed.store, &["dumpxml", "one"]).starts_with(&format!("<domain type='kvm' id='{id}'>")));
+    assert!(
+        info.contains("Max memory:     32768 KiB\nUsed memory:    32768 KiB\n"),
+        "{info}"
+    );
+    assert!(
+        ok(&bed.store, &["dumpxml", "one"]).starts_with(&format!("<domain type='kvm' id='{id}'>"))
+    );
     assert_eq!(
         ok(&bed.store, &["vcpucount", "one"]),
         "maximum      config         1\nmaximum      live           1\ncurrent      config         1\ncurrent      live           1\n\n"
     );
     let vcpu = ok(&bed.store, &["vcpuinfo", "one"]);
-    assert!(vcpu.starts_with("VCPU:           0\nCPU:            "), "{vcpu}");
-    assert!(vcpu.contains("State:          running\nCPU time:       "), "{vcpu}");
+    assert!(
+        vcpu.starts_with("VCPU:           0\nCPU:            "),
+        "{vcpu}"
+    );
+    assert!(
+        vcpu.contains("State:          running\nCPU time:       "),
+        "{vcpu}"
+    );
     let mem = ok(&bed.store, &["dommemstat", "one"]);
     assert!(mem.starts_with("actual 32768\nrss "), "{mem}");
     let blk = ok(&bed.store, &["domblkstat", "one", "vda"]);
     assert!(blk.starts_with("vda rd_req "), "{blk}");
     let human = ok(&bed.store, &["domblkstat", "one", "vda", "--human"]);
-    assert!(human.starts_with("Device: vda\n number of read operations:      "), "{human}");
+    assert!(
+        human.starts_with("Device: vda\n number of read operations:      "),
+        "{human}"
+    );
     let info = ok(&bed.store, &["domblkinfo", "one", "vda"]);
-    assert!(info.starts_with("Capacity:       16777216\nAllocation:     "), "{info}");
+    assert!(
+        info.starts_with("Capacity:       16777216\nAllocation:     "),
+        "{info}"
+    );
     let record = ok(&bed.store, &["domstats", "one"]);
-    assert!(record.starts_with("Domain: 'one'\n  state.state=1\n  state.reason=1\n  cpu.time="), "{record}");
-    for key in ["cpu.user", "cpu.system", "balloon.rss", "vcpu.0.time", "block.0.rd.reqs", "block.0.fl.times"] {
+    assert!(
+        record.starts_with("Domain: 'one'\n  state.state=1\n  state.reason=1\n  cpu.time="),
+        "{record}"
+    );
+    for key in [
+        "cpu.user",
+        "cpu.system",
+        "balloon.rss",
+        "vcpu.0.time",
+        "block.0.rd.reqs",
+        "block.0.fl.times",
+    ] {
         stat(&record, key);
     }
     assert_eq!(stat(&record, "balloon.maximum"), 32768);
     assert_eq!(stat(&record, "vcpu.0.state"), 1);
     assert_eq!(stat(&record, "block.count"), 1);
 
-    assert_eq!(ok(&bed.store, &["suspend", "one"]), "Domain 'one' suspended\n\n");
-    assert_eq!(ok(&bed.store, &["domstate", "one", "--reason"]), "paused (user)\n\n");
-    assert_eq!(ok(&bed.store, &["list", "--state-paused", "--name"]), "one\n\n");
-    assert_eq!(ok(&bed.store, &["resume", "one"]), "Domain 'one' resumed\n\n");
-    assert_eq!(ok(&bed.store, &["domstate", "one", "--reason"]), "running (unpaused)\n\n");
+    assert_eq!(
+        ok(&bed.store, &["suspend", "one"]),
+        "Domain 'one' suspended\n\n"
+    );
+    assert_eq!(
+        ok(&bed.store, &["domstate", "one", "--reason"]),
+        "paused (user)\n\n"
+    );
+    assert_eq!(
+        ok(&bed.store, &["list", "--state-paused", "--name"]),
+        "one\n\n"
+    );
+    assert_eq!(
+        ok(&bed.store, &["resume", "one"]),
+        "Domain 'one' resumed\n\n"
+    );
+    assert_eq!(
+        ok(&bed.store, &["domstate", "one", "--reason"]),
+        "running (unpaused)\n\n"
+    );
     let again = vm(&bed.store, &["start", "one"]);
-    assert_eq!((stdout(&again), stderr(&again)), ("\n".to_string(), "error: Domain is already active\n".to_string()));
+    assert_eq!(
+        (stdout(&again), stderr(&again)),
+        (
+            "\n".to_string(),
+            "error: Domain is already active\n".to_string()
+        )
+    );
     let undefine = vm(&bed.store, &["undefine", "one"]);
     assert_eq!(undefine.status.code(), Some(1));
 
-    assert_eq!(ok(&bed.store, &["shutdown", "one"]), "Domain 'one' is being shutdown\n\n");
+    assert_eq!(
+        ok(&bed.store, &["shutdown", "one"]),
+        "Domain 'one' is being shutdown\n\n"
+    );
     bed.wait_state("one", "shut off", Duration::from_secs(10));
-    assert_eq!(ok(&bed.store, &["domstate", "one", "--reason"]), "shut off (shutdown)\n\n");
+    assert_eq!(
+        ok(&bed.store, &["domstate", "one", "--reason"]),
+        "shut off (shutdown)\n\n"
+    );
     let run = bed.store.join("run/one");
     assert!(!run.join("api.sock").exists() && !run.join("pid").exists());
     img_check_clean(&image);
@@ -196,8 +284,14 @@ fn every_command_on_a_running_guest() {
     // start --paused, then destroy.
     ok(&bed.store, &["start", "one", "--paused"]);
     assert_eq!(ok(&bed.store, &["domstate", "one"]), "paused\n\n");
-    assert_eq!(ok(&bed.store, &["destroy", "one"]), "Domain 'one' destroyed\n\n");
-    assert_eq!(ok(&bed.store, &["domstate", "one", "--reason"]), "shut off (destroyed)\n\n");
+    assert_eq!(
+        ok(&bed.store, &["destroy", "one"]),
+        "Domain 'one' destroyed\n\n"
+    );
+    assert_eq!(
+        ok(&bed.store, &["domstate", "one", "--reason"]),
+        "shut off (destroyed)\n\n"
+    );
     let stopped = vm(&bed.store, &["shutdown", "one"]);
     assert_eq!(
         stderr(&stopped),
@@ -244,13 +338,18 @@ fn a_killed_vmm_shows_shut_off_crashed_and_starts_again() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let start = Instant::now();
     while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
     {
         assert!(start.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(ok(&bed.store, &["list", "--all"]).contains(" -    k9     shut off\n"));
-    assert_eq!(ok(&bed.store, &["domstate", "k9", "--reason"]), "shut off (crashed)\n\n");
+    assert_eq!(
+        ok(&bed.store, &["domstate", "k9", "--reason"]),
+        "shut off (crashed)\n\n"
+    );
     let run = bed.store.join("run/k9");
     assert!(!run.join("api.sock").exists(), "stale socket left");
     assert!(!run.join("pid").exists(), "stale pid left");
@@ -277,7 +376,12 @@ fn two_racing_starts_start_one_vmm() {
     let (a, b) = (spawn(), spawn());
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
     let started = outs.iter().filter(|o| o.status.success()).count();
-    assert_eq!(started, 1, "{:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    assert_eq!(
+        started,
+        1,
+        "{:?}",
+        outs.iter().map(stderr).collect::<Vec<_>>()
+    );
     let refused = outs.iter().find(|o| !o.status.success()).unwrap();
     assert_eq!(stderr(refused), "error: Domain is already active\n");
     let vmms = std::fs::read_dir("/proc")
@@ -308,13 +412,20 @@ fn a_hung_vmm_costs_list_a_bounded_wait_and_destroy_still_works() {
     let took = start.elapsed();
     assert!(out.status.success());
     assert!(took < Duration::from_secs(5), "list took {took:?}");
-    assert!(stderr(&out).contains(&format!("domain 'hung' (vmm pid {pid}) did not answer")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("domain 'hung' (vmm pid {pid}) did not answer")),
+        "{}",
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("fine   running"), "{}", stdout(&out));
     let stats = vm(&bed.store, &["domstats", "--state"]);
     assert_eq!(stats.status.code(), Some(1));
     assert!(stdout(&stats).contains("Domain: 'fine'"));
     assert!(stderr(&stats).contains("'hung'"));
-    assert_eq!(ok(&bed.store, &["destroy", "hung"]), "Domain 'hung' destroyed\n\n");
+    assert_eq!(
+        ok(&bed.store, &["destroy", "hung"]),
+        "Domain 'hung' destroyed\n\n"
+    );
     assert_eq!(ok(&bed.store, &["-q", "domstate", "hung"]), "shut off\n");
     ok(&bed.store, &["destroy", "fine"]);
 }
@@ -339,7 +450,10 @@ fn console_shows_the_guest_and_ctrl_bracket_detaches() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("Connected to domain 'con'\nEscape character is ^] (Ctrl + ])\n"), "{text}");
+    assert!(
+        text.starts_with("Connected to domain 'con'\nEscape character is ^] (Ctrl + ])\n"),
+        "{text}"
+    );
     assert!(text.contains("guest: hello"), "{text}");
     ok(&bed.store, &["destroy", "con"]);
 }
@@ -348,7 +462,10 @@ fn console_shows_the_guest_and_ctrl_bracket_detaches() {
 fn twenty_idle_guests_start_list_report_and_shut_down_clean() {
     let Some(bed) = bed() else { return };
     let names: Vec<String> = (0..20).map(|i| format!("idle{i:02}")).collect();
-    let images: Vec<PathBuf> = names.iter().map(|n| bed.define(n, "guest.mode=idle", 32)).collect();
+    let images: Vec<PathBuf> = names
+        .iter()
+        .map(|n| bed.define(n, "guest.mode=idle", 32))
+        .collect();
     let children: Vec<_> = names
         .iter()
         .map(|n| {
@@ -367,7 +484,11 @@ fn twenty_idle_guests_start_list_report_and_shut_down_clean() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let listing = ok(&bed.store, &["-q", "list", "--all"]);
-    assert_eq!(listing.lines().filter(|l| l.ends_with("running")).count(), 20, "{listing}");
+    assert_eq!(
+        listing.lines().filter(|l| l.ends_with("running")).count(),
+        20,
+        "{listing}"
+    );
     let stats = ok(&bed.store, &["domstats", "--state", "--balloon"]);
     assert_eq!(stats.matches("Domain: 'idle").count(), 20);
     assert_eq!(stats.matches("state.state=1\n").count(), 20);

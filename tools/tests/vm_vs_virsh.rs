@@ -429,3 +429,27 @@ fn hostile_xml_gets_one_line_and_leaves_the_store_unchanged() {
         assert_eq!(snapshot(&store), before, "input {i} changed the store");
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_vm_as_sigpipe_would() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two descriptors into the array we pass.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the read end is ours; closing it leaves the pipe without a reader.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: the write end is ours and handed over once.
+    let write_end = unsafe { std::process::Stdio::from(std::fs::File::from_raw_fd(fds[1])) };
+    let out = Command::new(env!("CARGO_BIN_EXE_vm"))
+        .arg("-c")
+        .arg(dir.path().join("store"))
+        .arg("nodeinfo")
+        .stdout(write_end)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(text(&out.stderr), "", "nothing on stderr");
+}

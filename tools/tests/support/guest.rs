@@ -42,7 +42,14 @@ pub fn build_guest() -> PathBuf {
             let target = target_dir().join("guest");
             let output = cargo()
                 .current_dir(&guest_dir)
-                .args(["build", "--release", "--offline", "--quiet", "--target", GUEST_TARGET])
+                .args([
+                    "build",
+                    "--release",
+                    "--offline",
+                    "--quiet",
+                    "--target",
+                    GUEST_TARGET,
+                ])
                 .arg("--manifest-path")
                 .arg(guest_dir.join("Cargo.toml"))
                 .arg("--target-dir")
@@ -83,15 +90,17 @@ pub fn ensure_vmm() {
         if vm.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("release")) {
             build.arg("--release");
         }
-        let output = build
-            .output()
-            .expect("cargo can be started to build vmm");
+        let output = build.output().expect("cargo can be started to build vmm");
         assert!(
             output.status.success(),
             "building vmm failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(beside.is_file(), "vmm is not next to vm at {}", beside.display());
+        assert!(
+            beside.is_file(),
+            "vmm is not next to vm at {}",
+            beside.display()
+        );
     });
 }
 

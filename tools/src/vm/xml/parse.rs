@@ -65,6 +65,48 @@ fn check_depth(root: Node) -> Result<(), XmlError> {
     Ok(())
 }
 
+/// The most namespace prefixes a document may bind.
+const MAX_NAMESPACES: usize = 64;
+
+/// Every namespace prefix bound anywhere in the document: the elements we
+/// keep as text may use a prefix bound on an element we rewrite, so all of
+/// them are declared again on `<domain>`. A prefix bound to two URIs is
+/// refused (it could not be declared once).
+fn namespace_prefixes(root: Node) -> Result<Vec<(String, String)>, XmlError> {
+    let mut bound: Vec<(String, String)> = Vec::new();
+    for node in root.descendants().filter(Node::is_element) {
+        let in_scope = node.namespaces();
+        if in_scope.len() > MAX_NAMESPACES {
+            return Err(XmlError::Malformed(format!(
+                "more than {MAX_NAMESPACES} namespaces"
+            )));
+        }
+        for ns in in_scope {
+            let Some(prefix) = ns.name().filter(|p| *p != "xml") else {
+                continue;
+            };
+            match bound.iter().find(|(p, _)| p == prefix) {
+                Some((_, uri)) if uri == ns.uri() => {}
+                Some(_) => {
+                    return Err(XmlError::Malformed(format!(
+                        "namespace prefix '{}' is bound to two URIs",
+                        truncate(prefix)
+                    )))
+                }
+                None => {
+                    if bound.len() >= MAX_NAMESPACES {
+                        return Err(XmlError::Malformed(format!(
+                            "more than {MAX_NAMESPACES} namespaces"
+                        )));
+                    }
+                    bound.push((prefix.to_string(), ns.uri().to_string()));
+                }
+            }
+        }
+    }
+    Ok(bound)
+}
+
 /// The element's text as it stands in the input.
 fn raw<'a>(text: &'a str, node: Node) -> &'a str {
     &text[node.range()]
@@ -119,11 +161,7 @@ fn read_domain(text: &str, root: Node) -> Result<DomainDef, XmlError> {
     if domain_type != "kvm" {
         return Err(XmlError::DomainType(truncate(domain_type)));
     }
-    let namespaces = root
-        .namespaces()
-        .filter_map(|ns| ns.name().map(|p| (p.to_string(), ns.uri().to_string())))
-        .filter(|(prefix, _)| prefix != "xml")
-        .collect();
+    let namespaces = namespace_prefixes(root)?;
     let mut name = None;
     let mut uuid = None;
     let mut memory = None;

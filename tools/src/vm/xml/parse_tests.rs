@@ -240,3 +240,18 @@ fn every_error_is_one_line() {
         assert!(!message.contains('\n'), "{message:?}");
     }
 }
+
+#[test]
+fn prefixes_bound_below_the_root_are_declared_again_on_it() {
+    let xml = minimal_with(
+        "<devices xmlns:x='urn:x'><x:thing a='1'/><disk><source file='a&#10;b&#9;c'/><target dev='vda'/></disk></devices>",
+    );
+    let def = parse_domain(xml.as_bytes()).unwrap();
+    let out = def.to_xml();
+    assert!(out.contains("xmlns:x='urn:x'"), "{out}");
+    let again = parse_domain(out.as_bytes()).unwrap();
+    assert_eq!(again, def);
+    assert_eq!(again.disks[0].source.as_deref(), Some("a\nb\tc"));
+    let clash = minimal_with("<a xmlns:x='urn:1'><x:b/></a><c xmlns:x='urn:2'><x:d/></c>");
+    assert!(matches!(refused(&clash), XmlError::Malformed(_)));
+}

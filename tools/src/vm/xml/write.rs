@@ -4,17 +4,24 @@
 
 use super::{CacheMode, Device, DiskDef, DiskFormat, DomainDef, Item};
 
-/// Escapes text content.
+/// Escapes text content (a carriage return too: a parser would turn a
+/// literal one into a line feed).
 fn text(value: &str) -> String {
     value
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('\r', "&#13;")
 }
 
-/// Escapes an attribute value for single quotes.
+/// Escapes an attribute value for single quotes (white space as character
+/// references: a parser turns literal ones into spaces).
 fn attr(value: &str) -> String {
-    text(value).replace('\'', "&apos;").replace('"', "&quot;")
+    text(value)
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+        .replace('\n', "&#10;")
+        .replace('\t', "&#9;")
 }
 
 impl DomainDef {
