@@ -90,9 +90,10 @@ impl Store {
                 .create(&path)
                 .map_err(io_error("cannot create folder", &path))?;
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        // Absolute, so the paths handed to a VMM stay true from any
+        // folder.
+        let dir = fs::canonicalize(dir).map_err(io_error("cannot open folder", dir))?;
+        Ok(Self { dir })
     }
 
     /// The store's folder.

@@ -16,7 +16,7 @@ use super::cli::Invocation;
 use super::error::VmError;
 use super::runtime::{procfs, RunFolder};
 use super::store::Store;
-use super::xml::{DomainDef, Uuid};
+use super::xml::{DomainDef, DomainName, Uuid};
 
 /// What every command works with.
 #[derive(Debug)]
@@ -102,6 +102,16 @@ impl By {
 
 /// Finds a domain by the keys `by` allows, in virsh's order.
 pub fn lookup_by(ctx: &Ctx, key: &str, by: By) -> Result<DomainDef, VmError> {
+    let numeric = key.parse::<u32>().is_ok();
+    let uuid_like = Uuid::parse(key).is_ok();
+    if by.name && !(by.id && numeric) && !(by.uuid && uuid_like) {
+        // A plain name: read its one file, not the whole store.
+        let name = DomainName::new(key).map_err(|_| VmError::NoDomain(key.to_string()))?;
+        return ctx
+            .store
+            .read_definition(&name)?
+            .ok_or_else(|| VmError::NoDomain(key.to_string()));
+    }
     let defs = ctx.store.definitions()?;
     if by.id {
         if let Ok(id) = key.parse::<u32>() {
