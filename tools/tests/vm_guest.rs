@@ -503,3 +503,71 @@ fn twenty_idle_guests_start_list_report_and_shut_down_clean() {
         img_check_clean(image);
     }
 }
+
+#[test]
+fn start_says_in_one_line_why_it_cannot() {
+    let Some(bed) = bed() else { return };
+    let image = bed.define("holder", "guest.mode=idle", 32);
+    ok(&bed.store, &["start", "holder"]);
+    let cases = [
+        ("nokernel", "<kernel>/nonexistent/vmlinux</kernel>", "", 32,
+         "error: Cannot access storage file '/nonexistent/vmlinux': No such file or directory"),
+        ("hugemem", "", "", 1u64 << 20,
+         "error: unsupported configuration: <memory> of 1073741824 KiB is over the host's"),
+        ("nic", "", "<interface type='network'><source network='default'/></interface>", 32,
+         "error: unsupported configuration: <interface> is not supported by this VMM"),
+        ("sata", "", "<disk type='file' device='disk'><source file='/var/tmp/x.img'/><target dev='sda' bus='sata'/></disk>", 32,
+         "error: unsupported configuration: <disk> 'sda' on bus 'sata': only virtio disks are supported"),
+        ("locked", "", &format!("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>", image.display()), 32,
+         "error: operation failed: "),
+    ];
+    for (name, kernel, device, mib, expected) in cases {
+        let kernel = if kernel.is_empty() {
+            format!("<kernel>{}</kernel>", bed.guest.display())
+        } else {
+            kernel.to_string()
+        };
+        let xml = format!(
+            "<domain type='kvm'><name>{name}</name><memory unit='MiB'>{mib}</memory><os><type>hvm</type>{kernel}<cmdline>guest.mode=idle</cmdline></os><devices>{device}<graphics type='vnc'/></devices></domain>"
+        );
+        let file = bed.dir.path().join(format!("{name}.xml"));
+        std::fs::write(&file, xml).unwrap();
+        ok(&bed.store, &["define", file.to_str().unwrap()]);
+        let out = vm(&bed.store, &["start", name]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = stderr(&out);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.starts_with("warning: "))
+            .collect();
+        assert_eq!(lines.len(), 2, "{name}: {err}");
+        assert_eq!(
+            lines[0],
+            format!("error: Failed to start domain '{name}'"),
+            "{name}: {err}"
+        );
+        assert!(lines[1].starts_with(expected), "{name}: {err}");
+        assert_eq!(
+            ok(&bed.store, &["-q", "domstate", name]),
+            "shut off\n",
+            "{name}"
+        );
+        assert!(
+            !bed.store.join("run").join(name).join("pid").exists(),
+            "{name}"
+        );
+    }
+    // The host-side device was ignored with one warning line.
+    let out = vm(&bed.store, &["start", "locked"]);
+    assert_eq!(
+        stderr(&out)
+            .lines()
+            .filter(
+                |l| *l == "warning: ignoring <graphics>: host-side device, not given to the guest"
+            )
+            .count(),
+        1
+    );
+    ok(&bed.store, &["destroy", "holder"]);
+    img_check_clean(&image);
+}
