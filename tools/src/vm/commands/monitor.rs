@@ -25,7 +25,12 @@ pub fn inspect_all(store: &Store, defs: &[DomainDef]) -> Vec<Status> {
             .collect()
     });
     for (def, status) in defs.iter().zip(&statuses) {
-        if let Some(active) = status.active().filter(|a| a.info.is_none()) {
+        // A VMM whose socket is not there yet is being started by another
+        // `vm start` (state paused, starting up), not hung.
+        let silent = status
+            .active()
+            .filter(|a| a.info.is_none() && a.run.api_socket().exists());
+        if let Some(active) = silent {
             eprintln!(
                 "warning: {}",
                 VmError::NoAnswer {

@@ -226,6 +226,8 @@ pub fn inspect(
         ),
         Some(VmState::Created) => (state::PAUSED, reason::PAUSED_STARTING_UP),
         Some(VmState::Shutdown) => (state::SHUTDOWN, 0),
+        // Not listening yet: another `vm start` is bringing it up.
+        None if !run.api_socket().exists() => (state::PAUSED, reason::PAUSED_STARTING_UP),
         // No answer: the last state we put it in.
         None => match run.reason_for(state::PAUSED) {
             Some(r) => (state::PAUSED, r),
