@@ -571,3 +571,86 @@ fn start_says_in_one_line_why_it_cannot() {
     ok(&bed.store, &["destroy", "holder"]);
     img_check_clean(&image);
 }
+
+/// The same domains in libvirt's test driver: `(name, runstate)`.
+fn test_driver_node(bed: &Bed, domains: &[(&str, u32)]) -> PathBuf {
+    let mut node = String::from("<node>\n");
+    for (name, runstate) in domains {
+        let dumped = ok(&bed.store, &["-q", "dumpxml", "--inactive", name]);
+        let body = dumped
+            .replacen(
+                "<domain type='kvm'>",
+                "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>",
+                1,
+            )
+            .replacen(
+                "</domain>",
+                &format!("<test:runstate>{runstate}</test:runstate></domain>"),
+                1,
+            );
+        node.push_str(&body);
+    }
+    node.push_str("</node>\n");
+    let path = bed.dir.path().join("node.xml");
+    std::fs::write(&path, node).unwrap();
+    path
+}
+
+#[test]
+fn listings_of_running_and_paused_guests_match_virsh() {
+    let Some(bed) = bed() else { return };
+    let have_virsh = Command::new("virsh").arg("--version").output().is_ok();
+    if !have_virsh {
+        assert!(
+            std::env::var_os("REQUIRE_LIBVIRT").is_none(),
+            "virsh is required (REQUIRE_LIBVIRT is set)"
+        );
+        eprintln!("skipped: no virsh");
+        return;
+    }
+    for name in ["run-a", "paused-b", "off-c"] {
+        bed.define(name, "guest.mode=idle", 32);
+    }
+    ok(&bed.store, &["start", "run-a"]);
+    ok(&bed.store, &["start", "paused-b", "--paused"]);
+    let node = test_driver_node(&bed, &[("run-a", 1), ("paused-b", 3), ("off-c", 5)]);
+    for args in [
+        &["list", "--all"][..],
+        &["list"],
+        &["list", "--inactive"],
+        &["list", "--all", "--name"],
+        &["list", "--all", "--id"],
+        &["list", "--state-paused"],
+        &["list", "--state-running", "--name"],
+        &["-q", "list", "--all"],
+        &["domid", "run-a"],
+        &["domid", "paused-b"],
+        &["domstate", "paused-b"],
+        &["domname", "1"],
+        &["vcpucount", "run-a"],
+        &["domblklist", "run-a"],
+        &["start", "run-a"],
+    ] {
+        let ours = vm(&bed.store, args);
+        let theirs = Command::new("virsh")
+            .arg("-c")
+            .arg(format!("test://{}", node.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        let show = |o: &Output| {
+            (
+                stdout(o).replace(&*bed.dir.path().to_string_lossy(), "DIR"),
+                stderr(o),
+                o.status.code(),
+            )
+        };
+        assert_eq!(
+            show(&ours),
+            show(&theirs),
+            "vm {args:?} (left: ours, right: virsh)"
+        );
+    }
+    ok(&bed.store, &["destroy", "run-a"]);
+    ok(&bed.store, &["destroy", "paused-b"]);
+}
