@@ -38,10 +38,12 @@ pub fn attach(def: &DomainDef, ctx: &Ctx, out: &mut String) -> Result<(), VmErro
             super::define::os_reason(&e)
         ))
     })?;
-    crate::vm::output::emit(&format!(
-        "Connected to domain '{}'\nEscape character is ^] (Ctrl + ])\n",
-        def.name
-    ));
+    if !ctx.quiet {
+        crate::vm::output::emit(&format!(
+            "Connected to domain '{}'\nEscape character is ^] (Ctrl + ])\n",
+            def.name
+        ));
+    }
     let stdin_fd = std::io::stdin().as_raw_fd();
     let raw = RawMode::enter(stdin_fd);
     let mut stdout = std::io::stdout();

@@ -56,7 +56,7 @@ pub fn define(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
         .failed_define(file));
     }
     ctx.store.write_definition(&def)?;
-    out.push_str(&format!("Domain '{}' defined from {file}\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' defined from {file}\n", def.name));
     Ok(())
 }
 
@@ -86,7 +86,7 @@ pub fn undefine(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
         .failed("undefine", def.name.as_str()));
     }
     ctx.store.remove_definition(&def.name)?;
-    out.push_str(&format!("Domain '{}' has been undefined\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' has been undefined\n", def.name));
     if remove_storage {
         // Writable disk images only: read-only disks and cdroms are
         // often shared bases.

@@ -299,7 +299,7 @@ pub fn start(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
     }
     launch(&def, ctx, inv.flag("paused")).map_err(|e| e.failed("start", def.name.as_str()))?;
     drop(lock);
-    out.push_str(&format!("Domain '{}' started\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' started\n", def.name));
     if inv.flag("console") {
         crate::vm::output::flush(out);
         return super::console::attach(&def, ctx, out);
@@ -328,7 +328,7 @@ pub fn shutdown(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
         .client(CALL_TIMEOUT)
         .power_button()
         .map_err(|e| VmError::from(e).failed("shutdown", def.name.as_str()))?;
-    out.push_str(&format!("Domain '{}' is being shutdown\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' is being shutdown\n", def.name));
     Ok(())
 }
 
@@ -356,7 +356,7 @@ pub fn destroy(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
     active.run.clean();
     ctx.store
         .set_shutoff_reason(&def.name, reason::SHUTOFF_DESTROYED)?;
-    out.push_str(&format!("Domain '{}' destroyed\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' destroyed\n", def.name));
     Ok(())
 }
 
@@ -367,7 +367,7 @@ pub fn reboot(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
         .client(CALL_TIMEOUT)
         .reboot()
         .map_err(|e| VmError::from(e).failed("reboot", def.name.as_str()))?;
-    out.push_str(&format!("Domain '{}' is being rebooted\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' is being rebooted\n", def.name));
     Ok(())
 }
 
@@ -378,7 +378,7 @@ pub fn reset(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
         .client(CALL_TIMEOUT)
         .reboot()
         .map_err(|e| VmError::from(e).failed("reset", def.name.as_str()))?;
-    out.push_str(&format!("Domain '{}' was reset\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' was reset\n", def.name));
     Ok(())
 }
 
@@ -392,7 +392,7 @@ pub fn suspend(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
             .map_err(|e| VmError::from(e).failed("suspend", def.name.as_str()))?;
     }
     active.run.set_reason(state::PAUSED, reason::PAUSED_USER);
-    out.push_str(&format!("Domain '{}' suspended\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' suspended\n", def.name));
     Ok(())
 }
 
@@ -408,6 +408,6 @@ pub fn resume(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
     active
         .run
         .set_reason(state::RUNNING, reason::RUNNING_UNPAUSED);
-    out.push_str(&format!("Domain '{}' resumed\n", def.name));
+    ctx.extra(out, &format!("Domain '{}' resumed\n", def.name));
     Ok(())
 }

@@ -27,6 +27,16 @@ pub struct Ctx {
     pub quiet: bool,
 }
 
+impl Ctx {
+    /// Appends one of virsh's informational messages (`Domain 'x'
+    /// started`, ...), which `-q` silences as virsh's vshPrintExtra.
+    pub fn extra(&self, out: &mut String, text: &str) {
+        if !self.quiet {
+            out.push_str(text);
+        }
+    }
+}
+
 /// Runs one command, appending what it prints to `out`.
 pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     match inv.name() {
