@@ -41,13 +41,27 @@ pub fn parse_domain(input: &[u8]) -> Result<DomainDef, XmlError> {
         ..ParsingOptions::default()
     };
     let doc = Document::parse_with_options(text, options)
-        .map_err(|e| XmlError::Malformed(e.to_string()))?;
+        .map_err(|e| XmlError::Malformed(one_line(&e.to_string())))?;
     check_depth(doc.root())?;
     let root = doc.root_element();
     if root.tag_name().namespace().is_some() || root.tag_name().name() != "domain" {
         return Err(XmlError::NotADomain(truncate(root.tag_name().name())));
     }
     read_domain(text, root)
+}
+
+/// A parser message on one line: control characters the message quotes
+/// from the input are escaped, and the whole is cut at 200 characters.
+fn one_line(message: &str) -> String {
+    let mut out = String::new();
+    for c in message.chars().take(200) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Fails if elements nest deeper than [`MAX_DEPTH`] (an explicit stack:
