@@ -112,6 +112,11 @@ for _ in range(runs):
     first_bytes.append(time.monotonic() - t0)
     p.wait()
     pid = int(open(os.path.join(store, "run", probe, "pid")).read().split()[0])
+    # The guest hears the power button once it printed "guest: idle".
+    while "guest: idle" not in open(log, errors="replace").read():
+        if time.monotonic() - t0 > 10:
+            sys.exit("the guest never became idle")
+        time.sleep(0.001)
     t0 = time.monotonic()
     vm("shutdown", probe)
     while True:

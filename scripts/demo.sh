@@ -111,8 +111,10 @@ echo "== vm start demo"
 "$VM" -c "$STORE" start demo
 echo "== vm list --all"
 "$VM" -c "$STORE" list --all
+# The guest prints "io done" after its I/O, then "guest: idle" once it
+# listens for the power button.
 for _ in $(seq 200); do
-    grep -q "io done" "$STORE/run/demo/console.log" 2>/dev/null && break
+    grep -q "guest: idle" "$STORE/run/demo/console.log" 2>/dev/null && break
     sleep 0.05
 done
 echo "== vm domstats demo (the guest made 16 reads, 8 writes and 2 flushes)"

@@ -118,6 +118,13 @@ impl Bed {
         }
     }
 
+    /// Waits until the guest listens for the power button (it prints
+    /// `guest: idle` once its GED interrupt is routed; a button pressed
+    /// before that is lost, as on a guest whose ACPI driver is not up).
+    fn wait_ready(&self, name: &str) {
+        self.wait_console(name, "guest: idle", Duration::from_secs(20));
+    }
+
     /// Waits until the guest printed `text`.
     fn wait_console(&self, name: &str, text: &str, timeout: Duration) {
         let start = Instant::now();
@@ -323,6 +330,7 @@ fn domstats_counts_the_guests_reads_writes_and_flushes_exactly() {
         reads * 4096,
         writes * 4096
     )), "{blk}");
+    bed.wait_ready("io");
     ok(&bed.store, &["shutdown", "io"]);
     bed.wait_state("io", "shut off", Duration::from_secs(10));
     img_check_clean(&image);
@@ -493,6 +501,7 @@ fn twenty_idle_guests_start_list_report_and_shut_down_clean() {
     assert_eq!(stats.matches("Domain: 'idle").count(), 20);
     assert_eq!(stats.matches("state.state=1\n").count(), 20);
     for n in &names {
+        bed.wait_ready(n);
         ok(&bed.store, &["shutdown", n]);
     }
     for n in &names {
