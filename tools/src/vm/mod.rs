@@ -8,7 +8,9 @@
 //! - [`format`]: virsh's output layouts;
 //! - [`runtime`]: what a domain's VMM is doing (state always true);
 //! - [`commands`]: one module per command family;
-//! - [`output`], [`terminal`]: stdout (SIGPIPE) and the raw terminal.
+//! - [`output`], [`terminal`], [`sys`]: stdout (SIGPIPE), the raw
+//!   terminal and the system calls (all of `vm`'s `unsafe` is in the last
+//!   two).
 
 pub mod cli;
 pub mod commands;
@@ -17,5 +19,6 @@ pub mod format;
 pub mod output;
 pub mod runtime;
 pub mod store;
+pub mod sys;
 pub mod terminal;
 pub mod xml;

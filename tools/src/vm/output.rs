@@ -3,16 +3,7 @@
 
 use std::io::Write;
 
-/// Ends the process as SIGPIPE's default action would.
-pub fn die_of_sigpipe() -> ! {
-    // SAFETY: restoring the default action and raising the signal touch
-    // no memory; the default action ends the process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    std::process::exit(128 + libc::SIGPIPE)
-}
+use super::sys::die_of_sigpipe;
 
 /// Writes `text` to stdout and flushes; dies of SIGPIPE on a closed pipe.
 pub fn emit(text: &str) {

@@ -6,7 +6,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,8 +61,7 @@ pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VM_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if super::sys::is_root() {
         return PathBuf::from("/var/lib/vm");
     }
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
@@ -135,14 +133,8 @@ impl Store {
             .map_err(io_error("cannot open lock", &path))?;
         let start = Instant::now();
         loop {
-            // SAFETY: flock on a descriptor we own; no memory is passed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
+            if super::sys::try_lock_exclusive(&file).map_err(io_error("cannot lock", &path))? {
                 return Ok(DomainLock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io_error("cannot lock", &path)(err));
             }
             if start.elapsed() > LOCK_WAIT {
                 return Err(StoreError::LockTimeout(name.to_string()));
@@ -161,9 +153,9 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .ok()?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        (rc == 0).then_some(DomainLock { _file: file })
+        super::sys::try_lock_exclusive(&file)
+            .ok()?
+            .then_some(DomainLock { _file: file })
     }
 
     /// Writes `name`'s definition atomically: a temporary file in the same
@@ -247,10 +239,7 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(io_error("cannot open", &path))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_error("cannot lock", &path)(io::Error::last_os_error()));
-        }
+        super::sys::lock_exclusive(&file).map_err(io_error("cannot lock", &path))?;
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(io_error("cannot read", &path))?;
@@ -366,13 +355,12 @@ mod tests {
         let held = store.lock(&name).unwrap();
         let path = dir.path().join("locks/x.lock");
         let other = File::open(&path).unwrap();
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, -1, "a second open file description cannot take it");
+        assert!(
+            !crate::vm::sys::try_lock_exclusive(&other).unwrap(),
+            "a second open file description cannot take it"
+        );
         drop(held);
-        // SAFETY: as above.
-        let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, 0);
+        assert!(crate::vm::sys::try_lock_exclusive(&other).unwrap());
     }
 
     #[test]

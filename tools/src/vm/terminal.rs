@@ -42,6 +42,17 @@ impl Drop for RawMode {
     }
 }
 
+/// Reads what `fd` has into `buffer` (0 at its end).
+pub fn read_fd(fd: i32, buffer: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reading at most `buffer.len()` bytes into `buffer`.
+    let n = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Waits up to `timeout_ms` for input on the descriptors; returns which
 /// are readable (or hung up).
 pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> std::io::Result<Vec<bool>> {

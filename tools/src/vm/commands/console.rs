@@ -74,13 +74,15 @@ pub fn attach(def: &DomainDef, ctx: &Ctx, out: &mut String) -> Result<(), VmErro
             }
         }
         if stdin_open && ready.get(1).copied().unwrap_or(false) {
-            // SAFETY: reading into our own buffer of its length.
-            let n = unsafe { libc::read(stdin_fd, buffer.as_mut_ptr().cast(), buffer.len()) };
-            if n <= 0 {
-                stdin_open = false;
-                continue;
-            }
-            let input = &buffer[..n as usize];
+            let n = match crate::vm::terminal::read_fd(stdin_fd, &mut buffer) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    continue;
+                }
+                Ok(n) => n,
+            };
+            let input = &buffer[..n];
             let (send, detach) = match input.iter().position(|&b| b == ESCAPE) {
                 Some(at) => (&input[..at], true),
                 None => (input, false),

@@ -4,7 +4,7 @@
 //! (two racing `start`s start one VMM; the second finds it active).
 
 use std::fs::OpenOptions;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -201,14 +201,7 @@ fn spawn_vmm(run: &RunFolder) -> Result<Child, VmError> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours;
-    // it only detaches the child from our session and terminal.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::vm::sys::detach_session(&mut command);
     command.spawn().map_err(|e| {
         VmError::Refused(format!(
             "Cannot run the VMM '{}': {}",

@@ -70,8 +70,7 @@ pub fn alive(id: ProcessId) -> bool {
 
 /// Nanoseconds per clock tick.
 pub fn ns_per_tick() -> u64 {
-    // SAFETY: sysconf has no memory arguments.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = crate::vm::sys::clock_ticks_per_second();
     if ticks > 0 {
         1_000_000_000 / ticks as u64
     } else {
@@ -128,12 +127,9 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 
 /// Sends `signal` to `id` if it is still that process.
 pub fn signal(id: ProcessId, signal: i32) {
+    // The start-time check makes a reused pid unlikely to be hit.
     if alive(id) {
-        // SAFETY: kill takes no memory; the start-time check above makes a
-        // reused pid unlikely to be hit.
-        unsafe {
-            libc::kill(id.pid, signal);
-        }
+        crate::vm::sys::kill(id.pid, signal);
     }
 }
 
