@@ -9,8 +9,8 @@ pub mod engine;
 pub mod opts;
 pub mod report;
 pub mod size;
+pub mod vm;
 
 /// Program name used in messages (`img: ...`, `Try 'img --help' ...`),
 /// where qemu-img says `qemu-img`.
 pub const PROGRAM: &str = "img";
-pub mod vm;
