@@ -18,6 +18,9 @@
 #                   queues, resets, read-only, failing backend) and a few
 #                   nasty layouts, built by fuzz/fuzz_targets/virtio_blk_seeds.rs
 #                   through blockdev's stable replay test
+#   api_request     HTTP requests to the VMM's API socket, from
+#                   fuzz/fuzz_targets/api_request_body.rs through vmapi's
+#                   stable replay test
 #
 # Usage: scripts/fuzz-seeds.sh   (needs qemu-img and qemu-io; builds img)
 set -euo pipefail
@@ -35,6 +38,11 @@ bash "$root/fuzz/domain_xml_seeds.sh" "$corpus/domain_xml"
 # own seed builder, run (and checked) by the stable test that replays it.
 VIRTIO_FUZZ_SEEDS=$corpus/virtio_blk cargo test -q -p blockdev --test virtio_fuzz_regressions \
     seeds_reach_every_request_type >/dev/null
+# api_request: requests as curl and vmapi::Client send them, from the
+# target's own seed list, likewise.
+mkdir -p "$corpus/api_request"
+API_FUZZ_SEEDS=$corpus/api_request cargo test -q -p vmapi --test api_fuzz_regressions \
+    seeds_parse_and_decode >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

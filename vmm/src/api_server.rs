@@ -62,6 +62,8 @@ fn serve(
     let limits = Limits::default();
     loop {
         let Ok((mut stream, _)) = listener.accept() else {
+            // Out of descriptors or memory: do not spin on it.
+            std::thread::sleep(std::time::Duration::from_millis(10));
             continue;
         };
         if crate::sock::peer_uid(&stream).ok() != Some(own) {

@@ -113,6 +113,8 @@ impl ConsoleHub {
             for event in &events[..n] {
                 if event.data() == LISTENER {
                     let Ok((stream, _)) = listener.accept() else {
+                        // Out of descriptors or memory: do not spin on it.
+                        std::thread::sleep(std::time::Duration::from_millis(10));
                         continue;
                     };
                     let owner = crate::sock::peer_uid(&stream).ok() == Some(own);

@@ -71,7 +71,8 @@ pub struct Vm {
     device_thread: Option<std::thread::JoinHandle<()>>,
     loop_tx: std::sync::mpsc::Sender<LoopMessage>,
     wake_loop: EventFd,
-    mmio: Arc<Bus>,
+    /// The transports (held until the VM is dropped).
+    _mmio: Arc<Bus>,
     backends: Vec<Arc<dyn blockdev::disk::BlockBackend>>,
     disks: Vec<DiskConfig>,
     stats: Vec<(String, Arc<DiskStats>)>,
@@ -247,19 +248,8 @@ impl Vm {
         let mmio = Arc::new(mmio);
         let stdin = (config.serial_input && config.serial == crate::config::SerialSpec::Tty)
             .then(|| std::io::stdin().as_raw_fd());
-        let config_seccomp = config.seccomp;
-        let poll_max = config.poll_max;
-        let device_thread = {
-            let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
-            let serial = serial.clone();
-            std::thread::Builder::new()
-                .name("devices".into())
-                .spawn(move || {
-                    event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max)
-                })
-                .map_err(|e| io_err("starting the device thread", e))?
-        };
-
+        // The vCPUs first: what can still fail does so before any thread
+        // of this VM exists.
         let mut vcpus = Vec::new();
         for id in 0..config.cpus {
             let vcpu = vm
@@ -274,6 +264,19 @@ impl Vm {
             )?;
             vcpus.push(vcpu);
         }
+        let config_seccomp = config.seccomp;
+        let poll_max = config.poll_max;
+        let device_thread = {
+            let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
+            let serial = serial.clone();
+            std::thread::Builder::new()
+                .name("devices".into())
+                .spawn(move || {
+                    event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max)
+                })
+                .map_err(|e| io_err("starting the device thread", e))?
+        };
+
         let context = VcpuContext {
             io,
             mmio: mmio.clone(),
@@ -287,7 +290,7 @@ impl Vm {
             device_thread: Some(device_thread),
             loop_tx,
             wake_loop,
-            mmio,
+            _mmio: mmio,
             backends,
             disks: config.disks.clone(),
             stats,
@@ -407,7 +410,6 @@ impl Drop for Vm {
                 let _ = thread.join();
             }
         }
-        let _ = &self.mmio;
     }
 }
 

@@ -121,6 +121,14 @@ fn without_a_vm_the_api_answers_as_cloud_hypervisor() {
     assert_eq!(err.status(), Some(400));
     assert!(err.to_string().contains("payload.kernel"), "{err}");
     client.ping().unwrap();
+    // The API thread runs under its own seccomp filter.
+    let api_thread = std::fs::read_dir(format!("/proc/{}/task", vmm.child.id()))
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .find(|task| std::fs::read_to_string(task.join("comm")).unwrap_or_default() == "api\n")
+        .expect("an api thread");
+    let status = std::fs::read_to_string(api_thread.join("status")).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
     client.vmm_shutdown().unwrap();
     assert_eq!(vmm.wait_exit(), Some(0));
     assert!(!vmm.socket.exists());
@@ -170,11 +178,20 @@ fn lifecycle_pause_reboot_and_power_button() {
     console
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    // One client at a time: a second one is closed at once.
+    let mut second = UnixStream::connect(vmm.path("console.sock")).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(second.read(&mut [0u8; 16]).unwrap(), 0);
 
     client.pause().unwrap();
     assert_eq!(client.info().unwrap().state, VmState::Paused);
     assert_eq!(client.pause().unwrap_err().status(), Some(405));
     assert_eq!(client.power_button().unwrap_err().status(), Some(405));
+    client.resume().unwrap();
+    assert_eq!(client.info().unwrap().state, VmState::Running);
+    assert_eq!(client.resume().unwrap_err().status(), Some(405));
     // Malformed input while the guest runs stops nothing.
     for bytes in [
         &b"\x00\x01\x02\r\n\r\n"[..],
@@ -182,9 +199,7 @@ fn lifecycle_pause_reboot_and_power_button() {
     ] {
         assert!(status_line(&raw(&vmm.socket, bytes)).contains("400"));
     }
-    client.resume().unwrap();
     assert_eq!(client.info().unwrap().state, VmState::Running);
-    assert_eq!(client.resume().unwrap_err().status(), Some(405));
 
     // Reboot in place: the guest starts again in the same process.
     client.reboot().unwrap();
@@ -380,4 +395,142 @@ fn the_vmapi_client_speaks_what_the_server_parses() {
         .request(Method::Get, "/api/v1/vmm.ping", None)
         .unwrap();
     assert_eq!(response.status, 200);
+}
+
+#[test]
+fn a_command_line_vm_serves_the_api_too() {
+    require_kvm!();
+    let guest = build_guest();
+    let guest_arg = guest.display().to_string();
+    let mut vmm = ApiVmm::start(&[
+        "--kernel",
+        &guest_arg,
+        "--cmdline",
+        "guest.mode=idle",
+        "--memory",
+        "32M",
+    ]);
+    let client = vmm.client();
+    // The serial is the terminal (here vmm.log).
+    let start = Instant::now();
+    while !vmm.log().contains("guest: idle") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", vmm.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let info = client.info().unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(info.config.payload.kernel.as_deref(), Some(guest.as_path()));
+    assert_eq!(info.config.memory.size, 32 << 20);
+    client.power_button().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0), "{}", vmm.log());
+    assert!(!vmm.socket.exists());
+}
+
+#[test]
+fn a_guest_reset_reboots_in_place() {
+    require_kvm!();
+    let guest = build_guest();
+    let mut vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    // hello mode prints and resets through the i8042 at once.
+    let config = guest_config(&guest, "guest.mode=hello", vmm.dir.path(), Vec::new());
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    vmm.wait_console("guest: hello", 3);
+    assert_eq!(client.info().unwrap().state, VmState::Running);
+    client.vmm_shutdown().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_socket_left_by_a_killed_vmm_is_taken_over() {
+    let mut first = ApiVmm::start(&[]);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(first.socket.exists(), "kill -9 leaves the socket");
+    assert!(first.client().ping().is_err());
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let ping = loop {
+        if let Ok(ping) = first.client().ping() {
+            break ping;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new vmm does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(ping.pid, Some(i64::from(second.id())));
+    // A third one on the live socket is refused with one line.
+    let third = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .output()
+        .unwrap();
+    assert_eq!(third.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        stderr.contains("another process is serving it") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    first.client().vmm_shutdown().unwrap();
+    assert!(second.wait().unwrap().success());
+}
+
+#[test]
+fn a_boot_that_fails_says_why_and_leaves_the_vm_created() {
+    let vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    // Any file will do as the kernel: the missing disk stops the boot first.
+    let kernel = vmm.path("kernel");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let missing = vmapi::DiskConfig {
+        path: vmm.path("missing.qcow2"),
+        readonly: false,
+        direct: false,
+        id: Some("vda".into()),
+        image_type: None,
+    };
+    client
+        .create(&guest_config(&kernel, "", vmm.dir.path(), vec![missing]))
+        .unwrap();
+    let err = client.boot(false).unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    assert!(err.to_string().contains("missing.qcow2"), "{err}");
+    assert_eq!(client.info().unwrap().state, VmState::Created);
+    client.ping().unwrap();
+}
+
+#[test]
+fn serial_in_file_mode_goes_to_the_file() {
+    require_kvm!();
+    let guest = build_guest();
+    let mut vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    let mut config = guest_config(&guest, "guest.mode=idle", vmm.dir.path(), Vec::new());
+    let file = vmm.path("serial.txt");
+    config.serial = Some(vmapi::ConsoleConfig {
+        file: Some(file.clone()),
+        socket: None,
+        mode: vmapi::ConsoleMode::File,
+    });
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .contains("guest: idle")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", vmm.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!vmm.path("console.sock").exists());
+    client.vmm_shutdown().unwrap();
+    assert_eq!(vmm.wait_exit(), Some(0));
 }

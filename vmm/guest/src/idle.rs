@@ -31,7 +31,10 @@ pub fn idle() -> ! {
     arch::route_gsi(GED_GSI, arch::GED_VECTOR);
     arch::stop_lapic_timer();
     line("idle");
-    let mut seen = 0;
+    // Look at the register once before waiting: a press that came before
+    // the GSI was routed raised no interrupt here, but its event is
+    // latched in the GED.
+    let mut seen = u64::MAX;
     loop {
         arch::cli();
         let taken = arch::ged_irqs();
