@@ -29,7 +29,11 @@ root=$PWD
 cargo build -q -p tools
 img="${CARGO_TARGET_DIR:-$root/target}/debug/img"
 corpus=$root/fuzz/corpus
-mkdir -p "$corpus/open_image" "$corpus/header" "$corpus/snapshot_table" "$corpus/virtio_blk"
+mkdir -p "$corpus/open_image" "$corpus/header" "$corpus/snapshot_table" "$corpus/virtio_blk" "$corpus/domain_xml"
+# domain_xml: the hand-made and found inputs of vm's XML reader, and the
+# domain XMLs its tests define.
+cp "$root"/tools/tests/vm_xml_fuzz_regressions/* "$corpus/domain_xml/"
+bash "$root/fuzz/domain_xml_seeds.sh" "$corpus/domain_xml"
 # virtio_blk needs neither qemu nor img: its seeds come from the target's
 # own seed builder, run (and checked) by the stable test that replays it.
 VIRTIO_FUZZ_SEEDS=$corpus/virtio_blk cargo test -q -p blockdev --test virtio_fuzz_regressions \
@@ -243,4 +247,4 @@ printf '\111\000\001\000\000\000' >"$corpus/snapshot_table/patch-count.bin"
 t=$((t + 3))
 
 echo "wrote $n images (open_image, header), $t snapshot_table inputs and $(ls "$corpus/virtio_blk" | wc -l) virtio_blk inputs under $corpus"
-du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table "$corpus"/virtio_blk
+du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table "$corpus"/virtio_blk "$corpus"/domain_xml

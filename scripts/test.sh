@@ -6,11 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-qemu.sh
+bash scripts/ensure-libvirt.sh
 bash scripts/ensure-curl.sh
 bash scripts/ensure-net.sh
 export REQUIRE_QEMU=1
+export REQUIRE_LIBVIRT=1
 export REQUIRE_KVM=1
 # The integration tests run the img binary; cargo test alone does not
 # build binaries of packages without integration tests of their own.
-cargo build -p tools
+# vm's tests start the vmm found next to vm.
+cargo build -p tools -p vmm
 cargo test --workspace

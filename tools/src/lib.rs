@@ -9,6 +9,7 @@ pub mod engine;
 pub mod opts;
 pub mod report;
 pub mod size;
+pub mod vm;
 
 /// Program name used in messages (`img: ...`, `Try 'img --help' ...`),
 /// where qemu-img says `qemu-img`.

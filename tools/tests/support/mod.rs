@@ -1,0 +1,3 @@
+//! Shared by `vm`'s integration tests.
+
+pub mod guest;
