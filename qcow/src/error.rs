@@ -181,6 +181,18 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A field of a vpc, vdi, vmdk, vhdx or qed image that is out of range.
+    #[error("{format} image: invalid {field}: {value} ({reason})")]
+    InvalidFormatField {
+        /// The format ("vpc", "vdi", ...).
+        format: &'static str,
+        /// The field as the format's specification spells it.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {

@@ -18,6 +18,7 @@ pub mod check;
 pub mod compress;
 pub mod create;
 pub mod device;
+pub mod formats;
 pub mod fs;
 pub mod image;
 pub mod measure;

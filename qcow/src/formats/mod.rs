@@ -1,0 +1,124 @@
+//! Image formats other than qcow2 and raw (VHD "vpc", VDI, ...), one module
+//! each, behind one interface: [`ForeignImage`] (guest reads and writes,
+//! where each guest range lives, the fields `img info` shows, and a check
+//! where qemu-img has one for the format).
+//!
+//! Like the qcow2 code, these modules do no I/O of their own: they work
+//! through [`Storage`]. Every table size read from a file is bounded by the
+//! file's length and by a named constant before it sizes an allocation.
+
+pub mod vdi;
+pub mod vpc;
+
+use std::sync::Arc;
+
+use crate::device::BlockRead;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// What `check` found in an image of a format with a check (qemu's
+/// `BdrvCheckResult`, the parts these formats fill).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Corruptions found, each with its message as qemu prints it.
+    pub corruptions: Vec<String>,
+    /// Clusters (blocks) in use.
+    pub allocated_clusters: u64,
+    /// Clusters (blocks) the disk has.
+    pub total_clusters: u64,
+}
+
+/// An open image of one of the formats of this module.
+pub trait ForeignImage: BlockRead {
+    /// Writes guest bytes (allocating blocks as the format does).
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<()>;
+    /// The image file.
+    fn storage(&self) -> &Arc<dyn Storage>;
+    /// The allocation unit `img info` shows as `cluster_size`, if the
+    /// format reports one.
+    fn cluster_size(&self) -> Option<u64>;
+    /// Checks the image, or `None` when qemu-img has no check for the
+    /// format ("This image format does not support checks").
+    fn check(&self) -> Option<Result<CheckReport>>;
+}
+
+/// Builds the error for a field of a foreign image that is out of range.
+pub(crate) fn invalid(
+    format: &'static str,
+    field: &'static str,
+    value: u64,
+    reason: &'static str,
+) -> Error {
+    Error::InvalidFormatField {
+        format,
+        field,
+        value,
+        reason,
+    }
+}
+
+/// Sixteen bytes that differ from call to call (for image UUIDs; not
+/// cryptographic). Seeded by the standard library's per-process random
+/// keys and the clock.
+pub(crate) fn random_uuid() -> [u8; 16] {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let state = std::collections::hash_map::RandomState::new();
+    let a = state.hash_one(nanos);
+    let b = state.hash_one(a ^ 0x9e37_79b9_7f4a_7c15);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..].copy_from_slice(&b.to_le_bytes());
+    // RFC 4122 version 4, variant 1.
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads a table of `len` bytes at `offset`, after checking that it lies
+/// inside the file and under `max_len` bytes.
+pub(crate) fn read_table(
+    storage: &dyn Storage,
+    format: &'static str,
+    table: &'static str,
+    offset: u64,
+    len: u64,
+    max_len: u64,
+) -> Result<Vec<u8>> {
+    if len > max_len {
+        return Err(invalid(
+            format,
+            table,
+            len,
+            "table is larger than supported",
+        ));
+    }
+    let file_len = storage.len()?;
+    match offset.checked_add(len) {
+        Some(end) if end <= file_len => {}
+        _ => {
+            return Err(invalid(
+                format,
+                table,
+                offset,
+                "table lies past the end of the file",
+            ))
+        }
+    }
+    let mut buf = vec![0u8; len as usize];
+    storage.read_at(&mut buf, offset)?;
+    Ok(buf)
+}
