@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::device::{BlockRead, Extent, RawImage};
 use crate::error::{Error, Result};
+use crate::formats::{ForeignImage, ForeignLayer};
 use crate::header::QCOW_MAGIC;
 use crate::image::{Opener, Qcow2};
 use crate::storage::{FileStorage, Storage};
@@ -22,6 +23,10 @@ pub enum Format {
     Qcow2,
     /// Raw.
     Raw,
+    /// VHD (Virtual PC, Hyper-V's older format).
+    Vpc,
+    /// VirtualBox VDI.
+    Vdi,
 }
 
 impl Format {
@@ -30,6 +35,8 @@ impl Format {
         match name {
             "qcow2" => Ok(Format::Qcow2),
             "raw" => Ok(Format::Raw),
+            "vpc" => Ok(Format::Vpc),
+            "vdi" => Ok(Format::Vdi),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -39,6 +46,8 @@ impl Format {
         match self {
             Format::Qcow2 => "qcow2",
             Format::Raw => "raw",
+            Format::Vpc => "vpc",
+            Format::Vdi => "vdi",
         }
     }
 }
@@ -150,6 +159,11 @@ impl Opener for FileOpener {
                 })?;
                 Ok(Box::new(image))
             }
+            other => match open_foreign(other, storage, false) {
+                Ok(AnyImage::Foreign(_, image)) => Ok(Box::new(ForeignLayer(image))),
+                Ok(_) => unreachable!("open_foreign opens foreign images"),
+                Err(e) => Err(err(e.to_string())),
+            },
         }
     }
 
@@ -166,6 +180,15 @@ pub enum AnyImage {
     Qcow2(Box<Qcow2>),
     /// A raw image.
     Raw(RawImage),
+    /// An image of another format (see [`crate::formats`]).
+    Foreign(Format, Box<dyn ForeignImage>),
+}
+
+/// Opens `storage` as an image of `format`, one of [`crate::formats`].
+fn open_foreign(format: Format, storage: Arc<dyn Storage>, writable: bool) -> Result<AnyImage> {
+    let image = crate::formats::open(format.name(), storage, writable)
+        .expect("every format other than qcow2 and raw is a foreign one")?;
+    Ok(AnyImage::Foreign(format, image))
 }
 
 impl AnyImage {
@@ -174,6 +197,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(_) => Format::Qcow2,
             AnyImage::Raw(_) => Format::Raw,
+            AnyImage::Foreign(f, _) => *f,
         }
     }
 
@@ -182,6 +206,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.write_at(buf, offset),
             AnyImage::Raw(r) => r.write_at(buf, offset),
+            AnyImage::Foreign(_, f) => f.write_at(buf, offset),
         }
     }
 
@@ -190,6 +215,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.flush(),
             AnyImage::Raw(r) => r.storage().flush(),
+            AnyImage::Foreign(_, f) => f.flush(),
         }
     }
 }
@@ -199,24 +225,27 @@ impl BlockRead for AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.size(),
             AnyImage::Raw(r) => r.virtual_size(),
+            AnyImage::Foreign(_, f) => f.virtual_size(),
         }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match self {
             AnyImage::Qcow2(q) => q.read_at(buf, offset),
             AnyImage::Raw(r) => r.read_at(buf, offset),
+            AnyImage::Foreign(_, f) => f.read_at(buf, offset),
         }
     }
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         match self {
             AnyImage::Qcow2(q) => q.extents(offset, len),
             AnyImage::Raw(r) => r.extents(offset, len),
+            AnyImage::Foreign(_, f) => f.extents(offset, len),
         }
     }
     fn backing(&self) -> Option<&dyn BlockRead> {
         match self {
             AnyImage::Qcow2(q) => q.backing_image(),
-            AnyImage::Raw(_) => None,
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => None,
         }
     }
     fn format_name(&self) -> &'static str {
@@ -238,6 +267,7 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             writable,
             &FileOpener::for_image(path),
         )?))),
+        other => open_foreign(other, storage, writable),
     }
 }
 
@@ -257,5 +287,6 @@ pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> 
             true,
             &FileOpener::for_image(path),
         )?))),
+        other => open_foreign(other, storage, true),
     }
 }

@@ -124,6 +124,14 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
             data_file = data;
             disk
         }
+        other => {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} disks are not served by the block engine yet",
+                    other.name()
+                ),
+            })
+        }
     };
     Ok(OpenedDisk {
         backend: Arc::new(Backend {

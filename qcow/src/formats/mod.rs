@@ -122,3 +122,41 @@ pub(crate) fn read_table(
     storage.read_at(&mut buf, offset)?;
     Ok(buf)
 }
+
+/// Opens an image of one of this module's formats, by its qemu-img name
+/// ("vpc", "vdi"); `None` for a name that is not one of them.
+pub fn open(
+    name: &str,
+    storage: Arc<dyn Storage>,
+    writable: bool,
+) -> Option<Result<Box<dyn ForeignImage>>> {
+    fn boxed<T: ForeignImage + 'static>(r: Result<T>) -> Result<Box<dyn ForeignImage>> {
+        r.map(|image| Box::new(image) as Box<dyn ForeignImage>)
+    }
+    Some(match name {
+        vpc::FORMAT => boxed(vpc::Vpc::open(storage, writable)),
+        vdi::FORMAT => boxed(vdi::Vdi::open(storage, writable)),
+        _ => return None,
+    })
+}
+
+/// A foreign image as a backing layer (`dyn BlockRead`).
+pub struct ForeignLayer(pub Box<dyn ForeignImage>);
+
+impl BlockRead for ForeignLayer {
+    fn virtual_size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.0.extents(offset, len)
+    }
+    fn backing(&self) -> Option<&dyn BlockRead> {
+        self.0.backing()
+    }
+    fn format_name(&self) -> &'static str {
+        self.0.format_name()
+    }
+}

@@ -47,6 +47,9 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         eprintln!("img: This image format does not support checks");
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
     }
+    if format != Format::Qcow2 {
+        return super::check_foreign::run(args, format);
+    }
     // qemu-img check opens the backing chain first and fails when it
     // cannot (a missing file, a cycle, too deep); so do we. A header that
     // does not parse is left to the check, which reports it.

@@ -101,6 +101,9 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         match &base {
             AnyImage::Qcow2(b) => b.resize(size, qcow::create::Preallocation::Off)?,
             AnyImage::Raw(r) => r.storage().set_len(size)?,
+            AnyImage::Foreign(..) => {
+                return Err(anyhow!("Image format driver does not support resize"))
+            }
         }
     }
     let base = if format == Format::Raw && base.virtual_size() < size {

@@ -62,9 +62,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             AnyImage::Qcow2(q) => q
                 .view_snapshot(name)
                 .map_err(|e| anyhow!("Failed to load snapshot: {}", io_reason(&e)))?,
-            AnyImage::Raw(_) => {
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => {
                 return Err(anyhow!(
-                    "Failed to load snapshot: raw images have no snapshots"
+                    "Failed to load snapshot: {} images have no snapshots",
+                    sources[0].format().name()
                 ))
             }
         }
@@ -111,10 +112,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
         create_image_with(&target, target_format, &opts, size, unsafe_cache)?;
-        let format = match target_format {
-            ImageFormat::Qcow2 => Format::Qcow2,
-            ImageFormat::Raw => Format::Raw,
-        };
+        let format = Format::parse(target_format.name())?;
         let image = open_target(&target, format, args.target_cache)?;
         let has_backing = opts.backing_file.is_some();
         (image, !has_backing, has_backing)

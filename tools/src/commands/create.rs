@@ -126,6 +126,24 @@ pub fn create_image_with(
             image.close()?;
             Ok(())
         }
+        ImageFormat::Vpc => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            let vpc_opts = qcow::formats::vpc::CreateOptions {
+                subformat: opts
+                    .subformat
+                    .as_deref()
+                    .and_then(qcow::formats::vpc::Subformat::parse)
+                    .unwrap_or_default(),
+                force_size: opts.force_size.unwrap_or(false),
+            };
+            qcow::formats::vpc::create(&*storage, size, vpc_opts)
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
+        ImageFormat::Vdi => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            qcow::formats::vdi::create(&*storage, size, opts.static_image.unwrap_or(false))
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
     }
 }
 

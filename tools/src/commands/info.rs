@@ -28,6 +28,10 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
     let (storage, data_file) = match image {
         AnyImage::Raw(r) => (r.storage().clone(), None),
         AnyImage::Qcow2(q) => (q.file().clone(), q.data_file().cloned()),
+        AnyImage::Foreign(_, f) => {
+            info.cluster_size = f.cluster_size();
+            (f.storage().clone(), None)
+        }
     };
     let file_len = storage.len()?;
     let file_actual = storage.allocated_bytes();

@@ -5,6 +5,7 @@
 pub mod amend;
 pub mod bench;
 pub mod check;
+pub mod check_foreign;
 pub mod commit;
 pub mod compare;
 pub mod convert;
@@ -26,6 +27,8 @@ pub fn parse_format(name: &str) -> Result<Format> {
     match name {
         "qcow2" => Ok(Format::Qcow2),
         "raw" => Ok(Format::Raw),
+        "vpc" => Ok(Format::Vpc),
+        "vdi" => Ok(Format::Vdi),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }

@@ -48,6 +48,9 @@ pub fn run(args: &ResizeArgs) -> Result<i32> {
             }
             storage.flush()?;
         }
+        AnyImage::Foreign(..) => {
+            return Err(anyhow!("Image format driver does not support resize"));
+        }
     }
     if !args.quiet {
         println!("{}", crate::size::RESIZED_MESSAGE);

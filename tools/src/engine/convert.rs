@@ -20,6 +20,7 @@ fn chunk_size(target: &AnyImage) -> u64 {
     match target {
         AnyImage::Qcow2(q) => CHUNK.max(q.cluster_size()),
         AnyImage::Raw(_) => CHUNK,
+        AnyImage::Foreign(_, f) => CHUNK.max(f.cluster_size().unwrap_or(0)),
     }
 }
 
@@ -259,18 +260,21 @@ fn start_writeback(target: &AnyImage) {
         AnyImage::Raw(r) => {
             let _ = r.storage().start_writeback();
         }
+        AnyImage::Foreign(_, f) => {
+            let _ = f.storage().start_writeback();
+        }
     }
 }
 
 fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
     match target {
         AnyImage::Qcow2(q) => q.write_zeroes(offset, len, true),
-        AnyImage::Raw(r) => {
+        other => {
             let zeros = vec![0u8; len.min(CHUNK) as usize];
             let mut pos = offset;
             while pos < offset + len {
                 let n = (offset + len - pos).min(CHUNK);
-                r.write_at(&zeros[..n as usize], pos)?;
+                other.write_at(&zeros[..n as usize], pos)?;
                 pos += n;
             }
             Ok(())
@@ -283,7 +287,7 @@ fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
 fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
     match job.target {
         AnyImage::Qcow2(q) => job.sparse_size.max(q.geometry().subcluster_size()),
-        AnyImage::Raw(_) => job.sparse_size,
+        AnyImage::Raw(_) | AnyImage::Foreign(..) => job.sparse_size,
     }
 }
 
@@ -355,7 +359,7 @@ fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
                 }
             }
         }
-        AnyImage::Raw(r) => r.write_at(data, offset),
+        other => other.write_at(data, offset),
     }
     .with_context(|| format!("error while writing at byte {offset}"))
 }

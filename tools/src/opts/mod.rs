@@ -120,6 +120,9 @@ pub enum OptsError {
     /// raw: a preallocation mode qemu knows but raw files do not support.
     #[error("Unsupported preallocation mode: {0}")]
     UnsupportedPreallocation(Preallocation),
+    /// vdi: a size over the format's limit.
+    #[error("Unsupported VDI image size (size is {0:#x}, max supported is 0x1fffff8000000)")]
+    VdiTooLarge(u64),
     /// raw: a preallocation mode qemu does not know.
     #[error("invalid parameter value: {0}")]
     InvalidParameterValue(String),
@@ -141,6 +144,10 @@ pub enum ImageFormat {
     Qcow2,
     /// Plain raw file.
     Raw,
+    /// VHD (`vpc`), dynamic or fixed.
+    Vpc,
+    /// VirtualBox VDI, dynamic or static.
+    Vdi,
 }
 
 impl ImageFormat {
@@ -149,6 +156,8 @@ impl ImageFormat {
         match self {
             Self::Qcow2 => "qcow2",
             Self::Raw => "raw",
+            Self::Vpc => "vpc",
+            Self::Vdi => "vdi",
         }
     }
 }
@@ -171,6 +180,8 @@ impl FromStr for ImageFormat {
         match name {
             "qcow2" => Ok(Self::Qcow2),
             "raw" => Ok(Self::Raw),
+            "vpc" => Ok(Self::Vpc),
+            "vdi" => Ok(Self::Vdi),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -320,6 +331,13 @@ pub struct CreateOptions {
     pub refcount_bits: Option<u64>,
     /// qcow2: compression type; default zlib.
     pub compression_type: Option<CompressionType>,
+    /// vpc: `dynamic` (default) or `fixed`, as given (checked by
+    /// [`CreateOptions::validate`]).
+    pub subformat: Option<String>,
+    /// vpc: keep the size instead of rounding it to a CHS geometry.
+    pub force_size: Option<bool>,
+    /// vdi: preallocate every block.
+    pub static_image: Option<bool>,
 }
 
 impl CreateOptions {
@@ -339,13 +357,15 @@ impl CreateOptions {
         let preallocation = match (parsed.format(), text("preallocation")) {
             (_, None) => None,
             (ImageFormat::Qcow2, Some(value)) => Some(Preallocation::parse(&value)?),
-            (ImageFormat::Raw, Some(value)) => match Preallocation::parse(&value) {
-                Ok(Preallocation::Metadata) => {
-                    return Err(OptsError::UnsupportedPreallocation(Preallocation::Metadata))
+            (ImageFormat::Raw | ImageFormat::Vpc | ImageFormat::Vdi, Some(value)) => {
+                match Preallocation::parse(&value) {
+                    Ok(Preallocation::Metadata) => {
+                        return Err(OptsError::UnsupportedPreallocation(Preallocation::Metadata))
+                    }
+                    Ok(mode) => Some(mode),
+                    Err(_) => return Err(OptsError::InvalidParameterValue(value)),
                 }
-                Ok(mode) => Some(mode),
-                Err(_) => return Err(OptsError::InvalidParameterValue(value)),
-            },
+            }
         };
         Ok(Self {
             size: number("size"),
@@ -362,6 +382,9 @@ impl CreateOptions {
             compression_type: text("compression_type")
                 .map(|v| CompressionType::parse(&v))
                 .transpose()?,
+            subformat: text("subformat"),
+            force_size: boolean("force_size"),
+            static_image: boolean("static"),
         })
     }
 
@@ -372,6 +395,8 @@ impl CreateOptions {
         match format {
             ImageFormat::Qcow2 => validate::qcow2(self),
             ImageFormat::Raw => Ok(()),
+            ImageFormat::Vpc => validate::vpc(self),
+            ImageFormat::Vdi => validate::vdi(self),
         }
     }
 

@@ -143,11 +143,52 @@ pub const RAW_PROTOCOL_OPTIONS: &[OptDesc] = &[desc(
     None,
 )];
 
+/// vpc's own options, in qemu's declaration order.
+pub const VPC_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "subformat",
+        OptType::Str,
+        "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} ",
+        None,
+    ),
+    desc(
+        "force_size",
+        OptType::Bool,
+        "Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation",
+        None,
+    ),
+];
+
+/// vdi's own options, in qemu's declaration order.
+pub const VDI_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "static",
+        OptType::Bool,
+        "VDI static (pre-allocated) image",
+        Some("off"),
+    ),
+];
+
+/// The format's own options (what `-o help` lists without a filename).
+fn format_options(format: ImageFormat) -> &'static [OptDesc] {
+    match format {
+        ImageFormat::Qcow2 => QCOW2_OPTIONS,
+        ImageFormat::Raw => RAW_OPTIONS,
+        ImageFormat::Vpc => VPC_OPTIONS,
+        ImageFormat::Vdi => VDI_OPTIONS,
+    }
+}
+
 /// Every option `format` accepts, in `Formatting`-line order.
 pub fn options_for(format: ImageFormat) -> Vec<&'static OptDesc> {
     match format {
         ImageFormat::Qcow2 => QCOW2_OPTIONS.iter().collect(),
-        ImageFormat::Raw => RAW_OPTIONS.iter().chain(RAW_PROTOCOL_OPTIONS).collect(),
+        other => format_options(other)
+            .iter()
+            .chain(RAW_PROTOCOL_OPTIONS)
+            .collect(),
     }
 }
 
@@ -158,7 +199,7 @@ pub fn options_for(format: ImageFormat) -> Vec<&'static OptDesc> {
 /// filename it lists format and protocol options under `Supported options:`.
 pub fn option_help(format: ImageFormat, filename: Option<&str>) -> String {
     let mut descs: Vec<&OptDesc> = match (format, filename) {
-        (ImageFormat::Raw, None) => RAW_OPTIONS.iter().collect(),
+        (format, None) => format_options(format).iter().collect(),
         _ => options_for(format),
     };
     descs.sort_by_key(|d| d.name);

@@ -104,6 +104,38 @@ pub(super) fn qcow2(options: &mut CreateOptions) -> Result<(), OptsError> {
     Ok(())
 }
 
+/// Largest vpc disk: 2040 GiB (QEMU's `VHD_MAX_SECTORS`).
+const VPC_MAX_SIZE: u64 = 0xff00_0000 * 512;
+/// Largest vdi disk QEMU 10 creates.
+const VDI_MAX_SIZE: u64 = 0x1_ffff_f800_0000;
+
+/// Checks vpc options: the subformat name and the size limit.
+pub(super) fn vpc(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if let Some(value) = &options.subformat {
+        if qcow::formats::vpc::Subformat::parse(value).is_none() {
+            return Err(OptsError::EnumValue {
+                parameter: "subformat".to_owned(),
+                value: value.clone(),
+            });
+        }
+    }
+    if options.size.unwrap_or(0) > VPC_MAX_SIZE {
+        return Err(OptsError::Invalid(
+            "The image size is too large for file format 'vpc'",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks vdi options: the size limit.
+pub(super) fn vdi(options: &mut CreateOptions) -> Result<(), OptsError> {
+    let size = options.size.unwrap_or(0);
+    if size > VDI_MAX_SIZE {
+        return Err(OptsError::VdiTooLarge(size));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::opts::{CreateOptions, ImageFormat, ParsedOptions, Preallocation};

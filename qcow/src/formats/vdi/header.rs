@@ -19,8 +19,10 @@ pub const BLOCK_SIZE: u32 = 1 << 20;
 pub const TYPE_DYNAMIC: u32 = 1;
 /// Image type of a static (preallocated) image.
 pub const TYPE_STATIC: u32 = 2;
-/// Most blocks an image may have (QEMU's bound: a u32 block map in bytes).
-pub const MAX_BLOCKS: u32 = u32::MAX / 4;
+/// Most blocks an image may have: QEMU 10's bound (its largest disk is
+/// 0x1fffff8000000 bytes), which also bounds the block map in memory to
+/// 128 MiB.
+pub const MAX_BLOCKS: u32 = 0x1ff_fff8;
 /// The text at the start of images QEMU makes.
 pub const TEXT: &[u8] = b"<<< QEMU VM Virtual Disk Image >>>\n";
 

@@ -21,8 +21,6 @@ use crate::storage::Storage;
 
 /// The format's name as qemu-img spells it.
 pub const FORMAT: &str = "vdi";
-/// Most block map entries we load (256 MiB of map, 64 TiB of disk).
-pub const MAX_MAP_ENTRIES: u64 = 1 << 26;
 /// Entries at or above this are not allocated (free or discarded).
 const FIRST_UNALLOCATED: u32 = 0xffff_fffe;
 /// A free entry.
@@ -36,14 +34,6 @@ pub fn create(storage: &dyn Storage, size: u64, is_static: bool) -> Result<()> {
     let blocks = size.div_ceil(BLOCK);
     if blocks > u64::from(MAX_BLOCKS) {
         return Err(invalid(FORMAT, "size", size, "Unsupported VDI image size"));
-    }
-    if blocks > MAX_MAP_ENTRIES {
-        return Err(invalid(
-            FORMAT,
-            "size",
-            size,
-            "larger than this implementation supports",
-        ));
     }
     let map_bytes = (blocks * 4).div_ceil(512) * 512;
     let offset_data = 0x200 + map_bytes;
@@ -87,15 +77,13 @@ impl Vdi {
         storage.read_at(&mut raw, 0)?;
         let header = Header::parse(&raw)?;
         let entries = u64::from(header.blocks_in_image);
-        let map_bytes = (entries * 4).div_ceil(512) * 512;
-        let len = map_bytes.min(entries * 4);
         let bytes = read_table(
             &*storage,
             FORMAT,
             "block map",
             header.offset_bmap.into(),
-            len,
-            MAX_MAP_ENTRIES * 4,
+            entries * 4,
+            u64::from(MAX_BLOCKS) * 4,
         )?;
         let map: Vec<u32> = bytes.chunks_exact(4).map(LittleEndian::read_u32).collect();
         Ok(Vdi {
