@@ -153,6 +153,15 @@ pub enum Error {
     AmendRefused(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Probing found a format this crate cannot read (yet): the file is
+    /// refused rather than read as raw.
+    #[error("'{path}' is a {format} image, which img cannot read yet")]
+    FormatNotReadable {
+        /// The file's name as it was given.
+        path: String,
+        /// The probed format.
+        format: crate::probe::Format,
+    },
     /// A refcount would leave its range.
     #[error("refcount of host cluster {cluster} would {direction} (current value {value})")]
     RefcountRange {

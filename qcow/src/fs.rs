@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use crate::device::{BlockRead, Extent, RawImage};
 use crate::error::{Error, Result};
 use crate::formats::{ForeignImage, ForeignLayer};
-use crate::header::QCOW_MAGIC;
 use crate::image::{Opener, Qcow2};
 use crate::storage::{FileStorage, Storage};
 
 /// Deepest backing chain accepted.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
-/// Image formats this crate opens.
+/// Image formats this crate opens (every format qemu-img probes is named
+/// by [`crate::probe::Format`]; [`crate::probe::Format::readable`] maps the
+/// readable ones here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// QCOW2.
@@ -52,16 +53,17 @@ impl Format {
     }
 }
 
-/// Guesses the format from the first bytes, as qemu-img does for the
-/// formats we know.
-pub fn probe(storage: &dyn Storage) -> Result<Format> {
-    let mut magic = [0u8; 4];
-    storage.read_at(&mut magic, 0)?;
-    if u32::from_be_bytes(magic) == QCOW_MAGIC {
-        Ok(Format::Qcow2)
-    } else {
-        Ok(Format::Raw)
-    }
+/// Probes the format of the file at `path` (opened as `storage`) as
+/// qemu-img does (see [`crate::probe`]) and returns the reader to open it
+/// with; a format this crate cannot read is
+/// [`Error::FormatNotReadable`], never raw.
+pub fn probe(storage: &dyn Storage, path: &Path) -> Result<Format> {
+    let name = path.to_string_lossy();
+    let probed = crate::probe::probe_storage(storage, Some(&name))?;
+    probed.readable().ok_or_else(|| Error::FormatNotReadable {
+        path: name.into_owned(),
+        format: probed,
+    })
 }
 
 /// Opens a file as storage.
@@ -141,7 +143,7 @@ impl Opener for FileOpener {
             .push(path.clone());
         let format = match format {
             Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
-            None => probe(&*storage)?,
+            None => probe(&*storage, &path)?,
         };
         match format {
             Format::Raw => Ok(Box::new(RawImage::new(storage)?)),
@@ -258,7 +260,7 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
     let storage = open_storage(path, writable)?;
     let format = match format {
         Some(f) => f,
-        None => probe(&*storage)?,
+        None => probe(&*storage, path)?,
     };
     match format {
         Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),

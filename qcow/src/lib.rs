@@ -23,4 +23,5 @@ pub mod fs;
 pub mod image;
 pub mod measure;
 mod offset_hash;
+pub mod probe;
 pub mod snapshot_table;

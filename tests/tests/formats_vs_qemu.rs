@@ -221,3 +221,21 @@ fn hostile_images_get_one_line() {
         }
     }
 }
+
+/// Without `-f`, img probes the formats it reads as qemu-img does (a
+/// dynamic VHD by its leading footer copy, a VDI by its signature).
+#[test]
+fn probed_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    for fmt in ["vpc", "vdi"] {
+        let path = dir.path().join(format!("p.{fmt}"));
+        ok(qemu_img(&["create", "-q", "-f", fmt]).arg(&path).arg("1M"));
+        let ours = ok(img(&["info", "--output=json"]).arg(&path));
+        let theirs = ok(qemu_img(&["info", "--output=json"]).arg(&path));
+        let ours: serde_json::Value = serde_json::from_str(&ours).unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+        assert_eq!(ours["format"], fmt);
+        assert_eq!(ours, theirs);
+    }
+}

@@ -92,7 +92,7 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
         })?;
     let format = match options.format {
         Some(f) => f,
-        None => probe(&FileStorage::new(clone(&file, path)?))?,
+        None => probe(&FileStorage::new(clone(&file, path)?), path)?,
     };
     let mut backing_files = Vec::new();
     let mut data_file = None;

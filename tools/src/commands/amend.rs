@@ -99,7 +99,7 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         .map_err(|e| anyhow!("Could not open '{}': {}", args.filename, io_reason(&e)))?;
     let format = match &args.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage)?,
+        None => probe(&*storage, path)?,
     };
     if format == Format::Raw {
         bail!("Format driver 'raw' does not support option amendment");

@@ -41,7 +41,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
     let format = match &args.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage)?,
+        None => probe(&*storage, Path::new(filename))?,
     };
     if format == Format::Raw {
         eprintln!("img: This image format does not support checks");

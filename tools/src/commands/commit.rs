@@ -29,7 +29,7 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
             Some(f) => parse_format(f)?,
             None => {
                 let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
-                probe(&*s)?
+                probe(&*s, &path)?
             }
         };
         if layers.len() >= 64 {

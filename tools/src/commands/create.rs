@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
 use qcow::device::BlockRead;
-use qcow::fs::{open_storage, probe, resolve, FileOpener};
+use qcow::fs::{open_storage, resolve, FileOpener};
 use qcow::image::Opener;
 use qcow::{FileStorage, Storage};
 
@@ -185,7 +185,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         if opts.backing_fmt.is_none() {
             let detected = open_storage(&backing_path, false)
                 .ok()
-                .and_then(|s| probe(&*s).ok())
+                .and_then(|s| qcow::probe::probe_storage(&*s, backing_path.to_str()).ok())
                 .map(|f| f.name().to_string());
             return Err(prefixed(
                 filename,

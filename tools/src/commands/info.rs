@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image, probe, resolve, AnyImage, Format};
+use qcow::fs::{open_image, probe, resolve, AnyImage};
 use qcow::snapshot_table::SnapshotTable;
 use qcow::Storage;
 
-use super::{io_reason, parse_format};
+use super::{open_error, parse_format};
 use crate::cli::InfoArgs;
 use crate::opts::{Compat, CompressionType};
 use crate::report::info::{
@@ -121,8 +121,7 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             ));
         }
         seen.push(canonical);
-        let image = open_image(&path, format, false)
-            .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        let image = open_image(&path, format, false).map_err(|e| open_error(&filename, e))?;
         let info = describe(&filename, &image)?;
         let next = info.full_backing_filename.clone();
         let next_format = info.backing_filename_format.clone();
@@ -136,11 +135,10 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
                 format = match next_format {
                     Some(f) => Some(parse_format(&f)?),
                     None => {
-                        let s =
-                            qcow::fs::open_storage(Path::new(&filename), false).map_err(|e| {
-                                anyhow!("Could not open '{filename}': {}", io_reason(&e))
-                            })?;
-                        Some(probe(&*s).unwrap_or(Format::Raw))
+                        let path = Path::new(&filename);
+                        let s = qcow::fs::open_storage(path, false)
+                            .map_err(|e| open_error(&filename, e))?;
+                        Some(probe(&*s, path).map_err(|e| open_error(&filename, e))?)
                     }
                 };
             }

@@ -52,14 +52,22 @@ pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyI
         None => None,
     };
     if format.is_none() && writable {
-        let storage = open_storage(path, false)
-            .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
-        if probe(&*storage)? == Format::Raw {
+        let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
+        if probe(&*storage, path).map_err(|e| open_error(filename, e))? == Format::Raw {
             eprintln!("{}", raw_probe_warning(filename));
         }
     }
-    open_image(path, format, writable)
-        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))
+    open_image(path, format, writable).map_err(|e| open_error(filename, e))
+}
+
+/// An error opening `filename` as qemu-img words it: `Could not open
+/// 'X': reason`, except a probed format we cannot read, which names itself
+/// in one line.
+pub fn open_error(filename: &str, e: qcow::Error) -> anyhow::Error {
+    match e {
+        e @ qcow::Error::FormatNotReadable { .. } => anyhow!("{e}"),
+        e => anyhow!("Could not open '{filename}': {}", io_reason(&e)),
+    }
 }
 
 /// The message of an error, with I/O errors reduced to their OS text.

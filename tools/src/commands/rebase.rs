@@ -44,13 +44,14 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         (Some(_), Some(f)) => Some(f.clone()),
         (Some(name), None) => {
             // qemu-img probes the new backing file's format.
-            let s = qcow::fs::open_storage(&resolve(dir, name), false).map_err(|e| {
+            let path = resolve(dir, name);
+            let s = qcow::fs::open_storage(&path, false).map_err(|e| {
                 anyhow!(
                     "Could not open new backing file '{name}': {}",
                     io_reason(&e)
                 )
             })?;
-            Some(probe(&*s)?.name().to_string())
+            Some(probe(&*s, &path)?.name().to_string())
         }
     };
     if !args.unsafe_mode {
