@@ -28,6 +28,8 @@ pub enum Format {
     Vpc,
     /// VirtualBox VDI.
     Vdi,
+    /// VMware VMDK.
+    Vmdk,
 }
 
 impl Format {
@@ -38,6 +40,7 @@ impl Format {
             "raw" => Ok(Format::Raw),
             "vpc" => Ok(Format::Vpc),
             "vdi" => Ok(Format::Vdi),
+            "vmdk" => Ok(Format::Vmdk),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -49,6 +52,7 @@ impl Format {
             Format::Raw => "raw",
             Format::Vpc => "vpc",
             Format::Vdi => "vdi",
+            Format::Vmdk => "vmdk",
         }
     }
 }
@@ -161,7 +165,7 @@ impl Opener for FileOpener {
                 })?;
                 Ok(Box::new(image))
             }
-            other => match open_foreign(other, storage, false) {
+            other => match open_foreign(other, storage, false, &path) {
                 Ok(AnyImage::Foreign(_, image)) => Ok(Box::new(ForeignLayer(image))),
                 Ok(_) => unreachable!("open_foreign opens foreign images"),
                 Err(e) => Err(err(e.to_string())),
@@ -187,8 +191,14 @@ pub enum AnyImage {
 }
 
 /// Opens `storage` as an image of `format`, one of [`crate::formats`].
-fn open_foreign(format: Format, storage: Arc<dyn Storage>, writable: bool) -> Result<AnyImage> {
-    let image = crate::formats::open(format.name(), storage, writable)
+fn open_foreign(
+    format: Format,
+    storage: Arc<dyn Storage>,
+    writable: bool,
+    path: &Path,
+) -> Result<AnyImage> {
+    let files = crate::formats::dir_files::DirFiles::for_image(path);
+    let image = crate::formats::open(format.name(), storage, writable, &files)
         .expect("every format other than qcow2 and raw is a foreign one")?;
     Ok(AnyImage::Foreign(format, image))
 }
@@ -269,7 +279,7 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             writable,
             &FileOpener::for_image(path),
         )?))),
-        other => open_foreign(other, storage, writable),
+        other => open_foreign(other, storage, writable, path),
     }
 }
 
@@ -289,6 +299,6 @@ pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> 
             true,
             &FileOpener::for_image(path),
         )?))),
-        other => open_foreign(other, storage, true),
+        other => open_foreign(other, storage, true, path),
     }
 }

@@ -111,9 +111,9 @@ impl Format {
             Format::Qcow2 => Some(crate::fs::Format::Qcow2),
             Format::Vpc => Some(crate::fs::Format::Vpc),
             Format::Vdi => Some(crate::fs::Format::Vdi),
+            Format::Vmdk => Some(crate::fs::Format::Vmdk),
             Format::Qcow
             | Format::Qed
-            | Format::Vmdk
             | Format::Vhdx
             | Format::Luks
             | Format::Dmg

@@ -1,5 +1,5 @@
-//! Images of the formats qemu-img probes but img cannot read yet (vmdk,
-//! vhdx, qed, luks, parallels and qcow made by qemu-img; dmg,
+//! Images of the formats qemu-img probes but img cannot read yet (vhdx,
+//! qed, luks, parallels and qcow made by qemu-img; dmg,
 //! cloop and bochs made by hand from their documented headers) are never
 //! read as raw: without `-f`, every img command and blockdev's open refuse
 //! them with one line naming the format, and leave the file as it was;
@@ -21,8 +21,6 @@ struct Foreign {
 fn make_with_qemu(dir: &Path) -> Vec<Foreign> {
     let mut made = Vec::new();
     for (format, opts) in [
-        ("vmdk", ""),
-        ("vmdk", "subformat=monolithicFlat"),
         ("vhdx", ""),
         ("qed", ""),
         ("parallels", ""),

@@ -7,7 +7,9 @@
 //! through [`Storage`]. Every table size read from a file is bounded by the
 //! file's length and by a named constant before it sizes an allocation.
 
+pub mod dir_files;
 pub mod vdi;
+pub mod vmdk;
 pub mod vpc;
 
 use std::sync::Arc;
@@ -42,6 +44,54 @@ pub trait ForeignImage: BlockRead {
     /// Checks the image, or `None` when qemu-img has no check for the
     /// format ("This image format does not support checks").
     fn check(&self) -> Option<Result<CheckReport>>;
+    /// The `format-specific` data `img info` shows, if the format has any.
+    fn format_specific(&self) -> Option<InfoValue> {
+        None
+    }
+    /// The files the image uses besides its own (vmdk extents), as `img
+    /// info` lists them: child name, file name, storage.
+    fn side_files(&self) -> Vec<(String, String, Arc<dyn Storage>)> {
+        Vec::new()
+    }
+}
+
+/// A value of a format's `img info` section (mirrors QEMU's QObjects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfoValue {
+    /// An unsigned number.
+    UInt(u64),
+    /// A string.
+    Str(String),
+    /// A flag.
+    Bool(bool),
+    /// A list.
+    List(Vec<InfoValue>),
+    /// Named members, in the order they are put.
+    Dict(Vec<(&'static str, InfoValue)>),
+}
+
+/// A file an image names besides its own, opened.
+pub struct NamedFile {
+    /// Its storage.
+    pub storage: Arc<dyn Storage>,
+    /// Its name as `img info` shows it (resolved against the image's
+    /// folder, as QEMU resolves it).
+    pub name: String,
+    /// What makes two names the same file (a canonical path).
+    pub identity: String,
+}
+
+/// Opens and creates the files an image names (vmdk extents), where the
+/// image is. Implementations refuse names outside the image's folder.
+pub trait SideFiles: Send + Sync {
+    /// The image's own name, as given.
+    fn image_name(&self) -> String;
+    /// The image's identity (see [`NamedFile::identity`]).
+    fn image_identity(&self) -> String;
+    /// Opens the file `name` names.
+    fn open(&self, name: &str, writable: bool) -> Result<NamedFile>;
+    /// Creates (or truncates) the file `name` names.
+    fn create(&self, name: &str) -> Result<NamedFile>;
 }
 
 /// Builds the error for a field of a foreign image that is out of range.
@@ -129,6 +179,7 @@ pub fn open(
     name: &str,
     storage: Arc<dyn Storage>,
     writable: bool,
+    files: &dyn SideFiles,
 ) -> Option<Result<Box<dyn ForeignImage>>> {
     fn boxed<T: ForeignImage + 'static>(r: Result<T>) -> Result<Box<dyn ForeignImage>> {
         r.map(|image| Box::new(image) as Box<dyn ForeignImage>)
@@ -136,6 +187,7 @@ pub fn open(
     Some(match name {
         vpc::FORMAT => boxed(vpc::Vpc::open(storage, writable)),
         vdi::FORMAT => boxed(vdi::Vdi::open(storage, writable)),
+        vmdk::FORMAT => boxed(vmdk::Vmdk::open(storage, writable, files)),
         _ => return None,
     })
 }

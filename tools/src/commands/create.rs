@@ -139,6 +139,10 @@ pub fn create_image_with(
             qcow::formats::vpc::create(&*storage, size, vpc_opts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
         }
+        ImageFormat::Vmdk => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            super::create_foreign::vmdk(filename, &*storage, opts, size)
+        }
         ImageFormat::Vdi => {
             let storage = create_file_with(path, unsafe_cache)?;
             qcow::formats::vdi::create(&*storage, size, opts.static_image.unwrap_or(false))

@@ -29,7 +29,7 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
         AnyImage::Raw(r) => (r.storage().clone(), None),
         AnyImage::Qcow2(q) => (q.file().clone(), q.data_file().cloned()),
         AnyImage::Foreign(_, f) => {
-            info.cluster_size = f.cluster_size();
+            super::info_foreign::describe(&mut info, &**f);
             (f.storage().clone(), None)
         }
     };
@@ -94,6 +94,14 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                     .collect(),
             );
         }
+    }
+    if let Some(extra) = info.actual_size.as_mut() {
+        let side: u64 = info
+            .children
+            .iter()
+            .filter_map(|c| c.info.actual_size)
+            .sum();
+        *extra += side;
     }
     info.children.push(ChildInfo {
         name: "file".to_string(),

@@ -10,7 +10,9 @@ pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod create_foreign;
 pub mod info;
+pub mod info_foreign;
 pub mod map;
 pub mod measure;
 pub mod rebase;
@@ -29,6 +31,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "raw" => Ok(Format::Raw),
         "vpc" => Ok(Format::Vpc),
         "vdi" => Ok(Format::Vdi),
+        "vmdk" => Ok(Format::Vmdk),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }

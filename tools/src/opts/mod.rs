@@ -148,6 +148,8 @@ pub enum ImageFormat {
     Vpc,
     /// VirtualBox VDI, dynamic or static.
     Vdi,
+    /// VMware VMDK, every subformat qemu-img creates.
+    Vmdk,
 }
 
 impl ImageFormat {
@@ -158,6 +160,7 @@ impl ImageFormat {
             Self::Raw => "raw",
             Self::Vpc => "vpc",
             Self::Vdi => "vdi",
+            Self::Vmdk => "vmdk",
         }
     }
 }
@@ -182,6 +185,7 @@ impl FromStr for ImageFormat {
             "raw" => Ok(Self::Raw),
             "vpc" => Ok(Self::Vpc),
             "vdi" => Ok(Self::Vdi),
+            "vmdk" => Ok(Self::Vmdk),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -338,6 +342,16 @@ pub struct CreateOptions {
     pub force_size: Option<bool>,
     /// vdi: preallocate every block.
     pub static_image: Option<bool>,
+    /// vmdk: `ddb.adapterType`.
+    pub adapter_type: Option<String>,
+    /// vmdk: version 6 (`ddb.virtualHWVersion = "6"`).
+    pub compat6: Option<bool>,
+    /// vmdk: `ddb.virtualHWVersion`.
+    pub hwversion: Option<String>,
+    /// vmdk: `ddb.toolsVersion`.
+    pub toolsversion: Option<String>,
+    /// vmdk: zeroed-grain grain table entries.
+    pub zeroed_grain: Option<bool>,
 }
 
 impl CreateOptions {
@@ -357,15 +371,13 @@ impl CreateOptions {
         let preallocation = match (parsed.format(), text("preallocation")) {
             (_, None) => None,
             (ImageFormat::Qcow2, Some(value)) => Some(Preallocation::parse(&value)?),
-            (ImageFormat::Raw | ImageFormat::Vpc | ImageFormat::Vdi, Some(value)) => {
-                match Preallocation::parse(&value) {
-                    Ok(Preallocation::Metadata) => {
-                        return Err(OptsError::UnsupportedPreallocation(Preallocation::Metadata))
-                    }
-                    Ok(mode) => Some(mode),
-                    Err(_) => return Err(OptsError::InvalidParameterValue(value)),
+            (_, Some(value)) => match Preallocation::parse(&value) {
+                Ok(Preallocation::Metadata) => {
+                    return Err(OptsError::UnsupportedPreallocation(Preallocation::Metadata))
                 }
-            }
+                Ok(mode) => Some(mode),
+                Err(_) => return Err(OptsError::InvalidParameterValue(value)),
+            },
         };
         Ok(Self {
             size: number("size"),
@@ -385,6 +397,11 @@ impl CreateOptions {
             subformat: text("subformat"),
             force_size: boolean("force_size"),
             static_image: boolean("static"),
+            adapter_type: text("adapter_type"),
+            compat6: boolean("compat6"),
+            hwversion: text("hwversion"),
+            toolsversion: text("toolsversion"),
+            zeroed_grain: boolean("zeroed_grain"),
         })
     }
 
@@ -397,6 +414,7 @@ impl CreateOptions {
             ImageFormat::Raw => Ok(()),
             ImageFormat::Vpc => validate::vpc(self),
             ImageFormat::Vdi => validate::vdi(self),
+            ImageFormat::Vmdk => validate::vmdk(self),
         }
     }
 

@@ -171,6 +171,34 @@ pub const VDI_OPTIONS: &[OptDesc] = &[
     ),
 ];
 
+/// vmdk's own options, in qemu's declaration order.
+pub const VMDK_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "adapter_type",
+        OptType::Str,
+        "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
+        None,
+    ),
+    desc("backing_file", OptType::Str, "File name of a base image", None),
+    desc("backing_fmt", OptType::Str, "Must be 'vmdk' if present", None),
+    desc("compat6", OptType::Bool, "VMDK version 6 image", Some("off")),
+    desc("hwversion", OptType::Str, "VMDK hardware version", Some("undefined")),
+    desc("toolsversion", OptType::Str, "VMware guest tools version", None),
+    desc(
+        "subformat",
+        OptType::Str,
+        "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
+        None,
+    ),
+    desc(
+        "zeroed_grain",
+        OptType::Bool,
+        "Enable efficient zero writes using the zeroed-grain GTE feature",
+        None,
+    ),
+];
+
 /// The format's own options (what `-o help` lists without a filename).
 fn format_options(format: ImageFormat) -> &'static [OptDesc] {
     match format {
@@ -178,6 +206,7 @@ fn format_options(format: ImageFormat) -> &'static [OptDesc] {
         ImageFormat::Raw => RAW_OPTIONS,
         ImageFormat::Vpc => VPC_OPTIONS,
         ImageFormat::Vdi => VDI_OPTIONS,
+        ImageFormat::Vmdk => VMDK_OPTIONS,
     }
 }
 

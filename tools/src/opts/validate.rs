@@ -136,6 +136,34 @@ pub(super) fn vdi(options: &mut CreateOptions) -> Result<(), OptsError> {
     Ok(())
 }
 
+/// Checks vmdk options in the order QEMU's vmdk driver checks them.
+pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if options.backing_file.is_some() {
+        return Err(OptsError::Invalid(
+            "vmdk images with a backing file are not supported by img",
+        ));
+    }
+    if options.compat6 == Some(true) && options.hwversion.is_some() {
+        return Err(OptsError::Invalid(
+            "compat6 cannot be enabled with hwversion set",
+        ));
+    }
+    if let Some(adapter) = &options.adapter_type {
+        if !matches!(
+            adapter.as_str(),
+            "ide" | "buslogic" | "lsilogic" | "legacyESX"
+        ) {
+            return Err(OptsError::InvalidParameterValue(adapter.clone()));
+        }
+    }
+    if let Some(subformat) = &options.subformat {
+        if qcow::formats::vmdk::create::Subformat::parse(subformat).is_none() {
+            return Err(OptsError::InvalidParameterValue(subformat.clone()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::opts::{CreateOptions, ImageFormat, ParsedOptions, Preallocation};
