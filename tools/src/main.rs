@@ -4,6 +4,9 @@ use tools::cli::{parse_or_exit, Command};
 use tools::commands;
 
 fn main() {
+    if let Some(argv0) = std::env::args_os().next() {
+        tools::set_program_name(&argv0);
+    }
     let cli = parse_or_exit();
     let result = match &cli.command {
         Command::Create(a) => commands::create::run(a),
@@ -23,9 +26,9 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            // One line, as qemu-img prints it.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("{}: {msg}", tools::PROGRAM);
+            // As qemu-img's error_report prints it: the program name, then
+            // the message (whose own line breaks it keeps).
+            eprintln!("{}: {e:#}", tools::program());
             std::process::exit(1);
         }
     }

@@ -87,7 +87,10 @@ fn amend_options(list: &OptionList) -> Result<AmendOptions> {
 /// Runs `img amend`.
 pub fn run(args: &AmendArgs) -> Result<i32> {
     if args.options.is_empty() {
-        bail!("Must specify options (-o)\nTry 'img amend --help' for more info");
+        bail!(
+            "Must specify options (-o)\nTry '{} amend --help' for more info",
+            crate::program()
+        );
     }
     let list = OptionList::from_args(&args.options).map_err(|e| anyhow!("{e}"))?;
     if list.has_help() {

@@ -44,7 +44,10 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         None => probe(&*storage, Path::new(filename))?,
     };
     if format == Format::Raw {
-        eprintln!("img: This image format does not support checks");
+        eprintln!(
+            "{}: This image format does not support checks",
+            crate::program()
+        );
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
     }
     // qemu-img check opens the backing chain first and fails when it

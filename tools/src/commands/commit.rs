@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use qcow::device::{chain_extents, BlockRead};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
-use super::{io_reason, open, parse_format, print_progress};
+use super::{io_reason, open, parse_format};
 use crate::cli::CommitArgs;
 
 /// One image below the top: where it is and its format.
@@ -112,7 +112,8 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     // read through the top so that the nearest layer wins.
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    let progress = |done: u64| print_progress(args.progress && !args.quiet, done, size);
+    let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
+    let progress = |done: u64| bar.set_fraction(done, size);
     progress(0);
     while pos < size {
         let extents = chain_extents(&**q, pos, (size - pos).min(1 << 30))?;
@@ -138,6 +139,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     base.flush()?;
     drop(base);
     progress(size);
+    bar.end();
     if !keep {
         q.make_empty()?;
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
-use qcow::device::BlockRead;
+use qcow::device::{BlockRead, SECTOR_SIZE};
 use qcow::fs::{open_storage, resolve, FileOpener};
 use qcow::image::Opener;
 use qcow::{FileStorage, Storage};
@@ -95,6 +95,8 @@ pub fn create_image_with(
     match format {
         ImageFormat::Raw => {
             let storage = create_file_with(path, unsafe_cache)?;
+            // QEMU makes raw images of whole 512-byte sectors.
+            let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
             match opts.preallocation_or_default() {
                 Preallocation::Falloc => storage.allocate(0, size)?,

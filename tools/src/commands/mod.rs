@@ -12,6 +12,7 @@ pub mod create;
 pub mod info;
 pub mod map;
 pub mod measure;
+pub mod progress;
 pub mod rebase;
 pub mod resize;
 pub mod snapshot;
@@ -110,21 +111,4 @@ pub fn looks_preallocated(image: &AnyImage) -> bool {
     let file_clusters = len.div_ceil(cs);
     let real_clusters = real / cs;
     file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
-}
-
-/// qemu-img's `-p` progress, "    (NN.NN/100%)" rewritten in place on
-/// stderr, ending the line at 100%.
-pub fn print_progress(enabled: bool, done: u64, total: u64) {
-    if !enabled {
-        return;
-    }
-    let percent = if total == 0 {
-        100.0
-    } else {
-        done as f64 * 100.0 / total as f64
-    };
-    eprint!("\r    ({percent:.2}/100%)");
-    if done >= total {
-        eprintln!();
-    }
 }
