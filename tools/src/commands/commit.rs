@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use qcow::device::{chain_extents, BlockRead};
+use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
 use super::{io_reason, open, parse_format};
@@ -123,6 +123,14 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         for e in &extents {
             pos = e.guest_offset + e.len;
             if !e.allocated || e.depth >= base_depth {
+                continue;
+            }
+            // Zeros go down as zeros, as QEMU's commit job (a mirror)
+            // writes them: a qcow2 base drops its clusters there.
+            if let (ExtentKind::Zero { .. }, AnyImage::Qcow2(b)) = (e.kind, &base) {
+                b.write_zeroes(e.guest_offset, e.len, true)
+                    .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
+                progress(e.guest_offset + e.len);
                 continue;
             }
             let mut off = e.guest_offset;
