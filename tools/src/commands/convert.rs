@@ -121,7 +121,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     };
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
     let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
-    let progress = |done: u64, total: u64| bar.set_fraction(done, total);
+    let progress = |bytes: u64, total: u64| bar.advance(bytes, total);
     let job = ConvertJob {
         sources: &source_refs,
         target: &target_image,

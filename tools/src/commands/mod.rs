@@ -64,6 +64,14 @@ pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyI
 pub fn open_error(filename: &str, e: qcow::Error) -> anyhow::Error {
     match e {
         e @ qcow::Error::FormatNotReadable { .. } => anyhow!("{e}"),
+        // The file itself would not open: QEMU names it twice (the image,
+        // then its file node).
+        qcow::Error::Io { context, source } if context.starts_with("Could not open") => {
+            anyhow!(
+                "Could not open '{filename}': {context}: {}",
+                os_text(&source)
+            )
+        }
         e => anyhow!("Could not open '{filename}': {}", io_reason(&e)),
     }
 }

@@ -17,6 +17,8 @@ pub struct Progress {
 struct State {
     current: f32,
     last_printed: f32,
+    /// Bytes counted by [`Progress::advance`].
+    done: u64,
 }
 
 impl Progress {
@@ -34,6 +36,19 @@ impl Progress {
     /// moved far enough.
     pub fn set(&self, percent: f32) {
         let mut s = self.state.lock().expect("progress lock poisoned");
+        self.set_locked(&mut s, percent);
+    }
+
+    /// Counts `bytes` more of `total` done (from any thread: the figure
+    /// only grows) and sets the figure from the count.
+    pub fn advance(&self, bytes: u64, total: u64) {
+        let mut s = self.state.lock().expect("progress lock poisoned");
+        s.done += bytes;
+        let percent = percent_of(s.done, total);
+        self.set_locked(&mut s, percent);
+    }
+
+    fn set_locked(&self, s: &mut State, percent: f32) {
         s.current = percent.min(100.0);
         if s.current > s.last_printed + self.min_step
             || s.current < s.last_printed - self.min_step
@@ -52,12 +67,7 @@ impl Progress {
     /// Sets the figure to `done` of `total` as a percentage (0 while there
     /// is nothing to count).
     pub fn set_fraction(&self, done: u64, total: u64) {
-        let percent = if total == 0 {
-            0.0
-        } else {
-            (done as f64 * 100.0 / total as f64) as f32
-        };
-        self.set(percent);
+        self.set(percent_of(done, total));
     }
 
     /// Ends the progress line.
@@ -65,6 +75,15 @@ impl Progress {
         if self.enabled {
             println!();
         }
+    }
+}
+
+/// `done` of `total` in percent; 0 while there is nothing to count.
+fn percent_of(done: u64, total: u64) -> f32 {
+    if total == 0 {
+        0.0
+    } else {
+        (done as f64 * 100.0 / total as f64) as f32
     }
 }
 
@@ -89,6 +108,8 @@ mod tests {
         assert_eq!(printed(&p), 0.0);
         p.set_fraction(7, 7);
         assert_eq!(printed(&p), 100.0);
+        p.advance(3, 4);
+        assert_eq!(printed(&p), 75.0);
         p.set(250.0);
         assert_eq!(p.state.lock().unwrap().current, 100.0);
     }

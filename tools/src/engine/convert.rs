@@ -42,8 +42,9 @@ pub struct ConvertJob<'a> {
     pub compress: bool,
     /// Worker threads.
     pub workers: usize,
-    /// Called with the bytes of allocated data copied so far and their
-    /// total (what qemu-img's progress counts), from any worker.
+    /// Called with the bytes of allocated data just copied and the total
+    /// to copy (what qemu-img's progress counts), from any worker; first
+    /// with 0 bytes.
     pub progress: &'a (dyn Fn(u64, u64) + Sync),
 }
 
@@ -168,7 +169,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
                         let _ = kick.send(());
                     }
-                    (job.progress)(before + chunk.len, copy_total);
+                    (job.progress)(chunk.len, copy_total);
                 }
             });
         }
