@@ -80,6 +80,16 @@ pub fn open_storage(path: &Path, writable: bool) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(FileStorage::new(file)))
 }
 
+/// An I/O error's text without Rust's " (os error N)" suffix, as QEMU
+/// prints strerror: "No such file or directory".
+fn os_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
 /// Resolves a name recorded in an image against the image's folder.
 pub fn resolve(dir: &Path, name: &str) -> PathBuf {
     let p = Path::new(name);
@@ -134,9 +144,13 @@ impl Opener for FileOpener {
             )));
         }
         let path = resolve(&self.dir, name);
-        let canonical = path
-            .canonicalize()
-            .map_err(|e| err(format!("Could not open '{}': {e}", path.display())))?;
+        let canonical = path.canonicalize().map_err(|e| {
+            err(format!(
+                "Could not open '{}': {}",
+                path.display(),
+                os_text(&e)
+            ))
+        })?;
         if self.chain.contains(&canonical) {
             return Err(err("backing chain contains a cycle".into()));
         }
@@ -280,6 +294,32 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             &FileOpener::for_image(path),
         )?))),
         other => open_foreign(other, storage, writable, path),
+    }
+}
+
+/// Opens the image at `path` read-only without its backing file (which
+/// reads as absent), as qemu-img info opens each image of a chain
+/// (`BDRV_O_NO_BACKING`): for what an image's own metadata says.
+pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyImage> {
+    let storage = open_storage(path, false)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe(&*storage, path)?,
+    };
+    match format {
+        Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
+        Format::Qcow2 => {
+            let hc = crate::image::read_header_cluster(&*storage)?;
+            let data_file = match hc.data_file() {
+                Some(name) if hc.header.has_data_file() => {
+                    Some(FileOpener::for_image(path).open_data_file(name, false)?)
+                }
+                _ => None,
+            };
+            Ok(AnyImage::Qcow2(Box::new(Qcow2::open_parts(
+                storage, hc, false, None, data_file,
+            )?)))
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use qcow::check::{check as check_image, Repair};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
 use qcow::image::{read_header_cluster, Opener};
 
-use super::{io_reason, parse_format};
+use super::{io_reason, open_error, parse_format};
 use crate::cli::{CheckArgs, RepairMode};
 use crate::report::check::CheckReport;
 use crate::report::OutputFormat;
@@ -38,13 +38,16 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         Some(RepairMode::All) => Repair::All,
     };
     let storage = open_storage(Path::new(filename), repair != Repair::None)
-        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        .map_err(|e| open_error(filename, e))?;
     let format = match &args.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage, Path::new(filename))?,
+        None => probe(&*storage, Path::new(filename)).map_err(|e| open_error(filename, e))?,
     };
     if format == Format::Raw {
-        eprintln!("img: This image format does not support checks");
+        eprintln!(
+            "{}: This image format does not support checks",
+            crate::program()
+        );
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
     }
     if format != Format::Qcow2 {

@@ -118,22 +118,8 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         (image, !has_backing, has_backing)
     };
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
-    let bar = if args.progress && !args.quiet {
-        let bar = indicatif::ProgressBar::new(total.max(1));
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("    ({percent}.00/100%) {wide_bar}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let progress = |n: u64| {
-        if let Some(b) = &bar {
-            b.inc(n);
-        }
-    };
+    let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
+    let progress = |bytes: u64, total: u64| bar.advance(bytes, total);
     let job = ConvertJob {
         sources: &source_refs,
         target: &target_image,
@@ -149,9 +135,8 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         progress: &progress,
     };
     run_convert(&job)?;
-    if let Some(b) = bar {
-        b.finish();
-    }
+    bar.set(100.0);
+    bar.end();
     drop(target_image);
     Ok(0)
 }

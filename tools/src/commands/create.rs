@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
-use qcow::device::BlockRead;
-use qcow::fs::{open_storage, resolve, FileOpener};
+use qcow::device::{BlockRead, SECTOR_SIZE};
+use qcow::fs::{resolve, FileOpener};
 use qcow::image::Opener;
 use qcow::{FileStorage, Storage};
 
@@ -95,6 +95,8 @@ pub fn create_image_with(
     match format {
         ImageFormat::Raw => {
             let storage = create_file_with(path, unsafe_cache)?;
+            // QEMU makes raw images of whole 512-byte sectors.
+            let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
             match opts.preallocation_or_default() {
                 Preallocation::Falloc => storage.allocate(0, size)?,
@@ -151,18 +153,26 @@ pub fn create_image_with(
     }
 }
 
-/// Opens the backing file named for a new image, as the image will.
+/// Opens the backing file named for a new image, as the image will; the
+/// error is qemu-img's, with its hint line.
 fn open_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
     FileOpener::for_image(Path::new(filename))
         .open_backing(backing, format)
-        .map_err(|e| anyhow!("Could not open backing image: {}", io_reason(&e)))
+        .map_err(|e| {
+            let reason = match e {
+                qcow::Error::Backing { reason, .. } => reason,
+                e => io_reason(&e),
+            };
+            anyhow!("{filename}: {reason}\nCould not open backing image.")
+        })
 }
 
 /// Runs `img create`.
 pub fn run(args: &CreateArgs) -> Result<i32> {
-    let format: ImageFormat = args.format.parse().map_err(|e| anyhow!("{e}"))?;
+    let format: Result<ImageFormat, _> = args.format.parse();
     let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
     if list.has_help() {
+        let format = format.map_err(|e| anyhow!("{e}"))?;
         print!("{}", option_help(format, args.filename.as_deref()));
         return Ok(0);
     }
@@ -170,6 +180,8 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .filename
         .as_deref()
         .ok_or_else(|| anyhow!("Expecting image file name"))?;
+    // qemu-img names the file before a format it cannot create.
+    let format = format.map_err(|e| anyhow!("{filename}: {e}"))?;
     let mut parsed = ParsedOptions::parse(format, &list).map_err(|e| prefixed(filename, e))?;
     if let Some(size) = args.size {
         parsed
@@ -184,20 +196,31 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
         let backing_path = resolve(dir, &backing);
         if same_file(Path::new(filename), &backing_path) {
-            return Err(anyhow!("{}", OptsError::BackingSameAsImage));
+            return Err(anyhow!("{filename}: {}", OptsError::BackingSameAsImage));
         }
+        if backing.is_empty() {
+            return Err(anyhow!(
+                "{filename}: Expected backing file name, got empty string"
+            ));
+        }
+        // qemu-img opens the backing file (unless -u) before it asks for
+        // its format, and names the format it found.
+        let opened = match args.backing_unsafe {
+            true => None,
+            false => Some(open_backing(
+                filename,
+                &backing,
+                opts.backing_fmt.as_deref(),
+            )?),
+        };
         if opts.backing_fmt.is_none() {
-            let detected = open_storage(&backing_path, false)
-                .ok()
-                .and_then(|s| qcow::probe::probe_storage(&*s, backing_path.to_str()).ok())
-                .map(|f| f.name().to_string());
+            let detected = opened.as_ref().map(|b| b.format_name().to_string());
             return Err(prefixed(
                 filename,
                 OptsError::BackingFormatMissing { detected },
             ));
         }
-        if !args.backing_unsafe {
-            let b = open_backing(filename, &backing, opts.backing_fmt.as_deref())?;
+        if let Some(b) = opened {
             if opts.size.is_none() {
                 parsed
                     .set_default_size(b.virtual_size())

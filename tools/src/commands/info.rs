@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image, probe, resolve, AnyImage};
+use qcow::fs::{open_image_no_backing, probe, resolve, AnyImage};
 use qcow::snapshot_table::SnapshotTable;
 use qcow::Storage;
 
@@ -129,7 +129,7 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             ));
         }
         seen.push(canonical);
-        let image = open_image(&path, format, false).map_err(|e| open_error(&filename, e))?;
+        let image = open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
         let info = describe(&filename, &image)?;
         let next = info.full_backing_filename.clone();
         let next_format = info.backing_filename_format.clone();

@@ -15,6 +15,7 @@ pub mod info;
 pub mod info_foreign;
 pub mod map;
 pub mod measure;
+pub mod progress;
 pub mod rebase;
 pub mod resize;
 pub mod snapshot;
@@ -69,6 +70,14 @@ pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyI
 pub fn open_error(filename: &str, e: qcow::Error) -> anyhow::Error {
     match e {
         e @ qcow::Error::FormatNotReadable { .. } => anyhow!("{e}"),
+        // The file itself would not open: QEMU names it twice (the image,
+        // then its file node).
+        qcow::Error::Io { context, source } if context.starts_with("Could not open") => {
+            anyhow!(
+                "Could not open '{filename}': {context}: {}",
+                os_text(&source)
+            )
+        }
         e => anyhow!("Could not open '{filename}': {}", io_reason(&e)),
     }
 }
@@ -116,21 +125,4 @@ pub fn looks_preallocated(image: &AnyImage) -> bool {
     let file_clusters = len.div_ceil(cs);
     let real_clusters = real / cs;
     file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
-}
-
-/// qemu-img's `-p` progress, "    (NN.NN/100%)" rewritten in place on
-/// stderr, ending the line at 100%.
-pub fn print_progress(enabled: bool, done: u64, total: u64) {
-    if !enabled {
-        return;
-    }
-    let percent = if total == 0 {
-        100.0
-    } else {
-        done as f64 * 100.0 / total as f64
-    };
-    eprint!("\r    ({percent:.2}/100%)");
-    if done >= total {
-        eprintln!();
-    }
 }

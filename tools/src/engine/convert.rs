@@ -43,8 +43,10 @@ pub struct ConvertJob<'a> {
     pub compress: bool,
     /// Worker threads.
     pub workers: usize,
-    /// Called with the number of bytes finished, from any worker.
-    pub progress: &'a (dyn Fn(u64) + Sync),
+    /// Called with the bytes of allocated data just copied and the total
+    /// to copy (what qemu-img's progress counts), from any worker; first
+    /// with 0 bytes.
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +118,9 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let chunk_len = chunk_size(job.target);
     let mut chunks = Vec::new();
     let mut target_offset = 0u64;
-    let mut skipped = 0u64;
     for (i, s) in job.sources.iter().enumerate() {
         let size = s.virtual_size();
-        let mut covered = 0;
         for (offset, len) in chunk_ranges(job, *s, chunk_len)? {
-            covered += len;
             chunks.push(Chunk {
                 source: i,
                 offset,
@@ -129,10 +128,10 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                 target_offset: target_offset + offset,
             });
         }
-        skipped += size - covered;
         target_offset += size;
     }
-    (job.progress)(skipped);
+    let copy_total: u64 = chunks.iter().map(|c| c.len).sum();
+    (job.progress)(0, copy_total);
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -171,7 +170,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
                         let _ = kick.send(());
                     }
-                    (job.progress)(chunk.len);
+                    (job.progress)(chunk.len, copy_total);
                 }
             });
         }

@@ -171,10 +171,29 @@ impl fmt::Display for ImageFormat {
     }
 }
 
-/// An unknown `-f`/`-O` format: `Unknown file format 'foo'`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Unknown file format '{0}'")]
+/// A `-f`/`-O` format img cannot create: `Unknown file format 'foo'` for
+/// a name qemu-img does not know either, qemu-img's `Format driver 'bochs'
+/// does not support image creation` for the read-only formats (bochs,
+/// cloop, dmg), and a plain statement for the formats qemu-img creates and
+/// img does not yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownFormat(pub String);
+
+impl std::error::Error for UnknownFormat {}
+
+impl fmt::Display for UnknownFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use qcow::probe::Format as Known;
+        let name = &self.0;
+        match Known::from_name(name) {
+            None => write!(f, "Unknown file format '{name}'"),
+            Some(Known::Bochs | Known::Cloop | Known::Dmg) => {
+                write!(f, "Format driver '{name}' does not support image creation")
+            }
+            Some(_) => write!(f, "img cannot create {name} images yet"),
+        }
+    }
+}
 
 impl FromStr for ImageFormat {
     type Err = UnknownFormat;
@@ -523,6 +542,10 @@ mod tests {
         assert_eq!(
             "foo".parse::<ImageFormat>().unwrap_err().to_string(),
             "Unknown file format 'foo'"
+        );
+        assert_eq!(
+            "cloop".parse::<ImageFormat>().unwrap_err().to_string(),
+            "Format driver 'cloop' does not support image creation"
         );
         assert!(!OptsError::InvalidOptionList(String::new()).has_filename_prefix());
         // Captured: `qemu-img create -f qcow2 -b base.qcow2 x`.
