@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use qcow::device::BlockRead;
 use qcow::formats::{self, NamedFile, SideFiles};
 use qcow::storage::MemStorage;
 

@@ -320,6 +320,7 @@ pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyI
                 storage, hc, false, None, data_file,
             )?)))
         }
+        other => open_foreign(other, storage, false, path),
     }
 }
 
