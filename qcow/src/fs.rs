@@ -30,6 +30,8 @@ pub enum Format {
     Vdi,
     /// VMware VMDK.
     Vmdk,
+    /// QED.
+    Qed,
 }
 
 impl Format {
@@ -41,6 +43,7 @@ impl Format {
             "vpc" => Ok(Format::Vpc),
             "vdi" => Ok(Format::Vdi),
             "vmdk" => Ok(Format::Vmdk),
+            "qed" => Ok(Format::Qed),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -53,6 +56,7 @@ impl Format {
             Format::Vpc => "vpc",
             Format::Vdi => "vdi",
             Format::Vmdk => "vmdk",
+            Format::Qed => "qed",
         }
     }
 }

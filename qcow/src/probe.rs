@@ -112,8 +112,8 @@ impl Format {
             Format::Vpc => Some(crate::fs::Format::Vpc),
             Format::Vdi => Some(crate::fs::Format::Vdi),
             Format::Vmdk => Some(crate::fs::Format::Vmdk),
+            Format::Qed => Some(crate::fs::Format::Qed),
             Format::Qcow
-            | Format::Qed
             | Format::Vhdx
             | Format::Luks
             | Format::Dmg

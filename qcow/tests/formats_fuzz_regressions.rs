@@ -1,4 +1,4 @@
-//! Inputs of the `vpc`, `vdi` and `vmdk` fuzz targets replayed on stable:
+//! Inputs of the `vpc`, `vdi`, `vmdk` and `qed` fuzz targets replayed on stable:
 //! each file under `tests/formats_fuzz_regressions/` goes through the
 //! target named by the start of its name and must finish in bounded time
 //! without a panic. The body is the targets' own code, included from
@@ -21,16 +21,18 @@ fn replay_format_fuzz_inputs() {
         .map(|e| e.unwrap().path())
         .collect();
     paths.sort();
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
     for path in paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let format = ["vpc", "vdi", "vmdk"]
+        let format = ["vpc", "vdi", "vmdk", "qed"]
             .iter()
             .position(|f| name.starts_with(&format!("{f}-")))
-            .unwrap_or_else(|| panic!("{name}: the name must start with vpc-, vdi- or vmdk-"));
+            .unwrap_or_else(|| {
+                panic!("{name}: the name must start with vpc-, vdi-, vmdk- or qed-")
+            });
         let data = std::fs::read(&path).unwrap();
         let started = Instant::now();
-        foreign_body::foreign_body(["vpc", "vdi", "vmdk"][format], &data);
+        foreign_body::foreign_body(["vpc", "vdi", "vmdk", "qed"][format], &data);
         assert!(
             started.elapsed() < MAX_PER_INPUT,
             "{name} took {:?}",

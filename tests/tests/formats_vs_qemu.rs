@@ -1,4 +1,4 @@
-//! The foreign formats (vpc, vdi, vmdk) against qemu-img, both ways, for
+//! The foreign formats (vpc, vdi, vmdk, qed) against qemu-img, both ways, for
 //! every subformat and option row of [`CASES`]:
 //! - an image qemu-img makes (converted from a raw file, then written by
 //!   qemu-io) reads through `img convert -O raw` byte-identical to
@@ -33,10 +33,13 @@ const CASES: &[(&str, &str)] = &[
     ("vmdk", "zeroed_grain=on"),
     ("vmdk", "compat6=on,adapter_type=lsilogic"),
     ("vmdk", "hwversion=7,adapter_type=buslogic,toolsversion=3"),
+    ("qed", ""),
+    ("qed", "cluster_size=4k,table_size=2"),
+    ("qed", "cluster_size=1M,table_size=16"),
 ];
 
 /// Formats qemu-img checks.
-const CHECKED: &[&str] = &["vdi", "vmdk"];
+const CHECKED: &[&str] = &["vdi", "vmdk", "qed"];
 
 /// Whether qemu-io can write into images of these options (QEMU writes
 /// stream-optimized images only through convert).
@@ -269,7 +272,7 @@ fn hostile_images_get_one_line() {
 fn probed_like_qemu() {
     require_qemu!();
     let dir = tempfile::tempdir().unwrap();
-    for fmt in ["vpc", "vdi", "vmdk"] {
+    for fmt in ["vpc", "vdi", "vmdk", "qed"] {
         let path = dir.path().join(format!("p.{fmt}"));
         ok(qemu_img(&["create", "-q", "-f", fmt]).arg(&path).arg("1M"));
         let ours = ok(img(&["info", "--output=json"]).arg(&path));

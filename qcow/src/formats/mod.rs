@@ -8,6 +8,7 @@
 //! file's length and by a named constant before it sizes an allocation.
 
 pub mod dir_files;
+pub mod qed;
 pub mod vdi;
 pub mod vmdk;
 pub mod vpc;
@@ -22,12 +23,27 @@ use crate::storage::Storage;
 /// `BdrvCheckResult`, the parts these formats fill).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
-    /// Corruptions found, each with its message as qemu prints it.
-    pub corruptions: Vec<String>,
-    /// Clusters (blocks) in use.
+    /// Lines qemu prints to stderr as it finds problems.
+    pub messages: Vec<String>,
+    /// Corruptions found.
+    pub corruptions: u64,
+    /// Clusters in the file that nothing uses.
+    pub leaks: u64,
+    /// Clusters (blocks) in use (reported when `total_clusters` is set).
     pub allocated_clusters: u64,
-    /// Clusters (blocks) the disk has.
+    /// Clusters (blocks) the disk has; 0 when the format's check does not
+    /// count them.
     pub total_clusters: u64,
+    /// Allocated clusters not following the previous one in the file.
+    pub fragmented_clusters: u64,
+}
+
+impl CheckReport {
+    /// Counts a corruption and keeps its message.
+    pub fn corrupt(&mut self, message: String) {
+        self.messages.push(message);
+        self.corruptions += 1;
+    }
 }
 
 /// An open image of one of the formats of this module.
@@ -44,6 +60,10 @@ pub trait ForeignImage: BlockRead {
     /// Checks the image, or `None` when qemu-img has no check for the
     /// format ("This image format does not support checks").
     fn check(&self) -> Option<Result<CheckReport>>;
+    /// Whether the image says it was not closed cleanly (`dirty-flag`).
+    fn is_dirty(&self) -> bool {
+        false
+    }
     /// The `format-specific` data `img info` shows, if the format has any.
     fn format_specific(&self) -> Option<InfoValue> {
         None
@@ -188,6 +208,7 @@ pub fn open(
         vpc::FORMAT => boxed(vpc::Vpc::open(storage, writable)),
         vdi::FORMAT => boxed(vdi::Vdi::open(storage, writable)),
         vmdk::FORMAT => boxed(vmdk::Vmdk::open(storage, writable, files)),
+        qed::FORMAT => boxed(qed::Qed::open(storage, writable)),
         _ => return None,
     })
 }

@@ -26,13 +26,26 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
         }
     };
     let found = result.map_err(|e| anyhow!("Check failed: {}", io_reason(&e)))?;
-    for line in &found.corruptions {
+    for line in &found.messages {
         eprintln!("{line}");
     }
     let report = CheckReport {
         filename: filename.clone(),
         format: format.name().to_string(),
-        corruptions: found.corruptions.len() as u64,
+        corruptions: found.corruptions,
+        leaks: found.leaks,
+        // qemu reports cluster counts only for formats that count them.
+        total_clusters: found.total_clusters,
+        allocated_clusters: if found.total_clusters > 0 {
+            found.allocated_clusters
+        } else {
+            0
+        },
+        fragmented_clusters: if found.total_clusters > 0 {
+            found.fragmented_clusters
+        } else {
+            0
+        },
         ..CheckReport::default()
     };
     if !args.quiet || args.output == OutputFormat::Json {

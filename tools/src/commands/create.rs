@@ -141,6 +141,16 @@ pub fn create_image_with(
             qcow::formats::vpc::create(&*storage, size, vpc_opts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
         }
+        ImageFormat::Qed => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            qcow::formats::qed::create(
+                &*storage,
+                size.div_ceil(512) * 512,
+                opts.cluster_size.unwrap_or(65536) as u32,
+                opts.table_size.unwrap_or(4) as u32,
+            )
+            .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
         ImageFormat::Vmdk => {
             let storage = create_file_with(path, unsafe_cache)?;
             super::create_foreign::vmdk(filename, &*storage, opts, size)

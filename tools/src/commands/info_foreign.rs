@@ -11,6 +11,7 @@ use crate::report::qobject::{QDict, QObject};
 /// Fills what a foreign image adds to `info`.
 pub fn describe(info: &mut ImageInfo, image: &dyn ForeignImage) {
     info.cluster_size = image.cluster_size();
+    info.dirty_flag = Some(image.is_dirty());
     if let Some(InfoValue::Dict(members)) = image.format_specific() {
         info.format_specific = Some(FormatSpecific::Other {
             type_name: image.format_name(),

@@ -97,7 +97,7 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
     };
     if matches!(
         target,
-        ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Vmdk
+        ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Vmdk | ImageFormat::Qed
     ) {
         return Err(anyhow!(
             "Block driver '{target}' does not support size measurement"
@@ -105,7 +105,11 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
     }
     let mut out = QDict::new();
     let (required, fully) = match target {
-        ImageFormat::Raw | ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Vmdk => {
+        ImageFormat::Raw
+        | ImageFormat::Vpc
+        | ImageFormat::Vdi
+        | ImageFormat::Vmdk
+        | ImageFormat::Qed => {
             let size = virtual_size.div_ceil(512) * 512;
             (size, size)
         }

@@ -33,6 +33,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "vpc" => Ok(Format::Vpc),
         "vdi" => Ok(Format::Vdi),
         "vmdk" => Ok(Format::Vmdk),
+        "qed" => Ok(Format::Qed),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }

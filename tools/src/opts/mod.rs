@@ -123,6 +123,9 @@ pub enum OptsError {
     /// vdi: a size over the format's limit.
     #[error("Unsupported VDI image size (size is {0:#x}, max supported is 0x1fffff8000000)")]
     VdiTooLarge(u64),
+    /// qed: a size the tables cannot map.
+    #[error("QED image size must be a non-zero multiple of cluster size and less than {0} bytes")]
+    QedImageSize(u64),
     /// raw: a preallocation mode qemu does not know.
     #[error("invalid parameter value: {0}")]
     InvalidParameterValue(String),
@@ -150,6 +153,8 @@ pub enum ImageFormat {
     Vdi,
     /// VMware VMDK, every subformat qemu-img creates.
     Vmdk,
+    /// QED.
+    Qed,
 }
 
 impl ImageFormat {
@@ -161,6 +166,7 @@ impl ImageFormat {
             Self::Vpc => "vpc",
             Self::Vdi => "vdi",
             Self::Vmdk => "vmdk",
+            Self::Qed => "qed",
         }
     }
 }
@@ -205,6 +211,7 @@ impl FromStr for ImageFormat {
             "vpc" => Ok(Self::Vpc),
             "vdi" => Ok(Self::Vdi),
             "vmdk" => Ok(Self::Vmdk),
+            "qed" => Ok(Self::Qed),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -371,6 +378,8 @@ pub struct CreateOptions {
     pub toolsversion: Option<String>,
     /// vmdk: zeroed-grain grain table entries.
     pub zeroed_grain: Option<bool>,
+    /// qed: clusters per table.
+    pub table_size: Option<u64>,
 }
 
 impl CreateOptions {
@@ -421,6 +430,7 @@ impl CreateOptions {
             hwversion: text("hwversion"),
             toolsversion: text("toolsversion"),
             zeroed_grain: boolean("zeroed_grain"),
+            table_size: number("table_size"),
         })
     }
 
@@ -434,6 +444,7 @@ impl CreateOptions {
             ImageFormat::Vpc => validate::vpc(self),
             ImageFormat::Vdi => validate::vdi(self),
             ImageFormat::Vmdk => validate::vmdk(self),
+            ImageFormat::Qed => validate::qed(self),
         }
     }
 

@@ -199,6 +199,35 @@ pub const VMDK_OPTIONS: &[OptDesc] = &[
     ),
 ];
 
+/// qed's own options, in qemu's declaration order.
+pub const QED_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "backing_file",
+        OptType::Str,
+        "File name of a base image",
+        None,
+    ),
+    desc(
+        "backing_fmt",
+        OptType::Str,
+        "Image format of the base image",
+        None,
+    ),
+    desc(
+        "cluster_size",
+        OptType::Size,
+        "Cluster size (in bytes)",
+        Some("65536"),
+    ),
+    desc(
+        "table_size",
+        OptType::Size,
+        "L1/L2 table size (in clusters)",
+        None,
+    ),
+];
+
 /// The format's own options (what `-o help` lists without a filename).
 fn format_options(format: ImageFormat) -> &'static [OptDesc] {
     match format {
@@ -207,6 +236,7 @@ fn format_options(format: ImageFormat) -> &'static [OptDesc] {
         ImageFormat::Vpc => VPC_OPTIONS,
         ImageFormat::Vdi => VDI_OPTIONS,
         ImageFormat::Vmdk => VMDK_OPTIONS,
+        ImageFormat::Qed => QED_OPTIONS,
     }
 }
 

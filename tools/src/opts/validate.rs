@@ -164,6 +164,33 @@ pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
     Ok(())
 }
 
+/// Checks qed options with QEMU's messages.
+pub(super) fn qed(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if options.backing_file.is_some() {
+        return Err(OptsError::Invalid(
+            "qed images with a backing file are not supported by img",
+        ));
+    }
+    let cluster_size = options.cluster_size.unwrap_or(65536);
+    if !cluster_size.is_power_of_two() || !(4096..=64 << 20).contains(&cluster_size) {
+        return Err(OptsError::Invalid(
+            "QED cluster size must be within range [4096, 67108864] and power of 2",
+        ));
+    }
+    let table_size = options.table_size.unwrap_or(4);
+    if !table_size.is_power_of_two() || table_size > 16 {
+        return Err(OptsError::Invalid(
+            "QED table size must be within range [1, 16] and power of 2",
+        ));
+    }
+    let entries = table_size * cluster_size / 8;
+    let max = entries.saturating_mul(entries).saturating_mul(cluster_size);
+    if options.size.unwrap_or(0).div_ceil(512) * 512 > max {
+        return Err(OptsError::QedImageSize(max));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::opts::{CreateOptions, ImageFormat, ParsedOptions, Preallocation};

@@ -257,10 +257,8 @@ impl ForeignImage for Vdi {
             .lock()
             .expect("allocation lock poisoned")
             .blocks_allocated;
-        let mut report = CheckReport {
-            total_clusters: map.len() as u64,
-            ..CheckReport::default()
-        };
+        // qemu's vdi check counts no clusters (total stays 0).
+        let mut report = CheckReport::default();
         // Which guest block uses each data block number.
         let mut owner: Vec<u32> = vec![UNALLOCATED; map.len()];
         let mut allocated = 0u32;
@@ -274,18 +272,14 @@ impl ForeignImage for Vdi {
                 if *slot == UNALLOCATED {
                     *slot = entry;
                 } else {
-                    report
-                        .corruptions
-                        .push(format!("ERROR: block index {slot} also used by {entry}"));
+                    report.corrupt(format!("ERROR: block index {slot} also used by {entry}"));
                 }
             } else {
-                report
-                    .corruptions
-                    .push(format!("ERROR: block index {block} too large, is {entry}"));
+                report.corrupt(format!("ERROR: block index {block} too large, is {entry}"));
             }
         }
         if allocated != allocated_count {
-            report.corruptions.push(format!(
+            report.corrupt(format!(
                 "ERROR: allocated blocks mismatch, is {allocated}, should be {allocated_count}"
             ));
         }

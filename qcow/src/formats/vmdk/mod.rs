@@ -275,7 +275,7 @@ impl Vmdk {
             match &e.data {
                 Data::Flat { storage, offset } => {
                     if *offset >= storage.len()? {
-                        report.corruptions.push(format!(
+                        report.corrupt(format!(
                             "ERROR: cluster offset for sector {first_sector} points after EOF"
                         ));
                     }
@@ -289,7 +289,7 @@ impl Vmdk {
                         };
                         report.allocated_clusters += 1;
                         if host >= file_len {
-                            report.corruptions.push(format!(
+                            report.corrupt(format!(
                                 "ERROR: cluster offset for sector {} points after EOF",
                                 first_sector + grain_offset / 512
                             ));

@@ -9,6 +9,7 @@
 //! qemu-img's stream-optimized writer takes them in order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
@@ -60,6 +61,9 @@ pub struct SparseExtent {
     gd: RwLock<Vec<u32>>,
     rgd: Option<RwLock<Vec<u32>>>,
     gt_cache: RwLock<TableCache>,
+    /// Bumped by every change to a cached table, so that a table read
+    /// from the file while it changed is not cached stale.
+    generation: AtomicU64,
     alloc: Mutex<Alloc>,
 }
 
@@ -117,6 +121,7 @@ impl SparseExtent {
             gd: RwLock::new(gd),
             rgd,
             gt_cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             alloc: Mutex::new(Alloc {
                 next_sector,
                 pending: Vec::new(),
@@ -174,17 +179,22 @@ impl SparseExtent {
         if sector == 0 {
             return Ok(None);
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let entries = u64::from(self.header.gtes_per_gt);
         let mut bytes = vec![0u8; (entries * 4) as usize];
         self.storage.read_at(&mut bytes, u64::from(sector) * 512)?;
         let table: Arc<Vec<u32>> =
             Arc::new(bytes.chunks_exact(4).map(LittleEndian::read_u32).collect());
         let mut cache = self.gt_cache.write().expect("cache lock poisoned");
+        if self.generation.load(Ordering::Acquire) != generation {
+            return Ok(Some(table));
+        }
         if cache.len() >= GT_CACHE_TABLES {
             cache.clear();
         }
-        cache.insert((redundant, gd_index), table.clone());
-        Ok(Some(table))
+        Ok(Some(
+            cache.entry((redundant, gd_index)).or_insert(table).clone(),
+        ))
     }
 
     fn indexes(&self, offset: u64) -> (u32, usize) {
@@ -326,10 +336,9 @@ impl SparseExtent {
                 .write_at(&entry, u64::from(sector) * 512 + gt_index as u64 * 4)?;
             let mut updated = (*table).clone();
             updated[gt_index] = value;
-            self.gt_cache
-                .write()
-                .expect("cache lock poisoned")
-                .insert((redundant, gd_index), Arc::new(updated));
+            let mut cache = self.gt_cache.write().expect("cache lock poisoned");
+            cache.insert((redundant, gd_index), Arc::new(updated));
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
     }
