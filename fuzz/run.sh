@@ -16,7 +16,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(header open_image snapshot_table virtio_blk vpc vdi vmdk qed)
+    targets=(header open_image snapshot_table virtio_blk vpc vdi vmdk qed vhdx)
 fi
 for t in "${targets[@]}"; do
     if [ -z "$(ls -A "corpus/$t" 2>/dev/null)" ]; then

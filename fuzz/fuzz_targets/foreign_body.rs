@@ -1,4 +1,4 @@
-//! The body of the `vpc`, `vdi`, `vmdk` and `qed` fuzz targets (and of the
+//! The body of the `vpc`, `vdi`, `vmdk`, `qed` and `vhdx` fuzz targets (and of the
 //! stable test that replays their findings): an arbitrary byte string
 //! opened in memory as an image of one format, read-only and writable;
 //! every file a vmdk descriptor names is a copy of the same bytes. It reads
@@ -77,7 +77,8 @@ fn exercise(image: &dyn formats::ForeignImage, write: bool) {
     }
 }
 
-/// Runs one input as an image of `format` ("vpc", "vdi", "vmdk", "qed").
+/// Runs one input as an image of `format` ("vpc", "vdi", "vmdk", "qed",
+/// "vhdx").
 pub fn foreign_body(format: &str, data: &[u8]) {
     let files = Copies(data.to_vec());
     let storage = Arc::new(MemStorage::with_limit(data.to_vec(), LIMIT));

@@ -32,6 +32,8 @@ pub enum Format {
     Vmdk,
     /// QED.
     Qed,
+    /// Hyper-V VHDX (read-only).
+    Vhdx,
 }
 
 impl Format {
@@ -44,6 +46,7 @@ impl Format {
             "vdi" => Ok(Format::Vdi),
             "vmdk" => Ok(Format::Vmdk),
             "qed" => Ok(Format::Qed),
+            "vhdx" => Ok(Format::Vhdx),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -57,6 +60,7 @@ impl Format {
             Format::Vdi => "vdi",
             Format::Vmdk => "vmdk",
             Format::Qed => "qed",
+            Format::Vhdx => "vhdx",
         }
     }
 }

@@ -113,8 +113,8 @@ impl Format {
             Format::Vdi => Some(crate::fs::Format::Vdi),
             Format::Vmdk => Some(crate::fs::Format::Vmdk),
             Format::Qed => Some(crate::fs::Format::Qed),
+            Format::Vhdx => Some(crate::fs::Format::Vhdx),
             Format::Qcow
-            | Format::Vhdx
             | Format::Luks
             | Format::Dmg
             | Format::Parallels

@@ -1,4 +1,4 @@
-//! Images of the formats qemu-img probes but img cannot read yet (vhdx, luks, parallels and qcow made by qemu-img; dmg,
+//! Images of the formats qemu-img probes but img cannot read yet (luks, parallels and qcow made by qemu-img; dmg,
 //! cloop and bochs made by hand from their documented headers) are never
 //! read as raw: without `-f`, every img command and blockdev's open refuse
 //! them with one line naming the format, and leave the file as it was;
@@ -20,7 +20,6 @@ struct Foreign {
 fn make_with_qemu(dir: &Path) -> Vec<Foreign> {
     let mut made = Vec::new();
     for (format, opts) in [
-        ("vhdx", ""),
         ("parallels", ""),
         ("qcow", ""),
         ("luks", "key-secret=sec0,iter-time=10"),

@@ -1,4 +1,4 @@
-//! The foreign formats (vpc, vdi, vmdk, qed) against qemu-img, both ways, for
+//! The foreign formats (vpc, vdi, vmdk, qed; vhdx read-only) against qemu-img, both ways, for
 //! every subformat and option row of [`CASES`]:
 //! - an image qemu-img makes (converted from a raw file, then written by
 //!   qemu-io) reads through `img convert -O raw` byte-identical to
@@ -154,6 +154,54 @@ fn qemu_images_read_and_img_images_pass_qemu() {
     }
 }
 
+/// vhdx (read-only so far): images qemu-img makes in every subformat and
+/// option, written by qemu-io, read like qemu-img reads them, with the same
+/// info and a clean check.
+#[test]
+fn qemu_vhdx_images_read_identically() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    make_raw(&source, (9 << 20) + 3 * 512, 23);
+    for (i, opts) in [
+        "",
+        "subformat=dynamic",
+        "subformat=fixed",
+        "block_size=1M",
+        "block_size=32M,log_size=2M",
+        "block_state_zero=off",
+        "subformat=fixed,block_size=8M",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("vhdx -o '{opts}'");
+        let image = d.join(format!("q{i}.vhdx"));
+        ok(convert_cmd(qemu_img, "raw", "vhdx", opts)
+            .arg(&source)
+            .arg(&image));
+        qemu_io(
+            "vhdx",
+            &image,
+            &["write -P 9 5M 7k", "write -z 0 1M", "write -P 3 8M 4k"],
+        );
+        let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+        ok(convert_cmd(img, "vhdx", "raw", "").arg(&image).arg(&a));
+        ok(convert_cmd(qemu_img, "vhdx", "raw", "").arg(&image).arg(&b));
+        assert_same_file(&a, &b, &format!("reading qemu's {what}"));
+        assert_info_like_qemu("vhdx", &image, &what);
+        ok(img(&["check", "-f", "vhdx"]).arg(&image));
+        ok(img(&["convert", "-f", "vhdx", "-O", "qcow2"])
+            .arg(&image)
+            .arg(d.join("c.qcow2")));
+        let out = run(qemu_img(&["compare", "-f", "vhdx", "-F", "qcow2"])
+            .arg(&image)
+            .arg(d.join("c.qcow2")));
+        assert!(out.status.success(), "{what}: to qcow2 differs");
+    }
+}
+
 /// `img convert -n` into an existing image of each format (writes through
 /// the format's allocating write path, zero ranges written as zeros).
 #[test]
@@ -272,7 +320,7 @@ fn hostile_images_get_one_line() {
 fn probed_like_qemu() {
     require_qemu!();
     let dir = tempfile::tempdir().unwrap();
-    for fmt in ["vpc", "vdi", "vmdk", "qed"] {
+    for fmt in ["vpc", "vdi", "vmdk", "qed", "vhdx"] {
         let path = dir.path().join(format!("p.{fmt}"));
         ok(qemu_img(&["create", "-q", "-f", fmt]).arg(&path).arg("1M"));
         let ours = ok(img(&["info", "--output=json"]).arg(&path));

@@ -10,6 +10,7 @@
 pub mod dir_files;
 pub mod qed;
 pub mod vdi;
+pub mod vhdx;
 pub mod vmdk;
 pub mod vpc;
 
@@ -209,6 +210,7 @@ pub fn open(
         vdi::FORMAT => boxed(vdi::Vdi::open(storage, writable)),
         vmdk::FORMAT => boxed(vmdk::Vmdk::open(storage, writable, files)),
         qed::FORMAT => boxed(qed::Qed::open(storage, writable)),
+        vhdx::FORMAT => boxed(vhdx::Vhdx::open(storage, writable)),
         _ => return None,
     })
 }

@@ -34,6 +34,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "vdi" => Ok(Format::Vdi),
         "vmdk" => Ok(Format::Vmdk),
         "qed" => Ok(Format::Qed),
+        "vhdx" => Ok(Format::Vhdx),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }
