@@ -60,6 +60,35 @@ fn messages_usage_and_sizes_match_qemu_img() {
         &[
             "create", "-f", "qcow2", "-u", "-b", "odd.raw", "e.qcow2", "1M",
         ],
+        // The file protocol's options under both formats.
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extent_size_hint=0,nocow=off",
+            "h.qcow2",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=1M",
+            "h.raw",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=8G",
+            "h.raw",
+            "1M",
+        ],
+        &["create", "-f", "raw", "-o", "help", "h.raw"],
     ] {
         same_as_qemu_img(d, args);
         let _ = std::fs::remove_file(d.join("twice.qcow2"));

@@ -59,6 +59,16 @@ pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
 /// Creates (truncates) a file; with `unsafe_cache` its flushes do not wait
 /// for the disk (qemu's cache=unsafe).
 pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Storage>> {
+    create_file_with_attrs(path, unsafe_cache, None)
+}
+
+/// [`create_file_with`] for an image file: the `file` protocol's `nocow`
+/// and `extent_size_hint` options of `opts` go on the new file first.
+fn create_file_with_attrs(
+    path: &Path,
+    unsafe_cache: bool,
+    opts: Option<&CreateOptions>,
+) -> Result<Arc<dyn Storage>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -66,6 +76,12 @@ pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Stora
         .truncate(true)
         .open(path)
         .map_err(|e| anyhow!("Could not create '{}': {}", path.display(), os_text(&e)))?;
+    if let Some(opts) = opts {
+        let nocow = opts.nocow.unwrap_or(false);
+        if let Some(warning) = super::file_attrs::apply(&file, nocow, opts.extent_size_hint) {
+            eprintln!("{}: warning: {warning}", crate::program());
+        }
+    }
     Ok(Arc::new(if unsafe_cache {
         FileStorage::unsafe_cache(file)
     } else {
@@ -94,7 +110,7 @@ pub fn create_image_with(
     let path = Path::new(filename);
     match format {
         ImageFormat::Raw => {
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             // QEMU makes raw images of whole 512-byte sectors.
             let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
@@ -122,7 +138,7 @@ pub fn create_image_with(
                 Some(name) => Some(create_file_with(Path::new(name), unsafe_cache)?),
                 None => None,
             };
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             let image = create_qcow2(storage, data_file, None, &qopts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
             image.close()?;

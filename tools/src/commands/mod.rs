@@ -9,6 +9,7 @@ pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod file_attrs;
 pub mod info;
 pub mod map;
 pub mod measure;

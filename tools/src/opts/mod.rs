@@ -339,6 +339,10 @@ pub struct CreateOptions {
     pub refcount_bits: Option<u64>,
     /// qcow2: compression type; default zlib.
     pub compression_type: Option<CompressionType>,
+    /// The image file's no-copy-on-write attribute (btrfs); default off.
+    pub nocow: Option<bool>,
+    /// The image file's extent size hint in bytes; QEMU's default 1 MiB.
+    pub extent_size_hint: Option<u64>,
 }
 
 impl CreateOptions {
@@ -381,6 +385,8 @@ impl CreateOptions {
             compression_type: text("compression_type")
                 .map(|v| CompressionType::parse(&v))
                 .transpose()?,
+            nocow: boolean("nocow"),
+            extent_size_hint: number("extent_size_hint"),
         })
     }
 
@@ -388,6 +394,12 @@ impl CreateOptions {
     /// creating, returning the first problem in qemu's order. For qcow2
     /// this also resolves `data_file_raw=on` to metadata preallocation.
     pub fn validate(&mut self, format: ImageFormat) -> Result<(), OptsError> {
+        if self
+            .extent_size_hint
+            .is_some_and(|h| h > u64::from(u32::MAX))
+        {
+            return Err(OptsError::Invalid("Extent size hint is too large"));
+        }
         match format {
             ImageFormat::Qcow2 => validate::qcow2(self),
             ImageFormat::Raw => Ok(()),
