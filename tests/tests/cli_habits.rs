@@ -89,6 +89,16 @@ fn messages_usage_and_sizes_match_qemu_img() {
             "1M",
         ],
         &["create", "-f", "raw", "-o", "help", "h.raw"],
+        // Preallocation only grows.
+        &[
+            "resize",
+            "-f",
+            "raw",
+            "--shrink",
+            "--preallocation=falloc",
+            "h.raw",
+            "-512",
+        ],
     ] {
         same_as_qemu_img(d, args);
         let _ = std::fs::remove_file(d.join("twice.qcow2"));
