@@ -89,6 +89,20 @@ fn messages_usage_and_sizes_match_qemu_img() {
             "1M",
         ],
         &["create", "-f", "raw", "-o", "help", "h.raw"],
+        // Images named by json:, --image-opts and file: (a name with a colon).
+        &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"],
+        &["info", "file:a:b.qcow2"],
+        &[
+            "info",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"a:b.qcow2"}}"#,
+        ],
+        &["info", "json:{ 'driver': 'raw', 'file.filename': 'h.raw' }"],
+        &[
+            "map",
+            "--output=json",
+            "--image-opts",
+            "driver=raw,file.driver=file,file.filename=h.raw,cache.direct=on",
+        ],
         // Preallocation only grows.
         &[
             "resize",

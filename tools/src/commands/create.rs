@@ -149,8 +149,13 @@ pub fn create_image_with(
 
 /// Opens the backing file named for a new image, as the image will; the
 /// error is qemu-img's, with its hint line.
-fn open_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
-    FileOpener::for_image(Path::new(filename))
+fn open_backing(
+    filename: &str,
+    image_path: &str,
+    backing: &str,
+    format: Option<&str>,
+) -> Result<Box<dyn BlockRead>> {
+    FileOpener::for_image(Path::new(image_path))
         .open_backing(backing, format)
         .map_err(|e| {
             let reason = match e {
@@ -176,6 +181,8 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .ok_or_else(|| anyhow!("Expecting image file name"))?;
     // qemu-img names the file before a format it cannot create.
     let format = format.map_err(|e| anyhow!("{filename}: {e}"))?;
+    // The file to write: `file:NAME` names NAME (see image_spec).
+    let image_path = super::image_spec::resolve(filename, None, false)?.filename;
     let mut parsed = ParsedOptions::parse(format, &list).map_err(|e| prefixed(filename, e))?;
     if let Some(size) = args.size {
         parsed
@@ -187,9 +194,9 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .map_err(|e| prefixed(filename, e))?;
     let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(filename, e))?;
     if let Some(backing) = opts.backing_file.clone() {
-        let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
+        let dir = Path::new(&image_path).parent().unwrap_or(Path::new(""));
         let backing_path = resolve(dir, &backing);
-        if same_file(Path::new(filename), &backing_path) {
+        if same_file(Path::new(&image_path), &backing_path) {
             return Err(anyhow!("{filename}: {}", OptsError::BackingSameAsImage));
         }
         if backing.is_empty() {
@@ -203,6 +210,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
             true => None,
             false => Some(open_backing(
                 filename,
+                &image_path,
                 &backing,
                 opts.backing_fmt.as_deref(),
             )?),
@@ -228,7 +236,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     }
     opts.validate(format).map_err(|e| prefixed(filename, e))?;
     let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
-    create_image(filename, format, &opts, size)?;
+    create_image(&image_path, format, &opts, size)?;
     Ok(0)
 }
 
