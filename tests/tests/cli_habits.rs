@@ -103,6 +103,19 @@ fn messages_usage_and_sizes_match_qemu_img() {
             "--image-opts",
             "driver=raw,file.driver=file,file.filename=h.raw,cache.direct=on",
         ],
+        // -B makes no sense when concatenating.
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-B",
+            "h.raw",
+            "-F",
+            "raw",
+            "h.raw",
+            "h.raw",
+            "cat.qcow2",
+        ],
         // Preallocation only grows.
         &[
             "resize",
