@@ -12,3 +12,6 @@ export REQUIRE_KVM=1
 # build binaries of packages without integration tests of their own.
 cargo build -p tools
 cargo test --workspace
+# A sample of QEMU's qemu-iotests with img as qemu-img (only where
+# /tmp/qemu-src exists; see README).
+bash scripts/iotests-sample.sh

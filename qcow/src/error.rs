@@ -172,6 +172,28 @@ pub enum Error {
         /// The refcount before the change.
         value: u64,
     },
+    /// A new image's L1 table would exceed QEMU's bound for this size and
+    /// cluster size (qemu-img's words for its EFBIG).
+    #[error(
+        "The image size is too large for file format 'qcow2' (try using a larger cluster size)"
+    )]
+    ImageTooLarge {
+        /// The virtual size asked for.
+        size: u64,
+        /// The cluster size.
+        cluster_size: u64,
+    },
+    /// A header field QEMU refuses to open an image with, in QEMU's words
+    /// ("L1 table is too small", "Image is too big").
+    #[error("{message}")]
+    HeaderRefused {
+        /// The header field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// QEMU's message.
+        message: &'static str,
+    },
     /// Metadata contradicts itself in a way that makes the operation unsafe.
     #[error("image is corrupt: {0}")]
     Corrupt(String),

@@ -60,6 +60,72 @@ fn messages_usage_and_sizes_match_qemu_img() {
         &[
             "create", "-f", "qcow2", "-u", "-b", "odd.raw", "e.qcow2", "1M",
         ],
+        // The file protocol's options under both formats.
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extent_size_hint=0,nocow=off",
+            "h.qcow2",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=1M",
+            "h.raw",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=8G",
+            "h.raw",
+            "1M",
+        ],
+        &["create", "-f", "raw", "-o", "help", "h.raw"],
+        // Images named by json:, --image-opts and file: (a name with a colon).
+        &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"],
+        &["info", "file:a:b.qcow2"],
+        &[
+            "info",
+            r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"a:b.qcow2"}}"#,
+        ],
+        &["info", "json:{ 'driver': 'raw', 'file.filename': 'h.raw' }"],
+        &[
+            "map",
+            "--output=json",
+            "--image-opts",
+            "driver=raw,file.driver=file,file.filename=h.raw,cache.direct=on",
+        ],
+        // -B makes no sense when concatenating.
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-B",
+            "h.raw",
+            "-F",
+            "raw",
+            "h.raw",
+            "h.raw",
+            "cat.qcow2",
+        ],
+        // Preallocation only grows.
+        &[
+            "resize",
+            "-f",
+            "raw",
+            "--shrink",
+            "--preallocation=falloc",
+            "h.raw",
+            "-512",
+        ],
     ] {
         same_as_qemu_img(d, args);
         let _ = std::fs::remove_file(d.join("twice.qcow2"));

@@ -69,7 +69,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         eprintln!("{m}");
     }
     if let Some(reason) = &first.aborted {
-        eprintln!("Check failed: {reason}");
+        eprintln!("{}: Check failed: {reason}", crate::program());
         return Ok(1);
     }
     let mut report = to_report(filename, &first);
@@ -92,7 +92,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         print!("{text}");
     }
     if let Some(msg) = report.failure_message() {
-        eprintln!("{msg}");
+        eprintln!("{}: {msg}", crate::program());
     }
     Ok(report.exit_code())
 }

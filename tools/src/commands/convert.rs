@@ -98,6 +98,12 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             .set_backing(args.backing.as_deref(), args.backing_format.as_deref())
             .map_err(|e| prefixed(&target, e))?;
         let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(&target, e))?;
+        if sources.len() > 1 && opts.backing_file.is_some() {
+            return Err(anyhow!(
+                "Having a backing file for the target makes no sense when concatenating \
+                 multiple input images"
+            ));
+        }
         if opts.backing_file.is_some() && opts.backing_fmt.is_none() {
             return Err(prefixed(
                 &target,

@@ -59,6 +59,16 @@ pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
 /// Creates (truncates) a file; with `unsafe_cache` its flushes do not wait
 /// for the disk (qemu's cache=unsafe).
 pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Storage>> {
+    create_file_with_attrs(path, unsafe_cache, None)
+}
+
+/// [`create_file_with`] for an image file: the `file` protocol's `nocow`
+/// and `extent_size_hint` options of `opts` go on the new file first.
+fn create_file_with_attrs(
+    path: &Path,
+    unsafe_cache: bool,
+    opts: Option<&CreateOptions>,
+) -> Result<Arc<dyn Storage>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -66,6 +76,12 @@ pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Stora
         .truncate(true)
         .open(path)
         .map_err(|e| anyhow!("Could not create '{}': {}", path.display(), os_text(&e)))?;
+    if let Some(opts) = opts {
+        let nocow = opts.nocow.unwrap_or(false);
+        if let Some(warning) = super::file_attrs::apply(&file, nocow, opts.extent_size_hint) {
+            eprintln!("{}: warning: {warning}", crate::program());
+        }
+    }
     Ok(Arc::new(if unsafe_cache {
         FileStorage::unsafe_cache(file)
     } else {
@@ -94,7 +110,7 @@ pub fn create_image_with(
     let path = Path::new(filename);
     match format {
         ImageFormat::Raw => {
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             // QEMU makes raw images of whole 512-byte sectors.
             let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
@@ -122,7 +138,7 @@ pub fn create_image_with(
                 Some(name) => Some(create_file_with(Path::new(name), unsafe_cache)?),
                 None => None,
             };
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             let image = create_qcow2(storage, data_file, None, &qopts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
             image.close()?;
@@ -165,8 +181,13 @@ pub fn create_image_with(
 
 /// Opens the backing file named for a new image, as the image will; the
 /// error is qemu-img's, with its hint line.
-fn open_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
-    FileOpener::for_image(Path::new(filename))
+fn open_backing(
+    filename: &str,
+    image_path: &str,
+    backing: &str,
+    format: Option<&str>,
+) -> Result<Box<dyn BlockRead>> {
+    FileOpener::for_image(Path::new(image_path))
         .open_backing(backing, format)
         .map_err(|e| {
             let reason = match e {
@@ -192,6 +213,8 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .ok_or_else(|| anyhow!("Expecting image file name"))?;
     // qemu-img names the file before a format it cannot create.
     let format = format.map_err(|e| anyhow!("{filename}: {e}"))?;
+    // The file to write: `file:NAME` names NAME (see image_spec).
+    let image_path = super::image_spec::resolve(filename, None, false)?.filename;
     let mut parsed = ParsedOptions::parse(format, &list).map_err(|e| prefixed(filename, e))?;
     if let Some(size) = args.size {
         parsed
@@ -203,9 +226,9 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .map_err(|e| prefixed(filename, e))?;
     let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(filename, e))?;
     if let Some(backing) = opts.backing_file.clone() {
-        let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
+        let dir = Path::new(&image_path).parent().unwrap_or(Path::new(""));
         let backing_path = resolve(dir, &backing);
-        if same_file(Path::new(filename), &backing_path) {
+        if same_file(Path::new(&image_path), &backing_path) {
             return Err(anyhow!("{filename}: {}", OptsError::BackingSameAsImage));
         }
         if backing.is_empty() {
@@ -219,6 +242,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
             true => None,
             false => Some(open_backing(
                 filename,
+                &image_path,
                 &backing,
                 opts.backing_fmt.as_deref(),
             )?),
@@ -244,7 +268,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     }
     opts.validate(format).map_err(|e| prefixed(filename, e))?;
     let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
-    create_image(filename, format, &opts, size)?;
+    create_image(&image_path, format, &opts, size)?;
     Ok(0)
 }
 

@@ -114,8 +114,9 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
 /// Runs `img info`.
 pub fn run(args: &InfoArgs) -> Result<i32> {
     let mut chain = Vec::new();
-    let mut filename = args.filename.clone();
-    let mut format = match &args.format {
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let mut filename = spec.filename;
+    let mut format = match &spec.format {
         Some(f) => Some(parse_format(f)?),
         None => None,
     };

@@ -11,6 +11,8 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod create_foreign;
+pub mod file_attrs;
+pub mod image_spec;
 pub mod info;
 pub mod info_foreign;
 pub mod map;
@@ -52,6 +54,20 @@ pub fn raw_probe_warning(filename: &str) -> String {
 /// Opens an image by name with an optional format, as qemu-img does
 /// (probing when no format is given), with qemu-img's error wording.
 pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyImage> {
+    open_named(filename, format, writable, false)
+}
+
+/// [`open`] of an image named as qemu-img accepts it: `json:{...}`, a
+/// `file:` name or, with `image_opts`, an option string (see
+/// [`image_spec`]).
+pub fn open_named(
+    name: &str,
+    format: Option<&str>,
+    writable: bool,
+    image_opts: bool,
+) -> Result<AnyImage> {
+    let spec = image_spec::resolve(name, format, image_opts)?;
+    let (filename, format) = (spec.filename.as_str(), spec.format.as_deref());
     let path = Path::new(filename);
     let format = match format {
         Some(f) => Some(parse_format(f)?),

@@ -17,6 +17,9 @@ pub fn run(args: &ResizeArgs) -> Result<i32> {
         .resolve(current, args.shrink)
         .map_err(|e| anyhow!("{e}"))?;
     let mode = args.preallocation.unwrap_or(Preallocation::Off);
+    if new_size <= current && mode != Preallocation::Off {
+        return Err(anyhow!("Preallocation can only be used for growing images"));
+    }
     match &image {
         AnyImage::Qcow2(q) => {
             if new_size % 512 != 0 {

@@ -380,6 +380,10 @@ pub struct CreateOptions {
     pub zeroed_grain: Option<bool>,
     /// qed: clusters per table.
     pub table_size: Option<u64>,
+    /// The image file's no-copy-on-write attribute (btrfs); default off.
+    pub nocow: Option<bool>,
+    /// The image file's extent size hint in bytes; QEMU's default 1 MiB.
+    pub extent_size_hint: Option<u64>,
 }
 
 impl CreateOptions {
@@ -431,6 +435,8 @@ impl CreateOptions {
             toolsversion: text("toolsversion"),
             zeroed_grain: boolean("zeroed_grain"),
             table_size: number("table_size"),
+            nocow: boolean("nocow"),
+            extent_size_hint: number("extent_size_hint"),
         })
     }
 
@@ -438,6 +444,12 @@ impl CreateOptions {
     /// creating, returning the first problem in qemu's order. For qcow2
     /// this also resolves `data_file_raw=on` to metadata preallocation.
     pub fn validate(&mut self, format: ImageFormat) -> Result<(), OptsError> {
+        if self
+            .extent_size_hint
+            .is_some_and(|h| h > u64::from(u32::MAX))
+        {
+            return Err(OptsError::Invalid("Extent size hint is too large"));
+        }
         match format {
             ImageFormat::Qcow2 => validate::qcow2(self),
             ImageFormat::Raw => Ok(()),

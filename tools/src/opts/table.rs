@@ -131,6 +131,23 @@ pub const QCOW2_OPTIONS: &[OptDesc] = &[
     ),
 ];
 
+/// The `file` protocol's options beyond `preallocation` and `size` (in its
+/// declaration order), offered under every format.
+pub const FILE_PROTOCOL_OPTIONS: &[OptDesc] = &[
+    desc(
+        "nocow",
+        OptType::Bool,
+        "Turn off copy-on-write (valid only on btrfs)",
+        None,
+    ),
+    desc(
+        "extent_size_hint",
+        OptType::Size,
+        "Extent size hint for the image file, 0 to disable",
+        None,
+    ),
+];
+
 /// raw's own options.
 pub const RAW_OPTIONS: &[OptDesc] = &[desc("size", OptType::Size, SIZE_HELP, None)];
 
@@ -243,10 +260,11 @@ fn format_options(format: ImageFormat) -> &'static [OptDesc] {
 /// Every option `format` accepts, in `Formatting`-line order.
 pub fn options_for(format: ImageFormat) -> Vec<&'static OptDesc> {
     match format {
-        ImageFormat::Qcow2 => QCOW2_OPTIONS.iter().collect(),
+        ImageFormat::Qcow2 => QCOW2_OPTIONS.iter().chain(FILE_PROTOCOL_OPTIONS).collect(),
         other => format_options(other)
             .iter()
             .chain(RAW_PROTOCOL_OPTIONS)
+            .chain(FILE_PROTOCOL_OPTIONS)
             .collect(),
     }
 }
@@ -319,10 +337,11 @@ The protocol level may support further options.
 Specify the target filename to include those options.
 ";
 
-    /// `qemu-img create -f raw -o help x.raw` without `extent_size_hint`
-    /// and `nocow`.
+    /// `qemu-img create -f raw -o help x.raw`.
     const RAW_HELP_WITH_FILE: &str = "\
 Supported options:
+  extent_size_hint=<size> - Extent size hint for the image file, 0 to disable
+  nocow=<bool (on/off)>  - Turn off copy-on-write (valid only on btrfs)
   preallocation=<str>    - Preallocation mode (allowed values: off, falloc, full)
   size=<size>            - Virtual disk size
 ";
