@@ -20,6 +20,11 @@ use crate::device::BlockRead;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
+/// Most blocks, grains or clusters one `extents` call walks (callers
+/// loop), so that a call on a hostile image with tiny blocks and a huge
+/// disk stays short.
+pub(crate) const MAX_EXTENT_STEPS: usize = 65536;
+
 /// What `check` found in an image of a format with a check (qemu's
 /// `BdrvCheckResult`, the parts these formats fill).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -136,12 +136,15 @@ impl Qed {
         {
             return Ok(t.clone());
         }
-        if !self.valid_offset(offset, self.file_clusters()) {
+        // The whole table must lie in the file, as QEMU checks it.
+        let file_clusters = self.file_clusters();
+        let last = offset.saturating_add(self.header.table_bytes() - self.cluster_bytes());
+        if !self.valid_offset(offset, file_clusters) || !self.valid_offset(last, file_clusters) {
             return Err(invalid(
                 FORMAT,
                 "L2 table offset",
                 offset,
-                "not a cluster of the file",
+                "the table is not inside the file",
             ));
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -266,7 +269,26 @@ impl BlockRead for Qed {
         let cs = self.cluster_bytes();
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
-        while pos < end {
+        let span = cs * self.header.table_entries();
+        let mut steps = 0;
+        while pos < end && steps < super::MAX_EXTENT_STEPS {
+            steps += 1;
+            let (l1_index, _) = self.indexes(pos);
+            if self.l1.read().expect("L1 lock poisoned")[l1_index] == 0 {
+                // No L2 table: its whole span is unallocated.
+                let n = (span - pos % span).min(end - pos);
+                let kind = ExtentKind::Unallocated { host_offset: None };
+                match out.last_mut() {
+                    Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
+                    _ => out.push(Extent {
+                        guest_offset: pos,
+                        len: n,
+                        kind,
+                    }),
+                }
+                pos += n;
+                continue;
+            }
             let n = (cs - pos % cs).min(end - pos);
             let kind = match self.lookup(pos)? {
                 Cluster::Data(h) => ExtentKind::Data {
@@ -380,7 +402,7 @@ impl Qed {
             let mut last = 0u64;
             for &entry in table.iter().filter(|&&e| e > ZERO_CLUSTER) {
                 report.allocated_clusters += 1;
-                if last != 0 && last + cs != entry {
+                if last != 0 && last.checked_add(cs) != Some(entry) {
                     report.fragmented_clusters += 1;
                 }
                 last = entry;

@@ -177,7 +177,9 @@ impl BlockRead for Vdi {
         let end = offset + len.min(self.header.disk_size.saturating_sub(offset));
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
-        while pos < end {
+        let mut steps = 0;
+        while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
+            steps += 1;
             let (host, left) = self.lookup(pos);
             let n = left.min(end - pos);
             let kind = match host {

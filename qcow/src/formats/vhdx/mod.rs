@@ -162,7 +162,9 @@ impl BlockRead for Vhdx {
         let block = u64::from(self.meta.block_size);
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
-        while pos < end {
+        let mut steps = 0;
+        while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
+            steps += 1;
             let n = (block - pos % block).min(end - pos);
             let entry = self.entry(pos);
             let kind = match entry & 7 {

@@ -355,6 +355,11 @@ impl BlockRead for Vmdk {
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let len = len.min(self.size.saturating_sub(offset)).min(64 << 20);
+        let step = match &self.extent_at(offset).data {
+            Data::Sparse(s) => s.grain_bytes(),
+            Data::Flat { .. } => 64 << 20,
+        };
+        let len = len.min(step * crate::formats::MAX_EXTENT_STEPS as u64);
         let mut out: Vec<Extent> = Vec::new();
         self.for_pieces(offset, len, |e, inner, n, at| {
             let guest = offset + at as u64;

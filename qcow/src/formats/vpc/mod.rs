@@ -363,7 +363,9 @@ impl BlockRead for Vpc {
         };
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
-        while pos < offset + len {
+        let mut steps = 0;
+        while pos < offset + len && steps < crate::formats::MAX_EXTENT_STEPS {
+            steps += 1;
             let (host, left) = Self::lookup(d, pos);
             let n = left.min(offset + len - pos);
             let kind = match host {
