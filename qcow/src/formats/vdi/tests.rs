@@ -26,7 +26,7 @@ fn dynamic_write_read_reopen_check() {
     again.read_at(&mut buf, (2 << 20) - 1000).unwrap();
     assert!(buf.iter().all(|&b| b == 7));
     let e = again.extents(0, again.virtual_size()).unwrap();
-    assert!(matches!(e[0].kind, ExtentKind::Unallocated { .. }));
+    assert!(matches!(e[0].kind, ExtentKind::Zero { .. }));
     assert_eq!(e[0].len, 1 << 20);
     assert!(matches!(e[1].kind, ExtentKind::Data { .. }));
     assert_eq!(e[1].len, 2 << 20);

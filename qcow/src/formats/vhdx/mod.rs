@@ -173,7 +173,9 @@ impl BlockRead for Vhdx {
                     in_data_file: false,
                 },
                 ZERO => ExtentKind::Zero { host_offset: None },
-                _ => ExtentKind::Unallocated { host_offset: None },
+                // A format without backing files: QEMU reports an unallocated
+                // block as present zeros.
+                _ => ExtentKind::Zero { host_offset: None },
             };
             match out.last_mut() {
                 Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,

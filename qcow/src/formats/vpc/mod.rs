@@ -373,7 +373,9 @@ impl BlockRead for Vpc {
                     host_offset: h,
                     in_data_file: false,
                 },
-                None => ExtentKind::Unallocated { host_offset: None },
+                // A format without backing files: QEMU reports an unallocated
+                // block as present zeros.
+                None => ExtentKind::Zero { host_offset: None },
             };
             match out.last_mut() {
                 Some(last) if contiguous(last, kind) => last.len += n,
