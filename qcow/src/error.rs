@@ -183,6 +183,26 @@ pub enum Error {
         /// The cluster size.
         cluster_size: u64,
     },
+    /// A snapshot table entry with more extra data than QEMU accepts
+    /// (its words, with its hint line).
+    #[error("Too much extra metadata in snapshot table entry {index}\nYou can force-remove this extra metadata with qemu-img check -r all")]
+    SnapshotExtraDataTooLarge {
+        /// The entry's index.
+        index: u64,
+        /// Its extra_data_size.
+        size: u64,
+    },
+    /// A snapshot table larger than QEMU accepts, from entry `index` on
+    /// (its words, with its hint line).
+    #[error("Snapshot table is too big\nYou can force-remove all {overhanging} overhanging snapshots with qemu-img check -r all")]
+    SnapshotTableTooBig {
+        /// The first entry past the bound.
+        index: u64,
+        /// The table's length up to and with that entry.
+        bytes: u64,
+        /// Entries from `index` on.
+        overhanging: u64,
+    },
     /// A header field QEMU refuses to open an image with, in QEMU's words
     /// ("L1 table is too small", "Image is too big").
     #[error("{message}")]

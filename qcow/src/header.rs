@@ -390,11 +390,10 @@ impl Header {
         )?;
         // Snapshot table: at least 40 bytes an entry.
         if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(Error::InvalidTable {
-                table: "snapshot table",
-                offset: self.snapshots_offset,
-                entries: self.nb_snapshots.into(),
-                reason: "more than 65536 snapshots",
+            return Err(Error::HeaderRefused {
+                field: "nb_snapshots",
+                value: self.nb_snapshots.into(),
+                message: "Snapshot table too large",
             });
         }
         if self.nb_snapshots > 0 {

@@ -29,6 +29,18 @@ fn to_report(filename: &str, r: &qcow::check::CheckReport) -> CheckReport {
     }
 }
 
+/// Prints a check's messages on stderr as qemu-img does: the program name
+/// before the ones QEMU reports with error_report.
+fn print_messages(messages: &[String]) {
+    for m in messages {
+        if qcow::check::is_error_report(m) {
+            eprintln!("{}: {m}", crate::program());
+        } else {
+            eprintln!("{m}");
+        }
+    }
+}
+
 /// Runs `img check`.
 pub fn run(args: &CheckArgs) -> Result<i32> {
     let filename = &args.filename;
@@ -65,9 +77,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     }
     let first = check_image(&*storage, None, repair)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
-    for m in &first.messages {
-        eprintln!("{m}");
-    }
+    print_messages(&first.messages);
     if let Some(reason) = &first.aborted {
         eprintln!("{}: Check failed: {reason}", crate::program());
         return Ok(1);
@@ -76,9 +86,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     if repair != Repair::None && (first.corruptions_fixed > 0 || first.leaks_fixed > 0) {
         // Double check the repaired image, as qemu-img does.
         let second = check_image(&*storage, None, Repair::None)?;
-        for m in &second.messages {
-            eprintln!("{m}");
-        }
+        print_messages(&second.messages);
         let mut again = to_report(filename, &second);
         again.corruptions_fixed = first.corruptions_fixed;
         again.leaks_fixed = first.leaks_fixed;

@@ -89,6 +89,10 @@ fn create_file_with_attrs(
     }))
 }
 
+/// The most QEMU's file driver writes at the start of a new raw file
+/// (its `MAX_BLOCKSIZE`).
+const FIRST_BLOCK_MAX: u64 = 4096;
+
 /// Creates an image of `format` at `filename` with validated options.
 pub fn create_image(
     filename: &str,
@@ -114,7 +118,19 @@ pub fn create_image_with(
             // QEMU makes raw images of whole 512-byte sectors.
             let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
-            match opts.preallocation_or_default() {
+            let mode = opts.preallocation_or_default();
+            if size > 0 && matches!(mode, Preallocation::Off | Preallocation::Falloc) {
+                // QEMU's file driver writes the first block of a new file
+                // (512 bytes, or 4 KiB from 4 KiB on) so that probing the
+                // alignment later reads real data; map shows it as data.
+                let first = if size < FIRST_BLOCK_MAX {
+                    512
+                } else {
+                    FIRST_BLOCK_MAX
+                };
+                storage.write_at(&[0u8; FIRST_BLOCK_MAX as usize][..first as usize], 0)?;
+            }
+            match mode {
                 Preallocation::Falloc => storage.allocate(0, size)?,
                 Preallocation::Full => {
                     let zeros = vec![0u8; 1 << 20];

@@ -77,7 +77,9 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                 h.nb_snapshots,
                 h.cluster_size(),
                 file_len,
-            )?;
+            )
+            // QEMU reads the snapshot table when it opens the image.
+            .map_err(|e| anyhow!("Could not open '{filename}': {e}"))?;
             info.snapshots = Some(
                 snaps
                     .iter()
