@@ -246,5 +246,26 @@ printf '\011\000\000\000\000\200' >"$corpus/snapshot_table/patch-cut.bin"
 printf '\111\000\001\000\000\000' >"$corpus/snapshot_table/patch-count.bin"
 t=$((t + 3))
 
-echo "wrote $n images (open_image, header), $t snapshot_table inputs and $(ls "$corpus/virtio_blk" | wc -l) virtio_blk inputs under $corpus"
-du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table "$corpus"/virtio_blk "$corpus"/domain_xml
+# vpc, vdi, vmdk, qed and vhdx: images qemu-img makes in every subformat and option
+# (small sizes, some data from src.raw), and the kept regression inputs.
+f=0
+for spec in "vpc:" "vpc:subformat=fixed" "vpc:force_size=on" "vdi:" "vdi:static=on" \
+    "vmdk:" "vmdk:subformat=streamOptimized" "vmdk:zeroed_grain=on" "vmdk:subformat=monolithicFlat" \
+    "qed:" "qed:cluster_size=4k,table_size=2" "vhdx:" "vhdx:subformat=fixed,block_size=1M"; do
+    fmt=${spec%%:*}
+    opts=${spec#*:}
+    mkdir -p "$corpus/$fmt"
+    qemu-img convert -q -f raw -O "$fmt" ${opts:+-o "$opts"} src.raw "seed-$f.$fmt"
+    cp "seed-$f.$fmt" "$corpus/$fmt/qemu-$f"
+    qemu-img create -q -f "$fmt" ${opts:+-o "$opts"} "empty-$f.$fmt" 3M
+    cp "empty-$f.$fmt" "$corpus/$fmt/qemu-empty-$f"
+    f=$((f + 2))
+done
+for kept in "$root"/qcow/tests/formats_fuzz_regressions/*; do
+    name=$(basename "$kept")
+    cp "$kept" "$corpus/${name%%-*}/$name"
+    f=$((f + 1))
+done
+
+echo "wrote $n images (open_image, header), $f vpc/vdi/vmdk/qed/vhdx inputs, $t snapshot_table inputs and $(ls "$corpus/virtio_blk" | wc -l) virtio_blk inputs under $corpus"
+du -sh "$corpus"/open_image "$corpus"/header "$corpus"/snapshot_table "$corpus"/virtio_blk "$corpus"/domain_xml "$corpus"/vpc "$corpus"/vdi "$corpus"/vmdk "$corpus"/qed "$corpus"/vhdx

@@ -17,3 +17,6 @@ export REQUIRE_KVM=1
 # vm's tests start the vmm found next to vm.
 cargo build -p tools -p vmm
 cargo test --workspace
+# A sample of QEMU's qemu-iotests with img as qemu-img (only where
+# /tmp/qemu-src exists; see README).
+bash scripts/iotests-sample.sh

@@ -195,11 +195,10 @@ impl CreateOptions {
         let cluster_bits = cs.trailing_zeros();
         let l1 = l1_entries_for(self.size, cluster_bits, self.extended_l2);
         if l1 * 8 > MAX_L1_BYTES || self.size > (1u64 << 63) {
-            return Err(invalid(
-                "size",
-                self.size,
-                "Image size is too large for this cluster size",
-            ));
+            return Err(Error::ImageTooLarge {
+                size: self.size,
+                cluster_size: cs,
+            });
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     }
 }
 
+/// The unit QEMU sizes block devices in.
+pub const SECTOR_SIZE: u64 = 512;
+
 /// A raw image: guest offset equals file offset.
 pub struct RawImage {
     storage: Arc<dyn Storage>,
@@ -84,9 +87,11 @@ pub struct RawImage {
 }
 
 impl RawImage {
-    /// A raw image over `storage`, sized as the storage is.
+    /// A raw image over `storage`, sized as the storage is rounded up to
+    /// whole 512-byte sectors, as QEMU sizes a raw image (the tail past
+    /// the end of the file reads as zeros).
     pub fn new(storage: Arc<dyn Storage>) -> Result<RawImage> {
-        let size = storage.len()?;
+        let size = storage.len()?.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
         Ok(RawImage { storage, size })
     }
 

@@ -153,6 +153,15 @@ pub enum Error {
     AmendRefused(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Probing found a format this crate cannot read (yet): the file is
+    /// refused rather than read as raw.
+    #[error("'{path}' is a {format} image, which img cannot read yet")]
+    FormatNotReadable {
+        /// The file's name as it was given.
+        path: String,
+        /// The probed format.
+        format: crate::probe::Format,
+    },
     /// A refcount would leave its range.
     #[error("refcount of host cluster {cluster} would {direction} (current value {value})")]
     RefcountRange {
@@ -162,6 +171,48 @@ pub enum Error {
         direction: &'static str,
         /// The refcount before the change.
         value: u64,
+    },
+    /// A new image's L1 table would exceed QEMU's bound for this size and
+    /// cluster size (qemu-img's words for its EFBIG).
+    #[error(
+        "The image size is too large for file format 'qcow2' (try using a larger cluster size)"
+    )]
+    ImageTooLarge {
+        /// The virtual size asked for.
+        size: u64,
+        /// The cluster size.
+        cluster_size: u64,
+    },
+    /// A snapshot table entry with more extra data than QEMU accepts
+    /// (its words, with its hint line).
+    #[error("Too much extra metadata in snapshot table entry {index}\nYou can force-remove this extra metadata with qemu-img check -r all")]
+    SnapshotExtraDataTooLarge {
+        /// The entry's index.
+        index: u64,
+        /// Its extra_data_size.
+        size: u64,
+    },
+    /// A snapshot table larger than QEMU accepts, from entry `index` on
+    /// (its words, with its hint line).
+    #[error("Snapshot table is too big\nYou can force-remove all {overhanging} overhanging snapshots with qemu-img check -r all")]
+    SnapshotTableTooBig {
+        /// The first entry past the bound.
+        index: u64,
+        /// The table's length up to and with that entry.
+        bytes: u64,
+        /// Entries from `index` on.
+        overhanging: u64,
+    },
+    /// A header field QEMU refuses to open an image with, in QEMU's words
+    /// ("L1 table is too small", "Image is too big").
+    #[error("{message}")]
+    HeaderRefused {
+        /// The header field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// QEMU's message.
+        message: &'static str,
     },
     /// Metadata contradicts itself in a way that makes the operation unsafe.
     #[error("image is corrupt: {0}")]
@@ -175,6 +226,18 @@ pub enum Error {
         /// The entry's index in the table.
         index: u64,
         /// The field as the qcow2 specification spells it.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A field of a vpc, vdi, vmdk, vhdx or qed image that is out of range.
+    #[error("{format} image: invalid {field}: {value} ({reason})")]
+    InvalidFormatField {
+        /// The format ("vpc", "vdi", ...).
+        format: &'static str,
+        /// The field as the format's specification spells it.
         field: &'static str,
         /// The value found.
         value: u64,

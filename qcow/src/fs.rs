@@ -8,20 +8,32 @@ use std::sync::{Arc, Mutex};
 
 use crate::device::{BlockRead, Extent, RawImage};
 use crate::error::{Error, Result};
-use crate::header::QCOW_MAGIC;
+use crate::formats::{ForeignImage, ForeignLayer};
 use crate::image::{Opener, Qcow2};
 use crate::storage::{FileStorage, Storage};
 
 /// Deepest backing chain accepted.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
-/// Image formats this crate opens.
+/// Image formats this crate opens (every format qemu-img probes is named
+/// by [`crate::probe::Format`]; [`crate::probe::Format::readable`] maps the
+/// readable ones here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// QCOW2.
     Qcow2,
     /// Raw.
     Raw,
+    /// VHD (Virtual PC, Hyper-V's older format).
+    Vpc,
+    /// VirtualBox VDI.
+    Vdi,
+    /// VMware VMDK.
+    Vmdk,
+    /// QED.
+    Qed,
+    /// Hyper-V VHDX (read-only).
+    Vhdx,
 }
 
 impl Format {
@@ -30,6 +42,11 @@ impl Format {
         match name {
             "qcow2" => Ok(Format::Qcow2),
             "raw" => Ok(Format::Raw),
+            "vpc" => Ok(Format::Vpc),
+            "vdi" => Ok(Format::Vdi),
+            "vmdk" => Ok(Format::Vmdk),
+            "qed" => Ok(Format::Qed),
+            "vhdx" => Ok(Format::Vhdx),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -39,20 +56,26 @@ impl Format {
         match self {
             Format::Qcow2 => "qcow2",
             Format::Raw => "raw",
+            Format::Vpc => "vpc",
+            Format::Vdi => "vdi",
+            Format::Vmdk => "vmdk",
+            Format::Qed => "qed",
+            Format::Vhdx => "vhdx",
         }
     }
 }
 
-/// Guesses the format from the first bytes, as qemu-img does for the
-/// formats we know.
-pub fn probe(storage: &dyn Storage) -> Result<Format> {
-    let mut magic = [0u8; 4];
-    storage.read_at(&mut magic, 0)?;
-    if u32::from_be_bytes(magic) == QCOW_MAGIC {
-        Ok(Format::Qcow2)
-    } else {
-        Ok(Format::Raw)
-    }
+/// Probes the format of the file at `path` (opened as `storage`) as
+/// qemu-img does (see [`crate::probe`]) and returns the reader to open it
+/// with; a format this crate cannot read is
+/// [`Error::FormatNotReadable`], never raw.
+pub fn probe(storage: &dyn Storage, path: &Path) -> Result<Format> {
+    let name = path.to_string_lossy();
+    let probed = crate::probe::probe_storage(storage, Some(&name))?;
+    probed.readable().ok_or_else(|| Error::FormatNotReadable {
+        path: name.into_owned(),
+        format: probed,
+    })
 }
 
 /// Opens a file as storage.
@@ -63,6 +86,16 @@ pub fn open_storage(path: &Path, writable: bool) -> Result<Arc<dyn Storage>> {
         .open(path)
         .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
     Ok(Arc::new(FileStorage::new(file)))
+}
+
+/// An I/O error's text without Rust's " (os error N)" suffix, as QEMU
+/// prints strerror: "No such file or directory".
+fn os_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
 }
 
 /// Resolves a name recorded in an image against the image's folder.
@@ -119,9 +152,13 @@ impl Opener for FileOpener {
             )));
         }
         let path = resolve(&self.dir, name);
-        let canonical = path
-            .canonicalize()
-            .map_err(|e| err(format!("Could not open '{}': {e}", path.display())))?;
+        let canonical = path.canonicalize().map_err(|e| {
+            err(format!(
+                "Could not open '{}': {}",
+                path.display(),
+                os_text(&e)
+            ))
+        })?;
         if self.chain.contains(&canonical) {
             return Err(err("backing chain contains a cycle".into()));
         }
@@ -132,7 +169,7 @@ impl Opener for FileOpener {
             .push(path.clone());
         let format = match format {
             Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
-            None => probe(&*storage)?,
+            None => probe(&*storage, &path)?,
         };
         match format {
             Format::Raw => Ok(Box::new(RawImage::new(storage)?)),
@@ -150,6 +187,11 @@ impl Opener for FileOpener {
                 })?;
                 Ok(Box::new(image))
             }
+            other => match open_foreign(other, storage, false, &path) {
+                Ok(AnyImage::Foreign(_, image)) => Ok(Box::new(ForeignLayer(image))),
+                Ok(_) => unreachable!("open_foreign opens foreign images"),
+                Err(e) => Err(err(e.to_string())),
+            },
         }
     }
 
@@ -166,6 +208,21 @@ pub enum AnyImage {
     Qcow2(Box<Qcow2>),
     /// A raw image.
     Raw(RawImage),
+    /// An image of another format (see [`crate::formats`]).
+    Foreign(Format, Box<dyn ForeignImage>),
+}
+
+/// Opens `storage` as an image of `format`, one of [`crate::formats`].
+fn open_foreign(
+    format: Format,
+    storage: Arc<dyn Storage>,
+    writable: bool,
+    path: &Path,
+) -> Result<AnyImage> {
+    let files = crate::formats::dir_files::DirFiles::for_image(path);
+    let image = crate::formats::open(format.name(), storage, writable, &files)
+        .expect("every format other than qcow2 and raw is a foreign one")?;
+    Ok(AnyImage::Foreign(format, image))
 }
 
 impl AnyImage {
@@ -174,6 +231,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(_) => Format::Qcow2,
             AnyImage::Raw(_) => Format::Raw,
+            AnyImage::Foreign(f, _) => *f,
         }
     }
 
@@ -182,6 +240,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.write_at(buf, offset),
             AnyImage::Raw(r) => r.write_at(buf, offset),
+            AnyImage::Foreign(_, f) => f.write_at(buf, offset),
         }
     }
 
@@ -190,6 +249,7 @@ impl AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.flush(),
             AnyImage::Raw(r) => r.storage().flush(),
+            AnyImage::Foreign(_, f) => f.flush(),
         }
     }
 }
@@ -199,24 +259,27 @@ impl BlockRead for AnyImage {
         match self {
             AnyImage::Qcow2(q) => q.size(),
             AnyImage::Raw(r) => r.virtual_size(),
+            AnyImage::Foreign(_, f) => f.virtual_size(),
         }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match self {
             AnyImage::Qcow2(q) => q.read_at(buf, offset),
             AnyImage::Raw(r) => r.read_at(buf, offset),
+            AnyImage::Foreign(_, f) => f.read_at(buf, offset),
         }
     }
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         match self {
             AnyImage::Qcow2(q) => q.extents(offset, len),
             AnyImage::Raw(r) => r.extents(offset, len),
+            AnyImage::Foreign(_, f) => f.extents(offset, len),
         }
     }
     fn backing(&self) -> Option<&dyn BlockRead> {
         match self {
             AnyImage::Qcow2(q) => q.backing_image(),
-            AnyImage::Raw(_) => None,
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => None,
         }
     }
     fn format_name(&self) -> &'static str {
@@ -229,7 +292,7 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
     let storage = open_storage(path, writable)?;
     let format = match format {
         Some(f) => f,
-        None => probe(&*storage)?,
+        None => probe(&*storage, path)?,
     };
     match format {
         Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
@@ -238,6 +301,34 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             writable,
             &FileOpener::for_image(path),
         )?))),
+        other => open_foreign(other, storage, writable, path),
+    }
+}
+
+/// Opens the image at `path` read-only without its backing file (which
+/// reads as absent), as qemu-img info opens each image of a chain
+/// (`BDRV_O_NO_BACKING`): for what an image's own metadata says.
+pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyImage> {
+    let storage = open_storage(path, false)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe(&*storage, path)?,
+    };
+    match format {
+        Format::Raw => Ok(AnyImage::Raw(RawImage::new(storage)?)),
+        Format::Qcow2 => {
+            let hc = crate::image::read_header_cluster(&*storage)?;
+            let data_file = match hc.data_file() {
+                Some(name) if hc.header.has_data_file() => {
+                    Some(FileOpener::for_image(path).open_data_file(name, false)?)
+                }
+                _ => None,
+            };
+            Ok(AnyImage::Qcow2(Box::new(Qcow2::open_parts(
+                storage, hc, false, None, data_file,
+            )?)))
+        }
+        other => open_foreign(other, storage, false, path),
     }
 }
 
@@ -257,5 +348,6 @@ pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> 
             true,
             &FileOpener::for_image(path),
         )?))),
+        other => open_foreign(other, storage, true, path),
     }
 }

@@ -340,12 +340,18 @@ impl Header {
             });
         }
         let needed = l1_entries_for(self.size, self.cluster_bits, self.extended_l2());
+        if needed > i32::MAX as u64 {
+            return Err(Error::HeaderRefused {
+                field: "size",
+                value: self.size,
+                message: "Image is too big",
+            });
+        }
         if u64::from(self.l1_size) < needed {
-            return Err(Error::InvalidTable {
-                table: "L1 table",
-                offset: self.l1_table_offset,
-                entries: self.l1_size.into(),
-                reason: "too small for the virtual disk size",
+            return Err(Error::HeaderRefused {
+                field: "l1_size",
+                value: self.l1_size.into(),
+                message: "L1 table is too small",
             });
         }
         check_table(
@@ -384,11 +390,10 @@ impl Header {
         )?;
         // Snapshot table: at least 40 bytes an entry.
         if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(Error::InvalidTable {
-                table: "snapshot table",
-                offset: self.snapshots_offset,
-                entries: self.nb_snapshots.into(),
-                reason: "more than 65536 snapshots",
+            return Err(Error::HeaderRefused {
+                field: "nb_snapshots",
+                value: self.nb_snapshots.into(),
+                message: "Snapshot table too large",
             });
         }
         if self.nb_snapshots > 0 {

@@ -245,12 +245,10 @@ fn read_entries(
                     out.truncated.push((index, extra_data_size));
                 }
                 _ => {
-                    return Err(bad(
-                        index,
-                        "extra_data_size",
-                        extra_data_size.into(),
-                        "more than 1024 bytes of extra data",
-                    ))
+                    return Err(Error::SnapshotExtraDataTooLarge {
+                        index: index.into(),
+                        size: extra_data_size.into(),
+                    })
                 }
             }
         }
@@ -308,12 +306,11 @@ fn read_entries(
                     break;
                 }
                 _ => {
-                    return Err(bad(
-                        index,
-                        "table size",
-                        table_length,
-                        "the snapshot table up to this entry is larger than 64 MiB",
-                    ))
+                    return Err(Error::SnapshotTableTooBig {
+                        index: index.into(),
+                        bytes: table_length,
+                        overhanging: u64::from(nb_snapshots - index),
+                    })
                 }
             }
         }
@@ -578,12 +575,19 @@ mod tests {
         let s = storage_with(&bytes, 0x10000, 0x40000);
         let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x40000).unwrap_err();
         let msg = e.to_string();
+        // QEMU's words, with its hint.
         assert!(
-            msg.contains("extra_data_size") && msg.contains("4294967280"),
+            msg.starts_with("Too much extra metadata in snapshot table entry 0\n"),
             "{msg}"
         );
         let e = SnapshotTable::read_for_check(&s, 0x10000, 1, false).unwrap_err();
-        assert!(e.to_string().contains("extra_data_size"));
+        assert!(matches!(
+            e,
+            Error::SnapshotExtraDataTooLarge {
+                index: 0,
+                size: 0xffff_fff0
+            }
+        ));
         // Repairing: the extra data is cut to 1024 bytes, then the entry's
         // real end (4 GiB further) makes the table too big, so it goes.
         let r = SnapshotTable::read_for_check(&s, 0x10000, 1, true).unwrap();

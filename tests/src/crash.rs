@@ -39,7 +39,7 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 pub fn read_qcow2(path: &Path) -> Result<Qcow2, String> {
     match open_image(path, Some(Format::Qcow2), false) {
         Ok(AnyImage::Qcow2(q)) => Ok(*q),
-        Ok(AnyImage::Raw(_)) => Err("opened as raw".into()),
+        Ok(_) => Err("not opened as qcow2".into()),
         Err(e) => Err(format!("our library cannot open the image: {e}")),
     }
 }

@@ -99,7 +99,11 @@ fn compare_amend(d: &Path, source: &str, opts: &str, snapshots: &[&str]) {
             ours_err.contains(theirs_first),
             "{opts}: message {ours_err:?} should carry qemu-img's {theirs_first:?}"
         );
-        assert_eq!(ours_err.lines().count(), 1, "one line: {ours_err:?}");
+        assert_eq!(
+            ours_err.lines().count(),
+            theirs_err.lines().count(),
+            "as many lines as qemu-img: {ours_err:?}"
+        );
         assert!(
             read(&d.join("ours.qcow2")) == before,
             "{opts}: refused but changed"

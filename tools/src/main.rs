@@ -3,7 +3,22 @@
 use tools::cli::{parse_or_exit, Command};
 use tools::commands;
 
+/// Restores the default action of SIGPIPE (Rust's runtime ignores it), so
+/// that writing into a closed pipe (`img map X | head -1`) ends img quietly
+/// with the status of a program killed by SIGPIPE, as qemu-img ends.
+fn die_on_sigpipe() {
+    // SAFETY: signal() with SIG_DFL installs no handler of ours; it runs
+    // first in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    die_on_sigpipe();
+    if let Some(argv0) = std::env::args_os().next() {
+        tools::set_program_name(&argv0);
+    }
     let cli = parse_or_exit();
     let result = match &cli.command {
         Command::Create(a) => commands::create::run(a),
@@ -23,9 +38,9 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            // One line, as qemu-img prints it.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("{}: {msg}", tools::PROGRAM);
+            // As qemu-img's error_report prints it: the program name, then
+            // the message (whose own line breaks it keeps).
+            eprintln!("{}: {e:#}", tools::program());
             std::process::exit(1);
         }
     }

@@ -92,7 +92,7 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
         })?;
     let format = match options.format {
         Some(f) => f,
-        None => probe(&FileStorage::new(clone(&file, path)?))?,
+        None => probe(&FileStorage::new(clone(&file, path)?), path)?,
     };
     let mut backing_files = Vec::new();
     let mut data_file = None;
@@ -123,6 +123,14 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
             backing_files = backing;
             data_file = data;
             disk
+        }
+        other => {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} disks are not served by the block engine yet",
+                    other.name()
+                ),
+            })
         }
     };
     Ok(OpenedDisk {

@@ -103,6 +103,15 @@ pub struct CheckReport {
     pub aborted: Option<String>,
 }
 
+/// Whether QEMU prints this message of a check with `error_report`, which
+/// puts the program name first (`qemu-img: ERROR snapshot table too
+/// large`); it prints the others plainly with `fprintf`.
+pub fn is_error_report(message: &str) -> bool {
+    message == "ERROR snapshot table too large"
+        || message == "ERROR snapshot table offset invalid"
+        || message.starts_with("ERROR failed to read the snapshot table: ")
+}
+
 /// Checks (and with `repair`, repairs) the image in `storage`.
 ///
 /// `data_file` is the external data file if the image has one; QEMU's check

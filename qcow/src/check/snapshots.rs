@@ -50,11 +50,7 @@ impl Ctx<'_> {
                 self.res.check_errors += 1;
                 let prefix = "ERROR failed to read the snapshot table";
                 return Err(match e {
-                    Error::InvalidSnapshot {
-                        index,
-                        field: "extra_data_size",
-                        ..
-                    } => {
+                    Error::SnapshotExtraDataTooLarge { index, .. } => {
                         self.msg(format!(
                             "{prefix}: Too much extra metadata in snapshot table entry {index}"
                         ));
@@ -64,16 +60,11 @@ impl Ctx<'_> {
                         );
                         Stop::Abort(EFBIG)
                     }
-                    Error::InvalidSnapshot {
-                        index,
-                        field: "table size",
-                        ..
-                    } => {
+                    Error::SnapshotTableTooBig { overhanging, .. } => {
                         self.msg(format!("{prefix}: Snapshot table is too big"));
                         self.msg(format!(
-                            "You can force-remove all {} overhanging snapshots with qemu-img \
-                             check -r all",
-                            u64::from(nb) - index
+                            "You can force-remove all {overhanging} overhanging snapshots with \
+                             qemu-img check -r all"
                         ));
                         Stop::Abort(EFBIG)
                     }

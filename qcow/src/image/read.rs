@@ -161,6 +161,19 @@ impl Qcow2 {
             );
             return Ok(());
         }
+        if !self.geo.extended_l2
+            && self.geo.version < 3
+            && raw.entry & crate::entries::FLAG_ZERO != 0
+        {
+            // Version 2 has no zero flag: QEMU treats the bit as corruption
+            // and refuses to read the cluster.
+            return Err(Error::InvalidEntry {
+                what: "L2",
+                index: guest_cluster,
+                offset: raw.entry & crate::entries::OFFSET_MASK,
+                reason: "Zero cluster entry found in pre-v3 image",
+            });
+        }
         if !self.geo.extended_l2 {
             let kind = match entry {
                 L2Entry::Unallocated => ExtentKind::Unallocated { host_offset: None },

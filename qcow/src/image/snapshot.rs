@@ -361,7 +361,9 @@ impl Qcow2 {
             vm_state_size: 0,
             extra_data_size: KNOWN_EXTRA_DATA,
             disk_size: Some(self.size()),
-            icount: None,
+            // qemu-img records an icount of 0 (its snapshot info starts
+            // zeroed), not the -1 of "no icount".
+            icount: Some(0),
             unknown_extra_data: Vec::new(),
         };
         snapshots.push(snapshot.clone());

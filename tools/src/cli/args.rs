@@ -89,6 +89,9 @@ pub struct InfoArgs {
     /// Open the image in shared mode (no locking)
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// FILE is an option string (`driver=qcow2,file.filename=X`)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// Image file
     #[arg(value_name = "FILE")]
     pub filename: String,
@@ -342,6 +345,9 @@ pub struct MapArgs {
     /// Open the image in shared mode (no locking)
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// FILE is an option string (`driver=qcow2,file.filename=X`)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// Image file
     #[arg(value_name = "FILE")]
     pub filename: String,

@@ -37,7 +37,8 @@ pub use values::{CacheMode, OutputFormat, RepairMode, SnapshotParam, UsageError}
     version,
     about = "Disk image utility (qemu-img compatible)",
     subcommand_required = true,
-    infer_long_args = true
+    infer_long_args = true,
+    args_override_self = true
 )]
 pub struct Cli {
     /// The subcommand to run.
@@ -49,43 +50,43 @@ pub struct Cli {
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Create and format a new image file
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Create(CreateArgs),
     /// Display information about an image
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Info(InfoArgs),
     /// Check basic image integrity
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Check(CheckArgs),
     /// Copy one image to another with optional format conversion
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Convert(ConvertArgs),
     /// Resize an image
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Resize(ResizeArgs),
     /// Check if two images have the same contents
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Compare(CompareArgs),
     /// Dump image metadata (allocation map)
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Map(MapArgs),
     /// Commit the changes of an image into its backing file
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Commit(CommitArgs),
     /// Change the backing file of an image
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Rebase(RebaseArgs),
     /// Measure the size of a new image, or of an image converted
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Measure(MeasureArgs),
     /// List, apply, create or delete internal snapshots
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Snapshot(SnapshotArgs),
     /// Update format-specific options of the image
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Amend(AmendArgs),
     /// Run simple image benchmark
-    #[command(infer_long_args = true)]
+    #[command(infer_long_args = true, args_override_self = true)]
     Bench(BenchArgs),
 }
 

@@ -9,7 +9,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use super::values::UsageError;
 use super::{Cli, Command};
 use crate::opts::OptionList;
-use crate::PROGRAM;
+use crate::program;
 
 /// A command line that does not run a subcommand: a usage error (exit 1,
 /// stderr) or a help/version request (exit 0, stdout).
@@ -29,7 +29,7 @@ impl CliError {
     pub fn usage(lines: &[String], try_help_for: Option<Option<&str>>) -> Self {
         let mut message: String = lines
             .iter()
-            .map(|line| format!("{PROGRAM}: {line}\n"))
+            .map(|line| format!("{}: {line}\n", program()))
             .collect();
         if let Some(subcommand) = try_help_for {
             message.push_str(&try_help_line(subcommand));
@@ -58,16 +58,16 @@ impl CliError {
 /// `Try 'img SUBCOMMAND --help' for more info`, or `Try 'img --help' ...`.
 fn try_help_line(subcommand: Option<&str>) -> String {
     match subcommand {
-        Some(name) => format!("Try '{PROGRAM} {name} --help' for more info\n"),
-        None => format!("Try '{PROGRAM} --help' for more info\n"),
+        Some(name) => format!("Try '{} {name} --help' for more info\n", program()),
+        None => format!("Try '{} --help' for more info\n", program()),
     }
 }
 
 /// A getopt-style error: `img SUBCOMMAND: MESSAGE` and the help hint.
 fn getopt_error(subcommand: Option<&str>, message: &str) -> CliError {
     let prefix = match subcommand {
-        Some(name) => format!("{PROGRAM} {name}"),
-        None => PROGRAM.to_owned(),
+        Some(name) => format!("{} {name}", program()),
+        None => program().to_owned(),
     };
     CliError {
         message: format!("{prefix}: {message}\n{}", try_help_line(subcommand)),

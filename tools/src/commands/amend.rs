@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
 use qcow::image::{amend, AmendOptions};
 
-use super::{io_reason, parse_format};
+use super::{io_reason, open_error, parse_format};
 use crate::cli::AmendArgs;
 use crate::opts::list::split_options;
 use crate::opts::table::options_for;
@@ -87,7 +87,10 @@ fn amend_options(list: &OptionList) -> Result<AmendOptions> {
 /// Runs `img amend`.
 pub fn run(args: &AmendArgs) -> Result<i32> {
     if args.options.is_empty() {
-        bail!("Must specify options (-o)\nTry 'img amend --help' for more info");
+        bail!(
+            "Must specify options (-o)\nTry '{} amend --help' for more info",
+            crate::program()
+        );
     }
     let list = OptionList::from_args(&args.options).map_err(|e| anyhow!("{e}"))?;
     if list.has_help() {
@@ -95,11 +98,10 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         return Ok(0);
     }
     let path = Path::new(&args.filename);
-    let storage = open_storage(path, true)
-        .map_err(|e| anyhow!("Could not open '{}': {}", args.filename, io_reason(&e)))?;
+    let storage = open_storage(path, true).map_err(|e| open_error(&args.filename, e))?;
     let format = match &args.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage)?,
+        None => probe(&*storage, path).map_err(|e| open_error(&args.filename, e))?,
     };
     if format == Format::Raw {
         bail!("Format driver 'raw' does not support option amendment");

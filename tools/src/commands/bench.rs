@@ -154,6 +154,7 @@ fn open_error(filename: &str, e: &blockdev::Error) -> anyhow::Error {
         blockdev::Error::Open { path, source } => {
             format!("Could not open '{path}': {}", os_text(source))
         }
+        blockdev::Error::Qcow(q @ qcow::Error::FormatNotReadable { .. }) => return anyhow!("{q}"),
         blockdev::Error::Qcow(q) => io_reason(q),
         blockdev::Error::Io { source, .. } => os_text(source),
         other => other.to_string(),
@@ -189,7 +190,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let cfg = &opts.config;
     if format.is_none() && cfg.write {
         if let Ok(storage) = open_storage(Path::new(filename), false) {
-            if matches!(probe(&*storage), Ok(Format::Raw)) {
+            if matches!(probe(&*storage, Path::new(filename)), Ok(Format::Raw)) {
                 eprintln!("{}", raw_probe_warning(filename));
             }
         }

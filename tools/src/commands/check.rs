@@ -7,7 +7,7 @@ use qcow::check::{check as check_image, Repair};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
 use qcow::image::{read_header_cluster, Opener};
 
-use super::{io_reason, parse_format};
+use super::{io_reason, open_error, parse_format};
 use crate::cli::{CheckArgs, RepairMode};
 use crate::report::check::CheckReport;
 use crate::report::OutputFormat;
@@ -29,6 +29,18 @@ fn to_report(filename: &str, r: &qcow::check::CheckReport) -> CheckReport {
     }
 }
 
+/// Prints a check's messages on stderr as qemu-img does: the program name
+/// before the ones QEMU reports with error_report.
+fn print_messages(messages: &[String]) {
+    for m in messages {
+        if qcow::check::is_error_report(m) {
+            eprintln!("{}: {m}", crate::program());
+        } else {
+            eprintln!("{m}");
+        }
+    }
+}
+
 /// Runs `img check`.
 pub fn run(args: &CheckArgs) -> Result<i32> {
     let filename = &args.filename;
@@ -38,14 +50,20 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         Some(RepairMode::All) => Repair::All,
     };
     let storage = open_storage(Path::new(filename), repair != Repair::None)
-        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        .map_err(|e| open_error(filename, e))?;
     let format = match &args.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage)?,
+        None => probe(&*storage, Path::new(filename)).map_err(|e| open_error(filename, e))?,
     };
     if format == Format::Raw {
-        eprintln!("img: This image format does not support checks");
+        eprintln!(
+            "{}: This image format does not support checks",
+            crate::program()
+        );
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
+    }
+    if format != Format::Qcow2 {
+        return super::check_foreign::run(args, format);
     }
     // qemu-img check opens the backing chain first and fails when it
     // cannot (a missing file, a cycle, too deep); so do we. A header that
@@ -59,20 +77,16 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     }
     let first = check_image(&*storage, None, repair)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
-    for m in &first.messages {
-        eprintln!("{m}");
-    }
+    print_messages(&first.messages);
     if let Some(reason) = &first.aborted {
-        eprintln!("Check failed: {reason}");
+        eprintln!("{}: Check failed: {reason}", crate::program());
         return Ok(1);
     }
     let mut report = to_report(filename, &first);
     if repair != Repair::None && (first.corruptions_fixed > 0 || first.leaks_fixed > 0) {
         // Double check the repaired image, as qemu-img does.
         let second = check_image(&*storage, None, Repair::None)?;
-        for m in &second.messages {
-            eprintln!("{m}");
-        }
+        print_messages(&second.messages);
         let mut again = to_report(filename, &second);
         again.corruptions_fixed = first.corruptions_fixed;
         again.leaks_fixed = first.leaks_fixed;
@@ -86,7 +100,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         print!("{text}");
     }
     if let Some(msg) = report.failure_message() {
-        eprintln!("{msg}");
+        eprintln!("{}: {msg}", crate::program());
     }
     Ok(report.exit_code())
 }

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use qcow::device::{chain_extents, BlockRead};
+use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
-use super::{io_reason, open, parse_format, print_progress};
+use super::{io_reason, open, parse_format};
 use crate::cli::CommitArgs;
 
 /// One image below the top: where it is and its format.
@@ -29,7 +29,7 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
             Some(f) => parse_format(f)?,
             None => {
                 let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
-                probe(&*s)?
+                probe(&*s, &path)?
             }
         };
         if layers.len() >= 64 {
@@ -101,6 +101,9 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         match &base {
             AnyImage::Qcow2(b) => b.resize(size, qcow::create::Preallocation::Off)?,
             AnyImage::Raw(r) => r.storage().set_len(size)?,
+            AnyImage::Foreign(..) => {
+                return Err(anyhow!("Image format driver does not support resize"))
+            }
         }
     }
     let base = if format == Format::Raw && base.virtual_size() < size {
@@ -112,7 +115,8 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     // read through the top so that the nearest layer wins.
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    let progress = |done: u64| print_progress(args.progress && !args.quiet, done, size);
+    let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
+    let progress = |done: u64| bar.set_fraction(done, size);
     progress(0);
     while pos < size {
         let extents = chain_extents(&**q, pos, (size - pos).min(1 << 30))?;
@@ -122,6 +126,14 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         for e in &extents {
             pos = e.guest_offset + e.len;
             if !e.allocated || e.depth >= base_depth {
+                continue;
+            }
+            // Zeros go down as zeros, as QEMU's commit job (a mirror)
+            // writes them: a qcow2 base drops its clusters there.
+            if let (ExtentKind::Zero { .. }, AnyImage::Qcow2(b)) = (e.kind, &base) {
+                b.write_zeroes(e.guest_offset, e.len, true)
+                    .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
+                progress(e.guest_offset + e.len);
                 continue;
             }
             let mut off = e.guest_offset;
@@ -138,6 +150,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     base.flush()?;
     drop(base);
     progress(size);
+    bar.end();
     if !keep {
         q.make_empty()?;
     }

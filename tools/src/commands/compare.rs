@@ -104,14 +104,14 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
     let a = match open(&args.filename1, args.a_format.as_deref(), false) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("img: {e}");
+            eprintln!("{}: {e}", crate::program());
             return Ok(CompareError::Open(e.to_string()).exit_code());
         }
     };
     let b = match open(&args.filename2, args.b_format.as_deref(), false) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("img: {e}");
+            eprintln!("{}: {e}", crate::program());
             return Ok(CompareError::Open(e.to_string()).exit_code());
         }
     };
@@ -141,7 +141,7 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
         Ok(())
     })();
     if let Err(e) = outcome {
-        eprintln!("img: {e}");
+        eprintln!("{}: {e}", crate::program());
         return Ok(4);
     }
     if !args.quiet {

@@ -62,9 +62,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             AnyImage::Qcow2(q) => q
                 .view_snapshot(name)
                 .map_err(|e| anyhow!("Failed to load snapshot: {}", io_reason(&e)))?,
-            AnyImage::Raw(_) => {
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => {
                 return Err(anyhow!(
-                    "Failed to load snapshot: raw images have no snapshots"
+                    "Failed to load snapshot: {} images have no snapshots",
+                    sources[0].format().name()
                 ))
             }
         }
@@ -97,6 +98,12 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             .set_backing(args.backing.as_deref(), args.backing_format.as_deref())
             .map_err(|e| prefixed(&target, e))?;
         let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(&target, e))?;
+        if sources.len() > 1 && opts.backing_file.is_some() {
+            return Err(anyhow!(
+                "Having a backing file for the target makes no sense when concatenating \
+                 multiple input images"
+            ));
+        }
         if opts.backing_file.is_some() && opts.backing_fmt.is_none() {
             return Err(prefixed(
                 &target,
@@ -111,31 +118,14 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
         create_image_with(&target, target_format, &opts, size, unsafe_cache)?;
-        let format = match target_format {
-            ImageFormat::Qcow2 => Format::Qcow2,
-            ImageFormat::Raw => Format::Raw,
-        };
+        let format = Format::parse(target_format.name())?;
         let image = open_target(&target, format, args.target_cache)?;
         let has_backing = opts.backing_file.is_some();
         (image, !has_backing, has_backing)
     };
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
-    let bar = if args.progress && !args.quiet {
-        let bar = indicatif::ProgressBar::new(total.max(1));
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("    ({percent}.00/100%) {wide_bar}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let progress = |n: u64| {
-        if let Some(b) = &bar {
-            b.inc(n);
-        }
-    };
+    let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
+    let progress = |bytes: u64, total: u64| bar.advance(bytes, total);
     let job = ConvertJob {
         sources: &source_refs,
         target: &target_image,
@@ -151,9 +141,8 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         progress: &progress,
     };
     run_convert(&job)?;
-    if let Some(b) = bar {
-        b.finish();
-    }
+    bar.set(100.0);
+    bar.end();
     drop(target_image);
     Ok(0)
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
-use qcow::device::BlockRead;
-use qcow::fs::{open_storage, probe, resolve, FileOpener};
+use qcow::device::{BlockRead, SECTOR_SIZE};
+use qcow::fs::{resolve, FileOpener};
 use qcow::image::Opener;
 use qcow::{FileStorage, Storage};
 
@@ -59,6 +59,16 @@ pub fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
 /// Creates (truncates) a file; with `unsafe_cache` its flushes do not wait
 /// for the disk (qemu's cache=unsafe).
 pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Storage>> {
+    create_file_with_attrs(path, unsafe_cache, None)
+}
+
+/// [`create_file_with`] for an image file: the `file` protocol's `nocow`
+/// and `extent_size_hint` options of `opts` go on the new file first.
+fn create_file_with_attrs(
+    path: &Path,
+    unsafe_cache: bool,
+    opts: Option<&CreateOptions>,
+) -> Result<Arc<dyn Storage>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -66,12 +76,22 @@ pub fn create_file_with(path: &Path, unsafe_cache: bool) -> Result<Arc<dyn Stora
         .truncate(true)
         .open(path)
         .map_err(|e| anyhow!("Could not create '{}': {}", path.display(), os_text(&e)))?;
+    if let Some(opts) = opts {
+        let nocow = opts.nocow.unwrap_or(false);
+        if let Some(warning) = super::file_attrs::apply(&file, nocow, opts.extent_size_hint) {
+            eprintln!("{}: warning: {warning}", crate::program());
+        }
+    }
     Ok(Arc::new(if unsafe_cache {
         FileStorage::unsafe_cache(file)
     } else {
         FileStorage::new(file)
     }))
 }
+
+/// The most QEMU's file driver writes at the start of a new raw file
+/// (its `MAX_BLOCKSIZE`).
+const FIRST_BLOCK_MAX: u64 = 4096;
 
 /// Creates an image of `format` at `filename` with validated options.
 pub fn create_image(
@@ -94,9 +114,23 @@ pub fn create_image_with(
     let path = Path::new(filename);
     match format {
         ImageFormat::Raw => {
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
+            // QEMU makes raw images of whole 512-byte sectors.
+            let size = size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             storage.set_len(size)?;
-            match opts.preallocation_or_default() {
+            let mode = opts.preallocation_or_default();
+            if size > 0 && matches!(mode, Preallocation::Off | Preallocation::Falloc) {
+                // QEMU's file driver writes the first block of a new file
+                // (512 bytes, or 4 KiB from 4 KiB on) so that probing the
+                // alignment later reads real data; map shows it as data.
+                let first = if size < FIRST_BLOCK_MAX {
+                    512
+                } else {
+                    FIRST_BLOCK_MAX
+                };
+                storage.write_at(&[0u8; FIRST_BLOCK_MAX as usize][..first as usize], 0)?;
+            }
+            match mode {
                 Preallocation::Falloc => storage.allocate(0, size)?,
                 Preallocation::Full => {
                     let zeros = vec![0u8; 1 << 20];
@@ -120,27 +154,72 @@ pub fn create_image_with(
                 Some(name) => Some(create_file_with(Path::new(name), unsafe_cache)?),
                 None => None,
             };
-            let storage = create_file_with(path, unsafe_cache)?;
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             let image = create_qcow2(storage, data_file, None, &qopts)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
             image.close()?;
             Ok(())
         }
+        ImageFormat::Vpc => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            let vpc_opts = qcow::formats::vpc::CreateOptions {
+                subformat: opts
+                    .subformat
+                    .as_deref()
+                    .and_then(qcow::formats::vpc::Subformat::parse)
+                    .unwrap_or_default(),
+                force_size: opts.force_size.unwrap_or(false),
+            };
+            qcow::formats::vpc::create(&*storage, size, vpc_opts)
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
+        ImageFormat::Qed => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            qcow::formats::qed::create(
+                &*storage,
+                size.div_ceil(512) * 512,
+                opts.cluster_size.unwrap_or(65536) as u32,
+                opts.table_size.unwrap_or(4) as u32,
+            )
+            .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
+        ImageFormat::Vmdk => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            super::create_foreign::vmdk(filename, &*storage, opts, size)
+        }
+        ImageFormat::Vdi => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            qcow::formats::vdi::create(&*storage, size, opts.static_image.unwrap_or(false))
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
     }
 }
 
-/// Opens the backing file named for a new image, as the image will.
-fn open_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<Box<dyn BlockRead>> {
-    FileOpener::for_image(Path::new(filename))
+/// Opens the backing file named for a new image, as the image will; the
+/// error is qemu-img's, with its hint line.
+fn open_backing(
+    filename: &str,
+    image_path: &str,
+    backing: &str,
+    format: Option<&str>,
+) -> Result<Box<dyn BlockRead>> {
+    FileOpener::for_image(Path::new(image_path))
         .open_backing(backing, format)
-        .map_err(|e| anyhow!("Could not open backing image: {}", io_reason(&e)))
+        .map_err(|e| {
+            let reason = match e {
+                qcow::Error::Backing { reason, .. } => reason,
+                e => io_reason(&e),
+            };
+            anyhow!("{filename}: {reason}\nCould not open backing image.")
+        })
 }
 
 /// Runs `img create`.
 pub fn run(args: &CreateArgs) -> Result<i32> {
-    let format: ImageFormat = args.format.parse().map_err(|e| anyhow!("{e}"))?;
+    let format: Result<ImageFormat, _> = args.format.parse();
     let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
     if list.has_help() {
+        let format = format.map_err(|e| anyhow!("{e}"))?;
         print!("{}", option_help(format, args.filename.as_deref()));
         return Ok(0);
     }
@@ -148,6 +227,10 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .filename
         .as_deref()
         .ok_or_else(|| anyhow!("Expecting image file name"))?;
+    // qemu-img names the file before a format it cannot create.
+    let format = format.map_err(|e| anyhow!("{filename}: {e}"))?;
+    // The file to write: `file:NAME` names NAME (see image_spec).
+    let image_path = super::image_spec::resolve(filename, None, false)?.filename;
     let mut parsed = ParsedOptions::parse(format, &list).map_err(|e| prefixed(filename, e))?;
     if let Some(size) = args.size {
         parsed
@@ -159,23 +242,35 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
         .map_err(|e| prefixed(filename, e))?;
     let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(filename, e))?;
     if let Some(backing) = opts.backing_file.clone() {
-        let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
+        let dir = Path::new(&image_path).parent().unwrap_or(Path::new(""));
         let backing_path = resolve(dir, &backing);
-        if same_file(Path::new(filename), &backing_path) {
-            return Err(anyhow!("{}", OptsError::BackingSameAsImage));
+        if same_file(Path::new(&image_path), &backing_path) {
+            return Err(anyhow!("{filename}: {}", OptsError::BackingSameAsImage));
         }
+        if backing.is_empty() {
+            return Err(anyhow!(
+                "{filename}: Expected backing file name, got empty string"
+            ));
+        }
+        // qemu-img opens the backing file (unless -u) before it asks for
+        // its format, and names the format it found.
+        let opened = match args.backing_unsafe {
+            true => None,
+            false => Some(open_backing(
+                filename,
+                &image_path,
+                &backing,
+                opts.backing_fmt.as_deref(),
+            )?),
+        };
         if opts.backing_fmt.is_none() {
-            let detected = open_storage(&backing_path, false)
-                .ok()
-                .and_then(|s| probe(&*s).ok())
-                .map(|f| f.name().to_string());
+            let detected = opened.as_ref().map(|b| b.format_name().to_string());
             return Err(prefixed(
                 filename,
                 OptsError::BackingFormatMissing { detected },
             ));
         }
-        if !args.backing_unsafe {
-            let b = open_backing(filename, &backing, opts.backing_fmt.as_deref())?;
+        if let Some(b) = opened {
             if opts.size.is_none() {
                 parsed
                     .set_default_size(b.virtual_size())
@@ -189,7 +284,7 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     }
     opts.validate(format).map_err(|e| prefixed(filename, e))?;
     let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
-    create_image(filename, format, &opts, size)?;
+    create_image(&image_path, format, &opts, size)?;
     Ok(0)
 }
 

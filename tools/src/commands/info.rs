@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image, probe, resolve, AnyImage, Format};
+use qcow::fs::{open_image_no_backing, probe, resolve, AnyImage};
 use qcow::snapshot_table::SnapshotTable;
 use qcow::Storage;
 
-use super::{io_reason, parse_format};
+use super::{open_error, parse_format};
 use crate::cli::InfoArgs;
 use crate::opts::{Compat, CompressionType};
 use crate::report::info::{
@@ -28,6 +28,10 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
     let (storage, data_file) = match image {
         AnyImage::Raw(r) => (r.storage().clone(), None),
         AnyImage::Qcow2(q) => (q.file().clone(), q.data_file().cloned()),
+        AnyImage::Foreign(_, f) => {
+            super::info_foreign::describe(&mut info, &**f);
+            (f.storage().clone(), None)
+        }
     };
     let file_len = storage.len()?;
     let file_actual = storage.allocated_bytes();
@@ -73,7 +77,9 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                 h.nb_snapshots,
                 h.cluster_size(),
                 file_len,
-            )?;
+            )
+            // QEMU reads the snapshot table when it opens the image.
+            .map_err(|e| anyhow!("Could not open '{filename}': {e}"))?;
             info.snapshots = Some(
                 snaps
                     .iter()
@@ -91,6 +97,14 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
             );
         }
     }
+    if let Some(extra) = info.actual_size.as_mut() {
+        let side: u64 = info
+            .children
+            .iter()
+            .filter_map(|c| c.info.actual_size)
+            .sum();
+        *extra += side;
+    }
     info.children.push(ChildInfo {
         name: "file".to_string(),
         // qemu reports the file length rounded up to a sector.
@@ -102,8 +116,9 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
 /// Runs `img info`.
 pub fn run(args: &InfoArgs) -> Result<i32> {
     let mut chain = Vec::new();
-    let mut filename = args.filename.clone();
-    let mut format = match &args.format {
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let mut filename = spec.filename;
+    let mut format = match &spec.format {
         Some(f) => Some(parse_format(f)?),
         None => None,
     };
@@ -117,8 +132,7 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             ));
         }
         seen.push(canonical);
-        let image = open_image(&path, format, false)
-            .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+        let image = open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
         let info = describe(&filename, &image)?;
         let next = info.full_backing_filename.clone();
         let next_format = info.backing_filename_format.clone();
@@ -132,11 +146,10 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
                 format = match next_format {
                     Some(f) => Some(parse_format(&f)?),
                     None => {
-                        let s =
-                            qcow::fs::open_storage(Path::new(&filename), false).map_err(|e| {
-                                anyhow!("Could not open '{filename}': {}", io_reason(&e))
-                            })?;
-                        Some(probe(&*s).unwrap_or(Format::Raw))
+                        let path = Path::new(&filename);
+                        let s = qcow::fs::open_storage(path, false)
+                            .map_err(|e| open_error(&filename, e))?;
+                        Some(probe(&*s, path).map_err(|e| open_error(&filename, e))?)
                     }
                 };
             }

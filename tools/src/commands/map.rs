@@ -7,7 +7,7 @@ use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::{open_storage, resolve, AnyImage};
 use qcow::image::read_header_cluster;
 
-use super::open;
+use super::open_named;
 use crate::cli::MapArgs;
 use crate::report::map::{MapEntry, MapPrinter};
 
@@ -40,14 +40,20 @@ pub fn layer_names(filename: &str, image: &AnyImage) -> (Vec<String>, Option<Str
 
 /// Runs `img map`.
 pub fn run(args: &MapArgs) -> Result<i32> {
-    let image = open(&args.filename, args.format.as_deref(), false)?;
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let image = open_named(
+        &args.filename,
+        args.format.as_deref(),
+        false,
+        args.image_opts,
+    )?;
     let size = image.virtual_size();
     let start = args.start_offset.min(size);
     let end = match args.max_length {
         Some(len) => start.saturating_add(len).min(size),
         None => size,
     };
-    let (names, data_file) = layer_names(&args.filename, &image);
+    let (names, data_file) = layer_names(&spec.filename, &image);
     let file_storage = match &image {
         AnyImage::Qcow2(q) if super::looks_preallocated(&image) => Some(q.file().clone()),
         _ => None,

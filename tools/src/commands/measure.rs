@@ -95,9 +95,21 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
         Some(s) => s.virtual_size(),
         None => args.size.unwrap_or(0),
     };
+    if matches!(
+        target,
+        ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Vmdk | ImageFormat::Qed
+    ) {
+        return Err(anyhow!(
+            "Block driver '{target}' does not support size measurement"
+        ));
+    }
     let mut out = QDict::new();
     let (required, fully) = match target {
-        ImageFormat::Raw => {
+        ImageFormat::Raw
+        | ImageFormat::Vpc
+        | ImageFormat::Vdi
+        | ImageFormat::Vmdk
+        | ImageFormat::Qed => {
             let size = virtual_size.div_ceil(512) * 512;
             (size, size)
         }

@@ -5,13 +5,19 @@
 pub mod amend;
 pub mod bench;
 pub mod check;
+pub mod check_foreign;
 pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod create_foreign;
+pub mod file_attrs;
+pub mod image_spec;
 pub mod info;
+pub mod info_foreign;
 pub mod map;
 pub mod measure;
+pub mod progress;
 pub mod rebase;
 pub mod resize;
 pub mod snapshot;
@@ -26,6 +32,11 @@ pub fn parse_format(name: &str) -> Result<Format> {
     match name {
         "qcow2" => Ok(Format::Qcow2),
         "raw" => Ok(Format::Raw),
+        "vpc" => Ok(Format::Vpc),
+        "vdi" => Ok(Format::Vdi),
+        "vmdk" => Ok(Format::Vmdk),
+        "qed" => Ok(Format::Qed),
+        "vhdx" => Ok(Format::Vhdx),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }
@@ -43,20 +54,50 @@ pub fn raw_probe_warning(filename: &str) -> String {
 /// Opens an image by name with an optional format, as qemu-img does
 /// (probing when no format is given), with qemu-img's error wording.
 pub fn open(filename: &str, format: Option<&str>, writable: bool) -> Result<AnyImage> {
+    open_named(filename, format, writable, false)
+}
+
+/// [`open`] of an image named as qemu-img accepts it: `json:{...}`, a
+/// `file:` name or, with `image_opts`, an option string (see
+/// [`image_spec`]).
+pub fn open_named(
+    name: &str,
+    format: Option<&str>,
+    writable: bool,
+    image_opts: bool,
+) -> Result<AnyImage> {
+    let spec = image_spec::resolve(name, format, image_opts)?;
+    let (filename, format) = (spec.filename.as_str(), spec.format.as_deref());
     let path = Path::new(filename);
     let format = match format {
         Some(f) => Some(parse_format(f)?),
         None => None,
     };
     if format.is_none() && writable {
-        let storage = open_storage(path, false)
-            .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
-        if probe(&*storage)? == Format::Raw {
+        let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
+        if probe(&*storage, path).map_err(|e| open_error(filename, e))? == Format::Raw {
             eprintln!("{}", raw_probe_warning(filename));
         }
     }
-    open_image(path, format, writable)
-        .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))
+    open_image(path, format, writable).map_err(|e| open_error(filename, e))
+}
+
+/// An error opening `filename` as qemu-img words it: `Could not open
+/// 'X': reason`, except a probed format we cannot read, which names itself
+/// in one line.
+pub fn open_error(filename: &str, e: qcow::Error) -> anyhow::Error {
+    match e {
+        e @ qcow::Error::FormatNotReadable { .. } => anyhow!("{e}"),
+        // The file itself would not open: QEMU names it twice (the image,
+        // then its file node).
+        qcow::Error::Io { context, source } if context.starts_with("Could not open") => {
+            anyhow!(
+                "Could not open '{filename}': {context}: {}",
+                os_text(&source)
+            )
+        }
+        e => anyhow!("Could not open '{filename}': {}", io_reason(&e)),
+    }
 }
 
 /// The message of an error, with I/O errors reduced to their OS text.
@@ -102,21 +143,4 @@ pub fn looks_preallocated(image: &AnyImage) -> bool {
     let file_clusters = len.div_ceil(cs);
     let real_clusters = real / cs;
     file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
-}
-
-/// qemu-img's `-p` progress, "    (NN.NN/100%)" rewritten in place on
-/// stderr, ending the line at 100%.
-pub fn print_progress(enabled: bool, done: u64, total: u64) {
-    if !enabled {
-        return;
-    }
-    let percent = if total == 0 {
-        100.0
-    } else {
-        done as f64 * 100.0 / total as f64
-    };
-    eprint!("\r    ({percent:.2}/100%)");
-    if done >= total {
-        eprintln!();
-    }
 }

@@ -10,7 +10,7 @@ use qcow::device::{BlockRead, ExtentKind};
 use qcow::fs::{probe, resolve, AnyImage, FileOpener};
 use qcow::image::Opener;
 
-use super::{io_reason, open, print_progress};
+use super::{io_reason, open};
 use crate::cli::RebaseArgs;
 
 /// Bytes compared at a time.
@@ -44,13 +44,14 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         (Some(_), Some(f)) => Some(f.clone()),
         (Some(name), None) => {
             // qemu-img probes the new backing file's format.
-            let s = qcow::fs::open_storage(&resolve(dir, name), false).map_err(|e| {
+            let path = resolve(dir, name);
+            let s = qcow::fs::open_storage(&path, false).map_err(|e| {
                 anyhow!(
                     "Could not open new backing file '{name}': {}",
                     io_reason(&e)
                 )
             })?;
-            Some(probe(&*s)?.name().to_string())
+            Some(probe(&*s, &path)?.name().to_string())
         }
     };
     if !args.unsafe_mode {
@@ -71,7 +72,8 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         let mut old = vec![0u8; CHUNK as usize];
         let mut new = vec![0u8; CHUNK as usize];
         let mut pos = 0;
-        let progress = |done: u64| print_progress(args.progress && !args.quiet, done, size);
+        let bar = super::progress::Progress::new(args.progress && !args.quiet, 2.0);
+        let progress = |done: u64| bar.set_fraction(done, size);
         progress(0);
         while pos < size {
             for e in q.extents(pos, (size - pos).min(CHUNK))? {
@@ -99,6 +101,7 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
             pos += (size - pos).min(CHUNK);
             progress(pos);
         }
+        bar.end();
     }
     q.set_backing_name(new_name, new_format.as_deref())
         .map_err(|e| anyhow!("Could not change the backing file: {}", io_reason(&e)))?;

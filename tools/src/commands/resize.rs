@@ -17,6 +17,9 @@ pub fn run(args: &ResizeArgs) -> Result<i32> {
         .resolve(current, args.shrink)
         .map_err(|e| anyhow!("{e}"))?;
     let mode = args.preallocation.unwrap_or(Preallocation::Off);
+    if new_size <= current && mode != Preallocation::Off {
+        return Err(anyhow!("Preallocation can only be used for growing images"));
+    }
     match &image {
         AnyImage::Qcow2(q) => {
             if new_size % 512 != 0 {
@@ -47,6 +50,9 @@ pub fn run(args: &ResizeArgs) -> Result<i32> {
                 }
             }
             storage.flush()?;
+        }
+        AnyImage::Foreign(..) => {
+            return Err(anyhow!("Image format driver does not support resize"));
         }
     }
     if !args.quiet {

@@ -20,6 +20,7 @@ fn chunk_size(target: &AnyImage) -> u64 {
     match target {
         AnyImage::Qcow2(q) => CHUNK.max(q.cluster_size()),
         AnyImage::Raw(_) => CHUNK,
+        AnyImage::Foreign(_, f) => CHUNK.max(f.cluster_size().unwrap_or(0)),
     }
 }
 
@@ -42,8 +43,10 @@ pub struct ConvertJob<'a> {
     pub compress: bool,
     /// Worker threads.
     pub workers: usize,
-    /// Called with the number of bytes finished, from any worker.
-    pub progress: &'a (dyn Fn(u64) + Sync),
+    /// Called with the bytes of allocated data just copied and the total
+    /// to copy (what qemu-img's progress counts), from any worker; first
+    /// with 0 bytes.
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,12 +118,9 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let chunk_len = chunk_size(job.target);
     let mut chunks = Vec::new();
     let mut target_offset = 0u64;
-    let mut skipped = 0u64;
     for (i, s) in job.sources.iter().enumerate() {
         let size = s.virtual_size();
-        let mut covered = 0;
         for (offset, len) in chunk_ranges(job, *s, chunk_len)? {
-            covered += len;
             chunks.push(Chunk {
                 source: i,
                 offset,
@@ -128,10 +128,10 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                 target_offset: target_offset + offset,
             });
         }
-        skipped += size - covered;
         target_offset += size;
     }
-    (job.progress)(skipped);
+    let copy_total: u64 = chunks.iter().map(|c| c.len).sum();
+    (job.progress)(0, copy_total);
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -170,7 +170,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     if (before + chunk.len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
                         let _ = kick.send(());
                     }
-                    (job.progress)(chunk.len);
+                    (job.progress)(chunk.len, copy_total);
                 }
             });
         }
@@ -259,18 +259,21 @@ fn start_writeback(target: &AnyImage) {
         AnyImage::Raw(r) => {
             let _ = r.storage().start_writeback();
         }
+        AnyImage::Foreign(_, f) => {
+            let _ = f.storage().start_writeback();
+        }
     }
 }
 
 fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
     match target {
         AnyImage::Qcow2(q) => q.write_zeroes(offset, len, true),
-        AnyImage::Raw(r) => {
+        other => {
             let zeros = vec![0u8; len.min(CHUNK) as usize];
             let mut pos = offset;
             while pos < offset + len {
                 let n = (offset + len - pos).min(CHUNK);
-                r.write_at(&zeros[..n as usize], pos)?;
+                other.write_at(&zeros[..n as usize], pos)?;
                 pos += n;
             }
             Ok(())
@@ -283,7 +286,7 @@ fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
 fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
     match job.target {
         AnyImage::Qcow2(q) => job.sparse_size.max(q.geometry().subcluster_size()),
-        AnyImage::Raw(_) => job.sparse_size,
+        AnyImage::Raw(_) | AnyImage::Foreign(..) => job.sparse_size,
     }
 }
 
@@ -355,7 +358,7 @@ fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
                 }
             }
         }
-        AnyImage::Raw(r) => r.write_at(data, offset),
+        other => other.write_at(data, offset),
     }
     .with_context(|| format!("error while writing at byte {offset}"))
 }

@@ -120,6 +120,12 @@ pub enum OptsError {
     /// raw: a preallocation mode qemu knows but raw files do not support.
     #[error("Unsupported preallocation mode: {0}")]
     UnsupportedPreallocation(Preallocation),
+    /// vdi: a size over the format's limit.
+    #[error("Unsupported VDI image size (size is {0:#x}, max supported is 0x1fffff8000000)")]
+    VdiTooLarge(u64),
+    /// qed: a size the tables cannot map.
+    #[error("QED image size must be a non-zero multiple of cluster size and less than {0} bytes")]
+    QedImageSize(u64),
     /// raw: a preallocation mode qemu does not know.
     #[error("invalid parameter value: {0}")]
     InvalidParameterValue(String),
@@ -141,6 +147,14 @@ pub enum ImageFormat {
     Qcow2,
     /// Plain raw file.
     Raw,
+    /// VHD (`vpc`), dynamic or fixed.
+    Vpc,
+    /// VirtualBox VDI, dynamic or static.
+    Vdi,
+    /// VMware VMDK, every subformat qemu-img creates.
+    Vmdk,
+    /// QED.
+    Qed,
 }
 
 impl ImageFormat {
@@ -149,6 +163,10 @@ impl ImageFormat {
         match self {
             Self::Qcow2 => "qcow2",
             Self::Raw => "raw",
+            Self::Vpc => "vpc",
+            Self::Vdi => "vdi",
+            Self::Vmdk => "vmdk",
+            Self::Qed => "qed",
         }
     }
 }
@@ -159,10 +177,29 @@ impl fmt::Display for ImageFormat {
     }
 }
 
-/// An unknown `-f`/`-O` format: `Unknown file format 'foo'`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Unknown file format '{0}'")]
+/// A `-f`/`-O` format img cannot create: `Unknown file format 'foo'` for
+/// a name qemu-img does not know either, qemu-img's `Format driver 'bochs'
+/// does not support image creation` for the read-only formats (bochs,
+/// cloop, dmg), and a plain statement for the formats qemu-img creates and
+/// img does not yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownFormat(pub String);
+
+impl std::error::Error for UnknownFormat {}
+
+impl fmt::Display for UnknownFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use qcow::probe::Format as Known;
+        let name = &self.0;
+        match Known::from_name(name) {
+            None => write!(f, "Unknown file format '{name}'"),
+            Some(Known::Bochs | Known::Cloop | Known::Dmg) => {
+                write!(f, "Format driver '{name}' does not support image creation")
+            }
+            Some(_) => write!(f, "img cannot create {name} images yet"),
+        }
+    }
+}
 
 impl FromStr for ImageFormat {
     type Err = UnknownFormat;
@@ -171,6 +208,10 @@ impl FromStr for ImageFormat {
         match name {
             "qcow2" => Ok(Self::Qcow2),
             "raw" => Ok(Self::Raw),
+            "vpc" => Ok(Self::Vpc),
+            "vdi" => Ok(Self::Vdi),
+            "vmdk" => Ok(Self::Vmdk),
+            "qed" => Ok(Self::Qed),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -320,6 +361,29 @@ pub struct CreateOptions {
     pub refcount_bits: Option<u64>,
     /// qcow2: compression type; default zlib.
     pub compression_type: Option<CompressionType>,
+    /// vpc: `dynamic` (default) or `fixed`, as given (checked by
+    /// [`CreateOptions::validate`]).
+    pub subformat: Option<String>,
+    /// vpc: keep the size instead of rounding it to a CHS geometry.
+    pub force_size: Option<bool>,
+    /// vdi: preallocate every block.
+    pub static_image: Option<bool>,
+    /// vmdk: `ddb.adapterType`.
+    pub adapter_type: Option<String>,
+    /// vmdk: version 6 (`ddb.virtualHWVersion = "6"`).
+    pub compat6: Option<bool>,
+    /// vmdk: `ddb.virtualHWVersion`.
+    pub hwversion: Option<String>,
+    /// vmdk: `ddb.toolsVersion`.
+    pub toolsversion: Option<String>,
+    /// vmdk: zeroed-grain grain table entries.
+    pub zeroed_grain: Option<bool>,
+    /// qed: clusters per table.
+    pub table_size: Option<u64>,
+    /// The image file's no-copy-on-write attribute (btrfs); default off.
+    pub nocow: Option<bool>,
+    /// The image file's extent size hint in bytes; QEMU's default 1 MiB.
+    pub extent_size_hint: Option<u64>,
 }
 
 impl CreateOptions {
@@ -339,7 +403,7 @@ impl CreateOptions {
         let preallocation = match (parsed.format(), text("preallocation")) {
             (_, None) => None,
             (ImageFormat::Qcow2, Some(value)) => Some(Preallocation::parse(&value)?),
-            (ImageFormat::Raw, Some(value)) => match Preallocation::parse(&value) {
+            (_, Some(value)) => match Preallocation::parse(&value) {
                 Ok(Preallocation::Metadata) => {
                     return Err(OptsError::UnsupportedPreallocation(Preallocation::Metadata))
                 }
@@ -362,6 +426,17 @@ impl CreateOptions {
             compression_type: text("compression_type")
                 .map(|v| CompressionType::parse(&v))
                 .transpose()?,
+            subformat: text("subformat"),
+            force_size: boolean("force_size"),
+            static_image: boolean("static"),
+            adapter_type: text("adapter_type"),
+            compat6: boolean("compat6"),
+            hwversion: text("hwversion"),
+            toolsversion: text("toolsversion"),
+            zeroed_grain: boolean("zeroed_grain"),
+            table_size: number("table_size"),
+            nocow: boolean("nocow"),
+            extent_size_hint: number("extent_size_hint"),
         })
     }
 
@@ -369,9 +444,19 @@ impl CreateOptions {
     /// creating, returning the first problem in qemu's order. For qcow2
     /// this also resolves `data_file_raw=on` to metadata preallocation.
     pub fn validate(&mut self, format: ImageFormat) -> Result<(), OptsError> {
+        if self
+            .extent_size_hint
+            .is_some_and(|h| h > u64::from(u32::MAX))
+        {
+            return Err(OptsError::Invalid("Extent size hint is too large"));
+        }
         match format {
             ImageFormat::Qcow2 => validate::qcow2(self),
             ImageFormat::Raw => Ok(()),
+            ImageFormat::Vpc => validate::vpc(self),
+            ImageFormat::Vdi => validate::vdi(self),
+            ImageFormat::Vmdk => validate::vmdk(self),
+            ImageFormat::Qed => validate::qed(self),
         }
     }
 
@@ -480,6 +565,10 @@ mod tests {
         assert_eq!(
             "foo".parse::<ImageFormat>().unwrap_err().to_string(),
             "Unknown file format 'foo'"
+        );
+        assert_eq!(
+            "cloop".parse::<ImageFormat>().unwrap_err().to_string(),
+            "Format driver 'cloop' does not support image creation"
         );
         assert!(!OptsError::InvalidOptionList(String::new()).has_filename_prefix());
         // Captured: `qemu-img create -f qcow2 -b base.qcow2 x`.

@@ -131,6 +131,23 @@ pub const QCOW2_OPTIONS: &[OptDesc] = &[
     ),
 ];
 
+/// The `file` protocol's options beyond `preallocation` and `size` (in its
+/// declaration order), offered under every format.
+pub const FILE_PROTOCOL_OPTIONS: &[OptDesc] = &[
+    desc(
+        "nocow",
+        OptType::Bool,
+        "Turn off copy-on-write (valid only on btrfs)",
+        None,
+    ),
+    desc(
+        "extent_size_hint",
+        OptType::Size,
+        "Extent size hint for the image file, 0 to disable",
+        None,
+    ),
+];
+
 /// raw's own options.
 pub const RAW_OPTIONS: &[OptDesc] = &[desc("size", OptType::Size, SIZE_HELP, None)];
 
@@ -143,11 +160,112 @@ pub const RAW_PROTOCOL_OPTIONS: &[OptDesc] = &[desc(
     None,
 )];
 
+/// vpc's own options, in qemu's declaration order.
+pub const VPC_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "subformat",
+        OptType::Str,
+        "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} ",
+        None,
+    ),
+    desc(
+        "force_size",
+        OptType::Bool,
+        "Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation",
+        None,
+    ),
+];
+
+/// vdi's own options, in qemu's declaration order.
+pub const VDI_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "static",
+        OptType::Bool,
+        "VDI static (pre-allocated) image",
+        Some("off"),
+    ),
+];
+
+/// vmdk's own options, in qemu's declaration order.
+pub const VMDK_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "adapter_type",
+        OptType::Str,
+        "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
+        None,
+    ),
+    desc("backing_file", OptType::Str, "File name of a base image", None),
+    desc("backing_fmt", OptType::Str, "Must be 'vmdk' if present", None),
+    desc("compat6", OptType::Bool, "VMDK version 6 image", Some("off")),
+    desc("hwversion", OptType::Str, "VMDK hardware version", Some("undefined")),
+    desc("toolsversion", OptType::Str, "VMware guest tools version", None),
+    desc(
+        "subformat",
+        OptType::Str,
+        "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
+        None,
+    ),
+    desc(
+        "zeroed_grain",
+        OptType::Bool,
+        "Enable efficient zero writes using the zeroed-grain GTE feature",
+        None,
+    ),
+];
+
+/// qed's own options, in qemu's declaration order.
+pub const QED_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "backing_file",
+        OptType::Str,
+        "File name of a base image",
+        None,
+    ),
+    desc(
+        "backing_fmt",
+        OptType::Str,
+        "Image format of the base image",
+        None,
+    ),
+    desc(
+        "cluster_size",
+        OptType::Size,
+        "Cluster size (in bytes)",
+        Some("65536"),
+    ),
+    desc(
+        "table_size",
+        OptType::Size,
+        "L1/L2 table size (in clusters)",
+        None,
+    ),
+];
+
+/// The format's own options (what `-o help` lists without a filename).
+fn format_options(format: ImageFormat) -> &'static [OptDesc] {
+    match format {
+        ImageFormat::Qcow2 => QCOW2_OPTIONS,
+        ImageFormat::Raw => RAW_OPTIONS,
+        ImageFormat::Vpc => VPC_OPTIONS,
+        ImageFormat::Vdi => VDI_OPTIONS,
+        ImageFormat::Vmdk => VMDK_OPTIONS,
+        ImageFormat::Qed => QED_OPTIONS,
+    }
+}
+
 /// Every option `format` accepts, in `Formatting`-line order.
 pub fn options_for(format: ImageFormat) -> Vec<&'static OptDesc> {
     match format {
-        ImageFormat::Qcow2 => QCOW2_OPTIONS.iter().collect(),
-        ImageFormat::Raw => RAW_OPTIONS.iter().chain(RAW_PROTOCOL_OPTIONS).collect(),
+        ImageFormat::Qcow2 => QCOW2_OPTIONS.iter().chain(FILE_PROTOCOL_OPTIONS).collect(),
+        other => format_options(other)
+            .iter()
+            .chain(RAW_PROTOCOL_OPTIONS)
+            .chain(FILE_PROTOCOL_OPTIONS)
+            .collect(),
     }
 }
 
@@ -158,7 +276,7 @@ pub fn options_for(format: ImageFormat) -> Vec<&'static OptDesc> {
 /// filename it lists format and protocol options under `Supported options:`.
 pub fn option_help(format: ImageFormat, filename: Option<&str>) -> String {
     let mut descs: Vec<&OptDesc> = match (format, filename) {
-        (ImageFormat::Raw, None) => RAW_OPTIONS.iter().collect(),
+        (format, None) => format_options(format).iter().collect(),
         _ => options_for(format),
     };
     descs.sort_by_key(|d| d.name);
@@ -219,10 +337,11 @@ The protocol level may support further options.
 Specify the target filename to include those options.
 ";
 
-    /// `qemu-img create -f raw -o help x.raw` without `extent_size_hint`
-    /// and `nocow`.
+    /// `qemu-img create -f raw -o help x.raw`.
     const RAW_HELP_WITH_FILE: &str = "\
 Supported options:
+  extent_size_hint=<size> - Extent size hint for the image file, 0 to disable
+  nocow=<bool (on/off)>  - Turn off copy-on-write (valid only on btrfs)
   preallocation=<str>    - Preallocation mode (allowed values: off, falloc, full)
   size=<size>            - Virtual disk size
 ";

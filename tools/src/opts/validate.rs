@@ -104,6 +104,93 @@ pub(super) fn qcow2(options: &mut CreateOptions) -> Result<(), OptsError> {
     Ok(())
 }
 
+/// Largest vpc disk: 2040 GiB (QEMU's `VHD_MAX_SECTORS`).
+const VPC_MAX_SIZE: u64 = 0xff00_0000 * 512;
+/// Largest vdi disk QEMU 10 creates.
+const VDI_MAX_SIZE: u64 = 0x1_ffff_f800_0000;
+
+/// Checks vpc options: the subformat name and the size limit.
+pub(super) fn vpc(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if let Some(value) = &options.subformat {
+        if qcow::formats::vpc::Subformat::parse(value).is_none() {
+            return Err(OptsError::EnumValue {
+                parameter: "subformat".to_owned(),
+                value: value.clone(),
+            });
+        }
+    }
+    if options.size.unwrap_or(0) > VPC_MAX_SIZE {
+        return Err(OptsError::Invalid(
+            "The image size is too large for file format 'vpc'",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks vdi options: the size limit.
+pub(super) fn vdi(options: &mut CreateOptions) -> Result<(), OptsError> {
+    let size = options.size.unwrap_or(0);
+    if size > VDI_MAX_SIZE {
+        return Err(OptsError::VdiTooLarge(size));
+    }
+    Ok(())
+}
+
+/// Checks vmdk options in the order QEMU's vmdk driver checks them.
+pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if options.backing_file.is_some() {
+        return Err(OptsError::Invalid(
+            "vmdk images with a backing file are not supported by img",
+        ));
+    }
+    if options.compat6 == Some(true) && options.hwversion.is_some() {
+        return Err(OptsError::Invalid(
+            "compat6 cannot be enabled with hwversion set",
+        ));
+    }
+    if let Some(adapter) = &options.adapter_type {
+        if !matches!(
+            adapter.as_str(),
+            "ide" | "buslogic" | "lsilogic" | "legacyESX"
+        ) {
+            return Err(OptsError::InvalidParameterValue(adapter.clone()));
+        }
+    }
+    if let Some(subformat) = &options.subformat {
+        if qcow::formats::vmdk::create::Subformat::parse(subformat).is_none() {
+            return Err(OptsError::InvalidParameterValue(subformat.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks qed options with QEMU's messages.
+pub(super) fn qed(options: &mut CreateOptions) -> Result<(), OptsError> {
+    if options.backing_file.is_some() {
+        return Err(OptsError::Invalid(
+            "qed images with a backing file are not supported by img",
+        ));
+    }
+    let cluster_size = options.cluster_size.unwrap_or(65536);
+    if !cluster_size.is_power_of_two() || !(4096..=64 << 20).contains(&cluster_size) {
+        return Err(OptsError::Invalid(
+            "QED cluster size must be within range [4096, 67108864] and power of 2",
+        ));
+    }
+    let table_size = options.table_size.unwrap_or(4);
+    if !table_size.is_power_of_two() || table_size > 16 {
+        return Err(OptsError::Invalid(
+            "QED table size must be within range [1, 16] and power of 2",
+        ));
+    }
+    let entries = table_size * cluster_size / 8;
+    let max = entries.saturating_mul(entries).saturating_mul(cluster_size);
+    if options.size.unwrap_or(0).div_ceil(512) * 512 > max {
+        return Err(OptsError::QedImageSize(max));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::opts::{CreateOptions, ImageFormat, ParsedOptions, Preallocation};

@@ -81,6 +81,14 @@ pub enum FormatSpecific {
     Qcow2(Qcow2Info),
     /// `"type": "file"` (the protocol node).
     File(FileInfo),
+    /// Another format's section (`"type": "vmdk"`, ...), as its module
+    /// of `qcow::formats` describes it.
+    Other {
+        /// The `type` tag.
+        type_name: &'static str,
+        /// The `data` member.
+        data: QDict,
+    },
 }
 
 /// qcow2 details (qemu's `ImageInfoSpecificQCow2`).
@@ -420,6 +428,7 @@ impl FormatSpecific {
         match self {
             Self::Qcow2(_) => "qcow2",
             Self::File(_) => "file",
+            Self::Other { type_name, .. } => type_name,
         }
     }
 
@@ -455,6 +464,7 @@ impl FormatSpecific {
             Self::File(f) => {
                 data.put_opt("extent-size-hint", f.extent_size_hint);
             }
+            Self::Other { data: other, .. } => data = other.clone(),
         }
         data
     }

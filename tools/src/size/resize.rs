@@ -4,7 +4,6 @@
 use std::fmt;
 
 use super::{parse_option_size, OptionSizeError};
-use crate::PROGRAM;
 
 /// The `[+-]SIZE` argument of `resize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +31,7 @@ pub enum ResizeError {
         "Use the --shrink option to perform a shrink operation.\n{prog}: warning: \
          Shrinking an image will delete all data beyond the shrunken image's end. \
          Before performing such an operation, make sure there is no important data there.",
-        prog = PROGRAM
+        prog = crate::program()
     )]
     ShrinkNeedsFlag,
 }
@@ -86,6 +85,7 @@ pub const RESIZED_MESSAGE: &str = "Image resized.";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PROGRAM;
 
     /// Behaviour of `qemu-img resize` (qemu-img 10.0.2) on a 1 GiB image.
     #[test]

@@ -78,7 +78,7 @@ fn run(args: &[String]) -> Result<()> {
         Some("create") => create_image(image_path, args)?,
         None => match open_image(image_path, Some(Format::Qcow2), true)? {
             AnyImage::Qcow2(q) => *q,
-            AnyImage::Raw(_) => bail!("not a qcow2 image"),
+            _ => bail!("not a qcow2 image"),
         },
         Some(other) => bail!("unknown mode {other:?}"),
     };

@@ -1,0 +1,10 @@
+//! Fuzzes opening an arbitrary byte string as a vdi image in memory, then
+//! reading, mapping, checking, writing and reopening it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "foreign_body.rs"]
+mod foreign_body;
+
+fuzz_target!(|data: &[u8]| foreign_body::foreign_body("vdi", data));

@@ -1,0 +1,51 @@
+//! Unit tests of the QED module.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::storage::MemStorage;
+
+#[test]
+fn write_read_reopen_check() {
+    let mem = Arc::new(MemStorage::new());
+    create(&*mem, 10 << 20, 65536, 4).unwrap();
+    let qed = Qed::open(mem.clone(), true).unwrap();
+    qed.write_at(&[3; 100_000], 1000).unwrap();
+    qed.write_at(&[4; 512], 5 << 20).unwrap();
+    let report = qed.check().unwrap().unwrap();
+    assert_eq!((report.corruptions, report.leaks), (0, 0), "{report:?}");
+    assert_eq!(report.allocated_clusters, 3);
+    drop(qed);
+    let again = Qed::open(mem, false).unwrap();
+    let mut buf = vec![0u8; 102_000];
+    again.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..1000].iter().all(|&b| b == 0));
+    assert!(buf[1000..101_000].iter().all(|&b| b == 3));
+    assert!(buf[101_000..].iter().all(|&b| b == 0));
+}
+
+fn patched(patch: impl Fn(&mut Vec<u8>)) -> Result<Qed> {
+    let mem = MemStorage::new();
+    create(&mem, 4 << 20, 65536, 4).unwrap();
+    let mut b = mem.to_bytes();
+    patch(&mut b);
+    Qed::open(Arc::new(MemStorage::from_bytes(b)), false)
+}
+
+#[test]
+fn hostile_images_are_refused() {
+    let put32 = |b: &mut Vec<u8>, at: usize, v: u32| LittleEndian::write_u32(&mut b[at..at + 4], v);
+    let put64 = |b: &mut Vec<u8>, at: usize, v: u64| LittleEndian::write_u64(&mut b[at..at + 8], v);
+    assert!(patched(|_| {}).is_ok());
+    assert!(patched(|b| put32(b, 4, 3 << 20)).is_err());
+    assert!(patched(|b| put32(b, 4, 1 << 30)).is_err());
+    assert!(patched(|b| put32(b, 8, 32)).is_err());
+    assert!(patched(|b| put64(b, 40, 1 << 40)).is_err());
+    assert!(patched(|b| put64(b, 48, u64::MAX - 511)).is_err());
+    assert!(patched(|b| put64(b, 16, 1 << 9)).is_err());
+    // An L1 entry pointing past the end fails the read, not the open.
+    let qed = patched(|b| put64(b, 65536, 1 << 40)).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(qed.read_at(&mut buf, 0).is_err());
+    assert!(qed.check().unwrap().unwrap().corruptions > 0);
+}

@@ -1,0 +1,256 @@
+//! The VMDK text descriptor: parsed as QEMU parses it (the `createType`,
+//! `CID` and `parentCID` values, extent lines `RW SECTORS TYPE "NAME"
+//! [OFFSET]`, lines of other access modes skipped), and written as QEMU
+//! writes it for new images.
+
+use super::FORMAT;
+use crate::error::Result;
+use crate::formats::invalid;
+
+/// Most bytes of a descriptor read (QEMU reads up to 1 MiB - 1).
+pub const MAX_DESCRIPTOR: u64 = (1 << 20) - 1;
+/// Most extents of one descriptor.
+pub const MAX_EXTENTS: usize = 1024;
+
+/// The kind of an extent line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentType {
+    /// Raw data at an offset of a file (`FLAT`, `VMFS`).
+    Flat,
+    /// A hosted sparse file (`SPARSE`).
+    Sparse,
+}
+
+/// One extent line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtentLine {
+    /// FLAT or SPARSE.
+    pub kind: ExtentType,
+    /// The type as written (shown by `img info`).
+    pub type_name: String,
+    /// Sectors of guest data.
+    pub sectors: u64,
+    /// The file name as written.
+    pub file: String,
+    /// FLAT: the first sector of the data in the file.
+    pub flat_offset: u64,
+}
+
+/// A parsed descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// `createType`, if present.
+    pub create_type: Option<String>,
+    /// `CID` (0xffffffff when absent, as QEMU defaults it).
+    pub cid: u32,
+    /// `parentCID`.
+    pub parent_cid: u32,
+    /// `parentFileNameHint`, if present.
+    pub parent_hint: Option<String>,
+    /// The RW extent lines, in order.
+    pub extents: Vec<ExtentLine>,
+}
+
+/// The value of `key = "value"` or `key=value` on a line of its own.
+fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(key)?;
+        let rest = rest.trim_start().strip_prefix('=')?;
+        let rest = rest.trim();
+        Some(
+            rest.strip_prefix('"')
+                .map(|r| r.split('"').next().unwrap_or(r))
+                .unwrap_or(rest),
+        )
+    })
+}
+
+fn hex_u32(text: Option<&str>) -> u32 {
+    text.and_then(|t| {
+        let digits: String = t.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        u32::from_str_radix(&digits, 16).ok()
+    })
+    .unwrap_or(u32::MAX)
+}
+
+/// Parses one extent line; `Ok(None)` for lines QEMU skips.
+fn extent_line(line: &str) -> Result<Option<ExtentLine>> {
+    let mut words = line.split_whitespace();
+    let (Some(access), Some(sectors), Some(type_name)) = (words.next(), words.next(), words.next())
+    else {
+        return Ok(None);
+    };
+    if access != "RW" {
+        return Ok(None);
+    }
+    let Ok(sectors) = sectors.parse::<i64>() else {
+        return Ok(None);
+    };
+    let Some(start) = line.find('"') else {
+        return Ok(None);
+    };
+    let rest = &line[start + 1..];
+    let Some(end) = rest.find(['"', '\n', '\r']) else {
+        return Ok(None);
+    };
+    let file = rest[..end].to_string();
+    let after = rest[end..].strip_prefix('"').unwrap_or("").trim();
+    let offset = after.split_whitespace().next().map(|w| w.parse::<i64>());
+    let bad = || invalid(FORMAT, "extent line", sectors as u64, "Invalid extent line");
+    let (kind, flat_offset) = match type_name {
+        "FLAT" => match offset {
+            Some(Ok(o)) if o >= 0 => (ExtentType::Flat, o as u64),
+            _ => return Err(bad()),
+        },
+        "VMFS" => match offset {
+            None => (ExtentType::Flat, 0),
+            Some(_) => return Err(bad()),
+        },
+        "SPARSE" => match offset {
+            None => (ExtentType::Sparse, 0),
+            Some(_) => return Err(bad()),
+        },
+        "VMFSSPARSE" | "SESPARSE" => {
+            return Err(invalid(
+                FORMAT,
+                "extent type",
+                0,
+                "VMFSSPARSE and SESPARSE extents are not supported",
+            ))
+        }
+        _ => return Ok(None),
+    };
+    if sectors <= 0 {
+        return Ok(None);
+    }
+    Ok(Some(ExtentLine {
+        kind,
+        type_name: type_name.to_string(),
+        sectors: sectors as u64,
+        file,
+        flat_offset,
+    }))
+}
+
+impl Descriptor {
+    /// Parses descriptor text (already cut at [`MAX_DESCRIPTOR`] bytes).
+    pub fn parse(text: &str) -> Result<Descriptor> {
+        let mut extents = Vec::new();
+        for line in text.lines() {
+            if let Some(extent) = extent_line(line)? {
+                if extents.len() == MAX_EXTENTS {
+                    return Err(invalid(
+                        FORMAT,
+                        "extents",
+                        extents.len() as u64 + 1,
+                        "too many extents",
+                    ));
+                }
+                extents.push(extent);
+            }
+        }
+        Ok(Descriptor {
+            create_type: value(text, "createType").map(str::to_string),
+            cid: hex_u32(value(text, "CID")),
+            parent_cid: hex_u32(value(text, "parentCID")),
+            parent_hint: value(text, "parentFileNameHint").map(str::to_string),
+            extents,
+        })
+    }
+}
+
+/// What a new descriptor records.
+#[derive(Debug, Clone)]
+pub struct NewDescriptor<'a> {
+    /// `CID`.
+    pub cid: u32,
+    /// `createType`.
+    pub create_type: &'a str,
+    /// Extent lines without their newline.
+    pub extent_lines: Vec<String>,
+    /// `ddb.virtualHWVersion`.
+    pub hw_version: &'a str,
+    /// Guest size in bytes (for the geometry).
+    pub size: u64,
+    /// `ddb.adapterType`.
+    pub adapter_type: &'a str,
+    /// `ddb.toolsVersion`.
+    pub tools_version: &'a str,
+}
+
+impl NewDescriptor<'_> {
+    /// The text, as QEMU 10 lays it out.
+    pub fn render(&self) -> String {
+        let heads: u64 = if self.adapter_type == "ide" { 16 } else { 255 };
+        let cylinders = self.size / (63 * heads * 512);
+        let mut extents = String::new();
+        for line in &self.extent_lines {
+            extents.push_str(line);
+            extents.push('\n');
+        }
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID={:08x}\nparentCID=ffffffff\ncreateType=\"{}\"\n\n\
+             # Extent description\n{extents}\n# The Disk Data Base\n#DDB\n\n\
+             ddb.virtualHWVersion = \"{}\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
+             ddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"63\"\n\
+             ddb.adapterType = \"{}\"\nddb.toolsVersion = \"{}\"\n",
+            self.cid, self.create_type, self.hw_version, self.adapter_type, self.tools_version
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# Disk DescriptorFile\nversion=1\nCID=2fc1881a\nparentCID=ffffffff\n\
+        createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
+        RW 4194304 FLAT \"a-f001.vmdk\" 0\nRDONLY 10 FLAT \"ro.vmdk\" 0\n\
+        RW 2097152 SPARSE \"a-s002.vmdk\"\nRW 8 VMFS \"v.vmdk\"\n\nddb.adapterType = \"ide\"\n";
+
+    #[test]
+    fn parses_like_qemu() {
+        let d = Descriptor::parse(TEXT).unwrap();
+        assert_eq!(d.create_type.as_deref(), Some("twoGbMaxExtentFlat"));
+        assert_eq!(d.cid, 0x2fc1_881a);
+        assert_eq!(d.parent_cid, u32::MAX);
+        assert_eq!(d.extents.len(), 3);
+        assert_eq!(d.extents[0].file, "a-f001.vmdk");
+        assert_eq!(d.extents[1].kind, ExtentType::Sparse);
+        assert_eq!(d.extents[2].kind, ExtentType::Flat);
+    }
+
+    #[test]
+    fn bad_extent_lines_are_refused() {
+        assert!(Descriptor::parse("RW 10 FLAT \"x\"\n").is_err());
+        assert!(Descriptor::parse("RW 10 FLAT \"x\" -5\n").is_err());
+        assert!(Descriptor::parse("RW 10 SPARSE \"x\" 3\n").is_err());
+        assert!(Descriptor::parse("RW 10 VMFSSPARSE \"x\"\n").is_err());
+        // Skipped as QEMU skips them.
+        assert!(Descriptor::parse("RW 0 FLAT \"x\" 0\nRW 10 ZERO \"x\"\n")
+            .unwrap()
+            .extents
+            .is_empty());
+        let many = "RW 1 FLAT \"x\" 0\n".repeat(MAX_EXTENTS + 1);
+        assert!(Descriptor::parse(&many).is_err());
+    }
+
+    #[test]
+    fn renders_like_qemu() {
+        let text = NewDescriptor {
+            cid: 0x2fc1_881a,
+            create_type: "monolithicFlat",
+            extent_lines: vec!["RW 10240 FLAT \"m-flat.vmdk\" 0".into()],
+            hw_version: "4",
+            size: 5 << 20,
+            adapter_type: "ide",
+            tools_version: "2147483647",
+        }
+        .render();
+        assert!(text.contains(
+            "CID=2fc1881a\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent"
+        ));
+        assert!(text.contains("ddb.geometry.cylinders = \"10\"\nddb.geometry.heads = \"16\""));
+        assert_eq!(Descriptor::parse(&text).unwrap().extents.len(), 1);
+    }
+}

@@ -1,0 +1,521 @@
+//! VMware VMDK images: a hosted sparse file with its descriptor embedded
+//! (monolithicSparse, streamOptimized with deflate-compressed grains), or
+//! a text descriptor naming extents in other files (monolithicFlat,
+//! twoGbMaxExtentSparse and twoGbMaxExtentFlat), each extent flat (raw
+//! data at an offset) or sparse.
+//!
+//! Extent files are opened through [`SideFiles`], which refuses names
+//! outside the descriptor's folder; an extent naming the descriptor
+//! itself, a sparse file used twice and flat extents overlapping in one
+//! file are refused here. Parent (backing) images and VMFS/SE sparse
+//! extents are refused.
+
+pub mod create;
+pub mod descriptor;
+pub mod header;
+pub mod sparse;
+
+use std::sync::Arc;
+
+use self::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR};
+use self::header::MAGIC;
+use self::sparse::{Grain, SparseExtent};
+use super::{invalid, CheckReport, ForeignImage, InfoValue, SideFiles};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// The format's name as qemu-img spells it.
+pub const FORMAT: &str = "vmdk";
+/// Descriptor bytes QEMU reads for the CIDs of an embedded descriptor.
+const EMBEDDED_DESCRIPTOR: usize = 20 * 512;
+
+/// Where an extent's data is.
+enum Data {
+    /// Raw data from byte `offset` of a file.
+    Flat {
+        storage: Arc<dyn Storage>,
+        offset: u64,
+    },
+    /// A sparse file (boxed: it is much larger than a flat extent).
+    Sparse(Box<SparseExtent>),
+}
+
+/// One extent: a guest range and its data.
+struct VmdkExtent {
+    start: u64,
+    len: u64,
+    data: Data,
+    /// The type as the descriptor names it (`None` for the extent of a
+    /// monolithic file).
+    type_name: Option<String>,
+    /// The file's name as `img info` shows it.
+    file_name: String,
+    /// Whether the extent is in a file of its own (not the image file).
+    separate: bool,
+}
+
+/// An open VMDK image.
+pub struct Vmdk {
+    storage: Arc<dyn Storage>,
+    extents: Vec<VmdkExtent>,
+    size: u64,
+    cid: u32,
+    parent_cid: u32,
+    create_type: String,
+    writable: bool,
+}
+
+impl Vmdk {
+    /// Opens the VMDK image in `storage`, its extents through `files`.
+    pub fn open(storage: Arc<dyn Storage>, writable: bool, files: &dyn SideFiles) -> Result<Vmdk> {
+        let file_len = storage.len()?;
+        if file_len < 4 {
+            return Err(invalid(
+                FORMAT,
+                "file length",
+                file_len,
+                "File is too small, not a valid image",
+            ));
+        }
+        let mut magic = [0u8; 4];
+        storage.read_at(&mut magic, 0)?;
+        if u32::from_le_bytes(magic) == MAGIC {
+            return Self::open_monolithic(storage, writable, files);
+        }
+        if &magic == b"COWD" {
+            return Err(invalid(
+                FORMAT,
+                "magic",
+                0,
+                "VMDK3 (COWD) images are not supported",
+            ));
+        }
+        let mut text = vec![0u8; file_len.min(MAX_DESCRIPTOR) as usize];
+        storage.read_at(&mut text, 0)?;
+        let descriptor = Descriptor::parse(&String::from_utf8_lossy(&text))?;
+        let create_type = descriptor
+            .create_type
+            .clone()
+            .ok_or_else(|| invalid(FORMAT, "createType", 0, "invalid VMDK image descriptor"))?;
+        if !matches!(
+            create_type.as_str(),
+            "monolithicFlat" | "vmfs" | "twoGbMaxExtentSparse" | "twoGbMaxExtentFlat"
+        ) {
+            return Err(Error::Unsupported(format!(
+                "Unsupported image type '{create_type}'"
+            )));
+        }
+        Self::refuse_parent(&descriptor)?;
+        let mut extents: Vec<VmdkExtent> = Vec::new();
+        let mut used: Vec<(String, ExtentType, u64, u64)> = Vec::new();
+        let mut start = 0u64;
+        for line in &descriptor.extents {
+            let file = files.open(&line.file, writable)?;
+            if file.identity == files.image_identity() {
+                return Err(invalid(
+                    FORMAT,
+                    "extent",
+                    0,
+                    "an extent names the descriptor itself",
+                ));
+            }
+            let (data, len) = match line.kind {
+                ExtentType::Flat => {
+                    let offset = line.flat_offset.checked_mul(512).ok_or_else(|| {
+                        invalid(FORMAT, "flat offset", line.flat_offset, "offset overflows")
+                    })?;
+                    let len = line
+                        .sectors
+                        .checked_mul(512)
+                        .filter(|l| offset.checked_add(*l).is_some())
+                        .ok_or_else(|| {
+                            invalid(FORMAT, "extent sectors", line.sectors, "size overflows")
+                        })?;
+                    (
+                        Data::Flat {
+                            storage: file.storage,
+                            offset,
+                        },
+                        len,
+                    )
+                }
+                ExtentType::Sparse => {
+                    let sparse = SparseExtent::open(file.storage)?;
+                    if sparse.is_empty() {
+                        return Err(invalid(
+                            FORMAT,
+                            "extent capacity",
+                            0,
+                            "a sparse extent holding a descriptor of its own is not supported",
+                        ));
+                    }
+                    let len = sparse.len();
+                    (Data::Sparse(Box::new(sparse)), len)
+                }
+            };
+            let (from, to) = match &data {
+                Data::Flat { offset, .. } => (*offset, offset + len),
+                Data::Sparse(_) => (0, u64::MAX),
+            };
+            if used
+                .iter()
+                .any(|(id, _, a, b)| *id == file.identity && from < *b && *a < to)
+            {
+                return Err(invalid(
+                    FORMAT,
+                    "extent",
+                    start / 512,
+                    "extents overlap in one file",
+                ));
+            }
+            used.push((file.identity.clone(), line.kind, from, to));
+            let end = start.checked_add(len).ok_or_else(|| {
+                invalid(
+                    FORMAT,
+                    "extent sectors",
+                    line.sectors,
+                    "the disk's size overflows",
+                )
+            })?;
+            extents.push(VmdkExtent {
+                start,
+                len,
+                data,
+                type_name: Some(line.type_name.clone()),
+                file_name: file.name,
+                separate: true,
+            });
+            start = end;
+        }
+        if extents.is_empty() {
+            return Err(invalid(
+                FORMAT,
+                "extents",
+                0,
+                "the descriptor names no extent",
+            ));
+        }
+        Ok(Vmdk {
+            storage,
+            extents,
+            size: start,
+            cid: descriptor.cid,
+            parent_cid: descriptor.parent_cid,
+            create_type,
+            writable,
+        })
+    }
+
+    fn refuse_parent(descriptor: &Descriptor) -> Result<()> {
+        if descriptor.parent_cid != u32::MAX && descriptor.parent_hint.is_some() {
+            return Err(Error::Unsupported(
+                "vmdk images with a parent (backing) image".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn open_monolithic(
+        storage: Arc<dyn Storage>,
+        writable: bool,
+        files: &dyn SideFiles,
+    ) -> Result<Vmdk> {
+        let sparse = SparseExtent::open(storage.clone())?;
+        if sparse.is_empty() {
+            return Err(invalid(
+                FORMAT,
+                "capacity",
+                0,
+                "sparse files holding a descriptor of extents elsewhere are not supported",
+            ));
+        }
+        if writable && sparse.header().version == 3 && !sparse.header().compressed() {
+            return Err(invalid(
+                FORMAT,
+                "version",
+                3,
+                "VMDK version 3 must be read only",
+            ));
+        }
+        let mut text = vec![0u8; EMBEDDED_DESCRIPTOR];
+        storage.read_at(&mut text, 512)?;
+        let descriptor = Descriptor::parse(&String::from_utf8_lossy(&text))?;
+        Self::refuse_parent(&descriptor)?;
+        let create_type = if sparse.header().compressed() {
+            "streamOptimized"
+        } else {
+            "monolithicSparse"
+        };
+        let len = sparse.len();
+        Ok(Vmdk {
+            storage,
+            extents: vec![VmdkExtent {
+                start: 0,
+                len,
+                data: Data::Sparse(Box::new(sparse)),
+                type_name: None,
+                file_name: files.image_name(),
+                separate: false,
+            }],
+            size: len,
+            cid: descriptor.cid,
+            parent_cid: descriptor.parent_cid,
+            create_type: create_type.to_string(),
+            writable,
+        })
+    }
+
+    /// QEMU's vmdk check: every allocated grain (and every flat extent)
+    /// must start inside its file.
+    fn check_extents(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        for e in &self.extents {
+            let first_sector = e.start / 512;
+            match &e.data {
+                Data::Flat { storage, offset } => {
+                    if *offset >= storage.len()? {
+                        report.corrupt(format!(
+                            "ERROR: cluster offset for sector {first_sector} points after EOF"
+                        ));
+                    }
+                }
+                Data::Sparse(s) => {
+                    let file_len = s.storage().len()?;
+                    s.for_each_grain(|grain_offset, grain| {
+                        let host = match grain {
+                            Grain::Data(h) | Grain::Compressed(h) => h,
+                            Grain::Unallocated | Grain::Zero => return,
+                        };
+                        report.allocated_clusters += 1;
+                        if host >= file_len {
+                            report.corrupt(format!(
+                                "ERROR: cluster offset for sector {} points after EOF",
+                                first_sector + grain_offset / 512
+                            ));
+                        }
+                    })?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The `createType`.
+    pub fn create_type(&self) -> &str {
+        &self.create_type
+    }
+
+    /// The extent holding guest byte `offset`.
+    fn extent_at(&self, offset: u64) -> &VmdkExtent {
+        let i = self.extents.partition_point(|e| e.start + e.len <= offset);
+        &self.extents[i.min(self.extents.len() - 1)]
+    }
+
+    /// Applies `f` to each piece of `[offset, offset+len)` that lies in one
+    /// extent and (for sparse extents) one grain: (extent, offset in the
+    /// extent, bytes, offset in the request).
+    fn for_pieces(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&VmdkExtent, u64, u64, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let pos = offset + done;
+            let e = self.extent_at(pos);
+            let inner = pos - e.start;
+            let mut n = (e.len - inner).min(len - done);
+            if let Data::Sparse(s) = &e.data {
+                n = n.min(s.grain_bytes() - inner % s.grain_bytes());
+            }
+            f(e, inner, n, done as usize)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl BlockRead for Vmdk {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.for_pieces(offset, buf.len() as u64, |e, inner, n, at| {
+            let part = &mut buf[at..at + n as usize];
+            match &e.data {
+                Data::Flat { storage, offset } => storage.read_at(part, offset + inner),
+                Data::Sparse(s) => s.read_in_grain(part, inner),
+            }
+        })
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let len = len.min(self.size.saturating_sub(offset)).min(64 << 20);
+        let step = match &self.extent_at(offset).data {
+            Data::Sparse(s) => s.grain_bytes(),
+            Data::Flat { .. } => 64 << 20,
+        };
+        let len = len.min(step * crate::formats::MAX_EXTENT_STEPS as u64);
+        let mut out: Vec<Extent> = Vec::new();
+        self.for_pieces(offset, len, |e, inner, n, at| {
+            let guest = offset + at as u64;
+            let (kind, n) = match &e.data {
+                Data::Flat { storage, offset } => {
+                    let (data, m) = storage.data_extent(offset + inner, n)?;
+                    let m = m.clamp(1, n);
+                    let host_offset = offset + inner;
+                    let kind = if data {
+                        ExtentKind::Data {
+                            host_offset,
+                            in_data_file: false,
+                        }
+                    } else {
+                        ExtentKind::Zero {
+                            host_offset: Some(host_offset),
+                        }
+                    };
+                    (kind, m)
+                }
+                Data::Sparse(s) => {
+                    let kind = match s.lookup(inner)?.0 {
+                        Grain::Unallocated => ExtentKind::Unallocated { host_offset: None },
+                        Grain::Zero => ExtentKind::Zero { host_offset: None },
+                        Grain::Data(h) => ExtentKind::Data {
+                            host_offset: h,
+                            in_data_file: false,
+                        },
+                        Grain::Compressed(h) => ExtentKind::Compressed {
+                            host_offset: h,
+                            compressed_len: s.grain_bytes(),
+                        },
+                    };
+                    (kind, n)
+                }
+            };
+            match out.last_mut() {
+                Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
+                _ => out.push(Extent {
+                    guest_offset: guest,
+                    len: n,
+                    kind,
+                }),
+            }
+            Ok(())
+        })?;
+        // A flat piece may be cut short by its file's holes: the caller
+        // loops from the end of what we return.
+        let mut end = offset;
+        out.retain(|e| {
+            let keep = e.guest_offset == end;
+            if keep {
+                end += e.len;
+            }
+            keep
+        });
+        Ok(out)
+    }
+
+    fn backing(&self) -> Option<&dyn BlockRead> {
+        None
+    }
+
+    fn format_name(&self) -> &'static str {
+        FORMAT
+    }
+}
+
+impl ForeignImage for Vmdk {
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.for_pieces(offset, buf.len() as u64, |e, inner, n, at| {
+            let part = &buf[at..at + n as usize];
+            match &e.data {
+                Data::Flat { storage, offset } => storage.write_at(part, offset + inner),
+                Data::Sparse(s) => s.write_in_grain(part, inner),
+            }
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        for e in &self.extents {
+            match &e.data {
+                Data::Flat { storage, .. } => storage.flush()?,
+                Data::Sparse(s) => {
+                    s.flush()?;
+                    s.storage().flush()?;
+                }
+            }
+        }
+        self.storage.flush()
+    }
+
+    fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn cluster_size(&self) -> Option<u64> {
+        match &self.extents[0].data {
+            Data::Sparse(s) => Some(s.grain_bytes()),
+            Data::Flat { .. } => None,
+        }
+    }
+
+    fn check(&self) -> Option<Result<CheckReport>> {
+        Some(self.check_extents())
+    }
+
+    fn format_specific(&self) -> Option<InfoValue> {
+        let extents = self
+            .extents
+            .iter()
+            .map(|e| {
+                let mut d = vec![
+                    ("filename", InfoValue::Str(e.file_name.clone())),
+                    (
+                        "format",
+                        InfoValue::Str(e.type_name.clone().unwrap_or_default()),
+                    ),
+                    ("virtual-size", InfoValue::UInt(e.len)),
+                ];
+                if let Data::Sparse(s) = &e.data {
+                    if s.header().compressed() {
+                        d.push(("compressed", InfoValue::Bool(true)));
+                    }
+                    d.push(("cluster-size", InfoValue::UInt(s.grain_bytes())));
+                }
+                InfoValue::Dict(d)
+            })
+            .collect();
+        Some(InfoValue::Dict(vec![
+            ("cid", InfoValue::UInt(self.cid.into())),
+            ("parent-cid", InfoValue::UInt(self.parent_cid.into())),
+            ("create-type", InfoValue::Str(self.create_type.clone())),
+            ("extents", InfoValue::List(extents)),
+        ]))
+    }
+
+    fn side_files(&self) -> Vec<(String, String, Arc<dyn Storage>)> {
+        self.extents
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.separate)
+            .map(|(i, e)| {
+                let storage = match &e.data {
+                    Data::Flat { storage, .. } => storage.clone(),
+                    Data::Sparse(s) => s.storage().clone(),
+                };
+                (format!("extents.{i}"), e.file_name.clone(), storage)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,521 @@
+//! A VMDK hosted sparse extent: grain directory, grain tables (loaded on
+//! demand into a bounded cache), plain and deflate-compressed grains.
+//!
+//! Writes of plain grains append a grain at the end of the file and point
+//! the grain table entry (and the redundant table's) at it; a missing grain
+//! table is appended too. Compressed (stream-optimized) extents take each
+//! grain once, whole: partial writes gather in a bounded set of pending
+//! grains that are compressed and appended when complete or at flush, as
+//! qemu-img's stream-optimized writer takes them in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use super::header::{parse_footer, SparseHeader, GD_AT_END, HEADER_SIZE};
+use super::FORMAT;
+use crate::error::{Error, Result};
+use crate::formats::{invalid, read_table};
+use crate::storage::Storage;
+
+/// Grain tables kept in memory before the cache is emptied.
+const GT_CACHE_TABLES: usize = 4096;
+/// Partial compressed grains kept before the oldest is written as is.
+const MAX_PENDING_GRAINS: usize = 512;
+/// Bytes of a grain marker's header (lba, size).
+const MARKER_HEADER: usize = 12;
+/// Grain table entry of a zeroed grain (with the zero-grain flag).
+const GTE_ZEROED: u32 = 1;
+
+/// Where a guest range of the extent lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    /// No grain: reads as zero (or the parent's data).
+    Unallocated,
+    /// A zeroed grain.
+    Zero,
+    /// Plain data at this byte of the file.
+    Data(u64),
+    /// A compressed grain starting at this byte of the file.
+    Compressed(u64),
+}
+
+/// Loaded grain tables by (redundant directory, directory index).
+type TableCache = HashMap<(bool, u32), Arc<Vec<u32>>>;
+
+struct Alloc {
+    /// The next free sector of the file.
+    next_sector: u64,
+    /// Partly written compressed grains: grain index -> (data, bytes
+    /// written), in order of creation.
+    pending: Vec<(u64, Vec<u8>, u64)>,
+}
+
+/// An open sparse extent.
+pub struct SparseExtent {
+    storage: Arc<dyn Storage>,
+    header: SparseHeader,
+    grain_bytes: u64,
+    gd: RwLock<Vec<u32>>,
+    rgd: Option<RwLock<Vec<u32>>>,
+    gt_cache: RwLock<TableCache>,
+    /// Bumped by every change to a cached table, so that a table read
+    /// from the file while it changed is not cached stale.
+    generation: AtomicU64,
+    alloc: Mutex<Alloc>,
+}
+
+impl SparseExtent {
+    /// Opens the sparse extent in `storage` (whose first sector holds its
+    /// header); a stream-optimized extent with its tables at the end is
+    /// read through its footer, as QEMU does.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<SparseExtent> {
+        let file_len = storage.len()?;
+        let mut raw = [0u8; HEADER_SIZE];
+        storage.read_at(&mut raw, 0)?;
+        let mut header = SparseHeader::parse(&raw)?;
+        if header.gd_offset == GD_AT_END {
+            if file_len < 3 * HEADER_SIZE as u64 {
+                return Err(invalid(FORMAT, "file length", file_len, "Invalid footer"));
+            }
+            let mut footer = [0u8; 3 * HEADER_SIZE];
+            storage.read_at(&mut footer, file_len - 3 * HEADER_SIZE as u64)?;
+            header = parse_footer(&footer)?;
+        }
+        let entries = header.validate()?;
+        let read_dir = |sector: u64, what: &'static str| -> Result<Vec<u32>> {
+            let offset = sector
+                .checked_mul(512)
+                .ok_or_else(|| invalid(FORMAT, what, sector, "offset overflows"))?;
+            let bytes = read_table(
+                &*storage,
+                FORMAT,
+                what,
+                offset,
+                entries * 4,
+                super::header::MAX_GD_ENTRIES * 4,
+            )?;
+            Ok(bytes.chunks_exact(4).map(LittleEndian::read_u32).collect())
+        };
+        let gd = read_dir(header.gd_offset, "grain directory")?;
+        let rgd = if header.flags & super::header::FLAG_RGD != 0 && header.rgd_offset != 0 {
+            Some(RwLock::new(read_dir(
+                header.rgd_offset,
+                "redundant grain directory",
+            )?))
+        } else {
+            None
+        };
+        let grain_bytes = header.grain_sectors * 512;
+        let next_sector = if header.compressed() {
+            file_len.div_ceil(512)
+        } else {
+            file_len.div_ceil(grain_bytes) * header.grain_sectors
+        };
+        Ok(SparseExtent {
+            storage,
+            header,
+            grain_bytes,
+            gd: RwLock::new(gd),
+            rgd,
+            gt_cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            alloc: Mutex::new(Alloc {
+                next_sector,
+                pending: Vec::new(),
+            }),
+        })
+    }
+
+    /// The header in force (the footer's for stream-optimized extents).
+    pub fn header(&self) -> &SparseHeader {
+        &self.header
+    }
+
+    /// Guest bytes of the extent.
+    pub fn len(&self) -> u64 {
+        self.header.capacity * 512
+    }
+
+    /// Whether the extent holds no guest bytes.
+    pub fn is_empty(&self) -> bool {
+        self.header.capacity == 0
+    }
+
+    /// Bytes of a grain.
+    pub fn grain_bytes(&self) -> u64 {
+        self.grain_bytes
+    }
+
+    /// The file.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The grain table `gd_index` of the directory (redundant when
+    /// `redundant`), or `None` when the directory has none.
+    fn table(&self, redundant: bool, gd_index: u32) -> Result<Option<Arc<Vec<u32>>>> {
+        if let Some(t) = self
+            .gt_cache
+            .read()
+            .expect("cache lock poisoned")
+            .get(&(redundant, gd_index))
+        {
+            return Ok(Some(t.clone()));
+        }
+        let dir = match (redundant, &self.rgd) {
+            (false, _) => &self.gd,
+            (true, Some(rgd)) => rgd,
+            (true, None) => return Ok(None),
+        };
+        let sector = dir
+            .read()
+            .expect("directory lock poisoned")
+            .get(gd_index as usize)
+            .copied()
+            .unwrap_or(0);
+        if sector == 0 {
+            return Ok(None);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let entries = u64::from(self.header.gtes_per_gt);
+        let mut bytes = vec![0u8; (entries * 4) as usize];
+        self.storage.read_at(&mut bytes, u64::from(sector) * 512)?;
+        let table: Arc<Vec<u32>> =
+            Arc::new(bytes.chunks_exact(4).map(LittleEndian::read_u32).collect());
+        let mut cache = self.gt_cache.write().expect("cache lock poisoned");
+        if self.generation.load(Ordering::Acquire) != generation {
+            return Ok(Some(table));
+        }
+        if cache.len() >= GT_CACHE_TABLES {
+            cache.clear();
+        }
+        Ok(Some(
+            cache.entry((redundant, gd_index)).or_insert(table).clone(),
+        ))
+    }
+
+    fn indexes(&self, offset: u64) -> (u32, usize) {
+        let grain = offset / self.grain_bytes;
+        let per_gt = u64::from(self.header.gtes_per_gt);
+        ((grain / per_gt) as u32, (grain % per_gt) as usize)
+    }
+
+    /// Where the grain holding byte `offset` of the extent lives, and the
+    /// bytes left in that grain.
+    pub fn lookup(&self, offset: u64) -> Result<(Grain, u64)> {
+        let left = self.grain_bytes - offset % self.grain_bytes;
+        let (gd_index, gt_index) = self.indexes(offset);
+        let Some(table) = self.table(false, gd_index)? else {
+            return Ok((Grain::Unallocated, left));
+        };
+        let entry = table[gt_index];
+        let grain = match entry {
+            0 => Grain::Unallocated,
+            GTE_ZEROED if self.header.has_zero_grain() => Grain::Zero,
+            sector if self.header.compressed() => Grain::Compressed(u64::from(sector) * 512),
+            sector => Grain::Data(u64::from(sector) * 512 + offset % self.grain_bytes),
+        };
+        Ok((grain, left))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the extent (within one grain).
+    pub fn read_in_grain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self.lookup(offset)?.0 {
+            Grain::Unallocated | Grain::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+            Grain::Data(host) => self.storage.read_at(buf, host),
+            Grain::Compressed(host) => {
+                let grain = self.read_compressed(host)?;
+                let start = (offset % self.grain_bytes) as usize;
+                match grain.get(start..start + buf.len()) {
+                    Some(src) => {
+                        buf.copy_from_slice(src);
+                        Ok(())
+                    }
+                    None => Err(Error::BadCompressedCluster {
+                        host_offset: host,
+                        reason: format!("the grain decompresses to {} bytes only", grain.len()),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Decompresses the grain at `host`.
+    fn read_compressed(&self, host: u64) -> Result<Vec<u8>> {
+        let (data_at, data_len) = if self.header.has_markers() {
+            let mut marker = [0u8; MARKER_HEADER];
+            self.storage.read_at(&mut marker, host)?;
+            let size = u64::from(LittleEndian::read_u32(&marker[8..12]));
+            if size == 0 || size > 2 * self.grain_bytes {
+                return Err(Error::BadCompressedCluster {
+                    host_offset: host,
+                    reason: format!("grain marker size {size} is out of range"),
+                });
+            }
+            (host + MARKER_HEADER as u64, size)
+        } else {
+            (host, 2 * self.grain_bytes)
+        };
+        let mut compressed = vec![0u8; data_len as usize];
+        self.storage.read_at(&mut compressed, data_at)?;
+        let mut out = vec![0u8; self.grain_bytes as usize];
+        let mut z = flate2::Decompress::new(true);
+        match z.decompress(&compressed, &mut out, flate2::FlushDecompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => {
+                out.truncate(z.total_out() as usize);
+                Ok(out)
+            }
+            Ok(_) | Err(_) => Err(Error::BadCompressedCluster {
+                host_offset: host,
+                reason: "the grain does not inflate".into(),
+            }),
+        }
+    }
+
+    /// Sets grain table entry `gt_index` of table `gd_index` to `value`, in
+    /// the cache and in the file (both directories); appends a missing
+    /// table. Called with the allocation lock held.
+    fn set_entry(
+        &self,
+        alloc: &mut Alloc,
+        gd_index: u32,
+        gt_index: usize,
+        value: u32,
+    ) -> Result<()> {
+        let dirs: &[bool] = if self.rgd.is_some() {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &redundant in dirs {
+            let dir = if redundant {
+                self.rgd.as_ref().expect("checked")
+            } else {
+                &self.gd
+            };
+            let table = match self.table(redundant, gd_index)? {
+                Some(t) => t,
+                None => {
+                    let entries = u64::from(self.header.gtes_per_gt);
+                    let sectors = (entries * 4).div_ceil(512);
+                    let sector = alloc.next_sector;
+                    let sector32 = u32::try_from(sector).map_err(|_| {
+                        invalid(
+                            FORMAT,
+                            "grain table",
+                            sector,
+                            "the file is too large for its tables",
+                        )
+                    })?;
+                    alloc.next_sector += sectors;
+                    self.storage
+                        .write_at(&vec![0u8; (sectors * 512) as usize], sector * 512)?;
+                    let dir_sector = if redundant {
+                        self.header.rgd_offset
+                    } else {
+                        self.header.gd_offset
+                    };
+                    let mut entry = [0u8; 4];
+                    LittleEndian::write_u32(&mut entry, sector32);
+                    self.storage
+                        .write_at(&entry, dir_sector * 512 + u64::from(gd_index) * 4)?;
+                    dir.write().expect("directory lock poisoned")[gd_index as usize] = sector32;
+                    Arc::new(vec![0u32; entries as usize])
+                }
+            };
+            let sector = dir.read().expect("directory lock poisoned")[gd_index as usize];
+            let mut entry = [0u8; 4];
+            LittleEndian::write_u32(&mut entry, value);
+            self.storage
+                .write_at(&entry, u64::from(sector) * 512 + gt_index as u64 * 4)?;
+            let mut updated = (*table).clone();
+            updated[gt_index] = value;
+            let mut cache = self.gt_cache.write().expect("cache lock poisoned");
+            cache.insert((redundant, gd_index), Arc::new(updated));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` of the extent (within one grain).
+    pub fn write_in_grain(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if self.header.compressed() {
+            return self.write_compressed_part(buf, offset);
+        }
+        let host = match self.lookup(offset)?.0 {
+            Grain::Data(host) => host,
+            _ => {
+                let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
+                match self.lookup(offset)?.0 {
+                    Grain::Data(host) => host,
+                    _ => {
+                        let sector = alloc.next_sector;
+                        let sector32 = u32::try_from(sector).map_err(|_| {
+                            invalid(
+                                FORMAT,
+                                "grain offset",
+                                sector,
+                                "the file is too large for its tables",
+                            )
+                        })?;
+                        alloc.next_sector += self.header.grain_sectors;
+                        let grain_end = alloc.next_sector * 512;
+                        if self.storage.len()? < grain_end {
+                            self.storage.set_len(grain_end)?;
+                        }
+                        let (gd_index, gt_index) = self.indexes(offset);
+                        self.set_entry(&mut alloc, gd_index, gt_index, sector32)?;
+                        sector * 512 + offset % self.grain_bytes
+                    }
+                }
+            }
+        };
+        self.storage.write_at(buf, host)
+    }
+
+    /// Guest bytes of grain `index` (the last grain may be short).
+    fn grain_len(&self, index: u64) -> u64 {
+        self.grain_bytes.min(self.len() - index * self.grain_bytes)
+    }
+
+    fn write_compressed_part(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let index = offset / self.grain_bytes;
+        if self.lookup(offset)?.0 != Grain::Unallocated {
+            return Err(Error::Unsupported(format!(
+                "a compressed grain cannot be written twice (grain {index})"
+            )));
+        }
+        let grain_len = self.grain_len(index);
+        if buf.len() as u64 == grain_len {
+            return self.append_grain(index, buf);
+        }
+        let start = (offset % self.grain_bytes) as usize;
+        let complete = {
+            let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
+            let slot = match alloc.pending.iter().position(|p| p.0 == index) {
+                Some(i) => i,
+                None => {
+                    alloc
+                        .pending
+                        .push((index, vec![0u8; grain_len as usize], 0));
+                    alloc.pending.len() - 1
+                }
+            };
+            let pending = &mut alloc.pending[slot];
+            pending.1[start..start + buf.len()].copy_from_slice(buf);
+            pending.2 += buf.len() as u64;
+            let done = pending.2 >= grain_len;
+            let mut out = Vec::new();
+            if done {
+                out.push(alloc.pending.remove(slot));
+            }
+            if alloc.pending.len() > MAX_PENDING_GRAINS {
+                out.push(alloc.pending.remove(0));
+            }
+            out
+        };
+        for (index, data, _) in complete {
+            self.append_grain(index, &data)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses grain `index` and appends it with its marker.
+    fn append_grain(&self, index: u64, data: &[u8]) -> Result<()> {
+        let compressed = deflate(data)?;
+        let total = (MARKER_HEADER + compressed.len()).div_ceil(512) * 512;
+        let mut record = vec![0u8; total];
+        LittleEndian::write_u64(&mut record[0..8], index * self.header.grain_sectors);
+        LittleEndian::write_u32(&mut record[8..12], compressed.len() as u32);
+        record[MARKER_HEADER..MARKER_HEADER + compressed.len()].copy_from_slice(&compressed);
+        let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
+        if self.lookup(index * self.grain_bytes)?.0 != Grain::Unallocated {
+            return Err(Error::Unsupported(format!(
+                "a compressed grain cannot be written twice (grain {index})"
+            )));
+        }
+        let sector = alloc.next_sector;
+        let sector32 = u32::try_from(sector).map_err(|_| {
+            invalid(
+                FORMAT,
+                "grain offset",
+                sector,
+                "the file is too large for its tables",
+            )
+        })?;
+        alloc.next_sector += (total / 512) as u64;
+        self.storage.write_at(&record, sector * 512)?;
+        let (gd_index, gt_index) = self.indexes(index * self.grain_bytes);
+        self.set_entry(&mut alloc, gd_index, gt_index, sector32)
+    }
+
+    /// Writes out pending compressed grains.
+    pub fn flush(&self) -> Result<()> {
+        let pending =
+            std::mem::take(&mut self.alloc.lock().expect("allocation lock poisoned").pending);
+        for (index, data, _) in pending {
+            self.append_grain(index, &data)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the extent offset and place of every grain in an
+    /// allocated grain table, in order.
+    pub fn for_each_grain(&self, mut f: impl FnMut(u64, Grain)) -> Result<()> {
+        let per_gt = u64::from(self.header.gtes_per_gt);
+        let grains = self.len().div_ceil(self.grain_bytes);
+        for gd_index in 0..grains.div_ceil(per_gt) {
+            let Some(table) = self.table(false, gd_index as u32)? else {
+                continue;
+            };
+            for (i, _) in table.iter().enumerate() {
+                let grain = gd_index * per_gt + i as u64;
+                if grain >= grains {
+                    break;
+                }
+                let offset = grain * self.grain_bytes;
+                f(offset, self.lookup(offset)?.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocated grains and all grains of the extent.
+    pub fn grain_counts(&self) -> Result<(u64, u64)> {
+        let total = self.len().div_ceil(self.grain_bytes);
+        let mut allocated = 0;
+        let per_gt = u64::from(self.header.gtes_per_gt);
+        let tables = total.div_ceil(per_gt);
+        for gd_index in 0..tables {
+            if let Some(t) = self.table(false, gd_index as u32)? {
+                allocated += t.iter().filter(|&&e| e != 0).count() as u64;
+            }
+        }
+        Ok((allocated, total))
+    }
+}
+
+/// zlib-wrapped deflate of a grain, as QEMU's `compress()` makes it.
+fn deflate(data: &[u8]) -> Result<Vec<u8>> {
+    let config = zlib_rs::DeflateConfig {
+        level: 6,
+        method: zlib_rs::Method::Deflated,
+        window_bits: 15,
+        mem_level: 8,
+        strategy: zlib_rs::Strategy::Default,
+    };
+    let mut out = vec![0u8; data.len() + data.len() / 8 + 64];
+    let (written, rc) = zlib_rs::compress_slice(&mut out, data, config);
+    if rc != zlib_rs::ReturnCode::Ok {
+        return Err(Error::Unsupported(format!("deflate failed: {rc:?}")));
+    }
+    let n = written.len();
+    out.truncate(n);
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! Unit tests of the VMDK module: every subformat round-trips in memory,
+//! and hostile descriptors and sparse headers are refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::create::{create, CreateOptions, Subformat};
+use super::*;
+use crate::formats::NamedFile;
+use crate::storage::MemStorage;
+
+/// Files in memory, by name; names with a slash or `..` are refused as the
+/// file system opener refuses names outside the image's folder.
+#[derive(Default)]
+struct MemFiles {
+    files: Mutex<HashMap<String, Arc<MemStorage>>>,
+}
+
+impl MemFiles {
+    fn add(&self, name: &str, bytes: Vec<u8>) -> Arc<MemStorage> {
+        let s = Arc::new(MemStorage::from_bytes(bytes));
+        self.files.lock().unwrap().insert(name.into(), s.clone());
+        s
+    }
+}
+
+impl SideFiles for MemFiles {
+    fn image_name(&self) -> String {
+        "disk.vmdk".into()
+    }
+    fn image_identity(&self) -> String {
+        "disk.vmdk".into()
+    }
+    fn open(&self, name: &str, _writable: bool) -> Result<NamedFile> {
+        if name.contains('/') || name.contains("..") {
+            return Err(invalid(
+                FORMAT,
+                "extent file",
+                0,
+                "outside the image's folder",
+            ));
+        }
+        let files = self.files.lock().unwrap();
+        let s = files
+            .get(name)
+            .ok_or_else(|| invalid(FORMAT, "extent file", 0, "missing"))?;
+        Ok(NamedFile {
+            storage: s.clone(),
+            name: name.into(),
+            identity: name.into(),
+        })
+    }
+    fn create(&self, name: &str) -> Result<NamedFile> {
+        let s = self.add(name, Vec::new());
+        Ok(NamedFile {
+            storage: s,
+            name: name.into(),
+            identity: name.into(),
+        })
+    }
+}
+
+fn round_trip(subformat: Subformat) {
+    let files = MemFiles::default();
+    let image = files.add("disk.vmdk", Vec::new());
+    let opts = CreateOptions {
+        subformat,
+        ..CreateOptions::default()
+    };
+    create(&*image, (3 << 20) + 512, &opts, &files, 0x1234_5678).unwrap();
+    let vmdk = Vmdk::open(image.clone(), true, &files).unwrap();
+    assert_eq!(vmdk.virtual_size(), (3 << 20) + 512);
+    assert_eq!(vmdk.create_type(), subformat.name());
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    vmdk.write_at(&data, 1 << 20).unwrap();
+    vmdk.write_at(&[9; 512], 3 << 20).unwrap();
+    vmdk.flush().unwrap();
+    drop(vmdk);
+    let again = Vmdk::open(image, false, &files).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    again.read_at(&mut buf, 1 << 20).unwrap();
+    assert!(buf == data, "{subformat:?}");
+    let mut tail = [0u8; 1024];
+    again.read_at(&mut tail, (3 << 20) - 512).unwrap();
+    assert_eq!(&tail[..512], &[0; 512]);
+    assert_eq!(&tail[512..], &[9; 512]);
+    let Some(InfoValue::Dict(info)) = again.format_specific() else {
+        panic!()
+    };
+    assert_eq!(info[0], ("cid", InfoValue::UInt(0x1234_5678)));
+}
+
+#[test]
+fn every_subformat_round_trips() {
+    for s in [
+        Subformat::MonolithicSparse,
+        Subformat::MonolithicFlat,
+        Subformat::TwoGbMaxExtentSparse,
+        Subformat::TwoGbMaxExtentFlat,
+        Subformat::StreamOptimized,
+    ] {
+        round_trip(s);
+    }
+}
+
+#[test]
+fn stream_optimized_grains_are_written_once() {
+    let files = MemFiles::default();
+    let image = files.add("disk.vmdk", Vec::new());
+    let opts = CreateOptions {
+        subformat: Subformat::StreamOptimized,
+        ..CreateOptions::default()
+    };
+    create(&*image, 1 << 20, &opts, &files, 1).unwrap();
+    let vmdk = Vmdk::open(image, true, &files).unwrap();
+    vmdk.write_at(&[1; 65536], 0).unwrap();
+    assert!(vmdk.write_at(&[2; 512], 0).is_err());
+}
+
+fn descriptor_image(files: &MemFiles, text: &str) -> Result<Vmdk> {
+    let image = files.add("disk.vmdk", text.as_bytes().to_vec());
+    Vmdk::open(image, false, files)
+}
+
+#[test]
+fn hostile_descriptors_are_refused() {
+    let files = MemFiles::default();
+    files.add("a.raw", vec![0; 4096]);
+    let head = "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n";
+    let ok = format!("{head}RW 8 FLAT \"a.raw\" 0\n");
+    assert!(descriptor_image(&files, &ok).is_ok());
+    // The descriptor itself as its extent (a loop).
+    assert!(descriptor_image(&files, &format!("{head}RW 8 FLAT \"disk.vmdk\" 0\n")).is_err());
+    // A file outside the folder.
+    assert!(descriptor_image(&files, &format!("{head}RW 8 FLAT \"../etc/passwd\" 0\n")).is_err());
+    // Overlapping flat extents in one file.
+    assert!(descriptor_image(
+        &files,
+        &format!("{head}RW 8 FLAT \"a.raw\" 0\nRW 8 FLAT \"a.raw\" 4\n")
+    )
+    .is_err());
+    // Adjacent ones are fine.
+    assert!(descriptor_image(
+        &files,
+        &format!("{head}RW 8 FLAT \"a.raw\" 0\nRW 8 FLAT \"a.raw\" 8\n")
+    )
+    .is_ok());
+    // No createType, an unknown one, no extents, an offset overflowing.
+    assert!(descriptor_image(&files, "RW 8 FLAT \"a.raw\" 0\n").is_err());
+    assert!(descriptor_image(&files, &ok.replace("monolithicFlat", "custom")).is_err());
+    assert!(descriptor_image(&files, head).is_err());
+    assert!(descriptor_image(
+        &files,
+        &format!("{head}RW 8 FLAT \"a.raw\" 36028797018963967\n")
+    )
+    .is_err());
+    // A sparse extent that is not a sparse file.
+    assert!(descriptor_image(
+        &files,
+        &format!("{head}RW 8 SPARSE \"a.raw\"\n").replace("monolithicFlat", "twoGbMaxExtentSparse")
+    )
+    .is_err());
+}
+
+#[test]
+fn hostile_sparse_headers_are_refused() {
+    let files = MemFiles::default();
+    let image = files.add("x", Vec::new());
+    create(&*image, 1 << 20, &CreateOptions::default(), &files, 1).unwrap();
+    let good = image.to_bytes();
+    let open = |patch: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        patch(&mut b);
+        Vmdk::open(files.add("disk.vmdk", b), false, &files)
+    };
+    assert!(open(&|_| {}).is_ok());
+    // Grain directory past the end of the file.
+    assert!(open(&|b| LittleEndian::write_u64(&mut b[56..64], 1 << 40)).is_err());
+    // Absurd grain size, grain table size and capacity.
+    assert!(open(&|b| LittleEndian::write_u64(&mut b[20..28], 1 << 30)).is_err());
+    assert!(open(&|b| LittleEndian::write_u32(&mut b[44..48], 1 << 20)).is_err());
+    assert!(open(&|b| LittleEndian::write_u64(&mut b[12..20], 1 << 62)).is_err());
+    // A stream footer that is not there.
+    assert!(open(&|b| LittleEndian::write_u64(&mut b[56..64], u64::MAX)).is_err());
+    // Grain table entries past the end read as zero; a compressed grain
+    // with a broken marker fails the read, not the process.
+    let mut b = good.clone();
+    LittleEndian::write_u16(&mut b[77..79], 1);
+    LittleEndian::write_u32(&mut b[8..12], 0x3_0003);
+    let gt = LittleEndian::read_u64(&b[56..64]) as usize * 512;
+    let first_gt = LittleEndian::read_u32(&b[gt..gt + 4]) as usize * 512;
+    LittleEndian::write_u32(&mut b[first_gt..first_gt + 4], 1);
+    let vmdk = Vmdk::open(files.add("disk.vmdk", b), false, &files).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(vmdk.read_at(&mut buf, 0).is_err());
+}
+
+use byteorder::{ByteOrder, LittleEndian};

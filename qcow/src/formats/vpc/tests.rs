@@ -1,0 +1,93 @@
+//! Unit tests of the VHD module: round trips in memory and hostile images.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::storage::MemStorage;
+
+fn new_image(size: u64, subformat: Subformat) -> (Arc<MemStorage>, Vpc) {
+    let mem = Arc::new(MemStorage::new());
+    create(
+        &*mem,
+        size,
+        CreateOptions {
+            subformat,
+            force_size: false,
+        },
+    )
+    .unwrap();
+    let vpc = Vpc::open(mem.clone(), true).unwrap();
+    (mem, vpc)
+}
+
+#[test]
+fn dynamic_write_read_reopen() {
+    let (mem, vpc) = new_image(10 << 20, Subformat::Dynamic);
+    assert_eq!(vpc.virtual_size(), 10_514_432);
+    assert_eq!(vpc.cluster_size(), Some(2 << 20));
+    vpc.write_at(&[0xab; 1000], 3 << 20).unwrap();
+    vpc.write_at(&[0xcd; 512], 100).unwrap();
+    let mut buf = vec![0u8; 4096];
+    vpc.read_at(&mut buf, (3 << 20) - 2048).unwrap();
+    assert!(buf[..2048].iter().all(|&b| b == 0));
+    assert!(buf[2048..3048].iter().all(|&b| b == 0xab));
+    assert!(buf[3048..].iter().all(|&b| b == 0));
+    drop(vpc);
+    let again = Vpc::open(mem.clone(), false).unwrap();
+    let mut buf = vec![0u8; 612];
+    again.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..100].iter().all(|&b| b == 0));
+    assert!(buf[100..].iter().all(|&b| b == 0xcd));
+    assert_eq!(again.block_counts(), Some((2, 6)));
+    let e = again.extents(0, again.virtual_size()).unwrap();
+    assert!(matches!(e[0].kind, ExtentKind::Data { .. }));
+    assert_eq!(e[0].len, 2 << 20);
+    assert!(matches!(
+        e[1].kind,
+        ExtentKind::Data { .. } | ExtentKind::Unallocated { .. }
+    ));
+}
+
+#[test]
+fn fixed_write_read() {
+    let (mem, vpc) = new_image(1 << 20, Subformat::Fixed);
+    let size = vpc.virtual_size();
+    assert_eq!(mem.len().unwrap(), size + 512);
+    vpc.write_at(&[1; 512], size - 512).unwrap();
+    assert!(vpc.write_at(&[1; 512], size).is_err());
+    let again = Vpc::open(mem, false).unwrap();
+    assert!(again.is_fixed());
+    assert_eq!(again.cluster_size(), None);
+    let mut buf = [0u8; 512];
+    again.read_at(&mut buf, size - 512).unwrap();
+    assert_eq!(buf, [1; 512]);
+}
+
+/// A dynamic image's bytes with `patch` applied to its dynamic header
+/// (whose checksum is not checked by QEMU, nor by us).
+fn patched(patch: impl Fn(&mut Vec<u8>)) -> Result<Vpc> {
+    let mem = MemStorage::new();
+    create(&mem, 4 << 20, CreateOptions::default()).unwrap();
+    let mut bytes = mem.to_bytes();
+    patch(&mut bytes);
+    Vpc::open(Arc::new(MemStorage::from_bytes(bytes)), false)
+}
+
+#[test]
+fn hostile_images_are_refused() {
+    // Table far past the end of the file.
+    assert!(patched(|b| BigEndian::write_u64(&mut b[512 + 16..512 + 24], 1 << 40)).is_err());
+    // Absurd block size (not a power of two), and a tiny one.
+    assert!(patched(|b| BigEndian::write_u32(&mut b[512 + 32..512 + 36], 3 << 20)).is_err());
+    assert!(patched(|b| BigEndian::write_u32(&mut b[512 + 32..512 + 36], 256)).is_err());
+    // A huge table count.
+    assert!(patched(|b| BigEndian::write_u32(&mut b[512 + 28..512 + 32], u32::MAX)).is_err());
+    // A table entry pointing past the end.
+    assert!(patched(|b| BigEndian::write_u32(&mut b[1536..1540], 0x00ff_ffff)).is_err());
+    // A broken footer checksum.
+    assert!(patched(|b| b[40] ^= 1).is_err());
+    // Garbage.
+    assert!(Vpc::open(Arc::new(MemStorage::from_bytes(vec![0; 100])), false).is_err());
+    // The untouched image opens.
+    assert!(patched(|_| {}).is_ok());
+}

@@ -1,0 +1,345 @@
+//! The foreign formats (vpc, vdi, vmdk, qed; vhdx read-only) against qemu-img, both ways, for
+//! every subformat and option row of [`CASES`]:
+//! - an image qemu-img makes (converted from a raw file, then written by
+//!   qemu-io) reads through `img convert -O raw` byte-identical to
+//!   qemu-img's own conversion, and `img info --output=json` equals
+//!   `qemu-img info --output=json`;
+//! - an image `img convert` makes from the same raw file passes `qemu-img
+//!   compare` with it and `qemu-img check` (where the format has one), and
+//!   its info equals qemu-img's;
+//! - `img convert` back from our image to qcow2 holds the same data.
+//!
+//! Images are a few MiB: the whole file runs in seconds.
+
+use std::path::Path;
+
+use integration_tests::{img, make_raw, ok, qemu_img, qemu_io, read, require_qemu, run};
+
+/// (format, `-o` options) rows: every subformat and option qemu-img has
+/// for the format.
+const CASES: &[(&str, &str)] = &[
+    ("vpc", ""),
+    ("vpc", "subformat=dynamic"),
+    ("vpc", "subformat=fixed"),
+    ("vpc", "force_size=on"),
+    ("vpc", "subformat=fixed,force_size=on"),
+    ("vdi", ""),
+    ("vdi", "static=on"),
+    ("vmdk", ""),
+    ("vmdk", "subformat=monolithicFlat"),
+    ("vmdk", "subformat=twoGbMaxExtentSparse"),
+    ("vmdk", "subformat=twoGbMaxExtentFlat"),
+    ("vmdk", "subformat=streamOptimized"),
+    ("vmdk", "zeroed_grain=on"),
+    ("vmdk", "compat6=on,adapter_type=lsilogic"),
+    ("vmdk", "hwversion=7,adapter_type=buslogic,toolsversion=3"),
+    ("qed", ""),
+    ("qed", "cluster_size=4k,table_size=2"),
+    ("qed", "cluster_size=1M,table_size=16"),
+];
+
+/// Formats qemu-img checks.
+const CHECKED: &[&str] = &["vdi", "vmdk", "qed"];
+
+/// Whether qemu-io can write into images of these options (QEMU writes
+/// stream-optimized images only through convert).
+fn qemu_writes(opts: &str) -> bool {
+    !opts.contains("streamOptimized")
+}
+
+fn convert_cmd(
+    tool: fn(&[&str]) -> std::process::Command,
+    from: &str,
+    to: &str,
+    opts: &str,
+) -> std::process::Command {
+    let mut c = tool(&["convert", "-f", from, "-O", to]);
+    if !opts.is_empty() {
+        c.args(["-o", opts]);
+    }
+    c
+}
+
+fn assert_same_file(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (read(a), read(b));
+    assert_eq!(x.len(), y.len(), "{what}: sizes differ");
+    if let Some(at) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("{what}: first difference at byte {at}");
+    }
+}
+
+fn assert_info_like_qemu(fmt: &str, image: &Path, what: &str) {
+    let ours = ok(img(&["info", "--output=json", "-f", fmt]).arg(image));
+    let theirs = ok(qemu_img(&["info", "--output=json", "-f", fmt]).arg(image));
+    let ours: serde_json::Value = serde_json::from_str(&ours).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+    assert_eq!(ours, theirs, "{what}: info differs");
+    let ours = ok(img(&["info", "-f", fmt]).arg(image));
+    let theirs = ok(qemu_img(&["info", "-f", fmt]).arg(image));
+    assert_eq!(ours, theirs, "{what}: human info differs");
+}
+
+#[test]
+fn qemu_images_read_and_img_images_pass_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    // 5 MiB + 7 sectors: not a whole block of any format, nor a whole
+    // CHS geometry.
+    make_raw(&source, (5 << 20) + 7 * 512, 17);
+    for (i, &(fmt, opts)) in CASES.iter().enumerate() {
+        let what = format!("{fmt} -o '{opts}'");
+        // qemu-img makes it; qemu-io writes over it.
+        let theirs = d.join(format!("theirs{i}.{fmt}"));
+        ok(convert_cmd(qemu_img, "raw", fmt, opts)
+            .arg(&source)
+            .arg(&theirs));
+        if qemu_writes(opts) {
+            qemu_io(
+                fmt,
+                &theirs,
+                &[
+                    "write -P 0x5a 4095k 3k",
+                    "write -z 0 64k",
+                    "write -P 7 2M 512",
+                ],
+            );
+        }
+        let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+        ok(convert_cmd(img, fmt, "raw", "").arg(&theirs).arg(&a));
+        ok(convert_cmd(qemu_img, fmt, "raw", "").arg(&theirs).arg(&b));
+        assert_same_file(&a, &b, &format!("reading qemu's {what}"));
+        assert_info_like_qemu(fmt, &theirs, &format!("qemu's {what}"));
+        // Fixed VHDs, static VDIs and flat vmdk extents pass the file's holes through
+        // as qemu's raw layer shows them ("data": true, "zero": true);
+        // ours shows them as zeros without data, so only the sparse
+        // layouts are compared.
+        if !opts.contains("fixed") && !opts.contains("Flat") && !opts.contains("static") {
+            let ours_map = ok(img(&["map", "--output=json", "-f", fmt]).arg(&theirs));
+            let theirs_map = ok(qemu_img(&["map", "--output=json", "-f", fmt]).arg(&theirs));
+            assert!(
+                ours_map == theirs_map,
+                "qemu's {what}: map differs:\n{ours_map}\n{theirs_map}"
+            );
+        }
+
+        // img makes it from the same raw file.
+        let ours = d.join(format!("ours{i}.{fmt}"));
+        ok(convert_cmd(img, "raw", fmt, opts).arg(&source).arg(&ours));
+        let out = run(qemu_img(&["compare", "-f", "raw", "-F", fmt])
+            .arg(&source)
+            .arg(&ours));
+        assert!(
+            out.status.success(),
+            "{what}: qemu-img compare: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if CHECKED.contains(&fmt) {
+            ok(qemu_img(&["check", "-f", fmt]).arg(&ours));
+            ok(img(&["check", "-f", fmt]).arg(&ours));
+        } else {
+            let out = run(img(&["check", "-f", fmt]).arg(&ours));
+            assert_eq!(
+                out.status.code(),
+                Some(63),
+                "{what}: check is not supported"
+            );
+        }
+        assert_info_like_qemu(fmt, &ours, &format!("img's {what}"));
+
+        // img writes into our image (allocating), then both read it alike.
+        ok(convert_cmd(img, fmt, "qcow2", "")
+            .arg(&ours)
+            .arg(d.join("back.qcow2")));
+        let out = run(qemu_img(&["compare", "-f", fmt, "-F", "qcow2"])
+            .arg(&ours)
+            .arg(d.join("back.qcow2")));
+        assert!(out.status.success(), "{what}: back to qcow2 differs");
+        if !qemu_writes(opts) {
+            continue;
+        }
+        qemu_io(fmt, &ours, &["write -P 0x66 1M 4k"]);
+        ok(convert_cmd(img, fmt, "raw", "").arg(&ours).arg(&a));
+        ok(convert_cmd(qemu_img, fmt, "raw", "").arg(&ours).arg(&b));
+        assert_same_file(&a, &b, &format!("reading img's {what} after qemu-io wrote"));
+    }
+}
+
+/// vhdx (read-only so far): images qemu-img makes in every subformat and
+/// option, written by qemu-io, read like qemu-img reads them, with the same
+/// info and a clean check.
+#[test]
+fn qemu_vhdx_images_read_identically() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    make_raw(&source, (9 << 20) + 3 * 512, 23);
+    for (i, opts) in [
+        "",
+        "subformat=dynamic",
+        "subformat=fixed",
+        "block_size=1M",
+        "block_size=32M,log_size=2M",
+        "block_state_zero=off",
+        "subformat=fixed,block_size=8M",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("vhdx -o '{opts}'");
+        let image = d.join(format!("q{i}.vhdx"));
+        ok(convert_cmd(qemu_img, "raw", "vhdx", opts)
+            .arg(&source)
+            .arg(&image));
+        qemu_io(
+            "vhdx",
+            &image,
+            &["write -P 9 5M 7k", "write -z 0 1M", "write -P 3 8M 4k"],
+        );
+        let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+        ok(convert_cmd(img, "vhdx", "raw", "").arg(&image).arg(&a));
+        ok(convert_cmd(qemu_img, "vhdx", "raw", "").arg(&image).arg(&b));
+        assert_same_file(&a, &b, &format!("reading qemu's {what}"));
+        assert_info_like_qemu("vhdx", &image, &what);
+        ok(img(&["check", "-f", "vhdx"]).arg(&image));
+        ok(img(&["convert", "-f", "vhdx", "-O", "qcow2"])
+            .arg(&image)
+            .arg(d.join("c.qcow2")));
+        let out = run(qemu_img(&["compare", "-f", "vhdx", "-F", "qcow2"])
+            .arg(&image)
+            .arg(d.join("c.qcow2")));
+        assert!(out.status.success(), "{what}: to qcow2 differs");
+    }
+}
+
+/// `img convert -n` into an existing image of each format (writes through
+/// the format's allocating write path, zero ranges written as zeros).
+#[test]
+fn convert_into_existing_images() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    make_raw(&source, 3 << 20, 5);
+    for &(fmt, opts) in CASES {
+        let target = d.join(format!("t.{fmt}"));
+        let mut create = qemu_img(&["create", "-q", "-f", fmt]);
+        if !opts.is_empty() {
+            create.args(["-o", opts]);
+        }
+        ok(create.arg(&target).arg("4M"));
+        ok(img(&["convert", "-n", "-f", "raw", "-O", fmt])
+            .arg(&source)
+            .arg(&target));
+        let out = run(qemu_img(&["compare", "-f", "raw", "-F", fmt])
+            .arg(&source)
+            .arg(&target));
+        // The target is larger than the source: compare reports the size
+        // mismatch but must find the common part and the rest equal (zero).
+        assert!(
+            out.status.success(),
+            "{fmt} -o '{opts}': {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// Hostile images: one line, exit 1, quickly.
+#[test]
+fn hostile_images_get_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("vpc", {
+            // A dynamic VHD footer whose checksum is wrong.
+            let mut b = vec![0u8; 4096];
+            b[..8].copy_from_slice(b"conectix");
+            b
+        }),
+        ("vdi", {
+            // A VDI header with a 1 GiB block size.
+            let mut b = vec![0u8; 4096];
+            b[64..68].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+            b[68..72].copy_from_slice(&0x0001_0001u32.to_le_bytes());
+            b[360..364].copy_from_slice(&512u32.to_le_bytes());
+            b[376..380].copy_from_slice(&(1u32 << 30).to_le_bytes());
+            b
+        }),
+        ("vdi", {
+            // A block map far past the end of the file.
+            let mut b = vec![0u8; 4096];
+            b[64..68].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+            b[68..72].copy_from_slice(&0x0001_0001u32.to_le_bytes());
+            b[340..344].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+            b[360..364].copy_from_slice(&512u32.to_le_bytes());
+            b[376..380].copy_from_slice(&(1u32 << 20).to_le_bytes());
+            b[384..388].copy_from_slice(&0x1ff_fff8u32.to_le_bytes());
+            b
+        }),
+    ];
+    let descriptor = |extent: &str| {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\n{extent}\n"
+        )
+        .into_bytes()
+    };
+    let mut cases = cases;
+    // Extents outside the descriptor's folder, the descriptor itself (a
+    // loop), and a sparse extent whose grain size is absurd.
+    cases.push(("vmdk", descriptor("RW 8 FLAT \"/etc/passwd\" 0")));
+    cases.push(("vmdk", descriptor("RW 8 FLAT \"../x\" 0")));
+    cases.push(("vmdk", descriptor("RW 8 FLAT \"bad5.vmdk\" 0")));
+    cases.push(("vmdk", {
+        let mut b = vec![0u8; 4096];
+        b[..4].copy_from_slice(b"KDMV");
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[12..20].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        b[20..28].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        b[44..48].copy_from_slice(&512u32.to_le_bytes());
+        b
+    }));
+    for (i, (fmt, bytes)) in cases.into_iter().enumerate() {
+        let path = d.join(format!("bad{i}.{fmt}"));
+        std::fs::write(&path, bytes).unwrap();
+        for args in [
+            &["info", "-f", fmt][..],
+            &["convert", "-f", fmt, "-O", "raw"][..],
+        ] {
+            let mut c = img(args);
+            c.arg(&path);
+            if args[0] == "convert" {
+                c.arg(d.join("out.raw"));
+            }
+            let start = std::time::Instant::now();
+            let out = run(&mut c);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{fmt} case {i}: {err}");
+            assert_eq!(err.lines().count(), 1, "{fmt} case {i}: {err}");
+            assert!(
+                start.elapsed().as_secs() < 5,
+                "{fmt} case {i} took too long"
+            );
+        }
+    }
+}
+
+/// Without `-f`, img probes the formats it reads as qemu-img does (a
+/// dynamic VHD by its leading footer copy, a VDI by its signature).
+#[test]
+fn probed_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    for fmt in ["vpc", "vdi", "vmdk", "qed", "vhdx"] {
+        let path = dir.path().join(format!("p.{fmt}"));
+        ok(qemu_img(&["create", "-q", "-f", fmt]).arg(&path).arg("1M"));
+        let ours = ok(img(&["info", "--output=json"]).arg(&path));
+        let theirs = ok(qemu_img(&["info", "--output=json"]).arg(&path));
+        let ours: serde_json::Value = serde_json::from_str(&ours).unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+        assert_eq!(ours["format"], fmt);
+        assert_eq!(ours, theirs);
+    }
+}

@@ -1,0 +1,50 @@
+//! Creating images of the formats of `qcow::formats` whose options need
+//! more than a line of `create`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use qcow::formats::dir_files::DirFiles;
+use qcow::formats::vmdk::create::{create, CreateOptions as VmdkOptions, Subformat};
+use qcow::Storage;
+
+use super::io_reason;
+use crate::opts::CreateOptions;
+
+/// Creates a vmdk image of `size` bytes at `filename` (already opened as
+/// `storage`), its extent files next to it.
+pub fn vmdk(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u64) -> Result<()> {
+    let hw_version = match (&opts.hwversion, opts.compat6) {
+        (Some(v), _) => v.clone(),
+        (None, Some(true)) => "6".to_string(),
+        (None, _) => "4".to_string(),
+    };
+    let vmdk_opts = VmdkOptions {
+        subformat: opts
+            .subformat
+            .as_deref()
+            .and_then(Subformat::parse)
+            .unwrap_or_default(),
+        adapter_type: opts.adapter_type.clone().unwrap_or_else(|| "ide".into()),
+        hw_version,
+        tools_version: opts
+            .toolsversion
+            .clone()
+            .unwrap_or_else(|| "2147483647".into()),
+        zeroed_grain: opts.zeroed_grain.unwrap_or(false),
+    };
+    let files = DirFiles::for_image(Path::new(filename));
+    let cid = random_cid();
+    create(storage, size, &vmdk_opts, &files, cid)
+        .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+}
+
+/// A CID that differs from image to image (as QEMU's random one).
+fn random_cid() -> u32 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::collections::hash_map::RandomState::new().hash_one(nanos) as u32
+}

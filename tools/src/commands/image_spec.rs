@@ -1,0 +1,288 @@
+//! The ways qemu-img names an image besides a plain file name: `json:{...}`
+//! (QEMU's JSON, single-quoted strings allowed), `--image-opts` option
+//! strings (`driver=qcow2,file.driver=file,file.filename=X`) and the
+//! `file:` protocol prefix (for names with a colon). Each resolves to the
+//! file to open and the format driver it names; options img has no use
+//! for (cache modes, locking, read-only) are accepted, anything else is
+//! refused in one line rather than ignored.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+
+/// Longest option string or `json:` text accepted.
+const MAX_SPEC_LEN: usize = 64 * 1024;
+
+/// Options accepted and left to img's defaults (QEMU's cache and locking
+/// knobs, which change how the file is opened, not what it holds).
+const IGNORED_KEYS: &[&str] = &[
+    "cache.direct",
+    "cache.no-flush",
+    "file.cache.direct",
+    "file.cache.no-flush",
+    "file.locking",
+    "file.aio",
+    "read-only",
+    "auto-read-only",
+    "force-share",
+    "discard",
+    "detect-zeroes",
+    "node-name",
+    "file.node-name",
+];
+
+/// An image named as qemu-img accepts it, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The file to open.
+    pub filename: String,
+    /// The format named by the spec (or `-f`), if any.
+    pub format: Option<String>,
+}
+
+/// Resolves `name` (with `-f`'s `format`): an option string when
+/// `image_opts`, else `json:`, `file:` or a plain file name.
+pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<ImageSpec> {
+    let plain = |filename: &str| ImageSpec {
+        filename: filename.to_string(),
+        format: format.map(str::to_string),
+    };
+    if name.len() > MAX_SPEC_LEN {
+        bail!("image name longer than {MAX_SPEC_LEN} bytes");
+    }
+    let options = if image_opts {
+        parse_option_string(name)?
+    } else if let Some(json) = name.strip_prefix("json:") {
+        parse_json(json)?
+    } else if let Some(path) = name.strip_prefix("file:") {
+        // As QEMU does, a relative name that would read as another
+        // protocol prefix ("a:b") becomes "./a:b".
+        let end = path.find(['/', ':']).unwrap_or(path.len());
+        if path[end..].starts_with(':') {
+            return Ok(plain(&format!("./{path}")));
+        }
+        return Ok(plain(path));
+    } else {
+        return Ok(plain(name));
+    };
+    from_options(name, &options, format)
+}
+
+/// The file and format an option map names.
+fn from_options(
+    name: &str,
+    options: &BTreeMap<String, String>,
+    format: Option<&str>,
+) -> Result<ImageSpec> {
+    let driver = options.get("driver").map(String::as_str);
+    let (filename, format) = match driver {
+        Some("file") | None if options.contains_key("filename") => {
+            (options.get("filename"), format.map(str::to_string))
+        }
+        Some(d) => (options.get("file.filename"), Some(d.to_string())),
+        None => (options.get("file.filename"), format.map(str::to_string)),
+    };
+    let file_driver = options.get("file.driver").map(String::as_str);
+    if !matches!(file_driver, None | Some("file")) {
+        bail!(
+            "Could not open '{name}': img opens images on the 'file' protocol only, not '{}'",
+            file_driver.unwrap_or_default()
+        );
+    }
+    for key in options.keys() {
+        let known = matches!(
+            key.as_str(),
+            "driver" | "filename" | "file.filename" | "file.driver"
+        ) || IGNORED_KEYS.contains(&key.as_str());
+        if !known {
+            bail!(
+                "Could not open '{name}': Block format '{}' does not support the option '{key}'",
+                format.as_deref().unwrap_or("file")
+            );
+        }
+    }
+    let Some(filename) = filename else {
+        bail!("Could not open '{name}': A block device must be specified for \"file\"");
+    };
+    let format = match format.as_deref() {
+        Some("file") => None,
+        _ => format,
+    };
+    Ok(ImageSpec {
+        filename: filename.clone(),
+        format,
+    })
+}
+
+/// QEMU's option string: `key=value` pairs split by commas, a doubled
+/// comma standing for a comma in a value; a bare first word is the
+/// file name.
+fn parse_option_string(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push(',');
+            } else {
+                parts.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(c);
+        }
+    }
+    parts.push(current);
+    let mut options = BTreeMap::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        match part.split_once('=') {
+            Some((key, value)) => {
+                options.insert(key.to_string(), value.to_string());
+            }
+            None if i == 0 && !part.is_empty() => {
+                options.insert("file.filename".to_string(), part);
+            }
+            None => bail!("Invalid parameter '{part}'"),
+        }
+    }
+    Ok(options)
+}
+
+/// `json:` text as QEMU reads it (single-quoted strings allowed), flattened
+/// into dotted keys (`{"file": {"filename": X}}` is `file.filename`).
+fn parse_json(text: &str) -> Result<BTreeMap<String, String>> {
+    let value: serde_json::Value = serde_json::from_str(&double_quoted(text))
+        .map_err(|e| anyhow!("Could not parse JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        bail!("Invalid JSON object given");
+    };
+    let mut out = BTreeMap::new();
+    flatten("", &map, &mut out)?;
+    Ok(out)
+}
+
+fn flatten(
+    prefix: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    out: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    for (key, value) in map {
+        let key = format!("{prefix}{key}");
+        match value {
+            serde_json::Value::Object(inner) => flatten(&format!("{key}."), inner, out)?,
+            serde_json::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            serde_json::Value::Bool(b) => {
+                out.insert(key, if *b { "on" } else { "off" }.to_string());
+            }
+            serde_json::Value::Number(n) => {
+                out.insert(key, n.to_string());
+            }
+            _ => bail!("Invalid value for option '{key}'"),
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites QEMU's single-quoted JSON strings as double-quoted ones.
+fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'') => {
+                quote = Some('\'');
+                out.push('"');
+            }
+            (None, '"') => {
+                quote = Some('"');
+                out.push('"');
+            }
+            (Some(q), '\\') => {
+                let next = chars.next().unwrap_or('\\');
+                if q == '\'' && next == '\'' {
+                    out.push('\'');
+                } else {
+                    out.push('\\');
+                    out.push(next);
+                }
+            }
+            (Some('\''), '"') => out.push_str("\\\""),
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push('"');
+            }
+            (_, c) => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, image_opts: bool) -> ImageSpec {
+        resolve(name, None, image_opts).unwrap()
+    }
+
+    #[test]
+    fn plain_and_file_prefixed_names() {
+        assert_eq!(spec("a.qcow2", false).filename, "a.qcow2");
+        assert_eq!(spec("file:dir/a:b.qcow2", false).filename, "dir/a:b.qcow2");
+        assert_eq!(spec("file:/d/a:b.qcow2", false).filename, "/d/a:b.qcow2");
+        assert_eq!(spec("file:a:b.qcow2", false).filename, "./a:b.qcow2");
+    }
+
+    #[test]
+    fn json_names() {
+        let s = spec(
+            r#"json:{"driver":"qcow2","file.filename":"t.qcow2"}"#,
+            false,
+        );
+        assert_eq!(
+            (s.filename.as_str(), s.format.as_deref()),
+            ("t.qcow2", Some("qcow2"))
+        );
+        let s = spec(
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"t.raw"}}"#,
+            false,
+        );
+        assert_eq!(
+            (s.filename.as_str(), s.format.as_deref()),
+            ("t.raw", Some("raw"))
+        );
+        let s = spec(
+            r#"json:{ 'driver': 'file', 'filename': 'it\'s "q"' }"#,
+            false,
+        );
+        assert_eq!((s.filename.as_str(), s.format), ("it's \"q\"", None));
+        assert!(resolve("json:{\"driver\":\"qcow2\"}", None, false).is_err());
+        assert!(resolve("json:[1]", None, false).is_err());
+        assert!(resolve(
+            r#"json:{"driver":"qcow2","file.filename":"t","x":1}"#,
+            None,
+            false
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("does not support the option 'x'"));
+    }
+
+    #[test]
+    fn option_strings() {
+        let s = spec(
+            "driver=qcow2,file.driver=file,file.filename=a,,b.qcow2,cache.direct=on",
+            true,
+        );
+        assert_eq!(
+            (s.filename.as_str(), s.format.as_deref()),
+            ("a,b.qcow2", Some("qcow2"))
+        );
+        assert!(resolve("driver=qcow2,file.driver=nbd,file.filename=x", None, true).is_err());
+        assert!(resolve("driver=qcow2,bogus", None, true).is_err());
+    }
+}
