@@ -116,6 +116,34 @@ fn messages_usage_and_sizes_match_qemu_img() {
             "h.raw",
             "cat.qcow2",
         ],
+        // Values the driver refuses come after the Formatting line.
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.42",
+            "v.qcow2",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=1234",
+            "v.qcow2",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "preallocation=metadata",
+            "v.raw",
+            "1M",
+        ],
         // Preallocation only grows.
         &[
             "resize",

@@ -240,7 +240,19 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     parsed
         .set_backing(args.backing.as_deref(), args.backing_format.as_deref())
         .map_err(|e| prefixed(filename, e))?;
-    let mut opts = CreateOptions::from_parsed(&parsed).map_err(|e| prefixed(filename, e))?;
+    let mut opts = match CreateOptions::from_parsed(&parsed) {
+        Ok(opts) => opts,
+        Err(e) => {
+            // An unknown compat, preallocation or compression_type value is
+            // the format driver's to refuse: qemu-img has printed its
+            // Formatting line by then (when nothing before it failed).
+            let driver_stage = parsed.get("backing_file").is_none() && parsed.get("size").is_some();
+            if driver_stage && !args.quiet {
+                println!("{}", parsed.formatting_line(filename));
+            }
+            return Err(prefixed(filename, e));
+        }
+    };
     if let Some(backing) = opts.backing_file.clone() {
         let dir = Path::new(&image_path).parent().unwrap_or(Path::new(""));
         let backing_path = resolve(dir, &backing);
