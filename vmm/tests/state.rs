@@ -133,3 +133,120 @@ fn snapshot_restore_resume_and_refusals() {
         target.log()
     );
 }
+
+/// The counts of `guest: count K` lines in `log`, in order.
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("guest: count "))
+        .filter_map(|k| k.trim().parse().ok())
+        .collect()
+}
+
+/// Fails unless `counts` go up by one from their first.
+fn assert_consecutive(counts: &[u64], what: &str) {
+    for pair in counts.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "{what}: a gap or a repeat in {counts:?}"
+        );
+    }
+}
+
+fn wait_count(vmm: &ApiVmm, log: &std::path::Path, at_least: u64) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if counts(&text).last().is_some_and(|&k| k >= at_least) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no count {at_least} in {text:?}\nvmm: {}",
+            vmm.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
+    require_kvm!();
+    let guest = build_guest();
+    let snap_root = tempfile::tempdir().unwrap();
+    let snap = snap_root.path().join("snap");
+    let url = format!("file://{}", snap.display());
+
+    let source = ApiVmm::start(&[]);
+    let client = source.client();
+    let disk_path = source.path("count.raw");
+    std::fs::File::create(&disk_path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let disk = vmapi::DiskConfig {
+        path: disk_path.clone(),
+        readonly: false,
+        direct: false,
+        id: Some("count".into()),
+        image_type: Some(vmapi::ImageType::Raw),
+    };
+    let config = guest_config(
+        &guest,
+        "guest.mode=count guest.every=20000",
+        source.dir.path(),
+        vec![disk],
+    );
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    let log_path = source.path("console.log");
+    wait_count(&source, &log_path, 5);
+    client.pause().unwrap();
+    let at_pause = std::fs::read_to_string(&log_path).unwrap();
+    let last_before = *counts(&at_pause).last().unwrap();
+    client.snapshot(&url).unwrap();
+    // The disk as it was at the snapshot (CH's snapshots leave disks
+    // alone too): its copy goes back before the restore.
+    std::fs::copy(&disk_path, snap_root.path().join("count.raw")).unwrap();
+
+    // The source runs on from where it was, then stops.
+    client.resume().unwrap();
+    let source_log = wait_count(&source, &log_path, last_before + 5);
+    assert_consecutive(&counts(&source_log), "the source");
+    client.vmm_shutdown().unwrap();
+    let mut source = source;
+    assert_eq!(source.wait_exit(), Some(0), "{}", source.log());
+    std::fs::remove_file(&log_path).unwrap();
+    std::fs::copy(snap_root.path().join("count.raw"), &disk_path).unwrap();
+
+    // A new process restores it, paused; nothing runs until vm.resume.
+    let target = ApiVmm::start(&[]);
+    let client = target.client();
+    client.restore(&url).unwrap();
+    assert_eq!(client.info().unwrap().state, VmState::Paused);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(counts(&std::fs::read_to_string(&log_path).unwrap_or_default()).is_empty());
+    client.resume().unwrap();
+    let restored = wait_count(&target, &log_path, last_before + 10);
+    let restored_counts = counts(&restored);
+    assert!(
+        !restored.contains("guest: start"),
+        "the restored guest started over: {restored:?}"
+    );
+    // The serial before the pause and after the restore is one sequence.
+    let joined = format!("{at_pause}{restored}");
+    let all = counts(&joined);
+    assert_consecutive(&all, "snapshot then restore");
+    assert!(all.contains(&(last_before + 1)), "{all:?}");
+    client.pause().unwrap();
+    // Every count printed and flushed (all but the last printed) is on
+    // the disk, in its sector.
+    let bytes = std::fs::read(&disk_path).unwrap();
+    let last = *restored_counts.last().unwrap();
+    for k in all.iter().copied().filter(|&k| k < last) {
+        let sector = (k % 2048) as usize * 512;
+        let on_disk = u64::from_le_bytes(bytes[sector..sector + 8].try_into().unwrap());
+        assert_eq!(on_disk, k, "sector {} holds {on_disk}, not {k}", k % 2048);
+    }
+    client.vmm_shutdown().unwrap();
+}
