@@ -16,7 +16,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(header open_image snapshot_table virtio_blk api_request)
+    targets=(header open_image snapshot_table virtio_blk api_request vm_state)
 fi
 for t in "${targets[@]}"; do
     if [ -z "$(ls -A "corpus/$t" 2>/dev/null)" ]; then

@@ -278,3 +278,117 @@ impl<'a> Cursor<'a> {
         Ok(group)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::record::write_record;
+
+    fn vcpu() -> VcpuState {
+        VcpuState {
+            mp_state: Default::default(),
+            regs: kvm_bindings::kvm_regs {
+                rip: 0x1234,
+                ..Default::default()
+            },
+            sregs: Default::default(),
+            fpu: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            tsc_khz: 1_000_000,
+            cpuid: vec![Default::default(); 2],
+            msrs: vec![Default::default(); 3],
+            events: Default::default(),
+        }
+    }
+
+    fn machine(cpus: u32, disks: u32) -> MachineState {
+        let mut irqchips = [kvm_irqchip::default(); 3];
+        for (id, chip) in irqchips.iter_mut().enumerate() {
+            chip.chip_id = id as u32;
+        }
+        MachineState {
+            config: ConfigSummary {
+                cpus,
+                memory: 32 << 20,
+                disks,
+            },
+            vcpus: (0..cpus).map(|_| vcpu()).collect(),
+            pit: Default::default(),
+            clock: Default::default(),
+            irqchips,
+            serial: Default::default(),
+            ged: 1,
+            virtio: (0..disks).map(|_| VirtioMmioState::default()).collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_configuration_refusals() {
+        let state = machine(2, 1);
+        let bytes = state.to_bytes().unwrap();
+        let back = MachineState::parse(&bytes, state.config).unwrap();
+        assert_eq!(back.to_bytes().unwrap(), bytes);
+        assert_eq!(back.vcpus[1].regs.rip, 0x1234);
+        assert_eq!(back.vcpus[0].msrs.len(), 3);
+        for (other, says) in [
+            (
+                ConfigSummary {
+                    cpus: 1,
+                    ..state.config
+                },
+                "2 vCPUs, the VM 1",
+            ),
+            (
+                ConfigSummary {
+                    memory: 64 << 20,
+                    ..state.config
+                },
+                "32 MiB of memory, the VM 64 MiB",
+            ),
+            (
+                ConfigSummary {
+                    disks: 0,
+                    ..state.config
+                },
+                "1 disks, the VM 0",
+            ),
+        ] {
+            let err = MachineState::parse(&bytes, other)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn records_out_of_order_or_trailing_are_refused() {
+        let state = machine(1, 0);
+        let bytes = state.to_bytes().unwrap();
+        // Swap REGS and SREGS of vCPU 0 (records 2 and 3).
+        let mut records = Vec::new();
+        let mut input = &bytes[..];
+        let mut offset = 0;
+        while let Some(r) = read_record(&mut input, &mut offset).unwrap() {
+            records.push(r);
+        }
+        records.swap(2, 3);
+        let mut swapped = Vec::new();
+        for r in &records {
+            write_record(&mut swapped, r.kind, r.index, &r.payload).unwrap();
+        }
+        let err = MachineState::parse(&swapped, state.config).err().unwrap();
+        assert!(matches!(err, StateError::Layout(_)), "{err}");
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(MachineState::parse(&trailing, state.config).is_err());
+        assert!(matches!(
+            MachineState::parse(&bytes[..bytes.len() - 28], state.config),
+            Err(StateError::Truncated { .. })
+        ));
+    }
+}
