@@ -191,12 +191,17 @@ fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
         id: Some("count".into()),
         image_type: Some(vmapi::ImageType::Raw),
     };
-    let config = guest_config(
+    let mut config = guest_config(
         &guest,
         "guest.mode=count guest.every=20000",
         source.dir.path(),
         vec![disk],
     );
+    // A second vCPU, waiting for its SIPI, is saved and restored too.
+    config.cpus = vmapi::CpusConfig {
+        boot_vcpus: 2,
+        max_vcpus: 2,
+    };
     client.create(&config).unwrap();
     client.boot(false).unwrap();
     let log_path = source.path("console.log");
