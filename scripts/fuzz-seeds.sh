@@ -21,6 +21,9 @@
 #   api_request     HTTP requests to the VMM's API socket, from
 #                   fuzz/fuzz_targets/api_request_body.rs through vmapi's
 #                   stable replay test
+#   vm_state        a machine state and a RAM stream, from
+#                   fuzz/fuzz_targets/vm_state_body.rs through vmm's
+#                   stable replay test
 #
 # Usage: scripts/fuzz-seeds.sh   (needs qemu-img and qemu-io; builds img)
 set -euo pipefail
@@ -43,6 +46,9 @@ VIRTIO_FUZZ_SEEDS=$corpus/virtio_blk cargo test -q -p blockdev --test virtio_fuz
 mkdir -p "$corpus/api_request"
 API_FUZZ_SEEDS=$corpus/api_request cargo test -q -p vmapi --test api_fuzz_regressions \
     seeds_parse_and_decode >/dev/null
+mkdir -p "$corpus/vm_state"
+STATE_FUZZ_SEEDS=$corpus/vm_state cargo test -q -p vmm --test state_fuzz_regressions \
+    seeds_parse_and_every_flipped_byte_is_refused >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

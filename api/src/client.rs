@@ -170,6 +170,23 @@ impl Client {
         self.put(Endpoint::VmDelete)
     }
 
+    /// PUT vm.snapshot into `file://DIR`.
+    pub fn snapshot(&self, destination_url: &str) -> Result<()> {
+        let body = crate::VmSnapshotConfig {
+            destination_url: destination_url.to_string(),
+        };
+        self.call(Endpoint::VmSnapshot, Some(&body)).map(|_| ())
+    }
+
+    /// PUT vm.restore from `file://DIR`.
+    pub fn restore(&self, source_url: &str) -> Result<()> {
+        let body = crate::RestoreConfig {
+            source_url: source_url.to_string(),
+            prefault: None,
+        };
+        self.call(Endpoint::VmRestore, Some(&body)).map(|_| ())
+    }
+
     /// PUT vmm.shutdown.
     pub fn vmm_shutdown(&self) -> Result<()> {
         self.put(Endpoint::VmmShutdown)

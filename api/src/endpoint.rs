@@ -32,10 +32,14 @@ pub enum Endpoint {
     VmPowerButton,
     /// PUT vm.delete: forget the VM (stopping it first).
     VmDelete,
+    /// PUT vm.snapshot: save a paused VM's state into files.
+    VmSnapshot,
+    /// PUT vm.restore: build a VM, paused, from a snapshot's files.
+    VmRestore,
 }
 
 /// Every endpoint.
-pub const ENDPOINTS: [Endpoint; 12] = [
+pub const ENDPOINTS: [Endpoint; 14] = [
     Endpoint::VmmPing,
     Endpoint::VmmShutdown,
     Endpoint::VmCreate,
@@ -48,6 +52,8 @@ pub const ENDPOINTS: [Endpoint; 12] = [
     Endpoint::VmReboot,
     Endpoint::VmPowerButton,
     Endpoint::VmDelete,
+    Endpoint::VmSnapshot,
+    Endpoint::VmRestore,
 ];
 
 impl Endpoint {
@@ -66,6 +72,8 @@ impl Endpoint {
             Endpoint::VmReboot => "vm.reboot",
             Endpoint::VmPowerButton => "vm.power-button",
             Endpoint::VmDelete => "vm.delete",
+            Endpoint::VmSnapshot => "vm.snapshot",
+            Endpoint::VmRestore => "vm.restore",
         }
     }
 
@@ -98,7 +106,7 @@ mod tests {
         for endpoint in ENDPOINTS {
             assert_eq!(Endpoint::from_path(&endpoint.path()), Some(endpoint));
         }
-        assert_eq!(Endpoint::from_path("/api/v1/vm.snapshot"), None);
+        assert_eq!(Endpoint::from_path("/api/v1/vm.send-migration"), None);
         assert_eq!(Endpoint::from_path("/api/v2/vm.info"), None);
         assert_eq!(Endpoint::from_path("/api/v1vm.info"), None);
     }

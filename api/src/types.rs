@@ -182,6 +182,24 @@ pub struct VmBootConfig {
     pub paused: bool,
 }
 
+/// CH's `VmSnapshotConfig` (PUT vm.snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSnapshotConfig {
+    /// Where the snapshot goes: `file://DIR`.
+    pub destination_url: String,
+}
+
+/// CH's `RestoreConfig` (PUT vm.restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreConfig {
+    /// Where the snapshot is: `file://DIR`.
+    pub source_url: String,
+    /// Fault in all of the guest's RAM at once (ours always is: the RAM
+    /// is read into fresh memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefault: Option<bool>,
+}
+
 /// CH's `VmState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmState {

@@ -147,7 +147,25 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
         Endpoint::VmReboot => ApiRequest::VmReboot,
         Endpoint::VmPowerButton => ApiRequest::VmPowerButton,
         Endpoint::VmDelete => ApiRequest::VmDelete,
+        Endpoint::VmSnapshot => {
+            let body: vmapi::VmSnapshotConfig =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
+            ApiRequest::VmSnapshot {
+                dir: file_url(&body.destination_url)?,
+            }
+        }
+        Endpoint::VmRestore => {
+            let body: vmapi::RestoreConfig =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
+            ApiRequest::VmRestore {
+                dir: file_url(&body.source_url)?,
+            }
+        }
     })
+}
+
+fn file_url(url: &str) -> std::result::Result<std::path::PathBuf, Response> {
+    crate::state::snapshot::dir_of_url(url).map_err(|e| Response::error(400, &[excerpt(&e)]))
 }
 
 fn excerpt(text: &str) -> String {

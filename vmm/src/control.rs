@@ -57,6 +57,16 @@ pub enum ApiRequest {
     VmPowerButton,
     /// PUT vm.delete.
     VmDelete,
+    /// PUT vm.snapshot of a paused VM into `dir`.
+    VmSnapshot {
+        /// The snapshot's directory.
+        dir: PathBuf,
+    },
+    /// PUT vm.restore from the snapshot in `dir`, on a VMM with no VM.
+    VmRestore {
+        /// The snapshot's directory.
+        dir: PathBuf,
+    },
 }
 
 /// A request with the channel its response goes back on.
@@ -319,6 +329,19 @@ impl Controller {
                     Err(e) => error_response(400, &e),
                 }
             }
+            ApiRequest::VmRestore { dir } => {
+                if self.given.is_some() {
+                    return message(405, "a VM is already created; vm.delete it first");
+                }
+                match self.restore(&dir) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => {
+                        self.given = None;
+                        self.config = None;
+                        error_response(500, &e)
+                    }
+                }
+            }
             ApiRequest::VmDelete => {
                 self.stop_vm();
                 self.given = None;
@@ -339,6 +362,19 @@ impl Controller {
                 })
             }
             ApiRequest::VmCounters => json(&self.counters()),
+            ApiRequest::VmSnapshot { dir } => match (self.state, &self.vm, &self.given) {
+                (VmState::Paused, Some(vm), Some(given)) => {
+                    let config_json = match serde_json::to_vec_pretty(given) {
+                        Ok(j) => j,
+                        Err(e) => return error_response(500, &e),
+                    };
+                    match vm.snapshot(&dir, &config_json) {
+                        Ok(_) => Response::no_content(),
+                        Err(e) => error_response(500, &e),
+                    }
+                }
+                (state, _, _) => state_error("snapshot (pause it first)", state),
+            },
             ApiRequest::VmBoot { paused } => match self.state {
                 VmState::Created | VmState::Shutdown => match self.boot(paused) {
                     Ok(()) => Response::no_content(),
@@ -389,8 +425,30 @@ impl Controller {
         }
     }
 
+    /// Defines the VM of the snapshot in `dir` (its config.json) and
+    /// builds it from the snapshot's state, paused.
+    fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
+        let path = dir.join(crate::state::snapshot::CONFIG_FILE);
+        let bytes = crate::state::snapshot::read_json_file(&path)?;
+        let given: vmapi::VmConfig =
+            serde_json::from_slice(&bytes).map_err(|e| Error::InvalidOption {
+                option: "vm.restore source_url",
+                value: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let config = config::from_api(&given, &self.options)?;
+        self.given = Some(config::with_defaults(&given));
+        self.config = Some(config);
+        self.stats.clear();
+        self.build(BuildFrom::Snapshot(dir))
+    }
+
     /// Builds and starts the configured VM.
     fn boot(&mut self, paused: bool) -> Result<()> {
+        self.build(BuildFrom::Boot { paused })
+    }
+
+    fn build(&mut self, from: BuildFrom<'_>) -> Result<()> {
         let config = self
             .config
             .clone()
@@ -419,7 +477,10 @@ impl Controller {
             serial_out,
             started: self.started,
         };
-        let vm = Vm::build(&config, hooks, paused)?;
+        let (vm, paused) = match from {
+            BuildFrom::Boot { paused } => (Vm::build(&config, hooks, paused)?, paused),
+            BuildFrom::Snapshot(dir) => (Vm::restore(&config, hooks, dir)?, true),
+        };
         if let Some(hub) = &self.console {
             hub.attach_serial(vm.serial());
         }
@@ -474,6 +535,17 @@ impl Controller {
             let _ = std::fs::remove_file(console.socket());
         }
     }
+}
+
+/// Where a VM comes from.
+enum BuildFrom<'a> {
+    /// Its kernel, booted.
+    Boot {
+        /// Leave the vCPUs parked.
+        paused: bool,
+    },
+    /// A snapshot's directory (always paused, as CH restores).
+    Snapshot(&'a std::path::Path),
 }
 
 fn disk_counters(stats: &DiskStats) -> vmapi::DiskCounters {

@@ -58,6 +58,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Saved VM state could not be written, read or applied.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The guest stopped in a way the VMM cannot continue from.
     #[error("guest stopped: {0}")]
     GuestFault(String),

@@ -29,6 +29,7 @@ pub mod layout;
 pub mod seccomp;
 pub mod serial_sink;
 mod sock;
+pub mod state;
 mod sys;
 pub mod vcpu;
 pub mod vm;

@@ -164,6 +164,9 @@ pub struct VcpuContext {
 pub struct VcpuSet {
     gate: Arc<VcpuGate>,
     threads: Vec<JoinHandle<()>>,
+    /// Each vCPU's fd: its thread holds the lock while it is out of the
+    /// gate, so the controller takes it only while the vCPUs are paused.
+    fds: Vec<Arc<Mutex<VcpuFd>>>,
 }
 
 /// How long pausing waits for the vCPUs before it reports failure.
@@ -175,7 +178,9 @@ impl VcpuSet {
     pub fn start(vcpus: Vec<VcpuFd>, context: &VcpuContext, paused: bool) -> Result<Self> {
         let gate = Arc::new(VcpuGate::new(paused));
         let mut threads = Vec::new();
-        for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let fds: Vec<Arc<Mutex<VcpuFd>>> =
+            vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
+        for (id, vcpu) in fds.iter().cloned().enumerate() {
             let ctx = VcpuContext {
                 io: context.io.clone(),
                 mmio: context.mmio.clone(),
@@ -193,7 +198,12 @@ impl VcpuSet {
                 })?;
             threads.push(handle);
         }
-        Ok(VcpuSet { gate, threads })
+        Ok(VcpuSet { gate, threads, fds })
+    }
+
+    /// Each vCPU's fd, by id; lock one only while the set is paused.
+    pub fn fds(&self) -> &[Arc<Mutex<VcpuFd>>] {
+        &self.fds
     }
 
     /// Takes every vCPU out of KVM_RUN and parks it.
@@ -272,7 +282,7 @@ fn describe_fault(vcpu: &VcpuFd, mem: &GuestMemoryMmap, what: &str) -> String {
 }
 
 /// Runs one vCPU until the guest stops or the controller stops it.
-fn vcpu_loop(mut vcpu: VcpuFd, ctx: VcpuContext, gate: Arc<VcpuGate>) {
+fn vcpu_loop(shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) {
     if ctx.seccomp {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
             ctx.exit.finish(VmExit::Fault(e.to_string()));
@@ -283,6 +293,7 @@ fn vcpu_loop(mut vcpu: VcpuFd, ctx: VcpuContext, gate: Arc<VcpuGate>) {
         if gate.leave.load(Ordering::Acquire) && !gate.wait_to_run() {
             return;
         }
+        let mut vcpu = shared.lock().expect("vCPU fd lock");
         ctx.exit
             .entered
             .lock()

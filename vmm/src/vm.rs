@@ -31,6 +31,12 @@ use crate::layout::{
     ram_ranges, virtio_mmio_base, GED_GSI, GED_SIZE, GED_START, KVM_TSS_ADDRESS, SERIAL_GSI,
     SLEEP_CONTROL_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
 };
+use crate::state::{
+    self,
+    machine::{ConfigSummary, MachineState},
+    vcpu::VcpuState,
+    StateError,
+};
 use crate::sys::{install_kick_handler, LockRole};
 pub use crate::vcpu::{ExitState, VmExit};
 use crate::vcpu::{VcpuContext, VcpuSet};
@@ -80,7 +86,11 @@ pub struct Vm {
     ged: Arc<Mutex<Ged>>,
     exit: Arc<ExitState>,
     started: Instant,
-    _vm: VmFd,
+    transports: Vec<Arc<Mutex<VirtioMmio>>>,
+    mem: GuestMemoryMmap,
+    msr_indices: Vec<u32>,
+    summary: ConfigSummary,
+    vm: VmFd,
     locks: Vec<std::fs::File>,
 }
 
@@ -119,6 +129,33 @@ impl Vm {
     /// then KVM, memory, the guest, the devices and the vCPU threads,
     /// parked when `paused`.
     pub fn build(config: &VmConfig, hooks: VmHooks, paused: bool) -> Result<Vm> {
+        Self::build_from(config, hooks, paused, None)
+    }
+
+    /// Builds the VM described by `config` from the snapshot in `dir`
+    /// (CH's layout of files holding our records), paused: KVM's VM-wide
+    /// state, then each vCPU, RAM and the devices, whose queues are then
+    /// served (kicked) at once.
+    pub fn restore(config: &VmConfig, hooks: VmHooks, dir: &std::path::Path) -> Result<Vm> {
+        Self::build_from(config, hooks, true, Some(dir))
+    }
+
+    fn build_from(
+        config: &VmConfig,
+        hooks: VmHooks,
+        paused: bool,
+        restore: Option<&std::path::Path>,
+    ) -> Result<Vm> {
+        let summary = ConfigSummary {
+            cpus: config.cpus,
+            memory: config.memory,
+            disks: config.disks.len() as u32,
+        };
+        // A state that does not fit is refused before any disk is locked.
+        let machine = match restore {
+            Some(dir) => Some(state::snapshot::read_machine(dir, summary)?),
+            None => None,
+        };
         check_counts(config.cpus, config.disks.len())?;
         let mut locks = Vec::new();
         let mut backends = Vec::new();
@@ -151,22 +188,28 @@ impl Vm {
                 VIRTIO_FIRST_GSI + i as u32
             ));
         }
-        let loaded = boot::load(
-            &mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            cmdline.trim_start(),
-            config.memory,
-        )?;
+        let loaded = if machine.is_some() {
+            None
+        } else {
+            Some(boot::load(
+                &mem,
+                &config.kernel,
+                config.initrd.as_deref(),
+                cmdline.trim_start(),
+                config.memory,
+            )?)
+        };
 
-        // ACPI tables, and their address in boot_params (acpi_rsdp_addr).
-        let rsdp = crate::acpi::write_tables(&mem, config.cpus, backends.len())?;
-        vm_memory::Bytes::write_obj(
-            &mem,
-            rsdp,
-            GuestAddress(crate::layout::ZERO_PAGE_START + ACPI_RSDP_ADDR_OFFSET),
-        )
-        .map_err(|e| Error::Memory(format!("writing acpi_rsdp_addr: {e}")))?;
+        if loaded.is_some() {
+            // ACPI tables, and their address in boot_params (acpi_rsdp_addr).
+            let rsdp = crate::acpi::write_tables(&mem, config.cpus, backends.len())?;
+            vm_memory::Bytes::write_obj(
+                &mem,
+                rsdp,
+                GuestAddress(crate::layout::ZERO_PAGE_START + ACPI_RSDP_ADDR_OFFSET),
+            )
+            .map_err(|e| Error::Memory(format!("writing acpi_rsdp_addr: {e}")))?;
+        }
 
         let exit = hooks.exit;
         let serial_irq = new_eventfd()?;
@@ -204,6 +247,7 @@ impl Vm {
         mmio.insert(GED_START, GED_SIZE, ged.clone());
         let queues = config.cpus.clamp(1, 4) as u16;
         let mut stats = Vec::new();
+        let mut transports = Vec::new();
         for (i, backend) in backends.iter().enumerate() {
             let device = blockdev::virtio::VirtioBlock::new(
                 backend.clone(),
@@ -243,7 +287,9 @@ impl Vm {
                 loop_tx.clone(),
                 wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?,
             );
-            mmio.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)));
+            let transport = Arc::new(Mutex::new(transport));
+            transports.push(transport.clone());
+            mmio.insert(base, VIRTIO_MMIO_SIZE, transport);
         }
         let mmio = Arc::new(mmio);
         let stdin = (config.serial_input && config.serial == crate::config::SerialSpec::Tty)
@@ -255,14 +301,41 @@ impl Vm {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm("KVM_CREATE_VCPU"))?;
-            cpu::configure(
-                &kvm_fd,
-                &vcpu,
-                (id, config.cpus),
-                loaded.entry,
-                &config.cpuid_mask,
-            )?;
+            if let Some(loaded) = &loaded {
+                cpu::configure(
+                    &kvm_fd,
+                    &vcpu,
+                    (id, config.cpus),
+                    loaded.entry,
+                    &config.cpuid_mask,
+                )?;
+            }
             vcpus.push(vcpu);
+        }
+        let msr_indices = kvm_fd
+            .get_msr_index_list()
+            .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
+        if let (Some(machine), Some(dir)) = (&machine, restore) {
+            // KVM's VM-wide state first, then each vCPU (CPUID2 first,
+            // VCPU_EVENTS last), then RAM; the devices once the device
+            // thread runs.
+            vm.set_pit2(&machine.pit).map_err(kvm("KVM_SET_PIT2"))?;
+            vm.set_clock(&machine.clock).map_err(kvm("KVM_SET_CLOCK"))?;
+            for chip in &machine.irqchips {
+                vm.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
+            }
+            for (vcpu, saved) in vcpus.iter().zip(&machine.vcpus) {
+                saved.restore(vcpu)?;
+            }
+            state::snapshot::read_memory(dir, summary, &mem)?;
+            serial
+                .lock()
+                .expect("serial lock")
+                .restore(&machine.serial)
+                .map_err(|e| io_err("restoring the serial port", e))?;
+            ged.lock().expect("GED lock").set_events(machine.ged);
         }
         let config_seccomp = config.seccomp;
         let poll_max = config.poll_max;
@@ -277,6 +350,7 @@ impl Vm {
                 .map_err(|e| io_err("starting the device thread", e))?
         };
 
+        let context_mem = mem.clone();
         let context = VcpuContext {
             io,
             mmio: mmio.clone(),
@@ -284,6 +358,15 @@ impl Vm {
             exit: exit.clone(),
             seccomp: config.seccomp,
         };
+        if let Some(machine) = &machine {
+            for (transport, saved) in transports.iter().zip(&machine.virtio) {
+                transport
+                    .lock()
+                    .expect("transport lock")
+                    .restore_state(saved)
+                    .map_err(Error::GuestFault)?;
+            }
+        }
         let vcpus = VcpuSet::start(vcpus, &context, paused)?;
         Ok(Vm {
             vcpus: Some(vcpus),
@@ -298,7 +381,11 @@ impl Vm {
             ged,
             exit,
             started: hooks.started,
-            _vm: vm,
+            transports,
+            mem: context_mem,
+            msr_indices,
+            summary,
+            vm,
             locks,
         })
     }
@@ -342,6 +429,71 @@ impl Vm {
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
         }
+    }
+
+    /// Writes the paused VM's state into `dir` in CH's layout (config.json
+    /// holding `config_json`, state.json, memory-ranges). Returns the
+    /// bytes of RAM saved.
+    pub fn snapshot(&self, dir: &std::path::Path, config_json: &[u8]) -> Result<u64> {
+        let vcpus = self
+            .vcpus
+            .as_ref()
+            .ok_or_else(|| Error::GuestFault("the VM has no vCPUs".into()))?;
+        let mut saved_vcpus = Vec::new();
+        for fd in vcpus.fds() {
+            let fd = fd.lock().expect("vCPU fd lock");
+            saved_vcpus.push(VcpuState::save(&fd, &self.msr_indices)?);
+        }
+        let kvm_err = |what: &'static str| {
+            move |e: kvm_ioctls::Error| StateError::Kvm {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let pit = self.vm.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?;
+        let clock = self.vm.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?;
+        let mut irqchips = [kvm_bindings::kvm_irqchip::default(); 3];
+        for (id, chip) in irqchips.iter_mut().enumerate() {
+            chip.chip_id = id as u32;
+            self.vm
+                .get_irqchip(chip)
+                .map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        }
+        let mut virtio = Vec::new();
+        for (slot, transport) in self.transports.iter().enumerate() {
+            let (reply, positions) = std::sync::mpsc::channel();
+            let mut served = Vec::new();
+            if self.tell_loop(LoopMessage::Positions {
+                device: slot,
+                reply,
+            }) {
+                served = positions
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| Error::GuestFault("the device thread did not answer".into()))?;
+            }
+            virtio.push(
+                transport
+                    .lock()
+                    .expect("transport lock")
+                    .save_state(&served),
+            );
+        }
+        let machine = MachineState {
+            config: self.summary,
+            vcpus: saved_vcpus,
+            pit,
+            clock,
+            irqchips,
+            serial: self.serial.lock().expect("serial lock").state(),
+            ged: self.ged.lock().expect("GED lock").events(),
+            virtio,
+        };
+        Ok(state::snapshot::write_dir(
+            dir,
+            config_json,
+            &machine,
+            &self.mem,
+        )?)
     }
 
     /// Presses the ACPI power button.

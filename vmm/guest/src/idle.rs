@@ -99,7 +99,10 @@ fn run_io(device: &MmioDevice, reads: u64, writes: u64, flushes: u64) -> Result<
     let sectors_per_request = (IO_BYTES / 512) as u64;
     let slots = blk.capacity() / sectors_per_request;
     if slots == 0 {
-        return Err(Failure::Other("disk smaller than one request, sectors", blk.capacity()));
+        return Err(Failure::Other(
+            "disk smaller than one request, sectors",
+            blk.capacity(),
+        ));
     }
     let buffer = alloc_buffer(IO_BYTES).ok_or(Failure::Other("out of memory for", 4))?;
     for index in 0..writes {

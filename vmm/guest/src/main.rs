@@ -1,7 +1,7 @@
 //! A tiny ring-0 test guest for the vmm: entered in 64-bit long mode through
 //! the Linux boot protocol's 64-bit entry (RSI = boot_params), it prints on
 //! the serial port, runs the test its command line selects
-//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io`), and resets
+//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count`), and resets
 //! through the i8042 (idle and io power off on the ACPI power button). See README.md for the contract with the VMM.
 
 #![no_std]
@@ -11,6 +11,7 @@ mod arch;
 mod bootparams;
 mod cmdline;
 mod console;
+mod count;
 mod disk;
 mod hal;
 mod idle;
@@ -82,6 +83,7 @@ enum Mode {
     BadIo,
     Idle,
     Io,
+    Count,
 }
 
 fn parse_mode(text: &[u8]) -> Option<Mode> {
@@ -93,6 +95,7 @@ fn parse_mode(text: &[u8]) -> Option<Mode> {
         b"bad-io" => Some(Mode::BadIo),
         b"idle" => Some(Mode::Idle),
         b"io" => Some(Mode::Io),
+        b"count" => Some(Mode::Count),
         _ => None,
     }
 }
@@ -121,7 +124,7 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         hello(&boot, cmdline);
         arch::reset();
     }
-    if mode == Mode::Idle || mode == Mode::Io {
+    if mode == Mode::Idle || mode == Mode::Io || mode == Mode::Count {
         // The first byte as soon as we run (what start-to-first-byte times).
         line("start");
     }
@@ -136,6 +139,7 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         Mode::Hello => {}
         Mode::Idle => idle::idle(),
         Mode::Io => idle::io(cmdline, device),
+        Mode::Count => count::count(cmdline, device),
         Mode::BadIo => bad_io(),
         Mode::Disk | Mode::BadDesc | Mode::PastEnd => disk_mode(mode, cmdline, device),
     }

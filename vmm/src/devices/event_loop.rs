@@ -50,6 +50,14 @@ pub enum LoopMessage {
     Pause(std::sync::mpsc::Sender<()>),
     /// The VM resumes: take requests again.
     Resume,
+    /// For a snapshot of a paused VM: each served queue of `device` as
+    /// (queue index, next_avail, next_used).
+    Positions {
+        /// The device's slot.
+        device: usize,
+        /// Where the positions go.
+        reply: std::sync::mpsc::Sender<Vec<(u16, u16, u16)>>,
+    },
     /// The VM is stopping: drop everything and return.
     Stop,
 }
@@ -239,6 +247,20 @@ pub fn run(
                                     add(s.handler.notify_fd(), slot * 2);
                                     serve(s, Event::Notify);
                                 }
+                            }
+                            LoopMessage::Positions { device, reply } => {
+                                let positions = served
+                                    .values()
+                                    .filter(|s| s.device == device)
+                                    .map(|s| {
+                                        (
+                                            s.handler.index(),
+                                            s.handler.next_avail(),
+                                            s.handler.next_used(),
+                                        )
+                                    })
+                                    .collect();
+                                let _ = reply.send(positions);
                             }
                             LoopMessage::Stop => return,
                         }

@@ -32,6 +32,16 @@ impl Ged {
         Ged { events: 0, irq }
     }
 
+    /// The latched events, for a snapshot.
+    pub fn events(&self) -> u32 {
+        self.events
+    }
+
+    /// Restores latched events.
+    pub fn set_events(&mut self, events: u32) {
+        self.events = events;
+    }
+
     /// Presses the power button: sets its event bit and interrupts.
     pub fn power_button(&mut self) -> std::io::Result<()> {
         self.events |= GED_EVENT_POWER_BUTTON;

@@ -40,6 +40,20 @@ impl SerialPort {
         }
     }
 
+    /// The UART's registers and pending input, for a snapshot.
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.uart.state()
+    }
+
+    /// Puts the UART into a saved state, keeping its interrupt and output.
+    pub fn restore(&mut self, state: &vm_superio::serial::SerialState) -> std::io::Result<()> {
+        let irq = self.uart.interrupt_evt().0.try_clone()?;
+        let out = std::mem::replace(self.uart.writer_mut(), Box::new(std::io::sink()));
+        self.uart = Serial::from_state(state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        Ok(())
+    }
+
     /// Bytes typed on the terminal, for the guest to read.
     pub fn input(&mut self, bytes: &[u8]) {
         if let Err(e) = self.uart.enqueue_raw_bytes(bytes) {

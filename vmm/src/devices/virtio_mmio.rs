@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::LoopMessage;
 use super::BusDevice;
+use crate::state::devices::{QueueState, VirtioMmioState};
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -173,6 +174,108 @@ impl VirtioMmio {
                 self.device.set_status(status & !STATUS_DRIVER_OK);
             }
         }
+    }
+
+    /// The transport's state for a snapshot (the VM paused); `positions`
+    /// holds the served queues' (index, next_avail, next_used) from the
+    /// event loop, which owns them while the device is active.
+    pub fn save_state(&self, positions: &[(u16, u16, u16)]) -> VirtioMmioState {
+        let queues = (0..self.device.num_queues())
+            .filter_map(|i| self.device.queue(i).map(|q| (i, q)))
+            .map(|(i, q)| {
+                let served = positions.iter().find(|p| p.0 == i);
+                QueueState {
+                    size: q.size(),
+                    ready: q.ready(),
+                    disabled: self.disabled.get(usize::from(i)) == Some(&true),
+                    desc: q.desc_table(),
+                    avail: q.avail_ring(),
+                    used: q.used_ring(),
+                    next_avail: served.map_or(q.next_avail(), |p| p.1),
+                    next_used: served.map_or(q.next_used(), |p| p.2),
+                }
+            })
+            .collect();
+        VirtioMmioState {
+            status: self.device.status(),
+            activated: self.device.is_activated(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            driver_features: self.device.driver_features(),
+            interrupt_status: self.interrupt.status.load(Ordering::Acquire),
+            queues,
+        }
+    }
+
+    /// Puts a fresh transport into `state`, activating its device (its
+    /// queue handlers go to the event loop, which serves what the rings
+    /// hold at once) when it was active.
+    pub fn restore_state(&mut self, state: &VirtioMmioState) -> Result<(), String> {
+        if state.queues.len() != usize::from(self.device.num_queues()) {
+            return Err(format!(
+                "virtio-blk {}: the state has {} queues, the device {}",
+                self.index,
+                state.queues.len(),
+                self.device.num_queues()
+            ));
+        }
+        if state.driver_features & !self.device.device_features() != 0 {
+            return Err(format!(
+                "virtio-blk {}: the state's features {:#x} are not all offered ({:#x})",
+                self.index,
+                state.driver_features,
+                self.device.device_features()
+            ));
+        }
+        self.device
+            .set_driver_features_page(0, state.driver_features as u32);
+        self.device
+            .set_driver_features_page(1, (state.driver_features >> 32) as u32);
+        for (i, saved) in state.queues.iter().enumerate() {
+            let q = self
+                .device
+                .queue_mut(i as u16)
+                .ok_or_else(|| format!("virtio-blk {}: queue {i} is not settable", self.index))?;
+            let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+            q.set_size(saved.size);
+            let (lo, hi) = split(saved.desc);
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(saved.avail);
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(saved.used);
+            q.set_used_ring_address(lo, hi);
+            q.set_ready(saved.ready);
+            q.set_next_avail(saved.next_avail);
+            q.set_next_used(saved.next_used);
+        }
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.queue_sel = state.queue_sel;
+        self.disabled = state.queues.iter().map(|q| q.disabled).collect();
+        self.interrupt
+            .status
+            .store(state.interrupt_status, Ordering::Release);
+        if state.activated {
+            self.device.set_status(state.status & !STATUS_DRIVER_OK);
+            self.device.set_status(state.status);
+            if !self.device.driver_ok() {
+                return Err(format!(
+                    "virtio-blk {}: status {:#x} was active but is not DRIVER_OK with features accepted",
+                    self.index, state.status
+                ));
+            }
+            self.activate();
+            if !self.device.is_activated() {
+                return Err(format!(
+                    "virtio-blk {}: the saved queues cannot be served",
+                    self.index
+                ));
+            }
+        } else {
+            self.device.set_status(state.status);
+        }
+        Ok(())
     }
 
     fn read_u32(&self, offset: u64) -> u32 {

@@ -1,0 +1,116 @@
+//! The body of the `vm_state` fuzz target, shared with the stable test
+//! that replays inputs (vmm/tests/state_fuzz_regressions.rs), so both run
+//! exactly the same steps.
+//!
+//! An input is a saved VM state as a snapshot's files or an image's
+//! VM-state area would carry it (someone else may have written it). It is
+//! read as the machine's records (state.json's) for a VM of 1 vCPU, 1 MiB
+//! and one disk, and as a RAM stream (memory-ranges) into 1 MiB of guest
+//! memory. Every error must be one line; a machine state that parses must
+//! encode back to the very same bytes.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm::state::machine::{ConfigSummary, MachineState};
+use vmm::state::memory;
+
+/// The VM the inputs are restored into.
+pub fn summary() -> ConfigSummary {
+    ConfigSummary {
+        cpus: 1,
+        memory: 1 << 20,
+        disks: 1,
+    }
+}
+
+fn one_line(e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    assert!(!text.contains('\n'), "multi-line error: {text}");
+}
+
+/// Runs one input.
+pub fn vm_state_body(data: &[u8]) {
+    match MachineState::parse(data, summary()) {
+        Ok(state) => {
+            let again = state.to_bytes().expect("a parsed state encodes");
+            assert!(again == data, "a parsed state encodes to other bytes");
+        }
+        Err(e) => one_line(&e),
+    }
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
+        .expect("1 MiB of guest memory");
+    match memory::restore(&mut &data[..], summary(), &mem) {
+        Ok(bytes) => assert!(bytes <= 1 << 20),
+        Err(e) => one_line(&e),
+    }
+}
+
+/// Seeds: a machine state of default KVM structures with one virtio
+/// transport, and a RAM stream with a few runs of pages.
+pub fn vm_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use vmm::state::devices::{QueueState, VirtioMmioState};
+    use vmm::state::vcpu::VcpuState;
+    let vcpu = VcpuState {
+        mp_state: Default::default(),
+        regs: kvm_bindings::kvm_regs {
+            rip: 0x20_0000,
+            rflags: 2,
+            ..Default::default()
+        },
+        sregs: Default::default(),
+        fpu: Default::default(),
+        xsave: Default::default(),
+        xcrs: Default::default(),
+        debugregs: Default::default(),
+        lapic: Default::default(),
+        tsc_khz: 2_000_000,
+        cpuid: vec![kvm_bindings::kvm_cpuid_entry2::default(); 3],
+        msrs: vec![
+            kvm_bindings::kvm_msr_entry {
+                index: 0x10,
+                data: 1234,
+                ..Default::default()
+            };
+            2
+        ],
+        events: Default::default(),
+    };
+    let mut irqchips = [kvm_bindings::kvm_irqchip::default(); 3];
+    for (id, chip) in irqchips.iter_mut().enumerate() {
+        chip.chip_id = id as u32;
+    }
+    let machine = MachineState {
+        config: summary(),
+        vcpus: vec![vcpu],
+        pit: Default::default(),
+        clock: Default::default(),
+        irqchips,
+        serial: Default::default(),
+        ged: 0,
+        virtio: vec![VirtioMmioState {
+            status: 0xf,
+            activated: true,
+            driver_features: 1 << 32,
+            queues: vec![QueueState {
+                size: 16,
+                ready: true,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000,
+                next_avail: 5,
+                next_used: 5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
+        .expect("1 MiB of guest memory");
+    vm_memory::Bytes::write_slice(&mem, b"boot", GuestAddress(0)).expect("write");
+    vm_memory::Bytes::write_slice(&mem, &[0x5a; 3 * 4096], GuestAddress(0x8_0000)).expect("write");
+    let mut ram = Vec::new();
+    memory::save(&mem, summary(), &mut ram).expect("save RAM");
+    vec![
+        ("machine", machine.to_bytes().expect("encode")),
+        ("ram", ram),
+    ]
+}

@@ -1,0 +1,201 @@
+//! Guest RAM as records: runs of non-zero pages, each record its
+//! guest-physical start then its bytes (zero pages are skipped, so a
+//! restore needs RAM that starts zeroed, as a fresh mapping is). The
+//! stream starts with the configuration record and ends with the end
+//! record; the reader refuses RAM outside the VM's RAM ranges.
+
+use std::io::{Read, Write};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::machine::{check_end, end_record, ConfigSummary};
+use super::record::{read_record, write_record, Payload, RecordKind, MAX_PAYLOAD};
+use super::StateError;
+use crate::layout::ram_ranges;
+
+/// The page size runs are made of.
+pub const PAGE: usize = 4096;
+/// Bytes of RAM in one record at most.
+const RUN_MAX: usize = MAX_PAYLOAD as usize - PAGE;
+
+/// Writes `mem`'s non-zero pages as records after `config`'s; returns
+/// the bytes of RAM written.
+pub fn save<W: Write>(
+    mem: &GuestMemoryMmap,
+    config: ConfigSummary,
+    out: &mut W,
+) -> Result<u64, StateError> {
+    let first = config.to_record();
+    write_record(out, first.kind, 0, &first.payload)?;
+    let mut count = 1;
+    let mut saved = 0u64;
+    let mut page = vec![0u8; PAGE];
+    let mut run: Vec<u8> = Vec::with_capacity(RUN_MAX + 8);
+    let flush = |run: &mut Vec<u8>, count: &mut usize, out: &mut W| -> Result<(), StateError> {
+        if run.len() > 8 {
+            write_record(out, RecordKind::Ram, 0, run)?;
+            *count += 1;
+        }
+        run.clear();
+        Ok(())
+    };
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        for offset in (0..region.len()).step_by(PAGE) {
+            let addr = start + offset;
+            mem.read_slice(&mut page, GuestAddress(addr))
+                .map_err(|e| StateError::Read(format!("guest RAM at {addr:#x}: {e}")))?;
+            if page.iter().all(|&b| b == 0) {
+                flush(&mut run, &mut count, out)?;
+                continue;
+            }
+            if run.len() >= RUN_MAX + 8 {
+                flush(&mut run, &mut count, out)?;
+            }
+            if run.is_empty() {
+                run.extend_from_slice(&addr.to_le_bytes());
+            }
+            run.extend_from_slice(&page);
+            saved += PAGE as u64;
+        }
+        flush(&mut run, &mut count, out)?;
+    }
+    let end = end_record(count);
+    write_record(out, end.kind, 0, &end.payload)?;
+    Ok(saved)
+}
+
+/// Reads a RAM stream for a VM configured as `vm` into `mem` (zeroed).
+/// Returns the bytes of RAM written.
+pub fn restore<R: Read>(
+    input: &mut R,
+    vm: ConfigSummary,
+    mem: &GuestMemoryMmap,
+) -> Result<u64, StateError> {
+    let mut offset = 0;
+    let first = read_record(input, &mut offset)?.ok_or(StateError::Truncated { offset: 0 })?;
+    if first.kind != RecordKind::Config {
+        return Err(StateError::Layout(
+            "the RAM stream does not start with the configuration".into(),
+        ));
+    }
+    ConfigSummary::from_record(&first)?.check(vm)?;
+    let ranges = ram_ranges(vm.memory);
+    let mut count = 1;
+    let mut restored = 0u64;
+    loop {
+        let record = read_record(input, &mut offset)?.ok_or(StateError::Truncated { offset })?;
+        match record.kind {
+            RecordKind::End => {
+                check_end(&record, count)?;
+                break;
+            }
+            RecordKind::Ram => {
+                let mut p = Payload::new(&record);
+                let start = p.u64()?;
+                let bytes = p.rest();
+                let length = bytes.len() as u64;
+                let inside = ranges.iter().any(|&(base, size)| {
+                    start >= base && start.checked_add(length).is_some_and(|e| e <= base + size)
+                });
+                if !inside
+                    || length == 0
+                    || !start.is_multiple_of(PAGE as u64)
+                    || !length.is_multiple_of(PAGE as u64)
+                {
+                    return Err(StateError::OutsideMemory { start, length });
+                }
+                mem.write_slice(bytes, GuestAddress(start))
+                    .map_err(|e| StateError::Write(format!("guest RAM at {start:#x}: {e}")))?;
+                restored += length;
+                count += 1;
+            }
+            other => {
+                return Err(StateError::Layout(format!(
+                    "record kind {:#x} in the RAM stream",
+                    other as u16
+                )))
+            }
+        }
+    }
+    let mut rest = [0u8; 1];
+    if input
+        .read(&mut rest)
+        .map_err(|e| StateError::Read(e.to_string()))?
+        != 0
+    {
+        return Err(StateError::Layout(
+            "bytes after the RAM's end record".into(),
+        ));
+    }
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(size: u64) -> GuestMemoryMmap {
+        let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+            .into_iter()
+            .map(|(s, l)| (GuestAddress(s), l as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    fn summary(memory: u64) -> ConfigSummary {
+        ConfigSummary {
+            cpus: 1,
+            memory,
+            disks: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_skips_zero_pages() {
+        let size = 16 << 20;
+        let mem = memory(size);
+        mem.write_slice(b"first page", GuestAddress(0)).unwrap();
+        mem.write_slice(&[7u8; 3 * PAGE], GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_slice(b"last", GuestAddress(size - 4)).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            save(&mem, summary(size), &mut out).unwrap(),
+            5 * PAGE as u64
+        );
+        assert!(out.len() < 6 * PAGE);
+        let copy = memory(size);
+        restore(&mut &out[..], summary(size), &copy).unwrap();
+        let (mut a, mut b) = (vec![0u8; size as usize], vec![0u8; size as usize]);
+        mem.read_slice(&mut a, GuestAddress(0)).unwrap();
+        copy.read_slice(&mut b, GuestAddress(0)).unwrap();
+        assert!(a == b);
+    }
+
+    #[test]
+    fn refuses_other_sizes_and_ranges_outside() {
+        let mem = memory(16 << 20);
+        mem.write_slice(b"x", GuestAddress(0)).unwrap();
+        let mut out = Vec::new();
+        save(&mem, summary(16 << 20), &mut out).unwrap();
+        let err = restore(&mut &out[..], summary(32 << 20), &memory(32 << 20)).unwrap_err();
+        assert!(matches!(err, StateError::Config(_)), "{err}");
+
+        // A well-formed record naming RAM past the end.
+        let mut bad = Vec::new();
+        let first = summary(16 << 20).to_record();
+        write_record(&mut bad, first.kind, 0, &first.payload).unwrap();
+        let mut run = (16u64 << 20).to_le_bytes().to_vec();
+        run.extend_from_slice(&[1u8; PAGE]);
+        write_record(&mut bad, RecordKind::Ram, 0, &run).unwrap();
+        let end = end_record(2);
+        write_record(&mut bad, end.kind, 0, &end.payload).unwrap();
+        let err = restore(&mut &bad[..], summary(16 << 20), &mem).unwrap_err();
+        assert!(matches!(err, StateError::OutsideMemory { .. }), "{err}");
+
+        // Cut before the end record.
+        let err = restore(&mut &out[..out.len() - 28], summary(16 << 20), &mem).unwrap_err();
+        assert!(matches!(err, StateError::Truncated { .. }), "{err}");
+    }
+}
