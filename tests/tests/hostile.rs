@@ -748,13 +748,13 @@ fn create_with_cluster_size_3000() {
 }
 
 #[test]
-fn convert_to_vmdk() {
+fn convert_to_a_format_img_cannot_create() {
     require_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(qemu_img(&["create", "-q", "-f", "qcow2", "a", "64M"]).current_dir(d));
     let before = snapshot(d, &["a"]);
-    measured(d, &["convert", "-O", "vmdk", "a", "b"]).assert_one_line(1, &["vmdk"]);
+    measured(d, &["convert", "-O", "parallels", "a", "b"]).assert_one_line(1, &["parallels"]);
     assert!(!d.join("b").exists(), "convert made a file");
     assert_unchanged(&before, "convert");
 }

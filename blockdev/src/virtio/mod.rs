@@ -69,8 +69,8 @@ mod memory;
 pub mod net;
 pub mod request;
 mod ring;
-pub mod stats;
 pub mod served;
+pub mod stats;
 pub mod testing;
 
 pub use config::BlockConfig;
