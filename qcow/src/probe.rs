@@ -359,7 +359,8 @@ mod tests {
             assert_eq!(Format::from_name(f.name()), Some(f));
         }
         assert_eq!(Format::Qcow2.readable(), Some(crate::fs::Format::Qcow2));
-        assert_eq!(Format::Vmdk.readable(), None);
+        assert_eq!(Format::Vmdk.readable(), Some(crate::fs::Format::Vmdk));
+        assert_eq!(Format::Parallels.readable(), None);
     }
 
     #[test]
