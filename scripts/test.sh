@@ -16,7 +16,12 @@ export REQUIRE_KVM=1
 # build binaries of packages without integration tests of their own.
 # vm's tests start the vmm found next to vm.
 cargo build -p tools -p vmm
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
 # A sample of QEMU's qemu-iotests with img as qemu-img (only where
 # /tmp/qemu-src exists; see README).
 bash scripts/iotests-sample.sh
+# One closing line over every cargo test binary (the iotests sample has its own).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
