@@ -345,11 +345,17 @@ fn a_killed_vmm_shows_shut_off_crashed_and_starts_again() {
     // SAFETY: killing the VMM this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let start = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
+    // Gone, or a zombie whose last thread has ended (stat field 20 is the
+    // thread count): only then are its files, and its image locks, closed.
+    let ended = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        stat.is_empty() || (fields.first() == Some(&"Z") && fields.get(17) == Some(&"1"))
+    };
+    while !ended() {
         assert!(start.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(5));
     }

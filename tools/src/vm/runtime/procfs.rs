@@ -26,6 +26,8 @@ pub struct Stat {
     pub stime: u64,
     /// Start time in clock ticks after boot.
     pub start_time: u64,
+    /// Threads in the process (field 20).
+    pub num_threads: u64,
     /// The CPU it last ran on.
     pub processor: u32,
 }
@@ -41,6 +43,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         utime: get(14)?,
         stime: get(15)?,
         start_time: get(22)?,
+        num_threads: get(20)?,
         processor: get(39).unwrap_or(0) as u32,
     })
 }
@@ -59,11 +62,16 @@ pub fn identify(pid: i32) -> Option<ProcessId> {
     })
 }
 
-/// Whether `id` still runs (exists, is not a zombie, has the same start
-/// time).
+/// Whether `id` still runs (exists, has the same start time, and is not a
+/// zombie whose every thread has ended). A killed process's main thread
+/// turns zombie before its other threads (vCPUs leaving KVM_RUN) have
+/// ended; until the last one has, its files, and so its image locks, are
+/// still open.
 pub fn alive(id: ProcessId) -> bool {
     match stat(id.pid) {
-        Some(stat) => stat.state != 'Z' && stat.start_time == id.start_time,
+        Some(stat) => {
+            stat.start_time == id.start_time && (stat.state != 'Z' || stat.num_threads > 1)
+        }
         None => false,
     }
 }
@@ -167,6 +175,7 @@ mod tests {
         assert_eq!(stat.state, 'S');
         assert_eq!((stat.utime, stat.stime), (250, 75));
         assert_eq!(stat.start_time, 98765);
+        assert_eq!(stat.num_threads, 3);
         assert_eq!(stat.processor, 3);
     }
 
