@@ -25,6 +25,39 @@ use crate::storage::Storage;
 /// disk stays short.
 pub(crate) const MAX_EXTENT_STEPS: usize = 65536;
 
+/// Appends `len` bytes at `guest_offset` of `kind` to `out`, lengthening
+/// the last extent instead when this one continues it (same kind, and for
+/// data the next host byte).
+pub(crate) fn push_extent(
+    out: &mut Vec<crate::device::Extent>,
+    guest_offset: u64,
+    len: u64,
+    kind: crate::device::ExtentKind,
+) {
+    use crate::device::{Extent, ExtentKind};
+    if let Some(last) = out.last_mut() {
+        let continues = match (last.kind, kind) {
+            (ExtentKind::Data { host_offset: a, .. }, ExtentKind::Data { host_offset: b, .. }) => {
+                a + last.len == b
+            }
+            (ExtentKind::Unallocated { .. }, ExtentKind::Unallocated { .. }) => true,
+            (ExtentKind::Zero { host_offset: None }, ExtentKind::Zero { host_offset: None }) => {
+                true
+            }
+            _ => false,
+        };
+        if continues {
+            last.len += len;
+            return;
+        }
+    }
+    out.push(Extent {
+        guest_offset,
+        len,
+        kind,
+    });
+}
+
 /// What `check` found in an image of a format with a check (qemu's
 /// `BdrvCheckResult`, the parts these formats fill).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -278,14 +278,7 @@ impl BlockRead for Qed {
                 // No L2 table: its whole span is unallocated.
                 let n = (span - pos % span).min(end - pos);
                 let kind = ExtentKind::Unallocated { host_offset: None };
-                match out.last_mut() {
-                    Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
-                    _ => out.push(Extent {
-                        guest_offset: pos,
-                        len: n,
-                        kind,
-                    }),
-                }
+                super::push_extent(&mut out, pos, n, kind);
                 pos += n;
                 continue;
             }
@@ -298,14 +291,7 @@ impl BlockRead for Qed {
                 Cluster::Zero => ExtentKind::Zero { host_offset: None },
                 Cluster::Unallocated => ExtentKind::Unallocated { host_offset: None },
             };
-            match out.last_mut() {
-                Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
-                _ => out.push(Extent {
-                    guest_offset: pos,
-                    len: n,
-                    kind,
-                }),
-            }
+            super::push_extent(&mut out, pos, n, kind);
             pos += n;
         }
         Ok(out)

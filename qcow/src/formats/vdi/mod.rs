@@ -16,7 +16,6 @@ use super::{random_uuid, read_table, CheckReport, ForeignImage};
 use crate::device::{check_range, BlockRead, Extent, ExtentKind};
 use crate::error::Result;
 use crate::formats::invalid;
-use crate::formats::vpc::contiguous;
 use crate::storage::Storage;
 
 /// The format's name as qemu-img spells it.
@@ -191,14 +190,7 @@ impl BlockRead for Vdi {
                 // block as present zeros.
                 None => ExtentKind::Zero { host_offset: None },
             };
-            match out.last_mut() {
-                Some(last) if contiguous(last, kind) => last.len += n,
-                _ => out.push(Extent {
-                    guest_offset: pos,
-                    len: n,
-                    kind,
-                }),
-            }
+            super::push_extent(&mut out, pos, n, kind);
             pos += n;
         }
         Ok(out)

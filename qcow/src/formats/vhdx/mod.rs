@@ -177,14 +177,7 @@ impl BlockRead for Vhdx {
                 // block as present zeros.
                 _ => ExtentKind::Zero { host_offset: None },
             };
-            match out.last_mut() {
-                Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
-                _ => out.push(Extent {
-                    guest_offset: pos,
-                    len: n,
-                    kind,
-                }),
-            }
+            super::push_extent(&mut out, pos, n, kind);
             pos += n;
         }
         Ok(out)

@@ -396,14 +396,7 @@ impl BlockRead for Vmdk {
                     (kind, n)
                 }
             };
-            match out.last_mut() {
-                Some(last) if crate::formats::vpc::contiguous(last, kind) => last.len += n,
-                _ => out.push(Extent {
-                    guest_offset: guest,
-                    len: n,
-                    kind,
-                }),
-            }
+            crate::formats::push_extent(&mut out, guest, n, kind);
             Ok(())
         })?;
         // A flat piece may be cut short by its file's holes: the caller

@@ -377,14 +377,7 @@ impl BlockRead for Vpc {
                 // block as present zeros.
                 None => ExtentKind::Zero { host_offset: None },
             };
-            match out.last_mut() {
-                Some(last) if contiguous(last, kind) => last.len += n,
-                _ => out.push(Extent {
-                    guest_offset: pos,
-                    len: n,
-                    kind,
-                }),
-            }
+            super::push_extent(&mut out, pos, n, kind);
             pos += n;
         }
         Ok(out)
@@ -396,19 +389,6 @@ impl BlockRead for Vpc {
 
     fn format_name(&self) -> &'static str {
         FORMAT
-    }
-}
-
-/// Whether an extent of `kind` continues `last` (same kind, and for data
-/// the next host byte).
-pub(crate) fn contiguous(last: &Extent, kind: ExtentKind) -> bool {
-    match (last.kind, kind) {
-        (ExtentKind::Data { host_offset: a, .. }, ExtentKind::Data { host_offset: b, .. }) => {
-            a + last.len == b
-        }
-        (ExtentKind::Unallocated { .. }, ExtentKind::Unallocated { .. }) => true,
-        (ExtentKind::Zero { host_offset: None }, ExtentKind::Zero { host_offset: None }) => true,
-        _ => false,
     }
 }
 
