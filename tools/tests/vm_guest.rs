@@ -272,8 +272,22 @@ fn every_command_on_a_running_guest() {
             "error: Domain is already active\n".to_string()
         )
     );
-    let undefine = vm(&bed.store, &["undefine", "one"]);
-    assert_eq!(undefine.status.code(), Some(1));
+    // Undefining a running domain leaves it running and transient, as
+    // libvirt does; defining it again makes it persistent.
+    assert_eq!(
+        ok(&bed.store, &["undefine", "one"]),
+        "Domain 'one' has been undefined\n\n"
+    );
+    assert!(ok(&bed.store, &["dominfo", "one"]).contains("Persistent:     no\n"));
+    assert_eq!(
+        ok(&bed.store, &["list", "--transient", "--name"]),
+        "one\n\n"
+    );
+    assert_eq!(ok(&bed.store, &["list", "--persistent", "--name"]), "\n");
+    let xml = bed.dir.path().join("one-live.xml");
+    std::fs::write(&xml, ok(&bed.store, &["dumpxml", "one"])).unwrap();
+    ok(&bed.store, &["define", xml.to_str().unwrap()]);
+    assert!(ok(&bed.store, &["dominfo", "one"]).contains("Persistent:     yes\n"));
 
     assert_eq!(
         ok(&bed.store, &["shutdown", "one"]),
@@ -303,6 +317,34 @@ fn every_command_on_a_running_guest() {
     assert_eq!(
         stderr(&stopped),
         "error: Failed to shutdown domain 'one'\nerror: Requested operation is not valid: domain is not running\n"
+    );
+    img_check_clean(&image);
+}
+
+#[test]
+fn an_undefined_running_domain_is_forgotten_when_it_stops() {
+    let Some(bed) = bed() else { return };
+    let image = bed.define("gone", "console=ttyS0 guest.mode=idle", 32);
+    ok(&bed.store, &["start", "gone"]);
+    ok(&bed.store, &["undefine", "gone"]);
+    assert_eq!(
+        ok(&bed.store, &["list", "--all", "--name"]),
+        "gone\n\n",
+        "a transient domain is listed while it runs"
+    );
+    assert_eq!(
+        ok(&bed.store, &["destroy", "gone"]),
+        "Domain 'gone' destroyed\n\n"
+    );
+    assert_eq!(ok(&bed.store, &["list", "--all", "--name"]), "\n");
+    let info = vm(&bed.store, &["dominfo", "gone"]);
+    assert_eq!(stderr(&info), "error: failed to get domain 'gone'\n");
+    assert!(
+        std::fs::read_dir(bed.store.join("domains"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no definition is left behind"
     );
     img_check_clean(&image);
 }

@@ -160,14 +160,45 @@ impl Store {
 
     /// Writes `name`'s definition atomically: a temporary file in the same
     /// folder, fsync, rename over the old one, fsync of the folder.
+    /// A transient domain defined again becomes persistent.
     pub fn write_definition(&self, def: &DomainDef) -> Result<(), StoreError> {
         let path = self.definition_path(&def.name);
-        write_atomically(&path, def.to_xml().as_bytes())
+        write_atomically(&path, def.to_xml().as_bytes())?;
+        let _ = fs::remove_file(self.transient_definition_path(&def.name));
+        Ok(())
     }
 
-    /// Reads `name`'s definition; None if there is none.
+    /// Where a transient domain's definition lives while it runs: in its
+    /// run folder, so that the cleanup after its VMM ends removes it, as
+    /// libvirt forgets a transient domain when it stops.
+    pub fn transient_definition_path(&self, name: &DomainName) -> PathBuf {
+        self.run_dir(name).join("domain.xml")
+    }
+
+    /// Whether `name` has a persistent definition (one that outlives its
+    /// VMM).
+    pub fn is_persistent(&self, name: &DomainName) -> bool {
+        self.definition_path(name).exists()
+    }
+
+    /// Makes a running domain transient (virsh's undefine of an active
+    /// domain): its definition moves into its run folder and goes when its
+    /// VMM does.
+    pub fn make_transient(&self, def: &DomainDef) -> Result<(), StoreError> {
+        write_atomically(
+            &self.transient_definition_path(&def.name),
+            def.to_xml().as_bytes(),
+        )?;
+        self.remove_definition(&def.name)
+    }
+
+    /// Reads `name`'s definition, persistent or else transient; None if
+    /// there is none.
     pub fn read_definition(&self, name: &DomainName) -> Result<Option<DomainDef>, StoreError> {
-        let path = self.definition_path(name);
+        let mut path = self.definition_path(name);
+        if !path.exists() {
+            path = self.transient_definition_path(name);
+        }
         let bytes = match read_bounded(&path) {
             Ok(bytes) => bytes,
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -182,7 +213,8 @@ impl Store {
         Ok(Some(def))
     }
 
-    /// Every stored definition, in no particular order.
+    /// Every stored definition, persistent and transient, in no particular
+    /// order.
     pub fn definitions(&self) -> Result<Vec<DomainDef>, StoreError> {
         let folder = self.dir.join("domains");
         let mut defs = Vec::new();
@@ -195,6 +227,23 @@ impl Store {
             let Ok(name) = DomainName::new(stem) else {
                 continue; // temporary files start with a dot
             };
+            if let Some(def) = self.read_definition(&name)? {
+                defs.push(def);
+            }
+        }
+        let runs = self.dir.join("run");
+        for entry in fs::read_dir(&runs).map_err(io_error("cannot read folder", &runs))? {
+            let entry = entry.map_err(io_error("cannot read folder", &runs))?;
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| DomainName::new(n).ok())
+            else {
+                continue;
+            };
+            if self.is_persistent(&name) || !self.transient_definition_path(&name).exists() {
+                continue;
+            }
             if let Some(def) = self.read_definition(&name)? {
                 defs.push(def);
             }
@@ -215,7 +264,12 @@ impl Store {
     }
 
     /// Records why `name` last stopped (libvirt's shut-off reason number).
+    /// A transient domain has no record: it is forgotten when it stops.
     pub fn set_shutoff_reason(&self, name: &DomainName, reason: u32) -> Result<(), StoreError> {
+        if !self.is_persistent(name) {
+            let _ = fs::remove_file(self.state_path(name));
+            return Ok(());
+        }
         write_atomically(&self.state_path(name), format!("{reason}\n").as_bytes())
     }
 

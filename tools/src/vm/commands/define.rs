@@ -80,10 +80,12 @@ pub fn undefine(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
                 "Storage volume deletion is supported only on stopped domains".to_string(),
             ));
         }
-        return Err(VmError::OperationFailed(
-            "cannot undefine a running domain: shut it down or destroy it first".to_string(),
-        )
-        .failed("undefine", def.name.as_str()));
+        // As libvirt: the running domain stays, transient, until it stops.
+        if ctx.store.is_persistent(&def.name) {
+            ctx.store.make_transient(&def)?;
+        }
+        ctx.extra(out, &format!("Domain '{}' has been undefined\n", def.name));
+        return Ok(());
     }
     ctx.store.remove_definition(&def.name)?;
     ctx.extra(out, &format!("Domain '{}' has been undefined\n", def.name));

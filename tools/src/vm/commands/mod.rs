@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::cli::Invocation;
 use super::error::VmError;
-use super::runtime::{procfs, RunFolder};
+use super::runtime::{self, procfs, RunFolder};
 use super::store::Store;
 use super::xml::{DomainDef, DomainName, Uuid};
 
@@ -110,8 +110,18 @@ impl By {
     };
 }
 
-/// Finds a domain by the keys `by` allows, in virsh's order.
+/// Finds a domain by the keys `by` allows, in virsh's order. A transient
+/// domain whose VMM has ended is gone (and its leftovers are cleaned).
 pub fn lookup_by(ctx: &Ctx, key: &str, by: By) -> Result<DomainDef, VmError> {
+    let def = lookup_any(ctx, key, by)?;
+    if !ctx.store.is_persistent(&def.name) && active_id(&ctx.store, &def).is_none() {
+        runtime::inspect(&ctx.store, &def.name, runtime::QUERY_TIMEOUT, None);
+        return Err(VmError::NoDomain(key.to_string()));
+    }
+    Ok(def)
+}
+
+fn lookup_any(ctx: &Ctx, key: &str, by: By) -> Result<DomainDef, VmError> {
     let numeric = key.parse::<u32>().is_ok();
     let uuid_like = Uuid::parse(key).is_ok();
     if by.name && !(by.id && numeric) && !(by.uuid && uuid_like) {

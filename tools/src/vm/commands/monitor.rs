@@ -81,12 +81,18 @@ pub fn list(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError
     let entries: Vec<_> = defs
         .into_iter()
         .zip(statuses)
-        .filter(|(_, status)| {
+        .filter(|(def, status)| {
             let active = status.active().is_some();
+            let persistent = ctx.store.is_persistent(&def.name);
+            // A transient domain that stopped is gone.
+            if !active && !persistent {
+                return false;
+            }
             if !((active && want_active) || (!active && want_inactive)) {
                 return false;
             }
-            if inv.flag("transient") && !inv.flag("persistent") {
+            let (only_persistent, only_transient) = (inv.flag("persistent"), inv.flag("transient"));
+            if only_persistent != only_transient && persistent != only_persistent {
                 return false;
             }
             if !any_state_filter {
@@ -175,7 +181,12 @@ pub fn dominfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
         "Used memory:",
         format!("{} KiB", used_memory_kib(&def, &status)),
     ));
-    out.push_str(&field("Persistent:", "yes"));
+    let persistent = if ctx.store.is_persistent(&def.name) {
+        "yes"
+    } else {
+        "no"
+    };
+    out.push_str(&field("Persistent:", persistent));
     out.push_str(&field("Autostart:", "disable"));
     out.push_str(&field("Managed save:", "no"));
     Ok(())

@@ -104,9 +104,11 @@ impl RunFolder {
         (state == wanted_state).then_some(reason)
     }
 
-    /// Removes what a VMM left (sockets, pid, id, reason); logs stay.
+    /// Removes what a VMM left (sockets, pid, id, reason, and a transient
+    /// domain's definition); logs stay.
     pub fn clean(&self) {
         for path in [
+            self.dir.join("domain.xml"),
             self.api_socket(),
             self.console_socket(),
             self.pid_file(),
