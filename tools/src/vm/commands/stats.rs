@@ -217,8 +217,19 @@ fn active_of(ctx: &Ctx, inv: &Invocation) -> Result<(DomainDef, Active), VmError
 /// `domblkstat DOMAIN [DEVICE] [--human]` (all disks summed when DEVICE
 /// is absent, as libvirt's qemu driver does).
 pub fn domblkstat(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
-    let (def, active) = active_of(ctx, inv)?;
     let device = inv.value("device").unwrap_or("");
+    lookup(ctx, inv.required("domain"))?;
+    // virsh names the domain as given and the device (empty when summed).
+    block_stats(ctx, inv, device, out).map_err(|e| {
+        VmError::Refused(format!(
+            "Failed to get block stats {} {device}\nerror: {e}",
+            inv.required("domain")
+        ))
+    })
+}
+
+fn block_stats(ctx: &Ctx, inv: &Invocation, device: &str, out: &mut String) -> Result<(), VmError> {
+    let (def, active) = active_of(ctx, inv)?;
     let all = counters(&active)?;
     let total = if device.is_empty() {
         let mut sum = DiskCounters::default();
@@ -284,7 +295,7 @@ pub fn domblkstat(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), V
 
 /// The host CPUs a thread may run on, as virsh's `yyy-` map over the
 /// host's CPUs.
-fn affinity_map(pid: i32, tid: Option<i32>, host_cpus: usize) -> String {
+fn affinity_map(pid: i32, tid: Option<i32>, host_cpus: usize) -> Vec<bool> {
     let path = match tid {
         Some(tid) => format!("/proc/{pid}/task/{tid}/status"),
         None => format!("/proc/{pid}/status"),
@@ -311,10 +322,34 @@ fn affinity_map(pid: i32, tid: Option<i32>, host_cpus: usize) -> String {
         }
         Some(map)
     });
-    match allowed {
-        Some(map) => map.iter().map(|&y| if y { 'y' } else { '-' }).collect(),
-        None => "y".repeat(host_cpus),
+    allowed.unwrap_or_else(|| vec![true; host_cpus])
+}
+
+/// An affinity as virsh prints it: `yy-y`, or with `--pretty` the CPU
+/// list and the host's count, `0-1,3 (out of 4)`.
+fn affinity_text(map: &[bool], pretty: bool) -> String {
+    if !pretty {
+        return map.iter().map(|&y| if y { 'y' } else { '-' }).collect();
     }
+    let mut ranges = Vec::new();
+    let mut cpu = 0;
+    while cpu < map.len() {
+        if !map[cpu] {
+            cpu += 1;
+            continue;
+        }
+        let first = cpu;
+        while cpu + 1 < map.len() && map[cpu + 1] {
+            cpu += 1;
+        }
+        ranges.push(if first == cpu {
+            first.to_string()
+        } else {
+            format!("{first}-{cpu}")
+        });
+        cpu += 1;
+    }
+    format!("{} (out of {})", ranges.join(","), map.len())
 }
 
 /// The number of host CPUs (online or not), as the affinity map's width.
@@ -330,6 +365,13 @@ pub fn vcpuinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
     let def = lookup(ctx, inv.required("domain"))?;
     let status = runtime::inspect(&ctx.store, &def.name, QUERY_TIMEOUT, None);
     let cpus = host_cpus();
+    let pretty = inv.flag("pretty");
+    // virsh puts an empty line between two vCPUs' blocks.
+    let separate = |out: &mut String| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+    };
     match status.active() {
         Some(active) => {
             let pid = active.process.pid;
@@ -339,23 +381,25 @@ pub fn vcpuinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
                     .iter()
                     .find(|(i, _)| *i == thread.index)
                     .map(|(_, t)| *t);
+                separate(out);
                 out.push_str(&field("VCPU:", thread.index));
                 out.push_str(&field("CPU:", thread.stat.processor));
                 out.push_str(&field("State:", "running"));
                 let ns = (thread.stat.utime + thread.stat.stime) * procfs::ns_per_tick();
                 out.push_str(&field("CPU time:", format::cpu_seconds(ns)));
-                out.push_str(&field("CPU Affinity:", affinity_map(pid, tid, cpus)));
-                out.push('\n');
+                let map = affinity_map(pid, tid, cpus);
+                out.push_str(&field("CPU Affinity:", affinity_text(&map, pretty)));
             }
         }
         None => {
             for index in 0..def.vcpus_current {
+                separate(out);
                 out.push_str(&field("VCPU:", index));
                 out.push_str(&field("CPU:", "N/A"));
                 out.push_str(&field("State:", "N/A"));
                 out.push_str(&field("CPU time", "N/A"));
-                out.push_str(&field("CPU Affinity:", "y".repeat(cpus)));
-                out.push('\n');
+                let map = vec![true; cpus];
+                out.push_str(&field("CPU Affinity:", affinity_text(&map, pretty)));
             }
         }
     }
