@@ -1,13 +1,15 @@
-//! Image formats other than qcow2 and raw (VHD "vpc", VDI, ...), one module
-//! each, behind one interface: [`ForeignImage`] (guest reads and writes,
-//! where each guest range lives, the fields `img info` shows, and a check
-//! where qemu-img has one for the format).
+//! Every image format but raw, one module each at the same depth: qcow2,
+//! ours natively ([`qcow2`]), and the formats of other hypervisors (VHD
+//! "vpc", VDI, VMDK, QED, VHDX) behind one interface: [`ForeignImage`]
+//! (guest reads and writes, where each guest range lives, the fields
+//! `img info` shows, and a check where qemu-img has one for the format).
 //!
 //! Like the qcow2 code, these modules do no I/O of their own: they work
 //! through [`Storage`]. Every table size read from a file is bounded by the
 //! file's length and by a named constant before it sizes an allocation.
 
 pub mod dir_files;
+pub mod qcow2;
 pub mod qed;
 pub mod vdi;
 pub mod vhdx;

@@ -12,14 +12,14 @@ use crate::header::INCOMPAT_CORRUPT;
 
 /// Metadata kinds for the overlap check (QEMU's QCow2MetadataOverlap).
 pub(super) mod ol {
-    pub(in crate::check) const HEADER: u32 = 1 << 0;
-    pub(in crate::check) const ACTIVE_L1: u32 = 1 << 1;
-    pub(in crate::check) const ACTIVE_L2: u32 = 1 << 2;
-    pub(in crate::check) const REFTABLE: u32 = 1 << 3;
-    pub(in crate::check) const REFBLOCK: u32 = 1 << 4;
-    pub(in crate::check) const SNAPSHOT_TABLE: u32 = 1 << 5;
-    pub(in crate::check) const INACTIVE_L1: u32 = 1 << 6;
-    pub(in crate::check) const INACTIVE_L2: u32 = 1 << 7;
+    pub(in crate::formats::qcow2::check) const HEADER: u32 = 1 << 0;
+    pub(in crate::formats::qcow2::check) const ACTIVE_L1: u32 = 1 << 1;
+    pub(in crate::formats::qcow2::check) const ACTIVE_L2: u32 = 1 << 2;
+    pub(in crate::formats::qcow2::check) const REFTABLE: u32 = 1 << 3;
+    pub(in crate::formats::qcow2::check) const REFBLOCK: u32 = 1 << 4;
+    pub(in crate::formats::qcow2::check) const SNAPSHOT_TABLE: u32 = 1 << 5;
+    pub(in crate::formats::qcow2::check) const INACTIVE_L1: u32 = 1 << 6;
+    pub(in crate::formats::qcow2::check) const INACTIVE_L2: u32 = 1 << 7;
 }
 
 impl Ctx<'_> {
