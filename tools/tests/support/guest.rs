@@ -1,76 +1,20 @@
-//! Builds the test guest of vmm/guest (as vmm's own tests do, see
-//! vmm/tests/support/guest.rs: a static ring-0 image without red zone,
-//! SSE or x87, built offline for the host target) into the same
-//! target/guest folder, so both test suites share one build, and the `vmm`
-//! binary `vm` starts (it looks next to its own executable).
-//!
-//! This is vmm's builder with the paths seen from tools/: the logic should
-//! move to one place both use (a shared test-support crate).
+//! The test guest for `vm`'s tests: built by vmm's own test support
+//! (included from vmm/tests/support/guest.rs, so both suites share one
+//! builder and one build in target/guest), plus the `vmm` binary that `vm`
+//! starts (it looks next to its own executable).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
-const GUEST_BINARY: &str = "vmm-test-guest";
-const GUEST_RUSTFLAGS: [&str; 3] = [
-    "-Crelocation-model=static",
-    "-Cno-redzone=yes",
-    "-Ctarget-feature=-sse,-sse2,-x87",
-];
+#[path = "../../../vmm/tests/support/guest.rs"]
+mod builder;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-}
+pub use builder::build_guest;
+use builder::workspace;
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-/// The guest's ELF, built the first time it is asked for in this process.
-pub fn build_guest() -> PathBuf {
-    static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST
-        .get_or_init(|| {
-            let guest_dir = workspace().join("vmm").join("guest");
-            let target = target_dir().join("guest");
-            let output = cargo()
-                .current_dir(&guest_dir)
-                .args([
-                    "build",
-                    "--release",
-                    "--offline",
-                    "--quiet",
-                    "--target",
-                    GUEST_TARGET,
-                ])
-                .arg("--manifest-path")
-                .arg(guest_dir.join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target)
-                .env("CARGO_ENCODED_RUSTFLAGS", GUEST_RUSTFLAGS.join("\x1f"))
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_BUILD_RUSTFLAGS")
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("CARGO_BUILD_TARGET")
-                .output()
-                .expect("cargo can be started to build the test guest");
-            assert!(
-                output.status.success(),
-                "building the test guest failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let elf = target.join(GUEST_TARGET).join("release").join(GUEST_BINARY);
-            assert!(elf.is_file(), "no {}", elf.display());
-            elf
-        })
-        .clone()
 }
 
 /// Makes sure the `vmm` binary sits next to `vm` (cargo builds only the

@@ -1,5 +1,7 @@
 //! Builds the tiny test guest in `vmm/guest` (its own cargo project, not a
 //! workspace member) once per test process and returns the ELF's path.
+//! vmm's tests and tools' (which include this file) share it and one build
+//! in `target/guest`.
 //!
 //! The guest runs in ring 0 under an instruction emulator that cannot run
 //! SSE or x87 code, so its code-generation flags are passed here explicitly
@@ -32,22 +34,28 @@ pub fn build_guest() -> PathBuf {
     GUEST.get_or_init(build).clone()
 }
 
+/// The workspace's root: every crate whose tests use this file (vmm, and
+/// tools, which includes it) sits one level below it.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The directory of vmm/guest.
 fn guest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest")
+    workspace().join("vmm").join("guest")
+}
+
+/// The target directory in use.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 /// Where the guest's build goes: `guest/` under the target directory in use.
 fn guest_target_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("guest")
+    target_dir().join("guest")
 }
 
 fn build() -> PathBuf {
