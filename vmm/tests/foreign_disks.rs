@@ -1,5 +1,5 @@
 //! The VMM serves disks of the formats brought over from other
-//! hypervisors (vmdk, vhdx, ...): the test guest, in `guest.mode=io`,
+//! hypervisors (vmdk and vhdx here): the test guest, in `guest.mode=io`,
 //! writes, reads and flushes a disk qemu-img made, with the format
 //! probed; once the VMM has shut down, `qemu-img check` finds the image
 //! clean and qemu-img's own conversion to raw holds exactly the guest's
@@ -128,4 +128,16 @@ fn the_guest_writes_a_monolithic_sparse_vmdk() {
 fn the_guest_writes_a_vmdk_of_two_gb_flat_extents() {
     require_kvm_and_qemu!();
     guest_writes_through("vmdk", &["-o", "subformat=twoGbMaxExtentFlat"]);
+}
+
+#[test]
+fn the_guest_writes_a_dynamic_vhdx() {
+    require_kvm_and_qemu!();
+    guest_writes_through("vhdx", &["-o", "block_size=1M"]);
+}
+
+#[test]
+fn the_guest_writes_a_fixed_vhdx() {
+    require_kvm_and_qemu!();
+    guest_writes_through("vhdx", &["-o", "subformat=fixed,block_state_zero=off"]);
 }

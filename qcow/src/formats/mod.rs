@@ -75,6 +75,8 @@ pub struct CheckReport {
     pub total_clusters: u64,
     /// Allocated clusters not following the previous one in the file.
     pub fragmented_clusters: u64,
+    /// Corruptions repaired (a vhdx log replayed on open).
+    pub corruptions_fixed: u64,
 }
 
 impl CheckReport {
