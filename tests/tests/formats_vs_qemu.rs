@@ -447,3 +447,41 @@ fn a_dirty_vhdx_log_is_replayed_like_qemu() {
     assert!(replayed[8192..12288].iter().all(|&b| b == 0xcd));
     ok(qemu_img(&["check", "-f", "vhdx"]).arg(&ours));
 }
+
+/// VDI block maps with an entry past the disk or two entries naming one
+/// block: QEMU 10 opens them (its open reads the map without judging the
+/// entries) and reads them; its check reports them with its messages. img
+/// does the same, line for line.
+#[test]
+fn vdi_block_map_errors_are_reported_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = d.join("v.vdi");
+    ok(qemu_img(&["create", "-q", "-f", "vdi"])
+        .arg(&image)
+        .arg("4M"));
+    qemu_io("vdi", &image, &["write -P 1 0 1M"]);
+    let good = read(&image);
+    let map_at = u32::from_le_bytes(good[0x154..0x158].try_into().unwrap()) as usize;
+    for (name, entry) in [("too_large", 0x1000u32), ("shared", 0)] {
+        let mut bytes = good.clone();
+        bytes[map_at + 4..map_at + 8].copy_from_slice(&entry.to_le_bytes());
+        let path = d.join(format!("{name}.vdi"));
+        std::fs::write(&path, &bytes).unwrap();
+        let ours = run(img(&["check", "-f", "vdi"]).arg(&path));
+        let theirs = run(qemu_img(&["check", "-f", "vdi"]).arg(&path));
+        assert_eq!(ours.status.code(), theirs.status.code(), "{name}");
+        assert_eq!(ours.stdout, theirs.stdout, "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stderr).replace("img:", "qemu-img:"),
+            String::from_utf8_lossy(&theirs.stderr),
+            "{name}"
+        );
+        let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+        ok(convert_cmd(img, "vdi", "raw", "").arg(&path).arg(&a));
+        ok(convert_cmd(qemu_img, "vdi", "raw", "").arg(&path).arg(&b));
+        assert_same_file(&a, &b, name);
+        assert!(read(&path) == bytes, "{name}: reading changed the image");
+    }
+}
