@@ -267,6 +267,46 @@ for spec in "vpc:" "vpc:subformat=fixed" "vpc:force_size=on" "vdi:" "vdi:static=
     cp "empty-$f.$fmt" "$corpus/$fmt/qemu-empty-$f"
     f=$((f + 2))
 done
+# A vhdx whose log holds one entry to replay (a host that crashed between
+# logging a sector and applying it): the replay path's seed.
+qemu-img convert -q -f raw -O vhdx src.raw dirty-src.vhdx
+python3 - dirty-src.vhdx "$corpus/vhdx/dirty-log" <<'PY'
+import struct, sys
+def crc32c(data):
+    crc = 0xffffffff
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
+    return crc ^ 0xffffffff
+img = bytearray(open(sys.argv[1], "rb").read())
+guid = bytes([0x42] * 16)
+heads = [64 << 10, 128 << 10]
+cur = max(heads, key=lambda o: struct.unpack_from("<Q", img, o + 8)[0])
+log_offset = struct.unpack_from("<Q", img, cur + 72)[0]
+entry = bytearray(8192)
+entry[0:4] = b"loge"
+struct.pack_into("<IIQI", entry, 8, 8192, 0, 1, 1)
+entry[32:48] = guid
+struct.pack_into("<QQ", entry, 48, len(img), len(img))
+entry[64:68] = b"desc"
+struct.pack_into("<IQQQ", entry, 68, 0xcdcdcdcd, 0xcdcdcdcdcdcdcdcd, len(img) - 4096, 1)
+entry[4096:4100] = b"data"
+entry[4104:8188] = b"\xcd" * 4084
+struct.pack_into("<I", entry, 8188, 1)
+struct.pack_into("<I", entry, 4, crc32c(bytes(entry)))
+img[log_offset:log_offset + 8192] = entry
+seq = struct.unpack_from("<Q", img, cur + 8)[0]
+for i, off in enumerate(heads):
+    h = bytearray(img[cur:cur + 4096])
+    struct.pack_into("<Q", h, 8, seq + 1 + i)
+    h[48:64] = guid
+    h[4:8] = bytes(4)
+    struct.pack_into("<I", h, 4, crc32c(bytes(h)))
+    img[off:off + 4096] = h
+open(sys.argv[2], "wb").write(img)
+PY
+f=$((f + 1))
 for kept in "$root"/qcow/tests/formats_fuzz_regressions/*; do
     name=$(basename "$kept")
     cp "$kept" "$corpus/${name%%-*}/$name"

@@ -17,6 +17,8 @@
 //!   their data goes through io_uring, and [`Qcow2::finish_write`] commits
 //!   the metadata once the data is written. Flush waits for earlier writes,
 //!   then makes metadata durable ([`Qcow2::flush`], which syncs both files).
+//! - vmdk, vhdx, vpc, vdi and qed (`foreign`): each request is served on
+//!   the queue's thread through the format's [`qcow::formats::ForeignImage`].
 //! - `cache=none` opens a second, O_DIRECT descriptor for data; metadata
 //!   stays buffered (Linux keeps the two coherent).
 //!
@@ -26,6 +28,7 @@
 //! writes, `open` the opening of files and images.
 
 pub(crate) mod bufs;
+mod foreign;
 mod host;
 mod open;
 mod queue;

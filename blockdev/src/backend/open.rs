@@ -1,15 +1,19 @@
 //! Opening a disk: format probing, the qcow2 image with its backing chain
-//! and external data file, and the host files data I/O goes through.
+//! and external data file, the host files data I/O goes through, and the
+//! images of the other formats `img` reads and writes (served by
+//! `foreign`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use qcow::device::BlockRead;
+use qcow::formats::dir_files::DirFiles;
 use qcow::fs::{probe, FileOpener, Format};
 use qcow::image::{Opener, Qcow2};
 use qcow::{FileStorage, Storage};
 
+use super::foreign::{ForeignBackend, ForeignDisk};
 use super::host::HostFile;
 use super::{Backend, Disk, Layout};
 use crate::disk::{BlockBackend, CacheMode};
@@ -124,12 +128,11 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
             data_file = data;
             disk
         }
-        other => {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "{} disks are not served by the block engine yet",
-                    other.name()
-                ),
+        foreign => {
+            return Ok(OpenedDisk {
+                backend: Arc::new(open_foreign(file, path, foreign, options)?),
+                backing_files,
+                data_file,
             })
         }
     };
@@ -140,6 +143,37 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
         backing_files,
         data_file,
     })
+}
+
+/// Opens a disk of one of the formats of [`qcow::formats`] (vmdk, vhdx,
+/// vpc, vdi, qed), with the files it names (vmdk extents) resolved
+/// against its folder.
+fn open_foreign(
+    file: File,
+    path: &Path,
+    format: Format,
+    options: &OpenOptions,
+) -> Result<ForeignBackend> {
+    if options.snapshot.is_some() {
+        return Err(Error::Unsupported {
+            what: format!("{} images have no internal snapshots", format.name()),
+        });
+    }
+    let writable = !options.read_only;
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+    let files = DirFiles::for_image(path);
+    let image =
+        qcow::formats::open(format.name(), storage, writable, &files).ok_or_else(|| {
+            Error::Unsupported {
+                what: format!("{} disks are not served by the block engine", format.name()),
+            }
+        })??;
+    Ok(ForeignBackend::new(ForeignDisk {
+        image,
+        read_only: options.read_only,
+        write_through: options.write_through,
+        ignore_flush: options.ignore_flush,
+    }))
 }
 
 fn poll_max(options: &OpenOptions) -> std::time::Duration {

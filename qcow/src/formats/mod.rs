@@ -77,6 +77,8 @@ pub struct CheckReport {
     pub total_clusters: u64,
     /// Allocated clusters not following the previous one in the file.
     pub fragmented_clusters: u64,
+    /// Corruptions repaired (a vhdx log replayed on open).
+    pub corruptions_fixed: u64,
 }
 
 impl CheckReport {
@@ -189,6 +191,19 @@ pub(crate) fn random_uuid() -> [u8; 16] {
     out[6] = (out[6] & 0x0f) | 0x40;
     out[8] = (out[8] & 0x3f) | 0x80;
     out
+}
+
+/// Makes the file at least `len` bytes long, the rest reading as zeros.
+///
+/// Write paths use this rather than [`Storage::set_len`]: a byte written
+/// at the end extends the file as `ftruncate` would, with the positioned
+/// write a sandboxed VMM already allows its disk threads (the VMM's
+/// seccomp filter has no `ftruncate`).
+pub(crate) fn grow_to(storage: &dyn Storage, len: u64) -> Result<()> {
+    if len > 0 && storage.len()? < len {
+        storage.write_at(&[0], len - 1)?;
+    }
+    Ok(())
 }
 
 /// Seconds since the Unix epoch.

@@ -12,7 +12,10 @@ use crate::report::OutputFormat;
 /// Checks `args.filename` as an image of `format` (neither qcow2 nor raw).
 pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     let filename = &args.filename;
-    let image = open_image(std::path::Path::new(filename), Some(format), false)
+    // vhdx's check repairs by opening the image for writing, which
+    // replays its log (qemu's `vhdx_co_check`); the others cannot repair.
+    let replays = format == Format::Vhdx && args.repair.is_some();
+    let image = open_image(std::path::Path::new(filename), Some(format), replays)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
     let AnyImage::Foreign(_, foreign) = &image else {
         return Err(anyhow!("'{filename}' is not a {} image", format.name()));
@@ -20,6 +23,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     // qemu's checks of these formats cannot repair (-ENOTSUP).
     let result = match (foreign.check(), args.repair) {
         (Some(result), None) => result,
+        (Some(result), Some(_)) if replays => result,
         _ => {
             eprintln!("img: {NOT_SUPPORTED_MESSAGE}");
             return Ok(EXIT_NOT_SUPPORTED);
@@ -33,6 +37,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
         filename: filename.clone(),
         format: format.name().to_string(),
         corruptions: found.corruptions,
+        corruptions_fixed: found.corruptions_fixed,
         leaks: found.leaks,
         // qemu reports cluster counts only for formats that count them.
         total_clusters: found.total_clusters,

@@ -187,6 +187,10 @@ pub fn create_image_with(
             let storage = create_file_with(path, unsafe_cache)?;
             super::create_foreign::vmdk(filename, &*storage, opts, size)
         }
+        ImageFormat::Vhdx => {
+            let storage = create_file_with(path, unsafe_cache)?;
+            super::create_foreign::vhdx(filename, &*storage, opts, size)
+        }
         ImageFormat::Vdi => {
             let storage = create_file_with(path, unsafe_cache)?;
             qcow::formats::vdi::create(&*storage, size, opts.static_image.unwrap_or(false))

@@ -39,6 +39,25 @@ pub fn vmdk(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u
         .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
 }
 
+/// Creates a vhdx image of `size` bytes at `filename` (already opened as
+/// `storage`).
+pub fn vhdx(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u64) -> Result<()> {
+    use qcow::formats::vhdx::create::{create, CreateOptions as VhdxOptions, Subformat};
+    let defaults = VhdxOptions::default();
+    let vhdx_opts = VhdxOptions {
+        subformat: opts
+            .subformat
+            .as_deref()
+            .and_then(Subformat::parse)
+            .unwrap_or_default(),
+        block_size: opts.block_size.unwrap_or(defaults.block_size),
+        log_size: opts.log_size.unwrap_or(defaults.log_size),
+        block_state_zero: opts.block_state_zero.unwrap_or(defaults.block_state_zero),
+    };
+    let creator = concat!("img v", env!("CARGO_PKG_VERSION"));
+    create(storage, size, &vhdx_opts, creator).map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+}
+
 /// A CID that differs from image to image (as QEMU's random one).
 fn random_cid() -> u32 {
     use std::hash::BuildHasher;

@@ -97,7 +97,11 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
     };
     if matches!(
         target,
-        ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Vmdk | ImageFormat::Qed
+        ImageFormat::Vpc
+            | ImageFormat::Vdi
+            | ImageFormat::Vmdk
+            | ImageFormat::Qed
+            | ImageFormat::Vhdx
     ) {
         return Err(anyhow!(
             "Block driver '{target}' does not support size measurement"
@@ -109,7 +113,8 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
         | ImageFormat::Vpc
         | ImageFormat::Vdi
         | ImageFormat::Vmdk
-        | ImageFormat::Qed => {
+        | ImageFormat::Qed
+        | ImageFormat::Vhdx => {
             let size = virtual_size.div_ceil(512) * 512;
             (size, size)
         }

@@ -155,6 +155,8 @@ pub enum ImageFormat {
     Vmdk,
     /// QED.
     Qed,
+    /// Hyper-V VHDX, dynamic or fixed.
+    Vhdx,
 }
 
 impl ImageFormat {
@@ -167,6 +169,7 @@ impl ImageFormat {
             Self::Vdi => "vdi",
             Self::Vmdk => "vmdk",
             Self::Qed => "qed",
+            Self::Vhdx => "vhdx",
         }
     }
 }
@@ -212,6 +215,7 @@ impl FromStr for ImageFormat {
             "vdi" => Ok(Self::Vdi),
             "vmdk" => Ok(Self::Vmdk),
             "qed" => Ok(Self::Qed),
+            "vhdx" => Ok(Self::Vhdx),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -380,6 +384,12 @@ pub struct CreateOptions {
     pub zeroed_grain: Option<bool>,
     /// qed: clusters per table.
     pub table_size: Option<u64>,
+    /// vhdx: payload block size (0: chosen from the size).
+    pub block_size: Option<u64>,
+    /// vhdx: log size.
+    pub log_size: Option<u64>,
+    /// vhdx: mark new blocks `ZERO` in the BAT.
+    pub block_state_zero: Option<bool>,
     /// The image file's no-copy-on-write attribute (btrfs); default off.
     pub nocow: Option<bool>,
     /// The image file's extent size hint in bytes; QEMU's default 1 MiB.
@@ -435,6 +445,9 @@ impl CreateOptions {
             toolsversion: text("toolsversion"),
             zeroed_grain: boolean("zeroed_grain"),
             table_size: number("table_size"),
+            block_size: number("block_size"),
+            log_size: number("log_size"),
+            block_state_zero: boolean("block_state_zero"),
             nocow: boolean("nocow"),
             extent_size_hint: number("extent_size_hint"),
         })
@@ -457,6 +470,7 @@ impl CreateOptions {
             ImageFormat::Vdi => validate::vdi(self),
             ImageFormat::Vmdk => validate::vmdk(self),
             ImageFormat::Qed => validate::qed(self),
+            ImageFormat::Vhdx => validate::vhdx(self),
         }
     }
 

@@ -245,6 +245,30 @@ pub const QED_OPTIONS: &[OptDesc] = &[
     ),
 ];
 
+/// vhdx's own options, in qemu's declaration order.
+pub const VHDX_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, "Virtual disk size; max of 64TB.", None),
+    desc("log_size", OptType::Size, "Log size; min 1MB.", Some("1048576")),
+    desc(
+        "block_size",
+        OptType::Size,
+        "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.",
+        Some("0"),
+    ),
+    desc(
+        "subformat",
+        OptType::Str,
+        "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.",
+        None,
+    ),
+    desc(
+        "block_state_zero",
+        OptType::Bool,
+        "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic.",
+        None,
+    ),
+];
+
 /// The format's own options (what `-o help` lists without a filename).
 fn format_options(format: ImageFormat) -> &'static [OptDesc] {
     match format {
@@ -254,6 +278,7 @@ fn format_options(format: ImageFormat) -> &'static [OptDesc] {
         ImageFormat::Vdi => VDI_OPTIONS,
         ImageFormat::Vmdk => VMDK_OPTIONS,
         ImageFormat::Qed => QED_OPTIONS,
+        ImageFormat::Vhdx => VHDX_OPTIONS,
     }
 }
 

@@ -136,6 +136,39 @@ pub(super) fn vdi(options: &mut CreateOptions) -> Result<(), OptsError> {
     Ok(())
 }
 
+/// Checks vhdx options in the order QEMU's vhdx driver checks them (after
+/// it rounds the log and block sizes up to whole MiB).
+pub(super) fn vhdx(options: &mut CreateOptions) -> Result<(), OptsError> {
+    const MIB: u64 = 1 << 20;
+    if let Some(value) = &options.subformat {
+        if qcow::formats::vhdx::create::Subformat::parse(value).is_none() {
+            return Err(OptsError::EnumValue {
+                parameter: "subformat".to_owned(),
+                value: value.clone(),
+            });
+        }
+    }
+    if options.size.unwrap_or(0).div_ceil(512) * 512 > qcow::formats::vhdx::create::MAX_SIZE {
+        return Err(OptsError::Invalid("Image size too large; max of 64TB"));
+    }
+    let log_size = options.log_size.unwrap_or(MIB).div_ceil(MIB) * MIB;
+    if log_size > u64::from(u32::MAX) {
+        return Err(OptsError::Invalid("Log size must be smaller than 4 GB"));
+    }
+    if log_size < MIB {
+        return Err(OptsError::Invalid("Log size must be a multiple of 1 MB"));
+    }
+    let block_size = options.block_size.unwrap_or(0).div_ceil(MIB) * MIB;
+    if block_size != 0
+        && !block_size
+            .min(qcow::formats::vhdx::create::MAX_BLOCK_SIZE)
+            .is_power_of_two()
+    {
+        return Err(OptsError::Invalid("Block size must be a power of two"));
+    }
+    Ok(())
+}
+
 /// Checks vmdk options in the order QEMU's vmdk driver checks them.
 pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
     if options.backing_file.is_some() {

@@ -203,7 +203,7 @@ impl Qed {
         let table = if l2_offset == 0 {
             l2_offset = *next * cs;
             *next += u64::from(self.header.table_size);
-            self.storage.set_len(*next * cs)?;
+            super::grow_to(&*self.storage, *next * cs)?;
             self.file_clusters.store(*next, Ordering::Release);
             Arc::new(vec![0u64; self.header.table_entries() as usize])
         } else {
@@ -214,7 +214,7 @@ impl Qed {
         }
         let data = *next * cs;
         *next += 1;
-        self.storage.set_len(*next * cs)?;
+        super::grow_to(&*self.storage, *next * cs)?;
         self.file_clusters.store(*next, Ordering::Release);
         let mut entry = [0u8; 8];
         LittleEndian::write_u64(&mut entry, data);

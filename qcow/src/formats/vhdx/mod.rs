@@ -1,20 +1,26 @@
-//! Hyper-V VHDX images, read-only: the current header, the region table,
-//! the metadata items QEMU requires and the block allocation table (with
-//! its sector bitmap entries interleaved), checked as QEMU checks them.
+//! Hyper-V VHDX images: the current header, the region table, the
+//! metadata items QEMU requires and the block allocation table (with its
+//! sector bitmap entries interleaved), checked as QEMU checks them; the
+//! log replayed on open for writing (`log`), creation (`create`).
 //!
 //! Payload blocks read as QEMU reads them for a disk without a parent:
 //! fully present blocks from the file, every other state but partially
-//! present as zeros. Not yet: writing and creating, replaying a log (an
-//! image whose header names a log is refused, as QEMU refuses it
-//! read-only), differencing disks (refused, as QEMU 10 refuses them).
+//! present as zeros. Writes allocate a block at the end of the file, on a
+//! whole MiB, as QEMU does. Differencing disks are refused, as QEMU 10
+//! refuses them (it neither reads nor creates them).
 
+pub mod create;
+pub mod log;
 pub mod structures;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use self::structures::{read_header, read_metadata, read_regions, Metadata};
+use self::structures::{
+    read_current_header, read_metadata, read_regions, update_headers, CurrentHeader, Guid,
+    HeaderUpdate, Metadata,
+};
 use super::{invalid, read_table, CheckReport, ForeignImage};
 use crate::device::{check_range, BlockRead, Extent, ExtentKind};
 use crate::error::{Error, Result};
@@ -28,25 +34,51 @@ pub const MAX_BAT_ENTRIES: u64 = 1 << 24;
 /// Payload block states.
 const NOT_PRESENT: u64 = 0;
 const UNDEFINED: u64 = 1;
-const ZERO: u64 = 2;
+pub(crate) const ZERO: u64 = 2;
 const UNMAPPED: u64 = 3;
-const FULLY_PRESENT: u64 = 6;
+pub(crate) const FULLY_PRESENT: u64 = 6;
+
+/// Payload blocks start on whole MiB of the file.
+const MIB: u64 = 1 << 20;
+
+/// BAT entries of a disk without a parent: one per payload block, and a
+/// sector bitmap entry after every `chunk_ratio` of them (QEMU's
+/// `vhdx_calc_bat_entries`).
+pub(crate) fn bat_entries(size: u64, block_size: u64, chunk_ratio: u64) -> u64 {
+    let data_blocks = size.div_ceil(block_size);
+    if data_blocks == 0 {
+        0
+    } else {
+        data_blocks + (data_blocks - 1) / chunk_ratio
+    }
+}
+
+/// What writers share: the header in force and whether the first
+/// guest-visible write has updated it yet.
+struct WriteState {
+    header: CurrentHeader,
+    /// This session's file write GUID.
+    session: Guid,
+    first_visible_write: bool,
+}
 
 /// An open VHDX image.
 pub struct Vhdx {
     storage: Arc<dyn Storage>,
     meta: Metadata,
     chunk_ratio: u64,
-    bat: Vec<u64>,
+    bat_offset: u64,
+    bat: RwLock<Vec<u64>>,
+    /// `None` when opened read-only.
+    writer: Option<Mutex<WriteState>>,
+    /// The log was replayed on open.
+    log_replayed: bool,
 }
 
 impl Vhdx {
-    /// Opens a VHDX image (read-only).
+    /// Opens a VHDX image. A log with entries to replay is replayed when
+    /// `writable`, and refused read-only, as QEMU does.
     pub fn open(storage: Arc<dyn Storage>, writable: bool) -> Result<Vhdx> {
-        if writable {
-            return Err(Error::Unsupported("writing vhdx images".into()));
-        }
-        let file_len = storage.len()?;
         let mut signature = [0u8; 8];
         storage.read_at(&mut signature, 0)?;
         if &signature != b"vhdxfile" {
@@ -57,23 +89,32 @@ impl Vhdx {
                 "Invalid VHDX signature",
             ));
         }
-        let header = read_header(&*storage)?;
-        if header.log_guid != [0; 16] {
-            return Err(Error::Unsupported(
-                "a vhdx image whose log needs to be replayed (log replay is not implemented)"
-                    .into(),
-            ));
+        let mut header = read_current_header(&*storage)?;
+        let session = super::random_uuid();
+        let mut log_replayed = false;
+        if let Some(replay) = log::plan_replay(&*storage, &header)? {
+            if !writable {
+                return Err(Error::Unsupported(
+                    "VHDX image opened read-only, but contains a log that needs to be \
+                     replayed (open it for writing, e.g. with img check -r all, to replay it)"
+                        .into(),
+                ));
+            }
+            log::apply_replay(&*storage, &replay)?;
+            let reset = HeaderUpdate {
+                file_write_guid: session,
+                data_write_guid: Some(super::random_uuid()),
+                log_guid: Some([0; 16]),
+            };
+            update_headers(&*storage, &mut header, &reset)?;
+            log_replayed = true;
         }
+        let file_len = storage.len()?;
         let (bat_region, metadata_region) = read_regions(&*storage, file_len)?;
         let meta = read_metadata(&*storage, metadata_region)?;
         let block = u64::from(meta.block_size);
         let chunk_ratio = ((1u64 << 23) * u64::from(meta.logical_sector_size)) / block;
-        let data_blocks = meta.virtual_size.div_ceil(block);
-        let entries = if data_blocks == 0 {
-            0
-        } else {
-            data_blocks + (data_blocks - 1) / chunk_ratio
-        };
+        let entries = bat_entries(meta.virtual_size, block, chunk_ratio);
         if entries * 8 > bat_region.length {
             return Err(invalid(
                 FORMAT,
@@ -93,32 +134,124 @@ impl Vhdx {
         let bat: Vec<u64> = bytes.chunks_exact(8).map(LittleEndian::read_u64).collect();
         for (i, &entry) in bat.iter().enumerate() {
             let is_bitmap = (i as u64 + 1).is_multiple_of(chunk_ratio + 1);
+            // A last block may be partial (QEMU made such images), and
+            // QEMU measures it by the BAT index, bitmap entries included.
+            let block_length = block.min(meta.virtual_size.saturating_sub(i as u64 * block));
             if !is_bitmap
                 && entry & 7 == FULLY_PRESENT
-                && (entry >> 20 << 20).saturating_add(block) > file_len
+                && (entry >> 20 << 20).saturating_add(block_length.max(1)) > file_len
             {
                 return Err(invalid(FORMAT, "BAT entry", i as u64,
                     "a data block points after the end of file; the image has probably been truncated"));
             }
         }
+        let writer = if writable {
+            // QEMU stamps a new file write GUID on both headers when it
+            // opens an image for writing.
+            let update = HeaderUpdate {
+                file_write_guid: session,
+                ..Default::default()
+            };
+            update_headers(&*storage, &mut header, &update)?;
+            Some(Mutex::new(WriteState {
+                header,
+                session,
+                first_visible_write: !log_replayed,
+            }))
+        } else {
+            None
+        };
         Ok(Vhdx {
             storage,
             meta,
             chunk_ratio,
-            bat,
+            bat_offset: bat_region.offset,
+            bat: RwLock::new(bat),
+            writer,
+            log_replayed,
         })
+    }
+
+    /// The BAT index of the payload block holding guest byte `offset`.
+    fn bat_index(&self, offset: u64) -> usize {
+        let block = offset / u64::from(self.meta.block_size);
+        (block + block / self.chunk_ratio) as usize
     }
 
     /// The BAT entry of the payload block holding guest byte `offset`.
     fn entry(&self, offset: u64) -> u64 {
-        let block = offset / u64::from(self.meta.block_size);
-        let index = block + block / self.chunk_ratio;
-        self.bat.get(index as usize).copied().unwrap_or(NOT_PRESENT)
+        let index = self.bat_index(offset);
+        self.bat
+            .read()
+            .expect("BAT lock poisoned")
+            .get(index)
+            .copied()
+            .unwrap_or(NOT_PRESENT)
     }
 
     /// Whether the disk is fixed (blocks stay allocated).
     pub fn is_fixed(&self) -> bool {
         self.meta.leave_blocks_allocated
+    }
+
+    /// Whether opening replayed a log.
+    pub fn log_replayed(&self) -> bool {
+        self.log_replayed
+    }
+
+    /// The file offset of the payload block holding guest byte `offset`,
+    /// allocating it at the end of the file (on a whole MiB) if it has
+    /// none, as QEMU's `vhdx_allocate_block` does. The block's data is
+    /// zero until written (the file grows over it); its BAT entry is
+    /// written straight to the BAT (QEMU journals it through the log and
+    /// replays it at once, which leaves the same bytes).
+    fn block_for_write(&self, offset: u64) -> Result<u64> {
+        let entry = self.entry(offset);
+        if entry & 7 == FULLY_PRESENT {
+            return Ok(entry >> 20 << 20);
+        }
+        let writer = self.writer.as_ref().ok_or(Error::ReadOnly)?;
+        let mut state = writer.lock().expect("writer lock poisoned");
+        let entry = self.entry(offset);
+        match entry & 7 {
+            FULLY_PRESENT => return Ok(entry >> 20 << 20),
+            NOT_PRESENT | UNDEFINED | ZERO | UNMAPPED => {}
+            other => {
+                return Err(invalid(
+                    FORMAT,
+                    "payload block state",
+                    other,
+                    "not valid in a disk without a parent",
+                ))
+            }
+        }
+        self.first_visible_write(&mut state)?;
+        let block = u64::from(self.meta.block_size);
+        let host = self.storage.len()?.next_multiple_of(MIB);
+        super::grow_to(&*self.storage, host + block)?;
+        let index = self.bat_index(offset);
+        let value = host | FULLY_PRESENT;
+        let mut bytes = [0u8; 8];
+        LittleEndian::write_u64(&mut bytes, value);
+        self.storage
+            .write_at(&bytes, self.bat_offset + index as u64 * 8)?;
+        self.bat.write().expect("BAT lock poisoned")[index] = value;
+        Ok(host)
+    }
+
+    /// Before the first guest-visible write, both headers get a new data
+    /// write GUID (the spec's rule, and QEMU's).
+    fn first_visible_write(&self, state: &mut WriteState) -> Result<()> {
+        if state.first_visible_write {
+            state.first_visible_write = false;
+            let update = HeaderUpdate {
+                file_write_guid: state.session,
+                data_write_guid: Some(super::random_uuid()),
+                log_guid: None,
+            };
+            update_headers(&*self.storage, &mut state.header, &update)?;
+        }
+        Ok(())
     }
 }
 
@@ -193,11 +326,38 @@ impl BlockRead for Vhdx {
 }
 
 impl ForeignImage for Vhdx {
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
-        Err(Error::ReadOnly)
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let writer = self.writer.as_ref().ok_or(Error::ReadOnly)?;
+        check_range(offset, buf.len() as u64, self.meta.virtual_size)?;
+        {
+            let mut state = writer.lock().expect("writer lock poisoned");
+            self.first_visible_write(&mut state)?;
+        }
+        let block = u64::from(self.meta.block_size);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let n = (block - pos % block).min((buf.len() - done) as u64) as usize;
+            let host = self.block_for_write(pos)?;
+            if host < MIB {
+                return Err(invalid(
+                    FORMAT,
+                    "BAT entry",
+                    host,
+                    "a payload block lies in the header section",
+                ));
+            }
+            self.storage
+                .write_at(&buf[done..done + n], host + pos % block)?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
+        if self.writer.is_some() {
+            self.storage.flush()?;
+        }
         Ok(())
     }
 
@@ -210,9 +370,13 @@ impl ForeignImage for Vhdx {
     }
 
     fn check(&self) -> Option<Result<CheckReport>> {
-        // qemu's vhdx check only replays the log (with -r) and reports
-        // BAT entries past the end, which opening already refuses.
-        Some(Ok(CheckReport::default()))
+        // qemu's vhdx check counts a log replayed on open as a repaired
+        // corruption, and reports BAT entries past the end, which opening
+        // already refuses.
+        Some(Ok(CheckReport {
+            corruptions_fixed: u64::from(self.log_replayed),
+            ..CheckReport::default()
+        }))
     }
 }
 

@@ -14,9 +14,9 @@ pub const HEADER_OFFSETS: [u64; 2] = [64 << 10, 128 << 10];
 /// Offsets of the two region tables.
 pub const REGION_OFFSETS: [u64; 2] = [192 << 10, 256 << 10];
 /// Bytes of a header.
-const HEADER_BYTES: usize = 4 << 10;
+pub const HEADER_BYTES: usize = 4 << 10;
 /// Bytes of a region table.
-const REGION_BYTES: usize = 64 << 10;
+pub const REGION_BYTES: usize = 64 << 10;
 /// Most entries of a region or metadata table.
 const MAX_TABLE_ENTRIES: usize = 2047;
 /// Bytes of the metadata table.
@@ -50,31 +50,31 @@ pub const METADATA_GUID: Guid = guid(
     0x4b9a,
     [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
 );
-const FILE_PARAMETERS: Guid = guid(
+pub(super) const FILE_PARAMETERS: Guid = guid(
     0xcaa1_6737,
     0xfa36,
     0x4d43,
     [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
 );
-const VIRTUAL_DISK_SIZE: Guid = guid(
+pub(super) const VIRTUAL_DISK_SIZE: Guid = guid(
     0x2fa5_4224,
     0xcd1b,
     0x4876,
     [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
 );
-const PAGE83: Guid = guid(
+pub(super) const PAGE83: Guid = guid(
     0xbeca_12ab,
     0xb2e6,
     0x4523,
     [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
 );
-const LOGICAL_SECTOR: Guid = guid(
+pub(super) const LOGICAL_SECTOR: Guid = guid(
     0x8141_bf1d,
     0xa96f,
     0x4709,
     [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
 );
-const PHYSICAL_SECTOR: Guid = guid(
+pub(super) const PHYSICAL_SECTOR: Guid = guid(
     0xcda3_48c7,
     0x445d,
     0x4471,
@@ -111,7 +111,7 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 }
 
 /// Whether `buf` carries a valid checksum at bytes 4..8.
-fn checksum_ok(buf: &[u8]) -> bool {
+pub fn checksum_ok(buf: &[u8]) -> bool {
     let stored = LittleEndian::read_u32(&buf[4..8]);
     let mut copy = buf.to_vec();
     copy[4..8].fill(0);
@@ -129,13 +129,46 @@ pub struct VhdxHeader {
     pub log_length: u32,
     /// Log offset.
     pub log_offset: u64,
+    /// Log version (only 0 is defined).
+    pub log_version: u16,
+}
+
+/// The header in force with the slot it came from (0 or 1) and its bytes,
+/// which header updates start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentHeader {
+    /// Its fields.
+    pub header: VhdxHeader,
+    /// Its slot: at `HEADER_OFFSETS[slot]`.
+    pub slot: usize,
+    /// Its 4 KiB as stored.
+    pub bytes: Vec<u8>,
+}
+
+/// Parses a header's fields.
+fn parse_header(buf: &[u8]) -> VhdxHeader {
+    let mut log_guid = [0u8; 16];
+    log_guid.copy_from_slice(&buf[48..64]);
+    VhdxHeader {
+        sequence: LittleEndian::read_u64(&buf[8..16]),
+        log_guid,
+        log_version: LittleEndian::read_u16(&buf[64..66]),
+        log_length: LittleEndian::read_u32(&buf[68..72]),
+        log_offset: LittleEndian::read_u64(&buf[72..80]),
+    }
 }
 
 /// Reads both headers and returns the valid one with the higher
 /// sequence number.
 pub fn read_header(storage: &dyn Storage) -> Result<VhdxHeader> {
-    let mut best: Option<VhdxHeader> = None;
-    for offset in HEADER_OFFSETS {
+    read_current_header(storage).map(|c| c.header)
+}
+
+/// Reads both headers and returns the valid one with the higher sequence
+/// number, with its slot and bytes.
+pub fn read_current_header(storage: &dyn Storage) -> Result<CurrentHeader> {
+    let mut best: Option<CurrentHeader> = None;
+    for (slot, offset) in HEADER_OFFSETS.into_iter().enumerate() {
         let mut buf = vec![0u8; HEADER_BYTES];
         storage.read_at(&mut buf, offset)?;
         if &buf[0..4] != b"head" || !checksum_ok(&buf) {
@@ -145,19 +178,78 @@ pub fn read_header(storage: &dyn Storage) -> Result<VhdxHeader> {
         if version != 1 {
             continue;
         }
-        let mut log_guid = [0u8; 16];
-        log_guid.copy_from_slice(&buf[48..64]);
-        let h = VhdxHeader {
-            sequence: LittleEndian::read_u64(&buf[8..16]),
-            log_guid,
-            log_length: LittleEndian::read_u32(&buf[68..72]),
-            log_offset: LittleEndian::read_u64(&buf[72..80]),
-        };
-        if best.is_none_or(|b| h.sequence > b.sequence) {
-            best = Some(h);
+        let header = parse_header(&buf);
+        if best
+            .as_ref()
+            .is_none_or(|b| header.sequence > b.header.sequence)
+        {
+            best = Some(CurrentHeader {
+                header,
+                slot,
+                bytes: buf,
+            });
         }
     }
     best.ok_or_else(|| invalid(FORMAT, "header", 0, "No valid VHDX header found"))
+}
+
+/// What a header update changes (QEMU's `vhdx_update_header`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderUpdate {
+    /// The new file write GUID (QEMU's session GUID).
+    pub file_write_guid: Guid,
+    /// A new data write GUID, before the first guest-visible write.
+    pub data_write_guid: Option<Guid>,
+    /// A new log GUID (all zero: the log is empty).
+    pub log_guid: Option<Guid>,
+}
+
+/// Writes the header not in force with the next sequence number and
+/// `update` applied, syncs it, and makes it the one in force.
+pub fn update_header(
+    storage: &dyn Storage,
+    current: &mut CurrentHeader,
+    update: &HeaderUpdate,
+) -> Result<()> {
+    let mut buf = current.bytes.clone();
+    let sequence = current.header.sequence.wrapping_add(1);
+    LittleEndian::write_u64(&mut buf[8..16], sequence);
+    buf[16..32].copy_from_slice(&update.file_write_guid);
+    if let Some(g) = update.data_write_guid {
+        buf[32..48].copy_from_slice(&g);
+    }
+    if let Some(g) = update.log_guid {
+        buf[48..64].copy_from_slice(&g);
+    }
+    set_checksum(&mut buf);
+    let slot = 1 - current.slot;
+    storage.write_at(&buf, HEADER_OFFSETS[slot])?;
+    storage.flush()?;
+    *current = CurrentHeader {
+        header: parse_header(&buf),
+        slot,
+        bytes: buf,
+    };
+    Ok(())
+}
+
+/// Updates both headers (the spec's procedure, and QEMU's
+/// `vhdx_update_headers`), so that both carry the change.
+pub fn update_headers(
+    storage: &dyn Storage,
+    current: &mut CurrentHeader,
+    update: &HeaderUpdate,
+) -> Result<()> {
+    update_header(storage, current, update)?;
+    update_header(storage, current, update)
+}
+
+/// Stores the CRC-32C of `buf` (computed with the field zeroed) at bytes
+/// 4..8.
+pub fn set_checksum(buf: &mut [u8]) {
+    buf[4..8].fill(0);
+    let crc = crc32c(buf);
+    LittleEndian::write_u32(&mut buf[4..8], crc);
 }
 
 /// A region: where and how long.

@@ -366,9 +366,7 @@ impl SparseExtent {
                         })?;
                         alloc.next_sector += self.header.grain_sectors;
                         let grain_end = alloc.next_sector * 512;
-                        if self.storage.len()? < grain_end {
-                            self.storage.set_len(grain_end)?;
-                        }
+                        crate::formats::grow_to(&*self.storage, grain_end)?;
                         let (gd_index, gt_index) = self.indexes(offset);
                         self.set_entry(&mut alloc, gd_index, gt_index, sector32)?;
                         sector * 512 + offset % self.grain_bytes

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Benchmark `img convert` of the foreign formats (vmdk, vhdx, vpc, vdi)
+# against `qemu-img convert -W -m 16` (issue 17, STYLE.md point 10).
+#
+# A benchmark, not a test: it prints ratios measured in the same run and
+# whether the targets hold; it exits non-zero only when an output is wrong
+# (a convert fails, or `qemu-img compare` finds a difference), never
+# because a target was missed.
+#
+# Usage: bench/formats.sh [--size 2G] [--pairs 3] [--img PATH]
+#                         [--workdir /var/tmp] [--memdir /dev/shm]
+#                         [--formats "vmdk vhdx vpc vdi"] [--keep]
+#
+# Input: SIZE bytes of (random chunk, zero chunk) pairs of equal length,
+# 64 KiB to 1 MiB (fixed seed): half data, half real zeros. From it,
+# qemu-img makes src.FMT for each format (default options) and src.qcow2.
+#
+# Directions per format: FMT->qcow2 and qcow2->FMT, each
+#   on disk (--workdir, must not be tmpfs): ours, qemu-img, and
+#     `cp --sparse=always` of the source file (the floor any converter of
+#     the same layout meets); target: ours <= 1.0x the faster of the two;
+#   in memory (--memdir, tmpfs; inputs copied there): ours and qemu-img,
+#     where the disk bounds neither; target: ours <= 0.8x qemu-img.
+# Plus raw->vmdk streamOptimized (compressed grains), both sides on every
+# core (-m 16), on disk and in memory, same targets.
+# Peak RSS (GNU /usr/bin/time %M of the convert itself): ours <= qemu-img's.
+#
+# Method (as bench/convert.sh): PAIRS pairs alternating who goes first;
+# each measurement is an untimed run, rm, sync, then the timed run with its
+# own sync inside the timing (so one run's writeback never lands in the
+# next). Reported: median seconds, median of per-pair ratios, max RSS.
+
+set -euo pipefail
+export LC_ALL=C
+
+size_arg=2G
+pairs=3
+img=""
+workdir_parent=/var/tmp
+memdir_parent=/dev/shm
+formats="vmdk vhdx vpc vdi"
+keep=0
+
+die() {
+    echo "formats.sh: $*" >&2
+    exit 2
+}
+log() { echo "$*" >&2; }
+
+while (($#)); do
+    case $1 in
+        --size) size_arg=${2:?}; shift 2 ;;
+        --pairs) pairs=${2:?}; shift 2 ;;
+        --img) img=${2:?}; shift 2 ;;
+        --workdir) workdir_parent=${2:?}; shift 2 ;;
+        --memdir) memdir_parent=${2:?}; shift 2 ;;
+        --formats) formats=${2:?}; shift 2 ;;
+        --keep) keep=1; shift ;;
+        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+
+to_bytes() {
+    [[ $1 =~ ^([0-9]+)([KMGT]?)$ ]] || die "not a size: '$1' (e.g. 2G, 256M)"
+    local n=${BASH_REMATCH[1]}
+    case ${BASH_REMATCH[2]} in
+        K) echo $((n << 10)) ;; M) echo $((n << 20)) ;;
+        G) echo $((n << 30)) ;; T) echo $((n << 40)) ;; *) echo "$n" ;;
+    esac
+}
+size=$(to_bytes "$size_arg")
+[[ $pairs =~ ^[1-9][0-9]*$ ]] || die "--pairs must be a positive integer"
+
+[[ -x /usr/bin/time ]] || die "/usr/bin/time is missing: apt-get install time"
+qemu_img=$(command -v qemu-img) || die "qemu-img is missing: apt-get install qemu-utils"
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -z $img ]]; then
+    img=$script_dir/../target/release/img
+    (cd "$script_dir/.." && cargo build --release -p tools) >&2 || die "cargo build failed"
+fi
+[[ -x $img ]] || die "--img '$img' is not executable"
+
+work=$(mktemp -d "$workdir_parent/img-bench-formats.XXXXXX")
+mem=$(mktemp -d "$memdir_parent/img-bench-formats.XXXXXX")
+cleanup() {
+    if ((keep)); then log "kept $work $mem"; else rm -rf -- "$work" "$mem"; fi
+}
+trap cleanup EXIT
+case $(stat -f -c %T "$work") in tmpfs | ramfs) die "--workdir must be on a disk" ;; esac
+case $(stat -f -c %T "$mem") in tmpfs | ramfs) ;; *) die "--memdir must be tmpfs" ;; esac
+
+median() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) printf "%.3f", v[(NR + 1) / 2]
+        else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# run_one SIDE SRC_FMT OUT_FMT OPTS SRC DST: one timed run (+ sync).
+# Sets secs, rss_kib; fails when the command fails.
+run_one() {
+    local side=$1 src_fmt=$2 out_fmt=$3 opts=$4 src=$5 dst=$6 start end
+    local -a cmd
+    case $side in
+        ours) cmd=("$img" convert -W -m 16 -f "$src_fmt" -O "$out_fmt") ;;
+        qemu) cmd=("$qemu_img" convert -W -m 16 -f "$src_fmt" -O "$out_fmt") ;;
+        cp) cmd=(cp --sparse=always) ;;
+    esac
+    if [[ $side != cp && -n $opts ]]; then cmd+=(-o "$opts"); fi
+    rm -rf -- "$dst"*
+    start=${EPOCHREALTIME/./}
+    /usr/bin/time -f %M -o "$work/time.out" -- "${cmd[@]}" "$src" "$dst" \
+        >"$work/run.log" 2>&1 || { cat "$work/run.log" >&2; return 1; }
+    sync
+    end=${EPOCHREALTIME/./}
+    secs=$(awk -v us=$((end - start)) 'BEGIN { printf "%.6f", us / 1e6 }')
+    rss_kib=$(tail -n 1 "$work/time.out")
+}
+
+# measure SIDE ...: an untimed run, then the timed one.
+measure() {
+    run_one "$@" && rm -rf -- "${6:?}"* && sync && run_one "$@"
+}
+
+rows=()
+misses=0
+failed=0
+
+# bench NAME PLACE SRC_FMT OUT_FMT OPTS SRC DIR
+bench() {
+    local name=$1 place=$2 src_fmt=$3 out_fmt=$4 opts=$5 src=$6 dir=$7
+    local dst=$dir/out.$out_fmt side i
+    local -a sides=(ours qemu) o=() q=() c=() ratios=()
+    # cp is the floor of a plain conversion on disk; compressing is
+    # measured against qemu-img alone.
+    [[ $place == disk && -z $opts ]] && sides+=(cp)
+    local ours_rss=0 qemu_rss=0
+    log "== $name ($place)"
+    # Correctness once: our output holds the source's data.
+    if ! run_one ours "$src_fmt" "$out_fmt" "$opts" "$src" "$dst" ||
+        ! "$qemu_img" compare -q -f "$src_fmt" -F "$out_fmt" "$src" "$dst"; then
+        rows+=("$(printf '%-28s %-5s FAILED or INCORRECT' "$name" "$place")")
+        failed=1
+        return 0
+    fi
+    for ((i = 0; i < pairs; i++)); do
+        local order=("${sides[@]}")
+        ((i % 2)) && order=(qemu ours "${sides[@]:2}")
+        local t_o t_q t_c=""
+        for side in "${order[@]}"; do
+            # cp copies the source file itself: the floor for its layout.
+            measure "$side" "$src_fmt" "$out_fmt" "$opts" "$src" "$dst" || {
+                rows+=("$(printf '%-28s %-5s %s FAILED' "$name" "$place" "$side")")
+                failed=1
+                return 0
+            }
+            case $side in
+                ours) t_o=$secs; o+=("$secs"); ((rss_kib > ours_rss)) && ours_rss=$rss_kib ;;
+                qemu) t_q=$secs; q+=("$secs"); ((rss_kib > qemu_rss)) && qemu_rss=$rss_kib ;;
+                cp) t_c=$secs; c+=("$secs") ;;
+            esac
+            log "$(printf '  pair %d %-5s %8.3f s %7.1f MiB' $((i + 1)) "$side" "$secs" \
+                "$(awk -v k="$rss_kib" 'BEGIN { print k / 1024 }')")"
+        done
+        local best=$t_q
+        if [[ -n $t_c ]] && awk -v a="$t_c" -v b="$t_q" 'BEGIN { exit !(a < b) }'; then
+            best=$t_c
+        fi
+        ratios+=("$(awk -v a="$t_o" -v b="$best" 'BEGIN { printf "%.6f", a / b }')")
+    done
+    rm -rf -- "$dst"*
+    local target=1.0
+    [[ $place == mem ]] && target=0.8
+    local ratio ok=yes rss_ok=yes
+    ratio=$(printf '%s\n' "${ratios[@]}" | median)
+    awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r <= t) }' || { ok=NO; misses=$((misses + 1)); }
+    ((ours_rss <= qemu_rss)) || { rss_ok=NO; misses=$((misses + 1)); }
+    local cp_med="-"
+    ((${#c[@]})) && cp_med=$(printf '%s\n' "${c[@]}" | median)
+    rows+=("$(printf '%-28s %-5s %8s %8s %8s %7s %5s %8.1f %8.1f %5s' "$name" "$place" \
+        "$(printf '%s\n' "${o[@]}" | median)" "$(printf '%s\n' "${q[@]}" | median)" \
+        "$cp_med" "$ratio" "$ok" \
+        "$(awk -v k="$ours_rss" 'BEGIN { print k / 1024 }')" \
+        "$(awk -v k="$qemu_rss" 'BEGIN { print k / 1024 }')" "$rss_ok")")
+}
+
+log "img:      $img (built $(date -r "$img" '+%F %T'))"
+log "qemu-img: $("$qemu_img" --version | head -n 1)"
+log "host:     $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "== inputs: $size_arg half data, half zeros"
+python3 - "$work/src.raw" "$size" <<'EOF'
+import os, random, sys
+path, size = sys.argv[1], int(sys.argv[2])
+rng, unit = random.Random(20240611), 64 << 10
+zeros = bytes(16 * unit)
+with open(path, "wb") as f:
+    pos = 0
+    while pos < size:
+        n = min(rng.randint(1, 16) * unit, size - pos)
+        f.write(os.urandom(n)); pos += n
+        m = min(n, size - pos)
+        f.write(zeros[:m]); pos += m
+EOF
+"$qemu_img" convert -W -m 16 -O qcow2 "$work/src.raw" "$work/src.qcow2"
+for fmt in $formats; do
+    "$qemu_img" convert -W -m 16 -O "$fmt" "$work/src.raw" "$work/src.$fmt"
+done
+sync
+
+for place in disk mem; do
+    dir=$work
+    if [[ $place == mem ]]; then
+        dir=$mem
+        for f in "$work"/src.*; do
+            [[ $f == */src.raw ]] || cp --sparse=always "$f" "$mem/"
+        done
+    fi
+    for fmt in $formats; do
+        bench "$fmt->qcow2" "$place" "$fmt" qcow2 "" "$dir/src.$fmt" "$dir"
+        bench "qcow2->$fmt" "$place" qcow2 "$fmt" "" "$dir/src.qcow2" "$dir"
+    done
+    [[ $place == mem ]] && cp --sparse=always "$work/src.raw" "$mem/"
+    bench "raw->vmdk streamOptimized" "$place" raw vmdk subformat=streamOptimized \
+        "$dir/src.raw" "$dir"
+    [[ $place == mem ]] && rm -f "$mem"/src.*
+done
+
+printf '\n%-28s %-5s %8s %8s %8s %7s %5s %8s %8s %5s\n' direction place \
+    "ours s" "qemu s" "cp s" ratio "ok" "ours MiB" "qemu MiB" "rss"
+printf '%s\n' "${rows[@]}"
+echo
+echo "ratio: median over $pairs pairs of ours / the faster of qemu-img and cp (disk),"
+echo "ours / qemu-img (mem); targets 1.0 (disk), 0.8 (mem); rss: ours <= qemu-img's"
+echo "targets missed: $misses"
+exit "$failed"
