@@ -17,6 +17,7 @@ pub use storage::{FileStorage, MemStorage, Storage};
 pub mod check;
 pub mod compress;
 pub mod create;
+pub mod crypto;
 pub mod device;
 pub mod formats;
 pub mod fs;
