@@ -33,6 +33,8 @@ pub const MIN_ITERATIONS: u64 = 1000;
 pub const DEFAULT_ITER_TIME_MS: u64 = 2000;
 
 const SALT_LEN: usize = 32;
+/// Times erased key material is overwritten with random bytes.
+const ERASE_PASSES: usize = 40;
 const DIGEST_LEN: usize = 20;
 const SLOT_ENABLED: u32 = 0x00AC_71F3;
 const SLOT_DISABLED: u32 = 0x0000_DEAD;
@@ -321,7 +323,7 @@ impl LuksHeader {
     /// Bytes from the header's start to the end of the last key material
     /// (what a qcow2 image reserves for it).
     pub fn area_len(&self) -> u64 {
-        (HEADER_SECTORS + NUM_KEY_SLOTS as u64 * self.slot_stride()) * SECTOR_SIZE as u64
+        area_len_for(self.master_key_len as usize)
     }
 
     /// Sectors between two slots' key material: the material rounded up
@@ -405,6 +407,17 @@ impl LuksHeader {
         Err(Error::InvalidPassword)
     }
 
+    /// Whether `password` opens slot `index` (false for inactive slots).
+    pub fn slot_opens(
+        &self,
+        index: usize,
+        password: &[u8],
+        read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<bool> {
+        let slot = &self.slots[index];
+        Ok(slot.active && self.try_slot(slot, password, read)?.is_some())
+    }
+
     /// Stores `key` in slot `index` under `password`, with PBKDF2
     /// iterations for `iter_time_ms` of this machine's time; writes the
     /// key material through `write` (offset from the header's start) and
@@ -451,12 +464,13 @@ impl LuksHeader {
         write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let mut garbage = vec![0u8; self.material_len()];
-        random_bytes(&mut garbage)?;
+        let at = u64::from(self.slots[index].key_offset_sector) * SECTOR_SIZE as u64;
+        // As QEMU (and cryptsetup): overwrite the material many times.
+        for _ in 0..ERASE_PASSES {
+            random_bytes(&mut garbage)?;
+            write(at, &garbage)?;
+        }
         let slot = &mut self.slots[index];
-        write(
-            u64::from(slot.key_offset_sector) * SECTOR_SIZE as u64,
-            &garbage,
-        )?;
         slot.active = false;
         slot.iterations = 0;
         slot.salt = [0; SALT_LEN];
@@ -467,6 +481,15 @@ impl LuksHeader {
     pub fn verify_key(&self, key: &MasterKey) -> bool {
         self.key_matches(key)
     }
+}
+
+/// Bytes of the header area (header and eight slots of key material) of a
+/// volume whose master key is `master_key_len` bytes: where its payload
+/// starts.
+pub fn area_len_for(master_key_len: usize) -> u64 {
+    let material = (master_key_len as u64 * u64::from(STRIPES)).div_ceil(SECTOR_SIZE as u64);
+    let stride = material.div_ceil(HEADER_SECTORS) * HEADER_SECTORS;
+    (HEADER_SECTORS + NUM_KEY_SLOTS as u64 * stride) * SECTOR_SIZE as u64
 }
 
 /// PBKDF2 iterations for `iter_time_ms` at `per_second`, as QEMU scales.
@@ -629,6 +652,7 @@ mod tests {
     fn a_new_volume_parses_back_and_unlocks_with_its_password_only() {
         let v = create(&quick(), b"astrochicken").unwrap();
         assert_eq!(v.area.len() as u64, v.header.area_len());
+        assert_eq!(area_len_for(64), 2_068_480);
         // QEMU's layout for aes-256-xts: slots of 504 sectors after 8.
         assert_eq!(v.header.slots[1].key_offset_sector, 8 + 504);
         assert_eq!(v.header.payload_offset_sector, 8 + 8 * 504);

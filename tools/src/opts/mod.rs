@@ -38,6 +38,7 @@
 
 pub mod list;
 pub mod parsed;
+pub mod secret;
 pub mod table;
 mod validate;
 
@@ -155,6 +156,8 @@ pub enum ImageFormat {
     Vmdk,
     /// QED.
     Qed,
+    /// LUKS1 (a LUKS header, then the encrypted payload).
+    Luks,
 }
 
 impl ImageFormat {
@@ -167,6 +170,7 @@ impl ImageFormat {
             Self::Vdi => "vdi",
             Self::Vmdk => "vmdk",
             Self::Qed => "qed",
+            Self::Luks => "luks",
         }
     }
 }
@@ -212,6 +216,7 @@ impl FromStr for ImageFormat {
             "vdi" => Ok(Self::Vdi),
             "vmdk" => Ok(Self::Vmdk),
             "qed" => Ok(Self::Qed),
+            "luks" => Ok(Self::Luks),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -457,6 +462,7 @@ impl CreateOptions {
             ImageFormat::Vdi => validate::vdi(self),
             ImageFormat::Vmdk => validate::vmdk(self),
             ImageFormat::Qed => validate::qed(self),
+            ImageFormat::Luks => Ok(()),
         }
     }
 
