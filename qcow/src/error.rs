@@ -66,7 +66,7 @@ pub enum Error {
         names: Vec<String>,
     },
     /// Encrypted images are not supported at all.
-    #[error("encryption is not supported (crypt_method {method})")]
+    #[error("Unsupported encryption method: {method}")]
     EncryptionNotSupported {
         /// The crypt_method header field.
         method: u32,
@@ -243,6 +243,39 @@ pub enum Error {
         value: u64,
         /// Why it is refused.
         reason: &'static str,
+    },
+    /// An encryption algorithm, mode or parameter we do not offer.
+    #[error("unsupported {what} '{value}'")]
+    CryptoUnsupported {
+        /// What it is (an option name, "LUKS cipher", ...).
+        what: &'static str,
+        /// The value given or found.
+        value: String,
+    },
+    /// A LUKS header that QEMU would refuse; the reason is QEMU's text.
+    #[error("{reason}")]
+    LuksHeader {
+        /// The header field at fault.
+        field: &'static str,
+        /// Why it is refused, as QEMU words it.
+        reason: String,
+    },
+    /// No key slot of a LUKS header opens with the given password.
+    #[error("Invalid password, cannot unlock any keyslot")]
+    InvalidPassword,
+    /// An encrypted image opened for I/O without its key.
+    #[error("Parameter '{option}' is required for cipher")]
+    KeySecretRequired {
+        /// The option that names the secret (`encrypt.key-secret`).
+        option: String,
+    },
+    /// The encryption header pointer of a qcow2 image is invalid.
+    #[error("{reason}")]
+    CryptoHeaderExtension {
+        /// The offset or length found.
+        value: u64,
+        /// QEMU's wording.
+        reason: String,
     },
 }
 

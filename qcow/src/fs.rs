@@ -115,6 +115,8 @@ pub struct FileOpener {
     /// Every backing file opened through this opener or the openers it
     /// made for deeper layers, top first.
     opened: Arc<Mutex<Vec<PathBuf>>>,
+    /// Passwords of encrypted layers by depth (0 the image itself).
+    keys: Arc<Vec<Option<Vec<u8>>>>,
 }
 
 impl FileOpener {
@@ -125,7 +127,16 @@ impl FileOpener {
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             chain: vec![canonical],
             opened: Arc::default(),
+            keys: Arc::default(),
         }
+    }
+
+    /// This opener with the passwords of encrypted layers, by depth (0 the
+    /// image itself, 1 its backing file, ...): backing files it opens are
+    /// unlocked with theirs.
+    pub fn with_keys(mut self, keys: Vec<Option<Vec<u8>>>) -> FileOpener {
+        self.keys = Arc::new(keys);
+        self
     }
 
     /// The backing files opened so far (the whole chain below the image,
@@ -180,11 +191,15 @@ impl Opener for FileOpener {
                     dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
                     chain,
                     opened: self.opened.clone(),
+                    keys: self.keys.clone(),
                 };
                 let image = Qcow2::open(storage, false, &opener).map_err(|e| match e {
                     e @ Error::Backing { .. } => e,
                     e => err(e.to_string()),
                 })?;
+                if let Some(Some(key)) = self.keys.get(self.chain.len()) {
+                    image.unlock(key).map_err(|e| err(e.to_string()))?;
+                }
                 Ok(Box::new(image))
             }
             other => match open_foreign(other, storage, false, &path) {
@@ -302,6 +317,33 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             &FileOpener::for_image(path),
         )?))),
         other => open_foreign(other, storage, writable, path),
+    }
+}
+
+/// [`open_image`] of an encrypted image or chain: `keys` holds the
+/// passwords of its layers by depth (0 the image itself).
+pub fn open_image_keyed(
+    path: &Path,
+    format: Option<Format>,
+    writable: bool,
+    keys: Vec<Option<Vec<u8>>>,
+) -> Result<AnyImage> {
+    let storage = open_storage(path, writable)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe(&*storage, path)?,
+    };
+    match format {
+        Format::Qcow2 => {
+            let top = keys.first().cloned().flatten();
+            let opener = FileOpener::for_image(path).with_keys(keys);
+            let image = Qcow2::open(storage, writable, &opener)?;
+            if let Some(key) = top {
+                image.unlock(&key)?;
+            }
+            Ok(AnyImage::Qcow2(Box::new(image)))
+        }
+        _ => open_image(path, Some(format), writable),
     }
 }
 

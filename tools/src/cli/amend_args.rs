@@ -8,6 +8,9 @@ pub struct AmendArgs {
     /// Format of the image (probed if not given)
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
+    /// FILE is an option string (`driver=qcow2,file.filename=X`)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// Cache mode (accepted)
     #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,

@@ -108,6 +108,9 @@ pub struct CheckArgs {
         value_name = "FMT"
     )]
     pub format: Option<String>,
+    /// FILE is an option string (`driver=qcow2,file.filename=X`)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// Repair leaks only, or all inconsistencies
     #[arg(short = 'r', long = "repair", allow_hyphen_values = true, value_name = "leaks|all", value_parser = parse_repair_mode)]
     pub repair: Option<RepairMode>,

@@ -8,6 +8,9 @@ pub struct CommitArgs {
     /// Format of the image (probed if not given)
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
+    /// FILE is an option string (`driver=qcow2,file.filename=X`)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// The backing file to commit into (default: the image's backing file)
     #[arg(short = 'b', long = "base", value_name = "BASE")]
     pub base: Option<String>,

@@ -127,7 +127,16 @@ where
 /// [`parse_args`] on the process arguments; on error prints the message
 /// and exits as qemu-img would.
 pub fn parse_or_exit() -> Cli {
-    parse_args(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    // `--object` may appear anywhere after the subcommand, as in qemu-img;
+    // its secrets are kept aside before clap parses the rest.
+    let args = match crate::opts::secret::take_objects(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{}: {e:#}", crate::program());
+            std::process::exit(1);
+        }
+    };
+    parse_args(args).unwrap_or_else(|err| err.exit())
 }
 
 #[cfg(test)]

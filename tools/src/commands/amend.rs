@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
-use qcow::image::{amend, AmendOptions};
+use qcow::image::{amend, read_header_cluster, AmendOptions};
 
 use super::{io_reason, open_error, parse_format};
 use crate::cli::AmendArgs;
@@ -35,6 +35,11 @@ const AMEND_HELP: &str = "Amend options for 'qcow2':
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
   data_file=<str>        - File name of an external data file
   data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image
+  encrypt.iter-time=<num> - Time to spend in PBKDF in milliseconds
+  encrypt.keyslot=<num>  - Select a single keyslot to modify explicitly
+  encrypt.new-secret=<str> - New secret to set in the matching keyslots. Empty string to erase
+  encrypt.old-secret=<str> - Select all keyslots that match this password
+  encrypt.state=<str>    - Select new state of affected keyslots (active/inactive)
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
   refcount_bits=<num>    - Width of a reference count entry in bits
   size=<size>            - Virtual disk size";
@@ -43,7 +48,9 @@ const AMEND_HELP: &str = "Amend options for 'qcow2':
 /// refuses, in its order and words.
 fn amend_options(list: &OptionList) -> Result<AmendOptions> {
     for pair in split_options(list.as_str()) {
-        if !AMENDABLE.contains(&pair.key.as_str()) {
+        if !AMENDABLE.contains(&pair.key.as_str())
+            && !super::amend_luks::AMEND_KEYS.contains(&pair.key.as_str())
+        {
             // Known creation options get qemu's hint; the rest are unknown.
             let creation_only = options_for(ImageFormat::Qcow2)
                 .iter()
@@ -57,7 +64,7 @@ fn amend_options(list: &OptionList) -> Result<AmendOptions> {
             bail!("Invalid parameter '{}'", pair.key);
         }
     }
-    let parsed = ParsedOptions::parse(ImageFormat::Qcow2, list).map_err(|e| anyhow!("{e}"))?;
+    let parsed = parse_amend_list(list)?;
     let text = |key: &str| parsed.get(key).map(|v| v.raw.clone());
     let mut opts = AmendOptions::default();
     if let Some(compat) = text("compat") {
@@ -84,6 +91,28 @@ fn amend_options(list: &OptionList) -> Result<AmendOptions> {
     Ok(opts)
 }
 
+/// The `-o` list parsed: creation options by the qcow2 table, the key
+/// slot options by their own types.
+fn parse_amend_list(list: &OptionList) -> Result<ParsedOptions> {
+    let mut plain = Vec::new();
+    let mut parsed = ParsedOptions::empty(ImageFormat::Qcow2);
+    for pair in split_options(list.as_str()) {
+        if super::amend_luks::AMEND_KEYS.contains(&pair.key.as_str()) {
+            parsed
+                .set_amend_key(&pair.key, &pair.value)
+                .map_err(|e| anyhow!("{e}"))?;
+        } else {
+            plain.push(format!("{}={}", pair.key, pair.value.replace(',', ",,")));
+        }
+    }
+    for pair in split_options(&plain.join(",")) {
+        parsed
+            .set(&pair.key, &pair.value)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(parsed)
+}
+
 /// Runs `img amend`.
 pub fn run(args: &AmendArgs) -> Result<i32> {
     if args.options.is_empty() {
@@ -97,9 +126,10 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         println!("{AMEND_HELP}");
         return Ok(0);
     }
-    let path = Path::new(&args.filename);
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let path = Path::new(&spec.filename);
     let storage = open_storage(path, true).map_err(|e| open_error(&args.filename, e))?;
-    let format = match &args.format {
+    let format = match &spec.format {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, path).map_err(|e| open_error(&args.filename, e))?,
     };
@@ -107,6 +137,46 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         bail!("Format driver 'raw' does not support option amendment");
     }
     let opts = amend_options(&list)?;
+    let encrypted = read_header_cluster(&*storage)
+        .map(|hc| hc.header.crypt_method)
+        .unwrap_or(0);
+    if encrypted != 0 {
+        // QEMU opens an encrypted image's cipher, so needs its key.
+        super::open_named(
+            &args.filename,
+            args.format.as_deref(),
+            false,
+            args.image_opts,
+        )?;
+    }
+    let slot_keys: Vec<&str> = split_options(list.as_str())
+        .iter()
+        .filter(|p| super::amend_luks::AMEND_KEYS.contains(&p.key.as_str()))
+        .map(|_| "")
+        .collect();
+    if !slot_keys.is_empty() {
+        if encrypted == 0 {
+            bail!("Can't amend encryption options - encryption not present");
+        }
+        if encrypted != qcow::crypto::CRYPT_LUKS {
+            bail!("Only LUKS encryption options can be amended");
+        }
+        let change = super::amend_luks::SlotChange::from_parsed(&parse_amend_list(&list)?)?;
+        let secret = spec
+            .key_secrets
+            .first()
+            .cloned()
+            .flatten()
+            .map(|id| crate::opts::secret::lookup(&id))
+            .transpose()?;
+        let image = qcow::image::Qcow2::open(storage.clone(), true, &FileOpener::for_image(path))
+            .map_err(|e| open_error(&args.filename, e))?;
+        super::amend_luks::apply(&image, &change, secret.as_deref(), args.force)?;
+        image.close()?;
+        if opts == AmendOptions::default() {
+            return Ok(0);
+        }
+    }
     amend(storage, &FileOpener::for_image(path), &opts)
         .map_err(|e| anyhow!("{}", io_reason(&e)))?;
     Ok(0)

@@ -43,7 +43,8 @@ fn print_messages(messages: &[String]) {
 
 /// Runs `img check`.
 pub fn run(args: &CheckArgs) -> Result<i32> {
-    let filename = &args.filename;
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let filename = &spec.filename;
     let repair = match args.repair {
         None => Repair::None,
         Some(RepairMode::Leaks) => Repair::Leaks,
@@ -51,7 +52,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     };
     let storage = open_storage(Path::new(filename), repair != Repair::None)
         .map_err(|e| open_error(filename, e))?;
-    let format = match &args.format {
+    let format = match &spec.format {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, Path::new(filename)).map_err(|e| open_error(filename, e))?,
     };
@@ -69,6 +70,16 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     // cannot (a missing file, a cycle, too deep); so do we. A header that
     // does not parse is left to the check, which reports it.
     if let Ok(hc) = read_header_cluster(&*storage) {
+        if hc.header.crypt_method != 0 {
+            // QEMU opens an encrypted image's cipher (and so needs its
+            // key) before it checks.
+            super::open_named(
+                &args.filename,
+                args.format.as_deref(),
+                false,
+                args.image_opts,
+            )?;
+        }
         if let Some(name) = &hc.backing_file {
             FileOpener::for_image(Path::new(filename))
                 .open_backing(name, hc.backing_format())

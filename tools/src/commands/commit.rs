@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
 
-use super::{io_reason, open, parse_format};
+use super::{io_reason, parse_format};
 use crate::cli::CommitArgs;
 
 /// One image below the top: where it is and its format.
@@ -56,11 +56,17 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
 
 /// Runs `img commit`.
 pub fn run(args: &CommitArgs) -> Result<i32> {
-    let image = open(&args.filename, args.format.as_deref(), true)?;
+    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let image = super::open_named(
+        &args.filename,
+        args.format.as_deref(),
+        true,
+        args.image_opts,
+    )?;
     let AnyImage::Qcow2(q) = &image else {
         return Err(anyhow!("Image does not have a backing file"));
     };
-    let top_path = Path::new(&args.filename);
+    let top_path = Path::new(&spec.filename);
     let layers = backing_layers(top_path, q)?;
     if layers.is_empty() {
         return Err(anyhow!("Image does not have a backing file"));
@@ -96,6 +102,14 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
             io_reason(&e)
         )
     })?;
+    if let AnyImage::Qcow2(b) = &base {
+        // An encrypted base takes its key from `backing.encrypt.key-secret`
+        // (as many `backing.` as it lies deep).
+        if let Some(Some(id)) = spec.key_secrets.get(base_depth as usize) {
+            b.unlock(&crate::opts::secret::lookup(id)?)
+                .map_err(|e| anyhow!("Could not open '{}': {e}", base_path.display()))?;
+        }
+    }
     let size = q.size();
     if base.virtual_size() < size {
         match &base {

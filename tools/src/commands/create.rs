@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use qcow::create::{create as create_qcow2, CreateOptions as QcowOptions, Preallocation as QPre};
+use qcow::create::{
+    create_encrypted, CreateOptions as QcowOptions, NewEncryption, Preallocation as QPre,
+};
 use qcow::device::{BlockRead, SECTOR_SIZE};
 use qcow::fs::{resolve, FileOpener};
 use qcow::image::Opener;
@@ -111,8 +113,31 @@ pub fn create_image_with(
     size: u64,
     unsafe_cache: bool,
 ) -> Result<()> {
+    create_image_encrypted(filename, format, opts, size, unsafe_cache, None)
+}
+
+/// [`create_image_with`] of an image that may be encrypted (qcow2 with
+/// `encrypt.format`, or the luks format).
+pub fn create_image_encrypted(
+    filename: &str,
+    format: ImageFormat,
+    opts: &CreateOptions,
+    size: u64,
+    unsafe_cache: bool,
+    encryption: Option<&NewEncryption>,
+) -> Result<()> {
     let path = Path::new(filename);
     match format {
+        ImageFormat::Luks => {
+            let Some(NewEncryption::Luks { options, password }) = encryption else {
+                return Err(anyhow!(
+                    "{filename}: Parameter 'key-secret' is required for cipher"
+                ));
+            };
+            let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
+            super::create_luks::create(&*storage, options, password, size)
+                .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+        }
         ImageFormat::Raw => {
             let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
             // QEMU makes raw images of whole 512-byte sectors.
@@ -155,7 +180,7 @@ pub fn create_image_with(
                 None => None,
             };
             let storage = create_file_with_attrs(path, unsafe_cache, Some(opts))?;
-            let image = create_qcow2(storage, data_file, None, &qopts)
+            let image = create_encrypted(storage, data_file, None, &qopts, encryption)
                 .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
             image.close()?;
             Ok(())
@@ -300,7 +325,14 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     }
     opts.validate(format).map_err(|e| prefixed(filename, e))?;
     let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
-    create_image(&image_path, format, &opts, size)?;
+    let encryption = match format {
+        ImageFormat::Qcow2 => super::encryption::qcow2_encryption(&parsed),
+        ImageFormat::Luks => super::encryption::luks_options(&parsed, "")
+            .map(|(options, password)| Some(NewEncryption::Luks { options, password })),
+        _ => Ok(None),
+    }
+    .map_err(|e| anyhow!("{filename}: {e:#}"))?;
+    create_image_encrypted(&image_path, format, &opts, size, false, encryption.as_ref())?;
     Ok(0)
 }
 

@@ -38,6 +38,34 @@ pub struct ImageSpec {
     pub filename: String,
     /// The format named by the spec (or `-f`), if any.
     pub format: Option<String>,
+    /// The key secret ids of encrypted layers by depth (0 the image,
+    /// 1 its backing file, ...): `encrypt.key-secret`,
+    /// `backing.encrypt.key-secret`, ...
+    pub key_secrets: Vec<Option<String>>,
+}
+
+/// Deepest `backing.` nesting of key secrets accepted.
+const MAX_KEYED_DEPTH: usize = 16;
+
+/// The depth of a key secret option (`encrypt.key-secret` 0,
+/// `backing.encrypt.key-secret` 1, ...; luks's `key-secret` too), or of
+/// a backing node's driver and file options, which name the layer the
+/// image records (accepted, not reopened).
+fn layer_option(key: &str) -> Option<(usize, bool)> {
+    let mut rest = key;
+    let mut depth = 0;
+    while let Some(r) = rest.strip_prefix("backing.") {
+        rest = r;
+        depth += 1;
+    }
+    if depth > MAX_KEYED_DEPTH {
+        return None;
+    }
+    match rest {
+        "encrypt.key-secret" | "key-secret" => Some((depth, true)),
+        "driver" | "file.filename" | "file.driver" if depth > 0 => Some((depth, false)),
+        _ => None,
+    }
 }
 
 /// Resolves `name` (with `-f`'s `format`): an option string when
@@ -46,6 +74,7 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
     let plain = |filename: &str| ImageSpec {
         filename: filename.to_string(),
         format: format.map(str::to_string),
+        key_secrets: Vec::new(),
     };
     if name.len() > MAX_SPEC_LEN {
         bail!("image name longer than {MAX_SPEC_LEN} bytes");
@@ -89,11 +118,21 @@ fn from_options(
             file_driver.unwrap_or_default()
         );
     }
+    let mut key_secrets: Vec<Option<String>> = Vec::new();
+    for (key, value) in options {
+        if let Some((depth, true)) = layer_option(key) {
+            if key_secrets.len() <= depth {
+                key_secrets.resize(depth + 1, None);
+            }
+            key_secrets[depth] = Some(value.clone());
+        }
+    }
     for key in options.keys() {
         let known = matches!(
             key.as_str(),
             "driver" | "filename" | "file.filename" | "file.driver"
-        ) || IGNORED_KEYS.contains(&key.as_str());
+        ) || IGNORED_KEYS.contains(&key.as_str())
+            || layer_option(key).is_some();
         if !known {
             bail!(
                 "Could not open '{name}': Block format '{}' does not support the option '{key}'",
@@ -111,6 +150,7 @@ fn from_options(
     Ok(ImageSpec {
         filename: filename.clone(),
         format,
+        key_secrets,
     })
 }
 
@@ -235,6 +275,25 @@ mod tests {
         assert_eq!(spec("file:dir/a:b.qcow2", false).filename, "dir/a:b.qcow2");
         assert_eq!(spec("file:/d/a:b.qcow2", false).filename, "/d/a:b.qcow2");
         assert_eq!(spec("file:a:b.qcow2", false).filename, "./a:b.qcow2");
+    }
+
+    #[test]
+    fn key_secrets_by_layer() {
+        let s = spec(
+            "driver=qcow2,file.filename=t.qcow2,encrypt.key-secret=sec1,backing.driver=qcow2,\
+             backing.file.filename=b.qcow2,backing.encrypt.key-secret=sec0",
+            true,
+        );
+        assert_eq!(
+            s.key_secrets,
+            [Some("sec1".to_string()), Some("sec0".to_string())]
+        );
+        let s = spec(
+            "file.filename=t.qcow2,backing.backing.encrypt.key-secret=k",
+            true,
+        );
+        assert_eq!(s.key_secrets, [None, None, Some("k".to_string())]);
+        assert!(resolve("file.filename=t,backing.cache.direct=on", None, true).is_err());
     }
 
     #[test]

@@ -69,6 +69,19 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                 q2.data_file_raw = Some(h.data_file_raw());
             }
         }
+        match h.crypt_method {
+            0 => {}
+            qcow::crypto::CRYPT_AES => q2.encrypt = Some(crate::report::encrypt::aes_info()),
+            _ => {
+                let luks = q
+                    .luks_header()
+                    .map_err(|e| anyhow!("Could not open '{filename}': {e}"))?;
+                q2.encrypt = luks.map(|l| crate::report::encrypt::luks_info(&l, true));
+            }
+        }
+        if h.crypt_method != 0 {
+            info.encrypted = Some(true);
+        }
         info.format_specific = Some(FormatSpecific::Qcow2(q2));
         if h.nb_snapshots > 0 {
             let snaps = SnapshotTable::parse(
@@ -113,6 +126,24 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
     Ok(info)
 }
 
+/// The `json:{...}` name QEMU gives an image opened with a key secret.
+fn keyed_json_name(format: &str, filename: &str, secret_id: &str) -> String {
+    use crate::report::qobject::{to_json_compact, QDict, QObject};
+    let mut file = QDict::new();
+    file.put("driver", "file");
+    file.put("filename", filename);
+    let mut node = QDict::new();
+    node.put("driver", format);
+    node.put("file", QObject::Dict(file));
+    let key = if format == "luks" {
+        "key-secret"
+    } else {
+        "encrypt.key-secret"
+    };
+    node.put(key, secret_id);
+    format!("json:{}", to_json_compact(&QObject::Dict(node)))
+}
+
 /// Runs `img info`.
 pub fn run(args: &InfoArgs) -> Result<i32> {
     let mut chain = Vec::new();
@@ -133,7 +164,14 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
         }
         seen.push(canonical);
         let image = open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
-        let info = describe(&filename, &image)?;
+        let mut info = describe(&filename, &image)?;
+        if chain.is_empty() {
+            if let Some(Some(id)) = spec.key_secrets.first() {
+                // A key secret is one of QEMU's "strong" options: the node
+                // is then named by its options as a json: name.
+                info.filename = keyed_json_name(&info.format, &filename, id);
+            }
+        }
         let next = info.full_backing_filename.clone();
         let next_format = info.backing_filename_format.clone();
         chain.push(info);

@@ -118,12 +118,23 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
             let size = virtual_size.div_ceil(512) * 512;
             (size, size)
         }
+        ImageFormat::Luks => {
+            let header = super::encryption::luks_header_len(&parsed, "")?;
+            let size = header + virtual_size.div_ceil(512) * 512;
+            (size, size)
+        }
         ImageFormat::Qcow2 => {
             let cs = opts.cluster_size_or_default();
             let order = opts.refcount_bits_or_default().trailing_zeros();
             let ext = opts.extended_l2.unwrap_or(false);
             let aligned = virtual_size.div_ceil(cs) * cs;
-            let fully = fully_allocated_size(virtual_size, cs, order, ext);
+            let luks = match parsed.get("encrypt.format") {
+                Some(f) if f.raw == "luks" => {
+                    super::encryption::luks_header_len(&parsed, "encrypt.")?.div_ceil(cs) * cs
+                }
+                _ => 0,
+            };
+            let fully = luks + fully_allocated_size(virtual_size, cs, order, ext);
             let data = match &source {
                 Some(s) => allocated_data(s, cs)?,
                 None => 0,

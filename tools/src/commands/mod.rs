@@ -3,6 +3,7 @@
 //! exit code; errors become one `img: ...` line and exit code 1.
 
 pub mod amend;
+pub mod amend_luks;
 pub mod bench;
 pub mod check;
 pub mod check_foreign;
@@ -11,6 +12,8 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod create_foreign;
+pub mod create_luks;
+pub mod encryption;
 pub mod file_attrs;
 pub mod image_spec;
 pub mod info;
@@ -25,7 +28,9 @@ pub mod snapshot;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image, open_storage, probe, AnyImage, Format};
+use qcow::fs::{open_image, open_image_keyed, open_storage, probe, AnyImage, Format};
+
+use crate::opts;
 
 /// Parses a `-f`/`-O`/`-F` format name.
 pub fn parse_format(name: &str) -> Result<Format> {
@@ -68,6 +73,12 @@ pub fn open_named(
 ) -> Result<AnyImage> {
     let spec = image_spec::resolve(name, format, image_opts)?;
     let (filename, format) = (spec.filename.as_str(), spec.format.as_deref());
+    // qemu-img names an option string or json: name whole in its errors.
+    let shown = if image_opts || name.starts_with("json:") {
+        name
+    } else {
+        filename
+    };
     let path = Path::new(filename);
     let format = match format {
         Some(f) => Some(parse_format(f)?),
@@ -79,7 +90,30 @@ pub fn open_named(
             eprintln!("{}", raw_probe_warning(filename));
         }
     }
-    open_image(path, format, writable).map_err(|e| open_error(filename, e))
+    let keys = spec
+        .key_secrets
+        .iter()
+        .map(|id| id.as_deref().map(opts::secret::lookup).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let image = if keys.iter().any(Option::is_some) {
+        open_image_keyed(path, format, writable, keys)
+    } else {
+        open_image(path, format, writable)
+    }
+    .map_err(|e| open_error(shown, e))?;
+    if let AnyImage::Qcow2(q) = &image {
+        // QEMU sets up the cipher at open: an image opened for I/O needs
+        // its key then.
+        if q.is_encrypted() && spec.key_secrets.first().cloned().flatten().is_none() {
+            return Err(open_error(
+                shown,
+                qcow::Error::KeySecretRequired {
+                    option: "encrypt.key-secret".into(),
+                },
+            ));
+        }
+    }
+    Ok(image)
 }
 
 /// An error opening `filename` as qemu-img words it: `Could not open

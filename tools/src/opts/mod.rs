@@ -38,6 +38,7 @@
 
 pub mod list;
 pub mod parsed;
+pub mod secret;
 pub mod table;
 mod validate;
 
@@ -157,6 +158,8 @@ pub enum ImageFormat {
     Qed,
     /// Hyper-V VHDX, dynamic or fixed.
     Vhdx,
+    /// LUKS1 (a LUKS header, then the encrypted payload).
+    Luks,
 }
 
 impl ImageFormat {
@@ -170,6 +173,7 @@ impl ImageFormat {
             Self::Vmdk => "vmdk",
             Self::Qed => "qed",
             Self::Vhdx => "vhdx",
+            Self::Luks => "luks",
         }
     }
 }
@@ -216,6 +220,7 @@ impl FromStr for ImageFormat {
             "vmdk" => Ok(Self::Vmdk),
             "qed" => Ok(Self::Qed),
             "vhdx" => Ok(Self::Vhdx),
+            "luks" => Ok(Self::Luks),
             _ => Err(UnknownFormat(name.to_owned())),
         }
     }
@@ -471,6 +476,7 @@ impl CreateOptions {
             ImageFormat::Vmdk => validate::vmdk(self),
             ImageFormat::Qed => validate::qed(self),
             ImageFormat::Vhdx => validate::vhdx(self),
+            ImageFormat::Luks => Ok(()),
         }
     }
 

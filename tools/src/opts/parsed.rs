@@ -68,6 +68,19 @@ impl ParsedOptions {
         Ok(())
     }
 
+    /// Sets one of `amend`'s key slot options (`encrypt.state`,
+    /// `encrypt.keyslot`, ...), which are not creation options.
+    pub fn set_amend_key(&mut self, key: &str, value: &str) -> Result<(), OptsError> {
+        let desc = super::table::QCOW2_AMEND_ONLY
+            .iter()
+            .find(|d| d.name == key)
+            .ok_or_else(|| OptsError::InvalidParameter(key.to_owned()))?;
+        let parsed = parse_value(desc, value)?;
+        self.values.retain(|(d, _)| d.name != key);
+        self.values.push((desc, parsed));
+        Ok(())
+    }
+
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&OptValue> {
         self.values

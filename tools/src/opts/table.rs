@@ -58,10 +58,97 @@ const fn desc(
 }
 
 const SIZE_HELP: &str = "Virtual disk size";
+const CIPHER_ALG_HELP: &str = "Name of encryption cipher algorithm";
+const CIPHER_MODE_HELP: &str = "Name of encryption cipher mode";
+const IVGEN_ALG_HELP: &str = "Name of IV generator algorithm";
+const IVGEN_HASH_ALG_HELP: &str = "Name of IV generator hash algorithm";
+const HASH_ALG_HELP: &str = "Name of encryption hash algorithm";
+const ITER_TIME_HELP: &str = "Time to spend in PBKDF in milliseconds";
+
+/// qcow2's key slot options of `amend` (not creation options).
+pub const QCOW2_AMEND_ONLY: &[OptDesc] = &[
+    desc(
+        "encrypt.state",
+        OptType::Str,
+        "Select new state of affected keyslots (active/inactive)",
+        None,
+    ),
+    desc(
+        "encrypt.keyslot",
+        OptType::Number,
+        "Select a single keyslot to modify explicitly",
+        None,
+    ),
+    desc(
+        "encrypt.old-secret",
+        OptType::Str,
+        "Select all keyslots that match this password",
+        None,
+    ),
+    desc(
+        "encrypt.new-secret",
+        OptType::Str,
+        "New secret to set in the matching keyslots. Empty string to erase",
+        None,
+    ),
+    desc("encrypt.iter-time", OptType::Number, ITER_TIME_HELP, None),
+];
+
+/// The `luks` format's options, in qemu's declaration order.
+pub const LUKS_OPTIONS: &[OptDesc] = &[
+    desc("size", OptType::Size, SIZE_HELP, None),
+    desc(
+        "key-secret",
+        OptType::Str,
+        "ID of the secret that provides the keyslot passphrase",
+        None,
+    ),
+    desc("cipher-alg", OptType::Str, CIPHER_ALG_HELP, None),
+    desc("cipher-mode", OptType::Str, CIPHER_MODE_HELP, None),
+    desc("ivgen-alg", OptType::Str, IVGEN_ALG_HELP, None),
+    desc("ivgen-hash-alg", OptType::Str, IVGEN_HASH_ALG_HELP, None),
+    desc("hash-alg", OptType::Str, HASH_ALG_HELP, None),
+    desc("iter-time", OptType::Number, ITER_TIME_HELP, None),
+    desc(
+        "detached-header",
+        OptType::Bool,
+        "Create a detached LUKS header",
+        None,
+    ),
+];
 
 /// qcow2's options, in qemu's declaration order (the order of the
 /// `Formatting` line).
 pub const QCOW2_OPTIONS: &[OptDesc] = &[
+    desc(
+        "encryption",
+        OptType::Bool,
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+        None,
+    ),
+    desc(
+        "encrypt.format",
+        OptType::Str,
+        "Encrypt the image, format choices: 'aes', 'luks'",
+        None,
+    ),
+    desc(
+        "encrypt.key-secret",
+        OptType::Str,
+        "ID of secret providing qcow AES key or LUKS passphrase",
+        None,
+    ),
+    desc("encrypt.cipher-alg", OptType::Str, CIPHER_ALG_HELP, None),
+    desc("encrypt.cipher-mode", OptType::Str, CIPHER_MODE_HELP, None),
+    desc("encrypt.ivgen-alg", OptType::Str, IVGEN_ALG_HELP, None),
+    desc(
+        "encrypt.ivgen-hash-alg",
+        OptType::Str,
+        IVGEN_HASH_ALG_HELP,
+        None,
+    ),
+    desc("encrypt.hash-alg", OptType::Str, HASH_ALG_HELP, None),
+    desc("encrypt.iter-time", OptType::Number, ITER_TIME_HELP, None),
     desc(
         "cluster_size",
         OptType::Size,
@@ -279,6 +366,7 @@ fn format_options(format: ImageFormat) -> &'static [OptDesc] {
         ImageFormat::Vmdk => VMDK_OPTIONS,
         ImageFormat::Qed => QED_OPTIONS,
         ImageFormat::Vhdx => VHDX_OPTIONS,
+        ImageFormat::Luks => LUKS_OPTIONS,
     }
 }
 
@@ -332,8 +420,7 @@ pub fn option_help(format: ImageFormat, filename: Option<&str>) -> String {
 mod tests {
     use super::*;
 
-    /// `qemu-img create -f qcow2 -o help` (qemu-img 10.0.2) without the
-    /// encryption options, which we do not support.
+    /// `qemu-img create -f qcow2 -o help` (qemu-img 10.0.2).
     const QCOW2_HELP: &str = "\
 Supported qcow2 options:
   backing_file=<str>     - File name of a base image
@@ -343,6 +430,15 @@ Supported qcow2 options:
   compression_type=<str> - Compression method used for image cluster compression
   data_file=<str>        - File name of an external data file
   data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image
+  encrypt.cipher-alg=<str> - Name of encryption cipher algorithm
+  encrypt.cipher-mode=<str> - Name of encryption cipher mode
+  encrypt.format=<str>   - Encrypt the image, format choices: 'aes', 'luks'
+  encrypt.hash-alg=<str> - Name of encryption hash algorithm
+  encrypt.iter-time=<num> - Time to spend in PBKDF in milliseconds
+  encrypt.ivgen-alg=<str> - Name of IV generator algorithm
+  encrypt.ivgen-hash-alg=<str> - Name of IV generator hash algorithm
+  encrypt.key-secret=<str> - ID of secret providing qcow AES key or LUKS passphrase
+  encryption=<bool (on/off)> - Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)
   extended_l2=<bool (on/off)> - Extended L2 tables
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
   preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)

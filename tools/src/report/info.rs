@@ -118,6 +118,8 @@ pub struct Qcow2Info {
     pub bitmaps: Option<Vec<BitmapInfo>>,
     /// Compression type.
     pub compression_type: CompressionType,
+    /// The `encrypt` member of encrypted images (see [`super::encrypt`]).
+    pub encrypt: Option<QDict>,
 }
 
 impl Qcow2Info {
@@ -138,6 +140,7 @@ impl Qcow2Info {
             refcount_bits,
             bitmaps: None,
             compression_type,
+            encrypt: None,
         }
     }
 }
@@ -444,6 +447,9 @@ impl FormatSpecific {
                 data.put_opt("lazy-refcounts", q.lazy_refcounts);
                 data.put_opt("corrupt", q.corrupt);
                 data.put("refcount-bits", q.refcount_bits);
+                if let Some(e) = &q.encrypt {
+                    data.put("encrypt", QObject::Dict(e.clone()));
+                }
                 if let Some(bitmaps) = &q.bitmaps {
                     let list: Vec<QObject> = bitmaps
                         .iter()

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compare;
+pub mod encrypt;
 pub mod info;
 pub mod localtime;
 pub mod map;

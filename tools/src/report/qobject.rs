@@ -156,6 +156,42 @@ pub fn to_json_pretty(value: &QObject) -> String {
     out
 }
 
+/// Renders `value` on one line as `qobject_to_json` does (the form of a
+/// `json:{...}` file name): `{"k": v, "k2": v2}`, keys in QEMU's order.
+pub fn to_json_compact(value: &QObject) -> String {
+    let mut out = String::new();
+    write_json_compact(value, &mut out);
+    out
+}
+
+fn write_json_compact(value: &QObject, out: &mut String) {
+    match value {
+        QObject::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json_compact(item, out);
+            }
+            out.push(']');
+        }
+        QObject::Dict(dict) => {
+            out.push('{');
+            for (i, (key, item)) in dict.iter_qemu_order().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json_string(key, out);
+                out.push_str(": ");
+                write_json_compact(item, out);
+            }
+            out.push('}');
+        }
+        scalar => write_json(scalar, 0, out),
+    }
+}
+
 fn newline_indent(out: &mut String, indent: usize) {
     out.push('\n');
     for _ in 0..indent {
@@ -268,6 +304,21 @@ fn dump_entry(label: &str, item: &QObject, indentation: usize, out: &mut String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_json_is_qemus_json_file_name() {
+        let mut file = QDict::new();
+        file.put("driver", "file");
+        file.put("filename", "q1.qcow2");
+        let mut d = QDict::new();
+        d.put("driver", "qcow2");
+        d.put("file", QObject::Dict(file));
+        d.put("encrypt.key-secret", "sec0");
+        assert_eq!(
+            to_json_compact(&QObject::Dict(d)),
+            r#"{"encrypt.key-secret": "sec0", "driver": "qcow2", "file": {"driver": "file", "filename": "q1.qcow2"}}"#
+        );
+    }
 
     #[test]
     fn buckets_order_like_qemu() {

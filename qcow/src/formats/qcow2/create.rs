@@ -204,6 +204,21 @@ impl CreateOptions {
     }
 }
 
+/// How a new image is encrypted (qemu-img's `encrypt.*` options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewEncryption {
+    /// A LUKS header in the image's clusters, slot 0 opened by `password`.
+    Luks {
+        /// Cipher, hash and PBKDF2 time.
+        options: crate::crypto::LuksOptions,
+        /// The passphrase of key slot 0.
+        password: Vec<u8>,
+    },
+    /// qcow's legacy AES-CBC (`encrypt.format=aes`): nothing but the
+    /// header's `crypt_method`, the key being the password itself.
+    Aes,
+}
+
 /// Writes a new, empty qcow2 image into `file` (which is truncated).
 /// `data_file` is the external data file, if the options name one;
 /// `backing` is the opened backing image, needed only with preallocation.
@@ -213,7 +228,26 @@ pub fn create(
     backing: Option<Box<dyn BlockRead>>,
     opts: &CreateOptions,
 ) -> Result<Qcow2> {
+    create_encrypted(file, data_file, backing, opts, None)
+}
+
+/// [`create`] of an encrypted image: a LUKS header goes into the clusters
+/// after the L1 table (where QEMU's allocator puts it) and the header
+/// extension points at it.
+pub fn create_encrypted(
+    file: Arc<dyn Storage>,
+    data_file: Option<Arc<dyn Storage>>,
+    backing: Option<Box<dyn BlockRead>>,
+    opts: &CreateOptions,
+    encryption: Option<&NewEncryption>,
+) -> Result<Qcow2> {
     opts.validate()?;
+    let luks = match encryption {
+        Some(NewEncryption::Luks { options, password }) => {
+            Some(crate::crypto::luks::create(options, password)?)
+        }
+        _ => None,
+    };
     let size = opts.size.div_ceil(512) * 512;
     let cs = opts.cluster_size;
     let cluster_bits = cs.trailing_zeros();
@@ -241,6 +275,18 @@ pub fn create(
         // QEMU puts an empty L1 table at cluster 3 too.
         3 * cs
     };
+    let mut crypto_ext = None;
+    if let Some(volume) = &luks {
+        let len = volume.area.len() as u64;
+        let first = rc.alloc(&*file, len.div_ceil(cs))?;
+        let mut area = volume.area.clone();
+        area.resize((len.div_ceil(cs) * cs) as usize, 0);
+        file.write_at(&area, first * cs)?;
+        let mut data = vec![0u8; 16];
+        data[..8].copy_from_slice(&(first * cs).to_be_bytes());
+        data[8..].copy_from_slice(&len.to_be_bytes());
+        crypto_ext = Some(data);
+    }
     rc.flush(&*file)?;
     let (rt_offset, rt_clusters) = rc.table_location();
 
@@ -265,7 +311,11 @@ pub fn create(
         backing_file_size: 0,
         cluster_bits,
         size,
-        crypt_method: 0,
+        crypt_method: match encryption {
+            None => 0,
+            Some(NewEncryption::Aes) => crate::crypto::CRYPT_AES,
+            Some(NewEncryption::Luks { .. }) => crate::crypto::CRYPT_LUKS,
+        },
         l1_size: l1_size as u32,
         l1_table_offset: l1_offset,
         refcount_table_offset: rt_offset,
@@ -291,7 +341,15 @@ pub fn create(
     if let Some(df) = &opts.data_file {
         extensions.push(Extension::DataFile(df.clone()));
     }
-    if v3 {
+    if let Some(data) = crypto_ext {
+        extensions.push(Extension::Other {
+            ext_type: crate::extensions::EXT_CRYPTO,
+            data,
+        });
+    }
+    // QEMU leaves the feature table out of images with clusters of 4 KiB
+    // or less (it would crowd out the backing file name).
+    if v3 && cs > 4096 {
         extensions.push(Extension::FeatureNames(default_feature_names()));
     }
     let mut hc = HeaderCluster {
@@ -313,6 +371,11 @@ pub fn create(
     }
     file.flush()?;
     let image = Qcow2::open_parts(file, hc, true, backing, data_file)?;
+    if let Some(volume) = &luks {
+        image.set_cipher(crate::crypto::ImageCipher::luks(
+            volume.header.payload_cipher(&volume.key)?,
+        ));
+    }
     if opts.preallocation != Preallocation::Off {
         image.preallocate(0, size, opts.preallocation)?;
     }

@@ -186,6 +186,30 @@ impl HeaderCluster {
         })
     }
 
+    /// The full disk encryption header pointer (offset, length), if the
+    /// extension is present; its size must be QEMU's 16 bytes.
+    pub fn crypto_header(&self) -> Result<Option<(u64, u64)>> {
+        let Some(data) = self.extensions.iter().find_map(|e| match e {
+            Extension::Other { ext_type, data } if *ext_type == EXT_CRYPTO => Some(data),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        if data.len() != 16 {
+            return Err(Error::CryptoHeaderExtension {
+                value: data.len() as u64,
+                reason: format!(
+                    "CRYPTO header extension size {}, but expected size 16",
+                    data.len()
+                ),
+            });
+        }
+        Ok(Some((
+            BigEndian::read_u64(&data[..8]),
+            BigEndian::read_u64(&data[8..]),
+        )))
+    }
+
     /// Whether a bitmaps extension is present.
     pub fn has_bitmaps(&self) -> bool {
         self.extensions

@@ -88,7 +88,7 @@ pub struct Header {
     pub cluster_bits: u32,
     /// Virtual disk size in bytes.
     pub size: u64,
-    /// Encryption method; always 0 in a parsed header.
+    /// Encryption method: 0 none, 1 legacy AES, 2 LUKS.
     pub crypt_method: u32,
     /// Entries in the active L1 table.
     pub l1_size: u32,
@@ -261,7 +261,7 @@ impl Header {
     /// bounds of this crate.
     pub fn validate(&self, file_len: u64) -> Result<()> {
         let cluster_size = self.cluster_size();
-        if self.crypt_method != 0 {
+        if self.crypt_method > crate::crypto::CRYPT_LUKS {
             return Err(Error::EncryptionNotSupported {
                 method: self.crypt_method,
             });

@@ -224,6 +224,8 @@ struct Ctx<'a> {
     snapshots: Vec<Snapshot>,
     snapshots_offset: u64,
     snapshots_size: u64,
+    /// The encryption header's (offset, length), if any.
+    crypto_header: Option<(u64, u64)>,
     bitmaps: Option<bitmaps::BitmapsExt>,
     stored: Stored,
     imrt: Option<Imrt>,
@@ -297,6 +299,7 @@ impl<'a> Ctx<'a> {
         let cluster_bits = header.cluster_bits;
         let cluster_size = header.cluster_size();
         let bitmaps = bitmaps::parse_extension(&hc)?;
+        let crypto_header = hc.crypto_header()?;
 
         // Both sizes were bounded by Header::validate (32 MiB, 8 MiB).
         let mut raw = vec![0u8; header.l1_size as usize * 8];
@@ -324,6 +327,7 @@ impl<'a> Ctx<'a> {
             snapshots: Vec::new(),
             snapshots_offset: 0,
             snapshots_size: 0,
+            crypto_header,
             bitmaps,
             stored,
             imrt: None,

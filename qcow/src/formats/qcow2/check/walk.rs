@@ -163,6 +163,10 @@ impl Ctx<'_> {
         // Refcount table and (below) blocks.
         let rt_bytes = self.stored.table.len() as u64 * 8;
         self.inc_refcounts(self.stored.table_offset, rt_bytes)?;
+        // Encryption header (QEMU counts it between the two).
+        if let Some((offset, len)) = self.crypto_header {
+            self.inc_refcounts(offset, len)?;
+        }
         self.check_bitmaps()?;
         self.check_refblocks(fix, rebuild)
     }

@@ -10,6 +10,7 @@
 
 mod amend;
 mod compressed;
+mod crypt;
 mod meta;
 mod read;
 mod resize;
@@ -77,6 +78,8 @@ pub struct Qcow2 {
     meta: Mutex<Meta>,
     inflight_done: Condvar,
     decompressed: Mutex<Option<(u64, Vec<u8>)>>,
+    /// The data cipher of an encrypted image, once unlocked.
+    cipher: std::sync::OnceLock<crate::crypto::ImageCipher>,
 }
 
 /// Reads the first cluster of a qcow2 file and validates it.
@@ -140,6 +143,7 @@ impl Qcow2 {
                 "image needs its external data file".into(),
             ));
         }
+        crypt::validate(&*file, &hc)?;
         let file_len = file.len()?;
         let geo = Geometry {
             cluster_bits: h.cluster_bits,
@@ -206,6 +210,7 @@ impl Qcow2 {
             meta: Mutex::new(meta),
             inflight_done: Condvar::new(),
             decompressed: Mutex::new(None),
+            cipher: std::sync::OnceLock::new(),
         })
     }
 

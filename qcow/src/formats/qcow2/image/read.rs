@@ -298,7 +298,11 @@ impl Qcow2 {
                 } else {
                     &self.file
                 };
-                storage.read_at(buf, host_offset)
+                storage.read_at(buf, host_offset)?;
+                if let Some(cipher) = self.cipher()? {
+                    cipher.decrypt(buf, e.guest_offset, host_offset);
+                }
+                Ok(())
             }
             ExtentKind::Zero { .. } => {
                 buf.fill(0);
@@ -342,6 +346,15 @@ impl Qcow2 {
     /// Reads guest bytes.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size())?;
+        if self.cipher()?.is_some() && !sector_aligned(offset, buf.len() as u64) {
+            // Encrypted data comes in whole sectors: read those around.
+            let (start, end) = sector_span(offset, buf.len() as u64);
+            let mut whole = vec![0u8; (end - start) as usize];
+            self.read_at(&mut whole, start)?;
+            let skip = (offset - start) as usize;
+            buf.copy_from_slice(&whole[skip..skip + buf.len()]);
+            return Ok(());
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -361,4 +374,16 @@ impl Qcow2 {
         }
         Ok(())
     }
+}
+
+/// Whether a byte range covers whole encryption sectors.
+pub(super) fn sector_aligned(offset: u64, len: u64) -> bool {
+    let s = crate::crypto::SECTOR_SIZE as u64;
+    offset.is_multiple_of(s) && len.is_multiple_of(s)
+}
+
+/// The whole encryption sectors around a byte range.
+pub(super) fn sector_span(offset: u64, len: u64) -> (u64, u64) {
+    let s = crate::crypto::SECTOR_SIZE as u64;
+    (offset / s * s, (offset + len).div_ceil(s) * s)
 }

@@ -567,6 +567,10 @@ impl Qcow2 {
                         &self.file
                     };
                     storage.read_at(&mut buf, cluster_offset + op.start)?;
+                    if let Some(cipher) = self.cipher()? {
+                        let guest = op.guest_cluster * cs + op.start;
+                        cipher.decrypt(&mut buf, guest, cluster_offset + op.start);
+                    }
                 }
                 CowSource::Compressed {
                     host_offset,
@@ -583,6 +587,10 @@ impl Qcow2 {
             } else {
                 &self.file
             };
+            if let Some(cipher) = self.cipher()? {
+                let guest = op.guest_cluster * cs + op.start;
+                cipher.encrypt(&mut buf, guest, op.target_cluster + op.start);
+            }
             storage.write_at(&buf, op.target_cluster + op.start)?;
         }
         Ok(())
@@ -668,6 +676,18 @@ impl Qcow2 {
     /// Writes guest bytes.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         const CHUNK: usize = 8 << 20;
+        let cipher = self.cipher()?;
+        if cipher.is_some() && !super::read::sector_aligned(offset, buf.len() as u64) {
+            // Encrypted data goes in whole sectors: merge with those around.
+            let (start, end) = super::read::sector_span(offset, buf.len() as u64);
+            crate::device::check_range(start, end - start, self.size())?;
+            let mut whole = vec![0u8; (end - start) as usize];
+            self.read_at(&mut whole, start)?;
+            let skip = (offset - start) as usize;
+            whole[skip..skip + buf.len()].copy_from_slice(buf);
+            return self.write_at(&whole, start);
+        }
+        let mut sealed = Vec::new();
         let mut done = 0;
         while done < buf.len() || (buf.is_empty() && done == 0) {
             let n = (buf.len() - done).min(CHUNK);
@@ -676,7 +696,13 @@ impl Qcow2 {
             let mut result = Ok(());
             for p in &plan.pieces {
                 let start = (p.guest_offset - offset) as usize;
-                let data = &buf[start..start + p.len as usize];
+                let mut data = &buf[start..start + p.len as usize];
+                if let Some(cipher) = cipher {
+                    sealed.clear();
+                    sealed.extend_from_slice(data);
+                    cipher.encrypt(&mut sealed, p.guest_offset, p.host_offset);
+                    data = &sealed;
+                }
                 let storage = if p.in_data_file {
                     self.data_file.as_ref().expect("data file")
                 } else {
