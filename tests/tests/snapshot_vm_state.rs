@@ -174,3 +174,68 @@ fn interrupted_state_is_dropped_by_the_next_one() {
     }
     assert_qemu_clean(&p);
 }
+
+/// An image whose snapshot QEMU's savevm wrote (qemu-system-x86_64 -M
+/// microvm, stopped, HMP savevm): `img snapshot -l` lists it as qemu-img
+/// does, the library finds QEMU's state where QEMU put it (its stream
+/// starts with QEMU's magic "QEVM"), a full snapshot of ours sits beside
+/// it, and `img snapshot -d` deletes QEMU's, leaving the image clean.
+/// Skipped without qemu-system-x86_64.
+#[test]
+fn a_snapshot_saved_by_qemu_savevm() {
+    require_qemu!();
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("qemu-system-x86_64 not installed: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("qemu.qcow2");
+    ok(qemu_img(&["create", "-q", "-f", "qcow2"])
+        .arg(&p)
+        .arg("16M"));
+    qemu_io("qcow2", &p, &["write -P 5 0 1M"]);
+    let mut child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults"])
+        .args(["-display", "none", "-S", "-monitor", "stdio", "-drive"])
+        .arg(format!("file={},if=none,id=d0,format=qcow2", p.display()))
+        .args(["-device", "virtio-blk-device,drive=d0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(b"savevm qsnap\nquit\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "qemu-system-x86_64 failed");
+    let theirs = ok(qemu_img(&["snapshot", "-l"]).arg(&p));
+    assert!(theirs.contains("qsnap"), "{theirs}");
+    assert_eq!(ok(img(&["snapshot", "-l"]).arg(&p)), theirs);
+    let ours_state = random(200_000, 9);
+    {
+        let image = open(&p);
+        let qsnap = image.find_snapshot_entry("qsnap").unwrap();
+        assert!(qsnap.vm_state_size > 4, "{qsnap:?}");
+        let mut magic = [0u8; 4];
+        image.read_vm_state("qsnap", 0, &mut magic).unwrap();
+        assert_eq!(&magic, b"QEVM", "QEMU's state is not where QEMU put it");
+        full_snapshot(&image, "ours", &ours_state, 7);
+        image.flush().unwrap();
+    }
+    assert_qemu_clean(&p);
+    assert_eq!(
+        ok(img(&["snapshot", "-l"]).arg(&p)),
+        ok(qemu_img(&["snapshot", "-l"]).arg(&p))
+    );
+    ok(img(&["snapshot", "-d", "qsnap"]).arg(&p));
+    assert_qemu_clean(&p);
+    let image = open(&p);
+    assert_eq!(read_state(&image, "ours", ours_state.len()), ours_state);
+}
