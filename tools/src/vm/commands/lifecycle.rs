@@ -260,11 +260,7 @@ pub(super) type StartVm<'a> = &'a dyn Fn(&Client) -> Result<(u32, u32), vmapi::E
 /// Starts a VMM with the domain's VmConfig created, then lets `start`
 /// build the VM (boot it, or restore it) and name the state and reason
 /// it left; on failure the VMM is killed and its run folder cleaned.
-pub(super) fn launch_with(
-    def: &DomainDef,
-    ctx: &Ctx,
-    start: StartVm<'_>,
-) -> Result<(), VmError> {
+pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Result<(), VmError> {
     let run = RunFolder::new(ctx.store.make_run_dir(&def.name)?);
     run.clean();
     let config = vm_config(def, &run)?;
