@@ -108,6 +108,15 @@ pub fn write_area(
     Ok(saved)
 }
 
+/// The bytes [`write_area`] writes, in memory (for seeds and tests).
+pub fn encode_area(machine: &MachineState, mem: &GuestMemoryMmap) -> Result<Vec<u8>, StateError> {
+    let records = machine.to_bytes()?;
+    let mut out = header(records.len() as u64).to_vec();
+    out.extend_from_slice(&records);
+    super::memory::save(mem, machine.config, &mut out)?;
+    Ok(out)
+}
+
 /// `std::io::Read` over a snapshot's VM-state area, from `pos` to `end`.
 struct AreaReader<'a> {
     image: &'a Qcow2,
