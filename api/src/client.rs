@@ -187,6 +187,15 @@ impl Client {
         self.call(Endpoint::VmRestore, Some(&body)).map(|_| ())
     }
 
+    /// PUT vm.snapshot-delete of in-image snapshot `name`.
+    pub fn snapshot_delete(&self, name: &str) -> Result<()> {
+        let body = crate::VmSnapshotDeleteConfig {
+            snapshot_name: name.to_string(),
+        };
+        self.call(Endpoint::VmSnapshotDelete, Some(&body))
+            .map(|_| ())
+    }
+
     /// PUT vmm.shutdown.
     pub fn vmm_shutdown(&self) -> Result<()> {
         self.put(Endpoint::VmmShutdown)

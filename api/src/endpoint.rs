@@ -36,10 +36,12 @@ pub enum Endpoint {
     VmSnapshot,
     /// PUT vm.restore: build a VM, paused, from a snapshot's files.
     VmRestore,
+    /// PUT vm.snapshot-delete (ours): delete an in-image snapshot.
+    VmSnapshotDelete,
 }
 
 /// Every endpoint.
-pub const ENDPOINTS: [Endpoint; 14] = [
+pub const ENDPOINTS: [Endpoint; 15] = [
     Endpoint::VmmPing,
     Endpoint::VmmShutdown,
     Endpoint::VmCreate,
@@ -54,6 +56,7 @@ pub const ENDPOINTS: [Endpoint; 14] = [
     Endpoint::VmDelete,
     Endpoint::VmSnapshot,
     Endpoint::VmRestore,
+    Endpoint::VmSnapshotDelete,
 ];
 
 impl Endpoint {
@@ -74,6 +77,7 @@ impl Endpoint {
             Endpoint::VmDelete => "vm.delete",
             Endpoint::VmSnapshot => "vm.snapshot",
             Endpoint::VmRestore => "vm.restore",
+            Endpoint::VmSnapshotDelete => "vm.snapshot-delete",
         }
     }
 

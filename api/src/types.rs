@@ -189,6 +189,14 @@ pub struct VmSnapshotConfig {
     pub destination_url: String,
 }
 
+/// PUT vm.snapshot-delete (ours): the in-image snapshot to delete from
+/// the VM's disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSnapshotDeleteConfig {
+    /// The snapshot's name.
+    pub snapshot_name: String,
+}
+
 /// CH's `RestoreConfig` (PUT vm.restore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreConfig {

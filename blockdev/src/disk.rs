@@ -169,4 +169,9 @@ pub trait BlockBackend: Send + Sync {
     /// Flush everything and mark the image clean; call once all queues are
     /// dropped. After this returns, `qemu-img check` finds nothing.
     fn close(&self) -> Result<()>;
+    /// The qcow2 image behind the disk, for internal snapshots taken while
+    /// its queues are idle (a paused VM); `None` for other formats.
+    fn qcow2(&self) -> Option<&qcow::image::Qcow2> {
+        None
+    }
 }

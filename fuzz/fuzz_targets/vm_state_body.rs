@@ -5,11 +5,16 @@
 //! An input is a saved VM state as a snapshot's files or an image's
 //! VM-state area would carry it (someone else may have written it). It is
 //! read as the machine's records (state.json's) for a VM of 1 vCPU, 1 MiB
-//! and one disk, and as a RAM stream (memory-ranges) into 1 MiB of guest
-//! memory. Every error must be one line; a machine state that parses must
-//! encode back to the very same bytes.
+//! and one disk, as a RAM stream (memory-ranges) into 1 MiB of guest
+//! memory, and as a qcow2 image's VM-state area (header, machine, RAM):
+//! directly, and through a full snapshot of an in-memory image holding it,
+//! which must agree. Every error must be one line; a machine state that
+//! parses must encode back to the very same bytes.
+
+use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm::state::image;
 use vmm::state::machine::{ConfigSummary, MachineState};
 use vmm::state::memory;
 
@@ -42,6 +47,49 @@ pub fn vm_state_body(data: &[u8]) {
         Ok(bytes) => assert!(bytes <= 1 << 20),
         Err(e) => one_line(&e),
     }
+    let direct = image::check_area(data, summary(), &fresh_memory());
+    if let Err(e) = &direct {
+        one_line(e);
+    }
+    let through_image = area_through_image(data);
+    if let Err(e) = &through_image {
+        one_line(e);
+    }
+    assert_eq!(
+        direct.is_ok(),
+        through_image.is_ok(),
+        "the area read directly and through an image disagree: {direct:?} {through_image:?}"
+    );
+}
+
+fn fresh_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
+        .expect("1 MiB of guest memory")
+}
+
+/// Writes `data` as the VM state of a full snapshot of an in-memory qcow2
+/// image, then reads it back as a revert does.
+fn area_through_image(data: &[u8]) -> Result<u64, vmm::state::StateError> {
+    let storage: Arc<dyn qcow::Storage> = Arc::new(qcow::MemStorage::new());
+    let options = qcow::create::CreateOptions {
+        size: 1 << 20,
+        cluster_size: 4096,
+        ..Default::default()
+    };
+    let disk = qcow::create::create(storage, None, None, &options).expect("in-memory image");
+    let mut writer = disk.vm_state_writer().expect("state writer");
+    writer.write_all(data).expect("state in memory");
+    let size = writer.finish().expect("state in memory");
+    disk.create_snapshot_with_vm_state(
+        "fuzz",
+        qcow::image::VmStateInfo {
+            vm_state_size: size,
+            vm_clock_nsec: 0,
+        },
+    )
+    .expect("snapshot in memory");
+    let area = image::read_machine(&disk, "fuzz", summary())?;
+    image::read_memory(&disk, "fuzz", area.ram, summary(), &fresh_memory())
 }
 
 /// Seeds: a machine state of default KVM structures with one virtio
@@ -109,8 +157,10 @@ pub fn vm_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vm_memory::Bytes::write_slice(&mem, &[0x5a; 3 * 4096], GuestAddress(0x8_0000)).expect("write");
     let mut ram = Vec::new();
     memory::save(&mem, summary(), &mut ram).expect("save RAM");
+    let area = image::encode_area(&machine, &mem).expect("encode the area");
     vec![
         ("machine", machine.to_bytes().expect("encode")),
         ("ram", ram),
+        ("area", area),
     ]
 }

@@ -150,18 +150,44 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
         Endpoint::VmSnapshot => {
             let body: vmapi::VmSnapshotConfig =
                 serde_json::from_slice(&request.body).map_err(bad_json)?;
-            ApiRequest::VmSnapshot {
-                dir: file_url(&body.destination_url)?,
+            match in_image_url(&body.destination_url)? {
+                Some(name) => ApiRequest::VmSnapshotInImage { name },
+                None => ApiRequest::VmSnapshot {
+                    dir: file_url(&body.destination_url)?,
+                },
             }
         }
         Endpoint::VmRestore => {
             let body: vmapi::RestoreConfig =
                 serde_json::from_slice(&request.body).map_err(bad_json)?;
-            ApiRequest::VmRestore {
-                dir: file_url(&body.source_url)?,
+            match in_image_url(&body.source_url)? {
+                Some(name) => ApiRequest::VmRevertInImage { name },
+                None => ApiRequest::VmRestore {
+                    dir: file_url(&body.source_url)?,
+                },
+            }
+        }
+        Endpoint::VmSnapshotDelete => {
+            let body: vmapi::VmSnapshotDeleteConfig =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
+            crate::state::in_image::check_name(&body.snapshot_name)
+                .map_err(|e| Response::error(400, &[excerpt(&e.to_string())]))?;
+            ApiRequest::VmSnapshotDelete {
+                name: body.snapshot_name,
             }
         }
     })
+}
+
+/// The snapshot name of an in-image URL (`qcow2:NAME`), `None` for any
+/// other scheme.
+fn in_image_url(url: &str) -> std::result::Result<Option<String>, Response> {
+    let Some(name) = url.strip_prefix(crate::state::in_image::URL_SCHEME) else {
+        return Ok(None);
+    };
+    crate::state::in_image::check_name(name)
+        .map_err(|e| Response::error(400, &[excerpt(&e.to_string())]))?;
+    Ok(Some(name.to_string()))
 }
 
 fn file_url(url: &str) -> std::result::Result<std::path::PathBuf, Response> {

@@ -67,6 +67,23 @@ pub enum ApiRequest {
         /// The snapshot's directory.
         dir: PathBuf,
     },
+    /// PUT vm.snapshot with `qcow2:NAME`: a full internal snapshot of the
+    /// running or paused VM's disks, its state in the first disk.
+    VmSnapshotInImage {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// PUT vm.restore with `qcow2:NAME`: revert the created, running,
+    /// paused or shut-down VM to that snapshot (left paused).
+    VmRevertInImage {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// PUT vm.snapshot-delete: delete an in-image snapshot from the disks.
+    VmSnapshotDelete {
+        /// The snapshot's name.
+        name: String,
+    },
 }
 
 /// A request with the channel its response goes back on.
@@ -375,6 +392,12 @@ impl Controller {
                 }
                 (state, _, _) => state_error("snapshot (pause it first)", state),
             },
+            ApiRequest::VmSnapshotInImage { name } => self.snapshot_in_image(&name),
+            ApiRequest::VmRevertInImage { name } => match self.revert_in_image(&name) {
+                Ok(()) => Response::no_content(),
+                Err(e) => error_response(500, &e),
+            },
+            ApiRequest::VmSnapshotDelete { name } => self.delete_in_image(&name),
             ApiRequest::VmBoot { paused } => match self.state {
                 VmState::Created | VmState::Shutdown => match self.boot(paused) {
                     Ok(()) => Response::no_content(),
@@ -443,6 +466,75 @@ impl Controller {
         self.build(BuildFrom::Snapshot(dir))
     }
 
+    /// A full in-image snapshot of the running or paused VM; a running VM
+    /// is paused for it and resumed after.
+    fn snapshot_in_image(&mut self, name: &str) -> Response {
+        let (state, vm) = match (self.state, &self.vm) {
+            (state @ (VmState::Running | VmState::Paused), Some(vm)) => (state, vm),
+            (state, _) => return state_error("snapshot", state),
+        };
+        if state == VmState::Running {
+            if let Err(e) = vm.pause() {
+                return error_response(500, &e);
+            }
+        }
+        let taken = crate::state::in_image::take(vm, name);
+        if state == VmState::Running {
+            vm.resume();
+        }
+        match taken {
+            Ok(_) => Response::no_content(),
+            Err(e) => error_response(500, &e),
+        }
+    }
+
+    /// Reverts the VM to in-image snapshot `name`: the state is read and
+    /// checked first (a refusal changes nothing), then the VM is stopped,
+    /// its disks reverted and the VM built from the state, paused.
+    fn revert_in_image(&mut self, name: &str) -> Result<()> {
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::GuestFault("no VM configuration".into()))?;
+        let summary = crate::state::machine::ConfigSummary {
+            cpus: config.cpus,
+            memory: config.memory,
+            disks: config.disks.len() as u32,
+        };
+        if let Some(vm) = &self.vm {
+            let (disks, backends) = vm.disks();
+            crate::state::in_image::check_revert(backends, disks, name, summary)?;
+        }
+        self.stop_vm();
+        self.state = VmState::Shutdown;
+        self.build(BuildFrom::Image(name))
+    }
+
+    /// Deletes in-image snapshot `name` from the running or paused VM's
+    /// disks (a VM not built holds no disk: its images are edited
+    /// directly).
+    fn delete_in_image(&mut self, name: &str) -> Response {
+        match (self.state, &self.vm) {
+            (state @ (VmState::Running | VmState::Paused), Some(vm)) => {
+                // The disks' queues stay idle while the tables change.
+                if state == VmState::Running {
+                    if let Err(e) = vm.pause() {
+                        return error_response(500, &e);
+                    }
+                }
+                let deleted = crate::state::in_image::delete(vm, name);
+                if state == VmState::Running {
+                    vm.resume();
+                }
+                match deleted {
+                    Ok(_) => Response::no_content(),
+                    Err(e) => error_response(500, &e),
+                }
+            }
+            (state, _) => state_error("delete a snapshot of", state),
+        }
+    }
+
     /// Builds and starts the configured VM.
     fn boot(&mut self, paused: bool) -> Result<()> {
         self.build(BuildFrom::Boot { paused })
@@ -480,6 +572,7 @@ impl Controller {
         let (vm, paused) = match from {
             BuildFrom::Boot { paused } => (Vm::build(&config, hooks, paused)?, paused),
             BuildFrom::Snapshot(dir) => (Vm::restore(&config, hooks, dir)?, true),
+            BuildFrom::Image(name) => (Vm::restore_from_image(&config, hooks, name)?, true),
         };
         if let Some(hub) = &self.console {
             hub.attach_serial(vm.serial());
@@ -546,6 +639,9 @@ enum BuildFrom<'a> {
     },
     /// A snapshot's directory (always paused, as CH restores).
     Snapshot(&'a std::path::Path),
+    /// A full internal snapshot of the disks (paused, as loadvm leaves a
+    /// VM that was not running).
+    Image(&'a str),
 }
 
 fn disk_counters(stats: &DiskStats) -> vmapi::DiskCounters {

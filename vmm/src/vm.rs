@@ -69,6 +69,15 @@ pub struct VmHooks {
     pub started: Instant,
 }
 
+/// Where a restored VM's state comes from.
+#[derive(Clone, Copy)]
+enum RestoreFrom<'a> {
+    /// A snapshot's folder in CH's layout.
+    Dir(&'a std::path::Path),
+    /// A full internal snapshot of the VM's disks, by name.
+    Image(&'a str),
+}
+
 /// A built VM.
 pub struct Vm {
     // Field order is drop order: the vCPUs and devices go before the
@@ -137,14 +146,21 @@ impl Vm {
     /// state, then each vCPU, RAM and the devices, whose queues are then
     /// served (kicked) at once.
     pub fn restore(config: &VmConfig, hooks: VmHooks, dir: &std::path::Path) -> Result<Vm> {
-        Self::build_from(config, hooks, true, Some(dir))
+        Self::build_from(config, hooks, true, Some(RestoreFrom::Dir(dir)))
+    }
+
+    /// Builds the VM described by `config` from the full internal snapshot
+    /// `name` of its disks, paused: every writable qcow2 disk is reverted
+    /// to it and the VM state is read from the first disk's VM-state area.
+    pub fn restore_from_image(config: &VmConfig, hooks: VmHooks, name: &str) -> Result<Vm> {
+        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name)))
     }
 
     fn build_from(
         config: &VmConfig,
         hooks: VmHooks,
         paused: bool,
-        restore: Option<&std::path::Path>,
+        restore: Option<RestoreFrom<'_>>,
     ) -> Result<Vm> {
         let summary = ConfigSummary {
             cpus: config.cpus,
@@ -152,9 +168,9 @@ impl Vm {
             disks: config.disks.len() as u32,
         };
         // A state that does not fit is refused before any disk is locked.
-        let machine = match restore {
-            Some(dir) => Some(state::snapshot::read_machine(dir, summary)?),
-            None => None,
+        let mut machine = match restore {
+            Some(RestoreFrom::Dir(dir)) => Some(state::snapshot::read_machine(dir, summary)?),
+            _ => None,
         };
         check_counts(config.cpus, config.disks.len())?;
         let mut locks = Vec::new();
@@ -165,6 +181,16 @@ impl Vm {
             locks.extend(lock_disk_files(disk, &opened)?);
             backends.push(opened.backend);
         }
+        // An in-image state is read, checked and its disks reverted before
+        // KVM is touched.
+        let area = match restore {
+            Some(RestoreFrom::Image(name)) => {
+                let area = state::in_image::revert_disks(&backends, &config.disks, name, summary)?;
+                machine = Some(area.machine);
+                Some((name, area.ram))
+            }
+            _ => None,
+        };
         install_kick_handler()?;
 
         let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
@@ -317,7 +343,7 @@ impl Vm {
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec();
-        if let (Some(machine), Some(dir)) = (&machine, restore) {
+        if let Some(machine) = &machine {
             // KVM's VM-wide state first, then each vCPU (CPUID2 first,
             // VCPU_EVENTS last), then RAM; the devices once the device
             // thread runs.
@@ -329,7 +355,15 @@ impl Vm {
             for (vcpu, saved) in vcpus.iter().zip(&machine.vcpus) {
                 saved.restore(vcpu)?;
             }
-            state::snapshot::read_memory(dir, summary, &mem)?;
+            match (restore, &area) {
+                (Some(RestoreFrom::Dir(dir)), _) => {
+                    state::snapshot::read_memory(dir, summary, &mem)?;
+                }
+                (_, Some((name, ram))) => {
+                    state::in_image::read_memory(&backends, name, ram, machine, &mem)?;
+                }
+                _ => {}
+            }
             serial
                 .lock()
                 .expect("serial lock")
@@ -435,6 +469,27 @@ impl Vm {
     /// holding `config_json`, state.json, memory-ranges). Returns the
     /// bytes of RAM saved.
     pub fn snapshot(&self, dir: &std::path::Path, config_json: &[u8]) -> Result<u64> {
+        let machine = self.machine_state()?;
+        Ok(state::snapshot::write_dir(
+            dir,
+            config_json,
+            &machine,
+            &self.mem,
+        )?)
+    }
+
+    /// Each disk's configuration and backend.
+    pub(crate) fn disks(&self) -> (&[DiskConfig], &[Arc<dyn blockdev::disk::BlockBackend>]) {
+        (&self.disks, &self.backends)
+    }
+
+    /// Guest RAM.
+    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Everything of the paused VM but its RAM.
+    pub(crate) fn machine_state(&self) -> Result<MachineState> {
         let vcpus = self
             .vcpus
             .as_ref()
@@ -488,12 +543,7 @@ impl Vm {
             ged: self.ged.lock().expect("GED lock").events(),
             virtio,
         };
-        Ok(state::snapshot::write_dir(
-            dir,
-            config_json,
-            &machine,
-            &self.mem,
-        )?)
+        Ok(machine)
     }
 
     /// Presses the ACPI power button.

@@ -51,9 +51,29 @@ fn snapshot_restore_resume_and_refusals() {
     assert_eq!(client.snapshot(&url).unwrap_err().status(), Some(405));
     client.pause().unwrap();
     client.snapshot(&url).unwrap();
+    // A second snapshot into the same folder replaces the first whole
+    // (written beside it, then renamed), leaving no temporary folder.
+    client.snapshot(&url).unwrap();
     for file in ["config.json", "state.json", "memory-ranges"] {
         assert!(snap.join(file).exists(), "{file}");
     }
+    let entries: Vec<_> = std::fs::read_dir(snap_root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["snap"], "left beside the snapshot: {entries:?}");
+    // A folder holding other files is not replaced.
+    let foreign = snap_root.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    let text = one_line_500(
+        client
+            .snapshot(&format!("file://{}", foreign.display()))
+            .unwrap_err(),
+    );
+    assert!(text.contains("notes.txt"), "{text}");
+    assert_eq!(std::fs::read(foreign.join("notes.txt")).unwrap(), b"mine");
+    std::fs::remove_dir_all(&foreign).unwrap();
     // Zero pages are skipped: far less than 32 MiB.
     let ram = std::fs::metadata(snap.join("memory-ranges")).unwrap().len();
     assert!(ram < 8 << 20, "{ram} bytes of RAM saved");

@@ -28,6 +28,23 @@ fn seeds_parse_and_every_flipped_byte_is_refused() {
                 assert!(MachineState::parse(&bad, summary()).is_err(), "byte {i}");
             }
         }
+        if name == "area" {
+            let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
+                vm_memory::GuestAddress(0),
+                1 << 20,
+            )])
+            .unwrap();
+            vmm::state::image::check_area(&data, summary(), &mem).unwrap();
+            // The header, every record and every page are under a CRC.
+            for i in (0..data.len()).step_by(97) {
+                let mut bad = data.clone();
+                bad[i] ^= 0x10;
+                assert!(
+                    vmm::state::image::check_area(&bad, summary(), &mem).is_err(),
+                    "area byte {i}"
+                );
+            }
+        }
         if let Some(dir) = &out_dir {
             std::fs::write(dir.join(format!("{name}.bin")), &data).unwrap();
         }

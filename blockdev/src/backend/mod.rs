@@ -150,4 +150,11 @@ impl BlockBackend for Backend {
         }
         Ok(())
     }
+
+    fn qcow2(&self) -> Option<&Qcow2> {
+        match &self.disk.layout {
+            Layout::Qcow2(q) => Some(q),
+            Layout::Raw => None,
+        }
+    }
 }

@@ -195,6 +195,42 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "console",
         opts: &[DOMAIN, flag("force"), flag("safe")],
     },
+    CommandSpec {
+        name: "snapshot-create-as",
+        opts: &[
+            DOMAIN,
+            data("name", false),
+            data("description", false),
+            flag("disk-only"),
+            flag("halt"),
+        ],
+    },
+    CommandSpec {
+        name: "snapshot-list",
+        opts: &[DOMAIN, flag("parent"), flag("name")],
+    },
+    CommandSpec {
+        name: "snapshot-info",
+        opts: &[DOMAIN, data("snapshotname", false), flag("current")],
+    },
+    CommandSpec {
+        name: "snapshot-current",
+        opts: &[DOMAIN, flag("name"), data("snapshotname", false)],
+    },
+    CommandSpec {
+        name: "snapshot-revert",
+        opts: &[
+            DOMAIN,
+            data("snapshotname", false),
+            flag("current"),
+            flag("running"),
+            flag("paused"),
+        ],
+    },
+    CommandSpec {
+        name: "snapshot-delete",
+        opts: &[DOMAIN, data("snapshotname", false), flag("current")],
+    },
 ];
 
 /// A command line error, in virsh's words (printed after `error: `).

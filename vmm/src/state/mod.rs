@@ -11,6 +11,8 @@
 //! [`memory`] refuses RAM outside the VM's RAM ranges, each with one line.
 
 pub mod devices;
+pub mod image;
+pub mod in_image;
 pub mod machine;
 pub mod memory;
 pub mod record;
@@ -102,6 +104,10 @@ pub enum StateError {
     /// Writing the carrier failed.
     #[error("VM state: writing: {0}")]
     Write(String),
+    /// An in-image snapshot cannot be taken, reverted or deleted (no
+    /// writable qcow2 first disk, a name taken or missing, a disk resized).
+    #[error("{0}")]
+    InImage(String),
 }
 
 impl StateError {

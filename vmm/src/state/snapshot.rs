@@ -46,7 +46,12 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> StateError {
     StateError::Write(format!("{}: {e}", path.display()))
 }
 
-/// Writes the snapshot of a paused VM into `dir` (created if missing).
+/// Writes the snapshot of a paused VM into `dir` (created if missing),
+/// atomically: the files are written and synced in a temporary folder
+/// beside `dir`, which then takes `dir`'s place by a rename, so a VMM
+/// killed at any moment leaves the old snapshot or the new one, never a
+/// mix (a killed write leaves its temporary folder, which the next write
+/// removes). A `dir` holding files other than a snapshot's is refused.
 /// Returns the bytes of RAM saved.
 pub fn write_dir(
     dir: &Path,
@@ -54,7 +59,104 @@ pub fn write_dir(
     machine: &MachineState,
     mem: &GuestMemoryMmap,
 ) -> Result<u64, StateError> {
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| file_err(dir, "names no folder"))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| file_err(&parent, e))?;
+    check_replaceable(dir)?;
+    remove_leftovers(&parent, name);
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| file_err(&tmp, e))?;
+    let written = write_files(&tmp, config_json, machine, mem);
+    let saved = match written.and_then(|saved| sync_dir(&tmp).map(|()| saved)) {
+        Ok(saved) => saved,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if had_files {
+        std::fs::rename(dir, &old).map_err(|e| file_err(dir, e))?;
+    }
+    // rename() replaces a missing or empty folder.
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if had_files {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(file_err(dir, e));
+    }
+    sync_dir(&parent)?;
+    if had_files {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(saved)
+}
+
+/// Refuses a `dir` that holds anything but a snapshot's files.
+fn check_replaceable(dir: &Path) -> Result<(), StateError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if ![CONFIG_FILE, STATE_FILE, MEMORY_FILE]
+            .iter()
+            .any(|f| name == std::ffi::OsStr::new(f))
+        {
+            return Err(file_err(
+                dir,
+                format!(
+                    "holds '{}', which is not a snapshot's file: refusing to replace it",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes the temporary folders of earlier writes of `name` that were
+/// killed part-way.
+fn remove_leftovers(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.old-")];
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if prefixes.iter().any(|p| {
+            file_name
+                .strip_prefix(p.as_str())
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        }) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_err(dir, e))
+}
+
+fn write_files(
+    dir: &Path,
+    config_json: &[u8],
+    machine: &MachineState,
+    mem: &GuestMemoryMmap,
+) -> Result<u64, StateError> {
     let records = machine.to_bytes()?;
     let mut hex = String::with_capacity(records.len() * 2);
     for b in &records {
@@ -153,5 +255,31 @@ mod tests {
         assert_eq!(decode_hex("00ff10").unwrap(), vec![0, 255, 16]);
         assert!(decode_hex("0").is_err());
         assert!(decode_hex("zz").is_err());
+    }
+
+    #[test]
+    fn only_a_snapshot_folder_is_replaced_and_leftovers_go() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("snap");
+        // Missing, empty, or holding a snapshot's files: replaceable.
+        check_replaceable(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        check_replaceable(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), b"{}").unwrap();
+        check_replaceable(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        let err = check_replaceable(&dir).unwrap_err().to_string();
+        assert!(err.contains("notes.txt"), "{err}");
+        // A killed write's folders go; others' stay.
+        for name in [".snap.tmp-12", ".snap.old-7", ".snap.tmp-x", ".other.tmp-3"] {
+            std::fs::create_dir(root.path().join(name)).unwrap();
+        }
+        remove_leftovers(root.path(), "snap");
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp-3", ".snap.tmp-x", "snap"]);
     }
 }

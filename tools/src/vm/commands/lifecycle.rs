@@ -243,6 +243,24 @@ fn wait_for_api(child: &mut Child, run: &RunFolder) -> Result<Client, VmError> {
 /// Builds and boots the VM in a new VMM; on failure the VMM is killed and
 /// its run folder cleaned.
 fn launch(def: &DomainDef, ctx: &Ctx, paused: bool) -> Result<(), VmError> {
+    launch_with(def, ctx, &|client: &Client| {
+        client.boot(paused)?;
+        Ok(if paused {
+            (state::PAUSED, reason::PAUSED_USER)
+        } else {
+            (state::RUNNING, reason::RUNNING_BOOTED)
+        })
+    })
+}
+
+/// Builds the created VM in a new VMM (boots or restores it) and names
+/// the (state, reason) it left it in.
+pub(super) type StartVm<'a> = &'a dyn Fn(&Client) -> Result<(u32, u32), vmapi::Error>;
+
+/// Starts a VMM with the domain's VmConfig created, then lets `start`
+/// build the VM (boot it, or restore it) and name the state and reason
+/// it left; on failure the VMM is killed and its run folder cleaned.
+pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Result<(), VmError> {
     let run = RunFolder::new(ctx.store.make_run_dir(&def.name)?);
     run.clean();
     let config = vm_config(def, &run)?;
@@ -255,12 +273,7 @@ fn launch(def: &DomainDef, ctx: &Ctx, paused: bool) -> Result<(), VmError> {
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
         let client = wait_for_api(&mut child, &run)?;
         client.create(&config).map_err(|e| api_failure(e, &run))?;
-        client.boot(paused).map_err(|e| api_failure(e, &run))?;
-        let (s, r) = if paused {
-            (state::PAUSED, reason::PAUSED_USER)
-        } else {
-            (state::RUNNING, reason::RUNNING_BOOTED)
-        };
+        let (s, r) = start(&client).map_err(|e| api_failure(e, &run))?;
         run.set_reason(s, r);
         Ok(())
     })();

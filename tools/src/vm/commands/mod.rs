@@ -1,11 +1,13 @@
 //! The commands, one module per family: definitions ([`define`]), what a
 //! domain is and has ([`monitor`]), starting and stopping ([`lifecycle`]),
-//! statistics ([`stats`]) and the serial console ([`console`]).
+//! statistics ([`stats`]), the serial console ([`console`]) and
+//! snapshots ([`snapshot`]).
 
 pub mod console;
 pub mod define;
 pub mod lifecycle;
 pub mod monitor;
+pub mod snapshot;
 pub mod stats;
 
 use std::fs::File;
@@ -65,6 +67,12 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "vcpuinfo" => stats::vcpuinfo(ctx, inv, out),
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
+        "snapshot-create-as" => snapshot::create_as(ctx, inv, out),
+        "snapshot-list" => snapshot::list(ctx, inv, out),
+        "snapshot-info" => snapshot::info(ctx, inv, out),
+        "snapshot-current" => snapshot::current(ctx, inv, out),
+        "snapshot-revert" => snapshot::revert(ctx, inv, out),
+        "snapshot-delete" => snapshot::delete(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),

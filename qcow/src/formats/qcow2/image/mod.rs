@@ -15,6 +15,7 @@ mod meta;
 mod read;
 mod resize;
 mod snapshot;
+mod vmstate;
 mod write;
 
 use std::collections::{BTreeSet, HashSet};
@@ -34,6 +35,7 @@ use crate::storage::Storage;
 pub use amend::{amend, AmendOptions};
 
 pub use snapshot::MAX_SNAPSHOT_NAME;
+pub use vmstate::{vm_state_offset, VmStateInfo, VmStateWriter};
 pub use write::{HostPiece, WritePlan};
 
 use meta::{Meta, L2_CACHE_BYTES};

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use byteorder::{BigEndian, ByteOrder};
 
 use super::meta::Meta;
+use super::vmstate::VmStateInfo;
 use super::Qcow2;
 use crate::entries::{table_get, L2Entry, RawL2, FLAG_COPIED, OFFSET_MASK};
 use crate::error::{Error, Result};
@@ -41,7 +42,7 @@ impl Qcow2 {
         )
     }
 
-    fn snapshot_preconditions(&self) -> Result<()> {
+    pub(super) fn snapshot_preconditions(&self) -> Result<()> {
         self.check_writable()?;
         if self.data_file.is_some() {
             return Err(Error::Unsupported(
@@ -137,7 +138,12 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn apply_tree_refcounts(&self, meta: &mut Meta, l1: &[u64], addend: i64) -> Result<()> {
+    pub(super) fn apply_tree_refcounts(
+        &self,
+        meta: &mut Meta,
+        l1: &[u64],
+        addend: i64,
+    ) -> Result<()> {
         for (index, &e) in l1.iter().enumerate() {
             for c in self.table_refs(meta, index, e)?.unwrap_or_default() {
                 if meta.rc.add(&*self.file, c, addend)? == 0 {
@@ -313,8 +319,26 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// The snapshot table entry with ID or name `id_or_name`.
+    pub fn find_snapshot_entry(&self, id_or_name: &str) -> Result<Snapshot> {
+        let meta = self.lock();
+        let mut snapshots = self.read_snapshot_table(&meta)?;
+        let index = Self::find_snapshot(&snapshots, id_or_name)?;
+        Ok(snapshots.swap_remove(index))
+    }
+
     /// Creates a disk-only snapshot of the current contents named `name`.
     pub fn create_snapshot(&self, name: &str) -> Result<Snapshot> {
+        self.create_snapshot_recording(name, VmStateInfo::default())
+    }
+
+    /// Creates a snapshot of the current contents (the active VM-state
+    /// area included) recording `info`'s VM-state size and clock.
+    pub(super) fn create_snapshot_recording(
+        &self,
+        name: &str,
+        info: VmStateInfo,
+    ) -> Result<Snapshot> {
         self.snapshot_preconditions()?;
         if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME {
             return Err(Error::InvalidOption {
@@ -357,8 +381,8 @@ impl Qcow2 {
             name: name.to_string(),
             date_sec: now.as_secs() as u32,
             date_nsec: now.subsec_nanos(),
-            vm_clock_nsec: 0,
-            vm_state_size: 0,
+            vm_clock_nsec: info.vm_clock_nsec,
+            vm_state_size: info.vm_state_size,
             extra_data_size: KNOWN_EXTRA_DATA,
             disk_size: Some(self.size()),
             // qemu-img records an icount of 0 (its snapshot info starts
@@ -382,6 +406,9 @@ impl Qcow2 {
         let (new_size, needed) = self.snapshot_l1_entries(s)?;
         let mut new_l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         new_l1.resize(new_l1.len().max(needed as usize), 0);
+        // The snapshot's VM-state area stays the snapshot's: the active
+        // disk never shows it (a later resize would otherwise expose it).
+        new_l1[needed as usize..].fill(0);
         // The snapshot's tree gains the active table's references first.
         self.tree_refcounts(&mut meta, &new_l1, 1)?;
         let new_offset = self.write_new_l1(&mut meta, &new_l1)?;

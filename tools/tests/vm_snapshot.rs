@@ -1,0 +1,308 @@
+//! `vm snapshot-*` against the real `vmm` and the counting test guest, and
+//! against virsh's test driver: snapshots of a shut-off, a running and a
+//! paused domain; a revert continues the count from the snapshot's without
+//! a gap or a repeat; listings, infos, messages and errors as virsh prints
+//! them (creation times masked); the image clean and listed by qemu-img
+//! with its VM state. Needs /dev/kvm (skipped without it unless
+//! REQUIRE_KVM is set); the virsh comparison needs virsh.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::guest::{build_guest, ensure_vmm, have_kvm};
+
+fn vm(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm"))
+        .arg("-c")
+        .arg(store)
+        .args(args)
+        .env_remove("VM_VMM")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let out = vm(store, args);
+    assert!(
+        out.status.success(),
+        "vm {args:?} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("guest: count "))
+        .filter_map(|k| k.trim().parse().ok())
+        .collect()
+}
+
+fn assert_consecutive(counts: &[u64], what: &str) {
+    for pair in counts.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "{what}: a gap or a repeat in {counts:?}"
+        );
+    }
+}
+
+/// The console log from byte `from` once it holds a count >= `at_least`.
+fn wait_count(log: &Path, from: usize, at_least: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let all = std::fs::read_to_string(log).unwrap_or_default();
+        let tail = all.get(from..).unwrap_or_default().to_string();
+        if counts(&tail).last().is_some_and(|&k| k >= at_least) {
+            return tail;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no count {at_least} in {tail:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Replaces every `YYYY-MM-DD HH:MM:SS +ZZZZ` with `TIME`.
+fn mask_times(s: &str) -> String {
+    let shape = "dddd-dd-dd dd:dd:dd sdddd";
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let fits = i + shape.len() <= chars.len()
+            && shape.chars().zip(&chars[i..]).all(|(p, &c)| match p {
+                'd' => c.is_ascii_digit(),
+                's' => c == '+' || c == '-',
+                other => other == c,
+            });
+        if fits {
+            out.push_str("TIME");
+            i += shape.len();
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn define(dir: &Path, store: &Path, guest: &Path) -> PathBuf {
+    let image = dir.join("test.qcow2");
+    let out = Command::new(env!("CARGO_BIN_EXE_img"))
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>test</name>\n  <memory unit='MiB'>32</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=20000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
+        guest.display(),
+        image.display()
+    );
+    let file = dir.join("test.xml");
+    std::fs::write(&file, xml).unwrap();
+    ok(store, &["define", file.to_str().unwrap()]);
+    image
+}
+
+/// The commands compared with virsh, in one virsh session (its test
+/// driver keeps state within a session only), as `(args, ours only)`.
+const SESSION: &[&[&str]] = &[
+    &["snapshot-list", "test"],
+    &["snapshot-list", "test", "--parent"],
+    &["snapshot-info", "test", "off1"],
+    &["snapshot-info", "test", "--current"],
+    &["snapshot-current", "test", "--name"],
+    &["snapshot-info", "test", "nope"],
+    &["snapshot-revert", "test", "nope"],
+    &["snapshot-delete", "test", "nope"],
+    &["snapshot-info", "test"],
+    &["snapshot-revert", "test", "p1", "--running", "--paused"],
+    &["snapshot-create-as", "test", "s1"],
+    &["snapshot-current", "test", "s1"],
+    &["snapshot-delete", "test", "s1"],
+    &["snapshot-list", "test", "--name"],
+    &["snapshot-info", "test", "p1"],
+    &["snapshot-revert", "test", "p1"],
+    &["domstate", "test"],
+];
+
+fn compare_with_virsh(store: &Path, setup: &[&str]) {
+    if Command::new("virsh").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("REQUIRE_LIBVIRT").is_none(),
+            "virsh is required (REQUIRE_LIBVIRT is set)"
+        );
+        eprintln!("skipped the comparison: no virsh");
+        return;
+    }
+    let mut script: Vec<String> = setup.iter().map(|s| s.to_string()).collect();
+    let mut ours_out = String::new();
+    let mut ours_err = String::new();
+    for args in SESSION {
+        script.push(
+            args.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        script.push("echo @@".into());
+        let out = vm(store, args);
+        ours_out.push_str(&text(&out.stdout));
+        ours_out.push_str("@@\n");
+        ours_err.push_str(&text(&out.stderr));
+    }
+    let theirs = Command::new("virsh")
+        .args(["-c", "test:///default"])
+        .arg(script.join("; "))
+        .output()
+        .unwrap();
+    let their_out = text(&theirs.stdout);
+    // The setup's own lines come first in virsh's output.
+    let start = their_out.find(" Name ").expect(&their_out);
+    assert_eq!(
+        mask_times(&ours_out),
+        mask_times(&their_out[start..]),
+        "stdout (left: ours, right: virsh)"
+    );
+    assert_eq!(
+        ours_err,
+        text(&theirs.stderr),
+        "stderr (left: ours, right: virsh)"
+    );
+}
+
+#[test]
+fn snapshots_of_a_counting_guest_as_virsh_takes_them() {
+    if !have_kvm() {
+        assert!(std::env::var_os("REQUIRE_KVM").is_none(), "no /dev/kvm");
+        eprintln!("no /dev/kvm: skipping");
+        return;
+    }
+    ensure_vmm();
+    let guest = build_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let image = define(dir.path(), &store, &guest);
+    let log = store.join("run").join("test").join("console.log");
+
+    // Shut off: a disk-only internal snapshot, with a description.
+    assert_eq!(
+        ok(
+            &store,
+            &["snapshot-create-as", "test", "off1", "before boot"]
+        ),
+        "Domain snapshot off1 created\n"
+    );
+    ok(&store, &["start", "test"]);
+    wait_count(&log, 0, 5);
+    // Running: a full snapshot; the guest keeps running.
+    ok(&store, &["snapshot-create-as", "test", "--name", "r1"]);
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "running");
+    // Paused: the count at the snapshot is known.
+    ok(&store, &["suspend", "test"]);
+    let at_pause = std::fs::read_to_string(&log).unwrap();
+    let last = *counts(&at_pause).last().unwrap();
+    ok(&store, &["snapshot-create-as", "test", "p1"]);
+    ok(&store, &["resume", "test"]);
+    wait_count(&log, at_pause.len(), last + 10);
+
+    // Revert to the paused one, then run: the count goes on from it.
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    assert_eq!(
+        ok(&store, &["snapshot-revert", "test", "p1"]),
+        "Domain snapshot p1 reverted\n\n"
+    );
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "paused");
+    ok(&store, &["resume", "test"]);
+    let after = wait_count(&log, before, last + 10);
+    let resumed = counts(&after);
+    assert_eq!(resumed.first(), Some(&(last + 1)), "{after:?}");
+    assert_consecutive(&resumed, "after the revert");
+    // --running straight from a running snapshot.
+    ok(&store, &["snapshot-revert", "test", "r1", "--running"]);
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "running");
+    ok(&store, &["snapshot-delete", "test", "r1"]);
+
+    // The same history in virsh's test driver, then the same commands.
+    ok(&store, &["snapshot-current", "test", "p1"]);
+    compare_with_virsh(
+        &store,
+        &[
+            "destroy test",
+            "snapshot-create-as test off1 'before boot'",
+            "start test",
+            "suspend test",
+            "snapshot-create-as test p1",
+            "resume test",
+        ],
+    );
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "paused");
+
+    // --halt: snapshot then shut off; a shut-off revert to a full
+    // snapshot starts the VMM from it.
+    ok(&store, &["snapshot-create-as", "test", "h1", "--halt"]);
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "shut off");
+    ok(&store, &["snapshot-revert", "test", "h1", "--paused"]);
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "paused");
+    ok(&store, &["destroy", "test"]);
+    // A shut-off revert to the disk-only one, and its delete.
+    ok(&store, &["snapshot-revert", "test", "off1"]);
+    assert_eq!(ok(&store, &["-q", "domstate", "test"]).trim(), "shut off");
+    assert_eq!(
+        ok(&store, &["snapshot-info", "test", "off1"])
+            .lines()
+            .nth(3),
+        Some("State:          shutoff")
+    );
+
+    if Command::new("qemu-img").arg("--version").output().is_ok() {
+        let out = Command::new("qemu-img")
+            .arg("check")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let list = text(
+            &Command::new("qemu-img")
+                .args(["snapshot", "-l"])
+                .arg(&image)
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        for name in ["off1", "p1", "h1"] {
+            assert!(
+                list.contains(&format!(" {name} ")),
+                "{name} missing: {list}"
+            );
+        }
+        assert!(!list.contains(" r1 ") && !list.contains(" s1 "), "{list}");
+        let p1 = list.lines().find(|l| l.contains(" p1 ")).unwrap();
+        assert!(!p1.contains(" 0 B "), "p1 has no VM state: {p1}");
+        let off1 = list.lines().find(|l| l.contains(" off1 ")).unwrap();
+        assert!(off1.contains(" 0 B "), "off1 has a VM state: {off1}");
+    }
+    ok(&store, &["snapshot-delete", "test", "--current"]);
+    assert_eq!(
+        ok(&store, &["snapshot-list", "test", "--name"]),
+        "h1\np1\n\n"
+    );
+}

@@ -1,0 +1,238 @@
+//! Full snapshots inside the VM's qcow2 disks, as QEMU's savevm/loadvm
+//! keep them: an internal snapshot of every writable qcow2 disk, all taken
+//! while the VM is paused, and the VM state (our format, [`super::image`])
+//! in the first disk's VM-state area.
+//!
+//! Order makes a snapshot appear whole or not at all: the other disks'
+//! snapshots are taken first and the first disk's, which holds the state,
+//! last; a revert reads and checks the state before it reverts any disk;
+//! a delete removes the first disk's snapshot (the state) first. A failure
+//! part-way removes what was already created.
+
+use std::sync::Arc;
+
+use blockdev::disk::BlockBackend;
+use qcow::image::{Qcow2, VmStateInfo};
+use vm_memory::GuestMemoryMmap;
+
+use super::image::{self, RamPlace};
+use super::machine::{ConfigSummary, MachineState};
+use super::StateError;
+use crate::config::DiskConfig;
+use crate::vm::Vm;
+
+/// The API's URL scheme of in-image snapshots: vm.snapshot's
+/// destination_url and vm.restore's source_url `qcow2:NAME`.
+pub const URL_SCHEME: &str = "qcow2:";
+
+/// Longest snapshot name accepted.
+pub const MAX_NAME: usize = 1024;
+
+/// What a full snapshot wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Bytes of VM state in the first disk.
+    pub vm_state_size: u64,
+    /// Bytes of RAM among them (zero pages skipped).
+    pub ram_saved: u64,
+    /// Disks snapshotted.
+    pub disks: usize,
+}
+
+/// A checked state whose disks were reverted.
+pub struct Reverted {
+    /// The machine to load.
+    pub machine: MachineState,
+    /// Where its RAM is in the first disk.
+    pub ram: RamPlace,
+}
+
+fn err(text: String) -> StateError {
+    StateError::InImage(text)
+}
+
+fn image_err(disk: &DiskConfig, e: qcow::Error) -> StateError {
+    err(format!("disk '{}': {e}", disk.path.display()))
+}
+
+/// Checks a snapshot name given through the API.
+pub fn check_name(name: &str) -> Result<(), StateError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(err(format!(
+            "invalid snapshot name '{}': 1 to {MAX_NAME} bytes, no control characters",
+            name.chars().take(64).collect::<String>().escape_default()
+        )));
+    }
+    Ok(())
+}
+
+/// The writable qcow2 disks, first disk first.
+fn writable_images<'a>(
+    disks: &'a [DiskConfig],
+    backends: &'a [Arc<dyn BlockBackend>],
+) -> Vec<(&'a DiskConfig, &'a Qcow2)> {
+    disks
+        .iter()
+        .zip(backends)
+        .filter(|(d, _)| !d.readonly)
+        .filter_map(|(d, b)| b.qcow2().map(|q| (d, q)))
+        .filter(|(_, q)| q.is_writable())
+        .collect()
+}
+
+/// The image that holds the VM state: the first disk, a writable qcow2.
+fn state_image<'a>(
+    disks: &'a [DiskConfig],
+    backends: &'a [Arc<dyn BlockBackend>],
+) -> Result<&'a Qcow2, StateError> {
+    let first = disks.first().zip(backends.first()).ok_or_else(|| {
+        err("the VM has no disk to hold its state (in-image snapshots need a qcow2 disk)".into())
+    })?;
+    match first.1.qcow2() {
+        Some(q) if q.is_writable() && !first.0.readonly => Ok(q),
+        _ => Err(err(format!(
+            "the first disk '{}' is not a writable qcow2 image, which in-image snapshots need",
+            first.0.path.display()
+        ))),
+    }
+}
+
+/// Takes full snapshot `name` of the paused `vm`.
+pub fn take(vm: &Vm, name: &str) -> crate::error::Result<Taken> {
+    check_name(name)?;
+    let (disks, backends) = vm.disks();
+    let first = state_image(disks, backends)?;
+    let images = writable_images(disks, backends);
+    for (disk, q) in &images {
+        if q.find_snapshot_entry(name).is_ok() {
+            return Err(err(format!(
+                "disk '{}' already has a snapshot named '{name}'",
+                disk.path.display()
+            ))
+            .into());
+        }
+    }
+    let machine = vm.machine_state()?;
+    for (disk, q) in &images {
+        q.flush().map_err(|e| image_err(disk, e))?;
+    }
+    let mut created: Vec<(&DiskConfig, &Qcow2)> = Vec::new();
+    let undo = |created: &[(&DiskConfig, &Qcow2)]| {
+        for (_, q) in created {
+            let _ = q.delete_snapshot(name);
+        }
+    };
+    for &(disk, q) in images.iter().skip(1) {
+        if let Err(e) = q.create_snapshot(name) {
+            undo(&created);
+            return Err(image_err(disk, e).into());
+        }
+        created.push((disk, q));
+    }
+    let state = (|| -> Result<(u64, u64), StateError> {
+        let mut writer = first
+            .vm_state_writer()
+            .map_err(|e| image_err(&disks[0], e))?;
+        let ram_saved = image::write_area(&mut writer, &machine, vm.memory())?;
+        let size = writer.finish().map_err(|e| image_err(&disks[0], e))?;
+        first
+            .create_snapshot_with_vm_state(
+                name,
+                VmStateInfo {
+                    vm_state_size: size,
+                    vm_clock_nsec: machine.clock.clock,
+                },
+            )
+            .map_err(|e| image_err(&disks[0], e))?;
+        Ok((size, ram_saved))
+    })();
+    match state {
+        Ok((vm_state_size, ram_saved)) => Ok(Taken {
+            vm_state_size,
+            ram_saved,
+            disks: images.len(),
+        }),
+        Err(e) => {
+            undo(&created);
+            Err(e.into())
+        }
+    }
+}
+
+/// Reads and checks the state of full snapshot `name` from the first disk
+/// (for a VM configured as `vm`), checks that every writable qcow2 disk
+/// holds the snapshot at its current size, then reverts them all.
+pub fn revert_disks(
+    backends: &[Arc<dyn BlockBackend>],
+    disks: &[DiskConfig],
+    name: &str,
+    vm: ConfigSummary,
+) -> crate::error::Result<Reverted> {
+    let area = check_revert(backends, disks, name, vm)?;
+    for (disk, q) in writable_images(disks, backends) {
+        q.apply_snapshot(name).map_err(|e| image_err(disk, e))?;
+    }
+    Ok(Reverted {
+        machine: area.machine,
+        ram: area.ram,
+    })
+}
+
+/// What [`revert_disks`] checks, without changing anything: used before a
+/// running VM is stopped for a revert.
+pub fn check_revert(
+    backends: &[Arc<dyn BlockBackend>],
+    disks: &[DiskConfig],
+    name: &str,
+    vm: ConfigSummary,
+) -> Result<image::AreaState, StateError> {
+    check_name(name)?;
+    let first = state_image(disks, backends)?;
+    for (disk, q) in writable_images(disks, backends) {
+        let snapshot = q
+            .find_snapshot_entry(name)
+            .map_err(|e| image_err(disk, e))?;
+        if let Some(size) = snapshot.disk_size.filter(|&s| s != q.size()) {
+            return Err(err(format!(
+                "disk '{}' was {size} bytes at snapshot '{name}' and is {} now",
+                disk.path.display(),
+                q.size()
+            )));
+        }
+    }
+    image::read_machine(first, name, vm)
+}
+
+/// Loads the RAM of the reverted snapshot `name`.
+pub fn read_memory(
+    backends: &[Arc<dyn BlockBackend>],
+    name: &str,
+    ram: &RamPlace,
+    machine: &MachineState,
+    mem: &GuestMemoryMmap,
+) -> Result<u64, StateError> {
+    let first = backends
+        .first()
+        .and_then(|b| b.qcow2())
+        .ok_or_else(|| err("the first disk is not a qcow2 image".into()))?;
+    image::read_memory(first, name, *ram, machine.config, mem)
+}
+
+/// Deletes snapshot `name` from every writable qcow2 disk that holds it,
+/// the first disk (its state) first.
+pub fn delete(vm: &Vm, name: &str) -> Result<usize, StateError> {
+    check_name(name)?;
+    let (disks, backends) = vm.disks();
+    let mut deleted = 0;
+    for (disk, q) in writable_images(disks, backends) {
+        match q.delete_snapshot(name) {
+            Ok(()) => deleted += 1,
+            Err(qcow::Error::SnapshotNotFound { .. }) => {}
+            Err(e) => return Err(image_err(disk, e)),
+        }
+    }
+    if deleted == 0 {
+        return Err(err(format!("no disk has a snapshot named '{name}'")));
+    }
+    Ok(deleted)
+}
