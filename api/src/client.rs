@@ -187,6 +187,28 @@ impl Client {
         self.call(Endpoint::VmRestore, Some(&body)).map(|_| ())
     }
 
+    /// PUT vm.send-migration; returns once the guest runs at the
+    /// destination (the source VMM then ends). Give the client an I/O
+    /// timeout longer than the migration's.
+    pub fn send_migration(&self, body: &crate::VmSendMigrationData) -> Result<()> {
+        self.call(Endpoint::VmSendMigration, Some(body)).map(|_| ())
+    }
+
+    /// PUT vm.receive-migration; returns once the migrated guest runs
+    /// here. Give the client an I/O timeout longer than the migration's.
+    pub fn receive_migration(
+        &self,
+        receiver_url: &str,
+        serial: Option<crate::ConsoleConfig>,
+    ) -> Result<()> {
+        let body = crate::VmReceiveMigrationData {
+            receiver_url: receiver_url.to_string(),
+            serial,
+        };
+        self.call(Endpoint::VmReceiveMigration, Some(&body))
+            .map(|_| ())
+    }
+
     /// PUT vmm.shutdown.
     pub fn vmm_shutdown(&self) -> Result<()> {
         self.put(Endpoint::VmmShutdown)

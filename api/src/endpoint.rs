@@ -36,10 +36,14 @@ pub enum Endpoint {
     VmSnapshot,
     /// PUT vm.restore: build a VM, paused, from a snapshot's files.
     VmRestore,
+    /// PUT vm.send-migration: move the running VM to a destination.
+    VmSendMigration,
+    /// PUT vm.receive-migration: wait for one incoming migration.
+    VmReceiveMigration,
 }
 
 /// Every endpoint.
-pub const ENDPOINTS: [Endpoint; 14] = [
+pub const ENDPOINTS: [Endpoint; 16] = [
     Endpoint::VmmPing,
     Endpoint::VmmShutdown,
     Endpoint::VmCreate,
@@ -54,6 +58,8 @@ pub const ENDPOINTS: [Endpoint; 14] = [
     Endpoint::VmDelete,
     Endpoint::VmSnapshot,
     Endpoint::VmRestore,
+    Endpoint::VmSendMigration,
+    Endpoint::VmReceiveMigration,
 ];
 
 impl Endpoint {
@@ -74,6 +80,8 @@ impl Endpoint {
             Endpoint::VmDelete => "vm.delete",
             Endpoint::VmSnapshot => "vm.snapshot",
             Endpoint::VmRestore => "vm.restore",
+            Endpoint::VmSendMigration => "vm.send-migration",
+            Endpoint::VmReceiveMigration => "vm.receive-migration",
         }
     }
 
@@ -106,7 +114,7 @@ mod tests {
         for endpoint in ENDPOINTS {
             assert_eq!(Endpoint::from_path(&endpoint.path()), Some(endpoint));
         }
-        assert_eq!(Endpoint::from_path("/api/v1/vm.send-migration"), None);
+        assert_eq!(Endpoint::from_path("/api/v1/vm.send-migrations"), None);
         assert_eq!(Endpoint::from_path("/api/v2/vm.info"), None);
         assert_eq!(Endpoint::from_path("/api/v1vm.info"), None);
     }
