@@ -195,18 +195,29 @@ impl Client {
     }
 
     /// PUT vm.receive-migration; returns once the migrated guest runs
-    /// here. Give the client an I/O timeout longer than the migration's.
+    /// here, with the source's annotation (empty when none). Give the
+    /// client an I/O timeout longer than the migration's.
     pub fn receive_migration(
         &self,
         receiver_url: &str,
         serial: Option<crate::ConsoleConfig>,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let body = crate::VmReceiveMigrationData {
             receiver_url: receiver_url.to_string(),
             serial,
         };
-        self.call(Endpoint::VmReceiveMigration, Some(&body))
-            .map(|_| ())
+        let response = self.call(Endpoint::VmReceiveMigration, Some(&body))?;
+        match response.body.as_deref() {
+            Some(bytes) if !bytes.is_empty() => {
+                let answer: crate::migration::VmReceiveMigrationResponse =
+                    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+                        what: "decoding the answer of vm.receive-migration".into(),
+                        source,
+                    })?;
+                Ok(answer.annotation)
+            }
+            _ => Ok(String::new()),
+        }
     }
 
     /// PUT vmm.shutdown.

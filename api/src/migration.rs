@@ -33,6 +33,11 @@ pub struct VmSendMigrationData {
     /// hosts that share no storage (`vm migrate --copy-storage-all`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub copy_storage: bool,
+    /// Our extension: text handed to the destination with the VM (at
+    /// most 1 MiB; `vm migrate` sends the domain's XML), which
+    /// vm.receive-migration answers with.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub annotation: String,
 }
 
 impl VmSendMigrationData {
@@ -45,6 +50,7 @@ impl VmSendMigrationData {
             downtime_ms: DEFAULT_DOWNTIME_MS,
             timeout_s: DEFAULT_TIMEOUT_S,
             copy_storage: false,
+            annotation: String::new(),
         }
     }
 }
@@ -71,6 +77,15 @@ fn default_timeout_s() -> u64 {
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+/// vm.receive-migration's answer (our extension: CH answers 204): the
+/// source's annotation, when it sent one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReceiveMigrationResponse {
+    /// The text the source sent with the VM.
+    #[serde(default)]
+    pub annotation: String,
 }
 
 /// A migration URL, checked.

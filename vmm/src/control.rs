@@ -355,7 +355,10 @@ impl Controller {
                     return message(405, "a VM is already created; vm.delete it first");
                 }
                 match self.receive_migration(&request) {
-                    Ok(()) => Response::no_content(),
+                    Ok(annotation) if annotation.is_empty() => Response::no_content(),
+                    Ok(annotation) => {
+                        json(&vmapi::migration::VmReceiveMigrationResponse { annotation })
+                    }
                     Err(e) => {
                         self.given = None;
                         self.config = None;
@@ -502,10 +505,12 @@ impl Controller {
     fn receive_migration(
         &mut self,
         request: &crate::migration::api::ReceiveRequest,
-    ) -> std::result::Result<(), crate::migration::MigrationError> {
+    ) -> std::result::Result<String, crate::migration::MigrationError> {
         use crate::migration::MigrationError;
-        let (mut incoming, given) = request.accept()?;
+        let (mut incoming, given, annotation) = request.accept()?;
         let received = (|| {
+            let annotation = String::from_utf8(annotation)
+                .map_err(|_| MigrationError::Stream("the annotation is not UTF-8".into()))?;
             let mut given: vmapi::VmConfig = serde_json::from_slice(&given)
                 .map_err(|e| MigrationError::Stream(format!("the VM configuration: {e}")))?;
             if let Some(serial) = &request.serial {
@@ -520,9 +525,9 @@ impl Controller {
             };
             incoming.ack()?;
             let received = incoming.receive_state(summary, &mem)?;
-            Ok::<_, MigrationError>((given, config, mem, received))
+            Ok::<_, MigrationError>((given, config, mem, received, annotation))
         })();
-        let (given, config, mem, received) = match received {
+        let (given, config, mem, received, annotation) = match received {
             Ok(r) => r,
             Err(e) => {
                 incoming.refuse(&e.to_string());
@@ -549,7 +554,7 @@ impl Controller {
                 self.state = VmState::Running;
             }
         }
-        Ok(())
+        Ok(annotation)
     }
 
     /// Builds and starts the configured VM.

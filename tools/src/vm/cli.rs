@@ -195,6 +195,22 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "console",
         opts: &[DOMAIN, flag("force"), flag("safe")],
     },
+    CommandSpec {
+        name: "migrate",
+        opts: &[
+            DOMAIN,
+            data("desturi", true),
+            flag("live"),
+            flag("copy-storage-all"),
+            data("timeout", false),
+            data("downtime-ms", false),
+            flag("verbose"),
+        ],
+    },
+    CommandSpec {
+        name: "migrate-listen",
+        opts: &[data("uri", true)],
+    },
 ];
 
 /// A command line error, in virsh's words (printed after `error: `).

@@ -26,6 +26,8 @@ pub struct SendRequest {
     pub downtime: Duration,
     /// The longest the migration may take.
     pub timeout: Duration,
+    /// Text handed to the destination's manager with the VM.
+    pub annotation: String,
 }
 
 impl SendRequest {
@@ -36,6 +38,7 @@ impl SendRequest {
             downtime: self.downtime,
             timeout: self.timeout,
             resume,
+            annotation: self.annotation.clone(),
         }
     }
 }
@@ -52,7 +55,7 @@ pub struct ReceiveRequest {
 impl ReceiveRequest {
     /// Binds the URL's address (only it), waits for the one source, reads
     /// its header and configuration; the listener is gone on return.
-    pub fn accept(&self) -> Result<(Incoming, Vec<u8>)> {
+    pub fn accept(&self) -> Result<(Incoming, Vec<u8>, Vec<u8>)> {
         let listener = Listener::bind(&self.url)?;
         let connection = listener.accept(ACCEPT_DEADLINE)?;
         drop(listener);
@@ -81,6 +84,13 @@ pub fn send_request(
             body.timeout_s
         )));
     }
+    if body.annotation.len() > super::stream::MAX_ANNOTATION as usize {
+        return Err(bad(format!(
+            "annotation of {} bytes, more than {}",
+            body.annotation.len(),
+            super::stream::MAX_ANNOTATION
+        )));
+    }
     if body.copy_storage {
         return Err(bad(
             "copy_storage is not supported yet: the disks must be on shared storage".into(),
@@ -90,6 +100,7 @@ pub fn send_request(
         url,
         downtime: Duration::from_millis(body.downtime_ms),
         timeout: Duration::from_secs(body.timeout_s),
+        annotation: body.annotation.clone(),
     })
 }
 

@@ -24,7 +24,8 @@
 //!
 //! ```text
 //! source                                   destination
-//! header, Config(VmConfig JSON)     ->
+//! header, Config(VmConfig JSON),
+//! Annotation(text)                  ->
 //!                                   <-     Ack | Refused(reason)
 //! Ram(record)* (full, then dirty passes)
 //! Machine(records), Switch(resume)  ->     builds the VM paused, locks disks

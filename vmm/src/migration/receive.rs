@@ -34,9 +34,10 @@ pub struct Received {
 }
 
 impl Incoming {
-    /// Reads the header and the configuration frame from `connection`;
-    /// returns the configuration's JSON bytes (not yet trusted).
-    pub fn start(connection: Connection) -> Result<(Incoming, Vec<u8>)> {
+    /// Reads the header, the configuration frame and the annotation from
+    /// `connection`; returns the configuration's JSON bytes (not yet
+    /// trusted) and the annotation (passed on, never interpreted here).
+    pub fn start(connection: Connection) -> Result<(Incoming, Vec<u8>, Vec<u8>)> {
         let output = connection
             .try_clone()
             .map_err(MigrationError::io("cloning the connection"))?;
@@ -53,7 +54,14 @@ impl Incoming {
                 frame.tag.name()
             )));
         }
-        Ok((incoming, frame.payload))
+        let annotation = incoming.next()?;
+        if annotation.tag != Tag::Annotation {
+            return Err(MigrationError::Stream(format!(
+                "a {} frame where the annotation was due",
+                annotation.tag.name()
+            )));
+        }
+        Ok((incoming, frame.payload, annotation.payload))
     }
 
     fn next(&mut self) -> Result<Frame> {

@@ -36,6 +36,8 @@ pub struct SendOptions {
     pub timeout: Duration,
     /// Whether the guest is to run at the destination (it ran here).
     pub resume: bool,
+    /// Text for the destination's manager.
+    pub annotation: String,
 }
 
 /// What a migration measured.
@@ -149,6 +151,8 @@ fn exchange(
     let mut offset = 0u64;
     stream::write_header(&mut out).map_err(write_err)?;
     stream::write_frame(&mut out, Tag::Config, &[config_json]).map_err(write_err)?;
+    stream::write_frame(&mut out, Tag::Annotation, &[options.annotation.as_bytes()])
+        .map_err(write_err)?;
     out.flush().map_err(write_err)?;
     expect_reply(reader, &mut offset, Tag::Ack)?;
 

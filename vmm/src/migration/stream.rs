@@ -12,7 +12,8 @@
 //! Payloads: `Config` the VmConfig as JSON; `Ram` one state record of kind
 //! RAM (guest-physical start, then whole pages); `Machine` the machine's
 //! record stream (`MachineState::to_bytes`); `Disk` a disk index, a byte
-//! offset and data (`--copy-storage-all`); `Switch` one byte, 1 when the
+//! offset and data (`--copy-storage-all`); `Annotation` text for the
+//! destination's manager, passed through; `Switch` one byte, 1 when the
 //! guest is to run at the destination; `Refused` and `Cancel` a UTF-8
 //! reason; the others nothing. The reader bounds the length by the tag
 //! before it allocates, checks the CRC, and refuses an unknown tag.
@@ -39,6 +40,8 @@ pub const MAX_CONFIG: u32 = 256 << 10;
 pub const MAX_MACHINE: u32 = 32 << 20;
 /// The longest reason accepted.
 pub const MAX_REASON: u32 = 1024;
+/// The longest annotation accepted (the domain XML bound of `vm`).
+pub const MAX_ANNOTATION: u32 = 1 << 20;
 /// The most disk data in one frame.
 pub const MAX_DISK_CHUNK: u32 = 4 << 20;
 
@@ -66,10 +69,13 @@ pub enum Tag {
     Disk = 9,
     /// Source: the migration is abandoned, with its reason.
     Cancel = 10,
+    /// Source: an opaque text for the destination's manager (`vm` sends
+    /// the domain's XML), right after Config; may be empty.
+    Annotation = 11,
 }
 
 impl Tag {
-    const ALL: [Tag; 10] = [
+    const ALL: [Tag; 11] = [
         Tag::Config,
         Tag::Ram,
         Tag::Machine,
@@ -80,6 +86,7 @@ impl Tag {
         Tag::Refused,
         Tag::Disk,
         Tag::Cancel,
+        Tag::Annotation,
     ];
 
     /// Its name, for messages.
@@ -95,6 +102,7 @@ impl Tag {
             Tag::Refused => "Refused",
             Tag::Disk => "Disk",
             Tag::Cancel => "Cancel",
+            Tag::Annotation => "Annotation",
         }
     }
 
@@ -108,6 +116,7 @@ impl Tag {
             Tag::Commit | Tag::Ack | Tag::Ready => 0,
             Tag::Refused | Tag::Cancel => MAX_REASON,
             Tag::Disk => 12 + MAX_DISK_CHUNK,
+            Tag::Annotation => MAX_ANNOTATION,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The commands, one module per family: definitions ([`define`]), what a
 //! domain is and has ([`monitor`]), starting and stopping ([`lifecycle`]),
-//! statistics ([`stats`]) and the serial console ([`console`]).
+//! statistics ([`stats`]), the serial console ([`console`]) and live
+//! migration ([`migrate`]).
 
 pub mod console;
 pub mod define;
 pub mod lifecycle;
+pub mod migrate;
 pub mod monitor;
 pub mod stats;
 
@@ -65,6 +67,8 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "vcpuinfo" => stats::vcpuinfo(ctx, inv, out),
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
+        "migrate" => migrate::migrate(ctx, inv, out),
+        "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),
