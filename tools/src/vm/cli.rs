@@ -208,6 +208,20 @@ pub const COMMANDS: &[CommandSpec] = &[
         ],
     },
     CommandSpec {
+        name: "clone",
+        opts: &[
+            data("original", false),
+            data("name", false),
+            flag("auto-clone"),
+            flag("linked"),
+            Opt {
+                name: "file",
+                kind: Kind::Argv,
+                required: false,
+            },
+        ],
+    },
+    CommandSpec {
         name: "migrate-listen",
         opts: &[data("uri", true)],
     },

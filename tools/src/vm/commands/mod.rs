@@ -1,8 +1,9 @@
 //! The commands, one module per family: definitions ([`define`]), what a
 //! domain is and has ([`monitor`]), starting and stopping ([`lifecycle`]),
-//! statistics ([`stats`]), the serial console ([`console`]) and live
-//! migration ([`migrate`]).
+//! statistics ([`stats`]), the serial console ([`console`]), live
+//! migration ([`migrate`]) and clones ([`clone`]).
 
+pub mod clone;
 pub mod console;
 pub mod define;
 pub mod lifecycle;
@@ -67,6 +68,7 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "vcpuinfo" => stats::vcpuinfo(ctx, inv, out),
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
+        "clone" => clone::clone(ctx, inv, out),
         "migrate" => migrate::migrate(ctx, inv, out),
         "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
         other => Err(VmError::Internal(format!(
