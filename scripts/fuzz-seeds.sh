@@ -24,6 +24,9 @@
 #   vm_state        a machine state and a RAM stream, from
 #                   fuzz/fuzz_targets/vm_state_body.rs through vmm's
 #                   stable replay test
+#   migration_stream  a whole migration stream and a cancelled one, from
+#                   fuzz/fuzz_targets/migration_stream_body.rs through
+#                   vmm's stable replay test
 #
 # Usage: scripts/fuzz-seeds.sh   (needs qemu-img and qemu-io; builds img)
 set -euo pipefail
@@ -49,6 +52,10 @@ API_FUZZ_SEEDS=$corpus/api_request cargo test -q -p vmapi --test api_fuzz_regres
 mkdir -p "$corpus/vm_state"
 STATE_FUZZ_SEEDS=$corpus/vm_state cargo test -q -p vmm --test state_fuzz_regressions \
     seeds_parse_and_every_flipped_byte_is_refused >/dev/null
+mkdir -p "$corpus/migration_stream"
+cp "$root"/vmm/tests/migration_fuzz_regressions/* "$corpus/migration_stream/"
+MIGRATION_FUZZ_SEEDS=$corpus/migration_stream cargo test -q -p vmm --test migration_fuzz_regressions \
+    seeds_are_accepted_and_every_flipped_byte_is_refused >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

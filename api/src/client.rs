@@ -196,6 +196,39 @@ impl Client {
             .map(|_| ())
     }
 
+    /// PUT vm.send-migration; returns once the guest runs at the
+    /// destination (the source VMM then ends). Give the client an I/O
+    /// timeout longer than the migration's.
+    pub fn send_migration(&self, body: &crate::VmSendMigrationData) -> Result<()> {
+        self.call(Endpoint::VmSendMigration, Some(body)).map(|_| ())
+    }
+
+    /// PUT vm.receive-migration; returns once the migrated guest runs
+    /// here, with the source's annotation (empty when none). Give the
+    /// client an I/O timeout longer than the migration's.
+    pub fn receive_migration(
+        &self,
+        receiver_url: &str,
+        serial: Option<crate::ConsoleConfig>,
+    ) -> Result<String> {
+        let body = crate::VmReceiveMigrationData {
+            receiver_url: receiver_url.to_string(),
+            serial,
+        };
+        let response = self.call(Endpoint::VmReceiveMigration, Some(&body))?;
+        match response.body.as_deref() {
+            Some(bytes) if !bytes.is_empty() => {
+                let answer: crate::migration::VmReceiveMigrationResponse =
+                    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+                        what: "decoding the answer of vm.receive-migration".into(),
+                        source,
+                    })?;
+                Ok(answer.annotation)
+            }
+            _ => Ok(String::new()),
+        }
+    }
+
     /// PUT vmm.shutdown.
     pub fn vmm_shutdown(&self) -> Result<()> {
         self.put(Endpoint::VmmShutdown)

@@ -38,10 +38,14 @@ pub enum Endpoint {
     VmRestore,
     /// PUT vm.snapshot-delete (ours): delete an in-image snapshot.
     VmSnapshotDelete,
+    /// PUT vm.send-migration: move the running VM to a destination.
+    VmSendMigration,
+    /// PUT vm.receive-migration: wait for one incoming migration.
+    VmReceiveMigration,
 }
 
 /// Every endpoint.
-pub const ENDPOINTS: [Endpoint; 15] = [
+pub const ENDPOINTS: [Endpoint; 17] = [
     Endpoint::VmmPing,
     Endpoint::VmmShutdown,
     Endpoint::VmCreate,
@@ -57,6 +61,8 @@ pub const ENDPOINTS: [Endpoint; 15] = [
     Endpoint::VmSnapshot,
     Endpoint::VmRestore,
     Endpoint::VmSnapshotDelete,
+    Endpoint::VmSendMigration,
+    Endpoint::VmReceiveMigration,
 ];
 
 impl Endpoint {
@@ -78,6 +84,8 @@ impl Endpoint {
             Endpoint::VmSnapshot => "vm.snapshot",
             Endpoint::VmRestore => "vm.restore",
             Endpoint::VmSnapshotDelete => "vm.snapshot-delete",
+            Endpoint::VmSendMigration => "vm.send-migration",
+            Endpoint::VmReceiveMigration => "vm.receive-migration",
         }
     }
 
@@ -110,7 +118,7 @@ mod tests {
         for endpoint in ENDPOINTS {
             assert_eq!(Endpoint::from_path(&endpoint.path()), Some(endpoint));
         }
-        assert_eq!(Endpoint::from_path("/api/v1/vm.send-migration"), None);
+        assert_eq!(Endpoint::from_path("/api/v1/vm.send-migrations"), None);
         assert_eq!(Endpoint::from_path("/api/v2/vm.info"), None);
         assert_eq!(Endpoint::from_path("/api/v1vm.info"), None);
     }

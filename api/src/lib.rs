@@ -22,6 +22,7 @@ pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod http;
+pub mod migration;
 mod sys;
 pub mod types;
 
@@ -29,4 +30,5 @@ pub use client::Client;
 pub use endpoint::Endpoint;
 pub use error::{Error, HttpError, Result};
 pub use http::{Method, Request, Response};
+pub use migration::{MigrationUrl, VmReceiveMigrationData, VmSendMigrationData};
 pub use types::*;

@@ -176,6 +176,16 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
                 name: body.snapshot_name,
             }
         }
+        Endpoint::VmSendMigration => {
+            let body: vmapi::VmSendMigrationData =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
+            ApiRequest::VmSendMigration(Box::new(crate::migration::api::send_request(&body)?))
+        }
+        Endpoint::VmReceiveMigration => {
+            let body: vmapi::VmReceiveMigrationData =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
+            ApiRequest::VmReceiveMigration(Box::new(crate::migration::api::receive_request(&body)?))
+        }
     })
 }
 

@@ -84,6 +84,10 @@ pub enum ApiRequest {
         /// The snapshot's name.
         name: String,
     },
+    /// PUT vm.send-migration.
+    VmSendMigration(Box<crate::migration::api::SendRequest>),
+    /// PUT vm.receive-migration, on a VMM with no VM.
+    VmReceiveMigration(Box<crate::migration::api::ReceiveRequest>),
 }
 
 /// A request with the channel its response goes back on.
@@ -130,6 +134,8 @@ pub struct Controller {
     api: Option<ApiLink>,
     times: Option<RunTimes>,
     signals: ExitSignals,
+    /// The VM was migrated away: `vmm` ends, leaving the disks alone.
+    migrated: bool,
 }
 
 const TOKEN_EXIT: u64 = 0;
@@ -178,6 +184,7 @@ impl Controller {
             console: None,
             api: None,
             times: None,
+            migrated: false,
         })
     }
 
@@ -299,7 +306,8 @@ impl Controller {
         let mut ending = None;
         for call in calls {
             let shutdown = matches!(call.request, ApiRequest::VmmShutdown);
-            if shutdown {
+            let migration = matches!(call.request, ApiRequest::VmSendMigration(_));
+            if shutdown || migration {
                 // Forget the acknowledgements of earlier responses.
                 if let Some(api) = &self.api {
                     while api.written.try_recv().is_ok() {}
@@ -307,7 +315,7 @@ impl Controller {
             }
             let response = self.handle(call.request);
             let _ = call.reply.send(response);
-            if shutdown {
+            if shutdown || (migration && self.migrated) {
                 // Let the API thread write the 204 before the process ends.
                 if let Some(api) = &self.api {
                     let _ = api.written.recv_timeout(Duration::from_secs(1));
@@ -359,6 +367,22 @@ impl Controller {
                     }
                 }
             }
+            ApiRequest::VmReceiveMigration(request) => {
+                if self.given.is_some() {
+                    return message(405, "a VM is already created; vm.delete it first");
+                }
+                match self.receive_migration(&request) {
+                    Ok(annotation) if annotation.is_empty() => Response::no_content(),
+                    Ok(annotation) => {
+                        json(&vmapi::migration::VmReceiveMigrationResponse { annotation })
+                    }
+                    Err(e) => {
+                        self.given = None;
+                        self.config = None;
+                        message(500, &e.to_string())
+                    }
+                }
+            }
             ApiRequest::VmDelete => {
                 self.stop_vm();
                 self.given = None;
@@ -398,6 +422,16 @@ impl Controller {
                 Err(e) => error_response(500, &e),
             },
             ApiRequest::VmSnapshotDelete { name } => self.delete_in_image(&name),
+            ApiRequest::VmSendMigration(request) => match self.state {
+                VmState::Running | VmState::Paused => match self.send_migration(&request) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => {
+                        eprintln!("vmm: {e}");
+                        message(500, &e.to_string())
+                    }
+                },
+                state => state_error("migrate", state),
+            },
             ApiRequest::VmBoot { paused } => match self.state {
                 VmState::Created | VmState::Shutdown => match self.boot(paused) {
                     Ok(()) => Response::no_content(),
@@ -535,6 +569,86 @@ impl Controller {
         }
     }
 
+    /// Sends the VM to the destination `request` names; on success the
+    /// VM is gone from here and `vmm` ends once the answer is written.
+    fn send_migration(
+        &mut self,
+        request: &crate::migration::api::SendRequest,
+    ) -> std::result::Result<(), crate::migration::MigrationError> {
+        let given = self.given.clone().expect("a VM state implies a config");
+        let config_json = serde_json::to_vec(&given)
+            .map_err(|e| crate::migration::MigrationError::Stream(e.to_string()))?;
+        let vm = self.vm.as_mut().expect("a running or paused VM is built");
+        let options = request.options(self.state == VmState::Running);
+        let report = crate::migration::send::send(vm, &config_json, &options)?;
+        eprintln!(
+            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM)",
+            options.url,
+            report.total.as_millis(),
+            report.downtime.as_millis(),
+            report.passes,
+            report.ram_bytes >> 20
+        );
+        self.migrated = true;
+        Ok(())
+    }
+
+    /// Waits for one incoming migration and runs its VM here.
+    fn receive_migration(
+        &mut self,
+        request: &crate::migration::api::ReceiveRequest,
+    ) -> std::result::Result<String, crate::migration::MigrationError> {
+        use crate::migration::MigrationError;
+        let (mut incoming, given, annotation) = request.accept()?;
+        let received = (|| {
+            let annotation = String::from_utf8(annotation)
+                .map_err(|_| MigrationError::Stream("the annotation is not UTF-8".into()))?;
+            let mut given: vmapi::VmConfig = serde_json::from_slice(&given)
+                .map_err(|e| MigrationError::Stream(format!("the VM configuration: {e}")))?;
+            if let Some(serial) = &request.serial {
+                given.serial = Some(serial.clone());
+            }
+            let config = config::from_api(&given, &self.options)?;
+            let mem = crate::vm::map_guest_memory(config.memory)?;
+            let summary = crate::state::machine::ConfigSummary {
+                cpus: config.cpus,
+                memory: config.memory,
+                disks: config.disks.len() as u32,
+            };
+            incoming.ack()?;
+            let received = incoming.receive_state(summary, &mem)?;
+            Ok::<_, MigrationError>((given, config, mem, received, annotation))
+        })();
+        let (given, config, mem, received, annotation) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                incoming.refuse(&e.to_string());
+                return Err(e);
+            }
+        };
+        self.given = Some(config::with_defaults(&given));
+        self.config = Some(config);
+        self.stats.clear();
+        if let Err(e) = self.build(BuildFrom::Migration(Box::new(received.machine), mem)) {
+            incoming.refuse(&e.to_string());
+            return Err(e.into());
+        }
+        if let Err(e) = incoming.ready_and_commit() {
+            // The source may run on with the disks: leave them untouched.
+            if let Some(vm) = self.vm.take() {
+                vm.abandon();
+            }
+            return Err(e);
+        }
+        if received.resume {
+            if let Some(vm) = &self.vm {
+                vm.resume();
+                self.state = VmState::Running;
+            }
+        }
+        Ok(annotation)
+    }
+
     /// Builds and starts the configured VM.
     fn boot(&mut self, paused: bool) -> Result<()> {
         self.build(BuildFrom::Boot { paused })
@@ -573,6 +687,9 @@ impl Controller {
             BuildFrom::Boot { paused } => (Vm::build(&config, hooks, paused)?, paused),
             BuildFrom::Snapshot(dir) => (Vm::restore(&config, hooks, dir)?, true),
             BuildFrom::Image(name) => (Vm::restore_from_image(&config, hooks, name)?, true),
+            BuildFrom::Migration(machine, mem) => {
+                (Vm::from_migration(&config, hooks, *machine, mem)?, true)
+            }
         };
         if let Some(hub) = &self.console {
             hub.attach_serial(vm.serial());
@@ -596,6 +713,13 @@ impl Controller {
 
     /// Stops the VM, if built, closing its disks.
     fn stop_vm(&mut self) {
+        if self.migrated {
+            // The destination owns the disks now: no flush, no clean mark.
+            if let Some(vm) = self.vm.take() {
+                vm.abandon();
+            }
+            return;
+        }
         if let Some(vm) = self.vm.take() {
             match vm.stop() {
                 Ok(times) => self.times = Some(times),
@@ -642,6 +766,11 @@ enum BuildFrom<'a> {
     /// A full internal snapshot of the disks (paused, as loadvm leaves a
     /// VM that was not running).
     Image(&'a str),
+    /// A migration's state and RAM (paused until the source commits).
+    Migration(
+        Box<crate::state::machine::MachineState>,
+        vm_memory::GuestMemoryMmap,
+    ),
 }
 
 fn disk_counters(stats: &DiskStats) -> vmapi::DiskCounters {

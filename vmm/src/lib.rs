@@ -15,6 +15,7 @@
 //! - [`control`]: the one place that acts on the VM (API requests, guest
 //!   events); [`api_server`]: the API thread on `--api-socket`.
 //! - [`serial_sink`]: where the serial port goes (terminal, file, socket).
+//! - [`migration`]: live migration (pre-copy), source and destination.
 
 pub mod acpi;
 pub mod api_server;
@@ -26,6 +27,7 @@ pub mod cpu;
 pub mod devices;
 pub mod error;
 pub mod layout;
+pub mod migration;
 pub mod seccomp;
 pub mod serial_sink;
 mod sock;

@@ -69,15 +69,6 @@ pub struct VmHooks {
     pub started: Instant,
 }
 
-/// Where a restored VM's state comes from.
-#[derive(Clone, Copy)]
-enum RestoreFrom<'a> {
-    /// A snapshot's folder in CH's layout.
-    Dir(&'a std::path::Path),
-    /// A full internal snapshot of the VM's disks, by name.
-    Image(&'a str),
-}
-
 /// A built VM.
 pub struct Vm {
     // Field order is drop order: the vCPUs and devices go before the
@@ -101,23 +92,57 @@ pub struct Vm {
     summary: ConfigSummary,
     vm: VmFd,
     locks: Vec<std::fs::File>,
+    /// What `locks` hold, to take them again (a migration that fails
+    /// after the source let go of them).
+    lock_specs: Vec<LockSpec>,
 }
 
-/// Maps guest memory and registers it with KVM.
-fn guest_memory(vm: &VmFd, memory: u64) -> Result<GuestMemoryMmap> {
+/// One image lock a VM holds: which disk, which file, in which role.
+#[derive(Debug, Clone)]
+struct LockSpec {
+    disk: usize,
+    path: std::path::PathBuf,
+    writable: bool,
+    role: LockRole,
+}
+
+/// Where a VM's state comes from when it is not booted.
+pub enum RestoreFrom<'a> {
+    /// A snapshot's directory (CH's layout of files).
+    Dir(&'a std::path::Path),
+    /// A migration: the machine's state and its RAM, already received.
+    Migration(Box<MachineState>, GuestMemoryMmap),
+    /// A full internal snapshot of the VM's disks, by name.
+    Image(&'a str),
+}
+
+/// Maps guest memory (zeroed), not yet known to KVM.
+pub fn map_guest_memory(memory: u64) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(memory)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
-        .map_err(|e| Error::Memory(format!("mapping {} MiB: {e}", memory >> 20)))?;
+    GuestMemoryMmap::<()>::from_ranges(&ranges)
+        .map_err(|e| Error::Memory(format!("mapping {} MiB: {e}", memory >> 20)))
+}
+
+/// Maps guest memory and registers it with KVM.
+fn guest_memory(vm: &VmFd, memory: u64) -> Result<GuestMemoryMmap> {
+    let mem = map_guest_memory(memory)?;
+    register_memory(vm, &mem, 0)?;
+    Ok(mem)
+}
+
+/// Registers (or registers again, with other `flags`) each region of
+/// `mem` as KVM memory slot N, N its position in `mem`.
+pub(crate) fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| Error::Memory(e.to_string()))?;
         let entry = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
@@ -129,7 +154,7 @@ fn guest_memory(vm: &VmFd, memory: u64) -> Result<GuestMemoryMmap> {
         // slots do not overlap.
         unsafe { vm.set_user_memory_region(entry) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 impl Vm {
@@ -156,6 +181,22 @@ impl Vm {
         Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name)))
     }
 
+    /// Builds the VM described by `config` from a migration's state and
+    /// RAM (received into `mem`, mapped by [`map_guest_memory`]), paused.
+    pub fn from_migration(
+        config: &VmConfig,
+        hooks: VmHooks,
+        machine: MachineState,
+        mem: GuestMemoryMmap,
+    ) -> Result<Vm> {
+        Self::build_from(
+            config,
+            hooks,
+            true,
+            Some(RestoreFrom::Migration(Box::new(machine), mem)),
+        )
+    }
+
     fn build_from(
         config: &VmConfig,
         hooks: VmHooks,
@@ -168,28 +209,43 @@ impl Vm {
             disks: config.disks.len() as u32,
         };
         // A state that does not fit is refused before any disk is locked.
-        let mut machine = match restore {
-            Some(RestoreFrom::Dir(dir)) => Some(state::snapshot::read_machine(dir, summary)?),
-            _ => None,
+        let (mut machine, restore_dir, migrated_mem, image_name) = match restore {
+            Some(RestoreFrom::Dir(dir)) => (
+                Some(state::snapshot::read_machine(dir, summary)?),
+                Some(dir),
+                None,
+                None,
+            ),
+            Some(RestoreFrom::Migration(machine, mem)) => {
+                (Some(*machine), None, Some(mem), None)
+            }
+            Some(RestoreFrom::Image(name)) => (None, None, None, Some(name)),
+            None => (None, None, None, None),
         };
         check_counts(config.cpus, config.disks.len())?;
         let mut locks = Vec::new();
+        let mut lock_specs = Vec::new();
         let mut backends = Vec::new();
-        for disk in &config.disks {
-            locks.push(lock_disk(disk)?);
+        for (index, disk) in config.disks.iter().enumerate() {
+            let image = image_lock_spec(index, disk);
+            locks.push(take_lock(disk, &image)?);
+            lock_specs.push(image);
             let opened = open_disk(disk)?;
-            locks.extend(lock_disk_files(disk, &opened)?);
+            for spec in file_lock_specs(index, disk, &opened) {
+                locks.push(take_lock(disk, &spec)?);
+                lock_specs.push(spec);
+            }
             backends.push(opened.backend);
         }
         // An in-image state is read, checked and its disks reverted before
         // KVM is touched.
-        let area = match restore {
-            Some(RestoreFrom::Image(name)) => {
+        let area = match image_name {
+            Some(name) => {
                 let area = state::in_image::revert_disks(&backends, &config.disks, name, summary)?;
                 machine = Some(area.machine);
                 Some((name, area.ram))
             }
-            _ => None,
+            None => None,
         };
         install_kick_handler()?;
 
@@ -203,7 +259,13 @@ impl Vm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
-        let mem = guest_memory(&vm, config.memory)?;
+        let mem = match migrated_mem {
+            Some(mem) => {
+                register_memory(&vm, &mem, 0)?;
+                mem
+            }
+            None => guest_memory(&vm, config.memory)?,
+        };
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
         let mut cmdline = config.cmdline.clone();
@@ -355,14 +417,10 @@ impl Vm {
             for (vcpu, saved) in vcpus.iter().zip(&machine.vcpus) {
                 saved.restore(vcpu)?;
             }
-            match (restore, &area) {
-                (Some(RestoreFrom::Dir(dir)), _) => {
-                    state::snapshot::read_memory(dir, summary, &mem)?;
-                }
-                (_, Some((name, ram))) => {
-                    state::in_image::read_memory(&backends, name, ram, machine, &mem)?;
-                }
-                _ => {}
+            if let Some(dir) = restore_dir {
+                state::snapshot::read_memory(dir, summary, &mem)?;
+            } else if let Some((name, ram)) = &area {
+                state::in_image::read_memory(&backends, name, ram, machine, &mem)?;
             }
             serial
                 .lock()
@@ -421,6 +479,7 @@ impl Vm {
             summary,
             vm,
             locks,
+            lock_specs,
         })
     }
 
@@ -469,7 +528,7 @@ impl Vm {
     /// holding `config_json`, state.json, memory-ranges). Returns the
     /// bytes of RAM saved.
     pub fn snapshot(&self, dir: &std::path::Path, config_json: &[u8]) -> Result<u64> {
-        let machine = self.machine_state()?;
+        let machine = self.save_machine()?;
         Ok(state::snapshot::write_dir(
             dir,
             config_json,
@@ -483,13 +542,9 @@ impl Vm {
         (&self.disks, &self.backends)
     }
 
-    /// Guest RAM.
-    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
-    /// Everything of the paused VM but its RAM.
-    pub(crate) fn machine_state(&self) -> Result<MachineState> {
+    /// The paused VM's state but its RAM: every vCPU, KVM's VM-wide
+    /// state and the devices.
+    pub fn save_machine(&self) -> Result<MachineState> {
         let vcpus = self
             .vcpus
             .as_ref()
@@ -533,7 +588,7 @@ impl Vm {
                     .save_state(&served),
             );
         }
-        let machine = MachineState {
+        Ok(MachineState {
             config: self.summary,
             vcpus: saved_vcpus,
             pit,
@@ -542,8 +597,66 @@ impl Vm {
             serial: self.serial.lock().expect("serial lock").state(),
             ged: self.ged.lock().expect("GED lock").events(),
             virtio,
-        };
-        Ok(machine)
+        })
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The KVM VM (for the migration's dirty log).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Flushes every disk (data and metadata on stable storage), as at a
+    /// migration's switch; the disks stay open.
+    pub fn flush_disks(&self) -> Result<()> {
+        for (backend, disk) in self.backends.iter().zip(&self.disks) {
+            backend
+                .close()
+                .map_err(|e| disk_err(disk, format!("flushing: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of every image lock (a migration's switch: the destination
+    /// takes them).
+    pub fn release_locks(&mut self) {
+        self.locks.clear();
+    }
+
+    /// Takes every image lock again after [`Vm::release_locks`] (a
+    /// migration that failed after its switch).
+    pub fn retake_locks(&mut self) -> Result<()> {
+        if !self.locks.is_empty() {
+            return Ok(());
+        }
+        let mut locks = Vec::with_capacity(self.lock_specs.len());
+        for spec in &self.lock_specs {
+            locks.push(take_lock(&self.disks[spec.disk], spec)?);
+        }
+        self.locks = locks;
+        Ok(())
+    }
+
+    /// Ends a VM whose guest now runs elsewhere (a migration's source):
+    /// stops its threads and leaves its disks exactly as they are, with
+    /// no flush or clean mark written (the destination owns them now).
+    pub fn abandon(mut self) {
+        for backend in &self.backends {
+            // The last reference would flush on drop: keep one for the
+            // rest of the process.
+            std::mem::forget(backend.clone());
+        }
+        if let Some(vcpus) = self.vcpus.take() {
+            vcpus.stop();
+        }
+        self.tell_loop(LoopMessage::Stop);
+        if let Some(thread) = self.device_thread.take() {
+            let _ = thread.join();
+        }
     }
 
     /// Presses the ACPI power button.
@@ -626,28 +739,40 @@ fn disk_err(disk: &DiskConfig, reason: String) -> Error {
     }
 }
 
-/// Locks an image the way QEMU does, so that neither QEMU nor another vmm
-/// writes it while the guest runs (and we refuse one they hold). The file
-/// returned holds the locks until it is closed. Taken before the image is
-/// opened: opening it for writing may repair it.
-fn lock_disk(disk: &DiskConfig) -> Result<std::fs::File> {
+/// The lock of an image, taken the way QEMU does, so that neither QEMU
+/// nor another vmm writes it while the guest runs (and we refuse one they
+/// hold). Taken before the image is opened: opening it for writing may
+/// repair it.
+fn image_lock_spec(index: usize, disk: &DiskConfig) -> LockSpec {
     let role = if disk.readonly {
         LockRole::ReadOnlyImage
     } else {
         LockRole::WritableImage
     };
-    lock_file(disk, &disk.path, !disk.readonly, role)
+    LockSpec {
+        disk: index,
+        path: disk.path.clone(),
+        writable: !disk.readonly,
+        role,
+    }
 }
 
-/// Locks the other files an open disk reads (its backing chain, which no
-/// one may then write or resize) and writes (its data file), as QEMU does.
-fn lock_disk_files(
+/// The locks of the other files an open disk reads (its backing chain,
+/// which no one may then write or resize) and writes (its data file), as
+/// QEMU takes them.
+fn file_lock_specs(
+    index: usize,
     disk: &DiskConfig,
     opened: &blockdev::backend::OpenedDisk,
-) -> Result<Vec<std::fs::File>> {
-    let mut files = Vec::new();
+) -> Vec<LockSpec> {
+    let mut specs = Vec::new();
     for backing in &opened.backing_files {
-        files.push(lock_file(disk, backing, false, LockRole::ReadOnlyImage)?);
+        specs.push(LockSpec {
+            disk: index,
+            path: backing.clone(),
+            writable: false,
+            role: LockRole::ReadOnlyImage,
+        });
     }
     if let Some(data_file) = &opened.data_file {
         let role = if disk.readonly {
@@ -655,9 +780,19 @@ fn lock_disk_files(
         } else {
             LockRole::WritableDataFile
         };
-        files.push(lock_file(disk, data_file, !disk.readonly, role)?);
+        specs.push(LockSpec {
+            disk: index,
+            path: data_file.clone(),
+            writable: !disk.readonly,
+            role,
+        });
     }
-    Ok(files)
+    specs
+}
+
+/// Takes the lock `spec` names; the file returned holds it until closed.
+fn take_lock(disk: &DiskConfig, spec: &LockSpec) -> Result<std::fs::File> {
+    lock_file(disk, &spec.path, spec.writable, spec.role)
 }
 
 fn lock_file(

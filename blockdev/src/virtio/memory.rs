@@ -108,9 +108,10 @@ where
 
     /// Mark `len` bytes at `offset` of region `index` (of our table) dirty.
     fn mark_dirty(&self, index: usize, offset: u64, len: usize) {
-        let Some(source) = self.regions.get(index).map(|r| r.source) else {
+        let Some((source, start)) = self.regions.get(index).map(|r| (r.source, r.start)) else {
             return;
         };
+        super::dirty_log::mark(start + offset, len as u64);
         if let Some(region) = self
             .guard
             .physical_memory()

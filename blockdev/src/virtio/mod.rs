@@ -62,6 +62,7 @@ mod chain_merge;
 pub mod config;
 pub mod defs;
 pub mod device;
+pub mod dirty_log;
 pub mod driver;
 mod eventfd;
 pub mod handler;

@@ -231,6 +231,36 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "snapshot-delete",
         opts: &[DOMAIN, data("snapshotname", false), flag("current")],
     },
+    CommandSpec {
+        name: "migrate",
+        opts: &[
+            DOMAIN,
+            data("desturi", true),
+            flag("live"),
+            flag("copy-storage-all"),
+            data("timeout", false),
+            data("downtime-ms", false),
+            flag("verbose"),
+        ],
+    },
+    CommandSpec {
+        name: "clone",
+        opts: &[
+            data("original", false),
+            data("name", false),
+            flag("auto-clone"),
+            flag("linked"),
+            Opt {
+                name: "file",
+                kind: Kind::Argv,
+                required: false,
+            },
+        ],
+    },
+    CommandSpec {
+        name: "migrate-listen",
+        opts: &[data("uri", true)],
+    },
 ];
 
 /// A command line error, in virsh's words (printed after `error: `).

@@ -20,6 +20,8 @@ pub mod state {
 pub mod reason {
     /// VIR_DOMAIN_RUNNING_BOOTED.
     pub const RUNNING_BOOTED: u32 = 1;
+    /// VIR_DOMAIN_RUNNING_MIGRATED.
+    pub const RUNNING_MIGRATED: u32 = 2;
     /// VIR_DOMAIN_RUNNING_UNPAUSED.
     pub const RUNNING_UNPAUSED: u32 = 5;
     /// VIR_DOMAIN_PAUSED_USER.
@@ -34,6 +36,8 @@ pub mod reason {
     pub const SHUTOFF_DESTROYED: u32 = 2;
     /// VIR_DOMAIN_SHUTOFF_CRASHED.
     pub const SHUTOFF_CRASHED: u32 = 3;
+    /// VIR_DOMAIN_SHUTOFF_MIGRATED.
+    pub const SHUTOFF_MIGRATED: u32 = 4;
     /// VIR_DOMAIN_SHUTOFF_FAILED.
     pub const SHUTOFF_FAILED: u32 = 6;
 }

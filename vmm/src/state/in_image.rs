@@ -112,7 +112,7 @@ pub fn take(vm: &Vm, name: &str) -> crate::error::Result<Taken> {
             .into());
         }
     }
-    let machine = vm.machine_state()?;
+    let machine = vm.save_machine()?;
     for (disk, q) in &images {
         q.flush().map_err(|e| image_err(disk, e))?;
     }

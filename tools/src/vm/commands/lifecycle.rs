@@ -173,7 +173,7 @@ pub fn vm_config(def: &DomainDef, run: &RunFolder) -> Result<VmConfig, VmError> 
 }
 
 /// The last non-empty line of the VMM's log, for a one-line failure.
-fn log_tail(run: &RunFolder) -> String {
+pub(super) fn log_tail(run: &RunFolder) -> String {
     let text = std::fs::read(run.vmm_log()).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
     text.lines()
@@ -184,7 +184,7 @@ fn log_tail(run: &RunFolder) -> String {
 }
 
 /// Spawns the VMM in its own session with its output in vmm.log.
-fn spawn_vmm(run: &RunFolder) -> Result<Child, VmError> {
+pub(super) fn spawn_vmm(run: &RunFolder) -> Result<Child, VmError> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -213,7 +213,7 @@ fn spawn_vmm(run: &RunFolder) -> Result<Child, VmError> {
 
 /// Waits for the new VMM's socket to accept connections; fails with the VMM's last
 /// log line if it ends first.
-fn wait_for_api(child: &mut Child, run: &RunFolder) -> Result<Client, VmError> {
+pub(super) fn wait_for_api(child: &mut Child, run: &RunFolder) -> Result<Client, VmError> {
     let client = Client::new(run.api_socket())
         .with_connect_timeout(Duration::from_secs(1))
         .with_io_timeout(CALL_TIMEOUT);
@@ -289,7 +289,7 @@ pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Res
 }
 
 /// An API failure, with the VMM's own last words if it died.
-fn api_failure(e: vmapi::Error, run: &RunFolder) -> VmError {
+pub(super) fn api_failure(e: vmapi::Error, run: &RunFolder) -> VmError {
     match e {
         vmapi::Error::Status { message, .. } => VmError::OperationFailed(message),
         other => VmError::OperationFailed(format!("{other} ({})", log_tail(run))),

@@ -1,11 +1,13 @@
 //! The commands, one module per family: definitions ([`define`]), what a
 //! domain is and has ([`monitor`]), starting and stopping ([`lifecycle`]),
-//! statistics ([`stats`]), the serial console ([`console`]) and
-//! snapshots ([`snapshot`]).
+//! statistics ([`stats`]), the serial console ([`console`]), snapshots
+//! ([`snapshot`]), live migration ([`migrate`]) and clones ([`clone`]).
 
+pub mod clone;
 pub mod console;
 pub mod define;
 pub mod lifecycle;
+pub mod migrate;
 pub mod monitor;
 pub mod snapshot;
 pub mod stats;
@@ -73,6 +75,9 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "snapshot-current" => snapshot::current(ctx, inv, out),
         "snapshot-revert" => snapshot::revert(ctx, inv, out),
         "snapshot-delete" => snapshot::delete(ctx, inv, out),
+        "clone" => clone::clone(ctx, inv, out),
+        "migrate" => migrate::migrate(ctx, inv, out),
+        "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),

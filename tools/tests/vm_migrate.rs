@@ -1,0 +1,262 @@
+//! `vm migrate` and `vm -c DIR migrate-listen URI` between two network
+//! namespaces joined by a veth pair, standing for two hosts: each side has
+//! its own `vm` store, the image folder is shared. The counting guest
+//! (`guest.mode=count`) goes on at the destination from where the source
+//! stopped, with no gap or repeat in its serial log; the source store
+//! keeps the domain defined and shut off (migrated), the destination
+//! store has it defined and running, and the image checks clean after it
+//! is destroyed there. Needs root, iproute2 (scripts/ensure-net.sh) and
+//! /dev/kvm: skipped with a line without them (unless REQUIRE_KVM is set).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::guest::{build_guest, ensure_vmm, have_kvm};
+
+/// Two namespaces with a veth pair, 10.77.N.1 and 10.77.N.2; removed on drop.
+struct Hosts {
+    a: String,
+    b: String,
+}
+
+impl Hosts {
+    fn new() -> Option<Hosts> {
+        let tag = std::process::id() % 200;
+        let hosts = Hosts {
+            a: format!("vmmig-a-{}", std::process::id()),
+            b: format!("vmmig-b-{}", std::process::id()),
+        };
+        let veth_a = format!("vma{tag}");
+        let veth_b = format!("vmb{tag}");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), hosts.a.clone()],
+            vec!["netns".into(), "add".into(), hosts.b.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                veth_a.clone(),
+                "netns".into(),
+                hosts.a.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                veth_b.clone(),
+                "netns".into(),
+                hosts.b.clone(),
+            ],
+        ];
+        for step in steps {
+            let out = Command::new("ip").args(&step).output().ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "skipped: ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+        }
+        for (ns, dev, addr) in [
+            (&hosts.a, &veth_a, format!("10.77.{tag}.1/24")),
+            (&hosts.b, &veth_b, format!("10.77.{tag}.2/24")),
+        ] {
+            for args in [
+                vec!["addr", "add", addr.as_str(), "dev", dev.as_str()],
+                vec!["link", "set", dev.as_str(), "up"],
+                vec!["link", "set", "lo", "up"],
+            ] {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "ip"])
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{args:?}: {out:?}");
+            }
+        }
+        Some(hosts)
+    }
+
+    fn destination_ip(&self) -> String {
+        format!("10.77.{}.2", std::process::id() % 200)
+    }
+
+    /// `vm -c STORE ARGS` run inside namespace `ns`.
+    fn vm(&self, ns: &str, store: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(env!("CARGO_BIN_EXE_vm"))
+            .arg("-c")
+            .arg(store)
+            .args(args)
+            .env_remove("VM_VMM");
+        command
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(mut command: Command) -> String {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("guest: count "))
+        .filter_map(|k| k.trim().parse().ok())
+        .collect()
+}
+
+fn wait_count(log: &Path, at_least: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if counts(&text).last().is_some_and(|&k| k >= at_least) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no count {at_least} in {}: {text:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
+    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("REQUIRE_KVM").is_none() || !is_root(),
+            "REQUIRE_KVM is set but iproute2 is missing (scripts/ensure-net.sh)"
+        );
+        eprintln!("skipped: needs root and iproute2 for network namespaces");
+        return;
+    }
+    if !have_kvm() {
+        return;
+    }
+    ensure_vmm();
+    let guest = build_guest();
+    let Some(hosts) = Hosts::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("images");
+    std::fs::create_dir_all(&shared).unwrap();
+    let store_a = dir.path().join("store-a");
+    let store_b = dir.path().join("store-b");
+    let image = shared.join("mover.qcow2");
+    let out = Command::new(env!("CARGO_BIN_EXE_img"))
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("1M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>mover</name>\n  <memory unit='MiB'>64</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=20000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
+        guest.display(),
+        image.display()
+    );
+    let xml_file = dir.path().join("mover.xml");
+    std::fs::write(&xml_file, xml).unwrap();
+    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
+    ok(hosts.vm(&hosts.a, &store_a, &["start", "mover"]));
+    let log_a = store_a.join("run/mover/console.log");
+    wait_count(&log_a, 5);
+
+    let port = 4700 + std::process::id() % 1000;
+    let uri = format!("tcp:{}:{port}", hosts.destination_ip());
+    let listener = hosts
+        .vm(&hosts.b, &store_b, &["migrate-listen", &uri])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The destination listens once its VMM is up: retry while refused.
+    let start = Instant::now();
+    loop {
+        let out = hosts
+            .vm(&hosts.a, &store_a, &["migrate", "mover", &uri, "--live"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "\n",
+                "virsh prints nothing"
+            );
+            break;
+        }
+        assert!(
+            text(&out).contains("connecting") && start.elapsed() < Duration::from_secs(20),
+            "vm migrate: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let received = listener.wait_with_output().unwrap();
+    assert!(
+        received.status.success(),
+        "migrate-listen: {}",
+        text(&received)
+    );
+    assert!(
+        String::from_utf8_lossy(&received.stdout).contains("Domain 'mover' migrated here"),
+        "{}",
+        text(&received)
+    );
+
+    // The source store keeps the domain, shut off (migrated).
+    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "mover", "--reason"]));
+    assert_eq!(state_a.trim(), "shut off (migrated)");
+    let state_b = ok(hosts.vm(&hosts.b, &store_b, &["domstate", "mover", "--reason"]));
+    assert_eq!(state_b.trim(), "running (migrated)");
+    let uuid_a = ok(hosts.vm(&hosts.a, &store_a, &["domuuid", "mover"]));
+    let uuid_b = ok(hosts.vm(&hosts.b, &store_b, &["domuuid", "mover"]));
+    assert_eq!(uuid_a, uuid_b);
+
+    // The guest goes on at the destination from where it was.
+    let before = std::fs::read_to_string(&log_a).unwrap();
+    let last = *counts(&before).last().unwrap();
+    let log_b = store_b.join("run/mover/console.log");
+    let after = wait_count(&log_b, last + 5);
+    assert!(!after.contains("guest: start"), "started over: {after:?}");
+    let all = counts(&format!("{before}{after}"));
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap or a repeat in {all:?}");
+    }
+    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "mover"]));
+    let check = Command::new(env!("CARGO_BIN_EXE_img"))
+        .arg("check")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "img check: {}", text(&check));
+}

@@ -1,0 +1,337 @@
+//! The source of a migration: connect, send the configuration, a full
+//! pass of RAM (zero pages skipped: the destination's RAM starts zeroed),
+//! dirty passes until the estimated downtime (dirty bytes over the
+//! measured bandwidth) is under the target or the timeout strikes, then
+//! pause, the last pass, the machine's state, flush the disks and let go
+//! of their locks, the switch; on the destination's Ready, Commit.
+//!
+//! Whatever fails, [`send`] puts the VM back as it was (locks taken
+//! again, running again if it ran) before it returns the error.
+
+use std::io::{BufWriter, Write};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmapi::MigrationUrl;
+
+use super::dirty::{DirtyLog, DirtyRegion};
+use super::stream::{self, Tag, PAGE};
+use super::transport::{self, Connection};
+use super::{MigrationError, Result};
+use crate::vm::Vm;
+
+/// Pages in one RAM frame at most (1 MiB).
+const RUN_PAGES: u64 = 256;
+/// Dirty passes at most before the timeout decides.
+const MAX_PASSES: u32 = 10_000;
+
+/// What the caller asks of a migration.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Where the destination listens.
+    pub url: MigrationUrl,
+    /// The longest pause aimed for.
+    pub downtime: Duration,
+    /// The longest the whole migration may take.
+    pub timeout: Duration,
+    /// Whether the guest is to run at the destination (it ran here).
+    pub resume: bool,
+    /// Text for the destination's manager.
+    pub annotation: String,
+}
+
+/// What a migration measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendReport {
+    /// From the connection to the destination's Ready.
+    pub total: Duration,
+    /// From the pause to the Commit sent.
+    pub downtime: Duration,
+    /// RAM passes (the full one, the dirty ones and the last).
+    pub passes: u32,
+    /// Bytes of RAM sent.
+    pub ram_bytes: u64,
+}
+
+/// Where the source stands, for putting it back after a failure.
+#[derive(Default)]
+struct Progress {
+    paused: bool,
+    unlocked: bool,
+}
+
+/// Migrates `vm` (described by `config_json`, the API's VmConfig) to
+/// `options.url`. On success the guest runs at the destination and `vm`
+/// must be abandoned ([`Vm::abandon`]); on failure `vm` is as it was.
+pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<SendReport> {
+    let mut progress = Progress::default();
+    let result = run(vm, config_json, options, &mut progress);
+    if result.is_err() {
+        if progress.unlocked {
+            if let Err(e) = vm.retake_locks() {
+                eprintln!("vmm: after the failed migration: {e}");
+            }
+        }
+        if progress.paused && options.resume {
+            vm.resume();
+        }
+    }
+    result
+}
+
+fn run(
+    vm: &mut Vm,
+    config_json: &[u8],
+    options: &SendOptions,
+    progress: &mut Progress,
+) -> Result<SendReport> {
+    let started = Instant::now();
+    let connection = transport::connect(&options.url)?;
+    let mut reader = connection
+        .try_clone()
+        .map_err(MigrationError::io("cloning the connection"))?;
+    let result = exchange(
+        vm,
+        config_json,
+        options,
+        progress,
+        &connection,
+        &mut reader,
+        started,
+    );
+    if result.is_err() {
+        // Tell the destination at once (it may be blocked reading).
+        connection.shutdown();
+    }
+    result
+}
+
+fn write_err(e: std::io::Error) -> MigrationError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    ) {
+        MigrationError::Closed {
+            during: "sending to the destination",
+        }
+    } else {
+        MigrationError::io("sending to the destination")(e)
+    }
+}
+
+fn expect_reply(reader: &mut Connection, offset: &mut u64, wanted: Tag) -> Result<()> {
+    let frame = stream::read_frame(reader, offset)?;
+    match frame.tag {
+        t if t == wanted => Ok(()),
+        Tag::Refused => Err(MigrationError::Refused(stream::reason_of(&frame))),
+        other => Err(MigrationError::Stream(format!(
+            "the destination answered {} where {} was due",
+            other.name(),
+            wanted.name()
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exchange(
+    vm: &mut Vm,
+    config_json: &[u8],
+    options: &SendOptions,
+    progress: &mut Progress,
+    connection: &Connection,
+    reader: &mut Connection,
+    started: Instant,
+) -> Result<SendReport> {
+    let mut out = BufWriter::with_capacity(
+        2 << 20,
+        connection
+            .try_clone()
+            .map_err(MigrationError::io("cloning the connection"))?,
+    );
+    let mut offset = 0u64;
+    stream::write_header(&mut out).map_err(write_err)?;
+    stream::write_frame(&mut out, Tag::Config, &[config_json]).map_err(write_err)?;
+    stream::write_frame(&mut out, Tag::Annotation, &[options.annotation.as_bytes()])
+        .map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    expect_reply(reader, &mut offset, Tag::Ack)?;
+
+    let mut report = SendReport::default();
+    let machine = {
+        let log = DirtyLog::start(vm)?;
+        let mut sender = RamSender {
+            vm,
+            out: &mut out,
+            buffer: vec![0u8; (RUN_PAGES * PAGE) as usize],
+        };
+        // The full pass.
+        let pass_start = Instant::now();
+        let sent = sender.full_pass()?;
+        report.ram_bytes += sent;
+        report.passes = 1;
+        let mut bandwidth = rate(sent, pass_start.elapsed());
+        // Dirty passes until the rest fits in the downtime.
+        let mut pending = log.collect()?;
+        loop {
+            let dirty = dirty_bytes(&pending);
+            let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
+            if estimate <= options.downtime || report.passes >= MAX_PASSES {
+                break;
+            }
+            if started.elapsed() >= options.timeout {
+                return Err(MigrationError::Timeout {
+                    seconds: options.timeout.as_secs(),
+                    dirty_mib: dirty >> 20,
+                    estimate_ms: estimate.as_millis() as u64,
+                    target_ms: options.downtime.as_millis() as u64,
+                });
+            }
+            let pass_start = Instant::now();
+            let sent = sender.dirty_pass(&pending)?;
+            sender.out.flush().map_err(write_err)?;
+            report.ram_bytes += sent;
+            report.passes += 1;
+            // The bandwidth of this pass, smoothed with the last.
+            bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
+            pending = log.collect()?;
+        }
+        // Pause, and the last pass: what was pending and what changed
+        // since, the devices' pages (written until their queues drained)
+        // included.
+        let paused_at = Instant::now();
+        if options.resume {
+            vm_pause(sender.vm)?;
+            progress.paused = true;
+        }
+        let last = log.collect()?;
+        let merged = merge(&pending, &last);
+        report.ram_bytes += sender.dirty_pass(&merged)?;
+        report.passes += 1;
+        let machine = sender.vm.save_machine()?;
+        drop(log);
+        (machine, paused_at)
+    };
+    let (machine, paused_at) = machine;
+    let bytes = machine.to_bytes()?;
+    stream::write_frame(&mut out, Tag::Machine, &[&bytes]).map_err(write_err)?;
+    // The switch: the disks flushed and their locks let go of, for the
+    // destination to take.
+    vm.flush_disks()?;
+    vm.release_locks();
+    progress.unlocked = true;
+    stream::write_frame(&mut out, Tag::Switch, &[&[u8::from(options.resume)]])
+        .map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    expect_reply(reader, &mut offset, Tag::Ready)?;
+    stream::write_frame(&mut out, Tag::Commit, &[]).map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    report.downtime = paused_at.elapsed();
+    report.total = started.elapsed();
+    Ok(report)
+}
+
+fn vm_pause(vm: &Vm) -> Result<()> {
+    vm.pause().map_err(MigrationError::Vm)
+}
+
+/// Bytes per second, at least 1 MB/s (a first pass of almost only zero
+/// pages measures little).
+fn rate(bytes: u64, elapsed: Duration) -> f64 {
+    (bytes as f64 / elapsed.as_secs_f64().max(1e-6)).max(1e6)
+}
+
+fn dirty_bytes(regions: &[DirtyRegion]) -> u64 {
+    regions.iter().map(|r| r.count() * PAGE).sum()
+}
+
+fn merge(a: &[DirtyRegion], b: &[DirtyRegion]) -> Vec<DirtyRegion> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| DirtyRegion {
+            start: x.start,
+            len: x.len,
+            bits: x
+                .bits
+                .iter()
+                .zip(y.bits.iter().chain(std::iter::repeat(&0)))
+                .map(|(p, q)| p | q)
+                .collect(),
+        })
+        .collect()
+}
+
+struct RamSender<'v, 'o, W: Write> {
+    vm: &'v Vm,
+    out: &'o mut W,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> RamSender<'_, '_, W> {
+    fn read(&mut self, addr: u64, pages: u64) -> Result<()> {
+        let len = (pages * PAGE) as usize;
+        self.vm
+            .memory()
+            .read_slice(&mut self.buffer[..len], GuestAddress(addr))
+            .map_err(|e| MigrationError::Stream(format!("reading guest RAM at {addr:#x}: {e}")))
+    }
+
+    /// Every non-zero page, in runs of at most [`RUN_PAGES`].
+    fn full_pass(&mut self) -> Result<u64> {
+        let regions: Vec<(u64, u64)> = self
+            .vm
+            .memory()
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect();
+        let mut sent = 0;
+        for (start, len) in regions {
+            let mut addr = start;
+            while addr < start + len {
+                let pages = ((start + len - addr) / PAGE).min(RUN_PAGES);
+                self.read(addr, pages)?;
+                // Runs of non-zero pages inside this chunk.
+                let mut run_start: Option<u64> = None;
+                for page in 0..=pages {
+                    let zero = page == pages
+                        || self.buffer[(page * PAGE) as usize..((page + 1) * PAGE) as usize]
+                            .iter()
+                            .all(|&b| b == 0);
+                    match (zero, run_start) {
+                        (false, None) => run_start = Some(page),
+                        (true, Some(first)) => {
+                            let bytes =
+                                &self.buffer[(first * PAGE) as usize..(page * PAGE) as usize];
+                            stream::write_ram(self.out, addr + first * PAGE, bytes)
+                                .map_err(write_err)?;
+                            sent += bytes.len() as u64;
+                            run_start = None;
+                        }
+                        _ => {}
+                    }
+                }
+                addr += pages * PAGE;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Every page marked in `regions`, zero or not.
+    fn dirty_pass(&mut self, regions: &[DirtyRegion]) -> Result<u64> {
+        let mut sent = 0;
+        for region in regions {
+            for (first, count) in region.runs() {
+                let mut page = first;
+                while page < first + count {
+                    let pages = (first + count - page).min(RUN_PAGES);
+                    let addr = region.start + page * PAGE;
+                    self.read(addr, pages)?;
+                    let bytes = &self.buffer[..(pages * PAGE) as usize];
+                    stream::write_ram(self.out, addr, bytes).map_err(write_err)?;
+                    sent += bytes.len() as u64;
+                    page += pages;
+                }
+            }
+        }
+        Ok(sent)
+    }
+}

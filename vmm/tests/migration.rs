@@ -1,0 +1,402 @@
+//! Live migration between two `vmm --api-socket` processes on this host,
+//! with the test guest counting (`guest.mode=count`): over `unix:` and
+//! over `tcp:` on loopback, the guest continues at the destination from
+//! where the source stopped, with no gap or repeat in its serial log, no
+//! flushed disk write lost and the qcow2 image clean; the source ends.
+//! A destination killed mid-stream, a connection cut by the peer, and a
+//! malformed stream leave the source running with its disk locked and
+//! the destination with no VM, each with one line saying what happened.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::guest::build_guest;
+use support::vmm_api::{guest_config, have_kvm, ApiVmm};
+use vmapi::VmState;
+
+/// Skips (returns) without /dev/kvm or qemu-img, unless REQUIRE_KVM is set.
+macro_rules! require_kvm {
+    () => {
+        if !have_kvm() || Command::new("qemu-img").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("REQUIRE_KVM").is_none(),
+                "REQUIRE_KVM is set but /dev/kvm or qemu-img is missing"
+            );
+            eprintln!("no /dev/kvm or qemu-img: skipping");
+            return;
+        }
+    };
+}
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img")
+}
+
+/// The counts of `guest: count K` lines in `log`, in order.
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("guest: count "))
+        .filter_map(|k| k.trim().parse().ok())
+        .collect()
+}
+
+fn assert_consecutive(counts: &[u64], what: &str) {
+    for pair in counts.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "{what}: a gap or a repeat in {counts:?}"
+        );
+    }
+}
+
+fn wait_count(vmm: &ApiVmm, log: &Path, at_least: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if counts(&text).last().is_some_and(|&k| k >= at_least) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no count {at_least} in {text:?}\nvmm: {}",
+            vmm.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A source VMM running the counting guest of `memory_mib` on a qcow2 in
+/// `shared` (the folder both hosts see); it has printed count 5.
+fn counting_source(shared: &Path, memory_mib: u64) -> (ApiVmm, PathBuf) {
+    let disk = shared.join("count.qcow2");
+    let out = qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1M"]);
+    assert!(out.status.success(), "{out:?}");
+    let source = ApiVmm::start(&[]);
+    let mut config = guest_config(
+        &build_guest(),
+        "guest.mode=count guest.every=20000",
+        source.dir.path(),
+        vec![vmapi::DiskConfig {
+            path: disk.clone(),
+            readonly: false,
+            direct: false,
+            id: Some("count".into()),
+            image_type: Some(vmapi::ImageType::Qcow2),
+        }],
+    );
+    config.memory.size = memory_mib << 20;
+    let client = source.client();
+    client.create(&config).unwrap();
+    client.boot(false).unwrap();
+    wait_count(&source, &source.path("console.log"), 5);
+    (source, disk)
+}
+
+fn serial_here(vmm: &ApiVmm) -> vmapi::ConsoleConfig {
+    vmapi::ConsoleConfig {
+        file: Some(vmm.path("console.log")),
+        socket: Some(vmm.path("console.sock")),
+        mode: vmapi::ConsoleMode::Socket,
+    }
+}
+
+/// Starts vm.receive-migration on `dest` in a thread.
+fn receive_in_thread(
+    dest: &ApiVmm,
+    url: &str,
+) -> std::thread::JoinHandle<Result<String, vmapi::Error>> {
+    let client = dest.client().with_io_timeout(Duration::from_secs(120));
+    let url = url.to_string();
+    let serial = serial_here(dest);
+    std::thread::spawn(move || client.receive_migration(&url, Some(serial)))
+}
+
+/// vm.send-migration, retried while the destination is not listening yet.
+fn send(source: &ApiVmm, url: &str) -> Result<(), vmapi::Error> {
+    let client = source.client().with_io_timeout(Duration::from_secs(120));
+    let start = Instant::now();
+    loop {
+        let result = client.send_migration(&vmapi::VmSendMigrationData::new(url));
+        match &result {
+            Err(e)
+                if e.to_string().contains("connecting")
+                    && start.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return result,
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn migrate_and_check(url_of: impl Fn(&ApiVmm) -> String) {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut source, disk) = counting_source(shared.path(), 64);
+    let mut dest = ApiVmm::start(&[]);
+    let url = url_of(&dest);
+    let receiving = receive_in_thread(&dest, &url);
+    send(&source, &url)
+        .unwrap_or_else(|e| panic!("{e}\nsource: {}\ndest: {}", source.log(), dest.log()));
+    assert_eq!(source.wait_exit(), Some(0), "{}", source.log());
+    assert!(
+        source.log().contains("vmm: migrated to"),
+        "{}",
+        source.log()
+    );
+    receiving
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\ndest: {}", dest.log()));
+    let client = dest.client();
+    assert_eq!(client.info().unwrap().state, VmState::Running);
+    let before = source.console_log();
+    let last_before = *counts(&before).last().expect("the source counted");
+    let after = wait_count(&dest, &dest.path("console.log"), last_before + 10);
+    assert!(
+        !after.contains("guest: start"),
+        "the guest started over: {after:?}"
+    );
+    let all = counts(&format!("{before}{after}"));
+    assert_consecutive(&all, "source then destination");
+    assert!(all.contains(&(last_before + 1)), "{all:?}");
+    // Every count flushed (all but the last printed) is in its sector.
+    client.pause().unwrap();
+    let printed = counts(&dest.console_log());
+    client.vmm_shutdown().unwrap();
+    assert_eq!(dest.wait_exit(), Some(0), "{}", dest.log());
+    let check = qemu_img(&["check", disk.to_str().unwrap()]);
+    assert!(check.status.success(), "qemu-img check: {check:?}");
+    let raw = shared.path().join("count.raw");
+    let out = qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        disk.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&raw).unwrap();
+    let last = *printed.last().unwrap();
+    for k in all.iter().copied().filter(|&k| k < last) {
+        let sector = (k % 2048) as usize * 512;
+        let on_disk = u64::from_le_bytes(bytes[sector..sector + 8].try_into().unwrap());
+        assert_eq!(on_disk, k, "sector {} holds {on_disk}, not {k}", k % 2048);
+    }
+}
+
+#[test]
+fn a_counting_guest_migrates_over_a_unix_socket() {
+    require_kvm!();
+    migrate_and_check(|dest| format!("unix:{}", dest.path("migrate.sock").display()));
+}
+
+#[test]
+fn a_counting_guest_migrates_over_tcp_on_loopback() {
+    require_kvm!();
+    let port = free_tcp_port();
+    migrate_and_check(|_| format!("tcp:127.0.0.1:{port}"));
+}
+
+/// The source still runs its guest, counting on, and holds its disk's
+/// lock (qemu-img cannot open the image without -U).
+fn assert_source_runs_on(source: &ApiVmm, disk: &Path) {
+    let client = source.client();
+    assert_eq!(
+        client.info().unwrap().state,
+        VmState::Running,
+        "{}",
+        source.log()
+    );
+    let log = source.path("console.log");
+    let now = *counts(&std::fs::read_to_string(&log).unwrap())
+        .last()
+        .unwrap();
+    let text = wait_count(source, &log, now + 3);
+    assert_consecutive(&counts(&text), "the source after the failed migration");
+    let info = qemu_img(&["info", disk.to_str().unwrap()]);
+    assert!(
+        !info.status.success(),
+        "the image is not locked: {}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+}
+
+fn one_line_500(err: vmapi::Error) -> String {
+    assert_eq!(err.status(), Some(500), "{err}");
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    text
+}
+
+#[test]
+fn a_destination_killed_mid_stream_leaves_the_source_running() {
+    require_kvm!();
+    let shared = tempfile::tempdir().unwrap();
+    // 512 MiB: the full pass takes long enough to be cut.
+    let (source, disk) = counting_source(shared.path(), 512);
+    let mut dest = ApiVmm::start(&[]);
+    let sock = dest.path("migrate.sock");
+    let url = format!("unix:{}", sock.display());
+    let _receiving = receive_in_thread(&dest, &url);
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", dest.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killer = {
+        let pid = dest.child.id() as i32;
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            // The listener's socket goes once the source is accepted.
+            let start = Instant::now();
+            while sock.exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        })
+    };
+    let err = send(&source, &url).unwrap_err();
+    killer.join().unwrap();
+    let text = one_line_500(err);
+    assert!(
+        text.contains("migration connection") || text.contains("migration stream"),
+        "{text}"
+    );
+    let _ = dest.wait_exit();
+    assert_source_runs_on(&source, &disk);
+    assert!(source.log().contains("vmm: migration"), "{}", source.log());
+}
+
+/// Reads the source's header and Config frame, answers Ack, reads about
+/// `keep` bytes more, then closes the connection.
+fn cutting_destination(listener: std::os::unix::net::UnixListener, keep: usize) {
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut head = [0u8; 12 + 9];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..8], b"VMMIGRAT");
+    let len = u32::from_le_bytes(head[13..17].try_into().unwrap()) as usize;
+    let mut config = vec![0u8; len];
+    conn.read_exact(&mut config).unwrap();
+    // Ack: tag 6, length 0, CRC-32 of the five head bytes.
+    let ack_head = [6u8, 0, 0, 0, 0];
+    let crc = crc32(&ack_head);
+    conn.write_all(&ack_head).unwrap();
+    conn.write_all(&crc.to_le_bytes()).unwrap();
+    let mut sink = vec![0u8; keep];
+    let _ = conn.read_exact(&mut sink);
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_connection_cut_mid_stream_leaves_the_source_running() {
+    require_kvm!();
+    let shared = tempfile::tempdir().unwrap();
+    let (source, disk) = counting_source(shared.path(), 64);
+    let sock = shared.path().join("cut.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let peer = std::thread::spawn(move || cutting_destination(listener, 64 << 10));
+    let err = send(&source, &format!("unix:{}", sock.display())).unwrap_err();
+    peer.join().unwrap();
+    let text = one_line_500(err);
+    assert!(text.contains("migration connection"), "{text}");
+    assert_source_runs_on(&source, &disk);
+    // And it migrates for real afterwards.
+    let mut dest = ApiVmm::start(&[]);
+    let url = format!("unix:{}", dest.path("migrate.sock").display());
+    let receiving = receive_in_thread(&dest, &url);
+    send(&source, &url).unwrap();
+    receiving.join().unwrap().unwrap();
+    dest.client().vmm_shutdown().unwrap();
+    assert_eq!(dest.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_malformed_stream_is_refused_and_leaves_nothing() {
+    require_kvm!();
+    let dest = ApiVmm::start(&[]);
+    let sock = dest.path("migrate.sock");
+    let url = format!("unix:{}", sock.display());
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("no magic", b"QFI\xfb garbage garbage".to_vec()),
+        ("version", b"VMMIGRAT\x09\0\0\0".to_vec()),
+        ("huge frame", {
+            let mut v = b"VMMIGRAT\x01\0\0\0".to_vec();
+            v.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
+            v
+        }),
+        ("bad config", {
+            let mut v = b"VMMIGRAT\x01\0\0\0".to_vec();
+            let payload = b"{\"memory\": 5}";
+            let mut head = vec![1u8];
+            head.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let mut all = head.clone();
+            all.extend_from_slice(payload);
+            v.extend_from_slice(&head);
+            v.extend_from_slice(&crc32(&all).to_le_bytes());
+            v.extend_from_slice(payload);
+            // An empty annotation.
+            let annotation = [11u8, 0, 0, 0, 0];
+            v.extend_from_slice(&annotation);
+            v.extend_from_slice(&crc32(&annotation).to_le_bytes());
+            v
+        }),
+    ];
+    for (what, bytes) in cases {
+        let receiving = receive_in_thread(&dest, &url);
+        let start = Instant::now();
+        let mut conn = loop {
+            match std::os::unix::net::UnixStream::connect(&sock) {
+                Ok(c) => break c,
+                Err(_) => {
+                    assert!(start.elapsed() < Duration::from_secs(10), "{}", dest.log());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        let _ = conn.write_all(&bytes);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let text = one_line_500(receiving.join().unwrap().unwrap_err());
+        let expected = if what == "bad config" {
+            "configuration"
+        } else {
+            "migration"
+        };
+        assert!(text.contains(expected), "{what}: {text}");
+        assert_eq!(
+            dest.client().info().unwrap_err().status(),
+            Some(404),
+            "{what}"
+        );
+        assert!(!sock.exists(), "{what}: the listener stayed");
+    }
+}
