@@ -163,6 +163,7 @@ pub fn vm_config(def: &DomainDef, run: &RunFolder) -> Result<VmConfig, VmError> 
             initramfs: def.os.initrd.as_ref().map(PathBuf::from),
         },
         disks: (!disks.is_empty()).then_some(disks),
+        net: None,
         serial: Some(ConsoleConfig {
             file: Some(run.console_log()),
             socket: Some(run.console_socket()),
