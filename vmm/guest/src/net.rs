@@ -78,7 +78,6 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
             alloc_buffer(RX_BUFFER_LEN).ok_or(Failure::Other("out of memory for rx", 0))?;
         post(&mut net, &mut buffers, buffer)?;
     }
-    let reply = alloc_buffer(RX_BUFFER_LEN).ok_or(Failure::Other("out of memory for tx", 0))?;
     put_str("guest: net ready mac=");
     for (i, byte) in mac.iter().enumerate() {
         if i > 0 {
@@ -115,13 +114,15 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
             // SAFETY: the buffer posted under this token.
             let (header, length) = unsafe { net.receive_complete(token, buffer) }
                 .map_err(|e| Failure::Driver("receive", e))?;
-            let frame = &buffer[header..header + length];
-            let answer = answer(frame, mac, ip, &mut reply[NET_HDR_LEN..], &mut tally);
-            match answer {
+            if header != NET_HDR_LEN || length > buffer.len() - header {
+                return Err(Failure::Other("bad receive length", length as u64));
+            }
+            let frame = &mut buffer[NET_HDR_LEN..NET_HDR_LEN + length];
+            match answer(frame, mac, ip, &mut tally) {
                 Answer::Reply(len) => {
-                    net.fill_buffer_header(reply)
+                    net.fill_buffer_header(buffer)
                         .map_err(|e| Failure::Driver("tx header", e))?;
-                    transmit(&mut net, &reply[..NET_HDR_LEN + len])?;
+                    transmit(&mut net, &buffer[..NET_HDR_LEN + len])?;
                 }
                 Answer::Reset => {
                     put_str("guest: net done arp=");
@@ -282,82 +283,85 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// The answer to `frame` written into `out` (a frame without the vnet
-/// header).
-fn answer(frame: &[u8], mac: [u8; 6], ip: [u8; 4], out: &mut [u8], tally: &mut Tally) -> Answer {
+/// Turns `frame` (without the vnet header) into its answer in place
+/// (no copy of the payload: the guest runs under an emulator that pays
+/// for every byte it moves).
+fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Answer {
     if frame.len() < 14 {
         tally.ignored += 1;
         return Answer::None;
     }
     let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    let body = &frame[14..];
+    let mut peer_mac = [0u8; 6];
+    peer_mac.copy_from_slice(&frame[6..12]);
     match ethertype {
         0x0806
-            if body.len() >= 28 && body[0..8] == [0, 1, 8, 0, 6, 4, 0, 1] && body[24..28] == ip =>
+            if frame.len() >= 42
+                && frame[14..22] == [0, 1, 8, 0, 6, 4, 0, 1]
+                && frame[38..42] == ip =>
         {
             // ARP request for us: the reply goes to the asker.
-            out[0..6].copy_from_slice(&body[8..14]);
-            out[6..12].copy_from_slice(&mac);
-            out[12..14].copy_from_slice(&[0x08, 0x06]);
-            out[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
-            out[20..22].copy_from_slice(&[0, 2]);
-            out[22..28].copy_from_slice(&mac);
-            out[28..32].copy_from_slice(&ip);
-            out[32..38].copy_from_slice(&body[8..14]);
-            out[38..42].copy_from_slice(&body[14..18]);
+            let mut peer_ip = [0u8; 4];
+            peer_ip.copy_from_slice(&frame[28..32]);
+            frame[0..6].copy_from_slice(&peer_mac);
+            frame[6..12].copy_from_slice(&mac);
+            frame[20..22].copy_from_slice(&[0, 2]);
+            frame[22..28].copy_from_slice(&mac);
+            frame[28..32].copy_from_slice(&ip);
+            frame[32..38].copy_from_slice(&peer_mac);
+            frame[38..42].copy_from_slice(&peer_ip);
             tally.arp += 1;
             Answer::Reply(42)
         }
-        0x0800 if body.len() >= 20 && body[0] >> 4 == 4 && body[16..20] == ip => {
-            let header_len = usize::from(body[0] & 15) * 4;
-            let total = usize::from(u16::from_be_bytes([body[2], body[3]]));
-            if header_len < 20 || total < header_len || total > body.len() {
+        0x0800 if frame.len() >= 34 && frame[14] >> 4 == 4 && frame[30..34] == ip => {
+            let header_len = usize::from(frame[14] & 15) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            if header_len < 20 || total < header_len + 8 || 14 + total > frame.len() {
                 tally.ignored += 1;
                 return Answer::None;
             }
             let frame_len = 14 + total;
+            let payload = 14 + header_len;
+            let protocol = frame[23];
+            if protocol == 17 {
+                let port = u16::from_be_bytes([frame[payload + 2], frame[payload + 3]]);
+                if port == 9 && &frame[payload + 8..frame_len] == b"reset" {
+                    return Answer::Reset;
+                }
+                if port != 7 {
+                    tally.ignored += 1;
+                    return Answer::None;
+                }
+            } else if protocol != 1 || frame[payload] != 8 {
+                tally.ignored += 1;
+                return Answer::None;
+            }
             // The reply is the request with addresses swapped (the IP
             // header checksum does not change when its words swap).
-            out[..frame_len].copy_from_slice(&frame[..frame_len]);
-            out[0..6].copy_from_slice(&frame[6..12]);
-            out[6..12].copy_from_slice(&mac);
-            let ip_out = 14;
-            out[ip_out + 12..ip_out + 16].copy_from_slice(&body[16..20]);
-            out[ip_out + 16..ip_out + 20].copy_from_slice(&body[12..16]);
-            let payload = ip_out + header_len;
-            match body[9] {
-                1 if total - header_len >= 8 && body[header_len] == 8 => {
-                    out[payload] = 0;
-                    out[payload + 2] = 0;
-                    out[payload + 3] = 0;
-                    let sum = checksum(&out[payload..14 + total]);
-                    out[payload + 2..payload + 4].copy_from_slice(&sum.to_be_bytes());
-                    tally.icmp += 1;
-                    Answer::Reply(frame_len)
-                }
-                17 if total - header_len >= 8 => {
-                    let udp = &body[header_len..total];
-                    let port = u16::from_be_bytes([udp[2], udp[3]]);
-                    if port == 9 && &udp[8..] == b"reset" {
-                        return Answer::Reset;
-                    }
-                    if port != 7 {
-                        tally.ignored += 1;
-                        return Answer::None;
-                    }
-                    out[payload..payload + 2].copy_from_slice(&udp[2..4]);
-                    out[payload + 2..payload + 4].copy_from_slice(&udp[0..2]);
-                    // No UDP checksum (allowed over IPv4).
-                    out[payload + 6] = 0;
-                    out[payload + 7] = 0;
-                    tally.udp += 1;
-                    Answer::Reply(frame_len)
-                }
-                _ => {
-                    tally.ignored += 1;
-                    Answer::None
-                }
+            frame[0..6].copy_from_slice(&peer_mac);
+            frame[6..12].copy_from_slice(&mac);
+            let mut peer_ip = [0u8; 4];
+            peer_ip.copy_from_slice(&frame[26..30]);
+            frame[26..30].copy_from_slice(&ip);
+            frame[30..34].copy_from_slice(&peer_ip);
+            if protocol == 1 {
+                frame[payload] = 0;
+                frame[payload + 2] = 0;
+                frame[payload + 3] = 0;
+                let sum = checksum(&frame[payload..frame_len]);
+                frame[payload + 2..payload + 4].copy_from_slice(&sum.to_be_bytes());
+                tally.icmp += 1;
+            } else {
+                let mut ports = [0u8; 4];
+                ports.copy_from_slice(&frame[payload..payload + 4]);
+                frame[payload..payload + 2].copy_from_slice(&ports[2..4]);
+                frame[payload + 2..payload + 4].copy_from_slice(&ports[0..2]);
+                // No UDP checksum (allowed over IPv4).
+                frame[payload + 6] = 0;
+                frame[payload + 7] = 0;
+                tally.udp += 1;
             }
+            Answer::Reply(frame_len)
         }
         _ => {
             tally.ignored += 1;
