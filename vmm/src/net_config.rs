@@ -173,8 +173,9 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig> {
 }
 
 /// Validates CH's `NetConfig` number `index`. `fds_allowed`: whether
-/// `fd` may name descriptors this process holds (the command line's
-/// inherited ones, or those that came with the request).
+/// `fd` may name any descriptor this process holds (the command line's
+/// inherited ones); otherwise only those handed over with an API request
+/// ([`take_handed_fds`]).
 pub fn from_api(api: &vmapi::NetConfig, index: usize, fds_allowed: bool) -> Result<NetConfig> {
     let num_queues = api.num_queues;
     if num_queues < 2 || !num_queues.is_multiple_of(2) || num_queues > 2 * MAX_NET_PAIRS {
@@ -239,7 +240,11 @@ pub fn from_api(api: &vmapi::NetConfig, index: usize, fds_allowed: bool) -> Resu
             TapSource::Name(name.clone())
         }
         (None, Some(fds)) => {
-            if !fds_allowed {
+            let handed = || {
+                let registry = HANDED_OVER.lock().expect("fd registry lock");
+                fds.iter().all(|fd| registry.contains(fd))
+            };
+            if !fds_allowed && !handed() {
                 return Err(invalid(
                     "net.fd",
                     format!("{fds:?}"),
@@ -286,6 +291,65 @@ pub fn to_api(net: &NetConfig) -> vmapi::NetConfig {
         id: Some(net.id.clone()),
         fd,
     }
+}
+
+/// Descriptors handed over with API requests (SCM_RIGHTS) and kept
+/// open for the VMM's life: the only ones vm.create's `fd` may name.
+static HANDED_OVER: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Takes the descriptors `fds` that came with `request`: for vm.create,
+/// they replace the `fd` placeholders of its `net` entries in order, as
+/// in Cloud Hypervisor (and stay open from then on); any other request,
+/// or a count that does not match, is refused (400) and the descriptors
+/// closed.
+pub fn take_handed_fds(
+    request: crate::control::ApiRequest,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> std::result::Result<crate::control::ApiRequest, vmapi::Response> {
+    use crate::control::ApiRequest;
+    if fds.is_empty() {
+        return Ok(request);
+    }
+    let ApiRequest::VmCreate(mut config) = request else {
+        return Err(vmapi::Response::error(
+            400,
+            &[format!(
+                "{} descriptor(s) came with a request that takes none (only vm.create does)",
+                fds.len()
+            )],
+        ));
+    };
+    let placeholders: usize = config
+        .net
+        .iter()
+        .flatten()
+        .filter_map(|n| n.fd.as_ref())
+        .map(Vec::len)
+        .sum();
+    if placeholders != fds.len() {
+        return Err(vmapi::Response::error(
+            400,
+            &[format!(
+                "net[].fd names {placeholders} descriptor(s) but {} came with the request",
+                fds.len()
+            )],
+        ));
+    }
+    let mut received = fds.into_iter();
+    let mut handed = HANDED_OVER.lock().expect("fd registry lock");
+    for slot in config
+        .net
+        .iter_mut()
+        .flatten()
+        .filter_map(|n| n.fd.as_mut())
+        .flatten()
+    {
+        let fd = received.next().expect("counted above");
+        *slot = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        handed.insert(*slot);
+    }
+    Ok(ApiRequest::VmCreate(config))
 }
 
 /// Checks ids are unique among the interfaces and the disks.

@@ -26,7 +26,8 @@
 //!   (vm.boot, reboots) and so runs without a filter, as the VMM thread
 //!   of Cloud Hypervisor runs with a wide one;
 //! - the API thread and the console thread: accepting on their socket,
-//!   reading the peer's credentials, socket timeouts, reads and writes,
+//!   reading the peer's credentials, socket timeouts, reads and writes
+//!   (`recvmsg` for tap descriptors handed over with vm.create),
 //!   `ioctl(FIONBIO)` to make a console client non-blocking.
 
 use std::collections::BTreeMap;
@@ -175,6 +176,7 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
                 libc::SYS_accept4,
                 libc::SYS_accept,
                 libc::SYS_recvfrom,
+                libc::SYS_recvmsg,
                 libc::SYS_sendto,
                 libc::SYS_shutdown,
                 libc::SYS_getsockopt,

@@ -20,6 +20,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -120,15 +121,29 @@ struct GuestVm {
 }
 
 impl GuestVm {
+    /// The guest in `mode` with the interface `net` (a `--net` spec).
     fn start(mode: &str, net: &str) -> GuestVm {
+        let guest = build_guest();
+        let mut vm = GuestVm::spawn(&[
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "32M".as_ref(),
+            "--cmdline".as_ref(),
+            guest_cmdline(mode).as_ref(),
+            "--net".as_ref(),
+            net.as_ref(),
+        ]);
+        vm.wait_api();
+        vm
+    }
+
+    /// A VMM serving its API socket, with `args`.
+    fn spawn(args: &[&std::ffi::OsStr]) -> GuestVm {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = dir.path().join("api.sock");
-        let guest = build_guest();
-        let cmdline = format!("console=ttyS0 guest.mode={mode} guest.ip={GUEST_IP}");
         let mut child = Command::new(vmm_bin())
-            .arg("--kernel")
-            .arg(&guest)
-            .args(["--memory", "32M", "--cmdline", &cmdline, "--net", net])
+            .args(args)
             .arg("--api-socket")
             .arg(&api)
             .stdin(Stdio::null())
@@ -152,6 +167,16 @@ impl GuestVm {
             seen: String::new(),
             api,
             _dir: dir,
+        }
+    }
+
+    /// Waits until the API answers.
+    fn wait_api(&mut self) {
+        let client = vmapi::Client::new(&self.api);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.ping().is_err() {
+            assert!(Instant::now() < deadline, "the API never answered");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -211,6 +236,10 @@ impl Drop for GuestVm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn guest_cmdline(mode: &str) -> String {
+    format!("console=ttyS0 guest.mode={mode} guest.ip={GUEST_IP}")
 }
 
 fn ping(count: u32) -> std::process::Output {
@@ -422,4 +451,55 @@ fn bad_net_options_stop_the_vmm_with_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{spec}: {stderr}");
         assert!(stderr.contains(expected), "{spec}: {stderr}");
     }
+}
+
+#[test]
+fn a_tap_fd_handed_over_with_vm_create_serves_the_guest() {
+    if !can_run() {
+        return;
+    }
+    let guest = build_guest();
+    in_netns(move || {
+        make_tap("vt2");
+        let tap: std::os::fd::OwnedFd = blockdev::virtio::net::Tap::open("vt2", 1)
+            .expect("open the tap")
+            .remove(0)
+            .into();
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        let config: vmapi::VmConfig = serde_json::from_value(serde_json::json!({
+            "memory": {"size": 32u64 << 20},
+            "payload": {"kernel": guest, "cmdline": guest_cmdline("net")},
+            "serial": {"mode": "Tty"},
+            "net": [{"fd": [-1], "mac": GUEST_MAC, "id": "eth0"}],
+        }))
+        .expect("config");
+        let client = vmapi::Client::new(&vm.api);
+        // A descriptor named but not sent, and one sent to the wrong
+        // request, are refused.
+        let err = client.create(&config).expect_err("no fd sent");
+        assert!(err.to_string().contains("SCM_RIGHTS"), "{err}");
+        let response = client
+            .request_with_fds(vmapi::Method::Get, "/api/v1/vm.info", b"", &[tap.as_fd()])
+            .expect("vm.info");
+        assert_eq!(response.status, 400);
+        client
+            .create_with_fds(&config, &[tap.as_fd()])
+            .expect("vm.create");
+        drop(tap);
+        client.boot(false).expect("vm.boot");
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        let out = ping(2);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let counters = vm.counters("eth0");
+        assert!(counters["rx_frames"] >= 2, "{counters:?}");
+        let info = client.info().expect("vm.info");
+        let net = &info.config.net.expect("net in vm.info")[0];
+        assert_eq!(net.mac.as_deref(), Some(GUEST_MAC));
+        vm.finish();
+    });
 }
