@@ -6,6 +6,7 @@ pub mod console;
 pub mod define;
 pub mod lifecycle;
 pub mod monitor;
+pub mod net;
 pub mod stats;
 
 use std::fs::File;
@@ -65,6 +66,8 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "vcpuinfo" => stats::vcpuinfo(ctx, inv, out),
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
+        "domiflist" => net::domiflist(ctx, inv, out),
+        "domifstat" => net::domifstat(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),
