@@ -79,11 +79,21 @@ pub fn net_configs(def: &DomainDef) -> Result<Vec<NetConfig>, VmError> {
     Ok(configs)
 }
 
+/// Whether an interface `name` exists in this network namespace (asked
+/// of the kernel through `ip`: /sys shows the namespace it was mounted
+/// in).
+fn interface_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The first `vnetN` no interface has.
 fn free_vnet_name() -> Result<String, VmError> {
     (0..1024)
         .map(|n| format!("vnet{n}"))
-        .find(|name| !std::path::Path::new("/sys/class/net").join(name).exists())
+        .find(|name| !interface_exists(name))
         .ok_or_else(|| VmError::OperationFailed("no free vnetN interface name".into()))
 }
 
@@ -110,11 +120,7 @@ pub fn open_bridge_taps(def: &DomainDef) -> Result<Vec<OwnedFd>, VmError> {
             continue;
         }
         let bridge = iface.source.clone().unwrap_or_default();
-        if !std::path::Path::new("/sys/class/net")
-            .join(&bridge)
-            .join("bridge")
-            .exists()
-        {
+        if !interface_exists(&bridge) {
             return Err(VmError::OperationFailed(format!(
                 "Unable to add bridge {bridge} port: no bridge named '{bridge}'"
             )));
