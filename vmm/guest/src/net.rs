@@ -36,6 +36,10 @@ const RX_BUFFERS: usize = 32;
 const RX_BUFFER_LEN: usize = 2048;
 /// Bytes of the vnet header (VERSION_1).
 const NET_HDR_LEN: usize = 12;
+/// UDP payload bytes of each datagram the source port sends.
+const SOURCE_PAYLOAD: usize = 1400;
+/// Most datagrams one source request asks for.
+const MAX_SOURCE_COUNT: u64 = 1 << 20;
 /// Our default address (QEMU's user-network guest address).
 const DEFAULT_IP: [u8; 4] = [10, 0, 2, 15];
 
@@ -48,6 +52,9 @@ struct Tally {
     icmp: u64,
     udp: u64,
     ignored: u64,
+    /// Datagrams to the discard port, and their payload bytes.
+    discarded: u64,
+    discarded_bytes: u64,
 }
 
 /// Runs the NIC test on `device`; returns only on failure.
@@ -114,15 +121,28 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
             // SAFETY: the buffer posted under this token.
             let (header, length) = unsafe { net.receive_complete(token, buffer) }
                 .map_err(|e| Failure::Driver("receive", e))?;
-            if header != NET_HDR_LEN || length > buffer.len() - header {
+            if header > buffer.len() || length > buffer.len() - header {
                 return Err(Failure::Other("bad receive length", length as u64));
             }
-            let frame = &mut buffer[NET_HDR_LEN..NET_HDR_LEN + length];
-            match answer(frame, mac, ip, &mut tally) {
+            let frame = &mut buffer[header..];
+            match answer(frame, length, mac, ip, &mut tally) {
                 Answer::Reply(len) => {
-                    net.fill_buffer_header(buffer)
+                    // The reply's header is the size the request's was
+                    // (12 bytes, or 10 on a legacy device).
+                    let written = net
+                        .fill_buffer_header(buffer)
                         .map_err(|e| Failure::Driver("tx header", e))?;
-                    transmit(&mut net, &buffer[..NET_HDR_LEN + len])?;
+                    transmit(&mut net, &buffer[..written + len])?;
+                }
+                Answer::Source { count, ip_header } => {
+                    let written = net
+                        .fill_buffer_header(buffer)
+                        .map_err(|e| Failure::Driver("tx header", e))?;
+                    let payload = written + 14 + ip_header + 8;
+                    for seq in 0..count {
+                        buffer[payload..payload + 8].copy_from_slice(&seq.to_le_bytes());
+                        transmit(&mut net, &buffer[..payload + SOURCE_PAYLOAD])?;
+                    }
                 }
                 Answer::Reset => {
                     put_str("guest: net done arp=");
@@ -261,10 +281,34 @@ fn send_malformed(net: &mut Net) -> Result<u64, Failure> {
 enum Answer {
     /// Send the first N bytes of the reply buffer.
     Reply(usize),
+    /// Send `count` datagrams of [`SOURCE_PAYLOAD`] bytes (the frame is
+    /// their header).
+    Source { count: u64, ip_header: usize },
     /// The test is over.
     Reset,
     /// Nothing.
     None,
+}
+
+/// Makes the IPv4 frame's reply addressing: MACs and IP addresses
+/// swapped (the IP header checksum does not change when its words swap),
+/// and for UDP (`payload` is where the IP payload starts) the ports
+/// swapped and the checksum cleared (allowed over IPv4).
+fn swap_addresses(frame: &mut [u8], payload: usize, mac: [u8; 6], ip: [u8; 4], peer_mac: &[u8; 6]) {
+    frame[0..6].copy_from_slice(peer_mac);
+    frame[6..12].copy_from_slice(&mac);
+    let mut peer_ip = [0u8; 4];
+    peer_ip.copy_from_slice(&frame[26..30]);
+    frame[26..30].copy_from_slice(&ip);
+    frame[30..34].copy_from_slice(&peer_ip);
+    if frame[23] == 17 {
+        let mut ports = [0u8; 4];
+        ports.copy_from_slice(&frame[payload..payload + 4]);
+        frame[payload..payload + 2].copy_from_slice(&ports[2..4]);
+        frame[payload + 2..payload + 4].copy_from_slice(&ports[0..2]);
+        frame[payload + 6] = 0;
+        frame[payload + 7] = 0;
+    }
 }
 
 /// The ones' complement sum of `bytes` as 16-bit big-endian words.
@@ -283,11 +327,29 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Turns `frame` (without the vnet header) into its answer in place
-/// (no copy of the payload: the guest runs under an emulator that pays
-/// for every byte it moves).
-fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Answer {
-    if frame.len() < 14 {
+/// Sets a UDP datagram's IP total length (and header checksum) and UDP
+/// length for `payload_len` bytes of payload, with no UDP checksum.
+fn resize_udp(frame: &mut [u8], ip_header: usize, payload_len: usize) {
+    let total = (ip_header + 8 + payload_len) as u16;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame[24] = 0;
+    frame[25] = 0;
+    let sum = checksum(&frame[14..14 + ip_header]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    let udp = 14 + ip_header;
+    frame[udp + 4..udp + 6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    frame[udp + 6] = 0;
+    frame[udp + 7] = 0;
+}
+
+/// Turns the frame of `length` bytes at the start of `frame` (without
+/// the vnet header; the rest of the slice is room) into its answer in
+/// place (no copy of the payload: the guest runs under an emulator that
+/// pays for every byte it moves). UDP ports: 7 echo, 9 discard (`count`
+/// answers the datagrams and bytes discarded, `reset` ends the test), 19
+/// source (a little-endian u32 N asks for N datagrams).
+fn answer(frame: &mut [u8], length: usize, mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Answer {
+    if length < 14 || frame.len() < 14 + 60 + 8 + SOURCE_PAYLOAD {
         tally.ignored += 1;
         return Answer::None;
     }
@@ -296,9 +358,7 @@ fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Ans
     peer_mac.copy_from_slice(&frame[6..12]);
     match ethertype {
         0x0806
-            if frame.len() >= 42
-                && frame[14..22] == [0, 1, 8, 0, 6, 4, 0, 1]
-                && frame[38..42] == ip =>
+            if length >= 42 && frame[14..22] == [0, 1, 8, 0, 6, 4, 0, 1] && frame[38..42] == ip =>
         {
             // ARP request for us: the reply goes to the asker.
             let mut peer_ip = [0u8; 4];
@@ -313,10 +373,10 @@ fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Ans
             tally.arp += 1;
             Answer::Reply(42)
         }
-        0x0800 if frame.len() >= 34 && frame[14] >> 4 == 4 && frame[30..34] == ip => {
+        0x0800 if length >= 34 && frame[14] >> 4 == 4 && frame[30..34] == ip => {
             let header_len = usize::from(frame[14] & 15) * 4;
             let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-            if header_len < 20 || total < header_len + 8 || 14 + total > frame.len() {
+            if header_len < 20 || total < header_len + 8 || 14 + total > length {
                 tally.ignored += 1;
                 return Answer::None;
             }
@@ -325,25 +385,55 @@ fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Ans
             let protocol = frame[23];
             if protocol == 17 {
                 let port = u16::from_be_bytes([frame[payload + 2], frame[payload + 3]]);
-                if port == 9 && &frame[payload + 8..frame_len] == b"reset" {
-                    return Answer::Reset;
-                }
-                if port != 7 {
-                    tally.ignored += 1;
-                    return Answer::None;
+                let data = &frame[payload + 8..frame_len];
+                match port {
+                    9 if data == b"reset" => return Answer::Reset,
+                    9 if data == b"count" => {
+                        let mut counts = [0u8; 16];
+                        counts[..8].copy_from_slice(&tally.discarded.to_le_bytes());
+                        counts[8..].copy_from_slice(&tally.discarded_bytes.to_le_bytes());
+                        frame[payload + 8..payload + 24].copy_from_slice(&counts);
+                        resize_udp(frame, header_len, 16);
+                    }
+                    9 => {
+                        tally.discarded += 1;
+                        tally.discarded_bytes += data.len() as u64;
+                        return Answer::None;
+                    }
+                    19 if data.len() >= 4 => {
+                        let count =
+                            u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
+                                .min(MAX_SOURCE_COUNT);
+                        resize_udp(frame, header_len, SOURCE_PAYLOAD);
+                        for (i, byte) in frame[payload + 8..payload + 8 + SOURCE_PAYLOAD]
+                            .iter_mut()
+                            .enumerate()
+                        {
+                            *byte = i as u8;
+                        }
+                        swap_addresses(frame, payload, mac, ip, &peer_mac);
+                        return Answer::Source {
+                            count,
+                            ip_header: header_len,
+                        };
+                    }
+                    7 => {}
+                    _ => {
+                        tally.ignored += 1;
+                        return Answer::None;
+                    }
                 }
             } else if protocol != 1 || frame[payload] != 8 {
                 tally.ignored += 1;
                 return Answer::None;
             }
-            // The reply is the request with addresses swapped (the IP
-            // header checksum does not change when its words swap).
-            frame[0..6].copy_from_slice(&peer_mac);
-            frame[6..12].copy_from_slice(&mac);
-            let mut peer_ip = [0u8; 4];
-            peer_ip.copy_from_slice(&frame[26..30]);
-            frame[26..30].copy_from_slice(&ip);
-            frame[30..34].copy_from_slice(&peer_ip);
+            let reply_len = 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            if protocol == 17 {
+                swap_addresses(frame, payload, mac, ip, &peer_mac);
+                tally.udp += 1;
+                return Answer::Reply(reply_len);
+            }
+            swap_addresses(frame, payload, mac, ip, &peer_mac);
             if protocol == 1 {
                 frame[payload] = 0;
                 frame[payload + 2] = 0;
@@ -351,15 +441,6 @@ fn answer(frame: &mut [u8], mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Ans
                 let sum = checksum(&frame[payload..frame_len]);
                 frame[payload + 2..payload + 4].copy_from_slice(&sum.to_be_bytes());
                 tally.icmp += 1;
-            } else {
-                let mut ports = [0u8; 4];
-                ports.copy_from_slice(&frame[payload..payload + 4]);
-                frame[payload..payload + 2].copy_from_slice(&ports[2..4]);
-                frame[payload + 2..payload + 4].copy_from_slice(&ports[0..2]);
-                // No UDP checksum (allowed over IPv4).
-                frame[payload + 6] = 0;
-                frame[payload + 7] = 0;
-                tally.udp += 1;
             }
             Answer::Reply(frame_len)
         }
