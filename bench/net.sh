@@ -105,33 +105,46 @@ while time.perf_counter() < end:
         s.sendto(payload, (guest, 9))
     except OSError:
         pass  # a full tap queue: the kernel's ENOBUFS
-time.sleep(0.5)  # let the guest drain what is queued
-elapsed = time.perf_counter() - start
-counted = None
-for _ in range(5):
-    s.sendto(b"count", (guest, 9))
-    try:
-        data, _ = s.recvfrom(2048)
-        if len(data) == 16:
-            counted = struct.unpack("<QQ", data)
-            break
-    except socket.timeout:
-        pass
+def discarded():
+    for _ in range(5):
+        s.sendto(b"count", (guest, 9))
+        try:
+            data, _ = s.recvfrom(2048)
+            if len(data) == 16:
+                return struct.unpack("<QQ", data)
+        except socket.timeout:
+            pass
+    return None
+# The guest drains what the tap queued: its count stops growing; the
+# time is until the count that first stood still.
+counted, last_change = discarded(), time.perf_counter()
+for _ in range(100):
+    time.sleep(0.1)
+    again = discarded()
+    if again == counted:
+        break
+    counted, last_change = again, time.perf_counter()
+elapsed = last_change - start
 h2g = counted[1] / elapsed / 1e6 if counted else 0.0
 # Guest to host: ask the source port for `count` datagrams.
 s.settimeout(1)
 s.sendto(struct.pack("<I", count), (guest, 19))
-got = 0
+datagrams = got = 0
 first = last = None
-while got < count:
+while datagrams < count:
     try:
         data, _ = s.recvfrom(2048)
     except socket.timeout:
         break
+    if len(data) != 1400:
+        continue  # a late answer to a count query
     now = time.perf_counter()
-    first = first or now
+    if first is None:
+        first = now  # the clock starts at the first datagram: not counted
+    else:
+        got += len(data)
     last = now
-    got += len(data)
+    datagrams += 1
 g2h = got / (last - first) / 1e6 if first and last and last > first else 0.0
 s.sendto(b"reset", (guest, 9))
 print("%.3f %.3f %.1f" % (h2g, g2h, statistics.median(rtts) * 1e6))
@@ -160,7 +173,8 @@ printf '%s\n' "${results[@]}" | python3 -c '
 import statistics, sys
 rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
 def ratio(a, b):
-    return statistics.median(r[a] / r[b] if r[b] else float("nan") for r in rows)
+    pairs = [r[a] / r[b] for r in rows if r[a] and r[b]]
+    return statistics.median(pairs) if pairs else float("nan")
 print("median ratios ours/qemu: host->guest %.2f, guest->host %.2f, round trip %.2f" %
       (ratio(0, 3), ratio(1, 4), ratio(2, 5)))
 print("targets: throughput >= 1.2 each way, round trip <= 0.8")

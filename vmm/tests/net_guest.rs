@@ -9,7 +9,8 @@
 //! for the 100 MB). vm.counters
 //! holds CH's rx/tx counters. A guest that first sends frames with
 //! vnet headers the device must refuse (`guest.mode=net-bad`) is survived:
-//! it still answers, the refusals are counted and logged. Bad `--net`
+//! it still answers, the refusals are counted and logged. A multiqueue
+//! tap serves a guest that uses one pair. Bad `--net`
 //! specifications stop the VMM with one line before any guest runs.
 //!
 //! Needs root (unshare(CLONE_NEWNET), /dev/net/tun), /dev/kvm, `ip` and
@@ -104,8 +105,17 @@ fn ip(args: &[&str]) {
 
 /// A persistent tap `name` with the host's address, up.
 fn make_tap(name: &str) {
+    make_tap_queues(name, false);
+}
+
+/// [`make_tap`], with IFF_MULTI_QUEUE when `multi_queue`.
+fn make_tap_queues(name: &str, multi_queue: bool) {
     ip(&["link", "set", "lo", "up"]);
-    ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"]);
+    let mut add = vec!["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"];
+    if multi_queue {
+        add.push("multi_queue");
+    }
+    ip(&add);
     ip(&["link", "set", name, "addrgenmode", "none"]);
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", name]);
     ip(&["link", "set", name, "up"]);
@@ -500,6 +510,39 @@ fn a_tap_fd_handed_over_with_vm_create_serves_the_guest() {
         let info = client.info().expect("vm.info");
         let net = &info.config.net.expect("net in vm.info")[0];
         assert_eq!(net.mac.as_deref(), Some(GUEST_MAC));
+        vm.finish();
+    });
+}
+
+#[test]
+fn a_multiqueue_interface_serves_a_guest_on_its_first_pair() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    in_netns(|| {
+        make_tap_queues("vt3", true);
+        // Two pairs offered (MQ, CTRL_VQ); virtio-drivers takes neither and
+        // drives pair 0, the one the device attaches at activation.
+        let mut vm = GuestVm::start(
+            "net",
+            &format!("tap=vt3,mac={GUEST_MAC},num_queues=4,queue_size=128"),
+        );
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        let out = ping(2);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let counters = vm.counters("_net0");
+        assert!(
+            counters["rx_frames"] >= 2 && counters["tx_frames"] >= 2,
+            "{counters:?}"
+        );
+        let info = vmapi::Client::new(&vm.api).info().expect("vm.info");
+        let net = &info.config.net.expect("net")[0];
+        assert_eq!((net.num_queues, net.queue_size), (4, 128));
         vm.finish();
     });
 }

@@ -153,6 +153,10 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
                     put_dec(tally.udp);
                     put_str(" ignored=");
                     put_dec(tally.ignored);
+                    put_str(" irqs=");
+                    put_dec(arch::virtio_irqs());
+                    put_str(" ticks=");
+                    put_dec(arch::ticks());
                     put_str("\n");
                     return Ok(());
                 }
