@@ -75,6 +75,57 @@ impl Client {
         })
     }
 
+    /// Sends `method path` with `body` and the open descriptors `fds`
+    /// attached (SCM_RIGHTS, see [`crate::fds`]); returns the response
+    /// whatever its status.
+    pub fn request_with_fds(
+        &self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Response> {
+        let mut stream = connect(&self.path, self.connect_timeout)?;
+        let send_error = |source| Error::Send {
+            path: self.path.clone(),
+            source,
+        };
+        stream
+            .set_write_timeout(Some(self.io_timeout))
+            .map_err(send_error)?;
+        let mut bytes = Vec::new();
+        http::write_request(&mut bytes, method, path, Some(body)).map_err(send_error)?;
+        let sent = crate::fds::send_with_fds(&stream, &bytes, fds).map_err(send_error)?;
+        std::io::Write::write_all(&mut stream, &bytes[sent..]).map_err(send_error)?;
+        http::read_response(&mut stream, &self.response_limits).map_err(|source| Error::Response {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// PUT vm.create with tap descriptors for the `fd` lists of its `net`
+    /// entries (placeholders, replaced in order by the VMM, as CH does).
+    pub fn create_with_fds(
+        &self,
+        config: &VmConfig,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<()> {
+        let endpoint = Endpoint::VmCreate;
+        let body = serde_json::to_vec(config).map_err(|source| Error::Json {
+            what: format!("encoding the body of {}", endpoint.name()),
+            source,
+        })?;
+        let response = self.request_with_fds(endpoint.method(), &endpoint.path(), &body, fds)?;
+        if response.status >= 300 {
+            return Err(Error::Status {
+                endpoint: endpoint.name().to_string(),
+                status: response.status,
+                message: response.error_messages().join(": "),
+            });
+        }
+        Ok(())
+    }
+
     /// Calls `endpoint` with an optional JSON body; an error status becomes
     /// [`Error::Status`] with the server's messages.
     pub fn call<B: Serialize>(&self, endpoint: Endpoint, body: Option<&B>) -> Result<Response> {

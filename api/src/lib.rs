@@ -14,6 +14,7 @@
 //!   reason), and a response writer and reader.
 //! - [`client`]: [`Client`], a small blocking client over a Unix socket with
 //!   connect, read and write timeouts, used by `vm` and the tests.
+//! - [`fds`]: descriptors handed over with a request (SCM_RIGHTS).
 //!
 //! Error bodies are what Cloud Hypervisor sends: a JSON array of strings,
 //! the error's messages from the outermost to its root cause.
@@ -21,6 +22,7 @@
 pub mod client;
 pub mod endpoint;
 pub mod error;
+pub mod fds;
 pub mod http;
 pub mod migration;
 mod sys;

@@ -108,6 +108,41 @@ pub struct DiskConfig {
     pub image_type: Option<ImageType>,
 }
 
+fn default_net_queues() -> u16 {
+    2
+}
+
+fn default_net_queue_size() -> u16 {
+    256
+}
+
+/// CH's `NetConfig`: one virtio-net device over a tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The tap interface to open (created if it does not exist); absent
+    /// when `fd` gives open tap queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// The guest's MAC address (`52:54:00:12:34:56`); random when absent,
+    /// as CH does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Virtqueues: two per queue pair (CH's default 2, one pair).
+    #[serde(default = "default_net_queues")]
+    pub num_queues: u16,
+    /// Size of each virtqueue (CH's default 256).
+    #[serde(default = "default_net_queue_size")]
+    pub queue_size: u16,
+    /// The device's id: the key of its counters (`vm` sets the tap name);
+    /// `vmm` names it `_net<N>` when absent, as CH does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Open tap queues, one per pair: descriptors handed over with the
+    /// request (SCM_RIGHTS), as libvirt and Kata hand them to CH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<Vec<i32>>,
+}
+
 /// CH's `ConsoleMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleMode {
@@ -165,6 +200,9 @@ pub struct VmConfig {
     /// Disks in order (vda, vdb, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<DiskConfig>>,
+    /// Network interfaces, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<NetConfig>>,
     /// The serial port (CH's `SerialConfig`; CH's default is Null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<ConsoleConfig>,
@@ -380,6 +418,10 @@ mod tests {
         assert_eq!(disk.image_type, Some(ImageType::Qcow2));
         assert!(disk.readonly && disk.direct);
         assert_eq!(config.serial.as_ref().unwrap().mode, ConsoleMode::Socket);
+        let net = &config.net.as_ref().unwrap()[0];
+        assert_eq!(net.tap.as_deref(), Some("t0"));
+        assert_eq!((net.num_queues, net.queue_size), (2, 256), "CH's defaults");
+        assert!(net.mac.is_none() && net.id.is_none() && net.fd.is_none());
         let again: VmConfig =
             serde_json::from_slice(&serde_json::to_vec(&config).unwrap()).unwrap();
         assert_eq!(again, config);

@@ -83,11 +83,17 @@ fn answer(
     calls: &Sender<ApiCall>,
     wake: &EventFd,
 ) -> Response {
-    let request = match http::read_request(stream, limits) {
+    let mut reader = vmapi::fds::FdReader::new(stream);
+    let request = match http::read_request(&mut reader, limits) {
         Ok(request) => request,
         Err(e) => return Response::error(400, &[e.to_string()]),
     };
+    let fds = reader.into_fds();
     let request = match parse(&request) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let request = match crate::net_config::take_handed_fds(request, fds) {
         Ok(request) => request,
         Err(response) => return response,
     };

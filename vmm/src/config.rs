@@ -80,6 +80,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Disks, in order (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, in order (virtio-mmio slots after the disks).
+    pub net: Vec<crate::net_config::NetConfig>,
     /// Whether VMM threads run under their seccomp filters.
     pub seccomp: bool,
     /// Whether terminal input goes to the guest's serial port (Tty mode).
@@ -214,6 +216,19 @@ pub fn check_counts(cpus: u32, disks: usize) -> Result<()> {
             "--disk",
             &disks.to_string(),
             format!("at most {MAX_DISKS} disks"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the disks and network interfaces fit the virtio-mmio
+/// slots (one GSI each).
+pub fn check_devices(disks: usize, nets: usize) -> Result<()> {
+    if disks + nets > MAX_DISKS {
+        return Err(invalid(
+            "--net",
+            &nets.to_string(),
+            format!("at most {MAX_DISKS} disks and network interfaces together"),
         ));
     }
     Ok(())
@@ -369,6 +384,16 @@ pub fn from_api(api: &vmapi::VmConfig, options: &VmmOptions) -> Result<VmConfig>
             id,
         });
     }
+    let net = api
+        .net
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, n)| crate::net_config::from_api(n, index, false))
+        .collect::<Result<Vec<_>>>()?;
+    let disk_ids: Vec<&str> = disks.iter().map(|d| d.id.as_str()).collect();
+    crate::net_config::check_ids(&net, &disk_ids)?;
+    check_devices(disks.len(), net.len())?;
     let serial = match &api.serial {
         None => SerialSpec::Null,
         Some(console) => serial_spec(console)?,
@@ -380,6 +405,7 @@ pub fn from_api(api: &vmapi::VmConfig, options: &VmmOptions) -> Result<VmConfig>
         cpus: cpus.boot_vcpus,
         memory,
         disks,
+        net,
         seccomp: options.seccomp,
         serial_input: options.serial_input,
         serial,
@@ -455,6 +481,8 @@ pub fn to_api(config: &VmConfig) -> vmapi::VmConfig {
                 })
                 .collect(),
         ),
+        net: (!config.net.is_empty())
+            .then(|| config.net.iter().map(crate::net_config::to_api).collect()),
         serial: Some(match &config.serial {
             SerialSpec::Tty => vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty),
             SerialSpec::Null => vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Null),
@@ -480,6 +508,11 @@ pub fn with_defaults(api: &vmapi::VmConfig) -> vmapi::VmConfig {
     if let Some(disks) = &mut filled.disks {
         for (index, disk) in disks.iter_mut().enumerate() {
             disk.id.get_or_insert_with(|| format!("_disk{index}"));
+        }
+    }
+    if let Some(nets) = &mut filled.net {
+        for (index, net) in nets.iter_mut().enumerate() {
+            net.id.get_or_insert_with(|| format!("_net{index}"));
         }
     }
     filled

@@ -741,6 +741,18 @@ impl Controller {
             let disk = stats.map_or_else(vmapi::DiskCounters::default, |(_, s)| disk_counters(s));
             counters.insert(id, disk.to_map());
         }
+        for net in self.config.iter().flat_map(|c| c.net.iter()) {
+            let live = self
+                .vm
+                .iter()
+                .flat_map(|vm| vm.nets())
+                .find(|n| n.id == net.id);
+            let map = live.map_or_else(
+                || crate::devices::net::counters_map(&Default::default()),
+                |n| crate::devices::net::counters_map(&n.counters),
+            );
+            counters.insert(net.id.clone(), map);
+        }
         counters
     }
 

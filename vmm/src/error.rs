@@ -58,6 +58,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A network interface could not be set up.
+    #[error("network interface '{id}': {reason}")]
+    Net {
+        /// The interface's id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// Saved VM state could not be written, read or applied.
     #[error(transparent)]
     State(#[from] crate::state::StateError),

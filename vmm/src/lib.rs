@@ -5,6 +5,7 @@
 //! - [`acpi`]: the ACPI tables a stock kernel finds its devices in.
 //! - [`config`]: what the user asked for (`--kernel`, `--memory`, `--disk`, ...).
 //! - [`layout`]: the guest-physical memory map.
+//! - [`net_config`]: network interfaces (`--net`, vm.create's `net`).
 //! - [`boot`]: loading the kernel, initrd, command line, boot_params, GDT
 //!   and page tables.
 //! - [`cpu`]: vCPU state at entry (CPUID, MSRs, registers, LAPIC).
@@ -28,6 +29,7 @@ pub mod devices;
 pub mod error;
 pub mod layout;
 pub mod migration;
+pub mod net_config;
 pub mod seccomp;
 pub mod serial_sink;
 mod sock;

@@ -44,6 +44,11 @@ struct Args {
     /// A disk: path=IMG[,format=qcow2|raw][,readonly=on][,cache=none|writeback]
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A network interface (virtio-net): tap=NAME[,mac=MAC][,num_queues=N]
+    /// [,queue_size=N][,id=ID], or fd=N (fd=[N,M] for two queue pairs) for
+    /// inherited tap queues
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// Seccomp filtering of the VMM's threads: on (default) or off
     #[arg(long, value_name = "on|off", default_value = "on")]
     seccomp: String,
@@ -94,6 +99,15 @@ fn config(args: &Args, options: &VmmOptions) -> anyhow::Result<Option<VmConfig>>
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let net = args
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| vmm::net_config::parse_net(spec, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let disk_ids: Vec<&str> = disks.iter().map(|d| d.id.as_str()).collect();
+    vmm::net_config::check_ids(&net, &disk_ids)?;
+    vmm::config::check_devices(disks.len(), net.len())?;
     Ok(Some(VmConfig {
         kernel: kernel.clone(),
         initrd: args.initrd.clone(),
@@ -101,6 +115,7 @@ fn config(args: &Args, options: &VmmOptions) -> anyhow::Result<Option<VmConfig>>
         cpus: args.cpus,
         memory: parse_memory(&args.memory)?,
         disks,
+        net,
         seccomp: options.seccomp,
         serial_input: options.serial_input,
         serial: SerialSpec::Tty,

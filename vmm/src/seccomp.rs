@@ -12,8 +12,13 @@
 //!   extents), signal return, thread exit;
 //! - vCPU threads: `ioctl` for KVM_RUN and the register reads of a fault
 //!   report only (activating a disk from a vCPU thread sets up io_uring
-//!   and eventfds, which are in the common list), and `sendto` for the
-//!   serial port's output to a console socket client;
+//!   and eventfds, which are in the common list), TUNSETOFFLOAD and
+//!   TUNSETQUEUE for activating a network interface (the guest's receive
+//!   offloads, its first tap queue), and `sendto` for the serial port's
+//!   output to a console socket client;
+//! - the device thread: `readv` (frames from a tap straight into the
+//!   guest's buffers; `writev` sends them and is common) and TUNSETQUEUE
+//!   (the guest's MQ command attaches and detaches tap queues);
 //! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN, and
 //!   `ioctl(0, TCSETS)` (and glibc's checking `TCGETS`) to put the
 //!   terminal's settings back at the end. Only without `--api-socket`:
@@ -21,7 +26,8 @@
 //!   (vm.boot, reboots) and so runs without a filter, as the VMM thread
 //!   of Cloud Hypervisor runs with a wide one;
 //! - the API thread and the console thread: accepting on their socket,
-//!   reading the peer's credentials, socket timeouts, reads and writes,
+//!   reading the peer's credentials, socket timeouts, reads and writes
+//!   (`recvmsg` for tap descriptors handed over with vm.create),
 //!   `ioctl(FIONBIO)` to make a console client non-blocking.
 
 use std::collections::BTreeMap;
@@ -108,12 +114,27 @@ const fn kvm_ior(nr: u64, size: usize) -> u64 {
 }
 
 /// The ioctls a vCPU thread makes after setup.
-fn vcpu_ioctls() -> [u64; 3] {
+fn vcpu_ioctls() -> [u64; 5] {
     [
         0xae80,                                                        // KVM_RUN
         kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),  // KVM_GET_REGS
         kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
+        libc::TUNSETOFFLOAD,
+        libc::TUNSETQUEUE,
     ]
+}
+
+/// A rule list allowing `ioctl` with one of `requests` only.
+fn ioctl_rules(
+    requests: &[u64],
+) -> std::result::Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    requests
+        .iter()
+        .map(|&request| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                .and_then(|c| SeccompRule::new(vec![c]))
+        })
+        .collect()
 }
 
 fn build(kind: ThreadKind) -> Result<BpfProgram> {
@@ -139,24 +160,23 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
             rules.insert(libc::SYS_ioctl, rules_for_stdin);
         }
         ThreadKind::Vcpu => {
-            let ioctl_rules = vcpu_ioctls()
-                .iter()
-                .map(|&request| {
-                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
-                        .and_then(|c| SeccompRule::new(vec![c]))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(err)?;
-            rules.insert(libc::SYS_ioctl, ioctl_rules);
+            rules.insert(libc::SYS_ioctl, ioctl_rules(&vcpu_ioctls()).map_err(err)?);
             // The serial port's output to a console socket client.
             rules.insert(libc::SYS_sendto, Vec::new());
         }
-        ThreadKind::Devices => {}
+        ThreadKind::Devices => {
+            rules.insert(libc::SYS_readv, Vec::new());
+            rules.insert(
+                libc::SYS_ioctl,
+                ioctl_rules(&[libc::TUNSETQUEUE]).map_err(err)?,
+            );
+        }
         ThreadKind::Api | ThreadKind::Console => {
             for nr in [
                 libc::SYS_accept4,
                 libc::SYS_accept,
                 libc::SYS_recvfrom,
+                libc::SYS_recvmsg,
                 libc::SYS_sendto,
                 libc::SYS_shutdown,
                 libc::SYS_getsockopt,
@@ -206,5 +226,7 @@ mod tests {
         }
         assert_eq!(vcpu_ioctls()[1], 0x8090_ae81);
         assert_eq!(vcpu_ioctls()[2], 0x8138_ae83);
+        assert_eq!(vcpu_ioctls()[3], 0x4004_54d0, "TUNSETOFFLOAD");
+        assert_eq!(vcpu_ioctls()[4], 0x4004_54d9, "TUNSETQUEUE");
     }
 }

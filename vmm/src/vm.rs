@@ -87,6 +87,7 @@ pub struct Vm {
     exit: Arc<ExitState>,
     started: Instant,
     transports: Vec<Arc<Mutex<VirtioMmio>>>,
+    nets: Vec<crate::devices::net::NetDevice>,
     mem: GuestMemoryMmap,
     msr_indices: Vec<u32>,
     summary: ConfigSummary,
@@ -247,6 +248,8 @@ impl Vm {
             }
             None => None,
         };
+        let opened_nets = crate::devices::net::open_taps(&config.net)?;
+        let slots = backends.len() + opened_nets.len();
         install_kick_handler()?;
 
         let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
@@ -269,7 +272,7 @@ impl Vm {
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
         let mut cmdline = config.cmdline.clone();
-        for i in 0..backends.len() {
+        for i in 0..slots {
             cmdline.push_str(&format!(
                 " virtio_mmio.device=4K@{:#x}:{}",
                 virtio_mmio_base(i),
@@ -290,7 +293,7 @@ impl Vm {
 
         if loaded.is_some() {
             // ACPI tables, and their address in boot_params (acpi_rsdp_addr).
-            let rsdp = crate::acpi::write_tables(&mem, config.cpus, backends.len())?;
+            let rsdp = crate::acpi::write_tables(&mem, config.cpus, slots)?;
             vm_memory::Bytes::write_obj(
                 &mem,
                 rsdp,
@@ -368,7 +371,7 @@ impl Vm {
             });
             let transport = VirtioMmio::new(
                 i,
-                device,
+                Box::new(device),
                 shared_mem.clone(),
                 notify,
                 interrupt,
@@ -379,6 +382,17 @@ impl Vm {
             transports.push(transport.clone());
             mmio.insert(base, VIRTIO_MMIO_SIZE, transport);
         }
+        let nets = crate::devices::net::attach(
+            opened_nets,
+            backends.len(),
+            &mut mmio,
+            &crate::devices::virtio_mmio::SlotWiring {
+                vm: &vm,
+                mem: &shared_mem,
+                event_loop: &loop_tx,
+                wake_loop: &wake_loop,
+            },
+        )?;
         let mmio = Arc::new(mmio);
         let stdin = (config.serial_input && config.serial == crate::config::SerialSpec::Tty)
             .then(|| std::io::stdin().as_raw_fd());
@@ -474,6 +488,7 @@ impl Vm {
             exit,
             started: hooks.started,
             transports,
+            nets,
             mem: context_mem,
             msr_indices,
             summary,
@@ -491,6 +506,11 @@ impl Vm {
     /// Each disk's id and counters.
     pub fn stats(&self) -> &[(String, Arc<DiskStats>)] {
         &self.stats
+    }
+
+    /// Each network interface's id, tap and counters.
+    pub fn nets(&self) -> &[crate::devices::net::NetDevice] {
+        &self.nets
     }
 
     fn tell_loop(&self, message: LoopMessage) -> bool {
@@ -549,6 +569,11 @@ impl Vm {
             .vcpus
             .as_ref()
             .ok_or_else(|| Error::GuestFault("the VM has no vCPUs".into()))?;
+        if !self.nets.is_empty() {
+            return Err(Error::GuestFault(
+                "snapshots of a VM with network interfaces are not supported yet".into(),
+            ));
+        }
         let mut saved_vcpus = Vec::new();
         for fd in vcpus.fds() {
             let fd = fd.lock().expect("vCPU fd lock");

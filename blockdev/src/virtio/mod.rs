@@ -73,8 +73,10 @@ mod ring;
 pub mod served;
 pub mod stats;
 pub mod testing;
+pub mod transport;
 
 pub use config::BlockConfig;
 pub use device::{DeviceOptions, VirtioBlock};
 pub use handler::{QueueEvents, QueueHandler};
 pub use request::DiskInfo;
+pub use transport::VirtioDevice;

@@ -52,6 +52,19 @@ pub trait ServedQueue: Send {
     fn prepare_to_sleep(&mut self) -> Result<bool>;
     /// Index of the next available-ring entry the queue will read.
     fn next_avail(&self) -> u16;
+    /// Index of the next used-ring entry the queue will write (with
+    /// [`ServedQueue::next_avail`], where a snapshot finds the ring).
+    fn next_used(&self) -> u16;
+    /// Requests taken from the ring and not yet returned (backend I/O in
+    /// flight); zero for queues that finish each chain as they take it.
+    fn in_flight(&self) -> usize {
+        0
+    }
+    /// Wait for at least one request in flight to finish and return it
+    /// to the guest (to drain the queue before a pause).
+    fn wait_and_complete(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Chains or frames refused as malformed since the last call.
     fn take_refused(&mut self) -> u64;
     /// Whether the queue signalled its interrupt eventfd since the last
@@ -99,6 +112,15 @@ where
     }
     fn next_avail(&self) -> u16 {
         QueueHandler::next_avail(self)
+    }
+    fn next_used(&self) -> u16 {
+        QueueHandler::next_used(self)
+    }
+    fn in_flight(&self) -> usize {
+        QueueHandler::in_flight(self)
+    }
+    fn wait_and_complete(&mut self) -> Result<()> {
+        QueueHandler::wait_and_complete(self)
     }
     fn take_refused(&mut self) -> u64 {
         QueueHandler::take_refused(self)
@@ -150,6 +172,9 @@ where
     fn next_avail(&self) -> u16 {
         RxQueue::next_avail(self)
     }
+    fn next_used(&self) -> u16 {
+        RxQueue::next_used(self)
+    }
     fn take_refused(&mut self) -> u64 {
         RxQueue::take_refused(self)
     }
@@ -199,6 +224,9 @@ where
     fn next_avail(&self) -> u16 {
         TxQueue::next_avail(self)
     }
+    fn next_used(&self) -> u16 {
+        TxQueue::next_used(self)
+    }
     fn take_refused(&mut self) -> u64 {
         TxQueue::take_refused(self)
     }
@@ -245,6 +273,9 @@ where
     }
     fn next_avail(&self) -> u16 {
         CtrlQueue::next_avail(self)
+    }
+    fn next_used(&self) -> u16 {
+        CtrlQueue::next_used(self)
     }
     fn take_refused(&mut self) -> u64 {
         CtrlQueue::take_refused(self)

@@ -142,6 +142,7 @@ pub const COMMANDS: &[CommandSpec] = &[
             flag("balloon"),
             flag("vcpu"),
             flag("block"),
+            flag("interface"),
             flag("list-active"),
             flag("list-inactive"),
             flag("list-running"),
@@ -159,6 +160,14 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "domblklist",
         opts: &[DOMAIN, flag("inactive"), flag("details")],
+    },
+    CommandSpec {
+        name: "domiflist",
+        opts: &[DOMAIN, flag("inactive")],
+    },
+    CommandSpec {
+        name: "domifstat",
+        opts: &[DOMAIN, data("interface", true)],
     },
     CommandSpec {
         name: "domblkstat",

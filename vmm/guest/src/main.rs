@@ -1,7 +1,7 @@
 //! A tiny ring-0 test guest for the vmm: entered in 64-bit long mode through
 //! the Linux boot protocol's 64-bit entry (RSI = boot_params), it prints on
 //! the serial port, runs the test its command line selects
-//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count`), and resets
+//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count|net|net-bad`), and resets
 //! through the i8042 (idle and io power off on the ACPI power button). See README.md for the contract with the VMM.
 
 #![no_std]
@@ -16,6 +16,7 @@ mod disk;
 mod hal;
 mod idle;
 mod mem;
+mod net;
 mod pattern;
 mod pvh;
 mod rawq;
@@ -84,6 +85,8 @@ enum Mode {
     Idle,
     Io,
     Count,
+    Net,
+    NetBad,
 }
 
 fn parse_mode(text: &[u8]) -> Option<Mode> {
@@ -96,6 +99,8 @@ fn parse_mode(text: &[u8]) -> Option<Mode> {
         b"idle" => Some(Mode::Idle),
         b"io" => Some(Mode::Io),
         b"count" => Some(Mode::Count),
+        b"net" => Some(Mode::Net),
+        b"net-bad" => Some(Mode::NetBad),
         _ => None,
     }
 }
@@ -141,6 +146,11 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         Mode::Io => idle::io(cmdline, device),
         Mode::Count => count::count(cmdline, device),
         Mode::BadIo => bad_io(),
+        Mode::Net | Mode::NetBad => {
+            if let Err(failure) = net::run(cmdline, device, mode == Mode::NetBad) {
+                disk::print_failure("net", &failure);
+            }
+        }
         Mode::Disk | Mode::BadDesc | Mode::PastEnd => disk_mode(mode, cmdline, device),
     }
     arch::reset()

@@ -1,7 +1,9 @@
 //! The device thread: waits on every active virtio queue's notify eventfd
-//! (written by KVM through ioeventfds) and its backend's completion
-//! eventfd, runs the queue handlers, raises interrupts, and feeds terminal
-//! input to the serial port. A bad request costs the guest an IOERR or a
+//! (written by KVM through ioeventfds) and the queue's other fd (a disk
+//! backend's completion eventfd, a receive queue's tap while the guest
+//! has given buffers; see `blockdev::virtio::served`), runs the queue
+//! handlers of every device model alike, raises interrupts, and feeds
+//! terminal input to the serial port. A bad request costs the guest an IOERR or a
 //! dropped chain, never this thread: handler errors are logged and the
 //! loop goes on. While requests are in flight it spins on the backends'
 //! completion rings and the queues' available rings for a moment before
@@ -17,16 +19,15 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use blockdev::poll::AdaptivePoll;
-use blockdev::virtio::QueueHandler;
-use vm_memory::GuestMemoryMmap;
+use blockdev::virtio::served::ServedQueue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::serial::SerialPort;
 use super::virtio_mmio::Interrupt;
 
-/// A queue handler over the VM's memory.
-pub type Handler = QueueHandler<Arc<GuestMemoryMmap>>;
+/// A queue handler of any device model.
+pub type Handler = Box<dyn ServedQueue>;
 
 /// What the transports and the VM tell the loop.
 pub enum LoopMessage {
@@ -34,6 +35,8 @@ pub enum LoopMessage {
     Add {
         /// The device's slot.
         device: usize,
+        /// The device's kind, for log lines ("virtio-net").
+        kind: &'static str,
         /// One handler per ready queue.
         handlers: Vec<Handler>,
         /// Its interrupt.
@@ -69,10 +72,15 @@ const TOKEN_STDIN: u64 = u64::MAX - 1;
 const REFUSED_LOG_LIMIT: u32 = 8;
 
 struct Served {
+    /// Its key in the loop's map (and epoll tokens).
+    slot: u64,
     refused_logged: u32,
     device: usize,
+    kind: &'static str,
     handler: Handler,
     interrupt: Arc<Interrupt>,
+    /// The handler's other fd as registered with epoll now.
+    event_fd: Option<RawFd>,
 }
 
 /// Runs the loop until [`LoopMessage::Stop`].
@@ -118,7 +126,7 @@ pub fn run(
             .is_ok()
     });
     // Slot -> handler; tokens are slot * 2 (notify) and slot * 2 + 1
-    // (completion).
+    // (the handler's other fd).
     let mut served: HashMap<u64, Served> = HashMap::new();
     let mut next_slot = 0u64;
     let mut events = vec![EpollEvent::default(); 64];
@@ -126,15 +134,16 @@ pub fn run(
     let mut paused = false;
     loop {
         let busy = !paused && served.values().any(|s| s.handler.worth_polling());
-        let ready = |s: &mut Served| s.handler.completions_ready() || s.handler.has_available();
+        let ready = |s: &mut Served| s.handler.event_ready() || s.handler.has_available();
         if busy && poll.run(|| served.values_mut().any(ready)) {
             for s in served.values_mut() {
-                if s.handler.completions_ready() {
+                if s.handler.event_ready() {
                     serve(s, Event::Completion);
                 }
                 if s.handler.has_available() {
                     serve(s, Event::Available);
                 }
+                track_event_fd(&epoll, s);
             }
             continue;
         }
@@ -148,11 +157,13 @@ pub fn run(
                 Ok(true) => {
                     let before = s.handler.next_avail();
                     serve(s, Event::Available);
+                    track_event_fd(&epoll, s);
                     took |= s.handler.next_avail() != before;
                 }
                 Ok(false) => {}
                 Err(e) => eprintln!(
-                    "vmm: virtio-blk {} queue {}: {e}",
+                    "vmm: {} {} queue {}: {e}",
+                    s.kind,
                     s.device,
                     s.handler.index()
                 ),
@@ -175,8 +186,10 @@ pub fn run(
             }
         };
         for ev in &events[..n] {
-            if paused && ev.data() < TOKEN_STDIN && ev.data() % 2 == 0 {
-                continue; // a kick that raced the pause: taken at resume
+            if paused && ev.data() < TOKEN_STDIN {
+                // A kick or tap frame that raced the pause (the queues
+                // were drained): taken at resume.
+                continue;
             }
             match ev.data() {
                 TOKEN_WAKE => {
@@ -185,6 +198,7 @@ pub fn run(
                         match msg {
                             LoopMessage::Add {
                                 device,
+                                kind,
                                 handlers,
                                 interrupt,
                             } => {
@@ -193,20 +207,23 @@ pub fn run(
                                     let slot = next_slot;
                                     next_slot += 1;
                                     add(handler.notify_fd(), slot * 2);
-                                    add(handler.completion_fd(), slot * 2 + 1);
                                     served.insert(
                                         slot,
                                         Served {
+                                            slot,
                                             refused_logged: 0,
                                             device,
+                                            kind,
                                             handler,
                                             interrupt: interrupt.clone(),
+                                            event_fd: None,
                                         },
                                     );
                                     // The driver may have queued requests
                                     // before DRIVER_OK took effect here.
                                     if let Some(s) = served.get_mut(&slot) {
                                         serve(s, Event::Notify);
+                                        track_event_fd(&epoll, s);
                                     }
                                 }
                             }
@@ -218,8 +235,8 @@ pub fn run(
                                     .collect();
                                 for slot in slots {
                                     if let Some(s) = served.remove(&slot) {
-                                        for fd in [s.handler.notify_fd(), s.handler.completion_fd()]
-                                        {
+                                        let fds = [Some(s.handler.notify_fd()), s.event_fd];
+                                        for fd in fds.into_iter().flatten() {
                                             let _ = epoll.ctl(
                                                 ControlOperation::Delete,
                                                 fd,
@@ -238,6 +255,15 @@ pub fn run(
                                         EpollEvent::default(),
                                     );
                                     drain(s);
+                                    // Nothing is in flight now: a tap
+                                    // stays unread until resume.
+                                    if let Some(fd) = s.event_fd.take() {
+                                        let _ = epoll.ctl(
+                                            ControlOperation::Delete,
+                                            fd,
+                                            EpollEvent::default(),
+                                        );
+                                    }
                                 }
                                 let _ = done.send(());
                             }
@@ -246,6 +272,7 @@ pub fn run(
                                 for (&slot, s) in served.iter_mut() {
                                     add(s.handler.notify_fd(), slot * 2);
                                     serve(s, Event::Notify);
+                                    track_event_fd(&epoll, s);
                                 }
                             }
                             LoopMessage::Positions { device, reply } => {
@@ -284,9 +311,34 @@ pub fn run(
                             Event::Notify
                         };
                         serve(s, event);
+                        track_event_fd(&epoll, s);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Brings the epoll registration of the queue's other fd in line with
+/// what the handler wants now (a receive queue out of buffers stops
+/// waiting on its tap, which stays readable, until the guest kicks).
+fn track_event_fd(epoll: &Epoll, s: &mut Served) {
+    let wanted = s.handler.event_fd();
+    if wanted == s.event_fd {
+        return;
+    }
+    if let Some(fd) = s.event_fd.take() {
+        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+    if let Some(fd) = wanted {
+        let token = s.slot * 2 + 1;
+        match epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        ) {
+            Ok(()) => s.event_fd = Some(fd),
+            Err(e) => eprintln!("vmm: device loop: epoll_ctl: {e}"),
         }
     }
 }
@@ -297,7 +349,8 @@ fn drain(s: &mut Served) {
     while s.handler.in_flight() > 0 {
         if let Err(e) = s.handler.wait_and_complete() {
             eprintln!(
-                "vmm: virtio-blk {} queue {}: draining: {e}",
+                "vmm: {} {} queue {}: draining: {e}",
+                s.kind,
                 s.device,
                 s.handler.index()
             );
@@ -307,7 +360,7 @@ fn drain(s: &mut Served) {
     match s.handler.take_interrupt() {
         Ok(true) => s.interrupt.used_buffers(),
         Ok(false) => {}
-        Err(e) => eprintln!("vmm: virtio-blk {}: {e}", s.device),
+        Err(e) => eprintln!("vmm: {} {}: {e}", s.kind, s.device),
     }
 }
 
@@ -316,7 +369,8 @@ fn drain(s: &mut Served) {
 enum Event {
     /// Its notify eventfd (the guest's kick) is readable.
     Notify,
-    /// Its backend's completion eventfd is readable, or completions wait.
+    /// Its other fd is readable (backend completions, tap frames), or
+    /// completions wait.
     Completion,
     /// Polling found chains on its available ring.
     Available,
@@ -324,13 +378,14 @@ enum Event {
 
 fn serve(s: &mut Served, event: Event) {
     let outcome = match event {
-        Event::Completion => s.handler.handle_completion_event(),
+        Event::Completion => s.handler.handle_event(),
         Event::Notify => s.handler.handle_queue_notify(),
         Event::Available => s.handler.process_queue(),
     };
     if let Err(e) = outcome {
         eprintln!(
-            "vmm: virtio-blk {} queue {}: {e}",
+            "vmm: {} {} queue {}: {e}",
+            s.kind,
             s.device,
             s.handler.index()
         );
@@ -339,7 +394,8 @@ fn serve(s: &mut Served, event: Event) {
     if refused > 0 && s.refused_logged < REFUSED_LOG_LIMIT {
         s.refused_logged += 1;
         eprintln!(
-            "vmm: virtio-blk {} queue {}: refused {refused} malformed request(s) from the guest{}",
+            "vmm: {} {} queue {}: refused {refused} malformed request(s) from the guest{}",
+            s.kind,
             s.device,
             s.handler.index(),
             if s.refused_logged == REFUSED_LOG_LIMIT {
@@ -352,6 +408,6 @@ fn serve(s: &mut Served, event: Event) {
     match s.handler.take_interrupt() {
         Ok(true) => s.interrupt.used_buffers(),
         Ok(false) => {}
-        Err(e) => eprintln!("vmm: virtio-blk {}: {e}", s.device),
+        Err(e) => eprintln!("vmm: {} {}: {e}", s.kind, s.device),
     }
 }

@@ -1,8 +1,10 @@
 //! Devices and the buses that route port I/O and MMIO exits to them.
 //!
 //! - [`serial`]: the 8250 UART at 0x3f8, IRQ 4 (vm-superio), on the terminal.
-//! - [`virtio_mmio`]: the virtio-mmio transport of each disk, in front of
-//!   blockdev's virtio-blk device model.
+//! - [`virtio_mmio`]: the virtio-mmio transport of each disk and network
+//!   interface, in front of blockdev's virtio-blk or virtio-net device
+//!   model.
+//! - [`net`]: the network interfaces' tap queues and slots.
 //! - [`event_loop`]: the device thread serving virtio queues and terminal
 //!   input.
 //! - [`ged`]: the ACPI Generic Event Device (power button) and the
@@ -16,6 +18,7 @@
 pub mod event_loop;
 pub mod ged;
 pub mod i8042;
+pub mod net;
 pub mod serial;
 pub mod virtio_mmio;
 

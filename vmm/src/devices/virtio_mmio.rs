@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (virtio 1.2, version 2 register layout) in
-//! front of blockdev's virtio-blk device model.
+//! front of any of blockdev's device models (virtio-blk, virtio-net),
+//! through `blockdev::virtio::VirtioDevice`.
 //!
 //! Queue notifications bypass this code: each queue's QueueNotify write is
 //! an ioeventfd (with the queue index as datamatch) that the device event
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use blockdev::virtio::{QueueEvents, VirtioBlock};
+use blockdev::virtio::{QueueEvents, VirtioDevice};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -73,10 +74,69 @@ impl Interrupt {
     }
 }
 
+/// A device model over the VM's memory, as a slot holds it.
+pub type SlotDevice = Box<dyn VirtioDevice<Arc<GuestMemoryMmap>>>;
+
+/// What a slot is wired to in the VM: the event loop's channel and
+/// wake-up eventfd, and the guest memory.
+pub struct SlotWiring<'a> {
+    /// The VM (ioeventfds and irqfds are registered on it).
+    pub vm: &'a kvm_ioctls::VmFd,
+    /// Guest memory, for activation.
+    pub mem: &'a Arc<GuestMemoryMmap>,
+    /// The device thread's channel.
+    pub event_loop: &'a Sender<LoopMessage>,
+    /// The device thread's wake-up eventfd.
+    pub wake_loop: &'a EventFd,
+}
+
+/// Puts `device` in virtio-mmio slot `index`: one ioeventfd per queue on
+/// QueueNotify (the queue index as datamatch), an irqfd on the slot's
+/// GSI, and the transport in front of the device.
+pub fn wire_slot(
+    index: usize,
+    device: SlotDevice,
+    wiring: &SlotWiring<'_>,
+) -> std::io::Result<Arc<std::sync::Mutex<VirtioMmio>>> {
+    let kvm_err = |e: kvm_ioctls::Error| std::io::Error::from_raw_os_error(e.errno());
+    let base = crate::layout::virtio_mmio_base(index);
+    let mut notify = Vec::new();
+    for queue in 0..device.num_queues() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        wiring
+            .vm
+            .register_ioevent(
+                &evt,
+                &kvm_ioctls::IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+                u32::from(queue),
+            )
+            .map_err(kvm_err)?;
+        notify.push(evt);
+    }
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK)?;
+    wiring
+        .vm
+        .register_irqfd(&irqfd, crate::layout::VIRTIO_FIRST_GSI + index as u32)
+        .map_err(kvm_err)?;
+    let interrupt = Arc::new(Interrupt {
+        status: AtomicU32::new(0),
+        irqfd,
+    });
+    Ok(Arc::new(std::sync::Mutex::new(VirtioMmio::new(
+        index,
+        device,
+        wiring.mem.clone(),
+        notify,
+        interrupt,
+        wiring.event_loop.clone(),
+        wiring.wake_loop.try_clone()?,
+    ))))
+}
+
 /// One virtio-mmio device slot.
 pub struct VirtioMmio {
     index: usize,
-    device: VirtioBlock,
+    device: SlotDevice,
     mem: Arc<GuestMemoryMmap>,
     notify: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
@@ -96,7 +156,7 @@ impl VirtioMmio {
     /// (already registered as ioeventfds), `interrupt` the device's irqfd.
     pub fn new(
         index: usize,
-        device: VirtioBlock,
+        device: SlotDevice,
         mem: Arc<GuestMemoryMmap>,
         notify: Vec<EventFd>,
         interrupt: Arc<Interrupt>,
@@ -165,11 +225,16 @@ impl VirtioMmio {
         match outcome {
             Ok(handlers) => self.send(LoopMessage::Add {
                 device: self.index,
+                kind: self.device.kind(),
                 handlers,
                 interrupt: self.interrupt.clone(),
             }),
             Err(e) => {
-                eprintln!("vmm: virtio-blk {}: activation refused: {e}", self.index);
+                eprintln!(
+                    "vmm: {} {}: activation refused: {e}",
+                    self.device.kind(),
+                    self.index
+                );
                 let status = self.device.status() | STATUS_DEVICE_NEEDS_RESET;
                 self.device.set_status(status & !STATUS_DRIVER_OK);
             }
@@ -212,9 +277,11 @@ impl VirtioMmio {
     /// queue handlers go to the event loop, which serves what the rings
     /// hold at once) when it was active.
     pub fn restore_state(&mut self, state: &VirtioMmioState) -> Result<(), String> {
+        let kind = self.device.kind();
         if state.queues.len() != usize::from(self.device.num_queues()) {
             return Err(format!(
-                "virtio-blk {}: the state has {} queues, the device {}",
+                "{} {}: the state has {} queues, the device {}",
+                self.device.kind(),
                 self.index,
                 state.queues.len(),
                 self.device.num_queues()
@@ -222,7 +289,8 @@ impl VirtioMmio {
         }
         if state.driver_features & !self.device.device_features() != 0 {
             return Err(format!(
-                "virtio-blk {}: the state's features {:#x} are not all offered ({:#x})",
+                "{} {}: the state's features {:#x} are not all offered ({:#x})",
+                self.device.kind(),
                 self.index,
                 state.driver_features,
                 self.device.device_features()
@@ -236,7 +304,7 @@ impl VirtioMmio {
             let q = self
                 .device
                 .queue_mut(i as u16)
-                .ok_or_else(|| format!("virtio-blk {}: queue {i} is not settable", self.index))?;
+                .ok_or_else(|| format!("{kind} {}: queue {i} is not settable", self.index))?;
             let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
             q.set_size(saved.size);
             let (lo, hi) = split(saved.desc);
@@ -261,14 +329,14 @@ impl VirtioMmio {
             self.device.set_status(state.status);
             if !self.device.driver_ok() {
                 return Err(format!(
-                    "virtio-blk {}: status {:#x} was active but is not DRIVER_OK with features accepted",
+                    "{kind} {}: status {:#x} was active but is not DRIVER_OK with features accepted",
                     self.index, state.status
                 ));
             }
             self.activate();
             if !self.device.is_activated() {
                 return Err(format!(
-                    "virtio-blk {}: the saved queues cannot be served",
+                    "{kind} {}: the saved queues cannot be served",
                     self.index
                 ));
             }

@@ -120,6 +120,7 @@ pub fn guest_config(
             ..Default::default()
         },
         disks: (!disks.is_empty()).then_some(disks),
+        net: None,
         serial: Some(vmapi::ConsoleConfig {
             file: Some(dir.join("console.log")),
             socket: Some(dir.join("console.sock")),

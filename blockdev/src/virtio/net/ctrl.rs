@@ -54,6 +54,11 @@ impl<A: GuestAddressSpace> CtrlQueue<A> {
         self.queue.next_avail()
     }
 
+    /// Index of the next used-ring entry the queue will write.
+    pub fn next_used(&self) -> u16 {
+        self.queue.ring.next_used()
+    }
+
     /// Queue pairs the guest uses (1 until it sets more).
     pub fn active_pairs(&self) -> u16 {
         self.active_pairs

@@ -95,6 +95,11 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         self.queue.next_avail()
     }
 
+    /// Index of the next used-ring entry the queue will write.
+    pub fn next_used(&self) -> u16 {
+        self.queue.ring.next_used()
+    }
+
     /// Chains refused as malformed since the last call (they are also in
     /// the device's `rx_errors`).
     pub fn take_refused(&mut self) -> u64 {

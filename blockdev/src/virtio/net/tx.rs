@@ -62,6 +62,11 @@ impl<A: GuestAddressSpace> TxQueue<A> {
         self.queue.next_avail()
     }
 
+    /// Index of the next used-ring entry the queue will write.
+    pub fn next_used(&self) -> u16 {
+        self.queue.ring.next_used()
+    }
+
     /// Frames refused as malformed since the last call (they are also
     /// in the device's `tx_errors`), so that a VMM can log a misbehaving
     /// guest.

@@ -34,6 +34,8 @@ pub fn define(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
     // One line for a refused document: the file and what is wrong.
     let def = parse_domain(&bytes)
         .map_err(|e| VmError::Refused(format!("Failed to define domain from {file}: {e}")))?;
+    crate::vm::xml::interface::interfaces(&def)
+        .map_err(|e| VmError::Refused(format!("Failed to define domain from {file}: {e}")))?;
     let _lock = ctx.store.lock(&def.name)?;
     let defs = ctx.store.definitions()?;
     if let Some(same_name) = defs.iter().find(|d| d.name == def.name) {

@@ -83,7 +83,7 @@ pub fn vm_config(def: &DomainDef, run: &RunFolder) -> Result<VmConfig, VmError> 
     }
     for (element, text) in def.other_devices() {
         match element {
-            "serial" | "console" | "emulator" => {}
+            "serial" | "console" | "emulator" | "interface" => {}
             e if HOST_SIDE_DEVICES.contains(&e) => {
                 eprintln!("warning: ignoring <{e}>: host-side device, not given to the guest");
             }
@@ -163,6 +163,7 @@ pub fn vm_config(def: &DomainDef, run: &RunFolder) -> Result<VmConfig, VmError> 
             initramfs: def.os.initrd.as_ref().map(PathBuf::from),
         },
         disks: (!disks.is_empty()).then_some(disks),
+        net: Some(super::net::net_configs(def)?).filter(|n| !n.is_empty()),
         serial: Some(ConsoleConfig {
             file: Some(run.console_log()),
             socket: Some(run.console_socket()),
@@ -272,7 +273,8 @@ pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Res
         run.record(process, id)
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
         let client = wait_for_api(&mut child, &run)?;
-        client.create(&config).map_err(|e| api_failure(e, &run))?;
+        let taps = super::net::open_bridge_taps(def)?;
+        super::net::create(&client, &config, &taps).map_err(|e| api_failure(e, &run))?;
         let (s, r) = start(&client).map_err(|e| api_failure(e, &run))?;
         run.set_reason(s, r);
         Ok(())

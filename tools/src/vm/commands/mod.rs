@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod migrate;
 pub mod monitor;
 pub mod snapshot;
+pub mod net;
 pub mod stats;
 
 use std::fs::File;
@@ -78,6 +79,8 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "clone" => clone::clone(ctx, inv, out),
         "migrate" => migrate::migrate(ctx, inv, out),
         "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
+        "domiflist" => net::domiflist(ctx, inv, out),
+        "domifstat" => net::domifstat(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),

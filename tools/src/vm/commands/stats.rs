@@ -19,6 +19,7 @@ struct Groups {
     cpu: bool,
     balloon: bool,
     vcpu: bool,
+    interface: bool,
     block: bool,
 }
 
@@ -81,6 +82,13 @@ fn record(
             }
         }
     }
+    if groups.interface {
+        super::net::push_domstats(def, active, out).map_err(|_| VmError::NoAnswer {
+            name: def.name.to_string(),
+            pid: active.map_or(0, |a| a.process.pid),
+            millis: QUERY_TIMEOUT.as_millis(),
+        })?;
+    }
     if groups.block {
         let counters = match active {
             Some(a) if a.state != state::SHUTOFF => {
@@ -131,9 +139,16 @@ pub fn domstats(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
         cpu: inv.flag("cpu-total"),
         balloon: inv.flag("balloon"),
         vcpu: inv.flag("vcpu"),
+        interface: inv.flag("interface"),
         block: inv.flag("block"),
     };
-    let groups = if chosen.state || chosen.cpu || chosen.balloon || chosen.vcpu || chosen.block {
+    let groups = if chosen.state
+        || chosen.cpu
+        || chosen.balloon
+        || chosen.vcpu
+        || chosen.interface
+        || chosen.block
+    {
         chosen
     } else {
         Groups {
@@ -141,6 +156,7 @@ pub fn domstats(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
             cpu: true,
             balloon: true,
             vcpu: true,
+            interface: true,
             block: true,
         }
     };

@@ -4,6 +4,7 @@
 //! Elements we do not model are kept as the text they were given in and
 //! printed back unchanged, in their place.
 
+pub mod interface;
 mod parse;
 pub mod units;
 mod uuid;

@@ -1,0 +1,151 @@
+//! `vm`'s network interface commands against `virsh -c test://NODE` on
+//! the same domain XML (an `ethernet` and a `bridge` interface; the bridge's target is
+//! `testnet0`, the name the test driver gives it whatever the XML says):
+//! `domiflist` (and `-q`), `domifstat` and `domstats --interface` of a
+//! shut-off domain, and their mistakes, byte for byte; bad `<interface>`
+//! elements are refused at define with one line and the store unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn have_virsh() -> bool {
+    let found = Command::new("virsh").arg("--version").output().is_ok();
+    if !found && std::env::var_os("REQUIRE_LIBVIRT").is_some() {
+        panic!("virsh is required (REQUIRE_LIBVIRT is set): bash scripts/ensure-libvirt.sh");
+    }
+    if !found {
+        eprintln!("skipped: virsh missing (bash scripts/ensure-libvirt.sh)");
+    }
+    found
+}
+
+const INTERFACES: &str = "\
+    <interface type='ethernet'><mac address='52:54:00:12:34:56'/><target dev='tap0' managed='no'/><model type='virtio'/></interface>\n\
+    <interface type='bridge'><mac address='52:54:00:ab:cd:ef'/><source bridge='br0'/><target dev='testnet0'/><model type='virtio'/></interface>\n";
+
+fn domain_xml(kind: &str, devices: &str) -> String {
+    let runstate = if kind == "test" {
+        "<test:runstate>5</test:runstate>"
+    } else {
+        ""
+    };
+    format!(
+        "<domain type='{kind}' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n  <name>netdom</name>\n  <uuid>41111111-2222-3333-4444-555555555555</uuid>\n  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type>hvm</type>\n    <kernel>/boot/vmlinux</kernel>\n  </os>\n  <devices>\n{devices}  </devices>\n  {runstate}\n</domain>\n"
+    )
+}
+
+struct Sides {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    node: PathBuf,
+}
+
+fn setup() -> Sides {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let file = dir.path().join("netdom.xml");
+    std::fs::write(&file, domain_xml("kvm", INTERFACES)).unwrap();
+    let out = vm(&store, &["define", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let node = dir.path().join("node.xml");
+    std::fs::write(
+        &node,
+        format!("<node>\n{}</node>\n", domain_xml("test", INTERFACES)),
+    )
+    .unwrap();
+    Sides {
+        _dir: dir,
+        store,
+        node,
+    }
+}
+
+fn vm(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm"))
+        .arg("-c")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn virsh(node: &Path, args: &[&str]) -> Output {
+    Command::new("virsh")
+        .arg("-c")
+        .arg(format!("test://{}", node.display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn same(sides: &Sides, args: &[&str]) {
+    let ours = vm(&sides.store, args);
+    let theirs = virsh(&sides.node, args);
+    assert_eq!(
+        (text(&ours.stdout), text(&ours.stderr), ours.status.code()),
+        (
+            text(&theirs.stdout),
+            text(&theirs.stderr),
+            theirs.status.code()
+        ),
+        "vm {args:?} differs from virsh (left: ours, right: virsh)"
+    );
+}
+
+#[test]
+fn interface_commands_match_virsh_byte_for_byte() {
+    if !have_virsh() {
+        return;
+    }
+    let sides = setup();
+    for args in [
+        &["domiflist", "netdom"][..],
+        &["-q", "domiflist", "netdom"],
+        &["domiflist", "nosuch"],
+        &["domifstat", "netdom", "tap0"],
+        &["domifstat", "netdom"],
+    ] {
+        same(&sides, args);
+    }
+    // The test driver keeps no interface stats in domstats; ours lists
+    // the interfaces of a shut-off domain by name.
+    let ours = text(&vm(&sides.store, &["domstats", "--interface", "netdom"]).stdout);
+    assert_eq!(
+        ours,
+        "Domain: 'netdom'\n  net.count=2\n  net.0.name=tap0\n  net.1.name=testnet0\n\n"
+    );
+}
+
+#[test]
+fn bad_interfaces_are_refused_at_define() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for (devices, expected) in [
+        (
+            "<interface type='ethernet'><mac address='01:00:5e:00:00:01'/></interface>\n",
+            "interface/mac/@address",
+        ),
+        (
+            "<interface type='bridge'><model type='virtio'/></interface>\n",
+            "interface/source bridge",
+        ),
+        (
+            "<interface type='ethernet'><target dev='a-name-far-too-long'/></interface>\n",
+            "interface/target/@dev",
+        ),
+    ] {
+        let file = dir.path().join("bad.xml");
+        std::fs::write(&file, domain_xml("kvm", devices)).unwrap();
+        let out = vm(&store, &["define", file.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        let list = text(&vm(&store, &["list", "--all", "--name"]).stdout);
+        assert!(!list.contains("netdom"), "nothing defined: {list}");
+    }
+}

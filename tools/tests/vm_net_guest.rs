@@ -1,0 +1,216 @@
+//! `vm` with network interfaces on the real `vmm` and the test guest
+//! (`guest.mode=net`), in a fresh network namespace: a `type='bridge'`
+//! interface (vm makes the tap, puts it on the bridge, and the tap is
+//! gone once the domain is destroyed) and a `type='ethernet'` one on a
+//! tap the user made; the host pings each guest, and `domifstat` and
+//! `domstats --interface` report its traffic. Needs root, /dev/kvm, `ip`
+//! and `ping` (skipped without them unless REQUIRE_KVM is set).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::guest::{build_guest, ensure_vmm, have_kvm};
+
+fn vm(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm"))
+        .arg("-c")
+        .arg(store)
+        .args(args)
+        .env_remove("VM_VMM")
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let out = vm(store, args);
+    assert!(
+        out.status.success(),
+        "vm {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program).arg("-V").output().is_ok()
+}
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if have_kvm() && root && have("ip") && have("ping") && Path::new("/dev/net/tun").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("REQUIRE_KVM").is_none(),
+        "REQUIRE_KVM is set but root, /dev/kvm, /dev/net/tun, ip or ping is missing"
+    );
+    eprintln!("skipped: needs root, /dev/kvm, /dev/net/tun, ip and ping");
+    false
+}
+
+fn in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the
+        // calling thread.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+fn define(store: &Path, dir: &Path, name: &str, guest_ip: &str, interface: &str, guest: &Path) {
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <memory unit='MiB'>32</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>console=ttyS0 guest.mode=net guest.ip={guest_ip}</cmdline>\n  </os>\n  <devices>\n    {interface}\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
+        guest.display()
+    );
+    let file = dir.join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    ok(store, &["define", file.to_str().unwrap()]);
+}
+
+fn wait_console(store: &Path, name: &str, text: &str) {
+    let log = store.join("run").join(name).join("console.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never printed {text:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ping(address: &str) {
+    let out = Command::new("ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "5", address])
+        .output()
+        .expect("ping");
+    assert!(
+        out.status.success(),
+        "ping {address}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `ip -o link show dev NAME` (this namespace's view; /sys shows the
+/// host's), or None when there is no such interface.
+fn link_show(name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `name=value` of a domstats line.
+fn stat(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn bridge_and_ethernet_interfaces_carry_the_guests_traffic() {
+    if !can_run() {
+        return;
+    }
+    ensure_vmm();
+    let guest: PathBuf = build_guest();
+    in_netns(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["addr", "add", "10.98.0.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        ip(&["tuntap", "add", "dev", "usertap", "mode", "tap", "vnet_hdr"]);
+        ip(&["link", "set", "usertap", "addrgenmode", "none"]);
+        ip(&["addr", "add", "10.97.0.1/24", "dev", "usertap"]);
+        ip(&["link", "set", "usertap", "up"]);
+        define(
+            &store,
+            dir.path(),
+            "bridged",
+            "10.98.0.2",
+            "<interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/><model type='virtio'/></interface>",
+            &guest,
+        );
+        define(
+            &store,
+            dir.path(),
+            "wired",
+            "10.97.0.2",
+            "<interface type='ethernet'><mac address='52:54:00:00:00:03'/><target dev='usertap' managed='no'/><model type='virtio'/></interface>",
+            &guest,
+        );
+        ok(&store, &["start", "bridged"]);
+        ok(&store, &["start", "wired"]);
+        wait_console(&store, "bridged", "guest: net ready mac=52:54:00:00:00:02");
+        wait_console(&store, "wired", "guest: net ready mac=52:54:00:00:00:03");
+        // vm made vnet0 and put it on br0.
+        let link = link_show("vnet0").expect("vnet0 exists");
+        assert!(link.contains(" master br0 "), "{link}");
+        ping("10.98.0.2");
+        ping("10.97.0.2");
+        let stats = ok(&store, &["domifstat", "wired", "usertap"]);
+        let rx: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("usertap rx_packets "))
+            .and_then(|v| v.parse().ok())
+            .expect("rx_packets");
+        assert!(rx >= 2, "{stats}");
+        let by_mac = ok(&store, &["domifstat", "wired", "52:54:00:00:00:03"]);
+        assert!(
+            by_mac.starts_with("52:54:00:00:00:03 rx_bytes "),
+            "{by_mac}"
+        );
+        let domstats = ok(&store, &["domstats", "--interface", "bridged"]);
+        assert_eq!(stat(&domstats, "net.count"), 1);
+        assert!(stat(&domstats, "net.0.rx.pkts") >= 2, "{domstats}");
+        assert!(stat(&domstats, "net.0.tx.pkts") >= 2, "{domstats}");
+        assert!(stat(&domstats, "net.0.rx.bytes") > 0, "{domstats}");
+        let list = ok(&store, &["domiflist", "wired"]);
+        let row: Vec<&str> = list
+            .lines()
+            .nth(2)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row,
+            ["usertap", "ethernet", "-", "virtio", "52:54:00:00:00:03"],
+            "{list}"
+        );
+        ok(&store, &["destroy", "bridged"]);
+        ok(&store, &["destroy", "wired"]);
+        // The tap vm made is gone with its VMM; the user's stays.
+        let start = Instant::now();
+        while link_show("vnet0").is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "vnet0 outlived its VMM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(link_show("usertap").is_some(), "the user's tap stays");
+    });
+}

@@ -1,0 +1,171 @@
+//! The VM's network interfaces: each one's tap queues, opened before KVM
+//! is touched (a missing tap or a bad fd stops us first), and a
+//! virtio-mmio slot with blockdev's virtio-net device in front of them,
+//! after the disks' slots. Its counters are kept for vm.counters under
+//! Cloud Hypervisor's names.
+//!
+//! Descriptors handed to the VMM (`fd=N`) stay the VMM's: each build
+//! takes a duplicate, so a reboot builds the device again from them.
+
+use std::collections::BTreeMap;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use blockdev::virtio::net::{NetCounters, NetOptions, Tap, VirtioNet};
+
+use super::virtio_mmio::{wire_slot, SlotWiring};
+use super::Bus;
+use crate::error::{Error, Result};
+use crate::layout::{virtio_mmio_base, MAX_DISKS, VIRTIO_MMIO_SIZE};
+use crate::net_config::{NetConfig, TapSource};
+
+/// An interface whose tap queues are open.
+pub struct OpenedNet {
+    config: NetConfig,
+    taps: Vec<Tap>,
+}
+
+/// An interface of a built VM, for its counters.
+#[derive(Clone)]
+pub struct NetDevice {
+    /// The interface's id (the key in vm.counters).
+    pub id: String,
+    /// The tap interface's name.
+    pub tap_name: String,
+    /// The live counters.
+    pub counters: Arc<NetCounters>,
+}
+
+fn net_err(config: &NetConfig, reason: impl ToString) -> Error {
+    Error::Net {
+        id: config.id.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A duplicate of descriptor `fd`, which this process must hold.
+fn duplicate_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_GETFD reads the descriptor's flags and touches no memory;
+    // it fails with EBADF when `fd` is not open, which we check before
+    // borrowing it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and stays open for the borrow,
+    // which ends with the duplicate made here: the configuration's
+    // descriptors are the VMM's until it exits.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned()
+}
+
+/// Opens every interface's tap queues.
+pub fn open_taps(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
+    nets.iter()
+        .map(|config| {
+            let taps = match &config.tap {
+                TapSource::Name(name) => {
+                    Tap::open(name, config.queue_pairs).map_err(|e| net_err(config, e))?
+                }
+                TapSource::Fds(fds) => fds
+                    .iter()
+                    .map(|&fd| {
+                        let owned = duplicate_fd(fd)
+                            .map_err(|e| net_err(config, format!("fd {fd}: {e}")))?;
+                        Tap::from_fd(owned).map_err(|e| net_err(config, format!("fd {fd}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            Ok(OpenedNet {
+                config: config.clone(),
+                taps,
+            })
+        })
+        .collect()
+}
+
+/// Puts each opened interface in a virtio-mmio slot from `first_slot` on
+/// (the bus holds the transports).
+pub fn attach(
+    opened: Vec<OpenedNet>,
+    first_slot: usize,
+    mmio: &mut Bus,
+    wiring: &SlotWiring<'_>,
+) -> Result<Vec<NetDevice>> {
+    let mut devices = Vec::new();
+    for (n, net) in opened.into_iter().enumerate() {
+        let slot = first_slot + n;
+        if slot >= MAX_DISKS {
+            return Err(net_err(
+                &net.config,
+                format!("no virtio-mmio slot left (at most {MAX_DISKS} devices)"),
+            ));
+        }
+        let tap_name = net.taps.first().map(|t| t.name().to_string());
+        let device = VirtioNet::new(
+            net.taps,
+            NetOptions {
+                mac: net.config.mac.0,
+                queue_size: net.config.queue_size,
+            },
+        )
+        .map_err(|e| net_err(&net.config, e))?;
+        devices.push(NetDevice {
+            id: net.config.id.clone(),
+            tap_name: tap_name.unwrap_or_default(),
+            counters: device.counters().clone(),
+        });
+        let transport = wire_slot(slot, Box::new(device), wiring)
+            .map_err(|e| net_err(&net.config, format!("wiring virtio-mmio slot {slot}: {e}")))?;
+        mmio.insert(virtio_mmio_base(slot), VIRTIO_MMIO_SIZE, transport);
+    }
+    Ok(devices)
+}
+
+/// An interface's counters under CH's names (`rx_bytes`, `rx_frames`,
+/// `tx_bytes`, `tx_frames`) and the drops and errors libvirt reports
+/// (`rx_dropped`, `rx_errors`, `tx_dropped`, `tx_errors`).
+pub fn counters_map(counters: &NetCounters) -> BTreeMap<String, u64> {
+    let s = counters.snapshot();
+    [
+        ("rx_bytes", s.rx_bytes),
+        ("rx_frames", s.rx_frames),
+        ("rx_dropped", s.rx_dropped),
+        ("rx_errors", s.rx_errors),
+        ("tx_bytes", s.tx_bytes),
+        ("tx_frames", s.tx_frames),
+        ("tx_dropped", s.tx_dropped),
+        ("tx_errors", s.tx_errors),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_fd_is_refused_in_one_line() {
+        let config = crate::net_config::parse_net("fd=987654", 0).expect("spec");
+        let err = open_taps(&[config]).err().expect("closed fd").to_string();
+        assert!(
+            err.starts_with("network interface '_net0': fd 987654:"),
+            "{err}"
+        );
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+        let config = crate::net_config::parse_net(&format!("fd={fd}"), 1).expect("spec");
+        let err = open_taps(&[config]).err().expect("not a tap").to_string();
+        assert!(err.contains("TUNGETIFF"), "{err}");
+    }
+
+    #[test]
+    fn counters_have_ch_names() {
+        let map = counters_map(&NetCounters::default());
+        for name in ["rx_bytes", "rx_frames", "tx_bytes", "tx_frames"] {
+            assert_eq!(map.get(name), Some(&0), "{name}");
+        }
+        assert_eq!(map.len(), 8);
+    }
+}
