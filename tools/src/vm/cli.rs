@@ -15,6 +15,9 @@ pub enum Kind {
     Data,
     /// Every remaining positional argument.
     Argv,
+    /// Every argument after the command as given: the command has a
+    /// grammar of its own (`install`: virt-install's).
+    Raw,
 }
 
 /// One option of a command.
@@ -195,6 +198,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "console",
         opts: &[DOMAIN, flag("force"), flag("safe")],
     },
+    CommandSpec {
+        name: "install",
+        opts: &[Opt {
+            name: "virt-install-options",
+            kind: Kind::Raw,
+            required: false,
+        }],
+    },
 ];
 
 /// A command line error, in virsh's words (printed after `error: `).
@@ -320,6 +331,10 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
         values: BTreeMap::new(),
         argv: Vec::new(),
     };
+    if spec.opts.iter().any(|o| o.kind == Kind::Raw) {
+        inv.argv = args.to_vec();
+        return Ok(inv);
+    }
     let mut seen_argv = false;
     let mut i = 0;
     while i < args.len() {
@@ -353,7 +368,7 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
                         return Err(already());
                     }
                 }
-                Kind::Data | Kind::Argv => {
+                Kind::Data | Kind::Argv | Kind::Raw => {
                     let value = match inline {
                         Some(v) => v,
                         None => {
@@ -378,7 +393,7 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
         let slot = spec.opts.iter().find(|o| match o.kind {
             Kind::Data => !inv.values.contains_key(o.name),
             Kind::Argv => true,
-            Kind::Bool => false,
+            Kind::Bool | Kind::Raw => false,
         });
         match slot {
             Some(opt) if opt.kind == Kind::Argv => {
@@ -421,6 +436,7 @@ pub fn help() -> String {
                 (Kind::Data, true) => out.push_str(&format!(" <{}>", opt.name)),
                 (Kind::Data, false) => out.push_str(&format!(" [<{}>]", opt.name)),
                 (Kind::Argv, _) => out.push_str(&format!(" [<{}>...]", opt.name)),
+                (Kind::Raw, _) => out.push_str(&format!(" [{}...]", opt.name)),
             }
         }
         out.push('\n');

@@ -65,6 +65,7 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "vcpuinfo" => stats::vcpuinfo(ctx, inv, out),
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
+        "install" => crate::vm::install::install(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),

@@ -5,6 +5,7 @@
 //! printed back unchanged, in their place.
 
 mod parse;
+pub mod tune;
 pub mod units;
 mod uuid;
 mod write;
@@ -250,6 +251,9 @@ pub struct DomainDef {
     pub vcpus_current: u32,
     /// `<vcpu placement=...>`.
     pub vcpu_placement: Option<String>,
+    /// `<vcpu cpuset=...>`: the host CPUs vCPUs without a `<vcpupin>`
+    /// run on.
+    pub vcpu_cpuset: Option<crate::vm::resources::cpuset::CpuSet>,
     /// `<os>`.
     pub os: OsDef,
     /// The disks in document order.

@@ -1,0 +1,3 @@
+//! Resource allocation of a domain: host CPU sets ([`cpuset`]).
+
+pub mod cpuset;
