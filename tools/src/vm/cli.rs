@@ -199,6 +199,39 @@ pub const COMMANDS: &[CommandSpec] = &[
         opts: &[DOMAIN, flag("force"), flag("safe")],
     },
     CommandSpec {
+        name: "setvcpus",
+        opts: &[
+            DOMAIN,
+            data("count", true),
+            flag("maximum"),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+            flag("guest"),
+            flag("hotpluggable"),
+        ],
+    },
+    CommandSpec {
+        name: "setmem",
+        opts: &[
+            DOMAIN,
+            data("size", true),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "setmaxmem",
+        opts: &[
+            DOMAIN,
+            data("size", true),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
         name: "install",
         opts: &[Opt {
             name: "virt-install-options",

@@ -66,6 +66,9 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "dommemstat" => stats::dommemstat(ctx, inv, out),
         "console" => console::console(ctx, inv, out),
         "install" => crate::vm::install::install(ctx, inv, out),
+        "setvcpus" => crate::vm::resources::commands::setvcpus(ctx, inv, out),
+        "setmem" => crate::vm::resources::commands::setmem(ctx, inv, out),
+        "setmaxmem" => crate::vm::resources::commands::setmaxmem(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),
