@@ -133,3 +133,208 @@ fn set_commands_match_the_test_driver() {
         }
     }
 }
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+/// A domain running the test guest with `extra` XML after `<vcpu>`.
+fn guest_domain(
+    store: &Path,
+    dir: &Path,
+    name: &str,
+    vcpus: u32,
+    extra: &str,
+    mode: &str,
+) -> Output {
+    let guest = support::guest::build_guest();
+    support::guest::ensure_vmm();
+    let xml = format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>32</memory><vcpu placement='static'>{vcpus}</vcpu>{extra}\
+         <os><type>hvm</type><kernel>{}</kernel><cmdline>console=ttyS0 {mode}</cmdline></os></domain>",
+        guest.display()
+    );
+    let file = dir.join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    let out = vm(store, &["define", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    vm(store, &["start", name])
+}
+
+fn vmm_pid(store: &Path, name: &str) -> i32 {
+    let text = std::fs::read_to_string(store.join("run").join(name).join("pid")).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// (comm, tid) of a process's threads.
+fn threads(pid: i32) -> Vec<(String, i32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
+            (
+                comm.trim().to_string(),
+                t.file_name().to_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The CPUs a thread may run on, from /proc (Cpus_allowed_list).
+fn allowed(pid: i32, tid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// utime + stime of a thread, in clock ticks.
+fn ticks(pid: i32, tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Removes the VM's cgroups once its VMM is gone.
+fn remove_groups(name: &str) {
+    for hierarchy in ["cpu", "cpu,cpuacct"] {
+        let dom = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(format!("vm-{name}"));
+        if let Ok(children) = std::fs::read_dir(&dom) {
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(child.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&dom);
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(path) = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+    {
+        let _ = std::fs::remove_dir(
+            Path::new("/sys/fs/cgroup/memory")
+                .join(path.trim_start_matches('/'))
+                .join(format!("vm-{name}")),
+        );
+    }
+}
+
+#[test]
+fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
+    if !support::guest::have_kvm() {
+        return;
+    }
+    let hosts = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (dir, store) = store();
+    // vCPU 0 on the last CPU, vCPU 1 on CPU 0, the VMM's other threads
+    // on CPU 0; a quota of 20% of a core per vCPU; a memory limit.
+    let last = hosts - 1;
+    let tune = format!(
+        "<cputune><vcpupin vcpu='0' cpuset='{last}'/><vcpupin vcpu='1' cpuset='0'/><emulatorpin cpuset='0'/>\
+         <period>100000</period><quota>20000</quota></cputune><memtune><hard_limit unit='MiB'>256</hard_limit></memtune>"
+    );
+    let out = guest_domain(
+        &store,
+        dir.path(),
+        "busy",
+        2,
+        &tune,
+        "guest.mode=count guest.every=100000000",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = vmm_pid(&store, "busy");
+    let all = threads(pid);
+    let vcpu0 = all
+        .iter()
+        .find(|(c, _)| c == "vcpu0")
+        .expect("a vcpu0 thread")
+        .1;
+    let vcpu1 = all
+        .iter()
+        .find(|(c, _)| c == "vcpu1")
+        .expect("a vcpu1 thread")
+        .1;
+    assert_eq!(allowed(pid, vcpu0), last.to_string());
+    assert_eq!(allowed(pid, vcpu1), "0");
+    for (comm, tid) in all.iter().filter(|(c, _)| !c.starts_with("vcpu")) {
+        assert_eq!(allowed(pid, *tid), "0", "{comm}");
+    }
+    let info = text(&vm(&store, &["vcpuinfo", "busy"]).stdout);
+    assert!(
+        info.contains(&format!("CPU Affinity:   {}", "-".repeat(last) + "y")),
+        "{info}"
+    );
+    // 20% of a core over 3 s, measured on vCPU 0's thread.
+    let hz = 100; // USER_HZ on Linux
+    let before = ticks(pid, vcpu0);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = (ticks(pid, vcpu0) - before) as f64 / hz as f64;
+    let share = used / start.elapsed().as_secs_f64();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory_group = cgroup
+        .lines()
+        .find_map(|l| {
+            l.split_once(":memory:")
+                .map(|(_, p)| p.trim_start_matches('/').to_string())
+        })
+        .unwrap();
+    let limit = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(&memory_group)
+            .join("memory.limit_in_bytes"),
+    );
+    let _ = vm(&store, &["destroy", "busy"]);
+    remove_groups("busy");
+    assert!(
+        (0.18..=0.22).contains(&share),
+        "vcpu0 used {:.1}% of a core",
+        share * 100.0
+    );
+    assert!(cgroup.contains("vm-busy"), "{cgroup}");
+    assert_eq!(limit.unwrap().trim(), (256u64 << 20).to_string());
+
+    // A hard limit under the guest's memory is refused at start, in one line.
+    let out = guest_domain(
+        &store,
+        dir.path(),
+        "small",
+        1,
+        "<memtune><hard_limit unit='MiB'>16</hard_limit></memtune>",
+        "guest.mode=idle",
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("<memtune><hard_limit> of 16384 KiB is below the guest's memory of 32768 KiB"),
+        "{err}"
+    );
+    // A pin to a CPU the host lacks, likewise.
+    let out = guest_domain(
+        &store,
+        dir.path(),
+        "far",
+        1,
+        "<cputune><vcpupin vcpu='0' cpuset='4000'/></cputune>",
+        "guest.mode=idle",
+    );
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("names CPU 4000"),
+        "{err}"
+    );
+    remove_groups("small");
+}

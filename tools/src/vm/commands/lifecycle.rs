@@ -246,6 +246,7 @@ fn launch(def: &DomainDef, ctx: &Ctx, paused: bool) -> Result<(), VmError> {
     let run = RunFolder::new(ctx.store.make_run_dir(&def.name)?);
     run.clean();
     let config = vm_config(def, &run)?;
+    let resources = crate::vm::resources::apply::Plan::new(def)?;
     let id = ctx.store.next_id()?;
     let mut child = spawn_vmm(&run)?;
     let process = procfs::identify(child.id() as i32);
@@ -254,8 +255,15 @@ fn launch(def: &DomainDef, ctx: &Ctx, paused: bool) -> Result<(), VmError> {
         run.record(process, id)
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
         let client = wait_for_api(&mut child, &run)?;
+        let groups = match &resources {
+            Some(plan) => plan.place(process.pid)?,
+            None => None,
+        };
         client.create(&config).map_err(|e| api_failure(e, &run))?;
         client.boot(paused).map_err(|e| api_failure(e, &run))?;
+        if let Some(plan) = &resources {
+            plan.pin_vcpus(process.pid, groups.as_ref())?;
+        }
         let (s, r) = if paused {
             (state::PAUSED, reason::PAUSED_USER)
         } else {

@@ -1,8 +1,12 @@
 //! Resource allocation of a domain: host CPU sets ([`cpuset`]),
 //! `<cputune>` and `<memtune>` ([`tune`]), virsh's scaled sizes
-//! ([`size`]), and the commands that change vCPUs and memory
-//! ([`commands`]).
+//! ([`size`]), the commands that change vCPUs and memory
+//! ([`commands`]), and what a start applies ([`apply`]: thread affinity
+//! through [`affinity`], limits through [`cgroup`]).
 
+pub mod affinity;
+pub mod apply;
+pub mod cgroup;
 pub mod commands;
 pub mod cpuset;
 pub mod size;
