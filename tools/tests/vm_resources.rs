@@ -272,6 +272,12 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
     for (comm, tid) in all.iter().filter(|(c, _)| !c.starts_with("vcpu")) {
         assert_eq!(allowed(pid, *tid), "0", "{comm}");
     }
+    // vcpupin on the running domain moves the thread now.
+    let out = vm(&store, &["vcpupin", "busy", "1", &last.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(allowed(pid, vcpu1), last.to_string());
+    let shown = text(&vm(&store, &["vcpupin", "busy", "1"]).stdout);
+    assert!(shown.contains(&format!(" 1      {last}\n")), "{shown}");
     let info = text(&vm(&store, &["vcpuinfo", "busy"]).stdout);
     assert!(
         info.contains(&format!("CPU Affinity:   {}", "-".repeat(last) + "y")),
@@ -337,4 +343,99 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
         "{err}"
     );
     remove_groups("small");
+}
+
+#[test]
+fn pins_and_tunables_show_as_virsh_lays_them_out() {
+    if !have_virsh() {
+        return;
+    }
+    let (dir, store) = store();
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let all = if host == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", host - 1)
+    };
+    // The test driver's host has 8 CPUs; ours has `host`. vCPU 1 is
+    // pinned to CPU 0 on our side: pin it on theirs in the same session.
+    for (ours, session) in [
+        ("vcpupin test", "vcpupin test 1 0; vcpupin test"),
+        ("emulatorpin test", "emulatorpin test"),
+        ("memtune test", "memtune test"),
+        ("vcpupin test 1", "vcpupin test 1 0; vcpupin test 1"),
+    ] {
+        let args: Vec<&str> = ours.split(' ').collect();
+        let got = text(&vm(&store, &args).stdout);
+        let theirs = text(&virsh(session).stdout).replace("0-7", &all);
+        // The session prints an empty line for the pin command first.
+        let theirs = theirs.strip_prefix('\n').unwrap_or(&theirs).to_string();
+        assert_eq!(got, theirs, "{ours}");
+    }
+    let theirs =
+        text(&virsh("memtune test --hard-limit 3000000 --config; memtune test --config").stdout);
+    let out = vm(
+        &store,
+        &["memtune", "test", "--hard-limit", "3000000", "--config"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = text(&out.stdout) + &text(&vm(&store, &["memtune", "test", "--config"]).stdout);
+    assert_eq!(got, theirs.replace("\n\n\n", "\n\n"));
+    // Pins, the scheduler and limits set with --config land in a
+    // definition virt-xml-validate accepts.
+    for args in [
+        &["vcpupin", "test", "0", "0", "--config"][..],
+        &["emulatorpin", "test", "0", "--config"],
+        &["schedinfo", "test", "--set", "vcpu_quota=20000", "--config"],
+        &["schedinfo", "test", "--set", "cpu_shares=512", "--config"],
+    ] {
+        let out = vm(&store, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let sched = text(&vm(&store, &["schedinfo", "test"]).stdout);
+    assert_eq!(sched, "Scheduler      : posix\ncpu_shares     : 512\nvcpu_period    : 100000\nvcpu_quota     : 20000\n\n");
+    let xml = text(&vm(&store, &["dumpxml", "test"]).stdout);
+    assert!(
+        xml.contains("<vcpupin vcpu='0' cpuset='0'/>") && xml.contains("<emulatorpin cpuset='0'/>"),
+        "{xml}"
+    );
+    let file = dir.path().join("dumped.xml");
+    std::fs::write(&file, &xml).unwrap();
+    if Command::new("virt-xml-validate")
+        .arg("--help")
+        .output()
+        .is_ok()
+    {
+        let check = Command::new("virt-xml-validate")
+            .arg(&file)
+            .arg("domain")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}{}\n{xml}",
+            text(&check.stdout),
+            text(&check.stderr)
+        );
+    }
+    for (args, wanted) in [
+        (
+            &["vcpupin", "test", "5", "0", "--config"][..],
+            "error: invalid argument: vcpu 5 is out of range of persistent cpu count 2\n",
+        ),
+        (
+            &["vcpupin", "test", "0", "x", "--config"],
+            "error: Invalid cpulist 'x'\n",
+        ),
+        (
+            &["schedinfo", "test", "--set", "vcpu_quota=5", "--config"],
+            "error: invalid argument: invalid value '5' for parameter 'vcpu_quota'\n",
+        ),
+    ] {
+        let out = vm(&store, args);
+        assert!(!out.status.success());
+        assert_eq!(text(&out.stderr), wanted, "{args:?}");
+    }
 }

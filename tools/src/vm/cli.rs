@@ -232,6 +232,49 @@ pub const COMMANDS: &[CommandSpec] = &[
         ],
     },
     CommandSpec {
+        name: "vcpupin",
+        opts: &[
+            DOMAIN,
+            data("vcpu", false),
+            data("cpulist", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "emulatorpin",
+        opts: &[
+            DOMAIN,
+            data("cpulist", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "schedinfo",
+        opts: &[
+            DOMAIN,
+            data("set", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "memtune",
+        opts: &[
+            DOMAIN,
+            data("hard-limit", false),
+            data("soft-limit", false),
+            data("swap-hard-limit", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
         name: "install",
         opts: &[Opt {
             name: "virt-install-options",

@@ -11,3 +11,4 @@ pub mod commands;
 pub mod cpuset;
 pub mod size;
 pub mod tune;
+pub mod tune_commands;
