@@ -16,7 +16,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(header open_image snapshot_table virtio_blk domain_xml api_request vm_state migration_stream virtio_net vpc vdi vmdk qed vhdx)
+    targets=(header open_image snapshot_table virtio_blk domain_xml api_request vm_state migration_stream virtio_net vpc vdi vmdk qed vhdx iso9660)
 fi
 for t in "${targets[@]}"; do
     # virtio_net starts from an empty corpus (and needs root: it makes a

@@ -40,6 +40,8 @@ mkdir -p "$corpus/open_image" "$corpus/header" "$corpus/snapshot_table" "$corpus
 # domain XMLs its tests define.
 cp "$root"/tools/tests/vm_xml_fuzz_regressions/* "$corpus/domain_xml/"
 bash "$root/fuzz/domain_xml_seeds.sh" "$corpus/domain_xml"
+# iso9660: discs xorriso builds (fuzz/iso9660_seeds.sh).
+bash "$root/fuzz/iso9660_seeds.sh" "$corpus/iso9660"
 # virtio_blk needs neither qemu nor img: its seeds come from the target's
 # own seed builder, run (and checked) by the stable test that replays it.
 VIRTIO_FUZZ_SEEDS=$corpus/virtio_blk cargo test -q -p blockdev --test virtio_fuzz_regressions \

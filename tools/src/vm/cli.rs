@@ -15,6 +15,9 @@ pub enum Kind {
     Data,
     /// Every remaining positional argument.
     Argv,
+    /// Every argument after the command as given: the command has a
+    /// grammar of its own (`install`: virt-install's).
+    Raw,
 }
 
 /// One option of a command.
@@ -270,6 +273,90 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "migrate-listen",
         opts: &[data("uri", true)],
     },
+    CommandSpec {
+        name: "setvcpus",
+        opts: &[
+            DOMAIN,
+            data("count", true),
+            flag("maximum"),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+            flag("guest"),
+            flag("hotpluggable"),
+        ],
+    },
+    CommandSpec {
+        name: "setmem",
+        opts: &[
+            DOMAIN,
+            data("size", true),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "setmaxmem",
+        opts: &[
+            DOMAIN,
+            data("size", true),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "vcpupin",
+        opts: &[
+            DOMAIN,
+            data("vcpu", false),
+            data("cpulist", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "emulatorpin",
+        opts: &[
+            DOMAIN,
+            data("cpulist", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "schedinfo",
+        opts: &[
+            DOMAIN,
+            data("set", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "memtune",
+        opts: &[
+            DOMAIN,
+            data("hard-limit", false),
+            data("soft-limit", false),
+            data("swap-hard-limit", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+        ],
+    },
+    CommandSpec {
+        name: "install",
+        opts: &[Opt {
+            name: "virt-install-options",
+            kind: Kind::Raw,
+            required: false,
+        }],
+    },
 ];
 
 /// A command line error, in virsh's words (printed after `error: `).
@@ -395,6 +482,10 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
         values: BTreeMap::new(),
         argv: Vec::new(),
     };
+    if spec.opts.iter().any(|o| o.kind == Kind::Raw) {
+        inv.argv = args.to_vec();
+        return Ok(inv);
+    }
     let mut seen_argv = false;
     let mut i = 0;
     while i < args.len() {
@@ -428,7 +519,7 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
                         return Err(already());
                     }
                 }
-                Kind::Data | Kind::Argv => {
+                Kind::Data | Kind::Argv | Kind::Raw => {
                     let value = match inline {
                         Some(v) => v,
                         None => {
@@ -453,7 +544,7 @@ pub fn parse_command(name: &str, args: &[String]) -> Result<Invocation, UsageErr
         let slot = spec.opts.iter().find(|o| match o.kind {
             Kind::Data => !inv.values.contains_key(o.name),
             Kind::Argv => true,
-            Kind::Bool => false,
+            Kind::Bool | Kind::Raw => false,
         });
         match slot {
             Some(opt) if opt.kind == Kind::Argv => {
@@ -496,6 +587,7 @@ pub fn help() -> String {
                 (Kind::Data, true) => out.push_str(&format!(" <{}>", opt.name)),
                 (Kind::Data, false) => out.push_str(&format!(" [<{}>]", opt.name)),
                 (Kind::Argv, _) => out.push_str(&format!(" [<{}>...]", opt.name)),
+                (Kind::Raw, _) => out.push_str(&format!(" [{}...]", opt.name)),
             }
         }
         out.push('\n');

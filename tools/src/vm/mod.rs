@@ -8,6 +8,8 @@
 //! - [`format`]: virsh's output layouts;
 //! - [`runtime`]: what a domain's VMM is doing (state always true);
 //! - [`commands`]: one module per command family;
+//! - [`install`]: `vm install` (virt-install); [`resources`]: vCPU and
+//!   memory allocation;
 //! - [`output`], [`terminal`], [`sys`]: stdout (SIGPIPE), the raw
 //!   terminal and the system calls (all of `vm`'s `unsafe` is in the last
 //!   two).
@@ -16,7 +18,9 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod format;
+pub mod install;
 pub mod output;
+pub mod resources;
 pub mod runtime;
 pub mod store;
 pub mod sys;

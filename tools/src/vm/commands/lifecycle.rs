@@ -265,6 +265,7 @@ pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Res
     let run = RunFolder::new(ctx.store.make_run_dir(&def.name)?);
     run.clean();
     let config = vm_config(def, &run)?;
+    let resources = crate::vm::resources::apply::Plan::new(def)?;
     let id = ctx.store.next_id()?;
     let mut child = spawn_vmm(&run)?;
     let process = procfs::identify(child.id() as i32);
@@ -273,9 +274,16 @@ pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Res
         run.record(process, id)
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
         let client = wait_for_api(&mut child, &run)?;
+        let groups = match &resources {
+            Some(plan) => plan.place(process.pid)?,
+            None => None,
+        };
         let taps = super::net::open_bridge_taps(def)?;
         super::net::create(&client, &config, &taps).map_err(|e| api_failure(e, &run))?;
         let (s, r) = start(&client).map_err(|e| api_failure(e, &run))?;
+        if let Some(plan) = &resources {
+            plan.pin_vcpus(process.pid, groups.as_ref())?;
+        }
         run.set_reason(s, r);
         Ok(())
     })();

@@ -81,6 +81,14 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
         "domiflist" => net::domiflist(ctx, inv, out),
         "domifstat" => net::domifstat(ctx, inv, out),
+        "install" => crate::vm::install::install(ctx, inv, out),
+        "setvcpus" => crate::vm::resources::commands::setvcpus(ctx, inv, out),
+        "setmem" => crate::vm::resources::commands::setmem(ctx, inv, out),
+        "setmaxmem" => crate::vm::resources::commands::setmaxmem(ctx, inv, out),
+        "vcpupin" => crate::vm::resources::tune_commands::vcpupin(ctx, inv, out),
+        "emulatorpin" => crate::vm::resources::tune_commands::emulatorpin(ctx, inv, out),
+        "schedinfo" => crate::vm::resources::tune_commands::schedinfo(ctx, inv, out),
+        "memtune" => crate::vm::resources::tune_commands::memtune_command(ctx, inv, out),
         other => Err(VmError::Internal(format!(
             "command '{other}' has no handler"
         ))),

@@ -6,6 +6,7 @@
 
 pub mod interface;
 mod parse;
+pub mod tune;
 pub mod units;
 mod uuid;
 mod write;
@@ -251,6 +252,9 @@ pub struct DomainDef {
     pub vcpus_current: u32,
     /// `<vcpu placement=...>`.
     pub vcpu_placement: Option<String>,
+    /// `<vcpu cpuset=...>`: the host CPUs vCPUs without a `<vcpupin>`
+    /// run on.
+    pub vcpu_cpuset: Option<crate::vm::resources::cpuset::CpuSet>,
     /// `<os>`.
     pub os: OsDef,
     /// The disks in document order.

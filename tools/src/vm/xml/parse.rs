@@ -181,6 +181,7 @@ fn read_domain(text: &str, root: Node) -> Result<DomainDef, XmlError> {
     let mut memory = None;
     let mut current = None;
     let mut vcpu = None;
+    let mut vcpu_cpuset = None;
     let mut os = None;
     let mut devices = None;
     let mut items = Vec::new();
@@ -210,6 +211,7 @@ fn read_domain(text: &str, root: Node) -> Result<DomainDef, XmlError> {
             }
             Some("vcpu") => {
                 once(&mut vcpu, read_vcpu(child)?, "vcpu")?;
+                vcpu_cpuset = super::tune::read_vcpu_cpuset(child)?;
                 Item::Vcpu
             }
             Some("os") => {
@@ -276,6 +278,7 @@ fn read_domain(text: &str, root: Node) -> Result<DomainDef, XmlError> {
         vcpus,
         vcpus_current: vcpus_current.unwrap_or(vcpus),
         vcpu_placement,
+        vcpu_cpuset,
         os,
         disks,
         devices,

@@ -73,6 +73,9 @@ impl DomainDef {
     fn write_vcpu(&self, out: &mut String) {
         let placement = self.vcpu_placement.as_deref().unwrap_or("static");
         out.push_str(&format!("  <vcpu placement='{}'", attr(placement)));
+        if let Some(cpuset) = &self.vcpu_cpuset {
+            out.push_str(&format!(" cpuset='{}'", cpuset.format()));
+        }
         if self.vcpus_current != self.vcpus {
             out.push_str(&format!(" current='{}'", self.vcpus_current));
         }

@@ -1,0 +1,372 @@
+//! A cgroup per VM for CPU and memory limits. cgroup v1 where the host
+//! mounts its cpu and memory hierarchies (cpu.shares, cpu.cfs_period_us,
+//! cpu.cfs_quota_us per vCPU, memory.limit_in_bytes, ...); cgroup v2 where
+//! the host has a unified hierarchy with the cpu and memory controllers
+//! (cpu.weight, cpu.max per vCPU in a threaded subtree, memory.max, ...).
+//! Each VM's group sits under the cgroup `vm` itself runs in (a delegated
+//! subtree), named `vm-NAME`, with `vcpuN` children when a quota applies,
+//! as libvirt lays its groups out. `VM_CGROUP_ROOT` points v2 at another
+//! folder laid out as cgroupfs (tests).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::tune::{CpuTune, MemTune};
+
+/// Where a VM's groups live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v1: the cpu and memory hierarchies' parent folders.
+    V1 {
+        /// The parent in the cpu hierarchy.
+        cpu: PathBuf,
+        /// The parent in the memory hierarchy.
+        memory: PathBuf,
+    },
+    /// cgroup v2: the parent folder (a delegated subtree).
+    V2 {
+        /// The parent.
+        parent: PathBuf,
+    },
+}
+
+/// What the VM's groups get.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// cpu.shares (v1) / converted to cpu.weight (v2).
+    pub shares: Option<u64>,
+    /// Period in µs for each vCPU's quota (default 100000).
+    pub period: Option<u64>,
+    /// Quota in µs per period, for each vCPU.
+    pub quota: Option<i64>,
+    /// Memory hard limit in bytes.
+    pub hard_limit: Option<u64>,
+    /// Memory soft limit in bytes.
+    pub soft_limit: Option<u64>,
+    /// Memory plus swap limit in bytes.
+    pub swap_hard_limit: Option<u64>,
+}
+
+impl Limits {
+    /// The limits of `<cputune>` and `<memtune>`.
+    pub fn new(cpu: &CpuTune, mem: &MemTune) -> Self {
+        Limits {
+            shares: cpu.shares,
+            period: cpu.period,
+            quota: cpu.quota.filter(|q| *q != -1),
+            hard_limit: mem.hard_limit_kib.map(|k| k * 1024),
+            soft_limit: mem.soft_limit_kib.map(|k| k * 1024),
+            swap_hard_limit: mem.swap_hard_limit_kib.map(|k| k * 1024),
+        }
+    }
+
+    /// Whether any limit needs a cgroup.
+    pub fn any(&self) -> bool {
+        self.shares.is_some()
+            || self.quota.is_some()
+            || self.period.is_some()
+            || self.hard_limit.is_some()
+            || self.soft_limit.is_some()
+            || self.swap_hard_limit.is_some()
+    }
+
+    fn wants_cpu(&self) -> bool {
+        self.shares.is_some() || self.quota.is_some() || self.period.is_some()
+    }
+
+    fn wants_memory(&self) -> bool {
+        self.hard_limit.is_some() || self.soft_limit.is_some() || self.swap_hard_limit.is_some()
+    }
+}
+
+/// The default CFS period in µs.
+const DEFAULT_PERIOD: u64 = 100_000;
+
+/// The path of this process's group in hierarchy `controller` (`""` for
+/// v2) from /proc/self/cgroup.
+fn own_group(controller: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let _id = fields.next()?;
+        let controllers = fields.next()?;
+        let path = fields.next()?;
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then(|| path.trim_start_matches('/').to_string())
+    })
+}
+
+/// Finds where the VM groups go for `limits`, or says in one line why no
+/// cgroup can hold them.
+pub fn find(limits: &Limits) -> Result<Hierarchy, String> {
+    if let Some(root) = std::env::var_os("VM_CGROUP_ROOT").filter(|r| !r.is_empty()) {
+        return v2(PathBuf::from(root), limits);
+    }
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        let own = own_group("").unwrap_or_default();
+        return v2(base.join(own), limits);
+    }
+    let cpu_root = ["cpu", "cpu,cpuacct"]
+        .iter()
+        .map(|d| base.join(d))
+        .find(|p| p.join("cpu.shares").exists());
+    let memory_root = base.join("memory");
+    if limits.wants_cpu() && cpu_root.is_none() {
+        return Err(
+            "the host mounts no cgroup cpu controller (v1 or v2) for <cputune>".to_string(),
+        );
+    }
+    if limits.wants_memory() && !memory_root.join("memory.limit_in_bytes").exists() {
+        return Err(
+            "the host mounts no cgroup memory controller (v1 or v2) for <memtune>".to_string(),
+        );
+    }
+    if limits.swap_hard_limit.is_some() && !memory_root.join("memory.memsw.limit_in_bytes").exists()
+    {
+        return Err(
+            "the host's memory cgroup has no swap accounting for <swap_hard_limit>".to_string(),
+        );
+    }
+    Ok(Hierarchy::V1 {
+        cpu: cpu_root
+            .map(|r| r.join(own_group("cpu").unwrap_or_default()))
+            .unwrap_or_default(),
+        memory: memory_root.join(own_group("memory").unwrap_or_default()),
+    })
+}
+
+fn v2(parent: PathBuf, limits: &Limits) -> Result<Hierarchy, String> {
+    let controllers = fs::read_to_string(parent.join("cgroup.controllers")).map_err(|e| {
+        format!(
+            "cgroup v2 folder '{}' has no cgroup.controllers: {e}",
+            parent.display()
+        )
+    })?;
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if limits.wants_cpu() && !has("cpu") {
+        return Err(format!(
+            "the cgroup v2 subtree '{}' has no cpu controller for <cputune>",
+            parent.display()
+        ));
+    }
+    if limits.wants_memory() && !has("memory") {
+        return Err(format!(
+            "the cgroup v2 subtree '{}' has no memory controller for <memtune>",
+            parent.display()
+        ));
+    }
+    Ok(Hierarchy::V2 { parent })
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value).map_err(|e| format!("cannot write '{value}' to {}: {e}", path.display()))
+}
+
+fn make(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))
+}
+
+/// libvirt's cpu.shares to cpu.weight conversion.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + (shares.saturating_sub(2) * 9999) / 262_142
+}
+
+/// A VM's groups, made and filled.
+#[derive(Debug, Clone)]
+pub struct VmGroups {
+    hierarchy: Hierarchy,
+    group: String,
+    limits: Limits,
+}
+
+impl VmGroups {
+    /// Makes the groups of VM `name` and moves process `pid` (with all
+    /// its threads) into them, with every limit set.
+    pub fn create(
+        hierarchy: Hierarchy,
+        name: &str,
+        limits: Limits,
+        pid: i32,
+    ) -> Result<Self, String> {
+        let groups = VmGroups {
+            hierarchy,
+            group: format!("vm-{name}"),
+            limits,
+        };
+        let l = &groups.limits;
+        match &groups.hierarchy {
+            Hierarchy::V1 { cpu, memory } => {
+                if l.wants_cpu() {
+                    let dom = cpu.join(&groups.group);
+                    make(&dom)?;
+                    if let Some(shares) = l.shares {
+                        write(&dom.join("cpu.shares"), &shares.to_string())?;
+                    }
+                    write(&dom.join("cgroup.procs"), &pid.to_string())?;
+                }
+                if l.wants_memory() {
+                    let dom = memory.join(&groups.group);
+                    make(&dom)?;
+                    if let Some(bytes) = l.hard_limit {
+                        write(&dom.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                    }
+                    if let Some(bytes) = l.soft_limit {
+                        write(&dom.join("memory.soft_limit_in_bytes"), &bytes.to_string())?;
+                    }
+                    if let Some(bytes) = l.swap_hard_limit {
+                        write(&dom.join("memory.memsw.limit_in_bytes"), &bytes.to_string())?;
+                    }
+                    write(&dom.join("cgroup.procs"), &pid.to_string())?;
+                }
+            }
+            Hierarchy::V2 { parent } => {
+                let mut enable = Vec::new();
+                if l.wants_cpu() {
+                    enable.push("+cpu");
+                }
+                if l.wants_memory() {
+                    enable.push("+memory");
+                }
+                write(&parent.join("cgroup.subtree_control"), &enable.join(" "))?;
+                let dom = parent.join(&groups.group);
+                make(&dom)?;
+                if let Some(shares) = l.shares {
+                    write(
+                        &dom.join("cpu.weight"),
+                        &shares_to_weight(shares).to_string(),
+                    )?;
+                }
+                if let Some(bytes) = l.hard_limit {
+                    write(&dom.join("memory.max"), &bytes.to_string())?;
+                }
+                if let Some(bytes) = l.soft_limit {
+                    write(&dom.join("memory.high"), &bytes.to_string())?;
+                }
+                if let Some(bytes) = l.swap_hard_limit {
+                    let swap = bytes.saturating_sub(l.hard_limit.unwrap_or(0));
+                    write(&dom.join("memory.swap.max"), &swap.to_string())?;
+                }
+                // Processes live in a leaf: dom/emulator (threaded when
+                // vCPUs get groups of their own).
+                let emulator = dom.join("emulator");
+                make(&emulator)?;
+                if l.quota.is_some() {
+                    write(&dom.join("cgroup.subtree_control"), "+cpu")?;
+                    write(&emulator.join("cgroup.type"), "threaded")?;
+                }
+                write(&emulator.join("cgroup.procs"), &pid.to_string())?;
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Puts vCPU `index`'s thread `tid` in a group of its own with the
+    /// per-vCPU quota (nothing without a quota).
+    pub fn add_vcpu(&self, index: u32, tid: i32) -> Result<(), String> {
+        let Some(quota) = self.limits.quota else {
+            return Ok(());
+        };
+        let period = self.limits.period.unwrap_or(DEFAULT_PERIOD);
+        match &self.hierarchy {
+            Hierarchy::V1 { cpu, .. } => {
+                let dir = cpu.join(&self.group).join(format!("vcpu{index}"));
+                make(&dir)?;
+                write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(&dir.join("tasks"), &tid.to_string())
+            }
+            Hierarchy::V2 { parent } => {
+                let dir = parent.join(&self.group).join(format!("vcpu{index}"));
+                make(&dir)?;
+                write(&dir.join("cgroup.type"), "threaded")?;
+                write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+                write(&dir.join("cgroup.threads"), &tid.to_string())
+            }
+        }
+    }
+}
+
+/// Removes VM `name`'s groups that are left from an earlier run (empty
+/// ones only: the kernel refuses to remove a group with tasks).
+pub fn remove_stale(hierarchy: &Hierarchy, name: &str) {
+    let group = format!("vm-{name}");
+    let doms: Vec<PathBuf> = match hierarchy {
+        Hierarchy::V1 { cpu, memory } => vec![cpu.join(&group), memory.join(&group)],
+        Hierarchy::V2 { parent } => vec![parent.join(&group)],
+    };
+    for dom in doms {
+        if let Ok(children) = fs::read_dir(&dom) {
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = fs::remove_dir(child.path());
+            }
+        }
+        let _ = fs::remove_dir(&dom);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            shares: Some(2048),
+            period: Some(50_000),
+            quota: Some(10_000),
+            hard_limit: Some(256 << 20),
+            soft_limit: None,
+            swap_hard_limit: Some(512 << 20),
+        }
+    }
+
+    #[test]
+    fn v2_against_a_folder_laid_out_as_cgroupfs() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let hierarchy = v2(root.path().to_path_buf(), &limits()).unwrap();
+        let groups = VmGroups::create(hierarchy, "web", limits(), 4242).unwrap();
+        groups.add_vcpu(1, 4244).unwrap();
+        let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory");
+        assert_eq!(
+            read("vm-web/cpu.weight"),
+            shares_to_weight(2048).to_string()
+        );
+        assert_eq!(read("vm-web/memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("vm-web/memory.swap.max"), (256u64 << 20).to_string());
+        assert_eq!(read("vm-web/cgroup.subtree_control"), "+cpu");
+        assert_eq!(read("vm-web/emulator/cgroup.type"), "threaded");
+        assert_eq!(read("vm-web/emulator/cgroup.procs"), "4242");
+        assert_eq!(read("vm-web/vcpu1/cgroup.type"), "threaded");
+        assert_eq!(read("vm-web/vcpu1/cpu.max"), "10000 50000");
+        assert_eq!(read("vm-web/vcpu1/cgroup.threads"), "4244");
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn v2_without_a_controller_is_refused_in_one_line() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "pids\n").unwrap();
+        let e = v2(root.path().to_path_buf(), &limits()).unwrap_err();
+        assert!(e.contains("no cpu controller") && !e.contains('\n'), "{e}");
+        let only_memory = Limits {
+            hard_limit: Some(1),
+            ..Limits::default()
+        };
+        let e = v2(root.path().to_path_buf(), &only_memory).unwrap_err();
+        assert!(e.contains("no memory controller"), "{e}");
+        assert!(v2(root.path().join("nowhere"), &only_memory).is_err());
+    }
+}

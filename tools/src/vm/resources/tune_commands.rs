@@ -1,0 +1,276 @@
+//! `vcpupin`, `emulatorpin`, `schedinfo` and `memtune`: show and set
+//! `<cputune>` and `<memtune>` as virsh lays them out. Pins change live
+//! on a running domain (sched_setaffinity on its threads) or in the
+//! definition with `--config`; scheduler and memory limits change in the
+//! definition (`--config`, or a domain that is not running) and apply at
+//! the next start.
+
+use super::affinity;
+use super::apply::threads;
+use super::cpuset::CpuSet;
+use super::size::scaled_bytes;
+use super::tune::{
+    self, cputune, memtune, set_cputune, set_memtune, PERIOD_RANGE, QUOTA_RANGE, SHARES_RANGE,
+};
+use crate::vm::cli::Invocation;
+use crate::vm::commands::{lookup, Ctx};
+use crate::vm::error::VmError;
+use crate::vm::runtime::{self, QUERY_TIMEOUT};
+use crate::vm::xml::DomainDef;
+
+/// Where a command acts: the running VMM (`Some(pid)`) or the definition.
+fn target(ctx: &Ctx, inv: &Invocation, def: &DomainDef) -> Result<Option<i32>, VmError> {
+    let status = runtime::inspect(&ctx.store, &def.name, QUERY_TIMEOUT, None);
+    let pid = status.active().map(|a| a.process.pid);
+    if inv.flag("config") && inv.flag("live") {
+        return Err(VmError::Refused(
+            "Options --config and --live are mutually exclusive here".to_string(),
+        ));
+    }
+    if inv.flag("config") {
+        return Ok(None);
+    }
+    if inv.flag("live") && pid.is_none() {
+        return Err(VmError::Refused(
+            "Requested operation is not valid: domain is not running".to_string(),
+        ));
+    }
+    Ok(pid)
+}
+
+fn parse_cpulist(text: &str) -> Result<CpuSet, VmError> {
+    let set =
+        CpuSet::parse(text).map_err(|_| VmError::Refused(format!("Invalid cpulist '{text}'")))?;
+    let host = affinity::host_cpus();
+    if set.max() >= host {
+        return Err(VmError::InvalidArgument(format!(
+            "cpuset '{text}' names CPU {}, the host has {host} CPUs",
+            set.max()
+        )));
+    }
+    Ok(set)
+}
+
+fn all_cpus() -> CpuSet {
+    CpuSet::from_cpus(0..affinity::host_cpus())
+}
+
+/// `vcpupin DOMAIN [VCPU] [CPULIST] [--config] [--live] [--current]`.
+pub fn vcpupin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
+    let mut def = lookup(ctx, inv.required("domain"))?;
+    let pid = target(ctx, inv, &def)?;
+    let count = if pid.is_some() {
+        def.vcpus_current
+    } else {
+        def.vcpus
+    };
+    let vcpu = match inv.value("vcpu") {
+        Some(text) => {
+            let n: u32 = text.parse().map_err(|_| {
+                VmError::Refused(format!(
+                    "Numeric value '{text}' for <vcpu> option is malformed or out of range"
+                ))
+            })?;
+            if n >= count {
+                return Err(VmError::InvalidArgument(format!(
+                    "vcpu {n} is out of range of {} cpu count {count}",
+                    if pid.is_some() { "live" } else { "persistent" }
+                )));
+            }
+            Some(n)
+        }
+        None => None,
+    };
+    let mut tune = cputune(&def)?;
+    if let (Some(vcpu), Some(list)) = (vcpu, inv.value("cpulist")) {
+        let set = parse_cpulist(list)?;
+        match pid {
+            Some(pid) => {
+                let tid = threads(pid)
+                    .into_iter()
+                    .find(|(_, v)| *v == Some(vcpu))
+                    .map(|(t, _)| t)
+                    .ok_or_else(|| VmError::OperationFailed(format!("vcpu{vcpu} has no thread")))?;
+                affinity::set(tid, &set)
+                    .map_err(|e| VmError::OperationFailed(format!("cannot pin vcpu{vcpu}: {e}")))?;
+            }
+            None => {
+                let _lock = ctx.store.lock(&def.name)?;
+                tune.vcpupins.retain(|(v, _)| *v != vcpu);
+                tune.vcpupins.push((vcpu, set));
+                tune.vcpupins.sort_by_key(|(v, _)| *v);
+                set_cputune(&mut def, &tune);
+                ctx.store.write_definition(&def)?;
+            }
+        }
+        return Ok(());
+    }
+    let live: Vec<(i32, Option<u32>)> = pid.map(threads).unwrap_or_default();
+    let mut rows = Vec::new();
+    for index in 0..count {
+        if vcpu.is_some_and(|v| v != index) {
+            continue;
+        }
+        let set = match live.iter().find(|(_, v)| *v == Some(index)) {
+            Some((tid, _)) => affinity::get(*tid).unwrap_or_else(|_| all_cpus()),
+            None => tune
+                .vcpupins
+                .iter()
+                .find(|(v, _)| *v == index)
+                .map(|(_, s)| s.clone())
+                .or_else(|| def.vcpu_cpuset.clone())
+                .unwrap_or_else(all_cpus),
+        };
+        rows.push(vec![index.to_string(), set.format()]);
+    }
+    out.push_str(&crate::vm::format::table(
+        &["VCPU", "CPU Affinity"],
+        &rows,
+        ctx.quiet,
+    ));
+    Ok(())
+}
+
+/// `emulatorpin DOMAIN [CPULIST] [--config] [--live] [--current]`.
+pub fn emulatorpin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
+    let mut def = lookup(ctx, inv.required("domain"))?;
+    let pid = target(ctx, inv, &def)?;
+    let mut tune = cputune(&def)?;
+    if let Some(list) = inv.value("cpulist") {
+        let set = CpuSet::parse(list)
+            .map_err(|_| VmError::InvalidArgument(format!("Failed to parse bitmap '{list}'")))?;
+        let set = parse_cpulist(&set.format())?;
+        match pid {
+            Some(pid) => {
+                for (tid, _) in threads(pid).into_iter().filter(|(_, v)| v.is_none()) {
+                    affinity::set(tid, &set).map_err(|e| {
+                        VmError::OperationFailed(format!("cannot pin thread {tid}: {e}"))
+                    })?;
+                }
+            }
+            None => {
+                let _lock = ctx.store.lock(&def.name)?;
+                tune.emulatorpin = Some(set);
+                set_cputune(&mut def, &tune);
+                ctx.store.write_definition(&def)?;
+            }
+        }
+        return Ok(());
+    }
+    let set = match pid {
+        Some(pid) => affinity::get(pid).unwrap_or_else(|_| all_cpus()),
+        None => tune
+            .emulatorpin
+            .or_else(|| def.vcpu_cpuset.clone())
+            .unwrap_or_else(all_cpus),
+    };
+    if !ctx.quiet {
+        out.push_str("emulator: CPU Affinity\n----------------------------------\n");
+    }
+    out.push_str(&format!("       *: {}\n", set.format()));
+    Ok(())
+}
+
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    out.push_str(&format!("{label:<15}: {value}\n"));
+}
+
+fn config_change(ctx: &Ctx, inv: &Invocation, def: &DomainDef, what: &str) -> Result<(), VmError> {
+    if target(ctx, inv, def)?.is_some() {
+        return Err(VmError::Refused(format!(
+            "Operation not supported: this VMM cannot change {what} of a running domain (use --config)"
+        )));
+    }
+    Ok(())
+}
+
+/// `schedinfo DOMAIN [--set NAME=VALUE] [--config] [--live] [--current]`:
+/// cpu_shares, vcpu_period, vcpu_quota.
+pub fn schedinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
+    let mut def = lookup(ctx, inv.required("domain"))?;
+    let mut tune = cputune(&def)?;
+    if let Some(setting) = inv.value("set") {
+        config_change(ctx, inv, &def, "scheduler parameters")?;
+        let (name, value) = setting.split_once('=').ok_or_else(|| {
+            VmError::InvalidArgument("Invalid syntax for --set, expecting name=value".to_string())
+        })?;
+        let bad =
+            || VmError::InvalidArgument(format!("invalid value '{value}' for parameter '{name}'"));
+        match name {
+            "cpu_shares" => {
+                let v: u64 = value.parse().map_err(|_| bad())?;
+                if !(SHARES_RANGE.0..=SHARES_RANGE.1).contains(&v) {
+                    return Err(bad());
+                }
+                tune.shares = Some(v);
+            }
+            "vcpu_period" => {
+                let v: u64 = value.parse().map_err(|_| bad())?;
+                if !(PERIOD_RANGE.0..=PERIOD_RANGE.1).contains(&v) {
+                    return Err(bad());
+                }
+                tune.period = Some(v);
+            }
+            "vcpu_quota" => {
+                let v: i64 = value.parse().map_err(|_| bad())?;
+                if v != -1 && !(QUOTA_RANGE.0..=QUOTA_RANGE.1).contains(&v) {
+                    return Err(bad());
+                }
+                tune.quota = Some(v);
+            }
+            other => {
+                return Err(VmError::InvalidArgument(format!(
+                    "invalid scheduler parameter '{other}'"
+                )))
+            }
+        }
+        let _lock = ctx.store.lock(&def.name)?;
+        set_cputune(&mut def, &tune);
+        ctx.store.write_definition(&def)?;
+    }
+    line(out, "Scheduler", "posix");
+    line(out, "cpu_shares", tune.shares.unwrap_or(1024));
+    line(out, "vcpu_period", tune.period.unwrap_or(100_000));
+    line(out, "vcpu_quota", tune.quota.unwrap_or(-1));
+    Ok(())
+}
+
+/// `memtune DOMAIN [--hard-limit N] [--soft-limit N] [--swap-hard-limit
+/// N] [--config] [--live] [--current]` (sizes in KiB unless scaled, -1
+/// for unlimited).
+pub fn memtune_command(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
+    let mut def = lookup(ctx, inv.required("domain"))?;
+    let mut mem = memtune(&def)?;
+    let mut changed = false;
+    for (option, slot) in [
+        ("hard-limit", &mut mem.hard_limit_kib),
+        ("soft-limit", &mut mem.soft_limit_kib),
+        ("swap-hard-limit", &mut mem.swap_hard_limit_kib),
+    ] {
+        let Some(text) = inv.value(option) else {
+            continue;
+        };
+        *slot = if text == "-1" {
+            None
+        } else {
+            let bytes = scaled_bytes(text, 16 << 40).ok_or_else(|| {
+                VmError::Refused(format!("Unable to parse integer parameter {option}"))
+            })?;
+            Some(bytes.div_ceil(1024))
+        };
+        changed = true;
+    }
+    if changed {
+        config_change(ctx, inv, &def, "memory parameters")?;
+        let _lock = ctx.store.lock(&def.name)?;
+        set_memtune(&mut def, &mem);
+        tune::memtune(&def)?;
+        ctx.store.write_definition(&def)?;
+        return Ok(());
+    }
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |k| k.to_string());
+    line(out, "hard_limit", show(mem.hard_limit_kib));
+    line(out, "soft_limit", show(mem.soft_limit_kib));
+    line(out, "swap_hard_limit", show(mem.swap_hard_limit_kib));
+    Ok(())
+}
