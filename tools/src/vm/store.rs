@@ -422,8 +422,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let name = DomainName::new("x").unwrap();
+        store.write_definition(&def("x")).unwrap();
         assert_eq!(store.shutoff_reason(&name), 0);
         store.set_shutoff_reason(&name, 3).unwrap();
         assert_eq!(store.shutoff_reason(&name), 3);
+    }
+
+    #[test]
+    fn a_transient_domain_keeps_no_shutoff_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let name = DomainName::new("x").unwrap();
+        store.make_run_dir(&name).unwrap();
+        store.write_definition(&def("x")).unwrap();
+        store.make_transient(&def("x")).unwrap();
+        assert!(!store.is_persistent(&name));
+        assert_eq!(store.definitions().unwrap().len(), 1);
+        store.set_shutoff_reason(&name, 3).unwrap();
+        assert_eq!(store.shutoff_reason(&name), 0);
+        store.write_definition(&def("x")).unwrap();
+        assert!(store.is_persistent(&name));
+        assert_eq!(store.definitions().unwrap().len(), 1);
     }
 }
