@@ -572,7 +572,7 @@ fn start_says_in_one_line_why_it_cannot() {
         ("hugemem", "", "", 1u64 << 20,
          "error: unsupported configuration: <memory> of 1073741824 KiB is over the host's"),
         ("nic", "", "<interface type='network'><source network='default'/></interface>", 32,
-         "error: unsupported configuration: <interface> is not supported by this VMM"),
+         "error: unsupported configuration: <interface type='network'>: only ethernet and bridge interfaces are supported"),
         ("sata", "", "<disk type='file' device='disk'><source file='/var/tmp/x.img'/><target dev='sda' bus='sata'/></disk>", 32,
          "error: unsupported configuration: <disk> 'sda' on bus 'sata': only virtio disks are supported"),
         ("locked", "", &format!("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>", image.display()), 32,

@@ -10,7 +10,8 @@
 //! holds CH's rx/tx counters. A guest that first sends frames with
 //! vnet headers the device must refuse (`guest.mode=net-bad`) is survived:
 //! it still answers, the refusals are counted and logged. A multiqueue
-//! tap serves a guest that uses one pair. Bad `--net`
+//! tap serves a guest that uses one pair. Two guests on one bridge
+//! reach each other (ARP, then a UDP echo; `guest.peer=`). Bad `--net`
 //! specifications stop the VMM with one line before any guest runs.
 //!
 //! Needs root (unshare(CLONE_NEWNET), /dev/net/tun), /dev/kvm, `ip` and
@@ -133,6 +134,11 @@ struct GuestVm {
 impl GuestVm {
     /// The guest in `mode` with the interface `net` (a `--net` spec).
     fn start(mode: &str, net: &str) -> GuestVm {
+        GuestVm::start_cmdline(&guest_cmdline(mode), net)
+    }
+
+    /// The guest with `cmdline` and the interface `net`.
+    fn start_cmdline(cmdline: &str, net: &str) -> GuestVm {
         let guest = build_guest();
         let mut vm = GuestVm::spawn(&[
             "--kernel".as_ref(),
@@ -140,7 +146,7 @@ impl GuestVm {
             "--memory".as_ref(),
             "32M".as_ref(),
             "--cmdline".as_ref(),
-            guest_cmdline(mode).as_ref(),
+            cmdline.as_ref(),
             "--net".as_ref(),
             net.as_ref(),
         ]);
@@ -544,5 +550,44 @@ fn a_multiqueue_interface_serves_a_guest_on_its_first_pair() {
         let net = &info.config.net.expect("net")[0];
         assert_eq!((net.num_queues, net.queue_size), (4, 128));
         vm.finish();
+    });
+}
+
+#[test]
+fn two_guests_on_one_bridge_reach_each_other() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    in_netns(|| {
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["link", "set", "br0", "up"]);
+        let mut vms = Vec::new();
+        for (tap, me, peer, mac) in [
+            ("vta", "10.95.0.2", "10.95.0.3", "52:54:00:00:00:0a"),
+            ("vtb", "10.95.0.3", "10.95.0.2", "52:54:00:00:00:0b"),
+        ] {
+            ip(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+            ip(&["link", "set", tap, "addrgenmode", "none"]);
+            ip(&["link", "set", tap, "master", "br0"]);
+            ip(&["link", "set", tap, "up"]);
+            let cmdline = format!("console=ttyS0 guest.mode=net guest.ip={me} guest.peer={peer}");
+            vms.push((
+                GuestVm::start_cmdline(&cmdline, &format!("tap={tap},mac={mac}")),
+                peer,
+            ));
+        }
+        for (vm, peer) in &mut vms {
+            let line = vm.wait_line("guest: peer reached", Duration::from_secs(60));
+            assert_eq!(line, format!("guest: peer reached {peer}"));
+        }
+        for (vm, _) in &vms {
+            let counters = vm.counters("_net0");
+            assert!(
+                counters["tx_frames"] >= 2 && counters["rx_frames"] >= 2,
+                "{counters:?}"
+            );
+        }
     });
 }

@@ -18,6 +18,7 @@ mod idle;
 mod mem;
 mod net;
 mod pattern;
+mod peer;
 mod pvh;
 mod rawq;
 

@@ -69,8 +69,10 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
             parse_ip(text).ok_or(Failure::Other("bad guest.ip=, length", text.len() as u64))?
         }
     };
+    let mut peer = crate::peer::Peer::from_cmdline(cmdline)?;
     let mut net = open(&device)?;
     let mac = net.mac_address();
+    let probe = alloc_buffer(RX_BUFFER_LEN).ok_or(Failure::Other("out of memory for probes", 0))?;
     if bad_first {
         let sent = send_malformed(&mut net)?;
         put_str("guest: net-bad sent ");
@@ -110,7 +112,21 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
             // SAFETY: as above.
             unsafe { (*net_ptr).ack_interrupt() };
         };
-        if !wait_used(ready, ack, 1000) {
+        let timeout = if peer.as_ref().is_some_and(|p| p.pending()) {
+            20
+        } else {
+            1000
+        };
+        let woken = wait_used(ready, ack, timeout);
+        if let Some(peer) = peer.as_mut() {
+            let written = net
+                .fill_buffer_header(probe)
+                .map_err(|e| Failure::Driver("tx header", e))?;
+            if let Some(len) = peer.probe(mac, ip, &mut probe[written..]) {
+                transmit(&mut net, &probe[..written + len])?;
+            }
+        }
+        if !woken {
             continue;
         }
         while let Some(token) = net.poll_receive() {
@@ -123,6 +139,12 @@ pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Resul
                 .map_err(|e| Failure::Driver("receive", e))?;
             if header > buffer.len() || length > buffer.len() - header {
                 return Err(Failure::Other("bad receive length", length as u64));
+            }
+            if let Some(peer) = peer.as_mut() {
+                if peer.observe(&buffer[header..header + length]) {
+                    post(&mut net, &mut buffers, buffer)?;
+                    continue;
+                }
             }
             let frame = &mut buffer[header..];
             match answer(frame, length, mac, ip, &mut tally) {
@@ -173,7 +195,7 @@ fn put_hex2(byte: u8) {
     crate::console::put_byte(DIGITS[usize::from(byte & 15)]);
 }
 
-fn parse_ip(text: &[u8]) -> Option<[u8; 4]> {
+pub(crate) fn parse_ip(text: &[u8]) -> Option<[u8; 4]> {
     let mut ip = [0u8; 4];
     let mut parts = text.split(|&b| b == b'.');
     for byte in &mut ip {
@@ -316,7 +338,7 @@ fn swap_addresses(frame: &mut [u8], payload: usize, mac: [u8; 6], ip: [u8; 4], p
 }
 
 /// The ones' complement sum of `bytes` as 16-bit big-endian words.
-fn checksum(bytes: &[u8]) -> u16 {
+pub(crate) fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut chunks = bytes.chunks_exact(2);
     for pair in &mut chunks {
