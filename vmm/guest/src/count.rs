@@ -46,6 +46,7 @@ pub fn count(cmdline: &[u8], device: Option<MmioDevice>) -> ! {
         put_str("guest: count FAIL out of memory\n");
         arch::reset();
     };
+    crate::fill::fill(cmdline);
     loop {
         let steps = STEPS.load(Ordering::Relaxed) + 1;
         STEPS.store(steps, Ordering::Relaxed);

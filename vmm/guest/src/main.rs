@@ -13,6 +13,7 @@ mod cmdline;
 mod console;
 mod count;
 mod disk;
+mod fill;
 mod hal;
 mod idle;
 mod mem;

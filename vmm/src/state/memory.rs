@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::machine::{check_end, end_record, ConfigSummary};
-use super::record::{read_record, write_record, Payload, RecordKind, MAX_PAYLOAD};
+use super::record::{
+    read_record, write_record, write_record_parts, Payload, RecordKind, MAX_PAYLOAD,
+};
 use super::StateError;
 use crate::layout::ram_ranges;
 
@@ -19,46 +21,71 @@ pub const PAGE: usize = 4096;
 const RUN_MAX: usize = MAX_PAYLOAD as usize - PAGE;
 
 /// Writes `mem`'s non-zero pages as records after `config`'s; returns
-/// the bytes of RAM written.
+/// the bytes of RAM written. Pages the host never backed (mincore) are
+/// zero and not read; the others are read in chunks of [`RUN_MAX`] bytes
+/// (one copy), compared page by page with a zero page, and each run of
+/// non-zero pages is written from the chunk as one record. A RAM region's
+/// length is a multiple of the page size (`layout::ram_ranges`).
 pub fn save<W: Write>(
     mem: &GuestMemoryMmap,
     config: ConfigSummary,
     out: &mut W,
 ) -> Result<u64, StateError> {
+    static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
     let first = config.to_record();
     write_record(out, first.kind, 0, &first.payload)?;
     let mut count = 1;
     let mut saved = 0u64;
-    let mut page = vec![0u8; PAGE];
-    let mut run: Vec<u8> = Vec::with_capacity(RUN_MAX + 8);
-    let flush = |run: &mut Vec<u8>, count: &mut usize, out: &mut W| -> Result<(), StateError> {
-        if run.len() > 8 {
-            write_record(out, RecordKind::Ram, 0, run)?;
-            *count += 1;
-        }
-        run.clear();
-        Ok(())
-    };
+    let mut chunk = vec![0u8; RUN_MAX];
     for region in mem.iter() {
         let start = region.start_addr().0;
-        for offset in (0..region.len()).step_by(PAGE) {
+        let resident = super::resident::resident_pages(region);
+        let mut offset = 0u64;
+        while offset < region.len() {
+            let len = (region.len() - offset).min(RUN_MAX as u64) as usize;
             let addr = start + offset;
-            mem.read_slice(&mut page, GuestAddress(addr))
-                .map_err(|e| StateError::Read(format!("guest RAM at {addr:#x}: {e}")))?;
-            if page.iter().all(|&b| b == 0) {
-                flush(&mut run, &mut count, out)?;
-                continue;
+            // Pages the host never backed read as zero: only the others are
+            // read (reading one would fault it in).
+            let first_page = (offset / super::resident::HOST_PAGE) as usize;
+            let backed = |page: usize| {
+                resident
+                    .as_ref()
+                    .is_none_or(|flags| flags.get(first_page + page).copied().unwrap_or(true))
+            };
+            let pages = len / PAGE;
+            let buf = &mut chunk[..len];
+            let mut page = 0;
+            while page < pages {
+                if !backed(page) {
+                    page += 1;
+                    continue;
+                }
+                let from = page;
+                while page < pages && backed(page) {
+                    page += 1;
+                }
+                let at = addr + (from * PAGE) as u64;
+                mem.read_slice(&mut buf[from * PAGE..page * PAGE], GuestAddress(at))
+                    .map_err(|e| StateError::Read(format!("guest RAM at {at:#x}: {e}")))?;
             }
-            if run.len() >= RUN_MAX + 8 {
-                flush(&mut run, &mut count, out)?;
+            let mut run_start = None;
+            for page in 0..=pages {
+                let at = page * PAGE;
+                let zero = page == pages || !backed(page) || buf[at..at + PAGE] == ZERO_PAGE;
+                match (run_start, zero) {
+                    (None, false) => run_start = Some(at),
+                    (Some(from), true) => {
+                        let run_addr = (addr + from as u64).to_le_bytes();
+                        write_record_parts(out, RecordKind::Ram, 0, &[&run_addr, &buf[from..at]])?;
+                        saved += (at - from) as u64;
+                        count += 1;
+                        run_start = None;
+                    }
+                    _ => {}
+                }
             }
-            if run.is_empty() {
-                run.extend_from_slice(&addr.to_le_bytes());
-            }
-            run.extend_from_slice(&page);
-            saved += PAGE as u64;
+            offset += len as u64;
         }
-        flush(&mut run, &mut count, out)?;
     }
     let end = end_record(count);
     write_record(out, end.kind, 0, &end.payload)?;

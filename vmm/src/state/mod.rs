@@ -16,6 +16,7 @@ pub mod in_image;
 pub mod machine;
 pub mod memory;
 pub mod record;
+pub mod resident;
 pub mod snapshot;
 pub mod vcpu;
 

@@ -144,21 +144,38 @@ pub fn write_record<W: Write>(
     index: u32,
     payload: &[u8],
 ) -> Result<(), StateError> {
-    let length = u32::try_from(payload.len())
+    write_record_parts(out, kind, index, &[payload])
+}
+
+/// Writes one record whose payload is `parts` one after the other (a RAM
+/// run's address and its pages, without copying them together).
+pub fn write_record_parts<W: Write>(
+    out: &mut W,
+    kind: RecordKind,
+    index: u32,
+    parts: &[&[u8]],
+) -> Result<(), StateError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let length = u32::try_from(total)
         .ok()
         .filter(|&n| n <= MAX_PAYLOAD)
         .ok_or(StateError::TooLong {
             kind: kind as u16,
-            length: payload.len() as u64,
+            length: total as u64,
         })?;
     let head = header_bytes(kind, index, length);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);
-    crc.update(payload);
+    for part in parts {
+        crc.update(part);
+    }
     out.write_all(&head).map_err(StateError::write)?;
     out.write_all(&crc.finalize().to_le_bytes())
         .map_err(StateError::write)?;
-    out.write_all(payload).map_err(StateError::write)
+    for part in parts {
+        out.write_all(part).map_err(StateError::write)?;
+    }
+    Ok(())
 }
 
 /// Reads the next record; `None` at a clean end of input (no byte of a

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Benchmark of snapshots of a running VM kept inside the qcow2 image (not a
+# test): QEMU 10's savevm/loadvm (HMP over a monitor socket,
+# qemu-system-x86_64 -M microvm -enable-kvm) against `vm snapshot-create-as`
+# and `vm snapshot-revert`, both running the same test guest
+# (guest.mode=count guest.fill=256: 512 MiB of RAM of which 256 MiB hold
+# data, counting on its serial port). Prints per pair and as medians:
+# snapshot time, revert time, the revert's resume latency (from the
+# command to the guest's next serial line; the guest prints a line every
+# 1000 steps, which bounds the resolution), and the VM-state bytes in the
+# image; then the ratios ours/QEMU of the medians, measured in this run.
+# Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
+# When bench/migrate.sh exists it runs last.
+#
+# qemu-system-x86 10 comes from bookworm-backports (bench/vmm.sh
+# --install-qemu installs it).
+#
+# Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256]
+
+set -euo pipefail
+runs=5
+memory=512
+fill=256
+while (($#)); do
+    case $1 in
+        --runs) runs=$2; shift 2 ;;
+        --memory) memory=$2; shift 2 ;;
+        --fill) fill=$2; shift 2 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+command -v qemu-system-x86_64 >/dev/null || {
+    echo "state.sh: needs qemu-system-x86_64 (bench/vmm.sh --install-qemu)" >&2
+    exit 1
+}
+cargo build -q --release -p vmm -p tools
+target=${CARGO_TARGET_DIR:-$repo/target}
+CARGO_ENCODED_RUSTFLAGS=$(printf '%s\x1f%s\x1f%s' -Crelocation-model=static -Cno-redzone=yes \
+    -Ctarget-feature=-sse,-sse2,-x87) \
+    cargo build -q --release --offline --target x86_64-unknown-linux-gnu \
+    --manifest-path vmm/guest/Cargo.toml --target-dir "$target/guest" 2>/dev/null
+guest=$target/guest/x86_64-unknown-linux-gnu/release/vmm-test-guest
+bin=$target/release
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/state-bench.XXXXXX")
+cleanup() {
+    [ -n "${qemu_pid:-}" ] && kill "$qemu_pid" 2>/dev/null || true
+    "$bin/vm" -c "$work/store" destroy bench >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cmdline="guest.mode=count guest.every=1000 guest.fill=$fill"
+
+# Ours: a domain on a qcow2 disk.
+"$bin/img" create -q -f qcow2 "$work/ours.qcow2" 64M
+cat >"$work/bench.xml" <<EOF
+<domain type='kvm'>
+  <name>bench</name>
+  <memory unit='MiB'>$memory</memory>
+  <os><type>hvm</type><kernel>$guest</kernel><cmdline>$cmdline</cmdline></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$work/ours.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='pty'/>
+  </devices>
+</domain>
+EOF
+"$bin/vm" -c "$work/store" -q define "$work/bench.xml"
+"$bin/vm" -c "$work/store" -q start bench
+ours_log=$work/store/run/bench/console.log
+
+# QEMU: the same guest on its own qcow2 disk, HMP on a unix socket.
+qemu-img create -q -f qcow2 "$work/qemu.qcow2" 64M
+qemu_log=$work/qemu-serial.log
+qemu-system-x86_64 -M microvm -accel kvm -bios /usr/share/qemu/qboot.rom -m "$memory" \
+    -nodefaults -no-user-config -display none \
+    -kernel "$guest" -append "$cmdline" -serial "file:$qemu_log" \
+    -drive "file=$work/qemu.qcow2,if=none,id=d0,format=qcow2" \
+    -device virtio-blk-device,drive=d0 \
+    -monitor "unix:$work/monitor.sock,server,nowait" &
+qemu_pid=$!
+
+python3 - "$runs" "$bin/vm" "$work" "$ours_log" "$qemu_log" "$work/monitor.sock" "$fill" <<'EOF'
+import json, os, socket, statistics, subprocess, sys, time
+runs, vm, work, ours_log, qemu_log, monitor, fill = sys.argv[1:]
+runs = int(runs)
+# Filling takes about 0.6 s per MiB on a nested host (each first touch of a
+# page is a nested EPT fault).
+fill_timeout = 60 + 2 * int(fill)
+store = os.path.join(work, "store")
+
+def wait_for(path, text, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if text in open(path, errors="replace").read():
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    sys.exit(f"state.sh: '{text}' never appeared in {path}")
+
+def next_line_after(path, size, start, timeout=30):
+    """Seconds from `start` until `path` grows past `size` with a count line."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(path, "rb") as f:
+            f.seek(size)
+            if b"guest: count" in f.read():
+                return time.monotonic() - start
+        time.sleep(0.0005)
+    sys.exit(f"state.sh: no count line in {path} after the revert")
+
+class Hmp:
+    def __init__(self, path):
+        for _ in range(500):
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                time.sleep(0.02)
+        self.read_prompt()
+    def read_prompt(self):
+        data = b""
+        while not data.endswith(b"(qemu) "):
+            chunk = self.s.recv(65536)
+            if not chunk:
+                sys.exit("state.sh: QEMU's monitor closed")
+            data += chunk
+        return data.decode(errors="replace")
+    def cmd(self, text):
+        self.s.sendall(text.encode() + b"\n")
+        out = self.read_prompt()
+        if "Error" in out or "error" in out:
+            sys.exit(f"state.sh: QEMU: {text}: {out.strip()}")
+        return out
+
+def vm_run(*args):
+    subprocess.run([vm, "-c", store, "-q", *args], check=True, stdout=subprocess.DEVNULL)
+
+def vm_state_bytes(image, name):
+    info = json.loads(subprocess.run(["qemu-img", "info", "--force-share", "--output=json", image],
+                                     check=True, capture_output=True).stdout)
+    for s in info.get("snapshots", []):
+        if s["name"] == name:
+            return s["vm-state-size"]
+    sys.exit(f"state.sh: no snapshot {name} in {image}")
+
+wait_for(ours_log, "guest: filled", fill_timeout)
+wait_for(qemu_log, "guest: filled", fill_timeout)
+hmp = Hmp(monitor)
+rows = {"ours": [], "qemu": []}
+for i in range(runs):
+    # Ours.
+    t = time.monotonic(); vm_run("snapshot-create-as", "bench", f"s{i}")
+    subprocess.run(["sync"]); save = time.monotonic() - t
+    size = os.path.getsize(ours_log)
+    t = time.monotonic(); vm_run("snapshot-revert", "bench", f"s{i}"); revert = time.monotonic() - t
+    resume = next_line_after(ours_log, size, t)
+    rows["ours"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "ours.qcow2"), f"s{i}")))
+    # QEMU's.
+    t = time.monotonic(); hmp.cmd(f"savevm q{i}")
+    subprocess.run(["sync"]); save = time.monotonic() - t
+    size = os.path.getsize(qemu_log)
+    t = time.monotonic(); hmp.cmd(f"loadvm q{i}"); revert = time.monotonic() - t
+    resume = next_line_after(qemu_log, size, t)
+    rows["qemu"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "qemu.qcow2"), f"q{i}")))
+    for who in ("ours", "qemu"):
+        s, r, l, b = rows[who][-1]
+        print(f"run {i + 1} {who:4}: snapshot {s * 1000:7.1f} ms  revert {r * 1000:7.1f} ms  "
+              f"resume latency {l * 1000:7.1f} ms  VM state {b / 2**20:7.1f} MiB")
+    sys.stdout.flush()
+med = {who: [statistics.median(col) for col in zip(*rows[who])] for who in rows}
+names = ["snapshot ms", "revert ms", "resume latency ms", "VM state MiB"]
+scale = [1000, 1000, 1000, 1 / 2**20]
+print(f"\nmedians over {runs} runs, {fill} MiB of guest data:")
+for k, name in enumerate(names):
+    o, q = med["ours"][k] * scale[k], med["qemu"][k] * scale[k]
+    print(f"  {name:18} ours {o:9.1f}   qemu {q:9.1f}   ratio ours/qemu {o / q if q else float('nan'):.3f}")
+EOF
+kill "$qemu_pid" 2>/dev/null || true
+wait "$qemu_pid" 2>/dev/null || true
+qemu_pid=
+
+if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
+    echo
+    bash bench/migrate.sh
+fi
