@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-qemu.sh
+bash scripts/ensure-qemu-system.sh
 bash scripts/ensure-libvirt.sh
 bash scripts/ensure-curl.sh
 bash scripts/ensure-net.sh
