@@ -582,12 +582,13 @@ impl Controller {
         let options = request.options(self.state == VmState::Running);
         let report = crate::migration::send::send(vm, &config_json, &options)?;
         eprintln!(
-            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM)",
+            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM, full pass {} ms)",
             options.url,
             report.total.as_millis(),
             report.downtime.as_millis(),
             report.passes,
-            report.ram_bytes >> 20
+            report.ram_bytes >> 20,
+            report.full_pass.as_millis()
         );
         self.migrated = true;
         Ok(())

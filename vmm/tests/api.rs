@@ -87,7 +87,7 @@ fn without_a_vm_the_api_answers_as_cloud_hypervisor() {
             b"PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
             "400",
         ),
-        (b"GET /api/v1/vm.send-migration HTTP/1.1\r\n\r\n", "404"),
+        (b"GET /api/v1/vm.coredump HTTP/1.1\r\n\r\n", "404"),
         (b"GET /api/v1/vm.pause HTTP/1.1\r\n\r\n", "400"),
     ];
     for (bytes, status) in cases {

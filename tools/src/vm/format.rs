@@ -26,6 +26,8 @@ pub mod reason {
     pub const RUNNING_UNPAUSED: u32 = 5;
     /// VIR_DOMAIN_PAUSED_USER.
     pub const PAUSED_USER: u32 = 1;
+    /// VIR_DOMAIN_PAUSED_MIGRATION.
+    pub const PAUSED_MIGRATION: u32 = 2;
     /// VIR_DOMAIN_PAUSED_STARTING_UP.
     pub const PAUSED_STARTING_UP: u32 = 11;
     /// VIR_DOMAIN_SHUTOFF_UNKNOWN.

@@ -51,6 +51,8 @@ pub struct SendReport {
     pub passes: u32,
     /// Bytes of RAM sent.
     pub ram_bytes: u64,
+    /// The full pass.
+    pub full_pass: Duration,
 }
 
 /// Where the source stands, for putting it back after a failure.
@@ -167,6 +169,7 @@ fn exchange(
         // The full pass.
         let pass_start = Instant::now();
         let sent = sender.full_pass()?;
+        report.full_pass = pass_start.elapsed();
         report.ram_bytes += sent;
         report.passes = 1;
         let mut bandwidth = rate(sent, pass_start.elapsed());
@@ -240,6 +243,48 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
     (bytes as f64 / elapsed.as_secs_f64().max(1e-6)).max(1e6)
 }
 
+/// The VMM's own page table as /proc/self/pagemap shows it: a page of
+/// guest RAM neither present nor swapped out was never written (an
+/// anonymous mapping reads as zero there).
+struct PageMap(std::fs::File);
+
+impl PageMap {
+    fn open() -> Option<PageMap> {
+        std::fs::File::open("/proc/self/pagemap").ok().map(PageMap)
+    }
+
+    /// Whether none of `pages` pages at guest-physical `addr` was ever
+    /// touched (false when that cannot be told).
+    fn untouched(&self, mem: &vm_memory::GuestMemoryMmap, addr: u64, pages: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(host) = mem.get_host_address(GuestAddress(addr)) else {
+            return false;
+        };
+        let host = host as u64;
+        if !host.is_multiple_of(PAGE) {
+            return false;
+        }
+        let mut entries = vec![0u8; pages as usize * 8];
+        if self.0.read_exact_at(&mut entries, host / PAGE * 8).is_err() {
+            return false;
+        }
+        // Bit 63: present; bit 62: swapped.
+        entries
+            .chunks_exact(8)
+            .all(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")) >> 62 == 0)
+    }
+}
+
+/// Whether `page` is all zero bytes (eight at a time: the full pass looks
+/// at every page of RAM).
+fn is_zero(page: &[u8]) -> bool {
+    let mut words = page.chunks_exact(8);
+    let any = words.by_ref().fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+    });
+    any == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
 fn dirty_bytes(regions: &[DirtyRegion]) -> u64 {
     regions.iter().map(|r| r.count() * PAGE).sum()
 }
@@ -284,18 +329,28 @@ impl<W: Write> RamSender<'_, '_, W> {
             .map(|r| (r.start_addr().0, r.len()))
             .collect();
         let mut sent = 0;
+        let pagemap = PageMap::open();
         for (start, len) in regions {
             let mut addr = start;
             while addr < start + len {
                 let pages = ((start + len - addr) / PAGE).min(RUN_PAGES);
+                if pagemap
+                    .as_ref()
+                    .is_some_and(|map| map.untouched(self.vm.memory(), addr, pages))
+                {
+                    // Never touched: reads as zero, and reading it would
+                    // only fault in the zero page.
+                    addr += pages * PAGE;
+                    continue;
+                }
                 self.read(addr, pages)?;
                 // Runs of non-zero pages inside this chunk.
                 let mut run_start: Option<u64> = None;
                 for page in 0..=pages {
                     let zero = page == pages
-                        || self.buffer[(page * PAGE) as usize..((page + 1) * PAGE) as usize]
-                            .iter()
-                            .all(|&b| b == 0);
+                        || is_zero(
+                            &self.buffer[(page * PAGE) as usize..((page + 1) * PAGE) as usize],
+                        );
                     match (zero, run_start) {
                         (false, None) => run_start = Some(page),
                         (true, Some(first)) => {
@@ -333,5 +388,32 @@ impl<W: Write> RamSender<'_, '_, W> {
             }
         }
         Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_pages_and_merged_regions() {
+        let mut page = vec![0u8; 4096];
+        assert!(is_zero(&page));
+        page[4095] = 1;
+        assert!(!is_zero(&page));
+        assert!(!is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 3]));
+        let a = [DirtyRegion {
+            start: 0,
+            len: 128 * 4096,
+            bits: vec![1, 0],
+        }];
+        let b = [DirtyRegion {
+            start: 0,
+            len: 128 * 4096,
+            bits: vec![2],
+        }];
+        let merged = merge(&a, &b);
+        assert_eq!(merged[0].bits, vec![3, 0]);
+        assert_eq!(dirty_bytes(&merged), 2 * 4096);
     }
 }

@@ -115,8 +115,14 @@ pub fn migrate_listen(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(
             mode: ConsoleMode::Socket,
         };
         let annotation = client
+            .clone()
             .receive_migration(&url.to_string(), Some(serial))
             .map_err(|e| api_failure(e, &staging))?;
+        // A guest paused at the source stays paused here.
+        let paused = client
+            .with_io_timeout(QUERY_TIMEOUT)
+            .info()
+            .is_ok_and(|info| info.state == vmapi::VmState::Paused);
         let def = parse_domain(annotation.as_bytes()).map_err(|e| {
             VmError::OperationFailed(format!("the domain XML the source sent: {e}"))
         })?;
@@ -157,7 +163,11 @@ pub fn migrate_listen(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(
         let id = ctx.store.next_id()?;
         run.record(process, id)
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
-        run.set_reason(state::RUNNING, reason::RUNNING_MIGRATED);
+        if paused {
+            run.set_reason(state::PAUSED, reason::PAUSED_MIGRATION);
+        } else {
+            run.set_reason(state::RUNNING, reason::RUNNING_MIGRATED);
+        }
         drop(lock);
         Ok(def)
     })();

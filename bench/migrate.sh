@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Benchmark live migration over a Unix socket on this host (not a test):
+# our `vmm` (vm.receive-migration / vm.send-migration through its API
+# socket, figures from the source's closing line) against QEMU 10
+# (`qemu-system-x86_64 -M microvm -enable-kvm` with `-incoming unix:`,
+# then HMP `migrate` and `info migrate`'s "total time" and "downtime"),
+# both running the same test guest in `guest.mode=count` (counting in RAM,
+# writing each count to its disk with a flush) with --memory of RAM and a
+# raw disk. Runs alternate ours and QEMU's; prints medians and the
+# ratios ours/QEMU. The guest touches a few pages continuously (its
+# counter, its stack, the disk buffers): there is no mode yet that dirties
+# memory at a set rate, so this measures the full pass over mostly-zero
+# RAM and the switch, not convergence under load.
+#
+# --vmm PATH uses that vmm binary instead of building the release one
+# (e.g. target/debug/vmm, which the test profile builds at opt-level 2).
+#
+# Usage: bench/migrate.sh [--runs 5] [--memory 512M] [--vmm PATH]
+
+set -euo pipefail
+runs=5
+memory=512M
+vmm=
+while (($#)); do
+    case $1 in
+        --runs) runs=$2; shift 2 ;;
+        --memory) memory=$2; shift 2 ;;
+        --vmm) vmm=$(realpath "$2"); shift 2 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) echo "migrate.sh: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+target=${CARGO_TARGET_DIR:-$repo/target}
+if [ -z "$vmm" ]; then
+    cargo build -q --release -p vmm
+    vmm=$target/release/vmm
+fi
+CARGO_ENCODED_RUSTFLAGS=$(printf '%s\x1f%s\x1f%s' -Crelocation-model=static -Cno-redzone=yes \
+    -Ctarget-feature=-sse,-sse2,-x87) \
+    cargo build -q --release --offline --target x86_64-unknown-linux-gnu \
+    --manifest-path vmm/guest/Cargo.toml --target-dir "$target/guest" 2>/dev/null
+guest=$target/guest/x86_64-unknown-linux-gnu/release/vmm-test-guest
+command -v qemu-system-x86_64 >/dev/null || {
+    echo "qemu-system-x86_64 not installed (bench/vmm.sh --install-qemu installs it)" >&2
+    exit 1
+}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+python3 - "$runs" "$memory" "$vmm" "$guest" "$work" <<'PY'
+import json, os, re, socket, statistics, subprocess, sys, time
+
+runs, memory, vmm, guest, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+mib = int(memory[:-1]) * (1024 if memory.endswith("G") else 1) if memory[-1] in "MG" else int(memory) >> 20
+cmdline = "guest.mode=count guest.every=20000"
+
+def wait_for(path, what, timeout=10):
+    t0 = time.monotonic()
+    while not os.path.exists(path):
+        if time.monotonic() - t0 > timeout:
+            sys.exit(f"migrate.sh: no {what} after {timeout} s")
+        time.sleep(0.005)
+
+def wait_text(path, text, timeout=60):
+    t0 = time.monotonic()
+    while True:
+        try:
+            if text in open(path, errors="replace").read():
+                return
+        except FileNotFoundError:
+            pass
+        if time.monotonic() - t0 > timeout:
+            sys.exit(f"migrate.sh: no '{text}' in {path} after {timeout} s")
+        time.sleep(0.01)
+
+def curl(sock, path, body=None, background=False):
+    cmd = ["curl", "-sS", "--fail-with-body", "--unix-socket", sock, "-X", "PUT" if body is not None else "GET",
+           f"http://localhost/api/v1/{path}"]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"migrate.sh: {path}: {out.stdout}{out.stderr}")
+    return out.stdout
+
+def ours(run):
+    d = os.path.join(work, f"ours{run}")
+    os.makedirs(d)
+    disk = os.path.join(d, "disk.raw")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    procs = []
+    for side in ("src", "dst"):
+        log = open(os.path.join(d, f"{side}.log"), "w")
+        procs.append(subprocess.Popen([vmm, "--api-socket", f"path={d}/{side}.sock"],
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        wait_for(f"{d}/{side}.sock", f"{side} API socket")
+    config = {"payload": {"kernel": guest, "cmdline": cmdline}, "memory": {"size": mib << 20},
+              "disks": [{"path": disk, "id": "vda", "image_type": "Raw"}],
+              "serial": {"mode": "File", "file": f"{d}/src-console.log"}}
+    curl(f"{d}/src.sock", "vm.create", config)
+    curl(f"{d}/src.sock", "vm.boot", {})
+    wait_text(f"{d}/src-console.log", "guest: count 2")
+    recv = curl(f"{d}/dst.sock", "vm.receive-migration",
+                {"receiver_url": f"unix:{d}/mig.sock",
+                 "serial": {"mode": "File", "file": f"{d}/dst-console.log"}}, background=True)
+    wait_for(f"{d}/mig.sock", "migration listener")
+    curl(f"{d}/src.sock", "vm.send-migration", {"destination_url": f"unix:{d}/mig.sock"})
+    recv.wait()
+    procs[0].wait(timeout=30)
+    line = open(os.path.join(d, "src.log")).read()
+    m = re.search(r"migrated to \S+ in (\d+) ms \((\d+) ms of downtime", line)
+    if not m:
+        sys.exit(f"migrate.sh: our source did not migrate: {line}")
+    print("  ours:", line.strip().splitlines()[-1], flush=True)
+    try:
+        curl(f"{d}/dst.sock", "vmm.shutdown", {})
+    except SystemExit:
+        pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return int(m.group(1)), int(m.group(2))
+
+def hmp(sock_path, command):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    s.settimeout(10)
+    def until_prompt():
+        buf = b""
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode(errors="replace")
+    until_prompt()
+    s.sendall(command.encode() + b"\n")
+    out = until_prompt()
+    s.close()
+    return out
+
+def qemu(run):
+    d = os.path.join(work, f"qemu{run}")
+    os.makedirs(d)
+    disk = os.path.join(d, "disk.raw")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    base = ["qemu-system-x86_64", "-M", "microvm,pit=off,pic=off,rtc=off,ioapic2=off", "-accel", "kvm",
+            "-bios", "/usr/share/qemu/qboot.rom", "-nodefaults", "-no-user-config", "-display", "none",
+            "-m", memory, "-no-reboot",
+            "-drive", f"file={disk},if=none,id=d0,format=raw,file.locking=off",
+            "-device", "virtio-blk-device,drive=d0", "-kernel", guest, "-append", cmdline]
+    procs = []
+    for side in ("src", "dst"):
+        extra = ["-serial", f"file:{d}/{side}-console.log",
+                 "-monitor", f"unix:{d}/{side}-mon.sock,server=on,wait=off"]
+        if side == "dst":
+            extra += ["-incoming", f"unix:{d}/mig.sock"]
+        log = open(os.path.join(d, f"{side}.log"), "w")
+        procs.append(subprocess.Popen(base + extra, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        wait_for(f"{d}/{side}-mon.sock", f"QEMU {side} monitor")
+    wait_text(f"{d}/src-console.log", "guest: count 2")
+    wait_for(f"{d}/mig.sock", "QEMU migration listener")
+    hmp(f"{d}/src-mon.sock", f"migrate unix:{d}/mig.sock")
+    t0 = time.monotonic()
+    while True:
+        info = hmp(f"{d}/src-mon.sock", "info migrate")
+        if "completed" in info:
+            break
+        if "failed" in info or time.monotonic() - t0 > 120:
+            sys.exit(f"migrate.sh: QEMU's migration: {info}")
+        time.sleep(0.05)
+    total = int(re.search(r"[Tt]otal time:\s*(\d+) ms", info).group(1))
+    down = int(re.search(r"[Dd]owntime:\s*(\d+) ms", info).group(1))
+    for p in procs:
+        p.kill()
+        p.wait()
+    return total, down
+
+results = {"ours": [], "qemu": []}
+for run in range(runs):
+    results["ours"].append(ours(run))
+    results["qemu"].append(qemu(run))
+def med(side, i):
+    return statistics.median(r[i] for r in results[side])
+o_total, o_down, q_total, q_down = med("ours", 0), med("ours", 1), med("qemu", 0), med("qemu", 1)
+print(f"guest: {memory} of RAM, guest.mode=count, unix socket, {runs} runs each (medians)")
+print(f"vmm:          total {o_total:7.1f} ms   downtime {o_down:6.1f} ms   runs {results['ours']}")
+print(f"qemu microvm: total {q_total:7.1f} ms   downtime {q_down:6.1f} ms   runs {results['qemu']}")
+print(f"ratios ours/qemu: total {o_total / max(q_total, 1):.2f}, downtime {o_down / max(q_down, 1):.2f}")
+print("targets: downtime at most 0.5x QEMU's and under 50 ms; total time at most QEMU's")
+PY
