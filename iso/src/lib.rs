@@ -41,6 +41,10 @@ pub const MAX_WALK_ENTRIES: usize = 1_000_000;
 pub const MAX_CONTINUATIONS: usize = 16;
 /// Volume descriptors read at most before the set terminator.
 pub const MAX_DESCRIPTORS: usize = 64;
+/// Bytes of names and paths one directory listing holds at most (the
+/// entries' `name` and `path` together), so that a deep tree of long
+/// names cannot make one listing huge.
+pub const MAX_LISTING_BYTES: usize = 16 << 20;
 /// Extents of one multi-extent file at most.
 pub const MAX_FILE_EXTENTS: usize = 4096;
 
@@ -129,6 +133,14 @@ pub enum IsoError {
     #[error("ISO path '{path}' is deeper than {max} levels")]
     TooDeep {
         /// The path.
+        path: String,
+        /// The limit.
+        max: usize,
+    },
+    /// A directory's names and paths together pass [`MAX_LISTING_BYTES`].
+    #[error("ISO directory '{path}': names and paths over {max} bytes")]
+    ListingTooLarge {
+        /// The directory's path.
         path: String,
         /// The limit.
         max: usize,
