@@ -156,6 +156,7 @@ impl Bed {
             .join(format!("{name}.xml"))
             .exists());
         assert!(!self.store.join("boot").join(name).exists());
+        assert!(!self.store.join("run").join(name).exists());
         let images: Vec<_> = std::fs::read_dir(self.store.join("images"))
             .map(|d| d.map(|e| e.unwrap().file_name()).collect())
             .unwrap_or_default();
