@@ -192,6 +192,17 @@ impl Bed {
     }
 }
 
+impl Drop for Bed {
+    /// A failed test leaves no VMM running: every running domain of the
+    /// store is destroyed.
+    fn drop(&mut self) {
+        let names = self.vm(&["list", "--name"]);
+        for name in text(&names.stdout).lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.vm(&["destroy", name.trim()]);
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
