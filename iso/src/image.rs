@@ -10,7 +10,7 @@ use crate::source::ReadAt;
 use crate::susp::{self, Continuation};
 use crate::{
     IsoError, Result, MAX_DEPTH, MAX_DESCRIPTORS, MAX_DIR_BYTES, MAX_DIR_ENTRIES, MAX_FILE_EXTENTS,
-    MAX_WALK_ENTRIES,
+    MAX_LISTING_BYTES, MAX_WALK_ENTRIES,
 };
 
 /// One contiguous run of a file's data.
@@ -229,6 +229,7 @@ impl<R: ReadAt> IsoImage<R> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut continuing = false;
         let mut records = 0usize;
+        let mut listing_bytes = 0usize;
         let mut pos = 0usize;
         while pos < bytes.len() {
             if bytes[pos] == 0 {
@@ -277,6 +278,13 @@ impl<R: ReadAt> IsoImage<R> {
                 continuing = false;
                 continue;
             };
+            listing_bytes += dir.path.len() + 2 * name.len() + 1;
+            if listing_bytes > MAX_LISTING_BYTES {
+                return Err(IsoError::ListingTooLarge {
+                    path: dir.path.clone(),
+                    max: MAX_LISTING_BYTES,
+                });
+            }
             let path = if dir.path == "/" {
                 format!("/{name}")
             } else {

@@ -41,6 +41,10 @@ pub const MAX_WALK_ENTRIES: usize = 1_000_000;
 pub const MAX_CONTINUATIONS: usize = 16;
 /// Volume descriptors read at most before the set terminator.
 pub const MAX_DESCRIPTORS: usize = 64;
+/// Bytes of names and paths one directory listing holds at most (the
+/// entries' `name` and `path` together), so that a deep tree of long
+/// names cannot make one listing huge.
+pub const MAX_LISTING_BYTES: usize = 16 << 20;
 /// Extents of one multi-extent file at most.
 pub const MAX_FILE_EXTENTS: usize = 4096;
 
@@ -98,7 +102,7 @@ pub enum IsoError {
         image_size: u64,
     },
     /// A directory is larger than [`MAX_DIR_BYTES`].
-    #[error("ISO directory '{path}': {bytes} bytes is over the limit of {max}")]
+    #[error("ISO directory '{shown}': {bytes} bytes is over the limit of {max}", shown = .path.escape_debug())]
     DirectoryTooLarge {
         /// The directory's path.
         path: String,
@@ -108,7 +112,7 @@ pub enum IsoError {
         max: u64,
     },
     /// A directory has more than [`MAX_DIR_ENTRIES`] records.
-    #[error("ISO directory '{path}': more than {max} entries")]
+    #[error("ISO directory '{shown}': more than {max} entries", shown = .path.escape_debug())]
     TooManyEntries {
         /// The directory's path.
         path: String,
@@ -116,7 +120,7 @@ pub enum IsoError {
         max: usize,
     },
     /// A directory record is malformed.
-    #[error("ISO directory '{path}': bad record at byte {at}: {reason}")]
+    #[error("ISO directory '{shown}': bad record at byte {at}: {reason}", shown = .path.escape_debug())]
     BadRecord {
         /// The directory's path.
         path: String,
@@ -126,15 +130,23 @@ pub enum IsoError {
         reason: String,
     },
     /// A path or a walk goes deeper than [`MAX_DEPTH`].
-    #[error("ISO path '{path}' is deeper than {max} levels")]
+    #[error("ISO path '{shown}' is deeper than {max} levels", shown = .path.escape_debug())]
     TooDeep {
         /// The path.
         path: String,
         /// The limit.
         max: usize,
     },
+    /// A directory's names and paths together pass [`MAX_LISTING_BYTES`].
+    #[error("ISO directory '{shown}': names and paths over {max} bytes", shown = .path.escape_debug())]
+    ListingTooLarge {
+        /// The directory's path.
+        path: String,
+        /// The limit.
+        max: usize,
+    },
     /// A walk met a directory it had already read.
-    #[error("ISO directory '{path}' loops back to block {block}")]
+    #[error("ISO directory '{shown}' loops back to block {block}", shown = .path.escape_debug())]
     DirectoryLoop {
         /// The directory's path.
         path: String,
@@ -148,7 +160,7 @@ pub enum IsoError {
         max: usize,
     },
     /// A file is larger than the caller allows.
-    #[error("ISO file '{path}': {size} bytes is over the limit of {max}")]
+    #[error("ISO file '{shown}': {size} bytes is over the limit of {max}", shown = .path.escape_debug())]
     FileTooLarge {
         /// The file's path.
         path: String,
@@ -158,7 +170,7 @@ pub enum IsoError {
         max: u64,
     },
     /// A file made of more than [`MAX_FILE_EXTENTS`] extents.
-    #[error("ISO file '{path}': more than {max} extents")]
+    #[error("ISO file '{shown}': more than {max} extents", shown = .path.escape_debug())]
     TooManyExtents {
         /// The file's path.
         path: String,
@@ -166,7 +178,7 @@ pub enum IsoError {
         max: usize,
     },
     /// An operation on a directory that needs a file, or the reverse.
-    #[error("ISO path '{path}' is not a {expected}")]
+    #[error("ISO path '{shown}' is not a {expected}", shown = .path.escape_debug())]
     WrongKind {
         /// The path.
         path: String,

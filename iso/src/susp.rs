@@ -32,8 +32,8 @@ pub struct Continuation {
     pub length: u32,
 }
 
-/// Longest name an `NM` chain may build, in bytes.
-const MAX_NAME_BYTES: usize = 1024;
+/// Longest name an `NM` chain may build, in bytes (NAME_MAX).
+const MAX_NAME_BYTES: usize = 255;
 
 /// Reads the Rock Ridge entries of a system use area (after the `SP`
 /// skip), following at most [`MAX_CONTINUATIONS`] `CE` areas through

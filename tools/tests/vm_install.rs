@@ -156,6 +156,7 @@ impl Bed {
             .join(format!("{name}.xml"))
             .exists());
         assert!(!self.store.join("boot").join(name).exists());
+        assert!(!self.store.join("run").join(name).exists());
         let images: Vec<_> = std::fs::read_dir(self.store.join("images"))
             .map(|d| d.map(|e| e.unwrap().file_name()).collect())
             .unwrap_or_default();
@@ -188,6 +189,17 @@ impl Bed {
             text(&out.stdout),
             text(&out.stderr)
         );
+    }
+}
+
+impl Drop for Bed {
+    /// A failed test leaves no VMM running: every running domain of the
+    /// store is destroyed.
+    fn drop(&mut self) {
+        let names = self.vm(&["list", "--name"]);
+        for name in text(&names.stdout).lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.vm(&["destroy", name.trim()]);
+        }
     }
 }
 

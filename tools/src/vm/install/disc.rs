@@ -242,7 +242,7 @@ pub fn extract<R: ReadAt>(
             std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| io(&path, e))?);
         iso.copy_file(entry, &mut file, max)
             .map_err(|e| InstallError::Disc {
-                disc: entry.path.clone(),
+                disc: entry.path.escape_debug().to_string(),
                 reason: e.to_string(),
             })?;
         file.flush().map_err(|e| io(&path, e))?;

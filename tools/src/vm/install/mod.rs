@@ -42,6 +42,8 @@ impl Made {
         if self.defined {
             if let Ok(_lock) = ctx.store.lock(&opts.name) {
                 let _ = ctx.store.remove_definition(&opts.name);
+                // The failed start's run folder (its vmm.log) goes too.
+                let _ = std::fs::remove_dir_all(ctx.store.run_dir(&opts.name));
             }
         }
         for image in &self.images {
