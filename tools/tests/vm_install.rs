@@ -318,9 +318,13 @@ fn seed_line_with_an_existing_path() {
         1 << 20
     );
     bed.ok(&["destroy", "myvm"]);
-    // undefine leaves the user's image alone.
+    // undefine leaves the user's image alone, and takes the kernel and
+    // initrd copied off the disc with it.
+    let boot = bed.store.join("boot").join("myvm");
+    assert!(boot.is_dir());
     bed.ok(&["undefine", "myvm"]);
     assert!(bed.path("myvm.img").exists());
+    assert!(!boot.exists());
 }
 
 #[test]

@@ -90,6 +90,9 @@ pub fn undefine(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
         return Ok(());
     }
     ctx.store.remove_definition(&def.name)?;
+    // The kernel and initrd `vm install` copied off an installer disc are
+    // the store's own files: they go with the domain.
+    let _ = std::fs::remove_dir_all(ctx.store.dir().join("boot").join(def.name.as_str()));
     ctx.extra(out, &format!("Domain '{}' has been undefined\n", def.name));
     if remove_storage {
         // Writable disk images only: read-only disks and cdroms are
