@@ -277,6 +277,12 @@ pub enum Error {
         /// QEMU's wording.
         reason: String,
     },
+    /// A bitmap operation refused, in QEMU's words.
+    #[error("{reason}")]
+    BitmapOperation {
+        /// Why, as QEMU words it.
+        reason: String,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {

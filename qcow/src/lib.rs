@@ -14,6 +14,7 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use storage::{FileStorage, MemStorage, Storage};
+pub mod bitmap;
 pub mod check;
 pub mod compress;
 pub mod create;
