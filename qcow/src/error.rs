@@ -66,7 +66,7 @@ pub enum Error {
         names: Vec<String>,
     },
     /// Encrypted images are not supported at all.
-    #[error("Unsupported encryption method: {method}")]
+    #[error("Unsupported encryption method {method}")]
     EncryptionNotSupported {
         /// The crypt_method header field.
         method: u32,
