@@ -524,3 +524,27 @@ fn reads_through_a_backing_chain_equal_qemu_img() {
         }
     }
 }
+
+#[test]
+fn encrypted_images_are_refused_rather_than_served_as_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aes.qcow2");
+    let file = std::fs::File::create_new(&path).unwrap();
+    let storage: Arc<dyn qcow::Storage> = Arc::new(qcow::FileStorage::new(file));
+    let opts_new = qcow::create::CreateOptions {
+        size: 1 << 20,
+        ..Default::default()
+    };
+    qcow::create::create_encrypted(
+        storage,
+        None,
+        None,
+        &opts_new,
+        Some(&qcow::create::NewEncryption::Aes),
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let err = open(&path, &opts(true)).err().expect("refused");
+    assert!(err.to_string().contains("encrypted"), "{err}");
+}

@@ -66,7 +66,7 @@ pub enum Error {
         names: Vec<String>,
     },
     /// Encrypted images are not supported at all.
-    #[error("Unsupported encryption method: {method}")]
+    #[error("Unsupported encryption method {method}")]
     EncryptionNotSupported {
         /// The crypt_method header field.
         method: u32,
@@ -275,6 +275,12 @@ pub enum Error {
         /// The offset or length found.
         value: u64,
         /// QEMU's wording.
+        reason: String,
+    },
+    /// A bitmap operation refused, in QEMU's words.
+    #[error("{reason}")]
+    BitmapOperation {
+        /// Why, as QEMU words it.
         reason: String,
     },
 }

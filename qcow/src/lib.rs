@@ -23,6 +23,6 @@ pub use storage::{FileStorage, MemStorage, Storage};
 
 pub(crate) use formats::qcow2::offset_hash;
 pub use formats::qcow2::{
-    cache, check, compress, create, entries, extensions, header, image, measure, refcount,
+    bitmap, cache, check, compress, create, entries, extensions, header, image, measure, refcount,
     snapshot_table,
 };

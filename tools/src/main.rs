@@ -34,6 +34,7 @@ fn main() {
         Command::Commit(a) => commands::commit::run(a),
         Command::Amend(a) => commands::amend::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Bitmap(a) => commands::bitmap::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -217,9 +217,7 @@ impl Vm {
                 None,
                 None,
             ),
-            Some(RestoreFrom::Migration(machine, mem)) => {
-                (Some(*machine), None, Some(mem), None)
-            }
+            Some(RestoreFrom::Migration(machine, mem)) => (Some(*machine), None, Some(mem), None),
             Some(RestoreFrom::Image(name)) => (None, None, None, Some(name)),
             None => (None, None, None, None),
         };

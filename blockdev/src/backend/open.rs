@@ -207,6 +207,20 @@ fn open_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<OpenedQc
         image.view_snapshot(name)?;
     }
     let backing_files = opener.files.opened_backing_files();
+    // Data moves through the rings as stored: encrypted layers (which the
+    // library decrypts only on its own read and write paths) are refused.
+    let encrypted_layer = image.is_encrypted()
+        || backing_files.iter().any(|p| {
+            qcow::fs::open_storage(p, false)
+                .and_then(|s| qcow::image::read_header_cluster(&*s))
+                .is_ok_and(|hc| hc.header.crypt_method != 0)
+        });
+    if encrypted_layer {
+        return Err(Error::Unsupported {
+            what: "encrypted qcow2 images (and backing files) are not served by the block backends"
+                .into(),
+        });
+    }
     // Our own descriptors on the backing chain, for data reads through the
     // rings (the library keeps its own for metadata).
     let backing = backing_files

@@ -11,6 +11,7 @@
 mod amend_args;
 mod args;
 mod bench_args;
+mod bitmap_args;
 mod commit_args;
 mod measure_args;
 mod rebase_args;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 pub use amend_args::AmendArgs;
 pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArgs, ResizeArgs};
 pub use bench_args::BenchArgs;
+pub use bitmap_args::{BitmapAction, BitmapArgs};
 pub use commit_args::CommitArgs;
 pub use measure_args::MeasureArgs;
 pub use rebase_args::RebaseArgs;
@@ -88,6 +90,9 @@ pub enum Command {
     /// Run simple image benchmark
     #[command(infer_long_args = true, args_override_self = true)]
     Bench(BenchArgs),
+    /// Add, remove, clear, enable, disable or merge persistent bitmaps
+    #[command(infer_long_args = true, args_override_self = true)]
+    Bitmap(BitmapArgs),
 }
 
 impl Command {
@@ -107,6 +112,7 @@ impl Command {
             Self::Commit(_) => "commit",
             Self::Amend(_) => "amend",
             Self::Bench(_) => "bench",
+            Self::Bitmap(_) => "bitmap",
         }
     }
 }
@@ -119,8 +125,17 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let cli = Cli::try_parse_from(&args).map_err(|err| usage::from_clap(&err, &args))?;
+    let mut cli = Cli::try_parse_from(&args).map_err(|err| usage::from_clap(&err, &args))?;
     usage::check_positionals(&cli)?;
+    if let Command::Bitmap(b) = &mut cli.command {
+        let raw: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .skip_while(|a| a != "bitmap")
+            .skip(1)
+            .collect();
+        b.order_actions(&raw);
+    }
     Ok(cli)
 }
 

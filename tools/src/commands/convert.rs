@@ -112,6 +112,14 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
         opts.validate(target_format)
             .map_err(|e| prefixed(&target, e))?;
+        // Never write plain data where encryption was asked for.
+        let encrypt = parsed.get("encrypt.format").is_some()
+            || parsed.get("encryption").and_then(|v| v.boolean) == Some(true);
+        if encrypt || target_format == ImageFormat::Luks {
+            return Err(anyhow!(
+                "{target}: img convert cannot write encrypted images yet"
+            ));
+        }
         let size = opts.size.unwrap_or(total);
         if args.compress && target_format != ImageFormat::Qcow2 {
             return Err(anyhow!("Compression not supported for this file format"));

@@ -69,6 +69,31 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                 q2.data_file_raw = Some(h.data_file_raw());
             }
         }
+        if h.version >= 3 {
+            let entries = qcow::bitmap::list(&**q.file(), &hc)
+                .map_err(|e| anyhow!("Could not open '{filename}': {e}"))?;
+            if !entries.is_empty() {
+                q2.bitmaps = Some(
+                    entries
+                        .iter()
+                        .map(|e| {
+                            let mut flags = Vec::new();
+                            if e.flags & qcow::bitmap::FLAG_IN_USE != 0 {
+                                flags.push("in-use".to_string());
+                            }
+                            if e.flags & qcow::bitmap::FLAG_AUTO != 0 {
+                                flags.push("auto".to_string());
+                            }
+                            crate::report::BitmapInfo {
+                                name: e.name.clone(),
+                                granularity: e.granularity() as u32,
+                                flags,
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
         match h.crypt_method {
             0 => {}
             qcow::crypto::CRYPT_AES => q2.encrypt = Some(crate::report::encrypt::aes_info()),

@@ -139,13 +139,15 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
                 Some(s) => allocated_data(s, cs)?,
                 None => 0,
             };
-            let source_has_bitmaps = match &source {
-                Some(AnyImage::Qcow2(q)) => q.header_cluster().header.version >= 3,
-                _ => false,
-            };
-            if source_has_bitmaps {
-                // Both sides could carry bitmaps (v3 only); we copy none.
-                out.put("bitmaps", QObject::Int(0));
+            // Bitmaps count when both sides can carry them (qcow2 v3).
+            let target_v3 = opts.compat_or_default() == crate::opts::Compat::V1_1;
+            if let (Some(AnyImage::Qcow2(q)), true) = (&source, target_v3) {
+                let hc = q.header_cluster();
+                if hc.header.version >= 3 {
+                    let entries = qcow::bitmap::list(&**q.file(), &hc)?;
+                    let size = qcow::bitmap::measured_size(&entries, q.size(), cs);
+                    out.put("bitmaps", QObject::Int(size as i64));
+                }
             }
             (fully - aligned + data, fully)
         }
@@ -157,8 +159,8 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
         OutputFormat::Human => {
             println!("required size: {required}");
             println!("fully allocated size: {fully}");
-            if out.get("bitmaps").is_some() {
-                println!("bitmaps size: 0");
+            if let Some(QObject::Int(size)) = out.get("bitmaps") {
+                println!("bitmaps size: {size}");
             }
         }
     }

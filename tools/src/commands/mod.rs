@@ -5,6 +5,7 @@
 pub mod amend;
 pub mod amend_luks;
 pub mod bench;
+pub mod bitmap;
 pub mod check;
 pub mod check_foreign;
 pub mod commit;

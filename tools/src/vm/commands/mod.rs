@@ -9,8 +9,8 @@ pub mod define;
 pub mod lifecycle;
 pub mod migrate;
 pub mod monitor;
-pub mod snapshot;
 pub mod net;
+pub mod snapshot;
 pub mod stats;
 
 use std::fs::File;

@@ -9,6 +9,7 @@
 //! is guarded by one lock that is never held across data I/O.
 
 mod amend;
+mod areas;
 mod compressed;
 mod crypt;
 mod meta;
