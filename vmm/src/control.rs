@@ -505,9 +505,11 @@ impl Controller {
             let (disks, backends) = vm.disks();
             crate::state::in_image::check_revert(backends, disks, name, summary)?;
         }
+        // The new VM loads the state into the old one's RAM.
+        let reuse = self.vm.as_ref().map(|vm| vm.memory().clone());
         self.stop_vm();
         self.state = VmState::Shutdown;
-        self.build(BuildFrom::Image(name))
+        self.build(BuildFrom::Image(name, reuse.as_ref()))
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's
@@ -572,7 +574,9 @@ impl Controller {
         let (vm, paused) = match from {
             BuildFrom::Boot { paused } => (Vm::build(&config, hooks, paused)?, paused),
             BuildFrom::Snapshot(dir) => (Vm::restore(&config, hooks, dir)?, true),
-            BuildFrom::Image(name) => (Vm::restore_from_image(&config, hooks, name)?, true),
+            BuildFrom::Image(name, reuse) => {
+                (Vm::restore_from_image(&config, hooks, name, reuse)?, true)
+            }
         };
         if let Some(hub) = &self.console {
             hub.attach_serial(vm.serial());
@@ -640,8 +644,9 @@ enum BuildFrom<'a> {
     /// A snapshot's directory (always paused, as CH restores).
     Snapshot(&'a std::path::Path),
     /// A full internal snapshot of the disks (paused, as loadvm leaves a
-    /// VM that was not running).
-    Image(&'a str),
+    /// VM that was not running), loaded into the RAM of the VM it
+    /// replaces if there was one.
+    Image(&'a str, Option<&'a vm_memory::GuestMemoryMmap>),
 }
 
 fn disk_counters(stats: &DiskStats) -> vmapi::DiskCounters {

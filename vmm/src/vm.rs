@@ -74,8 +74,9 @@ pub struct VmHooks {
 enum RestoreFrom<'a> {
     /// A snapshot's folder in CH's layout.
     Dir(&'a std::path::Path),
-    /// A full internal snapshot of the VM's disks, by name.
-    Image(&'a str),
+    /// A full internal snapshot of the VM's disks, by name, and the RAM
+    /// of the VM it replaces in this process, if any, to load it into.
+    Image(&'a str, Option<&'a GuestMemoryMmap>),
 }
 
 /// A built VM.
@@ -103,14 +104,32 @@ pub struct Vm {
     locks: Vec<std::fs::File>,
 }
 
-/// Maps guest memory and registers it with KVM.
-fn guest_memory(vm: &VmFd, memory: u64) -> Result<GuestMemoryMmap> {
+/// Whether `mem`'s regions are the RAM ranges of a VM of `memory` bytes.
+fn same_ranges(mem: &GuestMemoryMmap, memory: u64) -> bool {
+    let ranges = ram_ranges(memory);
+    mem.num_regions() == ranges.len()
+        && mem
+            .iter()
+            .zip(&ranges)
+            .all(|(r, &(start, len))| r.start_addr().0 == start && r.len() == len)
+}
+
+/// Maps guest memory (or takes `reuse`, the RAM of a stopped VM of the
+/// same layout) and registers it with KVM.
+fn guest_memory(
+    vm: &VmFd,
+    memory: u64,
+    reuse: Option<&GuestMemoryMmap>,
+) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(memory)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
-        .map_err(|e| Error::Memory(format!("mapping {} MiB: {e}", memory >> 20)))?;
+    let mem = match reuse {
+        Some(mem) => mem.clone(),
+        None => GuestMemoryMmap::<()>::from_ranges(&ranges)
+            .map_err(|e| Error::Memory(format!("mapping {} MiB: {e}", memory >> 20)))?,
+    };
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -152,8 +171,15 @@ impl Vm {
     /// Builds the VM described by `config` from the full internal snapshot
     /// `name` of its disks, paused: every writable qcow2 disk is reverted
     /// to it and the VM state is read from the first disk's VM-state area.
-    pub fn restore_from_image(config: &VmConfig, hooks: VmHooks, name: &str) -> Result<Vm> {
-        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name)))
+    /// `reuse` is the RAM of the stopped VM this one replaces: loading the
+    /// state over it costs no page fault per page, as a fresh mapping does.
+    pub fn restore_from_image(
+        config: &VmConfig,
+        hooks: VmHooks,
+        name: &str,
+        reuse: Option<&GuestMemoryMmap>,
+    ) -> Result<Vm> {
+        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name, reuse)))
     }
 
     fn build_from(
@@ -184,7 +210,7 @@ impl Vm {
         // An in-image state is read, checked and its disks reverted before
         // KVM is touched.
         let area = match restore {
-            Some(RestoreFrom::Image(name)) => {
+            Some(RestoreFrom::Image(name, _)) => {
                 let area = state::in_image::revert_disks(&backends, &config.disks, name, summary)?;
                 machine = Some(area.machine);
                 Some((name, area.ram))
@@ -203,7 +229,11 @@ impl Vm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
-        let mem = guest_memory(&vm, config.memory)?;
+        let reuse = match restore {
+            Some(RestoreFrom::Image(_, reuse)) => reuse.filter(|m| same_ranges(m, config.memory)),
+            _ => None,
+        };
+        let mem = guest_memory(&vm, config.memory, reuse)?;
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
         let mut cmdline = config.cmdline.clone();
@@ -360,7 +390,8 @@ impl Vm {
                     state::snapshot::read_memory(dir, summary, &mem)?;
                 }
                 (_, Some((name, ram))) => {
-                    state::in_image::read_memory(&backends, name, ram, machine, &mem)?;
+                    let over = reuse.is_some();
+                    state::in_image::read_memory(&backends, name, ram, machine, &mem, over)?;
                 }
                 _ => {}
             }

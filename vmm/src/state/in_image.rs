@@ -203,19 +203,21 @@ pub fn check_revert(
     image::read_machine(first, name, vm)
 }
 
-/// Loads the RAM of the reverted snapshot `name`.
+/// Loads the RAM of the reverted snapshot `name` into `mem`, zeroed or,
+/// with `over`, the RAM of the VM the revert replaced.
 pub fn read_memory(
     backends: &[Arc<dyn BlockBackend>],
     name: &str,
     ram: &RamPlace,
     machine: &MachineState,
     mem: &GuestMemoryMmap,
+    over: bool,
 ) -> Result<u64, StateError> {
     let first = backends
         .first()
         .and_then(|b| b.qcow2())
         .ok_or_else(|| err("the first disk is not a qcow2 image".into()))?;
-    image::read_memory(first, name, *ram, machine.config, mem)
+    image::read_memory(first, name, *ram, machine.config, mem, over)
 }
 
 /// Deletes snapshot `name` from every writable qcow2 disk that holds it,
