@@ -507,7 +507,14 @@ impl Controller {
         }
         // The new VM loads the state into the old one's RAM.
         let reuse = self.vm.as_ref().map(|vm| vm.memory().clone());
-        self.stop_vm();
+        // As stop_vm, but the old VM's teardown overlaps the new build.
+        if let Some(vm) = self.vm.take() {
+            match vm.stop_dropping_behind() {
+                Ok(times) => self.times = Some(times),
+                Err(e) => eprintln!("vmm: {e}"),
+            }
+        }
+        let _ = self.reset.read();
         self.state = VmState::Shutdown;
         self.build(BuildFrom::Image(name, reuse.as_ref()))
     }
