@@ -54,6 +54,17 @@ struct Bed {
     guest: PathBuf,
 }
 
+impl Drop for Bed {
+    /// A failed test leaves no VMM running: every running domain of the
+    /// store is destroyed.
+    fn drop(&mut self) {
+        let names = vm(&self.store, &["list", "--name"]);
+        for name in stdout(&names).lines().filter(|l| !l.trim().is_empty()) {
+            let _ = vm(&self.store, &["destroy", name.trim()]);
+        }
+    }
+}
+
 fn bed() -> Option<Bed> {
     if !have_kvm() {
         return None;

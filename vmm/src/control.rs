@@ -539,9 +539,18 @@ impl Controller {
             let (disks, backends) = vm.disks();
             crate::state::in_image::check_revert(backends, disks, name, summary)?;
         }
-        self.stop_vm();
+        // The new VM loads the state into the old one's RAM.
+        let reuse = self.vm.as_ref().map(|vm| vm.memory().clone());
+        // As stop_vm, but the old VM's teardown overlaps the new build.
+        if let Some(vm) = self.vm.take() {
+            match vm.stop_dropping_behind() {
+                Ok(times) => self.times = Some(times),
+                Err(e) => eprintln!("vmm: {e}"),
+            }
+        }
+        let _ = self.reset.read();
         self.state = VmState::Shutdown;
-        self.build(BuildFrom::Image(name))
+        self.build(BuildFrom::Image(name, reuse.as_ref()))
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's
@@ -687,7 +696,9 @@ impl Controller {
         let (vm, paused) = match from {
             BuildFrom::Boot { paused } => (Vm::build(&config, hooks, paused)?, paused),
             BuildFrom::Snapshot(dir) => (Vm::restore(&config, hooks, dir)?, true),
-            BuildFrom::Image(name) => (Vm::restore_from_image(&config, hooks, name)?, true),
+            BuildFrom::Image(name, reuse) => {
+                (Vm::restore_from_image(&config, hooks, name, reuse)?, true)
+            }
             BuildFrom::Migration(machine, mem) => {
                 (Vm::from_migration(&config, hooks, *machine, mem)?, true)
             }
@@ -777,8 +788,9 @@ enum BuildFrom<'a> {
     /// A snapshot's directory (always paused, as CH restores).
     Snapshot(&'a std::path::Path),
     /// A full internal snapshot of the disks (paused, as loadvm leaves a
-    /// VM that was not running).
-    Image(&'a str),
+    /// VM that was not running), loaded into the RAM of the VM it
+    /// replaces if there was one.
+    Image(&'a str, Option<&'a vm_memory::GuestMemoryMmap>),
     /// A migration's state and RAM (paused until the source commits).
     Migration(
         Box<crate::state::machine::MachineState>,

@@ -113,8 +113,9 @@ pub enum RestoreFrom<'a> {
     Dir(&'a std::path::Path),
     /// A migration: the machine's state and its RAM, already received.
     Migration(Box<MachineState>, GuestMemoryMmap),
-    /// A full internal snapshot of the VM's disks, by name.
-    Image(&'a str),
+    /// A full internal snapshot of the VM's disks, by name, and the RAM
+    /// of the VM it replaces in this process, if any, to load it into.
+    Image(&'a str, Option<&'a GuestMemoryMmap>),
 }
 
 /// Maps guest memory (zeroed), not yet known to KVM.
@@ -127,9 +128,27 @@ pub fn map_guest_memory(memory: u64) -> Result<GuestMemoryMmap> {
         .map_err(|e| Error::Memory(format!("mapping {} MiB: {e}", memory >> 20)))
 }
 
-/// Maps guest memory and registers it with KVM.
-fn guest_memory(vm: &VmFd, memory: u64) -> Result<GuestMemoryMmap> {
-    let mem = map_guest_memory(memory)?;
+/// Whether `mem`'s regions are the RAM ranges of a VM of `memory` bytes.
+fn same_ranges(mem: &GuestMemoryMmap, memory: u64) -> bool {
+    let ranges = ram_ranges(memory);
+    mem.num_regions() == ranges.len()
+        && mem
+            .iter()
+            .zip(&ranges)
+            .all(|(r, &(start, len))| r.start_addr().0 == start && r.len() == len)
+}
+
+/// Maps guest memory (or takes `reuse`, the RAM of a stopped VM of the
+/// same layout) and registers it with KVM.
+fn guest_memory(
+    vm: &VmFd,
+    memory: u64,
+    reuse: Option<&GuestMemoryMmap>,
+) -> Result<GuestMemoryMmap> {
+    let mem = match reuse {
+        Some(mem) => mem.clone(),
+        None => map_guest_memory(memory)?,
+    };
     register_memory(vm, &mem, 0)?;
     Ok(mem)
 }
@@ -178,8 +197,15 @@ impl Vm {
     /// Builds the VM described by `config` from the full internal snapshot
     /// `name` of its disks, paused: every writable qcow2 disk is reverted
     /// to it and the VM state is read from the first disk's VM-state area.
-    pub fn restore_from_image(config: &VmConfig, hooks: VmHooks, name: &str) -> Result<Vm> {
-        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name)))
+    /// `reuse` is the RAM of the stopped VM this one replaces: loading the
+    /// state over it costs no page fault per page, as a fresh mapping does.
+    pub fn restore_from_image(
+        config: &VmConfig,
+        hooks: VmHooks,
+        name: &str,
+        reuse: Option<&GuestMemoryMmap>,
+    ) -> Result<Vm> {
+        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name, reuse)))
     }
 
     /// Builds the VM described by `config` from a migration's state and
@@ -218,7 +244,7 @@ impl Vm {
                 None,
             ),
             Some(RestoreFrom::Migration(machine, mem)) => (Some(*machine), None, Some(mem), None),
-            Some(RestoreFrom::Image(name)) => (None, None, None, Some(name)),
+            Some(RestoreFrom::Image(name, reuse)) => (None, None, None, Some((name, reuse))),
             None => (None, None, None, None),
         };
         check_counts(config.cpus, config.disks.len())?;
@@ -239,7 +265,7 @@ impl Vm {
         // An in-image state is read, checked and its disks reverted before
         // KVM is touched.
         let area = match image_name {
-            Some(name) => {
+            Some((name, _)) => {
                 let area = state::in_image::revert_disks(&backends, &config.disks, name, summary)?;
                 machine = Some(area.machine);
                 Some((name, area.ram))
@@ -260,12 +286,15 @@ impl Vm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
+        let reuse = image_name
+            .and_then(|(_, reuse)| reuse)
+            .filter(|m| same_ranges(m, config.memory));
         let mem = match migrated_mem {
             Some(mem) => {
                 register_memory(&vm, &mem, 0)?;
                 mem
             }
-            None => guest_memory(&vm, config.memory)?,
+            None => guest_memory(&vm, config.memory, reuse)?,
         };
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
@@ -432,7 +461,8 @@ impl Vm {
             if let Some(dir) = restore_dir {
                 state::snapshot::read_memory(dir, summary, &mem)?;
             } else if let Some((name, ram)) = &area {
-                state::in_image::read_memory(&backends, name, ram, machine, &mem)?;
+                let over = reuse.is_some();
+                state::in_image::read_memory(&backends, name, ram, machine, &mem, over)?;
             }
             serial
                 .lock()
@@ -694,6 +724,22 @@ impl Vm {
     /// Stops the vCPUs and the device thread, flushes every disk and marks
     /// it clean, and releases the image locks.
     pub fn stop(mut self) -> Result<RunTimes> {
+        self.halt()
+    }
+
+    /// [`Vm::stop`], then what is left (KVM's VM, whose teardown takes
+    /// tens of milliseconds on a nested host) is dropped on a thread of
+    /// its own: a revert builds the next VM meanwhile.
+    pub fn stop_dropping_behind(mut self) -> Result<RunTimes> {
+        let times = self.halt();
+        // A thread that cannot start drops its closure, and the VM, here.
+        let _ = std::thread::Builder::new()
+            .name("vm drop".into())
+            .spawn(move || drop(self));
+        times
+    }
+
+    fn halt(&mut self) -> Result<RunTimes> {
         if let Some(vcpus) = self.vcpus.take() {
             vcpus.stop();
         }

@@ -66,7 +66,11 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         name: "undefine",
-        opts: &[DOMAIN, flag("remove-all-storage")],
+        opts: &[
+            DOMAIN,
+            flag("remove-all-storage"),
+            flag("snapshots-metadata"),
+        ],
     },
     CommandSpec {
         name: "dumpxml",

@@ -23,6 +23,10 @@ pub enum VmError {
     /// The domain is not running.
     #[error("Requested operation is not valid: domain is not running")]
     NotRunning,
+    /// The domain's state forbids the operation (virsh's
+    /// VIR_ERR_OPERATION_INVALID).
+    #[error("Requested operation is not valid: {0}")]
+    InvalidOperation(String),
     /// `start` of a running domain.
     #[error("Domain is already active")]
     AlreadyActive,

@@ -184,15 +184,17 @@ pub fn read_machine(image: &Qcow2, name: &str, vm: ConfigSummary) -> Result<Area
     })
 }
 
-/// Fills `mem` (zeroed) from the RAM of snapshot `name` at `ram` (found by
-/// [`read_machine`]), for a VM configured as `vm`. Returns the bytes of
-/// RAM written.
+/// Fills `mem` from the RAM of snapshot `name` at `ram` (found by
+/// [`read_machine`]), for a VM configured as `vm`: `mem` is zeroed, or
+/// with `over` holds other data that is overwritten or zeroed
+/// ([`super::memory::restore_over`]). Returns the bytes of RAM written.
 pub fn read_memory(
     image: &Qcow2,
     name: &str,
     ram: RamPlace,
     vm: ConfigSummary,
     mem: &GuestMemoryMmap,
+    over: bool,
 ) -> Result<u64, StateError> {
     let reader = AreaReader {
         image,
@@ -202,7 +204,11 @@ pub fn read_memory(
     };
     let mut input = BufReader::with_capacity(IO_BUFFER, reader);
     // memory::restore refuses bytes after the end record.
-    super::memory::restore(&mut input, vm, mem)
+    if over {
+        super::memory::restore_over(&mut input, vm, mem)
+    } else {
+        super::memory::restore(&mut input, vm, mem)
+    }
 }
 
 /// Checks a VM-state area held in memory (for the fuzz target): the

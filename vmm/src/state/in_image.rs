@@ -7,7 +7,9 @@
 //! snapshots are taken first and the first disk's, which holds the state,
 //! last; a revert reads and checks the state before it reverts any disk;
 //! a delete removes the first disk's snapshot (the state) first. A failure
-//! part-way removes what was already created.
+//! part-way removes what was already created; a kill part-way leaves
+//! snapshots on other disks only, which the next snapshot of that name
+//! replaces.
 
 use std::sync::Arc;
 
@@ -103,18 +105,27 @@ pub fn take(vm: &Vm, name: &str) -> crate::error::Result<Taken> {
     let (disks, backends) = vm.disks();
     let first = state_image(disks, backends)?;
     let images = writable_images(disks, backends);
-    for (disk, q) in &images {
-        if q.find_snapshot_entry(name).is_ok() {
-            return Err(err(format!(
-                "disk '{}' already has a snapshot named '{name}'",
-                disk.path.display()
-            ))
-            .into());
-        }
+    // The first disk's snapshot is taken last: a name on another disk
+    // only is the orphan of a full snapshot killed part-way, replaced as
+    // QEMU's savevm replaces a name; on the first disk it is a snapshot.
+    if first.find_snapshot_entry(name).is_ok() {
+        return Err(err(format!(
+            "disk '{}' already has a snapshot named '{name}'",
+            disks[0].path.display()
+        ))
+        .into());
     }
+    let orphans: Vec<_> = images
+        .iter()
+        .skip(1)
+        .filter(|(_, q)| q.find_snapshot_entry(name).is_ok())
+        .collect();
     let machine = vm.save_machine()?;
     for (disk, q) in &images {
         q.flush().map_err(|e| image_err(disk, e))?;
+    }
+    for (disk, q) in orphans {
+        q.delete_snapshot(name).map_err(|e| image_err(disk, e))?;
     }
     let mut created: Vec<(&DiskConfig, &Qcow2)> = Vec::new();
     let undo = |created: &[(&DiskConfig, &Qcow2)]| {
@@ -203,19 +214,21 @@ pub fn check_revert(
     image::read_machine(first, name, vm)
 }
 
-/// Loads the RAM of the reverted snapshot `name`.
+/// Loads the RAM of the reverted snapshot `name` into `mem`, zeroed or,
+/// with `over`, the RAM of the VM the revert replaced.
 pub fn read_memory(
     backends: &[Arc<dyn BlockBackend>],
     name: &str,
     ram: &RamPlace,
     machine: &MachineState,
     mem: &GuestMemoryMmap,
+    over: bool,
 ) -> Result<u64, StateError> {
     let first = backends
         .first()
         .and_then(|b| b.qcow2())
         .ok_or_else(|| err("the first disk is not a qcow2 image".into()))?;
-    image::read_memory(first, name, *ram, machine.config, mem)
+    image::read_memory(first, name, *ram, machine.config, mem, over)
 }
 
 /// Deletes snapshot `name` from every writable qcow2 disk that holds it,

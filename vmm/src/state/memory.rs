@@ -99,6 +99,40 @@ pub fn restore<R: Read>(
     vm: ConfigSummary,
     mem: &GuestMemoryMmap,
 ) -> Result<u64, StateError> {
+    restore_into(input, vm, mem, false)
+}
+
+/// Reads a RAM stream for a VM configured as `vm` into `mem`, which holds
+/// other data (the RAM of the VM a revert replaces): each page the stream
+/// writes is overwritten in place, without the page fault a fresh mapping
+/// costs per page, and every page between the stream's runs is given
+/// back to the kernel (reads as zero again). Returns the bytes of RAM
+/// written.
+pub fn restore_over<R: Read>(
+    input: &mut R,
+    vm: ConfigSummary,
+    mem: &GuestMemoryMmap,
+) -> Result<u64, StateError> {
+    restore_into(input, vm, mem, true)
+}
+
+/// Zeroes `[from, to)` of guest RAM, inside one region.
+fn zero_gap(mem: &GuestMemoryMmap, from: u64, to: u64) -> Result<(), StateError> {
+    if to > from {
+        super::resident::discard(mem, GuestAddress(from), to - from)
+            .map_err(|e| StateError::Write(format!("zeroing guest RAM at {from:#x}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// [`restore`] and [`restore_over`]: runs must come in ascending order
+/// (as [`save`] writes them), so the gaps between them are known.
+fn restore_into<R: Read>(
+    input: &mut R,
+    vm: ConfigSummary,
+    mem: &GuestMemoryMmap,
+    zero_gaps: bool,
+) -> Result<u64, StateError> {
     let mut offset = 0;
     let first = read_record(input, &mut offset)?.ok_or(StateError::Truncated { offset: 0 })?;
     if first.kind != RecordKind::Config {
@@ -110,11 +144,18 @@ pub fn restore<R: Read>(
     let ranges = ram_ranges(vm.memory);
     let mut count = 1;
     let mut restored = 0u64;
+    // The end of the last run: the next one must start at or after it.
+    let mut cursor = 0u64;
     loop {
         let record = read_record(input, &mut offset)?.ok_or(StateError::Truncated { offset })?;
         match record.kind {
             RecordKind::End => {
                 check_end(&record, count)?;
+                if zero_gaps {
+                    for &(base, size) in &ranges {
+                        zero_gap(mem, cursor.max(base), base + size)?;
+                    }
+                }
                 break;
             }
             RecordKind::Ram => {
@@ -132,6 +173,18 @@ pub fn restore<R: Read>(
                 {
                     return Err(StateError::OutsideMemory { start, length });
                 }
+                if start < cursor {
+                    return Err(StateError::Layout(format!(
+                        "RAM run at {start:#x} before the end of the previous one ({cursor:#x})"
+                    )));
+                }
+                if zero_gaps {
+                    // The gap inside the ranges, up to this run.
+                    for &(base, size) in &ranges {
+                        zero_gap(mem, cursor.max(base), start.min(base + size))?;
+                    }
+                }
+                cursor = start + length;
                 mem.write_slice(bytes, GuestAddress(start))
                     .map_err(|e| StateError::Write(format!("guest RAM at {start:#x}: {e}")))?;
                 restored += length;
@@ -198,6 +251,57 @@ mod tests {
         mem.read_slice(&mut a, GuestAddress(0)).unwrap();
         copy.read_slice(&mut b, GuestAddress(0)).unwrap();
         assert!(a == b);
+    }
+
+    #[test]
+    fn restore_over_other_data_leaves_the_snapshot_exactly() {
+        let size = 16 << 20;
+        let saved = memory(size);
+        saved
+            .write_slice(&[1u8; PAGE], GuestAddress(0x2000))
+            .unwrap();
+        saved
+            .write_slice(&[2u8; 2 * PAGE], GuestAddress(0x40_0000))
+            .unwrap();
+        let mut out = Vec::new();
+        save(&saved, summary(size), &mut out).unwrap();
+        // The RAM a revert replaces: other data everywhere, also in the
+        // gaps between the snapshot's runs and after the last one.
+        let live = memory(size);
+        for addr in [0, 0x2000, 0x3000, 0x40_1000, 0x80_0000, size - PAGE as u64] {
+            live.write_slice(&[9u8; PAGE], GuestAddress(addr)).unwrap();
+        }
+        assert_eq!(
+            restore_over(&mut &out[..], summary(size), &live).unwrap(),
+            3 * PAGE as u64
+        );
+        let (mut a, mut b) = (vec![0u8; size as usize], vec![0u8; size as usize]);
+        saved.read_slice(&mut a, GuestAddress(0)).unwrap();
+        live.read_slice(&mut b, GuestAddress(0)).unwrap();
+        assert!(a == b);
+    }
+
+    #[test]
+    fn runs_out_of_order_are_refused() {
+        let size = 16 << 20;
+        let mut out = Vec::new();
+        let first = summary(size).to_record();
+        write_record(&mut out, first.kind, 0, &first.payload).unwrap();
+        for start in [0x2000u64, 0x1000] {
+            let mut payload = start.to_le_bytes().to_vec();
+            payload.extend_from_slice(&[5u8; PAGE]);
+            write_record(&mut out, RecordKind::Ram, 0, &payload).unwrap();
+        }
+        let end = end_record(3);
+        write_record(&mut out, end.kind, 0, &end.payload).unwrap();
+        for over in [false, true] {
+            let mem = memory(size);
+            let err = restore_into(&mut &out[..], summary(size), &mem, over).unwrap_err();
+            assert!(
+                err.to_string().contains("before the end of the previous"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! idle guest on a nested host). The one `unsafe` call, mincore(2), reads
 //! the mapping's page tables, not its contents.
 
-use vm_memory::{GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress,
+};
 
 /// The host's page size the answer is in.
 pub const HOST_PAGE: u64 = 4096;
@@ -31,10 +34,45 @@ pub fn resident_pages(region: &GuestRegionMmap) -> Option<Vec<bool>> {
     Some(flags.into_iter().map(|f| f & 1 != 0).collect())
 }
 
+/// Gives `[start, start + len)` of guest RAM back to the kernel
+/// (madvise MADV_DONTNEED): the pages of our private anonymous mapping
+/// then read as zero, and cost nothing until touched again. The range
+/// must lie in one region and be page-aligned.
+pub fn discard(mem: &GuestMemoryMmap, start: GuestAddress, len: u64) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    if !start.0.is_multiple_of(HOST_PAGE) || !len.is_multiple_of(HOST_PAGE) {
+        return Err(bad("range not page-aligned"));
+    }
+    let (region, offset) = mem
+        .to_region_addr(start)
+        .ok_or_else(|| bad("range outside guest RAM"))?;
+    if offset
+        .0
+        .checked_add(len)
+        .is_none_or(|end| end > region.len())
+    {
+        return Err(bad("range crosses the end of its RAM region"));
+    }
+    let host = region
+        .get_host_address(offset)
+        .map_err(|e| bad(&e.to_string()))?;
+    // SAFETY: [host, host + len) lies inside one live private anonymous
+    // mapping owned by `region` (checked above), page-aligned as the
+    // mapping is; MADV_DONTNEED only drops its pages, which then read as
+    // zero. No Rust reference into guest RAM exists (it is accessed
+    // through volatile copies), and the caller owns the VM whose RAM this
+    // is while no vCPU runs.
+    let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    use vm_memory::Bytes;
 
     #[test]
     fn untouched_pages_are_not_resident() {

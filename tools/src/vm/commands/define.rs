@@ -70,7 +70,7 @@ impl VmError {
     }
 }
 
-/// `undefine DOMAIN [--remove-all-storage]`.
+/// `undefine DOMAIN [--remove-all-storage] [--snapshots-metadata]`.
 pub fn undefine(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     let def = lookup(ctx, inv.required("domain"))?;
     let lock = ctx.store.lock(&def.name)?;
@@ -88,6 +88,21 @@ pub fn undefine(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmE
         }
         ctx.extra(out, &format!("Domain '{}' has been undefined\n", def.name));
         return Ok(());
+    }
+    // As libvirt: snapshot metadata keeps a domain defined unless
+    // --snapshots-metadata removes it too (the images keep their
+    // internal snapshots).
+    let snapshots = super::snapshot::read_set(&ctx.store, &def.name)?
+        .snapshots
+        .len();
+    if snapshots > 0 {
+        if !inv.flag("snapshots-metadata") {
+            return Err(VmError::InvalidOperation(format!(
+                "cannot delete inactive domain with {snapshots} snapshots"
+            ))
+            .failed("undefine", def.name.as_str()));
+        }
+        super::snapshot::remove_set(&ctx.store, &def.name)?;
     }
     ctx.store.remove_definition(&def.name)?;
     // The kernel and initrd `vm install` copied off an installer disc are

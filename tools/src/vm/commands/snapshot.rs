@@ -84,6 +84,19 @@ pub fn read_set(store: &Store, name: &DomainName) -> Result<SnapshotSet, VmError
         .map_err(|e| VmError::Internal(format!("{}: {e}", path.display())))
 }
 
+/// Removes a domain's snapshot metadata (`undefine --snapshots-metadata`).
+pub fn remove_set(store: &Store, name: &DomainName) -> Result<(), VmError> {
+    let path = set_path(store, name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(VmError::Internal(format!(
+            "removing {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn write_set(store: &Store, name: &DomainName, set: &SnapshotSet) -> Result<(), VmError> {
     let path = set_path(store, name);
     if let Some(folder) = path.parent() {
