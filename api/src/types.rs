@@ -74,15 +74,15 @@ pub struct PayloadConfig {
 /// CH's `ImageType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImageType {
-    /// VMDK (not supported by `vmm`).
+    /// VMDK (`vmm` serves every vmdk subformat under this type).
     FlatVmdk,
-    /// VHD (not supported by `vmm`).
+    /// VHD (`vmm` serves fixed and dynamic VHDs under this type).
     FixedVhd,
     /// QCOW2.
     Qcow2,
     /// Raw.
     Raw,
-    /// VHDX (not supported by `vmm`).
+    /// VHDX.
     Vhdx,
     /// Unknown (vhost-user only in CH; `vmm` probes).
     Unknown,

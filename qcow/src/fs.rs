@@ -182,30 +182,31 @@ impl Opener for FileOpener {
             Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
             None => probe(&*storage, &path)?,
         };
+        let mut chain = self.chain.clone();
+        chain.push(canonical);
+        let opener = FileOpener {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            chain,
+            opened: self.opened.clone(),
+            keys: self.keys.clone(),
+        };
+        let keep_backing_error = |e| match e {
+            e @ Error::Backing { .. } => e,
+            e => err(e.to_string()),
+        };
         match format {
             Format::Raw => Ok(Box::new(RawImage::new(storage)?)),
             Format::Qcow2 => {
-                let mut chain = self.chain.clone();
-                chain.push(canonical);
-                let opener = FileOpener {
-                    dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                    chain,
-                    opened: self.opened.clone(),
-                    keys: self.keys.clone(),
-                };
-                let image = Qcow2::open(storage, false, &opener).map_err(|e| match e {
-                    e @ Error::Backing { .. } => e,
-                    e => err(e.to_string()),
-                })?;
+                let image = Qcow2::open(storage, false, &opener).map_err(keep_backing_error)?;
                 if let Some(Some(key)) = self.keys.get(self.chain.len()) {
                     image.unlock(key).map_err(|e| err(e.to_string()))?;
                 }
                 Ok(Box::new(image))
             }
-            other => match open_foreign(other, storage, false, &path) {
+            other => match open_foreign(other, storage, false, &path, Some(&opener)) {
                 Ok(AnyImage::Foreign(_, image)) => Ok(Box::new(ForeignLayer(image))),
                 Ok(_) => unreachable!("open_foreign opens foreign images"),
-                Err(e) => Err(err(e.to_string())),
+                Err(e) => Err(keep_backing_error(e)),
             },
         }
     }
@@ -227,16 +228,24 @@ pub enum AnyImage {
     Foreign(Format, Box<dyn ForeignImage>),
 }
 
-/// Opens `storage` as an image of `format`, one of [`crate::formats`].
+/// Opens `storage` as an image of `format`, one of [`crate::formats`],
+/// and the backing file it names through `opener` (with the chain's
+/// depth and cycle checks); without an opener the image reads as if it
+/// had no backing file.
 fn open_foreign(
     format: Format,
     storage: Arc<dyn Storage>,
     writable: bool,
     path: &Path,
+    opener: Option<&FileOpener>,
 ) -> Result<AnyImage> {
     let files = crate::formats::dir_files::DirFiles::for_image(path);
-    let image = crate::formats::open(format.name(), storage, writable, &files)
+    let mut image = crate::formats::open(format.name(), storage, writable, &files)
         .expect("every format other than qcow2 and raw is a foreign one")?;
+    if let (Some(opener), Some(b)) = (opener, image.backing_file()) {
+        let backing = opener.open_backing(&b.name, b.format)?;
+        image.set_backing(backing);
+    }
     Ok(AnyImage::Foreign(format, image))
 }
 
@@ -294,7 +303,8 @@ impl BlockRead for AnyImage {
     fn backing(&self) -> Option<&dyn BlockRead> {
         match self {
             AnyImage::Qcow2(q) => q.backing_image(),
-            AnyImage::Raw(_) | AnyImage::Foreign(..) => None,
+            AnyImage::Raw(_) => None,
+            AnyImage::Foreign(_, f) => f.backing(),
         }
     }
     fn format_name(&self) -> &'static str {
@@ -316,7 +326,13 @@ pub fn open_image(path: &Path, format: Option<Format>, writable: bool) -> Result
             writable,
             &FileOpener::for_image(path),
         )?))),
-        other => open_foreign(other, storage, writable, path),
+        other => open_foreign(
+            other,
+            storage,
+            writable,
+            path,
+            Some(&FileOpener::for_image(path)),
+        ),
     }
 }
 
@@ -370,7 +386,7 @@ pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyI
                 storage, hc, false, None, data_file,
             )?)))
         }
-        other => open_foreign(other, storage, false, path),
+        other => open_foreign(other, storage, false, path, None),
     }
 }
 
@@ -390,6 +406,12 @@ pub fn open_image_unsafe_cache(path: &Path, format: Format) -> Result<AnyImage> 
             true,
             &FileOpener::for_image(path),
         )?))),
-        other => open_foreign(other, storage, true, path),
+        other => open_foreign(
+            other,
+            storage,
+            true,
+            path,
+            Some(&FileOpener::for_image(path)),
+        ),
     }
 }

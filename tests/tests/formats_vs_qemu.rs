@@ -485,3 +485,205 @@ fn vdi_block_map_errors_are_reported_like_qemu() {
         assert!(read(&path) == bytes, "{name}: reading changed the image");
     }
 }
+
+/// Formats with backing files besides qcow2, and the `-F` each records.
+const BACKED: &[&str] = &["vmdk", "qed"];
+
+/// `img info --backing-chain --output=json` equals qemu-img's.
+fn assert_chain_info_like_qemu(image: &Path, what: &str) {
+    let args = ["info", "--backing-chain", "--output=json"];
+    let ours: serde_json::Value = serde_json::from_str(&ok(img(&args).arg(image))).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&ok(qemu_img(&args).arg(image))).unwrap();
+    assert_eq!(ours, theirs, "{what}: backing chain info differs");
+}
+
+/// vmdk (`parentFileNameHint`) and qed (backing file in the header)
+/// overlays both ways: qemu-img's overlays read through `img convert -O
+/// raw` byte-identical to qemu-img's conversion and `img info` (backing
+/// fields and chain included) equals qemu-img's; overlays `img create`
+/// and `img convert -B` make pass `qemu-img check` and `compare`.
+#[test]
+fn vmdk_and_qed_overlays_read_and_write_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    make_raw(&source, 3 << 20, 23);
+    for &fmt in BACKED {
+        let base = d.join(format!("base.{fmt}"));
+        ok(convert_cmd(qemu_img, "raw", fmt, "")
+            .arg(&source)
+            .arg(&base));
+        let base_name = format!("base.{fmt}");
+        // qemu-img's overlay, written by qemu-io: partial clusters and
+        // grains, a zeroed range, a write past nothing.
+        let theirs = d.join(format!("theirs.{fmt}"));
+        ok(qemu_img(&["create", "-q", "-f", fmt, "-b", &base_name, "-F", fmt]).arg(&theirs));
+        qemu_io(
+            fmt,
+            &theirs,
+            &[
+                "write -P 0x33 100k 70k",
+                "write -z 1M 64k",
+                "write -P 9 2047k 2k",
+            ],
+        );
+        let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+        ok(convert_cmd(img, fmt, "raw", "").arg(&theirs).arg(&a));
+        ok(convert_cmd(qemu_img, fmt, "raw", "").arg(&theirs).arg(&b));
+        assert_same_file(&a, &b, &format!("reading qemu's {fmt} overlay"));
+        assert_info_like_qemu(fmt, &theirs, &format!("qemu's {fmt} overlay"));
+        assert_chain_info_like_qemu(&theirs, &format!("qemu's {fmt} overlay"));
+        // Our empty overlay: clean, the same as its base, info alike.
+        let ours = d.join(format!("ours.{fmt}"));
+        ok(img(&["create", "-q", "-f", fmt, "-b", &base_name, "-F", fmt]).arg(&ours));
+        let check = run(qemu_img(&["check", "-f", fmt]).arg(&ours));
+        assert!(
+            check.status.success(),
+            "qemu-img check of our {fmt} overlay"
+        );
+        ok(qemu_img(&["compare", "-f", fmt, "-F", fmt])
+            .arg(&ours)
+            .arg(&base));
+        assert_info_like_qemu(fmt, &ours, &format!("our {fmt} overlay"));
+        // qemu-io writes into our overlay read the same through both.
+        qemu_io(fmt, &ours, &["write -P 0x44 3000 5000"]);
+        ok(convert_cmd(img, fmt, "raw", "").arg(&ours).arg(&a));
+        ok(convert_cmd(qemu_img, fmt, "raw", "").arg(&ours).arg(&b));
+        assert_same_file(&a, &b, &format!("reading our {fmt} overlay"));
+        // img convert -B: only what differs from the base goes in.
+        let rebased = d.join(format!("rebased.{fmt}"));
+        ok(
+            img(&["convert", "-f", fmt, "-O", fmt, "-B", &base_name, "-F", fmt])
+                .arg(&theirs)
+                .arg(&rebased),
+        );
+        let check = run(qemu_img(&["check", "-f", fmt]).arg(&rebased));
+        assert!(check.status.success(), "qemu-img check of our -B {fmt}");
+        ok(qemu_img(&["compare", "-f", fmt, "-F", fmt])
+            .arg(&rebased)
+            .arg(&theirs));
+        assert_chain_info_like_qemu(&rebased, &format!("our -B {fmt}"));
+    }
+    // A three-deep chain of mixed formats: qed over the vmdk overlay over
+    // the vmdk base.
+    let top = d.join("top.qed");
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-b",
+        "theirs.vmdk",
+        "-F",
+        "vmdk",
+    ])
+    .arg(&top));
+    qemu_io("qed", &top, &["write -P 0x77 60k 8k"]);
+    let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+    ok(convert_cmd(img, "qed", "raw", "").arg(&top).arg(&a));
+    ok(convert_cmd(qemu_img, "qed", "raw", "").arg(&top).arg(&b));
+    assert_same_file(&a, &b, "reading a qed over vmdk chain");
+    assert_chain_info_like_qemu(&top, "a qed over vmdk chain");
+    // qed's only recorded backing format is raw (a header bit).
+    let over_raw = d.join("over-raw.qed");
+    ok(img(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-o",
+        "backing_file=source.raw,backing_fmt=raw",
+    ])
+    .arg(&over_raw));
+    assert_info_like_qemu("qed", &over_raw, "our qed over raw");
+    ok(qemu_img(&["compare", "-f", "qed", "-F", "raw"])
+        .arg(&over_raw)
+        .arg(&source));
+    // What qemu-img refuses, refused alike.
+    for (args, message) in [
+        (
+            vec!["-b", "base.qed", "-F", "qed"],
+            "backing_file must be a vmdk image",
+        ),
+        (
+            vec![
+                "-o",
+                "subformat=monolithicFlat",
+                "-b",
+                "base.vmdk",
+                "-F",
+                "vmdk",
+            ],
+            "Flat image can't have backing file",
+        ),
+    ] {
+        let target = d.join("refused.vmdk");
+        for tool in [img as fn(&[&str]) -> std::process::Command, qemu_img] {
+            let out = run(tool(&["create", "-q", "-f", "vmdk"])
+                .args(&args)
+                .arg(&target));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains(message),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+/// Backing chains of vmdk and qed images that loop end in one line and
+/// exit 1 at once.
+#[test]
+fn looping_vmdk_and_qed_chains_get_one_line() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two qed images naming each other.
+    ok(qemu_img(&[
+        "create", "-q", "-u", "-f", "qed", "-b", "b.qed", "-F", "qed",
+    ])
+    .arg(d.join("a.qed"))
+    .arg("1M"));
+    ok(qemu_img(&[
+        "create", "-q", "-u", "-f", "qed", "-b", "a.qed", "-F", "qed",
+    ])
+    .arg(d.join("b.qed"))
+    .arg("1M"));
+    // A vmdk whose parentFileNameHint names itself.
+    ok(qemu_img(&["create", "-q", "-f", "vmdk"])
+        .arg(d.join("base.vmdk"))
+        .arg("1M"));
+    let selfish = d.join("self.vmdk");
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+    ])
+    .arg(&selfish));
+    let mut bytes = read(&selfish);
+    let hint = b"parentFileNameHint=\"base.vmdk\"";
+    let at = bytes
+        .windows(hint.len())
+        .position(|w| w == hint)
+        .expect("qemu-img writes the hint");
+    bytes[at..at + hint.len()].copy_from_slice(b"parentFileNameHint=\"self.vmdk\"");
+    std::fs::write(&selfish, bytes).unwrap();
+    for (fmt, image) in [("qed", d.join("a.qed")), ("vmdk", selfish)] {
+        let started = std::time::Instant::now();
+        let out = run(img(&["convert", "-f", fmt, "-O", "raw"])
+            .arg(&image)
+            .arg(d.join("out.raw")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fmt}: {err}");
+        assert_eq!(err.lines().count(), 1, "{fmt}: {err}");
+        assert!(started.elapsed().as_secs() < 5, "{fmt}: took too long");
+        let out = run(img(&["info", "--backing-chain", "-f", fmt]).arg(&image));
+        assert_eq!(out.status.code(), Some(1), "{fmt} info --backing-chain");
+    }
+}

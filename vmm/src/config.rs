@@ -19,6 +19,31 @@ pub enum DiskFormat {
     Qcow2,
     /// A raw file.
     Raw,
+    /// VMware VMDK (with its parent chain).
+    Vmdk,
+    /// Hyper-V VHDX.
+    Vhdx,
+    /// VHD (qemu-img's "vpc").
+    Vpc,
+    /// VirtualBox VDI.
+    Vdi,
+    /// QED (with its backing chain).
+    Qed,
+}
+
+impl DiskFormat {
+    /// The format as qemu-img and the image library name it.
+    pub fn image_format(self) -> qcow::fs::Format {
+        match self {
+            DiskFormat::Qcow2 => qcow::fs::Format::Qcow2,
+            DiskFormat::Raw => qcow::fs::Format::Raw,
+            DiskFormat::Vmdk => qcow::fs::Format::Vmdk,
+            DiskFormat::Vhdx => qcow::fs::Format::Vhdx,
+            DiskFormat::Vpc => qcow::fs::Format::Vpc,
+            DiskFormat::Vdi => qcow::fs::Format::Vdi,
+            DiskFormat::Qed => qcow::fs::Format::Qed,
+        }
+    }
 }
 
 /// How a disk uses the host page cache.
@@ -30,7 +55,7 @@ pub enum DiskCache {
     Writeback,
 }
 
-/// One `--disk path=IMG[,format=qcow2|raw][,readonly=on][,cache=none|writeback]`.
+/// One `--disk path=IMG[,format=qcow2|raw|vmdk|vhdx|vpc|vdi|qed][,readonly=on][,cache=none|writeback]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     /// The image file.
@@ -172,7 +197,18 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig> {
                 format = Some(match value {
                     "qcow2" => DiskFormat::Qcow2,
                     "raw" => DiskFormat::Raw,
-                    _ => return Err(invalid("--disk", spec, "format must be qcow2 or raw")),
+                    "vmdk" => DiskFormat::Vmdk,
+                    "vhdx" => DiskFormat::Vhdx,
+                    "vpc" => DiskFormat::Vpc,
+                    "vdi" => DiskFormat::Vdi,
+                    "qed" => DiskFormat::Qed,
+                    _ => {
+                        return Err(invalid(
+                            "--disk",
+                            spec,
+                            "format must be qcow2, raw, vmdk, vhdx, vpc, vdi or qed",
+                        ))
+                    }
                 })
             }
             "readonly" => {
@@ -364,13 +400,9 @@ pub fn from_api(api: &vmapi::VmConfig, options: &VmmOptions) -> Result<VmConfig>
             None | Some(vmapi::ImageType::Unknown) => None,
             Some(vmapi::ImageType::Qcow2) => Some(DiskFormat::Qcow2),
             Some(vmapi::ImageType::Raw) => Some(DiskFormat::Raw),
-            Some(other) => {
-                return Err(bad_field(
-                    "disks[].image_type",
-                    format!("{other:?}"),
-                    "only Qcow2 and Raw are served",
-                ))
-            }
+            Some(vmapi::ImageType::FlatVmdk) => Some(DiskFormat::Vmdk),
+            Some(vmapi::ImageType::FixedVhd) => Some(DiskFormat::Vpc),
+            Some(vmapi::ImageType::Vhdx) => Some(DiskFormat::Vhdx),
         };
         disks.push(DiskConfig {
             path: disk.path.clone(),
@@ -474,9 +506,14 @@ pub fn to_api(config: &VmConfig) -> vmapi::VmConfig {
                     readonly: d.readonly,
                     direct: d.cache == DiskCache::None,
                     id: Some(d.id.clone()),
+                    // CH has no type for vdi and qed disks: Unknown (probed).
                     image_type: d.format.map(|f| match f {
                         DiskFormat::Qcow2 => vmapi::ImageType::Qcow2,
                         DiskFormat::Raw => vmapi::ImageType::Raw,
+                        DiskFormat::Vmdk => vmapi::ImageType::FlatVmdk,
+                        DiskFormat::Vhdx => vmapi::ImageType::Vhdx,
+                        DiskFormat::Vpc => vmapi::ImageType::FixedVhd,
+                        DiskFormat::Vdi | DiskFormat::Qed => vmapi::ImageType::Unknown,
                     }),
                 })
                 .collect(),
@@ -551,6 +588,17 @@ mod tests {
         assert_eq!(d.format, Some(DiskFormat::Qcow2));
         assert!(d.readonly);
         assert_eq!(d.cache, DiskCache::None);
+        for (name, want) in [
+            ("vmdk", DiskFormat::Vmdk),
+            ("vhdx", DiskFormat::Vhdx),
+            ("vpc", DiskFormat::Vpc),
+            ("vdi", DiskFormat::Vdi),
+            ("qed", DiskFormat::Qed),
+        ] {
+            let d = parse_disk(&format!("path=d.{name},format={name}")).unwrap();
+            assert_eq!(d.format, Some(want));
+            assert_eq!(want.image_format().name(), name);
+        }
         let d = parse_disk("path=b.raw").unwrap();
         assert_eq!(
             (d.format, d.readonly, d.cache),
@@ -559,7 +607,8 @@ mod tests {
         for bad in [
             "a.qcow2",
             "path=",
-            "path=a,format=vmdk",
+            "path=a,format=vhd",
+            "path=a,format=qcow",
             "path=a,readonly=maybe",
             "path=a,x=1",
         ] {
@@ -614,7 +663,6 @@ mod tests {
             r#", "cpus": {"boot_vcpus": 2, "max_vcpus": 1}"#,
             r#", "cpus": {"boot_vcpus": 1000, "max_vcpus": 1000}"#,
             r#", "disks": [{"path": "/a", "id": "x"}, {"path": "/b", "id": "x"}]"#,
-            r#", "disks": [{"path": "/a", "image_type": "Vhdx"}]"#,
             r#", "serial": {"mode": "Socket"}"#,
             r#", "serial": {"mode": "Pty"}"#,
         ] {
@@ -622,6 +670,12 @@ mod tests {
             let err = from_api(&config, &options()).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{bad}: {err}");
         }
+        let vhdx: vmapi::VmConfig = serde_json::from_str(&json(
+            r#", "disks": [{"path": "/a", "image_type": "Vhdx"}]"#,
+        ))
+        .unwrap();
+        let config = from_api(&vhdx, &options()).unwrap();
+        assert_eq!(config.disks[0].format, Some(DiskFormat::Vhdx));
         let mut no_kernel = good.clone();
         no_kernel.payload.kernel = Some(dir.path().join("missing"));
         assert!(from_api(&no_kernel, &options())

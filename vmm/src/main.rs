@@ -41,7 +41,7 @@ struct Args {
     /// Guest memory (e.g. 512M, 2G; a bare number is MiB)
     #[arg(long, value_name = "SIZE", default_value = "512M")]
     memory: String,
-    /// A disk: path=IMG[,format=qcow2|raw][,readonly=on][,cache=none|writeback]
+    /// A disk: path=IMG[,format=qcow2|raw|vmdk|vhdx|vpc|vdi|qed][,readonly=on][,cache=none|writeback]
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
     /// A network interface (virtio-net): tap=NAME[,mac=MAC][,num_queues=N]

@@ -888,10 +888,7 @@ fn lock_file(
 /// Opens one disk through blockdev, before any vCPU exists.
 fn open_disk(disk: &DiskConfig) -> Result<blockdev::backend::OpenedDisk> {
     let options = blockdev::backend::OpenOptions {
-        format: disk.format.map(|f| match f {
-            DiskFormat::Qcow2 => qcow::fs::Format::Qcow2,
-            DiskFormat::Raw => qcow::fs::Format::Raw,
-        }),
+        format: disk.format.map(DiskFormat::image_format),
         read_only: disk.readonly,
         cache: match disk.cache {
             DiskCache::None => blockdev::disk::CacheMode::None,

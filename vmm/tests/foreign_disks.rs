@@ -3,7 +3,9 @@
 //! writes, reads and flushes a disk qemu-img made, with the format
 //! probed; once the VMM has shut down, `qemu-img check` finds the image
 //! clean and qemu-img's own conversion to raw holds exactly the guest's
-//! writes (and our library reads the same bytes).
+//! writes (and our library reads the same bytes). Disks given with their
+//! CH `image_type` are served as that format, and a qed overlay over a
+//! vmdk base is served with its backing chain.
 
 mod support;
 
@@ -50,10 +52,21 @@ fn qemu_img(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Where the base of a chained disk holds data of its own, and its byte:
+/// from inside the guest's writes (slots 20 to 23 overwrite it) to well
+/// past them, so that the overlay's first write to a cluster must copy
+/// the rest of it up from the base.
+const BASE_DATA: (u64, u64, u8) = (80 << 10, 1 << 20, 0xab);
+
 /// What the disk must hold after the guest ran: slot `i` of the first
-/// `WRITES` filled with byte `i`, zeros after.
-fn expected() -> Vec<u8> {
+/// `WRITES` filled with byte `i`, zeros after (or the base's data, for a
+/// chained disk).
+fn expected(chained: bool) -> Vec<u8> {
     let mut data = vec![0u8; DISK_BYTES as usize];
+    if chained {
+        let (at, len, byte) = BASE_DATA;
+        data[at as usize..(at + len) as usize].fill(byte);
+    }
     for (i, slot) in data.chunks_mut(4096).take(WRITES as usize).enumerate() {
         slot.fill(i as u8);
     }
@@ -61,16 +74,38 @@ fn expected() -> Vec<u8> {
 }
 
 /// Boots the io guest on `image` (made by qemu-img with `create_args`,
-/// format probed), shuts the VMM down, then holds the image against
-/// qemu-img.
-fn guest_writes_through(format: &str, create_args: &[&str]) {
+/// its format `image_type` or probed), shuts the VMM down, then holds the
+/// image against qemu-img. A `chained` disk's `create_args` name
+/// `base.vmdk`, which is made first with data of its own.
+fn guest_writes_through(
+    format: &str,
+    create_args: &[&str],
+    image_type: Option<vmapi::ImageType>,
+    chained: bool,
+) {
     let guest = build_guest();
     let mut vmm = ApiVmm::start(&[]);
     let dir = vmm.dir.path().to_path_buf();
     let name = format!("disk.{format}");
+    let size = DISK_BYTES.to_string();
+    if chained {
+        qemu_img(&dir, &["create", "-q", "-f", "vmdk", "base.vmdk", &size]);
+        let (at, len, byte) = BASE_DATA;
+        let out = Command::new("qemu-io")
+            .args([
+                "-f",
+                "vmdk",
+                "-c",
+                &format!("write -P {byte} {at} {len}"),
+                "base.vmdk",
+            ])
+            .current_dir(&dir)
+            .output()
+            .expect("run qemu-io");
+        assert!(out.status.success(), "qemu-io: {out:?}");
+    }
     let mut args = vec!["create", "-q", "-f", format];
     args.extend_from_slice(create_args);
-    let size = DISK_BYTES.to_string();
     args.extend([name.as_str(), size.as_str()]);
     qemu_img(&dir, &args);
 
@@ -80,8 +115,8 @@ fn guest_writes_through(format: &str, create_args: &[&str]) {
         readonly: false,
         direct: false,
         id: Some("vda".into()),
-        // Probed, as a path without format= is.
-        image_type: None,
+        // None: probed, as a path without format= is.
+        image_type,
     };
     let cmdline =
         format!("guest.mode=io guest.reads={READS} guest.writes={WRITES} guest.flushes={FLUSHES}");
@@ -104,7 +139,7 @@ fn guest_writes_through(format: &str, create_args: &[&str]) {
         &["convert", "-f", format, "-O", "raw", &name, "out.raw"],
     );
     let converted = std::fs::read(dir.join("out.raw")).unwrap();
-    let want = expected();
+    let want = expected(chained);
     assert!(
         converted == want,
         "{format} {create_args:?}: qemu-img reads other bytes than the guest wrote"
@@ -121,23 +156,39 @@ fn guest_writes_through(format: &str, create_args: &[&str]) {
 #[test]
 fn the_guest_writes_a_monolithic_sparse_vmdk() {
     require_kvm_and_qemu!();
-    guest_writes_through("vmdk", &[]);
+    guest_writes_through("vmdk", &[], None, false);
 }
 
 #[test]
 fn the_guest_writes_a_vmdk_of_two_gb_flat_extents() {
     require_kvm_and_qemu!();
-    guest_writes_through("vmdk", &["-o", "subformat=twoGbMaxExtentFlat"]);
+    guest_writes_through(
+        "vmdk",
+        &["-o", "subformat=twoGbMaxExtentFlat"],
+        Some(vmapi::ImageType::FlatVmdk),
+        false,
+    );
 }
 
 #[test]
 fn the_guest_writes_a_dynamic_vhdx() {
     require_kvm_and_qemu!();
-    guest_writes_through("vhdx", &["-o", "block_size=1M"]);
+    guest_writes_through("vhdx", &["-o", "block_size=1M"], None, false);
 }
 
 #[test]
 fn the_guest_writes_a_fixed_vhdx() {
     require_kvm_and_qemu!();
-    guest_writes_through("vhdx", &["-o", "subformat=fixed,block_state_zero=off"]);
+    guest_writes_through(
+        "vhdx",
+        &["-o", "subformat=fixed,block_state_zero=off"],
+        Some(vmapi::ImageType::Vhdx),
+        false,
+    );
+}
+
+#[test]
+fn the_guest_writes_a_qed_overlay_over_a_vmdk_base() {
+    require_kvm_and_qemu!();
+    guest_writes_through("qed", &["-b", "base.vmdk", "-F", "vmdk"], None, true);
 }

@@ -129,11 +129,12 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
             disk
         }
         foreign => {
+            let (backend, backing_files) = open_foreign(file, path, foreign, options)?;
             return Ok(OpenedDisk {
-                backend: Arc::new(open_foreign(file, path, foreign, options)?),
+                backend: Arc::new(backend),
                 backing_files,
                 data_file,
-            })
+            });
         }
     };
     Ok(OpenedDisk {
@@ -147,13 +148,15 @@ pub fn open_with_files(path: &Path, options: &OpenOptions) -> Result<OpenedDisk>
 
 /// Opens a disk of one of the formats of [`qcow::formats`] (vmdk, vhdx,
 /// vpc, vdi, qed), with the files it names (vmdk extents) resolved
-/// against its folder.
+/// against its folder, and the backing chain it names (vmdk and qed)
+/// opened read-only with the library's depth and cycle checks; returns
+/// the backing files too, for the caller to lock.
 fn open_foreign(
     file: File,
     path: &Path,
     format: Format,
     options: &OpenOptions,
-) -> Result<ForeignBackend> {
+) -> Result<(ForeignBackend, Vec<PathBuf>)> {
     if options.snapshot.is_some() {
         return Err(Error::Unsupported {
             what: format!("{} images have no internal snapshots", format.name()),
@@ -162,18 +165,23 @@ fn open_foreign(
     let writable = !options.read_only;
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
     let files = DirFiles::for_image(path);
-    let image =
+    let mut image =
         qcow::formats::open(format.name(), storage, writable, &files).ok_or_else(|| {
             Error::Unsupported {
                 what: format!("{} disks are not served by the block engine", format.name()),
             }
         })??;
-    Ok(ForeignBackend::new(ForeignDisk {
+    let opener = FileOpener::for_image(path);
+    if let Some(named) = image.backing_file() {
+        image.set_backing(opener.open_backing(&named.name, named.format)?);
+    }
+    let backend = ForeignBackend::new(ForeignDisk {
         image,
         read_only: options.read_only,
         write_through: options.write_through,
         ignore_flush: options.ignore_flush,
-    }))
+    });
+    Ok((backend, opener.opened_backing_files()))
 }
 
 fn poll_max(options: &OpenOptions) -> std::time::Duration {

@@ -116,6 +116,66 @@ pub trait ForeignImage: BlockRead {
     fn side_files(&self) -> Vec<(String, String, Arc<dyn Storage>)> {
         Vec::new()
     }
+    /// The backing file the image names, if any (vmdk's
+    /// `parentFileNameHint`, qed's backing file name).
+    fn backing_file(&self) -> Option<BackingFile> {
+        None
+    }
+    /// Gives the image the backing layer it names, read where the image
+    /// has no data of its own. Formats without backing files ignore it.
+    fn set_backing(&mut self, _backing: Box<dyn BlockRead>) {}
+}
+
+/// A backing file named by an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingFile {
+    /// The name as recorded (resolved against the image's folder).
+    pub name: String,
+    /// The format the image records for it; `None` means probe it.
+    pub format: Option<&'static str>,
+}
+
+/// Reads `buf.len()` guest bytes at `offset` from `backing`: zeros where
+/// there is no backing layer or past its end (as QEMU reads an overlay
+/// larger than its backing file).
+pub(crate) fn read_backing(
+    backing: Option<&dyn BlockRead>,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    let have = match backing {
+        Some(b) => {
+            let n = b
+                .virtual_size()
+                .saturating_sub(offset)
+                .min(buf.len() as u64) as usize;
+            if n > 0 {
+                b.read_at(&mut buf[..n], offset)?;
+            }
+            n
+        }
+        None => 0,
+    };
+    buf[have..].fill(0);
+    Ok(())
+}
+
+/// The whole allocation unit `[unit_start, unit_start + unit_len)` as it
+/// must be written when a write of `part` at `offset` inside it lands on
+/// an unallocated unit of an image with a backing layer: the backing
+/// layer's bytes with `part` laid over them (QEMU's copy-on-write).
+pub(crate) fn copy_on_write_unit(
+    backing: &dyn BlockRead,
+    unit_start: u64,
+    unit_len: u64,
+    part: &[u8],
+    offset: u64,
+) -> Result<Vec<u8>> {
+    let mut unit = vec![0u8; unit_len as usize];
+    read_backing(Some(backing), &mut unit, unit_start)?;
+    let at = (offset - unit_start) as usize;
+    unit[at..at + part.len()].copy_from_slice(part);
+    Ok(unit)
 }
 
 /// A value of a format's `img info` section (mirrors QEMU's QObjects).

@@ -205,6 +205,12 @@ pub fn create_image_encrypted(
                 size.div_ceil(512) * 512,
                 opts.cluster_size.unwrap_or(65536) as u32,
                 opts.table_size.unwrap_or(4) as u32,
+                opts.backing_file
+                    .as_deref()
+                    .map(|name| qcow::formats::qed::NewBacking {
+                        name,
+                        raw: opts.backing_fmt.as_deref() == Some("raw"),
+                    }),
             )
             .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
         }

@@ -32,11 +32,35 @@ pub fn vmdk(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u
             .clone()
             .unwrap_or_else(|| "2147483647".into()),
         zeroed_grain: opts.zeroed_grain.unwrap_or(false),
+        parent: match &opts.backing_file {
+            Some(name) => Some((vmdk_parent_cid(filename, name)?, name.clone())),
+            None => None,
+        },
     };
     let files = DirFiles::for_image(Path::new(filename));
     let cid = random_cid();
     create(storage, size, &vmdk_opts, &files, cid)
         .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
+}
+
+/// The CID of the parent `name` names for a new vmdk at `filename`: the
+/// parent must be a vmdk (QEMU probes it and refuses any other format),
+/// (only sparse subformats take one: the options' check refuses the rest).
+fn vmdk_parent_cid(filename: &str, name: &str) -> Result<u32> {
+    let path = Path::new(filename);
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let parent = qcow::fs::resolve(dir, name);
+    let storage = qcow::fs::open_storage(&parent, false)
+        .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
+    let format = qcow::fs::probe(&*storage, &parent)
+        .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
+    if format != qcow::fs::Format::Vmdk {
+        return Err(anyhow!("{filename}: backing_file must be a vmdk image"));
+    }
+    let files = DirFiles::for_image(&parent);
+    let image = qcow::formats::vmdk::Vmdk::open(storage, false, &files)
+        .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))?;
+    Ok(image.cid())
 }
 
 /// Creates a vhdx image of `size` bytes at `filename` (already opened as

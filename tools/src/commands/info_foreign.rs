@@ -12,6 +12,14 @@ use crate::report::qobject::{QDict, QObject};
 pub fn describe(info: &mut ImageInfo, image: &dyn ForeignImage) {
     info.cluster_size = image.cluster_size();
     info.dirty_flag = Some(image.is_dirty());
+    if let Some(b) = image.backing_file() {
+        let dir = std::path::Path::new(&info.filename)
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        info.full_backing_filename = Some(qcow::fs::resolve(dir, &b.name).display().to_string());
+        info.backing_filename = Some(b.name);
+        info.backing_filename_format = b.format.map(str::to_string);
+    }
     if let Some(InfoValue::Dict(members)) = image.format_specific() {
         info.format_specific = Some(FormatSpecific::Other {
             type_name: image.format_name(),

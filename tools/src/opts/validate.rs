@@ -171,11 +171,6 @@ pub(super) fn vhdx(options: &mut CreateOptions) -> Result<(), OptsError> {
 
 /// Checks vmdk options in the order QEMU's vmdk driver checks them.
 pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
-    if options.backing_file.is_some() {
-        return Err(OptsError::Invalid(
-            "vmdk images with a backing file are not supported by img",
-        ));
-    }
     if options.compat6 == Some(true) && options.hwversion.is_some() {
         return Err(OptsError::Invalid(
             "compat6 cannot be enabled with hwversion set",
@@ -194,16 +189,18 @@ pub(super) fn vmdk(options: &mut CreateOptions) -> Result<(), OptsError> {
             return Err(OptsError::InvalidParameterValue(subformat.clone()));
         }
     }
+    let flat = matches!(
+        options.subformat.as_deref(),
+        Some("monolithicFlat" | "twoGbMaxExtentFlat")
+    );
+    if flat && options.backing_file.is_some() {
+        return Err(OptsError::Invalid("Flat image can't have backing file"));
+    }
     Ok(())
 }
 
 /// Checks qed options with QEMU's messages.
 pub(super) fn qed(options: &mut CreateOptions) -> Result<(), OptsError> {
-    if options.backing_file.is_some() {
-        return Err(OptsError::Invalid(
-            "qed images with a backing file are not supported by img",
-        ));
-    }
     let cluster_size = options.cluster_size.unwrap_or(65536);
     if !cluster_size.is_power_of_two() || !(4096..=64 << 20).contains(&cluster_size) {
         return Err(OptsError::Invalid(

@@ -4,7 +4,10 @@
 //! L2 tables are loaded on demand into a cache bounded in bytes. A write to
 //! an unallocated cluster appends the cluster (and a new L2 table when the
 //! L1 entry is empty) at the end of the file, then points the L2 entry and
-//! the L1 entry at them. Images with a backing file are refused for now.
+//! the L1 entry at them. An image may name a backing file (its name after
+//! the header fields, probed unless the raw feature bit says raw): its
+//! unallocated clusters read from it, and a partial write to one copies
+//! the rest of the cluster up from it first, as QEMU's qed does.
 
 pub mod header;
 
@@ -14,8 +17,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use self::header::{Header, F_BACKING_FILE, F_NEED_CHECK, HEADER_LEN};
-use super::{invalid, read_table, CheckReport, ForeignImage};
+use self::header::{
+    Header, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_LEN, MAX_BACKING_NAME,
+};
+use super::{invalid, read_table, BackingFile, CheckReport, ForeignImage};
 use crate::device::{check_range, BlockRead, Extent, ExtentKind};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -49,26 +54,68 @@ pub struct Qed {
     /// from the file while it changed is not cached stale.
     generation: AtomicU64,
     writable: bool,
+    /// The backing file the header names.
+    backing_file: Option<BackingFile>,
+    /// The backing layer, once the opener has opened it.
+    backing: Option<Box<dyn BlockRead>>,
 }
 
-/// Writes a new, empty QED image into empty `storage`.
-pub fn create(storage: &dyn Storage, size: u64, cluster_size: u32, table_size: u32) -> Result<()> {
+/// A backing file for a new image: its name, and whether it is raw (the
+/// only format QED records; any other is probed).
+#[derive(Debug, Clone, Copy)]
+pub struct NewBacking<'a> {
+    /// The name as it is to be recorded.
+    pub name: &'a str,
+    /// Whether the backing file is raw.
+    pub raw: bool,
+}
+
+/// Writes a new, empty QED image into empty `storage`, naming `backing`
+/// after the header fields as QEMU does.
+pub fn create(
+    storage: &dyn Storage,
+    size: u64,
+    cluster_size: u32,
+    table_size: u32,
+    backing: Option<NewBacking<'_>>,
+) -> Result<()> {
+    let mut features = 0;
+    let (mut name_offset, mut name_size) = (0, 0);
+    if let Some(b) = backing {
+        if b.name.len() > MAX_BACKING_NAME as usize {
+            return Err(invalid(
+                FORMAT,
+                "backing_file",
+                b.name.len() as u64,
+                "the name is too long",
+            ));
+        }
+        features |= F_BACKING_FILE;
+        if b.raw {
+            features |= F_BACKING_FORMAT_NO_PROBE;
+        }
+        name_offset = HEADER_LEN as u32;
+        name_size = b.name.len() as u32;
+    }
     let header = Header {
         cluster_size,
         table_size,
         header_size: 1,
-        features: 0,
+        features,
         compat_features: 0,
         autoclear_features: 0,
         l1_table_offset: u64::from(cluster_size),
         image_size: size,
-        backing_filename_offset: 0,
-        backing_filename_size: 0,
+        backing_filename_offset: name_offset,
+        backing_filename_size: name_size,
     };
     let mut check = [0u8; HEADER_LEN];
     check.copy_from_slice(&header.to_bytes());
     Header::parse(&check)?;
     storage.write_at(&header.to_bytes(), 0)?;
+    if let Some(b) = backing {
+        storage.write_at(b.name.as_bytes(), u64::from(name_offset))?;
+    }
     storage.set_len(header.l1_table_offset + header.table_bytes())?;
     storage.flush()
 }
@@ -79,9 +126,7 @@ impl Qed {
         let mut raw = [0u8; HEADER_LEN];
         storage.read_at(&mut raw, 0)?;
         let header = Header::parse(&raw)?;
-        if header.features & F_BACKING_FILE != 0 {
-            return Err(Error::Unsupported("qed images with a backing file".into()));
-        }
+        let backing_file = Self::read_backing_name(&*storage, &header)?;
         if writable && header.features & F_NEED_CHECK != 0 {
             return Err(Error::Unsupported(
                 "a qed image that needs a check cannot be opened for writing; run 'qemu-img check -r all'".into(),
@@ -107,7 +152,32 @@ impl Qed {
             file_clusters: AtomicU64::new(next_cluster),
             generation: AtomicU64::new(0),
             writable,
+            backing_file,
+            backing: None,
         })
+    }
+
+    /// The backing file the header names (its size already bounded by
+    /// the header's check).
+    fn read_backing_name(storage: &dyn Storage, header: &Header) -> Result<Option<BackingFile>> {
+        if header.features & F_BACKING_FILE == 0 {
+            return Ok(None);
+        }
+        let mut name = vec![0u8; header.backing_filename_size as usize];
+        storage.read_at(&mut name, header.backing_filename_offset.into())?;
+        let name = String::from_utf8(name).map_err(|_| {
+            invalid(
+                FORMAT,
+                "backing_filename_offset",
+                header.backing_filename_offset.into(),
+                "the backing file name is not UTF-8",
+            )
+        })?;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let format = (header.features & F_BACKING_FORMAT_NO_PROBE != 0).then_some("raw");
+        Ok(Some(BackingFile { name, format }))
     }
 
     fn cluster_bytes(&self) -> u64 {
@@ -254,7 +324,10 @@ impl BlockRead for Qed {
                 Cluster::Data(h) => self
                     .storage
                     .read_at(&mut buf[done..done + n], h + pos % cs)?,
-                Cluster::Zero | Cluster::Unallocated => buf[done..done + n].fill(0),
+                Cluster::Zero => buf[done..done + n].fill(0),
+                Cluster::Unallocated => {
+                    super::read_backing(self.backing.as_deref(), &mut buf[done..done + n], pos)?
+                }
             }
             done += n;
         }
@@ -298,7 +371,7 @@ impl BlockRead for Qed {
     }
 
     fn backing(&self) -> Option<&dyn BlockRead> {
-        None
+        self.backing.as_deref()
     }
 
     fn format_name(&self) -> &'static str {
@@ -317,12 +390,21 @@ impl ForeignImage for Qed {
         while done < buf.len() {
             let pos = offset + done as u64;
             let n = (cs - pos % cs).min((buf.len() - done) as u64) as usize;
-            let host = match self.lookup(pos)? {
-                Cluster::Data(h) => h,
-                Cluster::Zero | Cluster::Unallocated => self.allocate(pos)?,
-            };
-            self.storage
-                .write_at(&buf[done..done + n], host + pos % cs)?;
+            let part = &buf[done..done + n];
+            match (self.lookup(pos)?, self.backing.as_deref()) {
+                (Cluster::Data(h), _) => self.storage.write_at(part, h + pos % cs)?,
+                (Cluster::Unallocated, Some(backing)) if (n as u64) < cs => {
+                    let start = pos - pos % cs;
+                    let len = cs.min(self.header.image_size - start);
+                    let unit = super::copy_on_write_unit(backing, start, len, part, pos)?;
+                    let host = self.allocate(pos)?;
+                    self.storage.write_at(&unit, host)?;
+                }
+                (Cluster::Zero | Cluster::Unallocated, _) => {
+                    let host = self.allocate(pos)?;
+                    self.storage.write_at(part, host + pos % cs)?;
+                }
+            }
             done += n;
         }
         Ok(())
@@ -346,6 +428,14 @@ impl ForeignImage for Qed {
 
     fn is_dirty(&self) -> bool {
         self.header.features & F_NEED_CHECK != 0
+    }
+
+    fn backing_file(&self) -> Option<BackingFile> {
+        self.backing_file.clone()
+    }
+
+    fn set_backing(&mut self, backing: Box<dyn BlockRead>) {
+        self.backing = Some(backing);
     }
 }
 

@@ -8,7 +8,7 @@ use crate::storage::MemStorage;
 #[test]
 fn write_read_reopen_check() {
     let mem = Arc::new(MemStorage::new());
-    create(&*mem, 10 << 20, 65536, 4).unwrap();
+    create(&*mem, 10 << 20, 65536, 4, None).unwrap();
     let qed = Qed::open(mem.clone(), true).unwrap();
     qed.write_at(&[3; 100_000], 1000).unwrap();
     qed.write_at(&[4; 512], 5 << 20).unwrap();
@@ -26,7 +26,7 @@ fn write_read_reopen_check() {
 
 fn patched(patch: impl Fn(&mut Vec<u8>)) -> Result<Qed> {
     let mem = MemStorage::new();
-    create(&mem, 4 << 20, 65536, 4).unwrap();
+    create(&mem, 4 << 20, 65536, 4, None).unwrap();
     let mut b = mem.to_bytes();
     patch(&mut b);
     Qed::open(Arc::new(MemStorage::from_bytes(b)), false)
@@ -48,4 +48,50 @@ fn hostile_images_are_refused() {
     let mut buf = [0u8; 512];
     assert!(qed.read_at(&mut buf, 0).is_err());
     assert!(qed.check().unwrap().unwrap().corruptions > 0);
+}
+
+#[test]
+fn overlay_reads_its_backing_and_copies_it_up_on_partial_writes() {
+    let base: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let mem = Arc::new(MemStorage::new());
+    let backing = NewBacking {
+        name: "base.raw",
+        raw: true,
+    };
+    create(&*mem, 2 << 20, 65536, 4, Some(backing)).unwrap();
+    let mut qed = Qed::open(mem.clone(), true).unwrap();
+    let named = qed.backing_file().unwrap();
+    assert_eq!(
+        (named.name.as_str(), named.format),
+        ("base.raw", Some("raw"))
+    );
+    let raw = crate::device::RawImage::new(Arc::new(MemStorage::from_bytes(base.clone())));
+    qed.set_backing(Box::new(raw.unwrap()));
+    // A write of 100 bytes into the middle of cluster 1 keeps the rest of
+    // the cluster's backing bytes.
+    qed.write_at(&[0xee; 100], 65536 + 1000).unwrap();
+    let mut buf = vec![0u8; 2 << 20];
+    qed.read_at(&mut buf, 0).unwrap();
+    let mut want = base.clone();
+    want[65536 + 1000..65536 + 1100].fill(0xee);
+    want.resize(2 << 20, 0);
+    assert!(buf == want, "overlay reads differ from base + write");
+    // The copied-up cluster is the overlay's own now.
+    let extents = qed.extents(65536, 65536).unwrap();
+    assert!(matches!(extents[0].kind, ExtentKind::Data { .. }));
+    let report = qed.check().unwrap().unwrap();
+    assert_eq!((report.corruptions, report.leaks), (0, 0), "{report:?}");
+}
+
+#[test]
+fn a_backing_name_past_the_header_is_refused() {
+    let mem = MemStorage::new();
+    let backing = NewBacking {
+        name: "b",
+        raw: false,
+    };
+    create(&mem, 1 << 20, 65536, 4, Some(backing)).unwrap();
+    let mut b = mem.to_bytes();
+    LittleEndian::write_u32(&mut b[60..64], 70_000);
+    assert!(Qed::open(Arc::new(MemStorage::from_bytes(b)), false).is_err());
 }

@@ -80,6 +80,9 @@ pub struct CreateOptions {
     pub tools_version: String,
     /// Zeroed-grain grain table entries.
     pub zeroed_grain: bool,
+    /// The parent (backing) image: its CID and the name the descriptor
+    /// records (`parentFileNameHint`).
+    pub parent: Option<(u32, String)>,
 }
 
 impl Default for CreateOptions {
@@ -90,6 +93,7 @@ impl Default for CreateOptions {
             hw_version: "4".into(),
             tools_version: "2147483647".into(),
             zeroed_grain: false,
+            parent: None,
         }
     }
 }
@@ -181,6 +185,18 @@ pub fn create(
 ) -> Result<()> {
     let size = size.div_ceil(512) * 512;
     let sectors = size / 512;
+    let flat = matches!(
+        opts.subformat,
+        Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat
+    );
+    if flat && opts.parent.is_some() {
+        return Err(invalid(
+            FORMAT,
+            "backing_file",
+            0,
+            "Flat image can't have backing file",
+        ));
+    }
     let image_name = files.image_name();
     let mut lines = Vec::new();
     let base = image_name
@@ -231,6 +247,10 @@ pub fn create(
         size,
         adapter_type: &opts.adapter_type,
         tools_version: &opts.tools_version,
+        parent: opts
+            .parent
+            .as_ref()
+            .map(|(cid, name)| (*cid, name.as_str())),
     }
     .render();
     let at = match opts.subformat {

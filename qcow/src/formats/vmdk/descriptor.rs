@@ -176,6 +176,8 @@ pub struct NewDescriptor<'a> {
     pub adapter_type: &'a str,
     /// `ddb.toolsVersion`.
     pub tools_version: &'a str,
+    /// The parent: its CID and the name for `parentFileNameHint`.
+    pub parent: Option<(u32, &'a str)>,
 }
 
 impl NewDescriptor<'_> {
@@ -188,8 +190,14 @@ impl NewDescriptor<'_> {
             extents.push_str(line);
             extents.push('\n');
         }
+        // QEMU puts the hint line where the blank line after createType is.
+        let (parent_cid, parent_line) = match self.parent {
+            Some((cid, name)) => (cid, format!("parentFileNameHint=\"{name}\"")),
+            None => (u32::MAX, String::new()),
+        };
         format!(
-            "# Disk DescriptorFile\nversion=1\nCID={:08x}\nparentCID=ffffffff\ncreateType=\"{}\"\n\n\
+            "# Disk DescriptorFile\nversion=1\nCID={:08x}\nparentCID={parent_cid:08x}\n\
+             createType=\"{}\"\n{parent_line}\n\
              # Extent description\n{extents}\n# The Disk Data Base\n#DDB\n\n\
              ddb.virtualHWVersion = \"{}\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
              ddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"63\"\n\
@@ -245,6 +253,7 @@ mod tests {
             size: 5 << 20,
             adapter_type: "ide",
             tools_version: "2147483647",
+            parent: None,
         }
         .render();
         assert!(text.contains(

@@ -7,8 +7,10 @@
 //! Extent files are opened through [`SideFiles`], which refuses names
 //! outside the descriptor's folder; an extent naming the descriptor
 //! itself, a sparse file used twice and flat extents overlapping in one
-//! file are refused here. Parent (backing) images and VMFS/SE sparse
-//! extents are refused.
+//! file are refused here. A `parentFileNameHint` names a parent (backing)
+//! image, always a vmdk as QEMU reads it: unallocated grains read from it,
+//! and a partial write to one copies the rest of the grain up first.
+//! VMFS/SE sparse extents are refused.
 
 pub mod create;
 pub mod descriptor;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use self::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR};
 use self::header::MAGIC;
 use self::sparse::{Grain, SparseExtent};
-use super::{invalid, CheckReport, ForeignImage, InfoValue, SideFiles};
+use super::{invalid, BackingFile, CheckReport, ForeignImage, InfoValue, SideFiles};
 use crate::device::{check_range, BlockRead, Extent, ExtentKind};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -64,6 +66,10 @@ pub struct Vmdk {
     parent_cid: u32,
     create_type: String,
     writable: bool,
+    /// The parent the descriptor names.
+    backing_file: Option<BackingFile>,
+    /// The parent, once the opener has opened it.
+    backing: Option<Box<dyn BlockRead>>,
 }
 
 impl Vmdk {
@@ -106,7 +112,6 @@ impl Vmdk {
                 "Unsupported image type '{create_type}'"
             )));
         }
-        Self::refuse_parent(&descriptor)?;
         let mut extents: Vec<VmdkExtent> = Vec::new();
         let mut used: Vec<(String, ExtentType, u64, u64)> = Vec::new();
         let mut start = 0u64;
@@ -202,18 +207,23 @@ impl Vmdk {
             size: start,
             cid: descriptor.cid,
             parent_cid: descriptor.parent_cid,
+            backing_file: Self::parent_of(&descriptor),
             create_type,
             writable,
+            backing: None,
         })
     }
 
-    fn refuse_parent(descriptor: &Descriptor) -> Result<()> {
-        if descriptor.parent_cid != u32::MAX && descriptor.parent_hint.is_some() {
-            return Err(Error::Unsupported(
-                "vmdk images with a parent (backing) image".into(),
-            ));
+    /// The parent `parentFileNameHint` names (QEMU reads the hint alone,
+    /// whatever `parentCID` says, and opens it as a vmdk).
+    fn parent_of(descriptor: &Descriptor) -> Option<BackingFile> {
+        match descriptor.parent_hint.as_deref() {
+            Some(name) if !name.is_empty() => Some(BackingFile {
+                name: name.to_string(),
+                format: Some(FORMAT),
+            }),
+            _ => None,
         }
-        Ok(())
     }
 
     fn open_monolithic(
@@ -241,7 +251,6 @@ impl Vmdk {
         let mut text = vec![0u8; EMBEDDED_DESCRIPTOR];
         storage.read_at(&mut text, 512)?;
         let descriptor = Descriptor::parse(&String::from_utf8_lossy(&text))?;
-        Self::refuse_parent(&descriptor)?;
         let create_type = if sparse.header().compressed() {
             "streamOptimized"
         } else {
@@ -263,6 +272,8 @@ impl Vmdk {
             parent_cid: descriptor.parent_cid,
             create_type: create_type.to_string(),
             writable,
+            backing_file: Self::parent_of(&descriptor),
+            backing: None,
         })
     }
 
@@ -299,6 +310,12 @@ impl Vmdk {
             }
         }
         Ok(report)
+    }
+
+    /// The content ID (`CID`), which an overlay records as its
+    /// `parentCID`.
+    pub fn cid(&self) -> u32 {
+        self.cid
     }
 
     /// The `createType`.
@@ -348,7 +365,12 @@ impl BlockRead for Vmdk {
             let part = &mut buf[at..at + n as usize];
             match &e.data {
                 Data::Flat { storage, offset } => storage.read_at(part, offset + inner),
-                Data::Sparse(s) => s.read_in_grain(part, inner),
+                Data::Sparse(s) => match self.backing.as_deref() {
+                    Some(b) if s.lookup(inner)?.0 == Grain::Unallocated => {
+                        super::read_backing(Some(b), part, e.start + inner)
+                    }
+                    _ => s.read_in_grain(part, inner),
+                },
             }
         })
     }
@@ -413,7 +435,7 @@ impl BlockRead for Vmdk {
     }
 
     fn backing(&self) -> Option<&dyn BlockRead> {
-        None
+        self.backing.as_deref()
     }
 
     fn format_name(&self) -> &'static str {
@@ -431,7 +453,21 @@ impl ForeignImage for Vmdk {
             let part = &buf[at..at + n as usize];
             match &e.data {
                 Data::Flat { storage, offset } => storage.write_at(part, offset + inner),
-                Data::Sparse(s) => s.write_in_grain(part, inner),
+                Data::Sparse(s) => match self.backing.as_deref() {
+                    Some(b) if n < s.grain_bytes() && s.lookup(inner)?.0 == Grain::Unallocated => {
+                        let grain_start = inner - inner % s.grain_bytes();
+                        let len = s.grain_bytes().min(e.len - grain_start);
+                        let unit = super::copy_on_write_unit(
+                            b,
+                            e.start + grain_start,
+                            len,
+                            part,
+                            e.start + inner,
+                        )?;
+                        s.write_in_grain(&unit, grain_start)
+                    }
+                    _ => s.write_in_grain(part, inner),
+                },
             }
         })
     }
@@ -507,6 +543,14 @@ impl ForeignImage for Vmdk {
                 (format!("extents.{i}"), e.file_name.clone(), storage)
             })
             .collect()
+    }
+
+    fn backing_file(&self) -> Option<BackingFile> {
+        self.backing_file.clone()
+    }
+
+    fn set_backing(&mut self, backing: Box<dyn BlockRead>) {
+        self.backing = Some(backing);
     }
 }
 

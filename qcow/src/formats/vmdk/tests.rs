@@ -196,3 +196,33 @@ fn hostile_sparse_headers_are_refused() {
 }
 
 use byteorder::{ByteOrder, LittleEndian};
+
+#[test]
+fn overlay_reads_its_parent_and_copies_grains_up_on_partial_writes() {
+    let files = MemFiles::default();
+    let image = files.add("disk.vmdk", Vec::new());
+    let opts = CreateOptions {
+        parent: Some((0xabcd_ef01, "base.vmdk".into())),
+        ..CreateOptions::default()
+    };
+    create(&*image, 1 << 20, &opts, &files, 0x1234_5678).unwrap();
+    let mut vmdk = Vmdk::open(image.clone(), true, &files).unwrap();
+    let named = vmdk.backing_file().unwrap();
+    assert_eq!(
+        (named.name.as_str(), named.format),
+        ("base.vmdk", Some(FORMAT))
+    );
+    assert_eq!(vmdk.parent_cid, 0xabcd_ef01);
+    let base: Vec<u8> = (0..(1u32 << 19)).map(|i| (i % 241) as u8).collect();
+    let raw = crate::device::RawImage::new(Arc::new(MemStorage::from_bytes(base.clone())));
+    vmdk.set_backing(Box::new(raw.unwrap()));
+    vmdk.write_at(&[0x5a; 700], 70_000).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    vmdk.read_at(&mut buf, 0).unwrap();
+    let mut want = base;
+    want.resize(1 << 20, 0);
+    want[70_000..70_700].fill(0x5a);
+    assert!(buf == want, "overlay reads differ from parent + write");
+    let report = vmdk.check().unwrap().unwrap();
+    assert_eq!(report.corruptions, 0, "{report:?}");
+}
