@@ -51,8 +51,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::crash::{
-    check_active, check_and_repair, env_u64, exit_code, qemu_errors, read_all, read_qcow2,
-    run_and_kill, scratch_dir, ImageConfig, RoundOps,
+    check_active, check_and_repair, env_u64, exit_code, harmless_copied_mismatches, qemu_errors,
+    read_all, read_qcow2, run_and_kill, scratch_dir, ImageConfig, RoundOps,
 };
 use integration_tests::workload::{mix, Op, Params, Workload};
 use integration_tests::{qemu_img, require_qemu, run};
@@ -221,43 +221,6 @@ fn verify_contents(
         }
     }
     Ok(Verified { active, snapshots })
-}
-
-/// How many of `qemu-img check`'s complaints are COPIED flags that
-/// disagree with the stored refcount in the directions a kill inside a
-/// snapshot operation leaves whatever the write order (QEMU's too: it also
-/// writes refcount blocks before the L2 tables whose flags depend on them):
-/// a flag set on a cluster whose extra references are all leaked
-/// ("Leaked cluster C refcount=R reference=1"), or a flag cleared on a
-/// cluster with refcount 1. Neither loses data; `check -r all` fixes both.
-fn harmless_copied_mismatches(text: &str, cluster_size: u64) -> u64 {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let at = line.find(key)? + key.len();
-        line[at..].split_whitespace().next().map(str::to_owned)
-    };
-    let leaked_once: Vec<u64> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("Leaked cluster") && field(l, "reference=").as_deref() == Some("1")
-        })
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .collect();
-    text.lines()
-        .filter(|l| l.starts_with("ERROR OFLAG_COPIED"))
-        .filter(|l| {
-            let entry = field(l, "l2_entry=")
-                .or_else(|| field(l, "l1_entry="))
-                .and_then(|e| u64::from_str_radix(&e, 16).ok());
-            let refcount = field(l, "refcount=").and_then(|r| r.parse::<u64>().ok());
-            let (Some(entry), Some(refcount)) = (entry, refcount) else {
-                return false;
-            };
-            let copied = entry & (1 << 63) != 0;
-            let cluster = (entry & 0x00ff_ffff_ffff_fe00) / cluster_size;
-            (!copied && refcount == 1)
-                || (copied && refcount >= 2 && leaked_once.contains(&cluster))
-        })
-        .count() as u64
 }
 
 /// Rules 4 and 5. `in_snapshot_op`: the kill landed inside a snapshot

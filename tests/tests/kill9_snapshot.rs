@@ -32,7 +32,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::crash::{
-    check_and_repair, env_u64, qemu_errors, read_all, read_qcow2, run_and_kill, scratch_dir,
+    check_and_repair, env_u64, harmless_copied_mismatches, qemu_errors, read_all, read_qcow2,
+    run_and_kill, scratch_dir,
 };
 use integration_tests::workload::mix;
 use integration_tests::{ok, qemu_img, require_qemu, Rng};
@@ -187,40 +188,6 @@ fn verify_snapshots(path: &Path, log: &str) -> Result<(bool, usize), String> {
         }
     }
     Ok((in_snapshot_op, snapshots.len()))
-}
-
-/// Leaked-cluster and COPIED complaints a kill inside a snapshot operation
-/// may leave (the same rule as `tests/kill9.rs`'s
-/// `harmless_copied_mismatches`): a flag cleared on a cluster with
-/// refcount 1, or set on one whose extra references are all leaked.
-fn harmless_copied_mismatches(text: &str, cluster_size: u64) -> u64 {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let at = line.find(key)? + key.len();
-        line[at..].split_whitespace().next().map(str::to_owned)
-    };
-    let leaked_once: Vec<u64> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("Leaked cluster") && field(l, "reference=").as_deref() == Some("1")
-        })
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .collect();
-    text.lines()
-        .filter(|l| l.starts_with("ERROR OFLAG_COPIED"))
-        .filter(|l| {
-            let entry = field(l, "l2_entry=")
-                .or_else(|| field(l, "l1_entry="))
-                .and_then(|e| u64::from_str_radix(&e, 16).ok());
-            let refcount = field(l, "refcount=").and_then(|r| r.parse::<u64>().ok());
-            let (Some(entry), Some(refcount)) = (entry, refcount) else {
-                return false;
-            };
-            let copied = entry & (1 << 63) != 0;
-            let cluster = (entry & 0x00ff_ffff_ffff_fe00) / cluster_size;
-            (!copied && refcount == 1)
-                || (copied && refcount >= 2 && leaked_once.contains(&cluster))
-        })
-        .count() as u64
 }
 
 /// What the trials saw.
