@@ -406,9 +406,10 @@ impl Qcow2 {
         let (new_size, needed) = self.snapshot_l1_entries(s)?;
         let mut new_l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         new_l1.resize(new_l1.len().max(needed as usize), 0);
-        // The snapshot's VM-state area stays the snapshot's: the active
-        // disk never shows it (a later resize would otherwise expose it).
-        new_l1[needed as usize..].fill(0);
+        // The whole table, the VM-state area past the disk included, as
+        // QEMU's qcow2_snapshot_goto copies it: after `snapshot -a` the
+        // state a snapshot holds reads back at the VM-state offset
+        // (qemu-iotests 029 reads it with `qemu-io -c "read -b"`).
         // The snapshot's tree gains the active table's references first.
         self.tree_refcounts(&mut meta, &new_l1, 1)?;
         let new_offset = self.write_new_l1(&mut meta, &new_l1)?;
