@@ -102,6 +102,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_io_uring_register,
     // signals and exit
     libc::SYS_rt_sigreturn,
+    // a sleep interrupted by a stop (job control, a debugger attaching)
+    // resumes through restart_syscall
+    libc::SYS_restart_syscall,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_exit,

@@ -188,3 +188,68 @@ fn emulation_failures_are_reported_and_disks_closed() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// Job control (Ctrl-Z then `fg`, or a debugger attaching) stops and
+/// continues every thread; a thread asleep in `poll`, `nanosleep` or a timed
+/// futex then resumes through `restart_syscall`, which the seccomp filters
+/// must allow, or the VMM dies of SIGSYS. After SIGSTOP and SIGCONT the VMM
+/// still serves its API and ends cleanly on SIGTERM.
+#[test]
+fn stop_and_continue_leave_the_vmm_running() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("guest.elf"), waiting_guest()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            "guest.elf",
+            "--memory",
+            "64M",
+            "--api-socket",
+            "path=api.sock",
+        ])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "waiting\n");
+    let pid = child.id() as i32;
+    for _ in 0..3 {
+        // SAFETY: kill(2) on our own, still unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the VMM died after SIGSTOP and SIGCONT: {:?}",
+        child
+            .wait_with_output()
+            .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
+    );
+    let ping = vmapi::Client::new(d.join("api.sock"))
+        .with_io_timeout(std::time::Duration::from_secs(10))
+        .ping();
+    assert!(ping.is_ok(), "{ping:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
