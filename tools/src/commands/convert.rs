@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use qcow::create::NewEncryption;
 use qcow::device::BlockRead;
-use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
+use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_encrypted;
 use super::{io_reason, open, parse_format, prefixed};
@@ -131,12 +131,6 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 "Compression and encryption not supported at the same time"
             ));
         }
-        // Never write plain data where encryption was asked for.
-        if target_format == ImageFormat::Luks {
-            return Err(anyhow!(
-                "{target}: img convert cannot write luks images yet"
-            ));
-        }
         let encryption = target_encryption(&parsed, target_format)
             .map_err(|e| anyhow!("{target}: error while converting {target_format}: {e:#}"))?;
         // qemu-img opens the new target with the options it was created
@@ -163,13 +157,26 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             encryption.as_ref(),
         )?;
         let format = Format::parse(target_format.name())?;
-        let image = open_target(&target, format, args.target_cache)?;
+        let image = match &target_key {
+            // A LUKS volume opens only with its key.
+            Some(key) if format == Format::Luks => open_image_keyed(
+                Path::new(&target),
+                Some(format),
+                true,
+                vec![Some(key.clone())],
+            )
+            .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?,
+            _ => open_target(&target, format, args.target_cache)?,
+        };
         if let (Some(key), AnyImage::Qcow2(q)) = (&target_key, &image) {
             q.unlock(key)
                 .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
         }
         let has_backing = opts.backing_file.is_some();
-        (image, !has_backing, has_backing)
+        // A new LUKS payload is a hole, which decrypts to noise: like
+        // qemu-img (the crypto driver has no zero init), zeros are written.
+        let reads_zero = !has_backing && format != Format::Luks;
+        (image, reads_zero, has_backing)
     };
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
     let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
