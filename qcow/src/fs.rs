@@ -245,7 +245,9 @@ fn open_foreign(
     opener: Option<&FileOpener>,
 ) -> Result<AnyImage> {
     if format == Format::Luks {
-        // A LUKS volume opens only with its key (open_image_keyed).
+        // A LUKS volume opens only with its key (open_image_keyed); its
+        // header is checked first, as QEMU checks it.
+        crate::crypto::volume::read_header(&*storage)?;
         return Err(Error::KeySecretRequired {
             option: "key-secret".into(),
         });

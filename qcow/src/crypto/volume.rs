@@ -16,6 +16,22 @@ use crate::storage::Storage;
 /// Sectors decrypted or encrypted at a time (bounds the bounce buffer).
 const SECTORS_PER_PASS: u64 = 2048;
 
+/// Reads and checks the LUKS header at the start of `storage`, as QEMU
+/// does before it asks for a key: a LUKS2 header, which QEMU 10 does not
+/// read, gets its `LUKS version 2 is not supported`.
+pub fn read_header(storage: &dyn Storage) -> Result<LuksHeader> {
+    let file_len = storage.len()?;
+    if file_len < HEADER_LEN as u64 {
+        return Err(Error::LuksHeader {
+            field: "magic",
+            reason: "Volume is not in LUKS format".into(),
+        });
+    }
+    let mut buf = vec![0u8; HEADER_LEN];
+    storage.read_at(&mut buf, 0)?;
+    LuksHeader::parse(&buf, file_len)
+}
+
 /// An unlocked LUKS volume.
 pub struct LuksVolume {
     storage: Arc<dyn Storage>,
@@ -34,15 +50,7 @@ impl LuksVolume {
     /// QEMU's message).
     pub fn open(storage: Arc<dyn Storage>, password: &[u8]) -> Result<LuksVolume> {
         let file_len = storage.len()?;
-        let mut buf = vec![0u8; HEADER_LEN];
-        if file_len < HEADER_LEN as u64 {
-            return Err(Error::LuksHeader {
-                field: "magic",
-                reason: "Volume is not in LUKS format".into(),
-            });
-        }
-        storage.read_at(&mut buf, 0)?;
-        let header = LuksHeader::parse(&buf, file_len)?;
+        let header = read_header(&*storage)?;
         let key = header.unlock(password, &mut |at, out| storage.read_at(out, at))?;
         let cipher = header.payload_cipher(&key)?;
         let payload_offset = u64::from(header.payload_offset_sector) * SECTOR_SIZE as u64;
@@ -208,5 +216,16 @@ mod tests {
             .to_string();
         assert_eq!(e, "Invalid password, cannot unlock any keyslot");
         assert!(v.read_at(&mut [0u8; 2], 8191).is_err());
+    }
+
+    #[test]
+    fn a_luks2_header_gets_qemus_message() {
+        let mut bytes = vec![0u8; 1 << 16];
+        bytes[..6].copy_from_slice(b"LUKS\xba\xbe");
+        bytes[7] = 2;
+        let e = read_header(&MemStorage::from_bytes(bytes))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "LUKS version 2 is not supported");
     }
 }
