@@ -34,6 +34,9 @@ pub enum Format {
     Qed,
     /// Hyper-V VHDX (read-only).
     Vhdx,
+    /// A LUKS1 volume (opened only with its password, see
+    /// [`open_image_keyed`]).
+    Luks,
 }
 
 impl Format {
@@ -47,6 +50,7 @@ impl Format {
             "vmdk" => Ok(Format::Vmdk),
             "qed" => Ok(Format::Qed),
             "vhdx" => Ok(Format::Vhdx),
+            "luks" => Ok(Format::Luks),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -61,6 +65,7 @@ impl Format {
             Format::Vmdk => "vmdk",
             Format::Qed => "qed",
             Format::Vhdx => "vhdx",
+            Format::Luks => "luks",
         }
     }
 }
@@ -239,6 +244,14 @@ fn open_foreign(
     path: &Path,
     opener: Option<&FileOpener>,
 ) -> Result<AnyImage> {
+    if format == Format::Luks {
+        // A LUKS volume opens only with its key (open_image_keyed); its
+        // header is checked first, as QEMU checks it.
+        crate::crypto::volume::read_header(&*storage)?;
+        return Err(Error::KeySecretRequired {
+            option: "key-secret".into(),
+        });
+    }
     let files = crate::formats::dir_files::DirFiles::for_image(path);
     let mut image = crate::formats::open(format.name(), storage, writable, &files)
         .expect("every format other than qcow2 and raw is a foreign one")?;
@@ -359,6 +372,13 @@ pub fn open_image_keyed(
             }
             Ok(AnyImage::Qcow2(Box::new(image)))
         }
+        Format::Luks => match keys.first().cloned().flatten() {
+            Some(key) => Ok(AnyImage::Foreign(
+                Format::Luks,
+                Box::new(crate::crypto::LuksVolume::open(storage, &key)?),
+            )),
+            None => open_image(path, Some(format), writable),
+        },
         _ => open_image(path, Some(format), writable),
     }
 }

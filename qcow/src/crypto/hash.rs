@@ -1,6 +1,8 @@
 //! Hashing, PBKDF2 and the iteration count QEMU measures for a PBKDF2
-//! run, over RustCrypto's `sha1`, `sha2` and `pbkdf2`.
+//! run, over RustCrypto's `sha1`, `sha2`, `md-5`, `ripemd` and `pbkdf2`.
 
+use md5::Md5;
+use ripemd::Ripemd160;
 use sha1::Sha1;
 use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 
@@ -22,6 +24,8 @@ pub fn digest(hash: HashAlg, parts: &[&[u8]]) -> Vec<u8> {
         HashAlg::Sha256 => run::<Sha256>(parts),
         HashAlg::Sha384 => run::<Sha384>(parts),
         HashAlg::Sha512 => run::<Sha512>(parts),
+        HashAlg::Md5 => run::<Md5>(parts),
+        HashAlg::Ripemd160 => run::<Ripemd160>(parts),
     }
 }
 
@@ -35,6 +39,8 @@ pub fn pbkdf2(hash: HashAlg, password: &[u8], salt: &[u8], iterations: u32, out:
         HashAlg::Sha256 => pbkdf2_hmac::<Sha256>(password, salt, iterations, out),
         HashAlg::Sha384 => pbkdf2_hmac::<Sha384>(password, salt, iterations, out),
         HashAlg::Sha512 => pbkdf2_hmac::<Sha512>(password, salt, iterations, out),
+        HashAlg::Md5 => pbkdf2_hmac::<Md5>(password, salt, iterations, out),
+        HashAlg::Ripemd160 => pbkdf2_hmac::<Ripemd160>(password, salt, iterations, out),
     }
 }
 
@@ -104,6 +110,14 @@ mod tests {
         assert_eq!(
             hex(&digest(HashAlg::Sha1, &[b"abc"])),
             "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        assert_eq!(
+            hex(&digest(HashAlg::Md5, &[b"abc"])),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(
+            hex(&digest(HashAlg::Ripemd160, &[b"abc"])),
+            "8eb208f7e05d987a9b044a8e98c6b087f15a0bfc"
         );
     }
 }

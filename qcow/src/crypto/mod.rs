@@ -1,5 +1,5 @@
 //! Disk encryption: LUKS1 volumes (qcow2's `encrypt.format=luks` and the
-//! `luks` format) and qcow's legacy AES (`encrypt.format=aes`), over
+//! `luks` format, opened for I/O as [`LuksVolume`]) and qcow's legacy AES (`encrypt.format=aes`), over
 //! RustCrypto's primitives. Nothing here does I/O: headers and key
 //! material move through the caller's read and write functions, and an
 //! open image encrypts and decrypts its data clusters through
@@ -11,10 +11,12 @@ pub mod cipher;
 pub mod hash;
 pub mod luks;
 mod thread_time;
+pub mod volume;
 
 pub use algs::{CipherAlg, CipherMode, HashAlg, IvGenAlg};
 pub use cipher::{CipherSpec, SectorCipher, SECTOR_SIZE};
 pub use luks::{LuksHeader, LuksOptions, MasterKey};
+pub use volume::LuksVolume;
 
 use crate::error::{Error, Result};
 

@@ -63,6 +63,20 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         );
         return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
     }
+    if format == Format::Luks {
+        // QEMU opens the volume (with its key) and has no check for it.
+        super::open_named(
+            &args.filename,
+            args.format.as_deref(),
+            false,
+            args.image_opts,
+        )?;
+        eprintln!(
+            "{}: This image format does not support checks",
+            crate::program()
+        );
+        return Ok(crate::report::check::EXIT_NOT_SUPPORTED);
+    }
     if format != Format::Qcow2 {
         return super::check_foreign::run(args, format);
     }

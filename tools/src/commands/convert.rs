@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use qcow::create::NewEncryption;
 use qcow::device::BlockRead;
-use qcow::fs::{open_image, open_image_unsafe_cache, AnyImage, Format};
+use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, Format};
 
-use super::create::create_image_with;
+use super::create::create_image_encrypted;
 use super::{io_reason, open, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
@@ -40,6 +41,17 @@ fn snapshot_to_read(args: &ConvertArgs) -> Option<String> {
         });
     }
     args.snapshot_id_or_name.clone()
+}
+
+/// The encryption `-o` asks of a new target (qcow2's `encrypt.*`, the
+/// luks format's options), its key secret looked up.
+fn target_encryption(parsed: &ParsedOptions, format: ImageFormat) -> Result<Option<NewEncryption>> {
+    match format {
+        ImageFormat::Qcow2 => super::encryption::qcow2_encryption(parsed),
+        ImageFormat::Luks => super::encryption::luks_options(parsed, "")
+            .map(|(options, password)| Some(NewEncryption::Luks { options, password })),
+        _ => Ok(None),
+    }
 }
 
 /// Runs `img convert`.
@@ -112,24 +124,59 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
         opts.validate(target_format)
             .map_err(|e| prefixed(&target, e))?;
-        // Never write plain data where encryption was asked for.
         let encrypt = parsed.get("encrypt.format").is_some()
             || parsed.get("encryption").and_then(|v| v.boolean) == Some(true);
-        if encrypt || target_format == ImageFormat::Luks {
+        if args.compress && (encrypt || target_format == ImageFormat::Luks) {
             return Err(anyhow!(
-                "{target}: img convert cannot write encrypted images yet"
+                "Compression and encryption not supported at the same time"
             ));
         }
+        let encryption = target_encryption(&parsed, target_format)
+            .map_err(|e| anyhow!("{target}: error while converting {target_format}: {e:#}"))?;
+        // qemu-img opens the new target with the options it was created
+        // with: an encrypted one with its key secret.
+        let target_key = match &encryption {
+            Some(NewEncryption::Luks { password, .. }) => Some(password.clone()),
+            Some(NewEncryption::Aes) => {
+                let id = parsed.get("encrypt.key-secret").map(|v| v.raw.clone());
+                Some(super::encryption::key_secret(id, "encrypt.")?)
+            }
+            None => None,
+        };
         let size = opts.size.unwrap_or(total);
         if args.compress && target_format != ImageFormat::Qcow2 {
             return Err(anyhow!("Compression not supported for this file format"));
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
-        create_image_with(&target, target_format, &opts, size, unsafe_cache)?;
+        create_image_encrypted(
+            &target,
+            target_format,
+            &opts,
+            size,
+            unsafe_cache,
+            encryption.as_ref(),
+        )?;
         let format = Format::parse(target_format.name())?;
-        let image = open_target(&target, format, args.target_cache)?;
+        let image = match &target_key {
+            // A LUKS volume opens only with its key.
+            Some(key) if format == Format::Luks => open_image_keyed(
+                Path::new(&target),
+                Some(format),
+                true,
+                vec![Some(key.clone())],
+            )
+            .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?,
+            _ => open_target(&target, format, args.target_cache)?,
+        };
+        if let (Some(key), AnyImage::Qcow2(q)) = (&target_key, &image) {
+            q.unlock(key)
+                .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+        }
         let has_backing = opts.backing_file.is_some();
-        (image, !has_backing, has_backing)
+        // A new LUKS payload is a hole, which decrypts to noise: like
+        // qemu-img (the crypto driver has no zero init), zeros are written.
+        let reads_zero = !has_backing && format != Format::Luks;
+        (image, reads_zero, has_backing)
     };
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
     let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);

@@ -43,6 +43,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "vmdk" => Ok(Format::Vmdk),
         "qed" => Ok(Format::Qed),
         "vhdx" => Ok(Format::Vhdx),
+        "luks" => Ok(Format::Luks),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }

@@ -335,6 +335,8 @@ fn write_data(job: &ConvertJob<'_>, offset: u64, data: &[u8]) -> Result<()> {
 
 fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
     match target {
+        // Encrypted clusters go through the image's cipher.
+        AnyImage::Qcow2(q) if q.is_encrypted() => q.write_at(data, offset),
         AnyImage::Qcow2(q) => {
             let plan = q.begin_write(offset, data.len() as u64)?;
             let mut result = Ok(());
