@@ -1,8 +1,8 @@
 //! The domain XML an install defines: libvirt's layout of what
 //! virt-install writes for a direct kernel boot (memory, vCPUs and
 //! topology, os/kernel, initrd and cmdline, virtio disks, the
-//! installer disc read-only, a serial console), read back through the
-//! XML reader so that it meets every limit a `define` would.
+//! installer disc as a read-only CD-ROM, a serial console), read back
+//! through the XML reader so that it meets every limit a `define` would.
 
 use std::path::Path;
 
@@ -111,7 +111,7 @@ pub fn build(
     }
     if let Some(disc) = disc {
         xml.push_str(&format!(
-            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
+            "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
             esc(&disc.to_string_lossy()),
             target_dev(index)
         ));

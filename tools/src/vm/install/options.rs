@@ -286,7 +286,7 @@ pub fn parse(args: &[String]) -> Result<InstallOptions, InstallError> {
     if methods == 0 {
         return Err(err(
             "vm install",
-            "an install method must be specified (--cdrom ISO, --location ISO, --import, --boot kernel=)",
+            "an install method must be specified (--cdrom ISO, --location ISO|FOLDER, --import, --boot kernel=)",
         ));
     }
     if cdrom.is_some() && location.is_some() {
