@@ -836,3 +836,124 @@ fn a_failed_install_leaves_nothing_behind() {
         bed.nothing_left("bad");
     }
 }
+
+/// Runs `body` on a thread of its own in a fresh network namespace (the
+/// `ip` and `vm` it runs inherit it), as the net tests do.
+fn in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the
+        // calling thread.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+#[test]
+fn network_bridge_is_the_interface_vm_runs() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = root
+        && Path::new("/dev/net/tun").exists()
+        && Command::new("ip").arg("-V").output().is_ok()
+        && Command::new("ping").arg("-V").output().is_ok();
+    if !tools {
+        assert!(
+            std::env::var_os("REQUIRE_KVM").is_none(),
+            "REQUIRE_KVM is set but root, /dev/net/tun, ip or ping is missing"
+        );
+        eprintln!("skipped: needs root, /dev/net/tun, ip and ping");
+        return;
+    }
+    let Some(bed) = bed() else { return };
+    let guest = bed.guest.to_str().unwrap().to_string();
+    in_netns(move || {
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["addr", "add", "10.96.0.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        let boot =
+            format!("kernel={guest},kernel_args=console=ttyS0 guest.mode=net guest.ip=10.96.0.2");
+        // virt-install's XML for a bridge, a MAC made up in 52:54:00.
+        let xml = bed.ok(&[
+            "install",
+            "--name",
+            "net",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=br0",
+            "--print-xml",
+        ]);
+        let start = xml.find("<interface type='bridge'>").expect("an interface");
+        let mac = &xml[xml.find("<mac address='").unwrap() + 14..][..17];
+        assert!(mac.starts_with("52:54:00:"), "{xml}");
+        assert_eq!(
+            &xml[start..xml[start..].find("</interface>").unwrap() + start],
+            format!("<interface type='bridge'>\n      <source bridge='br0'/>\n      <mac address='{mac}'/>\n      <model type='virtio'/>\n    ")
+        );
+        bed.validate(&xml);
+        bed.ok(&[
+            "install",
+            "--name",
+            "net",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=br0,mac=52:54:00:00:00:42,model=virtio",
+            "--noautoconsole",
+        ]);
+        bed.wait_console("net", "guest: net ready mac=52:54:00:00:00:42");
+        let out = Command::new("ping")
+            .args(["-c", "2", "-i", "0.2", "-W", "5", "10.96.0.2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ping: {}", text(&out.stdout));
+        let list = bed.ok(&["domiflist", "net"]);
+        assert!(list.contains("bridge") && list.contains("br0"), "{list}");
+        bed.ok(&["destroy", "net"]);
+        // A missing bridge fails the start: nothing is left.
+        let err = bed.refused(&[
+            "install",
+            "--name",
+            "nobr",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=nosuchbr",
+            "--noautoconsole",
+        ]);
+        assert!(err.contains("nosuchbr"), "{err}");
+        bed.nothing_left("nobr");
+        // Libvirt's virtual networks are refused in one line.
+        let err = bed.refused(&[
+            "install",
+            "--name",
+            "n2",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "network=default",
+        ]);
+        assert!(
+            err.contains("'network=default' is not supported: only bridge=BRIDGE"),
+            "{err}"
+        );
+        bed.nothing_left("n2");
+    });
+}

@@ -13,6 +13,7 @@ pub mod disc;
 pub mod disks;
 pub mod domain;
 pub mod error;
+pub mod network;
 pub mod options;
 pub mod tree;
 
@@ -231,7 +232,13 @@ pub fn install(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
             }))
         }
     };
-    let def = domain::build(&opts, &planned, disc.as_deref(), &boot)?;
+    let macs = opts
+        .networks
+        .iter()
+        .map(|n| n.mac.clone().map_or_else(network::random_mac, Ok))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refused)?;
+    let def = domain::build(&opts, &planned, disc.as_deref(), &boot, &macs)?;
     if opts.print_xml {
         out.push_str(&def.to_xml());
         return Ok(());
