@@ -333,6 +333,8 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
         &store,
         &["memtune", "busy", "--hard-limit", "1024", "--live"],
     );
+    let stats = text(&vm(&store, &["domstats", "--cpu-total", "--vcpu", "busy"]).stdout);
+    let cpuacct = std::fs::read_to_string(cpu_dom.join("cpuacct.usage")).ok();
     let _ = vm(&store, &["destroy", "busy"]);
     remove_groups("busy");
     assert!(
@@ -360,6 +362,25 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
         text(&below.stderr),
         "error: invalid argument: hard_limit of 1024 KiB is below the guest's memory of 32768 KiB\n"
     );
+    // domstats: cpu.* from the group's cpuacct (where the cpu hierarchy
+    // has it), and each vCPU's run-queue delay, which the throttled
+    // vCPU 0 (at most 20%, then 50%, of a 3 s run) piles up.
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    if let Some(usage) = cpuacct {
+        let usage: u64 = usage.trim().parse().unwrap();
+        assert!(stat("cpu.time") <= usage, "{stats}");
+        assert!(
+            stat("cpu.time") * 10 >= usage * 9,
+            "{stats} against {usage}"
+        );
+    }
+    assert!(stat("vcpu.0.delay") > 1_000_000_000, "{stats}");
     // The groups went with the VMM.
     for (_, dom) in &groups {
         assert!(!dom.exists(), "{} is left", dom.display());

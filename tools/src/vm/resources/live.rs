@@ -123,6 +123,35 @@ pub fn read(run_dir: &Path) -> LiveValues {
     live
 }
 
+/// CPU time of the domain's cgroup in ns: (total, user, system), as
+/// libvirt's domstats `cpu.*` read it (v1 cpuacct.usage and
+/// cpuacct.stat in `ns_per_tick` ticks; v2 cpu.stat in µs); None without
+/// a cpu group that accounts.
+pub fn cpu_times(run_dir: &Path, ns_per_tick: u64) -> Option<(u64, u64, u64)> {
+    let (kind, dom) = cgroup::read_record(run_dir)
+        .into_iter()
+        .find(|(k, _)| matches!(k, GroupKind::Cpu | GroupKind::V2))?;
+    let field = |text: &str, name: &str| -> Option<u64> {
+        text.lines().take(64).find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+    };
+    if kind == GroupKind::V2 {
+        let text = fs::read_to_string(dom.join("cpu.stat")).ok()?;
+        let usec = |name| field(&text, name).map(|v| v * 1000);
+        return Some((
+            usec("usage_usec")?,
+            usec("user_usec")?,
+            usec("system_usec")?,
+        ));
+    }
+    let total = read_number(&dom.join("cpuacct.usage"))?.parse().ok()?;
+    let text = fs::read_to_string(dom.join("cpuacct.stat")).ok()?;
+    let ticks = |name| field(&text, name).map(|v| v * ns_per_tick);
+    Some((total, ticks("user")?, ticks("system")?))
+}
+
 /// The vCPU threads of VMM `pid`: (index, thread id).
 fn vcpu_threads(pid: i32) -> Vec<(u32, i32)> {
     threads(pid)
@@ -274,6 +303,33 @@ fn write_setting(v2: bool, dom: &Path, pid: i32, setting: Setting) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_cpu_times_v1_and_v2() {
+        let run = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dom = root.path().join("vm-t");
+        fs::create_dir_all(&dom).unwrap();
+        let record = |kind: &str| {
+            fs::write(
+                run.path().join(cgroup::RECORD_FILE),
+                format!("{kind} {}\n", dom.display()),
+            )
+            .unwrap()
+        };
+        record("cpu");
+        assert_eq!(cpu_times(run.path(), 10), None);
+        fs::write(dom.join("cpuacct.usage"), "5000\n").unwrap();
+        fs::write(dom.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        assert_eq!(cpu_times(run.path(), 1000), Some((5000, 3000, 1000)));
+        record("v2");
+        fs::write(
+            dom.join("cpu.stat"),
+            "usage_usec 7\nuser_usec 5\nsystem_usec 2\n",
+        )
+        .unwrap();
+        assert_eq!(cpu_times(run.path(), 1000), Some((7000, 5000, 2000)));
+    }
 
     #[test]
     fn weights_convert_back_to_shares() {
