@@ -274,7 +274,7 @@ impl<R: ReadAt> IsoImage<R> {
                 continue;
             }
             continuing = rec.flags & FLAG_MULTI_EXTENT != 0;
-            let Some(name) = self.entry_name(&rec, &dir.path)? else {
+            let Some((name, child_link)) = self.entry_name(&rec, &dir.path)? else {
                 continuing = false;
                 continue;
             };
@@ -290,6 +290,20 @@ impl<R: ReadAt> IsoImage<R> {
             } else {
                 format!("{}/{name}", dir.path)
             };
+            if let Some(block) = child_link {
+                // A relocated directory: its placeholder is a file here,
+                // the directory itself lies at the linked block.
+                continuing = false;
+                let moved = self.relocated_dir(block, &path)?;
+                entries.push(Entry {
+                    name,
+                    path,
+                    is_dir: true,
+                    size: u64::from(moved.length),
+                    extents: vec![moved],
+                });
+                continue;
+            }
             entries.push(Entry {
                 name,
                 path,
@@ -301,22 +315,58 @@ impl<R: ReadAt> IsoImage<R> {
         Ok(entries)
     }
 
-    /// A record's name in the tree's naming, or None for a record Rock
-    /// Ridge hides (a relocated directory).
-    fn entry_name(&self, rec: &Record<'_>, dir_path: &str) -> Result<Option<String>> {
+    /// A record's name in the tree's naming and, for a Rock Ridge `CL`
+    /// placeholder, the block its relocated directory lies at; None for a
+    /// record Rock Ridge hides (a relocated directory, `RE`, reached
+    /// through its placeholder instead).
+    fn entry_name(
+        &self,
+        rec: &Record<'_>,
+        dir_path: &str,
+    ) -> Result<Option<(String, Option<u32>)>> {
         let iso = || record::iso_name(&String::from_utf8_lossy(rec.name));
         match self.names {
-            Names::Iso => Ok(Some(iso())),
-            Names::Joliet => Ok(Some(record::iso_name(&descriptor::ucs2(rec.name)))),
+            Names::Iso => Ok(Some((iso(), None))),
+            Names::Joliet => Ok(Some((record::iso_name(&descriptor::ucs2(rec.name)), None))),
             Names::RockRidge(skip) => {
                 let area = rec.system_use.get(skip..).unwrap_or(&[]);
                 let info = susp::rock_ridge(area, dir_path, |c| self.continuation(c, dir_path))?;
                 if info.relocated {
                     return Ok(None);
                 }
-                Ok(Some(info.name.unwrap_or_else(iso)))
+                Ok(Some((info.name.unwrap_or_else(iso), info.child_link)))
             }
         }
+    }
+
+    /// The extent of the directory a `CL` entry at `path` links to: the
+    /// linked block must start with that directory's own `.` record.
+    /// Loops through links are caught as any other directory loop (by
+    /// [`IsoImage::walk`]'s set of read extents and the depth limit).
+    fn relocated_dir(&self, block: u32, path: &str) -> Result<Extent> {
+        let first = Extent {
+            block,
+            length: self.primary.block_size,
+        };
+        let offset = self.extent_offset(first, "relocated directory")?;
+        let mut bytes = vec![0u8; self.primary.block_size as usize];
+        read(&self.source, &mut bytes, offset)?;
+        let bad = |reason: String| IsoError::BadRecord {
+            path: path.to_string(),
+            at: 0,
+            reason,
+        };
+        let dot = record::parse(&bytes)
+            .map_err(|reason| bad(format!("Rock Ridge CL to block {block}: {reason}")))?;
+        if !dot.is_dot() || !dot.is_dir() || dot.data_block != block {
+            return Err(bad(format!(
+                "Rock Ridge CL to block {block}, which does not start a directory"
+            )));
+        }
+        Ok(Extent {
+            block,
+            length: dot.data_length,
+        })
     }
 
     fn continuation(&self, c: Continuation, path: &str) -> Result<Vec<u8>> {

@@ -1,7 +1,10 @@
 //! The System Use Sharing Protocol (IEEE P1281) as far as Rock Ridge
 //! names need it: the `SP` indicator in the root's `.` record, `CE`
-//! continuation areas, `ST`, and Rock Ridge's `NM` (alternate name) and
-//! `RE` (a relocated directory, hidden where it was moved to).
+//! continuation areas, `ST`, and Rock Ridge's `NM` (alternate name), `RE`
+//! (a relocated directory, hidden where it was moved to) and `CL` (the
+//! placeholder where a relocated directory belongs, naming its block).
+//! `PL` (in a relocated directory's `..`) is not needed: `..` records are
+//! never read.
 
 use crate::{IsoError, Result, MAX_CONTINUATIONS};
 
@@ -19,6 +22,8 @@ pub struct RockRidge {
     pub name: Option<String>,
     /// `RE`: the directory was relocated here and is listed elsewhere.
     pub relocated: bool,
+    /// `CL`: this record stands for a directory relocated to that block.
+    pub child_link: Option<u32>,
 }
 
 /// A continuation area: block, offset inside it, length.
@@ -88,6 +93,10 @@ pub fn rock_ridge(
                     }
                 }
                 b"RE" => info.relocated = true,
+                b"CL" if length >= 12 => {
+                    info.child_link =
+                        Some(u32::from_le_bytes(entry[4..8].try_into().expect("4 bytes")));
+                }
                 _ => {}
             }
             pos += length;
@@ -152,6 +161,17 @@ mod tests {
         let area = ce(30, 0, 28);
         let err = rock_ridge(&area, "/x", |_| Ok(ce(30, 0, 28))).unwrap_err();
         assert!(err.to_string().contains("continuation areas"), "{err}");
+    }
+
+    #[test]
+    fn reads_a_child_link() {
+        let mut area = nm(0, b"deep");
+        area.extend_from_slice(b"CL\x0c\x01");
+        area.extend_from_slice(&77u32.to_le_bytes());
+        area.extend_from_slice(&77u32.to_be_bytes());
+        let info = rock_ridge(&area, "/", |_| unreachable!()).unwrap();
+        assert_eq!(info.child_link, Some(77));
+        assert_eq!(info.name.as_deref(), Some("deep"));
     }
 
     #[test]

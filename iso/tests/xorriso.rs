@@ -197,3 +197,112 @@ fn hostile_images_get_one_line_each() {
         assert!(!text.contains('\n'), "{text}");
     }
 }
+
+/// Directory names of a tree deeper than ISO 9660's eight levels, which
+/// Rock Ridge images relocate.
+const DEEP_CHAIN: [&str; 11] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"];
+
+/// An image of a tree whose deepest directories xorriso relocates into
+/// `/RR_MOVED` (Rock Ridge `CL`, `PL` and `RE` entries).
+fn build_relocated(dir: &Path) -> Vec<u8> {
+    let src = dir.join("deep_src");
+    let deepest = DEEP_CHAIN
+        .iter()
+        .fold(src.clone(), |path, name| path.join(name));
+    std::fs::create_dir_all(&deepest).unwrap();
+    std::fs::write(deepest.join("deep.txt"), pattern(3000)).unwrap();
+    let iso = dir.join("relocated.iso");
+    let out = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-R",
+            "-rr_reloc_dir",
+            "RR_MOVED",
+        ])
+        .arg("-o")
+        .arg(&iso)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = std::fs::read(&iso).unwrap();
+    assert!(
+        image.windows(4).any(|w| w == b"CL\x0c\x01"),
+        "xorriso relocated nothing"
+    );
+    image
+}
+
+#[test]
+fn relocated_rock_ridge_directories_are_followed() {
+    if !xorriso_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let iso = IsoImage::open(build_relocated(dir.path())).unwrap();
+    let deep_path = format!("/{}/deep.txt", DEEP_CHAIN.join("/"));
+    let file = iso.lookup(&deep_path).unwrap().expect("deep file found");
+    assert_eq!(iso.read_file(&file, 1 << 20).unwrap(), pattern(3000));
+    let mut paths = Vec::new();
+    iso.walk(|entry| paths.push(entry.path.clone())).unwrap();
+    // Each level of the chain once, at its own path; the relocated
+    // directory is not listed a second time under RR_MOVED.
+    for depth in 1..=DEEP_CHAIN.len() {
+        let path = format!("/{}", DEEP_CHAIN[..depth].join("/"));
+        assert_eq!(
+            paths.iter().filter(|p| **p == path).count(),
+            1,
+            "{path}: {paths:?}"
+        );
+    }
+    assert_eq!(paths.iter().filter(|p| **p == deep_path).count(), 1);
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/RR_MOVED/")),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn hostile_relocation_links_get_one_line_each() {
+    if !xorriso_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_relocated(dir.path());
+    let link = image.windows(4).position(|w| w == b"CL\x0c\x01").unwrap();
+    let root_block =
+        u32::from_le_bytes(image[16 * 2048 + 158..16 * 2048 + 162].try_into().unwrap());
+    let data_block = (image
+        .windows(8)
+        .position(|w| w == &pattern(3000)[..8])
+        .unwrap()
+        / 2048) as u32;
+    let cases: Vec<Case> = vec![
+        // A link back to the root makes a loop.
+        (
+            "loops back",
+            Box::new(move |b| set_u32_both(b, link + 4, root_block)),
+        ),
+        (
+            "ends past",
+            Box::new(move |b| set_u32_both(b, link + 4, 0x00ff_ffff)),
+        ),
+        // A link to a file's data, which is no directory.
+        (
+            "Rock Ridge CL",
+            Box::new(move |b| set_u32_both(b, link + 4, data_block)),
+        ),
+    ];
+    for (expected, patch) in cases {
+        let err = patched(&image, patch).expect_err(expected);
+        let text = err.to_string();
+        assert!(text.contains(expected), "{expected}: {text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+}

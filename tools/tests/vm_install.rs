@@ -1,9 +1,9 @@
 //! `vm install` against the real `vmm` and the test guest, with installer
 //! discs xorriso builds (isolinux.cfg, grub.cfg or a known tree naming
 //! the test guest as the kernel): virt-install's two seed lines, `--boot
-//! kernel=`, `--location`, `--import`, every option through
-//! `--print-xml` (whose XML virt-xml-validate accepts), `--dry-run`, and
-//! failures at each step leaving no domain, image or boot folder behind.
+//! kernel=`, `--location` (an ISO, an install-tree folder), `--import`,
+//! every option through `--print-xml` (whose XML virt-xml-validate
+//! accepts), `--dry-run`, and failures at each step leaving no domain, image or boot folder behind.
 //! Needs /dev/kvm and xorriso (skipped without them unless REQUIRE_KVM /
 //! REQUIRE_XORRISO are set; scripts/test.sh sets both).
 
@@ -255,6 +255,15 @@ fn seed_line_with_size_and_cdrom() {
         xml.contains(&format!("<source file='{}'/>", iso.display())),
         "{xml}"
     );
+    // The disc is a CD-ROM, as virt-install attaches it (on the bus the
+    // VMM serves: virtio), read-only.
+    assert!(
+        xml.contains(&format!(
+            "<disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='vdb' bus='virtio'/>\n      <readonly/>",
+            iso.display()
+        )),
+        "{xml}"
+    );
     bed.validate(&xml);
     let blk = bed.ok(&["domblklist", "my_vm"]);
     assert!(blk.contains("vda") && blk.contains("vdb"), "{blk}");
@@ -391,6 +400,152 @@ fn direct_kernel_boot_location_and_import() {
     ]);
     bed.wait_console("imp", "guest: idle");
     bed.ok(&["destroy", "imp"]);
+}
+
+/// An install tree on the host (a folder laid out as a disc is).
+fn install_tree(bed: &Bed, name: &str, kernel_at: &str, files: &[(&str, &str)]) -> PathBuf {
+    let tree = bed.path(name);
+    for (path, contents) in files {
+        let file = tree.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, contents).unwrap();
+    }
+    let kernel = tree.join(kernel_at);
+    std::fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+    std::fs::copy(&bed.guest, kernel).unwrap();
+    tree
+}
+
+#[test]
+fn location_of_an_install_tree_folder() {
+    let Some(bed) = bed() else { return };
+    // A Debian-style tree: its isolinux.cfg names the kernel and initrd.
+    let debian = install_tree(
+        &bed,
+        "debian-tree",
+        "install.amd/vmlinuz",
+        &[
+            ("install.amd/initrd.gz", "initrd of the tree"),
+            (
+                "isolinux/txt.cfg",
+                "default install\nlabel install\n  kernel /install.amd/vmlinuz\n  append initrd=/install.amd/initrd.gz guest.mode=idle\n",
+            ),
+            ("isolinux/isolinux.cfg", "include txt.cfg\n"),
+        ],
+    );
+    let out = bed.ok(&[
+        "install",
+        "--name",
+        "tree",
+        "--memory",
+        "64",
+        "--location",
+        debian.to_str().unwrap(),
+        "--noautoconsole",
+    ]);
+    assert!(
+        out.starts_with("Starting install...\nCreating domain...\n"),
+        "{out}"
+    );
+    bed.wait_console("tree", "guest: idle");
+    assert_eq!(
+        std::fs::read(bed.store.join("boot/tree/initrd")).unwrap(),
+        b"initrd of the tree"
+    );
+    let xml = bed.ok(&["dumpxml", "tree"]);
+    assert!(
+        xml.contains("<cmdline>console=ttyS0 guest.mode=idle</cmdline>"),
+        "{xml}"
+    );
+    // A folder is not attached as a disc.
+    assert!(!xml.contains("<disk"), "{xml}");
+    bed.validate(&xml);
+    bed.ok(&["destroy", "tree"]);
+    // A known tree without a configuration (Ubuntu's casper/), and
+    // kernel=/initrd= overrides, relative to the tree.
+    let ubuntu = install_tree(
+        &bed,
+        "ubuntu-tree",
+        "casper/vmlinuz",
+        &[("casper/initrd", "i")],
+    );
+    let xml = bed.ok(&[
+        "install",
+        "--name",
+        "u",
+        "--memory",
+        "64",
+        "--location",
+        ubuntu.to_str().unwrap(),
+        "--print-xml",
+    ]);
+    assert!(
+        xml.contains("<cmdline>console=ttyS0 boot=casper</cmdline>"),
+        "{xml}"
+    );
+    assert!(xml.contains("/boot/u/initrd</initrd>"), "{xml}");
+    let custom = install_tree(&bed, "custom-tree", "k/guest", &[("k/ramdisk", "r")]);
+    bed.ok(&[
+        "install",
+        "--name",
+        "c",
+        "--memory",
+        "64",
+        "--location",
+        &format!("{},kernel=k/guest,initrd=/k/ramdisk", custom.display()),
+        "--extra-args",
+        "guest.mode=idle",
+        "--noautoconsole",
+    ]);
+    bed.wait_console("c", "guest: idle");
+    assert_eq!(
+        std::fs::read(bed.store.join("boot/c/initrd")).unwrap(),
+        b"r"
+    );
+    bed.ok(&["destroy", "c"]);
+    // An override leaving the tree, a missing one, a tree with no kernel
+    // and a folder given to --cdrom: one line each, nothing left.
+    let cases = [
+        (
+            format!(
+                "{},kernel=../debian-tree/install.amd/vmlinuz",
+                custom.display()
+            ),
+            "leaves the install tree",
+        ),
+        (
+            format!("{},kernel=/nope", custom.display()),
+            "no file '/nope' there",
+        ),
+        (
+            bed.path("custom-tree/k").display().to_string(),
+            "no kernel found on",
+        ),
+    ];
+    for (location, expected) in cases {
+        let err = bed.refused(&[
+            "install",
+            "--name",
+            "bad",
+            "--memory",
+            "64",
+            "--location",
+            &location,
+        ]);
+        assert!(err.contains(expected), "{location}: {err}");
+        bed.nothing_left("bad");
+    }
+    let err = bed.refused(&[
+        "install",
+        "--name",
+        "bad",
+        "--memory",
+        "64",
+        "--cdrom",
+        debian.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is a folder: give an ISO image"), "{err}");
+    bed.nothing_left("bad");
 }
 
 #[test]
@@ -680,4 +835,125 @@ fn a_failed_install_leaves_nothing_behind() {
         assert!(err.contains(wanted), "{line:?}: {err}");
         bed.nothing_left("bad");
     }
+}
+
+/// Runs `body` on a thread of its own in a fresh network namespace (the
+/// `ip` and `vm` it runs inherit it), as the net tests do.
+fn in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the
+        // calling thread.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+#[test]
+fn network_bridge_is_the_interface_vm_runs() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = root
+        && Path::new("/dev/net/tun").exists()
+        && Command::new("ip").arg("-V").output().is_ok()
+        && Command::new("ping").arg("-V").output().is_ok();
+    if !tools {
+        assert!(
+            std::env::var_os("REQUIRE_KVM").is_none(),
+            "REQUIRE_KVM is set but root, /dev/net/tun, ip or ping is missing"
+        );
+        eprintln!("skipped: needs root, /dev/net/tun, ip and ping");
+        return;
+    }
+    let Some(bed) = bed() else { return };
+    let guest = bed.guest.to_str().unwrap().to_string();
+    in_netns(move || {
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["addr", "add", "10.96.0.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        let boot =
+            format!("kernel={guest},kernel_args=console=ttyS0 guest.mode=net guest.ip=10.96.0.2");
+        // virt-install's XML for a bridge, a MAC made up in 52:54:00.
+        let xml = bed.ok(&[
+            "install",
+            "--name",
+            "net",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=br0",
+            "--print-xml",
+        ]);
+        let start = xml.find("<interface type='bridge'>").expect("an interface");
+        let mac = &xml[xml.find("<mac address='").unwrap() + 14..][..17];
+        assert!(mac.starts_with("52:54:00:"), "{xml}");
+        assert_eq!(
+            &xml[start..xml[start..].find("</interface>").unwrap() + start],
+            format!("<interface type='bridge'>\n      <source bridge='br0'/>\n      <mac address='{mac}'/>\n      <model type='virtio'/>\n    ")
+        );
+        bed.validate(&xml);
+        bed.ok(&[
+            "install",
+            "--name",
+            "net",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=br0,mac=52:54:00:00:00:42,model=virtio",
+            "--noautoconsole",
+        ]);
+        bed.wait_console("net", "guest: net ready mac=52:54:00:00:00:42");
+        let out = Command::new("ping")
+            .args(["-c", "2", "-i", "0.2", "-W", "5", "10.96.0.2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ping: {}", text(&out.stdout));
+        let list = bed.ok(&["domiflist", "net"]);
+        assert!(list.contains("bridge") && list.contains("br0"), "{list}");
+        bed.ok(&["destroy", "net"]);
+        // A missing bridge fails the start: nothing is left.
+        let err = bed.refused(&[
+            "install",
+            "--name",
+            "nobr",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "bridge=nosuchbr",
+            "--noautoconsole",
+        ]);
+        assert!(err.contains("nosuchbr"), "{err}");
+        bed.nothing_left("nobr");
+        // Libvirt's virtual networks are refused in one line.
+        let err = bed.refused(&[
+            "install",
+            "--name",
+            "n2",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--network",
+            "network=default",
+        ]);
+        assert!(
+            err.contains("'network=default' is not supported: only bridge=BRIDGE"),
+            "{err}"
+        );
+        bed.nothing_left("n2");
+    });
 }

@@ -303,6 +303,38 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
             .join(&memory_group)
             .join("memory.limit_in_bytes"),
     );
+    // schedinfo and memtune change the running domain's groups (--live,
+    // and --current on a running domain), not its definition.
+    let groups = recorded_groups(&store, "busy");
+    let cpu_dom = groups
+        .iter()
+        .find(|(k, _)| k == "cpu")
+        .expect("a cpu group")
+        .1
+        .clone();
+    let memory_dom = groups
+        .iter()
+        .find(|(k, _)| k == "memory")
+        .expect("a memory group")
+        .1
+        .clone();
+    let out = vm(
+        &store,
+        &["schedinfo", "busy", "--set", "vcpu_quota=50000", "--live"],
+    );
+    let live_sched = text(&out.stdout);
+    let quota_file = std::fs::read_to_string(cpu_dom.join("vcpu1/cpu.cfs_quota_us"));
+    let out = vm(&store, &["memtune", "busy", "--hard-limit", "307200"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let live_limit = std::fs::read_to_string(memory_dom.join("memory.limit_in_bytes"));
+    let live_memtune = text(&vm(&store, &["memtune", "busy"]).stdout);
+    let config_sched = text(&vm(&store, &["schedinfo", "busy", "--config"]).stdout);
+    let below = vm(
+        &store,
+        &["memtune", "busy", "--hard-limit", "1024", "--live"],
+    );
+    let stats = text(&vm(&store, &["domstats", "--cpu-total", "--vcpu", "busy"]).stdout);
+    let cpuacct = std::fs::read_to_string(cpu_dom.join("cpuacct.usage")).ok();
     let _ = vm(&store, &["destroy", "busy"]);
     remove_groups("busy");
     assert!(
@@ -312,6 +344,47 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
     );
     assert!(cgroup.contains("vm-busy"), "{cgroup}");
     assert_eq!(limit.unwrap().trim(), (256u64 << 20).to_string());
+    assert!(
+        live_sched.contains("vcpu_quota     : 50000\n"),
+        "{live_sched}"
+    );
+    assert_eq!(quota_file.unwrap().trim(), "50000");
+    assert_eq!(live_limit.unwrap().trim(), (300u64 << 20).to_string());
+    assert!(
+        live_memtune.starts_with("hard_limit     : 307200\n"),
+        "{live_memtune}"
+    );
+    assert!(
+        config_sched.contains("vcpu_quota     : 20000\n"),
+        "{config_sched}"
+    );
+    assert_eq!(
+        text(&below.stderr),
+        "error: invalid argument: hard_limit of 1024 KiB is below the guest's memory of 32768 KiB\n"
+    );
+    // domstats: cpu.* from the group's cpuacct (where the cpu hierarchy
+    // has it), and each vCPU's run-queue delay, which the throttled
+    // vCPU 0 (at most 20%, then 50%, of a 3 s run) piles up.
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    if let Some(usage) = cpuacct {
+        let usage: u64 = usage.trim().parse().unwrap();
+        assert!(stat("cpu.time") <= usage, "{stats}");
+        assert!(
+            stat("cpu.time") * 10 >= usage * 9,
+            "{stats} against {usage}"
+        );
+    }
+    assert!(stat("vcpu.0.delay") > 1_000_000_000, "{stats}");
+    // The groups went with the VMM.
+    for (_, dom) in &groups {
+        assert!(!dom.exists(), "{} is left", dom.display());
+    }
 
     // A hard limit under the guest's memory is refused at start, in one line.
     let out = guest_domain(
@@ -343,6 +416,96 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
         "{err}"
     );
     remove_groups("small");
+}
+
+/// The groups `vm` recorded for a running domain: (kind, folder).
+fn recorded_groups(store: &Path, name: &str) -> Vec<(String, PathBuf)> {
+    let record =
+        std::fs::read_to_string(store.join("run").join(name).join("cgroups")).unwrap_or_default();
+    record
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, p)| (k.to_string(), PathBuf::from(p)))
+        .collect()
+}
+
+#[test]
+fn limits_set_on_a_running_domain_and_groups_gone_when_it_stops() {
+    if !support::guest::have_kvm() {
+        return;
+    }
+    let (dir, store) = store();
+    // No limits at start: no group.
+    let out = guest_domain(&store, dir.path(), "plain", 1, "", "guest.mode=idle");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(recorded_groups(&store, "plain").is_empty());
+    let pid = vmm_pid(&store, "plain");
+    let out = vm(&store, &["schedinfo", "plain", "--set", "cpu_shares=512"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cpu_shares     : 512\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let groups = recorded_groups(&store, "plain");
+    let cpu_dom = groups
+        .iter()
+        .find(|(k, _)| k == "cpu")
+        .expect("a cpu group")
+        .1
+        .clone();
+    let shares = std::fs::read_to_string(cpu_dom.join("cpu.shares")).unwrap();
+    let procs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // The definition keeps its value.
+    let config = text(&vm(&store, &["schedinfo", "plain", "--config"]).stdout);
+    // --live --config changes both.
+    let both = vm(
+        &store,
+        &[
+            "schedinfo",
+            "plain",
+            "--set",
+            "vcpu_period=50000",
+            "--live",
+            "--config",
+        ],
+    );
+    let period = std::fs::read_to_string(cpu_dom.join("vcpu0/cpu.cfs_period_us"));
+    let config_after = text(&vm(&store, &["schedinfo", "plain", "--config"]).stdout);
+    // The VMM dies: the next vm command that notices removes the groups.
+    // SAFETY: kill takes no pointers; pid is the test's own VMM.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let gone = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && gone.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let state = text(&vm(&store, &["domstate", "plain"]).stdout);
+    assert_eq!(shares.trim(), "512");
+    assert!(procs.contains("vm-plain"), "{procs}");
+    assert!(config.contains("cpu_shares     : 1024\n"), "{config}");
+    assert!(both.status.success(), "{}", text(&both.stderr));
+    assert_eq!(period.unwrap().trim(), "50000");
+    assert!(
+        config_after.contains("vcpu_period    : 50000\n"),
+        "{config_after}"
+    );
+    assert!(state.starts_with("shut off"), "{state}");
+    assert!(!cpu_dom.exists(), "{} is left", cpu_dom.display());
+    // --live on a stopped domain, --current with --live: virsh's lines.
+    for (args, wanted) in [
+        (
+            &["schedinfo", "plain", "--set", "cpu_shares=5", "--live"][..],
+            "error: Requested operation is not valid: domain is not running\n",
+        ),
+        (
+            &["memtune", "plain", "--current", "--live"],
+            "error: Options --current and --live are mutually exclusive\n",
+        ),
+    ] {
+        let out = vm(&store, args);
+        assert!(!out.status.success());
+        assert_eq!(text(&out.stderr), wanted, "{args:?}");
+    }
 }
 
 #[test]

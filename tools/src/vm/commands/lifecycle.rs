@@ -275,7 +275,7 @@ pub(super) fn launch_with(def: &DomainDef, ctx: &Ctx, start: StartVm<'_>) -> Res
             .map_err(|e| VmError::Internal(format!("cannot write the run folder: {e}")))?;
         let client = wait_for_api(&mut child, &run)?;
         let groups = match &resources {
-            Some(plan) => plan.place(process.pid)?,
+            Some(plan) => plan.place(process.pid, run.dir())?,
             None => None,
         };
         let taps = super::net::open_bridge_taps(def)?;

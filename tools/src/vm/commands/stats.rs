@@ -54,10 +54,15 @@ fn record(
     let stat = active.and_then(|a| procfs::stat(a.process.pid));
     let tick = procfs::ns_per_tick();
     if groups.cpu {
-        if let Some(stat) = stat {
-            push(out, "cpu.time", (stat.utime + stat.stime) * tick);
-            push(out, "cpu.user", stat.utime * tick);
-            push(out, "cpu.system", stat.stime * tick);
+        // The domain's cgroup when it has one that accounts (as libvirt
+        // reads cpuacct), else the VMM's /proc times.
+        let from_cgroup =
+            active.and_then(|a| crate::vm::resources::live::cpu_times(a.run.dir(), tick));
+        let from_proc = stat.map(|s| ((s.utime + s.stime) * tick, s.utime * tick, s.stime * tick));
+        if let Some((time, user, system)) = from_cgroup.or(from_proc) {
+            push(out, "cpu.time", time);
+            push(out, "cpu.user", user);
+            push(out, "cpu.system", system);
         }
     }
     if groups.balloon {
@@ -79,6 +84,11 @@ fn record(
                     &format!("vcpu.{}.time", thread.index),
                     (thread.stat.utime + thread.stat.stime) * tick,
                 );
+                // Time spent runnable but not running (a quota's
+                // throttling shows here), as libvirt's vcpu.N.delay.
+                if let Some(delay) = procfs::run_delay_ns(active.process.pid, thread.tid) {
+                    push(out, &format!("vcpu.{}.delay", thread.index), delay);
+                }
             }
         }
     }

@@ -7,10 +7,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use iso9660::{Entry, IsoImage, ReadAt};
-
 use super::boot_config::{self, BootEntry, Syslinux};
 use super::error::InstallError;
+use super::tree::BootTree;
 
 /// isolinux and syslinux configurations, in the order isolinux looks.
 const SYSLINUX_CONFIGS: &[&str] = &[
@@ -64,13 +63,14 @@ pub const MAX_KERNEL_BYTES: u64 = 256 << 20;
 /// Bytes of an initrd at most.
 pub const MAX_INITRD_BYTES: u64 = 2 << 30;
 
-/// What a disc boots.
+/// What a disc (or install tree) boots; `F` is a file of its
+/// [`BootTree`].
 #[derive(Debug, Clone)]
-pub struct DiscBoot {
+pub struct DiscBoot<F> {
     /// The kernel on the disc.
-    pub kernel: Entry,
+    pub kernel: F,
     /// The initrd on the disc.
-    pub initrd: Option<Entry>,
+    pub initrd: Option<F>,
     /// The command line (with `console=ttyS0` added when it names no
     /// console: the VMM's serial is the only console).
     pub cmdline: String,
@@ -78,43 +78,39 @@ pub struct DiscBoot {
     pub found_in: String,
 }
 
-/// Finds what `iso` boots; `disc` names it in messages.
-pub fn find_boot<R: ReadAt>(iso: &IsoImage<R>, disc: &str) -> Result<DiscBoot, InstallError> {
-    let bad = |e: iso9660::IsoError| InstallError::Disc {
-        disc: disc.to_string(),
-        reason: e.to_string(),
-    };
+/// Finds what `tree` boots; `disc` names it in messages.
+pub fn find_boot<T: BootTree>(tree: &T, disc: &str) -> Result<DiscBoot<T::File>, InstallError> {
     for config in SYSLINUX_CONFIGS {
-        if let Some(entry) = syslinux_entry(iso, config).map_err(bad)? {
-            if let Some(boot) = resolve(iso, &entry, config).map_err(bad)? {
+        if let Some(entry) = syslinux_entry(tree, config)? {
+            if let Some(boot) = resolve(tree, &entry, config)? {
                 return Ok(boot);
             }
         }
     }
     for config in GRUB_CONFIGS {
-        if let Some(file) = iso.lookup(config).map_err(bad)?.filter(|e| !e.is_dir) {
-            let text = read_text(iso, &file).map_err(bad)?;
+        if let Some(file) = tree.find_file(config)? {
+            let text = tree.read_text(&file, MAX_CONFIG_BYTES)?;
             if let Some(entry) = boot_config::grub(&text) {
-                if let Some(boot) = resolve(iso, &entry, config).map_err(bad)? {
+                if let Some(boot) = resolve(tree, &entry, config)? {
                     return Ok(boot);
                 }
             }
         }
     }
     for (kernel, initrds, cmdline) in KNOWN_TREES {
-        let Some(kernel_entry) = iso.lookup(kernel).map_err(bad)?.filter(|e| !e.is_dir) else {
+        let Some(kernel_file) = tree.find_file(kernel)? else {
             continue;
         };
         let mut initrd = None;
         for path in initrds.iter() {
-            initrd = iso.lookup(path).map_err(bad)?.filter(|e| !e.is_dir);
+            initrd = tree.find_file(path)?;
             if initrd.is_some() {
                 break;
             }
         }
-        let volume = iso.volume_id().replace(' ', "\\x20");
+        let volume = tree.volume_id().replace(' ', "\\x20");
         return Ok(DiscBoot {
-            kernel: kernel_entry,
+            kernel: kernel_file,
             initrd,
             cmdline: with_console(&cmdline.replace("{volume}", &volume)),
             found_in: (*kernel).to_string(),
@@ -136,11 +132,8 @@ pub fn find_boot<R: ReadAt>(iso: &IsoImage<R>, disc: &str) -> Result<DiscBoot, I
 }
 
 /// The entry of a syslinux configuration and the files it includes.
-fn syslinux_entry<R: ReadAt>(
-    iso: &IsoImage<R>,
-    config: &str,
-) -> iso9660::Result<Option<BootEntry>> {
-    let Some(file) = iso.lookup(config)?.filter(|e| !e.is_dir) else {
+fn syslinux_entry<T: BootTree>(tree: &T, config: &str) -> Result<Option<BootEntry>, InstallError> {
+    let Some(file) = tree.find_file(config)? else {
         return Ok(None);
     };
     let dir = parent(config);
@@ -152,12 +145,12 @@ fn syslinux_entry<R: ReadAt>(
         if read > MAX_CONFIG_FILES {
             break;
         }
-        let text = read_text(iso, &file)?;
+        let text = tree.read_text(&file, MAX_CONFIG_BYTES)?;
         let includes = parsed.feed(&text);
         // Depth first in reverse, so that files are fed in the order
         // they are named.
         for name in includes.iter().rev() {
-            if let Some(found) = find_relative(iso, name, dir)? {
+            if let Some(found) = find_relative(tree, name, dir)? {
                 queue.push(found);
             }
         }
@@ -166,18 +159,18 @@ fn syslinux_entry<R: ReadAt>(
 }
 
 /// The boot entry's files, looked up next to the configuration first and
-/// from the root next; None if the kernel is not on the disc.
-fn resolve<R: ReadAt>(
-    iso: &IsoImage<R>,
+/// from the root next; None if the kernel is not there.
+fn resolve<T: BootTree>(
+    tree: &T,
     entry: &BootEntry,
     config: &str,
-) -> iso9660::Result<Option<DiscBoot>> {
+) -> Result<Option<DiscBoot<T::File>>, InstallError> {
     let dir = parent(config);
-    let Some(kernel) = find_relative(iso, &entry.kernel, dir)? else {
+    let Some(kernel) = find_relative(tree, &entry.kernel, dir)? else {
         return Ok(None);
     };
     let initrd = match &entry.initrd {
-        Some(path) => find_relative(iso, path, dir)?,
+        Some(path) => find_relative(tree, path, dir)?,
         None => None,
     };
     Ok(Some(DiscBoot {
@@ -188,26 +181,21 @@ fn resolve<R: ReadAt>(
     }))
 }
 
-fn find_relative<R: ReadAt>(
-    iso: &IsoImage<R>,
+fn find_relative<T: BootTree>(
+    tree: &T,
     path: &str,
     dir: &str,
-) -> iso9660::Result<Option<Entry>> {
+) -> Result<Option<T::File>, InstallError> {
     if !path.starts_with('/') {
-        if let Some(found) = iso.lookup(&format!("{dir}/{path}"))?.filter(|e| !e.is_dir) {
+        if let Some(found) = tree.find_file(&format!("{dir}/{path}"))? {
             return Ok(Some(found));
         }
     }
-    Ok(iso.lookup(path)?.filter(|e| !e.is_dir))
+    tree.find_file(path)
 }
 
 fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(dir, _)| dir)
-}
-
-fn read_text<R: ReadAt>(iso: &IsoImage<R>, file: &Entry) -> iso9660::Result<String> {
-    let bytes = iso.read_file(file, MAX_CONFIG_BYTES)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `cmdline` with `console=ttyS0` added if it names no console.
@@ -224,11 +212,11 @@ fn with_console(cmdline: &str) -> String {
         .to_string()
 }
 
-/// Copies the kernel and initrd out of the disc into `dir` (created
-/// here) as `kernel` and `initrd`; returns their paths.
-pub fn extract<R: ReadAt>(
-    iso: &IsoImage<R>,
-    boot: &DiscBoot,
+/// Copies the kernel and initrd out of the disc or tree into `dir`
+/// (created here) as `kernel` and `initrd`; returns their paths.
+pub fn extract<T: BootTree>(
+    tree: &T,
+    boot: &DiscBoot<T::File>,
     dir: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), InstallError> {
     let io = |path: &Path, e: std::io::Error| InstallError::Io {
@@ -236,21 +224,17 @@ pub fn extract<R: ReadAt>(
         reason: e.to_string(),
     };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let copy = |entry: &Entry, name: &str, max: u64| -> Result<PathBuf, InstallError> {
+    let copy = |file: &T::File, name: &str, max: u64| -> Result<PathBuf, InstallError> {
         let path = dir.join(name);
-        let mut file =
+        let mut out =
             std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| io(&path, e))?);
-        iso.copy_file(entry, &mut file, max)
-            .map_err(|e| InstallError::Disc {
-                disc: entry.path.escape_debug().to_string(),
-                reason: e.to_string(),
-            })?;
-        file.flush().map_err(|e| io(&path, e))?;
+        tree.copy(file, &mut out, max)?;
+        out.flush().map_err(|e| io(&path, e))?;
         Ok(path)
     };
     let kernel = copy(&boot.kernel, "kernel", MAX_KERNEL_BYTES)?;
     let initrd = match &boot.initrd {
-        Some(entry) => Some(copy(entry, "initrd", MAX_INITRD_BYTES)?),
+        Some(file) => Some(copy(file, "initrd", MAX_INITRD_BYTES)?),
         None => None,
     };
     Ok((kernel, initrd))

@@ -1,8 +1,9 @@
 //! The domain XML an install defines: libvirt's layout of what
 //! virt-install writes for a direct kernel boot (memory, vCPUs and
 //! topology, os/kernel, initrd and cmdline, virtio disks, the
-//! installer disc read-only, a serial console), read back through the
-//! XML reader so that it meets every limit a `define` would.
+//! installer disc as a read-only CD-ROM, bridge interfaces, a serial
+//! console), read back through the XML reader so that it meets every
+//! limit a `define` would.
 
 use std::path::Path;
 
@@ -41,12 +42,14 @@ pub fn target_dev(index: usize) -> String {
     }
 }
 
-/// Builds the definition; `disc` is the installer ISO, attached last.
+/// Builds the definition; `disc` is the installer ISO, attached last;
+/// `macs` are the addresses of `--network`'s interfaces, in order.
 pub fn build(
     opts: &InstallOptions,
     disks: &[PlannedDisk],
     disc: Option<&Path>,
     boot: &Boot,
+    macs: &[String],
 ) -> Result<DomainDef, XmlError> {
     let mut xml = String::from("<domain type='kvm'>\n");
     xml.push_str(&format!("  <name>{}</name>\n", esc(opts.name.as_str())));
@@ -111,9 +114,15 @@ pub fn build(
     }
     if let Some(disc) = disc {
         xml.push_str(&format!(
-            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
+            "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
             esc(&disc.to_string_lossy()),
             target_dev(index)
+        ));
+    }
+    for (net, mac) in opts.networks.iter().zip(macs) {
+        xml.push_str(&format!(
+            "    <interface type='bridge'>\n      <source bridge='{}'/>\n      <mac address='{mac}'/>\n      <model type='virtio'/>\n    </interface>\n",
+            esc(&net.bridge)
         ));
     }
     xml.push_str("    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n");

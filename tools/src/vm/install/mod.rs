@@ -13,11 +13,14 @@ pub mod disc;
 pub mod disks;
 pub mod domain;
 pub mod error;
+pub mod network;
 pub mod options;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
 use iso9660::IsoImage;
+use tree::BootTree;
 
 use super::cli::{parse_command, Invocation};
 use super::commands::{console, lifecycle, Ctx};
@@ -59,40 +62,64 @@ fn refused(e: InstallError) -> VmError {
     VmError::Refused(e.to_string())
 }
 
-/// The installer disc: `--cdrom`'s or `--location`'s ISO, absolute.
-fn disc_path(opts: &InstallOptions, cwd: &Path) -> Result<Option<PathBuf>, InstallError> {
-    let Some(path) = opts
-        .cdrom
-        .as_deref()
-        .or(opts.location.as_ref().map(|(p, _)| p.as_str()))
-    else {
-        return Ok(None);
+/// Where the installer comes from: `--cdrom`'s or `--location`'s path,
+/// absolute, and whether it is an install tree (a folder) rather than an
+/// ISO image.
+fn installer_path(
+    opts: &InstallOptions,
+    cwd: &Path,
+) -> Result<Option<(PathBuf, bool)>, InstallError> {
+    let (option, path) = match (&opts.cdrom, &opts.location) {
+        (Some(path), _) => ("--cdrom", path.as_str()),
+        (None, Some((path, _))) => ("--location", path.as_str()),
+        (None, None) => return Ok(None),
     };
     let path = cwd.join(path);
     let meta = std::fs::metadata(&path).map_err(|e| InstallError::Io {
         path: path.display().to_string(),
         reason: super::commands::define::os_reason(&e),
     })?;
-    if meta.is_dir() {
+    if meta.is_dir() && option == "--cdrom" {
         return Err(InstallError::Option {
-            option: "--location",
+            option,
             reason: format!(
-                "'{}' is a folder: only ISO images are supported",
+                "'{}' is a folder: give an ISO image (or the folder to --location)",
                 path.display()
             ),
         });
     }
-    Ok(Some(path))
+    Ok(Some((path, meta.is_dir())))
 }
 
-/// What the disc boots: `--location`'s `kernel=`/`initrd=` paths on the
-/// disc, else its configuration or known tree.
-fn disc_boot(
+/// Copies an installer's kernel and initrd into a folder.
+type Extract = Box<dyn Fn(&Path) -> Result<(), InstallError>>;
+
+/// What an installer boots, found and ready to copy into the store.
+struct FoundBoot {
+    cmdline: String,
+    has_initrd: bool,
+    /// Copies the kernel and initrd into a folder.
+    extract: Extract,
+}
+
+/// What the installer at `path` boots: `--location`'s `kernel=`/`initrd=`
+/// paths in it, else its configuration or known tree.
+fn installer_boot(
     opts: &InstallOptions,
-    disc: &Path,
-) -> Result<(IsoImage<std::fs::File>, DiscBoot), InstallError> {
-    let name = disc.display().to_string();
-    let file = std::fs::File::open(disc).map_err(|e| InstallError::Io {
+    path: &Path,
+    is_folder: bool,
+) -> Result<FoundBoot, InstallError> {
+    let name = path.display().to_string();
+    if is_folder {
+        return found_in(
+            tree::FolderTree {
+                root: path.to_path_buf(),
+            },
+            opts,
+            &name,
+        );
+    }
+    let file = std::fs::File::open(path).map_err(|e| InstallError::Io {
         path: name.clone(),
         reason: super::commands::define::os_reason(&e),
     })?;
@@ -100,35 +127,45 @@ fn disc_boot(
         disc: name.clone(),
         reason: e.to_string(),
     })?;
-    let on_disc = |path: &str| -> Result<iso9660::Entry, InstallError> {
-        iso.lookup(path)
-            .map_err(|e| InstallError::Disc {
-                disc: name.clone(),
-                reason: e.to_string(),
-            })?
-            .filter(|e| !e.is_dir)
-            .ok_or_else(|| InstallError::Disc {
-                disc: name.clone(),
-                reason: format!("no file '{path}' on the disc"),
-            })
+    found_in(
+        tree::IsoTree {
+            iso,
+            name: name.clone(),
+        },
+        opts,
+        &name,
+    )
+}
+
+fn found_in<T: BootTree + 'static>(
+    tree: T,
+    opts: &InstallOptions,
+    name: &str,
+) -> Result<FoundBoot, InstallError> {
+    let named = |path: &str| -> Result<T::File, InstallError> {
+        tree.find_file(path)?.ok_or_else(|| InstallError::Disc {
+            disc: name.to_string(),
+            reason: format!("no file '{}' there", path.escape_debug()),
+        })
     };
-    let boot = match opts
-        .location
-        .as_ref()
-        .and_then(|(_, b)| b.kernel.as_deref())
-    {
-        Some(kernel) => {
-            let location = &opts.location.as_ref().expect("checked above").1;
-            DiscBoot {
-                kernel: on_disc(kernel)?,
-                initrd: location.initrd.as_deref().map(on_disc).transpose()?,
-                cmdline: "console=ttyS0".to_string(),
-                found_in: "--location".to_string(),
-            }
-        }
-        None => disc::find_boot(&iso, &name)?,
+    let overrides = opts.location.as_ref().map(|(_, b)| b);
+    let boot = match overrides.and_then(|b| b.kernel.as_deref()) {
+        Some(kernel) => DiscBoot {
+            kernel: named(kernel)?,
+            initrd: overrides
+                .and_then(|b| b.initrd.as_deref())
+                .map(named)
+                .transpose()?,
+            cmdline: "console=ttyS0".to_string(),
+            found_in: "--location".to_string(),
+        },
+        None => disc::find_boot(&tree, name)?,
     };
-    Ok((iso, boot))
+    Ok(FoundBoot {
+        cmdline: boot.cmdline.clone(),
+        has_initrd: boot.initrd.is_some(),
+        extract: Box::new(move |dir| disc::extract(&tree, &boot, dir).map(|_| ())),
+    })
 }
 
 /// The command line with `--extra-args` (and `--boot kernel_args=`).
@@ -158,19 +195,25 @@ pub fn install(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
     }
     let images_dir = ctx.store.dir().join("images");
     let planned = disks::plan(&opts, &images_dir, &cwd).map_err(refused)?;
-    let disc = disc_path(&opts, &cwd).map_err(refused)?;
+    let installer = installer_path(&opts, &cwd).map_err(refused)?;
+    // Only an ISO is attached (as the guest's CD-ROM); a tree is not.
+    let disc = installer
+        .as_ref()
+        .filter(|(_, is_folder)| !is_folder)
+        .map(|(path, _)| path.clone());
     let boot_dir = ctx.store.dir().join("boot").join(opts.name.as_str());
-    let from_disc = match &disc {
-        Some(disc) if opts.boot.kernel.is_none() => Some(disc_boot(&opts, disc).map_err(refused)?),
+    let from_disc = match &installer {
+        Some((path, is_folder)) if opts.boot.kernel.is_none() => {
+            Some(installer_boot(&opts, path, *is_folder).map_err(refused)?)
+        }
         _ => None,
     };
     let boot = match (&from_disc, &opts.boot.kernel) {
-        (Some((_, found)), _) => Boot {
+        (Some(found), _) => Boot {
             kernel: boot_dir.join("kernel").display().to_string(),
             initrd: found
-                .initrd
-                .as_ref()
-                .map(|_| boot_dir.join("initrd").display().to_string()),
+                .has_initrd
+                .then(|| boot_dir.join("initrd").display().to_string()),
             cmdline: cmdline(&found.cmdline, &opts),
         },
         (None, Some(kernel)) => Boot {
@@ -189,7 +232,13 @@ pub fn install(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
             }))
         }
     };
-    let def = domain::build(&opts, &planned, disc.as_deref(), &boot)?;
+    let macs = opts
+        .networks
+        .iter()
+        .map(|n| n.mac.clone().map_or_else(network::random_mac, Ok))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refused)?;
+    let def = domain::build(&opts, &planned, disc.as_deref(), &boot, &macs)?;
     if opts.print_xml {
         out.push_str(&def.to_xml());
         return Ok(());
@@ -205,10 +254,10 @@ pub fn install(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
         for disk in planned.iter().filter(|d| d.create_bytes.is_some()) {
             allocate(disk, &opts, &mut made, &progress)?;
         }
-        if let Some((iso, found)) = &from_disc {
+        if let Some(found) = &from_disc {
             if !opts.dry_run {
                 made.boot_dir = Some(boot_dir.clone());
-                disc::extract(iso, found, &boot_dir).map_err(refused)?;
+                (found.extract)(&boot_dir).map_err(refused)?;
             }
         }
         progress("Creating domain...");

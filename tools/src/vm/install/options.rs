@@ -1,12 +1,14 @@
 //! virt-install's command line: `--name`, `--memory`, `--vcpus`, `--disk`
 //! (repeatable), `--cdrom`, `--location`, `--boot`, `--import`,
 //! `--osinfo`/`--os-variant`, `--noautoconsole`/`--autoconsole`,
-//! `--print-xml`, `--dry-run`, `--graphics none`, `--network none`,
+//! `--print-xml`, `--dry-run`, `--graphics none`, `--network` (bridge or
+//! none, [`super::network`]),
 //! `--extra-args`, parsed into validated [`InstallOptions`]. Options take
 //! their value as the next argument or after `=`; sub-options are
 //! `key=value` pairs separated by commas, as virt-install's.
 
 use super::error::InstallError;
+use super::network::{self, NetworkOption};
 use crate::vm::xml::DomainName;
 
 /// The most memory an install may ask for, in MiB (16 TiB, the XML
@@ -18,6 +20,8 @@ pub const MAX_VCPUS: u32 = 254;
 pub const MAX_DISK_GIB: f64 = 64.0 * 1024.0;
 /// Disks at most (the XML reader's limit, less one for the disc).
 pub const MAX_INSTALL_DISKS: usize = 18;
+/// `--network` interfaces at most (the XML reader's limit).
+pub const MAX_INSTALL_NETWORKS: usize = crate::vm::xml::interface::MAX_INTERFACES;
 
 /// A disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +101,8 @@ pub struct InstallOptions {
     pub boot: DirectBoot,
     /// `--extra-args`: appended to the command line.
     pub extra_args: Option<String>,
+    /// Every `--network bridge=...` (`none` adds nothing).
+    pub networks: Vec<NetworkOption>,
     /// `--import`.
     pub import: bool,
     /// Attach the console after starting (`--autoconsole text`, the
@@ -177,6 +183,7 @@ pub fn parse(args: &[String]) -> Result<InstallOptions, InstallError> {
     let mut disks = Vec::new();
     let mut cdrom = None;
     let mut location = None;
+    let mut networks = Vec::new();
     let mut boot = DirectBoot::default();
     let mut extra_args = None;
     let mut import = false;
@@ -251,18 +258,24 @@ pub fn parse(args: &[String]) -> Result<InstallOptions, InstallError> {
                     ))
                 }
             },
-            "graphics" | "network" | "w" => {
+            "graphics" => {
                 let kind = value.split(',').next().unwrap_or("");
                 if kind != "none" {
-                    let option = if key == "graphics" {
-                        "--graphics"
-                    } else {
-                        "--network"
-                    };
                     return Err(err(
-                        option,
+                        "--graphics",
                         format!("'{kind}' is not supported: only 'none'"),
                     ));
+                }
+            }
+            "network" | "w" => {
+                if let Some(net) = network::parse(&value)? {
+                    if networks.len() >= MAX_INSTALL_NETWORKS {
+                        return Err(err(
+                            "--network",
+                            format!("more than {MAX_INSTALL_NETWORKS} interfaces"),
+                        ));
+                    }
+                    networks.push(net);
                 }
             }
             other => {
@@ -286,7 +299,7 @@ pub fn parse(args: &[String]) -> Result<InstallOptions, InstallError> {
     if methods == 0 {
         return Err(err(
             "vm install",
-            "an install method must be specified (--cdrom ISO, --location ISO, --import, --boot kernel=)",
+            "an install method must be specified (--cdrom ISO, --location ISO|FOLDER, --import, --boot kernel=)",
         ));
     }
     if cdrom.is_some() && location.is_some() {
@@ -315,6 +328,7 @@ pub fn parse(args: &[String]) -> Result<InstallOptions, InstallError> {
         location,
         boot,
         extra_args,
+        networks,
         import,
         autoconsole,
         print_xml,

@@ -86,8 +86,9 @@ impl Plan {
     }
 
     /// Pins the VMM's threads and moves it into its cgroup (before the VM
-    /// is created).
-    pub fn place(&self, pid: i32) -> Result<Option<VmGroups>, VmError> {
+    /// is created), recording the groups in `run_dir` so that they go
+    /// when the VMM does.
+    pub fn place(&self, pid: i32, run_dir: &std::path::Path) -> Result<Option<VmGroups>, VmError> {
         if let Some(set) = self.tune.emulatorpin.as_ref().or(self.vcpu_cpuset.as_ref()) {
             for (tid, _) in threads(pid) {
                 affinity::set(tid, set).map_err(|e| {
@@ -99,9 +100,10 @@ impl Plan {
             return Ok(None);
         };
         cgroup::remove_stale(hierarchy, &self.name);
-        VmGroups::create(hierarchy.clone(), &self.name, self.limits.clone(), pid)
-            .map(Some)
-            .map_err(refuse)
+        let groups = VmGroups::create(hierarchy.clone(), &self.name, self.limits.clone(), pid)
+            .map_err(refuse)?;
+        groups.record(run_dir).map_err(refuse)?;
+        Ok(Some(groups))
     }
 
     /// Pins each vCPU thread and puts it in its quota group (after boot).

@@ -291,6 +291,122 @@ impl VmGroups {
     }
 }
 
+/// The file in a domain's run folder that lists the groups its VMM was
+/// put in, one `KIND PATH` line each (`cpu` and `memory` for v1, `v2`).
+pub const RECORD_FILE: &str = "cgroups";
+/// Lines of a record read at most.
+const MAX_RECORD_LINES: usize = 8;
+
+/// Which hierarchy a recorded group sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// The v1 cpu hierarchy.
+    Cpu,
+    /// The v1 memory hierarchy.
+    Memory,
+    /// The v2 unified hierarchy.
+    V2,
+}
+
+impl GroupKind {
+    fn word(self) -> &'static str {
+        match self {
+            GroupKind::Cpu => "cpu",
+            GroupKind::Memory => "memory",
+            GroupKind::V2 => "v2",
+        }
+    }
+}
+
+impl VmGroups {
+    /// The domain groups made, by hierarchy.
+    pub fn dirs(&self) -> Vec<(GroupKind, PathBuf)> {
+        match &self.hierarchy {
+            Hierarchy::V1 { cpu, memory } => {
+                let mut dirs = Vec::new();
+                if self.limits.wants_cpu() {
+                    dirs.push((GroupKind::Cpu, cpu.join(&self.group)));
+                }
+                if self.limits.wants_memory() {
+                    dirs.push((GroupKind::Memory, memory.join(&self.group)));
+                }
+                dirs
+            }
+            Hierarchy::V2 { parent } => vec![(GroupKind::V2, parent.join(&self.group))],
+        }
+    }
+
+    /// Adds the groups to the record in `run_dir`, so that they are
+    /// removed when the VMM is gone ([`remove_recorded`]).
+    pub fn record(&self, run_dir: &Path) -> Result<(), String> {
+        let mut all = read_record(run_dir);
+        for dir in self.dirs() {
+            if !all.contains(&dir) {
+                all.push(dir);
+            }
+        }
+        let text: String = all
+            .iter()
+            .map(|(kind, path)| format!("{} {}\n", kind.word(), path.display()))
+            .collect();
+        write(&run_dir.join(RECORD_FILE), &text)
+    }
+}
+
+/// The groups recorded in `run_dir`. Only lines naming an absolute
+/// `vm-*` folder count (the record is ours, but a hand-edited one must
+/// not make us remove other folders).
+pub fn read_record(run_dir: &Path) -> Vec<(GroupKind, PathBuf)> {
+    let Ok(text) = fs::read_to_string(run_dir.join(RECORD_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .take(MAX_RECORD_LINES)
+        .filter_map(|line| {
+            let (word, path) = line.split_once(' ')?;
+            let kind = match word {
+                "cpu" => GroupKind::Cpu,
+                "memory" => GroupKind::Memory,
+                "v2" => GroupKind::V2,
+                _ => return None,
+            };
+            let path = PathBuf::from(path);
+            let ours = path.is_absolute()
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vm-"));
+            ours.then_some((kind, path))
+        })
+        .collect()
+}
+
+/// Removes the groups recorded in `run_dir` (their `vcpuN` and
+/// `emulator` children first) once the VMM is gone, then the record. A
+/// group the kernel will not remove yet (it still has tasks) keeps the
+/// record, for the next clean-up or start.
+pub fn remove_recorded(run_dir: &Path) {
+    let record = read_record(run_dir);
+    let mut left = false;
+    for (_, dom) in &record {
+        remove_group(dom);
+        left |= dom.exists();
+    }
+    if !left {
+        let _ = fs::remove_file(run_dir.join(RECORD_FILE));
+    }
+}
+
+/// Removes a group folder and its child groups (empty ones only).
+fn remove_group(dom: &Path) {
+    if let Ok(children) = fs::read_dir(dom) {
+        for child in children.flatten().take(4096).filter(|c| c.path().is_dir()) {
+            let _ = fs::remove_dir(child.path());
+        }
+    }
+    let _ = fs::remove_dir(dom);
+}
+
 /// Removes VM `name`'s groups that are left from an earlier run (empty
 /// ones only: the kernel refuses to remove a group with tasks).
 pub fn remove_stale(hierarchy: &Hierarchy, name: &str) {
@@ -300,12 +416,7 @@ pub fn remove_stale(hierarchy: &Hierarchy, name: &str) {
         Hierarchy::V2 { parent } => vec![parent.join(&group)],
     };
     for dom in doms {
-        if let Ok(children) = fs::read_dir(&dom) {
-            for child in children.flatten().filter(|c| c.path().is_dir()) {
-                let _ = fs::remove_dir(child.path());
-            }
-        }
-        let _ = fs::remove_dir(&dom);
+        remove_group(&dom);
     }
 }
 
@@ -353,6 +464,44 @@ mod tests {
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn recorded_groups_are_removed_with_their_children() {
+        let root = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let hierarchy = v2(root.path().to_path_buf(), &limits()).unwrap();
+        let groups = VmGroups::create(hierarchy, "gone", limits(), 4242).unwrap();
+        groups.add_vcpu(0, 4243).unwrap();
+        groups.record(run.path()).unwrap();
+        groups.record(run.path()).unwrap();
+        let dom = root.path().join("vm-gone");
+        assert_eq!(read_record(run.path()), vec![(GroupKind::V2, dom.clone())]);
+        // cgroupfs folders hold only kernel files, which go with rmdir;
+        // a plain folder needs its files gone first.
+        for sub in ["", "emulator", "vcpu0"] {
+            for file in fs::read_dir(dom.join(sub)).unwrap().flatten() {
+                if file.path().is_file() {
+                    fs::remove_file(file.path()).unwrap();
+                }
+            }
+        }
+        remove_recorded(run.path());
+        assert!(!dom.exists());
+        assert!(!run.path().join(RECORD_FILE).exists());
+        // A record naming a folder that is not a vm group is ignored.
+        let other = root.path().join("keep");
+        fs::create_dir(&other).unwrap();
+        fs::write(
+            run.path().join(RECORD_FILE),
+            format!("v2 {}\nv2 vm-rel\n", other.display()),
+        )
+        .unwrap();
+        assert!(read_record(run.path()).is_empty());
+        remove_recorded(run.path());
+        assert!(other.exists());
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! `vcpupin`, `emulatorpin`, `schedinfo` and `memtune`: show and set
 //! `<cputune>` and `<memtune>` as virsh lays them out. Pins change live
 //! on a running domain (sched_setaffinity on its threads) or in the
-//! definition with `--config`; scheduler and memory limits change in the
-//! definition (`--config`, or a domain that is not running) and apply at
-//! the next start.
+//! definition with `--config`; scheduler and memory limits change the
+//! running domain's cgroups (`--live`, or `--current` on a running
+//! domain, through [`super::live`]), the definition (`--config`, or a
+//! domain that is not running), or both (`--live --config`).
 
 use super::affinity;
 use super::apply::threads;
 use super::cpuset::CpuSet;
+use super::live::{self, Setting};
 use super::size::scaled_bytes;
 use super::tune::{
     self, cputune, memtune, set_cputune, set_memtune, PERIOD_RANGE, QUOTA_RANGE, SHARES_RANGE,
@@ -175,34 +177,73 @@ fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
     out.push_str(&format!("{label:<15}: {value}\n"));
 }
 
-fn config_change(ctx: &Ctx, inv: &Invocation, def: &DomainDef, what: &str) -> Result<(), VmError> {
-    if target(ctx, inv, def)?.is_some() {
+/// Where `schedinfo` and `memtune` act, as virsh's `--live`,
+/// `--config` and `--current` choose: the running VMM (its pid and run
+/// folder) and/or the definition.
+struct Scope {
+    live: Option<(i32, std::path::PathBuf)>,
+    config: bool,
+}
+
+fn scope(ctx: &Ctx, inv: &Invocation, def: &DomainDef) -> Result<Scope, VmError> {
+    let status = runtime::inspect(&ctx.store, &def.name, QUERY_TIMEOUT, None);
+    let running = status
+        .active()
+        .map(|a| (a.process.pid, a.run.dir().to_path_buf()));
+    let (live, config, current) = (inv.flag("live"), inv.flag("config"), inv.flag("current"));
+    if current && (live || config) {
+        let other = if live { "--live" } else { "--config" };
         return Err(VmError::Refused(format!(
-            "Operation not supported: this VMM cannot change {what} of a running domain (use --config)"
+            "Options --current and {other} are mutually exclusive"
         )));
     }
-    Ok(())
+    if live && running.is_none() {
+        return Err(VmError::Refused(
+            "Requested operation is not valid: domain is not running".to_string(),
+        ));
+    }
+    Ok(match (live, config) {
+        (true, _) => Scope {
+            live: running,
+            config,
+        },
+        (false, true) => Scope {
+            live: None,
+            config: true,
+        },
+        // --current (or nothing): the running domain if it runs.
+        (false, false) => Scope {
+            config: running.is_none(),
+            live: running,
+        },
+    })
+}
+
+fn live_failed(e: String) -> VmError {
+    VmError::OperationFailed(e)
 }
 
 /// `schedinfo DOMAIN [--set NAME=VALUE] [--config] [--live] [--current]`:
-/// cpu_shares, vcpu_period, vcpu_quota.
+/// cpu_shares, vcpu_period, vcpu_quota; a running domain shows and
+/// changes its cgroups' values.
 pub fn schedinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     let mut def = lookup(ctx, inv.required("domain"))?;
     let mut tune = cputune(&def)?;
+    let scope = scope(ctx, inv, &def)?;
     if let Some(setting) = inv.value("set") {
-        config_change(ctx, inv, &def, "scheduler parameters")?;
         let (name, value) = setting.split_once('=').ok_or_else(|| {
             VmError::InvalidArgument("Invalid syntax for --set, expecting name=value".to_string())
         })?;
         let bad =
             || VmError::InvalidArgument(format!("invalid value '{value}' for parameter '{name}'"));
-        match name {
+        let change = match name {
             "cpu_shares" => {
                 let v: u64 = value.parse().map_err(|_| bad())?;
                 if !(SHARES_RANGE.0..=SHARES_RANGE.1).contains(&v) {
                     return Err(bad());
                 }
                 tune.shares = Some(v);
+                Setting::Shares(v)
             }
             "vcpu_period" => {
                 let v: u64 = value.parse().map_err(|_| bad())?;
@@ -210,6 +251,7 @@ pub fn schedinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), Vm
                     return Err(bad());
                 }
                 tune.period = Some(v);
+                Setting::Period(v)
             }
             "vcpu_quota" => {
                 let v: i64 = value.parse().map_err(|_| bad())?;
@@ -217,21 +259,40 @@ pub fn schedinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), Vm
                     return Err(bad());
                 }
                 tune.quota = Some(v);
+                Setting::Quota(v)
             }
             other => {
                 return Err(VmError::InvalidArgument(format!(
                     "invalid scheduler parameter '{other}'"
                 )))
             }
-        }
+        };
         let _lock = ctx.store.lock(&def.name)?;
-        set_cputune(&mut def, &tune);
-        ctx.store.write_definition(&def)?;
+        if let Some((pid, run_dir)) = &scope.live {
+            live::apply(def.name.as_str(), *pid, run_dir, &[change]).map_err(live_failed)?;
+        }
+        if scope.config {
+            set_cputune(&mut def, &tune);
+            ctx.store.write_definition(&def)?;
+        }
+        if !scope.config {
+            // Show what now runs.
+            tune = cputune(&lookup(ctx, inv.required("domain"))?)?;
+        }
+    }
+    let (mut shares, mut period, mut quota) = (tune.shares, tune.period, tune.quota);
+    if let (Some((_, run_dir)), false) = (&scope.live, scope.config) {
+        let live = live::read(run_dir);
+        if live.has_cpu {
+            shares = live.shares.or(shares);
+            period = live.period.or(period);
+            quota = live.quota.or(quota);
+        }
     }
     line(out, "Scheduler", "posix");
-    line(out, "cpu_shares", tune.shares.unwrap_or(1024));
-    line(out, "vcpu_period", tune.period.unwrap_or(100_000));
-    line(out, "vcpu_quota", tune.quota.unwrap_or(-1));
+    line(out, "cpu_shares", shares.unwrap_or(1024));
+    line(out, "vcpu_period", period.unwrap_or(100_000));
+    line(out, "vcpu_quota", quota.unwrap_or(-1));
     Ok(())
 }
 
@@ -239,7 +300,7 @@ pub fn schedinfo(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), Vm
 /// N] [--config] [--live] [--current]` (sizes in KiB unless scaled, -1
 /// for unlimited).
 pub fn memtune_command(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
-    let mut def = lookup(ctx, inv.required("domain"))?;
+    let def = lookup(ctx, inv.required("domain"))?;
     let mut mem = memtune(&def)?;
     let mut changed = false;
     for (option, slot) in [
@@ -260,13 +321,45 @@ pub fn memtune_command(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<
         };
         changed = true;
     }
+    let scope = scope(ctx, inv, &def)?;
     if changed {
-        config_change(ctx, inv, &def, "memory parameters")?;
         let _lock = ctx.store.lock(&def.name)?;
-        set_memtune(&mut def, &mem);
-        tune::memtune(&def)?;
-        ctx.store.write_definition(&def)?;
+        let mut checked = def.clone();
+        set_memtune(&mut checked, &mem);
+        tune::memtune(&checked)?;
+        if let Some((pid, run_dir)) = &scope.live {
+            if let Some(hard) = mem.hard_limit_kib.filter(|h| *h < def.memory_kib) {
+                return Err(VmError::InvalidArgument(format!(
+                    "hard_limit of {hard} KiB is below the guest's memory of {} KiB",
+                    def.memory_kib
+                )));
+            }
+            let changes: Vec<Setting> = [
+                ("hard-limit", Setting::HardLimit(mem.hard_limit_kib)),
+                ("soft-limit", Setting::SoftLimit(mem.soft_limit_kib)),
+                (
+                    "swap-hard-limit",
+                    Setting::SwapHardLimit(mem.swap_hard_limit_kib),
+                ),
+            ]
+            .into_iter()
+            .filter(|(option, _)| inv.value(option).is_some())
+            .map(|(_, s)| s)
+            .collect();
+            live::apply(def.name.as_str(), *pid, run_dir, &changes).map_err(live_failed)?;
+        }
+        if scope.config {
+            ctx.store.write_definition(&checked)?;
+        }
         return Ok(());
+    }
+    if let (Some((_, run_dir)), false) = (&scope.live, scope.config) {
+        let live = live::read(run_dir);
+        if live.has_memory {
+            mem.hard_limit_kib = live.hard_limit_kib;
+            mem.soft_limit_kib = live.soft_limit_kib;
+            mem.swap_hard_limit_kib = live.swap_hard_limit_kib;
+        }
     }
     let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |k| k.to_string());
     line(out, "hard_limit", show(mem.hard_limit_kib));

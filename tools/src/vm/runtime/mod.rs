@@ -104,9 +104,10 @@ impl RunFolder {
         (state == wanted_state).then_some(reason)
     }
 
-    /// Removes what a VMM left (sockets, pid, id, reason, and a transient
-    /// domain's definition); logs stay.
+    /// Removes what a VMM left (sockets, pid, id, reason, a transient
+    /// domain's definition, and its cgroups); logs stay.
     pub fn clean(&self) {
+        crate::vm::resources::cgroup::remove_recorded(&self.dir);
         for path in [
             self.dir.join("domain.xml"),
             self.api_socket(),

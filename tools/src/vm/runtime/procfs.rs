@@ -91,6 +91,8 @@ pub fn ns_per_tick() -> u64 {
 pub struct VcpuThread {
     /// N of `vcpuN`.
     pub index: u32,
+    /// Its thread id.
+    pub tid: i32,
     /// The thread's stat.
     pub stat: Stat,
 }
@@ -117,11 +119,24 @@ pub fn vcpu_threads(pid: i32) -> Vec<VcpuThread> {
             .ok()
             .and_then(|t| parse_stat(&t))
         {
-            threads.push(VcpuThread { index, stat });
+            let tid = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            threads.push(VcpuThread { index, tid, stat });
         }
     }
     threads.sort_by_key(|t| t.index);
     threads
+}
+
+/// How long thread `tid` of `pid` waited on a run queue, in ns (the
+/// second field of its schedstat), which libvirt reports as a vCPU's
+/// `delay`.
+pub fn run_delay_ns(pid: i32, tid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process's resident memory in KiB (VmRSS).
