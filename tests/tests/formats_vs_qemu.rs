@@ -687,3 +687,60 @@ fn looping_vmdk_and_qed_chains_get_one_line() {
         assert_eq!(out.status.code(), Some(1), "{fmt} info --backing-chain");
     }
 }
+
+/// A block qemu-img allocates but whose file range is partly a hole (it
+/// leaves zeros it converts unwritten): `img convert` reads the hole as
+/// zeros without reading it, and over a backing file (`-B`) writes those
+/// zeros, so the result reads as qemu-img's own conversion does.
+#[test]
+fn holes_inside_allocated_blocks_convert_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size: u64 = 4 << 20;
+    // Data at the start of every MiB, zeros after it.
+    let source = d.join("source.raw");
+    let mut bytes = vec![0u8; size as usize];
+    for mib in 0..4 {
+        let at = mib << 20;
+        bytes[at..at + 8192].fill(0x22 + mib as u8);
+    }
+    std::fs::write(&source, &bytes).unwrap();
+    let base = d.join("base.qcow2");
+    make_raw(&d.join("base.raw"), size, 5);
+    ok(qemu_img(&["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(d.join("base.raw"))
+        .arg(&base));
+    for (fmt, opts) in [
+        ("vhdx", "block_size=1M"),
+        ("vdi", ""),
+        ("vpc", "force_size=on"),
+        ("qed", "cluster_size=1M"),
+    ] {
+        let image = d.join(format!("holes.{fmt}"));
+        ok(convert_cmd(qemu_img, "raw", fmt, opts)
+            .arg(&source)
+            .arg(&image));
+        for backing in [false, true] {
+            let what = format!("{fmt} -o '{opts}', backing {backing}");
+            let (ours, theirs) = (d.join("ours.qcow2"), d.join("theirs.qcow2"));
+            for (tool, out) in [(img as fn(&[&str]) -> _, &ours), (qemu_img, &theirs)] {
+                let _ = std::fs::remove_file(out);
+                let mut c = convert_cmd(tool, fmt, "qcow2", "");
+                if backing {
+                    c.args(["-B"]).arg(&base).args(["-F", "qcow2"]);
+                }
+                ok(c.arg(&image).arg(out));
+            }
+            let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+            ok(convert_cmd(qemu_img, "qcow2", "raw", "").arg(&ours).arg(&a));
+            ok(convert_cmd(qemu_img, "qcow2", "raw", "")
+                .arg(&theirs)
+                .arg(&b));
+            assert_same_file(&a, &b, &what);
+            if !backing {
+                assert!(read(&a) == bytes, "{what}: data differs from the source");
+            }
+        }
+    }
+}

@@ -365,6 +365,10 @@ impl ForeignImage for Vhdx {
         &self.storage
     }
 
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.storage)
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         Some(self.meta.block_size.into())
     }
