@@ -744,3 +744,107 @@ fn holes_inside_allocated_blocks_convert_like_qemu() {
         }
     }
 }
+
+/// The file of an image whose writer is killed right after it wrote a
+/// vhdx log entry: every later write fails, as if the process had died.
+struct KilledAfterLogEntry {
+    file: qcow::FileStorage,
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl qcow::Storage for KilledAfterLogEntry {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> qcow::Result<()> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> qcow::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(qcow::Error::io("write", std::io::Error::other("killed")));
+        }
+        self.file.write_at(buf, offset)?;
+        if buf.starts_with(b"loge") {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn flush(&self) -> qcow::Result<()> {
+        self.file.flush()
+    }
+    fn len(&self) -> qcow::Result<u64> {
+        self.file.len()
+    }
+    fn set_len(&self, len: u64) -> qcow::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+/// A new block's BAT entry goes through the log as QEMU writes it: killed
+/// after the log entry and before the BAT, the image is dirty; `check -r
+/// all` of either tool replays it to the same disk, with the block
+/// allocated, and qemu-img's check is then clean. Finished writes leave
+/// the log empty, so qemu-img opens the image read-only.
+#[test]
+fn vhdx_bat_updates_go_through_the_log() {
+    use qcow::device::BlockRead;
+    use qcow::formats::ForeignImage;
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = d.join("journal.vhdx");
+    ok(qemu_img(&["create", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&image)
+        .arg("8M"));
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    };
+    // A whole write: the log is empty afterwards.
+    {
+        let storage = std::sync::Arc::new(qcow::FileStorage::new(open(&image)));
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, true).unwrap();
+        vhdx.write_at(&[0x5a; 65536], 1 << 20).unwrap();
+        vhdx.flush().unwrap();
+        assert_eq!(vhdx.extents(1 << 20, 65536).unwrap().len(), 1);
+    }
+    ok(qemu_img(&["check", "-f", "vhdx"]).arg(&image));
+    // Killed after the log entry of the next block.
+    {
+        let storage = std::sync::Arc::new(KilledAfterLogEntry {
+            file: qcow::FileStorage::new(open(&image)),
+            killed: Default::default(),
+        });
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, true).unwrap();
+        assert!(vhdx.write_at(&[0x77; 4096], 5 << 20).is_err());
+    }
+    let out = run(qemu_img(&["info", "-f", "vhdx"]).arg(&image));
+    assert_eq!(out.status.code(), Some(1), "the log is not dirty");
+    let (ours, theirs) = (d.join("ours.vhdx"), d.join("theirs.vhdx"));
+    std::fs::copy(&image, &ours).unwrap();
+    std::fs::copy(&image, &theirs).unwrap();
+    ok(img(&["check", "-r", "all", "-f", "vhdx"]).arg(&ours));
+    ok(qemu_img(&["check", "-r", "all", "-f", "vhdx"]).arg(&theirs));
+    for replayed in [&ours, &theirs] {
+        ok(qemu_img(&["check", "-f", "vhdx"]).arg(replayed));
+        // qemu-img's map shows a vhdx as all data: ask the BAT.
+        let file = std::fs::File::open(replayed).unwrap();
+        let storage = std::sync::Arc::new(qcow::FileStorage::new(file));
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, false).unwrap();
+        let kind = vhdx.extents(5 << 20, 4096).unwrap()[0].kind;
+        assert!(
+            matches!(kind, qcow::device::ExtentKind::Data { .. }),
+            "replay did not allocate the block: {kind:?}"
+        );
+    }
+    let (ra, rb) = (d.join("a.raw"), d.join("b.raw"));
+    ok(convert_cmd(qemu_img, "vhdx", "raw", "").arg(&ours).arg(&ra));
+    ok(convert_cmd(qemu_img, "vhdx", "raw", "")
+        .arg(&theirs)
+        .arg(&rb));
+    assert_same_file(&ra, &rb, "the disk after replaying our log entry");
+    let disk = read(&ra);
+    assert!(disk[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x5a));
+    assert!(disk[5 << 20..6 << 20].iter().all(|&b| b == 0));
+}
