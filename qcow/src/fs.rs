@@ -281,6 +281,17 @@ impl AnyImage {
         }
     }
 
+    /// The one file the image's own data extents (`ExtentKind::Data`
+    /// outside an external data file) point into, when there is one.
+    /// Raw images report their holes in their extents already.
+    pub fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        match self {
+            AnyImage::Qcow2(q) => Some(q.file()),
+            AnyImage::Raw(_) => None,
+            AnyImage::Foreign(_, f) => f.host_file(),
+        }
+    }
+
     /// Flushes.
     pub fn flush(&self) -> Result<()> {
         match self {

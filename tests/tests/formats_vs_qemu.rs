@@ -687,3 +687,236 @@ fn looping_vmdk_and_qed_chains_get_one_line() {
         assert_eq!(out.status.code(), Some(1), "{fmt} info --backing-chain");
     }
 }
+
+/// A block qemu-img allocates but whose file range is partly a hole (it
+/// leaves zeros it converts unwritten): `img convert` reads the hole as
+/// zeros without reading it, and over a backing file (`-B`) writes those
+/// zeros, so the result reads as qemu-img's own conversion does.
+#[test]
+fn holes_inside_allocated_blocks_convert_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size: u64 = 4 << 20;
+    // Data at the start of every MiB, zeros after it.
+    let source = d.join("source.raw");
+    let mut bytes = vec![0u8; size as usize];
+    for mib in 0..4 {
+        let at = mib << 20;
+        bytes[at..at + 8192].fill(0x22 + mib as u8);
+    }
+    std::fs::write(&source, &bytes).unwrap();
+    let base = d.join("base.qcow2");
+    make_raw(&d.join("base.raw"), size, 5);
+    ok(qemu_img(&["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(d.join("base.raw"))
+        .arg(&base));
+    for (fmt, opts) in [
+        ("vhdx", "block_size=1M"),
+        ("vdi", ""),
+        ("vpc", "force_size=on"),
+        ("qed", "cluster_size=1M"),
+    ] {
+        let image = d.join(format!("holes.{fmt}"));
+        ok(convert_cmd(qemu_img, "raw", fmt, opts)
+            .arg(&source)
+            .arg(&image));
+        for backing in [false, true] {
+            let what = format!("{fmt} -o '{opts}', backing {backing}");
+            let (ours, theirs) = (d.join("ours.qcow2"), d.join("theirs.qcow2"));
+            for (tool, out) in [(img as fn(&[&str]) -> _, &ours), (qemu_img, &theirs)] {
+                let _ = std::fs::remove_file(out);
+                let mut c = convert_cmd(tool, fmt, "qcow2", "");
+                if backing {
+                    c.args(["-B"]).arg(&base).args(["-F", "qcow2"]);
+                }
+                ok(c.arg(&image).arg(out));
+            }
+            let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+            ok(convert_cmd(qemu_img, "qcow2", "raw", "").arg(&ours).arg(&a));
+            ok(convert_cmd(qemu_img, "qcow2", "raw", "")
+                .arg(&theirs)
+                .arg(&b));
+            assert_same_file(&a, &b, &what);
+            if !backing {
+                assert!(read(&a) == bytes, "{what}: data differs from the source");
+            }
+        }
+    }
+}
+
+/// The file of an image whose writer is killed right after it wrote a
+/// vhdx log entry: every later write fails, as if the process had died.
+struct KilledAfterLogEntry {
+    file: qcow::FileStorage,
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl qcow::Storage for KilledAfterLogEntry {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> qcow::Result<()> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> qcow::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(qcow::Error::io("write", std::io::Error::other("killed")));
+        }
+        self.file.write_at(buf, offset)?;
+        if buf.starts_with(b"loge") {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn flush(&self) -> qcow::Result<()> {
+        self.file.flush()
+    }
+    fn len(&self) -> qcow::Result<u64> {
+        self.file.len()
+    }
+    fn set_len(&self, len: u64) -> qcow::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+/// A new block's BAT entry goes through the log as QEMU writes it: killed
+/// after the log entry and before the BAT, the image is dirty; `check -r
+/// all` of either tool replays it to the same disk, with the block
+/// allocated, and qemu-img's check is then clean. Finished writes leave
+/// the log empty, so qemu-img opens the image read-only.
+#[test]
+fn vhdx_bat_updates_go_through_the_log() {
+    use qcow::device::BlockRead;
+    use qcow::formats::ForeignImage;
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = d.join("journal.vhdx");
+    ok(qemu_img(&["create", "-f", "vhdx", "-o", "block_size=1M"])
+        .arg(&image)
+        .arg("8M"));
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    };
+    // A whole write: the log is empty afterwards.
+    {
+        let storage = std::sync::Arc::new(qcow::FileStorage::new(open(&image)));
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, true).unwrap();
+        vhdx.write_at(&[0x5a; 65536], 1 << 20).unwrap();
+        vhdx.flush().unwrap();
+        assert_eq!(vhdx.extents(1 << 20, 65536).unwrap().len(), 1);
+    }
+    ok(qemu_img(&["check", "-f", "vhdx"]).arg(&image));
+    // Killed after the log entry of the next block.
+    {
+        let storage = std::sync::Arc::new(KilledAfterLogEntry {
+            file: qcow::FileStorage::new(open(&image)),
+            killed: Default::default(),
+        });
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, true).unwrap();
+        assert!(vhdx.write_at(&[0x77; 4096], 5 << 20).is_err());
+    }
+    let out = run(qemu_img(&["info", "-f", "vhdx"]).arg(&image));
+    assert_eq!(out.status.code(), Some(1), "the log is not dirty");
+    let (ours, theirs) = (d.join("ours.vhdx"), d.join("theirs.vhdx"));
+    std::fs::copy(&image, &ours).unwrap();
+    std::fs::copy(&image, &theirs).unwrap();
+    ok(img(&["check", "-r", "all", "-f", "vhdx"]).arg(&ours));
+    ok(qemu_img(&["check", "-r", "all", "-f", "vhdx"]).arg(&theirs));
+    for replayed in [&ours, &theirs] {
+        ok(qemu_img(&["check", "-f", "vhdx"]).arg(replayed));
+        // qemu-img's map shows a vhdx as all data: ask the BAT.
+        let file = std::fs::File::open(replayed).unwrap();
+        let storage = std::sync::Arc::new(qcow::FileStorage::new(file));
+        let vhdx = qcow::formats::vhdx::Vhdx::open(storage, false).unwrap();
+        let kind = vhdx.extents(5 << 20, 4096).unwrap()[0].kind;
+        assert!(
+            matches!(kind, qcow::device::ExtentKind::Data { .. }),
+            "replay did not allocate the block: {kind:?}"
+        );
+    }
+    let (ra, rb) = (d.join("a.raw"), d.join("b.raw"));
+    ok(convert_cmd(qemu_img, "vhdx", "raw", "").arg(&ours).arg(&ra));
+    ok(convert_cmd(qemu_img, "vhdx", "raw", "")
+        .arg(&theirs)
+        .arg(&rb));
+    assert_same_file(&ra, &rb, "the disk after replaying our log entry");
+    let disk = read(&ra);
+    assert!(disk[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x5a));
+    assert!(disk[5 << 20..6 << 20].iter().all(|&b| b == 0));
+}
+
+/// `commit` of a vmdk or qed overlay, by each tool on images either tool
+/// made: the base ends up holding what qemu-img's commit puts there, and
+/// qemu-img's check of the base is clean; after ours the top still reads
+/// the same (neither driver can empty it, so qemu-img leaves it too).
+/// `rebase` of a vmdk is refused by both with one line (the driver cannot
+/// rename its parent).
+#[test]
+fn commit_of_vmdk_and_qed_overlays_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for fmt in ["vmdk", "qed"] {
+        for maker in [img as fn(&[&str]) -> _, qemu_img] {
+            let (base, top) = (d.join(format!("base.{fmt}")), d.join(format!("top.{fmt}")));
+            let _ = std::fs::remove_file(&base);
+            let _ = std::fs::remove_file(&top);
+            ok(maker(&["create", "-f", fmt]).arg(&base).arg("4M"));
+            qemu_io(fmt, &base, &["write -P 1 0 2M"]);
+            // A name relative to the top: each copy below has its own base.
+            let base_name = format!("base.{fmt}");
+            ok(maker(&["create", "-f", fmt, "-F", fmt, "-b", &base_name]).arg(&top));
+            qemu_io(
+                fmt,
+                &top,
+                &["write -P 2 1M 64k", "write -z 0 64k", "write -P 3 3M 4k"],
+            );
+            let mut results = Vec::new();
+            for (name, tool) in [("ours", img as fn(&[&str]) -> _), ("theirs", qemu_img)] {
+                let sub = d.join(name);
+                std::fs::create_dir_all(&sub).unwrap();
+                let (b, t) = (
+                    sub.join(format!("base.{fmt}")),
+                    sub.join(format!("top.{fmt}")),
+                );
+                std::fs::copy(&base, &b).unwrap();
+                std::fs::copy(&top, &t).unwrap();
+                let out = ok(tool(&["commit", "-f", fmt]).arg(&t));
+                assert_eq!(out.trim(), "Image committed.", "{fmt} {name}");
+                ok(qemu_img(&["check", "-f", fmt]).arg(&b));
+                // qemu-img's commit gives a vmdk base a new CID, after
+                // which qemu refuses to read the top through it (EINVAL);
+                // ours keeps the top readable.
+                if name == "ours" {
+                    ok(qemu_img(&["compare", "-f", fmt, "-F", fmt])
+                        .arg(&t)
+                        .arg(&top));
+                }
+                let raw = sub.join("base.raw");
+                ok(convert_cmd(qemu_img, fmt, "raw", "").arg(&b).arg(&raw));
+                results.push(read(&raw));
+            }
+            assert!(
+                results[0] == results[1],
+                "{fmt}: the committed bases differ"
+            );
+            assert!(results[0][1 << 20..(1 << 20) + 65536]
+                .iter()
+                .all(|&b| b == 2));
+        }
+    }
+    // vmdk cannot change its parent: both refuse alike.
+    let (base, top) = (d.join("base.vmdk"), d.join("top.vmdk"));
+    for tool in [img as fn(&[&str]) -> _, qemu_img] {
+        let out = run(tool(&["rebase", "-u", "-f", "vmdk", "-F", "vmdk", "-b"])
+            .arg(&base)
+            .arg(&top));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Operation not supported"), "{err}");
+    }
+}

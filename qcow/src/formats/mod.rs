@@ -97,6 +97,13 @@ pub trait ForeignImage: BlockRead {
     fn flush(&self) -> Result<()>;
     /// The image file.
     fn storage(&self) -> &Arc<dyn Storage>;
+    /// The one file every `ExtentKind::Data` host offset of this image
+    /// points into, or `None` when its data lives in several files (a
+    /// vmdk with extent files of their own). Convert reads its holes as
+    /// zeros without reading them.
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        None
+    }
     /// The allocation unit `img info` shows as `cluster_size`, if the
     /// format reports one.
     fn cluster_size(&self) -> Option<u64>;

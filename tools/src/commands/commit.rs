@@ -54,6 +54,28 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
     Ok(layers)
 }
 
+/// The backing file a vmdk or qed image names (`parentFileNameHint`, the
+/// qed header's name): the one layer `img commit` of such an image writes
+/// into, as qemu-img's default base.
+fn foreign_backing_layer(
+    top_path: &Path,
+    top: &dyn qcow::formats::ForeignImage,
+) -> Result<Vec<Layer>> {
+    let Some(b) = top.backing_file() else {
+        return Ok(Vec::new());
+    };
+    let dir = top_path.parent().unwrap_or(Path::new(""));
+    let path = resolve(dir, &b.name);
+    let format = match b.format {
+        Some(f) => parse_format(f)?,
+        None => {
+            let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
+            probe(&*s, &path)?
+        }
+    };
+    Ok(vec![Layer { path, format }])
+}
+
 /// Runs `img commit`.
 pub fn run(args: &CommitArgs) -> Result<i32> {
     let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
@@ -63,11 +85,12 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         true,
         args.image_opts,
     )?;
-    let AnyImage::Qcow2(q) = &image else {
-        return Err(anyhow!("Image does not have a backing file"));
-    };
     let top_path = Path::new(&spec.filename);
-    let layers = backing_layers(top_path, q)?;
+    let layers = match &image {
+        AnyImage::Qcow2(q) => backing_layers(top_path, q)?,
+        AnyImage::Foreign(_, f) => foreign_backing_layer(top_path, f.as_ref())?,
+        AnyImage::Raw(_) => Vec::new(),
+    };
     if layers.is_empty() {
         return Err(anyhow!("Image does not have a backing file"));
     }
@@ -110,7 +133,8 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
                 .map_err(|e| anyhow!("Could not open '{}': {e}", base_path.display()))?;
         }
     }
-    let size = q.size();
+    let top: &dyn BlockRead = &image;
+    let size = top.virtual_size();
     if base.virtual_size() < size {
         match &base {
             AnyImage::Qcow2(b) => b.resize(size, qcow::create::Preallocation::Off)?,
@@ -133,7 +157,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     let progress = |done: u64| bar.set_fraction(done, size);
     progress(0);
     while pos < size {
-        let extents = chain_extents(&**q, pos, (size - pos).min(1 << 30))?;
+        let extents = chain_extents(top, pos, (size - pos).min(1 << 30))?;
         if extents.is_empty() {
             break;
         }
@@ -153,7 +177,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
             let mut off = e.guest_offset;
             while off < e.guest_offset + e.len {
                 let n = (e.guest_offset + e.len - off).min(buf.len() as u64) as usize;
-                q.read_at(&mut buf[..n], off)?;
+                top.read_at(&mut buf[..n], off)?;
                 base.write_at(&buf[..n], off)
                     .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
                 off += n as u64;
@@ -165,7 +189,9 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     drop(base);
     progress(size);
     bar.end();
-    if !keep {
+    // qemu-img empties a qcow2 top; its vmdk and qed drivers cannot be
+    // emptied, and it leaves them as they are.
+    if let (false, AnyImage::Qcow2(q)) = (keep, &image) {
         q.make_empty()?;
     }
     image.flush()?;

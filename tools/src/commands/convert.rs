@@ -181,8 +181,13 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let source_refs: Vec<&dyn BlockRead> = sources.iter().map(|s| s as &dyn BlockRead).collect();
     let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
     let progress = |bytes: u64, total: u64| bar.advance(bytes, total);
+    let source_files: Vec<Option<&dyn qcow::storage::Storage>> = sources
+        .iter()
+        .map(|s| s.host_file().map(|f| &**f as &dyn qcow::storage::Storage))
+        .collect();
     let job = ConvertJob {
         sources: &source_refs,
+        source_files: &source_files,
         target: &target_image,
         target_is_zero,
         target_has_backing,

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::AnyImage;
+use qcow::storage::Storage;
 
 /// Bytes a worker copies at a time (at least one target cluster).
 pub const CHUNK: u64 = 1 << 20;
@@ -28,6 +29,11 @@ fn chunk_size(target: &AnyImage) -> u64 {
 pub struct ConvertJob<'a> {
     /// Sources, concatenated in order.
     pub sources: &'a [&'a dyn BlockRead],
+    /// For each source, the one file its top layer's data extents point
+    /// into, if there is one ([`AnyImage::host_file`]): holes of that file
+    /// inside data extents read as zero, so they are neither read nor
+    /// written (as qemu-img finds them after reading zeros).
+    pub source_files: &'a [Option<&'a dyn Storage>],
     /// The target image.
     pub target: &'a AnyImage,
     /// The target reads as zero everywhere already (newly created, no
@@ -65,6 +71,9 @@ struct Chunk {
     len: u64,
     target_offset: u64,
 }
+
+/// Bytes of chunk buffers all workers together may hold.
+const BUFFER_BUDGET: u64 = 4 << 20;
 
 /// Dirty bytes after which workers ask the target to start writeback, so
 /// the disk works while the copy goes on instead of all at the end.
@@ -135,7 +144,14 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let workers = job.workers.clamp(1, 16);
+    // Each worker holds one chunk buffer: their sum stays within
+    // BUFFER_BUDGET, so peak memory stays at qemu-img's (which keeps about
+    // as much in flight); on the two-core machines this runs on, more
+    // workers bought no speed.
+    let workers = job
+        .workers
+        .clamp(1, 16)
+        .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
     // Writeback is started by a thread of its own, so that a congested
     // device never stalls the copy.
     let (kick, kicks) = std::sync::mpsc::channel::<()>();
@@ -151,6 +167,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
             scope.spawn(|| {
                 let kick = kick;
                 let mut buf = vec![0u8; chunk_len as usize];
+                let mut known = KnownLayout::default();
                 loop {
                     if first_error.lock().expect("lock").is_some() {
                         return;
@@ -159,7 +176,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    if let Err(e) = copy_chunk(job, chunk, &mut buf) {
+                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known) {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
                             *slot = Some(e);
@@ -183,9 +200,62 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Host bytes the file system is asked about at once: one answer then
+/// covers a long run of data, so most extents need no lseek at all.
+const LAYOUT_SPAN: u64 = 1 << 40;
+
+/// What a worker last learnt of a source file's layout: host bytes
+/// `[start, end)` of source `source` are all data or all hole.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownLayout {
+    source: usize,
+    start: u64,
+    end: u64,
+    data: bool,
+}
+
+/// Splits `len` bytes at `host` of a source's file into runs of data and
+/// of holes: `(length, is_data)` in order.
+fn file_runs(
+    file: &dyn Storage,
+    source: usize,
+    known: &mut KnownLayout,
+    host: u64,
+    len: u64,
+) -> Result<Vec<(u64, bool)>> {
+    let mut runs: Vec<(u64, bool)> = Vec::new();
+    let end = host.saturating_add(len);
+    let mut pos = host;
+    while pos < end {
+        if known.source != source || pos < known.start || pos >= known.end {
+            let (data, n) = file
+                .data_extent(pos, LAYOUT_SPAN)
+                .with_context(|| format!("error while finding data at byte {pos}"))?;
+            *known = KnownLayout {
+                source,
+                start: pos,
+                end: pos.saturating_add(n.max(1)),
+                data,
+            };
+        }
+        let n = known.end.min(end) - pos;
+        match runs.last_mut() {
+            Some(last) if last.1 == known.data => last.0 += n,
+            _ => runs.push((n, known.data)),
+        }
+        pos += n;
+    }
+    Ok(runs)
+}
+
 /// Splits a chunk into regions by where the source has data.
-fn regions(job: &ConvertJob<'_>, chunk: &Chunk) -> Result<Vec<(u64, u64, Region)>> {
+fn regions(
+    job: &ConvertJob<'_>,
+    chunk: &Chunk,
+    known: &mut KnownLayout,
+) -> Result<Vec<(u64, u64, Region)>> {
     let source = job.sources[chunk.source];
+    let file = job.source_files.get(chunk.source).copied().flatten();
     let mut out: Vec<(u64, u64, Region)> = Vec::new();
     let mut pos = chunk.offset;
     let end = chunk.offset + chunk.len;
@@ -195,27 +265,43 @@ fn regions(job: &ConvertJob<'_>, chunk: &Chunk) -> Result<Vec<(u64, u64, Region)
             source
                 .extents(pos, end - pos)?
                 .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind))
+                .map(|e| (e.guest_offset, e.len, e.kind, 0))
                 .collect::<Vec<_>>()
         } else {
             chain_extents(source, pos, end - pos)?
                 .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind))
+                .map(|e| (e.guest_offset, e.len, e.kind, e.depth))
                 .collect()
         };
         if extents.is_empty() {
             break;
         }
-        for (offset, len, kind) in extents {
+        let mut push = |offset: u64, len: u64, region: Region| match out.last_mut() {
+            Some(last) if last.2 == region && last.0 + last.1 == offset => last.1 += len,
+            _ => out.push((offset, len, region)),
+        };
+        for (offset, len, kind, depth) in extents {
             let region = match kind {
                 ExtentKind::Zero { .. } => Region::Zero,
                 ExtentKind::Unallocated { .. } if job.target_has_backing => Region::Skip,
                 ExtentKind::Unallocated { .. } => Region::Zero,
                 _ => Region::Data,
             };
-            match out.last_mut() {
-                Some(last) if last.2 == region && last.0 + last.1 == offset => last.1 += len,
-                _ => out.push((offset, len, region)),
+            match (kind, file) {
+                (
+                    ExtentKind::Data {
+                        host_offset,
+                        in_data_file: false,
+                    },
+                    Some(file),
+                ) if depth == 0 => {
+                    let mut at = offset;
+                    for (n, data) in file_runs(file, chunk.source, known, host_offset, len)? {
+                        push(at, n, if data { Region::Data } else { Region::Zero });
+                        at += n;
+                    }
+                }
+                _ => push(offset, len, region),
             }
             pos = offset + len;
         }
@@ -223,10 +309,15 @@ fn regions(job: &ConvertJob<'_>, chunk: &Chunk) -> Result<Vec<(u64, u64, Region)
     Ok(out)
 }
 
-fn copy_chunk(job: &ConvertJob<'_>, chunk: &Chunk, buf: &mut [u8]) -> Result<()> {
+fn copy_chunk(
+    job: &ConvertJob<'_>,
+    chunk: &Chunk,
+    buf: &mut [u8],
+    known: &mut KnownLayout,
+) -> Result<()> {
     let source = job.sources[chunk.source];
     let delta = chunk.target_offset - chunk.offset;
-    for (offset, len, region) in regions(job, chunk)? {
+    for (offset, len, region) in regions(job, chunk, known)? {
         let target_offset = offset + delta;
         match region {
             Region::Skip => {}

@@ -418,6 +418,10 @@ impl ForeignImage for Qed {
         &self.storage
     }
 
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.storage)
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         Some(self.cluster_bytes())
     }

@@ -241,6 +241,10 @@ impl ForeignImage for Vdi {
         &self.storage
     }
 
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.storage)
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         Some(BLOCK)
     }

@@ -380,3 +380,51 @@ pub fn apply_replay(storage: &dyn Storage, replay: &Replay) -> Result<()> {
     }
     storage.flush()
 }
+
+/// One log entry that writes whole 4 KiB `sectors` (file offset, bytes),
+/// laid out as QEMU's `vhdx_log_write` lays it out: the header sector
+/// (header, then one data descriptor per sector, each holding its
+/// sector's first 8 and last 4 bytes), then one data sector per
+/// descriptor, the CRC-32C over the whole entry. `tail` is the entry's
+/// own offset in the log (it is the oldest of its sequence) and
+/// `file_len` the file's length, both as flushed and as last written.
+pub fn build_entry(
+    log_guid: &Guid,
+    sequence: u64,
+    tail: u32,
+    file_len: u64,
+    sectors: &[(u64, &[u8])],
+) -> Vec<u8> {
+    let count = sectors.len();
+    let header_sectors = descriptor_sectors(count as u32) as usize;
+    let sector = LOG_SECTOR as usize;
+    let mut entry = vec![0u8; (header_sectors + count) * sector];
+    let length = entry.len() as u32;
+    let h = &mut entry[..ENTRY_HEADER];
+    h[0..4].copy_from_slice(b"loge");
+    LittleEndian::write_u32(&mut h[8..12], length);
+    LittleEndian::write_u32(&mut h[12..16], tail);
+    LittleEndian::write_u64(&mut h[16..24], sequence);
+    LittleEndian::write_u32(&mut h[24..28], count as u32);
+    h[32..48].copy_from_slice(log_guid);
+    LittleEndian::write_u64(&mut h[48..56], file_len);
+    LittleEndian::write_u64(&mut h[56..64], file_len);
+    for (i, &(file_offset, bytes)) in sectors.iter().enumerate() {
+        debug_assert_eq!(bytes.len(), sector);
+        let d = &mut entry[ENTRY_HEADER + i * DESCRIPTOR..ENTRY_HEADER + (i + 1) * DESCRIPTOR];
+        d[0..4].copy_from_slice(b"desc");
+        d[4..8].copy_from_slice(&bytes[4092..4096]);
+        d[8..16].copy_from_slice(&bytes[0..8]);
+        LittleEndian::write_u64(&mut d[16..24], file_offset);
+        LittleEndian::write_u64(&mut d[24..32], sequence);
+        let at = (header_sectors + i) * sector;
+        let s = &mut entry[at..at + sector];
+        s[0..4].copy_from_slice(b"data");
+        LittleEndian::write_u32(&mut s[4..8], (sequence >> 32) as u32);
+        s[8..4092].copy_from_slice(&bytes[8..4092]);
+        LittleEndian::write_u32(&mut s[4092..4096], sequence as u32);
+    }
+    let crc = crc32c(&entry);
+    LittleEndian::write_u32(&mut entry[4..8], crc);
+    entry
+}

@@ -60,6 +60,10 @@ struct WriteState {
     /// This session's file write GUID.
     session: Guid,
     first_visible_write: bool,
+    /// Where in the log the next entry goes.
+    log_write: u64,
+    /// The next entry's sequence number.
+    log_sequence: u64,
 }
 
 /// An open VHDX image.
@@ -157,6 +161,8 @@ impl Vhdx {
                 header,
                 session,
                 first_visible_write: !log_replayed,
+                log_write: 0,
+                log_sequence: 1,
             }))
         } else {
             None
@@ -202,9 +208,8 @@ impl Vhdx {
     /// The file offset of the payload block holding guest byte `offset`,
     /// allocating it at the end of the file (on a whole MiB) if it has
     /// none, as QEMU's `vhdx_allocate_block` does. The block's data is
-    /// zero until written (the file grows over it); its BAT entry is
-    /// written straight to the BAT (QEMU journals it through the log and
-    /// replays it at once, which leaves the same bytes).
+    /// zero until written (the file grows over it); its BAT entry goes
+    /// through the log ([`Self::journal`]), as in QEMU.
     fn block_for_write(&self, offset: u64) -> Result<u64> {
         let entry = self.entry(offset);
         if entry & 7 == FULLY_PRESENT {
@@ -233,10 +238,66 @@ impl Vhdx {
         let value = host | FULLY_PRESENT;
         let mut bytes = [0u8; 8];
         LittleEndian::write_u64(&mut bytes, value);
-        self.storage
-            .write_at(&bytes, self.bat_offset + index as u64 * 8)?;
+        self.journal(&mut state, self.bat_offset + index as u64 * 8, &bytes)?;
         self.bat.write().expect("BAT lock poisoned")[index] = value;
         Ok(host)
+    }
+
+    /// Writes metadata `bytes` at `file_offset` through the log, as QEMU's
+    /// `vhdx_log_write_and_flush` does: both headers get a new log GUID,
+    /// an entry holding the whole 4 KiB sectors the write touches goes
+    /// into the log, a flush, the sectors in place, a flush, and the log
+    /// is emptied again (log GUID zero). Killed at any point, the file
+    /// holds either the old sectors or an entry that a replay (ours or
+    /// qemu-img's) completes; stale entries never match a new GUID.
+    fn journal(&self, state: &mut WriteState, file_offset: u64, bytes: &[u8]) -> Result<()> {
+        let first = file_offset / log::LOG_SECTOR * log::LOG_SECTOR;
+        let end = (file_offset + bytes.len() as u64).next_multiple_of(log::LOG_SECTOR);
+        let mut sectors = vec![0u8; (end - first) as usize];
+        self.storage.read_at(&mut sectors, first)?;
+        let at = (file_offset - first) as usize;
+        sectors[at..at + bytes.len()].copy_from_slice(bytes);
+        let list: Vec<(u64, &[u8])> = sectors
+            .chunks(log::LOG_SECTOR as usize)
+            .enumerate()
+            .map(|(i, s)| (first + i as u64 * log::LOG_SECTOR, s))
+            .collect();
+        let log_offset = state.header.header.log_offset;
+        let log_length = u64::from(state.header.header.log_length);
+        let guid = super::random_uuid();
+        let file_len = self.storage.len()?;
+        let mut index = state.log_write;
+        let mut entry = log::build_entry(&guid, state.log_sequence, index as u32, file_len, &list);
+        let entry_len = entry.len() as u64;
+        if entry_len > log_length {
+            return Err(invalid(
+                FORMAT,
+                "log length",
+                log_length,
+                "too short for one log entry",
+            ));
+        }
+        if index + entry_len > log_length {
+            index = 0;
+            entry = log::build_entry(&guid, state.log_sequence, 0, file_len, &list);
+        }
+        let session = state.session;
+        let with_log = |log_guid| HeaderUpdate {
+            file_write_guid: session,
+            data_write_guid: None,
+            log_guid: Some(log_guid),
+        };
+        update_headers(&*self.storage, &mut state.header, &with_log(guid))?;
+        self.storage.write_at(&entry, log_offset + index)?;
+        self.storage.flush()?;
+        for (offset, sector) in &list {
+            self.storage.write_at(sector, *offset)?;
+        }
+        self.storage.flush()?;
+        update_headers(&*self.storage, &mut state.header, &with_log([0; 16]))?;
+        state.log_write = (index + entry_len) % log_length;
+        state.log_sequence += 1;
+        Ok(())
     }
 
     /// Before the first guest-visible write, both headers get a new data
@@ -363,6 +424,10 @@ impl ForeignImage for Vhdx {
 
     fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.storage)
     }
 
     fn cluster_size(&self) -> Option<u64> {

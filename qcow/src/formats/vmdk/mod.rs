@@ -489,6 +489,15 @@ impl ForeignImage for Vmdk {
         &self.storage
     }
 
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        // A monolithic sparse file holds its one extent itself; extents in
+        // files of their own report offsets in those files.
+        match self.extents.as_slice() {
+            [only] if !only.separate => Some(&self.storage),
+            _ => None,
+        }
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         match &self.extents[0].data {
             Data::Sparse(s) => Some(s.grain_bytes()),

@@ -424,6 +424,10 @@ impl ForeignImage for Vpc {
         &self.storage
     }
 
+    fn host_file(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.storage)
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         if self.disk_type == TYPE_FIXED {
             None
