@@ -20,6 +20,7 @@ fn main() {
         tools::set_program_name(&argv0);
     }
     let cli = parse_or_exit();
+    commands::locks::set_force_share(cli.command.force_share());
     let result = match &cli.command {
         Command::Create(a) => commands::create::run(a),
         Command::Info(a) => commands::info::run(a),
