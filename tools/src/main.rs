@@ -36,6 +36,7 @@ fn main() {
         Command::Amend(a) => commands::amend::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Bitmap(a) => commands::bitmap::run(a),
+        Command::Dd(a) => commands::dd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

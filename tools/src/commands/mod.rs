@@ -14,6 +14,7 @@ pub mod convert;
 pub mod create;
 pub mod create_foreign;
 pub mod create_luks;
+pub mod dd;
 pub mod encryption;
 pub mod file_attrs;
 pub mod image_spec;
