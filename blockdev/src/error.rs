@@ -16,6 +16,24 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another user of an image file holds a QEMU lock that forbids ours
+    /// (worded as QEMU's file-posix driver words it).
+    #[error("Failed to get {}\"{permission}\" lock", if *shared { "shared " } else { "" })]
+    LockHeld {
+        /// QEMU's name of the permission (`write`, `resize`, ...).
+        permission: &'static str,
+        /// Whether we wanted the others not to hold it (rather than to
+        /// hold it ourselves).
+        shared: bool,
+    },
+    /// Locking or testing a lock byte failed for another reason.
+    #[error("Failed to lock byte {byte}: {source}")]
+    LockFailed {
+        /// The byte offset.
+        byte: i64,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A file of the disk could not be opened.
     #[error("Could not open '{path}': {source}")]
     Open {

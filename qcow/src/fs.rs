@@ -394,6 +394,36 @@ pub fn open_image_keyed(
     }
 }
 
+/// [`open_image_keyed`] that also names the backing files it opened (the
+/// whole chain below the image, nearest first), for callers that lock
+/// every file an image reads, as QEMU does.
+pub fn open_image_listing_backing(
+    path: &Path,
+    format: Option<Format>,
+    writable: bool,
+    keys: Vec<Option<Vec<u8>>>,
+) -> Result<(AnyImage, Vec<PathBuf>)> {
+    let storage = open_storage(path, writable)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe(&*storage, path)?,
+    };
+    let top = keys.first().cloned().flatten();
+    let opener = FileOpener::for_image(path).with_keys(keys);
+    let image = match format {
+        Format::Raw => AnyImage::Raw(RawImage::new(storage)?),
+        Format::Qcow2 => {
+            let image = Qcow2::open(storage, writable, &opener)?;
+            if let Some(key) = top {
+                image.unlock(&key)?;
+            }
+            AnyImage::Qcow2(Box::new(image))
+        }
+        other => open_foreign(other, storage, writable, path, Some(&opener))?,
+    };
+    Ok((image, opener.opened_backing_files()))
+}
+
 /// Opens the image at `path` read-only without its backing file (which
 /// reads as absent), as qemu-img info opens each image of a chain
 /// (`BDRV_O_NO_BACKING`): for what an image's own metadata says.

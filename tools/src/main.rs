@@ -20,6 +20,7 @@ fn main() {
         tools::set_program_name(&argv0);
     }
     let cli = parse_or_exit();
+    commands::locks::set_force_share(cli.command.force_share());
     let result = match &cli.command {
         Command::Create(a) => commands::create::run(a),
         Command::Info(a) => commands::info::run(a),
@@ -35,6 +36,7 @@ fn main() {
         Command::Amend(a) => commands::amend::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Bitmap(a) => commands::bitmap::run(a),
+        Command::Dd(a) => commands::dd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,7 +1,8 @@
 //! The process-level plumbing that needs raw system calls: SIGINT and
 //! SIGTERM taken through a signalfd (blocked in every thread, read by the
 //! main loop), the signal that kicks vCPU threads out of KVM_RUN, and
-//! QEMU-compatible image locks.
+//! the VMM's wording of QEMU-compatible image lock conflicts (the locks
+//! themselves are blockdev's).
 
 use std::fs::File;
 use std::io::Read;
@@ -80,131 +81,26 @@ impl AsRawFd for ExitSignals {
     }
 }
 
-/// Byte offsets QEMU locks to say "I use permission N" (base + N) and "I do
-/// not let others use permission N" (shared base + N), with OFD locks on
-/// the image file.
-const QEMU_PERM_LOCK_BASE: i64 = 100;
-const QEMU_SHARED_LOCK_BASE: i64 = 200;
-/// QEMU's BLK_PERM_CONSISTENT_READ, BLK_PERM_WRITE and BLK_PERM_RESIZE bit
-/// numbers.
-const PERM_CONSISTENT_READ: i64 = 0;
-const PERM_WRITE: i64 = 1;
-const PERM_RESIZE: i64 = 3;
-
-/// What a file is to a running guest's disk, which decides the locks QEMU
-/// takes on it (as QEMU 10 was seen to lock them):
-///
-/// | role | held | not shared |
-/// | --- | --- | --- |
-/// | writable image | read, write, resize | write, resize |
-/// | read-only image, or a backing file | read | write, resize |
-/// | writable data file | read, write, resize | resize |
-/// | read-only data file | read | resize |
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockRole {
-    /// The image the guest's disk is, opened for writing.
-    WritableImage,
-    /// The image opened read-only, or a file of its backing chain.
-    ReadOnlyImage,
-    /// An external data file the guest's writes go to.
-    WritableDataFile,
-    /// An external data file of a read-only disk.
-    ReadOnlyDataFile,
-}
-
-impl LockRole {
-    fn held(self) -> &'static [i64] {
-        match self {
-            LockRole::WritableImage | LockRole::WritableDataFile => {
-                &[PERM_CONSISTENT_READ, PERM_WRITE, PERM_RESIZE]
-            }
-            LockRole::ReadOnlyImage | LockRole::ReadOnlyDataFile => &[PERM_CONSISTENT_READ],
-        }
-    }
-
-    fn unshared(self) -> &'static [i64] {
-        match self {
-            LockRole::WritableImage | LockRole::ReadOnlyImage => &[PERM_WRITE, PERM_RESIZE],
-            LockRole::WritableDataFile | LockRole::ReadOnlyDataFile => &[PERM_RESIZE],
-        }
-    }
-}
-
-fn perm_name(perm: i64) -> &'static str {
-    match perm {
-        PERM_CONSISTENT_READ => "consistent read",
-        PERM_WRITE => "write",
-        _ => "resize",
-    }
-}
-
-fn ofd_lock(
-    file: &File,
-    cmd: libc::c_int,
-    kind: libc::c_short,
-    byte: i64,
-) -> std::io::Result<libc::c_short> {
-    let mut fl = libc::flock {
-        l_type: kind,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: byte,
-        l_len: 1,
-        l_pid: 0,
-    };
-    // SAFETY: `fl` is a valid flock owned by this frame and the descriptor
-    // is open for the call's duration; F_OFD_* take a pointer to a flock.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(fl.l_type)
-    }
-}
+pub use blockdev::lock::LockRole;
 
 /// Takes QEMU-compatible locks on `file` for the VM's lifetime, as QEMU
-/// takes them for a file in `role`. Fails with a message naming the
-/// conflict when another process (QEMU, qemu-img, another vmm) holds a lock
-/// that forbids ours.
+/// takes them for a file in `role` (see [`blockdev::lock`]). Fails with a
+/// message naming the conflict when another process (QEMU, qemu-img,
+/// another vmm) holds a lock that forbids ours.
 pub fn lock_image(file: &File, role: LockRole) -> std::result::Result<(), String> {
-    let conflict = |byte: i64| -> std::result::Result<bool, String> {
-        ofd_lock(
-            file,
-            libc::F_OFD_GETLK,
-            libc::F_WRLCK as libc::c_short,
-            byte,
-        )
-        .map(|t| t != libc::F_UNLCK as libc::c_short)
-        .map_err(|e| format!("cannot test its locks: {e}"))
-    };
-    for &p in role.held() {
-        if conflict(QEMU_SHARED_LOCK_BASE + p)? {
-            return Err(format!(
-                "another process does not share the \"{}\" permission (is the image in use?)",
-                perm_name(p)
-            ));
-        }
-    }
-    for &p in role.unshared() {
-        if conflict(QEMU_PERM_LOCK_BASE + p)? {
-            return Err(format!(
-                "another process is using the image (it holds the \"{}\" lock)",
-                perm_name(p)
-            ));
-        }
-    }
-    for byte in role
-        .held()
-        .iter()
-        .map(|p| QEMU_PERM_LOCK_BASE + p)
-        .chain(role.unshared().iter().map(|p| QEMU_SHARED_LOCK_BASE + p))
-    {
-        ofd_lock(
-            file,
-            libc::F_OFD_SETLK,
-            libc::F_RDLCK as libc::c_short,
-            byte,
-        )
-        .map_err(|e| format!("cannot lock it: {e}"))?;
-    }
-    Ok(())
+    use blockdev::Error as E;
+    blockdev::lock::lock(file, role.request()).map_err(|e| match e {
+        E::LockHeld {
+            permission,
+            shared: false,
+        } => format!(
+            "another process does not share the \"{permission}\" permission (is the image in use?)"
+        ),
+        E::LockHeld {
+            permission,
+            shared: true,
+        } => format!("another process is using the image (it holds the \"{permission}\" lock)"),
+        E::LockFailed { source, .. } => format!("cannot lock it: {source}"),
+        other => other.to_string(),
+    })
 }

@@ -13,6 +13,7 @@ mod args;
 mod bench_args;
 mod bitmap_args;
 mod commit_args;
+mod dd_args;
 mod measure_args;
 mod rebase_args;
 mod snapshot_args;
@@ -26,6 +27,7 @@ pub use args::{CheckArgs, CompareArgs, ConvertArgs, CreateArgs, InfoArgs, MapArg
 pub use bench_args::BenchArgs;
 pub use bitmap_args::{BitmapAction, BitmapArgs};
 pub use commit_args::CommitArgs;
+pub use dd_args::DdArgs;
 pub use measure_args::MeasureArgs;
 pub use rebase_args::RebaseArgs;
 pub use snapshot_args::{SnapshotAction, SnapshotArgs};
@@ -93,6 +95,9 @@ pub enum Command {
     /// Add, remove, clear, enable, disable or merge persistent bitmaps
     #[command(infer_long_args = true, args_override_self = true)]
     Bitmap(BitmapArgs),
+    /// Copy from one image to another, as dd(1) copies
+    #[command(infer_long_args = true, args_override_self = true)]
+    Dd(DdArgs),
 }
 
 impl Command {
@@ -113,6 +118,28 @@ impl Command {
             Self::Amend(_) => "amend",
             Self::Bench(_) => "bench",
             Self::Bitmap(_) => "bitmap",
+            Self::Dd(_) => "dd",
+        }
+    }
+
+    /// Whether `-U`/`--force-share` was given (commands without it: no).
+    pub fn force_share(&self) -> bool {
+        match self {
+            Self::Info(a) => a.force_share,
+            Self::Check(a) => a.force_share,
+            Self::Convert(a) => a.force_share,
+            Self::Compare(a) => a.force_share,
+            Self::Map(a) => a.force_share,
+            Self::Snapshot(a) => a.force_share,
+            Self::Measure(a) => a.force_share,
+            Self::Rebase(a) => a.force_share,
+            Self::Bench(a) => a.force_share,
+            Self::Dd(a) => a.force_share,
+            Self::Create(_)
+            | Self::Resize(_)
+            | Self::Commit(_)
+            | Self::Amend(_)
+            | Self::Bitmap(_) => false,
         }
     }
 }

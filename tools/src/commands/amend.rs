@@ -133,6 +133,7 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, path).map_err(|e| open_error(&args.filename, e))?,
     };
+    super::locks::lock_image(path, &args.filename, format, super::locks::ImageUse::WRITE)?;
     if format == Format::Raw {
         bail!("Format driver 'raw' does not support option amendment");
     }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use blockdev::backend::{open, OpenOptions};
+use blockdev::backend::{open_with_files, OpenOptions};
 use blockdev::bench::{run as run_bench, BenchConfig};
 use blockdev::disk::CacheMode as DiskCache;
 use qcow::fs::{open_storage, probe, Format};
@@ -173,6 +173,32 @@ fn request_error(e: &blockdev::Error) -> anyhow::Error {
     anyhow!("Failed request: {reason}")
 }
 
+/// Takes qemu-img's locks on the image bench reads or writes; `-U` with
+/// `-w` is refused as QEMU refuses force-share on a writable image.
+fn lock_bench_image(filename: &str, format: Option<Format>, write: bool) -> Result<()> {
+    use super::locks::{force_share, lock_image, ImageUse};
+    if write && force_share() {
+        return Err(anyhow!(
+            "Could not open '{filename}': force-share=on can only be used with read-only images"
+        ));
+    }
+    let path = Path::new(filename);
+    let format = match format {
+        Some(f) => f,
+        None => match open_storage(path, false).and_then(|s| probe(&*s, path)) {
+            Ok(f) => f,
+            // The open that follows words the trouble.
+            Err(_) => return Ok(()),
+        },
+    };
+    let how = if write {
+        ImageUse::WRITE
+    } else {
+        ImageUse::READ
+    };
+    lock_image(path, filename, format, how)
+}
+
 /// Runs `img bench`.
 pub fn run(args: &BenchArgs) -> Result<i32> {
     let opts = parse_options(args)?;
@@ -195,11 +221,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             }
         }
     }
-    let disk = open(
+    lock_bench_image(filename, format, cfg.write)?;
+    let opened = open_with_files(
         Path::new(filename),
         &open_options(format, cfg.write, opts.cache),
     )
     .map_err(|e| open_error(filename, &e))?;
+    super::locks::lock_backing_files(filename, &opened.backing_files)?;
+    let disk = opened.backend;
     println!(
         "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
         cfg.count,

@@ -56,6 +56,12 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, Path::new(filename)).map_err(|e| open_error(filename, e))?,
     };
+    let how = if repair == Repair::None {
+        super::locks::ImageUse::READ
+    } else {
+        super::locks::ImageUse::WRITE
+    };
+    super::locks::lock_image(Path::new(filename), filename, format, how)?;
     if format == Format::Raw {
         eprintln!(
             "{}: This image format does not support checks",
@@ -95,9 +101,11 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
             )?;
         }
         if let Some(name) = &hc.backing_file {
-            FileOpener::for_image(Path::new(filename))
+            let opener = FileOpener::for_image(Path::new(filename));
+            opener
                 .open_backing(name, hc.backing_format())
                 .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+            super::locks::lock_backing_files(filename, &opener.opened_backing_files())?;
         }
     }
     let first = check_image(&*storage, None, repair)

@@ -15,6 +15,12 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     // vhdx's check repairs by opening the image for writing, which
     // replays its log (qemu's `vhdx_co_check`); the others cannot repair.
     let replays = format == Format::Vhdx && args.repair.is_some();
+    let how = if replays {
+        super::locks::ImageUse::WRITE
+    } else {
+        super::locks::ImageUse::READ
+    };
+    super::locks::lock_image(std::path::Path::new(filename), filename, format, how)?;
     let image = open_image(std::path::Path::new(filename), Some(format), replays)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
     let AnyImage::Foreign(_, foreign) = &image else {

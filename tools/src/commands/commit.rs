@@ -118,6 +118,13 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         format,
     } = &layers[base_depth as usize - 1];
     let (base_path, format) = (base_path.clone(), *format);
+    let base_name = base_path.display().to_string();
+    super::locks::lock_image(
+        &base_path,
+        &base_name,
+        format,
+        super::locks::ImageUse::WRITE,
+    )?;
     let base = open_image(&base_path, Some(format), true).map_err(|e| {
         anyhow!(
             "Could not open '{}': {}",

@@ -8,7 +8,8 @@ use qcow::device::BlockRead;
 use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_encrypted;
-use super::{io_reason, open, parse_format, prefixed};
+use super::locks::{lock_image, ImageUse};
+use super::{io_reason, open, open_named_for, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
 use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
@@ -17,11 +18,18 @@ use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
 const DEFAULT_SPARSE: u64 = 4096;
 /// Worker threads when `-m` is not given.
 const DEFAULT_WORKERS: usize = 4;
+/// qemu-img convert reads its sources sharing only reads
+/// (`BDRV_O_NO_SHARE`): no one may write them meanwhile.
+const SOURCE_USE: ImageUse = ImageUse {
+    no_share: true,
+    ..ImageUse::READ
+};
 
 /// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
 /// waits for the disk until the end of the process).
 fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result<AnyImage> {
     let path = Path::new(target);
+    lock_image(path, target, format, ImageUse::WRITE)?;
     let result = match cache.unwrap_or(CacheMode::Unsafe) {
         CacheMode::Unsafe => open_image_unsafe_cache(path, format),
         _ => open_image(path, Some(format), true),
@@ -64,7 +72,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let sources: Vec<AnyImage> = args
         .sources()
         .iter()
-        .map(|s| open(s, args.source_format.as_deref(), false))
+        .map(|s| open_named_for(s, args.source_format.as_deref(), SOURCE_USE, false))
         .collect::<Result<_>>()?;
     if let Some(name) = &snapshot {
         if sources.len() != 1 {
@@ -85,6 +93,8 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let total: u64 = sources.iter().map(|s| s.virtual_size()).sum();
     let target_format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
     let (target_image, target_is_zero, target_has_backing) = if args.no_create {
+        let target_format = parse_format(&args.target_format)?;
+        lock_image(Path::new(&target), &target, target_format, ImageUse::WRITE)?;
         let image = open_image(
             Path::new(&target),
             Some(parse_format(&args.target_format)?),
@@ -148,6 +158,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             return Err(anyhow!("Compression not supported for this file format"));
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
+        super::locks::lock_for_create(
+            Path::new(&target),
+            &format!("{target}: error while converting {}", args.target_format),
+        )?;
         create_image_encrypted(
             &target,
             target_format,
@@ -159,13 +173,16 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         let format = Format::parse(target_format.name())?;
         let image = match &target_key {
             // A LUKS volume opens only with its key.
-            Some(key) if format == Format::Luks => open_image_keyed(
-                Path::new(&target),
-                Some(format),
-                true,
-                vec![Some(key.clone())],
-            )
-            .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?,
+            Some(key) if format == Format::Luks => {
+                lock_image(Path::new(&target), &target, format, ImageUse::WRITE)?;
+                open_image_keyed(
+                    Path::new(&target),
+                    Some(format),
+                    true,
+                    vec![Some(key.clone())],
+                )
+                .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?
+            }
             _ => open_target(&target, format, args.target_cache)?,
         };
         if let (Some(key), AnyImage::Qcow2(q)) = (&target_key, &image) {

@@ -127,6 +127,7 @@ pub fn create_image_encrypted(
     encryption: Option<&NewEncryption>,
 ) -> Result<()> {
     let path = Path::new(filename);
+    super::locks::lock_for_create(path, filename)?;
     match format {
         ImageFormat::Luks => {
             let Some(NewEncryption::Luks { options, password }) = encryption else {

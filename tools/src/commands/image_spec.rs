@@ -42,6 +42,9 @@ pub struct ImageSpec {
     /// 1 its backing file, ...): `encrypt.key-secret`,
     /// `backing.encrypt.key-secret`, ...
     pub key_secrets: Vec<Option<String>>,
+    /// `cache.direct=on`: QEMU then reads through O_DIRECT, whose
+    /// alignment shows in block status (see `map`).
+    pub direct_io: bool,
 }
 
 /// Deepest `backing.` nesting of key secrets accepted.
@@ -75,6 +78,7 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
         filename: filename.to_string(),
         format: format.map(str::to_string),
         key_secrets: Vec::new(),
+        direct_io: false,
     };
     if name.len() > MAX_SPEC_LEN {
         bail!("image name longer than {MAX_SPEC_LEN} bytes");
@@ -147,10 +151,14 @@ fn from_options(
         Some("file") => None,
         _ => format,
     };
+    let direct_io = ["cache.direct", "file.cache.direct"]
+        .iter()
+        .any(|k| matches!(options.get(*k).map(String::as_str), Some("on" | "true")));
     Ok(ImageSpec {
         filename: filename.clone(),
         format,
         key_secrets,
+        direct_io,
     })
 }
 

@@ -188,6 +188,7 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             ));
         }
         seen.push(canonical);
+        super::locks::lock_image_probed(&path, &filename, format, super::locks::ImageUse::READ)?;
         let image = open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
         let mut info = describe(&filename, &image)?;
         if chain.is_empty() {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::device::{chain_extents, BlockRead, ExtentKind};
+use qcow::device::{chain_extents, BlockRead, ChainExtent, ExtentKind};
 use qcow::fs::{open_storage, resolve, AnyImage};
 use qcow::image::read_header_cluster;
 
@@ -38,6 +38,37 @@ pub fn layer_names(filename: &str, image: &AnyImage) -> (Vec<String>, Option<Str
     (names, data_file)
 }
 
+/// QEMU's request alignment under O_DIRECT (its usual probe result).
+const DIRECT_IO_ALIGNMENT: u64 = 512;
+
+/// With O_DIRECT QEMU may not report part of a sector: a raw file's data
+/// that ends inside a sector (at a file end that is not sector-aligned)
+/// is reported up to the sector's end (file-posix's block status rounds
+/// it up), taken from the extents after it.
+fn round_data_to_sectors(extents: &mut Vec<ChainExtent>, end: u64) {
+    let mut i = 0;
+    while i < extents.len() {
+        let e = &extents[i];
+        let e_end = e.guest_offset + e.len;
+        if matches!(e.kind, ExtentKind::Data { .. }) && !e_end.is_multiple_of(DIRECT_IO_ALIGNMENT) {
+            let target = e_end.next_multiple_of(DIRECT_IO_ALIGNMENT).min(end);
+            extents[i].len = target - extents[i].guest_offset;
+            let mut j = i + 1;
+            while j < extents.len() && extents[j].guest_offset < target {
+                let next_end = extents[j].guest_offset + extents[j].len;
+                if next_end <= target {
+                    extents.remove(j);
+                } else {
+                    extents[j].len = next_end - target;
+                    extents[j].guest_offset = target;
+                    j += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
 /// Runs `img map`.
 pub fn run(args: &MapArgs) -> Result<i32> {
     let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
@@ -63,7 +94,10 @@ pub fn run(args: &MapArgs) -> Result<i32> {
     let mut pos = start;
     let mut result = Ok(());
     while pos < end {
-        let extents = chain_extents(&image, pos, end - pos)?;
+        let mut extents = chain_extents(&image, pos, end - pos)?;
+        if spec.direct_io && matches!(image, AnyImage::Raw(_)) {
+            round_data_to_sectors(&mut extents, end);
+        }
         if extents.is_empty() {
             break;
         }
@@ -132,5 +166,52 @@ pub fn run(args: &MapArgs) -> Result<i32> {
     match result.and_then(|()| printer.finish().map(|_| ())) {
         Ok(()) => Ok(0),
         Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(guest_offset: u64, len: u64, data: bool) -> ChainExtent {
+        ChainExtent {
+            guest_offset,
+            len,
+            depth: 0,
+            allocated: true,
+            kind: if data {
+                ExtentKind::Data {
+                    host_offset: guest_offset,
+                    in_data_file: false,
+                }
+            } else {
+                ExtentKind::Zero {
+                    host_offset: Some(guest_offset),
+                }
+            },
+        }
+    }
+
+    fn spans(extents: &[ChainExtent]) -> Vec<(u64, u64)> {
+        extents.iter().map(|e| (e.guest_offset, e.len)).collect()
+    }
+
+    #[test]
+    fn direct_io_reports_data_to_the_end_of_its_sector() {
+        let mut tail = vec![
+            extent(0, 4096, false),
+            extent(4096, 4095, true),
+            extent(8191, 1, false),
+        ];
+        round_data_to_sectors(&mut tail, 8192);
+        assert_eq!(spans(&tail), [(0, 4096), (4096, 4096)]);
+        // A hole longer than the rest of the sector keeps its remainder.
+        let mut inner = vec![extent(0, 700, true), extent(700, 1348, false)];
+        round_data_to_sectors(&mut inner, 2048);
+        assert_eq!(spans(&inner), [(0, 1024), (1024, 1024)]);
+        // Aligned data is left alone.
+        let mut aligned = vec![extent(0, 512, true), extent(512, 512, false)];
+        round_data_to_sectors(&mut aligned, 1024);
+        assert_eq!(spans(&aligned), [(0, 512), (512, 512)]);
     }
 }

@@ -14,11 +14,13 @@ pub mod convert;
 pub mod create;
 pub mod create_foreign;
 pub mod create_luks;
+pub mod dd;
 pub mod encryption;
 pub mod file_attrs;
 pub mod image_spec;
 pub mod info;
 pub mod info_foreign;
+pub mod locks;
 pub mod map;
 pub mod measure;
 pub mod progress;
@@ -29,7 +31,7 @@ pub mod snapshot;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image, open_image_keyed, open_storage, probe, AnyImage, Format};
+use qcow::fs::{open_image_listing_backing, open_storage, probe, AnyImage, Format};
 
 use crate::opts;
 
@@ -73,6 +75,23 @@ pub fn open_named(
     writable: bool,
     image_opts: bool,
 ) -> Result<AnyImage> {
+    let how = if writable {
+        locks::ImageUse::WRITE
+    } else {
+        locks::ImageUse::READ
+    };
+    open_named_for(name, format, how, image_opts)
+}
+
+/// [`open_named`] of an image used as `how`, which decides the locks
+/// taken on it (see [`locks`]).
+pub fn open_named_for(
+    name: &str,
+    format: Option<&str>,
+    how: locks::ImageUse,
+    image_opts: bool,
+) -> Result<AnyImage> {
+    let writable = how.writable;
     let spec = image_spec::resolve(name, format, image_opts)?;
     let (filename, format) = (spec.filename.as_str(), spec.format.as_deref());
     // qemu-img names an option string or json: name whole in its errors.
@@ -86,23 +105,27 @@ pub fn open_named(
         Some(f) => Some(parse_format(f)?),
         None => None,
     };
-    if format.is_none() && writable {
-        let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
-        if probe(&*storage, path).map_err(|e| open_error(filename, e))? == Format::Raw {
-            eprintln!("{}", raw_probe_warning(filename));
+    let probed = match format {
+        Some(f) => f,
+        None => {
+            let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
+            let probed = probe(&*storage, path).map_err(|e| open_error(filename, e))?;
+            if writable && probed == Format::Raw {
+                eprintln!("{}", raw_probe_warning(filename));
+            }
+            probed
         }
-    }
+    };
+    // Locked before the open, which may repair what it writes.
+    locks::lock_image(path, shown, probed, how)?;
     let keys = spec
         .key_secrets
         .iter()
         .map(|id| id.as_deref().map(opts::secret::lookup).transpose())
         .collect::<Result<Vec<_>>>()?;
-    let image = if keys.iter().any(Option::is_some) {
-        open_image_keyed(path, format, writable, keys)
-    } else {
-        open_image(path, format, writable)
-    }
-    .map_err(|e| open_error(shown, e))?;
+    let (image, backing_files) = open_image_listing_backing(path, format, writable, keys)
+        .map_err(|e| open_error(shown, e))?;
+    locks::lock_backing_files(shown, &backing_files)?;
     if let AnyImage::Qcow2(q) = &image {
         // QEMU sets up the cipher at open: an image opened for I/O needs
         // its key then.

@@ -4,13 +4,17 @@ use anyhow::{anyhow, Result};
 use qcow::device::BlockRead;
 use qcow::fs::AnyImage;
 
-use super::{create::prealloc, io_reason, open};
+use super::{create::prealloc, io_reason};
 use crate::cli::ResizeArgs;
 use crate::opts::Preallocation;
 
 /// Runs `img resize`.
 pub fn run(args: &ResizeArgs) -> Result<i32> {
-    let image = open(&args.filename, args.format.as_deref(), true)?;
+    let how = super::locks::ImageUse {
+        resize: true,
+        ..super::locks::ImageUse::WRITE
+    };
+    let image = super::open_named_for(&args.filename, args.format.as_deref(), how, false)?;
     let current = image.virtual_size();
     let new_size = args
         .size
