@@ -534,6 +534,7 @@ impl Controller {
             cpus: config.cpus,
             memory: config.memory,
             disks: config.disks.len() as u32,
+            nets: config.net.len() as u32,
         };
         if let Some(vm) = &self.vm {
             let (disks, backends) = vm.disks();
@@ -541,9 +542,16 @@ impl Controller {
         }
         // The new VM loads the state into the old one's RAM.
         let reuse = self.vm.as_ref().map(|vm| vm.memory().clone());
-        // As stop_vm, but the old VM's teardown overlaps the new build.
+        // As stop_vm, but the old VM's teardown overlaps the new build;
+        // unless it has interfaces: its taps must be closed before the
+        // new VM opens them (a tap takes one queue fd at a time).
         if let Some(vm) = self.vm.take() {
-            match vm.stop_dropping_behind() {
+            let stopped = if vm.nets().is_empty() {
+                vm.stop_dropping_behind()
+            } else {
+                vm.stop()
+            };
+            match stopped {
                 Ok(times) => self.times = Some(times),
                 Err(e) => eprintln!("vmm: {e}"),
             }
@@ -624,6 +632,7 @@ impl Controller {
                 cpus: config.cpus,
                 memory: config.memory,
                 disks: config.disks.len() as u32,
+                nets: config.net.len() as u32,
             };
             incoming.ack()?;
             let received = incoming.receive_state(summary, &mem)?;

@@ -57,9 +57,11 @@ struct Tally {
     discarded_bytes: u64,
 }
 
-/// Runs the NIC test on `device`; returns only on failure.
-pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Result<(), Failure> {
-    let device = device.ok_or(Failure::Other(
+/// Runs the NIC test on the last virtio-mmio device (the VMM's slots
+/// hold the disks first, so a VM may also have a disk, as an in-image
+/// snapshot needs); returns only on failure.
+pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
+    let device = cmdline::last_mmio_device(cmdline).ok_or(Failure::Other(
         "no virtio_mmio.device on the command line, count",
         cmdline::mmio_device_count(cmdline) as u64,
     ))?;
