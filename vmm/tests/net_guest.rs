@@ -780,3 +780,68 @@ fn the_nic_works_after_a_migration_to_another_namespace() {
     assert!(done.contains(" icmp=5 "), "{done}");
     drop(source);
 }
+
+#[test]
+fn vm_add_net_adds_an_interface_before_boot_and_refuses_a_running_vm() {
+    if !can_run() {
+        return;
+    }
+    let guest = build_guest();
+    in_netns(move || {
+        make_tap("va0");
+        let tap: std::os::fd::OwnedFd = blockdev::virtio::net::Tap::open("va0", 1)
+            .expect("open the tap")
+            .remove(0)
+            .into();
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        let client = vmapi::Client::new(&vm.api);
+        let net = |value: serde_json::Value| -> vmapi::NetConfig {
+            serde_json::from_value(value).expect("NetConfig")
+        };
+        let one_line = |err: vmapi::Error, status: u16, says: &str| {
+            assert_eq!(err.status(), Some(status), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(says) && !text.contains('\n'), "{text}");
+        };
+        // No VM yet.
+        let added = net(serde_json::json!({"tap": "va0"}));
+        one_line(client.add_net(&added).unwrap_err(), 404, "not created");
+        let config: vmapi::VmConfig = serde_json::from_value(serde_json::json!({
+            "memory": {"size": 32u64 << 20},
+            "payload": {"kernel": guest, "cmdline": guest_cmdline("net")},
+            "serial": {"mode": "Tty"},
+        }))
+        .expect("config");
+        client.create(&config).expect("vm.create");
+        // Bad interfaces are refused with one line and change nothing.
+        let bad = net(serde_json::json!({"tap": "va0", "num_queues": 3}));
+        one_line(client.add_net(&bad).unwrap_err(), 400, "num_queues");
+        let unsent = net(serde_json::json!({"fd": [-1], "id": "eth0"}));
+        one_line(client.add_net(&unsent).unwrap_err(), 400, "SCM_RIGHTS");
+        // The tap's fd comes with the request, as with vm.create.
+        let eth0 = net(serde_json::json!({"fd": [-1], "mac": GUEST_MAC, "id": "eth0"}));
+        client
+            .add_net_with_fds(&eth0, &[tap.as_fd()])
+            .expect("vm.add-net");
+        drop(tap);
+        let twice = net(serde_json::json!({"tap": "va1", "id": "eth0"}));
+        one_line(client.add_net(&twice).unwrap_err(), 400, "used twice");
+        let info = client.info().expect("vm.info");
+        let nets = info.config.net.expect("net in vm.info");
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].id.as_deref(), Some("eth0"));
+        assert_eq!(nets[0].mac.as_deref(), Some(GUEST_MAC));
+        client.boot(false).expect("vm.boot");
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        ping_ok(2, "vm.add-net");
+        // virtio-mmio has no hotplug: a running VM takes no interface.
+        one_line(
+            client.add_net(&added).unwrap_err(),
+            405,
+            "virtio-mmio has no hotplug",
+        );
+        assert_eq!(client.info().unwrap().config.net.unwrap().len(), 1);
+        vm.finish();
+    });
+}
