@@ -497,10 +497,17 @@ impl Vm {
         if let Some(machine) = &machine {
             // An interface's device takes its pairs and stashed receive
             // chains first: its transport's restore activates it.
+            // (Checked against the configuration even when the driver had
+            // not activated it: the MAC and pair count must match.)
             let net_transports = transports.iter().skip(config.disks.len());
-            for ((transport, net), saved) in net_transports.zip(&config.net).zip(&machine.nets) {
+            let net_virtio = machine.virtio.iter().skip(config.disks.len());
+            for (((transport, net), saved), virtio) in net_transports
+                .zip(&config.net)
+                .zip(&machine.nets)
+                .zip(net_virtio)
+            {
                 let mut transport = transport.lock().expect("transport lock");
-                crate::devices::net::restore_state(&mut transport, net, saved)?;
+                crate::devices::net::restore_state(&mut transport, net, saved, virtio.activated)?;
             }
             for (transport, saved) in transports.iter().zip(&machine.virtio) {
                 transport

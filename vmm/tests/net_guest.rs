@@ -702,6 +702,30 @@ fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
         let mut restored = GuestVm::spawn(&[]);
         restored.wait_api();
         let client = vmapi::Client::new(&restored.api);
+        // The same state for an interface with another MAC is refused
+        // (the guest's driver read the saved one), and nothing is left.
+        let other = images.path().join("other");
+        std::fs::create_dir(&other).expect("mkdir");
+        for entry in std::fs::read_dir(&dir).expect("snapshot files") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name").to_owned();
+            let mut bytes = std::fs::read(&path).expect("read");
+            if name == "config.json" {
+                let text = String::from_utf8(bytes).expect("UTF-8");
+                assert!(text.contains(GUEST_MAC), "{text}");
+                bytes = text.replace(GUEST_MAC, "52:54:00:65:43:21").into_bytes();
+            }
+            std::fs::write(other.join(name), bytes).expect("write");
+        }
+        let err = client
+            .restore(&format!("file://{}", other.display()))
+            .expect_err("another MAC");
+        let text = err.to_string();
+        assert!(
+            text.contains("MAC address 52:54:00:12:34:56, the interface 52:54:00:65:43:21")
+                && !text.contains('\n'),
+            "{text}"
+        );
         client
             .restore(&format!("file://{}", dir.display()))
             .expect("restore with a NIC");

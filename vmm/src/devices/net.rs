@@ -158,12 +158,14 @@ pub fn save_state(transport: &VirtioMmio, held: &HeldState) -> NetDeviceState {
 
 /// Puts a saved interface's state into the fresh `transport` of the
 /// interface `config` describes, before the transport's own restore
-/// activates it. A state for another MAC or pair count is refused: the
-/// guest's driver has read both.
+/// activates it (`activated`: whether it was active; if not, there is
+/// nothing to hand over). A state for another MAC or pair count is
+/// refused: the guest's driver has read both.
 pub fn restore_state(
     transport: &mut VirtioMmio,
     config: &NetConfig,
     saved: &NetDeviceState,
+    activated: bool,
 ) -> Result<()> {
     if saved.mac != config.mac.0 {
         return Err(net_err(
@@ -183,6 +185,9 @@ pub fn restore_state(
                 saved.max_pairs, config.queue_pairs
             ),
         ));
+    }
+    if !activated {
+        return Ok(());
     }
     transport
         .set_resume_state(saved.resume.clone())
