@@ -110,8 +110,33 @@ impl Client {
         config: &VmConfig,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<()> {
-        let endpoint = Endpoint::VmCreate;
-        let body = serde_json::to_vec(config).map_err(|source| Error::Json {
+        self.put_with_fds(Endpoint::VmCreate, config, fds)
+            .map(|_| ())
+    }
+
+    /// PUT vm.add-net: adds interface `net` to the VM (before it boots;
+    /// virtio-mmio has no hotplug).
+    pub fn add_net(&self, net: &crate::NetConfig) -> Result<()> {
+        self.call(Endpoint::VmAddNet, Some(net)).map(|_| ())
+    }
+
+    /// [`Client::add_net`] with tap descriptors sent along (SCM_RIGHTS):
+    /// `net.fd` holds one placeholder per descriptor, as in vm.create.
+    pub fn add_net_with_fds(
+        &self,
+        net: &crate::NetConfig,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<()> {
+        self.put_with_fds(Endpoint::VmAddNet, net, fds).map(|_| ())
+    }
+
+    fn put_with_fds<B: Serialize>(
+        &self,
+        endpoint: Endpoint,
+        body: &B,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Response> {
+        let body = serde_json::to_vec(body).map_err(|source| Error::Json {
             what: format!("encoding the body of {}", endpoint.name()),
             source,
         })?;
@@ -123,7 +148,7 @@ impl Client {
                 message: response.error_messages().join(": "),
             });
         }
-        Ok(())
+        Ok(response)
     }
 
     /// Calls `endpoint` with an optional JSON body; an error status becomes

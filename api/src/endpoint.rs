@@ -42,10 +42,12 @@ pub enum Endpoint {
     VmSendMigration,
     /// PUT vm.receive-migration: wait for one incoming migration.
     VmReceiveMigration,
+    /// PUT vm.add-net: add a network interface (CH's NetConfig).
+    VmAddNet,
 }
 
 /// Every endpoint.
-pub const ENDPOINTS: [Endpoint; 17] = [
+pub const ENDPOINTS: [Endpoint; 18] = [
     Endpoint::VmmPing,
     Endpoint::VmmShutdown,
     Endpoint::VmCreate,
@@ -63,6 +65,7 @@ pub const ENDPOINTS: [Endpoint; 17] = [
     Endpoint::VmSnapshotDelete,
     Endpoint::VmSendMigration,
     Endpoint::VmReceiveMigration,
+    Endpoint::VmAddNet,
 ];
 
 impl Endpoint {
@@ -86,6 +89,7 @@ impl Endpoint {
             Endpoint::VmSnapshotDelete => "vm.snapshot-delete",
             Endpoint::VmSendMigration => "vm.send-migration",
             Endpoint::VmReceiveMigration => "vm.receive-migration",
+            Endpoint::VmAddNet => "vm.add-net",
         }
     }
 

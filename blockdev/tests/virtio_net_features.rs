@@ -1,8 +1,9 @@
 //! The virtio-net device's features driven by our own low-level driver
 //! over a tap in a fresh network namespace: checksum and TSO offload
 //! headers reach the tap's stack, event-idx interrupt suppression, the
-//! configuration space and the MQ command, tap fds handed over, and the
-//! queues served through the event loop's `ServedQueue` trait. Needs root
+//! configuration space and the MQ command, tap fds handed over, the
+//! queues served through the event loop's `ServedQueue` trait, and a
+//! restore (pairs in use and held receive chains taken over). Needs root
 //! and iproute2.
 
 mod net_support;
@@ -278,5 +279,126 @@ fn a_tso_frame_with_a_sound_header_is_taken_by_the_tap() {
         let got = socket.recv(WAIT).expect("the TSO frame reached the stack");
         assert_eq!(&got[..12], &frame[..12]);
         assert_eq!(got[23], 6, "TCP");
+    });
+}
+
+/// The device of `rig` reset and set up again as a restore does: the
+/// same features and rings, each queue of `positions` at its saved
+/// (queue, next_avail, next_used), `resume` handed over, then activated.
+fn restore_in_place(
+    rig: &mut NetRig,
+    positions: &[(u16, u16, u16)],
+    resume: blockdev::virtio::net::NetResume,
+) -> blockdev::Result<blockdev::virtio::net::NetHandlers<net_support::Mem>> {
+    use blockdev::virtio::defs::{
+        STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    };
+    use virtio_queue::QueueT;
+    let features = rig.device.driver_features();
+    rig.device.reset();
+    let device = &mut rig.device;
+    device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    device.set_driver_features_page(0, features as u32);
+    device.set_driver_features_page(1, (features >> 32) as u32);
+    device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    for (index, driver) in rig.drivers.iter().enumerate() {
+        driver.configure(device.queue_mut(index as u16).expect("queue"));
+    }
+    for &(index, next_avail, next_used) in positions {
+        let queue = device.queue_mut(index).expect("queue");
+        queue.set_next_avail(next_avail);
+        queue.set_next_used(next_used);
+    }
+    device.set_resume_state(resume)?;
+    device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    let events = (0..device.num_queues())
+        .map(|_| blockdev::virtio::QueueEvents {
+            notify: net_support::eventfd(),
+            interrupt: net_support::eventfd(),
+        })
+        .collect();
+    device.activate(rig.mem.clone(), events)
+}
+
+#[test]
+fn a_restored_device_takes_the_saved_pairs_and_receive_chains() {
+    use blockdev::virtio::net::NetResume;
+    in_netns(|| {
+        let mut rig = NetRig::new("rs0", 2, NetRig::all_features());
+        let set_two = [CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2, 0];
+        assert_eq!(control(&mut rig, &set_two, true), (1, CTRL_OK));
+        // Three chains taken from the ring and held (mergeable buffers:
+        // the queue stashes room for the largest frame).
+        for _ in 0..3 {
+            rig.post_rx(&[2048]);
+        }
+        rig.handlers.rx[0].handle_queue_notify().expect("rx");
+        let returned = rig.used(0).len();
+        let heads = rig.handlers.rx[0].stashed_heads();
+        assert_eq!(heads.len() + returned, 3, "{heads:?}");
+        assert!(!heads.is_empty());
+        let ctrl = rig.handlers.ctrl.as_ref().expect("ctrl");
+        let positions = [
+            (
+                0,
+                rig.handlers.rx[0].next_avail(),
+                rig.handlers.rx[0].next_used(),
+            ),
+            (ctrl.index(), ctrl.next_avail(), ctrl.next_used()),
+        ];
+        let pairs = ctrl.active_pairs();
+        let saved = NetResume {
+            active_pairs: pairs,
+            rx_stash: vec![heads.clone()],
+        };
+        // What does not fit the device is refused before activation.
+        for bad in [
+            NetResume {
+                active_pairs: 3,
+                ..saved.clone()
+            },
+            NetResume {
+                active_pairs: 0,
+                ..saved.clone()
+            },
+            NetResume {
+                rx_stash: vec![vec![]; 3],
+                ..saved.clone()
+            },
+        ] {
+            assert!(rig.device.set_resume_state(bad).is_err());
+        }
+        // A head repeated or past the queue's size stops the activation.
+        for bad_heads in [vec![heads[0], heads[0]], vec![64]] {
+            rig.handlers = blockdev::virtio::net::NetHandlers {
+                rx: Vec::new(),
+                tx: Vec::new(),
+                ctrl: None,
+            };
+            let bad = NetResume {
+                rx_stash: vec![bad_heads],
+                ..saved.clone()
+            };
+            assert!(restore_in_place(&mut rig, &positions, bad).is_err());
+        }
+        rig.handlers = restore_in_place(&mut rig, &positions, saved).expect("restore");
+        assert_eq!(rig.handlers.rx[0].stashed_heads(), heads);
+        assert_eq!(rig.handlers.ctrl.as_ref().expect("ctrl").active_pairs(), 2);
+        assert!(rig.handlers.rx[1].tap_wanted(), "pair 1 attached again");
+        // Back to one pair (the kernel would steer the frame to either),
+        // through the restored control queue.
+        let set_one = [CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 1, 0];
+        assert_eq!(control(&mut rig, &set_one, true), (1, CTRL_OK));
+        // A frame lands in the oldest held chain, which the guest gave
+        // before the save and the restored device took over.
+        let socket = PacketSocket::bind("rs0", TEST_ETHERTYPE);
+        let frame = test_frame(GUEST_MAC, PEER_MAC, &pattern(60, 21));
+        socket.send(&frame);
+        std::thread::sleep(QUIET);
+        rig.handlers.rx[0].handle_tap_event().expect("rx");
+        let used = rig.used(0);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].id, u32::from(heads[0]));
+        assert_eq!(used[0].len as usize, NET_HDR_SIZE + frame.len());
     });
 }

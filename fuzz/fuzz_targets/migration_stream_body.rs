@@ -17,6 +17,7 @@ pub fn summary() -> ConfigSummary {
         cpus: 1,
         memory: 1 << 20,
         disks: 1,
+        nets: 1,
     }
 }
 

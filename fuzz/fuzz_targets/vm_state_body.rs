@@ -4,8 +4,8 @@
 //!
 //! An input is a saved VM state as a snapshot's files or an image's
 //! VM-state area would carry it (someone else may have written it). It is
-//! read as the machine's records (state.json's) for a VM of 1 vCPU, 1 MiB
-//! and one disk, as a RAM stream (memory-ranges) into 1 MiB of guest
+//! read as the machine's records (state.json's) for a VM of 1 vCPU, 1 MiB,
+//! one disk and one network interface (so the virtio-net record is reached), as a RAM stream (memory-ranges) into 1 MiB of guest
 //! memory, and as a qcow2 image's VM-state area (header, machine, RAM):
 //! directly, and through a full snapshot of an in-memory image holding it,
 //! which must agree. Every error must be one line; a machine state that
@@ -24,6 +24,7 @@ pub fn summary() -> ConfigSummary {
         cpus: 1,
         memory: 1 << 20,
         disks: 1,
+        nets: 1,
     }
 }
 
@@ -95,10 +96,12 @@ fn area_through_image(data: &[u8]) -> Result<u64, vmm::state::StateError> {
     image::read_memory(&disk, "fuzz", area.ram, summary(), &fresh_memory(), over)
 }
 
-/// Seeds: a machine state of default KVM structures with one virtio
-/// transport, and a RAM stream with a few runs of pages.
+/// Seeds: a machine state of default KVM structures with two virtio
+/// transports (a disk's, an interface's) and the interface's record, and
+/// a RAM stream with a few runs of pages.
 pub fn vm_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
     use vmm::state::devices::{QueueState, VirtioMmioState};
+    use vmm::state::net::NetDeviceState;
     use vmm::state::vcpu::VcpuState;
     let vcpu = VcpuState {
         mp_state: Default::default(),
@@ -137,21 +140,49 @@ pub fn vm_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
         irqchips,
         serial: Default::default(),
         ged: 0,
-        virtio: vec![VirtioMmioState {
-            status: 0xf,
-            activated: true,
-            driver_features: 1 << 32,
-            queues: vec![QueueState {
-                size: 16,
-                ready: true,
-                desc: 0x1000,
-                avail: 0x2000,
-                used: 0x3000,
-                next_avail: 5,
-                next_used: 5,
+        virtio: vec![
+            VirtioMmioState {
+                status: 0xf,
+                activated: true,
+                driver_features: 1 << 32,
+                queues: vec![QueueState {
+                    size: 16,
+                    ready: true,
+                    desc: 0x1000,
+                    avail: 0x2000,
+                    used: 0x3000,
+                    next_avail: 5,
+                    next_used: 5,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
+            },
+            VirtioMmioState {
+                status: 0xf,
+                activated: true,
+                driver_features: 1 << 32 | 1 << 5,
+                queues: (0..3u64)
+                    .map(|q| QueueState {
+                        size: 16,
+                        ready: q < 2,
+                        desc: 0x4000 + q * 0x1000,
+                        avail: 0x4400 + q * 0x1000,
+                        used: 0x4800 + q * 0x1000,
+                        next_avail: 4,
+                        next_used: 2,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        ],
+        nets: vec![NetDeviceState {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            max_pairs: 1,
+            resume: vmm::state::net::NetResume {
+                active_pairs: 1,
+                rx_stash: vec![vec![2, 3]],
+            },
         }],
     };
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])

@@ -4,6 +4,9 @@
 //! `domiflist` (and `-q`), `domifstat` and `domstats --interface` of a
 //! shut-off domain, and their mistakes, byte for byte; bad `<interface>`
 //! elements are refused at define with one line and the store unchanged.
+//! `attach-interface`/`detach-interface --config` change the definition
+//! (the test driver attaches and detaches nothing, so only their refusals
+//! are held against it, byte for byte).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -148,4 +151,104 @@ fn bad_interfaces_are_refused_at_define() {
         let list = text(&vm(&store, &["list", "--all", "--name"]).stdout);
         assert!(!list.contains("netdom"), "nothing defined: {list}");
     }
+}
+
+#[test]
+fn interfaces_attach_and_detach_in_the_definition() {
+    if !have_virsh() {
+        return;
+    }
+    let sides = setup();
+    for args in [
+        &["detach-interface", "netdom", "network", "--config"][..],
+        &[
+            "detach-interface",
+            "netdom",
+            "bridge",
+            "--mac",
+            "52:54:00:00:00:99",
+            "--config",
+        ],
+        &["attach-interface", "netdom", "bogus", "br0", "--config"],
+        &["attach-interface", "netdom", "bridge", "--config"],
+        &["attach-interface", "nosuch", "bridge", "br0", "--config"],
+    ] {
+        same(&sides, args);
+    }
+    let run = |args: &[&str]| {
+        let out = vm(&sides.store, args);
+        (text(&out.stdout), text(&out.stderr), out.status.code())
+    };
+    let attached = run(&[
+        "attach-interface",
+        "netdom",
+        "bridge",
+        "br1",
+        "--mac",
+        "52:54:00:00:00:09",
+        "--model",
+        "virtio",
+        "--config",
+    ]);
+    assert_eq!(
+        attached,
+        (
+            "Interface attached successfully\n\n".into(),
+            String::new(),
+            Some(0)
+        )
+    );
+    let list = run(&["domiflist", "netdom"]).0;
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["-", "bridge", "br1", "virtio", "52:54:00:00:00:09"]),
+        "{list}"
+    );
+    // Two bridges now: which one must be said.
+    let (_, err, code) = run(&["detach-interface", "netdom", "bridge", "--config"]);
+    assert_eq!(
+        (err.as_str(), code),
+        ("error: Domain has 2 interfaces. Please specify which one to detach using --mac\nerror: Failed to detach interface\n", Some(1))
+    );
+    // A bad MAC is refused with the definition unchanged.
+    let (_, err, code) = run(&[
+        "attach-interface",
+        "netdom",
+        "bridge",
+        "br1",
+        "--mac",
+        "01:00:5e:00:00:01",
+        "--config",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("mac") && err.ends_with("error: Failed to attach interface\n"),
+        "{err}"
+    );
+    let detached = run(&[
+        "detach-interface",
+        "netdom",
+        "bridge",
+        "--mac",
+        "52:54:00:00:00:09",
+        "--config",
+    ]);
+    assert_eq!(
+        detached,
+        (
+            "Interface detached successfully\n\n".into(),
+            String::new(),
+            Some(0)
+        )
+    );
+    // Back to the definition virsh has: domiflist matches it again.
+    same(&sides, &["domiflist", "netdom"]);
+    // A shut-off domain has no live interfaces to change.
+    let (_, err, code) = run(&["attach-interface", "netdom", "bridge", "br1", "--live"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("error: Requested operation is not valid: domain is not running\n"),
+        "{err}"
+    );
 }

@@ -192,6 +192,9 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
                 serde_json::from_slice(&request.body).map_err(bad_json)?;
             ApiRequest::VmReceiveMigration(Box::new(crate::migration::api::receive_request(&body)?))
         }
+        Endpoint::VmAddNet => ApiRequest::VmAddNet(Box::new(
+            serde_json::from_slice(&request.body).map_err(bad_json)?,
+        )),
     })
 }
 

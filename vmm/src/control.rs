@@ -88,6 +88,9 @@ pub enum ApiRequest {
     VmSendMigration(Box<crate::migration::api::SendRequest>),
     /// PUT vm.receive-migration, on a VMM with no VM.
     VmReceiveMigration(Box<crate::migration::api::ReceiveRequest>),
+    /// PUT vm.add-net: a network interface for the created VM, before it
+    /// boots (virtio-mmio has no hotplug).
+    VmAddNet(Box<vmapi::NetConfig>),
 }
 
 /// A request with the channel its response goes back on.
@@ -345,7 +348,9 @@ impl Controller {
                 }
                 match config::from_api(&given, &self.options) {
                     Ok(config) => {
-                        self.given = Some(config::with_defaults(&given));
+                        let mut given = config::with_defaults(&given);
+                        crate::net_config::fill_macs(&mut given, &config.net);
+                        self.given = Some(given);
                         self.config = Some(config);
                         self.state = VmState::Created;
                         self.stats.clear();
@@ -431,6 +436,18 @@ impl Controller {
                     }
                 },
                 state => state_error("migrate", state),
+            },
+            ApiRequest::VmAddNet(net) => match self.state {
+                VmState::Created | VmState::Shutdown => match self.add_net(&net) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => error_response(400, &e),
+                },
+                state => message(
+                    405,
+                    &format!(
+                        "cannot add a network interface to a VM in state {state:?}: virtio-mmio has no hotplug; add it before vm.boot or after vm.shutdown"
+                    ),
+                ),
             },
             ApiRequest::VmBoot { paused } => match self.state {
                 VmState::Created | VmState::Shutdown => match self.boot(paused) {
@@ -534,6 +551,7 @@ impl Controller {
             cpus: config.cpus,
             memory: config.memory,
             disks: config.disks.len() as u32,
+            nets: config.net.len() as u32,
         };
         if let Some(vm) = &self.vm {
             let (disks, backends) = vm.disks();
@@ -541,9 +559,16 @@ impl Controller {
         }
         // The new VM loads the state into the old one's RAM.
         let reuse = self.vm.as_ref().map(|vm| vm.memory().clone());
-        // As stop_vm, but the old VM's teardown overlaps the new build.
+        // As stop_vm, but the old VM's teardown overlaps the new build;
+        // unless it has interfaces: its taps must be closed before the
+        // new VM opens them (a tap takes one queue fd at a time).
         if let Some(vm) = self.vm.take() {
-            match vm.stop_dropping_behind() {
+            let stopped = if vm.nets().is_empty() {
+                vm.stop_dropping_behind()
+            } else {
+                vm.stop()
+            };
+            match stopped {
                 Ok(times) => self.times = Some(times),
                 Err(e) => eprintln!("vmm: {e}"),
             }
@@ -603,6 +628,26 @@ impl Controller {
         Ok(())
     }
 
+    /// Adds interface `net` to the VM's configuration (not built: the
+    /// next boot has it), checked as vm.create checks its interfaces.
+    fn add_net(&mut self, net: &vmapi::NetConfig) -> Result<()> {
+        let (Some(given), Some(config)) = (self.given.as_mut(), self.config.as_mut()) else {
+            return Err(Error::GuestFault("no VM configuration".into()));
+        };
+        let added = crate::net_config::from_api(net, config.net.len(), false)?;
+        let mut nets = config.net.clone();
+        nets.push(added.clone());
+        let disk_ids: Vec<&str> = config.disks.iter().map(|d| d.id.as_str()).collect();
+        crate::net_config::check_ids(&nets, &disk_ids)?;
+        config::check_devices(config.disks.len(), nets.len())?;
+        config.net = nets;
+        given
+            .net
+            .get_or_insert_with(Vec::new)
+            .push(crate::net_config::to_api(&added));
+        Ok(())
+    }
+
     /// Waits for one incoming migration and runs its VM here.
     fn receive_migration(
         &mut self,
@@ -624,6 +669,7 @@ impl Controller {
                 cpus: config.cpus,
                 memory: config.memory,
                 disks: config.disks.len() as u32,
+                nets: config.net.len() as u32,
             };
             incoming.ack()?;
             let received = incoming.receive_state(summary, &mem)?;

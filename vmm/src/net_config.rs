@@ -293,16 +293,26 @@ pub fn to_api(net: &NetConfig) -> vmapi::NetConfig {
     }
 }
 
+/// Writes each validated interface's MAC into the configuration as given
+/// where it had none (a random one was drawn), as CH's vm.info shows it:
+/// a snapshot's or a migration's configuration then names the MAC the
+/// guest's driver read.
+pub fn fill_macs(given: &mut vmapi::VmConfig, nets: &[NetConfig]) {
+    for (entry, net) in given.net.iter_mut().flatten().zip(nets) {
+        entry.mac.get_or_insert_with(|| net.mac.to_string());
+    }
+}
+
 /// Descriptors handed over with API requests (SCM_RIGHTS) and kept
 /// open for the VMM's life: the only ones vm.create's `fd` may name.
 static HANDED_OVER: std::sync::Mutex<std::collections::BTreeSet<i32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Takes the descriptors `fds` that came with `request`: for vm.create,
-/// they replace the `fd` placeholders of its `net` entries in order, as
-/// in Cloud Hypervisor (and stay open from then on); any other request,
-/// or a count that does not match, is refused (400) and the descriptors
-/// closed.
+/// Takes the descriptors `fds` that came with `request`: for vm.create
+/// and vm.add-net, they replace the `fd` placeholders of its `net`
+/// entries in order, as in Cloud Hypervisor (and stay open from then
+/// on); any other request, or a count that does not match, is refused
+/// (400) and the descriptors closed.
 pub fn take_handed_fds(
     request: crate::control::ApiRequest,
     fds: Vec<std::os::fd::OwnedFd>,
@@ -311,19 +321,22 @@ pub fn take_handed_fds(
     if fds.is_empty() {
         return Ok(request);
     }
-    let ApiRequest::VmCreate(mut config) = request else {
-        return Err(vmapi::Response::error(
-            400,
-            &[format!(
-                "{} descriptor(s) came with a request that takes none (only vm.create does)",
-                fds.len()
-            )],
-        ));
+    let mut request = request;
+    let nets: &mut [vmapi::NetConfig] = match &mut request {
+        ApiRequest::VmCreate(config) => config.net.as_deref_mut().unwrap_or(&mut []),
+        ApiRequest::VmAddNet(net) => std::slice::from_mut(&mut **net),
+        _ => {
+            return Err(vmapi::Response::error(
+                400,
+                &[format!(
+                    "{} descriptor(s) came with a request that takes none (only vm.create and vm.add-net do)",
+                    fds.len()
+                )],
+            ))
+        }
     };
-    let placeholders: usize = config
-        .net
+    let placeholders: usize = nets
         .iter()
-        .flatten()
         .filter_map(|n| n.fd.as_ref())
         .map(Vec::len)
         .sum();
@@ -338,18 +351,12 @@ pub fn take_handed_fds(
     }
     let mut received = fds.into_iter();
     let mut handed = HANDED_OVER.lock().expect("fd registry lock");
-    for slot in config
-        .net
-        .iter_mut()
-        .flatten()
-        .filter_map(|n| n.fd.as_mut())
-        .flatten()
-    {
+    for slot in nets.iter_mut().filter_map(|n| n.fd.as_mut()).flatten() {
         let fd = received.next().expect("counted above");
         *slot = std::os::fd::IntoRawFd::into_raw_fd(fd);
         handed.insert(*slot);
     }
-    Ok(ApiRequest::VmCreate(config))
+    Ok(request)
 }
 
 /// Checks ids are unique among the interfaces and the disks.
@@ -431,6 +438,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SCM_RIGHTS"));
+    }
+
+    #[test]
+    fn a_drawn_mac_is_written_into_the_given_configuration() {
+        let mut given: vmapi::VmConfig = serde_json::from_value(serde_json::json!({
+            "memory": {"size": 32u64 << 20},
+            "payload": {"kernel": "k"},
+            "net": [{"tap": "a"}, {"tap": "b", "mac": "52:54:00:00:00:02"}],
+        }))
+        .unwrap();
+        let nets: Vec<NetConfig> = given
+            .net
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, n)| from_api(n, i, false).unwrap())
+            .collect();
+        fill_macs(&mut given, &nets);
+        let macs: Vec<_> = given.net.unwrap().into_iter().map(|n| n.mac).collect();
+        assert_eq!(macs[0], Some(nets[0].mac.to_string()));
+        assert_eq!(macs[1].as_deref(), Some("52:54:00:00:00:02"));
     }
 
     #[test]

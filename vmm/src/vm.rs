@@ -234,6 +234,7 @@ impl Vm {
             cpus: config.cpus,
             memory: config.memory,
             disks: config.disks.len() as u32,
+            nets: config.net.len() as u32,
         };
         // A state that does not fit is refused before any disk is locked.
         let (mut machine, restore_dir, migrated_mem, image_name) = match restore {
@@ -413,6 +414,7 @@ impl Vm {
             opened_nets,
             backends.len(),
             &mut mmio,
+            &mut transports,
             &crate::devices::virtio_mmio::SlotWiring {
                 vm: &vm,
                 mem: &shared_mem,
@@ -493,6 +495,20 @@ impl Vm {
             seccomp: config.seccomp,
         };
         if let Some(machine) = &machine {
+            // An interface's device takes its pairs and stashed receive
+            // chains first: its transport's restore activates it.
+            // (Checked against the configuration even when the driver had
+            // not activated it: the MAC and pair count must match.)
+            let net_transports = transports.iter().skip(config.disks.len());
+            let net_virtio = machine.virtio.iter().skip(config.disks.len());
+            for (((transport, net), saved), virtio) in net_transports
+                .zip(&config.net)
+                .zip(&machine.nets)
+                .zip(net_virtio)
+            {
+                let mut transport = transport.lock().expect("transport lock");
+                crate::devices::net::restore_state(&mut transport, net, saved, virtio.activated)?;
+            }
             for (transport, saved) in transports.iter().zip(&machine.virtio) {
                 transport
                     .lock()
@@ -597,11 +613,6 @@ impl Vm {
             .vcpus
             .as_ref()
             .ok_or_else(|| Error::GuestFault("the VM has no vCPUs".into()))?;
-        if !self.nets.is_empty() {
-            return Err(Error::GuestFault(
-                "snapshots of a VM with network interfaces are not supported yet".into(),
-            ));
-        }
         let mut saved_vcpus = Vec::new();
         for fd in vcpus.fds() {
             let fd = fd.lock().expect("vCPU fd lock");
@@ -641,6 +652,23 @@ impl Vm {
                     .save_state(&served),
             );
         }
+        // Each interface's device state beyond its transport (the taps
+        // are not state: a restored VM opens its own).
+        let mut nets = Vec::new();
+        for (slot, transport) in self.transports.iter().enumerate().skip(self.disks.len()) {
+            let (reply, answer) = std::sync::mpsc::channel();
+            let mut held = event_loop::HeldState::default();
+            if self.tell_loop(LoopMessage::HeldState {
+                device: slot,
+                reply,
+            }) {
+                held = answer
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| Error::GuestFault("the device thread did not answer".into()))?;
+            }
+            let transport = transport.lock().expect("transport lock");
+            nets.push(crate::devices::net::save_state(&transport, &held));
+        }
         Ok(MachineState {
             config: self.summary,
             vcpus: saved_vcpus,
@@ -650,6 +678,7 @@ impl Vm {
             serial: self.serial.lock().expect("serial lock").state(),
             ged: self.ged.lock().expect("GED lock").events(),
             virtio,
+            nets,
         })
     }
 

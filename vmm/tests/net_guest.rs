@@ -13,6 +13,10 @@
 //! tap serves a guest that uses one pair. Two guests on one bridge
 //! reach each other (ARP, then a UDP echo; `guest.peer=`). Bad `--net`
 //! specifications stop the VMM with one line before any guest runs.
+//! The NIC's state travels: the guest answers ping and echoes after an
+//! in-image snapshot is reverted, after a snapshot to files is restored
+//! in a new VMM, and after a live migration (over unix:) to a VMM in
+//! another network namespace with a tap of its own.
 //!
 //! Needs root (unshare(CLONE_NEWNET), /dev/net/tun), /dev/kvm, `ip` and
 //! `ping` (scripts/ensure-net.sh installs iproute2 and iputils-ping);
@@ -589,5 +593,279 @@ fn two_guests_on_one_bridge_reach_each_other() {
                 "{counters:?}"
             );
         }
+    });
+}
+
+/// A 1 MiB qcow2 image at `path` (an in-image snapshot needs a writable
+/// qcow2 first disk; the net guest leaves it alone).
+fn make_qcow2(path: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("image file");
+    let storage: std::sync::Arc<dyn qcow::Storage> =
+        std::sync::Arc::new(qcow::FileStorage::new(file));
+    qcow::create::create(
+        storage,
+        None,
+        None,
+        &qcow::create::CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("create the image")
+    .close()
+    .expect("close the image");
+}
+
+/// Pings the guest `count` times; all must be answered.
+fn ping_ok(count: u32, after: &str) {
+    let out = ping(count);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("{count} received")),
+        "ping after {after}: {text}"
+    );
+}
+
+/// Runs `body` on a thread moved into the network namespace of process
+/// `pid` (a VMM started in a namespace of its own).
+fn in_netns_of<T: Send + 'static>(pid: u32, body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the VMM's netns");
+        // SAFETY: setns takes an open namespace fd and moves only the
+        // calling thread.
+        let ret = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+#[test]
+fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    in_netns(move || {
+        make_tap("vs0");
+        let guest = build_guest();
+        let images = tempfile::tempdir().expect("tempdir");
+        let disk = images.path().join("disk.qcow2");
+        make_qcow2(&disk);
+        let disk_spec = format!("path={},format=qcow2", disk.display());
+        let net = format!("tap=vs0,mac={GUEST_MAC},id=net0");
+        let cmdline = guest_cmdline("net");
+        let mut vm = GuestVm::spawn(&[
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "32M".as_ref(),
+            "--cmdline".as_ref(),
+            cmdline.as_ref(),
+            "--disk".as_ref(),
+            disk_spec.as_ref(),
+            "--net".as_ref(),
+            net.as_ref(),
+        ]);
+        vm.wait_api();
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        ping_ok(2, "boot");
+        let client = vmapi::Client::new(&vm.api);
+        client.pause().expect("pause");
+        client
+            .snapshot("qcow2:up")
+            .expect("in-image snapshot with a NIC");
+        client.resume().expect("resume");
+        ping_ok(2, "the snapshot");
+        client.pause().expect("pause");
+        client.restore("qcow2:up").expect("revert with a NIC");
+        client.resume().expect("resume");
+        ping_ok(3, "the revert");
+        echo_stream(64);
+        // Then to files, and into a VMM of its own (which opens the tap
+        // by name again: the tap is not state).
+        let dir = images.path().join("snap");
+        client.pause().expect("pause");
+        client
+            .snapshot(&format!("file://{}", dir.display()))
+            .expect("snapshot to files with a NIC");
+        let _ = client.vmm_shutdown();
+        let _ = vm.child.wait();
+        drop(vm);
+        let mut restored = GuestVm::spawn(&[]);
+        restored.wait_api();
+        let client = vmapi::Client::new(&restored.api);
+        // The same state for an interface with another MAC is refused
+        // (the guest's driver read the saved one), and nothing is left.
+        let other = images.path().join("other");
+        std::fs::create_dir(&other).expect("mkdir");
+        for entry in std::fs::read_dir(&dir).expect("snapshot files") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name").to_owned();
+            let mut bytes = std::fs::read(&path).expect("read");
+            if name == "config.json" {
+                let text = String::from_utf8(bytes).expect("UTF-8");
+                assert!(text.contains(GUEST_MAC), "{text}");
+                bytes = text.replace(GUEST_MAC, "52:54:00:65:43:21").into_bytes();
+            }
+            std::fs::write(other.join(name), bytes).expect("write");
+        }
+        let err = client
+            .restore(&format!("file://{}", other.display()))
+            .expect_err("another MAC");
+        let text = err.to_string();
+        assert!(
+            text.contains("MAC address 52:54:00:12:34:56, the interface 52:54:00:65:43:21")
+                && !text.contains('\n'),
+            "{text}"
+        );
+        client
+            .restore(&format!("file://{}", dir.display()))
+            .expect("restore with a NIC");
+        client.resume().expect("resume");
+        ping_ok(3, "the restore");
+        echo_stream(64);
+        let (done, stderr) = restored.finish();
+        // The guest counts every echo request since its boot: 2 before
+        // the snapshot it was reverted to, then 3 and 3.
+        assert!(done.contains(" icmp=8 "), "{done}");
+        assert!(!stderr.contains("refused"), "{stderr}");
+    });
+}
+
+#[test]
+fn the_nic_works_after_a_migration_to_another_namespace() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    // Both "hosts" give their tap the same MAC and address: the guest's
+    // ARP entry for its peer stays right (no gratuitous ARP is sent).
+    let host_side = |name: &'static str| {
+        move || {
+            make_tap(name);
+            ip(&["link", "set", name, "address", "02:00:00:00:99:01"]);
+        }
+    };
+    let mut source = in_netns(move || {
+        host_side("vm0")();
+        let mut vm = GuestVm::start("net", &format!("tap=vm0,mac={GUEST_MAC},id=net0"));
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        ping_ok(2, "boot");
+        vm
+    });
+    let dest = in_netns(move || {
+        host_side("vm0")();
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        vm
+    });
+    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
+    let receiver = {
+        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
+            client.receive_migration(&url, Some(tty))
+        })
+    };
+    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
+    let started = Instant::now();
+    loop {
+        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
+            Ok(()) => break,
+            Err(e)
+                if e.to_string().contains("connecting")
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send-migration: {e}"),
+        }
+    }
+    receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receive-migration");
+    let _ = source.child.wait();
+    let pid = dest.child.id();
+    in_netns_of(pid, || {
+        ping_ok(3, "the migration");
+        echo_stream(64);
+    });
+    let (done, _) = in_netns_of(pid, move || dest.finish());
+    assert!(done.contains(" icmp=5 "), "{done}");
+    drop(source);
+}
+
+#[test]
+fn vm_add_net_adds_an_interface_before_boot_and_refuses_a_running_vm() {
+    if !can_run() {
+        return;
+    }
+    let guest = build_guest();
+    in_netns(move || {
+        make_tap("va0");
+        let tap: std::os::fd::OwnedFd = blockdev::virtio::net::Tap::open("va0", 1)
+            .expect("open the tap")
+            .remove(0)
+            .into();
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        let client = vmapi::Client::new(&vm.api);
+        let net = |value: serde_json::Value| -> vmapi::NetConfig {
+            serde_json::from_value(value).expect("NetConfig")
+        };
+        let one_line = |err: vmapi::Error, status: u16, says: &str| {
+            assert_eq!(err.status(), Some(status), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(says) && !text.contains('\n'), "{text}");
+        };
+        // No VM yet.
+        let added = net(serde_json::json!({"tap": "va0"}));
+        one_line(client.add_net(&added).unwrap_err(), 404, "not created");
+        let config: vmapi::VmConfig = serde_json::from_value(serde_json::json!({
+            "memory": {"size": 32u64 << 20},
+            "payload": {"kernel": guest, "cmdline": guest_cmdline("net")},
+            "serial": {"mode": "Tty"},
+        }))
+        .expect("config");
+        client.create(&config).expect("vm.create");
+        // Bad interfaces are refused with one line and change nothing.
+        let bad = net(serde_json::json!({"tap": "va0", "num_queues": 3}));
+        one_line(client.add_net(&bad).unwrap_err(), 400, "num_queues");
+        let unsent = net(serde_json::json!({"fd": [-1], "id": "eth0"}));
+        one_line(client.add_net(&unsent).unwrap_err(), 400, "SCM_RIGHTS");
+        // The tap's fd comes with the request, as with vm.create.
+        let eth0 = net(serde_json::json!({"fd": [-1], "mac": GUEST_MAC, "id": "eth0"}));
+        client
+            .add_net_with_fds(&eth0, &[tap.as_fd()])
+            .expect("vm.add-net");
+        drop(tap);
+        let twice = net(serde_json::json!({"tap": "va1", "id": "eth0"}));
+        one_line(client.add_net(&twice).unwrap_err(), 400, "used twice");
+        let info = client.info().expect("vm.info");
+        let nets = info.config.net.expect("net in vm.info");
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].id.as_deref(), Some("eth0"));
+        assert_eq!(nets[0].mac.as_deref(), Some(GUEST_MAC));
+        client.boot(false).expect("vm.boot");
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        ping_ok(2, "vm.add-net");
+        // virtio-mmio has no hotplug: a running VM takes no interface.
+        one_line(
+            client.add_net(&added).unwrap_err(),
+            405,
+            "virtio-mmio has no hotplug",
+        );
+        assert_eq!(client.info().unwrap().config.net.unwrap().len(), 1);
+        vm.finish();
     });
 }

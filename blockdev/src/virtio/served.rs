@@ -67,6 +67,17 @@ pub trait ServedQueue: Send {
     }
     /// Chains or frames refused as malformed since the last call.
     fn take_refused(&mut self) -> u64;
+    /// Heads of chains taken from the ring and held for later (a
+    /// virtio-net receive queue's stash), oldest first, which a snapshot
+    /// saves beside the ring positions; `None` for queues that hold none.
+    fn stashed_heads(&self) -> Option<Vec<u16>> {
+        None
+    }
+    /// Queue pairs the driver set through a virtio-net control queue;
+    /// `None` for every other queue.
+    fn active_pairs(&self) -> Option<u16> {
+        None
+    }
     /// Whether the queue signalled its interrupt eventfd since the last
     /// call (resetting it).
     fn take_interrupt(&self) -> Result<bool>;
@@ -178,6 +189,9 @@ where
     fn take_refused(&mut self) -> u64 {
         RxQueue::take_refused(self)
     }
+    fn stashed_heads(&self) -> Option<Vec<u16>> {
+        Some(RxQueue::stashed_heads(self))
+    }
     fn take_interrupt(&self) -> Result<bool> {
         RxQueue::take_interrupt(self)
     }
@@ -279,6 +293,9 @@ where
     }
     fn take_refused(&mut self) -> u64 {
         CtrlQueue::take_refused(self)
+    }
+    fn active_pairs(&self) -> Option<u16> {
+        Some(CtrlQueue::active_pairs(self))
     }
     fn take_interrupt(&self) -> Result<bool> {
         CtrlQueue::take_interrupt(self)

@@ -13,7 +13,7 @@ use vm_memory::GuestAddressSpace;
 
 use super::device::VirtioBlock;
 use super::handler::QueueEvents;
-use super::net::VirtioNet;
+use super::net::{NetResume, VirtioNet};
 use super::served::ServedQueue;
 use crate::Result;
 
@@ -62,6 +62,16 @@ where
     /// Start the device (DRIVER_OK): one entry of `events` per queue,
     /// index order; the handlers of the enabled queues come back.
     fn activate(&mut self, mem: A, events: Vec<QueueEvents>) -> Result<Vec<Box<dyn ServedQueue>>>;
+    /// A restore hands the device what a saved one held beyond the
+    /// transport (virtio-net: pairs in use, stashed receive chains),
+    /// taken at the next activation; a device with no such state
+    /// refuses it.
+    fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
+        let _ = resume;
+        Err(crate::Error::DeviceState {
+            reason: "this device has no state beyond its transport",
+        })
+    }
 }
 
 /// The register methods both models spell alike.
@@ -149,6 +159,9 @@ where
     forward_registers!();
     fn activate(&mut self, mem: A, events: Vec<QueueEvents>) -> Result<Vec<Box<dyn ServedQueue>>> {
         Ok(VirtioNet::activate(self, mem, events)?.into_served())
+    }
+    fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
+        VirtioNet::set_resume_state(self, resume)
     }
 }
 

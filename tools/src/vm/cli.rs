@@ -173,6 +173,33 @@ pub const COMMANDS: &[CommandSpec] = &[
         opts: &[DOMAIN, flag("inactive")],
     },
     CommandSpec {
+        name: "attach-interface",
+        opts: &[
+            DOMAIN,
+            data("type", true),
+            data("source", true),
+            data("target", false),
+            data("mac", false),
+            data("model", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+            flag("persistent"),
+        ],
+    },
+    CommandSpec {
+        name: "detach-interface",
+        opts: &[
+            DOMAIN,
+            data("type", true),
+            data("mac", false),
+            flag("config"),
+            flag("live"),
+            flag("current"),
+            flag("persistent"),
+        ],
+    },
+    CommandSpec {
         name: "domifstat",
         opts: &[DOMAIN, data("interface", true)],
     },

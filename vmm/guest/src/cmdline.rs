@@ -83,6 +83,13 @@ pub fn first_mmio_device(cmdline: &[u8]) -> Option<MmioDevice> {
         .find_map(parse_mmio_device)
 }
 
+/// Every well-formed `virtio_mmio.device=` on the command line, in order.
+pub fn mmio_devices(cmdline: &[u8]) -> impl Iterator<Item = MmioDevice> + '_ {
+    words(cmdline)
+        .filter_map(|word| word.strip_prefix(b"virtio_mmio.device="))
+        .filter_map(parse_mmio_device)
+}
+
 /// The number of `virtio_mmio.device=` words.
 pub fn mmio_device_count(cmdline: &[u8]) -> usize {
     words(cmdline)

@@ -149,7 +149,7 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         Mode::Count => count::count(cmdline, device),
         Mode::BadIo => bad_io(),
         Mode::Net | Mode::NetBad => {
-            if let Err(failure) = net::run(cmdline, device, mode == Mode::NetBad) {
+            if let Err(failure) = net::run(cmdline, mode == Mode::NetBad) {
                 disk::print_failure("net", &failure);
             }
         }

@@ -57,10 +57,30 @@ struct Tally {
     discarded_bytes: u64,
 }
 
-/// Runs the NIC test on `device`; returns only on failure.
-pub fn run(cmdline: &[u8], device: Option<MmioDevice>, bad_first: bool) -> Result<(), Failure> {
-    let device = device.ok_or(Failure::Other(
-        "no virtio_mmio.device on the command line, count",
+/// The first virtio-mmio device on the command line whose registers say
+/// it is a network card (our VMM puts the disks' slots first, so a VM may
+/// also have a disk, as an in-image snapshot needs; QEMU's microvm lists
+/// empty transports too).
+fn find_network_device(cmdline: &[u8]) -> Option<MmioDevice> {
+    cmdline::mmio_devices(cmdline).find(|device| {
+        if device.size < 0x200 || device.base == 0 || device.base >= 1 << 32 {
+            return false;
+        }
+        let register = |offset: u64| {
+            // SAFETY: the VMM maps a virtio-mmio register window of `size`
+            // bytes (at least 0x200) at `base`, identity-mapped below 4 GiB;
+            // reading its MagicValue and DeviceID has no side effect.
+            unsafe { core::ptr::read_volatile((device.base + offset) as *const u32) }
+        };
+        register(0) == 0x7472_6976 && register(8) == 1
+    })
+}
+
+/// Runs the NIC test on the first network device (see
+/// [`find_network_device`]); returns only on failure.
+pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
+    let device = find_network_device(cmdline).ok_or(Failure::Other(
+        "no virtio-net among the virtio_mmio.device entries, count",
         cmdline::mmio_device_count(cmdline) as u64,
     ))?;
     let ip = match cmdline::value(cmdline, b"guest.ip=") {

@@ -61,8 +61,26 @@ pub enum LoopMessage {
         /// Where the positions go.
         reply: std::sync::mpsc::Sender<Vec<(u16, u16, u16)>>,
     },
+    /// For a snapshot of a paused VM: what `device`'s served queues hold
+    /// beyond their positions (a virtio-net device's stashed receive
+    /// chains by queue index, and the pairs its control queue set).
+    HeldState {
+        /// The device's slot.
+        device: usize,
+        /// Where the state goes.
+        reply: std::sync::mpsc::Sender<HeldState>,
+    },
     /// The VM is stopping: drop everything and return.
     Stop,
+}
+
+/// What a device's served queues hold beyond their ring positions.
+#[derive(Debug, Default)]
+pub struct HeldState {
+    /// Each queue holding chains: (queue index, heads oldest first).
+    pub stashed: Vec<(u16, Vec<u16>)>,
+    /// The queue pairs a control queue set, if the device has one served.
+    pub active_pairs: Option<u16>,
 }
 
 const TOKEN_WAKE: u64 = u64::MAX;
@@ -288,6 +306,18 @@ pub fn run(
                                     })
                                     .collect();
                                 let _ = reply.send(positions);
+                            }
+                            LoopMessage::HeldState { device, reply } => {
+                                let mut held = HeldState::default();
+                                for s in served.values().filter(|s| s.device == device) {
+                                    if let Some(heads) = s.handler.stashed_heads() {
+                                        held.stashed.push((s.handler.index(), heads));
+                                    }
+                                    if let Some(pairs) = s.handler.active_pairs() {
+                                        held.active_pairs = Some(pairs);
+                                    }
+                                }
+                                let _ = reply.send(held);
                             }
                             LoopMessage::Stop => return,
                         }

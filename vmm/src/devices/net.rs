@@ -9,15 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use blockdev::virtio::net::{NetCounters, NetOptions, Tap, VirtioNet};
+use blockdev::virtio::net::device::NET_CONFIG_SIZE;
+use blockdev::virtio::net::{NetCounters, NetOptions, NetResume, Tap, VirtioNet};
 
-use super::virtio_mmio::{wire_slot, SlotWiring};
+use super::event_loop::HeldState;
+use super::virtio_mmio::{wire_slot, SlotWiring, VirtioMmio};
 use super::Bus;
 use crate::error::{Error, Result};
 use crate::layout::{virtio_mmio_base, MAX_DISKS, VIRTIO_MMIO_SIZE};
 use crate::net_config::{NetConfig, TapSource};
+use crate::state::net::NetDeviceState;
 
 /// An interface whose tap queues are open.
 pub struct OpenedNet {
@@ -84,11 +87,13 @@ pub fn open_taps(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
 }
 
 /// Puts each opened interface in a virtio-mmio slot from `first_slot` on
-/// (the bus holds the transports).
+/// (the bus holds the transports; each is also pushed on `transports`,
+/// for snapshots).
 pub fn attach(
     opened: Vec<OpenedNet>,
     first_slot: usize,
     mmio: &mut Bus,
+    transports: &mut Vec<Arc<Mutex<VirtioMmio>>>,
     wiring: &SlotWiring<'_>,
 ) -> Result<Vec<NetDevice>> {
     let mut devices = Vec::new();
@@ -116,9 +121,77 @@ pub fn attach(
         });
         let transport = wire_slot(slot, Box::new(device), wiring)
             .map_err(|e| net_err(&net.config, format!("wiring virtio-mmio slot {slot}: {e}")))?;
+        transports.push(transport.clone());
         mmio.insert(virtio_mmio_base(slot), VIRTIO_MMIO_SIZE, transport);
     }
     Ok(devices)
+}
+
+/// A paused interface's device state beyond its transport: the MAC and
+/// queue pairs from its configuration space, and `held`, what its served
+/// queues hold (nothing while the driver has not activated it).
+pub fn save_state(transport: &VirtioMmio, held: &HeldState) -> NetDeviceState {
+    let mut config = [0u8; NET_CONFIG_SIZE];
+    transport.read_device_config(0, &mut config);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&config[..6]);
+    let max_pairs = u16::from_le_bytes([config[8], config[9]]);
+    let mut rx_stash = vec![Vec::new(); usize::from(max_pairs)];
+    for (queue, heads) in &held.stashed {
+        if let Some(slot) = rx_stash.get_mut(usize::from(*queue / 2)) {
+            slot.clone_from(heads);
+        }
+    }
+    // A stash only as long as its last queue holding chains.
+    while rx_stash.last().is_some_and(Vec::is_empty) {
+        rx_stash.pop();
+    }
+    NetDeviceState {
+        mac,
+        max_pairs,
+        resume: NetResume {
+            active_pairs: held.active_pairs.unwrap_or(1),
+            rx_stash,
+        },
+    }
+}
+
+/// Puts a saved interface's state into the fresh `transport` of the
+/// interface `config` describes, before the transport's own restore
+/// activates it (`activated`: whether it was active; if not, there is
+/// nothing to hand over). A state for another MAC or pair count is
+/// refused: the guest's driver has read both.
+pub fn restore_state(
+    transport: &mut VirtioMmio,
+    config: &NetConfig,
+    saved: &NetDeviceState,
+    activated: bool,
+) -> Result<()> {
+    if saved.mac != config.mac.0 {
+        return Err(net_err(
+            config,
+            format!(
+                "the state has MAC address {}, the interface {}",
+                crate::net_config::MacAddress(saved.mac),
+                config.mac
+            ),
+        ));
+    }
+    if saved.max_pairs != config.queue_pairs {
+        return Err(net_err(
+            config,
+            format!(
+                "the state has {} queue pairs, the interface {}",
+                saved.max_pairs, config.queue_pairs
+            ),
+        ));
+    }
+    if !activated {
+        return Ok(());
+    }
+    transport
+        .set_resume_state(saved.resume.clone())
+        .map_err(|e| net_err(config, e))
 }
 
 /// An interface's counters under CH's names (`rx_bytes`, `rx_frames`,

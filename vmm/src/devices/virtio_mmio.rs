@@ -346,6 +346,23 @@ impl VirtioMmio {
         Ok(())
     }
 
+    /// Reads the device's configuration space from byte `offset` (for a
+    /// snapshot of a device whose configuration is state, as a NIC's MAC).
+    pub fn read_device_config(&self, offset: u64, data: &mut [u8]) {
+        self.device.read_config(offset, data);
+    }
+
+    /// Hands the device what a saved one held beyond the transport; call
+    /// before [`VirtioMmio::restore_state`], which activates it.
+    pub fn set_resume_state(
+        &mut self,
+        resume: blockdev::virtio::net::NetResume,
+    ) -> Result<(), String> {
+        self.device
+            .set_resume_state(resume)
+            .map_err(|e| format!("{} {}: {e}", self.device.kind(), self.index))
+    }
+
     fn read_u32(&self, offset: u64) -> u32 {
         let queue = u16::try_from(self.queue_sel)
             .ok()

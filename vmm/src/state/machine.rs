@@ -8,6 +8,7 @@ use vm_superio::serial::SerialState;
 use zerocopy::IntoBytes;
 
 use super::devices::{self, VirtioMmioState};
+use super::net::NetDeviceState;
 use super::record::{read_record, write_record, Payload, Record, RecordKind};
 use super::vcpu::{exact_struct, VcpuState, VCPU_KINDS};
 use super::StateError;
@@ -26,6 +27,8 @@ pub struct ConfigSummary {
     pub memory: u64,
     /// virtio-mmio disks.
     pub disks: u32,
+    /// virtio-net interfaces (after the disks' slots).
+    pub nets: u32,
 }
 
 impl ConfigSummary {
@@ -34,6 +37,11 @@ impl ConfigSummary {
         let mut payload = self.cpus.to_le_bytes().to_vec();
         payload.extend_from_slice(&self.memory.to_le_bytes());
         payload.extend_from_slice(&self.disks.to_le_bytes());
+        // States without interfaces keep the record they had before
+        // interfaces could be saved.
+        if self.nets != 0 {
+            payload.extend_from_slice(&self.nets.to_le_bytes());
+        }
         Record {
             kind: RecordKind::Config,
             index: 0,
@@ -41,14 +49,24 @@ impl ConfigSummary {
         }
     }
 
-    /// From its record.
+    /// From its record (16 bytes without interfaces, 20 with).
     pub fn from_record(record: &Record) -> Result<Self, StateError> {
         let mut p = Payload::new(record);
-        let summary = ConfigSummary {
+        let mut summary = ConfigSummary {
             cpus: p.u32()?,
             memory: p.u64()?,
             disks: p.u32()?,
+            nets: 0,
         };
+        if record.payload.len() > 16 {
+            summary.nets = p.u32()?;
+            if summary.nets == 0 {
+                return Err(StateError::BadPayload {
+                    kind: record.kind as u16,
+                    reason: "a count of 0 interfaces is written as no count".into(),
+                });
+            }
+        }
         p.finish()?;
         Ok(summary)
     }
@@ -73,6 +91,12 @@ impl ConfigSummary {
             return Err(StateError::Config(format!(
                 "the state has {} disks, the VM {}",
                 self.disks, vm.disks
+            )));
+        }
+        if self.nets != vm.nets {
+            return Err(StateError::Config(format!(
+                "the state has {} network interfaces, the VM {}",
+                self.nets, vm.nets
             )));
         }
         Ok(())
@@ -117,8 +141,11 @@ pub struct MachineState {
     pub serial: SerialState,
     /// The GED's latched events.
     pub ged: u32,
-    /// Each virtio-mmio transport, by slot.
+    /// Each virtio-mmio transport, by slot (the disks', then the
+    /// interfaces').
     pub virtio: Vec<VirtioMmioState>,
+    /// Each network interface's device state beyond its transport.
+    pub nets: Vec<NetDeviceState>,
 }
 
 const IRQCHIP_KINDS: [RecordKind; 3] = [
@@ -149,6 +176,9 @@ impl MachineState {
         records.push(devices::ged_record(self.ged));
         for (slot, transport) in self.virtio.iter().enumerate() {
             records.push(transport.to_record(slot as u32));
+        }
+        for (n, net) in self.nets.iter().enumerate() {
+            records.push(net.to_record(n as u32));
         }
         records.push(end_record(records.len()));
         let mut out = Vec::new();
@@ -225,9 +255,16 @@ impl MachineState {
         Payload::new(cursor.next(RecordKind::I8042, 0)?).finish()?;
         let ged = devices::ged_from(cursor.next(RecordKind::Ged, 0)?)?;
         let mut virtio = Vec::new();
-        for slot in 0..config.disks {
+        // Both counts were checked against the VM's (at most MAX_DISKS).
+        for slot in 0..config.disks + config.nets {
             virtio.push(VirtioMmioState::from_record(
                 cursor.next(RecordKind::VirtioMmio, slot)?,
+            )?);
+        }
+        let mut nets = Vec::new();
+        for n in 0..config.nets {
+            nets.push(NetDeviceState::from_record(
+                cursor.next(RecordKind::VirtioNet, n)?,
             )?);
         }
         if let Some(extra) = records.get(cursor.at) {
@@ -245,6 +282,7 @@ impl MachineState {
             serial,
             ged,
             virtio,
+            nets,
         })
     }
 }
@@ -305,6 +343,10 @@ mod tests {
     }
 
     fn machine(cpus: u32, disks: u32) -> MachineState {
+        machine_with_nets(cpus, disks, 0)
+    }
+
+    fn machine_with_nets(cpus: u32, disks: u32, nets: u32) -> MachineState {
         let mut irqchips = [kvm_irqchip::default(); 3];
         for (id, chip) in irqchips.iter_mut().enumerate() {
             chip.chip_id = id as u32;
@@ -314,6 +356,7 @@ mod tests {
                 cpus,
                 memory: 32 << 20,
                 disks,
+                nets,
             },
             vcpus: (0..cpus).map(|_| vcpu()).collect(),
             pit: Default::default(),
@@ -321,7 +364,19 @@ mod tests {
             irqchips,
             serial: Default::default(),
             ged: 1,
-            virtio: (0..disks).map(|_| VirtioMmioState::default()).collect(),
+            virtio: (0..disks + nets)
+                .map(|_| VirtioMmioState::default())
+                .collect(),
+            nets: (0..nets)
+                .map(|n| NetDeviceState {
+                    mac: [0x52, 0x54, 0, 0, 0, n as u8],
+                    max_pairs: 1,
+                    resume: blockdev::virtio::net::NetResume {
+                        active_pairs: 1,
+                        rx_stash: vec![vec![n as u16, 7]],
+                    },
+                })
+                .collect(),
         }
     }
 
@@ -363,6 +418,37 @@ mod tests {
             assert!(err.contains(says), "{err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn interfaces_round_trip_and_must_match() {
+        let state = machine_with_nets(1, 1, 2);
+        let bytes = state.to_bytes().unwrap();
+        let back = MachineState::parse(&bytes, state.config).unwrap();
+        assert_eq!(back.nets, state.nets);
+        assert_eq!(back.virtio.len(), 3);
+        assert_eq!(back.to_bytes().unwrap(), bytes);
+        let none = ConfigSummary {
+            nets: 0,
+            ..state.config
+        };
+        let err = MachineState::parse(&bytes, none).err().unwrap().to_string();
+        assert!(err.contains("2 network interfaces, the VM 0"), "{err}");
+        // A state without interfaces keeps its 16-byte configuration
+        // record (those saved before interfaces could be).
+        let old = machine(1, 1);
+        assert_eq!(old.config.to_record().payload.len(), 16);
+        let err = MachineState::parse(
+            &old.to_bytes().unwrap(),
+            ConfigSummary {
+                nets: 1,
+                ..old.config
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("0 network interfaces, the VM 1"), "{err}");
     }
 
     #[test]

@@ -228,6 +228,7 @@ mod tests {
             cpus: 1,
             memory,
             disks: 0,
+            nets: 0,
         }
     }
 

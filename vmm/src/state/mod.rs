@@ -15,6 +15,7 @@ pub mod image;
 pub mod in_image;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod record;
 pub mod resident;
 pub mod snapshot;

@@ -78,12 +78,14 @@ pub enum RecordKind {
     Ged = 0x42,
     /// A virtio-mmio transport with its device's status and queues.
     VirtioMmio = 0x43,
+    /// A virtio-net device's state beyond its transport (state/net.rs).
+    VirtioNet = 0x44,
     /// A run of guest RAM: its guest-physical address, then its bytes.
     Ram = 0x50,
 }
 
 impl RecordKind {
-    const ALL: [RecordKind; 24] = [
+    const ALL: [RecordKind; 25] = [
         RecordKind::Config,
         RecordKind::End,
         RecordKind::MpState,
@@ -107,6 +109,7 @@ impl RecordKind {
         RecordKind::I8042,
         RecordKind::Ged,
         RecordKind::VirtioMmio,
+        RecordKind::VirtioNet,
         RecordKind::Ram,
     ];
 

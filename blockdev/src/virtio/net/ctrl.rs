@@ -29,11 +29,13 @@ pub struct CtrlQueue<A: GuestAddressSpace> {
 }
 
 impl<A: GuestAddressSpace> CtrlQueue<A> {
-    pub(crate) fn new(queue: ActiveQueue<A>, taps: Vec<Arc<Tap>>) -> Self {
+    /// The control queue over `queue`, with `active_pairs` in use (1
+    /// after a reset, a saved count after a restore).
+    pub(crate) fn new(queue: ActiveQueue<A>, taps: Vec<Arc<Tap>>, active_pairs: u16) -> Self {
         CtrlQueue {
             queue,
             taps,
-            active_pairs: 1,
+            active_pairs,
             readable: ChainBufs::default(),
             refused: 0,
         }

@@ -49,6 +49,20 @@ impl Default for NetOptions {
     }
 }
 
+/// What a restored device takes over from a saved one beyond its
+/// transport's registers (the taps are not state: the restored device
+/// has its own): the queue pairs the guest set through the control
+/// queue, and each receive queue's chains taken from the ring but not
+/// yet filled (oldest first), which the guest gave and still waits on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetResume {
+    /// Queue pairs in use (1 to the device's pairs).
+    pub active_pairs: u16,
+    /// For each pair's receive queue (pair order), the heads of its
+    /// stashed chains, oldest first.
+    pub rx_stash: Vec<Vec<u16>>,
+}
+
 /// The handlers of an activated device, for the event loop.
 #[derive(Debug)]
 pub struct NetHandlers<A: GuestAddressSpace> {
@@ -92,6 +106,8 @@ pub struct VirtioNet {
     queues: Vec<Queue>,
     activated: bool,
     counters: Arc<NetCounters>,
+    /// Taken at the next activation (a restore).
+    resume: Option<NetResume>,
 }
 
 impl std::fmt::Debug for VirtioNet {
@@ -158,6 +174,7 @@ impl VirtioNet {
             queues,
             activated: false,
             counters: Arc::new(NetCounters::default()),
+            resume: None,
         })
     }
 
@@ -244,9 +261,33 @@ impl VirtioNet {
         self.status = 0;
         self.driver_features = 0;
         self.activated = false;
+        self.resume = None;
         for queue in &mut self.queues {
             queue.reset();
         }
+    }
+
+    /// Hands the device a saved device's pairs and stashed receive
+    /// chains, taken at the next activation (a restore sets the queues,
+    /// then activates; each receive queue checks its heads against its
+    /// size then). Refused when it does not fit this device: pairs out of
+    /// range, a stash for a pair it lacks.
+    pub fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
+        let bad = |name: &'static str, value: usize| {
+            Err(Error::InvalidDeviceOption {
+                name,
+                value: value as u64,
+            })
+        };
+        let pairs = usize::from(resume.active_pairs);
+        if pairs == 0 || pairs > self.taps.len() {
+            return bad("saved active queue pairs", pairs);
+        }
+        if resume.rx_stash.len() > self.taps.len() {
+            return bad("saved receive queues", resume.rx_stash.len());
+        }
+        self.resume = Some(resume);
+        Ok(())
     }
 
     /// The configuration space as the guest reads it.
@@ -350,7 +391,9 @@ impl VirtioNet {
         for tap in &self.taps {
             tap.set_offloads(offloads)?;
         }
-        set_active_pairs(&self.taps, 1)?;
+        let resume = self.resume.take().unwrap_or_default();
+        let active_pairs = resume.active_pairs.max(1);
+        set_active_pairs(&self.taps, active_pairs)?;
         let event_idx = features & F_RING_EVENT_IDX != 0;
         let mergeable = features & F_NET_MRG_RXBUF != 0;
         let guest_csum = features & F_NET_GUEST_CSUM != 0;
@@ -374,16 +417,15 @@ impl VirtioNet {
             queue.set_event_idx(event_idx);
             let active = ActiveQueue::new(index as u16, &mem, queue, queue_events)?;
             if index == ctrl_index {
-                handlers.ctrl = Some(CtrlQueue::new(active, self.taps.clone()));
+                handlers.ctrl = Some(CtrlQueue::new(active, self.taps.clone(), active_pairs));
             } else if index.is_multiple_of(2) {
                 let tap = self.taps[index / 2].clone();
-                handlers.rx.push(RxQueue::new(
-                    active,
-                    tap,
-                    mergeable,
-                    guest_csum,
-                    self.counters.clone(),
-                ));
+                let mut rx =
+                    RxQueue::new(active, tap, mergeable, guest_csum, self.counters.clone());
+                if let Some(heads) = resume.rx_stash.get(index / 2) {
+                    rx.restore_stash(heads)?;
+                }
+                handlers.rx.push(rx);
             } else {
                 let tap = self.taps[index / 2].clone();
                 handlers

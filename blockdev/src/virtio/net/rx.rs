@@ -139,6 +139,53 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         self.stash.len()
     }
 
+    /// The heads of the stashed chains, oldest first (what a snapshot
+    /// saves of the queue beyond its ring positions).
+    pub fn stashed_heads(&self) -> Vec<u16> {
+        self.stash.iter().map(|chain| chain.head).collect()
+    }
+
+    /// Takes back the chains a saved queue had stashed (`heads`, oldest
+    /// first; the ring's next_avail is already past them), each walked
+    /// and checked again as [`RxQueue::process_queue`] does when it
+    /// takes one: more chains than the queue holds, a head repeated or
+    /// out of range, or a chain that no longer walks is refused, as a
+    /// saved state that does not match the queue or guest memory.
+    pub fn restore_stash(&mut self, heads: &[u16]) -> Result<()> {
+        let size = usize::from(self.queue.ring.size());
+        let invalid = |reason| Error::InvalidQueue {
+            index: self.queue.index,
+            reason,
+        };
+        if heads.len() > size {
+            return Err(invalid("more saved receive chains than the queue holds"));
+        }
+        let mut seen = vec![false; size];
+        for &head in heads {
+            match seen.get_mut(usize::from(head)) {
+                Some(taken) if !*taken => *taken = true,
+                _ => {
+                    return Err(invalid(
+                        "a saved receive chain head is repeated or out of range",
+                    ))
+                }
+            }
+        }
+        for &head in heads {
+            let mut chain = ChainBufs::default();
+            let walked = self.queue.walk(head, true, &mut chain);
+            if walked.is_err() || chain.len < NET_HDR_SIZE || chain.host.len() > MAX_IOVECS {
+                return Err(Error::InvalidQueue {
+                    index: self.queue.index,
+                    reason: "a saved receive chain does not walk in guest memory",
+                });
+            }
+            self.stashed_bytes += chain.len;
+            self.stash.push_back(chain);
+        }
+        Ok(())
+    }
+
     /// Deliver frames from the tap until it is empty, the guest has no
     /// room, or a batch is done; interrupt the guest once if it asked.
     pub fn process_queue(&mut self) -> Result<()> {

@@ -6,6 +6,7 @@
 pub mod clone;
 pub mod console;
 pub mod define;
+pub mod iface;
 pub mod lifecycle;
 pub mod migrate;
 pub mod monitor;
@@ -80,6 +81,8 @@ pub fn run(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError>
         "migrate" => migrate::migrate(ctx, inv, out),
         "migrate-listen" => migrate::migrate_listen(ctx, inv, out),
         "domiflist" => net::domiflist(ctx, inv, out),
+        "attach-interface" => iface::attach_interface(ctx, inv, out),
+        "detach-interface" => iface::detach_interface(ctx, inv, out),
         "domifstat" => net::domifstat(ctx, inv, out),
         "install" => crate::vm::install::install(ctx, inv, out),
         "setvcpus" => crate::vm::resources::commands::setvcpus(ctx, inv, out),

@@ -10,6 +10,8 @@ pub mod tune;
 pub mod units;
 mod uuid;
 mod write;
+/// Escaping for attribute values (commands that write an element).
+pub(crate) use write::attr as escape_attr;
 
 pub use parse::{parse_domain, MAX_DEPTH, MAX_DISKS, MAX_NODES, MAX_XML_BYTES};
 pub use uuid::Uuid;

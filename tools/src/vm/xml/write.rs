@@ -16,7 +16,7 @@ fn text(value: &str) -> String {
 
 /// Escapes an attribute value for single quotes (white space as character
 /// references: a parser turns literal ones into spaces).
-fn attr(value: &str) -> String {
+pub(crate) fn attr(value: &str) -> String {
     text(value)
         .replace('\'', "&apos;")
         .replace('"', "&quot;")
