@@ -222,24 +222,42 @@ fn narrowing_refcounts_below_a_count_is_refused() {
 }
 
 #[test]
-fn amend_backing_name_rewrites_only_the_name() {
+fn amend_backing_file_is_refused_as_qemu_img_refuses() {
     require_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_image(d, "backed.qcow2", "compat=1.1", true);
     std::fs::copy(d.join("base.raw"), d.join("moved.raw")).unwrap();
-    let before = view(d, "backed.qcow2", None);
+    std::fs::copy(d.join("backed.qcow2"), d.join("theirs.qcow2")).unwrap();
+    let before = read(&d.join("backed.qcow2"));
+    // A new name, a name without its format, a format alone: qemu-img 10
+    // refuses each and points at rebase; the file stays as it was.
+    for opts in [
+        "backing_file=moved.raw,backing_fmt=raw",
+        "backing_file=base.raw",
+        "backing_fmt=qcow2",
+    ] {
+        let ours = run(img(&["amend", "-o", opts, "backed.qcow2"]).current_dir(d));
+        let theirs = run(qemu_img(&["amend", "-o", opts, "theirs.qcow2"]).current_dir(d));
+        assert!(!ours.status.success() && !theirs.status.success(), "{opts}");
+        let err = String::from_utf8_lossy(&ours.stderr);
+        assert!(
+            err.ends_with(
+                ": Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.\n"
+            ),
+            "{opts}: {err}"
+        );
+        assert!(read(&d.join("backed.qcow2")) == before, "{opts}: changed");
+    }
+    // Restating the current name and format is no change, and allowed.
     ok(img(&[
         "amend",
         "-o",
-        "backing_file=moved.raw,backing_fmt=raw",
+        "backing_file=base.raw,backing_fmt=raw,lazy_refcounts=on",
         "backed.qcow2",
     ])
     .current_dir(d));
-    let info = format_info(d, "backed.qcow2");
-    assert_eq!(info["backing"], "moved.raw");
-    std::fs::remove_file(d.join("base.raw")).unwrap();
-    assert!(view(d, "backed.qcow2", None) == before);
+    assert_eq!(format_info(d, "backed.qcow2")["backing"], "base.raw");
     assert_qemu_clean(&d.join("backed.qcow2"));
     // Raw images have nothing to amend.
     make_raw(&d.join("plain.raw"), 1 << 20, 1);
@@ -248,4 +266,33 @@ fn amend_backing_name_rewrites_only_the_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not support option amendment"));
     let out = run(img(&["amend", "plain.raw"]).current_dir(d));
     assert!(!out.status.success());
+}
+
+#[test]
+fn amend_option_help_matches_qemu_img() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_image(d, "v3.qcow2", "compat=1.1", false);
+    let cases: [&[&str]; 6] = [
+        &["amend", "-f", "qcow2", "-o", "help"],
+        &["amend", "-f", "luks", "-o", "help"],
+        &["amend", "-f", "bochs", "-o", "help"],
+        &["amend", "-f", "nosuch", "-o", "help"],
+        &["amend", "-o", "help"],
+        &["amend", "-o", "cluster_size=4k,?", "v3.qcow2"],
+    ];
+    for args in cases {
+        let ours = run(img(args).current_dir(d));
+        let theirs = run(qemu_img(args).current_dir(d));
+        assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+        assert_eq!(ours.stdout, theirs.stdout, "{args:?}");
+        let strip = |e: &[u8]| {
+            String::from_utf8_lossy(e)
+                .lines()
+                .map(|l| l.split_once(": ").map_or(l, |(_, rest)| rest).to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&ours.stderr), strip(&theirs.stderr), "{args:?}");
+    }
 }

@@ -26,7 +26,7 @@ pub struct AmendArgs {
     /// Quiet mode
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// The image to change
+    /// The image to change (not needed for `-f FMT -o help`)
     #[arg(value_name = "FILE")]
-    pub filename: String,
+    pub filename: Option<String>,
 }

@@ -221,6 +221,14 @@ pub struct ConvertArgs {
     /// Open the sources in shared mode (no locking)
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// Copy offloading (qemu-img's -C): refused with -c, an explicit -S or
+    /// --salvage, as qemu-img refuses it; img's engine copies the same data
+    #[arg(short = 'C')]
+    pub copy_range: bool,
+    /// Go on past read errors of the sources (qemu-img's --salvage; not
+    /// supported by img yet, refused in one line)
+    #[arg(long = "salvage")]
+    pub salvage: bool,
     /// Sources, then the target
     #[arg(value_name = "FILES")]
     pub files: Vec<String>,
@@ -252,6 +260,43 @@ impl ConvertArgs {
     /// The target image (the last file).
     pub fn target(&self) -> Option<&str> {
         self.files.last().map(String::as_str)
+    }
+
+    /// The target named for `-o help`: qemu-img takes the last file only
+    /// when there is at least one source before it.
+    pub fn help_target(&self) -> Option<&str> {
+        if self.files.len() >= 2 {
+            self.target()
+        } else {
+            None
+        }
+    }
+
+    /// qemu-img's checks of `-C` against the options it cannot go with, in
+    /// its order and words (checked before [`Self::no_create_conflict`]).
+    pub fn copy_offload_conflict(&self) -> Option<&'static str> {
+        if !self.copy_range {
+            None
+        } else if self.compress {
+            Some("Cannot enable copy offloading when -c is used")
+        } else if self.sparse_size.is_some() {
+            Some("Cannot enable copy offloading when -S is used")
+        } else if self.salvage {
+            Some("Cannot use copy offloading in salvaging mode")
+        } else {
+            None
+        }
+    }
+
+    /// qemu-img's checks of `-n` against what only creation uses.
+    pub fn no_create_conflict(&self) -> Option<&'static str> {
+        if self.no_create && !self.options.is_empty() {
+            Some("-o has no effect when skipping image creation")
+        } else if self.target_is_zero && !self.no_create {
+            Some("--target-is-zero requires use of -n flag")
+        } else {
+            None
+        }
     }
 }
 

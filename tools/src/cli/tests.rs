@@ -173,6 +173,54 @@ fn convert() {
     parse(&["convert", "-O", "qcow2", "-o", "help"]);
 }
 
+fn convert_args(args: &[&str]) -> ConvertArgs {
+    let mut full = vec!["convert"];
+    full.extend_from_slice(args);
+    match parse(&full) {
+        Command::Convert(a) => a,
+        other => panic!("not convert: {other:?}"),
+    }
+}
+
+#[test]
+fn convert_help_names_the_target_only_after_a_source() {
+    assert_eq!(convert_args(&["-o", "help"]).help_target(), None);
+    assert_eq!(convert_args(&["-o", "help", "only"]).help_target(), None);
+    assert_eq!(
+        convert_args(&["-o", "help", "a", "b"]).help_target(),
+        Some("b")
+    );
+}
+
+#[test]
+fn convert_copy_offload_conflicts_in_qemu_img_order() {
+    let conflict = |args: &[&str]| convert_args(args).copy_offload_conflict();
+    assert_eq!(conflict(&["-C", "a", "b"]), None);
+    assert_eq!(conflict(&["-c", "-S", "4k", "a", "b"]), None);
+    assert_eq!(
+        conflict(&["-C", "-c", "-S", "4k", "--salvage", "a", "b"]),
+        Some("Cannot enable copy offloading when -c is used")
+    );
+    assert_eq!(
+        conflict(&["-C", "-S", "0", "--salvage", "a", "b"]),
+        Some("Cannot enable copy offloading when -S is used")
+    );
+    assert_eq!(
+        conflict(&["--salvage", "-C", "a", "b"]),
+        Some("Cannot use copy offloading in salvaging mode")
+    );
+    let no_create = |args: &[&str]| convert_args(args).no_create_conflict();
+    assert_eq!(
+        no_create(&["-n", "-o", "cluster_size=4k", "a", "b"]),
+        Some("-o has no effect when skipping image creation")
+    );
+    assert_eq!(
+        no_create(&["--target-is-zero", "a", "b"]),
+        Some("--target-is-zero requires use of -n flag")
+    );
+    assert_eq!(no_create(&["-n", "--target-is-zero", "a", "b"]), None);
+}
+
 #[test]
 fn resize_accepts_negative_sizes() {
     let cases: [(&[&str], ResizeSize); 5] = [

@@ -44,6 +44,27 @@ const AMEND_HELP: &str = "Amend options for 'qcow2':
   refcount_bits=<num>    - Width of a reference count entry in bits
   size=<size>            - Virtual disk size";
 
+/// The text of `img amend -f luks -o help`.
+const LUKS_AMEND_HELP: &str = "Amend options for 'luks':
+  iter-time=<num>        - Time to spend in PBKDF in milliseconds
+  keyslot=<num>          - Select a single keyslot to modify explicitly
+  new-secret=<str>       - New secret to set in the matching keyslots. Empty string to erase
+  old-secret=<str>       - Select all keyslots that match this password
+  state=<str>            - Select new state of affected keyslots (active/inactive)";
+
+/// qemu-img's `print_amend_option_help`: the amend options of `format`, or
+/// its refusal when the format has none (only qcow2 and luks have).
+fn amend_help(format: &str) -> Result<&'static str> {
+    match format {
+        "qcow2" => Ok(AMEND_HELP),
+        "luks" => Ok(LUKS_AMEND_HELP),
+        other if qcow::probe::Format::from_name(other).is_some() => {
+            bail!("Format driver '{other}' does not support option amendment")
+        }
+        other => bail!("Unknown file format '{other}'"),
+    }
+}
+
 /// Turns the `-o` list into library options, refusing what qemu-img
 /// refuses, in its order and words.
 fn amend_options(list: &OptionList) -> Result<AmendOptions> {
@@ -122,18 +143,27 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         );
     }
     let list = OptionList::from_args(&args.options).map_err(|e| anyhow!("{e}"))?;
-    if list.has_help() {
-        println!("{AMEND_HELP}");
+    // With -f, help needs no image; without, the probed format's is shown.
+    if let (Some(format), true) = (&args.format, list.has_help()) {
+        println!("{}", amend_help(format)?);
         return Ok(0);
     }
-    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let filename = args
+        .filename
+        .as_deref()
+        .ok_or_else(|| anyhow!("Expecting one image file name"))?;
+    let spec = super::image_spec::resolve(filename, args.format.as_deref(), args.image_opts)?;
     let path = Path::new(&spec.filename);
-    let storage = open_storage(path, true).map_err(|e| open_error(&args.filename, e))?;
+    let storage = open_storage(path, true).map_err(|e| open_error(filename, e))?;
     let format = match &spec.format {
         Some(f) => parse_format(f)?,
-        None => probe(&*storage, path).map_err(|e| open_error(&args.filename, e))?,
+        None => probe(&*storage, path).map_err(|e| open_error(filename, e))?,
     };
-    super::locks::lock_image(path, &args.filename, format, super::locks::ImageUse::WRITE)?;
+    if list.has_help() {
+        println!("{}", amend_help(format.name())?);
+        return Ok(0);
+    }
+    super::locks::lock_image(path, filename, format, super::locks::ImageUse::WRITE)?;
     if format == Format::Raw {
         bail!("Format driver 'raw' does not support option amendment");
     }
@@ -143,12 +173,7 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         .unwrap_or(0);
     if encrypted != 0 {
         // QEMU opens an encrypted image's cipher, so needs its key.
-        super::open_named(
-            &args.filename,
-            args.format.as_deref(),
-            false,
-            args.image_opts,
-        )?;
+        super::open_named(filename, args.format.as_deref(), false, args.image_opts)?;
     }
     let slot_keys: Vec<&str> = split_options(list.as_str())
         .iter()
@@ -171,7 +196,7 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
             .map(|id| crate::opts::secret::lookup(&id))
             .transpose()?;
         let image = qcow::image::Qcow2::open(storage.clone(), true, &FileOpener::for_image(path))
-            .map_err(|e| open_error(&args.filename, e))?;
+            .map_err(|e| open_error(filename, e))?;
         super::amend_luks::apply(&image, &change, secret.as_deref(), args.force)?;
         image.close()?;
         if opts == AmendOptions::default() {

@@ -12,7 +12,7 @@ use super::locks::{lock_image, ImageUse};
 use super::{io_reason, open, open_named_for, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
-use crate::opts::{CreateOptions, ImageFormat, OptsError, ParsedOptions};
+use crate::opts::{option_help, CreateOptions, ImageFormat, OptsError, ParsedOptions};
 
 /// Default `-S`: zero runs of at least 4 KiB stay sparse.
 const DEFAULT_SPARSE: u64 = 4096;
@@ -64,6 +64,23 @@ fn target_encryption(parsed: &ParsedOptions, format: ImageFormat) -> Result<Opti
 
 /// Runs `img convert`.
 pub fn run(args: &ConvertArgs) -> Result<i32> {
+    // qemu-img's order: the -o lists as it reads them, the option
+    // conflicts, then `-o help`, then the file names.
+    let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
+    if let Some(conflict) = args
+        .copy_offload_conflict()
+        .or_else(|| args.no_create_conflict())
+    {
+        return Err(anyhow!("{conflict}"));
+    }
+    if list.has_help() {
+        let format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
+        print!("{}", option_help(format, args.help_target()));
+        return Ok(0);
+    }
+    if args.salvage {
+        return Err(anyhow!("img convert --salvage is not supported yet"));
+    }
     let snapshot = snapshot_to_read(args);
     let target = args
         .target()
@@ -110,7 +127,6 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         let has_backing = image.backing().is_some();
         (image, args.target_is_zero, has_backing)
     } else {
-        let list = args.option_list().map_err(|e| anyhow!("{e}"))?;
         let mut parsed =
             ParsedOptions::parse(target_format, &list).map_err(|e| prefixed(&target, e))?;
         parsed

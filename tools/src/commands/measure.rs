@@ -3,12 +3,12 @@
 use anyhow::{anyhow, Result};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::AnyImage;
-use qcow::measure::fully_allocated_size;
+use qcow::measure::{fits_l1_limit, fully_allocated_size};
 use qcow::Storage;
 
-use super::open;
+use crate::cli::values::SnapshotParam;
 use crate::cli::MeasureArgs;
-use crate::opts::{CreateOptions, ImageFormat, OptionList, ParsedOptions};
+use crate::opts::{CreateOptions, ImageFormat, OptionList, ParsedOptions, Preallocation};
 use crate::report::qobject::{to_json_pretty, QDict, QObject};
 use crate::report::OutputFormat;
 
@@ -66,29 +66,51 @@ fn allocated_data(source: &AnyImage, cluster_size: u64) -> Result<u64> {
     Ok(required)
 }
 
+/// The input image named on the command line, refused in qemu-img's
+/// words and order when the arguments do not name exactly one way to
+/// size the new image.
+fn input_filename(args: &MeasureArgs) -> Result<Option<&str>> {
+    let filename = match args.files.as_slice() {
+        [] => None,
+        [one] => Some(one.as_str()),
+        _ => return Err(anyhow!("At most one filename argument is allowed.")),
+    };
+    if filename.is_none() && (args.image_opts || args.format.is_some() || args.snapshot.is_some()) {
+        return Err(anyhow!(
+            "--image-opts, -f, and -l require a filename argument."
+        ));
+    }
+    match (filename, args.size) {
+        (Some(_), Some(_)) => Err(anyhow!("--size N cannot be used together with a filename.")),
+        (None, None) => Err(anyhow!(
+            "Either --size N or one filename must be specified."
+        )),
+        _ => Ok(filename),
+    }
+}
+
 /// Runs `img measure`.
 pub fn run(args: &MeasureArgs) -> Result<i32> {
-    let target: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
-    let source = match (&args.filename, args.size) {
-        (Some(_), Some(_)) => {
-            return Err(anyhow!("--size N cannot be used together with a filename."))
-        }
-        (None, None) => {
-            return Err(anyhow!(
-                "Either --size N or one filename must be specified."
-            ))
-        }
-        (Some(f), None) => {
-            let image = open(f, args.format.as_deref(), false)?;
-            if let (Some(name), AnyImage::Qcow2(q)) = (&args.snapshot, &image) {
+    // qemu-img reads the -o lists while it parses the command line.
+    let list = OptionList::from_args(args.options.iter()).map_err(|e| anyhow!("{e}"))?;
+    let source = match input_filename(args)? {
+        Some(f) => {
+            let image = super::open_named(f, args.format.as_deref(), false, args.image_opts)?;
+            let snapshot = args.snapshot.as_ref().map(|p| match p {
+                SnapshotParam::IdOrName(n) => n.clone(),
+                SnapshotParam::Spec { id, name } => {
+                    id.clone().or_else(|| name.clone()).unwrap_or_default()
+                }
+            });
+            if let (Some(name), AnyImage::Qcow2(q)) = (&snapshot, &image) {
                 q.view_snapshot(name)
                     .map_err(|e| anyhow!("Failed to load snapshot: {e}"))?;
             }
             Some(image)
         }
-        (None, Some(_)) => None,
+        None => None,
     };
-    let list = OptionList::from_args(args.options.iter()).map_err(|e| anyhow!("{e}"))?;
+    let target: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
     let parsed = ParsedOptions::parse(target, &list).map_err(|e| anyhow!("{e}"))?;
     let opts = CreateOptions::from_parsed(&parsed).map_err(|e| anyhow!("{e}"))?;
     let virtual_size = match &source {
@@ -134,8 +156,25 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
                 }
                 _ => 0,
             };
+            // qcow2_measure checks the size given (--size or -o size=,
+            // not the input's) against the L1 limit first.
+            let given_size = args.size.or(opts.size).unwrap_or(0);
+            if !fits_l1_limit(given_size, cs, ext) {
+                return Err(anyhow!(
+                    "The image size is too large (try using a larger cluster size)"
+                ));
+            }
             let fully = luks + fully_allocated_size(virtual_size, cs, order, ext);
+            // Preallocated data counts whole; so does an input's when the
+            // new image has a backing file, as qemu-img cannot know what
+            // that file shares with the input.
+            let preallocated = matches!(
+                opts.preallocation,
+                Some(Preallocation::Full | Preallocation::Falloc)
+            );
             let data = match &source {
+                _ if preallocated => aligned,
+                Some(_) if opts.backing_file.is_some() => aligned,
                 Some(s) => allocated_data(s, cs)?,
                 None => 0,
             };
@@ -165,4 +204,77 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_filename;
+    use crate::cli::{parse_args, Command, MeasureArgs};
+
+    fn measure(args: &[&str]) -> MeasureArgs {
+        let mut full = vec!["img", "measure"];
+        full.extend_from_slice(args);
+        match parse_args(full).map(|c| c.command) {
+            Ok(Command::Measure(a)) => a,
+            Ok(_) => panic!("not measure"),
+            Err(e) => panic!("{args:?}: {}", e.message),
+        }
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        input_filename(&measure(args))
+            .expect_err("should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn arguments_are_refused_in_qemu_img_words_and_order() {
+        assert_eq!(
+            refusal(&[]),
+            "Either --size N or one filename must be specified."
+        );
+        assert_eq!(
+            refusal(&["--size", "2G", "x"]),
+            "--size N cannot be used together with a filename."
+        );
+        assert_eq!(
+            refusal(&["--size", "2G", "x", "y"]),
+            "At most one filename argument is allowed."
+        );
+        for flag in [&["--image-opts"][..], &["-f", "qcow2"], &["-l", "snap1"]] {
+            assert_eq!(
+                refusal(flag),
+                "--image-opts, -f, and -l require a filename argument."
+            );
+        }
+        assert_eq!(input_filename(&measure(&["x"])).unwrap(), Some("x"));
+        assert_eq!(input_filename(&measure(&["--size", "0"])).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_values_are_refused_while_parsing() {
+        let message = |args: &[&str]| {
+            let mut full = vec!["img", "measure"];
+            full.extend_from_slice(args);
+            parse_args(full).expect_err("should be refused").message
+        };
+        for (args, expected) in [
+            (
+                &["--output", "foo"][..],
+                ": --output must be used with human or json as argument.\n",
+            ),
+            (
+                &["--size", "-1"],
+                ": Invalid image size specified. Must be between 0 and 9223372036854775807.\n",
+            ),
+            (
+                &["-l", "snapshot.foo=bar"],
+                ": Invalid parameter 'snapshot.foo'\n",
+            ),
+        ] {
+            let text = message(args);
+            assert!(text.contains(expected), "{args:?}: {text}");
+            assert!(!text.contains("Try "), "{args:?}: {text}");
+        }
+    }
 }

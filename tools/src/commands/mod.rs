@@ -160,9 +160,13 @@ pub fn open_error(filename: &str, e: qcow::Error) -> anyhow::Error {
 }
 
 /// The message of an error, with I/O errors reduced to their OS text.
+///
+/// A backing file that fails to open gets QEMU's prefix
+/// (bdrv_open_backing_file's `Could not open backing file: `).
 pub fn io_reason(e: &qcow::Error) -> String {
     match e {
         qcow::Error::Io { source, .. } => os_text(source),
+        qcow::Error::Backing { reason, .. } => format!("Could not open backing file: {reason}"),
         other => other.to_string(),
     }
 }
@@ -202,4 +206,21 @@ pub fn looks_preallocated(image: &AnyImage) -> bool {
     let file_clusters = len.div_ceil(cs);
     let real_clusters = real / cs;
     file_clusters >= (real_clusters * 10 / 9).max(real_clusters + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::io_reason;
+
+    #[test]
+    fn a_backing_failure_reads_as_qemus() {
+        let e = qcow::Error::Backing {
+            name: "b.qcow2".into(),
+            reason: "Could not open 'b.qcow2': No such file or directory".into(),
+        };
+        assert_eq!(
+            io_reason(&e),
+            "Could not open backing file: Could not open 'b.qcow2': No such file or directory"
+        );
+    }
 }

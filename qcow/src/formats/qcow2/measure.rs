@@ -1,6 +1,16 @@
 //! How big a qcow2 image needs to be: QEMU's `qemu-img measure` arithmetic
 //! (metadata of a fully allocated image, refcount structures included).
 
+/// Whether an image of `virtual_size` bytes fits qcow2's L1 limit
+/// (`MAX_L1_BYTES`) with this cluster size, as qcow2_measure checks before
+/// it measures: false when the L1 table would have to be larger.
+pub fn fits_l1_limit(virtual_size: u64, cluster_size: u64, extended_l2: bool) -> bool {
+    let entry = if extended_l2 { 16 } else { 8 };
+    let clusters = virtual_size.div_ceil(cluster_size);
+    let l2_tables = clusters.div_ceil(cluster_size / entry);
+    l2_tables.saturating_mul(8) <= crate::header::MAX_L1_BYTES
+}
+
 /// Bytes of refcount table and blocks needed to cover `clusters` clusters,
 /// themselves included.
 pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
@@ -60,5 +70,20 @@ mod tests {
             fully_allocated_size(10 << 30, 65536, 4, true),
             10_740_629_504
         );
+    }
+
+    #[test]
+    fn the_l1_limit_is_qemus() {
+        // qemu-img measure -O qcow2 --size 2P passes and 7E is too large
+        // with 64 KiB clusters; 2 MiB clusters take 2E but not 7E.
+        assert!(fits_l1_limit(2 << 50, 65536, false));
+        assert!(!fits_l1_limit(7 << 60, 65536, false));
+        assert!(fits_l1_limit(2 << 60, 2 << 20, false));
+        assert!(!fits_l1_limit(7 << 60, 2 << 20, false));
+        // The last size that fits: 4 Mi L2 tables of 8 Ki entries each.
+        let limit = (32u64 << 20) / 8 * 8192 * 65536;
+        assert!(fits_l1_limit(limit, 65536, false));
+        assert!(!fits_l1_limit(limit + 1, 65536, false));
+        assert!(!fits_l1_limit(u64::MAX, 512, true));
     }
 }

@@ -103,11 +103,6 @@ pub fn amend(file: Arc<dyn Storage>, opener: &dyn Opener, opts: &AmendOptions) -
             });
         }
     }
-    if opts.backing_fmt.is_some() && opts.backing_file.is_none() && hc.backing_file.is_none() {
-        return Err(refused(
-            "backing_fmt can only be set for images that have a backing file",
-        ));
-    }
 
     let reopen = |image: Qcow2| -> Result<Qcow2> {
         image.close()?;
@@ -123,17 +118,22 @@ pub fn amend(file: Arc<dyn Storage>, opener: &dyn Opener, opts: &AmendOptions) -
         crate::check::change_refcount_order(&*file, new_order)?;
         image = Qcow2::open(file.clone(), true, opener)?;
     }
-    if opts.backing_file.is_some() || opts.backing_fmt.is_some() {
-        let hc = image.header_cluster();
-        let name = opts.backing_file.clone().or(hc.backing_file.clone());
-        let format = opts
-            .backing_fmt
-            .clone()
-            .or_else(|| hc.backing_format().map(str::to_owned));
-        image.set_backing_name(name.as_deref().filter(|n| !n.is_empty()), format.as_deref())?;
-    }
     if let Some(name) = &opts.data_file {
         image.set_data_file_name(name)?;
+    }
+    // As qcow2_amend_options: backing options may only restate the
+    // current name and format (both, as given); `rebase` changes them.
+    // The changes above stay, as QEMU has written them by now.
+    if opts.backing_file.is_some() || opts.backing_fmt.is_some() {
+        let hc = image.header_cluster();
+        if opts.backing_file != hc.backing_file
+            || opts.backing_fmt.as_deref() != hc.backing_format()
+        {
+            image.close()?;
+            return Err(refused(
+                "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.",
+            ));
+        }
     }
     if let Some(lazy) = opts.lazy_refcounts {
         image.set_lazy_refcounts(lazy)?;
