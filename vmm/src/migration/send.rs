@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmapi::MigrationUrl;
 
 use super::dirty::{DirtyLog, DirtyRegion};
+use super::storage::StorageMode;
+use super::storage_send;
 use super::stream::{self, Tag, PAGE};
 use super::transport::{self, Connection};
 use super::{MigrationError, Result};
@@ -34,10 +36,15 @@ pub struct SendOptions {
     pub downtime: Duration,
     /// The longest the whole migration may take.
     pub timeout: Duration,
-    /// Whether the guest is to run at the destination (it ran here).
+    /// Whether the guest runs here (it is paused for the last pass).
+    pub running: bool,
+    /// Whether the guest is to run at the destination (it runs here and
+    /// was not asked to stay paused there).
     pub resume: bool,
     /// Text for the destination's manager.
     pub annotation: String,
+    /// Whether the disks travel too.
+    pub storage: StorageMode,
 }
 
 /// What a migration measured.
@@ -53,6 +60,8 @@ pub struct SendReport {
     pub ram_bytes: u64,
     /// The full pass.
     pub full_pass: Duration,
+    /// Bytes of disk data and zeroes sent (copied storage).
+    pub disk_bytes: u64,
 }
 
 /// Where the source stands, for putting it back after a failure.
@@ -74,7 +83,7 @@ pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<Se
                 eprintln!("vmm: after the failed migration: {e}");
             }
         }
-        if progress.paused && options.resume {
+        if progress.paused {
             vm.resume();
         }
     }
@@ -108,7 +117,7 @@ fn run(
     result
 }
 
-fn write_err(e: std::io::Error) -> MigrationError {
+pub(super) fn write_err(e: std::io::Error) -> MigrationError {
     if matches!(
         e.kind(),
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
@@ -151,14 +160,25 @@ fn exchange(
             .map_err(MigrationError::io("cloning the connection"))?,
     );
     let mut offset = 0u64;
+    let (plan, mut storage) = storage_send::plan(vm, options.storage)?;
     stream::write_header(&mut out).map_err(write_err)?;
     stream::write_frame(&mut out, Tag::Config, &[config_json]).map_err(write_err)?;
     stream::write_frame(&mut out, Tag::Annotation, &[options.annotation.as_bytes()])
         .map_err(write_err)?;
+    stream::write_frame(&mut out, Tag::Storage, &[&plan.to_json()]).map_err(write_err)?;
     out.flush().map_err(write_err)?;
     expect_reply(reader, &mut offset, Tag::Ack)?;
 
     let mut report = SendReport::default();
+    // The disks first (the guest's changes to them tracked from before
+    // the first read), then RAM.
+    if let Some(storage) = storage.as_mut() {
+        storage.start();
+        report.disk_bytes += storage.full_copy(&mut out)?;
+    }
+    let disk_dirty = |storage: &Option<storage_send::StorageSource>| {
+        storage.as_ref().map_or(0, |s| s.dirty_bytes())
+    };
     let machine = {
         let log = DirtyLog::start(vm)?;
         let mut sender = RamSender {
@@ -176,7 +196,7 @@ fn exchange(
         // Dirty passes until the rest fits in the downtime.
         let mut pending = log.collect()?;
         loop {
-            let dirty = dirty_bytes(&pending);
+            let dirty = dirty_bytes(&pending) + disk_dirty(&storage);
             let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
             if estimate <= options.downtime || report.passes >= MAX_PASSES {
                 break;
@@ -190,9 +210,15 @@ fn exchange(
                 });
             }
             let pass_start = Instant::now();
-            let sent = sender.dirty_pass(&pending)?;
+            let ram = sender.dirty_pass(&pending)?;
+            report.ram_bytes += ram;
+            let mut sent = ram;
+            if let Some(storage) = storage.as_mut() {
+                let disk = storage.dirty_pass(sender.out)?;
+                report.disk_bytes += disk;
+                sent += disk;
+            }
             sender.out.flush().map_err(write_err)?;
-            report.ram_bytes += sent;
             report.passes += 1;
             // The bandwidth of this pass, smoothed with the last.
             bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
@@ -202,13 +228,17 @@ fn exchange(
         // since, the devices' pages (written until their queues drained)
         // included.
         let paused_at = Instant::now();
-        if options.resume {
+        if options.running {
             vm_pause(sender.vm)?;
             progress.paused = true;
         }
         let last = log.collect()?;
         let merged = merge(&pending, &last);
         report.ram_bytes += sender.dirty_pass(&merged)?;
+        if let Some(storage) = storage.as_mut() {
+            // The queues are drained: these are the disks' last changes.
+            report.disk_bytes += storage.dirty_pass(sender.out)?;
+        }
         report.passes += 1;
         let machine = sender.vm.save_machine()?;
         drop(log);
@@ -277,7 +307,7 @@ impl PageMap {
 
 /// Whether `page` is all zero bytes (eight at a time: the full pass looks
 /// at every page of RAM).
-fn is_zero(page: &[u8]) -> bool {
+pub(super) fn is_zero(page: &[u8]) -> bool {
     let mut words = page.chunks_exact(8);
     let any = words.by_ref().fold(0u64, |acc, w| {
         acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
