@@ -131,7 +131,9 @@ def ours(run):
     m = re.search(r"migrated to \S+ in (\d+) ms \((\d+) ms of downtime", line)
     if not m:
         sys.exit(f"migrate.sh: our source did not migrate: {line}")
-    print("  ours:", line.strip().splitlines()[-1], flush=True)
+    for l in line.strip().splitlines():
+        if "migrated to" in l or "downtime:" in l:
+            print("  ours:", l, flush=True)
     try:
         curl(f"{d}/dst.sock", "vmm.shutdown", {})
     except SystemExit:

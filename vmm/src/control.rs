@@ -600,6 +600,7 @@ impl Controller {
             report.disk_bytes >> 20,
             report.full_pass.as_millis()
         );
+        eprintln!("vmm: the migration's downtime: {}", report.paused);
         self.migrated = true;
         Ok(())
     }

@@ -62,6 +62,44 @@ pub struct SendReport {
     pub full_pass: Duration,
     /// Bytes of disk data and zeroes sent (copied storage).
     pub disk_bytes: u64,
+    /// Where the downtime went.
+    pub paused: PausedPhases,
+}
+
+/// The paused window, phase by phase (each from the end of the last).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PausedPhases {
+    /// Stopping the vCPUs and draining the disk queues.
+    pub pause: Duration,
+    /// The last dirty pass (RAM, then the disks' last changes).
+    pub last_pass: Duration,
+    /// Collecting the vCPUs' and devices' state, dirty logging off.
+    pub state: Duration,
+    /// Encoding and writing the state.
+    pub send: Duration,
+    /// Flushing the disks and letting go of their locks.
+    pub flush: Duration,
+    /// From the switch to the destination's Ready (its VM built).
+    pub destination: Duration,
+    /// Sending the Commit.
+    pub commit: Duration,
+}
+
+impl std::fmt::Display for PausedPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "pause {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms, destination {:.1} ms, commit {:.1} ms",
+            ms(self.pause),
+            ms(self.last_pass),
+            ms(self.state),
+            ms(self.send),
+            ms(self.flush),
+            ms(self.destination),
+            ms(self.commit)
+        )
+    }
 }
 
 /// Where the source stands, for putting it back after a failure.
@@ -232,6 +270,14 @@ fn exchange(
             vm_pause(sender.vm)?;
             progress.paused = true;
         }
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let took = now - mark;
+            mark = now;
+            took
+        };
+        report.paused.pause = lap();
         let last = log.collect()?;
         let merged = merge(&pending, &last);
         report.ram_bytes += sender.dirty_pass(&merged)?;
@@ -240,24 +286,37 @@ fn exchange(
             report.disk_bytes += storage.dirty_pass(sender.out)?;
         }
         report.passes += 1;
+        report.paused.last_pass = lap();
         let machine = sender.vm.save_machine()?;
         drop(log);
+        report.paused.state = lap();
         (machine, paused_at)
     };
     let (machine, paused_at) = machine;
+    let mut mark = Instant::now();
+    let mut lap = || {
+        let now = Instant::now();
+        let took = now - mark;
+        mark = now;
+        took
+    };
     let bytes = machine.to_bytes()?;
     stream::write_frame(&mut out, Tag::Machine, &[&bytes]).map_err(write_err)?;
+    report.paused.send = lap();
     // The switch: the disks flushed and their locks let go of, for the
     // destination to take.
     vm.flush_disks()?;
     vm.release_locks();
     progress.unlocked = true;
+    report.paused.flush = lap();
     stream::write_frame(&mut out, Tag::Switch, &[&[u8::from(options.resume)]])
         .map_err(write_err)?;
     out.flush().map_err(write_err)?;
     expect_reply(reader, &mut offset, Tag::Ready)?;
+    report.paused.destination = lap();
     stream::write_frame(&mut out, Tag::Commit, &[]).map_err(write_err)?;
     out.flush().map_err(write_err)?;
+    report.paused.commit = lap();
     report.downtime = paused_at.elapsed();
     report.total = started.elapsed();
     Ok(report)
