@@ -7,26 +7,35 @@
 # both running the same test guest in `guest.mode=count` (counting in RAM,
 # writing each count to its disk with a flush) with --memory of RAM and a
 # raw disk. Runs alternate ours and QEMU's; prints medians and the
-# ratios ours/QEMU. The guest touches a few pages continuously (its
-# counter, its stack, the disk buffers): there is no mode yet that dirties
-# memory at a set rate, so this measures the full pass over mostly-zero
-# RAM and the switch, not convergence under load.
+# ratios ours/QEMU. The counting guest touches a few pages continuously
+# (its counter, its stack, the disk buffers): that measures the full pass
+# over mostly-zero RAM and the switch.
+#
+# --rate MIB runs the guest in `guest.mode=dirty` instead: it dirties MIB
+# MiB/s of a --span MIB buffer (default 16) on every 10 ms timer tick,
+# which measures convergence under load (both sides keep their default
+# 300 ms downtime target).
 #
 # --vmm PATH uses that vmm binary instead of building the release one
 # (e.g. target/debug/vmm, which the test profile builds at opt-level 2).
 #
 # Usage: bench/migrate.sh [--runs 5] [--memory 512M] [--vmm PATH]
+#                         [--rate MIB [--span MIB]]
 
 set -euo pipefail
 runs=5
 memory=512M
 vmm=
+rate=0
+span=16
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --vmm) vmm=$(realpath "$2"); shift 2 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        --rate) rate=$2; shift 2 ;;
+        --span) span=$2; shift 2 ;;
+        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "migrate.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -49,12 +58,18 @@ command -v qemu-system-x86_64 >/dev/null || {
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-python3 - "$runs" "$memory" "$vmm" "$guest" "$work" <<'PY'
+python3 - "$runs" "$memory" "$vmm" "$guest" "$work" "$rate" "$span" <<'PY'
 import json, os, re, socket, statistics, subprocess, sys, time
 
 runs, memory, vmm, guest, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+rate, span = int(sys.argv[6]), int(sys.argv[7])
 mib = int(memory[:-1]) * (1024 if memory.endswith("G") else 1) if memory[-1] in "MG" else int(memory) >> 20
-cmdline = "guest.mode=count guest.every=20000"
+if rate:
+    cmdline = f"guest.mode=dirty guest.rate={rate} guest.span={span}"
+    ready, mode = "guest: dirty 2", f"guest.mode=dirty at {rate} MiB/s over {span} MiB"
+else:
+    cmdline = "guest.mode=count guest.every=20000"
+    ready, mode = "guest: count 2", "guest.mode=count"
 
 def wait_for(path, what, timeout=10):
     t0 = time.monotonic()
@@ -104,7 +119,7 @@ def ours(run):
               "serial": {"mode": "File", "file": f"{d}/src-console.log"}}
     curl(f"{d}/src.sock", "vm.create", config)
     curl(f"{d}/src.sock", "vm.boot", {})
-    wait_text(f"{d}/src-console.log", "guest: count 2")
+    wait_text(f"{d}/src-console.log", ready, timeout=600)
     recv = curl(f"{d}/dst.sock", "vm.receive-migration",
                 {"receiver_url": f"unix:{d}/mig.sock",
                  "serial": {"mode": "File", "file": f"{d}/dst-console.log"}}, background=True)
@@ -116,7 +131,9 @@ def ours(run):
     m = re.search(r"migrated to \S+ in (\d+) ms \((\d+) ms of downtime", line)
     if not m:
         sys.exit(f"migrate.sh: our source did not migrate: {line}")
-    print("  ours:", line.strip().splitlines()[-1], flush=True)
+    for l in line.strip().splitlines():
+        if "migrated to" in l or "downtime:" in l:
+            print("  ours:", l, flush=True)
     try:
         curl(f"{d}/dst.sock", "vmm.shutdown", {})
     except SystemExit:
@@ -166,7 +183,7 @@ def qemu(run):
         log = open(os.path.join(d, f"{side}.log"), "w")
         procs.append(subprocess.Popen(base + extra, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         wait_for(f"{d}/{side}-mon.sock", f"QEMU {side} monitor")
-    wait_text(f"{d}/src-console.log", "guest: count 2")
+    wait_text(f"{d}/src-console.log", ready, timeout=600)
     wait_for(f"{d}/mig.sock", "QEMU migration listener")
     hmp(f"{d}/src-mon.sock", f"migrate unix:{d}/mig.sock")
     t0 = time.monotonic()
@@ -191,7 +208,7 @@ for run in range(runs):
 def med(side, i):
     return statistics.median(r[i] for r in results[side])
 o_total, o_down, q_total, q_down = med("ours", 0), med("ours", 1), med("qemu", 0), med("qemu", 1)
-print(f"guest: {memory} of RAM, guest.mode=count, unix socket, {runs} runs each (medians)")
+print(f"guest: {memory} of RAM, {mode}, unix socket, {runs} runs each (medians)")
 print(f"vmm:          total {o_total:7.1f} ms   downtime {o_down:6.1f} ms   runs {results['ours']}")
 print(f"qemu microvm: total {q_total:7.1f} ms   downtime {q_down:6.1f} ms   runs {results['qemu']}")
 print(f"ratios ours/qemu: total {o_total / max(q_total, 1):.2f}, downtime {o_down / max(q_down, 1):.2f}")

@@ -33,6 +33,15 @@ pub struct VmSendMigrationData {
     /// hosts that share no storage (`vm migrate --copy-storage-all`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub copy_storage: bool,
+    /// Our extension: send only the top image of each disk, its backing
+    /// files being at the destination already (`vm migrate
+    /// --copy-storage-inc`); excludes `copy_storage`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub copy_storage_incremental: bool,
+    /// Our extension: leave the guest paused at the destination (`vm
+    /// migrate --suspend`, virsh's).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
     /// Our extension: text handed to the destination with the VM (at
     /// most 1 MiB; `vm migrate` sends the domain's XML), which
     /// vm.receive-migration answers with.
@@ -50,6 +59,8 @@ impl VmSendMigrationData {
             downtime_ms: DEFAULT_DOWNTIME_MS,
             timeout_s: DEFAULT_TIMEOUT_S,
             copy_storage: false,
+            copy_storage_incremental: false,
+            suspend: false,
             annotation: String::new(),
         }
     }

@@ -35,7 +35,7 @@ pub fn migration_stream_body(data: &[u8]) -> bool {
     }
     let mem = vmm::vm::map_guest_memory(summary().memory).expect("1 MiB of guest memory");
     let mut offset = 12;
-    match receive::receive_state(&mut input, &mut offset, summary(), &mem) {
+    match receive::receive_state(&mut input, &mut offset, summary(), &mem, None) {
         Ok(received) => {
             assert!(offset <= data.len() as u64);
             assert_eq!(received.machine.config, summary());

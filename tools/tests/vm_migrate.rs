@@ -5,7 +5,11 @@
 //! stopped, with no gap or repeat in its serial log; the source store
 //! keeps the domain defined and shut off (migrated), the destination
 //! store has it defined and running, and the image checks clean after it
-//! is destroyed there. Needs root, iproute2 (scripts/ensure-net.sh) and
+//! is destroyed there. With `--copy-storage-all` the image folders are
+//! not shared: the destination's is bind-mounted over the same path in
+//! its own mount namespace (the images keep their paths, as libvirt
+//! expects), and the copied image must compare equal to the source's
+//! (qemu-img compare) and check clean. Needs root, iproute2 (scripts/ensure-net.sh) and
 //! /dev/kvm: skipped with a line without them (unless REQUIRE_KVM is set).
 
 mod support;
@@ -24,13 +28,16 @@ struct Hosts {
 
 impl Hosts {
     fn new() -> Option<Hosts> {
+        // Tests of this file run at once: each pair of its own.
+        static PAIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pair = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = std::process::id() % 200;
         let hosts = Hosts {
-            a: format!("vmmig-a-{}", std::process::id()),
-            b: format!("vmmig-b-{}", std::process::id()),
+            a: format!("vmmig-a-{}-{pair}", std::process::id()),
+            b: format!("vmmig-b-{}-{pair}", std::process::id()),
         };
-        let veth_a = format!("vma{tag}");
-        let veth_b = format!("vmb{tag}");
+        let veth_a = format!("vma{tag}x{pair}");
+        let veth_b = format!("vmb{tag}x{pair}");
         let steps: Vec<Vec<String>> = vec![
             vec!["netns".into(), "add".into(), hosts.a.clone()],
             vec!["netns".into(), "add".into(), hosts.b.clone()],
@@ -259,4 +266,192 @@ fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
         .output()
         .unwrap();
     assert!(check.status.success(), "img check: {}", text(&check));
+}
+
+fn qemu(tool: &str, args: &[&str]) -> Output {
+    Command::new(tool).args(args).output().unwrap()
+}
+
+fn have_qemu_img() -> bool {
+    let ok = Command::new("qemu-img").arg("--version").output().is_ok()
+        && Command::new("qemu-io").arg("--version").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("REQUIRE_QEMU").is_none(),
+            "REQUIRE_QEMU is set but qemu-img or qemu-io is missing"
+        );
+        eprintln!("skipped: no qemu-img or qemu-io");
+    }
+    ok
+}
+
+#[test]
+fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() {
+    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root and iproute2 for network namespaces");
+        return;
+    }
+    if !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    ensure_vmm();
+    let guest = build_guest();
+    let Some(hosts) = Hosts::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Host A's images at `images`; host B's own folder is mounted over
+    // the same path in B's mount namespace.
+    let images = dir.path().join("images");
+    let images_b = dir.path().join("images-b");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&images_b).unwrap();
+    let store_a = dir.path().join("store-a");
+    let store_b = dir.path().join("store-b");
+    // A backing file with data, an overlay with some of its own.
+    let base = images.join("base.qcow2");
+    let top = images.join("top.qcow2");
+    let (base_s, top_s) = (base.to_str().unwrap(), top.to_str().unwrap());
+    assert!(
+        qemu("qemu-img", &["create", "-q", "-f", "qcow2", base_s, "4M"])
+            .status
+            .success()
+    );
+    assert!(qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 768k", base_s]
+    )
+    .status
+    .success());
+    assert!(qemu(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", base_s, "-F", "qcow2", top_s]
+    )
+    .status
+    .success());
+    assert!(qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x33 1536k 64k", top_s]
+    )
+    .status
+    .success());
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>carrier</name>\n  <memory unit='MiB'>64</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=2000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
+        guest.display(),
+        top.display()
+    );
+    let xml_file = dir.path().join("carrier.xml");
+    std::fs::write(&xml_file, xml).unwrap();
+    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
+    ok(hosts.vm(&hosts.a, &store_a, &["start", "carrier"]));
+    let log_a = store_a.join("run/carrier/console.log");
+    wait_count(&log_a, 50);
+
+    let port = 5700 + std::process::id() % 1000;
+    let uri = format!("tcp:{}:{port}", hosts.destination_ip());
+    // Host B: its own image folder at the same path, then the listener.
+    let listen = |extra: &str| {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &hosts.b, "sh", "-c"])
+            .arg(format!(
+                "mount --bind \"$1\" \"$2\" && {extra} exec \"$3\" -c \"$4\" migrate-listen \"$5\""
+            ))
+            .arg("sh")
+            .args([&images_b, &images])
+            .arg(env!("CARGO_BIN_EXE_vm"))
+            .arg(&store_b)
+            .arg(&uri)
+            .env_remove("VM_VMM")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+    let migrate = |args: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let mut all = vec!["migrate", "carrier", uri.as_str()];
+            all.extend_from_slice(args);
+            let out = hosts.vm(&hosts.a, &store_a, &all).output().unwrap();
+            if out.status.success() || !text(&out).contains("connecting") {
+                return out;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", text(&out));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // An image already at the path on B: refused, the source runs on,
+    // B's image untouched.
+    std::fs::write(images_b.join("top.qcow2"), b"not to be touched").unwrap();
+    let listener = listen("");
+    let out = migrate(&["--live", "--copy-storage-all"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already exists"), "{}", text(&out));
+    let refused = listener.wait_with_output().unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert_eq!(
+        std::fs::read(images_b.join("top.qcow2")).unwrap(),
+        b"not to be touched"
+    );
+    std::fs::remove_file(images_b.join("top.qcow2")).unwrap();
+    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier"]));
+    assert_eq!(state_a.trim(), "running");
+    let going = counts(&std::fs::read_to_string(&log_a).unwrap());
+    wait_count(&log_a, going.last().unwrap() + 20);
+
+    // The real one: the guest keeps writing during the copy, and stays
+    // paused at B (--suspend) so that the images can be compared.
+    let listener = listen("");
+    let out = migrate(&["--live", "--copy-storage-all", "--suspend"]);
+    assert!(out.status.success(), "vm migrate: {}", text(&out));
+    let received = listener.wait_with_output().unwrap();
+    assert!(
+        received.status.success(),
+        "migrate-listen: {}",
+        text(&received)
+    );
+    let state_b = ok(hosts.vm(&hosts.b, &store_b, &["domstate", "carrier", "--reason"]));
+    assert_eq!(state_b.trim(), "paused (migrating)");
+    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier", "--reason"]));
+    assert_eq!(state_a.trim(), "shut off (migrated)");
+
+    // B's copy: a standalone image of the same format, size and cluster
+    // size, reading the same as A's whole chain.
+    let copy = images_b.join("top.qcow2");
+    let copy_s = copy.to_str().unwrap();
+    let info = qemu("qemu-img", &["info", "-U", "--output=json", copy_s]);
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+    assert!(info.contains("\"virtual-size\": 4194304"), "{info}");
+    assert!(info.contains("\"cluster-size\": 65536"), "{info}");
+    assert!(!info.contains("backing-filename"), "{info}");
+    let same = qemu("qemu-img", &["compare", "-U", top_s, copy_s]);
+    assert!(same.status.success(), "qemu-img compare: {}", text(&same));
+    let check = qemu("qemu-img", &["check", "-U", copy_s]);
+    assert!(check.status.success(), "qemu-img check: {}", text(&check));
+    // The guest counted (and wrote its counts to the disk) during the
+    // copy, so the comparison above covered blocks sent again.
+    let before = std::fs::read_to_string(&log_a).unwrap();
+    let last = *counts(&before).last().unwrap();
+    assert!(last > going.last().unwrap() + 20);
+
+    // It goes on at B from where it stopped at A.
+    ok(hosts.vm(&hosts.b, &store_b, &["resume", "carrier"]));
+    let log_b = store_b.join("run/carrier/console.log");
+    let after = wait_count(&log_b, last + 20);
+    assert!(!after.contains("guest: start"), "started over: {after:?}");
+    let all = counts(&format!("{before}{after}"));
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap or a repeat in {all:?}");
+    }
+    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "carrier"]));
+    for image in [copy_s, top_s, base_s] {
+        let check = qemu("qemu-img", &["check", image]);
+        assert!(
+            check.status.success(),
+            "qemu-img check {image}: {}",
+            text(&check)
+        );
+    }
 }

@@ -616,14 +616,16 @@ impl Controller {
         let options = request.options(self.state == VmState::Running);
         let report = crate::migration::send::send(vm, &config_json, &options)?;
         eprintln!(
-            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM, full pass {} ms)",
+            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM, {} MiB of disk, full pass {} ms)",
             options.url,
             report.total.as_millis(),
             report.downtime.as_millis(),
             report.passes,
             report.ram_bytes >> 20,
+            report.disk_bytes >> 20,
             report.full_pass.as_millis()
         );
+        eprintln!("vmm: the migration's downtime: {}", report.paused);
         self.migrated = true;
         Ok(())
     }
@@ -654,7 +656,13 @@ impl Controller {
         request: &crate::migration::api::ReceiveRequest,
     ) -> std::result::Result<String, crate::migration::MigrationError> {
         use crate::migration::MigrationError;
-        let (mut incoming, given, annotation) = request.accept()?;
+        let (mut incoming, opening) = request.accept()?;
+        let crate::migration::receive::Opening {
+            config: given,
+            annotation,
+            storage: plan,
+        } = opening;
+        let mut storage = None;
         let received = (|| {
             let annotation = String::from_utf8(annotation)
                 .map_err(|_| MigrationError::Stream("the annotation is not UTF-8".into()))?;
@@ -664,6 +672,9 @@ impl Controller {
                 given.serial = Some(serial.clone());
             }
             let config = config::from_api(&given, &self.options)?;
+            let plan = crate::migration::storage::StoragePlan::parse(&plan, config.disks.len())?;
+            storage =
+                crate::migration::storage_receive::IncomingStorage::create(&plan, &config.disks)?;
             let mem = crate::vm::map_guest_memory(config.memory)?;
             let summary = crate::state::machine::ConfigSummary {
                 cpus: config.cpus,
@@ -672,7 +683,10 @@ impl Controller {
                 nets: config.net.len() as u32,
             };
             incoming.ack()?;
-            let received = incoming.receive_state(summary, &mem)?;
+            let received = incoming.receive_state(summary, &mem, storage.as_mut())?;
+            if let Some(storage) = storage.as_mut() {
+                storage.close()?;
+            }
             Ok::<_, MigrationError>((given, config, mem, received, annotation))
         })();
         let (given, config, mem, received, annotation) = match received {
@@ -695,6 +709,9 @@ impl Controller {
                 vm.abandon();
             }
             return Err(e);
+        }
+        if let Some(storage) = storage {
+            storage.keep();
         }
         if received.resume {
             if let Some(vm) = &self.vm {

@@ -82,6 +82,8 @@ pub struct Vm {
     backends: Vec<Arc<dyn blockdev::disk::BlockBackend>>,
     disks: Vec<DiskConfig>,
     stats: Vec<(String, Arc<DiskStats>)>,
+    /// Each disk's tracker of guest writes (a migration copying disks).
+    write_trackers: Vec<Arc<blockdev::virtio::disk_dirty::DiskWriteTracker>>,
     serial: Arc<Mutex<SerialPort>>,
     ged: Arc<Mutex<Ged>>,
     exit: Arc<ExitState>,
@@ -366,6 +368,7 @@ impl Vm {
         mmio.insert(GED_START, GED_SIZE, ged.clone());
         let queues = config.cpus.clamp(1, 4) as u16;
         let mut stats = Vec::new();
+        let mut write_trackers = Vec::new();
         let mut transports = Vec::new();
         for (i, backend) in backends.iter().enumerate() {
             let device = blockdev::virtio::VirtioBlock::new(
@@ -378,6 +381,7 @@ impl Vm {
             )
             .map_err(|e| disk_err(&config.disks[i], e.to_string()))?;
             stats.push((config.disks[i].id.clone(), device.stats()));
+            write_trackers.push(device.write_tracker());
             let base = virtio_mmio_base(i);
             let mut notify = Vec::new();
             for q in 0..queues {
@@ -527,6 +531,7 @@ impl Vm {
             backends,
             disks: config.disks.clone(),
             stats,
+            write_trackers,
             serial,
             ged,
             exit,
@@ -604,6 +609,13 @@ impl Vm {
     /// Each disk's configuration and backend.
     pub(crate) fn disks(&self) -> (&[DiskConfig], &[Arc<dyn blockdev::disk::BlockBackend>]) {
         (&self.disks, &self.backends)
+    }
+
+    /// Each disk's tracker of guest writes, in disk order.
+    pub(crate) fn disk_write_trackers(
+        &self,
+    ) -> &[Arc<blockdev::virtio::disk_dirty::DiskWriteTracker>] {
+        &self.write_trackers
     }
 
     /// The paused VM's state but its RAM: every vCPU, KVM's VM-wide

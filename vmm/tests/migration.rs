@@ -352,12 +352,12 @@ fn a_malformed_stream_is_refused_and_leaves_nothing() {
         ("no magic", b"QFI\xfb garbage garbage".to_vec()),
         ("version", b"VMMIGRAT\x09\0\0\0".to_vec()),
         ("huge frame", {
-            let mut v = b"VMMIGRAT\x01\0\0\0".to_vec();
+            let mut v = b"VMMIGRAT\x02\0\0\0".to_vec();
             v.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
             v
         }),
         ("bad config", {
-            let mut v = b"VMMIGRAT\x01\0\0\0".to_vec();
+            let mut v = b"VMMIGRAT\x02\0\0\0".to_vec();
             let payload = b"{\"memory\": 5}";
             let mut head = vec![1u8];
             head.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -370,6 +370,14 @@ fn a_malformed_stream_is_refused_and_leaves_nothing() {
             let annotation = [11u8, 0, 0, 0, 0];
             v.extend_from_slice(&annotation);
             v.extend_from_slice(&crc32(&annotation).to_le_bytes());
+            // Shared storage.
+            let plan = br#"{"mode":"shared","disks":[]}"#;
+            let mut storage = vec![12u8];
+            storage.extend_from_slice(&(plan.len() as u32).to_le_bytes());
+            storage.extend_from_slice(plan);
+            v.extend_from_slice(&storage[..5]);
+            v.extend_from_slice(&crc32(&storage).to_le_bytes());
+            v.extend_from_slice(plan);
             v
         }),
     ];

@@ -22,6 +22,7 @@ use vm_memory::GuestAddressSpace;
 
 use super::config::BlockConfig;
 use super::defs::*;
+use super::disk_dirty::DiskWriteTracker;
 use super::handler::{QueueEvents, QueueHandler};
 use super::request::DiskInfo;
 use super::stats::DiskStats;
@@ -60,6 +61,7 @@ pub struct VirtioBlock {
     queues: Vec<Queue>,
     activated: bool,
     stats: Arc<DiskStats>,
+    writes: Arc<DiskWriteTracker>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -135,6 +137,7 @@ impl VirtioBlock {
             queues,
             activated: false,
             stats: Arc::new(DiskStats::default()),
+            writes: Arc::new(DiskWriteTracker::new()),
         })
     }
 
@@ -276,6 +279,12 @@ impl VirtioBlock {
         self.stats.clone()
     }
 
+    /// Where the guest's disk changes are marked while a migration copies
+    /// the disk (shared with its queue handlers, kept across resets).
+    pub fn write_tracker(&self) -> Arc<DiskWriteTracker> {
+        self.writes.clone()
+    }
+
     /// The backend the device serves.
     pub fn backend(&self) -> &Arc<dyn BlockBackend> {
         &self.backend
@@ -335,6 +344,7 @@ impl VirtioBlock {
                 self.info.clone(),
                 queue_events,
                 self.stats.clone(),
+                self.writes.clone(),
             )?);
         }
         self.activated = true;

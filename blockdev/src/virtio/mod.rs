@@ -63,6 +63,7 @@ pub mod config;
 pub mod defs;
 pub mod device;
 pub mod dirty_log;
+pub mod disk_dirty;
 pub mod driver;
 mod eventfd;
 pub mod handler;

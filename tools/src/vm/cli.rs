@@ -281,6 +281,8 @@ pub const COMMANDS: &[CommandSpec] = &[
             data("desturi", true),
             flag("live"),
             flag("copy-storage-all"),
+            flag("copy-storage-inc"),
+            flag("suspend"),
             data("timeout", false),
             data("downtime-ms", false),
             flag("verbose"),

@@ -1,7 +1,7 @@
 //! A tiny ring-0 test guest for the vmm: entered in 64-bit long mode through
 //! the Linux boot protocol's 64-bit entry (RSI = boot_params), it prints on
 //! the serial port, runs the test its command line selects
-//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count|net|net-bad`), and resets
+//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count|dirty|net|net-bad`), and resets
 //! through the i8042 (idle and io power off on the ACPI power button). See README.md for the contract with the VMM.
 
 #![no_std]
@@ -12,6 +12,7 @@ mod bootparams;
 mod cmdline;
 mod console;
 mod count;
+mod dirty;
 mod disk;
 mod fill;
 mod hal;
@@ -87,6 +88,7 @@ enum Mode {
     Idle,
     Io,
     Count,
+    Dirty,
     Net,
     NetBad,
 }
@@ -101,6 +103,7 @@ fn parse_mode(text: &[u8]) -> Option<Mode> {
         b"idle" => Some(Mode::Idle),
         b"io" => Some(Mode::Io),
         b"count" => Some(Mode::Count),
+        b"dirty" => Some(Mode::Dirty),
         b"net" => Some(Mode::Net),
         b"net-bad" => Some(Mode::NetBad),
         _ => None,
@@ -131,7 +134,7 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         hello(&boot, cmdline);
         arch::reset();
     }
-    if mode == Mode::Idle || mode == Mode::Io || mode == Mode::Count {
+    if matches!(mode, Mode::Idle | Mode::Io | Mode::Count | Mode::Dirty) {
         // The first byte as soon as we run (what start-to-first-byte times).
         line("start");
     }
@@ -147,6 +150,7 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         Mode::Idle => idle::idle(),
         Mode::Io => idle::io(cmdline, device),
         Mode::Count => count::count(cmdline, device),
+        Mode::Dirty => dirty::dirty(cmdline),
         Mode::BadIo => bad_io(),
         Mode::Net | Mode::NetBad => {
             if let Err(failure) = net::run(cmdline, mode == Mode::NetBad) {

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use vmapi::{ConsoleConfig, MigrationUrl, Response};
 
-use super::receive::Incoming;
+use super::receive::{Incoming, Opening};
 use super::send::SendOptions;
+use super::storage::StorageMode;
 use super::transport::Listener;
 use super::Result;
 
@@ -28,17 +29,23 @@ pub struct SendRequest {
     pub timeout: Duration,
     /// Text handed to the destination's manager with the VM.
     pub annotation: String,
+    /// Whether the disks travel too.
+    pub storage: StorageMode,
+    /// Leave the guest paused at the destination.
+    pub suspend: bool,
 }
 
 impl SendRequest {
-    /// The sender's options; `resume` when the guest runs here.
-    pub fn options(&self, resume: bool) -> SendOptions {
+    /// The sender's options; `running` when the guest runs here.
+    pub fn options(&self, running: bool) -> SendOptions {
         SendOptions {
             url: self.url.clone(),
             downtime: self.downtime,
             timeout: self.timeout,
-            resume,
+            running,
+            resume: running && !self.suspend,
             annotation: self.annotation.clone(),
+            storage: self.storage,
         }
     }
 }
@@ -55,7 +62,7 @@ pub struct ReceiveRequest {
 impl ReceiveRequest {
     /// Binds the URL's address (only it), waits for the one source, reads
     /// its header and configuration; the listener is gone on return.
-    pub fn accept(&self) -> Result<(Incoming, Vec<u8>, Vec<u8>)> {
+    pub fn accept(&self) -> Result<(Incoming, Opening)> {
         let listener = Listener::bind(&self.url)?;
         let connection = listener.accept(ACCEPT_DEADLINE)?;
         drop(listener);
@@ -91,16 +98,23 @@ pub fn send_request(
             super::stream::MAX_ANNOTATION
         )));
     }
-    if body.copy_storage {
-        return Err(bad(
-            "copy_storage is not supported yet: the disks must be on shared storage".into(),
-        ));
-    }
+    let storage = match (body.copy_storage, body.copy_storage_incremental) {
+        (false, false) => StorageMode::Shared,
+        (true, false) => StorageMode::All,
+        (false, true) => StorageMode::Incremental,
+        (true, true) => {
+            return Err(bad(
+                "copy_storage and copy_storage_incremental exclude each other".into(),
+            ))
+        }
+    };
     Ok(SendRequest {
         url,
         downtime: Duration::from_millis(body.downtime_ms),
         timeout: Duration::from_secs(body.timeout_s),
         annotation: body.annotation.clone(),
+        storage,
+        suspend: body.suspend,
     })
 }
 

@@ -16,6 +16,8 @@
 //!   last pass, machine state, flush and let go of the image locks, and
 //!   the switch. Any failure leaves the VM running here with its disks
 //!   and locks.
+//! - [`storage`], [`storage_send`], [`storage_receive`]: disks that
+//!   travel with the VM (`--copy-storage-all`/`-inc`).
 //! - [`receive`]: the destination: everything read is checked (sizes,
 //!   ranges, the configuration) before it is used; the VM is built only
 //!   at the switch, so a failure leaves nothing behind.
@@ -25,9 +27,10 @@
 //! ```text
 //! source                                   destination
 //! header, Config(VmConfig JSON),
-//! Annotation(text)                  ->
+//! Annotation(text), Storage(plan)   ->     creates the copied images
 //!                                   <-     Ack | Refused(reason)
-//! Ram(record)* (full, then dirty passes)
+//! Disk(chunk)* (a copy of the disks),
+//! Ram(record)* (full, then dirty passes, each with its Disk chunks)
 //! Machine(records), Switch(resume)  ->     builds the VM paused, locks disks
 //!                                   <-     Ready | Refused(reason)
 //! Commit                            ->     resumes; the source ends
@@ -37,8 +40,12 @@ pub mod api;
 pub mod dirty;
 pub mod receive;
 pub mod send;
+pub mod storage;
+pub mod storage_receive;
+pub mod storage_send;
 pub mod stream;
 pub mod transport;
+pub mod unnamed_file;
 
 use thiserror::Error;
 

@@ -11,6 +11,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 
 use vm_memory::GuestMemoryMmap;
 
+use super::storage_receive::IncomingStorage;
 use super::stream::{self, Frame, Tag};
 use super::transport::Connection;
 use super::{MigrationError, Result};
@@ -21,6 +22,16 @@ pub struct Incoming {
     input: BufReader<Connection>,
     output: Connection,
     offset: u64,
+}
+
+/// What the source says first, not yet checked.
+pub struct Opening {
+    /// The VmConfig as JSON.
+    pub config: Vec<u8>,
+    /// Text for this host's manager (passed on, never interpreted here).
+    pub annotation: Vec<u8>,
+    /// The storage plan as JSON.
+    pub storage: Vec<u8>,
 }
 
 /// What arrives before the switch.
@@ -34,10 +45,11 @@ pub struct Received {
 }
 
 impl Incoming {
-    /// Reads the header, the configuration frame and the annotation from
-    /// `connection`; returns the configuration's JSON bytes (not yet
-    /// trusted) and the annotation (passed on, never interpreted here).
-    pub fn start(connection: Connection) -> Result<(Incoming, Vec<u8>, Vec<u8>)> {
+    /// Reads the header, the configuration frame, the annotation and the
+    /// storage plan from `connection`; returns the configuration's JSON
+    /// bytes and the plan's (not yet trusted) and the annotation (passed
+    /// on, never interpreted here).
+    pub fn start(connection: Connection) -> Result<(Incoming, Opening)> {
         let output = connection
             .try_clone()
             .map_err(MigrationError::io("cloning the connection"))?;
@@ -61,7 +73,19 @@ impl Incoming {
                 annotation.tag.name()
             )));
         }
-        Ok((incoming, frame.payload, annotation.payload))
+        let plan = incoming.next()?;
+        if plan.tag != Tag::Storage {
+            return Err(MigrationError::Stream(format!(
+                "a {} frame where the storage plan was due",
+                plan.tag.name()
+            )));
+        }
+        let opening = Opening {
+            config: frame.payload,
+            annotation: annotation.payload,
+            storage: plan.payload,
+        };
+        Ok((incoming, opening))
     }
 
     fn next(&mut self) -> Result<Frame> {
@@ -94,10 +118,16 @@ impl Incoming {
         self.output.shutdown();
     }
 
-    /// Receives RAM into `mem` (zeroed, of a VM configured as `vm`), then
-    /// the machine's state and the switch.
-    pub fn receive_state(&mut self, vm: ConfigSummary, mem: &GuestMemoryMmap) -> Result<Received> {
-        receive_state(&mut self.input, &mut self.offset, vm, mem)
+    /// Receives RAM into `mem` (zeroed, of a VM configured as `vm`) and
+    /// disk data into `storage` (when copied), then the machine's state
+    /// and the switch.
+    pub fn receive_state(
+        &mut self,
+        vm: ConfigSummary,
+        mem: &GuestMemoryMmap,
+        storage: Option<&mut IncomingStorage>,
+    ) -> Result<Received> {
+        receive_state(&mut self.input, &mut self.offset, vm, mem, storage)
     }
 
     /// Says the VM is built and waits for the source's Commit.
@@ -118,14 +148,16 @@ impl Incoming {
     }
 }
 
-/// Reads frames from `input` until the switch: RAM runs applied to `mem`,
-/// then one machine state checked against `vm`, then the switch. The
-/// stream reader the fuzz target drives.
+/// Reads frames from `input` until the switch: RAM runs applied to `mem`
+/// and disk chunks to `storage` (refused without one), then one machine
+/// state checked against `vm`, then the switch. The stream reader the
+/// fuzz target drives.
 pub fn receive_state<R: Read>(
     input: &mut R,
     offset: &mut u64,
     vm: ConfigSummary,
     mem: &GuestMemoryMmap,
+    mut storage: Option<&mut IncomingStorage>,
 ) -> Result<Received> {
     let mut machine = None;
     let mut ram_bytes = 0u64;
@@ -133,6 +165,11 @@ pub fn receive_state<R: Read>(
         let frame = stream::read_frame(input, offset)?;
         match (frame.tag, &machine) {
             (Tag::Ram, None) => ram_bytes += stream::apply_ram(&frame, vm.memory, mem)?,
+            (Tag::Disk, None) if storage.is_some() => {
+                if let Some(storage) = storage.as_deref_mut() {
+                    storage.apply(&frame.payload)?;
+                }
+            }
             (Tag::Machine, None) => {
                 machine = Some(MachineState::parse(&frame.payload, vm)?);
             }

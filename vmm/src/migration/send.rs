@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmapi::MigrationUrl;
 
 use super::dirty::{DirtyLog, DirtyRegion};
+use super::storage::StorageMode;
+use super::storage_send;
 use super::stream::{self, Tag, PAGE};
 use super::transport::{self, Connection};
 use super::{MigrationError, Result};
@@ -34,10 +36,15 @@ pub struct SendOptions {
     pub downtime: Duration,
     /// The longest the whole migration may take.
     pub timeout: Duration,
-    /// Whether the guest is to run at the destination (it ran here).
+    /// Whether the guest runs here (it is paused for the last pass).
+    pub running: bool,
+    /// Whether the guest is to run at the destination (it runs here and
+    /// was not asked to stay paused there).
     pub resume: bool,
     /// Text for the destination's manager.
     pub annotation: String,
+    /// Whether the disks travel too.
+    pub storage: StorageMode,
 }
 
 /// What a migration measured.
@@ -53,6 +60,46 @@ pub struct SendReport {
     pub ram_bytes: u64,
     /// The full pass.
     pub full_pass: Duration,
+    /// Bytes of disk data and zeroes sent (copied storage).
+    pub disk_bytes: u64,
+    /// Where the downtime went.
+    pub paused: PausedPhases,
+}
+
+/// The paused window, phase by phase (each from the end of the last).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PausedPhases {
+    /// Stopping the vCPUs and draining the disk queues.
+    pub pause: Duration,
+    /// The last dirty pass (RAM, then the disks' last changes).
+    pub last_pass: Duration,
+    /// Collecting the vCPUs' and devices' state, dirty logging off.
+    pub state: Duration,
+    /// Encoding and writing the state.
+    pub send: Duration,
+    /// Flushing the disks and letting go of their locks.
+    pub flush: Duration,
+    /// From the switch to the destination's Ready (its VM built).
+    pub destination: Duration,
+    /// Sending the Commit.
+    pub commit: Duration,
+}
+
+impl std::fmt::Display for PausedPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "pause {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms, destination {:.1} ms, commit {:.1} ms",
+            ms(self.pause),
+            ms(self.last_pass),
+            ms(self.state),
+            ms(self.send),
+            ms(self.flush),
+            ms(self.destination),
+            ms(self.commit)
+        )
+    }
 }
 
 /// Where the source stands, for putting it back after a failure.
@@ -74,7 +121,7 @@ pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<Se
                 eprintln!("vmm: after the failed migration: {e}");
             }
         }
-        if progress.paused && options.resume {
+        if progress.paused {
             vm.resume();
         }
     }
@@ -108,7 +155,7 @@ fn run(
     result
 }
 
-fn write_err(e: std::io::Error) -> MigrationError {
+pub(super) fn write_err(e: std::io::Error) -> MigrationError {
     if matches!(
         e.kind(),
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
@@ -151,14 +198,25 @@ fn exchange(
             .map_err(MigrationError::io("cloning the connection"))?,
     );
     let mut offset = 0u64;
+    let (plan, mut storage) = storage_send::plan(vm, options.storage)?;
     stream::write_header(&mut out).map_err(write_err)?;
     stream::write_frame(&mut out, Tag::Config, &[config_json]).map_err(write_err)?;
     stream::write_frame(&mut out, Tag::Annotation, &[options.annotation.as_bytes()])
         .map_err(write_err)?;
+    stream::write_frame(&mut out, Tag::Storage, &[&plan.to_json()]).map_err(write_err)?;
     out.flush().map_err(write_err)?;
     expect_reply(reader, &mut offset, Tag::Ack)?;
 
     let mut report = SendReport::default();
+    // The disks first (the guest's changes to them tracked from before
+    // the first read), then RAM.
+    if let Some(storage) = storage.as_mut() {
+        storage.start();
+        report.disk_bytes += storage.full_copy(&mut out)?;
+    }
+    let disk_dirty = |storage: &Option<storage_send::StorageSource>| {
+        storage.as_ref().map_or(0, |s| s.dirty_bytes())
+    };
     let machine = {
         let log = DirtyLog::start(vm)?;
         let mut sender = RamSender {
@@ -176,7 +234,7 @@ fn exchange(
         // Dirty passes until the rest fits in the downtime.
         let mut pending = log.collect()?;
         loop {
-            let dirty = dirty_bytes(&pending);
+            let dirty = dirty_bytes(&pending) + disk_dirty(&storage);
             let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
             if estimate <= options.downtime || report.passes >= MAX_PASSES {
                 break;
@@ -190,9 +248,15 @@ fn exchange(
                 });
             }
             let pass_start = Instant::now();
-            let sent = sender.dirty_pass(&pending)?;
+            let ram = sender.dirty_pass(&pending)?;
+            report.ram_bytes += ram;
+            let mut sent = ram;
+            if let Some(storage) = storage.as_mut() {
+                let disk = storage.dirty_pass(sender.out)?;
+                report.disk_bytes += disk;
+                sent += disk;
+            }
             sender.out.flush().map_err(write_err)?;
-            report.ram_bytes += sent;
             report.passes += 1;
             // The bandwidth of this pass, smoothed with the last.
             bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
@@ -202,32 +266,57 @@ fn exchange(
         // since, the devices' pages (written until their queues drained)
         // included.
         let paused_at = Instant::now();
-        if options.resume {
+        if options.running {
             vm_pause(sender.vm)?;
             progress.paused = true;
         }
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let took = now - mark;
+            mark = now;
+            took
+        };
+        report.paused.pause = lap();
         let last = log.collect()?;
         let merged = merge(&pending, &last);
         report.ram_bytes += sender.dirty_pass(&merged)?;
+        if let Some(storage) = storage.as_mut() {
+            // The queues are drained: these are the disks' last changes.
+            report.disk_bytes += storage.dirty_pass(sender.out)?;
+        }
         report.passes += 1;
+        report.paused.last_pass = lap();
         let machine = sender.vm.save_machine()?;
         drop(log);
+        report.paused.state = lap();
         (machine, paused_at)
     };
     let (machine, paused_at) = machine;
+    let mut mark = Instant::now();
+    let mut lap = || {
+        let now = Instant::now();
+        let took = now - mark;
+        mark = now;
+        took
+    };
     let bytes = machine.to_bytes()?;
     stream::write_frame(&mut out, Tag::Machine, &[&bytes]).map_err(write_err)?;
+    report.paused.send = lap();
     // The switch: the disks flushed and their locks let go of, for the
     // destination to take.
     vm.flush_disks()?;
     vm.release_locks();
     progress.unlocked = true;
+    report.paused.flush = lap();
     stream::write_frame(&mut out, Tag::Switch, &[&[u8::from(options.resume)]])
         .map_err(write_err)?;
     out.flush().map_err(write_err)?;
     expect_reply(reader, &mut offset, Tag::Ready)?;
+    report.paused.destination = lap();
     stream::write_frame(&mut out, Tag::Commit, &[]).map_err(write_err)?;
     out.flush().map_err(write_err)?;
+    report.paused.commit = lap();
     report.downtime = paused_at.elapsed();
     report.total = started.elapsed();
     Ok(report)
@@ -277,7 +366,7 @@ impl PageMap {
 
 /// Whether `page` is all zero bytes (eight at a time: the full pass looks
 /// at every page of RAM).
-fn is_zero(page: &[u8]) -> bool {
+pub(super) fn is_zero(page: &[u8]) -> bool {
     let mut words = page.chunks_exact(8);
     let any = words.by_ref().fold(0u64, |acc, w| {
         acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))

@@ -1,4 +1,5 @@
-//! The migration stream's wire format (version 1).
+//! The migration stream's wire format (version 2: version 1 had no
+//! Storage frame).
 //!
 //! ```text
 //! header  8 bytes  "VMMIGRAT"
@@ -12,7 +13,9 @@
 //! Payloads: `Config` the VmConfig as JSON; `Ram` one state record of kind
 //! RAM (guest-physical start, then whole pages); `Machine` the machine's
 //! record stream (`MachineState::to_bytes`); `Disk` a disk index, a byte
-//! offset and data (`--copy-storage-all`); `Annotation` text for the
+//! offset and data or a length of zeroes (`--copy-storage-all`, see
+//! `storage::DiskChunk`); `Storage` the storage plan as JSON (always sent,
+//! right after the annotation); `Annotation` text for the
 //! destination's manager, passed through; `Switch` one byte, 1 when the
 //! guest is to run at the destination; `Refused` and `Cancel` a UTF-8
 //! reason; the others nothing. The reader bounds the length by the tag
@@ -29,7 +32,7 @@ use crate::state::record::{read_record, Payload, RecordKind, HEADER_LEN, MAX_PAY
 /// The stream's magic.
 pub const STREAM_MAGIC: [u8; 8] = *b"VMMIGRAT";
 /// The stream format's version; a reader refuses any other.
-pub const STREAM_VERSION: u32 = 1;
+pub const STREAM_VERSION: u32 = 2;
 /// Bytes of a frame's head.
 pub const FRAME_HEAD: usize = 9;
 /// The page size RAM travels in.
@@ -72,10 +75,13 @@ pub enum Tag {
     /// Source: an opaque text for the destination's manager (`vm` sends
     /// the domain's XML), right after Config; may be empty.
     Annotation = 11,
+    /// Source: how the disks travel (`storage::StoragePlan` as JSON),
+    /// right after the annotation.
+    Storage = 12,
 }
 
 impl Tag {
-    const ALL: [Tag; 11] = [
+    const ALL: [Tag; 12] = [
         Tag::Config,
         Tag::Ram,
         Tag::Machine,
@@ -87,6 +93,7 @@ impl Tag {
         Tag::Disk,
         Tag::Cancel,
         Tag::Annotation,
+        Tag::Storage,
     ];
 
     /// Its name, for messages.
@@ -103,6 +110,7 @@ impl Tag {
             Tag::Disk => "Disk",
             Tag::Cancel => "Cancel",
             Tag::Annotation => "Annotation",
+            Tag::Storage => "Storage",
         }
     }
 
@@ -115,8 +123,9 @@ impl Tag {
             Tag::Switch => 1,
             Tag::Commit | Tag::Ack | Tag::Ready => 0,
             Tag::Refused | Tag::Cancel => MAX_REASON,
-            Tag::Disk => 12 + MAX_DISK_CHUNK,
+            Tag::Disk => super::storage::CHUNK_HEAD as u32 + MAX_DISK_CHUNK,
             Tag::Annotation => MAX_ANNOTATION,
+            Tag::Storage => super::storage::MAX_PLAN,
         }
     }
 
@@ -355,7 +364,7 @@ mod tests {
             Err(MigrationError::FrameTooLong { .. })
         ));
         assert!(read_frame(&mut &[99u8, 0, 0, 0, 0, 0, 0, 0, 0][..], &mut 0).is_err());
-        assert!(read_header(&mut &b"VMMIGRAT\x02\0\0\0"[..]).is_err());
+        assert!(read_header(&mut &b"VMMIGRAT\x01\0\0\0"[..]).is_err());
         assert!(read_header(&mut &b"QEVM\0\0\0\x03"[..]).is_err());
         let mut out = Vec::new();
         assert!(write_frame(&mut out, Tag::Switch, &[&[1, 2]]).is_err());

@@ -45,6 +45,10 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                     [Request::Flush] => Some(StatKind::Flush),
                     _ => None,
                 };
+                let changes = changed_span(requests);
+                if let Some((first, end)) = changes {
+                    self.writes.mark(first, end - first);
+                }
                 let Some(slot) = self.free_slots.pop() else {
                     // Checked before popping; cannot happen.
                     requests.clear();
@@ -65,6 +69,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
                 chain.transfer = transfer;
                 chain.outstanding = 0;
                 chain.counted = counted.map(|kind| (kind, Instant::now()));
+                chain.changes = changes;
                 if mergeable {
                     if let Some(request) = requests.pop() {
                         chain.outstanding = 1;
@@ -218,6 +223,9 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             chain.pending.clear();
             let (head, status_addr, status, used_len) =
                 (chain.head, chain.status_addr, chain.status, chain.used_len);
+            if let Some((first, end)) = chain.changes.take() {
+                self.writes.mark(first, end - first);
+            }
             if let Some((kind, started)) = chain.counted.take() {
                 let bytes = chain.transfer.unwrap_or(0);
                 self.stats.record(kind, bytes, started.elapsed());
@@ -256,4 +264,22 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             Err(source) => Err(queue_error("add to the used ring", source)),
         }
     }
+}
+
+/// The disk bytes a chain's requests change (from the first to the end of
+/// the last), `None` when it only reads or flushes.
+fn changed_span(requests: &[Request]) -> Option<(u64, u64)> {
+    requests
+        .iter()
+        .filter_map(|request| match request {
+            Request::Write { offset, bufs } => Some((
+                *offset,
+                offset.saturating_add(bufs.iter().map(|b| b.len as u64).sum()),
+            )),
+            Request::Discard { offset, len } | Request::WriteZeroes { offset, len, .. } => {
+                Some((*offset, offset.saturating_add(*len)))
+            }
+            Request::Read { .. } | Request::Flush => None,
+        })
+        .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
 }

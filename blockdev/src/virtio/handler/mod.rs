@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain_merge::{ChainMerger, MERGED_CHAINS};
 use super::defs::STATUS_IOERR;
+use super::disk_dirty::DiskWriteTracker;
 use super::memory::GuestView;
 use super::request::{parse_chain, DiskInfo, ParseScratch};
 use super::ring::{RingSetupError, SplitRing};
@@ -67,6 +68,9 @@ struct InFlight {
     /// What the counters count it as (reads, writes, flushes), with
     /// when it was taken off the ring.
     counted: Option<(StatKind, Instant)>,
+    /// The disk bytes its writes, write-zeroes and discards change
+    /// (first, end), marked again when it completes.
+    changes: Option<(u64, u64)>,
 }
 
 /// One virtqueue of the device with its own backend queue.
@@ -109,6 +113,8 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     refused: u64,
     /// The device's counters.
     stats: Arc<DiskStats>,
+    /// Where the guest's disk changes are marked during a migration.
+    writes: Arc<DiskWriteTracker>,
 }
 
 impl<A: GuestAddressSpace> QueueHandler<A> {
@@ -116,6 +122,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// backend queue `disk` able to hold `queue.size()` requests. Fails
     /// when a ring is not wholly inside one guest memory region or the
     /// memory is behind an IOMMU.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: u16,
         mem: A,
@@ -124,6 +131,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         info: Arc<DiskInfo>,
         events: QueueEvents,
         stats: Arc<DiskStats>,
+        writes: Arc<DiskWriteTracker>,
     ) -> Result<Self> {
         let invalid = |reason| Error::InvalidQueue { index, reason };
         let view = GuestView::new(mem.memory())
@@ -158,6 +166,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             scratch: ParseScratch::default(),
             merger: ChainMerger::default(),
             stats,
+            writes,
         })
     }
 

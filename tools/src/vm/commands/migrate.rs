@@ -1,9 +1,15 @@
 //! Live migration in virsh's words: `migrate DOMAIN DEST_URI [--live]
-//! [--copy-storage-all] [--timeout S] [--downtime-ms N]` on the source and
+//! [--copy-storage-all | --copy-storage-inc] [--suspend] [--timeout S]
+//! [--downtime-ms N]` on the source and
 //! `migrate-listen URI` on the destination, the URI being `unix:PATH` or
 //! `tcp:HOST:PORT` (the destination VMM's listener).
 //!
 //! `migrate` asks the domain's VMM (vm.send-migration) to move the guest;
+//! with `--copy-storage-all` its disks go too, each created at the
+//! destination under the same path as a standalone image holding the
+//! whole chain's contents; with `--copy-storage-inc` only the top image
+//! goes, created with the same backing file, which must be there already
+//! (libvirt's two modes).
 //! the domain's XML travels with it (the request's annotation). Once the
 //! guest runs at the destination the VMM here ends and the domain stays
 //! defined here, shut off (migrated), as libvirt leaves it.
@@ -54,8 +60,9 @@ fn parse_url(text: &str) -> Result<MigrationUrl, VmError> {
     MigrationUrl::parse(text).map_err(VmError::InvalidArgument)
 }
 
-/// `migrate DOMAIN DEST_URI [--live] [--copy-storage-all] [--timeout S]
-/// [--downtime-ms N]`. The migration is always live (the guest runs
+/// `migrate DOMAIN DEST_URI [--live] [--copy-storage-all |
+/// --copy-storage-inc] [--suspend] [--timeout S] [--downtime-ms N]`
+/// (`--suspend` leaves the guest paused at the destination). The migration is always live (the guest runs
 /// until the last pass), as with Cloud Hypervisor; `--live` is accepted.
 pub fn migrate(ctx: &Ctx, inv: &Invocation, _out: &mut String) -> Result<(), VmError> {
     let url = parse_url(inv.required("desturi"))?;
@@ -72,6 +79,13 @@ pub fn migrate(ctx: &Ctx, inv: &Invocation, _out: &mut String) -> Result<(), VmE
     body.timeout_s = timeout_s;
     body.downtime_ms = downtime_ms;
     body.copy_storage = inv.flag("copy-storage-all");
+    body.copy_storage_incremental = inv.flag("copy-storage-inc");
+    body.suspend = inv.flag("suspend");
+    if body.copy_storage && body.copy_storage_incremental {
+        return Err(VmError::Refused(
+            "Options --copy-storage-all and --copy-storage-inc are mutually exclusive".into(),
+        ));
+    }
     body.annotation = def.to_xml();
     let call = Duration::from_secs(timeout_s).saturating_add(CALL_SLACK);
     active
