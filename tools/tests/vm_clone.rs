@@ -1,5 +1,6 @@
 //! `vm clone` as virt-clone: its messages for missing arguments, a taken
-//! name and a running original; a full clone (`--auto-clone` and
+//! name and a running original; a paused original copied (not linked);
+//! new MACs for every interface; a full clone (`--auto-clone` and
 //! `--file`) whose disk reads the same as the original's (qemu-img
 //! compare), is sparse and checks clean, under a new name and UUID; a
 //! linked clone whose disk and the original's are qcow2 overlays of the
@@ -243,7 +244,7 @@ fn linked_clones_share_the_original_as_a_read_only_base() {
 }
 
 #[test]
-fn a_running_original_is_refused() {
+fn a_running_original_is_refused_and_a_paused_one_copied() {
     if !have_qemu() || !have_kvm() {
         return;
     }
@@ -252,6 +253,64 @@ fn a_running_original_is_refused() {
     let s = &bed.store;
     ok(s, &["start", "orig"]);
     let err = fails(s, &["clone", "--original", "orig", "--auto-clone"]);
-    assert!(err.contains("Domain to clone must be shutoff."), "{err}");
+    assert!(
+        err.contains("Domain with devices to clone must be paused or shutoff."),
+        "{err}"
+    );
+    ok(s, &["suspend", "orig"]);
+    let err = fails(
+        s,
+        &["clone", "--original", "orig", "--auto-clone", "--linked"],
+    );
+    assert!(err.contains("--linked needs it shut off"), "{err}");
+    let out = ok(s, &["clone", "--original", "orig", "--auto-clone"]);
+    assert!(
+        out.contains("Clone 'orig-clone' created successfully."),
+        "{out}"
+    );
+    // The copy reads as the paused VM's disk, which its VMM still holds.
+    let original = disk_of(s, "orig", "vda");
+    let copy = disk_of(s, "orig-clone", "vda");
+    let same = qemu("qemu-img", &["compare", "-U", &original, &copy]);
+    assert!(same.status.success(), "{}", text(&same));
+    assert!(qemu("qemu-img", &["check", &copy]).status.success());
+    assert!(ok(s, &["domstate", "orig"]).starts_with("paused"));
     ok(s, &["destroy", "orig"]);
+}
+
+/// The `<mac address>` values of `name`'s definition, in order.
+fn macs(store: &Path, name: &str) -> Vec<String> {
+    let xml = ok(store, &["dumpxml", name]);
+    xml.split("<mac address='")
+        .skip(1)
+        .filter_map(|rest| rest.split('\'').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_interface_of_a_clone_gets_a_new_mac() {
+    if !have_qemu() {
+        return;
+    }
+    let bed = bed();
+    let s = &bed.store;
+    let xml = ok(s, &["dumpxml", "orig"]).replace(
+        "</devices>",
+        "  <interface type='bridge'>\n      <mac address='52:54:00:12:34:56'/>\n      <source bridge='br0'/>\n    </interface>\n    <interface type='bridge'>\n      <source bridge='br1'/>\n    </interface>\n  </devices>",
+    );
+    let file = bed.root.join("nics.xml");
+    std::fs::write(&file, xml).unwrap();
+    ok(s, &["define", file.to_str().unwrap()]);
+    assert_eq!(macs(s, "orig"), ["52:54:00:12:34:56"]);
+    ok(s, &["clone", "--original", "orig", "--auto-clone"]);
+    let new = macs(s, "orig-clone");
+    assert_eq!(new.len(), 2, "{new:?}");
+    for mac in &new {
+        assert!(mac.starts_with("52:54:00:") && mac.len() == 17, "{mac}");
+        assert_ne!(mac, "52:54:00:12:34:56");
+    }
+    assert_ne!(new[0], new[1]);
+    // The original keeps its own.
+    assert_eq!(macs(s, "orig"), ["52:54:00:12:34:56"]);
 }

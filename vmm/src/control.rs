@@ -457,7 +457,12 @@ impl Controller {
                 state => state_error("boot", state),
             },
             ApiRequest::VmPause => match (self.state, &self.vm) {
-                (VmState::Running, Some(vm)) => match vm.pause() {
+                // As QEMU's stop, a pause flushes the disks: a paused
+                // VM's images can then be read from outside (vm clone).
+                (VmState::Running, Some(vm)) => match vm
+                    .pause()
+                    .and_then(|()| Ok(crate::state::in_image::flush_images(vm)?))
+                {
                     Ok(()) => {
                         self.state = VmState::Paused;
                         Response::no_content()

@@ -265,14 +265,14 @@ impl Vm {
             }
             backends.push(opened.backend);
         }
-        // An in-image state is read, checked and its disks reverted before
-        // KVM is touched.
-        let area = match image_name {
-            Some((name, _)) => {
-                let area = state::in_image::revert_disks(&backends, &config.disks, name, summary)?;
-                machine = Some(area.machine);
-                Some((name, area.ram))
-            }
+        // An in-image state is read, checked and its disks reverted on a
+        // thread of its own while KVM builds the VM (joined before the
+        // state is loaded; a failure on either side drops the other).
+        let pending = match image_name {
+            Some((name, _)) => Some((
+                name,
+                state::in_image::PendingRevert::start(&backends, &config.disks, name, summary)?,
+            )),
             None => None,
         };
         let opened_nets = crate::devices::net::open_taps(&config.net)?;
@@ -309,7 +309,7 @@ impl Vm {
                 VIRTIO_FIRST_GSI + i as u32
             ));
         }
-        let loaded = if machine.is_some() {
+        let loaded = if machine.is_some() || pending.is_some() {
             None
         } else {
             Some(boot::load(
@@ -356,6 +356,15 @@ impl Vm {
         );
         let io = Arc::new(io);
 
+        // The reverted disks' sizes size the devices.
+        let area = match pending {
+            Some((name, pending)) => {
+                let reverted = pending.finish()?;
+                machine = Some(reverted.machine);
+                Some((name, reverted.ram))
+            }
+            None => None,
+        };
         // The disks' transports, and the device thread that serves them.
         let (loop_tx, loop_rx) = std::sync::mpsc::channel::<LoopMessage>();
         let wake_loop = new_eventfd()?;

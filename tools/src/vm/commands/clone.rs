@@ -1,11 +1,12 @@
 //! `clone --original DOMAIN --name NEW [--auto-clone] [--file PATH]...
-//! [--linked]`, as virt-clone: the original must be shut off (a paused
-//! VMM may hold qcow2 metadata not yet written back, so its disks cannot
-//! be read from outside); each writable disk is copied through our own
+//! [--linked]`, as virt-clone: the original must be shut off or paused
+//! (the VMM flushes its disks when the API pauses it, so they can be read
+//! from outside; `--linked` needs it shut off); each writable disk is copied through our own
 //! image engine (`img convert`: allocated data only, sparse) to the path
 //! `--file` gives, in order, or one made from the original's (`--auto-clone`:
 //! virt-clone's `NAME-clone` rules); read-only disks and cdroms are shared.
-//! The clone gets the new name and a new UUID, and is defined only once
+//! The clone gets the new name, a new UUID and a new random MAC address
+//! (52:54:00:xx:xx:xx) for every interface, and is defined only once
 //! every disk is copied; a failure removes what it made.
 //!
 //! `--linked` copies nothing: the original's disk becomes the read-only
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use super::{lookup_by, By, Ctx};
 use crate::vm::cli::Invocation;
 use crate::vm::error::VmError;
+use crate::vm::format::state;
 use crate::vm::runtime::{self, Status, QUERY_TIMEOUT};
 use crate::vm::xml::{DiskFormat, DomainDef, DomainName, Uuid};
 
@@ -114,6 +116,104 @@ fn img(args: &[&str]) -> Result<(), VmError> {
     }
 }
 
+/// A random MAC address in QEMU's and libvirt's range `52:54:00:xx:xx:xx`
+/// (unicast, as virt-clone gives each interface of a clone), none of
+/// `taken`.
+fn new_mac(taken: &[String]) -> Result<String, VmError> {
+    use std::io::Read;
+    let mut urandom = std::fs::File::open("/dev/urandom")
+        .map_err(|e| VmError::Internal(format!("cannot make a MAC address: /dev/urandom: {e}")))?;
+    for _ in 0..MAX_TRIES {
+        let mut bytes = [0u8; 3];
+        urandom
+            .read_exact(&mut bytes)
+            .map_err(|e| VmError::Internal(format!("cannot make a MAC address: {e}")))?;
+        let mac = format!(
+            "52:54:00:{:02x}:{:02x}:{:02x}",
+            bytes[0], bytes[1], bytes[2]
+        );
+        if !taken.contains(&mac) {
+            return Ok(mac);
+        }
+    }
+    Err(VmError::OperationFailed(
+        "no free MAC address in 52:54:00:xx:xx:xx".into(),
+    ))
+}
+
+/// The `<interface>` element `text` with its MAC address set to `mac`: the
+/// `<mac address>` value replaced where there is one, else a `<mac>`
+/// element added as its first child. The rest of the text is kept as
+/// given.
+fn with_mac(text: &str, mac: &str) -> Result<String, VmError> {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: 1_000,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(text, options)
+        .map_err(|e| VmError::Internal(format!("an <interface> of the original: {e}")))?;
+    let root = doc.root_element();
+    let address = root
+        .children()
+        .find(|n| n.has_tag_name("mac"))
+        .and_then(|n| n.attribute_node("address"));
+    if let Some(address) = address {
+        let at = address.range_value();
+        return Ok(format!("{}{mac}{}", &text[..at.start], &text[at.end..]));
+    }
+    let element = format!("<mac address='{mac}'/>");
+    if let Some(first) = root.first_child() {
+        let at = first.range().start;
+        return Ok(format!("{}{element}{}", &text[..at], &text[at..]));
+    }
+    // No children: `<interface .../>` or `<interface ...></interface>`.
+    let end = root.range().end;
+    let head = &text[..end];
+    Ok(match head.strip_suffix("/>") {
+        Some(open) => format!("{open}>{element}</interface>{}", &text[end..]),
+        None => {
+            let close = head.rfind("</").unwrap_or(end);
+            format!("{}{element}{}", &text[..close], &text[close..])
+        }
+    })
+}
+
+/// Gives every `<interface>` of `def` a new random MAC address, unused
+/// by any domain of the store and by `def`'s other interfaces, as
+/// virt-clone does (two guests on one network with one MAC would steal
+/// each other's frames).
+fn give_new_macs(ctx: &Ctx, def: &mut DomainDef) -> Result<(), VmError> {
+    use crate::vm::xml::Device;
+    if !def
+        .other_devices()
+        .any(|(element, _)| element == "interface")
+    {
+        return Ok(());
+    }
+    let mut taken = Vec::new();
+    for other in ctx
+        .store
+        .definitions()?
+        .iter()
+        .chain(std::iter::once(&*def))
+    {
+        if let Ok(interfaces) = crate::vm::xml::interface::interfaces(other) {
+            taken.extend(interfaces.into_iter().filter_map(|i| i.mac));
+        }
+    }
+    for device in &mut def.devices {
+        if let Device::Other { element, text } = device {
+            if element == "interface" {
+                let mac = new_mac(&taken)?;
+                *text = with_mac(text, &mac)?;
+                taken.push(mac);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What cloning one disk makes.
 struct Planned {
     disk: usize,
@@ -145,8 +245,25 @@ pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
     let orig = lookup_by(ctx, original, By::ALL)
         .map_err(|_| VmError::Refused(format!("Domain '{original}' was not found.")))?;
     let _orig_lock = ctx.store.lock(&orig.name)?;
-    if let Status::Active(_) = runtime::inspect(&ctx.store, &orig.name, QUERY_TIMEOUT, None) {
-        return Err(VmError::Refused("Domain to clone must be shutoff.".into()));
+    // A paused original (older virt-clones allowed it; today's want it
+    // shut off) is read while its VMM holds the disks: its API pause
+    // flushed them, the store lock held here keeps `vm resume` out, and
+    // the copy shares the images (`-U`) instead of locking them.
+    let status = runtime::inspect(&ctx.store, &orig.name, QUERY_TIMEOUT, None);
+    let paused = match &status {
+        Status::Active(_) if status.state().0 == state::PAUSED => true,
+        Status::Active(_) => {
+            return Err(VmError::Refused(
+                "Domain with devices to clone must be paused or shutoff.".into(),
+            ))
+        }
+        _ => false,
+    };
+    if paused && linked {
+        return Err(VmError::Refused(format!(
+            "Domain '{}' is paused: --linked needs it shut off, since its VMM would go on writing the disk that becomes the clone's base",
+            orig.name
+        )));
     }
     let new_name = match inv.value("name") {
         Some(name) => DomainName::new(name)?,
@@ -224,15 +341,19 @@ pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
                 None => {
                     // Allocated data only; the target starts zeroed.
                     made.push(plan.to.clone());
-                    img(&[
-                        "convert",
+                    let mut args = vec!["convert"];
+                    if paused {
+                        args.push("-U");
+                    }
+                    args.extend_from_slice(&[
                         "-f",
                         plan.format,
                         "-O",
                         plan.format,
                         &plan.from,
                         &to,
-                    ])?;
+                    ]);
+                    img(&args)?;
                 }
                 Some(top) => {
                     let base = std::fs::canonicalize(&plan.from)
@@ -259,6 +380,7 @@ pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
         new_def.name = new_name.clone();
         new_def.uuid =
             Uuid::generate().map_err(|e| VmError::Internal(format!("cannot make a UUID: {e}")))?;
+        give_new_macs(ctx, &mut new_def)?;
         for plan in &plans {
             let disk = &mut new_def.disks[plan.disk];
             disk.source = Some(plan.to.to_string_lossy().into_owned());
@@ -310,6 +432,42 @@ pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_interface_gets_the_new_mac_and_keeps_the_rest() {
+        let mac = "52:54:00:0a:0b:0c";
+        assert_eq!(
+            with_mac(
+                "<interface type='bridge'>\n  <mac address=\"52:54:00:12:34:56\"/>\n  <source bridge='br0'/>\n</interface>",
+                mac
+            )
+            .unwrap(),
+            "<interface type='bridge'>\n  <mac address=\"52:54:00:0a:0b:0c\"/>\n  <source bridge='br0'/>\n</interface>"
+        );
+        assert_eq!(
+            with_mac("<interface type='bridge'><source bridge='br0'/></interface>", mac).unwrap(),
+            "<interface type='bridge'><mac address='52:54:00:0a:0b:0c'/><source bridge='br0'/></interface>"
+        );
+        assert_eq!(
+            with_mac("<interface type='network'/>", mac).unwrap(),
+            "<interface type='network'><mac address='52:54:00:0a:0b:0c'/></interface>"
+        );
+        assert_eq!(
+            with_mac("<interface type='network'></interface>", mac).unwrap(),
+            "<interface type='network'><mac address='52:54:00:0a:0b:0c'/></interface>"
+        );
+    }
+
+    #[test]
+    fn new_macs_are_in_qemus_range_and_avoid_those_taken() {
+        let first = new_mac(&[]).unwrap();
+        assert!(
+            first.starts_with("52:54:00:") && first.len() == 17,
+            "{first}"
+        );
+        let second = new_mac(std::slice::from_ref(&first)).unwrap();
+        assert_ne!(first, second);
+    }
 
     #[test]
     fn clone_paths_follow_virt_clone() {
