@@ -9,7 +9,7 @@ use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, 
 
 use super::create::create_image_encrypted;
 use super::locks::{lock_image, ImageUse};
-use super::{io_reason, open, open_named_for, parse_format, prefixed};
+use super::{io_reason, open_named_for, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
 use crate::opts::{option_help, CreateOptions, ImageFormat, OptsError, ParsedOptions};
