@@ -45,6 +45,9 @@ pub struct ImageSpec {
     /// `cache.direct=on`: QEMU then reads through O_DIRECT, whose
     /// alignment shows in block status (see `map`).
     pub direct_io: bool,
+    /// The size of a `null-co` device named instead of a file (see
+    /// [`super::null_co`]).
+    pub null_size: Option<u64>,
 }
 
 /// Deepest `backing.` nesting of key secrets accepted.
@@ -79,6 +82,7 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
         format: format.map(str::to_string),
         key_secrets: Vec::new(),
         direct_io: false,
+        null_size: None,
     };
     if name.len() > MAX_SPEC_LEN {
         bail!("image name longer than {MAX_SPEC_LEN} bytes");
@@ -95,10 +99,46 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
             return Ok(plain(&format!("./{path}")));
         }
         return Ok(plain(path));
+    } else if name.starts_with("null-co://") {
+        return Ok(ImageSpec {
+            null_size: Some(super::null_co::DEFAULT_SIZE),
+            ..plain(name)
+        });
     } else {
         return Ok(plain(name));
     };
+    if options.get("driver").map(String::as_str) == Some("null-co") {
+        return null_co(name, &options);
+    }
     from_options(name, &options, format)
+}
+
+/// A `null-co` device named by options: `size` and `read-zeroes` (its
+/// reads are zeros either way), `latency-ns` accepted.
+fn null_co(name: &str, options: &BTreeMap<String, String>) -> Result<ImageSpec> {
+    let mut size = super::null_co::DEFAULT_SIZE;
+    for (key, value) in options {
+        match key.as_str() {
+            "driver" | "read-zeroes" | "latency-ns" => {}
+            "size" => {
+                size = value.parse().map_err(|_| {
+                    anyhow!(
+                        "Could not open '{name}': Parameter 'size' expects a non-negative number below 2^64"
+                    )
+                })?
+            }
+            _ => bail!(
+                "Could not open '{name}': Block format 'null-co' does not support the option '{key}'"
+            ),
+        }
+    }
+    Ok(ImageSpec {
+        filename: name.to_string(),
+        format: Some("raw".into()),
+        key_secrets: Vec::new(),
+        direct_io: false,
+        null_size: Some(size),
+    })
 }
 
 /// The file and format an option map names.
@@ -159,6 +199,7 @@ fn from_options(
         format,
         key_secrets,
         direct_io,
+        null_size: None,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod info_foreign;
 pub mod locks;
 pub mod map;
 pub mod measure;
+pub mod null_co;
 pub mod progress;
 pub mod rebase;
 pub mod resize;
@@ -93,6 +94,9 @@ pub fn open_named_for(
 ) -> Result<AnyImage> {
     let writable = how.writable;
     let spec = image_spec::resolve(name, format, image_opts)?;
+    if let Some(size) = spec.null_size {
+        return null_co::open(size).map_err(|e| open_error(name, e));
+    }
     let (filename, format) = (spec.filename.as_str(), spec.format.as_deref());
     // qemu-img names an option string or json: name whole in its errors.
     let shown = if image_opts || name.starts_with("json:") {

@@ -98,7 +98,8 @@ fn chunk_ranges(
             c += chunk_len;
         }
     };
-    if !job.target_is_zero || job.target_has_backing {
+    // `-S 0` copies everything, zeros included.
+    if !job.target_is_zero || job.target_has_backing || job.sparse_size == 0 {
         add(0, size, &mut out);
         return Ok(out);
     }
@@ -282,8 +283,11 @@ fn regions(
         };
         for (offset, len, kind, depth) in extents {
             let region = match kind {
-                ExtentKind::Zero { .. } => Region::Zero,
                 ExtentKind::Unallocated { .. } if job.target_has_backing => Region::Skip,
+                // `-S 0`: the target is fully allocated, zeros written as
+                // data (qemu-img does not even scan the source).
+                _ if job.sparse_size == 0 => Region::Data,
+                ExtentKind::Zero { .. } => Region::Zero,
                 ExtentKind::Unallocated { .. } => Region::Zero,
                 _ => Region::Data,
             };
@@ -376,6 +380,8 @@ fn write_zeroes(target: &AnyImage, offset: u64, len: u64) -> Result<()> {
 /// Granularity of zero detection in the target.
 fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
     match job.target {
+        // `-S 0`: every block is written, zeros too.
+        _ if job.sparse_size == 0 => 0,
         AnyImage::Qcow2(q) => job.sparse_size.max(q.geometry().subcluster_size()),
         AnyImage::Raw(_) | AnyImage::Foreign(..) => job.sparse_size,
     }
