@@ -343,6 +343,8 @@ fn measure_prints_what_qemu_img_prints() {
             "3G",
         ],
         vec!["measure", "--size", "5M"],
+        // Too large for 64 KiB clusters: refused, exit 1.
+        vec!["measure", "-O", "qcow2", "--size", "7E"],
     ] {
         same_output(d, &args);
     }
@@ -351,6 +353,10 @@ fn measure_prints_what_qemu_img_prints() {
             "cluster_size=64k",
             "cluster_size=4k,refcount_bits=1",
             "cluster_size=2M",
+            // Every cluster counts with preallocated data or a backing file.
+            "preallocation=full",
+            "preallocation=falloc",
+            "backing_file=x,backing_fmt=raw",
         ] {
             same_output(d, &["measure", "-O", "qcow2", "-o", opts, name]);
         }

@@ -377,7 +377,7 @@ pub fn create_encrypted(
         ));
     }
     if opts.preallocation != Preallocation::Off {
-        image.preallocate(0, size, opts.preallocation)?;
+        image.preallocate_new(size, opts.preallocation)?;
     }
     image.flush()?;
     Ok(image)

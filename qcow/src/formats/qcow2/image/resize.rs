@@ -10,6 +10,27 @@ impl Qcow2 {
     /// Allocates every unallocated cluster of `[offset, offset+len)` (which
     /// must be cluster aligned at the start) as `mode` asks.
     pub fn preallocate(&self, offset: u64, len: u64, mode: Preallocation) -> Result<()> {
+        self.preallocate_subclusters(offset, len, mode, self.backing.is_some())
+    }
+
+    /// [`Self::preallocate`] of a new image: one that names a backing file
+    /// leaves its preallocated subclusters unallocated, so that they read
+    /// from it (qcow2_alloc_cluster_link_l2 sets no bits for preallocation),
+    /// even though the backing file is not open yet.
+    pub(crate) fn preallocate_new(&self, len: u64, mode: Preallocation) -> Result<()> {
+        let named_backing = self.header_cluster().backing_file.is_some();
+        self.preallocate_subclusters(0, len, mode, named_backing)
+    }
+
+    /// Preallocates; with extended L2 entries and `has_backing` the new
+    /// subclusters are left unallocated, else marked allocated.
+    fn preallocate_subclusters(
+        &self,
+        offset: u64,
+        len: u64,
+        mode: Preallocation,
+        has_backing: bool,
+    ) -> Result<()> {
         self.check_writable()?;
         if mode == Preallocation::Off || len == 0 {
             return Ok(());
@@ -17,7 +38,6 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let first = offset / cs;
         let end = (offset + len).div_ceil(cs);
-        let has_backing = self.backing.is_some();
         let mut max_end = 0u64;
         let mut runs: Vec<(u64, u64)> = Vec::new();
         {
@@ -177,5 +197,38 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::create::{create, CreateOptions, Preallocation};
+    use crate::device::ExtentKind;
+    use crate::storage::MemStorage;
+
+    #[test]
+    fn preallocated_subclusters_over_a_named_backing_file_stay_unallocated() {
+        // As at `create -b`: the backing file is named but not opened.
+        for (backing, expect_unallocated) in [(Some("base.raw"), true), (None, false)] {
+            let opts = CreateOptions {
+                size: 512 << 10,
+                extended_l2: true,
+                preallocation: Preallocation::Metadata,
+                backing_file: backing.map(str::to_owned),
+                backing_format: backing.map(|_| "raw".to_owned()),
+                ..CreateOptions::default()
+            };
+            let image = create(Arc::new(MemStorage::new()), None, None, &opts).unwrap();
+            let extents = image.extents(0, 512 << 10).unwrap();
+            assert!(!extents.is_empty());
+            for e in extents {
+                // The clusters are allocated either way; only the
+                // subcluster bitmap differs.
+                let unallocated = matches!(e.kind, ExtentKind::Unallocated { .. });
+                assert_eq!(unallocated, expect_unallocated, "{backing:?}: {e:?}");
+            }
+        }
     }
 }
