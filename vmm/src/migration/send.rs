@@ -26,6 +26,10 @@ use crate::vm::Vm;
 const RUN_PAGES: u64 = 256;
 /// Dirty passes at most before the timeout decides.
 const MAX_PASSES: u32 = 10_000;
+/// What is left for the paused pass without trying another live one.
+const SMALL_LAST: u64 = 256 << 10;
+/// Live passes at most once the estimate is under the target.
+const MAX_PASSES_UNDER_TARGET: u32 = 8;
 
 /// What the caller asks of a migration.
 #[derive(Debug, Clone)]
@@ -233,12 +237,25 @@ fn exchange(
         let mut bandwidth = rate(sent, pass_start.elapsed());
         // Dirty passes until the rest fits in the downtime.
         let mut pending = log.collect()?;
+        // Under the target, passes go on while they still shrink what is
+        // left (by a tenth at least), so that the pause carries the least
+        // a guest dirtying at a steady rate allows, not merely what fits
+        // in the target.
+        let mut previous = u64::MAX;
+        let mut under_target = 0;
         loop {
             let dirty = dirty_bytes(&pending) + disk_dirty(&storage);
             let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
-            if estimate <= options.downtime || report.passes >= MAX_PASSES {
+            let settled = dirty <= SMALL_LAST
+                || dirty.saturating_mul(10) >= previous.saturating_mul(9)
+                || under_target >= MAX_PASSES_UNDER_TARGET;
+            if (estimate <= options.downtime && settled) || report.passes >= MAX_PASSES {
                 break;
             }
+            if estimate <= options.downtime {
+                under_target += 1;
+            }
+            previous = dirty;
             if started.elapsed() >= options.timeout {
                 return Err(MigrationError::Timeout {
                     seconds: options.timeout.as_secs(),
