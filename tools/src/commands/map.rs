@@ -2,14 +2,14 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use qcow::device::{chain_extents, BlockRead, ChainExtent, ExtentKind};
 use qcow::fs::{open_storage, resolve, AnyImage};
 use qcow::image::read_header_cluster;
 
 use super::open_named;
 use crate::cli::MapArgs;
-use crate::report::map::{MapEntry, MapPrinter};
+use crate::report::map::{MapEntry, MapError, MapPrinter};
 
 /// File names of each layer of a chain (top first), and of the top's
 /// external data file.
@@ -90,7 +90,8 @@ pub fn run(args: &MapArgs) -> Result<i32> {
         _ => None,
     };
     let stdout = std::io::stdout().lock();
-    let mut printer = MapPrinter::new(stdout, args.output, start).map_err(|e| anyhow!("{e}"))?;
+    // io errors stay io errors, so main sees a closed stdout for what it is.
+    let mut printer = MapPrinter::new(stdout, args.output, start).map_err(unwrap_io)?;
     let mut pos = start;
     let mut result = Ok(());
     while pos < end {
@@ -163,9 +164,18 @@ pub fn run(args: &MapArgs) -> Result<i32> {
             break;
         }
     }
-    match result.and_then(|()| printer.finish().map(|_| ())) {
-        Ok(()) => Ok(0),
-        Err(e) => Err(anyhow!("{e}")),
+    result
+        .and_then(|()| printer.finish().map(|_| ()))
+        .map_err(unwrap_io)?;
+    Ok(0)
+}
+
+/// A printer's io error as the io error itself, so `main` recognises a
+/// closed stdout (qemu-img ends quietly with status 0 then).
+fn unwrap_io(e: MapError) -> anyhow::Error {
+    match e {
+        MapError::Io(io) => io.into(),
+        other => other.into(),
     }
 }
 

@@ -70,10 +70,11 @@ impl Progress {
         self.set(percent_of(done, total));
     }
 
-    /// Ends the progress line.
+    /// Ends the progress line (a closed stdout is ignored, as every
+    /// progress write is: the command's work goes on, as qemu-img's does).
     pub fn end(&self) {
         if self.enabled {
-            println!();
+            let _ = writeln!(std::io::stdout());
         }
     }
 }
