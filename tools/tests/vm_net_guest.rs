@@ -214,3 +214,79 @@ fn bridge_and_ethernet_interfaces_carry_the_guests_traffic() {
         assert!(link_show("usertap").is_some(), "the user's tap stays");
     });
 }
+
+/// Waits until interface `name` is gone (its VMM ended).
+fn wait_link_gone(name: &str) {
+    let start = Instant::now();
+    while link_show(name).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} outlived its VMM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `type='bridge'` domain reverted to a running snapshot answers ping:
+/// in place (the VMM keeps the tap vm handed it with vm.create and the
+/// reverted device runs on it) and when shut off (vm makes a new tap on
+/// the bridge for the new VMM, which restores onto it).
+#[test]
+fn bridge_interface_carries_traffic_after_snapshot_revert() {
+    if !can_run() {
+        return;
+    }
+    ensure_vmm();
+    let guest: PathBuf = build_guest();
+    in_netns(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let image = dir.path().join("reverted.qcow2");
+        let out = Command::new(env!("CARGO_BIN_EXE_img"))
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["addr", "add", "10.98.1.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        let devices = format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\n    <interface type='bridge'><mac address='52:54:00:00:01:02'/><source bridge='br0'/><model type='virtio'/></interface>",
+            image.display()
+        );
+        define(
+            &store,
+            dir.path(),
+            "reverted",
+            "10.98.1.2",
+            &devices,
+            &guest,
+        );
+        ok(&store, &["start", "reverted"]);
+        wait_console(&store, "reverted", "guest: net ready mac=52:54:00:00:01:02");
+        ping("10.98.1.2");
+        ok(&store, &["snapshot-create-as", "reverted", "s1"]);
+        // In place: the running VMM's tap serves the reverted device.
+        ok(&store, &["snapshot-revert", "reverted", "s1"]);
+        assert!(link_show("vnet0")
+            .expect("vnet0 stays")
+            .contains(" master br0 "));
+        ping("10.98.1.2");
+        // Shut off: a new VMM with a new tap on br0.
+        ok(&store, &["destroy", "reverted"]);
+        wait_link_gone("vnet0");
+        ok(&store, &["snapshot-revert", "reverted", "s1"]);
+        let link = link_show("vnet0").expect("vm made vnet0 again");
+        assert!(link.contains(" master br0 "), "{link}");
+        ping("10.98.1.2");
+        ok(&store, &["destroy", "reverted"]);
+        wait_link_gone("vnet0");
+    });
+}
