@@ -259,8 +259,27 @@ impl Client {
         let body = crate::RestoreConfig {
             source_url: source_url.to_string(),
             prefault: None,
+            net_fds: None,
         };
         self.call(Endpoint::VmRestore, Some(&body)).map(|_| ())
+    }
+
+    /// PUT vm.restore from `file://DIR` with new tap descriptors `fds`
+    /// for the interfaces `net_fds` names (in order, `num_fds` each), as
+    /// CH's restore takes them.
+    pub fn restore_with_fds(
+        &self,
+        source_url: &str,
+        net_fds: Vec<crate::RestoredNetConfig>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<()> {
+        let body = crate::RestoreConfig {
+            source_url: source_url.to_string(),
+            prefault: None,
+            net_fds: Some(net_fds),
+        };
+        self.put_with_fds(Endpoint::VmRestore, &body, fds)
+            .map(|_| ())
     }
 
     /// PUT vm.snapshot-delete of in-image snapshot `name`.
@@ -287,11 +306,29 @@ impl Client {
         receiver_url: &str,
         serial: Option<crate::ConsoleConfig>,
     ) -> Result<String> {
+        self.receive_migration_with_fds(receiver_url, serial, Vec::new(), &[])
+    }
+
+    /// [`Client::receive_migration`] with this host's tap descriptors
+    /// `fds` for the interfaces `net_fds` names (in order, `num_fds`
+    /// each), for those whose taps were descriptors at the source.
+    pub fn receive_migration_with_fds(
+        &self,
+        receiver_url: &str,
+        serial: Option<crate::ConsoleConfig>,
+        net_fds: Vec<crate::RestoredNetConfig>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<String> {
         let body = crate::VmReceiveMigrationData {
             receiver_url: receiver_url.to_string(),
             serial,
+            net_fds: Some(net_fds).filter(|n| !n.is_empty()),
         };
-        let response = self.call(Endpoint::VmReceiveMigration, Some(&body))?;
+        let response = if fds.is_empty() {
+            self.call(Endpoint::VmReceiveMigration, Some(&body))?
+        } else {
+            self.put_with_fds(Endpoint::VmReceiveMigration, &body, fds)?
+        };
         match response.body.as_deref() {
             Some(bytes) if !bytes.is_empty() => {
                 let answer: crate::migration::VmReceiveMigrationResponse =

@@ -76,6 +76,11 @@ pub struct VmReceiveMigrationData {
     /// host (else the source's setting, whose paths may not exist here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<crate::ConsoleConfig>,
+    /// Our extension, as vm.restore's: this host's tap descriptors for
+    /// the interfaces whose taps were descriptors at the source (they
+    /// come with the request, SCM_RIGHTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_fds: Option<Vec<crate::RestoredNetConfig>>,
 }
 
 fn default_downtime_ms() -> u64 {

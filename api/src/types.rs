@@ -244,6 +244,25 @@ pub struct RestoreConfig {
     /// is read into fresh memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefault: Option<bool>,
+    /// New tap descriptors for the snapshot's interfaces whose taps were
+    /// descriptors (CH's): they come with the request (SCM_RIGHTS), in
+    /// order, one per `fds` placeholder (or `num_fds` of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_fds: Option<Vec<RestoredNetConfig>>,
+}
+
+/// CH's `RestoredNetConfig`: the tap descriptors of interface `id` of a
+/// restored (or, ours, received) VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredNetConfig {
+    /// The interface's id in the VM's configuration.
+    pub id: String,
+    /// How many descriptors (one per queue pair).
+    pub num_fds: usize,
+    /// The descriptors; the server replaces them with those that came
+    /// with the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
 }
 
 /// CH's `VmState`.

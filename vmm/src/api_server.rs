@@ -170,6 +170,7 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
                 Some(name) => ApiRequest::VmRevertInImage { name },
                 None => ApiRequest::VmRestore {
                     dir: file_url(&body.source_url)?,
+                    net_fds: crate::net_config::checked_net_fds(body.net_fds)?,
                 },
             }
         }

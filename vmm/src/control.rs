@@ -66,6 +66,8 @@ pub enum ApiRequest {
     VmRestore {
         /// The snapshot's directory.
         dir: PathBuf,
+        /// New tap descriptors for its fd-backed interfaces.
+        net_fds: Vec<vmapi::RestoredNetConfig>,
     },
     /// PUT vm.snapshot with `qcow2:NAME`: a full internal snapshot of the
     /// running or paused VM's disks, its state in the first disk.
@@ -359,11 +361,11 @@ impl Controller {
                     Err(e) => error_response(400, &e),
                 }
             }
-            ApiRequest::VmRestore { dir } => {
+            ApiRequest::VmRestore { dir, net_fds } => {
                 if self.given.is_some() {
                     return message(405, "a VM is already created; vm.delete it first");
                 }
-                match self.restore(&dir) {
+                match self.restore(&dir, &net_fds) {
                     Ok(()) => Response::no_content(),
                     Err(e) => {
                         self.given = None;
@@ -506,15 +508,20 @@ impl Controller {
 
     /// Defines the VM of the snapshot in `dir` (its config.json) and
     /// builds it from the snapshot's state, paused.
-    fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
+    fn restore(
+        &mut self,
+        dir: &std::path::Path,
+        net_fds: &[vmapi::RestoredNetConfig],
+    ) -> Result<()> {
         let path = dir.join(crate::state::snapshot::CONFIG_FILE);
         let bytes = crate::state::snapshot::read_json_file(&path)?;
-        let given: vmapi::VmConfig =
+        let mut given: vmapi::VmConfig =
             serde_json::from_slice(&bytes).map_err(|e| Error::InvalidOption {
                 option: "vm.restore source_url",
                 value: path.display().to_string(),
                 reason: e.to_string(),
             })?;
+        crate::net_config::replace_fds(&mut given, net_fds, "vm.restore")?;
         let config = config::from_api(&given, &self.options)?;
         self.given = Some(config::with_defaults(&given));
         self.config = Some(config);
@@ -676,6 +683,7 @@ impl Controller {
             if let Some(serial) = &request.serial {
                 given.serial = Some(serial.clone());
             }
+            crate::net_config::replace_fds(&mut given, &request.net_fds, "vm.receive-migration")?;
             let config = config::from_api(&given, &self.options)?;
             let plan = crate::migration::storage::StoragePlan::parse(&plan, config.disks.len())?;
             storage =

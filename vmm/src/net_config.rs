@@ -322,6 +322,14 @@ pub fn take_handed_fds(
         return Ok(request);
     }
     let mut request = request;
+    let restored = match &mut request {
+        ApiRequest::VmRestore { net_fds, .. } => Some(net_fds),
+        ApiRequest::VmReceiveMigration(receive) => Some(&mut receive.net_fds),
+        _ => None,
+    };
+    if let Some(restored) = restored {
+        return take_restored_fds(restored, fds).map(|()| request);
+    }
     let nets: &mut [vmapi::NetConfig] = match &mut request {
         ApiRequest::VmCreate(config) => config.net.as_deref_mut().unwrap_or(&mut []),
         ApiRequest::VmAddNet(net) => std::slice::from_mut(&mut **net),
@@ -329,7 +337,7 @@ pub fn take_handed_fds(
             return Err(vmapi::Response::error(
                 400,
                 &[format!(
-                    "{} descriptor(s) came with a request that takes none (only vm.create and vm.add-net do)",
+                    "{} descriptor(s) came with a request that takes none (only vm.create, vm.add-net, vm.restore and vm.receive-migration do)",
                     fds.len()
                 )],
             ))
@@ -359,6 +367,140 @@ pub fn take_handed_fds(
     Ok(request)
 }
 
+/// Most `net_fds` entries of one vm.restore or vm.receive-migration.
+const MAX_RESTORED_NETS: usize = crate::layout::MAX_DISKS;
+
+/// Checks the `net_fds` of vm.restore or vm.receive-migration (a 400
+/// answer names what is wrong): at most one entry per device slot, each
+/// with an id and 1 to [`MAX_NET_PAIRS`] descriptors, `fds` (when given)
+/// as long as `num_fds` says.
+pub fn checked_net_fds(
+    net_fds: Option<Vec<vmapi::RestoredNetConfig>>,
+) -> std::result::Result<Vec<vmapi::RestoredNetConfig>, vmapi::Response> {
+    let net_fds = net_fds.unwrap_or_default();
+    let bad = |text: String| vmapi::Response::error(400, &[text]);
+    if net_fds.len() > MAX_RESTORED_NETS {
+        return Err(bad(format!(
+            "net_fds has {} entries; at most {MAX_RESTORED_NETS}",
+            net_fds.len()
+        )));
+    }
+    for (i, entry) in net_fds.iter().enumerate() {
+        if entry.id.is_empty() || entry.id.len() > MAX_NET_ID_LEN {
+            return Err(bad(format!(
+                "net_fds[{i}].id {:?}: 1 to {MAX_NET_ID_LEN} characters",
+                excerpt(&entry.id)
+            )));
+        }
+        if entry.num_fds == 0 || entry.num_fds > usize::from(MAX_NET_PAIRS) {
+            return Err(bad(format!(
+                "net_fds[{i}].num_fds {}: must be 1 to {MAX_NET_PAIRS}",
+                entry.num_fds
+            )));
+        }
+        if let Some(fds) = &entry.fds {
+            if fds.len() != entry.num_fds {
+                return Err(bad(format!(
+                    "net_fds[{i}].fds has {} descriptors but num_fds is {}",
+                    fds.len(),
+                    entry.num_fds
+                )));
+            }
+        }
+        if net_fds[..i].iter().any(|e| e.id == entry.id) {
+            return Err(bad(format!("net_fds[{i}].id {:?} is repeated", entry.id)));
+        }
+    }
+    Ok(net_fds)
+}
+
+/// Gives each `net_fds` entry, in order, `num_fds` of the descriptors
+/// that came with the request (kept open from then on, as vm.create's).
+fn take_restored_fds(
+    net_fds: &mut [vmapi::RestoredNetConfig],
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> std::result::Result<(), vmapi::Response> {
+    let wanted: usize = net_fds.iter().map(|e| e.num_fds).sum();
+    if wanted != fds.len() {
+        return Err(vmapi::Response::error(
+            400,
+            &[format!(
+                "net_fds names {wanted} descriptor(s) but {} came with the request",
+                fds.len()
+            )],
+        ));
+    }
+    let mut received = fds.into_iter();
+    let mut handed = HANDED_OVER.lock().expect("fd registry lock");
+    for entry in net_fds {
+        let taken: Vec<i32> = received
+            .by_ref()
+            .take(entry.num_fds)
+            .map(std::os::fd::IntoRawFd::into_raw_fd)
+            .collect();
+        handed.extend(taken.iter().copied());
+        entry.fds = Some(taken);
+    }
+    Ok(())
+}
+
+/// Puts the descriptors of `net_fds` in place of the saved ones of the
+/// interfaces they name, in the configuration `given` of a snapshot or a
+/// migration (`what` names the request). The saved numbers were another
+/// process's: an interface whose tap was a descriptor and gets none here
+/// is refused, as is an entry naming no such interface.
+pub fn replace_fds(
+    given: &mut vmapi::VmConfig,
+    net_fds: &[vmapi::RestoredNetConfig],
+    what: &str,
+) -> Result<()> {
+    let nets = given.net.as_deref_mut().unwrap_or(&mut []);
+    let id_of = |net: &vmapi::NetConfig, index: usize| {
+        net.id.clone().unwrap_or_else(|| format!("_net{index}"))
+    };
+    for entry in net_fds {
+        let Some(net) = nets
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, n)| (id_of(n, i) == entry.id).then_some(n))
+        else {
+            return Err(invalid(
+                "net_fds.id",
+                excerpt(&entry.id),
+                "no interface of the VM has that id",
+            ));
+        };
+        if net.fd.is_none() {
+            return Err(invalid(
+                "net_fds.id",
+                excerpt(&entry.id),
+                "that interface opens its tap by name, not from descriptors",
+            ));
+        }
+        let fds = entry.fds.clone().ok_or_else(|| {
+            invalid(
+                "net_fds.fds",
+                excerpt(&entry.id),
+                "no descriptors came with the request (SCM_RIGHTS)",
+            )
+        })?;
+        net.fd = Some(fds);
+    }
+    for (index, net) in nets.iter().enumerate() {
+        let id = id_of(net, index);
+        if net.fd.is_some() && !net_fds.iter().any(|e| e.id == id) {
+            return Err(invalid(
+                "net_fds",
+                excerpt(&id),
+                format!(
+                    "interface '{id}' had its tap as a descriptor; {what} needs this host's tap for it in net_fds (SCM_RIGHTS)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks ids are unique among the interfaces and the disks.
 pub fn check_ids(nets: &[NetConfig], disk_ids: &[&str]) -> Result<()> {
     for (i, net) in nets.iter().enumerate() {
@@ -379,6 +521,121 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn restored(id: &str, fds: Option<Vec<i32>>) -> vmapi::RestoredNetConfig {
+        vmapi::RestoredNetConfig {
+            id: id.into(),
+            num_fds: fds.as_ref().map_or(1, Vec::len),
+            fds,
+        }
+    }
+
+    fn given_with_nets(nets: Vec<vmapi::NetConfig>) -> vmapi::VmConfig {
+        let mut given: vmapi::VmConfig =
+            serde_json::from_str(r#"{"payload":{"kernel":"/k"}}"#).unwrap();
+        given.net = Some(nets);
+        given
+    }
+
+    fn api_net(id: Option<&str>, tap: Option<&str>, fd: Option<Vec<i32>>) -> vmapi::NetConfig {
+        vmapi::NetConfig {
+            tap: tap.map(String::from),
+            mac: None,
+            num_queues: 2,
+            queue_size: 256,
+            id: id.map(String::from),
+            fd,
+        }
+    }
+
+    #[test]
+    fn restored_fds_replace_the_saved_ones_by_id() {
+        let mut given = given_with_nets(vec![
+            api_net(Some("vnet0"), None, Some(vec![7])),
+            api_net(None, Some("usertap"), None),
+            api_net(None, None, Some(vec![9])),
+        ]);
+        let net_fds = [
+            restored("_net2", Some(vec![21])),
+            restored("vnet0", Some(vec![20])),
+        ];
+        replace_fds(&mut given, &net_fds, "vm.restore").unwrap();
+        let nets = given.net.as_ref().unwrap();
+        assert_eq!(nets[0].fd, Some(vec![20]));
+        assert_eq!(nets[1].fd, None);
+        assert_eq!(nets[2].fd, Some(vec![21]));
+    }
+
+    #[test]
+    fn restored_fds_that_do_not_fit_are_refused() {
+        let saved = || {
+            given_with_nets(vec![
+                api_net(Some("vnet0"), None, Some(vec![7])),
+                api_net(Some("usertap"), Some("usertap"), None),
+            ])
+        };
+        let cases: [(&[vmapi::RestoredNetConfig], &str); 4] = [
+            (&[], "needs this host's tap for it in net_fds"),
+            (
+                &[restored("nope", Some(vec![3]))],
+                "no interface of the VM has that id",
+            ),
+            (
+                &[restored("usertap", Some(vec![3]))],
+                "opens its tap by name",
+            ),
+            (
+                &[restored("vnet0", None)],
+                "no descriptors came with the request",
+            ),
+        ];
+        for (net_fds, expected) in cases {
+            let mut given = saved();
+            let err = replace_fds(&mut given, net_fds, "vm.receive-migration")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{net_fds:?}: {err}");
+            assert_eq!(given.net.as_ref().unwrap()[1].fd, None);
+        }
+    }
+
+    #[test]
+    fn net_fds_bodies_are_bounded() {
+        assert!(checked_net_fds(None).unwrap().is_empty());
+        let too_many = (0..=MAX_RESTORED_NETS)
+            .map(|i| restored(&format!("n{i}"), None))
+            .collect();
+        let bad_bodies = [
+            too_many,
+            vec![restored("", None)],
+            vec![vmapi::RestoredNetConfig {
+                id: "a".into(),
+                num_fds: 0,
+                fds: None,
+            }],
+            vec![vmapi::RestoredNetConfig {
+                id: "a".into(),
+                num_fds: usize::MAX,
+                fds: None,
+            }],
+            vec![vmapi::RestoredNetConfig {
+                id: "a".into(),
+                num_fds: 2,
+                fds: Some(vec![5]),
+            }],
+            vec![restored("a", None), restored("a", None)],
+        ];
+        for body in bad_bodies {
+            let answer = checked_net_fds(Some(body.clone())).unwrap_err();
+            assert_eq!(answer.status, 400, "{body:?}");
+        }
+        assert_eq!(
+            checked_net_fds(Some(vec![restored("a", None)]))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn ch_syntax_is_parsed() {

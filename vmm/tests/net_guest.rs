@@ -869,3 +869,118 @@ fn vm_add_net_adds_an_interface_before_boot_and_refuses_a_running_vm() {
         vm.finish();
     });
 }
+
+/// Opens queue 0 of tap `name` (made in this thread's namespace) as a
+/// descriptor to hand over.
+fn open_tap_fd(name: &str) -> std::os::fd::OwnedFd {
+    blockdev::virtio::net::Tap::open(name, 1)
+        .expect("open the tap")
+        .remove(0)
+        .into()
+}
+
+/// An interface whose tap came as a descriptor (as `vm` hands a bridge's
+/// taps over): a file:// restore and a migration are refused in one line
+/// without a new descriptor, and work with the one handed over with
+/// vm.restore or vm.receive-migration (`net_fds`, CH's restore body).
+#[test]
+fn an_fd_backed_nic_is_restored_and_migrated_with_descriptors_of_their_own() {
+    if !can_run() {
+        return;
+    }
+    let guest = build_guest();
+    let host_side = |name: &'static str| {
+        make_tap(name);
+        ip(&["link", "set", name, "address", "02:00:00:00:99:02"]);
+    };
+    let images = tempfile::tempdir().expect("tempdir");
+    let dir = images.path().join("snap");
+    let snapshot_url = format!("file://{}", dir.display());
+    let config: vmapi::VmConfig = serde_json::from_value(serde_json::json!({
+        "memory": {"size": 32u64 << 20},
+        "payload": {"kernel": guest, "cmdline": guest_cmdline("net")},
+        "serial": {"mode": "Tty"},
+        "net": [{"fd": [-1], "mac": GUEST_MAC, "id": "eth0"}],
+    }))
+    .expect("config");
+    let net_fds = || {
+        vec![vmapi::RestoredNetConfig {
+            id: "eth0".into(),
+            num_fds: 1,
+            fds: None,
+        }]
+    };
+    let source = in_netns(move || {
+        host_side("vf0");
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        let client = vmapi::Client::new(&vm.api);
+        client
+            .create_with_fds(&config, &[open_tap_fd("vf0").as_fd()])
+            .expect("vm.create");
+        client.boot(false).expect("vm.boot");
+        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        ping_ok(2, "boot");
+        client.pause().expect("pause");
+        client.snapshot(&snapshot_url).expect("snapshot to files");
+        let _ = client.vmm_shutdown();
+        let _ = vm.child.wait();
+        drop(vm);
+        let mut restored = GuestVm::spawn(&[]);
+        restored.wait_api();
+        let client = vmapi::Client::new(&restored.api);
+        let err = client.restore(&snapshot_url).expect_err("no descriptor");
+        let text = err.to_string();
+        assert!(
+            text.contains("interface 'eth0' had its tap as a descriptor") && !text.contains('\n'),
+            "{text}"
+        );
+        client
+            .restore_with_fds(&snapshot_url, net_fds(), &[open_tap_fd("vf0").as_fd()])
+            .expect("vm.restore with a new tap descriptor");
+        client.resume().expect("resume");
+        ping_ok(3, "the restore");
+        restored
+    });
+    let dest = in_netns(move || {
+        host_side("vf1");
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        (vm, open_tap_fd("vf1"))
+    });
+    let (dest, dest_tap) = dest;
+    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
+    let receiver = {
+        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
+            client.receive_migration_with_fds(&url, Some(tty), net_fds(), &[dest_tap.as_fd()])
+        })
+    };
+    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
+    let started = Instant::now();
+    loop {
+        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
+            Ok(()) => break,
+            Err(e)
+                if e.to_string().contains("connecting")
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send-migration: {e}"),
+        }
+    }
+    receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receive-migration");
+    let mut source = source;
+    let _ = source.child.wait();
+    let pid = dest.child.id();
+    in_netns_of(pid, || ping_ok(3, "the migration"));
+    let (done, _) = in_netns_of(pid, move || dest.finish());
+    assert!(done.contains(" icmp=8 "), "{done}");
+    drop(source);
+}

@@ -304,7 +304,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         name: "migrate-listen",
-        opts: &[data("uri", true)],
+        opts: &[data("uri", true), data("xml", false)],
     },
     CommandSpec {
         name: "setvcpus",

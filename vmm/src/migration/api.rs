@@ -57,6 +57,8 @@ pub struct ReceiveRequest {
     pub url: MigrationUrl,
     /// Where the guest's serial goes here, if not where it went there.
     pub serial: Option<ConsoleConfig>,
+    /// This host's tap descriptors for the fd-backed interfaces.
+    pub net_fds: Vec<vmapi::RestoredNetConfig>,
 }
 
 impl ReceiveRequest {
@@ -125,6 +127,7 @@ pub fn receive_request(
     Ok(ReceiveRequest {
         url: MigrationUrl::parse(&body.receiver_url).map_err(bad)?,
         serial: body.serial.clone(),
+        net_fds: crate::net_config::checked_net_fds(body.net_fds.clone())?,
     })
 }
 
@@ -151,6 +154,7 @@ mod tests {
         let receive = vmapi::VmReceiveMigrationData {
             receiver_url: "tcp:127.0.0.1".into(),
             serial: None,
+            net_fds: None,
         };
         assert_eq!(receive_request(&receive).unwrap_err().status, 400);
     }

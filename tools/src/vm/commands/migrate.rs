@@ -14,9 +14,12 @@
 //! guest runs at the destination the VMM here ends and the domain stays
 //! defined here, shut off (migrated), as libvirt leaves it.
 //!
-//! `migrate-listen` starts a VMM with no VM in a run folder of its own,
-//! has it wait for one migration (vm.receive-migration, binding only the
-//! address given), then reads the domain's XML the source sent (bounded
+//! `migrate-listen URI [--xml FILE]` starts a VMM with no VM in a run
+//! folder of its own; with `--xml` (the incoming domain's definition) it
+//! first makes a tap on this host's bridge for each `type='bridge'`
+//! interface and hands them over (vm.receive-migration's `net_fds`): the
+//! source's taps stay there. It has the VMM wait for one migration
+//! (vm.receive-migration, binding only the address given), then reads the domain's XML the source sent (bounded
 //! and checked as `define` checks a file), defines the domain in this
 //! store, moves the run folder to the domain's, and returns once the
 //! guest runs here. A failure leaves this store as it was.
@@ -112,11 +115,32 @@ pub fn migrate(ctx: &Ctx, inv: &Invocation, _out: &mut String) -> Result<(), VmE
     Ok(())
 }
 
-/// `migrate-listen URI`: receive one migration into this store.
+/// The domain definition `--xml FILE` names, checked as `define` checks
+/// it.
+fn read_expected(file: &str) -> Result<crate::vm::xml::DomainDef, VmError> {
+    let bytes =
+        crate::vm::store::read_bounded(std::path::Path::new(file)).map_err(|e| match e {
+            crate::vm::store::StoreError::Io { source, .. } => VmError::OpenFile {
+                path: file.to_string(),
+                reason: super::define::os_reason(&source),
+            },
+            other => other.into(),
+        })?;
+    let refused = |e: crate::vm::xml::XmlError| {
+        VmError::Refused(format!("Failed to read domain from {file}: {e}"))
+    };
+    let def = parse_domain(&bytes).map_err(refused)?;
+    crate::vm::xml::interface::interfaces(&def).map_err(refused)?;
+    Ok(def)
+}
+
+/// `migrate-listen URI [--xml FILE]`: receive one migration into this
+/// store.
 pub fn migrate_listen(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     let url = parse_url(inv.required("uri"))?;
     let staging_name = DomainName::new(&format!("migrate-incoming-{}", std::process::id()))
         .map_err(|e| VmError::Internal(e.to_string()))?;
+    let expected = inv.value("xml").map(read_expected).transpose()?;
     let staging = RunFolder::new(ctx.store.make_run_dir(&staging_name)?);
     staging.clean();
     let mut child = spawn_vmm(&staging)?;
@@ -128,10 +152,23 @@ pub fn migrate_listen(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(
             socket: Some(staging.console_socket()),
             mode: ConsoleMode::Socket,
         };
+        let (net_fds, taps) = match &expected {
+            Some(def) => super::net::restored_bridge_taps(def)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let fds: Vec<_> = taps.iter().map(std::os::fd::AsFd::as_fd).collect();
         let annotation = client
             .clone()
-            .receive_migration(&url.to_string(), Some(serial))
-            .map_err(|e| api_failure(e, &staging))?;
+            .receive_migration_with_fds(&url.to_string(), Some(serial), net_fds, &fds)
+            .map_err(|e| match api_failure(e, &staging) {
+                VmError::OperationFailed(m) if m.contains("needs this host's tap") => {
+                    VmError::OperationFailed(format!(
+                        "{m}; give migrate-listen --xml FILE with the domain's definition"
+                    ))
+                }
+                other => other,
+            })?;
+        drop(taps);
         // A guest paused at the source stays paused here.
         let paused = client
             .with_io_timeout(QUERY_TIMEOUT)

@@ -141,6 +141,27 @@ pub fn open_bridge_taps(def: &DomainDef) -> Result<Vec<OwnedFd>, VmError> {
     Ok(taps)
 }
 
+/// The taps for the bridge interfaces of `def` on this host, with the
+/// `net_fds` entries that name them for vm.restore or
+/// vm.receive-migration (one per interface, keyed as [`net_configs`]
+/// keys them).
+pub fn restored_bridge_taps(
+    def: &DomainDef,
+) -> Result<(Vec<vmapi::RestoredNetConfig>, Vec<OwnedFd>), VmError> {
+    let net_fds = interfaces(def)
+        .map_err(xml_error)?
+        .iter()
+        .enumerate()
+        .filter(|(_, iface)| iface.kind == "bridge")
+        .map(|(index, iface)| vmapi::RestoredNetConfig {
+            id: interface_id(iface, index),
+            num_fds: 1,
+            fds: None,
+        })
+        .collect();
+    Ok((net_fds, open_bridge_taps(def)?))
+}
+
 /// vm.create with the bridge taps handed over, if any.
 pub fn create(client: &Client, config: &vmapi::VmConfig, taps: &[OwnedFd]) -> vmapi::Result<()> {
     if taps.is_empty() {
