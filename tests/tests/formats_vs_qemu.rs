@@ -920,3 +920,36 @@ fn commit_of_vmdk_and_qed_overlays_like_qemu() {
         assert!(err.contains("Operation not supported"), "{err}");
     }
 }
+
+/// `rebase` of a qed overlay (the one foreign driver that can rename its
+/// backing file), safe mode, by each tool: the overlay reads as before,
+/// names the new base, and passes qemu-img's check.
+#[test]
+fn rebase_of_qed_overlays_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, tool) in [("ours", img as fn(&[&str]) -> _), ("theirs", qemu_img)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let (base, base2, top) = (d.join("base.qed"), d.join("base2.qed"), d.join("top.qed"));
+        ok(qemu_img(&["create", "-f", "qed"]).arg(&base).arg("4M"));
+        qemu_io("qed", &base, &["write -P 1 0 1M"]);
+        ok(qemu_img(&["create", "-f", "qed"]).arg(&base2).arg("4M"));
+        qemu_io("qed", &base2, &["write -P 3 512k 1M"]);
+        ok(qemu_img(&["create", "-f", "qed", "-F", "qed", "-b", "base.qed"]).arg(&top));
+        qemu_io("qed", &top, &["write -P 2 1M 64k"]);
+        let before = d.join("before.raw");
+        ok(convert_cmd(qemu_img, "qed", "raw", "")
+            .arg(&top)
+            .arg(&before));
+        ok(tool(&["rebase", "-f", "qed", "-F", "qed", "-b", "base2.qed"]).arg(&top));
+        ok(qemu_img(&["check", "-f", "qed"]).arg(&top));
+        let info = ok(qemu_img(&["info", "-f", "qed"]).arg(&top));
+        assert!(info.contains("backing file: base2.qed"), "{name}: {info}");
+        let after = d.join("after.raw");
+        ok(convert_cmd(qemu_img, "qed", "raw", "")
+            .arg(&top)
+            .arg(&after));
+        assert_same_file(&before, &after, &format!("{name}: the disk after rebase"));
+    }
+}

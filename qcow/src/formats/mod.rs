@@ -128,6 +128,14 @@ pub trait ForeignImage: BlockRead {
     fn backing_file(&self) -> Option<BackingFile> {
         None
     }
+    /// Records a new backing file name (`None`: no backing file), as
+    /// `rebase` does; only formats whose QEMU driver can change it (qed)
+    /// support it.
+    fn set_backing_name(&self, _name: Option<&str>, _format: Option<&str>) -> Result<()> {
+        Err(crate::error::Error::Unsupported(
+            "Operation not supported".to_string(),
+        ))
+    }
     /// Gives the image the backing layer it names, read where the image
     /// has no data of its own. Formats without backing files ignore it.
     fn set_backing(&mut self, _backing: Box<dyn BlockRead>) {}

@@ -31,12 +31,19 @@ fn read_or_zero(backing: Option<&dyn BlockRead>, buf: &mut [u8], offset: u64) ->
 /// Runs `img rebase`.
 pub fn run(args: &RebaseArgs) -> Result<i32> {
     let image = open(&args.filename, args.format.as_deref(), true)?;
-    let AnyImage::Qcow2(q) = &image else {
+    // qcow2 and qed record their backing file's name where it can
+    // change; QEMU's other drivers cannot change it.
+    let supported = match &image {
+        AnyImage::Qcow2(_) => true,
+        AnyImage::Foreign(format, _) => format.name() == qcow::formats::qed::FORMAT,
+        AnyImage::Raw(_) => false,
+    };
+    if !supported {
         return Err(anyhow!(
             "Could not change the backing file to '{}': Operation not supported",
             args.backing.as_deref().unwrap_or("")
         ));
-    };
+    }
     let new_name = args.backing.as_deref().filter(|b| !b.is_empty());
     let dir = Path::new(&args.filename).parent().unwrap_or(Path::new(""));
     let new_format = match (new_name, &args.backing_format) {
@@ -68,7 +75,12 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
             ),
             None => None,
         };
-        let size = q.size();
+        let size = image.virtual_size();
+        let cluster_size = match &image {
+            AnyImage::Qcow2(q) => q.cluster_size(),
+            AnyImage::Foreign(_, f) => f.cluster_size().unwrap_or(1 << 16),
+            AnyImage::Raw(_) => 1 << 16,
+        } as usize;
         let mut old = vec![0u8; CHUNK as usize];
         let mut new = vec![0u8; CHUNK as usize];
         let mut pos = 0;
@@ -76,23 +88,26 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         let progress = |done: u64| bar.set_fraction(done, size);
         progress(0);
         while pos < size {
-            for e in q.extents(pos, (size - pos).min(CHUNK))? {
+            for e in image.extents(pos, (size - pos).min(CHUNK))? {
                 if !matches!(e.kind, ExtentKind::Unallocated { .. }) {
                     continue;
                 }
                 let n = e.len as usize;
-                q.read_backing(&mut old[..n], e.guest_offset)?;
+                match &image {
+                    AnyImage::Qcow2(q) => q.read_backing(&mut old[..n], e.guest_offset)?,
+                    _ => read_or_zero(image.backing(), &mut old[..n], e.guest_offset)?,
+                }
                 read_or_zero(new_backing.as_deref(), &mut new[..n], e.guest_offset)?;
                 if old[..n] != new[..n] {
                     // Copy what differs at cluster granularity.
-                    let cs = q.cluster_size() as usize;
+                    let cs = cluster_size;
                     let mut i = 0;
                     while i < n {
                         let start = e.guest_offset as usize + i;
                         let end = ((start / cs + 1) * cs).min(e.guest_offset as usize + n);
                         let (a, b) = (i, i + (end - start));
                         if old[a..b] != new[a..b] {
-                            q.write_at(&old[a..b], start as u64)?;
+                            image.write_at(&old[a..b], start as u64)?;
                         }
                         i = b;
                     }
@@ -103,8 +118,12 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         }
         bar.end();
     }
-    q.set_backing_name(new_name, new_format.as_deref())
-        .map_err(|e| anyhow!("Could not change the backing file: {}", io_reason(&e)))?;
+    match &image {
+        AnyImage::Qcow2(q) => q.set_backing_name(new_name, new_format.as_deref()),
+        AnyImage::Foreign(_, f) => f.set_backing_name(new_name, new_format.as_deref()),
+        AnyImage::Raw(_) => unreachable!("refused above"),
+    }
+    .map_err(|e| anyhow!("Could not change the backing file: {}", io_reason(&e)))?;
     image.flush()?;
     Ok(0)
 }

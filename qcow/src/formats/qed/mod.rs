@@ -422,6 +422,43 @@ impl ForeignImage for Qed {
         Some(&self.storage)
     }
 
+    /// QEMU's `bdrv_qed_change_backing_file`: the header again with the
+    /// name right after it, the backing-file feature set or cleared, and
+    /// "no probing" set exactly when the new backing file is raw.
+    fn set_backing_name(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let mut header = self.header;
+        header.features &= !(header::F_BACKING_FILE | header::F_BACKING_FORMAT_NO_PROBE);
+        let name = name.unwrap_or("");
+        if !name.is_empty() {
+            header.features |= header::F_BACKING_FILE;
+            if format == Some("raw") {
+                header.features |= header::F_BACKING_FORMAT_NO_PROBE;
+            }
+        }
+        let room = header.header_bytes() - header::HEADER_LEN as u64;
+        if name.len() as u64 > room.min(header::MAX_BACKING_NAME.into()) {
+            return Err(invalid(
+                FORMAT,
+                "backing file name length",
+                name.len() as u64,
+                "does not fit in the header (No space left on device)",
+            ));
+        }
+        header.backing_filename_offset = if name.is_empty() {
+            0
+        } else {
+            header::HEADER_LEN as u32
+        };
+        header.backing_filename_size = name.len() as u32;
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(name.as_bytes());
+        self.storage.write_at(&bytes, 0)?;
+        self.storage.flush()
+    }
+
     fn cluster_size(&self) -> Option<u64> {
         Some(self.cluster_bytes())
     }
