@@ -494,7 +494,15 @@ impl Vm {
             std::thread::Builder::new()
                 .name("devices".into())
                 .spawn(move || {
-                    event_loop::run(loop_rx, wake, serial, stdin, config_seccomp, poll_max)
+                    event_loop::run(
+                        loop_rx,
+                        wake,
+                        serial,
+                        stdin,
+                        config_seccomp,
+                        poll_max,
+                        paused,
+                    )
                 })
                 .map_err(|e| io_err("starting the device thread", e))?
         };

@@ -101,7 +101,11 @@ struct Served {
     event_fd: Option<RawFd>,
 }
 
-/// Runs the loop until [`LoopMessage::Stop`].
+/// Runs the loop until [`LoopMessage::Stop`]. A loop `start_paused` (the
+/// VM is built paused: restored, reverted, migrated in or booted paused)
+/// serves no queue until [`LoopMessage::Resume`]: restored devices are
+/// added then, and their queues taken at resume, not while the VM is
+/// reported paused.
 pub fn run(
     messages: Receiver<LoopMessage>,
     wake: EventFd,
@@ -109,6 +113,7 @@ pub fn run(
     stdin: Option<RawFd>,
     seccomp: bool,
     poll_max: std::time::Duration,
+    start_paused: bool,
 ) {
     let epoll = match Epoll::new() {
         Ok(e) => e,
@@ -149,7 +154,10 @@ pub fn run(
     let mut next_slot = 0u64;
     let mut events = vec![EpollEvent::default(); 64];
     let mut poll = AdaptivePoll::new(poll_max);
-    let mut paused = false;
+    // While paused, no notify fd is registered and no queue served; each
+    // registration is made once, at Add (running) or at Resume (paused):
+    // a second EPOLL_CTL_ADD of the same fd fails with EEXIST.
+    let mut paused = start_paused;
     loop {
         let busy = !paused && served.values().any(|s| s.handler.worth_polling());
         let ready = |s: &mut Served| s.handler.event_ready() || s.handler.has_available();
@@ -224,7 +232,9 @@ pub fn run(
                                     handler.set_polling(true);
                                     let slot = next_slot;
                                     next_slot += 1;
-                                    add(handler.notify_fd(), slot * 2);
+                                    if !paused {
+                                        add(handler.notify_fd(), slot * 2);
+                                    }
                                     served.insert(
                                         slot,
                                         Served {
@@ -238,8 +248,9 @@ pub fn run(
                                         },
                                     );
                                     // The driver may have queued requests
-                                    // before DRIVER_OK took effect here.
-                                    if let Some(s) = served.get_mut(&slot) {
+                                    // before DRIVER_OK took effect here
+                                    // (taken at Resume while paused).
+                                    if let Some(s) = served.get_mut(&slot).filter(|_| !paused) {
                                         serve(s, Event::Notify);
                                         track_event_fd(&epoll, s);
                                     }
@@ -264,6 +275,9 @@ pub fn run(
                                     }
                                 }
                             }
+                            LoopMessage::Pause(done) if paused => {
+                                let _ = done.send(());
+                            }
                             LoopMessage::Pause(done) => {
                                 paused = true;
                                 for s in served.values_mut() {
@@ -285,6 +299,8 @@ pub fn run(
                                 }
                                 let _ = done.send(());
                             }
+                            // Not paused: every fd is registered already.
+                            LoopMessage::Resume if !paused => {}
                             LoopMessage::Resume => {
                                 paused = false;
                                 for (&slot, s) in served.iter_mut() {
