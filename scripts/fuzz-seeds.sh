@@ -24,7 +24,8 @@
 #   vm_state        a machine state and a RAM stream, from
 #                   fuzz/fuzz_targets/vm_state_body.rs through vmm's
 #                   stable replay test
-#   migration_stream  a whole migration stream and a cancelled one, from
+#   migration_stream  a whole migration stream, one with Disk frames and a
+#                   cancelled one, from
 #                   fuzz/fuzz_targets/migration_stream_body.rs through
 #                   vmm's stable replay test
 #

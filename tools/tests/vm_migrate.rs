@@ -9,7 +9,12 @@
 //! not shared: the destination's is bind-mounted over the same path in
 //! its own mount namespace (the images keep their paths, as libvirt
 //! expects), and the copied image must compare equal to the source's
-//! (qemu-img compare) and check clean. Needs root, iproute2 (scripts/ensure-net.sh) and
+//! (qemu-img compare) and check clean. With `--copy-storage-inc` (the base
+//! present on both hosts) only the top's clusters travel: the copy keeps
+//! the backing file and reads the base's ranges through it; and a
+//! destination VMM killed (SIGKILL) while it writes the copy leaves
+//! nothing but the base at B, the source running with its image locked.
+//! Needs root, iproute2 (scripts/ensure-net.sh) and
 //! /dev/kvm: skipped with a line without them (unless REQUIRE_KVM is set).
 
 mod support;
@@ -454,4 +459,203 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
             text(&check)
         );
     }
+}
+
+/// The pid of a process in namespace `ns` holding an unnamed (O_TMPFILE)
+/// file open ("#INODE (deleted)", its folder as seen from `ns`'s mount
+/// namespace): a destination VMM in the middle of a disk copy.
+fn copying_pid(ns: &str) -> Option<u32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .ok()?;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let target = target.to_string_lossy();
+                if target.contains("/#") && target.ends_with(" (deleted)") {
+                    return pid.parse().ok();
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The `depth` of each `qemu-img map` entry covering `offset`.
+fn map_depth(image: &str, offset: u64) -> u64 {
+    let out = qemu("qemu-img", &["map", "-U", "--output=json", image]);
+    assert!(out.status.success(), "qemu-img map: {}", text(&out));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    map.iter()
+        .find(|e| {
+            let start = e["start"].as_u64().unwrap();
+            (start..start + e["length"].as_u64().unwrap()).contains(&offset)
+        })
+        .and_then(|e| e["depth"].as_u64())
+        .unwrap()
+}
+
+#[test]
+fn copy_storage_inc_sends_the_top_only_and_a_destination_killed_mid_copy_leaves_nothing() {
+    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root and iproute2 for network namespaces");
+        return;
+    }
+    if !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    ensure_vmm();
+    let guest = build_guest();
+    let Some(hosts) = Hosts::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let images_b = dir.path().join("images-b");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&images_b).unwrap();
+    let store_a = dir.path().join("store-a");
+    let store_b = dir.path().join("store-b");
+    // A backing file with data (on both hosts, as copy-storage-inc
+    // expects), an overlay with 24 MiB of its own, so that the copy
+    // lasts long enough to be interrupted.
+    let base = images.join("base.qcow2");
+    let top = images.join("top.qcow2");
+    let (base_s, top_s) = (base.to_str().unwrap(), top.to_str().unwrap());
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", base_s, "32M"],
+        vec![
+            "create", "-q", "-f", "qcow2", "-b", base_s, "-F", "qcow2", top_s,
+        ],
+    ] {
+        let out = qemu("qemu-img", &args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    for (image, write) in [
+        (base_s, "write -P 0x5a 1M 768k"),
+        (top_s, "write -P 0x33 8M 24M"),
+    ] {
+        let out = qemu("qemu-io", &["-f", "qcow2", "-c", write, image]);
+        assert!(out.status.success(), "{write}: {}", text(&out));
+    }
+    std::fs::copy(&base, images_b.join("base.qcow2")).unwrap();
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>carrier</name>\n  <memory unit='MiB'>64</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=2000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
+        guest.display(),
+        top.display()
+    );
+    let xml_file = dir.path().join("carrier.xml");
+    std::fs::write(&xml_file, xml).unwrap();
+    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
+    ok(hosts.vm(&hosts.a, &store_a, &["start", "carrier"]));
+    let log_a = store_a.join("run/carrier/console.log");
+    wait_count(&log_a, 20);
+
+    let port = 6700 + std::process::id() % 1000;
+    let uri = format!("tcp:{}:{port}", hosts.destination_ip());
+    let listen = || {
+        Command::new("ip")
+            .args(["netns", "exec", &hosts.b, "sh", "-c"])
+            .arg("mount --bind \"$1\" \"$2\" && exec \"$3\" -c \"$4\" migrate-listen \"$5\"")
+            .arg("sh")
+            .args([&images_b, &images])
+            .arg(env!("CARGO_BIN_EXE_vm"))
+            .arg(&store_b)
+            .arg(&uri)
+            .env_remove("VM_VMM")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let migrate = |args: &[&str]| {
+        let mut all = vec!["migrate", "carrier", uri.as_str(), "--live"];
+        all.extend_from_slice(args);
+        hosts
+            .vm(&hosts.a, &store_a, &all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // The destination's VMM killed while it writes the copy: nothing is
+    // left at B but the backing file, the source runs on with its image
+    // locked.
+    let listener = listen();
+    let start = Instant::now();
+    let mut source = migrate(&["--copy-storage-inc"]);
+    let pid = loop {
+        if let Some(pid) = copying_pid(&hosts.b) {
+            break pid;
+        }
+        if source.try_wait().unwrap().is_some() {
+            // Too early for the listener: again.
+            let out = source.wait_with_output().unwrap();
+            assert!(text(&out).contains("connecting"), "{}", text(&out));
+            source = migrate(&["--copy-storage-inc"]);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no unnamed image at B"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SAFETY: kill has no memory arguments; pid is B's VMM, found above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let out = source.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!listener.wait_with_output().unwrap().status.success());
+    let left: Vec<_> = std::fs::read_dir(&images_b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("base.qcow2")]);
+    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier"]));
+    assert_eq!(state_a.trim(), "running");
+    let going = counts(&std::fs::read_to_string(&log_a).unwrap());
+    wait_count(&log_a, going.last().unwrap() + 10);
+    let locked = qemu("qemu-img", &["info", top_s]);
+    assert!(
+        !locked.status.success() && text(&locked).contains("lock"),
+        "the source's image is not locked: {}",
+        text(&locked)
+    );
+
+    // Again to the end: the top's clusters only, over B's own base.
+    let listener = listen();
+    let out = loop {
+        let out = migrate(&["--copy-storage-inc", "--suspend"])
+            .wait_with_output()
+            .unwrap();
+        if out.status.success() || !text(&out).contains("connecting") {
+            break out;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(out.status.success(), "vm migrate: {}", text(&out));
+    let received = listener.wait_with_output().unwrap();
+    assert!(received.status.success(), "{}", text(&received));
+    let copy = images_b.join("top.qcow2");
+    let copy_s = copy.to_str().unwrap();
+    let info = qemu("qemu-img", &["info", "-U", "--output=json", copy_s]);
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains("\"backing-filename\""), "{info}");
+    assert!(
+        info.contains("\"backing-filename-format\": \"qcow2\""),
+        "{info}"
+    );
+    // The base's data is read through B's base, the top's from the copy.
+    assert_eq!(map_depth(copy_s, 1 << 20), 1);
+    assert_eq!(map_depth(copy_s, 8 << 20), 0);
+    let same = qemu("qemu-img", &["compare", "-U", top_s, copy_s]);
+    assert!(same.status.success(), "qemu-img compare: {}", text(&same));
+    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "carrier"]));
+    let check = qemu("qemu-img", &["check", copy_s]);
+    assert!(check.status.success(), "qemu-img check: {}", text(&check));
 }
