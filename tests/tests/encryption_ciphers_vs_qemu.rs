@@ -264,6 +264,11 @@ fn convert_writes_encrypted_targets_qemu_reads_back() {
         &src,
         &format!("driver=luks,file.filename={ls},key-secret=sec0"),
     );
+    // Without a key, `info -f luks` shows the header as qemu-img does.
+    for output in ["human", "json"] {
+        let args = ["info", "--output", output, "-f", "luks", ls];
+        assert_eq!(ok(&mut img(&args)), ok(&mut qemu_img(&args)), "{output}");
+    }
     // No plain byte of the source lies in the file.
     let raw = std::fs::read(&l).unwrap();
     assert!(!raw.windows(64).any(|w| w.iter().all(|&b| b == 0x33)));

@@ -19,6 +19,7 @@ pub mod file_attrs;
 pub mod image_spec;
 pub mod info;
 pub mod info_foreign;
+pub mod info_luks;
 pub mod map;
 pub mod measure;
 pub mod progress;
