@@ -189,8 +189,14 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
         }
         seen.push(canonical);
         super::locks::lock_image_probed(&path, &filename, format, super::locks::ImageUse::READ)?;
-        let image = open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
-        let mut info = describe(&filename, &image)?;
+        let mut info = match super::info_luks::describe(&filename, &path, format)? {
+            Some(luks) => luks,
+            None => {
+                let image =
+                    open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
+                describe(&filename, &image)?
+            }
+        };
         if chain.is_empty() {
             if let Some(Some(id)) = spec.key_secrets.first() {
                 // A key secret is one of QEMU's "strong" options: the node

@@ -20,6 +20,7 @@ pub mod file_attrs;
 pub mod image_spec;
 pub mod info;
 pub mod info_foreign;
+pub mod info_luks;
 pub mod locks;
 pub mod map;
 pub mod measure;
