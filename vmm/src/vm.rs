@@ -190,8 +190,8 @@ impl Vm {
 
     /// Builds the VM described by `config` from the snapshot in `dir`
     /// (CH's layout of files holding our records), paused: KVM's VM-wide
-    /// state, then each vCPU, RAM and the devices, whose queues are then
-    /// served (kicked) at once.
+    /// state, then each vCPU, RAM and the devices, whose queues are
+    /// registered and served (kicked) at resume.
     pub fn restore(config: &VmConfig, hooks: VmHooks, dir: &std::path::Path) -> Result<Vm> {
         Self::build_from(config, hooks, true, Some(RestoreFrom::Dir(dir)))
     }
