@@ -278,6 +278,26 @@ fn pinned_vcpus_a_cpu_quota_and_memory_limits_at_start() {
     assert_eq!(allowed(pid, vcpu1), last.to_string());
     let shown = text(&vm(&store, &["vcpupin", "busy", "1"]).stdout);
     assert!(shown.contains(&format!(" 1      {last}\n")), "{shown}");
+    // --live --config changes the thread and the definition at once, as
+    // libvirt's QEMU driver does; a query with both is refused as virsh
+    // refuses it.
+    let out = vm(&store, &["vcpupin", "busy", "1", "0", "--live", "--config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(allowed(pid, vcpu1), "0");
+    let xml = text(&vm(&store, &["dumpxml", "busy", "--inactive"]).stdout);
+    assert!(xml.contains("<vcpupin vcpu='1' cpuset='0'/>"), "{xml}");
+    let out = vm(&store, &["vcpupin", "busy", "--live", "--config"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stderr)),
+        (
+            Some(1),
+            "error: Options --live and --config are mutually exclusive\n".to_string()
+        )
+    );
+    let out = vm(&store, &["emulatorpin", "busy", "0", "--live", "--config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vm(&store, &["vcpupin", "busy", "1", &last.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let info = text(&vm(&store, &["vcpuinfo", "busy"]).stdout);
     assert!(
         info.contains(&format!("CPU Affinity:   {}", "-".repeat(last) + "y")),

@@ -1,7 +1,7 @@
 //! `vcpupin`, `emulatorpin`, `schedinfo` and `memtune`: show and set
 //! `<cputune>` and `<memtune>` as virsh lays them out. Pins change live
-//! on a running domain (sched_setaffinity on its threads) or in the
-//! definition with `--config`; scheduler and memory limits change the
+//! on a running domain (sched_setaffinity on its threads), in the
+//! definition with `--config`, or both with `--live --config`; scheduler and memory limits change the
 //! running domain's cgroups (`--live`, or `--current` on a running
 //! domain, through [`super::live`]), the definition (`--config`, or a
 //! domain that is not running), or both (`--live --config`).
@@ -20,24 +20,44 @@ use crate::vm::error::VmError;
 use crate::vm::runtime::{self, QUERY_TIMEOUT};
 use crate::vm::xml::DomainDef;
 
-/// Where a command acts: the running VMM (`Some(pid)`) or the definition.
-fn target(ctx: &Ctx, inv: &Invocation, def: &DomainDef) -> Result<Option<i32>, VmError> {
+/// Where a pin command acts: the running VMM (`live`, its pid) and/or the
+/// definition (`config`), as virsh's `--live`, `--config` and `--current`
+/// choose; both at once when setting with `--live --config`, as libvirt's
+/// QEMU driver does.
+struct PinTarget {
+    live: Option<i32>,
+    config: bool,
+}
+
+fn target(ctx: &Ctx, inv: &Invocation, def: &DomainDef) -> Result<PinTarget, VmError> {
     let status = runtime::inspect(&ctx.store, &def.name, QUERY_TIMEOUT, None);
     let pid = status.active().map(|a| a.process.pid);
-    if inv.flag("config") && inv.flag("live") {
-        return Err(VmError::Refused(
-            "Options --config and --live are mutually exclusive here".to_string(),
-        ));
+    let (live, config, current) = (inv.flag("live"), inv.flag("config"), inv.flag("current"));
+    if current && (live || config) {
+        let other = if live { "--live" } else { "--config" };
+        return Err(VmError::Refused(format!(
+            "Options --current and {other} are mutually exclusive"
+        )));
     }
-    if inv.flag("config") {
-        return Ok(None);
-    }
-    if inv.flag("live") && pid.is_none() {
+    if live && pid.is_none() {
         return Err(VmError::Refused(
             "Requested operation is not valid: domain is not running".to_string(),
         ));
     }
-    Ok(pid)
+    Ok(match (live, config) {
+        (true, true) => PinTarget {
+            live: pid,
+            config: true,
+        },
+        (false, true) => PinTarget {
+            live: None,
+            config: true,
+        },
+        _ => PinTarget {
+            live: pid,
+            config: pid.is_none(),
+        },
+    })
 }
 
 fn parse_cpulist(text: &str) -> Result<CpuSet, VmError> {
@@ -60,7 +80,14 @@ fn all_cpus() -> CpuSet {
 /// `vcpupin DOMAIN [VCPU] [CPULIST] [--config] [--live] [--current]`.
 pub fn vcpupin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     let mut def = lookup(ctx, inv.required("domain"))?;
-    let pid = target(ctx, inv, &def)?;
+    let at = target(ctx, inv, &def)?;
+    let querying = inv.value("cpulist").is_none();
+    if querying && at.live.is_some() && at.config {
+        return Err(VmError::Refused(
+            "Options --live and --config are mutually exclusive".to_string(),
+        ));
+    }
+    let pid = at.live;
     let count = if pid.is_some() {
         def.vcpus_current
     } else {
@@ -86,24 +113,22 @@ pub fn vcpupin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
     let mut tune = cputune(&def)?;
     if let (Some(vcpu), Some(list)) = (vcpu, inv.value("cpulist")) {
         let set = parse_cpulist(list)?;
-        match pid {
-            Some(pid) => {
-                let tid = threads(pid)
-                    .into_iter()
-                    .find(|(_, v)| *v == Some(vcpu))
-                    .map(|(t, _)| t)
-                    .ok_or_else(|| VmError::OperationFailed(format!("vcpu{vcpu} has no thread")))?;
-                affinity::set(tid, &set)
-                    .map_err(|e| VmError::OperationFailed(format!("cannot pin vcpu{vcpu}: {e}")))?;
-            }
-            None => {
-                let _lock = ctx.store.lock(&def.name)?;
-                tune.vcpupins.retain(|(v, _)| *v != vcpu);
-                tune.vcpupins.push((vcpu, set));
-                tune.vcpupins.sort_by_key(|(v, _)| *v);
-                set_cputune(&mut def, &tune);
-                ctx.store.write_definition(&def)?;
-            }
+        if let Some(pid) = pid {
+            let tid = threads(pid)
+                .into_iter()
+                .find(|(_, v)| *v == Some(vcpu))
+                .map(|(t, _)| t)
+                .ok_or_else(|| VmError::OperationFailed(format!("vcpu{vcpu} has no thread")))?;
+            affinity::set(tid, &set)
+                .map_err(|e| VmError::OperationFailed(format!("cannot pin vcpu{vcpu}: {e}")))?;
+        }
+        if at.config {
+            let _lock = ctx.store.lock(&def.name)?;
+            tune.vcpupins.retain(|(v, _)| *v != vcpu);
+            tune.vcpupins.push((vcpu, set));
+            tune.vcpupins.sort_by_key(|(v, _)| *v);
+            set_cputune(&mut def, &tune);
+            ctx.store.write_definition(&def)?;
         }
         return Ok(());
     }
@@ -136,28 +161,33 @@ pub fn vcpupin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
 /// `emulatorpin DOMAIN [CPULIST] [--config] [--live] [--current]`.
 pub fn emulatorpin(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
     let mut def = lookup(ctx, inv.required("domain"))?;
-    let pid = target(ctx, inv, &def)?;
+    let at = target(ctx, inv, &def)?;
+    let pid = at.live;
     let mut tune = cputune(&def)?;
     if let Some(list) = inv.value("cpulist") {
         let set = CpuSet::parse(list)
             .map_err(|_| VmError::InvalidArgument(format!("Failed to parse bitmap '{list}'")))?;
         let set = parse_cpulist(&set.format())?;
-        match pid {
-            Some(pid) => {
-                for (tid, _) in threads(pid).into_iter().filter(|(_, v)| v.is_none()) {
-                    affinity::set(tid, &set).map_err(|e| {
-                        VmError::OperationFailed(format!("cannot pin thread {tid}: {e}"))
-                    })?;
-                }
-            }
-            None => {
-                let _lock = ctx.store.lock(&def.name)?;
-                tune.emulatorpin = Some(set);
-                set_cputune(&mut def, &tune);
-                ctx.store.write_definition(&def)?;
+        if let Some(pid) = pid {
+            for (tid, _) in threads(pid).into_iter().filter(|(_, v)| v.is_none()) {
+                affinity::set(tid, &set).map_err(|e| {
+                    VmError::OperationFailed(format!("cannot pin thread {tid}: {e}"))
+                })?;
             }
         }
+        if at.config {
+            let _lock = ctx.store.lock(&def.name)?;
+            tune.emulatorpin = Some(set);
+            set_cputune(&mut def, &tune);
+            ctx.store.write_definition(&def)?;
+        }
         return Ok(());
+    }
+    if pid.is_some() && at.config {
+        return Err(VmError::Refused(
+            "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive"
+                .to_string(),
+        ));
     }
     let set = match pid {
         Some(pid) => affinity::get(pid).unwrap_or_else(|_| all_cpus()),
