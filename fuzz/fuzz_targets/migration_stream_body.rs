@@ -63,7 +63,17 @@ fn image_dir() -> PathBuf {
     } else {
         std::env::temp_dir()
     };
-    let dir = base.join(format!("migration_stream_fuzz-{}", std::process::id()));
+    // One folder per thread: the replay tests run inputs on parallel
+    // threads of one process, and an accepted input names its images.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    thread_local! {
+        static THREAD: u64 = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let dir = base.join(format!(
+        "migration_stream_fuzz-{}-{}",
+        std::process::id(),
+        THREAD.with(|t| *t)
+    ));
     std::fs::create_dir_all(&dir).expect("the fuzz image folder");
     dir
 }
@@ -137,6 +147,7 @@ pub fn migration_stream_body(data: &[u8]) -> bool {
         .map(|e| e.expect("an entry").file_name())
         .collect();
     assert!(left.is_empty(), "images left behind: {left:?}");
+    std::fs::remove_dir(&dir).expect("removing the empty fuzz image folder");
     accepted
 }
 
