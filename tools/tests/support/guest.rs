@@ -17,16 +17,16 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Makes sure the `vmm` binary sits next to `vm` (cargo builds only the
-/// tested package's binaries for its tests).
+/// Makes sure an up-to-date `vmm` binary sits next to `vm` (cargo builds
+/// only the tested package's binaries for its tests). Cargo is asked once
+/// per test process even when a binary is there, so a `vmm` older than its
+/// sources is rebuilt rather than silently tested; an up-to-date one costs
+/// cargo's freshness check only.
 pub fn ensure_vmm() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let vm = PathBuf::from(env!("CARGO_BIN_EXE_vm"));
         let beside = vm.with_file_name("vmm");
-        if beside.is_file() {
-            return;
-        }
         let mut build = cargo();
         build
             .current_dir(workspace())
