@@ -93,8 +93,8 @@ fn answer(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let request = match crate::net_config::take_handed_fds(request, fds) {
-        Ok(request) => request,
+    let (request, handed) = match crate::net_config::take_handed_fds(request, fds) {
+        Ok(taken) => taken,
         Err(response) => return response,
     };
     let (reply_tx, reply) = channel();
@@ -103,11 +103,16 @@ fn answer(
         reply: reply_tx,
     };
     if calls.send(call).is_err() || wake.write(1).is_err() {
+        crate::net_config::release_handed(&handed);
         return Response::error(500, &["the VMM is shutting down".to_string()]);
     }
-    reply
+    let response = reply
         .recv()
-        .unwrap_or_else(|_| Response::error(500, &["the VMM is shutting down".to_string()]))
+        .unwrap_or_else(|_| Response::error(500, &["the VMM is shutting down".to_string()]));
+    if response.status >= 400 {
+        crate::net_config::release_handed(&handed);
+    }
+    response
 }
 
 /// The typed request of an HTTP request, or the error response.

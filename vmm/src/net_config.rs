@@ -312,14 +312,16 @@ static HANDED_OVER: std::sync::Mutex<std::collections::BTreeSet<i32>> =
 /// and vm.add-net, they replace the `fd` placeholders of its `net`
 /// entries in order, as in Cloud Hypervisor (and stay open from then
 /// on); any other request, or a count that does not match, is refused
-/// (400) and the descriptors closed.
+/// (400) and the descriptors closed. Returns the request and the numbers
+/// of the descriptors it now holds, which [`release_handed`] closes when
+/// the controller refuses the request.
 pub fn take_handed_fds(
     request: crate::control::ApiRequest,
     fds: Vec<std::os::fd::OwnedFd>,
-) -> std::result::Result<crate::control::ApiRequest, vmapi::Response> {
+) -> std::result::Result<(crate::control::ApiRequest, Vec<i32>), vmapi::Response> {
     use crate::control::ApiRequest;
     if fds.is_empty() {
-        return Ok(request);
+        return Ok((request, Vec::new()));
     }
     let mut request = request;
     let restored = match &mut request {
@@ -328,7 +330,7 @@ pub fn take_handed_fds(
         _ => None,
     };
     if let Some(restored) = restored {
-        return take_restored_fds(restored, fds).map(|()| request);
+        return take_restored_fds(restored, fds).map(|taken| (request, taken));
     }
     let nets: &mut [vmapi::NetConfig] = match &mut request {
         ApiRequest::VmCreate(config) => config.net.as_deref_mut().unwrap_or(&mut []),
@@ -359,12 +361,28 @@ pub fn take_handed_fds(
     }
     let mut received = fds.into_iter();
     let mut handed = HANDED_OVER.lock().expect("fd registry lock");
+    let mut taken = Vec::with_capacity(placeholders);
     for slot in nets.iter_mut().filter_map(|n| n.fd.as_mut()).flatten() {
         let fd = received.next().expect("counted above");
         *slot = std::os::fd::IntoRawFd::into_raw_fd(fd);
         handed.insert(*slot);
+        taken.push(*slot);
     }
-    Ok(request)
+    Ok((request, taken))
+}
+
+/// Closes the descriptors `fds` handed over with a request the controller
+/// refused (an error status): no configuration kept them (a refused
+/// vm.create, vm.add-net, vm.restore or vm.receive-migration leaves none
+/// behind, and devices work on duplicates), so without this they would
+/// stay open for the VMM's life.
+pub fn release_handed(fds: &[i32]) {
+    let mut handed = HANDED_OVER.lock().expect("fd registry lock");
+    for fd in fds {
+        if handed.remove(fd) {
+            crate::sys::close_fd(*fd);
+        }
+    }
 }
 
 /// Most `net_fds` entries of one vm.restore or vm.receive-migration.
@@ -419,7 +437,7 @@ pub fn checked_net_fds(
 fn take_restored_fds(
     net_fds: &mut [vmapi::RestoredNetConfig],
     fds: Vec<std::os::fd::OwnedFd>,
-) -> std::result::Result<(), vmapi::Response> {
+) -> std::result::Result<Vec<i32>, vmapi::Response> {
     let wanted: usize = net_fds.iter().map(|e| e.num_fds).sum();
     if wanted != fds.len() {
         return Err(vmapi::Response::error(
@@ -432,6 +450,7 @@ fn take_restored_fds(
     }
     let mut received = fds.into_iter();
     let mut handed = HANDED_OVER.lock().expect("fd registry lock");
+    let mut all = Vec::with_capacity(wanted);
     for entry in net_fds {
         let taken: Vec<i32> = received
             .by_ref()
@@ -439,9 +458,10 @@ fn take_restored_fds(
             .map(std::os::fd::IntoRawFd::into_raw_fd)
             .collect();
         handed.extend(taken.iter().copied());
+        all.extend(taken.iter().copied());
         entry.fds = Some(taken);
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Puts the descriptors of `net_fds` in place of the saved ones of the

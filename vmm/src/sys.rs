@@ -104,3 +104,13 @@ pub fn lock_image(file: &File, role: LockRole) -> std::result::Result<(), String
         other => other.to_string(),
     })
 }
+
+/// Closes descriptor `fd`, which this process holds as a bare number (a
+/// descriptor handed over with an API request and kept by number in the
+/// configuration); the caller must own it and forget the number after.
+pub fn close_fd(fd: RawFd) {
+    // SAFETY: the caller owns `fd` (it came with a request and no other
+    // object wraps it: devices work on duplicates) and drops its number
+    // after this call, so no one closes or uses it again.
+    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+}

@@ -9,6 +9,7 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -533,4 +534,53 @@ fn serial_in_file_mode_goes_to_the_file() {
     assert!(!vmm.path("console.sock").exists());
     client.vmm_shutdown().unwrap();
     assert_eq!(vmm.wait_exit(), Some(0));
+}
+
+/// The descriptors the VMM holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the VMM's fd folder")
+        .count()
+}
+
+#[test]
+fn descriptors_handed_with_a_refused_request_are_closed() {
+    let vmm = ApiVmm::start(&[]);
+    let client = vmm.client();
+    let pid = vmm.child.id();
+    client.ping().expect("vm.ping");
+    let before = open_fds(pid);
+    let handed = std::fs::File::open("/dev/null").expect("/dev/null");
+    let config = |memory: u64| -> vmapi::VmConfig {
+        serde_json::from_value(serde_json::json!({
+            "memory": {"size": memory},
+            "payload": {"kernel": "/nonexistent"},
+            "net": [{"fd": [-1], "id": "eth0"}],
+        }))
+        .expect("config")
+    };
+    // A configuration the VMM refuses (no RAM), a restore from nowhere
+    // and an interface for a VM that does not exist: each answer is an
+    // error, and the descriptor that came with it is not kept.
+    let err = client
+        .create_with_fds(&config(0), &[handed.as_fd()])
+        .expect_err("zero RAM is refused");
+    assert_eq!(err.status(), Some(400), "{err}");
+    let entry = vmapi::RestoredNetConfig {
+        id: "eth0".to_string(),
+        num_fds: 1,
+        fds: None,
+    };
+    let err = client
+        .restore_with_fds("file:///nonexistent", vec![entry], &[handed.as_fd()])
+        .expect_err("nothing to restore");
+    assert!(err.status().is_some_and(|s| s >= 400), "{err}");
+    let net: vmapi::NetConfig =
+        serde_json::from_value(serde_json::json!({"fd": [-1], "id": "eth0"})).expect("net");
+    let err = client
+        .add_net_with_fds(&net, &[handed.as_fd()])
+        .expect_err("no VM to add to");
+    assert_eq!(err.status(), Some(404), "{err}");
+    client.ping().expect("vm.ping after the refusals");
+    assert_eq!(open_fds(pid), before, "{}", vmm.log());
 }
