@@ -3,6 +3,7 @@
 //! operations ([`workload`], [`virtio_workload`]) and checks ([`crash`]).
 
 pub mod crash;
+pub mod encrypted;
 pub mod virtio_workload;
 pub mod workload;
 

@@ -4,14 +4,11 @@
 //! by qemu-img; and a LUKS2 header refused in qemu-img's words.
 
 use std::path::Path;
-use std::process::Command;
 
+use integration_tests::encrypted::{
+    luks_qcow2_opts, open_luks_qcow2, qemu_io_with_secret, read_image, SECRET,
+};
 use integration_tests::{img, ok, qemu_img, require_qemu, run};
-use qcow::device::BlockRead;
-use qcow::fs::{open_image_keyed, Format};
-
-const SECRET: &str = "secret,id=sec0,data=astrochicken";
-const PASSWORD: &[u8] = b"astrochicken";
 
 /// Which tool writes an image's LUKS header.
 #[derive(Clone, Copy, Debug)]
@@ -72,42 +69,6 @@ fn qcow2_luks_options(options: &str) -> String {
     o
 }
 
-fn qcow2_opts(path: &Path) -> String {
-    format!(
-        "driver=qcow2,file.filename={},encrypt.key-secret=sec0",
-        path.display()
-    )
-}
-
-/// qemu-io on an image opened by option string; returns stdout.
-fn qemu_io(opts: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["--object", SECRET]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    c.args(["--image-opts", opts]);
-    let out = ok(&mut c);
-    assert!(
-        !out.contains("Pattern verification failed"),
-        "{opts}: {out}"
-    );
-    out
-}
-
-fn read_ours(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let image = open_image_keyed(
-        path,
-        Some(Format::Qcow2),
-        false,
-        vec![Some(PASSWORD.into())],
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut buf = vec![0u8; len];
-    image.read_at(&mut buf, offset).unwrap();
-    buf
-}
-
 /// `creator` makes a LUKS qcow2 with `options`; qemu-io writes into it and
 /// our library reads that back, then our library writes and qemu-io reads.
 fn both_ways(dir: &Path, index: usize, options: &str, creator: Creator) {
@@ -121,11 +82,11 @@ fn both_ways(dir: &Path, index: usize, options: &str, creator: Creator) {
         Creator::Img => img(&args),
         Creator::QemuImg => qemu_img(&args),
     });
-    qemu_io(
-        &qcow2_opts(&path),
+    qemu_io_with_secret(
+        &luks_qcow2_opts(&path),
         &["write -P 0x5a 1000 70000", "read -P 0x5a 1000 70000"],
     );
-    let back = read_ours(&path, 0, 72000);
+    let back = read_image(&open_luks_qcow2(&path, false), 0, 72000);
     assert!(
         back[..1000].iter().all(|&b| b == 0),
         "{options} {creator:?}"
@@ -138,18 +99,12 @@ fn both_ways(dir: &Path, index: usize, options: &str, creator: Creator) {
         back[71000..].iter().all(|&b| b == 0),
         "{options} {creator:?}"
     );
-    let image = open_image_keyed(
-        &path,
-        Some(Format::Qcow2),
-        true,
-        vec![Some(PASSWORD.into())],
-    )
-    .unwrap();
+    let image = open_luks_qcow2(&path, true);
     image.write_at(&[0xa5; 3000], 69_500).unwrap();
     image.flush().unwrap();
     drop(image);
-    qemu_io(
-        &qcow2_opts(&path),
+    qemu_io_with_secret(
+        &luks_qcow2_opts(&path),
         &["read -P 0x5a 1000 68500", "read -P 0xa5 69500 3000"],
     );
 }
@@ -198,16 +153,15 @@ fn source(dir: &Path) -> String {
     let src = dir.join("src.raw");
     let s = src.to_str().unwrap().to_string();
     ok(&mut qemu_img(&["create", "-q", "-f", "raw", &s, "1M"]));
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-c", "write -P 0x33 1000 300000"]);
-    c.args([
-        "-c",
-        "write -z 512k 64k",
-        "-c",
-        "write -P 0x44 768k 65536",
-        &s,
-    ]);
-    ok(&mut c);
+    integration_tests::qemu_io(
+        "raw",
+        &src,
+        &[
+            "write -P 0x33 1000 300000",
+            "write -z 512k 64k",
+            "write -P 0x44 768k 65536",
+        ],
+    );
     s
 }
 
@@ -241,7 +195,7 @@ fn convert_writes_encrypted_targets_qemu_reads_back() {
         &src,
         qs,
     ]));
-    compare_with_qemu(&src, &qcow2_opts(&q));
+    compare_with_qemu(&src, &luks_qcow2_opts(&q));
     let info = ok(&mut qemu_img(&["info", qs]));
     assert!(info.contains("encrypted: yes"), "{info}");
     assert!(info.contains("cipher alg: twofish-256"), "{info}");

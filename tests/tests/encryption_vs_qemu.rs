@@ -5,52 +5,11 @@
 //! library writes reads back in qemu-io. A wrong secret gets qemu-img's
 //! message.
 
-use std::path::Path;
-use std::process::Command;
-
+use integration_tests::encrypted::{
+    luks_qcow2_opts as qcow2_opts, open_luks_qcow2 as open_ours, qemu_io_with_secret as qemu_io,
+    read_image as read_ours, SECRET,
+};
 use integration_tests::{img, ok, qemu_img, require_qemu, run};
-use qcow::device::BlockRead;
-use qcow::fs::{open_image_keyed, AnyImage, Format};
-
-const SECRET: &str = "secret,id=sec0,data=astrochicken";
-
-/// qemu-io on an encrypted image opened by option string, as QEMU's
-/// tests open them; returns stdout.
-fn qemu_io(opts: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["--object", SECRET]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    c.args(["--image-opts", opts]);
-    let out = ok(&mut c);
-    assert!(!out.contains("Pattern verification failed"), "{out}");
-    out
-}
-
-fn qcow2_opts(path: &Path) -> String {
-    format!(
-        "driver=qcow2,file.filename={},encrypt.key-secret=sec0",
-        path.display()
-    )
-}
-
-/// Opens an encrypted qcow2 with our library, unlocked with the secret.
-fn open_ours(path: &Path, writable: bool) -> AnyImage {
-    open_image_keyed(
-        path,
-        Some(Format::Qcow2),
-        writable,
-        vec![Some(b"astrochicken".to_vec())],
-    )
-    .unwrap()
-}
-
-fn read_ours(image: &AnyImage, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    image.read_at(&mut buf, offset).unwrap();
-    buf
-}
 
 #[test]
 fn luks_qcow2_made_by_img_opens_in_qemu_io_and_back() {
