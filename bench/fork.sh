@@ -3,11 +3,12 @@
 # domain (the test guest, guest.mode=count guest.fill=256: 512 MiB of RAM
 # of which 256 MiB hold data, counting on its serial port) from one full
 # snapshot, against `vm snapshot-revert --running` of the same domain to
-# the same snapshot, runs alternating. Prints per pair and as medians: the
-# command's time and the time from the command to the new guest's first
-# serial line (the guest prints a line every 1000 steps, which bounds the
-# resolution), and the ratio fork/revert of the medians. Each fork's
-# domain is destroyed and its files removed (after `sync`) before the
+# the same snapshot, in place and of the domain shut off first (which
+# starts a new VMM, as a fork does), runs alternating. Prints per run and
+# as medians the command's time and the time from the command to the new
+# guest's first serial line (the guest prints a line every 1000 steps,
+# which bounds the resolution), and the ratios fork/revert of the medians.
+# Each fork is destroyed and its files removed (then `sync`) before the
 # next run. No QEMU figure: QEMU has no fork.
 #
 # Usage: bench/fork.sh [--runs 5] [--memory 512] [--fill 256]
@@ -21,7 +22,7 @@ while (($#)); do
         --runs) runs=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --fill) fill=$2; shift 2 ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "fork.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -130,12 +131,23 @@ for i in range(runs):
     wait_line(log("bench"), before, 60)
     revert_first = time.monotonic() - start
     subprocess.run(["sync"], check=True)
-    rows.append((fork_cmd, fork_first, revert_cmd, revert_first))
+    # The same revert of the original shut off: a new VMM, as a fork's.
+    run("destroy", "bench")
+    os.remove(log("bench"))
+    start = time.monotonic()
+    run("snapshot-revert", "bench", "base", "--running")
+    wait_line(log("bench"), 0, 60)
+    cold_first = time.monotonic() - start
+    subprocess.run(["sync"], check=True)
+    rows.append((fork_cmd, fork_first, revert_cmd, revert_first, cold_first))
     print(f"run {i + 1}: fork {fork_cmd * 1000:.0f} ms (first line {fork_first * 1000:.0f} ms), "
-          f"revert {revert_cmd * 1000:.0f} ms (first line {revert_first * 1000:.0f} ms)")
+          f"revert {revert_cmd * 1000:.0f} ms (first line {revert_first * 1000:.0f} ms), "
+          f"revert of the shut-off original to its first line {cold_first * 1000:.0f} ms")
 
 med = [statistics.median(col) for col in zip(*rows)]
 print(f"median: fork {med[0] * 1000:.0f} ms, command to the fork's first line "
-      f"{med[1] * 1000:.0f} ms; revert {med[2] * 1000:.0f} ms, first line {med[3] * 1000:.0f} ms")
-print(f"ratio fork/revert (command to first line): {med[1] / med[3]:.2f}")
+      f"{med[1] * 1000:.0f} ms; revert {med[2] * 1000:.0f} ms, first line {med[3] * 1000:.0f} ms; "
+      f"revert of the shut-off original, first line {med[4] * 1000:.0f} ms")
+print(f"ratio fork/revert in place (command to first line): {med[1] / med[3]:.2f}")
+print(f"ratio fork/revert of the shut-off original: {med[1] / med[4]:.2f}")
 EOF
