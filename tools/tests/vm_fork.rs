@@ -317,3 +317,123 @@ fn forks_go_on_from_the_snapshot_while_the_original_goes_on() {
         assert!(text(&list.stdout).is_empty(), "the base has snapshots");
     }
 }
+
+fn can_run_net() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let have = |program: &str| Command::new(program).arg("-V").output().is_ok();
+    if have_kvm() && root && have("ip") && have("ping") && Path::new("/dev/net/tun").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("REQUIRE_KVM").is_none(),
+        "REQUIRE_KVM is set but root, /dev/kvm, /dev/net/tun, ip or ping is missing"
+    );
+    eprintln!("skipped: needs root, /dev/kvm, /dev/net/tun, ip and ping");
+    false
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+fn ping(address: &str) {
+    let out = Command::new("ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "5", address])
+        .output()
+        .expect("ping");
+    assert!(
+        out.status.success(),
+        "ping {address}: {}",
+        text(&out.stdout)
+    );
+}
+
+/// The MAC of a domain's only interface, from `domiflist`.
+fn mac_of(store: &Path, name: &str) -> String {
+    let list = ok(store, &["-q", "domiflist", name]);
+    list.split_whitespace()
+        .find(|w| w.starts_with("52:54:00:"))
+        .unwrap_or_else(|| panic!("no MAC in {list}"))
+        .to_string()
+}
+
+/// A fork of a domain with a `type='bridge'` interface, in a network
+/// namespace of its own: the fork gets a new MAC (its restored device
+/// takes it, where a restore would refuse a state of another MAC) and
+/// answers ping on the bridge in place of its parent, shut off first
+/// since the two share the guest's IP address.
+#[test]
+fn a_fork_with_an_interface_gets_a_new_mac_and_answers() {
+    if !can_run_net() {
+        return;
+    }
+    ensure_vmm();
+    let guest = build_guest();
+    std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the
+        // calling thread.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let store = dir.join("store");
+        let image = dir.join("net.qcow2");
+        let made = Command::new(env!("CARGO_BIN_EXE_img"))
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["addr", "add", "10.98.7.1/24", "dev", "br0"]);
+        ip(&["link", "set", "br0", "up"]);
+        let xml = format!(
+            "<domain type='kvm'>\n  <name>test</name>\n  <memory unit='MiB'>32</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>console=ttyS0 guest.mode=net guest.ip=10.98.7.2</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\n    <interface type='bridge'><mac address='52:54:00:00:07:02'/><source bridge='br0'/><model type='virtio'/></interface>\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
+            guest.display(),
+            image.display()
+        );
+        std::fs::write(dir.join("test.xml"), xml).unwrap();
+        ok(&store, &["define", dir.join("test.xml").to_str().unwrap()]);
+        let _destroy = DestroyOnDrop(&store);
+        ok(&store, &["start", "test"]);
+        let log = console_log(&store, "test");
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("guest: net ready")
+        {
+            assert!(start.elapsed() < Duration::from_secs(60), "no net ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ping("10.98.7.2");
+        ok(&store, &["snapshot-create-as", "test", "s1"]);
+        ok(&store, &["destroy", "test"]);
+        let overlay = dir.join("f1.qcow2");
+        ok(
+            &store,
+            &[
+                "clone",
+                "--original",
+                "test",
+                "--name",
+                "f1",
+                "--from-snapshot",
+                "s1",
+                "--file",
+                overlay.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(state(&store, "f1"), "running");
+        let (parent, fork) = (mac_of(&store, "test"), mac_of(&store, "f1"));
+        assert_eq!(parent, "52:54:00:00:07:02");
+        assert_ne!(fork, parent);
+        ping("10.98.7.2");
+        ok(&store, &["destroy", "f1"]);
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
