@@ -7,8 +7,10 @@
 //! `qemu-img check`, and the original's image stays clean; errors in one
 //! line (an unknown snapshot in virsh's words, a disk-only one, a name in
 //! use, a target file that exists) change nothing. Prints the time from
-//! the command to the fork's first count. Needs /dev/kvm (skipped without
-//! it unless REQUIRE_KVM is set); the image checks need qemu-img.
+//! the command to the fork's first count. A fork of a domain with a
+//! bridge interface gets a new MAC and answers ping. Needs /dev/kvm
+//! (skipped without it unless REQUIRE_KVM is set); the image checks need
+//! qemu-img; the interface test needs root, `ip` and `ping`.
 
 mod support;
 

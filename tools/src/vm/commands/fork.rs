@@ -1,6 +1,7 @@
 //! `clone --original DOMAIN --name NEW --from-snapshot SNAP [--auto-clone]
 //! [--file PATH]... [--running] [--paused]`: NEW starts from full snapshot
 //! SNAP of DOMAIN, which may run on meanwhile (or be paused or shut off).
+//! Its disks are always linked (`--linked` is implied).
 //!
 //! For every disk the snapshot covers (the writable qcow2 ones), the
 //! snapshot's contents are extracted through our image engine (`img
@@ -80,12 +81,6 @@ pub fn fork(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError
     if files.is_empty() && !auto {
         return Err(VmError::Refused(
             "Either --auto-clone or --file is required, use '--auto-clone or --file' and try again."
-                .into(),
-        ));
-    }
-    if inv.flag("linked") {
-        return Err(VmError::Refused(
-            "--linked and --from-snapshot go together already: a fork's disks are always overlays"
                 .into(),
         ));
     }
