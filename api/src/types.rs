@@ -251,6 +251,23 @@ pub struct RestoreConfig {
     pub net_fds: Option<Vec<RestoredNetConfig>>,
 }
 
+/// vm.restore's source_url for a fork (ours): the state of full in-image
+/// snapshot `snapshot` of the qcow2 image at `image` (absolute), loaded
+/// into a created VM whose disks already hold the snapshot's contents:
+/// `qcow2-image://PATH#NAME`, NAME with `%` and `#` percent-encoded so
+/// the last `#` ends PATH.
+pub fn fork_url(image: &std::path::Path, snapshot: &str) -> String {
+    let mut encoded = String::with_capacity(snapshot.len());
+    for c in snapshot.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    format!("qcow2-image://{}#{encoded}", image.display())
+}
+
 /// CH's `RestoredNetConfig`: the tap descriptors of interface `id` of a
 /// restored (or, ours, received) VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -171,6 +171,11 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
         Endpoint::VmRestore => {
             let body: vmapi::RestoreConfig =
                 serde_json::from_slice(&request.body).map_err(bad_json)?;
+            if let Some(source) = crate::state::fork::parse_url(&body.source_url)
+                .map_err(|e| Response::error(400, &[excerpt(&e.to_string())]))?
+            {
+                return Ok(ApiRequest::VmRestoreFork { source });
+            }
             match in_image_url(&body.source_url)? {
                 Some(name) => ApiRequest::VmRevertInImage { name },
                 None => ApiRequest::VmRestore {
@@ -288,5 +293,24 @@ mod tests {
             messages[0].starts_with("invalid vm.create body"),
             "{messages:?}"
         );
+    }
+
+    #[test]
+    fn a_fork_url_restores_from_another_image() {
+        let body = |url: &str| format!("{{\"source_url\": \"{url}\"}}").into_bytes();
+        let url = vmapi::fork_url(std::path::Path::new("/i/d.qcow2"), "s#1");
+        match parse(&request(Method::Put, "/api/v1/vm.restore", &body(&url))) {
+            Ok(ApiRequest::VmRestoreFork { source }) => {
+                assert_eq!(source.image, std::path::Path::new("/i/d.qcow2"));
+                assert_eq!(source.snapshot, "s#1");
+            }
+            _ => panic!("{url} is not a fork"),
+        }
+        let refused = parse(&request(
+            Method::Put,
+            "/api/v1/vm.restore",
+            &body("qcow2-image://relative.qcow2#s"),
+        ));
+        assert_eq!(refused.err().map(|e| e.status), Some(400));
     }
 }

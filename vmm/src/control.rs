@@ -81,6 +81,13 @@ pub enum ApiRequest {
         /// The snapshot's name.
         name: String,
     },
+    /// PUT vm.restore with `qcow2-image://PATH#NAME`: build the created
+    /// (or shut-down) VM from the state of full snapshot NAME in the image
+    /// at PATH, paused, its own disks left as they are (a fork).
+    VmRestoreFork {
+        /// Where the state is.
+        source: crate::state::fork::ForkSource,
+    },
     /// PUT vm.snapshot-delete: delete an in-image snapshot from the disks.
     VmSnapshotDelete {
         /// The snapshot's name.
@@ -429,6 +436,13 @@ impl Controller {
                 Err(e) => error_response(500, &e),
             },
             ApiRequest::VmSnapshotDelete { name } => self.delete_in_image(&name),
+            ApiRequest::VmRestoreFork { source } => match self.state {
+                VmState::Created | VmState::Shutdown => match self.restore_fork(&source) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => error_response(500, &e),
+                },
+                state => state_error("restore a fork into", state),
+            },
             ApiRequest::VmSendMigration(request) => match self.state {
                 VmState::Running | VmState::Paused => match self.send_migration(&request) {
                     Ok(()) => Response::no_content(),
@@ -588,6 +602,25 @@ impl Controller {
         let _ = self.reset.read();
         self.state = VmState::Shutdown;
         self.build(BuildFrom::Image(name, reuse.as_ref()))
+    }
+
+    /// Builds the created VM from the state of another image's full
+    /// snapshot (a fork), paused, with its own interfaces' MACs.
+    fn restore_fork(&mut self, source: &crate::state::fork::ForkSource) -> Result<()> {
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::GuestFault("no VM configuration".into()))?;
+        let summary = crate::state::machine::ConfigSummary {
+            cpus: config.cpus,
+            memory: config.memory,
+            disks: config.disks.len() as u32,
+            nets: config.net.len() as u32,
+        };
+        let macs: Vec<[u8; 6]> = config.net.iter().map(|n| n.mac.0).collect();
+        let (mut machine, mem) = crate::state::fork::read(source, summary)?;
+        crate::state::fork::set_macs(&mut machine, &macs);
+        self.build(BuildFrom::Migration(Box::new(machine), mem))
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's
@@ -867,7 +900,8 @@ enum BuildFrom<'a> {
     /// VM that was not running), loaded into the RAM of the VM it
     /// replaces if there was one.
     Image(&'a str, Option<&'a vm_memory::GuestMemoryMmap>),
-    /// A migration's state and RAM (paused until the source commits).
+    /// A state and its RAM, read already: a migration's (paused until
+    /// the source commits) or a fork's (`state::fork`).
     Migration(
         Box<crate::state::machine::MachineState>,
         vm_memory::GuestMemoryMmap,

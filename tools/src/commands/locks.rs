@@ -155,6 +155,12 @@ fn conflict(shown: &str, path: &Path, e: blockdev::Error) -> anyhow::Error {
     }
 }
 
+/// Lets go of every lock taken so far: for `vm`, which runs img commands
+/// in its own process and then has a VMM open the images they made.
+pub fn release_all() {
+    HELD.lock().expect("lock table poisoned").clear();
+}
+
 fn lock_file(path: &Path, request: LockRequest) -> Result<(), blockdev::Error> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(());

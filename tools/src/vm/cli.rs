@@ -295,6 +295,9 @@ pub const COMMANDS: &[CommandSpec] = &[
             data("name", false),
             flag("auto-clone"),
             flag("linked"),
+            data("from-snapshot", false),
+            flag("running"),
+            flag("paused"),
             Opt {
                 name: "file",
                 kind: Kind::Argv,

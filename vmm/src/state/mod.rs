@@ -11,6 +11,7 @@
 //! [`memory`] refuses RAM outside the VM's RAM ranges, each with one line.
 
 pub mod devices;
+pub mod fork;
 pub mod image;
 pub mod in_image;
 pub mod machine;

@@ -24,11 +24,11 @@ use crate::vm::runtime::{self, Status, QUERY_TIMEOUT};
 use crate::vm::xml::{DiskFormat, DomainDef, DomainName, Uuid};
 
 /// Most clone names or paths tried when making one up.
-const MAX_TRIES: u32 = 1000;
+pub(super) const MAX_TRIES: u32 = 1000;
 
 /// virt-clone's name for a clone of `base`: `base-clone`, then
 /// `base-clone1`, ...; a name already ending in `-cloneN` counts on.
-fn clone_name(ctx: &Ctx, base: &str) -> Result<DomainName, VmError> {
+pub(super) fn clone_name(ctx: &Ctx, base: &str) -> Result<DomainName, VmError> {
     let (stem, mut number, forced) = match base.rfind("-clone") {
         Some(at) if base[at + 6..].bytes().all(|b| b.is_ascii_digit()) => {
             let n = base[at + 6..].parse::<u32>().map_or(1, |n| n + 1);
@@ -58,7 +58,7 @@ fn clone_name(ctx: &Ctx, base: &str) -> Result<DomainName, VmError> {
 /// `orig_name`) for domain `new_name`: `DIR/STEM-clone.EXT`, or
 /// `DIR/NEW.EXT` when the stem is the original's name; `-1`, `-2`, ...
 /// until no file is there.
-fn clone_path(original: &str, orig_name: &str, new_name: &str, tag: &str) -> PathBuf {
+pub(super) fn clone_path(original: &str, orig_name: &str, new_name: &str, tag: &str) -> PathBuf {
     let path = Path::new(original);
     let (stem, suffix) = match original.rsplit_once('.') {
         Some((s, ext)) if ext.len() <= 7 && !ext.contains('/') => (s, format!(".{ext}")),
@@ -94,7 +94,7 @@ fn format_name(format: Option<&DiskFormat>) -> Result<&'static str, VmError> {
 }
 
 /// Runs one `img` command through our image engine, in this process.
-fn img(args: &[&str]) -> Result<(), VmError> {
+pub(super) fn img(args: &[&str]) -> Result<(), VmError> {
     let mut argv = vec!["img"];
     argv.extend_from_slice(args);
     let cli = crate::cli::parse_args(&argv)
@@ -185,7 +185,7 @@ fn with_mac(text: &str, mac: &str) -> Result<String, VmError> {
 /// by any domain of the store and by `def`'s other interfaces, as
 /// virt-clone does (two guests on one network with one MAC would steal
 /// each other's frames).
-fn give_new_macs(ctx: &Ctx, def: &mut DomainDef) -> Result<(), VmError> {
+pub(super) fn give_new_macs(ctx: &Ctx, def: &mut DomainDef) -> Result<(), VmError> {
     use crate::vm::xml::Device;
     if !def
         .other_devices()
@@ -229,6 +229,9 @@ struct Planned {
 /// `clone --original DOMAIN --name NEW [--auto-clone] [--file PATH]...
 /// [--linked]`.
 pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
+    if inv.value("from-snapshot").is_some() {
+        return super::fork::fork(ctx, inv, out);
+    }
     let original = inv.value("original").ok_or_else(|| {
         VmError::Refused(
             "An original machine name is required, use '--original ORIGINAL_GUEST' and try again."

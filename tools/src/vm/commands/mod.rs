@@ -1,11 +1,13 @@
 //! The commands, one module per family: definitions ([`define`]), what a
 //! domain is and has ([`monitor`]), starting and stopping ([`lifecycle`]),
 //! statistics ([`stats`]), the serial console ([`console`]), snapshots
-//! ([`snapshot`]), live migration ([`migrate`]) and clones ([`clone`]).
+//! ([`snapshot`]), live migration ([`migrate`]), clones ([`clone`]) and forks
+//! from a snapshot ([`fork`]).
 
 pub mod clone;
 pub mod console;
 pub mod define;
+pub mod fork;
 pub mod iface;
 pub mod lifecycle;
 pub mod migrate;

@@ -26,15 +26,15 @@ use crate::vm::xml::{DiskFormat, DomainDef, DomainName};
 
 /// How long a snapshot or revert call to a VMM may take (RAM is written
 /// to or read from the image).
-const STATE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const STATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a halted domain's VMM may take to end.
 const HALT_WAIT: Duration = Duration::from_secs(10);
 /// Most snapshots kept per domain.
 const MAX_SNAPSHOTS: usize = 4096;
 /// libvirt's VIR_DOMAIN_RUNNING_FROM_SNAPSHOT.
-const RUNNING_FROM_SNAPSHOT: u32 = 4;
+pub(super) const RUNNING_FROM_SNAPSHOT: u32 = 4;
 /// libvirt's VIR_DOMAIN_PAUSED_FROM_SNAPSHOT.
-const PAUSED_FROM_SNAPSHOT: u32 = 7;
+pub(super) const PAUSED_FROM_SNAPSHOT: u32 = 7;
 /// libvirt's VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT.
 const SHUTOFF_FROM_SNAPSHOT: u32 = 7;
 
@@ -107,7 +107,7 @@ fn write_set(store: &Store, name: &DomainName, set: &SnapshotSet) -> Result<(), 
     Ok(write_atomically(&path, &bytes)?)
 }
 
-fn not_found(name: &str) -> VmError {
+pub(super) fn not_found(name: &str) -> VmError {
     VmError::Refused(format!(
         "Domain snapshot not found: no domain snapshot with matching name '{name}'"
     ))
@@ -138,7 +138,7 @@ fn chosen<'a>(
 
 /// The writable qcow2 disks of a definition (the ones snapshots cover),
 /// refusing a writable disk of another format.
-fn snapshot_disks(def: &DomainDef) -> Result<Vec<String>, VmError> {
+pub(super) fn snapshot_disks(def: &DomainDef) -> Result<Vec<String>, VmError> {
     let mut paths = Vec::new();
     for disk in def.disks.iter().filter(|d| !d.is_readonly()) {
         let source = disk.source.clone().unwrap_or_default();
