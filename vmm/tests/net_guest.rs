@@ -26,7 +26,6 @@ mod support;
 
 use std::net::UdpSocket;
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -369,32 +368,6 @@ fn two_guests_on_one_bridge_reach_each_other() {
             );
         }
     });
-}
-
-/// A 1 MiB qcow2 image at `path` (an in-image snapshot needs a writable
-/// qcow2 first disk; the net guest leaves it alone).
-fn make_qcow2(path: &Path) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .expect("image file");
-    let storage: std::sync::Arc<dyn qcow::Storage> =
-        std::sync::Arc::new(qcow::FileStorage::new(file));
-    qcow::create::create(
-        storage,
-        None,
-        None,
-        &qcow::create::CreateOptions {
-            size: 1 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("create the image")
-    .close()
-    .expect("close the image");
 }
 
 /// Pings the guest `count` times; all must be answered.

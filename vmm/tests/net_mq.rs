@@ -12,11 +12,12 @@
 //!   VQ_PAIRS_SET, a chain without an ack byte, an ANNOUNCE_ACK nothing
 //!   asked for) get VIRTIO_NET_ERR or come back unanswered, are logged,
 //!   and change nothing;
-//! - after a snapshot to files is restored in a new VMM, the device sets
+//! - after an in-image snapshot is reverted, and after a snapshot to
+//!   files is restored in a new VMM, the device sets
 //!   VIRTIO_NET_S_ANNOUNCE with a configuration interrupt as the VM
-//!   resumes; the guest sends a gratuitous ARP, seen on the tap by a
-//!   packet socket, and acks with VIRTIO_NET_CTRL_ANNOUNCE_ACK, which
-//!   clears the bit.
+//!   resumes (a plain pause and resume does not); the guest sends a
+//!   gratuitous ARP, seen on the tap by a packet socket, and acks with
+//!   VIRTIO_NET_CTRL_ANNOUNCE_ACK, which clears the bit.
 //!
 //! Needs what `net_guest` needs (root, /dev/kvm, iproute2, ping).
 
@@ -239,28 +240,69 @@ fn is_gratuitous_arp(frame: &[u8], mac: [u8; 6], ip: [u8; 4]) -> bool {
         && frame[38..42] == ip
 }
 
+/// Waits for the guest's announce line and its gratuitous ARP on the
+/// tap (`socket`), after `what`.
+fn expect_announcement(vm: &mut GuestVm, socket: &OwnedFd, what: &str) {
+    let line = vm.wait_line("guest: net-mq announced", Duration::from_secs(30));
+    assert_eq!(line, "guest: net-mq announced ack=OK status=0x1", "{what}");
+    let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let ip: [u8; 4] = [10, 99, 0, 2];
+    let frames = arp_frames(socket, Duration::from_secs(2));
+    assert!(
+        frames.iter().any(|f| is_gratuitous_arp(f, mac, ip)),
+        "no gratuitous ARP on the tap after {what} among {} ARP frames: {frames:02x?}",
+        frames.len()
+    );
+}
+
 #[test]
-fn after_a_restore_the_guest_announces_itself_with_a_gratuitous_arp() {
+fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp() {
     if !can_run() {
         return;
     }
-    build_guest();
+    let guest = build_guest();
     in_netns(move || {
         make_tap_queues("vq1", true);
+        let images = tempfile::tempdir().expect("tempdir");
+        let disk = images.path().join("disk.qcow2");
+        make_qcow2(&disk);
+        let disk_spec = format!("path={},format=qcow2", disk.display());
         let net = format!("tap=vq1,mac={GUEST_MAC},num_queues=4,id=net0");
-        let mut vm = GuestVm::start("net-mq", &net);
+        let cmdline = guest_cmdline("net-mq");
+        let mut vm = GuestVm::spawn(&[
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "32M".as_ref(),
+            "--cmdline".as_ref(),
+            cmdline.as_ref(),
+            "--disk".as_ref(),
+            disk_spec.as_ref(),
+            "--net".as_ref(),
+            net.as_ref(),
+        ]);
+        vm.wait_api();
         vm.wait_line("guest: net-mq ready pairs=2", Duration::from_secs(60));
         let out = ping(2);
         assert!(out.status.success(), "ping before the snapshot");
-        let images = tempfile::tempdir().expect("tempdir");
-        let dir = images.path().join("snap");
         let client = vmapi::Client::new(&vm.api);
+        // An in-image snapshot, a resume (no restore: nothing to
+        // announce), then the revert, whose resume announces.
+        client.pause().expect("pause");
+        client.snapshot("qcow2:up").expect("in-image snapshot");
+        client.resume().expect("resume");
+        let socket = arp_socket("vq1");
+        client.pause().expect("pause");
+        client.restore("qcow2:up").expect("revert");
+        client.resume().expect("resume");
+        expect_announcement(&mut vm, &socket, "the revert");
+        // Then to files, restored in a VMM of its own.
+        let dir = images.path().join("snap");
         client.pause().expect("pause");
         client
             .snapshot(&format!("file://{}", dir.display()))
             .expect("snapshot to files");
-        drop(client);
-        let _ = vmapi::Client::new(&vm.api).vmm_shutdown();
+        let _ = client.vmm_shutdown();
         let _ = vm.child.wait();
         drop(vm);
         let mut restored = GuestVm::spawn(&[]);
@@ -269,18 +311,8 @@ fn after_a_restore_the_guest_announces_itself_with_a_gratuitous_arp() {
         client
             .restore(&format!("file://{}", dir.display()))
             .expect("restore");
-        let socket = arp_socket("vq1");
         client.resume().expect("resume");
-        let line = restored.wait_line("guest: net-mq announced", Duration::from_secs(30));
-        assert_eq!(line, "guest: net-mq announced ack=OK status=0x1");
-        let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-        let ip: [u8; 4] = [10, 99, 0, 2];
-        let frames = arp_frames(&socket, Duration::from_secs(2));
-        assert!(
-            frames.iter().any(|f| is_gratuitous_arp(f, mac, ip)),
-            "no gratuitous ARP on the tap among {} ARP frames: {frames:02x?}",
-            frames.len()
-        );
+        expect_announcement(&mut restored, &socket, "the restore");
         // The NIC serves on; a pause and resume announces nothing more.
         client.pause().expect("pause");
         client.resume().expect("resume");
@@ -291,9 +323,11 @@ fn after_a_restore_the_guest_announces_itself_with_a_gratuitous_arp() {
             String::from_utf8_lossy(&out.stdout)
         );
         let (done, stderr) = restored.finish_with("guest: net-mq done");
-        assert!(done.contains(" announced=1"), "{done}");
-        // The ack itself is not refused (the malformed commands were
-        // sent before the snapshot, by the other VMM).
+        // One announcement after the revert (the snapshot was taken
+        // before any), then one after the restore.
+        assert!(done.contains(" announced=2"), "{done}");
+        // The acks are not refused (the malformed commands were sent at
+        // boot, by the first VMM).
         assert!(!stderr.contains("refused"), "{stderr}");
     });
 }

@@ -252,3 +252,29 @@ pub fn ping(count: u32) -> std::process::Output {
         .output()
         .expect("run ping")
 }
+
+/// A 1 MiB qcow2 image at `path` (an in-image snapshot needs a writable
+/// qcow2 first disk; the net guest leaves it alone).
+pub fn make_qcow2(path: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("image file");
+    let storage: std::sync::Arc<dyn qcow::Storage> =
+        std::sync::Arc::new(qcow::FileStorage::new(file));
+    qcow::create::create(
+        storage,
+        None,
+        None,
+        &qcow::create::CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("create the image")
+    .close()
+    .expect("close the image");
+}
