@@ -380,21 +380,6 @@ fn ping_ok(count: u32, after: &str) {
     );
 }
 
-/// Runs `body` on a thread moved into the network namespace of process
-/// `pid` (a VMM started in a namespace of its own).
-fn in_netns_of<T: Send + 'static>(pid: u32, body: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the VMM's netns");
-        // SAFETY: setns takes an open namespace fd and moves only the
-        // calling thread.
-        let ret = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-        assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
-        body()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
 #[test]
 fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
     if !can_run() {

@@ -17,7 +17,9 @@
 //!   VIRTIO_NET_S_ANNOUNCE with a configuration interrupt as the VM
 //!   resumes (a plain pause and resume does not); the guest sends a
 //!   gratuitous ARP, seen on the tap by a packet socket, and acks with
-//!   VIRTIO_NET_CTRL_ANNOUNCE_ACK, which clears the bit.
+//!   VIRTIO_NET_CTRL_ANNOUNCE_ACK, which clears the bit; after a live
+//!   migration the gratuitous ARP comes out of the destination's tap, in
+//!   another namespace.
 //!
 //! Needs what `net_guest` needs (root, /dev/kvm, iproute2, ping).
 
@@ -330,4 +332,70 @@ fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp
         // boot, by the first VMM).
         assert!(!stderr.contains("refused"), "{stderr}");
     });
+}
+
+#[test]
+fn after_a_migration_the_guest_announces_itself_on_the_destinations_tap() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    let source = in_netns(|| {
+        make_tap_queues("vq2", true);
+        let mut vm = GuestVm::start(
+            "net-mq",
+            &format!("tap=vq2,mac={GUEST_MAC},num_queues=4,id=net0"),
+        );
+        vm.wait_line("guest: net-mq ready pairs=2", Duration::from_secs(60));
+        vm
+    });
+    // The destination "host": a tap of its own in another namespace,
+    // watched from before the migration.
+    let (mut dest, socket) = in_netns(|| {
+        make_tap_queues("vq2", true);
+        let socket = arp_socket("vq2");
+        let mut vm = GuestVm::spawn(&[]);
+        vm.wait_api();
+        (vm, socket)
+    });
+    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
+    let receiver = {
+        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
+            client.receive_migration(&url, Some(tty))
+        })
+    };
+    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
+    let started = Instant::now();
+    loop {
+        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
+            Ok(()) => break,
+            Err(e)
+                if e.to_string().contains("connecting")
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send-migration: {e}"),
+        }
+    }
+    receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receive-migration");
+    expect_announcement(&mut dest, &socket, "the migration");
+    let pid = dest.child.id();
+    let (done, _) = in_netns_of(pid, move || {
+        let out = ping(2);
+        assert!(
+            out.status.success(),
+            "ping after the migration: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        dest.finish_with("guest: net-mq done")
+    });
+    assert!(done.contains(" announced=1"), "{done}");
+    drop(source);
 }
