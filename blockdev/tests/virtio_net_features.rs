@@ -11,6 +11,7 @@ mod net_support;
 
 use blockdev::virtio::defs::{F_RING_EVENT_IDX, F_VERSION_1};
 use blockdev::virtio::driver::Segment;
+use blockdev::virtio::net::announce::rarp_frame;
 use blockdev::virtio::net::defs::*;
 use blockdev::virtio::net::header::NetHeader;
 use net_support::packet::{PacketSocket, QUIET, WAIT};
@@ -181,7 +182,10 @@ fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
         );
         assert_eq!(config_status(&rig), NET_S_LINK_UP);
         let generation = rig.device.config_generation();
-        assert!(rig.device.announce());
+        let rarp = PacketSocket::bind("ann0", 0x8035);
+        assert!(rig.device.announce().expect("announce"));
+        // The device announces the guest itself too, as QEMU does.
+        assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
         assert_eq!(config_status(&rig), NET_S_LINK_UP | NET_S_ANNOUNCE);
         assert_ne!(rig.device.config_generation(), generation);
         // Another class's command leaves it pending.
@@ -199,7 +203,9 @@ fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
         assert_eq!(control(&mut rig, &set, true), (1, CTRL_ERR));
         // A driver without GUEST_ANNOUNCE is never asked.
         let mut plain_rig = NetRig::new("ann1", 1, NetRig::all_features() & !F_NET_GUEST_ANNOUNCE);
-        assert!(!plain_rig.device.announce());
+        let rarp = PacketSocket::bind("ann1", 0x8035);
+        assert!(!plain_rig.device.announce().expect("announce"));
+        assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
         assert_eq!(config_status(&plain_rig), NET_S_LINK_UP);
         assert_eq!(control(&mut plain_rig, &ack, true), (1, CTRL_ERR));
     });

@@ -480,7 +480,7 @@ fn the_nic_works_after_a_migration_to_another_namespace() {
     }
     build_guest();
     // Both "hosts" give their tap the same MAC and address: the guest's
-    // ARP entry for its peer stays right (no gratuitous ARP is sent).
+    // ARP entry for its peer stays right (virtio-drivers takes no GUEST_ANNOUNCE: the guest sends no gratuitous ARP, only the VMM a RARP).
     let host_side = |name: &'static str| {
         move || {
             make_tap(name);

@@ -19,7 +19,8 @@
 //!   gratuitous ARP, seen on the tap by a packet socket, and acks with
 //!   VIRTIO_NET_CTRL_ANNOUNCE_ACK, which clears the bit; after a live
 //!   migration the gratuitous ARP comes out of the destination's tap, in
-//!   another namespace.
+//!   another namespace, after the RARP the VMM sends for the guest (as
+//!   QEMU's `qemu_announce_self`).
 //!
 //! Needs what `net_guest` needs (root, /dev/kvm, iproute2, ping).
 
@@ -154,10 +155,19 @@ fn a_multiqueue_guest_uses_several_pairs_and_its_bad_control_commands_are_refuse
     });
 }
 
+/// Ethertype of ARP.
+const ETH_P_ARP: u16 = 0x0806;
+/// Ethertype of RARP (what the VMM announces a guest with).
+const ETH_P_RARP: u16 = 0x8035;
+
 /// A raw packet socket on interface `name` for ARP frames (what the
 /// guest sends comes up the tap into it).
 fn arp_socket(name: &str) -> OwnedFd {
-    const ETH_P_ARP: u16 = 0x0806;
+    packet_socket(name, ETH_P_ARP)
+}
+
+/// A raw packet socket on interface `name` for frames of `ethertype`.
+fn packet_socket(name: &str, ethertype: u16) -> OwnedFd {
     let cname = CString::new(name).expect("name");
     // SAFETY: a NUL-terminated string, alive for the call.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
@@ -167,7 +177,7 @@ fn arp_socket(name: &str) -> OwnedFd {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
+            i32::from(ethertype.to_be()),
         )
     };
     assert!(
@@ -180,7 +190,7 @@ fn arp_socket(name: &str) -> OwnedFd {
     // SAFETY: sockaddr_ll is plain integers and arrays; zero is valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_protocol = ethertype.to_be();
     addr.sll_ifindex = ifindex;
     // SAFETY: `addr` is a sockaddr_ll of the size passed, alive for the call.
     let ret = unsafe {
@@ -194,7 +204,7 @@ fn arp_socket(name: &str) -> OwnedFd {
     fd
 }
 
-/// The ARP frames `socket` receives within `timeout`.
+/// The frames `socket` receives within `timeout`.
 fn arp_frames(socket: &OwnedFd, timeout: Duration) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let mut frames = Vec::new();
@@ -351,12 +361,13 @@ fn after_a_migration_the_guest_announces_itself_on_the_destinations_tap() {
     });
     // The destination "host": a tap of its own in another namespace,
     // watched from before the migration.
-    let (mut dest, socket) = in_netns(|| {
+    let (mut dest, socket, rarp) = in_netns(|| {
         make_tap_queues("vq2", true);
         let socket = arp_socket("vq2");
+        let rarp = packet_socket("vq2", ETH_P_RARP);
         let mut vm = GuestVm::spawn(&[]);
         vm.wait_api();
-        (vm, socket)
+        (vm, socket, rarp)
     });
     let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
     let receiver = {
@@ -386,6 +397,15 @@ fn after_a_migration_the_guest_announces_itself_on_the_destinations_tap() {
         .expect("receiver thread")
         .expect("receive-migration");
     expect_announcement(&mut dest, &socket, "the migration");
+    // The VMM announced the guest's MAC itself too (QEMU's RARP).
+    let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let rarps = arp_frames(&rarp, Duration::from_millis(500));
+    assert!(
+        rarps
+            .iter()
+            .any(|f| f.len() >= 42 && f[6..12] == mac && f[20..22] == [0, 3] && f[32..38] == mac),
+        "no RARP from the guest's MAC: {rarps:02x?}"
+    );
     let pid = dest.child.id();
     let (done, _) = in_netns_of(pid, move || {
         let out = ping(2);

@@ -75,9 +75,10 @@ where
     /// The guest runs again after a restore or a migration: a device
     /// that asks its driver to announce itself (virtio-net with
     /// GUEST_ANNOUNCE) changes its configuration and returns true, and
-    /// the transport raises a configuration interrupt.
-    fn announce(&mut self) -> bool {
-        false
+    /// the transport raises a configuration interrupt (virtio-net also
+    /// sends a RARP for the guest itself).
+    fn announce(&mut self) -> Result<bool> {
+        Ok(false)
     }
 }
 
@@ -170,7 +171,7 @@ where
     fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
         VirtioNet::set_resume_state(self, resume)
     }
-    fn announce(&mut self) -> bool {
+    fn announce(&mut self) -> Result<bool> {
         VirtioNet::announce(self)
     }
 }

@@ -360,15 +360,18 @@ impl VirtioMmio {
     }
 
     /// Called as a restored VM resumes (once; later resumes do nothing):
-    /// a device restored active that asks its driver to announce itself
-    /// (virtio-net's VIRTIO_NET_S_ANNOUNCE) gets a configuration
-    /// interrupt, as QEMU's announce timer raises one after a load.
+    /// a device restored active announces the guest (virtio-net: a RARP
+    /// into the tap) and, if it asks its driver to announce itself
+    /// (VIRTIO_NET_S_ANNOUNCE), gets a configuration interrupt, as QEMU's
+    /// announce timer raises one after a load.
     pub fn announce_after_restore(&mut self) {
-        if std::mem::take(&mut self.restored_active)
-            && self.device.is_activated()
-            && self.device.announce()
-        {
-            self.interrupt.config_changed();
+        if !std::mem::take(&mut self.restored_active) || !self.device.is_activated() {
+            return;
+        }
+        match self.device.announce() {
+            Ok(true) => self.interrupt.config_changed(),
+            Ok(false) => {}
+            Err(e) => eprintln!("vmm: {} {}: {e}", self.device.kind(), self.index),
         }
     }
 

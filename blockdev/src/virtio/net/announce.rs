@@ -6,6 +6,11 @@
 //! VIRTIO_NET_CTRL_ANNOUNCE_ACK on the control queue, which clears the
 //! bit. Shared between the device (configuration reads, on a vCPU
 //! thread) and its control queue (the device thread).
+//!
+//! Whatever the driver took, the device itself also sends a RARP from the
+//! guest's MAC into the tap, as QEMU's `qemu_announce_self` does for every
+//! NIC ([`rarp_frame`]): a bridge or switch learns the MAC's new port even
+//! from a guest that cannot announce itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -52,9 +57,40 @@ impl AnnounceState {
     }
 }
 
+/// Bytes of the RARP frame (the Ethernet minimum, padded).
+pub const RARP_FRAME_LEN: usize = 60;
+
+/// QEMU's self-announcement from `mac` (`announce_self_create`): a
+/// broadcast RARP "request reverse" (ethertype 0x8035, opcode 3) whose
+/// sender and target hardware address are `mac` and protocol addresses
+/// zero, padded to 60 bytes.
+pub fn rarp_frame(mac: [u8; 6]) -> [u8; RARP_FRAME_LEN] {
+    let mut frame = [0u8; RARP_FRAME_LEN];
+    frame[0..6].fill(0xff);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4, op 3.
+    frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 3]);
+    frame[22..28].copy_from_slice(&mac);
+    frame[32..38].copy_from_slice(&mac);
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rarp_frame_is_qemus() {
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let frame = rarp_frame(mac);
+        assert_eq!(&frame[..6], &[0xff; 6]);
+        assert_eq!(&frame[6..12], &mac);
+        assert_eq!(&frame[12..14], &[0x80, 0x35]);
+        assert_eq!(&frame[20..22], &[0, 3]);
+        assert_eq!((&frame[22..28], &frame[32..38]), (&mac[..], &mac[..]));
+        assert!(frame[28..32].iter().chain(&frame[38..]).all(|&b| b == 0));
+    }
 
     #[test]
     fn an_ack_clears_a_pending_announcement_once() {

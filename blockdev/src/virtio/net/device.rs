@@ -14,7 +14,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 
-use super::announce::AnnounceState;
+use super::announce::{rarp_frame, AnnounceState, RARP_FRAME_LEN};
 use super::counters::NetCounters;
 use super::ctrl::{set_active_pairs, CtrlQueue};
 use super::defs::*;
@@ -331,18 +331,31 @@ impl VirtioNet {
         self.announce.generation()
     }
 
-    /// After a restore or a migration, once the guest runs again: if the
-    /// driver accepted GUEST_ANNOUNCE (and so CTRL_VQ) and the device is
-    /// active, set VIRTIO_NET_S_ANNOUNCE and return true, and the
-    /// transport raises a configuration interrupt; the driver announces
-    /// itself and acks on the control queue (QEMU's
-    /// `virtio_net_announce_timer`, one round).
-    pub fn announce(&mut self) -> bool {
-        if !self.activated || self.driver_features & F_NET_GUEST_ANNOUNCE == 0 {
-            return false;
+    /// After a restore or a migration, once the guest runs again, for an
+    /// active device: send a RARP from the guest's MAC into pair 0's tap
+    /// queue (QEMU's `qemu_announce_self`, one round), and if the driver
+    /// accepted GUEST_ANNOUNCE (and so CTRL_VQ) set VIRTIO_NET_S_ANNOUNCE
+    /// and return true, and the transport raises a configuration
+    /// interrupt; the driver announces itself and acks on the control
+    /// queue (QEMU's `virtio_net_announce_timer`, one round). A RARP the
+    /// tap refuses is an error, after the bit is set.
+    pub fn announce(&mut self) -> Result<bool> {
+        if !self.activated {
+            return Ok(false);
         }
-        self.announce.request();
-        true
+        let guest = self.driver_features & F_NET_GUEST_ANNOUNCE != 0;
+        if guest {
+            self.announce.request();
+        }
+        let mut frame = [0u8; NET_HDR_SIZE + RARP_FRAME_LEN];
+        frame[NET_HDR_SIZE..].copy_from_slice(&rarp_frame(self.mac));
+        if let Some(tap) = self.taps.first() {
+            tap.write_bytes(&frame).map_err(|source| Error::Io {
+                op: "send the RARP that announces the guest",
+                source,
+            })?;
+        }
+        Ok(guest)
     }
 
     /// Whether VIRTIO_NET_S_ANNOUNCE is set (the driver has not acked).
