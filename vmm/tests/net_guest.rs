@@ -480,7 +480,9 @@ fn the_nic_works_after_a_migration_to_another_namespace() {
     }
     build_guest();
     // Both "hosts" give their tap the same MAC and address: the guest's
-    // ARP entry for its peer stays right (virtio-drivers takes no GUEST_ANNOUNCE: the guest sends no gratuitous ARP, only the VMM a RARP).
+    // ARP entry for its peer stays right (virtio-drivers takes no
+    // GUEST_ANNOUNCE: the guest sends no gratuitous ARP, the VMM only a
+    // RARP).
     let host_side = |name: &'static str| {
         move || {
             make_tap(name);
