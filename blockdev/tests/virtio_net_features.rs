@@ -1,7 +1,8 @@
 //! The virtio-net device's features driven by our own low-level driver
 //! over a tap in a fresh network namespace: checksum and TSO offload
 //! headers reach the tap's stack, event-idx interrupt suppression, the
-//! configuration space and the MQ command, tap fds handed over, the
+//! configuration space, the MQ command and the announce bit with its
+//! ack, tap fds handed over, the
 //! queues served through the event loop's `ServedQueue` trait, and a
 //! restore (pairs in use and held receive chains taken over). Needs root
 //! and iproute2.
@@ -10,6 +11,7 @@ mod net_support;
 
 use blockdev::virtio::defs::{F_RING_EVENT_IDX, F_VERSION_1};
 use blockdev::virtio::driver::Segment;
+use blockdev::virtio::net::announce::rarp_frame;
 use blockdev::virtio::net::defs::*;
 use blockdev::virtio::net::header::NetHeader;
 use net_support::packet::{PacketSocket, QUIET, WAIT};
@@ -158,6 +160,54 @@ fn the_mq_command_sets_the_pairs_in_use_and_refuses_the_rest() {
         rig.add(3, &segments);
         rig.handlers.tx[1].handle_queue_notify().expect("tx");
         assert_eq!(socket.recv(WAIT).expect("frame from pair 1"), frame);
+    });
+}
+
+/// The configuration's `status` (le16 at byte 6).
+fn config_status(rig: &NetRig) -> u16 {
+    let mut config = [0u8; 10];
+    rig.device.read_config(0, &mut config);
+    u16::from_le_bytes([config[6], config[7]])
+}
+
+#[test]
+fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
+    in_netns(|| {
+        let mut rig = NetRig::new("ann0", 1, NetRig::all_features());
+        let ack = [CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK];
+        assert_eq!(
+            control(&mut rig, &ack, true),
+            (1, CTRL_ERR),
+            "an ack with nothing pending"
+        );
+        assert_eq!(config_status(&rig), NET_S_LINK_UP);
+        let generation = rig.device.config_generation();
+        let rarp = PacketSocket::bind("ann0", 0x8035);
+        assert!(rig.device.announce().expect("announce"));
+        // The device announces the guest itself too, as QEMU does.
+        assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
+        assert_eq!(config_status(&rig), NET_S_LINK_UP | NET_S_ANNOUNCE);
+        assert_ne!(rig.device.config_generation(), generation);
+        // Another class's command leaves it pending.
+        assert_eq!(
+            control(&mut rig, &[CTRL_CLASS_ANNOUNCE, 1], true),
+            (1, CTRL_ERR)
+        );
+        assert!(rig.device.announce_pending());
+        assert_eq!(control(&mut rig, &ack, true), (1, CTRL_OK));
+        assert_eq!(config_status(&rig), NET_S_LINK_UP);
+        // With one pair MQ is not offered: VQ_PAIRS_SET is refused, as
+        // QEMU refuses it without MQ.
+        let mut set = vec![CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET];
+        set.extend_from_slice(&1u16.to_le_bytes());
+        assert_eq!(control(&mut rig, &set, true), (1, CTRL_ERR));
+        // A driver without GUEST_ANNOUNCE is never asked.
+        let mut plain_rig = NetRig::new("ann1", 1, NetRig::all_features() & !F_NET_GUEST_ANNOUNCE);
+        let rarp = PacketSocket::bind("ann1", 0x8035);
+        assert!(!plain_rig.device.announce().expect("announce"));
+        assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
+        assert_eq!(config_status(&plain_rig), NET_S_LINK_UP);
+        assert_eq!(control(&mut plain_rig, &ack, true), (1, CTRL_ERR));
     });
 }
 

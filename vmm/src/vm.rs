@@ -602,9 +602,16 @@ impl Vm {
         Ok(())
     }
 
-    /// Restarts the disk queues, then the vCPUs.
+    /// Restarts the disk queues, then the vCPUs. The first resume of a
+    /// restored VM asks its NICs' drivers to announce themselves.
     pub fn resume(&self) {
         self.tell_loop(LoopMessage::Resume);
+        for transport in &self.transports {
+            transport
+                .lock()
+                .expect("transport lock")
+                .announce_after_restore();
+        }
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
         }

@@ -72,6 +72,14 @@ where
             reason: "this device has no state beyond its transport",
         })
     }
+    /// The guest runs again after a restore or a migration: a device
+    /// that asks its driver to announce itself (virtio-net with
+    /// GUEST_ANNOUNCE) changes its configuration and returns true, and
+    /// the transport raises a configuration interrupt (virtio-net also
+    /// sends a RARP for the guest itself).
+    fn announce(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The register methods both models spell alike.
@@ -162,6 +170,9 @@ where
     }
     fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
         VirtioNet::set_resume_state(self, resume)
+    }
+    fn announce(&mut self) -> Result<bool> {
+        VirtioNet::announce(self)
     }
 }
 

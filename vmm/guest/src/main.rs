@@ -1,7 +1,7 @@
 //! A tiny ring-0 test guest for the vmm: entered in 64-bit long mode through
 //! the Linux boot protocol's 64-bit entry (RSI = boot_params), it prints on
 //! the serial port, runs the test its command line selects
-//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count|dirty|net|net-bad`), and resets
+//! (`guest.mode=hello|disk|bad-desc|past-end|bad-io|idle|io|count|dirty|net|net-bad|net-mq`), and resets
 //! through the i8042 (idle and io power off on the ACPI power button). See README.md for the contract with the VMM.
 
 #![no_std]
@@ -19,10 +19,12 @@ mod hal;
 mod idle;
 mod mem;
 mod net;
+mod netmq;
 mod pattern;
 mod peer;
 mod pvh;
 mod rawq;
+mod virtq;
 
 use core::arch::global_asm;
 
@@ -91,6 +93,7 @@ enum Mode {
     Dirty,
     Net,
     NetBad,
+    NetMq,
 }
 
 fn parse_mode(text: &[u8]) -> Option<Mode> {
@@ -106,6 +109,7 @@ fn parse_mode(text: &[u8]) -> Option<Mode> {
         b"dirty" => Some(Mode::Dirty),
         b"net" => Some(Mode::Net),
         b"net-bad" => Some(Mode::NetBad),
+        b"net-mq" => Some(Mode::NetMq),
         _ => None,
     }
 }
@@ -155,6 +159,11 @@ extern "C" fn guest_main(boot_params_address: u64) -> ! {
         Mode::Net | Mode::NetBad => {
             if let Err(failure) = net::run(cmdline, mode == Mode::NetBad) {
                 disk::print_failure("net", &failure);
+            }
+        }
+        Mode::NetMq => {
+            if let Err(failure) = netmq::run(cmdline) {
+                disk::print_failure("net-mq", &failure);
             }
         }
         Mode::Disk | Mode::BadDesc | Mode::PastEnd => disk_mode(mode, cmdline, device),

@@ -37,7 +37,7 @@ const RX_BUFFER_LEN: usize = 2048;
 /// Bytes of the vnet header (VERSION_1).
 const NET_HDR_LEN: usize = 12;
 /// UDP payload bytes of each datagram the source port sends.
-const SOURCE_PAYLOAD: usize = 1400;
+pub(crate) const SOURCE_PAYLOAD: usize = 1400;
 /// Most datagrams one source request asks for.
 const MAX_SOURCE_COUNT: u64 = 1 << 20;
 /// Our default address (QEMU's user-network guest address).
@@ -47,11 +47,11 @@ type Net = VirtIONetRaw<GuestHal, MmioTransport<'static>, QUEUE_SIZE>;
 
 /// What the guest answered, printed at the end.
 #[derive(Default)]
-struct Tally {
-    arp: u64,
-    icmp: u64,
-    udp: u64,
-    ignored: u64,
+pub(crate) struct Tally {
+    pub(crate) arp: u64,
+    pub(crate) icmp: u64,
+    pub(crate) udp: u64,
+    pub(crate) ignored: u64,
     /// Datagrams to the discard port, and their payload bytes.
     discarded: u64,
     discarded_bytes: u64,
@@ -61,7 +61,7 @@ struct Tally {
 /// it is a network card (our VMM puts the disks' slots first, so a VM may
 /// also have a disk, as an in-image snapshot needs; QEMU's microvm lists
 /// empty transports too).
-fn find_network_device(cmdline: &[u8]) -> Option<MmioDevice> {
+pub(crate) fn find_network_device(cmdline: &[u8]) -> Option<MmioDevice> {
     cmdline::mmio_devices(cmdline).find(|device| {
         if device.size < 0x200 || device.base == 0 || device.base >= 1 << 32 {
             return false;
@@ -209,7 +209,7 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
     }
 }
 
-fn put_hex2(byte: u8) {
+pub(crate) fn put_hex2(byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     crate::console::put_byte(DIGITS[usize::from(byte >> 4)]);
     crate::console::put_byte(DIGITS[usize::from(byte & 15)]);
@@ -324,7 +324,7 @@ fn send_malformed(net: &mut Net) -> Result<u64, Failure> {
 }
 
 /// What to do about a frame.
-enum Answer {
+pub(crate) enum Answer {
     /// Send the first N bytes of the reply buffer.
     Reply(usize),
     /// Send `count` datagrams of [`SOURCE_PAYLOAD`] bytes (the frame is
@@ -394,7 +394,13 @@ fn resize_udp(frame: &mut [u8], ip_header: usize, payload_len: usize) {
 /// pays for every byte it moves). UDP ports: 7 echo, 9 discard (`count`
 /// answers the datagrams and bytes discarded, `reset` ends the test), 19
 /// source (a little-endian u32 N asks for N datagrams).
-fn answer(frame: &mut [u8], length: usize, mac: [u8; 6], ip: [u8; 4], tally: &mut Tally) -> Answer {
+pub(crate) fn answer(
+    frame: &mut [u8],
+    length: usize,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    tally: &mut Tally,
+) -> Answer {
     if length < 14 || frame.len() < 14 + 60 + 8 + SOURCE_PAYLOAD {
         tally.ignored += 1;
         return Answer::None;

@@ -350,6 +350,7 @@ pub fn run(
                     }
                 }
                 token => {
+                    let mut pairs_changed = None;
                     if let Some(s) = served.get_mut(&(token / 2)) {
                         let event = if token % 2 == 1 {
                             Event::Completion
@@ -358,6 +359,15 @@ pub fn run(
                         };
                         serve(s, event);
                         track_event_fd(&epoll, s);
+                        // A NIC's control queue may have attached or
+                        // detached tap queues (VQ_PAIRS_SET): its
+                        // receive queues start or stop waiting on them.
+                        pairs_changed = s.handler.active_pairs().map(|_| s.device);
+                    }
+                    if let Some(device) = pairs_changed {
+                        for other in served.values_mut().filter(|o| o.device == device) {
+                            track_event_fd(&epoll, other);
+                        }
                     }
                 }
             }

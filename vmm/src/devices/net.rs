@@ -196,9 +196,19 @@ pub fn restore_state(
 
 /// An interface's counters under CH's names (`rx_bytes`, `rx_frames`,
 /// `tx_bytes`, `tx_frames`) and the drops and errors libvirt reports
-/// (`rx_dropped`, `rx_errors`, `tx_dropped`, `tx_errors`).
+/// (`rx_dropped`, `rx_errors`, `tx_dropped`, `tx_errors`); with several
+/// queue pairs also each pair's frames (`pairN_rx_frames`,
+/// `pairN_tx_frames`), which show the guest's multiqueue use.
 pub fn counters_map(counters: &NetCounters) -> BTreeMap<String, u64> {
     let s = counters.snapshot();
+    let pairs = counters.pairs();
+    let per_pair = (0..pairs).filter(|_| pairs > 1).flat_map(|pair| {
+        let (rx, tx) = counters.pair_frames(pair);
+        [
+            (format!("pair{pair}_rx_frames"), rx),
+            (format!("pair{pair}_tx_frames"), tx),
+        ]
+    });
     [
         ("rx_bytes", s.rx_bytes),
         ("rx_frames", s.rx_frames),
@@ -211,6 +221,7 @@ pub fn counters_map(counters: &NetCounters) -> BTreeMap<String, u64> {
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value))
+    .chain(per_pair)
     .collect()
 }
 
@@ -240,5 +251,8 @@ mod tests {
             assert_eq!(map.get(name), Some(&0), "{name}");
         }
         assert_eq!(map.len(), 8);
+        let two = counters_map(&NetCounters::new(2));
+        assert_eq!(two.len(), 12);
+        assert_eq!(two.get("pair1_tx_frames"), Some(&0));
     }
 }

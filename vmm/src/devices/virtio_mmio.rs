@@ -72,6 +72,14 @@ impl Interrupt {
             eprintln!("vmm: cannot raise a virtio interrupt: {e}");
         }
     }
+
+    /// Raises a configuration-change interrupt.
+    pub fn config_changed(&self) {
+        self.status.fetch_or(2, Ordering::AcqRel);
+        if let Err(e) = self.irqfd.write(1) {
+            eprintln!("vmm: cannot raise a virtio configuration interrupt: {e}");
+        }
+    }
 }
 
 /// A device model over the VM's memory, as a slot holds it.
@@ -149,6 +157,9 @@ pub struct VirtioMmio {
     /// active: the handlers keep them until a reset, but the register
     /// reads back 0 as the driver waits for (virtio 1.2, 4.2.2.2).
     disabled: Vec<bool>,
+    /// Restored active: the device may ask its driver to announce itself
+    /// once the guest runs ([`VirtioMmio::announce_after_restore`]).
+    restored_active: bool,
 }
 
 impl VirtioMmio {
@@ -175,6 +186,7 @@ impl VirtioMmio {
             driver_features_sel: 0,
             queue_sel: 0,
             disabled: Vec::new(),
+            restored_active: false,
         }
     }
 
@@ -340,10 +352,27 @@ impl VirtioMmio {
                     self.index
                 ));
             }
+            self.restored_active = true;
         } else {
             self.device.set_status(state.status);
         }
         Ok(())
+    }
+
+    /// Called as a restored VM resumes (once; later resumes do nothing):
+    /// a device restored active announces the guest (virtio-net: a RARP
+    /// into the tap) and, if it asks its driver to announce itself
+    /// (VIRTIO_NET_S_ANNOUNCE), gets a configuration interrupt, as QEMU's
+    /// announce timer raises one after a load.
+    pub fn announce_after_restore(&mut self) {
+        if !std::mem::take(&mut self.restored_active) || !self.device.is_activated() {
+            return;
+        }
+        match self.device.announce() {
+            Ok(true) => self.interrupt.config_changed(),
+            Ok(false) => {}
+            Err(e) => eprintln!("vmm: {} {}: {e}", self.device.kind(), self.index),
+        }
     }
 
     /// Reads the device's configuration space from byte `offset` (for a

@@ -5,4 +5,6 @@
 pub mod elf;
 pub mod guest;
 #[allow(dead_code)]
+pub mod net;
+#[allow(dead_code)]
 pub mod vmm_api;

@@ -6,9 +6,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Live counters of one device (all queue pairs).
+use super::defs::MAX_QUEUE_PAIRS;
+
+/// Live counters of one device (all queue pairs), and frames per pair.
 #[derive(Debug, Default)]
 pub struct NetCounters {
+    /// Queue pairs of the device (0 reads as 1).
+    pairs: u16,
+    /// Frames delivered to the guest, per pair.
+    pair_rx_frames: [AtomicU64; MAX_QUEUE_PAIRS as usize],
+    /// Frames sent to the tap, per pair.
+    pair_tx_frames: [AtomicU64; MAX_QUEUE_PAIRS as usize],
     rx_bytes: AtomicU64,
     rx_frames: AtomicU64,
     rx_dropped: AtomicU64,
@@ -41,6 +49,31 @@ pub struct NetStats {
 }
 
 impl NetCounters {
+    /// Zeroed counters of a device with `pairs` queue pairs (at most
+    /// [`MAX_QUEUE_PAIRS`] are counted apart).
+    pub fn new(pairs: u16) -> Self {
+        NetCounters {
+            pairs: pairs.clamp(1, MAX_QUEUE_PAIRS),
+            ..NetCounters::default()
+        }
+    }
+
+    /// Queue pairs of the device.
+    pub fn pairs(&self) -> u16 {
+        self.pairs.max(1)
+    }
+
+    /// Frames (received by the guest, sent by it) on queue pair `pair`;
+    /// zeros past the device's pairs.
+    pub fn pair_frames(&self, pair: u16) -> (u64, u64) {
+        let index = usize::from(pair);
+        if pair >= self.pairs() {
+            return (0, 0);
+        }
+        let get = |c: &[AtomicU64]| c.get(index).map_or(0, |c| c.load(Ordering::Relaxed));
+        (get(&self.pair_rx_frames), get(&self.pair_tx_frames))
+    }
+
     /// Read every counter.
     pub fn snapshot(&self) -> NetStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -56,12 +89,18 @@ impl NetCounters {
         }
     }
 
-    pub(crate) fn rx_frame(&self, bytes: usize) {
+    pub(crate) fn rx_frame(&self, pair: u16, bytes: usize) {
+        if let Some(count) = self.pair_rx_frames.get(usize::from(pair)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.rx_frames.fetch_add(1, Ordering::Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn tx_frame(&self, bytes: usize) {
+    pub(crate) fn tx_frame(&self, pair: u16, bytes: usize) {
+        if let Some(count) = self.pair_tx_frames.get(usize::from(pair)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.tx_frames.fetch_add(1, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -80,5 +119,24 @@ impl NetCounters {
 
     pub(crate) fn tx_error(&self) {
         self.tx_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_counted_per_pair_and_in_total() {
+        let counters = NetCounters::new(2);
+        counters.rx_frame(0, 100);
+        counters.rx_frame(1, 60);
+        counters.tx_frame(1, 60);
+        assert_eq!(counters.pair_frames(0), (1, 0));
+        assert_eq!(counters.pair_frames(1), (1, 1));
+        assert_eq!(counters.pair_frames(2), (0, 0), "past the pairs");
+        let total = counters.snapshot();
+        assert_eq!((total.rx_frames, total.rx_bytes), (2, 160));
+        assert_eq!(NetCounters::default().pairs(), 1);
     }
 }

@@ -2,15 +2,24 @@
 //! command, data in device-readable buffers, then a device-writable ack
 //! byte). The device implements the multiqueue class's VQ_PAIRS_SET,
 //! attaching the tap queues of the pairs the guest uses and detaching the
-//! rest, so that the kernel steers no frame to a queue nobody reads.
-//! Every other command is answered VIRTIO_NET_ERR.
+//! rest, so that the kernel steers no frame to a queue nobody reads (only
+//! when MQ was negotiated, as QEMU's `virtio_net_handle_mq`), and the
+//! announce class's ACK, which clears a pending VIRTIO_NET_S_ANNOUNCE
+//! (refused when none is pending, as QEMU does). Every other command,
+//! and a command too short for its class and command bytes or its data,
+//! is answered VIRTIO_NET_ERR; a chain without a writable ack byte is
+//! returned unanswered (used length 0).
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vm_memory::GuestAddressSpace;
 
-use super::defs::{CTRL_CLASS_MQ, CTRL_ERR, CTRL_MQ_VQ_PAIRS_SET, CTRL_OK};
+use super::announce::AnnounceState;
+use super::defs::{
+    CTRL_ANNOUNCE_ACK, CTRL_CLASS_ANNOUNCE, CTRL_CLASS_MQ, CTRL_ERR, CTRL_MQ_VQ_PAIRS_SET, CTRL_OK,
+    F_NET_GUEST_ANNOUNCE, F_NET_MQ,
+};
 use super::queue::{ActiveQueue, ChainBufs};
 use super::tap::Tap;
 use crate::Result;
@@ -24,18 +33,30 @@ pub struct CtrlQueue<A: GuestAddressSpace> {
     taps: Vec<Arc<Tap>>,
     /// Queue pairs the guest uses now.
     active_pairs: u16,
+    /// The features the driver accepted.
+    features: u64,
+    announce: Arc<AnnounceState>,
     readable: ChainBufs,
     refused: u64,
 }
 
 impl<A: GuestAddressSpace> CtrlQueue<A> {
     /// The control queue over `queue`, with `active_pairs` in use (1
-    /// after a reset, a saved count after a restore).
-    pub(crate) fn new(queue: ActiveQueue<A>, taps: Vec<Arc<Tap>>, active_pairs: u16) -> Self {
+    /// after a reset, a saved count after a restore), for a driver that
+    /// accepted `features`, sharing the device's `announce` state.
+    pub(crate) fn new(
+        queue: ActiveQueue<A>,
+        taps: Vec<Arc<Tap>>,
+        active_pairs: u16,
+        features: u64,
+        announce: Arc<AnnounceState>,
+    ) -> Self {
         CtrlQueue {
             queue,
             taps,
             active_pairs,
+            features,
+            announce,
             readable: ChainBufs::default(),
             refused: 0,
         }
@@ -142,7 +163,22 @@ impl<A: GuestAddressSpace> CtrlQueue<A> {
     }
 
     fn execute(&mut self, class: u8, command: u8, data: &[u8]) -> u8 {
-        if class != CTRL_CLASS_MQ || command != CTRL_MQ_VQ_PAIRS_SET || data.len() != 2 {
+        match (class, command) {
+            (CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET) if self.features & F_NET_MQ != 0 => {
+                self.set_pairs(data)
+            }
+            (CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK)
+                if self.features & F_NET_GUEST_ANNOUNCE != 0 && self.announce.acknowledge() =>
+            {
+                CTRL_OK
+            }
+            _ => CTRL_ERR,
+        }
+    }
+
+    /// VQ_PAIRS_SET with its data (le16 pairs, 1 to the device's pairs).
+    fn set_pairs(&mut self, data: &[u8]) -> u8 {
+        if data.len() != 2 {
             return CTRL_ERR;
         }
         let pairs = u16::from_le_bytes([data[0], data[1]]);

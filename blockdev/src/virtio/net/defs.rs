@@ -74,14 +74,25 @@ pub const F_NET_STATUS: u64 = 1 << net::VIRTIO_NET_F_STATUS;
 pub const F_NET_CTRL_VQ: u64 = 1 << net::VIRTIO_NET_F_CTRL_VQ;
 /// Feature bit: several queue pairs (`max_virtqueue_pairs`).
 pub const F_NET_MQ: u64 = 1 << net::VIRTIO_NET_F_MQ;
+/// Feature bit: the driver announces itself (gratuitous ARP) when the
+/// device sets [`NET_S_ANNOUNCE`], as after a restore or a migration.
+pub const F_NET_GUEST_ANNOUNCE: u64 = 1 << net::VIRTIO_NET_F_GUEST_ANNOUNCE;
 
 /// Config `status` bit: the link is up.
 pub const NET_S_LINK_UP: u16 = net::VIRTIO_NET_S_LINK_UP as u16;
+/// Config `status` bit: the driver should announce itself, then ack
+/// with [`CTRL_ANNOUNCE_ACK`].
+pub const NET_S_ANNOUNCE: u16 = net::VIRTIO_NET_S_ANNOUNCE as u16;
 
 /// Control command class: multiqueue.
 pub const CTRL_CLASS_MQ: u8 = net::VIRTIO_NET_CTRL_MQ as u8;
 /// Control command of the MQ class: set the number of queue pairs used.
 pub const CTRL_MQ_VQ_PAIRS_SET: u8 = net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8;
+/// Control command class: announcements.
+pub const CTRL_CLASS_ANNOUNCE: u8 = net::VIRTIO_NET_CTRL_ANNOUNCE as u8;
+/// Control command of the announce class: the driver has announced
+/// itself; the device clears [`NET_S_ANNOUNCE`].
+pub const CTRL_ANNOUNCE_ACK: u8 = net::VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8;
 /// Control ack: done.
 pub const CTRL_OK: u8 = net::VIRTIO_NET_OK as u8;
 /// Control ack: refused.
@@ -102,10 +113,11 @@ pub const OFFERED_FEATURES: u64 = F_VERSION_1
     | F_NET_GUEST_TSO4
     | F_NET_GUEST_TSO6
     | F_NET_GUEST_UFO
-    | F_NET_CTRL_VQ;
+    | F_NET_CTRL_VQ
+    | F_NET_GUEST_ANNOUNCE;
 
 /// Feature dependencies of virtio 1.2, 5.1.3.1: (feature, what it needs).
-pub const FEATURE_REQUIRES: [(u64, u64); 8] = [
+pub const FEATURE_REQUIRES: [(u64, u64); 9] = [
     (F_NET_GUEST_TSO4, F_NET_GUEST_CSUM),
     (F_NET_GUEST_TSO6, F_NET_GUEST_CSUM),
     (F_NET_GUEST_UFO, F_NET_GUEST_CSUM),
@@ -113,5 +125,6 @@ pub const FEATURE_REQUIRES: [(u64, u64); 8] = [
     (F_NET_HOST_TSO6, F_NET_CSUM),
     (F_NET_HOST_UFO, F_NET_CSUM),
     (F_NET_MQ, F_NET_CTRL_VQ),
+    (F_NET_GUEST_ANNOUNCE, F_NET_CTRL_VQ),
     (F_NET_CTRL_VQ, F_VERSION_1),
 ];

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 
+use super::announce::{rarp_frame, AnnounceState, RARP_FRAME_LEN};
 use super::counters::NetCounters;
 use super::ctrl::{set_active_pairs, CtrlQueue};
 use super::defs::*;
@@ -106,6 +107,8 @@ pub struct VirtioNet {
     queues: Vec<Queue>,
     activated: bool,
     counters: Arc<NetCounters>,
+    /// VIRTIO_NET_S_ANNOUNCE, shared with the control queue.
+    announce: Arc<AnnounceState>,
     /// Taken at the next activation (a restore).
     resume: Option<NetResume>,
 }
@@ -173,7 +176,8 @@ impl VirtioNet {
             status: 0,
             queues,
             activated: false,
-            counters: Arc::new(NetCounters::default()),
+            counters: Arc::new(NetCounters::new(pairs as u16)),
+            announce: Arc::new(AnnounceState::default()),
             resume: None,
         })
     }
@@ -262,6 +266,7 @@ impl VirtioNet {
         self.driver_features = 0;
         self.activated = false;
         self.resume = None;
+        self.announce.clear();
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -294,7 +299,11 @@ impl VirtioNet {
     pub fn config_bytes(&self) -> [u8; NET_CONFIG_SIZE] {
         let mut bytes = [0u8; NET_CONFIG_SIZE];
         bytes[0..6].copy_from_slice(&self.mac);
-        bytes[6..8].copy_from_slice(&NET_S_LINK_UP.to_le_bytes());
+        let mut status = NET_S_LINK_UP;
+        if self.announce.pending() {
+            status |= NET_S_ANNOUNCE;
+        }
+        bytes[6..8].copy_from_slice(&status.to_le_bytes());
         bytes[8..10].copy_from_slice(&(self.taps.len() as u16).to_le_bytes());
         bytes
     }
@@ -316,9 +325,42 @@ impl VirtioNet {
     /// (the MAC is the device's under VERSION_1), so it is ignored.
     pub fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    /// The configuration generation; the configuration never changes.
+    /// The configuration generation: bumped each time the announce bit
+    /// of `status` changes (nothing else in the configuration does).
     pub fn config_generation(&self) -> u32 {
-        0
+        self.announce.generation()
+    }
+
+    /// After a restore or a migration, once the guest runs again, for an
+    /// active device: send a RARP from the guest's MAC into pair 0's tap
+    /// queue (QEMU's `qemu_announce_self`, one round), and if the driver
+    /// accepted GUEST_ANNOUNCE (and so CTRL_VQ) set VIRTIO_NET_S_ANNOUNCE
+    /// and return true, and the transport raises a configuration
+    /// interrupt; the driver announces itself and acks on the control
+    /// queue (QEMU's `virtio_net_announce_timer`, one round). A RARP the
+    /// tap refuses is an error, after the bit is set.
+    pub fn announce(&mut self) -> Result<bool> {
+        if !self.activated {
+            return Ok(false);
+        }
+        let guest = self.driver_features & F_NET_GUEST_ANNOUNCE != 0;
+        if guest {
+            self.announce.request();
+        }
+        let mut frame = [0u8; NET_HDR_SIZE + RARP_FRAME_LEN];
+        frame[NET_HDR_SIZE..].copy_from_slice(&rarp_frame(self.mac));
+        if let Some(tap) = self.taps.first() {
+            tap.write_bytes(&frame).map_err(|source| Error::Io {
+                op: "send the RARP that announces the guest",
+                source,
+            })?;
+        }
+        Ok(guest)
+    }
+
+    /// Whether VIRTIO_NET_S_ANNOUNCE is set (the driver has not acked).
+    pub fn announce_pending(&self) -> bool {
+        self.announce.pending()
     }
 
     /// Queue pairs the device has (`max_virtqueue_pairs`).
@@ -417,7 +459,13 @@ impl VirtioNet {
             queue.set_event_idx(event_idx);
             let active = ActiveQueue::new(index as u16, &mem, queue, queue_events)?;
             if index == ctrl_index {
-                handlers.ctrl = Some(CtrlQueue::new(active, self.taps.clone(), active_pairs));
+                handlers.ctrl = Some(CtrlQueue::new(
+                    active,
+                    self.taps.clone(),
+                    active_pairs,
+                    features,
+                    self.announce.clone(),
+                ));
             } else if index.is_multiple_of(2) {
                 let tap = self.taps[index / 2].clone();
                 let mut rx =
@@ -463,6 +511,14 @@ mod tests {
         ));
         assert!(!features_acceptable(F_VERSION_1 | F_NET_MQ, device));
         assert!(!features_acceptable(F_VERSION_1 | F_NET_HOST_UFO, device));
+        assert!(!features_acceptable(
+            F_VERSION_1 | F_NET_GUEST_ANNOUNCE,
+            device
+        ));
+        assert!(features_acceptable(
+            F_VERSION_1 | F_NET_GUEST_ANNOUNCE | F_NET_CTRL_VQ,
+            device
+        ));
         assert!(!features_acceptable(F_VERSION_1 | (1 << 40), device));
     }
 }

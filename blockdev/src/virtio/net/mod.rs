@@ -10,7 +10,9 @@
 //!   activation).
 //! - [`rx::RxQueue`], [`tx::TxQueue`]: one queue pair's data path, frames
 //!   moved between the tap and guest buffers with `readv`/`writev` and no
-//!   copy of the frame; [`ctrl::CtrlQueue`]: the MQ command.
+//!   copy of the frame; [`ctrl::CtrlQueue`]: the MQ and announce
+//!   commands.
+//! - [`announce::AnnounceState`]: VIRTIO_NET_S_ANNOUNCE after a restore.
 //! - [`header::NetHeader`]: the vnet header and its validation.
 //! - [`counters::NetCounters`]: rx/tx bytes, frames, drops and errors.
 //!
@@ -22,6 +24,7 @@
 //! For each [`tx::TxQueue`] and the [`ctrl::CtrlQueue`]: notify fd
 //! readable → `handle_queue_notify`.
 
+pub mod announce;
 pub mod counters;
 pub mod ctrl;
 pub mod defs;

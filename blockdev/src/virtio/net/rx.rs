@@ -303,7 +303,8 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             return Ok(true);
         }
         self.complete_frame(read)?;
-        self.counters.rx_frame(read - NET_HDR_SIZE);
+        self.counters
+            .rx_frame(self.queue.index / 2, read - NET_HDR_SIZE);
         Ok(true)
     }
 

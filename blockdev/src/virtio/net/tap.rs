@@ -274,6 +274,18 @@ impl Tap {
         })
     }
 
+    /// Write one frame (vnet header first) held in `frame`, from the
+    /// device itself (the RARP it announces a restored guest with).
+    pub fn write_bytes(&self, frame: &[u8]) -> io::Result<usize> {
+        let buf = IoBuf {
+            addr: frame.as_ptr().cast_mut(),
+            len: frame.len(),
+        };
+        // SAFETY: `frame` is a live shared slice for the call; writev only
+        // reads it (the pointer is `*mut` by IoBuf's type alone).
+        unsafe { self.write_frame(std::slice::from_ref(&buf)) }
+    }
+
     /// A second handle on the same queue (for a test reading what the
     /// device wrote, or the VMM's event loop registration).
     pub fn try_clone(&self) -> Result<Tap> {

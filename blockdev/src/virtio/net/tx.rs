@@ -161,7 +161,9 @@ impl<A: GuestAddressSpace> TxQueue<A> {
         // returns; the others are host mappings of guest ranges the walk
         // checked, kept mapped by the queue's memory view for the call.
         match unsafe { self.tap.write_frame(&self.iov) } {
-            Ok(written) if written == self.chain.len => self.counters.tx_frame(frame),
+            Ok(written) if written == self.chain.len => {
+                self.counters.tx_frame(self.queue.index / 2, frame)
+            }
             Ok(_) | Err(_) => self.counters.tx_drop(),
         }
     }
