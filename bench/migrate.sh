@@ -7,7 +7,11 @@
 # both running the same test guest in `guest.mode=count` (counting in RAM,
 # writing each count to its disk with a flush) with --memory of RAM and a
 # raw disk. Runs alternate ours and QEMU's; prints medians and the
-# ratios ours/QEMU. The counting guest touches a few pages continuously
+# ratios ours/QEMU. Our downtime runs from the source's pause to the
+# guest resumed at the destination (the destination's Resumed heard);
+# QEMU's "downtime" runs from its stop to the last byte sent, before the
+# destination has loaded the state, so the script also prints ours by
+# that measure (the pause to the Switch sent). The counting guest touches a few pages continuously
 # (its counter, its stack, the disk buffers): that measures the full pass
 # over mostly-zero RAM and the switch.
 #
@@ -35,7 +39,7 @@ while (($#)); do
         --vmm) vmm=$(realpath "$2"); shift 2 ;;
         --rate) rate=$2; shift 2 ;;
         --span) span=$2; shift 2 ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "migrate.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -128,7 +132,7 @@ def ours(run):
     recv.wait()
     procs[0].wait(timeout=30)
     line = open(os.path.join(d, "src.log")).read()
-    m = re.search(r"migrated to \S+ in (\d+) ms \((\d+) ms of downtime", line)
+    m = re.search(r"migrated to \S+ in (\d+) ms \(([\d.]+) ms of downtime", line)
     if not m:
         sys.exit(f"migrate.sh: our source did not migrate: {line}")
     for l in line.strip().splitlines():
@@ -143,7 +147,9 @@ def ours(run):
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
-    return int(m.group(1)), int(m.group(2))
+    sent = re.search(r"([\d.]+) ms to the state sent", line)
+    sent_ms.append(float(sent.group(1)) if sent else float("nan"))
+    return int(m.group(1)), float(m.group(2))
 
 def hmp(sock_path, command):
     s = socket.socket(socket.AF_UNIX)
@@ -202,6 +208,7 @@ def qemu(run):
     return total, down
 
 results = {"ours": [], "qemu": []}
+sent_ms = []
 for run in range(runs):
     results["ours"].append(ours(run))
     results["qemu"].append(qemu(run))
@@ -211,6 +218,7 @@ o_total, o_down, q_total, q_down = med("ours", 0), med("ours", 1), med("qemu", 0
 print(f"guest: {memory} of RAM, {mode}, unix socket, {runs} runs each (medians)")
 print(f"vmm:          total {o_total:7.1f} ms   downtime {o_down:6.1f} ms   runs {results['ours']}")
 print(f"qemu microvm: total {q_total:7.1f} ms   downtime {q_down:6.1f} ms   runs {results['qemu']}")
+print(f"vmm by QEMU's measure (pause to the state sent): downtime {statistics.median(sent_ms):6.1f} ms   runs {sent_ms}")
 print(f"ratios ours/qemu: total {o_total / max(q_total, 1):.2f}, downtime {o_down / max(q_down, 1):.2f}")
 print("targets: downtime at most 0.5x QEMU's and under 50 ms; total time at most QEMU's")
 PY

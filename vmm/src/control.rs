@@ -620,7 +620,8 @@ impl Controller {
         let macs: Vec<[u8; 6]> = config.net.iter().map(|n| n.mac.0).collect();
         let (mut machine, mem) = crate::state::fork::read(source, summary)?;
         crate::state::fork::set_macs(&mut machine, &macs);
-        self.build(BuildFrom::Migration(Box::new(machine), mem))
+        let shell = crate::kvm_shell::KvmShell::create(config.cpus, mem)?;
+        self.build(BuildFrom::Migration(Box::new(machine), shell))
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's
@@ -661,16 +662,23 @@ impl Controller {
         let options = request.options(self.state == VmState::Running);
         let report = crate::migration::send::send(vm, &config_json, &options)?;
         eprintln!(
-            "vmm: migrated to {} in {} ms ({} ms of downtime, {} passes, {} MiB of RAM, {} MiB of disk, full pass {} ms)",
+            "vmm: migrated to {} in {} ms ({:.1} ms of downtime, {} passes, {} MiB of RAM, {} MiB of disk, full pass {} ms)",
             options.url,
             report.total.as_millis(),
-            report.downtime.as_millis(),
+            report.downtime.as_secs_f64() * 1e3,
             report.passes,
             report.ram_bytes >> 20,
             report.disk_bytes >> 20,
             report.full_pass.as_millis()
         );
-        eprintln!("vmm: the migration's downtime: {}", report.paused);
+        eprintln!(
+            "vmm: the migration's downtime: {:.1} ms from the pause to the guest resumed there{}, {:.1} ms to the state sent (QEMU's measure); {}; before the pause: flush {:.1} ms",
+            report.downtime.as_secs_f64() * 1e3,
+            if report.resumed_heard { "" } else { " (not heard: to the Commit)" },
+            report.downtime_sent.as_secs_f64() * 1e3,
+            report.paused,
+            report.flush_before_pause.as_secs_f64() * 1e3
+        );
         self.migrated = true;
         Ok(())
     }
@@ -721,7 +729,12 @@ impl Controller {
             let plan = crate::migration::storage::StoragePlan::parse(&plan, config.disks.len())?;
             storage =
                 crate::migration::storage_receive::IncomingStorage::create(&plan, &config.disks)?;
-            let mem = crate::vm::map_guest_memory(config.memory)?;
+            // The KVM VM is made now, while the RAM arrives, not in the
+            // paused window (a failure to make it refuses before any RAM).
+            let shell = crate::kvm_shell::KvmShell::create(
+                config.cpus,
+                crate::vm::map_guest_memory(config.memory)?,
+            )?;
             let summary = crate::state::machine::ConfigSummary {
                 cpus: config.cpus,
                 memory: config.memory,
@@ -729,13 +742,13 @@ impl Controller {
                 nets: config.net.len() as u32,
             };
             incoming.ack()?;
-            let received = incoming.receive_state(summary, &mem, storage.as_mut())?;
+            let received = incoming.receive_state(summary, shell.memory(), storage.as_mut())?;
             if let Some(storage) = storage.as_mut() {
                 storage.close()?;
             }
-            Ok::<_, MigrationError>((given, config, mem, received, annotation))
+            Ok::<_, MigrationError>((given, config, shell, received, annotation))
         })();
-        let (given, config, mem, received, annotation) = match received {
+        let (given, config, shell, received, annotation) = match received {
             Ok(r) => r,
             Err(e) => {
                 incoming.refuse(&e.to_string());
@@ -745,7 +758,7 @@ impl Controller {
         self.given = Some(config::with_defaults(&given));
         self.config = Some(config);
         self.stats.clear();
-        if let Err(e) = self.build(BuildFrom::Migration(Box::new(received.machine), mem)) {
+        if let Err(e) = self.build(BuildFrom::Migration(Box::new(received.machine), shell)) {
             incoming.refuse(&e.to_string());
             return Err(e.into());
         }
@@ -765,6 +778,9 @@ impl Controller {
                 self.state = VmState::Running;
             }
         }
+        // For the source's measure of the downtime (it ends at this
+        // resume); the guest is here whether or not the source hears it.
+        incoming.resumed();
         Ok(annotation)
     }
 
@@ -808,8 +824,8 @@ impl Controller {
             BuildFrom::Image(name, reuse) => {
                 (Vm::restore_from_image(&config, hooks, name, reuse)?, true)
             }
-            BuildFrom::Migration(machine, mem) => {
-                (Vm::from_migration(&config, hooks, *machine, mem)?, true)
+            BuildFrom::Migration(machine, shell) => {
+                (Vm::from_migration(&config, hooks, *machine, shell)?, true)
             }
         };
         if let Some(hub) = &self.console {
@@ -900,11 +916,11 @@ enum BuildFrom<'a> {
     /// VM that was not running), loaded into the RAM of the VM it
     /// replaces if there was one.
     Image(&'a str, Option<&'a vm_memory::GuestMemoryMmap>),
-    /// A state and its RAM, read already: a migration's (paused until
-    /// the source commits) or a fork's (`state::fork`).
+    /// A state, and the KVM VM holding its RAM: a migration's (paused
+    /// until the source commits) or a fork's (`state::fork`).
     Migration(
         Box<crate::state::machine::MachineState>,
-        vm_memory::GuestMemoryMmap,
+        crate::kvm_shell::KvmShell,
     ),
 }
 

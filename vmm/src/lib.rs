@@ -27,6 +27,7 @@ pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod error;
+pub mod kvm_shell;
 pub mod layout;
 pub mod migration;
 pub mod net_config;

@@ -144,6 +144,17 @@ impl VcpuGate {
     fn parked(&self) -> usize {
         self.state.lock().expect("gate lock").parked
     }
+
+    /// Waits until `count` threads are parked or `timeout` has passed
+    /// (woken by each thread that parks); whether they are.
+    fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
+        let state = self.state.lock().expect("gate lock");
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.parked < count)
+            .expect("gate lock");
+        state.parked >= count
+    }
 }
 
 /// What a vCPU thread needs besides its vCPU.
@@ -171,6 +182,8 @@ pub struct VcpuSet {
 
 /// How long pausing waits for the vCPUs before it reports failure.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long pausing waits for the vCPUs to park before kicking again.
+const KICK_INTERVAL: Duration = Duration::from_micros(200);
 
 impl VcpuSet {
     /// Starts one thread per vCPU (`vcpu0`, `vcpu1`, ...), parked from the
@@ -222,7 +235,11 @@ impl VcpuSet {
                 )));
             }
             self.kick();
-            std::thread::sleep(Duration::from_millis(1));
+            // Woken as soon as the last one parks; the kick is sent again
+            // after KICK_INTERVAL (a signal that lands just before
+            // KVM_RUN is lost).
+            let running = self.threads.len() - finished;
+            self.gate.wait_parked(running, KICK_INTERVAL);
         }
     }
 

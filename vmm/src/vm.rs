@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -27,9 +27,10 @@ use crate::devices::serial::{SerialPort, SERIAL_PORT, SERIAL_PORT_LEN};
 use crate::devices::virtio_mmio::{Interrupt, VirtioMmio, REG_QUEUE_NOTIFY};
 use crate::devices::Bus;
 use crate::error::{kvm, Error, Result};
+use crate::kvm_shell::KvmShell;
 use crate::layout::{
-    ram_ranges, virtio_mmio_base, GED_GSI, GED_SIZE, GED_START, KVM_TSS_ADDRESS, SERIAL_GSI,
-    SLEEP_CONTROL_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+    ram_ranges, virtio_mmio_base, GED_GSI, GED_SIZE, GED_START, SERIAL_GSI, SLEEP_CONTROL_PORT,
+    VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
 };
 use crate::state::{
     self,
@@ -113,8 +114,9 @@ struct LockSpec {
 pub enum RestoreFrom<'a> {
     /// A snapshot's directory (CH's layout of files).
     Dir(&'a std::path::Path),
-    /// A migration: the machine's state and its RAM, already received.
-    Migration(Box<MachineState>, GuestMemoryMmap),
+    /// A migration: the machine's state, and the KVM VM made while its
+    /// RAM was received.
+    Migration(Box<MachineState>, KvmShell),
     /// A full internal snapshot of the VM's disks, by name, and the RAM
     /// of the VM it replaces in this process, if any, to load it into.
     Image(&'a str, Option<&'a GuestMemoryMmap>),
@@ -210,19 +212,28 @@ impl Vm {
         Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name, reuse)))
     }
 
-    /// Builds the VM described by `config` from a migration's state and
-    /// RAM (received into `mem`, mapped by [`map_guest_memory`]), paused.
+    /// Builds the VM described by `config` from a migration's state, paused,
+    /// in `shell`: the KVM VM made for `config` while the RAM was received
+    /// into its memory (mapped by [`map_guest_memory`]). Only the disks,
+    /// the devices and the state are left to do.
     pub fn from_migration(
         config: &VmConfig,
         hooks: VmHooks,
         machine: MachineState,
-        mem: GuestMemoryMmap,
+        shell: KvmShell,
     ) -> Result<Vm> {
+        if shell.cpus() != config.cpus {
+            return Err(Error::GuestFault(format!(
+                "the KVM VM made ahead has {} vCPUs, the configuration {}",
+                shell.cpus(),
+                config.cpus
+            )));
+        }
         Self::build_from(
             config,
             hooks,
             true,
-            Some(RestoreFrom::Migration(Box::new(machine), mem)),
+            Some(RestoreFrom::Migration(Box::new(machine), shell)),
         )
     }
 
@@ -239,14 +250,16 @@ impl Vm {
             nets: config.net.len() as u32,
         };
         // A state that does not fit is refused before any disk is locked.
-        let (mut machine, restore_dir, migrated_mem, image_name) = match restore {
+        let (mut machine, restore_dir, shell, image_name) = match restore {
             Some(RestoreFrom::Dir(dir)) => (
                 Some(state::snapshot::read_machine(dir, summary)?),
                 Some(dir),
                 None,
                 None,
             ),
-            Some(RestoreFrom::Migration(machine, mem)) => (Some(*machine), None, Some(mem), None),
+            Some(RestoreFrom::Migration(machine, shell)) => {
+                (Some(*machine), None, Some(shell), None)
+            }
             Some(RestoreFrom::Image(name, reuse)) => (None, None, None, Some((name, reuse))),
             None => (None, None, None, None),
         };
@@ -279,25 +292,23 @@ impl Vm {
         let slots = backends.len() + opened_nets.len();
         install_kick_handler()?;
 
-        let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
-        let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
         let reuse = image_name
             .and_then(|(_, reuse)| reuse)
             .filter(|m| same_ranges(m, config.memory));
-        let mem = match migrated_mem {
-            Some(mem) => {
-                register_memory(&vm, &mem, 0)?;
-                mem
+        // A migration's KVM VM was made while its RAM arrived.
+        let (kvm_fd, vm, mem, made_vcpus) = match shell {
+            Some(KvmShell {
+                vcpus,
+                mem,
+                vm,
+                kvm,
+            }) => (kvm, vm, mem, vcpus),
+            None => {
+                let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
+                let vm = crate::kvm_shell::create_vm(&kvm_fd)?;
+                let mem = guest_memory(&vm, config.memory, reuse)?;
+                (kvm_fd, vm, mem, Vec::new())
             }
-            None => guest_memory(&vm, config.memory, reuse)?,
         };
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
@@ -440,8 +451,8 @@ impl Vm {
             .then(|| std::io::stdin().as_raw_fd());
         // The vCPUs first: what can still fail does so before any thread
         // of this VM exists.
-        let mut vcpus = Vec::new();
-        for id in 0..config.cpus {
+        let mut vcpus = made_vcpus;
+        for id in vcpus.len() as u32..config.cpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm("KVM_CREATE_VCPU"))?;

@@ -159,6 +159,21 @@ fn migrate_and_check(url_of: impl Fn(&ApiVmm) -> String) {
         "{}",
         source.log()
     );
+    // The downtime is measured to the guest's resume at the destination
+    // (its Resumed heard), and the phase log names every phase.
+    let phases = source
+        .log()
+        .lines()
+        .find(|l| l.contains("the migration's downtime:"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no phase log: {}", source.log()));
+    assert!(
+        phases.contains("ms from the pause to the guest resumed there, "),
+        "{phases}"
+    );
+    for phase in ["pause ", "last pass ", "flush ", "destination ", "resumed "] {
+        assert!(phases.contains(phase), "no {phase:?} in {phases}");
+    }
     receiving
         .join()
         .unwrap()

@@ -9,7 +9,9 @@
 //! ring and when it completes. The second mark matters: a block read for
 //! the copy while its write is in flight may be read before the write
 //! lands, and the mark at completion makes the next pass send it again.
-//! With no map installed a request costs one relaxed atomic load.
+//! With no map installed a request costs one relaxed atomic load and one
+//! increment of the tracker's change count ([`DiskWriteTracker::changes`]),
+//! which tells a migration whether a disk needs another flush.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -126,6 +128,8 @@ impl DiskDirtyMap {
 pub struct DiskWriteTracker {
     active: AtomicBool,
     map: RwLock<Option<Arc<DiskDirtyMap>>>,
+    /// Marks so far, map or not.
+    changes: AtomicU64,
 }
 
 impl DiskWriteTracker {
@@ -149,8 +153,9 @@ impl DiskWriteTracker {
     }
 
     /// Marks a change of `len` bytes at disk byte `offset`, if a map is
-    /// installed.
+    /// installed, and counts it in any case.
     pub fn mark(&self, offset: u64, len: u64) {
+        self.changes.fetch_add(1, Ordering::Release);
         if !self.active.load(Ordering::Relaxed) {
             return;
         }
@@ -158,6 +163,15 @@ impl DiskWriteTracker {
         if let Some(map) = slot.as_ref() {
             map.mark(offset, len);
         }
+    }
+
+    /// How many changes were marked since the device was made (each
+    /// write, write-zeroes and discard counts when it is taken off the
+    /// ring and again when it completes). Read before a flush and again
+    /// once the queues are drained: an unchanged count means nothing was
+    /// written since that the flush did not cover.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 }
 
@@ -195,6 +209,7 @@ mod tests {
         let tracker = DiskWriteTracker::new();
         let map = Arc::new(DiskDirtyMap::new(1 << 20, 4096).unwrap());
         tracker.mark(0, 4096);
+        assert_eq!(tracker.changes(), 1);
         tracker.install(map.clone());
         tracker.mark(8192, 4096);
         tracker.uninstall();

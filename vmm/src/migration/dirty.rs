@@ -20,10 +20,15 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use super::{MigrationError, Result};
 use crate::vm::Vm;
 
-/// Dirty logging on a VM, on from [`DirtyLog::start`] until dropped.
-pub struct DirtyLog<'a> {
-    vm: &'a Vm,
+/// Dirty logging on a VM, on from [`DirtyLog::start`] until
+/// [`DirtyLog::stop`] (the VM runs on here) or [`DirtyLog::abandon`] (its
+/// guest runs elsewhere now: KVM's log is left on, since turning it off
+/// re-registers every slot for nothing). It holds no borrow of the VM, so
+/// the source can let go of the disks' locks while it is on; dropped
+/// without either, only the device log is uninstalled.
+pub struct DirtyLog {
     device: Arc<DeviceDirtyLog>,
+    kvm_on: bool,
 }
 
 /// One region's dirty pages: its guest-physical start and its bitmap
@@ -67,9 +72,9 @@ impl DirtyRegion {
     }
 }
 
-impl<'a> DirtyLog<'a> {
+impl DirtyLog {
     /// Turns on KVM's dirty log on every slot of `vm` and the device log.
-    pub fn start(vm: &'a Vm) -> Result<Self> {
+    pub fn start(vm: &Vm) -> Result<Self> {
         let ranges: Vec<(u64, u64)> = vm
             .memory()
             .iter()
@@ -79,19 +84,42 @@ impl<'a> DirtyLog<'a> {
             DeviceDirtyLog::new(&ranges).map_err(|e| MigrationError::Stream(e.to_string()))?,
         );
         dirty_log::install(device.clone());
-        let log = DirtyLog { vm, device };
-        crate::vm::register_memory(vm.vm_fd(), vm.memory(), KVM_MEM_LOG_DIRTY_PAGES)?;
+        let log = DirtyLog {
+            device,
+            kvm_on: true,
+        };
+        if let Err(e) = crate::vm::register_memory(vm.vm_fd(), vm.memory(), KVM_MEM_LOG_DIRTY_PAGES)
+        {
+            // Some slots may log already.
+            log.stop(vm);
+            return Err(e.into());
+        }
         Ok(log)
     }
 
-    /// The pages dirtied since the last call (KVM's, cleared by this
-    /// call) and every page a device wrote since the start.
-    pub fn collect(&self) -> Result<Vec<DirtyRegion>> {
+    /// Turns both logs off; `vm` runs on here.
+    pub fn stop(mut self, vm: &Vm) {
+        if std::mem::take(&mut self.kvm_on) {
+            if let Err(e) = crate::vm::register_memory(vm.vm_fd(), vm.memory(), 0) {
+                eprintln!("vmm: turning the dirty log off: {e}");
+            }
+        }
+    }
+
+    /// Uninstalls the device log and leaves KVM's on: the VM it logs
+    /// will not run here again.
+    pub fn abandon(mut self) {
+        self.kvm_on = false;
+    }
+
+    /// The pages of `vm` (the VM it was started on) dirtied since the
+    /// last call (KVM's, cleared by this call) and every page a device
+    /// wrote since the start.
+    pub fn collect(&self, vm: &Vm) -> Result<Vec<DirtyRegion>> {
         let mut regions = Vec::new();
-        for (slot, region) in self.vm.memory().iter().enumerate() {
+        for (slot, region) in vm.memory().iter().enumerate() {
             let len = region.len();
-            let mut bits = self
-                .vm
+            let mut bits = vm
                 .vm_fd()
                 .get_dirty_log(slot as u32, len as usize)
                 .map_err(crate::error::kvm("KVM_GET_DIRTY_LOG"))?;
@@ -110,11 +138,11 @@ impl<'a> DirtyLog<'a> {
     }
 }
 
-impl Drop for DirtyLog<'_> {
+impl Drop for DirtyLog {
     fn drop(&mut self) {
         dirty_log::uninstall();
-        if let Err(e) = crate::vm::register_memory(self.vm.vm_fd(), self.vm.memory(), 0) {
-            eprintln!("vmm: turning the dirty log off: {e}");
+        if self.kvm_on {
+            eprintln!("vmm: the dirty log was dropped on: KVM's log stays on");
         }
     }
 }

@@ -19,22 +19,33 @@
 //! - [`storage`], [`storage_send`], [`storage_receive`]: disks that
 //!   travel with the VM (`--copy-storage-all`/`-inc`).
 //! - [`receive`]: the destination: everything read is checked (sizes,
-//!   ranges, the configuration) before it is used; the VM is built only
-//!   at the switch, so a failure leaves nothing behind.
+//!   ranges, the configuration) before it is used; the KVM VM is made
+//!   while RAM arrives, the disks and devices only at the switch, so a
+//!   failure leaves nothing behind.
 //!
 //! The exchange:
 //!
 //! ```text
 //! source                                   destination
 //! header, Config(VmConfig JSON),
-//! Annotation(text), Storage(plan)   ->     creates the copied images
+//! Annotation(text), Storage(plan)   ->     creates the copied images,
+//!                                          makes the KVM VM (RAM, vCPUs)
 //!                                   <-     Ack | Refused(reason)
 //! Disk(chunk)* (a copy of the disks),
 //! Ram(record)* (full, then dirty passes, each with its Disk chunks)
-//! Machine(records), Switch(resume)  ->     builds the VM paused, locks disks
+//! Machine(records), Switch(resume)  ->     locks and opens the disks,
+//!                                          wires the devices, sets the
+//!                                          state (paused)
 //!                                   <-     Ready | Refused(reason)
-//! Commit                            ->     resumes; the source ends
+//! Commit                            ->     resumes
+//!                                   <-     Resumed (the downtime ends)
 //! ```
+//!
+//! The source flushes its disks while the guest still runs, so that at
+//! the switch only the disks written since need a flush, and it turns
+//! its dirty log off only after the Commit: the paused window holds the
+//! pause, the last pass, the state, the destination's wiring and the
+//! Commit.
 
 pub mod api;
 pub mod dirty;

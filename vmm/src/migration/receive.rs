@@ -2,10 +2,12 @@
 //! stream's header and every frame are checked ([`super::stream`]), the
 //! configuration goes through the same checks as vm.create's, every RAM
 //! run must lie in the VM's RAM, and the machine's state must match the
-//! configuration. Nothing is built until the switch: RAM is received
-//! into a mapping of our own, and the VM (disks opened and locked) is
-//! built paused only once the source has let go of the disks. The guest
-//! runs only after the source's Commit.
+//! configuration. The KVM VM is made (`crate::kvm_shell`) as soon as the
+//! configuration is accepted, and RAM is received into its memory; the
+//! disks are opened and locked, the devices wired and the state set only
+//! at the switch, once the source has let go of the disks. The guest runs
+//! only after the source's Commit. A failure drops what was made, so
+//! nothing is left behind.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 
@@ -145,6 +147,12 @@ impl Incoming {
                 other.name()
             ))),
         }
+    }
+
+    /// Tells the source the guest runs here now (best effort: the source
+    /// has committed and only measures the downtime with it).
+    pub fn resumed(&mut self) {
+        let _ = self.reply(Tag::Resumed, &[]);
     }
 }
 

@@ -2,8 +2,11 @@
 //! pass of RAM (zero pages skipped: the destination's RAM starts zeroed),
 //! dirty passes until the estimated downtime (dirty bytes over the
 //! measured bandwidth) is under the target or the timeout strikes, then
-//! pause, the last pass, the machine's state, flush the disks and let go
-//! of their locks, the switch; on the destination's Ready, Commit.
+//! flush the disks (the guest still running), pause, the last pass, the
+//! machine's state, flush the disks written since and let go of their
+//! locks, the switch; on the destination's Ready, Commit; its Resumed
+//! ends the downtime. The dirty log is turned off only after the Commit
+//! (on success the VM is abandoned and KVM's log is left on).
 //!
 //! Whatever fails, [`send`] puts the VM back as it was (locks taken
 //! again, running again if it ran) before it returns the error.
@@ -30,6 +33,8 @@ const MAX_PASSES: u32 = 10_000;
 const SMALL_LAST: u64 = 256 << 10;
 /// Live passes at most once the estimate is under the target.
 const MAX_PASSES_UNDER_TARGET: u32 = 8;
+/// How long the committed source waits for the destination's Resumed.
+const RESUMED_WAIT: Duration = Duration::from_secs(5);
 
 /// What the caller asks of a migration.
 #[derive(Debug, Clone)]
@@ -54,10 +59,18 @@ pub struct SendOptions {
 /// What a migration measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SendReport {
-    /// From the connection to the destination's Ready.
+    /// From the connection to the Commit sent.
     pub total: Duration,
-    /// From the pause to the Commit sent.
+    /// From the pause here to the guest's resume at the destination (its
+    /// Resumed heard; to the Commit sent when it was not heard).
     pub downtime: Duration,
+    /// From the pause to the last byte of state sent (the Switch): what
+    /// QEMU's `info migrate` reports as its downtime.
+    pub downtime_sent: Duration,
+    /// Whether the destination's Resumed was heard.
+    pub resumed_heard: bool,
+    /// The disks' flush while the guest still ran, before the pause.
+    pub flush_before_pause: Duration,
     /// RAM passes (the full one, the dirty ones and the last).
     pub passes: u32,
     /// Bytes of RAM sent.
@@ -70,7 +83,8 @@ pub struct SendReport {
     pub paused: PausedPhases,
 }
 
-/// The paused window, phase by phase (each from the end of the last).
+/// The paused window, phase by phase (each from the end of the last; the
+/// first from the pause's start).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PausedPhases {
     /// Stopping the vCPUs and draining the disk queues.
@@ -81,12 +95,18 @@ pub struct PausedPhases {
     pub state: Duration,
     /// Encoding and writing the state.
     pub send: Duration,
-    /// Flushing the disks and letting go of their locks.
+    /// Flushing the disks written since the flush before the pause, and
+    /// letting go of the locks.
     pub flush: Duration,
-    /// From the switch to the destination's Ready (its VM built).
+    /// How many disks that flushed, of how many.
+    pub flushed_disks: (usize, usize),
+    /// From the switch to the destination's Ready (its disks opened, its
+    /// devices wired and its state set).
     pub destination: Duration,
     /// Sending the Commit.
     pub commit: Duration,
+    /// From the Commit to the destination's Resumed.
+    pub resumed: Duration,
 }
 
 impl std::fmt::Display for PausedPhases {
@@ -94,14 +114,17 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms, destination {:.1} ms, commit {:.1} ms",
+            "pause {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
             ms(self.last_pass),
             ms(self.state),
             ms(self.send),
             ms(self.flush),
+            self.flushed_disks.0,
+            self.flushed_disks.1,
             ms(self.destination),
-            ms(self.commit)
+            ms(self.commit),
+            ms(self.resumed)
         )
     }
 }
@@ -218,125 +241,234 @@ fn exchange(
         storage.start();
         report.disk_bytes += storage.full_copy(&mut out)?;
     }
+    // The dirty log stays on until after the Commit (or the failure):
+    // turning it off re-registers every slot, which has no place in the
+    // paused window.
+    let log = DirtyLog::start(vm)?;
+    let mut link = Link {
+        out: &mut out,
+        reader,
+        offset: &mut offset,
+    };
+    let result = precopy_and_switch(
+        vm,
+        &log,
+        &mut storage,
+        options,
+        progress,
+        &mut link,
+        started,
+        &mut report,
+    );
+    match result {
+        Ok(()) => {
+            log.abandon();
+            Ok(report)
+        }
+        Err(e) => {
+            log.stop(vm);
+            Err(e)
+        }
+    }
+}
+
+/// The connection's two directions, and the offset of the next frame read.
+struct Link<'l> {
+    out: &'l mut BufWriter<Connection>,
+    reader: &'l mut Connection,
+    offset: &'l mut u64,
+}
+
+/// The dirty passes, the pause, the last pass, the state and the switch;
+/// fills `report`.
+#[allow(clippy::too_many_arguments)]
+fn precopy_and_switch(
+    vm: &mut Vm,
+    log: &DirtyLog,
+    storage: &mut Option<storage_send::StorageSource>,
+    options: &SendOptions,
+    progress: &mut Progress,
+    link: &mut Link<'_>,
+    started: Instant,
+    report: &mut SendReport,
+) -> Result<()> {
     let disk_dirty = |storage: &Option<storage_send::StorageSource>| {
         storage.as_ref().map_or(0, |s| s.dirty_bytes())
     };
-    let machine = {
-        let log = DirtyLog::start(vm)?;
-        let mut sender = RamSender {
-            vm,
-            out: &mut out,
-            buffer: vec![0u8; (RUN_PAGES * PAGE) as usize],
-        };
-        // The full pass.
-        let pass_start = Instant::now();
-        let sent = sender.full_pass()?;
-        report.full_pass = pass_start.elapsed();
-        report.ram_bytes += sent;
-        report.passes = 1;
-        let mut bandwidth = rate(sent, pass_start.elapsed());
-        // Dirty passes until the rest fits in the downtime.
-        let mut pending = log.collect()?;
-        // Under the target, passes go on while they still shrink what is
-        // left (by a tenth at least), so that the pause carries the least
-        // a guest dirtying at a steady rate allows, not merely what fits
-        // in the target.
-        let mut previous = u64::MAX;
-        let mut under_target = 0;
-        loop {
-            let dirty = dirty_bytes(&pending) + disk_dirty(&storage);
-            let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
-            let settled = dirty <= SMALL_LAST
-                || dirty.saturating_mul(10) >= previous.saturating_mul(9)
-                || under_target >= MAX_PASSES_UNDER_TARGET;
-            if (estimate <= options.downtime && settled) || report.passes >= MAX_PASSES {
-                break;
-            }
-            if estimate <= options.downtime {
-                under_target += 1;
-            }
-            previous = dirty;
-            if started.elapsed() >= options.timeout {
-                return Err(MigrationError::Timeout {
-                    seconds: options.timeout.as_secs(),
-                    dirty_mib: dirty >> 20,
-                    estimate_ms: estimate.as_millis() as u64,
-                    target_ms: options.downtime.as_millis() as u64,
-                });
-            }
-            let pass_start = Instant::now();
-            let ram = sender.dirty_pass(&pending)?;
-            report.ram_bytes += ram;
-            let mut sent = ram;
-            if let Some(storage) = storage.as_mut() {
-                let disk = storage.dirty_pass(sender.out)?;
-                report.disk_bytes += disk;
-                sent += disk;
-            }
-            sender.out.flush().map_err(write_err)?;
-            report.passes += 1;
-            // The bandwidth of this pass, smoothed with the last.
-            bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
-            pending = log.collect()?;
-        }
-        // Pause, and the last pass: what was pending and what changed
-        // since, the devices' pages (written until their queues drained)
-        // included.
-        let paused_at = Instant::now();
-        if options.running {
-            vm_pause(sender.vm)?;
-            progress.paused = true;
-        }
-        let mut mark = Instant::now();
-        let mut lap = || {
-            let now = Instant::now();
-            let took = now - mark;
-            mark = now;
-            took
-        };
-        report.paused.pause = lap();
-        let last = log.collect()?;
-        let merged = merge(&pending, &last);
-        report.ram_bytes += sender.dirty_pass(&merged)?;
-        if let Some(storage) = storage.as_mut() {
-            // The queues are drained: these are the disks' last changes.
-            report.disk_bytes += storage.dirty_pass(sender.out)?;
-        }
-        report.passes += 1;
-        report.paused.last_pass = lap();
-        let machine = sender.vm.save_machine()?;
-        drop(log);
-        report.paused.state = lap();
-        (machine, paused_at)
+    let mut sender = RamSender {
+        vm,
+        out: &mut *link.out,
+        buffer: vec![0u8; (RUN_PAGES * PAGE) as usize],
     };
-    let (machine, paused_at) = machine;
-    let mut mark = Instant::now();
+    // The full pass.
+    let pass_start = Instant::now();
+    let sent = sender.full_pass()?;
+    report.full_pass = pass_start.elapsed();
+    report.ram_bytes += sent;
+    report.passes = 1;
+    let mut bandwidth = rate(sent, pass_start.elapsed());
+    // Dirty passes until the rest fits in the downtime.
+    let mut pending = log.collect(sender.vm)?;
+    // Under the target, passes go on while they still shrink what is
+    // left (by a tenth at least), so that the pause carries the least
+    // a guest dirtying at a steady rate allows, not merely what fits
+    // in the target.
+    let mut previous = u64::MAX;
+    let mut under_target = 0;
+    loop {
+        let dirty = dirty_bytes(&pending) + disk_dirty(storage);
+        let estimate = Duration::from_secs_f64(dirty as f64 / bandwidth);
+        let settled = dirty <= SMALL_LAST
+            || dirty.saturating_mul(10) >= previous.saturating_mul(9)
+            || under_target >= MAX_PASSES_UNDER_TARGET;
+        if (estimate <= options.downtime && settled) || report.passes >= MAX_PASSES {
+            break;
+        }
+        if estimate <= options.downtime {
+            under_target += 1;
+        }
+        previous = dirty;
+        if started.elapsed() >= options.timeout {
+            return Err(MigrationError::Timeout {
+                seconds: options.timeout.as_secs(),
+                dirty_mib: dirty >> 20,
+                estimate_ms: estimate.as_millis() as u64,
+                target_ms: options.downtime.as_millis() as u64,
+            });
+        }
+        let pass_start = Instant::now();
+        let ram = sender.dirty_pass(&pending)?;
+        report.ram_bytes += ram;
+        let mut sent = ram;
+        if let Some(storage) = storage.as_mut() {
+            let disk = storage.dirty_pass(sender.out)?;
+            report.disk_bytes += disk;
+            sent += disk;
+        }
+        sender.out.flush().map_err(write_err)?;
+        report.passes += 1;
+        // The bandwidth of this pass, smoothed with the last.
+        bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
+        pending = log.collect(sender.vm)?;
+    }
+    // The disks flushed while the guest still runs: at the switch only
+    // those written since need another flush.
+    let flush_start = Instant::now();
+    let flushed = DiskFlush::before_pause(sender.vm)?;
+    report.flush_before_pause = flush_start.elapsed();
+    // Pause, and the last pass: what was pending and what changed
+    // since, the devices' pages (written until their queues drained)
+    // included.
+    let paused_at = Instant::now();
+    if options.running {
+        vm_pause(sender.vm)?;
+        progress.paused = true;
+    }
+    let mut mark = paused_at;
     let mut lap = || {
         let now = Instant::now();
         let took = now - mark;
         mark = now;
         took
     };
+    report.paused.pause = lap();
+    let last = log.collect(sender.vm)?;
+    let merged = merge(&pending, &last);
+    report.ram_bytes += sender.dirty_pass(&merged)?;
+    if let Some(storage) = storage.as_mut() {
+        // The queues are drained: these are the disks' last changes.
+        report.disk_bytes += storage.dirty_pass(sender.out)?;
+    }
+    report.passes += 1;
+    report.paused.last_pass = lap();
+    let machine = sender.vm.save_machine()?;
+    report.paused.state = lap();
     let bytes = machine.to_bytes()?;
-    stream::write_frame(&mut out, Tag::Machine, &[&bytes]).map_err(write_err)?;
+    stream::write_frame(link.out, Tag::Machine, &[&bytes]).map_err(write_err)?;
     report.paused.send = lap();
-    // The switch: the disks flushed and their locks let go of, for the
-    // destination to take.
-    vm.flush_disks()?;
+    // The switch: the disks written since the flush above flushed again,
+    // and every lock let go of, for the destination to take.
+    let (again, disks) = flushed.at_switch(vm)?;
+    report.paused.flushed_disks = (again, disks);
     vm.release_locks();
     progress.unlocked = true;
     report.paused.flush = lap();
-    stream::write_frame(&mut out, Tag::Switch, &[&[u8::from(options.resume)]])
+    stream::write_frame(link.out, Tag::Switch, &[&[u8::from(options.resume)]])
         .map_err(write_err)?;
-    out.flush().map_err(write_err)?;
-    expect_reply(reader, &mut offset, Tag::Ready)?;
+    link.out.flush().map_err(write_err)?;
+    report.downtime_sent = paused_at.elapsed();
+    expect_reply(link.reader, link.offset, Tag::Ready)?;
     report.paused.destination = lap();
-    stream::write_frame(&mut out, Tag::Commit, &[]).map_err(write_err)?;
-    out.flush().map_err(write_err)?;
+    stream::write_frame(link.out, Tag::Commit, &[]).map_err(write_err)?;
+    link.out.flush().map_err(write_err)?;
     report.paused.commit = lap();
-    report.downtime = paused_at.elapsed();
     report.total = started.elapsed();
-    Ok(report)
+    // Committed: the guest is the destination's now, whatever follows.
+    // Its Resumed ends the downtime; a destination that closes without
+    // it leaves the downtime measured to the Commit.
+    report.resumed_heard = wait_resumed(link);
+    report.paused.resumed = lap();
+    report.downtime = paused_at.elapsed();
+    if !report.resumed_heard {
+        report.downtime -= report.paused.resumed;
+    }
+    Ok(())
+}
+
+/// Reads the destination's Resumed (for at most [`RESUMED_WAIT`]).
+fn wait_resumed(link: &mut Link<'_>) -> bool {
+    if link.reader.set_read_timeout(RESUMED_WAIT).is_err() {
+        return false;
+    }
+    matches!(
+        stream::read_frame(link.reader, link.offset),
+        Ok(frame) if frame.tag == Tag::Resumed
+    )
+}
+
+/// The disks' flush in two steps: all of them while the guest runs, then
+/// at the switch only those the guest changed since.
+struct DiskFlush {
+    /// Each disk's change count when the first flush started.
+    changes: Vec<u64>,
+}
+
+impl DiskFlush {
+    /// Flushes every disk of the running `vm`.
+    fn before_pause(vm: &Vm) -> Result<DiskFlush> {
+        let changes = vm
+            .disk_write_trackers()
+            .iter()
+            .map(|t| t.changes())
+            .collect();
+        vm.flush_disks()?;
+        Ok(DiskFlush { changes })
+    }
+
+    /// Flushes the disks of the paused `vm` (queues drained) changed
+    /// since [`DiskFlush::before_pause`]; returns how many, of how many.
+    fn at_switch(self, vm: &Vm) -> Result<(usize, usize)> {
+        let (disks, backends) = vm.disks();
+        let trackers = vm.disk_write_trackers();
+        let mut again = 0;
+        for (index, (disk, backend)) in disks.iter().zip(backends).enumerate() {
+            let unchanged = match (trackers.get(index), self.changes.get(index)) {
+                (Some(tracker), Some(&before)) => tracker.changes() == before,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            backend.close().map_err(|e| {
+                MigrationError::Vm(crate::Error::Disk {
+                    path: disk.path.display().to_string(),
+                    reason: format!("flushing: {e}"),
+                })
+            })?;
+            again += 1;
+        }
+        Ok((again, disks.len()))
+    }
 }
 
 fn vm_pause(vm: &Vm) -> Result<()> {

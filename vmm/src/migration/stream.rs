@@ -78,10 +78,15 @@ pub enum Tag {
     /// Source: how the disks travel (`storage::StoragePlan` as JSON),
     /// right after the annotation.
     Storage = 12,
+    /// Destination: after the Commit, the guest runs here (or stays
+    /// paused, as the Switch asked): where the source's measure of the
+    /// downtime ends. A source that does not hear it (a destination that
+    /// closed at once) still counts the migration done.
+    Resumed = 13,
 }
 
 impl Tag {
-    const ALL: [Tag; 12] = [
+    const ALL: [Tag; 13] = [
         Tag::Config,
         Tag::Ram,
         Tag::Machine,
@@ -94,6 +99,7 @@ impl Tag {
         Tag::Cancel,
         Tag::Annotation,
         Tag::Storage,
+        Tag::Resumed,
     ];
 
     /// Its name, for messages.
@@ -111,6 +117,7 @@ impl Tag {
             Tag::Cancel => "Cancel",
             Tag::Annotation => "Annotation",
             Tag::Storage => "Storage",
+            Tag::Resumed => "Resumed",
         }
     }
 
@@ -121,7 +128,7 @@ impl Tag {
             Tag::Ram => HEADER_LEN as u32 + MAX_PAYLOAD,
             Tag::Machine => MAX_MACHINE,
             Tag::Switch => 1,
-            Tag::Commit | Tag::Ack | Tag::Ready => 0,
+            Tag::Commit | Tag::Ack | Tag::Ready | Tag::Resumed => 0,
             Tag::Refused | Tag::Cancel => MAX_REASON,
             Tag::Disk => super::storage::CHUNK_HEAD as u32 + MAX_DISK_CHUNK,
             Tag::Annotation => MAX_ANNOTATION,

@@ -39,6 +39,14 @@ impl Connection {
         }
     }
 
+    /// Sets how long a read may wait for the peer (both handles share it).
+    pub fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        match self {
+            Connection::Unix(s) => s.set_read_timeout(Some(timeout)),
+            Connection::Tcp(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+
     /// Another handle on the same connection.
     pub fn try_clone(&self) -> std::io::Result<Connection> {
         Ok(match self {
