@@ -110,11 +110,127 @@ impl Hosts {
     }
 }
 
+/// The pids of the processes in namespace `ns` (`ip netns pids`).
+fn pids_in(ns: &str) -> Vec<i32> {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
 impl Drop for Hosts {
+    /// Kills every process left in the two namespaces (the VMMs `vm
+    /// start` and `migrate-listen` ran, listeners and migrations a failed
+    /// test left waiting), then removes the namespaces: a test that
+    /// panics leaks no VMM.
     fn drop(&mut self) {
         for ns in [&self.a, &self.b] {
+            let start = Instant::now();
+            loop {
+                let pids = pids_in(ns);
+                if pids.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: kill has no memory arguments; the pid was
+                    // listed in the test's own namespace just above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+    }
+}
+
+/// Two hosts (namespaces) and their folders under one temporary folder:
+/// each host's `vm` store, host A's images at `images`, and host B's own
+/// image folder `images_b` for the tests that share no storage (bound over
+/// `images` in B's mount namespace by [`TwoHosts::listen_unshared`]).
+/// Dropping it kills what runs in the namespaces before the folder goes.
+struct TwoHosts {
+    hosts: Hosts,
+    guest: std::path::PathBuf,
+    images: std::path::PathBuf,
+    images_b: std::path::PathBuf,
+    store_a: std::path::PathBuf,
+    store_b: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl TwoHosts {
+    /// None (with a line saying why) without root, iproute2, /dev/kvm, or
+    /// qemu-img and qemu-io when `qemu` is set.
+    fn new(qemu: bool) -> Option<TwoHosts> {
+        if !is_root() || Command::new("ip").arg("-V").output().is_err() {
+            assert!(
+                std::env::var_os("REQUIRE_KVM").is_none() || !is_root(),
+                "REQUIRE_KVM is set but iproute2 is missing (scripts/ensure-net.sh)"
+            );
+            eprintln!("skipped: needs root and iproute2 for network namespaces");
+            return None;
+        }
+        if !have_kvm() || (qemu && !have_qemu_img()) {
+            return None;
+        }
+        ensure_vmm();
+        let guest = build_guest();
+        let hosts = Hosts::new()?;
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        let images_b = dir.path().join("images-b");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&images_b).unwrap();
+        Some(TwoHosts {
+            hosts,
+            guest,
+            store_a: dir.path().join("store-a"),
+            store_b: dir.path().join("store-b"),
+            images,
+            images_b,
+            dir,
+        })
+    }
+
+    /// `vm -c STORE_A ARGS` on host A.
+    fn vm_a(&self, args: &[&str]) -> Command {
+        self.hosts.vm(&self.hosts.a, &self.store_a, args)
+    }
+
+    /// `vm -c STORE_B ARGS` on host B.
+    fn vm_b(&self, args: &[&str]) -> Command {
+        self.hosts.vm(&self.hosts.b, &self.store_b, args)
+    }
+
+    /// Writes `xml` and has host A define and start its domain `name`;
+    /// returns the domain's console log there.
+    fn define_and_start_on_a(&self, name: &str, xml: &str) -> std::path::PathBuf {
+        let xml_file = self.dir.path().join(format!("{name}.xml"));
+        std::fs::write(&xml_file, xml).unwrap();
+        ok(self.vm_a(&["define", xml_file.to_str().unwrap()]));
+        ok(self.vm_a(&["start", name]));
+        self.store_a.join(format!("run/{name}/console.log"))
+    }
+
+    /// `vm migrate-listen URI` on host B, with B's own image folder bound
+    /// over `images` (so the images keep their paths).
+    fn listen_unshared(&self, uri: &str) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.hosts.b, "sh", "-c"])
+            .arg("mount --bind \"$1\" \"$2\" && exec \"$3\" -c \"$4\" migrate-listen \"$5\"")
+            .arg("sh")
+            .args([&self.images_b, &self.images])
+            .arg(env!("CARGO_BIN_EXE_vm"))
+            .arg(&self.store_b)
+            .arg(uri)
+            .env_remove("VM_VMM")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -162,28 +278,12 @@ fn is_root() -> bool {
 
 #[test]
 fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
-    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("REQUIRE_KVM").is_none() || !is_root(),
-            "REQUIRE_KVM is set but iproute2 is missing (scripts/ensure-net.sh)"
-        );
-        eprintln!("skipped: needs root and iproute2 for network namespaces");
-        return;
-    }
-    if !have_kvm() {
-        return;
-    }
-    ensure_vmm();
-    let guest = build_guest();
-    let Some(hosts) = Hosts::new() else {
+    let Some(two) = TwoHosts::new(false) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("images");
-    std::fs::create_dir_all(&shared).unwrap();
-    let store_a = dir.path().join("store-a");
-    let store_b = dir.path().join("store-b");
-    let image = shared.join("mover.qcow2");
+    let (hosts, guest) = (&two.hosts, &two.guest);
+    let store_b = &two.store_b;
+    let image = two.images.join("mover.qcow2");
     let out = Command::new(env!("CARGO_BIN_EXE_img"))
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&image)
@@ -196,17 +296,13 @@ fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
         guest.display(),
         image.display()
     );
-    let xml_file = dir.path().join("mover.xml");
-    std::fs::write(&xml_file, xml).unwrap();
-    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
-    ok(hosts.vm(&hosts.a, &store_a, &["start", "mover"]));
-    let log_a = store_a.join("run/mover/console.log");
+    let log_a = two.define_and_start_on_a("mover", &xml);
     wait_count(&log_a, 5);
 
     let port = 4700 + std::process::id() % 1000;
     let uri = format!("tcp:{}:{port}", hosts.destination_ip());
-    let listener = hosts
-        .vm(&hosts.b, &store_b, &["migrate-listen", &uri])
+    let listener = two
+        .vm_b(&["migrate-listen", &uri])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -214,8 +310,8 @@ fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
     // The destination listens once its VMM is up: retry while refused.
     let start = Instant::now();
     loop {
-        let out = hosts
-            .vm(&hosts.a, &store_a, &["migrate", "mover", &uri, "--live"])
+        let out = two
+            .vm_a(&["migrate", "mover", &uri, "--live"])
             .output()
             .unwrap();
         if out.status.success() {
@@ -246,12 +342,12 @@ fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
     );
 
     // The source store keeps the domain, shut off (migrated).
-    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "mover", "--reason"]));
+    let state_a = ok(two.vm_a(&["domstate", "mover", "--reason"]));
     assert_eq!(state_a.trim(), "shut off (migrated)");
-    let state_b = ok(hosts.vm(&hosts.b, &store_b, &["domstate", "mover", "--reason"]));
+    let state_b = ok(two.vm_b(&["domstate", "mover", "--reason"]));
     assert_eq!(state_b.trim(), "running (migrated)");
-    let uuid_a = ok(hosts.vm(&hosts.a, &store_a, &["domuuid", "mover"]));
-    let uuid_b = ok(hosts.vm(&hosts.b, &store_b, &["domuuid", "mover"]));
+    let uuid_a = ok(two.vm_a(&["domuuid", "mover"]));
+    let uuid_b = ok(two.vm_b(&["domuuid", "mover"]));
     assert_eq!(uuid_a, uuid_b);
 
     // The guest goes on at the destination from where it was.
@@ -264,7 +360,7 @@ fn a_counting_guest_moves_between_two_hosts_with_shared_images() {
     for pair in all.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "a gap or a repeat in {all:?}");
     }
-    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "mover"]));
+    ok(two.vm_b(&["destroy", "mover"]));
     let check = Command::new(env!("CARGO_BIN_EXE_img"))
         .arg("check")
         .arg(&image)
@@ -292,27 +388,14 @@ fn have_qemu_img() -> bool {
 
 #[test]
 fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() {
-    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: needs root and iproute2 for network namespaces");
-        return;
-    }
-    if !have_kvm() || !have_qemu_img() {
-        return;
-    }
-    ensure_vmm();
-    let guest = build_guest();
-    let Some(hosts) = Hosts::new() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
     // Host A's images at `images`; host B's own folder is mounted over
     // the same path in B's mount namespace.
-    let images = dir.path().join("images");
-    let images_b = dir.path().join("images-b");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&images_b).unwrap();
-    let store_a = dir.path().join("store-a");
-    let store_b = dir.path().join("store-b");
+    let Some(two) = TwoHosts::new(true) else {
+        return;
+    };
+    let (hosts, guest) = (&two.hosts, &two.guest);
+    let (images, images_b) = (&two.images, &two.images_b);
+    let store_b = &two.store_b;
     // A backing file with data, an overlay with some of its own.
     let base = images.join("base.qcow2");
     let top = images.join("top.qcow2");
@@ -345,39 +428,19 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
         guest.display(),
         top.display()
     );
-    let xml_file = dir.path().join("carrier.xml");
-    std::fs::write(&xml_file, xml).unwrap();
-    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
-    ok(hosts.vm(&hosts.a, &store_a, &["start", "carrier"]));
-    let log_a = store_a.join("run/carrier/console.log");
+    let log_a = two.define_and_start_on_a("carrier", &xml);
     wait_count(&log_a, 50);
 
     let port = 5700 + std::process::id() % 1000;
     let uri = format!("tcp:{}:{port}", hosts.destination_ip());
     // Host B: its own image folder at the same path, then the listener.
-    let listen = |extra: &str| {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &hosts.b, "sh", "-c"])
-            .arg(format!(
-                "mount --bind \"$1\" \"$2\" && {extra} exec \"$3\" -c \"$4\" migrate-listen \"$5\""
-            ))
-            .arg("sh")
-            .args([&images_b, &images])
-            .arg(env!("CARGO_BIN_EXE_vm"))
-            .arg(&store_b)
-            .arg(&uri)
-            .env_remove("VM_VMM")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        command.spawn().unwrap()
-    };
+    let listen = || two.listen_unshared(&uri);
     let migrate = |args: &[&str]| {
         let start = Instant::now();
         loop {
             let mut all = vec!["migrate", "carrier", uri.as_str()];
             all.extend_from_slice(args);
-            let out = hosts.vm(&hosts.a, &store_a, &all).output().unwrap();
+            let out = two.vm_a(&all).output().unwrap();
             if out.status.success() || !text(&out).contains("connecting") {
                 return out;
             }
@@ -389,7 +452,7 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
     // An image already at the path on B: refused, the source runs on,
     // B's image untouched.
     std::fs::write(images_b.join("top.qcow2"), b"not to be touched").unwrap();
-    let listener = listen("");
+    let listener = listen();
     let out = migrate(&["--live", "--copy-storage-all"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("already exists"), "{}", text(&out));
@@ -400,14 +463,14 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
         b"not to be touched"
     );
     std::fs::remove_file(images_b.join("top.qcow2")).unwrap();
-    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier"]));
+    let state_a = ok(two.vm_a(&["domstate", "carrier"]));
     assert_eq!(state_a.trim(), "running");
     let going = counts(&std::fs::read_to_string(&log_a).unwrap());
     wait_count(&log_a, going.last().unwrap() + 20);
 
     // The real one: the guest keeps writing during the copy, and stays
     // paused at B (--suspend) so that the images can be compared.
-    let listener = listen("");
+    let listener = listen();
     let out = migrate(&["--live", "--copy-storage-all", "--suspend"]);
     assert!(out.status.success(), "vm migrate: {}", text(&out));
     let received = listener.wait_with_output().unwrap();
@@ -416,9 +479,9 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
         "migrate-listen: {}",
         text(&received)
     );
-    let state_b = ok(hosts.vm(&hosts.b, &store_b, &["domstate", "carrier", "--reason"]));
+    let state_b = ok(two.vm_b(&["domstate", "carrier", "--reason"]));
     assert_eq!(state_b.trim(), "paused (migrating)");
-    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier", "--reason"]));
+    let state_a = ok(two.vm_a(&["domstate", "carrier", "--reason"]));
     assert_eq!(state_a.trim(), "shut off (migrated)");
 
     // B's copy: a standalone image of the same format, size and cluster
@@ -442,7 +505,7 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
     assert!(last > going.last().unwrap() + 20);
 
     // It goes on at B from where it stopped at A.
-    ok(hosts.vm(&hosts.b, &store_b, &["resume", "carrier"]));
+    ok(two.vm_b(&["resume", "carrier"]));
     let log_b = store_b.join("run/carrier/console.log");
     let after = wait_count(&log_b, last + 20);
     assert!(!after.contains("guest: start"), "started over: {after:?}");
@@ -450,7 +513,7 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
     for pair in all.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "a gap or a repeat in {all:?}");
     }
-    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "carrier"]));
+    ok(two.vm_b(&["destroy", "carrier"]));
     for image in [copy_s, top_s, base_s] {
         let check = qemu("qemu-img", &["check", image]);
         assert!(
@@ -501,25 +564,11 @@ fn map_depth(image: &str, offset: u64) -> u64 {
 
 #[test]
 fn copy_storage_inc_sends_the_top_only_and_a_destination_killed_mid_copy_leaves_nothing() {
-    if !is_root() || Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: needs root and iproute2 for network namespaces");
-        return;
-    }
-    if !have_kvm() || !have_qemu_img() {
-        return;
-    }
-    ensure_vmm();
-    let guest = build_guest();
-    let Some(hosts) = Hosts::new() else {
+    let Some(two) = TwoHosts::new(true) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    let images_b = dir.path().join("images-b");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&images_b).unwrap();
-    let store_a = dir.path().join("store-a");
-    let store_b = dir.path().join("store-b");
+    let (hosts, guest) = (&two.hosts, &two.guest);
+    let (images, images_b) = (&two.images, &two.images_b);
     // A backing file with data (on both hosts, as copy-storage-inc
     // expects), an overlay with 24 MiB of its own, so that the copy
     // lasts long enough to be interrupted.
@@ -548,35 +597,16 @@ fn copy_storage_inc_sends_the_top_only_and_a_destination_killed_mid_copy_leaves_
         guest.display(),
         top.display()
     );
-    let xml_file = dir.path().join("carrier.xml");
-    std::fs::write(&xml_file, xml).unwrap();
-    ok(hosts.vm(&hosts.a, &store_a, &["define", xml_file.to_str().unwrap()]));
-    ok(hosts.vm(&hosts.a, &store_a, &["start", "carrier"]));
-    let log_a = store_a.join("run/carrier/console.log");
+    let log_a = two.define_and_start_on_a("carrier", &xml);
     wait_count(&log_a, 20);
 
     let port = 6700 + std::process::id() % 1000;
     let uri = format!("tcp:{}:{port}", hosts.destination_ip());
-    let listen = || {
-        Command::new("ip")
-            .args(["netns", "exec", &hosts.b, "sh", "-c"])
-            .arg("mount --bind \"$1\" \"$2\" && exec \"$3\" -c \"$4\" migrate-listen \"$5\"")
-            .arg("sh")
-            .args([&images_b, &images])
-            .arg(env!("CARGO_BIN_EXE_vm"))
-            .arg(&store_b)
-            .arg(&uri)
-            .env_remove("VM_VMM")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let listen = || two.listen_unshared(&uri);
     let migrate = |args: &[&str]| {
         let mut all = vec!["migrate", "carrier", uri.as_str(), "--live"];
         all.extend_from_slice(args);
-        hosts
-            .vm(&hosts.a, &store_a, &all)
+        two.vm_a(&all)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -610,12 +640,12 @@ fn copy_storage_inc_sends_the_top_only_and_a_destination_killed_mid_copy_leaves_
     let out = source.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!listener.wait_with_output().unwrap().status.success());
-    let left: Vec<_> = std::fs::read_dir(&images_b)
+    let left: Vec<_> = std::fs::read_dir(images_b)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("base.qcow2")]);
-    let state_a = ok(hosts.vm(&hosts.a, &store_a, &["domstate", "carrier"]));
+    let state_a = ok(two.vm_a(&["domstate", "carrier"]));
     assert_eq!(state_a.trim(), "running");
     let going = counts(&std::fs::read_to_string(&log_a).unwrap());
     wait_count(&log_a, going.last().unwrap() + 10);
@@ -655,7 +685,7 @@ fn copy_storage_inc_sends_the_top_only_and_a_destination_killed_mid_copy_leaves_
     assert_eq!(map_depth(copy_s, 8 << 20), 0);
     let same = qemu("qemu-img", &["compare", "-U", top_s, copy_s]);
     assert!(same.status.success(), "qemu-img compare: {}", text(&same));
-    ok(hosts.vm(&hosts.b, &store_b, &["destroy", "carrier"]));
+    ok(two.vm_b(&["destroy", "carrier"]));
     let check = qemu("qemu-img", &["check", copy_s]);
     assert!(check.status.success(), "qemu-img check: {}", text(&check));
 }

@@ -3,7 +3,8 @@
 //! over `tcp:` on loopback, the guest continues at the destination from
 //! where the source stopped, with no gap or repeat in its serial log, no
 //! flushed disk write lost and the qcow2 image clean; the source ends.
-//! A destination killed mid-stream, a connection cut by the peer, and a
+//! A destination killed mid-stream (by a proxy between the two, at a
+//! fixed byte of the stream), a connection cut by the peer, and a
 //! malformed stream leave the source running with its disk locked and
 //! the destination with no VM, each with one line saying what happened.
 
@@ -259,37 +260,111 @@ fn one_line_500(err: vmapi::Error) -> String {
     text
 }
 
+/// What the proxy of [`killing_proxy`] saw.
+#[derive(Debug)]
+enum ProxyOutcome {
+    /// It killed the destination after forwarding `forwarded` bytes of
+    /// the source's stream (the kill point).
+    Killed { forwarded: usize },
+    /// The source's stream ended after `forwarded` bytes, before the kill
+    /// point: the stream is shorter than the test assumes.
+    EndedEarly { forwarded: usize },
+}
+
+/// Accepts the source on `listener`, connects to the destination's
+/// `dest_sock` and forwards both ways; once `kill_after` bytes of the
+/// source's stream have reached the destination it holds the rest,
+/// SIGKILLs `dest_pid`, and closes both connections. The source cannot
+/// get past the kill point before the destination is dead, so the kill
+/// lands mid-stream whatever the load.
+fn killing_proxy(
+    listener: std::os::unix::net::UnixListener,
+    dest_sock: &Path,
+    dest_pid: i32,
+    kill_after: usize,
+) -> ProxyOutcome {
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut from_source = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the source never connected to the proxy"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("proxy accept: {e}"),
+        }
+    };
+    from_source.set_nonblocking(false).unwrap();
+    let mut to_dest = std::os::unix::net::UnixStream::connect(dest_sock).unwrap();
+    // The destination's answers (Ack, the final status) go back as they come.
+    let mut back_from = to_dest.try_clone().unwrap();
+    let mut back_to = from_source.try_clone().unwrap();
+    let answers = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut back_from, &mut back_to);
+    });
+    let mut forwarded = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    let outcome = loop {
+        let want = buf.len().min(kill_after - forwarded);
+        let n = match from_source.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break ProxyOutcome::EndedEarly { forwarded },
+            Ok(n) => n,
+        };
+        if to_dest.write_all(&buf[..n]).is_err() {
+            break ProxyOutcome::EndedEarly { forwarded };
+        }
+        forwarded += n;
+        if forwarded == kill_after {
+            // SAFETY: kill(2) takes no pointers; the pid is the test's own
+            // child, not yet waited for, so it names no other process.
+            assert_eq!(unsafe { libc::kill(dest_pid, libc::SIGKILL) }, 0);
+            break ProxyOutcome::Killed { forwarded };
+        }
+    };
+    let _ = from_source.shutdown(std::net::Shutdown::Both);
+    let _ = to_dest.shutdown(std::net::Shutdown::Both);
+    answers.join().unwrap();
+    outcome
+}
+
 #[test]
 fn a_destination_killed_mid_stream_leaves_the_source_running() {
     require_kvm!();
     let shared = tempfile::tempdir().unwrap();
-    // 512 MiB: the full pass takes long enough to be cut.
-    let (source, disk) = counting_source(shared.path(), 512);
+    let (source, disk) = counting_source(shared.path(), 64);
     let mut dest = ApiVmm::start(&[]);
-    let sock = dest.path("migrate.sock");
-    let url = format!("unix:{}", sock.display());
-    let _receiving = receive_in_thread(&dest, &url);
+    let dest_sock = dest.path("migrate.sock");
+    let _receiving = receive_in_thread(&dest, &format!("unix:{}", dest_sock.display()));
     let start = Instant::now();
-    while !sock.exists() {
+    while !dest_sock.exists() {
         assert!(start.elapsed() < Duration::from_secs(10), "{}", dest.log());
         std::thread::sleep(Duration::from_millis(2));
     }
-    let killer = {
+    // The source talks to a proxy that kills the destination once 64 KiB
+    // (the header, the config and part of the memory) has reached it: the
+    // stream of this guest is about 150 KiB (zero pages do not travel).
+    const KILL_AT: usize = 64 << 10;
+    let proxy_sock = shared.path().join("proxy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&proxy_sock).unwrap();
+    let proxy = {
         let pid = dest.child.id() as i32;
-        let sock = sock.clone();
-        std::thread::spawn(move || {
-            // The listener's socket goes once the source is accepted.
-            let start = Instant::now();
-            while sock.exists() && start.elapsed() < Duration::from_secs(10) {
-                std::hint::spin_loop();
-            }
-            // SAFETY: kill(2) takes no pointers; the pid is our own child,
-            // not yet waited for, so it names no other process.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        })
+        std::thread::spawn(move || killing_proxy(listener, &dest_sock, pid, KILL_AT))
     };
-    let err = send(&source, &url).unwrap_err();
-    killer.join().unwrap();
+    let result = send(&source, &format!("unix:{}", proxy_sock.display()));
+    match proxy.join().unwrap() {
+        ProxyOutcome::Killed { forwarded } => assert_eq!(forwarded, KILL_AT),
+        ProxyOutcome::EndedEarly { forwarded } => panic!(
+            "the kill did not land mid-stream: the stream ended after {forwarded} bytes, \
+             before the kill point at {KILL_AT}; the migration gave {result:?}\nsource: {}\ndest: {}",
+            source.log(),
+            dest.log()
+        ),
+    }
+    let err = result.expect_err("the migration succeeded with its destination killed");
     let text = one_line_500(err);
     assert!(
         text.contains("migration connection") || text.contains("migration stream"),
