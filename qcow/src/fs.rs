@@ -34,6 +34,8 @@ pub enum Format {
     Qed,
     /// Hyper-V VHDX (read-only).
     Vhdx,
+    /// A Bochs growing redolog (read only).
+    Bochs,
     /// A LUKS1 volume (opened only with its password, see
     /// [`open_image_keyed`]).
     Luks,
@@ -51,6 +53,7 @@ impl Format {
             "qed" => Ok(Format::Qed),
             "vhdx" => Ok(Format::Vhdx),
             "luks" => Ok(Format::Luks),
+            "bochs" => Ok(Format::Bochs),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -66,6 +69,7 @@ impl Format {
             Format::Qed => "qed",
             Format::Vhdx => "vhdx",
             Format::Luks => "luks",
+            Format::Bochs => "bochs",
         }
     }
 }

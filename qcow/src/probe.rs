@@ -114,12 +114,8 @@ impl Format {
             Format::Vmdk => Some(crate::fs::Format::Vmdk),
             Format::Qed => Some(crate::fs::Format::Qed),
             Format::Vhdx => Some(crate::fs::Format::Vhdx),
-            Format::Qcow
-            | Format::Luks
-            | Format::Dmg
-            | Format::Parallels
-            | Format::Cloop
-            | Format::Bochs => None,
+            Format::Bochs => Some(crate::fs::Format::Bochs),
+            Format::Qcow | Format::Luks | Format::Dmg | Format::Parallels | Format::Cloop => None,
         }
     }
 

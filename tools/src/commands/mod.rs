@@ -48,6 +48,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "qed" => Ok(Format::Qed),
         "vhdx" => Ok(Format::Vhdx),
         "luks" => Ok(Format::Luks),
+        "bochs" => Ok(Format::Bochs),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }
