@@ -408,6 +408,19 @@ pub fn open_image_listing_backing(
     keys: Vec<Option<Vec<u8>>>,
 ) -> Result<(AnyImage, Vec<PathBuf>)> {
     let storage = open_storage(path, writable)?;
+    open_listing_backing_on(storage, path, format, writable, keys)
+}
+
+/// [`open_image_listing_backing`] of the file at `path` opened as
+/// `storage` already (a file under a layer such as blkdebug): backing and
+/// data files are found next to `path`.
+pub fn open_listing_backing_on(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    format: Option<Format>,
+    writable: bool,
+    keys: Vec<Option<Vec<u8>>>,
+) -> Result<(AnyImage, Vec<PathBuf>)> {
     let format = match format {
         Some(f) => f,
         None => probe(&*storage, path)?,
