@@ -115,7 +115,10 @@ impl Format {
             Format::Qed => Some(crate::fs::Format::Qed),
             Format::Vhdx => Some(crate::fs::Format::Vhdx),
             Format::Bochs => Some(crate::fs::Format::Bochs),
-            Format::Qcow | Format::Luks | Format::Dmg | Format::Parallels | Format::Cloop => None,
+            // A LUKS volume opens only with its key; without one, the
+            // open says so as QEMU's does.
+            Format::Luks => Some(crate::fs::Format::Luks),
+            Format::Qcow | Format::Dmg | Format::Parallels | Format::Cloop => None,
         }
     }
 
