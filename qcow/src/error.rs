@@ -77,6 +77,10 @@ pub enum Error {
     /// A write was attempted on an image opened read-only.
     #[error("image is opened read-only")]
     ReadOnly,
+    /// A writable open of a format whose QEMU driver only reads (bochs),
+    /// in QEMU's words.
+    #[error("Image is read-only")]
+    DriverReadOnly,
     /// A header extension is malformed.
     #[error("invalid header extension {ext_type:#010x} at offset {offset}: {reason}")]
     InvalidExtension {

@@ -34,6 +34,8 @@ pub enum Format {
     Qed,
     /// Hyper-V VHDX (read-only).
     Vhdx,
+    /// A Bochs growing redolog (read only).
+    Bochs,
     /// A LUKS1 volume (opened only with its password, see
     /// [`open_image_keyed`]).
     Luks,
@@ -51,6 +53,7 @@ impl Format {
             "qed" => Ok(Format::Qed),
             "vhdx" => Ok(Format::Vhdx),
             "luks" => Ok(Format::Luks),
+            "bochs" => Ok(Format::Bochs),
             other => Err(Error::Unsupported(format!("Unknown driver '{other}'"))),
         }
     }
@@ -66,6 +69,7 @@ impl Format {
             Format::Qed => "qed",
             Format::Vhdx => "vhdx",
             Format::Luks => "luks",
+            Format::Bochs => "bochs",
         }
     }
 }
@@ -404,6 +408,19 @@ pub fn open_image_listing_backing(
     keys: Vec<Option<Vec<u8>>>,
 ) -> Result<(AnyImage, Vec<PathBuf>)> {
     let storage = open_storage(path, writable)?;
+    open_listing_backing_on(storage, path, format, writable, keys)
+}
+
+/// [`open_image_listing_backing`] of the file at `path` opened as
+/// `storage` already (a file under a layer such as blkdebug): backing and
+/// data files are found next to `path`.
+pub fn open_listing_backing_on(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    format: Option<Format>,
+    writable: bool,
+    keys: Vec<Option<Vec<u8>>>,
+) -> Result<(AnyImage, Vec<PathBuf>)> {
     let format = match format {
         Some(f) => f,
         None => probe(&*storage, path)?,

@@ -9,6 +9,7 @@
 //! are re-exported here under their old paths (`qcow::header`,
 //! `qcow::image`, ...) so callers keep working.
 
+pub mod blkdebug;
 pub mod crypto;
 pub mod device;
 pub mod error;

@@ -114,12 +114,11 @@ impl Format {
             Format::Vmdk => Some(crate::fs::Format::Vmdk),
             Format::Qed => Some(crate::fs::Format::Qed),
             Format::Vhdx => Some(crate::fs::Format::Vhdx),
-            Format::Qcow
-            | Format::Luks
-            | Format::Dmg
-            | Format::Parallels
-            | Format::Cloop
-            | Format::Bochs => None,
+            Format::Bochs => Some(crate::fs::Format::Bochs),
+            // A LUKS volume opens only with its key; without one, the
+            // open says so as QEMU's does.
+            Format::Luks => Some(crate::fs::Format::Luks),
+            Format::Qcow | Format::Dmg | Format::Parallels | Format::Cloop => None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Images of the formats qemu-img probes but img cannot read yet (luks, parallels and qcow made by qemu-img; dmg,
-//! cloop and bochs made by hand from their documented headers) are never
+//! Images of the formats qemu-img probes but img cannot read yet (parallels and qcow made by qemu-img; dmg
+//! and cloop made by hand from their documented headers) are never
 //! read as raw: without `-f`, every img command and blockdev's open refuse
 //! them with one line naming the format, and leave the file as it was;
 //! with `-f raw` they are read as raw, as qemu-img reads them. The probed
@@ -19,11 +19,7 @@ struct Foreign {
 /// Makes one image of each format with qemu-img (1 MiB, default options).
 fn make_with_qemu(dir: &Path) -> Vec<Foreign> {
     let mut made = Vec::new();
-    for (format, opts) in [
-        ("parallels", ""),
-        ("qcow", ""),
-        ("luks", "key-secret=sec0,iter-time=10"),
-    ] {
+    for (format, opts) in [("parallels", ""), ("qcow", "")] {
         let name = format!("disk{}.{format}", made.len());
         let mut cmd = qemu_img(&[
             "create",
@@ -42,7 +38,7 @@ fn make_with_qemu(dir: &Path) -> Vec<Foreign> {
     made
 }
 
-/// Makes dmg, cloop and bochs files by hand: qemu-img cannot create them.
+/// Makes dmg and cloop files by hand: qemu-img cannot create them.
 fn make_by_hand(dir: &Path) -> Vec<Foreign> {
     // dmg is probed by its name alone.
     let mut dmg = vec![0u8; 4096];
@@ -52,18 +48,8 @@ fn make_by_hand(dir: &Path) -> Vec<Foreign> {
         b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
             .to_vec();
     cloop.resize(4096, 0);
-    // bochs: magic, type and subtype strings, then the version (2.0).
-    let mut bochs = vec![0u8; 1024];
-    bochs[..22].copy_from_slice(b"Bochs Virtual HD Image");
-    bochs[32..39].copy_from_slice(b"Redolog");
-    bochs[48..55].copy_from_slice(b"Growing");
-    bochs[64..68].copy_from_slice(&0x0002_0000u32.to_le_bytes());
     let mut made = Vec::new();
-    for (name, format, bytes) in [
-        ("disk.dmg", "dmg", dmg),
-        ("disk.cloop", "cloop", cloop),
-        ("disk.bochs", "bochs", bochs),
-    ] {
+    for (name, format, bytes) in [("disk.dmg", "dmg", dmg), ("disk.cloop", "cloop", cloop)] {
         std::fs::write(dir.join(name), bytes).unwrap();
         made.push(Foreign {
             name: name.to_string(),
@@ -217,4 +203,139 @@ fn empty_dmg_named_file_is_raw() {
     let out = ok(img(&["info", "--output=json"]).arg(&path));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["format"], "raw");
+}
+
+/// A Bochs growing redolog of 16 KiB in 4 KiB extents, made by hand from
+/// the header QEMU's bochs driver reads: extents 0 and 2 are stored (as
+/// the file's extents 1 and 0), each with some sectors marked in its
+/// bitmap; the rest reads as zeros.
+fn bochs_image() -> Vec<u8> {
+    const NOT_STORED: u32 = u32::MAX;
+    let catalog = [1u32, NOT_STORED, 0, NOT_STORED];
+    let mut file = vec![0u8; 512];
+    file[..22].copy_from_slice(b"Bochs Virtual HD Image");
+    file[32..39].copy_from_slice(b"Redolog");
+    file[48..55].copy_from_slice(b"Growing");
+    file[64..68].copy_from_slice(&0x0002_0000u32.to_le_bytes());
+    file[68..72].copy_from_slice(&512u32.to_le_bytes()); // header size
+    file[72..76].copy_from_slice(&(catalog.len() as u32).to_le_bytes());
+    file[76..80].copy_from_slice(&512u32.to_le_bytes()); // bitmap bytes
+    file[80..84].copy_from_slice(&4096u32.to_le_bytes()); // extent bytes
+    file[88..96].copy_from_slice(&16384u64.to_le_bytes()); // disk bytes
+    for entry in catalog {
+        file.extend_from_slice(&entry.to_le_bytes());
+    }
+    // Two stored extents: a bitmap sector, then eight data sectors.
+    for (stored, bits) in [(0u8, 0b1000_0001u8), (1, 0b0000_0110)] {
+        let mut extent = vec![0u8; 512 + 4096];
+        extent[0] = bits;
+        for (i, sector) in extent[512..].chunks_mut(512).enumerate() {
+            sector.fill(0x10 * (stored + 1) + i as u8);
+        }
+        file.extend_from_slice(&extent);
+    }
+    file
+}
+
+/// Bochs images read the same through img and qemu-img (`convert -O raw`
+/// byte for byte, `info`'s format and size), refuse writing in one line,
+/// and `convert -O bochs` gets qemu-img's refusal after the source opens.
+#[test]
+fn bochs_reads_as_qemu_reads_it() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("d.bochs"), bochs_image()).unwrap();
+    assert_eq!(qemu_format(dir, "d.bochs").as_deref(), Some("bochs"));
+    ok(img(&["convert", "-O", "raw", "d.bochs", "ours.raw"]).current_dir(dir));
+    ok(qemu_img(&["convert", "-O", "raw", "d.bochs", "theirs.raw"]).current_dir(dir));
+    let ours = read(&dir.join("ours.raw"));
+    assert_eq!(ours.len(), 16384);
+    assert!(
+        ours == read(&dir.join("theirs.raw")),
+        "converted bytes differ"
+    );
+    assert!(ours.iter().any(|&b| b != 0), "the stored sectors read back");
+    let info = |out: String| -> (serde_json::Value, serde_json::Value) {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v["format"].clone(), v["virtual-size"].clone())
+    };
+    assert_eq!(
+        info(ok(
+            img(&["info", "--output=json", "d.bochs"]).current_dir(dir)
+        )),
+        info(ok(
+            qemu_img(&["info", "--output=json", "d.bochs"]).current_dir(dir)
+        ))
+    );
+    let before = read(&dir.join("d.bochs"));
+    for args in [
+        vec![
+            "convert", "-f", "bochs", "-O", "bochs", "d.bochs", "x.bochs",
+        ],
+        vec!["resize", "d.bochs", "1M"],
+    ] {
+        let ours = run(img(&args).current_dir(dir));
+        let theirs = run(qemu_img(&args).current_dir(dir));
+        assert_eq!(ours.status.code(), Some(1), "img {args:?}");
+        assert_eq!(theirs.status.code(), Some(1), "qemu-img {args:?}");
+        let stderr = String::from_utf8_lossy(&ours.stderr);
+        assert_eq!(stderr.lines().count(), 1, "img {args:?}: {stderr}");
+    }
+    let refusal =
+        run(img(&["convert", "-f", "bochs", "-O", "bochs", "d.bochs", "x"]).current_dir(dir));
+    assert!(String::from_utf8_lossy(&refusal.stderr)
+        .contains("Format driver 'bochs' does not support image creation"));
+    assert!(read(&dir.join("d.bochs")) == before, "d.bochs changed");
+}
+
+/// A probed LUKS volume opens as qemu-img opens it: `info` shows its
+/// header without a key, byte for byte, and the commands that need its
+/// data ask for the key in qemu-img's words; the VMM's open refuses it.
+#[test]
+fn probed_luks_behaves_as_qemu_img() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "--object",
+        "secret,id=sec0,data=123456",
+        "-f",
+        "luks",
+        "-o",
+        "key-secret=sec0,iter-time=10",
+        "v.luks",
+        "1M",
+    ])
+    .current_dir(dir));
+    let before = read(&dir.join("v.luks"));
+    for args in [
+        vec!["info", "v.luks"],
+        vec!["info", "--output=json", "v.luks"],
+        vec!["convert", "-O", "raw", "v.luks", "out.raw"],
+        vec!["map", "v.luks"],
+        vec!["check", "v.luks"],
+        vec!["compare", "v.luks", "v.luks"],
+        vec!["resize", "v.luks", "2M"],
+    ] {
+        let ours = run(img(&args).current_dir(dir));
+        let theirs = run(qemu_img(&args).current_dir(dir));
+        assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{args:?}"
+        );
+        let cut = |e: &[u8]| {
+            let e = String::from_utf8_lossy(e);
+            e.split_once(": ")
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(cut(&ours.stderr), cut(&theirs.stderr), "{args:?}");
+    }
+    assert!(read(&dir.join("v.luks")) == before, "v.luks changed");
+    assert!(open(&dir.join("v.luks"), &OpenOptions::default()).is_err());
 }

@@ -1,6 +1,6 @@
 //! Every image format but raw, one module each at the same depth: qcow2,
 //! ours natively ([`qcow2`]), and the formats of other hypervisors (VHD
-//! "vpc", VDI, VMDK, QED, VHDX) behind one interface: [`ForeignImage`]
+//! "vpc", VDI, VMDK, QED, VHDX, and Bochs read only) behind one interface: [`ForeignImage`]
 //! (guest reads and writes, where each guest range lives, the fields
 //! `img info` shows, and a check where qemu-img has one for the format).
 //!
@@ -8,6 +8,7 @@
 //! through [`Storage`]. Every table size read from a file is bounded by the
 //! file's length and by a named constant before it sizes an allocation.
 
+pub mod bochs;
 pub mod dir_files;
 pub mod qcow2;
 pub mod qed;
@@ -341,6 +342,7 @@ pub fn open(
         vmdk::FORMAT => boxed(vmdk::Vmdk::open(storage, writable, files)),
         qed::FORMAT => boxed(qed::Qed::open(storage, writable)),
         vhdx::FORMAT => boxed(vhdx::Vhdx::open(storage, writable)),
+        bochs::FORMAT => boxed(bochs::Bochs::open(storage, writable)),
         _ => return None,
     })
 }

@@ -225,8 +225,9 @@ pub struct ConvertArgs {
     /// --salvage, as qemu-img refuses it; img's engine copies the same data
     #[arg(short = 'C')]
     pub copy_range: bool,
-    /// Go on past read errors of the sources (qemu-img's --salvage; not
-    /// supported by img yet, refused in one line)
+    /// Go on past read and block-status errors of the sources, warning
+    /// about each sector and writing zeros for what cannot be read
+    /// (qemu-img's --salvage)
     #[arg(long = "salvage")]
     pub salvage: bool,
     /// Sources, then the target

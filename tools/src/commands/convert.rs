@@ -78,8 +78,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         print!("{}", option_help(format, args.help_target()));
         return Ok(0);
     }
-    if args.salvage {
-        return Err(anyhow!("img convert --salvage is not supported yet"));
+    if args.salvage && args.compress {
+        return Err(anyhow!(
+            "img convert --salvage does not write compressed targets (-c) yet"
+        ));
     }
     let snapshot = snapshot_to_read(args);
     let target = args
@@ -233,7 +235,11 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             .min(DEFAULT_WORKERS * 2),
         progress: &progress,
     };
-    run_convert(&job)?;
+    if args.salvage {
+        crate::engine::salvage::run(&job, args.quiet)?;
+    } else {
+        run_convert(&job)?;
+    }
     bar.set(100.0);
     bar.end();
     drop(target_image);

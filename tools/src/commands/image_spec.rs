@@ -5,10 +5,16 @@
 //! file to open and the format driver it names; options img has no use
 //! for (cache modes, locking, read-only) are accepted, anything else is
 //! refused in one line rather than ignored.
+//!
+//! QEMU's blkdebug error injection is named either way too: the
+//! `blkdebug:CONFIG:FILE` name puts it under the format (its config file
+//! holds the rules), and `{"driver": "blkdebug", "image": {...},
+//! "inject-error": [...], "set-state": [...]}` over the image it names.
 
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
+use qcow::blkdebug::{RuleOptions, Rules};
 
 /// Longest option string or `json:` text accepted.
 const MAX_SPEC_LEN: usize = 64 * 1024;
@@ -48,7 +54,22 @@ pub struct ImageSpec {
     /// The size of a `null-co` device named instead of a file (see
     /// [`super::null_co`]).
     pub null_size: Option<u64>,
+    /// A blkdebug layer named with the image, if any.
+    pub blkdebug: Option<BlkdebugSpec>,
 }
+
+/// A blkdebug layer: its rules, and where it sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlkdebugSpec {
+    /// The rules of its config file and options.
+    pub rules: Rules,
+    /// Over the format (the json form with a format driver in `image`),
+    /// rather than under it, on the file.
+    pub over_format: bool,
+}
+
+/// Most `inject-error` or `set-state` list entries read from options.
+const MAX_LISTED_RULES: usize = 1024;
 
 /// Deepest `backing.` nesting of key secrets accepted.
 const MAX_KEYED_DEPTH: usize = 16;
@@ -75,14 +96,26 @@ fn layer_option(key: &str) -> Option<(usize, bool)> {
 }
 
 /// Resolves `name` (with `-f`'s `format`): an option string when
-/// `image_opts`, else `json:`, `file:` or a plain file name.
+/// `image_opts`, else `json:`, `file:` or a plain file name. A blkdebug
+/// layer is refused: only the commands that open through
+/// [`super::open_named_for`] put one in place ([`resolve_layered`]).
 pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<ImageSpec> {
+    let spec = resolve_layered(name, format, image_opts)?;
+    if spec.blkdebug.is_some() {
+        bail!("Could not open '{name}': this img command does not take blkdebug images yet");
+    }
+    Ok(spec)
+}
+
+/// [`resolve`] that also accepts a blkdebug layer.
+pub fn resolve_layered(name: &str, format: Option<&str>, image_opts: bool) -> Result<ImageSpec> {
     let plain = |filename: &str| ImageSpec {
         filename: filename.to_string(),
         format: format.map(str::to_string),
         key_secrets: Vec::new(),
         direct_io: false,
         null_size: None,
+        blkdebug: None,
     };
     if name.len() > MAX_SPEC_LEN {
         bail!("image name longer than {MAX_SPEC_LEN} bytes");
@@ -99,6 +132,22 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
             return Ok(plain(&format!("./{path}")));
         }
         return Ok(plain(path));
+    } else if let Some(rest) = name.strip_prefix("blkdebug:") {
+        // blkdebug:CONFIG:FILE, the config file's name possibly empty.
+        let Some((config, file)) = rest.split_once(':') else {
+            bail!("Could not open '{name}': blkdebug requires both config file and image path");
+        };
+        let mut rules = Rules::default();
+        if !config.is_empty() {
+            read_config(name, config, &mut rules)?;
+        }
+        return Ok(ImageSpec {
+            blkdebug: Some(BlkdebugSpec {
+                rules,
+                over_format: false,
+            }),
+            ..plain(file)
+        });
     } else if name.starts_with("null-co://") {
         return Ok(ImageSpec {
             null_size: Some(super::null_co::DEFAULT_SIZE),
@@ -110,7 +159,96 @@ pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<Ima
     if options.get("driver").map(String::as_str) == Some("null-co") {
         return null_co(name, &options);
     }
+    if options.get("driver").map(String::as_str) == Some("blkdebug") {
+        return blkdebug(name, &options);
+    }
     from_options(name, &options, format)
+}
+
+/// Reads a blkdebug config file into `rules`.
+fn read_config(name: &str, config: &str, rules: &mut Rules) -> Result<()> {
+    let len = std::fs::metadata(config).map(|m| m.len()).unwrap_or(0);
+    if len > qcow::blkdebug::MAX_CONFIG_LEN as u64 {
+        bail!(
+            "Could not open '{name}': blkdebug config file '{config}' is larger than {} bytes",
+            qcow::blkdebug::MAX_CONFIG_LEN
+        );
+    }
+    let text = std::fs::read_to_string(config).map_err(|e| {
+        anyhow!(
+            "Could not open '{name}': Could not read blkdebug config file: {}",
+            super::os_text(&e)
+        )
+    })?;
+    rules
+        .parse_config(&text)
+        .map_err(|e| anyhow!("Could not open '{name}': {config}: {}", blkdebug_text(&e)))
+}
+
+/// A blkdebug error's text without the crate's `unsupported: ` prefix.
+fn blkdebug_text(e: &qcow::Error) -> String {
+    match e {
+        qcow::Error::Unsupported(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A blkdebug layer named by options over the image its `image` options
+/// (or file name) name.
+fn blkdebug(name: &str, options: &BTreeMap<String, String>) -> Result<ImageSpec> {
+    let mut rules = Rules::default();
+    if let Some(config) = options.get("config") {
+        read_config(name, config, &mut rules)?;
+    }
+    let mut listed: [BTreeMap<usize, RuleOptions>; 2] = Default::default();
+    let mut image = BTreeMap::new();
+    for (key, value) in options {
+        if let Some(inner) = key.strip_prefix("image.") {
+            image.insert(inner.to_string(), value.clone());
+            continue;
+        }
+        let list = match key.split_once('.') {
+            Some(("inject-error", rest)) => Some((0, rest)),
+            Some(("set-state", rest)) => Some((1, rest)),
+            _ => None,
+        };
+        if let Some((which, rest)) = list {
+            let (index, option) = rest
+                .split_once('.')
+                .and_then(|(i, o)| Some((i.parse::<usize>().ok()?, o)))
+                .filter(|(i, _)| *i < MAX_LISTED_RULES)
+                .ok_or_else(|| anyhow!("Could not open '{name}': Invalid parameter '{key}'"))?;
+            listed[which]
+                .entry(index)
+                .or_default()
+                .push((option.to_string(), value.clone()));
+            continue;
+        }
+        match key.as_str() {
+            "driver" | "config" => {}
+            "image" => {
+                image.insert("filename".to_string(), value.clone());
+            }
+            k if IGNORED_KEYS.contains(&k) => {}
+            other => {
+                bail!("Could not open '{name}': img's blkdebug does not take the option '{other}'")
+            }
+        }
+    }
+    let rule_error = |e: qcow::Error| anyhow!("Could not open '{name}': {}", blkdebug_text(&e));
+    for rule in listed[0].values() {
+        rules.add_inject_error(rule).map_err(rule_error)?;
+    }
+    for rule in listed[1].values() {
+        rules.add_set_state(rule).map_err(rule_error)?;
+    }
+    let over_format = !matches!(image.get("driver").map(String::as_str), None | Some("file"));
+    let inner = from_options(name, &image, None)?;
+    Ok(ImageSpec {
+        format: inner.format.clone().or_else(|| Some("raw".into())),
+        blkdebug: Some(BlkdebugSpec { rules, over_format }),
+        ..inner
+    })
 }
 
 /// A `null-co` device named by options: `size` and `read-zeroes` (its
@@ -138,6 +276,7 @@ fn null_co(name: &str, options: &BTreeMap<String, String>) -> Result<ImageSpec> 
         key_secrets: Vec::new(),
         direct_io: false,
         null_size: Some(size),
+        blkdebug: None,
     })
 }
 
@@ -200,6 +339,7 @@ fn from_options(
         key_secrets,
         direct_io,
         null_size: None,
+        blkdebug: None,
     })
 }
 
@@ -268,6 +408,14 @@ fn flatten(
             }
             serde_json::Value::Number(n) => {
                 out.insert(key, n.to_string());
+            }
+            // QEMU's lists flatten to `key.0`, `key.1`, ...
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let mut one = serde_json::Map::new();
+                    one.insert(i.to_string(), item.clone());
+                    flatten(&format!("{key}."), &one, out)?;
+                }
             }
             _ => bail!("Invalid value for option '{key}'"),
         }

@@ -32,8 +32,11 @@ pub mod snapshot;
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Result};
-use qcow::fs::{open_image_listing_backing, open_storage, probe, AnyImage, Format};
+use qcow::blkdebug::{Blkdebug, BlkdebugImage, BlkdebugStorage};
+use qcow::fs::{open_listing_backing_on, open_storage, probe, AnyImage, Format};
 
 use crate::opts;
 
@@ -48,6 +51,7 @@ pub fn parse_format(name: &str) -> Result<Format> {
         "qed" => Ok(Format::Qed),
         "vhdx" => Ok(Format::Vhdx),
         "luks" => Ok(Format::Luks),
+        "bochs" => Ok(Format::Bochs),
         other => Err(anyhow!("Unknown driver '{other}'")),
     }
 }
@@ -94,7 +98,7 @@ pub fn open_named_for(
     image_opts: bool,
 ) -> Result<AnyImage> {
     let writable = how.writable;
-    let spec = image_spec::resolve(name, format, image_opts)?;
+    let spec = image_spec::resolve_layered(name, format, image_opts)?;
     if let Some(size) = spec.null_size {
         return null_co::open(size).map_err(|e| open_error(name, e));
     }
@@ -110,11 +114,22 @@ pub fn open_named_for(
         Some(f) => Some(parse_format(f)?),
         None => None,
     };
+    // A blkdebug layer under the format is the storage the format opens.
+    let under = match &spec.blkdebug {
+        Some(b) if !b.over_format => Some(Blkdebug::open(b.rules.clone())),
+        _ => None,
+    };
+    let layered = |storage: Arc<dyn qcow::Storage>| -> Arc<dyn qcow::Storage> {
+        match &under {
+            Some(layer) => Arc::new(BlkdebugStorage::new(storage, layer.clone())),
+            None => storage,
+        }
+    };
     let probed = match format {
         Some(f) => f,
         None => {
             let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
-            let probed = probe(&*storage, path).map_err(|e| open_error(filename, e))?;
+            let probed = probe(&*layered(storage), path).map_err(|e| open_error(filename, e))?;
             if writable && probed == Format::Raw {
                 eprintln!("{}", raw_probe_warning(filename));
             }
@@ -128,8 +143,10 @@ pub fn open_named_for(
         .iter()
         .map(|id| id.as_deref().map(opts::secret::lookup).transpose())
         .collect::<Result<Vec<_>>>()?;
-    let (image, backing_files) = open_image_listing_backing(path, format, writable, keys)
-        .map_err(|e| open_error(shown, e))?;
+    let storage = open_storage(path, writable).map_err(|e| open_error(shown, e))?;
+    let (image, backing_files) =
+        open_listing_backing_on(layered(storage), path, format, writable, keys)
+            .map_err(|e| open_error(shown, e))?;
     locks::lock_backing_files(shown, &backing_files)?;
     if let AnyImage::Qcow2(q) = &image {
         // QEMU sets up the cipher at open: an image opened for I/O needs
@@ -143,7 +160,17 @@ pub fn open_named_for(
             ));
         }
     }
-    Ok(image)
+    match &spec.blkdebug {
+        Some(b) if b.over_format => {
+            let format = image.format();
+            let layer = Blkdebug::open(b.rules.clone());
+            Ok(AnyImage::Foreign(
+                format,
+                Box::new(BlkdebugImage::new(image, layer)),
+            ))
+        }
+        _ => Ok(image),
+    }
 }
 
 /// An error opening `filename` as qemu-img words it: `Could not open

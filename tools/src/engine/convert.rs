@@ -105,7 +105,12 @@ fn chunk_ranges(
     }
     let mut pos = 0;
     while pos < size {
-        let extents = chain_extents(source, pos, size - pos)?;
+        let extents = chain_extents(source, pos, size - pos).map_err(|e| {
+            anyhow::anyhow!(
+                "error while reading block status at offset {pos}: {}",
+                crate::commands::io_reason(&e)
+            )
+        })?;
         if extents.is_empty() {
             break;
         }
@@ -332,9 +337,13 @@ fn copy_chunk(
             }
             Region::Data => {
                 let data = &mut buf[..len as usize];
-                source
-                    .read_at(data, offset)
-                    .with_context(|| format!("error while reading at byte {offset}"))?;
+                // qemu-img's words: the OS's text of the failure, once.
+                source.read_at(data, offset).map_err(|e| {
+                    anyhow::anyhow!(
+                        "error while reading at byte {offset}: {}",
+                        crate::commands::io_reason(&e)
+                    )
+                })?;
                 write_data(job, target_offset, data)?;
             }
         }
