@@ -14,14 +14,45 @@ use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::AnyImage;
 use qcow::storage::Storage;
 
+use super::extent_window::ExtentWindow;
+
 /// Bytes a worker copies at a time (at least one target cluster).
 pub const CHUNK: u64 = 1 << 20;
+/// Bytes a worker copies at a time into a target that compresses every
+/// write: compressing a chunk takes long enough that a smaller one costs
+/// nothing, and each worker's chunk is memory held (qemu-img holds one
+/// cluster per coroutine there).
+const COMPRESSED_CHUNK: u64 = 256 << 10;
+
+/// Whether the target compresses every write (streamOptimized vmdk).
+fn compresses_writes(target: &AnyImage) -> bool {
+    matches!(target, AnyImage::Foreign(_, f) if f.compresses_writes())
+}
 
 fn chunk_size(target: &AnyImage) -> u64 {
     match target {
         AnyImage::Qcow2(q) => CHUNK.max(q.cluster_size()),
         AnyImage::Raw(_) => CHUNK,
+        AnyImage::Foreign(_, f) if f.compresses_writes() => {
+            COMPRESSED_CHUNK.max(f.cluster_size().unwrap_or(0))
+        }
         AnyImage::Foreign(_, f) => CHUNK.max(f.cluster_size().unwrap_or(0)),
+    }
+}
+
+/// Workers for a job asking for `asked`: as many as the buffer budget
+/// allows; into a compressing target no more than there are cores, where
+/// each spends its time compressing (more would only hold more buffers
+/// and compressor state).
+fn worker_count(target: &AnyImage, asked: usize, chunk_len: u64) -> usize {
+    let workers = asked
+        .clamp(1, 16)
+        .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
+    if compresses_writes(target) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        workers.min(cores)
+    } else {
+        workers
     }
 }
 
@@ -145,14 +176,12 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let window = ExtentWindow::new(job.target_has_backing, chunk_len);
     // Each worker holds one chunk buffer: their sum stays within
     // BUFFER_BUDGET, so peak memory stays at qemu-img's (which keeps about
     // as much in flight); on the two-core machines this runs on, more
     // workers bought no speed.
-    let workers = job
-        .workers
-        .clamp(1, 16)
-        .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
+    let workers = worker_count(job.target, job.workers, chunk_len);
     // Writeback is started by a thread of its own, so that a congested
     // device never stalls the copy.
     let (kick, kicks) = std::sync::mpsc::channel::<()>();
@@ -177,7 +206,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known) {
+                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known, &window) {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
                             *slot = Some(e);
@@ -254,6 +283,7 @@ fn regions(
     job: &ConvertJob<'_>,
     chunk: &Chunk,
     known: &mut KnownLayout,
+    window: &ExtentWindow,
 ) -> Result<Vec<(u64, u64, Region)>> {
     let source = job.sources[chunk.source];
     let file = job.source_files.get(chunk.source).copied().flatten();
@@ -261,19 +291,7 @@ fn regions(
     let mut pos = chunk.offset;
     let end = chunk.offset + chunk.len;
     while pos < end {
-        let extents = if job.target_has_backing {
-            // Only the top layer counts: what it lacks, the backing has.
-            source
-                .extents(pos, end - pos)?
-                .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind, 0))
-                .collect::<Vec<_>>()
-        } else {
-            chain_extents(source, pos, end - pos)?
-                .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind, e.depth))
-                .collect()
-        };
+        let extents = window.extents(chunk.source, source, pos, end)?;
         if extents.is_empty() {
             break;
         }
@@ -318,10 +336,11 @@ fn copy_chunk(
     chunk: &Chunk,
     buf: &mut [u8],
     known: &mut KnownLayout,
+    window: &ExtentWindow,
 ) -> Result<()> {
     let source = job.sources[chunk.source];
     let delta = chunk.target_offset - chunk.offset;
-    for (offset, len, region) in regions(job, chunk, known)? {
+    for (offset, len, region) in regions(job, chunk, known, window)? {
         let target_offset = offset + delta;
         match region {
             Region::Skip => {}

@@ -1,3 +1,4 @@
 //! Data movers behind the subcommands.
 
 pub mod convert;
+pub mod extent_window;
