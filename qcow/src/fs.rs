@@ -282,12 +282,13 @@ impl AnyImage {
     }
 
     /// The one file the image's own data extents (`ExtentKind::Data`
-    /// outside an external data file) point into, when there is one.
-    /// Raw images report their holes in their extents already.
+    /// outside an external data file) point into, when there is one (a
+    /// raw image's is its storage: its extents' host offsets are guest
+    /// offsets).
     pub fn host_file(&self) -> Option<&Arc<dyn Storage>> {
         match self {
             AnyImage::Qcow2(q) => Some(q.file()),
-            AnyImage::Raw(_) => None,
+            AnyImage::Raw(r) => Some(r.storage()),
             AnyImage::Foreign(_, f) => f.host_file(),
         }
     }

@@ -6,7 +6,7 @@
 //! Memory stays bounded: each worker holds one chunk buffer, and the qcow2
 //! metadata caches are bounded by the library.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -78,6 +78,11 @@ pub struct ConvertJob<'a> {
     pub sparse_size: u64,
     /// Write compressed clusters (`-c`).
     pub compress: bool,
+    /// Copy data that lies in a source file into a raw target with
+    /// copy_file_range, unread (`-C`, and `-S 0`, which looks for no
+    /// zeros in it anyway), falling back to reading and writing where the
+    /// kernel cannot.
+    pub copy_offload: bool,
     /// Worker threads.
     pub workers: usize,
     /// Called with the bytes of allocated data just copied and the total
@@ -90,6 +95,8 @@ pub struct ConvertJob<'a> {
 enum Region {
     /// Read from the source and write.
     Data,
+    /// Data at this byte of the source's file ([`ConvertJob::source_files`]).
+    FileData(u64),
     /// Reads as zero.
     Zero,
     /// Leave to the target's backing file.
@@ -177,6 +184,7 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let window = ExtentWindow::new(job.target_has_backing, chunk_len);
+    let offload = AtomicBool::new(job.copy_offload);
     // Each worker holds one chunk buffer: their sum stays within
     // BUFFER_BUDGET, so peak memory stays at qemu-img's (which keeps about
     // as much in flight); on the two-core machines this runs on, more
@@ -206,7 +214,8 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known, &window) {
+                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known, &window, &offload)
+                    {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
                             *slot = Some(e);
@@ -296,7 +305,9 @@ fn regions(
             break;
         }
         let mut push = |offset: u64, len: u64, region: Region| match out.last_mut() {
-            Some(last) if last.2 == region && last.0 + last.1 == offset => last.1 += len,
+            Some(last) if last.0 + last.1 == offset && follows(last.2, last.1, region) => {
+                last.1 += len
+            }
             _ => out.push((offset, len, region)),
         };
         for (offset, len, kind, depth) in extents {
@@ -318,9 +329,16 @@ fn regions(
                     Some(file),
                 ) if depth == 0 => {
                     let mut at = offset;
+                    let mut host = host_offset;
                     for (n, data) in file_runs(file, chunk.source, known, host_offset, len)? {
-                        push(at, n, if data { Region::Data } else { Region::Zero });
+                        let region = if data {
+                            Region::FileData(host)
+                        } else {
+                            Region::Zero
+                        };
+                        push(at, n, region);
                         at += n;
+                        host += n;
                     }
                 }
                 _ => push(offset, len, region),
@@ -331,12 +349,51 @@ fn regions(
     Ok(out)
 }
 
+/// Whether `next` continues a region `prev` of `len` bytes: the same
+/// kind, and for file data the next byte of the file.
+fn follows(prev: Region, len: u64, next: Region) -> bool {
+    match (prev, next) {
+        (Region::FileData(a), Region::FileData(b)) => a + len == b,
+        (a, b) => a == b,
+    }
+}
+
+/// Copies `len` bytes of file data at `host` of the source's file to
+/// `target_offset` of a raw target in the kernel; returns the bytes done
+/// (0 when the target is not raw or the kernel cannot, which turns
+/// `offload` off for the rest of the job).
+fn offload_copy(
+    job: &ConvertJob<'_>,
+    file: &dyn Storage,
+    host: u64,
+    target_offset: u64,
+    len: u64,
+    offload: &AtomicBool,
+) -> Result<u64> {
+    let AnyImage::Raw(raw) = job.target else {
+        return Ok(0);
+    };
+    if !offload.load(Ordering::Relaxed) {
+        return Ok(0);
+    }
+    match qcow::storage::copy_range(file, host, &**raw.storage(), target_offset, len)
+        .with_context(|| format!("error while copying at byte {target_offset}"))?
+    {
+        Some(n) => Ok(n),
+        None => {
+            offload.store(false, Ordering::Relaxed);
+            Ok(0)
+        }
+    }
+}
+
 fn copy_chunk(
     job: &ConvertJob<'_>,
     chunk: &Chunk,
     buf: &mut [u8],
     known: &mut KnownLayout,
     window: &ExtentWindow,
+    offload: &AtomicBool,
 ) -> Result<()> {
     let source = job.sources[chunk.source];
     let delta = chunk.target_offset - chunk.offset;
@@ -349,7 +406,20 @@ fn copy_chunk(
                     write_zeroes(job.target, target_offset, len)?;
                 }
             }
-            Region::Data => {
+            Region::FileData(host) if job.copy_offload => {
+                let file = job.source_files[chunk.source].expect("file data has a file");
+                let done = offload_copy(job, file, host, target_offset, len, offload)?;
+                // What the kernel did not copy (past the file's end, or no
+                // offload here) is read and written.
+                if done < len {
+                    let data = &mut buf[..(len - done) as usize];
+                    source
+                        .read_at(data, offset + done)
+                        .with_context(|| format!("error while reading at byte {offset}"))?;
+                    write_data(job, target_offset + done, data)?;
+                }
+            }
+            Region::Data | Region::FileData(_) => {
                 let data = &mut buf[..len as usize];
                 source
                     .read_at(data, offset)
