@@ -286,12 +286,13 @@ impl AnyImage {
     }
 
     /// The one file the image's own data extents (`ExtentKind::Data`
-    /// outside an external data file) point into, when there is one.
-    /// Raw images report their holes in their extents already.
+    /// outside an external data file) point into, when there is one (a
+    /// raw image's is its storage: its extents' host offsets are guest
+    /// offsets).
     pub fn host_file(&self) -> Option<&Arc<dyn Storage>> {
         match self {
             AnyImage::Qcow2(q) => Some(q.file()),
-            AnyImage::Raw(_) => None,
+            AnyImage::Raw(r) => Some(r.storage()),
             AnyImage::Foreign(_, f) => f.host_file(),
         }
     }
@@ -445,7 +446,18 @@ pub fn open_listing_backing_on(
 /// reads as absent), as qemu-img info opens each image of a chain
 /// (`BDRV_O_NO_BACKING`): for what an image's own metadata says.
 pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyImage> {
-    let storage = open_storage(path, false)?;
+    open_image_without_backing(path, format, false)
+}
+
+/// [`open_image_no_backing`], for writing too when `writable`: what
+/// `rebase -u` changes needs only the image's own metadata, so a backing
+/// file that is missing or unreadable does not matter.
+pub fn open_image_without_backing(
+    path: &Path,
+    format: Option<Format>,
+    writable: bool,
+) -> Result<AnyImage> {
+    let storage = open_storage(path, writable)?;
     let format = match format {
         Some(f) => f,
         None => probe(&*storage, path)?,
@@ -456,15 +468,15 @@ pub fn open_image_no_backing(path: &Path, format: Option<Format>) -> Result<AnyI
             let hc = crate::image::read_header_cluster(&*storage)?;
             let data_file = match hc.data_file() {
                 Some(name) if hc.header.has_data_file() => {
-                    Some(FileOpener::for_image(path).open_data_file(name, false)?)
+                    Some(FileOpener::for_image(path).open_data_file(name, writable)?)
                 }
                 _ => None,
             };
             Ok(AnyImage::Qcow2(Box::new(Qcow2::open_parts(
-                storage, hc, false, None, data_file,
+                storage, hc, writable, None, data_file,
             )?)))
         }
-        other => open_foreign(other, storage, false, path, None),
+        other => open_foreign(other, storage, writable, path, None),
     }
 }
 

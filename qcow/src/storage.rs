@@ -56,6 +56,44 @@ pub trait Storage: Send + Sync {
     fn data_extent(&self, _offset: u64, len: u64) -> Result<(bool, u64)> {
         Ok((true, len))
     }
+    /// The file beneath, for copies done by the kernel
+    /// ([`copy_range`]); `None` for storage that is not one file.
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// Copies `len` bytes at `src_offset` of `src` to `dst_offset` of `dst`
+/// with copy_file_range, as qemu-img's copy offloading does. `Ok(None)`:
+/// no offload here (either side is not a file, or the kernel or file
+/// system cannot copy between them); the caller copies by reading and
+/// writing. `Ok(Some(n))`: `n` bytes copied, fewer than `len` only where
+/// `src` ends (the rest reads as zeros). An I/O error is returned as one.
+pub fn copy_range(
+    src: &dyn Storage,
+    src_offset: u64,
+    dst: &dyn Storage,
+    dst_offset: u64,
+    len: u64,
+) -> Result<Option<u64>> {
+    let (Some(from), Some(to)) = (src.as_file(), dst.as_file()) else {
+        return Ok(None);
+    };
+    match crate::sys::copy_file_range(from, src_offset, to, dst_offset, len) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS | libc::EBADF)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(
+            format!("copy_file_range at byte {src_offset}"),
+            e,
+        )),
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
@@ -89,6 +127,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn start_writeback(&self) -> Result<()> {
         (**self).start_writeback()
     }
+    fn as_file(&self) -> Option<&File> {
+        (**self).as_file()
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
@@ -121,6 +162,9 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn start_writeback(&self) -> Result<()> {
         (**self).start_writeback()
+    }
+    fn as_file(&self) -> Option<&File> {
+        (**self).as_file()
     }
 }
 
@@ -221,6 +265,10 @@ impl Storage for FileStorage {
     fn start_writeback(&self) -> Result<()> {
         crate::sys::start_writeback(&self.file);
         Ok(())
+    }
+
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 }
 
@@ -323,6 +371,29 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_range_copies_between_files_and_stops_at_the_source_end() {
+        let src = FileStorage::new(tempfile::tempfile().unwrap());
+        let dst = FileStorage::new(tempfile::tempfile().unwrap());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        src.write_at(&data, 0).unwrap();
+        assert_eq!(
+            copy_range(&src, 4096, &dst, 8192, 100_000).unwrap(),
+            Some(100_000)
+        );
+        let mut got = vec![0u8; 100_000];
+        dst.read_at(&mut got, 8192).unwrap();
+        assert_eq!(got, data[4096..104_096]);
+        // Past the source's end: only what is there.
+        assert_eq!(
+            copy_range(&src, 290_000, &dst, 0, 50_000).unwrap(),
+            Some(10_000)
+        );
+        // Memory has no file: no offload, the caller copies.
+        let mem = MemStorage::from_bytes(data.clone());
+        assert_eq!(copy_range(&mem, 0, &dst, 0, 10).unwrap(), None);
+    }
 
     #[test]
     fn mem_reads_past_end_as_zero() {

@@ -98,6 +98,89 @@ fn rebase_keeps_the_guest_view_like_qemu_img() {
     assert_qemu_clean(&d.join("unsafe.qcow2"));
 }
 
+/// `rebase -u` opens neither the old nor the new backing file, as
+/// qemu-img's (`BDRV_O_NO_BACKING`): a missing old base, a missing new
+/// one, or a chain that loops are all fine; without `-F` both tools
+/// refuse alike and leave the image as it was.
+#[test]
+fn unsafe_rebase_opens_no_backing_file() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let make = |fmt: &str, top: &str| {
+        ok(qemu_img(&["create", "-q", "-f", "qcow2", "gone.qcow2", "1M"]).current_dir(d));
+        ok(qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            fmt,
+            "-b",
+            "gone.qcow2",
+            "-F",
+            "qcow2",
+            top,
+            "1M",
+        ])
+        .current_dir(d));
+        std::fs::remove_file(d.join("gone.qcow2")).unwrap();
+    };
+    let info = |name: &str| {
+        let out = ok(qemu_img(&["info", "-U", "--output=json", name]).current_dir(d));
+        out.lines()
+            .filter(|l| l.contains("backing-filename") || l.contains("backing-filename-format"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for fmt in ["qcow2", "qed"] {
+        make(fmt, &format!("top.{fmt}"));
+        let cases: [&[&str]; 3] = [
+            &["-b", "missing.qcow2", "-F", "qcow2"],
+            &["-b", ""],
+            &["-b", "missing.qcow2"],
+        ];
+        for case in cases {
+            let mut results = Vec::new();
+            for (side, tool) in [("ours", img as fn(&[&str]) -> _), ("theirs", qemu_img)] {
+                let name = format!("{side}.{fmt}");
+                std::fs::copy(d.join(format!("top.{fmt}")), d.join(&name)).unwrap();
+                let before = read(&d.join(&name));
+                let out = run(tool(&["rebase", "-u", "-f", fmt])
+                    .args(case)
+                    .arg(&name)
+                    .current_dir(d));
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                if out.status.success() {
+                    assert!(err.is_empty(), "{side} {fmt} {case:?}: {err}");
+                } else {
+                    assert_eq!(read(&d.join(&name)), before, "{side} {fmt} {case:?}");
+                }
+                // Each tool names itself first ("img: ", "qemu-img: ").
+                let message = err
+                    .split_once(": ")
+                    .map_or("", |(_, m)| m)
+                    .replace(&name, "X");
+                results.push((out.status.code(), message, info(&name)));
+            }
+            assert_eq!(results[0], results[1], "{fmt} {case:?}");
+        }
+    }
+    // A chain that loops (a on b on a): -u still only rewrites the name.
+    ok(qemu_img(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]).current_dir(d));
+    ok(qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+    ])
+    .current_dir(d));
+    ok(img(&["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]).current_dir(d));
+    assert!(
+        info("a.qcow2").contains("\"b.qcow2\""),
+        "{}",
+        info("a.qcow2")
+    );
+    ok(img(&["rebase", "-u", "-b", "", "a.qcow2"]).current_dir(d));
+    assert_qemu_clean(&d.join("a.qcow2"));
+}
+
 #[test]
 fn commit_matches_qemu_img_commit() {
     require_qemu!();

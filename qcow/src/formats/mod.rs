@@ -108,6 +108,12 @@ pub trait ForeignImage: BlockRead {
     /// The allocation unit `img info` shows as `cluster_size`, if the
     /// format reports one.
     fn cluster_size(&self) -> Option<u64>;
+    /// Whether every write is compressed (a streamOptimized vmdk, QEMU's
+    /// `needs_compressed_writes`): a writer's time goes to compression,
+    /// so more writers than cores only hold more memory.
+    fn compresses_writes(&self) -> bool {
+        false
+    }
     /// Checks the image, or `None` when qemu-img has no check for the
     /// format ("This image format does not support checks").
     fn check(&self) -> Option<Result<CheckReport>>;

@@ -228,6 +228,9 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         target_has_backing,
         sparse_size: args.sparse_size.unwrap_or(DEFAULT_SPARSE),
         compress: args.compress,
+        // qemu-img offloads only with -C; -S 0 reads no zeros either, so
+        // its data goes the same way.
+        copy_offload: args.copy_range || args.sparse_size == Some(0),
         workers: args
             .parallel
             .map(|m| m as usize)

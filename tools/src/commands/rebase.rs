@@ -7,10 +7,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use qcow::device::{BlockRead, ExtentKind};
-use qcow::fs::{probe, resolve, AnyImage, FileOpener};
+use qcow::fs::{open_image_without_backing, probe, resolve, AnyImage, FileOpener};
 use qcow::image::Opener;
 
-use super::{io_reason, open};
+use super::locks::{lock_image, ImageUse};
+use super::{io_reason, open, open_error, parse_format};
 use crate::cli::RebaseArgs;
 
 /// Bytes compared at a time.
@@ -28,9 +29,30 @@ fn read_or_zero(backing: Option<&dyn BlockRead>, buf: &mut [u8], offset: u64) ->
     Ok(())
 }
 
+/// Opens the image for `rebase -u` as qemu-img does (`BDRV_O_NO_BACKING`):
+/// only its own metadata changes, so its backing chain is never opened
+/// and may be missing.
+fn open_unsafe(filename: &str, format: Option<&str>) -> Result<AnyImage> {
+    let path = Path::new(filename);
+    let format = match format {
+        Some(f) => parse_format(f)?,
+        None => {
+            let storage =
+                qcow::fs::open_storage(path, false).map_err(|e| open_error(filename, e))?;
+            probe(&*storage, path).map_err(|e| open_error(filename, e))?
+        }
+    };
+    lock_image(path, filename, format, ImageUse::WRITE)?;
+    open_image_without_backing(path, Some(format), true).map_err(|e| open_error(filename, e))
+}
+
 /// Runs `img rebase`.
 pub fn run(args: &RebaseArgs) -> Result<i32> {
-    let image = open(&args.filename, args.format.as_deref(), true)?;
+    let image = if args.unsafe_mode {
+        open_unsafe(&args.filename, args.format.as_deref())?
+    } else {
+        open(&args.filename, args.format.as_deref(), true)?
+    };
     // qcow2 and qed record their backing file's name where it can
     // change; QEMU's other drivers cannot change it.
     let supported = match &image {
@@ -49,6 +71,9 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
     let new_format = match (new_name, &args.backing_format) {
         (None, _) => None,
         (Some(_), Some(f)) => Some(f.clone()),
+        // Nothing is read from the new file: its format stays unknown,
+        // and the change below is refused as qemu-img refuses it.
+        (Some(_), None) if args.unsafe_mode => None,
         (Some(name), None) => {
             // qemu-img probes the new backing file's format.
             let path = resolve(dir, name);
@@ -117,6 +142,14 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
             progress(pos);
         }
         bar.end();
+    }
+    if let (Some(name), None) = (new_name, &args.backing_format) {
+        // qemu-img 10 records a backing file only with its format (-F),
+        // in both modes; the safe mode has copied what differs by then,
+        // which leaves the guest's view as it was.
+        return Err(anyhow!(
+            "Could not change the backing file to '{name}': backing format must be specified"
+        ));
     }
     match &image {
         AnyImage::Qcow2(q) => q.set_backing_name(new_name, new_format.as_deref()),

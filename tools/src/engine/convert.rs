@@ -6,7 +6,7 @@
 //! Memory stays bounded: each worker holds one chunk buffer, and the qcow2
 //! metadata caches are bounded by the library.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -14,14 +14,45 @@ use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::AnyImage;
 use qcow::storage::Storage;
 
+use super::extent_window::ExtentWindow;
+
 /// Bytes a worker copies at a time (at least one target cluster).
 pub const CHUNK: u64 = 1 << 20;
+/// Bytes a worker copies at a time into a target that compresses every
+/// write: compressing a chunk takes long enough that a smaller one costs
+/// nothing, and each worker's chunk is memory held (qemu-img holds one
+/// cluster per coroutine there).
+const COMPRESSED_CHUNK: u64 = 256 << 10;
+
+/// Whether the target compresses every write (streamOptimized vmdk).
+fn compresses_writes(target: &AnyImage) -> bool {
+    matches!(target, AnyImage::Foreign(_, f) if f.compresses_writes())
+}
 
 fn chunk_size(target: &AnyImage) -> u64 {
     match target {
         AnyImage::Qcow2(q) => CHUNK.max(q.cluster_size()),
         AnyImage::Raw(_) => CHUNK,
+        AnyImage::Foreign(_, f) if f.compresses_writes() => {
+            COMPRESSED_CHUNK.max(f.cluster_size().unwrap_or(0))
+        }
         AnyImage::Foreign(_, f) => CHUNK.max(f.cluster_size().unwrap_or(0)),
+    }
+}
+
+/// Workers for a job asking for `asked`: as many as the buffer budget
+/// allows; into a compressing target no more than there are cores, where
+/// each spends its time compressing (more would only hold more buffers
+/// and compressor state).
+fn worker_count(target: &AnyImage, asked: usize, chunk_len: u64) -> usize {
+    let workers = asked
+        .clamp(1, 16)
+        .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
+    if compresses_writes(target) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        workers.min(cores)
+    } else {
+        workers
     }
 }
 
@@ -47,6 +78,11 @@ pub struct ConvertJob<'a> {
     pub sparse_size: u64,
     /// Write compressed clusters (`-c`).
     pub compress: bool,
+    /// Copy data that lies in a source file into a raw target with
+    /// copy_file_range, unread (`-C`, and `-S 0`, which looks for no
+    /// zeros in it anyway), falling back to reading and writing where the
+    /// kernel cannot.
+    pub copy_offload: bool,
     /// Worker threads.
     pub workers: usize,
     /// Called with the bytes of allocated data just copied and the total
@@ -59,6 +95,8 @@ pub struct ConvertJob<'a> {
 enum Region {
     /// Read from the source and write.
     Data,
+    /// Data at this byte of the source's file ([`ConvertJob::source_files`]).
+    FileData(u64),
     /// Reads as zero.
     Zero,
     /// Leave to the target's backing file.
@@ -150,14 +188,13 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let window = ExtentWindow::new(job.target_has_backing, chunk_len);
+    let offload = AtomicBool::new(job.copy_offload);
     // Each worker holds one chunk buffer: their sum stays within
     // BUFFER_BUDGET, so peak memory stays at qemu-img's (which keeps about
     // as much in flight); on the two-core machines this runs on, more
     // workers bought no speed.
-    let workers = job
-        .workers
-        .clamp(1, 16)
-        .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
+    let workers = worker_count(job.target, job.workers, chunk_len);
     // Writeback is started by a thread of its own, so that a congested
     // device never stalls the copy.
     let (kick, kicks) = std::sync::mpsc::channel::<()>();
@@ -182,7 +219,8 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known) {
+                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known, &window, &offload)
+                    {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
                             *slot = Some(e);
@@ -259,6 +297,7 @@ fn regions(
     job: &ConvertJob<'_>,
     chunk: &Chunk,
     known: &mut KnownLayout,
+    window: &ExtentWindow,
 ) -> Result<Vec<(u64, u64, Region)>> {
     let source = job.sources[chunk.source];
     let file = job.source_files.get(chunk.source).copied().flatten();
@@ -266,24 +305,14 @@ fn regions(
     let mut pos = chunk.offset;
     let end = chunk.offset + chunk.len;
     while pos < end {
-        let extents = if job.target_has_backing {
-            // Only the top layer counts: what it lacks, the backing has.
-            source
-                .extents(pos, end - pos)?
-                .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind, 0))
-                .collect::<Vec<_>>()
-        } else {
-            chain_extents(source, pos, end - pos)?
-                .into_iter()
-                .map(|e| (e.guest_offset, e.len, e.kind, e.depth))
-                .collect()
-        };
+        let extents = window.extents(chunk.source, source, pos, end)?;
         if extents.is_empty() {
             break;
         }
         let mut push = |offset: u64, len: u64, region: Region| match out.last_mut() {
-            Some(last) if last.2 == region && last.0 + last.1 == offset => last.1 += len,
+            Some(last) if last.0 + last.1 == offset && follows(last.2, last.1, region) => {
+                last.1 += len
+            }
             _ => out.push((offset, len, region)),
         };
         for (offset, len, kind, depth) in extents {
@@ -305,9 +334,16 @@ fn regions(
                     Some(file),
                 ) if depth == 0 => {
                     let mut at = offset;
+                    let mut host = host_offset;
                     for (n, data) in file_runs(file, chunk.source, known, host_offset, len)? {
-                        push(at, n, if data { Region::Data } else { Region::Zero });
+                        let region = if data {
+                            Region::FileData(host)
+                        } else {
+                            Region::Zero
+                        };
+                        push(at, n, region);
                         at += n;
+                        host += n;
                     }
                 }
                 _ => push(offset, len, region),
@@ -318,15 +354,55 @@ fn regions(
     Ok(out)
 }
 
+/// Whether `next` continues a region `prev` of `len` bytes: the same
+/// kind, and for file data the next byte of the file.
+fn follows(prev: Region, len: u64, next: Region) -> bool {
+    match (prev, next) {
+        (Region::FileData(a), Region::FileData(b)) => a + len == b,
+        (a, b) => a == b,
+    }
+}
+
+/// Copies `len` bytes of file data at `host` of the source's file to
+/// `target_offset` of a raw target in the kernel; returns the bytes done
+/// (0 when the target is not raw or the kernel cannot, which turns
+/// `offload` off for the rest of the job).
+fn offload_copy(
+    job: &ConvertJob<'_>,
+    file: &dyn Storage,
+    host: u64,
+    target_offset: u64,
+    len: u64,
+    offload: &AtomicBool,
+) -> Result<u64> {
+    let AnyImage::Raw(raw) = job.target else {
+        return Ok(0);
+    };
+    if !offload.load(Ordering::Relaxed) {
+        return Ok(0);
+    }
+    match qcow::storage::copy_range(file, host, &**raw.storage(), target_offset, len)
+        .with_context(|| format!("error while copying at byte {target_offset}"))?
+    {
+        Some(n) => Ok(n),
+        None => {
+            offload.store(false, Ordering::Relaxed);
+            Ok(0)
+        }
+    }
+}
+
 fn copy_chunk(
     job: &ConvertJob<'_>,
     chunk: &Chunk,
     buf: &mut [u8],
     known: &mut KnownLayout,
+    window: &ExtentWindow,
+    offload: &AtomicBool,
 ) -> Result<()> {
     let source = job.sources[chunk.source];
     let delta = chunk.target_offset - chunk.offset;
-    for (offset, len, region) in regions(job, chunk, known)? {
+    for (offset, len, region) in regions(job, chunk, known, window)? {
         let target_offset = offset + delta;
         match region {
             Region::Skip => {}
@@ -335,7 +411,20 @@ fn copy_chunk(
                     write_zeroes(job.target, target_offset, len)?;
                 }
             }
-            Region::Data => {
+            Region::FileData(host) if job.copy_offload => {
+                let file = job.source_files[chunk.source].expect("file data has a file");
+                let done = offload_copy(job, file, host, target_offset, len, offload)?;
+                // What the kernel did not copy (past the file's end, or no
+                // offload here) is read and written.
+                if done < len {
+                    let data = &mut buf[..(len - done) as usize];
+                    source
+                        .read_at(data, offset + done)
+                        .with_context(|| format!("error while reading at byte {offset}"))?;
+                    write_data(job, target_offset + done, data)?;
+                }
+            }
+            Region::Data | Region::FileData(_) => {
                 let data = &mut buf[..len as usize];
                 // qemu-img's words: the OS's text of the failure, once.
                 source.read_at(data, offset).map_err(|e| {

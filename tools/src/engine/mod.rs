@@ -2,3 +2,4 @@
 
 pub mod convert;
 pub mod salvage;
+pub mod extent_window;

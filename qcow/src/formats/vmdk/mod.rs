@@ -505,6 +505,12 @@ impl ForeignImage for Vmdk {
         }
     }
 
+    fn compresses_writes(&self) -> bool {
+        self.extents
+            .iter()
+            .any(|e| matches!(&e.data, Data::Sparse(s) if s.header().compressed()))
+    }
+
     fn check(&self) -> Option<Result<CheckReport>> {
         Some(self.check_extents())
     }

@@ -28,6 +28,18 @@ const MAX_PENDING_GRAINS: usize = 512;
 const MARKER_HEADER: usize = 12;
 /// Grain table entry of a zeroed grain (with the zero-grain flag).
 const GTE_ZEROED: u32 = 1;
+/// Idle compressors kept for reuse: one per thread that wrote at once,
+/// up to this many (more writers than this free theirs after use).
+const MAX_IDLE_COMPRESSORS: usize = 16;
+
+/// A deflate stream and the buffer a grain record is built in, kept
+/// across grains: allocating both for each grain made glibc's per-thread
+/// arenas keep megabytes each (its mmap threshold rises past them once
+/// they are freed), so writing threads kept what they freed.
+struct Compressor {
+    stream: flate2::Compress,
+    record: Vec<u8>,
+}
 
 /// Where a guest range of the extent lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +77,8 @@ pub struct SparseExtent {
     /// from the file while it changed is not cached stale.
     generation: AtomicU64,
     alloc: Mutex<Alloc>,
+    /// Idle compressors (compressed extents only).
+    compressors: Mutex<Vec<Compressor>>,
 }
 
 impl SparseExtent {
@@ -126,6 +140,7 @@ impl SparseExtent {
                 next_sector,
                 pending: Vec::new(),
             }),
+            compressors: Mutex::new(Vec::new()),
         })
     }
 
@@ -426,12 +441,27 @@ impl SparseExtent {
 
     /// Compresses grain `index` and appends it with its marker.
     fn append_grain(&self, index: u64, data: &[u8]) -> Result<()> {
-        let compressed = deflate(data)?;
-        let total = (MARKER_HEADER + compressed.len()).div_ceil(512) * 512;
-        let mut record = vec![0u8; total];
+        let idle = self.compressors.lock().expect("pool lock poisoned").pop();
+        let mut compressor = idle.unwrap_or_else(|| Compressor {
+            stream: flate2::Compress::new(flate2::Compression::new(6), true),
+            record: Vec::new(),
+        });
+        let result = self.append_with(&mut compressor, index, data);
+        let mut pool = self.compressors.lock().expect("pool lock poisoned");
+        if pool.len() < MAX_IDLE_COMPRESSORS {
+            pool.push(compressor);
+        }
+        result
+    }
+
+    fn append_with(&self, compressor: &mut Compressor, index: u64, data: &[u8]) -> Result<()> {
+        let record = &mut compressor.record;
+        let compressed_len = deflate_into(&mut compressor.stream, data, record)?;
+        let total = (MARKER_HEADER + compressed_len).div_ceil(512) * 512;
+        record.truncate(MARKER_HEADER + compressed_len);
+        record.resize(total, 0);
         LittleEndian::write_u64(&mut record[0..8], index * self.header.grain_sectors);
-        LittleEndian::write_u32(&mut record[8..12], compressed.len() as u32);
-        record[MARKER_HEADER..MARKER_HEADER + compressed.len()].copy_from_slice(&compressed);
+        LittleEndian::write_u32(&mut record[8..12], compressed_len as u32);
         let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
         if self.lookup(index * self.grain_bytes)?.0 != Grain::Unallocated {
             return Err(Error::Unsupported(format!(
@@ -448,7 +478,7 @@ impl SparseExtent {
             )
         })?;
         alloc.next_sector += (total / 512) as u64;
-        self.storage.write_at(&record, sector * 512)?;
+        self.storage.write_at(record, sector * 512)?;
         let (gd_index, gt_index) = self.indexes(index * self.grain_bytes);
         self.set_entry(&mut alloc, gd_index, gt_index, sector32)
     }
@@ -499,21 +529,28 @@ impl SparseExtent {
     }
 }
 
-/// zlib-wrapped deflate of a grain, as QEMU's `compress()` makes it.
-fn deflate(data: &[u8]) -> Result<Vec<u8>> {
-    let config = zlib_rs::DeflateConfig {
-        level: 6,
-        method: zlib_rs::Method::Deflated,
-        window_bits: 15,
-        mem_level: 8,
-        strategy: zlib_rs::Strategy::Default,
-    };
-    let mut out = vec![0u8; data.len() + data.len() / 8 + 64];
-    let (written, rc) = zlib_rs::compress_slice(&mut out, data, config);
-    if rc != zlib_rs::ReturnCode::Ok {
-        return Err(Error::Unsupported(format!("deflate failed: {rc:?}")));
+/// zlib-wrapped deflate of a grain, as QEMU's `compress()` makes it
+/// (level 6), into `record` after room for the marker header; returns the
+/// compressed length. `stream` is reset first, so it is reused as is.
+fn deflate_into(stream: &mut flate2::Compress, data: &[u8], record: &mut Vec<u8>) -> Result<usize> {
+    stream.reset();
+    // deflate's bound for incompressible input: stored blocks of at most
+    // 64 KiB, 5 bytes each, plus the zlib header and checksum.
+    let bound = data.len() + data.len() / 8 + 64;
+    record.clear();
+    record.resize(MARKER_HEADER + bound, 0);
+    let status = stream
+        .compress(
+            data,
+            &mut record[MARKER_HEADER..],
+            flate2::FlushCompress::Finish,
+        )
+        .map_err(|e| Error::Unsupported(format!("deflate failed: {e}")))?;
+    if status != flate2::Status::StreamEnd || stream.total_in() != data.len() as u64 {
+        return Err(Error::Unsupported(format!(
+            "deflate did not finish a grain of {} bytes",
+            data.len()
+        )));
     }
-    let n = written.len();
-    out.truncate(n);
-    Ok(out)
+    Ok(stream.total_out() as usize)
 }
