@@ -157,8 +157,14 @@ impl Qcow2 {
             .as_ref()
             .is_some_and(|b| b.virtual_size() > old_size);
         let old_cluster_end = (old_size.div_ceil(cs) * cs).min(new_size);
-        let mut zero_end = if hides_backing {
+        let mut zero_end = if hides_backing && self.geo.version >= 3 {
             new_size
+        } else if hides_backing {
+            // Version 2 has no zero clusters, so zeros are written, and
+            // only as far as the backing file reaches (QEMU refuses).
+            self.backing
+                .as_ref()
+                .map_or(new_size, |b| b.virtual_size().min(new_size))
         } else {
             // The old last cluster's tail may hold data from before a
             // shrink.
@@ -233,8 +239,9 @@ mod tests {
     use std::sync::Arc;
 
     use crate::create::{create, CreateOptions, Preallocation};
-    use crate::device::ExtentKind;
-    use crate::storage::MemStorage;
+    use crate::device::{BlockRead, ExtentKind};
+    use crate::image::Opener;
+    use crate::storage::{MemStorage, Storage};
 
     #[test]
     fn preallocated_subclusters_stay_unallocated() {
@@ -262,29 +269,27 @@ mod tests {
         }
     }
 
+    /// Opens one in-memory raw file as every backing file.
+    struct MemBacking(Arc<MemStorage>);
+    impl Opener for MemBacking {
+        fn open_backing(
+            &self,
+            _name: &str,
+            _format: Option<&str>,
+        ) -> crate::error::Result<Box<dyn BlockRead>> {
+            Ok(Box::new(crate::device::RawImage::new(self.0.clone())?))
+        }
+        fn open_data_file(
+            &self,
+            name: &str,
+            _writable: bool,
+        ) -> crate::error::Result<Arc<dyn Storage>> {
+            panic!("no data file: {name}")
+        }
+    }
+
     #[test]
     fn growing_over_a_longer_backing_file_reads_zero_in_every_mode() {
-        use crate::device::BlockRead;
-        use crate::image::Opener;
-        use crate::storage::Storage;
-
-        struct MemBacking(Arc<MemStorage>);
-        impl Opener for MemBacking {
-            fn open_backing(
-                &self,
-                _name: &str,
-                _format: Option<&str>,
-            ) -> crate::error::Result<Box<dyn BlockRead>> {
-                Ok(Box::new(crate::device::RawImage::new(self.0.clone())?))
-            }
-            fn open_data_file(
-                &self,
-                name: &str,
-                _writable: bool,
-            ) -> crate::error::Result<Arc<dyn Storage>> {
-                panic!("no data file: {name}")
-            }
-        }
         let base = Arc::new(MemStorage::new());
         base.write_at(&[0xff; 1 << 20], 0).unwrap();
         for mode in [
@@ -310,5 +315,28 @@ mod tests {
             let zeros = &buf[503 << 10..];
             assert!(zeros.iter().all(|&b| b == 0), "{mode:?}");
         }
+    }
+
+    #[test]
+    fn a_version_2_image_is_zeroed_only_as_far_as_its_backing_file_reaches() {
+        let base = Arc::new(MemStorage::new());
+        base.write_at(&[0xff; 2 << 20], 0).unwrap();
+        let file = Arc::new(MemStorage::new());
+        let opts = CreateOptions {
+            size: 1 << 20,
+            version: 2,
+            backing_file: Some("base".to_owned()),
+            backing_format: Some("raw".to_owned()),
+            ..CreateOptions::default()
+        };
+        create(file.clone(), None, None, &opts).unwrap();
+        let image =
+            crate::image::Qcow2::open(file.clone(), true, &MemBacking(base.clone())).unwrap();
+        image.resize(1 << 30, Preallocation::Off).unwrap();
+        // Zeros written over the backing file's second MiB, not 1 GiB.
+        assert!(file.len().unwrap() < 4 << 20, "{}", file.len().unwrap());
+        let mut buf = vec![1u8; 4 << 20];
+        image.read_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 }
