@@ -183,3 +183,53 @@ fn refused_operations_match_qemu_img() {
     }
     assert_eq!(our_bitmaps(&ours), qemu_bitmaps(&theirs));
 }
+
+/// QEMU stores every bitmap anew when it closes an image it opened for
+/// writing (new data clusters and tables, then a new directory, the old
+/// ones freed after): after each command the file must end where
+/// qemu-img's ends (iotest 190 measures such a file as raw).
+#[test]
+fn bitmap_commands_leave_the_file_as_long_as_qemu_img_leaves_it() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(qemu_img(&["create", "-q", "-f", "qcow2", "start.qcow2", "64M"]).current_dir(d));
+    ok(qemu_img(&["bitmap", "--add", "start.qcow2", "b0"]).current_dir(d));
+    // Dirty some of b0's bits, so that it has data clusters.
+    ok(std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write 0 1M", "-c", "write 40M 64k"])
+        .arg("start.qcow2")
+        .current_dir(d));
+    std::fs::copy(d.join("start.qcow2"), d.join("ours.qcow2")).unwrap();
+    std::fs::copy(d.join("start.qcow2"), d.join("theirs.qcow2")).unwrap();
+    let steps: [&[&str]; 6] = [
+        &["--add", "b1"],
+        &["--add", "-g", "2M", "b2"],
+        &["--merge", "b0", "b1"],
+        &["--clear", "b0"],
+        &["--remove", "b2"],
+        &["--disable", "b1"],
+    ];
+    for step in steps {
+        let (name, args) = step.split_last().unwrap();
+        let mut ours = img(&["bitmap"]);
+        ours.args(args).args(["ours.qcow2", name]).current_dir(d);
+        let mut theirs = qemu_img(&["bitmap"]);
+        theirs
+            .args(args)
+            .args(["theirs.qcow2", name])
+            .current_dir(d);
+        ok(&mut ours);
+        ok(&mut theirs);
+        let len = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
+        assert_eq!(len("ours.qcow2"), len("theirs.qcow2"), "after {step:?}");
+        assert_qemu_clean(&d.join("ours.qcow2"));
+        assert_eq!(
+            qemu_bitmaps(&d.join("ours.qcow2")),
+            qemu_bitmaps(&d.join("theirs.qcow2")),
+            "after {step:?}"
+        );
+    }
+    let out = ok(qemu_img(&["compare", "ours.qcow2", "theirs.qcow2"]).current_dir(d));
+    assert!(out.contains("identical"), "{out}");
+}

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-/// `img rebase [-f FMT] [-u] [-b NEW_BACKING] [-F NEW_FMT] [-p] [-q] FILE`
+/// `img rebase [-f FMT] [-u] [-c] [-b NEW_BACKING] [-F NEW_FMT] [-p] [-q] FILE`
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RebaseArgs {
     /// Format of the image (probed if not given)
@@ -22,6 +22,9 @@ pub struct RebaseArgs {
     /// Format of the new backing file
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
+    /// Write the copied clusters compressed
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
     /// Show progress (accepted)
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,

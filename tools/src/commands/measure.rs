@@ -149,6 +149,11 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
             let cs = opts.cluster_size_or_default();
             let order = opts.refcount_bits_or_default().trailing_zeros();
             let ext = opts.extended_l2.unwrap_or(false);
+            // qcow2_measure validates the cluster size against extended L2
+            // entries before anything else.
+            if ext && cs < qcow::create::MIN_EXTENDED_L2_CLUSTER_SIZE {
+                return Err(anyhow!("{}", qcow::create::EXTENDED_L2_CLUSTER_SIZE_REASON));
+            }
             let aligned = virtual_size.div_ceil(cs) * cs;
             let luks = match parsed.get("encrypt.format") {
                 Some(f) if f.raw == "luks" => {

@@ -46,6 +46,123 @@ fn open_unsafe(filename: &str, format: Option<&str>) -> Result<AnyImage> {
     open_image_without_backing(path, Some(format), true).map_err(|e| open_error(filename, e))
 }
 
+/// Whether two buffers differ in their first `chunk` bytes, and how far the
+/// run of chunks that differ (or that agree) alike goes: qemu-img's
+/// compare_buffers.
+fn differing_run(old: &[u8], new: &[u8], chunk: usize) -> (bool, usize) {
+    let first = old.len().min(chunk);
+    let differs = old[..first] != new[..first];
+    let mut at = first;
+    while at < old.len() {
+        let end = (at + chunk).min(old.len());
+        if (old[at..end] != new[at..end]) != differs {
+            break;
+        }
+        at = end;
+    }
+    (differs, at)
+}
+
+/// Writes `data` at `offset` compressed, one whole cluster at a time; the
+/// image's last cluster, when partial, is padded with zeros as QEMU pads
+/// it.
+fn write_compressed(q: &qcow::image::Qcow2, data: &[u8], offset: u64) -> Result<()> {
+    let cs = q.cluster_size();
+    let mut at = 0usize;
+    while at < data.len() {
+        let pos = offset + at as u64;
+        let n = (cs as usize).min(data.len() - at);
+        if n as u64 == cs {
+            q.write_compressed(pos / cs, &data[at..at + n])?;
+        } else {
+            let mut padded = vec![0u8; cs as usize];
+            padded[..n].copy_from_slice(&data[at..at + n]);
+            q.write_compressed(pos / cs, &padded)?;
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// The safe mode's copy, as qemu-img's img_rebase does it: every range the
+/// image does not allocate is widened to the image's write alignment (its
+/// subclusters, or its clusters when compressing), and each aligned chunk
+/// whose old and new backing contents differ is written from the old one
+/// (zeroed where the old backing file has ended).
+fn copy_differences(
+    image: &AnyImage,
+    new_backing: Option<&dyn BlockRead>,
+    args: &RebaseArgs,
+) -> Result<()> {
+    let size = image.virtual_size();
+    let (cluster_size, subcluster_size) = match image {
+        AnyImage::Qcow2(q) => (q.cluster_size(), q.geometry().subcluster_size()),
+        AnyImage::Foreign(_, f) => {
+            let cs = f.cluster_size().unwrap_or(1 << 16);
+            (cs, cs)
+        }
+        AnyImage::Raw(_) => (1 << 16, 1 << 16),
+    };
+    let write_align = if args.compress {
+        cluster_size
+    } else {
+        subcluster_size
+    };
+    let old_backing_size = match image {
+        AnyImage::Qcow2(q) => q.backing_image().map_or(0, |b| b.virtual_size()),
+        _ => image.backing().map_or(0, |b| b.virtual_size()),
+    };
+    // One chunk plus the alignment on either side (cluster sizes are
+    // bounded by the formats at open).
+    let mut old = Vec::with_capacity((CHUNK + 2 * write_align) as usize);
+    let mut new = Vec::with_capacity((CHUNK + 2 * write_align) as usize);
+    let bar = super::progress::Progress::new(args.progress && !args.quiet, 2.0);
+    bar.set_fraction(0, size);
+    let mut pos = 0;
+    while pos < size {
+        let extents = image.extents(pos, (size - pos).min(CHUNK))?;
+        let Some(first) = extents.first() else {
+            break;
+        };
+        let run = first.len.max(1);
+        if !matches!(first.kind, ExtentKind::Unallocated { .. }) {
+            pos += run;
+            bar.set_fraction(pos, size);
+            continue;
+        }
+        let start = pos / write_align * write_align;
+        let end = ((pos + run).div_ceil(write_align) * write_align).min(size);
+        let n = (end - start) as usize;
+        old.resize(n, 0);
+        new.resize(n, 0);
+        match image {
+            AnyImage::Qcow2(q) => q.read_backing(&mut old, start)?,
+            _ => read_or_zero(image.backing(), &mut old, start)?,
+        }
+        read_or_zero(new_backing, &mut new, start)?;
+        let mut done = 0usize;
+        while done < n {
+            let (differs, len) = differing_run(&old[done..], &new[done..], write_align as usize);
+            let at = start + done as u64;
+            if differs {
+                let data = &old[done..done + len];
+                match image {
+                    AnyImage::Qcow2(q) if at >= old_backing_size => {
+                        q.write_zeroes(at, len as u64, false)?
+                    }
+                    AnyImage::Qcow2(q) if args.compress => write_compressed(q, data, at)?,
+                    _ => image.write_at(data, at)?,
+                }
+            }
+            done += len;
+        }
+        pos = end;
+        bar.set_fraction(pos, size);
+    }
+    bar.end();
+    Ok(())
+}
+
 /// Runs `img rebase`.
 pub fn run(args: &RebaseArgs) -> Result<i32> {
     let image = if args.unsafe_mode {
@@ -65,6 +182,9 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
             "Could not change the backing file to '{}': Operation not supported",
             args.backing.as_deref().unwrap_or("")
         ));
+    }
+    if args.compress && !matches!(image, AnyImage::Qcow2(_)) {
+        return Err(anyhow!("Compression not supported for this file format"));
     }
     let new_name = args.backing.as_deref().filter(|b| !b.is_empty());
     let dir = Path::new(&args.filename).parent().unwrap_or(Path::new(""));
@@ -100,48 +220,7 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
             ),
             None => None,
         };
-        let size = image.virtual_size();
-        let cluster_size = match &image {
-            AnyImage::Qcow2(q) => q.cluster_size(),
-            AnyImage::Foreign(_, f) => f.cluster_size().unwrap_or(1 << 16),
-            AnyImage::Raw(_) => 1 << 16,
-        } as usize;
-        let mut old = vec![0u8; CHUNK as usize];
-        let mut new = vec![0u8; CHUNK as usize];
-        let mut pos = 0;
-        let bar = super::progress::Progress::new(args.progress && !args.quiet, 2.0);
-        let progress = |done: u64| bar.set_fraction(done, size);
-        progress(0);
-        while pos < size {
-            for e in image.extents(pos, (size - pos).min(CHUNK))? {
-                if !matches!(e.kind, ExtentKind::Unallocated { .. }) {
-                    continue;
-                }
-                let n = e.len as usize;
-                match &image {
-                    AnyImage::Qcow2(q) => q.read_backing(&mut old[..n], e.guest_offset)?,
-                    _ => read_or_zero(image.backing(), &mut old[..n], e.guest_offset)?,
-                }
-                read_or_zero(new_backing.as_deref(), &mut new[..n], e.guest_offset)?;
-                if old[..n] != new[..n] {
-                    // Copy what differs at cluster granularity.
-                    let cs = cluster_size;
-                    let mut i = 0;
-                    while i < n {
-                        let start = e.guest_offset as usize + i;
-                        let end = ((start / cs + 1) * cs).min(e.guest_offset as usize + n);
-                        let (a, b) = (i, i + (end - start));
-                        if old[a..b] != new[a..b] {
-                            image.write_at(&old[a..b], start as u64)?;
-                        }
-                        i = b;
-                    }
-                }
-            }
-            pos += (size - pos).min(CHUNK);
-            progress(pos);
-        }
-        bar.end();
+        copy_differences(&image, new_backing.as_deref(), args)?;
     }
     if let (Some(name), None) = (new_name, &args.backing_format) {
         // qemu-img 10 records a backing file only with its format (-F),

@@ -15,6 +15,14 @@ use crate::image::Qcow2;
 use crate::refcount::{block_set, Refcounts};
 use crate::storage::Storage;
 
+/// The smallest cluster size extended L2 entries allow (QEMU's
+/// validate_cluster_size): 32 subclusters of at least 512 bytes.
+pub const MIN_EXTENDED_L2_CLUSTER_SIZE: u64 = 16384;
+
+/// qemu-img's refusal of extended L2 entries with smaller clusters.
+pub const EXTENDED_L2_CLUSTER_SIZE_REASON: &str =
+    "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes";
+
 /// How much of a new image is allocated up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
@@ -156,11 +164,11 @@ impl CreateOptions {
                 return Err(invalid("compression_type", "zstd", v3));
             }
         }
-        if self.extended_l2 && cs < 16384 {
+        if self.extended_l2 && cs < MIN_EXTENDED_L2_CLUSTER_SIZE {
             return Err(invalid(
                 "extended_l2",
                 "on",
-                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+                EXTENDED_L2_CLUSTER_SIZE_REASON,
             ));
         }
         if self.data_file_raw && self.data_file.is_none() {

@@ -70,14 +70,27 @@ fn op_error(reason: impl Into<String>) -> Error {
     }
 }
 
+/// A bitmap's stored table, in `image`.
+#[derive(Clone, Copy)]
+struct Layer<'a> {
+    image: &'a Qcow2,
+    table_offset: u64,
+    table_size: u32,
+}
+
 /// The bitmaps of an image open for writing, changed in memory and
-/// stored by [`Bitmaps::store`].
+/// stored by [`Bitmaps::store`] as QEMU stores them on close: every
+/// consistent bitmap gets new data clusters and a new table, then the
+/// directory is written anew, and only then are the old ones freed.
 pub struct Bitmaps<'a> {
     image: &'a Qcow2,
     entries: Vec<BitmapEntry>,
+    /// What each bitmap holds: the OR of these tables' bits (none: all
+    /// zero). `None` for an inconsistent bitmap, which is kept as it is.
+    contents: Vec<Option<Vec<Layer<'a>>>>,
+    /// Whether each bitmap's table is on disk (not added in memory).
+    on_disk: Vec<bool>,
     old_dir: Option<(u64, u64)>,
-    to_free: Vec<(u64, u64)>,
-    changed: bool,
 }
 
 impl<'a> Bitmaps<'a> {
@@ -87,12 +100,25 @@ impl<'a> Bitmaps<'a> {
     pub fn load(image: &'a Qcow2, hc: &HeaderCluster) -> Result<Bitmaps<'a>> {
         let entries = list(&**image.file(), hc)?;
         let old_dir = directory::extension(hc)?.map(|e| (e.dir_offset, e.dir_size));
+        let contents = entries
+            .iter()
+            .map(|e| {
+                (e.flags & FLAG_IN_USE == 0).then(|| {
+                    vec![Layer {
+                        image,
+                        table_offset: e.table_offset,
+                        table_size: e.table_size,
+                    }]
+                })
+            })
+            .collect();
+        let on_disk = vec![true; entries.len()];
         Ok(Bitmaps {
             image,
             entries,
+            contents,
+            on_disk,
             old_dir,
-            to_free: Vec::new(),
-            changed: false,
         })
     }
 
@@ -106,41 +132,6 @@ impl<'a> Bitmaps<'a> {
             .iter()
             .position(|e| e.name == name)
             .ok_or_else(|| op_error(format!("Dirty bitmap '{name}' not found")))
-    }
-
-    fn table(&self, e: &BitmapEntry) -> Result<Vec<u64>> {
-        let mut raw = vec![0u8; e.table_size as usize * 8];
-        self.image.file().read_at(&mut raw, e.table_offset)?;
-        Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())
-    }
-
-    fn write_table(&self, table: &[u64]) -> Result<u64> {
-        let mut raw = vec![0u8; table.len() * 8];
-        for (i, t) in table.iter().enumerate() {
-            BigEndian::write_u64(&mut raw[i * 8..], *t);
-        }
-        let offset = self.image.alloc_metadata(raw.len() as u64)?;
-        let cs = self.image.cluster_size();
-        raw.resize(
-            (raw.len() as u64).div_ceil(cs).max(1) as usize * cs as usize,
-            0,
-        );
-        self.image.file().write_at(&raw, offset)?;
-        Ok(offset)
-    }
-
-    /// Frees a bitmap's table and data clusters (after the directory no
-    /// longer names them).
-    fn drop_storage(&mut self, e: &BitmapEntry) -> Result<()> {
-        let cs = self.image.cluster_size();
-        for t in self.table(e)? {
-            if t & TABLE_OFFSET_MASK != 0 {
-                self.to_free.push((t & TABLE_OFFSET_MASK, cs));
-            }
-        }
-        self.to_free
-            .push((e.table_offset, u64::from(e.table_size) * 8));
-        Ok(())
     }
 
     /// `--add`: a new, empty bitmap (enabled unless `enabled` is false).
@@ -172,29 +163,56 @@ impl<'a> Bitmaps<'a> {
         if size > u64::from(directory::MAX_TABLE_SIZE) {
             return Err(op_error(format!("Bitmap '{name}' is too big")));
         }
-        let table_offset = self.write_table(&vec![0; size as usize])?;
         self.entries.push(BitmapEntry {
             name: name.to_string(),
-            table_offset,
+            table_offset: 0,
             table_size: size as u32,
             flags: if enabled { FLAG_AUTO } else { 0 },
             granularity_bits: granularity.trailing_zeros() as u8,
         });
-        self.changed = true;
+        self.contents.push(Some(Vec::new()));
+        self.on_disk.push(false);
         Ok(())
     }
 
-    /// `--remove`.
+    /// `--remove`: as QEMU's qcow2_co_remove_persistent_dirty_bitmap, a
+    /// stored bitmap leaves the directory at once (a new directory of the
+    /// others, the old one freed) and its clusters are freed, before
+    /// anything is stored on close.
     pub fn remove(&mut self, name: &str) -> Result<()> {
         let i = self.find(name)?;
         let e = self.entries.remove(i);
-        self.drop_storage(&e)?;
-        self.changed = true;
-        Ok(())
+        self.contents.remove(i);
+        if !self.on_disk.remove(i) {
+            return Ok(());
+        }
+        // The others stay as they are on disk, marked in use while open.
+        let stored: Vec<BitmapEntry> = self
+            .entries
+            .iter()
+            .zip(&self.on_disk)
+            .filter(|(_, &on_disk)| on_disk)
+            .map(|(e, _)| BitmapEntry {
+                flags: e.flags | FLAG_IN_USE,
+                ..e.clone()
+            })
+            .collect();
+        let old_dir = self.old_dir.take();
+        self.old_dir = self.write_directory(&stored)?;
+        if let Some((offset, len)) = old_dir {
+            self.image.free_metadata(offset, len)?;
+        }
+        self.free_layer(Layer {
+            image: self.image,
+            table_offset: e.table_offset,
+            table_size: e.table_size,
+        })?;
+        // Freed clusters are free for what is stored next, as in QEMU.
+        self.image.flush()
     }
 
     fn usable(&self, i: usize) -> Result<()> {
-        if self.entries[i].flags & FLAG_IN_USE != 0 {
+        if self.contents[i].is_none() {
             return Err(op_error(format!(
                 "Bitmap '{}' is inconsistent and cannot be used",
                 self.entries[i].name
@@ -207,11 +225,7 @@ impl<'a> Bitmaps<'a> {
     pub fn clear(&mut self, name: &str) -> Result<()> {
         let i = self.find(name)?;
         self.usable(i)?;
-        let old = self.entries[i].clone();
-        let table_offset = self.write_table(&vec![0; old.table_size as usize])?;
-        self.entries[i].table_offset = table_offset;
-        self.drop_storage(&old)?;
-        self.changed = true;
+        self.contents[i] = Some(Vec::new());
         Ok(())
     }
 
@@ -225,28 +239,27 @@ impl<'a> Bitmaps<'a> {
         } else {
             e.flags & !FLAG_AUTO
         };
-        self.changed = true;
         Ok(())
     }
 
     /// `--merge SOURCE`: sets in bitmap `target` every bit set in bitmap
     /// `source` of `from` (another image, or this one when `None`).
-    pub fn merge(&mut self, target: &str, from: Option<&Bitmaps<'_>>, source: &str) -> Result<()> {
+    pub fn merge(&mut self, target: &str, from: Option<&Bitmaps<'a>>, source: &str) -> Result<()> {
         let t = self.find(target)?;
         self.usable(t)?;
-        let (src_image, src_entry) = match from {
+        let (src_image, src_entry, src_layers) = match from {
             Some(other) => {
                 let s = other.find(source)?;
                 other.usable(s)?;
-                (other.image, other.entries[s].clone())
+                (other.image, &other.entries[s], &other.contents[s])
             }
             None => {
                 let s = self.find(source)?;
                 self.usable(s)?;
-                (self.image, self.entries[s].clone())
+                (self.image, &self.entries[s], &self.contents[s])
             }
         };
-        let dst = self.entries[t].clone();
+        let dst = &self.entries[t];
         if src_entry.granularity_bits != dst.granularity_bits
             || src_image.cluster_size() != self.image.cluster_size()
             || src_image.size() != self.image.size()
@@ -255,61 +268,37 @@ impl<'a> Bitmaps<'a> {
                 "Bitmap '{source}' differs from '{target}' in size or granularity; img merges only alike bitmaps"
             )));
         }
-        let src_table = {
-            let mut raw = vec![0u8; src_entry.table_size as usize * 8];
-            src_image.file().read_at(&mut raw, src_entry.table_offset)?;
-            raw.chunks_exact(8)
-                .map(BigEndian::read_u64)
-                .collect::<Vec<_>>()
-        };
-        let dst_table = self.table(&dst)?;
-        let cs = self.image.cluster_size() as usize;
-        let mut new_table = Vec::with_capacity(dst_table.len());
-        let (mut a, mut b) = (vec![0u8; cs], vec![0u8; cs]);
-        for (d, s) in dst_table
-            .iter()
-            .zip(src_table.iter().chain(std::iter::repeat(&0)))
-        {
-            read_cluster(self.image, *d, &mut a)?;
-            read_cluster(src_image, *s, &mut b)?;
-            for (x, y) in a.iter_mut().zip(&b) {
-                *x |= y;
-            }
-            new_table.push(if a.iter().all(|&x| x == 0) {
-                0
-            } else if a.iter().all(|&x| x == 0xff) {
-                TABLE_ALL_ONES
-            } else {
-                let off = self.image.alloc_metadata(cs as u64)?;
-                self.image.file().write_at(&a, off)?;
-                off
-            });
+        let added = src_layers.clone().unwrap_or_default();
+        if let Some(layers) = &mut self.contents[t] {
+            layers.extend(added);
         }
-        self.entries[t].table_offset = self.write_table(&new_table)?;
-        self.drop_storage(&dst)?;
-        self.changed = true;
         Ok(())
     }
 
-    /// Stores the directory and the header extension (its autoclear bit
-    /// set), then frees what the old ones used. A no-op without changes
-    /// other than putting the bitmaps back in force.
-    pub fn store(self) -> Result<()> {
-        let image = self.image;
-        if !self.changed {
-            if self.old_dir.is_some() {
-                image.update_header(|hc| hc.header.autoclear_features |= AUTOCLEAR_BITMAPS)?;
+    /// Frees a stored table and the data clusters it points at.
+    fn free_layer(&self, layer: Layer<'_>) -> Result<()> {
+        let cs = self.image.cluster_size();
+        for t in read_table(layer)? {
+            if t & TABLE_OFFSET_MASK != 0 {
+                self.image.free_metadata(t & TABLE_OFFSET_MASK, cs)?;
             }
-            return Ok(());
         }
-        let ext = if self.entries.is_empty() {
+        self.image
+            .free_metadata(layer.table_offset, u64::from(layer.table_size) * 8)
+    }
+
+    /// Writes a directory of `entries` where a new allocation puts it and
+    /// points the header at it (no extension when there are none).
+    fn write_directory(&self, entries: &[BitmapEntry]) -> Result<Option<(u64, u64)>> {
+        let image = self.image;
+        let ext = if entries.is_empty() {
             None
         } else {
-            let dir = directory::write(&self.entries);
+            let dir = directory::write(entries);
             let offset = image.alloc_metadata(dir.len() as u64)?;
             image.file().write_at(&dir, offset)?;
             Some(BitmapsExtension {
-                nb_bitmaps: self.entries.len() as u32,
+                nb_bitmaps: entries.len() as u32,
                 dir_size: dir.len() as u64,
                 dir_offset: offset,
             })
@@ -327,14 +316,90 @@ impl<'a> Bitmaps<'a> {
                 None => hc.header.autoclear_features &= !AUTOCLEAR_BITMAPS,
             }
         })?;
-        if let Some((offset, len)) = self.old_dir {
+        Ok(ext.map(|e| (e.dir_offset, e.dir_size)))
+    }
+
+    /// Stores a bitmap's bits as QEMU's store_bitmap does: a new cluster
+    /// for each cluster of bits that is not all zero, allocated in order,
+    /// then its table; returns the table's offset.
+    fn store_bits(&self, e: &BitmapEntry, layers: &[Layer<'_>]) -> Result<u64> {
+        let cs = self.image.cluster_size() as usize;
+        let tables = layers
+            .iter()
+            .map(|l| read_table(*l))
+            .collect::<Result<Vec<_>>>()?;
+        let mut table = vec![0u64; e.table_size as usize];
+        let (mut bits, mut part) = (vec![0u8; cs], vec![0u8; cs]);
+        for (index, slot) in table.iter_mut().enumerate() {
+            bits.fill(0);
+            for (layer, t) in layers.iter().zip(&tables) {
+                let entry = t.get(index).copied().unwrap_or(0);
+                read_cluster(layer.image, entry, &mut part)?;
+                for (x, y) in bits.iter_mut().zip(&part) {
+                    *x |= y;
+                }
+            }
+            if bits.iter().any(|&x| x != 0) {
+                let offset = self.image.alloc_metadata(cs as u64)?;
+                self.image.file().write_at(&bits, offset)?;
+                *slot = offset;
+            }
+        }
+        let mut raw = vec![0u8; table.len() * 8];
+        for (i, t) in table.iter().enumerate() {
+            BigEndian::write_u64(&mut raw[i * 8..], *t);
+        }
+        let offset = self.image.alloc_metadata(raw.len() as u64)?;
+        self.image.file().write_at(&raw, offset)?;
+        Ok(offset)
+    }
+
+    /// Stores every consistent bitmap anew, then the directory and the
+    /// header extension (its autoclear bit set), then frees the old
+    /// directory, tables and data clusters, as QEMU does on close.
+    pub fn store(mut self) -> Result<()> {
+        let image = self.image;
+        if self.contents.iter().all(Option::is_none) {
+            if self.old_dir.is_some() {
+                image.update_header(|hc| hc.header.autoclear_features |= AUTOCLEAR_BITMAPS)?;
+            }
+            return image.flush();
+        }
+        let mut old_tables = Vec::new();
+        for i in 0..self.entries.len() {
+            let Some(layers) = &self.contents[i] else {
+                continue;
+            };
+            let e = &self.entries[i];
+            let table_offset = self.store_bits(e, layers)?;
+            if self.on_disk[i] {
+                old_tables.push(Layer {
+                    image,
+                    table_offset: e.table_offset,
+                    table_size: e.table_size,
+                });
+            }
+            let e = &mut self.entries[i];
+            e.table_offset = table_offset;
+            e.flags &= !FLAG_IN_USE;
+            self.on_disk[i] = true;
+        }
+        let old_dir = self.old_dir.take();
+        self.write_directory(&self.entries)?;
+        if let Some((offset, len)) = old_dir {
             image.free_metadata(offset, len)?;
         }
-        for (offset, len) in self.to_free {
-            image.free_metadata(offset, len)?;
+        for layer in old_tables {
+            self.free_layer(layer)?;
         }
         image.flush()
     }
+}
+
+fn read_table(layer: Layer<'_>) -> Result<Vec<u64>> {
+    let mut raw = vec![0u8; layer.table_size as usize * 8];
+    layer.image.file().read_at(&mut raw, layer.table_offset)?;
+    Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())
 }
 
 fn read_cluster(image: &Qcow2, entry: u64, buf: &mut [u8]) -> Result<()> {

@@ -16,6 +16,7 @@ mod meta;
 mod read;
 mod resize;
 mod snapshot;
+mod subcluster_zero;
 mod vmstate;
 mod write;
 

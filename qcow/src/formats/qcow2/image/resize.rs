@@ -8,28 +8,28 @@ use crate::header::l1_entries_for;
 
 impl Qcow2 {
     /// Allocates every unallocated cluster of `[offset, offset+len)` (which
-    /// must be cluster aligned at the start) as `mode` asks.
+    /// must be cluster aligned at the start) as `mode` asks. As in QEMU
+    /// (qcow2_alloc_cluster_link_l2 with `prealloc`), subcluster bitmaps
+    /// are left as they were: preallocated subclusters stay unallocated.
     pub fn preallocate(&self, offset: u64, len: u64, mode: Preallocation) -> Result<()> {
-        self.preallocate_subclusters(offset, len, mode, self.backing.is_some())
+        self.preallocate_clusters(offset, len, mode, false)
     }
 
-    /// [`Self::preallocate`] of a new image: one that names a backing file
-    /// leaves its preallocated subclusters unallocated, so that they read
-    /// from it (qcow2_alloc_cluster_link_l2 sets no bits for preallocation),
-    /// even though the backing file is not open yet.
+    /// [`Self::preallocate`] of a new image.
     pub(crate) fn preallocate_new(&self, len: u64, mode: Preallocation) -> Result<()> {
-        let named_backing = self.header_cluster().backing_file.is_some();
-        self.preallocate_subclusters(0, len, mode, named_backing)
+        self.preallocate_clusters(0, len, mode, false)
     }
 
-    /// Preallocates; with extended L2 entries and `has_backing` the new
-    /// subclusters are left unallocated, else marked allocated.
-    fn preallocate_subclusters(
+    /// Preallocates; with `zeroed_and_allocated` every new cluster is
+    /// marked allocated in full (all subclusters) and reads as zero,
+    /// which is how QEMU's falloc and full growth hide a longer backing
+    /// file.
+    fn preallocate_clusters(
         &self,
         offset: u64,
         len: u64,
         mode: Preallocation,
-        has_backing: bool,
+        zeroed_and_allocated: bool,
     ) -> Result<()> {
         self.check_writable()?;
         if mode == Preallocation::Off || len == 0 {
@@ -38,6 +38,8 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let first = offset / cs;
         let end = (offset + len).div_ceil(cs);
+        let target = self.data_file.as_ref().unwrap_or(&self.file);
+        let old_target_len = target.len()?;
         let mut max_end = 0u64;
         let mut runs: Vec<(u64, u64)> = Vec::new();
         {
@@ -46,6 +48,7 @@ impl Qcow2 {
             while gc < end {
                 // Collect a run of unallocated clusters.
                 let mut run = 0u64;
+                let mut bitmaps = Vec::new();
                 while gc + run < end && run < 65536 {
                     let raw = meta.l2_entry(&*self.file, gc + run)?;
                     let entry = self.geo.decode_l2(raw.entry);
@@ -55,6 +58,7 @@ impl Qcow2 {
                     ) {
                         break;
                     }
+                    bitmaps.push(raw.bitmap);
                     run += 1;
                 }
                 if run == 0 {
@@ -66,13 +70,13 @@ impl Qcow2 {
                 } else {
                     meta.alloc_clusters(&*self.file, run)?
                 };
-                for k in 0..run {
+                for (k, old_bitmap) in (0..run).zip(bitmaps) {
                     let bitmap = if !self.geo.extended_l2 {
                         0
-                    } else if has_backing {
-                        make_bitmap(0, 0)
-                    } else {
+                    } else if zeroed_and_allocated {
                         make_bitmap(u32::MAX, 0)
+                    } else {
+                        old_bitmap
                     };
                     meta.set_l2_entry(
                         &*self.file,
@@ -88,20 +92,21 @@ impl Qcow2 {
                 gc += run;
             }
         }
-        let target = self.data_file.as_ref().unwrap_or(&self.file);
         for &(host, bytes) in &runs {
-            match mode {
-                Preallocation::Falloc => target.allocate(host, bytes)?,
-                Preallocation::Full => {
-                    let zeros = vec![0u8; bytes.min(1 << 20) as usize];
-                    let mut pos = host;
-                    while pos < host + bytes {
-                        let n = (host + bytes - pos).min(zeros.len() as u64);
-                        target.write_at(&zeros[..n as usize], pos)?;
-                        pos += n;
-                    }
+            // Clusters reused from inside the file may hold old data.
+            let must_zero =
+                mode == Preallocation::Full || (zeroed_and_allocated && host < old_target_len);
+            if mode == Preallocation::Falloc {
+                target.allocate(host, bytes)?;
+            }
+            if must_zero {
+                let zeros = vec![0u8; bytes.min(1 << 20) as usize];
+                let mut pos = host;
+                while pos < host + bytes {
+                    let n = (host + bytes - pos).min(zeros.len() as u64);
+                    target.write_at(&zeros[..n as usize], pos)?;
+                    pos += n;
                 }
-                _ => {}
             }
         }
         if target.len()? < max_end {
@@ -111,7 +116,9 @@ impl Qcow2 {
     }
 
     /// Changes the virtual size. Shrinking discards the clusters past the
-    /// new end; growing makes the new range read as zero.
+    /// new end; growing makes the new range read as zero, even where a
+    /// longer backing file lies beneath it (QEMU's BDRV_REQ_ZERO_WRITE
+    /// growth).
     pub fn resize(&self, new_size: u64, prealloc: Preallocation) -> Result<()> {
         self.check_writable()?;
         let new_size = new_size.div_ceil(512) * 512;
@@ -143,21 +150,48 @@ impl Qcow2 {
             meta.grow_l1(&*self.file, entries)?;
         }
         self.set_size(new_size)?;
-        // Whatever lies past the old end (an old cluster's tail, a longer
-        // backing file) must read as zero.
-        let visible_end = match &self.backing {
-            Some(b) => b.virtual_size().min(new_size).max(old_size),
-            None => old_size,
+        // A backing file longer than the old size would show through the
+        // new range: QEMU then zeroes all of it.
+        let hides_backing = self
+            .backing
+            .as_ref()
+            .is_some_and(|b| b.virtual_size() > old_size);
+        let old_cluster_end = (old_size.div_ceil(cs) * cs).min(new_size);
+        let mut zero_end = if hides_backing && self.geo.version >= 3 {
+            new_size
+        } else if hides_backing {
+            // Version 2 has no zero clusters, so zeros are written, and
+            // only as far as the backing file reaches (QEMU refuses).
+            self.backing
+                .as_ref()
+                .map_or(new_size, |b| b.virtual_size().min(new_size))
+        } else {
+            // The old last cluster's tail may hold data from before a
+            // shrink.
+            old_cluster_end
         };
-        let tail_end = (old_size.div_ceil(cs) * cs).min(new_size).max(visible_end);
-        if tail_end > old_size {
-            self.write_zeroes(old_size, tail_end - old_size, true)?;
-        }
-        if prealloc != Preallocation::Off {
-            let start = old_size.div_ceil(cs) * cs;
-            if new_size > start {
-                self.preallocate(start, new_size - start, prealloc)?;
+        match prealloc {
+            Preallocation::Off => {}
+            Preallocation::Metadata => {
+                let start = old_size / cs * cs;
+                self.preallocate_clusters(start, new_size - start, prealloc, false)?;
             }
+            Preallocation::Falloc | Preallocation::Full => {
+                if hides_backing && self.data_file.is_none() {
+                    // QEMU's new file area reads as zero, so the new
+                    // clusters are allocated in full; only the old last
+                    // cluster's tail is left to zero.
+                    let start = old_cluster_end;
+                    self.preallocate_clusters(start, new_size - start, prealloc, true)?;
+                    zero_end = old_cluster_end;
+                } else {
+                    let start = old_size / cs * cs;
+                    self.preallocate_clusters(start, new_size - start, prealloc, false)?;
+                }
+            }
+        }
+        if zero_end > old_size {
+            self.write_zeroes(old_size, zero_end - old_size, false)?;
         }
         self.flush()
     }
@@ -205,13 +239,16 @@ mod tests {
     use std::sync::Arc;
 
     use crate::create::{create, CreateOptions, Preallocation};
-    use crate::device::ExtentKind;
-    use crate::storage::MemStorage;
+    use crate::device::{BlockRead, ExtentKind};
+    use crate::image::Opener;
+    use crate::storage::{MemStorage, Storage};
 
     #[test]
-    fn preallocated_subclusters_over_a_named_backing_file_stay_unallocated() {
-        // As at `create -b`: the backing file is named but not opened.
-        for (backing, expect_unallocated) in [(Some("base.raw"), true), (None, false)] {
+    fn preallocated_subclusters_stay_unallocated() {
+        // As qemu-img create -o extended_l2=on,preallocation=...: the
+        // clusters are allocated but no subcluster is, with or without a
+        // backing file (checked against qemu-img 10).
+        for backing in [Some("base.raw"), None] {
             let opts = CreateOptions {
                 size: 512 << 10,
                 extended_l2: true,
@@ -224,11 +261,82 @@ mod tests {
             let extents = image.extents(0, 512 << 10).unwrap();
             assert!(!extents.is_empty());
             for e in extents {
-                // The clusters are allocated either way; only the
-                // subcluster bitmap differs.
                 let unallocated = matches!(e.kind, ExtentKind::Unallocated { .. });
-                assert_eq!(unallocated, expect_unallocated, "{backing:?}: {e:?}");
+                assert!(unallocated, "{backing:?}: {e:?}");
             }
+            let raw = image.lock().l2_entry(&**image.file(), 0).unwrap();
+            assert_ne!(raw.entry, 0, "{backing:?}: the cluster is preallocated");
         }
+    }
+
+    /// Opens one in-memory raw file as every backing file.
+    struct MemBacking(Arc<MemStorage>);
+    impl Opener for MemBacking {
+        fn open_backing(
+            &self,
+            _name: &str,
+            _format: Option<&str>,
+        ) -> crate::error::Result<Box<dyn BlockRead>> {
+            Ok(Box::new(crate::device::RawImage::new(self.0.clone())?))
+        }
+        fn open_data_file(
+            &self,
+            name: &str,
+            _writable: bool,
+        ) -> crate::error::Result<Arc<dyn Storage>> {
+            panic!("no data file: {name}")
+        }
+    }
+
+    #[test]
+    fn growing_over_a_longer_backing_file_reads_zero_in_every_mode() {
+        let base = Arc::new(MemStorage::new());
+        base.write_at(&[0xff; 1 << 20], 0).unwrap();
+        for mode in [
+            Preallocation::Off,
+            Preallocation::Metadata,
+            Preallocation::Falloc,
+            Preallocation::Full,
+        ] {
+            let file = Arc::new(MemStorage::new());
+            let opts = CreateOptions {
+                size: 503 << 10,
+                extended_l2: true,
+                backing_file: Some("base".to_owned()),
+                backing_format: Some("raw".to_owned()),
+                ..CreateOptions::default()
+            };
+            create(file.clone(), None, None, &opts).unwrap();
+            let image = crate::image::Qcow2::open(file, true, &MemBacking(base.clone())).unwrap();
+            image.resize(1013 << 10, mode).unwrap();
+            let mut buf = vec![0u8; 1013 << 10];
+            image.read_at(&mut buf, 0).unwrap();
+            assert!(buf[..503 << 10].iter().all(|&b| b == 0xff), "{mode:?}");
+            let zeros = &buf[503 << 10..];
+            assert!(zeros.iter().all(|&b| b == 0), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_version_2_image_is_zeroed_only_as_far_as_its_backing_file_reaches() {
+        let base = Arc::new(MemStorage::new());
+        base.write_at(&[0xff; 2 << 20], 0).unwrap();
+        let file = Arc::new(MemStorage::new());
+        let opts = CreateOptions {
+            size: 1 << 20,
+            version: 2,
+            backing_file: Some("base".to_owned()),
+            backing_format: Some("raw".to_owned()),
+            ..CreateOptions::default()
+        };
+        create(file.clone(), None, None, &opts).unwrap();
+        let image =
+            crate::image::Qcow2::open(file.clone(), true, &MemBacking(base.clone())).unwrap();
+        image.resize(1 << 30, Preallocation::Off).unwrap();
+        // Zeros written over the backing file's second MiB, not 1 GiB.
+        assert!(file.len().unwrap() < 4 << 20, "{}", file.len().unwrap());
+        let mut buf = vec![1u8; 4 << 20];
+        image.read_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 }

@@ -661,7 +661,7 @@ impl Qcow2 {
         }
     }
 
-    fn flush_locked(&self, meta: &mut Meta) -> Result<()> {
+    pub(super) fn flush_locked(&self, meta: &mut Meta) -> Result<()> {
         if let Some(df) = &self.data_file {
             df.flush()?;
         }
@@ -728,7 +728,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
+    pub(super) fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
         let chunk = len.min(1 << 20) as usize;
         let zeros = vec![0u8; chunk];
         let mut pos = offset;
@@ -742,7 +742,8 @@ impl Qcow2 {
 
     /// Makes a guest range read as zero. Whole clusters become zero
     /// clusters (deallocated when `may_unmap`); partial clusters are
-    /// written with zeros.
+    /// written with zeros, or get zero bits where the image has
+    /// subclusters.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
@@ -755,6 +756,9 @@ impl Qcow2 {
         let end_full = end / cs;
         // Raw data files must hold the zeros themselves.
         let raw_data = self.lock().hc.header.data_file_raw();
+        if self.geo.extended_l2 && !raw_data {
+            return self.write_zeroes_subclusters(offset, len, may_unmap);
+        }
         if first_full >= end_full || raw_data {
             return self.write_zero_bytes(offset, len);
         }
