@@ -620,7 +620,12 @@ impl Controller {
         let macs: Vec<[u8; 6]> = config.net.iter().map(|n| n.mac.0).collect();
         let (mut machine, mem) = crate::state::fork::read(source, summary)?;
         crate::state::fork::set_macs(&mut machine, &macs);
-        self.build(BuildFrom::Migration(Box::new(machine), mem))
+        self.build(BuildFrom::Migration(Box::new(machine), mem))?;
+        // A fork is a new generation of the guest (a migration is not).
+        if let Some(vm) = &self.vm {
+            vm.new_generation()?;
+        }
+        Ok(())
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's
