@@ -23,6 +23,7 @@ mod pattern;
 mod peer;
 mod pvh;
 mod rawq;
+mod vmgenid;
 
 use core::arch::global_asm;
 
