@@ -263,6 +263,18 @@ fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
     let all = counts(&joined);
     assert_consecutive(&all, "snapshot then restore");
     assert!(all.contains(&(last_before + 1)), "{all:?}");
+    // The restored guest has a new VM generation ID (printed before its
+    // first count), the source one for its whole run.
+    let ids = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.strip_prefix("guest: vmgenid "))
+            .map(|id| id.trim().to_string())
+            .collect()
+    };
+    let (before_ids, restored_ids) = (ids(&source_log), ids(&restored));
+    assert_eq!(before_ids.len(), 1, "{source_log:?}");
+    assert_eq!(restored_ids.len(), 1, "{restored:?}");
+    assert_ne!(before_ids, restored_ids, "a restore kept the generation ID");
     client.pause().unwrap();
     // Every count printed and flushed (all but the last printed) is on
     // the disk, in its sector.
