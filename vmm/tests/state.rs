@@ -144,6 +144,21 @@ fn snapshot_restore_resume_and_refusals() {
     assert_eq!(client.info().unwrap().state, VmState::Paused);
     assert_eq!(client.restore(&url).unwrap_err().status(), Some(405));
     client.resume().unwrap();
+    // The restore's new VM generation ID was notified through the GED's
+    // interrupt (seen before any power button could latch the event).
+    let console = source.path("console.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("guest: vmgenid changed")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no GED generation event in the restored guest: {}",
+            target.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     client.power_button().unwrap();
     assert_eq!(target.wait_exit(), Some(0), "{}", target.log());
     let log = std::fs::read_to_string(source.path("console.log")).unwrap_or_default();
