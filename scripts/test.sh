@@ -11,10 +11,12 @@ bash scripts/ensure-libvirt.sh
 bash scripts/ensure-curl.sh
 bash scripts/ensure-net.sh
 bash scripts/ensure-xorriso.sh
+bash scripts/ensure-iasl.sh
 export REQUIRE_QEMU=1
 export REQUIRE_LIBVIRT=1
 export REQUIRE_KVM=1
 export REQUIRE_XORRISO=1
+export REQUIRE_IASL=1
 # The integration tests run the img binary; cargo test alone does not
 # build binaries of packages without integration tests of their own.
 # vm's tests start the vmm found next to vm.

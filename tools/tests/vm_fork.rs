@@ -8,7 +8,9 @@
 //! line (an unknown snapshot in virsh's words, a disk-only one, a name in
 //! use, a target file that exists) change nothing. Prints the time from
 //! the command to the fork's first count. A fork of a domain with a
-//! bridge interface gets a new MAC and answers ping. Needs /dev/kvm
+//! bridge interface gets a new MAC and answers ping. The guest's VM
+//! generation ID stays through a pause and a resume and is new in every
+//! fork and after a revert. Needs /dev/kvm
 //! (skipped without it unless REQUIRE_KVM is set); the image checks need
 //! qemu-img; the interface test needs root, `ip` and `ping`.
 
@@ -63,6 +65,14 @@ fn counts(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| l.strip_prefix("guest: count "))
         .filter_map(|k| k.trim().parse().ok())
+        .collect()
+}
+
+/// The VM generation IDs the counting guest printed, in order.
+fn genids(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("guest: vmgenid "))
+        .map(|id| id.trim().to_string())
         .collect()
 }
 
@@ -276,12 +286,46 @@ fn forks_go_on_from_the_snapshot_while_the_original_goes_on() {
     let original = counts(&std::fs::read_to_string(&log).unwrap());
     assert_consecutive(&original, "the original");
 
+    // The generation ID: one for the original through its pause, resume
+    // and snapshots; a new one in the fork.
+    let original_ids = genids(&std::fs::read_to_string(&log).unwrap());
+    assert_eq!(original_ids.len(), 1, "{original_ids:?}");
+    let f1_ids = genids(&std::fs::read_to_string(console_log(&store, "f1")).unwrap());
+    assert_eq!(f1_ids.len(), 1, "{f1_ids:?}");
+    assert_ne!(f1_ids[0], original_ids[0], "the fork kept its parent's ID");
+    assert_eq!(f1_ids[0].len(), 32);
+
     // The original paused: the fork is left paused as asked.
     ok(&store, &["suspend", "test"]);
     let ms = fork_and_check(&store, dir, "f2", &["--paused"], at_snapshot);
     eprintln!("fork of a paused original (then resumed): {ms} ms");
     assert_eq!(state(&store, "test"), "paused");
     ok(&store, &["resume", "test"]);
+
+    // A revert of the running original gives it a new ID too.
+    let before_revert = std::fs::read_to_string(&log).unwrap().len();
+    ok(&store, &["snapshot-revert", "test", "p1", "--running"]);
+    // (The original may have printed a few counts before the revert.)
+    let started = Instant::now();
+    let reverted = loop {
+        let tail = wait_count(&log, before_revert, 0);
+        let after_id = tail.find("guest: vmgenid").map(|at| &tail[at..]);
+        if let Some(after_id) = after_id.filter(|t| counts(t).len() >= 3) {
+            break after_id.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{tail}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(counts(&reverted)[0], at_snapshot + 1, "{reverted}");
+    let reverted_ids = genids(&reverted);
+    assert_eq!(reverted_ids.len(), 1, "{reverted}");
+    let f2_ids = genids(&std::fs::read_to_string(console_log(&store, "f2")).unwrap());
+    let mut all = [&original_ids, &f1_ids, &f2_ids, &reverted_ids].map(|ids| ids[0].clone());
+    all.sort();
+    assert!(
+        all.windows(2).all(|pair| pair[0] != pair[1]),
+        "a generation ID repeats: {all:?}"
+    );
 
     // The original shut off: a snapshot taken paused forks paused.
     ok(&store, &["destroy", "test"]);

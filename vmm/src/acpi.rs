@@ -6,7 +6,8 @@
 //! timer's interrupt override, and a DSDT describing COM1, each
 //! virtio-mmio device (`LNRO0005`, as Linux's virtio_mmio driver matches),
 //! the power button (`PNP0C0C`) and the Generic Event Device (`ACPI0013`)
-//! whose `_EVT` notifies it, and `\_S5_`. The FADT points at the
+//! whose `_EVT` notifies it and the VM generation ID device
+//! (`\_SB.VGEN`, see `devices::vmgenid`), and `\_S5_`. The FADT points at the
 //! hardware-reduced sleep control and status registers (see
 //! `devices::ged`), through which the guest powers off.
 //!
@@ -17,18 +18,19 @@ use acpi_tables::aml;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::ged::{GED_EVENT_POWER_BUTTON, SLEEP_TYPE_S5};
+use crate::devices::ged::{GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, SLEEP_TYPE_S5};
 use crate::error::{Error, Result};
 use crate::layout::{
     virtio_mmio_base, GED_GSI, GED_SIZE, GED_START, IOAPIC_START, LAPIC_START, SERIAL_GSI,
-    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VMGENID_START,
 };
 
 /// Where the RSDP goes (the tables follow it), in the BIOS area that the
 /// e820 map leaves out of RAM.
 pub const RSDP_START: u64 = 0x000e_0000;
-/// End of the area the tables may use.
-const ACPI_END: u64 = 0x0010_0000;
+/// End of the area the tables may use (the VM generation ID's page
+/// follows).
+const ACPI_END: u64 = VMGENID_START;
 
 const OEM_ID: [u8; 6] = *b"RVMM  ";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMTABLE";
@@ -81,8 +83,25 @@ pub fn dsdt(disks: usize) -> Vec<u8> {
         aml::Device::new(path.as_str().into(), vec![&hid, &uid, &cca, &crs])
             .to_aml_bytes(&mut body);
     }
+    vmgenid_device(&mut body);
     power_button_and_ged(&mut body);
     table(b"DSDT", 2, &body)
+}
+
+/// The VM generation ID device as QEMU describes it and Linux's
+/// `vmgenid` driver binds to it (by its `_CID`): `ADDR` returns the ID's
+/// guest-physical address as a package of two integers, the low and the
+/// high 32 bits.
+fn vmgenid_device(body: &mut Vec<u8>) {
+    let hid = aml::Name::new("_HID".into(), &"QEMUVGID");
+    let cid = aml::Name::new("_CID".into(), &"VM_Gen_Counter");
+    let ddn = aml::Name::new("_DDN".into(), &"VM_Gen_Counter");
+    let low = VMGENID_START as u32;
+    let high = (VMGENID_START >> 32) as u32;
+    let address = aml::Package::new(vec![&low, &high]);
+    let ret = aml::Return::new(&address);
+    let addr = aml::Method::new("ADDR".into(), 0, false, vec![&ret]);
+    aml::Device::new("_SB_.VGEN".into(), vec![&hid, &cid, &ddn, &addr]).to_aml_bytes(body);
 }
 
 /// The power button, the GED that notifies it, and `\_S5_`.
@@ -123,7 +142,19 @@ fn power_button_and_ged(body: &mut Vec<u8>) {
     let notify_value = 0x80u8;
     let notify = aml::Notify::new(&button, &notify_value);
     let when_pressed = aml::If::new(&pressed, vec![&notify]);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&store, &and, &when_pressed]);
+    // And if the generation bit is set, Notify(\_SB.VGEN, 0x80).
+    let generation = GED_EVENT_VMGENID;
+    let and_generation = aml::And::new(&aml::Local(2), &aml::Local(0), &generation);
+    let changed = aml::Equal::new(&aml::Local(2), &generation);
+    let vgen = aml::Path::new("\\_SB_.VGEN");
+    let notify_vgen = aml::Notify::new(&vgen, &notify_value);
+    let when_changed = aml::If::new(&changed, vec![&notify_vgen]);
+    let evt = aml::Method::new(
+        "_EVT".into(),
+        1,
+        true,
+        vec![&store, &and, &when_pressed, &and_generation, &when_changed],
+    );
     aml::Device::new(
         "_SB_.GED_".into(),
         vec![&hid, &uid, &crs, &region, &field, &evt],
@@ -259,6 +290,61 @@ mod tests {
     }
 
     #[test]
+    fn vmgenid_device_is_what_linux_parses() {
+        // Hand-decoded AML of \_SB.VGEN (ACPI 6.4, 20.2): Linux's vmgenid
+        // driver binds by _CID and evaluates ADDR, which must return a
+        // package of exactly two integers (address low, high 32 bits).
+        let mut body = Vec::new();
+        vmgenid_device(&mut body);
+        let mut at = 0;
+        let mut expect = |bytes: &[u8]| {
+            assert_eq!(&body[at..at + bytes.len()], bytes, "at byte {at}");
+            at += bytes.len();
+        };
+        // DeviceOp (ExtOpPrefix 0x5b, 0x82), a two-byte PkgLength (bits
+        // 7-6 of the first byte: one more byte; its bits 3-0, the length's
+        // low nibble; the next byte, the length >> 4; the length counts
+        // itself and what follows), then the name \_SB_.VGEN as a
+        // DualNamePrefix path.
+        let length = body.len() - 2;
+        assert!((64..4096).contains(&length));
+        expect(&[
+            0x5b,
+            0x82,
+            0x40 | (length & 0xf) as u8,
+            (length >> 4) as u8,
+            0x2e,
+        ]);
+        expect(b"_SB_VGEN");
+        // Name(_HID, "QEMUVGID"): NameOp, NameSeg, StringPrefix, NUL.
+        expect(&[0x08]);
+        expect(b"_HID");
+        expect(&[0x0d]);
+        expect(b"QEMUVGID\0");
+        expect(&[0x08]);
+        expect(b"_CID");
+        expect(&[0x0d]);
+        expect(b"VM_Gen_Counter\0");
+        expect(&[0x08]);
+        expect(b"_DDN");
+        expect(&[0x0d]);
+        expect(b"VM_Gen_Counter\0");
+        // Method(ADDR, 0, NotSerialized) { Return(Package(2) {
+        // 0x000ff000, Zero }) }: MethodOp, PkgLength, NameSeg, flags 0,
+        // ReturnOp, PackageOp, PkgLength, 2 elements, DWordPrefix +
+        // value, ZeroOp.
+        expect(&[0x14, 0x10]);
+        expect(b"ADDR");
+        expect(&[0x00, 0xa4, 0x12, 0x08, 0x02, 0x0c]);
+        expect(&(VMGENID_START as u32).to_le_bytes());
+        expect(&[0x00]);
+        assert_eq!(at, body.len(), "trailing bytes");
+        // And the whole DSDT carries it.
+        let dsdt = dsdt(1);
+        assert!(dsdt.windows(body.len()).any(|w| w == body.as_slice()));
+    }
+
+    #[test]
     fn tables_land_in_guest_memory() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let at = write_tables(&mem, 2, 19).unwrap();
@@ -279,6 +365,10 @@ mod iasl {
             .output()
             .is_err()
         {
+            assert!(
+                std::env::var_os("REQUIRE_IASL").is_none(),
+                "iasl not installed (scripts/ensure-iasl.sh)"
+            );
             eprintln!("iasl not installed: skipping");
             return;
         }
@@ -306,6 +396,25 @@ mod iasl {
                 assert!(dsl.contains("0xD0001000"), "{dsl}");
                 assert!(
                     dsl.contains("ACPI0013") && dsl.contains("Notify (\\_SB.PWRB, 0x80)"),
+                    "{dsl}"
+                );
+                // The generation ID device as Linux's vmgenid driver finds
+                // it: by _CID, ADDR a package of two integers (low, high),
+                // notified from the GED's _EVT.
+                for line in [
+                    "Device (_SB.VGEN)",
+                    "Name (_HID, \"QEMUVGID\")",
+                    "Name (_CID, \"VM_Gen_Counter\")",
+                    "Name (_DDN, \"VM_Gen_Counter\")",
+                    "Method (ADDR, 0, NotSerialized)",
+                    "Notify (\\_SB.VGEN, 0x80)",
+                ] {
+                    assert!(dsl.contains(line), "no {line:?} in\n{dsl}");
+                }
+                let compact: String = dsl.split_whitespace().collect();
+                assert!(
+                    compact.contains("Return(Package(0x02){0x000FF000,Zero})")
+                        || compact.contains("Return(Package(0x02){0x000FF000,0x00000000})"),
                     "{dsl}"
                 );
             }

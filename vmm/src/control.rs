@@ -621,7 +621,12 @@ impl Controller {
         let (mut machine, mem) = crate::state::fork::read(source, summary)?;
         crate::state::fork::set_macs(&mut machine, &macs);
         let shell = crate::kvm_shell::KvmShell::create(config.cpus, mem)?;
-        self.build(BuildFrom::Migration(Box::new(machine), shell))
+        self.build(BuildFrom::Migration(Box::new(machine), shell))?;
+        // A fork is a new generation of the guest (a migration is not).
+        if let Some(vm) = &self.vm {
+            vm.new_generation()?;
+        }
+        Ok(())
     }
 
     /// Deletes in-image snapshot `name` from the running or paused VM's

@@ -6,7 +6,8 @@
 //! 0x0000_9000  PML4           0x0000_a000  PDPT
 //! 0x0000_b000  4 page directories (identity map of 4 GiB, 2 MiB pages)
 //! 0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA .. 1 MiB: reserved
+//! 0x0009_fc00  EBDA .. 1 MiB: reserved (ACPI tables from 0xe_0000, the
+//!              VM generation ID at 0xf_f000)
 //! 0x0010_0000  kernel (bzImage protected-mode part; ELF at its own address)
 //! ...          RAM up to min(memory, 3 GiB); the initrd at its top
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio devices at 0xd000_0000,
@@ -35,6 +36,9 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 /// Start of the extended BIOS data area (not RAM for the guest).
 pub const EBDA_START: u64 = 0x9fc00;
+/// The VM generation ID (16 bytes, `devices::vmgenid`), on a page of
+/// its own at the top of the BIOS area, above the ACPI tables.
+pub const VMGENID_START: u64 = 0x000f_f000;
 /// Where high memory (and a bzImage's kernel) starts.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.

@@ -195,7 +195,9 @@ impl Vm {
     /// state, then each vCPU, RAM and the devices, whose queues are
     /// registered and served (kicked) at resume.
     pub fn restore(config: &VmConfig, hooks: VmHooks, dir: &std::path::Path) -> Result<Vm> {
-        Self::build_from(config, hooks, true, Some(RestoreFrom::Dir(dir)))
+        let vm = Self::build_from(config, hooks, true, Some(RestoreFrom::Dir(dir)))?;
+        vm.new_generation()?;
+        Ok(vm)
     }
 
     /// Builds the VM described by `config` from the full internal snapshot
@@ -209,7 +211,9 @@ impl Vm {
         name: &str,
         reuse: Option<&GuestMemoryMmap>,
     ) -> Result<Vm> {
-        Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name, reuse)))
+        let vm = Self::build_from(config, hooks, true, Some(RestoreFrom::Image(name, reuse)))?;
+        vm.new_generation()?;
+        Ok(vm)
     }
 
     /// Builds the VM described by `config` from a migration's state, paused,
@@ -335,6 +339,7 @@ impl Vm {
         if loaded.is_some() {
             // ACPI tables, and their address in boot_params (acpi_rsdp_addr).
             let rsdp = crate::acpi::write_tables(&mem, config.cpus, slots)?;
+            crate::devices::vmgenid::GenerationId::random()?.write(&mem)?;
             vm_memory::Bytes::write_obj(
                 &mem,
                 rsdp,
@@ -795,6 +800,20 @@ impl Vm {
             .expect("GED lock")
             .power_button()
             .map_err(|e| io_err("raising the GED interrupt", e))
+    }
+
+    /// Gives the guest a new VM generation ID and tells it so (the GED's
+    /// generation event): after a restore, a revert or a fork, whose RAM
+    /// may run more than once. Not after a migration: the same VM goes on.
+    pub fn new_generation(&self) -> Result<crate::devices::vmgenid::GenerationId> {
+        let id = crate::devices::vmgenid::GenerationId::random()?;
+        id.write(&self.mem)?;
+        self.ged
+            .lock()
+            .expect("GED lock")
+            .generation_changed()
+            .map_err(|e| io_err("raising the GED interrupt", e))?;
+        Ok(id)
     }
 
     /// Stops the vCPUs and the device thread, flushes every disk and marks

@@ -188,6 +188,13 @@ fn migrate_and_check(url_of: impl Fn(&ApiVmm) -> String) {
         !after.contains("guest: start"),
         "the guest started over: {after:?}"
     );
+    // The same VM goes on: its generation ID, printed once on the source,
+    // is not new on the destination.
+    assert_eq!(before.matches("guest: vmgenid ").count(), 1, "{before}");
+    assert!(
+        !after.contains("guest: vmgenid"),
+        "a migration changed the VM generation ID: {after:?}"
+    );
     let all = counts(&format!("{before}{after}"));
     assert_consecutive(&all, "source then destination");
     assert!(all.contains(&(last_before + 1)), "{all:?}");

@@ -144,6 +144,21 @@ fn snapshot_restore_resume_and_refusals() {
     assert_eq!(client.info().unwrap().state, VmState::Paused);
     assert_eq!(client.restore(&url).unwrap_err().status(), Some(405));
     client.resume().unwrap();
+    // The restore's new VM generation ID was notified through the GED's
+    // interrupt (seen before any power button could latch the event).
+    let console = source.path("console.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("guest: vmgenid changed")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no GED generation event in the restored guest: {}",
+            target.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     client.power_button().unwrap();
     assert_eq!(target.wait_exit(), Some(0), "{}", target.log());
     let log = std::fs::read_to_string(source.path("console.log")).unwrap_or_default();
@@ -263,6 +278,18 @@ fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
     let all = counts(&joined);
     assert_consecutive(&all, "snapshot then restore");
     assert!(all.contains(&(last_before + 1)), "{all:?}");
+    // The restored guest has a new VM generation ID (printed before its
+    // first count), the source one for its whole run.
+    let ids = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.strip_prefix("guest: vmgenid "))
+            .map(|id| id.trim().to_string())
+            .collect()
+    };
+    let (before_ids, restored_ids) = (ids(&source_log), ids(&restored));
+    assert_eq!(before_ids.len(), 1, "{source_log:?}");
+    assert_eq!(restored_ids.len(), 1, "{restored:?}");
+    assert_ne!(before_ids, restored_ids, "a restore kept the generation ID");
     client.pause().unwrap();
     // Every count printed and flushed (all but the last printed) is on
     // the disk, in its sector.

@@ -2,7 +2,8 @@
 //! counts in memory (a static, so the count lives in guest RAM), prints
 //! `guest: count K` on the serial port every `guest.every=N` steps (K =
 //! steps / N; N defaults to 100000), and, with a virtio disk, writes K to
-//! sector K mod capacity and flushes before the next step. It runs until
+//! sector K mod capacity and flushes before the next step; before a
+//! count, the VM generation ID when it is new (`vmgenid`). It runs until
 //! the VMM stops it.
 
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,7 @@ pub fn count(cmdline: &[u8], device: Option<MmioDevice>) -> ! {
             continue;
         }
         let k = steps / every;
+        crate::vmgenid::report_if_changed();
         put_str("guest: count ");
         put_dec(k);
         put_str("\n");

@@ -1,7 +1,8 @@
 //! `guest.mode=idle` and `guest.mode=io`: the guests the VMM's API tests
 //! run. Idle halts until an interrupt, with the LAPIC timer stopped; on the
 //! ACPI GED's power-button event it powers off through the
-//! hardware-reduced sleep control register, as a Linux guest does. Io
+//! hardware-reduced sleep control register, as a Linux guest does; its
+//! new-generation-ID event it reports as `vmgenid changed`. Io
 //! makes exactly the reads, writes and flushes its command line asks for
 //! on the first virtio disk, prints `io done`, then idles.
 
@@ -17,6 +18,8 @@ const GED_EVENTS: usize = 0xfeb0_0000;
 const GED_GSI: u32 = 23;
 /// The power-button bit of the GED's event register.
 const GED_POWER_BUTTON: u32 = 1;
+/// The new-VM-generation-ID bit (a restore, revert or fork).
+const GED_VMGENID: u32 = 2;
 /// The FADT's SLEEP_CONTROL_REG port.
 const SLEEP_CONTROL_PORT: u16 = 0x600;
 /// SLP_TYP 5 (`\_S5_`) with SLP_EN.
@@ -43,6 +46,9 @@ pub fn idle() -> ! {
             // SAFETY: the GED's register is identity-mapped MMIO; reading
             // it clears the events.
             let events = unsafe { arch::mmio_read32(GED_EVENTS) };
+            if events & GED_VMGENID != 0 {
+                line("vmgenid changed");
+            }
             if events & GED_POWER_BUTTON != 0 {
                 line("power button: powering off");
                 arch::outb(SLEEP_CONTROL_PORT, SLEEP_S5);

@@ -25,6 +25,7 @@ mod peer;
 mod pvh;
 mod rawq;
 mod virtq;
+mod vmgenid;
 
 use core::arch::global_asm;
 

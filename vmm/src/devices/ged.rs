@@ -4,7 +4,9 @@
 //! - the Generic Event Device (`ACPI0013`): one 32-bit event register in
 //!   MMIO, read (and cleared) by the DSDT's `_EVT` method when the GED's
 //!   interrupt fires; bit 0 is the power button, which `_EVT` turns into
-//!   `Notify(\_SB.PWRB, 0x80)` (a Linux guest then powers off);
+//!   `Notify(\_SB.PWRB, 0x80)` (a Linux guest then powers off); bit 1 is
+//!   a new VM generation ID, which `_EVT` turns into
+//!   `Notify(\_SB.VGEN, 0x80)` (see `devices::vmgenid`);
 //! - the sleep control and status registers the FADT points at: writing
 //!   SLP_EN with SLP_TYP 5 (the DSDT's `\_S5_`) to the control port powers
 //!   the machine off.
@@ -15,6 +17,8 @@ use super::BusDevice;
 
 /// The power-button bit of the GED's event register.
 pub const GED_EVENT_POWER_BUTTON: u32 = 1;
+/// The new-generation-ID bit of the GED's event register.
+pub const GED_EVENT_VMGENID: u32 = 2;
 /// SLP_TYP of S5 (soft off), as the DSDT's `\_S5_` package gives it.
 pub const SLEEP_TYPE_S5: u8 = 5;
 /// SLP_EN: bit 5 of the sleep control register.
@@ -45,6 +49,13 @@ impl Ged {
     /// Presses the power button: sets its event bit and interrupts.
     pub fn power_button(&mut self) -> std::io::Result<()> {
         self.events |= GED_EVENT_POWER_BUTTON;
+        self.irq.write(1)
+    }
+
+    /// Tells the guest its generation ID changed: sets the event bit and
+    /// interrupts.
+    pub fn generation_changed(&mut self) -> std::io::Result<()> {
+        self.events |= GED_EVENT_VMGENID;
         self.irq.write(1)
     }
 }
@@ -107,6 +118,21 @@ mod tests {
         assert_eq!(u32::from_le_bytes(word), GED_EVENT_POWER_BUTTON);
         ged.read(0, &mut word);
         assert_eq!(u32::from_le_bytes(word), 0);
+    }
+
+    #[test]
+    fn a_new_generation_sets_its_own_bit() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut ged = Ged::new(irq.try_clone().unwrap());
+        ged.generation_changed().unwrap();
+        ged.power_button().unwrap();
+        assert_eq!(irq.read().unwrap(), 2);
+        let mut word = [0u8; 4];
+        ged.read(0, &mut word);
+        assert_eq!(
+            u32::from_le_bytes(word),
+            GED_EVENT_VMGENID | GED_EVENT_POWER_BUTTON
+        );
     }
 
     #[test]

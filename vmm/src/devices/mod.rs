@@ -9,6 +9,7 @@
 //!   input.
 //! - [`ged`]: the ACPI Generic Event Device (power button) and the
 //!   hardware-reduced sleep registers (power off).
+//! - [`vmgenid`]: the VM generation ID the DSDT's `\_SB.VGEN` points at.
 //! - [`i8042`]: just enough of the keyboard controller to turn the guest's
 //!   reset (0xfe to port 0x64) into a clean exit.
 //!
@@ -21,6 +22,7 @@ pub mod i8042;
 pub mod net;
 pub mod serial;
 pub mod virtio_mmio;
+pub mod vmgenid;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
