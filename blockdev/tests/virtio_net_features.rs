@@ -9,9 +9,11 @@
 
 mod net_support;
 
+use std::time::{Duration, Instant};
+
 use blockdev::virtio::defs::{F_RING_EVENT_IDX, F_VERSION_1};
 use blockdev::virtio::driver::Segment;
-use blockdev::virtio::net::announce::rarp_frame;
+use blockdev::virtio::net::announce::{rarp_frame, SavedAnnounce};
 use blockdev::virtio::net::defs::*;
 use blockdev::virtio::net::header::NetHeader;
 use net_support::packet::{PacketSocket, QUIET, WAIT};
@@ -183,9 +185,11 @@ fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
         assert_eq!(config_status(&rig), NET_S_LINK_UP);
         let generation = rig.device.config_generation();
         let rarp = PacketSocket::bind("ann0", 0x8035);
-        assert!(rig.device.announce().expect("announce"));
+        let tick = rig.device.announce().expect("announce");
+        assert!(tick.config_changed);
         // The device announces the guest itself too, as QEMU does.
         assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
+        assert_eq!(rig.device.saved_announce().rounds_left, 4);
         assert_eq!(config_status(&rig), NET_S_LINK_UP | NET_S_ANNOUNCE);
         assert_ne!(rig.device.config_generation(), generation);
         // Another class's command leaves it pending.
@@ -196,6 +200,30 @@ fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
         assert!(rig.device.announce_pending());
         assert_eq!(control(&mut rig, &ack, true), (1, CTRL_OK));
         assert_eq!(config_status(&rig), NET_S_LINK_UP);
+        // The ack scheduled the next of QEMU's five rounds; each round
+        // also sends a RARP. Every round, acked, then nothing more.
+        let mut at = Instant::now();
+        let mut rounds = 1;
+        let mut rarps = 1;
+        let mut tick = rig.device.announce_tick(at).expect("tick");
+        loop {
+            if tick.config_changed {
+                rounds += 1;
+                assert_eq!(control(&mut rig, &ack, true), (1, CTRL_OK));
+            }
+            while rarp.recv(Duration::from_millis(1)).is_some() {
+                rarps += 1;
+            }
+            assert!(rounds <= 5, "more rounds than QEMU's five");
+            let Some(wake) = tick.wake else { break };
+            at = wake.max(at) + Duration::from_millis(1);
+            tick = rig.device.announce_tick(at).expect("tick");
+        }
+        while rarp.recv(Duration::from_millis(50)).is_some() {
+            rarps += 1;
+        }
+        assert_eq!((rounds, rarps), (5, 5));
+        assert!(!rig.device.announce_pending());
         // With one pair MQ is not offered: VQ_PAIRS_SET is refused, as
         // QEMU refuses it without MQ.
         let mut set = vec![CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET];
@@ -204,7 +232,13 @@ fn an_announcement_is_set_then_cleared_by_the_drivers_ack() {
         // A driver without GUEST_ANNOUNCE is never asked.
         let mut plain_rig = NetRig::new("ann1", 1, NetRig::all_features() & !F_NET_GUEST_ANNOUNCE);
         let rarp = PacketSocket::bind("ann1", 0x8035);
-        assert!(!plain_rig.device.announce().expect("announce"));
+        assert!(
+            !plain_rig
+                .device
+                .announce()
+                .expect("announce")
+                .config_changed
+        );
         assert_eq!(rarp.recv(WAIT).expect("a RARP"), rarp_frame(GUEST_MAC));
         assert_eq!(config_status(&plain_rig), NET_S_LINK_UP);
         assert_eq!(control(&mut plain_rig, &ack, true), (1, CTRL_ERR));
@@ -397,9 +431,15 @@ fn a_restored_device_takes_the_saved_pairs_and_receive_chains() {
             (ctrl.index(), ctrl.next_avail(), ctrl.next_used()),
         ];
         let pairs = ctrl.active_pairs();
+        // An announcement under way: the bit set, two rounds to come.
+        let announce = SavedAnnounce {
+            pending: true,
+            rounds_left: 2,
+        };
         let saved = NetResume {
             active_pairs: pairs,
             rx_stash: vec![heads.clone()],
+            announce,
         };
         // What does not fit the device is refused before activation.
         for bad in [
@@ -413,6 +453,13 @@ fn a_restored_device_takes_the_saved_pairs_and_receive_chains() {
             },
             NetResume {
                 rx_stash: vec![vec![]; 3],
+                ..saved.clone()
+            },
+            NetResume {
+                announce: SavedAnnounce {
+                    pending: false,
+                    rounds_left: 6,
+                },
                 ..saved.clone()
             },
         ] {
@@ -433,6 +480,11 @@ fn a_restored_device_takes_the_saved_pairs_and_receive_chains() {
         }
         rig.handlers = restore_in_place(&mut rig, &positions, saved).expect("restore");
         assert_eq!(rig.handlers.rx[0].stashed_heads(), heads);
+        // The announcement goes on where it was: the bit is set again,
+        // its interrupt raised again, and the rounds are not reset.
+        assert_eq!(config_status(&rig), NET_S_LINK_UP | NET_S_ANNOUNCE);
+        assert!(rig.device.announce().expect("announce").config_changed);
+        assert_eq!(rig.device.saved_announce(), announce);
         assert_eq!(rig.handlers.ctrl.as_ref().expect("ctrl").active_pairs(), 2);
         assert!(rig.handlers.rx[1].tap_wanted(), "pair 1 attached again");
         // Back to one pair (the kernel would steer the frame to either),

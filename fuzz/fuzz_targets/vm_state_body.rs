@@ -182,6 +182,7 @@ pub fn vm_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
             resume: vmm::state::net::NetResume {
                 active_pairs: 1,
                 rx_stash: vec![vec![2, 3]],
+                announce: Default::default(),
             },
         }],
     };

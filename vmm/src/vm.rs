@@ -619,15 +619,21 @@ impl Vm {
     }
 
     /// Restarts the disk queues, then the vCPUs. The first resume of a
-    /// restored VM asks its NICs' drivers to announce themselves.
+    /// restored VM starts its NICs' announcements (stepped by a thread of
+    /// their own, `devices::announcer`).
     pub fn resume(&self) {
         self.tell_loop(LoopMessage::Resume);
+        let mut announcing = Vec::new();
         for transport in &self.transports {
-            transport
+            let wake = transport
                 .lock()
                 .expect("transport lock")
                 .announce_after_restore();
+            if let Some(wake) = wake {
+                announcing.push((Arc::downgrade(transport), wake));
+            }
         }
+        crate::devices::announcer::spawn(announcing);
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
         }

@@ -13,7 +13,8 @@ use vm_memory::GuestAddressSpace;
 
 use super::device::VirtioBlock;
 use super::handler::QueueEvents;
-use super::net::{NetResume, VirtioNet};
+use super::net::announce::SavedAnnounce;
+use super::net::{AnnounceTick, NetResume, VirtioNet};
 use super::served::ServedQueue;
 use crate::Result;
 
@@ -73,12 +74,22 @@ where
         })
     }
     /// The guest runs again after a restore or a migration: a device
-    /// that asks its driver to announce itself (virtio-net with
-    /// GUEST_ANNOUNCE) changes its configuration and returns true, and
-    /// the transport raises a configuration interrupt (virtio-net also
-    /// sends a RARP for the guest itself).
-    fn announce(&mut self) -> Result<bool> {
-        Ok(false)
+    /// that announces the guest (virtio-net: RARPs, and with
+    /// GUEST_ANNOUNCE rounds of VIRTIO_NET_S_ANNOUNCE) starts doing so;
+    /// `config_changed` asks the transport for a configuration interrupt,
+    /// `wake` for a call of [`VirtioDevice::announce_tick`] then.
+    fn announce(&mut self) -> Result<AnnounceTick> {
+        Ok(AnnounceTick::default())
+    }
+    /// The next step of an announcement at `now`.
+    fn announce_tick(&mut self, now: std::time::Instant) -> Result<AnnounceTick> {
+        let _ = now;
+        Ok(AnnounceTick::default())
+    }
+    /// The announcement under way, for a snapshot (none for a device that
+    /// does not announce).
+    fn saved_announce(&self) -> SavedAnnounce {
+        SavedAnnounce::default()
     }
 }
 
@@ -171,8 +182,14 @@ where
     fn set_resume_state(&mut self, resume: NetResume) -> Result<()> {
         VirtioNet::set_resume_state(self, resume)
     }
-    fn announce(&mut self) -> Result<bool> {
+    fn announce(&mut self) -> Result<AnnounceTick> {
         VirtioNet::announce(self)
+    }
+    fn announce_tick(&mut self, now: std::time::Instant) -> Result<AnnounceTick> {
+        VirtioNet::announce_tick(self, now)
+    }
+    fn saved_announce(&self) -> SavedAnnounce {
+        VirtioNet::saved_announce(self)
     }
 }
 

@@ -16,6 +16,7 @@
 //! Accesses that hit no device read as all ones and are logged (the first
 //! few per address), and the guest keeps running.
 
+pub mod announcer;
 pub mod event_loop;
 pub mod ged;
 pub mod i8042;

@@ -152,6 +152,7 @@ pub fn save_state(transport: &VirtioMmio, held: &HeldState) -> NetDeviceState {
         resume: NetResume {
             active_pairs: held.active_pairs.unwrap_or(1),
             rx_stash,
+            announce: transport.saved_announce(),
         },
     }
 }

@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use blockdev::virtio::{QueueEvents, VirtioDevice};
 use virtio_queue::QueueT;
@@ -360,19 +361,50 @@ impl VirtioMmio {
     }
 
     /// Called as a restored VM resumes (once; later resumes do nothing):
-    /// a device restored active announces the guest (virtio-net: a RARP
-    /// into the tap) and, if it asks its driver to announce itself
-    /// (VIRTIO_NET_S_ANNOUNCE), gets a configuration interrupt, as QEMU's
-    /// announce timer raises one after a load.
-    pub fn announce_after_restore(&mut self) {
+    /// a device restored active starts announcing the guest (virtio-net:
+    /// RARPs into the tap, and rounds of VIRTIO_NET_S_ANNOUNCE, each with
+    /// a configuration interrupt, as QEMU's announce timers after a load).
+    /// Returns when to call [`VirtioMmio::announce_tick`], `None` when
+    /// nothing is left to do.
+    pub fn announce_after_restore(&mut self) -> Option<Instant> {
         if !std::mem::take(&mut self.restored_active) || !self.device.is_activated() {
-            return;
+            return None;
         }
-        match self.device.announce() {
-            Ok(true) => self.interrupt.config_changed(),
-            Ok(false) => {}
-            Err(e) => eprintln!("vmm: {} {}: {e}", self.device.kind(), self.index),
+        let tick = self.device.announce();
+        self.took_announce_tick(tick)
+    }
+
+    /// The next step of an announcement under way, at `now`; returns when
+    /// to call again, `None` once done (or the device was reset).
+    pub fn announce_tick(&mut self, now: Instant) -> Option<Instant> {
+        if !self.device.is_activated() {
+            return None;
         }
+        let tick = self.device.announce_tick(now);
+        self.took_announce_tick(tick)
+    }
+
+    fn took_announce_tick(
+        &mut self,
+        tick: blockdev::Result<blockdev::virtio::net::AnnounceTick>,
+    ) -> Option<Instant> {
+        match tick {
+            Ok(tick) => {
+                if tick.config_changed {
+                    self.interrupt.config_changed();
+                }
+                tick.wake
+            }
+            Err(e) => {
+                eprintln!("vmm: {} {}: {e}", self.device.kind(), self.index);
+                None
+            }
+        }
+    }
+
+    /// The device's announcement under way, for a snapshot.
+    pub fn saved_announce(&self) -> blockdev::virtio::net::announce::SavedAnnounce {
+        self.device.saved_announce()
     }
 
     /// Reads the device's configuration space from byte `offset` (for a

@@ -374,6 +374,7 @@ mod tests {
                     resume: blockdev::virtio::net::NetResume {
                         active_pairs: 1,
                         rx_stash: vec![vec![n as u16, 7]],
+                        announce: Default::default(),
                     },
                 })
                 .collect(),

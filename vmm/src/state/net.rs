@@ -11,12 +11,16 @@
 //! per receive queue:
 //!   count       u16 LE   chains stashed (at most the largest queue size)
 //!   heads       count × u16 LE, oldest first
+//! announce (optional: a record without it has no announcement under way)
+//!   pending     u8       VIRTIO_NET_S_ANNOUNCE was set (0 or 1)
+//!   rounds_left u8       announce rounds still to come (0 to 5)
 //! ```
 //!
 //! Every count is bounded before it sizes anything; a head repeated in one
 //! queue is refused here, a head beyond the queue's size when the device
 //! takes the state.
 
+use blockdev::virtio::net::announce::{SavedAnnounce, ANNOUNCE_ROUNDS};
 use blockdev::virtio::net::defs::{MAX_QUEUE_PAIRS, QUEUE_MAX_SIZE};
 pub use blockdev::virtio::net::NetResume;
 
@@ -54,6 +58,9 @@ impl NetDeviceState {
                 b.extend_from_slice(&head.to_le_bytes());
             }
         }
+        let announce = self.resume.announce;
+        b.push(u8::from(announce.pending));
+        b.push(announce.rounds_left);
         Record {
             kind: RecordKind::VirtioNet,
             index,
@@ -112,13 +119,31 @@ impl NetDeviceState {
             }
             rx_stash.push(heads);
         }
-        p.finish()?;
+        let announce = match p.rest() {
+            [] => SavedAnnounce::default(),
+            &[pending @ (0 | 1), rounds_left] if rounds_left <= ANNOUNCE_ROUNDS => SavedAnnounce {
+                pending: pending == 1,
+                rounds_left,
+            },
+            &[pending, rounds_left] => {
+                return Err(bad(format!(
+                    "announce state pending {pending}, {rounds_left} rounds left: 0 or 1 and 0 to {ANNOUNCE_ROUNDS} expected"
+                )))
+            }
+            rest => {
+                return Err(bad(format!(
+                    "{} bytes after the receive queues, 0 or 2 expected",
+                    rest.len()
+                )))
+            }
+        };
         Ok(NetDeviceState {
             mac,
             max_pairs,
             resume: NetResume {
                 active_pairs,
                 rx_stash,
+                announce,
             },
         })
     }
@@ -135,6 +160,10 @@ mod tests {
             resume: NetResume {
                 active_pairs: 2,
                 rx_stash: vec![vec![3, 4, 5], vec![]],
+                announce: SavedAnnounce {
+                    pending: true,
+                    rounds_left: 3,
+                },
             },
         }
     }
@@ -171,5 +200,27 @@ mod tests {
         let mut short = state().to_record(0);
         short.payload.pop();
         assert!(NetDeviceState::from_record(&short).is_err());
+        let announce_at = state().to_record(0).payload.len() - 2;
+        for (bytes, says) in [([2u8, 0u8], "pending 2"), ([0, 6], "6 rounds left")] {
+            let mut record = state().to_record(0);
+            record.payload[announce_at..].copy_from_slice(&bytes);
+            let err = NetDeviceState::from_record(&record)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let mut long = state().to_record(0);
+        long.payload.push(0);
+        let err = NetDeviceState::from_record(&long).unwrap_err().to_string();
+        assert!(err.contains("3 bytes after"), "{err}");
+    }
+
+    #[test]
+    fn a_record_without_the_announce_state_still_loads() {
+        let mut record = state().to_record(0);
+        record.payload.truncate(record.payload.len() - 2);
+        let old = NetDeviceState::from_record(&record).expect("old record");
+        assert_eq!(old.resume.announce, SavedAnnounce::default());
+        assert_eq!(old.resume.rx_stash, state().resume.rx_stash);
     }
 }

@@ -10,11 +10,14 @@
 //! `2 × pairs` the control queue.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 
-use super::announce::{rarp_frame, AnnounceState, RARP_FRAME_LEN};
+use super::announce::{
+    rarp_frame, round_delay, AnnounceState, SavedAnnounce, ANNOUNCE_ROUNDS, RARP_FRAME_LEN,
+};
 use super::counters::NetCounters;
 use super::ctrl::{set_active_pairs, CtrlQueue};
 use super::defs::*;
@@ -62,7 +65,22 @@ pub struct NetResume {
     /// For each pair's receive queue (pair order), the heads of its
     /// stashed chains, oldest first.
     pub rx_stash: Vec<Vec<u16>>,
+    /// An announcement under way (the bit and the rounds left).
+    pub announce: SavedAnnounce,
 }
+
+/// What one step of an announcement did and when to step again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnnounceTick {
+    /// VIRTIO_NET_S_ANNOUNCE turned on: raise a configuration interrupt.
+    pub config_changed: bool,
+    /// When to call [`VirtioNet::announce_tick`] again; `None` once every
+    /// round is done.
+    pub wake: Option<Instant>,
+}
+
+/// How often to look again while a round waits on the driver's ack.
+const ACK_POLL: Duration = Duration::from_millis(50);
 
 /// The handlers of an activated device, for the event loop.
 #[derive(Debug)]
@@ -109,6 +127,12 @@ pub struct VirtioNet {
     counters: Arc<NetCounters>,
     /// VIRTIO_NET_S_ANNOUNCE, shared with the control queue.
     announce: Arc<AnnounceState>,
+    /// RARP rounds left and when the next is due (QEMU's
+    /// `qemu_announce_self` timer).
+    rarp_left: u8,
+    rarp_due: Option<Instant>,
+    /// The last activation took over an announcement under way.
+    announce_restored: bool,
     /// Taken at the next activation (a restore).
     resume: Option<NetResume>,
 }
@@ -178,6 +202,9 @@ impl VirtioNet {
             activated: false,
             counters: Arc::new(NetCounters::new(pairs as u16)),
             announce: Arc::new(AnnounceState::default()),
+            rarp_left: 0,
+            rarp_due: None,
+            announce_restored: false,
             resume: None,
         })
     }
@@ -267,6 +294,9 @@ impl VirtioNet {
         self.activated = false;
         self.resume = None;
         self.announce.clear();
+        self.rarp_left = 0;
+        self.rarp_due = None;
+        self.announce_restored = false;
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -290,6 +320,12 @@ impl VirtioNet {
         }
         if resume.rx_stash.len() > self.taps.len() {
             return bad("saved receive queues", resume.rx_stash.len());
+        }
+        if resume.announce.rounds_left > ANNOUNCE_ROUNDS {
+            return bad(
+                "saved announce rounds",
+                usize::from(resume.announce.rounds_left),
+            );
         }
         self.resume = Some(resume);
         Ok(())
@@ -332,21 +368,62 @@ impl VirtioNet {
     }
 
     /// After a restore or a migration, once the guest runs again, for an
-    /// active device: send a RARP from the guest's MAC into pair 0's tap
-    /// queue (QEMU's `qemu_announce_self`, one round), and if the driver
-    /// accepted GUEST_ANNOUNCE (and so CTRL_VQ) set VIRTIO_NET_S_ANNOUNCE
-    /// and return true, and the transport raises a configuration
-    /// interrupt; the driver announces itself and acks on the control
-    /// queue (QEMU's `virtio_net_announce_timer`, one round). A RARP the
-    /// tap refuses is an error, after the bit is set.
-    pub fn announce(&mut self) -> Result<bool> {
+    /// active device: start [`ANNOUNCE_ROUNDS`] rounds of RARPs from the
+    /// guest's MAC into pair 0's tap queue (QEMU's `qemu_announce_self`),
+    /// and if the driver accepted GUEST_ANNOUNCE (and so CTRL_VQ) the
+    /// rounds of VIRTIO_NET_S_ANNOUNCE (QEMU's
+    /// `virtio_net_announce_timer`: each round sets the bit with a
+    /// configuration interrupt, the driver announces itself and acks, and
+    /// the ack schedules the next round). An announcement the saved
+    /// device had under way goes on where it was instead of starting
+    /// again (a pending bit raises the configuration interrupt again).
+    /// The first rounds fire now; call [`VirtioNet::announce_tick`] at
+    /// the returned `wake`. A RARP the tap refuses is an error.
+    pub fn announce(&mut self) -> Result<AnnounceTick> {
         if !self.activated {
-            return Ok(false);
+            return Ok(AnnounceTick::default());
         }
-        let guest = self.driver_features & F_NET_GUEST_ANNOUNCE != 0;
-        if guest {
-            self.announce.request();
+        let now = Instant::now();
+        self.rarp_left = ANNOUNCE_ROUNDS;
+        self.rarp_due = Some(now);
+        let mut pending_again = false;
+        if self.driver_features & F_NET_GUEST_ANNOUNCE != 0 {
+            if std::mem::take(&mut self.announce_restored) {
+                pending_again = self.announce.pending();
+            } else {
+                self.announce.start(now);
+            }
         }
+        let mut tick = self.announce_tick(now)?;
+        tick.config_changed |= pending_again;
+        Ok(tick)
+    }
+
+    /// One step of the announcement at `now`: the RARP round and the
+    /// driver's round that are due fire.
+    pub fn announce_tick(&mut self, now: Instant) -> Result<AnnounceTick> {
+        let config_changed = self.announce.tick(now);
+        if self.rarp_due.is_some_and(|due| due <= now) && self.rarp_left > 0 {
+            self.rarp_left -= 1;
+            self.rarp_due = (self.rarp_left > 0).then(|| now + round_delay(self.rarp_left));
+            self.send_rarp()?;
+        }
+        let guest = match self.announce.next_due() {
+            Some(Some(due)) => Some(due),
+            Some(None) => Some(now + ACK_POLL),
+            None => None,
+        };
+        let wake = match (self.rarp_due, guest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(AnnounceTick {
+            config_changed,
+            wake,
+        })
+    }
+
+    fn send_rarp(&self) -> Result<()> {
         let mut frame = [0u8; NET_HDR_SIZE + RARP_FRAME_LEN];
         frame[NET_HDR_SIZE..].copy_from_slice(&rarp_frame(self.mac));
         if let Some(tap) = self.taps.first() {
@@ -355,7 +432,12 @@ impl VirtioNet {
                 source,
             })?;
         }
-        Ok(guest)
+        Ok(())
+    }
+
+    /// The announcement under way, for a snapshot.
+    pub fn saved_announce(&self) -> SavedAnnounce {
+        self.announce.saved()
     }
 
     /// Whether VIRTIO_NET_S_ANNOUNCE is set (the driver has not acked).
@@ -434,6 +516,12 @@ impl VirtioNet {
             tap.set_offloads(offloads)?;
         }
         let resume = self.resume.take().unwrap_or_default();
+        if resume.announce.in_progress() && features & F_NET_GUEST_ANNOUNCE == 0 {
+            return Err(Error::DeviceState {
+                reason:
+                    "the saved announcement needs GUEST_ANNOUNCE, which the driver did not take",
+            });
+        }
         let active_pairs = resume.active_pairs.max(1);
         set_active_pairs(&self.taps, active_pairs)?;
         let event_idx = features & F_RING_EVENT_IDX != 0;
@@ -481,6 +569,7 @@ impl VirtioNet {
                     .push(TxQueue::new(active, tap, features, self.counters.clone()));
             }
         }
+        self.announce_restored = self.announce.resume(resume.announce, Instant::now());
         self.activated = true;
         Ok(handlers)
     }

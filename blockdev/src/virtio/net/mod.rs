@@ -36,7 +36,7 @@ pub mod tap;
 pub mod tx;
 
 pub use counters::{NetCounters, NetStats};
-pub use device::{NetHandlers, NetOptions, NetResume, VirtioNet};
+pub use device::{AnnounceTick, NetHandlers, NetOptions, NetResume, VirtioNet};
 pub use rx::RxQueue;
 pub use tap::Tap;
 pub use tx::TxQueue;
