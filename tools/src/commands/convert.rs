@@ -124,8 +124,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 image.virtual_size()
             ));
         }
-        let has_backing = image.backing().is_some();
-        (image, args.target_is_zero, has_backing)
+        // Like qemu-img, only -B makes the target's backing file count:
+        // without it, what the sources leave unallocated is zeroed in the
+        // target even when the target has a backing file of its own.
+        (image, args.target_is_zero, args.backing.is_some())
     } else {
         let mut parsed =
             ParsedOptions::parse(target_format, &list).map_err(|e| prefixed(&target, e))?;
@@ -226,6 +228,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         target_has_backing,
         sparse_size: args.sparse_size.unwrap_or(DEFAULT_SPARSE),
         compress: args.compress,
+        in_order: !args.oob_writes,
         workers: args
             .parallel
             .map(|m| m as usize)
