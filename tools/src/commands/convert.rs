@@ -126,8 +126,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 image.virtual_size()
             ));
         }
-        let has_backing = image.backing().is_some();
-        (image, args.target_is_zero, has_backing)
+        // Like qemu-img, only -B makes the target's backing file count:
+        // without it, what the sources leave unallocated is zeroed in the
+        // target even when the target has a backing file of its own.
+        (image, args.target_is_zero, args.backing.is_some())
     } else {
         let mut parsed =
             ParsedOptions::parse(target_format, &list).map_err(|e| prefixed(&target, e))?;
@@ -231,6 +233,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         // qemu-img offloads only with -C; -S 0 reads no zeros either, so
         // its data goes the same way.
         copy_offload: args.copy_range || args.sparse_size == Some(0),
+        in_order: !args.oob_writes,
         workers: args
             .parallel
             .map(|m| m as usize)

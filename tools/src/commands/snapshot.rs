@@ -19,7 +19,7 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
             args.filename
         ));
     };
-    let fail = |what: &str, e: qcow::Error| anyhow!("Could not {what}: {}", io_reason(&e));
+    let fail = |what: &str, e: qcow::Error| anyhow!("Could not {what}: {}", reason(&e));
     // A name is echoed whole unless it would swamp the line.
     let shown = |name: &str| -> String {
         if name.chars().count() > 64 {
@@ -72,4 +72,16 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
     }
     image.flush()?;
     Ok(0)
+}
+
+/// Why a snapshot operation failed, as qemu-img says it: its qcow2 driver
+/// fails these with an errno, which qemu-img prints as the errno's text
+/// (a refcount that would overflow is EINVAL, a full snapshot table or an
+/// image out of address space EFBIG).
+fn reason(e: &qcow::Error) -> String {
+    match e {
+        qcow::Error::RefcountRange { .. } => "Invalid argument".to_string(),
+        qcow::Error::NoSpace(_) => "File too large".to_string(),
+        other => io_reason(other),
+    }
 }

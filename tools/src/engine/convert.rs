@@ -1,13 +1,16 @@
 //! The copy engine of `img convert`: several sources, concatenated, copied
-//! into one target by a few worker threads that each take the next chunk,
-//! read it, find its zeros and write the rest out of order (like
-//! `qemu-img convert -W`). Reads of one worker overlap writes of another.
+//! into one target by a few worker threads that each take the next chunk
+//! (a range of the target, which may span sources), read it and find its
+//! zeros in parallel, then write it. Writes go in the target's order, as
+//! qemu-img's do, so that clusters are allocated where qemu-img puts them;
+//! `-W` lets them go out of order. Reads of one worker overlap writes of
+//! another.
 //!
 //! Memory stays bounded: each worker holds one chunk buffer, and the qcow2
 //! metadata caches are bounded by the library.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
@@ -83,6 +86,9 @@ pub struct ConvertJob<'a> {
     /// zeros in it anyway), falling back to reading and writing where the
     /// kernel cannot.
     pub copy_offload: bool,
+    /// Write chunks in the target's order (qemu-img's default; `-W` turns
+    /// it off): the target's clusters are then allocated in guest order.
+    pub in_order: bool,
     /// Worker threads.
     pub workers: usize,
     /// Called with the bytes of allocated data just copied and the total
@@ -95,7 +101,8 @@ pub struct ConvertJob<'a> {
 enum Region {
     /// Read from the source and write.
     Data,
-    /// Data at this byte of the source's file ([`ConvertJob::source_files`]).
+    /// Data at this byte of the source's file ([`ConvertJob::source_files`]);
+    /// kept apart from [`Region::Data`] only when copies are offloaded.
     FileData(u64),
     /// Reads as zero.
     Zero,
@@ -103,11 +110,58 @@ enum Region {
     Skip,
 }
 
+/// A range of the target to copy.
 struct Chunk {
-    source: usize,
-    offset: u64,
-    len: u64,
     target_offset: u64,
+    len: u64,
+}
+
+/// Where the sources lie in the target: source `i` covers
+/// `[starts[i], starts[i] + size)`.
+struct Layout {
+    starts: Vec<u64>,
+    total: u64,
+}
+
+impl Layout {
+    fn new(sources: &[&dyn BlockRead]) -> Layout {
+        let mut starts = Vec::with_capacity(sources.len());
+        let mut total = 0u64;
+        for s in sources {
+            starts.push(total);
+            total += s.virtual_size();
+        }
+        Layout { starts, total }
+    }
+
+    /// The parts of target range `[target_offset, +len)` that each source
+    /// covers: `(source, source_offset, target_offset, len)`.
+    fn pieces(
+        &self,
+        sources: &[&dyn BlockRead],
+        target_offset: u64,
+        len: u64,
+    ) -> Vec<(usize, u64, u64, u64)> {
+        let end = target_offset + len;
+        let mut out = Vec::new();
+        for (i, (&start, s)) in self.starts.iter().zip(sources).enumerate() {
+            let stop = start + s.virtual_size();
+            let lo = target_offset.max(start);
+            let hi = end.min(stop);
+            if lo < hi {
+                out.push((i, lo - start, lo, hi - lo));
+            }
+        }
+        out
+    }
+}
+
+/// A region of a chunk: target range and what to do with it.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    target_offset: u64,
+    len: u64,
+    region: Region,
 }
 
 /// Bytes of chunk buffers all workers together may hold.
@@ -117,73 +171,104 @@ const BUFFER_BUDGET: u64 = 4 << 20;
 /// the disk works while the copy goes on instead of all at the end.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
-/// Whether a chunk of a source needs any work: when the target already
-/// reads as zero, ranges that read as zero in the source need none.
-fn chunk_ranges(
-    job: &ConvertJob<'_>,
-    source: &dyn BlockRead,
-    chunk_len: u64,
-) -> Result<Vec<(u64, u64)>> {
-    let size = source.virtual_size();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let add = |start: u64, end: u64, out: &mut Vec<(u64, u64)>| {
+/// The target ranges to work on, cut at multiples of `chunk_len` of the
+/// target: when the target already reads as zero, ranges that read as zero
+/// in every source need no work.
+fn plan_chunks(job: &ConvertJob<'_>, layout: &Layout, chunk_len: u64) -> Result<Vec<Chunk>> {
+    let total = layout.total;
+    let mut out: Vec<Chunk> = Vec::new();
+    let add = |start: u64, end: u64, out: &mut Vec<Chunk>| {
         let mut c = start / chunk_len * chunk_len;
         while c < end {
-            let len = chunk_len.min(size - c);
-            if out.last().is_none_or(|&(s, _)| s < c) {
-                out.push((c, len));
+            let len = chunk_len.min(total - c);
+            if out.last().is_none_or(|last| last.target_offset < c) {
+                out.push(Chunk {
+                    target_offset: c,
+                    len,
+                });
             }
             c += chunk_len;
         }
     };
     // `-S 0` copies everything, zeros included.
     if !job.target_is_zero || job.target_has_backing || job.sparse_size == 0 {
-        add(0, size, &mut out);
+        add(0, total, &mut out);
         return Ok(out);
     }
-    let mut pos = 0;
-    while pos < size {
-        let extents = chain_extents(source, pos, size - pos).map_err(|e| {
-            anyhow::anyhow!(
-                "error while reading block status at offset {pos}: {}",
-                crate::commands::io_reason(&e)
-            )
-        })?;
-        if extents.is_empty() {
-            break;
-        }
-        for e in extents {
-            let zero = matches!(
-                e.kind,
-                ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. }
-            );
-            if !zero {
-                add(e.guest_offset, e.guest_offset + e.len, &mut out);
+    for (source, &start) in job.sources.iter().zip(&layout.starts) {
+        let size = source.virtual_size();
+        let mut pos = 0;
+        while pos < size {
+            let extents = chain_extents(*source, pos, size - pos).map_err(|e| {
+                anyhow::anyhow!(
+                    "error while reading block status at offset {pos}: {}",
+                    crate::commands::io_reason(&e)
+                )
+            })?;
+            if extents.is_empty() {
+                break;
             }
-            pos = e.guest_offset + e.len;
+            for e in extents {
+                let zero = matches!(
+                    e.kind,
+                    ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. }
+                );
+                if !zero {
+                    add(
+                        start + e.guest_offset,
+                        start + e.guest_offset + e.len,
+                        &mut out,
+                    );
+                }
+                pos = e.guest_offset + e.len;
+            }
         }
     }
     Ok(out)
 }
 
+/// Whose turn it is to write, when chunks are written in order.
+struct WriteTurn {
+    next: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl WriteTurn {
+    /// Waits until chunk `index` may write; false if the copy failed
+    /// meanwhile.
+    fn wait(&self, index: usize, failed: &dyn Fn() -> bool) -> bool {
+        let mut next = self.next.lock().expect("lock");
+        while *next != index {
+            if failed() {
+                return false;
+            }
+            next = self
+                .changed
+                .wait_timeout(next, std::time::Duration::from_millis(50))
+                .expect("lock")
+                .0;
+        }
+        !failed()
+    }
+
+    /// Chunk `index` is written: the next one's turn.
+    fn done(&self, index: usize) {
+        let mut next = self.next.lock().expect("lock");
+        *next = index + 1;
+        self.changed.notify_all();
+    }
+}
+
 /// Runs a conversion.
 pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let chunk_len = chunk_size(job.target);
-    let mut chunks = Vec::new();
-    let mut target_offset = 0u64;
-    for (i, s) in job.sources.iter().enumerate() {
-        let size = s.virtual_size();
-        for (offset, len) in chunk_ranges(job, *s, chunk_len)? {
-            chunks.push(Chunk {
-                source: i,
-                offset,
-                len,
-                target_offset: target_offset + offset,
-            });
-        }
-        target_offset += size;
-    }
+    let layout = Layout::new(job.sources);
+    let chunks = plan_chunks(job, &layout, chunk_len)?;
     let copy_total: u64 = chunks.iter().map(|c| c.len).sum();
+    let turn = WriteTurn {
+        next: Mutex::new(0),
+        changed: Condvar::new(),
+    };
     (job.progress)(0, copy_total);
     let written = AtomicU64::new(0);
     let next = AtomicU64::new(0);
@@ -219,8 +304,20 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                     let Some(chunk) = chunks.get(index) else {
                         return;
                     };
-                    if let Err(e) = copy_chunk(job, chunk, &mut buf, &mut known, &window, &offload)
-                    {
+                    let failed = || first_error.lock().expect("lock").is_some();
+                    let result = read_chunk(job, &layout, chunk, &mut buf, &mut known, &window)
+                        .and_then(|pieces| {
+                            if job.in_order && !turn.wait(index, &failed) {
+                                return Ok(());
+                            }
+                            let written =
+                                write_chunk(job, &layout, chunk, &pieces, &mut buf, &offload);
+                            if job.in_order {
+                                turn.done(index);
+                            }
+                            written
+                        });
+                    if let Err(e) = result {
                         let mut slot = first_error.lock().expect("lock");
                         if slot.is_none() {
                             *slot = Some(e);
@@ -292,20 +389,23 @@ fn file_runs(
     Ok(runs)
 }
 
-/// Splits a chunk into regions by where the source has data.
+/// Splits `len` bytes at `offset` of source `index` into regions by where
+/// the source has data; offsets stay the source's.
 fn regions(
     job: &ConvertJob<'_>,
-    chunk: &Chunk,
+    index: usize,
+    offset: u64,
+    len: u64,
     known: &mut KnownLayout,
     window: &ExtentWindow,
 ) -> Result<Vec<(u64, u64, Region)>> {
-    let source = job.sources[chunk.source];
-    let file = job.source_files.get(chunk.source).copied().flatten();
+    let source = job.sources[index];
+    let file = job.source_files.get(index).copied().flatten();
     let mut out: Vec<(u64, u64, Region)> = Vec::new();
-    let mut pos = chunk.offset;
-    let end = chunk.offset + chunk.len;
+    let mut pos = offset;
+    let end = offset + len;
     while pos < end {
-        let extents = window.extents(chunk.source, source, pos, end)?;
+        let extents = window.extents(index, source, pos, end)?;
         if extents.is_empty() {
             break;
         }
@@ -335,11 +435,11 @@ fn regions(
                 ) if depth == 0 => {
                     let mut at = offset;
                     let mut host = host_offset;
-                    for (n, data) in file_runs(file, chunk.source, known, host_offset, len)? {
-                        let region = if data {
-                            Region::FileData(host)
-                        } else {
-                            Region::Zero
+                    for (n, data) in file_runs(file, index, known, host_offset, len)? {
+                        let region = match data {
+                            false => Region::Zero,
+                            true if job.copy_offload => Region::FileData(host),
+                            true => Region::Data,
                         };
                         push(at, n, region);
                         at += n;
@@ -392,48 +492,149 @@ fn offload_copy(
     }
 }
 
-fn copy_chunk(
+/// Finds a chunk's regions and reads its data into `buf` (at the data's
+/// offset in the chunk); file data to be copied in the kernel is left for
+/// [`write_chunk`]. With `-c`, a cluster that is not all one kind is read
+/// whole, as qemu-img writes compressed clusters whole.
+fn read_chunk(
     job: &ConvertJob<'_>,
+    layout: &Layout,
     chunk: &Chunk,
     buf: &mut [u8],
     known: &mut KnownLayout,
     window: &ExtentWindow,
+) -> Result<Vec<Piece>> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (index, source_offset, target_offset, len) in
+        layout.pieces(job.sources, chunk.target_offset, chunk.len)
+    {
+        let delta = target_offset - source_offset;
+        for (offset, len, region) in regions(job, index, source_offset, len, known, window)? {
+            pieces.push(Piece {
+                target_offset: offset + delta,
+                len,
+                region,
+            });
+        }
+    }
+    if job.compress {
+        if let AnyImage::Qcow2(q) = job.target {
+            // Whole clusters are read, not offloaded: file positions do not
+            // survive the regrouping.
+            for p in &mut pieces {
+                if let Region::FileData(_) = p.region {
+                    p.region = Region::Data;
+                }
+            }
+            pieces = whole_clusters(&pieces, chunk, q.cluster_size());
+        }
+    }
+    for p in &pieces {
+        if p.region == Region::Data {
+            let at = (p.target_offset - chunk.target_offset) as usize;
+            read_target_range(
+                job,
+                layout,
+                p.target_offset,
+                &mut buf[at..at + p.len as usize],
+            )?;
+        }
+    }
+    Ok(pieces)
+}
+
+/// Reads target range `[target_offset, +buf.len())` from the sources.
+fn read_target_range(
+    job: &ConvertJob<'_>,
+    layout: &Layout,
+    target_offset: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    for (index, source_offset, at, len) in
+        layout.pieces(job.sources, target_offset, buf.len() as u64)
+    {
+        let start = (at - target_offset) as usize;
+        // qemu-img's words: the OS's text of the failure, once.
+        job.sources[index]
+            .read_at(&mut buf[start..start + len as usize], source_offset)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "error while reading at byte {source_offset}: {}",
+                    crate::commands::io_reason(&e)
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Regroups a chunk's regions by target cluster: a cluster all of one kind
+/// keeps it, any other cluster becomes data (qemu-img's rule for `-c`).
+fn whole_clusters(pieces: &[Piece], chunk: &Chunk, cluster_size: u64) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::new();
+    let end = chunk.target_offset + chunk.len;
+    let mut cluster = chunk.target_offset / cluster_size * cluster_size;
+    while cluster < end {
+        let lo = cluster.max(chunk.target_offset);
+        let hi = (cluster + cluster_size).min(end);
+        let mut kinds = pieces
+            .iter()
+            .filter(|p| p.target_offset < hi && p.target_offset + p.len > lo)
+            .map(|p| p.region);
+        let first = kinds.next().unwrap_or(Region::Zero);
+        let region = if kinds.all(|r| r == first) {
+            first
+        } else {
+            Region::Data
+        };
+        match out.last_mut() {
+            Some(last) if last.region == region && last.target_offset + last.len == lo => {
+                last.len += hi - lo
+            }
+            _ => out.push(Piece {
+                target_offset: lo,
+                len: hi - lo,
+                region,
+            }),
+        }
+        cluster += cluster_size;
+    }
+    out
+}
+
+/// Writes a chunk whose data [`read_chunk`] read into `buf`; file data is
+/// copied in the kernel where it can be, and read here where it cannot.
+fn write_chunk(
+    job: &ConvertJob<'_>,
+    layout: &Layout,
+    chunk: &Chunk,
+    pieces: &[Piece],
+    buf: &mut [u8],
     offload: &AtomicBool,
 ) -> Result<()> {
-    let source = job.sources[chunk.source];
-    let delta = chunk.target_offset - chunk.offset;
-    for (offset, len, region) in regions(job, chunk, known, window)? {
-        let target_offset = offset + delta;
-        match region {
+    for p in pieces {
+        match p.region {
             Region::Skip => {}
             Region::Zero => {
                 if !job.target_is_zero {
-                    write_zeroes(job.target, target_offset, len)?;
+                    write_zeroes(job.target, p.target_offset, p.len)?;
                 }
             }
-            Region::FileData(host) if job.copy_offload => {
-                let file = job.source_files[chunk.source].expect("file data has a file");
-                let done = offload_copy(job, file, host, target_offset, len, offload)?;
+            Region::Data => {
+                let at = (p.target_offset - chunk.target_offset) as usize;
+                write_data(job, p.target_offset, &buf[at..at + p.len as usize])?;
+            }
+            Region::FileData(host) => {
+                let (index, _, _, _) = layout.pieces(job.sources, p.target_offset, 1)[0];
+                let file = job.source_files[index].expect("file data has a file");
+                let done = offload_copy(job, file, host, p.target_offset, p.len, offload)?;
                 // What the kernel did not copy (past the file's end, or no
                 // offload here) is read and written.
-                if done < len {
-                    let data = &mut buf[..(len - done) as usize];
-                    source
-                        .read_at(data, offset + done)
-                        .with_context(|| format!("error while reading at byte {offset}"))?;
-                    write_data(job, target_offset + done, data)?;
+                if done < p.len {
+                    let at = (p.target_offset - chunk.target_offset + done) as usize;
+                    let data = &mut buf[at..at + (p.len - done) as usize];
+                    read_target_range(job, layout, p.target_offset + done, data)?;
+                    write_data(job, p.target_offset + done, data)?;
                 }
-            }
-            Region::Data | Region::FileData(_) => {
-                let data = &mut buf[..len as usize];
-                // qemu-img's words: the OS's text of the failure, once.
-                source.read_at(data, offset).map_err(|e| {
-                    anyhow::anyhow!(
-                        "error while reading at byte {offset}: {}",
-                        crate::commands::io_reason(&e)
-                    )
-                })?;
-                write_data(job, target_offset, data)?;
             }
         }
     }
@@ -489,7 +690,7 @@ fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
 fn write_data(job: &ConvertJob<'_>, offset: u64, data: &[u8]) -> Result<()> {
     if job.compress {
         if let AnyImage::Qcow2(q) = job.target {
-            return write_compressed(q, offset, data);
+            return write_compressed(job, q, offset, data);
         }
     }
     let gran = zero_granularity(job);
@@ -560,16 +761,30 @@ fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
     .with_context(|| format!("error while writing at byte {offset}"))
 }
 
-fn write_compressed(q: &qcow::image::Qcow2, offset: u64, data: &[u8]) -> Result<()> {
+/// Writes data compressed, cluster by cluster; zero clusters are left to
+/// read as zero, unless `-S 0` asks for every cluster to be written.
+fn write_compressed(
+    job: &ConvertJob<'_>,
+    q: &qcow::image::Qcow2,
+    offset: u64,
+    data: &[u8],
+) -> Result<()> {
     let cs = q.cluster_size();
+    let write_zeros = job.sparse_size == 0;
     let end = offset + data.len() as u64;
     let mut pos = offset;
     while pos < end {
         let cluster_end = ((pos / cs + 1) * cs).min(end);
         let part = &data[(pos - offset) as usize..(cluster_end - offset) as usize];
-        if is_zero(part) {
-            // Left unallocated: the new target reads zero there.
-        } else if pos.is_multiple_of(cs) && part.len() as u64 == cs {
+        let whole =
+            pos.is_multiple_of(cs) && (part.len() as u64 == cs || cluster_end == q.virtual_size());
+        if !write_zeros && is_zero(part) {
+            // A zero cluster: nothing to write when the target reads zero.
+            if !job.target_is_zero {
+                q.write_zeroes(pos, part.len() as u64, true)
+                    .with_context(|| format!("error while writing zeroes at byte {pos}"))?;
+            }
+        } else if whole {
             q.write_compressed(pos / cs, part)
                 .with_context(|| format!("error while writing at byte {pos}"))?;
         } else {

@@ -1,5 +1,5 @@
 //! Data movers behind the subcommands.
 
 pub mod convert;
-pub mod salvage;
 pub mod extent_window;
+pub mod salvage;

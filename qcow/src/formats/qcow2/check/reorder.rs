@@ -1,7 +1,12 @@
 //! Changing an image's refcount width (`img amend -o refcount_bits=N`).
 //!
-//! The check computes every cluster's reference count from the metadata;
-//! the counts are copied into a table of the new width, and a new refcount
+//! The stored refcounts are copied into a table of the new width, as
+//! QEMU's qcow2_change_refcount_order copies them (an image whose counts are
+//! off stays off in the same way, and `check -r` repairs it after, as
+//! qemu-iotests 112 does). The check computes every cluster's references
+//! first, only to refuse what copying could make worse: a referenced
+//! cluster whose stored count is 0 would look free to the new structure's
+//! allocation. Then a new refcount
 //! structure of that width is written into clusters nothing uses (the old
 //! structure stays intact until then). One write of the header's first
 //! sector then switches table offset, table size and refcount order
@@ -16,8 +21,9 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 
 /// Rewrites the refcount structure of the quiescent image in `storage`
-/// with `1 << new_order`-bit entries. The image must be consistent (no
-/// corruption `img check` would report); leaked clusters are dropped.
+/// with `1 << new_order`-bit entries, copying the stored counts (leaks and
+/// wrong counts included). Refused when the metadata cannot be walked or a
+/// referenced cluster has a stored count of 0.
 pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()> {
     if new_order > 6 {
         return Err(Error::InvalidField {
@@ -47,15 +53,27 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
         Err(Stop::Fail(e)) => return Err(e),
         Err(Stop::Abort(_)) => return Err(broken(&ctx)),
     }
-    if ctx.res.corruptions > 0 || ctx.res.check_errors > 0 {
+    if ctx.res.check_errors > 0 {
         return Err(broken(&ctx));
     }
 
-    // Copy the computed counts into a table of the new width.
+    // Copy the stored counts into a table of the new width.
     let computed = ctx
         .imrt
         .take()
         .expect("check_refcounts computed the counts");
+    for cluster in 0..computed.entries() {
+        let stored = match ctx.stored.get(storage, cluster)? {
+            Ok(count) => count,
+            Err(_) => return Err(broken(&ctx)),
+        };
+        if stored == 0 && computed.get(cluster) > 0 {
+            return Err(Error::Corrupt(format!(
+                "cannot change the refcount width: cluster {cluster} is in use but its \
+                 refcount is 0; run 'img check -r all' first"
+            )));
+        }
+    }
     let cs = ctx.cluster_size;
     let mut counts = Imrt::new(new_order, cs, computed.entries()).map_err(|bytes| {
         Error::Unsupported(format!(
@@ -66,7 +84,10 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
         ))
     })?;
     for cluster in 0..computed.entries() {
-        let count = computed.get(cluster);
+        let count = match ctx.stored.get(storage, cluster)? {
+            Ok(count) => count,
+            Err(_) => return Err(broken(&ctx)),
+        };
         if count > counts.max() {
             return Err(Error::AmendRefused(format!(
                 "Cannot decrease refcount entry width to {} bits: Cluster at offset {:#x} has a \

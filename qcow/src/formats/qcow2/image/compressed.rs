@@ -10,27 +10,51 @@ use crate::error::{Error, Result};
 impl Qcow2 {
     /// Writes one whole guest cluster, compressed when that makes it smaller
     /// and stored normally otherwise. Returns whether it was compressed.
+    /// The disk's last cluster may be given short when the disk ends inside
+    /// it: it is padded with zeros, as QEMU pads it.
     pub fn write_compressed(&self, guest_cluster: u64, data: &[u8]) -> Result<bool> {
         self.check_writable()?;
         let cs = self.cluster_size();
-        if data.len() as u64 != cs {
+        let len = data.len() as u64;
+        let ends_disk = guest_cluster
+            .checked_mul(cs)
+            .and_then(|start| start.checked_add(len))
+            == Some(self.size());
+        if len > cs || (len < cs && !ends_disk) || len == 0 {
             return Err(Error::Unsupported(format!(
                 "compressed writes need whole clusters ({} bytes, got {})",
                 cs,
                 data.len()
             )));
         }
+        if len < cs {
+            let mut padded = vec![0u8; cs as usize];
+            padded[..data.len()].copy_from_slice(data);
+            return self.write_compressed_cluster(guest_cluster, &padded, len);
+        }
+        self.write_compressed_cluster(guest_cluster, data, cs)
+    }
+
+    /// Writes a whole cluster's bytes (`data`), of which the first
+    /// `guest_len` lie inside the disk.
+    fn write_compressed_cluster(
+        &self,
+        guest_cluster: u64,
+        data: &[u8],
+        guest_len: u64,
+    ) -> Result<bool> {
+        let cs = self.cluster_size();
         if self.data_file.is_some() {
             return Err(Error::Unsupported(
                 "compressed clusters in an image with an external data file".into(),
             ));
         }
         let guest_offset = guest_cluster * cs;
-        crate::device::check_range(guest_offset, cs, self.size())?;
+        crate::device::check_range(guest_offset, guest_len, self.size())?;
         // Leave room so that the sector count never exceeds one cluster.
         let Some(compressed) = compress::compress(self.compression, data, cs as usize - 512)?
         else {
-            self.write_at(data, guest_offset)?;
+            self.write_at(&data[..guest_len as usize], guest_offset)?;
             return Ok(false);
         };
         let len = compressed.len() as u64;
@@ -38,6 +62,8 @@ impl Qcow2 {
             let meta = self.lock();
             let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
             let old = meta.l2_entry(&*self.file, guest_cluster)?;
+            // The table first, then the bytes (QEMU's order).
+            meta.prepare_l2(&*self.file, guest_cluster)?;
             let cursor = meta.compressed_cursor;
             // Pack after the previous compressed cluster when its host
             // cluster's refcount can count one more user (1-bit refcounts

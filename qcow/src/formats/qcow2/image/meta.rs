@@ -202,6 +202,20 @@ impl Meta {
         Ok(new)
     }
 
+    /// Makes the L2 table that maps `guest_cluster` writable (allocating or
+    /// copying it) ahead of the data clusters a write allocates for it, so
+    /// that a new table lies before its data in the file, as QEMU orders
+    /// them (its `l2_allocate` runs before the data clusters are taken).
+    pub fn prepare_l2(&mut self, file: &dyn Storage, guest_cluster: u64) -> Result<()> {
+        let l1_index = (guest_cluster / self.geo.l2_entries()) as usize;
+        if l1_index >= self.l1.len() {
+            return Err(Error::Corrupt(format!(
+                "guest cluster {guest_cluster} is beyond the L1 table"
+            )));
+        }
+        self.writable_l2(file, l1_index).map(|_| ())
+    }
+
     /// Replaces the L2 entry of `guest_cluster`.
     pub fn set_l2_entry(
         &mut self,

@@ -213,18 +213,33 @@ impl Qcow2 {
 
     /// Writes `l1` into newly allocated clusters; returns their offset.
     fn write_new_l1(&self, meta: &mut Meta, l1: &[u64]) -> Result<u64> {
-        if l1.is_empty() {
+        let offset = self.alloc_l1(meta, l1.len())?;
+        self.write_l1_at(offset, l1)?;
+        Ok(offset)
+    }
+
+    /// Allocates the clusters of an L1 table of `entries` entries (offset 0
+    /// for none).
+    fn alloc_l1(&self, meta: &mut Meta, entries: usize) -> Result<u64> {
+        if entries == 0 {
             return Ok(0);
+        }
+        let clusters = (entries as u64 * 8).div_ceil(self.cluster_size());
+        meta.alloc_clusters(&*self.file, clusters)
+    }
+
+    /// Writes L1 table `l1` into the clusters [`Self::alloc_l1`] gave.
+    fn write_l1_at(&self, offset: u64, l1: &[u64]) -> Result<()> {
+        if l1.is_empty() {
+            return Ok(());
         }
         let cs = self.cluster_size();
         let clusters = (l1.len() as u64 * 8).div_ceil(cs);
-        let offset = meta.alloc_clusters(&*self.file, clusters)?;
         let mut raw = vec![0u8; (clusters * cs) as usize];
         for (i, &e) in l1.iter().enumerate() {
             BigEndian::write_u64(&mut raw[i * 8..], e);
         }
-        self.file.write_at(&raw, offset)?;
-        Ok(offset)
+        self.file.write_at(&raw, offset)
     }
 
     fn free_range(&self, meta: &mut Meta, offset: u64, len: u64) -> Result<()> {
@@ -367,10 +382,21 @@ impl Qcow2 {
             .unwrap_or(0)
             + 1;
         let l1 = meta.l1.clone();
-        self.tree_refcounts(&mut meta, &l1, 1)?;
+        // QEMU's order: the snapshot's L1 table is allocated before the
+        // tree's refcounts grow. When one would overflow (narrow refcount
+        // widths), nothing else changed, and the table's clusters stay
+        // allocated: a leak `check` reports and repairs, as qemu-img leaves
+        // it (qemu-iotests 112). The copy is written at once, as QEMU
+        // writes it, and again below once the active flags are settled.
+        let l1_table_offset = self.alloc_l1(&mut meta, l1.len())?;
+        self.write_l1_at(l1_table_offset, &l1)?;
+        if let Err(e) = self.tree_refcounts(&mut meta, &l1, 1) {
+            meta.flush(&*self.file)?;
+            return Err(e);
+        }
         self.fix_copied_flags(&mut meta)?;
         let l1 = meta.l1.clone();
-        let l1_table_offset = self.write_new_l1(&mut meta, &l1)?;
+        self.write_l1_at(l1_table_offset, &l1)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

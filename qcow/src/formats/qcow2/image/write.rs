@@ -326,12 +326,20 @@ impl Qcow2 {
             });
         }
         // Allocate runs of consecutive guest clusters, contiguously where
-        // the allocator can.
+        // the allocator can; a run stays within one L2 table, whose table
+        // is allocated first (QEMU's order: the table, then its data).
+        let l2_entries = self.geo.l2_entries();
         let mut i = 0;
         while i < to_alloc.len() {
             let mut j = i;
-            while j + 1 < to_alloc.len() && to_alloc[j + 1].0 == to_alloc[j].0 + 1 {
+            while j + 1 < to_alloc.len()
+                && to_alloc[j + 1].0 == to_alloc[j].0 + 1
+                && to_alloc[j + 1].0 / l2_entries == to_alloc[i].0 / l2_entries
+            {
                 j += 1;
+            }
+            if !in_data_file {
+                meta.prepare_l2(&*self.file, to_alloc[i].0)?;
             }
             let wanted = (j - i + 1) as u64;
             let (base, got) = if in_data_file {
