@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use super::header::{parse_footer, SparseHeader, GD_AT_END, HEADER_SIZE};
+use super::header::{parse_cowd, parse_footer, SparseHeader, COWD_MAGIC, GD_AT_END, HEADER_SIZE};
 use super::FORMAT;
 use crate::error::{Error, Result};
 use crate::formats::{invalid, read_table};
@@ -89,6 +89,10 @@ impl SparseExtent {
         let file_len = storage.len()?;
         let mut raw = [0u8; HEADER_SIZE];
         storage.read_at(&mut raw, 0)?;
+        if &raw[0..4] == COWD_MAGIC {
+            let (header, entries) = parse_cowd(&raw)?;
+            return Self::with_tables(storage, header, entries);
+        }
         let mut header = SparseHeader::parse(&raw)?;
         if header.gd_offset == GD_AT_END {
             if file_len < 3 * HEADER_SIZE as u64 {
@@ -99,6 +103,17 @@ impl SparseExtent {
             header = parse_footer(&footer)?;
         }
         let entries = header.validate()?;
+        Self::with_tables(storage, header, entries)
+    }
+
+    /// Reads the directories of a validated `header` with `entries`
+    /// directory entries.
+    fn with_tables(
+        storage: Arc<dyn Storage>,
+        header: SparseHeader,
+        entries: u64,
+    ) -> Result<SparseExtent> {
+        let file_len = storage.len()?;
         let read_dir = |sector: u64, what: &'static str| -> Result<Vec<u32>> {
             let offset = sector
                 .checked_mul(512)
@@ -147,6 +162,12 @@ impl SparseExtent {
     /// The header in force (the footer's for stream-optimized extents).
     pub fn header(&self) -> &SparseHeader {
         &self.header
+    }
+
+    /// Whether this is a VMFS sparse ("COWD") extent (its tables hold
+    /// 4096 entries, more than a hosted sparse header may declare).
+    pub fn is_vmfs_sparse(&self) -> bool {
+        self.header.gtes_per_gt == super::header::COWD_GTES_PER_GT
     }
 
     /// Guest bytes of the extent.
