@@ -20,8 +20,9 @@ use crate::error::{Error, Result};
 use crate::formats::{invalid, read_table};
 use crate::storage::Storage;
 
-/// Grain tables kept in memory before the cache is emptied.
-const GT_CACHE_TABLES: usize = 4096;
+/// Grain table entries kept in memory before the cache is emptied (4096
+/// tables of 512 entries, 8 MiB; fewer of VMFS sparse's larger tables).
+const GT_CACHE_ENTRIES: usize = 4096 * 512;
 /// Partial compressed grains kept before the oldest is written as is.
 const MAX_PENDING_GRAINS: usize = 512;
 /// Bytes of a grain marker's header (lba, size).
@@ -225,7 +226,7 @@ impl SparseExtent {
         if self.generation.load(Ordering::Acquire) != generation {
             return Ok(Some(table));
         }
-        if cache.len() >= GT_CACHE_TABLES {
+        if cache.len() >= GT_CACHE_ENTRIES / self.header.gtes_per_gt as usize {
             cache.clear();
         }
         Ok(Some(
