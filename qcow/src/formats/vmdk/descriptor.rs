@@ -106,16 +106,16 @@ fn extent_line(line: &str) -> Result<Option<ExtentLine>> {
             None => (ExtentType::Flat, 0),
             Some(_) => return Err(bad()),
         },
-        "SPARSE" => match offset {
+        "SPARSE" | "VMFSSPARSE" => match offset {
             None => (ExtentType::Sparse, 0),
             Some(_) => return Err(bad()),
         },
-        "VMFSSPARSE" | "SESPARSE" => {
+        "SESPARSE" => {
             return Err(invalid(
                 FORMAT,
                 "extent type",
                 0,
-                "VMFSSPARSE and SESPARSE extents are not supported",
+                "SESPARSE extents are not supported",
             ))
         }
         _ => return Ok(None),
@@ -233,7 +233,7 @@ mod tests {
         assert!(Descriptor::parse("RW 10 FLAT \"x\"\n").is_err());
         assert!(Descriptor::parse("RW 10 FLAT \"x\" -5\n").is_err());
         assert!(Descriptor::parse("RW 10 SPARSE \"x\" 3\n").is_err());
-        assert!(Descriptor::parse("RW 10 VMFSSPARSE \"x\"\n").is_err());
+        assert!(Descriptor::parse("RW 10 SESPARSE \"x\"\n").is_err());
         // Skipped as QEMU skips them.
         assert!(Descriptor::parse("RW 0 FLAT \"x\" 0\nRW 10 ZERO \"x\"\n")
             .unwrap()

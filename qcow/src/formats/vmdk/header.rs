@@ -183,6 +183,58 @@ impl SparseHeader {
     }
 }
 
+/// The magic of a VMFS sparse ("COWD", VMDK3) extent, as bytes.
+pub const COWD_MAGIC: &[u8; 4] = b"COWD";
+/// Grain table entries of a VMFS sparse extent (fixed, as QEMU reads it).
+pub const COWD_GTES_PER_GT: u32 = 4096;
+
+/// Parses the header of a VMFS sparse ("COWD") extent into the geometry
+/// of a sparse extent, as QEMU's `vmdk_open_vmfs_sparse` reads it. The
+/// layout (QEMU's `VMDK3Header`, little-endian u32s after the magic):
+/// version @4, flags @8, disk_sectors @12, granularity @16,
+/// l1dir_offset @20 (sectors), l1dir_size @24 (entries), file_sectors,
+/// cylinders, heads, sectors_per_track. Grain tables hold 4096 entries;
+/// there is no redundant directory, no compression and no zero grain.
+/// Returns the header and its directory entries (`l1dir_size`, bounded
+/// as QEMU bounds it).
+pub fn parse_cowd(b: &[u8; HEADER_SIZE]) -> Result<(SparseHeader, u64)> {
+    let word = |at: usize| LittleEndian::read_u32(&b[at..at + 4]);
+    if &b[0..4] != COWD_MAGIC {
+        return Err(invalid(
+            FORMAT,
+            "magic",
+            word(0).into(),
+            "Image not in VMDK3 format",
+        ));
+    }
+    let header = SparseHeader {
+        version: word(4),
+        flags: 0,
+        capacity: word(12).into(),
+        grain_sectors: word(16).into(),
+        desc_offset: 0,
+        desc_size: 0,
+        gtes_per_gt: COWD_GTES_PER_GT,
+        rgd_offset: 0,
+        gd_offset: word(20).into(),
+        grain_offset: 0,
+        compress_algorithm: 0,
+    };
+    let entries = u64::from(word(24));
+    if header.grain_sectors == 0 || header.grain_sectors > MAX_GRAIN_SECTORS {
+        return Err(invalid(
+            FORMAT,
+            "granularity",
+            header.grain_sectors,
+            "Invalid granularity, image may be corrupt",
+        ));
+    }
+    if entries > MAX_GD_ENTRIES {
+        return Err(invalid(FORMAT, "l1dir_size", entries, "L1 size too big"));
+    }
+    Ok((header, entries))
+}
+
 /// Checks the footer of a stream-optimized extent (a footer marker, a
 /// header copy, an end-of-stream marker: the last three sectors) and
 /// returns the header it holds.
@@ -273,5 +325,31 @@ mod tests {
         for h in bad {
             assert!(h.validate().is_err(), "{h:?}");
         }
+    }
+
+    /// A COWD header sector with these u32 fields after the magic.
+    fn cowd(words: [u32; 10]) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..4].copy_from_slice(COWD_MAGIC);
+        for (i, w) in words.iter().enumerate() {
+            LittleEndian::write_u32(&mut b[4 + 4 * i..8 + 4 * i], *w);
+        }
+        b
+    }
+
+    #[test]
+    fn cowd_header_reads_as_qemu_reads_it() {
+        let (h, entries) = parse_cowd(&cowd([1, 3, 40960, 8, 2, 2, 0, 0, 0, 0])).unwrap();
+        assert_eq!((h.capacity, h.grain_sectors, h.gd_offset), (40960, 8, 2));
+        assert_eq!((h.gtes_per_gt, h.rgd_offset, entries), (4096, 0, 2));
+        assert!(!h.compressed() && !h.has_zero_grain());
+        for words in [
+            [1, 3, 40960, 0, 2, 2, 0, 0, 0, 0],
+            [1, 3, 40960, 0x20_0001, 2, 2, 0, 0, 0, 0],
+            [1, 3, 40960, 8, 2, (32 << 20) + 1, 0, 0, 0, 0],
+        ] {
+            assert!(parse_cowd(&cowd(words)).is_err(), "{words:?}");
+        }
+        assert!(parse_cowd(&header().to_bytes()).is_err());
     }
 }

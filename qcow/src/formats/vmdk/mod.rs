@@ -10,7 +10,8 @@
 //! file are refused here. A `parentFileNameHint` names a parent (backing)
 //! image, always a vmdk as QEMU reads it: unallocated grains read from it,
 //! and a partial write to one copies the rest of the grain up first.
-//! VMFS/SE sparse extents are refused.
+//! VMFS sparse ("COWD") extents, alone or named by a descriptor, are
+//! read (not written); SE sparse extents are refused.
 
 pub mod create;
 pub mod descriptor;
@@ -31,6 +32,16 @@ use crate::storage::Storage;
 pub const FORMAT: &str = "vmdk";
 /// Descriptor bytes QEMU reads for the CIDs of an embedded descriptor.
 const EMBEDDED_DESCRIPTOR: usize = 20 * 512;
+
+/// The refusal to write a VMFS sparse extent.
+fn read_only_vmfs() -> Error {
+    invalid(
+        FORMAT,
+        "extent type",
+        0,
+        "VMFS sparse (COWD) extents are read only here",
+    )
+}
 
 /// Where an extent's data is.
 enum Data {
@@ -89,13 +100,8 @@ impl Vmdk {
         if u32::from_le_bytes(magic) == MAGIC {
             return Self::open_monolithic(storage, writable, files);
         }
-        if &magic == b"COWD" {
-            return Err(invalid(
-                FORMAT,
-                "magic",
-                0,
-                "VMDK3 (COWD) images are not supported",
-            ));
+        if &magic == header::COWD_MAGIC {
+            return Self::open_vmfs_sparse(storage, writable, files);
         }
         let mut text = vec![0u8; file_len.min(MAX_DESCRIPTOR) as usize];
         storage.read_at(&mut text, 0)?;
@@ -106,7 +112,11 @@ impl Vmdk {
             .ok_or_else(|| invalid(FORMAT, "createType", 0, "invalid VMDK image descriptor"))?;
         if !matches!(
             create_type.as_str(),
-            "monolithicFlat" | "vmfs" | "twoGbMaxExtentSparse" | "twoGbMaxExtentFlat"
+            "monolithicFlat"
+                | "vmfs"
+                | "vmfsSparse"
+                | "twoGbMaxExtentSparse"
+                | "twoGbMaxExtentFlat"
         ) {
             return Err(Error::Unsupported(format!(
                 "Unsupported image type '{create_type}'"
@@ -147,6 +157,9 @@ impl Vmdk {
                 }
                 ExtentType::Sparse => {
                     let sparse = SparseExtent::open(file.storage)?;
+                    if writable && sparse.is_vmfs_sparse() {
+                        return Err(read_only_vmfs());
+                    }
                     if sparse.is_empty() {
                         return Err(invalid(
                             FORMAT,
@@ -224,6 +237,56 @@ impl Vmdk {
             }),
             _ => None,
         }
+    }
+
+    /// Opens a lone VMFS sparse ("COWD") file, read only, its CIDs read
+    /// from the text at byte 512 as QEMU reads them.
+    fn open_vmfs_sparse(
+        storage: Arc<dyn Storage>,
+        writable: bool,
+        files: &dyn SideFiles,
+    ) -> Result<Vmdk> {
+        if writable {
+            return Err(read_only_vmfs());
+        }
+        let sparse = SparseExtent::open(storage.clone())?;
+        // QEMU reads the CIDs (and a parent hint) from text at byte 512,
+        // up to its first NUL, and refuses the file without a CID there.
+        let file_len = storage.len()?;
+        let mut text =
+            vec![0u8; (EMBEDDED_DESCRIPTOR as u64).min(file_len.saturating_sub(512)) as usize];
+        storage.read_at(&mut text, 512)?;
+        let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+        let text = String::from_utf8_lossy(&text[..end]);
+        if !text.contains("CID") {
+            return Err(invalid(
+                FORMAT,
+                "descriptor",
+                512,
+                "a VMFS sparse file needs CID and parentCID text at byte 512",
+            ));
+        }
+        let descriptor = Descriptor::parse(&text)?;
+        let len = sparse.len();
+        Ok(Vmdk {
+            storage,
+            extents: vec![VmdkExtent {
+                start: 0,
+                len,
+                data: Data::Sparse(Box::new(sparse)),
+                type_name: None,
+                file_name: files.image_name(),
+                separate: false,
+            }],
+            size: len,
+            cid: descriptor.cid,
+            parent_cid: descriptor.parent_cid,
+            // QEMU shows the text's createType, empty when there is none.
+            create_type: descriptor.create_type.clone().unwrap_or_default(),
+            writable,
+            backing_file: Self::parent_of(&descriptor),
+            backing: None,
+        })
     }
 
     fn open_monolithic(

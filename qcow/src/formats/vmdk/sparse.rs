@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use super::header::{parse_footer, SparseHeader, GD_AT_END, HEADER_SIZE};
+use super::header::{parse_cowd, parse_footer, SparseHeader, COWD_MAGIC, GD_AT_END, HEADER_SIZE};
 use super::FORMAT;
 use crate::error::{Error, Result};
 use crate::formats::{invalid, read_table};
 use crate::storage::Storage;
 
-/// Grain tables kept in memory before the cache is emptied.
-const GT_CACHE_TABLES: usize = 4096;
+/// Grain table entries kept in memory before the cache is emptied (4096
+/// tables of 512 entries, 8 MiB; fewer of VMFS sparse's larger tables).
+const GT_CACHE_ENTRIES: usize = 4096 * 512;
 /// Partial compressed grains kept before the oldest is written as is.
 const MAX_PENDING_GRAINS: usize = 512;
 /// Bytes of a grain marker's header (lba, size).
@@ -89,6 +90,10 @@ impl SparseExtent {
         let file_len = storage.len()?;
         let mut raw = [0u8; HEADER_SIZE];
         storage.read_at(&mut raw, 0)?;
+        if &raw[0..4] == COWD_MAGIC {
+            let (header, entries) = parse_cowd(&raw)?;
+            return Self::with_tables(storage, header, entries);
+        }
         let mut header = SparseHeader::parse(&raw)?;
         if header.gd_offset == GD_AT_END {
             if file_len < 3 * HEADER_SIZE as u64 {
@@ -99,6 +104,17 @@ impl SparseExtent {
             header = parse_footer(&footer)?;
         }
         let entries = header.validate()?;
+        Self::with_tables(storage, header, entries)
+    }
+
+    /// Reads the directories of a validated `header` with `entries`
+    /// directory entries.
+    fn with_tables(
+        storage: Arc<dyn Storage>,
+        header: SparseHeader,
+        entries: u64,
+    ) -> Result<SparseExtent> {
+        let file_len = storage.len()?;
         let read_dir = |sector: u64, what: &'static str| -> Result<Vec<u32>> {
             let offset = sector
                 .checked_mul(512)
@@ -147,6 +163,12 @@ impl SparseExtent {
     /// The header in force (the footer's for stream-optimized extents).
     pub fn header(&self) -> &SparseHeader {
         &self.header
+    }
+
+    /// Whether this is a VMFS sparse ("COWD") extent (its tables hold
+    /// 4096 entries, more than a hosted sparse header may declare).
+    pub fn is_vmfs_sparse(&self) -> bool {
+        self.header.gtes_per_gt == super::header::COWD_GTES_PER_GT
     }
 
     /// Guest bytes of the extent.
@@ -204,7 +226,7 @@ impl SparseExtent {
         if self.generation.load(Ordering::Acquire) != generation {
             return Ok(Some(table));
         }
-        if cache.len() >= GT_CACHE_TABLES {
+        if cache.len() >= GT_CACHE_ENTRIES / self.header.gtes_per_gt as usize {
             cache.clear();
         }
         Ok(Some(

@@ -1,0 +1,180 @@
+//! VMFS sparse ("COWD", VMDK3) extents, which qemu-img reads but cannot
+//! create: images built here per QEMU's `VMDK3Header`, alone and named by
+//! a `vmfsSparse` descriptor, convert to raw byte for byte as qemu-img
+//! converts them; hostile headers are refused in one line.
+
+use std::path::Path;
+
+use integration_tests::{img, ok, qemu_img, read, require_qemu, run};
+
+const SECTOR: usize = 512;
+/// Grain table entries of a COWD extent (fixed: QEMU reads 4096).
+const GTES: usize = 4096;
+
+/// A COWD extent's geometry, as its header declares it.
+struct Cowd {
+    disk_sectors: u32,
+    granularity: u32,
+    l1dir_offset: u32,
+    l1dir_size: u32,
+}
+
+/// The header sector: "COWD", then QEMU's `VMDK3Header`, little-endian
+/// u32s: version, flags, disk_sectors, granularity, l1dir_offset,
+/// l1dir_size, file_sectors, cylinders, heads, sectors_per_track.
+fn header(c: &Cowd, file_sectors: u32) -> Vec<u8> {
+    let mut h = b"COWD".to_vec();
+    for word in [
+        1,
+        3,
+        c.disk_sectors,
+        c.granularity,
+        c.l1dir_offset,
+        c.l1dir_size,
+        file_sectors,
+        0,
+        0,
+        0,
+    ] {
+        h.extend_from_slice(&word.to_le_bytes());
+    }
+    h.resize(SECTOR, 0);
+    h
+}
+
+/// A 20 MiB COWD extent with 4 KiB grains (a grain table spans 16 MiB, so
+/// two tables): CID text at sector 1 (QEMU reads a lone file's CIDs
+/// there and refuses it without), the directory at sector 2, table 0 at
+/// sector 3, table 1 at sector 35, then grains. Allocated: grains 0, 5 and 4095 of table 0
+/// and grain 10 of table 1, each filled with its own byte pattern.
+fn build_cowd() -> Vec<u8> {
+    let c = Cowd {
+        disk_sectors: 40960,
+        granularity: 8,
+        l1dir_offset: 2,
+        l1dir_size: 2,
+    };
+    let table_sectors = (GTES * 4 / SECTOR) as u32;
+    let tables = [3u32, 3 + table_sectors];
+    let mut next = 3 + 2 * table_sectors;
+    let grains = [(0usize, 0usize), (0, 5), (0, 4095), (1, 10)];
+    let mut gts = vec![vec![0u32; GTES]; 2];
+    let mut data = Vec::new();
+    for (i, &(t, e)) in grains.iter().enumerate() {
+        gts[t][e] = next;
+        let grain: Vec<u8> = (0..c.granularity as usize * SECTOR)
+            .map(|b| (b * 7 + i * 31 + 1) as u8)
+            .collect();
+        data.extend_from_slice(&grain);
+        next += c.granularity;
+    }
+    let mut f = header(&c, next);
+    let mut text = b"CID=2fc1881a\nparentCID=ffffffff\n".to_vec();
+    text.resize(SECTOR, 0);
+    f.extend_from_slice(&text);
+    let mut dir: Vec<u8> = tables.iter().flat_map(|s| s.to_le_bytes()).collect();
+    dir.resize(SECTOR, 0);
+    f.extend_from_slice(&dir);
+    for gt in &gts {
+        f.extend(gt.iter().flat_map(|e| e.to_le_bytes()));
+    }
+    f.extend_from_slice(&data);
+    f
+}
+
+/// Converts `name` to raw with img and with qemu-img; both must agree.
+fn converts_like_qemu(dir: &Path, name: &str) {
+    ok(img(&["convert", "-f", "vmdk", "-O", "raw", name, "img.raw"]).current_dir(dir));
+    ok(qemu_img(&["convert", "-f", "vmdk", "-O", "raw", name, "qemu.raw"]).current_dir(dir));
+    let ours = read(&dir.join("img.raw"));
+    let theirs = read(&dir.join("qemu.raw"));
+    assert_eq!(ours.len(), 40960 * SECTOR, "{name}: size");
+    assert!(ours == theirs, "{name}: img and qemu-img differ");
+    assert!(ours.iter().any(|&b| b != 0), "{name}: data was read");
+}
+
+#[test]
+fn cowd_converts_like_qemu_alone_and_by_descriptor() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("lone.vmdk"), build_cowd()).unwrap();
+    converts_like_qemu(dir, "lone.vmdk");
+    std::fs::write(dir.join("d-sparse.vmdk"), build_cowd()).unwrap();
+    std::fs::write(
+        dir.join("d.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+         createType=\"vmfsSparse\"\n\n# Extent description\n\
+         RW 40960 VMFSSPARSE \"d-sparse.vmdk\"\n",
+    )
+    .unwrap();
+    converts_like_qemu(dir, "d.vmdk");
+    // The extent is read only: a write-open is refused, the file unchanged.
+    let before = read(&dir.join("lone.vmdk"));
+    let out = run(img(&["resize", "-f", "vmdk", "lone.vmdk", "40M"]).current_dir(dir));
+    assert!(!out.status.success());
+    assert_eq!(read(&dir.join("lone.vmdk")), before);
+}
+
+#[test]
+fn hostile_cowd_headers_are_refused_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = || Cowd {
+        disk_sectors: 40960,
+        granularity: 8,
+        l1dir_offset: 1,
+        l1dir_size: 2,
+    };
+    let cases = [
+        (
+            "granularity 0",
+            Cowd {
+                granularity: 0,
+                ..base()
+            },
+            "granularity",
+        ),
+        (
+            "granularity 2 GiB",
+            Cowd {
+                granularity: 1 << 22,
+                ..base()
+            },
+            "granularity",
+        ),
+        (
+            "directory of 2^32-1 entries",
+            Cowd {
+                l1dir_size: u32::MAX,
+                ..base()
+            },
+            "l1dir_size",
+        ),
+        (
+            "directory past the end",
+            Cowd {
+                l1dir_offset: 1 << 30,
+                ..base()
+            },
+            "grain directory",
+        ),
+    ];
+    for (what, c, field) in cases {
+        let mut f = header(&c, 1);
+        f.resize(4 * SECTOR, 0);
+        let path = dir.join("bad.vmdk");
+        std::fs::write(&path, &f).unwrap();
+        for args in [
+            vec!["info", "bad.vmdk"],
+            vec!["convert", "-O", "raw", "bad.vmdk", "out.raw"],
+        ] {
+            let out = run(img(&args).current_dir(dir));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: {args:?} succeeded");
+            assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+            assert!(err.contains(field), "{what}: {err}");
+        }
+        assert_eq!(read(&path), f, "{what}: file changed");
+    }
+}
