@@ -10,6 +10,7 @@
 # 1000 steps, which bounds the resolution), and the VM-state bytes in the
 # image; then the ratios ours/QEMU of the medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
+# Then the VMM's log lines of each revert's phases.
 # When bench/migrate.sh exists it runs last.
 #
 # qemu-system-x86 10 comes from bookworm-backports (bench/vmm.sh
@@ -26,7 +27,7 @@ while (($#)); do
         --runs) runs=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --fill) fill=$2; shift 2 ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -187,6 +188,8 @@ EOF
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
+# Where our reverts' time went (the VMM logs each revert's phases).
+grep -h "vmm: revert" "$work/store/run/bench/vmm.log" 2>/dev/null || true
 
 if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
     echo
