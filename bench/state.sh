@@ -6,9 +6,11 @@
 # (guest.mode=count guest.fill=256: 512 MiB of RAM of which 256 MiB hold
 # data, counting on its serial port). Prints per pair and as medians:
 # snapshot time, revert time, the revert's resume latency (from the
-# command to the guest's next serial line; the guest prints a line every
-# 1000 steps, which bounds the resolution), and the VM-state bytes in the
-# image; then the ratios ours/QEMU of the medians, measured in this run.
+# command to the guest's next serial line, watched while the command
+# runs; the guest prints a line every --every steps, 100 by default,
+# which bounds the resolution: about 7 ms on a nested host), and the
+# VM-state bytes in the image; then the ratios ours/QEMU of the
+# medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
 # Then the VMM's log lines of each revert's phases.
 # When bench/migrate.sh exists it runs last.
@@ -16,18 +18,20 @@
 # qemu-system-x86 10 comes from bookworm-backports (bench/vmm.sh
 # --install-qemu installs it).
 #
-# Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256]
+# Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256] [--every 100]
 
 set -euo pipefail
 runs=5
 memory=512
 fill=256
+every=100
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --fill) fill=$2; shift 2 ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        --every) every=$2; shift 2 ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -52,7 +56,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cmdline="guest.mode=count guest.every=1000 guest.fill=$fill"
+cmdline="guest.mode=count guest.every=$every guest.fill=$fill"
 
 # Ours: a domain on a qcow2 disk.
 "$bin/img" create -q -f qcow2 "$work/ours.qcow2" 64M
@@ -87,7 +91,7 @@ qemu-system-x86_64 -M microvm -accel kvm -bios /usr/share/qemu/qboot.rom -m "$me
 qemu_pid=$!
 
 python3 - "$runs" "$bin/vm" "$work" "$ours_log" "$qemu_log" "$work/monitor.sock" "$fill" <<'EOF'
-import json, os, socket, statistics, subprocess, sys, time
+import json, os, socket, statistics, subprocess, sys, threading, time
 runs, vm, work, ours_log, qemu_log, monitor, fill = sys.argv[1:]
 runs = int(runs)
 # Filling takes about 0.6 s per MiB on a nested host (each first touch of a
@@ -116,6 +120,22 @@ def next_line_after(path, size, start, timeout=30):
                 return time.monotonic() - start
         time.sleep(0.0005)
     sys.exit(f"state.sh: no count line in {path} after the revert")
+
+def timed_revert(path, revert):
+    """Runs `revert()` while watching `path`: (the revert's seconds, the
+    seconds from its start to the guest's next count line). The log is
+    watched while the command runs, since the guest may run before the
+    command returns (after its resume, the command still writes its
+    records)."""
+    size = os.path.getsize(path)
+    seen = []
+    t = time.monotonic()
+    watcher = threading.Thread(target=lambda: seen.append(next_line_after(path, size, t)))
+    watcher.start()
+    revert()
+    took = time.monotonic() - t
+    watcher.join()
+    return took, seen[0]
 
 class Hmp:
     def __init__(self, path):
@@ -161,16 +181,12 @@ for i in range(runs):
     # Ours.
     t = time.monotonic(); vm_run("snapshot-create-as", "bench", f"s{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
-    size = os.path.getsize(ours_log)
-    t = time.monotonic(); vm_run("snapshot-revert", "bench", f"s{i}"); revert = time.monotonic() - t
-    resume = next_line_after(ours_log, size, t)
+    revert, resume = timed_revert(ours_log, lambda: vm_run("snapshot-revert", "bench", f"s{i}"))
     rows["ours"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "ours.qcow2"), f"s{i}")))
     # QEMU's.
     t = time.monotonic(); hmp.cmd(f"savevm q{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
-    size = os.path.getsize(qemu_log)
-    t = time.monotonic(); hmp.cmd(f"loadvm q{i}"); revert = time.monotonic() - t
-    resume = next_line_after(qemu_log, size, t)
+    revert, resume = timed_revert(qemu_log, lambda: hmp.cmd(f"loadvm q{i}"))
     rows["qemu"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "qemu.qcow2"), f"q{i}")))
     for who in ("ours", "qemu"):
         s, r, l, b = rows[who][-1]
