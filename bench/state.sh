@@ -6,9 +6,9 @@
 # (guest.mode=count guest.fill=256: 512 MiB of RAM of which 256 MiB hold
 # data, counting on its serial port). Prints per pair and as medians:
 # snapshot time, revert time, the revert's resume latency (from the
-# command to the guest's next serial line, watched while the command
-# runs; the guest prints a line every --every steps, 100 by default,
-# which bounds the resolution: about 7 ms on a nested host), and the
+# command to the reverted guest's first serial line, watched while the
+# command runs; the guest prints a line every --every steps, 100 by
+# default, which bounds the resolution), and the
 # VM-state bytes in the image; then the ratios ours/QEMU of the
 # medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
@@ -110,31 +110,63 @@ def wait_for(path, text, timeout=60):
         time.sleep(0.01)
     sys.exit(f"state.sh: '{text}' never appeared in {path}")
 
-def next_line_after(path, size, start, timeout=30):
-    """Seconds from `start` until `path` grows past `size` with a count line."""
+def counts_after(path, size):
+    """The counts the guest printed in `path` past byte `size`, in whole
+    lines (one being written is left for the next look)."""
+    with open(path, "rb") as f:
+        f.seek(size)
+        text = f.read().decode(errors="replace")
+    lines = [line.strip() for line in text.split("\n")[:-1]]
+    return [int(line.split()[2]) for line in lines
+            if line.startswith("guest: count ") and len(line.split()) == 3
+            and line.split()[2].isdigit()]
+
+def last_count(path):
+    seen = counts_after(path, 0)
+    if not seen:
+        sys.exit(f"state.sh: no count line in {path}")
+    return seen[-1]
+
+def wait_count_past(path, count, timeout=60):
+    """Waits until the guest printed a count above `count`."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with open(path, "rb") as f:
-            f.seek(size)
-            if b"guest: count" in f.read():
-                return time.monotonic() - start
+        if last_count(path) > count:
+            return
+        time.sleep(0.005)
+    sys.exit(f"state.sh: the count in {path} stays at {count} or below")
+
+def reverted_line_after(path, size, at_most, start, timeout=30):
+    """Seconds from `start` until `path` grows past `size` with a count of
+    at most `at_most` (one the reverted guest prints: the guest it
+    replaced was made to print past that first)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(k <= at_most for k in counts_after(path, size)):
+            return time.monotonic() - start
         time.sleep(0.0005)
-    sys.exit(f"state.sh: no count line in {path} after the revert")
+    sys.exit(f"state.sh: no count line of the reverted guest in {path}")
 
 def timed_revert(path, revert):
     """Runs `revert()` while watching `path`: (the revert's seconds, the
-    seconds from its start to the guest's next count line). The log is
-    watched while the command runs, since the guest may run before the
-    command returns (after its resume, the command still writes its
-    records)."""
+    seconds from its start to the reverted guest's first count line).
+    The snapshot was taken at or before the last count printed now (L):
+    the reverted guest's first line says at most L + 1, so the guest is
+    first let to print past L + 2, and the log is watched while the
+    command runs (the guest may run before the command returns)."""
+    at_snapshot = last_count(path)
+    wait_count_past(path, at_snapshot + 2)
     size = os.path.getsize(path)
     seen = []
     t = time.monotonic()
-    watcher = threading.Thread(target=lambda: seen.append(next_line_after(path, size, t)))
+    watcher = threading.Thread(
+        target=lambda: seen.append(reverted_line_after(path, size, at_snapshot + 1, t)))
     watcher.start()
     revert()
     took = time.monotonic() - t
     watcher.join()
+    if not seen:
+        sys.exit(f"state.sh: no count line of the reverted guest in {path}")
     return took, seen[0]
 
 class Hmp:
