@@ -6,27 +6,32 @@
 # (guest.mode=count guest.fill=256: 512 MiB of RAM of which 256 MiB hold
 # data, counting on its serial port). Prints per pair and as medians:
 # snapshot time, revert time, the revert's resume latency (from the
-# command to the guest's next serial line; the guest prints a line every
-# 1000 steps, which bounds the resolution), and the VM-state bytes in the
-# image; then the ratios ours/QEMU of the medians, measured in this run.
+# command to the reverted guest's first serial line, watched while the
+# command runs; the guest prints a line every --every steps, 100 by
+# default, which bounds the resolution), and the
+# VM-state bytes in the image; then the ratios ours/QEMU of the
+# medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
+# Then the VMM's log lines of each revert's phases.
 # When bench/migrate.sh exists it runs last.
 #
 # qemu-system-x86 10 comes from bookworm-backports (bench/vmm.sh
 # --install-qemu installs it).
 #
-# Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256]
+# Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256] [--every 100]
 
 set -euo pipefail
 runs=5
 memory=512
 fill=256
+every=100
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --fill) fill=$2; shift 2 ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        --every) every=$2; shift 2 ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +56,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cmdline="guest.mode=count guest.every=1000 guest.fill=$fill"
+cmdline="guest.mode=count guest.every=$every guest.fill=$fill"
 
 # Ours: a domain on a qcow2 disk.
 "$bin/img" create -q -f qcow2 "$work/ours.qcow2" 64M
@@ -86,7 +91,7 @@ qemu-system-x86_64 -M microvm -accel kvm -bios /usr/share/qemu/qboot.rom -m "$me
 qemu_pid=$!
 
 python3 - "$runs" "$bin/vm" "$work" "$ours_log" "$qemu_log" "$work/monitor.sock" "$fill" <<'EOF'
-import json, os, socket, statistics, subprocess, sys, time
+import json, os, socket, statistics, subprocess, sys, threading, time
 runs, vm, work, ours_log, qemu_log, monitor, fill = sys.argv[1:]
 runs = int(runs)
 # Filling takes about 0.6 s per MiB on a nested host (each first touch of a
@@ -105,16 +110,64 @@ def wait_for(path, text, timeout=60):
         time.sleep(0.01)
     sys.exit(f"state.sh: '{text}' never appeared in {path}")
 
-def next_line_after(path, size, start, timeout=30):
-    """Seconds from `start` until `path` grows past `size` with a count line."""
+def counts_after(path, size):
+    """The counts the guest printed in `path` past byte `size`, in whole
+    lines (one being written is left for the next look)."""
+    with open(path, "rb") as f:
+        f.seek(size)
+        text = f.read().decode(errors="replace")
+    lines = [line.strip() for line in text.split("\n")[:-1]]
+    return [int(line.split()[2]) for line in lines
+            if line.startswith("guest: count ") and len(line.split()) == 3
+            and line.split()[2].isdigit()]
+
+def last_count(path):
+    seen = counts_after(path, 0)
+    if not seen:
+        sys.exit(f"state.sh: no count line in {path}")
+    return seen[-1]
+
+def wait_count_past(path, count, timeout=60):
+    """Waits until the guest printed a count above `count`."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with open(path, "rb") as f:
-            f.seek(size)
-            if b"guest: count" in f.read():
-                return time.monotonic() - start
+        if last_count(path) > count:
+            return
+        time.sleep(0.005)
+    sys.exit(f"state.sh: the count in {path} stays at {count} or below")
+
+def reverted_line_after(path, size, at_most, start, timeout=30):
+    """Seconds from `start` until `path` grows past `size` with a count of
+    at most `at_most` (one the reverted guest prints: the guest it
+    replaced was made to print past that first)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(k <= at_most for k in counts_after(path, size)):
+            return time.monotonic() - start
         time.sleep(0.0005)
-    sys.exit(f"state.sh: no count line in {path} after the revert")
+    sys.exit(f"state.sh: no count line of the reverted guest in {path}")
+
+def timed_revert(path, revert):
+    """Runs `revert()` while watching `path`: (the revert's seconds, the
+    seconds from its start to the reverted guest's first count line).
+    The snapshot was taken at or before the last count printed now (L):
+    the reverted guest's first line says at most L + 1, so the guest is
+    first let to print past L + 2, and the log is watched while the
+    command runs (the guest may run before the command returns)."""
+    at_snapshot = last_count(path)
+    wait_count_past(path, at_snapshot + 2)
+    size = os.path.getsize(path)
+    seen = []
+    t = time.monotonic()
+    watcher = threading.Thread(
+        target=lambda: seen.append(reverted_line_after(path, size, at_snapshot + 1, t)))
+    watcher.start()
+    revert()
+    took = time.monotonic() - t
+    watcher.join()
+    if not seen:
+        sys.exit(f"state.sh: no count line of the reverted guest in {path}")
+    return took, seen[0]
 
 class Hmp:
     def __init__(self, path):
@@ -160,16 +213,12 @@ for i in range(runs):
     # Ours.
     t = time.monotonic(); vm_run("snapshot-create-as", "bench", f"s{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
-    size = os.path.getsize(ours_log)
-    t = time.monotonic(); vm_run("snapshot-revert", "bench", f"s{i}"); revert = time.monotonic() - t
-    resume = next_line_after(ours_log, size, t)
+    revert, resume = timed_revert(ours_log, lambda: vm_run("snapshot-revert", "bench", f"s{i}"))
     rows["ours"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "ours.qcow2"), f"s{i}")))
     # QEMU's.
     t = time.monotonic(); hmp.cmd(f"savevm q{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
-    size = os.path.getsize(qemu_log)
-    t = time.monotonic(); hmp.cmd(f"loadvm q{i}"); revert = time.monotonic() - t
-    resume = next_line_after(qemu_log, size, t)
+    revert, resume = timed_revert(qemu_log, lambda: hmp.cmd(f"loadvm q{i}"))
     rows["qemu"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "qemu.qcow2"), f"q{i}")))
     for who in ("ours", "qemu"):
         s, r, l, b = rows[who][-1]
@@ -187,6 +236,8 @@ EOF
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
+# Where our reverts' time went (the VMM logs each revert's phases).
+grep -h "vmm: revert" "$work/store/run/bench/vmm.log" 2>/dev/null || true
 
 if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
     echo

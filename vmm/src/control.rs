@@ -566,8 +566,11 @@ impl Controller {
     }
 
     /// Reverts the VM to in-image snapshot `name`: the state is read and
-    /// checked first (a refusal changes nothing), then the VM is stopped,
-    /// its disks reverted and the VM built from the state, paused.
+    /// checked first (a refusal changes nothing), then the state is set
+    /// into the paused VM ([`Vm::revert_in_place`]) or, for a VM that
+    /// cannot keep itself (interfaces, a revert failed half-way), the VM
+    /// is stopped, its disks reverted and the VM built from the state,
+    /// paused.
     fn revert_in_image(&mut self, name: &str) -> Result<()> {
         let config = self
             .config
@@ -579,6 +582,32 @@ impl Controller {
             disks: config.disks.len() as u32,
             nets: config.net.len() as u32,
         };
+        // The VM itself is kept when it can be: the state is set into it
+        // (checked first, as below).
+        if let Some(vm) = self.vm.as_mut().filter(|vm| vm.can_revert_in_place()) {
+            let started = std::time::Instant::now();
+            match vm.revert_in_place(name) {
+                Ok(phases) => {
+                    let _ = self.reset.read();
+                    self.state = VmState::Paused;
+                    eprintln!(
+                        "vmm: revert in place: {phases}; {:.1} ms in all",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    );
+                    return Ok(());
+                }
+                Err(crate::vm::InPlaceError::Unchanged(e)) => {
+                    if self.state == VmState::Running {
+                        vm.resume();
+                    }
+                    return Err(e);
+                }
+                // Half reverted: the VM is rebuilt from the snapshot.
+                Err(crate::vm::InPlaceError::Partial(e)) => {
+                    eprintln!("vmm: the in-place revert failed ({e}); rebuilding the VM");
+                }
+            }
+        }
         if let Some(vm) = &self.vm {
             let (disks, backends) = vm.disks();
             crate::state::in_image::check_revert(backends, disks, name, summary)?;

@@ -243,6 +243,12 @@ impl VcpuSet {
         }
     }
 
+    /// Whether every vCPU thread still runs (none ended on a guest fault
+    /// or exit): state can then be set into the set's vCPUs in place.
+    pub fn all_alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
         self.gate.set(Want::Run);

@@ -42,6 +42,9 @@ use crate::sys::{install_kick_handler, LockRole};
 pub use crate::vcpu::{ExitState, VmExit};
 use crate::vcpu::{VcpuContext, VcpuSet};
 
+mod revert;
+pub use revert::{InPlaceError, RevertPhases};
+
 /// Offset of `acpi_rsdp_addr` in boot_params.
 const ACPI_RSDP_ADDR_OFFSET: u64 = 0x70;
 

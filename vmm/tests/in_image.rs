@@ -188,6 +188,9 @@ fn a_counting_guest_reverts_to_its_in_image_snapshot() {
     // registration once logged "epoll_ctl: File exists" at each resume).
     let log = vmm.log();
     assert!(!log.contains("epoll_ctl"), "{log}");
+    // The revert kept the VM (its state set into the same KVM VM).
+    assert!(log.contains("vmm: revert in place: "), "{log}");
+    assert!(!log.contains("rebuilding the VM"), "{log}");
     let raw = vmm.path("count.raw");
     if let Some(list) = qemu_img(&["snapshot", "-l"], &disk_path) {
         assert!(!list.contains("running"), "{list}");

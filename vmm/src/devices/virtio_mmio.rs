@@ -286,6 +286,17 @@ impl VirtioMmio {
         }
     }
 
+    /// Resets the device as a driver writing status 0 does (its queue
+    /// handlers leave the event loop), so that [`VirtioMmio::restore_state`]
+    /// can put a transport that served a guest into a saved state (an
+    /// in-place revert).
+    pub fn reset_for_restore(&mut self) {
+        self.set_status(0);
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+    }
+
     /// Puts a fresh transport into `state`, activating its device (its
     /// queue handlers go to the event loop, which serves what the rings
     /// hold at once) when it was active.

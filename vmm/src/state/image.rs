@@ -19,7 +19,7 @@
 //! checked against the VM's configuration, and the RAM stream must end
 //! exactly where the snapshot's `vm_state_size` says.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 
 use qcow::image::{Qcow2, VmStateWriter};
 use vm_memory::GuestMemoryMmap;
@@ -35,7 +35,7 @@ pub const AREA_VERSION: u32 = 1;
 pub const AREA_HEADER_LEN: u64 = 32;
 /// The most machine-record bytes read (256 vCPUs' records fit easily).
 pub const MAX_MACHINE: u64 = 64 << 20;
-/// Buffer between the RAM stream and the image.
+/// Buffer between the RAM stream and the image (writing).
 const IO_BUFFER: usize = 4 << 20;
 
 fn header(machine_len: u64) -> [u8; AREA_HEADER_LEN as usize] {
@@ -196,13 +196,15 @@ pub fn read_memory(
     mem: &GuestMemoryMmap,
     over: bool,
 ) -> Result<u64, StateError> {
-    let reader = AreaReader {
+    // Unbuffered: a record's header is one small read and its payload
+    // (up to 4 MiB of RAM) one read straight into the record's buffer,
+    // without a copy through a buffer between.
+    let mut input = AreaReader {
         image,
         snapshot: name,
         pos: ram.ram_start,
         end: ram.state_size,
     };
-    let mut input = BufReader::with_capacity(IO_BUFFER, reader);
     // memory::restore refuses bytes after the end record.
     if over {
         super::memory::restore_over(&mut input, vm, mem)

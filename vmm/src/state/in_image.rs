@@ -191,17 +191,28 @@ pub fn revert_disks(
     vm: ConfigSummary,
 ) -> crate::error::Result<Reverted> {
     let area = check_revert(backends, disks, name, vm)?;
-    // The old trees' frees reach the disk at the guest's next flush or
-    // when the VM closes its disks (Qcow2::apply_snapshot_unflushed says
-    // why a crash meanwhile leaks clusters only).
-    for (disk, q) in writable_images(disks, backends) {
-        q.apply_snapshot_unflushed(name)
-            .map_err(|e| image_err(disk, e))?;
-    }
+    apply_revert(backends, disks, name)?;
     Ok(Reverted {
         machine: area.machine,
         ram: area.ram,
     })
+}
+
+/// Reverts every writable qcow2 disk to snapshot `name`, checked by
+/// [`check_revert`] first. The old trees' frees reach the disk at the
+/// guest's next flush or when the VM closes its disks
+/// (Qcow2::apply_snapshot_unflushed says why a crash meanwhile leaks
+/// clusters only).
+pub fn apply_revert(
+    backends: &[Arc<dyn BlockBackend>],
+    disks: &[DiskConfig],
+    name: &str,
+) -> Result<(), StateError> {
+    for (disk, q) in writable_images(disks, backends) {
+        q.apply_snapshot_unflushed(name)
+            .map_err(|e| image_err(disk, e))?;
+    }
+    Ok(())
 }
 
 /// A [`revert_disks`] running on its own thread, so that the disks'

@@ -10,7 +10,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 use super::machine::{check_end, end_record, ConfigSummary};
 use super::record::{
-    read_record, write_record, write_record_parts, Payload, RecordKind, MAX_PAYLOAD,
+    read_record, read_record_into, write_record, write_record_parts, Payload, RecordKind,
+    MAX_PAYLOAD,
 };
 use super::StateError;
 use crate::layout::ram_ranges;
@@ -146,8 +147,11 @@ fn restore_into<R: Read>(
     let mut restored = 0u64;
     // The end of the last run: the next one must start at or after it.
     let mut cursor = 0u64;
+    // Each record's payload buffer is reused for the next.
+    let mut spare = Vec::new();
     loop {
-        let record = read_record(input, &mut offset)?.ok_or(StateError::Truncated { offset })?;
+        let record = read_record_into(input, &mut offset, std::mem::take(&mut spare))?
+            .ok_or(StateError::Truncated { offset })?;
         match record.kind {
             RecordKind::End => {
                 check_end(&record, count)?;
@@ -189,6 +193,7 @@ fn restore_into<R: Read>(
                     .map_err(|e| StateError::Write(format!("guest RAM at {start:#x}: {e}")))?;
                 restored += length;
                 count += 1;
+                spare = record.payload;
             }
             other => {
                 return Err(StateError::Layout(format!(

@@ -185,6 +185,18 @@ pub fn write_record_parts<W: Write>(
 /// next record). `offset` is the position of the record in its carrier,
 /// for messages, and is advanced past it.
 pub fn read_record<R: Read>(input: &mut R, offset: &mut u64) -> Result<Option<Record>, StateError> {
+    read_record_into(input, offset, Vec::new())
+}
+
+/// [`read_record`] into `spare`'s allocation (the payload of the record
+/// read before, given back): a stream of large records (RAM) then costs
+/// no allocation, zeroing or page fault per record. `spare`'s contents
+/// are overwritten; the length bound is checked before it grows.
+pub fn read_record_into<R: Read>(
+    input: &mut R,
+    offset: &mut u64,
+    spare: Vec<u8>,
+) -> Result<Option<Record>, StateError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -216,7 +228,9 @@ pub fn read_record<R: Read>(input: &mut R, offset: &mut u64) -> Result<Option<Re
             length: u64::from(length),
         });
     }
-    let mut payload = vec![0u8; length as usize];
+    let mut payload = spare;
+    payload.clear();
+    payload.resize(length as usize, 0);
     input.read_exact(&mut payload).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             StateError::Truncated { offset: *offset }
@@ -335,6 +349,25 @@ mod tests {
         let second = read_record(&mut input, &mut offset).unwrap().unwrap();
         assert_eq!(second.kind, RecordKind::Ged);
         assert!(read_record(&mut input, &mut offset).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reused_buffer_holds_exactly_the_next_payload() {
+        let mut bytes = one(RecordKind::Regs, 0, &[7u8; 300]);
+        bytes.extend(one(RecordKind::Ged, 0, b"ab"));
+        let mut input = &bytes[..];
+        let mut offset = 0;
+        let first = read_record_into(&mut input, &mut offset, vec![9u8; 1000])
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.payload, [7u8; 300]);
+        let second = read_record_into(&mut input, &mut offset, first.payload)
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.payload, b"ab");
+        assert!(read_record_into(&mut input, &mut offset, second.payload)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

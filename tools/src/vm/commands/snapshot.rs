@@ -534,8 +534,12 @@ pub fn revert(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
             }
         }
     }
-    set.current = Some(s.name.clone());
-    write_set(&ctx.store, &def.name, &set)?;
+    // The set is written (and synced) only when the current snapshot
+    // changes: a revert to the current one changes nothing in it.
+    if set.current.as_deref() != Some(s.name.as_str()) {
+        set.current = Some(s.name.clone());
+        write_set(&ctx.store, &def.name, &set)?;
+    }
     ctx.extra(out, &format!("Domain snapshot {} reverted\n", s.name));
     Ok(())
 }

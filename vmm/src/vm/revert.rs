@@ -1,0 +1,172 @@
+//! An in-image revert that keeps the KVM VM: the VM is paused, its disks
+//! reverted, and the snapshot's state set into the same VM fd, vCPU fds,
+//! memory slots, device thread and transports, then left paused. A
+//! rebuild (a new KVM VM, its memory registered again, every disk closed
+//! and opened again, a new device thread and vCPU threads) costs more
+//! than the state itself on a nested host.
+//!
+//! The order is restore's (the issue's): PIT2, CLOCK and the IRQCHIP,
+//! then per vCPU CPUID2 first and VCPU_EVENTS last, then RAM, then the
+//! serial port, the GED and each transport (reset as a driver resets
+//! it, then put into the saved state and activated, its queues served
+//! at resume). The state is read and checked ([`in_image::revert_disks`])
+//! before anything changes. A failure after that leaves the VM half
+//! reverted: the caller must then drop it and build the VM from the
+//! snapshot instead (reverting a disk to the same snapshot again is
+//! harmless).
+
+use std::time::{Duration, Instant};
+
+use super::Vm;
+use crate::error::Error;
+use crate::state::{in_image, StateError};
+
+/// Where an in-place revert's time went, phase by phase (each from the
+/// end of the last).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RevertPhases {
+    /// Stopping the vCPUs and draining the disk queues.
+    pub pause: Duration,
+    /// Reading and checking the state, reverting every disk.
+    pub disks: Duration,
+    /// KVM's VM-wide state and every vCPU's.
+    pub kvm: Duration,
+    /// Loading RAM over the replaced guest's.
+    pub ram: Duration,
+    /// Bytes of RAM loaded.
+    pub ram_bytes: u64,
+    /// The serial port, the GED and the transports.
+    pub devices: Duration,
+}
+
+impl std::fmt::Display for RevertPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "pause {:.1} ms, disks {:.1} ms, kvm {:.1} ms, ram {:.1} ms ({} MiB), devices {:.1} ms",
+            ms(self.pause),
+            ms(self.disks),
+            ms(self.kvm),
+            ms(self.ram),
+            self.ram_bytes >> 20,
+            ms(self.devices)
+        )
+    }
+}
+
+/// Why a revert cannot keep the VM, or where it failed.
+#[derive(Debug)]
+pub enum InPlaceError {
+    /// Nothing was changed: the VM is as it was (paused if it was
+    /// paused by the revert).
+    Unchanged(Error),
+    /// The VM is half reverted: drop it and build it from the snapshot.
+    Partial(Error),
+}
+
+impl Vm {
+    /// Whether [`Vm::revert_in_place`] can revert this VM: it has its
+    /// vCPU threads and device thread, and no interface (a NIC's taps
+    /// and stashed receive chains are restored by a rebuild only).
+    pub fn can_revert_in_place(&self) -> bool {
+        self.nets.is_empty()
+            && self.device_thread.is_some()
+            && self.exit.reason().is_none()
+            && self.vcpus.as_ref().is_some_and(|v| v.all_alive())
+    }
+
+    /// Reverts this VM to full snapshot `name` of its disks without
+    /// building a new one, and leaves it paused: on
+    /// [`InPlaceError::Unchanged`] the VM is as it was but paused, on
+    /// [`InPlaceError::Partial`] it must be dropped (and built from the
+    /// snapshot).
+    pub fn revert_in_place(
+        &mut self,
+        name: &str,
+    ) -> std::result::Result<RevertPhases, InPlaceError> {
+        let mut phases = RevertPhases::default();
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let spent = now - mark;
+            mark = now;
+            spent
+        };
+        if !self.can_revert_in_place() {
+            return Err(InPlaceError::Unchanged(Error::GuestFault(
+                "this VM is reverted by a rebuild".into(),
+            )));
+        }
+        self.pause().map_err(InPlaceError::Unchanged)?;
+        phases.pause = lap();
+        // The state is read and checked (a refusal changes nothing), then
+        // the disks reverted; their old trees are freed at the guest's
+        // next flush or when the VM closes them, as a rebuilt VM's are.
+        let reverted = in_image::check_revert(&self.backends, &self.disks, name, self.summary)
+            .map_err(|e| InPlaceError::Unchanged(e.into()))?;
+        let partial = |e: StateError| InPlaceError::Partial(e.into());
+        in_image::apply_revert(&self.backends, &self.disks, name).map_err(partial)?;
+        phases.disks = lap();
+        let machine = &reverted.machine;
+        let kvm_err = |what: &'static str| {
+            move |e: kvm_ioctls::Error| {
+                InPlaceError::Partial(
+                    StateError::Kvm {
+                        what,
+                        reason: e.to_string(),
+                    }
+                    .into(),
+                )
+            }
+        };
+        self.vm
+            .set_pit2(&machine.pit)
+            .map_err(kvm_err("KVM_SET_PIT2"))?;
+        self.vm
+            .set_clock(&machine.clock)
+            .map_err(kvm_err("KVM_SET_CLOCK"))?;
+        for chip in &machine.irqchips {
+            self.vm
+                .set_irqchip(chip)
+                .map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        let vcpus = self.vcpus.as_ref().expect("checked above");
+        for (fd, saved) in vcpus.fds().iter().zip(&machine.vcpus) {
+            // Parked: its thread holds the lock only out of the gate.
+            let fd = fd.lock().expect("vCPU fd lock");
+            saved.restore(&fd).map_err(partial)?;
+        }
+        phases.kvm = lap();
+        phases.ram_bytes = in_image::read_memory(
+            &self.backends,
+            name,
+            &reverted.ram,
+            machine,
+            &self.mem,
+            true,
+        )
+        .map_err(partial)?;
+        phases.ram = lap();
+        self.serial
+            .lock()
+            .expect("serial lock")
+            .restore(&machine.serial)
+            .map_err(|e| {
+                InPlaceError::Partial(Error::Io {
+                    what: "restoring the serial port".into(),
+                    source: e,
+                })
+            })?;
+        self.ged.lock().expect("GED lock").set_events(machine.ged);
+        for (transport, saved) in self.transports.iter().zip(&machine.virtio) {
+            let mut transport = transport.lock().expect("transport lock");
+            transport.reset_for_restore();
+            transport
+                .restore_state(saved)
+                .map_err(|e| InPlaceError::Partial(Error::GuestFault(e)))?;
+        }
+        phases.devices = lap();
+        Ok(phases)
+    }
+}
