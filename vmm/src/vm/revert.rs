@@ -166,6 +166,9 @@ impl Vm {
                 .restore_state(saved)
                 .map_err(|e| InPlaceError::Partial(Error::GuestFault(e)))?;
         }
+        // The snapshot's RAM runs again: a new generation, as after a
+        // rebuilt revert (the GED's saved events are in place first).
+        self.new_generation().map_err(InPlaceError::Partial)?;
         phases.devices = lap();
         Ok(phases)
     }
