@@ -130,6 +130,12 @@ pub trait ForeignImage: BlockRead {
     fn side_files(&self) -> Vec<(String, String, Arc<dyn Storage>)> {
         Vec::new()
     }
+    /// The files the image uses besides its own, as QEMU locks them:
+    /// file name and whether the format keeps metadata in it (vmdk's
+    /// sparse extents; its flat extents hold guest data only).
+    fn side_file_roles(&self) -> Vec<(String, bool)> {
+        Vec::new()
+    }
     /// The backing file the image names, if any (vmdk's
     /// `parentFileNameHint`, qed's backing file name).
     fn backing_file(&self) -> Option<BackingFile> {

@@ -23,6 +23,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     super::locks::lock_image(std::path::Path::new(filename), filename, format, how)?;
     let image = open_image(std::path::Path::new(filename), Some(format), replays)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
+    super::locks::lock_side_files(filename, &image, how)?;
     let AnyImage::Foreign(_, foreign) = &image else {
         return Err(anyhow!("'{filename}' is not a {} image", format.name()));
     };

@@ -194,6 +194,7 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             None => {
                 let image =
                     open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
+                super::locks::lock_side_files(&filename, &image, super::locks::ImageUse::READ)?;
                 describe(&filename, &image)?
             }
         };

@@ -11,13 +11,13 @@
 //! They end when img exits.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 use blockdev::lock::{ImageLock, LockRequest, Perms};
-use qcow::fs::Format;
+use qcow::fs::{AnyImage, Format};
 
 /// Every lock taken so far.
 static HELD: Mutex<Vec<ImageLock>> = Mutex::new(Vec::new());
@@ -114,6 +114,33 @@ pub fn lock_backing_files(top_shown: &str, backing: &[std::path::PathBuf]) -> Re
             let shown = path.display().to_string();
             conflict(top_shown, path, e).context(format!("Could not open backing file '{shown}'"))
         })?;
+    }
+    Ok(())
+}
+
+/// Locks the files an open image uses besides its own, as QEMU's block
+/// layer locks them: a qcow2 external data file holds guest data only
+/// (locked as a raw image used as `how`), a vmdk extent is locked as its
+/// kind is (a flat extent as data, a sparse one as metadata). A conflict
+/// names the image, `top_shown`, and the side file, as qemu-img does.
+pub fn lock_side_files(top_shown: &str, image: &AnyImage, how: ImageUse) -> Result<()> {
+    let files: Vec<(PathBuf, bool)> = match image {
+        AnyImage::Qcow2(q) if q.data_file().is_some() => q
+            .header_cluster()
+            .data_file()
+            // QEMU opens the data file by its name as recorded.
+            .map(|name| vec![(PathBuf::from(name), false)])
+            .unwrap_or_default(),
+        AnyImage::Foreign(_, f) => f
+            .side_file_roles()
+            .into_iter()
+            .map(|(name, metadata)| (PathBuf::from(name), metadata))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (path, metadata) in files {
+        let format = if metadata { Format::Qcow2 } else { Format::Raw };
+        lock_file(&path, how.request(format)).map_err(|e| conflict(top_shown, &path, e))?;
     }
     Ok(())
 }

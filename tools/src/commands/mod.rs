@@ -148,6 +148,7 @@ pub fn open_named_for(
         open_listing_backing_on(layered(storage), path, format, writable, keys)
             .map_err(|e| open_error(shown, e))?;
     locks::lock_backing_files(shown, &backing_files)?;
+    locks::lock_side_files(shown, &image, how)?;
     if let AnyImage::Qcow2(q) = &image {
         // QEMU sets up the cipher at open: an image opened for I/O needs
         // its key then.

@@ -623,6 +623,14 @@ impl ForeignImage for Vmdk {
             .collect()
     }
 
+    fn side_file_roles(&self) -> Vec<(String, bool)> {
+        self.extents
+            .iter()
+            .filter(|e| e.separate)
+            .map(|e| (e.file_name.clone(), matches!(e.data, Data::Sparse(_))))
+            .collect()
+    }
+
     fn backing_file(&self) -> Option<BackingFile> {
         self.backing_file.clone()
     }
