@@ -502,33 +502,7 @@ fn the_nic_works_after_a_migration_to_another_namespace() {
         vm.wait_api();
         vm
     });
-    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
-    let receiver = {
-        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
-        let url = url.clone();
-        std::thread::spawn(move || {
-            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
-            client.receive_migration(&url, Some(tty))
-        })
-    };
-    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
-    let started = Instant::now();
-    loop {
-        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
-            Ok(()) => break,
-            Err(e)
-                if e.to_string().contains("connecting")
-                    && started.elapsed() < Duration::from_secs(10) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("send-migration: {e}"),
-        }
-    }
-    receiver
-        .join()
-        .expect("receiver thread")
-        .expect("receive-migration");
+    migrate_over_unix(&source, &dest, receive_on_tty);
     let _ = source.child.wait();
     let pid = dest.child.id();
     in_netns_of(pid, || {
@@ -684,33 +658,10 @@ fn an_fd_backed_nic_is_restored_and_migrated_with_descriptors_of_their_own() {
         (vm, open_tap_fd("vf1"))
     });
     let (dest, dest_tap) = dest;
-    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
-    let receiver = {
-        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
-        let url = url.clone();
-        std::thread::spawn(move || {
-            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
-            client.receive_migration_with_fds(&url, Some(tty), net_fds(), &[dest_tap.as_fd()])
-        })
-    };
-    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
-    let started = Instant::now();
-    loop {
-        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
-            Ok(()) => break,
-            Err(e)
-                if e.to_string().contains("connecting")
-                    && started.elapsed() < Duration::from_secs(10) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("send-migration: {e}"),
-        }
-    }
-    receiver
-        .join()
-        .expect("receiver thread")
-        .expect("receive-migration");
+    migrate_over_unix(&source, &dest, move |client, url| {
+        let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
+        client.receive_migration_with_fds(url, Some(tty), net_fds(), &[dest_tap.as_fd()])
+    });
     let mut source = source;
     let _ = source.child.wait();
     let pid = dest.child.id();

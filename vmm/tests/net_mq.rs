@@ -384,33 +384,7 @@ fn after_a_migration_the_guest_announces_itself_on_the_destinations_tap() {
         vm.wait_api();
         (vm, socket, rarp)
     });
-    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
-    let receiver = {
-        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
-        let url = url.clone();
-        std::thread::spawn(move || {
-            let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
-            client.receive_migration(&url, Some(tty))
-        })
-    };
-    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
-    let started = Instant::now();
-    loop {
-        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
-            Ok(()) => break,
-            Err(e)
-                if e.to_string().contains("connecting")
-                    && started.elapsed() < Duration::from_secs(10) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("send-migration: {e}"),
-        }
-    }
-    receiver
-        .join()
-        .expect("receiver thread")
-        .expect("receive-migration");
+    migrate_over_unix(&source, &dest, receive_on_tty);
     expect_announcement(&mut dest, &socket, "the migration");
     // The VMM announced the guest's MAC itself too (QEMU's RARP).
     let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];

@@ -293,3 +293,46 @@ pub fn in_netns_of<T: Send + 'static>(pid: u32, body: impl FnOnce() -> T + Send 
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// Migrates `source`'s guest to `dest` over a unix socket in `dest`'s run
+/// folder: `receive` makes `dest`'s vm.receive-migration call (given its
+/// client and the URL) on a thread of its own, while the source's
+/// vm.send-migration is retried until that listener is up; panics if
+/// either side fails.
+pub fn migrate_over_unix(
+    source: &GuestVm,
+    dest: &GuestVm,
+    receive: impl FnOnce(&vmapi::Client, &str) -> vmapi::Result<String> + Send + 'static,
+) {
+    let url = format!("unix:{}", dest._dir.path().join("migrate.sock").display());
+    let receiver = {
+        let client = vmapi::Client::new(&dest.api).with_io_timeout(Duration::from_secs(120));
+        let url = url.clone();
+        std::thread::spawn(move || receive(&client, &url))
+    };
+    let sender = vmapi::Client::new(&source.api).with_io_timeout(Duration::from_secs(120));
+    let started = std::time::Instant::now();
+    loop {
+        match sender.send_migration(&vmapi::VmSendMigrationData::new(&url)) {
+            Ok(()) => break,
+            Err(e)
+                if e.to_string().contains("connecting")
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send-migration: {e}"),
+        }
+    }
+    receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receive-migration");
+}
+
+/// vm.receive-migration with the console on the VMM's terminal, as the
+/// tests' guests print to it.
+pub fn receive_on_tty(client: &vmapi::Client, url: &str) -> vmapi::Result<String> {
+    let tty = vmapi::ConsoleConfig::of_mode(vmapi::ConsoleMode::Tty);
+    client.receive_migration(url, Some(tty))
+}
