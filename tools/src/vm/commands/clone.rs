@@ -23,6 +23,44 @@ use crate::vm::format::state;
 use crate::vm::runtime::{self, Status, QUERY_TIMEOUT};
 use crate::vm::xml::{DiskFormat, DomainDef, DomainName, Uuid};
 
+/// The new domain's name (`--name`, or with `--auto-clone` virt-clone's
+/// next free one), refused in virt-clone's words when missing or in use,
+/// and locked in the store (checked again under the lock) until the
+/// clone is defined.
+pub(super) fn claim_new_name(
+    ctx: &Ctx,
+    inv: &Invocation,
+    original: &DomainName,
+    auto: bool,
+) -> Result<(DomainName, crate::vm::store::DomainLock), VmError> {
+    let new_name = match inv.value("name") {
+        Some(name) => DomainName::new(name)?,
+        None if auto => clone_name(ctx, original.as_str())?,
+        None => {
+            return Err(VmError::Refused(
+                "A name is required for the new virtual machine, use '--name NEW_VM_NAME' to specify one."
+                    .into(),
+            ))
+        }
+    };
+    let taken = |name: &DomainName| -> Result<bool, VmError> {
+        Ok(name == original || ctx.store.read_definition(name)?.is_some())
+    };
+    let in_use = || {
+        VmError::Refused(format!(
+            "Invalid name for new guest: Guest name '{new_name}' is already in use."
+        ))
+    };
+    if taken(&new_name)? {
+        return Err(in_use());
+    }
+    let lock = ctx.store.lock(&new_name)?;
+    if taken(&new_name)? {
+        return Err(in_use());
+    }
+    Ok((new_name, lock))
+}
+
 /// Most clone names or paths tried when making one up.
 pub(super) const MAX_TRIES: u32 = 1000;
 
@@ -270,30 +308,7 @@ pub fn clone(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErro
             orig.name
         )));
     }
-    let new_name = match inv.value("name") {
-        Some(name) => DomainName::new(name)?,
-        None if auto => clone_name(ctx, orig.name.as_str())?,
-        None => {
-            return Err(VmError::Refused(
-                "A name is required for the new virtual machine, use '--name NEW_VM_NAME' to specify one."
-                    .into(),
-            ))
-        }
-    };
-    let taken = |name: &DomainName| -> Result<bool, VmError> {
-        Ok(*name == orig.name || ctx.store.read_definition(name)?.is_some())
-    };
-    if taken(&new_name)? {
-        return Err(VmError::Refused(format!(
-            "Invalid name for new guest: Guest name '{new_name}' is already in use."
-        )));
-    }
-    let _new_lock = ctx.store.lock(&new_name)?;
-    if taken(&new_name)? {
-        return Err(VmError::Refused(format!(
-            "Invalid name for new guest: Guest name '{new_name}' is already in use."
-        )));
-    }
+    let (new_name, _new_lock) = claim_new_name(ctx, inv, &orig.name, auto)?;
 
     // Plan every disk before touching anything.
     let mut plans = Vec::new();

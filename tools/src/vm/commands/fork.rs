@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::clone::{clone_name, clone_path, give_new_macs, img};
+use super::clone::{claim_new_name, clone_path, give_new_macs, img};
 use super::snapshot::{
     not_found, read_set, snapshot_disks, PAUSED_FROM_SNAPSHOT, RUNNING_FROM_SNAPSHOT, STATE_TIMEOUT,
 };
@@ -29,7 +29,7 @@ use super::{lifecycle, lookup_by, By, Ctx};
 use crate::vm::cli::Invocation;
 use crate::vm::error::VmError;
 use crate::vm::format::state;
-use crate::vm::xml::{DiskFormat, DomainDef, DomainName, Uuid};
+use crate::vm::xml::{DiskFormat, DomainDef, Uuid};
 
 /// One disk of the fork: the snapshot of `from` extracted into `base`,
 /// and `overlay` on it, NEW's disk.
@@ -106,31 +106,7 @@ pub fn fork(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError
     }
     let run_after = inv.flag("running") || (meta.state == "running" && !inv.flag("paused"));
 
-    let new_name = match inv.value("name") {
-        Some(name) => DomainName::new(name)?,
-        None if auto => clone_name(ctx, orig.name.as_str())?,
-        None => {
-            return Err(VmError::Refused(
-                "A name is required for the new virtual machine, use '--name NEW_VM_NAME' to specify one."
-                    .into(),
-            ))
-        }
-    };
-    let taken = |name: &DomainName| -> Result<bool, VmError> {
-        Ok(*name == orig.name || ctx.store.read_definition(name)?.is_some())
-    };
-    let in_use = || {
-        VmError::Refused(format!(
-            "Invalid name for new guest: Guest name '{new_name}' is already in use."
-        ))
-    };
-    if taken(&new_name)? {
-        return Err(in_use());
-    }
-    let _new_lock = ctx.store.lock(&new_name)?;
-    if taken(&new_name)? {
-        return Err(in_use());
-    }
+    let (new_name, _new_lock) = claim_new_name(ctx, inv, &orig.name, auto)?;
 
     // Plan every disk before touching anything: the snapshot covers the
     // writable qcow2 disks (any other writable disk is refused here).
