@@ -23,6 +23,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::count::{self, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
 
 /// Two namespaces with a veth pair, 10.77.N.1 and 10.77.N.2; removed on drop.
@@ -248,27 +249,8 @@ fn ok(mut command: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("guest: count "))
-        .filter_map(|k| k.trim().parse().ok())
-        .collect()
-}
-
 fn wait_count(log: &Path, at_least: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if counts(&text).last().is_some_and(|&k| k >= at_least) {
-            return text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no count {at_least} in {}: {text:?}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    count::wait_count(log, 0, at_least, String::new)
 }
 
 fn is_root() -> bool {

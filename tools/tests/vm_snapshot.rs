@@ -10,8 +10,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
+use support::count::{self, assert_consecutive, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
 
 fn vm(store: &Path, args: &[&str]) -> Output {
@@ -39,38 +39,9 @@ fn ok(store: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("guest: count "))
-        .filter_map(|k| k.trim().parse().ok())
-        .collect()
-}
-
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for pair in counts.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "{what}: a gap or a repeat in {counts:?}"
-        );
-    }
-}
-
 /// The console log from byte `from` once it holds a count >= `at_least`.
 fn wait_count(log: &Path, from: usize, at_least: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let all = std::fs::read_to_string(log).unwrap_or_default();
-        let tail = all.get(from..).unwrap_or_default().to_string();
-        if counts(&tail).last().is_some_and(|&k| k >= at_least) {
-            return tail;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no count {at_least} in {tail:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    count::wait_count(log, from, at_least, String::new)
 }
 
 /// Replaces every `YYYY-MM-DD HH:MM:SS +ZZZZ` with `TIME`.

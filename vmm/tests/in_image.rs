@@ -10,8 +10,9 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use support::count::{self, assert_consecutive, counts};
 use support::guest::build_guest;
 use support::vmm_api::{guest_config, have_kvm, ApiVmm};
 use vmapi::VmState;
@@ -29,39 +30,9 @@ macro_rules! require_kvm {
     };
 }
 
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("guest: count "))
-        .filter_map(|k| k.trim().parse().ok())
-        .collect()
-}
-
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for pair in counts.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "{what}: a gap or a repeat in {counts:?}"
-        );
-    }
-}
-
 /// The console log from byte `from`, once it holds a count >= `at_least`.
 fn wait_count(vmm: &ApiVmm, log: &Path, from: usize, at_least: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail = text.get(from..).unwrap_or_default().to_string();
-        if counts(&tail).last().is_some_and(|&k| k >= at_least) {
-            return tail;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no count {at_least} in {tail:?}\nvmm: {}",
-            vmm.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    count::wait_count(log, from, at_least, || format!("vmm: {}", vmm.log()))
 }
 
 fn make_qcow2(path: &Path, size: u64) {

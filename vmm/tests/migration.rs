@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::count::{self, assert_consecutive, counts};
 use support::guest::build_guest;
 use support::vmm_api::{guest_config, have_kvm, ApiVmm};
 use vmapi::VmState;
@@ -40,38 +41,8 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
         .expect("run qemu-img")
 }
 
-/// The counts of `guest: count K` lines in `log`, in order.
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("guest: count "))
-        .filter_map(|k| k.trim().parse().ok())
-        .collect()
-}
-
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for pair in counts.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "{what}: a gap or a repeat in {counts:?}"
-        );
-    }
-}
-
 fn wait_count(vmm: &ApiVmm, log: &Path, at_least: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if counts(&text).last().is_some_and(|&k| k >= at_least) {
-            return text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no count {at_least} in {text:?}\nvmm: {}",
-            vmm.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    count::wait_count(log, 0, at_least, || format!("vmm: {}", vmm.log()))
 }
 
 /// A source VMM running the counting guest of `memory_mib` on a qcow2 in

@@ -8,6 +8,7 @@
 
 mod support;
 
+use support::count::{self, assert_consecutive, counts};
 use support::guest::build_guest;
 use support::vmm_api::{guest_config, have_kvm, ApiVmm};
 use vmapi::VmState;
@@ -169,39 +170,8 @@ fn snapshot_restore_resume_and_refusals() {
     );
 }
 
-/// The counts of `guest: count K` lines in `log`, in order.
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("guest: count "))
-        .filter_map(|k| k.trim().parse().ok())
-        .collect()
-}
-
-/// Fails unless `counts` go up by one from their first.
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for pair in counts.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "{what}: a gap or a repeat in {counts:?}"
-        );
-    }
-}
-
 fn wait_count(vmm: &ApiVmm, log: &std::path::Path, at_least: u64) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if counts(&text).last().is_some_and(|&k| k >= at_least) {
-            return text;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "no count {at_least} in {text:?}\nvmm: {}",
-            vmm.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    count::wait_count(log, 0, at_least, || format!("vmm: {}", vmm.log()))
 }
 
 #[test]

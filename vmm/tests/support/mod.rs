@@ -2,6 +2,8 @@
 
 // Not every test binary uses every guest.
 #[allow(dead_code)]
+pub mod count;
+#[allow(dead_code)]
 pub mod elf;
 pub mod guest;
 #[allow(dead_code)]
