@@ -13,17 +13,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::cli::vm;
 use support::guest::{build_guest, ensure_vmm, have_kvm};
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .env_remove("VM_VMM")
-        .output()
-        .unwrap()
-}
 
 fn text(out: &Output) -> String {
     format!(

@@ -11,17 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::cli::vm;
 use support::guest::{build_guest, ensure_vmm, have_kvm};
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .env_remove("VM_VMM")
-        .output()
-        .unwrap()
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

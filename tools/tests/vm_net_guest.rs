@@ -9,31 +9,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::cli::ok;
 use support::guest::{build_guest, ensure_vmm, have_kvm};
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .env_remove("VM_VMM")
-        .output()
-        .unwrap()
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = vm(store, args);
-    assert!(
-        out.status.success(),
-        "vm {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn have(program: &str) -> bool {
     Command::new(program).arg("-V").output().is_ok()

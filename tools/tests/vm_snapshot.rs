@@ -9,35 +9,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use support::cli::{ok, text, vm};
 use support::count::{self, assert_consecutive, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .env_remove("VM_VMM")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = vm(store, args);
-    assert!(
-        out.status.success(),
-        "vm {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// The console log from byte `from` once it holds a count >= `at_least`.
 fn wait_count(log: &Path, from: usize, at_least: u64) -> String {
