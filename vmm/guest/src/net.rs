@@ -83,12 +83,7 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
         "no virtio-net among the virtio_mmio.device entries, count",
         cmdline::mmio_device_count(cmdline) as u64,
     ))?;
-    let ip = match cmdline::value(cmdline, b"guest.ip=") {
-        None => DEFAULT_IP,
-        Some(text) => {
-            parse_ip(text).ok_or(Failure::Other("bad guest.ip=, length", text.len() as u64))?
-        }
-    };
+    let ip = guest_ip(cmdline)?;
     let mut peer = crate::peer::Peer::from_cmdline(cmdline)?;
     let mut net = open(&device)?;
     let mac = net.mac_address();
@@ -107,21 +102,8 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
             alloc_buffer(RX_BUFFER_LEN).ok_or(Failure::Other("out of memory for rx", 0))?;
         post(&mut net, &mut buffers, buffer)?;
     }
-    put_str("guest: net ready mac=");
-    for (i, byte) in mac.iter().enumerate() {
-        if i > 0 {
-            put_str(":");
-        }
-        put_hex2(*byte);
-    }
-    put_str(" ip=");
-    for (i, byte) in ip.iter().enumerate() {
-        if i > 0 {
-            put_str(".");
-        }
-        put_dec(u64::from(*byte));
-    }
-    put_str("\n");
+    put_str("guest: net ready");
+    put_addresses(&mac, &ip);
     let mut tally = Tally::default();
     let net_ptr: *mut Net = &mut *net;
     loop {
@@ -207,6 +189,36 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
             post(&mut net, &mut buffers, buffer)?;
         }
     }
+}
+
+/// The guest's address: `guest.ip=` of the command line, or the default.
+pub(crate) fn guest_ip(cmdline: &[u8]) -> Result<[u8; 4], Failure> {
+    match cmdline::value(cmdline, b"guest.ip=") {
+        None => Ok(DEFAULT_IP),
+        Some(text) => {
+            parse_ip(text).ok_or(Failure::Other("bad guest.ip=, length", text.len() as u64))
+        }
+    }
+}
+
+/// Prints ` mac=AA:BB:CC:DD:EE:FF ip=A.B.C.D` and the line's end: the
+/// address part of a ready line.
+pub(crate) fn put_addresses(mac: &[u8; 6], ip: &[u8; 4]) {
+    put_str(" mac=");
+    for (i, byte) in mac.iter().enumerate() {
+        if i > 0 {
+            put_str(":");
+        }
+        put_hex2(*byte);
+    }
+    put_str(" ip=");
+    for (i, byte) in ip.iter().enumerate() {
+        if i > 0 {
+            put_str(".");
+        }
+        put_dec(u64::from(*byte));
+    }
+    put_str("\n");
 }
 
 pub(crate) fn put_hex2(byte: u8) {

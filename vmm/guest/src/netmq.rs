@@ -29,7 +29,9 @@ use crate::cmdline;
 use crate::console::{put_dec, put_hex, put_str};
 use crate::disk::{wait_used, Failure};
 use crate::mem::alloc_buffer;
-use crate::net::{answer, find_network_device, parse_ip, put_hex2, Answer, Tally, SOURCE_PAYLOAD};
+use crate::net::{
+    answer, find_network_device, guest_ip, put_addresses, Answer, Tally, SOURCE_PAYLOAD,
+};
 use crate::virtq::{
     Regs, SplitQueue, DESC_F_NEXT, DESC_F_WRITE, INTERRUPT_ACK, INTERRUPT_STATUS, STATUS,
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
@@ -149,12 +151,7 @@ pub fn run(cmdline: &[u8]) -> Result<(), Failure> {
         "no virtio-net among the virtio_mmio.device entries, count",
         cmdline::mmio_device_count(cmdline) as u64,
     ))?;
-    let ip = match cmdline::value(cmdline, b"guest.ip=") {
-        None => DEFAULT_IP,
-        Some(text) => {
-            parse_ip(text).ok_or(Failure::Other("bad guest.ip=, length", text.len() as u64))?
-        }
-    };
+    let ip = guest_ip(cmdline)?;
     let wanted_pairs = match cmdline::value(cmdline, b"guest.pairs=") {
         None => MAX_PAIRS as u64,
         Some(text) => cmdline::parse_number(text)
@@ -240,21 +237,7 @@ pub fn run(cmdline: &[u8]) -> Result<(), Failure> {
     put_dec(pairs_used as u64);
     put_str(" of ");
     put_dec(u64::from(max_pairs));
-    put_str(" mac=");
-    for (i, byte) in mac.iter().enumerate() {
-        if i > 0 {
-            put_str(":");
-        }
-        put_hex2(*byte);
-    }
-    put_str(" ip=");
-    for (i, byte) in ip.iter().enumerate() {
-        if i > 0 {
-            put_str(".");
-        }
-        put_dec(u64::from(*byte));
-    }
-    put_str("\n");
+    put_addresses(&mac, &ip);
     let announce_frame =
         alloc_buffer(NET_HDR_LEN + 42).ok_or(Failure::Other("out of memory for garp", 0))?;
     let mut announced = 0u64;
