@@ -543,13 +543,26 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// The descriptors the VMM holds when idle: the fewest of a few looks, as
+/// the API thread may still hold the connection of the last answer for a
+/// moment after the client has read it.
+fn idle_fds(pid: u32) -> usize {
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            open_fds(pid)
+        })
+        .min()
+        .expect("twenty looks")
+}
+
 #[test]
 fn descriptors_handed_with_a_refused_request_are_closed() {
     let vmm = ApiVmm::start(&[]);
     let client = vmm.client();
     let pid = vmm.child.id();
     client.ping().expect("vm.ping");
-    let before = open_fds(pid);
+    let before = idle_fds(pid);
     let handed = std::fs::File::open("/dev/null").expect("/dev/null");
     let config = |memory: u64| -> vmapi::VmConfig {
         serde_json::from_value(serde_json::json!({
@@ -582,5 +595,11 @@ fn descriptors_handed_with_a_refused_request_are_closed() {
         .expect_err("no VM to add to");
     assert_eq!(err.status(), Some(404), "{err}");
     client.ping().expect("vm.ping after the refusals");
-    assert_eq!(open_fds(pid), before, "{}", vmm.log());
+    let after = idle_fds(pid);
+    assert!(
+        after <= before,
+        "{} descriptor(s) more than before the refused requests: {}",
+        after - before,
+        vmm.log()
+    );
 }
