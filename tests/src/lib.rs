@@ -4,6 +4,7 @@
 
 pub mod crash;
 pub mod encrypted;
+pub mod holders;
 pub mod virtio_workload;
 pub mod workload;
 

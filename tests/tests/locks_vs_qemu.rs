@@ -7,36 +7,11 @@
 //!   once img is gone, the image is free again.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration_tests::holders::{outcome, Holder};
 use integration_tests::{img, ok, qemu_img, require_qemu, run};
-
-/// Runs `program ARGS` in `dir` and returns (exit code, stdout + stderr)
-/// with the program's name prefix made neutral (`img: ` and `qemu-img: `
-/// both become `PROG: `) and bench's timing left out.
-fn outcome(mut cmd: Command, dir: &Path) -> (Option<i32>, String) {
-    let out = run(cmd.current_dir(dir).stdin(Stdio::null()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = text
-        .lines()
-        .map(|l| {
-            // bench's timing differs run to run.
-            if l.starts_with("Run completed in ") {
-                return "Run completed in T seconds.".to_string();
-            }
-            l.strip_prefix("qemu-img: ")
-                .or_else(|| l.strip_prefix("img: "))
-                .map_or_else(|| l.to_string(), |rest| format!("PROG: {rest}"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    (out.status.code(), text)
-}
 
 /// Waits until `qemu-img info FILE` fails: the holder has taken its locks.
 fn wait_until_locked(dir: &Path, file: &str) {
@@ -55,14 +30,47 @@ fn wait_until_locked(dir: &Path, file: &str) {
     }
 }
 
-/// A child process killed when the test ends, pass or fail.
-struct Holder(Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Starts `qemu-io` holding `file` (in `dir`) open for writing, and waits
+/// until `qemu-img info` finds it locked. A holder that ends or has not
+/// locked the file within 20 s is started again, at most three times:
+/// fresh-clone CI once saw one never lock its image (cause not found; see
+/// the README's open problems), and each attempt's stderr is kept for the
+/// message.
+fn hold_for_writing(dir: &Path, file: &str) -> Holder {
+    let mut errors = String::new();
+    for attempt in 0..3 {
+        let err_path = dir.join(format!("holder{attempt}.err"));
+        let mut holder = Holder(
+            Command::new("qemu-io")
+                .args(["-c", "sleep 600000", file])
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&err_path).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if !run(qemu_img(&["info", file]).current_dir(dir))
+                .status
+                .success()
+            {
+                return holder;
+            }
+            if let Ok(Some(status)) = holder.0.try_wait() {
+                errors.push_str(&format!("attempt {attempt}: qemu-io ended ({status}); "));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        errors.push_str(&format!(
+            "attempt {attempt} stderr: {:?}; ",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        ));
+        drop(holder);
     }
+    panic!("qemu-io never locked {file}: {errors}");
 }
 
 fn make_chain(dir: &Path) {
@@ -88,17 +96,7 @@ fn img_is_refused_an_image_qemu_io_writes_as_qemu_img_is() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     make_chain(d);
-    let _holder = Holder(
-        Command::new("qemu-io")
-            .args(["-c", "sleep 600000", "t.qcow2"])
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_locked(d, "t.qcow2");
+    let _holder = hold_for_writing(d, "t.qcow2");
     let before = std::fs::read(d.join("t.qcow2")).unwrap();
     let commands: &[&[&str]] = &[
         &["info", "t.qcow2"],
@@ -250,142 +248,4 @@ fn a_raw_image_read_by_qemu_io_stays_writable_as_qemu_img_finds_it() {
             "img {args:?} differs from qemu-img"
         );
     }
-}
-
-/// Waits until qemu-img `args` fails in `dir`: a holder has taken its
-/// locks on a file the command opens.
-fn wait_until_refused(dir: &Path, args: &[&str]) {
-    let start = Instant::now();
-    while run(qemu_img(args).current_dir(dir)).status.success() {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "qemu-img {args:?} was never refused"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs `qemu-io -f raw -c 'sleep' FILE` in `dir` until dropped: it holds
-/// FILE open for writing and shares everything, as QEMU's raw node does.
-fn hold_raw(dir: &Path, file: &str) -> Holder {
-    Holder(
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "sleep 600000", file])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// An outcome without its `disk size:` lines: img's disk size of a qcow2
-/// image with a data file counts the data file's blocks, qemu-img's does
-/// not (an info difference of its own, not a lock's).
-fn without_disk_size((code, text): (Option<i32>, String)) -> (Option<i32>, String) {
-    let text = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("disk size:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    (code, text)
-}
-
-#[test]
-fn data_files_and_vmdk_extents_are_locked_as_qemu_img_locks_them() {
-    require_qemu!();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let d = dir.path();
-    ok(qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "data_file=d.raw",
-        "a.qcow2",
-        "1M",
-    ])
-    .current_dir(d));
-    for (name, sub) in [
-        ("s.vmdk", "twoGbMaxExtentSparse"),
-        ("f.vmdk", "twoGbMaxExtentFlat"),
-    ] {
-        let sub = format!("subformat={sub}");
-        ok(qemu_img(&["create", "-q", "-f", "vmdk", "-o", &sub, name, "1M"]).current_dir(d));
-    }
-    // The data file and the flat extent hold guest data (QEMU's data role:
-    // a writer sharing writes conflicts only with a convert source, which
-    // shares no writes); the sparse extent holds metadata, which no one
-    // may write while any image over it is open.
-    let _holders = [
-        hold_raw(d, "d.raw"),
-        hold_raw(d, "s-s001.vmdk"),
-        hold_raw(d, "f-f001.vmdk"),
-    ];
-    wait_until_refused(d, &["info", "s.vmdk"]);
-    for image in ["a.qcow2", "f.vmdk"] {
-        wait_until_refused(d, &["convert", "-O", "raw", image, "probe.raw"]);
-    }
-    let held = [
-        "a.qcow2",
-        "d.raw",
-        "s.vmdk",
-        "s-s001.vmdk",
-        "f.vmdk",
-        "f-f001.vmdk",
-    ];
-    let before: Vec<Vec<u8>> = held
-        .iter()
-        .map(|f| std::fs::read(d.join(f)).unwrap())
-        .collect();
-    for image in ["a.qcow2", "s.vmdk", "f.vmdk"] {
-        let commands: [&[&str]; 9] = [
-            &["info", image],
-            &["info", "-U", image],
-            &["check", image],
-            &["check", "-U", image],
-            &["map", image],
-            &["map", "-U", image],
-            &["convert", "-O", "raw", image, "out.raw"],
-            &["convert", "-U", "-O", "raw", image, "out.raw"],
-            &["compare", "-U", image, image],
-        ];
-        for args in commands {
-            let theirs = without_disk_size(outcome(qemu_img(args), d));
-            let ours = without_disk_size(outcome(img(args), d));
-            if args[0] == "map" && theirs.0 == Some(0) {
-                // img names a flat extent's data by the descriptor in a
-                // map, qemu-img by the extent (a map difference of its
-                // own): only the lock's verdict is compared here.
-                assert_eq!(ours.0, Some(0), "img {args:?} failed: {}", ours.1);
-                continue;
-            }
-            assert_eq!(ours, theirs, "img {args:?} differs from qemu-img");
-        }
-    }
-    // A write command on the vmdk whose sparse extent is held.
-    let args = ["resize", "s.vmdk", "2M"];
-    assert_eq!(outcome(img(&args), d), outcome(qemu_img(&args), d));
-    let after: Vec<Vec<u8>> = held
-        .iter()
-        .map(|f| std::fs::read(d.join(f)).unwrap())
-        .collect();
-    assert!(after == before, "a refused command changed an image");
-    // The refusals were real ones: the lines qemu-img prints.
-    let (code, text) = outcome(img(&["convert", "-O", "raw", "a.qcow2", "out.raw"]), d);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        text,
-        "PROG: Could not open 'a.qcow2': Failed to get shared \"write\" lock\n\
-         Is another process using the image [d.raw]?"
-    );
-    let (code, text) = outcome(img(&["info", "s.vmdk"]), d);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        text,
-        "PROG: Could not open 's.vmdk': Failed to get shared \"write\" lock\n\
-         Is another process using the image [s-s001.vmdk]?"
-    );
 }
