@@ -25,9 +25,28 @@ pub fn bind_private(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod 0600 {}", path.display())))?;
+    // Bound and made 0600 under a name of its own, then renamed into
+    // place: the path appears only once it accepts connections (a client
+    // that sees it never gets ECONNREFUSED, which the gap between bind and
+    // listen gave) and never with wider permissions.
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let staging = path.with_file_name(format!(
+        ".{}.{}.binding",
+        file_name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staging);
+    let listener =
+        UnixListener::bind(&staging).map_err(io(format!("binding {}", path.display())))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("chmod 0600 {}", path.display())))
+        .and_then(|()| {
+            std::fs::rename(&staging, path).map_err(io(format!("binding {}", path.display())))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     Ok(listener)
 }
 
