@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::cli::{ok, text, vm};
+use support::cli::{define_counting_domain, ok, text, vm};
 use support::count::{self, assert_consecutive, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
 
@@ -149,21 +149,7 @@ fn forks_go_on_from_the_snapshot_while_the_original_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let store = dir.join("store");
-    let image = dir.join("test.qcow2");
-    let made = Command::new(env!("CARGO_BIN_EXE_img"))
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made.stderr));
-    let xml = format!(
-        "<domain type='kvm'>\n  <name>test</name>\n  <memory unit='MiB'>32</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=20000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
-        guest.display(),
-        image.display()
-    );
-    std::fs::write(dir.join("test.xml"), xml).unwrap();
-    ok(&store, &["define", dir.join("test.xml").to_str().unwrap()]);
+    let image = define_counting_domain(dir, &store, &guest);
     let _destroy = DestroyOnDrop(&store);
     ok(&store, &["snapshot-create-as", "test", "off1"]);
     ok(&store, &["start", "test"]);

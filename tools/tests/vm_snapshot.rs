@@ -8,10 +8,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::cli::{ok, text, vm};
+use support::cli::{define_counting_domain as define, ok, text, vm};
 use support::count::{self, assert_consecutive, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
 
@@ -42,26 +42,6 @@ fn mask_times(s: &str) -> String {
         }
     }
     out
-}
-
-fn define(dir: &Path, store: &Path, guest: &Path) -> PathBuf {
-    let image = dir.join("test.qcow2");
-    let out = Command::new(env!("CARGO_BIN_EXE_img"))
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let xml = format!(
-        "<domain type='kvm'>\n  <name>test</name>\n  <memory unit='MiB'>32</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=20000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <serial type='pty'/>\n  </devices>\n</domain>\n",
-        guest.display(),
-        image.display()
-    );
-    let file = dir.join("test.xml");
-    std::fs::write(&file, xml).unwrap();
-    ok(store, &["define", file.to_str().unwrap()]);
-    image
 }
 
 /// The commands compared with virsh, in one virsh session (its test
