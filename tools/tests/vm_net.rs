@@ -8,19 +8,10 @@
 //! (the test driver attaches and detaches nothing, so only their refusals
 //! are held against it, byte for byte).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn have_virsh() -> bool {
-    let found = Command::new("virsh").arg("--version").output().is_ok();
-    if !found && std::env::var_os("REQUIRE_LIBVIRT").is_some() {
-        panic!("virsh is required (REQUIRE_LIBVIRT is set): bash scripts/ensure-libvirt.sh");
-    }
-    if !found {
-        eprintln!("skipped: virsh missing (bash scripts/ensure-libvirt.sh)");
-    }
-    found
-}
+use support::cli::{text, vm};
+use support::virsh::{have_virsh, same, Sides};
 
 const INTERFACES: &str = "\
     <interface type='ethernet'><mac address='52:54:00:12:34:56'/><target dev='tap0' managed='no'/><model type='virtio'/></interface>\n\
@@ -37,71 +28,17 @@ fn domain_xml(kind: &str, devices: &str) -> String {
     )
 }
 
-struct Sides {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    node: PathBuf,
-}
-
 fn setup() -> Sides {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let file = dir.path().join("netdom.xml");
-    std::fs::write(&file, domain_xml("kvm", INTERFACES)).unwrap();
-    let out = vm(&store, &["define", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let node = dir.path().join("node.xml");
-    std::fs::write(
-        &node,
-        format!("<node>\n{}</node>\n", domain_xml("test", INTERFACES)),
-    )
-    .unwrap();
-    Sides {
-        _dir: dir,
-        store,
-        node,
-    }
-}
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn virsh(node: &Path, args: &[&str]) -> Output {
-    Command::new("virsh")
-        .arg("-c")
-        .arg(format!("test://{}", node.display()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn same(sides: &Sides, args: &[&str]) {
-    let ours = vm(&sides.store, args);
-    let theirs = virsh(&sides.node, args);
-    assert_eq!(
-        (text(&ours.stdout), text(&ours.stderr), ours.status.code()),
-        (
-            text(&theirs.stdout),
-            text(&theirs.stderr),
-            theirs.status.code()
-        ),
-        "vm {args:?} differs from virsh (left: ours, right: virsh)"
-    );
+    Sides::new(&[(
+        "netdom",
+        domain_xml("kvm", INTERFACES),
+        domain_xml("test", INTERFACES),
+    )])
 }
 
 #[test]
 fn interface_commands_match_virsh_byte_for_byte() {
-    if !have_virsh() {
+    if !have_virsh(false) {
         return;
     }
     let sides = setup();
@@ -155,7 +92,7 @@ fn bad_interfaces_are_refused_at_define() {
 
 #[test]
 fn interfaces_attach_and_detach_in_the_definition() {
-    if !have_virsh() {
+    if !have_virsh(false) {
         return;
     }
     let sides = setup();

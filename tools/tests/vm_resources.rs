@@ -5,19 +5,13 @@
 //! status compared, and the definition each success leaves. Needs virsh
 //! (skipped without it unless REQUIRE_LIBVIRT is set).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn have_virsh() -> bool {
-    let found = Command::new("virsh").arg("--version").output().is_ok();
-    if !found && std::env::var_os("REQUIRE_LIBVIRT").is_some() {
-        panic!("virsh is required (REQUIRE_LIBVIRT is set): bash scripts/ensure-libvirt.sh");
-    }
-    if !found {
-        eprintln!("skipped: virsh missing");
-    }
-    found
-}
+use support::cli::{text, vm};
+use support::virsh::{have_virsh, virsh_default};
 
 const TEST_DOMAIN: &str = "<domain type='kvm'>
   <name>test</name>
@@ -45,26 +39,6 @@ fn store() -> (tempfile::TempDir, PathBuf) {
     (dir, store)
 }
 
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn virsh(session: &str) -> Output {
-    Command::new("virsh")
-        .args(["-c", "test:///default", session])
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// The lines of a dumpxml that carry memory and vCPUs.
 fn sizes(xml: &str) -> Vec<String> {
     xml.lines()
@@ -78,7 +52,7 @@ fn sizes(xml: &str) -> Vec<String> {
 
 #[test]
 fn set_commands_match_the_test_driver() {
-    if !have_virsh() {
+    if !have_virsh(false) {
         return;
     }
     for line in [
@@ -101,7 +75,7 @@ fn set_commands_match_the_test_driver() {
         let (_dir, store) = store();
         let args: Vec<&str> = line.split(' ').collect();
         let ours = vm(&store, &args);
-        let theirs = virsh(line);
+        let theirs = virsh_default(&[line]);
         let ours_err = text(&ours.stderr);
         let mut theirs_err = text(&theirs.stderr);
         // virsh's supported maximum is the test driver's 32; ours is 254.
@@ -115,7 +89,8 @@ fn set_commands_match_the_test_driver() {
         assert_eq!(text(&ours.stdout), text(&theirs.stdout), "{line}");
         if ours.status.success() {
             let ours_xml = text(&vm(&store, &["dumpxml", "test", "--inactive"]).stdout);
-            let theirs_xml = text(&virsh(&format!("{line}; dumpxml test --inactive")).stdout);
+            let theirs_xml =
+                text(&virsh_default(&[&format!("{line}; dumpxml test --inactive")]).stdout);
             let mut theirs_sizes = sizes(&theirs_xml);
             let ours_sizes = sizes(&ours_xml);
             // The test driver prints no current= when current == max;
@@ -133,8 +108,6 @@ fn set_commands_match_the_test_driver() {
         }
     }
 }
-
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -530,7 +503,7 @@ fn limits_set_on_a_running_domain_and_groups_gone_when_it_stops() {
 
 #[test]
 fn pins_and_tunables_show_as_virsh_lays_them_out() {
-    if !have_virsh() {
+    if !have_virsh(false) {
         return;
     }
     let (dir, store) = store();
@@ -552,13 +525,15 @@ fn pins_and_tunables_show_as_virsh_lays_them_out() {
     ] {
         let args: Vec<&str> = ours.split(' ').collect();
         let got = text(&vm(&store, &args).stdout);
-        let theirs = text(&virsh(session).stdout).replace("0-7", &all);
+        let theirs = text(&virsh_default(&[session]).stdout).replace("0-7", &all);
         // The session prints an empty line for the pin command first.
         let theirs = theirs.strip_prefix('\n').unwrap_or(&theirs).to_string();
         assert_eq!(got, theirs, "{ours}");
     }
-    let theirs =
-        text(&virsh("memtune test --hard-limit 3000000 --config; memtune test --config").stdout);
+    let theirs = text(
+        &virsh_default(&["memtune test --hard-limit 3000000 --config; memtune test --config"])
+            .stdout,
+    );
     let out = vm(
         &store,
         &["memtune", "test", "--hard-limit", "3000000", "--config"],

@@ -14,6 +14,7 @@ use std::process::Command;
 use support::cli::{define_counting_domain as define, ok, text, vm};
 use support::count::{self, assert_consecutive, counts};
 use support::guest::{build_guest, ensure_vmm, have_kvm};
+use support::virsh::{have_virsh, virsh_default};
 
 /// The console log from byte `from` once it holds a count >= `at_least`.
 fn wait_count(log: &Path, from: usize, at_least: u64) -> String {
@@ -67,12 +68,7 @@ const SESSION: &[&[&str]] = &[
 ];
 
 fn compare_with_virsh(store: &Path, setup: &[&str]) {
-    if Command::new("virsh").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("REQUIRE_LIBVIRT").is_none(),
-            "virsh is required (REQUIRE_LIBVIRT is set)"
-        );
-        eprintln!("skipped the comparison: no virsh");
+    if !have_virsh(false) {
         return;
     }
     let mut script: Vec<String> = setup.iter().map(|s| s.to_string()).collect();
@@ -91,11 +87,7 @@ fn compare_with_virsh(store: &Path, setup: &[&str]) {
         ours_out.push_str("@@\n");
         ours_err.push_str(&text(&out.stderr));
     }
-    let theirs = Command::new("virsh")
-        .args(["-c", "test:///default"])
-        .arg(script.join("; "))
-        .output()
-        .unwrap();
+    let theirs = virsh_default(&[&script.join("; ")]);
     let their_out = text(&theirs.stdout);
     // The setup's own lines come first in virsh's output.
     let start = their_out.find(" Name ").expect(&their_out);
@@ -260,30 +252,18 @@ fn undefine_with_snapshots_as_virsh() {
         ok(&store, &["snapshot-list", "test", "--name"]),
         "s1\ns2\n\n"
     );
-    if Command::new("virsh").arg("--version").output().is_ok() {
-        let theirs = Command::new("virsh")
-            .args(["-c", "test:///default"])
-            .arg(
-                "destroy test; snapshot-create-as test s1; snapshot-create-as test s2; \
-                 undefine test",
-            )
-            .output()
-            .unwrap();
+    if have_virsh(false) {
+        let theirs = virsh_default(&[
+            "destroy test; snapshot-create-as test s1; snapshot-create-as test s2; undefine test",
+        ]);
         assert_eq!(ours_err, text(&theirs.stderr), "left: ours, right: virsh");
-        let theirs = Command::new("virsh")
-            .args(["-c", "test:///default"])
-            .arg("destroy test; snapshot-create-as test s1; undefine test --snapshots-metadata")
-            .output()
-            .unwrap();
+        let theirs = virsh_default(&[
+            "destroy test; snapshot-create-as test s1; undefine test --snapshots-metadata",
+        ]);
         assert!(
             text(&theirs.stdout).ends_with("Domain 'test' has been undefined\n\n"),
             "{}",
             text(&theirs.stdout)
-        );
-    } else {
-        assert!(
-            std::env::var_os("REQUIRE_LIBVIRT").is_none(),
-            "virsh is required (REQUIRE_LIBVIRT is set)"
         );
     }
     assert_eq!(

@@ -8,24 +8,13 @@
 //! Needs virsh and virt-xml-validate (package libvirt-clients); skipped
 //! without them unless REQUIRE_LIBVIRT is set (scripts/test.sh sets it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn have_virsh() -> bool {
-    let found = Command::new("virsh").arg("--version").output().is_ok()
-        && Command::new("virt-xml-validate")
-            .arg("--help")
-            .output()
-            .is_ok()
-        && Command::new("xmllint").arg("--version").output().is_ok();
-    if !found && std::env::var_os("REQUIRE_LIBVIRT").is_some() {
-        panic!("virsh and virt-xml-validate are required (REQUIRE_LIBVIRT is set): bash scripts/ensure-libvirt.sh");
-    }
-    if !found {
-        eprintln!("skipped: virsh or virt-xml-validate missing (bash scripts/ensure-libvirt.sh)");
-    }
-    found
-}
+use std::path::Path;
+use std::process::Command;
+
+use support::cli::{text, vm};
+use support::virsh::{have_virsh, same, virsh, Sides};
 
 /// A domain both sides define: name, uuid, memory in MiB, vCPUs, disks.
 struct Dom {
@@ -86,77 +75,18 @@ fn domain_xml(d: &Dom, kind: &str) -> String {
     )
 }
 
-struct Sides {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    node: PathBuf,
-}
-
+/// Each of `domains` on both sides.
 fn setup(domains: &[Dom]) -> Sides {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut node = String::from("<node>\n");
-    for d in domains {
-        let file = dir.path().join(format!("{}.xml", d.name));
-        std::fs::write(&file, domain_xml(d, "kvm")).unwrap();
-        let out = vm(&store, &["define", file.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        node.push_str(&domain_xml(d, "test"));
-    }
-    node.push_str("</node>\n");
-    let node_file = dir.path().join("node.xml");
-    std::fs::write(&node_file, node).unwrap();
-    Sides {
-        store,
-        node: node_file,
-        _dir: dir,
-    }
-}
-
-fn vm(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm"))
-        .arg("-c")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn virsh(node: &Path, args: &[&str]) -> Output {
-    Command::new("virsh")
-        .arg("-c")
-        .arg(format!("test://{}", node.display()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `args` on both sides; stdout, stderr and status must match.
-fn same(sides: &Sides, args: &[&str]) {
-    let ours = vm(&sides.store, args);
-    let theirs = virsh(&sides.node, args);
-    assert_eq!(
-        (text(&ours.stdout), text(&ours.stderr), ours.status.code()),
-        (
-            text(&theirs.stdout),
-            text(&theirs.stderr),
-            theirs.status.code()
-        ),
-        "vm {args:?} differs from virsh (left: ours, right: virsh)"
-    );
+    let defined: Vec<(&str, String, String)> = domains
+        .iter()
+        .map(|d| (d.name, domain_xml(d, "kvm"), domain_xml(d, "test")))
+        .collect();
+    Sides::new(&defined)
 }
 
 #[test]
 fn listings_match_virsh_byte_for_byte() {
-    if !have_virsh() {
+    if !have_virsh(true) {
         return;
     }
     let sides = setup(DOMAINS);
@@ -188,7 +118,7 @@ fn listings_match_virsh_byte_for_byte() {
 
 #[test]
 fn domain_commands_match_virsh_byte_for_byte() {
-    if !have_virsh() {
+    if !have_virsh(true) {
         return;
     }
     let sides = setup(DOMAINS);
@@ -231,7 +161,7 @@ fn mask_values(text: &str, keys: &[&str]) -> String {
 
 #[test]
 fn info_layouts_match_virsh_apart_from_host_figures() {
-    if !have_virsh() {
+    if !have_virsh(true) {
         return;
     }
     let sides = setup(DOMAINS);
@@ -297,7 +227,7 @@ fn info_layouts_match_virsh_apart_from_host_figures() {
 
 #[test]
 fn mistakes_match_virsh_byte_for_byte() {
-    if !have_virsh() {
+    if !have_virsh(true) {
         return;
     }
     let sides = setup(DOMAINS);
@@ -371,7 +301,7 @@ fn dominfo_has_virsh_layout() {
 
 #[test]
 fn dumpxml_is_valid_libvirt_xml_and_keeps_unknown_elements() {
-    if !have_virsh() {
+    if !have_virsh(true) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
