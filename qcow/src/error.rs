@@ -287,6 +287,20 @@ pub enum Error {
         /// Why, as QEMU words it.
         reason: String,
     },
+    /// Metadata found inconsistent in the middle of an operation (QEMU's
+    /// qcow2_signal_corruption): the operation fails with EIO, and an image
+    /// open for writing has been marked corrupt. `during` is what failed,
+    /// as QEMU's caller names it ("Failed to turn zero into data
+    /// clusters"), once known.
+    #[error("{}Input/output error", during.map(|d| format!("{d}: ")).unwrap_or_default())]
+    CorruptionFound {
+        /// What was found, in QEMU's words.
+        event: String,
+        /// Whether the corrupt bit was set (the image was writable).
+        marked: bool,
+        /// The failed step, in QEMU's words.
+        during: Option<&'static str>,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {
@@ -298,6 +312,44 @@ fn names_suffix(names: &[String]) -> String {
 }
 
 impl Error {
+    /// QEMU's line on stderr for a [`Error::CorruptionFound`], printed when
+    /// the corruption is found (before the operation's own error).
+    pub fn corruption_event_line(&self) -> Option<String> {
+        match self {
+            Error::CorruptionFound {
+                event,
+                marked: true,
+                ..
+            } => Some(format!(
+                "qcow2: Marking image as corrupt: {event}; further corruption events will be \
+                 suppressed"
+            )),
+            Error::CorruptionFound { event, .. } => Some(format!(
+                "qcow2: Image is corrupt: {event}; further non-fatal corruption events will be \
+                 suppressed"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Names the step that failed on a [`Error::CorruptionFound`] that
+    /// does not name one yet (QEMU's `error_setg_errno(errp, -EIO, ...)`
+    /// in the caller); other errors pass unchanged.
+    pub fn during(self, step: &'static str) -> Self {
+        match self {
+            Error::CorruptionFound {
+                event,
+                marked,
+                during: None,
+            } => Error::CorruptionFound {
+                event,
+                marked,
+                during: Some(step),
+            },
+            other => other,
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
 use qcow::image::{amend, read_header_cluster, AmendOptions};
 
-use super::{io_reason, open_error, parse_format};
+use super::{open_error, parse_format};
 use crate::cli::AmendArgs;
 use crate::opts::list::split_options;
 use crate::opts::table::options_for;
@@ -204,6 +204,6 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
         }
     }
     amend(storage, &FileOpener::for_image(path), &opts)
-        .map_err(|e| anyhow!("{}", io_reason(&e)))?;
+        .map_err(|e| super::operation_failure(&e))?;
     Ok(0)
 }

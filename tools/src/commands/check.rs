@@ -117,6 +117,15 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     }
     let mut report = to_report(filename, &first);
     if repair != Repair::None && (first.corruptions_fixed > 0 || first.leaks_fixed > 0) {
+        if first.image_unusable {
+            // The repair marked the image corrupt, which leaves QEMU's
+            // open image without a driver: its double check fails.
+            if !args.quiet && args.output == OutputFormat::Human {
+                print!("{}", report.render_repaired_preamble());
+            }
+            eprintln!("{}: Check failed: No medium found", crate::program());
+            return Ok(1);
+        }
         // Double check the repaired image, as qemu-img does.
         let second = check_image(&*storage, None, Repair::None)?;
         print_messages(&second.messages);

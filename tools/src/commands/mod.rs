@@ -204,6 +204,16 @@ pub fn io_reason(e: &qcow::Error) -> String {
     }
 }
 
+/// The error of an operation on an open image, as [`io_reason`] words it;
+/// corruption found on the way is first reported on a line of its own, as
+/// QEMU's qcow2 driver prints it when it finds it.
+pub fn operation_failure(e: &qcow::Error) -> anyhow::Error {
+    if let Some(line) = e.corruption_event_line() {
+        eprintln!("{line}");
+    }
+    anyhow!("{}", io_reason(e))
+}
+
 /// An io::Error's text without Rust's "(os error N)" suffix: "No such file
 /// or directory", as qemu-img words it.
 pub fn os_text(e: &std::io::Error) -> String {

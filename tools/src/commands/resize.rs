@@ -4,7 +4,7 @@ use anyhow::{anyhow, Result};
 use qcow::device::BlockRead;
 use qcow::fs::AnyImage;
 
-use super::{create::prealloc, io_reason};
+use super::create::prealloc;
 use crate::cli::ResizeArgs;
 use crate::opts::Preallocation;
 
@@ -30,7 +30,7 @@ pub fn run(args: &ResizeArgs) -> Result<i32> {
                 return Err(anyhow!("The new size must be a multiple of 512"));
             }
             q.resize(new_size, prealloc(mode))
-                .map_err(|e| anyhow!("{}", io_reason(&e)))?;
+                .map_err(|e| super::operation_failure(&e))?;
         }
         AnyImage::Raw(r) => {
             let storage = r.storage();

@@ -109,17 +109,22 @@ impl CheckReport {
         self.corruptions_fixed != 0 || self.leaks_fixed != 0
     }
 
+    /// What qemu-img prints after a repair, before its double check.
+    pub fn render_repaired_preamble(&self) -> String {
+        format!(
+            "The following inconsistencies were found and repaired:\n\n    \
+             {} leaked clusters\n    {} corruptions\n\n\
+             Double checking the fixed image now...\n",
+            self.leaks_fixed, self.corruptions_fixed
+        )
+    }
+
     /// Human output as qemu-img prints it on stdout (nothing at all with
     /// `-q`; the caller handles that).
     pub fn render_human(&self) -> String {
         let mut out = String::new();
         if self.was_repaired() {
-            out.push_str(&format!(
-                "The following inconsistencies were found and repaired:\n\n    \
-                 {} leaked clusters\n    {} corruptions\n\n\
-                 Double checking the fixed image now...\n",
-                self.leaks_fixed, self.corruptions_fixed
-            ));
+            out.push_str(&self.render_repaired_preamble());
         }
         if self.corruptions == 0 && self.leaks == 0 && self.check_errors == 0 {
             out.push_str("No errors were found on the image.\n");

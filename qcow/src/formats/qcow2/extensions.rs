@@ -119,7 +119,21 @@ impl HeaderCluster {
     /// Parses the first cluster (`buf` holds the first
     /// min(cluster size, file length) bytes; more is fine).
     pub fn parse(buf: &[u8], file_len: u64) -> Result<HeaderCluster> {
-        let mut header = match Header::parse(buf, file_len) {
+        Self::parse_with(buf, file_len, Header::parse)
+    }
+
+    /// [`HeaderCluster::parse`] for `check`, which accepts an empty
+    /// refcount table ([`Header::parse_for_check`]).
+    pub fn parse_for_check(buf: &[u8], file_len: u64) -> Result<HeaderCluster> {
+        Self::parse_with(buf, file_len, Header::parse_for_check)
+    }
+
+    fn parse_with(
+        buf: &[u8],
+        file_len: u64,
+        parse_header: fn(&[u8], u64) -> Result<Header>,
+    ) -> Result<HeaderCluster> {
+        let mut header = match parse_header(buf, file_len) {
             Err(Error::UnknownIncompatibleFeatures { bits, .. }) => {
                 // Name the unknown bits from the feature table if we can.
                 let names = unknown_feature_names(buf, bits);

@@ -163,6 +163,17 @@ impl Header {
     /// Parses and validates the fixed header from the first bytes of the file
     /// (`buf` holds at least the header; `file_len` is the file's length).
     pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+        Self::parse_with(buf, file_len, false)
+    }
+
+    /// [`Header::parse`] as QEMU opens an image for `check` (its
+    /// BDRV_O_CHECK): a refcount table of no clusters is accepted, since
+    /// the check reports every cluster as unreferenced and can rebuild.
+    pub fn parse_for_check(buf: &[u8], file_len: u64) -> Result<Header> {
+        Self::parse_with(buf, file_len, true)
+    }
+
+    fn parse_with(buf: &[u8], file_len: u64, allow_empty_refcount_table: bool) -> Result<Header> {
         if buf.len() < V2_HEADER_LEN as usize {
             return Err(Error::TooShort { len: file_len });
         }
@@ -253,13 +264,17 @@ impl Header {
                 h.extra_fields = buf[105..h.header_length as usize].to_vec();
             }
         }
-        h.validate(file_len)?;
+        h.validate_with(file_len, allow_empty_refcount_table)?;
         Ok(h)
     }
 
     /// Checks the cross-field rules of the specification and the resource
     /// bounds of this crate.
     pub fn validate(&self, file_len: u64) -> Result<()> {
+        self.validate_with(file_len, false)
+    }
+
+    fn validate_with(&self, file_len: u64, allow_empty_refcount_table: bool) -> Result<()> {
         let cluster_size = self.cluster_size();
         if self.crypt_method > crate::crypto::CRYPT_LUKS {
             return Err(Error::EncryptionNotSupported {
@@ -373,21 +388,25 @@ impl Header {
             });
         }
         if self.refcount_table_clusters == 0 {
-            return Err(Error::InvalidTable {
-                table: "refcount table",
-                offset: self.refcount_table_offset,
-                entries: 0,
-                reason: "empty",
-            });
+            // QEMU opens such an image only for `check`, which rebuilds
+            // the refcounts ([`Header::parse_for_check`]).
+            if !allow_empty_refcount_table {
+                return Err(Error::HeaderRefused {
+                    field: "refcount_table_clusters",
+                    value: 0,
+                    message: "Image does not contain a reference count table",
+                });
+            }
+        } else {
+            check_table(
+                "refcount table",
+                self.refcount_table_offset,
+                rt_bytes / 8,
+                rt_bytes,
+                cluster_size,
+                file_len,
+            )?;
         }
-        check_table(
-            "refcount table",
-            self.refcount_table_offset,
-            rt_bytes / 8,
-            rt_bytes,
-            cluster_size,
-            file_len,
-        )?;
         // Snapshot table: at least 40 bytes an entry.
         if self.nb_snapshots > MAX_SNAPSHOTS {
             return Err(Error::HeaderRefused {
@@ -526,6 +545,17 @@ mod tests {
         let mut buf = vec![0u8; 512];
         h.write(&mut buf);
         assert_eq!(Header::parse(&buf, 0x40000).unwrap(), h);
+    }
+
+    #[test]
+    fn an_empty_refcount_table_opens_only_for_check() {
+        let mut h = sample();
+        h.refcount_table_clusters = 0;
+        let mut buf = vec![0u8; 512];
+        h.write(&mut buf);
+        let e = Header::parse(&buf, 0x40000).unwrap_err().to_string();
+        assert_eq!(e, "Image does not contain a reference count table");
+        assert_eq!(Header::parse_for_check(&buf, 0x40000).unwrap(), h);
     }
 
     #[test]

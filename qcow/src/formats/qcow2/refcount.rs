@@ -448,6 +448,117 @@ impl Refcounts {
         Ok(true)
     }
 
+    /// QEMU's qcow2_shrink_reftable, after a shrink: every refcount block
+    /// that counts no cluster but itself leaves the table, which is written
+    /// at once, and is then freed in the block that covers it. Returns the
+    /// freed clusters, for discarding.
+    ///
+    /// Metadata that cannot be right is an [`Error::CorruptionFound`] (for
+    /// the image to signal), in QEMU's words: an unaligned block offset
+    /// (before anything is written), and a freed block that no block in
+    /// the table covers or that is not counted once.
+    pub fn shrink_table(&mut self, storage: &dyn Storage) -> Result<Vec<u64>> {
+        let mut kept = self.table.clone();
+        for (index, kept_entry) in kept.iter_mut().enumerate() {
+            let block_offset = self.table[index];
+            if block_offset == 0 {
+                continue;
+            }
+            let own_index = (block_offset >> self.cluster_bits) / self.entries_per_block;
+            let own_entry = (block_offset >> self.cluster_bits) % self.entries_per_block;
+            let order = self.order;
+            let entries = self.entries_per_block;
+            let block = self.cached_block(storage, block_offset)?;
+            let unused = (0..entries).all(|i| {
+                (own_index == index as u64 && i == own_entry) || block_get(block, i, order) == 0
+            });
+            if unused {
+                *kept_entry = 0;
+            }
+        }
+        if kept == self.table {
+            return Ok(Vec::new());
+        }
+        let mut raw = vec![0u8; kept.len() * 8];
+        for (i, &entry) in kept.iter().enumerate() {
+            BigEndian::write_u64(&mut raw[i * 8..], entry);
+        }
+        storage.write_at(&raw, self.table_offset)?;
+        storage.flush()?;
+        let mut freed = Vec::new();
+        for (index, &kept_entry) in kept.iter().enumerate() {
+            let block_offset = self.table[index];
+            if block_offset == 0 || kept_entry != 0 {
+                continue;
+            }
+            let outcome = self.free_refcount_block(storage, block_offset);
+            // The table on disk no longer has it, whatever happened.
+            self.table[index] = 0;
+            self.blocks.remove(block_offset);
+            freed.push(outcome?);
+        }
+        Ok(freed)
+    }
+
+    /// A refcount block from the cache, loaded if needed; an unaligned
+    /// offset is corruption (QEMU's qcow2_cache_get).
+    fn cached_block(&mut self, storage: &dyn Storage, block_offset: u64) -> Result<&[u8]> {
+        if !block_offset.is_multiple_of(self.cluster_size()) {
+            return Err(Error::CorruptionFound {
+                event: format!(
+                    "Cannot get entry from refcount block cache: Offset {block_offset:#x} is \
+                     unaligned"
+                ),
+                marked: false,
+                during: None,
+            });
+        }
+        self.load_block(storage, block_offset)?;
+        Ok(self
+            .blocks
+            .get(block_offset)
+            .expect("block was just loaded"))
+    }
+
+    /// Sets the refcount of the refcount block at `block_offset` from 1 to
+    /// 0 in the block covering it (QEMU's qcow2_discard_refcount_block);
+    /// returns its cluster.
+    fn free_refcount_block(&mut self, storage: &dyn Storage, block_offset: u64) -> Result<u64> {
+        let cluster = block_offset >> self.cluster_bits;
+        let index = cluster / self.entries_per_block;
+        let covering = self.table.get(index as usize).copied().unwrap_or(0);
+        if covering == 0 {
+            return Err(Error::CorruptionFound {
+                event: format!(
+                    "Refblock at {block_offset:#x} is not covered by the refcount structures"
+                ),
+                marked: false,
+                during: None,
+            });
+        }
+        let order = self.order;
+        let entry = cluster % self.entries_per_block;
+        let refcount = block_get(self.cached_block(storage, covering)?, entry, order);
+        if refcount != 1 {
+            return Err(Error::CorruptionFound {
+                event: format!(
+                    "Invalid refcount: refblock offset {covering:#x}, reftable index {index}, \
+                     block offset {block_offset:#x}, refcount {}",
+                    crate::check::c_alt_hex(refcount)
+                ),
+                marked: false,
+                during: None,
+            });
+        }
+        let block = self
+            .blocks
+            .get_mut(covering)
+            .expect("block was just loaded");
+        block_set(block, entry, order, 0);
+        self.free_hint = self.free_hint.min(cluster);
+        Ok(cluster)
+    }
+
     /// Moves the refcount table to a larger one of at least `min_entries`
     /// entries, placed with the refcount blocks that cover it in a new
     /// self-describing area at the end of the image.
@@ -591,6 +702,54 @@ mod tests {
         s.write_at(&block, 2 * cs).unwrap();
         let r = Refcounts::load(&s, cluster_bits, order, cs, 1).unwrap();
         (s, r)
+    }
+
+    /// The event of a [`Error::CorruptionFound`], or a panic.
+    fn corruption_event(e: Error) -> String {
+        match e {
+            Error::CorruptionFound { event, .. } => event,
+            other => panic!("not a corruption: {other}"),
+        }
+    }
+
+    #[test]
+    fn shrinking_frees_a_block_that_counts_only_itself() {
+        // 512-byte clusters, 16-bit refcounts: a block covers 256 clusters.
+        let (s, mut r) = fresh(4, 9);
+        // Counting cluster 256 creates block 1 there, describing itself;
+        // nothing else in its range is in use.
+        r.set(&s, 256, 1).unwrap();
+        assert_eq!(r.table()[1], 256 * 512);
+        r.flush(&s).unwrap();
+        assert_eq!(r.shrink_table(&s).unwrap(), vec![256]);
+        assert_eq!(r.table()[1], 0);
+        assert_eq!(r.get(&s, 256).unwrap(), 0);
+        let mut raw = [0u8; 16];
+        s.read_at(&mut raw, 512).unwrap();
+        assert_eq!(table_get(&raw, 1), 0, "the table on disk loses it first");
+    }
+
+    #[test]
+    fn shrinking_reports_corrupt_refcount_blocks_in_qemus_words() {
+        let (s, mut r) = fresh(4, 9);
+        // Past the end of the file (reads as zeros: unused), and covered
+        // by no block.
+        r.table[1] = 0x10_0000;
+        let e = corruption_event(r.shrink_table(&s).unwrap_err());
+        assert_eq!(
+            e,
+            "Refblock at 0x100000 is not covered by the refcount structures"
+        );
+        assert_eq!(r.table()[1], 0);
+
+        let (s, mut r) = fresh(4, 9);
+        r.table[1] = 0x200 + 0x40;
+        let e = corruption_event(r.shrink_table(&s).unwrap_err());
+        assert_eq!(
+            e,
+            "Cannot get entry from refcount block cache: Offset 0x240 is unaligned"
+        );
+        assert_eq!(r.table()[1], 0x240, "nothing is written before");
     }
 
     #[test]

@@ -101,6 +101,11 @@ pub struct CheckReport {
     /// failed: REASON" (the reason is QEMU's errno text); the counts are
     /// then partial and the caller should not print the summary.
     pub aborted: Option<String>,
+    /// A repair signalled corruption ("Marking image as corrupt"). QEMU's
+    /// open image is then unusable: the refcount fixes still in its cache
+    /// are never written (unless the check ends clean and clears the
+    /// corrupt bit), and a double check fails with "No medium found".
+    pub image_unusable: bool,
 }
 
 /// Whether QEMU prints this message of a check with `error_report`, which
@@ -131,6 +136,7 @@ pub fn check(
     let mut report = CheckReport::default();
     let outcome = ctx.run(&mut report);
     report.messages = std::mem::take(&mut ctx.messages);
+    report.image_unusable = ctx.image_unusable();
     match outcome {
         Ok(()) => Ok(report),
         Err(Stop::Abort(reason)) => {
@@ -163,7 +169,7 @@ const EINVAL: &str = "Invalid argument";
 const ENOMEM: &str = "Cannot allocate memory";
 
 /// C's `%#x`: hexadecimal with "0x", except that zero is plain "0".
-fn c_alt_hex(v: u64) -> String {
+pub(crate) fn c_alt_hex(v: u64) -> String {
     if v == 0 {
         "0".to_string()
     } else {
@@ -260,7 +266,7 @@ impl<'a> Ctx<'a> {
         // Tables past the end of the file read as zeros and are reported as
         // corruptions by the walk, as QEMU's check does, instead of refusing
         // the image; their sizes stay bounded by the header's own limits.
-        let hc = HeaderCluster::parse(&buf, u64::MAX)?;
+        let hc = HeaderCluster::parse_for_check(&buf, u64::MAX)?;
         let mut messages = Vec::new();
         let ignored_bitmaps = bitmaps::ignored(&hc);
         if ignored_bitmaps {
@@ -395,6 +401,9 @@ impl<'a> Ctx<'a> {
         let features = BigEndian::read_u64(&raw);
         let cleared = features & !(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
         if cleared != features {
+            // QEMU's qcow2_mark_clean and qcow2_mark_consistent flush the
+            // caches first, even on an image made unusable.
+            self.stored.write_back(self.storage)?;
             self.storage.flush()?;
             BigEndian::write_u64(&mut raw, cleared);
             self.storage.write_at(&raw, 72)?;
@@ -409,9 +418,26 @@ impl<'a> Ctx<'a> {
             .expect("the reference table is allocated first")
     }
 
+    /// Whether a repair signalled corruption, which leaves QEMU's image
+    /// unusable ([`CheckReport::image_unusable`]).
+    fn image_unusable(&self) -> bool {
+        self.signaled_corruption && self.fix != Repair::None
+    }
+
     /// Makes repaired refcounts durable, then discards the clusters they
-    /// freed (QEMU discards freed clusters during a repair).
+    /// freed (QEMU discards freed clusters during a repair). On an image
+    /// made unusable they stay in the cache, as in QEMU's, which no longer
+    /// writes it at close.
     fn flush_refcounts(&mut self) -> Result<()> {
+        if self.image_unusable() {
+            return Ok(());
+        }
+        self.empty_refcount_cache()
+    }
+
+    /// Writes the refcount cache whatever state the image is in (QEMU's
+    /// qcow2_cache_empty at the start of a rebuild), then discards.
+    fn empty_refcount_cache(&mut self) -> Result<()> {
         if self.stored.write_back(self.storage)? {
             self.storage.flush()?;
         }

@@ -111,7 +111,7 @@ impl Ctx<'_> {
     /// table's offset, its size in clusters and its entries.
     pub(super) fn write_new_structure(&mut self) -> Flow<(u64, u64, Vec<u64>)> {
         let cs = self.cluster_size;
-        self.flush_refcounts()?;
+        self.empty_refcount_cache()?;
         let mut reftable: Vec<u64> = Vec::new();
         let entries = self.imrt().entries();
         self.write_refblocks(0, entries, &mut reftable)?;

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Opener, Qcow2};
+use crate::check::c_alt_hex;
 use crate::entries::{encode_normal, RawL2, FLAG_ZERO, OFFSET_MASK};
 use crate::error::{Error, Result};
 use crate::extensions::{default_feature_names, Extension, EXT_DATA_FILE};
@@ -184,7 +185,13 @@ impl Qcow2 {
                 if l2_offset == 0 || !seen.insert(l2_offset) {
                     continue;
                 }
-                if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
+                if !l2_offset.is_multiple_of(cs) {
+                    return Err(self.corruption(format!(
+                        "L2 table offset {l2_offset:#x} unaligned (L1 index: {})",
+                        c_alt_hex(index as u64)
+                    )));
+                }
+                if l2_offset + cs > meta.host_limit() {
                     return Err(Error::InvalidEntry {
                         what: "L1",
                         index: index as u64,
@@ -242,7 +249,8 @@ impl Qcow2 {
     /// clusters (which version 2 lacks) are expanded, then the header is
     /// rewritten as version 2.
     fn downgrade(&self) -> Result<()> {
-        self.expand_zero_clusters()?;
+        self.expand_zero_clusters()
+            .map_err(|e| e.during("Failed to turn zero into data clusters"))?;
         let meta = self.lock();
         let mut meta = self.quiesce(meta)?;
         let h = &mut meta.hc.header;
@@ -271,14 +279,29 @@ impl Qcow2 {
         // Refcounts and allocation go through the metadata, which the visit
         // holds locked; collect what to do first.
         let mut plans: Vec<(u64, usize, u64, u64)> = Vec::new();
+        // The first zero cluster whose preallocated offset is unaligned,
+        // which QEMU reports as corruption before writing anything to it.
+        let mut unaligned: Option<(u64, u64, usize)> = None;
         self.visit_l2_tables(&mut |l2_offset, table, geo| {
             for i in 0..geo.l2_entries() as usize {
                 let entry = RawL2::get(table, i, geo.extended_l2).entry;
                 if entry & crate::entries::FLAG_COMPRESSED == 0 && entry & FLAG_ZERO != 0 {
-                    plans.push((l2_offset, i, entry, entry & OFFSET_MASK));
+                    let host = entry & OFFSET_MASK;
+                    if !host.is_multiple_of(cs) && unaligned.is_none() {
+                        unaligned = Some((host, l2_offset, i));
+                    }
+                    plans.push((l2_offset, i, entry, host));
                 }
             }
         })?;
+        if let Some((host, l2_offset, index)) = unaligned {
+            return Err(self.corruption(format!(
+                "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                c_alt_hex(host),
+                c_alt_hex(l2_offset),
+                c_alt_hex(index as u64)
+            )));
+        }
         if plans.is_empty() {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use byteorder::{BigEndian, ByteOrder};
 
 use crate::cache::TableCache;
-use crate::entries::{table_get, Geometry, RawL2, FLAG_COPIED, L1_RESERVED, OFFSET_MASK};
+use crate::entries::{table_get, Geometry, RawL2, FLAG_COPIED, OFFSET_MASK};
 use crate::error::{Error, Result};
 use crate::extensions::HeaderCluster;
 use crate::refcount::{Refcounts, MAX_HOST_OFFSET};
@@ -321,31 +321,14 @@ impl Meta {
         Ok(())
     }
 
-    /// Reads and validates the active L1 table.
-    pub fn read_l1(
-        file: &dyn Storage,
-        offset: u64,
-        entries: u32,
-        cluster_size: u64,
-    ) -> Result<Vec<u64>> {
+    /// Reads the active L1 table.
+    pub fn read_l1(file: &dyn Storage, offset: u64, entries: u32) -> Result<Vec<u64>> {
         let mut raw = vec![0u8; entries as usize * 8];
         file.read_at(&mut raw, offset)?;
-        let l1: Vec<u64> = (0..entries as usize).map(|i| table_get(&raw, i)).collect();
-        for (i, &e) in l1.iter().enumerate() {
-            let off = e & OFFSET_MASK;
-            if e & L1_RESERVED != 0 && off == 0 {
-                continue;
-            }
-            if !off.is_multiple_of(cluster_size) {
-                return Err(Error::InvalidEntry {
-                    what: "L1",
-                    index: i as u64,
-                    offset: off,
-                    reason: "L2 table is not aligned to a cluster",
-                });
-            }
-        }
-        Ok(l1)
+        // As QEMU, entries are checked where they are used
+        // ([`Meta::l2_offset`]), so that an operation meeting a bad one
+        // can signal corruption.
+        Ok((0..entries as usize).map(|i| table_get(&raw, i)).collect())
     }
 
     /// Moves the active L1 table to a larger one of `entries` entries.

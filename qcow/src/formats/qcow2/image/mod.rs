@@ -11,6 +11,7 @@
 mod amend;
 mod areas;
 mod compressed;
+mod corruption;
 mod crypt;
 mod meta;
 mod read;
@@ -84,6 +85,9 @@ pub struct Qcow2 {
     decompressed: Mutex<Option<(u64, Vec<u8>)>>,
     /// The data cipher of an encrypted image, once unlocked.
     cipher: std::sync::OnceLock<crate::crypto::ImageCipher>,
+    /// Set once corruption was signalled on this writable image; it then
+    /// writes nothing more ([`corruption`]).
+    corruption_signaled: std::sync::atomic::AtomicBool,
 }
 
 /// Reads the first cluster of a qcow2 file and validates it.
@@ -162,7 +166,7 @@ impl Qcow2 {
             hc.header.incompatible_features &= !INCOMPAT_DIRTY;
         }
         let h = &hc.header;
-        let l1 = Meta::read_l1(&*file, h.l1_table_offset, h.l1_size, h.cluster_size())?;
+        let l1 = Meta::read_l1(&*file, h.l1_table_offset, h.l1_size)?;
         let rc = Refcounts::load(
             &*file,
             h.cluster_bits,
@@ -215,6 +219,7 @@ impl Qcow2 {
             inflight_done: Condvar::new(),
             decompressed: Mutex::new(None),
             cipher: std::sync::OnceLock::new(),
+            corruption_signaled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -277,7 +282,7 @@ impl Qcow2 {
 
     /// Makes every completed write durable, metadata in dependency order.
     pub fn flush(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.is_dead() {
             return Ok(());
         }
         if let Some(df) = &self.data_file {

@@ -142,6 +142,11 @@ impl Qcow2 {
             if from < old_size {
                 self.discard_full(from, old_size - from)?;
             }
+            // The size changes last, as in qcow2_co_truncate: a failure
+            // before leaves the image as large as it was.
+            self.flush()?;
+            self.shrink_refcount_table()
+                .map_err(|e| e.during("Failed to discard unused refblocks"))?;
             self.set_size(new_size)?;
             return self.flush();
         }
@@ -194,6 +199,22 @@ impl Qcow2 {
             self.write_zeroes(old_size, zero_end - old_size, false)?;
         }
         self.flush()
+    }
+
+    /// Drops refcount blocks that count nothing but themselves any more
+    /// (QEMU's qcow2_shrink_reftable), and discards their clusters.
+    fn shrink_refcount_table(&self) -> Result<()> {
+        let freed = {
+            let mut meta = self.lock();
+            meta.rc
+                .shrink_table(&*self.file)
+                .map_err(|e| self.signal_corruption(e))?
+        };
+        let cs = self.cluster_size();
+        for cluster in freed {
+            self.file.discard(cluster * cs, cs)?;
+        }
+        Ok(())
     }
 
     fn set_size(&self, new_size: u64) -> Result<()> {
