@@ -301,6 +301,17 @@ pub enum Error {
         /// The failed step, in QEMU's words.
         during: Option<&'static str>,
     },
+    /// A raw window's `offset` or `size` that does not fit the file
+    /// beneath, in QEMU's words.
+    #[error("{reason}")]
+    RawWindow {
+        /// The option (`offset` or `size`).
+        option: &'static str,
+        /// The value given.
+        value: u64,
+        /// Why it is refused, as QEMU words it.
+        reason: String,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {

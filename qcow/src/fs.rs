@@ -171,7 +171,11 @@ impl Opener for FileOpener {
                 "backing chain is deeper than {MAX_CHAIN_DEPTH}"
             )));
         }
-        let path = resolve(&self.dir, name);
+        let target = crate::backing_name::target(&self.dir, name).map_err(|e| match e {
+            e @ Error::Backing { .. } => e,
+            e => err(e.to_string()),
+        })?;
+        let path = target.path.clone();
         let canonical = path.canonicalize().map_err(|e| {
             err(format!(
                 "Could not open '{}': {}",
@@ -182,13 +186,13 @@ impl Opener for FileOpener {
         if self.chain.contains(&canonical) {
             return Err(err("backing chain contains a cycle".into()));
         }
-        let storage = open_storage(&path, false).map_err(|e| err(e.to_string()))?;
+        let storage = target.open_storage(false).map_err(|e| err(e.to_string()))?;
         self.opened
             .lock()
             .expect("opener list lock poisoned")
             .push(path.clone());
-        let format = match format {
-            Some(f) => Format::parse(f).map_err(|e| err(e.to_string()))?,
+        let format = match target.format_or(format).map_err(|e| err(e.to_string()))? {
+            Some(f) => f,
             None => probe(&*storage, &path)?,
         };
         let mut chain = self.chain.clone();

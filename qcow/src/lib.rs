@@ -9,6 +9,7 @@
 //! are re-exported here under their old paths (`qcow::header`,
 //! `qcow::image`, ...) so callers keep working.
 
+pub mod backing_name;
 pub mod blkdebug;
 pub mod crypto;
 pub mod device;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod formats;
 pub mod fs;
 pub mod probe;
+pub mod raw_window;
 pub mod storage;
 mod sys;
 

@@ -38,6 +38,7 @@ fn main() {
         tools::set_program_name(&argv0);
     }
     let cli = parse_or_exit();
+    qcow::backing_name::set_json_parser(commands::image_spec::backing_target);
     commands::locks::set_force_share(cli.command.force_share());
     let run = std::panic::catch_unwind(|| match &cli.command {
         Command::Create(a) => commands::create::run(a),

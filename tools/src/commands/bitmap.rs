@@ -9,15 +9,17 @@ use qcow::bitmap::Bitmaps;
 use qcow::fs::{open_storage, probe, Format};
 use qcow::image::{read_header_cluster, Qcow2};
 
-use super::{open_error, parse_format};
+use super::{close_errors, open_error, parse_format};
 use crate::cli::{BitmapAction, BitmapArgs};
 use crate::size::cvtnum;
 
 /// An image opened for its bitmaps, with its header as it was before.
 fn open_qcow2(name: &str, format: Option<&str>, image_opts: bool, writable: bool) -> Result<Qcow2> {
-    let spec = super::image_spec::resolve(name, format, image_opts)?;
+    let spec = super::image_spec::resolve_windowed(name, format, image_opts)?;
     let path = Path::new(&spec.filename);
-    let storage = open_storage(path, writable).map_err(|e| open_error(name, e))?;
+    let storage = open_storage(path, writable)
+        .and_then(|s| super::windowed(&spec, s))
+        .map_err(|e| open_error(name, e))?;
     let format = match &spec.format {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, path).map_err(|e| open_error(name, e))?,
@@ -62,9 +64,11 @@ pub fn run(args: &BitmapArgs) -> Result<i32> {
     // The header as it is before opening for writing takes bitmaps out
     // of force.
     let before = {
-        let spec = super::image_spec::resolve(filename, args.format.as_deref(), args.image_opts)?;
-        let storage =
-            open_storage(Path::new(&spec.filename), false).map_err(|e| open_error(filename, e))?;
+        let spec =
+            super::image_spec::resolve_windowed(filename, args.format.as_deref(), args.image_opts)?;
+        let storage = open_storage(Path::new(&spec.filename), false)
+            .and_then(|s| super::windowed(&spec, s))
+            .map_err(|e| open_error(filename, e))?;
         read_header_cluster(&*storage).ok()
     };
     let image = open_qcow2(filename, args.format.as_deref(), args.image_opts, true)?;
@@ -92,17 +96,29 @@ pub fn run(args: &BitmapArgs) -> Result<i32> {
             BitmapAction::Merge(src) => ("merge", bitmaps.merge(bitmap, source.as_ref(), src)),
         };
         if let Err(e) = result {
-            failure = Some(anyhow!("Operation {op} on bitmap {bitmap} failed: {e}"));
+            failure = Some(format!("Operation {op} on bitmap {bitmap} failed: {e}"));
             break;
         }
     }
-    // Like qemu-img, what succeeded is stored on close.
-    bitmaps
-        .store()
-        .map_err(|e| anyhow!("Error while closing the image: {e}"))?;
-    image.close()?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(0),
+    // As qemu-img reports it: a failed operation at once, then what the
+    // close meets.
+    if let Some(text) = &failure {
+        eprintln!("{}: {text}", crate::program());
     }
+    // Like qemu-img, what succeeded is stored on close: first when the
+    // image is inactivated, and once more when it is closed if that
+    // failed.
+    let node = close_errors::node_name(1);
+    let mut status = i32::from(failure.is_some());
+    if let Err(e) = bitmaps.store() {
+        close_errors::report_lost_bitmaps(&node, &e);
+        close_errors::report_close_failure();
+        if let Err(e) = bitmaps.store() {
+            close_errors::report_lost_bitmaps(&node, &e);
+        }
+        status = 1;
+    }
+    drop(bitmaps);
+    image.close()?;
+    Ok(status)
 }

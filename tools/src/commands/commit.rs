@@ -4,16 +4,27 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
+use qcow::backing_name::{target, BackingTarget};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
-use qcow::fs::{open_image, open_storage, probe, resolve, AnyImage, Format};
+use qcow::fs::{open_listing_backing_on, probe, AnyImage, Format};
 
-use super::{io_reason, parse_format};
+use super::{close_errors, io_reason, parse_format};
 use crate::cli::CommitArgs;
+use qcow::bitmap::Bitmaps;
 
-/// One image below the top: where it is and its format.
+/// One image below the top: where it is (its file and any raw window
+/// its name puts over it) and its format.
 struct Layer {
     path: PathBuf,
+    target: BackingTarget,
     format: Format,
+}
+
+/// Opens a layer's file, under its window if it has one.
+fn open_layer_storage(target: &BackingTarget) -> Result<std::sync::Arc<dyn qcow::Storage>> {
+    target
+        .open_storage(false)
+        .map_err(|e| anyhow!("{}", io_reason(&e)))
 }
 
 /// The backing chain below `top` (at `top_path`), nearest first, by the
@@ -24,13 +35,12 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
     let mut hc = top.header_cluster();
     let mut dir = top_path.parent().unwrap_or(Path::new("")).to_path_buf();
     while let Some(name) = hc.backing_file.clone() {
-        let path = resolve(&dir, &name);
-        let format = match hc.backing_format() {
-            Some(f) => parse_format(f)?,
-            None => {
-                let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
-                probe(&*s, &path)?
-            }
+        let target = target(&dir, &name)?;
+        let path = target.path.clone();
+        let format = match (target.format, hc.backing_format()) {
+            (Some(f), _) => f,
+            (None, Some(f)) => parse_format(f)?,
+            (None, None) => probe(&*open_layer_storage(&target)?, &path)?,
         };
         if layers.len() >= 64 {
             return Err(anyhow!(
@@ -39,13 +49,17 @@ fn backing_layers(top_path: &Path, top: &qcow::image::Qcow2) -> Result<Vec<Layer
             ));
         }
         let next = if format == Format::Qcow2 {
-            let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
+            let s = open_layer_storage(&target)?;
             Some(qcow::image::read_header_cluster(&*s)?)
         } else {
             None
         };
         dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        layers.push(Layer { path, format });
+        layers.push(Layer {
+            path,
+            target,
+            format,
+        });
         match next {
             Some(h) => hc = h,
             None => break,
@@ -65,20 +79,30 @@ fn foreign_backing_layer(
         return Ok(Vec::new());
     };
     let dir = top_path.parent().unwrap_or(Path::new(""));
-    let path = resolve(dir, &b.name);
-    let format = match b.format {
-        Some(f) => parse_format(f)?,
-        None => {
-            let s = open_storage(&path, false).map_err(|e| anyhow!("{}", io_reason(&e)))?;
-            probe(&*s, &path)?
-        }
+    let target = target(dir, &b.name)?;
+    let path = target.path.clone();
+    let format = match (target.format, b.format) {
+        (Some(f), _) => f,
+        (None, Some(f)) => parse_format(f)?,
+        (None, None) => probe(&*open_layer_storage(&target)?, &path)?,
     };
-    Ok(vec![Layer { path, format }])
+    Ok(vec![Layer {
+        path,
+        target,
+        format,
+    }])
 }
 
 /// Runs `img commit`.
 pub fn run(args: &CommitArgs) -> Result<i32> {
-    let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
+    let spec = super::image_spec::resolve_windowed(
+        &args.filename,
+        args.format.as_deref(),
+        args.image_opts,
+    )?;
+    // The headers as they are before opening for writing takes bitmaps
+    // out of force: they are stored again on close, as QEMU stores them.
+    let top_before = header_before(&spec.filename, spec.window);
     let image = super::open_named(
         &args.filename,
         args.format.as_deref(),
@@ -115,6 +139,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     };
     let Layer {
         path: base_path,
+        target: base_target,
         format,
     } = &layers[base_depth as usize - 1];
     let (base_path, format) = (base_path.clone(), *format);
@@ -125,7 +150,17 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         format,
         super::locks::ImageUse::WRITE,
     )?;
-    let base = open_image(&base_path, Some(format), true).map_err(|e| {
+    let base_before = match format {
+        Format::Qcow2 => header_before(&base_target.path, base_target.window),
+        _ => None,
+    };
+    let open_base = || {
+        base_target
+            .open_storage(true)
+            .and_then(|s| open_listing_backing_on(s, &base_path, Some(format), true, Vec::new()))
+            .map(|(image, _)| image)
+    };
+    let base = open_base().map_err(|e| {
         anyhow!(
             "Could not open '{}': {}",
             base_path.display(),
@@ -152,7 +187,7 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         }
     }
     let base = if format == Format::Raw && base.virtual_size() < size {
-        open_image(&base_path, Some(format), true)?
+        open_base()?
     } else {
         base
     };
@@ -193,7 +228,6 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         }
     }
     base.flush()?;
-    drop(base);
     progress(size);
     bar.end();
     // qemu-img empties a qcow2 top; its vmdk and qed drivers cannot be
@@ -202,8 +236,56 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         q.make_empty()?;
     }
     image.flush()?;
+    // Closing stores the bitmaps of both images, as QEMU's inactivation
+    // does, and once more when it closes them if that failed; either
+    // failure fails the command after the images are closed.
+    let mut stores = Vec::new();
+    for (ordinal, (layer, before)) in [(&image, &top_before), (&base, &base_before)]
+        .into_iter()
+        .enumerate()
+    {
+        if let (AnyImage::Qcow2(q), Some(hc)) = (layer, before) {
+            stores.push((
+                close_errors::node_name(ordinal as u32 + 1),
+                Bitmaps::load(q, hc)?,
+            ));
+        }
+    }
+    let mut failed = Vec::new();
+    for (node, bitmaps) in &mut stores {
+        if let Err(e) = bitmaps.store() {
+            close_errors::report_lost_bitmaps(node, &e);
+            failed.push((node.clone(), bitmaps));
+        }
+    }
+    for (node, bitmaps) in &mut failed {
+        if let Err(e) = bitmaps.store() {
+            close_errors::report_lost_bitmaps(node, &e);
+        }
+    }
+    if !failed.is_empty() {
+        close_errors::report_close_failure();
+        return Ok(1);
+    }
+    drop(stores);
+    drop(base);
     if !args.quiet {
         println!("Image committed.");
     }
     Ok(0)
+}
+
+/// The header of the qcow2 image in `path` (under `window`) as it is
+/// before img opens it for writing, if it reads as one.
+fn header_before(
+    path: impl AsRef<Path>,
+    window: Option<qcow::raw_window::Window>,
+) -> Option<qcow::extensions::HeaderCluster> {
+    let target = BackingTarget {
+        path: path.as_ref().to_path_buf(),
+        format: None,
+        window,
+    };
+    let storage = target.open_storage(false).ok()?;
+    qcow::image::read_header_cluster(&*storage).ok()
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use qcow::blkdebug::{RuleOptions, Rules};
+use qcow::raw_window::Window;
 
 /// Longest option string or `json:` text accepted.
 const MAX_SPEC_LEN: usize = 64 * 1024;
@@ -56,6 +57,9 @@ pub struct ImageSpec {
     pub null_size: Option<u64>,
     /// A blkdebug layer named with the image, if any.
     pub blkdebug: Option<BlkdebugSpec>,
+    /// A raw node's `offset`/`size` window over the file, if one is named
+    /// (`{"driver": "raw", "size": N, ...}` as the image or as its file).
+    pub window: Option<Window>,
 }
 
 /// A blkdebug layer: its rules, and where it sits.
@@ -100,6 +104,18 @@ fn layer_option(key: &str) -> Option<(usize, bool)> {
 /// layer is refused: only the commands that open through
 /// [`super::open_named_for`] put one in place ([`resolve_layered`]).
 pub fn resolve(name: &str, format: Option<&str>, image_opts: bool) -> Result<ImageSpec> {
+    let spec = resolve_windowed(name, format, image_opts)?;
+    if spec.window.is_some() {
+        bail!(
+            "Could not open '{name}': this img command does not take raw nodes with offset or size yet"
+        );
+    }
+    Ok(spec)
+}
+
+/// [`resolve`] for the commands that open the file under the raw window
+/// (`offset`/`size`) it names (see [`super::windowed`]).
+pub fn resolve_windowed(name: &str, format: Option<&str>, image_opts: bool) -> Result<ImageSpec> {
     let spec = resolve_layered(name, format, image_opts)?;
     if spec.blkdebug.is_some() {
         bail!("Could not open '{name}': this img command does not take blkdebug images yet");
@@ -116,6 +132,7 @@ pub fn resolve_layered(name: &str, format: Option<&str>, image_opts: bool) -> Re
         direct_io: false,
         null_size: None,
         blkdebug: None,
+        window: None,
     };
     if name.len() > MAX_SPEC_LEN {
         bail!("image name longer than {MAX_SPEC_LEN} bytes");
@@ -163,6 +180,30 @@ pub fn resolve_layered(name: &str, format: Option<&str>, image_opts: bool) -> Re
         return blkdebug(name, &options);
     }
     from_options(name, &options, format)
+}
+
+/// The target of a `json:` backing file name, which QEMU reads as the
+/// options it holds: their file name as it is (not relative to the image
+/// that records it), their format driver and raw window. Layers img
+/// reads only at the top (blkdebug, null-co) are refused.
+pub fn backing_target(name: &str) -> qcow::Result<qcow::backing_name::BackingTarget> {
+    let invalid = |reason: String| qcow::backing_name::invalid(name, reason);
+    let spec = resolve_layered(name, None, false).map_err(|e| invalid(e.to_string()))?;
+    if spec.blkdebug.is_some() || spec.null_size.is_some() {
+        return Err(invalid(format!(
+            "Could not open '{name}': img does not open this driver as a backing file"
+        )));
+    }
+    let format = spec
+        .format
+        .as_deref()
+        .map(qcow::fs::Format::parse)
+        .transpose()?;
+    Ok(qcow::backing_name::BackingTarget {
+        path: spec.filename.into(),
+        format,
+        window: spec.window,
+    })
 }
 
 /// Reads a blkdebug config file into `rules`.
@@ -277,6 +318,7 @@ fn null_co(name: &str, options: &BTreeMap<String, String>) -> Result<ImageSpec> 
         direct_io: false,
         null_size: Some(size),
         blkdebug: None,
+        window: None,
     })
 }
 
@@ -287,20 +329,44 @@ fn from_options(
     format: Option<&str>,
 ) -> Result<ImageSpec> {
     let driver = options.get("driver").map(String::as_str);
+    let file_driver = options.get("file.driver").map(String::as_str);
+    // A raw node as the image's file ("file": {"driver": "raw", "file":
+    // {...}}) reads a window of the file it names.
+    let raw_file = file_driver == Some("raw");
+    let (file_key, file_driver) = if raw_file {
+        (
+            "file.file.filename",
+            options.get("file.file.driver").map(String::as_str),
+        )
+    } else {
+        ("file.filename", file_driver)
+    };
     let (filename, format) = match driver {
         Some("file") | None if options.contains_key("filename") => {
             (options.get("filename"), format.map(str::to_string))
         }
-        Some(d) => (options.get("file.filename"), Some(d.to_string())),
-        None => (options.get("file.filename"), format.map(str::to_string)),
+        Some(d) => (options.get(file_key), Some(d.to_string())),
+        None => (options.get(file_key), format.map(str::to_string)),
     };
-    let file_driver = options.get("file.driver").map(String::as_str);
     if !matches!(file_driver, None | Some("file")) {
         bail!(
             "Could not open '{name}': img opens images on the 'file' protocol only, not '{}'",
             file_driver.unwrap_or_default()
         );
     }
+    // The window's options: on the raw file node, or on the image when it
+    // is raw itself.
+    let window_prefix = if raw_file {
+        Some("file.")
+    } else if format.as_deref() == Some("raw") {
+        Some("")
+    } else {
+        None
+    };
+    let window = match window_prefix {
+        Some(prefix) => window(name, options, prefix)?,
+        None => None,
+    };
     let mut key_secrets: Vec<Option<String>> = Vec::new();
     for (key, value) in options {
         if let Some((depth, true)) = layer_option(key) {
@@ -311,10 +377,21 @@ fn from_options(
         }
     }
     for key in options.keys() {
+        let window_key = window_prefix.is_some_and(|p| {
+            key.strip_prefix(p)
+                .is_some_and(|k| matches!(k, "offset" | "size"))
+        });
+        let raw_file_key = raw_file
+            && (matches!(key.as_str(), "file.file.filename" | "file.file.driver")
+                || key
+                    .strip_prefix("file.")
+                    .is_some_and(|k| IGNORED_KEYS.contains(&k)));
         let known = matches!(
             key.as_str(),
             "driver" | "filename" | "file.filename" | "file.driver"
-        ) || IGNORED_KEYS.contains(&key.as_str())
+        ) || window_key
+            || raw_file_key
+            || IGNORED_KEYS.contains(&key.as_str())
             || layer_option(key).is_some();
         if !known {
             bail!(
@@ -340,7 +417,31 @@ fn from_options(
         direct_io,
         null_size: None,
         blkdebug: None,
+        window,
     })
+}
+
+/// The `offset` and `size` options of a raw node (keys under `prefix`),
+/// if either is given.
+fn window(name: &str, options: &BTreeMap<String, String>, prefix: &str) -> Result<Option<Window>> {
+    let number = |key: &str| -> Result<Option<u64>> {
+        let Some(value) = options.get(&format!("{prefix}{key}")) else {
+            return Ok(None);
+        };
+        value.parse::<u64>().map(Some).map_err(|_| {
+            anyhow!(
+                "Could not open '{name}': Parameter '{key}' expects a non-negative number below 2^64"
+            )
+        })
+    };
+    let (offset, size) = (number("offset")?, number("size")?);
+    if offset.is_none() && size.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Window {
+        offset: offset.unwrap_or(0),
+        size,
+    }))
 }
 
 /// QEMU's option string: `key=value` pairs split by commas, a doubled
@@ -526,6 +627,63 @@ mod tests {
         .unwrap_err()
         .to_string()
         .contains("does not support the option 'x'"));
+    }
+
+    #[test]
+    fn raw_windows() {
+        let s = resolve_layered(
+            r#"json:{"driver":"qcow2","file":{"driver":"raw","offset":512,"size":1024,
+               "file":{"driver":"file","filename":"c.bin"}}}"#,
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.filename.as_str(), s.format.as_deref(), s.window),
+            (
+                "c.bin",
+                Some("qcow2"),
+                Some(Window {
+                    offset: 512,
+                    size: Some(1024)
+                })
+            )
+        );
+        let s = resolve_layered("driver=raw,file.filename=d.img,offset=4096", None, true).unwrap();
+        assert_eq!(
+            s.window,
+            Some(Window {
+                offset: 4096,
+                size: None
+            })
+        );
+        // Commands that do not open the file under a window refuse one.
+        assert!(resolve("driver=raw,file.filename=d.img,size=512", None, true).is_err());
+        assert!(resolve_layered("driver=raw,file.filename=d,size=-1", None, true).is_err());
+        assert!(
+            resolve_layered("driver=qcow2,file.filename=d,size=512", None, true).is_err(),
+            "a qcow2 node has no size option"
+        );
+        assert!(resolve_layered(
+            "driver=qcow2,file.driver=raw,file.file.driver=nbd,file.file.filename=d",
+            None,
+            true
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn json_backing_targets() {
+        let t = backing_target(
+            r#"json:{"driver":"qcow2","file":{"driver":"raw","size":512,"file":{"driver":"file","filename":"rel/b.qcow2"}}}"#,
+        )
+        .unwrap();
+        // As it reads: not relative to any image's folder.
+        assert_eq!(t.path, std::path::PathBuf::from("rel/b.qcow2"));
+        assert_eq!(t.format, Some(qcow::fs::Format::Qcow2));
+        assert_eq!(t.window.and_then(|w| w.size), Some(512));
+        assert!(backing_target(r#"json:{"driver":"null-co"}"#).is_err());
+        assert!(backing_target("json:{").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bitmap;
 pub mod check;
 pub mod check_foreign;
+pub mod close_errors;
 pub mod commit;
 pub mod compare;
 pub mod convert;
@@ -119,17 +120,18 @@ pub fn open_named_for(
         Some(b) if !b.over_format => Some(Blkdebug::open(b.rules.clone())),
         _ => None,
     };
-    let layered = |storage: Arc<dyn qcow::Storage>| -> Arc<dyn qcow::Storage> {
-        match &under {
+    let layered = |storage: Arc<dyn qcow::Storage>| -> Result<Arc<dyn qcow::Storage>> {
+        let storage = windowed(&spec, storage).map_err(|e| open_error(shown, e))?;
+        Ok(match &under {
             Some(layer) => Arc::new(BlkdebugStorage::new(storage, layer.clone())),
             None => storage,
-        }
+        })
     };
     let probed = match format {
         Some(f) => f,
         None => {
             let storage = open_storage(path, false).map_err(|e| open_error(filename, e))?;
-            let probed = probe(&*layered(storage), path).map_err(|e| open_error(filename, e))?;
+            let probed = probe(&*layered(storage)?, path).map_err(|e| open_error(filename, e))?;
             if writable && probed == Format::Raw {
                 eprintln!("{}", raw_probe_warning(filename));
             }
@@ -145,7 +147,7 @@ pub fn open_named_for(
         .collect::<Result<Vec<_>>>()?;
     let storage = open_storage(path, writable).map_err(|e| open_error(shown, e))?;
     let (image, backing_files) =
-        open_listing_backing_on(layered(storage), path, format, writable, keys)
+        open_listing_backing_on(layered(storage)?, path, format, writable, keys)
             .map_err(|e| open_error(shown, e))?;
     locks::lock_backing_files(shown, &backing_files)?;
     locks::lock_side_files(shown, &image, how)?;
@@ -171,6 +173,17 @@ pub fn open_named_for(
             ))
         }
         _ => Ok(image),
+    }
+}
+
+/// `storage` under the raw window (`offset`/`size`) `spec` names, if any.
+pub fn windowed(
+    spec: &image_spec::ImageSpec,
+    storage: Arc<dyn qcow::Storage>,
+) -> qcow::Result<Arc<dyn qcow::Storage>> {
+    match spec.window {
+        Some(w) => Ok(Arc::new(qcow::raw_window::RawWindow::new(storage, w)?)),
+        None => Ok(storage),
     }
 }
 

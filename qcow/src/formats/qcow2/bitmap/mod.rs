@@ -322,7 +322,23 @@ impl<'a> Bitmaps<'a> {
     /// Stores a bitmap's bits as QEMU's store_bitmap does: a new cluster
     /// for each cluster of bits that is not all zero, allocated in order,
     /// then its table; returns the table's offset.
-    fn store_bits(&self, e: &BitmapEntry, layers: &[Layer<'_>]) -> Result<u64> {
+    ///
+    /// Every cluster it allocates is added to `allocated` (offset, bytes),
+    /// for the caller to free if the store fails; a failed write names the
+    /// bitmap as QEMU does (`Failed to write bitmap 'NAME' to file`).
+    fn store_bits(
+        &self,
+        e: &BitmapEntry,
+        layers: &[Layer<'_>],
+        allocated: &mut Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        let write_error = |err: Error| match err {
+            Error::Io { source, .. } => Error::io(
+                format!("Failed to write bitmap '{}' to file", e.name),
+                source,
+            ),
+            other => other,
+        };
         let cs = self.image.cluster_size() as usize;
         let tables = layers
             .iter()
@@ -341,7 +357,11 @@ impl<'a> Bitmaps<'a> {
             }
             if bits.iter().any(|&x| x != 0) {
                 let offset = self.image.alloc_metadata(cs as u64)?;
-                self.image.file().write_at(&bits, offset)?;
+                allocated.push((offset, cs as u64));
+                self.image
+                    .file()
+                    .write_at(&bits, offset)
+                    .map_err(write_error)?;
                 *slot = offset;
             }
         }
@@ -350,14 +370,73 @@ impl<'a> Bitmaps<'a> {
             BigEndian::write_u64(&mut raw[i * 8..], *t);
         }
         let offset = self.image.alloc_metadata(raw.len() as u64)?;
-        self.image.file().write_at(&raw, offset)?;
+        allocated.push((offset, raw.len() as u64));
+        self.image
+            .file()
+            .write_at(&raw, offset)
+            .map_err(write_error)?;
         Ok(offset)
     }
 
     /// Stores every consistent bitmap anew, then the directory and the
     /// header extension (its autoclear bit set), then frees the old
     /// directory, tables and data clusters, as QEMU does on close.
-    pub fn store(mut self) -> Result<()> {
+    ///
+    /// If a bitmap cannot be stored, the clusters this attempt allocated
+    /// are freed again and the bitmaps and the directory on disk are left
+    /// as they were, so the store may be tried again (as QEMU tries once
+    /// more when it closes an image whose inactivation failed).
+    pub fn store(&mut self) -> Result<()> {
+        let saved = (self.entries.clone(), self.on_disk.clone(), self.old_dir);
+        let mut allocated = Vec::new();
+        let result = self.store_once(&mut allocated);
+        if result.is_err() {
+            // `allocated` is emptied once the new directory is written:
+            // what it still names is referenced by nothing.
+            for (offset, bytes) in allocated {
+                // The store's failure is what is reported; a free that
+                // fails too leaves a leak that `check` finds.
+                let _ = self.image.free_metadata(offset, bytes);
+            }
+            (self.entries, self.on_disk, self.old_dir) = saved;
+            // As QEMU leaves them (it marks them so when it opens the
+            // image for writing): the bitmaps on disk stay in force but
+            // in use, so nobody trusts their stale bits.
+            let _ = self.mark_in_use_in_place();
+        }
+        result
+    }
+
+    /// Rewrites the directory on disk where it is, its bitmaps flagged
+    /// in use, and puts the bitmaps back in force (the header's autoclear
+    /// bit), as QEMU does when it opens an image for writing.
+    fn mark_in_use_in_place(&self) -> Result<()> {
+        let Some((offset, len)) = self.old_dir else {
+            return Ok(());
+        };
+        let on_disk: Vec<BitmapEntry> = self
+            .entries
+            .iter()
+            .zip(&self.on_disk)
+            .filter(|(_, &on_disk)| on_disk)
+            .map(|(e, _)| BitmapEntry {
+                flags: e.flags | FLAG_IN_USE,
+                ..e.clone()
+            })
+            .collect();
+        let dir = directory::write(&on_disk);
+        if dir.len() as u64 != len {
+            return Err(op_error("the bitmap directory changed size in memory"));
+        }
+        self.image.file().write_at(&dir, offset)?;
+        self.image
+            .update_header(|hc| hc.header.autoclear_features |= AUTOCLEAR_BITMAPS)
+    }
+
+    /// One attempt of [`Bitmaps::store`], adding the clusters it
+    /// allocates for bitmaps to `allocated` until the directory that
+    /// references them is written.
+    fn store_once(&mut self, allocated: &mut Vec<(u64, u64)>) -> Result<()> {
         let image = self.image;
         if self.contents.iter().all(Option::is_none) {
             if self.old_dir.is_some() {
@@ -371,7 +450,7 @@ impl<'a> Bitmaps<'a> {
                 continue;
             };
             let e = &self.entries[i];
-            let table_offset = self.store_bits(e, layers)?;
+            let table_offset = self.store_bits(e, layers, allocated)?;
             if self.on_disk[i] {
                 old_tables.push(Layer {
                     image,
@@ -386,6 +465,7 @@ impl<'a> Bitmaps<'a> {
         }
         let old_dir = self.old_dir.take();
         self.write_directory(&self.entries)?;
+        allocated.clear();
         if let Some((offset, len)) = old_dir {
             image.free_metadata(offset, len)?;
         }
