@@ -116,4 +116,25 @@ fn data_files_and_vmdk_extents_are_locked_as_qemu_img_locks_them() {
         "PROG: Could not open 's.vmdk': Failed to get shared \"write\" lock\n\
          Is another process using the image [s-s001.vmdk]?"
     );
+    // `bench` locks them too (last: a write bench let through changes
+    // the image); a run let through prints its timing, so only a
+    // refusal's lines are compared.
+    for image in ["a.qcow2", "s.vmdk", "f.vmdk"] {
+        let format = if image.ends_with("vmdk") {
+            "vmdk"
+        } else {
+            "qcow2"
+        };
+        let read: &[&str] = &["bench", "-c", "1", "-f", format, image];
+        let write: &[&str] = &["bench", "-w", "-c", "1", "-f", format, image];
+        for args in [read, write] {
+            let theirs = outcome(qemu_img(args), d);
+            let ours = outcome(img(args), d);
+            if theirs.0 == Some(0) {
+                assert_eq!(ours.0, Some(0), "img {args:?} failed: {}", ours.1);
+            } else {
+                assert_eq!(ours, theirs, "img {args:?} differs from qemu-img");
+            }
+        }
+    }
 }

@@ -173,8 +173,9 @@ fn request_error(e: &blockdev::Error) -> anyhow::Error {
     anyhow!("Failed request: {reason}")
 }
 
-/// Takes qemu-img's locks on the image bench reads or writes; `-U` with
-/// `-w` is refused as QEMU refuses force-share on a writable image.
+/// Takes qemu-img's locks on the image bench reads or writes and on its
+/// data file or extents; `-U` with `-w` is refused as QEMU refuses
+/// force-share on a writable image.
 fn lock_bench_image(filename: &str, format: Option<Format>, write: bool) -> Result<()> {
     use super::locks::{force_share, lock_image, ImageUse};
     if write && force_share() {
@@ -196,7 +197,14 @@ fn lock_bench_image(filename: &str, format: Option<Format>, write: bool) -> Resu
     } else {
         ImageUse::READ
     };
-    lock_image(path, filename, format, how)
+    lock_image(path, filename, format, how)?;
+    // The files the image uses besides its own (a qcow2 data file, vmdk
+    // extents), locked as qemu-img locks them, before the open that
+    // follows; an image that cannot be read this way is left to it.
+    match qcow::fs::open_image_no_backing(path, Some(format)) {
+        Ok(image) => super::locks::lock_side_files(filename, &image, how),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Runs `img bench`.

@@ -5,22 +5,51 @@
 //! writing too; backing files are locked as read-only images. `-U`
 //! (`--force-share`) shares everything on the files opened read-only.
 //!
-//! The locks live in one table for the whole process, one open file
-//! description per file, as QEMU keeps one node per file: opening a file
-//! again for more widens its locks instead of conflicting with our own.
-//! They end when img exits.
+//! There is one open file description per locked file in the process,
+//! as QEMU keeps one node per file: opening a file again for more widens
+//! its locks instead of conflicting with our own. The locks of an image
+//! opened through [`super::open_named_for`] live as long as the image
+//! (its storage holds them, [`HeldLocks`]), so a command that opens and
+//! closes several images holds each one's locks while it uses it; locks
+//! taken by the functions here directly last until img exits (or
+//! [`release_all`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{anyhow, Result};
 use blockdev::lock::{ImageLock, LockRequest, Perms};
 use qcow::fs::{AnyImage, Format};
 
-/// Every lock taken so far.
-static HELD: Mutex<Vec<ImageLock>> = Mutex::new(Vec::new());
+/// Every lock alive, one per file, to widen rather than take again.
+static LIVE: Mutex<Vec<Weak<FileLock>>> = Mutex::new(Vec::new());
+/// Locks kept until img exits (those not tied to an open image).
+static KEPT: Mutex<Vec<Arc<FileLock>>> = Mutex::new(Vec::new());
+
+/// The locks on one file, released when the last holder drops them.
+#[derive(Debug)]
+pub struct FileLock {
+    lock: Mutex<ImageLock>,
+    dev: u64,
+    ino: u64,
+}
+
+/// The locks an open image holds (its own file's, its backing files' and
+/// its side files'): released when the image drops its last reference.
+#[derive(Debug, Default, Clone)]
+pub struct HeldLocks(Arc<Mutex<Vec<Arc<FileLock>>>>);
+
+impl HeldLocks {
+    fn add(&self, locks: Vec<Arc<FileLock>>) {
+        self.0.lock().expect("lock list poisoned").extend(locks);
+    }
+}
+
+fn keep(locks: Vec<Arc<FileLock>>) {
+    KEPT.lock().expect("lock table poisoned").extend(locks);
+}
 /// Whether `-U` was given.
 static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
 
@@ -82,7 +111,19 @@ impl ImageUse {
 /// an image of `format` used as `how`. A file that does not exist is left
 /// to the open that follows, which reports it.
 pub fn lock_image(path: &Path, shown: &str, format: Format, how: ImageUse) -> Result<()> {
-    lock_file(path, how.request(format)).map_err(|e| conflict(shown, path, e))
+    keep(image_locks(path, shown, format, how)?);
+    Ok(())
+}
+
+fn image_locks(
+    path: &Path,
+    shown: &str,
+    format: Format,
+    how: ImageUse,
+) -> Result<Vec<Arc<FileLock>>> {
+    lock_file(path, how.request(format))
+        .map(|l| l.into_iter().collect())
+        .map_err(|e| conflict(shown, path, e))
 }
 
 /// [`lock_image`] of an image whose format may still be unknown: it is
@@ -108,14 +149,21 @@ pub fn lock_image_probed(
 /// Locks the backing files of an image (nearest first) as qemu-img locks
 /// them: read, with others kept from writing them under a metadata format.
 pub fn lock_backing_files(top_shown: &str, backing: &[std::path::PathBuf]) -> Result<()> {
+    keep(backing_locks(top_shown, backing)?);
+    Ok(())
+}
+
+fn backing_locks(top_shown: &str, backing: &[std::path::PathBuf]) -> Result<Vec<Arc<FileLock>>> {
+    let mut locks = Vec::new();
     for path in backing {
         let format = probe_format(path);
-        lock_file(path, ImageUse::READ.request(format)).map_err(|e| {
+        let lock = lock_file(path, ImageUse::READ.request(format)).map_err(|e| {
             let shown = path.display().to_string();
             conflict(top_shown, path, e).context(format!("Could not open backing file '{shown}'"))
         })?;
+        locks.extend(lock);
     }
-    Ok(())
+    Ok(locks)
 }
 
 /// Locks the files an open image uses besides its own, as QEMU's block
@@ -124,6 +172,11 @@ pub fn lock_backing_files(top_shown: &str, backing: &[std::path::PathBuf]) -> Re
 /// kind is (a flat extent as data, a sparse one as metadata). A conflict
 /// names the image, `top_shown`, and the side file, as qemu-img does.
 pub fn lock_side_files(top_shown: &str, image: &AnyImage, how: ImageUse) -> Result<()> {
+    keep(side_file_locks(top_shown, image, how)?);
+    Ok(())
+}
+
+fn side_file_locks(top_shown: &str, image: &AnyImage, how: ImageUse) -> Result<Vec<Arc<FileLock>>> {
     let files: Vec<(PathBuf, bool)> = match image {
         AnyImage::Qcow2(q) if q.data_file().is_some() => q
             .header_cluster()
@@ -138,11 +191,40 @@ pub fn lock_side_files(top_shown: &str, image: &AnyImage, how: ImageUse) -> Resu
             .collect(),
         _ => Vec::new(),
     };
+    let mut locks = Vec::new();
     for (path, metadata) in files {
         let format = if metadata { Format::Qcow2 } else { Format::Raw };
-        lock_file(&path, how.request(format)).map_err(|e| conflict(top_shown, &path, e))?;
+        let lock =
+            lock_file(&path, how.request(format)).map_err(|e| conflict(top_shown, &path, e))?;
+        locks.extend(lock);
     }
-    Ok(())
+    Ok(locks)
+}
+
+/// The locks of an image being opened: its own file's first (`path`,
+/// named `shown`, used as `how`), then, with [`HeldLocks::open_done`],
+/// those of its backing and side files. The image's storage holds them
+/// (see [`LockedStorage`]).
+pub fn lock_opening(path: &Path, shown: &str, format: Format, how: ImageUse) -> Result<HeldLocks> {
+    let held = HeldLocks::default();
+    held.add(image_locks(path, shown, format, how)?);
+    Ok(held)
+}
+
+impl HeldLocks {
+    /// Adds the locks of the opened image's backing files and side files,
+    /// as [`lock_backing_files`] and [`lock_side_files`] take them.
+    pub fn open_done(
+        &self,
+        shown: &str,
+        backing: &[PathBuf],
+        image: &AnyImage,
+        how: ImageUse,
+    ) -> Result<()> {
+        self.add(backing_locks(shown, backing)?);
+        self.add(side_file_locks(shown, image, how)?);
+        Ok(())
+    }
 }
 
 /// Locks the file `qemu-img create` is about to (re)write: it holds
@@ -154,13 +236,15 @@ pub fn lock_for_create(path: &Path, prefix: &str) -> Result<()> {
         perm: Perms::WRITE.union(Perms::RESIZE),
         shared: Perms::ALL.without(Perms::RESIZE),
     };
-    lock_file(path, request).map_err(|e| match e {
-        e @ blockdev::Error::LockHeld { .. } => anyhow!(
-            "{prefix}: {e}\nIs another process using the image [{}]?",
-            path.display()
-        ),
-        e => anyhow!("{prefix}: {e}"),
-    })
+    lock_file(path, request)
+        .map(|l| keep(l.into_iter().collect()))
+        .map_err(|e| match e {
+            e @ blockdev::Error::LockHeld { .. } => anyhow!(
+                "{prefix}: {e}\nIs another process using the image [{}]?",
+                path.display()
+            ),
+            e => anyhow!("{prefix}: {e}"),
+        })
 }
 
 /// The format of a backing file as a probe sees it (raw when unreadable:
@@ -182,31 +266,147 @@ fn conflict(shown: &str, path: &Path, e: blockdev::Error) -> anyhow::Error {
     }
 }
 
-/// Lets go of every lock taken so far: for `vm`, which runs img commands
-/// in its own process and then has a VMM open the images they made.
+/// Lets go of every lock kept until exit (those of images still open
+/// stay): for `vm`, which runs img commands in its own process and then
+/// has a VMM open the images they made.
 pub fn release_all() {
-    HELD.lock().expect("lock table poisoned").clear();
+    KEPT.lock().expect("lock table poisoned").clear();
 }
 
-fn lock_file(path: &Path, request: LockRequest) -> Result<(), blockdev::Error> {
+/// Locks `path` for `request`, widening the process's lock on the same
+/// file if one is alive. `None` for a file that is not there or not a
+/// regular file (the open that follows reports it; a device node is no
+/// image file of ours).
+fn lock_file(path: &Path, request: LockRequest) -> Result<Option<Arc<FileLock>>, blockdev::Error> {
     let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
+        return Ok(None);
     };
-    // Only regular files: a device node is no image file of ours.
     if !meta.is_file() {
-        return Ok(());
+        return Ok(None);
     }
-    let mut held = HELD.lock().expect("lock table poisoned");
-    for lock in held.iter_mut() {
-        let same = lock
-            .file()
-            .metadata()
-            .map(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
-            .unwrap_or(false);
-        if same {
-            return lock.extend(request);
+    let mut live = LIVE.lock().expect("lock table poisoned");
+    live.retain(|w| w.strong_count() > 0);
+    for lock in live.iter().filter_map(Weak::upgrade) {
+        if lock.dev == meta.dev() && lock.ino == meta.ino() {
+            lock.lock
+                .lock()
+                .expect("file lock poisoned")
+                .extend(request)?;
+            return Ok(Some(lock));
         }
     }
-    held.push(ImageLock::acquire(path, request)?);
-    Ok(())
+    let lock = Arc::new(FileLock {
+        lock: Mutex::new(ImageLock::acquire(path, request)?),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    });
+    live.push(Arc::downgrade(&lock));
+    Ok(Some(lock))
+}
+
+/// An image's file, holding the image's locks for as long as the image
+/// holds it.
+pub struct LockedStorage {
+    inner: Arc<dyn qcow::Storage>,
+    _locks: HeldLocks,
+}
+
+impl LockedStorage {
+    /// `inner`, holding `locks`.
+    pub fn wrap(inner: Arc<dyn qcow::Storage>, locks: HeldLocks) -> Arc<dyn qcow::Storage> {
+        Arc::new(LockedStorage {
+            inner,
+            _locks: locks,
+        })
+    }
+}
+
+impl qcow::Storage for LockedStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> qcow::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> qcow::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> qcow::Result<()> {
+        self.inner.flush()
+    }
+    fn len(&self) -> qcow::Result<u64> {
+        self.inner.len()
+    }
+    fn is_empty(&self) -> qcow::Result<bool> {
+        self.inner.is_empty()
+    }
+    fn set_len(&self, len: u64) -> qcow::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> qcow::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> qcow::Result<()> {
+        self.inner.allocate(offset, len)
+    }
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.inner.allocated_bytes()
+    }
+    fn start_writeback(&self) -> qcow::Result<()> {
+        self.inner.start_writeback()
+    }
+    fn data_extent(&self, offset: u64, len: u64) -> qcow::Result<(bool, u64)> {
+        self.inner.data_extent(offset, len)
+    }
+    fn as_file(&self) -> Option<&std::fs::File> {
+        self.inner.as_file()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether another open file description could take `request` on
+    /// `path` now (as another process would).
+    fn others_may(path: &Path, request: LockRequest) -> bool {
+        ImageLock::acquire(path, request).is_ok()
+    }
+
+    #[test]
+    fn an_opened_images_locks_end_with_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+        for p in [&a, &b] {
+            std::fs::write(p, vec![0u8; 1 << 16]).unwrap();
+        }
+        let name = |p: &Path| p.to_str().unwrap().to_string();
+        // A writer that shares no writes: what a writable open refuses.
+        let writer = LockRequest::metadata_file(true);
+        let first = super::super::open_named(&name(&a), Some("raw"), true, false).unwrap();
+        assert!(!others_may(&a, writer));
+        {
+            let second = super::super::open_named(&name(&b), Some("raw"), true, false).unwrap();
+            assert!(!others_may(&b, writer));
+            // The same file opened again widens the one lock it has.
+            let again = super::super::open_named(&name(&a), Some("raw"), false, false).unwrap();
+            drop((second, again));
+        }
+        assert!(others_may(&b, writer), "b's locks outlived its image");
+        assert!(
+            !others_may(&a, writer),
+            "a's locks ended with another image"
+        );
+        drop(first);
+        assert!(others_may(&a, writer), "a's locks outlived its image");
+    }
+
+    #[test]
+    fn locks_taken_directly_last_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.raw");
+        std::fs::write(&a, vec![0u8; 4096]).unwrap();
+        let writer = LockRequest::metadata_file(true);
+        lock_image(&a, "a.raw", Format::Raw, ImageUse::WRITE).unwrap();
+        assert!(!others_may(&a, writer));
+        release_all();
+        assert!(others_may(&a, writer));
+    }
 }

@@ -138,19 +138,20 @@ pub fn open_named_for(
             probed
         }
     };
-    // Locked before the open, which may repair what it writes.
-    locks::lock_image(path, shown, probed, how)?;
+    // Locked before the open, which may repair what it writes; the
+    // image's storage holds its locks, which end when the image does.
+    let held = locks::lock_opening(path, shown, probed, how)?;
     let keys = spec
         .key_secrets
         .iter()
         .map(|id| id.as_deref().map(opts::secret::lookup).transpose())
         .collect::<Result<Vec<_>>>()?;
     let storage = open_storage(path, writable).map_err(|e| open_error(shown, e))?;
+    let storage = locks::LockedStorage::wrap(storage, held.clone());
     let (image, backing_files) =
         open_listing_backing_on(layered(storage)?, path, format, writable, keys)
             .map_err(|e| open_error(shown, e))?;
-    locks::lock_backing_files(shown, &backing_files)?;
-    locks::lock_side_files(shown, &image, how)?;
+    held.open_done(shown, &backing_files, &image, how)?;
     if let AnyImage::Qcow2(q) = &image {
         // QEMU sets up the cipher at open: an image opened for I/O needs
         // its key then.

@@ -5,10 +5,12 @@
 //! last, old clusters freed after).
 
 pub mod directory;
+pub mod tracking;
 
 use byteorder::{BigEndian, ByteOrder};
 
 pub use directory::{BitmapEntry, BitmapsExtension, FLAG_AUTO, FLAG_IN_USE};
+pub use tracking::{DirtyBits, Tracking};
 
 use crate::error::{Error, Result};
 use crate::extensions::{Extension, HeaderCluster, EXT_BITMAPS};
@@ -72,10 +74,17 @@ fn op_error(reason: impl Into<String>) -> Error {
 
 /// A bitmap's stored table, in `image`.
 #[derive(Clone, Copy)]
-struct Layer<'a> {
+struct StoredTable<'a> {
     image: &'a Qcow2,
     table_offset: u64,
     table_size: u32,
+}
+
+/// Bits a bitmap holds: a stored table, or writes marked since open.
+#[derive(Clone)]
+enum Layer<'a> {
+    Stored(StoredTable<'a>),
+    Marked(DirtyBits),
 }
 
 /// The bitmaps of an image open for writing, changed in memory and
@@ -95,20 +104,24 @@ pub struct Bitmaps<'a> {
 
 impl<'a> Bitmaps<'a> {
     /// The bitmaps of `image`, whose header before it was opened for
-    /// writing was `hc` (opening for writing takes the bitmaps out of
-    /// force until they are stored again).
+    /// writing was `hc`. An image opened for writing hands over the
+    /// bitmaps it tracks (the directory as it was on open and the writes
+    /// marked since), so that storing them ends the tracking.
     pub fn load(image: &'a Qcow2, hc: &HeaderCluster) -> Result<Bitmaps<'a>> {
+        if let Some(tracking) = image.take_bitmap_tracking() {
+            return Ok(Self::from_tracking(image, tracking));
+        }
         let entries = list(&**image.file(), hc)?;
         let old_dir = directory::extension(hc)?.map(|e| (e.dir_offset, e.dir_size));
         let contents = entries
             .iter()
             .map(|e| {
                 (e.flags & FLAG_IN_USE == 0).then(|| {
-                    vec![Layer {
+                    vec![Layer::Stored(StoredTable {
                         image,
                         table_offset: e.table_offset,
                         table_size: e.table_size,
-                    }]
+                    })]
                 })
             })
             .collect();
@@ -120,6 +133,35 @@ impl<'a> Bitmaps<'a> {
             on_disk,
             old_dir,
         })
+    }
+
+    /// The bitmaps an image tracked since it was opened for writing: the
+    /// consistent ones hold their stored bits and the writes marked.
+    pub(crate) fn from_tracking(image: &'a Qcow2, tracking: Tracking) -> Bitmaps<'a> {
+        let contents = tracking
+            .entries
+            .iter()
+            .zip(tracking.marks)
+            .map(|(e, marks)| {
+                (e.flags & FLAG_IN_USE == 0).then(|| {
+                    let mut layers = vec![Layer::Stored(StoredTable {
+                        image,
+                        table_offset: e.table_offset,
+                        table_size: e.table_size,
+                    })];
+                    layers.extend(marks.filter(|m| !m.is_empty()).map(Layer::Marked));
+                    layers
+                })
+            })
+            .collect();
+        let on_disk = vec![true; tracking.entries.len()];
+        Bitmaps {
+            image,
+            entries: tracking.entries,
+            contents,
+            on_disk,
+            old_dir: Some(tracking.dir),
+        }
     }
 
     /// The bitmaps.
@@ -202,7 +244,7 @@ impl<'a> Bitmaps<'a> {
         if let Some((offset, len)) = old_dir {
             self.image.free_metadata(offset, len)?;
         }
-        self.free_layer(Layer {
+        self.free_layer(StoredTable {
             image: self.image,
             table_offset: e.table_offset,
             table_size: e.table_size,
@@ -276,7 +318,7 @@ impl<'a> Bitmaps<'a> {
     }
 
     /// Frees a stored table and the data clusters it points at.
-    fn free_layer(&self, layer: Layer<'_>) -> Result<()> {
+    fn free_layer(&self, layer: StoredTable<'_>) -> Result<()> {
         let cs = self.image.cluster_size();
         for t in read_table(layer)? {
             if t & TABLE_OFFSET_MASK != 0 {
@@ -342,16 +384,28 @@ impl<'a> Bitmaps<'a> {
         let cs = self.image.cluster_size() as usize;
         let tables = layers
             .iter()
-            .map(|l| read_table(*l))
+            .map(|l| match l {
+                Layer::Stored(t) => read_table(*t),
+                Layer::Marked(_) => Ok(Vec::new()),
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut table = vec![0u64; e.table_size as usize];
-        let (mut bits, mut part) = (vec![0u8; cs], vec![0u8; cs]);
+        let (mut bits, mut scratch) = (vec![0u8; cs], vec![0u8; cs]);
         for (index, slot) in table.iter_mut().enumerate() {
             bits.fill(0);
             for (layer, t) in layers.iter().zip(&tables) {
-                let entry = t.get(index).copied().unwrap_or(0);
-                read_cluster(layer.image, entry, &mut part)?;
-                for (x, y) in bits.iter_mut().zip(&part) {
+                let part: &[u8] = match layer {
+                    Layer::Stored(stored) => {
+                        let entry = t.get(index).copied().unwrap_or(0);
+                        read_cluster(stored.image, entry, &mut scratch)?;
+                        &scratch
+                    }
+                    Layer::Marked(marks) => match marks.cluster(index as u64) {
+                        Some(c) => c,
+                        None => continue,
+                    },
+                };
+                for (x, y) in bits.iter_mut().zip(part) {
                     *x |= y;
                 }
             }
@@ -449,16 +503,23 @@ impl<'a> Bitmaps<'a> {
             let Some(layers) = &self.contents[i] else {
                 continue;
             };
-            let e = &self.entries[i];
-            let table_offset = self.store_bits(e, layers, allocated)?;
+            // The table follows the image's size, should it have changed.
+            let old = self.entries[i].clone();
+            let size = table_size(image.size(), old.granularity(), image.cluster_size());
+            let e = BitmapEntry {
+                table_size: size.min(u64::from(directory::MAX_TABLE_SIZE)) as u32,
+                ..old.clone()
+            };
+            let table_offset = self.store_bits(&e, layers, allocated)?;
             if self.on_disk[i] {
-                old_tables.push(Layer {
+                old_tables.push(StoredTable {
                     image,
-                    table_offset: e.table_offset,
-                    table_size: e.table_size,
+                    table_offset: old.table_offset,
+                    table_size: old.table_size,
                 });
             }
             let e = &mut self.entries[i];
+            e.table_size = size.min(u64::from(directory::MAX_TABLE_SIZE)) as u32;
             e.table_offset = table_offset;
             e.flags &= !FLAG_IN_USE;
             self.on_disk[i] = true;
@@ -476,7 +537,7 @@ impl<'a> Bitmaps<'a> {
     }
 }
 
-fn read_table(layer: Layer<'_>) -> Result<Vec<u64>> {
+fn read_table(layer: StoredTable<'_>) -> Result<Vec<u64>> {
     let mut raw = vec![0u8; layer.table_size as usize * 8];
     layer.image.file().read_at(&mut raw, layer.table_offset)?;
     Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())

@@ -27,12 +27,15 @@ impl Qcow2 {
                 data.len()
             )));
         }
-        if len < cs {
+        let written = if len < cs {
             let mut padded = vec![0u8; cs as usize];
             padded[..data.len()].copy_from_slice(data);
-            return self.write_compressed_cluster(guest_cluster, &padded, len);
-        }
-        self.write_compressed_cluster(guest_cluster, data, cs)
+            self.write_compressed_cluster(guest_cluster, &padded, len)?
+        } else {
+            self.write_compressed_cluster(guest_cluster, data, cs)?
+        };
+        self.mark_bitmaps_dirty(guest_cluster * cs, len);
+        Ok(written)
     }
 
     /// Writes a whole cluster's bytes (`data`), of which the first

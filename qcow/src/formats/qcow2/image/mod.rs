@@ -10,6 +10,7 @@
 
 mod amend;
 mod areas;
+mod bitmap_tracking;
 mod compressed;
 mod corruption;
 mod crypt;
@@ -88,6 +89,11 @@ pub struct Qcow2 {
     /// Set once corruption was signalled on this writable image; it then
     /// writes nothing more ([`corruption`]).
     corruption_signaled: std::sync::atomic::AtomicBool,
+    /// The persistent bitmaps of an image open for writing, marked by
+    /// every guest write and stored on close (see [`bitmap_tracking`]).
+    bitmaps: Mutex<Option<crate::bitmap::Tracking>>,
+    /// Whether `bitmaps` holds anything (spares writes the lock).
+    tracks_bitmaps: std::sync::atomic::AtomicBool,
 }
 
 /// Reads the first cluster of a qcow2 file and validates it.
@@ -178,12 +184,21 @@ impl Qcow2 {
         let size = h.size;
         let compression = h.compression_type;
         let mut header_dirty = false;
+        let mut tracking = None;
         if writable {
+            // Bitmaps in force are kept up to date as QEMU keeps them; a
+            // directory that cannot be read is dropped as below.
+            tracking = crate::bitmap::Tracking::begin(&*file, &hc).ok().flatten();
+            let kept = if tracking.is_some() {
+                AUTOCLEAR_KNOWN | crate::header::AUTOCLEAR_BITMAPS
+            } else {
+                AUTOCLEAR_KNOWN
+            };
             let autoclear = hc.header.autoclear_features;
-            if autoclear & !AUTOCLEAR_KNOWN != 0 {
-                // We do not maintain these (bitmaps): clear them before the
-                // first write so their owners know our writes went untracked.
-                hc.header.autoclear_features = autoclear & AUTOCLEAR_KNOWN;
+            if autoclear & !kept != 0 {
+                // We do not maintain these: clear them before the first
+                // write so their owners know our writes went untracked.
+                hc.header.autoclear_features = autoclear & kept;
                 header_dirty = true;
             }
             if hc.header.incompatible_features & INCOMPAT_DIRTY != 0 {
@@ -220,6 +235,8 @@ impl Qcow2 {
             decompressed: Mutex::new(None),
             cipher: std::sync::OnceLock::new(),
             corruption_signaled: std::sync::atomic::AtomicBool::new(false),
+            tracks_bitmaps: tracking.is_some().into(),
+            bitmaps: Mutex::new(tracking),
         })
     }
 
@@ -318,8 +335,10 @@ impl Qcow2 {
         self.flush().map(|()| true)
     }
 
-    /// Flushes and consumes the image.
+    /// Stores the tracked bitmaps (if any), flushes and consumes the
+    /// image.
     pub fn close(self) -> Result<()> {
+        self.store_tracked_bitmaps()?;
         self.flush()
     }
 
@@ -357,6 +376,7 @@ fn repair_dirty(file: &dyn Storage, data_file: Option<&dyn Storage>) -> Result<(
 impl Drop for Qcow2 {
     fn drop(&mut self) {
         if self.writable {
+            let _ = self.store_tracked_bitmaps();
             let _ = self.flush();
         }
     }

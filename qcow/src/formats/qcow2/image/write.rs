@@ -185,6 +185,7 @@ impl Qcow2 {
     fn plan_write(&self, offset: u64, len: u64, wait: bool) -> Result<Option<WritePlan>> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
+        self.mark_bitmaps_dirty(offset, len);
         let mut plan = WritePlan {
             pieces: Vec::new(),
             updates: Vec::new(),
@@ -755,6 +756,7 @@ impl Qcow2 {
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
+        self.mark_bitmaps_dirty(offset, len);
         if len == 0 {
             return Ok(());
         }
@@ -840,6 +842,7 @@ impl Qcow2 {
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
+        self.mark_bitmaps_dirty(offset, len);
         let cs = self.cluster_size();
         let first_full = offset.div_ceil(cs);
         let end_full = (offset + len) / cs;
