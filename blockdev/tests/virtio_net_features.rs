@@ -95,6 +95,41 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     });
 }
 
+#[test]
+fn a_polled_stream_parks_avail_event_and_interrupts_once() {
+    in_netns(|| {
+        let mut rig = NetRig::new("park0", 1, F_VERSION_1 | F_RING_EVENT_IDX | F_NET_MAC);
+        rig.drivers[1].set_used_event_on_pop(false);
+        rig.handlers.tx[0].set_polling(true);
+        let frame = test_frame([0xff; 6], GUEST_MAC, &pattern(50, 11));
+        let mut bytes = plain().to_vec();
+        bytes.extend_from_slice(&frame);
+        // used_event 0: the first element returned asks for an interrupt.
+        for n in 1..=3u16 {
+            let segments = net_support::split_readable(&mut rig, &bytes, &[]);
+            rig.add(1, &segments);
+            rig.handlers.tx[0].process_queue().expect("tx");
+            assert_eq!(rig.used(1).len(), 1, "frame {n} returned at once");
+            // Parked: a driver testing `avail_idx > avail_event` (as
+            // virtio-drivers does) does not notify for the next frame.
+            let parked = rig.drivers[1].avail_event(&*rig.mem).expect("avail_event");
+            assert!(parked > n + 100, "avail_event {parked} after frame {n}");
+            // The stream's interrupt waits for the loop to sleep.
+            assert!(!rig.handlers.tx[0].take_interrupt().expect("irq"));
+            assert!(rig.handlers.tx[0].worth_polling());
+        }
+        // Going to sleep: notifications on at the next index, and one
+        // interrupt for the three frames.
+        assert!(!rig.handlers.tx[0].prepare_to_sleep().expect("sleep"));
+        assert_eq!(rig.drivers[1].avail_event(&*rig.mem).expect("event"), 3);
+        assert!(rig.handlers.tx[0].take_interrupt().expect("irq"));
+        // A batch that finds nothing ends the stream: no more spinning.
+        rig.handlers.tx[0].process_queue().expect("tx");
+        assert!(!rig.handlers.tx[0].worth_polling());
+        assert_eq!(rig.device.counters().snapshot().tx_frames, 3);
+    });
+}
+
 /// Run one control command; (used len, ack byte).
 fn control(rig: &mut NetRig, command: &[u8], with_ack: bool) -> (u32, u8) {
     let data = rig.buffer(command);

@@ -28,6 +28,11 @@ const RING_HEADER: u64 = 4;
 const AVAIL_ENTRY: u64 = 2;
 /// Bytes of a used-ring element.
 const USED_ELEM: u64 = 8;
+/// Where [`SplitRing::park_avail_event`] puts `avail_event`: the largest
+/// value a driver comparing without wrap-around can still fall short of
+/// (it notifies only at index 0xffff), and for a driver that tests the
+/// crossing, crossed once per 65536 buffers.
+const PARKED_AVAIL_EVENT: u16 = 0xfffe;
 /// Longest indirect table virtio-queue accepts (its entry count is a u16).
 const MAX_INDIRECT_ENTRIES: u32 = u16::MAX as u32;
 
@@ -186,6 +191,23 @@ impl SplitRing {
             return Ok(());
         }
         self.store_used_u16(view, 0, USED_F_NO_NOTIFY)
+    }
+
+    /// Under event idx, ask the driver not to notify by writing
+    /// `avail_event` where the driver's index will not reach for a long
+    /// time ([`PARKED_AVAIL_EVENT`]). Leaving it behind is enough for a
+    /// driver that notifies only when its index crosses `avail_event`
+    /// (virtio 1.2, 2.7.10), but one that notifies whenever its index is
+    /// past it (virtio-drivers' `should_notify`) would notify on every
+    /// buffer. Without event idx, as [`SplitRing::disable_notification`].
+    /// A parked event is at worst one needless notification per 65536
+    /// buffers; [`SplitRing::enable_notification`] undoes it.
+    pub(crate) fn park_avail_event<V: RingMemory>(&mut self, view: &V) -> Result<(), QueueError> {
+        if !self.event_idx {
+            return self.disable_notification(view);
+        }
+        let avail_event = RING_HEADER + USED_ELEM * u64::from(self.size);
+        self.store_used_u16(view, avail_event, PARKED_AVAIL_EVENT)
     }
 
     /// Ask the driver to notify again, and say whether chains became

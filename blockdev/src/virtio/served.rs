@@ -78,6 +78,12 @@ pub trait ServedQueue: Send {
     fn active_pairs(&self) -> Option<u16> {
         None
     }
+    /// Whether [`ServedQueue::prepare_to_sleep`] may decide on an
+    /// interrupt (one deferred while the loop polled), so that the loop
+    /// asks [`ServedQueue::take_interrupt`] after it.
+    fn signals_before_sleep(&self) -> bool {
+        false
+    }
     /// Whether the queue signalled its interrupt eventfd since the last
     /// call (resetting it).
     fn take_interrupt(&self) -> Result<bool>;
@@ -227,7 +233,7 @@ where
         false
     }
     fn worth_polling(&self) -> bool {
-        false
+        TxQueue::worth_polling(self)
     }
     fn set_polling(&mut self, on: bool) {
         TxQueue::set_polling(self, on)
@@ -243,6 +249,9 @@ where
     }
     fn take_refused(&mut self) -> u64 {
         TxQueue::take_refused(self)
+    }
+    fn signals_before_sleep(&self) -> bool {
+        true
     }
     fn take_interrupt(&self) -> Result<bool> {
         TxQueue::take_interrupt(self)

@@ -186,6 +186,9 @@ pub fn run(
                     track_event_fd(&epoll, s);
                     took |= s.handler.next_avail() != before;
                 }
+                // An interrupt deferred while the queue was polled is
+                // decided as it goes to sleep.
+                Ok(false) if s.handler.signals_before_sleep() => raise_if_due(s),
                 Ok(false) => {}
                 Err(e) => eprintln!(
                     "vmm: {} {} queue {}: {e}",
@@ -461,6 +464,11 @@ fn serve(s: &mut Served, event: Event) {
             }
         );
     }
+    raise_if_due(s);
+}
+
+/// Raises the device's interrupt if the queue decided on one.
+fn raise_if_due(s: &Served) {
     match s.handler.take_interrupt() {
         Ok(true) => s.interrupt.used_buffers(),
         Ok(false) => {}

@@ -3,7 +3,20 @@
 //! activation, the queue's eventfds, walking a chain into host buffers
 //! with every descriptor checked, and the interrupt decision after a
 //! batch (event idx or NO_INTERRUPT).
+//!
+//! An interrupt the device decides on is a flag the event loop reads with
+//! `take_interrupt` (and raises the transport's irqfd for), not a write
+//! to the queue's interrupt eventfd: the loop serves the queue on its own
+//! thread, so a flag saves a write, a poll and a read per batch. The
+//! queue's interrupt eventfd is not used.
+//!
+//! Under event idx the driver is asked not to notify while the device
+//! does not need it by moving `avail_event` out of its way
+//! ([`SplitRing::park_avail_event`]), not only by leaving it behind: a
+//! driver that tests `avail_idx > avail_event` rather than the crossing
+//! (virtio-drivers does) otherwise notifies on every buffer it adds.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_queue::Queue;
@@ -58,6 +71,9 @@ pub(crate) struct ActiveQueue<A: GuestAddressSpace> {
     pub events: QueueEvents,
     /// Used elements added since the last signal decision.
     used_added: bool,
+    /// The device decided to interrupt the guest since the last
+    /// [`ActiveQueue::take_interrupt`].
+    interrupt_due: Cell<bool>,
 }
 
 impl<A: GuestAddressSpace> ActiveQueue<A> {
@@ -78,6 +94,7 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
             view,
             events,
             used_added: false,
+            interrupt_due: Cell::new(false),
         })
     }
 
@@ -110,11 +127,15 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
             .map_err(|source| queue_error("read the available ring", source))
     }
 
-    /// Stop the driver's notifications while the device works.
+    /// Stop the driver's notifications while the device works (under
+    /// event idx, `avail_event` is parked out of the driver's way).
     pub fn disable_notification(&mut self) -> Result<()> {
-        self.ring
-            .disable_notification(&self.view)
-            .map_err(|source| queue_error("disable notifications", source))
+        let done = if self.ring.event_idx_enabled() {
+            self.ring.park_avail_event(&self.view)
+        } else {
+            self.ring.disable_notification(&self.view)
+        };
+        done.map_err(|source| queue_error("disable notifications", source))
     }
 
     /// Ask for notifications again; whether chains came meanwhile.
@@ -239,17 +260,15 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
             needed = flags & AVAIL_F_NO_INTERRUPT == 0;
         }
         if needed {
-            self.events.interrupt.write(1).map_err(|source| Error::Io {
-                op: "signal the interrupt eventfd",
-                source,
-            })?;
+            self.interrupt_due.set(true);
         }
         Ok(())
     }
 
-    /// Whether the device signalled since the last call (tests).
+    /// Whether the device decided to interrupt the guest since the last
+    /// call (resetting it); the event loop raises the interrupt.
     pub fn take_interrupt(&self) -> Result<bool> {
-        super::super::eventfd::drain(self.events.interrupt.as_raw_fd())
+        Ok(self.interrupt_due.replace(false))
     }
 }
 

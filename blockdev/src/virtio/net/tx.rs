@@ -19,6 +19,11 @@ use super::tap::Tap;
 use crate::disk::IoBuf;
 use crate::Result;
 
+/// Most batches in a row whose interrupt a streaming guest's frames
+/// defer (so that a driver waiting on the interrupt rather than polling
+/// waits at most this many batches of the polling loop).
+pub const MAX_DEFERRED_BATCHES: u32 = 16;
+
 /// One transmit virtqueue and the tap queue its frames go to.
 pub struct TxQueue<A: GuestAddressSpace> {
     queue: ActiveQueue<A>,
@@ -29,6 +34,11 @@ pub struct TxQueue<A: GuestAddressSpace> {
     /// The frame's buffers after the header, for `writev`.
     iov: Vec<IoBuf>,
     polling: bool,
+    /// The last batch sent frames: the guest is likely to send more soon,
+    /// so a polling loop spins on the ring before it sleeps.
+    streaming: bool,
+    /// Batches in a row whose interrupt waits for the end of the stream.
+    deferred: u32,
     /// Chains refused since the last [`TxQueue::take_refused`].
     refused: u64,
 }
@@ -48,6 +58,8 @@ impl<A: GuestAddressSpace> TxQueue<A> {
             chain: ChainBufs::default(),
             iov: Vec::new(),
             polling: false,
+            streaming: false,
+            deferred: 0,
             refused: 0,
         }
     }
@@ -97,15 +109,41 @@ impl<A: GuestAddressSpace> TxQueue<A> {
         self.polling = on;
     }
 
-    /// Turn notifications back on; whether chains came meanwhile.
+    /// Whether a polling loop should spin on [`TxQueue::has_available`]
+    /// before it sleeps: the last batch sent frames (a guest sending a
+    /// stream sends its next frame soon, and a frame found by the spin
+    /// costs the guest no notification and the loop no wake-up).
+    pub fn worth_polling(&self) -> bool {
+        self.polling && self.streaming
+    }
+
+    /// Turn notifications back on; whether chains came meanwhile. If
+    /// none did, the interrupt the stream's batches deferred is decided
+    /// now (see [`TxQueue::process_queue`]).
     pub fn prepare_to_sleep(&mut self) -> Result<bool> {
-        self.queue.enable_notification()
+        let more = self.queue.enable_notification()?;
+        if !more {
+            self.deferred = 0;
+            self.queue.signal_if_needed()?;
+        }
+        Ok(more)
     }
 
     /// Send every available frame, return the chains, and interrupt the
-    /// guest once for the batch if it asked.
+    /// guest once for the batch if it asked. In a polling loop, while the
+    /// guest streams (the batch sent frames), the interrupt waits for the
+    /// end of the stream ([`TxQueue::prepare_to_sleep`]) or for
+    /// [`MAX_DEFERRED_BATCHES`] batches, whichever comes first: one
+    /// interrupt then covers them all (the driver's `used_event` is read
+    /// then, over every element returned since), and a driver that polls
+    /// its used ring meanwhile is not interrupted once per frame.
     pub fn process_queue(&mut self) -> Result<()> {
         let sent = self.send_available();
+        if self.polling && self.streaming && self.deferred < MAX_DEFERRED_BATCHES {
+            self.deferred += 1;
+            return sent;
+        }
+        self.deferred = 0;
         let signalled = self.queue.signal_if_needed();
         sent.and(signalled)
     }
@@ -119,6 +157,7 @@ impl<A: GuestAddressSpace> TxQueue<A> {
                 self.send_chain(head);
                 self.queue.add_used(head, 0)?;
             }
+            self.streaming = popped > 0;
             if self.polling {
                 return Ok(());
             }
