@@ -19,6 +19,8 @@ pub enum ExtentType {
     Flat,
     /// A hosted sparse file (`SPARSE`).
     Sparse,
+    /// An SE sparse file (`SESPARSE`), read only.
+    SeSparse,
 }
 
 /// One extent line.
@@ -110,14 +112,10 @@ fn extent_line(line: &str) -> Result<Option<ExtentLine>> {
             None => (ExtentType::Sparse, 0),
             Some(_) => return Err(bad()),
         },
-        "SESPARSE" => {
-            return Err(invalid(
-                FORMAT,
-                "extent type",
-                0,
-                "SESPARSE extents are not supported",
-            ))
-        }
+        "SESPARSE" => match offset {
+            None => (ExtentType::SeSparse, 0),
+            Some(_) => return Err(bad()),
+        },
         _ => return Ok(None),
     };
     if sectors <= 0 {
@@ -233,7 +231,11 @@ mod tests {
         assert!(Descriptor::parse("RW 10 FLAT \"x\"\n").is_err());
         assert!(Descriptor::parse("RW 10 FLAT \"x\" -5\n").is_err());
         assert!(Descriptor::parse("RW 10 SPARSE \"x\" 3\n").is_err());
-        assert!(Descriptor::parse("RW 10 SESPARSE \"x\"\n").is_err());
+        assert!(Descriptor::parse("RW 10 SESPARSE \"x\" 3\n").is_err());
+        assert_eq!(
+            Descriptor::parse("RW 10 SESPARSE \"x\"\n").unwrap().extents[0].kind,
+            ExtentType::SeSparse
+        );
         // Skipped as QEMU skips them.
         assert!(Descriptor::parse("RW 0 FLAT \"x\" 0\nRW 10 ZERO \"x\"\n")
             .unwrap()

@@ -11,17 +11,20 @@
 //! image, always a vmdk as QEMU reads it: unallocated grains read from it,
 //! and a partial write to one copies the rest of the grain up first.
 //! VMFS sparse ("COWD") extents, alone or named by a descriptor, are
-//! read (not written); SE sparse extents are refused.
+//! read (not written); so are SE sparse ("seSparse") extents named by a
+//! descriptor, which QEMU reads only that way.
 
 pub mod create;
 pub mod descriptor;
 pub mod header;
+pub mod sesparse;
 pub mod sparse;
 
 use std::sync::Arc;
 
 use self::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR};
 use self::header::MAGIC;
+use self::sesparse::SeSparseExtent;
 use self::sparse::{Grain, SparseExtent};
 use super::{invalid, BackingFile, CheckReport, ForeignImage, InfoValue, SideFiles};
 use crate::device::{check_range, BlockRead, Extent, ExtentKind};
@@ -30,6 +33,9 @@ use crate::storage::Storage;
 
 /// The format's name as qemu-img spells it.
 pub const FORMAT: &str = "vmdk";
+/// The most guest bytes one `extents` answer describes (its memory is
+/// bounded by its steps; a missing grain table is one step).
+const MAX_EXTENTS_SPAN: u64 = 1 << 40;
 /// Descriptor bytes QEMU reads for the CIDs of an embedded descriptor.
 const EMBEDDED_DESCRIPTOR: usize = 20 * 512;
 
@@ -43,6 +49,16 @@ fn read_only_vmfs() -> Error {
     )
 }
 
+/// The refusal to write an SE sparse extent, in QEMU's words.
+fn read_only_sesparse() -> Error {
+    invalid(
+        FORMAT,
+        "extent type",
+        0,
+        "No write support for seSparse images available",
+    )
+}
+
 /// Where an extent's data is.
 enum Data {
     /// Raw data from byte `offset` of a file.
@@ -52,6 +68,8 @@ enum Data {
     },
     /// A sparse file (boxed: it is much larger than a flat extent).
     Sparse(Box<SparseExtent>),
+    /// An SE sparse file (read only).
+    SeSparse(Box<SeSparseExtent>),
 }
 
 /// One extent: a guest range and its data.
@@ -115,6 +133,7 @@ impl Vmdk {
             "monolithicFlat"
                 | "vmfs"
                 | "vmfsSparse"
+                | "seSparse"
                 | "twoGbMaxExtentSparse"
                 | "twoGbMaxExtentFlat"
         ) {
@@ -171,10 +190,18 @@ impl Vmdk {
                     let len = sparse.len();
                     (Data::Sparse(Box::new(sparse)), len)
                 }
+                ExtentType::SeSparse => {
+                    if writable {
+                        return Err(read_only_sesparse());
+                    }
+                    let sparse = SeSparseExtent::open(file.storage)?;
+                    let len = sparse.len();
+                    (Data::SeSparse(Box::new(sparse)), len)
+                }
             };
             let (from, to) = match &data {
                 Data::Flat { offset, .. } => (*offset, offset + len),
-                Data::Sparse(_) => (0, u64::MAX),
+                Data::Sparse(_) | Data::SeSparse(_) => (0, u64::MAX),
             };
             if used
                 .iter()
@@ -370,6 +397,19 @@ impl Vmdk {
                         }
                     })?;
                 }
+                Data::SeSparse(s) => {
+                    let file_len = s.storage().len()?;
+                    s.for_each_grain(|grain_offset, grain| {
+                        let Grain::Data(host) = grain else { return };
+                        report.allocated_clusters += 1;
+                        if host >= file_len {
+                            report.corrupt(format!(
+                                "ERROR: cluster offset for sector {} points after EOF",
+                                first_sector + grain_offset / 512
+                            ));
+                        }
+                    })?;
+                }
             }
         }
         Ok(report)
@@ -407,8 +447,13 @@ impl Vmdk {
             let e = self.extent_at(pos);
             let inner = pos - e.start;
             let mut n = (e.len - inner).min(len - done);
-            if let Data::Sparse(s) = &e.data {
-                n = n.min(s.grain_bytes() - inner % s.grain_bytes());
+            let grain = match &e.data {
+                Data::Sparse(s) => Some(s.grain_bytes()),
+                Data::SeSparse(s) => Some(s.grain_bytes()),
+                Data::Flat { .. } => None,
+            };
+            if let Some(g) = grain {
+                n = n.min(g - inner % g);
             }
             f(e, inner, n, done as usize)?;
             done += n;
@@ -434,25 +479,33 @@ impl BlockRead for Vmdk {
                     }
                     _ => s.read_in_grain(part, inner),
                 },
+                Data::SeSparse(s) => match self.backing.as_deref() {
+                    Some(b) if s.lookup(inner)?.0 == Grain::Unallocated => {
+                        super::read_backing(Some(b), part, e.start + inner)
+                    }
+                    _ => s.read_in_grain(part, inner),
+                },
             }
         })
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let len = len.min(self.size.saturating_sub(offset)).min(64 << 20);
-        let step = match &self.extent_at(offset).data {
-            Data::Sparse(s) => s.grain_bytes(),
-            Data::Flat { .. } => 64 << 20,
-        };
-        let len = len.min(step * crate::formats::MAX_EXTENT_STEPS as u64);
+        let end = offset
+            + len
+                .min(self.size.saturating_sub(offset))
+                .min(MAX_EXTENTS_SPAN);
         let mut out: Vec<Extent> = Vec::new();
-        self.for_pieces(offset, len, |e, inner, n, at| {
-            let guest = offset + at as u64;
+        let mut pos = offset;
+        let mut steps = 0;
+        while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
+            let e = self.extent_at(pos);
+            let inner = pos - e.start;
+            let room = (e.len - inner).min(end - pos);
             let (kind, n) = match &e.data {
                 Data::Flat { storage, offset } => {
-                    let (data, m) = storage.data_extent(offset + inner, n)?;
-                    let m = m.clamp(1, n);
+                    // A flat piece may be cut short by its file's holes.
                     let host_offset = offset + inner;
+                    let (data, m) = storage.data_extent(host_offset, room)?;
                     let kind = if data {
                         ExtentKind::Data {
                             host_offset,
@@ -463,10 +516,11 @@ impl BlockRead for Vmdk {
                             host_offset: Some(host_offset),
                         }
                     };
-                    (kind, m)
+                    (kind, m.clamp(1, room))
                 }
                 Data::Sparse(s) => {
-                    let kind = match s.lookup(inner)?.0 {
+                    let (grain, left) = s.run(inner)?;
+                    let kind = match grain {
                         Grain::Unallocated => ExtentKind::Unallocated { host_offset: None },
                         Grain::Zero => ExtentKind::Zero { host_offset: None },
                         Grain::Data(h) => ExtentKind::Data {
@@ -478,22 +532,25 @@ impl BlockRead for Vmdk {
                             compressed_len: s.grain_bytes(),
                         },
                     };
-                    (kind, n)
+                    (kind, left.min(room))
+                }
+                Data::SeSparse(s) => {
+                    let (grain, left) = s.lookup(inner)?;
+                    let kind = match grain {
+                        Grain::Data(h) => ExtentKind::Data {
+                            host_offset: h,
+                            in_data_file: false,
+                        },
+                        Grain::Zero => ExtentKind::Zero { host_offset: None },
+                        _ => ExtentKind::Unallocated { host_offset: None },
+                    };
+                    (kind, left.min(room))
                 }
             };
-            crate::formats::push_extent(&mut out, guest, n, kind);
-            Ok(())
-        })?;
-        // A flat piece may be cut short by its file's holes: the caller
-        // loops from the end of what we return.
-        let mut end = offset;
-        out.retain(|e| {
-            let keep = e.guest_offset == end;
-            if keep {
-                end += e.len;
-            }
-            keep
-        });
+            crate::formats::push_extent(&mut out, pos, n, kind);
+            pos += n;
+            steps += 1;
+        }
         Ok(out)
     }
 
@@ -531,6 +588,7 @@ impl ForeignImage for Vmdk {
                     }
                     _ => s.write_in_grain(part, inner),
                 },
+                Data::SeSparse(_) => Err(read_only_sesparse()),
             }
         })
     }
@@ -543,6 +601,7 @@ impl ForeignImage for Vmdk {
                     s.flush()?;
                     s.storage().flush()?;
                 }
+                Data::SeSparse(_) => {}
             }
         }
         self.storage.flush()
@@ -564,6 +623,7 @@ impl ForeignImage for Vmdk {
     fn cluster_size(&self) -> Option<u64> {
         match &self.extents[0].data {
             Data::Sparse(s) => Some(s.grain_bytes()),
+            Data::SeSparse(s) => Some(s.grain_bytes()),
             Data::Flat { .. } => None,
         }
     }
@@ -597,6 +657,9 @@ impl ForeignImage for Vmdk {
                     }
                     d.push(("cluster-size", InfoValue::UInt(s.grain_bytes())));
                 }
+                if let Data::SeSparse(s) = &e.data {
+                    d.push(("cluster-size", InfoValue::UInt(s.grain_bytes())));
+                }
                 InfoValue::Dict(d)
             })
             .collect();
@@ -617,6 +680,7 @@ impl ForeignImage for Vmdk {
                 let storage = match &e.data {
                     Data::Flat { storage, .. } => storage.clone(),
                     Data::Sparse(s) => s.storage().clone(),
+                    Data::SeSparse(s) => s.storage().clone(),
                 };
                 (format!("extents.{i}"), e.file_name.clone(), storage)
             })
@@ -627,7 +691,10 @@ impl ForeignImage for Vmdk {
         self.extents
             .iter()
             .filter(|e| e.separate)
-            .map(|e| (e.file_name.clone(), matches!(e.data, Data::Sparse(_))))
+            .map(|e| {
+                let sparse = matches!(e.data, Data::Sparse(_) | Data::SeSparse(_));
+                (e.file_name.clone(), sparse)
+            })
             .collect()
     }
 

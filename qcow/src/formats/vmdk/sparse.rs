@@ -258,6 +258,38 @@ impl SparseExtent {
         Ok((grain, left))
     }
 
+    /// Like [`SparseExtent::lookup`], but the bytes returned run on past
+    /// the grain while the grains that follow in the same table read
+    /// alike (unallocated, zeroed, or plain data stored right after): a
+    /// missing grain table is one run, not one lookup per grain.
+    pub fn run(&self, offset: u64) -> Result<(Grain, u64)> {
+        let (gd_index, gt_index) = self.indexes(offset);
+        let per_gt = self.header.gtes_per_gt as usize;
+        let Some(table) = self.table(false, gd_index)? else {
+            let table_span = u64::from(self.header.gtes_per_gt) * self.grain_bytes;
+            return Ok((Grain::Unallocated, table_span - offset % table_span));
+        };
+        let (grain, mut left) = self.lookup(offset)?;
+        let first = table[gt_index];
+        let step = match grain {
+            Grain::Unallocated | Grain::Zero => 0,
+            Grain::Data(_) => self.header.grain_sectors as u32,
+            Grain::Compressed(_) => return Ok((grain, left)),
+        };
+        let mut expect = first;
+        for &entry in &table[gt_index + 1..per_gt] {
+            expect = match expect.checked_add(step) {
+                Some(e) => e,
+                None => break,
+            };
+            if entry != expect {
+                break;
+            }
+            left += self.grain_bytes;
+        }
+        Ok((grain, left))
+    }
+
     /// Reads `buf.len()` bytes at `offset` of the extent (within one grain).
     pub fn read_in_grain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match self.lookup(offset)?.0 {
