@@ -328,8 +328,7 @@ fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp
         client
             .snapshot(&format!("file://{}", dir.display()))
             .expect("snapshot to files");
-        let _ = client.vmm_shutdown();
-        let _ = vm.child.wait();
+        assert_reverted_in_place(&vm.shut_down());
         drop(vm);
         let mut restored = GuestVm::spawn(&[]);
         restored.wait_api();
