@@ -568,7 +568,7 @@ impl Controller {
     /// Reverts the VM to in-image snapshot `name`: the state is read and
     /// checked first (a refusal changes nothing), then the state is set
     /// into the paused VM ([`Vm::revert_in_place`]) or, for a VM that
-    /// cannot keep itself (interfaces, a revert failed half-way), the VM
+    /// cannot keep itself (a revert failed half-way), the VM
     /// is stopped, its disks reverted and the VM built from the state,
     /// paused.
     fn revert_in_image(&mut self, name: &str) -> Result<()> {

@@ -102,6 +102,8 @@ pub struct Vm {
     /// What `locks` hold, to take them again (a migration that fails
     /// after the source let go of them).
     lock_specs: Vec<LockSpec>,
+    /// Closed while the VM is paused: the NICs' announcements wait.
+    announce_gate: Arc<crate::devices::announcer::RunGate>,
 }
 
 /// One image lock a VM holds: which disk, which file, in which role.
@@ -580,6 +582,7 @@ impl Vm {
             vm,
             locks,
             lock_specs,
+            announce_gate: Arc::default(),
         })
     }
 
@@ -609,6 +612,7 @@ impl Vm {
     /// Takes every vCPU out of the guest, then waits for the disks'
     /// requests in flight to complete.
     pub fn pause(&self) -> Result<()> {
+        self.announce_gate.close();
         if let Some(vcpus) = &self.vcpus {
             vcpus.pause()?;
         }
@@ -623,9 +627,19 @@ impl Vm {
 
     /// Restarts the disk queues, then the vCPUs. The first resume of a
     /// restored VM starts its NICs' announcements (stepped by a thread of
-    /// their own, `devices::announcer`).
+    /// their own, `devices::announcer`); an announcement under way before
+    /// a pause goes on later by the pause's length.
     pub fn resume(&self) {
         self.tell_loop(LoopMessage::Resume);
+        if let Some(paused_for) = self.announce_gate.closed_for() {
+            for transport in &self.transports {
+                transport
+                    .lock()
+                    .expect("transport lock")
+                    .postpone_announce(paused_for);
+            }
+        }
+        self.announce_gate.open();
         let mut announcing = Vec::new();
         for transport in &self.transports {
             let wake = transport
@@ -636,7 +650,7 @@ impl Vm {
                 announcing.push((Arc::downgrade(transport), wake));
             }
         }
-        crate::devices::announcer::spawn(announcing);
+        crate::devices::announcer::spawn(announcing, self.announce_gate.clone());
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
         }

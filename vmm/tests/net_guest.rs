@@ -429,8 +429,7 @@ fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
         client
             .snapshot(&format!("file://{}", dir.display()))
             .expect("snapshot to files with a NIC");
-        let _ = client.vmm_shutdown();
-        let _ = vm.child.wait();
+        assert_reverted_in_place(&vm.shut_down());
         drop(vm);
         let mut restored = GuestVm::spawn(&[]);
         restored.wait_api();

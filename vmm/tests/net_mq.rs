@@ -281,6 +281,85 @@ fn expect_announcement(vm: &mut GuestVm, socket: &OwnedFd, what: &str) {
     );
 }
 
+/// How many RARPs for the guest's MAC (the VMM's own announcement)
+/// `socket` (an ETH_P_RARP packet socket) receives within `timeout`.
+fn guest_rarps(socket: &OwnedFd, timeout: Duration) -> usize {
+    let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    arp_frames(socket, timeout)
+        .iter()
+        .filter(|f| f.len() >= 42 && f[6..12] == mac && f[20..22] == [0, 3] && f[32..38] == mac)
+        .count()
+}
+
+/// Starts the net-mq guest with a qcow2 disk (in `images`) on multiqueue
+/// tap `tap`, and waits until it has set its pairs.
+fn start_net_mq_with_disk(guest: &std::path::Path, images: &std::path::Path, tap: &str) -> GuestVm {
+    make_tap_queues(tap, true);
+    let disk = images.join("disk.qcow2");
+    make_qcow2(&disk);
+    let disk_spec = format!("path={},format=qcow2", disk.display());
+    let net = format!("tap={tap},mac={GUEST_MAC},num_queues=4,id=net0");
+    let cmdline = guest_cmdline("net-mq");
+    let mut vm = GuestVm::spawn(&[
+        "--kernel".as_ref(),
+        guest.as_os_str(),
+        "--memory".as_ref(),
+        "32M".as_ref(),
+        "--cmdline".as_ref(),
+        cmdline.as_ref(),
+        "--disk".as_ref(),
+        disk_spec.as_ref(),
+        "--net".as_ref(),
+        net.as_ref(),
+    ]);
+    vm.wait_api();
+    vm.wait_line("guest: net-mq ready pairs=2", Duration::from_secs(60));
+    vm
+}
+
+#[test]
+fn an_announcement_waits_while_the_vm_is_paused() {
+    if !can_run() {
+        return;
+    }
+    let guest = build_guest();
+    in_netns(move || {
+        let images = tempfile::tempdir().expect("tempdir");
+        let mut vm = start_net_mq_with_disk(&guest, images.path(), "vq3");
+        let client = vmapi::Client::new(&vm.api);
+        client.pause().expect("pause");
+        client.snapshot("qcow2:up").expect("in-image snapshot");
+        let rarp = packet_socket("vq3", ETH_P_RARP);
+        let arp = arp_socket("vq3");
+        client.restore("qcow2:up").expect("revert");
+        // The announcement starts at this resume (RARPs at 0, 50, 200,
+        // 450 and 800 ms) and is paused at once.
+        client.resume().expect("resume");
+        client.pause().expect("pause");
+        // What was sent before the pause took effect, then nothing
+        // while paused (QEMU's announce timer stops with the VM).
+        let before = guest_rarps(&rarp, Duration::from_millis(200));
+        assert!(
+            before < ANNOUNCE_ROUNDS,
+            "every RARP was sent before the pause (a loaded machine?)"
+        );
+        let paused = guest_rarps(&rarp, Duration::from_millis(1500));
+        assert_eq!(paused, 0, "RARPs while paused ({before} before)");
+        // The rest after the resume, and the guest's five rounds.
+        client.resume().expect("resume");
+        expect_announcement(&mut vm, &arp, "the paused announcement");
+        let after = guest_rarps(&rarp, Duration::from_millis(1500));
+        assert_eq!(
+            before + after,
+            ANNOUNCE_ROUNDS,
+            "{before} RARPs before the pause, {after} after"
+        );
+        let (done, stderr) = vm.finish_with("guest: net-mq done");
+        assert!(done.contains(" announced=5"), "{done}");
+        assert_reverted_in_place(&stderr);
+    });
+}
+
 #[test]
 fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp() {
     if !can_run() {
@@ -328,8 +407,7 @@ fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp
         client
             .snapshot(&format!("file://{}", dir.display()))
             .expect("snapshot to files");
-        let _ = client.vmm_shutdown();
-        let _ = vm.child.wait();
+        assert_reverted_in_place(&vm.shut_down());
         drop(vm);
         let mut restored = GuestVm::spawn(&[]);
         restored.wait_api();
@@ -387,16 +465,8 @@ fn after_a_migration_the_guest_announces_itself_on_the_destinations_tap() {
     migrate_over_unix(&source, &dest, receive_on_tty);
     expect_announcement(&mut dest, &socket, "the migration");
     // The VMM announced the guest's MAC itself too (QEMU's RARP).
-    let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    let rarps = arp_frames(&rarp, Duration::from_millis(500));
-    let ours = rarps
-        .iter()
-        .filter(|f| f.len() >= 42 && f[6..12] == mac && f[20..22] == [0, 3] && f[32..38] == mac)
-        .count();
-    assert_eq!(
-        ours, ANNOUNCE_ROUNDS,
-        "RARPs from the guest's MAC: {rarps:02x?}"
-    );
+    let ours = guest_rarps(&rarp, Duration::from_millis(500));
+    assert_eq!(ours, ANNOUNCE_ROUNDS, "RARPs from the guest's MAC");
     let pid = dest.child.id();
     let (done, _) = in_netns_of(pid, move || {
         let out = ping(2);

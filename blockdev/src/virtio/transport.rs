@@ -86,6 +86,11 @@ where
         let _ = now;
         Ok(AnnounceTick::default())
     }
+    /// The VM was paused for `by`: an announcement under way comes that
+    /// much later.
+    fn postpone_announce(&mut self, by: std::time::Duration) {
+        let _ = by;
+    }
     /// The announcement under way, for a snapshot (none for a device that
     /// does not announce).
     fn saved_announce(&self) -> SavedAnnounce {
@@ -187,6 +192,9 @@ where
     }
     fn announce_tick(&mut self, now: std::time::Instant) -> Result<AnnounceTick> {
         VirtioNet::announce_tick(self, now)
+    }
+    fn postpone_announce(&mut self, by: std::time::Duration) {
+        VirtioNet::postpone_announce(self, by)
     }
     fn saved_announce(&self) -> SavedAnnounce {
         VirtioNet::saved_announce(self)

@@ -168,31 +168,70 @@ pub fn restore_state(
     saved: &NetDeviceState,
     activated: bool,
 ) -> Result<()> {
-    if saved.mac != config.mac.0 {
-        return Err(net_err(
-            config,
-            format!(
-                "the state has MAC address {}, the interface {}",
-                crate::net_config::MacAddress(saved.mac),
-                config.mac
-            ),
-        ));
-    }
-    if saved.max_pairs != config.queue_pairs {
-        return Err(net_err(
-            config,
-            format!(
-                "the state has {} queue pairs, the interface {}",
-                saved.max_pairs, config.queue_pairs
-            ),
-        ));
-    }
+    check_fits(&config.id, config.mac.0, config.queue_pairs, saved)?;
     if !activated {
         return Ok(());
     }
     transport
         .set_resume_state(saved.resume.clone())
         .map_err(|e| net_err(config, e))
+}
+
+/// Refuses a saved state of interface `id` for another MAC than `mac` or
+/// another pair count than `max_pairs`: the guest's driver has read both.
+fn check_fits(id: &str, mac: [u8; 6], max_pairs: u16, saved: &NetDeviceState) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(Error::Net {
+            id: id.to_string(),
+            reason,
+        })
+    };
+    if saved.mac != mac {
+        return refuse(format!(
+            "the state has MAC address {}, the interface {}",
+            crate::net_config::MacAddress(saved.mac),
+            crate::net_config::MacAddress(mac)
+        ));
+    }
+    if saved.max_pairs != max_pairs {
+        return refuse(format!(
+            "the state has {} queue pairs, the interface {max_pairs}",
+            saved.max_pairs
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a saved state of interface `id` against the device `transport`
+/// serves now (an in-place revert keeps the device and its taps): its
+/// configuration space holds the MAC and pair count it was built with.
+pub fn check_fits_device(transport: &VirtioMmio, id: &str, saved: &NetDeviceState) -> Result<()> {
+    let mut config = [0u8; NET_CONFIG_SIZE];
+    transport.read_device_config(0, &mut config);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&config[..6]);
+    check_fits(id, mac, u16::from_le_bytes([config[8], config[9]]), saved)
+}
+
+/// Puts a saved state of interface `id` into its device, reset by an
+/// in-place revert and keeping its taps, before the transport's own
+/// restore activates it (`activated`: whether the saved one was active).
+pub fn restore_in_place(
+    transport: &mut VirtioMmio,
+    id: &str,
+    saved: &NetDeviceState,
+    activated: bool,
+) -> Result<()> {
+    check_fits_device(transport, id, saved)?;
+    if !activated {
+        return Ok(());
+    }
+    transport
+        .set_resume_state(saved.resume.clone())
+        .map_err(|reason| Error::Net {
+            id: id.to_string(),
+            reason,
+        })
 }
 
 /// An interface's counters under CH's names (`rx_bytes`, `rx_frames`,
@@ -243,6 +282,32 @@ mod tests {
         let config = crate::net_config::parse_net(&format!("fd={fd}"), 1).expect("spec");
         let err = open_taps(&[config]).err().expect("not a tap").to_string();
         assert!(err.contains("TUNGETIFF"), "{err}");
+    }
+
+    #[test]
+    fn a_state_for_another_mac_or_pair_count_is_refused_in_one_line() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let saved = NetDeviceState {
+            mac,
+            max_pairs: 2,
+            resume: NetResume::default(),
+        };
+        assert!(check_fits("net0", mac, 2, &saved).is_ok());
+        let other_mac = check_fits("net0", [0x52, 0x54, 0, 0, 0, 1], 2, &saved)
+            .expect_err("another MAC")
+            .to_string();
+        assert_eq!(
+            other_mac,
+            "network interface 'net0': the state has MAC address 52:54:00:12:34:56, \
+             the interface 52:54:00:00:00:01"
+        );
+        let other_pairs = check_fits("net0", mac, 4, &saved)
+            .expect_err("another pair count")
+            .to_string();
+        assert!(
+            other_pairs.ends_with("the state has 2 queue pairs, the interface 4"),
+            "{other_pairs}"
+        );
     }
 
     #[test]

@@ -413,6 +413,12 @@ impl VirtioMmio {
         }
     }
 
+    /// The VM was paused for `by`: the device's announcement under way
+    /// comes that much later.
+    pub fn postpone_announce(&mut self, by: std::time::Duration) {
+        self.device.postpone_announce(by);
+    }
+
     /// The device's announcement under way, for a snapshot.
     pub fn saved_announce(&self) -> blockdev::virtio::net::announce::SavedAnnounce {
         self.device.saved_announce()

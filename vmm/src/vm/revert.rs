@@ -9,7 +9,11 @@
 //! then per vCPU CPUID2 first and VCPU_EVENTS last, then RAM, then the
 //! serial port, the GED and each transport (reset as a driver resets
 //! it, then put into the saved state and activated, its queues served
-//! at resume). The state is read and checked ([`in_image::revert_disks`])
+//! at resume). A NIC keeps its device and tap queues: the reset drops
+//! its queue handlers (and what their receive queues stashed), the
+//! saved pairs, stashed chains and announcement are handed to it, and
+//! its transport's restore activates it, so that the resume announces
+//! the guest as after a rebuild. The state is read and checked ([`in_image::revert_disks`])
 //! before anything changes. A failure after that leaves the VM half
 //! reverted: the caller must then drop it and build the VM from the
 //! snapshot instead (reverting a disk to the same snapshot again is
@@ -67,11 +71,9 @@ pub enum InPlaceError {
 
 impl Vm {
     /// Whether [`Vm::revert_in_place`] can revert this VM: it has its
-    /// vCPU threads and device thread, and no interface (a NIC's taps
-    /// and stashed receive chains are restored by a rebuild only).
+    /// vCPU threads and device thread.
     pub fn can_revert_in_place(&self) -> bool {
-        self.nets.is_empty()
-            && self.device_thread.is_some()
+        self.device_thread.is_some()
             && self.exit.reason().is_none()
             && self.vcpus.as_ref().is_some_and(|v| v.all_alive())
     }
@@ -105,6 +107,15 @@ impl Vm {
         // next flush or when the VM closes them, as a rebuilt VM's are.
         let reverted = in_image::check_revert(&self.backends, &self.disks, name, self.summary)
             .map_err(|e| InPlaceError::Unchanged(e.into()))?;
+        // Each interface's state must fit its device (MAC, pairs) before
+        // anything changes.
+        let net_transports = self.transports.iter().skip(self.disks.len());
+        for ((transport, net), saved) in net_transports.zip(&self.nets).zip(&reverted.machine.nets)
+        {
+            let transport = transport.lock().expect("transport lock");
+            crate::devices::net::check_fits_device(&transport, &net.id, saved)
+                .map_err(InPlaceError::Unchanged)?;
+        }
         let partial = |e: StateError| InPlaceError::Partial(e.into());
         in_image::apply_revert(&self.backends, &self.disks, name).map_err(partial)?;
         phases.disks = lap();
@@ -159,9 +170,23 @@ impl Vm {
                 })
             })?;
         self.ged.lock().expect("GED lock").set_events(machine.ged);
-        for (transport, saved) in self.transports.iter().zip(&machine.virtio) {
+        for (slot, (transport, saved)) in self.transports.iter().zip(&machine.virtio).enumerate() {
             let mut transport = transport.lock().expect("transport lock");
             transport.reset_for_restore();
+            // An interface's device takes its saved pairs, stashed
+            // receive chains and announcement first (its taps stay).
+            let net = slot
+                .checked_sub(self.disks.len())
+                .and_then(|n| Some((self.nets.get(n)?, machine.nets.get(n)?)));
+            if let Some((net, saved_net)) = net {
+                crate::devices::net::restore_in_place(
+                    &mut transport,
+                    &net.id,
+                    saved_net,
+                    saved.activated,
+                )
+                .map_err(InPlaceError::Partial)?;
+            }
             transport
                 .restore_state(saved)
                 .map_err(|e| InPlaceError::Partial(Error::GuestFault(e)))?;

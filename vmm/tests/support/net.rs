@@ -231,6 +231,27 @@ impl GuestVm {
         }
         (done, stderr)
     }
+
+    /// Shuts the VMM down (vmm.shutdown, the guest left as it is), waits
+    /// for it to exit and returns its stderr.
+    pub fn shut_down(&mut self) -> String {
+        let _ = vmapi::Client::new(&self.api).vmm_shutdown();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        stderr
+    }
+}
+
+/// Asserts that `stderr` (a VMM's) logged an in-place revert and no
+/// rebuild: the VM kept its KVM VM, devices and taps.
+pub fn assert_reverted_in_place(stderr: &str) {
+    assert!(
+        stderr.contains("vmm: revert in place:") && !stderr.contains("rebuilding the VM"),
+        "the revert was not made in place:\n{stderr}"
+    );
 }
 
 impl Drop for GuestVm {

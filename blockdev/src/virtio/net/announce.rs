@@ -172,6 +172,15 @@ impl AnnounceState {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// The VM was paused for `by`: the next round comes that much later
+    /// (QEMU's announce timer runs on the virtual clock, which stops
+    /// while the VM is stopped).
+    pub fn postpone(&self, by: Duration) {
+        if let Some(due) = self.rounds().due.as_mut() {
+            *due += by;
+        }
+    }
+
     /// A device reset: nothing pending, no rounds left.
     pub fn clear(&self) {
         *self.rounds() = Rounds::default();
@@ -256,6 +265,21 @@ mod tests {
         assert_eq!(fired, ANNOUNCE_ROUNDS);
         assert_eq!(state.next_due(), None);
         assert_eq!(state.saved(), SavedAnnounce::default());
+    }
+
+    #[test]
+    fn a_pause_postpones_the_next_round_by_its_length() {
+        let state = AnnounceState::default();
+        let now = Instant::now();
+        state.postpone(Duration::from_secs(1));
+        assert_eq!(state.next_due(), None, "nothing to postpone");
+        state.start(now);
+        state.postpone(Duration::from_secs(2));
+        assert!(!state.tick(now + Duration::from_millis(1999)));
+        assert!(state.tick(now + Duration::from_secs(2)));
+        // Waiting for the ack: no round is due, none is made due.
+        state.postpone(Duration::from_secs(1));
+        assert_eq!(state.next_due(), Some(None));
     }
 
     #[test]

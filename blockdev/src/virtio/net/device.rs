@@ -435,6 +435,15 @@ impl VirtioNet {
         Ok(())
     }
 
+    /// The VM was paused for `by`: the announcement's next RARP and
+    /// round come that much later, as QEMU's timers on the virtual clock.
+    pub fn postpone_announce(&mut self, by: Duration) {
+        if let Some(due) = self.rarp_due.as_mut() {
+            *due += by;
+        }
+        self.announce.postpone(by);
+    }
+
     /// The announcement under way, for a snapshot.
     pub fn saved_announce(&self) -> SavedAnnounce {
         self.announce.saved()
