@@ -648,7 +648,7 @@ impl Vm {
             let (filled, total) = lazy.progress();
             if filled < total {
                 eprintln!(
-                    "vmm: resuming with {} of {} MiB of guest RAM filled (the rest on demand)",
+                    "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
                     filled >> 20,
                     total >> 20
                 );

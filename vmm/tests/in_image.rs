@@ -173,11 +173,12 @@ fn a_counting_guest_reverts_to_its_in_image_snapshot() {
         .find(|l| l.starts_with("vmm: lazy RAM of snapshot 's1': "))
         .unwrap_or_else(|| panic!("no lazy RAM line: {log}"));
     let on_fault: u64 = loaded
-        .strip_suffix(" segments filled first on a fault")
-        .and_then(|l| l.rsplit(' ').next())
+        .split_once(" faults served: ")
+        .and_then(|(_, rest)| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{loaded}"));
     assert!(on_fault >= 1, "{loaded}");
+    eprintln!("{loaded}");
     let raw = vmm.path("count.raw");
     if let Some(list) = qemu_img(&["snapshot", "-l"], &disk_path) {
         assert!(!list.contains("running"), "{list}");

@@ -13,9 +13,6 @@ use crate::state::memory::PAGE;
 use crate::state::record::{check_header, read_record, RecordKind, HEADER_LEN};
 use crate::state::StateError;
 
-/// The largest zero segment: a fault in a long zero range maps the zero
-/// page over this much at most.
-pub const ZERO_SEGMENT: u64 = 2 << 20;
 /// The most bytes a configuration or end record may have.
 const SMALL_RECORD: u32 = 4096;
 
@@ -153,20 +150,17 @@ pub fn build(
     Ok((fill_gaps(&runs, &ranges), bytes))
 }
 
-/// The runs (ascending, inside `ranges`) with zero segments of at most
-/// [`ZERO_SEGMENT`] bytes between them, covering every range.
+/// The runs (ascending, inside `ranges`) with a zero segment in each
+/// gap, covering every range.
 fn fill_gaps(runs: &[Segment], ranges: &[(u64, u64)]) -> Vec<Segment> {
     let mut out = Vec::with_capacity(runs.len() * 2 + 2);
     let zeros = |from: u64, to: u64, out: &mut Vec<Segment>| {
-        let mut at = from;
-        while at < to {
-            let len = (to - at).min(ZERO_SEGMENT);
+        if from < to {
             out.push(Segment {
-                start: at,
-                len,
+                start: from,
+                len: to - from,
                 record: None,
             });
-            at += len;
         }
     };
     let mut next = runs.iter().peekable();
@@ -240,7 +234,6 @@ mod tests {
         let mut at = 0;
         for s in &segments {
             assert_eq!(s.start, at);
-            assert!(s.record.is_some() || s.len <= ZERO_SEGMENT);
             at += s.len;
         }
         assert_eq!(at, memory);

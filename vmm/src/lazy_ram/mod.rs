@@ -12,7 +12,10 @@
 //!   stream position, checked as the eager reader checks the stream
 //!   (bounded lengths, RAM inside the VM's ranges, ascending runs without
 //!   overlap, the end record's count, nothing after it). Pages in no
-//!   record are zero and are served with UFFDIO_ZEROPAGE.
+//!   record are zero: a fault there is served with UFFDIO_ZEROPAGE of
+//!   that page, and the loader leaves them alone (once it unregisters
+//!   the RAM, a missing page faults in as a zeroed page, as in a fresh
+//!   mapping; so the next snapshot's mincore still skips them).
 //! - **Checksums:** every record carries its own CRC (the state format is
 //!   unchanged, version 1; old snapshots load lazily too). A record is
 //!   read whole and its CRC checked before any of its pages is filled.
@@ -23,10 +26,9 @@
 //!   images as a kill does: clean (the kill -9 snapshot tests prove
 //!   that), since the loader only reads.
 //! - **Faults first:** one thread does both jobs, serving every fault
-//!   waiting before it fills the next segment in order, so a fault waits
-//!   at most for one segment (a record is at most 4 MiB; a zero segment
-//!   [`index::ZERO_SEGMENT`]). A fault fills its whole segment (the CRC
-//!   covers the whole record anyway).
+//!   waiting before it fills the next record in order, so a fault waits
+//!   at most for one record (at most 4 MiB). A fault in a record fills
+//!   the whole record (its CRC covers all of it anyway).
 //! - **Its own image:** the loader reads through a Qcow2 of its own
 //!   (opened read-only, unlocked, as a fork's reader is), never through
 //!   the VM's disk: a device thread holding that disk's locks may itself
@@ -142,7 +144,11 @@ impl LazyRam {
         }
         let progress = Arc::new(Progress {
             filled: AtomicU64::new(0),
-            total: ranges.iter().map(|r| r.2).sum(),
+            total: segments
+                .iter()
+                .filter(|s| s.record.is_some())
+                .map(|s| s.len)
+                .sum(),
         });
         let loader = Loader {
             uffd,
@@ -219,13 +225,14 @@ impl Loader {
         }
         match self.fill_all(source.as_ref()) {
             Ok(report) => eprintln!(
-                "vmm: lazy RAM of snapshot '{}': {} MiB of records and {} MiB of zero pages filled in {:.1} ms, {} faults served, {} segments filled first on a fault",
+                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault",
                 self.label,
                 report.record_bytes >> 20,
-                report.zero_bytes >> 20,
+                report.records,
                 self.started.elapsed().as_secs_f64() * 1e3,
                 report.faults,
-                report.on_fault
+                report.on_fault,
+                report.zero_pages
             ),
             Err(e) => fatal(&e),
         }
@@ -253,7 +260,19 @@ impl Loader {
                 let i = index::find(&self.segments, guest).ok_or_else(|| {
                     StateError::Write(format!("a fault at {guest:#x}, in no segment"))
                 })?;
-                if done[i] {
+                if self.segments[i].record.is_none() {
+                    let page = host & !(crate::state::memory::PAGE as u64 - 1);
+                    let one = crate::state::memory::PAGE as u64;
+                    match self.uffd.zero(page, one) {
+                        Ok(uffd::Filled::All) => report.zero_pages += 1,
+                        // Mapped on an earlier message for the same page.
+                        Ok(uffd::Filled::SomePresent) => self
+                            .uffd
+                            .wake(page, one)
+                            .map_err(|e| io("waking a fault", e))?,
+                        Err(e) => return Err(io("mapping a zero page", e)),
+                    }
+                } else if done[i] {
                     // Filled since the fault was queued: the filling woke
                     // it; waking again is harmless.
                     let page = host & !(crate::state::memory::PAGE as u64 - 1);
@@ -277,7 +296,7 @@ impl Loader {
                 }
                 next_at = now + pace;
             }
-            if !done[next] {
+            if !done[next] && self.segments[next].record.is_some() {
                 self.fill(source, &self.segments[next], &mut buf, &mut report)?;
                 done[next] = true;
             }
@@ -305,8 +324,8 @@ impl Loader {
             })
     }
 
-    /// Fills one segment: its record read and checked, then copied; or
-    /// zero pages.
+    /// Fills one record's segment: the record read and checked, then
+    /// copied.
     fn fill(
         &self,
         source: &(dyn StreamSource + Send),
@@ -319,18 +338,10 @@ impl Loader {
             StateError::Write(format!("filling guest RAM at {:#x}: {e}", segment.start))
         };
         let Some(pos) = segment.record else {
-            if self.uffd.zero(host, segment.len).map_err(io)? == uffd::Filled::SomePresent {
-                for page in (0..segment.len).step_by(crate::state::memory::PAGE) {
-                    self.uffd
-                        .zero(host + page, crate::state::memory::PAGE as u64)
-                        .map_err(io)?;
-                }
-            }
-            report.zero_bytes += segment.len;
-            self.progress
-                .filled
-                .fetch_add(segment.len, Ordering::Relaxed);
-            return Ok(());
+            return Err(StateError::Layout(format!(
+                "no record holds guest RAM at {:#x}",
+                segment.start
+            )));
         };
         let total = HEADER_LEN + 8 + segment.len as usize;
         buf.clear();
@@ -357,6 +368,7 @@ impl Loader {
             }
         }
         report.record_bytes += segment.len;
+        report.records += 1;
         self.progress
             .filled
             .fetch_add(segment.len, Ordering::Relaxed);
@@ -368,7 +380,8 @@ impl Loader {
 #[derive(Debug, Default)]
 struct Report {
     record_bytes: u64,
-    zero_bytes: u64,
+    records: u64,
+    zero_pages: u64,
     faults: u64,
     on_fault: u64,
 }
