@@ -85,9 +85,12 @@ pub fn wanted() -> bool {
     std::env::var_os(EAGER_ENV).is_none_or(|v| v.is_empty() || v == "0")
 }
 
-/// Opens the loader's own reader of the stream (on the loader thread,
-/// before its seccomp filter).
-pub type OpenSource = Box<dyn FnOnce() -> Result<Box<dyn StreamSource + Send>, StateError> + Send>;
+/// The loader's own reader of the stream. It is made (and its image
+/// opened) by the thread that starts the loader: what it allocates then
+/// is freed back to that thread's arena, not shrunk from the loader's
+/// own under its seccomp filter (glibc's first arena shrink opens a
+/// /proc file).
+pub type Source = Box<dyn StreamSource + Send>;
 
 /// A VM's RAM being loaded lazily: the loader thread.
 pub struct LazyRam {
@@ -116,19 +119,20 @@ fn host_ranges(mem: &GuestMemoryMmap) -> Result<Vec<(u64, u64, u64)>, StateError
         .collect()
 }
 
-impl LazyRam {
+/// Guest RAM registered with a userfaultfd, its loader not started yet.
+pub struct Registered {
+    uffd: uffd::Uffd,
+    ranges: Vec<(u64, u64, u64)>,
+    mem: GuestMemoryMmap,
+    started: Instant,
+}
+
+impl Registered {
     /// Registers `mem` (whose pages must all be missing: freshly mapped or
-    /// discarded) with a new userfaultfd and starts the loader, which
-    /// fills it from the stream indexed as `segments`, read through what
-    /// `open` returns. `label` names the snapshot in messages. An error
-    /// leaves `mem` unregistered (the caller loads it eagerly).
-    pub fn start(
-        mem: &GuestMemoryMmap,
-        segments: Vec<Segment>,
-        open: OpenSource,
-        seccomp: bool,
-        label: String,
-    ) -> Result<LazyRam, StateError> {
+    /// discarded) with a new userfaultfd: from now on a missing page
+    /// waits for the loader. An error leaves `mem` unregistered (the
+    /// caller loads it eagerly).
+    pub fn new(mem: &GuestMemoryMmap) -> Result<Registered, StateError> {
         let started = Instant::now();
         let ranges = host_ranges(mem)?;
         let uffd = uffd::Uffd::new().map_err(|e| StateError::Write(format!("userfaultfd: {e}")))?;
@@ -142,6 +146,30 @@ impl LazyRam {
                 )));
             }
         }
+        Ok(Registered {
+            uffd,
+            ranges,
+            mem: mem.clone(),
+            started,
+        })
+    }
+
+    /// Starts the loader, which fills the RAM from the stream indexed as
+    /// `segments`, read through `source`. `label` names the snapshot in
+    /// messages.
+    pub fn start(
+        self,
+        segments: Vec<Segment>,
+        source: Source,
+        seccomp: bool,
+        label: String,
+    ) -> Result<LazyRam, StateError> {
+        let Registered {
+            uffd,
+            ranges,
+            mem,
+            started,
+        } = self;
         let progress = Arc::new(Progress {
             filled: AtomicU64::new(0),
             total: segments
@@ -158,18 +186,20 @@ impl LazyRam {
             started,
             pace: pace(),
             progress: progress.clone(),
-            _mem: mem.clone(),
+            _mem: mem,
         };
         let thread = std::thread::Builder::new()
             .name("ram loader".into())
-            .spawn(move || loader.run(open, seccomp))
+            .spawn(move || loader.run(source, seccomp))
             .map_err(|e| StateError::Write(format!("starting the RAM loader: {e}")))?;
         Ok(LazyRam {
             thread: Mutex::new(Some(thread)),
             progress,
         })
     }
+}
 
+impl LazyRam {
     /// Bytes of guest RAM filled so far, and in all.
     pub fn progress(&self) -> (u64, u64) {
         (
@@ -209,7 +239,7 @@ struct Loader {
 }
 
 impl Loader {
-    fn run(self, open: OpenSource, seccomp: bool) {
+    fn run(self, source: Source, seccomp: bool) {
         let fatal = |e: &dyn std::fmt::Display| -> ! {
             eprintln!(
                 "vmm: guest RAM of snapshot '{}' cannot be loaded: {e}; stopping the VM",
@@ -217,13 +247,15 @@ impl Loader {
             );
             std::process::exit(1)
         };
-        let source = open().unwrap_or_else(|e| fatal(&e));
+        let mut buf =
+            uffd::PageBuffer::new(HEADER_LEN + crate::state::record::MAX_PAYLOAD as usize)
+                .unwrap_or_else(|e| fatal(&format!("a buffer: {e}")));
         if seccomp {
             if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::RamLoader) {
                 fatal(&e);
             }
         }
-        match self.fill_all(source.as_ref()) {
+        match self.fill_all(source.as_ref(), &mut buf) {
             Ok(report) => eprintln!(
                 "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault",
                 self.label,
@@ -244,9 +276,12 @@ impl Loader {
     }
 
     /// Serves faults first, then fills the next segment, until all are.
-    fn fill_all(&self, source: &(dyn StreamSource + Send)) -> Result<Report, StateError> {
+    fn fill_all(
+        &self,
+        source: &(dyn StreamSource + Send),
+        buf: &mut uffd::PageBuffer,
+    ) -> Result<Report, StateError> {
         let mut done = vec![false; self.segments.len()];
-        let mut buf = Vec::new();
         let mut report = Report::default();
         let mut next = 0;
         let mut next_at = Instant::now();
@@ -280,7 +315,7 @@ impl Loader {
                         .wake(page, crate::state::memory::PAGE as u64)
                         .map_err(|e| io("waking a fault", e))?;
                 } else {
-                    self.fill(source, &self.segments[i], &mut buf, &mut report)?;
+                    self.fill(source, &self.segments[i], buf, &mut report)?;
                     done[i] = true;
                     report.on_fault += 1;
                 }
@@ -297,7 +332,7 @@ impl Loader {
                 next_at = now + pace;
             }
             if !done[next] && self.segments[next].record.is_some() {
-                self.fill(source, &self.segments[next], &mut buf, &mut report)?;
+                self.fill(source, &self.segments[next], buf, &mut report)?;
                 done[next] = true;
             }
             next += 1;
@@ -330,7 +365,7 @@ impl Loader {
         &self,
         source: &(dyn StreamSource + Send),
         segment: &Segment,
-        buf: &mut Vec<u8>,
+        buf: &mut uffd::PageBuffer,
         report: &mut Report,
     ) -> Result<(), StateError> {
         let host = self.host_of(segment.start)?;
@@ -344,8 +379,13 @@ impl Loader {
             )));
         };
         let total = HEADER_LEN + 8 + segment.len as usize;
-        buf.clear();
-        buf.resize(total, 0);
+        let buf = buf.slice(total);
+        if buf.len() < total {
+            return Err(StateError::TooLong {
+                kind: crate::state::record::RecordKind::Ram as u16,
+                length: total as u64,
+            });
+        }
         source.read_at(pos, buf)?;
         let head: &[u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("20 bytes");
         let header = check_header(head, pos)?;
@@ -422,15 +462,24 @@ pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateErr
         .map_err(image_err)
 }
 
+/// The image a lazy load reads: the caller's own (a fork's reader), or
+/// the VM's disk, which the loader opens again for itself (read-only,
+/// unlocked) at `path`.
+pub enum Image<'a> {
+    /// An image the loader may keep.
+    Owned(Box<qcow::image::Qcow2>),
+    /// The VM's disk and its path.
+    Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
+}
+
 /// Guest RAM `mem` of a VM configured as `vm` set up from the RAM stream
-/// `[start, end)` of snapshot `snapshot` in `image` (the image at `path`):
-/// lazily when [`wanted`] and userfaultfd works, else read now (`over`:
-/// `mem` holds another guest's RAM). Returns the loader if lazy, and the
-/// bytes of RAM the stream holds.
+/// at `place` of snapshot `snapshot` in `image`: lazily when [`wanted`]
+/// and userfaultfd works, else read now (`over`: `mem` holds another
+/// guest's RAM). Returns the loader if lazy, and the bytes of RAM the
+/// stream holds.
 #[allow(clippy::too_many_arguments)]
 pub fn load(
-    image: &qcow::image::Qcow2,
-    path: &std::path::Path,
+    image: Image<'_>,
     snapshot: &str,
     place: crate::state::image::RamPlace,
     vm: crate::state::machine::ConfigSummary,
@@ -438,34 +487,47 @@ pub fn load(
     over: bool,
     seccomp: bool,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
-    if wanted() {
-        let (start, end) = place.stream();
-        let borrowed = AreaSource {
-            image,
-            snapshot: snapshot.to_string(),
+    let read_now = |image: &qcow::image::Qcow2, over: bool| {
+        crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
+    };
+    if !wanted() {
+        let image: &qcow::image::Qcow2 = match &image {
+            Image::Owned(q) => q,
+            Image::Disk(q, _) => q,
         };
-        let (segments, bytes) = index::build(&borrowed, start, end, vm)?;
-        if over {
-            discard_all(mem)?;
-        }
-        let (path, name) = (path.to_path_buf(), snapshot.to_string());
-        let open: OpenSource = Box::new(move || {
-            let image = open_image(&path)?;
-            Ok(Box::new(AreaSource {
-                image,
-                snapshot: name,
-            }) as Box<dyn StreamSource + Send>)
-        });
-        match LazyRam::start(mem, segments, open, seccomp, snapshot.to_string()) {
-            Ok(lazy) => return Ok((Some(lazy), bytes)),
-            Err(e) => eprintln!("vmm: {e}; loading guest RAM now"),
-        }
-        // `mem` is all zero now: loaded as fresh RAM.
-        let bytes = crate::state::image::read_memory(image, snapshot, place, vm, mem, false)?;
-        return Ok((None, bytes));
+        return Ok((None, read_now(image, over)?));
     }
-    let bytes = crate::state::image::read_memory(image, snapshot, place, vm, mem, over)?;
-    Ok((None, bytes))
+    let own = match image {
+        Image::Owned(q) => q,
+        Image::Disk(_, path) => Box::new(open_image(path)?),
+    };
+    let (start, end) = place.stream();
+    let (segments, bytes) = index::build(
+        &AreaSource {
+            image: own.as_ref(),
+            snapshot: snapshot.to_string(),
+        },
+        start,
+        end,
+        vm,
+    )?;
+    if over {
+        discard_all(mem)?;
+    }
+    let registered = match Registered::new(mem) {
+        Ok(registered) => registered,
+        Err(e) => {
+            // `mem` is all zero now (fresh, or discarded): read as fresh.
+            eprintln!("vmm: {e}; loading guest RAM now");
+            return Ok((None, read_now(&own, false)?));
+        }
+    };
+    let source: Source = Box::new(AreaSource {
+        image: *own,
+        snapshot: snapshot.to_string(),
+    });
+    let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
+    Ok((Some(lazy), bytes))
 }
 
 #[cfg(test)]
@@ -508,9 +570,11 @@ mod tests {
         assert_eq!(bytes, 4 * 4096);
         let mem = crate::vm::map_guest_memory(size).unwrap();
         let shared = stream.clone();
-        let open: OpenSource = Box::new(move || Ok(Box::new(Shared(shared)) as _));
-        let lazy = match LazyRam::start(&mem, segments, open, false, "t".into()) {
-            Ok(lazy) => lazy,
+        let source: Source = Box::new(Shared(shared));
+        let lazy = match Registered::new(&mem) {
+            Ok(registered) => registered
+                .start(segments, source, false, "t".into())
+                .unwrap(),
             Err(e) => {
                 eprintln!("userfaultfd unavailable here ({e}): skipped");
                 return;

@@ -238,6 +238,60 @@ impl Uffd {
     }
 }
 
+/// A buffer of its own anonymous mapping, outside malloc: the loader
+/// reads each record into it. (A multi-MiB buffer from malloc, freed
+/// under the loader's seccomp filter, can make glibc shrink a thread
+/// arena, whose first shrink opens /proc/sys/vm/overcommit_memory: a
+/// call the filter kills the process for.)
+pub struct PageBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by the buffer alone and reached only
+// through `&mut self`.
+unsafe impl Send for PageBuffer {}
+
+impl PageBuffer {
+    /// A zeroed buffer of `len` bytes.
+    pub fn new(len: usize) -> io::Result<PageBuffer> {
+        // SAFETY: a new private anonymous mapping at an address the
+        // kernel picks; nothing of ours is passed.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PageBuffer {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Its first `n` bytes (at most its length).
+    pub fn slice(&mut self, n: usize) -> &mut [u8] {
+        // SAFETY: [ptr, ptr + len) is our live read-write mapping and
+        // `&mut self` makes this the only reference into it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, n.min(self.len)) }
+    }
+}
+
+impl Drop for PageBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which no
+        // reference outlives (slices borrow `self`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 fn filled(rc: libc::c_int) -> io::Result<Filled> {
     if rc == 0 {
         return Ok(Filled::All);

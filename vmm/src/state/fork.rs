@@ -104,8 +104,7 @@ pub fn read(
     let area = super::image::read_machine(&image, &source.snapshot, vm)?;
     let mem = crate::vm::map_guest_memory(vm.memory)?;
     let (lazy, _) = crate::lazy_ram::load(
-        &image,
-        path,
+        crate::lazy_ram::Image::Owned(Box::new(image)),
         &source.snapshot,
         area.ram,
         vm,
