@@ -647,12 +647,13 @@ impl Controller {
             nets: config.net.len() as u32,
         };
         let macs: Vec<[u8; 6]> = config.net.iter().map(|n| n.mac.0).collect();
-        let (mut machine, mem) = crate::state::fork::read(source, summary)?;
+        let (mut machine, mem, lazy) = crate::state::fork::read(source, summary, config.seccomp)?;
         crate::state::fork::set_macs(&mut machine, &macs);
         let shell = crate::kvm_shell::KvmShell::create(config.cpus, mem)?;
         self.build(BuildFrom::Migration(Box::new(machine), shell))?;
         // A fork is a new generation of the guest (a migration is not).
-        if let Some(vm) = &self.vm {
+        if let Some(vm) = &mut self.vm {
+            vm.set_lazy_ram(lazy);
             vm.new_generation()?;
         }
         Ok(())

@@ -17,6 +17,8 @@
 //!   events); [`api_server`]: the API thread on `--api-socket`.
 //! - [`serial_sink`]: where the serial port goes (terminal, file, socket).
 //! - [`migration`]: live migration (pre-copy), source and destination.
+//! - [`lazy_ram`]: guest RAM loaded on demand (userfaultfd) after a
+//!   revert or a fork.
 
 pub mod acpi;
 pub mod api_server;
@@ -29,6 +31,7 @@ pub mod devices;
 pub mod error;
 pub mod kvm_shell;
 pub mod layout;
+pub mod lazy_ram;
 pub mod migration;
 pub mod net_config;
 pub mod seccomp;

@@ -28,7 +28,9 @@
 //! - the API thread and the console thread: accepting on their socket,
 //!   reading the peer's credentials, socket timeouts, reads and writes
 //!   (`recvmsg` for tap descriptors handed over with vm.create),
-//!   `ioctl(FIONBIO)` to make a console client non-blocking.
+//!   `ioctl(FIONBIO)` to make a console client non-blocking;
+//! - the lazy RAM loader: the userfaultfd ioctls that fill and wake
+//!   pages and unregister the RAM at the end (`lazy_ram`).
 
 use std::collections::BTreeMap;
 
@@ -53,6 +55,8 @@ pub enum ThreadKind {
     Api,
     /// The serial console's socket thread.
     Console,
+    /// The lazy RAM loader (`lazy_ram`): reads the snapshot, fills pages.
+    RamLoader,
 }
 
 /// System calls every thread may make.
@@ -194,6 +198,12 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
                     .map_err(err)?;
             rules.insert(libc::SYS_ioctl, vec![fionbio]);
         }
+        ThreadKind::RamLoader => {
+            rules.insert(
+                libc::SYS_ioctl,
+                ioctl_rules(&crate::lazy_ram::LOADER_IOCTLS).map_err(err)?,
+            );
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -224,6 +234,7 @@ mod tests {
             ThreadKind::Devices,
             ThreadKind::Api,
             ThreadKind::Console,
+            ThreadKind::RamLoader,
         ] {
             assert!(build(kind).unwrap().len() > COMMON.len());
         }

@@ -94,6 +94,11 @@ pub struct Vm {
     started: Instant,
     transports: Vec<Arc<Mutex<VirtioMmio>>>,
     nets: Vec<crate::devices::net::NetDevice>,
+    /// The loader of RAM still being filled lazily (a revert in place,
+    /// a fork), if any: settled before anything needs the whole RAM.
+    lazy_ram: Option<crate::lazy_ram::LazyRam>,
+    /// Whether the VM's threads run under seccomp filters.
+    seccomp: bool,
     mem: GuestMemoryMmap,
     msr_indices: Vec<u32>,
     summary: ConfigSummary,
@@ -576,6 +581,8 @@ impl Vm {
             started: hooks.started,
             transports,
             nets,
+            lazy_ram: None,
+            seccomp: config.seccomp,
             mem: context_mem,
             msr_indices,
             summary,
@@ -651,6 +658,16 @@ impl Vm {
             }
         }
         crate::devices::announcer::spawn(announcing, self.announce_gate.clone());
+        if let Some(lazy) = &self.lazy_ram {
+            let (filled, total) = lazy.progress();
+            if filled < total {
+                eprintln!(
+                    "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
+                    filled >> 20,
+                    total >> 20
+                );
+            }
+        }
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
         }
@@ -681,9 +698,26 @@ impl Vm {
         &self.write_trackers
     }
 
+    /// Waits until RAM loaded lazily ([`crate::lazy_ram`]) is whole: before
+    /// anything reads all of it, changes or frees the snapshot it comes
+    /// from, or ends the VM.
+    pub fn settle_ram(&self) {
+        if let Some(lazy) = &self.lazy_ram {
+            lazy.settle();
+        }
+    }
+
+    /// Hands this VM the loader of its RAM (a fork's, started before the
+    /// VM was built).
+    pub fn set_lazy_ram(&mut self, lazy: Option<crate::lazy_ram::LazyRam>) {
+        self.settle_ram();
+        self.lazy_ram = lazy;
+    }
+
     /// The paused VM's state but its RAM: every vCPU, KVM's VM-wide
-    /// state and the devices.
+    /// state and the devices (RAM loaded lazily is settled first).
     pub fn save_machine(&self) -> Result<MachineState> {
+        self.settle_ram();
         let vcpus = self
             .vcpus
             .as_ref()
@@ -802,6 +836,7 @@ impl Vm {
     /// stops its threads and leaves its disks exactly as they are, with
     /// no flush or clean mark written (the destination owns them now).
     pub fn abandon(mut self) {
+        self.settle_ram();
         for backend in &self.backends {
             // The last reference would flush on drop: keep one for the
             // rest of the process.
@@ -858,6 +893,7 @@ impl Vm {
     }
 
     fn halt(&mut self) -> Result<RunTimes> {
+        self.settle_ram();
         if let Some(vcpus) = self.vcpus.take() {
             vcpus.stop();
         }
@@ -903,6 +939,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        self.settle_ram();
         if let Some(vcpus) = self.vcpus.take() {
             vcpus.stop();
         }

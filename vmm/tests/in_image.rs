@@ -84,7 +84,10 @@ fn one_line_500(err: vmapi::Error) -> String {
 fn a_counting_guest_reverts_to_its_in_image_snapshot() {
     require_kvm!();
     let guest = build_guest();
-    let mut vmm = ApiVmm::start(&[]);
+    // RAM after the revert is filled lazily, and the background filling
+    // paced (one segment per 20 ms), so the guest runs before its RAM is
+    // read and its first touches are served on demand.
+    let mut vmm = ApiVmm::start_with_env(&[], &[("VMM_LAZY_RAM_PACE_MS", "20")]);
     let client = vmm.client();
     let disk_path = vmm.path("count.qcow2");
     make_qcow2(&disk_path, 1 << 20);
@@ -162,6 +165,20 @@ fn a_counting_guest_reverts_to_its_in_image_snapshot() {
     // The revert kept the VM (its state set into the same KVM VM).
     assert!(log.contains("vmm: revert in place: "), "{log}");
     assert!(!log.contains("rebuilding the VM"), "{log}");
+    // Lazily: the guest resumed before its RAM was whole, and pages it
+    // touched first were filled on its faults.
+    assert!(log.contains("vmm: resuming with "), "{log}");
+    let loaded = log
+        .lines()
+        .find(|l| l.starts_with("vmm: lazy RAM of snapshot 's1': "))
+        .unwrap_or_else(|| panic!("no lazy RAM line: {log}"));
+    let on_fault: u64 = loaded
+        .split_once(" faults served: ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{loaded}"));
+    assert!(on_fault >= 1, "{loaded}");
+    eprintln!("{loaded}");
     let raw = vmm.path("count.raw");
     if let Some(list) = qemu_img(&["snapshot", "-l"], &disk_path) {
         assert!(!list.contains("running"), "{list}");

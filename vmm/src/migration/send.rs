@@ -141,6 +141,8 @@ struct Progress {
 /// must be abandoned ([`Vm::abandon`]); on failure `vm` is as it was.
 pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<SendReport> {
     let mut progress = Progress::default();
+    // The first pass reads all of RAM: a lazy load finishes first.
+    vm.settle_ram();
     let result = run(vm, config_json, options, &mut progress);
     if result.is_err() {
         if progress.unlocked {

@@ -85,11 +85,17 @@ fn percent_decode(text: &str) -> Result<String, StateError> {
 }
 
 /// Reads and checks the state of `source` for a VM configured as `vm`:
-/// its machine, and its RAM in newly mapped guest memory.
+/// its machine, and its RAM in newly mapped guest memory, loaded lazily
+/// ([`crate::lazy_ram`], the loader returned) when it can be.
 pub fn read(
     source: &ForkSource,
     vm: ConfigSummary,
-) -> crate::error::Result<(MachineState, GuestMemoryMmap)> {
+    seccomp: bool,
+) -> crate::error::Result<(
+    MachineState,
+    GuestMemoryMmap,
+    Option<crate::lazy_ram::LazyRam>,
+)> {
     let path = &source.image;
     let image_err = |e: qcow::Error| url_err(format!("image '{}': {e}", path.display()));
     let storage = qcow::fs::open_storage(path, false).map_err(image_err)?;
@@ -97,8 +103,16 @@ pub fn read(
         .map_err(image_err)?;
     let area = super::image::read_machine(&image, &source.snapshot, vm)?;
     let mem = crate::vm::map_guest_memory(vm.memory)?;
-    super::image::read_memory(&image, &source.snapshot, area.ram, vm, &mem, false)?;
-    Ok((area.machine, mem))
+    let (lazy, _) = crate::lazy_ram::load(
+        crate::lazy_ram::Image::Owned(Box::new(image)),
+        &source.snapshot,
+        area.ram,
+        vm,
+        &mem,
+        false,
+        seccomp,
+    )?;
+    Ok((area.machine, mem, lazy))
 }
 
 /// Gives each interface's restored state the MAC address its new

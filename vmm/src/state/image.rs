@@ -156,6 +156,13 @@ pub struct RamPlace {
     state_size: u64,
 }
 
+impl RamPlace {
+    /// The RAM stream's start and end in the area.
+    pub fn stream(&self) -> (u64, u64) {
+        (self.ram_start, self.state_size)
+    }
+}
+
 /// Reads and checks the machine state of snapshot `name` in `image`,
 /// for a VM configured as `vm`.
 pub fn read_machine(image: &Qcow2, name: &str, vm: ConfigSummary) -> Result<AreaState, StateError> {

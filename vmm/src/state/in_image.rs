@@ -313,6 +313,8 @@ pub fn read_memory(
 /// the first disk (its state) first.
 pub fn delete(vm: &Vm, name: &str) -> Result<usize, StateError> {
     check_name(name)?;
+    // RAM loaded lazily may still be read from this snapshot.
+    vm.settle_ram();
     let (disks, backends) = vm.disks();
     let mut deleted = 0;
     for (disk, q) in writable_images(disks, backends) {

@@ -208,26 +208,12 @@ pub fn read_record_into<R: Read>(
             Err(e) => return Err(StateError::read(e)),
         }
     }
-    if head[..4] != RECORD_MAGIC {
-        return Err(StateError::BadMagic { offset: *offset });
-    }
-    let version = u16::from_le_bytes([head[4], head[5]]);
-    if version != RECORD_VERSION {
-        return Err(StateError::Version {
-            offset: *offset,
-            version,
-        });
-    }
-    let code = u16::from_le_bytes([head[6], head[7]]);
-    let index = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    let length = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
-    if length > MAX_PAYLOAD {
-        return Err(StateError::TooLong {
-            kind: code,
-            length: u64::from(length),
-        });
-    }
+    let RecordHeader {
+        code,
+        index,
+        length,
+        crc,
+    } = check_header(&head, *offset)?;
     let mut payload = spare;
     payload.clear();
     payload.resize(length as usize, 0);
@@ -238,10 +224,7 @@ pub fn read_record_into<R: Read>(
             StateError::read(e)
         }
     })?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&head[..16]);
-    hasher.update(&payload);
-    if hasher.finalize() != crc {
+    if record_crc(&head, &payload) != crc {
         return Err(StateError::Checksum { offset: *offset });
     }
     let kind = RecordKind::from_code(code).ok_or(StateError::UnknownKind {
@@ -254,6 +237,54 @@ pub fn read_record_into<R: Read>(
         index,
         payload,
     }))
+}
+
+/// A record header's fields, checked by [`check_header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The kind code (not yet known to be a [`RecordKind`]).
+    pub code: u16,
+    /// Which vCPU or device.
+    pub index: u32,
+    /// Payload bytes, at most [`MAX_PAYLOAD`].
+    pub length: u32,
+    /// The CRC the header and payload must have.
+    pub crc: u32,
+}
+
+/// Checks the magic, the version and the length bound of the record
+/// header `head` found at `offset` (the CRC needs the payload: see
+/// [`record_crc`]).
+pub fn check_header(head: &[u8; HEADER_LEN], offset: u64) -> Result<RecordHeader, StateError> {
+    if head[..4] != RECORD_MAGIC {
+        return Err(StateError::BadMagic { offset });
+    }
+    let version = u16::from_le_bytes([head[4], head[5]]);
+    if version != RECORD_VERSION {
+        return Err(StateError::Version { offset, version });
+    }
+    let code = u16::from_le_bytes([head[6], head[7]]);
+    let length = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+    if length > MAX_PAYLOAD {
+        return Err(StateError::TooLong {
+            kind: code,
+            length: u64::from(length),
+        });
+    }
+    Ok(RecordHeader {
+        code,
+        index: u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")),
+        length,
+        crc: u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")),
+    })
+}
+
+/// The CRC a record with header `head` and payload `payload` must carry.
+pub fn record_crc(head: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&head[..16]);
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 /// A bounded little-endian reader over one record's payload.

@@ -100,6 +100,8 @@ impl Vm {
                 "this VM is reverted by a rebuild".into(),
             )));
         }
+        // The RAM of an earlier revert may still come from its snapshot.
+        self.settle_ram();
         self.pause().map_err(InPlaceError::Unchanged)?;
         phases.pause = lap();
         // The state is read and checked (a refusal changes nothing), then
@@ -149,15 +151,23 @@ impl Vm {
             saved.restore(&fd).map_err(partial)?;
         }
         phases.kvm = lap();
-        phases.ram_bytes = in_image::read_memory(
-            &self.backends,
+        // RAM: indexed now and filled lazily (crate::lazy_ram) when it
+        // can be, else read now over the replaced guest's.
+        let first = self.backends[0]
+            .qcow2()
+            .ok_or_else(|| partial(StateError::InImage("the first disk is not qcow2".into())))?;
+        let (lazy, bytes) = crate::lazy_ram::load(
+            crate::lazy_ram::Image::Disk(first, &self.disks[0].path),
             name,
-            &reverted.ram,
-            machine,
+            reverted.ram,
+            machine.config,
             &self.mem,
             true,
+            self.seccomp,
         )
         .map_err(partial)?;
+        self.lazy_ram = lazy;
+        phases.ram_bytes = bytes;
         phases.ram = lap();
         self.serial
             .lock()

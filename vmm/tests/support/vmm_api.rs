@@ -20,6 +20,11 @@ impl ApiVmm {
     /// Starts `vmm --api-socket path=DIR/api.sock` plus `extra` and waits
     /// for the socket.
     pub fn start(extra: &[&str]) -> ApiVmm {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`ApiVmm::start`] with `env` added to the VMM's environment.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> ApiVmm {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("api.sock");
         let log = std::fs::File::create(dir.path().join("vmm.log")).expect("log");
@@ -27,6 +32,7 @@ impl ApiVmm {
             .arg("--api-socket")
             .arg(format!("path={}", socket.display()))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,0 +1,596 @@
+//! Lazy guest RAM: a VM restored from a snapshot's RAM stream (an
+//! in-place revert, a fork from `qcow2-image://PATH#SNAP`) resumes before
+//! its RAM is read, as Firecracker's snapshot restore with its UFFD
+//! backend does. Its RAM is registered with a userfaultfd ([`uffd`]); a
+//! page the guest (or a device, or KVM) touches first waits until the
+//! loader thread fills it, and the loader fills every other page in the
+//! background meanwhile, so the VM is whole again soon after.
+//!
+//! How it is settled:
+//! - **The index** ([`index`]): the stream's record headers only are read
+//!   before the guest resumes (payloads skipped), giving guest range →
+//!   stream position, checked as the eager reader checks the stream
+//!   (bounded lengths, RAM inside the VM's ranges, ascending runs without
+//!   overlap, the end record's count, nothing after it). Pages in no
+//!   record are zero: a fault there is served with UFFDIO_ZEROPAGE of
+//!   that page, and the loader leaves them alone (once it unregisters
+//!   the RAM, a missing page faults in as a zeroed page, as in a fresh
+//!   mapping; so the next snapshot's mincore still skips them).
+//! - **Checksums:** every record carries its own CRC (the state format is
+//!   unchanged, version 1; old snapshots load lazily too). A record is
+//!   read whole and its CRC checked before any of its pages is filled.
+//!   A mismatch (or a read error) cannot be answered with data: the
+//!   faulting thread would wait for ever, and zeros would let the guest
+//!   run on wrong memory and write it to its disks. So the loader prints
+//!   one line and ends the VMM at once (`exit(1)`), which leaves the
+//!   images as a kill does: clean (the kill -9 snapshot tests prove
+//!   that), since the loader only reads.
+//! - **Faults first:** one thread does both jobs, serving every fault
+//!   waiting before it fills the next record in order, so a fault waits
+//!   at most for one record (at most 4 MiB). A fault in a record fills
+//!   the whole record (its CRC covers all of it anyway).
+//! - **Its own image:** the loader reads through a Qcow2 of its own
+//!   (opened read-only, unlocked, as a fork's reader is), never through
+//!   the VM's disk: a device thread holding that disk's locks may itself
+//!   wait on a missing page.
+//! - **Nothing changes the snapshot meanwhile:** a snapshot's clusters
+//!   are never written while it exists; whatever could free them or
+//!   needs the whole RAM (a snapshot, snapshot-delete, another revert, a
+//!   migration, a save, the VM's stop or drop) first waits for the
+//!   loader ([`LazyRam::settle`], called by `Vm::settle_ram`), which then
+//!   unregisters the RAM.
+//! - **Where it applies:** the in-place revert and a fork. A revert that
+//!   rebuilds the VM, and a restore from CH's file layout, load eagerly.
+//!   Where userfaultfd cannot be had, or with `VMM_EAGER_RAM=1` in the
+//!   VMM's environment (for comparison), RAM is read before the guest
+//!   resumes, as before.
+//! - **seccomp:** the loader thread runs under its own filter
+//!   ([`crate::seccomp::ThreadKind::RamLoader`]): the common list and the
+//!   four userfaultfd ioctls it makes after setup.
+
+pub mod index;
+mod uffd;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::state::record::{check_header, record_crc, HEADER_LEN};
+use crate::state::StateError;
+use index::{Segment, StreamSource};
+pub use uffd::LOADER_IOCTLS;
+
+/// The environment variable that forces eager RAM loading.
+pub const EAGER_ENV: &str = "VMM_EAGER_RAM";
+
+/// The environment variable that paces the background filling: at most
+/// one segment per this many milliseconds (faults are served at once).
+/// For tests that must see the guest run before its RAM is read, and for
+/// measuring; unset, the loader fills as fast as it can.
+pub const PACE_ENV: &str = "VMM_LAZY_RAM_PACE_MS";
+
+/// The most a pace may be (a hostile environment cannot stall a load
+/// for ever).
+const MAX_PACE_MS: u64 = 1000;
+
+fn pace() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(PACE_ENV).ok()?.parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms.min(MAX_PACE_MS)))
+}
+
+/// Whether RAM should be loaded lazily (`VMM_EAGER_RAM` unset or `0`).
+pub fn wanted() -> bool {
+    std::env::var_os(EAGER_ENV).is_none_or(|v| v.is_empty() || v == "0")
+}
+
+/// The loader's own reader of the stream. It is made (and its image
+/// opened) by the thread that starts the loader: what it allocates then
+/// is freed back to that thread's arena, not shrunk from the loader's
+/// own under its seccomp filter (glibc's first arena shrink opens a
+/// /proc file).
+pub type Source = Box<dyn StreamSource + Send>;
+
+/// A VM's RAM being loaded lazily: the loader thread.
+pub struct LazyRam {
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    progress: Arc<Progress>,
+}
+
+/// How far the loader is.
+#[derive(Default)]
+struct Progress {
+    /// Bytes of guest RAM filled.
+    filled: AtomicU64,
+    /// Bytes of guest RAM in all.
+    total: u64,
+}
+
+/// Guest RAM's regions as host ranges: (guest start, host address, len).
+fn host_ranges(mem: &GuestMemoryMmap) -> Result<Vec<(u64, u64, u64)>, StateError> {
+    mem.iter()
+        .map(|region| {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| StateError::Write(format!("guest RAM: {e}")))?;
+            Ok((region.start_addr().0, host as u64, region.len()))
+        })
+        .collect()
+}
+
+/// Guest RAM registered with a userfaultfd, its loader not started yet.
+pub struct Registered {
+    uffd: uffd::Uffd,
+    ranges: Vec<(u64, u64, u64)>,
+    mem: GuestMemoryMmap,
+    started: Instant,
+}
+
+impl Registered {
+    /// Registers `mem` (whose pages must all be missing: freshly mapped or
+    /// discarded) with a new userfaultfd: from now on a missing page
+    /// waits for the loader. An error leaves `mem` unregistered (the
+    /// caller loads it eagerly).
+    pub fn new(mem: &GuestMemoryMmap) -> Result<Registered, StateError> {
+        let started = Instant::now();
+        let ranges = host_ranges(mem)?;
+        let uffd = uffd::Uffd::new().map_err(|e| StateError::Write(format!("userfaultfd: {e}")))?;
+        for (i, &(_, host, len)) in ranges.iter().enumerate() {
+            if let Err(e) = uffd.register(host, len) {
+                for &(_, host, len) in &ranges[..i] {
+                    let _ = uffd.unregister(host, len);
+                }
+                return Err(StateError::Write(format!(
+                    "registering guest RAM with userfaultfd: {e}"
+                )));
+            }
+        }
+        Ok(Registered {
+            uffd,
+            ranges,
+            mem: mem.clone(),
+            started,
+        })
+    }
+
+    /// Starts the loader, which fills the RAM from the stream indexed as
+    /// `segments`, read through `source`. `label` names the snapshot in
+    /// messages.
+    pub fn start(
+        self,
+        segments: Vec<Segment>,
+        source: Source,
+        seccomp: bool,
+        label: String,
+    ) -> Result<LazyRam, StateError> {
+        let Registered {
+            uffd,
+            ranges,
+            mem,
+            started,
+        } = self;
+        let progress = Arc::new(Progress {
+            filled: AtomicU64::new(0),
+            total: segments
+                .iter()
+                .filter(|s| s.record.is_some())
+                .map(|s| s.len)
+                .sum(),
+        });
+        let loader = Loader {
+            uffd,
+            ranges,
+            segments,
+            label,
+            started,
+            pace: pace(),
+            progress: progress.clone(),
+            _mem: mem,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ram loader".into())
+            .spawn(move || loader.run(source, seccomp))
+            .map_err(|e| StateError::Write(format!("starting the RAM loader: {e}")))?;
+        Ok(LazyRam {
+            thread: Mutex::new(Some(thread)),
+            progress,
+        })
+    }
+}
+
+impl LazyRam {
+    /// Bytes of guest RAM filled so far, and in all.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.progress.filled.load(Ordering::Relaxed),
+            self.progress.total,
+        )
+    }
+
+    /// Waits until every page is filled and the RAM unregistered.
+    pub fn settle(&self) {
+        let thread = self.thread.lock().expect("loader lock").take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LazyRam {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// The loader thread's state.
+struct Loader {
+    uffd: uffd::Uffd,
+    /// (guest start, host address, len) of each RAM region.
+    ranges: Vec<(u64, u64, u64)>,
+    segments: Vec<Segment>,
+    label: String,
+    started: Instant,
+    /// The least time between two background segments ([`PACE_ENV`]).
+    pace: Option<std::time::Duration>,
+    progress: Arc<Progress>,
+    /// Keeps the mapping alive while the loader fills it.
+    _mem: GuestMemoryMmap,
+}
+
+impl Loader {
+    fn run(self, source: Source, seccomp: bool) {
+        let fatal = |e: &dyn std::fmt::Display| -> ! {
+            eprintln!(
+                "vmm: guest RAM of snapshot '{}' cannot be loaded: {e}; stopping the VM",
+                self.label
+            );
+            std::process::exit(1)
+        };
+        let mut buf =
+            uffd::PageBuffer::new(HEADER_LEN + crate::state::record::MAX_PAYLOAD as usize)
+                .unwrap_or_else(|e| fatal(&format!("a buffer: {e}")));
+        if seccomp {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::RamLoader) {
+                fatal(&e);
+            }
+        }
+        match self.fill_all(source.as_ref(), &mut buf) {
+            Ok(report) => eprintln!(
+                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault",
+                self.label,
+                report.record_bytes >> 20,
+                report.records,
+                self.started.elapsed().as_secs_f64() * 1e3,
+                report.faults,
+                report.on_fault,
+                report.zero_pages
+            ),
+            Err(e) => fatal(&e),
+        }
+        for &(_, host, len) in &self.ranges {
+            if let Err(e) = self.uffd.unregister(host, len) {
+                fatal(&format!("unregistering guest RAM: {e}"));
+            }
+        }
+    }
+
+    /// Serves faults first, then fills the next segment, until all are.
+    fn fill_all(
+        &self,
+        source: &(dyn StreamSource + Send),
+        buf: &mut uffd::PageBuffer,
+    ) -> Result<Report, StateError> {
+        let mut done = vec![false; self.segments.len()];
+        let mut report = Report::default();
+        let mut next = 0;
+        let mut next_at = Instant::now();
+        let io = |what: &str, e: std::io::Error| StateError::Write(format!("{what}: {e}"));
+        loop {
+            while let Some(host) = self.uffd.next_fault().map_err(|e| io("userfaultfd", e))? {
+                report.faults += 1;
+                let guest = self.guest_of(host).ok_or_else(|| {
+                    StateError::Write(format!("a fault at {host:#x}, outside guest RAM"))
+                })?;
+                let i = index::find(&self.segments, guest).ok_or_else(|| {
+                    StateError::Write(format!("a fault at {guest:#x}, in no segment"))
+                })?;
+                if self.segments[i].record.is_none() {
+                    let page = host & !(crate::state::memory::PAGE as u64 - 1);
+                    let one = crate::state::memory::PAGE as u64;
+                    match self.uffd.zero(page, one) {
+                        Ok(uffd::Filled::All) => report.zero_pages += 1,
+                        // Mapped on an earlier message for the same page.
+                        Ok(uffd::Filled::SomePresent) => self
+                            .uffd
+                            .wake(page, one)
+                            .map_err(|e| io("waking a fault", e))?,
+                        Err(e) => return Err(io("mapping a zero page", e)),
+                    }
+                } else if done[i] {
+                    // Filled since the fault was queued: the filling woke
+                    // it; waking again is harmless.
+                    let page = host & !(crate::state::memory::PAGE as u64 - 1);
+                    self.uffd
+                        .wake(page, crate::state::memory::PAGE as u64)
+                        .map_err(|e| io("waking a fault", e))?;
+                } else {
+                    self.fill(source, &self.segments[i], buf, &mut report)?;
+                    done[i] = true;
+                    report.on_fault += 1;
+                }
+            }
+            if next == self.segments.len() {
+                return Ok(report);
+            }
+            if let Some(pace) = self.pace {
+                let now = Instant::now();
+                if now < next_at {
+                    std::thread::sleep((next_at - now).min(std::time::Duration::from_millis(1)));
+                    continue;
+                }
+                next_at = now + pace;
+            }
+            if !done[next] && self.segments[next].record.is_some() {
+                self.fill(source, &self.segments[next], buf, &mut report)?;
+                done[next] = true;
+            }
+            next += 1;
+        }
+    }
+
+    /// The guest-physical address of host address `host`.
+    fn guest_of(&self, host: u64) -> Option<u64> {
+        self.ranges
+            .iter()
+            .find(|&&(_, h, len)| host >= h && host < h + len)
+            .map(|&(g, h, _)| g + (host - h))
+    }
+
+    /// The host address of guest-physical `guest` (inside a range).
+    fn host_of(&self, guest: u64) -> Result<u64, StateError> {
+        self.ranges
+            .iter()
+            .find(|&&(g, _, len)| guest >= g && guest < g + len)
+            .map(|&(g, h, _)| h + (guest - g))
+            .ok_or(StateError::OutsideMemory {
+                start: guest,
+                length: 0,
+            })
+    }
+
+    /// Fills one record's segment: the record read and checked, then
+    /// copied.
+    fn fill(
+        &self,
+        source: &(dyn StreamSource + Send),
+        segment: &Segment,
+        buf: &mut uffd::PageBuffer,
+        report: &mut Report,
+    ) -> Result<(), StateError> {
+        let host = self.host_of(segment.start)?;
+        let io = |e: std::io::Error| {
+            StateError::Write(format!("filling guest RAM at {:#x}: {e}", segment.start))
+        };
+        let Some(pos) = segment.record else {
+            return Err(StateError::Layout(format!(
+                "no record holds guest RAM at {:#x}",
+                segment.start
+            )));
+        };
+        let total = HEADER_LEN + 8 + segment.len as usize;
+        let buf = buf.slice(total);
+        if buf.len() < total {
+            return Err(StateError::TooLong {
+                kind: crate::state::record::RecordKind::Ram as u16,
+                length: total as u64,
+            });
+        }
+        source.read_at(pos, buf)?;
+        let head: &[u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("20 bytes");
+        let header = check_header(head, pos)?;
+        let address = u64::from_le_bytes(buf[HEADER_LEN..HEADER_LEN + 8].try_into().expect("8"));
+        if header.length as usize != 8 + segment.len as usize || address != segment.start {
+            return Err(StateError::Layout(format!(
+                "the RAM record at byte {pos} changed since it was indexed"
+            )));
+        }
+        if record_crc(head, &buf[HEADER_LEN..]) != header.crc {
+            return Err(StateError::Checksum { offset: pos });
+        }
+        let pages = &buf[HEADER_LEN + 8..];
+        if self.uffd.copy(host, pages).map_err(io)? == uffd::Filled::SomePresent {
+            let page = crate::state::memory::PAGE;
+            for (i, chunk) in pages.chunks(page).enumerate() {
+                self.uffd
+                    .copy(host + (i * page) as u64, chunk)
+                    .map_err(io)?;
+            }
+        }
+        report.record_bytes += segment.len;
+        report.records += 1;
+        self.progress
+            .filled
+            .fetch_add(segment.len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What the loader did.
+#[derive(Debug, Default)]
+struct Report {
+    record_bytes: u64,
+    records: u64,
+    zero_pages: u64,
+    faults: u64,
+    on_fault: u64,
+}
+
+/// Gives every page of `mem` back to the kernel, so that all are missing
+/// (before [`LazyRam::start`] over RAM that held another guest).
+pub fn discard_all(mem: &GuestMemoryMmap) -> Result<(), StateError> {
+    for region in mem.iter() {
+        crate::state::resident::discard(mem, region.start_addr(), region.len())
+            .map_err(|e| StateError::Write(format!("discarding guest RAM: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A snapshot's VM-state area read through a qcow2 image.
+pub struct AreaSource<I> {
+    /// The image (owned, or borrowed from the VM's disk).
+    pub image: I,
+    /// The snapshot's name.
+    pub snapshot: String,
+}
+
+impl<I: std::borrow::Borrow<qcow::image::Qcow2>> StreamSource for AreaSource<I> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), StateError> {
+        self.image
+            .borrow()
+            .read_vm_state(&self.snapshot, pos, buf)
+            .map_err(|e| StateError::Read(format!("snapshot '{}': {e}", self.snapshot)))
+    }
+}
+
+/// Opens the qcow2 image at `path` read-only and unlocked for the loader.
+pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateError> {
+    let image_err =
+        |e: qcow::Error| StateError::InImage(format!("image '{}': {e}", path.display()));
+    let storage = qcow::fs::open_storage(path, false).map_err(image_err)?;
+    qcow::image::Qcow2::open(storage, false, &qcow::fs::FileOpener::for_image(path))
+        .map_err(image_err)
+}
+
+/// The image a lazy load reads: the caller's own (a fork's reader), or
+/// the VM's disk, which the loader opens again for itself (read-only,
+/// unlocked) at `path`.
+pub enum Image<'a> {
+    /// An image the loader may keep.
+    Owned(Box<qcow::image::Qcow2>),
+    /// The VM's disk and its path.
+    Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
+}
+
+/// Guest RAM `mem` of a VM configured as `vm` set up from the RAM stream
+/// at `place` of snapshot `snapshot` in `image`: lazily when [`wanted`]
+/// and userfaultfd works, else read now (`over`: `mem` holds another
+/// guest's RAM). Returns the loader if lazy, and the bytes of RAM the
+/// stream holds.
+#[allow(clippy::too_many_arguments)]
+pub fn load(
+    image: Image<'_>,
+    snapshot: &str,
+    place: crate::state::image::RamPlace,
+    vm: crate::state::machine::ConfigSummary,
+    mem: &GuestMemoryMmap,
+    over: bool,
+    seccomp: bool,
+) -> Result<(Option<LazyRam>, u64), StateError> {
+    let read_now = |image: &qcow::image::Qcow2, over: bool| {
+        crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
+    };
+    if !wanted() {
+        let image: &qcow::image::Qcow2 = match &image {
+            Image::Owned(q) => q,
+            Image::Disk(q, _) => q,
+        };
+        return Ok((None, read_now(image, over)?));
+    }
+    let own = match image {
+        Image::Owned(q) => q,
+        Image::Disk(_, path) => Box::new(open_image(path)?),
+    };
+    let (start, end) = place.stream();
+    let (segments, bytes) = index::build(
+        &AreaSource {
+            image: own.as_ref(),
+            snapshot: snapshot.to_string(),
+        },
+        start,
+        end,
+        vm,
+    )?;
+    if over {
+        discard_all(mem)?;
+    }
+    let registered = match Registered::new(mem) {
+        Ok(registered) => registered,
+        Err(e) => {
+            // `mem` is all zero now (fresh, or discarded): read as fresh.
+            eprintln!("vmm: {e}; loading guest RAM now");
+            return Ok((None, read_now(&own, false)?));
+        }
+    };
+    let source: Source = Box::new(AreaSource {
+        image: *own,
+        snapshot: snapshot.to_string(),
+    });
+    let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
+    Ok((Some(lazy), bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::machine::ConfigSummary;
+    use vm_memory::{Bytes, GuestAddress};
+
+    struct Shared(std::sync::Arc<Vec<u8>>);
+
+    impl StreamSource for Shared {
+        fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), StateError> {
+            self.0.as_ref().read_at(pos, buf)
+        }
+    }
+
+    #[test]
+    fn pages_touched_before_the_loader_reaches_them_are_served() {
+        let size = 16u64 << 20;
+        let summary = ConfigSummary {
+            cpus: 1,
+            memory: size,
+            disks: 0,
+            nets: 0,
+        };
+        let saved = crate::vm::map_guest_memory(size).unwrap();
+        for (i, addr) in [0x1000u64, 0x20_0000, 0x80_0000, size - 4096]
+            .iter()
+            .enumerate()
+        {
+            saved
+                .write_slice(&[i as u8 + 1; 4096], GuestAddress(*addr))
+                .unwrap();
+        }
+        let mut stream = Vec::new();
+        crate::state::memory::save(&saved, summary, &mut stream).unwrap();
+        let stream = std::sync::Arc::new(stream);
+        let (segments, bytes) =
+            index::build(stream.as_ref(), 0, stream.len() as u64, summary).unwrap();
+        assert_eq!(bytes, 4 * 4096);
+        let mem = crate::vm::map_guest_memory(size).unwrap();
+        let shared = stream.clone();
+        let source: Source = Box::new(Shared(shared));
+        let lazy = match Registered::new(&mem) {
+            Ok(registered) => registered
+                .start(segments, source, false, "t".into())
+                .unwrap(),
+            Err(e) => {
+                eprintln!("userfaultfd unavailable here ({e}): skipped");
+                return;
+            }
+        };
+        // Read at once, from this thread: each read waits for its page.
+        let mut page = [0u8; 4096];
+        mem.read_slice(&mut page, GuestAddress(size - 4096))
+            .unwrap();
+        assert_eq!(page, [4u8; 4096]);
+        mem.read_slice(&mut page, GuestAddress(0x40_0000)).unwrap();
+        assert_eq!(page, [0u8; 4096]);
+        lazy.settle();
+        let (mut a, mut b) = (vec![0u8; size as usize], vec![0u8; size as usize]);
+        saved.read_slice(&mut a, GuestAddress(0)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(0)).unwrap();
+        assert!(a == b);
+    }
+}
