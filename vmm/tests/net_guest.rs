@@ -387,28 +387,8 @@ fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
     }
     build_guest();
     in_netns(move || {
-        make_tap("vs0");
-        let guest = build_guest();
         let images = tempfile::tempdir().expect("tempdir");
-        let disk = images.path().join("disk.qcow2");
-        make_qcow2(&disk);
-        let disk_spec = format!("path={},format=qcow2", disk.display());
-        let net = format!("tap=vs0,mac={GUEST_MAC},id=net0");
-        let cmdline = guest_cmdline("net");
-        let mut vm = GuestVm::spawn(&[
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "32M".as_ref(),
-            "--cmdline".as_ref(),
-            cmdline.as_ref(),
-            "--disk".as_ref(),
-            disk_spec.as_ref(),
-            "--net".as_ref(),
-            net.as_ref(),
-        ]);
-        vm.wait_api();
-        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        let mut vm = GuestVm::start_with_disk("net", images.path(), "vs0", 2, "guest: net ready");
         ping_ok(2, "boot");
         let client = vmapi::Client::new(&vm.api);
         client.pause().expect("pause");
