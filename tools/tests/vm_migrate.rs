@@ -219,6 +219,12 @@ impl TwoHosts {
     /// `vm migrate-listen URI` on host B, with B's own image folder bound
     /// over `images` (so the images keep their paths).
     fn listen_unshared(&self, uri: &str) -> std::process::Child {
+        self.listen_unshared_with(uri, &[])
+    }
+
+    /// [`TwoHosts::listen_unshared`] with `env` set for `vm` and the
+    /// VMM it starts.
+    fn listen_unshared_with(&self, uri: &str, env: &[(&str, &str)]) -> std::process::Child {
         Command::new("ip")
             .args(["netns", "exec", &self.hosts.b, "sh", "-c"])
             .arg("mount --bind \"$1\" \"$2\" && exec \"$3\" -c \"$4\" migrate-listen \"$5\"")
@@ -228,6 +234,7 @@ impl TwoHosts {
             .arg(&self.store_b)
             .arg(uri)
             .env_remove("VM_VMM")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -504,6 +511,72 @@ fn a_counting_guest_and_its_disk_move_between_two_hosts_that_share_no_storage() 
             text(&check)
         );
     }
+}
+
+#[test]
+fn a_destination_killed_once_it_said_ready_leaves_whole_clean_copies() {
+    // The source lets go of its disks once the destination says Ready:
+    // the copies must be durable by then. The destination's VMM kills
+    // itself (SIGKILL, nothing flushed after) right after Ready.
+    let Some(two) = TwoHosts::new(true) else {
+        return;
+    };
+    let (hosts, guest) = (&two.hosts, &two.guest);
+    let (images, images_b) = (&two.images, &two.images_b);
+    let disk = images.join("kept.qcow2");
+    let disk_s = disk.to_str().unwrap();
+    assert!(
+        qemu("qemu-img", &["create", "-q", "-f", "qcow2", disk_s, "4M"])
+            .status
+            .success()
+    );
+    assert!(qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 768k", disk_s]
+    )
+    .status
+    .success());
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>kept</name>\n  <memory unit='MiB'>64</memory>\n  <os>\n    <type>hvm</type>\n    <kernel>{}</kernel>\n    <cmdline>guest.mode=count guest.every=2000</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
+        guest.display(),
+        disk.display()
+    );
+    let log_a = two.define_and_start_on_a("kept", &xml);
+    wait_count(&log_a, 50);
+    let port = 5700 + (std::process::id() + 500) % 1000;
+    let uri = format!("tcp:{}:{port}", hosts.destination_ip());
+    let listener = two.listen_unshared_with(&uri, &[("VMM_TEST_KILL_AFTER_READY", "1")]);
+    let start = Instant::now();
+    let out = loop {
+        let out = two
+            .vm_a(&["migrate", "kept", &uri, "--live", "--copy-storage-all"])
+            .output()
+            .unwrap();
+        if out.status.success() || !text(&out).contains("connecting") {
+            break out;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let received = listener.wait_with_output().unwrap();
+    assert!(
+        !received.status.success(),
+        "the destination should have died: {}",
+        text(&received)
+    );
+    // The source committed: it let go of its disk and shut off.
+    let state_a = ok(two.vm_a(&["domstate", "kept"]));
+    assert_eq!(state_a.trim(), "shut off", "vm migrate: {}", text(&out));
+    // B's copy is clean and reads as A's disk at the switch.
+    let copy = images_b.join("kept.qcow2");
+    let copy_s = copy.to_str().unwrap();
+    let check = qemu("qemu-img", &["check", copy_s]);
+    assert!(check.status.success(), "qemu-img check: {}", text(&check));
+    let same = qemu("qemu-img", &["compare", disk_s, copy_s]);
+    assert!(same.status.success(), "qemu-img compare: {}", text(&same));
+    // The guest had written its counts during the copy.
+    let before = std::fs::read_to_string(&log_a).unwrap();
+    assert!(*counts(&before).last().unwrap() >= 50);
 }
 
 /// The pid of a process in namespace `ns` holding an unnamed (O_TMPFILE)

@@ -114,3 +114,14 @@ pub fn close_fd(fd: RawFd) {
     // after this call, so no one closes or uses it again.
     drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
 }
+
+/// Kills this process with SIGKILL, as `kill -9` would: no destructor,
+/// no buffered write, nothing else runs (a test's fault injection).
+pub fn kill_self() -> ! {
+    // SAFETY: raise takes no pointers; SIGKILL cannot be caught, so the
+    // process ends here.
+    unsafe {
+        libc::raise(libc::SIGKILL);
+    }
+    unreachable!("SIGKILL was raised")
+}

@@ -16,7 +16,9 @@
 //! The NIC's state travels: the guest answers ping and echoes after an
 //! in-image snapshot is reverted, after a snapshot to files is restored
 //! in a new VMM, and after a live migration (over unix:) to a VMM in
-//! another network namespace with a tap of its own.
+//! another network namespace with a tap of its own. A NIC revert made to
+//! fail half-way (`VMM_TEST_FAIL_NIC_REVERT`) ends by a rebuild that
+//! answers ping and counts on from the snapshot.
 //!
 //! Needs root (unshare(CLONE_NEWNET), /dev/net/tun), /dev/kvm, `ip` and
 //! `ping` (scripts/ensure-net.sh installs iproute2 and iputils-ping);
@@ -387,28 +389,8 @@ fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
     }
     build_guest();
     in_netns(move || {
-        make_tap("vs0");
-        let guest = build_guest();
         let images = tempfile::tempdir().expect("tempdir");
-        let disk = images.path().join("disk.qcow2");
-        make_qcow2(&disk);
-        let disk_spec = format!("path={},format=qcow2", disk.display());
-        let net = format!("tap=vs0,mac={GUEST_MAC},id=net0");
-        let cmdline = guest_cmdline("net");
-        let mut vm = GuestVm::spawn(&[
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "32M".as_ref(),
-            "--cmdline".as_ref(),
-            cmdline.as_ref(),
-            "--disk".as_ref(),
-            disk_spec.as_ref(),
-            "--net".as_ref(),
-            net.as_ref(),
-        ]);
-        vm.wait_api();
-        vm.wait_line("guest: net ready", Duration::from_secs(60));
+        let mut vm = GuestVm::start_with_disk("net", images.path(), "vs0", 2, "guest: net ready");
         ping_ok(2, "boot");
         let client = vmapi::Client::new(&vm.api);
         client.pause().expect("pause");
@@ -469,6 +451,47 @@ fn the_nic_works_after_an_in_image_revert_and_a_snapshot_restore() {
         // the snapshot it was reverted to, then 3 and 3.
         assert!(done.contains(" icmp=8 "), "{done}");
         assert!(!stderr.contains("refused"), "{stderr}");
+    });
+}
+
+/// A NIC revert that fails half-way (VMM_TEST_FAIL_NIC_REVERT, once the
+/// interface's device took its saved state) ends by a rebuild: the VMM
+/// says so, the NIC answers, and the guest counts on from the snapshot.
+#[test]
+fn a_nic_revert_failing_half_way_ends_by_a_rebuild() {
+    if !can_run() {
+        return;
+    }
+    build_guest();
+    in_netns(move || {
+        let images = tempfile::tempdir().expect("tempdir");
+        let vm = GuestVm::start_with_disk_env(
+            "net",
+            images.path(),
+            "vr0",
+            2,
+            "guest: net ready",
+            &[("VMM_TEST_FAIL_NIC_REVERT", "1")],
+        );
+        ping_ok(2, "boot");
+        let client = vmapi::Client::new(&vm.api);
+        client.pause().expect("pause");
+        client.snapshot("qcow2:up").expect("in-image snapshot");
+        client.resume().expect("resume");
+        ping_ok(2, "the snapshot");
+        client.pause().expect("pause");
+        client.restore("qcow2:up").expect("revert by a rebuild");
+        client.resume().expect("resume");
+        ping_ok(3, "the rebuilt revert");
+        let (done, stderr) = vm.finish();
+        // 2 echo requests before the snapshot, 3 after the revert.
+        assert!(done.contains(" icmp=5 "), "{done}");
+        assert!(
+            stderr.contains("VMM_TEST_FAIL_NIC_REVERT is set")
+                && stderr.contains("rebuilding the VM")
+                && !stderr.contains("vmm: revert in place:"),
+            "{stderr}"
+        );
     });
 }
 

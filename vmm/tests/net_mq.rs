@@ -291,30 +291,10 @@ fn guest_rarps(socket: &OwnedFd, timeout: Duration) -> usize {
         .count()
 }
 
-/// Starts the net-mq guest with a qcow2 disk (in `images`) on multiqueue
-/// tap `tap`, and waits until it has set its pairs.
-fn start_net_mq_with_disk(guest: &std::path::Path, images: &std::path::Path, tap: &str) -> GuestVm {
-    make_tap_queues(tap, true);
-    let disk = images.join("disk.qcow2");
-    make_qcow2(&disk);
-    let disk_spec = format!("path={},format=qcow2", disk.display());
-    let net = format!("tap={tap},mac={GUEST_MAC},num_queues=4,id=net0");
-    let cmdline = guest_cmdline("net-mq");
-    let mut vm = GuestVm::spawn(&[
-        "--kernel".as_ref(),
-        guest.as_os_str(),
-        "--memory".as_ref(),
-        "32M".as_ref(),
-        "--cmdline".as_ref(),
-        cmdline.as_ref(),
-        "--disk".as_ref(),
-        disk_spec.as_ref(),
-        "--net".as_ref(),
-        net.as_ref(),
-    ]);
-    vm.wait_api();
-    vm.wait_line("guest: net-mq ready pairs=2", Duration::from_secs(60));
-    vm
+/// The net-mq guest with a qcow2 disk (in `images`) on a new multiqueue
+/// tap `tap` (4 queues), once it has set its pairs.
+fn start_net_mq_with_disk(images: &std::path::Path, tap: &str) -> GuestVm {
+    GuestVm::start_with_disk("net-mq", images, tap, 4, "guest: net-mq ready pairs=2")
 }
 
 #[test]
@@ -322,10 +302,10 @@ fn an_announcement_waits_while_the_vm_is_paused() {
     if !can_run() {
         return;
     }
-    let guest = build_guest();
+    build_guest();
     in_netns(move || {
         let images = tempfile::tempdir().expect("tempdir");
-        let mut vm = start_net_mq_with_disk(&guest, images.path(), "vq3");
+        let mut vm = start_net_mq_with_disk(images.path(), "vq3");
         let client = vmapi::Client::new(&vm.api);
         client.pause().expect("pause");
         client.snapshot("qcow2:up").expect("in-image snapshot");
@@ -365,29 +345,10 @@ fn after_a_revert_and_a_restore_the_guest_announces_itself_with_a_gratuitous_arp
     if !can_run() {
         return;
     }
-    let guest = build_guest();
+    build_guest();
     in_netns(move || {
-        make_tap_queues("vq1", true);
         let images = tempfile::tempdir().expect("tempdir");
-        let disk = images.path().join("disk.qcow2");
-        make_qcow2(&disk);
-        let disk_spec = format!("path={},format=qcow2", disk.display());
-        let net = format!("tap=vq1,mac={GUEST_MAC},num_queues=4,id=net0");
-        let cmdline = guest_cmdline("net-mq");
-        let mut vm = GuestVm::spawn(&[
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "32M".as_ref(),
-            "--cmdline".as_ref(),
-            cmdline.as_ref(),
-            "--disk".as_ref(),
-            disk_spec.as_ref(),
-            "--net".as_ref(),
-            net.as_ref(),
-        ]);
-        vm.wait_api();
-        vm.wait_line("guest: net-mq ready pairs=2", Duration::from_secs(60));
+        let mut vm = start_net_mq_with_disk(images.path(), "vq1");
         let out = ping(2);
         assert!(out.status.success(), "ping before the snapshot");
         let client = vmapi::Client::new(&vm.api);

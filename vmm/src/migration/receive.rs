@@ -135,6 +135,11 @@ impl Incoming {
     /// Says the VM is built and waits for the source's Commit.
     pub fn ready_and_commit(&mut self) -> Result<()> {
         self.reply(Tag::Ready, &[])?;
+        // Fault injection for the tests: a destination killed -9 once it
+        // said Ready must leave copied images that are whole and clean.
+        if std::env::var_os(KILL_AFTER_READY).is_some() {
+            crate::sys::kill_self();
+        }
         let frame = self.next()?;
         match frame.tag {
             Tag::Commit => Ok(()),
@@ -155,6 +160,10 @@ impl Incoming {
         let _ = self.reply(Tag::Resumed, &[]);
     }
 }
+
+/// The environment variable that makes a destination kill itself with
+/// SIGKILL right after it says Ready (a test's fault injection).
+pub const KILL_AFTER_READY: &str = "VMM_TEST_KILL_AFTER_READY";
 
 /// Reads frames from `input` until the switch: RAM runs applied to `mem`
 /// and disk chunks to `storage` (refused without one), then one machine

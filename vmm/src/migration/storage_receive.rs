@@ -167,8 +167,11 @@ impl IncomingStorage {
         Ok(len)
     }
 
-    /// Flushes and closes every image and gives it its name, for the VM
-    /// to open (they are still deleted if the migration fails after).
+    /// Flushes and closes every image (its data and metadata synced) and
+    /// gives it its name, the name synced too, for the VM to open: called
+    /// before the destination says Ready, after which the source may let
+    /// go of its disks, so the copies are durable by then (they are still
+    /// deleted if the migration fails after).
     pub fn close(&mut self) -> Result<()> {
         for (index, disk) in self.disks.iter_mut().enumerate() {
             let result = match disk.target.take() {
@@ -183,6 +186,8 @@ impl IncomingStorage {
                     .map_err(|e| disk_err(&disk.path, index, format!("naming: {e}")))?;
                 self.created.push(disk.path.clone());
             }
+            unnamed_file::sync_parent(&disk.path)
+                .map_err(|e| disk_err(&disk.path, index, format!("syncing its folder: {e}")))?;
         }
         Ok(())
     }

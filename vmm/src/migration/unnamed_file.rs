@@ -89,10 +89,33 @@ impl PendingFile {
     }
 }
 
+/// Makes the name of `path` durable: syncs the folder holding it (a
+/// new file's name, or a link, is on stable storage only once its folder
+/// is).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)?
+        .sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_name_is_synced_through_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sync_parent(&dir.path().join("image.qcow2")).expect("sync the folder");
+        let missing = dir.path().join("gone").join("image.qcow2");
+        assert!(sync_parent(&missing).is_err(), "no such folder");
+    }
 
     #[test]
     fn an_unnamed_file_appears_only_when_linked() {

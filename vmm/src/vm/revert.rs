@@ -59,6 +59,17 @@ impl std::fmt::Display for RevertPhases {
     }
 }
 
+/// The environment variable that makes an in-place revert fail half-way,
+/// once the first interface's device took its saved state (a test's fault
+/// injection: the revert must then end by a rebuild).
+pub const FAIL_NIC_REVERT: &str = "VMM_TEST_FAIL_NIC_REVERT";
+
+/// Whether [`FAIL_NIC_REVERT`] is set (read once per process).
+fn nic_revert_fault() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var_os(FAIL_NIC_REVERT).is_some())
+}
+
 /// Why a revert cannot keep the VM, or where it failed.
 #[derive(Debug)]
 pub enum InPlaceError {
@@ -196,6 +207,12 @@ impl Vm {
                     saved.activated,
                 )
                 .map_err(InPlaceError::Partial)?;
+                if nic_revert_fault() {
+                    return Err(InPlaceError::Partial(Error::Net {
+                        id: net.id.clone(),
+                        reason: format!("{FAIL_NIC_REVERT} is set: the revert fails here"),
+                    }));
+                }
             }
             transport
                 .restore_state(saved)

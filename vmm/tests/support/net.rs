@@ -134,12 +134,70 @@ impl GuestVm {
         vm
     }
 
+    /// The guest in `mode` with a fresh 1 MiB qcow2 first disk in
+    /// `images` (an in-image snapshot needs one) and an interface with
+    /// `num_queues` queues (`id=net0`) on a new tap `tap` (multiqueue when
+    /// there is more than one pair); returns once the guest printed a
+    /// serial line starting with `ready`.
+    pub fn start_with_disk(
+        mode: &str,
+        images: &Path,
+        tap: &str,
+        num_queues: u16,
+        ready: &str,
+    ) -> GuestVm {
+        GuestVm::start_with_disk_env(mode, images, tap, num_queues, ready, &[])
+    }
+
+    /// [`GuestVm::start_with_disk`] with `env` set for the VMM (a test's
+    /// fault hook).
+    pub fn start_with_disk_env(
+        mode: &str,
+        images: &Path,
+        tap: &str,
+        num_queues: u16,
+        ready: &str,
+        env: &[(&str, &str)],
+    ) -> GuestVm {
+        make_tap_queues(tap, num_queues > 2);
+        let disk = images.join("disk.qcow2");
+        make_qcow2(&disk);
+        let disk_spec = format!("path={},format=qcow2", disk.display());
+        let net = format!("tap={tap},mac={GUEST_MAC},num_queues={num_queues},id=net0");
+        let guest = build_guest();
+        let cmdline = guest_cmdline(mode);
+        let mut vm = GuestVm::spawn_with_env(
+            &[
+                "--kernel".as_ref(),
+                guest.as_os_str(),
+                "--memory".as_ref(),
+                "32M".as_ref(),
+                "--cmdline".as_ref(),
+                cmdline.as_ref(),
+                "--disk".as_ref(),
+                disk_spec.as_ref(),
+                "--net".as_ref(),
+                net.as_ref(),
+            ],
+            env,
+        );
+        vm.wait_api();
+        vm.wait_line(ready, Duration::from_secs(60));
+        vm
+    }
+
     /// A VMM serving its API socket, with `args`.
     pub fn spawn(args: &[&std::ffi::OsStr]) -> GuestVm {
+        GuestVm::spawn_with_env(args, &[])
+    }
+
+    /// [`GuestVm::spawn`] with `env` set for the VMM.
+    pub fn spawn_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> GuestVm {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = dir.path().join("api.sock");
         let mut child = Command::new(vmm_bin())
             .args(args)
+            .envs(env.iter().copied())
             .arg("--api-socket")
             .arg(&api)
             .stdin(Stdio::null())
