@@ -312,6 +312,31 @@ pub enum Error {
         /// Why it is refused, as QEMU words it.
         reason: String,
     },
+    /// A snapshot's L1 table refused when the snapshot is used (loaded,
+    /// applied, deleted, walked), with the words of QEMU's
+    /// qcow2_validate_table: "Snapshot L1 table too large" (EFBIG) or
+    /// "Snapshot L1 table offset invalid" (EINVAL). QEMU opens such an
+    /// image; only the snapshot is unusable.
+    #[error("{message}")]
+    SnapshotL1Refused {
+        /// The snapshot's ID.
+        id: String,
+        /// `l1_size` or `l1_table_offset`.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// QEMU's message.
+        message: &'static str,
+    },
+    /// Raising the refcount of a referenced host cluster would need a
+    /// refcount block the image lacks: the cluster is referenced but no
+    /// refcount covers it (a corrupt image). QEMU allocates the block and
+    /// fails the operation with EAGAIN; here nothing is changed.
+    #[error("host cluster {cluster} is referenced but no refcount block covers it")]
+    RefcountBlockMissing {
+        /// The host cluster index.
+        cluster: u64,
+    },
 }
 
 fn names_suffix(names: &[String]) -> String {

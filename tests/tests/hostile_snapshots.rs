@@ -106,19 +106,7 @@ fn hostile_snapshot_tables_are_refused_without_change() {
     require_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cases: [(&str, Option<u32>, Option<u64>, &str); 4] = [
-        (
-            "far.qcow2",
-            None,
-            Some(1 << 40),
-            "beyond the end of the file",
-        ),
-        (
-            "many.qcow2",
-            Some(60_000),
-            None,
-            "beyond the end of the file",
-        ),
+    let cases: [(&str, Option<u32>, Option<u64>, &str); 2] = [
         ("huge.qcow2", Some(70_000), None, "Snapshot table too large"),
         ("unaligned.qcow2", None, Some(0x10001), "snapshot table"),
     ];
@@ -139,4 +127,43 @@ fn hostile_snapshot_tables_are_refused_without_change() {
         }
         assert!(!d.join("out.raw").exists());
     }
+}
+
+/// A snapshot table running past the end of the file opens, as with
+/// qemu-img (its entries there read as zero), and lists as qemu-img lists
+/// it; rewriting it is refused without change, since the clusters it
+/// claims past the end are not its own (qemu-img marks such an image
+/// corrupt, or frees clusters it does not own).
+#[test]
+fn snapshot_tables_past_the_end_open_and_are_not_rewritten() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (file, count, offset) in [
+        ("far.qcow2", None, Some(1u64 << 40)),
+        // qemu-img reads a table in time quadratic in its entries: 3000
+        // take it a moment, 60000 twenty seconds.
+        ("many.qcow2", Some(3000), None),
+    ] {
+        image_with_snapshot(d, file);
+        patch_table(d, file, count, offset);
+        for args in [vec!["info", file], vec!["snapshot", "-l", file]] {
+            let ours = run(img(&args).current_dir(d));
+            let theirs = run(qemu_img(&args).current_dir(d));
+            assert!(ours.status.success(), "img {args:?}: {ours:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&theirs.stdout),
+                "img {args:?}"
+            );
+        }
+        let needle = "extends beyond the end of the file";
+        refused(d, file, &["snapshot", "-c", "new", file], needle);
+    }
+    refused(
+        d,
+        "many.qcow2",
+        &["snapshot", "-d", "s1", "many.qcow2"],
+        "extends beyond the end of the file",
+    );
 }

@@ -203,7 +203,18 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
             return Ok(0);
         }
     }
-    amend(storage, &FileOpener::for_image(path), &opts)
-        .map_err(|e| super::operation_failure(&e))?;
+    amend(storage, &FileOpener::for_image(path), &opts).map_err(|e| match &e {
+        // Only the downgrade walks snapshot L1 tables: QEMU's
+        // qcow2_expand_zero_clusters reports the table's fault, then
+        // qcow2_downgrade fails with its errno.
+        qcow::Error::SnapshotL1Refused { .. } => {
+            eprintln!("{}: {e}", crate::program());
+            anyhow!(
+                "Failed to turn zero into data clusters: {}",
+                super::snapshot::errno_text(&e)
+            )
+        }
+        _ => super::operation_failure(&e),
+    })?;
     Ok(0)
 }

@@ -114,7 +114,6 @@ pub fn describe(filename: &str, image: &AnyImage) -> Result<ImageInfo> {
                 h.snapshots_offset,
                 h.nb_snapshots,
                 h.cluster_size(),
-                file_len,
             )
             // QEMU reads the snapshot table when it opens the image.
             .map_err(|e| anyhow!("Could not open '{filename}': {e}"))?;

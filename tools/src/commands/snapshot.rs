@@ -45,15 +45,7 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
                         vm_clock_nsec: (s.vm_clock_nsec % 1_000_000_000) as u32,
                         icount: s.icount,
                     };
-                    let mut row = info.table_row(&format_local);
-                    if s.icount.is_none() {
-                        // `snapshot -l` shows a missing icount as "--"
-                        // (info leaves it blank).
-                        let keep = row.len().saturating_sub(10);
-                        row.truncate(keep);
-                        row.push_str(&format!("{:>10}", "--"));
-                    }
-                    println!("{row}");
+                    println!("{}", info.table_row(&format_local));
                 }
             }
         }
@@ -62,8 +54,20 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
                 .map_err(|e| fail(&format!("create snapshot '{}'", shown(&name)), e))?;
         }
         SnapshotAction::Apply(name) => {
-            q.apply_snapshot(&name)
-                .map_err(|e| fail(&format!("apply snapshot '{}'", shown(&name)), e))?;
+            q.apply_snapshot(&name).map_err(|e| match &e {
+                // qcow2_snapshot_goto reports the table's fault itself and
+                // returns its errno, which bdrv_snapshot_goto words as
+                // "Failed to load snapshot".
+                qcow::Error::SnapshotL1Refused { .. } => {
+                    eprintln!("{}: {e}", crate::program());
+                    anyhow!(
+                        "Could not apply snapshot '{}': Failed to load snapshot: {}",
+                        shown(&name),
+                        errno_text(&e)
+                    )
+                }
+                _ => fail(&format!("apply snapshot '{}'", shown(&name)), e),
+            })?;
         }
         SnapshotAction::Delete(name) => {
             q.delete_snapshot(&name)
@@ -82,6 +86,20 @@ fn reason(e: &qcow::Error) -> String {
     match e {
         qcow::Error::RefcountRange { .. } => "Invalid argument".to_string(),
         qcow::Error::NoSpace(_) => "File too large".to_string(),
+        // QEMU allocates the missing refcount block, then fails with
+        // EAGAIN (qemu-iotests 080).
+        qcow::Error::RefcountBlockMissing { .. } => "Resource temporarily unavailable".to_string(),
         other => io_reason(other),
+    }
+}
+
+/// The errno text QEMU's qcow2 driver returns with a refused snapshot L1
+/// table: EFBIG for its size, EINVAL for its offset.
+pub fn errno_text(e: &qcow::Error) -> &'static str {
+    match e {
+        qcow::Error::SnapshotL1Refused {
+            field: "l1_size", ..
+        } => "File too large",
+        _ => "Invalid argument",
     }
 }

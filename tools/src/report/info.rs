@@ -376,7 +376,11 @@ impl SnapshotInfo {
             secs % 60,
             (clock_ns / 1_000_000) % 1000
         );
-        let icount = self.icount.map(|n| n.to_string()).unwrap_or_default();
+        // QEMU's bdrv_snapshot_dump prints "--" for a snapshot without an
+        // instruction count, in `info` as in `snapshot -l`.
+        let icount = self
+            .icount
+            .map_or_else(|| "--".to_string(), |n| n.to_string());
         snapshot_columns(
             &self.id,
             &self.name,

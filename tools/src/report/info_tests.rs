@@ -128,7 +128,7 @@ fn snapshot_rows() {
     };
     assert_eq!(
         snapshot.table_row(&format_utc),
-        "10      x                 1.5 KiB 1970-01-01 00:00:00  0001:02:03.456           "
+        "10      x                 1.5 KiB 1970-01-01 00:00:00  0001:02:03.456         --"
     );
     assert_eq!(
         snapshot_table_header(),

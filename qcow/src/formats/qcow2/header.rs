@@ -415,6 +415,10 @@ impl Header {
                 message: "Snapshot table too large",
             });
         }
+        // QEMU checks the table's alignment and that its end fits in 63
+        // bits, not the file's length: entries past the end read as zero
+        // (qemu-iotests 080 creates a snapshot in such an image and expects
+        // EFBIG, 65536 snapshots being the most).
         if self.nb_snapshots > 0 {
             check_table(
                 "snapshot table",
@@ -422,7 +426,7 @@ impl Header {
                 self.nb_snapshots.into(),
                 u64::from(self.nb_snapshots) * 40,
                 cluster_size,
-                file_len,
+                i64::MAX as u64,
             )?;
         }
         Ok(())

@@ -142,6 +142,22 @@ impl Refcounts {
         1 << self.cluster_bits
     }
 
+    /// Whether a refcount block covers host cluster `cluster` (an absent
+    /// block means every count it would hold is zero).
+    pub fn has_block(&self, cluster: u64) -> bool {
+        let block_index = cluster / self.entries_per_block;
+        self.table
+            .get(block_index as usize)
+            .is_some_and(|&offset| offset != 0)
+    }
+
+    /// Whether covering host cluster `cluster` would need a refcount table
+    /// over 8 MiB, QEMU's limit.
+    pub fn beyond_table_limit(&self, cluster: u64) -> bool {
+        let block_index = cluster / self.entries_per_block;
+        block_index.saturating_add(1).saturating_mul(8) > MAX_REFCOUNT_TABLE_BYTES
+    }
+
     fn load_block(&mut self, storage: &dyn Storage, block_offset: u64) -> Result<()> {
         if self.blocks.contains(block_offset) {
             return Ok(());

@@ -7,12 +7,14 @@
 //! count, then any bytes this crate does not know, kept verbatim), then the
 //! ID and the name; entries start at multiples of 8 bytes.
 //!
-//! [`SnapshotTable::parse`] is the strict reader for opening an image: every
-//! length is checked against the file and the bounds below before anything
-//! is allocated. [`SnapshotTable::read_for_check`] is the reader the checker
-//! uses; it behaves like QEMU's reader in check mode (bytes past the end of
-//! the file read as zero, and with `repair` it drops what QEMU's
-//! `qemu-img check -r all` drops instead of failing).
+//! [`SnapshotTable::parse`] is the reader for opening an image, as QEMU's
+//! qcow2_read_snapshots reads at open: bytes past the end of the file read
+//! as zero (QEMU opens such an image; creating a snapshot in it then fails),
+//! every length is bounded before anything is allocated. A snapshot's own
+//! L1 table is checked only when the snapshot is used
+//! ([`Snapshot::validate_l1`]), as QEMU checks it. [`SnapshotTable::read_for_check`]
+//! is the reader the checker uses; with `repair` it drops what QEMU's
+//! `qemu-img check -r all` drops instead of failing.
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -67,6 +69,33 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// QEMU's checks of a snapshot's L1 table when the snapshot is used
+    /// (qcow2_validate_table for "Snapshot L1 table"): at most 32 MiB, then
+    /// a cluster-aligned offset whose table end fits in 63 bits. The table
+    /// is not checked against the file's length, as QEMU does not.
+    pub fn validate_l1(&self, cluster_size: u64) -> Result<()> {
+        let l1_bytes = u64::from(self.l1_size) * 8;
+        if l1_bytes > MAX_L1_BYTES {
+            return Err(Error::SnapshotL1Refused {
+                id: self.id.clone(),
+                field: "l1_size",
+                value: self.l1_size.into(),
+                message: "Snapshot L1 table too large",
+            });
+        }
+        if (i64::MAX as u64) - l1_bytes < self.l1_table_offset
+            || !self.l1_table_offset.is_multiple_of(cluster_size)
+        {
+            return Err(Error::SnapshotL1Refused {
+                id: self.id.clone(),
+                field: "l1_table_offset",
+                value: self.l1_table_offset,
+                message: "Snapshot L1 table offset invalid",
+            });
+        }
+        Ok(())
+    }
+
     /// Length of this entry as [`SnapshotTable::write`] lays it out, without
     /// the padding that aligns the next entry.
     pub fn written_len(&self) -> u64 {
@@ -178,21 +207,14 @@ impl EntryHeader {
     }
 }
 
-/// How [`read_entries`] treats what it finds.
-#[derive(Clone, Copy)]
-enum Mode {
-    /// Opening an image: everything must lie within `file_len`.
-    Strict { file_len: u64 },
-    /// Checking: zeros past the end of the file; with `repair`, oversized
-    /// parts are dropped instead of refused.
-    Check { repair: bool },
-}
-
+/// Reads `nb_snapshots` entries at `table_offset`; bytes past the end of
+/// the file read as zero. With `repair`, oversized parts are dropped
+/// instead of refused.
 fn read_entries(
     storage: &dyn Storage,
     table_offset: u64,
     nb_snapshots: u32,
-    mode: Mode,
+    repair: bool,
 ) -> Result<CheckRead> {
     let mut cursor = Cursor::new(storage);
     let mut out = CheckRead::default();
@@ -200,17 +222,6 @@ fn read_entries(
     // Bytes the kept entries take, counting cut extra data at its cut
     // length (QEMU's table_length).
     let mut table_length: u64 = 0;
-    let within = |index: u32, field, end: u64, value: u64| -> Result<()> {
-        match mode {
-            Mode::Strict { file_len } if end > file_len => Err(bad(
-                index,
-                field,
-                value,
-                "snapshot table entry extends beyond the end of the file",
-            )),
-            _ => Ok(()),
-        }
-    };
     for index in 0..nb_snapshots {
         let entry_start = offset;
         table_length = table_length.next_multiple_of(8);
@@ -232,7 +243,6 @@ fn read_entries(
             )
         };
         let header_end = offset.checked_add(ENTRY_HEADER_LEN).ok_or_else(overflow)?;
-        within(index, "offset", header_end, offset)?;
         let mut raw = [0u8; ENTRY_HEADER_LEN as usize];
         cursor.read(&mut raw, offset)?;
         offset = header_end;
@@ -240,22 +250,17 @@ fn read_entries(
 
         let mut extra_data_size = h.extra_data_size;
         if extra_data_size > MAX_EXTRA_DATA {
-            match mode {
-                Mode::Check { repair: true } => {
-                    out.truncated.push((index, extra_data_size));
-                }
-                _ => {
-                    return Err(Error::SnapshotExtraDataTooLarge {
-                        index: index.into(),
-                        size: extra_data_size.into(),
-                    })
-                }
+            if !repair {
+                return Err(Error::SnapshotExtraDataTooLarge {
+                    index: index.into(),
+                    size: extra_data_size.into(),
+                });
             }
+            out.truncated.push((index, extra_data_size));
         }
         let extra_end = offset
             .checked_add(extra_data_size.into())
             .ok_or_else(overflow)?;
-        within(index, "extra_data_size", extra_end, extra_data_size.into())?;
         let known_len = extra_data_size.min(KNOWN_EXTRA_DATA) as usize;
         let mut known = [0u8; KNOWN_EXTRA_DATA as usize];
         cursor.read(&mut known[..known_len], offset)?;
@@ -282,12 +287,10 @@ fn read_entries(
         offset = extra_end;
 
         let id_end = offset.checked_add(h.id_len.into()).ok_or_else(overflow)?;
-        within(index, "id_str_size", id_end, h.id_len.into())?;
         let mut id = vec![0u8; h.id_len.into()];
         cursor.read(&mut id, offset)?;
         offset = id_end;
         let name_end = offset.checked_add(h.name_len.into()).ok_or_else(overflow)?;
-        within(index, "name_size", name_end, h.name_len.into())?;
         let mut name = vec![0u8; h.name_len.into()];
         cursor.read(&mut name, offset)?;
         offset = name_end;
@@ -297,22 +300,18 @@ fn read_entries(
             + u64::from(h.id_len)
             + u64::from(h.name_len);
         if table_length > MAX_SNAPSHOT_TABLE_BYTES || offset - table_offset > i32::MAX as u64 {
-            match mode {
-                Mode::Check { repair: true } => {
-                    // A cut entry that is then dropped still counts as
-                    // cut, as in QEMU.
-                    out.dropped = nb_snapshots - index;
-                    offset = entry_start;
-                    break;
-                }
-                _ => {
-                    return Err(Error::SnapshotTableTooBig {
-                        index: index.into(),
-                        bytes: table_length,
-                        overhanging: u64::from(nb_snapshots - index),
-                    })
-                }
+            if !repair {
+                return Err(Error::SnapshotTableTooBig {
+                    index: index.into(),
+                    bytes: table_length,
+                    overhanging: u64::from(nb_snapshots - index),
+                });
             }
+            // A cut entry that is then dropped still counts as cut, as in
+            // QEMU.
+            out.dropped = nb_snapshots - index;
+            offset = entry_start;
+            break;
         }
         out.snapshots.push(Snapshot {
             l1_table_offset: h.l1_table_offset,
@@ -340,19 +339,18 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 impl SnapshotTable {
-    /// Reads and validates `nb_snapshots` entries at `offset`.
+    /// Reads `nb_snapshots` entries at `offset` as QEMU reads them when it
+    /// opens an image: bytes past the end of the file read as zero.
     ///
     /// Refuses (naming the entry, field and value) more than 65536
-    /// snapshots, a misaligned table, any entry part beyond `file_len`,
-    /// more than 1024 bytes of extra data, a table over 64 MiB, and a
-    /// snapshot L1 table that is misaligned, over 32 MiB or beyond the end
-    /// of the file. Nothing is allocated before its length is checked.
+    /// snapshots, a misaligned table, more than 1024 bytes of extra data
+    /// and a table over 64 MiB, so memory stays bounded. Snapshot L1
+    /// tables are checked when used ([`Snapshot::validate_l1`]).
     pub fn parse(
         storage: &dyn Storage,
         offset: u64,
         nb_snapshots: u32,
         cluster_size: u64,
-        file_len: u64,
     ) -> Result<Vec<Snapshot>> {
         if nb_snapshots > MAX_SNAPSHOTS {
             return Err(Error::InvalidTable {
@@ -373,39 +371,7 @@ impl SnapshotTable {
                 reason: "offset is not a nonzero multiple of the cluster size",
             });
         }
-        let table = read_entries(storage, offset, nb_snapshots, Mode::Strict { file_len })?;
-        for (index, s) in table.snapshots.iter().enumerate() {
-            let index = index as u32;
-            if !s.l1_table_offset.is_multiple_of(cluster_size) {
-                return Err(bad(
-                    index,
-                    "l1_table_offset",
-                    s.l1_table_offset,
-                    "snapshot L1 table is not aligned to a cluster",
-                ));
-            }
-            let l1_bytes = u64::from(s.l1_size) * 8;
-            if l1_bytes > MAX_L1_BYTES {
-                return Err(bad(
-                    index,
-                    "l1_size",
-                    s.l1_size.into(),
-                    "snapshot L1 table is larger than 32 MiB",
-                ));
-            }
-            if s.l1_table_offset
-                .checked_add(l1_bytes)
-                .is_none_or(|e| e > file_len)
-            {
-                return Err(bad(
-                    index,
-                    "l1_table_offset",
-                    s.l1_table_offset,
-                    "snapshot L1 table extends beyond the end of the file",
-                ));
-            }
-        }
-        Ok(table.snapshots)
+        Ok(read_entries(storage, offset, nb_snapshots, false)?.snapshots)
     }
 
     /// Reads the table as `qemu-img check` does: bytes past the end of the
@@ -429,7 +395,7 @@ impl SnapshotTable {
                 reason: "more than 65536 snapshots",
             });
         }
-        read_entries(storage, offset, nb_snapshots, Mode::Check { repair })
+        read_entries(storage, offset, nb_snapshots, repair)
     }
 
     /// Bytes [`SnapshotTable::write`] produces for `snapshots`.
@@ -515,7 +481,7 @@ mod tests {
         let bytes = SnapshotTable::write(&snaps);
         assert_eq!(bytes.len() as u64, SnapshotTable::written_size(&snaps));
         let s = storage_with(&bytes, 0x10000, 0x80000);
-        let back = SnapshotTable::parse(&s, 0x10000, 3, 0x10000, 0x80000).unwrap();
+        let back = SnapshotTable::parse(&s, 0x10000, 3, 0x10000).unwrap();
         assert_eq!(back, snaps);
         // The 32-bit field is zero when the VM state does not fit.
         let second = 8 * (sample(0).written_len().div_ceil(8)) as usize;
@@ -537,7 +503,7 @@ mod tests {
         BigEndian::write_u32(&mut e[32..36], 4096);
         e.extend_from_slice(b"1ab");
         let s = storage_with(&e, 0x10000, 0x30000);
-        let snaps = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x30000).unwrap();
+        let snaps = SnapshotTable::parse(&s, 0x10000, 1, 0x10000).unwrap();
         assert_eq!(snaps[0].vm_state_size, 4096);
         assert_eq!(snaps[0].disk_size, None);
         assert_eq!(snaps[0].extra_data_size, 0);
@@ -545,14 +511,17 @@ mod tests {
     }
 
     #[test]
-    fn hostile_entry_count() {
+    fn entries_past_the_end_read_as_zero() {
+        // As QEMU at open: 60000 entries where the file holds one; the
+        // rest read as zero (empty names, no L1 table), bounded.
         let bytes = SnapshotTable::write(&[sample(0)]);
         let s = storage_with(&bytes, 0x10000, 0x20000);
-        let e = SnapshotTable::parse(&s, 0x10000, 60000, 0x10000, 0x20000).unwrap_err();
-        assert!(e.to_string().contains("beyond the end of the file"), "{e}");
-        let e = SnapshotTable::parse(&s, 0x10000, 70000, 0x10000, 0x20000).unwrap_err();
+        let snaps = SnapshotTable::parse(&s, 0x10000, 60000, 0x10000).unwrap();
+        assert_eq!(snaps.len(), 60000);
+        assert_eq!(snaps[0], sample(0));
+        assert_eq!((snaps[1].name.as_str(), snaps[1].l1_size), ("", 0));
+        let e = SnapshotTable::parse(&s, 0x10000, 70000, 0x10000).unwrap_err();
         assert!(e.to_string().contains("70000"), "{e}");
-        // The checker's reader reads zeros past the end, bounded.
         let r = SnapshotTable::read_for_check(&s, 0x10000, 60000, false).unwrap();
         assert_eq!(r.snapshots.len(), 60000);
     }
@@ -563,9 +532,10 @@ mod tests {
         BigEndian::write_u16(&mut bytes[14..16], 0xffff);
         let len = 0x10000 + bytes.len() as u64 + 100;
         let s = storage_with(&bytes, 0x10000, len);
-        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, len).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("name_size") && msg.contains("65535"), "{msg}");
+        // The name runs past the end of the file, which reads as zeros;
+        // QEMU keeps it as a C string, up to the first NUL.
+        let snaps = SnapshotTable::parse(&s, 0x10000, 1, 0x10000).unwrap();
+        assert_eq!(snaps[0].name, sample(0).name);
     }
 
     #[test]
@@ -573,7 +543,7 @@ mod tests {
         let mut bytes = SnapshotTable::write(&[sample(0)]);
         BigEndian::write_u32(&mut bytes[36..40], 0xffff_fff0);
         let s = storage_with(&bytes, 0x10000, 0x40000);
-        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x40000).unwrap_err();
+        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000).unwrap_err();
         let msg = e.to_string();
         // QEMU's words, with its hint.
         assert!(
@@ -605,20 +575,35 @@ mod tests {
     }
 
     #[test]
-    fn hostile_l1() {
+    fn snapshot_l1_is_checked_on_use_in_qemus_words() {
         let mut snap = sample(0);
         snap.l1_table_offset = 0x30200;
+        // The table still opens.
         let s = storage_with(&SnapshotTable::write(&[snap.clone()]), 0x10000, 0x40000);
-        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x40000).unwrap_err();
-        assert!(e.to_string().contains("l1_table_offset"), "{e}");
+        assert_eq!(
+            SnapshotTable::parse(&s, 0x10000, 1, 0x10000).unwrap()[0],
+            snap
+        );
+        let e = snap.validate_l1(0x10000).unwrap_err();
+        assert_eq!(e.to_string(), "Snapshot L1 table offset invalid");
+        // Size is checked first, as QEMU does.
+        snap.l1_size = 0x1000_0000;
+        let e = snap.validate_l1(0x10000).unwrap_err();
+        assert_eq!(e.to_string(), "Snapshot L1 table too large");
+        assert!(matches!(
+            e,
+            Error::SnapshotL1Refused {
+                field: "l1_size",
+                value: 0x1000_0000,
+                ..
+            }
+        ));
+        snap.l1_size = 1;
+        snap.l1_table_offset = !0xffff;
+        let e = snap.validate_l1(0x10000).unwrap_err();
+        assert_eq!(e.to_string(), "Snapshot L1 table offset invalid");
         snap.l1_table_offset = 0x30000;
-        snap.l1_size = u32::MAX;
-        let s = storage_with(&SnapshotTable::write(&[snap.clone()]), 0x10000, 0x40000);
-        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x40000).unwrap_err();
-        assert!(e.to_string().contains("l1_size"), "{e}");
         snap.l1_size = 0x4000;
-        let s = storage_with(&SnapshotTable::write(&[snap]), 0x10000, 0x40000);
-        let e = SnapshotTable::parse(&s, 0x10000, 1, 0x10000, 0x40000).unwrap_err();
-        assert!(e.to_string().contains("beyond the end"), "{e}");
+        snap.validate_l1(0x10000).unwrap();
     }
 }

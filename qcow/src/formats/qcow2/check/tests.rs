@@ -420,7 +420,7 @@ fn snapshots_are_counted() {
     assert_eq!(first.corruptions_fixed, 1, "{first:?}");
     assert!(clean(&second), "{second:?}");
     let offset = get_u64(&s, 64);
-    let back = SnapshotTable::parse(&s, offset, 1, CS, s.len().unwrap()).unwrap();
+    let back = SnapshotTable::parse(&s, offset, 1, CS).unwrap();
     assert_eq!(back[0].extra_data_size, 24);
     assert_eq!(back[0].name, "s1");
     assert_eq!(back[0].disk_size, Some(64 * CS));

@@ -175,6 +175,7 @@ impl Qcow2 {
         let mut meta = self.quiesce(meta)?;
         let mut l1s = vec![meta.l1.clone()];
         for s in self.read_snapshot_table(&meta)? {
+            s.validate_l1(self.cluster_size())?;
             l1s.push(self.read_l1_table(s.l1_table_offset, s.l1_size)?);
         }
         let cs = self.cluster_size();

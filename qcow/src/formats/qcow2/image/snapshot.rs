@@ -38,7 +38,6 @@ impl Qcow2 {
             h.snapshots_offset,
             h.nb_snapshots,
             h.cluster_size(),
-            self.file.len()?,
         )
     }
 
@@ -84,7 +83,24 @@ impl Qcow2 {
             // Refuse before changing anything if a refcount would overflow
             // (narrow refcount widths), so a failed snapshot leaves no trace.
             let mut wanted: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-            self.visit_tree(meta, l1, &mut |c| *wanted.entry(c).or_insert(0) += 1)?;
+            let mut order = Vec::new();
+            self.visit_tree(meta, l1, &mut |c| {
+                let n = wanted.entry(c).or_insert(0);
+                if *n == 0 {
+                    order.push(c);
+                }
+                *n += 1;
+            })?;
+            // A referenced cluster no refcount block covers (a corrupt
+            // image): QEMU, raising the counts in tree order, fails at the
+            // first such cluster with EFBIG when the refcount table cannot
+            // grow to cover it, else with EAGAIN after adding the block.
+            if let Some(&c) = order.iter().find(|&&c| !meta.rc.has_block(c)) {
+                if meta.rc.beyond_table_limit(c) {
+                    return Err(Error::NoSpace("refcount table would exceed 8 MiB"));
+                }
+                return Err(Error::RefcountBlockMissing { cluster: c });
+            }
             let max = crate::refcount::max_refcount(meta.rc.order());
             for (&c, &n) in &wanted {
                 let current = meta.rc.get(&*self.file, c)?;
@@ -253,6 +269,30 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Bytes the stored snapshot table takes, refused when it runs past
+    /// the end of the file: entries there read as zero (as QEMU reads
+    /// them), but the clusters they claim are not the table's, so it may
+    /// not be freed or rewritten (QEMU's overlap check marks such an image
+    /// corrupt when it tries).
+    fn stored_table_size(&self, meta: &Meta) -> Result<u64> {
+        let h = &meta.hc.header;
+        if h.nb_snapshots == 0 {
+            return Ok(0);
+        }
+        let size =
+            SnapshotTable::read_for_check(&*self.file, h.snapshots_offset, h.nb_snapshots, false)?
+                .table_size;
+        if h.snapshots_offset.saturating_add(size) > self.file.len()? {
+            return Err(Error::InvalidTable {
+                table: "snapshot table",
+                offset: h.snapshots_offset,
+                entries: h.nb_snapshots.into(),
+                reason: "extends beyond the end of the file, so it cannot be rewritten",
+            });
+        }
+        Ok(size)
+    }
+
     /// Replaces the snapshot table: the new one is written and everything
     /// it relies on made durable before the header points at it; the old
     /// one is freed afterwards.
@@ -263,13 +303,8 @@ impl Qcow2 {
     ) -> Result<()> {
         let file = &*self.file;
         let cs = self.cluster_size();
-        let (old_offset, old_count) =
-            (meta.hc.header.snapshots_offset, meta.hc.header.nb_snapshots);
-        let old_size = if old_count > 0 {
-            SnapshotTable::read_for_check(file, old_offset, old_count, false)?.table_size
-        } else {
-            0
-        };
+        let old_offset = meta.hc.header.snapshots_offset;
+        let old_size = self.stored_table_size(meta)?;
         let bytes = SnapshotTable::write(snapshots);
         let new_offset = if snapshots.is_empty() {
             0
@@ -324,6 +359,7 @@ impl Qcow2 {
         let mut meta = self.lock();
         let snapshots = self.read_snapshot_table(&meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
+        s.validate_l1(self.cluster_size())?;
         let (size, needed) = self.snapshot_l1_entries(s)?;
         let mut l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         if (l1.len() as u64) < needed {
@@ -375,6 +411,8 @@ impl Qcow2 {
                 "the snapshot table is full (65536 snapshots)",
             ));
         }
+        // Refused before anything changes.
+        self.stored_table_size(&meta)?;
         let id = snapshots
             .iter()
             .filter_map(|s| s.id.parse::<u64>().ok())
@@ -445,6 +483,7 @@ impl Qcow2 {
         let mut meta = self.quiesce(meta)?;
         let snapshots = self.read_snapshot_table(&meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
+        s.validate_l1(self.cluster_size())?;
         let (new_size, needed) = self.snapshot_l1_entries(s)?;
         let mut new_l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;
         new_l1.resize(new_l1.len().max(needed as usize), 0);
@@ -479,6 +518,7 @@ impl Qcow2 {
         let mut meta = self.quiesce(meta)?;
         let mut snapshots = self.read_snapshot_table(&meta)?;
         let index = Self::find_snapshot(&snapshots, id_or_name)?;
+        snapshots[index].validate_l1(self.cluster_size())?;
         let s = snapshots.remove(index);
         self.replace_snapshot_table(&mut meta, &snapshots)?;
         let l1 = self.read_l1_table(s.l1_table_offset, s.l1_size)?;

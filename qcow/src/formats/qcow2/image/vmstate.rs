@@ -127,6 +127,7 @@ impl Qcow2 {
     /// zero.
     pub fn read_vm_state(&self, id_or_name: &str, pos: u64, buf: &mut [u8]) -> Result<()> {
         let snapshot = self.find_snapshot_entry(id_or_name)?;
+        snapshot.validate_l1(self.cluster_size())?;
         crate::device::check_range(pos, buf.len() as u64, snapshot.vm_state_size)?;
         if buf.is_empty() {
             return Ok(());
