@@ -4,8 +4,29 @@
 //! range is rounded to sectors and may hold the start of the next cluster's
 //! data after ours.
 
+use std::cell::RefCell;
+
 use crate::error::{Error, Result};
 use crate::header::CompressionType;
+
+/// QEMU's deflate settings for a cluster: raw deflate, default level, a
+/// 4 KiB window and memory level 9.
+const QEMU_ZLIB: zlib_rs::DeflateConfig = zlib_rs::DeflateConfig {
+    level: 6,
+    method: zlib_rs::Method::Deflated,
+    window_bits: -12,
+    mem_level: 9,
+    strategy: zlib_rs::Strategy::Default,
+};
+
+thread_local! {
+    /// Each thread's deflate stream, reset for every cluster: setting one
+    /// up (and freeing it) for each cluster cost more than many small
+    /// clusters take to compress. A convert worker keeps one for its life.
+    static ZLIB: RefCell<Option<zlib_rs::Deflate>> = const { RefCell::new(None) };
+    /// Each thread's zstd context, kept for the same reason.
+    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
 
 /// Decompresses `input` into `out`, which must be filled completely.
 pub fn decompress(
@@ -146,41 +167,44 @@ pub fn byte_entropy(input: &[u8]) -> f64 {
 /// when the data's byte entropy and the lack of repeated strings say it
 /// would not be (see [`INCOMPRESSIBLE_ENTROPY`], [`has_repeats`]).
 ///
-/// zlib output is QEMU's: raw deflate, default level, a 4 KiB window and
-/// memory level 9, so clusters compress to the same sizes.
+/// zlib output is QEMU's ([`QEMU_ZLIB`]), so clusters compress to the
+/// same sizes. The thread's compressor is reused from call to call.
 pub fn compress(kind: CompressionType, input: &[u8], max_len: usize) -> Result<Option<Vec<u8>>> {
     if byte_entropy(input) >= INCOMPRESSIBLE_ENTROPY && !has_repeats(input) {
         return Ok(None);
     }
     match kind {
-        CompressionType::Zlib => {
-            let config = zlib_rs::DeflateConfig {
-                level: 6,
-                method: zlib_rs::Method::Deflated,
-                window_bits: -12,
-                mem_level: 9,
-                strategy: zlib_rs::Strategy::Default,
-            };
+        CompressionType::Zlib => ZLIB.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let stream = slot.get_or_insert_with(|| zlib_rs::Deflate::new_with_config(QEMU_ZLIB));
+            stream.reset();
             let mut out = vec![0u8; max_len];
-            let (written, rc) = zlib_rs::compress_slice(&mut out, input, config);
-            let len = written.len();
-            if rc == zlib_rs::ReturnCode::Ok && len < max_len {
+            let status = stream.compress(input, &mut out, zlib_rs::DeflateFlush::Finish);
+            let len = stream.total_out() as usize;
+            if status == Ok(zlib_rs::Status::StreamEnd) && len < max_len {
                 out.truncate(len);
                 Ok(Some(out))
             } else {
                 Ok(None)
             }
-        }
-        CompressionType::Zstd => {
+        }),
+        CompressionType::Zstd => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let compressor = zstd::bulk::Compressor::new(0)
+                    .map_err(|e| Error::Unsupported(format!("zstd: {e}")))?;
+                *slot = Some(compressor);
+            }
+            let compressor = slot.as_mut().expect("set above");
             let mut out = vec![0u8; max_len];
-            match zstd::bulk::compress_to_buffer(input, &mut out, 0) {
+            match compressor.compress_to_buffer(input, &mut out) {
                 Ok(n) if n < max_len => {
                     out.truncate(n);
                     Ok(Some(out))
                 }
                 _ => Ok(None),
             }
-        }
+        }),
     }
 }
 
@@ -238,6 +262,25 @@ mod tests {
         for kind in [CompressionType::Zlib, CompressionType::Zstd] {
             assert!(compress(kind, &random, 65536 - 512).unwrap().is_none());
             assert!(compress(kind, &text, 65536 - 512).unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn reused_stream_compresses_as_a_fresh_one() {
+        let a: Vec<u8> = (0..65536u32).map(|i| (i % 97) as u8).collect();
+        let b: Vec<u8> = (0..65536u32).map(|i| (i / 300) as u8).collect();
+        for input in [&a, &b, &a] {
+            let mut fresh = vec![0u8; input.len()];
+            let (expected, rc) = zlib_rs::compress_slice(&mut fresh, input, QEMU_ZLIB);
+            assert_eq!(rc, zlib_rs::ReturnCode::Ok);
+            let got = compress(CompressionType::Zlib, input, input.len() - 512)
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, expected);
+            let z = compress(CompressionType::Zstd, input, input.len() - 512)
+                .unwrap()
+                .unwrap();
+            assert_eq!(z, zstd::bulk::compress(input, 0).unwrap());
         }
     }
 }

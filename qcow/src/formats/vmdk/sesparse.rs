@@ -173,13 +173,11 @@ impl SeSparseExtent {
         let mut raw = [0u8; 512];
         storage.read_at(&mut raw, 0)?;
         let header = SeSparseHeader::parse(&raw)?;
+        let file_len = storage.len()?;
         let volatile_at = header
             .volatile_header_offset
             .checked_mul(512)
-            .filter(|at| {
-                at.checked_add(512)
-                    .is_some_and(|end| end <= storage.len().unwrap_or(0))
-            })
+            .filter(|at| at.checked_add(512).is_some_and(|end| end <= file_len))
             .ok_or_else(|| {
                 invalid(
                     FORMAT,

@@ -226,3 +226,28 @@ fn overlay_reads_its_parent_and_copies_grains_up_on_partial_writes() {
     let report = vmdk.check().unwrap().unwrap();
     assert_eq!(report.corruptions, 0, "{report:?}");
 }
+
+#[test]
+fn missing_grain_tables_are_one_extent_each_run() {
+    let files = MemFiles::default();
+    let image = files.add("x", Vec::new());
+    create(&*image, 1 << 20, &CreateOptions::default(), &files, 1).unwrap();
+    let mut b = image.to_bytes();
+    // 1 TiB of 64 KiB grains: 32768 grain tables, none allocated (a
+    // directory of zeros appended), no redundant directory.
+    b.resize(b.len().div_ceil(512) * 512, 0);
+    let gd_sector = (b.len() / 512) as u64;
+    b.resize(b.len() + 32768 * 4, 0);
+    LittleEndian::write_u64(&mut b[12..20], 1 << 31);
+    LittleEndian::write_u64(&mut b[56..64], gd_sector);
+    let flags = LittleEndian::read_u32(&b[8..12]) & !header::FLAG_RGD;
+    LittleEndian::write_u32(&mut b[8..12], flags);
+    let vmdk = Vmdk::open(files.add("disk.vmdk", b), false, &files).unwrap();
+    let extents = vmdk.extents(0, 1 << 40).unwrap();
+    assert_eq!(extents.len(), 1, "{extents:?}");
+    assert_eq!((extents[0].guest_offset, extents[0].len), (0, 1 << 40));
+    assert!(matches!(extents[0].kind, ExtentKind::Unallocated { .. }));
+    // From inside a grain, too.
+    let extents = vmdk.extents(100, 1 << 30).unwrap();
+    assert_eq!((extents[0].guest_offset, extents[0].len), (100, 1 << 30));
+}
