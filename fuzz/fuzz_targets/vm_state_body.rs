@@ -44,9 +44,20 @@ pub fn vm_state_body(data: &[u8]) {
     }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
         .expect("1 MiB of guest memory");
-    match memory::restore(&mut &data[..], summary(), &mem) {
-        Ok(bytes) => assert!(bytes <= 1 << 20),
-        Err(e) => one_line(&e),
+    let restored = memory::restore(&mut &data[..], summary(), &mem);
+    match &restored {
+        Ok(bytes) => assert!(*bytes <= 1 << 20),
+        Err(e) => one_line(e),
+    }
+    // The lazy loader's index of the same stream (headers only): a stream
+    // the eager reader takes must index to the same bytes of RAM.
+    let indexed =
+        vmm::lazy_ram::index::build(&SliceSource(data), 0, data.len() as u64, summary());
+    match (&restored, &indexed) {
+        (Ok(bytes), Ok((_, indexed_bytes))) => assert_eq!(bytes, indexed_bytes),
+        (Ok(_), Err(e)) => panic!("the eager reader took a stream the index refused: {e}"),
+        (_, Err(e)) => one_line(e),
+        (Err(_), Ok(_)) => {}
     }
     let direct = image::check_area(data, summary(), &fresh_memory());
     if let Err(e) = &direct {
@@ -61,6 +72,21 @@ pub fn vm_state_body(data: &[u8]) {
         through_image.is_ok(),
         "the area read directly and through an image disagree: {direct:?} {through_image:?}"
     );
+}
+
+/// A RAM stream held in memory, for the lazy loader's index.
+struct SliceSource<'a>(&'a [u8]);
+
+impl vmm::lazy_ram::index::StreamSource for SliceSource<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), vmm::state::StateError> {
+        let from = usize::try_from(pos).unwrap_or(usize::MAX);
+        let slice = from
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(from..end))
+            .ok_or(vmm::state::StateError::Truncated { offset: pos })?;
+        buf.copy_from_slice(slice);
+        Ok(())
+    }
 }
 
 fn fresh_memory() -> GuestMemoryMmap {
