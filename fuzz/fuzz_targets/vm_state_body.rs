@@ -51,8 +51,7 @@ pub fn vm_state_body(data: &[u8]) {
     }
     // The lazy loader's index of the same stream (headers only): a stream
     // the eager reader takes must index to the same bytes of RAM.
-    let indexed =
-        vmm::lazy_ram::index::build(&SliceSource(data), 0, data.len() as u64, summary());
+    let indexed = vmm::lazy_ram::index::build(&SliceSource(data), 0, data.len() as u64, summary());
     match (&restored, &indexed) {
         (Ok(bytes), Ok((_, indexed_bytes))) => assert_eq!(bytes, indexed_bytes),
         (Ok(_), Err(e)) => panic!("the eager reader took a stream the index refused: {e}"),
