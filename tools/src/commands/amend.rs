@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use qcow::fs::{open_storage, probe, FileOpener, Format};
-use qcow::image::{amend, read_header_cluster, AmendOptions};
+use qcow::image::{amend_with_progress, read_header_cluster, AmendOptions};
 
 use super::{open_error, parse_format};
 use crate::cli::AmendArgs;
@@ -203,7 +203,16 @@ pub fn run(args: &AmendArgs) -> Result<i32> {
             return Ok(0);
         }
     }
-    amend(storage, &FileOpener::for_image(path), &opts).map_err(|e| match &e {
+    // qemu-img's amend progress: 0 first, the driver's figures, 100 last,
+    // whether or not the amendment succeeded.
+    let progress = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
+    progress.set(0.0);
+    let result = amend_with_progress(storage, &FileOpener::for_image(path), &opts, &mut |o, t| {
+        progress.set(100.0 * o as f32 / t as f32)
+    });
+    progress.set(100.0);
+    progress.end();
+    result.map_err(|e| match &e {
         // Only the downgrade walks snapshot L1 tables: QEMU's
         // qcow2_expand_zero_clusters reports the table's fault, then
         // qcow2_downgrade fails with its errno.

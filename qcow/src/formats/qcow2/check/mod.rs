@@ -30,6 +30,7 @@ pub mod imrt;
 mod overlap;
 mod rebuild;
 mod reorder;
+mod reorder_walks;
 mod snapshots;
 mod stored;
 mod walk;
@@ -49,7 +50,7 @@ use imrt::Imrt;
 use overlap::ol;
 use stored::Stored;
 
-pub use reorder::change_refcount_order;
+pub use reorder::{change_refcount_order, change_refcount_order_with_progress};
 
 /// What [`check`] may repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

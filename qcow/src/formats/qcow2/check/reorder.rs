@@ -25,6 +25,17 @@ use crate::storage::Storage;
 /// wrong counts included). Refused when the metadata cannot be walked or a
 /// referenced cluster has a stored count of 0.
 pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()> {
+    change_refcount_order_with_progress(storage, new_order, &mut |_, _| {})
+}
+
+/// [`change_refcount_order`], calling `status(done, total)` as QEMU's
+/// qcow2_change_refcount_order calls its status callback (its walks over
+/// the old refcount table, replayed by [`super::reorder_walks`]).
+pub fn change_refcount_order_with_progress(
+    storage: &dyn Storage,
+    new_order: u32,
+    status: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     if new_order > 6 {
         return Err(Error::InvalidField {
             field: "refcount_order",
@@ -83,6 +94,7 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
             super::imrt::MAX_IMRT_BYTES
         ))
     })?;
+    let mut used = Vec::with_capacity(computed.entries() as usize);
     for cluster in 0..computed.entries() {
         let count = match ctx.stored.get(storage, cluster)? {
             Ok(count) => count,
@@ -97,6 +109,7 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
             )));
         }
         counts.set(cluster, count);
+        used.push(count != 0);
     }
     drop(computed);
     ctx.imrt = Some(counts);
@@ -114,6 +127,16 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
             .filter(|&&e| e != 0)
             .map(|&e| (e & super::stored::REFT_OFFSET_MASK) / cs),
     );
+
+    let old_table_entries = ctx.stored.table.len() as u64;
+    let layout = super::reorder_walks::Layout {
+        old_table_entries,
+        old_blocks: ctx.stored.table.iter().map(|&e| e != 0).collect(),
+        old_block_entries: (cs * 8) >> ctx.header.refcount_order,
+        new_block_entries: (cs * 8) >> new_order,
+        cluster_size: cs,
+    };
+    let walks = super::reorder_walks::allocation_walks(used, &layout);
 
     ctx.fix = Repair::All;
     let (table_offset, table_clusters, reftable) = match ctx.write_new_structure() {
@@ -141,6 +164,7 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
         storage.write_at(&block, block_offset)?;
     }
     storage.flush()?;
+    super::reorder_walks::report(walks, old_table_entries, status);
 
     // Switch in one write of the header's first sector.
     let mut head = [0u8; 104];

@@ -47,6 +47,48 @@ fn refused(msg: impl Into<String>) -> Error {
 /// Applies `opts` to the qcow2 image in `file` (opened through `opener`
 /// for its backing and data files).
 pub fn amend(file: Arc<dyn Storage>, opener: &dyn Opener, opts: &AmendOptions) -> Result<()> {
+    amend_with_progress(file, opener, opts, &mut |_, _| {})
+}
+
+/// QEMU's qcow2_amend_helper_cb: one progress figure over several
+/// operations, each reporting `(done, total)` of its own; the operations
+/// not yet started are projected at the size of those seen so far.
+struct AmendProgress<'a> {
+    status: &'a mut dyn FnMut(u64, u64),
+    operations: u64,
+    completed: u64,
+    offset_completed: u64,
+    current: u32,
+    last: u32,
+    last_work: u64,
+}
+
+impl AmendProgress<'_> {
+    fn report(&mut self, offset: u64, work: u64) {
+        if self.current != self.last {
+            if self.last != 0 {
+                self.offset_completed += self.last_work;
+                self.completed += 1;
+            }
+            self.last = self.current;
+        }
+        self.last_work = work;
+        let current_work = self.offset_completed + work;
+        let projected =
+            current_work * (self.operations - self.completed - 1) / (self.completed + 1);
+        (self.status)(self.offset_completed + offset, current_work + projected);
+    }
+}
+
+/// [`amend`], calling `status(done, total)` as QEMU's amend reports its
+/// progress (the version upgrade and the refcount width change report
+/// theirs; the other steps are quick).
+pub fn amend_with_progress(
+    file: Arc<dyn Storage>,
+    opener: &dyn Opener,
+    opts: &AmendOptions,
+    status: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     let image = Qcow2::open(file.clone(), true, opener)?;
     let hc = image.header_cluster();
     let h = &hc.header;
@@ -109,14 +151,31 @@ pub fn amend(file: Arc<dyn Storage>, opener: &dyn Opener, opts: &AmendOptions) -
         image.close()?;
         Qcow2::open(file.clone(), true, opener)
     };
+    let mut progress = AmendProgress {
+        status,
+        operations: u64::from(new_version != old_version)
+            + u64::from(new_order != h.refcount_order),
+        completed: 0,
+        offset_completed: 0,
+        current: 0,
+        last: 0,
+        last_work: 0,
+    };
     let mut image = image;
     if new_version > old_version {
+        progress.current = 1;
+        progress.report(0, 2);
         image.upgrade()?;
+        progress.report(1, 2);
+        progress.report(2, 2);
         image = reopen(image)?;
     }
     if new_order != image.header_cluster().header.refcount_order {
         image.close()?;
-        crate::check::change_refcount_order(&*file, new_order)?;
+        progress.current = 2;
+        crate::check::change_refcount_order_with_progress(&*file, new_order, &mut |o, t| {
+            progress.report(o, t)
+        })?;
         image = Qcow2::open(file.clone(), true, opener)?;
     }
     if let Some(name) = &opts.data_file {

@@ -36,7 +36,7 @@ use crate::header::{
 use crate::refcount::Refcounts;
 use crate::storage::Storage;
 
-pub use amend::{amend, AmendOptions};
+pub use amend::{amend, amend_with_progress, AmendOptions};
 
 pub use snapshot::MAX_SNAPSHOT_NAME;
 pub use vmstate::{vm_state_offset, VmStateInfo, VmStateWriter};
