@@ -2,7 +2,8 @@
 //! thread of its own on an epoll loop over the queue's notify eventfd (the
 //! ioeventfd KVM would write) and the backend's completion eventfd; the
 //! driver, in the test thread, kicks through the notify eventfd and sleeps
-//! on the interrupt eventfd (the irqfd). Over the in-memory backend and
+//! on the interrupt eventfd (the irqfd), which the loop writes when the
+//! handler decided on an interrupt. Over the in-memory backend and
 //! the io_uring backend on a qcow2 image.
 
 mod virtio_support;
@@ -63,6 +64,7 @@ fn run(backend: Arc<dyn BlockBackend>, requests: u64, depth: u64) -> Vec<u8> {
     let (notify, interrupt) = (eventfd(), eventfd());
     let kick = notify.try_clone().expect("clone");
     let irq = interrupt.try_clone().expect("clone");
+    let raise = interrupt.try_clone().expect("clone");
     let mut handlers = device
         .activate(mem.clone(), vec![QueueEvents { notify, interrupt }])
         .expect("activate");
@@ -97,6 +99,11 @@ fn run(backend: Arc<dyn BlockBackend>, requests: u64, depth: u64) -> Vec<u8> {
                     NOTIFY => handler.handle_queue_notify().expect("notify"),
                     COMPLETION => handler.handle_completion_event().expect("completion"),
                     _ => return handler.in_flight(),
+                }
+                // The handler decides on interrupts; the loop raises them
+                // (as the VMM's raises the transport's irqfd).
+                if handler.take_interrupt().expect("interrupt") {
+                    raise.write(1).expect("raise the interrupt");
                 }
             }
         }

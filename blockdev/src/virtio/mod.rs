@@ -67,6 +67,7 @@ pub mod disk_dirty;
 pub mod driver;
 mod eventfd;
 pub mod handler;
+mod interrupt;
 mod memory;
 pub mod net;
 pub mod request;

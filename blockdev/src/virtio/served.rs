@@ -84,8 +84,8 @@ pub trait ServedQueue: Send {
     fn signals_before_sleep(&self) -> bool {
         false
     }
-    /// Whether the queue signalled its interrupt eventfd since the last
-    /// call (resetting it).
+    /// Whether the queue decided to interrupt the guest since the last
+    /// call (resetting it); the loop raises the device's interrupt.
     fn take_interrupt(&self) -> Result<bool>;
 }
 

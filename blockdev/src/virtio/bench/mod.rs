@@ -258,7 +258,7 @@ fn own_thread(
             let _ = events.notify.write(1);
             result
         });
-        let device_result = run_device(handler, &stop);
+        let device_result = run_device(handler, &events.interrupt, &stop);
         stop.store(true, Ordering::Release);
         // Wake the guest if it sleeps.
         let _ = events.interrupt.write(1);
@@ -339,12 +339,18 @@ fn kick(events: &QueueEvents) -> Result<()> {
 /// backend while requests are in flight, sleep until a kick when idle.
 /// It polls the available ring, so the guest's kicks stay off until it is
 /// about to sleep.
-fn run_device(mut handler: QueueHandler<Arc<GuestMemoryMmap>>, stop: &AtomicBool) -> Result<()> {
+fn run_device(
+    mut handler: QueueHandler<Arc<GuestMemoryMmap>>,
+    interrupt: &EventFd,
+    stop: &AtomicBool,
+) -> Result<()> {
     handler.set_polling(true);
     loop {
         handler.process_queue()?;
+        raise_if_due(&handler, interrupt)?;
         if handler.in_flight() > 0 {
             handler.wait_and_complete()?;
+            raise_if_due(&handler, interrupt)?;
             continue;
         }
         if stop.load(Ordering::Acquire) {
@@ -355,11 +361,26 @@ fn run_device(mut handler: QueueHandler<Arc<GuestMemoryMmap>>, stop: &AtomicBool
         while !handler.has_available() && spin_start.elapsed() < SPIN {
             std::hint::spin_loop();
         }
-        if handler.has_available() || handler.prepare_to_sleep()? {
+        let came = handler.has_available() || handler.prepare_to_sleep()?;
+        raise_if_due(&handler, interrupt)?;
+        if came {
             continue;
         }
         wait_readable(handler.notify_fd())?;
         // Drains the notify eventfd and takes what the kick announced.
         handler.handle_queue_notify()?;
+        raise_if_due(&handler, interrupt)?;
     }
+}
+
+/// Interrupts the bench guest (its end of the interrupt eventfd) if the
+/// device decided to, as a VMM's event loop raises its irqfd.
+fn raise_if_due(handler: &QueueHandler<Arc<GuestMemoryMmap>>, interrupt: &EventFd) -> Result<()> {
+    if handler.take_interrupt()? {
+        interrupt.write(1).map_err(|source| Error::Io {
+            op: "interrupt the bench guest",
+            source,
+        })?;
+    }
+    Ok(())
 }

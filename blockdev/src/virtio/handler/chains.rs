@@ -256,7 +256,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     pub(super) fn add_used(&mut self, head: u16, used_len: u32) -> Result<()> {
         match self.ring.add_used(&self.view, head, used_len) {
             Ok(()) => {
-                self.used_added = true;
+                self.interrupt.note_used();
                 Ok(())
             }
             // A head index past the queue came from the guest: nothing to return.

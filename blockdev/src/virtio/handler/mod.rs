@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chain_merge::{ChainMerger, MERGED_CHAINS};
 use super::defs::STATUS_IOERR;
 use super::disk_dirty::DiskWriteTracker;
+use super::interrupt::InterruptDecision;
 use super::memory::GuestView;
 use super::request::{parse_chain, DiskInfo, ParseScratch};
 use super::ring::{RingSetupError, SplitRing};
@@ -34,17 +35,15 @@ use crate::disk::{BlockQueue, Request};
 use crate::{Error, Result};
 use std::time::Instant;
 
-/// Available ring flag: the driver does not want interrupts.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-
-/// The two eventfds of a queue: the guest's kicks and our interrupts.
+/// The two eventfds of a queue: the guest's kicks and its interrupt.
 #[derive(Debug)]
 pub struct QueueEvents {
     /// Written by the transport (or KVM, as an ioeventfd) when the driver
     /// notifies the queue.
     pub notify: EventFd,
-    /// Written by the device when the guest must be interrupted (an irqfd
-    /// for KVM, or polled by a test driver).
+    /// The queue's interrupt eventfd. The queues do not write it: their
+    /// interrupt decision is a flag whoever serves them takes
+    /// ([`QueueHandler::take_interrupt`]) and raises the interrupt for.
     pub interrupt: EventFd,
 }
 
@@ -97,7 +96,8 @@ pub struct QueueHandler<A: GuestAddressSpace> {
     /// Popping stopped for lack of room; resume when completions free some.
     blocked: bool,
     unsubmitted: u32,
-    used_added: bool,
+    /// Used elements added, and the interrupt decided after them.
+    interrupt: InterruptDecision,
     /// Leave pushed requests for the caller's `wait` to submit.
     defer_submit: bool,
     /// The event loop polls the available ring: leave the guest's
@@ -158,7 +158,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             waiting: VecDeque::new(),
             blocked: false,
             unsubmitted: 0,
-            used_added: false,
+            interrupt: InterruptDecision::default(),
             refused: 0,
             defer_submit: false,
             polling: false,
@@ -195,11 +195,6 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
     /// The eventfd the transport writes when the driver notifies this queue.
     pub fn notify_fd(&self) -> RawFd {
         self.events.notify.as_raw_fd()
-    }
-
-    /// The eventfd the device writes to interrupt the guest.
-    pub fn interrupt_fd(&self) -> RawFd {
-        self.events.interrupt.as_raw_fd()
     }
 
     /// The backend's completion eventfd.
@@ -438,30 +433,7 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
             self.unsubmitted = 0;
             self.disk.submit()?;
         }
-        if self.used_added {
-            self.used_added = false;
-            let mut needed = self
-                .ring
-                .needs_notification(&self.view)
-                .map_err(|source| queue_error("read used_event", source))?;
-            if needed && !self.ring.event_idx_enabled() {
-                // Without event idx the driver suppresses interrupts with
-                // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags
-                // (read after needs_notification's fence).
-                let flags = self
-                    .ring
-                    .avail_flags(&self.view)
-                    .map_err(|source| queue_error("read the available ring flags", source))?;
-                needed = flags & AVAIL_F_NO_INTERRUPT == 0;
-            }
-            if needed {
-                self.events.interrupt.write(1).map_err(|source| Error::Io {
-                    op: "signal the interrupt eventfd",
-                    source,
-                })?;
-            }
-        }
-        Ok(())
+        self.interrupt.decide(&mut self.ring, &self.view)
     }
 }
 
@@ -504,9 +476,11 @@ impl<A: GuestAddressSpace> QueueHandler<A> {
         std::mem::take(&mut self.refused)
     }
 
-    /// Read the interrupt eventfd: whether the device signalled the guest
-    /// since the last call (for drivers that poll instead of taking irqs).
+    /// Whether the device decided to interrupt the guest since the last
+    /// call (resetting it): whoever serves the queue raises the interrupt
+    /// (the VMM's event loop its transport's irqfd). The queue's interrupt
+    /// eventfd is not written.
     pub fn take_interrupt(&self) -> Result<bool> {
-        super::eventfd::drain(self.events.interrupt.as_raw_fd())
+        Ok(self.interrupt.take())
     }
 }

@@ -6,9 +6,8 @@
 //!
 //! An interrupt the device decides on is a flag the event loop reads with
 //! `take_interrupt` (and raises the transport's irqfd for), not a write
-//! to the queue's interrupt eventfd: the loop serves the queue on its own
-//! thread, so a flag saves a write, a poll and a read per batch. The
-//! queue's interrupt eventfd is not used.
+//! to the queue's interrupt eventfd ([`InterruptDecision`], shared with
+//! virtio-blk). The queue's interrupt eventfd is not used.
 //!
 //! Under event idx the driver is asked not to notify while the device
 //! does not need it by moving `avail_event` out of its way
@@ -16,21 +15,18 @@
 //! driver that tests `avail_idx > avail_event` rather than the crossing
 //! (virtio-drivers does) otherwise notifies on every buffer it adds.
 
-use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
 use super::super::handler::QueueEvents;
+use super::super::interrupt::InterruptDecision;
 use super::super::memory::GuestView;
 use super::super::ring::{RingSetupError, SplitRing};
 use super::defs::MAX_CHAIN_DESCRIPTORS;
 use crate::disk::IoBuf;
 use crate::{Error, Result};
-
-/// Available ring flag: the driver does not want interrupts.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Why a chain is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +65,8 @@ pub(crate) struct ActiveQueue<A: GuestAddressSpace> {
     pub ring: SplitRing,
     pub view: GuestView<A::T>,
     pub events: QueueEvents,
-    /// Used elements added since the last signal decision.
-    used_added: bool,
-    /// The device decided to interrupt the guest since the last
-    /// [`ActiveQueue::take_interrupt`].
-    interrupt_due: Cell<bool>,
+    /// Used elements added, and the interrupt decided after them.
+    interrupt: InterruptDecision,
 }
 
 impl<A: GuestAddressSpace> ActiveQueue<A> {
@@ -93,8 +86,7 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
             ring,
             view,
             events,
-            used_added: false,
-            interrupt_due: Cell::new(false),
+            interrupt: InterruptDecision::default(),
         })
     }
 
@@ -233,7 +225,7 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<()> {
         match self.ring.add_used(&self.view, head, len) {
             Ok(()) => {
-                self.used_added = true;
+                self.interrupt.note_used();
                 Ok(())
             }
             // A head past the queue came from the guest: nothing to return.
@@ -245,30 +237,13 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
     /// Interrupt the guest if it returned chains since the last call and
     /// the driver asked to hear of them.
     pub fn signal_if_needed(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.used_added) {
-            return Ok(());
-        }
-        let mut needed = self
-            .ring
-            .needs_notification(&self.view)
-            .map_err(|source| queue_error("read used_event", source))?;
-        if needed && !self.ring.event_idx_enabled() {
-            let flags = self
-                .ring
-                .avail_flags(&self.view)
-                .map_err(|source| queue_error("read the available ring flags", source))?;
-            needed = flags & AVAIL_F_NO_INTERRUPT == 0;
-        }
-        if needed {
-            self.interrupt_due.set(true);
-        }
-        Ok(())
+        self.interrupt.decide(&mut self.ring, &self.view)
     }
 
     /// Whether the device decided to interrupt the guest since the last
     /// call (resetting it); the event loop raises the interrupt.
     pub fn take_interrupt(&self) -> Result<bool> {
-        Ok(self.interrupt_due.replace(false))
+        Ok(self.interrupt.take())
     }
 }
 
