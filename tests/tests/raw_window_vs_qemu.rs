@@ -129,11 +129,12 @@ fn a_json_backing_name_is_opened_as_it_reads() {
 
 /// A 1 GiB qcow2 image whose file is held to its length plus `room`
 /// clusters by a raw window: the `json:` name of each of two copies.
-fn full_base(dir: &Path, room: u64, bitmap_args: &[&str]) -> [String; 2] {
+/// `bitmap_args` are the arguments of one `qemu-img bitmap` run each.
+fn full_base(dir: &Path, room: u64, bitmap_args: &[&[&str]]) -> [String; 2] {
     ok(qemu_img(&["create", "-q", "-f", "qcow2", "b.qcow2", "1G"]).current_dir(dir));
-    if !bitmap_args.is_empty() {
+    for one in bitmap_args {
         let mut args = vec!["bitmap"];
-        args.extend_from_slice(bitmap_args);
+        args.extend_from_slice(one);
         ok(qemu_img(&args).current_dir(dir));
     }
     let len = std::fs::metadata(dir.join("b.qcow2")).unwrap().len();
@@ -206,7 +207,7 @@ fn a_bitmap_that_cannot_be_stored_on_close_fails_commit_as_with_qemu_img() {
     let dir = tmp.path();
     // Room for the committed cluster and its L2 table, not for the
     // (disabled, so unchanged by the commit) bitmap's new table.
-    let names = full_base(dir, 2, &["--add", "b.qcow2", "b0", "--disable"]);
+    let names = full_base(dir, 2, &[&["--add", "b.qcow2", "b0", "--disable"]]);
     let mut results = Vec::new();
     for (tool, name) in [(img as fn(&[&str]) -> _, &names[0]), (qemu_img, &names[1])] {
         let top = dir.join("t.qcow2");
@@ -229,5 +230,54 @@ fn a_bitmap_that_cannot_be_stored_on_close_fails_commit_as_with_qemu_img() {
     assert!(results[0]
         .2
         .ends_with("Error while closing the image: Invalid argument"));
+    same_clean_result(dir);
+}
+
+#[test]
+fn commit_data_skips_free_gaps_shorter_than_its_runs_as_qemu_img() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Seven bitmaps leave free gaps of two clusters between their tables
+    // (the 7-bitmap half of iotest qemu-img-close-errors, scaled down).
+    // QEMU allocates each data run of the commit in one piece, so the
+    // gaps stay free and the 32 committed clusters plus the L2 table
+    // leave 14 clusters at the end: the 7 new bitmap tables and 7 data
+    // clusters fit, the directory the close stores does not. Had the
+    // data filled the gaps, the store would fit and the commit succeed.
+    let names: Vec<String> = (1..=7).map(|i| format!("stale-bitmap-{i}")).collect();
+    let adds: Vec<[&str; 3]> = names.iter().map(|n| ["--add", "b.qcow2", n]).collect();
+    let adds: Vec<&[&str]> = adds.iter().map(|a| &a[..]).collect();
+    let bases = full_base(dir, 46, &adds);
+    let mut results = Vec::new();
+    for (tool, name) in [(img as fn(&[&str]) -> _, &bases[0]), (qemu_img, &bases[1])] {
+        let top = dir.join("t.qcow2");
+        ok(
+            qemu_img(&["create", "-q", "-f", "qcow2", "-b", name, "-F", "qcow2"])
+                .arg(&top)
+                .current_dir(dir),
+        );
+        ok(qemu_img(&["bitmap", "--add", "t.qcow2", "good-bitmap"]).current_dir(dir));
+        qemu_io("qcow2", &top, &["write 0 2M"]);
+        let commit = run(tool(&["commit", "-d", "t.qcow2"]).current_dir(dir));
+        let add = run(tool(&["bitmap", "--add", name, "good-bitmap"]).current_dir(dir));
+        results.push((
+            commit.status.code(),
+            String::from_utf8_lossy(&commit.stdout).into_owned(),
+            filtered(&commit.stderr),
+            add.status.code(),
+            filtered(&add.stderr),
+        ));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0].0, Some(1), "{:?}", results[0]);
+    assert!(
+        results[0]
+            .2
+            .contains("Failed to update bitmap extension: No space left on device"),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[0].3, Some(0), "{:?}", results[0]);
     same_clean_result(dir);
 }

@@ -303,9 +303,15 @@ impl Refcounts {
             for c in start..start + count {
                 self.set(storage, c, 1)?;
             }
+            // As QEMU's free_cluster_index: the scan goes on after the run,
+            // so free gaps it skipped as too short stay unused until a free
+            // below brings the hint back.
+            self.free_hint = start + count;
             return Ok(start);
         }
-        self.alloc_area(storage, count)
+        let start = self.alloc_area(storage, count)?;
+        self.free_hint = start + count;
+        Ok(start)
     }
 
     /// Allocates between 1 and `max` contiguous free clusters with refcount
@@ -343,8 +349,7 @@ impl Refcounts {
         for c in start..start + n {
             self.set(storage, c, 1)?;
         }
-        // `start` is the first free cluster at or after the hint: all
-        // before it are in use.
+        // The next scan starts after this run (QEMU's free_cluster_index).
         self.free_hint = start + n;
         Ok((start, n))
     }

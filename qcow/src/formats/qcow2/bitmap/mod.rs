@@ -338,7 +338,12 @@ impl<'a> Bitmaps<'a> {
         } else {
             let dir = directory::write(entries);
             let offset = image.alloc_metadata(dir.len() as u64)?;
-            image.file().write_at(&dir, offset)?;
+            if let Err(err) = image.file().write_at(&dir, offset) {
+                // As QEMU's update_ext_header_and_dir: the new directory's
+                // clusters go back when it cannot be written.
+                image.free_metadata(offset, dir.len() as u64)?;
+                return Err(err);
+            }
             Some(BitmapsExtension {
                 nb_bitmaps: entries.len() as u32,
                 dir_size: dir.len() as u64,
@@ -524,8 +529,14 @@ impl<'a> Bitmaps<'a> {
             e.flags &= !FLAG_IN_USE;
             self.on_disk[i] = true;
         }
+        // QEMU's qcow2_store_persistent_dirty_bitmaps names a failed
+        // directory or header write this way.
+        self.write_directory(&self.entries)
+            .map_err(|err| match err {
+                Error::Io { source, .. } => Error::io("Failed to update bitmap extension", source),
+                other => other,
+            })?;
         let old_dir = self.old_dir.take();
-        self.write_directory(&self.entries)?;
         allocated.clear();
         if let Some((offset, len)) = old_dir {
             image.free_metadata(offset, len)?;

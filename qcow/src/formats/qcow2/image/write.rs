@@ -346,7 +346,10 @@ impl Qcow2 {
             let (base, got) = if in_data_file {
                 (to_alloc[i].0 * cs, wanted)
             } else {
-                meta.alloc_some(&*self.file, wanted)?
+                // One contiguous run for the whole request, as QEMU's
+                // do_alloc_cluster_offset: free gaps shorter than it are
+                // skipped, so data and later metadata land where QEMU's do.
+                (meta.alloc_clusters(&*self.file, wanted)?, wanted)
             };
             let j = i + got as usize - 1;
             for (k, &(gc, raw)) in to_alloc[i..=j].iter().enumerate() {
