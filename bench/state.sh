@@ -136,7 +136,7 @@ def wait_count_past(path, count, timeout=60):
         time.sleep(0.005)
     sys.exit(f"state.sh: the count in {path} stays at {count} or below")
 
-def reverted_line_after(path, size, at_most, start, timeout=30):
+def reverted_line_after(path, size, at_most, start, timeout=fill_timeout):
     """Seconds from `start` until `path` grows past `size` with a count of
     at most `at_most` (one the reverted guest prints: the guest it
     replaced was made to print past that first)."""
