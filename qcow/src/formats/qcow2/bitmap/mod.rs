@@ -229,16 +229,7 @@ impl<'a> Bitmaps<'a> {
             return Ok(());
         }
         // The others stay as they are on disk, marked in use while open.
-        let stored: Vec<BitmapEntry> = self
-            .entries
-            .iter()
-            .zip(&self.on_disk)
-            .filter(|(_, &on_disk)| on_disk)
-            .map(|(e, _)| BitmapEntry {
-                flags: e.flags | FLAG_IN_USE,
-                ..e.clone()
-            })
-            .collect();
+        let stored = self.on_disk_entries_in_use();
         let old_dir = self.old_dir.take();
         self.old_dir = self.write_directory(&stored)?;
         if let Some((offset, len)) = old_dir {
@@ -251,6 +242,21 @@ impl<'a> Bitmaps<'a> {
         })?;
         // Freed clusters are free for what is stored next, as in QEMU.
         self.image.flush()
+    }
+
+    /// The directory entries of the bitmaps stored on disk, each flagged
+    /// in use: what the directory holds while the image is open for
+    /// writing (after a remove, or after a store that failed).
+    fn on_disk_entries_in_use(&self) -> Vec<BitmapEntry> {
+        self.entries
+            .iter()
+            .zip(&self.on_disk)
+            .filter(|(_, &on_disk)| on_disk)
+            .map(|(e, _)| BitmapEntry {
+                flags: e.flags | FLAG_IN_USE,
+                ..e.clone()
+            })
+            .collect()
     }
 
     fn usable(&self, i: usize) -> Result<()> {
@@ -473,17 +479,7 @@ impl<'a> Bitmaps<'a> {
         let Some((offset, len)) = self.old_dir else {
             return Ok(());
         };
-        let on_disk: Vec<BitmapEntry> = self
-            .entries
-            .iter()
-            .zip(&self.on_disk)
-            .filter(|(_, &on_disk)| on_disk)
-            .map(|(e, _)| BitmapEntry {
-                flags: e.flags | FLAG_IN_USE,
-                ..e.clone()
-            })
-            .collect();
-        let dir = directory::write(&on_disk);
+        let dir = directory::write(&self.on_disk_entries_in_use());
         if dir.len() as u64 != len {
             return Err(op_error("the bitmap directory changed size in memory"));
         }
