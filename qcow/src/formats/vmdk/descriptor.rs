@@ -131,6 +131,14 @@ fn extent_line(line: &str) -> Result<Option<ExtentLine>> {
 }
 
 impl Descriptor {
+    /// Parses descriptor bytes as read from a file (already cut at
+    /// [`MAX_DESCRIPTOR`] bytes). QEMU reads them as one C string, so the
+    /// text ends at the first NUL byte: nothing after it is looked at.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Descriptor> {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Self::parse(&String::from_utf8_lossy(&bytes[..end]))
+    }
+
     /// Parses descriptor text (already cut at [`MAX_DESCRIPTOR`] bytes).
     pub fn parse(text: &str) -> Result<Descriptor> {
         let mut extents = Vec::new();
@@ -243,6 +251,17 @@ mod tests {
             .is_empty());
         let many = "RW 1 FLAT \"x\" 0\n".repeat(MAX_EXTENTS + 1);
         assert!(Descriptor::parse(&many).is_err());
+    }
+
+    #[test]
+    fn bytes_end_at_the_first_nul() {
+        let mut bytes = b"CID=1\nRW 10 FLAT \"a\" 0\n".to_vec();
+        bytes.push(0);
+        bytes.extend_from_slice(b"parentFileNameHint=\"p\"\nRW 10 FLAT \"x\"\n");
+        let d = Descriptor::parse_bytes(&bytes).unwrap();
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!(d.parent_hint, None);
+        assert_eq!(d.cid, 1);
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Vmdk {
         }
         let mut text = vec![0u8; file_len.min(MAX_DESCRIPTOR) as usize];
         storage.read_at(&mut text, 0)?;
-        let descriptor = Descriptor::parse(&String::from_utf8_lossy(&text))?;
+        let descriptor = Descriptor::parse_bytes(&text)?;
         let create_type = descriptor
             .create_type
             .clone()
@@ -284,8 +284,7 @@ impl Vmdk {
             vec![0u8; (EMBEDDED_DESCRIPTOR as u64).min(file_len.saturating_sub(512)) as usize];
         storage.read_at(&mut text, 512)?;
         let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-        let text = String::from_utf8_lossy(&text[..end]);
-        if !text.contains("CID") {
+        if !String::from_utf8_lossy(&text[..end]).contains("CID") {
             return Err(invalid(
                 FORMAT,
                 "descriptor",
@@ -293,7 +292,7 @@ impl Vmdk {
                 "a VMFS sparse file needs CID and parentCID text at byte 512",
             ));
         }
-        let descriptor = Descriptor::parse(&text)?;
+        let descriptor = Descriptor::parse_bytes(&text)?;
         let len = sparse.len();
         Ok(Vmdk {
             storage,
@@ -340,7 +339,7 @@ impl Vmdk {
         }
         let mut text = vec![0u8; EMBEDDED_DESCRIPTOR];
         storage.read_at(&mut text, 512)?;
-        let descriptor = Descriptor::parse(&String::from_utf8_lossy(&text))?;
+        let descriptor = Descriptor::parse_bytes(&text)?;
         let create_type = if sparse.header().compressed() {
             "streamOptimized"
         } else {
