@@ -201,3 +201,56 @@ fn hostile_sesparse_headers_are_refused_in_one_line() {
         assert_eq!(read(&path), f, "{what}: file changed");
     }
 }
+
+/// A grain the table places past the end of the file reads as zeros, as
+/// QEMU reads past the end of a file: one grain cut half-way by the end
+/// and, in a shorter file, the same grain wholly past it. `check` stops
+/// at the grain wholly past the end with qemu-img's lines and status.
+#[test]
+fn grains_past_the_end_of_the_file_read_and_check_as_qemu() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("s.vmdk"),
+        descriptor(&format!("RW {CAPACITY} SESPARSE \"s-sesparse.vmdk\"\n")),
+    )
+    .unwrap();
+    let full = build(&[], 0);
+    let grains_at = GRAINS_AT as usize * SECTOR;
+    // Grain index 4099 is the last; indices 0-2 stay whole in both cuts.
+    for (what, len) in [
+        (
+            "a grain cut by the end",
+            grains_at + 4099 * GRAIN + GRAIN / 2,
+        ),
+        ("a grain wholly past the end", grains_at + 3 * GRAIN),
+    ] {
+        std::fs::write(dir.join("s-sesparse.vmdk"), &full[..len]).unwrap();
+        ok(img(&["convert", "-f", "vmdk", "-O", "raw", "s.vmdk", "img.raw"]).current_dir(dir));
+        ok(
+            qemu_img(&["convert", "-f", "vmdk", "-O", "raw", "s.vmdk", "qemu.raw"])
+                .current_dir(dir),
+        );
+        let ours = read(&dir.join("img.raw"));
+        assert!(
+            ours == read(&dir.join("qemu.raw")),
+            "{what}: img and qemu-img differ"
+        );
+        assert!(ours.iter().any(|&b| b != 0), "{what}: data was read");
+        for args in [
+            &["check", "s.vmdk"][..],
+            &["check", "--output=json", "s.vmdk"],
+        ] {
+            let ours = run(img(args).current_dir(dir));
+            let theirs = run(qemu_img(args).current_dir(dir));
+            assert_eq!(ours.status.code(), theirs.status.code(), "{what}: {args:?}");
+            assert_eq!(ours.stdout, theirs.stdout, "{what}: {args:?} stdout");
+            let (ours, theirs) = (
+                String::from_utf8_lossy(&ours.stderr),
+                String::from_utf8_lossy(&theirs.stderr).replace("qemu-img:", "img:"),
+            );
+            assert_eq!(ours, theirs, "{what}: {args:?} stderr");
+        }
+    }
+}

@@ -80,6 +80,10 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// Corruptions repaired (a vhdx log replayed on open).
     pub corruptions_fixed: u64,
+    /// The errno qemu's check returns when it stops at what it found
+    /// (after printing `messages`): qemu-img then prints `Check failed:`
+    /// and the errno's text instead of a summary. `None`: it ran through.
+    pub stopped_errno: Option<i32>,
 }
 
 impl CheckReport {

@@ -40,6 +40,10 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     for line in &found.messages {
         eprintln!("{line}");
     }
+    if let Some(errno) = found.stopped_errno {
+        let reason = super::os_text(&std::io::Error::from_raw_os_error(errno));
+        return Err(anyhow!("Check failed: {reason}"));
+    }
     let report = CheckReport {
         filename: filename.clone(),
         format: format.name().to_string(),

@@ -370,14 +370,16 @@ impl Vmdk {
     /// must start inside its file.
     fn check_extents(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        // QEMU's vmdk_co_check stops at the first cluster whose offset is
+        // past the end of its file: it prints the sector, counts one
+        // corruption and fails with EINVAL.
+        let mut past_eof = None;
         for e in &self.extents {
             let first_sector = e.start / 512;
             match &e.data {
                 Data::Flat { storage, offset } => {
                     if *offset >= storage.len()? {
-                        report.corrupt(format!(
-                            "ERROR: cluster offset for sector {first_sector} points after EOF"
-                        ));
+                        past_eof = Some(first_sector);
                     }
                 }
                 Data::Sparse(s) => {
@@ -388,11 +390,8 @@ impl Vmdk {
                             Grain::Unallocated | Grain::Zero => return,
                         };
                         report.allocated_clusters += 1;
-                        if host >= file_len {
-                            report.corrupt(format!(
-                                "ERROR: cluster offset for sector {} points after EOF",
-                                first_sector + grain_offset / 512
-                            ));
+                        if host >= file_len && past_eof.is_none() {
+                            past_eof = Some(first_sector + grain_offset / 512);
                         }
                     })?;
                 }
@@ -401,14 +400,18 @@ impl Vmdk {
                     s.for_each_grain(|grain_offset, grain| {
                         let Grain::Data(host) = grain else { return };
                         report.allocated_clusters += 1;
-                        if host >= file_len {
-                            report.corrupt(format!(
-                                "ERROR: cluster offset for sector {} points after EOF",
-                                first_sector + grain_offset / 512
-                            ));
+                        if host >= file_len && past_eof.is_none() {
+                            past_eof = Some(first_sector + grain_offset / 512);
                         }
                     })?;
                 }
+            }
+            if let Some(sector) = past_eof {
+                report.corrupt(format!(
+                    "ERROR: cluster offset for sector {sector} points after EOF"
+                ));
+                report.stopped_errno = Some(libc::EINVAL);
+                break;
             }
         }
         Ok(report)
