@@ -98,9 +98,12 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             return Err(anyhow!("No support for concatenating multiple snapshot"));
         }
         match &sources[0] {
-            AnyImage::Qcow2(q) => q
-                .view_snapshot(name)
-                .map_err(|e| anyhow!("Failed to load snapshot: {}", io_reason(&e)))?,
+            AnyImage::Qcow2(q) => q.view_snapshot(name).map_err(|e| {
+                anyhow!(
+                    "Failed to load snapshot: {}",
+                    super::snapshot::load_failure(&e)
+                )
+            })?,
             AnyImage::Raw(_) | AnyImage::Foreign(..) => {
                 return Err(anyhow!(
                     "Failed to load snapshot: {} images have no snapshots",

@@ -103,8 +103,12 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
                 }
             });
             if let (Some(name), AnyImage::Qcow2(q)) = (&snapshot, &image) {
-                q.view_snapshot(name)
-                    .map_err(|e| anyhow!("Failed to load snapshot: {e}"))?;
+                q.view_snapshot(name).map_err(|e| {
+                    anyhow!(
+                        "Failed to load snapshot: {}",
+                        super::snapshot::load_failure(&e)
+                    )
+                })?;
             }
             Some(image)
         }

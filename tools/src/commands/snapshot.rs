@@ -66,12 +66,24 @@ pub fn run(args: &SnapshotArgs) -> Result<i32> {
                         errno_text(&e)
                     )
                 }
+                // qcow2_snapshot_goto returns ENOENT without a message.
+                qcow::Error::SnapshotNotFound { .. } => anyhow!(
+                    "Could not apply snapshot '{}': Failed to load snapshot: No such file or \
+                     directory",
+                    shown(&name)
+                ),
                 _ => fail(&format!("apply snapshot '{}'", shown(&name)), e),
             })?;
         }
         SnapshotAction::Delete(name) => {
-            q.delete_snapshot(&name)
-                .map_err(|e| fail(&format!("delete snapshot '{}'", shown(&name)), e))?;
+            q.delete_snapshot(&name).map_err(|e| match &e {
+                // qcow2_snapshot_delete's own words.
+                qcow::Error::SnapshotNotFound { .. } => anyhow!(
+                    "Could not delete snapshot '{}': snapshot not found",
+                    shown(&name)
+                ),
+                _ => fail(&format!("delete snapshot '{}'", shown(&name)), e),
+            })?;
         }
     }
     image.flush()?;
@@ -89,6 +101,16 @@ fn reason(e: &qcow::Error) -> String {
         // QEMU allocates the missing refcount block, then fails with
         // EAGAIN (qemu-iotests 080).
         qcow::Error::RefcountBlockMissing { .. } => "Resource temporarily unavailable".to_string(),
+        other => io_reason(other),
+    }
+}
+
+/// Why a snapshot could not be opened read-only (`convert -l`, `measure
+/// -l`), as qemu-img words it after "Failed to load snapshot: ": a missing
+/// one in qcow2_snapshot_load_tmp's words, which name no snapshot.
+pub fn load_failure(e: &qcow::Error) -> String {
+    match e {
+        qcow::Error::SnapshotNotFound { .. } => "Can't find snapshot".to_string(),
         other => io_reason(other),
     }
 }
