@@ -9,16 +9,68 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
+/// Which of a layer's files holds an extent's bytes: an index into the
+/// layer's list of files, which [`BlockRead::extent_file`] hands out.
+///
+/// Index 0 is always the layer's own image file. What the others are is
+/// the layer's to say: a qcow2 image's external data file is
+/// [`FileIndex::QCOW2_DATA_FILE`]; a vmdk names each extent in a file of
+/// its own by the extent's position in the descriptor, plus one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct FileIndex(pub u32);
+
+impl FileIndex {
+    /// The layer's own image file.
+    pub const IMAGE: FileIndex = FileIndex(0);
+    /// A qcow2 image's external data file.
+    pub const QCOW2_DATA_FILE: FileIndex = FileIndex(1);
+
+    /// Whether this is the layer's own image file.
+    pub fn is_image(self) -> bool {
+        self == FileIndex::IMAGE
+    }
+}
+
+/// One of a layer's files, as [`BlockRead::extent_file`] hands it out.
+#[derive(Clone)]
+pub struct LayerFile {
+    /// The file's storage (a path or descriptor for io_uring comes from
+    /// [`Storage::as_file`] where the storage has one).
+    pub storage: Arc<dyn Storage>,
+    /// Its name as qemu-img shows it (`map`'s file column), when the
+    /// layer knows it.
+    pub name: Option<String>,
+}
+
+impl LayerFile {
+    /// The answer of a layer whose data extents are all in its own file,
+    /// `storage`, stored as the guest sees them: that file for
+    /// [`FileIndex::IMAGE`], nothing else.
+    pub fn own(storage: &Arc<dyn Storage>, file: FileIndex) -> Option<LayerFile> {
+        file.is_image().then(|| LayerFile {
+            storage: storage.clone(),
+            name: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for LayerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a guest range of one layer lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtentKind {
-    /// Data stored at `host_offset` of this layer's file, or of its
-    /// external data file when `in_data_file`.
+    /// Data stored at `host_offset` of one of this layer's files.
     Data {
         /// Byte offset in the file.
         host_offset: u64,
-        /// Whether the bytes are in the external data file.
-        in_data_file: bool,
+        /// Which of the layer's files holds the bytes.
+        file: FileIndex,
     },
     /// Compressed data: the whole guest cluster decompresses from
     /// `compressed_len` bytes at `host_offset`.
@@ -67,6 +119,23 @@ pub trait BlockRead: Send + Sync {
     fn backing(&self) -> Option<&dyn BlockRead>;
     /// The format name ("qcow2", "raw").
     fn format_name(&self) -> &'static str;
+    /// The file `file` names in this layer's `ExtentKind::Data` extents,
+    /// or `None` when the layer has no such file or does not hand it out:
+    /// then its data extents must be read through the layer (an
+    /// encrypted volume's bytes in its file are not the guest's).
+    fn extent_file(&self, _file: FileIndex) -> Option<LayerFile> {
+        None
+    }
+    /// Whether QEMU's driver for this layer reports its file's holes as
+    /// data and then asks the file, which says zero, so that qemu-img's
+    /// map shows them as `"data": true, "zero": true`: the layer's zero
+    /// extents with a host offset (vmdk's flat extents) and the holes
+    /// inside its data extents (a static vdi's blocks). False for a raw
+    /// layer and for qcow2's preallocated zero clusters, which qemu-img
+    /// shows without data.
+    fn file_holes_are_data(&self) -> bool {
+        false
+    }
 }
 
 /// Checks that a guest request lies within the disk.
@@ -127,7 +196,7 @@ impl BlockRead for RawImage {
         let kind = if data {
             ExtentKind::Data {
                 host_offset: offset,
-                in_data_file: false,
+                file: FileIndex::IMAGE,
             }
         } else {
             ExtentKind::Zero {
@@ -147,6 +216,10 @@ impl BlockRead for RawImage {
 
     fn format_name(&self) -> &'static str {
         "raw"
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
     }
 }
 

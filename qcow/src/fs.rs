@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::device::{BlockRead, Extent, RawImage};
+use crate::device::{BlockRead, Extent, FileIndex, LayerFile, RawImage};
 use crate::error::{Error, Result};
 use crate::formats::{ForeignImage, ForeignLayer};
 use crate::image::{Opener, Qcow2};
@@ -342,6 +342,19 @@ impl BlockRead for AnyImage {
     }
     fn format_name(&self) -> &'static str {
         self.format().name()
+    }
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        match self {
+            AnyImage::Qcow2(q) => q.extent_file(file),
+            AnyImage::Raw(r) => r.extent_file(file),
+            AnyImage::Foreign(_, f) => f.extent_file(file),
+        }
+    }
+    fn file_holes_are_data(&self) -> bool {
+        match self {
+            AnyImage::Foreign(_, f) => f.file_holes_are_data(),
+            AnyImage::Qcow2(_) | AnyImage::Raw(_) => false,
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 
 pub(crate) mod bufs;
 mod foreign;
+mod foreign_reads;
 mod host;
 mod open;
 mod queue;

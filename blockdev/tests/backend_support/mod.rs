@@ -167,6 +167,8 @@ pub enum DiscardModel {
     /// qcow2 with this cluster size: whole clusters read as zero, the
     /// rest is unchanged.
     Clusters(u64),
+    /// The formats of other hypervisors: a discard changes nothing.
+    Keep,
 }
 
 /// Parameters of a random run.
@@ -278,6 +280,7 @@ pub fn random_workload(q: &mut dyn BlockQueue, model: &mut [u8], w: &Workload) {
                             model[first as usize..end as usize].fill(0);
                         }
                     }
+                    DiscardModel::Keep => {}
                 }
                 entry = InFlight {
                     offset,

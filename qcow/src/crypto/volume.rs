@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::cipher::{SectorCipher, SECTOR_SIZE};
 use super::luks::{LuksHeader, HEADER_LEN};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex};
 use crate::error::{Error, Result};
 use crate::formats::{CheckReport, ForeignImage};
 use crate::storage::Storage;
@@ -120,7 +120,7 @@ impl BlockRead for LuksVolume {
             len,
             kind: ExtentKind::Data {
                 host_offset: self.payload_offset + offset,
-                in_data_file: false,
+                file: FileIndex::IMAGE,
             },
         }])
     }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::{invalid, read_table, CheckReport, ForeignImage};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind, SECTOR_SIZE};
+use crate::device::{
+    check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile, SECTOR_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -257,7 +259,7 @@ impl BlockRead for Bochs {
             let kind = match self.sector_host_offset(sector_start)? {
                 Some(host) => ExtentKind::Data {
                     host_offset: host + (pos - sector_start),
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 },
                 None => ExtentKind::Zero { host_offset: None },
             };
@@ -273,6 +275,10 @@ impl BlockRead for Bochs {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
     }
 }
 
@@ -351,7 +357,7 @@ mod tests {
             extents[1].kind,
             ExtentKind::Data {
                 host_offset: data_offset + 1024,
-                in_data_file: false
+                file: FileIndex::IMAGE
             }
         );
         assert!(bochs.write_at(&[0; 512], 0).is_err());

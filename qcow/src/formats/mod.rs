@@ -30,7 +30,7 @@ pub(crate) const MAX_EXTENT_STEPS: usize = 65536;
 
 /// Appends `len` bytes at `guest_offset` of `kind` to `out`, lengthening
 /// the last extent instead when this one continues it (same kind, and for
-/// data the next host byte).
+/// data the next host byte of the same file).
 pub(crate) fn push_extent(
     out: &mut Vec<crate::device::Extent>,
     guest_offset: u64,
@@ -40,9 +40,16 @@ pub(crate) fn push_extent(
     use crate::device::{Extent, ExtentKind};
     if let Some(last) = out.last_mut() {
         let continues = match (last.kind, kind) {
-            (ExtentKind::Data { host_offset: a, .. }, ExtentKind::Data { host_offset: b, .. }) => {
-                a + last.len == b
-            }
+            (
+                ExtentKind::Data {
+                    host_offset: a,
+                    file: fa,
+                },
+                ExtentKind::Data {
+                    host_offset: b,
+                    file: fb,
+                },
+            ) => fa == fb && a + last.len == b,
             (ExtentKind::Unallocated { .. }, ExtentKind::Unallocated { .. }) => true,
             (ExtentKind::Zero { host_offset: None }, ExtentKind::Zero { host_offset: None }) => {
                 true
@@ -381,5 +388,11 @@ impl BlockRead for ForeignLayer {
     }
     fn format_name(&self) -> &'static str {
         self.0.format_name()
+    }
+    fn extent_file(&self, file: crate::device::FileIndex) -> Option<crate::device::LayerFile> {
+        self.0.extent_file(file)
+    }
+    fn file_holes_are_data(&self) -> bool {
+        self.0.file_holes_are_data()
     }
 }

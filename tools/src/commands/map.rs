@@ -11,15 +11,14 @@ use super::open_named;
 use crate::cli::MapArgs;
 use crate::report::map::{MapEntry, MapError, MapPrinter};
 
-/// File names of each layer of a chain (top first), and of the top's
-/// external data file.
-pub fn layer_names(filename: &str, image: &AnyImage) -> (Vec<String>, Option<String>) {
+/// File names of each layer of a chain (top first); the other files of a
+/// layer (a data file, vmdk extents) are named by the layer itself
+/// ([`BlockRead::extent_file`]).
+pub fn layer_names(filename: &str, image: &AnyImage) -> Vec<String> {
     let mut names = vec![filename.to_string()];
-    let mut data_file = None;
     if let AnyImage::Qcow2(q) = image {
         let hc = q.header_cluster();
         let dir = Path::new(filename).parent().unwrap_or(Path::new(""));
-        data_file = hc.data_file().map(str::to_string);
         let mut next = hc.backing_file.map(|b| resolve(dir, &b));
         let mut layer: Option<&dyn BlockRead> = q.backing_image();
         while let (Some(path), Some(l)) = (next.take(), layer) {
@@ -35,7 +34,37 @@ pub fn layer_names(filename: &str, image: &AnyImage) -> (Vec<String>, Option<Str
             layer = l.backing();
         }
     }
-    (names, data_file)
+    names
+}
+
+/// The layer `depth` steps down `top`'s backing chain (0: `top`).
+fn layer_at(top: &dyn BlockRead, depth: u32) -> Option<&dyn BlockRead> {
+    let mut layer = Some(top);
+    for _ in 0..depth {
+        layer = layer?.backing();
+    }
+    layer
+}
+
+/// Splits `len` bytes at `host_offset` of `storage` into runs of data
+/// and holes (true), as QEMU's block status asks a file.
+fn hole_runs(
+    storage: &dyn qcow::storage::Storage,
+    host_offset: u64,
+    len: u64,
+) -> Result<Vec<(u64, bool)>> {
+    let mut runs: Vec<(u64, bool)> = Vec::new();
+    let mut done = 0;
+    while done < len {
+        let (data, n) = storage.data_extent(host_offset + done, len - done)?;
+        let n = n.clamp(1, len - done);
+        match runs.last_mut() {
+            Some(last) if last.1 != data => last.0 += n,
+            _ => runs.push((n, !data)),
+        }
+        done += n;
+    }
+    Ok(runs)
 }
 
 /// QEMU's request alignment under O_DIRECT (its usual probe result).
@@ -84,7 +113,7 @@ pub fn run(args: &MapArgs) -> Result<i32> {
         Some(len) => start.saturating_add(len).min(size),
         None => size,
     };
-    let (names, data_file) = layer_names(&spec.filename, &image);
+    let names = layer_names(&spec.filename, &image);
     let file_storage = match &image {
         AnyImage::Qcow2(q) if super::looks_preallocated(&image) => Some(q.file().clone()),
         _ => None,
@@ -104,6 +133,9 @@ pub fn run(args: &MapArgs) -> Result<i32> {
         }
         for e in extents {
             let filename = names.get(e.depth as usize).cloned();
+            // Runs of data and holes (true) in the extent's file, when the
+            // entry is split by them.
+            let mut file_runs: Vec<(u64, bool)> = Vec::new();
             let mut entry = MapEntry {
                 start: e.guest_offset,
                 length: e.len,
@@ -112,20 +144,31 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                 ..MapEntry::default()
             };
             match e.kind {
-                ExtentKind::Data {
-                    host_offset,
-                    in_data_file,
-                } => {
+                ExtentKind::Data { host_offset, file } => {
                     entry.data = true;
                     entry.offset = Some(host_offset);
-                    entry.filename = if in_data_file {
-                        data_file.clone()
-                    } else {
+                    entry.filename = if file.is_image() {
                         filename
+                    } else {
+                        // A file of the layer's own (a qcow2 data file, a
+                        // vmdk extent): qemu-img names that file.
+                        layer_at(&image, e.depth)
+                            .and_then(|l| l.extent_file(file))
+                            .and_then(|f| f.name)
+                            .or(filename)
                     };
+                    // A layer whose driver asks the file about its data
+                    // (a static vdi): the file's holes are data reading
+                    // as zero.
+                    if let Some(f) = layer_at(&image, e.depth)
+                        .filter(|l| l.file_holes_are_data())
+                        .and_then(|l| l.extent_file(file))
+                    {
+                        file_runs = hole_runs(&*f.storage, host_offset, e.len)?;
+                    }
                     // A data cluster in a hole of the top image's file
                     // reads as zero, and qemu says so.
-                    if e.depth == 0 && !in_data_file {
+                    if e.depth == 0 && file.is_image() {
                         if let Some(s) = &file_storage {
                             if let Ok((false, n)) = s.data_extent(host_offset, e.len) {
                                 if n >= e.len {
@@ -144,6 +187,14 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                     entry.zero = true;
                     entry.offset = host_offset;
                     entry.filename = filename;
+                    // A hole of a file holding the guest's bytes as they
+                    // are (a vmdk flat extent): QEMU's driver calls it
+                    // data and asks the file, which says zero.
+                    if host_offset.is_some()
+                        && layer_at(&image, e.depth).is_some_and(|l| l.file_holes_are_data())
+                    {
+                        entry.data = true;
+                    }
                 }
                 // Nothing in the chain allocates it: reads as zero.
                 ExtentKind::Unallocated { host_offset } => {
@@ -155,8 +206,23 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                 }
             }
             pos = e.guest_offset + e.len;
-            if let Err(err) = printer.push(entry) {
-                result = Err(err);
+            let mut at = 0;
+            for (len, hole) in file_runs {
+                let mut part = entry.clone();
+                part.start += at;
+                part.length = len;
+                part.offset = part.offset.map(|o| o + at);
+                part.zero = hole;
+                at += len;
+                result = printer.push(part);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if at == 0 {
+                result = printer.push(entry);
+            }
+            if result.is_err() {
                 break;
             }
         }
@@ -182,6 +248,7 @@ fn unwrap_io(e: MapError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qcow::device::FileIndex;
 
     fn extent(guest_offset: u64, len: u64, data: bool) -> ChainExtent {
         ChainExtent {
@@ -192,7 +259,7 @@ mod tests {
             kind: if data {
                 ExtentKind::Data {
                     host_offset: guest_offset,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 }
             } else {
                 ExtentKind::Zero {

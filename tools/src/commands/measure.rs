@@ -1,7 +1,7 @@
 //! `img measure`.
 
 use anyhow::{anyhow, Result};
-use qcow::device::{chain_extents, BlockRead, ExtentKind};
+use qcow::device::{chain_extents, BlockRead, ExtentKind, FileIndex};
 use qcow::fs::AnyImage;
 use qcow::measure::{fits_l1_limit, fully_allocated_size};
 use qcow::Storage;
@@ -41,7 +41,7 @@ fn allocated_data(source: &AnyImage, cluster_size: u64) -> Result<u64> {
                 if let (
                     ExtentKind::Data {
                         host_offset,
-                        in_data_file: false,
+                        file: FileIndex::IMAGE,
                     },
                     0,
                     Some(file),

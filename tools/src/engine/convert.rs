@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
-use qcow::device::{chain_extents, BlockRead, ExtentKind};
+use qcow::device::{chain_extents, BlockRead, ExtentKind, FileIndex};
 use qcow::fs::AnyImage;
 use qcow::storage::Storage;
 
@@ -429,7 +429,7 @@ fn regions(
                 (
                     ExtentKind::Data {
                         host_offset,
-                        in_data_file: false,
+                        file: FileIndex::IMAGE,
                     },
                     Some(file),
                 ) if depth == 0 => {
@@ -738,11 +738,9 @@ fn write_plain(target: &AnyImage, offset: u64, data: &[u8]) -> Result<()> {
             let mut result = Ok(());
             for p in &plan.pieces {
                 let start = (p.guest_offset - offset) as usize;
-                let storage = if p.in_data_file {
-                    q.data_file().expect("data file pieces need a data file")
-                } else {
-                    q.file()
-                };
+                let storage = q
+                    .file_storage(p.file)
+                    .expect("a write plan names only the image's own files");
                 result = storage.write_at(&data[start..start + p.len as usize], p.host_offset);
                 if result.is_err() {
                     break;

@@ -140,12 +140,9 @@ impl ExtentWindow {
 /// `kind` of an extent whose first `skip` bytes are cut off.
 fn shifted(kind: ExtentKind, skip: u64) -> ExtentKind {
     match kind {
-        ExtentKind::Data {
-            host_offset,
-            in_data_file,
-        } => ExtentKind::Data {
+        ExtentKind::Data { host_offset, file } => ExtentKind::Data {
             host_offset: host_offset + skip,
-            in_data_file,
+            file,
         },
         ExtentKind::Zero { host_offset } => ExtentKind::Zero {
             host_offset: host_offset.map(|h| h + skip),
@@ -162,7 +159,7 @@ fn shifted(kind: ExtentKind, skip: u64) -> ExtentKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qcow::device::{Extent, RawImage};
+    use qcow::device::{Extent, FileIndex, RawImage};
     use qcow::storage::MemStorage;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -216,7 +213,7 @@ mod tests {
                 got[0].2,
                 ExtentKind::Data {
                     host_offset: pos,
-                    in_data_file: false
+                    file: FileIndex::IMAGE
                 }
             );
         }

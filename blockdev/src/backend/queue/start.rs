@@ -3,7 +3,7 @@
 //! piece), zero-filling and synchronous reads where no kernel operation is
 //! needed, and the page-cache fallback for I/O O_DIRECT cannot take.
 
-use qcow::device::{chain_extents, Extent, ExtentKind};
+use qcow::device::{chain_extents, Extent, ExtentKind, FileIndex};
 use qcow::image::Qcow2;
 
 use super::{Kind, OpKind, OpState, Slot, Start, UringQueue, MAX_IOVECS};
@@ -194,20 +194,15 @@ impl UringQueue {
         let rel = e.guest_offset - offset;
         let layers = self.disk.backing.len() as u32;
         match e.kind {
+            // The ring's fixed files are the image file, its data file
+            // (index 1, as `FileIndex::QCOW2_DATA_FILE`), then the backing
+            // layers.
+            ExtentKind::Data { host_offset, file } if depth == 0 => {
+                self.add_io(slot, OpKind::Read, file.0, host_offset, rel, e.len)
+            }
             ExtentKind::Data {
                 host_offset,
-                in_data_file,
-            } if depth == 0 => self.add_io(
-                slot,
-                OpKind::Read,
-                u32::from(in_data_file),
-                host_offset,
-                rel,
-                e.len,
-            ),
-            ExtentKind::Data {
-                host_offset,
-                in_data_file: false,
+                file: FileIndex::IMAGE,
             } if depth <= layers => {
                 self.add_io(slot, OpKind::Read, depth + 1, host_offset, rel, e.len)
             }
@@ -267,7 +262,7 @@ impl UringQueue {
                     self.add_io(
                         slot,
                         OpKind::Write,
-                        u32::from(p.in_data_file),
+                        p.file.0,
                         p.host_offset,
                         p.guest_offset - offset,
                         p.len,

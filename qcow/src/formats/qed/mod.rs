@@ -21,7 +21,7 @@ use self::header::{
     Header, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_LEN, MAX_BACKING_NAME,
 };
 use super::{invalid, read_table, BackingFile, CheckReport, ForeignImage};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -359,7 +359,7 @@ impl BlockRead for Qed {
             let kind = match self.lookup(pos)? {
                 Cluster::Data(h) => ExtentKind::Data {
                     host_offset: h + pos % cs,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 },
                 Cluster::Zero => ExtentKind::Zero { host_offset: None },
                 Cluster::Unallocated => ExtentKind::Unallocated { host_offset: None },
@@ -376,6 +376,10 @@ impl BlockRead for Qed {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
     }
 }
 

@@ -13,7 +13,7 @@ use byteorder::{ByteOrder, LittleEndian};
 
 use self::header::{new_header, Header, BLOCK_SIZE, HEADER_SIZE, MAX_BLOCKS};
 use super::{random_uuid, read_table, CheckReport, ForeignImage};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile};
 use crate::error::Result;
 use crate::formats::invalid;
 use crate::storage::Storage;
@@ -184,7 +184,7 @@ impl BlockRead for Vdi {
             let kind = match host {
                 Some(h) => ExtentKind::Data {
                     host_offset: h,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 },
                 // A format without backing files: QEMU reports an unallocated
                 // block as present zeros.
@@ -202,6 +202,15 @@ impl BlockRead for Vdi {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
+    }
+
+    fn file_holes_are_data(&self) -> bool {
+        // QEMU's vdi driver asks the file about a static image's blocks.
+        self.is_static()
     }
 }
 

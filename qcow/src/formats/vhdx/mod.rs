@@ -22,7 +22,7 @@ use self::structures::{
     HeaderUpdate, Metadata,
 };
 use super::{invalid, read_table, CheckReport, ForeignImage};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -364,7 +364,7 @@ impl BlockRead for Vhdx {
             let kind = match entry & 7 {
                 FULLY_PRESENT => ExtentKind::Data {
                     host_offset: (entry >> 20 << 20) + pos % block,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 },
                 ZERO => ExtentKind::Zero { host_offset: None },
                 // A format without backing files: QEMU reports an unallocated
@@ -383,6 +383,10 @@ impl BlockRead for Vhdx {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
     }
 }
 

@@ -27,7 +27,7 @@ use self::header::MAGIC;
 use self::sesparse::SeSparseExtent;
 use self::sparse::{Grain, SparseExtent};
 use super::{invalid, BackingFile, CheckReport, ForeignImage, InfoValue, SideFiles};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -428,10 +428,28 @@ impl Vmdk {
         &self.create_type
     }
 
+    /// The position of the extent holding guest byte `offset`.
+    fn extent_index_at(&self, offset: u64) -> usize {
+        let i = self.extents.partition_point(|e| e.start + e.len <= offset);
+        i.min(self.extents.len() - 1)
+    }
+
     /// The extent holding guest byte `offset`.
     fn extent_at(&self, offset: u64) -> &VmdkExtent {
-        let i = self.extents.partition_point(|e| e.start + e.len <= offset);
-        &self.extents[i.min(self.extents.len() - 1)]
+        &self.extents[self.extent_index_at(offset)]
+    }
+
+    /// The file index extent `index` reports its data in: the image file
+    /// for the extent of a monolithic file, else the extent's position
+    /// plus one (an extent's own file, as [`BlockRead::extent_file`]
+    /// hands it out).
+    fn file_index(e: &VmdkExtent, index: usize) -> FileIndex {
+        if e.separate {
+            // The descriptor's extent count is bounded by its size.
+            FileIndex(u32::try_from(index + 1).expect("extent count fits u32"))
+        } else {
+            FileIndex::IMAGE
+        }
     }
 
     /// Applies `f` to each piece of `[offset, offset+len)` that lies in one
@@ -500,7 +518,9 @@ impl BlockRead for Vmdk {
         let mut pos = offset;
         let mut steps = 0;
         while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
-            let e = self.extent_at(pos);
+            let index = self.extent_index_at(pos);
+            let e = &self.extents[index];
+            let file = Self::file_index(e, index);
             let inner = pos - e.start;
             let room = (e.len - inner).min(end - pos);
             let (kind, n) = match &e.data {
@@ -509,10 +529,7 @@ impl BlockRead for Vmdk {
                     let host_offset = offset + inner;
                     let (data, m) = storage.data_extent(host_offset, room)?;
                     let kind = if data {
-                        ExtentKind::Data {
-                            host_offset,
-                            in_data_file: false,
-                        }
+                        ExtentKind::Data { host_offset, file }
                     } else {
                         ExtentKind::Zero {
                             host_offset: Some(host_offset),
@@ -527,7 +544,7 @@ impl BlockRead for Vmdk {
                         Grain::Zero => ExtentKind::Zero { host_offset: None },
                         Grain::Data(h) => ExtentKind::Data {
                             host_offset: h,
-                            in_data_file: false,
+                            file,
                         },
                         Grain::Compressed(h) => ExtentKind::Compressed {
                             host_offset: h,
@@ -541,7 +558,7 @@ impl BlockRead for Vmdk {
                     let kind = match grain {
                         Grain::Data(h) => ExtentKind::Data {
                             host_offset: h,
-                            in_data_file: false,
+                            file,
                         },
                         Grain::Zero => ExtentKind::Zero { host_offset: None },
                         _ => ExtentKind::Unallocated { host_offset: None },
@@ -562,6 +579,28 @@ impl BlockRead for Vmdk {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        if file.is_image() {
+            return LayerFile::own(&self.storage, file);
+        }
+        let e = self.extents.get((file.0 as usize).checked_sub(1)?)?;
+        let storage = match &e.data {
+            Data::Flat { storage, .. } => storage.clone(),
+            Data::Sparse(s) => s.storage().clone(),
+            Data::SeSparse(s) => s.storage().clone(),
+        };
+        e.separate.then(|| LayerFile {
+            storage,
+            name: Some(e.file_name.clone()),
+        })
+    }
+
+    fn file_holes_are_data(&self) -> bool {
+        // Only flat extents report zeros with a host offset (their
+        // file's holes); QEMU's vmdk driver calls them data and recurses.
+        true
     }
 }
 

@@ -18,7 +18,7 @@ use self::footer::{
     MAX_SECTORS, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED,
 };
 use super::{invalid, random_uuid, read_table, unix_now, CheckReport, ForeignImage};
-use crate::device::{check_range, BlockRead, Extent, ExtentKind};
+use crate::device::{check_range, BlockRead, Extent, ExtentKind, FileIndex, LayerFile};
 use crate::error::Result;
 use crate::storage::Storage;
 
@@ -348,7 +348,7 @@ impl BlockRead for Vpc {
             let kind = if data {
                 ExtentKind::Data {
                     host_offset: offset,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 }
             } else {
                 ExtentKind::Zero {
@@ -371,7 +371,7 @@ impl BlockRead for Vpc {
             let kind = match host {
                 Some(h) => ExtentKind::Data {
                     host_offset: h,
-                    in_data_file: false,
+                    file: FileIndex::IMAGE,
                 },
                 // A format without backing files: QEMU reports an unallocated
                 // block as present zeros.
@@ -389,6 +389,16 @@ impl BlockRead for Vpc {
 
     fn format_name(&self) -> &'static str {
         FORMAT
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        LayerFile::own(&self.storage, file)
+    }
+
+    fn file_holes_are_data(&self) -> bool {
+        // A fixed VHD is the file's bytes as they are: QEMU's vpc driver
+        // passes its holes through as data that reads as zero.
+        self.dynamic.is_none()
     }
 }
 

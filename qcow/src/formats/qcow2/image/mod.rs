@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::cache::TableCache;
-use crate::device::{BlockRead, Extent};
+use crate::device::{BlockRead, Extent, FileIndex, LayerFile};
 use crate::entries::Geometry;
 use crate::error::{Error, Result};
 use crate::extensions::HeaderCluster;
@@ -269,6 +269,26 @@ impl Qcow2 {
         self.data_file.as_ref()
     }
 
+    /// The file this image's data clusters are in: the external data file
+    /// when there is one, else the image file.
+    pub(crate) fn data_file_index(&self) -> FileIndex {
+        if self.data_file.is_some() {
+            FileIndex::QCOW2_DATA_FILE
+        } else {
+            FileIndex::IMAGE
+        }
+    }
+
+    /// The storage of one of this image's files (see [`FileIndex`]): the
+    /// image file, or the external data file.
+    pub fn file_storage(&self, file: FileIndex) -> Option<&Arc<dyn Storage>> {
+        match file {
+            FileIndex::IMAGE => Some(&self.file),
+            FileIndex::QCOW2_DATA_FILE => self.data_file.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The backing image, if any.
     pub fn backing_image(&self) -> Option<&dyn BlockRead> {
         self.backing.as_deref()
@@ -401,5 +421,16 @@ impl BlockRead for Qcow2 {
 
     fn format_name(&self) -> &'static str {
         "qcow2"
+    }
+
+    fn extent_file(&self, file: FileIndex) -> Option<LayerFile> {
+        let name = match file {
+            FileIndex::QCOW2_DATA_FILE => self.lock().hc.data_file().map(str::to_string),
+            _ => None,
+        };
+        self.file_storage(file).map(|storage| LayerFile {
+            storage: storage.clone(),
+            name,
+        })
     }
 }

@@ -16,11 +16,11 @@ fn push_extent(out: &mut Vec<Extent>, e: Extent) {
             (
                 ExtentKind::Data {
                     host_offset: a,
-                    in_data_file: fa,
+                    file: fa,
                 },
                 ExtentKind::Data {
                     host_offset: b,
-                    in_data_file: fb,
+                    file: fb,
                 },
             ) => fa == fb && a + last.len == b,
             (ExtentKind::Zero { host_offset: None }, ExtentKind::Zero { host_offset: None }) => {
@@ -125,7 +125,8 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.cluster_size();
         let guest_offset = guest_cluster * cs + in_cluster;
-        let in_data_file = self.data_file.is_some();
+        let file = self.data_file_index();
+        let in_data_file = !file.is_image();
         let entry = self.geo.decode_l2(raw.entry);
         if let L2Entry::Compressed {
             host_offset,
@@ -184,7 +185,7 @@ impl Qcow2 {
                     self.check_data_offset(meta, guest_cluster, host_offset)?;
                     ExtentKind::Data {
                         host_offset: host_offset + in_cluster,
-                        in_data_file,
+                        file,
                     }
                 }
                 L2Entry::Compressed { .. } => unreachable!("handled above"),
@@ -236,7 +237,7 @@ impl Qcow2 {
             let kind = if alloc & (1 << index) != 0 {
                 ExtentKind::Data {
                     host_offset: host_offset + pos,
-                    in_data_file,
+                    file,
                 }
             } else if zero & (1 << index) != 0 {
                 ExtentKind::Zero { host_offset: None }
@@ -287,17 +288,13 @@ impl Qcow2 {
     pub fn read_extent(&self, e: &Extent, buf: &mut [u8]) -> Result<()> {
         debug_assert_eq!(buf.len() as u64, e.len);
         match e.kind {
-            ExtentKind::Data {
-                host_offset,
-                in_data_file,
-            } => {
-                let storage = if in_data_file {
-                    self.data_file
-                        .as_ref()
-                        .expect("data file extents need a data file")
-                } else {
-                    &self.file
-                };
+            ExtentKind::Data { host_offset, file } => {
+                let storage = self.file_storage(file).ok_or(Error::InvalidEntry {
+                    what: "extent file",
+                    index: u64::from(file.0),
+                    offset: host_offset,
+                    reason: "the image has no such file",
+                })?;
                 storage.read_at(buf, host_offset)?;
                 if let Some(cipher) = self.cipher()? {
                     cipher.decrypt(buf, e.guest_offset, host_offset);

@@ -11,7 +11,7 @@
 
 use super::meta::{Meta, MAX_PENDING_FREES};
 use super::Qcow2;
-use crate::device::check_range;
+use crate::device::{check_range, FileIndex};
 use crate::entries::{
     alloc_bits, make_bitmap, subcluster_mask, zero_bits, L2Entry, RawL2, FLAG_COPIED, FLAG_ZERO,
     SUBCLUSTERS,
@@ -27,8 +27,8 @@ pub struct HostPiece {
     pub len: u64,
     /// Where to write it.
     pub host_offset: u64,
-    /// Whether `host_offset` is in the external data file.
-    pub in_data_file: bool,
+    /// Which of the image's files `host_offset` is in.
+    pub file: FileIndex,
 }
 
 #[derive(Debug)]
@@ -96,7 +96,7 @@ fn merge_pieces(pieces: &mut Vec<HostPiece>) {
     for i in 1..pieces.len() {
         let p = pieces[i];
         let last = &mut pieces[kept];
-        if last.in_data_file == p.in_data_file
+        if last.file == p.file
             && last.guest_offset.checked_add(last.len) == Some(p.guest_offset)
             && last.host_offset.checked_add(last.len) == Some(p.host_offset)
         {
@@ -227,7 +227,8 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let first = offset / cs;
         let last = (offset + len - 1) / cs;
-        let in_data_file = self.data_file.is_some();
+        let file = self.data_file_index();
+        let in_data_file = !file.is_image();
         // Clusters that need a new host cluster: (guest cluster, old entry).
         let mut to_alloc: Vec<(u64, RawL2)> = Vec::new();
         for gc in first..=last {
@@ -285,7 +286,7 @@ impl Qcow2 {
                     guest_offset: gc * cs + start,
                     len: end - start,
                     host_offset: host + start,
-                    in_data_file,
+                    file,
                 });
                 continue;
             }
@@ -311,7 +312,7 @@ impl Qcow2 {
                         guest_offset: gc * cs + start,
                         len: end - start,
                         host_offset: host_offset + start,
-                        in_data_file,
+                        file,
                     });
                     continue;
                 }
@@ -323,7 +324,7 @@ impl Qcow2 {
                 guest_offset: gc * cs + start,
                 len: end - start,
                 host_offset: u64::MAX,
-                in_data_file,
+                file,
             });
         }
         // Allocate runs of consecutive guest clusters, contiguously where
@@ -715,11 +716,9 @@ impl Qcow2 {
                     cipher.encrypt(&mut sealed, p.guest_offset, p.host_offset);
                     data = &sealed;
                 }
-                let storage = if p.in_data_file {
-                    self.data_file.as_ref().expect("data file")
-                } else {
-                    &self.file
-                };
+                let storage = self
+                    .file_storage(p.file)
+                    .expect("a write plan names only the image's own files");
                 result = storage.write_at(data, p.host_offset);
                 if result.is_err() {
                     break;
@@ -898,7 +897,11 @@ mod tests {
             guest_offset,
             len,
             host_offset,
-            in_data_file,
+            file: if in_data_file {
+                FileIndex::QCOW2_DATA_FILE
+            } else {
+                FileIndex::IMAGE
+            },
         }
     }
 
