@@ -234,7 +234,9 @@ for place in $places; do
         bench "$fmt->qcow2" "$place" "$fmt" qcow2 "" "$dir/src.$fmt" "$dir"
         bench "qcow2->$fmt" "$place" qcow2 "$fmt" "" "$dir/src.qcow2" "$dir"
     done
-    [[ $place == mem ]] && cp --sparse=always "$work/src.raw" "$mem/"
+    if [[ -z $directions || " $directions " == *" raw->vmdk "* ]]; then
+        [[ $place == mem ]] && cp --sparse=always "$work/src.raw" "$mem/"
+    fi
     bench "raw->vmdk streamOptimized" "$place" raw vmdk subformat=streamOptimized \
         "$dir/src.raw" "$dir"
     [[ $place == mem ]] && rm -f "$mem"/src.*

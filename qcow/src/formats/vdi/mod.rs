@@ -1,9 +1,10 @@
 //! VirtualBox VDI images: a header sector, a block map of little-endian
 //! u32 entries (block numbers in the data area, or unallocated), and 1 MiB
 //! data blocks. Dynamic images allocate blocks at the end of the data area
-//! on first write, writing the whole block (zeros around the data), then
-//! the header's block count and the map entry, as QEMU does; static images
-//! have every block from the start.
+//! on first write: the block reads as zero around the data (written as
+//! zeros where the file already holds bytes there, left a hole past its
+//! end), then the header's block count and the map entry are written, as
+//! QEMU does; static images have every block from the start.
 
 pub mod header;
 
@@ -59,13 +60,22 @@ pub fn create(storage: &dyn Storage, size: u64, is_static: bool) -> Result<()> {
     storage.flush()
 }
 
+/// What allocating a block changes, kept under one lock.
+struct AllocState {
+    /// The header as last written.
+    header: Header,
+    /// Where the file ends (as opened, or past the last block allocated
+    /// since): a block from here on reads as zero without being written.
+    file_end: u64,
+}
+
 /// An open VDI image.
 pub struct Vdi {
     storage: Arc<dyn Storage>,
     header: Header,
     map: RwLock<Vec<u32>>,
-    /// Held while a block is allocated: the header as last written.
-    alloc: Mutex<Header>,
+    /// Held while a block is allocated.
+    alloc: Mutex<AllocState>,
     writable: bool,
 }
 
@@ -85,9 +95,13 @@ impl Vdi {
             u64::from(MAX_BLOCKS) * 4,
         )?;
         let map: Vec<u32> = bytes.chunks_exact(4).map(LittleEndian::read_u32).collect();
+        let file_end = storage.len()?;
         Ok(Vdi {
             storage,
-            alloc: Mutex::new(header.clone()),
+            alloc: Mutex::new(AllocState {
+                header: header.clone(),
+                file_end,
+            }),
             header,
             map: RwLock::new(map),
             writable,
@@ -118,7 +132,8 @@ impl Vdi {
     /// at that byte and stays in its block) written into it, unless another
     /// writer allocated it first; returns whether this call wrote the data.
     fn allocate_with(&self, offset: u64, data: &[u8]) -> Result<bool> {
-        let mut header = self.alloc.lock().expect("allocation lock poisoned");
+        let mut state = self.alloc.lock().expect("allocation lock poisoned");
+        let AllocState { header, file_end } = &mut *state;
         if self.lookup(offset).0.is_some() {
             return Ok(false);
         }
@@ -136,11 +151,22 @@ impl Vdi {
         let in_block = (offset % BLOCK) as usize;
         if data.len() as u64 == BLOCK {
             self.storage.write_at(data, host)?;
+        } else if host >= *file_end {
+            // Past the end of the file the block reads as zero already:
+            // only the data is written, and the block's last byte makes
+            // the file cover it (zeros are neither copied nor stored).
+            if in_block + data.len() < BLOCK as usize {
+                self.storage.write_at(&[0], host + BLOCK - 1)?;
+            }
+            self.storage.write_at(data, host + in_block as u64)?;
         } else {
+            // Bytes already there (a file longer than its blocks) are
+            // overwritten with zeros around the data, as QEMU does.
             let mut block = vec![0u8; BLOCK as usize];
             block[in_block..in_block + data.len()].copy_from_slice(data);
             self.storage.write_at(&block, host)?;
         }
+        *file_end = (*file_end).max(host + BLOCK);
         header.blocks_allocated = number + 1;
         self.storage.write_at(&header.to_bytes(), 0)?;
         let mut entry = [0u8; 4];
@@ -256,6 +282,7 @@ impl ForeignImage for Vdi {
             .alloc
             .lock()
             .expect("allocation lock poisoned")
+            .header
             .blocks_allocated;
         // qemu's vdi check counts no clusters (total stays 0).
         let mut report = CheckReport::default();
