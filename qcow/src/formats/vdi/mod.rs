@@ -131,50 +131,69 @@ impl Vdi {
     /// Allocates the block of guest byte `offset` with `data` (which starts
     /// at that byte and stays in its block) written into it, unless another
     /// writer allocated it first; returns whether this call wrote the data.
+    ///
+    /// A block past the end of the file is reserved under the lock and its
+    /// data written outside it, so that writers of other new blocks do not
+    /// wait for this one's data; the header and the map entry follow the
+    /// data on disk, as before.
     fn allocate_with(&self, offset: u64, data: &[u8]) -> Result<bool> {
-        let mut state = self.alloc.lock().expect("allocation lock poisoned");
-        let AllocState { header, file_end } = &mut *state;
-        if self.lookup(offset).0.is_some() {
-            return Ok(false);
-        }
         let index = offset / BLOCK;
-        let number = header.blocks_allocated;
-        if number >= FIRST_UNALLOCATED || number >= header.blocks_in_image {
-            return Err(invalid(
-                FORMAT,
-                "blocks allocated",
-                number.into(),
-                "no block left to allocate",
-            ));
-        }
-        let host = u64::from(self.header.offset_data) + u64::from(number) * BLOCK;
         let in_block = (offset % BLOCK) as usize;
-        if data.len() as u64 == BLOCK {
-            self.storage.write_at(data, host)?;
-        } else if host >= *file_end {
+        let (number, host) = {
+            let mut state = self.alloc.lock().expect("allocation lock poisoned");
+            let AllocState { header, file_end } = &mut *state;
+            if self.lookup(offset).0.is_some() {
+                return Ok(false);
+            }
+            let number = header.blocks_allocated;
+            if number >= FIRST_UNALLOCATED || number >= header.blocks_in_image {
+                return Err(invalid(
+                    FORMAT,
+                    "blocks allocated",
+                    number.into(),
+                    "no block left to allocate",
+                ));
+            }
+            let host = u64::from(self.header.offset_data) + u64::from(number) * BLOCK;
+            if host < *file_end {
+                // Bytes already there (a file longer than its blocks) are
+                // overwritten with zeros around the data, as QEMU does,
+                // before any other writer may write into the block.
+                let mut block = vec![0u8; BLOCK as usize];
+                block[in_block..in_block + data.len()].copy_from_slice(data);
+                self.storage.write_at(&block, host)?;
+                *file_end = (*file_end).max(host + BLOCK);
+                header.blocks_allocated = number + 1;
+                self.publish(header, index, number)?;
+                return Ok(true);
+            }
             // Past the end of the file the block reads as zero already:
-            // only the data is written, and the block's last byte makes
-            // the file cover it (zeros are neither copied nor stored).
+            // its last byte makes the file cover it, before another writer
+            // may write there.
             if in_block + data.len() < BLOCK as usize {
                 self.storage.write_at(&[0], host + BLOCK - 1)?;
             }
-            self.storage.write_at(data, host + in_block as u64)?;
-        } else {
-            // Bytes already there (a file longer than its blocks) are
-            // overwritten with zeros around the data, as QEMU does.
-            let mut block = vec![0u8; BLOCK as usize];
-            block[in_block..in_block + data.len()].copy_from_slice(data);
-            self.storage.write_at(&block, host)?;
-        }
-        *file_end = (*file_end).max(host + BLOCK);
-        header.blocks_allocated = number + 1;
+            *file_end = host + BLOCK;
+            header.blocks_allocated = number + 1;
+            self.map.write().expect("map lock poisoned")[index as usize] = number;
+            (number, host)
+        };
+        self.storage.write_at(data, host + in_block as u64)?;
+        let state = self.alloc.lock().expect("allocation lock poisoned");
+        self.publish(&state.header, index, number)?;
+        Ok(true)
+    }
+
+    /// Writes the header (its block count) and the map entry of guest
+    /// block `index`, now data block `number`, and sets the entry in memory.
+    fn publish(&self, header: &Header, index: u64, number: u32) -> Result<()> {
         self.storage.write_at(&header.to_bytes(), 0)?;
         let mut entry = [0u8; 4];
         LittleEndian::write_u32(&mut entry, number);
         self.storage
             .write_at(&entry, u64::from(self.header.offset_bmap) + index * 4)?;
         self.map.write().expect("map lock poisoned")[index as usize] = number;
-        Ok(true)
+        Ok(())
     }
 }
 

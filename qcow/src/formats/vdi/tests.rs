@@ -109,3 +109,36 @@ fn new_block_over_bytes_past_the_blocks_reads_zero_around_the_data() {
     assert_eq!(report.corruptions, 0, "{report:?}");
     assert_eq!(report.allocated_clusters, 2);
 }
+
+#[test]
+fn threads_allocating_blocks_at_once_each_get_their_own() {
+    let mem = Arc::new(MemStorage::new());
+    create(&*mem, 8 << 20, false).unwrap();
+    let vdi = Vdi::open(mem.clone(), true).unwrap();
+    // Two writers per block, four blocks: each block is allocated once.
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let vdi = &vdi;
+                s.spawn(move || {
+                    vdi.write_at(&[i as u8 + 1; 4096], (i / 2) * 2 * BLOCK + (i % 2) * 8192)
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+    });
+    let report = vdi.check().unwrap().unwrap();
+    assert_eq!(report.corruptions, 0, "{report:?}");
+    assert_eq!(report.allocated_clusters, 4);
+    drop(vdi);
+    let vdi = Vdi::open(mem, false).unwrap();
+    for i in 0..8u64 {
+        let mut buf = vec![0u8; 8192];
+        vdi.read_at(&mut buf, (i / 2) * 2 * BLOCK + (i % 2) * 8192)
+            .unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == i as u8 + 1), "writer {i}");
+        assert!(buf[4096..].iter().all(|&b| b == 0), "writer {i}");
+    }
+}
