@@ -10,6 +10,8 @@
 # Usage: bench/formats.sh [--size 2G] [--pairs 3] [--img PATH]
 #                         [--workdir /var/tmp] [--memdir /dev/shm]
 #                         [--formats "vmdk vhdx vpc vdi"] [--keep]
+#                         [--directions "qcow2->vhdx vmdk->qcow2 ..."]
+#                         [--places "disk mem"]
 #
 # Input: SIZE bytes of (random chunk, zero chunk) pairs of equal length,
 # 64 KiB to 1 MiB (fixed seed): half data, half real zeros. From it,
@@ -24,6 +26,9 @@
 # Plus raw->vmdk streamOptimized (compressed grains), both sides on every
 # core (-m 16), on disk and in memory, same targets.
 # Peak RSS (GNU /usr/bin/time %M of the convert itself): ours <= qemu-img's.
+# --directions runs only the named directions (as the table spells them,
+# e.g. "qcow2->vdi"; "raw->vmdk streamOptimized" is "raw->vmdk"), --places
+# only disk or mem: a quick rerun of the directions one change touched.
 #
 # Method (as bench/convert.sh): PAIRS pairs alternating who goes first;
 # each measurement is an untimed run, rm, sync, then the timed run with its
@@ -39,6 +44,8 @@ img=""
 workdir_parent=/var/tmp
 memdir_parent=/dev/shm
 formats="vmdk vhdx vpc vdi"
+directions=""
+places="disk mem"
 keep=0
 
 die() {
@@ -55,8 +62,10 @@ while (($#)); do
         --workdir) workdir_parent=${2:?}; shift 2 ;;
         --memdir) memdir_parent=${2:?}; shift 2 ;;
         --formats) formats=${2:?}; shift 2 ;;
+        --directions) directions=${2:?}; shift 2 ;;
+        --places) places=${2:?}; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -135,6 +144,11 @@ bench() {
     # measured against qemu-img alone.
     [[ $place == disk && -z $opts ]] && sides+=(cp)
     local ours_rss=0 qemu_rss=0
+    # --directions: the first word of the name ("raw->vmdk" for the
+    # streamOptimized row) must be one of the list.
+    if [[ -n $directions && " $directions " != *" ${name%% *} "* ]]; then
+        return 0
+    fi
     log "== $name ($place)"
     # Correctness once: our output holds the source's data.
     if ! run_one ours "$src_fmt" "$out_fmt" "$opts" "$src" "$dst" ||
@@ -207,7 +221,8 @@ for fmt in $formats; do
 done
 sync
 
-for place in disk mem; do
+for place in $places; do
+    [[ $place == disk || $place == mem ]] || die "--places takes disk and mem, not '$place'"
     dir=$work
     if [[ $place == mem ]]; then
         dir=$mem
@@ -219,7 +234,9 @@ for place in disk mem; do
         bench "$fmt->qcow2" "$place" "$fmt" qcow2 "" "$dir/src.$fmt" "$dir"
         bench "qcow2->$fmt" "$place" qcow2 "$fmt" "" "$dir/src.qcow2" "$dir"
     done
-    [[ $place == mem ]] && cp --sparse=always "$work/src.raw" "$mem/"
+    if [[ -z $directions || " $directions " == *" raw->vmdk "* ]]; then
+        [[ $place == mem ]] && cp --sparse=always "$work/src.raw" "$mem/"
+    fi
     bench "raw->vmdk streamOptimized" "$place" raw vmdk subformat=streamOptimized \
         "$dir/src.raw" "$dir"
     [[ $place == mem ]] && rm -f "$mem"/src.*

@@ -125,6 +125,13 @@ pub trait ForeignImage: BlockRead {
     fn compresses_writes(&self) -> bool {
         false
     }
+    /// Whether threads may write parts of one allocation unit
+    /// ([`Self::cluster_size`]) at once: the unit is allocated once, under
+    /// a lock, and no write rewrites the whole unit (no copy-on-write from
+    /// a backing file). Convert then splits its work finer than a unit.
+    fn concurrent_partial_unit_writes(&self) -> bool {
+        false
+    }
     /// Checks the image, or `None` when qemu-img has no check for the
     /// format ("This image format does not support checks").
     fn check(&self) -> Option<Result<CheckReport>>;

@@ -39,6 +39,9 @@ fn chunk_size(target: &AnyImage) -> u64 {
         AnyImage::Foreign(_, f) if f.compresses_writes() => {
             COMPRESSED_CHUNK.max(f.cluster_size().unwrap_or(0))
         }
+        // Not a whole block where the format allows it: a vhdx block is
+        // 16 MiB, which made one worker of the buffer budget.
+        AnyImage::Foreign(_, f) if f.concurrent_partial_unit_writes() => CHUNK,
         AnyImage::Foreign(_, f) => CHUNK.max(f.cluster_size().unwrap_or(0)),
     }
 }

@@ -1,9 +1,10 @@
 //! VirtualBox VDI images: a header sector, a block map of little-endian
 //! u32 entries (block numbers in the data area, or unallocated), and 1 MiB
 //! data blocks. Dynamic images allocate blocks at the end of the data area
-//! on first write, writing the whole block (zeros around the data), then
-//! the header's block count and the map entry, as QEMU does; static images
-//! have every block from the start.
+//! on first write: the block reads as zero around the data (written as
+//! zeros where the file already holds bytes there, left a hole past its
+//! end), then the header's block count and the map entry are written, as
+//! QEMU does; static images have every block from the start.
 
 pub mod header;
 
@@ -59,13 +60,22 @@ pub fn create(storage: &dyn Storage, size: u64, is_static: bool) -> Result<()> {
     storage.flush()
 }
 
+/// What allocating a block changes, kept under one lock.
+struct AllocState {
+    /// The header as last written.
+    header: Header,
+    /// Where the file ends (as opened, or past the last block allocated
+    /// since): a block from here on reads as zero without being written.
+    file_end: u64,
+}
+
 /// An open VDI image.
 pub struct Vdi {
     storage: Arc<dyn Storage>,
     header: Header,
     map: RwLock<Vec<u32>>,
-    /// Held while a block is allocated: the header as last written.
-    alloc: Mutex<Header>,
+    /// Held while a block is allocated.
+    alloc: Mutex<AllocState>,
     writable: bool,
 }
 
@@ -85,9 +95,13 @@ impl Vdi {
             u64::from(MAX_BLOCKS) * 4,
         )?;
         let map: Vec<u32> = bytes.chunks_exact(4).map(LittleEndian::read_u32).collect();
+        let file_end = storage.len()?;
         Ok(Vdi {
             storage,
-            alloc: Mutex::new(header.clone()),
+            alloc: Mutex::new(AllocState {
+                header: header.clone(),
+                file_end,
+            }),
             header,
             map: RwLock::new(map),
             writable,
@@ -117,38 +131,69 @@ impl Vdi {
     /// Allocates the block of guest byte `offset` with `data` (which starts
     /// at that byte and stays in its block) written into it, unless another
     /// writer allocated it first; returns whether this call wrote the data.
+    ///
+    /// A block past the end of the file is reserved under the lock and its
+    /// data written outside it, so that writers of other new blocks do not
+    /// wait for this one's data; the header and the map entry follow the
+    /// data on disk, as before.
     fn allocate_with(&self, offset: u64, data: &[u8]) -> Result<bool> {
-        let mut header = self.alloc.lock().expect("allocation lock poisoned");
-        if self.lookup(offset).0.is_some() {
-            return Ok(false);
-        }
         let index = offset / BLOCK;
-        let number = header.blocks_allocated;
-        if number >= FIRST_UNALLOCATED || number >= header.blocks_in_image {
-            return Err(invalid(
-                FORMAT,
-                "blocks allocated",
-                number.into(),
-                "no block left to allocate",
-            ));
-        }
-        let host = u64::from(self.header.offset_data) + u64::from(number) * BLOCK;
         let in_block = (offset % BLOCK) as usize;
-        if data.len() as u64 == BLOCK {
-            self.storage.write_at(data, host)?;
-        } else {
-            let mut block = vec![0u8; BLOCK as usize];
-            block[in_block..in_block + data.len()].copy_from_slice(data);
-            self.storage.write_at(&block, host)?;
-        }
-        header.blocks_allocated = number + 1;
+        let (number, host) = {
+            let mut state = self.alloc.lock().expect("allocation lock poisoned");
+            let AllocState { header, file_end } = &mut *state;
+            if self.lookup(offset).0.is_some() {
+                return Ok(false);
+            }
+            let number = header.blocks_allocated;
+            if number >= FIRST_UNALLOCATED || number >= header.blocks_in_image {
+                return Err(invalid(
+                    FORMAT,
+                    "blocks allocated",
+                    number.into(),
+                    "no block left to allocate",
+                ));
+            }
+            let host = u64::from(self.header.offset_data) + u64::from(number) * BLOCK;
+            if host < *file_end {
+                // Bytes already there (a file longer than its blocks) are
+                // overwritten with zeros around the data, as QEMU does,
+                // before any other writer may write into the block.
+                let mut block = vec![0u8; BLOCK as usize];
+                block[in_block..in_block + data.len()].copy_from_slice(data);
+                self.storage.write_at(&block, host)?;
+                *file_end = (*file_end).max(host + BLOCK);
+                header.blocks_allocated = number + 1;
+                self.publish(header, index, number)?;
+                return Ok(true);
+            }
+            // Past the end of the file the block reads as zero already:
+            // its last byte makes the file cover it, before another writer
+            // may write there.
+            if in_block + data.len() < BLOCK as usize {
+                self.storage.write_at(&[0], host + BLOCK - 1)?;
+            }
+            *file_end = host + BLOCK;
+            header.blocks_allocated = number + 1;
+            self.map.write().expect("map lock poisoned")[index as usize] = number;
+            (number, host)
+        };
+        self.storage.write_at(data, host + in_block as u64)?;
+        let state = self.alloc.lock().expect("allocation lock poisoned");
+        self.publish(&state.header, index, number)?;
+        Ok(true)
+    }
+
+    /// Writes the header (its block count) and the map entry of guest
+    /// block `index`, now data block `number`, and sets the entry in memory.
+    fn publish(&self, header: &Header, index: u64, number: u32) -> Result<()> {
         self.storage.write_at(&header.to_bytes(), 0)?;
         let mut entry = [0u8; 4];
         LittleEndian::write_u32(&mut entry, number);
         self.storage
             .write_at(&entry, u64::from(self.header.offset_bmap) + index * 4)?;
         self.map.write().expect("map lock poisoned")[index as usize] = number;
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -265,6 +310,7 @@ impl ForeignImage for Vdi {
             .alloc
             .lock()
             .expect("allocation lock poisoned")
+            .header
             .blocks_allocated;
         // qemu's vdi check counts no clusters (total stays 0).
         let mut report = CheckReport::default();

@@ -82,3 +82,63 @@ fn check_finds_shared_and_out_of_range_blocks() {
     let report = vdi.check().unwrap().unwrap();
     assert_eq!(report.corruptions, 3, "{report:?}");
 }
+
+#[test]
+fn new_block_over_bytes_past_the_blocks_reads_zero_around_the_data() {
+    let mem = Arc::new(MemStorage::new());
+    create(&*mem, 3 << 20, false).unwrap();
+    // Stray bytes where the first block will go: the file is longer than
+    // its blocks, so allocating there must write the zeros itself.
+    let data_start = mem.len().unwrap();
+    mem.write_at(&vec![0xaa; 1 << 20], data_start).unwrap();
+    let vdi = Vdi::open(mem.clone(), true).unwrap();
+    vdi.write_at(&[7; 4096], 8192).unwrap();
+    // The next block lies past the end of the file: a hole around its data.
+    vdi.write_at(&[9; 512], (1 << 20) + 512).unwrap();
+    assert_eq!(mem.len().unwrap(), data_start + (2 << 20));
+    let mut buf = vec![0u8; 2 << 20];
+    vdi.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..8192].iter().all(|&b| b == 0));
+    assert!(buf[8192..12288].iter().all(|&b| b == 7));
+    assert!(buf[12288..(1 << 20) + 512].iter().all(|&b| b == 0));
+    assert!(buf[(1 << 20) + 512..(1 << 20) + 1024]
+        .iter()
+        .all(|&b| b == 9));
+    assert!(buf[(1 << 20) + 1024..].iter().all(|&b| b == 0));
+    let report = vdi.check().unwrap().unwrap();
+    assert_eq!(report.corruptions, 0, "{report:?}");
+    assert_eq!(report.allocated_clusters, 2);
+}
+
+#[test]
+fn threads_allocating_blocks_at_once_each_get_their_own() {
+    let mem = Arc::new(MemStorage::new());
+    create(&*mem, 8 << 20, false).unwrap();
+    let vdi = Vdi::open(mem.clone(), true).unwrap();
+    // Two writers per block, four blocks: each block is allocated once.
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let vdi = &vdi;
+                s.spawn(move || {
+                    vdi.write_at(&[i as u8 + 1; 4096], (i / 2) * 2 * BLOCK + (i % 2) * 8192)
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+    });
+    let report = vdi.check().unwrap().unwrap();
+    assert_eq!(report.corruptions, 0, "{report:?}");
+    assert_eq!(report.allocated_clusters, 4);
+    drop(vdi);
+    let vdi = Vdi::open(mem, false).unwrap();
+    for i in 0..8u64 {
+        let mut buf = vec![0u8; 8192];
+        vdi.read_at(&mut buf, (i / 2) * 2 * BLOCK + (i % 2) * 8192)
+            .unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == i as u8 + 1), "writer {i}");
+        assert!(buf[4096..].iter().all(|&b| b == 0), "writer {i}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod create;
 pub mod log;
 pub mod structures;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use byteorder::{ByteOrder, LittleEndian};
@@ -75,6 +76,9 @@ pub struct Vhdx {
     bat: RwLock<Vec<u64>>,
     /// `None` when opened read-only.
     writer: Option<Mutex<WriteState>>,
+    /// The data write GUID has been renewed (or needs no renewal): writes
+    /// then skip the writer lock unless they allocate.
+    visible_write_done: AtomicBool,
     /// The log was replayed on open.
     log_replayed: bool,
 }
@@ -174,6 +178,7 @@ impl Vhdx {
             bat_offset: bat_region.offset,
             bat: RwLock::new(bat),
             writer,
+            visible_write_done: AtomicBool::new(log_replayed),
             log_replayed,
         })
     }
@@ -312,6 +317,7 @@ impl Vhdx {
             };
             update_headers(&*self.storage, &mut state.header, &update)?;
         }
+        self.visible_write_done.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -394,7 +400,7 @@ impl ForeignImage for Vhdx {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let writer = self.writer.as_ref().ok_or(Error::ReadOnly)?;
         check_range(offset, buf.len() as u64, self.meta.virtual_size)?;
-        {
+        if !self.visible_write_done.load(Ordering::Acquire) {
             let mut state = writer.lock().expect("writer lock poisoned");
             self.first_visible_write(&mut state)?;
         }
@@ -436,6 +442,12 @@ impl ForeignImage for Vhdx {
 
     fn cluster_size(&self) -> Option<u64> {
         Some(self.meta.block_size.into())
+    }
+
+    fn concurrent_partial_unit_writes(&self) -> bool {
+        // A block is allocated under the writer lock, which is taken again
+        // before allocating, and a write stores only its own bytes.
+        true
     }
 
     fn check(&self) -> Option<Result<CheckReport>> {

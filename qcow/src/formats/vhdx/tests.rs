@@ -263,3 +263,33 @@ fn a_log_that_never_ends_is_refused_in_bounded_time() {
     assert!(Vhdx::open(storage.clone(), true).is_err());
     assert_eq!(storage.len().unwrap(), before);
 }
+
+#[test]
+fn threads_writing_parts_of_one_block_at_once_allocate_it_once() {
+    // What convert relies on when it cuts 16 MiB blocks into 1 MiB chunks.
+    let storage = created(16 << 20, &create::CreateOptions::default());
+    let v = Vhdx::open(storage.clone(), true).unwrap();
+    assert!(v.concurrent_partial_unit_writes());
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8u8)
+            .map(|part| {
+                let v = &v;
+                s.spawn(move || v.write_at(&[part + 1; 4096], u64::from(part) * MB as u64))
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+    });
+    drop(v);
+    let v = Vhdx::open(storage, false).unwrap();
+    let e = v.extents(0, 8 << 20).unwrap();
+    assert_eq!(e.len(), 1, "one block, allocated once: {e:?}");
+    let mut back = vec![0u8; 8 * MB];
+    v.read_at(&mut back, 0).unwrap();
+    for part in 0..8 {
+        let at = part * MB;
+        assert!(back[at..at + 4096].iter().all(|&b| b == part as u8 + 1));
+        assert!(back[at + 4096..at + MB].iter().all(|&b| b == 0));
+    }
+}

@@ -446,6 +446,12 @@ impl ForeignImage for Vpc {
         }
     }
 
+    fn concurrent_partial_unit_writes(&self) -> bool {
+        // A block is allocated under `next_block`, looked up again there,
+        // and a write stores only its own bytes.
+        true
+    }
+
     fn check(&self) -> Option<Result<CheckReport>> {
         None
     }

@@ -91,3 +91,31 @@ fn hostile_images_are_refused() {
     // The untouched image opens.
     assert!(patched(|_| {}).is_ok());
 }
+
+#[test]
+fn threads_writing_parts_of_one_block_at_once_allocate_it_once() {
+    // What convert relies on when it cuts 2 MiB blocks into 1 MiB chunks.
+    let (mem, vpc) = new_image(4 << 20, Subformat::Dynamic);
+    assert!(vpc.concurrent_partial_unit_writes());
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4u8)
+            .map(|part| {
+                let vpc = &vpc;
+                s.spawn(move || vpc.write_at(&[part + 1; 4096], u64::from(part) << 19))
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(vpc.block_counts().map(|(used, _)| used), Some(1));
+    drop(vpc);
+    let vpc = Vpc::open(mem, false).unwrap();
+    let mut back = vec![0u8; 2 << 20];
+    vpc.read_at(&mut back, 0).unwrap();
+    for part in 0..4usize {
+        let at = part << 19;
+        assert!(back[at..at + 4096].iter().all(|&b| b == part as u8 + 1));
+        assert!(back[at + 4096..at + (1 << 19)].iter().all(|&b| b == 0));
+    }
+}
