@@ -228,6 +228,32 @@ impl SplitRing {
         Ok(self.avail_idx(view, Ordering::Relaxed)? != self.next_avail.0)
     }
 
+    /// Under event idx, ask the driver to notify only once it has made
+    /// `batch` more chains available (`avail_event` at
+    /// `next_avail + batch - 1`: a driver testing the crossing and one
+    /// testing `avail_idx > avail_event` both notify at the `batch`-th),
+    /// and say how many are available now, after the store (so that a
+    /// crossing made before it is not waited for). Without event idx
+    /// (no way to ask for a count) or for `batch` of 1, as
+    /// [`SplitRing::enable_notification`].
+    pub(crate) fn enable_notification_after<V: RingMemory>(
+        &mut self,
+        view: &V,
+        batch: u16,
+    ) -> Result<u16, QueueError> {
+        if !self.event_idx || batch <= 1 {
+            self.enable_notification(view)?;
+        } else {
+            let avail_event = RING_HEADER + USED_ELEM * u64::from(self.size);
+            let event = self.next_avail + Wrapping(batch - 1);
+            self.store_used_u16(view, avail_event, event.0)?;
+            // The read below must not move before the store above.
+            fence(Ordering::SeqCst);
+        }
+        let avail = Wrapping(self.avail_idx(view, Ordering::Relaxed)?);
+        Ok((avail - self.next_avail).0)
+    }
+
     /// Whether the driver wants an interrupt for the elements added since
     /// the last call (event idx: whether used_event lies among them).
     pub(crate) fn needs_notification<V: RingMemory>(
@@ -546,5 +572,32 @@ mod tests {
                 Some(RingSetupError::Misaligned)
             );
         }
+    }
+
+    #[test]
+    fn a_batch_notification_puts_avail_event_at_its_last_chain() {
+        let mem = memory();
+        let view = GuestView::new(&mem).expect("plain memory");
+        let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE));
+        let avail_idx = GuestAddress(AVAIL + 2);
+        let mut ring = SplitRing::new(&queue(true), &view).expect("ring");
+        // Near the wrap: the event wraps as the driver's index will.
+        ring.next_avail = Wrapping(0xfffe);
+        mem.write_obj(0xfffeu16, avail_idx).expect("avail idx");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 0);
+        assert_eq!(mem.read_obj::<u16>(avail_event).expect("event"), 1);
+        // Two made available before the store: counted, not a batch.
+        mem.write_obj(0u16, avail_idx).expect("avail idx");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 2);
+        // A batch of one is a kick at the next chain.
+        assert_eq!(ring.enable_notification_after(&view, 1).expect("enable"), 2);
+        assert_eq!(mem.read_obj::<u16>(avail_event).expect("event"), 0xfffe);
+        // Without event idx there is no count to ask for: the NO_NOTIFY
+        // flag is cleared, as for a kick at the next chain.
+        let mut ring = SplitRing::new(&queue(false), &view).expect("ring");
+        mem.write_obj(USED_F_NO_NOTIFY, GuestAddress(USED))
+            .expect("flags");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 0);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED)).expect("flags"), 0);
     }
 }

@@ -5,9 +5,9 @@
 //! batch (event idx or NO_INTERRUPT).
 //!
 //! An interrupt the device decides on is a flag the event loop reads with
-//! `take_interrupt` (and raises the transport's irqfd for), not a write
-//! to the queue's interrupt eventfd ([`InterruptDecision`], shared with
-//! virtio-blk). The queue's interrupt eventfd is not used.
+//! `take_interrupt` (and raises the transport's irqfd for)
+//! ([`InterruptDecision`], shared with virtio-blk); a queue has no
+//! interrupt eventfd.
 //!
 //! Under event idx the driver is asked not to notify while the device
 //! does not need it by moving `avail_event` out of its way
@@ -134,6 +134,15 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
     pub fn enable_notification(&mut self) -> Result<bool> {
         self.ring
             .enable_notification(&self.view)
+            .map_err(|source| queue_error("enable notifications", source))
+    }
+
+    /// Ask for a notification once `batch` more chains are available
+    /// ([`SplitRing::enable_notification_after`]); how many are
+    /// available now.
+    pub fn enable_notification_after(&mut self, batch: u16) -> Result<u16> {
+        self.ring
+            .enable_notification_after(&self.view, batch)
             .map_err(|source| queue_error("enable notifications", source))
     }
 
