@@ -60,6 +60,39 @@ pub struct RunTimes {
     pub exit: Duration,
 }
 
+/// Where a build's time went, phase by phase (each from the end of the
+/// last; the first from the build's start). A migration's destination
+/// prints it in its phase log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildTimes {
+    /// Taking the image locks and opening the disks.
+    pub disks: Duration,
+    /// The taps and KVM (made ahead for a migration: only taken over).
+    pub kvm: Duration,
+    /// The port devices, the transports and their eventfds.
+    pub devices: Duration,
+    /// KVM's VM-wide state and every vCPU's (restores), the device
+    /// thread started, the devices' state.
+    pub state: Duration,
+    /// Starting the vCPU threads.
+    pub threads: Duration,
+}
+
+impl std::fmt::Display for BuildTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "disks {:.1} ms, kvm {:.1} ms, devices {:.1} ms, state {:.1} ms, threads {:.1} ms",
+            ms(self.disks),
+            ms(self.kvm),
+            ms(self.devices),
+            ms(self.state),
+            ms(self.threads)
+        )
+    }
+}
+
 /// What the controller gives each VM it builds: where the guest's end and
 /// resets are reported, and where the serial port goes.
 pub struct VmHooks {
@@ -109,6 +142,8 @@ pub struct Vm {
     lock_specs: Vec<LockSpec>,
     /// Closed while the VM is paused: the NICs' announcements wait.
     announce_gate: Arc<crate::devices::announcer::RunGate>,
+    /// Where the build's time went.
+    build_times: BuildTimes,
 }
 
 /// One image lock a VM holds: which disk, which file, in which role.
@@ -278,6 +313,14 @@ impl Vm {
             None => (None, None, None, None),
         };
         check_counts(config.cpus, config.disks.len())?;
+        let mut build_times = BuildTimes::default();
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let took = now - mark;
+            mark = now;
+            took
+        };
         let mut locks = Vec::new();
         let mut lock_specs = Vec::new();
         let mut backends = Vec::new();
@@ -292,6 +335,7 @@ impl Vm {
             }
             backends.push(opened.backend);
         }
+        build_times.disks = lap();
         // An in-image state is read, checked and its disks reverted on a
         // thread of its own while KVM builds the VM (joined before the
         // state is loaded; a failure on either side drops the other).
@@ -324,6 +368,7 @@ impl Vm {
                 (kvm_fd, vm, mem, Vec::new())
             }
         };
+        build_times.kvm = lap();
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
         let mut cmdline = config.cmdline.clone();
@@ -482,6 +527,7 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        build_times.devices = lap();
         let msr_indices = kvm_fd
             .get_msr_index_list()
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
@@ -564,7 +610,9 @@ impl Vm {
                     .map_err(Error::GuestFault)?;
             }
         }
+        build_times.state = lap();
         let vcpus = VcpuSet::start(vcpus, &context, paused)?;
+        build_times.threads = lap();
         Ok(Vm {
             vcpus: Some(vcpus),
             device_thread: Some(device_thread),
@@ -590,7 +638,13 @@ impl Vm {
             locks,
             lock_specs,
             announce_gate: Arc::default(),
+            build_times,
         })
+    }
+
+    /// Where the build's time went.
+    pub fn build_times(&self) -> BuildTimes {
+        self.build_times
     }
 
     /// The serial port (for a console to feed input to).
