@@ -71,9 +71,14 @@ pub struct BuildTimes {
     pub kvm: Duration,
     /// The port devices, the transports and their eventfds.
     pub devices: Duration,
-    /// KVM's VM-wide state and every vCPU's (restores), the device
-    /// thread started, the devices' state.
+    /// KVM's VM-wide state, every vCPU's, the serial port's and the
+    /// GED's (restores).
     pub state: Duration,
+    /// Starting the device thread.
+    pub device_thread: Duration,
+    /// The transports' state (restores: an activated one opens its
+    /// device's queues).
+    pub transports: Duration,
     /// Starting the vCPU threads.
     pub threads: Duration,
 }
@@ -83,15 +88,20 @@ impl std::fmt::Display for BuildTimes {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "disks {:.1} ms, kvm {:.1} ms, devices {:.1} ms, state {:.1} ms, threads {:.1} ms",
+            "disks {:.1} ms, kvm {:.1} ms, devices {:.1} ms, state {:.1} ms, device thread {:.1} ms, transports {:.1} ms, vCPU threads {:.1} ms",
             ms(self.disks),
             ms(self.kvm),
             ms(self.devices),
             ms(self.state),
+            ms(self.device_thread),
+            ms(self.transports),
             ms(self.threads)
         )
     }
 }
+
+/// The name of a VM's device thread.
+pub const DEVICE_THREAD: &str = "devices";
 
 /// What the controller gives each VM it builds: where the guest's end and
 /// resets are reported, and where the serial port goes.
@@ -354,18 +364,20 @@ impl Vm {
             .and_then(|(_, reuse)| reuse)
             .filter(|m| same_ranges(m, config.memory));
         // A migration's KVM VM was made while its RAM arrived.
-        let (kvm_fd, vm, mem, made_vcpus) = match shell {
+        let (kvm_fd, vm, mem, made_vcpus, ready_vcpu_threads, ready_device_thread) = match shell {
             Some(KvmShell {
+                vcpu_threads,
+                device_thread,
                 vcpus,
                 mem,
                 vm,
                 kvm,
-            }) => (kvm, vm, mem, vcpus),
+            }) => (kvm, vm, mem, vcpus, vcpu_threads, device_thread),
             None => {
                 let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
                 let vm = crate::kvm_shell::create_vm(&kvm_fd)?;
                 let mem = guest_memory(&vm, config.memory, reuse)?;
-                (kvm_fd, vm, mem, Vec::new())
+                (kvm_fd, vm, mem, Vec::new(), Vec::new(), None)
             }
         };
         build_times.kvm = lap();
@@ -558,27 +570,26 @@ impl Vm {
                 .map_err(|e| io_err("restoring the serial port", e))?;
             ged.lock().expect("GED lock").set_events(machine.ged);
         }
+        build_times.state = lap();
         let config_seccomp = config.seccomp;
         let poll_max = config.poll_max;
         let device_thread = {
             let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
             let serial = serial.clone();
-            std::thread::Builder::new()
-                .name("devices".into())
-                .spawn(move || {
-                    event_loop::run(
-                        loop_rx,
-                        wake,
-                        serial,
-                        stdin,
-                        config_seccomp,
-                        poll_max,
-                        paused,
-                    )
-                })
-                .map_err(|e| io_err("starting the device thread", e))?
+            crate::ready_thread::run_on(ready_device_thread, DEVICE_THREAD, move || {
+                event_loop::run(
+                    loop_rx,
+                    wake,
+                    serial,
+                    stdin,
+                    config_seccomp,
+                    poll_max,
+                    paused,
+                )
+            })?
         };
 
+        build_times.device_thread = lap();
         let context_mem = mem.clone();
         let context = VcpuContext {
             io,
@@ -610,8 +621,8 @@ impl Vm {
                     .map_err(Error::GuestFault)?;
             }
         }
-        build_times.state = lap();
-        let vcpus = VcpuSet::start(vcpus, &context, paused)?;
+        build_times.transports = lap();
+        let vcpus = VcpuSet::start_on(vcpus, ready_vcpu_threads, &context, paused)?;
         build_times.threads = lap();
         Ok(Vm {
             vcpus: Some(vcpus),
