@@ -684,10 +684,22 @@ impl Vm {
     /// Takes every vCPU out of the guest, then waits for the disks'
     /// requests in flight to complete.
     pub fn pause(&self) -> Result<()> {
+        self.pause_vcpus()?;
+        self.drain_queues()
+    }
+
+    /// The first half of [`Vm::pause`]: every vCPU out of the guest.
+    pub(crate) fn pause_vcpus(&self) -> Result<()> {
         self.announce_gate.close();
         if let Some(vcpus) = &self.vcpus {
             vcpus.pause()?;
         }
+        Ok(())
+    }
+
+    /// The second half of [`Vm::pause`]: the disks' requests in flight
+    /// completed, their queues stopped.
+    pub(crate) fn drain_queues(&self) -> Result<()> {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         if self.tell_loop(LoopMessage::Pause(done_tx)) {
             done_rx
