@@ -13,7 +13,12 @@
 # medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
 # Then the VMM's log lines of each revert's phases.
-# When bench/migrate.sh exists it runs last.
+# When bench/migrate.sh exists it runs last, with its defaults: an idle
+# counting guest (--rate 0) migrated over a Unix socket, both sides'
+# downtime measured over QEMU's span (from the source's pause to the
+# last of the state sent, on the source: see bench/migrate.sh), ours
+# also to the guest resumed at the destination, with both sides' phase
+# logs.
 #
 # qemu-system-x86 10 comes from bookworm-backports (bench/vmm.sh
 # --install-qemu installs it).

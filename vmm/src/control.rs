@@ -793,9 +793,14 @@ impl Controller {
         self.given = Some(config::with_defaults(&given));
         self.config = Some(config);
         self.stats.clear();
+        let mut log = crate::migration::receive::SwitchLog::start(&received);
         if let Err(e) = self.build(BuildFrom::Migration(Box::new(received.machine), shell)) {
             incoming.refuse(&e.to_string());
             return Err(e.into());
+        }
+        log.lap("build");
+        if let Some(vm) = &self.vm {
+            log.build_detail(vm.build_times().to_string());
         }
         if let Err(e) = incoming.ready_and_commit() {
             // The source may run on with the disks: leave them untouched.
@@ -804,6 +809,7 @@ impl Controller {
             }
             return Err(e);
         }
+        log.lap("ready to commit");
         if let Some(storage) = storage {
             storage.keep();
         }
@@ -813,9 +819,12 @@ impl Controller {
                 self.state = VmState::Running;
             }
         }
+        log.lap("resume");
         // For the source's measure of the downtime (it ends at this
         // resume); the guest is here whether or not the source hears it.
         incoming.resumed();
+        log.lap("resumed sent");
+        log.print();
         Ok(annotation)
     }
 

@@ -19,6 +19,8 @@
 //! - [`migration`]: live migration (pre-copy), source and destination.
 //! - [`lazy_ram`]: guest RAM loaded on demand (userfaultfd) after a
 //!   revert or a fork.
+//! - [`ready_thread`]: threads started ahead of their work (a migration's
+//!   destination, before the switch).
 
 pub mod acpi;
 pub mod api_server;
@@ -34,6 +36,7 @@ pub mod layout;
 pub mod lazy_ram;
 pub mod migration;
 pub mod net_config;
+pub mod ready_thread;
 pub mod seccomp;
 pub mod serial_sink;
 mod sock;

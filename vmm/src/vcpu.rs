@@ -189,6 +189,19 @@ impl VcpuSet {
     /// Starts one thread per vCPU (`vcpu0`, `vcpu1`, ...), parked from the
     /// start when `paused`.
     pub fn start(vcpus: Vec<VcpuFd>, context: &VcpuContext, paused: bool) -> Result<Self> {
+        Self::start_on(vcpus, Vec::new(), context, paused)
+    }
+
+    /// As [`VcpuSet::start`], each vCPU's loop run on the thread of
+    /// `ready` at its index (started ahead, [`crate::kvm_shell`]) when
+    /// there is one.
+    pub fn start_on(
+        vcpus: Vec<VcpuFd>,
+        ready: Vec<crate::ready_thread::ReadyThread>,
+        context: &VcpuContext,
+        paused: bool,
+    ) -> Result<Self> {
+        let mut ready = ready.into_iter();
         let gate = Arc::new(VcpuGate::new(paused));
         let mut threads = Vec::new();
         let fds: Vec<Arc<Mutex<VcpuFd>>> =
@@ -202,12 +215,9 @@ impl VcpuSet {
                 seccomp: context.seccomp,
             };
             let gate = gate.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || vcpu_loop(vcpu, ctx, gate))
-                .map_err(|source| Error::Io {
-                    what: "starting a vCPU thread".into(),
-                    source,
+            let handle =
+                crate::ready_thread::run_on(ready.next(), &thread_name(id as u32), move || {
+                    vcpu_loop(vcpu, ctx, gate)
                 })?;
             threads.push(handle);
         }
@@ -273,6 +283,11 @@ impl VcpuSet {
             let _ = handle.join();
         }
     }
+}
+
+/// The name of vCPU `id`'s thread.
+pub fn thread_name(id: u32) -> String {
+    format!("vcpu{id}")
 }
 
 /// Describes where the guest stopped: registers and the instruction bytes

@@ -60,6 +60,49 @@ pub struct RunTimes {
     pub exit: Duration,
 }
 
+/// Where a build's time went, phase by phase (each from the end of the
+/// last; the first from the build's start). A migration's destination
+/// prints it in its phase log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildTimes {
+    /// Taking the image locks and opening the disks.
+    pub disks: Duration,
+    /// The taps and KVM (made ahead for a migration: only taken over).
+    pub kvm: Duration,
+    /// The port devices, the transports and their eventfds.
+    pub devices: Duration,
+    /// KVM's VM-wide state, every vCPU's, the serial port's and the
+    /// GED's (restores).
+    pub state: Duration,
+    /// Starting the device thread.
+    pub device_thread: Duration,
+    /// The transports' state (restores: an activated one opens its
+    /// device's queues).
+    pub transports: Duration,
+    /// Starting the vCPU threads.
+    pub threads: Duration,
+}
+
+impl std::fmt::Display for BuildTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "disks {:.1} ms, kvm {:.1} ms, devices {:.1} ms, state {:.1} ms, device thread {:.1} ms, transports {:.1} ms, vCPU threads {:.1} ms",
+            ms(self.disks),
+            ms(self.kvm),
+            ms(self.devices),
+            ms(self.state),
+            ms(self.device_thread),
+            ms(self.transports),
+            ms(self.threads)
+        )
+    }
+}
+
+/// The name of a VM's device thread.
+pub const DEVICE_THREAD: &str = "devices";
+
 /// What the controller gives each VM it builds: where the guest's end and
 /// resets are reported, and where the serial port goes.
 pub struct VmHooks {
@@ -109,6 +152,8 @@ pub struct Vm {
     lock_specs: Vec<LockSpec>,
     /// Closed while the VM is paused: the NICs' announcements wait.
     announce_gate: Arc<crate::devices::announcer::RunGate>,
+    /// Where the build's time went.
+    build_times: BuildTimes,
 }
 
 /// One image lock a VM holds: which disk, which file, in which role.
@@ -278,6 +323,14 @@ impl Vm {
             None => (None, None, None, None),
         };
         check_counts(config.cpus, config.disks.len())?;
+        let mut build_times = BuildTimes::default();
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let took = now - mark;
+            mark = now;
+            took
+        };
         let mut locks = Vec::new();
         let mut lock_specs = Vec::new();
         let mut backends = Vec::new();
@@ -292,6 +345,7 @@ impl Vm {
             }
             backends.push(opened.backend);
         }
+        build_times.disks = lap();
         // An in-image state is read, checked and its disks reverted on a
         // thread of its own while KVM builds the VM (joined before the
         // state is loaded; a failure on either side drops the other).
@@ -310,20 +364,23 @@ impl Vm {
             .and_then(|(_, reuse)| reuse)
             .filter(|m| same_ranges(m, config.memory));
         // A migration's KVM VM was made while its RAM arrived.
-        let (kvm_fd, vm, mem, made_vcpus) = match shell {
+        let (kvm_fd, vm, mem, made_vcpus, ready_vcpu_threads, ready_device_thread) = match shell {
             Some(KvmShell {
+                vcpu_threads,
+                device_thread,
                 vcpus,
                 mem,
                 vm,
                 kvm,
-            }) => (kvm, vm, mem, vcpus),
+            }) => (kvm, vm, mem, vcpus, vcpu_threads, device_thread),
             None => {
                 let kvm_fd = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
                 let vm = crate::kvm_shell::create_vm(&kvm_fd)?;
                 let mem = guest_memory(&vm, config.memory, reuse)?;
-                (kvm_fd, vm, mem, Vec::new())
+                (kvm_fd, vm, mem, Vec::new(), Vec::new(), None)
             }
         };
+        build_times.kvm = lap();
         // Each disk is also described on the command line, for kernels built
         // with virtio_mmio's command-line option (and the test guest).
         let mut cmdline = config.cmdline.clone();
@@ -482,6 +539,7 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        build_times.devices = lap();
         let msr_indices = kvm_fd
             .get_msr_index_list()
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
@@ -512,27 +570,26 @@ impl Vm {
                 .map_err(|e| io_err("restoring the serial port", e))?;
             ged.lock().expect("GED lock").set_events(machine.ged);
         }
+        build_times.state = lap();
         let config_seccomp = config.seccomp;
         let poll_max = config.poll_max;
         let device_thread = {
             let wake = wake_loop.try_clone().map_err(|e| io_err("eventfd", e))?;
             let serial = serial.clone();
-            std::thread::Builder::new()
-                .name("devices".into())
-                .spawn(move || {
-                    event_loop::run(
-                        loop_rx,
-                        wake,
-                        serial,
-                        stdin,
-                        config_seccomp,
-                        poll_max,
-                        paused,
-                    )
-                })
-                .map_err(|e| io_err("starting the device thread", e))?
+            crate::ready_thread::run_on(ready_device_thread, DEVICE_THREAD, move || {
+                event_loop::run(
+                    loop_rx,
+                    wake,
+                    serial,
+                    stdin,
+                    config_seccomp,
+                    poll_max,
+                    paused,
+                )
+            })?
         };
 
+        build_times.device_thread = lap();
         let context_mem = mem.clone();
         let context = VcpuContext {
             io,
@@ -564,7 +621,9 @@ impl Vm {
                     .map_err(Error::GuestFault)?;
             }
         }
-        let vcpus = VcpuSet::start(vcpus, &context, paused)?;
+        build_times.transports = lap();
+        let vcpus = VcpuSet::start_on(vcpus, ready_vcpu_threads, &context, paused)?;
+        build_times.threads = lap();
         Ok(Vm {
             vcpus: Some(vcpus),
             device_thread: Some(device_thread),
@@ -590,7 +649,13 @@ impl Vm {
             locks,
             lock_specs,
             announce_gate: Arc::default(),
+            build_times,
         })
+    }
+
+    /// Where the build's time went.
+    pub fn build_times(&self) -> BuildTimes {
+        self.build_times
     }
 
     /// The serial port (for a console to feed input to).
@@ -619,10 +684,22 @@ impl Vm {
     /// Takes every vCPU out of the guest, then waits for the disks'
     /// requests in flight to complete.
     pub fn pause(&self) -> Result<()> {
+        self.pause_vcpus()?;
+        self.drain_queues()
+    }
+
+    /// The first half of [`Vm::pause`]: every vCPU out of the guest.
+    pub(crate) fn pause_vcpus(&self) -> Result<()> {
         self.announce_gate.close();
         if let Some(vcpus) = &self.vcpus {
             vcpus.pause()?;
         }
+        Ok(())
+    }
+
+    /// The second half of [`Vm::pause`]: the disks' requests in flight
+    /// completed, their queues stopped.
+    pub(crate) fn drain_queues(&self) -> Result<()> {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         if self.tell_loop(LoopMessage::Pause(done_tx)) {
             done_rx

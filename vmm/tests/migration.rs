@@ -6,7 +6,10 @@
 //! A destination killed mid-stream (by a proxy between the two, at a
 //! fixed byte of the stream), a connection cut by the peer, and a
 //! malformed stream leave the source running with its disk locked and
-//! the destination with no VM, each with one line saying what happened.
+//! the destination with no VM, each with one line saying what happened;
+//! a destination cut off after it prepared its VM (KVM, the vCPU and
+//! device threads started ahead) ends those threads and takes the next
+//! migration.
 
 mod support;
 
@@ -258,7 +261,7 @@ enum ProxyOutcome {
 fn killing_proxy(
     listener: std::os::unix::net::UnixListener,
     dest_sock: &Path,
-    dest_pid: i32,
+    dest_pid: Option<i32>,
     kill_after: usize,
 ) -> ProxyOutcome {
     listener.set_nonblocking(true).unwrap();
@@ -297,9 +300,12 @@ fn killing_proxy(
         }
         forwarded += n;
         if forwarded == kill_after {
-            // SAFETY: kill(2) takes no pointers; the pid is the test's own
-            // child, not yet waited for, so it names no other process.
-            assert_eq!(unsafe { libc::kill(dest_pid, libc::SIGKILL) }, 0);
+            if let Some(pid) = dest_pid {
+                // SAFETY: kill(2) takes no pointers; the pid is the test's
+                // own child, not yet waited for, so it names no other
+                // process.
+                assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+            }
             break ProxyOutcome::Killed { forwarded };
         }
     };
@@ -330,7 +336,7 @@ fn a_destination_killed_mid_stream_leaves_the_source_running() {
     let listener = std::os::unix::net::UnixListener::bind(&proxy_sock).unwrap();
     let proxy = {
         let pid = dest.child.id() as i32;
-        std::thread::spawn(move || killing_proxy(listener, &dest_sock, pid, KILL_AT))
+        std::thread::spawn(move || killing_proxy(listener, &dest_sock, Some(pid), KILL_AT))
     };
     let result = send(&source, &format!("unix:{}", proxy_sock.display()));
     match proxy.join().unwrap() {
@@ -351,6 +357,80 @@ fn a_destination_killed_mid_stream_leaves_the_source_running() {
     let _ = dest.wait_exit();
     assert_source_runs_on(&source, &disk);
     assert!(source.log().contains("vmm: migration"), "{}", source.log());
+}
+
+/// The names of process `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn a_destination_prepared_ahead_then_cut_off_ends_its_threads_and_takes_the_next() {
+    require_kvm!();
+    let shared = tempfile::tempdir().unwrap();
+    let (source, disk) = counting_source(shared.path(), 64);
+    let dest = ApiVmm::start(&[]);
+    let dest_sock = dest.path("migrate.sock");
+    let receiving = receive_in_thread(&dest, &format!("unix:{}", dest_sock.display()));
+    let start = Instant::now();
+    while !dest_sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", dest.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The destination accepts the configuration, makes its KVM VM and
+    // starts its vCPU and device threads ahead (waiting for their work);
+    // then the connection is cut before the switch.
+    const CUT_AT: usize = 64 << 10;
+    let proxy_sock = shared.path().join("proxy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&proxy_sock).unwrap();
+    let proxy = std::thread::spawn(move || killing_proxy(listener, &dest_sock, None, CUT_AT));
+    let result = send(&source, &format!("unix:{}", proxy_sock.display()));
+    match proxy.join().unwrap() {
+        ProxyOutcome::Killed { forwarded } => assert_eq!(forwarded, CUT_AT),
+        ProxyOutcome::EndedEarly { forwarded } => panic!(
+            "the cut did not land mid-stream ({forwarded} bytes): {result:?}\nsource: {}\ndest: {}",
+            source.log(),
+            dest.log()
+        ),
+    }
+    let text = one_line_500(result.expect_err("the migration succeeded with its stream cut"));
+    assert!(text.contains("migration"), "{text}");
+    let refused = one_line_500(receiving.join().unwrap().unwrap_err());
+    assert!(refused.contains("migration"), "{refused}");
+    assert_source_runs_on(&source, &disk);
+    // Nothing of the prepared VM is left: no VM, and the threads started
+    // ahead ended.
+    assert_eq!(dest.client().info().unwrap_err().status(), Some(404));
+    let start = Instant::now();
+    loop {
+        let names = thread_names(dest.child.id());
+        if !names
+            .iter()
+            .any(|n| n.starts_with("vcpu") || n == "devices")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "threads started ahead are left: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The same destination takes the next migration, and the guest runs.
+    let url = format!("unix:{}", dest.path("migrate.sock").display());
+    let receiving = receive_in_thread(&dest, &url);
+    send(&source, &url).unwrap();
+    receiving.join().unwrap().unwrap();
+    assert_eq!(dest.client().info().unwrap().state, VmState::Running);
+    let mut dest = dest;
+    dest.client().vmm_shutdown().unwrap();
+    assert_eq!(dest.wait_exit(), Some(0));
 }
 
 /// Reads the source's header and Config frame, answers Ack, reads about

@@ -30,6 +30,7 @@
 //! header, Config(VmConfig JSON),
 //! Annotation(text), Storage(plan)   ->     creates the copied images,
 //!                                          makes the KVM VM (RAM, vCPUs)
+//!                                          and starts its threads
 //!                                   <-     Ack | Refused(reason)
 //! Disk(chunk)* (a copy of the disks),
 //! Ram(record)* (full, then dirty passes, each with its Disk chunks)
@@ -38,8 +39,14 @@
 //!                                          state (paused)
 //!                                   <-     Ready | Refused(reason)
 //! Commit                            ->     resumes
-//!                                   <-     Resumed (the downtime ends)
+//!                                   <-     Resumed (the guest's pause
+//!                                          ends here)
 //! ```
+//!
+//! The downtime reported as QEMU reports its own runs on the source
+//! from the pause to the Switch flushed into the connection; the source
+//! also reports the span to the destination's Resumed, and the
+//! destination logs its side ([`receive::SwitchLog`]) when asked.
 //!
 //! The source flushes its disks while the guest still runs, so that at
 //! the switch only the disks written since need a flush, and it turns

@@ -10,6 +10,7 @@
 //! nothing is left behind.
 
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
@@ -44,6 +45,84 @@ pub struct Received {
     pub resume: bool,
     /// Bytes of RAM received.
     pub ram_bytes: u64,
+    /// When the machine's state was read.
+    pub machine_at: Instant,
+    /// When the switch was read (the source paused, its state sent, its
+    /// disks flushed and their locks let go of).
+    pub switch_at: Instant,
+}
+
+/// The environment variable that makes a migration's destination print
+/// where the switch's time went, one line on stderr (the source always
+/// prints its own).
+pub const PHASES: &str = "VMM_MIGRATION_PHASES";
+
+/// The destination's side of the switch, step by step (each from the end
+/// of the last; the first from the switch read), printed on stderr when
+/// [`PHASES`] is set.
+pub struct SwitchLog {
+    switch_at: Instant,
+    mark: Instant,
+    /// From the machine's state read to the switch read: the source's
+    /// flush and lock release, and the way here.
+    state_to_switch: Duration,
+    steps: Vec<(&'static str, Duration)>,
+    build: String,
+}
+
+impl SwitchLog {
+    /// Starts the log at `received`'s switch.
+    pub fn start(received: &Received) -> SwitchLog {
+        SwitchLog {
+            switch_at: received.switch_at,
+            mark: received.switch_at,
+            state_to_switch: received.switch_at - received.machine_at,
+            steps: Vec::new(),
+            build: String::new(),
+        }
+    }
+
+    /// Ends step `what` now.
+    pub fn lap(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.steps.push((what, now - self.mark));
+        self.mark = now;
+    }
+
+    /// Where the VM's build went (shown after the `build` step).
+    pub fn build_detail(&mut self, detail: String) {
+        self.build = detail;
+    }
+
+    /// Prints the log when [`PHASES`] is set.
+    pub fn print(&self) {
+        if std::env::var_os(PHASES).is_none() {
+            return;
+        }
+        eprintln!("vmm: {self}");
+    }
+}
+
+impl std::fmt::Display for SwitchLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "the migration's switch here: state read {:.1} ms before the switch",
+            ms(self.state_to_switch)
+        )?;
+        for (what, took) in &self.steps {
+            write!(f, ", {what} {:.1} ms", ms(*took))?;
+            if *what == "build" && !self.build.is_empty() {
+                write!(f, " ({})", self.build)?;
+            }
+        }
+        write!(
+            f,
+            "; {:.1} ms from the switch read to the last step",
+            ms(self.mark - self.switch_at)
+        )
+    }
 }
 
 impl Incoming {
@@ -177,6 +256,7 @@ pub fn receive_state<R: Read>(
     mut storage: Option<&mut IncomingStorage>,
 ) -> Result<Received> {
     let mut machine = None;
+    let mut machine_at = Instant::now();
     let mut ram_bytes = 0u64;
     loop {
         let frame = stream::read_frame(input, offset)?;
@@ -188,6 +268,7 @@ pub fn receive_state<R: Read>(
                 }
             }
             (Tag::Machine, None) => {
+                machine_at = Instant::now();
                 machine = Some(MachineState::parse(&frame.payload, vm)?);
             }
             (Tag::Switch, Some(_)) => {
@@ -204,6 +285,8 @@ pub fn receive_state<R: Read>(
                     machine: machine.expect("matched Some"),
                     resume,
                     ram_bytes,
+                    machine_at,
+                    switch_at: Instant::now(),
                 });
             }
             (Tag::Cancel, _) => {

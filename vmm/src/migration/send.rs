@@ -87,8 +87,11 @@ pub struct SendReport {
 /// first from the pause's start).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PausedPhases {
-    /// Stopping the vCPUs and draining the disk queues.
+    /// Taking the vCPUs out of the guest.
     pub pause: Duration,
+    /// Waiting for the disks' requests in flight (a guest's flush among
+    /// them) and stopping their queues.
+    pub drain: Duration,
     /// The last dirty pass (RAM, then the disks' last changes).
     pub last_pass: Duration,
     /// Collecting the vCPUs' and devices' state, dirty logging off.
@@ -114,8 +117,9 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
+            "pause {:.1} ms, drain {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
+            ms(self.drain),
             ms(self.last_pass),
             ms(self.state),
             ms(self.send),
@@ -362,10 +366,6 @@ fn precopy_and_switch(
     // since, the devices' pages (written until their queues drained)
     // included.
     let paused_at = Instant::now();
-    if options.running {
-        vm_pause(sender.vm)?;
-        progress.paused = true;
-    }
     let mut mark = paused_at;
     let mut lap = || {
         let now = Instant::now();
@@ -373,7 +373,13 @@ fn precopy_and_switch(
         mark = now;
         took
     };
-    report.paused.pause = lap();
+    if options.running {
+        progress.paused = true;
+        sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
+        report.paused.pause = lap();
+        sender.vm.drain_queues().map_err(MigrationError::Vm)?;
+        report.paused.drain = lap();
+    }
     let last = log.collect(sender.vm)?;
     let merged = merge(&pending, &last);
     report.ram_bytes += sender.dirty_pass(&merged)?;
@@ -471,10 +477,6 @@ impl DiskFlush {
         }
         Ok((again, disks.len()))
     }
-}
-
-fn vm_pause(vm: &Vm) -> Result<()> {
-    vm.pause().map_err(MigrationError::Vm)
 }
 
 /// Bytes per second, at least 1 MB/s (a first pass of almost only zero
