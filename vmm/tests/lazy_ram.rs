@@ -261,6 +261,7 @@ fn a_ram_record_corrupted_after_the_snapshot_stops_the_vm_at_its_fault() {
     assert_eq!(target.wait_exit(), Some(1), "{}", target.log());
     let log = target.log();
     let line = the_stop_line(&log);
+    eprintln!("{line}");
     assert!(
         line.contains(&format!(
             "checksum mismatch in the RAM record at byte {}, which holds guest RAM {:#x}-{:#x}",
@@ -311,6 +312,7 @@ fn a_ram_record_corrupted_after_the_snapshot_stops_the_vm_at_its_fault() {
     assert_eq!(target.wait_exit(), Some(1), "{}", target.log());
     let log = target.log();
     let line = the_stop_line(&log);
+    eprintln!("{line}");
     assert!(
         line.contains("snapshot 's1'")
             && line.contains(&format!(

@@ -40,12 +40,12 @@
 //!   loader ([`LazyRam::settle`], called by `Vm::settle_ram`), which then
 //!   unregisters the RAM.
 //! - **Where it applies:** the in-place revert, a fork, a revert that
-//!   rebuilds the VM (a new VMM's vm.restore of `qcow2:NAME`, or after an
-//!   in-place revert failed half-way) and vm.restore from CH's file layout,
-//!   whose `memory-ranges` is the same record stream read from a file
-//!   ([`file`]). Where userfaultfd cannot be had, or with `VMM_EAGER_RAM=1` in the
-//!   VMM's environment (for comparison), RAM is read before the guest
-//!   resumes, as before.
+//!   rebuilds the VM (a new VMM's vm.restore of `qcow2:NAME`, or after
+//!   an in-place revert failed half-way) and vm.restore from CH's file
+//!   layout, whose `memory-ranges` is the same record stream read from a
+//!   file ([`file`]). Where userfaultfd cannot be had, or with
+//!   `VMM_EAGER_RAM=1` in the VMM's environment (for comparison), RAM is
+//!   read before the guest resumes, as before.
 //! - **seccomp:** the loader thread runs under its own filter
 //!   ([`crate::seccomp::ThreadKind::RamLoader`]): the common list and the
 //!   four userfaultfd ioctls it makes after setup.
@@ -404,11 +404,11 @@ impl Loader {
             )));
         }
         if record_crc(head, &buf[HEADER_LEN..]) != header.crc {
-            return Err(StateError::Layout(format!(
-                "checksum mismatch in the RAM record at byte {pos}, which holds guest RAM {:#x}-{:#x}",
-                segment.start,
-                segment.start + segment.len - 1
-            )));
+            return Err(StateError::RamChecksum {
+                offset: pos,
+                start: segment.start,
+                last: segment.start + segment.len - 1,
+            });
         }
         let pages = &buf[HEADER_LEN + 8..];
         if self.uffd.copy(host, pages).map_err(io)? == uffd::Filled::SomePresent {
