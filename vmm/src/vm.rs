@@ -137,8 +137,9 @@ pub struct Vm {
     started: Instant,
     transports: Vec<Arc<Mutex<VirtioMmio>>>,
     nets: Vec<crate::devices::net::NetDevice>,
-    /// The loader of RAM still being filled lazily (a revert in place,
-    /// a fork), if any: settled before anything needs the whole RAM.
+    /// The loader of RAM still being filled lazily (a revert, a fork, a
+    /// restore from files), if any: settled before anything needs the
+    /// whole RAM.
     lazy_ram: Option<crate::lazy_ram::LazyRam>,
     /// Whether the VM's threads run under seccomp filters.
     seccomp: bool,
@@ -545,6 +546,7 @@ impl Vm {
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec();
+        let mut lazy_ram = None;
         if let Some(machine) = &machine {
             // KVM's VM-wide state first, then each vCPU (CPUID2 first,
             // VCPU_EVENTS last), then RAM; the devices once the device
@@ -557,11 +559,19 @@ impl Vm {
             for (vcpu, saved) in vcpus.iter().zip(&machine.vcpus) {
                 saved.restore(vcpu)?;
             }
+            // RAM is indexed now and filled lazily (crate::lazy_ram) when
+            // it can be: the loader serves the devices' restore below and
+            // the guest from here on.
             if let Some(dir) = restore_dir {
-                state::snapshot::read_memory(dir, summary, &mem)?;
+                lazy_ram = crate::lazy_ram::file::load(dir, summary, &mem, config.seccomp)?.0;
             } else if let Some((name, ram)) = &area {
+                let first = state::in_image::state_image(&config.disks, &backends)?;
+                let image = crate::lazy_ram::Image::Disk(first, &config.disks[0].path);
                 let over = reuse.is_some();
-                state::in_image::read_memory(&backends, name, ram, machine, &mem, over)?;
+                let seccomp = config.seccomp;
+                lazy_ram =
+                    crate::lazy_ram::load(image, name, *ram, machine.config, &mem, over, seccomp)?
+                        .0;
             }
             serial
                 .lock()
@@ -640,7 +650,7 @@ impl Vm {
             started: hooks.started,
             transports,
             nets,
-            lazy_ram: None,
+            lazy_ram,
             seccomp: config.seccomp,
             mem: context_mem,
             msr_indices,

@@ -85,10 +85,13 @@ fn snapshot_restore_resume_and_refusals() {
     assert_eq!(source.wait_exit(), Some(0), "{}", source.log());
     std::fs::remove_file(source.path("console.log")).unwrap();
 
-    // Tampered copies are refused, the VMM left with no VM.
+    // Tampered copies are refused, the VMM left with no VM: a byte of
+    // memory-ranges' configuration record (checked whole before anything
+    // is built; a RAM record's payload is only read when its pages are
+    // filled, tests/lazy_ram.rs) and of state.json.
     let target = ApiVmm::start(&[]);
     let client = target.client();
-    for (file, at) in [("memory-ranges", 100usize), ("state.json", 400)] {
+    for (file, at) in [("memory-ranges", 21usize), ("state.json", 400)] {
         let bad = snap_root.path().join(format!("bad-{file}"));
         std::fs::create_dir_all(&bad).unwrap();
         for f in ["config.json", "state.json", "memory-ranges"] {
@@ -230,7 +233,9 @@ fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
     std::fs::copy(snap_root.path().join("count.raw"), &disk_path).unwrap();
 
     // A new process restores it, paused; nothing runs until vm.resume.
-    let target = ApiVmm::start(&[]);
+    // Its RAM is filled lazily, the background filling paced (one
+    // segment per 100 ms) so that the guest runs before it is whole.
+    let target = ApiVmm::start_with_env(&[], &[("VMM_LAZY_RAM_PACE_MS", "100")]);
     let client = target.client();
     client.restore(&url).unwrap();
     assert_eq!(client.info().unwrap().state, VmState::Paused);
@@ -271,4 +276,12 @@ fn a_counting_guest_continues_from_its_snapshot_in_a_new_process() {
         assert_eq!(on_disk, k, "sector {} holds {on_disk}, not {k}", k % 2048);
     }
     client.vmm_shutdown().unwrap();
+    let mut target = target;
+    assert_eq!(target.wait_exit(), Some(0), "{}", target.log());
+    let log = target.log();
+    assert!(log.contains("vmm: resuming with "), "{log}");
+    assert!(
+        log.contains(&format!("vmm: lazy RAM of snapshot '{}': ", snap.display())),
+        "{log}"
+    );
 }

@@ -39,15 +39,18 @@
 //!   migration, a save, the VM's stop or drop) first waits for the
 //!   loader ([`LazyRam::settle`], called by `Vm::settle_ram`), which then
 //!   unregisters the RAM.
-//! - **Where it applies:** the in-place revert and a fork. A revert that
-//!   rebuilds the VM, and a restore from CH's file layout, load eagerly.
-//!   Where userfaultfd cannot be had, or with `VMM_EAGER_RAM=1` in the
-//!   VMM's environment (for comparison), RAM is read before the guest
-//!   resumes, as before.
+//! - **Where it applies:** the in-place revert, a fork, a revert that
+//!   rebuilds the VM (a new VMM's vm.restore of `qcow2:NAME`, or after
+//!   an in-place revert failed half-way) and vm.restore from CH's file
+//!   layout, whose `memory-ranges` is the same record stream read from a
+//!   file ([`file`]). Where userfaultfd cannot be had, or with
+//!   `VMM_EAGER_RAM=1` in the VMM's environment (for comparison), RAM is
+//!   read before the guest resumes, as before.
 //! - **seccomp:** the loader thread runs under its own filter
 //!   ([`crate::seccomp::ThreadKind::RamLoader`]): the common list and the
 //!   four userfaultfd ioctls it makes after setup.
 
+pub mod file;
 pub mod index;
 mod uffd;
 
@@ -66,7 +69,8 @@ pub use uffd::LOADER_IOCTLS;
 pub const EAGER_ENV: &str = "VMM_EAGER_RAM";
 
 /// The environment variable that paces the background filling: at most
-/// one segment per this many milliseconds (faults are served at once).
+/// one segment per this many milliseconds, the first one pace after the
+/// loader starts (faults are served at once).
 /// For tests that must see the guest run before its RAM is read, and for
 /// measuring; unset, the loader fills as fast as it can.
 pub const PACE_ENV: &str = "VMM_LAZY_RAM_PACE_MS";
@@ -280,11 +284,11 @@ impl Loader {
         &self,
         source: &(dyn StreamSource + Send),
         buf: &mut uffd::PageBuffer,
-    ) -> Result<Report, StateError> {
+    ) -> Result<Report, Failure> {
         let mut done = vec![false; self.segments.len()];
         let mut report = Report::default();
         let mut next = 0;
-        let mut next_at = Instant::now();
+        let mut next_at = Instant::now() + self.pace.unwrap_or_default();
         let io = |what: &str, e: std::io::Error| StateError::Write(format!("{what}: {e}"));
         loop {
             while let Some(host) = self.uffd.next_fault().map_err(|e| io("userfaultfd", e))? {
@@ -305,7 +309,7 @@ impl Loader {
                             .uffd
                             .wake(page, one)
                             .map_err(|e| io("waking a fault", e))?,
-                        Err(e) => return Err(io("mapping a zero page", e)),
+                        Err(e) => return Err(io("mapping a zero page", e).into()),
                     }
                 } else if done[i] {
                     // Filled since the fault was queued: the filling woke
@@ -315,7 +319,11 @@ impl Loader {
                         .wake(page, crate::state::memory::PAGE as u64)
                         .map_err(|e| io("waking a fault", e))?;
                 } else {
-                    self.fill(source, &self.segments[i], buf, &mut report)?;
+                    self.fill(source, &self.segments[i], buf, &mut report)
+                        .map_err(|error| Failure {
+                            error,
+                            fault: Some(guest),
+                        })?;
                     done[i] = true;
                     report.on_fault += 1;
                 }
@@ -396,7 +404,11 @@ impl Loader {
             )));
         }
         if record_crc(head, &buf[HEADER_LEN..]) != header.crc {
-            return Err(StateError::Checksum { offset: pos });
+            return Err(StateError::RamChecksum {
+                offset: pos,
+                start: segment.start,
+                last: segment.start + segment.len - 1,
+            });
         }
         let pages = &buf[HEADER_LEN + 8..];
         if self.uffd.copy(host, pages).map_err(io)? == uffd::Filled::SomePresent {
@@ -413,6 +425,29 @@ impl Loader {
             .filled
             .fetch_add(segment.len, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Why the loader stopped, and whether a fault was waiting on it.
+#[derive(Debug)]
+struct Failure {
+    error: StateError,
+    /// The guest-physical address of the fault being served, if any.
+    fault: Option<u64>,
+}
+
+impl From<StateError> for Failure {
+    fn from(error: StateError) -> Failure {
+        Failure { error, fault: None }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.fault {
+            Some(guest) => write!(f, "{}, found on a fault at {guest:#x}", self.error),
+            None => write!(f, "{}, found while filling in the background", self.error),
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use blockdev::disk::BlockBackend;
 use qcow::image::{Qcow2, VmStateInfo};
-use vm_memory::GuestMemoryMmap;
 
 use super::image::{self, RamPlace};
 use super::machine::{ConfigSummary, MachineState};
@@ -83,7 +82,7 @@ fn writable_images<'a>(
 }
 
 /// The image that holds the VM state: the first disk, a writable qcow2.
-fn state_image<'a>(
+pub(crate) fn state_image<'a>(
     disks: &'a [DiskConfig],
     backends: &'a [Arc<dyn BlockBackend>],
 ) -> Result<&'a Qcow2, StateError> {
@@ -290,23 +289,6 @@ pub fn check_revert(
         }
     }
     image::read_machine(first, name, vm)
-}
-
-/// Loads the RAM of the reverted snapshot `name` into `mem`, zeroed or,
-/// with `over`, the RAM of the VM the revert replaced.
-pub fn read_memory(
-    backends: &[Arc<dyn BlockBackend>],
-    name: &str,
-    ram: &RamPlace,
-    machine: &MachineState,
-    mem: &GuestMemoryMmap,
-    over: bool,
-) -> Result<u64, StateError> {
-    let first = backends
-        .first()
-        .and_then(|b| b.qcow2())
-        .ok_or_else(|| err("the first disk is not a qcow2 image".into()))?;
-    image::read_memory(first, name, *ram, machine.config, mem, over)
 }
 
 /// Deletes snapshot `name` from every writable qcow2 disk that holds it,

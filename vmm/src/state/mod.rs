@@ -63,6 +63,17 @@ pub enum StateError {
         /// Where the record starts.
         offset: u64,
     },
+    /// A RAM record's CRC does not match (found when its pages are
+    /// filled lazily).
+    #[error("VM state: checksum mismatch in the RAM record at byte {offset}, which holds guest RAM {start:#x}-{last:#x}")]
+    RamChecksum {
+        /// Where the record starts.
+        offset: u64,
+        /// The first guest-physical byte it holds.
+        start: u64,
+        /// The last guest-physical byte it holds.
+        last: u64,
+    },
     /// A record of a kind this vmm does not know.
     #[error("VM state: unknown record kind {kind:#x} at byte {offset}")]
     UnknownKind {
