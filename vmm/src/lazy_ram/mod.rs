@@ -53,7 +53,7 @@ mod uffd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -472,6 +472,34 @@ pub enum Image<'a> {
     Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
 }
 
+/// Where a lazy load's time before resume went, part by part (each from
+/// the end of the last): what a revert's `ram` phase is made of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadPhases {
+    /// Opening the loader's own handle on the image.
+    pub open: Duration,
+    /// Reading the record headers into the index.
+    pub index: Duration,
+    /// Giving the replaced guest's RAM back (a revert only).
+    pub discard: Duration,
+    /// Registering RAM with userfaultfd and starting the loader.
+    pub start: Duration,
+}
+
+impl std::fmt::Display for LoadPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "open {:.1} ms, index {:.1} ms, discard {:.1} ms, start {:.1} ms",
+            ms(self.open),
+            ms(self.index),
+            ms(self.discard),
+            ms(self.start)
+        )
+    }
+}
+
 /// Guest RAM `mem` of a VM configured as `vm` set up from the RAM stream
 /// at `place` of snapshot `snapshot` in `image`: lazily when [`wanted`]
 /// and userfaultfd works, else read now (`over`: `mem` holds another
@@ -487,6 +515,37 @@ pub fn load(
     over: bool,
     seccomp: bool,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
+    load_timed(
+        image,
+        snapshot,
+        place,
+        vm,
+        mem,
+        over,
+        seccomp,
+        &mut LoadPhases::default(),
+    )
+}
+
+/// [`load`], recording where its time went in `phases`.
+#[allow(clippy::too_many_arguments)]
+pub fn load_timed(
+    image: Image<'_>,
+    snapshot: &str,
+    place: crate::state::image::RamPlace,
+    vm: crate::state::machine::ConfigSummary,
+    mem: &GuestMemoryMmap,
+    over: bool,
+    seccomp: bool,
+    phases: &mut LoadPhases,
+) -> Result<(Option<LazyRam>, u64), StateError> {
+    let mut mark = Instant::now();
+    let mut lap = || {
+        let now = Instant::now();
+        let spent = now - mark;
+        mark = now;
+        spent
+    };
     let read_now = |image: &qcow::image::Qcow2, over: bool| {
         crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
     };
@@ -501,6 +560,7 @@ pub fn load(
         Image::Owned(q) => q,
         Image::Disk(_, path) => Box::new(open_image(path)?),
     };
+    phases.open = lap();
     let (start, end) = place.stream();
     let (segments, bytes) = index::build(
         &AreaSource {
@@ -511,9 +571,11 @@ pub fn load(
         end,
         vm,
     )?;
+    phases.index = lap();
     if over {
         discard_all(mem)?;
     }
+    phases.discard = lap();
     let registered = match Registered::new(mem) {
         Ok(registered) => registered,
         Err(e) => {
@@ -527,6 +589,7 @@ pub fn load(
         snapshot: snapshot.to_string(),
     });
     let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
+    phases.start = lap();
     Ok((Some(lazy), bytes))
 }
 
