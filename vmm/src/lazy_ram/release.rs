@@ -34,6 +34,10 @@ impl Detached {
         }
         let len = usize::try_from(len)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "length"))?;
+        // The system call itself, its fifth argument (`new_address`,
+        // unused without MREMAP_FIXED) given as 0: through the C library's
+        // variadic mremap, which passes no fifth argument, the VMM got
+        // EINVAL here where the raw system call succeeds.
         // SAFETY: [host, host + len) is guest RAM, one live private
         // anonymous mapping owned by the VM (the caller's contract); the
         // kernel moves its pages to a new mapping it chooses (MAYMOVE
@@ -42,14 +46,16 @@ impl Detached {
         // holds a Rust reference into guest RAM (it is accessed through
         // volatile copies), and no vCPU runs.
         let new = unsafe {
-            libc::mremap(
-                host as *mut libc::c_void,
+            libc::syscall(
+                libc::SYS_mremap,
+                host as usize,
                 len,
                 len,
                 libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP,
+                0usize,
             )
         };
-        if new == libc::MAP_FAILED {
+        if new == -1 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Detached {
