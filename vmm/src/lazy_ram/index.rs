@@ -3,13 +3,14 @@
 //! holds and where it is in the stream, and the zero ranges between.
 //! The payloads are skipped (read later, when a page is faulted or the
 //! loader reaches them); the headers are checked as the eager reader
-//! checks them: magic, version, length bound, RAM inside the VM's ranges,
-//! page-aligned, runs ascending without overlap, the end record's count,
-//! and nothing after it.
+//! checks them: magic, version, length bound, each run with the eager
+//! reader's own check ([`check_run`]: inside the VM's ranges,
+//! page-aligned, ascending without overlap), the end record's count, and
+//! nothing after it.
 
 use crate::layout::ram_ranges;
 use crate::state::machine::{check_end, ConfigSummary};
-use crate::state::memory::PAGE;
+use crate::state::memory::check_run;
 use crate::state::record::{check_header, read_record, RecordKind, HEADER_LEN};
 use crate::state::StateError;
 
@@ -109,22 +110,7 @@ pub fn build(
                 }
                 let run = u64::from_le_bytes(head[HEADER_LEN..].try_into().expect("8 bytes"));
                 let length = u64::from(header.length) - 8;
-                let inside = ranges.iter().any(|&(base, size)| {
-                    run >= base && run.checked_add(length).is_some_and(|e| e <= base + size)
-                });
-                if !inside
-                    || length == 0
-                    || !run.is_multiple_of(PAGE as u64)
-                    || !length.is_multiple_of(PAGE as u64)
-                {
-                    return Err(StateError::OutsideMemory { start: run, length });
-                }
-                if run < cursor {
-                    return Err(StateError::Layout(format!(
-                        "RAM run at {run:#x} before the end of the previous one ({cursor:#x})"
-                    )));
-                }
-                cursor = run + length;
+                cursor = check_run(&ranges, run, length, cursor)?;
                 bytes += length;
                 runs.push(Segment {
                     start: run,
@@ -189,6 +175,7 @@ pub fn find(segments: &[Segment], addr: u64) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::state::machine::end_record;
+    use crate::state::memory::PAGE;
     use crate::state::record::write_record;
 
     impl StreamSource for Vec<u8> {

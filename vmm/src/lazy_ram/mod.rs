@@ -29,10 +29,17 @@
 //!   waiting before it fills the next record in order, so a fault waits
 //!   at most for one record (at most 4 MiB). A fault in a record fills
 //!   the whole record (its CRC covers all of it anyway).
-//! - **Its own image:** the loader reads through a Qcow2 of its own
-//!   (opened read-only, unlocked, as a fork's reader is), never through
-//!   the VM's disk: a device thread holding that disk's locks may itself
+//! - **Its own reader:** the snapshot's VM-state area is mapped onto the
+//!   image file once ([`MappedArea`]: the snapshot table and the area's
+//!   L1 and L2 tables read a single time); the index and the loader then
+//!   read with plain positioned reads of the file, never through the VM's
+//!   disk's Qcow2 and its locks: a device thread holding them may itself
 //!   wait on a missing page.
+//! - **The replaced guest's RAM** (a revert): its pages are moved out of
+//!   guest RAM in one `mremap` ([`release`]; page tables move, pages do
+//!   not), leaving RAM empty at the same address, and the loader unmaps
+//!   them a few MiB at a time between faults. Freeing them in place
+//!   (MADV_DONTNEED) before resume is the fallback.
 //! - **Nothing changes the snapshot meanwhile:** a snapshot's clusters
 //!   are never written while it exists; whatever could free them or
 //!   needs the whole RAM (a snapshot, snapshot-delete, another revert, a
@@ -52,11 +59,12 @@
 
 pub mod file;
 pub mod index;
+mod release;
 mod uffd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -129,6 +137,8 @@ pub struct Registered {
     ranges: Vec<(u64, u64, u64)>,
     mem: GuestMemoryMmap,
     started: Instant,
+    /// The replaced guest's pages, for the loader to unmap.
+    detached: Vec<release::Detached>,
 }
 
 impl Registered {
@@ -155,7 +165,15 @@ impl Registered {
             ranges,
             mem: mem.clone(),
             started,
+            detached: Vec::new(),
         })
+    }
+
+    /// Hands the replaced guest's pages ([`detach_all`]) to the loader,
+    /// which unmaps them between the faults it serves.
+    pub fn release_later(mut self, detached: Detached) -> Registered {
+        self.detached.extend(detached.0);
+        self
     }
 
     /// Starts the loader, which fills the RAM from the stream indexed as
@@ -173,6 +191,7 @@ impl Registered {
             ranges,
             mem,
             started,
+            detached,
         } = self;
         let progress = Arc::new(Progress {
             filled: AtomicU64::new(0),
@@ -190,6 +209,7 @@ impl Registered {
             started,
             pace: pace(),
             progress: progress.clone(),
+            detached: std::cell::RefCell::new(detached),
             _mem: mem,
         };
         let thread = std::thread::Builder::new()
@@ -238,6 +258,8 @@ struct Loader {
     /// The least time between two background segments ([`PACE_ENV`]).
     pace: Option<std::time::Duration>,
     progress: Arc<Progress>,
+    /// The replaced guest's pages still to unmap.
+    detached: std::cell::RefCell<Vec<release::Detached>>,
     /// Keeps the mapping alive while the loader fills it.
     _mem: GuestMemoryMmap,
 }
@@ -328,6 +350,7 @@ impl Loader {
                     report.on_fault += 1;
                 }
             }
+            self.release_some();
             if next == self.segments.len() {
                 return Ok(report);
             }
@@ -344,6 +367,18 @@ impl Loader {
                 done[next] = true;
             }
             next += 1;
+        }
+    }
+
+    /// Unmaps the next few MiB of the replaced guest's pages (the rest go
+    /// when the loader ends).
+    fn release_some(&self) {
+        let mut detached = self.detached.borrow_mut();
+        if let Some(first) = detached.first_mut() {
+            first.release_some(RELEASE_CHUNK);
+            if first.is_empty() {
+                detached.remove(0);
+            }
         }
     }
 
@@ -461,6 +496,27 @@ struct Report {
     on_fault: u64,
 }
 
+/// Bytes of the replaced guest's RAM the loader unmaps at a time, between
+/// the faults it serves.
+const RELEASE_CHUNK: usize = 8 << 20;
+
+/// The replaced guest's pages, moved out of guest RAM ([`detach_all`]).
+pub struct Detached(Vec<release::Detached>);
+
+/// Moves every page of `mem` out of it (see [`release`]), so that all
+/// are missing, as [`discard_all`] does but without freeing them now:
+/// they are freed by the loader ([`Registered::release_later`]), or when
+/// the returned value is dropped. An error leaves `mem` as it was, or
+/// some regions emptied: the caller then discards it all.
+pub fn detach_all(mem: &GuestMemoryMmap) -> Result<Detached, StateError> {
+    host_ranges(mem)?
+        .into_iter()
+        .map(|(_, host, len)| release::Detached::detach(host, len))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map(Detached)
+        .map_err(|e| StateError::Write(format!("moving the replaced guest's RAM away: {e}")))
+}
+
 /// Gives every page of `mem` back to the kernel, so that all are missing
 /// (before [`LazyRam::start`] over RAM that held another guest).
 pub fn discard_all(mem: &GuestMemoryMmap) -> Result<(), StateError> {
@@ -488,7 +544,41 @@ impl<I: std::borrow::Borrow<qcow::image::Qcow2>> StreamSource for AreaSource<I> 
     }
 }
 
-/// Opens the qcow2 image at `path` read-only and unlocked for the loader.
+/// A snapshot's VM-state area read through its map onto the image file
+/// ([`qcow::image::VmStateMap`]): the snapshot and its tables were looked
+/// up once, each read is plain positioned reads of the file. It takes no
+/// lock of the image it was mapped from, so the loader may read through
+/// it while a device thread holding that image's locks waits on a page.
+pub struct MappedArea {
+    /// The area's map.
+    pub map: qcow::image::VmStateMap,
+    /// The snapshot's name.
+    pub snapshot: String,
+}
+
+impl MappedArea {
+    /// Maps the VM-state area of snapshot `snapshot` of `image`.
+    pub fn new(image: &qcow::image::Qcow2, snapshot: &str) -> Result<MappedArea, StateError> {
+        let map = image
+            .vm_state_map(snapshot)
+            .map_err(|e| StateError::Read(format!("snapshot '{snapshot}': {e}")))?;
+        Ok(MappedArea {
+            map,
+            snapshot: snapshot.to_string(),
+        })
+    }
+}
+
+impl StreamSource for MappedArea {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), StateError> {
+        self.map
+            .read_at(pos, buf)
+            .map_err(|e| StateError::Read(format!("snapshot '{}': {e}", self.snapshot)))
+    }
+}
+
+/// Opens the qcow2 image at `path` read-only and unlocked: a reader of a
+/// snapshot's state that must not take the image's locks.
 pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateError> {
     let image_err =
         |e: qcow::Error| StateError::InImage(format!("image '{}': {e}", path.display()));
@@ -498,13 +588,42 @@ pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateErr
 }
 
 /// The image a lazy load reads: the caller's own (a fork's reader), or
-/// the VM's disk, which the loader opens again for itself (read-only,
-/// unlocked) at `path`.
+/// the VM's disk (at `path`). Either way the loader reads the snapshot's
+/// area through a map onto the file ([`MappedArea`]), not through the
+/// image.
 pub enum Image<'a> {
-    /// An image the loader may keep.
+    /// An image of the caller's own (dropped once the area is mapped).
     Owned(Box<qcow::image::Qcow2>),
     /// The VM's disk and its path.
     Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
+}
+
+/// Where a lazy load's time before resume went, part by part (each from
+/// the end of the last): what a revert's `ram` phase is made of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadPhases {
+    /// Mapping the snapshot's VM-state area onto the image file.
+    pub map: Duration,
+    /// Reading the record headers into the index.
+    pub index: Duration,
+    /// Emptying guest RAM of the replaced guest's pages (a revert only).
+    pub discard: Duration,
+    /// Registering RAM with userfaultfd and starting the loader.
+    pub start: Duration,
+}
+
+impl std::fmt::Display for LoadPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "map {:.1} ms, index {:.1} ms, discard {:.1} ms, start {:.1} ms",
+            ms(self.map),
+            ms(self.index),
+            ms(self.discard),
+            ms(self.start)
+        )
+    }
 }
 
 /// Guest RAM `mem` of a VM configured as `vm` set up from the RAM stream
@@ -522,46 +641,84 @@ pub fn load(
     over: bool,
     seccomp: bool,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
+    load_timed(
+        image,
+        snapshot,
+        place,
+        vm,
+        mem,
+        over,
+        seccomp,
+        &mut LoadPhases::default(),
+    )
+}
+
+/// [`load`], recording where its time went in `phases`.
+#[allow(clippy::too_many_arguments)]
+pub fn load_timed(
+    image: Image<'_>,
+    snapshot: &str,
+    place: crate::state::image::RamPlace,
+    vm: crate::state::machine::ConfigSummary,
+    mem: &GuestMemoryMmap,
+    over: bool,
+    seccomp: bool,
+    phases: &mut LoadPhases,
+) -> Result<(Option<LazyRam>, u64), StateError> {
+    let mut mark = Instant::now();
+    let mut lap = || {
+        let now = Instant::now();
+        let spent = now - mark;
+        mark = now;
+        spent
+    };
     let read_now = |image: &qcow::image::Qcow2, over: bool| {
         crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
     };
+    let image: &qcow::image::Qcow2 = match &image {
+        Image::Owned(q) => q,
+        Image::Disk(q, _) => q,
+    };
     if !wanted() {
-        let image: &qcow::image::Qcow2 = match &image {
-            Image::Owned(q) => q,
-            Image::Disk(q, _) => q,
-        };
         return Ok((None, read_now(image, over)?));
     }
-    let own = match image {
-        Image::Owned(q) => q,
-        Image::Disk(_, path) => Box::new(open_image(path)?),
-    };
+    // The area is mapped onto the image file once: the index and the
+    // loader read it without looking the snapshot up again, and without
+    // a handle of their own.
+    let area = MappedArea::new(image, snapshot)?;
+    phases.map = lap();
     let (start, end) = place.stream();
-    let (segments, bytes) = index::build(
-        &AreaSource {
-            image: own.as_ref(),
-            snapshot: snapshot.to_string(),
-        },
-        start,
-        end,
-        vm,
-    )?;
-    if over {
-        discard_all(mem)?;
-    }
-    let registered = match Registered::new(mem) {
+    let (segments, bytes) = index::build(&area, start, end, vm)?;
+    phases.index = lap();
+    // The replaced guest's pages are moved away now and freed by the
+    // loader (or dropped in place where they cannot be moved).
+    let detached = if over {
+        match detach_all(mem) {
+            Ok(detached) => Some(detached),
+            Err(e) => {
+                eprintln!("vmm: {e}; discarding it now");
+                discard_all(mem)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    phases.discard = lap();
+    let mut registered = match Registered::new(mem) {
         Ok(registered) => registered,
         Err(e) => {
-            // `mem` is all zero now (fresh, or discarded): read as fresh.
+            // `mem` is all zero now (fresh, or emptied): read as fresh.
             eprintln!("vmm: {e}; loading guest RAM now");
-            return Ok((None, read_now(&own, false)?));
+            return Ok((None, read_now(image, false)?));
         }
     };
-    let source: Source = Box::new(AreaSource {
-        image: *own,
-        snapshot: snapshot.to_string(),
-    });
+    if let Some(detached) = detached {
+        registered = registered.release_later(detached);
+    }
+    let source: Source = Box::new(area);
     let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
+    phases.start = lap();
     Ok((Some(lazy), bytes))
 }
 
@@ -577,6 +734,75 @@ mod tests {
         fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), StateError> {
             self.0.as_ref().read_at(pos, buf)
         }
+    }
+
+    #[test]
+    fn the_index_through_the_map_equals_the_index_through_the_tables() {
+        let size = 16u64 << 20;
+        let summary = ConfigSummary {
+            cpus: 1,
+            memory: size,
+            disks: 0,
+            nets: 0,
+        };
+        let saved = crate::vm::map_guest_memory(size).unwrap();
+        for addr in [0x1000u64, 0x20_0000, 0x80_0000, size - 3 * 4096] {
+            saved
+                .write_slice(&[addr as u8 | 1; 3 * 4096], GuestAddress(addr))
+                .unwrap();
+        }
+        // 5 MiB of data: one run longer than a record.
+        saved
+            .write_slice(&vec![9u8; 5 << 20], GuestAddress(0x90_0000))
+            .unwrap();
+        // The stream after other bytes, as in a snapshot's area.
+        let lead = 70_001u64;
+        let mut area = vec![3u8; lead as usize];
+        crate::state::memory::save(&saved, summary, &mut area).unwrap();
+        let opts = qcow::create::CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let image = qcow::create::create(
+            std::sync::Arc::new(qcow::MemStorage::default()),
+            None,
+            None,
+            &opts,
+        )
+        .unwrap();
+        let mut writer = image.vm_state_writer().unwrap();
+        writer.write_all(&area).unwrap();
+        let vm_state_size = writer.finish().unwrap();
+        image
+            .create_snapshot_with_vm_state(
+                "s",
+                qcow::image::VmStateInfo {
+                    vm_state_size,
+                    vm_clock_nsec: 0,
+                },
+            )
+            .unwrap();
+        let tables = AreaSource {
+            image: &image,
+            snapshot: "s".to_string(),
+        };
+        let mapped = MappedArea::new(&image, "s").unwrap();
+        let end = area.len() as u64;
+        let by_tables = index::build(&tables, lead, end, summary).unwrap();
+        let by_map = index::build(&mapped, lead, end, summary).unwrap();
+        assert_eq!(by_tables, by_map);
+        assert_eq!(by_map.1, 12 * 4096 + (5 << 20));
+        // Each record reads the same both ways.
+        for segment in by_map.0.iter().filter(|s| s.record.is_some()) {
+            let pos = segment.record.unwrap();
+            let len = (HEADER_LEN as u64 + 8 + segment.len) as usize;
+            let (mut a, mut b) = (vec![0u8; len], vec![1u8; len]);
+            tables.read_at(pos, &mut a).unwrap();
+            mapped.read_at(pos, &mut b).unwrap();
+            assert!(a == b, "record at {pos}");
+            assert!(a == area[pos as usize..pos as usize + len]);
+        }
+        assert!(MappedArea::new(&image, "none").is_err());
     }
 
     #[test]

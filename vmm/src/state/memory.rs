@@ -21,6 +21,38 @@ pub const PAGE: usize = 4096;
 /// Bytes of RAM in one record at most.
 const RUN_MAX: usize = MAX_PAYLOAD as usize - PAGE;
 
+/// Checks a RAM run read from a stream (untrusted): `length` bytes at
+/// guest-physical `start`, the previous run ending at `cursor` (0 for
+/// the first). It must lie inside one of the VM's RAM `ranges`
+/// (`layout::ram_ranges`), be page-aligned and not empty, and start at or
+/// after `cursor` (runs ascend without overlap, so the gaps between them
+/// are known to be zero). Returns the run's end, the next `cursor`. The
+/// eager reader ([`restore`]) and the lazy index (`lazy_ram::index`) both
+/// check each run with it.
+pub fn check_run(
+    ranges: &[(u64, u64)],
+    start: u64,
+    length: u64,
+    cursor: u64,
+) -> Result<u64, StateError> {
+    let inside = ranges.iter().any(|&(base, size)| {
+        start >= base && start.checked_add(length).is_some_and(|e| e <= base + size)
+    });
+    if !inside
+        || length == 0
+        || !start.is_multiple_of(PAGE as u64)
+        || !length.is_multiple_of(PAGE as u64)
+    {
+        return Err(StateError::OutsideMemory { start, length });
+    }
+    if start < cursor {
+        return Err(StateError::Layout(format!(
+            "RAM run at {start:#x} before the end of the previous one ({cursor:#x})"
+        )));
+    }
+    Ok(start + length)
+}
+
 /// Writes `mem`'s non-zero pages as records after `config`'s; returns
 /// the bytes of RAM written. Pages the host never backed (mincore) are
 /// zero and not read; the others are read in chunks of [`RUN_MAX`] bytes
@@ -167,28 +199,14 @@ fn restore_into<R: Read>(
                 let start = p.u64()?;
                 let bytes = p.rest();
                 let length = bytes.len() as u64;
-                let inside = ranges.iter().any(|&(base, size)| {
-                    start >= base && start.checked_add(length).is_some_and(|e| e <= base + size)
-                });
-                if !inside
-                    || length == 0
-                    || !start.is_multiple_of(PAGE as u64)
-                    || !length.is_multiple_of(PAGE as u64)
-                {
-                    return Err(StateError::OutsideMemory { start, length });
-                }
-                if start < cursor {
-                    return Err(StateError::Layout(format!(
-                        "RAM run at {start:#x} before the end of the previous one ({cursor:#x})"
-                    )));
-                }
+                let run_end = check_run(&ranges, start, length, cursor)?;
                 if zero_gaps {
                     // The gap inside the ranges, up to this run.
                     for &(base, size) in &ranges {
                         zero_gap(mem, cursor.max(base), start.min(base + size))?;
                     }
                 }
-                cursor = start + length;
+                cursor = run_end;
                 mem.write_slice(bytes, GuestAddress(start))
                     .map_err(|e| StateError::Write(format!("guest RAM at {start:#x}: {e}")))?;
                 restored += length;
@@ -308,6 +326,40 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn runs_are_checked_against_the_ranges_alignment_and_order() {
+        let ranges = ram_ranges(16 << 20);
+        let page = PAGE as u64;
+        assert_eq!(check_run(&ranges, 0, page, 0).unwrap(), page);
+        assert_eq!(
+            check_run(&ranges, 0x10_0000, 4 * page, 0x2000).unwrap(),
+            0x10_0000 + 4 * page
+        );
+        // The last page of RAM, and one past it.
+        assert!(check_run(&ranges, (16 << 20) - page, page, 0).is_ok());
+        for (start, length) in [
+            (16 << 20, page),
+            ((16 << 20) - page, 2 * page),
+            (0x1000, 0),
+            (0x1001, page),
+            (0x1000, 100),
+            (u64::MAX - page + 1, page),
+        ] {
+            let err = check_run(&ranges, start, length, 0).unwrap_err();
+            assert!(
+                matches!(err, StateError::OutsideMemory { .. }),
+                "{start:#x}+{length:#x}: {err}"
+            );
+        }
+        let err = check_run(&ranges, 0x1000, page, 0x2000).unwrap_err();
+        assert!(
+            err.to_string().contains("before the end of the previous"),
+            "{err}"
+        );
+        // Overlapping the previous run by one page is refused too.
+        assert!(check_run(&ranges, 0x1000, 2 * page, 0x2000).is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct RevertPhases {
     pub ram: Duration,
     /// Bytes of RAM loaded.
     pub ram_bytes: u64,
+    /// The parts of `ram` (a lazy load's; zero when RAM was read now).
+    pub ram_parts: crate::lazy_ram::LoadPhases,
     /// The serial port, the GED and the transports.
     pub devices: Duration,
 }
@@ -48,12 +50,13 @@ impl std::fmt::Display for RevertPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, disks {:.1} ms, kvm {:.1} ms, ram {:.1} ms ({} MiB), devices {:.1} ms",
+            "pause {:.1} ms, disks {:.1} ms, kvm {:.1} ms, ram {:.1} ms ({} MiB: {}), devices {:.1} ms",
             ms(self.pause),
             ms(self.disks),
             ms(self.kvm),
             ms(self.ram),
             self.ram_bytes >> 20,
+            self.ram_parts,
             ms(self.devices)
         )
     }
@@ -167,7 +170,7 @@ impl Vm {
         let first = self.backends[0]
             .qcow2()
             .ok_or_else(|| partial(StateError::InImage("the first disk is not qcow2".into())))?;
-        let (lazy, bytes) = crate::lazy_ram::load(
+        let (lazy, bytes) = crate::lazy_ram::load_timed(
             crate::lazy_ram::Image::Disk(first, &self.disks[0].path),
             name,
             reverted.ram,
@@ -175,6 +178,7 @@ impl Vm {
             &self.mem,
             true,
             self.seccomp,
+            &mut phases.ram_parts,
         )
         .map_err(partial)?;
         self.lazy_ram = lazy;

@@ -20,6 +20,7 @@ mod resize;
 mod snapshot;
 mod subcluster_zero;
 mod vmstate;
+mod vmstate_map;
 mod write;
 
 use std::collections::{BTreeSet, HashSet};
@@ -40,6 +41,7 @@ pub use amend::{amend, amend_with_progress, AmendOptions};
 
 pub use snapshot::MAX_SNAPSHOT_NAME;
 pub use vmstate::{vm_state_offset, VmStateInfo, VmStateWriter};
+pub use vmstate_map::{VmStateMap, MAX_MAP_PIECES};
 pub use write::{HostPiece, WritePlan};
 
 use meta::{Meta, L2_CACHE_BYTES};
