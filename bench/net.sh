@@ -13,21 +13,29 @@
 # Prints each pair and the median ratios ours/QEMU (throughput: higher is
 # better; round trip: lower is better).
 #
-# Needs root, /dev/kvm, /dev/net/tun, iproute2 and qemu-system-x86 10
-# (bookworm-backports; bench/vmm.sh --install-qemu installs it).
+# --exits: also count, with perf's KVM tracepoints on each VMM's process,
+# per frame the guest took in the host->guest phase and per round trip:
+# the guest's exits to the VMM (kvm_userspace_exit), its MMIO accesses
+# (kvm_mmio: register reads and writes, queue notifications), the
+# interrupts it took (kvm_eoi) and the guest instructions KVM emulated
+# (kvm_emulate_insn; this host's KVM emulates ring-0 code, so that is
+# the guest's work). These do not swing with the machine's load as times
+# do. Needs perf.
 #
-# Usage: bench/net.sh [--pairs 3] [--seconds 3] [--count 2000]
+# Usage: bench/net.sh [--pairs 3] [--seconds 3] [--count 2000] [--exits]
 
 set -euo pipefail
 pairs=3
 seconds=3
 count=2000
+exits=0
 while (($#)); do
     case $1 in
         --pairs) pairs=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --count) count=$2; shift 2 ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        --exits) exits=1; shift ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "net.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -37,26 +45,34 @@ if [ "$(id -u)" != 0 ]; then
     echo "net.sh: needs root (network namespaces, taps)" >&2
     exit 1
 fi
+if [ "$exits" = 1 ] && ! command -v perf >/dev/null; then
+    echo "net.sh: --exits needs perf (apt-get install linux-perf)" >&2
+    exit 1
+fi
 command -v qemu-system-x86_64 >/dev/null || {
     echo "net.sh: qemu-system-x86_64 missing (bench/vmm.sh --install-qemu)" >&2
     exit 1
 }
 bash scripts/ensure-net.sh
-cargo build -q --release -p vmm
+# NET_BENCH_VMM=path runs that vmm binary instead (e.g. an older build,
+# for before and after figures).
+[ -n "${NET_BENCH_VMM:-}" ] || cargo build -q --release -p vmm
 target=${CARGO_TARGET_DIR:-$repo/target}
 CARGO_ENCODED_RUSTFLAGS=$(printf '%s\x1f%s\x1f%s' -Crelocation-model=static -Cno-redzone=yes \
     -Ctarget-feature=-sse,-sse2,-x87) \
     cargo build -q --release --offline --target x86_64-unknown-linux-gnu \
     --manifest-path vmm/guest/Cargo.toml --target-dir "$target/guest" 2>/dev/null
 guest=$target/guest/x86_64-unknown-linux-gnu/release/vmm-test-guest
-vmm=$target/release/vmm
+vmm=${NET_BENCH_VMM:-$target/release/vmm}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# One run in a fresh namespace: $1 = ours|qemu; prints "h2g_MBps g2h_MBps rtt_us".
+# One run in a fresh namespace: $1 = ours|qemu; prints "h2g_MBps g2h_MBps
+# rtt_us", then with --exits the counts per host->guest frame and per
+# round trip.
 cat >"$work/one.sh" <<'EOF'
 set -euo pipefail
-which=$1 guest=$2 vmm=$3 seconds=$4 count=$5 work=$6
+which=$1 guest=$2 vmm=$3 seconds=$4 count=$5 work=$6 exits=$7
 ip link set lo up
 ip tuntap add dev bt0 mode tap vnet_hdr
 ip link set bt0 addrgenmode none
@@ -81,21 +97,48 @@ for _ in $(seq 300); do
     sleep 0.05
 done
 grep -q "guest: net ready" "$log" || { echo "no guest on $which: $(cat "$log")" >&2; kill -9 $pid; exit 1; }
-python3 - "$seconds" "$count" <<'PY'
-import socket, statistics, struct, sys, time
+python3 - "$seconds" "$count" "$exits" "$pid" "$work/$which" <<'PY'
+import signal, socket, statistics, struct, subprocess, sys, time
 seconds, count = float(sys.argv[1]), int(sys.argv[2])
+exits, pid, prefix = sys.argv[3] == "1", sys.argv[4], sys.argv[5]
 guest = "10.96.0.2"
+EVENTS = ["kvm:kvm_userspace_exit", "kvm:kvm_mmio", "kvm:kvm_eoi", "kvm:kvm_emulate_insn"]
+def perf_start(phase):
+    if not exits:
+        return None
+    out = "%s.%s.perf" % (prefix, phase)
+    p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", ",".join(EVENTS),
+                          "-p", pid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches to every thread
+    return (p, out)
+def perf_stop(run, per):
+    if run is None:
+        return []
+    p, out = run
+    p.send_signal(signal.SIGINT)
+    p.wait()
+    counts = {}
+    for line in open(out):
+        fields = line.strip().split(",")
+        if len(fields) > 2 and fields[2] in EVENTS:
+            counts[fields[2]] = int(fields[0]) if fields[0].isdigit() else 0
+    return ["%.2f" % (counts.get(e, 0) / per if per else 0) for e in EVENTS]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("10.96.0.1", 0))
 s.settimeout(2)
 # Round trip first (the ARP entry is made by the first echo).
 rtts = []
-for i in range(210):
+for i in range(10):
+    s.sendto(b"x" * 64, (guest, 7))
+    s.recvfrom(2048)
+rtt_perf = perf_start("rtt")
+for i in range(200):
     t = time.perf_counter()
     s.sendto(b"x" * 64, (guest, 7))
     s.recvfrom(2048)
-    if i >= 10:
-        rtts.append(time.perf_counter() - t)
+    rtts.append(time.perf_counter() - t)
+rtt_counts = perf_stop(rtt_perf, len(rtts))
+h2g_perf = perf_start("h2g")
 # Host to guest: blast the discard port, then ask what it counted.
 payload = b"d" * 1400
 end = time.perf_counter() + seconds
@@ -126,6 +169,7 @@ for _ in range(100):
     counted, last_change = again, time.perf_counter()
 elapsed = last_change - start
 h2g = counted[1] / elapsed / 1e6 if counted else 0.0
+h2g_counts = perf_stop(h2g_perf, counted[0] if counted else 0)
 # Guest to host: ask the source port for `count` datagrams.
 s.settimeout(1)
 s.sendto(struct.pack("<I", count), (guest, 19))
@@ -147,7 +191,8 @@ while datagrams < count:
     datagrams += 1
 g2h = got / (last - first) / 1e6 if first and last and last > first else 0.0
 s.sendto(b"reset", (guest, 9))
-print("%.3f %.3f %.1f" % (h2g, g2h, statistics.median(rtts) * 1e6))
+print(" ".join(["%.3f %.3f %.1f" % (h2g, g2h, statistics.median(rtts) * 1e6)]
+               + h2g_counts + rtt_counts))
 PY
 sleep 0.3
 kill -9 $pid 2>/dev/null || true
@@ -155,7 +200,7 @@ wait $pid 2>/dev/null || true
 EOF
 
 run() {
-    unshare -n bash "$work/one.sh" "$1" "$guest" "$vmm" "$seconds" "$count" "$work"
+    unshare -n bash "$work/one.sh" "$1" "$guest" "$vmm" "$seconds" "$count" "$work" "$exits"
 }
 
 # One untimed run each first (page cache, CPU frequency).
@@ -163,10 +208,18 @@ run ours >/dev/null
 run qemu >/dev/null
 results=()
 for pair in $(seq "$pairs"); do
-    read -r oh og ort < <(run ours)
-    read -r qh qg qrt < <(run qemu)
+    read -r oh og ort oexits < <(run ours)
+    read -r qh qg qrt qexits < <(run qemu)
     printf 'pair %d: ours h2g %7.3f MB/s g2h %7.3f MB/s rtt %8.1f us | qemu h2g %7.3f MB/s g2h %7.3f MB/s rtt %8.1f us\n' \
         "$pair" "$oh" "$og" "$ort" "$qh" "$qg" "$qrt"
+    if [ "$exits" = 1 ]; then
+        for side in ours qemu; do
+            [ $side = ours ] && counts=$oexits || counts=$qexits
+            read -r a b c d e f g h <<<"$counts"
+            printf '  %s: per h2g frame: exits %s mmio %s irqs %s insns %s | per round trip: exits %s mmio %s irqs %s insns %s\n' \
+                "$side" "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h"
+        done
+    fi
     results+=("$oh $og $ort $qh $qg $qrt")
 done
 printf '%s\n' "${results[@]}" | python3 -c '

@@ -4,13 +4,15 @@
 //! the tap; malformed receive chains are returned empty and counted;
 //! merged receive buffers carry `num_buffers`; oversized frames are
 //! dropped without losing the buffers; a starved receive queue stops
-//! waiting on the tap. Needs root and iproute2.
+//! waiting on the tap, asks for a batch of buffers, and its refill timer
+//! takes fewer. Needs root and iproute2.
 
 mod net_support;
 
 use blockdev::virtio::driver::{RawDescriptor, Segment, DESC_F_NEXT, DESC_F_WRITE};
 use blockdev::virtio::net::defs::*;
 use blockdev::virtio::net::header::NetHeader;
+use blockdev::virtio::net::rx::{RX_KICK_BATCH, RX_REFILL_WAIT};
 use net_support::packet::{PacketSocket, QUIET, WAIT};
 use net_support::{in_netns, pattern, test_frame, NetRig, GUEST_MAC, TEST_ETHERTYPE};
 use vm_memory::GuestAddress;
@@ -298,5 +300,97 @@ fn with_no_buffers_the_rx_queue_stops_waiting_on_the_tap() {
         assert_eq!(used[0].len, 12 + 14 + 64);
         let frame = rig.read(GuestAddress(bufs[0].0 .0 + 12), 14);
         assert_eq!(frame[..6], GUEST_MAC, "after the vnet header");
+    });
+}
+
+/// Whether `fd` turns readable within `timeout`.
+fn readable_within(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration.
+    let n = unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as i32) };
+    n == 1 && pollfd.revents & libc::POLLIN != 0
+}
+
+#[test]
+fn a_starved_queue_asks_for_a_batch_and_its_timer_takes_fewer() {
+    in_netns(|| {
+        let mut rig = NetRig::new(
+            "batch0",
+            1,
+            F_VERSION_1 | F_RING_EVENT_IDX | F_NET_MAC | F_NET_MRG_RXBUF,
+        );
+        let socket = PacketSocket::bind("batch0", TEST_ETHERTYPE);
+        let frames: Vec<Vec<u8>> = (0..3)
+            .map(|i| test_frame(GUEST_MAC, PEER_MAC, &pattern(64 + i, i as u64)))
+            .collect();
+        for frame in &frames {
+            socket.send(frame);
+        }
+        std::thread::sleep(QUIET);
+        let tap_fd = rig.handlers.rx[0].tap_fd();
+        // No buffers: wait for a batch of them, on the refill timer.
+        rig.handlers.rx[0].handle_tap_event().expect("rx");
+        assert!(rig.handlers.rx[0].starved());
+        let timer = rig.handlers.rx[0].wait_fd().expect("a refill timer");
+        assert_ne!(timer, tap_fd, "not the tap: it stays readable");
+        let event = rig.drivers[0].avail_event(&*rig.mem).expect("avail_event");
+        assert_eq!(
+            event,
+            RX_KICK_BATCH - 1,
+            "a kick at the batch's last buffer"
+        );
+        // Two buffers, no kick (fewer than the batch): the timer takes them.
+        let posted: Vec<_> = (0..2).map(|_| rig.post_rx(&[2048]).0).collect();
+        assert!(
+            readable_within(timer, RX_REFILL_WAIT * 200),
+            "the refill timer fires"
+        );
+        rig.handlers.rx[0].handle_tap_event().expect("rx");
+        let used = rig.used(0);
+        assert_eq!(
+            used.iter().map(|u| u.id).collect::<Vec<_>>(),
+            posted.iter().map(|&h| u32::from(h)).collect::<Vec<_>>()
+        );
+        assert!(rig.handlers.rx[0].take_interrupt().expect("irq"));
+        // Out again with one frame waiting: the next timer takes the one
+        // buffer posted after it.
+        let timer = rig.handlers.rx[0].wait_fd().expect("armed again");
+        let event = rig.drivers[0].avail_event(&*rig.mem).expect("avail_event");
+        assert_eq!(event, 2 + RX_KICK_BATCH - 1);
+        let (head, bufs) = rig.post_rx(&[2048]);
+        assert!(readable_within(timer, RX_REFILL_WAIT * 200));
+        rig.handlers.rx[0].handle_tap_event().expect("rx");
+        let used = rig.used(0);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].id, u32::from(head));
+        let got = rig.read(GuestAddress(bufs[0].0 .0 + 12), frames[2].len());
+        assert_eq!(got, frames[2], "every frame arrived, in order");
+        // A timer that finds nothing posted is not armed again: the
+        // queue waits for a kick at the first buffer.
+        let timer = rig.handlers.rx[0].wait_fd().expect("armed again");
+        assert!(readable_within(timer, RX_REFILL_WAIT * 200));
+        rig.handlers.rx[0].handle_tap_event().expect("rx");
+        assert!(rig.handlers.rx[0].starved());
+        assert_eq!(rig.handlers.rx[0].wait_fd(), None, "waits for a kick only");
+        let event = rig.drivers[0].avail_event(&*rig.mem).expect("avail_event");
+        assert_eq!(event, 3, "a kick at the next buffer");
+        // A full batch posted before the queue looks is taken at once.
+        socket.send(&frames[0]);
+        std::thread::sleep(QUIET);
+        for _ in 0..RX_KICK_BATCH {
+            rig.post_rx(&[2048]);
+        }
+        rig.handlers.rx[0].handle_queue_notify().expect("rx");
+        assert!(!rig.handlers.rx[0].starved());
+        assert_eq!(rig.used(0).len(), 1);
+        let stats = rig.device.counters().snapshot();
+        assert_eq!(
+            (stats.rx_frames, stats.rx_errors, stats.rx_dropped),
+            (4, 0, 0)
+        );
     });
 }

@@ -18,7 +18,8 @@
 //!   output to a console socket client;
 //! - the device thread: `readv` (frames from a tap straight into the
 //!   guest's buffers; `writev` sends them and is common) and TUNSETQUEUE
-//!   (the guest's MQ command attaches and detaches tap queues);
+//!   (the guest's MQ command attaches and detaches tap queues), and
+//!   `timerfd_create`/`timerfd_settime` (a receive queue's refill timer);
 //! - the main thread: `tgkill`, to kick vCPU threads out of KVM_RUN, and
 //!   `ioctl(0, TCSETS)` (and glibc's checking `TCGETS`) to put the
 //!   terminal's settings back at the end. Only without `--api-socket`:
@@ -173,6 +174,10 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
         }
         ThreadKind::Devices => {
             rules.insert(libc::SYS_readv, Vec::new());
+            // A virtio-net receive queue's refill timer, made and armed
+            // by the device loop when the guest runs out of buffers.
+            rules.insert(libc::SYS_timerfd_create, Vec::new());
+            rules.insert(libc::SYS_timerfd_settime, Vec::new());
             rules.insert(
                 libc::SYS_ioctl,
                 ioctl_rules(&[libc::TUNSETQUEUE]).map_err(err)?,

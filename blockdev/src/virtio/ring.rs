@@ -228,6 +228,32 @@ impl SplitRing {
         Ok(self.avail_idx(view, Ordering::Relaxed)? != self.next_avail.0)
     }
 
+    /// Under event idx, ask the driver to notify only once it has made
+    /// `batch` more chains available (`avail_event` at
+    /// `next_avail + batch - 1`: a driver testing the crossing and one
+    /// testing `avail_idx > avail_event` both notify at the `batch`-th),
+    /// and say how many are available now, after the store (so that a
+    /// crossing made before it is not waited for). Without event idx
+    /// (no way to ask for a count) or for `batch` of 1, as
+    /// [`SplitRing::enable_notification`].
+    pub(crate) fn enable_notification_after<V: RingMemory>(
+        &mut self,
+        view: &V,
+        batch: u16,
+    ) -> Result<u16, QueueError> {
+        if !self.event_idx || batch <= 1 {
+            self.enable_notification(view)?;
+        } else {
+            let avail_event = RING_HEADER + USED_ELEM * u64::from(self.size);
+            let event = self.next_avail + Wrapping(batch - 1);
+            self.store_used_u16(view, avail_event, event.0)?;
+            // The read below must not move before the store above.
+            fence(Ordering::SeqCst);
+        }
+        let avail = Wrapping(self.avail_idx(view, Ordering::Relaxed)?);
+        Ok((avail - self.next_avail).0)
+    }
+
     /// Whether the driver wants an interrupt for the elements added since
     /// the last call (event idx: whether used_event lies among them).
     pub(crate) fn needs_notification<V: RingMemory>(

@@ -6,7 +6,7 @@
 //! Each queue has its notify eventfd (the guest's kicks) and may have a
 //! second fd to wait on ([`ServedQueue::event_fd`]): virtio-blk's backend
 //! completion eventfd, a receive queue's tap while the guest has given
-//! buffers. The loop waits on both (level-triggered), calls
+//! buffers or its refill timer while it waits for more. The loop waits on both (level-triggered), calls
 //! [`ServedQueue::handle_queue_notify`] or [`ServedQueue::handle_event`],
 //! raises the device's interrupt when [`ServedQueue::take_interrupt`] says
 //! so, and re-checks [`ServedQueue::event_fd`] after serving a queue: it
@@ -159,7 +159,7 @@ where
         RxQueue::notify_fd(self)
     }
     fn event_fd(&self) -> Option<RawFd> {
-        self.tap_wanted().then(|| self.tap_fd())
+        self.wait_fd()
     }
     fn handle_queue_notify(&mut self) -> Result<()> {
         RxQueue::handle_queue_notify(self)

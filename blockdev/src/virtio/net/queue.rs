@@ -137,6 +137,15 @@ impl<A: GuestAddressSpace> ActiveQueue<A> {
             .map_err(|source| queue_error("enable notifications", source))
     }
 
+    /// Ask for a notification once `batch` more chains are available
+    /// ([`SplitRing::enable_notification_after`]); how many are
+    /// available now.
+    pub fn enable_notification_after(&mut self, batch: u16) -> Result<u16> {
+        self.ring
+            .enable_notification_after(&self.view, batch)
+            .map_err(|source| queue_error("enable notifications", source))
+    }
+
     /// Whether chains are available (one load).
     pub fn has_available(&self) -> bool {
         self.ring.has_available(&self.view)

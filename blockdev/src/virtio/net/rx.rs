@@ -13,18 +13,27 @@
 //! memory, broken, shorter than the header) are returned empty and
 //! counted as errors.
 //!
-//! When the guest has no buffers left the queue asks for its
-//! notifications and [`RxQueue::tap_wanted`] turns false: the event loop
-//! stops waiting on the tap until the guest kicks the queue again. It is
-//! false too while the pair's tap queue is detached (a pair the guest
-//! does not use under MQ).
+//! When the guest has no buffers left the queue stops waiting on the tap
+//! (which stays readable) and waits for buffers instead
+//! ([`RxQueue::wait_fd`]). Under event idx it asks the driver to kick only
+//! after [`RX_KICK_BATCH`] reposted buffers, so that a guest working
+//! through a backlog does not exit once per buffer, and arms a timer
+//! ([`RX_REFILL_WAIT`]): when it fires the queue takes whatever the guest
+//! posted, so a guest that posts fewer never stalls. A timer that finds
+//! nothing posted is not armed again: the queue then asks for a kick at
+//! the first buffer, so an idle guest without buffers costs no wake-ups.
+//! Without event idx, or without a timer, it asks for a kick at the first
+//! buffer. Nothing is waited on while the pair's tap queue is detached (a
+//! pair the guest does not use under MQ).
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vm_memory::GuestAddressSpace;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::counters::NetCounters;
 use super::defs::{MAX_RX_BYTES, NET_HDR_NUM_BUFFERS, NET_HDR_SIZE};
@@ -36,6 +45,26 @@ use crate::{Error, Result};
 /// Most frames read in one batch before the queue lets the event loop
 /// serve other queues.
 const RX_BATCH: usize = 256;
+
+/// Buffers a driver with event idx reposts before it kicks a receive
+/// queue that ran out (at most half the queue).
+pub const RX_KICK_BATCH: u16 = 16;
+
+/// How long a receive queue that ran out waits for the guest's batch of
+/// buffers before it takes what the guest posted so far.
+pub const RX_REFILL_WAIT: Duration = Duration::from_micros(500);
+
+/// What a receive queue waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxWait {
+    /// Frames on the tap (the guest gave buffers).
+    Tap,
+    /// Out of buffers: the kick after a batch of them, or the refill
+    /// timer.
+    Batch,
+    /// Out of buffers: the kick at the first one.
+    Kick,
+}
 
 /// One receive virtqueue and the tap queue it is filled from.
 pub struct RxQueue<A: GuestAddressSpace> {
@@ -55,8 +84,14 @@ pub struct RxQueue<A: GuestAddressSpace> {
     /// One byte after the guest's buffers in every read: a frame that
     /// reaches it did not fit (the tap cuts frames silently).
     overflow: Box<[u8; 1]>,
-    /// The guest has no buffers: wait for its kick, not for the tap.
-    starved: bool,
+    /// What the queue waits for now.
+    wait: RxWait,
+    /// The refill timer, made at the first starvation (`None` before, or
+    /// if it could not be made: then the queue asks for a kick at the
+    /// first buffer).
+    refill_timer: Option<TimerFd>,
+    /// A timer could not be made; not tried again.
+    timer_failed: bool,
     /// Chains refused since the last [`RxQueue::take_refused`].
     refused: u64,
 }
@@ -80,7 +115,9 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             stashed_bytes: 0,
             iov: Vec::new(),
             overflow: Box::new([0]),
-            starved: false,
+            wait: RxWait::Tap,
+            refill_timer: None,
+            timer_failed: false,
             refused: 0,
         }
     }
@@ -120,7 +157,24 @@ impl<A: GuestAddressSpace> RxQueue<A> {
     /// while the guest has given no buffers (the tap stays readable, and
     /// a level-triggered loop would spin on it).
     pub fn tap_wanted(&self) -> bool {
-        !self.starved && self.tap.is_attached()
+        self.wait == RxWait::Tap && self.tap.is_attached()
+    }
+
+    /// The fd the event loop should wait on besides the notify eventfd:
+    /// the tap while the guest has given buffers, the refill timer while
+    /// the queue waits for a batch of them, none while it waits for a
+    /// kick or its tap queue is detached.
+    pub fn wait_fd(&self) -> Option<RawFd> {
+        match self.wait {
+            RxWait::Tap => self.tap_wanted().then(|| self.tap_fd()),
+            RxWait::Batch => self.refill_timer.as_ref().map(AsRawFd::as_raw_fd),
+            RxWait::Kick => None,
+        }
+    }
+
+    /// Whether the queue ran out of buffers and waits for the guest.
+    pub fn starved(&self) -> bool {
+        self.wait != RxWait::Tap
     }
 
     /// The driver gave buffers: read what the tap holds into them.
@@ -129,8 +183,30 @@ impl<A: GuestAddressSpace> RxQueue<A> {
         self.process_queue()
     }
 
-    /// The tap is readable: deliver frames.
+    /// [`RxQueue::wait_fd`] is readable: deliver frames from the tap, or
+    /// (the refill timer fired) take what the guest posted so far.
     pub fn handle_tap_event(&mut self) -> Result<()> {
+        if self.wait == RxWait::Batch {
+            // Disarming resets the timer's count, so it is not readable
+            // any more (no read, which could block on an event meant for
+            // the tap).
+            if let Some(timer) = self.refill_timer.as_mut() {
+                timer.clear().map_err(|e| Error::Io {
+                    op: "disarm the receive refill timer",
+                    source: e.into(),
+                })?;
+            }
+            let before = self.queue.next_avail();
+            self.process_queue()?;
+            if self.wait == RxWait::Batch && self.queue.next_avail() == before {
+                // The guest posted nothing while the timer ran: wait for
+                // its first buffer instead of waking again.
+                if self.wait_for_kick()? {
+                    self.process_queue()?;
+                }
+            }
+            return Ok(());
+        }
         self.process_queue()
     }
 
@@ -200,26 +276,70 @@ impl<A: GuestAddressSpace> RxQueue<A> {
             // and has no frames; keep the buffers for when it is used.
             return Ok(());
         }
-        self.starved = false;
+        self.wait = RxWait::Tap;
         self.queue.disable_notification()?;
         for _ in 0..RX_BATCH {
             self.fill_stash()?;
             if self.stash.is_empty() {
-                // Out of buffers: ask for a kick, unless some came.
-                if self.queue.enable_notification()? {
+                if self.ask_for_buffers()? {
                     self.queue.disable_notification()?;
                     self.fill_stash()?;
                 }
                 if self.stash.is_empty() {
-                    self.starved = true;
                     return Ok(());
                 }
+                self.wait = RxWait::Tap;
             }
             if !self.read_one()? {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Out of buffers: ask the guest for a batch of them (a kick after
+    /// [`RX_KICK_BATCH`], the refill timer armed) or, without event idx or
+    /// a timer, for a kick at the first. `true` when the guest posted
+    /// enough meanwhile (take them now instead).
+    fn ask_for_buffers(&mut self) -> Result<bool> {
+        let batch = RX_KICK_BATCH.min(self.queue.ring.size() / 2);
+        if batch <= 1 || !self.queue.ring.event_idx_enabled() || !self.have_timer() {
+            return self.wait_for_kick();
+        }
+        let available = self.queue.enable_notification_after(batch)?;
+        if available >= batch {
+            return Ok(true);
+        }
+        let armed = match self.refill_timer.as_mut() {
+            Some(timer) => timer.reset(RX_REFILL_WAIT, None).is_ok(),
+            None => false,
+        };
+        if !armed {
+            return self.wait_for_kick();
+        }
+        self.wait = RxWait::Batch;
+        Ok(false)
+    }
+
+    /// Ask for a kick at the first buffer the guest posts; `true` when
+    /// some came meanwhile.
+    fn wait_for_kick(&mut self) -> Result<bool> {
+        if self.queue.enable_notification()? {
+            return Ok(true);
+        }
+        self.wait = RxWait::Kick;
+        Ok(false)
+    }
+
+    /// Whether the refill timer exists (made now if it was not).
+    fn have_timer(&mut self) -> bool {
+        if self.refill_timer.is_none() && !self.timer_failed {
+            match TimerFd::new() {
+                Ok(timer) => self.refill_timer = Some(timer),
+                Err(_) => self.timer_failed = true,
+            }
+        }
+        self.refill_timer.is_some()
     }
 
     /// Take chains from the ring until the stash holds room for the
@@ -354,7 +474,7 @@ impl<A: GuestAddressSpace> std::fmt::Debug for RxQueue<A> {
         f.debug_struct("RxQueue")
             .field("index", &self.queue.index)
             .field("stashed", &self.stash.len())
-            .field("starved", &self.starved)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
