@@ -36,12 +36,7 @@ fn device(read_only: bool, num_queues: u16) -> VirtioBlock {
 }
 
 fn events(n: u16) -> Vec<QueueEvents> {
-    (0..n)
-        .map(|_| QueueEvents {
-            notify: eventfd(),
-            interrupt: eventfd(),
-        })
-        .collect()
+    (0..n).map(|_| QueueEvents { notify: eventfd() }).collect()
 }
 
 fn negotiate(device: &mut VirtioBlock, features: u64) -> bool {

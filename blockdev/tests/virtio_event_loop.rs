@@ -66,7 +66,7 @@ fn run(backend: Arc<dyn BlockBackend>, requests: u64, depth: u64) -> Vec<u8> {
     let irq = interrupt.try_clone().expect("clone");
     let raise = interrupt.try_clone().expect("clone");
     let mut handlers = device
-        .activate(mem.clone(), vec![QueueEvents { notify, interrupt }])
+        .activate(mem.clone(), vec![QueueEvents { notify }])
         .expect("activate");
     let mut handler = handlers.pop().expect("handler");
     let stop = eventfd();

@@ -436,7 +436,6 @@ fn restore_in_place(
     let events = (0..device.num_queues())
         .map(|_| blockdev::virtio::QueueEvents {
             notify: net_support::eventfd(),
-            interrupt: net_support::eventfd(),
         })
         .collect();
     device.activate(rig.mem.clone(), events)

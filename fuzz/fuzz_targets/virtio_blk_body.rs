@@ -503,10 +503,7 @@ impl Rig {
         }
         device.set_status(device.status() | STATUS_DRIVER_OK);
         let events = (0..device.num_queues())
-            .map(|_| QueueEvents {
-                notify: eventfd(),
-                interrupt: eventfd(),
-            })
+            .map(|_| QueueEvents { notify: eventfd() })
             .collect();
         if let Ok(handlers) = device.activate(self.mem.clone(), events) {
             self.handlers = handlers;
@@ -684,10 +681,7 @@ fn health_check(rig: &mut Rig, disk: &MemDisk) {
     driver.configure(device.queue_mut(0).expect("queue 0"));
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     let events = (0..device.num_queues())
-        .map(|_| QueueEvents {
-            notify: eventfd(),
-            interrupt: eventfd(),
-        })
+        .map(|_| QueueEvents { notify: eventfd() })
         .collect();
     rig.handlers = device
         .activate(mem.clone(), events)

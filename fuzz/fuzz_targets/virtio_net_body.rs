@@ -230,10 +230,7 @@ fn start(
     }
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     let events = (0..device.num_queues())
-        .map(|_| QueueEvents {
-            notify: eventfd(),
-            interrupt: eventfd(),
-        })
+        .map(|_| QueueEvents { notify: eventfd() })
         .collect();
     device.activate(mem.clone(), events).ok()
 }
@@ -330,10 +327,7 @@ fn health_check(device: &mut VirtioNet, mem: &Arc<GuestMemoryMmap>, tap: &Thread
     tx.configure(device.queue_mut(1).expect("tx"));
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     let events = (0..device.num_queues())
-        .map(|_| QueueEvents {
-            notify: eventfd(),
-            interrupt: eventfd(),
-        })
+        .map(|_| QueueEvents { notify: eventfd() })
         .collect();
     let mut handlers = device.activate(mem.clone(), events).expect("activate");
     // Guest to tap.

@@ -12,7 +12,7 @@
 //! [`QueueT`] setters), the config window onto
 //! [`VirtioBlock::read_config`]. When the driver sets DRIVER_OK the
 //! transport calls [`VirtioBlock::activate`] with guest memory and each
-//! queue's notify/interrupt eventfds, and runs the returned handlers from
+//! queue's notify eventfd, and runs the returned handlers from
 //! its event loop.
 
 use std::sync::Arc;

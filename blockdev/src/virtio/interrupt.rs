@@ -6,7 +6,7 @@
 //!
 //! The decision is a flag that whoever serves the queue takes
 //! ([`InterruptDecision::take`]) and raises the transport's interrupt
-//! for, not a write to the queue's interrupt eventfd: the event loop
+//! for; a queue has no interrupt eventfd of its own: the event loop
 //! serves the queue on its own thread, so a flag saves a write, a poll
 //! and a read per batch. A flag set and not yet taken stays set, as an
 //! eventfd's counter would, so no decided interrupt is lost between two

@@ -42,10 +42,9 @@
 //! rings.configure(device.queue_mut(0).unwrap());
 //! device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
 //!
-//! // DRIVER_OK: activate with the queue's ioeventfd and irqfd.
+//! // DRIVER_OK: activate with the queue's ioeventfd.
 //! let events = QueueEvents {
 //!     notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-//!     interrupt: EventFd::new(EFD_NONBLOCK).unwrap(),
 //! };
 //! let mut handlers = device.activate(mem.clone(), vec![events])?;
 //! // In the event loop: notify_fd() readable -> handle_queue_notify(),

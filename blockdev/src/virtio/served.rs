@@ -340,7 +340,6 @@ mod tests {
             .set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         let events = vec![QueueEvents {
             notify: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
-            interrupt: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         }];
         let handlers = device.activate(mem.clone(), events).expect("activate");
         let mut served: Vec<Box<dyn ServedQueue>> = handlers

@@ -121,10 +121,7 @@ impl Transport for NetTransport {
             inner.handlers = None;
         } else if inner.device.driver_ok() && !inner.device.is_activated() {
             let events = (0..inner.device.num_queues())
-                .map(|_| QueueEvents {
-                    notify: eventfd(),
-                    interrupt: eventfd(),
-                })
+                .map(|_| QueueEvents { notify: eventfd() })
                 .collect();
             inner.handlers = Some(
                 inner

@@ -150,10 +150,7 @@ impl NetRig {
         device
             .set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         let events = (0..device.num_queues())
-            .map(|_| QueueEvents {
-                notify: eventfd(),
-                interrupt: eventfd(),
-            })
+            .map(|_| QueueEvents { notify: eventfd() })
             .collect();
         let handlers = device.activate(mem.clone(), events).expect("activate");
         NetRig {

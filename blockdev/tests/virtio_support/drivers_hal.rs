@@ -268,10 +268,7 @@ impl Transport for HarnessTransport {
             for _ in 0..inner.device.num_queues() {
                 let notify = eventfd();
                 inner.notifies.push(notify.try_clone().expect("clone"));
-                events.push(QueueEvents {
-                    notify,
-                    interrupt: eventfd(),
-                });
+                events.push(QueueEvents { notify });
             }
             inner.handlers = inner
                 .device

@@ -131,10 +131,7 @@ impl Rig {
         device
             .set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         let events = (0..num_queues)
-            .map(|_| QueueEvents {
-                notify: eventfd(),
-                interrupt: eventfd(),
-            })
+            .map(|_| QueueEvents { notify: eventfd() })
             .collect();
         let handlers = device.activate(mem.clone(), events).expect("activate");
         Rig {

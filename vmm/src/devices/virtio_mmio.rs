@@ -226,7 +226,6 @@ impl VirtioMmio {
             .map(|n| {
                 Ok(QueueEvents {
                     notify: n.try_clone()?,
-                    interrupt: EventFd::new(libc::EFD_NONBLOCK)?,
                 })
             })
             .collect();

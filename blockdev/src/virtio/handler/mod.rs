@@ -35,16 +35,15 @@ use crate::disk::{BlockQueue, Request};
 use crate::{Error, Result};
 use std::time::Instant;
 
-/// The two eventfds of a queue: the guest's kicks and its interrupt.
+/// The eventfd of a queue: the guest's kicks. A queue has no interrupt
+/// eventfd: its interrupt decision is a flag whoever serves it takes
+/// ([`QueueHandler::take_interrupt`]) and raises the device's interrupt
+/// for.
 #[derive(Debug)]
 pub struct QueueEvents {
     /// Written by the transport (or KVM, as an ioeventfd) when the driver
     /// notifies the queue.
     pub notify: EventFd,
-    /// The queue's interrupt eventfd. The queues do not write it: their
-    /// interrupt decision is a flag whoever serves them takes
-    /// ([`QueueHandler::take_interrupt`]) and raises the interrupt for.
-    pub interrupt: EventFd,
 }
 
 /// A chain handed to the backend and not yet returned to the guest. The

@@ -5,9 +5,9 @@
 //! batch (event idx or NO_INTERRUPT).
 //!
 //! An interrupt the device decides on is a flag the event loop reads with
-//! `take_interrupt` (and raises the transport's irqfd for), not a write
-//! to the queue's interrupt eventfd ([`InterruptDecision`], shared with
-//! virtio-blk). The queue's interrupt eventfd is not used.
+//! `take_interrupt` (and raises the transport's irqfd for)
+//! ([`InterruptDecision`], shared with virtio-blk); a queue has no
+//! interrupt eventfd.
 //!
 //! Under event idx the driver is asked not to notify while the device
 //! does not need it by moving `avail_event` out of its way

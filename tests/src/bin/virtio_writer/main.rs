@@ -158,12 +158,7 @@ fn run(args: &[String]) -> Result<()> {
     }
     device.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     let events = (0..queues)
-        .map(|_| {
-            Ok(QueueEvents {
-                notify: event()?,
-                interrupt: event()?,
-            })
-        })
+        .map(|_| Ok(QueueEvents { notify: event()? }))
         .collect::<Result<Vec<_>>>()?;
     let mut handlers = device.activate(mem.clone(), events)?;
     if handlers.len() != usize::from(queues) {
