@@ -573,4 +573,31 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_batch_notification_puts_avail_event_at_its_last_chain() {
+        let mem = memory();
+        let view = GuestView::new(&mem).expect("plain memory");
+        let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE));
+        let avail_idx = GuestAddress(AVAIL + 2);
+        let mut ring = SplitRing::new(&queue(true), &view).expect("ring");
+        // Near the wrap: the event wraps as the driver's index will.
+        ring.next_avail = Wrapping(0xfffe);
+        mem.write_obj(0xfffeu16, avail_idx).expect("avail idx");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 0);
+        assert_eq!(mem.read_obj::<u16>(avail_event).expect("event"), 1);
+        // Two made available before the store: counted, not a batch.
+        mem.write_obj(0u16, avail_idx).expect("avail idx");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 2);
+        // A batch of one is a kick at the next chain.
+        assert_eq!(ring.enable_notification_after(&view, 1).expect("enable"), 2);
+        assert_eq!(mem.read_obj::<u16>(avail_event).expect("event"), 0xfffe);
+        // Without event idx there is no count to ask for: the NO_NOTIFY
+        // flag is cleared, as for a kick at the next chain.
+        let mut ring = SplitRing::new(&queue(false), &view).expect("ring");
+        mem.write_obj(USED_F_NO_NOTIFY, GuestAddress(USED))
+            .expect("flags");
+        assert_eq!(ring.enable_notification_after(&view, 4).expect("enable"), 0);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED)).expect("flags"), 0);
+    }
 }
