@@ -18,8 +18,13 @@ use crate::layout::ram_ranges;
 
 /// The page size runs are made of.
 pub const PAGE: usize = 4096;
-/// Bytes of RAM in one record at most.
-const RUN_MAX: usize = MAX_PAYLOAD as usize - PAGE;
+/// Bytes of RAM in one record at most when saving. A lazy revert's
+/// first touch of a page reads and checks its whole record before the
+/// guest goes on, so records are kept at 1 MiB (not the 4 MiB a record
+/// may hold: readers still take any run up to [`MAX_PAYLOAD`], so older
+/// images read as before).
+const RUN_MAX: usize = 1 << 20;
+const _: () = assert!(RUN_MAX + PAGE <= MAX_PAYLOAD as usize);
 
 /// Checks a RAM run read from a stream (untrusted): `length` bytes at
 /// guest-physical `start`, the previous run ending at `cursor` (0 for
