@@ -18,8 +18,13 @@ use crate::layout::ram_ranges;
 
 /// The page size runs are made of.
 pub const PAGE: usize = 4096;
-/// Bytes of RAM in one record at most.
-const RUN_MAX: usize = MAX_PAYLOAD as usize - PAGE;
+/// Bytes of RAM in one record at most when saving. A lazy revert's
+/// first touch of a page reads and checks its whole record before the
+/// guest goes on, so records are kept at 1 MiB (not the 4 MiB a record
+/// may hold: readers still take any run up to [`MAX_PAYLOAD`], so older
+/// images read as before).
+const RUN_MAX: usize = 1 << 20;
+const _: () = assert!(RUN_MAX + PAGE <= MAX_PAYLOAD as usize);
 
 /// Checks a RAM run read from a stream (untrusted): `length` bytes at
 /// guest-physical `start`, the previous run ending at `cursor` (0 for
@@ -303,6 +308,43 @@ mod tests {
         saved.read_slice(&mut a, GuestAddress(0)).unwrap();
         live.read_slice(&mut b, GuestAddress(0)).unwrap();
         assert!(a == b);
+    }
+
+    #[test]
+    fn records_hold_one_mib_and_older_four_mib_runs_still_read() {
+        let size = 16 << 20;
+        let mem = memory(size);
+        mem.write_slice(&vec![3u8; 3 << 20], GuestAddress(0))
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(save(&mem, summary(size), &mut out).unwrap(), 3 << 20);
+        // The configuration, three RAM records of 1 MiB, the end.
+        let (mut reader, mut offset) = (&out[..], 0u64);
+        let mut ram_records = 0;
+        while let Some(record) = read_record(&mut reader, &mut offset).unwrap() {
+            if record.kind == RecordKind::Ram {
+                assert_eq!(record.payload.len(), 8 + RUN_MAX);
+                ram_records += 1;
+            }
+        }
+        assert_eq!(ram_records, 3);
+
+        // An image saved before records were 1 MiB: one run of 4 MiB
+        // less a page.
+        let old_run = MAX_PAYLOAD as usize - PAGE;
+        let mut old = Vec::new();
+        let first = summary(size).to_record();
+        write_record(&mut old, first.kind, 0, &first.payload).unwrap();
+        let mut payload = 0x1000u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&vec![9u8; old_run]);
+        write_record(&mut old, RecordKind::Ram, 0, &payload).unwrap();
+        let end = end_record(2);
+        write_record(&mut old, end.kind, 0, &end.payload).unwrap();
+        let target = memory(size);
+        restore(&mut &old[..], summary(size), &target).unwrap();
+        let mut back = vec![0u8; old_run];
+        target.read_slice(&mut back, GuestAddress(0x1000)).unwrap();
+        assert!(back.iter().all(|&b| b == 9));
     }
 
     #[test]

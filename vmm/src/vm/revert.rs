@@ -33,6 +33,9 @@ pub struct RevertPhases {
     pub pause: Duration,
     /// Reading and checking the state, reverting every disk.
     pub disks: Duration,
+    /// The part of `disks` that read and checked the state (the rest
+    /// applied the snapshot to every disk).
+    pub disks_check: Duration,
     /// KVM's VM-wide state and every vCPU's.
     pub kvm: Duration,
     /// Loading RAM over the replaced guest's.
@@ -43,6 +46,9 @@ pub struct RevertPhases {
     pub ram_parts: crate::lazy_ram::LoadPhases,
     /// The serial port, the GED and the transports.
     pub devices: Duration,
+    /// The part of `devices` that started the new generation (the rest
+    /// restored the serial port, the GED and the transports).
+    pub devices_generation: Duration,
 }
 
 impl std::fmt::Display for RevertPhases {
@@ -50,14 +56,18 @@ impl std::fmt::Display for RevertPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, disks {:.1} ms, kvm {:.1} ms, ram {:.1} ms ({} MiB: {}), devices {:.1} ms",
+            "pause {:.1} ms, disks {:.1} ms (check {:.1} ms, apply {:.1} ms), kvm {:.1} ms, \
+             ram {:.1} ms ({} MiB: {}), devices {:.1} ms (generation {:.1} ms)",
             ms(self.pause),
             ms(self.disks),
+            ms(self.disks_check),
+            ms(self.disks.saturating_sub(self.disks_check)),
             ms(self.kvm),
             ms(self.ram),
             self.ram_bytes >> 20,
             self.ram_parts,
-            ms(self.devices)
+            ms(self.devices),
+            ms(self.devices_generation)
         )
     }
 }
@@ -118,6 +128,7 @@ impl Vm {
         self.settle_ram();
         self.pause().map_err(InPlaceError::Unchanged)?;
         phases.pause = lap();
+        let disks_start = Instant::now();
         // The state is read and checked (a refusal changes nothing), then
         // the disks reverted; their old trees are freed at the guest's
         // next flush or when the VM closes them, as a rebuilt VM's are.
@@ -133,7 +144,9 @@ impl Vm {
                 .map_err(InPlaceError::Unchanged)?;
         }
         let partial = |e: StateError| InPlaceError::Partial(e.into());
+        let checked = Instant::now();
         in_image::apply_revert(&self.backends, &self.disks, name).map_err(partial)?;
+        phases.disks_check = checked - disks_start;
         phases.disks = lap();
         let machine = &reverted.machine;
         let kvm_err = |what: &'static str| {
@@ -224,8 +237,10 @@ impl Vm {
         }
         // The snapshot's RAM runs again: a new generation, as after a
         // rebuilt revert (the GED's saved events are in place first).
+        let generation = Instant::now();
         self.new_generation().map_err(InPlaceError::Partial)?;
         phases.devices = lap();
+        phases.devices_generation = generation.elapsed();
         Ok(phases)
     }
 }
