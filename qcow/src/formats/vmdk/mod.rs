@@ -480,7 +480,7 @@ impl Vmdk {
                     }
                 }
                 Data::Sparse(s) => {
-                    let (grain, left) = s.run(inner)?;
+                    let (grain, left) = s.run(inner, room)?;
                     let kind = match grain {
                         Grain::Unallocated => ExtentKind::Unallocated { host_offset: None },
                         Grain::Zero => ExtentKind::Zero { host_offset: None },
