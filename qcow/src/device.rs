@@ -115,6 +115,16 @@ pub trait BlockRead: Send + Sync {
     /// Describes `[offset, offset+len)` at this layer, in order, covering
     /// the whole range (at least the first extent; callers loop).
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+    /// Appends to `out` where `[offset, offset+len)` lives, for reading it
+    /// (at least the first extent; callers loop): as [`BlockRead::extents`],
+    /// except that a layer may skip asking its files where their holes are
+    /// (a flat extent's whole range is then `Data`, its holes read as zeros
+    /// from the file), which costs system calls on every request. `img map`
+    /// asks [`BlockRead::extents`], as qemu-img does.
+    fn extents_for_io(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> Result<()> {
+        out.extend(self.extents(offset, len)?);
+        Ok(())
+    }
     /// The layer below, if any.
     fn backing(&self) -> Option<&dyn BlockRead>;
     /// The format name ("qcow2", "raw").

@@ -415,9 +415,8 @@ mod tests {
         }
     }
 
-    /// Reads of allocated grains and of a flat extent's data go through
-    /// the ring straight into the caller's buffer; holes, unallocated
-    /// grains and the part of a request across them read through the
+    /// Reads of allocated grains and of a flat extent go through the
+    /// ring straight into the caller's buffer; unallocated grains and the part of a request across them read through the
     /// format, and the whole reads back what was written.
     #[test]
     fn reads_of_plain_data_go_through_the_ring() {
@@ -472,7 +471,14 @@ mod tests {
             };
             assert_eq!(serve(&mut queue, read, 3), back.len() as u64);
             let ring_ops = queue.ring.as_ref().unwrap().ring_ops() - before;
-            assert!(ring_ops >= 2, "{name}: {ring_ops} ring operations");
+            // The sparse extent's two runs of grains are two operations;
+            // the flat extent's file is read whole, holes and all (its
+            // holes read as zeros), without asking where they are.
+            let least = match subformat {
+                Subformat::TwoGbMaxExtentFlat => 1,
+                _ => 2,
+            };
+            assert!(ring_ops >= least, "{name}: {ring_ops} ring operations");
             let mut want = vec![0u8; back.len()];
             want[..a.len()].fill(0x11);
             want[at as usize..at as usize + 8192].fill(0x22);

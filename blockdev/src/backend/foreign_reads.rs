@@ -51,6 +51,19 @@ struct PendingRead {
     error: Option<Error>,
 }
 
+/// Vectors one request's planning uses, kept between requests.
+#[derive(Default)]
+struct Scratch {
+    /// The format's extents of the range being planned.
+    extents: Vec<Extent>,
+    /// Ring operations planned: (part, ring file, host offset).
+    ops: Vec<(RingOp, u32, u64)>,
+    /// Each operation's first iovec and iovec count.
+    spans: Vec<(usize, u32)>,
+    /// Completions reaped from the kernel: (user data, result).
+    done: Vec<(u64, i32)>,
+}
+
 /// A foreign disk queue's ring and the reads it has in flight.
 pub(super) struct RingReads {
     ring: Ring,
@@ -59,6 +72,12 @@ pub(super) struct RingReads {
     files: Vec<Option<u32>>,
     reads: Vec<Option<PendingRead>>,
     free: Vec<u32>,
+    /// Vectors of finished reads, kept for the next ones so that a read
+    /// allocates nothing in the steady state.
+    spare: Vec<(IoVecs, Vec<RingOp>)>,
+    /// Scratch space of [`RingReads::start`] and [`RingReads::reap`],
+    /// kept between requests.
+    scratch: Scratch,
     /// Operations handed to the kernel since the queue opened.
     ring_ops: u64,
 }
@@ -92,6 +111,8 @@ impl RingReads {
             files,
             reads: Vec::new(),
             free: Vec::new(),
+            spare: Vec::new(),
+            scratch: Scratch::default(),
             ring_ops: 0,
         })
     }
@@ -130,23 +151,43 @@ impl RingReads {
         bounce: &mut Vec<u8>,
     ) -> Option<Completion> {
         let len = bufs.len();
-        let mut ops = Vec::new();
-        let mut error = None;
-        if let Err(e) = self.plan(image, offset, &bufs, bounce, &mut ops) {
-            error = Some(e);
-        }
-        if ops.is_empty() || error.is_some() {
-            return Some(Completion {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let planned = self.plan(image, offset, &bufs, bounce, &mut scratch);
+        let completion = match planned {
+            Err(e) => Some(Completion {
                 user_data,
-                result: error.map_or(Ok(len), Err),
-            });
-        }
-        let mut iovecs = IoVecs::default();
-        let mut spans = Vec::with_capacity(ops.len());
-        for (op, _, _) in &ops {
+                result: Err(e),
+            }),
+            Ok(()) if scratch.ops.is_empty() => Some(Completion {
+                user_data,
+                result: Ok(len),
+            }),
+            Ok(()) => self.push_ops(image, offset, bufs, user_data, bounce, &mut scratch),
+        };
+        self.scratch = scratch;
+        completion
+    }
+
+    /// Hands the planned operations of a read to the ring; returns the
+    /// completion when none of them went to the kernel.
+    fn push_ops(
+        &mut self,
+        image: &dyn ForeignImage,
+        offset: u64,
+        bufs: GuestBufs,
+        user_data: u64,
+        bounce: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) -> Option<Completion> {
+        let len = bufs.len();
+        let (mut iovecs, mut ring_ops) = self.spare.pop().unwrap_or_default();
+        iovecs.clear();
+        ring_ops.clear();
+        scratch.spans.clear();
+        for (op, _, _) in &scratch.ops {
             let start = iovecs.len();
             let count = bufs.iovecs(op.rel, op.len, &mut iovecs);
-            spans.push((start, count));
+            scratch.spans.push((start, count));
         }
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -160,11 +201,11 @@ impl RingReads {
             offset,
             bufs,
             iovecs,
-            ops: Vec::with_capacity(ops.len()),
+            ops: ring_ops,
             pending: 0,
             error: None,
         });
-        for (&(op, file, host_offset), (start, count)) in ops.iter().zip(spans) {
+        for (&(op, file, host_offset), &(start, count)) in scratch.ops.iter().zip(&scratch.spans) {
             let ring_op = Op::Read {
                 file,
                 offset: host_offset,
@@ -190,6 +231,7 @@ impl RingReads {
         if read.pending == 0 {
             let done = self.reads[slot as usize].take().expect("slot just filled");
             self.free.push(slot);
+            self.spare.push((done.iovecs, done.ops));
             return Some(Completion {
                 user_data,
                 result: done.error.map_or(Ok(len), Err),
@@ -206,12 +248,15 @@ impl RingReads {
         offset: u64,
         bufs: &GuestBufs,
         bounce: &mut Vec<u8>,
-        ops: &mut Vec<(RingOp, u32, u64)>,
+        scratch: &mut Scratch,
     ) -> Result<()> {
+        let Scratch { extents, ops, .. } = scratch;
+        ops.clear();
         let end = offset + bufs.len();
         let mut pos = offset;
         while pos < end {
-            let extents = image.extents(pos, end - pos)?;
+            extents.clear();
+            image.extents_for_io(pos, end - pos, extents)?;
             if extents.is_empty() {
                 return Err(Error::OutOfRange {
                     offset: pos,
@@ -219,7 +264,7 @@ impl RingReads {
                     size: image.virtual_size(),
                 });
             }
-            for e in extents {
+            for &e in extents.iter() {
                 let Extent {
                     guest_offset,
                     len,
@@ -282,10 +327,11 @@ impl RingReads {
         bounce: &mut Vec<u8>,
         ready: &mut std::collections::VecDeque<Completion>,
     ) {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.scratch.done);
+        done.clear();
         self.ring
             .reap(|user_data, result| done.push((user_data, result)));
-        for (user_data, result) in done {
+        for &(user_data, result) in &done {
             let slot = (user_data >> 32) as usize;
             let index = (user_data & u64::from(u32::MAX)) as usize;
             let Some(read) = self.reads.get_mut(slot).and_then(Option::as_mut) else {
@@ -311,8 +357,10 @@ impl RingReads {
                     user_data: finished.user_data,
                     result: finished.error.map_or(Ok(len), Err),
                 });
+                self.spare.push((finished.iovecs, finished.ops));
             }
         }
+        self.scratch.done = done;
     }
 }
 

@@ -36,6 +36,16 @@ pub const FORMAT: &str = "vmdk";
 /// The most guest bytes one `extents` answer describes (its memory is
 /// bounded by its steps; a missing grain table is one step).
 const MAX_EXTENTS_SPAN: u64 = 1 << 40;
+
+/// Whether a flat extent's file is asked where its holes are.
+#[derive(Debug, Clone, Copy)]
+enum FlatHoles {
+    /// Asked: its holes are zero extents, as qemu-img's map shows them.
+    Ask,
+    /// Not asked (two `lseek` calls saved per request): the whole flat
+    /// range is data, for reading it.
+    AsData,
+}
 /// Descriptor bytes QEMU reads for the CIDs of an embedded descriptor.
 const EMBEDDED_DESCRIPTOR: usize = 20 * 512;
 
@@ -428,6 +438,85 @@ impl Vmdk {
         &self.create_type
     }
 
+    /// Appends the extents of `[offset, offset+len)` to `out`, as
+    /// [`BlockRead::extents`] describes them; `holes` says whether a flat
+    /// extent's file is asked where its holes are.
+    fn extents_into(
+        &self,
+        offset: u64,
+        len: u64,
+        holes: FlatHoles,
+        out: &mut Vec<Extent>,
+    ) -> Result<()> {
+        let end = offset
+            + len
+                .min(self.size.saturating_sub(offset))
+                .min(MAX_EXTENTS_SPAN);
+        let mut pos = offset;
+        let mut steps = 0;
+        while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
+            let index = self.extent_index_at(pos);
+            let e = &self.extents[index];
+            let file = Self::file_index(e, index);
+            let inner = pos - e.start;
+            let room = (e.len - inner).min(end - pos);
+            let (kind, n) = match &e.data {
+                Data::Flat { storage, offset } => {
+                    let host_offset = offset + inner;
+                    let data = ExtentKind::Data { host_offset, file };
+                    match holes {
+                        // A read of the file's holes gives their zeros.
+                        FlatHoles::AsData => (data, room),
+                        // A flat piece may be cut short by its file's holes.
+                        FlatHoles::Ask => {
+                            let (is_data, m) = storage.data_extent(host_offset, room)?;
+                            let kind = if is_data {
+                                data
+                            } else {
+                                ExtentKind::Zero {
+                                    host_offset: Some(host_offset),
+                                }
+                            };
+                            (kind, m.clamp(1, room))
+                        }
+                    }
+                }
+                Data::Sparse(s) => {
+                    let (grain, left) = s.run(inner, room)?;
+                    let kind = match grain {
+                        Grain::Unallocated => ExtentKind::Unallocated { host_offset: None },
+                        Grain::Zero => ExtentKind::Zero { host_offset: None },
+                        Grain::Data(h) => ExtentKind::Data {
+                            host_offset: h,
+                            file,
+                        },
+                        Grain::Compressed(h) => ExtentKind::Compressed {
+                            host_offset: h,
+                            compressed_len: s.grain_bytes(),
+                        },
+                    };
+                    (kind, left.min(room))
+                }
+                Data::SeSparse(s) => {
+                    let (grain, left) = s.lookup(inner)?;
+                    let kind = match grain {
+                        Grain::Data(h) => ExtentKind::Data {
+                            host_offset: h,
+                            file,
+                        },
+                        Grain::Zero => ExtentKind::Zero { host_offset: None },
+                        _ => ExtentKind::Unallocated { host_offset: None },
+                    };
+                    (kind, left.min(room))
+                }
+            };
+            crate::formats::push_extent(out, pos, n, kind);
+            pos += n;
+            steps += 1;
+        }
+        Ok(())
+    }
+
     /// The position of the extent holding guest byte `offset`.
     fn extent_index_at(&self, offset: u64) -> usize {
         let i = self.extents.partition_point(|e| e.start + e.len <= offset);
@@ -510,67 +599,13 @@ impl BlockRead for Vmdk {
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset
-            + len
-                .min(self.size.saturating_sub(offset))
-                .min(MAX_EXTENTS_SPAN);
-        let mut out: Vec<Extent> = Vec::new();
-        let mut pos = offset;
-        let mut steps = 0;
-        while pos < end && steps < crate::formats::MAX_EXTENT_STEPS {
-            let index = self.extent_index_at(pos);
-            let e = &self.extents[index];
-            let file = Self::file_index(e, index);
-            let inner = pos - e.start;
-            let room = (e.len - inner).min(end - pos);
-            let (kind, n) = match &e.data {
-                Data::Flat { storage, offset } => {
-                    // A flat piece may be cut short by its file's holes.
-                    let host_offset = offset + inner;
-                    let (data, m) = storage.data_extent(host_offset, room)?;
-                    let kind = if data {
-                        ExtentKind::Data { host_offset, file }
-                    } else {
-                        ExtentKind::Zero {
-                            host_offset: Some(host_offset),
-                        }
-                    };
-                    (kind, m.clamp(1, room))
-                }
-                Data::Sparse(s) => {
-                    let (grain, left) = s.run(inner)?;
-                    let kind = match grain {
-                        Grain::Unallocated => ExtentKind::Unallocated { host_offset: None },
-                        Grain::Zero => ExtentKind::Zero { host_offset: None },
-                        Grain::Data(h) => ExtentKind::Data {
-                            host_offset: h,
-                            file,
-                        },
-                        Grain::Compressed(h) => ExtentKind::Compressed {
-                            host_offset: h,
-                            compressed_len: s.grain_bytes(),
-                        },
-                    };
-                    (kind, left.min(room))
-                }
-                Data::SeSparse(s) => {
-                    let (grain, left) = s.lookup(inner)?;
-                    let kind = match grain {
-                        Grain::Data(h) => ExtentKind::Data {
-                            host_offset: h,
-                            file,
-                        },
-                        Grain::Zero => ExtentKind::Zero { host_offset: None },
-                        _ => ExtentKind::Unallocated { host_offset: None },
-                    };
-                    (kind, left.min(room))
-                }
-            };
-            crate::formats::push_extent(&mut out, pos, n, kind);
-            pos += n;
-            steps += 1;
-        }
+        let mut out = Vec::new();
+        self.extents_into(offset, len, FlatHoles::Ask, &mut out)?;
         Ok(out)
+    }
+
+    fn extents_for_io(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> Result<()> {
+        self.extents_into(offset, len, FlatHoles::AsData, out)
     }
 
     fn backing(&self) -> Option<&dyn BlockRead> {

@@ -261,8 +261,9 @@ impl SparseExtent {
     /// Like [`SparseExtent::lookup`], but the bytes returned run on past
     /// the grain while the grains that follow in the same table read
     /// alike (unallocated, zeroed, or plain data stored right after): a
-    /// missing grain table is one run, not one lookup per grain.
-    pub fn run(&self, offset: u64) -> Result<(Grain, u64)> {
+    /// missing grain table is one run, not one lookup per grain. The run
+    /// stops once it covers `want` bytes.
+    pub fn run(&self, offset: u64, want: u64) -> Result<(Grain, u64)> {
         let (gd_index, gt_index) = self.indexes(offset);
         let per_gt = self.header.gtes_per_gt as usize;
         let Some(table) = self.table(false, gd_index)? else {
@@ -278,6 +279,11 @@ impl SparseExtent {
         };
         let mut expect = first;
         for &entry in &table[gt_index + 1..per_gt] {
+            if left >= want {
+                // Enough for the caller: a small read does not scan the
+                // rest of the table.
+                break;
+            }
             expect = match expect.checked_add(step) {
                 Some(e) => e,
                 None => break,

@@ -251,3 +251,37 @@ fn missing_grain_tables_are_one_extent_each_run() {
     let extents = vmdk.extents(100, 1 << 30).unwrap();
     assert_eq!((extents[0].guest_offset, extents[0].len), (100, 1 << 30));
 }
+
+/// Reads of a flat extent do not ask its file where the holes are: the
+/// whole extent is one data range (its holes read as zeros), while the
+/// extents `img map` prints still show them.
+#[test]
+fn flat_extents_for_io_skip_hole_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.vmdk");
+    let file = std::fs::File::create_new(&path).unwrap();
+    let opts = CreateOptions {
+        subformat: Subformat::MonolithicFlat,
+        ..CreateOptions::default()
+    };
+    let files = crate::formats::dir_files::DirFiles::for_image(&path);
+    let image: Arc<dyn crate::storage::Storage> = Arc::new(crate::FileStorage::new(file));
+    create(&*image, 8 << 20, &opts, &files, 1).unwrap();
+    let vmdk = Vmdk::open(image, true, &files).unwrap();
+    vmdk.write_at(&[7; 65536], 1 << 20).unwrap();
+    vmdk.flush().unwrap();
+    let mut io = Vec::new();
+    vmdk.extents_for_io(0, 8 << 20, &mut io).unwrap();
+    assert_eq!(io.len(), 1, "{io:?}");
+    assert_eq!(io[0].len, 8 << 20);
+    assert!(matches!(
+        io[0].kind,
+        ExtentKind::Data { host_offset: 0, file } if !file.is_image()
+    ));
+    let map = vmdk.extents(0, 8 << 20).unwrap();
+    assert_eq!(map.iter().map(|e| e.len).sum::<u64>(), 8 << 20);
+    let mut back = vec![0u8; 65536 * 3];
+    vmdk.read_at(&mut back, (1 << 20) - 65536).unwrap();
+    assert!(back[..65536].iter().all(|&b| b == 0));
+    assert!(back[65536..131072].iter().all(|&b| b == 7));
+}
