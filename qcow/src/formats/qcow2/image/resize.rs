@@ -145,7 +145,7 @@ impl Qcow2 {
                 // and copies a shared one). Those past the new end are
                 // freed again; the one holding the new end stays, so the
                 // file ends where QEMU's does.
-                if from % (cs * self.geo.l2_entries()) != 0 {
+                if !from.is_multiple_of(cs * self.geo.l2_entries()) {
                     self.lock().prepare_l2(&*self.file, from / cs)?;
                 }
                 self.discard_full(from, old_size - from)?;
