@@ -140,15 +140,25 @@ impl Qcow2 {
             // the partial cluster past it.
             let from = new_size.div_ceil(cs) * cs;
             if from < old_size {
+                // QEMU's discard takes each L2 table it passes as a write
+                // does (qcow2's get_cluster_table allocates a missing one
+                // and copies a shared one). Those past the new end are
+                // freed again; the one holding the new end stays, so the
+                // file ends where QEMU's does.
+                if !from.is_multiple_of(cs * self.geo.l2_entries()) {
+                    self.lock().prepare_l2(&*self.file, from / cs)?;
+                }
                 self.discard_full(from, old_size - from)?;
             }
+            self.free_l2_tables_from(entries as usize)?;
             // The size changes last, as in qcow2_co_truncate: a failure
             // before leaves the image as large as it was.
             self.flush()?;
             self.shrink_refcount_table()
                 .map_err(|e| e.during("Failed to discard unused refblocks"))?;
             self.set_size(new_size)?;
-            return self.flush();
+            self.flush()?;
+            return self.truncate_free_tail();
         }
         {
             let mut meta = self.lock();
@@ -213,6 +223,40 @@ impl Qcow2 {
         let cs = self.cluster_size();
         for cluster in freed {
             self.file.discard(cluster * cs, cs)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the L2 tables of L1 entries `first..` and clears the entries,
+    /// as QEMU's qcow2_shrink_l1_table does (the L1 table keeps its size).
+    fn free_l2_tables_from(&self, first: usize) -> Result<()> {
+        let mut meta = self.lock();
+        for l1_index in first..meta.l1.len() {
+            let l2 = meta.l2_offset(l1_index)?;
+            if l2 == 0 {
+                continue;
+            }
+            // Its entries are all clear by now: nothing is left to write.
+            meta.l2.remove(l2);
+            meta.l1[l1_index] = 0;
+            meta.l1_dirty.insert(l1_index);
+            meta.rc.defer_free(l2 >> self.geo.cluster_bits);
+        }
+        Ok(())
+    }
+
+    /// Cuts the file after its last cluster in use, as QEMU's shrink
+    /// does (qcow2_get_last_cluster, then a truncate of the file).
+    fn truncate_free_tail(&self) -> Result<()> {
+        let cs = self.cluster_size();
+        let file_len = self.file.len()?;
+        let mut meta = self.lock();
+        let mut end = file_len.div_ceil(cs);
+        while end > 0 && meta.rc.get(&*self.file, end - 1)? == 0 {
+            end -= 1;
+        }
+        if end * cs < file_len {
+            self.file.set_len(end * cs)?;
         }
         Ok(())
     }
