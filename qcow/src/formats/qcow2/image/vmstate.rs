@@ -177,14 +177,7 @@ impl Qcow2 {
                 guest += n;
                 continue;
             }
-            if !l2_offset.is_multiple_of(cs) || l2_offset.saturating_add(cs) > file_len {
-                return Err(Error::InvalidEntry {
-                    what: "snapshot L1",
-                    index: l1_index,
-                    offset: l2_offset,
-                    reason: "L2 table is not aligned or lies beyond the end of the file",
-                });
-            }
+            self.check_vm_state_l2_table(l1_index, l2_offset, file_len)?;
             if loaded_l2 != l2_offset {
                 self.file.read_at(&mut table, l2_offset)?;
                 loaded_l2 = l2_offset;
@@ -218,14 +211,7 @@ impl Qcow2 {
                 ))
             }
             L2Entry::Normal { host_offset, .. } => {
-                if !host_offset.is_multiple_of(cs) || host_offset.saturating_add(cs) > file_len {
-                    return Err(Error::InvalidEntry {
-                        what: "snapshot L2",
-                        index: cluster,
-                        offset: host_offset,
-                        reason: "data cluster is not aligned or lies beyond the end of the file",
-                    });
-                }
+                self.check_vm_state_data_cluster(cluster, host_offset, file_len)?;
                 if !self.geo.extended_l2 {
                     return self.file.read_at(out, host_offset + in_cluster);
                 }
@@ -246,6 +232,49 @@ impl Qcow2 {
                     at += n;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Qcow2 {
+    /// Checks an L1 entry of a snapshot's VM-state area (untrusted: the
+    /// image may come from anyone): its L2 table must be cluster-aligned
+    /// and inside the file. Shared by the reader and [`Self::vm_state_map`].
+    pub(super) fn check_vm_state_l2_table(
+        &self,
+        l1_index: u64,
+        l2_offset: u64,
+        file_len: u64,
+    ) -> Result<()> {
+        let cs = self.cluster_size();
+        if !l2_offset.is_multiple_of(cs) || l2_offset.saturating_add(cs) > file_len {
+            return Err(Error::InvalidEntry {
+                what: "snapshot L1",
+                index: l1_index,
+                offset: l2_offset,
+                reason: "L2 table is not aligned or lies beyond the end of the file",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a data cluster of a snapshot's VM-state area: cluster-aligned
+    /// and inside the file. Shared by the reader and [`Self::vm_state_map`].
+    pub(super) fn check_vm_state_data_cluster(
+        &self,
+        cluster: u64,
+        host_offset: u64,
+        file_len: u64,
+    ) -> Result<()> {
+        let cs = self.cluster_size();
+        if !host_offset.is_multiple_of(cs) || host_offset.saturating_add(cs) > file_len {
+            return Err(Error::InvalidEntry {
+                what: "snapshot L2",
+                index: cluster,
+                offset: host_offset,
+                reason: "data cluster is not aligned or lies beyond the end of the file",
+            });
         }
         Ok(())
     }

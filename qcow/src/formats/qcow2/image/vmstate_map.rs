@@ -165,14 +165,7 @@ impl Qcow2 {
                 map.push(from - area, None)?;
                 continue;
             }
-            if !l2_offset.is_multiple_of(cs) || l2_offset.saturating_add(cs) > file_len {
-                return Err(Error::InvalidEntry {
-                    what: "snapshot L1",
-                    index: l1_index,
-                    offset: l2_offset,
-                    reason: "L2 table is not aligned or lies beyond the end of the file",
-                });
-            }
+            self.check_vm_state_l2_table(l1_index, l2_offset, file_len)?;
             self.file.read_at(&mut table, l2_offset)?;
             let mut guest = from;
             while guest < to {
@@ -211,14 +204,7 @@ impl Qcow2 {
                 "a compressed cluster in a snapshot's VM state".into(),
             )),
             L2Entry::Normal { host_offset, .. } => {
-                if !host_offset.is_multiple_of(cs) || host_offset.saturating_add(cs) > file_len {
-                    return Err(Error::InvalidEntry {
-                        what: "snapshot L2",
-                        index: cluster,
-                        offset: host_offset,
-                        reason: "data cluster is not aligned or lies beyond the end of the file",
-                    });
-                }
+                self.check_vm_state_data_cluster(cluster, host_offset, file_len)?;
                 if !self.geo.extended_l2 {
                     return map.push(pos, Some(host_offset));
                 }
