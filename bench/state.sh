@@ -150,7 +150,10 @@ def reverted_line_after(path, size, at_most, start, timeout=fill_timeout):
         if any(k <= at_most for k in counts_after(path, size)):
             return time.monotonic() - start
         time.sleep(0.0005)
-    sys.exit(f"state.sh: no count line of the reverted guest in {path}")
+    tail = counts_after(path, size)[-3:]
+    print(f"state.sh: no count line of at most {at_most} from the reverted guest in {path} "
+          f"within {time.monotonic() - start:.1f} s (counts printed since: {tail})", flush=True)
+    return None
 
 def timed_revert(path, revert):
     """Runs `revert()` while watching `path`: (the revert's seconds, the
@@ -170,7 +173,7 @@ def timed_revert(path, revert):
     revert()
     took = time.monotonic() - t
     watcher.join()
-    if not seen:
+    if not seen or seen[0] is None:
         sys.exit(f"state.sh: no count line of the reverted guest in {path}")
     return took, seen[0]
 
