@@ -37,11 +37,68 @@ pub fn outcome(mut cmd: Command, dir: &Path) -> (Option<i32>, String) {
 /// A child process killed when the test ends, pass or fail.
 pub struct Holder(pub Child);
 
+impl Holder {
+    /// Starts `qemu-io ARGS FILE` in `dir`, reading its commands from a
+    /// pipe the holder keeps open: it holds FILE (and what FILE opens)
+    /// until dropped, with stderr kept in `err`. No `-c 'sleep N'`:
+    /// qemu-io's sleep runs on QEMU_CLOCK_HOST, the wall clock, so a
+    /// host whose clock steps forward ends such a holder early, and its
+    /// locks with it.
+    pub fn qemu_io(dir: &Path, args: &[&str], file: &str, err: Stdio) -> Holder {
+        Holder(
+            Command::new("qemu-io")
+                .args(args)
+                .arg(file)
+                .current_dir(dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("start qemu-io"),
+        )
+    }
+
+    /// One line on the holder for a failure message: whether it still
+    /// runs, and the locks /proc/locks lists on `file`'s inode.
+    pub fn state(&mut self, file: &Path) -> String {
+        let process = match self.0.try_wait() {
+            Ok(None) => format!("holder {} running", self.0.id()),
+            Ok(Some(status)) => format!("holder {} ended ({status})", self.0.id()),
+            Err(e) => format!("holder {}: {e}", self.0.id()),
+        };
+        format!(
+            "{process}; locks on {}: {:?}",
+            file.display(),
+            locks_on(file)
+        )
+    }
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The lines of /proc/locks that name `file`'s inode (empty if none or
+/// unreadable).
+fn locks_on(file: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(file) else {
+        return vec!["(file gone)".into()];
+    };
+    let suffix = format!(":{}", meta.ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|dev_ino| dev_ino.ends_with(&suffix))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// Waits until qemu-img `args` fails in `dir`: a holder has taken its
@@ -57,17 +114,8 @@ pub fn wait_until_refused(dir: &Path, args: &[&str]) {
     }
 }
 
-/// Runs `qemu-io -f raw -c 'sleep' FILE` in `dir` until dropped: it holds
-/// FILE open for writing and shares everything, as QEMU's raw node does.
+/// Runs `qemu-io -f raw FILE` in `dir` until dropped: it holds FILE
+/// open for writing and shares everything, as QEMU's raw node does.
 pub fn hold_raw(dir: &Path, file: &str) -> Holder {
-    Holder(
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "sleep 600000", file])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    Holder::qemu_io(dir, &["-f", "raw"], file, Stdio::null())
 }

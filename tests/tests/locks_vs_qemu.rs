@@ -30,8 +30,9 @@ fn wait_until_locked(dir: &Path, file: &str) {
     }
 }
 
-/// Starts `qemu-io` holding `file` (in `dir`) open for writing, and waits
-/// until `qemu-img info` finds it locked. A holder that ends or has not
+/// Starts `qemu-io` holding `file` (in `dir`) open for writing (reading
+/// its commands from a pipe, so no timer ends it), and waits until
+/// `qemu-img info` finds it locked. A holder that ends or has not
 /// locked the file within 20 s is started again, at most three times:
 /// fresh-clone CI once saw one never lock its image (cause not found; see
 /// the README's open problems), and each attempt's stderr is kept for the
@@ -40,15 +41,11 @@ fn hold_for_writing(dir: &Path, file: &str) -> Holder {
     let mut errors = String::new();
     for attempt in 0..3 {
         let err_path = dir.join(format!("holder{attempt}.err"));
-        let mut holder = Holder(
-            Command::new("qemu-io")
-                .args(["-c", "sleep 600000", file])
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&err_path).unwrap())
-                .spawn()
-                .unwrap(),
+        let mut holder = Holder::qemu_io(
+            dir,
+            &[],
+            file,
+            std::fs::File::create(&err_path).unwrap().into(),
         );
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
@@ -96,7 +93,7 @@ fn img_is_refused_an_image_qemu_io_writes_as_qemu_img_is() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     make_chain(d);
-    let _holder = hold_for_writing(d, "t.qcow2");
+    let mut holder = hold_for_writing(d, "t.qcow2");
     let before = std::fs::read(d.join("t.qcow2")).unwrap();
     let commands: &[&[&str]] = &[
         &["info", "t.qcow2"],
@@ -149,7 +146,12 @@ fn img_is_refused_an_image_qemu_io_writes_as_qemu_img_is() {
     for args in commands {
         let theirs = outcome(qemu_img(args), d);
         let ours = outcome(img(args), d);
-        assert_eq!(ours, theirs, "img {args:?} differs from qemu-img");
+        assert_eq!(
+            ours,
+            theirs,
+            "img {args:?} differs from qemu-img ({})",
+            holder.state(&d.join("t.qcow2"))
+        );
         assert_eq!(
             std::fs::read(d.join("t.qcow2")).unwrap(),
             before,
@@ -224,16 +226,7 @@ fn a_raw_image_read_by_qemu_io_stays_writable_as_qemu_img_finds_it() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     make_chain(d);
-    let _holder = Holder(
-        Command::new("qemu-io")
-            .args(["-r", "-f", "raw", "-c", "sleep 600000", "r.raw"])
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _holder = Holder::qemu_io(d, &["-r", "-f", "raw"], "r.raw", Stdio::null());
     // A raw reader shares writes, so no refusal tells when it holds its
     // locks: give it a moment to start.
     std::thread::sleep(Duration::from_secs(1));
