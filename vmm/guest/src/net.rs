@@ -8,7 +8,8 @@
 //!   counters and resets (the clean end of a test).
 //!
 //! It prints `guest: net ready mac=... ip=...` once its receive buffers
-//! are posted. `net-bad` first sends frames whose vnet headers the device
+//! are posted: 32 of them, or `guest.rx_buffers=N` (1 to 64), fewer than
+//! the device's receive batch of 16, which only its batch timer serves. `net-bad` first sends frames whose vnet headers the device
 //! must refuse (an unknown GSO type, a checksum offset past the frame, a
 //! GSO frame with a zero gso_size, a header alone), prints `guest: net-bad
 //! sent N`, then serves as `net` does: the device survived if it answers.
@@ -29,7 +30,8 @@ use crate::mem::alloc_buffer;
 
 /// Descriptors per queue.
 const QUEUE_SIZE: usize = 64;
-/// Receive buffers posted (one descriptor each).
+/// Receive buffers posted (one descriptor each) unless
+/// `guest.rx_buffers=` says otherwise.
 const RX_BUFFERS: usize = 32;
 /// Bytes of each receive buffer: the 12-byte header and a 1514-byte frame
 /// fit (virtio-drivers' minimum is 1526).
@@ -97,7 +99,7 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
     // Receive buffers, each posted under the token (descriptor head) the
     // driver returns.
     let mut buffers: [Option<&'static mut [u8]>; QUEUE_SIZE] = [const { None }; QUEUE_SIZE];
-    for _ in 0..RX_BUFFERS {
+    for _ in 0..rx_buffers(cmdline)? {
         let buffer =
             alloc_buffer(RX_BUFFER_LEN).ok_or(Failure::Other("out of memory for rx", 0))?;
         post(&mut net, &mut buffers, buffer)?;
@@ -188,6 +190,19 @@ pub fn run(cmdline: &[u8], bad_first: bool) -> Result<(), Failure> {
             }
             post(&mut net, &mut buffers, buffer)?;
         }
+    }
+}
+
+/// The receive buffers to post: `guest.rx_buffers=N`, 1 to the queue's
+/// size, or [`RX_BUFFERS`].
+fn rx_buffers(cmdline: &[u8]) -> Result<usize, Failure> {
+    let Some(text) = cmdline::value(cmdline, b"guest.rx_buffers=") else {
+        return Ok(RX_BUFFERS);
+    };
+    match cmdline::parse_number(text) {
+        Some(n) if (1..=QUEUE_SIZE as u64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(Failure::Other("guest.rx_buffers= out of 1..=64", n)),
+        None => Err(Failure::Other("bad guest.rx_buffers=, length", text.len() as u64)),
     }
 }
 
