@@ -51,7 +51,12 @@ fn number(cmdline: &[u8], key: &[u8], max: u64, default: Option<u64>) -> u64 {
 /// Dirties memory forever.
 pub fn dirty(cmdline: &[u8]) -> ! {
     let rate = number(cmdline, b"guest.rate=", MAX_RATE_MIB, None);
-    let span = number(cmdline, b"guest.span=", MAX_SPAN_MIB, Some(DEFAULT_SPAN_MIB));
+    let span = number(
+        cmdline,
+        b"guest.span=",
+        MAX_SPAN_MIB,
+        Some(DEFAULT_SPAN_MIB),
+    );
     let Some(buffer) = alloc_buffer((span << 20) as usize) else {
         put_str("guest: dirty FAIL out of memory for ");
         put_dec(span);

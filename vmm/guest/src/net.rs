@@ -202,7 +202,10 @@ fn rx_buffers(cmdline: &[u8]) -> Result<usize, Failure> {
     match cmdline::parse_number(text) {
         Some(n) if (1..=QUEUE_SIZE as u64).contains(&n) => Ok(n as usize),
         Some(n) => Err(Failure::Other("guest.rx_buffers= out of 1..=64", n)),
-        None => Err(Failure::Other("bad guest.rx_buffers=, length", text.len() as u64)),
+        None => Err(Failure::Other(
+            "bad guest.rx_buffers=, length",
+            text.len() as u64,
+        )),
     }
 }
 

@@ -138,7 +138,8 @@ impl Pair {
     /// Sends `frame` (vnet header included) and waits until the device
     /// has taken it.
     fn transmit(&mut self, regs: &Regs, frame: &[u8]) -> Result<(), Failure> {
-        self.tx.write_desc(0, frame.as_ptr() as u64, frame.len() as u32, 0, 0);
+        self.tx
+            .write_desc(0, frame.as_ptr() as u64, frame.len() as u32, 0, 0);
         self.tx.submit_and_wait(regs, 0)?;
         self.sent += 1;
         Ok(())
@@ -156,7 +157,10 @@ pub fn run(cmdline: &[u8]) -> Result<(), Failure> {
         None => MAX_PAIRS as u64,
         Some(text) => cmdline::parse_number(text)
             .filter(|&n| n >= 1)
-            .ok_or(Failure::Other("bad guest.pairs=, length", text.len() as u64))?,
+            .ok_or(Failure::Other(
+                "bad guest.pairs=, length",
+                text.len() as u64,
+            ))?,
     };
     let regs = Regs::new(&device)?;
     // Reset, then negotiate (virtio 1.2, 3.1.1).
@@ -180,10 +184,7 @@ pub fn run(cmdline: &[u8]) -> Result<(), Failure> {
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
     );
     if regs.read(STATUS) & STATUS_FEATURES_OK as u32 == 0 {
-        return Err(Failure::Other(
-            "device refused our features",
-            features,
-        ));
+        return Err(Failure::Other("device refused our features", features));
     }
     let mut mac = [0u8; 6];
     for (i, byte) in mac.iter_mut().enumerate() {
@@ -334,9 +335,17 @@ fn control_commands(regs: &Regs, ctrl: &mut Ctrl, pairs: u16, max: u16) -> Resul
         (" pairs-0", &set(0), true),
         (" pairs-over", &set(max + 1), true),
         (" short", &[CTRL_CLASS_MQ], true),
-        (" short-data", &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 1], true),
+        (
+            " short-data",
+            &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 1],
+            true,
+        ),
         (" no-ack", &set(1), false),
-        (" ack-unasked", &[CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK], true),
+        (
+            " ack-unasked",
+            &[CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK],
+            true,
+        ),
     ];
     let mut all_refused = true;
     for (name, bytes, with_ack) in cases {
@@ -346,10 +355,16 @@ fn control_commands(regs: &Regs, ctrl: &mut Ctrl, pairs: u16, max: u16) -> Resul
     }
     put_str("\n");
     if reply != Reply::Ack(CTRL_OK) {
-        return Err(Failure::Other("VQ_PAIRS_SET refused for pairs", u64::from(pairs)));
+        return Err(Failure::Other(
+            "VQ_PAIRS_SET refused for pairs",
+            u64::from(pairs),
+        ));
     }
     if !all_refused {
-        return Err(Failure::Other("a malformed control command was acked OK", 0));
+        return Err(Failure::Other(
+            "a malformed control command was acked OK",
+            0,
+        ));
     }
     Ok(())
 }

@@ -104,7 +104,8 @@ impl Regs {
     pub fn config_u16(&self, offset: usize) -> u16 {
         loop {
             let before = self.read(CONFIG_GENERATION);
-            let value = u16::from_le_bytes([self.config_byte(offset), self.config_byte(offset + 1)]);
+            let value =
+                u16::from_le_bytes([self.config_byte(offset), self.config_byte(offset + 1)]);
             if self.read(CONFIG_GENERATION) == before {
                 return value;
             }
@@ -147,9 +148,13 @@ impl SplitQueue {
         regs.write(QUEUE_SEL, u32::from(index));
         let max = regs.read(QUEUE_NUM_MAX);
         if max < u32::from(size) {
-            return Err(Failure::Other("queue too small, QueueNumMax", u64::from(max)));
+            return Err(Failure::Other(
+                "queue too small, QueueNumMax",
+                u64::from(max),
+            ));
         }
-        let page = alloc_pages(1).ok_or(Failure::Other("out of memory for queue", u64::from(index)))?
+        let page = alloc_pages(1)
+            .ok_or(Failure::Other("out of memory for queue", u64::from(index)))?
             as usize;
         regs.write(QUEUE_NUM, u32::from(size));
         for (low, high, offset) in [
