@@ -164,6 +164,9 @@ fn open_error(filename: &str, e: &blockdev::Error) -> anyhow::Error {
 
 /// A failed request in qemu-img's words (it reports the errno's text).
 fn request_error(e: &blockdev::Error) -> anyhow::Error {
+    if let blockdev::Error::Qcow(q) = e {
+        super::report_corruption(q);
+    }
     let reason = match e {
         blockdev::Error::Io { source, .. } => os_text(source),
         blockdev::Error::Qcow(qcow::Error::Io { source, .. }) => os_text(source),

@@ -159,7 +159,7 @@ pub fn run(args: &DdArgs) -> Result<i32> {
         input.read_at(piece, in_pos).map_err(|e| {
             anyhow!(
                 "error while reading from input image file: {}",
-                io_reason(&e)
+                super::read_failure(&e)
             )
         })?;
         output.write_at(piece, in_pos - start).map_err(|e| {

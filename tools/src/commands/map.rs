@@ -124,7 +124,10 @@ pub fn run(args: &MapArgs) -> Result<i32> {
     let mut pos = start;
     let mut result = Ok(());
     while pos < end {
-        let mut extents = chain_extents(&image, pos, end - pos)?;
+        // qemu-img's words for a block status that failed.
+        let mut extents = chain_extents(&image, pos, end - pos).map_err(|e| {
+            anyhow::anyhow!("Could not read file metadata: {}", super::read_failure(&e))
+        })?;
         if spec.direct_io && matches!(image, AnyImage::Raw(_)) {
             round_data_to_sectors(&mut extents, end);
         }

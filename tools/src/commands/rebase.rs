@@ -120,7 +120,13 @@ fn copy_differences(
     bar.set_fraction(0, size);
     let mut pos = 0;
     while pos < size {
-        let extents = image.extents(pos, (size - pos).min(CHUNK))?;
+        // qemu-img's words for a block status that failed.
+        let extents = image.extents(pos, (size - pos).min(CHUNK)).map_err(|e| {
+            anyhow!(
+                "error while reading image metadata: {}",
+                super::read_failure(&e)
+            )
+        })?;
         let Some(first) = extents.first() else {
             break;
         };
