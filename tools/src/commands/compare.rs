@@ -3,7 +3,7 @@
 use anyhow::Result;
 use qcow::device::{chain_extents, BlockRead, ChainExtent};
 
-use super::open;
+use super::open_named_for;
 use crate::cli::CompareArgs;
 use crate::report::compare::{CompareError, CompareReport, CompareResult};
 
@@ -128,14 +128,16 @@ fn check_zero(side: Side, start: u64, end: u64) -> Result<Option<u64>, CompareEr
 
 /// Runs `img compare`.
 pub fn run(args: &CompareArgs) -> Result<i32> {
-    let a = match open(&args.filename1, args.a_format.as_deref(), false) {
+    // Both images are read, with the command's -U.
+    let how = super::locks::ImageUse::read(args.force_share);
+    let a = match open_named_for(&args.filename1, args.a_format.as_deref(), how, false) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("{}: {e}", crate::program());
             return Ok(CompareError::Open(e.to_string()).exit_code());
         }
     };
-    let b = match open(&args.filename2, args.b_format.as_deref(), false) {
+    let b = match open_named_for(&args.filename2, args.b_format.as_deref(), how, false) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("{}: {e}", crate::program());

@@ -19,11 +19,15 @@ const DEFAULT_SPARSE: u64 = 4096;
 /// Worker threads when `-m` is not given.
 const DEFAULT_WORKERS: usize = 4;
 /// qemu-img convert reads its sources sharing only reads
-/// (`BDRV_O_NO_SHARE`): no one may write them meanwhile.
-const SOURCE_USE: ImageUse = ImageUse {
-    no_share: true,
-    ..ImageUse::READ
-};
+/// (`BDRV_O_NO_SHARE`): no one may write them meanwhile, unless `-U`
+/// shares everything on them.
+fn source_use(force_share: bool) -> ImageUse {
+    ImageUse {
+        no_share: true,
+        force_share,
+        ..ImageUse::READ
+    }
+}
 
 /// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
 /// waits for the disk until the end of the process).
@@ -34,7 +38,28 @@ fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result
         CacheMode::Unsafe => open_image_unsafe_cache(path, format),
         _ => open_image(path, Some(format), true),
     };
-    result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))
+    let image = result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+    lock_target_backing(target, &image)?;
+    Ok(image)
+}
+
+/// Locks the backing chain of the target (`-B`) as qemu-img does, which
+/// opens the target with its backing files: read, never with `-U` (that
+/// is the sources'). A chain that does not open is left to the copy.
+fn lock_target_backing(target: &str, image: &AnyImage) -> Result<()> {
+    use qcow::image::Opener;
+    let AnyImage::Qcow2(q) = image else {
+        return Ok(());
+    };
+    let hc = q.header_cluster();
+    let Some(name) = &hc.backing_file else {
+        return Ok(());
+    };
+    let opener = qcow::fs::FileOpener::for_image(Path::new(target));
+    if opener.open_backing(name, hc.backing_format()).is_ok() {
+        super::locks::lock_backing_files(target, &opener.opened_backing_files(), ImageUse::WRITE)?;
+    }
+    Ok(())
 }
 
 /// The snapshot `-l snapshot.name=NAME`, `-l snapshot.id=ID`, `-l NAME`
@@ -91,7 +116,14 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let sources: Vec<AnyImage> = args
         .sources()
         .iter()
-        .map(|s| open_named_for(s, args.source_format.as_deref(), SOURCE_USE, false))
+        .map(|s| {
+            open_named_for(
+                s,
+                args.source_format.as_deref(),
+                source_use(args.force_share),
+                false,
+            )
+        })
         .collect::<Result<_>>()?;
     if let Some(name) = &snapshot {
         if sources.len() != 1 {

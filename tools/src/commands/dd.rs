@@ -124,7 +124,12 @@ fn copy_range(input_size: u64, ops: &DdOperands) -> Option<(u64, u64)> {
 /// Runs `img dd`.
 pub fn run(args: &DdArgs) -> Result<i32> {
     let ops = parse_operands(&args.operands)?;
-    let input = open_named(&ops.input, args.format.as_deref(), false, args.image_opts)?;
+    let input = super::open_named_for(
+        &ops.input,
+        args.format.as_deref(),
+        super::locks::ImageUse::read(args.force_share),
+        args.image_opts,
+    )?;
     let format: ImageFormat = args
         .target_format
         .parse()
