@@ -8,7 +8,7 @@ use qcow::device::BlockRead;
 use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_encrypted;
-use super::locks::{lock_image, ImageUse};
+use super::locks::{lock_opening, HeldLocks, ImageUse};
 use super::{io_reason, open_named_for, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
@@ -30,36 +30,47 @@ fn source_use(force_share: bool) -> ImageUse {
 }
 
 /// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
-/// waits for the disk until the end of the process).
-fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result<AnyImage> {
+/// waits for the disk until the end of the process), locked as qemu-img
+/// locks it (its backing files too, read); the locks live as long as the
+/// [`HeldLocks`] returned, which the caller keeps beside the image.
+fn open_target(
+    target: &str,
+    format: Format,
+    cache: Option<CacheMode>,
+) -> Result<(AnyImage, HeldLocks)> {
     let path = Path::new(target);
-    lock_image(path, target, format, ImageUse::WRITE)?;
+    let held = lock_opening(path, target, format, ImageUse::WRITE)?;
     let result = match cache.unwrap_or(CacheMode::Unsafe) {
         CacheMode::Unsafe => open_image_unsafe_cache(path, format),
         _ => open_image(path, Some(format), true),
     };
     let image = result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
-    lock_target_backing(target, &image)?;
-    Ok(image)
+    held.open_done(
+        target,
+        &target_backing_files(target, &image),
+        &image,
+        ImageUse::WRITE,
+    )?;
+    Ok((image, held))
 }
 
-/// Locks the backing chain of the target (`-B`) as qemu-img does, which
-/// opens the target with its backing files: read, never with `-U` (that
-/// is the sources'). A chain that does not open is left to the copy.
-fn lock_target_backing(target: &str, image: &AnyImage) -> Result<()> {
+/// The backing chain of the target (`-B`), which qemu-img opens with the
+/// target and so locks: read, never with `-U` (that is the sources'). A
+/// chain that does not open is left to the copy.
+fn target_backing_files(target: &str, image: &AnyImage) -> Vec<std::path::PathBuf> {
     use qcow::image::Opener;
     let AnyImage::Qcow2(q) = image else {
-        return Ok(());
+        return Vec::new();
     };
     let hc = q.header_cluster();
     let Some(name) = &hc.backing_file else {
-        return Ok(());
+        return Vec::new();
     };
     let opener = qcow::fs::FileOpener::for_image(Path::new(target));
-    if opener.open_backing(name, hc.backing_format()).is_ok() {
-        super::locks::lock_backing_files(target, &opener.opened_backing_files(), ImageUse::WRITE)?;
+    match opener.open_backing(name, hc.backing_format()) {
+        Ok(_) => opener.opened_backing_files(),
+        Err(_) => Vec::new(),
     }
-    Ok(())
 }
 
 /// The snapshot `-l snapshot.name=NAME`, `-l snapshot.id=ID`, `-l NAME`
@@ -145,10 +156,19 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
     }
     let total: u64 = sources.iter().map(|s| s.virtual_size()).sum();
+    // The target's locks (and the sources', held by their images) last
+    // as long as this command, not the process: `vm` runs convert in its
+    // own process and then has a VMM open what it made.
+    let mut target_locks: Vec<HeldLocks> = Vec::new();
     let target_format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
     let (target_image, target_is_zero, target_has_backing) = if args.no_create {
         let target_format = parse_format(&args.target_format)?;
-        lock_image(Path::new(&target), &target, target_format, ImageUse::WRITE)?;
+        target_locks.push(lock_opening(
+            Path::new(&target),
+            &target,
+            target_format,
+            ImageUse::WRITE,
+        )?);
         let image = open_image(
             Path::new(&target),
             Some(parse_format(&args.target_format)?),
@@ -213,10 +233,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             return Err(anyhow!("Compression not supported for this file format"));
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
-        super::locks::lock_for_create(
+        target_locks.push(super::locks::lock_for_create(
             Path::new(&target),
             &format!("{target}: error while converting {}", args.target_format),
-        )?;
+        )?);
         create_image_encrypted(
             &target,
             target_format,
@@ -229,7 +249,12 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         let image = match &target_key {
             // A LUKS volume opens only with its key.
             Some(key) if format == Format::Luks => {
-                lock_image(Path::new(&target), &target, format, ImageUse::WRITE)?;
+                target_locks.push(lock_opening(
+                    Path::new(&target),
+                    &target,
+                    format,
+                    ImageUse::WRITE,
+                )?);
                 open_image_keyed(
                     Path::new(&target),
                     Some(format),
@@ -238,7 +263,11 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 )
                 .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?
             }
-            _ => open_target(&target, format, args.target_cache)?,
+            _ => {
+                let (image, held) = open_target(&target, format, args.target_cache)?;
+                target_locks.push(held);
+                image
+            }
         };
         if let (Some(key), AnyImage::Qcow2(q)) = (&target_key, &image) {
             q.unlock(key)
@@ -284,5 +313,6 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     bar.set(100.0);
     bar.end();
     drop(target_image);
+    drop(target_locks);
     Ok(0)
 }

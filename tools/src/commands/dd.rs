@@ -141,7 +141,8 @@ pub fn run(args: &DdArgs) -> Result<i32> {
         .map_err(|e| anyhow!("{}: error while creating output image: {e}", ops.output))?;
     opts.validate(format)
         .map_err(|e| anyhow!("{}: error while creating output image: {e}", ops.output))?;
-    super::locks::lock_for_create(
+    // Held until the output is open (which holds its own locks).
+    let _create_lock = super::locks::lock_for_create(
         Path::new(&ops.output),
         &format!("{}: error while creating output image", ops.output),
     )?;

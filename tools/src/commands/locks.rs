@@ -14,9 +14,10 @@
 //! its locks instead of conflicting with our own. The locks of an image
 //! opened through [`super::open_named_for`] live as long as the image
 //! (its storage holds them, [`HeldLocks`]), so a command that opens and
-//! closes several images holds each one's locks while it uses it; locks
-//! taken by the functions here directly last until img exits (or
-//! [`release_all`]).
+//! closes several images holds each one's locks while it uses it. So do
+//! the commands `vm` runs in its own process (convert, create): their
+//! locks are [`HeldLocks`] that end with the command. Locks taken by
+//! [`lock_image`] and its kin directly last until img exits.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -296,13 +297,17 @@ impl HeldLocks {
 /// write and resize and lets no one else resize it, and words a conflict
 /// as `PREFIX: Failed to get "write" lock` (the prefix is the file's name,
 /// or what `convert` says of its target).
-pub fn lock_for_create(path: &Path, prefix: &str) -> Result<()> {
+///
+/// The locks last as long as the [`HeldLocks`] returned.
+pub fn lock_for_create(path: &Path, prefix: &str) -> Result<HeldLocks> {
     let request = LockRequest {
         perm: Perms::WRITE.union(Perms::RESIZE),
         shared: Perms::ALL.without(Perms::RESIZE),
     };
+    let held = HeldLocks::default();
     lock_file(path, request)
-        .map(|l| keep(l.into_iter().collect()))
+        .map(|l| held.add(l.into_iter().collect()))
+        .map(|()| held)
         .map_err(|e| match e {
             e @ blockdev::Error::LockHeld { .. } => anyhow!(
                 "{prefix}: {e}\nIs another process using the image [{}]?",
@@ -329,13 +334,6 @@ fn conflict(shown: &str, path: &Path, e: blockdev::Error) -> anyhow::Error {
         ),
         e => anyhow!("Could not open '{shown}': {e}"),
     }
-}
-
-/// Lets go of every lock kept until exit (those of images still open
-/// stay): for `vm`, which runs img commands in its own process and then
-/// has a VMM open the images they made.
-pub fn release_all() {
-    KEPT.lock().expect("lock table poisoned").clear();
 }
 
 /// Locks `path` for `request`, widening the process's lock on the same
@@ -464,14 +462,35 @@ mod tests {
     }
 
     #[test]
-    fn locks_taken_directly_last_until_released() {
+    fn convert_and_create_hold_their_locks_only_while_they_run() {
+        // As `vm clone --from-snapshot` runs them, in a process that goes
+        // on (and then has a VMM open what they made).
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.raw");
-        std::fs::write(&a, vec![0u8; 4096]).unwrap();
+        let name = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(dir.path().join("src.raw"), vec![7u8; 1 << 20]).unwrap();
+        let run = |argv: &[&str]| {
+            let cli = crate::cli::parse_args(argv).unwrap();
+            match &cli.command {
+                crate::cli::Command::Convert(a) => super::super::convert::run(a).unwrap(),
+                crate::cli::Command::Create(a) => super::super::create::run(a).unwrap(),
+                _ => unreachable!("only convert and create here"),
+            }
+        };
+        let (src, base, overlay) = (name("src.raw"), name("base.qcow2"), name("new.qcow2"));
+        let convert = [
+            "img", "convert", "-U", "-f", "raw", "-O", "qcow2", &src, &base,
+        ];
+        assert_eq!(run(&convert), 0);
+        let create = [
+            "img", "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &overlay,
+        ];
+        assert_eq!(run(&create), 0);
         let writer = LockRequest::metadata_file(true);
-        lock_image(&a, "a.raw", Format::Raw, ImageUse::WRITE).unwrap();
-        assert!(!others_may(&a, writer));
-        release_all();
-        assert!(others_may(&a, writer));
+        for file in [&src, &base, &overlay] {
+            assert!(
+                others_may(Path::new(file), writer),
+                "{file} is still locked after the command"
+            );
+        }
     }
 }
