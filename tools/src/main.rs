@@ -39,7 +39,6 @@ fn main() {
     }
     let cli = parse_or_exit();
     qcow::backing_name::set_json_parser(commands::image_spec::backing_target);
-    commands::locks::set_force_share(cli.command.force_share());
     let run = std::panic::catch_unwind(|| match &cli.command {
         Command::Create(a) => commands::create::run(a),
         Command::Info(a) => commands::info::run(a),

@@ -121,27 +121,6 @@ impl Command {
             Self::Dd(_) => "dd",
         }
     }
-
-    /// Whether `-U`/`--force-share` was given (commands without it: no).
-    pub fn force_share(&self) -> bool {
-        match self {
-            Self::Info(a) => a.force_share,
-            Self::Check(a) => a.force_share,
-            Self::Convert(a) => a.force_share,
-            Self::Compare(a) => a.force_share,
-            Self::Map(a) => a.force_share,
-            Self::Snapshot(a) => a.force_share,
-            Self::Measure(a) => a.force_share,
-            Self::Rebase(a) => a.force_share,
-            Self::Bench(a) => a.force_share,
-            Self::Dd(a) => a.force_share,
-            Self::Create(_)
-            | Self::Resize(_)
-            | Self::Commit(_)
-            | Self::Amend(_)
-            | Self::Bitmap(_) => false,
-        }
-    }
 }
 
 /// Parses the command line (program name first). Help and version

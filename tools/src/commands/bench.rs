@@ -164,6 +164,9 @@ fn open_error(filename: &str, e: &blockdev::Error) -> anyhow::Error {
 
 /// A failed request in qemu-img's words (it reports the errno's text).
 fn request_error(e: &blockdev::Error) -> anyhow::Error {
+    if let blockdev::Error::Qcow(q) = e {
+        super::report_corruption(q);
+    }
     let reason = match e {
         blockdev::Error::Io { source, .. } => os_text(source),
         blockdev::Error::Qcow(qcow::Error::Io { source, .. }) => os_text(source),
@@ -176,9 +179,13 @@ fn request_error(e: &blockdev::Error) -> anyhow::Error {
 /// Takes qemu-img's locks on the image bench reads or writes and on its
 /// data file or extents; `-U` with `-w` is refused as QEMU refuses
 /// force-share on a writable image.
-fn lock_bench_image(filename: &str, format: Option<Format>, write: bool) -> Result<()> {
-    use super::locks::{force_share, lock_image, ImageUse};
-    if write && force_share() {
+fn lock_bench_image(
+    filename: &str,
+    format: Option<Format>,
+    how: super::locks::ImageUse,
+) -> Result<()> {
+    use super::locks::lock_image;
+    if how.writable && how.force_share {
         return Err(anyhow!(
             "Could not open '{filename}': force-share=on can only be used with read-only images"
         ));
@@ -191,11 +198,6 @@ fn lock_bench_image(filename: &str, format: Option<Format>, write: bool) -> Resu
             // The open that follows words the trouble.
             Err(_) => return Ok(()),
         },
-    };
-    let how = if write {
-        ImageUse::WRITE
-    } else {
-        ImageUse::READ
     };
     lock_image(path, filename, format, how)?;
     // The files the image uses besides its own (a qcow2 data file, vmdk
@@ -229,13 +231,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             }
         }
     }
-    lock_bench_image(filename, format, cfg.write)?;
+    let how = super::locks::ImageUse::new(cfg.write, args.force_share);
+    lock_bench_image(filename, format, how)?;
     let opened = open_with_files(
         Path::new(filename),
         &open_options(format, cfg.write, opts.cache),
     )
     .map_err(|e| open_error(filename, &e))?;
-    super::locks::lock_backing_files(filename, &opened.backing_files)?;
+    super::locks::lock_backing_files(filename, &opened.backing_files, how)?;
     let disk = opened.backend;
     println!(
         "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",

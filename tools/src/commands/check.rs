@@ -56,11 +56,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         Some(f) => parse_format(f)?,
         None => probe(&*storage, Path::new(filename)).map_err(|e| open_error(filename, e))?,
     };
-    let how = if repair == Repair::None {
-        super::locks::ImageUse::READ
-    } else {
-        super::locks::ImageUse::WRITE
-    };
+    let how = super::locks::ImageUse::new(repair != Repair::None, args.force_share);
     super::locks::lock_image(Path::new(filename), filename, format, how)?;
     if format == Format::Raw {
         eprintln!(
@@ -71,10 +67,10 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     }
     if format == Format::Luks {
         // QEMU opens the volume (with its key) and has no check for it.
-        super::open_named(
+        super::open_named_for(
             &args.filename,
             args.format.as_deref(),
-            false,
+            super::locks::ImageUse::read(args.force_share),
             args.image_opts,
         )?;
         eprintln!(
@@ -93,10 +89,10 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         if hc.header.crypt_method != 0 {
             // QEMU opens an encrypted image's cipher (and so needs its
             // key) before it checks.
-            super::open_named(
+            super::open_named_for(
                 &args.filename,
                 args.format.as_deref(),
-                false,
+                super::locks::ImageUse::read(args.force_share),
                 args.image_opts,
             )?;
         }
@@ -105,7 +101,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
             opener
                 .open_backing(name, hc.backing_format())
                 .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;
-            super::locks::lock_backing_files(filename, &opener.opened_backing_files())?;
+            super::locks::lock_backing_files(filename, &opener.opened_backing_files(), how)?;
         }
     }
     let first = check_image(&*storage, None, repair)

@@ -15,11 +15,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<i32> {
     // vhdx's check repairs by opening the image for writing, which
     // replays its log (qemu's `vhdx_co_check`); the others cannot repair.
     let replays = format == Format::Vhdx && args.repair.is_some();
-    let how = if replays {
-        super::locks::ImageUse::WRITE
-    } else {
-        super::locks::ImageUse::READ
-    };
+    let how = super::locks::ImageUse::new(replays, args.force_share);
     super::locks::lock_image(std::path::Path::new(filename), filename, format, how)?;
     let image = open_image(std::path::Path::new(filename), Some(format), replays)
         .map_err(|e| anyhow!("Could not open '{filename}': {}", io_reason(&e)))?;

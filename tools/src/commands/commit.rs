@@ -199,7 +199,10 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     let progress = |done: u64| bar.set_fraction(done, size);
     progress(0);
     while pos < size {
-        let extents = chain_extents(top, pos, (size - pos).min(1 << 30))?;
+        // QEMU's commit job fails on what the top cannot read (its
+        // corruption event first).
+        let extents = chain_extents(top, pos, (size - pos).min(1 << 30))
+            .map_err(|e| anyhow!("Block job failed: {}", super::read_failure(&e)))?;
         if extents.is_empty() {
             break;
         }
@@ -219,7 +222,8 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
             let mut off = e.guest_offset;
             while off < e.guest_offset + e.len {
                 let n = (e.guest_offset + e.len - off).min(buf.len() as u64) as usize;
-                top.read_at(&mut buf[..n], off)?;
+                top.read_at(&mut buf[..n], off)
+                    .map_err(|e| anyhow!("Block job failed: {}", super::read_failure(&e)))?;
                 base.write_at(&buf[..n], off)
                     .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
                 off += n as u64;

@@ -3,14 +3,41 @@
 use anyhow::Result;
 use qcow::device::{chain_extents, BlockRead, ChainExtent};
 
-use super::open;
+use super::open_named_for;
 use crate::cli::CompareArgs;
 use crate::report::compare::{CompareError, CompareReport, CompareResult};
 
 const CHUNK: u64 = 1 << 20;
 
-fn allocated_prefix(image: &dyn BlockRead, offset: u64, len: u64) -> Result<(bool, u64)> {
-    let extents: Vec<ChainExtent> = chain_extents(image, offset, len)?;
+/// One image being compared and the name qemu-img's errors give it.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    image: &'a dyn BlockRead,
+    filename: &'a str,
+}
+
+impl Side<'_> {
+    /// Reads `buf` at `offset`; a failure is qemu-img's read error (exit 4).
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), CompareError> {
+        self.image
+            .read_at(buf, offset)
+            .map_err(|e| CompareError::Read {
+                offset,
+                filename: self.filename.to_string(),
+                reason: super::read_failure(&e),
+            })
+    }
+}
+
+/// Whether `[offset, offset+len)` of `side` starts allocated, and for how
+/// long; a failure is qemu-img's "Sector allocation test failed" (exit 3).
+fn allocated_prefix(side: Side, offset: u64, len: u64) -> Result<(bool, u64), CompareError> {
+    let extents: Vec<ChainExtent> = chain_extents(side.image, offset, len).map_err(|e| {
+        super::read_failure(&e);
+        CompareError::AllocationTest {
+            filename: side.filename.to_string(),
+        }
+    })?;
     let Some(first) = extents.first() else {
         return Ok((false, len));
     };
@@ -30,12 +57,12 @@ fn first_nonzero(buf: &[u8]) -> Option<usize> {
 
 /// Compares `[start, end)`; returns the offset of the first difference.
 fn compare_range(
-    a: &dyn BlockRead,
-    b: &dyn BlockRead,
+    a: Side,
+    b: Side,
     start: u64,
     end: u64,
     strict: bool,
-) -> Result<Option<CompareResult>> {
+) -> Result<Option<CompareResult>, CompareError> {
     let mut buf_a = vec![0u8; CHUNK as usize];
     let mut buf_b = vec![0u8; CHUNK as usize];
     let mut pos = start;
@@ -50,8 +77,8 @@ fn compare_range(
             }));
         }
         if alloc_a && alloc_b {
-            a.read_at(&mut buf_a[..n as usize], pos)?;
-            b.read_at(&mut buf_b[..n as usize], pos)?;
+            a.read(&mut buf_a[..n as usize], pos)?;
+            b.read(&mut buf_b[..n as usize], pos)?;
             if buf_a[..n as usize] != buf_b[..n as usize] {
                 let at = buf_a
                     .iter()
@@ -63,12 +90,12 @@ fn compare_range(
                 }));
             }
         } else if alloc_a || alloc_b {
-            let (img, buf) = if alloc_a {
+            let (side, buf) = if alloc_a {
                 (a, &mut buf_a)
             } else {
                 (b, &mut buf_b)
             };
-            img.read_at(&mut buf[..n as usize], pos)?;
+            side.read(&mut buf[..n as usize], pos)?;
             if let Some(at) = first_nonzero(&buf[..n as usize]) {
                 return Ok(Some(CompareResult::ContentMismatch {
                     offset: pos + at as u64,
@@ -81,15 +108,15 @@ fn compare_range(
 }
 
 /// Checks that `[start, end)` of one image reads as zero.
-fn check_zero(img: &dyn BlockRead, start: u64, end: u64) -> Result<Option<u64>> {
+fn check_zero(side: Side, start: u64, end: u64) -> Result<Option<u64>, CompareError> {
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = start;
     while pos < end {
         let want = (end - pos).min(CHUNK);
-        let (alloc, n) = allocated_prefix(img, pos, want)?;
+        let (alloc, n) = allocated_prefix(side, pos, want)?;
         let n = n.max(1).min(want);
         if alloc {
-            img.read_at(&mut buf[..n as usize], pos)?;
+            side.read(&mut buf[..n as usize], pos)?;
             if let Some(at) = first_nonzero(&buf[..n as usize]) {
                 return Ok(Some(pos + at as u64));
             }
@@ -101,14 +128,16 @@ fn check_zero(img: &dyn BlockRead, start: u64, end: u64) -> Result<Option<u64>> 
 
 /// Runs `img compare`.
 pub fn run(args: &CompareArgs) -> Result<i32> {
-    let a = match open(&args.filename1, args.a_format.as_deref(), false) {
+    // Both images are read, with the command's -U.
+    let how = super::locks::ImageUse::read(args.force_share);
+    let a = match open_named_for(&args.filename1, args.a_format.as_deref(), how, false) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("{}: {e}", crate::program());
             return Ok(CompareError::Open(e.to_string()).exit_code());
         }
     };
-    let b = match open(&args.filename2, args.b_format.as_deref(), false) {
+    let b = match open_named_for(&args.filename2, args.b_format.as_deref(), how, false) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("{}: {e}", crate::program());
@@ -121,18 +150,26 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
         result: CompareResult::Identical,
         mismatch_in_excess: false,
     };
-    let outcome: Result<()> = (|| {
+    let side_a = Side {
+        image: &a,
+        filename: &args.filename1,
+    };
+    let side_b = Side {
+        image: &b,
+        filename: &args.filename2,
+    };
+    let outcome: Result<(), CompareError> = (|| {
         if args.strict && size_a != size_b {
             report.result = CompareResult::StrictSizeMismatch;
             return Ok(());
         }
         let common = size_a.min(size_b);
-        if let Some(r) = compare_range(&a, &b, 0, common, args.strict)? {
+        if let Some(r) = compare_range(side_a, side_b, 0, common, args.strict)? {
             report.result = r;
             return Ok(());
         }
         if size_a != size_b {
-            let larger: &dyn BlockRead = if size_a > size_b { &a } else { &b };
+            let larger = if size_a > size_b { side_a } else { side_b };
             if let Some(offset) = check_zero(larger, common, size_a.max(size_b))? {
                 report.result = CompareResult::ContentMismatch { offset };
                 report.mismatch_in_excess = true;
@@ -142,7 +179,7 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
     })();
     if let Err(e) = outcome {
         eprintln!("{}: {e}", crate::program());
-        return Ok(4);
+        return Ok(e.exit_code());
     }
     if !args.quiet {
         print!("{}", report.render());

@@ -8,7 +8,7 @@ use qcow::device::BlockRead;
 use qcow::fs::{open_image, open_image_keyed, open_image_unsafe_cache, AnyImage, Format};
 
 use super::create::create_image_encrypted;
-use super::locks::{lock_image, ImageUse};
+use super::locks::{lock_opening, HeldLocks, ImageUse};
 use super::{io_reason, open_named_for, parse_format, prefixed};
 use crate::cli::{CacheMode, ConvertArgs, SnapshotParam};
 use crate::engine::convert::{run as run_convert, ConvertJob};
@@ -19,22 +19,58 @@ const DEFAULT_SPARSE: u64 = 4096;
 /// Worker threads when `-m` is not given.
 const DEFAULT_WORKERS: usize = 4;
 /// qemu-img convert reads its sources sharing only reads
-/// (`BDRV_O_NO_SHARE`): no one may write them meanwhile.
-const SOURCE_USE: ImageUse = ImageUse {
-    no_share: true,
-    ..ImageUse::READ
-};
+/// (`BDRV_O_NO_SHARE`): no one may write them meanwhile, unless `-U`
+/// shares everything on them.
+fn source_use(force_share: bool) -> ImageUse {
+    ImageUse {
+        no_share: true,
+        force_share,
+        ..ImageUse::READ
+    }
+}
 
 /// Opens the target with `-t` (default `unsafe`, as qemu-img: nothing
-/// waits for the disk until the end of the process).
-fn open_target(target: &str, format: Format, cache: Option<CacheMode>) -> Result<AnyImage> {
+/// waits for the disk until the end of the process), locked as qemu-img
+/// locks it (its backing files too, read); the locks live as long as the
+/// [`HeldLocks`] returned, which the caller keeps beside the image.
+fn open_target(
+    target: &str,
+    format: Format,
+    cache: Option<CacheMode>,
+) -> Result<(AnyImage, HeldLocks)> {
     let path = Path::new(target);
-    lock_image(path, target, format, ImageUse::WRITE)?;
+    let held = lock_opening(path, target, format, ImageUse::WRITE)?;
     let result = match cache.unwrap_or(CacheMode::Unsafe) {
         CacheMode::Unsafe => open_image_unsafe_cache(path, format),
         _ => open_image(path, Some(format), true),
     };
-    result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))
+    let image = result.map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?;
+    held.open_done(
+        target,
+        &target_backing_files(target, &image),
+        &image,
+        ImageUse::WRITE,
+    )?;
+    Ok((image, held))
+}
+
+/// The backing chain of the target (`-B`), which qemu-img opens with the
+/// target and so locks: read, never with `-U` (that is the sources'). A
+/// chain that does not open is left to the copy.
+fn target_backing_files(target: &str, image: &AnyImage) -> Vec<std::path::PathBuf> {
+    use qcow::image::Opener;
+    let AnyImage::Qcow2(q) = image else {
+        return Vec::new();
+    };
+    let hc = q.header_cluster();
+    let Some(name) = &hc.backing_file else {
+        return Vec::new();
+    };
+    let opener = qcow::fs::FileOpener::for_image(Path::new(target));
+    match opener.open_backing(name, hc.backing_format()) {
+        Ok(_) => opener.opened_backing_files(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The snapshot `-l snapshot.name=NAME`, `-l snapshot.id=ID`, `-l NAME`
@@ -91,7 +127,14 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let sources: Vec<AnyImage> = args
         .sources()
         .iter()
-        .map(|s| open_named_for(s, args.source_format.as_deref(), SOURCE_USE, false))
+        .map(|s| {
+            open_named_for(
+                s,
+                args.source_format.as_deref(),
+                source_use(args.force_share),
+                false,
+            )
+        })
         .collect::<Result<_>>()?;
     if let Some(name) = &snapshot {
         if sources.len() != 1 {
@@ -113,10 +156,19 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         }
     }
     let total: u64 = sources.iter().map(|s| s.virtual_size()).sum();
+    // The target's locks (and the sources', held by their images) last
+    // as long as this command, not the process: `vm` runs convert in its
+    // own process and then has a VMM open what it made.
+    let mut target_locks: Vec<HeldLocks> = Vec::new();
     let target_format: ImageFormat = args.target_format.parse().map_err(|e| anyhow!("{e}"))?;
     let (target_image, target_is_zero, target_has_backing) = if args.no_create {
         let target_format = parse_format(&args.target_format)?;
-        lock_image(Path::new(&target), &target, target_format, ImageUse::WRITE)?;
+        target_locks.push(lock_opening(
+            Path::new(&target),
+            &target,
+            target_format,
+            ImageUse::WRITE,
+        )?);
         let image = open_image(
             Path::new(&target),
             Some(parse_format(&args.target_format)?),
@@ -181,10 +233,10 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             return Err(anyhow!("Compression not supported for this file format"));
         }
         let unsafe_cache = matches!(args.target_cache, None | Some(CacheMode::Unsafe));
-        super::locks::lock_for_create(
+        target_locks.push(super::locks::lock_for_create(
             Path::new(&target),
             &format!("{target}: error while converting {}", args.target_format),
-        )?;
+        )?);
         create_image_encrypted(
             &target,
             target_format,
@@ -197,7 +249,12 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         let image = match &target_key {
             // A LUKS volume opens only with its key.
             Some(key) if format == Format::Luks => {
-                lock_image(Path::new(&target), &target, format, ImageUse::WRITE)?;
+                target_locks.push(lock_opening(
+                    Path::new(&target),
+                    &target,
+                    format,
+                    ImageUse::WRITE,
+                )?);
                 open_image_keyed(
                     Path::new(&target),
                     Some(format),
@@ -206,7 +263,11 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 )
                 .map_err(|e| anyhow!("Could not open '{target}': {}", io_reason(&e)))?
             }
-            _ => open_target(&target, format, args.target_cache)?,
+            _ => {
+                let (image, held) = open_target(&target, format, args.target_cache)?;
+                target_locks.push(held);
+                image
+            }
         };
         if let (Some(key), AnyImage::Qcow2(q)) = (&target_key, &image) {
             q.unlock(key)
@@ -252,5 +313,6 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     bar.set(100.0);
     bar.end();
     drop(target_image);
+    drop(target_locks);
     Ok(0)
 }

@@ -127,7 +127,8 @@ pub fn create_image_encrypted(
     encryption: Option<&NewEncryption>,
 ) -> Result<()> {
     let path = Path::new(filename);
-    super::locks::lock_for_create(path, filename)?;
+    // Held while the image is made.
+    let _create_lock = super::locks::lock_for_create(path, filename)?;
     match format {
         ImageFormat::Luks => {
             let Some(NewEncryption::Luks { options, password }) = encryption else {

@@ -124,7 +124,12 @@ fn copy_range(input_size: u64, ops: &DdOperands) -> Option<(u64, u64)> {
 /// Runs `img dd`.
 pub fn run(args: &DdArgs) -> Result<i32> {
     let ops = parse_operands(&args.operands)?;
-    let input = open_named(&ops.input, args.format.as_deref(), false, args.image_opts)?;
+    let input = super::open_named_for(
+        &ops.input,
+        args.format.as_deref(),
+        super::locks::ImageUse::read(args.force_share),
+        args.image_opts,
+    )?;
     let format: ImageFormat = args
         .target_format
         .parse()
@@ -136,7 +141,8 @@ pub fn run(args: &DdArgs) -> Result<i32> {
         .map_err(|e| anyhow!("{}: error while creating output image: {e}", ops.output))?;
     opts.validate(format)
         .map_err(|e| anyhow!("{}: error while creating output image: {e}", ops.output))?;
-    super::locks::lock_for_create(
+    // Held until the output is open (which holds its own locks).
+    let _create_lock = super::locks::lock_for_create(
         Path::new(&ops.output),
         &format!("{}: error while creating output image", ops.output),
     )?;
@@ -159,7 +165,7 @@ pub fn run(args: &DdArgs) -> Result<i32> {
         input.read_at(piece, in_pos).map_err(|e| {
             anyhow!(
                 "error while reading from input image file: {}",
-                io_reason(&e)
+                super::read_failure(&e)
             )
         })?;
         output.write_at(piece, in_pos - start).map_err(|e| {

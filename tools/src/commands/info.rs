@@ -178,6 +178,8 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
         None => None,
     };
     let mut seen = Vec::new();
+    // Every image of the chain is read, with the command's -U.
+    let how = super::locks::ImageUse::read(args.force_share);
     loop {
         let path = Path::new(&filename).to_path_buf();
         let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
@@ -187,13 +189,13 @@ pub fn run(args: &InfoArgs) -> Result<i32> {
             ));
         }
         seen.push(canonical);
-        super::locks::lock_image_probed(&path, &filename, format, super::locks::ImageUse::READ)?;
+        super::locks::lock_image_probed(&path, &filename, format, how)?;
         let mut info = match super::info_luks::describe(&filename, &path, format)? {
             Some(luks) => luks,
             None => {
                 let image =
                     open_image_no_backing(&path, format).map_err(|e| open_error(&filename, e))?;
-                super::locks::lock_side_files(&filename, &image, super::locks::ImageUse::READ)?;
+                super::locks::lock_side_files(&filename, &image, how)?;
                 describe(&filename, &image)?
             }
         };

@@ -3,20 +3,24 @@
 //! is locked for consistent reads and, under a format with metadata, no
 //! one else may write or resize it; an image written is locked for
 //! writing too; backing files are locked as read-only images. `-U`
-//! (`--force-share`) shares everything on the files opened read-only.
+//! (`--force-share`) is a property of each open, as in qemu-img: an image
+//! opened with it ([`ImageUse::force_share`]) shares everything on its
+//! files and its backing files' (QEMU's children inherit the option); an
+//! image the same command opens for writing is locked as ever, and `-U`
+//! on a writable open is refused as QEMU refuses it.
 //!
 //! There is one open file description per locked file in the process,
 //! as QEMU keeps one node per file: opening a file again for more widens
 //! its locks instead of conflicting with our own. The locks of an image
 //! opened through [`super::open_named_for`] live as long as the image
 //! (its storage holds them, [`HeldLocks`]), so a command that opens and
-//! closes several images holds each one's locks while it uses it; locks
-//! taken by the functions here directly last until img exits (or
-//! [`release_all`]).
+//! closes several images holds each one's locks while it uses it. So do
+//! the commands `vm` runs in its own process (convert, create): their
+//! locks are [`HeldLocks`] that end with the command. Locks taken by
+//! [`lock_image`] and its kin directly last until img exits.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{anyhow, Result};
@@ -50,19 +54,6 @@ impl HeldLocks {
 fn keep(locks: Vec<Arc<FileLock>>) {
     KEPT.lock().expect("lock table poisoned").extend(locks);
 }
-/// Whether `-U` was given.
-static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
-
-/// Records the command's `-U`/`--force-share`.
-pub fn set_force_share(force_share: bool) {
-    FORCE_SHARE.store(force_share, Ordering::Relaxed);
-}
-
-/// Whether `-U`/`--force-share` was given.
-pub fn force_share() -> bool {
-    FORCE_SHARE.load(Ordering::Relaxed)
-}
-
 /// How img uses an image file it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageUse {
@@ -73,6 +64,9 @@ pub struct ImageUse {
     /// Others may not write it either while we read it (qemu-img
     /// convert's sources, `BDRV_O_NO_SHARE`).
     pub no_share: bool,
+    /// Opened with `-U`/`force-share=on`: everything is shared, on its
+    /// file and on its backing files (only for an image read).
+    pub force_share: bool,
 }
 
 impl ImageUse {
@@ -81,13 +75,39 @@ impl ImageUse {
         writable: false,
         resize: false,
         no_share: false,
+        force_share: false,
     };
     /// An image written.
     pub const WRITE: ImageUse = ImageUse {
         writable: true,
         resize: false,
         no_share: false,
+        force_share: false,
     };
+
+    /// An image read, with `-U` if `force_share`.
+    pub fn read(force_share: bool) -> ImageUse {
+        ImageUse {
+            force_share,
+            ..ImageUse::READ
+        }
+    }
+
+    /// An image read (`writable` false) or written, with `-U` if
+    /// `force_share` (which a writable open refuses, see [`lock_image`]).
+    pub fn new(writable: bool, force_share: bool) -> ImageUse {
+        ImageUse {
+            writable,
+            force_share,
+            ..ImageUse::READ
+        }
+    }
+
+    /// How the backing files of an image used this way are used: read,
+    /// with the image's `-U`.
+    fn backing(self) -> ImageUse {
+        ImageUse::read(self.force_share)
+    }
 
     /// The locks qemu-img takes on the file of an image of `format` used
     /// this way.
@@ -100,7 +120,7 @@ impl ImageUse {
         if self.no_share {
             request = request.sharing_only(Perms::CONSISTENT_READ.union(Perms::WRITE_UNCHANGED));
         }
-        if !self.writable && force_share() {
+        if !self.writable && self.force_share {
             request = request.force_shared();
         }
         request
@@ -121,6 +141,12 @@ fn image_locks(
     format: Format,
     how: ImageUse,
 ) -> Result<Vec<Arc<FileLock>>> {
+    if how.writable && how.force_share {
+        // QEMU's bdrv_open_common.
+        return Err(anyhow!(
+            "Could not open '{shown}': force-share=on can only be used with read-only images"
+        ));
+    }
     lock_file(path, how.request(format))
         .map(|l| l.into_iter().collect())
         .map_err(|e| conflict(shown, path, e))
@@ -146,24 +172,64 @@ pub fn lock_image_probed(
     lock_image(path, shown, format, how)
 }
 
-/// Locks the backing files of an image (nearest first) as qemu-img locks
-/// them: read, with others kept from writing them under a metadata format.
-pub fn lock_backing_files(top_shown: &str, backing: &[std::path::PathBuf]) -> Result<()> {
-    keep(backing_locks(top_shown, backing)?);
+/// Locks the backing files of an image used as `how` (nearest first) as
+/// qemu-img locks them: read, with others kept from writing them under a
+/// metadata format unless the image was opened with `-U`.
+pub fn lock_backing_files(
+    top_shown: &str,
+    backing: &[std::path::PathBuf],
+    how: ImageUse,
+) -> Result<()> {
+    keep(backing_locks(top_shown, backing, how)?);
     Ok(())
 }
 
-fn backing_locks(top_shown: &str, backing: &[std::path::PathBuf]) -> Result<Vec<Arc<FileLock>>> {
+fn backing_locks(
+    top_shown: &str,
+    backing: &[std::path::PathBuf],
+    how: ImageUse,
+) -> Result<Vec<Arc<FileLock>>> {
     let mut locks = Vec::new();
-    for path in backing {
+    for (depth, path) in backing.iter().enumerate() {
         let format = probe_format(path);
-        let lock = lock_file(path, ImageUse::READ.request(format)).map_err(|e| {
-            let shown = path.display().to_string();
-            conflict(top_shown, path, e).context(format!("Could not open backing file '{shown}'"))
+        let lock = lock_file(path, how.backing().request(format)).map_err(|e| {
+            // QEMU's words: each backing level below the image adds its
+            // prefix to the open's error.
+            let levels = "Could not open backing file: ".repeat(depth + 1);
+            match e {
+                e @ blockdev::Error::LockHeld { .. } => anyhow!(
+                    "Could not open '{top_shown}': {levels}{e}\nIs another process using the \
+                     image [{}]?",
+                    path.display()
+                ),
+                e => anyhow!("Could not open '{top_shown}': {levels}{e}"),
+            }
         })?;
         locks.extend(lock);
     }
     Ok(locks)
+}
+
+/// Locks the chain of the new backing file `rebase` opens on its own
+/// (`chain`, its files nearest first, the first named `name`): read, with
+/// the command's `-U`, as qemu-img opens it; a conflict is worded as
+/// qemu-img words it (`Could not open new backing file 'NAME': ...`).
+pub fn lock_new_backing(name: &str, chain: &[PathBuf], force_share: bool) -> Result<()> {
+    let how = ImageUse::read(force_share);
+    let mut locks = Vec::new();
+    for path in chain {
+        let lock = lock_file(path, how.request(probe_format(path))).map_err(|e| match e {
+            e @ blockdev::Error::LockHeld { .. } => anyhow!(
+                "Could not open new backing file '{name}': {e}\nIs another process using the \
+                 image [{}]?",
+                path.display()
+            ),
+            e => anyhow!("Could not open new backing file '{name}': {e}"),
+        })?;
+        locks.extend(lock);
+    }
+    keep(locks);
+    Ok(())
 }
 
 /// Locks the files an open image uses besides its own, as QEMU's block
@@ -221,7 +287,7 @@ impl HeldLocks {
         image: &AnyImage,
         how: ImageUse,
     ) -> Result<()> {
-        self.add(backing_locks(shown, backing)?);
+        self.add(backing_locks(shown, backing, how)?);
         self.add(side_file_locks(shown, image, how)?);
         Ok(())
     }
@@ -231,13 +297,17 @@ impl HeldLocks {
 /// write and resize and lets no one else resize it, and words a conflict
 /// as `PREFIX: Failed to get "write" lock` (the prefix is the file's name,
 /// or what `convert` says of its target).
-pub fn lock_for_create(path: &Path, prefix: &str) -> Result<()> {
+///
+/// The locks last as long as the [`HeldLocks`] returned.
+pub fn lock_for_create(path: &Path, prefix: &str) -> Result<HeldLocks> {
     let request = LockRequest {
         perm: Perms::WRITE.union(Perms::RESIZE),
         shared: Perms::ALL.without(Perms::RESIZE),
     };
+    let held = HeldLocks::default();
     lock_file(path, request)
-        .map(|l| keep(l.into_iter().collect()))
+        .map(|l| held.add(l.into_iter().collect()))
+        .map(|()| held)
         .map_err(|e| match e {
             e @ blockdev::Error::LockHeld { .. } => anyhow!(
                 "{prefix}: {e}\nIs another process using the image [{}]?",
@@ -264,13 +334,6 @@ fn conflict(shown: &str, path: &Path, e: blockdev::Error) -> anyhow::Error {
         ),
         e => anyhow!("Could not open '{shown}': {e}"),
     }
-}
-
-/// Lets go of every lock kept until exit (those of images still open
-/// stay): for `vm`, which runs img commands in its own process and then
-/// has a VMM open the images they made.
-pub fn release_all() {
-    KEPT.lock().expect("lock table poisoned").clear();
 }
 
 /// Locks `path` for `request`, widening the process's lock on the same
@@ -399,14 +462,35 @@ mod tests {
     }
 
     #[test]
-    fn locks_taken_directly_last_until_released() {
+    fn convert_and_create_hold_their_locks_only_while_they_run() {
+        // As `vm clone --from-snapshot` runs them, in a process that goes
+        // on (and then has a VMM open what they made).
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.raw");
-        std::fs::write(&a, vec![0u8; 4096]).unwrap();
+        let name = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(dir.path().join("src.raw"), vec![7u8; 1 << 20]).unwrap();
+        let run = |argv: &[&str]| {
+            let cli = crate::cli::parse_args(argv).unwrap();
+            match &cli.command {
+                crate::cli::Command::Convert(a) => super::super::convert::run(a).unwrap(),
+                crate::cli::Command::Create(a) => super::super::create::run(a).unwrap(),
+                _ => unreachable!("only convert and create here"),
+            }
+        };
+        let (src, base, overlay) = (name("src.raw"), name("base.qcow2"), name("new.qcow2"));
+        let convert = [
+            "img", "convert", "-U", "-f", "raw", "-O", "qcow2", &src, &base,
+        ];
+        assert_eq!(run(&convert), 0);
+        let create = [
+            "img", "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &overlay,
+        ];
+        assert_eq!(run(&create), 0);
         let writer = LockRequest::metadata_file(true);
-        lock_image(&a, "a.raw", Format::Raw, ImageUse::WRITE).unwrap();
-        assert!(!others_may(&a, writer));
-        release_all();
-        assert!(others_may(&a, writer));
+        for file in [&src, &base, &overlay] {
+            assert!(
+                others_may(Path::new(file), writer),
+                "{file} is still locked after the command"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use qcow::device::{chain_extents, BlockRead, ChainExtent, ExtentKind};
 use qcow::fs::{open_storage, resolve, AnyImage};
 use qcow::image::read_header_cluster;
 
-use super::open_named;
+use super::open_named_for;
 use crate::cli::MapArgs;
 use crate::report::map::{MapEntry, MapError, MapPrinter};
 
@@ -101,10 +101,10 @@ fn round_data_to_sectors(extents: &mut Vec<ChainExtent>, end: u64) {
 /// Runs `img map`.
 pub fn run(args: &MapArgs) -> Result<i32> {
     let spec = super::image_spec::resolve(&args.filename, args.format.as_deref(), args.image_opts)?;
-    let image = open_named(
+    let image = open_named_for(
         &args.filename,
         args.format.as_deref(),
-        false,
+        super::locks::ImageUse::read(args.force_share),
         args.image_opts,
     )?;
     let size = image.virtual_size();
@@ -124,7 +124,10 @@ pub fn run(args: &MapArgs) -> Result<i32> {
     let mut pos = start;
     let mut result = Ok(());
     while pos < end {
-        let mut extents = chain_extents(&image, pos, end - pos)?;
+        // qemu-img's words for a block status that failed.
+        let mut extents = chain_extents(&image, pos, end - pos).map_err(|e| {
+            anyhow::anyhow!("Could not read file metadata: {}", super::read_failure(&e))
+        })?;
         if spec.direct_io && matches!(image, AnyImage::Raw(_)) {
             round_data_to_sectors(&mut extents, end);
         }

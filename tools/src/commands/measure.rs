@@ -95,7 +95,12 @@ pub fn run(args: &MeasureArgs) -> Result<i32> {
     let list = OptionList::from_args(args.options.iter()).map_err(|e| anyhow!("{e}"))?;
     let source = match input_filename(args)? {
         Some(f) => {
-            let image = super::open_named(f, args.format.as_deref(), false, args.image_opts)?;
+            let image = super::open_named_for(
+                f,
+                args.format.as_deref(),
+                super::locks::ImageUse::read(args.force_share),
+                args.image_opts,
+            )?;
             let snapshot = args.snapshot.as_ref().map(|p| match p {
                 SnapshotParam::IdOrName(n) => n.clone(),
                 SnapshotParam::Spec { id, name } => {

@@ -218,6 +218,30 @@ pub fn io_reason(e: &qcow::Error) -> String {
     }
 }
 
+/// [`io_reason`] of a read that failed on an open image, as qemu-img
+/// reports it: corruption found on the way is first printed on a line of
+/// its own, as QEMU's qcow2 driver prints it when it finds it (once per
+/// process: QEMU suppresses further events), and data that will not
+/// decompress is an I/O error (QEMU's EIO).
+pub fn read_failure(e: &qcow::Error) -> String {
+    report_corruption(e);
+    match e {
+        qcow::Error::BadCompressedCluster { .. } => "Input/output error".to_string(),
+        e => io_reason(e),
+    }
+}
+
+/// Prints QEMU's corruption event line of `e`, if it is one, the first
+/// time only (QEMU suppresses further events).
+pub fn report_corruption(e: &qcow::Error) {
+    static EVENT_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(line) = e.corruption_event_line() {
+        if !EVENT_PRINTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// The error of an operation on an open image, as [`io_reason`] words it;
 /// corruption found on the way is first reported on a line of its own, as
 /// QEMU's qcow2 driver prints it when it finds it.

@@ -120,7 +120,13 @@ fn copy_differences(
     bar.set_fraction(0, size);
     let mut pos = 0;
     while pos < size {
-        let extents = image.extents(pos, (size - pos).min(CHUNK))?;
+        // qemu-img's words for a block status that failed.
+        let extents = image.extents(pos, (size - pos).min(CHUNK)).map_err(|e| {
+            anyhow!(
+                "error while reading image metadata: {}",
+                super::read_failure(&e)
+            )
+        })?;
         let Some(first) = extents.first() else {
             break;
         };
@@ -208,16 +214,25 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
     };
     if !args.unsafe_mode {
         let new_backing: Option<Box<dyn BlockRead>> = match new_name {
-            Some(name) => Some(
-                FileOpener::for_image(Path::new(&args.filename))
+            Some(name) => {
+                let opener = FileOpener::for_image(Path::new(&args.filename));
+                let backing = opener
                     .open_backing(name, new_format.as_deref())
                     .map_err(|e| {
                         anyhow!(
                             "Could not open new backing file '{name}': {}",
                             io_reason(&e)
                         )
-                    })?,
-            ),
+                    })?;
+                // The command's -U is for this file and its chain only:
+                // the image and its old backing chain lock as ever.
+                super::locks::lock_new_backing(
+                    name,
+                    &opener.opened_backing_files(),
+                    args.force_share,
+                )?;
+                Some(backing)
+            }
             None => None,
         };
         copy_differences(&image, new_backing.as_deref(), args)?;

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 use qcow::fs::AnyImage;
 
-use super::{io_reason, open};
+use super::io_reason;
 use crate::cli::{SnapshotAction, SnapshotArgs};
 use crate::report::info::{snapshot_table_header, SnapshotInfo};
 use crate::report::localtime::format_local;
@@ -12,7 +12,10 @@ use crate::report::localtime::format_local;
 pub fn run(args: &SnapshotArgs) -> Result<i32> {
     let action = args.action().map_err(|e| anyhow!("{e}"))?;
     let writable = action != SnapshotAction::List;
-    let image = open(&args.filename, args.format.as_deref(), writable)?;
+    // -U on a snapshot change is refused, as QEMU refuses force-share on
+    // a writable image.
+    let how = super::locks::ImageUse::new(writable, args.force_share);
+    let image = super::open_named_for(&args.filename, args.format.as_deref(), how, false)?;
     let AnyImage::Qcow2(q) = &image else {
         return Err(anyhow!(
             "Could not open '{}': internal snapshots are not supported by the raw format",

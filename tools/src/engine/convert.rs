@@ -205,7 +205,7 @@ fn plan_chunks(job: &ConvertJob<'_>, layout: &Layout, chunk_len: u64) -> Result<
             let extents = chain_extents(*source, pos, size - pos).map_err(|e| {
                 anyhow::anyhow!(
                     "error while reading block status at offset {pos}: {}",
-                    crate::commands::io_reason(&e)
+                    crate::commands::read_failure(&e)
                 )
             })?;
             if extents.is_empty() {
@@ -563,7 +563,7 @@ fn read_target_range(
             .map_err(|e| {
                 anyhow::anyhow!(
                     "error while reading at byte {source_offset}: {}",
-                    crate::commands::io_reason(&e)
+                    crate::commands::read_failure(&e)
                 )
             })?;
     }

@@ -116,7 +116,7 @@ fn status_at(
             Err(e) if sectors == 1 => {
                 warn(format!(
                     "error while reading block status at offset {offset}: {}",
-                    crate::commands::io_reason(&e)
+                    crate::commands::read_failure(&e)
                 ));
                 return (Status::Data, len);
             }

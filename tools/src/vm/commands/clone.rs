@@ -137,8 +137,6 @@ pub(super) fn img(args: &[&str]) -> Result<(), VmError> {
     argv.extend_from_slice(args);
     let cli = crate::cli::parse_args(&argv)
         .map_err(|e| VmError::Internal(format!("img {}: {e:?}", args.join(" "))))?;
-    // As img's main does: the command's -U decides how its images lock.
-    crate::commands::locks::set_force_share(cli.command.force_share());
     let result = match &cli.command {
         crate::cli::Command::Convert(a) => crate::commands::convert::run(a),
         crate::cli::Command::Create(a) => crate::commands::create::run(a),

@@ -190,8 +190,8 @@ pub fn fork(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError
                 &plan.overlay.to_string_lossy(),
             ])?;
         }
-        // The VMM locks the overlays and bases itself.
-        crate::commands::locks::release_all();
+        // The VMM locks the overlays and bases itself: the img commands'
+        // locks ended with their images.
         let mut new_def: DomainDef = orig.clone();
         new_def.name = new_name.clone();
         new_def.uuid =

@@ -17,6 +17,16 @@ use crate::extensions::HeaderCluster;
 use crate::refcount::{Refcounts, MAX_HOST_OFFSET};
 use crate::storage::Storage;
 
+/// A number as C's `%#x` prints it: `0` for zero, else `0x...` (QEMU's
+/// corruption events use it for indexes).
+pub fn c_hex(value: u64) -> String {
+    if value == 0 {
+        "0".to_string()
+    } else {
+        format!("{value:#x}")
+    }
+}
+
 /// L2 tables kept in memory, in bytes.
 pub const L2_CACHE_BYTES: usize = 4 << 20;
 
@@ -86,11 +96,14 @@ impl Meta {
             return Ok(0);
         }
         if !offset.is_multiple_of(self.cluster_size()) {
-            return Err(Error::InvalidEntry {
-                what: "L1",
-                index: l1_index as u64,
-                offset,
-                reason: "L2 table is not aligned to a cluster",
+            // QEMU's qcow2_get_host_offset and get_cluster_table.
+            return Err(Error::CorruptionFound {
+                event: format!(
+                    "L2 table offset {offset:#x} unaligned (L1 index: {})",
+                    c_hex(l1_index as u64)
+                ),
+                marked: false,
+                during: None,
             });
         }
         if offset + self.cluster_size() > self.host_limit() {
@@ -139,9 +152,18 @@ impl Meta {
     }
 
     /// The raw L2 entry of guest cluster `guest_cluster`.
+    ///
+    /// An aligned L2 table wholly past the end of the file reads as
+    /// zeros, as QEMU reads it (its file driver pads reads past the end):
+    /// nothing in its range is allocated. Writes still refuse it
+    /// ([`Meta::l2_offset`]).
     pub fn l2_entry(&mut self, file: &dyn Storage, guest_cluster: u64) -> Result<RawL2> {
         let l2_entries = self.geo.l2_entries();
         let l1_index = (guest_cluster / l2_entries) as usize;
+        let raw_offset = self.l1.get(l1_index).map_or(0, |e| e & OFFSET_MASK);
+        if raw_offset.is_multiple_of(self.cluster_size()) && raw_offset >= self.host_limit() {
+            return Ok(RawL2::default());
+        }
         let l2_offset = self.l2_offset(l1_index)?;
         if l2_offset == 0 {
             return Ok(RawL2::default());

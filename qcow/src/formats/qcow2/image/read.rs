@@ -1,6 +1,6 @@
 //! The read side: mapping guest ranges to extents, and reading guest bytes.
 
-use super::meta::Meta;
+use super::meta::{c_hex, Meta};
 use super::Qcow2;
 use crate::compress;
 use crate::device::{check_range, Extent, ExtentKind};
@@ -57,29 +57,48 @@ fn push_extent(out: &mut Vec<Extent>, e: Extent) {
 }
 
 impl Qcow2 {
-    /// Checks a data cluster offset taken from an L2 entry.
+    /// Checks a data cluster offset taken from an L2 entry: an unaligned
+    /// one is corruption, in QEMU's words (qcow2_get_host_offset). One
+    /// past the end of the file is data that reads as zeros, as QEMU's
+    /// file driver reads it (every reader of the file pads a read past its
+    /// end with zeros).
     fn check_data_offset(&self, meta: &Meta, guest_cluster: u64, host_offset: u64) -> Result<()> {
-        if self.data_file.is_some() {
+        if self.data_file.is_some() || host_offset.is_multiple_of(self.cluster_size()) {
             return Ok(());
         }
-        let cs = self.cluster_size();
-        if !host_offset.is_multiple_of(cs) {
-            return Err(Error::InvalidEntry {
-                what: "L2",
-                index: guest_cluster,
-                offset: host_offset,
-                reason: "data cluster is not aligned to a cluster",
-            });
+        let (l2_offset, l2_index) = self.l2_position(meta, guest_cluster);
+        Err(Error::CorruptionFound {
+            event: format!(
+                "Cluster allocation offset {host_offset:#x} unaligned (L2 offset: \
+                 {l2_offset:#x}, L2 index: {})",
+                c_hex(l2_index)
+            ),
+            marked: false,
+            during: None,
+        })
+    }
+
+    /// Where the L2 entry of `guest_cluster` lies, as QEMU's corruption
+    /// events name it: its table's offset and its index in the table.
+    fn l2_position(&self, meta: &Meta, guest_cluster: u64) -> (u64, u64) {
+        let l2_entries = self.geo.l2_entries();
+        let l1_index = (guest_cluster / l2_entries) as usize;
+        let l2_offset = meta.l2_offset(l1_index).unwrap_or(0);
+        (l2_offset, guest_cluster % l2_entries)
+    }
+
+    /// QEMU's corruption event for the L2 entry of `guest_cluster`:
+    /// `WHAT (L2 offset: 0x..., L2 index: 0x...)`.
+    fn l2_corruption(&self, meta: &Meta, guest_cluster: u64, what: &str) -> Error {
+        let (l2_offset, l2_index) = self.l2_position(meta, guest_cluster);
+        Error::CorruptionFound {
+            event: format!(
+                "{what} (L2 offset: {l2_offset:#x}, L2 index: {})",
+                c_hex(l2_index)
+            ),
+            marked: false,
+            during: None,
         }
-        if host_offset + cs > meta.host_limit() {
-            return Err(Error::InvalidEntry {
-                what: "L2",
-                index: guest_cluster,
-                offset: host_offset,
-                reason: "data cluster lies beyond the end of the file",
-            });
-        }
-        Ok(())
     }
 
     /// Describes the guest range `[offset, offset+len)` of this layer as
@@ -107,8 +126,13 @@ impl Qcow2 {
             let guest_cluster = pos / cs;
             let in_cluster = pos % cs;
             let chunk = (cs - in_cluster).min(end - pos);
-            let raw = meta.l2_entry(&*self.file, guest_cluster)?;
-            self.describe_cluster(&meta, guest_cluster, raw, in_cluster, chunk, out)?;
+            // Corruption found here is signalled as QEMU signals it (an
+            // image open for writing gets the corrupt bit).
+            let raw = meta
+                .l2_entry(&*self.file, guest_cluster)
+                .map_err(|e| self.signal_corruption(e))?;
+            self.describe_cluster(&meta, guest_cluster, raw, in_cluster, chunk, out)
+                .map_err(|e| self.signal_corruption(e))?;
             pos += chunk;
         }
         Ok(())
@@ -134,21 +158,14 @@ impl Qcow2 {
         } = entry
         {
             if in_data_file {
-                return Err(Error::InvalidEntry {
-                    what: "L2",
-                    index: guest_cluster,
-                    offset: host_offset,
-                    reason: "compressed cluster in an image with an external data file",
-                });
+                return Err(self.l2_corruption(
+                    meta,
+                    guest_cluster,
+                    "Compressed cluster entry found in image with external data file",
+                ));
             }
-            if host_offset + compressed_len > meta.host_limit() {
-                return Err(Error::InvalidEntry {
-                    what: "L2",
-                    index: guest_cluster,
-                    offset: host_offset,
-                    reason: "compressed data lies beyond the end of the file",
-                });
-            }
+            // Compressed data past the end of the file is read as zeros,
+            // which do not decompress: the read fails, as QEMU's does.
             push_extent(
                 out,
                 Extent {
@@ -168,12 +185,11 @@ impl Qcow2 {
         {
             // Version 2 has no zero flag: QEMU treats the bit as corruption
             // and refuses to read the cluster.
-            return Err(Error::InvalidEntry {
-                what: "L2",
-                index: guest_cluster,
-                offset: raw.entry & crate::entries::OFFSET_MASK,
-                reason: "Zero cluster entry found in pre-v3 image",
-            });
+            return Err(self.l2_corruption(
+                meta,
+                guest_cluster,
+                "Zero cluster entry found in pre-v3 image",
+            ));
         }
         if !self.geo.extended_l2 {
             let kind = match entry {
@@ -208,21 +224,16 @@ impl Qcow2 {
         let alloc = alloc_bits(raw.bitmap);
         let zero = zero_bits(raw.bitmap);
         if alloc & zero != 0 {
-            return Err(Error::InvalidEntry {
-                what: "L2",
-                index: guest_cluster,
-                offset: raw.bitmap,
-                reason: "subcluster both allocated and zero",
-            });
+            // QEMU's QCOW2_SUBCLUSTER_INVALID (its message has two spaces).
+            return Err(self.l2_corruption(meta, guest_cluster, "Invalid cluster entry found "));
         }
         if alloc != 0 {
             if host_offset == 0 && !(in_data_file && raw.entry & crate::entries::FLAG_COPIED != 0) {
-                return Err(Error::InvalidEntry {
-                    what: "L2",
-                    index: guest_cluster,
-                    offset: 0,
-                    reason: "allocated subclusters without a host cluster",
-                });
+                return Err(self.l2_corruption(
+                    meta,
+                    guest_cluster,
+                    "Invalid cluster entry found ",
+                ));
             }
             self.check_data_offset(meta, guest_cluster, host_offset)?;
         }

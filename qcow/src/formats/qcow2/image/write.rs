@@ -153,9 +153,13 @@ impl Qcow2 {
 
     /// Allocates and prepares host space for a guest write of `len` bytes at
     /// `offset`. Partially written clusters are completed from their old
-    /// contents before this returns.
+    /// contents before this returns. Corruption found on the way is
+    /// signalled as QEMU signals it (an image open for writing gets the
+    /// corrupt bit).
     pub fn begin_write(&self, offset: u64, len: u64) -> Result<WritePlan> {
-        let plan = self.plan_write(offset, len, true)?;
+        let plan = self
+            .plan_write(offset, len, true)
+            .map_err(|e| self.signal_corruption(e))?;
         Ok(plan.expect("a waiting plan_write always returns a plan"))
     }
 
@@ -180,6 +184,7 @@ impl Qcow2 {
     /// (for callers that must not block while they hold plans themselves).
     pub fn try_begin_write(&self, offset: u64, len: u64) -> Result<Option<WritePlan>> {
         self.plan_write(offset, len, false)
+            .map_err(|e| self.signal_corruption(e))
     }
 
     fn plan_write(&self, offset: u64, len: u64, wait: bool) -> Result<Option<WritePlan>> {
@@ -390,7 +395,18 @@ impl Qcow2 {
 
     fn check_in_place(&self, meta: &Meta, gc: u64, host: u64) -> Result<()> {
         let cs = self.cluster_size();
-        if !host.is_multiple_of(cs) || host == 0 {
+        if !host.is_multiple_of(cs) {
+            // QEMU's handle_copied.
+            return Err(Error::CorruptionFound {
+                event: format!(
+                    "Data cluster offset {host:#x} unaligned (guest offset: {})",
+                    super::meta::c_hex(gc * cs)
+                ),
+                marked: false,
+                during: None,
+            });
+        }
+        if host == 0 {
             return Err(Error::InvalidEntry {
                 what: "L2",
                 index: gc,
