@@ -119,3 +119,53 @@ fn threads_writing_parts_of_one_block_at_once_allocate_it_once() {
         assert!(back[at + 4096..at + (1 << 19)].iter().all(|&b| b == 0));
     }
 }
+
+/// Reads of a fixed VHD do not ask its file where the holes are: the
+/// whole request is one data range of the image file (its holes read as
+/// zeros), while the extents `img map` prints still show the holes.
+#[test]
+fn fixed_extents_for_io_skip_hole_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.vhd");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(crate::FileStorage::new(file));
+    let opts = CreateOptions {
+        subformat: Subformat::Fixed,
+        force_size: true,
+    };
+    create(&*storage, 8 << 20, opts).unwrap();
+    let vpc = Vpc::open(storage, true).unwrap();
+    vpc.write_at(&[7; 65536], 1 << 20).unwrap();
+    vpc.flush().unwrap();
+    let mut io = Vec::new();
+    vpc.extents_for_io(0, 8 << 20, &mut io).unwrap();
+    assert_eq!(io.len(), 1, "{io:?}");
+    assert_eq!(io[0].len, 8 << 20);
+    assert!(matches!(
+        io[0].kind,
+        ExtentKind::Data {
+            host_offset: 0,
+            file: FileIndex::IMAGE
+        }
+    ));
+    // Clipped at the disk's end, as `extents` clips.
+    let mut tail = Vec::new();
+    vpc.extents_for_io((8 << 20) - 512, 1 << 20, &mut tail)
+        .unwrap();
+    assert_eq!((tail[0].guest_offset, tail[0].len), ((8 << 20) - 512, 512));
+    let map = vpc.extents(0, 8 << 20).unwrap();
+    assert!(
+        map.iter()
+            .any(|e| matches!(e.kind, ExtentKind::Zero { .. })),
+        "the file's holes are still mapped: {map:?}"
+    );
+    let mut back = vec![0u8; 65536 * 3];
+    vpc.read_at(&mut back, (1 << 20) - 65536).unwrap();
+    assert!(back[..65536].iter().all(|&b| b == 0));
+    assert!(back[65536..131072].iter().all(|&b| b == 7));
+}
