@@ -637,6 +637,20 @@ impl BlockRead for Vmdk {
         // file's holes); QEMU's vmdk driver calls them data and recurses.
         true
     }
+
+    fn asks_file_about_data(&self, file: FileIndex) -> bool {
+        // QEMU's vmdk driver recurses into a flat extent's file only: a
+        // sparse grain in a hole of its file is data, not zero.
+        let index = match file.0.checked_sub(1) {
+            Some(i) => i as usize,
+            // The image's own file holds the one sparse extent of a
+            // monolithic image.
+            None => return false,
+        };
+        self.extents
+            .get(index)
+            .is_some_and(|e| e.separate && matches!(e.data, Data::Flat { .. }))
+    }
 }
 
 impl ForeignImage for Vmdk {
