@@ -42,6 +42,19 @@ fn dynamic_write_read_reopen() {
     let e = again.extents(0, again.virtual_size()).unwrap();
     assert!(matches!(e[0].kind, ExtentKind::Data { .. }));
     assert_eq!(e[0].len, 2 << 20);
+    // Each new block's data starts on a page of the file, the footer
+    // right after the last block.
+    let hosts: Vec<u64> = e
+        .iter()
+        .filter_map(|x| match x.kind {
+            ExtentKind::Data { host_offset, .. } => Some(host_offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hosts.len(), 2, "{e:?}");
+    assert!(hosts.iter().all(|h| h % 4096 == 0), "{hosts:?}");
+    let last = *hosts.iter().max().unwrap();
+    assert_eq!(mem.len().unwrap(), last + (2 << 20) + 512);
     assert!(matches!(
         e[1].kind,
         ExtentKind::Data { .. } | ExtentKind::Unallocated { .. }
