@@ -47,18 +47,21 @@ fn chunk_size(target: &AnyImage) -> u64 {
 }
 
 /// Workers for a job asking for `asked`: as many as the buffer budget
-/// allows; into a compressing target no more than there are cores, where
-/// each spends its time compressing (more would only hold more buffers
-/// and compressor state).
+/// allows, and at most one more than there are cores (one may wait for
+/// the disk while the others copy; a fourth worker on two cores bought no
+/// speed and held one more chunk buffer, which put vmdk->qcow2's peak
+/// RSS over qemu-img's); into a compressing target no more than there are
+/// cores, where each spends its time compressing (more would only hold
+/// more buffers and compressor state).
 fn worker_count(target: &AnyImage, asked: usize, chunk_len: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = asked
         .clamp(1, 16)
         .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
     if compresses_writes(target) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         workers.min(cores)
     } else {
-        workers
+        workers.min(cores + 1)
     }
 }
 
