@@ -37,6 +37,9 @@ const UNALLOCATED: u32 = u32::MAX;
 /// (its bitmap just before it), so that data written into it fills whole
 /// pages.
 const DATA_ALIGNMENT: u64 = 4096;
+/// The smallest block whose data is aligned (the padding stays under
+/// 0.4% of the file; QEMU makes 2 MiB blocks).
+const ALIGNED_BLOCKS: u64 = 1 << 20;
 
 /// How a new VHD is laid out (`-o subformat=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,8 +287,14 @@ impl Vpc {
         // KiB of file that way, 1,052,780 aligned; `cp` of the source
         // 1,048,948). The sectors skipped are zeroed with the bitmap's
         // write, so no stale footer stays between blocks.
+        // Blocks smaller than ALIGNED_BLOCKS keep QEMU's placement: their
+        // padding would be a large share of the file.
         let gap_at = *next;
-        let block_at = (gap_at + d.bitmap_size).next_multiple_of(DATA_ALIGNMENT) - d.bitmap_size;
+        let block_at = if d.block_size >= ALIGNED_BLOCKS {
+            (gap_at + d.bitmap_size).next_multiple_of(DATA_ALIGNMENT) - d.bitmap_size
+        } else {
+            gap_at
+        };
         if block_at / 512 >= u64::from(UNALLOCATED) {
             return Err(invalid(
                 FORMAT,
