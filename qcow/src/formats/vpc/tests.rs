@@ -182,3 +182,31 @@ fn fixed_extents_for_io_skip_hole_detection() {
     assert!(back[..65536].iter().all(|&b| b == 0));
     assert!(back[65536..131072].iter().all(|&b| b == 7));
 }
+
+/// Blocks under 1 MiB keep QEMU's placement (right at the footer's place,
+/// no padding): aligning them would pad a large share of the file.
+#[test]
+fn small_blocks_are_placed_as_qemu_places_them() {
+    let (mem, vpc) = new_image(4 << 20, Subformat::Dynamic);
+    drop(vpc);
+    let entries = (4u64 << 20).div_ceil(64 << 10) as u32 + 1;
+    let header = footer::DynHeader {
+        table_offset: 3 * 512,
+        max_table_entries: entries,
+        block_size: 64 << 10,
+    };
+    mem.write_at(&header.to_bytes(), FOOTER_SIZE as u64)
+        .unwrap();
+    let end = mem.len().unwrap();
+    let vpc = Vpc::open(mem.clone(), true).unwrap();
+    vpc.write_at(&[9; 512], 0).unwrap();
+    let e = vpc.extents(0, 512).unwrap();
+    // The old footer's place (the file's last sector) holds the bitmap,
+    // the data starts where the file ended (not on a page: 2560).
+    assert_eq!(end, 2560);
+    assert!(
+        matches!(e[0].kind, ExtentKind::Data { host_offset, .. } if host_offset == end),
+        "{e:?}"
+    );
+    assert_eq!(mem.len().unwrap(), end + (64 << 10) + 512);
+}
