@@ -4,10 +4,10 @@
 //! Writes of plain grains append a grain at the end of the file and point
 //! the grain table entry (and the redundant table's) at it; a missing grain
 //! table is appended too, except in a VMFS sparse ("COWD") extent, where
-//! QEMU refuses such a write and so do we. Compressed (stream-optimized) extents take each
-//! grain once, whole: partial writes gather in a bounded set of pending
-//! grains that are compressed and appended when complete or at flush, as
-//! qemu-img's stream-optimized writer takes them in order.
+//! QEMU refuses such a write and so do we. Compressed (stream-optimized)
+//! extents take each grain once, whole: partial writes gather in a bounded
+//! set of pending grains that are compressed and appended when complete or
+//! at flush, as qemu-img's stream-optimized writer takes them in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
