@@ -146,6 +146,15 @@ pub trait BlockRead: Send + Sync {
     fn file_holes_are_data(&self) -> bool {
         false
     }
+    /// Whether QEMU's driver asks file `file` where its holes are inside
+    /// this layer's data extents that lie in it (`BDRV_BLOCK_RECURSE`),
+    /// so that qemu-img's map shows those holes as `"data": true,
+    /// "zero": true`. By default the whole layer answers alike
+    /// ([`BlockRead::file_holes_are_data`]); a vmdk answers per extent,
+    /// asking for its flat extents' files and not its sparse ones'.
+    fn asks_file_about_data(&self, _file: FileIndex) -> bool {
+        self.file_holes_are_data()
+    }
 }
 
 /// Checks that a guest request lies within the disk.

@@ -356,6 +356,12 @@ impl BlockRead for AnyImage {
             AnyImage::Qcow2(_) | AnyImage::Raw(_) => false,
         }
     }
+    fn asks_file_about_data(&self, file: FileIndex) -> bool {
+        match self {
+            AnyImage::Foreign(_, f) => f.asks_file_about_data(file),
+            AnyImage::Qcow2(_) | AnyImage::Raw(_) => false,
+        }
+    }
 }
 
 /// Opens the image at `path` with the given format (probed if `None`).

@@ -222,3 +222,34 @@ fn no_create_into_a_target_with_a_backing_file() {
         same_layout(dir, &format!("-n into an overlay, compat={compat}"));
     }
 }
+
+/// `-S 0` allocates every cluster, even where the source's data clusters
+/// lie in holes of its file (preallocated metadata): qemu-img writes
+/// their zeros, and so does `img` (it left them unallocated before).
+#[test]
+fn s0_allocates_data_clusters_in_holes_of_the_source_file() {
+    require_qemu!();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    create(dir, &["-o", "preallocation=metadata", "pre.qcow2", "8M"]);
+    qemu_io("qcow2", &dir.join("pre.qcow2"), &["write -P 0x33 1M 1M"]);
+    convert_both(
+        dir,
+        &["convert", "-O", "qcow2", "-S", "0", "pre.qcow2"],
+        &nothing,
+    );
+    same_layout(dir, "-S 0 of preallocated metadata");
+    // And into raw: the whole file is allocated, as qemu-img's.
+    for (tool, name) in [
+        (img as fn(&[&str]) -> Command, "ours.raw"),
+        (qemu_img, "theirs.raw"),
+    ] {
+        ok(tool(&["convert", "-O", "raw", "-S", "0", "pre.qcow2", name]).current_dir(dir));
+    }
+    let blocks = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join(name)).unwrap().blocks()
+    };
+    assert_eq!(blocks("ours.raw"), blocks("theirs.raw"), "allocated blocks");
+    assert!(blocks("ours.raw") >= 8 << 11, "fully allocated");
+}

@@ -1,11 +1,12 @@
-//! VMFS sparse ("COWD", VMDK3) extents, which qemu-img reads but cannot
-//! create: images built here per QEMU's `VMDK3Header`, alone and named by
-//! a `vmfsSparse` descriptor, convert to raw byte for byte as qemu-img
-//! converts them; hostile headers are refused in one line.
+//! VMFS sparse ("COWD", VMDK3) extents, which qemu-img reads and writes but
+//! cannot create: images built here per QEMU's `VMDK3Header`, alone and
+//! named by a `vmfsSparse` descriptor, convert to raw byte for byte as
+//! qemu-img converts them; writes by `img` read back in qemu-img and
+//! writes by qemu-io in `img`; hostile headers are refused in one line.
 
 use std::path::Path;
 
-use integration_tests::{img, ok, qemu_img, read, require_qemu, run};
+use integration_tests::{img, ok, qemu_img, qemu_io, read, require_qemu, run};
 
 const SECTOR: usize = 512;
 /// Grain table entries of a COWD extent (fixed: QEMU reads 4096).
@@ -109,11 +110,108 @@ fn cowd_converts_like_qemu_alone_and_by_descriptor() {
     )
     .unwrap();
     converts_like_qemu(dir, "d.vmdk");
-    // The extent is read only: a write-open is refused, the file unchanged.
-    let before = read(&dir.join("lone.vmdk"));
-    let out = run(img(&["resize", "-f", "vmdk", "lone.vmdk", "40M"]).current_dir(dir));
-    assert!(!out.status.success());
-    assert_eq!(read(&dir.join("lone.vmdk")), before);
+}
+
+/// The descriptor naming `d-sparse.vmdk` as one VMFS sparse extent.
+const VMFS_DESCRIPTOR: &str = "# Disk DescriptorFile\nversion=1\nCID=12345678\n\
+    parentCID=ffffffff\ncreateType=\"vmfsSparse\"\n\n# Extent description\n\
+    RW 40960 VMFSSPARSE \"d-sparse.vmdk\"\n";
+
+/// A raw 20 MiB source: runs of a pattern and of zeros, cut off grain
+/// boundaries.
+fn pattern_raw() -> Vec<u8> {
+    let mut raw = vec![0u8; 40960 * SECTOR];
+    for (i, b) in raw.iter_mut().enumerate() {
+        if (i / 70_000) % 3 == 1 {
+            *b = (i % 251) as u8 + 1;
+        }
+    }
+    raw
+}
+
+/// QEMU opens VMFS sparse extents read-write, and so do we: what `img`
+/// writes into one (alone or by descriptor) qemu-img reads back equal to
+/// the source and checks clean; what qemu-io writes, `img` reads as
+/// qemu-img does.
+#[test]
+fn cowd_writes_like_qemu_both_ways() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("src.raw"), pattern_raw()).unwrap();
+    std::fs::write(dir.join("d.vmdk"), VMFS_DESCRIPTOR).unwrap();
+    for name in ["lone.vmdk", "d.vmdk"] {
+        // img writes, qemu-img reads.
+        std::fs::write(dir.join("lone.vmdk"), build_cowd()).unwrap();
+        std::fs::write(dir.join("d-sparse.vmdk"), build_cowd()).unwrap();
+        ok(img(&["convert", "-n", "-f", "raw", "-O", "vmdk", "src.raw", name]).current_dir(dir));
+        ok(qemu_img(&["compare", "-f", "raw", "-F", "vmdk", "src.raw", name]).current_dir(dir));
+        let check = run(qemu_img(&["check", "-f", "vmdk", name]).current_dir(dir));
+        assert!(
+            check.status.success(),
+            "{name}: qemu-img check: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        converts_like_qemu(dir, name);
+        // qemu-io writes, img reads.
+        std::fs::write(dir.join("lone.vmdk"), build_cowd()).unwrap();
+        std::fs::write(dir.join("d-sparse.vmdk"), build_cowd()).unwrap();
+        qemu_io(
+            "vmdk",
+            &dir.join(name),
+            &[
+                "write -P 9 1000 70000",
+                "write -P 8 17M 8k",
+                "write -z 0 4k",
+            ],
+        );
+        converts_like_qemu(dir, name);
+    }
+}
+
+/// A write into a grain table the VMFS sparse file lacks fails in QEMU
+/// (EINVAL) and in `img` (one line, exit 1), and leaves the file as it
+/// was.
+#[test]
+fn cowd_write_under_a_missing_grain_table_is_refused_like_qemu() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Table 1 (guest bytes from 16 MiB) cut off: its directory entry 0.
+    let mut cowd = build_cowd();
+    cowd[2 * SECTOR + 4..2 * SECTOR + 8].fill(0);
+    std::fs::write(dir.join("lone.vmdk"), &cowd).unwrap();
+    // A source with data at 17 MiB alone; --target-is-zero leaves the
+    // rest unwritten, so only table 1's range is written.
+    let mut raw = vec![0u8; 40960 * SECTOR];
+    raw[17 << 20..(17 << 20) + 4096].fill(3);
+    std::fs::write(dir.join("src.raw"), &raw).unwrap();
+    let out = run(img(&[
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "src.raw",
+        "lone.vmdk",
+    ])
+    .current_dir(dir));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "img convert: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("grain table"), "{err}");
+    assert!(read(&dir.join("lone.vmdk")) == cowd, "img changed the file");
+    let theirs = run(std::process::Command::new("qemu-io")
+        .args(["-f", "vmdk", "-c", "write -P 3 17M 4k", "lone.vmdk"])
+        .current_dir(dir));
+    let their_text = String::from_utf8_lossy(&theirs.stdout).to_string()
+        + &String::from_utf8_lossy(&theirs.stderr);
+    assert!(
+        their_text.contains("Invalid argument"),
+        "qemu-io: {their_text}"
+    );
 }
 
 #[test]

@@ -44,16 +44,22 @@ pub fn assert_clean(path: &Path) {
 
 /// `qemu-img compare` of `image` against the raw bytes `model`.
 pub fn assert_same_as(image: &Path, model: &[u8], dir: &Path) {
+    assert_same_as_format(image, None, model, dir);
+}
+
+/// `qemu-img compare` of `image`, of `format` (probed when `None`: a
+/// fixed VHD, whose footer is at its end, probes as raw), against the raw
+/// bytes `model`.
+pub fn assert_same_as_format(image: &Path, format: Option<&str>, model: &[u8], dir: &Path) {
     let raw = dir.join("model.raw");
     std::fs::write(&raw, model).unwrap();
+    let mut args = vec!["compare", "-F", "raw"];
+    if let Some(f) = format {
+        args.extend(["-f", f]);
+    }
     let out = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-F",
-            "raw",
-            image.to_str().unwrap(),
-            raw.to_str().unwrap(),
-        ])
+        .args(args)
+        .args([image.to_str().unwrap(), raw.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(

@@ -402,4 +402,7 @@ impl BlockRead for ForeignLayer {
     fn file_holes_are_data(&self) -> bool {
         self.0.file_holes_are_data()
     }
+    fn asks_file_about_data(&self, file: crate::device::FileIndex) -> bool {
+        self.0.asks_file_about_data(file)
+    }
 }

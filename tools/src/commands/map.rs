@@ -164,7 +164,7 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                     // (a static vdi): the file's holes are data reading
                     // as zero.
                     if let Some(f) = layer_at(&image, e.depth)
-                        .filter(|l| l.file_holes_are_data())
+                        .filter(|l| l.asks_file_about_data(file))
                         .and_then(|l| l.extent_file(file))
                     {
                         file_runs = hole_runs(&*f.storage, host_offset, e.len)?;

@@ -47,18 +47,21 @@ fn chunk_size(target: &AnyImage) -> u64 {
 }
 
 /// Workers for a job asking for `asked`: as many as the buffer budget
-/// allows; into a compressing target no more than there are cores, where
-/// each spends its time compressing (more would only hold more buffers
-/// and compressor state).
+/// allows, and at most one more than there are cores (one may wait for
+/// the disk while the others copy; a fourth worker on two cores bought no
+/// speed and held one more chunk buffer, which put vmdk->qcow2's peak
+/// RSS over qemu-img's); into a compressing target no more than there are
+/// cores, where each spends its time compressing (more would only hold
+/// more buffers and compressor state).
 fn worker_count(target: &AnyImage, asked: usize, chunk_len: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = asked
         .clamp(1, 16)
         .min((BUFFER_BUDGET / chunk_len).max(1) as usize);
     if compresses_writes(target) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         workers.min(cores)
     } else {
-        workers
+        workers.min(cores + 1)
     }
 }
 
@@ -69,7 +72,9 @@ pub struct ConvertJob<'a> {
     /// For each source, the one file its top layer's data extents point
     /// into, if there is one ([`AnyImage::host_file`]): holes of that file
     /// inside data extents read as zero, so they are neither read nor
-    /// written (as qemu-img finds them after reading zeros).
+    /// written (as qemu-img finds them after reading zeros). Data extents
+    /// in the top layer's other files (a vmdk's extent files, a qcow2 data
+    /// file) are asked the same through [`BlockRead::extent_file`].
     pub source_files: &'a [Option<&'a dyn Storage>],
     /// The target image.
     pub target: &'a AnyImage,
@@ -349,20 +354,23 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
 const LAYOUT_SPAN: u64 = 1 << 40;
 
 /// What a worker last learnt of a source file's layout: host bytes
-/// `[start, end)` of source `source` are all data or all hole.
+/// `[start, end)` of file `file` of source `source` are all data or all
+/// hole.
 #[derive(Debug, Clone, Copy, Default)]
 struct KnownLayout {
     source: usize,
+    file: FileIndex,
     start: u64,
     end: u64,
     data: bool,
 }
 
-/// Splits `len` bytes at `host` of a source's file into runs of data and
-/// of holes: `(length, is_data)` in order.
+/// Splits `len` bytes at `host` of a source's file (file `file_index` of
+/// source `source`) into runs of data and of holes: `(length, is_data)`
+/// in order.
 fn file_runs(
     file: &dyn Storage,
-    source: usize,
+    (source, file_index): (usize, FileIndex),
     known: &mut KnownLayout,
     host: u64,
     len: u64,
@@ -371,12 +379,17 @@ fn file_runs(
     let end = host.saturating_add(len);
     let mut pos = host;
     while pos < end {
-        if known.source != source || pos < known.start || pos >= known.end {
+        if known.source != source
+            || known.file != file_index
+            || pos < known.start
+            || pos >= known.end
+        {
             let (data, n) = file
                 .data_extent(pos, LAYOUT_SPAN)
                 .with_context(|| format!("error while finding data at byte {pos}"))?;
             *known = KnownLayout {
                 source,
+                file: file_index,
                 start: pos,
                 end: pos.saturating_add(n.max(1)),
                 data,
@@ -428,28 +441,50 @@ fn regions(
                 ExtentKind::Unallocated { .. } => Region::Zero,
                 _ => Region::Data,
             };
-            match (kind, file) {
-                (
-                    ExtentKind::Data {
-                        host_offset,
-                        file: FileIndex::IMAGE,
-                    },
-                    Some(file),
-                ) if depth == 0 => {
+            // A data extent of the top layer in a file of its own (a vmdk
+            // extent's file, a qcow2 data file): that file is asked for
+            // its holes too, unless the layer does not hand it out (its
+            // bytes are not the guest's).
+            let other_file = match kind {
+                ExtentKind::Data { file: f, .. } if depth == 0 && !f.is_image() => {
+                    source.extent_file(f)
+                }
+                _ => None,
+            };
+            let in_file = match kind {
+                ExtentKind::Data {
+                    host_offset,
+                    file: f,
+                } if depth == 0 => match (f.is_image(), file, &other_file) {
+                    (true, Some(own), _) => Some((own, f, host_offset)),
+                    (false, _, Some(other)) => Some((&*other.storage, f, host_offset)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match in_file {
+                Some((storage, file_index, host_offset)) => {
                     let mut at = offset;
                     let mut host = host_offset;
-                    for (n, data) in file_runs(file, index, known, host_offset, len)? {
+                    for (n, data) in
+                        file_runs(storage, (index, file_index), known, host_offset, len)?
+                    {
                         let region = match data {
-                            false => Region::Zero,
-                            true if job.copy_offload => Region::FileData(host),
-                            true => Region::Data,
+                            false if job.sparse_size != 0 => Region::Zero,
+                            // `-S 0` allocates the whole target, the
+                            // file's holes too, as qemu-img does.
+                            // Offloaded copies read the image's own file.
+                            _ if job.copy_offload && file_index.is_image() => {
+                                Region::FileData(host)
+                            }
+                            _ => Region::Data,
                         };
                         push(at, n, region);
                         at += n;
                         host += n;
                     }
                 }
-                _ => push(offset, len, region),
+                None => push(offset, len, region),
             }
             pos = offset + len;
         }

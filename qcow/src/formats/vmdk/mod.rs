@@ -10,9 +10,11 @@
 //! file are refused here. A `parentFileNameHint` names a parent (backing)
 //! image, always a vmdk as QEMU reads it: unallocated grains read from it,
 //! and a partial write to one copies the rest of the grain up first.
-//! VMFS sparse ("COWD") extents, alone or named by a descriptor, are
-//! read (not written); so are SE sparse ("seSparse") extents named by a
-//! descriptor, which QEMU reads only that way.
+//! VMFS sparse ("COWD") extents, alone or named by a descriptor, are read
+//! and written as QEMU writes them (a new grain at the end of the file; a
+//! write into a grain table the file lacks is refused, as QEMU refuses
+//! it); SE sparse ("seSparse") extents named by a descriptor, which QEMU
+//! reads only that way, are read only.
 
 pub mod create;
 pub mod descriptor;
@@ -48,16 +50,6 @@ enum FlatHoles {
 }
 /// Descriptor bytes QEMU reads for the CIDs of an embedded descriptor.
 const EMBEDDED_DESCRIPTOR: usize = 20 * 512;
-
-/// The refusal to write a VMFS sparse extent.
-fn read_only_vmfs() -> Error {
-    invalid(
-        FORMAT,
-        "extent type",
-        0,
-        "VMFS sparse (COWD) extents are read only here",
-    )
-}
 
 /// The refusal to write an SE sparse extent, in QEMU's words.
 fn read_only_sesparse() -> Error {
@@ -186,9 +178,6 @@ impl Vmdk {
                 }
                 ExtentType::Sparse => {
                     let sparse = SparseExtent::open(file.storage)?;
-                    if writable && sparse.is_vmfs_sparse() {
-                        return Err(read_only_vmfs());
-                    }
                     if sparse.is_empty() {
                         return Err(invalid(
                             FORMAT,
@@ -276,16 +265,13 @@ impl Vmdk {
         }
     }
 
-    /// Opens a lone VMFS sparse ("COWD") file, read only, its CIDs read
-    /// from the text at byte 512 as QEMU reads them.
+    /// Opens a lone VMFS sparse ("COWD") file, its CIDs read from the text
+    /// at byte 512 as QEMU reads them.
     fn open_vmfs_sparse(
         storage: Arc<dyn Storage>,
         writable: bool,
         files: &dyn SideFiles,
     ) -> Result<Vmdk> {
-        if writable {
-            return Err(read_only_vmfs());
-        }
         let sparse = SparseExtent::open(storage.clone())?;
         // QEMU reads the CIDs (and a parent hint) from text at byte 512,
         // up to its first NUL, and refuses the file without a CID there.
@@ -636,6 +622,20 @@ impl BlockRead for Vmdk {
         // Only flat extents report zeros with a host offset (their
         // file's holes); QEMU's vmdk driver calls them data and recurses.
         true
+    }
+
+    fn asks_file_about_data(&self, file: FileIndex) -> bool {
+        // QEMU's vmdk driver recurses into a flat extent's file only: a
+        // sparse grain in a hole of its file is data, not zero.
+        let index = match file.0.checked_sub(1) {
+            Some(i) => i as usize,
+            // The image's own file holds the one sparse extent of a
+            // monolithic image.
+            None => return false,
+        };
+        self.extents
+            .get(index)
+            .is_some_and(|e| e.separate && matches!(e.data, Data::Flat { .. }))
     }
 }
 

@@ -3,10 +3,11 @@
 //!
 //! Writes of plain grains append a grain at the end of the file and point
 //! the grain table entry (and the redundant table's) at it; a missing grain
-//! table is appended too. Compressed (stream-optimized) extents take each
-//! grain once, whole: partial writes gather in a bounded set of pending
-//! grains that are compressed and appended when complete or at flush, as
-//! qemu-img's stream-optimized writer takes them in order.
+//! table is appended too, except in a VMFS sparse ("COWD") extent, where
+//! QEMU refuses such a write and so do we. Compressed (stream-optimized)
+//! extents take each grain once, whole: partial writes gather in a bounded
+//! set of pending grains that are compressed and appended when complete or
+//! at flush, as qemu-img's stream-optimized writer takes them in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -430,6 +431,18 @@ impl SparseExtent {
                 match self.lookup(offset)?.0 {
                     Grain::Data(host) => host,
                     _ => {
+                        let (gd_index, gt_index) = self.indexes(offset);
+                        if self.is_vmfs_sparse() && self.table(false, gd_index)?.is_none() {
+                            // QEMU allocates grains in a VMFS sparse
+                            // extent, never its grain tables: it fails such
+                            // a write (EINVAL) with the file unchanged.
+                            return Err(invalid(
+                                FORMAT,
+                                "grain table",
+                                gd_index.into(),
+                                "a VMFS sparse extent's missing grain table is not allocated on write",
+                            ));
+                        }
                         let sector = alloc.next_sector;
                         let sector32 = u32::try_from(sector).map_err(|_| {
                             invalid(
@@ -442,7 +455,6 @@ impl SparseExtent {
                         alloc.next_sector += self.header.grain_sectors;
                         let grain_end = alloc.next_sector * 512;
                         crate::formats::grow_to(&*self.storage, grain_end)?;
-                        let (gd_index, gt_index) = self.indexes(offset);
                         self.set_entry(&mut alloc, gd_index, gt_index, sector32)?;
                         sector * 512 + offset % self.grain_bytes
                     }

@@ -285,3 +285,53 @@ fn flat_extents_for_io_skip_hole_detection() {
     assert!(back[..65536].iter().all(|&b| b == 0));
     assert!(back[65536..131072].iter().all(|&b| b == 7));
 }
+
+/// A 20 MiB VMFS sparse ("COWD") file with 4 KiB grains: CID text at
+/// sector 1, a directory of two entries at sector 2, grain table 0 at
+/// sector 3 and, when `second_table`, grain table 1 right after it; no
+/// grain allocated.
+fn cowd_file(second_table: bool) -> Vec<u8> {
+    let table_sectors = 4096 * 4 / 512;
+    let mut f = b"COWD".to_vec();
+    for word in [1u32, 3, 40960, 8, 2, 2, 3 + 2 * table_sectors, 0, 0, 0] {
+        f.extend_from_slice(&word.to_le_bytes());
+    }
+    f.resize(512, 0);
+    f.extend_from_slice(b"CID=2fc1881a\nparentCID=ffffffff\n");
+    f.resize(1024, 0);
+    let tables = [3u32, if second_table { 3 + table_sectors } else { 0 }];
+    f.extend(tables.iter().flat_map(|t| t.to_le_bytes()));
+    f.resize(1536, 0);
+    let tables_present = if second_table { 2 } else { 1 };
+    f.resize(1536 + tables_present * table_sectors as usize * 512, 0);
+    f
+}
+
+/// A VMFS sparse file opens for writing, as QEMU opens it: a write
+/// appends its grain at the end of the file and reads back after a
+/// reopen; a write under a grain table the file lacks is refused (QEMU
+/// fails it too) and leaves the file as it was.
+#[test]
+fn vmfs_sparse_extents_take_writes_as_qemu_does() {
+    let files = MemFiles::default();
+    let mem = files.add("disk.vmdk", cowd_file(false));
+    let end = mem.len().unwrap();
+    let vmdk = Vmdk::open(mem.clone(), true, &files).unwrap();
+    vmdk.write_at(&[0x5a; 6144], 4096 * 3 + 1024).unwrap();
+    vmdk.flush().unwrap();
+    // Two grains, appended where the file ended (a grain boundary).
+    assert_eq!(mem.len().unwrap(), end.next_multiple_of(4096) + 2 * 4096);
+    let before = mem.to_bytes();
+    let err = vmdk.write_at(&[1; 512], 17 << 20).unwrap_err();
+    assert!(err.to_string().contains("grain table"), "{err}");
+    assert!(mem.to_bytes() == before, "a refused write changed the file");
+    drop(vmdk);
+    let again = Vmdk::open(mem, false, &files).unwrap();
+    let mut back = vec![0u8; 4 * 4096];
+    again.read_at(&mut back, 4096 * 2).unwrap();
+    assert!(back[..4096 + 1024].iter().all(|&b| b == 0));
+    assert!(back[4096 + 1024..4096 + 1024 + 6144]
+        .iter()
+        .all(|&b| b == 0x5a));
+    assert!(back[4096 + 1024 + 6144..].iter().all(|&b| b == 0));
+}

@@ -42,6 +42,19 @@ fn dynamic_write_read_reopen() {
     let e = again.extents(0, again.virtual_size()).unwrap();
     assert!(matches!(e[0].kind, ExtentKind::Data { .. }));
     assert_eq!(e[0].len, 2 << 20);
+    // Each new block's data starts on a page of the file, the footer
+    // right after the last block.
+    let hosts: Vec<u64> = e
+        .iter()
+        .filter_map(|x| match x.kind {
+            ExtentKind::Data { host_offset, .. } => Some(host_offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hosts.len(), 2, "{e:?}");
+    assert!(hosts.iter().all(|h| h % 4096 == 0), "{hosts:?}");
+    let last = *hosts.iter().max().unwrap();
+    assert_eq!(mem.len().unwrap(), last + (2 << 20) + 512);
     assert!(matches!(
         e[1].kind,
         ExtentKind::Data { .. } | ExtentKind::Unallocated { .. }
@@ -118,4 +131,82 @@ fn threads_writing_parts_of_one_block_at_once_allocate_it_once() {
         assert!(back[at..at + 4096].iter().all(|&b| b == part as u8 + 1));
         assert!(back[at + 4096..at + (1 << 19)].iter().all(|&b| b == 0));
     }
+}
+
+/// Reads of a fixed VHD do not ask its file where the holes are: the
+/// whole request is one data range of the image file (its holes read as
+/// zeros), while the extents `img map` prints still show the holes.
+#[test]
+fn fixed_extents_for_io_skip_hole_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.vhd");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(crate::FileStorage::new(file));
+    let opts = CreateOptions {
+        subformat: Subformat::Fixed,
+        force_size: true,
+    };
+    create(&*storage, 8 << 20, opts).unwrap();
+    let vpc = Vpc::open(storage, true).unwrap();
+    vpc.write_at(&[7; 65536], 1 << 20).unwrap();
+    vpc.flush().unwrap();
+    let mut io = Vec::new();
+    vpc.extents_for_io(0, 8 << 20, &mut io).unwrap();
+    assert_eq!(io.len(), 1, "{io:?}");
+    assert_eq!(io[0].len, 8 << 20);
+    assert!(matches!(
+        io[0].kind,
+        ExtentKind::Data {
+            host_offset: 0,
+            file: FileIndex::IMAGE
+        }
+    ));
+    // Clipped at the disk's end, as `extents` clips.
+    let mut tail = Vec::new();
+    vpc.extents_for_io((8 << 20) - 512, 1 << 20, &mut tail)
+        .unwrap();
+    assert_eq!((tail[0].guest_offset, tail[0].len), ((8 << 20) - 512, 512));
+    let map = vpc.extents(0, 8 << 20).unwrap();
+    assert!(
+        map.iter()
+            .any(|e| matches!(e.kind, ExtentKind::Zero { .. })),
+        "the file's holes are still mapped: {map:?}"
+    );
+    let mut back = vec![0u8; 65536 * 3];
+    vpc.read_at(&mut back, (1 << 20) - 65536).unwrap();
+    assert!(back[..65536].iter().all(|&b| b == 0));
+    assert!(back[65536..131072].iter().all(|&b| b == 7));
+}
+
+/// Blocks under 1 MiB keep QEMU's placement (right at the footer's place,
+/// no padding): aligning them would pad a large share of the file.
+#[test]
+fn small_blocks_are_placed_as_qemu_places_them() {
+    let (mem, vpc) = new_image(4 << 20, Subformat::Dynamic);
+    drop(vpc);
+    let entries = (4u64 << 20).div_ceil(64 << 10) as u32 + 1;
+    let header = footer::DynHeader {
+        table_offset: 3 * 512,
+        max_table_entries: entries,
+        block_size: 64 << 10,
+    };
+    mem.write_at(&header.to_bytes(), FOOTER_SIZE as u64)
+        .unwrap();
+    let end = mem.len().unwrap();
+    let vpc = Vpc::open(mem.clone(), true).unwrap();
+    vpc.write_at(&[9; 512], 0).unwrap();
+    let e = vpc.extents(0, 512).unwrap();
+    // The old footer's place (the file's last sector) holds the bitmap,
+    // the data starts where the file ended (not on a page: 2560).
+    assert_eq!(end, 2560);
+    assert!(
+        matches!(e[0].kind, ExtentKind::Data { host_offset, .. } if host_offset == end),
+        "{e:?}"
+    );
+    assert_eq!(mem.len().unwrap(), end + (64 << 10) + 512);
 }
