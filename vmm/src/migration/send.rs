@@ -479,7 +479,7 @@ fn precopy_and_switch(
     // Its Resumed ends the downtime ([`Committed::hear_resumed`]); until
     // then, and if it is not heard, the downtime runs to the Commit.
     report.downtime = paused_at.elapsed();
-    let resumed = resumed.watch(link.reader, *link.offset)?;
+    let resumed = resumed.watch(link.reader, *link.offset);
     boost.lower_all();
     Ok(Switch { paused_at, resumed })
 }
