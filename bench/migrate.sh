@@ -34,11 +34,14 @@
 # which measures convergence under load (both sides keep their default
 # 300 ms downtime target).
 #
+# --ours-only runs our side only (no QEMU, no ratios): a loop of
+# migrations whose phase logs show where slow runs differ from fast ones.
+#
 # --vmm PATH uses that vmm binary instead of building the release one
 # (e.g. target/debug/vmm, which the test profile builds at opt-level 2).
 #
 # Usage: bench/migrate.sh [--runs 5] [--memory 512M] [--vmm PATH]
-#                         [--rate MIB [--span MIB]]
+#                         [--rate MIB [--span MIB]] [--ours-only]
 
 set -euo pipefail
 runs=5
@@ -46,6 +49,7 @@ memory=512M
 vmm=
 rate=0
 span=16
+ours_only=0
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
@@ -53,7 +57,8 @@ while (($#)); do
         --vmm) vmm=$(realpath "$2"); shift 2 ;;
         --rate) rate=$2; shift 2 ;;
         --span) span=$2; shift 2 ;;
-        -h | --help) sed -n '2,42p' "$0"; exit 0 ;;
+        --ours-only) ours_only=1; shift ;;
+        -h | --help) sed -n '2,45p' "$0"; exit 0 ;;
         *) echo "migrate.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -69,18 +74,18 @@ CARGO_ENCODED_RUSTFLAGS=$(printf '%s\x1f%s\x1f%s' -Crelocation-model=static -Cno
     cargo build -q --release --offline --target x86_64-unknown-linux-gnu \
     --manifest-path vmm/guest/Cargo.toml --target-dir "$target/guest" 2>/dev/null
 guest=$target/guest/x86_64-unknown-linux-gnu/release/vmm-test-guest
-command -v qemu-system-x86_64 >/dev/null || {
+[ "$ours_only" = 1 ] || command -v qemu-system-x86_64 >/dev/null || {
     echo "qemu-system-x86_64 not installed (bench/vmm.sh --install-qemu installs it)" >&2
     exit 1
 }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-python3 - "$runs" "$memory" "$vmm" "$guest" "$work" "$rate" "$span" <<'PY'
+python3 - "$runs" "$memory" "$vmm" "$guest" "$work" "$rate" "$span" "$ours_only" <<'PY'
 import json, os, re, socket, statistics, subprocess, sys, time
 
 runs, memory, vmm, guest, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-rate, span = int(sys.argv[6]), int(sys.argv[7])
+rate, span, ours_only = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8] == "1"
 mib = int(memory[:-1]) * (1024 if memory.endswith("G") else 1) if memory[-1] in "MG" else int(memory) >> 20
 if rate:
     cmdline = f"guest.mode=dirty guest.rate={rate} guest.span={span}"
@@ -231,7 +236,15 @@ results = {"ours": [], "qemu": []}
 resumed_ms = []
 for run in range(runs):
     results["ours"].append(ours(run))
+    if ours_only:
+        print(f"run {run}: total {results['ours'][-1][0]} ms, downtime {results['ours'][-1][1]} ms", flush=True)
+        continue
     results["qemu"].append(qemu(run))
+if ours_only:
+    downs = [r[1] for r in results["ours"]]
+    print(f"vmm, {runs} runs: downtime (to the state sent) median {statistics.median(downs):.1f} ms, max {max(downs):.1f} ms, runs {downs}")
+    print(f"vmm, from the pause to the guest resumed at the destination: median {statistics.median(resumed_ms):.1f} ms, runs {resumed_ms}")
+    sys.exit(0)
 def med(side, i):
     return statistics.median(r[i] for r in results[side])
 o_total, o_down, q_total, q_down = med("ours", 0), med("ours", 1), med("qemu", 0), med("qemu", 1)

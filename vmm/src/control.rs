@@ -148,6 +148,8 @@ pub struct Controller {
     signals: ExitSignals,
     /// The VM was migrated away: `vmm` ends, leaving the disks alone.
     migrated: bool,
+    /// The migration committed, its destination's Resumed not yet heard.
+    committed: Option<crate::migration::resumed::Committed>,
 }
 
 const TOKEN_EXIT: u64 = 0;
@@ -197,6 +199,7 @@ impl Controller {
             api: None,
             times: None,
             migrated: false,
+            committed: None,
         })
     }
 
@@ -331,6 +334,9 @@ impl Controller {
                 // Let the API thread write the 204 before the process ends.
                 if let Some(api) = &self.api {
                     let _ = api.written.recv_timeout(Duration::from_secs(1));
+                }
+                if let Some(committed) = self.committed.take() {
+                    committed.finish();
                 }
                 ending = Some(Ending::VmmShutdown);
             }
@@ -695,25 +701,9 @@ impl Controller {
             .map_err(|e| crate::migration::MigrationError::Stream(e.to_string()))?;
         let vm = self.vm.as_mut().expect("a running or paused VM is built");
         let options = request.options(self.state == VmState::Running);
-        let report = crate::migration::send::send(vm, &config_json, &options)?;
-        eprintln!(
-            "vmm: migrated to {} in {} ms ({:.1} ms of downtime, {} passes, {} MiB of RAM, {} MiB of disk, full pass {} ms)",
-            options.url,
-            report.total.as_millis(),
-            report.downtime.as_secs_f64() * 1e3,
-            report.passes,
-            report.ram_bytes >> 20,
-            report.disk_bytes >> 20,
-            report.full_pass.as_millis()
-        );
-        eprintln!(
-            "vmm: the migration's downtime: {:.1} ms from the pause to the guest resumed there{}, {:.1} ms to the state sent (QEMU's measure); {}; before the pause: flush {:.1} ms",
-            report.downtime.as_secs_f64() * 1e3,
-            if report.resumed_heard { "" } else { " (not heard: to the Commit)" },
-            report.downtime_sent.as_secs_f64() * 1e3,
-            report.paused,
-            report.flush_before_pause.as_secs_f64() * 1e3
-        );
+        // Answered at once; the destination's Resumed, which ends the
+        // downtime's measure, is heard after the answer (`serve_api`).
+        self.committed = Some(crate::migration::send::send(vm, &config_json, &options)?);
         self.migrated = true;
         Ok(())
     }

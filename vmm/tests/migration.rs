@@ -558,3 +558,67 @@ fn a_malformed_stream_is_refused_and_leaves_nothing() {
         assert!(!sock.exists(), "{what}: the listener stayed");
     }
 }
+
+/// A destination that takes the whole stream, says Ready, reads the
+/// Commit, sends `committed` the time it did, and then never says
+/// Resumed: it holds the connection open until `release`.
+fn silent_after_commit(
+    listener: std::os::unix::net::UnixListener,
+    committed: std::sync::mpsc::Sender<Instant>,
+    release: std::sync::mpsc::Receiver<()>,
+) {
+    use vmm::migration::stream::{self, Tag};
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut input = std::io::BufReader::new(conn.try_clone().unwrap());
+    stream::read_header(&mut input).unwrap();
+    let mut offset = 12;
+    let mut next = || stream::read_frame(&mut input, &mut offset).unwrap().tag;
+    assert_eq!(
+        [next(), next(), next()],
+        [Tag::Config, Tag::Annotation, Tag::Storage]
+    );
+    stream::write_frame(&mut conn, Tag::Ack, &[]).unwrap();
+    while next() != Tag::Switch {}
+    stream::write_frame(&mut conn, Tag::Ready, &[]).unwrap();
+    assert_eq!(next(), Tag::Commit);
+    committed.send(Instant::now()).unwrap();
+    let _ = release.recv_timeout(Duration::from_secs(30));
+}
+
+#[test]
+fn a_committed_source_answers_at_once_and_ends_without_the_resumed() {
+    require_kvm!();
+    let shared = tempfile::tempdir().unwrap();
+    let (mut source, _disk) = counting_source(shared.path(), 64);
+    let sock = shared.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let (committed_tx, committed) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || silent_after_commit(listener, committed_tx, released));
+    send(&source, &format!("unix:{}", sock.display()))
+        .unwrap_or_else(|e| panic!("{e}\nsource: {}", source.log()));
+    let answered = Instant::now();
+    let committed = committed.recv().unwrap();
+    // The answer does not wait for a Resumed (the source waits for it,
+    // at most 1 s, only after answering).
+    assert!(
+        answered.duration_since(committed) < Duration::from_millis(900),
+        "answered {:?} after the Commit",
+        answered.duration_since(committed)
+    );
+    // The connection stays open: the source ends on its bound, not on
+    // the peer, and says it did not hear the Resumed.
+    assert_eq!(source.wait_exit(), Some(0), "{}", source.log());
+    let ended = committed.elapsed();
+    assert!(
+        ended < Duration::from_secs(5),
+        "ended {ended:?} after the Commit"
+    );
+    assert!(
+        source.log().contains("(not heard: to the Commit)"),
+        "{}",
+        source.log()
+    );
+    release.send(()).unwrap();
+    peer.join().unwrap();
+}

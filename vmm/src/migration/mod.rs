@@ -11,6 +11,10 @@
 //! - [`dirty`]: KVM's dirty log on every RAM slot
 //!   (KVM_MEM_LOG_DIRTY_PAGES) joined with blockdev's log of the pages
 //!   the device threads write, which KVM does not see.
+//! - [`resumed`]: the committed source times the destination's Resumed
+//!   on a thread of its own, after answering its caller.
+//! - [`sched`]: how the paused window's threads were scheduled (time
+//!   waiting for a CPU), for the source's phase log.
 //! - [`send`]: the source: a full pass, dirty passes until the estimated
 //!   downtime is under the target (or the timeout strikes), then pause,
 //!   last pass, machine state, flush and let go of the image locks, and
@@ -57,6 +61,8 @@
 pub mod api;
 pub mod dirty;
 pub mod receive;
+pub mod resumed;
+pub mod sched;
 pub mod send;
 pub mod storage;
 pub mod storage_receive;

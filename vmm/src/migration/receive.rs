@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
+use super::sched::RealtimeBoost;
 use super::storage_receive::IncomingStorage;
 use super::stream::{self, Frame, Tag};
 use super::transport::Connection;
@@ -25,6 +26,10 @@ pub struct Incoming {
     input: BufReader<Connection>,
     output: Connection,
     offset: u64,
+    /// The calling thread in the real-time class from the switch read to
+    /// the Resumed sent (the guest is paused at both ends meanwhile);
+    /// put back when the migration is dropped, after the Resumed.
+    boost: RealtimeBoost,
 }
 
 /// What the source says first, not yet checked.
@@ -138,6 +143,7 @@ impl Incoming {
             input: BufReader::with_capacity(1 << 20, connection),
             output,
             offset: 12,
+            boost: RealtimeBoost::new(),
         };
         stream::read_header(&mut incoming.input)?;
         let frame = incoming.next()?;
@@ -201,14 +207,19 @@ impl Incoming {
 
     /// Receives RAM into `mem` (zeroed, of a VM configured as `vm`) and
     /// disk data into `storage` (when copied), then the machine's state
-    /// and the switch.
+    /// and the switch. From the switch on, until the Resumed is sent, the
+    /// calling thread runs in the real-time class
+    /// ([`super::sched::RealtimeBoost`]): the guest is paused on both
+    /// hosts, and a busy host's time-shared threads would delay it.
     pub fn receive_state(
         &mut self,
         vm: ConfigSummary,
         mem: &GuestMemoryMmap,
         storage: Option<&mut IncomingStorage>,
     ) -> Result<Received> {
-        receive_state(&mut self.input, &mut self.offset, vm, mem, storage)
+        let received = receive_state(&mut self.input, &mut self.offset, vm, mem, storage)?;
+        self.boost.raise(super::sched::this_thread());
+        Ok(received)
     }
 
     /// Says the VM is built and waits for the source's Commit.

@@ -18,6 +18,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmapi::MigrationUrl;
 
 use super::dirty::{DirtyLog, DirtyRegion};
+use super::resumed::{Committed, ResumedWatch};
+use super::sched::{RealtimeBoost, ThreadClock, WindowClocks};
 use super::storage::StorageMode;
 use super::storage_send;
 use super::stream::{self, Tag, PAGE};
@@ -33,8 +35,6 @@ const MAX_PASSES: u32 = 10_000;
 const SMALL_LAST: u64 = 256 << 10;
 /// Live passes at most once the estimate is under the target.
 const MAX_PASSES_UNDER_TARGET: u32 = 8;
-/// How long the committed source waits for the destination's Resumed.
-const RESUMED_WAIT: Duration = Duration::from_secs(5);
 
 /// What the caller asks of a migration.
 #[derive(Debug, Clone)]
@@ -57,12 +57,13 @@ pub struct SendOptions {
 }
 
 /// What a migration measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SendReport {
     /// From the connection to the Commit sent.
     pub total: Duration,
     /// From the pause here to the guest's resume at the destination (its
-    /// Resumed heard; to the Commit sent when it was not heard).
+    /// Resumed heard, [`Committed::hear_resumed`]; to the Commit sent
+    /// until then, or when it was not heard).
     pub downtime: Duration,
     /// From the pause to the last byte of state sent (the Switch): what
     /// QEMU's `info migrate` reports as its downtime.
@@ -85,7 +86,7 @@ pub struct SendReport {
 
 /// The paused window, phase by phase (each from the end of the last; the
 /// first from the pause's start).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PausedPhases {
     /// Taking the vCPUs out of the guest.
     pub pause: Duration,
@@ -110,6 +111,14 @@ pub struct PausedPhases {
     pub commit: Duration,
     /// From the Commit to the destination's Resumed.
     pub resumed: Duration,
+    /// How many of the window's threads ran in the real-time class.
+    pub boosted: usize,
+    /// Why a thread could not be raised to it, if one could not.
+    pub boost_refused: Option<String>,
+    /// Each thread's time waiting for a CPU and on one, from the pause
+    /// to the state sent: the controller (this thread), the vCPUs and
+    /// the device thread.
+    pub scheduling: Vec<(String, super::sched::SchedTimes)>,
 }
 
 impl std::fmt::Display for PausedPhases {
@@ -129,7 +138,19 @@ impl std::fmt::Display for PausedPhases {
             ms(self.destination),
             ms(self.commit),
             ms(self.resumed)
-        )
+        )?;
+        write!(f, "; {} threads real-time", self.boosted)?;
+        if let Some(refused) = &self.boost_refused {
+            write!(f, " (refused: {refused})")?;
+        }
+        if !self.scheduling.is_empty() {
+            write!(
+                f,
+                "; to the state sent: {}",
+                super::sched::describe(&self.scheduling)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -141,9 +162,10 @@ struct Progress {
 }
 
 /// Migrates `vm` (described by `config_json`, the API's VmConfig) to
-/// `options.url`. On success the guest runs at the destination and `vm`
-/// must be abandoned ([`Vm::abandon`]); on failure `vm` is as it was.
-pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<SendReport> {
+/// `options.url`. On success the guest runs at the destination (or is
+/// about to: [`Committed`]) and `vm` must be abandoned ([`Vm::abandon`]);
+/// on failure `vm` is as it was.
+pub fn send(vm: &mut Vm, config_json: &[u8], options: &SendOptions) -> Result<Committed> {
     let mut progress = Progress::default();
     // The first pass reads all of RAM: a lazy load finishes first.
     vm.settle_ram();
@@ -166,7 +188,7 @@ fn run(
     config_json: &[u8],
     options: &SendOptions,
     progress: &mut Progress,
-) -> Result<SendReport> {
+) -> Result<Committed> {
     let started = Instant::now();
     let connection = transport::connect(&options.url)?;
     let mut reader = connection
@@ -181,11 +203,27 @@ fn run(
         &mut reader,
         started,
     );
-    if result.is_err() {
-        // Tell the destination at once (it may be blocked reading).
-        connection.shutdown();
+    match result {
+        Ok((report, switch)) => Ok(Committed::new(
+            report,
+            options.url.clone(),
+            switch.paused_at,
+            switch.resumed,
+        )),
+        Err(e) => {
+            // Tell the destination at once (it may be blocked reading).
+            connection.shutdown();
+            Err(e)
+        }
     }
-    result
+}
+
+/// The switch, committed.
+struct Switch {
+    /// When the pause started.
+    paused_at: Instant,
+    /// The watch for the destination's Resumed, under way.
+    resumed: std::thread::JoinHandle<Option<Instant>>,
 }
 
 pub(super) fn write_err(e: std::io::Error) -> MigrationError {
@@ -223,7 +261,7 @@ fn exchange(
     connection: &Connection,
     reader: &mut Connection,
     started: Instant,
-) -> Result<SendReport> {
+) -> Result<(SendReport, Switch)> {
     let mut out = BufWriter::with_capacity(
         2 << 20,
         connection
@@ -267,9 +305,9 @@ fn exchange(
         &mut report,
     );
     match result {
-        Ok(()) => {
+        Ok(switch) => {
             log.abandon();
-            Ok(report)
+            Ok((report, switch))
         }
         Err(e) => {
             log.stop(vm);
@@ -285,8 +323,8 @@ struct Link<'l> {
     offset: &'l mut u64,
 }
 
-/// The dirty passes, the pause, the last pass, the state and the switch;
-/// fills `report`.
+/// The dirty passes, the pause, the last pass, the state, the switch and
+/// the Commit; fills `report`.
 #[allow(clippy::too_many_arguments)]
 fn precopy_and_switch(
     vm: &mut Vm,
@@ -297,10 +335,14 @@ fn precopy_and_switch(
     link: &mut Link<'_>,
     started: Instant,
     report: &mut SendReport,
-) -> Result<()> {
+) -> Result<Switch> {
     let disk_dirty = |storage: &Option<storage_send::StorageSource>| {
         storage.as_ref().map_or(0, |s| s.dirty_bytes())
     };
+    // Waits, from now on, to time the destination's Resumed as it comes
+    // (started here, long before the pause, so that its start does not
+    // compete with the paused window's threads).
+    let resumed = ResumedWatch::spawn()?;
     let mut sender = RamSender {
         vm,
         out: &mut *link.out,
@@ -365,6 +407,16 @@ fn precopy_and_switch(
     // Pause, and the last pass: what was pending and what changed
     // since, the devices' pages (written until their queues drained)
     // included.
+    let controller = ThreadClock::current("controller");
+    let vcpus = ThreadClock::named("vcpu");
+    let devices = ThreadClock::named(crate::vm::DEVICE_THREAD);
+    let tids = |clocks: &[ThreadClock]| clocks.iter().map(|c| c.tid).collect::<Vec<_>>();
+    let (controller_tid, vcpu_tids, device_tids) = (
+        controller.as_ref().map(|c| c.tid),
+        tids(&vcpus),
+        tids(&devices),
+    );
+    let clocks = WindowClocks::start(controller.into_iter().chain(vcpus).chain(devices).collect());
     let paused_at = Instant::now();
     let mut mark = paused_at;
     let mut lap = || {
@@ -373,9 +425,19 @@ fn precopy_and_switch(
         mark = now;
         took
     };
+    // The window's threads run ahead of the host's time-shared ones
+    // until their part is done: the vCPUs until they are out of the
+    // guest, the device thread (which drains the queues, then answers
+    // for the devices' state) to the switch sent, and this one to the
+    // Commit sent (the destination resumes on it).
+    let mut boost = RealtimeBoost::new();
+    let window_threads = controller_tid.iter().chain(&vcpu_tids).chain(&device_tids);
+    report.paused.boosted = window_threads.filter(|&&tid| boost.raise(tid)).count();
+    report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     if options.running {
         progress.paused = true;
         sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
+        vcpu_tids.iter().for_each(|&tid| boost.lower(tid));
         report.paused.pause = lap();
         sender.vm.drain_queues().map_err(MigrationError::Vm)?;
         report.paused.drain = lap();
@@ -405,6 +467,8 @@ fn precopy_and_switch(
         .map_err(write_err)?;
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
+    report.paused.scheduling = clocks.since_start();
+    device_tids.iter().for_each(|&tid| boost.lower(tid));
     expect_reply(link.reader, link.offset, Tag::Ready)?;
     report.paused.destination = lap();
     stream::write_frame(link.out, Tag::Commit, &[]).map_err(write_err)?;
@@ -412,26 +476,12 @@ fn precopy_and_switch(
     report.paused.commit = lap();
     report.total = started.elapsed();
     // Committed: the guest is the destination's now, whatever follows.
-    // Its Resumed ends the downtime; a destination that closes without
-    // it leaves the downtime measured to the Commit.
-    report.resumed_heard = wait_resumed(link);
-    report.paused.resumed = lap();
+    // Its Resumed ends the downtime ([`Committed::hear_resumed`]); until
+    // then, and if it is not heard, the downtime runs to the Commit.
     report.downtime = paused_at.elapsed();
-    if !report.resumed_heard {
-        report.downtime -= report.paused.resumed;
-    }
-    Ok(())
-}
-
-/// Reads the destination's Resumed (for at most [`RESUMED_WAIT`]).
-fn wait_resumed(link: &mut Link<'_>) -> bool {
-    if link.reader.set_read_timeout(RESUMED_WAIT).is_err() {
-        return false;
-    }
-    matches!(
-        stream::read_frame(link.reader, link.offset),
-        Ok(frame) if frame.tag == Tag::Resumed
-    )
+    let resumed = resumed.watch(link.reader, *link.offset);
+    boost.lower_all();
+    Ok(Switch { paused_at, resumed })
 }
 
 /// The disks' flush in two steps: all of them while the guest runs, then
