@@ -38,6 +38,11 @@ fn poke(path: &Path, offset: u64, value: u64) {
 /// base.qcow2 (1 MiB of data) under top.qcow2 (64 KiB of its own), both
 /// 64 MiB, with `value` poked at `offset` of the top.
 fn make_chain(dir: &Path, offset: u64, value: u64) {
+    make_chain_with(dir, &[], offset, value);
+}
+
+/// [`make_chain`] with the top created with `top_opts` too.
+fn make_chain_with(dir: &Path, top_opts: &[&str], offset: u64, value: u64) {
     let base = dir.join("base.qcow2");
     let top = dir.join("top.qcow2");
     ok(qemu_img(&["create", "-q", "-f", "qcow2"])
@@ -54,6 +59,7 @@ fn make_chain(dir: &Path, offset: u64, value: u64) {
         "-F",
         "qcow2",
     ])
+    .args(top_opts)
     .arg(&top)
     .current_dir(dir));
     qemu_io("qcow2", &top, &["write -P 0x11 0 64k"]);
@@ -145,6 +151,32 @@ fn reads_of_bad_l1_and_l2_entries_fail_as_qemu_img_fails() {
             }
             same_outcome(d, case, args);
         }
+    }
+}
+
+/// A subcluster both allocated and zero in an extended L2 entry: QEMU's
+/// "Invalid cluster entry found" (with its two spaces).
+#[test]
+fn an_invalid_subcluster_bitmap_fails_as_qemu_img_fails() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(qemu_img(&["create", "-q", "-f", "qcow2", "new.qcow2", "64M"]).current_dir(d));
+    // The bitmap follows the entry: all 32 subclusters allocated, the
+    // first one zero too.
+    make_chain_with(
+        d,
+        &["-o", "extended_l2=on"],
+        L2_OFFSET + 8,
+        0x0000_0001_ffff_ffff,
+    );
+    for args in [
+        &["convert", "-O", "raw", "@", "out.raw"][..],
+        &["map", "--output=json", "@"],
+        &["compare", "@", "base.qcow2"],
+        &["rebase", "-b", "new.qcow2", "-F", "qcow2", "@"],
+    ] {
+        same_outcome(d, "invalid subcluster bitmap", args);
     }
 }
 
