@@ -745,18 +745,17 @@ impl Vm {
             }
         }
         crate::devices::announcer::spawn(announcing, self.announce_gate.clone());
-        if let Some(lazy) = &self.lazy_ram {
-            let (filled, total) = lazy.progress();
-            if filled < total {
-                eprintln!(
-                    "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
-                    filled >> 20,
-                    total >> 20
-                );
-            }
-        }
+        let progress = self.lazy_ram.as_ref().map(|lazy| lazy.progress());
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
+        }
+        // Said once the vCPUs run.
+        if let Some((filled, total)) = progress.filter(|(filled, total)| filled < total) {
+            crate::control::log_line(format!(
+                "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
+                filled >> 20,
+                total >> 20
+            ));
         }
     }
 
