@@ -566,11 +566,10 @@ impl Vm {
                 lazy_ram = crate::lazy_ram::file::load(dir, summary, &mem, config.seccomp)?.0;
             } else if let Some((name, ram)) = &area {
                 let first = state::in_image::state_image(&config.disks, &backends)?;
-                let image = crate::lazy_ram::Image::Disk(first, &config.disks[0].path);
                 let over = reuse.is_some();
                 let seccomp = config.seccomp;
                 lazy_ram =
-                    crate::lazy_ram::load(image, name, *ram, machine.config, &mem, over, seccomp)?
+                    crate::lazy_ram::load(first, name, *ram, machine.config, &mem, over, seccomp)?
                         .0;
             }
             serial

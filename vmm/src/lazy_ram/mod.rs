@@ -577,27 +577,6 @@ impl StreamSource for MappedArea {
     }
 }
 
-/// Opens the qcow2 image at `path` read-only and unlocked: a reader of a
-/// snapshot's state that must not take the image's locks.
-pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateError> {
-    let image_err =
-        |e: qcow::Error| StateError::InImage(format!("image '{}': {e}", path.display()));
-    let storage = qcow::fs::open_storage(path, false).map_err(image_err)?;
-    qcow::image::Qcow2::open(storage, false, &qcow::fs::FileOpener::for_image(path))
-        .map_err(image_err)
-}
-
-/// The image a lazy load reads: the caller's own (a fork's reader), or
-/// the VM's disk (at `path`). Either way the loader reads the snapshot's
-/// area through a map onto the file ([`MappedArea`]), not through the
-/// image.
-pub enum Image<'a> {
-    /// An image of the caller's own (dropped once the area is mapped).
-    Owned(Box<qcow::image::Qcow2>),
-    /// The VM's disk and its path.
-    Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
-}
-
 /// Where a lazy load's time before resume went, part by part (each from
 /// the end of the last): what a revert's `ram` phase is made of.
 #[derive(Debug, Clone, Copy, Default)]
@@ -630,10 +609,13 @@ impl std::fmt::Display for LoadPhases {
 /// at `place` of snapshot `snapshot` in `image`: lazily when [`wanted`]
 /// and userfaultfd works, else read now (`over`: `mem` holds another
 /// guest's RAM). Returns the loader if lazy, and the bytes of RAM the
-/// stream holds.
+/// stream holds. A lazy loader reads the snapshot's area through a map
+/// onto the image file ([`MappedArea`]), not through `image`: the caller
+/// may close `image` once this returns (a fork's own reader), or keep
+/// using it (the VM's disk).
 #[allow(clippy::too_many_arguments)]
 pub fn load(
-    image: Image<'_>,
+    image: &qcow::image::Qcow2,
     snapshot: &str,
     place: crate::state::image::RamPlace,
     vm: crate::state::machine::ConfigSummary,
@@ -656,7 +638,7 @@ pub fn load(
 /// [`load`], recording where its time went in `phases`.
 #[allow(clippy::too_many_arguments)]
 pub fn load_timed(
-    image: Image<'_>,
+    image: &qcow::image::Qcow2,
     snapshot: &str,
     place: crate::state::image::RamPlace,
     vm: crate::state::machine::ConfigSummary,
@@ -674,10 +656,6 @@ pub fn load_timed(
     };
     let read_now = |image: &qcow::image::Qcow2, over: bool| {
         crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
-    };
-    let image: &qcow::image::Qcow2 = match &image {
-        Image::Owned(q) => q,
-        Image::Disk(q, _) => q,
     };
     if !wanted() {
         return Ok((None, read_now(image, over)?));

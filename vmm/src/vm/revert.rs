@@ -184,7 +184,7 @@ impl Vm {
             .qcow2()
             .ok_or_else(|| partial(StateError::InImage("the first disk is not qcow2".into())))?;
         let (lazy, bytes) = crate::lazy_ram::load_timed(
-            crate::lazy_ram::Image::Disk(first, &self.disks[0].path),
+            first,
             name,
             reverted.ram,
             machine.config,
