@@ -283,14 +283,15 @@ impl Loader {
         }
         match self.fill_all(source.as_ref(), &mut buf) {
             Ok(report) => eprintln!(
-                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault",
+                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault; first faults (guest address@ms): {}",
                 self.label,
                 report.record_bytes >> 20,
                 report.records,
                 self.started.elapsed().as_secs_f64() * 1e3,
                 report.faults,
                 report.on_fault,
-                report.zero_pages
+                report.zero_pages,
+                report.first_faults()
             ),
             Err(e) => fatal(&e),
         }
@@ -321,6 +322,11 @@ impl Loader {
                 let i = index::find(&self.segments, guest).ok_or_else(|| {
                     StateError::Write(format!("a fault at {guest:#x}, in no segment"))
                 })?;
+                if report.first_faults.len() < FAULTS_REPORTED {
+                    report
+                        .first_faults
+                        .push((guest, self.started.elapsed(), done[i]));
+                }
                 if self.segments[i].record.is_none() {
                     let page = host & !(crate::state::memory::PAGE as u64 - 1);
                     let one = crate::state::memory::PAGE as u64;
@@ -494,6 +500,30 @@ struct Report {
     zero_pages: u64,
     faults: u64,
     on_fault: u64,
+    /// The first faults: the guest address, when it was read (from the
+    /// registration), and whether its segment was filled by then.
+    first_faults: Vec<(u64, Duration, bool)>,
+}
+
+/// How many first faults the loader's report names.
+const FAULTS_REPORTED: usize = 8;
+
+impl Report {
+    /// The first faults, as `GUEST@MS` (`+` when already filled).
+    fn first_faults(&self) -> String {
+        let named: Vec<String> = self
+            .first_faults
+            .iter()
+            .map(|&(guest, at, filled)| {
+                format!(
+                    "{guest:#x}@{:.1}{}",
+                    at.as_secs_f64() * 1000.0,
+                    if filled { "+" } else { "" }
+                )
+            })
+            .collect();
+        named.join(" ")
+    }
 }
 
 /// Bytes of the replaced guest's RAM the loader unmaps at a time, between
