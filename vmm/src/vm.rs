@@ -568,9 +568,18 @@ impl Vm {
                 let first = state::in_image::state_image(&config.disks, &backends)?;
                 let over = reuse.is_some();
                 let seccomp = config.seccomp;
-                lazy_ram =
-                    crate::lazy_ram::load(first, name, *ram, machine.config, &mem, over, seccomp)?
-                        .0;
+                let wanted = crate::lazy_ram::first_pages(machine);
+                lazy_ram = crate::lazy_ram::load(
+                    first,
+                    name,
+                    *ram,
+                    machine.config,
+                    &mem,
+                    over,
+                    seccomp,
+                    &wanted,
+                )?
+                .0;
             }
             serial
                 .lock()

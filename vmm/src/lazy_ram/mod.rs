@@ -139,6 +139,8 @@ pub struct Registered {
     started: Instant,
     /// The replaced guest's pages, for the loader to unmap.
     detached: Vec<release::Detached>,
+    /// Guest addresses whose records the loader fills first.
+    first: Vec<u64>,
 }
 
 impl Registered {
@@ -166,7 +168,17 @@ impl Registered {
             mem: mem.clone(),
             started,
             detached: Vec::new(),
+            first: Vec::new(),
         })
+    }
+
+    /// Has the loader fill the records holding the guest addresses
+    /// `first` before any other (and before it unmaps any of the replaced
+    /// guest's pages): the pages the VMM and the vCPUs touch first after
+    /// the resume ([`first_pages`]). Addresses in no record are skipped.
+    pub fn fill_first(mut self, first: &[u64]) -> Registered {
+        self.first.extend_from_slice(first);
+        self
     }
 
     /// Hands the replaced guest's pages ([`detach_all`]) to the loader,
@@ -192,7 +204,17 @@ impl Registered {
             mem,
             started,
             detached,
+            first,
         } = self;
+        let mut wanted: Vec<usize> = Vec::new();
+        for i in first
+            .iter()
+            .filter_map(|&guest| index::find(&segments, guest))
+        {
+            if segments[i].record.is_some() && !wanted.contains(&i) {
+                wanted.push(i);
+            }
+        }
         let progress = Arc::new(Progress {
             filled: AtomicU64::new(0),
             total: segments
@@ -204,6 +226,7 @@ impl Registered {
         let loader = Loader {
             uffd,
             ranges,
+            wanted,
             segments,
             label,
             started,
@@ -252,6 +275,8 @@ struct Loader {
     uffd: uffd::Uffd,
     /// (guest start, host address, len) of each RAM region.
     ranges: Vec<(u64, u64, u64)>,
+    /// Segments filled before the others ([`Registered::fill_first`]).
+    wanted: Vec<usize>,
     segments: Vec<Segment>,
     label: String,
     started: Instant,
@@ -311,6 +336,8 @@ impl Loader {
         let mut done = vec![false; self.segments.len()];
         let mut report = Report::default();
         let mut next = 0;
+        let mut wanted = self.wanted.iter().copied();
+        let mut wanted_left = self.wanted.len();
         let mut next_at = Instant::now() + self.pace.unwrap_or_default();
         let io = |what: &str, e: std::io::Error| StateError::Write(format!("{what}: {e}"));
         loop {
@@ -356,8 +383,12 @@ impl Loader {
                     report.on_fault += 1;
                 }
             }
-            self.release_some();
-            if next == self.segments.len() {
+            // The replaced guest's pages wait until the records wanted
+            // first are in.
+            if wanted_left == 0 {
+                self.release_some();
+            }
+            if next == self.segments.len() && wanted_left == 0 {
                 return Ok(report);
             }
             if let Some(pace) = self.pace {
@@ -368,11 +399,21 @@ impl Loader {
                 }
                 next_at = now + pace;
             }
-            if !done[next] && self.segments[next].record.is_some() {
-                self.fill(source, &self.segments[next], buf, &mut report)?;
-                done[next] = true;
+            // The records wanted first, then every record in order.
+            let i = match wanted.next() {
+                Some(i) => {
+                    wanted_left -= 1;
+                    i
+                }
+                None => {
+                    next += 1;
+                    next - 1
+                }
+            };
+            if !done[i] && self.segments[i].record.is_some() {
+                self.fill(source, &self.segments[i], buf, &mut report)?;
+                done[i] = true;
             }
-            next += 1;
         }
     }
 
@@ -652,6 +693,7 @@ pub fn load(
     mem: &GuestMemoryMmap,
     over: bool,
     seccomp: bool,
+    first: &[u64],
 ) -> Result<(Option<LazyRam>, u64), StateError> {
     load_timed(
         image,
@@ -661,8 +703,33 @@ pub fn load(
         mem,
         over,
         seccomp,
+        first,
         &mut LoadPhases::default(),
     )
+}
+
+/// The guest addresses a restored machine touches first, whose records
+/// a lazy load fills before any other ([`Registered::fill_first`]): the
+/// VM generation ID, which the VMM writes before the guest runs, the
+/// rings of every active virtio queue, which the device thread reads as
+/// the transports are restored, then per vCPU its page-table root (CR3),
+/// and its RIP and RSP, which are guest physical addresses only where the
+/// guest maps memory one to one (as the test guest does; elsewhere they
+/// fall outside RAM or on some other record, which costs one record's
+/// read out of order).
+pub fn first_pages(machine: &crate::state::machine::MachineState) -> Vec<u64> {
+    let mut first = vec![crate::devices::vmgenid::VMGENID_START];
+    for transport in machine.virtio.iter().filter(|t| t.activated) {
+        for queue in transport.queues.iter().filter(|q| q.ready) {
+            first.extend([queue.desc, queue.avail, queue.used]);
+        }
+    }
+    for vcpu in &machine.vcpus {
+        first.push(vcpu.sregs.cr3 & !(crate::state::memory::PAGE as u64 - 1));
+        first.push(vcpu.regs.rip);
+        first.push(vcpu.regs.rsp);
+    }
+    first
 }
 
 /// [`load`], recording where its time went in `phases`.
@@ -675,6 +742,7 @@ pub fn load_timed(
     mem: &GuestMemoryMmap,
     over: bool,
     seccomp: bool,
+    first: &[u64],
     phases: &mut LoadPhases,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
     let mut mark = Instant::now();
@@ -724,6 +792,7 @@ pub fn load_timed(
     if let Some(detached) = detached {
         registered = registered.release_later(detached);
     }
+    registered = registered.fill_first(first);
     let source: Source = Box::new(area);
     let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
     phases.start = lap();
@@ -840,8 +909,12 @@ mod tests {
         let mem = crate::vm::map_guest_memory(size).unwrap();
         let shared = stream.clone();
         let source: Source = Box::new(Shared(shared));
+        // Wanted first: a record's page (twice), a zero page and an
+        // address outside RAM (both skipped).
+        let first = [size - 4096, 0x40_0000, size - 4096, u64::MAX - 5];
         let lazy = match Registered::new(&mem) {
             Ok(registered) => registered
+                .fill_first(&first)
                 .start(segments, source, false, "t".into())
                 .unwrap(),
             Err(e) => {

@@ -194,6 +194,7 @@ impl Vm {
             &self.mem,
             true,
             self.seccomp,
+            &crate::lazy_ram::first_pages(machine),
             &mut phases.ram_parts,
         )
         .map_err(partial)?;
