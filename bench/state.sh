@@ -12,7 +12,9 @@
 # VM-state bytes in the image; then the ratios ours/QEMU of the
 # medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
-# Then the VMM's log lines of each revert's phases.
+# Then the VMM's log lines of each revert's phases; each of our reverts
+# also prints the `vm` command's own phases (`vm: snapshot-revert: ...`)
+# before its run's line.
 # When bench/migrate.sh exists it runs last, with its defaults: an idle
 # counting guest (--rate 0) migrated over a Unix socket, both sides'
 # downtime measured over QEMU's span (from the source's pause to the
@@ -202,8 +204,10 @@ class Hmp:
             sys.exit(f"state.sh: QEMU: {text}: {out.strip()}")
         return out
 
-def vm_run(*args):
-    subprocess.run([vm, "-c", store, "-q", *args], check=True, stdout=subprocess.DEVNULL)
+def vm_run(*args, phases=False):
+    # With phases, `vm` prints its own phase line on stderr (VM_PHASES=1).
+    env = dict(os.environ, VM_PHASES="1") if phases else None
+    subprocess.run([vm, "-c", store, "-q", *args], check=True, stdout=subprocess.DEVNULL, env=env)
 
 def vm_state_bytes(image, name):
     info = json.loads(subprocess.run(["qemu-img", "info", "--force-share", "--output=json", image],
@@ -221,7 +225,7 @@ for i in range(runs):
     # Ours.
     t = time.monotonic(); vm_run("snapshot-create-as", "bench", f"s{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
-    revert, resume = timed_revert(ours_log, lambda: vm_run("snapshot-revert", "bench", f"s{i}"))
+    revert, resume = timed_revert(ours_log, lambda: vm_run("snapshot-revert", "bench", f"s{i}", phases=True))
     rows["ours"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "ours.qcow2"), f"s{i}")))
     # QEMU's.
     t = time.monotonic(); hmp.cmd(f"savevm q{i}")
@@ -245,7 +249,7 @@ kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
 # Where our reverts' time went (the VMM logs each revert's phases).
-grep -h "vmm: revert" "$work/store/run/bench/vmm.log" 2>/dev/null || true
+grep -h "vmm: revert\|vmm: lazy RAM" "$work/store/run/bench/vmm.log" 2>/dev/null || true
 
 if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
     echo

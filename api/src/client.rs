@@ -254,12 +254,19 @@ impl Client {
         self.call(Endpoint::VmSnapshot, Some(&body)).map(|_| ())
     }
 
-    /// PUT vm.restore from `file://DIR`.
+    /// PUT vm.restore from `source_url`, leaving the VM paused.
     pub fn restore(&self, source_url: &str) -> Result<()> {
+        self.restore_then(source_url, false)
+    }
+
+    /// PUT vm.restore from `source_url`, running the VM once restored
+    /// when `resume` is set (CH's `resume`: one round trip, not two).
+    pub fn restore_then(&self, source_url: &str, resume: bool) -> Result<()> {
         let body = crate::RestoreConfig {
             source_url: source_url.to_string(),
             prefault: None,
             net_fds: None,
+            resume: resume.then_some(true),
         };
         self.call(Endpoint::VmRestore, Some(&body)).map(|_| ())
     }
@@ -277,6 +284,7 @@ impl Client {
             source_url: source_url.to_string(),
             prefault: None,
             net_fds: Some(net_fds),
+            resume: None,
         };
         self.put_with_fds(Endpoint::VmRestore, &body, fds)
             .map(|_| ())

@@ -249,6 +249,12 @@ pub struct RestoreConfig {
     /// order, one per `fds` placeholder (or `num_fds` of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_fds: Option<Vec<RestoredNetConfig>>,
+    /// Run the VM once it is restored (CH's `resume`), in the same
+    /// request: no vm.resume round trip. Unset or false leaves it paused,
+    /// as CH does. Ours applies to every source: `file://DIR`,
+    /// `qcow2:NAME` (a revert) and `qcow2-image://PATH#NAME` (a fork).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<bool>,
 }
 
 /// vm.restore's source_url for a fork (ours): the state of full in-image

@@ -1,5 +1,7 @@
 //! Model-based test of internal snapshots: random writes, discards,
-//! write-zeroes and snapshot create/apply/delete against a plain model;
+//! write-zeroes and snapshot create/apply/delete against a plain model
+//! (apply flushed, unflushed, or with the old tree freed later, as the VMM
+//! reverts);
 //! after every batch the image reads as the model, each snapshot read by
 //! qemu-img (`convert -l snapshot.name=`) equals the model's copy, and
 //! `qemu-img check` is clean. `QCOW_SNAPSHOT_OPS` sets the operations per
@@ -102,6 +104,11 @@ fn run(cluster_size: u64, refcount_bits: u32, version: u32, seed: u64) {
                     let data = vec![v; len as usize];
                     image.write_at(&data, offset).unwrap();
                     model[offset as usize..(offset + len) as usize].fill(v);
+                    // A revert's old tree freed between the guest's
+                    // writes, as the VMM frees it once the guest runs.
+                    if rng.below(8) == 0 {
+                        image.free_replaced_trees().unwrap();
+                    }
                 }
                 10 | 11 => {
                     image.discard(offset, len).unwrap();
@@ -124,7 +131,13 @@ fn run(cluster_size: u64, refcount_bits: u32, version: u32, seed: u64) {
                 16 | 17 if !snapshots.is_empty() => {
                     let k = rng.below(snapshots.len() as u64) as usize;
                     let name = snapshots.keys().nth(k).unwrap().clone();
-                    image.apply_snapshot(&name).unwrap();
+                    match rng.below(3) {
+                        0 => image.apply_snapshot(&name).unwrap(),
+                        1 => image.apply_snapshot_unflushed(&name).unwrap(),
+                        // The old tree is freed later: by a write above,
+                        // the next snapshot operation or the batch's flush.
+                        _ => image.apply_snapshot_deferring_free(&name).unwrap(),
+                    }
                     model = snapshots[&name].clone();
                 }
                 18 | 19 if !snapshots.is_empty() => {
@@ -182,4 +195,90 @@ fn snapshots_512_rc4() {
 #[test]
 fn snapshots_v2_16k() {
     run(16384, 16, 2, 0x7777_1111_2222_9999);
+}
+
+/// A revert that leaves its old tree to free later: until then the image
+/// on disk has leaks only and the guest's writes never land in the old
+/// tree's clusters; once freed and flushed it is clean, and a second
+/// deferred revert frees the first one's tree before it starts.
+#[test]
+fn a_deferred_free_leaves_leaks_only_until_it_runs() {
+    let cluster_size = 65536u64;
+    let size = 4u64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.qcow2");
+    let open_file = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap()
+    };
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(open_file()));
+    let opts = CreateOptions {
+        size,
+        cluster_size,
+        ..Default::default()
+    };
+    let image: Qcow2 = create(storage, None, None, &opts).unwrap();
+    let on_disk = || {
+        let file: Arc<dyn Storage> = Arc::new(FileStorage::new(open_file()));
+        let report = qcow::check::check(&*file, None, qcow::check::Repair::None).unwrap();
+        (report.corruptions, report.leaks)
+    };
+    let read_all = |image: &Qcow2| {
+        let mut buf = vec![0u8; size as usize];
+        image.read_at(&mut buf, 0).unwrap();
+        buf
+    };
+    image.write_at(&vec![1u8; size as usize], 0).unwrap();
+    image.create_snapshot("a").unwrap();
+    let at_a = read_all(&image);
+    // The active tree moves away from the snapshot's (copy-on-write).
+    image.write_at(&vec![2u8; size as usize / 2], 0).unwrap();
+    image.flush().unwrap();
+    assert_eq!(on_disk(), (0, 0));
+
+    image.apply_snapshot_deferring_free("a").unwrap();
+    assert_eq!(read_all(&image), at_a);
+    // The old tree is still counted: leaks on disk, nothing worse.
+    let (corruptions, leaks) = on_disk();
+    assert_eq!(corruptions, 0);
+    assert!(leaks > 0, "the old tree should still be counted");
+    // The guest writes meanwhile (copy-on-write out of the snapshot's
+    // clusters, into clusters the old tree does not hold).
+    image
+        .write_at(&vec![3u8; 3 * cluster_size as usize], 0)
+        .unwrap();
+    let mut model = at_a.clone();
+    model[..3 * cluster_size as usize].fill(3);
+    assert_eq!(read_all(&image), model);
+    assert_eq!(on_disk().0, 0);
+
+    assert_eq!(image.free_replaced_trees().unwrap(), 1);
+    assert_eq!(image.free_replaced_trees().unwrap(), 0);
+    image.flush().unwrap();
+    assert_eq!(on_disk(), (0, 0));
+    assert_eq!(read_all(&image), model);
+
+    // Two deferred reverts in a row: the second frees the first's tree
+    // before it switches; a flush frees its own.
+    image.apply_snapshot_deferring_free("a").unwrap();
+    image.apply_snapshot_deferring_free("a").unwrap();
+    assert_eq!(read_all(&image), at_a);
+    image.flush().unwrap();
+    assert_eq!(on_disk(), (0, 0));
+    assert_eq!(image.free_replaced_trees().unwrap(), 0);
+
+    // A tree left pending is freed when the image is closed.
+    image.write_at(&vec![4u8; size as usize], 0).unwrap();
+    image.apply_snapshot_deferring_free("a").unwrap();
+    image.close().unwrap();
+    assert_eq!(on_disk(), (0, 0));
+    if qemu() {
+        qemu_check(&path);
+        assert!(qemu_read_snapshot(&path, "a", size) == at_a);
+    }
 }

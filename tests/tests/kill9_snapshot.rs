@@ -4,8 +4,9 @@
 //! `KILL9_SNAPSHOT_CHILD` set) works on a qcow2 image with the qcow
 //! library: it writes a signature over the disk's first 64 KiB, writes a
 //! VM state into the VM-state area and creates a snapshot recording it,
-//! reverts to a random snapshot (flushed, or unflushed as the VMM
-//! reverts), deletes one, or writes and flushes, and
+//! reverts to a random snapshot (flushed, unflushed, or as the VMM
+//! reverts: the old tree freed only after a write, the kill may land
+//! between), deletes one, or writes and flushes, and
 //! logs (synced) every operation it begins and ends. The parent kills it
 //! with SIGKILL at a random moment and holds the image to these rules:
 //!
@@ -117,13 +118,27 @@ fn child(path: &Path, log: &Path, seed: u64, round: u64) {
                 image.apply_snapshot(&name).expect("apply");
                 note(format!("done apply {name}"));
             }
-            (6, Some(name)) => {
-                // As the VMM reverts: the old tree's frees stay in the
-                // metadata cache until the next operation's flush, so a
-                // kill after this returns may leak clusters, never more.
+            (6, Some(name)) if r & (1 << 20) == 0 => {
+                // The old tree's frees stay in the metadata cache until
+                // the next operation's flush, so a kill after this
+                // returns may leak clusters, never more.
                 note(format!("begin apply {name}"));
                 image.apply_snapshot_unflushed(&name).expect("apply");
                 note(format!("done apply {name}"));
+            }
+            (6, Some(name)) => {
+                // As the VMM reverts: the header's sync and the old tree's
+                // freeing wait until the guest runs and writes; a kill in
+                // that window leaks clusters, never more.
+                note(format!("begin apply {name}"));
+                image.apply_snapshot_deferring_free(&name).expect("apply");
+                note(format!("done apply {name}"));
+                note(format!("deferred {name}"));
+                let offset = (r >> 24) % (DISK - 100_000);
+                image.write_at(&[r as u8; 100_000], offset).expect("write");
+                std::thread::sleep(Duration::from_millis(1 + (r >> 12) % 4));
+                image.free_replaced_trees().expect("free");
+                note(format!("freed {name}"));
             }
             (7..=8, Some(name)) => {
                 note(format!("begin delete {name}"));
@@ -140,15 +155,28 @@ fn child(path: &Path, log: &Path, seed: u64, round: u64) {
     note("end".into());
 }
 
-/// Rules 1 and 2 for the log of every round so far; whether the kill
-/// landed inside a snapshot operation, and how many snapshots were read.
-fn verify_snapshots(path: &Path, log: &str) -> Result<(bool, usize), String> {
+/// What a kill interrupted, from the log.
+#[derive(Debug, Default, Clone, Copy)]
+struct KilledIn {
+    /// A snapshot create, revert or delete.
+    snapshot_op: bool,
+    /// A deferred revert's window: after the revert returned, before its
+    /// old tree was freed.
+    deferred_free: bool,
+}
+
+/// Rules 1 and 2 for the log of every round so far; what the kill
+/// interrupted, and how many snapshots were read.
+fn verify_snapshots(path: &Path, log: &str) -> Result<(KilledIn, usize), String> {
     let mut must = BTreeSet::new();
     let mut gone = BTreeSet::new();
-    let mut in_snapshot_op = false;
+    let mut killed_in = KilledIn::default();
     for line in log.lines() {
         let words: Vec<&str> = line.split(' ').collect();
-        in_snapshot_op = matches!(words[..], ["begin", _, _]);
+        killed_in = KilledIn {
+            snapshot_op: matches!(words[..], ["begin", _, _]),
+            deferred_free: matches!(words[..], ["deferred", _]),
+        };
         match words[..] {
             ["done", "create", name] => {
                 must.insert(name.to_string());
@@ -196,7 +224,7 @@ fn verify_snapshots(path: &Path, log: &str) -> Result<(bool, usize), String> {
             return Err(format!("snapshot {}: its disk differs", s.name));
         }
     }
-    Ok((in_snapshot_op, snapshots.len()))
+    Ok((killed_in, snapshots.len()))
 }
 
 /// What the trials saw.
@@ -204,6 +232,7 @@ fn verify_snapshots(path: &Path, log: &str) -> Result<(bool, usize), String> {
 struct Stats {
     kills: u64,
     inside_snapshot_ops: u64,
+    inside_deferred_frees: u64,
     snapshots_read: u64,
 }
 
@@ -232,10 +261,12 @@ fn trial(seed: u64, stats: &mut Stats) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let delay = Duration::from_micros(mix(seed ^ round ^ 0x55) % 120_000);
         let text = run_and_kill(child, &log, delay, "end")?;
-        let (in_snapshot_op, read) = verify_snapshots(&path, &text)
+        let (killed_in, read) = verify_snapshots(&path, &text)
             .map_err(|e| format!("round {round}, after {delay:?}: {e}"))?;
+        let in_snapshot_op = killed_in.snapshot_op;
         stats.kills += 1;
         stats.inside_snapshot_ops += u64::from(in_snapshot_op);
+        stats.inside_deferred_frees += u64::from(killed_in.deferred_free);
         stats.snapshots_read += read as u64;
         let active = read_all(&read_qcow2(&path)?)?;
         let excused = |code: i32, text: &str| {
@@ -277,8 +308,8 @@ fn kill9_during_full_snapshots_reverts_and_deletes() {
     }
     eprintln!(
         "kill9_snapshot: {trials} trials, {} kills, {} inside a snapshot create, revert or \
-         delete, {} snapshots read back whole",
-        stats.kills, stats.inside_snapshot_ops, stats.snapshots_read
+         delete, {} between a deferred revert and its freeing, {} snapshots read back whole",
+        stats.kills, stats.inside_snapshot_ops, stats.inside_deferred_frees, stats.snapshots_read
     );
     assert!(stats.kills > 0);
 }

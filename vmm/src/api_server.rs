@@ -171,16 +171,18 @@ pub fn parse(request: &vmapi::Request) -> std::result::Result<ApiRequest, Respon
         Endpoint::VmRestore => {
             let body: vmapi::RestoreConfig =
                 serde_json::from_slice(&request.body).map_err(bad_json)?;
+            let resume = body.resume.unwrap_or(false);
             if let Some(source) = crate::state::fork::parse_url(&body.source_url)
                 .map_err(|e| Response::error(400, &[excerpt(&e.to_string())]))?
             {
-                return Ok(ApiRequest::VmRestoreFork { source });
+                return Ok(ApiRequest::VmRestoreFork { source, resume });
             }
             match in_image_url(&body.source_url)? {
-                Some(name) => ApiRequest::VmRevertInImage { name },
+                Some(name) => ApiRequest::VmRevertInImage { name, resume },
                 None => ApiRequest::VmRestore {
                     dir: file_url(&body.source_url)?,
                     net_fds: crate::net_config::checked_net_fds(body.net_fds)?,
+                    resume,
                 },
             }
         }
@@ -300,9 +302,10 @@ mod tests {
         let body = |url: &str| format!("{{\"source_url\": \"{url}\"}}").into_bytes();
         let url = vmapi::fork_url(std::path::Path::new("/i/d.qcow2"), "s#1");
         match parse(&request(Method::Put, "/api/v1/vm.restore", &body(&url))) {
-            Ok(ApiRequest::VmRestoreFork { source }) => {
+            Ok(ApiRequest::VmRestoreFork { source, resume }) => {
                 assert_eq!(source.image, std::path::Path::new("/i/d.qcow2"));
                 assert_eq!(source.snapshot, "s#1");
+                assert!(!resume);
             }
             _ => panic!("{url} is not a fork"),
         }
@@ -311,6 +314,43 @@ mod tests {
             "/api/v1/vm.restore",
             &body("qcow2-image://relative.qcow2#s"),
         ));
+        assert_eq!(refused.err().map(|e| e.status), Some(400));
+    }
+
+    #[test]
+    fn a_restore_resumes_in_the_same_request_when_its_body_says_so() {
+        let restore =
+            |body: &str| parse(&request(Method::Put, "/api/v1/vm.restore", body.as_bytes()));
+        let revert = |body: &str| match restore(body) {
+            Ok(ApiRequest::VmRevertInImage { name, resume }) => (name, resume),
+            _ => panic!("{body} is not a revert"),
+        };
+        assert_eq!(
+            revert(r#"{"source_url": "qcow2:s1", "resume": true}"#),
+            ("s1".to_string(), true)
+        );
+        assert_eq!(
+            revert(r#"{"source_url": "qcow2:s1", "resume": false}"#),
+            ("s1".to_string(), false)
+        );
+        // CH's bodies without the field stay paused, as CH leaves them.
+        assert_eq!(
+            revert(r#"{"source_url": "qcow2:s1", "prefault": true}"#),
+            ("s1".to_string(), false)
+        );
+        match restore(r#"{"source_url": "file:///snap", "resume": true}"#) {
+            Ok(ApiRequest::VmRestore { dir, resume, .. }) => {
+                assert_eq!(dir, std::path::Path::new("/snap"));
+                assert!(resume);
+            }
+            _ => panic!("not a file restore"),
+        }
+        let url = vmapi::fork_url(std::path::Path::new("/i/d.qcow2"), "s");
+        match restore(&format!(r#"{{"source_url": "{url}", "resume": true}}"#)) {
+            Ok(ApiRequest::VmRestoreFork { resume, .. }) => assert!(resume),
+            _ => panic!("not a fork"),
+        }
+        let refused = restore(r#"{"source_url": "qcow2:s1", "resume": "yes"}"#);
         assert_eq!(refused.err().map(|e| e.status), Some(400));
     }
 }

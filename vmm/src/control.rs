@@ -68,6 +68,8 @@ pub enum ApiRequest {
         dir: PathBuf,
         /// New tap descriptors for its fd-backed interfaces.
         net_fds: Vec<vmapi::RestoredNetConfig>,
+        /// Run it once restored (CH's `resume`).
+        resume: bool,
     },
     /// PUT vm.snapshot with `qcow2:NAME`: a full internal snapshot of the
     /// running or paused VM's disks, its state in the first disk.
@@ -76,10 +78,13 @@ pub enum ApiRequest {
         name: String,
     },
     /// PUT vm.restore with `qcow2:NAME`: revert the created, running,
-    /// paused or shut-down VM to that snapshot (left paused).
+    /// paused or shut-down VM to that snapshot (left paused unless
+    /// `resume`).
     VmRevertInImage {
         /// The snapshot's name.
         name: String,
+        /// Run it once reverted (CH's `resume`).
+        resume: bool,
     },
     /// PUT vm.restore with `qcow2-image://PATH#NAME`: build the created
     /// (or shut-down) VM from the state of full snapshot NAME in the image
@@ -87,6 +92,8 @@ pub enum ApiRequest {
     VmRestoreFork {
         /// Where the state is.
         source: crate::state::fork::ForkSource,
+        /// Run it once built (CH's `resume`).
+        resume: bool,
     },
     /// PUT vm.snapshot-delete: delete an in-image snapshot from the disks.
     VmSnapshotDelete {
@@ -150,6 +157,18 @@ pub struct Controller {
     migrated: bool,
     /// The migration committed, its destination's Resumed not yet heard.
     committed: Option<crate::migration::resumed::Committed>,
+    /// A revert replaced disk trees to free once its answer is sent.
+    free_after_answer: bool,
+    /// Log lines to write once the answer is sent.
+    log_after_answer: Vec<String>,
+}
+
+/// Writes `line` and a newline to stderr in one write (eprintln! writes a
+/// formatted line piece by piece, one system call each).
+pub(crate) fn log_line(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 const TOKEN_EXIT: u64 = 0;
@@ -200,6 +219,8 @@ impl Controller {
             times: None,
             migrated: false,
             committed: None,
+            free_after_answer: false,
+            log_after_answer: Vec::new(),
         })
     }
 
@@ -330,6 +351,7 @@ impl Controller {
             }
             let response = self.handle(call.request);
             let _ = call.reply.send(response);
+            self.after_answer();
             if shutdown || (migration && self.migrated) {
                 // Let the API thread write the 204 before the process ends.
                 if let Some(api) = &self.api {
@@ -374,12 +396,16 @@ impl Controller {
                     Err(e) => error_response(400, &e),
                 }
             }
-            ApiRequest::VmRestore { dir, net_fds } => {
+            ApiRequest::VmRestore {
+                dir,
+                net_fds,
+                resume,
+            } => {
                 if self.given.is_some() {
                     return message(405, "a VM is already created; vm.delete it first");
                 }
                 match self.restore(&dir, &net_fds) {
-                    Ok(()) => Response::no_content(),
+                    Ok(()) => self.resume_if(resume),
                     Err(e) => {
                         self.given = None;
                         self.config = None;
@@ -437,14 +463,21 @@ impl Controller {
                 (state, _, _) => state_error("snapshot (pause it first)", state),
             },
             ApiRequest::VmSnapshotInImage { name } => self.snapshot_in_image(&name),
-            ApiRequest::VmRevertInImage { name } => match self.revert_in_image(&name) {
-                Ok(()) => Response::no_content(),
-                Err(e) => error_response(500, &e),
-            },
+            ApiRequest::VmRevertInImage { name, resume } => {
+                let reverted = self.revert_in_image(&name);
+                // The old trees are freed once the answer is on its way
+                // (after the resume, if asked), whether or not the revert
+                // got that far.
+                self.free_after_answer = true;
+                match reverted {
+                    Ok(()) => self.resume_if(resume),
+                    Err(e) => error_response(500, &e),
+                }
+            }
             ApiRequest::VmSnapshotDelete { name } => self.delete_in_image(&name),
-            ApiRequest::VmRestoreFork { source } => match self.state {
+            ApiRequest::VmRestoreFork { source, resume } => match self.state {
                 VmState::Created | VmState::Shutdown => match self.restore_fork(&source) {
-                    Ok(()) => Response::no_content(),
+                    Ok(()) => self.resume_if(resume),
                     Err(e) => error_response(500, &e),
                 },
                 state => state_error("restore a fork into", state),
@@ -493,14 +526,7 @@ impl Controller {
                 },
                 (state, _) => state_error("pause", state),
             },
-            ApiRequest::VmResume => match (self.state, &self.vm) {
-                (VmState::Paused, Some(vm)) => {
-                    vm.resume();
-                    self.state = VmState::Running;
-                    Response::no_content()
-                }
-                (state, _) => state_error("resume", state),
-            },
+            ApiRequest::VmResume => self.resume_if(true),
             ApiRequest::VmShutdown => match self.state {
                 VmState::Running | VmState::Paused => {
                     self.stop_vm();
@@ -523,6 +549,47 @@ impl Controller {
                 },
                 (state, _) => state_error("press the power button of", state),
             },
+        }
+    }
+
+    /// vm.resume, or what a restore asked with `resume` (CH's): runs the
+    /// paused VM. A restore without it answers 204 with the VM paused.
+    fn resume_if(&mut self, resume: bool) -> Response {
+        if !resume {
+            return Response::no_content();
+        }
+        match (self.state, &self.vm) {
+            (VmState::Paused, Some(vm)) => {
+                vm.resume();
+                self.state = VmState::Running;
+                Response::no_content()
+            }
+            (state, _) => state_error("resume", state),
+        }
+    }
+
+    /// What waits until an answer is on its way (the guest runs
+    /// meanwhile): the log lines of the request, then the freeing of the
+    /// active trees a revert replaced on the VM's disks (see
+    /// `Qcow2::apply_snapshot_deferring_free`; a failure leaks clusters
+    /// only, and is logged).
+    fn after_answer(&mut self) {
+        for line in std::mem::take(&mut self.log_after_answer) {
+            log_line(line);
+        }
+        if !std::mem::take(&mut self.free_after_answer) {
+            return;
+        }
+        if let Some(vm) = &self.vm {
+            let started = Instant::now();
+            match crate::state::in_image::free_replaced_trees(vm) {
+                Ok(0) => {}
+                Ok(trees) => log_line(format!(
+                    "vmm: revert: the replaced trees of {trees} disks freed after the answer in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1000.0
+                )),
+                Err(e) => log_line(format!("vmm: revert: freeing the replaced trees: {e}")),
+            }
         }
     }
 
@@ -596,10 +663,12 @@ impl Controller {
                 Ok(phases) => {
                     let _ = self.reset.read();
                     self.state = VmState::Paused;
-                    eprintln!(
+                    // Logged once the answer is on its way: the line is
+                    // not written before the guest runs.
+                    self.log_after_answer.push(format!(
                         "vmm: revert in place: {phases}; {:.1} ms in all",
                         started.elapsed().as_secs_f64() * 1000.0
-                    );
+                    ));
                     return Ok(());
                 }
                 Err(crate::vm::InPlaceError::Unchanged(e)) => {

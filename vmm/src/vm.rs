@@ -566,12 +566,20 @@ impl Vm {
                 lazy_ram = crate::lazy_ram::file::load(dir, summary, &mem, config.seccomp)?.0;
             } else if let Some((name, ram)) = &area {
                 let first = state::in_image::state_image(&config.disks, &backends)?;
-                let image = crate::lazy_ram::Image::Disk(first, &config.disks[0].path);
                 let over = reuse.is_some();
                 let seccomp = config.seccomp;
-                lazy_ram =
-                    crate::lazy_ram::load(image, name, *ram, machine.config, &mem, over, seccomp)?
-                        .0;
+                let wanted = crate::lazy_ram::first_pages(machine);
+                lazy_ram = crate::lazy_ram::load(
+                    first,
+                    name,
+                    *ram,
+                    machine.config,
+                    &mem,
+                    over,
+                    seccomp,
+                    &wanted,
+                )?
+                .0;
             }
             serial
                 .lock()
@@ -745,18 +753,17 @@ impl Vm {
             }
         }
         crate::devices::announcer::spawn(announcing, self.announce_gate.clone());
-        if let Some(lazy) = &self.lazy_ram {
-            let (filled, total) = lazy.progress();
-            if filled < total {
-                eprintln!(
-                    "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
-                    filled >> 20,
-                    total >> 20
-                );
-            }
-        }
+        let progress = self.lazy_ram.as_ref().map(|lazy| lazy.progress());
         if let Some(vcpus) = &self.vcpus {
             vcpus.resume();
+        }
+        // Said once the vCPUs run.
+        if let Some((filled, total)) = progress.filter(|(filled, total)| filled < total) {
+            crate::control::log_line(format!(
+                "vmm: resuming with {} of {} MiB of the snapshot's RAM filled (the rest on demand)",
+                filled >> 20,
+                total >> 20
+            ));
         }
     }
 

@@ -74,6 +74,21 @@ call GET vm.info 200
 expect_body '"state":"Paused"'
 call PUT vm.resume 204
 call PUT vm.resume 405
+# vm.restore with CH's "resume": restored and running in one request; a
+# body without it (CH's) leaves the VM paused.
+call PUT vm.pause 204
+call PUT vm.snapshot 204 "{\"destination_url\": \"file://$dir/snap\"}"
+call PUT vm.delete 204
+call PUT vm.restore 204 "{\"source_url\": \"file://$dir/snap\", \"prefault\": false}"
+call GET vm.info 200
+expect_body '"state":"Paused"'
+call PUT vm.delete 204
+call PUT vm.restore 400 "{\"source_url\": \"file://$dir/snap\", \"resume\": 1}"
+call PUT vm.restore 204 "{\"source_url\": \"file://$dir/snap\", \"resume\": true}"
+call GET vm.info 200
+expect_body '"state":"Running"'
+call PUT vm.resume 405
+call PUT vm.restore 405 "{\"source_url\": \"file://$dir/snap\", \"resume\": true}"
 call PUT vm.reboot 204
 call PUT vm.shutdown 204
 call GET vm.info 200

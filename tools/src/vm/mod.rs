@@ -12,7 +12,8 @@
 //!   memory allocation;
 //! - [`output`], [`terminal`], [`sys`]: stdout (SIGPIPE), the raw
 //!   terminal and the system calls (all of `vm`'s `unsafe` is in the last
-//!   two).
+//!   two);
+//! - [`phases`]: a command's phase log (`VM_PHASES=1`).
 
 pub mod cli;
 pub mod commands;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod format;
 pub mod install;
 pub mod output;
+pub mod phases;
 pub mod resources;
 pub mod runtime;
 pub mod store;

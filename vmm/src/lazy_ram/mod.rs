@@ -139,6 +139,8 @@ pub struct Registered {
     started: Instant,
     /// The replaced guest's pages, for the loader to unmap.
     detached: Vec<release::Detached>,
+    /// Guest addresses whose records the loader fills first.
+    first: Vec<u64>,
 }
 
 impl Registered {
@@ -166,7 +168,17 @@ impl Registered {
             mem: mem.clone(),
             started,
             detached: Vec::new(),
+            first: Vec::new(),
         })
+    }
+
+    /// Has the loader fill the records holding the guest addresses
+    /// `first` before any other (and before it unmaps any of the replaced
+    /// guest's pages): the pages the VMM and the vCPUs touch first after
+    /// the resume ([`first_pages`]). Addresses in no record are skipped.
+    pub fn fill_first(mut self, first: &[u64]) -> Registered {
+        self.first.extend_from_slice(first);
+        self
     }
 
     /// Hands the replaced guest's pages ([`detach_all`]) to the loader,
@@ -192,7 +204,17 @@ impl Registered {
             mem,
             started,
             detached,
+            first,
         } = self;
+        let mut wanted: Vec<usize> = Vec::new();
+        for i in first
+            .iter()
+            .filter_map(|&guest| index::find(&segments, guest))
+        {
+            if segments[i].record.is_some() && !wanted.contains(&i) {
+                wanted.push(i);
+            }
+        }
         let progress = Arc::new(Progress {
             filled: AtomicU64::new(0),
             total: segments
@@ -204,6 +226,7 @@ impl Registered {
         let loader = Loader {
             uffd,
             ranges,
+            wanted,
             segments,
             label,
             started,
@@ -252,6 +275,8 @@ struct Loader {
     uffd: uffd::Uffd,
     /// (guest start, host address, len) of each RAM region.
     ranges: Vec<(u64, u64, u64)>,
+    /// Segments filled before the others ([`Registered::fill_first`]).
+    wanted: Vec<usize>,
     segments: Vec<Segment>,
     label: String,
     started: Instant,
@@ -283,14 +308,15 @@ impl Loader {
         }
         match self.fill_all(source.as_ref(), &mut buf) {
             Ok(report) => eprintln!(
-                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault",
+                "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault; first faults (guest address@ms): {}",
                 self.label,
                 report.record_bytes >> 20,
                 report.records,
                 self.started.elapsed().as_secs_f64() * 1e3,
                 report.faults,
                 report.on_fault,
-                report.zero_pages
+                report.zero_pages,
+                report.first_faults()
             ),
             Err(e) => fatal(&e),
         }
@@ -310,6 +336,8 @@ impl Loader {
         let mut done = vec![false; self.segments.len()];
         let mut report = Report::default();
         let mut next = 0;
+        let mut wanted = self.wanted.iter().copied();
+        let mut wanted_left = self.wanted.len();
         let mut next_at = Instant::now() + self.pace.unwrap_or_default();
         let io = |what: &str, e: std::io::Error| StateError::Write(format!("{what}: {e}"));
         loop {
@@ -321,6 +349,11 @@ impl Loader {
                 let i = index::find(&self.segments, guest).ok_or_else(|| {
                     StateError::Write(format!("a fault at {guest:#x}, in no segment"))
                 })?;
+                if report.first_faults.len() < FAULTS_REPORTED {
+                    report
+                        .first_faults
+                        .push((guest, self.started.elapsed(), done[i]));
+                }
                 if self.segments[i].record.is_none() {
                     let page = host & !(crate::state::memory::PAGE as u64 - 1);
                     let one = crate::state::memory::PAGE as u64;
@@ -350,8 +383,12 @@ impl Loader {
                     report.on_fault += 1;
                 }
             }
-            self.release_some();
-            if next == self.segments.len() {
+            // The replaced guest's pages wait until the records wanted
+            // first are in.
+            if wanted_left == 0 {
+                self.release_some();
+            }
+            if next == self.segments.len() && wanted_left == 0 {
                 return Ok(report);
             }
             if let Some(pace) = self.pace {
@@ -362,11 +399,21 @@ impl Loader {
                 }
                 next_at = now + pace;
             }
-            if !done[next] && self.segments[next].record.is_some() {
-                self.fill(source, &self.segments[next], buf, &mut report)?;
-                done[next] = true;
+            // The records wanted first, then every record in order.
+            let i = match wanted.next() {
+                Some(i) => {
+                    wanted_left -= 1;
+                    i
+                }
+                None => {
+                    next += 1;
+                    next - 1
+                }
+            };
+            if !done[i] && self.segments[i].record.is_some() {
+                self.fill(source, &self.segments[i], buf, &mut report)?;
+                done[i] = true;
             }
-            next += 1;
         }
     }
 
@@ -494,6 +541,30 @@ struct Report {
     zero_pages: u64,
     faults: u64,
     on_fault: u64,
+    /// The first faults: the guest address, when it was read (from the
+    /// registration), and whether its segment was filled by then.
+    first_faults: Vec<(u64, Duration, bool)>,
+}
+
+/// How many first faults the loader's report names.
+const FAULTS_REPORTED: usize = 8;
+
+impl Report {
+    /// The first faults, as `GUEST@MS` (`+` when already filled).
+    fn first_faults(&self) -> String {
+        let named: Vec<String> = self
+            .first_faults
+            .iter()
+            .map(|&(guest, at, filled)| {
+                format!(
+                    "{guest:#x}@{:.1}{}",
+                    at.as_secs_f64() * 1000.0,
+                    if filled { "+" } else { "" }
+                )
+            })
+            .collect();
+        named.join(" ")
+    }
 }
 
 /// Bytes of the replaced guest's RAM the loader unmaps at a time, between
@@ -577,27 +648,6 @@ impl StreamSource for MappedArea {
     }
 }
 
-/// Opens the qcow2 image at `path` read-only and unlocked: a reader of a
-/// snapshot's state that must not take the image's locks.
-pub fn open_image(path: &std::path::Path) -> Result<qcow::image::Qcow2, StateError> {
-    let image_err =
-        |e: qcow::Error| StateError::InImage(format!("image '{}': {e}", path.display()));
-    let storage = qcow::fs::open_storage(path, false).map_err(image_err)?;
-    qcow::image::Qcow2::open(storage, false, &qcow::fs::FileOpener::for_image(path))
-        .map_err(image_err)
-}
-
-/// The image a lazy load reads: the caller's own (a fork's reader), or
-/// the VM's disk (at `path`). Either way the loader reads the snapshot's
-/// area through a map onto the file ([`MappedArea`]), not through the
-/// image.
-pub enum Image<'a> {
-    /// An image of the caller's own (dropped once the area is mapped).
-    Owned(Box<qcow::image::Qcow2>),
-    /// The VM's disk and its path.
-    Disk(&'a qcow::image::Qcow2, &'a std::path::Path),
-}
-
 /// Where a lazy load's time before resume went, part by part (each from
 /// the end of the last): what a revert's `ram` phase is made of.
 #[derive(Debug, Clone, Copy, Default)]
@@ -630,16 +680,20 @@ impl std::fmt::Display for LoadPhases {
 /// at `place` of snapshot `snapshot` in `image`: lazily when [`wanted`]
 /// and userfaultfd works, else read now (`over`: `mem` holds another
 /// guest's RAM). Returns the loader if lazy, and the bytes of RAM the
-/// stream holds.
+/// stream holds. A lazy loader reads the snapshot's area through a map
+/// onto the image file ([`MappedArea`]), not through `image`: the caller
+/// may close `image` once this returns (a fork's own reader), or keep
+/// using it (the VM's disk).
 #[allow(clippy::too_many_arguments)]
 pub fn load(
-    image: Image<'_>,
+    image: &qcow::image::Qcow2,
     snapshot: &str,
     place: crate::state::image::RamPlace,
     vm: crate::state::machine::ConfigSummary,
     mem: &GuestMemoryMmap,
     over: bool,
     seccomp: bool,
+    first: &[u64],
 ) -> Result<(Option<LazyRam>, u64), StateError> {
     load_timed(
         image,
@@ -649,20 +703,46 @@ pub fn load(
         mem,
         over,
         seccomp,
+        first,
         &mut LoadPhases::default(),
     )
+}
+
+/// The guest addresses a restored machine touches first, whose records
+/// a lazy load fills before any other ([`Registered::fill_first`]): the
+/// VM generation ID, which the VMM writes before the guest runs, the
+/// rings of every active virtio queue, which the device thread reads as
+/// the transports are restored, then per vCPU its page-table root (CR3),
+/// and its RIP and RSP, which are guest physical addresses only where the
+/// guest maps memory one to one (as the test guest does; elsewhere they
+/// fall outside RAM or on some other record, which costs one record's
+/// read out of order).
+pub fn first_pages(machine: &crate::state::machine::MachineState) -> Vec<u64> {
+    let mut first = vec![crate::devices::vmgenid::VMGENID_START];
+    for transport in machine.virtio.iter().filter(|t| t.activated) {
+        for queue in transport.queues.iter().filter(|q| q.ready) {
+            first.extend([queue.desc, queue.avail, queue.used]);
+        }
+    }
+    for vcpu in &machine.vcpus {
+        first.push(vcpu.sregs.cr3 & !(crate::state::memory::PAGE as u64 - 1));
+        first.push(vcpu.regs.rip);
+        first.push(vcpu.regs.rsp);
+    }
+    first
 }
 
 /// [`load`], recording where its time went in `phases`.
 #[allow(clippy::too_many_arguments)]
 pub fn load_timed(
-    image: Image<'_>,
+    image: &qcow::image::Qcow2,
     snapshot: &str,
     place: crate::state::image::RamPlace,
     vm: crate::state::machine::ConfigSummary,
     mem: &GuestMemoryMmap,
     over: bool,
     seccomp: bool,
+    first: &[u64],
     phases: &mut LoadPhases,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
     let mut mark = Instant::now();
@@ -674,10 +754,6 @@ pub fn load_timed(
     };
     let read_now = |image: &qcow::image::Qcow2, over: bool| {
         crate::state::image::read_memory(image, snapshot, place, vm, mem, over)
-    };
-    let image: &qcow::image::Qcow2 = match &image {
-        Image::Owned(q) => q,
-        Image::Disk(q, _) => q,
     };
     if !wanted() {
         return Ok((None, read_now(image, over)?));
@@ -716,6 +792,7 @@ pub fn load_timed(
     if let Some(detached) = detached {
         registered = registered.release_later(detached);
     }
+    registered = registered.fill_first(first);
     let source: Source = Box::new(area);
     let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
     phases.start = lap();
@@ -832,8 +909,12 @@ mod tests {
         let mem = crate::vm::map_guest_memory(size).unwrap();
         let shared = stream.clone();
         let source: Source = Box::new(Shared(shared));
+        // Wanted first: a record's page (twice), a zero page and an
+        // address outside RAM (both skipped).
+        let first = [size - 4096, 0x40_0000, size - 4096, u64::MAX - 5];
         let lazy = match Registered::new(&mem) {
             Ok(registered) => registered
+                .fill_first(&first)
                 .start(segments, source, false, "t".into())
                 .unwrap(),
             Err(e) => {

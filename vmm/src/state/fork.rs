@@ -103,15 +103,20 @@ pub fn read(
         .map_err(image_err)?;
     let area = super::image::read_machine(&image, &source.snapshot, vm)?;
     let mem = crate::vm::map_guest_memory(vm.memory)?;
+    let first = crate::lazy_ram::first_pages(&area.machine);
     let (lazy, _) = crate::lazy_ram::load(
-        crate::lazy_ram::Image::Owned(Box::new(image)),
+        &image,
         &source.snapshot,
         area.ram,
         vm,
         &mem,
         false,
         seccomp,
+        &first,
     )?;
+    // The loader reads through its own map onto the file: this reader is
+    // closed now, not when the fork ends.
+    drop(image);
     Ok((area.machine, mem, lazy))
 }
 

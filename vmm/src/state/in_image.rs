@@ -198,20 +198,34 @@ pub fn revert_disks(
 }
 
 /// Reverts every writable qcow2 disk to snapshot `name`, checked by
-/// [`check_revert`] first. The old trees' frees reach the disk at the
-/// guest's next flush or when the VM closes its disks
-/// (Qcow2::apply_snapshot_unflushed says why a crash meanwhile leaks
-/// clusters only).
+/// [`check_revert`] first. Each disk's new active table is on disk when
+/// this returns; its header's sync and the freeing of its old tree are
+/// left for [`free_replaced_trees`] once the guest runs again (or the
+/// guest's next flush, or the VM closing its disks, whichever comes
+/// first): `Qcow2::apply_snapshot_deferring_free` says why a crash
+/// meanwhile leaks clusters only.
 pub fn apply_revert(
     backends: &[Arc<dyn BlockBackend>],
     disks: &[DiskConfig],
     name: &str,
 ) -> Result<(), StateError> {
     for (disk, q) in writable_images(disks, backends) {
-        q.apply_snapshot_unflushed(name)
+        q.apply_snapshot_deferring_free(name)
             .map_err(|e| image_err(disk, e))?;
     }
     Ok(())
+}
+
+/// Frees the active trees [`apply_revert`] replaced on `vm`'s disks (in
+/// their metadata caches, written at the next flush); returns how many
+/// disks had one.
+pub fn free_replaced_trees(vm: &Vm) -> Result<usize, StateError> {
+    let (disks, backends) = vm.disks();
+    let mut freed = 0;
+    for (disk, q) in writable_images(disks, backends) {
+        freed += q.free_replaced_trees().map_err(|e| image_err(disk, e))?;
+    }
+    Ok(freed)
 }
 
 /// A [`revert_disks`] running on its own thread, so that the disks'

@@ -46,8 +46,10 @@ pub struct RevertPhases {
     pub ram_parts: crate::lazy_ram::LoadPhases,
     /// The serial port, the GED and the transports.
     pub devices: Duration,
+    /// The part of `devices` that reset and restored the transports.
+    pub devices_transports: Duration,
     /// The part of `devices` that started the new generation (the rest
-    /// restored the serial port, the GED and the transports).
+    /// restored the serial port and the GED).
     pub devices_generation: Duration,
 }
 
@@ -57,7 +59,7 @@ impl std::fmt::Display for RevertPhases {
         write!(
             f,
             "pause {:.1} ms, disks {:.1} ms (check {:.1} ms, apply {:.1} ms), kvm {:.1} ms, \
-             ram {:.1} ms ({} MiB: {}), devices {:.1} ms (generation {:.1} ms)",
+             ram {:.1} ms ({} MiB: {}), devices {:.1} ms (transports {:.1} ms, generation {:.1} ms)",
             ms(self.pause),
             ms(self.disks),
             ms(self.disks_check),
@@ -67,6 +69,7 @@ impl std::fmt::Display for RevertPhases {
             self.ram_bytes >> 20,
             self.ram_parts,
             ms(self.devices),
+            ms(self.devices_transports),
             ms(self.devices_generation)
         )
     }
@@ -184,13 +187,14 @@ impl Vm {
             .qcow2()
             .ok_or_else(|| partial(StateError::InImage("the first disk is not qcow2".into())))?;
         let (lazy, bytes) = crate::lazy_ram::load_timed(
-            crate::lazy_ram::Image::Disk(first, &self.disks[0].path),
+            first,
             name,
             reverted.ram,
             machine.config,
             &self.mem,
             true,
             self.seccomp,
+            &crate::lazy_ram::first_pages(machine),
             &mut phases.ram_parts,
         )
         .map_err(partial)?;
@@ -208,6 +212,7 @@ impl Vm {
                 })
             })?;
         self.ged.lock().expect("GED lock").set_events(machine.ged);
+        let transports = Instant::now();
         for (slot, (transport, saved)) in self.transports.iter().zip(&machine.virtio).enumerate() {
             let mut transport = transport.lock().expect("transport lock");
             transport.reset_for_restore();
@@ -238,6 +243,7 @@ impl Vm {
         // The snapshot's RAM runs again: a new generation, as after a
         // rebuilt revert (the GED's saved events are in place first).
         let generation = Instant::now();
+        phases.devices_transports = generation - transports;
         self.new_generation().map_err(InPlaceError::Partial)?;
         phases.devices = lap();
         phases.devices_generation = generation.elapsed();

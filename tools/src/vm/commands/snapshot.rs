@@ -20,6 +20,7 @@ use super::{lifecycle, lookup, Ctx};
 use crate::vm::cli::Invocation;
 use crate::vm::error::VmError;
 use crate::vm::format::{self, reason, state};
+use crate::vm::phases::PhaseLog;
 use crate::vm::runtime::{self, procfs, Active, Status, QUERY_TIMEOUT};
 use crate::vm::store::{read_bounded, write_atomically, DomainLock, Store};
 use crate::vm::xml::{DiskFormat, DomainDef, DomainName};
@@ -479,9 +480,16 @@ pub fn current(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmEr
 /// `snapshot-revert DOMAIN [SNAPSHOTNAME] [--current] [--running]
 /// [--paused]`.
 pub fn revert(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmError> {
-    let (def, _lock, status) = domain_and_lock(ctx, inv)?;
+    let mut phases = PhaseLog::new("snapshot-revert");
+    let def = lookup(ctx, inv.required("domain"))?;
+    let lock = ctx.store.lock(&def.name)?;
+    phases.lap("lookup");
+    // Whether a VMM runs is all a revert needs to know (no vm.info round
+    // trip): its vm.restore answers for the VM's state itself.
+    let status = runtime::inspect_recorded(&ctx.store, &def.name, Some(&lock));
     let mut set = read_set(&ctx.store, &def.name)?;
     let s = chosen(inv, &set, &def)?.clone();
+    phases.lap("status");
     if inv.flag("running") && inv.flag("paused") {
         return Err(VmError::Refused(format!(
             "Failed to revert snapshot {}\nerror: Flags 'VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING' \
@@ -494,10 +502,11 @@ pub fn revert(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
     let url = format!("qcow2:{}", s.name);
     match (full, status.active()) {
         (true, Some(active)) => {
+            // One request: vm.restore runs the guest too (CH's `resume`).
             let client = active.client(STATE_TIMEOUT);
-            client.restore(&url).map_err(api_err)?;
+            client.restore_then(&url, run_after).map_err(api_err)?;
+            phases.lap("vm.restore");
             if run_after {
-                client.resume().map_err(api_err)?;
                 active.run.set_reason(state::RUNNING, RUNNING_FROM_SNAPSHOT);
             } else {
                 active.run.set_reason(state::PAUSED, PAUSED_FROM_SNAPSHOT);
@@ -505,14 +514,14 @@ pub fn revert(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
         }
         (true, None) => {
             lifecycle::launch_with(&def, ctx, &|client| {
-                client.restore(&url)?;
-                if run_after {
-                    client.resume()?;
-                    Ok((state::RUNNING, RUNNING_FROM_SNAPSHOT))
+                client.restore_then(&url, run_after)?;
+                Ok(if run_after {
+                    (state::RUNNING, RUNNING_FROM_SNAPSHOT)
                 } else {
-                    Ok((state::PAUSED, PAUSED_FROM_SNAPSHOT))
-                }
+                    (state::PAUSED, PAUSED_FROM_SNAPSHOT)
+                })
             })?;
+            phases.lap("vmm started and vm.restore");
         }
         (false, active) => {
             if let Some(active) = active {
@@ -540,6 +549,8 @@ pub fn revert(ctx: &Ctx, inv: &Invocation, out: &mut String) -> Result<(), VmErr
         set.current = Some(s.name.clone());
         write_set(&ctx.store, &def.name, &set)?;
     }
+    phases.lap("store");
+    phases.report();
     ctx.extra(out, &format!("Domain snapshot {} reverted\n", s.name));
     Ok(())
 }

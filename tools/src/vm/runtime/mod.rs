@@ -91,9 +91,16 @@ impl RunFolder {
         fs::read_to_string(self.id_file()).ok()?.trim().parse().ok()
     }
 
-    /// Records the reason of the state we just put the domain in.
+    /// Records the reason of the state we just put the domain in. The
+    /// file is left alone when it says so already: rewriting it (a
+    /// truncation, on ext4 a writeback at close) cost a revert
+    /// milliseconds under I/O load.
     pub fn set_reason(&self, state: u32, reason: u32) {
-        let _ = fs::write(self.reason_file(), format!("{state} {reason}\n"));
+        let line = format!("{state} {reason}\n");
+        if fs::read_to_string(self.reason_file()).is_ok_and(|old| old == line) {
+            return;
+        }
+        let _ = fs::write(self.reason_file(), line);
     }
 
     fn reason_for(&self, wanted_state: u32) -> Option<u32> {
@@ -186,6 +193,24 @@ pub fn inspect(
     timeout: Duration,
     lock: Option<&DomainLock>,
 ) -> Status {
+    inspect_with(store, name, Some(timeout), lock)
+}
+
+/// [`inspect`] without asking the VMM (no vm.info round trip): whether a
+/// VMM runs, and the state and reason recorded when we last changed it,
+/// for a command that acts on the VMM at once and needs no more (its own
+/// request answers 405 if the VM is in no state for it).
+pub fn inspect_recorded(store: &Store, name: &DomainName, lock: Option<&DomainLock>) -> Status {
+    inspect_with(store, name, None, lock)
+}
+
+/// [`inspect`], asking the VMM for at most `query` (never when `None`).
+fn inspect_with(
+    store: &Store,
+    name: &DomainName,
+    query: Option<Duration>,
+    lock: Option<&DomainLock>,
+) -> Status {
     let run = RunFolder::new(store.run_dir(name));
     let Some(process) = run.process() else {
         return Status::Inactive {
@@ -213,10 +238,13 @@ pub fn inspect(
         return Status::Inactive { reason };
     }
     let id = run.id().unwrap_or(0);
-    let client = Client::new(run.api_socket())
-        .with_connect_timeout(timeout)
-        .with_io_timeout(timeout);
-    let info = client.info().ok();
+    let info = query.and_then(|timeout| {
+        Client::new(run.api_socket())
+            .with_connect_timeout(timeout)
+            .with_io_timeout(timeout)
+            .info()
+            .ok()
+    });
     let (vm_state, reason) = match info.as_ref().map(|i| i.state) {
         Some(VmState::Running) => (
             state::RUNNING,
@@ -231,7 +259,7 @@ pub fn inspect(
         Some(VmState::Shutdown) => (state::SHUTDOWN, 0),
         // Not listening yet: another `vm start` is bringing it up.
         None if !run.api_socket().exists() => (state::PAUSED, reason::PAUSED_STARTING_UP),
-        // No answer: the last state we put it in.
+        // No answer, or not asked: the last state we put it in.
         None => match run.reason_for(state::PAUSED) {
             Some(r) => (state::PAUSED, r),
             None => (state::RUNNING, run.reason_for(state::RUNNING).unwrap_or(0)),

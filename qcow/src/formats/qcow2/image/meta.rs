@@ -51,6 +51,21 @@ pub struct Meta {
     pub compressed_cursor: u64,
     /// The external data file, synced before tables that point into it.
     pub data_file: Option<std::sync::Arc<dyn Storage>>,
+    /// Active trees a revert replaced and left to free later
+    /// (`Qcow2::apply_snapshot_deferring_free`): still counted in the
+    /// refcounts, so a process that dies first leaks their clusters.
+    pub replaced: Vec<ReplacedTree>,
+}
+
+/// An active L1/L2 tree a revert replaced: the L1 table's entries and
+/// where the table lies. Nothing references it any more but its own
+/// refcounts, which stay until it is freed.
+#[derive(Debug)]
+pub struct ReplacedTree {
+    /// The old active L1 table's entries.
+    pub l1: Vec<u64>,
+    /// The old active L1 table's host offset.
+    pub l1_offset: u64,
 }
 
 impl Meta {
@@ -67,13 +82,15 @@ impl Meta {
     }
 
     /// Whether nothing awaits writing back: no dirty refcount block, table
-    /// entry, L2 table, L1 entry or header, and no deferred decrement.
+    /// entry, L2 table, L1 entry or header, no deferred decrement and no
+    /// replaced tree left to free.
     pub fn is_clean(&self) -> bool {
         !self.rc.is_dirty()
             && self.rc.pending_frees() == 0
             && !self.l2.has_dirty()
             && self.l1_dirty.is_empty()
             && !self.header_dirty
+            && self.replaced.is_empty()
     }
 
     /// Highest host offset that can hold valid data right now.
@@ -332,13 +349,19 @@ impl Meta {
 
     /// Rewrites the header cluster and syncs.
     pub fn write_header(&mut self, file: &dyn Storage) -> Result<()> {
+        self.write_header_unsynced(file)?;
+        file.flush().inspect_err(|_| self.header_dirty = true)
+    }
+
+    /// Rewrites the header cluster without syncing: the caller syncs
+    /// before anything that relies on the new header being on disk.
+    pub fn write_header_unsynced(&mut self, file: &dyn Storage) -> Result<()> {
         let (rt_offset, rt_clusters) = self.rc.table_location();
         self.hc.header.refcount_table_offset = rt_offset;
         self.hc.header.refcount_table_clusters = rt_clusters as u32;
         let buf = self.hc.write()?;
         let len = self.hc.header.cluster_size().min(buf.len() as u64) as usize;
         file.write_at(&buf[..len], 0)?;
-        file.flush()?;
         self.header_dirty = false;
         Ok(())
     }

@@ -220,6 +220,7 @@ impl Qcow2 {
             file_len_at_open: file_len,
             compressed_cursor: 0,
             data_file: data_file.clone(),
+            replaced: Vec::new(),
         };
         if header_dirty {
             meta.write_header(&*file)?;
@@ -329,6 +330,9 @@ impl Qcow2 {
         }
         let freed = {
             let mut meta = self.lock();
+            // A revert's old tree, if one was left, is freed in the same
+            // flush.
+            self.free_replaced(&mut meta)?;
             let freed = meta.flush(&*self.file)?;
             self.file.flush()?;
             freed

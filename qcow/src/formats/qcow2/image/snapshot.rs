@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use byteorder::{BigEndian, ByteOrder};
 
-use super::meta::Meta;
+use super::meta::{Meta, ReplacedTree};
 use super::vmstate::VmStateInfo;
 use super::Qcow2;
 use crate::entries::{table_get, L2Entry, RawL2, FLAG_COPIED, OFFSET_MASK};
@@ -62,6 +62,9 @@ impl Qcow2 {
                 .wait(meta)
                 .expect("metadata lock poisoned");
         }
+        // A revert's old tree is freed before the next one touches the
+        // refcounts.
+        self.free_replaced(&mut meta)?;
         let freed = meta.flush(&*self.file)?;
         meta.forget_freed_tables(&freed);
         // Snapshot operations free clusters outside the deferred frees.
@@ -481,7 +484,80 @@ impl Qcow2 {
         self.snapshot_preconditions()?;
         let meta = self.lock();
         let mut meta = self.quiesce(meta)?;
-        let snapshots = self.read_snapshot_table(&meta)?;
+        let replaced = self.switch_to_snapshot(&mut meta, id_or_name)?;
+        // The header that no longer points at the old tree is on disk
+        // before any of its refcounts goes down.
+        self.file.flush()?;
+        self.free_tree(&mut meta, replaced)
+    }
+
+    /// [`Self::apply_snapshot_unflushed`] that also leaves the header's
+    /// sync and the freeing of the old active tree for later, for a VM
+    /// that resumes its guest first: the snapshot's tree has its new
+    /// references and the new active L1 table is on disk (synced), the
+    /// header that points at it is written but not synced, and the old
+    /// tree keeps its references until [`Self::free_replaced_trees`] (or
+    /// the next flush, snapshot operation or close, whichever comes
+    /// first) syncs the header and then frees it.
+    ///
+    /// Crash safety: until then no refcount of the old tree goes down,
+    /// so none of its clusters can be allocated again or overwritten.
+    /// A crash leaves on disk either the old header (the old tree whole,
+    /// the snapshot's tree and the new L1 table counted once too often)
+    /// or the new one (the old tree counted though unreferenced): leaks
+    /// either way, which `check -r leaks` repairs. The guest's writes
+    /// meanwhile go to clusters allocated with their refcounts synced
+    /// before any table points at them (the flush order), and the first
+    /// such sync makes the header durable too.
+    pub fn apply_snapshot_deferring_free(&self, id_or_name: &str) -> Result<()> {
+        self.snapshot_preconditions()?;
+        let meta = self.lock();
+        let mut meta = self.quiesce(meta)?;
+        let replaced = self.switch_to_snapshot(&mut meta, id_or_name)?;
+        meta.replaced.push(replaced);
+        Ok(())
+    }
+
+    /// Frees the active trees [`Self::apply_snapshot_deferring_free`] left
+    /// (the header is synced first), in the metadata cache: the
+    /// decrements reach the disk at the next flush. Returns how many
+    /// trees were freed (0 for a read-only image or none left).
+    pub fn free_replaced_trees(&self) -> Result<usize> {
+        if !self.writable {
+            return Ok(0);
+        }
+        let mut meta = self.lock();
+        self.free_replaced(&mut meta)
+    }
+
+    /// [`Self::free_replaced_trees`] under the caller's lock.
+    pub(super) fn free_replaced(&self, meta: &mut Meta) -> Result<usize> {
+        if meta.replaced.is_empty() {
+            return Ok(0);
+        }
+        // The header that stopped pointing at these trees is on disk
+        // before any of their refcounts goes down.
+        self.file.flush()?;
+        let trees = std::mem::take(&mut meta.replaced);
+        let count = trees.len();
+        for tree in trees {
+            // A failure leaves the trees not yet freed leaked: never
+            // freed twice.
+            self.free_tree(meta, tree)?;
+        }
+        // As in `quiesce`: clusters were freed outside the deferred frees.
+        meta.compressed_cursor = 0;
+        *self.decompressed.lock().expect("lock poisoned") = None;
+        Ok(count)
+    }
+
+    /// Points the active table at a copy of snapshot `id_or_name`'s (its
+    /// size included): the snapshot's tree gains the references of the
+    /// new table, which is written and synced with them, and the header
+    /// is written (not synced) to point at it. Returns the old active
+    /// tree, unreferenced but still counted.
+    fn switch_to_snapshot(&self, meta: &mut Meta, id_or_name: &str) -> Result<ReplacedTree> {
+        let snapshots = self.read_snapshot_table(meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
         s.validate_l1(self.cluster_size())?;
         let (new_size, needed) = self.snapshot_l1_entries(s)?;
@@ -492,8 +568,17 @@ impl Qcow2 {
         // state a snapshot holds reads back at the VM-state offset
         // (qemu-iotests 029 reads it with `qemu-io -c "read -b"`).
         // The snapshot's tree gains the active table's references first.
-        self.tree_refcounts(&mut meta, &new_l1, 1)?;
-        let new_offset = self.write_new_l1(&mut meta, &new_l1)?;
+        self.tree_refcounts(meta, &new_l1, 1)?;
+        // Every cluster of the new tree is now counted by the snapshot
+        // and by the active table: no COPIED flag belongs anywhere in it.
+        // A snapshot's tables carry none (they are cleared when it is
+        // taken); a stray one is cleared before the guest can write
+        // through it in place.
+        for e in &mut new_l1 {
+            *e &= !FLAG_COPIED;
+        }
+        let stray_copied = self.tree_has_copied(meta, &new_l1)?;
+        let new_offset = self.write_new_l1(meta, &new_l1)?;
         meta.flush(&*self.file)?;
         let old_l1 = std::mem::replace(&mut meta.l1, new_l1);
         let old_offset = meta.hc.header.l1_table_offset;
@@ -501,14 +586,44 @@ impl Qcow2 {
         meta.hc.header.l1_table_offset = new_offset;
         meta.hc.header.l1_size = meta.l1.len() as u32;
         meta.hc.header.size = new_size;
-        meta.write_header(&*self.file)?;
+        meta.write_header_unsynced(&*self.file)?;
         self.size
             .store(new_size, std::sync::atomic::Ordering::Release);
-        // The old active tree is unreferenced now.
-        self.tree_refcounts(&mut meta, &old_l1, -1)?;
-        self.free_range(&mut meta, old_offset, old_l1.len() as u64 * 8)?;
-        self.fix_copied_flags(&mut meta)?;
-        Ok(())
+        if stray_copied {
+            self.fix_copied_flags(meta)?;
+        }
+        Ok(ReplacedTree {
+            l1: old_l1,
+            l1_offset: old_offset,
+        })
+    }
+
+    /// Whether an L2 entry of the tree of `l1` (whose L1 entries were
+    /// checked) carries the COPIED flag.
+    fn tree_has_copied(&self, meta: &mut Meta, l1: &[u64]) -> Result<bool> {
+        for &e in l1 {
+            let l2_offset = e & OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            meta.load_l2(&*self.file, l2_offset)?;
+            let table = meta.l2.get(l2_offset).expect("table was just loaded");
+            let copied = (0..self.geo.l2_entries() as usize)
+                .any(|i| RawL2::get(table, i, self.geo.extended_l2).entry & FLAG_COPIED != 0);
+            if copied {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Drops the references of a replaced tree (its L2 tables, their data
+    /// clusters and its L1 table), then sets the active table's COPIED
+    /// flags where refcounts became one.
+    fn free_tree(&self, meta: &mut Meta, tree: ReplacedTree) -> Result<()> {
+        self.tree_refcounts(meta, &tree.l1, -1)?;
+        self.free_range(meta, tree.l1_offset, tree.l1.len() as u64 * 8)?;
+        self.fix_copied_flags(meta)
     }
 
     /// Deletes snapshot `id_or_name`, freeing what only it held.
