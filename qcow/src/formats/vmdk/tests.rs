@@ -353,6 +353,24 @@ fn flat_extents_for_io_skip_hole_detection() {
     vmdk.read_at(&mut back, (1 << 20) - 65536).unwrap();
     assert!(back[..65536].iter().all(|&b| b == 0));
     assert!(back[65536..131072].iter().all(|&b| b == 7));
+    drop(vmdk);
+
+    // The layers that wrap an image answer with the format's own
+    // extents_for_io, not with its map: the one data extent again.
+    let any = crate::fs::open_image(&path, Some(crate::fs::Format::Vmdk), false).unwrap();
+    let files = crate::formats::dir_files::DirFiles::for_image(&path);
+    let storage = crate::fs::open_storage(&path, false).unwrap();
+    let layer = crate::formats::ForeignLayer(Box::new(Vmdk::open(storage, false, &files).unwrap()));
+    for (what, wrapped) in [
+        ("AnyImage", &any as &dyn BlockRead),
+        ("ForeignLayer", &layer as &dyn BlockRead),
+    ] {
+        let mut io = Vec::new();
+        wrapped.extents_for_io(0, 8 << 20, &mut io).unwrap();
+        assert_eq!(io.len(), 1, "{what}: {io:?}");
+        assert_eq!(io[0].len, 8 << 20, "{what}");
+        assert!(wrapped.extents(0, 8 << 20).unwrap().len() > 1, "{what}");
+    }
 }
 
 /// A 20 MiB VMFS sparse ("COWD") file with 4 KiB grains: CID text at
