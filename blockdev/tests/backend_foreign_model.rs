@@ -61,7 +61,12 @@ fn case(format: Format, opts: &str, checked: bool, depth: u32, seed: u64) {
         max_granules: 256,
         discard: DiscardModel::Keep,
     };
+    let cid = vmdk_cid(&path);
     run(&path, format, &mut model, &w);
+    // Each open that wrote put a new CID into a vmdk's descriptor, as
+    // QEMU's does.
+    let written = vmdk_cid(&path);
+    assert!(cid.is_none() || written != cid, "{name}: the CID stayed");
     if checked {
         assert_clean(&path);
     }
@@ -72,7 +77,24 @@ fn case(format: Format, opts: &str, checked: bool, depth: u32, seed: u64) {
         ..w
     };
     run(&path, format, &mut model, &w2);
+    assert!(
+        cid.is_none() || vmdk_cid(&path) != written,
+        "{name}: the CID stayed"
+    );
     assert_same_as_format(&path, Some(name), &model, dir.path());
+}
+
+/// A vmdk's `cid` as `qemu-img info` shows it (`None` for other formats).
+fn vmdk_cid(image: &Path) -> Option<String> {
+    let out = std::process::Command::new("qemu-img")
+        .arg("info")
+        .arg(image)
+        .output()
+        .expect("qemu-img runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.trim_start().starts_with("cid:"))
+        .map(str::to_string)
 }
 
 /// `qemu-io -f FORMAT -c COMMAND IMAGE`.

@@ -333,6 +333,13 @@ impl BlockRead for AnyImage {
             AnyImage::Foreign(_, f) => f.extents(offset, len),
         }
     }
+    fn extents_for_io(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> Result<()> {
+        match self {
+            AnyImage::Qcow2(q) => q.extents_for_io(offset, len, out),
+            AnyImage::Raw(r) => r.extents_for_io(offset, len, out),
+            AnyImage::Foreign(_, f) => f.extents_for_io(offset, len, out),
+        }
+    }
     fn backing(&self) -> Option<&dyn BlockRead> {
         match self {
             AnyImage::Qcow2(q) => q.backing_image(),

@@ -276,3 +276,62 @@ fn hostile_cowd_headers_are_refused_in_one_line() {
         assert_eq!(read(&path), f, "{what}: file changed");
     }
 }
+
+/// `CID` as `qemu-img info` shows it.
+fn cid_of(image: &Path) -> String {
+    ok(qemu_img(&["info", "-f", "vmdk"]).arg(image))
+        .lines()
+        .find(|l| l.trim_start().starts_with("cid:"))
+        .expect("a cid line")
+        .to_string()
+}
+
+/// A write into a lone COWD file puts a new CID into its text at byte
+/// 512 as QEMU's does: the rest of the 20 sectors QEMU rewrites (here the
+/// grain directory and table 0 with the new grains) and of the file
+/// equal qemu-img's, the bytes past the new text's NUL stay as they were.
+#[test]
+fn cowd_write_puts_a_new_cid_where_qemu_puts_it() {
+    require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let original = build_cowd();
+    let original_cid = {
+        std::fs::write(tmp.path().join("m.vmdk"), &original).unwrap();
+        cid_of(&tmp.path().join("m.vmdk"))
+    };
+    let mut files = Vec::new();
+    for (tool, name) in [("qemu-img", "q.vmdk"), ("img", "o.vmdk")] {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, &original).unwrap();
+        let args = [
+            "bench", "-q", "-w", "-c", "1", "-s", "65536", "-o", "1048576",
+        ];
+        let mut cmd = if tool == "img" {
+            img(&args)
+        } else {
+            qemu_img(&args)
+        };
+        ok(cmd.args(["-f", "vmdk"]).arg(&path));
+        assert_ne!(cid_of(&path), original_cid, "{tool} kept the CID");
+        files.push(read(&path));
+    }
+    let (area, len) = (SECTOR, 20 * SECTOR);
+    assert_eq!(files[0].len(), files[1].len());
+    assert!(files[0][..area] == files[1][..area]);
+    assert!(files[0][area + len..] == files[1][area + len..]);
+    let text_end = |f: &[u8]| area + f[area..].iter().position(|&b| b == 0).unwrap();
+    let (q_end, o_end) = (text_end(&files[0]), text_end(&files[1]));
+    let mask = |f: &[u8], end: usize| {
+        String::from_utf8_lossy(&f[area..end])
+            .lines()
+            .map(|l| if l.starts_with("CID=") { "CID=X" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(mask(&files[0], q_end), mask(&files[1], o_end));
+    let after = q_end.max(o_end) + 1;
+    assert!(files[0][after..area + len] == files[1][after..area + len]);
+    for (f, end) in [(&files[0], q_end), (&files[1], o_end)] {
+        assert!(f[end + 1..after] == original[end + 1..after]);
+    }
+}

@@ -108,6 +108,13 @@ fn guest_writes_through(
     args.extend_from_slice(create_args);
     args.extend([name.as_str(), size.as_str()]);
     qemu_img(&dir, &args);
+    let cid_line = |dir: &Path| {
+        qemu_img(dir, &["info", "-f", format, &name])
+            .lines()
+            .find(|l| l.trim_start().starts_with("cid:"))
+            .map(str::to_string)
+    };
+    let cid_before = cid_line(&dir);
 
     let client = vmm.client();
     let disk = vmapi::DiskConfig {
@@ -129,6 +136,12 @@ fn guest_writes_through(
     client.vmm_shutdown().unwrap();
     assert_eq!(vmm.wait_exit(), Some(0), "{}", vmm.log());
 
+    // The VMM's first write put a new CID into a vmdk's descriptor, as
+    // QEMU's does.
+    if format == "vmdk" {
+        assert!(cid_before.is_some());
+        assert_ne!(cid_line(&dir), cid_before, "the VMM's writes kept the CID");
+    }
     let check = qemu_img(&dir, &["check", "-f", format, &name]);
     assert!(
         check.contains("No errors were found"),

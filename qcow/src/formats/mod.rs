@@ -390,6 +390,14 @@ impl BlockRead for ForeignLayer {
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
         self.0.extents(offset, len)
     }
+    fn extents_for_io(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<crate::device::Extent>,
+    ) -> Result<()> {
+        self.0.extents_for_io(offset, len, out)
+    }
     fn backing(&self) -> Option<&dyn BlockRead> {
         self.0.backing()
     }

@@ -202,7 +202,7 @@ impl NewDescriptor<'_> {
             None => (u32::MAX, String::new()),
         };
         format!(
-            "# Disk DescriptorFile\nversion=1\nCID={:08x}\nparentCID={parent_cid:08x}\n\
+            "# Disk DescriptorFile\nversion=1\nCID={:x}\nparentCID={parent_cid:x}\n\
              createType=\"{}\"\n{parent_line}\n\
              # Extent description\n{extents}\n# The Disk Data Base\n#DDB\n\n\
              ddb.virtualHWVersion = \"{}\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
@@ -282,5 +282,18 @@ mod tests {
         ));
         assert!(text.contains("ddb.geometry.cylinders = \"10\"\nddb.geometry.heads = \"16\""));
         assert_eq!(Descriptor::parse(&text).unwrap().extents.len(), 1);
+        // QEMU's template prints both CIDs with %x: no zero padding.
+        let child = NewDescriptor {
+            cid: 0x1a,
+            parent: Some((0xbc, "p.vmdk")),
+            create_type: "monolithicSparse",
+            extent_lines: vec!["RW 10240 SPARSE \"c.vmdk\"".into()],
+            hw_version: "4",
+            size: 5 << 20,
+            adapter_type: "ide",
+            tools_version: "2147483647",
+        }
+        .render();
+        assert!(child.contains("\nCID=1a\nparentCID=bc\n"), "{child}");
     }
 }

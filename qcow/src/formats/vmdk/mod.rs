@@ -15,7 +15,13 @@
 //! write into a grain table the file lacks is refused, as QEMU refuses
 //! it); SE sparse ("seSparse") extents named by a descriptor, which QEMU
 //! reads only that way, are read only.
+//!
+//! As QEMU does, the first write after each open puts a new random CID
+//! into the descriptor, and a child whose `parentCID` no longer matches
+//! its parent's CID fails reads from the parent and grain allocations
+//! with EINVAL ([`cid`]).
 
+pub mod cid;
 pub mod create;
 pub mod descriptor;
 pub mod header;
@@ -93,8 +99,15 @@ pub struct Vmdk {
     storage: Arc<dyn Storage>,
     extents: Vec<VmdkExtent>,
     size: u64,
+    /// The CID read at open (QEMU shows this one until the next open,
+    /// also after a write has put a new one into the file).
     cid: u32,
     parent_cid: u32,
+    /// Where the descriptor area QEMU rewrites the CID in starts in the
+    /// image file: 0 for a descriptor file, 512 for a sparse file.
+    desc_offset: u64,
+    /// The CID rewrite of this open and the parent's CID check.
+    cids: cid::CidState,
     create_type: String,
     writable: bool,
     /// The parent the descriptor names.
@@ -246,6 +259,8 @@ impl Vmdk {
             size: start,
             cid: descriptor.cid,
             parent_cid: descriptor.parent_cid,
+            desc_offset: 0,
+            cids: cid::CidState::default(),
             backing_file: Self::parent_of(&descriptor),
             create_type,
             writable,
@@ -303,6 +318,8 @@ impl Vmdk {
             size: len,
             cid: descriptor.cid,
             parent_cid: descriptor.parent_cid,
+            desc_offset: cid::EMBEDDED_OFFSET,
+            cids: cid::CidState::default(),
             // QEMU shows the text's createType, empty when there is none.
             create_type: descriptor.create_type.clone().unwrap_or_default(),
             writable,
@@ -355,6 +372,8 @@ impl Vmdk {
             size: len,
             cid: descriptor.cid,
             parent_cid: descriptor.parent_cid,
+            desc_offset: cid::EMBEDDED_OFFSET,
+            cids: cid::CidState::default(),
             create_type: create_type.to_string(),
             writable,
             backing_file: Self::parent_of(&descriptor),
@@ -570,12 +589,14 @@ impl BlockRead for Vmdk {
                 Data::Flat { storage, offset } => storage.read_at(part, offset + inner),
                 Data::Sparse(s) => match self.backing.as_deref() {
                     Some(b) if s.lookup(inner)?.0 == Grain::Unallocated => {
+                        self.cids.check_parent(b, self.parent_cid)?;
                         super::read_backing(Some(b), part, e.start + inner)
                     }
                     _ => s.read_in_grain(part, inner),
                 },
                 Data::SeSparse(s) => match self.backing.as_deref() {
                     Some(b) if s.lookup(inner)?.0 == Grain::Unallocated => {
+                        self.cids.check_parent(b, self.parent_cid)?;
                         super::read_backing(Some(b), part, e.start + inner)
                     }
                     _ => s.read_in_grain(part, inner),
@@ -648,24 +669,37 @@ impl ForeignImage for Vmdk {
         self.for_pieces(offset, buf.len() as u64, |e, inner, n, at| {
             let part = &buf[at..at + n as usize];
             match &e.data {
-                Data::Flat { storage, offset } => storage.write_at(part, offset + inner),
+                Data::Flat { storage, offset } => storage.write_at(part, offset + inner)?,
                 Data::Sparse(s) => match self.backing.as_deref() {
-                    Some(b) if n < s.grain_bytes() && s.lookup(inner)?.0 == Grain::Unallocated => {
-                        let grain_start = inner - inner % s.grain_bytes();
-                        let len = s.grain_bytes().min(e.len - grain_start);
-                        let unit = super::copy_on_write_unit(
-                            b,
-                            e.start + grain_start,
-                            len,
-                            part,
-                            e.start + inner,
-                        )?;
-                        s.write_in_grain(&unit, grain_start)
+                    Some(b) => {
+                        let grain = s.lookup(inner)?.0;
+                        if matches!(grain, Grain::Unallocated | Grain::Zero) {
+                            // QEMU checks the parent's CID before it
+                            // allocates a grain in a child.
+                            self.cids.check_parent(b, self.parent_cid)?;
+                        }
+                        if n < s.grain_bytes() && grain == Grain::Unallocated {
+                            let grain_start = inner - inner % s.grain_bytes();
+                            let len = s.grain_bytes().min(e.len - grain_start);
+                            let unit = super::copy_on_write_unit(
+                                b,
+                                e.start + grain_start,
+                                len,
+                                part,
+                                e.start + inner,
+                            )?;
+                            s.write_in_grain(&unit, grain_start)?
+                        } else {
+                            s.write_in_grain(part, inner)?
+                        }
                     }
-                    _ => s.write_in_grain(part, inner),
+                    None => s.write_in_grain(part, inner)?,
                 },
-                Data::SeSparse(_) => Err(read_only_sesparse()),
+                Data::SeSparse(_) => return Err(read_only_sesparse()),
             }
+            // QEMU puts a new CID into the descriptor once its first
+            // write after the open has written its first piece.
+            self.cids.after_write(&*self.storage, self.desc_offset)
         })
     }
 

@@ -87,7 +87,43 @@ fn round_trip(subformat: Subformat) {
     let Some(InfoValue::Dict(info)) = again.format_specific() else {
         panic!()
     };
-    assert_eq!(info[0], ("cid", InfoValue::UInt(0x1234_5678)));
+    // The open that wrote put a new CID into the descriptor.
+    assert_ne!(info[0], ("cid", InfoValue::UInt(0x1234_5678)));
+    assert_eq!(info[1], ("parent-cid", InfoValue::UInt(u32::MAX.into())));
+}
+
+/// The CID in `image`'s descriptor now.
+fn file_cid(image: &MemStorage) -> u32 {
+    cid::read_cid(image).unwrap().unwrap()
+}
+
+#[test]
+fn the_cid_changes_once_per_open_that_writes() {
+    for subformat in [Subformat::MonolithicSparse, Subformat::MonolithicFlat] {
+        let files = MemFiles::default();
+        let image = files.add("disk.vmdk", Vec::new());
+        let opts = CreateOptions {
+            subformat,
+            ..CreateOptions::default()
+        };
+        create(&*image, 1 << 20, &opts, &files, 0x1234_5678).unwrap();
+        let vmdk = Vmdk::open(image.clone(), true, &files).unwrap();
+        let mut buf = [0u8; 512];
+        vmdk.read_at(&mut buf, 0).unwrap();
+        assert_eq!(file_cid(&image), 0x1234_5678, "a read changed the CID");
+        vmdk.write_at(&[1; 512], 0).unwrap();
+        let first = file_cid(&image);
+        assert_ne!(first, 0x1234_5678);
+        vmdk.write_at(&[2; 4096], 65536).unwrap();
+        assert_eq!(file_cid(&image), first, "a second write of one open");
+        // The open keeps showing the CID it read, as QEMU's does.
+        assert_eq!(vmdk.cid(), 0x1234_5678);
+        drop(vmdk);
+        let again = Vmdk::open(image.clone(), true, &files).unwrap();
+        assert_eq!(again.cid(), first);
+        again.write_at(&[3; 512], 0).unwrap();
+        assert_ne!(file_cid(&image), first, "{subformat:?}: a new open's write");
+    }
 }
 
 #[test]
@@ -200,9 +236,23 @@ use byteorder::{ByteOrder, LittleEndian};
 #[test]
 fn overlay_reads_its_parent_and_copies_grains_up_on_partial_writes() {
     let files = MemFiles::default();
+    let base: Vec<u8> = (0..(1u32 << 19)).map(|i| (i % 241) as u8).collect();
+    let parent_file = files.add("base.vmdk", Vec::new());
+    create(
+        &*parent_file,
+        1 << 19,
+        &CreateOptions::default(),
+        &files,
+        0xabcd_ef01,
+    )
+    .unwrap();
+    let parent = Vmdk::open(parent_file.clone(), true, &files).unwrap();
+    parent.write_at(&base, 0).unwrap();
+    drop(parent);
+    let parent_cid = file_cid(&parent_file);
     let image = files.add("disk.vmdk", Vec::new());
     let opts = CreateOptions {
-        parent: Some((0xabcd_ef01, "base.vmdk".into())),
+        parent: Some((parent_cid, "base.vmdk".into())),
         ..CreateOptions::default()
     };
     create(&*image, 1 << 20, &opts, &files, 0x1234_5678).unwrap();
@@ -212,10 +262,9 @@ fn overlay_reads_its_parent_and_copies_grains_up_on_partial_writes() {
         (named.name.as_str(), named.format),
         ("base.vmdk", Some(FORMAT))
     );
-    assert_eq!(vmdk.parent_cid, 0xabcd_ef01);
-    let base: Vec<u8> = (0..(1u32 << 19)).map(|i| (i % 241) as u8).collect();
-    let raw = crate::device::RawImage::new(Arc::new(MemStorage::from_bytes(base.clone())));
-    vmdk.set_backing(Box::new(raw.unwrap()));
+    assert_eq!(vmdk.parent_cid, parent_cid);
+    let parent = Vmdk::open(parent_file, false, &files).unwrap();
+    vmdk.set_backing(Box::new(crate::formats::ForeignLayer(Box::new(parent))));
     vmdk.write_at(&[0x5a; 700], 70_000).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     vmdk.read_at(&mut buf, 0).unwrap();
@@ -225,6 +274,26 @@ fn overlay_reads_its_parent_and_copies_grains_up_on_partial_writes() {
     assert!(buf == want, "overlay reads differ from parent + write");
     let report = vmdk.check().unwrap().unwrap();
     assert_eq!(report.corruptions, 0, "{report:?}");
+}
+
+#[test]
+fn a_parent_that_is_not_a_vmdk_fails_reads_through_it_as_in_qemu() {
+    let files = MemFiles::default();
+    let image = files.add("disk.vmdk", Vec::new());
+    let opts = CreateOptions {
+        parent: Some((u32::MAX, "base.raw".into())),
+        ..CreateOptions::default()
+    };
+    create(&*image, 1 << 20, &opts, &files, 1).unwrap();
+    let mut vmdk = Vmdk::open(image, true, &files).unwrap();
+    let raw = crate::device::RawImage::new(Arc::new(MemStorage::from_bytes(vec![7; 1 << 20])));
+    vmdk.set_backing(Box::new(raw.unwrap()));
+    let mut buf = [0u8; 512];
+    let err = vmdk.read_at(&mut buf, 0).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EINVAL))
+    );
+    assert!(vmdk.write_at(&[1; 65536], 0).is_err());
 }
 
 #[test]
@@ -284,6 +353,24 @@ fn flat_extents_for_io_skip_hole_detection() {
     vmdk.read_at(&mut back, (1 << 20) - 65536).unwrap();
     assert!(back[..65536].iter().all(|&b| b == 0));
     assert!(back[65536..131072].iter().all(|&b| b == 7));
+    drop(vmdk);
+
+    // The layers that wrap an image answer with the format's own
+    // extents_for_io, not with its map: the one data extent again.
+    let any = crate::fs::open_image(&path, Some(crate::fs::Format::Vmdk), false).unwrap();
+    let files = crate::formats::dir_files::DirFiles::for_image(&path);
+    let storage = crate::fs::open_storage(&path, false).unwrap();
+    let layer = crate::formats::ForeignLayer(Box::new(Vmdk::open(storage, false, &files).unwrap()));
+    for (what, wrapped) in [
+        ("AnyImage", &any as &dyn BlockRead),
+        ("ForeignLayer", &layer as &dyn BlockRead),
+    ] {
+        let mut io = Vec::new();
+        wrapped.extents_for_io(0, 8 << 20, &mut io).unwrap();
+        assert_eq!(io.len(), 1, "{what}: {io:?}");
+        assert_eq!(io[0].len, 8 << 20, "{what}");
+        assert!(wrapped.extents(0, 8 << 20).unwrap().len() > 1, "{what}");
+    }
 }
 
 /// A 20 MiB VMFS sparse ("COWD") file with 4 KiB grains: CID text at
