@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 
 /// The most pieces a map may have: 262,144 pieces are 4 MiB of map. A
-/// state written by [`super::VmStateWriter`] is in one piece per 8 MiB
-/// at most (16 GiB of state in 2,048).
+/// state written by [`super::VmStateWriter`] is in one piece per 4 MiB
+/// at most (16 GiB of state in 4,096).
 pub const MAX_MAP_PIECES: usize = 1 << 18;
 
 /// Where a snapshot's VM-state area lies in the image file
@@ -90,6 +90,22 @@ impl VmStateMap {
         }
         self.pieces.push(Piece { pos, host });
         Ok(())
+    }
+
+    /// Asks the kernel to read the whole area into the page cache in the
+    /// background, in area order (a state written with O_DIRECT is not
+    /// there: a revert's first reads would wait for the disk). Best
+    /// effort; storage that is not a file is left alone.
+    pub fn read_ahead(&self) {
+        let Some(file) = self.file.as_file() else {
+            return;
+        };
+        for (i, piece) in self.pieces.iter().enumerate() {
+            let end = self.pieces.get(i + 1).map_or(self.size, |p| p.pos);
+            if let Some(host) = piece.host {
+                crate::sys::will_need(file, host, end - piece.pos);
+            }
+        }
     }
 
     /// Fills `buf` from area position `pos`: one positioned read per file
