@@ -564,6 +564,7 @@ impl Controller {
         }
         match taken {
             Ok(taken) => {
+                crate::state::in_image::read_ahead(vm, name);
                 let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
                 eprintln!(
                     "vmm: snapshot: pause {:.1} ms, {}, resume {:.1} ms ({} MiB of RAM, \
