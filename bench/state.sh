@@ -12,7 +12,7 @@
 # VM-state bytes in the image; then the ratios ours/QEMU of the
 # medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
-# Then the VMM's log lines of each revert's phases.
+# Then the VMM's log lines of each snapshot's and each revert's phases.
 # When bench/migrate.sh exists it runs last, with its defaults: an idle
 # counting guest (--rate 0) migrated over a Unix socket, both sides'
 # downtime measured over QEMU's span (from the source's pause to the
@@ -244,8 +244,9 @@ EOF
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
-# Where our reverts' time went (the VMM logs each revert's phases).
-grep -h "vmm: revert" "$work/store/run/bench/vmm.log" 2>/dev/null || true
+# Where our snapshots' and reverts' time went (the VMM logs each one's
+# phases).
+grep -h "vmm: snapshot\|vmm: revert" "$work/store/run/bench/vmm.log" 2>/dev/null || true
 
 if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
     echo

@@ -8,10 +8,13 @@
 //! hands out a [`VmStateWriter`] that appends the state in contiguous,
 //! newly allocated clusters; [`VmStateWriter::finish`] points the active L1
 //! table at them (refcounts, data and L2 tables reach the disk first);
-//! [`Qcow2::create_snapshot_with_vm_state`] records the snapshot, whose L1
-//! table then holds the area, with `vm_state_size` and `vm_clock_nsec`, and
-//! empties the active area again (QEMU does the same, so that the next
-//! snapshot copies nothing). A crash in between leaks clusters at worst.
+//! [`Qcow2::create_snapshot_with_vm_state`] records the snapshot, with
+//! `vm_state_size` and `vm_clock_nsec`, moving the area into it: the
+//! snapshot's L1 table takes the area's entries, which leave the active
+//! table before the snapshot table points at them, so the area's clusters
+//! keep their refcounts and the active area is empty again (QEMU empties
+//! it too, so that the next snapshot copies nothing). A crash in between
+//! leaks clusters at worst.
 //!
 //! [`Qcow2::read_vm_state`] reads a snapshot's area through the snapshot's
 //! own L1 table, so a state can be read and checked before the disk is
@@ -85,7 +88,7 @@ impl Qcow2 {
 
     /// L1 index of the first entry of the VM-state area for a disk of
     /// `disk_size` bytes.
-    fn vm_state_l1_index(&self, disk_size: u64) -> usize {
+    pub(super) fn vm_state_l1_index(&self, disk_size: u64) -> usize {
         l1_entries_for(disk_size, self.geo.cluster_bits, self.geo.extended_l2) as usize
     }
 
@@ -135,7 +138,7 @@ impl Qcow2 {
     /// with [`Qcow2::vm_state_writer`] (`info.vm_state_size` bytes of it),
     /// then empties the active VM-state area.
     pub fn create_snapshot_with_vm_state(&self, name: &str, info: VmStateInfo) -> Result<Snapshot> {
-        let snapshot = self.create_snapshot_recording(name, info)?;
+        let snapshot = self.create_snapshot_recording(name, info, true)?;
         let meta = self.lock();
         let mut meta = self.quiesce(meta)?;
         self.clear_active_vm_state(&mut meta)?;
