@@ -238,24 +238,22 @@ pub fn take(vm: &Vm, name: &str) -> crate::error::Result<Taken> {
 }
 
 /// Starts reading the VM state of full snapshot `name` of the first disk
-/// back into the host's page cache, on a thread of its own, and returns:
-/// the state went to the disk around the page cache (O_DIRECT), and a
-/// revert that follows would otherwise wait for the disk at each record
-/// its index or its guest's first faults read. Best effort: a failure
-/// only leaves the cache cold.
+/// back into the host's page cache, on a thread of its own
+/// (`VmStateMap::start_read_ahead`), and returns: the state went to the
+/// disk around the page cache (O_DIRECT), and a revert that follows
+/// would otherwise wait for the disk at each record its guest's first
+/// faults or its loader read. The map is made here (the tables were just
+/// written, so it reads them from the cache); the thread holds no disk.
+/// Best effort: a failure only leaves the cache cold.
 pub fn read_ahead(vm: &Vm, name: &str) {
     let (_, backends) = vm.disks();
-    let Some(backend) = backends.first().cloned() else {
-        return;
-    };
-    let name = name.to_string();
-    let _ = std::thread::Builder::new()
-        .name("state-read-ahead".into())
-        .spawn(move || {
-            if let Some(map) = backend.qcow2().and_then(|q| q.vm_state_map(&name).ok()) {
-                map.read_ahead();
-            }
-        });
+    if let Some(map) = backends
+        .first()
+        .and_then(|b| b.qcow2())
+        .and_then(|q| q.vm_state_map(name).ok())
+    {
+        map.start_read_ahead();
+    }
 }
 
 /// Reads and checks the state of full snapshot `name` from the first disk

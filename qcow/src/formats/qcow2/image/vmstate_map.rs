@@ -92,20 +92,37 @@ impl VmStateMap {
         Ok(())
     }
 
-    /// Asks the kernel to read the whole area into the page cache in the
-    /// background, in area order (a state written with O_DIRECT is not
-    /// there: a revert's first reads would wait for the disk). Best
-    /// effort; storage that is not a file is left alone.
-    pub fn read_ahead(&self) {
+    /// Starts a thread that asks the kernel to read the whole area into
+    /// the page cache, in area order (a state written with O_DIRECT is
+    /// not there: a revert's first reads would wait for the disk), and
+    /// returns. The thread reads through a descriptor of its own, opened
+    /// anew, so it holds neither the image nor its locks (OFD locks
+    /// belong to the image's own descriptor). Best effort; storage that
+    /// is not a file is left alone.
+    pub fn start_read_ahead(&self) {
+        use std::os::unix::io::AsRawFd;
         let Some(file) = self.file.as_file() else {
             return;
         };
-        for (i, piece) in self.pieces.iter().enumerate() {
-            let end = self.pieces.get(i + 1).map_or(self.size, |p| p.pos);
-            if let Some(host) = piece.host {
-                crate::sys::will_need(file, host, end - piece.pos);
-            }
-        }
+        let Ok(own) = std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+            return;
+        };
+        let ranges: Vec<(u64, u64)> = self
+            .pieces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, piece)| {
+                let end = self.pieces.get(i + 1).map_or(self.size, |p| p.pos);
+                piece.host.map(|host| (host, end - piece.pos))
+            })
+            .collect();
+        let _ = std::thread::Builder::new()
+            .name("vm-state-read-ahead".into())
+            .spawn(move || {
+                for (host, len) in ranges {
+                    crate::sys::will_need(&own, host, len);
+                }
+            });
     }
 
     /// Fills `buf` from area position `pos`: one positioned read per file
