@@ -12,9 +12,9 @@
 # VM-state bytes in the image; then the ratios ours/QEMU of the
 # medians, measured in this run.
 # Runs alternate ours and QEMU's; each snapshot is followed by `sync`.
-# Then the VMM's log lines of each revert's phases; each of our reverts
-# also prints the `vm` command's own phases (`vm: snapshot-revert: ...`)
-# before its run's line.
+# Then the VMM's log lines of each snapshot's and each revert's phases;
+# each of our reverts also prints the `vm` command's own phases
+# (`vm: snapshot-revert: ...`) before its run's line.
 # When bench/migrate.sh exists it runs last, with its defaults: an idle
 # counting guest (--rate 0) migrated over a Unix socket, both sides'
 # downtime measured over QEMU's span (from the source's pause to the
@@ -248,8 +248,9 @@ EOF
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
-# Where our reverts' time went (the VMM logs each revert's phases).
-grep -h "vmm: revert\|vmm: lazy RAM" "$work/store/run/bench/vmm.log" 2>/dev/null || true
+# Where our snapshots' and reverts' time went (the VMM logs each one's
+# phases, and the lazy RAM loader its first faults).
+grep -h "vmm: snapshot\|vmm: revert\|vmm: lazy RAM" "$work/store/run/bench/vmm.log" 2>/dev/null || true
 
 if [ -x bench/migrate.sh ] || [ -f bench/migrate.sh ]; then
     echo

@@ -92,6 +92,22 @@ pub fn start_writeback(file: &File) {
     }
 }
 
+/// Asks the kernel to read `[offset, offset + len)` of the file into the
+/// page cache in the background (posix_fadvise POSIX_FADV_WILLNEED).
+/// Best effort.
+pub fn will_need(file: &File, offset: u64, len: u64) {
+    // SAFETY: posix_fadvise only reads its integer arguments; the fd is
+    // valid for the lifetime of `file`.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 /// Copies `len` bytes at `src_offset` of `src` to `dst_offset` of `dst`
 /// in the kernel (copy_file_range: a reflink or a server-side copy where
 /// the file system has one, an in-kernel copy otherwise). Returns the

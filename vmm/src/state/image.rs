@@ -19,13 +19,17 @@
 //! checked against the VM's configuration, and the RAM stream must end
 //! exactly where the snapshot's `vm_state_size` says.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 
 use qcow::image::{Qcow2, VmStateWriter};
 use vm_memory::GuestMemoryMmap;
 
 use super::machine::{ConfigSummary, MachineState};
 use super::StateError;
+
+/// Bytes at the start of a record its index reads: the header and a RAM
+/// run's guest address.
+const RECORD_PREFIX: u64 = super::record::HEADER_LEN as u64 + 8;
 
 /// The area's magic.
 pub const AREA_MAGIC: [u8; 8] = *b"VMMSTATE";
@@ -35,8 +39,6 @@ pub const AREA_VERSION: u32 = 1;
 pub const AREA_HEADER_LEN: u64 = 32;
 /// The most machine-record bytes read (256 vCPUs' records fit easily).
 pub const MAX_MACHINE: u64 = 64 << 20;
-/// Buffer between the RAM stream and the image (writing).
-const IO_BUFFER: usize = 4 << 20;
 
 fn header(machine_len: u64) -> [u8; AREA_HEADER_LEN as usize] {
     let mut head = [0u8; AREA_HEADER_LEN as usize];
@@ -98,14 +100,23 @@ pub fn write_area(
 ) -> Result<u64, StateError> {
     let records = machine.to_bytes()?;
     let write_err = |e: qcow::Error| StateError::Write(format!("the image's VM-state area: {e}"));
+    // The header and the machine records are read first by a revert, and
+    // each RAM record's header by its index: those pages are left in the
+    // page cache.
+    writer.keep_cached(AREA_HEADER_LEN + records.len() as u64);
     writer
         .write_all(&header(records.len() as u64))
         .map_err(write_err)?;
     writer.write_all(&records).map_err(write_err)?;
-    let mut out = BufWriter::with_capacity(IO_BUFFER, AreaWriter(writer));
-    let saved = super::memory::save(mem, machine.config, &mut out)?;
-    out.flush().map_err(StateError::write)?;
-    Ok(saved)
+    // Unbuffered: the writer gathers the records into its own buffers,
+    // which go to the disk as they are (a buffer between would copy
+    // every byte of RAM once more).
+    super::memory::save_marking(
+        mem,
+        machine.config,
+        &mut AreaWriter(writer),
+        |out: &mut AreaWriter| out.0.keep_cached(RECORD_PREFIX),
+    )
 }
 
 /// The bytes [`write_area`] writes, in memory (for seeds and tests).

@@ -69,8 +69,21 @@ pub fn save<W: Write>(
     config: ConfigSummary,
     out: &mut W,
 ) -> Result<u64, StateError> {
+    save_marking(mem, config, out, |_| {})
+}
+
+/// [`save`], calling `at_record(out)` before each record is written: the
+/// image's VM-state area marks where each record's header goes, the part
+/// of the stream a lazy revert's index reads first.
+pub fn save_marking<W: Write>(
+    mem: &GuestMemoryMmap,
+    config: ConfigSummary,
+    out: &mut W,
+    mut at_record: impl FnMut(&mut W),
+) -> Result<u64, StateError> {
     static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
     let first = config.to_record();
+    at_record(out);
     write_record(out, first.kind, 0, &first.payload)?;
     let mut count = 1;
     let mut saved = 0u64;
@@ -114,6 +127,7 @@ pub fn save<W: Write>(
                     (None, false) => run_start = Some(at),
                     (Some(from), true) => {
                         let run_addr = (addr + from as u64).to_le_bytes();
+                        at_record(out);
                         write_record_parts(out, RecordKind::Ram, 0, &[&run_addr, &buf[from..at]])?;
                         saved += (at - from) as u64;
                         count += 1;
@@ -126,6 +140,7 @@ pub fn save<W: Write>(
         }
     }
     let end = end_record(count);
+    at_record(out);
     write_record(out, end.kind, 0, &end.payload)?;
     Ok(saved)
 }

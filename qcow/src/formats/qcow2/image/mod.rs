@@ -21,6 +21,7 @@ mod snapshot;
 mod subcluster_zero;
 mod vmstate;
 mod vmstate_map;
+mod vmstate_sink;
 mod write;
 
 use std::collections::{BTreeSet, HashSet};

@@ -230,6 +230,51 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Clears the COPIED flags in the L2 tables of `l1[moved..]`, entries
+    /// that leave the active table for a snapshot's only (a moved
+    /// VM-state area): an inactive table's flags must not say "written in
+    /// place" once a revert shares it again (QEMU leaves a savevm's state
+    /// without them too). The tables are changed in the cache, so they
+    /// reach the disk in the flush that also drops them from the active
+    /// table, before it (a crash between leaves flags cleared on clusters
+    /// of refcount 1: harmless, and repaired by `check -r all`).
+    fn clear_moved_copied_flags(&self, meta: &mut Meta, l1: &[u64], moved: usize) -> Result<()> {
+        let cs = self.cluster_size();
+        let extended = self.geo.extended_l2;
+        for (index, &e) in l1.iter().enumerate().skip(moved) {
+            let l2_offset = e & OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            if !l2_offset.is_multiple_of(cs) || l2_offset + cs > meta.host_limit() {
+                return Err(Error::InvalidEntry {
+                    what: "L1",
+                    index: index as u64,
+                    offset: l2_offset,
+                    reason: "L2 table is not aligned or lies beyond the end of the file",
+                });
+            }
+            meta.load_l2(&*self.file, l2_offset)?;
+            let entries = self.geo.l2_entries() as usize;
+            let table = meta.l2.get(l2_offset).expect("table was just loaded");
+            if (0..entries).all(|i| RawL2::get(table, i, extended).entry & FLAG_COPIED == 0) {
+                continue;
+            }
+            let table = meta.l2.get_mut(l2_offset).expect("table is cached");
+            for i in 0..entries {
+                let raw = RawL2::get(table, i, extended);
+                if raw.entry & FLAG_COPIED != 0 {
+                    RawL2 {
+                        entry: raw.entry & !FLAG_COPIED,
+                        ..raw
+                    }
+                    .set(table, i, extended);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `l1` into newly allocated clusters; returns their offset.
     fn write_new_l1(&self, meta: &mut Meta, l1: &[u64]) -> Result<u64> {
         let offset = self.alloc_l1(meta, l1.len())?;
@@ -383,15 +428,23 @@ impl Qcow2 {
 
     /// Creates a disk-only snapshot of the current contents named `name`.
     pub fn create_snapshot(&self, name: &str) -> Result<Snapshot> {
-        self.create_snapshot_recording(name, VmStateInfo::default())
+        self.create_snapshot_recording(name, VmStateInfo::default(), false)
     }
 
     /// Creates a snapshot of the current contents (the active VM-state
-    /// area included) recording `info`'s VM-state size and clock.
+    /// area included) recording `info`'s VM-state size and clock. With
+    /// `move_vm_state`, the active VM-state area moves into the snapshot
+    /// instead of being shared with it: its L1 entries leave the active
+    /// table in the same flush that writes the snapshot's refcounts and
+    /// flags, before the snapshot table points at them, so its clusters
+    /// keep their counts (one reference moved, none added) and a crash in
+    /// between leaks the area at worst. A VM state needs no copy in the
+    /// active image (QEMU empties it there after its savevm too).
     pub(super) fn create_snapshot_recording(
         &self,
         name: &str,
         info: VmStateInfo,
+        move_vm_state: bool,
     ) -> Result<Snapshot> {
         self.snapshot_preconditions()?;
         if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME {
@@ -423,6 +476,13 @@ impl Qcow2 {
             .unwrap_or(0)
             + 1;
         let l1 = meta.l1.clone();
+        // The entries the snapshot shares with the active table: all, or
+        // the disk's when the VM-state area moves.
+        let shared = if move_vm_state {
+            self.vm_state_l1_index(self.size()).min(l1.len())
+        } else {
+            l1.len()
+        };
         // QEMU's order: the snapshot's L1 table is allocated before the
         // tree's refcounts grow. When one would overflow (narrow refcount
         // widths), nothing else changed, and the table's clusters stay
@@ -431,12 +491,23 @@ impl Qcow2 {
         // writes it, and again below once the active flags are settled.
         let l1_table_offset = self.alloc_l1(&mut meta, l1.len())?;
         self.write_l1_at(l1_table_offset, &l1)?;
-        if let Err(e) = self.tree_refcounts(&mut meta, &l1, 1) {
+        if let Err(e) = self.tree_refcounts(&mut meta, &l1[..shared], 1) {
             meta.flush(&*self.file)?;
             return Err(e);
         }
+        for index in shared..meta.l1.len() {
+            if meta.l1[index] != 0 {
+                meta.l1[index] = 0;
+                meta.l1_dirty.insert(index);
+            }
+        }
+        self.clear_moved_copied_flags(&mut meta, &l1, shared)?;
         self.fix_copied_flags(&mut meta)?;
-        let l1 = meta.l1.clone();
+        let mut snapshot_l1 = meta.l1.clone();
+        for (to, &from) in snapshot_l1[shared..].iter_mut().zip(&l1[shared..]) {
+            *to = from & !FLAG_COPIED;
+        }
+        let l1 = snapshot_l1;
         self.write_l1_at(l1_table_offset, &l1)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

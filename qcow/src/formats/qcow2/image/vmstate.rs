@@ -8,15 +8,19 @@
 //! hands out a [`VmStateWriter`] that appends the state in contiguous,
 //! newly allocated clusters; [`VmStateWriter::finish`] points the active L1
 //! table at them (refcounts, data and L2 tables reach the disk first);
-//! [`Qcow2::create_snapshot_with_vm_state`] records the snapshot, whose L1
-//! table then holds the area, with `vm_state_size` and `vm_clock_nsec`, and
-//! empties the active area again (QEMU does the same, so that the next
-//! snapshot copies nothing). A crash in between leaks clusters at worst.
+//! [`Qcow2::create_snapshot_with_vm_state`] records the snapshot, with
+//! `vm_state_size` and `vm_clock_nsec`, moving the area into it: the
+//! snapshot's L1 table takes the area's entries, which leave the active
+//! table before the snapshot table points at them, so the area's clusters
+//! keep their refcounts and the active area is empty again (QEMU empties
+//! it too, so that the next snapshot copies nothing). A crash in between
+//! leaks clusters at worst.
 //!
 //! [`Qcow2::read_vm_state`] reads a snapshot's area through the snapshot's
 //! own L1 table, so a state can be read and checked before the disk is
 //! reverted; every table offset it follows is checked against the file.
 
+use super::vmstate_sink::{AlignedBuffer, ClusterSink, BUFFER_BYTES, MEMORY_ALIGN};
 use super::Qcow2;
 use crate::entries::{
     alloc_bits, make_bitmap, table_get, L2Entry, RawL2, FLAG_COPIED, OFFSET_MASK, SUBCLUSTERS,
@@ -25,9 +29,6 @@ use crate::error::{Error, Result};
 use crate::header::l1_entries_for;
 use crate::snapshot_table::Snapshot;
 
-/// Data buffered by a [`VmStateWriter`] before it is written out.
-const WRITE_CHUNK: usize = 8 << 20;
-
 /// Guest offset where the VM-state area of a disk of `disk_size` bytes
 /// starts: the first byte an L1 entry past the disk covers.
 pub fn vm_state_offset(disk_size: u64, cluster_bits: u32, extended_l2: bool) -> u64 {
@@ -35,6 +36,14 @@ pub fn vm_state_offset(disk_size: u64, cluster_bits: u32, extended_l2: bool) -> 
     let l2_bits = cluster_bits - entry_bits;
     l1_entries_for(disk_size, cluster_bits, extended_l2) << (cluster_bits + l2_bits)
 }
+
+/// Bytes of pages a [`VmStateWriter`] keeps to leave in the page cache at
+/// most ([`VmStateWriter::keep_cached`]): 4,096 pages, a record header
+/// per MiB of a 2 GiB state; past that, readers find the rest on disk.
+const MAX_KEPT_BYTES: usize = 16 << 20;
+
+/// A page of the file.
+const PAGE: u64 = MEMORY_ALIGN as u64;
 
 /// What a full snapshot records about the VM beside its disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,12 +57,25 @@ pub struct VmStateInfo {
 /// Appends a VM state to the active image's VM-state area. Nothing points
 /// at the data until [`VmStateWriter::finish`]; dropping the writer leaks
 /// the clusters it allocated (a check with `-r leaks` reclaims them).
+/// The data goes out in buffers of whole clusters
+/// ([`super::vmstate_sink`]: O_DIRECT writes in the background where the
+/// file takes them).
 pub struct VmStateWriter<'a> {
     image: &'a Qcow2,
     /// Host offset of each cluster of the area written so far.
     host_clusters: Vec<u64>,
-    /// Bytes not yet written out (less than [`WRITE_CHUNK`]).
-    pending: Vec<u8>,
+    /// Where full buffers go.
+    sink: ClusterSink,
+    /// The buffer being filled, if any.
+    buffer: Option<AlignedBuffer>,
+    /// Bytes of `buffer` filled (less than its length).
+    filled: usize,
+    /// Ranges of the state (from, to) whose pages should end up in the
+    /// page cache, ascending, not yet reached by a written buffer.
+    cache_wanted: std::collections::VecDeque<(u64, u64)>,
+    /// Pages written around the page cache that are to be written through
+    /// it again once every direct write is done: (host offset, bytes).
+    kept: Vec<(u64, Vec<u8>)>,
     /// Bytes appended so far.
     len: u64,
 }
@@ -66,7 +88,7 @@ impl Qcow2 {
 
     /// L1 index of the first entry of the VM-state area for a disk of
     /// `disk_size` bytes.
-    fn vm_state_l1_index(&self, disk_size: u64) -> usize {
+    pub(super) fn vm_state_l1_index(&self, disk_size: u64) -> usize {
         l1_entries_for(disk_size, self.geo.cluster_bits, self.geo.extended_l2) as usize
     }
 
@@ -103,7 +125,11 @@ impl Qcow2 {
         Ok(VmStateWriter {
             image: self,
             host_clusters: Vec::new(),
-            pending: Vec::with_capacity(WRITE_CHUNK),
+            sink: ClusterSink::new(self.file.clone(), self.cluster_size()),
+            buffer: None,
+            filled: 0,
+            cache_wanted: std::collections::VecDeque::new(),
+            kept: Vec::new(),
             len: 0,
         })
     }
@@ -112,7 +138,7 @@ impl Qcow2 {
     /// with [`Qcow2::vm_state_writer`] (`info.vm_state_size` bytes of it),
     /// then empties the active VM-state area.
     pub fn create_snapshot_with_vm_state(&self, name: &str, info: VmStateInfo) -> Result<Snapshot> {
-        let snapshot = self.create_snapshot_recording(name, info)?;
+        let snapshot = self.create_snapshot_recording(name, info, true)?;
         let meta = self.lock();
         let mut meta = self.quiesce(meta)?;
         self.clear_active_vm_state(&mut meta)?;
@@ -284,12 +310,16 @@ impl VmStateWriter<'_> {
     /// Appends `data` to the state.
     pub fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
-            let room = WRITE_CHUNK - self.pending.len();
-            let n = room.min(data.len());
-            self.pending.extend_from_slice(&data[..n]);
+            let buffer = match &mut self.buffer {
+                Some(buffer) => buffer,
+                None => self.buffer.insert(self.sink.buffer()?),
+            };
+            let n = (BUFFER_BYTES - self.filled).min(data.len());
+            buffer.as_mut_slice()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
             data = &data[n..];
             self.len += n as u64;
-            if self.pending.len() == WRITE_CHUNK {
+            if self.filled == BUFFER_BYTES {
                 self.write_pending()?;
             }
         }
@@ -306,21 +336,77 @@ impl VmStateWriter<'_> {
         self.len == 0
     }
 
+    /// Asks that the pages holding the next `len` bytes appended end up in
+    /// the host's page cache as well, where a reader looks first (a record
+    /// header that an index reads before anything else). Writes around
+    /// the page cache ([`VmStateWriter::is_direct`]) leave nothing there:
+    /// these pages are written through it again, after the direct writes,
+    /// up to [`MAX_KEPT_BYTES`] of them.
+    pub fn keep_cached(&mut self, len: u64) {
+        if self.sink.is_direct() && len > 0 {
+            self.cache_wanted.push_back((self.len, self.len + len));
+        }
+    }
+
+    /// Copies the pages [`Self::keep_cached`] asked for out of `buffer`,
+    /// which holds the state from `start` and goes to host offset `host`
+    /// with `len` bytes (whole clusters, so whole pages).
+    fn keep_pages(&mut self, buffer: &mut AlignedBuffer, start: u64, len: u64, host: u64) {
+        let end = start + len;
+        while let Some(&(from, to)) = self.cache_wanted.front() {
+            if from >= end {
+                break;
+            }
+            let first = from.max(start) - start;
+            let last = to.min(end) - start;
+            let mut page = first / PAGE * PAGE;
+            while page < last {
+                let at = host + page;
+                let room = self.kept.len() * MEMORY_ALIGN < MAX_KEPT_BYTES;
+                if room && self.kept.last().is_none_or(|&(h, _)| h != at) {
+                    let bytes = &buffer.as_mut_slice()[page as usize..(page + PAGE) as usize];
+                    self.kept.push((at, bytes.to_vec()));
+                }
+                page += PAGE;
+            }
+            if to > end {
+                break;
+            }
+            self.cache_wanted.pop_front();
+        }
+    }
+
+    /// Whether the data goes out through O_DIRECT.
+    pub fn is_direct(&self) -> bool {
+        self.sink.is_direct()
+    }
+
     /// Writes the buffered bytes, padded to whole clusters, into newly
-    /// allocated contiguous clusters.
+    /// allocated contiguous clusters (a full buffer is whole clusters: its
+    /// length is a multiple of every cluster size).
     fn write_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        let Some(mut buffer) = self.buffer.take() else {
+            return Ok(());
+        };
+        if self.filled == 0 {
+            self.buffer = Some(buffer);
             return Ok(());
         }
         let image = self.image;
         let cs = image.cluster_size();
-        let clusters = (self.pending.len() as u64).div_ceil(cs);
-        self.pending.resize((clusters * cs) as usize, 0);
+        debug_assert!((BUFFER_BYTES as u64).is_multiple_of(cs));
+        let clusters = (self.filled as u64).div_ceil(cs);
+        let len = (clusters * cs) as usize;
+        buffer.as_mut_slice()[self.filled..len].fill(0);
+        let start = self.len - self.filled as u64;
+        self.filled = 0;
         let host = image.lock().alloc_clusters(&*image.file, clusters)?;
-        image.file.write_at(&self.pending, host)?;
+        if !self.cache_wanted.is_empty() {
+            self.keep_pages(&mut buffer, start, len as u64, host);
+        }
+        self.sink.write(buffer, len, host)?;
         self.host_clusters
             .extend((0..clusters).map(|i| host + i * cs));
-        self.pending.clear();
         Ok(())
     }
 
@@ -330,6 +416,12 @@ impl VmStateWriter<'_> {
     /// `vm_state_size`.
     pub fn finish(mut self) -> Result<u64> {
         self.write_pending()?;
+        self.sink.finish()?;
+        // After the direct writes, so that the cached pages are the ones
+        // written.
+        for (host, page) in std::mem::take(&mut self.kept) {
+            self.image.file.write_at(&page, host)?;
+        }
         let image = self.image;
         if self.host_clusters.is_empty() {
             return Ok(0);
@@ -356,8 +448,11 @@ impl VmStateWriter<'_> {
             entry.set(table, i % l2_entries, extended);
         }
         image.file.write_at(&raw, table_host)?;
-        meta.rc.flush(&*image.file)?;
-        image.file.flush()?;
+        // The refcounts' sync, when there is one, makes the data and the
+        // tables durable too.
+        if !meta.rc.flush(&*image.file)? {
+            image.file.flush()?;
+        }
         for t in 0..tables {
             let index = start + t;
             meta.l1[index] = (table_host + t as u64 * cs) | FLAG_COPIED;
@@ -365,5 +460,120 @@ impl VmStateWriter<'_> {
         }
         meta.flush(&*image.file)?;
         Ok(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::formats::qcow2::create::{create, CreateOptions};
+    use crate::storage::FileStorage;
+
+    /// A state of `len` bytes that differs in every page.
+    fn state(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_state_written_around_the_page_cache_reads_back_with_its_kept_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("vm.qcow2"))
+            .unwrap();
+        let opts = CreateOptions {
+            size: 4 << 20,
+            ..CreateOptions::default()
+        };
+        let image = create(Arc::new(FileStorage::new(file)), None, None, &opts).unwrap();
+        // Three buffers and a part; kept ranges inside a page, across two
+        // pages, and across the first buffer's end.
+        let data = state(3 * BUFFER_BYTES + 12_345);
+        let marks = [0, 4090, 100_000, BUFFER_BYTES - 10, 2 * BUFFER_BYTES + 7];
+        let mut w = image.vm_state_writer().unwrap();
+        let mut at = 0;
+        for &mark in &marks {
+            w.write_all(&data[at..mark]).unwrap();
+            w.keep_cached(28);
+            at = mark;
+        }
+        w.write_all(&data[at..]).unwrap();
+        if w.is_direct() {
+            // The three full buffers went out with the marked pages kept,
+            // once each: pages 0 and 1, page 24, the first buffer's last
+            // page and the second's first, the third's first.
+            assert_eq!(w.kept.len(), 6);
+        }
+        let size = w.finish().unwrap();
+        assert_eq!(size, data.len() as u64);
+        image
+            .create_snapshot_with_vm_state(
+                "s",
+                VmStateInfo {
+                    vm_state_size: size,
+                    vm_clock_nsec: 0,
+                },
+            )
+            .unwrap();
+        let mut back = vec![0u8; data.len()];
+        image.read_vm_state("s", 0, &mut back).unwrap();
+        assert!(back == data, "the state read back differs");
+    }
+
+    #[test]
+    fn kept_pages_are_those_asked_for() {
+        let opts = CreateOptions {
+            size: 1 << 20,
+            ..CreateOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("vm.qcow2"))
+            .unwrap();
+        let image = create(Arc::new(FileStorage::new(file)), None, None, &opts).unwrap();
+        let mut w = image.vm_state_writer().unwrap();
+        if !w.is_direct() {
+            eprintln!("no O_DIRECT here: nothing is kept");
+            return;
+        }
+        let data = state(BUFFER_BYTES + 8192);
+        w.write_all(&data[..4094]).unwrap();
+        w.keep_cached(28); // pages 0 and 1
+        w.write_all(&data[4094..BUFFER_BYTES - 4]).unwrap();
+        w.keep_cached(28); // the first buffer's last page, the next one's first
+        w.write_all(&data[BUFFER_BYTES - 4..]).unwrap();
+        w.write_pending().unwrap();
+        let first = w.host_clusters[0];
+        let second = w.host_clusters[BUFFER_BYTES / 65536];
+        let kept: Vec<u64> = w.kept.iter().map(|&(host, _)| host).collect();
+        assert_eq!(
+            kept,
+            [
+                first,
+                first + 4096,
+                first + BUFFER_BYTES as u64 - 4096,
+                second
+            ]
+        );
+        for (host, page) in &w.kept {
+            let i = w
+                .host_clusters
+                .iter()
+                .position(|&c| c == host / 65536 * 65536);
+            let pos = i.unwrap() * 65536 + (host % 65536) as usize;
+            assert!(page[..] == data[pos..pos + 4096], "page at {host}");
+        }
+        w.finish().unwrap();
     }
 }
