@@ -91,11 +91,13 @@ pub struct PausedPhases {
     /// Taking the vCPUs out of the guest.
     pub pause: Duration,
     /// Waiting for the disks' requests in flight (a guest's flush among
-    /// them) and stopping their queues.
+    /// them), stopping their queues and taking the devices' queue
+    /// positions (one round trip to the device thread).
     pub drain: Duration,
     /// The last dirty pass (RAM, then the disks' last changes).
     pub last_pass: Duration,
-    /// Collecting the vCPUs' and devices' state, dirty logging off.
+    /// Collecting the vCPUs' and KVM's state and the devices' (their
+    /// queue positions as the drain took them).
     pub state: Duration,
     /// Encoding and writing the state.
     pub send: Duration,
@@ -126,7 +128,7 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, drain {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
+            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms, send {:.2} ms, flush {:.2} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
             ms(self.drain),
             ms(self.last_pass),
@@ -417,6 +419,13 @@ fn precopy_and_switch(
         tids(&devices),
     );
     let clocks = WindowClocks::start(controller.into_iter().chain(vcpus).chain(devices).collect());
+    // The window's threads' policies read now, to put them back after:
+    // raising each is then one system call.
+    let mut boost = RealtimeBoost::new();
+    let window_threads = || controller_tid.iter().chain(&vcpu_tids).chain(&device_tids);
+    window_threads().for_each(|&tid| {
+        boost.prepare(tid);
+    });
     let paused_at = Instant::now();
     let mut mark = paused_at;
     let mut lap = || {
@@ -430,18 +439,18 @@ fn precopy_and_switch(
     // guest, the device thread (which drains the queues, then answers
     // for the devices' state) to the switch sent, and this one to the
     // Commit sent (the destination resumes on it).
-    let mut boost = RealtimeBoost::new();
-    let window_threads = controller_tid.iter().chain(&vcpu_tids).chain(&device_tids);
-    report.paused.boosted = window_threads.filter(|&&tid| boost.raise(tid)).count();
-    report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
+    report.paused.boosted = window_threads().filter(|&&tid| boost.raise(tid)).count();
     if options.running {
         progress.paused = true;
         sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
         vcpu_tids.iter().for_each(|&tid| boost.lower(tid));
         report.paused.pause = lap();
-        sender.vm.drain_queues().map_err(MigrationError::Vm)?;
-        report.paused.drain = lap();
     }
+    // The queues drained (already, when paused before) and the devices'
+    // queue positions and held state taken in one round trip to the
+    // device thread: they do not move until a resume.
+    let devices = sender.vm.drain_and_collect().map_err(MigrationError::Vm)?;
+    report.paused.drain = lap();
     let last = log.collect(sender.vm)?;
     let merged = merge(&pending, &last);
     report.ram_bytes += sender.dirty_pass(&merged)?;
@@ -451,7 +460,7 @@ fn precopy_and_switch(
     }
     report.passes += 1;
     report.paused.last_pass = lap();
-    let machine = sender.vm.save_machine()?;
+    let machine = sender.vm.save_machine_collected(devices)?;
     report.paused.state = lap();
     let bytes = machine.to_bytes()?;
     stream::write_frame(link.out, Tag::Machine, &[&bytes]).map_err(write_err)?;
@@ -468,6 +477,7 @@ fn precopy_and_switch(
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
     report.paused.scheduling = clocks.since_start();
+    report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     device_tids.iter().for_each(|&tid| boost.lower(tid));
     expect_reply(link.reader, link.offset, Tag::Ready)?;
     report.paused.destination = lap();
