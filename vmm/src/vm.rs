@@ -732,6 +732,17 @@ impl Vm {
             .map_err(|_| Error::GuestFault("disk queues did not drain within 30 s".into()))
     }
 
+    /// Waits, at most `bound`, for a moment when no disk request is in
+    /// flight (none of the device thread's queues has one as it goes to
+    /// sleep); whether one came. The guest runs on meanwhile.
+    pub(crate) fn wait_for_idle_disks(&self, bound: Duration) -> bool {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if !self.tell_loop(LoopMessage::WhenIdle(reply)) {
+            return true;
+        }
+        answer.recv_timeout(bound).is_ok()
+    }
+
     /// Restarts the disk queues, then the vCPUs. The first resume of a
     /// restored VM starts its NICs' announcements (stepped by a thread of
     /// their own, `devices::announcer`); an announcement under way before

@@ -56,6 +56,12 @@ pub enum LoopMessage {
     /// paused window makes one round trip to this thread, not one per
     /// device and kind of state.
     PauseAndCollect(std::sync::mpsc::Sender<PausedDevices>),
+    /// Answer once no queue has a request in flight (at once when
+    /// paused): a migration starts its paused window at such a moment
+    /// rather than wait in it for a guest's flush. The loop answers as it
+    /// goes to sleep with nothing in flight; a guest that always has
+    /// requests in flight is never answered (the asker bounds its wait).
+    WhenIdle(std::sync::mpsc::Sender<()>),
     /// The VM resumes: take requests again.
     Resume,
     /// For a snapshot of a paused VM: each served queue of `device` as
@@ -195,6 +201,8 @@ pub fn run(
     // registration is made once, at Add (running) or at Resume (paused):
     // a second EPOLL_CTL_ADD of the same fd fails with EEXIST.
     let mut paused = start_paused;
+    // Those waiting for a moment with no request in flight.
+    let mut idle_waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     loop {
         let busy = !paused && served.values().any(|s| s.handler.worth_polling());
         let ready = |s: &mut Served| s.handler.event_ready() || s.handler.has_available();
@@ -237,6 +245,13 @@ pub fn run(
         }
         if took {
             continue;
+        }
+        if !idle_waiters.is_empty()
+            && (paused || served.values().all(|s| s.handler.in_flight() == 0))
+        {
+            for waiter in idle_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
         }
         let sleep = std::time::Instant::now();
         let waited = epoll.wait(-1, &mut events);
@@ -330,6 +345,8 @@ pub fn run(
                                 }
                                 let _ = reply.send(collect(&served));
                             }
+                            // Answered before the loop next sleeps.
+                            LoopMessage::WhenIdle(reply) => idle_waiters.push(reply),
                             // Not paused: every fd is registered already.
                             LoopMessage::Resume if !paused => {}
                             LoopMessage::Resume => {

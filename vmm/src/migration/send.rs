@@ -35,6 +35,10 @@ const MAX_PASSES: u32 = 10_000;
 const SMALL_LAST: u64 = 256 << 10;
 /// Live passes at most once the estimate is under the target.
 const MAX_PASSES_UNDER_TARGET: u32 = 8;
+/// The longest the pause waits for a moment with no disk request in
+/// flight (a guest's flush takes 2-30 ms here): a guest that keeps
+/// requests in flight is paused after it, and its drain is in the window.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// What the caller asks of a migration.
 #[derive(Debug, Clone)]
@@ -72,6 +76,11 @@ pub struct SendReport {
     pub resumed_heard: bool,
     /// The disks' flush while the guest still ran, before the pause.
     pub flush_before_pause: Duration,
+    /// The wait for no disk request in flight, just before the pause.
+    pub idle_wait: Duration,
+    /// Whether that moment came within [`IDLE_WAIT`] (true when paused
+    /// already).
+    pub idle_seen: bool,
     /// RAM passes (the full one, the dirty ones and the last).
     pub passes: u32,
     /// Bytes of RAM sent.
@@ -106,6 +115,9 @@ pub struct PausedPhases {
     pub flush: Duration,
     /// How many disks that flushed, of how many.
     pub flushed_disks: (usize, usize),
+    /// Writing the Switch frame and flushing the stream into the socket
+    /// (the end of QEMU's measure).
+    pub switch: Duration,
     /// From the switch to the destination's Ready (its disks opened, its
     /// devices wired and its state set).
     pub destination: Duration,
@@ -128,7 +140,7 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms, send {:.2} ms, flush {:.2} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
+            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms, send {:.2} ms, flush {:.2} ms ({} of {} disks), switch {:.2} ms, destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
             ms(self.drain),
             ms(self.last_pass),
@@ -137,6 +149,7 @@ impl std::fmt::Display for PausedPhases {
             ms(self.flush),
             self.flushed_disks.0,
             self.flushed_disks.1,
+            ms(self.switch),
             ms(self.destination),
             ms(self.commit),
             ms(self.resumed)
@@ -426,6 +439,12 @@ fn precopy_and_switch(
     window_threads().for_each(|&tid| {
         boost.prepare(tid);
     });
+    // The window opens when no disk request is in flight, so that it
+    // does not wait in the drain for a guest's flush (bounded: a guest
+    // that keeps requests in flight still migrates).
+    let idle_start = Instant::now();
+    report.idle_seen = !options.running || sender.vm.wait_for_idle_disks(IDLE_WAIT);
+    report.idle_wait = idle_start.elapsed();
     let paused_at = Instant::now();
     let mut mark = paused_at;
     let mut lap = || {
@@ -476,6 +495,7 @@ fn precopy_and_switch(
         .map_err(write_err)?;
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
+    report.paused.switch = lap();
     report.paused.scheduling = clocks.since_start();
     report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     device_tids.iter().for_each(|&tid| boost.lower(tid));
