@@ -435,16 +435,19 @@ fn precopy_and_switch(
     // The window's threads' policies read now, to put them back after:
     // raising each is then one system call.
     let mut boost = RealtimeBoost::new();
-    let window_threads = || controller_tid.iter().chain(&vcpu_tids).chain(&device_tids);
-    window_threads().for_each(|&tid| {
+    for &tid in controller_tid.iter().chain(&vcpu_tids).chain(&device_tids) {
         boost.prepare(tid);
-    });
+    }
     // The window opens when no disk request is in flight, so that it
     // does not wait in the drain for a guest's flush (bounded: a guest
     // that keeps requests in flight still migrates).
     let idle_start = Instant::now();
     report.idle_seen = !options.running || sender.vm.wait_for_idle_disks(IDLE_WAIT);
     report.idle_wait = idle_start.elapsed();
+    // This thread and the device thread raised before the pause (neither
+    // runs the guest); the vCPUs once it starts, to be kicked out.
+    let host_threads = controller_tid.iter().chain(&device_tids);
+    report.paused.boosted = host_threads.filter(|&&tid| boost.raise(tid)).count();
     let paused_at = Instant::now();
     let mut mark = paused_at;
     let mut lap = || {
@@ -458,7 +461,7 @@ fn precopy_and_switch(
     // guest, the device thread (which drains the queues, then answers
     // for the devices' state) to the switch sent, and this one to the
     // Commit sent (the destination resumes on it).
-    report.paused.boosted = window_threads().filter(|&&tid| boost.raise(tid)).count();
+    report.paused.boosted += vcpu_tids.iter().filter(|&&tid| boost.raise(tid)).count();
     if options.running {
         progress.paused = true;
         sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
