@@ -727,6 +727,30 @@ impl Vm {
         Ok(())
     }
 
+    /// [`Vm::drain_queues`] (nothing to drain when paused already) and,
+    /// in the same round trip to the device thread, every device's queue
+    /// positions and held state, for [`Vm::save_machine_collected`].
+    pub(crate) fn drain_and_collect(&self) -> Result<event_loop::PausedDevices> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if !self.tell_loop(LoopMessage::PauseAndCollect(reply)) {
+            return Ok(event_loop::PausedDevices::default());
+        }
+        answer
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| Error::GuestFault("disk queues did not drain within 30 s".into()))
+    }
+
+    /// Waits, at most `bound`, for a moment when no disk request is in
+    /// flight (none of the device thread's queues has one as it goes to
+    /// sleep); whether one came. The guest runs on meanwhile.
+    pub(crate) fn wait_for_idle_disks(&self, bound: Duration) -> bool {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if !self.tell_loop(LoopMessage::WhenIdle(reply)) {
+            return true;
+        }
+        answer.recv_timeout(bound).is_ok()
+    }
+
     /// Restarts the disk queues, then the vCPUs. The first resume of a
     /// restored VM starts its NICs' announcements (stepped by a thread of
     /// their own, `devices::announcer`); an announcement under way before
@@ -811,6 +835,23 @@ impl Vm {
     /// The paused VM's state but its RAM: every vCPU, KVM's VM-wide
     /// state and the devices (RAM loaded lazily is settled first).
     pub fn save_machine(&self) -> Result<MachineState> {
+        self.save_machine_from(None)
+    }
+
+    /// [`Vm::save_machine`] with the devices' queues as
+    /// [`Vm::drain_and_collect`] answered, without asking the device
+    /// thread again.
+    pub(crate) fn save_machine_collected(
+        &self,
+        devices: event_loop::PausedDevices,
+    ) -> Result<MachineState> {
+        self.save_machine_from(Some(devices))
+    }
+
+    fn save_machine_from(
+        &self,
+        mut collected: Option<event_loop::PausedDevices>,
+    ) -> Result<MachineState> {
         self.settle_ram();
         let vcpus = self
             .vcpus
@@ -838,6 +879,16 @@ impl Vm {
         }
         let mut virtio = Vec::new();
         for (slot, transport) in self.transports.iter().enumerate() {
+            if let Some(devices) = &collected {
+                let served = devices.positions_of(slot);
+                virtio.push(
+                    transport
+                        .lock()
+                        .expect("transport lock")
+                        .save_state(&served),
+                );
+                continue;
+            }
             let (reply, positions) = std::sync::mpsc::channel();
             let mut served = Vec::new();
             if self.tell_loop(LoopMessage::Positions {
@@ -859,15 +910,19 @@ impl Vm {
         // are not state: a restored VM opens its own).
         let mut nets = Vec::new();
         for (slot, transport) in self.transports.iter().enumerate().skip(self.disks.len()) {
-            let (reply, answer) = std::sync::mpsc::channel();
             let mut held = event_loop::HeldState::default();
-            if self.tell_loop(LoopMessage::HeldState {
-                device: slot,
-                reply,
-            }) {
-                held = answer
-                    .recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| Error::GuestFault("the device thread did not answer".into()))?;
+            if let Some(devices) = collected.as_mut() {
+                held = devices.take_held(slot);
+            } else {
+                let (reply, answer) = std::sync::mpsc::channel();
+                if self.tell_loop(LoopMessage::HeldState {
+                    device: slot,
+                    reply,
+                }) {
+                    held = answer.recv_timeout(Duration::from_secs(5)).map_err(|_| {
+                        Error::GuestFault("the device thread did not answer".into())
+                    })?;
+                }
             }
             let transport = transport.lock().expect("transport lock");
             nets.push(crate::devices::net::save_state(&transport, &held));

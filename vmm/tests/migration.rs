@@ -146,7 +146,15 @@ fn migrate_and_check(url_of: impl Fn(&ApiVmm) -> String) {
         phases.contains("ms from the pause to the guest resumed there, "),
         "{phases}"
     );
-    for phase in ["pause ", "last pass ", "flush ", "destination ", "resumed "] {
+    for phase in [
+        "pause ",
+        "last pass ",
+        "flush ",
+        "switch ",
+        "destination ",
+        "resumed ",
+        "; before the pause: flush ",
+    ] {
         assert!(phases.contains(phase), "no {phase:?} in {phases}");
     }
     receiving

@@ -51,6 +51,17 @@ pub enum LoopMessage {
     /// The VM is pausing: stop taking requests from the queues, wait for
     /// those in flight to complete, then answer on the channel.
     Pause(std::sync::mpsc::Sender<()>),
+    /// [`LoopMessage::Pause`] (a no-op when paused already), then every
+    /// device's [`PausedDevices`] in the same answer: a migration's
+    /// paused window makes one round trip to this thread, not one per
+    /// device and kind of state.
+    PauseAndCollect(std::sync::mpsc::Sender<PausedDevices>),
+    /// Answer once no queue has a request in flight (at once when
+    /// paused): a migration starts its paused window at such a moment
+    /// rather than wait in it for a guest's flush. The loop answers as it
+    /// goes to sleep with nothing in flight; a guest that always has
+    /// requests in flight is never answered (the asker bounds its wait).
+    WhenIdle(std::sync::mpsc::Sender<()>),
     /// The VM resumes: take requests again.
     Resume,
     /// For a snapshot of a paused VM: each served queue of `device` as
@@ -81,6 +92,38 @@ pub struct HeldState {
     pub stashed: Vec<(u16, Vec<u16>)>,
     /// The queue pairs a control queue set, if the device has one served.
     pub active_pairs: Option<u16>,
+}
+
+/// What every device's served queues hold once paused: their positions
+/// and their [`HeldState`], by device slot.
+#[derive(Debug, Default)]
+pub struct PausedDevices {
+    /// Each served queue as (device slot, queue index, next_avail,
+    /// next_used).
+    pub positions: Vec<(usize, u16, u16, u16)>,
+    /// Each device's held state, for the devices that hold any.
+    pub held: Vec<(usize, HeldState)>,
+}
+
+impl PausedDevices {
+    /// `device`'s queues as (queue index, next_avail, next_used), as
+    /// [`LoopMessage::Positions`] answers.
+    pub fn positions_of(&self, device: usize) -> Vec<(u16, u16, u16)> {
+        self.positions
+            .iter()
+            .filter(|p| p.0 == device)
+            .map(|&(_, index, avail, used)| (index, avail, used))
+            .collect()
+    }
+
+    /// `device`'s held state, as [`LoopMessage::HeldState`] answers (taken
+    /// out: each device's state is saved once).
+    pub fn take_held(&mut self, device: usize) -> HeldState {
+        match self.held.iter().position(|h| h.0 == device) {
+            Some(at) => self.held.swap_remove(at).1,
+            None => HeldState::default(),
+        }
+    }
 }
 
 const TOKEN_WAKE: u64 = u64::MAX;
@@ -158,6 +201,8 @@ pub fn run(
     // registration is made once, at Add (running) or at Resume (paused):
     // a second EPOLL_CTL_ADD of the same fd fails with EEXIST.
     let mut paused = start_paused;
+    // Those waiting for a moment with no request in flight.
+    let mut idle_waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     loop {
         let busy = !paused && served.values().any(|s| s.handler.worth_polling());
         let ready = |s: &mut Served| s.handler.event_ready() || s.handler.has_available();
@@ -200,6 +245,13 @@ pub fn run(
         }
         if took {
             continue;
+        }
+        if !idle_waiters.is_empty()
+            && (paused || served.values().all(|s| s.handler.in_flight() == 0))
+        {
+            for waiter in idle_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
         }
         let sleep = std::time::Instant::now();
         let waited = epoll.wait(-1, &mut events);
@@ -283,25 +335,18 @@ pub fn run(
                             }
                             LoopMessage::Pause(done) => {
                                 paused = true;
-                                for s in served.values_mut() {
-                                    let _ = epoll.ctl(
-                                        ControlOperation::Delete,
-                                        s.handler.notify_fd(),
-                                        EpollEvent::default(),
-                                    );
-                                    drain(s);
-                                    // Nothing is in flight now: a tap
-                                    // stays unread until resume.
-                                    if let Some(fd) = s.event_fd.take() {
-                                        let _ = epoll.ctl(
-                                            ControlOperation::Delete,
-                                            fd,
-                                            EpollEvent::default(),
-                                        );
-                                    }
-                                }
+                                pause_all(&epoll, &mut served);
                                 let _ = done.send(());
                             }
+                            LoopMessage::PauseAndCollect(reply) => {
+                                if !paused {
+                                    paused = true;
+                                    pause_all(&epoll, &mut served);
+                                }
+                                let _ = reply.send(collect(&served));
+                            }
+                            // Answered before the loop next sleeps.
+                            LoopMessage::WhenIdle(reply) => idle_waiters.push(reply),
                             // Not paused: every fd is registered already.
                             LoopMessage::Resume if !paused => {}
                             LoopMessage::Resume => {
@@ -313,29 +358,11 @@ pub fn run(
                                 }
                             }
                             LoopMessage::Positions { device, reply } => {
-                                let positions = served
-                                    .values()
-                                    .filter(|s| s.device == device)
-                                    .map(|s| {
-                                        (
-                                            s.handler.index(),
-                                            s.handler.next_avail(),
-                                            s.handler.next_used(),
-                                        )
-                                    })
-                                    .collect();
+                                let positions = collect(&served).positions_of(device);
                                 let _ = reply.send(positions);
                             }
                             LoopMessage::HeldState { device, reply } => {
-                                let mut held = HeldState::default();
-                                for s in served.values().filter(|s| s.device == device) {
-                                    if let Some(heads) = s.handler.stashed_heads() {
-                                        held.stashed.push((s.handler.index(), heads));
-                                    }
-                                    if let Some(pairs) = s.handler.active_pairs() {
-                                        held.active_pairs = Some(pairs);
-                                    }
-                                }
+                                let held = collect(&served).take_held(device);
                                 let _ = reply.send(held);
                             }
                             LoopMessage::Stop => return,
@@ -376,6 +403,57 @@ pub fn run(
             }
         }
     }
+}
+
+/// Stops serving every queue: its kicks and other fd unregistered, its
+/// requests in flight completed.
+fn pause_all(epoll: &Epoll, served: &mut HashMap<u64, Served>) {
+    for s in served.values_mut() {
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            s.handler.notify_fd(),
+            EpollEvent::default(),
+        );
+        drain(s);
+        // Nothing is in flight now: a tap stays unread until resume.
+        if let Some(fd) = s.event_fd.take() {
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+}
+
+/// Every served queue's positions and every device's held state.
+fn collect(served: &HashMap<u64, Served>) -> PausedDevices {
+    let mut devices = PausedDevices {
+        positions: Vec::with_capacity(served.len()),
+        held: Vec::new(),
+    };
+    for s in served.values() {
+        let h = &s.handler;
+        devices
+            .positions
+            .push((s.device, h.index(), h.next_avail(), h.next_used()));
+        let stashed = h.stashed_heads();
+        let pairs = h.active_pairs();
+        if stashed.is_none() && pairs.is_none() {
+            continue;
+        }
+        let at = match devices.held.iter().position(|d| d.0 == s.device) {
+            Some(at) => at,
+            None => {
+                devices.held.push((s.device, HeldState::default()));
+                devices.held.len() - 1
+            }
+        };
+        let held = &mut devices.held[at].1;
+        if let Some(heads) = stashed {
+            held.stashed.push((h.index(), heads));
+        }
+        if let Some(pairs) = pairs {
+            held.active_pairs = Some(pairs);
+        }
+    }
+    devices
 }
 
 /// Brings the epoll registration of the queue's other fd in line with

@@ -151,6 +151,9 @@ impl WindowClocks {
 /// it is: the boost only shortens waits, nothing depends on it.
 pub struct RealtimeBoost {
     raised: Vec<Raised>,
+    /// Threads whose policy [`RealtimeBoost::prepare`] read, not raised
+    /// yet.
+    prepared: Vec<Raised>,
     /// Why the last thread that could not be raised was not.
     pub refused: Option<std::io::Error>,
     /// Whether [`REALTIME_SWITCH`] turned boosting off.
@@ -175,15 +178,22 @@ impl RealtimeBoost {
     pub fn new() -> RealtimeBoost {
         RealtimeBoost {
             raised: Vec::new(),
+            prepared: Vec::new(),
             refused: None,
             off: std::env::var_os(REALTIME_SWITCH).is_some_and(|v| v == "off"),
         }
     }
 
-    /// Raises thread `tid` (of this process); whether it was (or is
-    /// already, by this boost).
-    pub fn raise(&mut self, tid: libc::pid_t) -> bool {
-        if self.raised.iter().any(|r| r.tid == tid) {
+    /// Reads thread `tid`'s policy and priority now, so that
+    /// [`RealtimeBoost::raise`] is one system call (a window's threads are
+    /// prepared before the window opens). Whether it could be read.
+    pub fn prepare(&mut self, tid: libc::pid_t) -> bool {
+        if self
+            .raised
+            .iter()
+            .chain(&self.prepared)
+            .any(|r| r.tid == tid)
+        {
             return true;
         }
         if self.off {
@@ -198,6 +208,24 @@ impl RealtimeBoost {
             self.refused = Some(std::io::Error::last_os_error());
             return false;
         }
+        self.prepared.push(Raised { tid, policy, param });
+        true
+    }
+
+    /// Raises thread `tid` (of this process; read now unless
+    /// [`RealtimeBoost::prepare`]d); whether it was (or is already, by
+    /// this boost).
+    pub fn raise(&mut self, tid: libc::pid_t) -> bool {
+        if self.raised.iter().any(|r| r.tid == tid) {
+            return true;
+        }
+        if !self.prepare(tid) {
+            return false;
+        }
+        let Some(at) = self.prepared.iter().position(|r| r.tid == tid) else {
+            return false;
+        };
+        let Raised { policy, param, .. } = self.prepared.swap_remove(at);
         let boost = libc::sched_param {
             sched_priority: BOOST_PRIORITY,
         };
@@ -294,6 +322,11 @@ mod tests {
         let before = policy();
         {
             let mut boost = RealtimeBoost::new();
+            // Reading the policy ahead changes nothing.
+            if std::env::var_os(REALTIME_SWITCH).is_none() {
+                assert!(boost.prepare(tid));
+                assert_eq!(policy(), before);
+            }
             if !boost.raise(tid) {
                 // Not privileged here: nothing changed.
                 assert_eq!(policy(), before);

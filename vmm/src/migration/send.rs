@@ -35,6 +35,10 @@ const MAX_PASSES: u32 = 10_000;
 const SMALL_LAST: u64 = 256 << 10;
 /// Live passes at most once the estimate is under the target.
 const MAX_PASSES_UNDER_TARGET: u32 = 8;
+/// The longest the pause waits for a moment with no disk request in
+/// flight (a guest's flush takes 2-30 ms here): a guest that keeps
+/// requests in flight is paused after it, and its drain is in the window.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// What the caller asks of a migration.
 #[derive(Debug, Clone)]
@@ -72,6 +76,11 @@ pub struct SendReport {
     pub resumed_heard: bool,
     /// The disks' flush while the guest still ran, before the pause.
     pub flush_before_pause: Duration,
+    /// The wait for no disk request in flight, just before the pause.
+    pub idle_wait: Duration,
+    /// Whether that moment came within [`IDLE_WAIT`] (true when paused
+    /// already).
+    pub idle_seen: bool,
     /// RAM passes (the full one, the dirty ones and the last).
     pub passes: u32,
     /// Bytes of RAM sent.
@@ -91,11 +100,13 @@ pub struct PausedPhases {
     /// Taking the vCPUs out of the guest.
     pub pause: Duration,
     /// Waiting for the disks' requests in flight (a guest's flush among
-    /// them) and stopping their queues.
+    /// them), stopping their queues and taking the devices' queue
+    /// positions (one round trip to the device thread).
     pub drain: Duration,
     /// The last dirty pass (RAM, then the disks' last changes).
     pub last_pass: Duration,
-    /// Collecting the vCPUs' and devices' state, dirty logging off.
+    /// Collecting the vCPUs' and KVM's state and the devices' (their
+    /// queue positions as the drain took them).
     pub state: Duration,
     /// Encoding and writing the state.
     pub send: Duration,
@@ -104,6 +115,9 @@ pub struct PausedPhases {
     pub flush: Duration,
     /// How many disks that flushed, of how many.
     pub flushed_disks: (usize, usize),
+    /// Writing the Switch frame and flushing the stream into the socket
+    /// (the end of QEMU's measure).
+    pub switch: Duration,
     /// From the switch to the destination's Ready (its disks opened, its
     /// devices wired and its state set).
     pub destination: Duration,
@@ -126,7 +140,7 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.1} ms, drain {:.1} ms, last pass {:.1} ms, state {:.1} ms, send {:.1} ms, flush {:.1} ms ({} of {} disks), destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
+            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms, send {:.2} ms, flush {:.2} ms ({} of {} disks), switch {:.2} ms, destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
             ms(self.drain),
             ms(self.last_pass),
@@ -135,6 +149,7 @@ impl std::fmt::Display for PausedPhases {
             ms(self.flush),
             self.flushed_disks.0,
             self.flushed_disks.1,
+            ms(self.switch),
             ms(self.destination),
             ms(self.commit),
             ms(self.resumed)
@@ -417,6 +432,23 @@ fn precopy_and_switch(
         tids(&devices),
     );
     let clocks = WindowClocks::start(controller.into_iter().chain(vcpus).chain(devices).collect());
+    // The window's threads' policies read now, to put them back after:
+    // raising each is then one system call.
+    let mut boost = RealtimeBoost::new();
+    for &tid in controller_tid.iter().chain(&vcpu_tids).chain(&device_tids) {
+        boost.prepare(tid);
+    }
+    // The window opens when no disk request is in flight, so that it
+    // does not wait in the drain for a guest's flush (bounded: a guest
+    // that keeps requests in flight still migrates).
+    let idle_start = Instant::now();
+    report.idle_seen = !options.running || sender.vm.wait_for_idle_disks(IDLE_WAIT);
+    report.idle_wait = idle_start.elapsed();
+    // The window's threads raised just before the pause: a vCPU that
+    // waits for a CPU then waits while its guest still runs, not in the
+    // window (one waited 3 ms in the window when raised inside it).
+    let window_threads = controller_tid.iter().chain(&device_tids).chain(&vcpu_tids);
+    report.paused.boosted = window_threads.filter(|&&tid| boost.raise(tid)).count();
     let paused_at = Instant::now();
     let mut mark = paused_at;
     let mut lap = || {
@@ -430,18 +462,17 @@ fn precopy_and_switch(
     // guest, the device thread (which drains the queues, then answers
     // for the devices' state) to the switch sent, and this one to the
     // Commit sent (the destination resumes on it).
-    let mut boost = RealtimeBoost::new();
-    let window_threads = controller_tid.iter().chain(&vcpu_tids).chain(&device_tids);
-    report.paused.boosted = window_threads.filter(|&&tid| boost.raise(tid)).count();
-    report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     if options.running {
         progress.paused = true;
         sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
         vcpu_tids.iter().for_each(|&tid| boost.lower(tid));
         report.paused.pause = lap();
-        sender.vm.drain_queues().map_err(MigrationError::Vm)?;
-        report.paused.drain = lap();
     }
+    // The queues drained (already, when paused before) and the devices'
+    // queue positions and held state taken in one round trip to the
+    // device thread: they do not move until a resume.
+    let devices = sender.vm.drain_and_collect().map_err(MigrationError::Vm)?;
+    report.paused.drain = lap();
     let last = log.collect(sender.vm)?;
     let merged = merge(&pending, &last);
     report.ram_bytes += sender.dirty_pass(&merged)?;
@@ -451,7 +482,7 @@ fn precopy_and_switch(
     }
     report.passes += 1;
     report.paused.last_pass = lap();
-    let machine = sender.vm.save_machine()?;
+    let machine = sender.vm.save_machine_collected(devices)?;
     report.paused.state = lap();
     let bytes = machine.to_bytes()?;
     stream::write_frame(link.out, Tag::Machine, &[&bytes]).map_err(write_err)?;
@@ -467,7 +498,9 @@ fn precopy_and_switch(
         .map_err(write_err)?;
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
+    report.paused.switch = lap();
     report.paused.scheduling = clocks.since_start();
+    report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     device_tids.iter().for_each(|&tid| boost.lower(tid));
     expect_reply(link.reader, link.offset, Tag::Ready)?;
     report.paused.destination = lap();
