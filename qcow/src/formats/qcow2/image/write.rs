@@ -770,8 +770,14 @@ impl Qcow2 {
     /// Makes a guest range read as zero. Whole clusters become zero
     /// clusters (deallocated when `may_unmap`); partial clusters are
     /// written with zeros, or get zero bits where the image has
-    /// subclusters.
+    /// subclusters. Corruption found on the way is signalled as
+    /// [`Qcow2::begin_write`] signals it.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        self.zero_range(offset, len, may_unmap)
+            .map_err(|e| self.signal_corruption(e))
+    }
+
+    fn zero_range(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         self.mark_bitmaps_dirty(offset, len);
@@ -787,10 +793,15 @@ impl Qcow2 {
         if self.geo.extended_l2 && !raw_data {
             return self.write_zeroes_subclusters(offset, len, may_unmap);
         }
-        if first_full >= end_full || raw_data {
+        if raw_data {
+            return self.write_zero_bytes(offset, len);
+        }
+        if first_full >= end_full {
+            self.map_partial_clusters(offset, len)?;
             return self.write_zero_bytes(offset, len);
         }
         if offset < first_full * cs {
+            self.map_partial_clusters(offset, first_full * cs - offset)?;
             self.write_zero_bytes(offset, first_full * cs - offset)?;
         }
         let mut fallback = Vec::new();
@@ -849,15 +860,41 @@ impl Qcow2 {
             self.write_zero_bytes(gc * cs, cs)?;
         }
         if end_full * cs < end {
+            self.map_partial_clusters(end_full * cs, end - end_full * cs)?;
             self.write_zero_bytes(end_full * cs, end - end_full * cs)?;
         }
         Ok(())
     }
 
+    /// Looks up the mapping of the clusters that `len` bytes at `offset`
+    /// touch, as QEMU's pwrite_zeroes asks the block status of the rest of
+    /// a cluster it zeroes only in part before it writes zeros: a bad entry
+    /// there is found, and signalled, in the read path's words (`Cluster
+    /// allocation offset ... unaligned (L2 offset: ..., L2 index: ...)`),
+    /// not the write path's.
+    fn map_partial_clusters(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let start = offset - offset % cs;
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(cs)
+            .saturating_mul(cs)
+            .min(self.size());
+        let mut extents = Vec::new();
+        self.extents_into(start, end - start, &mut extents)
+    }
+
     /// Discards whole clusters in a guest range: they read as zero
     /// afterwards (or from the backing file in version 2 images, as in
     /// QEMU). Partial clusters are left alone; discard is advisory.
+    /// Corruption found on the way is signalled as [`Qcow2::begin_write`]
+    /// signals it.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard_range(offset, len)
+            .map_err(|e| self.signal_corruption(e))
+    }
+
+    fn discard_range(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         self.mark_bitmaps_dirty(offset, len);
