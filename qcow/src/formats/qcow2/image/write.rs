@@ -126,6 +126,9 @@ impl Qcow2 {
     }
 
     /// Host clusters whose refcount an entry holds (none with a data file).
+    /// An unaligned data offset names no cluster: it is left allocated
+    /// (leaked), as QEMU's qcow2_free_any_cluster leaks it ("Cannot free
+    /// unaligned cluster"), rather than the cluster beneath it freed.
     pub(super) fn entry_refs(&self, raw: RawL2) -> Vec<u64> {
         if self.data_file.is_some() {
             return Vec::new();
@@ -134,7 +137,7 @@ impl Qcow2 {
         match self.geo.decode_l2(raw.entry) {
             L2Entry::Unallocated => Vec::new(),
             L2Entry::Zero { host_offset, .. } | L2Entry::Normal { host_offset, .. } => {
-                if host_offset == 0 {
+                if host_offset == 0 || !host_offset.is_multiple_of(cs) {
                     Vec::new()
                 } else {
                     vec![host_offset / cs]
@@ -911,7 +914,18 @@ impl Qcow2 {
         let mut meta = self.wait_not_inflight(meta, first_full, end_full - 1);
         for gc in first_full..end_full {
             let raw = meta.l2_entry(&*self.file, gc)?;
-            let new = if self.backing.is_some() && self.geo.version >= 3 {
+            // As QEMU's discard_in_l2_slice (a guest discard, not a full
+            // one): a cluster that holds host space, or any cluster over
+            // a backing file, becomes a zero cluster (unallocated in a
+            // version 2 image); others are left as they are.
+            let allocated = match self.geo.decode_l2(raw.entry) {
+                L2Entry::Normal { .. } | L2Entry::Compressed { .. } => true,
+                L2Entry::Zero { host_offset, .. } => host_offset != 0,
+                L2Entry::Unallocated => false,
+            };
+            let new = if !allocated && self.backing.is_none() {
+                raw
+            } else if self.geo.version >= 3 {
                 if self.geo.extended_l2 {
                     RawL2 {
                         entry: 0,
