@@ -10,11 +10,9 @@
 //!   refused with QEMU's words.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use integration_tests::holders::{outcome, Holder};
-use integration_tests::{img, ok, qemu_img, require_qemu, run};
+use integration_tests::holders::{hold_for_writing, outcome};
+use integration_tests::{img, ok, qemu_img, require_qemu};
 
 /// old.qcow2 <- t.qcow2, and new.qcow2, all 16 MiB, in `dir`.
 fn make_files(dir: &Path) {
@@ -33,47 +31,6 @@ fn make_files(dir: &Path) {
         "t.qcow2",
     ])
     .current_dir(dir));
-}
-
-/// qemu-io holding `file` open for writing until dropped, once qemu-img
-/// finds it locked. A holder that ends or has not locked the file within
-/// 20 s is started again, at most three times, each one's stderr kept for
-/// the message (a holder once never locked here on a loaded machine).
-fn hold_for_writing(dir: &Path, file: &str) -> Holder {
-    let mut errors = String::new();
-    for attempt in 0..3 {
-        let err_path = dir.join(format!("holder{attempt}.err"));
-        let mut holder = Holder(
-            Command::new("qemu-io")
-                .args(["-f", "qcow2", "-c", "sleep 600000", file])
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&err_path).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if !run(qemu_img(&["info", file]).current_dir(dir))
-                .status
-                .success()
-            {
-                return holder;
-            }
-            if let Ok(Some(status)) = holder.0.try_wait() {
-                errors.push_str(&format!("attempt {attempt}: qemu-io ended ({status}); "));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        errors.push_str(&format!(
-            "attempt {attempt} stderr: {:?}; ",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        ));
-        drop(holder);
-    }
-    panic!("qemu-io never locked {file}: {errors}");
 }
 
 /// Runs `args` with qemu-img and then with img, each on the files as

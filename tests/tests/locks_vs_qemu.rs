@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::holders::{outcome, Holder};
+use integration_tests::holders::{hold_for_writing, outcome, Holder};
 use integration_tests::{img, ok, qemu_img, require_qemu, run};
 
 /// Waits until `qemu-img info FILE` fails: the holder has taken its locks.
@@ -28,46 +28,6 @@ fn wait_until_locked(dir: &Path, file: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Starts `qemu-io` holding `file` (in `dir`) open for writing (reading
-/// its commands from a pipe, so no timer ends it), and waits until
-/// `qemu-img info` finds it locked. A holder that ends or has not
-/// locked the file within 20 s is started again, at most three times:
-/// fresh-clone CI once saw one never lock its image (cause not found; see
-/// the README's open problems), and each attempt's stderr is kept for the
-/// message.
-fn hold_for_writing(dir: &Path, file: &str) -> Holder {
-    let mut errors = String::new();
-    for attempt in 0..3 {
-        let err_path = dir.join(format!("holder{attempt}.err"));
-        let mut holder = Holder::qemu_io(
-            dir,
-            &[],
-            file,
-            std::fs::File::create(&err_path).unwrap().into(),
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if !run(qemu_img(&["info", file]).current_dir(dir))
-                .status
-                .success()
-            {
-                return holder;
-            }
-            if let Ok(Some(status)) = holder.0.try_wait() {
-                errors.push_str(&format!("attempt {attempt}: qemu-io ended ({status}); "));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        errors.push_str(&format!(
-            "attempt {attempt} stderr: {:?}; ",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        ));
-        drop(holder);
-    }
-    panic!("qemu-io never locked {file}: {errors}");
 }
 
 fn make_chain(dir: &Path) {

@@ -2,6 +2,11 @@
 //! parsing and formatting ([`size`]), `-o` creation options ([`opts`]) and
 //! the reports of each subcommand ([`report`]), all matching qemu-img 10's
 //! syntax, messages and output. `main.rs` wires them to the qcow2 library.
+//! [`stdio`]'s print macros, declared first, stand in for std's in every
+//! module: no print of `img` or `vm` panics.
+
+#[macro_use]
+pub mod stdio;
 
 pub mod cli;
 pub mod commands;

@@ -468,3 +468,53 @@ fn a_closed_pipe_ends_vm_as_sigpipe_would() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     assert_eq!(text(&out.stderr), "", "nothing on stderr");
 }
+
+/// `vm` whose stdout or stderr is a pipe nobody reads ends as virsh
+/// ends: virsh keeps SIGPIPE's default action, so its first write to the
+/// closed stream kills it by SIGPIPE, and a command that writes nothing
+/// there ends with its own code. Both run each command with the same
+/// stream closed; their (exit code, signal) must match.
+#[test]
+fn closed_stdout_or_stderr_ends_vm_as_it_ends_virsh() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    if !have_virsh(false) {
+        return;
+    }
+    let sides = setup(DOMAINS);
+    let ending = |mut cmd: Command, stdout_closed: bool| {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        if stdout_closed {
+            cmd.stdout(writer).stderr(Stdio::null());
+        } else {
+            cmd.stdout(Stdio::null()).stderr(writer);
+        }
+        let status = cmd.stdin(Stdio::null()).status().expect("starts");
+        (status.code(), status.signal())
+    };
+    for stdout_closed in [true, false] {
+        for args in [
+            &["list", "--all"][..],
+            &["dominfo", "alpha"],
+            &["dominfo", "nosuch"],
+            &["-q", "dominfo", "nosuch"],
+            &["frob"],
+            &["list", "--bogus"],
+            &["domname", "alpha"],
+        ] {
+            let mut ours = Command::new(env!("CARGO_BIN_EXE_vm"));
+            ours.arg("-c").arg(&sides.store).args(args);
+            let mut theirs = Command::new("virsh");
+            theirs
+                .arg("-c")
+                .arg(format!("test://{}", sides.node.display()))
+                .args(args);
+            assert_eq!(
+                ending(ours, stdout_closed),
+                ending(theirs, stdout_closed),
+                "vm {args:?}, stdout closed: {stdout_closed} (left: ours, right: virsh)"
+            );
+        }
+    }
+}

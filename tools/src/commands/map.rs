@@ -9,7 +9,7 @@ use qcow::image::read_header_cluster;
 
 use super::open_named_for;
 use crate::cli::MapArgs;
-use crate::report::map::{MapEntry, MapError, MapPrinter};
+use crate::report::map::{MapEntry, MapPrinter};
 
 /// File names of each layer of a chain (top first); the other files of a
 /// layer (a data file, vmdk extents) are named by the layer itself
@@ -118,9 +118,9 @@ pub fn run(args: &MapArgs) -> Result<i32> {
         AnyImage::Qcow2(q) if super::looks_preallocated(&image) => Some(q.file().clone()),
         _ => None,
     };
-    let stdout = std::io::stdout().lock();
-    // io errors stay io errors, so main sees a closed stdout for what it is.
-    let mut printer = MapPrinter::new(stdout, args.output, start).map_err(unwrap_io)?;
+    // Writes to a closed stdout are dropped and the map goes on to its
+    // end, as qemu-img's printf calls do (tools::stdio).
+    let mut printer = MapPrinter::new(crate::stdio::Stdout, args.output, start)?;
     let mut pos = start;
     let mut result = Ok(());
     while pos < end {
@@ -233,19 +233,8 @@ pub fn run(args: &MapArgs) -> Result<i32> {
             break;
         }
     }
-    result
-        .and_then(|()| printer.finish().map(|_| ()))
-        .map_err(unwrap_io)?;
+    result.and_then(|()| printer.finish().map(|_| ()))?;
     Ok(0)
-}
-
-/// A printer's io error as the io error itself, so `main` recognises a
-/// closed stdout (qemu-img ends quietly with status 0 then).
-fn unwrap_io(e: MapError) -> anyhow::Error {
-    match e {
-        MapError::Io(io) => io.into(),
-        other => other.into(),
-    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,12 @@ use tools::vm::cli::{self, Parsed};
 use tools::vm::commands::{self, Ctx};
 use tools::vm::output::{emit, flush};
 use tools::vm::store::{default_dir, Store};
+use tools::{eprintln, stdio};
 
 fn main() {
+    // virsh leaves SIGPIPE at its default: its first write to a closed
+    // pipe, on stdout or stderr, ends it by SIGPIPE (see tools::stdio).
+    stdio::on_closed_pipe(stdio::ClosedPipe::DieOfSigpipe);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match cli::parse(&args) {
         Ok(Parsed::Run(cli)) => cli,

@@ -126,6 +126,9 @@ impl Qcow2 {
     }
 
     /// Host clusters whose refcount an entry holds (none with a data file).
+    /// An unaligned data offset names no cluster: it is left allocated
+    /// (leaked), as QEMU's qcow2_free_any_cluster leaks it ("Cannot free
+    /// unaligned cluster"), rather than the cluster beneath it freed.
     pub(super) fn entry_refs(&self, raw: RawL2) -> Vec<u64> {
         if self.data_file.is_some() {
             return Vec::new();
@@ -134,7 +137,7 @@ impl Qcow2 {
         match self.geo.decode_l2(raw.entry) {
             L2Entry::Unallocated => Vec::new(),
             L2Entry::Zero { host_offset, .. } | L2Entry::Normal { host_offset, .. } => {
-                if host_offset == 0 {
+                if host_offset == 0 || !host_offset.is_multiple_of(cs) {
                     Vec::new()
                 } else {
                     vec![host_offset / cs]
@@ -770,8 +773,14 @@ impl Qcow2 {
     /// Makes a guest range read as zero. Whole clusters become zero
     /// clusters (deallocated when `may_unmap`); partial clusters are
     /// written with zeros, or get zero bits where the image has
-    /// subclusters.
+    /// subclusters. Corruption found on the way is signalled as
+    /// [`Qcow2::begin_write`] signals it.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        self.zero_range(offset, len, may_unmap)
+            .map_err(|e| self.signal_corruption(e))
+    }
+
+    fn zero_range(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         self.mark_bitmaps_dirty(offset, len);
@@ -787,10 +796,15 @@ impl Qcow2 {
         if self.geo.extended_l2 && !raw_data {
             return self.write_zeroes_subclusters(offset, len, may_unmap);
         }
-        if first_full >= end_full || raw_data {
+        if raw_data {
+            return self.write_zero_bytes(offset, len);
+        }
+        if first_full >= end_full {
+            self.map_partial_clusters(offset, len)?;
             return self.write_zero_bytes(offset, len);
         }
         if offset < first_full * cs {
+            self.map_partial_clusters(offset, first_full * cs - offset)?;
             self.write_zero_bytes(offset, first_full * cs - offset)?;
         }
         let mut fallback = Vec::new();
@@ -849,15 +863,41 @@ impl Qcow2 {
             self.write_zero_bytes(gc * cs, cs)?;
         }
         if end_full * cs < end {
+            self.map_partial_clusters(end_full * cs, end - end_full * cs)?;
             self.write_zero_bytes(end_full * cs, end - end_full * cs)?;
         }
         Ok(())
     }
 
+    /// Looks up the mapping of the clusters that `len` bytes at `offset`
+    /// touch, as QEMU's pwrite_zeroes asks the block status of the rest of
+    /// a cluster it zeroes only in part before it writes zeros: a bad entry
+    /// there is found, and signalled, in the read path's words (`Cluster
+    /// allocation offset ... unaligned (L2 offset: ..., L2 index: ...)`),
+    /// not the write path's.
+    fn map_partial_clusters(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let start = offset - offset % cs;
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(cs)
+            .saturating_mul(cs)
+            .min(self.size());
+        let mut extents = Vec::new();
+        self.extents_into(start, end - start, &mut extents)
+    }
+
     /// Discards whole clusters in a guest range: they read as zero
     /// afterwards (or from the backing file in version 2 images, as in
     /// QEMU). Partial clusters are left alone; discard is advisory.
+    /// Corruption found on the way is signalled as [`Qcow2::begin_write`]
+    /// signals it.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard_range(offset, len)
+            .map_err(|e| self.signal_corruption(e))
+    }
+
+    fn discard_range(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         self.mark_bitmaps_dirty(offset, len);
@@ -874,7 +914,18 @@ impl Qcow2 {
         let mut meta = self.wait_not_inflight(meta, first_full, end_full - 1);
         for gc in first_full..end_full {
             let raw = meta.l2_entry(&*self.file, gc)?;
-            let new = if self.backing.is_some() && self.geo.version >= 3 {
+            // As QEMU's discard_in_l2_slice (a guest discard, not a full
+            // one): a cluster that holds host space, or any cluster over
+            // a backing file, becomes a zero cluster (unallocated in a
+            // version 2 image); others are left as they are.
+            let allocated = match self.geo.decode_l2(raw.entry) {
+                L2Entry::Normal { .. } | L2Entry::Compressed { .. } => true,
+                L2Entry::Zero { host_offset, .. } => host_offset != 0,
+                L2Entry::Unallocated => false,
+            };
+            let new = if !allocated && self.backing.is_none() {
+                raw
+            } else if self.geo.version >= 3 {
                 if self.geo.extended_l2 {
                     RawL2 {
                         entry: 0,
