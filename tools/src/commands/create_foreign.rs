@@ -38,7 +38,7 @@ pub fn vmdk(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u
         },
     };
     let files = DirFiles::for_image(Path::new(filename));
-    let cid = random_cid();
+    let cid = qcow::formats::vmdk::cid::new_cid();
     create(storage, size, &vmdk_opts, &files, cid)
         .map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
 }
@@ -80,14 +80,4 @@ pub fn vhdx(filename: &str, storage: &dyn Storage, opts: &CreateOptions, size: u
     };
     let creator = concat!("img v", env!("CARGO_PKG_VERSION"));
     create(storage, size, &vhdx_opts, creator).map_err(|e| anyhow!("{filename}: {}", io_reason(&e)))
-}
-
-/// A CID that differs from image to image (as QEMU's random one).
-fn random_cid() -> u32 {
-    use std::hash::BuildHasher;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    std::collections::hash_map::RandomState::new().hash_one(nanos) as u32
 }
