@@ -45,17 +45,28 @@ impl Holder {
     /// host whose clock steps forward ends such a holder early, and its
     /// locks with it.
     pub fn qemu_io(dir: &Path, args: &[&str], file: &str, err: Stdio) -> Holder {
-        Holder(
-            Command::new("qemu-io")
-                .args(args)
-                .arg(file)
-                .current_dir(dir)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(err)
-                .spawn()
-                .expect("start qemu-io"),
-        )
+        let mut child = Command::new("qemu-io")
+            .args(args)
+            .arg(file)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("start qemu-io");
+        // qemu-io prints its prompt once FILE is open and its locks are
+        // taken (or ends): until then a `qemu-img info` of FILE could
+        // take its own lock first and make qemu-io fail to get "write".
+        if let Some(mut out) = child.stdout.take() {
+            use std::io::Read;
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while !seen.ends_with(b"qemu-io> ") && matches!(out.read(&mut byte), Ok(1)) {
+                seen.push(byte[0]);
+            }
+            child.stdout = Some(out);
+        }
+        Holder(child)
     }
 
     /// One line on the holder for a failure message: whether it still
