@@ -84,6 +84,31 @@ pub struct Refcounts {
     /// One past the highest cluster ever allocated or present in the file.
     alloc_end: u64,
     pending_frees: Vec<u64>,
+    /// Queued decrements that could not be applied (the cluster leaked,
+    /// as QEMU's qcow2_free_clusters leaks it), for the image's notices.
+    failed_frees: Vec<(u64, FreeFailure)>,
+}
+
+/// Why a refcount decrement was not applied: QEMU's qcow2_free_clusters
+/// prints the errno and leaks the cluster, and the operation that freed
+/// it goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeFailure {
+    /// The refcount is already zero (QEMU's EINVAL).
+    AlreadyZero,
+    /// No refcount block covers the cluster (QEMU allocates one and
+    /// fails with EAGAIN; here nothing is allocated).
+    NoRefcountBlock,
+}
+
+impl FreeFailure {
+    /// strerror's words for QEMU's errno.
+    pub fn strerror(self) -> &'static str {
+        match self {
+            FreeFailure::AlreadyZero => "Invalid argument",
+            FreeFailure::NoRefcountBlock => "Resource temporarily unavailable",
+        }
+    }
 }
 
 impl Refcounts {
@@ -115,6 +140,7 @@ impl Refcounts {
             free_hint: 0,
             alloc_end: file_len.div_ceil(cluster_size as u64),
             pending_frees: Vec::new(),
+            failed_frees: Vec::new(),
         })
     }
 
@@ -430,15 +456,31 @@ impl Refcounts {
     }
 
     /// Applies queued decrements; returns the clusters that became free.
+    /// A decrement that would drop a count below zero, or that no
+    /// refcount block covers, is skipped and kept for
+    /// [`Refcounts::take_failed_frees`] (the cluster stays leaked).
     pub fn apply_pending_frees(&mut self, storage: &dyn Storage) -> Result<Vec<u64>> {
         let pending = std::mem::take(&mut self.pending_frees);
         let mut freed = Vec::new();
         for c in pending {
+            if !self.has_block(c) {
+                self.failed_frees.push((c, FreeFailure::NoRefcountBlock));
+                continue;
+            }
+            if self.get(storage, c)? == 0 {
+                self.failed_frees.push((c, FreeFailure::AlreadyZero));
+                continue;
+            }
             if self.add(storage, c, -1)? == 0 {
                 freed.push(c);
             }
         }
         Ok(freed)
+    }
+
+    /// The decrements skipped since the last call, oldest first.
+    pub fn take_failed_frees(&mut self) -> Vec<(u64, FreeFailure)> {
+        std::mem::take(&mut self.failed_frees)
     }
 
     /// Whether anything is waiting to be written.

@@ -104,9 +104,7 @@ impl Qcow2 {
         result?;
         let entry = self.geo.encode_compressed(host_offset, len);
         meta.set_l2_entry(&*self.file, guest_cluster, RawL2 { entry, bitmap: 0 })?;
-        for c in self.entry_refs(old) {
-            meta.rc.defer_free(c);
-        }
+        self.free_entry(&mut meta, old);
         Ok(true)
     }
 }

@@ -4,6 +4,12 @@
 //! its metadata until `check -r all` has repaired it. From then on the
 //! open image is unusable, as QEMU's is: nothing more is written at
 //! flush or close.
+//!
+//! Operations that succeed may still have something to report, as QEMU
+//! prints it on stderr and goes on: a non-fatal corruption event (a data
+//! cluster at an unaligned offset leaked rather than freed) or a refcount
+//! decrement that failed. They are kept as typed [`Notice`]s for the
+//! caller to take ([`Qcow2::take_notices`]); nothing is printed here.
 
 use std::sync::atomic::Ordering;
 
@@ -12,6 +18,50 @@ use byteorder::{BigEndian, ByteOrder};
 use super::Qcow2;
 use crate::error::Error;
 use crate::header::INCOMPAT_CORRUPT;
+use crate::refcount::FreeFailure;
+
+/// Something an operation that succeeded reports, in the order found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A non-fatal corruption event (QEMU's `qcow2: Image is corrupt:`),
+    /// in QEMU's words; only the image's first event is reported.
+    Corruption {
+        /// What was found.
+        event: String,
+    },
+    /// A host cluster whose refcount could not be decremented, leaked
+    /// (QEMU's qcow2_free_clusters failure).
+    FreeFailed {
+        /// Host byte offset of the cluster.
+        cluster_offset: u64,
+        /// Why.
+        reason: FreeFailure,
+    },
+}
+
+impl Notice {
+    /// The line QEMU prints on stderr for it.
+    pub fn line(&self) -> String {
+        match self {
+            Notice::Corruption { event } => format!(
+                "qcow2: Image is corrupt: {event}; further non-fatal corruption events will be \
+                 suppressed"
+            ),
+            Notice::FreeFailed { reason, .. } => {
+                format!("qcow2_free_clusters failed: {}", reason.strerror())
+            }
+        }
+    }
+}
+
+/// The notices of an open image not yet taken, and whether a corruption
+/// event was reported (QEMU's `signaled_corruption`: later non-fatal
+/// events are suppressed).
+#[derive(Debug, Default)]
+pub(super) struct Notices {
+    list: Vec<Notice>,
+    event_signaled: bool,
+}
 
 /// Byte offset of the incompatible features field in a version 3 header.
 const INCOMPATIBLE_FEATURES_OFFSET: u64 = 72;
@@ -24,6 +74,7 @@ impl Qcow2 {
         let Error::CorruptionFound { event, during, .. } = error else {
             return error;
         };
+        self.notices_lock().event_signaled = true;
         if self.writable && !self.corruption_signaled.swap(true, Ordering::SeqCst) {
             // As qcow2_mark_corrupt, whose failure QEMU ignores too; a
             // version 2 header has no feature fields to mark.
@@ -49,6 +100,39 @@ impl Qcow2 {
     /// then writes nothing more (QEMU sets its driver to NULL).
     pub(super) fn is_dead(&self) -> bool {
         self.corruption_signaled.load(Ordering::SeqCst)
+    }
+
+    /// Reports a non-fatal corruption event from an operation that goes
+    /// on (QEMU's `qcow2_signal_corruption(bs, false, ...)`): kept as a
+    /// [`Notice`] unless an event was reported before.
+    pub(super) fn non_fatal_corruption(&self, event: String) {
+        let mut notices = self.notices_lock();
+        if !std::mem::replace(&mut notices.event_signaled, true) {
+            notices.list.push(Notice::Corruption { event });
+        }
+    }
+
+    /// Takes what operations that succeeded reported since the last call,
+    /// oldest first, each to be printed as [`Notice::line`] says. Refcount
+    /// decrements are applied when metadata is flushed, so their failures
+    /// show after a flush.
+    pub fn take_notices(&self) -> Vec<Notice> {
+        let failed = self.lock().rc.take_failed_frees();
+        let mut notices = self.notices_lock();
+        let cs = self.geo.cluster_size();
+        notices.list.extend(
+            failed
+                .into_iter()
+                .map(|(cluster, reason)| Notice::FreeFailed {
+                    cluster_offset: cluster * cs,
+                    reason,
+                }),
+        );
+        std::mem::take(&mut notices.list)
+    }
+
+    fn notices_lock(&self) -> std::sync::MutexGuard<'_, Notices> {
+        self.notices.lock().expect("notices lock poisoned")
     }
 
     fn write_corrupt_bit(&self) -> crate::error::Result<()> {

@@ -123,14 +123,8 @@ impl Meta {
                 during: None,
             });
         }
-        if offset + self.cluster_size() > self.host_limit() {
-            return Err(Error::InvalidEntry {
-                what: "L1",
-                index: l1_index as u64,
-                offset,
-                reason: "L2 table lies beyond the end of the file",
-            });
-        }
+        // A table past the end of the file reads as zeros (the file
+        // pads reads past its end) and is written there, as QEMU's is.
         Ok(offset)
     }
 
@@ -170,17 +164,12 @@ impl Meta {
 
     /// The raw L2 entry of guest cluster `guest_cluster`.
     ///
-    /// An aligned L2 table wholly past the end of the file reads as
-    /// zeros, as QEMU reads it (its file driver pads reads past the end):
-    /// nothing in its range is allocated. Writes still refuse it
-    /// ([`Meta::l2_offset`]).
+    /// An aligned L2 table past the end of the file reads as zeros, as
+    /// QEMU reads it (its file driver pads reads past the end): nothing
+    /// in its range is allocated until a write puts entries there.
     pub fn l2_entry(&mut self, file: &dyn Storage, guest_cluster: u64) -> Result<RawL2> {
         let l2_entries = self.geo.l2_entries();
         let l1_index = (guest_cluster / l2_entries) as usize;
-        let raw_offset = self.l1.get(l1_index).map_or(0, |e| e & OFFSET_MASK);
-        if raw_offset.is_multiple_of(self.cluster_size()) && raw_offset >= self.host_limit() {
-            return Ok(RawL2::default());
-        }
         let l2_offset = self.l2_offset(l1_index)?;
         if l2_offset == 0 {
             return Ok(RawL2::default());

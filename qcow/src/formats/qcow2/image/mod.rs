@@ -40,6 +40,7 @@ use crate::storage::Storage;
 
 pub use amend::{amend, amend_with_progress, AmendOptions};
 
+pub use corruption::Notice;
 pub use snapshot::MAX_SNAPSHOT_NAME;
 pub use vmstate::{vm_state_offset, VmStateInfo, VmStateWriter};
 pub use vmstate_map::{VmStateMap, MAX_MAP_PIECES};
@@ -92,6 +93,8 @@ pub struct Qcow2 {
     /// Set once corruption was signalled on this writable image; it then
     /// writes nothing more ([`corruption`]).
     corruption_signaled: std::sync::atomic::AtomicBool,
+    /// What operations that succeeded reported ([`corruption::Notice`]).
+    notices: Mutex<corruption::Notices>,
     /// The persistent bitmaps of an image open for writing, marked by
     /// every guest write and stored on close (see [`bitmap_tracking`]).
     bitmaps: Mutex<Option<crate::bitmap::Tracking>>,
@@ -239,6 +242,7 @@ impl Qcow2 {
             decompressed: Mutex::new(None),
             cipher: std::sync::OnceLock::new(),
             corruption_signaled: std::sync::atomic::AtomicBool::new(false),
+            notices: Mutex::new(corruption::Notices::default()),
             tracks_bitmaps: tracking.is_some().into(),
             bitmaps: Mutex::new(tracking),
         })

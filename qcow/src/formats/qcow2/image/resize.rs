@@ -291,9 +291,7 @@ impl Qcow2 {
                 continue;
             }
             meta.set_l2_entry(&*self.file, gc, RawL2::default())?;
-            for c in self.entry_refs(raw) {
-                meta.rc.defer_free(c);
-            }
+            self.free_entry(&mut meta, raw);
         }
         Ok(())
     }

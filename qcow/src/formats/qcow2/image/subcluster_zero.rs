@@ -77,9 +77,7 @@ impl Qcow2 {
                 }
                 meta.set_l2_entry(&*self.file, gc, new)?;
                 if release {
-                    for c in self.entry_refs(raw) {
-                        meta.rc.defer_free(c);
-                    }
+                    self.free_entry(&mut meta, raw);
                 }
             }
             if meta.rc.pending_frees() > MAX_PENDING_FREES {

@@ -129,6 +129,33 @@ impl Qcow2 {
     /// An unaligned data offset names no cluster: it is left allocated
     /// (leaked), as QEMU's qcow2_free_any_cluster leaks it ("Cannot free
     /// unaligned cluster"), rather than the cluster beneath it freed.
+    /// The host clusters an entry references, for a caller that drops
+    /// the entry and frees them: a data cluster at an unaligned offset is
+    /// leaked, as QEMU's qcow2_free_any_cluster leaks it, with its
+    /// non-fatal corruption event.
+    pub(super) fn refs_to_free(&self, raw: RawL2) -> Vec<u64> {
+        if self.data_file.is_none() {
+            if let L2Entry::Zero { host_offset, .. } | L2Entry::Normal { host_offset, .. } =
+                self.geo.decode_l2(raw.entry)
+            {
+                if !host_offset.is_multiple_of(self.cluster_size()) {
+                    self.non_fatal_corruption(format!(
+                        "Cannot free unaligned cluster {host_offset:#x}"
+                    ));
+                }
+            }
+        }
+        self.entry_refs(raw)
+    }
+
+    /// Drops the references of an entry that was replaced
+    /// ([`Qcow2::refs_to_free`]), once the replacement is durable.
+    pub(super) fn free_entry(&self, meta: &mut Meta, raw: RawL2) {
+        for c in self.refs_to_free(raw) {
+            meta.rc.defer_free(c);
+        }
+    }
+
     pub(super) fn entry_refs(&self, raw: RawL2) -> Vec<u64> {
         if self.data_file.is_some() {
             return Vec::new();
@@ -258,7 +285,7 @@ impl Qcow2 {
             };
             if let Some(host) = in_place {
                 if !in_data_file {
-                    self.check_in_place(meta, gc, host)?;
+                    self.check_in_place(gc, host)?;
                 }
                 let mut changed = false;
                 if self.geo.extended_l2 {
@@ -305,7 +332,7 @@ impl Qcow2 {
             } = entry
             {
                 if host_offset != 0 && !self.geo.extended_l2 {
-                    self.check_in_place(meta, gc, host_offset)?;
+                    self.check_in_place(gc, host_offset)?;
                     self.push_edge_cows(gc, host_offset, raw, start, end, cows);
                     plan.updates.push(Update::Replace {
                         guest_cluster: gc,
@@ -381,7 +408,7 @@ impl Qcow2 {
                         entry: host | FLAG_COPIED,
                         bitmap,
                     },
-                    free: self.entry_refs(raw),
+                    free: self.refs_to_free(raw),
                 });
                 plan.inflight.push(gc);
                 let piece = plan
@@ -396,7 +423,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn check_in_place(&self, meta: &Meta, gc: u64, host: u64) -> Result<()> {
+    fn check_in_place(&self, gc: u64, host: u64) -> Result<()> {
         let cs = self.cluster_size();
         if !host.is_multiple_of(cs) {
             // QEMU's handle_copied.
@@ -417,14 +444,8 @@ impl Qcow2 {
                 reason: "data cluster is not aligned to a cluster",
             });
         }
-        if host + cs > meta.host_limit() {
-            return Err(Error::InvalidEntry {
-                what: "L2",
-                index: gc,
-                offset: host,
-                reason: "data cluster lies beyond the end of the file",
-            });
-        }
+        // A cluster past the end of the file is written there, the file
+        // growing, as QEMU writes it.
         Ok(())
     }
 
@@ -800,12 +821,10 @@ impl Qcow2 {
             return self.write_zero_bytes(offset, len);
         }
         if first_full >= end_full {
-            self.map_partial_clusters(offset, len)?;
-            return self.write_zero_bytes(offset, len);
+            return self.zero_parts_of_clusters(offset, len);
         }
         if offset < first_full * cs {
-            self.map_partial_clusters(offset, first_full * cs - offset)?;
-            self.write_zero_bytes(offset, first_full * cs - offset)?;
+            self.zero_parts_of_clusters(offset, first_full * cs - offset)?;
         }
         let mut fallback = Vec::new();
         {
@@ -850,9 +869,7 @@ impl Qcow2 {
                 }
                 meta.set_l2_entry(&*self.file, gc, new)?;
                 if keep.is_none() {
-                    for c in self.entry_refs(raw) {
-                        meta.rc.defer_free(c);
-                    }
+                    self.free_entry(&mut meta, raw);
                 }
             }
             if meta.rc.pending_frees() > MAX_PENDING_FREES {
@@ -863,10 +880,54 @@ impl Qcow2 {
             self.write_zero_bytes(gc * cs, cs)?;
         }
         if end_full * cs < end {
-            self.map_partial_clusters(end_full * cs, end - end_full * cs)?;
-            self.write_zero_bytes(end_full * cs, end - end_full * cs)?;
+            self.zero_parts_of_clusters(end_full * cs, end - end_full * cs)?;
         }
         Ok(())
+    }
+
+    /// Zeroes `len` bytes at `offset` that cover no cluster whole, one
+    /// cluster at a time as QEMU's block layer splits them: a cluster
+    /// that already reads as zero at this layer without a backing file
+    /// beneath (unallocated or a zero cluster) becomes, or stays, a zero
+    /// cluster, as qcow2_co_pwrite_zeroes zeroes it whole when the rest
+    /// of it reads as zero; any other gets the zeros written.
+    fn zero_parts_of_clusters(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let end = offset + len;
+        let mut start = offset;
+        while start < end {
+            let piece_end = end.min((start / cs + 1) * cs);
+            self.map_partial_clusters(start, piece_end - start)?;
+            if !self.zero_cluster_if_reads_as_zero(start / cs)? {
+                self.write_zero_bytes(start, piece_end - start)?;
+            }
+            start = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Makes guest cluster `guest_cluster` a zero cluster if it reads as
+    /// zero already at this layer with no backing file (a version 3
+    /// image with standard L2 entries); returns whether it did.
+    fn zero_cluster_if_reads_as_zero(&self, guest_cluster: u64) -> Result<bool> {
+        if self.geo.version < 3 || self.geo.extended_l2 || self.backing.is_some() {
+            return Ok(false);
+        }
+        let meta = self.lock();
+        let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
+        let raw = meta.l2_entry(&*self.file, guest_cluster)?;
+        match self.geo.decode_l2(raw.entry) {
+            L2Entry::Zero { .. } => Ok(true),
+            L2Entry::Unallocated => {
+                let zero = RawL2 {
+                    entry: FLAG_ZERO,
+                    bitmap: 0,
+                };
+                meta.set_l2_entry(&*self.file, guest_cluster, zero)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Looks up the mapping of the clusters that `len` bytes at `offset`
@@ -944,9 +1005,7 @@ impl Qcow2 {
                 continue;
             }
             meta.set_l2_entry(&*self.file, gc, new)?;
-            for c in self.entry_refs(raw) {
-                meta.rc.defer_free(c);
-            }
+            self.free_entry(&mut meta, raw);
         }
         if meta.rc.pending_frees() > MAX_PENDING_FREES {
             self.flush_locked(&mut meta)?;
