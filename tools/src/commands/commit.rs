@@ -8,7 +8,7 @@ use qcow::backing_name::{target, BackingTarget};
 use qcow::device::{chain_extents, BlockRead, ExtentKind};
 use qcow::fs::{open_listing_backing_on, probe, AnyImage, Format};
 
-use super::{close_errors, io_reason, parse_format};
+use super::{close_errors, io_reason, parse_format, report_notices};
 use crate::cli::CommitArgs;
 use qcow::bitmap::Bitmaps;
 
@@ -231,7 +231,9 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
             }
         }
     }
-    base.flush()?;
+    let flushed = base.flush();
+    report_notices(&base);
+    flushed?;
     progress(size);
     bar.end();
     // qemu-img empties a qcow2 top; its vmdk and qed drivers cannot be
@@ -239,7 +241,9 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
     if let (false, AnyImage::Qcow2(q)) = (keep, &image) {
         q.make_empty()?;
     }
-    image.flush()?;
+    let flushed = image.flush();
+    report_notices(&image);
+    flushed?;
     // Closing stores the bitmaps of both images, as QEMU's inactivation
     // does, and once more when it closes them if that failed; either
     // failure fails the command after the images are closed.

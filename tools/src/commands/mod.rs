@@ -231,13 +231,33 @@ pub fn read_failure(e: &qcow::Error) -> String {
     }
 }
 
+/// Whether a corruption event line was printed (QEMU prints one per image
+/// and suppresses the rest).
+static EVENT_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints QEMU's corruption event line of `e`, if it is one, the first
 /// time only (QEMU suppresses further events).
 pub fn report_corruption(e: &qcow::Error) {
-    static EVENT_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(line) = e.corruption_event_line() {
         if !EVENT_PRINTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             eprintln!("{line}");
+        }
+    }
+}
+
+/// Prints what operations on `image` that succeeded reported, as QEMU's
+/// qcow2 driver prints it on the way: a non-fatal corruption event (once)
+/// and failed refcount decrements. Called after the image is flushed,
+/// when the decrements have been applied.
+pub fn report_notices(image: &AnyImage) {
+    let AnyImage::Qcow2(q) = image else {
+        return;
+    };
+    for notice in q.take_notices() {
+        let first_event = matches!(notice, qcow::image::Notice::Corruption { .. })
+            && !EVENT_PRINTED.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first_event || matches!(notice, qcow::image::Notice::FreeFailed { .. }) {
+            eprintln!("{}", notice.line());
         }
     }
 }

@@ -11,7 +11,7 @@ use qcow::fs::{open_image_without_backing, probe, resolve, AnyImage, FileOpener}
 use qcow::image::Opener;
 
 use super::locks::{lock_image, ImageUse};
-use super::{io_reason, open, open_error, parse_format};
+use super::{io_reason, open, open_error, parse_format, report_notices};
 use crate::cli::RebaseArgs;
 
 /// Bytes compared at a time.
@@ -251,6 +251,8 @@ pub fn run(args: &RebaseArgs) -> Result<i32> {
         AnyImage::Raw(_) => unreachable!("refused above"),
     }
     .map_err(|e| anyhow!("Could not change the backing file: {}", io_reason(&e)))?;
-    image.flush()?;
+    let flushed = image.flush();
+    report_notices(&image);
+    flushed?;
     Ok(0)
 }

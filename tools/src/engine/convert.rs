@@ -345,8 +345,9 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     if let Some(e) = first_error.into_inner().expect("lock") {
         return Err(e);
     }
-    job.target.flush().context("flush")?;
-    Ok(())
+    let flushed = job.target.flush().context("flush");
+    crate::commands::report_notices(job.target);
+    flushed
 }
 
 /// Host bytes the file system is asked about at once: one answer then
