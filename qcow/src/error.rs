@@ -301,6 +301,16 @@ pub enum Error {
         /// The failed step, in QEMU's words.
         during: Option<&'static str>,
     },
+    /// A write that falls back to writing zeros after the lookup before
+    /// it found corruption and marked its image: QEMU's node has no
+    /// driver left by then and its block layer fails the fallback with
+    /// ENOMEDIUM. `event` is the corruption found, as in
+    /// [`Error::CorruptionFound`].
+    #[error("No medium found")]
+    NoMediumAfterCorruption {
+        /// What was found, in QEMU's words.
+        event: String,
+    },
     /// A raw window's `offset` or `size` that does not fit the file
     /// beneath, in QEMU's words.
     #[error("{reason}")]
@@ -362,6 +372,10 @@ impl Error {
             )),
             Error::CorruptionFound { event, .. } => Some(format!(
                 "qcow2: Image is corrupt: {event}; further non-fatal corruption events will be \
+                 suppressed"
+            )),
+            Error::NoMediumAfterCorruption { event } => Some(format!(
+                "qcow2: Marking image as corrupt: {event}; further corruption events will be \
                  suppressed"
             )),
             _ => None,

@@ -886,7 +886,8 @@ impl Qcow2 {
     }
 
     /// Zeroes `len` bytes at `offset` that cover no cluster whole, one
-    /// cluster at a time as QEMU's block layer splits them: a cluster
+    /// cluster at a time as QEMU's block layer splits them (corruption
+    /// found on the way fails it as [`Error::NoMediumAfterCorruption`]): a cluster
     /// that already reads as zero at this layer without a backing file
     /// beneath (unallocated or a zero cluster) becomes, or stays, a zero
     /// cluster, as qcow2_co_pwrite_zeroes zeroes it whole when the rest
@@ -897,7 +898,18 @@ impl Qcow2 {
         let mut start = offset;
         while start < end {
             let piece_end = end.min((start / cs + 1) * cs);
-            self.map_partial_clusters(start, piece_end - start)?;
+            if let Err(e) = self.map_partial_clusters(start, piece_end - start) {
+                // The image is marked and stops; QEMU's fallback write then
+                // meets a node without a driver.
+                return Err(match self.signal_corruption(e) {
+                    Error::CorruptionFound {
+                        event,
+                        marked: true,
+                        ..
+                    } => Error::NoMediumAfterCorruption { event },
+                    e => e,
+                });
+            }
             if !self.zero_cluster_if_reads_as_zero(start / cs)? {
                 self.write_zero_bytes(start, piece_end - start)?;
             }
