@@ -64,6 +64,17 @@ pub fn print_stderr(args: fmt::Arguments<'_>) {
     settle(io::stderr().lock().write_fmt(args));
 }
 
+/// Writes `text` to stdout and flushes it (for output assembled before it
+/// is printed, as `vm` prints its tables), as the policy says on failure.
+pub fn emit_stdout(text: &str) {
+    let mut stdout = io::stdout().lock();
+    settle(
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush()),
+    );
+}
+
 /// A writer to stdout that never reports a failure (the policy decides
 /// what one does), for output written with `io::Write` rather than the
 /// print macros (`img map`'s extents).
