@@ -279,15 +279,24 @@ fn writes_through_entries_past_the_end_grow_the_file_as_qemu_io_does() {
             len: 4096,
         },
     ];
+    let mut cases: Vec<(u64, u64, Op)> = Vec::new();
     for entry in [L1_OFFSET, L2_OFFSET] {
-        for op in ops {
-            compare_one(d, entry, 0x8000_0000_0010_0000, op, true, true);
-            assert_eq!(
-                check_of(&d.join("ours.qcow2")),
-                check_of(&d.join("theirs.qcow2")),
-                "entry at {entry:#x}, {op:?}: qemu-img check"
-            );
-        }
+        cases.extend(ops.map(|op| (entry, 0x8000_0000_0010_0000u64, op)));
+    }
+    // A data cluster at 4 GiB, where no refcount block covers it: freeing
+    // it makes QEMU allocate an empty refcount block for it and then fail
+    // (`qcow2_free_clusters failed: Resource temporarily unavailable`).
+    // (The other operations there would grow the files to 4 GiB.)
+    for op in [ops[3], ops[5]] {
+        cases.push((L2_OFFSET, 0x8000_0001_0000_0000, op));
+    }
+    for (entry, value, op) in cases {
+        compare_one(d, entry, value, op, true, true);
+        assert_eq!(
+            check_of(&d.join("ours.qcow2")),
+            check_of(&d.join("theirs.qcow2")),
+            "entry {value:#x} at {entry:#x}, {op:?}: qemu-img check"
+        );
     }
 }
 

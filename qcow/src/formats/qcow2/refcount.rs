@@ -464,6 +464,7 @@ impl Refcounts {
         let mut freed = Vec::new();
         for c in pending {
             if !self.has_block(c) {
+                self.add_block_for_failed_free(storage, c)?;
                 self.failed_frees.push((c, FreeFailure::NoRefcountBlock));
                 continue;
             }
@@ -476,6 +477,45 @@ impl Refcounts {
             }
         }
         Ok(freed)
+    }
+
+    /// What QEMU's update_refcount does before it fails a decrement of a
+    /// cluster no refcount block covers (alloc_refcount_block, then
+    /// EAGAIN): an empty block is allocated where the first free cluster
+    /// is, counted in the block that covers it, and hooked into the table,
+    /// when the table has room and that cluster lies outside the range
+    /// the new block would cover (else nothing is allocated).
+    fn add_block_for_failed_free(&mut self, storage: &dyn Storage, cluster: u64) -> Result<()> {
+        let block_index = cluster / self.entries_per_block;
+        if block_index as usize >= self.table.len() {
+            return Ok(());
+        }
+        // The first free cluster, as alloc_some finds it, within present
+        // blocks only.
+        let mut first_free = self.free_hint;
+        while self.is_reserved(first_free)
+            || (first_free < self.alloc_end && self.get(storage, first_free)? != 0)
+        {
+            first_free += 1;
+        }
+        if first_free / self.entries_per_block == block_index || !self.has_block(first_free) {
+            return Ok(());
+        }
+        let (new_block, _) = self.alloc_some(storage, 1)?;
+        let block_offset = new_block << self.cluster_bits;
+        if self.blocks.is_full() {
+            if let Some((victim, dirty)) = self.blocks.victim() {
+                if dirty {
+                    self.blocks.write_back(storage, victim)?;
+                }
+                self.blocks.remove(victim);
+            }
+        }
+        self.blocks
+            .insert(block_offset, vec![0u8; self.cluster_size() as usize], true);
+        self.table[block_index as usize] = block_offset;
+        self.table_dirty.insert(block_index as usize);
+        Ok(())
     }
 
     /// The decrements skipped since the last call, oldest first.
@@ -841,6 +881,32 @@ mod tests {
         assert_eq!(r2.get(&s, 0).unwrap(), 1);
         assert_eq!(r2.get(&s, 2).unwrap(), 1);
         assert_eq!(r2.get(&s, 1).unwrap(), 0);
+    }
+
+    /// A decrement below zero is skipped (the cluster leaked), as QEMU's
+    /// qcow2_free_clusters skips it with EINVAL; one no block covers gets
+    /// an empty block hooked in first (EAGAIN), at the first free cluster.
+    #[test]
+    fn failed_frees_are_kept_and_leak() {
+        let (s, mut r) = fresh(4, 16);
+        let a = r.alloc(&s, 1).unwrap();
+        let uncovered = r.entries_per_block * 3;
+        r.defer_free(a);
+        r.defer_free(a);
+        r.defer_free(uncovered);
+        assert_eq!(r.apply_pending_frees(&s).unwrap(), vec![a]);
+        assert_eq!(
+            r.take_failed_frees(),
+            vec![
+                (a, FreeFailure::AlreadyZero),
+                (uncovered, FreeFailure::NoRefcountBlock)
+            ]
+        );
+        assert!(r.take_failed_frees().is_empty());
+        // The new block took the cluster just freed and counts nothing.
+        assert_eq!(r.table()[3], a << 16);
+        assert_eq!(r.get(&s, a).unwrap(), 1);
+        assert_eq!(r.get(&s, uncovered).unwrap(), 0);
     }
 
     #[test]
