@@ -14,6 +14,7 @@ mod bitmap_tracking;
 mod compressed;
 mod corruption;
 mod crypt;
+mod empty;
 mod meta;
 mod read;
 mod resize;

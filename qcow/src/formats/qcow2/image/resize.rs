@@ -271,16 +271,8 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Deallocates every cluster, so that the backing file shows through
-    /// everywhere (what `commit` leaves behind without `-d`).
-    pub fn make_empty(&self) -> Result<()> {
-        self.check_writable()?;
-        self.discard_full(0, self.size())?;
-        self.flush()
-    }
-
     /// Deallocates whole clusters outright (no zero flag), for shrinking.
-    fn discard_full(&self, offset: u64, len: u64) -> Result<()> {
+    pub(super) fn discard_full(&self, offset: u64, len: u64) -> Result<()> {
         let cs = self.cluster_size();
         let first = offset / cs;
         let end = (offset + len).div_ceil(cs);
