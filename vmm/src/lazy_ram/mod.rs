@@ -791,7 +791,8 @@ pub fn load(
 
 /// The guest addresses a restored machine touches first, whose records
 /// a lazy load fills before any other ([`Registered::fill_first`]): the
-/// VM generation ID, which the VMM writes before the guest runs, the
+/// VM generation ID, which the VMM writes (or the loader lays in, a
+/// revert's [`Registered::patch`]) before the guest runs, the
 /// rings of every active virtio queue, which the device thread reads as
 /// the transports are restored, then per vCPU its page-table root (CR3),
 /// and its RIP and RSP, which are guest physical addresses only where the
