@@ -1014,13 +1014,27 @@ impl Vm {
     /// may run more than once. Not after a migration: the same VM goes on.
     pub fn new_generation(&self) -> Result<crate::devices::vmgenid::GenerationId> {
         let id = crate::devices::vmgenid::GenerationId::random()?;
-        id.write(&self.mem)?;
+        self.start_generation(id, false)?;
+        Ok(id)
+    }
+
+    /// Makes `id` the VM generation ID and tells the guest: writes it into
+    /// RAM unless `written` (the lazy RAM loader lays it into its page,
+    /// `crate::lazy_ram::Registered::patch`), then raises the GED's
+    /// generation event.
+    pub(crate) fn start_generation(
+        &self,
+        id: crate::devices::vmgenid::GenerationId,
+        written: bool,
+    ) -> Result<()> {
+        if !written {
+            id.write(&self.mem)?;
+        }
         self.ged
             .lock()
             .expect("GED lock")
             .generation_changed()
-            .map_err(|e| io_err("raising the GED interrupt", e))?;
-        Ok(id)
+            .map_err(|e| io_err("raising the GED interrupt", e))
     }
 
     /// Stops the vCPUs and the device thread, flushes every disk and marks

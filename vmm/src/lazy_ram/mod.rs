@@ -29,6 +29,14 @@
 //!   waiting before it fills the next record in order, so a fault waits
 //!   at most for one record (at most 4 MiB). A fault in a record fills
 //!   the whole record (its CRC covers all of it anyway).
+//! - **The guest's first milliseconds first:** after the records wanted
+//!   first ([`Registered::fill_first`]) the loader only serves faults
+//!   for [`BACKGROUND_DELAY`] from its start, then fills the rest and
+//!   unmaps the replaced guest's pages: on a host of two busy cores its
+//!   background copying would otherwise take a core from the resumed
+//!   vCPU, the rest of the revert and its client just when the guest's
+//!   first instructions are measured (prefetching in address order
+//!   rarely holds what the guest touches first anyway).
 //! - **Its own reader:** the snapshot's VM-state area is mapped onto the
 //!   image file once ([`MappedArea`]: the snapshot table and the area's
 //!   L1 and L2 tables read a single time); the index and the loader then
@@ -53,6 +61,12 @@
 //!   file ([`file`]). Where userfaultfd cannot be had, or with
 //!   `VMM_EAGER_RAM=1` in the VMM's environment (for comparison), RAM is
 //!   read before the guest resumes, as before.
+//! - **Bytes the VMM writes over the snapshot's** ([`Registered::patch`]):
+//!   a revert's new VM generation ID is laid into its page by the loader
+//!   as it fills that page's record (after the record's checksum), so
+//!   the reverting thread neither waits for that record nor touches the
+//!   page; the guest, which can only read the page once it is filled,
+//!   never sees it without the new ID.
 //! - **seccomp:** the loader thread runs under its own filter
 //!   ([`crate::seccomp::ThreadKind::RamLoader`]): the common list and the
 //!   four userfaultfd ioctls it makes after setup.
@@ -83,6 +97,10 @@ pub const EAGER_ENV: &str = "VMM_EAGER_RAM";
 /// measuring; unset, the loader fills as fast as it can.
 pub const PACE_ENV: &str = "VMM_LAZY_RAM_PACE_MS";
 
+/// How long after its start the loader fills only the records wanted
+/// first and those faulted on, before the others.
+pub const BACKGROUND_DELAY: Duration = Duration::from_millis(50);
+
 /// The most a pace may be (a hostile environment cannot stall a load
 /// for ever).
 const MAX_PACE_MS: u64 = 1000;
@@ -108,6 +126,8 @@ pub type Source = Box<dyn StreamSource + Send>;
 pub struct LazyRam {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     progress: Arc<Progress>,
+    /// Whether the loader took the patch ([`Registered::patch`]).
+    patched: bool,
 }
 
 /// How far the loader is.
@@ -141,6 +161,18 @@ pub struct Registered {
     detached: Vec<release::Detached>,
     /// Guest addresses whose records the loader fills first.
     first: Vec<u64>,
+    /// Bytes to lay over the snapshot's at a guest address.
+    patch: Option<Patch>,
+}
+
+/// Bytes the loader lays over a record's at `guest` once the record is
+/// read and checked, before any of its pages is filled.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    /// The guest-physical address of the first byte.
+    pub guest: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl Registered {
@@ -169,6 +201,7 @@ impl Registered {
             started,
             detached: Vec::new(),
             first: Vec::new(),
+            patch: None,
         })
     }
 
@@ -178,6 +211,16 @@ impl Registered {
     /// the resume ([`first_pages`]). Addresses in no record are skipped.
     pub fn fill_first(mut self, first: &[u64]) -> Registered {
         self.first.extend_from_slice(first);
+        self
+    }
+
+    /// Has the loader lay `patch` over the snapshot's bytes when it fills
+    /// the record holding them (a new VM generation ID: the VMM's write,
+    /// done without waiting for the page). Taken only when one record
+    /// holds all of it ([`LazyRam::patched`]); else the caller writes it
+    /// into RAM itself.
+    pub fn patch(mut self, patch: Patch) -> Registered {
+        self.patch = Some(patch);
         self
     }
 
@@ -205,7 +248,16 @@ impl Registered {
             started,
             detached,
             first,
+            patch,
         } = self;
+        // A patch must lie inside one record's segment.
+        let patch = patch.and_then(|patch| {
+            let end = patch.guest.checked_add(patch.bytes.len() as u64)?;
+            let i = index::find(&segments, patch.guest)?;
+            let segment = &segments[i];
+            (segment.record.is_some() && end <= segment.start + segment.len).then_some((i, patch))
+        });
+        let patched = patch.is_some();
         let mut wanted: Vec<usize> = Vec::new();
         for i in first
             .iter()
@@ -233,6 +285,7 @@ impl Registered {
             pace: pace(),
             progress: progress.clone(),
             detached: std::cell::RefCell::new(detached),
+            patch,
             _mem: mem,
         };
         let thread = std::thread::Builder::new()
@@ -242,6 +295,7 @@ impl Registered {
         Ok(LazyRam {
             thread: Mutex::new(Some(thread)),
             progress,
+            patched,
         })
     }
 }
@@ -253,6 +307,12 @@ impl LazyRam {
             self.progress.filled.load(Ordering::Relaxed),
             self.progress.total,
         )
+    }
+
+    /// Whether the loader took the patch given ([`Registered::patch`]): it
+    /// lays it into RAM itself.
+    pub fn patched(&self) -> bool {
+        self.patched
     }
 
     /// Waits until every page is filled and the RAM unregistered.
@@ -285,6 +345,8 @@ struct Loader {
     progress: Arc<Progress>,
     /// The replaced guest's pages still to unmap.
     detached: std::cell::RefCell<Vec<release::Detached>>,
+    /// The patch and the index of the segment that holds it.
+    patch: Option<(usize, Patch)>,
     /// Keeps the mapping alive while the loader fills it.
     _mem: GuestMemoryMmap,
 }
@@ -374,7 +436,7 @@ impl Loader {
                         .wake(page, crate::state::memory::PAGE as u64)
                         .map_err(|e| io("waking a fault", e))?;
                 } else {
-                    self.fill(source, &self.segments[i], buf, &mut report)
+                    self.fill(source, i, buf, &mut report)
                         .map_err(|error| Failure {
                             error,
                             fault: Some(guest),
@@ -383,8 +445,19 @@ impl Loader {
                     report.on_fault += 1;
                 }
             }
-            // The replaced guest's pages wait until the records wanted
-            // first are in.
+            // The background (the other records, the replaced guest's
+            // pages) waits until the records wanted first are in and the
+            // guest had its first milliseconds: faults only meanwhile.
+            if wanted_left == 0 && self.pace.is_none() {
+                let background_from = self.started + BACKGROUND_DELAY;
+                let now = Instant::now();
+                if now < background_from {
+                    self.uffd
+                        .wait(background_from - now)
+                        .map_err(|e| io("waiting for a fault", e))?;
+                    continue;
+                }
+            }
             if wanted_left == 0 {
                 self.release_some();
             }
@@ -411,7 +484,7 @@ impl Loader {
                 }
             };
             if !done[i] && self.segments[i].record.is_some() {
-                self.fill(source, &self.segments[i], buf, &mut report)?;
+                self.fill(source, i, buf, &mut report)?;
                 done[i] = true;
             }
         }
@@ -449,15 +522,16 @@ impl Loader {
             })
     }
 
-    /// Fills one record's segment: the record read and checked, then
-    /// copied.
+    /// Fills segment `index` from its record: the record read and
+    /// checked, the patch laid over it if it holds the patch, then copied.
     fn fill(
         &self,
         source: &(dyn StreamSource + Send),
-        segment: &Segment,
+        index: usize,
         buf: &mut uffd::PageBuffer,
         report: &mut Report,
     ) -> Result<(), StateError> {
+        let segment = &self.segments[index];
         let host = self.host_of(segment.start)?;
         let io = |e: std::io::Error| {
             StateError::Write(format!("filling guest RAM at {:#x}: {e}", segment.start))
@@ -492,7 +566,13 @@ impl Loader {
                 last: segment.start + segment.len - 1,
             });
         }
-        let pages = &buf[HEADER_LEN + 8..];
+        let pages = &mut buf[HEADER_LEN + 8..];
+        if let Some((_, patch)) = self.patch.as_ref().filter(|(i, _)| *i == index) {
+            // Inside the segment: checked when the loader started.
+            let at = (patch.guest - segment.start) as usize;
+            pages[at..at + patch.bytes.len()].copy_from_slice(&patch.bytes);
+        }
+        let pages = &*pages;
         if self.uffd.copy(host, pages).map_err(io)? == uffd::Filled::SomePresent {
             let page = crate::state::memory::PAGE;
             for (i, chunk) in pages.chunks(page).enumerate() {
@@ -704,13 +784,15 @@ pub fn load(
         over,
         seccomp,
         first,
+        None,
         &mut LoadPhases::default(),
     )
 }
 
 /// The guest addresses a restored machine touches first, whose records
 /// a lazy load fills before any other ([`Registered::fill_first`]): the
-/// VM generation ID, which the VMM writes before the guest runs, the
+/// VM generation ID, which the VMM writes (or the loader lays in, a
+/// revert's [`Registered::patch`]) before the guest runs, the
 /// rings of every active virtio queue, which the device thread reads as
 /// the transports are restored, then per vCPU its page-table root (CR3),
 /// and its RIP and RSP, which are guest physical addresses only where the
@@ -732,7 +814,9 @@ pub fn first_pages(machine: &crate::state::machine::MachineState) -> Vec<u64> {
     first
 }
 
-/// [`load`], recording where its time went in `phases`.
+/// [`load`], with `patch` laid over the snapshot's bytes by a lazy load
+/// ([`Registered::patch`]; [`LazyRam::patched`] says whether it took it),
+/// recording where its time went in `phases`.
 #[allow(clippy::too_many_arguments)]
 pub fn load_timed(
     image: &qcow::image::Qcow2,
@@ -743,6 +827,7 @@ pub fn load_timed(
     over: bool,
     seccomp: bool,
     first: &[u64],
+    patch: Option<Patch>,
     phases: &mut LoadPhases,
 ) -> Result<(Option<LazyRam>, u64), StateError> {
     let mut mark = Instant::now();
@@ -793,6 +878,9 @@ pub fn load_timed(
         registered = registered.release_later(detached);
     }
     registered = registered.fill_first(first);
+    if let Some(patch) = patch {
+        registered = registered.patch(patch);
+    }
     let source: Source = Box::new(area);
     let lazy = registered.start(segments, source, seccomp, snapshot.to_string())?;
     phases.start = lap();
@@ -934,5 +1022,62 @@ mod tests {
         saved.read_slice(&mut a, GuestAddress(0)).unwrap();
         mem.read_slice(&mut b, GuestAddress(0)).unwrap();
         assert!(a == b);
+    }
+
+    #[test]
+    fn a_patch_inside_a_record_is_laid_over_it_and_one_outside_is_refused() {
+        let size = 16u64 << 20;
+        let summary = ConfigSummary {
+            cpus: 1,
+            memory: size,
+            disks: 0,
+            nets: 0,
+        };
+        let saved = crate::vm::map_guest_memory(size).unwrap();
+        saved
+            .write_slice(&[7u8; 2 * 4096], GuestAddress(0x20_0000))
+            .unwrap();
+        let mut stream = Vec::new();
+        crate::state::memory::save(&saved, summary, &mut stream).unwrap();
+        let stream = std::sync::Arc::new(stream);
+        let start = |at: u64, len: usize| {
+            let (segments, _) =
+                index::build(stream.as_ref(), 0, stream.len() as u64, summary).unwrap();
+            let mem = crate::vm::map_guest_memory(size).unwrap();
+            let source: Source = Box::new(Shared(stream.clone()));
+            let registered = Registered::new(&mem).ok()?;
+            let lazy = registered
+                .fill_first(&[at])
+                .patch(Patch {
+                    guest: at,
+                    bytes: vec![0xa5; len],
+                })
+                .start(segments, source, false, "t".into())
+                .unwrap();
+            Some((lazy, mem))
+        };
+        // Inside the record, across its two pages: laid over it, the
+        // rest of the record as saved.
+        let Some((lazy, mem)) = start(0x20_0ff8, 16) else {
+            eprintln!("userfaultfd unavailable here: skipped");
+            return;
+        };
+        assert!(lazy.patched());
+        let mut pages = [0u8; 2 * 4096];
+        mem.read_slice(&mut pages, GuestAddress(0x20_0000)).unwrap();
+        lazy.settle();
+        let mut expected = [7u8; 2 * 4096];
+        expected[0xff8..0x1008].fill(0xa5);
+        assert_eq!(pages, expected);
+        // Running past the record's end, or where no record is: refused
+        // (the caller writes it), and RAM is the snapshot's.
+        for (at, len) in [(0x20_1ff8, 16), (0x40_0000, 16)] {
+            let (lazy, mem) = start(at, len).unwrap();
+            assert!(!lazy.patched(), "{at:#x}");
+            lazy.settle();
+            let mut page = [0u8; 16];
+            mem.read_slice(&mut page, GuestAddress(at)).unwrap();
+            assert!(!page.contains(&0xa5), "{at:#x}");
+        }
     }
 }

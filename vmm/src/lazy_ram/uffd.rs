@@ -207,6 +207,26 @@ impl Uffd {
         filled(rc)
     }
 
+    /// Waits at most `timeout` for a message (a fault) to read.
+    pub fn wait(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let mut pollfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Rounded up: a timeout under 1 ms is not a busy loop.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: poll(2) reads and writes the one pollfd we own.
+        let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// The address of the next page fault waiting, if any (never
     /// blocks). Other events (none are asked for) are skipped.
     pub fn next_fault(&self) -> io::Result<Option<u64>> {

@@ -186,6 +186,11 @@ impl Vm {
         let first = self.backends[0]
             .qcow2()
             .ok_or_else(|| partial(StateError::InImage("the first disk is not qcow2".into())))?;
+        // The new generation ID is laid into its page by the loader as it
+        // fills it (the guest cannot read the page before), so nothing
+        // here waits for that record.
+        let new_id =
+            crate::devices::vmgenid::GenerationId::random().map_err(InPlaceError::Partial)?;
         let (lazy, bytes) = crate::lazy_ram::load_timed(
             first,
             name,
@@ -195,9 +200,14 @@ impl Vm {
             true,
             self.seccomp,
             &crate::lazy_ram::first_pages(machine),
+            Some(crate::lazy_ram::Patch {
+                guest: crate::devices::vmgenid::VMGENID_START,
+                bytes: new_id.0.to_vec(),
+            }),
             &mut phases.ram_parts,
         )
         .map_err(partial)?;
+        let id_written = lazy.as_ref().is_some_and(|lazy| lazy.patched());
         self.lazy_ram = lazy;
         phases.ram_bytes = bytes;
         phases.ram = lap();
@@ -244,7 +254,8 @@ impl Vm {
         // rebuilt revert (the GED's saved events are in place first).
         let generation = Instant::now();
         phases.devices_transports = generation - transports;
-        self.new_generation().map_err(InPlaceError::Partial)?;
+        self.start_generation(new_id, id_written)
+            .map_err(InPlaceError::Partial)?;
         phases.devices = lap();
         phases.devices_generation = generation.elapsed();
         Ok(phases)

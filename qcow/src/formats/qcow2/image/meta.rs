@@ -4,7 +4,10 @@
 //! Flush order (see [`Meta::flush`]): refcount blocks, refcount table, L2
 //! tables, L1 entries, header; each step synced before the next, so a
 //! crash between steps leaves at worst leaked clusters. References dropped
-//! by an L2/L1 update are only decremented afterwards.
+//! by an L2/L1 update are only decremented afterwards. A header that
+//! points at an active L1 table written but not yet synced
+//! ([`Meta::l1_unsynced`], a revert that resumes its guest first) is
+//! written only after a sync.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -55,6 +58,10 @@ pub struct Meta {
     /// (`Qcow2::apply_snapshot_deferring_free`): still counted in the
     /// refcounts, so a process that dies first leaks their clusters.
     pub replaced: Vec<ReplacedTree>,
+    /// The active L1 table was written to new clusters and not synced
+    /// since (a deferred revert): the header that points at it is
+    /// written only after a sync ([`Meta::write_header_unsynced`]).
+    pub l1_unsynced: bool,
 }
 
 /// An active L1/L2 tree a revert replaced: the L1 table's entries and
@@ -272,6 +279,9 @@ impl Meta {
     /// then applies deferred frees. Returns host ranges that became free.
     pub fn flush(&mut self, file: &dyn Storage) -> Result<Vec<u64>> {
         let synced = self.rc.flush(file)?;
+        if synced {
+            self.l1_unsynced = false;
+        }
         if self.l2.has_dirty() {
             // Everything the tables point at (copy-on-write fills that
             // changed no refcount included) reaches the disk first.
@@ -345,6 +355,11 @@ impl Meta {
     /// Rewrites the header cluster without syncing: the caller syncs
     /// before anything that relies on the new header being on disk.
     pub fn write_header_unsynced(&mut self, file: &dyn Storage) -> Result<()> {
+        if self.l1_unsynced {
+            // The table the header points at reaches the disk first.
+            file.flush()?;
+            self.l1_unsynced = false;
+        }
         let (rt_offset, rt_clusters) = self.rc.table_location();
         self.hc.header.refcount_table_offset = rt_offset;
         self.hc.header.refcount_table_clusters = rt_clusters as u32;

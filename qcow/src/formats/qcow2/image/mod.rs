@@ -226,6 +226,7 @@ impl Qcow2 {
             compressed_cursor: 0,
             data_file: data_file.clone(),
             replaced: Vec::new(),
+            l1_unsynced: false,
         };
         if header_dirty {
             meta.write_header(&*file)?;

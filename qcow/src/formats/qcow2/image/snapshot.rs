@@ -562,29 +562,32 @@ impl Qcow2 {
         self.free_tree(&mut meta, replaced)
     }
 
-    /// [`Self::apply_snapshot_unflushed`] that also leaves the header's
-    /// sync and the freeing of the old active tree for later, for a VM
-    /// that resumes its guest first: the snapshot's tree has its new
-    /// references and the new active L1 table is on disk (synced), the
-    /// header that points at it is written but not synced, and the old
-    /// tree keeps its references until [`Self::free_replaced_trees`] (or
-    /// the next flush, snapshot operation or close, whichever comes
-    /// first) syncs the header and then frees it.
+    /// [`Self::apply_snapshot_unflushed`] that leaves every sync and the
+    /// freeing of the old active tree for later, for a VM that resumes
+    /// its guest first (no `fdatasync` on its critical path): the
+    /// snapshot's tree has its new references in the metadata cache, the
+    /// new active L1 table is written (not synced), and the header that
+    /// points at it waits in memory, as the old tree keeps its
+    /// references, until [`Self::free_replaced_trees`] (or the next
+    /// flush, snapshot operation or close, whichever comes first) writes
+    /// them in the flush order (refcounts, synced; the header, synced)
+    /// and then frees the old tree.
     ///
-    /// Crash safety: until then no refcount of the old tree goes down,
-    /// so none of its clusters can be allocated again or overwritten.
-    /// A crash leaves on disk either the old header (the old tree whole,
-    /// the snapshot's tree and the new L1 table counted once too often)
-    /// or the new one (the old tree counted though unreferenced): leaks
-    /// either way, which `check -r leaks` repairs. The guest's writes
-    /// meanwhile go to clusters allocated with their refcounts synced
-    /// before any table points at them (the flush order), and the first
-    /// such sync makes the header durable too.
+    /// Crash safety: until then the header on disk is the old one and no
+    /// refcount of the old tree goes down, so none of its clusters can be
+    /// allocated again or overwritten; the guest's writes meanwhile go to
+    /// new clusters of the new tree, which nothing on disk points at. A
+    /// crash leaves on disk either the old header (the old tree whole:
+    /// the revert undone, the new table and whatever refcounts reached
+    /// the disk leaked) or, once written, the new one (the old tree
+    /// counted though unreferenced): leaks either way, which `check -r
+    /// leaks` repairs. A header is never written before the table it
+    /// points at is synced ([`Meta::l1_unsynced`]).
     pub fn apply_snapshot_deferring_free(&self, id_or_name: &str) -> Result<()> {
         self.snapshot_preconditions()?;
         let meta = self.lock();
         let mut meta = self.quiesce(meta)?;
-        let replaced = self.switch_to_snapshot(&mut meta, id_or_name)?;
+        let replaced = self.switch_to_snapshot_deferred(&mut meta, id_or_name)?;
         meta.replaced.push(replaced);
         Ok(())
     }
@@ -605,6 +608,11 @@ impl Qcow2 {
     pub(super) fn free_replaced(&self, meta: &mut Meta) -> Result<usize> {
         if meta.replaced.is_empty() {
             return Ok(0);
+        }
+        // A deferred switch's refcounts, then its header (each synced),
+        // reach the disk first, in the flush order.
+        if meta.header_dirty || meta.l1_unsynced {
+            meta.flush(&*self.file)?;
         }
         // The header that stopped pointing at these trees is on disk
         // before any of their refcounts goes down.
@@ -628,6 +636,23 @@ impl Qcow2 {
     /// is written (not synced) to point at it. Returns the old active
     /// tree, unreferenced but still counted.
     fn switch_to_snapshot(&self, meta: &mut Meta, id_or_name: &str) -> Result<ReplacedTree> {
+        self.switch(meta, id_or_name, false)
+    }
+
+    /// [`Self::switch_to_snapshot`] that syncs nothing and writes no
+    /// header: the refcounts stay in the cache, the new table is written
+    /// unsynced ([`Meta::l1_unsynced`]) and the header marked dirty, for
+    /// the next flush to write in order.
+    fn switch_to_snapshot_deferred(
+        &self,
+        meta: &mut Meta,
+        id_or_name: &str,
+    ) -> Result<ReplacedTree> {
+        self.switch(meta, id_or_name, true)
+    }
+
+    /// [`Self::switch_to_snapshot`], or with `deferred` its deferred form.
+    fn switch(&self, meta: &mut Meta, id_or_name: &str, deferred: bool) -> Result<ReplacedTree> {
         let snapshots = self.read_snapshot_table(meta)?;
         let s = &snapshots[Self::find_snapshot(&snapshots, id_or_name)?];
         s.validate_l1(self.cluster_size())?;
@@ -650,14 +675,21 @@ impl Qcow2 {
         }
         let stray_copied = self.tree_has_copied(meta, &new_l1)?;
         let new_offset = self.write_new_l1(meta, &new_l1)?;
-        meta.flush(&*self.file)?;
+        if !deferred {
+            meta.flush(&*self.file)?;
+        }
         let old_l1 = std::mem::replace(&mut meta.l1, new_l1);
         let old_offset = meta.hc.header.l1_table_offset;
         meta.l1_dirty.clear();
         meta.hc.header.l1_table_offset = new_offset;
         meta.hc.header.l1_size = meta.l1.len() as u32;
         meta.hc.header.size = new_size;
-        meta.write_header_unsynced(&*self.file)?;
+        if deferred {
+            meta.l1_unsynced = true;
+            meta.header_dirty = true;
+        } else {
+            meta.write_header_unsynced(&*self.file)?;
+        }
         self.size
             .store(new_size, std::sync::atomic::Ordering::Release);
         if stray_copied {
