@@ -300,3 +300,78 @@ fn a_child_whose_parent_cid_is_stale_fails_as_in_qemu() {
         "after qemu-io wrote the parent",
     );
 }
+
+/// `CID` and `parentCID` as `img info --output=json` shows them.
+fn our_cids(image: &Path) -> (u64, u64) {
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(img(&["info", "--output=json", "-f", "vmdk"]).arg(image)))
+            .unwrap();
+    let data = &info["format-specific"]["data"];
+    (
+        data["cid"].as_u64().unwrap(),
+        data["parent-cid"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn cids_are_read_from_the_text_as_qemu_reads_them() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flat.img"), vec![0u8; 1 << 20]).unwrap();
+    let extent = "createType=\"monolithicFlat\"\nRW 2048 FLAT \"flat.img\" 0\n";
+    // QEMU looks for the first "CID" anywhere in the first 10 KiB of the
+    // text (inside "parentCID", in a comment), skips the byte after it
+    // and reads the rest as sscanf's %x does.
+    let opened = [
+        (
+            "parentCID first",
+            "parentCID=ffffffff\nCID=1234abcd\n".to_string(),
+        ),
+        (
+            "CID in a comment",
+            "# CID: fa (old)\nCID=1234abcd\nparentCID=ffffffff\n".into(),
+        ),
+        ("a negative CID", "CID=-5\nparentCID=+0x10\n".into()),
+        (
+            "blanks after the skipped byte",
+            "CID=\t 77\nparentCID= 0xffffffff\n".into(),
+        ),
+        (
+            "65 bits",
+            "CID=1ffffffffffffffff\nparentCID=ffffffff\n".into(),
+        ),
+        ("CID only inside parentCID", "parentCID=fedc\n".into()),
+    ];
+    for (what, head) in &opened {
+        let image = dir.path().join("a.vmdk");
+        std::fs::write(
+            &image,
+            format!("# Disk DescriptorFile\nversion=1\n{head}{extent}"),
+        )
+        .unwrap();
+        assert_eq!(our_cids(&image), cids(&image), "{what}");
+    }
+    // Without a parentCID QEMU refuses the image; so it does when the
+    // CIDs lie past the 10 KiB it reads, or the text there is no number.
+    let padding = format!("# {}\n", "x".repeat(DESC_SIZE));
+    let refused = [
+        ("no parentCID", "CID=1\n".to_string()),
+        (
+            "CIDs past the area",
+            format!("{padding}CID=1\nparentCID=ffffffff\n"),
+        ),
+        ("CID no number", "CID=zz\nparentCID=ffffffff\n".into()),
+        // The byte after "CID" is skipped whatever it is: here a blank,
+        // which leaves "= 77" to sscanf.
+        ("a blank before =", "CID = 77\nparentCID=ffffffff\n".into()),
+    ];
+    for (what, head) in &refused {
+        let image = dir.path().join("a.vmdk");
+        std::fs::write(
+            &image,
+            format!("# Disk DescriptorFile\nversion=1\n{head}{extent}"),
+        )
+        .unwrap();
+        assert_fails_like_qemu(&["info", "-f", "vmdk"], &image, what);
+    }
+}

@@ -94,7 +94,8 @@ pub fn read_value(buf: &[u8], key: &str) -> Option<u32> {
     while let [b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c', more @ ..] = rest {
         rest = more;
     }
-    if let [b'+', more @ ..] = rest {
+    let negative = rest.first() == Some(&b'-');
+    if let [b'+' | b'-', more @ ..] = rest {
         rest = more;
     }
     if let [b'0', b'x' | b'X', more @ ..] = rest {
@@ -103,13 +104,23 @@ pub fn read_value(buf: &[u8], key: &str) -> Option<u32> {
         }
     }
     let digits = rest.iter().take_while(|b| b.is_ascii_hexdigit());
-    let mut value = None;
+    // glibc's %x converts as strtoul does (an unsigned long: past 64 bits
+    // ULONG_MAX, whatever the sign; a minus sign negates) and keeps the
+    // low 32 bits.
+    let mut value: Option<u64> = None;
+    let mut overflow = false;
     for d in digits {
-        // sscanf's %x keeps the low 32 bits of a longer number.
-        let digit = (*d as char).to_digit(16).unwrap_or(0);
-        value = Some((value.unwrap_or(0u32) << 4) | digit);
+        let digit = u64::from((*d as char).to_digit(16).unwrap_or(0));
+        let so_far = value.unwrap_or(0);
+        overflow |= so_far >> 60 != 0;
+        value = Some((so_far << 4) | digit);
     }
-    value
+    let value = match value? {
+        _ if overflow => u64::MAX,
+        v if negative => v.wrapping_neg(),
+        v => v,
+    };
+    Some(value as u32)
 }
 
 /// A new random CID (QEMU's `g_random_int`).
@@ -154,6 +165,20 @@ pub fn read_cid(storage: &dyn Storage) -> Result<Option<u32>> {
     let offset = descriptor_offset(storage)?;
     let area = read_area(storage, offset, DESC_SIZE)?;
     Ok(read_value(&area, "CID"))
+}
+
+/// The `CID` and `parentCID` of the image whose descriptor area starts
+/// at `offset` of `storage`, read as QEMU's `vmdk_open` reads them
+/// (`vmdk_read_cid` on the area, whatever the descriptor's lines say):
+/// each is the value after the first occurrence of its key anywhere in
+/// the text, so `CID` may be found inside `parentCID` or a comment. QEMU
+/// fails the open with EINVAL when either is missing or no number.
+pub fn read_cids(storage: &dyn Storage, offset: u64) -> Result<(u32, u32)> {
+    let area = read_area(storage, offset, DESC_SIZE)?;
+    let cid = read_value(&area, "CID").ok_or_else(|| einval("a vmdk descriptor without a CID"))?;
+    let parent_cid = read_value(&area, "parentCID")
+        .ok_or_else(|| einval("a vmdk descriptor without a parentCID"))?;
+    Ok((cid, parent_cid))
 }
 
 /// Writes a new CID into the descriptor area at `offset` of `storage`
@@ -312,5 +337,46 @@ mod tests {
         assert_eq!(read_value(b"CID=zz\n\0", "CID"), None);
         assert_eq!(read_value(b"CID=123456789\n\0", "CID"), Some(0x2345_6789));
         assert_eq!(read_value(b"nothing\0", "CID"), None);
+        assert_eq!(read_value(b"CID=-5\n\0", "CID"), Some(0xffff_fffb));
+        assert_eq!(read_value(b"CID=+0x10\n\0", "CID"), Some(0x10));
+        assert_eq!(read_value(b"CID=0x\n\0", "CID"), Some(0));
+        // Past 64 bits strtoul gives ULONG_MAX, negative or not.
+        assert_eq!(
+            read_value(b"CID=-10000000000000000\n\0", "CID"),
+            Some(u32::MAX)
+        );
+        assert_eq!(
+            read_value(b"CID=fedcba987654321\n\0", "CID"),
+            Some(0x8765_4321)
+        );
+    }
+
+    fn storage(text: &[u8]) -> crate::storage::MemStorage {
+        crate::storage::MemStorage::from_bytes(text.to_vec())
+    }
+
+    #[test]
+    fn cids_are_found_where_qemu_finds_them() {
+        // The first "CID" anywhere: inside parentCID when that comes first.
+        let text = b"parentCID=ffffffff\nCID=1234\ncreateType=\"monolithicFlat\"\n";
+        assert_eq!(
+            read_cids(&storage(text), 0).unwrap(),
+            (0xffff_ffff, 0xffff_ffff)
+        );
+        // Or in a comment, and the byte after the key is skipped unread.
+        let text = b"# CID: fa (old)\nCID=1234\nparentCID=ffffffff\n";
+        assert_eq!(read_cids(&storage(text), 0).unwrap(), (0xfa, 0xffff_ffff));
+        // Past the first NUL and past the area nothing counts.
+        let mut text = b"CID=5\n\0parentCID=ffffffff\n".to_vec();
+        assert!(read_cids(&storage(&text), 0).is_err());
+        text = vec![b' '; DESC_SIZE as usize - 4];
+        text.extend_from_slice(b"CID=5 parentCID=ffffffff\n");
+        assert!(read_cids(&storage(&text), 0).is_err());
+        assert!(read_cids(&storage(b"CID=zz\nparentCID=1\n"), 0).is_err());
+        let at_512 = [vec![0u8; 512], b"CID=ab\nparentCID=cd\n".to_vec()].concat();
+        assert_eq!(
+            read_cids(&storage(&at_512), EMBEDDED_OFFSET).unwrap(),
+            (0xab, 0xcd)
+        );
     }
 }

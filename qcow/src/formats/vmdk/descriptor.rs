@@ -38,15 +38,12 @@ pub struct ExtentLine {
     pub flat_offset: u64,
 }
 
-/// A parsed descriptor.
+/// A parsed descriptor. The CIDs are not among its fields: QEMU reads
+/// them from the raw text, not from its lines (see `cid::read_cids`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// `createType`, if present.
     pub create_type: Option<String>,
-    /// `CID` (0xffffffff when absent, as QEMU defaults it).
-    pub cid: u32,
-    /// `parentCID`.
-    pub parent_cid: u32,
     /// `parentFileNameHint`, if present.
     pub parent_hint: Option<String>,
     /// The RW extent lines, in order.
@@ -65,14 +62,6 @@ fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
                 .unwrap_or(rest),
         )
     })
-}
-
-fn hex_u32(text: Option<&str>) -> u32 {
-    text.and_then(|t| {
-        let digits: String = t.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-        u32::from_str_radix(&digits, 16).ok()
-    })
-    .unwrap_or(u32::MAX)
 }
 
 /// Parses one extent line; `Ok(None)` for lines QEMU skips.
@@ -157,8 +146,6 @@ impl Descriptor {
         }
         Ok(Descriptor {
             create_type: value(text, "createType").map(str::to_string),
-            cid: hex_u32(value(text, "CID")),
-            parent_cid: hex_u32(value(text, "parentCID")),
             parent_hint: value(text, "parentFileNameHint").map(str::to_string),
             extents,
         })
@@ -226,8 +213,6 @@ mod tests {
     fn parses_like_qemu() {
         let d = Descriptor::parse(TEXT).unwrap();
         assert_eq!(d.create_type.as_deref(), Some("twoGbMaxExtentFlat"));
-        assert_eq!(d.cid, 0x2fc1_881a);
-        assert_eq!(d.parent_cid, u32::MAX);
         assert_eq!(d.extents.len(), 3);
         assert_eq!(d.extents[0].file, "a-f001.vmdk");
         assert_eq!(d.extents[1].kind, ExtentType::Sparse);
@@ -261,7 +246,6 @@ mod tests {
         let d = Descriptor::parse_bytes(&bytes).unwrap();
         assert_eq!(d.extents.len(), 1);
         assert_eq!(d.parent_hint, None);
-        assert_eq!(d.cid, 1);
     }
 
     #[test]

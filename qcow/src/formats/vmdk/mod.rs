@@ -253,12 +253,13 @@ impl Vmdk {
                 "the descriptor names no extent",
             ));
         }
+        let (cid, parent_cid) = cid::read_cids(&*storage, 0)?;
         Ok(Vmdk {
             storage,
             extents,
             size: start,
-            cid: descriptor.cid,
-            parent_cid: descriptor.parent_cid,
+            cid,
+            parent_cid,
             desc_offset: 0,
             cids: cid::CidState::default(),
             backing_file: Self::parent_of(&descriptor),
@@ -304,6 +305,7 @@ impl Vmdk {
             ));
         }
         let descriptor = Descriptor::parse_bytes(&text)?;
+        let (cid, parent_cid) = cid::read_cids(&*storage, cid::EMBEDDED_OFFSET)?;
         let len = sparse.len();
         Ok(Vmdk {
             storage,
@@ -316,8 +318,8 @@ impl Vmdk {
                 separate: false,
             }],
             size: len,
-            cid: descriptor.cid,
-            parent_cid: descriptor.parent_cid,
+            cid,
+            parent_cid,
             desc_offset: cid::EMBEDDED_OFFSET,
             cids: cid::CidState::default(),
             // QEMU shows the text's createType, empty when there is none.
@@ -358,6 +360,7 @@ impl Vmdk {
         } else {
             "monolithicSparse"
         };
+        let (cid, parent_cid) = cid::read_cids(&*storage, cid::EMBEDDED_OFFSET)?;
         let len = sparse.len();
         Ok(Vmdk {
             storage,
@@ -370,8 +373,8 @@ impl Vmdk {
                 separate: false,
             }],
             size: len,
-            cid: descriptor.cid,
-            parent_cid: descriptor.parent_cid,
+            cid,
+            parent_cid,
             desc_offset: cid::EMBEDDED_OFFSET,
             cids: cid::CidState::default(),
             create_type: create_type.to_string(),
