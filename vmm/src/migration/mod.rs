@@ -13,7 +13,8 @@
 //!   the device threads write, which KVM does not see.
 //! - [`resumed`]: the committed source times the destination's Resumed
 //!   on a thread of its own, after answering its caller.
-//! - [`prefault`]: the VMM's code mapped in before the paused window.
+//! - [`prefault`]: the paused window's threads' heap and stack touched
+//!   before the window.
 //! - [`sched`]: how the paused window's threads were scheduled (time
 //!   waiting for a CPU), for the source's phase log.
 //! - [`send`]: the source: a full pass, dirty passes until the estimated

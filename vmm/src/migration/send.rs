@@ -76,8 +76,6 @@ pub struct SendReport {
     pub resumed_heard: bool,
     /// The disks' flush while the guest still ran, before the pause.
     pub flush_before_pause: Duration,
-    /// The VMM's code mapped in before the pause ([`super::prefault`]).
-    pub prefaulted: super::prefault::Prefaulted,
     /// The wait for no disk request in flight, just before the pause.
     pub idle_wait: Duration,
     /// Whether that moment came within [`IDLE_WAIT`] (true when paused
@@ -431,8 +429,6 @@ fn precopy_and_switch(
         bandwidth = (bandwidth + rate(sent, pass_start.elapsed())) / 2.0;
         pending = log.collect(sender.vm)?;
     }
-    // The window's code mapped in now rather than faulted in there.
-    report.prefaulted = super::prefault::map_in_code();
     // The disks flushed while the guest still runs: at the switch only
     // those written since need another flush.
     let flush_start = Instant::now();
@@ -532,6 +528,11 @@ fn precopy_and_switch(
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
     report.paused.switch = lap();
+    {
+        let m: Vec<u64> = crate::vcpu::TMP_MARKS.iter().map(|a| a.load(std::sync::atomic::Ordering::SeqCst)).collect();
+        let base = m[0];
+        eprintln!("TMPPAUSE {:?}", m.iter().map(|&x| (x as i64 - base as i64) / 1000).collect::<Vec<_>>());
+    }
     report.paused.scheduling = clocks.since_start();
     report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     device_tids
