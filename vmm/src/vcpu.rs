@@ -335,7 +335,8 @@ impl VcpuSet {
 }
 
 pub static TMP_T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-pub static TMP_MARKS: [std::sync::atomic::AtomicU64; 8] = [const { std::sync::atomic::AtomicU64::new(0) }; 8];
+pub static TMP_MARKS: [std::sync::atomic::AtomicU64; 8] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
 pub fn tmp_mark(i: usize) {
     let t0 = TMP_T0.get_or_init(Instant::now);
     TMP_MARKS[i].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
@@ -404,7 +405,9 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
             .get_or_insert_with(Instant::now);
         has_run = true;
         let ran = vcpu.run();
-        if gate.leave.load(Ordering::Acquire) { tmp_mark(2); }
+        if gate.leave.load(Ordering::Acquire) {
+            tmp_mark(2);
+        }
         let outcome = match ran {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.io.read(u64::from(port), data);

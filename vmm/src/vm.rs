@@ -716,21 +716,27 @@ impl Vm {
         Ok(())
     }
 
-    /// [`Vm::pause_vcpus`], each vCPU reading its own state (but its
-    /// LAPIC) as it leaves the guest ([`crate::vcpu_capture`]), for
-    /// [`Vm::save_machine_collected`]; returns with those reads under way.
-    pub(crate) fn pause_vcpus_capturing(&self) -> Result<Option<Arc<VcpuCapture>>> {
-        self.announce_gate.close();
-        let Some(vcpus) = &self.vcpus else {
-            return Ok(None);
-        };
-        let capture = Arc::new(VcpuCapture::new(
+    /// A capture for [`Vm::pause_vcpus_capturing`], made ahead of the
+    /// pause (None without vCPUs).
+    pub(crate) fn vcpu_capture(&self) -> Option<Arc<VcpuCapture>> {
+        let vcpus = self.vcpus.as_ref()?;
+        Some(Arc::new(VcpuCapture::new(
             vcpus.fds().len(),
             self.msr_indices.clone(),
             self.vm.check_extension(kvm_ioctls::Cap::SyncRegs),
-        ));
-        vcpus.pause_capturing(capture.clone())?;
-        Ok(Some(capture))
+        )))
+    }
+
+    /// [`Vm::pause_vcpus`], each vCPU reading its own state (but its
+    /// LAPIC) into `capture` ([`Vm::vcpu_capture`]) as it leaves the guest
+    /// ([`crate::vcpu_capture`]), for [`Vm::save_machine_collected`];
+    /// returns with those reads under way.
+    pub(crate) fn pause_vcpus_capturing(&self, capture: &Arc<VcpuCapture>) -> Result<()> {
+        self.announce_gate.close();
+        if let Some(vcpus) = &self.vcpus {
+            vcpus.pause_capturing(capture.clone())?;
+        }
+        Ok(())
     }
 
     /// The second half of [`Vm::pause`]: the disks' requests in flight

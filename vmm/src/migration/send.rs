@@ -455,6 +455,8 @@ fn precopy_and_switch(
     }
     // This thread's stack and heap touched, for the window's buffers.
     super::prefault::warm_thread();
+    // The vCPUs' capture made ahead (see the pause below).
+    let ready_capture = sender.vm.vcpu_capture();
     // The window opens when no disk request is in flight, so that it
     // does not wait in the drain for a guest's flush (bounded: a guest
     // that keeps requests in flight still migrates).
@@ -485,10 +487,15 @@ fn precopy_and_switch(
     let mut capture = None;
     if options.running {
         progress.paused = true;
-        capture = sender
-            .vm
-            .pause_vcpus_capturing()
-            .map_err(MigrationError::Vm)?;
+        if let Some(ahead) = &ready_capture {
+            sender
+                .vm
+                .pause_vcpus_capturing(ahead)
+                .map_err(MigrationError::Vm)?;
+            capture = ready_capture;
+        } else {
+            sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
+        }
         report.paused.pause = lap();
     }
     // The queues drained (already, when paused before) and the devices'
@@ -528,11 +535,6 @@ fn precopy_and_switch(
     link.out.flush().map_err(write_err)?;
     report.downtime_sent = paused_at.elapsed();
     report.paused.switch = lap();
-    {
-        let m: Vec<u64> = crate::vcpu::TMP_MARKS.iter().map(|a| a.load(std::sync::atomic::Ordering::SeqCst)).collect();
-        let base = m[0];
-        eprintln!("TMPPAUSE {:?}", m.iter().map(|&x| (x as i64 - base as i64) / 1000).collect::<Vec<_>>());
-    }
     report.paused.scheduling = clocks.since_start();
     report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
     device_tids
