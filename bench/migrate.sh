@@ -26,9 +26,11 @@
 # "src-downtime-end" (just after migration_downtime_end reads it); the
 # lines between ("src-vm-stopped", "src-iterable-saved",
 # "src-non-iterable-saved") are printed as QEMU's phases. Each line is
-# one write(2) to the trace file (on /dev/shm), four of them inside the
-# span, a few microseconds each: `info migrate`'s figures with the
-# tracing and without it (--qemu-trace off) do not differ (see README). The ratios
+# one write(2) of a line to the trace file on /dev/shm (about 1.3 µs
+# here), four of them inside the span: some 5 µs of a span of 1.1 ms or
+# more. `info migrate`'s figures with the tracing and without it
+# (--qemu-trace off) differ by no more than the host's load moves them
+# (see README). The ratios
 # use the microsecond span; `info migrate`'s figure is printed beside it.
 # Ours by that measure is our source's "to the state sent" figure: from
 # just before the pause (vCPUs out, disk queues drained) to the Switch

@@ -477,10 +477,11 @@ fn precopy_and_switch(
         took
     };
     // The window's threads run ahead of the host's time-shared ones
-    // until their part is done: the vCPUs until they are out of the
-    // guest, the device thread (which drains the queues, then answers
-    // for the devices' state) to the switch sent, and this one to the
-    // Commit sent (the destination resumes on it).
+    // until their part is done: the vCPUs (which read their own state
+    // on their way out of the guest) and the device thread (which
+    // drains the queues, then answers for the devices' state) to the
+    // switch sent, and this one to the Commit sent (the destination
+    // resumes on it).
     // Each vCPU reads its own state as it leaves the guest (its LAPIC
     // aside), on its own thread while this one drains the devices and
     // sends the last pass; it stays real-time until the switch is sent.
