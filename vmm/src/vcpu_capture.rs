@@ -44,8 +44,8 @@ enum Slot {
     /// Its thread is out of the guest and reading its state.
     Pending,
     /// Its state but the LAPIC, or why it could not be read, and how long
-    /// its thread took to read it.
-    Done(Result<VcpuState, StateError>, Duration),
+    /// its thread took to read it (boxed: a vCPU's state is 6.6 KiB).
+    Done(Box<Result<VcpuState, StateError>>, Duration),
     /// Handed to the controller.
     Taken,
 }
@@ -105,7 +105,7 @@ impl VcpuCapture {
         let took = started.elapsed();
         let mut slots = self.slots.lock().expect("capture lock");
         if let Some(slot) = slots.get_mut(id) {
-            *slot = Slot::Done(state, took);
+            *slot = Slot::Done(Box::new(state), took);
         }
         self.filled.notify_all();
     }
@@ -121,7 +121,7 @@ impl VcpuCapture {
             match slots.get_mut(id) {
                 None | Some(Slot::Absent) | Some(Slot::Taken) => return None,
                 Some(slot @ Slot::Done(..)) => match std::mem::replace(slot, Slot::Taken) {
-                    Slot::Done(state, took) => return Some(state.map(|state| (state, took))),
+                    Slot::Done(state, took) => return Some((*state).map(|state| (state, took))),
                     _ => unreachable!("matched Done above"),
                 },
                 Some(Slot::Pending) => {}
