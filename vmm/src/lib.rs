@@ -43,6 +43,7 @@ mod sock;
 pub mod state;
 mod sys;
 pub mod vcpu;
+pub mod vcpu_capture;
 pub mod vm;
 
 pub use error::{Error, Result};

@@ -10,8 +10,10 @@
 //!   reads and writes, the I/O that serving a disk needs (positioned reads
 //!   and writes, syncs, hole punching, io_uring, `lseek` for data
 //!   extents), signal return, thread exit;
-//! - vCPU threads: `ioctl` for KVM_RUN and the register reads of a fault
-//!   report only (activating a disk from a vCPU thread sets up io_uring
+//! - vCPU threads: `ioctl` for KVM_RUN, the register reads of a fault
+//!   report and the state reads of a migration's capture
+//!   (`vcpu_capture`: each vCPU reads its own state as it pauses) only
+//!   (activating a disk from a vCPU thread sets up io_uring
 //!   and eventfds, which are in the common list), TUNSETOFFLOAD and
 //!   TUNSETQUEUE for activating a network interface (the guest's receive
 //!   offloads, its first tap queue), and `sendto` for the serial port's
@@ -121,14 +123,32 @@ const fn kvm_ior(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
 
+/// `_IOWR(KVMIO, nr, size)`.
+const fn kvm_iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
 /// The ioctls a vCPU thread makes after setup.
-fn vcpu_ioctls() -> [u64; 5] {
+fn vcpu_ioctls() -> [u64; 14] {
+    use kvm_bindings as kb;
+    use std::mem::size_of;
     [
-        0xae80,                                                        // KVM_RUN
-        kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),  // KVM_GET_REGS
-        kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
+        0xae80,                                    // KVM_RUN
+        kvm_ior(0x81, size_of::<kb::kvm_regs>()),  // KVM_GET_REGS
+        kvm_ior(0x83, size_of::<kb::kvm_sregs>()), // KVM_GET_SREGS
         libc::TUNSETOFFLOAD,
         libc::TUNSETQUEUE,
+        // A migration's capture (`vcpu_capture`): the vCPU's state but
+        // its LAPIC, read on its own thread.
+        kvm_ior(0x98, size_of::<kb::kvm_mp_state>()), // KVM_GET_MP_STATE
+        kvm_ior(0x8c, size_of::<kb::kvm_fpu>()),      // KVM_GET_FPU
+        kvm_ior(0xa4, size_of::<kb::kvm_xsave>()),    // KVM_GET_XSAVE
+        kvm_ior(0xa6, size_of::<kb::kvm_xcrs>()),     // KVM_GET_XCRS
+        kvm_ior(0xa1, size_of::<kb::kvm_debugregs>()), // KVM_GET_DEBUGREGS
+        0xaea3,                                       // KVM_GET_TSC_KHZ
+        kvm_iowr(0x91, size_of::<kb::kvm_cpuid2>()),  // KVM_GET_CPUID2
+        kvm_iowr(0x88, size_of::<kb::kvm_msrs>()),    // KVM_GET_MSRS
+        kvm_ior(0x9f, size_of::<kb::kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
     ]
 }
 
@@ -247,5 +267,14 @@ mod tests {
         assert_eq!(vcpu_ioctls()[2], 0x8138_ae83);
         assert_eq!(vcpu_ioctls()[3], 0x4004_54d0, "TUNSETOFFLOAD");
         assert_eq!(vcpu_ioctls()[4], 0x4004_54d9, "TUNSETQUEUE");
+        // The capture's reads, as linux/kvm.h numbers them on x86-64.
+        assert_eq!(vcpu_ioctls()[5], 0x8004_ae98, "KVM_GET_MP_STATE");
+        assert_eq!(vcpu_ioctls()[6], 0x81a0_ae8c, "KVM_GET_FPU");
+        assert_eq!(vcpu_ioctls()[7], 0x9000_aea4, "KVM_GET_XSAVE");
+        assert_eq!(vcpu_ioctls()[8], 0x8188_aea6, "KVM_GET_XCRS");
+        assert_eq!(vcpu_ioctls()[9], 0x8080_aea1, "KVM_GET_DEBUGREGS");
+        assert_eq!(vcpu_ioctls()[11], 0xc008_ae91, "KVM_GET_CPUID2");
+        assert_eq!(vcpu_ioctls()[12], 0xc008_ae88, "KVM_GET_MSRS");
+        assert_eq!(vcpu_ioctls()[13], 0x8040_ae9f, "KVM_GET_VCPU_EVENTS");
     }
 }

@@ -26,6 +26,7 @@ use crate::boot;
 use crate::devices::Bus;
 use crate::error::{Error, Result};
 use crate::sys::kick_signal;
+use crate::vcpu_capture::VcpuCapture;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +96,11 @@ enum Want {
 
 struct GateState {
     want: Want,
+    /// Threads that will not enter the guest again before a resume: parked,
+    /// or out of the guest and taking a capture on their way to park.
     parked: usize,
+    /// The capture the current pause asked for, if any.
+    capture: Option<Arc<VcpuCapture>>,
 }
 
 /// The vCPU threads' shared switch.
@@ -113,32 +118,60 @@ impl VcpuGate {
             state: Mutex::new(GateState {
                 want: if paused { Want::Pause } else { Want::Run },
                 parked: 0,
+                capture: None,
             }),
             changed: Condvar::new(),
             leave: AtomicBool::new(paused),
         }
     }
 
-    fn set(&self, want: Want) {
+    fn set(&self, want: Want, capture: Option<Arc<VcpuCapture>>) {
         let mut state = self.state.lock().expect("gate lock");
         state.want = want;
+        state.capture = capture;
         self.leave.store(want != Want::Run, Ordering::Release);
         self.changed.notify_all();
     }
 
-    /// Parks the calling vCPU thread while the controller wants a pause;
-    /// whether it should run on (false: stop).
-    fn wait_to_run(&self) -> bool {
+    /// Counts the calling vCPU thread, just out of the guest, as parked
+    /// while the controller wants a pause (it parks next), and begins its
+    /// capture if the pause asked for one; whether it was counted, and
+    /// the capture.
+    fn leave_guest(&self, id: usize) -> (bool, Option<Arc<VcpuCapture>>) {
         let mut state = self.state.lock().expect("gate lock");
-        if state.want == Want::Pause {
+        if state.want != Want::Pause {
+            return (false, None);
+        }
+        state.parked += 1;
+        let capture = state.capture.clone().filter(|c| c.begin(id));
+        self.changed.notify_all();
+        (true, capture)
+    }
+
+    /// Parks the calling vCPU thread while the controller wants a pause
+    /// (`counted`: [`VcpuGate::leave_guest`] counted it already); whether
+    /// it should run on (false: stop).
+    fn wait_to_run(&self, counted: bool) -> bool {
+        let mut state = self.state.lock().expect("gate lock");
+        let mut counted = counted;
+        if state.want == Want::Pause && !counted {
             state.parked += 1;
+            counted = true;
             self.changed.notify_all();
-            while state.want == Want::Pause {
-                state = self.changed.wait(state).expect("gate lock");
-            }
+        }
+        while state.want == Want::Pause {
+            state = self.changed.wait(state).expect("gate lock");
+        }
+        if counted {
             state.parked -= 1;
         }
         state.want == Want::Run
+    }
+
+    /// The capture the current pause asked for, for the leaving run to
+    /// know whether to store the registers.
+    fn capture(&self) -> Option<Arc<VcpuCapture>> {
+        self.state.lock().expect("gate lock").capture.clone()
     }
 
     fn parked(&self) -> usize {
@@ -217,7 +250,7 @@ impl VcpuSet {
             let gate = gate.clone();
             let handle =
                 crate::ready_thread::run_on(ready.next(), &thread_name(id as u32), move || {
-                    vcpu_loop(vcpu, ctx, gate)
+                    vcpu_loop(id, vcpu, ctx, gate)
                 })?;
             threads.push(handle);
         }
@@ -231,11 +264,25 @@ impl VcpuSet {
 
     /// Takes every vCPU out of KVM_RUN and parks it.
     pub fn pause(&self) -> Result<()> {
-        self.gate.set(Want::Pause);
+        self.pause_with(None)
+    }
+
+    /// [`VcpuSet::pause`], each vCPU thread that leaves the guest for it
+    /// reading its own state into `capture` on its way to park
+    /// ([`crate::vcpu_capture`]); returns once every vCPU is out of the
+    /// guest, with captures still under way (their fds' locks held until
+    /// they are done).
+    pub fn pause_capturing(&self, capture: Arc<VcpuCapture>) -> Result<()> {
+        self.pause_with(Some(capture))
+    }
+
+    fn pause_with(&self, capture: Option<Arc<VcpuCapture>>) -> Result<()> {
+        self.gate.set(Want::Pause, capture);
         let start = Instant::now();
         loop {
             let finished = self.threads.iter().filter(|t| t.is_finished()).count();
             if self.gate.parked() + finished >= self.threads.len() {
+                tmp_mark(6);
                 return Ok(());
             }
             if start.elapsed() > PAUSE_TIMEOUT {
@@ -244,7 +291,9 @@ impl VcpuSet {
                     PAUSE_TIMEOUT.as_secs()
                 )));
             }
+            tmp_mark(0);
             self.kick();
+            tmp_mark(1);
             // Woken as soon as the last one parks; the kick is sent again
             // after KICK_INTERVAL (a signal that lands just before
             // KVM_RUN is lost).
@@ -261,7 +310,7 @@ impl VcpuSet {
 
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
-        self.gate.set(Want::Run);
+        self.gate.set(Want::Run, None);
     }
 
     fn kick(&self) {
@@ -274,7 +323,7 @@ impl VcpuSet {
 
     /// Ends every vCPU thread and waits for them.
     pub fn stop(self) {
-        self.gate.set(Want::Stop);
+        self.gate.set(Want::Stop, None);
         while self.threads.iter().any(|t| !t.is_finished()) {
             self.kick();
             std::thread::sleep(Duration::from_millis(1));
@@ -283,6 +332,14 @@ impl VcpuSet {
             let _ = handle.join();
         }
     }
+}
+
+pub static TMP_T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+pub static TMP_MARKS: [std::sync::atomic::AtomicU64; 8] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
+pub fn tmp_mark(i: usize) {
+    let t0 = TMP_T0.get_or_init(Instant::now);
+    TMP_MARKS[i].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
 }
 
 /// The name of vCPU `id`'s thread.
@@ -320,16 +377,25 @@ fn describe_fault(vcpu: &VcpuFd, mem: &GuestMemoryMmap, what: &str) -> String {
 }
 
 /// Runs one vCPU until the guest stops or the controller stops it.
-fn vcpu_loop(shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) {
+fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) {
+    // Its stack and heap touched once, for the state it reads in a
+    // migration's paused window (`crate::vcpu_capture`).
+    crate::migration::prefault::warm_thread();
     if ctx.seccomp {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
             ctx.exit.finish(VmExit::Fault(e.to_string()));
             return;
         }
     }
+    // Whether the thread has been in KVM_RUN (and so, when it is to
+    // park, has an exit's access to finish first); not at a paused start.
+    let mut has_run = false;
     loop {
-        if gate.leave.load(Ordering::Acquire) && !gate.wait_to_run() {
-            return;
+        if gate.leave.load(Ordering::Acquire) {
+            let counted = has_run && leave_guest(id, &shared, &gate);
+            if !gate.wait_to_run(counted) {
+                return;
+            }
         }
         let mut vcpu = shared.lock().expect("vCPU fd lock");
         ctx.exit
@@ -337,7 +403,12 @@ fn vcpu_loop(shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) 
             .lock()
             .expect("exit lock")
             .get_or_insert_with(Instant::now);
-        let outcome = match vcpu.run() {
+        has_run = true;
+        let ran = vcpu.run();
+        if gate.leave.load(Ordering::Acquire) {
+            tmp_mark(2);
+        }
+        let outcome = match ran {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.io.read(u64::from(port), data);
                 None
@@ -379,12 +450,38 @@ fn vcpu_loop(shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) 
             ctx.exit.finish(reason);
             return;
         }
-        if gate.leave.load(Ordering::Acquire) {
-            // Finish the access just handled (KVM completes it, then
-            // returns at once with EINTR) before parking.
-            vcpu.set_kvm_immediate_exit(1);
-            let _ = vcpu.run();
-            vcpu.set_kvm_immediate_exit(0);
+    }
+}
+
+/// Takes the calling vCPU thread, back from KVM_RUN, out of the guest for
+/// a pause: finishes the access just handled (KVM completes it, then
+/// returns at once with EINTR), the run storing the registers into
+/// `kvm_run` when the pause asked for a capture, counts itself out and
+/// takes the capture; whether it was counted ([`VcpuGate::leave_guest`]).
+fn leave_guest(id: usize, shared: &Mutex<VcpuFd>, gate: &VcpuGate) -> bool {
+    tmp_mark(3);
+    let mut vcpu = shared.lock().expect("vCPU fd lock");
+    let sync = gate.capture().is_some_and(|c| c.wants_sync_regs());
+    if sync {
+        for reg in crate::vcpu_capture::SYNC_REGS {
+            vcpu.set_sync_valid_reg(reg);
         }
     }
+    vcpu.set_kvm_immediate_exit(1);
+    tmp_mark(4);
+    let _ = vcpu.run();
+    tmp_mark(5);
+    vcpu.set_kvm_immediate_exit(0);
+    if sync {
+        for reg in crate::vcpu_capture::SYNC_REGS {
+            vcpu.clear_sync_valid_reg(reg);
+        }
+    }
+    let (counted, capture) = gate.leave_guest(id);
+    if let Some(capture) = capture {
+        // Without the registers stored by this run (a capture asked for
+        // after it started) they are read by ioctl.
+        capture.take_on_vcpu(id, &vcpu, sync);
+    }
+    counted
 }

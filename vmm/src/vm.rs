@@ -41,6 +41,7 @@ use crate::state::{
 use crate::sys::{install_kick_handler, LockRole};
 pub use crate::vcpu::{ExitState, VmExit};
 use crate::vcpu::{VcpuContext, VcpuSet};
+use crate::vcpu_capture::VcpuCapture;
 
 mod revert;
 pub use revert::{InPlaceError, RevertPhases};
@@ -715,6 +716,29 @@ impl Vm {
         Ok(())
     }
 
+    /// A capture for [`Vm::pause_vcpus_capturing`], made ahead of the
+    /// pause (None without vCPUs).
+    pub(crate) fn vcpu_capture(&self) -> Option<Arc<VcpuCapture>> {
+        let vcpus = self.vcpus.as_ref()?;
+        Some(Arc::new(VcpuCapture::new(
+            vcpus.fds().len(),
+            self.msr_indices.clone(),
+            self.vm.check_extension(kvm_ioctls::Cap::SyncRegs),
+        )))
+    }
+
+    /// [`Vm::pause_vcpus`], each vCPU reading its own state (but its
+    /// LAPIC) into `capture` ([`Vm::vcpu_capture`]) as it leaves the guest
+    /// ([`crate::vcpu_capture`]), for [`Vm::save_machine_collected`];
+    /// returns with those reads under way.
+    pub(crate) fn pause_vcpus_capturing(&self, capture: &Arc<VcpuCapture>) -> Result<()> {
+        self.announce_gate.close();
+        if let Some(vcpus) = &self.vcpus {
+            vcpus.pause_capturing(capture.clone())?;
+        }
+        Ok(())
+    }
+
     /// The second half of [`Vm::pause`]: the disks' requests in flight
     /// completed, their queues stopped.
     pub(crate) fn drain_queues(&self) -> Result<()> {
@@ -835,22 +859,31 @@ impl Vm {
     /// The paused VM's state but its RAM: every vCPU, KVM's VM-wide
     /// state and the devices (RAM loaded lazily is settled first).
     pub fn save_machine(&self) -> Result<MachineState> {
-        self.save_machine_from(None)
+        self.save_machine_from(None, None, &mut Vec::new())
     }
 
     /// [`Vm::save_machine`] with the devices' queues as
     /// [`Vm::drain_and_collect`] answered, without asking the device
-    /// thread again.
+    /// thread again, and the vCPUs' states as they read them into
+    /// `capture` ([`Vm::pause_vcpus_capturing`]) but their LAPICs, read
+    /// now.
     pub(crate) fn save_machine_collected(
         &self,
         devices: event_loop::PausedDevices,
-    ) -> Result<MachineState> {
-        self.save_machine_from(Some(devices))
+        capture: Option<&VcpuCapture>,
+    ) -> Result<(MachineState, Vec<Duration>)> {
+        let mut captures = Vec::new();
+        let machine = self.save_machine_from(Some(devices), capture, &mut captures)?;
+        Ok((machine, captures))
     }
 
+    /// The machine's state; `captures` gets how long each vCPU captured
+    /// by `capture` took to read its state on its own thread.
     fn save_machine_from(
         &self,
         mut collected: Option<event_loop::PausedDevices>,
+        capture: Option<&VcpuCapture>,
+        captures: &mut Vec<Duration>,
     ) -> Result<MachineState> {
         self.settle_ram();
         let vcpus = self
@@ -858,9 +891,22 @@ impl Vm {
             .as_ref()
             .ok_or_else(|| Error::GuestFault("the VM has no vCPUs".into()))?;
         let mut saved_vcpus = Vec::new();
-        for fd in vcpus.fds() {
+        for (id, fd) in vcpus.fds().iter().enumerate() {
+            let captured = capture.and_then(|c| c.wait(id, Duration::from_secs(5)));
             let fd = fd.lock().expect("vCPU fd lock");
-            saved_vcpus.push(VcpuState::save(&fd, &self.msr_indices)?);
+            let state = match captured {
+                Some(captured) => {
+                    let (mut state, took) = captured?;
+                    captures.push(took);
+                    state.lapic = fd.get_lapic().map_err(|e| StateError::Kvm {
+                        what: "KVM_GET_LAPIC",
+                        reason: e.to_string(),
+                    })?;
+                    state
+                }
+                None => VcpuState::save(&fd, &self.msr_indices)?,
+            };
+            saved_vcpus.push(state);
         }
         let kvm_err = |what: &'static str| {
             move |e: kvm_ioctls::Error| StateError::Kvm {

@@ -13,6 +13,8 @@
 //!   the device threads write, which KVM does not see.
 //! - [`resumed`]: the committed source times the destination's Resumed
 //!   on a thread of its own, after answering its caller.
+//! - [`prefault`]: the paused window's threads' heap and stack touched
+//!   before the window.
 //! - [`sched`]: how the paused window's threads were scheduled (time
 //!   waiting for a CPU), for the source's phase log.
 //! - [`send`]: the source: a full pass, dirty passes until the estimated
@@ -60,6 +62,7 @@
 
 pub mod api;
 pub mod dirty;
+pub mod prefault;
 pub mod receive;
 pub mod resumed;
 pub mod sched;

@@ -134,7 +134,7 @@ impl Committed {
             report.full_pass.as_millis()
         );
         eprintln!(
-            "vmm: the migration's downtime: {:.1} ms from the pause to the guest resumed there{}, {:.1} ms to the state sent (QEMU's measure); {}; before the pause: flush {:.1} ms, disks {} after {:.2} ms",
+            "vmm: the migration's downtime: {:.1} ms from the pause to the guest resumed there{}, {:.3} ms to the state sent (QEMU's measure); {}; before the pause: flush {:.1} ms, disks {} after {:.2} ms",
             report.downtime.as_secs_f64() * 1e3,
             if report.resumed_heard { "" } else { " (not heard: to the Commit)" },
             report.downtime_sent.as_secs_f64() * 1e3,

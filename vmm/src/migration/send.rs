@@ -106,8 +106,13 @@ pub struct PausedPhases {
     /// The last dirty pass (RAM, then the disks' last changes).
     pub last_pass: Duration,
     /// Collecting the vCPUs' and KVM's state and the devices' (their
-    /// queue positions as the drain took them).
+    /// queue positions as the drain took them): waiting for the vCPUs'
+    /// own reads of their state, then their LAPICs and KVM's VM-wide state.
     pub state: Duration,
+    /// How long each vCPU's thread took to read its own state as it left
+    /// the guest (from the end of the pause on, beside the drain and the
+    /// last pass), by vCPU.
+    pub captures: Vec<Duration>,
     /// Encoding and writing the state.
     pub send: Duration,
     /// Flushing the disks written since the flush before the pause, and
@@ -140,11 +145,21 @@ impl std::fmt::Display for PausedPhases {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms, send {:.2} ms, flush {:.2} ms ({} of {} disks), switch {:.2} ms, destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
+            "pause {:.2} ms, drain {:.2} ms, last pass {:.2} ms, state {:.2} ms (the vCPUs' own reads {}), send {:.2} ms, flush {:.2} ms ({} of {} disks), switch {:.2} ms, destination {:.1} ms, commit {:.1} ms, resumed {:.1} ms",
             ms(self.pause),
             ms(self.drain),
             ms(self.last_pass),
             ms(self.state),
+            if self.captures.is_empty() {
+                "none".to_string()
+            } else {
+                self.captures
+                    .iter()
+                    .map(|&d| format!("{:.2}", ms(d)))
+                    .collect::<Vec<_>>()
+                    .join("/")
+                    + " ms"
+            },
             ms(self.send),
             ms(self.flush),
             self.flushed_disks.0,
@@ -438,6 +453,10 @@ fn precopy_and_switch(
     for &tid in controller_tid.iter().chain(&vcpu_tids).chain(&device_tids) {
         boost.prepare(tid);
     }
+    // This thread's stack and heap touched, for the window's buffers.
+    super::prefault::warm_thread();
+    // The vCPUs' capture made ahead (see the pause below).
+    let ready_capture = sender.vm.vcpu_capture();
     // The window opens when no disk request is in flight, so that it
     // does not wait in the drain for a guest's flush (bounded: a guest
     // that keeps requests in flight still migrates).
@@ -458,14 +477,26 @@ fn precopy_and_switch(
         took
     };
     // The window's threads run ahead of the host's time-shared ones
-    // until their part is done: the vCPUs until they are out of the
-    // guest, the device thread (which drains the queues, then answers
-    // for the devices' state) to the switch sent, and this one to the
-    // Commit sent (the destination resumes on it).
+    // until their part is done: the vCPUs (which read their own state
+    // on their way out of the guest) and the device thread (which
+    // drains the queues, then answers for the devices' state) to the
+    // switch sent, and this one to the Commit sent (the destination
+    // resumes on it).
+    // Each vCPU reads its own state as it leaves the guest (its LAPIC
+    // aside), on its own thread while this one drains the devices and
+    // sends the last pass; it stays real-time until the switch is sent.
+    let mut capture = None;
     if options.running {
         progress.paused = true;
-        sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
-        vcpu_tids.iter().for_each(|&tid| boost.lower(tid));
+        if let Some(ahead) = &ready_capture {
+            sender
+                .vm
+                .pause_vcpus_capturing(ahead)
+                .map_err(MigrationError::Vm)?;
+            capture = ready_capture;
+        } else {
+            sender.vm.pause_vcpus().map_err(MigrationError::Vm)?;
+        }
         report.paused.pause = lap();
     }
     // The queues drained (already, when paused before) and the devices'
@@ -481,8 +512,14 @@ fn precopy_and_switch(
         report.disk_bytes += storage.dirty_pass(sender.out)?;
     }
     report.passes += 1;
+    // Into the socket now, while the vCPUs may still be reading their
+    // state: the switch then writes only the state.
+    sender.out.flush().map_err(write_err)?;
     report.paused.last_pass = lap();
-    let machine = sender.vm.save_machine_collected(devices)?;
+    let (machine, captures) = sender
+        .vm
+        .save_machine_collected(devices, capture.as_deref())?;
+    report.paused.captures = captures;
     report.paused.state = lap();
     let bytes = machine.to_bytes()?;
     stream::write_frame(link.out, Tag::Machine, &[&bytes]).map_err(write_err)?;
@@ -501,7 +538,10 @@ fn precopy_and_switch(
     report.paused.switch = lap();
     report.paused.scheduling = clocks.since_start();
     report.paused.boost_refused = boost.refused.as_ref().map(|e| e.to_string());
-    device_tids.iter().for_each(|&tid| boost.lower(tid));
+    device_tids
+        .iter()
+        .chain(&vcpu_tids)
+        .for_each(|&tid| boost.lower(tid));
     expect_reply(link.reader, link.offset, Tag::Ready)?;
     report.paused.destination = lap();
     stream::write_frame(link.out, Tag::Commit, &[]).map_err(write_err)?;

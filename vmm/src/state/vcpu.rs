@@ -4,8 +4,8 @@
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES,
+    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_sync_regs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId,
+    Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES,
 };
 use kvm_ioctls::VcpuFd;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -69,14 +69,34 @@ impl VcpuState {
     /// Reads `vcpu`'s state; `msr_indices` is KVM_GET_MSR_INDEX_LIST.
     /// The vCPU must be out of KVM_RUN.
     pub fn save(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<Self, StateError> {
+        let mut state = Self::save_but_lapic(vcpu, msr_indices, None)?;
+        state.lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+        Ok(state)
+    }
+
+    /// [`VcpuState::save`] but the LAPIC, left zeroed for the caller to
+    /// read (a migration reads it after the devices' drain, which may
+    /// raise an interrupt into it: `crate::vcpu_capture`), with REGS,
+    /// SREGS and VCPU_EVENTS from `synced` when given: what KVM stored
+    /// into `kvm_run` at the vCPU's last exit (KVM_CAP_SYNC_REGS), the
+    /// same reads as the three ioctls.
+    pub fn save_but_lapic(
+        vcpu: &VcpuFd,
+        msr_indices: &[u32],
+        synced: Option<&kvm_sync_regs>,
+    ) -> Result<Self, StateError> {
         let mp_state = vcpu.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?;
-        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let (regs, sregs) = match synced {
+            Some(synced) => (synced.regs, synced.sregs),
+            None => (
+                vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+                vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
+            ),
+        };
         let fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
         let xsave = vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?;
         let xcrs = vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?;
         let debugregs = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
-        let lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
         let tsc_khz = vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))?;
         let cpuid = vcpu
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
@@ -84,7 +104,10 @@ impl VcpuState {
             .as_slice()
             .to_vec();
         let msrs = read_msrs(vcpu, msr_indices)?;
-        let events = vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        let events = match synced {
+            Some(synced) => synced.events,
+            None => vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+        };
         Ok(VcpuState {
             mp_state,
             regs,
@@ -93,7 +116,7 @@ impl VcpuState {
             xsave,
             xcrs,
             debugregs,
-            lapic,
+            lapic: kvm_lapic_state::default(),
             tsc_khz,
             cpuid,
             msrs,
