@@ -84,12 +84,7 @@ mod tests {
     #[test]
     fn a_memory_file_loads_lazily_as_it_was_saved() {
         let size = 16u64 << 20;
-        let summary = ConfigSummary {
-            cpus: 1,
-            memory: size,
-            disks: 0,
-            nets: 0,
-        };
+        let summary = crate::lazy_ram::one_cpu_summary(size);
         let saved = crate::vm::map_guest_memory(size).unwrap();
         for (i, addr) in [0x3000u64, 0x50_0000, size - 8192].iter().enumerate() {
             saved

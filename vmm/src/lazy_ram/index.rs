@@ -190,12 +190,7 @@ mod tests {
     }
 
     fn summary(memory: u64) -> ConfigSummary {
-        ConfigSummary {
-            cpus: 1,
-            memory,
-            disks: 0,
-            nets: 0,
-        }
+        crate::lazy_ram::one_cpu_summary(memory)
     }
 
     fn stream(memory: u64, runs: &[(u64, usize)]) -> Vec<u8> {

@@ -887,10 +887,21 @@ pub fn load_timed(
     Ok((Some(lazy), bytes))
 }
 
+/// The configuration of a one-vCPU VM with `memory` bytes of RAM and no
+/// devices, for the tests of this module and its children.
+#[cfg(test)]
+pub(crate) fn one_cpu_summary(memory: u64) -> crate::state::machine::ConfigSummary {
+    crate::state::machine::ConfigSummary {
+        cpus: 1,
+        memory,
+        disks: 0,
+        nets: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::machine::ConfigSummary;
     use vm_memory::{Bytes, GuestAddress};
 
     struct Shared(std::sync::Arc<Vec<u8>>);
@@ -904,12 +915,7 @@ mod tests {
     #[test]
     fn the_index_through_the_map_equals_the_index_through_the_tables() {
         let size = 16u64 << 20;
-        let summary = ConfigSummary {
-            cpus: 1,
-            memory: size,
-            disks: 0,
-            nets: 0,
-        };
+        let summary = one_cpu_summary(size);
         let saved = crate::vm::map_guest_memory(size).unwrap();
         for addr in [0x1000u64, 0x20_0000, 0x80_0000, size - 3 * 4096] {
             saved
@@ -973,12 +979,7 @@ mod tests {
     #[test]
     fn pages_touched_before_the_loader_reaches_them_are_served() {
         let size = 16u64 << 20;
-        let summary = ConfigSummary {
-            cpus: 1,
-            memory: size,
-            disks: 0,
-            nets: 0,
-        };
+        let summary = one_cpu_summary(size);
         let saved = crate::vm::map_guest_memory(size).unwrap();
         for (i, addr) in [0x1000u64, 0x20_0000, 0x80_0000, size - 4096]
             .iter()
@@ -1027,12 +1028,7 @@ mod tests {
     #[test]
     fn a_patch_inside_a_record_is_laid_over_it_and_one_outside_is_refused() {
         let size = 16u64 << 20;
-        let summary = ConfigSummary {
-            cpus: 1,
-            memory: size,
-            disks: 0,
-            nets: 0,
-        };
+        let summary = one_cpu_summary(size);
         let saved = crate::vm::map_guest_memory(size).unwrap();
         saved
             .write_slice(&[7u8; 2 * 4096], GuestAddress(0x20_0000))

@@ -411,16 +411,7 @@ impl Refcounts {
             }
             for (i, &b) in needed.iter().enumerate() {
                 let offset = (area_start + i as u64) << self.cluster_bits;
-                if self.blocks.is_full() {
-                    if let Some((victim, dirty)) = self.blocks.victim() {
-                        if dirty {
-                            self.blocks.write_back(storage, victim)?;
-                        }
-                        self.blocks.remove(victim);
-                    }
-                }
-                self.blocks
-                    .insert(offset, vec![0u8; cluster_size as usize], true);
+                self.cache_new_block(storage, offset)?;
                 self.table[b as usize] = offset;
                 self.table_dirty.insert(b as usize);
             }
@@ -503,16 +494,7 @@ impl Refcounts {
         }
         let (new_block, _) = self.alloc_some(storage, 1)?;
         let block_offset = new_block << self.cluster_bits;
-        if self.blocks.is_full() {
-            if let Some((victim, dirty)) = self.blocks.victim() {
-                if dirty {
-                    self.blocks.write_back(storage, victim)?;
-                }
-                self.blocks.remove(victim);
-            }
-        }
-        self.blocks
-            .insert(block_offset, vec![0u8; self.cluster_size() as usize], true);
+        self.cache_new_block(storage, block_offset)?;
         self.table[block_index as usize] = block_offset;
         self.table_dirty.insert(block_index as usize);
         Ok(())
@@ -521,6 +503,23 @@ impl Refcounts {
     /// The decrements skipped since the last call, oldest first.
     pub fn take_failed_frees(&mut self) -> Vec<(u64, FreeFailure)> {
         std::mem::take(&mut self.failed_frees)
+    }
+
+    /// Puts a new, empty refcount block at `block_offset` into the cache
+    /// as dirty, writing back the cache's victim first if it is full.
+    fn cache_new_block(&mut self, storage: &dyn Storage, block_offset: u64) -> Result<()> {
+        if self.blocks.is_full() {
+            if let Some((victim, dirty)) = self.blocks.victim() {
+                if dirty {
+                    self.blocks.write_back(storage, victim)?;
+                }
+                self.blocks.remove(victim);
+            }
+        }
+        let cluster_size = self.cluster_size() as usize;
+        self.blocks
+            .insert(block_offset, vec![0u8; cluster_size], true);
+        Ok(())
     }
 
     /// Whether anything is waiting to be written.
