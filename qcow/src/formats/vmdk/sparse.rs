@@ -473,7 +473,8 @@ impl SparseExtent {
         }
         // QEMU's vmdk_write_extent takes a whole grain, or the image's
         // short last grain from its start to the end of the image.
-        let whole = offset % self.grain_bytes == 0 && buf.len() as u64 == self.grain_len(index);
+        let whole =
+            offset.is_multiple_of(self.grain_bytes) && buf.len() as u64 == self.grain_len(index);
         if !whole {
             // QEMU allocates (and zeroes) the grain's slot before it
             // finds the write partial; the slot stays unreferenced.
