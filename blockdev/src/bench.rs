@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::backend::bufs::AlignedBuf;
-use crate::disk::{BlockBackend, BlockQueue, IoBuf, Request};
+use crate::disk::{BlockBackend, BlockQueue, Completion, IoBuf, Request};
 use crate::error::{Error, Result};
 
 /// Most requests the engine keeps in flight, whatever the depth asked.
@@ -88,6 +88,8 @@ struct Run<'a> {
     free_bufs: Vec<usize>,
     /// Flushes that found the queue full, sent as soon as it has room.
     owed_flushes: VecDeque<u64>,
+    /// Completions already taken off the queue by [`Run::issue`].
+    early: VecDeque<Completion>,
 }
 
 impl Run<'_> {
@@ -125,6 +127,17 @@ impl Run<'_> {
             // off the free list) until its completion is popped in `run`,
             // and `bufs` outlives the queue (drained before it is dropped).
             unsafe { self.queue.push(request, index as u64) }?;
+            // A queue that runs a request as it is pushed (a foreign
+            // image's writes) has its result now: qemu-img exits at the
+            // first failed request, before its driver runs the next one
+            // (a vmdk serializes them), so none is issued after a failure.
+            while let Some(c) = self.queue.pop_completion() {
+                let failed = c.result.is_err();
+                self.early.push_back(c);
+                if failed {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     }
@@ -217,6 +230,7 @@ pub fn run(disk: &dyn BlockBackend, cfg: &BenchConfig) -> Result<Duration> {
         bufs,
         free_bufs: (0..depth as usize).rev().collect(),
         owed_flushes: VecDeque::new(),
+        early: VecDeque::new(),
     };
     let start = Instant::now();
     let result = drive(&mut run);
@@ -237,7 +251,7 @@ fn drive(run: &mut Run<'_>) -> Result<()> {
     run.queue.submit()?;
     while run.n > 0 {
         let mut progressed = false;
-        while let Some(c) = run.queue.pop_completion() {
+        while let Some(c) = run.early.pop_front().or_else(|| run.queue.pop_completion()) {
             progressed = true;
             c.result?;
             match c.user_data {

@@ -311,6 +311,17 @@ pub enum Error {
         /// What was found, in QEMU's words.
         event: String,
     },
+    /// A request a driver refuses after reporting why on a line of its
+    /// own, as QEMU's error_report does before the request fails with the
+    /// errno of `source`.
+    #[error("{line}: {source}")]
+    Reported {
+        /// The line QEMU prints, in its words.
+        line: &'static str,
+        /// The errno the request fails with.
+        #[source]
+        source: io::Error,
+    },
     /// A raw window's `offset` or `size` that does not fit the file
     /// beneath, in QEMU's words.
     #[error("{reason}")]

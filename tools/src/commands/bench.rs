@@ -167,9 +167,15 @@ fn request_error(e: &blockdev::Error) -> anyhow::Error {
     if let blockdev::Error::Qcow(q) = e {
         super::report_corruption(q);
     }
+    if let blockdev::Error::Qcow(qcow::Error::Reported { line, .. }) = e {
+        // QEMU's driver prints its line (error_report) before the failure.
+        eprintln!("{}: {line}", crate::program());
+    }
     let reason = match e {
         blockdev::Error::Io { source, .. } => os_text(source),
-        blockdev::Error::Qcow(qcow::Error::Io { source, .. }) => os_text(source),
+        blockdev::Error::Qcow(
+            qcow::Error::Io { source, .. } | qcow::Error::Reported { source, .. },
+        ) => os_text(source),
         blockdev::Error::ReadOnly => "Permission denied".to_string(),
         _ => "Input/output error".to_string(),
     };

@@ -556,17 +556,22 @@ fn read_chunk(
             });
         }
     }
-    if job.compress {
-        if let AnyImage::Qcow2(q) = job.target {
-            // Whole clusters are read, not offloaded: file positions do not
-            // survive the regrouping.
-            for p in &mut pieces {
-                if let Region::FileData(_) = p.region {
-                    p.region = Region::Data;
-                }
+    // A compressed cluster (and a streamOptimized vmdk's grain) is
+    // written whole, once: a partial one is refused.
+    let whole_unit = match job.target {
+        AnyImage::Qcow2(q) if job.compress => Some(q.cluster_size()),
+        AnyImage::Foreign(_, f) if f.compresses_writes() => f.cluster_size(),
+        _ => None,
+    };
+    if let Some(unit) = whole_unit {
+        // Whole clusters are read, not offloaded: file positions do not
+        // survive the regrouping.
+        for p in &mut pieces {
+            if let Region::FileData(_) = p.region {
+                p.region = Region::Data;
             }
-            pieces = whole_clusters(&pieces, chunk, q.cluster_size());
         }
+        pieces = whole_clusters(&pieces, chunk, unit);
     }
     for p in &pieces {
         if p.region == Region::Data {
@@ -721,6 +726,10 @@ fn zero_granularity(job: &ConvertJob<'_>) -> u64 {
         // `-S 0`: every block is written, zeros too.
         _ if job.sparse_size == 0 => 0,
         AnyImage::Qcow2(q) => job.sparse_size.max(q.geometry().subcluster_size()),
+        // Grains are written whole: a grain of zeros is skipped whole.
+        AnyImage::Foreign(_, f) if f.compresses_writes() => {
+            job.sparse_size.max(f.cluster_size().unwrap_or(0))
+        }
         AnyImage::Raw(_) | AnyImage::Foreign(..) => job.sparse_size,
     }
 }

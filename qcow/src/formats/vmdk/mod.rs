@@ -674,6 +674,9 @@ impl ForeignImage for Vmdk {
             match &e.data {
                 Data::Flat { storage, offset } => storage.write_at(part, offset + inner)?,
                 Data::Sparse(s) => match self.backing.as_deref() {
+                    // A compressed grain is written whole or not at all
+                    // (QEMU copies no backing data into a partial one).
+                    Some(_) if s.header().compressed() => s.write_in_grain(part, inner)?,
                     Some(b) => {
                         let grain = s.lookup(inner)?.0;
                         if matches!(grain, Grain::Unallocated | Grain::Zero) {
@@ -710,10 +713,7 @@ impl ForeignImage for Vmdk {
         for e in &self.extents {
             match &e.data {
                 Data::Flat { storage, .. } => storage.flush()?,
-                Data::Sparse(s) => {
-                    s.flush()?;
-                    s.storage().flush()?;
-                }
+                Data::Sparse(s) => s.storage().flush()?,
                 Data::SeSparse(_) => {}
             }
         }

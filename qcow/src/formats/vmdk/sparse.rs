@@ -5,9 +5,13 @@
 //! the grain table entry (and the redundant table's) at it; a missing grain
 //! table is appended too, except in a VMFS sparse ("COWD") extent, where
 //! QEMU refuses such a write and so do we. Compressed (stream-optimized)
-//! extents take each grain once, whole: partial writes gather in a bounded
-//! set of pending grains that are compressed and appended when complete or
-//! at flush, as qemu-img's stream-optimized writer takes them in order.
+//! extents take each grain once, whole, as QEMU's vmdk driver does: a
+//! grain's first write allocates a whole grain of zeros at the next free
+//! grain-sized slot (the file grows by it) and then, if the write covers
+//! the grain (or the image's short last grain), puts its compressed record
+//! at the slot's start, the next grain going right after the record; a
+//! partial write fails with EINVAL once the slot is allocated, a write
+//! into an allocated grain with EIO.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +28,6 @@ use crate::storage::Storage;
 /// Grain table entries kept in memory before the cache is emptied (4096
 /// tables of 512 entries, 8 MiB; fewer of VMFS sparse's larger tables).
 const GT_CACHE_ENTRIES: usize = 4096 * 512;
-/// Partial compressed grains kept before the oldest is written as is.
-const MAX_PENDING_GRAINS: usize = 512;
 /// Bytes of a grain marker's header (lba, size).
 const MARKER_HEADER: usize = 12;
 /// Grain table entry of a zeroed grain (with the zero-grain flag).
@@ -62,9 +64,6 @@ type TableCache = HashMap<(bool, u32), Arc<Vec<u32>>>;
 struct Alloc {
     /// The next free sector of the file.
     next_sector: u64,
-    /// Partly written compressed grains: grain index -> (data, bytes
-    /// written), in order of creation.
-    pending: Vec<(u64, Vec<u8>, u64)>,
 }
 
 /// An open sparse extent.
@@ -140,11 +139,9 @@ impl SparseExtent {
             None
         };
         let grain_bytes = header.grain_sectors * 512;
-        let next_sector = if header.compressed() {
-            file_len.div_ceil(512)
-        } else {
-            file_len.div_ceil(grain_bytes) * header.grain_sectors
-        };
+        // QEMU's next_cluster_sector: the file's sectors rounded up to a
+        // grain, compressed or not.
+        let next_sector = file_len.div_ceil(grain_bytes) * header.grain_sectors;
         Ok(SparseExtent {
             storage,
             header,
@@ -153,10 +150,7 @@ impl SparseExtent {
             rgd,
             gt_cache: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            alloc: Mutex::new(Alloc {
-                next_sector,
-                pending: Vec::new(),
-            }),
+            alloc: Mutex::new(Alloc { next_sector }),
             compressors: Mutex::new(Vec::new()),
         })
     }
@@ -471,44 +465,44 @@ impl SparseExtent {
 
     fn write_compressed_part(&self, buf: &[u8], offset: u64) -> Result<()> {
         let index = offset / self.grain_bytes;
-        if self.lookup(offset)?.0 != Grain::Unallocated {
-            return Err(Error::Unsupported(format!(
-                "a compressed grain cannot be written twice (grain {index})"
-            )));
+        if matches!(
+            self.lookup(offset)?.0,
+            Grain::Data(_) | Grain::Compressed(_)
+        ) {
+            return Err(allocated_compressed_grain());
         }
-        let grain_len = self.grain_len(index);
-        if buf.len() as u64 == grain_len {
-            return self.append_grain(index, buf);
-        }
-        let start = (offset % self.grain_bytes) as usize;
-        let complete = {
+        // QEMU's vmdk_write_extent takes a whole grain, or the image's
+        // short last grain from its start to the end of the image.
+        let whole =
+            offset.is_multiple_of(self.grain_bytes) && buf.len() as u64 == self.grain_len(index);
+        if !whole {
+            // QEMU allocates (and zeroes) the grain's slot before it
+            // finds the write partial; the slot stays unreferenced.
             let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
-            let slot = match alloc.pending.iter().position(|p| p.0 == index) {
-                Some(i) => i,
-                None => {
-                    alloc
-                        .pending
-                        .push((index, vec![0u8; grain_len as usize], 0));
-                    alloc.pending.len() - 1
-                }
-            };
-            let pending = &mut alloc.pending[slot];
-            pending.1[start..start + buf.len()].copy_from_slice(buf);
-            pending.2 += buf.len() as u64;
-            let done = pending.2 >= grain_len;
-            let mut out = Vec::new();
-            if done {
-                out.push(alloc.pending.remove(slot));
+            if matches!(
+                self.lookup(offset)?.0,
+                Grain::Data(_) | Grain::Compressed(_)
+            ) {
+                return Err(allocated_compressed_grain());
             }
-            if alloc.pending.len() > MAX_PENDING_GRAINS {
-                out.push(alloc.pending.remove(0));
-            }
-            out
-        };
-        for (index, data, _) in complete {
-            self.append_grain(index, &data)?;
+            self.allocate_slot(&mut alloc)?;
+            return Err(Error::io(
+                format!("partial write into compressed grain {index}"),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
         }
-        Ok(())
+        self.append_grain(index, buf)
+    }
+
+    /// Takes the next grain-sized slot of the file, zeroed, as QEMU's
+    /// get_cluster_offset does for a compressed grain; returns its sector.
+    fn allocate_slot(&self, alloc: &mut Alloc) -> Result<u64> {
+        let sector = alloc.next_sector;
+        alloc.next_sector += self.header.grain_sectors;
+        // The slot lies past every byte in use (QEMU's next_cluster_sector
+        // starts at the file's end): growing the file zeroes it.
+        crate::formats::grow_to(&*self.storage, alloc.next_sector * 512)?;
+        Ok(sector)
     }
 
     /// Compresses grain `index` and appends it with its marker.
@@ -535,10 +529,11 @@ impl SparseExtent {
         LittleEndian::write_u64(&mut record[0..8], index * self.header.grain_sectors);
         LittleEndian::write_u32(&mut record[8..12], compressed_len as u32);
         let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
-        if self.lookup(index * self.grain_bytes)?.0 != Grain::Unallocated {
-            return Err(Error::Unsupported(format!(
-                "a compressed grain cannot be written twice (grain {index})"
-            )));
+        if matches!(
+            self.lookup(index * self.grain_bytes)?.0,
+            Grain::Data(_) | Grain::Compressed(_)
+        ) {
+            return Err(allocated_compressed_grain());
         }
         let sector = alloc.next_sector;
         let sector32 = u32::try_from(sector).map_err(|_| {
@@ -549,20 +544,12 @@ impl SparseExtent {
                 "the file is too large for its tables",
             )
         })?;
-        alloc.next_sector += (total / 512) as u64;
+        self.allocate_slot(&mut alloc)?;
         self.storage.write_at(record, sector * 512)?;
+        // The next grain goes right after this record, inside the slot.
+        alloc.next_sector = sector + (total / 512) as u64;
         let (gd_index, gt_index) = self.indexes(index * self.grain_bytes);
         self.set_entry(&mut alloc, gd_index, gt_index, sector32)
-    }
-
-    /// Writes out pending compressed grains.
-    pub fn flush(&self) -> Result<()> {
-        let pending =
-            std::mem::take(&mut self.alloc.lock().expect("allocation lock poisoned").pending);
-        for (index, data, _) in pending {
-            self.append_grain(index, &data)?;
-        }
-        Ok(())
     }
 
     /// Calls `f` with the extent offset and place of every grain in an
@@ -598,6 +585,15 @@ impl SparseExtent {
             }
         }
         Ok((allocated, total))
+    }
+}
+
+/// A write into a compressed grain that is already there: QEMU's vmdk
+/// driver reports it on a line of its own and fails the write with EIO.
+fn allocated_compressed_grain() -> Error {
+    Error::Reported {
+        line: "Could not write to allocated cluster for streamOptimized",
+        source: std::io::Error::from_raw_os_error(libc::EIO),
     }
 }
 

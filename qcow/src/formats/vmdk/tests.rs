@@ -147,10 +147,36 @@ fn stream_optimized_grains_are_written_once() {
         subformat: Subformat::StreamOptimized,
         ..CreateOptions::default()
     };
-    create(&*image, 1 << 20, &opts, &files, 1).unwrap();
-    let vmdk = Vmdk::open(image, true, &files).unwrap();
+    create(&*image, (1 << 20) + 512, &opts, &files, 1).unwrap();
+    let created = image.to_bytes().len() as u64;
+    let vmdk = Vmdk::open(image.clone(), true, &files).unwrap();
+    let errno = |e: Error| match e {
+        Error::Io { source, .. } | Error::Reported { source, .. } => source.raw_os_error(),
+        other => panic!("{other}"),
+    };
+    // Part of a grain: EINVAL, after a grain-sized slot was taken.
+    let e = vmdk.write_at(&[2; 4096], 0).unwrap_err();
+    assert_eq!(errno(e), Some(libc::EINVAL));
+    assert_eq!(image.to_bytes().len() as u64, created + 65536);
+    // A whole grain goes into the next slot; its record ends the file's
+    // use of it, so the next grain's slot starts right after.
     vmdk.write_at(&[1; 65536], 0).unwrap();
-    assert!(vmdk.write_at(&[2; 512], 0).is_err());
+    assert_eq!(image.to_bytes().len() as u64, created + 2 * 65536);
+    // The short last grain is written from its start to the disk's end.
+    vmdk.write_at(&[3; 512], 1 << 20).unwrap();
+    assert_eq!(image.to_bytes().len() as u64, created + 65536 + 512 + 65536);
+    // A grain already there: EIO with QEMU's line, the file unchanged.
+    let e = vmdk.write_at(&[1; 65536], 0).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("Could not write to allocated cluster for streamOptimized"),
+        "{e}"
+    );
+    assert_eq!(errno(e), Some(libc::EIO));
+    assert_eq!(image.to_bytes().len() as u64, created + 65536 + 512 + 65536);
+    let mut buf = vec![0u8; 65536];
+    vmdk.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 1));
 }
 
 fn descriptor_image(files: &MemFiles, text: &str) -> Result<Vmdk> {
