@@ -465,12 +465,7 @@ impl SparseExtent {
 
     fn write_compressed_part(&self, buf: &[u8], offset: u64) -> Result<()> {
         let index = offset / self.grain_bytes;
-        if matches!(
-            self.lookup(offset)?.0,
-            Grain::Data(_) | Grain::Compressed(_)
-        ) {
-            return Err(allocated_compressed_grain());
-        }
+        self.refuse_written_grain(offset)?;
         // QEMU's vmdk_write_extent takes a whole grain, or the image's
         // short last grain from its start to the end of the image.
         let whole =
@@ -479,12 +474,7 @@ impl SparseExtent {
             // QEMU allocates (and zeroes) the grain's slot before it
             // finds the write partial; the slot stays unreferenced.
             let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
-            if matches!(
-                self.lookup(offset)?.0,
-                Grain::Data(_) | Grain::Compressed(_)
-            ) {
-                return Err(allocated_compressed_grain());
-            }
+            self.refuse_written_grain(offset)?;
             self.allocate_slot(&mut alloc)?;
             return Err(Error::io(
                 format!("partial write into compressed grain {index}"),
@@ -492,6 +482,16 @@ impl SparseExtent {
             ));
         }
         self.append_grain(index, buf)
+    }
+
+    /// Fails as QEMU does when the grain at `offset` of a compressed
+    /// extent was written already (its data or compressed record is in
+    /// place): each grain is written once.
+    fn refuse_written_grain(&self, offset: u64) -> Result<()> {
+        match self.lookup(offset)?.0 {
+            Grain::Data(_) | Grain::Compressed(_) => Err(allocated_compressed_grain()),
+            _ => Ok(()),
+        }
     }
 
     /// Takes the next grain-sized slot of the file, zeroed, as QEMU's
@@ -529,12 +529,7 @@ impl SparseExtent {
         LittleEndian::write_u64(&mut record[0..8], index * self.header.grain_sectors);
         LittleEndian::write_u32(&mut record[8..12], compressed_len as u32);
         let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
-        if matches!(
-            self.lookup(index * self.grain_bytes)?.0,
-            Grain::Data(_) | Grain::Compressed(_)
-        ) {
-            return Err(allocated_compressed_grain());
-        }
+        self.refuse_written_grain(index * self.grain_bytes)?;
         let sector = alloc.next_sector;
         let sector32 = u32::try_from(sector).map_err(|_| {
             invalid(
