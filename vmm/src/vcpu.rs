@@ -282,7 +282,6 @@ impl VcpuSet {
         loop {
             let finished = self.threads.iter().filter(|t| t.is_finished()).count();
             if self.gate.parked() + finished >= self.threads.len() {
-                tmp_mark(6);
                 return Ok(());
             }
             if start.elapsed() > PAUSE_TIMEOUT {
@@ -291,9 +290,7 @@ impl VcpuSet {
                     PAUSE_TIMEOUT.as_secs()
                 )));
             }
-            tmp_mark(0);
             self.kick();
-            tmp_mark(1);
             // Woken as soon as the last one parks; the kick is sent again
             // after KICK_INTERVAL (a signal that lands just before
             // KVM_RUN is lost).
@@ -332,14 +329,6 @@ impl VcpuSet {
             let _ = handle.join();
         }
     }
-}
-
-pub static TMP_T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-pub static TMP_MARKS: [std::sync::atomic::AtomicU64; 8] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
-pub fn tmp_mark(i: usize) {
-    let t0 = TMP_T0.get_or_init(Instant::now);
-    TMP_MARKS[i].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
 }
 
 /// The name of vCPU `id`'s thread.
@@ -404,11 +393,7 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
             .expect("exit lock")
             .get_or_insert_with(Instant::now);
         has_run = true;
-        let ran = vcpu.run();
-        if gate.leave.load(Ordering::Acquire) {
-            tmp_mark(2);
-        }
-        let outcome = match ran {
+        let outcome = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.io.read(u64::from(port), data);
                 None
@@ -459,7 +444,6 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
 /// `kvm_run` when the pause asked for a capture, counts itself out and
 /// takes the capture; whether it was counted ([`VcpuGate::leave_guest`]).
 fn leave_guest(id: usize, shared: &Mutex<VcpuFd>, gate: &VcpuGate) -> bool {
-    tmp_mark(3);
     let mut vcpu = shared.lock().expect("vCPU fd lock");
     let sync = gate.capture().is_some_and(|c| c.wants_sync_regs());
     if sync {
@@ -468,9 +452,7 @@ fn leave_guest(id: usize, shared: &Mutex<VcpuFd>, gate: &VcpuGate) -> bool {
         }
     }
     vcpu.set_kvm_immediate_exit(1);
-    tmp_mark(4);
     let _ = vcpu.run();
-    tmp_mark(5);
     vcpu.set_kvm_immediate_exit(0);
     if sync {
         for reg in crate::vcpu_capture::SYNC_REGS {
