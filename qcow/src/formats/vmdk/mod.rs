@@ -674,9 +674,25 @@ impl ForeignImage for Vmdk {
             match &e.data {
                 Data::Flat { storage, offset } => storage.write_at(part, offset + inner)?,
                 Data::Sparse(s) => match self.backing.as_deref() {
-                    // A compressed grain is written whole or not at all
-                    // (QEMU copies no backing data into a partial one).
-                    Some(_) if s.header().compressed() => s.write_in_grain(part, inner)?,
+                    Some(b) if s.header().compressed() => {
+                        let grain = s.lookup(inner)?.0;
+                        if matches!(grain, Grain::Unallocated | Grain::Zero) {
+                            // A compressed grain is written whole or not
+                            // at all, but its new slot is first filled
+                            // with the parent's grain (zeros for a zeroed
+                            // one), after QEMU's parent CID check.
+                            self.cids.check_parent(b, self.parent_cid)?;
+                            let grain_start = inner - inner % s.grain_bytes();
+                            let mut slot = vec![0u8; s.grain_bytes() as usize];
+                            if grain == Grain::Unallocated {
+                                super::read_backing(Some(b), &mut slot, e.start + grain_start)?;
+                            }
+                            s.write_compressed_over(part, inner, &slot)?
+                        } else {
+                            // Refused: written already.
+                            s.write_in_grain(part, inner)?
+                        }
+                    }
                     Some(b) => {
                         let grain = s.lookup(inner)?.0;
                         if matches!(grain, Grain::Unallocated | Grain::Zero) {

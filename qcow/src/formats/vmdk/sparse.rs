@@ -6,12 +6,13 @@
 //! table is appended too, except in a VMFS sparse ("COWD") extent, where
 //! QEMU refuses such a write and so do we. Compressed (stream-optimized)
 //! extents take each grain once, whole, as QEMU's vmdk driver does: a
-//! grain's first write allocates a whole grain of zeros at the next free
-//! grain-sized slot (the file grows by it) and then, if the write covers
-//! the grain (or the image's short last grain), puts its compressed record
-//! at the slot's start, the next grain going right after the record; a
-//! partial write fails with EINVAL once the slot is allocated, a write
-//! into an allocated grain with EIO.
+//! grain's first write fills the next free grain-sized slot with zeros, or
+//! with the parent's grain when the image has a backing file (QEMU's
+//! get_whole_cluster; the file grows by the slot) and then, if the write
+//! covers the grain (or the image's short last grain), puts its compressed
+//! record at the slot's start, the next grain going right after the
+//! record; a partial write fails with EINVAL once the slot is filled, a
+//! write into an allocated grain with EIO.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -414,9 +415,11 @@ impl SparseExtent {
     }
 
     /// Writes `buf` at `offset` of the extent (within one grain).
+    /// In a compressed extent the grain's new slot is zero-filled, as
+    /// when the image has no backing file ([`SparseExtent::write_compressed_over`]).
     pub fn write_in_grain(&self, buf: &[u8], offset: u64) -> Result<()> {
         if self.header.compressed() {
-            return self.write_compressed_part(buf, offset);
+            return self.write_compressed_part(buf, offset, None);
         }
         let host = match self.lookup(offset)?.0 {
             Grain::Data(host) => host,
@@ -463,7 +466,24 @@ impl SparseExtent {
         self.grain_bytes.min(self.len() - index * self.grain_bytes)
     }
 
-    fn write_compressed_part(&self, buf: &[u8], offset: u64) -> Result<()> {
+    /// Writes `buf` at `offset` of a compressed extent whose image has a
+    /// backing file: a new grain's slot is first filled with `slot` (the
+    /// parent's bytes of the whole grain, or zeros for a zeroed grain, as
+    /// QEMU's get_whole_cluster writes them), whether or not the write is
+    /// then refused as partial. `slot` holds one whole grain.
+    pub fn write_compressed_over(&self, buf: &[u8], offset: u64, slot: &[u8]) -> Result<()> {
+        if slot.len() as u64 != self.grain_bytes {
+            return Err(invalid(
+                FORMAT,
+                "grain slot",
+                slot.len() as u64,
+                "a grain's slot is filled whole",
+            ));
+        }
+        self.write_compressed_part(buf, offset, Some(slot))
+    }
+
+    fn write_compressed_part(&self, buf: &[u8], offset: u64, slot: Option<&[u8]>) -> Result<()> {
         let index = offset / self.grain_bytes;
         self.refuse_written_grain(offset)?;
         // QEMU's vmdk_write_extent takes a whole grain, or the image's
@@ -475,13 +495,13 @@ impl SparseExtent {
             // finds the write partial; the slot stays unreferenced.
             let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
             self.refuse_written_grain(offset)?;
-            self.allocate_slot(&mut alloc)?;
+            self.allocate_slot(&mut alloc, slot)?;
             return Err(Error::io(
                 format!("partial write into compressed grain {index}"),
                 std::io::Error::from_raw_os_error(libc::EINVAL),
             ));
         }
-        self.append_grain(index, buf)
+        self.append_grain(index, buf, slot)
     }
 
     /// Fails as QEMU does when the grain at `offset` of a compressed
@@ -494,25 +514,33 @@ impl SparseExtent {
         }
     }
 
-    /// Takes the next grain-sized slot of the file, zeroed, as QEMU's
-    /// get_cluster_offset does for a compressed grain; returns its sector.
-    fn allocate_slot(&self, alloc: &mut Alloc) -> Result<u64> {
+    /// Takes the next grain-sized slot of the file, as QEMU's
+    /// get_cluster_offset does for a compressed grain, and fills it with
+    /// `slot` (or zeros); returns its sector.
+    fn allocate_slot(&self, alloc: &mut Alloc, slot: Option<&[u8]>) -> Result<u64> {
         let sector = alloc.next_sector;
         alloc.next_sector += self.header.grain_sectors;
-        // The slot lies past every byte in use (QEMU's next_cluster_sector
-        // starts at the file's end): growing the file zeroes it.
-        crate::formats::grow_to(&*self.storage, alloc.next_sector * 512)?;
+        match slot {
+            // The slot may begin in the tail of the last grain's slot,
+            // which holds that grain's parent bytes: written whole.
+            Some(data) => self.storage.write_at(data, sector * 512)?,
+            // Without a parent every slot is zero-filled, so that tail
+            // holds zeros and the rest lies past the file's end (QEMU's
+            // next_cluster_sector starts there): growing the file does.
+            None => crate::formats::grow_to(&*self.storage, alloc.next_sector * 512)?,
+        }
         Ok(sector)
     }
 
-    /// Compresses grain `index` and appends it with its marker.
-    fn append_grain(&self, index: u64, data: &[u8]) -> Result<()> {
+    /// Compresses grain `index` and appends it with its marker into a new
+    /// slot filled with `slot` (or zeros).
+    fn append_grain(&self, index: u64, data: &[u8], slot: Option<&[u8]>) -> Result<()> {
         let idle = self.compressors.lock().expect("pool lock poisoned").pop();
         let mut compressor = idle.unwrap_or_else(|| Compressor {
             stream: flate2::Compress::new(flate2::Compression::new(6), true),
             record: Vec::new(),
         });
-        let result = self.append_with(&mut compressor, index, data);
+        let result = self.append_with(&mut compressor, index, data, slot);
         let mut pool = self.compressors.lock().expect("pool lock poisoned");
         if pool.len() < MAX_IDLE_COMPRESSORS {
             pool.push(compressor);
@@ -520,12 +548,16 @@ impl SparseExtent {
         result
     }
 
-    fn append_with(&self, compressor: &mut Compressor, index: u64, data: &[u8]) -> Result<()> {
+    fn append_with(
+        &self,
+        compressor: &mut Compressor,
+        index: u64,
+        data: &[u8],
+        slot: Option<&[u8]>,
+    ) -> Result<()> {
         let record = &mut compressor.record;
         let compressed_len = deflate_into(&mut compressor.stream, data, record)?;
-        let total = (MARKER_HEADER + compressed_len).div_ceil(512) * 512;
-        record.truncate(MARKER_HEADER + compressed_len);
-        record.resize(total, 0);
+        let used = MARKER_HEADER + compressed_len;
         LittleEndian::write_u64(&mut record[0..8], index * self.header.grain_sectors);
         LittleEndian::write_u32(&mut record[8..12], compressed_len as u32);
         let mut alloc = self.alloc.lock().expect("allocation lock poisoned");
@@ -539,10 +571,13 @@ impl SparseExtent {
                 "the file is too large for its tables",
             )
         })?;
-        self.allocate_slot(&mut alloc)?;
-        self.storage.write_at(record, sector * 512)?;
+        self.allocate_slot(&mut alloc, slot)?;
+        // The record alone, unpadded, as QEMU writes it: the rest of its
+        // last sector keeps the slot's bytes, and a record longer than the
+        // slot (incompressible data) ends the file where it ends.
+        self.storage.write_at(&record[..used], sector * 512)?;
         // The next grain goes right after this record, inside the slot.
-        alloc.next_sector = sector + (total / 512) as u64;
+        alloc.next_sector = sector + used.div_ceil(512) as u64;
         let (gd_index, gt_index) = self.indexes(index * self.grain_bytes);
         self.set_entry(&mut alloc, gd_index, gt_index, sector32)
     }
