@@ -1091,3 +1091,72 @@ fn vmdk_map_of_holes_under_data_is_per_extent_like_qemu() {
         assert_same_file(&ours_raw, &theirs_raw, subformat);
     }
 }
+
+/// `img create` refuses bad `-o` values of every format with qemu-img's
+/// line and status, and leaves the file as qemu-img does: the vpc, vdi,
+/// qed and vhdx drivers check their options after the file was created
+/// (an old file is truncated, a new one left empty), vmdk's and the
+/// option parser's checks come first (an old file stays as it was).
+#[test]
+fn create_option_errors_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ours_dir, theirs_dir) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir(&ours_dir).unwrap();
+    std::fs::create_dir(&theirs_dir).unwrap();
+    for (fmt, opts, size) in [
+        ("vmdk", "compat6=on,hwversion=7", "64M"),
+        ("vmdk", "adapter_type=scsi", "64M"),
+        ("vmdk", "subformat=foo", "64M"),
+        ("vmdk", "zeroed_grain=maybe", "64M"),
+        (
+            "vmdk",
+            "subformat=monolithicFlat,backing_file=b.vmdk",
+            "64M",
+        ),
+        ("vhdx", "block_size=3M", "64M"),
+        ("vhdx", "log_size=0", "64M"),
+        ("vhdx", "subformat=diff", "64M"),
+        ("vhdx", "block_state_zero=x", "64M"),
+        ("vhdx", "", "65T"),
+        ("vpc", "subformat=x", "64M"),
+        ("vpc", "force_size=x", "64M"),
+        ("vpc", "", "3T"),
+        ("vpc", "extent_size_hint=5G", "64M"),
+        ("vdi", "static=x", "64M"),
+        ("vdi", "", "64P"),
+        ("qed", "cluster_size=3k", "64M"),
+        ("qed", "cluster_size=128M", "64M"),
+        ("qed", "table_size=32", "64M"),
+        ("qed", "cluster_size=4k,table_size=1", "10T"),
+    ] {
+        let what = format!("{fmt} -o '{opts}' {size}");
+        for existing in [false, true] {
+            let mut results = Vec::new();
+            for (tool, folder) in [
+                (img as fn(&[&str]) -> std::process::Command, &ours_dir),
+                (qemu_img, &theirs_dir),
+            ] {
+                let name = format!("x.{fmt}");
+                let path = folder.join(&name);
+                let _ = std::fs::remove_file(&path);
+                if existing {
+                    std::fs::write(&path, b"old contents").unwrap();
+                }
+                let mut c = tool(&["create", "-q", "-f", fmt]);
+                if !opts.is_empty() {
+                    c.args(["-o", opts]);
+                }
+                let out = run(c.arg(&name).arg(size).current_dir(folder));
+                let left = std::fs::metadata(&path).ok().map(|m| m.len());
+                let err = String::from_utf8_lossy(&out.stderr).replace("qemu-img:", "img:");
+                results.push((out.status.code(), err, left));
+            }
+            assert_eq!(results[0].0, Some(1), "{what}: {}", results[0].1);
+            assert_eq!(
+                results[0], results[1],
+                "{what} (over an old file: {existing})"
+            );
+        }
+    }
+}

@@ -331,7 +331,22 @@ pub fn run(args: &CreateArgs) -> Result<i32> {
     if !args.quiet {
         println!("{}", parsed.formatting_line(filename));
     }
-    opts.validate(format).map_err(|e| prefixed(filename, e))?;
+    if let Err(e) = opts.validate(format) {
+        // QEMU's vpc, vdi, qed and vhdx drivers check their own options
+        // once the protocol layer has created (truncated) the file: a
+        // refused image leaves an empty file, as qemu-img's does.
+        let hint_ok = opts
+            .extent_size_hint
+            .is_none_or(|h| h <= u64::from(u32::MAX));
+        let driver_checks_after_file = matches!(
+            format,
+            ImageFormat::Vpc | ImageFormat::Vdi | ImageFormat::Qed | ImageFormat::Vhdx
+        );
+        if hint_ok && driver_checks_after_file {
+            create_file_with(Path::new(&image_path), false)?;
+        }
+        return Err(prefixed(filename, e));
+    }
     let size = opts.require_size().map_err(|e| prefixed(filename, e))?;
     let encryption = match format {
         ImageFormat::Qcow2 => super::encryption::qcow2_encryption(&parsed),
