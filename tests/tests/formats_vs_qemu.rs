@@ -33,6 +33,11 @@ const CASES: &[(&str, &str)] = &[
     ("vmdk", "zeroed_grain=on"),
     ("vmdk", "compat6=on,adapter_type=lsilogic"),
     ("vmdk", "hwversion=7,adapter_type=buslogic,toolsversion=3"),
+    ("vmdk", "adapter_type=legacyESX,hwversion=undefined"),
+    (
+        "vmdk",
+        "subformat=twoGbMaxExtentSparse,adapter_type=ide,compat6=on",
+    ),
     ("qed", ""),
     ("qed", "cluster_size=4k,table_size=2"),
     ("qed", "cluster_size=1M,table_size=16"),
@@ -41,6 +46,7 @@ const CASES: &[(&str, &str)] = &[
     ("vhdx", "block_size=1M,log_size=2M"),
     ("vhdx", "block_state_zero=off"),
     ("vhdx", "subformat=fixed,block_state_zero=off"),
+    ("vhdx", "subformat=dynamic,block_size=256M,log_size=8M"),
 ];
 
 /// Formats qemu-img checks.
@@ -1158,5 +1164,136 @@ fn create_option_errors_like_qemu() {
                 "{what} (over an old file: {existing})"
             );
         }
+    }
+}
+
+/// twoGbMaxExtent images larger than 2 GiB (sparse files: a few MiB of
+/// data), data on both sides of each extent boundary: qemu-img's read
+/// through `img convert -O raw` as qemu-img reads them, ours pass `qemu-img
+/// check` and `compare`, qemu-io writes across a boundary read alike, and
+/// info (one child per extent file) equals qemu-img's both ways.
+#[test]
+fn two_gb_extents_split_like_qemu() {
+    use std::os::unix::fs::FileExt;
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = d.join("source.raw");
+    let size: u64 = 4700 << 20;
+    {
+        let f = std::fs::File::create(&source).unwrap();
+        f.set_len(size).unwrap();
+        for (i, mib) in [0u64, 2047, 2048, 4095, 4096, 4699].into_iter().enumerate() {
+            let data: Vec<u8> = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(31) >> 3) as u8 ^ i as u8)
+                .collect();
+            f.write_all_at(&data, mib << 20).unwrap();
+        }
+    }
+    let same_raw = |a: &Path, b: &Path, what: &str| {
+        assert_eq!(
+            std::fs::metadata(a).unwrap().len(),
+            std::fs::metadata(b).unwrap().len(),
+            "{what}: sizes"
+        );
+        let out = run(qemu_img(&["compare", "-q", "-f", "raw", "-F", "raw"])
+            .arg(a)
+            .arg(b));
+        assert!(out.status.success(), "{what}: the raw reads differ");
+    };
+    for sub in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
+        let opts = format!("subformat={sub}");
+        let (q, o) = (d.join(format!("q-{sub}")), d.join(format!("o-{sub}")));
+        std::fs::create_dir(&q).unwrap();
+        std::fs::create_dir(&o).unwrap();
+        let (theirs, ours) = (q.join("d.vmdk"), o.join("d.vmdk"));
+        ok(convert_cmd(qemu_img, "raw", "vmdk", &opts)
+            .arg(&source)
+            .arg(&theirs));
+        ok(convert_cmd(img, "raw", "vmdk", &opts)
+            .arg(&source)
+            .arg(&ours));
+        // The same extent files, named alike.
+        let names = |p: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&o), names(&q), "{sub}: extent files");
+        ok(qemu_img(&["check", "-f", "vmdk"]).arg(&ours));
+        let out = run(qemu_img(&["compare", "-f", "raw", "-F", "vmdk"])
+            .arg(&source)
+            .arg(&ours));
+        assert!(out.status.success(), "{sub}: ours differs from its source");
+        for image in [&theirs, &ours] {
+            // A write across the 2 GiB boundary, partial grains on both
+            // sides, and one inside the second extent.
+            qemu_io(
+                "vmdk",
+                image,
+                &["write -P 0x71 2097148k 9k", "write -P 0x72 3000M 3k"],
+            );
+            let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+            ok(convert_cmd(img, "vmdk", "raw", "").arg(image).arg(&a));
+            ok(convert_cmd(qemu_img, "vmdk", "raw", "").arg(image).arg(&b));
+            same_raw(&a, &b, &format!("{sub}: {}", image.display()));
+            assert_info_like_qemu("vmdk", image, &format!("{sub}: {}", image.display()));
+            std::fs::remove_file(a).unwrap();
+            std::fs::remove_file(b).unwrap();
+        }
+    }
+}
+
+/// qemu-img 10 creates qed images with `table_size=1` but opens none (its
+/// table offset check counts a one-cluster table as an overflow): img
+/// creates the same bytes, refuses to open them, and convert into one
+/// fails in both after creating it.
+#[test]
+fn qed_table_size_one_is_created_but_not_opened_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ours_dir, theirs_dir) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir(&ours_dir).unwrap();
+    std::fs::create_dir(&theirs_dir).unwrap();
+    make_raw(&ours_dir.join("s.raw"), 1 << 20, 3);
+    std::fs::copy(ours_dir.join("s.raw"), theirs_dir.join("s.raw")).unwrap();
+    let tools = [
+        (img as fn(&[&str]) -> std::process::Command, &ours_dir),
+        (qemu_img, &theirs_dir),
+    ];
+    for (tool, folder) in tools {
+        ok(tool(&[
+            "create",
+            "-q",
+            "-f",
+            "qed",
+            "-o",
+            "table_size=1",
+            "t.qed",
+            "4M",
+        ])
+        .current_dir(folder));
+        let out = run(tool(&["info", "-f", "qed", "t.qed"]).current_dir(folder));
+        assert_eq!(out.status.code(), Some(1));
+        let out = run(tool(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qed",
+            "-o",
+            "table_size=1",
+            "s.raw",
+            "c.qed",
+        ])
+        .current_dir(folder));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(folder.join("c.qed").exists());
+    }
+    for name in ["t.qed", "c.qed"] {
+        assert_same_file(&ours_dir.join(name), &theirs_dir.join(name), name);
     }
 }

@@ -158,6 +158,28 @@ impl Header {
         Ok(h)
     }
 
+    /// Refuses what QEMU's open refuses on top of [`Header::parse`]: its
+    /// qed_check_table_offset takes the L1 table's last cluster to lie
+    /// past its first, and a table of one cluster fails that as an
+    /// overflow, so qemu-img 10 creates table_size=1 images (as
+    /// [`super::create`] does) but opens none.
+    pub fn check_open(&self) -> Result<()> {
+        let span = u64::from(self.table_size - 1) * u64::from(self.cluster_size);
+        if self
+            .l1_table_offset
+            .checked_add(span)
+            .is_none_or(|last| last <= self.l1_table_offset)
+        {
+            return Err(invalid(
+                FORMAT,
+                "l1_table_offset",
+                self.l1_table_offset,
+                "QED table offset is invalid",
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes of a table.
     pub fn table_bytes(&self) -> u64 {
         u64::from(self.table_size) * u64::from(self.cluster_size)

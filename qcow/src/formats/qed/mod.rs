@@ -126,6 +126,7 @@ impl Qed {
         let mut raw = [0u8; HEADER_LEN];
         storage.read_at(&mut raw, 0)?;
         let header = Header::parse(&raw)?;
+        header.check_open()?;
         let backing_file = Self::read_backing_name(&*storage, &header)?;
         if writable && header.features & F_NEED_CHECK != 0 {
             return Err(Error::Unsupported(

@@ -95,3 +95,20 @@ fn a_backing_name_past_the_header_is_refused() {
     LittleEndian::write_u32(&mut b[60..64], 70_000);
     assert!(Qed::open(Arc::new(MemStorage::from_bytes(b)), false).is_err());
 }
+
+#[test]
+fn a_one_cluster_table_is_created_but_refused_on_open_as_in_qemu() {
+    for cluster_size in [4096, 65536] {
+        let mem = Arc::new(MemStorage::new());
+        create(&*mem, 1 << 20, cluster_size, 1, None).unwrap();
+        let err = Qed::open(mem.clone(), false).err().expect("refused");
+        assert!(
+            err.to_string().contains("QED table offset is invalid"),
+            "{err}"
+        );
+        // Two clusters open.
+        let mem = Arc::new(MemStorage::new());
+        create(&*mem, 1 << 20, cluster_size, 2, None).unwrap();
+        Qed::open(mem, false).unwrap();
+    }
+}
