@@ -267,7 +267,10 @@ t=$((t + 3))
 f=0
 for spec in "vpc:" "vpc:subformat=fixed" "vpc:force_size=on" "vdi:" "vdi:static=on" \
     "vmdk:" "vmdk:subformat=streamOptimized" "vmdk:zeroed_grain=on" "vmdk:subformat=monolithicFlat" \
-    "qed:" "qed:cluster_size=4k,table_size=2" "vhdx:" "vhdx:subformat=fixed,block_size=1M"; do
+    "vmdk:compat6=on,adapter_type=lsilogic" "vmdk:hwversion=7,adapter_type=legacyESX" \
+    "qed:" "qed:cluster_size=4k,table_size=2" "qed:cluster_size=16k,table_size=16" \
+    "vhdx:" "vhdx:subformat=fixed,block_size=1M" "vhdx:block_size=1M,log_size=2M,block_state_zero=off" \
+    "vpc:subformat=fixed,force_size=on"; do
     fmt=${spec%%:*}
     opts=${spec#*:}
     mkdir -p "$corpus/$fmt"

@@ -1297,3 +1297,32 @@ fn qed_table_size_one_is_created_but_not_opened_like_qemu() {
         assert_same_file(&ours_dir.join(name), &theirs_dir.join(name), name);
     }
 }
+
+/// A qed qemu-img makes over a raw file (`backing_fmt=raw`: the header's
+/// no-probe bit), written by qemu-io, reads through img as through
+/// qemu-img, with the same info and backing chain.
+#[test]
+fn qemu_qed_over_raw_reads_like_qemu() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("base.raw"), 3 << 20, 41);
+    let top = d.join("top.qed");
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-o",
+        "backing_file=base.raw,backing_fmt=raw,cluster_size=4k",
+    ])
+    .arg(&top)
+    .arg("4M"));
+    qemu_io("qed", &top, &["write -P 1 100k 5k", "write -z 2M 8k"]);
+    let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+    ok(convert_cmd(img, "qed", "raw", "").arg(&top).arg(&a));
+    ok(convert_cmd(qemu_img, "qed", "raw", "").arg(&top).arg(&b));
+    assert_same_file(&a, &b, "qemu's qed over raw");
+    assert_info_like_qemu("qed", &top, "qemu's qed over raw");
+    assert_chain_info_like_qemu(&top, "qemu's qed over raw");
+}
