@@ -44,6 +44,7 @@ pub mod state;
 mod sys;
 pub mod vcpu;
 pub mod vcpu_capture;
+pub mod vcpu_pause_times;
 pub mod vm;
 
 pub use error::{Error, Result};

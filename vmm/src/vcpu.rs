@@ -12,7 +12,7 @@
 //! whose data the thread just supplied and returns at once, so a paused
 //! vCPU holds no half-done instruction.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use crate::devices::Bus;
 use crate::error::{Error, Result};
 use crate::sys::kick_signal;
 use crate::vcpu_capture::VcpuCapture;
+use crate::vcpu_pause_times::{LeftOn, PauseClock, PauseTimes};
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +111,15 @@ pub struct VcpuGate {
     /// Mirrors `want != Run`, read by the threads between exits without
     /// taking the lock.
     leave: AtomicBool,
+    /// When each vCPU left the guest for the current pause.
+    clock: PauseClock,
+    /// Asks of [`VcpuSet::warm_threads`], counted: a thread that has seen
+    /// fewer warms its stack and heap at its next exit.
+    warm: AtomicU32,
 }
 
 impl VcpuGate {
-    fn new(paused: bool) -> Self {
+    fn new(paused: bool, vcpus: usize) -> Self {
         VcpuGate {
             state: Mutex::new(GateState {
                 want: if paused { Want::Pause } else { Want::Run },
@@ -122,6 +128,8 @@ impl VcpuGate {
             }),
             changed: Condvar::new(),
             leave: AtomicBool::new(paused),
+            clock: PauseClock::new(vcpus),
+            warm: AtomicU32::new(0),
         }
     }
 
@@ -235,10 +243,10 @@ impl VcpuSet {
         paused: bool,
     ) -> Result<Self> {
         let mut ready = ready.into_iter();
-        let gate = Arc::new(VcpuGate::new(paused));
-        let mut threads = Vec::new();
         let fds: Vec<Arc<Mutex<VcpuFd>>> =
             vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
+        let gate = Arc::new(VcpuGate::new(paused, fds.len()));
+        let mut threads = Vec::new();
         for (id, vcpu) in fds.iter().cloned().enumerate() {
             let ctx = VcpuContext {
                 io: context.io.clone(),
@@ -276,12 +284,46 @@ impl VcpuSet {
         self.pause_with(Some(capture))
     }
 
+    /// When each vCPU left the guest for the last pause, and the kicks it
+    /// took.
+    pub fn last_pause(&self) -> PauseTimes {
+        self.gate.clock.times()
+    }
+
     fn pause_with(&self, capture: Option<Arc<VcpuCapture>>) -> Result<()> {
+        // Traced: the vCPU threads' time on a CPU and waiting for one
+        // over the pause (whether a slow one was in the guest or waiting).
+        let sched = crate::vcpu_pause_times::tracing().then(|| {
+            crate::migration::sched::WindowClocks::start(
+                crate::migration::sched::ThreadClock::named("vcpu"),
+            )
+        });
+        self.gate.clock.start();
         self.gate.set(Want::Pause, capture);
         let start = Instant::now();
         loop {
             let finished = self.threads.iter().filter(|t| t.is_finished()).count();
             if self.gate.parked() + finished >= self.threads.len() {
+                if let Some(sched) = sched {
+                    let took = start.elapsed();
+                    let threads = sched
+                        .since_start()
+                        .iter()
+                        .map(|(name, t)| {
+                            format!(
+                                "{name} ran {:.3} ms, waited {:.3} ms",
+                                t.ran.as_secs_f64() * 1000.0,
+                                t.waited.as_secs_f64() * 1000.0
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    eprintln!(
+                        "vmm: pause trace: paused in {:.3} ms: {}; {threads}",
+                        took.as_secs_f64() * 1000.0,
+                        self.last_pause()
+                    );
+                }
                 return Ok(());
             }
             if start.elapsed() > PAUSE_TIMEOUT {
@@ -291,12 +333,30 @@ impl VcpuSet {
                 )));
             }
             self.kick();
+            let kicked = self.gate.clock.kicked();
+            if crate::vcpu_pause_times::tracing() {
+                eprintln!(
+                    "vmm: pause trace: kick round sent {:.3} ms after the start",
+                    kicked.as_secs_f64() * 1000.0
+                );
+            }
             // Woken as soon as the last one parks; the kick is sent again
             // after KICK_INTERVAL (a signal that lands just before
             // KVM_RUN is lost).
             let running = self.threads.len() - finished;
             self.gate.wait_parked(running, KICK_INTERVAL);
         }
+    }
+
+    /// Has each running vCPU thread touch its stack and heap
+    /// ([`crate::migration::prefault`]) at its next exit, which a kick
+    /// brings about at once, for a migration's paused window ahead (where
+    /// each reads its own state). Asked at a migration's start, so that
+    /// VMs never migrated do not pay it; a thread whose kick is lost
+    /// (sent just before it entered the guest) warms at its next exit.
+    pub fn warm_threads(&self) {
+        self.gate.warm.fetch_add(1, Ordering::Release);
+        self.kick();
     }
 
     /// Whether every vCPU thread still runs (none ended on a guest fault
@@ -367,9 +427,8 @@ fn describe_fault(vcpu: &VcpuFd, mem: &GuestMemoryMmap, what: &str) -> String {
 
 /// Runs one vCPU until the guest stops or the controller stops it.
 fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<VcpuGate>) {
-    // Its stack and heap touched once, for the state it reads in a
-    // migration's paused window (`crate::vcpu_capture`).
-    crate::migration::prefault::warm_thread();
+    // glibc's one-time reads done before the filter forbids them.
+    crate::migration::prefault::prime_allocator();
     if ctx.seccomp {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
             ctx.exit.finish(VmExit::Fault(e.to_string()));
@@ -379,7 +438,14 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
     // Whether the thread has been in KVM_RUN (and so, when it is to
     // park, has an exit's access to finish first); not at a paused start.
     let mut has_run = false;
+    // The warm requests this thread has met (`VcpuSet::warm_threads`).
+    let mut warmed = 0;
     loop {
+        let wanted = gate.warm.load(Ordering::Acquire);
+        if wanted != warmed {
+            warmed = wanted;
+            crate::migration::prefault::warm_thread();
+        }
         if gate.leave.load(Ordering::Acquire) {
             let counted = has_run && leave_guest(id, &shared, &gate);
             if !gate.wait_to_run(counted) {
@@ -393,7 +459,17 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
             .expect("exit lock")
             .get_or_insert_with(Instant::now);
         has_run = true;
-        let outcome = match vcpu.run() {
+        let run = vcpu.run();
+        if gate.leave.load(Ordering::Acquire) {
+            let interrupted = matches!(&run, Err(e) if e.errno() == libc::EINTR);
+            let left = if interrupted {
+                LeftOn::Kick
+            } else {
+                LeftOn::OwnExit
+            };
+            gate.clock.note_out(id, left);
+        }
+        let outcome = match run {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.io.read(u64::from(port), data);
                 None
@@ -444,6 +520,9 @@ fn vcpu_loop(id: usize, shared: Arc<Mutex<VcpuFd>>, ctx: VcpuContext, gate: Arc<
 /// `kvm_run` when the pause asked for a capture, counts itself out and
 /// takes the capture; whether it was counted ([`VcpuGate::leave_guest`]).
 fn leave_guest(id: usize, shared: &Mutex<VcpuFd>, gate: &VcpuGate) -> bool {
+    // Out already when the pause began (its last exit came before the
+    // controller's word): noted now, unless the exit noted it.
+    gate.clock.note_out(id, LeftOn::OwnExit);
     let mut vcpu = shared.lock().expect("vCPU fd lock");
     let sync = gate.capture().is_some_and(|c| c.wants_sync_regs());
     if sync {
@@ -465,5 +544,26 @@ fn leave_guest(id: usize, shared: &Mutex<VcpuFd>, gate: &VcpuGate) -> bool {
         // after it started) they are read by ioctl.
         capture.take_on_vcpu(id, &vcpu, sync);
     }
+    if counted && crate::vcpu_pause_times::tracing() {
+        trace_leaving(id, &vcpu, gate);
+    }
     counted
+}
+
+/// `VMM_PAUSE_TRACE`'s line for a vCPU just counted out: when it left,
+/// on what, and where the guest was (RIP, privilege level).
+fn trace_leaving(id: usize, vcpu: &VcpuFd, gate: &VcpuGate) {
+    let out = match gate.clock.out_of(id) {
+        Some((after, left)) => format!(
+            "out {:.3} ms after the start ({left:?}), {} kicks so far",
+            after.as_secs_f64() * 1000.0,
+            gate.clock.times().kicks
+        ),
+        None => "out before the start".into(),
+    };
+    let (rip, cpl) = match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => (format!("{:#x}", regs.rip), sregs.cs.dpl.to_string()),
+        _ => ("unreadable".into(), "unreadable".into()),
+    };
+    eprintln!("vmm: pause trace: vcpu{id} {out}, rip {rip}, cpl {cpl}");
 }

@@ -739,6 +739,20 @@ impl Vm {
         Ok(())
     }
 
+    /// Has the vCPU threads warm their stack and heap for a migration's
+    /// paused window ([`VcpuSet::warm_threads`]).
+    pub(crate) fn warm_vcpu_threads(&self) {
+        if let Some(vcpus) = &self.vcpus {
+            vcpus.warm_threads();
+        }
+    }
+
+    /// When each vCPU left the guest for the last pause, and the kicks it
+    /// took (None without vCPUs).
+    pub(crate) fn last_pause(&self) -> Option<crate::vcpu_pause_times::PauseTimes> {
+        self.vcpus.as_ref().map(|v| v.last_pause())
+    }
+
     /// The second half of [`Vm::pause`]: the disks' requests in flight
     /// completed, their queues stopped.
     pub(crate) fn drain_queues(&self) -> Result<()> {

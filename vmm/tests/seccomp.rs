@@ -25,16 +25,55 @@ fn child_under_filter() {
     let kind = KINDS.iter().find(|(n, _)| *n == kind).expect("kind").1;
     let action = action.to_string();
     std::thread::spawn(move || {
+        if action == "warm" {
+            vmm::migration::prefault::prime_allocator();
+        }
         apply(kind).expect("apply filter");
         eprintln!("filtered thread writes");
         if action == "open" {
             let _ = std::fs::File::open("/proc/self/status");
             eprintln!("open was allowed");
         }
+        if action == "warm" {
+            // What a vCPU thread does when a migration starts: heap
+            // allocated and freed past glibc's trim threshold (its arena
+            // shrinks: glibc's first shrink reads a /proc file).
+            vmm::migration::prefault::warm_thread();
+            eprintln!("warmed");
+        }
     })
     .join()
     .expect("thread");
     eprintln!("child done");
+}
+
+/// A vCPU thread primed before its filter ([`prime_allocator`]) warms its
+/// heap under it at a migration's start without glibc's one-time file
+/// reads killing the process (they did when the warming moved after the
+/// filter, before the priming).
+///
+/// [`prime_allocator`]: vmm::migration::prefault::prime_allocator
+#[test]
+fn a_primed_vcpu_thread_warms_under_its_filter() {
+    if std::env::var_os("VMM_SECCOMP_CHILD").is_some() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_under_filter",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VMM_SECCOMP_CHILD", "vcpu:warm")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("warmed") && stderr.contains("child done"),
+        "{stderr}"
+    );
 }
 
 #[test]

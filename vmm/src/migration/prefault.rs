@@ -7,8 +7,10 @@
 //! took 50 µs there, 12 µs once 160 KiB of heap had been allocated,
 //! touched and freed on the same thread just before. [`warm_thread`]
 //! does that for the calling thread's heap and stack: the controller
-//! calls it before the pause, each vCPU thread as it starts (it reads
-//! its own state in the window: `crate::vcpu_capture`). (Mapping in the
+//! calls it before the pause, each vCPU thread when a migration starts
+//! (it reads its own state in the window: `crate::vcpu_capture`;
+//! `VcpuSet::warm_threads` asks it of them, so VMs never migrated do not
+//! pay it). (Mapping in the
 //! VMM's code beforehand, with MADV_POPULATE_READ on its text, made no
 //! difference that the window's phases showed.)
 
@@ -33,6 +35,29 @@ pub fn warm_thread() {
     std::hint::black_box(&pieces);
 }
 
+/// Heap allocated and freed once per process by [`prime_allocator`]:
+/// past glibc's trim threshold (128 KiB), so that the free shrinks the
+/// thread's arena.
+const PRIME_HEAP: usize = 160 << 10;
+
+/// Has glibc do, once per process and before a seccomp filter forbids
+/// it, the file reads it caches for good: on a thread's first allocation
+/// it counts the CPUs for its arenas (/sys/devices/system/cpu/online),
+/// and the first time a thread's arena shrinks it reads
+/// /proc/sys/vm/overcommit_memory. Both
+/// are openat calls, which the vCPU threads' filter refuses (the process
+/// is killed); vCPU threads call this before their filter. Their own
+/// warming ([`warm_thread`]) comes later, when a migration starts.
+pub fn prime_allocator() {
+    static PRIMED: std::sync::Once = std::sync::Once::new();
+    PRIMED.call_once(|| {
+        let pieces: Vec<Vec<u8>> = (0..PRIME_HEAP / 4096)
+            .map(|_| Vec::with_capacity(4096))
+            .collect();
+        std::hint::black_box(&pieces);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,7 +67,10 @@ mod tests {
         // On a thread with a small stack: the warm stays within it.
         std::thread::Builder::new()
             .stack_size(256 << 10)
-            .spawn(warm_thread)
+            .spawn(|| {
+                prime_allocator();
+                warm_thread()
+            })
             .unwrap()
             .join()
             .unwrap();
