@@ -114,6 +114,18 @@ fn ours_zero(path: &Path, offset: u64, len: u64, unmap: bool) {
     image.flush().unwrap();
 }
 
+fn ours_write(path: &Path, offset: u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    image.write_at(&[0x77; 512], offset).unwrap();
+    image.flush().unwrap();
+}
+
 fn map_of(path: &Path) -> String {
     ok(qemu_img(&["map", "--output=json", "-f", "qcow2"]).arg(path))
 }
@@ -200,7 +212,7 @@ fn partial_cluster_zeroes_over_a_backing_file_match_qemu_io() {
 
 /// Zeroing clusters an internal snapshot shares (no COPIED flag), whole
 /// and in part, with and without unmap, in an image without a backing
-/// file: the same files and maps as qemu-io's.
+/// file, then a write into each: the same files and maps as qemu-io's.
 #[test]
 fn zeroing_clusters_a_snapshot_shares_matches_qemu_io() {
     require_qemu!();
@@ -233,6 +245,14 @@ fn zeroing_clusters_a_snapshot_shares_matches_qemu_io() {
             make("ours.qcow2");
             qemu_io_zero(&d.join("theirs.qcow2"), offset, len, unmap);
             ours_zero(&d.join("ours.qcow2"), offset, len, unmap);
+            // Then data into the zeroed cluster: one the snapshot still
+            // shares is copied, not written in place.
+            qemu_io(
+                "qcow2",
+                &d.join("theirs.qcow2"),
+                &[&format!("write -P 0x77 {offset} 512")],
+            );
+            ours_write(&d.join("ours.qcow2"), offset);
             let label = format!("{what} ({offset}+{len}, unmap {unmap})");
             if std::fs::read(d.join("theirs.qcow2")).unwrap()
                 != std::fs::read(d.join("ours.qcow2")).unwrap()
