@@ -111,6 +111,15 @@ pub trait BlockQueue: Send {
     /// Requests accepted and not yet popped.
     fn in_flight(&self) -> u32;
 
+    /// Whether a request may finish within [`BlockQueue::push`], one at a
+    /// time as they come (a format driver that serializes its requests),
+    /// so that a caller that must stop at the first failure looks for a
+    /// completion after each push. The default says no: requests run
+    /// together once submitted, and looking costs every push.
+    fn completes_on_push(&self) -> bool {
+        false
+    }
+
     /// Whether a completion can be popped now or is waiting to be reaped,
     /// found without a system call (for a caller that spins a little
     /// before it sleeps on [`BlockQueue::completion_fd`]). The default says

@@ -312,3 +312,65 @@ fn chain_extents_at(
     }
     Ok(())
 }
+
+/// Whether `[offset, offset+len)` of `top` reads as zero by the chain's
+/// block status, as QEMU's qcow2 `is_zero` asks it before zeroing a whole
+/// cluster for part of one: zero clusters, raw holes, ranges no layer
+/// allocates and ranges past a shorter backing file's end are zero; data
+/// is not, even where it holds zero bytes, unless its layer asks its file
+/// about holes there ([`BlockRead::asks_file_about_data`]) and the file
+/// has one. The range is clamped to the disk's size; an empty one is zero.
+pub fn chain_reads_zero(top: &dyn BlockRead, offset: u64, len: u64) -> Result<bool> {
+    let end = offset.saturating_add(len).min(top.virtual_size());
+    let mut pos = offset;
+    while pos < end {
+        let extents = chain_extents(top, pos, end - pos)?;
+        let Some(last) = extents.last() else {
+            return Ok(false);
+        };
+        let next = last.guest_offset + last.len;
+        for e in &extents {
+            if !chain_extent_reads_zero(top, e)? {
+                return Ok(false);
+            }
+        }
+        if next <= pos {
+            return Ok(false);
+        }
+        pos = next;
+    }
+    Ok(true)
+}
+
+fn chain_extent_reads_zero(top: &dyn BlockRead, e: &ChainExtent) -> Result<bool> {
+    match e.kind {
+        ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. } => Ok(true),
+        ExtentKind::Compressed { .. } => Ok(false),
+        ExtentKind::Data { host_offset, file } => {
+            let mut layer = top;
+            for _ in 0..e.depth {
+                match layer.backing() {
+                    Some(below) => layer = below,
+                    None => return Ok(false),
+                }
+            }
+            if !layer.asks_file_about_data(file) {
+                return Ok(false);
+            }
+            let Some(layer_file) = layer.extent_file(file) else {
+                return Ok(false);
+            };
+            let mut done = 0;
+            while done < e.len {
+                let (data, n) = layer_file
+                    .storage
+                    .data_extent(host_offset + done, e.len - done)?;
+                if data || n == 0 {
+                    return Ok(false);
+                }
+                done += n;
+            }
+            Ok(true)
+        }
+    }
+}

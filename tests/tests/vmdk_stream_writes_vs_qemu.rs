@@ -10,7 +10,8 @@
 //! with a backing file, a grain's new slot first takes the parent's bytes
 //! of the grain (QEMU's get_whole_cluster), refused write or not, and the
 //! compressed record goes over its start unpadded: the files must agree
-//! byte for byte but for the CID.
+//! byte for byte but for the CID. qemu-io's zero writes on an image img
+//! created (`zeroed_grain` on and off) leave the file qemu-img's would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -355,4 +356,59 @@ fn a_child_whose_parent_changed_takes_no_slot_like_qemu() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(len(&ours), 65_536);
     assert_same_but_cid(&ours, &theirs, "stale parent");
+}
+
+/// qemu-io's `write -z` (whole grains, with and without `-u`, a partial
+/// grain, a grain already written, the short last grain) on a
+/// streamOptimized image img created and on one qemu-img created, with
+/// `zeroed_grain` on and off: the same answers, and files equal byte for
+/// byte but for the CID, read alike by both tools.
+#[test]
+fn zeroed_grains_in_a_stream_optimized_image_img_created_match_qemu_img() {
+    integration_tests::require_qemu!();
+    let commands = [
+        "write -z 0 64k",
+        "write -P 0x11 64k 64k",
+        "write -z -u 128k 64k",
+        "write -z 256k 4k",
+        "write -z 64k 64k",
+        "write -z 1024k 36k",
+    ];
+    for zeroed_grain in ["on", "off"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (o_dir, t_dir) = (dir.path().join("img"), dir.path().join("qemu"));
+        let (ours, theirs) = (o_dir.join("s.vmdk"), t_dir.join("s.vmdk"));
+        let opts = format!("subformat=streamOptimized,zeroed_grain={zeroed_grain}");
+        for (tool, d, path) in [
+            (img as fn(&[&str]) -> Command, &o_dir, &ours),
+            (qemu_img, &t_dir, &theirs),
+        ] {
+            std::fs::create_dir(d).unwrap();
+            ok(tool(&["create", "-q", "-f", "vmdk", "-o", &opts])
+                .arg(path)
+                .arg("1060k"));
+        }
+        let what = format!("zeroed_grain={zeroed_grain}");
+        assert_same_but_cid(&ours, &theirs, &format!("{what}, created"));
+        for command in commands {
+            let answers: Vec<String> = [&ours, &theirs]
+                .iter()
+                .map(|path| {
+                    let out = run(Command::new("qemu-io")
+                        .args(["-f", "vmdk", "-c", command])
+                        .arg(path));
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .chain(String::from_utf8_lossy(&out.stderr).lines())
+                        .filter(|l| !l.contains("ops/sec"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            assert_eq!(answers[0], answers[1], "{what}, {command}");
+            assert_same_but_cid(&ours, &theirs, &format!("{what}, {command}"));
+        }
+        assert_reads_alike(&ours, &what);
+        assert_consistent(&ours, &theirs, &what);
+    }
 }

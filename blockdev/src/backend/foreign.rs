@@ -283,6 +283,11 @@ impl BlockQueue for ForeignQueue {
         self.ready.len() as u32 + self.ring.as_ref().map_or(0, RingReads::in_flight)
     }
 
+    fn completes_on_push(&self) -> bool {
+        // Requests served through the format run within push.
+        true
+    }
+
     fn completions_ready(&mut self) -> bool {
         !self.ready.is_empty() || self.ring.as_mut().is_some_and(RingReads::completions_ready)
     }

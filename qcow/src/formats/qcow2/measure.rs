@@ -14,6 +14,19 @@ pub fn fits_l1_limit(virtual_size: u64, cluster_size: u64, extended_l2: bool) ->
 /// Bytes of refcount table and blocks needed to cover `clusters` clusters,
 /// themselves included.
 pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
+    let (blocks, table) = refcount_metadata_clusters(clusters, cluster_size, refcount_order, false);
+    (blocks + table) * cluster_size
+}
+
+/// Refcount blocks and table clusters needed to cover `clusters` clusters,
+/// themselves included (QEMU's qcow2_refcount_metadata_size); with
+/// `generous`, room for a table half as large again is counted too.
+pub fn refcount_metadata_clusters(
+    mut clusters: u64,
+    cluster_size: u64,
+    refcount_order: u32,
+    mut generous: bool,
+) -> (u64, u64) {
     let blocks_per_table_cluster = cluster_size / 8;
     let refcounts_per_block = cluster_size * 8 / (1u64 << refcount_order);
     let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
@@ -22,11 +35,15 @@ pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: 
         blocks = (clusters + table + blocks).div_ceil(refcounts_per_block);
         table = blocks.div_ceil(blocks_per_table_cluster);
         n = clusters + blocks + table;
-        if n == last {
+        if n == last && generous {
+            clusters += table.div_ceil(2);
+            n = 0;
+            generous = false;
+        } else if n == last {
             break;
         }
     }
-    (blocks + table) * cluster_size
+    (blocks, table)
 }
 
 /// Size of a fully allocated image of `virtual_size` bytes (rounded up to

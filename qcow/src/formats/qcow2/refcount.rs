@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::header::MAX_REFCOUNT_TABLE_BYTES;
 use crate::storage::Storage;
 
+mod area;
+
 /// Highest host offset a table entry can hold (56 bits).
 pub const MAX_HOST_OFFSET: u64 = 1 << 56;
 
@@ -96,8 +98,8 @@ pub struct Refcounts {
 pub enum FreeFailure {
     /// The refcount is already zero (QEMU's EINVAL).
     AlreadyZero,
-    /// No refcount block covers the cluster (QEMU allocates one and
-    /// fails with EAGAIN; here nothing is allocated).
+    /// No refcount block covers the cluster (QEMU allocates one, growing
+    /// the table if it must, and fails with EAGAIN; so does this module).
     NoRefcountBlock,
 }
 
@@ -474,21 +476,15 @@ impl Refcounts {
     /// cluster no refcount block covers (alloc_refcount_block, then
     /// EAGAIN): an empty block is allocated where the first free cluster
     /// is, counted in the block that covers it, and hooked into the table,
-    /// when the table has room and that cluster lies outside the range
-    /// the new block would cover (else nothing is allocated).
+    /// when that cluster lies outside the range the new block would cover
+    /// (else nothing is allocated); a table too short for it grows
+    /// (`area.rs`).
     fn add_block_for_failed_free(&mut self, storage: &dyn Storage, cluster: u64) -> Result<()> {
         let block_index = cluster / self.entries_per_block;
         if block_index as usize >= self.table.len() {
-            return Ok(());
+            return self.grow_table_for_failed_free(storage, cluster);
         }
-        // The first free cluster, as alloc_some finds it, within present
-        // blocks only.
-        let mut first_free = self.free_hint;
-        while self.is_reserved(first_free)
-            || (first_free < self.alloc_end && self.get(storage, first_free)? != 0)
-        {
-            first_free += 1;
-        }
+        let first_free = self.first_free_in_present_blocks(storage)?;
         if first_free / self.entries_per_block == block_index || !self.has_block(first_free) {
             return Ok(());
         }
@@ -498,6 +494,18 @@ impl Refcounts {
         self.table[block_index as usize] = block_offset;
         self.table_dirty.insert(block_index as usize);
         Ok(())
+    }
+
+    /// The first free cluster, as alloc_some finds it, within present
+    /// blocks only.
+    fn first_free_in_present_blocks(&mut self, storage: &dyn Storage) -> Result<u64> {
+        let mut first_free = self.free_hint;
+        while self.is_reserved(first_free)
+            || (first_free < self.alloc_end && self.get(storage, first_free)? != 0)
+        {
+            first_free += 1;
+        }
+        Ok(first_free)
     }
 
     /// The decrements skipped since the last call, oldest first.

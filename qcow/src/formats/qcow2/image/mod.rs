@@ -16,6 +16,7 @@ mod corruption;
 mod crypt;
 mod empty;
 mod meta;
+mod partial_zero;
 mod read;
 mod resize;
 mod snapshot;

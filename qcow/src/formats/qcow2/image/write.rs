@@ -821,10 +821,10 @@ impl Qcow2 {
             return self.write_zero_bytes(offset, len);
         }
         if first_full >= end_full {
-            return self.zero_parts_of_clusters(offset, len);
+            return self.zero_parts_of_clusters(offset, len, may_unmap);
         }
         if offset < first_full * cs {
-            self.zero_parts_of_clusters(offset, first_full * cs - offset)?;
+            self.zero_parts_of_clusters(offset, first_full * cs - offset, may_unmap)?;
         }
         let mut fallback = Vec::new();
         {
@@ -833,14 +833,13 @@ impl Qcow2 {
             for gc in first_full..end_full {
                 let raw = meta.l2_entry(&*self.file, gc)?;
                 let entry = self.geo.decode_l2(raw.entry);
+                // As QEMU's zero_in_l2_slice without MAY_UNMAP: a cluster
+                // holding host space keeps it, with the zero flag.
                 let keep = match entry {
-                    L2Entry::Normal {
-                        host_offset,
-                        copied: true,
-                    } if !may_unmap && !self.geo.extended_l2 && self.geo.version >= 3 => {
-                        Some(host_offset)
+                    L2Entry::Normal { host_offset, .. } | L2Entry::Zero { host_offset, .. } => {
+                        host_offset != 0 && !may_unmap && self.geo.version >= 3
                     }
-                    _ => None,
+                    _ => false,
                 };
                 let new = if self.geo.version < 3 {
                     if self.backing.is_some() {
@@ -853,9 +852,9 @@ impl Qcow2 {
                         entry: 0,
                         bitmap: make_bitmap(0, u32::MAX),
                     }
-                } else if let Some(host) = keep {
+                } else if keep {
                     RawL2 {
-                        entry: host | FLAG_COPIED | FLAG_ZERO,
+                        entry: raw.entry | FLAG_ZERO,
                         bitmap: 0,
                     }
                 } else {
@@ -864,11 +863,17 @@ impl Qcow2 {
                         bitmap: 0,
                     }
                 };
+                if self.geo.version >= 3 {
+                    // QEMU's zero_in_l2_slice takes the table for writing
+                    // first: one shared with a snapshot is copied even
+                    // where no entry changes.
+                    meta.prepare_l2(&*self.file, gc)?;
+                }
                 if new == raw {
                     continue;
                 }
                 meta.set_l2_entry(&*self.file, gc, new)?;
-                if keep.is_none() {
+                if !keep {
                     self.free_entry(&mut meta, raw);
                 }
             }
@@ -880,84 +885,9 @@ impl Qcow2 {
             self.write_zero_bytes(gc * cs, cs)?;
         }
         if end_full * cs < end {
-            self.zero_parts_of_clusters(end_full * cs, end - end_full * cs)?;
+            self.zero_parts_of_clusters(end_full * cs, end - end_full * cs, may_unmap)?;
         }
         Ok(())
-    }
-
-    /// Zeroes `len` bytes at `offset` that cover no cluster whole, one
-    /// cluster at a time as QEMU's block layer splits them (corruption
-    /// found on the way fails it as [`Error::NoMediumAfterCorruption`]): a cluster
-    /// that already reads as zero at this layer without a backing file
-    /// beneath (unallocated or a zero cluster) becomes, or stays, a zero
-    /// cluster, as qcow2_co_pwrite_zeroes zeroes it whole when the rest
-    /// of it reads as zero; any other gets the zeros written.
-    fn zero_parts_of_clusters(&self, offset: u64, len: u64) -> Result<()> {
-        let cs = self.cluster_size();
-        let end = offset + len;
-        let mut start = offset;
-        while start < end {
-            let piece_end = end.min((start / cs + 1) * cs);
-            if let Err(e) = self.map_partial_clusters(start, piece_end - start) {
-                // The image is marked and stops; QEMU's fallback write then
-                // meets a node without a driver.
-                return Err(match self.signal_corruption(e) {
-                    Error::CorruptionFound {
-                        event,
-                        marked: true,
-                        ..
-                    } => Error::NoMediumAfterCorruption { event },
-                    e => e,
-                });
-            }
-            if !self.zero_cluster_if_reads_as_zero(start / cs)? {
-                self.write_zero_bytes(start, piece_end - start)?;
-            }
-            start = piece_end;
-        }
-        Ok(())
-    }
-
-    /// Makes guest cluster `guest_cluster` a zero cluster if it reads as
-    /// zero already at this layer with no backing file (a version 3
-    /// image with standard L2 entries); returns whether it did.
-    fn zero_cluster_if_reads_as_zero(&self, guest_cluster: u64) -> Result<bool> {
-        if self.geo.version < 3 || self.geo.extended_l2 || self.backing.is_some() {
-            return Ok(false);
-        }
-        let meta = self.lock();
-        let mut meta = self.wait_not_inflight(meta, guest_cluster, guest_cluster);
-        let raw = meta.l2_entry(&*self.file, guest_cluster)?;
-        match self.geo.decode_l2(raw.entry) {
-            L2Entry::Zero { .. } => Ok(true),
-            L2Entry::Unallocated => {
-                let zero = RawL2 {
-                    entry: FLAG_ZERO,
-                    bitmap: 0,
-                };
-                meta.set_l2_entry(&*self.file, guest_cluster, zero)?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    /// Looks up the mapping of the clusters that `len` bytes at `offset`
-    /// touch, as QEMU's pwrite_zeroes asks the block status of the rest of
-    /// a cluster it zeroes only in part before it writes zeros: a bad entry
-    /// there is found, and signalled, in the read path's words (`Cluster
-    /// allocation offset ... unaligned (L2 offset: ..., L2 index: ...)`),
-    /// not the write path's.
-    fn map_partial_clusters(&self, offset: u64, len: u64) -> Result<()> {
-        let cs = self.cluster_size();
-        let start = offset - offset % cs;
-        let end = offset
-            .saturating_add(len)
-            .div_ceil(cs)
-            .saturating_mul(cs)
-            .min(self.size());
-        let mut extents = Vec::new();
-        self.extents_into(start, end - start, &mut extents)
     }
 
     /// Discards whole clusters in a guest range: they read as zero

@@ -1,0 +1,119 @@
+//! Freeing a cluster that lies past what the refcount table covers (a
+//! data cluster whose L2 entry points far past the end of the file), as
+//! QEMU 10's update_refcount meets it in alloc_refcount_block: a new,
+//! empty refcount block at the first free cluster, then a refcount table
+//! grown into a self-describing area past the freed cluster's range, the
+//! free failing with EAGAIN (the cluster leaks). Held against qemu-io's
+//! `discard` and `write -z -u` on a copy of the same image: byte for byte
+//! equal files and the same `qemu-img check` report.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use integration_tests::{ok, qemu_img, qemu_io, require_qemu, run};
+use qcow::image::Qcow2;
+use qcow::{FileStorage, Storage};
+
+/// A 1 MiB image of 512-byte clusters and 64-bit refcounts (a refcount
+/// block covers 32 KiB, the one-cluster table 2 MiB) whose first guest
+/// cluster's L2 entry points at `host_offset`.
+fn make_image(path: &Path, host_offset: u64) {
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512,refcount_bits=64",
+    ])
+    .arg(path)
+    .arg("1M"));
+    qemu_io("qcow2", path, &["write -P 0x11 0 512"]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut entry = [0u8; 8];
+    f.read_exact_at(&mut entry, 0x600).unwrap();
+    let l2_offset = u64::from_be_bytes(entry) & 0x00ff_ffff_ffff_fe00;
+    let value = 0x8000_0000_0000_0000u64 | host_offset;
+    f.write_all_at(&value.to_be_bytes(), l2_offset).unwrap();
+}
+
+fn ours(path: &Path, discard: bool) -> Vec<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    if discard {
+        image.discard(0, 512).unwrap();
+    } else {
+        image.write_zeroes(0, 512, true).unwrap();
+    }
+    image.flush().unwrap();
+    image.take_notices().iter().map(|n| n.line()).collect()
+}
+
+fn check_of(path: &Path) -> String {
+    let out = run(qemu_img(&["check"]).arg(path));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .replace(&path.display().to_string(), "IMAGE")
+}
+
+#[test]
+fn freeing_a_cluster_past_the_refcount_table_grows_it_as_qemu_does() {
+    require_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut failures = Vec::new();
+    // Past the table's 2 MiB: just past, and far past.
+    for host_offset in [0x40_0000u64, 0x20_0000, 0x100_0000] {
+        for discard in [true, false] {
+            let (o, t) = (d.join("o.qcow2"), d.join("t.qcow2"));
+            make_image(&o, host_offset);
+            std::fs::copy(&o, &t).unwrap();
+            let command = if discard {
+                "discard 0 512"
+            } else {
+                "write -z -u 0 512"
+            };
+            let out = run(std::process::Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", command])
+                .arg(&t));
+            let theirs_lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&out.stderr).lines())
+                .filter(|l| l.starts_with("qcow2"))
+                .map(str::to_string)
+                .collect();
+            let ours_lines = ours(&o, discard);
+            let label = format!("{host_offset:#x} {command}");
+            if ours_lines != theirs_lines {
+                failures.push(format!("{label}: lines {ours_lines:?} vs {theirs_lines:?}"));
+            }
+            let (a, b) = (std::fs::read(&o).unwrap(), std::fs::read(&t).unwrap());
+            if a != b {
+                let first = a.iter().zip(&b).position(|(x, y)| x != y);
+                failures.push(format!(
+                    "{label}: files differ ({} vs {} bytes, first at {first:?})",
+                    a.len(),
+                    b.len()
+                ));
+            }
+            let (ca, cb) = (check_of(&o), check_of(&t));
+            if ca != cb {
+                failures.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
