@@ -62,6 +62,21 @@ pub struct Meta {
     /// since (a deferred revert): the header that points at it is
     /// written only after a sync ([`Meta::write_header_unsynced`]).
     pub l1_unsynced: bool,
+    /// The header on disk does not point at the active L1 table (a
+    /// deferred revert's new table, whose header waits in memory), so no
+    /// table of the active tree can be reached on disk yet: [`Meta::flush`]
+    /// then writes refcounts, L2 tables and L1 entries under one sync
+    /// before the header.
+    pub l1_unreferenced: bool,
+}
+
+/// What [`Meta::flush_with`] did.
+pub struct Flushed {
+    /// Host clusters that became free, for discarding.
+    pub freed: Vec<u64>,
+    /// Whether it ended with a sync after its last write (everything
+    /// written before it started is durable).
+    pub synced: bool,
 }
 
 /// An active L1/L2 tree a revert replaced: the L1 table's entries and
@@ -278,20 +293,48 @@ impl Meta {
     /// Writes all metadata in dependency order, syncing between steps, and
     /// then applies deferred frees. Returns host ranges that became free.
     pub fn flush(&mut self, file: &dyn Storage) -> Result<Vec<u64>> {
-        let synced = self.rc.flush(file)?;
+        Ok(self.flush_with(file, true)?.freed)
+    }
+
+    /// [`Meta::flush`]; with `sync_frees` false the deferred decrements
+    /// are applied in the cache only (written at the next flush: a crash
+    /// before leaks the clusters, as the references they drop are on disk).
+    ///
+    /// While the active L1 table is unreferenced ([`Meta::l1_unreferenced`])
+    /// refcounts, L2 tables and L1 entries are written one after the other
+    /// and synced once, then the header: nothing on disk reaches the new
+    /// tables before that header, and the refcounts of such a state only
+    /// grow (its decrements come after the header), so a crash before it
+    /// leaks clusters at worst. The syncs between the steps otherwise keep
+    /// a crash from leaving a reachable table that points at what is not
+    /// on disk.
+    pub fn flush_with(&mut self, file: &dyn Storage, sync_frees: bool) -> Result<Flushed> {
+        let combined = self.l1_unreferenced;
+        let wrote_refcounts = if combined {
+            self.rc.write_back(file)?
+        } else {
+            self.rc.flush(file)?
+        };
+        let mut synced = wrote_refcounts && !combined;
         if synced {
             self.l1_unsynced = false;
         }
         if self.l2.has_dirty() {
-            // Everything the tables point at (copy-on-write fills that
-            // changed no refcount included) reaches the disk first.
-            if !synced {
-                self.sync_data(file)?;
-            } else if let Some(df) = &self.data_file {
-                df.flush()?;
+            if combined {
+                self.l2.write_back_all(file)?;
+                synced = false;
+            } else {
+                // Everything the tables point at (copy-on-write fills that
+                // changed no refcount included) reaches the disk first.
+                if !synced {
+                    self.sync_data(file)?;
+                } else if let Some(df) = &self.data_file {
+                    df.flush()?;
+                }
+                self.l2.write_back_all(file)?;
+                file.flush()?;
+                synced = true;
             }
-            self.l2.write_back_all(file)?;
-            file.flush()?;
         }
         if !self.l1_dirty.is_empty() {
             let l1_offset = self.hc.header.l1_table_offset;
@@ -311,18 +354,35 @@ impl Meta {
                 file.write_at(&buf, l1_offset + dirty[i] as u64 * 8)?;
                 i = j + 1;
             }
-            file.flush()?;
+            if combined {
+                synced = false;
+            } else {
+                file.flush()?;
+                synced = true;
+            }
         }
         if self.header_dirty {
+            if combined {
+                // The one sync of the tables and refcounts (and the
+                // guest's data) before the header that reaches them.
+                self.sync_data(file)?;
+                self.l1_unsynced = false;
+            }
             self.write_header(file)?;
+            synced = true;
+        } else if combined && !synced {
+            self.sync_data(file)?;
+            synced = true;
         }
         let mut freed = Vec::new();
         if self.rc.pending_frees() > 0 {
             freed = self.rc.apply_pending_frees(file)?;
             self.forget_freed_tables(&freed);
-            self.rc.flush(file)?;
+            if sync_frees && self.rc.flush(file)? {
+                synced = true;
+            }
         }
-        Ok(freed)
+        Ok(Flushed { freed, synced })
     }
 
     /// Drops cached L2 tables whose clusters were freed, so that a cluster
@@ -367,6 +427,7 @@ impl Meta {
         let len = self.hc.header.cluster_size().min(buf.len() as u64) as usize;
         file.write_at(&buf[..len], 0)?;
         self.header_dirty = false;
+        self.l1_unreferenced = false;
         Ok(())
     }
 

@@ -609,14 +609,22 @@ impl Qcow2 {
         if meta.replaced.is_empty() {
             return Ok(0);
         }
-        // A deferred switch's refcounts, then its header (each synced),
-        // reach the disk first, in the flush order.
-        if meta.header_dirty || meta.l1_unsynced {
+        // A deferred switch's refcounts and tables, then its header, reach
+        // the disk first (synced: `Meta::flush`).
+        if meta.header_dirty || meta.l1_unsynced || meta.l1_unreferenced {
             meta.flush(&*self.file)?;
         }
-        // The header that stopped pointing at these trees is on disk
-        // before any of their refcounts goes down.
-        self.file.flush()?;
+        self.free_replaced_after_header(meta)
+    }
+
+    /// Frees the replaced trees in the cache once the header that stopped
+    /// pointing at them is on disk (every header write is synced before
+    /// anything else is written: `Meta::write_header`).
+    pub(super) fn free_replaced_after_header(&self, meta: &mut Meta) -> Result<usize> {
+        if meta.replaced.is_empty() {
+            return Ok(0);
+        }
+        debug_assert!(!meta.header_dirty && !meta.l1_unreferenced);
         let trees = std::mem::take(&mut meta.replaced);
         let count = trees.len();
         for tree in trees {
@@ -686,6 +694,7 @@ impl Qcow2 {
         meta.hc.header.size = new_size;
         if deferred {
             meta.l1_unsynced = true;
+            meta.l1_unreferenced = true;
             meta.header_dirty = true;
         } else {
             meta.write_header_unsynced(&*self.file)?;
