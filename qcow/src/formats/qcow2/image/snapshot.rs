@@ -349,6 +349,19 @@ impl Qcow2 {
         meta: &mut Meta,
         snapshots: &[Snapshot],
     ) -> Result<()> {
+        self.replace_snapshot_table_with(meta, snapshots, false)
+    }
+
+    /// [`Self::replace_snapshot_table`]; with `taking`, for a snapshot
+    /// being taken, the metadata goes out under one sync before the
+    /// header ([`Meta::flush_for_snapshot_header`] says when that is safe)
+    /// instead of one per step.
+    fn replace_snapshot_table_with(
+        &self,
+        meta: &mut Meta,
+        snapshots: &[Snapshot],
+        taking: bool,
+    ) -> Result<()> {
         let file = &*self.file;
         let cs = self.cluster_size();
         let old_offset = meta.hc.header.snapshots_offset;
@@ -362,7 +375,11 @@ impl Qcow2 {
             file.write_at(&bytes, offset)?;
             offset
         };
-        meta.flush(file)?;
+        if taking {
+            meta.flush_for_snapshot_header(file)?;
+        } else {
+            meta.flush(file)?;
+        }
         meta.hc.header.nb_snapshots = snapshots.len() as u32;
         meta.hc.header.snapshots_offset = new_offset;
         meta.write_header(file)?;
@@ -529,7 +546,7 @@ impl Qcow2 {
             unknown_extra_data: Vec::new(),
         };
         snapshots.push(snapshot.clone());
-        self.replace_snapshot_table(&mut meta, &snapshots)?;
+        self.replace_snapshot_table_with(&mut meta, &snapshots, true)?;
         meta.flush(&*self.file)?;
         Ok(snapshot)
     }
