@@ -7,7 +7,10 @@
 //! by an L2/L1 update are only decremented afterwards. A header that
 //! points at an active L1 table written but not yet synced
 //! ([`Meta::l1_unsynced`], a revert that resumes its guest first) is
-//! written only after a sync.
+//! written only after a sync; while the header on disk does not point at
+//! the active L1 table ([`Meta::l1_unreferenced`]) the steps before the
+//! header share one sync, as do a snapshot's
+//! ([`Meta::flush_for_snapshot_header`]).
 
 use std::collections::{BTreeSet, HashSet};
 

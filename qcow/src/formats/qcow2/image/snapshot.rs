@@ -585,10 +585,11 @@ impl Qcow2 {
     /// snapshot's tree has its new references in the metadata cache, the
     /// new active L1 table is written (not synced), and the header that
     /// points at it waits in memory, as the old tree keeps its
-    /// references, until [`Self::free_replaced_trees`] (or the next
-    /// flush, snapshot operation or close, whichever comes first) writes
-    /// them in the flush order (refcounts, synced; the header, synced)
-    /// and then frees the old tree.
+    /// references, until the next flush, [`Self::free_replaced_trees`],
+    /// snapshot operation or close, whichever comes first, writes them
+    /// (refcounts, tables and L1 entries under one sync, then the header,
+    /// synced: `Meta::flush_with`); the old tree is freed after that, by
+    /// any of them but a guest's flush ([`Self::flush_metadata`]).
     ///
     /// Crash safety: until then the header on disk is the old one and no
     /// refcount of the old tree goes down, so none of its clusters can be
