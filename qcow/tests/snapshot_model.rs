@@ -105,9 +105,17 @@ fn run(cluster_size: u64, refcount_bits: u32, version: u32, seed: u64) {
                     image.write_at(&data, offset).unwrap();
                     model[offset as usize..(offset + len) as usize].fill(v);
                     // A revert's old tree freed between the guest's
-                    // writes, as the VMM frees it once the guest runs.
-                    if rng.below(8) == 0 {
-                        image.free_replaced_trees().unwrap();
+                    // writes, as the VMM frees it once the guest runs,
+                    // and the guest's flushes (the first after a deferred
+                    // revert writes its header).
+                    match rng.below(8) {
+                        0 => {
+                            image.free_replaced_trees().unwrap();
+                        }
+                        1 => {
+                            image.flush_metadata().unwrap();
+                        }
+                        _ => {}
                     }
                 }
                 10 | 11 => {
@@ -280,5 +288,130 @@ fn a_deferred_free_leaves_leaks_only_until_it_runs() {
     if qemu() {
         qemu_check(&path);
         assert!(qemu_read_snapshot(&path, "a", size) == at_a);
+    }
+}
+
+/// A file that records its writes (offset) and syncs, in order.
+struct Recording {
+    inner: FileStorage,
+    events: std::sync::Mutex<Vec<Option<u64>>>,
+}
+
+impl Storage for Recording {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> qcow::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> qcow::Result<()> {
+        self.events.lock().unwrap().push(Some(offset));
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> qcow::Result<()> {
+        self.events.lock().unwrap().push(None);
+        self.inner.flush()
+    }
+    fn len(&self) -> qcow::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> qcow::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// The guest's first flush after a deferred revert (`flush_metadata`, as
+/// virtio-blk flushes) writes the revert's refcounts, the guest's
+/// copy-on-write tables and the header with two syncs: one after every
+/// write before the header, one after the header before anything else.
+/// The old tree waits for `free_replaced_trees` (leaks on disk until the
+/// next flush, nothing worse), and the image reads back as the guest
+/// wrote it.
+#[test]
+fn the_guest_flush_after_a_deferred_revert_syncs_twice_in_order() {
+    let cluster_size = 65536u64;
+    let size = 4u64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.qcow2");
+    let open_file = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap()
+    };
+    let recording = Arc::new(Recording {
+        inner: FileStorage::new(open_file()),
+        events: Default::default(),
+    });
+    let opts = CreateOptions {
+        size,
+        cluster_size,
+        ..Default::default()
+    };
+    let image: Qcow2 = create(recording.clone(), None, None, &opts).unwrap();
+    let on_disk = || {
+        let file: Arc<dyn Storage> = Arc::new(FileStorage::new(open_file()));
+        let report = qcow::check::check(&*file, None, qcow::check::Repair::None).unwrap();
+        (report.corruptions, report.leaks)
+    };
+    let read_all = |image: &Qcow2| {
+        let mut buf = vec![0u8; size as usize];
+        image.read_at(&mut buf, 0).unwrap();
+        buf
+    };
+    image.write_at(&vec![1u8; size as usize], 0).unwrap();
+    image.create_snapshot("a").unwrap();
+    image.write_at(&[2u8; 512], 4096).unwrap();
+    image.flush().unwrap();
+    let mut model = read_all(&image);
+    model[4096..4608].fill(1);
+
+    image.apply_snapshot_deferring_free("a").unwrap();
+    image.write_at(&[3u8; 512], 8192).unwrap();
+    model[8192..8704].fill(3);
+    recording.events.lock().unwrap().clear();
+    assert!(image.flush_metadata().unwrap());
+    let events = std::mem::take(&mut *recording.events.lock().unwrap());
+    let syncs = events.iter().filter(|e| e.is_none()).count();
+    assert_eq!(syncs, 2, "{events:?}");
+    let header = events
+        .iter()
+        .position(|&e| e == Some(0))
+        .expect("the header is written");
+    assert_eq!(
+        events[header - 1],
+        None,
+        "a sync before the header: {events:?}"
+    );
+    assert_eq!(
+        events[header + 1],
+        None,
+        "a sync after the header: {events:?}"
+    );
+    // Written before the header: the refcounts and the new L2 table.
+    assert!(events[..header].iter().filter(|e| e.is_some()).count() >= 2);
+    let (corruptions, leaks) = on_disk();
+    assert_eq!(corruptions, 0);
+    assert!(leaks > 0, "the old tree waits to be freed");
+    // Freeing it now needs no sync (the header is on disk): its
+    // decrements go out with the next flush.
+    recording.events.lock().unwrap().clear();
+    assert_eq!(image.free_replaced_trees().unwrap(), 1);
+    assert!(recording.events.lock().unwrap().is_empty());
+    assert!(on_disk().1 > 0);
+    {
+        let file: Arc<dyn Storage> = Arc::new(FileStorage::new(open_file()));
+        let reopened = Qcow2::open(file, false, &qcow::fs::FileOpener::for_image(&path)).unwrap();
+        assert!(
+            read_all(&reopened) == model,
+            "the header on disk is the new one"
+        );
+    }
+    assert!(image.flush_metadata().unwrap());
+    assert_eq!(on_disk(), (0, 0));
+    assert!(read_all(&image) == model);
+    image.close().unwrap();
+    if qemu() {
+        qemu_check(&path);
     }
 }

@@ -142,6 +142,15 @@ fn child(path: &Path, log: &Path, seed: u64, round: u64) {
                 note(format!("deferred {name}"));
                 let offset = (r >> 24) % (DISK - 100_000);
                 image.write_at(&[r as u8; 100_000], offset).expect("write");
+                if r & (1 << 21) != 0 {
+                    // The guest's flush comes first: it writes the
+                    // revert's refcounts, tables and header under one
+                    // sync before the header and frees the old tree in
+                    // the cache; the next flush writes the decrements.
+                    image.flush_metadata().expect("guest flush");
+                    image.write_at(&[!r as u8; 4096], offset).expect("write");
+                    image.flush_metadata().expect("guest flush");
+                }
                 std::thread::sleep(Duration::from_millis(1 + (r >> 12) % 4));
                 image.free_replaced_trees().expect("free");
                 note(format!("freed {name}"));

@@ -159,9 +159,21 @@ pub struct Controller {
     committed: Option<crate::migration::resumed::Committed>,
     /// A revert replaced disk trees to free once its answer is sent.
     free_after_answer: bool,
+    /// When the replaced trees are freed if the guest's first flush has
+    /// not freed them by then (see [`FREE_REPLACED_AFTER`]).
+    free_due: Option<Instant>,
     /// Log lines to write once the answer is sent.
     log_after_answer: Vec<String>,
 }
+
+/// How long after a revert's answer the controller frees the replaced
+/// disk trees. The guest's first flush meanwhile writes the revert's
+/// refcounts and header with its own metadata (two syncs), after which the
+/// freeing syncs nothing (its decrements go out with the next flush);
+/// freeing at once, under the image's lock, made that flush wait for the
+/// revert's syncs and then sync its own refcounts, tables and frees one
+/// step at a time.
+const FREE_REPLACED_AFTER: Duration = Duration::from_millis(100);
 
 /// Writes `line` and a newline to stderr in one write (eprintln! writes a
 /// formatted line piece by piece, one system call each).
@@ -220,6 +232,7 @@ impl Controller {
             migrated: false,
             committed: None,
             free_after_answer: false,
+            free_due: None,
             log_after_answer: Vec::new(),
         })
     }
@@ -274,7 +287,16 @@ impl Controller {
         }
         let mut events = vec![EpollEvent::default(); 8];
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let timeout_ms = match self.free_due {
+                None => -1,
+                // Rounded up: never woken before it is due.
+                Some(due) => due
+                    .saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000)
+                    .min(i32::MAX as u128) as i32,
+            };
+            let n = match epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(source) => {
@@ -306,6 +328,7 @@ impl Controller {
                     return Ok((ending, self.times));
                 }
             }
+            self.free_replaced_if_due();
         }
     }
 
@@ -569,17 +592,27 @@ impl Controller {
     }
 
     /// What waits until an answer is on its way (the guest runs
-    /// meanwhile): the log lines of the request, then the freeing of the
-    /// active trees a revert replaced on the VM's disks (see
-    /// `Qcow2::apply_snapshot_deferring_free`; a failure leaks clusters
-    /// only, and is logged).
+    /// meanwhile): the log lines of the request, then the timer of the
+    /// freeing of the active trees a revert replaced on the VM's disks.
     fn after_answer(&mut self) {
         for line in std::mem::take(&mut self.log_after_answer) {
             log_line(line);
         }
-        if !std::mem::take(&mut self.free_after_answer) {
+        if std::mem::take(&mut self.free_after_answer) {
+            self.free_due = Some(Instant::now() + FREE_REPLACED_AFTER);
+        }
+    }
+
+    /// Frees the active trees a revert replaced on the VM's disks, when
+    /// [`FREE_REPLACED_AFTER`] has passed since its answer and the
+    /// guest's first flush has not done it (see
+    /// `Qcow2::apply_snapshot_deferring_free` and `Qcow2::flush_metadata`;
+    /// a failure leaks clusters only, and is logged).
+    fn free_replaced_if_due(&mut self) {
+        if self.free_due.is_none_or(|due| Instant::now() < due) {
             return;
         }
+        self.free_due = None;
         if let Some(vm) = &self.vm {
             let started = Instant::now();
             match crate::state::in_image::free_replaced_trees(vm) {

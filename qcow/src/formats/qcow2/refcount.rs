@@ -538,11 +538,21 @@ impl Refcounts {
     /// Writes dirty refcount blocks, syncs, then writes changed refcount
     /// table entries and syncs again. Returns whether anything was written.
     pub fn flush(&mut self, storage: &dyn Storage) -> Result<bool> {
+        let wrote = self.write_back(storage)?;
+        if wrote {
+            storage.flush()?;
+        }
+        Ok(wrote)
+    }
+
+    /// [`Refcounts::flush`] without its last sync, for a caller that syncs
+    /// once after more writes that nothing on disk reaches yet: dirty
+    /// blocks are written, and synced before changed table entries (the
+    /// table on disk is live) are written. Returns whether anything was
+    /// written.
+    pub fn write_back(&mut self, storage: &dyn Storage) -> Result<bool> {
         let wrote_blocks = self.blocks.write_back_all(storage)?;
         if self.table_dirty.is_empty() {
-            if wrote_blocks {
-                storage.flush()?;
-            }
             return Ok(wrote_blocks);
         }
         if wrote_blocks {
@@ -554,7 +564,6 @@ impl Refcounts {
             BigEndian::write_u64(&mut buf, self.table[index]);
             storage.write_at(&buf, self.table_offset + index as u64 * 8)?;
         }
-        storage.flush()?;
         Ok(true)
     }
 

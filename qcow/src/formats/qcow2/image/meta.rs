@@ -7,7 +7,10 @@
 //! by an L2/L1 update are only decremented afterwards. A header that
 //! points at an active L1 table written but not yet synced
 //! ([`Meta::l1_unsynced`], a revert that resumes its guest first) is
-//! written only after a sync.
+//! written only after a sync; while the header on disk does not point at
+//! the active L1 table ([`Meta::l1_unreferenced`]) the steps before the
+//! header share one sync, as do a snapshot's
+//! ([`Meta::flush_for_snapshot_header`]).
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -62,6 +65,21 @@ pub struct Meta {
     /// since (a deferred revert): the header that points at it is
     /// written only after a sync ([`Meta::write_header_unsynced`]).
     pub l1_unsynced: bool,
+    /// The header on disk does not point at the active L1 table (a
+    /// deferred revert's new table, whose header waits in memory), so no
+    /// table of the active tree can be reached on disk yet: [`Meta::flush`]
+    /// then writes refcounts, L2 tables and L1 entries under one sync
+    /// before the header.
+    pub l1_unreferenced: bool,
+}
+
+/// What [`Meta::flush_with`] did.
+pub struct Flushed {
+    /// Host clusters that became free, for discarding.
+    pub freed: Vec<u64>,
+    /// Whether it ended with a sync after its last write (everything
+    /// written before it started is durable).
+    pub synced: bool,
 }
 
 /// An active L1/L2 tree a revert replaced: the L1 table's entries and
@@ -278,51 +296,126 @@ impl Meta {
     /// Writes all metadata in dependency order, syncing between steps, and
     /// then applies deferred frees. Returns host ranges that became free.
     pub fn flush(&mut self, file: &dyn Storage) -> Result<Vec<u64>> {
-        let synced = self.rc.flush(file)?;
+        Ok(self.flush_with(file, true)?.freed)
+    }
+
+    /// [`Meta::flush`]; with `sync_frees` false the deferred decrements
+    /// are applied in the cache only (written at the next flush: a crash
+    /// before leaks the clusters, as the references they drop are on disk).
+    ///
+    /// While the active L1 table is unreferenced ([`Meta::l1_unreferenced`])
+    /// refcounts, L2 tables and L1 entries are written one after the other
+    /// and synced once, then the header: nothing on disk reaches the new
+    /// tables before that header, and the refcounts of such a state only
+    /// grow (its decrements come after the header), so a crash before it
+    /// leaks clusters at worst. The syncs between the steps otherwise keep
+    /// a crash from leaving a reachable table that points at what is not
+    /// on disk.
+    pub fn flush_with(&mut self, file: &dyn Storage, sync_frees: bool) -> Result<Flushed> {
+        let combined = self.l1_unreferenced;
+        let wrote_refcounts = if combined {
+            self.rc.write_back(file)?
+        } else {
+            self.rc.flush(file)?
+        };
+        let mut synced = wrote_refcounts && !combined;
         if synced {
             self.l1_unsynced = false;
         }
         if self.l2.has_dirty() {
-            // Everything the tables point at (copy-on-write fills that
-            // changed no refcount included) reaches the disk first.
-            if !synced {
-                self.sync_data(file)?;
-            } else if let Some(df) = &self.data_file {
-                df.flush()?;
+            if combined {
+                self.l2.write_back_all(file)?;
+                synced = false;
+            } else {
+                // Everything the tables point at (copy-on-write fills that
+                // changed no refcount included) reaches the disk first.
+                if !synced {
+                    self.sync_data(file)?;
+                } else if let Some(df) = &self.data_file {
+                    df.flush()?;
+                }
+                self.l2.write_back_all(file)?;
+                file.flush()?;
+                synced = true;
             }
-            self.l2.write_back_all(file)?;
-            file.flush()?;
         }
-        if !self.l1_dirty.is_empty() {
-            let l1_offset = self.hc.header.l1_table_offset;
-            let dirty = std::mem::take(&mut self.l1_dirty);
-            // Write runs of adjacent entries in one piece.
-            let dirty: Vec<usize> = dirty.into_iter().collect();
-            let mut i = 0;
-            while i < dirty.len() {
-                let mut j = i;
-                while j + 1 < dirty.len() && dirty[j + 1] == dirty[j] + 1 {
-                    j += 1;
-                }
-                let mut buf = vec![0u8; (j - i + 1) * 8];
-                for (k, index) in (dirty[i]..=dirty[j]).enumerate() {
-                    BigEndian::write_u64(&mut buf[k * 8..], self.l1[index]);
-                }
-                file.write_at(&buf, l1_offset + dirty[i] as u64 * 8)?;
-                i = j + 1;
+        if self.write_dirty_l1(file)? {
+            if combined {
+                synced = false;
+            } else {
+                file.flush()?;
+                synced = true;
             }
-            file.flush()?;
         }
         if self.header_dirty {
+            if combined {
+                // The one sync of the tables and refcounts (and the
+                // guest's data) before the header that reaches them.
+                self.sync_data(file)?;
+                self.l1_unsynced = false;
+            }
             self.write_header(file)?;
+            synced = true;
+        } else if combined && !synced {
+            self.sync_data(file)?;
+            synced = true;
         }
         let mut freed = Vec::new();
         if self.rc.pending_frees() > 0 {
             freed = self.rc.apply_pending_frees(file)?;
             self.forget_freed_tables(&freed);
-            self.rc.flush(file)?;
+            if sync_frees && self.rc.flush(file)? {
+                synced = true;
+            }
         }
-        Ok(freed)
+        Ok(Flushed { freed, synced })
+    }
+
+    /// Writes the changed L1 entries (unsynced); returns whether there
+    /// were any.
+    fn write_dirty_l1(&mut self, file: &dyn Storage) -> Result<bool> {
+        if self.l1_dirty.is_empty() {
+            return Ok(false);
+        }
+        let l1_offset = self.hc.header.l1_table_offset;
+        let dirty = std::mem::take(&mut self.l1_dirty);
+        // Write runs of adjacent entries in one piece.
+        let dirty: Vec<usize> = dirty.into_iter().collect();
+        let mut i = 0;
+        while i < dirty.len() {
+            let mut j = i;
+            while j + 1 < dirty.len() && dirty[j + 1] == dirty[j] + 1 {
+                j += 1;
+            }
+            let mut buf = vec![0u8; (j - i + 1) * 8];
+            for (k, index) in (dirty[i]..=dirty[j]).enumerate() {
+                BigEndian::write_u64(&mut buf[k * 8..], self.l1[index]);
+            }
+            file.write_at(&buf, l1_offset + dirty[i] as u64 * 8)?;
+            i = j + 1;
+        }
+        Ok(true)
+    }
+
+    /// Writes refcounts, L2 tables and L1 entries under one sync, for a
+    /// snapshot being taken: since the last flush the live tables only
+    /// lost entries (a VM-state area moving into the snapshot) or had
+    /// COPIED flags cleared (or set on clusters counted once), and what
+    /// the snapshot adds (its L1 table, the snapshot table) is reached
+    /// only through a header written after this. Whichever of these
+    /// writes a crash lets reach the disk leaks clusters or leaves a flag
+    /// in a direction that loses nothing (the refcounts only grew), as
+    /// the crash between two synced steps would.
+    pub fn flush_for_snapshot_header(&mut self, file: &dyn Storage) -> Result<()> {
+        debug_assert_eq!(self.rc.pending_frees(), 0, "quiesced before");
+        self.rc.write_back(file)?;
+        if self.l2.has_dirty() {
+            self.l2.write_back_all(file)?;
+        }
+        self.write_dirty_l1(file)?;
+        self.sync_data(file)?;
+        self.l1_unsynced = false;
+        Ok(())
     }
 
     /// Drops cached L2 tables whose clusters were freed, so that a cluster
@@ -367,6 +460,7 @@ impl Meta {
         let len = self.hc.header.cluster_size().min(buf.len() as u64) as usize;
         file.write_at(&buf[..len], 0)?;
         self.header_dirty = false;
+        self.l1_unreferenced = false;
         Ok(())
     }
 
@@ -398,13 +492,15 @@ impl Meta {
         let cs = self.cluster_size();
         let clusters = (entries * 8).div_ceil(cs);
         let new_offset = self.alloc_clusters(file, clusters)?;
-        self.rc.flush(file)?;
         let mut l1 = self.l1.clone();
         l1.resize(entries as usize, 0);
         let mut raw = vec![0u8; (clusters * cs) as usize];
         for (i, &e) in l1.iter().enumerate() {
             BigEndian::write_u64(&mut raw[i * 8..], e);
         }
+        // The new table's refcount and the table itself, under one sync:
+        // nothing on disk reaches the table before the header does.
+        self.rc.write_back(file)?;
         file.write_at(&raw, new_offset)?;
         file.flush()?;
         let old_offset = self.hc.header.l1_table_offset;
@@ -413,12 +509,13 @@ impl Meta {
         self.hc.header.l1_size = entries as u32;
         self.l1 = l1;
         self.write_header(file)?;
+        // The old table's decrement, after the header's sync, waits for
+        // the next flush (a crash before leaks it).
         if old_offset != 0 {
             for c in 0..old_clusters {
                 self.rc.add(file, (old_offset / cs) + c, -1)?;
             }
         }
-        self.rc.flush(file)?;
         Ok(())
     }
 }

@@ -228,6 +228,7 @@ impl Qcow2 {
             data_file: data_file.clone(),
             replaced: Vec::new(),
             l1_unsynced: false,
+            l1_unreferenced: false,
         };
         if header_dirty {
             meta.write_header(&*file)?;
@@ -359,14 +360,37 @@ impl Qcow2 {
     /// otherwise it flushes as [`Qcow2::flush`] does, data included, and
     /// returns `Ok(true)`. Read-only images have nothing to flush
     /// (`Ok(true)`).
+    ///
+    /// The first such flush after a deferred revert
+    /// ([`Qcow2::apply_snapshot_deferring_free`]) writes the revert's
+    /// refcounts and header with the guest's own metadata (two syncs in
+    /// all) and leaves the replaced tree to free for later
+    /// ([`Qcow2::free_replaced_trees`] or the next flush: a crash before
+    /// leaks it), so the guest's flush waits for no more than its own
+    /// data needs.
     pub fn flush_metadata(&self) -> Result<bool> {
         if !self.writable {
             return Ok(true);
         }
-        if self.lock().is_clean() {
+        let mut meta = self.lock();
+        if meta.is_clean() {
             return Ok(false);
         }
-        self.flush().map(|()| true)
+        if !meta.l1_unreferenced || self.is_dead() {
+            drop(meta);
+            return self.flush().map(|()| true);
+        }
+        let flushed = meta.flush_with(&*self.file, false)?;
+        meta.forget_freed_tables(&flushed.freed);
+        if !flushed.synced {
+            self.file.flush()?;
+        }
+        drop(meta);
+        let cs = self.cluster_size();
+        for c in flushed.freed {
+            self.file.discard(c * cs, cs)?;
+        }
+        Ok(true)
     }
 
     /// Stores the tracked bitmaps (if any), flushes and consumes the

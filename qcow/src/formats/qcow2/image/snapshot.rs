@@ -349,6 +349,19 @@ impl Qcow2 {
         meta: &mut Meta,
         snapshots: &[Snapshot],
     ) -> Result<()> {
+        self.replace_snapshot_table_with(meta, snapshots, false)
+    }
+
+    /// [`Self::replace_snapshot_table`]; with `taking`, for a snapshot
+    /// being taken, the metadata goes out under one sync before the
+    /// header ([`Meta::flush_for_snapshot_header`] says when that is safe)
+    /// instead of one per step.
+    fn replace_snapshot_table_with(
+        &self,
+        meta: &mut Meta,
+        snapshots: &[Snapshot],
+        taking: bool,
+    ) -> Result<()> {
         let file = &*self.file;
         let cs = self.cluster_size();
         let old_offset = meta.hc.header.snapshots_offset;
@@ -362,7 +375,11 @@ impl Qcow2 {
             file.write_at(&bytes, offset)?;
             offset
         };
-        meta.flush(file)?;
+        if taking {
+            meta.flush_for_snapshot_header(file)?;
+        } else {
+            meta.flush(file)?;
+        }
         meta.hc.header.nb_snapshots = snapshots.len() as u32;
         meta.hc.header.snapshots_offset = new_offset;
         meta.write_header(file)?;
@@ -529,7 +546,7 @@ impl Qcow2 {
             unknown_extra_data: Vec::new(),
         };
         snapshots.push(snapshot.clone());
-        self.replace_snapshot_table(&mut meta, &snapshots)?;
+        self.replace_snapshot_table_with(&mut meta, &snapshots, true)?;
         meta.flush(&*self.file)?;
         Ok(snapshot)
     }
@@ -568,10 +585,11 @@ impl Qcow2 {
     /// snapshot's tree has its new references in the metadata cache, the
     /// new active L1 table is written (not synced), and the header that
     /// points at it waits in memory, as the old tree keeps its
-    /// references, until [`Self::free_replaced_trees`] (or the next
-    /// flush, snapshot operation or close, whichever comes first) writes
-    /// them in the flush order (refcounts, synced; the header, synced)
-    /// and then frees the old tree.
+    /// references, until the next flush, [`Self::free_replaced_trees`],
+    /// snapshot operation or close, whichever comes first, writes them
+    /// (refcounts, tables and L1 entries under one sync, then the header,
+    /// synced: `Meta::flush_with`); the old tree is freed after that, by
+    /// any of them but a guest's flush ([`Self::flush_metadata`]).
     ///
     /// Crash safety: until then the header on disk is the old one and no
     /// refcount of the old tree goes down, so none of its clusters can be
@@ -609,14 +627,22 @@ impl Qcow2 {
         if meta.replaced.is_empty() {
             return Ok(0);
         }
-        // A deferred switch's refcounts, then its header (each synced),
-        // reach the disk first, in the flush order.
-        if meta.header_dirty || meta.l1_unsynced {
+        // A deferred switch's refcounts and tables, then its header, reach
+        // the disk first (synced: `Meta::flush`).
+        if meta.header_dirty || meta.l1_unsynced || meta.l1_unreferenced {
             meta.flush(&*self.file)?;
         }
-        // The header that stopped pointing at these trees is on disk
-        // before any of their refcounts goes down.
-        self.file.flush()?;
+        self.free_replaced_after_header(meta)
+    }
+
+    /// Frees the replaced trees in the cache once the header that stopped
+    /// pointing at them is on disk (every header write is synced before
+    /// anything else is written: `Meta::write_header`).
+    pub(super) fn free_replaced_after_header(&self, meta: &mut Meta) -> Result<usize> {
+        if meta.replaced.is_empty() {
+            return Ok(0);
+        }
+        debug_assert!(!meta.header_dirty && !meta.l1_unreferenced);
         let trees = std::mem::take(&mut meta.replaced);
         let count = trees.len();
         for tree in trees {
@@ -686,6 +712,7 @@ impl Qcow2 {
         meta.hc.header.size = new_size;
         if deferred {
             meta.l1_unsynced = true;
+            meta.l1_unreferenced = true;
             meta.header_dirty = true;
         } else {
             meta.write_header_unsynced(&*self.file)?;
