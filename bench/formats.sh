@@ -36,11 +36,29 @@
 # next). Reported: median seconds, median of per-pair ratios, max RSS,
 # and the median ratio of CPU seconds (user + system, ours / qemu-img).
 #
-# Both tools meet the same memory state in tmpfs: only the inputs of one
-# format (src.FMT, src.qcow2) are copied there, right before its rows and
-# removed after them, and no row starts while kswapd is still reclaiming
-# (copying every input at once took the machine to its free-memory floor,
-# and the reclaim ran into the first memory row).
+# Both tools meet the same memory state. Only the inputs of one format
+# (src.FMT, src.qcow2) are in tmpfs at a time, copied right before its
+# rows and removed after them, and no row starts while kswapd is still
+# reclaiming (copying every input at once took the machine to its
+# free-memory floor, and the reclaim ran into the first memory row).
+# And every timed run starts right after a warm-up: the untimed run's
+# output size (plus 64 MiB) written into tmpfs and freed, at most the
+# free memory but 256 MiB. This host's balloon reports free memory to
+# the hypervisor (free page reporting: /sys/module/page_reporting,
+# order-9 blocks, some 10-25 MiB/s, counted in reported_kib), which takes
+# those pages back; the next write into them faults each back in, in the
+# hypervisor, charged to the writer as system time. Measured (512 MiB
+# written into tmpfs, free memory near its floor, into 512 MiB freed just
+# before): 0.17 and 0.24 s of system time when the freed pages were still
+# the guest's, 0.88 and 0.93 s after waiting until they were reported
+# (482, 506 MiB): about 1.4 s per GiB, which is the swing of one convert's
+# CPU time the memory rows showed (vdi->qcow2 0.65 s in one pair, 2.6 s in
+# the next). A run then met whatever the sync before it (global, waiting
+# for other sessions' writeback) had left the reporter time to take. The
+# kernel hands out freed pages most recent first and puts reported ones
+# last, so after the warm-up each tool writes into pages just freed; the
+# warm-up pays the refaults, untimed; each run's log line gives the MiB
+# reported meanwhile. Machine settings stay as they are.
 #
 # And both meet the same share of the CPU: every measured command (ours,
 # qemu-img, cp, timed or not) runs in a session of its own whose
@@ -130,8 +148,15 @@ median() {
         else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# reported_kib: KiB the balloon has reported free to the host since boot
+# (0 on a kernel without free page reporting).
+reported_kib() {
+    cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0
+}
+
 # run_one SIDE SRC_FMT OUT_FMT OPTS SRC DST: one timed run (+ sync).
-# Sets secs, rss_kib, cpu_secs; fails when the command fails.
+# Sets secs, rss_kib, cpu_secs, reported_mib (MiB reported to the host
+# meanwhile); fails when the command fails.
 run_one() {
     local side=$1 src_fmt=$2 out_fmt=$3 opts=$4 src=$5 dst=$6 start end
     local -a cmd
@@ -145,20 +170,44 @@ run_one() {
     # so that its peak RSS before the exec stays under any tool's.
     cmd=(setsid -w sh -c 'echo "$0" >/proc/self/autogroup && exec "$@"' "$nice_level" "${cmd[@]}")
     rm -rf -- "$dst"*
+    warm_up "$warm_bytes"
+    local reported_before
+    reported_before=$(reported_kib)
     start=${EPOCHREALTIME/./}
     /usr/bin/time -f '%M %U %S' -o "$work/time.out" -- "${cmd[@]}" "$src" "$dst" \
         >"$work/run.log" 2>&1 || { cat "$work/run.log" >&2; return 1; }
     sync
     end=${EPOCHREALTIME/./}
+    reported_mib=$((($(reported_kib) - reported_before) >> 10))
     secs=$(awk -v us=$((end - start)) 'BEGIN { printf "%.6f", us / 1e6 }')
     read -r rss_kib cpu_secs < <(tail -n 1 "$work/time.out" |
         awk '{ printf "%d %.2f\n", $1, $2 + $3 }')
 }
 
-# measure SIDE ...: an untimed run, then the timed one.
-measure() {
-    run_one "$@" && rm -rf -- "${6:?}"* && sync && run_one "$@"
+# warm_up BYTES: writes BYTES (at most the free memory but 256 MiB) into
+# a tmpfs file and frees it, so that the next BYTES the kernel hands out
+# are pages it has just freed, not pages the balloon reported to the host
+# as free (see the header); 0 does nothing.
+warm_up() {
+    local want=$(($1 >> 20)) free_mib
+    free_mib=$(awk '/^MemFree:/ { print int($2 / 1024) }' /proc/meminfo)
+    ((want > free_mib - 256)) && want=$((free_mib - 256))
+    ((want > 0)) || return 0
+    dd if=/dev/zero of="$mem/warm-up" bs=1M count="$want" status=none
+    rm -f -- "$mem/warm-up"
 }
+
+# measure SIDE ...: an untimed run, then the timed one, which starts right
+# after a warm-up of the memory the untimed run's output took (its
+# allocated bytes) and 64 MiB for the process.
+measure() {
+    local warm_bytes=0
+    run_one "$@" || return 1
+    warm_bytes=$(($(du -B1 -c -- "${6:?}"* | tail -n 1 | cut -f1) + (64 << 20)))
+    rm -rf -- "${6:?}"* && sync && run_one "$@"
+}
+# Outside measure (the correctness run): no warm-up.
+warm_bytes=0
 
 rows=()
 misses=0
@@ -202,8 +251,9 @@ bench() {
                 qemu) t_q=$secs; u_q=$cpu_secs; q+=("$secs"); ((rss_kib > qemu_rss)) && qemu_rss=$rss_kib ;;
                 cp) t_c=$secs; c+=("$secs") ;;
             esac
-            log "$(printf '  pair %d %-5s %8.3f s %7.1f MiB %6.2f s CPU' $((i + 1)) "$side" \
-                "$secs" "$(awk -v k="$rss_kib" 'BEGIN { print k / 1024 }')" "$cpu_secs")"
+            log "$(printf '  pair %d %-5s %8.3f s %7.1f MiB %6.2f s CPU %5d MiB reported' \
+                $((i + 1)) "$side" "$secs" "$(awk -v k="$rss_kib" 'BEGIN { print k / 1024 }')" \
+                "$cpu_secs" "$reported_mib")"
         done
         local best=$t_q
         if [[ -n $t_c ]] && awk -v a="$t_c" -v b="$t_q" 'BEGIN { exit !(a < b) }'; then
