@@ -55,6 +55,20 @@ macro_rules! require_qemu {
     };
 }
 
+/// Opens the qcow2 image at `path` read-write through the library, as a
+/// VMM or `img` would (its backing chain resolved beside it).
+pub fn open_qcow2_rw(path: &Path) -> qcow::image::Qcow2 {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let storage: std::sync::Arc<dyn qcow::Storage> =
+        std::sync::Arc::new(qcow::FileStorage::new(file));
+    qcow::image::Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path))
+        .unwrap_or_else(|e| panic!("open {} as qcow2: {e}", path.display()))
+}
+
 /// Runs a command and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

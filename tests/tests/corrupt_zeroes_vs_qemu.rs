@@ -14,11 +14,8 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use integration_tests::{ok, qemu_img, qemu_io, require_qemu, run};
-use qcow::image::Qcow2;
-use qcow::{FileStorage, Storage};
 
 const L1_OFFSET: u64 = 0x30000;
 const L2_OFFSET: u64 = 0x40000;
@@ -87,13 +84,7 @@ fn qemu_io_run(path: &Path, op: Op) -> (Vec<String>, Option<String>) {
 /// the lines of the image's notices, and the error's words (None when it
 /// succeeded).
 fn ours_run(path: &Path, op: Op) -> (Vec<String>, Option<String>) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    let image = integration_tests::open_qcow2_rw(path);
     let result = match op {
         Op::Zero { offset, len, unmap } => image.write_zeroes(offset, len, unmap),
         Op::Discard { offset, len } => image.discard(offset, len),

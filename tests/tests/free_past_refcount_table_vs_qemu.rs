@@ -9,11 +9,8 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use integration_tests::{ok, qemu_img, qemu_io, require_qemu, run};
-use qcow::image::Qcow2;
-use qcow::{FileStorage, Storage};
 
 /// A 1 MiB image of 512-byte clusters and 64-bit refcounts (a refcount
 /// block covers 32 KiB, the one-cluster table 2 MiB) whose first guest
@@ -43,13 +40,7 @@ fn make_image(path: &Path, host_offset: u64) {
 }
 
 fn ours(path: &Path, discard: bool) -> Vec<String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    let image = integration_tests::open_qcow2_rw(path);
     if discard {
         image.discard(0, 512).unwrap();
     } else {

@@ -10,11 +10,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use integration_tests::{ok, qemu_img, qemu_io, require_qemu, run};
-use qcow::image::Qcow2;
-use qcow::{FileStorage, Storage};
 
 const K: u64 = 1024;
 const CLUSTER: u64 = 64 * K;
@@ -103,25 +100,13 @@ fn qemu_io_zero(path: &Path, offset: u64, len: u64, unmap: bool) {
 }
 
 fn ours_zero(path: &Path, offset: u64, len: u64, unmap: bool) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    let image = integration_tests::open_qcow2_rw(path);
     image.write_zeroes(offset, len, unmap).unwrap();
     image.flush().unwrap();
 }
 
 fn ours_write(path: &Path, offset: u64) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-    let image = Qcow2::open(storage, true, &qcow::fs::FileOpener::for_image(path)).unwrap();
+    let image = integration_tests::open_qcow2_rw(path);
     image.write_at(&[0x77; 512], offset).unwrap();
     image.flush().unwrap();
 }
