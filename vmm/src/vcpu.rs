@@ -305,23 +305,10 @@ impl VcpuSet {
             let finished = self.threads.iter().filter(|t| t.is_finished()).count();
             if self.gate.parked() + finished >= self.threads.len() {
                 if let Some(sched) = sched {
-                    let took = start.elapsed();
-                    let threads = sched
-                        .since_start()
-                        .iter()
-                        .map(|(name, t)| {
-                            format!(
-                                "{name} ran {:.3} ms, waited {:.3} ms",
-                                t.ran.as_secs_f64() * 1000.0,
-                                t.waited.as_secs_f64() * 1000.0
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    eprintln!(
-                        "vmm: pause trace: paused in {:.3} ms: {}; {threads}",
-                        took.as_secs_f64() * 1000.0,
-                        self.last_pause()
+                    crate::vcpu_pause_times::trace_paused(
+                        &sched,
+                        start.elapsed(),
+                        &self.last_pause(),
                     );
                 }
                 return Ok(());

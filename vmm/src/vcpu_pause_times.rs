@@ -65,6 +65,33 @@ pub fn tracing() -> bool {
     *ON.get_or_init(|| std::env::var_os("VMM_PAUSE_TRACE").is_some_and(|v| v == "1"))
 }
 
+/// `VMM_PAUSE_TRACE`'s line for a pause that ended after `took`: its
+/// [`PauseTimes`] and each vCPU thread's time on a CPU and waiting for
+/// one since the pause began (whether a slow one was in the guest or
+/// waiting).
+pub(crate) fn trace_paused(
+    sched: &crate::migration::sched::WindowClocks,
+    took: Duration,
+    times: &PauseTimes,
+) {
+    let threads = sched
+        .since_start()
+        .iter()
+        .map(|(name, t)| {
+            format!(
+                "{name} ran {:.3} ms, waited {:.3} ms",
+                t.ran.as_secs_f64() * 1000.0,
+                t.waited.as_secs_f64() * 1000.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "vmm: pause trace: paused in {:.3} ms: {times}; {threads}",
+        took.as_secs_f64() * 1000.0
+    );
+}
+
 /// Nanoseconds since an epoch, 0 meaning "not yet"; one slot per vCPU.
 pub(crate) struct PauseClock {
     epoch: Instant,
