@@ -31,7 +31,7 @@ pub struct KvmShell {
 }
 
 impl KvmShell {
-    /// Opens KVM, creates the VM ([`create_vm`]), registers `mem` as its
+    /// Opens KVM, creates the VM (`create_vm`), registers `mem` as its
     /// RAM, creates `cpus` vCPUs (`cpus` checked by the caller against
     /// [`crate::config::check_counts`]) and starts their threads and the
     /// device thread, waiting.

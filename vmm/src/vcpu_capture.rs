@@ -13,7 +13,7 @@
 //! request completing in the drain raises an interrupt into its IRR), so
 //! the controller reads it after the drain ([`VcpuCapture::wait`]'s
 //! caller). A vCPU that was parked already, or whose thread ended, takes
-//! no capture: its slot stays [`Slot::Absent`] and the controller reads
+//! no capture: its slot stays `Slot::Absent` and the controller reads
 //! that vCPU's state itself.
 
 use std::sync::{Condvar, Mutex};

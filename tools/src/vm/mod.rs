@@ -5,7 +5,7 @@
 //! - [`xml`]: the domain XML reader and writer;
 //! - [`store`]: the store folder (definitions, run folders, locks);
 //! - [`cli`]: virsh's command-line grammar;
-//! - [`format`]: virsh's output layouts;
+//! - [`mod@format`]: virsh's output layouts;
 //! - [`runtime`]: what a domain's VMM is doing (state always true);
 //! - [`commands`]: one module per command family;
 //! - [`install`]: `vm install` (virt-install); [`resources`]: vCPU and

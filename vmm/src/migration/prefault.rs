@@ -24,8 +24,8 @@ const STACK_WARM: usize = 64 << 10;
 /// keeps at least 128 KiB of a freed top of its heap (M_TOP_PAD), touched.
 const HEAP_WARM: usize = 192 << 10;
 
-/// Touches [`STACK_WARM`] bytes of the calling thread's stack and
-/// [`HEAP_WARM`] bytes of its heap (allocated, written, freed), so that
+/// Touches `STACK_WARM` (64 KiB) of the calling thread's stack and
+/// `HEAP_WARM` (192 KiB) of its heap (allocated, written, freed), so that
 /// a paused window's first uses of them do not fault pages in.
 #[inline(never)]
 pub fn warm_thread() {

@@ -78,7 +78,7 @@ pub struct SendReport {
     pub flush_before_pause: Duration,
     /// The wait for no disk request in flight, just before the pause.
     pub idle_wait: Duration,
-    /// Whether that moment came within [`IDLE_WAIT`] (true when paused
+    /// Whether that moment came within 100 ms (`IDLE_WAIT`; true when paused
     /// already).
     pub idle_seen: bool,
     /// RAM passes (the full one, the dirty ones and the last).

@@ -10,6 +10,8 @@
 //! changes meanwhile (blockdev's [`DiskDirtyMap`]) are sent again, the
 //! last of them while the VM is paused.
 //!
+//! [`DiskDirtyMap`]: blockdev::virtio::disk_dirty::DiskDirtyMap
+//!
 //! As libvirt: with `All` the destination image holds the whole chain's
 //! contents (a standalone image of the same format, size and cluster
 //! size, no backing file); with `Incremental` only the top image's

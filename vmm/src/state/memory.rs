@@ -60,8 +60,8 @@ pub fn check_run(
 
 /// Writes `mem`'s non-zero pages as records after `config`'s; returns
 /// the bytes of RAM written. Pages the host never backed (mincore) are
-/// zero and not read; the others are read in chunks of [`RUN_MAX`] bytes
-/// (one copy), compared page by page with a zero page, and each run of
+/// zero and not read; the others are read in chunks of 1 MiB
+/// (`RUN_MAX`, one copy), compared page by page with a zero page, and each run of
 /// non-zero pages is written from the chunk as one record. A RAM region's
 /// length is a multiple of the page size (`layout::ram_ranges`).
 pub fn save<W: Write>(

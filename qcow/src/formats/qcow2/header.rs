@@ -3,7 +3,7 @@
 //! [`Header::parse`] validates every field against the specification, the
 //! file length and this crate's resource bounds, so that the rest of the
 //! library can trust a `Header`. Header extensions live in
-//! [`crate::extensions`]; [`crate::layout::HeaderCluster`] ties both together
+//! [`crate::extensions`]; [`crate::extensions::HeaderCluster`] ties both together
 //! with the backing file name.
 
 use byteorder::{BigEndian, ByteOrder};

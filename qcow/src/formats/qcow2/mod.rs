@@ -1,7 +1,7 @@
 //! qcow2, QEMU's native format and ours: the header and its extensions, the
 //! L1/L2 cluster maps, refcounts, internal snapshots, persistent bitmaps,
 //! compressed clusters, creation, `measure`, `check` and repair, and
-//! [`image::Image`], which reads and writes through all of them.
+//! [`image::Qcow2`], which reads and writes through all of them.
 //!
 //! The crate root re-exports these modules under their old paths
 //! (`qcow::header`, `qcow::image`, ...).

@@ -30,7 +30,7 @@ pub fn change_refcount_order(storage: &dyn Storage, new_order: u32) -> Result<()
 
 /// [`change_refcount_order`], calling `status(done, total)` as QEMU's
 /// qcow2_change_refcount_order calls its status callback (its walks over
-/// the old refcount table, replayed by [`super::reorder_walks`]).
+/// the old refcount table, replayed by `reorder_walks`).
 pub fn change_refcount_order_with_progress(
     storage: &dyn Storage,
     new_order: u32,

@@ -600,7 +600,7 @@ impl Qcow2 {
     /// the disk leaked) or, once written, the new one (the old tree
     /// counted though unreferenced): leaks either way, which `check -r
     /// leaks` repairs. A header is never written before the table it
-    /// points at is synced ([`Meta::l1_unsynced`]).
+    /// points at is synced (`Meta::l1_unsynced`).
     pub fn apply_snapshot_deferring_free(&self, id_or_name: &str) -> Result<()> {
         self.snapshot_preconditions()?;
         let meta = self.lock();

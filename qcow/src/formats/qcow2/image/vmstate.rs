@@ -58,7 +58,7 @@ pub struct VmStateInfo {
 /// at the data until [`VmStateWriter::finish`]; dropping the writer leaks
 /// the clusters it allocated (a check with `-r leaks` reclaims them).
 /// The data goes out in buffers of whole clusters
-/// ([`super::vmstate_sink`]: O_DIRECT writes in the background where the
+/// (`vmstate_sink`: O_DIRECT writes in the background where the
 /// file takes them).
 pub struct VmStateWriter<'a> {
     image: &'a Qcow2,
@@ -341,7 +341,7 @@ impl VmStateWriter<'_> {
     /// header that an index reads before anything else). Writes around
     /// the page cache ([`VmStateWriter::is_direct`]) leave nothing there:
     /// these pages are written through it again, after the direct writes,
-    /// up to [`MAX_KEPT_BYTES`] of them.
+    /// up to `MAX_KEPT_BYTES` (16 MiB) of them.
     pub fn keep_cached(&mut self, len: u64) {
         if self.sink.is_direct() && len > 0 {
             self.cache_wanted.push_back((self.len, self.len + len));
