@@ -1,7 +1,7 @@
 //! Lazy guest RAM: a VM restored from a snapshot's RAM stream (an
 //! in-place revert, a fork from `qcow2-image://PATH#SNAP`) resumes before
 //! its RAM is read, as Firecracker's snapshot restore with its UFFD
-//! backend does. Its RAM is registered with a userfaultfd ([`uffd`]); a
+//! backend does. Its RAM is registered with a userfaultfd (`uffd`); a
 //! page the guest (or a device, or KVM) touches first waits until the
 //! loader thread fills it, and the loader fills every other page in the
 //! background meanwhile, so the VM is whole again soon after.
@@ -44,7 +44,7 @@
 //!   disk's Qcow2 and its locks: a device thread holding them may itself
 //!   wait on a missing page.
 //! - **The replaced guest's RAM** (a revert): its pages are moved out of
-//!   guest RAM in one `mremap` ([`release`]; page tables move, pages do
+//!   guest RAM in one `mremap` (`release`; page tables move, pages do
 //!   not), leaving RAM empty at the same address, and the loader unmaps
 //!   them a few MiB at a time between faults. Freeing them in place
 //!   (MADV_DONTNEED) before resume is the fallback.
@@ -58,7 +58,7 @@
 //!   rebuilds the VM (a new VMM's vm.restore of `qcow2:NAME`, or after
 //!   an in-place revert failed half-way) and vm.restore from CH's file
 //!   layout, whose `memory-ranges` is the same record stream read from a
-//!   file ([`file`]). Where userfaultfd cannot be had, or with
+//!   file ([`mod@file`]). Where userfaultfd cannot be had, or with
 //!   `VMM_EAGER_RAM=1` in the VMM's environment (for comparison), RAM is
 //!   read before the guest resumes, as before.
 //! - **Bytes the VMM writes over the snapshot's** ([`Registered::patch`]):
@@ -654,7 +654,7 @@ const RELEASE_CHUNK: usize = 8 << 20;
 /// The replaced guest's pages, moved out of guest RAM ([`detach_all`]).
 pub struct Detached(Vec<release::Detached>);
 
-/// Moves every page of `mem` out of it (see [`release`]), so that all
+/// Moves every page of `mem` out of it (see `release`), so that all
 /// are missing, as [`discard_all`] does but without freeing them now:
 /// they are freed by the loader ([`Registered::release_later`]), or when
 /// the returned value is dropped. An error leaves `mem` as it was, or
@@ -669,7 +669,7 @@ pub fn detach_all(mem: &GuestMemoryMmap) -> Result<Detached, StateError> {
 }
 
 /// Gives every page of `mem` back to the kernel, so that all are missing
-/// (before [`LazyRam::start`] over RAM that held another guest).
+/// (before [`Registered::start`] over RAM that held another guest).
 pub fn discard_all(mem: &GuestMemoryMmap) -> Result<(), StateError> {
     for region in mem.iter() {
         crate::state::resident::discard(mem, region.start_addr(), region.len())
