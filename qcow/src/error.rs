@@ -221,6 +221,15 @@ pub enum Error {
     /// Metadata contradicts itself in a way that makes the operation unsafe.
     #[error("image is corrupt: {0}")]
     Corrupt(String),
+    /// The refcount table would have to grow past the entries QEMU lets it
+    /// grow to (QEMU's EFBIG, which qemu-img prints as "File too large").
+    #[error("refcount table would grow to {entries} entries, past {max}")]
+    RefcountTableTooLarge {
+        /// Entries the grown table would need.
+        entries: u64,
+        /// The bound.
+        max: u64,
+    },
     /// The image ran out of the host offsets its format can address.
     #[error("no space left in the image's address space ({0})")]
     NoSpace(&'static str),

@@ -214,6 +214,8 @@ pub fn io_reason(e: &qcow::Error) -> String {
     match e {
         qcow::Error::Io { source, .. } => os_text(source),
         qcow::Error::Backing { reason, .. } => format!("Could not open backing file: {reason}"),
+        // QEMU's EFBIG.
+        qcow::Error::RefcountTableTooLarge { .. } => "File too large".to_string(),
         other => other.to_string(),
     }
 }

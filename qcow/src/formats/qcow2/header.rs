@@ -380,11 +380,12 @@ impl Header {
         // Refcount table.
         let rt_bytes = u64::from(self.refcount_table_clusters) * cluster_size;
         if rt_bytes > MAX_REFCOUNT_TABLE_BYTES {
-            return Err(Error::InvalidTable {
-                table: "refcount table",
-                offset: self.refcount_table_offset,
-                entries: rt_bytes / 8,
-                reason: "larger than 8 MiB",
+            // QEMU's qcow2_validate_table, which a table grown to its
+            // limit (refcount::MAX_GROWN_TABLE_ENTRIES) fails.
+            return Err(Error::HeaderRefused {
+                field: "refcount_table_clusters",
+                value: self.refcount_table_clusters.into(),
+                message: "Reference count table too large",
             });
         }
         if self.refcount_table_clusters == 0 {

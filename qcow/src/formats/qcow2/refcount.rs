@@ -16,13 +16,33 @@ use byteorder::{BigEndian, ByteOrder};
 use crate::cache::TableCache;
 use crate::entries::{table_get, table_set, OFFSET_MASK};
 use crate::error::{Error, Result};
-use crate::header::MAX_REFCOUNT_TABLE_BYTES;
+use crate::measure::refcount_metadata_clusters;
 use crate::storage::Storage;
 
 mod area;
 
 /// Highest host offset a table entry can hold (56 bits).
 pub const MAX_HOST_OFFSET: u64 = 1 << 56;
+
+/// Most entries a refcount table may grow to, as QEMU 10's
+/// qcow2_refcount_area bounds it: its QCOW_MAX_REFTABLE_SIZE (8 MiB)
+/// compared with a count of entries, so a grown table reaches 64 MiB,
+/// where opening an image takes one of at most 8 MiB
+/// ([`crate::header::MAX_REFCOUNT_TABLE_BYTES`], QEMU's "Reference count
+/// table too large"). Growing past it fails with EFBIG, "File too large".
+pub const MAX_GROWN_TABLE_ENTRIES: u64 = 8 << 20;
+
+/// Refcount blocks and table entries of the self-describing area QEMU's
+/// alloc_refcount_block builds at `area_start` (a cluster index) when the
+/// table must grow: enough blocks to cover the area itself, and a table
+/// half as large again, in whole clusters.
+fn grown_table_size(area_start: u64, cluster_size: u64, order: u32) -> (u64, u64) {
+    let (total_blocks, _) = refcount_metadata_clusters(area_start, cluster_size, order, true);
+    let per_table_cluster = cluster_size / 8;
+    let entries =
+        (total_blocks + total_blocks.div_ceil(2)).div_ceil(per_table_cluster) * per_table_cluster;
+    (total_blocks, entries)
+}
 
 /// Refcount blocks kept in memory, in bytes.
 const REFCOUNT_CACHE_BYTES: usize = 1 << 20;
@@ -101,6 +121,10 @@ pub enum FreeFailure {
     /// No refcount block covers the cluster (QEMU allocates one, growing
     /// the table if it must, and fails with EAGAIN; so does this module).
     NoRefcountBlock,
+    /// No refcount block covers the cluster and the table cannot grow to
+    /// cover it ([`MAX_GROWN_TABLE_ENTRIES`]): QEMU's EFBIG, after it has
+    /// allocated the new block, which leaks.
+    TableTooLarge,
 }
 
 impl FreeFailure {
@@ -109,6 +133,7 @@ impl FreeFailure {
         match self {
             FreeFailure::AlreadyZero => "Invalid argument",
             FreeFailure::NoRefcountBlock => "Resource temporarily unavailable",
+            FreeFailure::TableTooLarge => "File too large",
         }
     }
 }
@@ -179,11 +204,15 @@ impl Refcounts {
             .is_some_and(|&offset| offset != 0)
     }
 
-    /// Whether covering host cluster `cluster` would need a refcount table
-    /// over 8 MiB, QEMU's limit.
-    pub fn beyond_table_limit(&self, cluster: u64) -> bool {
-        let block_index = cluster / self.entries_per_block;
-        block_index.saturating_add(1).saturating_mul(8) > MAX_REFCOUNT_TABLE_BYTES
+    /// The entries of the table that covering host cluster `cluster`
+    /// would grow, when they are past [`MAX_GROWN_TABLE_ENTRIES`] (QEMU's
+    /// EFBIG).
+    pub fn beyond_table_limit(&self, cluster: u64) -> Option<u64> {
+        let epb = self.entries_per_block;
+        let area_start = cluster.saturating_add(1).div_ceil(epb).saturating_mul(epb);
+        let (blocks, entries) = grown_table_size(area_start, self.cluster_size(), self.order);
+        (blocks > MAX_GROWN_TABLE_ENTRIES || entries > MAX_GROWN_TABLE_ENTRIES)
+            .then_some(entries.max(blocks))
     }
 
     fn load_block(&mut self, storage: &dyn Storage, block_offset: u64) -> Result<()> {
@@ -457,8 +486,8 @@ impl Refcounts {
         let mut freed = Vec::new();
         for c in pending {
             if !self.has_block(c) {
-                self.add_block_for_failed_free(storage, c)?;
-                self.failed_frees.push((c, FreeFailure::NoRefcountBlock));
+                let failure = self.add_block_for_failed_free(storage, c)?;
+                self.failed_frees.push((c, failure));
                 continue;
             }
             if self.get(storage, c)? == 0 {
@@ -478,22 +507,26 @@ impl Refcounts {
     /// is, counted in the block that covers it, and hooked into the table,
     /// when that cluster lies outside the range the new block would cover
     /// (else nothing is allocated); a table too short for it grows
-    /// (`area.rs`).
-    fn add_block_for_failed_free(&mut self, storage: &dyn Storage, cluster: u64) -> Result<()> {
+    /// (`area.rs`). Returns how the free fails.
+    fn add_block_for_failed_free(
+        &mut self,
+        storage: &dyn Storage,
+        cluster: u64,
+    ) -> Result<FreeFailure> {
         let block_index = cluster / self.entries_per_block;
         if block_index as usize >= self.table.len() {
             return self.grow_table_for_failed_free(storage, cluster);
         }
         let first_free = self.first_free_in_present_blocks(storage)?;
         if first_free / self.entries_per_block == block_index || !self.has_block(first_free) {
-            return Ok(());
+            return Ok(FreeFailure::NoRefcountBlock);
         }
         let (new_block, _) = self.alloc_some(storage, 1)?;
         let block_offset = new_block << self.cluster_bits;
         self.cache_new_block(storage, block_offset)?;
         self.table[block_index as usize] = block_offset;
         self.table_dirty.insert(block_index as usize);
-        Ok(())
+        Ok(FreeFailure::NoRefcountBlock)
     }
 
     /// The first free cluster, as alloc_some finds it, within present
@@ -692,8 +725,11 @@ impl Refcounts {
         loop {
             // Refuse before sizing anything by `entries`: a hostile L2 entry
             // can name a cluster near 2^56 (found by fuzzing).
-            if entries.saturating_mul(8) > MAX_REFCOUNT_TABLE_BYTES {
-                return Err(Error::NoSpace("refcount table would exceed 8 MiB"));
+            if entries > MAX_GROWN_TABLE_ENTRIES {
+                return Err(Error::RefcountTableTooLarge {
+                    entries,
+                    max: MAX_GROWN_TABLE_ENTRIES,
+                });
             }
             let table_clusters = entries / per_cluster;
             // Blocks needed to cover the area itself.
@@ -718,8 +754,11 @@ impl Refcounts {
             }
             entries = want;
         }
-        if entries * 8 > MAX_REFCOUNT_TABLE_BYTES {
-            return Err(Error::NoSpace("refcount table would exceed 8 MiB"));
+        if entries > MAX_GROWN_TABLE_ENTRIES {
+            return Err(Error::RefcountTableTooLarge {
+                entries,
+                max: MAX_GROWN_TABLE_ENTRIES,
+            });
         }
         let table_clusters = entries / per_cluster;
         let n = new_blocks.len() as u64;

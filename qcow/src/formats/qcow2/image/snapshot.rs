@@ -99,8 +99,11 @@ impl Qcow2 {
             // first such cluster with EFBIG when the refcount table cannot
             // grow to cover it, else with EAGAIN after adding the block.
             if let Some(&c) = order.iter().find(|&&c| !meta.rc.has_block(c)) {
-                if meta.rc.beyond_table_limit(c) {
-                    return Err(Error::NoSpace("refcount table would exceed 8 MiB"));
+                if let Some(entries) = meta.rc.beyond_table_limit(c) {
+                    return Err(Error::RefcountTableTooLarge {
+                        entries,
+                        max: crate::refcount::MAX_GROWN_TABLE_ENTRIES,
+                    });
                 }
                 return Err(Error::RefcountBlockMissing { cluster: c });
             }

@@ -9,22 +9,25 @@
 
 use byteorder::{BigEndian, ByteOrder};
 
-use super::{block_set, table_set, Refcounts, MAX_HOST_OFFSET};
+use super::{
+    block_set, grown_table_size, table_set, FreeFailure, Refcounts, MAX_GROWN_TABLE_ENTRIES,
+    MAX_HOST_OFFSET,
+};
 use crate::error::Result;
-use crate::header::MAX_REFCOUNT_TABLE_BYTES;
-use crate::measure::refcount_metadata_clusters;
 use crate::storage::Storage;
 
 impl Refcounts {
     /// Grows the table for `cluster`, which lies past what it covers.
-    /// Does nothing where QEMU's growth would fail (a table past
-    /// qcow2's 8 MiB limit, EFBIG there; offsets past 2^56): the free
-    /// fails and the cluster leaks all the same.
+    /// Where QEMU's growth fails (a table past
+    /// [`MAX_GROWN_TABLE_ENTRIES`], or offsets past 2^56: EFBIG there),
+    /// only the empty block is allocated, as QEMU allocates it before it
+    /// sizes the table, and leaks; the free fails with EFBIG instead of
+    /// EAGAIN. Returns how the free fails.
     pub(super) fn grow_table_for_failed_free(
         &mut self,
         storage: &dyn Storage,
         cluster: u64,
-    ) -> Result<()> {
+    ) -> Result<FreeFailure> {
         let epb = self.entries_per_block;
         let cluster_size = self.cluster_size();
         let per_table_cluster = cluster_size / 8;
@@ -33,20 +36,13 @@ impl Refcounts {
         let first_free = self.first_free_in_present_blocks(storage)?;
         let blocks_used = (cluster + 1).max(first_free + 1).div_ceil(epb);
         let area_start = blocks_used * epb;
-        let (total_blocks, _) =
-            refcount_metadata_clusters(area_start, cluster_size, self.order, true);
-        let table_entries = (total_blocks + total_blocks.div_ceil(2)).div_ceil(per_table_cluster)
-            * per_table_cluster;
+        let (total_blocks, table_entries) = grown_table_size(area_start, cluster_size, self.order);
         let table_clusters = table_entries / per_table_cluster;
         let area_index = area_start / epb;
         let new_blocks = total_blocks.saturating_sub(area_index);
-        let area_end = area_start + new_blocks + table_clusters;
-        if table_entries.saturating_mul(8) > MAX_REFCOUNT_TABLE_BYTES
-            || area_end.saturating_mul(cluster_size) > MAX_HOST_OFFSET
-            || (cluster / epb) >= total_blocks
-        {
-            return Ok(());
-        }
+        let area_end = area_start
+            .saturating_add(new_blocks)
+            .saturating_add(table_clusters);
         // The empty block for the freed cluster's range, counted where
         // the first free cluster's block counts it, on disk before any
         // table points at it.
@@ -54,6 +50,13 @@ impl Refcounts {
         let new_block_offset = new_block << self.cluster_bits;
         storage.write_at(&vec![0u8; cluster_size as usize], new_block_offset)?;
         self.blocks.write_back_all(storage)?;
+        if total_blocks > MAX_GROWN_TABLE_ENTRIES
+            || table_entries > MAX_GROWN_TABLE_ENTRIES
+            || area_end.saturating_mul(cluster_size) > MAX_HOST_OFFSET
+            || (cluster / epb) >= total_blocks
+        {
+            return Ok(FreeFailure::TableTooLarge);
+        }
         let mut table = self.table.clone();
         table.resize(table_entries as usize, 0);
         table[(cluster / epb) as usize] = new_block_offset;
@@ -91,6 +94,6 @@ impl Refcounts {
         for c in 0..old_clusters {
             self.add(storage, (old_offset >> self.cluster_bits) + c, -1)?;
         }
-        Ok(())
+        Ok(FreeFailure::NoRefcountBlock)
     }
 }
