@@ -366,7 +366,8 @@ impl BlockRead for AnyImage {
     fn asks_file_about_data(&self, file: FileIndex) -> bool {
         match self {
             AnyImage::Foreign(_, f) => f.asks_file_about_data(file),
-            AnyImage::Qcow2(_) | AnyImage::Raw(_) => false,
+            AnyImage::Qcow2(q) => q.asks_file_about_data(file),
+            AnyImage::Raw(_) => false,
         }
     }
 }

@@ -16,6 +16,7 @@ mod corruption;
 mod crypt;
 mod empty;
 mod meta;
+mod metadata_prealloc;
 mod partial_zero;
 mod read;
 mod resize;
@@ -102,6 +103,9 @@ pub struct Qcow2 {
     bitmaps: Mutex<Option<crate::bitmap::Tracking>>,
     /// Whether `bitmaps` holds anything (spares writes the lock).
     tracks_bitmaps: std::sync::atomic::AtomicBool,
+    /// Whether the image looks preallocated with metadata, decided at the
+    /// first ask ([`metadata_prealloc`]).
+    metadata_prealloc: std::sync::OnceLock<bool>,
 }
 
 /// Reads the first cluster of a qcow2 file and validates it.
@@ -248,6 +252,7 @@ impl Qcow2 {
             corruption_signaled: std::sync::atomic::AtomicBool::new(false),
             notices: Mutex::new(corruption::Notices::default()),
             tracks_bitmaps: tracking.is_some().into(),
+            metadata_prealloc: std::sync::OnceLock::new(),
             bitmaps: Mutex::new(tracking),
         })
     }
@@ -470,5 +475,13 @@ impl BlockRead for Qcow2 {
             storage: storage.clone(),
             name,
         })
+    }
+
+    /// QEMU's qcow2 driver asks the file about its data clusters' host
+    /// ranges only in an image it finds preallocated with metadata
+    /// ([`Qcow2::metadata_preallocation`]), and never in an encrypted one
+    /// (no host offset is given out).
+    fn asks_file_about_data(&self, _file: FileIndex) -> bool {
+        !self.is_encrypted() && self.metadata_preallocation()
     }
 }
