@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 use qcow::backing_name::{target, BackingTarget};
-use qcow::device::{chain_extents, BlockRead, ExtentKind};
+use qcow::device::BlockRead;
 use qcow::fs::{open_listing_backing_on, probe, AnyImage, Format};
 
 use super::{close_errors, io_reason, parse_format, report_notices};
@@ -192,45 +192,12 @@ pub fn run(args: &CommitArgs) -> Result<i32> {
         base
     };
     // Everything a layer above the base allocates goes into the base,
-    // read through the top so that the nearest layer wins.
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
+    // read through the top so that the nearest layer wins, as QEMU's
+    // commit job writes it (`commit_mirror`).
     let bar = super::progress::Progress::new(args.progress && !args.quiet, 1.0);
     let progress = |done: u64| bar.set_fraction(done, size);
     progress(0);
-    while pos < size {
-        // QEMU's commit job fails on what the top cannot read (its
-        // corruption event first).
-        let extents = chain_extents(top, pos, (size - pos).min(1 << 30))
-            .map_err(|e| anyhow!("Block job failed: {}", super::read_failure(&e)))?;
-        if extents.is_empty() {
-            break;
-        }
-        for e in &extents {
-            pos = e.guest_offset + e.len;
-            if !e.allocated || e.depth >= base_depth {
-                continue;
-            }
-            // Zeros go down as zeros, as QEMU's commit job (a mirror)
-            // writes them: a qcow2 base drops its clusters there.
-            if let (ExtentKind::Zero { .. }, AnyImage::Qcow2(b)) = (e.kind, &base) {
-                b.write_zeroes(e.guest_offset, e.len, true)
-                    .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
-                progress(e.guest_offset + e.len);
-                continue;
-            }
-            let mut off = e.guest_offset;
-            while off < e.guest_offset + e.len {
-                let n = (e.guest_offset + e.len - off).min(buf.len() as u64) as usize;
-                top.read_at(&mut buf[..n], off)
-                    .map_err(|e| anyhow!("Block job failed: {}", super::read_failure(&e)))?;
-                base.write_at(&buf[..n], off)
-                    .map_err(|err| anyhow!("Block job failed: {}", io_reason(&err)))?;
-                off += n as u64;
-                progress(off);
-            }
-        }
-    }
+    super::commit_mirror::mirror(top, &base, base_depth, &progress)?;
     let flushed = base.flush();
     report_notices(&base);
     flushed?;

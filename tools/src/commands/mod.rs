@@ -10,6 +10,7 @@ pub mod check;
 pub mod check_foreign;
 pub mod close_errors;
 pub mod commit;
+pub mod commit_mirror;
 pub mod compare;
 pub mod convert;
 pub mod create;

@@ -180,6 +180,11 @@ impl Qcow2 {
             self.backing
                 .as_ref()
                 .map_or(new_size, |b| b.virtual_size().min(new_size))
+        } else if crate::device::chain_reads_zero(self, old_size, old_cluster_end - old_size)? {
+            // QEMU zeroes nothing when no backing file shows through: a
+            // tail that reads as zero already (unallocated subclusters)
+            // stays as it is.
+            old_size
         } else {
             // The old last cluster's tail may hold data from before a
             // shrink.
