@@ -33,7 +33,7 @@ impl Qcow2 {
         let mut meta = self.lock();
         // Clusters no refcount block covers are free: the walk skips
         // them, so it visits only the ranges of present blocks.
-        let per_block = cluster_size * 8 >> meta.rc.order();
+        let per_block = (cluster_size * 8) >> meta.rc.order();
         let end_cluster = end_cluster.min((meta.rc.table().len() as u64).saturating_mul(per_block));
         let mut in_use = 0u64;
         let mut cluster = 0u64;
