@@ -4,7 +4,10 @@
 //! into an [`ApiRequest`] (400 for malformed HTTP or JSON, 404 for an
 //! unknown path, 400 for a wrong method, as Cloud Hypervisor answers) and
 //! hands it to the controller on the main thread, then writes the answer.
-//! It holds no VM logic, and nothing a peer sends can stop the VM.
+//! It holds no VM logic, and nothing a peer sends can stop the VM. It
+//! runs in the real-time class, and raises the controller there for a
+//! revert (vm.restore of `qcow2:NAME`), until its answer
+//! ([`crate::thread_boost`]).
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -53,6 +56,9 @@ fn serve(
     seccomp: bool,
 ) {
     let own = crate::sock::own_uid();
+    // Mostly asleep, and a client waits on each wake-up: on a host whose
+    // cores run guests' vCPUs it should get a core at once.
+    let _ = crate::thread_boost::raise(0);
     if seccomp {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
             eprintln!("vmm: API thread: {e}");
@@ -97,18 +103,29 @@ fn answer(
         Ok(taken) => taken,
         Err(response) => return response,
     };
+    // A revert: the guest is paused from its start to its resume, and
+    // the client waits; the controller gets a core at once.
+    let controller = matches!(request, ApiRequest::VmRevertInImage { .. })
+        .then(|| crate::thread_boost::raise(std::process::id() as libc::pid_t))
+        .flatten();
     let (reply_tx, reply) = channel();
     let call = ApiCall {
         request,
         reply: reply_tx,
     };
     if calls.send(call).is_err() || wake.write(1).is_err() {
+        if let Some(before) = controller {
+            crate::thread_boost::put_back(before);
+        }
         crate::net_config::release_handed(&handed);
         return Response::error(500, &["the VMM is shutting down".to_string()]);
     }
     let response = reply
         .recv()
         .unwrap_or_else(|_| Response::error(500, &["the VMM is shutting down".to_string()]));
+    if let Some(before) = controller {
+        crate::thread_boost::put_back(before);
+    }
     if response.status >= 400 {
         crate::net_config::release_handed(&handed);
     }

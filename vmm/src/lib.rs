@@ -21,6 +21,9 @@
 //!   revert or a fork.
 //! - [`ready_thread`]: threads started ahead of their work (a migration's
 //!   destination, before the switch).
+//! - [`thread_boost`]: the real-time class for the threads a client or a
+//!   guest waits on (the API thread, a revert, the RAM loader's first
+//!   milliseconds).
 
 pub mod acpi;
 pub mod api_server;
@@ -42,6 +45,7 @@ pub mod serial_sink;
 mod sock;
 pub mod state;
 mod sys;
+pub mod thread_boost;
 pub mod vcpu;
 pub mod vcpu_capture;
 pub mod vcpu_pause_times;

@@ -204,6 +204,23 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
             );
         }
         ThreadKind::Api | ThreadKind::Console => {
+            if kind == ThreadKind::Api {
+                // The controller (the main thread, whose id is the
+                // process's) raised to the real-time class for a revert
+                // and put back after (`thread_boost`); no other thread.
+                let main = u64::from(std::process::id());
+                for nr in [
+                    libc::SYS_sched_getscheduler,
+                    libc::SYS_sched_getparam,
+                    libc::SYS_sched_setscheduler,
+                ] {
+                    let on_main =
+                        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, main)
+                            .and_then(|c| SeccompRule::new(vec![c]))
+                            .map_err(err)?;
+                    rules.insert(nr, vec![on_main]);
+                }
+            }
             for nr in [
                 libc::SYS_accept4,
                 libc::SYS_accept,
@@ -224,6 +241,12 @@ fn build(kind: ThreadKind) -> Result<BpfProgram> {
             rules.insert(libc::SYS_ioctl, vec![fionbio]);
         }
         ThreadKind::RamLoader => {
+            // Leaving the real-time class when the background starts
+            // (`thread_boost`; thread 0 is the calling thread).
+            let own = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(err)?;
+            rules.insert(libc::SYS_sched_setscheduler, vec![own]);
             rules.insert(
                 libc::SYS_ioctl,
                 ioctl_rules(&crate::lazy_ram::LOADER_IOCTLS).map_err(err)?,

@@ -28,7 +28,9 @@
 //! - **Faults first:** one thread does both jobs, serving every fault
 //!   waiting before it fills the next record in order, so a fault waits
 //!   at most for one record (at most 4 MiB). A fault in a record fills
-//!   the whole record (its CRC covers all of it anyway).
+//!   the whole record (its CRC covers all of it anyway), the faulting
+//!   page first: its copy wakes the guest, which then runs while the
+//!   rest of the record is copied.
 //! - **The guest's first milliseconds first:** after the records wanted
 //!   first ([`Registered::fill_first`]) the loader only serves faults
 //!   for [`BACKGROUND_DELAY`] from its start, then fills the rest and
@@ -37,6 +39,9 @@
 //!   vCPU, the rest of the revert and its client just when the guest's
 //!   first instructions are measured (prefetching in address order
 //!   rarely holds what the guest touches first anyway).
+//! - **In the real-time class** ([`crate::thread_boost`]) until the
+//!   background starts: a traced slow revert had the loader preempted for
+//!   4 ms by other processes while the guest's first fault waited on it.
 //! - **Its own reader:** the snapshot's VM-state area is mapped onto the
 //!   image file once ([`MappedArea`]: the snapshot table and the area's
 //!   L1 and L2 tables read a single time); the index and the loader then
@@ -69,7 +74,8 @@
 //!   never sees it without the new ID.
 //! - **seccomp:** the loader thread runs under its own filter
 //!   ([`crate::seccomp::ThreadKind::RamLoader`]): the common list and the
-//!   four userfaultfd ioctls it makes after setup.
+//!   four userfaultfd ioctls it makes after setup, and
+//!   sched_setscheduler on itself (leaving the real-time class).
 
 pub mod file;
 pub mod index;
@@ -360,6 +366,9 @@ impl Loader {
             );
             std::process::exit(1)
         };
+        // The guest's first faults wait on this thread: real-time until
+        // the background starts ([`BACKGROUND_DELAY`]).
+        let raised = crate::thread_boost::raise(0);
         let mut buf =
             uffd::PageBuffer::new(HEADER_LEN + crate::state::record::MAX_PAYLOAD as usize)
                 .unwrap_or_else(|e| fatal(&format!("a buffer: {e}")));
@@ -368,7 +377,7 @@ impl Loader {
                 fatal(&e);
             }
         }
-        match self.fill_all(source.as_ref(), &mut buf) {
+        match self.fill_all(source.as_ref(), &mut buf, raised) {
             Ok(report) => eprintln!(
                 "vmm: lazy RAM of snapshot '{}': {} MiB in {} records filled in {:.1} ms; {} faults served: {} records and {} zero pages filled first on a fault; first faults (guest address@ms): {}",
                 self.label,
@@ -390,10 +399,13 @@ impl Loader {
     }
 
     /// Serves faults first, then fills the next segment, until all are.
+    /// `raised`: the thread's scheduling before it was raised, put back
+    /// when the background starts.
     fn fill_all(
         &self,
         source: &(dyn StreamSource + Send),
         buf: &mut uffd::PageBuffer,
+        mut raised: Option<crate::thread_boost::Before>,
     ) -> Result<Report, Failure> {
         let mut done = vec![false; self.segments.len()];
         let mut report = Report::default();
@@ -436,7 +448,7 @@ impl Loader {
                         .wake(page, crate::state::memory::PAGE as u64)
                         .map_err(|e| io("waking a fault", e))?;
                 } else {
-                    self.fill(source, i, buf, &mut report)
+                    self.fill(source, i, buf, &mut report, Some(host))
                         .map_err(|error| Failure {
                             error,
                             fault: Some(guest),
@@ -459,6 +471,11 @@ impl Loader {
                 }
             }
             if wanted_left == 0 {
+                if Instant::now() >= self.started + BACKGROUND_DELAY {
+                    if let Some(before) = raised.take() {
+                        crate::thread_boost::put_back(before);
+                    }
+                }
                 self.release_some();
             }
             if next == self.segments.len() && wanted_left == 0 {
@@ -484,7 +501,7 @@ impl Loader {
                 }
             };
             if !done[i] && self.segments[i].record.is_some() {
-                self.fill(source, i, buf, &mut report)?;
+                self.fill(source, i, buf, &mut report, None)?;
                 done[i] = true;
             }
         }
@@ -523,13 +540,16 @@ impl Loader {
     }
 
     /// Fills segment `index` from its record: the record read and
-    /// checked, the patch laid over it if it holds the patch, then copied.
+    /// checked, the patch laid over it if it holds the patch, then copied;
+    /// on a fault at host address `fault`, that page first (its copy
+    /// wakes the faulting thread), then the rest of the record.
     fn fill(
         &self,
         source: &(dyn StreamSource + Send),
         index: usize,
         buf: &mut uffd::PageBuffer,
         report: &mut Report,
+        fault: Option<u64>,
     ) -> Result<(), StateError> {
         let segment = &self.segments[index];
         let host = self.host_of(segment.start)?;
@@ -573,13 +593,27 @@ impl Loader {
             pages[at..at + patch.bytes.len()].copy_from_slice(&patch.bytes);
         }
         let pages = &*pages;
-        if self.uffd.copy(host, pages).map_err(io)? == uffd::Filled::SomePresent {
-            let page = crate::state::memory::PAGE;
-            for (i, chunk) in pages.chunks(page).enumerate() {
-                self.uffd
-                    .copy(host + (i * page) as u64, chunk)
-                    .map_err(io)?;
+        let page = crate::state::memory::PAGE;
+        let copy = |dst: u64, part: &[u8]| -> Result<(), StateError> {
+            if part.is_empty() || self.uffd.copy(dst, part).map_err(io)? == uffd::Filled::All {
+                return Ok(());
             }
+            for (i, chunk) in part.chunks(page).enumerate() {
+                self.uffd.copy(dst + (i * page) as u64, chunk).map_err(io)?;
+            }
+            Ok(())
+        };
+        // The faulting page's offset in the record, when inside it.
+        let first = fault
+            .map(|at| (at & !(page as u64 - 1)).wrapping_sub(host) as usize)
+            .filter(|&at| at.checked_add(page).is_some_and(|end| end <= pages.len()));
+        match first {
+            Some(at) => {
+                copy(host + at as u64, &pages[at..at + page])?;
+                copy(host, &pages[..at])?;
+                copy(host + (at + page) as u64, &pages[at + page..])?;
+            }
+            None => copy(host, pages)?,
         }
         report.record_bytes += segment.len;
         report.records += 1;
