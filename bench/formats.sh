@@ -41,24 +41,32 @@
 # rows and removed after them, and no row starts while kswapd is still
 # reclaiming (copying every input at once took the machine to its
 # free-memory floor, and the reclaim ran into the first memory row).
-# And every timed run starts right after a warm-up: the untimed run's
-# output size (plus 64 MiB) written into tmpfs and freed, at most the
-# free memory but 256 MiB. This host's balloon reports free memory to
-# the hypervisor (free page reporting: /sys/module/page_reporting,
-# order-9 blocks, some 10-25 MiB/s, counted in reported_kib), which takes
-# those pages back; the next write into them faults each back in, in the
-# hypervisor, charged to the writer as system time. Measured (512 MiB
-# written into tmpfs, free memory near its floor, into 512 MiB freed just
-# before): 0.17 and 0.24 s of system time when the freed pages were still
-# the guest's, 0.88 and 0.93 s after waiting until they were reported
-# (482, 506 MiB): about 1.4 s per GiB, which is the swing of one convert's
-# CPU time the memory rows showed (vdi->qcow2 0.65 s in one pair, 2.6 s in
-# the next). A run then met whatever the sync before it (global, waiting
-# for other sessions' writeback) had left the reporter time to take. The
-# kernel hands out freed pages most recent first and puts reported ones
-# last, so after the warm-up each tool writes into pages just freed; the
-# warm-up pays the refaults, untimed; each run's log line gives the MiB
-# reported meanwhile. Machine settings stay as they are.
+# And every timed run starts right after a warm-up: as many bytes as the
+# untimed run's output took (plus 64 MiB) written into a file in the
+# directory the run writes to (the disk's file system or tmpfs) and
+# deleted, at most the available memory but 1 GiB (reclaim then happens in
+# the warm-up, untimed). This host's balloon reports free memory to the
+# hypervisor (free page reporting: /sys/module/page_reporting, order-9
+# blocks, counted in reported_kib), which takes those pages back; the next
+# write into them faults each back in, in the hypervisor, charged to the
+# writer as system time (about 1.4 s per GiB). A warm-up in tmpfs did not
+# reach the pages a disk row's output then took: our reading, not traced,
+# is that reported blocks are whole 2 MiB blocks, that the disk's page
+# cache takes large folios out of such blocks, and that tmpfs takes single
+# pages, first from smaller free blocks. Measured, 1 GiB written with dd
+# and deleted, free memory 2.3-2.9 GiB: into tmpfs 0.35-0.45 s of system
+# time every time, and again right after 0.39-0.46 s; into the disk's file
+# system right after a tmpfs write 0.61-1.38 s, and right after one there
+# 0.21-0.31 s. Profiled (perf), a slow run's extra time is all in copying
+# into the output's new page cache pages (copy_folio_from_iter_atomic: 74%
+# of a cp that took 1.59 s of system time, 38% of one that took 0.81 s,
+# both under perf record);
+# the copy out of the source's page cache took the same time in both. No
+# /proc/vmstat counter separates the slow runs (no compaction, reclaim or
+# DAMON pageout in most of them; the reporting happened before the run),
+# so each run's log line gives the counters that moved and the warm-up's
+# own system time, which is where the refaults now show (1.4-5.5 s for 1-2
+# GiB on disk). Machine settings stay as they are.
 #
 # And both meet the same share of the CPU: every measured command (ours,
 # qemu-img, cp, timed or not) runs in a session of its own whose
