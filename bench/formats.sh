@@ -41,24 +41,32 @@
 # rows and removed after them, and no row starts while kswapd is still
 # reclaiming (copying every input at once took the machine to its
 # free-memory floor, and the reclaim ran into the first memory row).
-# And every timed run starts right after a warm-up: the untimed run's
-# output size (plus 64 MiB) written into tmpfs and freed, at most the
-# free memory but 256 MiB. This host's balloon reports free memory to
-# the hypervisor (free page reporting: /sys/module/page_reporting,
-# order-9 blocks, some 10-25 MiB/s, counted in reported_kib), which takes
-# those pages back; the next write into them faults each back in, in the
-# hypervisor, charged to the writer as system time. Measured (512 MiB
-# written into tmpfs, free memory near its floor, into 512 MiB freed just
-# before): 0.17 and 0.24 s of system time when the freed pages were still
-# the guest's, 0.88 and 0.93 s after waiting until they were reported
-# (482, 506 MiB): about 1.4 s per GiB, which is the swing of one convert's
-# CPU time the memory rows showed (vdi->qcow2 0.65 s in one pair, 2.6 s in
-# the next). A run then met whatever the sync before it (global, waiting
-# for other sessions' writeback) had left the reporter time to take. The
-# kernel hands out freed pages most recent first and puts reported ones
-# last, so after the warm-up each tool writes into pages just freed; the
-# warm-up pays the refaults, untimed; each run's log line gives the MiB
-# reported meanwhile. Machine settings stay as they are.
+# And every timed run starts right after a warm-up: as many bytes as the
+# untimed run's output took (plus 64 MiB) written into a file in the
+# directory the run writes to (the disk's file system or tmpfs) and
+# deleted, at most the available memory but 1 GiB (reclaim then happens in
+# the warm-up, untimed). This host's balloon reports free memory to the
+# hypervisor (free page reporting: /sys/module/page_reporting, order-9
+# blocks, counted in reported_kib), which takes those pages back; the next
+# write into them faults each back in, in the hypervisor, charged to the
+# writer as system time (about 1.4 s per GiB). A warm-up in tmpfs did not
+# reach the pages a disk row's output then took: our reading, not traced,
+# is that reported blocks are whole 2 MiB blocks, that the disk's page
+# cache takes large folios out of such blocks, and that tmpfs takes single
+# pages, first from smaller free blocks. Measured, 1 GiB written with dd
+# and deleted, free memory 2.3-2.9 GiB: into tmpfs 0.35-0.45 s of system
+# time every time, and again right after 0.39-0.46 s; into the disk's file
+# system right after a tmpfs write 0.61-1.38 s, and right after one there
+# 0.21-0.31 s. Profiled (perf), a slow run's extra time is all in copying
+# into the output's new page cache pages (copy_folio_from_iter_atomic: 74%
+# of a cp that took 1.59 s of system time, 38% of one that took 0.81 s,
+# both under perf record);
+# the copy out of the source's page cache took the same time in both. No
+# /proc/vmstat counter separates the slow runs (no compaction, reclaim or
+# DAMON pageout in most of them; the reporting happened before the run),
+# so each run's log line gives the counters that moved and the warm-up's
+# own system time, which is where the refaults now show (1.4-5.5 s for 1-2
+# GiB on disk). Machine settings stay as they are.
 #
 # And both meet the same share of the CPU: every measured command (ours,
 # qemu-img, cp, timed or not) runs in a session of its own whose
@@ -154,6 +162,48 @@ reported_kib() {
     cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0
 }
 
+# The /proc/vmstat counters each timed run's log line gives the change of
+# (reclaim, compaction, faults, allocations), with short names.
+vm_counters="compact_stall compact_migrate_scanned compact_free_scanned pgscan_direct
+    pgsteal_direct pgscan_kswapd allocstall_normal allocstall_movable pgfault
+    pgmajfault workingset_refault_file thp_fault_alloc thp_file_alloc pgalloc_normal
+    pgalloc_movable pgalloc_dma32"
+# vm_sample: one line of the counters' values, then DAMON's bytes paged
+# out (sz_applied of every scheme, 0 without DAMON), then MemFree in KiB.
+vm_sample() {
+    local damon=0 f
+    for f in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+        [[ -w $f ]] && echo update_schemes_stats >"$f" 2>/dev/null || true
+    done
+    damon=$(cat /sys/kernel/mm/damon/admin/kdamonds/*/contexts/*/schemes/*/stats/sz_applied \
+        2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    awk -v want="$vm_counters" -v damon="$damon" '
+        BEGIN { n = split(want, w, /[ \n]+/) }
+        FILENAME == "/proc/vmstat" { v[$1] = $2; next }
+        /^MemFree:/ { free = $2 }
+        END { for (i = 1; i <= n; i++) if (w[i] != "") printf "%.0f ", v[w[i]]
+              printf "%.0f %.0f\n", damon, free }' /proc/vmstat /proc/meminfo
+}
+# vm_delta BEFORE AFTER: the log's counter part, "name=delta" for every
+# counter that moved, DAMON's MiB and the free MiB at the start.
+vm_delta() {
+    awk -v want="$vm_counters" -v a="$1" -v b="$2" 'BEGIN {
+        n = split(want, w, /[ \n]+/); split(a, x, " "); split(b, y, " "); k = 0
+        short["compact_stall"] = "cstall"; short["compact_migrate_scanned"] = "cmig"
+        short["compact_free_scanned"] = "cfree"; short["pgscan_direct"] = "scan_d"
+        short["pgsteal_direct"] = "steal_d"; short["pgscan_kswapd"] = "scan_k"
+        short["allocstall_normal"] = "astall_n"; short["allocstall_movable"] = "astall_m"
+        short["pgfault"] = "flt"; short["pgmajfault"] = "majflt"
+        short["workingset_refault_file"] = "refault"; short["thp_fault_alloc"] = "thp"
+        short["thp_file_alloc"] = "thp_file"; short["pgalloc_normal"] = "alloc_n"
+        short["pgalloc_movable"] = "alloc_m"; short["pgalloc_dma32"] = "alloc_32"
+        for (i = 1; i <= n; i++) if (w[i] != "") {
+            k++; d = y[k] - x[k]
+            if (d) printf "%s=%.0f ", short[w[i]], d
+        }
+        printf "damon=%dM free0=%dM", (y[k + 1] - x[k + 1]) / 1048576, x[k + 2] / 1024 }'
+}
+
 # run_one SIDE SRC_FMT OUT_FMT OPTS SRC DST: one timed run (+ sync).
 # Sets secs, rss_kib, cpu_secs, reported_mib (MiB reported to the host
 # meanwhile); fails when the command fails.
@@ -170,31 +220,38 @@ run_one() {
     # so that its peak RSS before the exec stays under any tool's.
     cmd=(setsid -w sh -c 'echo "$0" >/proc/self/autogroup && exec "$@"' "$nice_level" "${cmd[@]}")
     rm -rf -- "$dst"*
-    warm_up "$warm_bytes"
-    local reported_before
+    warm_up "$warm_bytes" "${dst%/*}"
+    local reported_before vm_before
     reported_before=$(reported_kib)
+    vm_before=$(vm_sample)
     start=${EPOCHREALTIME/./}
     /usr/bin/time -f '%M %U %S' -o "$work/time.out" -- "${cmd[@]}" "$src" "$dst" \
         >"$work/run.log" 2>&1 || { cat "$work/run.log" >&2; return 1; }
     sync
     end=${EPOCHREALTIME/./}
     reported_mib=$((($(reported_kib) - reported_before) >> 10))
+    vm_moved=$(vm_delta "$vm_before" "$(vm_sample)")
     secs=$(awk -v us=$((end - start)) 'BEGIN { printf "%.6f", us / 1e6 }')
-    read -r rss_kib cpu_secs < <(tail -n 1 "$work/time.out" |
-        awk '{ printf "%d %.2f\n", $1, $2 + $3 }')
+    read -r rss_kib cpu_secs user_secs sys_secs < <(tail -n 1 "$work/time.out" |
+        awk '{ printf "%d %.2f %.2f %.2f\n", $1, $2 + $3, $2, $3 }')
 }
 
-# warm_up BYTES: writes BYTES (at most the free memory but 256 MiB) into
-# a tmpfs file and frees it, so that the next BYTES the kernel hands out
-# are pages it has just freed, not pages the balloon reported to the host
-# as free (see the header); 0 does nothing.
+# warm_up BYTES DIR: writes BYTES (at most the available memory but
+# 1 GiB) into a file in DIR, the directory the run writes its output to,
+# and deletes it, so that the pages the run's output then takes are pages
+# just written and freed by the same file system (see the header); 0 does
+# nothing. Sets warm_note (the MiB written and the system time that took)
+# for the run's log line.
 warm_up() {
-    local want=$(($1 >> 20)) free_mib
-    free_mib=$(awk '/^MemFree:/ { print int($2 / 1024) }' /proc/meminfo)
-    ((want > free_mib - 256)) && want=$((free_mib - 256))
+    local want=$(($1 >> 20)) dir=$2 avail_mib
+    warm_note=""
+    avail_mib=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+    ((want > avail_mib - 1024)) && want=$((avail_mib - 1024))
     ((want > 0)) || return 0
-    dd if=/dev/zero of="$mem/warm-up" bs=1M count="$want" status=none
-    rm -f -- "$mem/warm-up"
+    /usr/bin/time -f '%S' -o "$work/warm.out" \
+        dd if=/dev/zero of="$dir/warm-up" bs=1M count="$want" status=none
+    rm -f -- "$dir/warm-up"
+    warm_note="warm-up ${want}M $(tail -n 1 "$work/warm.out")s sys"
 }
 
 # measure SIDE ...: an untimed run, then the timed one, which starts right
@@ -251,9 +308,10 @@ bench() {
                 qemu) t_q=$secs; u_q=$cpu_secs; q+=("$secs"); ((rss_kib > qemu_rss)) && qemu_rss=$rss_kib ;;
                 cp) t_c=$secs; c+=("$secs") ;;
             esac
-            log "$(printf '  pair %d %-5s %8.3f s %7.1f MiB %6.2f s CPU %5d MiB reported' \
+            log "$(printf '  pair %d %-5s %8.3f s %7.1f MiB %6.2f s CPU (%.2f u %.2f s) %5d MiB reported' \
                 $((i + 1)) "$side" "$secs" "$(awk -v k="$rss_kib" 'BEGIN { print k / 1024 }')" \
-                "$cpu_secs" "$reported_mib")"
+                "$cpu_secs" "$user_secs" "$sys_secs" "$reported_mib")"
+            log "         $vm_moved $warm_note"
         done
         local best=$t_q
         if [[ -n $t_c ]] && awk -v a="$t_c" -v b="$t_q" 'BEGIN { exit !(a < b) }'; then
