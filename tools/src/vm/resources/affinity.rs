@@ -1,5 +1,6 @@
-//! Thread CPU affinity through sched_setaffinity/sched_getaffinity (all
-//! of the resources module's `unsafe` is here).
+//! Thread CPU affinity through sched_setaffinity/sched_getaffinity, and a
+//! thread's return to the time-sharing class (all of the resources
+//! module's `unsafe` is here).
 
 use super::cpuset::{CpuSet, MAX_CPUS};
 
@@ -41,6 +42,18 @@ pub fn get(tid: i32) -> std::io::Result<CpuSet> {
     ))
 }
 
+/// Puts thread `tid` in the time-sharing class (SCHED_OTHER, nice as it
+/// was): lowering a thread of the same user needs no privilege.
+pub fn to_time_sharing(tid: i32) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param the kernel only reads; the
+    // call changes thread `tid`'s scheduling class and nothing else.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The host's online CPU count (sysconf).
 pub fn host_cpus() -> usize {
     // SAFETY: sysconf has no memory effects.
@@ -61,5 +74,22 @@ mod tests {
             get(tid).unwrap()
         });
         assert_eq!(handle.join().unwrap().cpus(), [0]);
+    }
+
+    #[test]
+    fn a_real_time_thread_goes_back_to_time_sharing() {
+        let policy = std::thread::spawn(|| {
+            // SAFETY: gettid has no memory effects.
+            let tid = unsafe { libc::gettid() };
+            let fifo = libc::sched_param { sched_priority: 1 };
+            // SAFETY: `fifo` is a valid sched_param, only read; it changes
+            // this test thread's class (refused without the right, which
+            // leaves the thread time-sharing: the check below holds too).
+            unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &fifo) };
+            to_time_sharing(tid).unwrap();
+            // SAFETY: reads this thread's policy only.
+            unsafe { libc::sched_getscheduler(tid) }
+        });
+        assert_eq!(policy.join().unwrap(), libc::SCHED_OTHER);
     }
 }

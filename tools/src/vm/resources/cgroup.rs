@@ -170,6 +170,17 @@ fn v2(parent: PathBuf, limits: &Limits) -> Result<Hierarchy, String> {
 /// 95%.
 const RT_RUNTIME_US: u64 = 20_000;
 
+/// Puts every thread of process `pid` in the time-sharing class (best
+/// effort: a thread that ended meanwhile needs nothing).
+fn to_time_sharing(pid: i32) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for tid in tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let _ = super::affinity::to_time_sharing(tid);
+    }
+}
+
 fn write(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("cannot write '{value}' to {}: {e}", path.display()))
 }
@@ -218,10 +229,15 @@ impl VmGroups {
                     // time, and the kernel refuses to move a process with
                     // a real-time thread into it (EINVAL): the VMM's API
                     // thread runs real-time, as a revert's and a
-                    // migration's threads do for a few milliseconds. Where
-                    // the file is missing or the parent's time is all
-                    // given, the VMM's threads stay time-sharing.
-                    let _ = fs::write(dom.join("cpu.rt_runtime_us"), RT_RUNTIME_US.to_string());
+                    // migration's threads do for a few milliseconds.
+                    let rt = dom.join("cpu.rt_runtime_us");
+                    if rt.exists() && fs::write(&rt, RT_RUNTIME_US.to_string()).is_err() {
+                        // The parent's real-time time is all given (some
+                        // 47 domains): this VMM's threads go back to
+                        // time-sharing, so that the move succeeds; in
+                        // the group they cannot be raised again.
+                        to_time_sharing(pid);
+                    }
                     write(&dom.join("cgroup.procs"), &pid.to_string())?;
                 }
                 if l.wants_memory() {
@@ -532,5 +548,61 @@ mod tests {
         let e = v2(root.path().to_path_buf(), &only_memory).unwrap_err();
         assert!(e.contains("no memory controller"), "{e}");
         assert!(v2(root.path().join("nowhere"), &only_memory).is_err());
+    }
+
+    /// With real-time group scheduling and no real-time time left in the
+    /// parent, a VMM whose thread runs real-time still moves into its
+    /// group, back in the time-sharing class (on a cgroup v1 host, as
+    /// root; elsewhere it says why it did not run).
+    #[test]
+    fn a_real_time_process_moves_into_a_group_when_no_real_time_is_left() {
+        let root = Path::new("/sys/fs/cgroup/cpu");
+        if !root.join("cpu.rt_runtime_us").exists()
+            || fs::create_dir_all(root.join("probe-rt-access")).is_err()
+        {
+            eprintln!(
+                "skipped: no writable cgroup v1 cpu hierarchy with real-time group scheduling"
+            );
+            return;
+        }
+        let _ = fs::remove_dir(root.join("probe-rt-access"));
+        let parent = root.join(format!("vm-test-rt-{}", std::process::id()));
+        make(&parent).unwrap();
+        // Less real-time time than a domain's group asks for.
+        write(&parent.join("cpu.rt_runtime_us"), "10000").unwrap();
+        let mut child = std::process::Command::new("chrt")
+            .args(["-f", "1", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // chrt execs sleep in the same process, real-time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // SAFETY: reads process `pid`'s policy only.
+        while unsafe { libc::sched_getscheduler(pid) } != libc::SCHED_FIFO {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chrt never ran sleep real-time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let hierarchy = Hierarchy::V1 {
+            cpu: parent.clone(),
+            memory: PathBuf::from("/nonexistent"),
+        };
+        let limits = Limits {
+            shares: Some(1024),
+            ..Limits::default()
+        };
+        let made = VmGroups::create(hierarchy, "rt", limits, pid);
+        let procs = fs::read_to_string(parent.join("vm-rt/cgroup.procs")).unwrap_or_default();
+        // SAFETY: reads process `pid`'s policy only.
+        let policy = unsafe { libc::sched_getscheduler(pid) };
+        let _ = child.kill();
+        let _ = child.wait();
+        remove_group(&parent.join("vm-rt"));
+        remove_group(&parent);
+        made.unwrap();
+        assert_eq!(procs.trim(), pid.to_string());
+        assert_eq!(policy, libc::SCHED_OTHER);
     }
 }
