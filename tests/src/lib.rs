@@ -69,6 +69,36 @@ pub fn open_qcow2_rw(path: &Path) -> qcow::image::Qcow2 {
         .unwrap_or_else(|e| panic!("open {} as qcow2: {e}", path.display()))
 }
 
+/// Makes at `path` (with qemu-img and qemu-io) a 1 MiB qcow2 image of
+/// 512-byte clusters and 64-bit refcounts (a refcount block covers
+/// 32 KiB, the one-cluster table 2 MiB) whose first guest cluster holds
+/// 0x11 bytes and whose L2 entry is then pointed at `host_offset`, past
+/// what the refcount table covers when that offset is large.
+pub fn qcow2_512_mapped_at(path: &Path, host_offset: u64) {
+    use std::os::unix::fs::FileExt;
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512,refcount_bits=64",
+    ])
+    .arg(path)
+    .arg("1M"));
+    qemu_io("qcow2", path, &["write -P 0x11 0 512"]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut entry = [0u8; 8];
+    f.read_exact_at(&mut entry, 0x600).unwrap();
+    let l2_offset = u64::from_be_bytes(entry) & 0x00ff_ffff_ffff_fe00;
+    let value = 0x8000_0000_0000_0000u64 | host_offset;
+    f.write_all_at(&value.to_be_bytes(), l2_offset).unwrap();
+}
+
 /// Runs a command and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

@@ -7,37 +7,9 @@
 //! `discard` and `write -z -u` on a copy of the same image: byte for byte
 //! equal files and the same `qemu-img check` report.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use integration_tests::{ok, qemu_img, qemu_io, require_qemu, run};
-
-/// A 1 MiB image of 512-byte clusters and 64-bit refcounts (a refcount
-/// block covers 32 KiB, the one-cluster table 2 MiB) whose first guest
-/// cluster's L2 entry points at `host_offset`.
-fn make_image(path: &Path, host_offset: u64) {
-    ok(qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512,refcount_bits=64",
-    ])
-    .arg(path)
-    .arg("1M"));
-    qemu_io("qcow2", path, &["write -P 0x11 0 512"]);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut entry = [0u8; 8];
-    f.read_exact_at(&mut entry, 0x600).unwrap();
-    let l2_offset = u64::from_be_bytes(entry) & 0x00ff_ffff_ffff_fe00;
-    let value = 0x8000_0000_0000_0000u64 | host_offset;
-    f.write_all_at(&value.to_be_bytes(), l2_offset).unwrap();
-}
+use integration_tests::{qemu_img, require_qemu, run};
 
 fn ours(path: &Path, discard: bool) -> Vec<String> {
     let image = integration_tests::open_qcow2_rw(path);
@@ -70,7 +42,7 @@ fn freeing_a_cluster_past_the_refcount_table_grows_it_as_qemu_does() {
     for host_offset in [0x40_0000u64, 0x20_0000, 0x100_0000] {
         for discard in [true, false] {
             let (o, t) = (d.join("o.qcow2"), d.join("t.qcow2"));
-            make_image(&o, host_offset);
+            integration_tests::qcow2_512_mapped_at(&o, host_offset);
             std::fs::copy(&o, &t).unwrap();
             let command = if discard {
                 "discard 0 512"

@@ -16,34 +16,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use integration_tests::{img, ok, qemu_img, qemu_io, require_qemu, run};
+use integration_tests::{img, qemu_img, require_qemu, run};
 use vmm_sys_util::seek_hole::SeekHole;
-
-/// A 1 MiB image of 512-byte clusters and 64-bit refcounts whose first
-/// guest cluster's L2 entry points at `host_offset`.
-fn make_image(path: &Path, host_offset: u64) {
-    ok(qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512,refcount_bits=64",
-    ])
-    .arg(path)
-    .arg("1M"));
-    qemu_io("qcow2", path, &["write -P 0x11 0 512"]);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut entry = [0u8; 8];
-    f.read_exact_at(&mut entry, 0x600).unwrap();
-    let l2_offset = u64::from_be_bytes(entry) & 0x00ff_ffff_ffff_fe00;
-    let value = 0x8000_0000_0000_0000u64 | host_offset;
-    f.write_all_at(&value.to_be_bytes(), l2_offset).unwrap();
-}
 
 /// The byte ranges of `path` that hold data (SEEK_DATA / SEEK_HOLE).
 fn data_ranges(path: &Path) -> Vec<(u64, u64)> {
@@ -111,7 +85,7 @@ fn freeing_past_the_refcount_table_grows_it_up_to_qemus_limit() {
     // 7.5 Mi entries); 180 GiB and 1 TiB: past 8 Mi entries, EFBIG.
     for host_offset in [64 * GIB, 160 * GIB, 180 * GIB, 1024 * GIB] {
         let (o, t) = (d.join("o.qcow2"), d.join("t.qcow2"));
-        make_image(&o, host_offset);
+        integration_tests::qcow2_512_mapped_at(&o, host_offset);
         std::fs::copy(&o, &t).unwrap();
         let out = run(std::process::Command::new("qemu-io")
             .args(["-f", "qcow2", "-c", "discard 0 512"])
@@ -157,7 +131,7 @@ fn snapshot_over_a_cluster_past_the_limit_fails_as_qemu_img_does() {
     // it, EFBIG.
     for host_offset in [64 * GIB, 160 * GIB, 180 * GIB, 1024 * GIB] {
         let (o, t) = (d.join("o.qcow2"), d.join("t.qcow2"));
-        make_image(&o, host_offset);
+        integration_tests::qcow2_512_mapped_at(&o, host_offset);
         std::fs::copy(&o, &t).unwrap();
         let a = report(&run(img(&["snapshot", "-c", "s"]).arg(&o)), &o);
         let b = report(&run(qemu_img(&["snapshot", "-c", "s"]).arg(&t)), &t);
