@@ -284,14 +284,6 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
     let window = ExtentWindow::new(job.target_has_backing, chunk_len);
     let offload = AtomicBool::new(job.copy_offload);
     let shared_layout = SharedLayout::default();
-    // With -W the workers' writes are not ordered by `turn`: they take
-    // this lock instead. The kernel runs buffered writes into one file
-    // one at a time anyway (the inode's lock, on tmpfs as on ext4), but
-    // a writer waiting there spins on the CPU while the holder runs: on
-    // two cores that took the core another worker's read needed (15-20%
-    // of a qcow2->vhdx convert in tmpfs in `rwsem_spin_on_owner`). A
-    // worker waiting here sleeps. The target is never opened O_DIRECT.
-    let write_lock = Mutex::new(());
     // Each worker holds one chunk buffer: their sum stays within
     // BUFFER_BUDGET, so peak memory stays at qemu-img's (which keeps about
     // as much in flight); on the two-core machines this runs on, more
@@ -330,11 +322,8 @@ pub fn run(job: &ConvertJob<'_>) -> Result<()> {
                             if job.in_order && !turn.wait(index, &failed) {
                                 return Ok(());
                             }
-                            let serial =
-                                (!job.in_order).then(|| write_lock.lock().expect("write lock"));
                             let written =
                                 write_chunk(job, &layout, chunk, &pieces, &mut buf, &offload);
-                            drop(serial);
                             if job.in_order {
                                 turn.done(index);
                             }
