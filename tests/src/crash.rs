@@ -201,6 +201,15 @@ pub fn check_and_repair(
     Ok(())
 }
 
+/// The complete lines of a writer child's log. A kill inside a log write
+/// can leave the last line cut short (a write that crosses a page of the
+/// page cache is copied in two steps, and SIGKILL may land between them),
+/// and a cut `start 1304` reads as `start 1`: only lines that end in a
+/// newline count.
+pub fn whole_lines(text: &str) -> std::str::Lines<'_> {
+    text.rfind('\n').map_or("", |end| &text[..end]).lines()
+}
+
 /// Whether a log line of a writer child says a flush completed.
 fn is_flushed_line(line: &str) -> bool {
     line.starts_with("flushed ")
@@ -346,4 +355,18 @@ pub fn harmless_copied_mismatches(text: &str, cluster_size: u64) -> u64 {
                 || (copied && refcount >= 2 && leaked_once.contains(&cluster))
         })
         .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_lines;
+
+    #[test]
+    fn a_cut_last_line_is_not_read() {
+        let log = "snapshots \nstart 1303\nflushed 1303\nstart 1";
+        let lines: Vec<&str> = whole_lines(log).collect();
+        assert_eq!(lines, ["snapshots ", "start 1303", "flushed 1303"]);
+        assert_eq!(whole_lines("start 1").count(), 0);
+        assert_eq!(whole_lines("done 5\n").collect::<Vec<_>>(), ["done 5"]);
+    }
 }

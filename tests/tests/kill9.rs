@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::crash::{
     check_active, check_and_repair, env_u64, exit_code, harmless_copied_mismatches, qemu_errors,
-    read_all, read_qcow2, run_and_kill, scratch_dir, ImageConfig, RoundOps,
+    read_all, read_qcow2, run_and_kill, scratch_dir, whole_lines, ImageConfig, RoundOps,
 };
 use integration_tests::workload::{mix, Op, Params, Workload};
 use integration_tests::{qemu_img, require_qemu, run};
@@ -95,7 +95,7 @@ struct Progress {
 
 fn read_log(text: &str) -> Progress {
     let mut p = Progress::default();
-    for line in text.lines() {
+    for line in whole_lines(text) {
         let (what, arg) = line.split_once(' ').unwrap_or((line, ""));
         match what {
             "snapshots" => {

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use integration_tests::crash::{
     check_and_repair, env_u64, harmless_copied_mismatches, qemu_errors, read_all, read_qcow2,
-    run_and_kill, scratch_dir,
+    run_and_kill, scratch_dir, whole_lines,
 };
 use integration_tests::workload::mix;
 use integration_tests::{ok, qemu_img, require_qemu, Rng};
@@ -186,7 +186,7 @@ fn verify_snapshots(path: &Path, log: &str) -> Result<(KilledIn, usize), String>
     let mut must = BTreeSet::new();
     let mut gone = BTreeSet::new();
     let mut killed_in = KilledIn::default();
-    for line in log.lines() {
+    for line in whole_lines(log) {
         let words: Vec<&str> = line.split(' ').collect();
         killed_in = KilledIn {
             snapshot_op: matches!(words[..], ["begin", _, _]),

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::crash::{
     check_active, check_and_repair, env_u64, exit_code, read_all, read_qcow2, run_and_kill,
-    scratch_dir, ImageConfig, RoundOps,
+    scratch_dir, whole_lines, ImageConfig, RoundOps,
 };
 use integration_tests::virtio_workload::{RequestKind, VirtioWorkload};
 use integration_tests::workload::mix;
@@ -170,9 +170,7 @@ struct Progress {
 impl Progress {
     fn read(text: &str) -> Progress {
         let mut p = Progress::default();
-        // A kill inside a log write may leave half a line: only whole ones.
-        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
-        for (line_number, line) in whole.lines().enumerate() {
+        for (line_number, line) in whole_lines(text).enumerate() {
             let (what, arg) = line.split_once(' ').unwrap_or((line, ""));
             let index = arg.parse::<u64>().ok();
             match (what, index) {
