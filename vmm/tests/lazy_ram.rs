@@ -23,7 +23,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::count::{self, assert_consecutive, counts};
+use support::count::{self, assert_consecutive, counts, next_count};
 use support::guest::build_guest;
 use support::vmm_api::{guest_config, have_kvm, ApiVmm};
 use vmapi::VmState;
@@ -193,9 +193,12 @@ fn wait_count(vmm: &ApiVmm, from: usize, at_least: u64) -> String {
     })
 }
 
-/// The last count the (paused) guest of `vmm` printed.
-fn last_count(vmm: &ApiVmm) -> u64 {
-    *counts(&vmm.console_log()).last().expect("a count")
+/// The count the (paused) guest of `vmm` is at: the last it printed, a
+/// line the pause cut included (the guest goes on from one past it).
+fn count_at_pause(vmm: &ApiVmm) -> u64 {
+    let log = vmm.console_log();
+    assert!(!counts(&log).is_empty(), "no count yet: {log:?}");
+    next_count(&log) - 1
 }
 
 /// The one line of `log` that says the RAM could not be loaded.
@@ -347,12 +350,12 @@ fn a_vmm_killed_while_its_ram_fills_leaves_every_snapshot_revertible() {
     client.boot(false).unwrap();
     wait_count(&first, 0, 5);
     client.pause().unwrap();
-    let at_s1 = last_count(&first);
+    let at_s1 = count_at_pause(&first);
     client.snapshot("qcow2:s1").unwrap();
     client.resume().unwrap();
     wait_count(&first, 0, at_s1 + 5);
     client.pause().unwrap();
-    let at_s2 = last_count(&first);
+    let at_s2 = count_at_pause(&first);
     client.snapshot("qcow2:s2").unwrap();
     client.resume().unwrap();
     wait_count(&first, 0, at_s2 + 3);
