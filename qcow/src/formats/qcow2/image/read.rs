@@ -251,7 +251,11 @@ impl Qcow2 {
                     file,
                 }
             } else if zero & (1 << index) != 0 {
-                ExtentKind::Zero { host_offset: None }
+                // A zero subcluster of an allocated cluster keeps its host
+                // range (QEMU's QCOW2_SUBCLUSTER_ZERO_ALLOC): map shows it.
+                ExtentKind::Zero {
+                    host_offset: (host_offset != 0).then_some(host_offset + pos),
+                }
             } else {
                 ExtentKind::Unallocated {
                     host_offset: (host_offset != 0).then_some(host_offset + pos),
