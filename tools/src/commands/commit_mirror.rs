@@ -268,7 +268,7 @@ mod tests {
             let mut pos = offset;
             while pos < end {
                 let n = ((pos / G + 1) * G).min(end) - pos;
-                let kind = if (pos / G) % 2 == 0 {
+                let kind = if (pos / G).is_multiple_of(2) {
                     ExtentKind::Data {
                         host_offset: pos,
                         file: FileIndex::IMAGE,
