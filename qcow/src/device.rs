@@ -155,6 +155,18 @@ pub trait BlockRead: Send + Sync {
     fn asks_file_about_data(&self, _file: FileIndex) -> bool {
         self.file_holes_are_data()
     }
+    /// Where one block-status answer of QEMU's driver for this layer that
+    /// starts at `offset` ends at the latest, whatever the extents: a
+    /// qcow2 image answers within one L2 table. `None`: the extents alone
+    /// decide.
+    fn status_boundary(&self, _offset: u64) -> Option<u64> {
+        None
+    }
+    /// Whether QEMU's driver for this layer gives no host offsets in its
+    /// block status (an encrypted qcow2 image).
+    fn hides_host_offsets(&self) -> bool {
+        false
+    }
 }
 
 /// Checks that a guest request lies within the disk.

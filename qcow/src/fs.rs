@@ -370,6 +370,21 @@ impl BlockRead for AnyImage {
             AnyImage::Raw(_) => false,
         }
     }
+    fn status_boundary(&self, offset: u64) -> Option<u64> {
+        match self {
+            AnyImage::Qcow2(q) => q.status_boundary(offset),
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => None,
+        }
+    }
+    fn hides_host_offsets(&self) -> bool {
+        match self {
+            AnyImage::Qcow2(q) => q.hides_host_offsets(),
+            // QEMU's luks driver answers block status as a format without
+            // its own: data, no offset.
+            AnyImage::Foreign(Format::Luks, _) => true,
+            AnyImage::Raw(_) | AnyImage::Foreign(..) => false,
+        }
+    }
 }
 
 /// Opens the image at `path` with the given format (probed if `None`).

@@ -211,6 +211,28 @@ pub fn make_raw(path: &Path, size: u64, seed: u64) {
     }
 }
 
+/// `qemu-img map --output=json` of `path`, host offsets dropped and
+/// neighbouring ranges that say the same merged: what two images made by
+/// different writers must agree on.
+pub fn map_ranges(path: &Path) -> Vec<(u64, u64, String)> {
+    let out = ok(qemu_img(&["map", "--output=json"]).arg(path));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut ranges: Vec<(u64, u64, String)> = Vec::new();
+    for e in entries {
+        let start = e["start"].as_u64().unwrap();
+        let end = start + e["length"].as_u64().unwrap();
+        let what = format!(
+            "depth {} present {} zero {} data {} compressed {}",
+            e["depth"], e["present"], e["zero"], e["data"], e["compressed"]
+        );
+        match ranges.last_mut() {
+            Some(last) if last.1 == start && last.2 == what => last.1 = end,
+            _ => ranges.push((start, end, what)),
+        }
+    }
+    ranges
+}
+
 /// Reads a whole file.
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))

@@ -12,28 +12,7 @@
 
 use std::path::Path;
 
-use integration_tests::{img, ok, qemu_img, qemu_io, require_qemu, run};
-
-/// `qemu-img map --output=json`, host offsets dropped and neighbouring
-/// ranges that say the same merged.
-fn map_ranges(path: &Path) -> Vec<(u64, u64, String)> {
-    let out = ok(qemu_img(&["map", "--output=json"]).arg(path));
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let mut ranges: Vec<(u64, u64, String)> = Vec::new();
-    for e in entries {
-        let start = e["start"].as_u64().unwrap();
-        let end = start + e["length"].as_u64().unwrap();
-        let what = format!(
-            "depth {} present {} zero {} data {} compressed {}",
-            e["depth"], e["present"], e["zero"], e["data"], e["compressed"]
-        );
-        match ranges.last_mut() {
-            Some(last) if last.1 == start && last.2 == what => last.1 = end,
-            _ => ranges.push((start, end, what)),
-        }
-    }
-    ranges
-}
+use integration_tests::{img, map_ranges, ok, qemu_img, qemu_io, require_qemu, run};
 
 /// `qemu-img check`'s report without what depends on the host layout.
 fn check_report(path: &Path) -> String {

@@ -1,13 +1,22 @@
-//! `img compare`.
+//! `img compare`, as qemu-img 10 compares: both images are walked by the
+//! block status of their whole chains ([`super::block_status`]), and in
+//! strict mode (`-s`) the first offset where the two status words differ
+//! is a failure by itself. Ranges both call zero are not read; ranges
+//! both allocate are read and compared; where one side allocates and the
+//! other does not, the allocated side must read as zero.
 
 use anyhow::Result;
-use qcow::device::{chain_extents, BlockRead, ChainExtent};
+use qcow::device::BlockRead;
 
+use super::block_status::{ChainStatus, Status};
 use super::open_named_for;
 use crate::cli::CompareArgs;
 use crate::report::compare::{CompareError, CompareReport, CompareResult};
 
-const CHUNK: u64 = 1 << 20;
+/// qemu-img's IO_BUF_SIZE: the most it reads of each image at a time.
+const CHUNK: u64 = 2 << 20;
+/// qemu-img reports mismatches by sectors counted from the chunk read.
+const SECTOR: usize = 512;
 
 /// One image being compared and the name qemu-img's errors give it.
 #[derive(Clone, Copy)]
@@ -27,101 +36,106 @@ impl Side<'_> {
                 reason: super::read_failure(&e),
             })
     }
-}
 
-/// Whether `[offset, offset+len)` of `side` starts allocated, and for how
-/// long; a failure is qemu-img's "Sector allocation test failed" (exit 3).
-fn allocated_prefix(side: Side, offset: u64, len: u64) -> Result<(bool, u64), CompareError> {
-    let extents: Vec<ChainExtent> = chain_extents(side.image, offset, len).map_err(|e| {
-        super::read_failure(&e);
-        CompareError::AllocationTest {
-            filename: side.filename.to_string(),
-        }
-    })?;
-    let Some(first) = extents.first() else {
-        return Ok((false, len));
-    };
-    let mut n = first.len;
-    for e in &extents[1..] {
-        if e.allocated != first.allocated {
-            break;
-        }
-        n += e.len;
+    /// The chain's block status at `offset` up to the image's end; a
+    /// failure is qemu-img's "Sector allocation test failed" (exit 3).
+    fn status(&self, chain: &mut ChainStatus, offset: u64) -> Result<Status, CompareError> {
+        let size = self.image.virtual_size();
+        chain.status(offset, size - offset).map_err(|e| {
+            super::read_failure(&e);
+            CompareError::AllocationTest {
+                filename: self.filename.to_string(),
+            }
+        })
     }
-    Ok((first.allocated, n.min(len)))
 }
 
-fn first_nonzero(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b != 0)
+/// The first non-zero sector of `buf`, as qemu-img's find_nonzero finds it.
+fn first_nonzero_sector(buf: &[u8]) -> Option<usize> {
+    buf.chunks(SECTOR)
+        .position(|s| s.iter().any(|&b| b != 0))
+        .map(|i| i * SECTOR)
 }
 
-/// Compares `[start, end)`; returns the offset of the first difference.
-fn compare_range(
+/// Reads `len` bytes of `side` at `offset` and finds the first non-zero
+/// sector (qemu-img's check_empty_sectors).
+fn nonzero_at(
+    side: Side,
+    buf: &mut [u8],
+    offset: u64,
+    len: u64,
+) -> Result<Option<u64>, CompareError> {
+    let buf = &mut buf[..len as usize];
+    side.read(buf, offset)?;
+    Ok(first_nonzero_sector(buf).map(|at| offset + at as u64))
+}
+
+/// Compares the common part `[0, end)`; returns where it stopped.
+fn compare_common(
     a: Side,
     b: Side,
-    start: u64,
     end: u64,
     strict: bool,
 ) -> Result<Option<CompareResult>, CompareError> {
+    let (mut chain_a, mut chain_b) = (ChainStatus::new(a.image), ChainStatus::new(b.image));
     let mut buf_a = vec![0u8; CHUNK as usize];
     let mut buf_b = vec![0u8; CHUNK as usize];
-    let mut pos = start;
+    let mut pos = 0;
     while pos < end {
-        let want = (end - pos).min(CHUNK);
-        let (alloc_a, na) = allocated_prefix(a, pos, want)?;
-        let (alloc_b, nb) = allocated_prefix(b, pos, want)?;
-        let n = na.min(nb).max(1).min(want);
-        if alloc_a != alloc_b && strict {
+        let status_a = a.status(&mut chain_a, pos)?;
+        let status_b = b.status(&mut chain_b, pos)?;
+        let mut chunk = status_a.len.min(status_b.len).max(1);
+        if strict && status_a.flags != status_b.flags {
             return Ok(Some(CompareResult::StrictBlockStatusMismatch {
                 offset: pos,
             }));
         }
-        if alloc_a && alloc_b {
-            a.read(&mut buf_a[..n as usize], pos)?;
-            b.read(&mut buf_b[..n as usize], pos)?;
-            if buf_a[..n as usize] != buf_b[..n as usize] {
-                let at = buf_a
-                    .iter()
-                    .zip(&buf_b)
-                    .position(|(x, y)| x != y)
-                    .expect("buffers differ");
-                return Ok(Some(CompareResult::ContentMismatch {
-                    offset: pos + (at as u64 / 512) * 512,
-                }));
+        if status_a.zero() && status_b.zero() {
+            // Both read as zero: nothing to read.
+        } else if status_a.allocated() == status_b.allocated() {
+            if status_a.allocated() {
+                chunk = chunk.min(CHUNK);
+                let n = chunk as usize;
+                a.read(&mut buf_a[..n], pos)?;
+                b.read(&mut buf_b[..n], pos)?;
+                let differs = buf_a[..n]
+                    .chunks(SECTOR)
+                    .zip(buf_b[..n].chunks(SECTOR))
+                    .position(|(x, y)| x != y);
+                if let Some(sector) = differs {
+                    return Ok(Some(CompareResult::ContentMismatch {
+                        offset: pos + (sector * SECTOR) as u64,
+                    }));
+                }
             }
-        } else if alloc_a || alloc_b {
-            let (side, buf) = if alloc_a {
-                (a, &mut buf_a)
-            } else {
-                (b, &mut buf_b)
-            };
-            side.read(&mut buf[..n as usize], pos)?;
-            if let Some(at) = first_nonzero(&buf[..n as usize]) {
-                return Ok(Some(CompareResult::ContentMismatch {
-                    offset: pos + at as u64,
-                }));
+        } else {
+            chunk = chunk.min(CHUNK);
+            let side = if status_a.allocated() { a } else { b };
+            if let Some(offset) = nonzero_at(side, &mut buf_a, pos, chunk)? {
+                return Ok(Some(CompareResult::ContentMismatch { offset }));
             }
         }
-        pos += n;
+        pos += chunk;
     }
     Ok(None)
 }
 
-/// Checks that `[start, end)` of one image reads as zero.
-fn check_zero(side: Side, start: u64, end: u64) -> Result<Option<u64>, CompareError> {
+/// Checks that `[start, end)` of the larger image reads as zero where it
+/// allocates anything but zeros.
+fn check_excess(side: Side, start: u64, end: u64) -> Result<Option<u64>, CompareError> {
+    let mut chain = ChainStatus::new(side.image);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = start;
     while pos < end {
-        let want = (end - pos).min(CHUNK);
-        let (alloc, n) = allocated_prefix(side, pos, want)?;
-        let n = n.max(1).min(want);
-        if alloc {
-            side.read(&mut buf[..n as usize], pos)?;
-            if let Some(at) = first_nonzero(&buf[..n as usize]) {
-                return Ok(Some(pos + at as u64));
+        let status = side.status(&mut chain, pos)?;
+        let mut chunk = status.len.max(1);
+        if status.allocated() && !status.zero() {
+            chunk = chunk.min(CHUNK);
+            if let Some(offset) = nonzero_at(side, &mut buf, pos, chunk)? {
+                return Ok(Some(offset));
             }
         }
-        pos += n;
+        pos += chunk;
     }
     Ok(None)
 }
@@ -164,13 +178,13 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
             return Ok(());
         }
         let common = size_a.min(size_b);
-        if let Some(r) = compare_range(side_a, side_b, 0, common, args.strict)? {
+        if let Some(r) = compare_common(side_a, side_b, common, args.strict)? {
             report.result = r;
             return Ok(());
         }
         if size_a != size_b {
             let larger = if size_a > size_b { side_a } else { side_b };
-            if let Some(offset) = check_zero(larger, common, size_a.max(size_b))? {
+            if let Some(offset) = check_excess(larger, common, size_a.max(size_b))? {
                 report.result = CompareResult::ContentMismatch { offset };
                 report.mismatch_in_excess = true;
             }

@@ -208,6 +208,14 @@ pub fn run(args: &MapArgs) -> Result<i32> {
                     }
                 }
             }
+            // A layer whose driver gives no host offsets (an encrypted
+            // qcow2): qemu-img shows none, nor the file that holds them.
+            if entry.offset.is_some()
+                && layer_at(&image, e.depth).is_some_and(|l| l.hides_host_offsets())
+            {
+                entry.offset = None;
+                entry.filename = None;
+            }
             pos = e.guest_offset + e.len;
             let mut at = 0;
             for (len, hole) in file_runs {

@@ -6,6 +6,7 @@ pub mod amend;
 pub mod amend_luks;
 pub mod bench;
 pub mod bitmap;
+pub mod block_status;
 pub mod check;
 pub mod check_foreign;
 pub mod close_errors;

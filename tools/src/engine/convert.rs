@@ -466,13 +466,32 @@ fn file_runs(
     Ok(runs)
 }
 
+/// The parts of a hole of `len` bytes at `target` of the target, in a
+/// source file QEMU does not ask about holes: it reads the hole and finds
+/// zeros only in whole blocks of `gran` bytes of the target. Those blocks
+/// are zero (true) and need no reading; the edges are read as data.
+fn hole_parts(target: u64, len: u64, gran: u64) -> Vec<(u64, u64, bool)> {
+    let end = target + len;
+    let (lo, hi) = (target.next_multiple_of(gran), end / gran * gran);
+    if lo >= hi {
+        return vec![(target, len, false)];
+    }
+    [(target, lo, false), (lo, hi, true), (hi, end, false)]
+        .into_iter()
+        .filter(|(a, b, _)| a < b)
+        .map(|(a, b, zero)| (a, b - a, zero))
+        .collect()
+}
+
 /// Splits `len` bytes at `offset` of source `index` into regions by where
-/// the source has data; offsets stay the source's.
+/// the source has data; offsets stay the source's (the target's are
+/// `delta` further).
 fn regions(
     job: &ConvertJob<'_>,
     index: usize,
     offset: u64,
     len: u64,
+    delta: u64,
     known: &mut LayoutMemo<'_>,
     window: &ExtentWindow,
 ) -> Result<Vec<(u64, u64, Region)>> {
@@ -525,11 +544,26 @@ fn regions(
             };
             match in_file {
                 Some((storage, file_index, host_offset)) => {
+                    // QEMU asks the file itself only where the layer says
+                    // so (a metadata-preallocated qcow2, a vmdk's flat
+                    // extent); elsewhere it reads the holes as data.
+                    let asked = source.asks_file_about_data(file_index);
                     let mut at = offset;
                     let mut host = host_offset;
                     for (n, data) in
                         file_runs(storage, (index, file_index), known, host_offset, len)?
                     {
+                        if !data && !asked && job.sparse_size != 0 {
+                            for (part, part_len, zero) in
+                                hole_parts(at + delta, n, zero_granularity(job))
+                            {
+                                let region = if zero { Region::Zero } else { Region::Data };
+                                push(part - delta, part_len, region);
+                            }
+                            at += n;
+                            host += n;
+                            continue;
+                        }
                         let region = match data {
                             false if job.sparse_size != 0 => Region::Zero,
                             // `-S 0` allocates the whole target, the
@@ -608,7 +642,8 @@ fn read_chunk(
         layout.pieces(job.sources, chunk.target_offset, chunk.len)
     {
         let delta = target_offset - source_offset;
-        for (offset, len, region) in regions(job, index, source_offset, len, known, window)? {
+        for (offset, len, region) in regions(job, index, source_offset, len, delta, known, window)?
+        {
             pieces.push(Piece {
                 target_offset: offset + delta,
                 len,

@@ -4,8 +4,9 @@
 //! qemu-img compares the common part first; if the sizes differ it then
 //! prints "Warning: Image size mismatch!" and checks that the excess of the
 //! larger image reads as zeroes. In strict mode (`-s`) different sizes, or
-//! any difference in allocation status, are failures by themselves. All
-//! messages go to stdout and are suppressed by `-q`; errors go to stderr.
+//! any difference in the block-status words of the two chains, are
+//! failures by themselves. All messages go to stdout and are suppressed by
+//! `-q`; errors go to stderr.
 
 /// Line printed when the images match.
 pub const IDENTICAL: &str = "Images are identical.";
@@ -20,16 +21,17 @@ pub enum CompareResult {
     /// Same content (sizes may differ outside strict mode, with the excess
     /// all zeroes).
     Identical,
-    /// First differing offset. In the common part qemu-img reports it at
-    /// 512-byte granularity when both sides are allocated, to the byte when
-    /// one side is unallocated or in the excess of the larger image.
+    /// First differing offset: the first differing (or, where one side
+    /// is compared with zeros, non-zero) 512-byte sector, counted from the
+    /// start of the chunk qemu-img read.
     ContentMismatch {
         /// Guest offset reported.
         offset: u64,
     },
     /// `-s` and the sizes differ (nothing else is compared).
     StrictSizeMismatch,
-    /// `-s` and the block status (allocation, zero flags) differs here.
+    /// `-s` and the block-status words (data, zero, offset, allocated,
+    /// end-of-file flags) differ here.
     StrictBlockStatusMismatch {
         /// Guest offset of the extent whose status differs.
         offset: u64,

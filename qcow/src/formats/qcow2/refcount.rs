@@ -501,14 +501,15 @@ impl Refcounts {
         Ok(freed)
     }
 
-    /// What QEMU's update_refcount does before it fails a decrement of a
-    /// cluster no refcount block covers (alloc_refcount_block, then
-    /// EAGAIN): an empty block is allocated where the first free cluster
+    /// What QEMU's update_refcount does before it fails to change the
+    /// count of a cluster no refcount block covers (alloc_refcount_block,
+    /// then EAGAIN), a decrement (a free) or an increment (`snapshot -c`)
+    /// alike: an empty block is allocated where the first free cluster
     /// is, counted in the block that covers it, and hooked into the table,
     /// when that cluster lies outside the range the new block would cover
     /// (else nothing is allocated); a table too short for it grows
-    /// (`area.rs`). Returns how the free fails.
-    fn add_block_for_failed_free(
+    /// (`area.rs`). Returns how the change fails.
+    pub(crate) fn add_block_for_failed_free(
         &mut self,
         storage: &dyn Storage,
         cluster: u64,

@@ -484,4 +484,16 @@ impl BlockRead for Qcow2 {
     fn asks_file_about_data(&self, _file: FileIndex) -> bool {
         !self.is_encrypted() && self.metadata_preallocation()
     }
+
+    /// QEMU's qcow2 driver answers from one L2 table (its cache's slice,
+    /// a whole table by default): its answer ends with the table.
+    fn status_boundary(&self, offset: u64) -> Option<u64> {
+        let table_span = self.geo.cluster_size() * self.geo.l2_entries();
+        Some((offset / table_span + 1).saturating_mul(table_span))
+    }
+
+    /// QEMU's qcow2 driver gives no host offset for an encrypted image.
+    fn hides_host_offsets(&self) -> bool {
+        self.is_encrypted()
+    }
 }

@@ -122,8 +122,27 @@ impl Qcow2 {
         let mut meta = self.lock();
         let mut pos = offset;
         let end = offset + len;
+        let table_span = cs * self.geo.l2_entries();
         while pos < end {
             let guest_cluster = pos / cs;
+            // A range no L2 table maps is unallocated as a whole, without
+            // a look at each of its clusters.
+            let l2_offset = meta
+                .l2_offset((pos / table_span) as usize)
+                .map_err(|e| self.signal_corruption(e))?;
+            if l2_offset == 0 {
+                let chunk = ((pos / table_span + 1) * table_span).min(end) - pos;
+                push_extent(
+                    out,
+                    Extent {
+                        guest_offset: pos,
+                        len: chunk,
+                        kind: ExtentKind::Unallocated { host_offset: None },
+                    },
+                );
+                pos += chunk;
+                continue;
+            }
             let in_cluster = pos % cs;
             let chunk = (cs - in_cluster).min(end - pos);
             // Corruption found here is signalled as QEMU signals it (an
@@ -251,7 +270,11 @@ impl Qcow2 {
                     file,
                 }
             } else if zero & (1 << index) != 0 {
-                ExtentKind::Zero { host_offset: None }
+                // A zero subcluster of an allocated cluster keeps its host
+                // range (QEMU's QCOW2_SUBCLUSTER_ZERO_ALLOC): map shows it.
+                ExtentKind::Zero {
+                    host_offset: (host_offset != 0).then_some(host_offset + pos),
+                }
             } else {
                 ExtentKind::Unallocated {
                     host_offset: (host_offset != 0).then_some(host_offset + pos),

@@ -95,13 +95,18 @@ impl Qcow2 {
                 *n += 1;
             })?;
             // A referenced cluster no refcount block covers (a corrupt
-            // image): QEMU, raising the counts in tree order, fails at the
-            // first such cluster with EFBIG when the refcount table cannot
-            // grow to cover it, else with EAGAIN after adding the block.
+            // image): QEMU, raising the counts in tree order, meets it in
+            // alloc_refcount_block, which adds an empty block for it
+            // (growing the table past it, as for a free) and fails with
+            // EAGAIN; or with EFBIG when the table cannot grow that far,
+            // the block allocated and leaked. (The counts QEMU raised
+            // before that cluster in tree order are not raised here.)
             if let Some(&c) = order.iter().find(|&&c| !meta.rc.has_block(c)) {
-                if let Some(entries) = meta.rc.beyond_table_limit(c) {
+                let limit = meta.rc.beyond_table_limit(c);
+                let failure = meta.rc.add_block_for_failed_free(&*self.file, c)?;
+                if failure == crate::refcount::FreeFailure::TableTooLarge {
                     return Err(Error::RefcountTableTooLarge {
-                        entries,
+                        entries: limit.unwrap_or(crate::refcount::MAX_GROWN_TABLE_ENTRIES + 1),
                         max: crate::refcount::MAX_GROWN_TABLE_ENTRIES,
                     });
                 }
