@@ -21,9 +21,26 @@
 # preceded by an untimed one (without it the first snapshot's `sync` wrote
 # back what the start, the fill and other processes had left dirty: 0.3-0.45
 # s, charged to whichever side came first).
-# Then the VMM's log lines of each snapshot's and each revert's phases;
-# each of our reverts also prints the `vm` command's own phases
-# (`vm: snapshot-revert: ...`) before its run's line.
+# Then the VMM's log lines of each snapshot's and each revert's phases
+# (and the revert's page faults: major ones read code or data from
+# storage); each of our reverts also prints the `vm` command's own phases
+# and figures (`vm: snapshot-revert: ...`: from the spawn to its start
+# and end, its CPU time and its wait for a CPU, its page faults and
+# blocks read) before its run's line. Before QEMU's turn the script waits
+# (untimed) until our lazy RAM loader has filled the reverted guest's RAM,
+# so that QEMU's snapshot and revert do not share the cores with it.
+#
+# --other-vm paused|running: whether the side not being measured is
+# paused (the default: HMP `stop`/`cont`, `vm suspend`/`vm resume`,
+# untimed, the same for both sides) or keeps its guest spinning a vCPU
+# through the other side's snapshot and revert. A host runs one such VM
+# at a time; with both spinning, each side's measurement raced the other
+# side's vCPU for this host's two cores. Session 15, load 3.6-4.9 from
+# other builds, three runs each: running, under 20 ms in 1, 1 and 2 of 5
+# (misses 22-212 ms; the resumed vCPU waited 18-63 ms for a CPU in its
+# first 100 ms), QEMU's revert medians 631, 456 and 294 ms; paused, 0, 5
+# and 5 of 5 (misses 21-30 ms), QEMU's 245, 358 and 370 ms. The last
+# line gives the load average and the steal time over the run.
 # When bench/migrate.sh exists it runs last, with its defaults: an idle
 # counting guest (--rate 0) migrated over a Unix socket, both sides'
 # downtime measured over QEMU's span (from the source's pause to the
@@ -37,6 +54,7 @@
 # --no-migrate leaves bench/migrate.sh out.
 #
 # Usage: bench/state.sh [--runs 5] [--memory 512] [--fill 256] [--every 100] [--no-migrate]
+#                       [--other-vm paused|running]
 
 set -euo pipefail
 runs=5
@@ -44,6 +62,7 @@ memory=512
 fill=256
 every=100
 migrate=1
+other_vm=paused
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
@@ -51,10 +70,15 @@ while (($#)); do
         --fill) fill=$2; shift 2 ;;
         --every) every=$2; shift 2 ;;
         --no-migrate) migrate=0; shift ;;
-        -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+        --other-vm) other_vm=$2; shift 2 ;;
+        -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
         *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
+case $other_vm in
+    running | paused) ;;
+    *) echo "state.sh: --other-vm is running or paused, not '$other_vm'" >&2; exit 2 ;;
+esac
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 command -v qemu-system-x86_64 >/dev/null || {
@@ -110,10 +134,11 @@ qemu-system-x86_64 -M microvm -accel kvm -bios /usr/share/qemu/qboot.rom -m "$me
     -monitor "unix:$work/monitor.sock,server,nowait" &
 qemu_pid=$!
 
-python3 - "$runs" "$bin/vm" "$work" "$ours_log" "$qemu_log" "$work/monitor.sock" "$fill" <<'EOF'
+python3 - "$runs" "$bin/vm" "$work" "$ours_log" "$qemu_log" "$work/monitor.sock" "$fill" "$other_vm" <<'EOF'
 import json, os, socket, statistics, subprocess, sys, threading, time
-runs, vm, work, ours_log, qemu_log, monitor, fill = sys.argv[1:]
+runs, vm, work, ours_log, qemu_log, monitor, fill, other_vm = sys.argv[1:]
 runs = int(runs)
+pause_other = other_vm == "paused"
 # Filling takes about 0.6 s per MiB on a nested host (each first touch of a
 # page is a nested EPT fault).
 fill_timeout = 60 + 2 * int(fill)
@@ -237,9 +262,31 @@ class Hmp:
         return out
 
 def vm_run(*args, phases=False):
-    # With phases, `vm` prints its own phase line on stderr (VM_PHASES=1).
-    env = dict(os.environ, VM_PHASES="1") if phases else None
+    # With phases, `vm` prints its own phase line on stderr (VM_PHASES=1),
+    # timed from this spawn.
+    env = None
+    if phases:
+        env = dict(os.environ, VM_PHASES="1", VM_PHASES_SPAWNED_NS=str(time.monotonic_ns()))
     subprocess.run([vm, "-c", store, "-q", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+
+def loader_done(name, timeout=30):
+    """Waits until our VMM logged that its lazy RAM loader filled the RAM
+    of snapshot `name` (none is logged with VMM_EAGER_RAM=1: then it
+    waits `timeout`)."""
+    log = os.path.join(store, "run", "bench", "vmm.log")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if f"vmm: lazy RAM of snapshot '{name}'" in open(log, errors="replace").read():
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+
+def cpu_times():
+    """(all, steal) jiffies from /proc/stat's cpu line."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(fields[:8]), fields[7]
 
 def vm_state_bytes(image, name):
     info = json.loads(subprocess.run(["qemu-img", "info", "--force-share", "--output=json", image],
@@ -252,20 +299,30 @@ def vm_state_bytes(image, name):
 wait_for(ours_log, "guest: filled", fill_timeout)
 wait_for(qemu_log, "guest: filled", fill_timeout)
 hmp = Hmp(monitor)
+load_start = open("/proc/loadavg").read().split()[0]
+cpu_start = cpu_times()
 rows = {"ours": [], "qemu": []}
 for i in range(runs):
     # Ours.
+    if pause_other:
+        hmp.cmd("stop")
     subprocess.run(["sync"])
     t = time.monotonic(); vm_run("snapshot-create-as", "bench", f"s{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
     revert, resume = timed_revert(ours_log, lambda: vm_run("snapshot-revert", "bench", f"s{i}", phases=True))
     rows["ours"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "ours.qcow2"), f"s{i}")))
+    loader_done(f"s{i}")
+    if pause_other:
+        hmp.cmd("cont")
+        vm_run("suspend", "bench")
     # QEMU's.
     subprocess.run(["sync"])
     t = time.monotonic(); hmp.cmd(f"savevm q{i}")
     subprocess.run(["sync"]); save = time.monotonic() - t
     revert, resume = timed_revert(qemu_log, lambda: hmp.cmd(f"loadvm q{i}"))
     rows["qemu"].append((save, revert, resume, vm_state_bytes(os.path.join(work, "qemu.qcow2"), f"q{i}")))
+    if pause_other:
+        vm_run("resume", "bench")
     for who in ("ours", "qemu"):
         s, r, l, b = rows[who][-1]
         print(f"run {i + 1} {who:4}: snapshot {s * 1000:7.1f} ms  revert {r * 1000:7.1f} ms  "
@@ -284,6 +341,11 @@ o, q = rows["ours"][0][0] * 1000, rows["qemu"][0][0] * 1000
 print(f"  first snapshot     ours {o:9.1f}   qemu {q:9.1f}   ratio ours/qemu {o / q:.3f}")
 under = sum(1 for r in rows["ours"] if r[2] < 0.020)
 print(f"  our resume latency under 20 ms in {under} of {runs} runs")
+cpu_end = cpu_times()
+steal = (cpu_end[1] - cpu_start[1]) / max(1, cpu_end[0] - cpu_start[0]) * 100
+print(f"  the other VM {other_vm} while one is measured; load average "
+      f"{load_start} at the start, {open('/proc/loadavg').read().split()[0]} at the end; "
+      f"steal {steal:.1f}% of the CPU time")
 EOF
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
