@@ -35,13 +35,15 @@
 # paused (the default: HMP `stop`/`cont`, `vm suspend`/`vm resume`,
 # untimed, the same for both sides) or keeps its guest spinning a vCPU
 # through the other side's snapshot and revert. A host runs one such VM
-# at a time; with both spinning, each side's measurement raced the other
-# side's vCPU for this host's two cores. Session 15, load 3.6-4.9 from
-# other builds, three runs each: running, under 20 ms in 1, 1 and 2 of 5
-# (misses 22-212 ms; the resumed vCPU waited 18-63 ms for a CPU in its
-# first 100 ms), QEMU's revert medians 631, 456 and 294 ms; paused, 0, 5
-# and 5 of 5 (misses 21-30 ms), QEMU's 245, 358 and 370 ms. The last
-# line gives the load average and the steal time over the run.
+# at a time; with both spinning, each side's measurement races the other
+# side's vCPU for this host's two cores. Session 15, load 2.2-3.5, the
+# watcher as now, under 20 ms: paused 20 of 20 runs (9.6-18.1 ms, the
+# resumed vCPU waiting 2-29 ms for a CPU in its first 100 ms), running 14
+# of 15 (9.5-24.8 ms, 5-47 ms); but QEMU's loadvm is slower with ours
+# paused, 187-1229 ms (medians 316-484) against 165-235 ms (medians
+# 184-206): this nested host is slow to wake an idle core (session 13 saw
+# the same). Both ways are printed in the README. The last line gives
+# the load average and the steal time over the run.
 # When bench/migrate.sh exists it runs last, with its defaults: an idle
 # counting guest (--rate 0) migrated over a Unix socket, both sides'
 # downtime measured over QEMU's span (from the source's pause to the
@@ -72,7 +74,7 @@ while (($#)); do
         --every) every=$2; shift 2 ;;
         --no-migrate) migrate=0; shift ;;
         --other-vm) other_vm=$2; shift 2 ;;
-        -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,60p' "$0"; exit 0 ;;
         *) echo "state.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
