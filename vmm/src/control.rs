@@ -169,6 +169,10 @@ pub struct Controller {
     /// the RAM loader wait on it (a traced revert had it preempted for
     /// 24 ms, holding up the loader, right after its resume).
     raised_until_due: Vec<crate::thread_boost::Before>,
+    /// The clocks of the threads a reverted guest's first moments need
+    /// (its vCPUs, the device thread, the RAM loader), read from the
+    /// answer to `free_due`: how long each ran and waited for a CPU.
+    after_revert: Option<crate::migration::sched::WindowClocks>,
 }
 
 /// How long after a revert's answer the controller frees the replaced
@@ -240,6 +244,7 @@ impl Controller {
             free_due: None,
             log_after_answer: Vec::new(),
             raised_until_due: Vec::new(),
+            after_revert: None,
         })
     }
 
@@ -606,6 +611,11 @@ impl Controller {
         }
         if std::mem::take(&mut self.free_after_answer) {
             self.free_due = Some(Instant::now() + FREE_REPLACED_AFTER);
+            use crate::migration::sched::{ThreadClock, WindowClocks};
+            let mut clocks = ThreadClock::named("vcpu");
+            clocks.extend(ThreadClock::named(crate::vm::DEVICE_THREAD));
+            clocks.extend(ThreadClock::named("ram loader"));
+            self.after_revert = Some(WindowClocks::start(clocks));
         }
     }
 
@@ -620,6 +630,28 @@ impl Controller {
         }
         self.free_due = None;
         crate::thread_boost::put_back_all(std::mem::take(&mut self.raised_until_due));
+        if let Some(clocks) = self.after_revert.take() {
+            // Whether the resumed guest's threads got a CPU when they
+            // wanted one (a resumed vCPU waiting for a CPU delays the
+            // guest's first instructions).
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let threads: Vec<String> = clocks
+                .since_start()
+                .into_iter()
+                .map(|(name, times)| {
+                    format!(
+                        "{name} ran {:.1} ms, waited {:.1} ms",
+                        ms(times.ran),
+                        ms(times.waited)
+                    )
+                })
+                .collect();
+            log_line(format!(
+                "vmm: revert: from the answer to {} ms after it: {}",
+                FREE_REPLACED_AFTER.as_millis(),
+                threads.join("; ")
+            ));
+        }
         if let Some(vm) = &self.vm {
             let started = Instant::now();
             match crate::state::in_image::free_replaced_trees(vm) {
@@ -716,6 +748,7 @@ impl Controller {
         // (checked first, as below).
         if let Some(vm) = self.vm.as_mut().filter(|vm| vm.can_revert_in_place()) {
             let started = std::time::Instant::now();
+            let faults_before = crate::sys::fault_counts();
             // The threads the pause waits on get a core at once, as the
             // controller does (the API thread raised it): on a busy host
             // a vCPU thread waiting for a CPU made the whole pause (24
@@ -733,9 +766,16 @@ impl Controller {
                     self.state = VmState::Paused;
                     // Logged once the answer is on its way: the line is
                     // not written before the guest runs.
+                    // Whether the revert's code or data had to be read
+                    // from storage (the process's faults, all threads).
+                    let (major, minor, blocks) = crate::sys::fault_counts();
                     self.log_after_answer.push(format!(
-                        "vmm: revert in place: {phases}; {:.1} ms in all",
-                        started.elapsed().as_secs_f64() * 1000.0
+                        "vmm: revert in place: {phases}; {:.1} ms in all; \
+                         {} major faults, {} minor, {} KiB read",
+                        started.elapsed().as_secs_f64() * 1000.0,
+                        major - faults_before.0,
+                        minor - faults_before.1,
+                        (blocks - faults_before.2) / 2
                     ));
                     return Ok(());
                 }

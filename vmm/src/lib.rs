@@ -24,6 +24,8 @@
 //! - [`thread_boost`]: the real-time class for the threads a client or a
 //!   guest waits on (the API thread, a revert, the RAM loader's first
 //!   milliseconds).
+//! - [`resident`]: the VMM's and its client's code kept in memory
+//!   (`--keep-resident`).
 
 pub mod acpi;
 pub mod api_server;
@@ -40,6 +42,7 @@ pub mod lazy_ram;
 pub mod migration;
 pub mod net_config;
 pub mod ready_thread;
+pub mod resident;
 pub mod seccomp;
 pub mod serial_sink;
 mod sock;

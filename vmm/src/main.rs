@@ -64,6 +64,11 @@ struct Args {
     /// QEMU's iothread poll-max-ns); 0 never spins
     #[arg(long, value_name = "US", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=1000))]
     poll_us: u64,
+    /// Keep the code of this program (the client managing the VMM, such
+    /// as vm) and of the VMM itself mapped and, where allowed, locked in
+    /// memory while the VMM runs
+    #[arg(long, value_name = "PATH")]
+    keep_resident: Option<PathBuf>,
 }
 
 fn options(args: &Args) -> anyhow::Result<VmmOptions> {
@@ -144,6 +149,9 @@ fn api_socket_path(spec: &str) -> anyhow::Result<PathBuf> {
 fn run(args: &Args, started: Instant) -> anyhow::Result<(Ending, Option<RunTimes>)> {
     let options = options(args)?;
     let config = config(args, &options)?;
+    if let Some(client) = &args.keep_resident {
+        vmm::resident::keep_in_background(client.clone());
+    }
     let mut controller = Controller::new(options.clone(), started)?;
     if let Some(spec) = &args.api_socket {
         let path = api_socket_path(spec)?;

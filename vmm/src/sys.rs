@@ -1,8 +1,8 @@
 //! The process-level plumbing that needs raw system calls: SIGINT and
 //! SIGTERM taken through a signalfd (blocked in every thread, read by the
-//! main loop), the signal that kicks vCPU threads out of KVM_RUN, and
-//! the VMM's wording of QEMU-compatible image lock conflicts (the locks
-//! themselves are blockdev's).
+//! main loop), the signal that kicks vCPU threads out of KVM_RUN, the
+//! VMM's wording of QEMU-compatible image lock conflicts (the locks
+//! themselves are blockdev's), and the process's page-fault counts.
 
 use std::fs::File;
 use std::io::Read;
@@ -124,4 +124,18 @@ pub fn kill_self() -> ! {
         libc::raise(libc::SIGKILL);
     }
     unreachable!("SIGKILL was raised")
+}
+
+/// The process's page faults so far (all threads; getrusage of
+/// RUSAGE_SELF): (major, minor, 512-byte blocks read from storage). A
+/// major fault read a page of the program or of a mapped file from
+/// storage.
+pub fn fault_counts() -> (i64, i64, i64) {
+    // SAFETY: rusage is plain integers; all zeros is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage the call writes into.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return (0, 0, 0);
+    }
+    (usage.ru_majflt, usage.ru_minflt, usage.ru_inblock)
 }

@@ -198,10 +198,14 @@ pub(super) fn spawn_vmm(run: &RunFolder) -> Result<Child, VmError> {
     let mut command = Command::new(&binary);
     command
         .arg("--api-socket")
-        .arg(format!("path={}", run.api_socket().display()))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+        .arg(format!("path={}", run.api_socket().display()));
+    // The VMM keeps our code (and its own) in memory while it runs: we run
+    // once per command, and a command on a running domain (a revert)
+    // should not wait for our code read back from storage.
+    if let Ok(own) = std::env::current_exe() {
+        command.arg("--keep-resident").arg(own);
+    }
+    command.stdin(Stdio::null()).stdout(log).stderr(log2);
     crate::vm::sys::detach_session(&mut command);
     command.spawn().map_err(|e| {
         VmError::Refused(format!(
