@@ -194,27 +194,35 @@ def new_generation_after(path, size):
         text = f.read().decode(errors="replace")
     return any(line.strip().startswith("guest: vmgenid ") for line in text.split("\n")[:-1])
 
-def reverted_line_after(path, size, at_most, start, timeout=fill_timeout):
+def reverted_line_after(path, size, at_most, start, timeout=60):
     """Seconds from `start` until `path` grows past `size` with a line of
     the reverted guest: a count of at most `at_most` (the guest it
     replaced was made to print past that first) or its new generation
-    ID, whichever it prints first."""
+    ID, whichever it prints first. Each look reads only what is new since
+    the last (the watcher runs real-time: a look that reread everything
+    past `size` grew with the log, and a watcher that never saw its line
+    spun a core for minutes), and gives up after `timeout` seconds."""
     end = time.monotonic() + timeout
+    pos, partial = size, b""
+    f = open(path, "rb")
     while time.monotonic() < end:
-        # One read per look: whole lines past `size`.
-        with open(path, "rb") as f:
-            f.seek(size)
-            lines = f.read().decode(errors="replace").split("\n")[:-1]
-        for line in (line.strip() for line in lines):
+        f.seek(pos)
+        new = f.read()
+        pos += len(new)
+        *lines, partial = (partial + new).split(b"\n")
+        for line in (line.decode(errors="replace").strip() for line in lines):
             fields = line.split()
             if line.startswith("guest: vmgenid ") or (
                     line.startswith("guest: count ") and len(fields) == 3
                     and fields[2].isdigit() and int(fields[2]) <= at_most):
                 return time.monotonic() - start
         time.sleep(0.0005)
-    tail = counts_after(path, size)[-3:]
+    f.close()
+    since = counts_after(path, size)
     print(f"state.sh: no count line of at most {at_most} from the reverted guest in {path} "
-          f"within {time.monotonic() - start:.1f} s (counts printed since: {tail})", flush=True)
+          f"within {time.monotonic() - start:.1f} s (counts printed since: {since[:3]} ... "
+          f"{since[-3:]}; the log has {os.path.getsize(path)} bytes, watched from {size})",
+          flush=True)
     return None
 
 def thread_wait_ns():
