@@ -157,6 +157,18 @@ pub fn assert_qemu_clean(path: &Path) {
     );
 }
 
+/// `qemu-img check`'s report on `path`, stdout then stderr, with the
+/// path written `IMAGE` so that two images' reports compare.
+pub fn qemu_check_text(path: &Path) -> String {
+    let out = run(qemu_img(&["check"]).arg(path));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .replace(&path.display().to_string(), "IMAGE")
+}
+
 /// A deterministic pseudo-random byte stream (xorshift64*).
 pub struct Rng(pub u64);
 

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use integration_tests::{qemu_img, require_qemu, run};
+use integration_tests::{qemu_check_text, require_qemu, run};
 
 fn ours(path: &Path, discard: bool) -> Vec<String> {
     let image = integration_tests::open_qcow2_rw(path);
@@ -20,16 +20,6 @@ fn ours(path: &Path, discard: bool) -> Vec<String> {
     }
     image.flush().unwrap();
     image.take_notices().iter().map(|n| n.line()).collect()
-}
-
-fn check_of(path: &Path) -> String {
-    let out = run(qemu_img(&["check"]).arg(path));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .replace(&path.display().to_string(), "IMAGE")
 }
 
 #[test]
@@ -72,7 +62,7 @@ fn freeing_a_cluster_past_the_refcount_table_grows_it_as_qemu_does() {
                     b.len()
                 ));
             }
-            let (ca, cb) = (check_of(&o), check_of(&t));
+            let (ca, cb) = (qemu_check_text(&o), qemu_check_text(&t));
             if ca != cb {
                 failures.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
             }

@@ -7,9 +7,7 @@
 //! of the same image: the same message and exit code, byte-equal files
 //! and the same `qemu-img check` report.
 
-use std::path::Path;
-
-use integration_tests::{img, qemu_img, require_qemu, run};
+use integration_tests::{img, qemu_check_text, qemu_img, require_qemu, run};
 
 /// stdout, stderr and the exit code, the program's name taken out.
 fn outcome(out: &std::process::Output) -> (String, String, Option<i32>) {
@@ -18,16 +16,6 @@ fn outcome(out: &std::process::Output) -> (String, String, Option<i32>) {
         String::from_utf8_lossy(&out.stderr).replace("qemu-img: ", "img: "),
         out.status.code(),
     )
-}
-
-fn check_of(path: &Path) -> String {
-    let out = run(qemu_img(&["check"]).arg(path));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .replace(&path.display().to_string(), "IMAGE")
 }
 
 #[test]
@@ -56,7 +44,7 @@ fn snapshot_over_a_cluster_past_the_refcount_table_vs_qemu() {
                 b.len()
             ));
         }
-        let (ca, cb) = (check_of(&o), check_of(&t));
+        let (ca, cb) = (qemu_check_text(&o), qemu_check_text(&t));
         if ca != cb {
             failures.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
         }
