@@ -218,6 +218,10 @@ def reverted_line_after(path, size, at_most, start, timeout=60):
                 return time.monotonic() - start
         time.sleep(0.0005)
     f.close()
+    # Keep the logs for a look after the bench has removed its directory.
+    keep = f"/var/tmp/state-miss-{os.getpid()}"
+    subprocess.run(["sh", "-c", f"mkdir -p {keep} && find {work} -name '*.log' -exec cp --parents {{}} {keep} ';'"])
+    print(f"state.sh: the logs are kept in {keep}", flush=True)
     since = counts_after(path, size)
     print(f"state.sh: no count line of at most {at_most} from the reverted guest in {path} "
           f"within {time.monotonic() - start:.1f} s (counts printed since: {since[:3]} ... "
