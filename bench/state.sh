@@ -7,8 +7,8 @@
 # data, counting on its serial port). Prints per pair and as medians:
 # snapshot time, revert time, the revert's resume latency (from the
 # command to the reverted guest's first serial line, watched while the
-# command runs: a count at most one past the last one printed before the
-# revert, or the `guest: vmgenid` line a guest prints when its generation
+# command runs: a count at most two past the last whole one printed before
+# the revert (one past, or two when the snapshot cut a line), or the `guest: vmgenid` line a guest prints when its generation
 # ID changed, which only the reverted guest can print and QEMU's guest,
 # with no vmgenid device, never does; watched by a real-time process,
 # which prints its own wait for a CPU; the guest prints a line every
@@ -239,12 +239,17 @@ def thread_wait_ns():
 def timed_revert(path, revert):
     """Runs `revert()` while watching `path`: (the revert's seconds, the
     seconds from its start to the reverted guest's first count line).
-    The snapshot was taken at or before the last count printed now (L):
-    the reverted guest's first line says at most L + 1, so the guest is
-    first let to print past L + 2, and the log is watched while the
-    command runs (the guest may run before the command returns)."""
+    The snapshot was taken at or before the last whole count line printed
+    now (L), or inside the line after it: the guest prints byte by byte,
+    a snapshot can cut a line, and the reverted guest then first finishes
+    it (bytes that begin no line of their own) and prints L + 2 as its
+    first whole count line. So the reverted guest's first line says at
+    most L + 2; the guest is first let to print past L + 3, and the log is
+    watched while the command runs (the guest may run before the command
+    returns). (Watching for L + 1 only missed that case: once in about a
+    hundred reverts, on either side, the watcher waited for ever.)"""
     at_snapshot = last_count(path)
-    wait_count_past(path, at_snapshot + 2)
+    wait_count_past(path, at_snapshot + 3)
     size = os.path.getsize(path)
     # The watcher is a process of its own, real-time (SCHED_FIFO 1), or at
     # nice -10 where it may not be; the command, spawned from this one,
@@ -270,7 +275,7 @@ def timed_revert(path, revert):
                 pass
         waited = thread_wait_ns()
         os.write(ready_w, b"r")
-        seen_at = reverted_line_after(path, size, at_snapshot + 1, 0.0)
+        seen_at = reverted_line_after(path, size, at_snapshot + 2, 0.0)
         os.write(result_w, json.dumps([seen_at, (thread_wait_ns() - waited) / 1e6]).encode())
         os._exit(0)
     os.close(ready_w)
