@@ -169,6 +169,27 @@ pub fn qemu_check_text(path: &Path) -> String {
     .replace(&path.display().to_string(), "IMAGE")
 }
 
+/// What differs between two images that should be the same file: their
+/// bytes (sizes and the first differing offset), then `qemu-img check`'s
+/// reports; each line starts with `label`. Empty when nothing differs.
+pub fn file_and_check_differences(label: &str, ours: &Path, theirs: &Path) -> Vec<String> {
+    let mut differences = Vec::new();
+    let (a, b) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
+    if a != b {
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        differences.push(format!(
+            "{label}: files differ ({} vs {} bytes, first at {first:?})",
+            a.len(),
+            b.len()
+        ));
+    }
+    let (ca, cb) = (qemu_check_text(ours), qemu_check_text(theirs));
+    if ca != cb {
+        differences.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
+    }
+    differences
+}
+
 /// A deterministic pseudo-random byte stream (xorshift64*).
 pub struct Rng(pub u64);
 

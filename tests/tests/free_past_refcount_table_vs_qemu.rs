@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use integration_tests::{qemu_check_text, require_qemu, run};
+use integration_tests::{file_and_check_differences, require_qemu, run};
 
 fn ours(path: &Path, discard: bool) -> Vec<String> {
     let image = integration_tests::open_qcow2_rw(path);
@@ -53,19 +53,7 @@ fn freeing_a_cluster_past_the_refcount_table_grows_it_as_qemu_does() {
             if ours_lines != theirs_lines {
                 failures.push(format!("{label}: lines {ours_lines:?} vs {theirs_lines:?}"));
             }
-            let (a, b) = (std::fs::read(&o).unwrap(), std::fs::read(&t).unwrap());
-            if a != b {
-                let first = a.iter().zip(&b).position(|(x, y)| x != y);
-                failures.push(format!(
-                    "{label}: files differ ({} vs {} bytes, first at {first:?})",
-                    a.len(),
-                    b.len()
-                ));
-            }
-            let (ca, cb) = (qemu_check_text(&o), qemu_check_text(&t));
-            if ca != cb {
-                failures.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
-            }
+            failures.extend(file_and_check_differences(&label, &o, &t));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

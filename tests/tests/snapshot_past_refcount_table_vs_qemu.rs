@@ -7,7 +7,7 @@
 //! of the same image: the same message and exit code, byte-equal files
 //! and the same `qemu-img check` report.
 
-use integration_tests::{img, qemu_check_text, qemu_img, require_qemu, run};
+use integration_tests::{file_and_check_differences, img, qemu_img, require_qemu, run};
 
 /// stdout, stderr and the exit code, the program's name taken out.
 fn outcome(out: &std::process::Output) -> (String, String, Option<i32>) {
@@ -35,19 +35,7 @@ fn snapshot_over_a_cluster_past_the_refcount_table_vs_qemu() {
         if ours != theirs {
             failures.push(format!("{label}: ours {ours:?}, theirs {theirs:?}"));
         }
-        let (a, b) = (std::fs::read(&o).unwrap(), std::fs::read(&t).unwrap());
-        if a != b {
-            let first = a.iter().zip(&b).position(|(x, y)| x != y);
-            failures.push(format!(
-                "{label}: files differ ({} vs {} bytes, first at {first:?})",
-                a.len(),
-                b.len()
-            ));
-        }
-        let (ca, cb) = (qemu_check_text(&o), qemu_check_text(&t));
-        if ca != cb {
-            failures.push(format!("{label}: check\nours:   {ca}\ntheirs: {cb}"));
-        }
+        failures.extend(file_and_check_differences(&label, &o, &t));
         std::fs::remove_file(&o).unwrap();
         std::fs::remove_file(&t).unwrap();
     }
